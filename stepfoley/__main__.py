@@ -1,0 +1,5 @@
+import sys
+
+from stepfoley.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `stepfoley` command. Each subcommand lives in stepfoley/commands/<name>.py with
+`add_arguments(parser)` and `run(args) -> int`; those modules import torch and the models
+only inside `run`, so `stepfoley send` starts fast inside a DAW."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stepfoley import __version__
+
+# name -> one-line help; the module stepfoley.commands.<name> implements it.
+SUBCOMMANDS = {
+    "generate": "generate one Foley track for a video region from the command line",
+    "serve": "run the engine: keep the model loaded and answer OSC requests",
+    "send": "send one request to a running engine and follow it to the end",
+    "demo": "make a mini-world video and build its soundtrack in three steps",
+    "train": "train the base model or the NAG ControlNet",
+    "eval": "compare NAG with the baselines on mini-world scenes",
+    "weights": "check or convert a directory of MMAudio weights",
+    "bench": "print speed and memory figures",
+}
+
+
+def _available() -> dict[str, object]:
+    modules = {}
+    for name in SUBCOMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"stepfoley.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"stepfoley.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stepfoley", description="Step-by-step video-to-Foley with Negative Audio Guidance."
+    )
+    parser.add_argument("--version", action="version", version=f"stepfoley {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _available().items():
+        p = sub.add_parser(name, help=SUBCOMMANDS[name], description=SUBCOMMANDS[name])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_dir() -> Path:
+    """The golden fixture directory: $STEPFOLEY_GOLDEN_DIR, default ../shared/golden."""
+    return Path(os.environ.get("STEPFOLEY_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+
+
+def golden_files(pattern: str) -> list[Path]:
+    """Every fixture matching a glob, so new fixtures of the same kind are checked too."""
+    return sorted(golden_dir().glob(pattern))
+
+
+@pytest.fixture
+def golden() -> Path:
+    d = golden_dir()
+    if not d.is_dir():
+        pytest.skip(f"golden fixtures not found at {d} (set STEPFOLEY_GOLDEN_DIR)")
+    return d
