@@ -1,0 +1,80 @@
+"""Time split per track (decode, CLIP, Synchformer) for two tracks over the same region: the
+second track is a cache hit and should cost ~nothing. Random-weight, reduced-size networks
+(the config is printed); run with --full for the official sizes (slow on CPU).
+
+    python benchmarks/bench_features.py [--seconds 8] [--full] [--device cpu]
+"""
+
+import argparse
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from engine.features.cache import FeatureCache
+from engine.features.clip import ClipConfig, ClipModel
+from engine.features.mmaudio_features import MMAudioVideoEncoder
+from engine.features.synchformer import SynchformerConfig, SynchformerVisual
+from engine.video import CLIP_SIZE
+
+
+def write_test_video(path: Path, seconds: float, width=1280, height=720, fps=25) -> Path:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, 7 * i, axis=1), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--full", action="store_true", help="official network sizes")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    if args.full:
+        clip_cfg, sync_cfg = ClipConfig(), SynchformerConfig()
+    else:
+        clip_cfg = ClipConfig(vision_width=256, vision_layers=4, vision_head_width=64,
+                              text_width=128, text_heads=2, text_layers=1, vocab_size=1000,
+                              embed_dim=1024)
+        sync_cfg = SynchformerConfig(embed_dim=192, depth=2, num_heads=3)
+    print(f"CLIP image tower: {clip_cfg}")
+    print(f"Synchformer:      {sync_cfg}")
+    print(f"torch threads: {torch.get_num_threads()}  device: {args.device}")
+    torch.manual_seed(0)
+    clip, sync = ClipModel(clip_cfg).to(args.device), SynchformerVisual(sync_cfg).to(args.device)
+    with torch.no_grad():
+        for p in [*clip.parameters(), *sync.parameters()]:
+            p.normal_(0.0, 0.02)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_test_video(Path(tmp) / "picture.mp4", args.seconds + 0.5)
+        encoder = MMAudioVideoEncoder(clip, sync, cache=FeatureCache(), clip_size=CLIP_SIZE)
+        print(f"region 0.0-{args.seconds:.1f} s of a 1280x720 H.264 file")
+        print(f"{'track':>5} {'decode s':>9} {'CLIP s':>8} {'Sync s':>8} {'total s':>8}  shapes")
+        for track in (1, 2):
+            t0 = time.perf_counter()
+            clip_f, sync_f = encoder.encode_region(video, 0.0, args.seconds)
+            total = time.perf_counter() - t0
+            t = encoder.last_timings
+            print(f"{track:>5} {t['decode_s']:>9.3f} {t['clip_s']:>8.3f} {t['sync_s']:>8.3f} "
+                  f"{total:>8.3f}  {tuple(clip_f.shape)} {tuple(sync_f.shape)}")
+        print(f"cache: {encoder.cache.stats}")
+
+
+if __name__ == "__main__":
+    main()

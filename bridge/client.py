@@ -1,0 +1,450 @@
+"""The engine's client: send one request, follow it to its end, and keep a JSON status file
+that a DAW script can poll. Usable three ways:
+
+    send_request(request, "status.json")            # blocking, what `stepfoley send` does
+    job = EngineClient().submit(request)            # non-blocking, for a ReaScript defer loop:
+    status = job.poll()                             #   call each tick; job.finished tells the end
+    EngineClient().ping() / engine_status() / cancel(job_id)
+
+UDP can lose datagrams, so nothing here trusts a single packet: the request is resent until
+the engine accepts it (the engine recognizes the resend by its request_id), and when the
+engine is quiet the client asks for the job's state (/result), which also returns a final
+result whose /done reply was lost. Imports no torch: this starts in milliseconds."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import tempfile
+import time
+from typing import Any, Callable
+
+from bridge import osc, protocol
+
+EXIT_DONE = 0
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_REJECTED = 4
+EXIT_FAILED = 5
+EXIT_CANCELLED = 6
+EXIT_TIMED_OUT = 7
+
+DEFAULT_TIMEOUT_S = 120.0  # no sign of life from the engine for this long = timed out
+CONNECT_TIMEOUT_S = 3.0  # no answer to a request for this long = engine not running
+RESEND_INTERVAL_S = 0.25
+QUIET_POLL_S = 1.0
+
+
+class EngineNotRunning(Exception):
+    code = "engine_not_running"
+
+
+class RequestRejected(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def not_running_message(host: str, port: int) -> str:
+    return (
+        f"No StepFoley engine answered at {host}:{port}. Start it with `stepfoley serve` "
+        "(and check that host, port and token match)."
+    )
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+class EngineClient:
+    """One UDP socket talking to one engine. Not thread-safe: one client per thread."""
+
+    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str = ""):
+        self.host, self.port, self.token = host, port, token
+        info = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)[0]
+        family, self._target = info[0], info[4]
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        loopback = ipaddress.ip_address(self._target[0]).is_loopback
+        self._sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0) if loopback else ("", 0))
+        # A connected socket learns at once (ICMP port unreachable) that nobody listens;
+        # off loopback the reply may come from another of the engine's addresses, so don't.
+        self._connected = loopback
+        if loopback:
+            self._sock.connect(self._target)
+        self._answers: dict[str, tuple[str, list]] = {}
+        self._routes: dict[str, tuple["RemoteJob", str]] = {}
+
+    @property
+    def reply_port(self) -> int:
+        return self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "EngineClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- one-shot queries -------------------------------------------------------------
+
+    def ping(self, timeout: float = 2.0) -> dict:
+        """{"protocol", "model", "device", "round_trip_s"}; raises EngineNotRunning."""
+        start = time.perf_counter()
+        _, args = self._call(protocol.PING, (), timeout)
+        return {"protocol": args[1], "model": args[2], "device": args[3], "round_trip_s": time.perf_counter() - start}
+
+    def engine_status(self, timeout: float = 2.0) -> dict:
+        _, args = self._call(protocol.STATUS, (), timeout)
+        return json.loads(args[1])
+
+    def cancel(self, job_id: str, timeout: float = 2.0) -> str:
+        """The outcome: "dropped", "stopping" or "finished"; raises RequestRejected("unknown_job")."""
+        _, args = self._call(protocol.CANCEL, (job_id,), timeout)
+        return args[2]
+
+    def result(self, job_id: str, timeout: float = 2.0) -> dict:
+        _, args = self._call(protocol.RESULT, (job_id,), timeout)
+        return json.loads(args[1])
+
+    def submit(self, request: dict, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S) -> "RemoteJob":
+        """Send a generation request and return its handle at once; call `poll()` on it."""
+        return RemoteJob(self, request, timeout, connect_timeout)
+
+    # --- transport --------------------------------------------------------------------
+
+    def _send(self, address: str, request_id: str, *args: Any) -> None:
+        datagram = osc.encode(address, self.reply_port, request_id, self.token, *args)
+        try:
+            if self._connected:
+                self._sock.send(datagram)
+            else:
+                self._sock.sendto(datagram, self._target)
+        except ConnectionRefusedError:
+            raise EngineNotRunning(not_running_message(self.host, self.port)) from None
+
+    def _call(self, address: str, args: tuple, timeout: float) -> tuple[str, list]:
+        request_id = new_request_id()
+        give_up = time.monotonic() + timeout
+        while True:
+            self._send(address, request_id, *args)
+            resend_at = min(give_up, time.monotonic() + RESEND_INTERVAL_S)
+            while time.monotonic() < resend_at:
+                self._pump(resend_at - time.monotonic())
+                if request_id in self._answers:
+                    reply_address, reply_args = self._answers.pop(request_id)
+                    if reply_address == protocol.ERROR:
+                        raise RequestRejected(reply_args[2], reply_args[3])
+                    return reply_address, reply_args
+            if time.monotonic() >= give_up:
+                raise EngineNotRunning(not_running_message(self.host, self.port))
+
+    def _pump(self, wait: float) -> None:
+        """Route every datagram that arrives within `wait` seconds (then all that are queued)."""
+        self._sock.settimeout(max(wait, 0.0))
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except (TimeoutError, BlockingIOError, socket.timeout):
+                return
+            except ConnectionRefusedError:
+                raise EngineNotRunning(not_running_message(self.host, self.port)) from None
+            self._sock.settimeout(0.0)
+            try:
+                messages = osc.decode(data)
+            except osc.DecodeError:
+                continue
+            for address, args in messages:
+                self._route(address, args)
+
+    def _route(self, address: str, args: list) -> None:
+        if not args or not isinstance(args[0], str):
+            return
+        request_id = args[0]
+        route = self._routes.get(request_id)
+        if route is not None:
+            job, kind = route
+            job._on_reply(address, args, kind)
+        elif request_id:
+            self._answers[request_id] = (address, args)
+            if len(self._answers) > 256:  # answers nobody waits for any more
+                self._answers.pop(next(iter(self._answers)))
+
+
+class RemoteJob:
+    """One generation request followed on the engine. `status` is the status-file content."""
+
+    def __init__(self, client: EngineClient, request: dict, timeout: float, connect_timeout: float):
+        self._client = client
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.request_id = new_request_id()
+        self.status: dict = {
+            "state": "queued",
+            "job_id": None,
+            "request_id": self.request_id,
+            "queue_position": None,
+            "step": 0,
+            "total": 0,
+            "stem_path": None,
+            "metadata": None,
+            "error": None,
+            "exit_code": None,
+            "updated": time.time(),
+        }
+        self.accepted = False
+        self.cancel_wanted = False
+        self._engine_steps = -1
+        now = time.monotonic()
+        self._first_sent = now
+        self._last_sent = -1.0
+        self._last_heard = now
+        self._last_sign_of_life = now
+        self._last_cancel_sent = -1.0
+        try:
+            protocol.validate_request(request, check_paths=False)
+            self._payload = json.dumps(request)
+            if len(self._payload.encode()) > protocol.MAX_DATAGRAM_BYTES - 512:
+                raise protocol.ProtocolError(
+                    "payload_too_large", f"The request is larger than {protocol.MAX_DATAGRAM_BYTES - 512} bytes; shorten it."
+                )
+        except protocol.ProtocolError as e:
+            self._finish("error", EXIT_REJECTED, error=(e.code, e.message))
+            return
+        except (TypeError, ValueError) as e:
+            self._finish("error", EXIT_REJECTED, error=("invalid_request", f"The request cannot be written as JSON: {e}."))
+            return
+        client._routes[self.request_id] = (self, "generate")
+        self._send_request()
+
+    @property
+    def finished(self) -> bool:
+        return self.status["exit_code"] is not None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.status["job_id"]
+
+    def cancel(self) -> None:
+        """Ask the engine to cancel; the job ends in state "cancelled" (or "done" if it
+        finished first). Before the engine accepted the request, the cancel waits for it."""
+        self.cancel_wanted = True
+        self._send_cancel()
+
+    def poll(self, wait: float = 0.0) -> dict:
+        """Take in the engine's replies (waiting up to `wait` s), resend or ask when it is
+        quiet, apply the watchdogs, and return the status dict."""
+        if self.finished:
+            return self.status
+        try:
+            self._client._pump(wait)
+            if not self.finished:
+                self._keep_alive()
+        except EngineNotRunning as e:
+            self._finish("error", EXIT_NOT_RUNNING, error=("engine_not_running", str(e)))
+        return self.status
+
+    def wait(self, on_update: Callable[[dict], None] | None = None, should_cancel: Callable[[], bool] | None = None) -> dict:
+        """Poll until the job ends; `on_update(status)` after each change."""
+        last = None
+        while True:
+            status = self.status
+            snapshot = {k: v for k, v in status.items() if k != "updated"}
+            if on_update is not None and snapshot != last:
+                on_update(status)  # the first call comes before any wait, so a status file exists at once
+            last = snapshot
+            if self.finished:
+                return status
+            self.poll(0.05)
+            if should_cancel is not None and not self.cancel_wanted and not self.finished and should_cancel():
+                self.cancel()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _keep_alive(self) -> None:
+        now = time.monotonic()
+        if not self.accepted:
+            if now - self._first_sent > self.connect_timeout:
+                raise EngineNotRunning(not_running_message(self._client.host, self._client.port))
+            if now - self._last_sent >= RESEND_INTERVAL_S:
+                self._send_request()
+            return
+        if now - self._last_sign_of_life > self.timeout:
+            self._finish(
+                "error",
+                EXIT_TIMED_OUT,
+                error=("timed_out", f"The engine showed no progress for {self.timeout:g} s; the job may still be running there."),
+            )
+            return
+        # ask often enough that a short watchdog still sees the engine's heartbeat
+        quiet = min(QUIET_POLL_S, self.timeout / 4)
+        if now - self._last_heard > quiet and now - self._last_sent > quiet:
+            rid = new_request_id()
+            self._client._routes[rid] = (self, "result")
+            self._last_sent = now
+            self._client._send(protocol.RESULT, rid, self.job_id)
+        if self.cancel_wanted and now - self._last_cancel_sent > QUIET_POLL_S:
+            self._send_cancel()
+
+    def _send_request(self) -> None:
+        self._last_sent = time.monotonic()
+        self._client._send(protocol.GENERATE, self.request_id, self._payload)
+
+    def _send_cancel(self) -> None:
+        if self.finished or not self.accepted:
+            return
+        rid = new_request_id()
+        self._client._routes[rid] = (self, "cancel")
+        self._last_cancel_sent = time.monotonic()
+        try:
+            self._client._send(protocol.CANCEL, rid, self.job_id)
+        except EngineNotRunning as e:
+            self._finish("error", EXIT_NOT_RUNNING, error=("engine_not_running", str(e)))
+
+    def _on_reply(self, address: str, args: list, kind: str) -> None:
+        if self.finished:
+            return
+        self._last_heard = time.monotonic()
+        try:
+            self._apply(address, args, kind)
+        except (IndexError, TypeError, ValueError, KeyError):
+            pass  # a reply that does not fit protocol 1 says nothing we can use
+
+    def _apply(self, address: str, args: list, kind: str) -> None:
+        s = self.status
+        if address == protocol.ACCEPTED:
+            if not self.accepted:
+                self.accepted = True
+                self._update(job_id=args[1], queue_position=int(args[2]))
+                if self.cancel_wanted:
+                    self._send_cancel()
+        elif address == protocol.PROGRESS:
+            self._accept_implicitly(args[1])
+            self._update(state="running", step=int(args[2]), total=int(args[3]), queue_position=0)
+        elif address == protocol.DONE:
+            self._accept_implicitly(args[1])
+            self._finish("done", EXIT_DONE, stem_path=args[2], metadata=json.loads(args[3]))
+        elif address == protocol.CANCELLED:
+            self._finish("cancelled", EXIT_CANCELLED)
+        elif address == protocol.ERROR:
+            if kind == "cancel":
+                return  # a cancel that came too late or twice changes nothing
+            if kind == "result" and args[2] == "unknown_job":
+                self._finish("error", EXIT_FAILED, error=("job_lost", "The engine no longer knows this job (was it restarted?). Resend the request."))
+                return
+            exit_code = EXIT_FAILED if (self.accepted or args[1]) else EXIT_REJECTED
+            self._finish("error", exit_code, error=(args[2], args[3]))
+        elif address == protocol.JOB:
+            self._apply_summary(json.loads(args[1]))
+
+    def _apply_summary(self, job: dict) -> None:
+        self._accept_implicitly(job["job_id"])
+        if job.get("engine_steps", -1) != self._engine_steps:
+            self._engine_steps = job.get("engine_steps", -1)
+            self._last_sign_of_life = time.monotonic()
+        state = job["state"]
+        if state == "done":
+            self._finish("done", EXIT_DONE, stem_path=job["stem_path"], metadata=job["metadata"])
+        elif state == "cancelled":
+            self._finish("cancelled", EXIT_CANCELLED)
+        elif state == "error":
+            self._finish("error", EXIT_FAILED, error=(job["error"]["code"], job["error"]["message"]))
+        else:
+            self._update(state=state, step=job["step"], total=job["total"], queue_position=job["queue_position"])
+
+    def _accept_implicitly(self, job_id: str) -> None:
+        # the /accepted reply may have been lost while later replies arrived
+        if not self.accepted and job_id:
+            self.accepted = True
+            self._update(job_id=job_id)
+
+    def _update(self, **changes: Any) -> None:
+        if any(self.status.get(k) != v for k, v in changes.items()):
+            self._last_sign_of_life = time.monotonic()
+            self.status.update(changes)
+            self.status["updated"] = time.time()
+
+    def _finish(self, state: str, exit_code: int, error: tuple[str, str] | None = None, **changes: Any) -> None:
+        self.status.update(changes)
+        self.status.update(
+            state=state,
+            exit_code=exit_code,
+            error={"code": error[0], "message": error[1]} if error else None,
+            updated=time.time(),
+        )
+        if state == "done":
+            self.status["step"] = self.status["total"] or self.status["step"]
+        for rid in [r for r, (job, _) in self._client._routes.items() if job is self]:
+            del self._client._routes[rid]
+
+
+def write_status(path: str, status: dict) -> None:
+    """Replace the status file atomically: a reader sees the old or the new file, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(status, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def send_request(
+    request: dict,
+    status_path: str | None = None,
+    host: str = protocol.DEFAULT_HOST,
+    port: int = protocol.DEFAULT_PORT,
+    token: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    cancel_path: str | None = None,
+    on_update: Callable[[dict], None] | None = None,
+) -> tuple[int, dict]:
+    """Send one request and follow it to the end, keeping `status_path` up to date.
+    Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job.
+    Returns (exit code, final status)."""
+    if cancel_path is None and status_path is not None:
+        cancel_path = status_path + ".cancel"
+
+    def update(status: dict) -> None:
+        if status_path is not None:
+            write_status(status_path, status)
+        if on_update is not None:
+            on_update(status)
+
+    should_cancel = (lambda: os.path.exists(cancel_path)) if cancel_path else None
+    try:
+        client = EngineClient(host, port, token)
+    except OSError as e:
+        status = failure_status("engine_not_running", f"Cannot reach {host}:{port}: {e}.", EXIT_NOT_RUNNING)
+        update(status)
+        return EXIT_NOT_RUNNING, status
+    with client:
+        job = client.submit(request, timeout=timeout, connect_timeout=connect_timeout)
+        status = job.wait(on_update=update, should_cancel=should_cancel)
+    return status["exit_code"], status
+
+
+def failure_status(code: str, message: str, exit_code: int) -> dict:
+    """A final status for a request that never reached the engine."""
+    return {
+        "state": "error",
+        "job_id": None,
+        "step": 0,
+        "total": 0,
+        "stem_path": None,
+        "metadata": None,
+        "error": {"code": code, "message": message},
+        "exit_code": exit_code,
+        "updated": time.time(),
+    }

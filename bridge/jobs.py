@@ -1,0 +1,261 @@
+"""The job book: a FIFO queue of generation jobs, the one worker thread that runs them on
+the engine's device, and the record of finished jobs that clients can still ask about.
+
+The runner is any callable with the FoleyService contract:
+    runner(request: dict, on_progress(step, total), is_cancelled() -> bool) -> {"stem_path", "metadata"}
+It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from bridge import protocol
+
+log = logging.getLogger("stepfoley.bridge")
+
+Runner = Callable[[dict, Callable[[int, int], None], Callable[[], bool]], dict]
+# notify(job, reply_address): the job changed in a way its client must hear about
+Notify = Callable[["Job", str], None]
+
+QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
+FINISHED_STATES = (DONE, ERROR, CANCELLED)
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass
+class Job:
+    job_id: str
+    request_id: str
+    request: dict
+    reply_to: tuple[str, int]
+    sender_key: tuple[str, str]
+    state: str = QUEUED
+    step: int = 0
+    total: int = 0
+    stem_path: str = ""
+    metadata: dict = field(default_factory=dict)
+    error_code: str = ""
+    error_message: str = ""
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    def summary(self, queue_position: int, engine_steps: int) -> dict:
+        """The job as the /job reply and `status` describe it."""
+        return {
+            "job_id": self.job_id,
+            "request_id": self.request_id,
+            "state": self.state,
+            "queue_position": queue_position,
+            "step": self.step,
+            "total": self.total,
+            "caption": self.request.get("caption", ""),
+            "stem_path": self.stem_path or None,
+            "metadata": self.metadata or None,
+            "error": {"code": self.error_code, "message": self.error_message} if self.state == ERROR else None,
+            "engine_steps": engine_steps,
+        }
+
+
+class JobBook:
+    """Owns the queue and the worker. Thread-safe: the dispatch thread submits, cancels and
+    queries; the worker thread runs jobs. Generation never runs on the dispatch thread."""
+
+    def __init__(self, runner: Runner | None, notify: Notify, max_queue: int = 256, keep_finished: int = 1024):
+        self.runner = runner
+        self._notify = notify
+        self.max_queue = max_queue
+        self._keep_finished = keep_finished
+        self._lock = threading.Condition()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._jobs: dict[str, Job] = {}
+        self._by_request: dict[tuple[str, str], str] = {}
+        self._finished: collections.deque[str] = collections.deque()
+        self._current: Job | None = None
+        self._stopping = False
+        self._counter = itertools.count(1)
+        self._prefix = secrets.token_hex(2)
+        # Counts sampling steps and finished jobs: clients use it as the engine's heartbeat.
+        self.engine_steps = 0
+        self.jobs_finished = 0
+        self._worker = threading.Thread(target=self._work, name="stepfoley-worker", daemon=True)
+
+    # --- dispatch-thread side -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def submit(self, sender_host: str, request_id: str, request: dict, reply_to: tuple[str, int]) -> tuple[Job, int]:
+        """Queue a validated request; a retransmitted request (same sender and request_id)
+        gets its existing job back instead of a second one. Returns (job, queue_position)."""
+        with self._lock:
+            existing = self._by_request.get((sender_host, request_id))
+            if existing and existing in self._jobs:
+                job = self._jobs[existing]
+                return job, self._position(job)
+            if self._stopping:
+                raise protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")
+            if len(self._queue) >= self.max_queue:
+                raise protocol.ProtocolError(
+                    "queue_full",
+                    f"The engine already has {len(self._queue)} jobs waiting. Wait for some to finish, then resend.",
+                )
+            key = (sender_host, request_id)
+            job = Job(f"{self._prefix}-{next(self._counter):06d}", request_id, request, reply_to, key)
+            self._jobs[job.job_id] = job
+            self._by_request[key] = job.job_id
+            self._queue.append(job)
+            self._lock.notify_all()
+            return job, self._position(job)
+
+    def cancel(self, job_id: str) -> str:
+        """Drop a queued job or ask the running one to stop before its next step."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise protocol.ProtocolError(
+                    "unknown_job", f"No job '{job_id[:80]}' is known (it may be long finished, or from an earlier engine run)."
+                )
+            if job.state in FINISHED_STATES:
+                return protocol.CANCEL_TOO_LATE
+            job.cancel_requested.set()
+            if job.state == RUNNING:
+                return protocol.CANCEL_STOPPING
+            self._queue.remove(job)
+            self._finish(job, CANCELLED)
+        self._notify(job, protocol.CANCELLED)
+        return protocol.CANCEL_DROPPED
+
+    def describe(self, job_id: str) -> dict:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise protocol.ProtocolError("unknown_job", f"No job '{job_id[:80]}' is known to this engine.")
+            return job.summary(self._position(job), self.engine_steps)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            current = self._current.summary(0, self.engine_steps) if self._current else None
+            queue = [j.summary(self._position(j), self.engine_steps) for j in self._queue]
+            return {
+                "state": "busy" if current else "idle",
+                "current": current,
+                "queue": queue,
+                "queue_limit": self.max_queue,
+                "jobs_finished": self.jobs_finished,
+                "engine_steps": self.engine_steps,
+            }
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Refuse new jobs, fail the queued ones, stop the running one at its next step."""
+        with self._lock:
+            self._stopping = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            for job in dropped:
+                job.error_code, job.error_message = "engine_stopped", "The engine was stopped before this job ran. Start it again and resend."
+                self._finish(job, ERROR)
+            # the running job sees is_cancelled() turn true through _stopping
+            self._lock.notify_all()
+        for job in dropped:
+            self._notify(job, protocol.ERROR)
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+
+    # --- worker-thread side ---------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                job = self._queue.popleft()
+                job.state, job.total = RUNNING, job.request.get("steps", 0)
+                self._current = job
+            self._notify(job, protocol.PROGRESS)  # step 0: the client learns it started
+            kind = self._run(job)
+            with self._lock:
+                self._current = None
+                self._finish(job, {protocol.DONE: DONE, protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
+            self._notify(job, kind)
+
+    def _run(self, job: Job) -> str:
+        """Run one job to its end; returns the final reply address and fills the job in."""
+
+        def on_progress(step: int, total: int) -> None:
+            with self._lock:
+                job.step, job.total = int(step), int(total)
+                self.engine_steps += 1
+            self._notify(job, protocol.PROGRESS)
+
+        def is_cancelled() -> bool:
+            return job.cancel_requested.is_set() or self._stopping
+
+        try:
+            result = self.runner(dict(job.request), on_progress, is_cancelled)
+            job.stem_path, job.metadata = _checked_result(result, job.request["output_dir"])
+            return protocol.DONE
+        except Exception as e:  # any failure ends this job only; the worker keeps serving
+            code = getattr(e, "code", None)
+            message = (str(e) or type(e).__name__)[:MAX_MESSAGE_CHARS]
+            if not isinstance(code, str) or not code:
+                code = "internal_error"
+                log.error("job %s failed unexpectedly:\n%s", job.job_id, traceback.format_exc())
+            if code == "cancelled" and job.cancel_requested.is_set():
+                return protocol.CANCELLED
+            if code == "cancelled" and self._stopping:
+                code, message = "engine_stopped", "The engine was stopped while this job ran. Start it again and resend."
+            job.error_code, job.error_message = code, message
+            log.warning("job %s: %s: %s", job.job_id, code, message)
+            return protocol.ERROR
+
+    def _finish(self, job: Job, state: str) -> None:
+        # caller holds the lock
+        job.state = state
+        self.jobs_finished += 1
+        self.engine_steps += 1
+        self._finished.append(job.job_id)
+        while len(self._finished) > self._keep_finished:
+            old = self._jobs.pop(self._finished.popleft(), None)
+            if old is not None and self._by_request.get(old.sender_key) == old.job_id:
+                del self._by_request[old.sender_key]
+
+    def _position(self, job: Job) -> int:
+        # caller holds the lock; jobs ahead of this one, the running job included
+        if job.state != QUEUED:
+            return 0
+        return self._queue.index(job) + (1 if self._current is not None else 0)
+
+
+class BadResult(Exception):
+    code = "internal_error"
+
+
+def _checked_result(result: Any, output_dir: str) -> tuple[str, dict]:
+    """The runner's result, checked: a stem that exists inside the request's output folder
+    and JSON metadata small enough for one reply datagram."""
+    if not isinstance(result, dict) or not isinstance(result.get("stem_path"), str):
+        raise BadResult("The engine finished without naming the stem it wrote (internal error).")
+    stem = os.path.abspath(result["stem_path"])
+    folder = os.path.realpath(output_dir)
+    if os.path.commonpath([os.path.realpath(stem), folder]) != folder or not os.path.isfile(stem):
+        raise BadResult(f"The engine reported a stem '{result['stem_path']}' that is not a file in '{output_dir}'.")
+    metadata = result.get("metadata", {})
+    try:
+        text = json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+        raise BadResult(f"The engine produced metadata that is not JSON ({e}).") from None
+    if not isinstance(metadata, dict) or len(text) > protocol.MAX_DATAGRAM_BYTES // 2:
+        raise BadResult("The engine produced metadata that is not a small JSON object.")
+    return stem, metadata

@@ -1,0 +1,276 @@
+"""The engine's OSC server: a UDP socket loop (the transport), a dispatcher that turns each
+client message into replies, and the job book whose worker runs generation. The dispatch
+thread only parses, validates and queues, so it answers pings while a job runs."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import selectors
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bridge import osc, protocol
+from bridge.jobs import Job, JobBook, Runner
+
+log = logging.getLogger("stepfoley.bridge")
+
+# Room for bursts of requests from several DAW scripts while the worker holds the GIL.
+_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = protocol.DEFAULT_HOST
+    port: int = protocol.DEFAULT_PORT  # 0 picks a free port (tests, benchmarks)
+    token: str = ""  # required on every message when set; mandatory off loopback
+    model: str = "unknown"  # named in /pong and /status_reply
+    device: str = "unknown"
+    max_queue: int = 256
+
+
+class ConfigError(ValueError):
+    """A server configuration that would be unsafe or cannot work."""
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+class Dispatcher:
+    """Maps one decoded client message to the datagrams that answer it. No sockets here."""
+
+    def __init__(self, config: ServerConfig, jobs: JobBook):
+        self.config = config
+        self.jobs = jobs
+        self._handlers = {
+            protocol.PING: self._ping,
+            protocol.STATUS: self._status,
+            protocol.GENERATE: self._generate,
+            protocol.CANCEL: self._cancel,
+            protocol.RESULT: self._result,
+        }
+
+    def handle_datagram(self, data: bytes, sender: tuple[str, int]) -> list[tuple[bytes, tuple[str, int]]]:
+        """Replies (datagram, address) for one received datagram; never raises."""
+        try:
+            messages = osc.decode(data)
+        except osc.DecodeError as e:
+            log.debug("dropped %d bytes from %s: %s", len(data), sender[0], e)
+            return []  # no reply address can be trusted in bytes we cannot parse
+        replies = []
+        for address, args in messages:
+            replies.extend(self._handle_message(address, args, sender, oversized=len(data) > protocol.MAX_DATAGRAM_BYTES))
+        return replies
+
+    def _handle_message(self, address: str, args: list[Any], sender: tuple[str, int], oversized: bool):
+        port = protocol.reply_port_of(args)
+        request_id = protocol.request_id_of(args)
+        try:
+            if oversized:
+                raise protocol.ProtocolError(
+                    "payload_too_large", f"Messages are limited to {protocol.MAX_DATAGRAM_BYTES} bytes; shorten the request."
+                )
+            header, rest = protocol.parse_header(address, args)
+            if self.config.token and not hmac.compare_digest(header.token.encode(), self.config.token.encode()):
+                raise protocol.ProtocolError("unauthorized", "Wrong or missing token for this engine.")
+            reply = self._handlers[address](header, rest, sender)
+            return [(reply, (sender[0], header.reply_port))]
+        except protocol.ProtocolError as e:
+            if port is None:
+                log.debug("dropped %s from %s: %s", address[:80], sender[0], e.message)
+                return []
+            return [(osc.encode(protocol.ERROR, request_id, "", e.code, e.message), (sender[0], port))]
+        except Exception as e:  # a bug here must cost one reply, not the server
+            log.exception("internal error handling %s", address[:80])
+            if port is None:
+                return []
+            return [(osc.encode(protocol.ERROR, request_id, "", "internal_error", str(e)[:500]), (sender[0], port))]
+
+    def _ping(self, header: protocol.Header, rest: list, sender) -> bytes:
+        return osc.encode(protocol.PONG, header.request_id, protocol.PROTOCOL_VERSION, self.config.model, self.config.device)
+
+    def _status(self, header: protocol.Header, rest: list, sender) -> bytes:
+        status = {"protocol": protocol.PROTOCOL_VERSION, "model": self.config.model, "device": self.config.device}
+        status.update(self.jobs.snapshot())
+        text = json.dumps(status)
+        if len(text) > protocol.MAX_DATAGRAM_BYTES:
+            # a long queue is summarized rather than sent in a datagram that may not arrive
+            status["queue"] = status["queue"][:20]
+            status["queue_truncated"] = True
+            text = json.dumps(status)
+        return osc.encode(protocol.STATUS_REPLY, header.request_id, text)
+
+    def _generate(self, header: protocol.Header, rest: list, sender) -> bytes:
+        try:
+            payload = json.loads(rest[0])
+        except ValueError as e:
+            raise protocol.ProtocolError("invalid_request", f"The request is not valid JSON: {e}.") from None
+        request = protocol.validate_request(payload, check_paths=True)
+        job, position = self.jobs.submit(sender[0], header.request_id, request, (sender[0], header.reply_port))
+        return osc.encode(protocol.ACCEPTED, header.request_id, job.job_id, position)
+
+    def _cancel(self, header: protocol.Header, rest: list, sender) -> bytes:
+        outcome = self.jobs.cancel(rest[0])
+        return osc.encode(protocol.CANCEL_REPLY, header.request_id, rest[0], outcome)
+
+    def _result(self, header: protocol.Header, rest: list, sender) -> bytes:
+        return osc.encode(protocol.JOB, header.request_id, json.dumps(self.jobs.describe(rest[0])))
+
+
+def job_reply(job: Job, kind: str) -> bytes:
+    """The datagram that tells a job's client about a change (progress or a final state)."""
+    if kind == protocol.PROGRESS:
+        return osc.encode(protocol.PROGRESS, job.request_id, job.job_id, job.step, job.total)
+    if kind == protocol.DONE:
+        return osc.encode(protocol.DONE, job.request_id, job.job_id, job.stem_path, json.dumps(job.metadata))
+    if kind == protocol.CANCELLED:
+        return osc.encode(protocol.CANCELLED, job.request_id, job.job_id)
+    return osc.encode(protocol.ERROR, job.request_id, job.job_id, job.error_code, job.error_message)
+
+
+class EngineServer:
+    """Binds the socket at construction (so `address` is known at once); `serve_forever`
+    runs the dispatch loop in the calling thread, `start` runs it in a background thread."""
+
+    def __init__(self, runner: Runner | None, config: ServerConfig = ServerConfig()):
+        if not config.token and not is_loopback(config.host):
+            raise ConfigError(
+                f"Listening on '{config.host}' lets other machines reach the engine; "
+                "give a shared --token (every client must send it) or use 127.0.0.1."
+            )
+        self.config = config
+        self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue)
+        self.dispatcher = Dispatcher(config, self.jobs)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
+            self._sock.bind((config.host, config.port))
+        except OSError as e:
+            self._sock.close()
+            raise ConfigError(
+                f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). "
+                "Is another engine already running? Pick another --port."
+            ) from None
+        self._send_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dropped_datagrams = 0
+
+    def attach(self, runner: Runner, model: str, device: str) -> None:
+        """Give a server that was bound before its model loaded the runner to serve with."""
+        self.config = replace(self.config, model=model, device=device)
+        self.dispatcher.config = self.config
+        self.jobs.runner = runner
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def serve_forever(self) -> None:
+        """Serve until `shutdown()`; then fail queued jobs, stop the running one at its next
+        step, and close the socket."""
+        if self.jobs.runner is None:
+            raise ConfigError("The server has no runner to generate with; attach() one first.")
+        self.jobs.start()
+        selector = selectors.DefaultSelector()
+        selector.register(self._sock, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is self._sock:
+                        self._receive_one()
+        finally:
+            selector.close()
+            self._close()
+
+    def _receive_one(self) -> None:
+        try:
+            # one byte more than the UDP maximum payload, so nothing is silently cut short
+            data, sender = self._sock.recvfrom(65536)
+        except OSError:
+            return  # e.g. an ICMP error reported on the socket; the next datagram is fine
+        replies = self.dispatcher.handle_datagram(data, sender[:2])
+        if not replies:
+            self.dropped_datagrams += 1
+        for datagram, address in replies:
+            self._send(datagram, address)
+
+    def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
+        try:
+            with self._send_lock:
+                if self._sock.fileno() >= 0:  # not yet closed by _close
+                    self._sock.sendto(datagram, address)
+        except OSError as e:
+            log.debug("could not reply to %s: %s", address, e)
+
+    def _notify(self, job: Job, kind: str) -> None:
+        self._send(job_reply(job, kind), job.reply_to)
+
+    def start(self) -> "EngineServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="stepfoley-dispatch", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        """Ask the loop to end. Safe from a signal handler or any thread."""
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """shutdown() and wait until the loop and the worker have ended."""
+        self.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:
+            self._close(timeout)
+
+    def _close(self, timeout: float = 10.0) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.jobs.stop(timeout)
+        for s in (self._sock, self._wake_r, self._wake_w):
+            s.close()
+
+    def __enter__(self) -> "EngineServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_until_signalled(server: EngineServer) -> None:
+    """Serve in this (main) thread until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly:
+    queued jobs fail with "engine_stopped", the running one stops at its next step."""
+
+    def on_signal(signum, frame):
+        print(f"{signal.Signals(signum).name}: stopping; the running job stops at its next step.",
+              file=sys.stderr, flush=True)
+        server.shutdown()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,189 @@
+"""Reading and writing weight files, and checking them against the golden key/shape manifests.
+
+Loaders of specific models decide how to unwrap a file (BigVGAN's `best_netG.pt` keeps its weights
+under "generator": `load_state_dict_file(path, entry="generator")`); this module never guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+
+from engine.errors import CheckpointError
+
+PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+ShapeLike = Union[torch.Tensor, torch.Size, Sequence[int]]
+
+
+def load_state_dict_file(path: Union[str, os.PathLike], entry: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """name -> CPU tensor from a .pth/.pt/.ckpt (torch.load, weights only) or .safetensors file.
+
+    `entry` selects one top-level item of a .pth file that nests its state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Weights file not found: {path}. Check the path or download the weights again.")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        state = _read_safetensors(path)
+    elif path.suffix in PTH_SUFFIXES:
+        state = _read_pth(path)
+    else:
+        raise CheckpointError(
+            f"Cannot read weights file {path}: unknown file type '{path.suffix}' "
+            f"(expected {SAFETENSORS_SUFFIX} or one of {', '.join(PTH_SUFFIXES)}).")
+    if entry is not None:
+        if not isinstance(state, Mapping) or entry not in state:
+            found = ", ".join(sorted(map(str, state))[:8]) if isinstance(state, Mapping) else type(state).__name__
+            raise CheckpointError(f"Weights file {path} has no '{entry}' entry (it holds: {found}).")
+        state = state[entry]
+    return _as_state_dict(state, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+        raise CheckpointError(
+            f"Weights file {path} is damaged or not a safetensors file ({exc}). "
+            f"Download or export it again.") from exc
+
+
+def _read_pth(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
+        raise CheckpointError(
+            f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}). "
+            f"Download it again.") from exc
+
+
+def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"Weights file {path} does not hold a dictionary of tensors "
+                              f"(found {type(state).__name__}).")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"Weights file {path} is not a plain state dict: entries {', '.join(not_tensors[:5])} are not "
+            f"tensors. If the weights are nested, the model's loader must name the entry.")
+    return dict(state)
+
+
+@dataclass(frozen=True)
+class ManifestReport:
+    """How a state dict compares with a manifest. wrong_shape holds (key, found, expected)."""
+
+    manifest: str
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    wrong_shape: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+    ignored: tuple[str, ...]  # present, but dropped by the loader (e.g. stale rotary buffers)
+    num_parameters_found: int
+    num_parameters_expected: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def summary(self, limit: int = 5) -> str:
+        if self.ok:
+            return f"matches {self.manifest} ({self.num_parameters_found:,} values)"
+
+        def listing(items):
+            return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {listing(list(self.missing))}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {listing(list(self.unexpected))}")
+        if self.wrong_shape:
+            parts.append(f"{len(self.wrong_shape)} wrong shape: " + listing(
+                [f"{k} {list(found)} instead of {list(want)}" for k, found, want in self.wrong_shape]))
+        return f"does not match {self.manifest}: " + "; ".join(parts)
+
+
+def _shape(value: ShapeLike) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(int(d) for d in value)
+
+
+def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
+                           manifest_json_path: Union[str, os.PathLike]) -> ManifestReport:
+    """Compare keys and shapes with a golden manifest (manifests/*.json).
+
+    Accepts tensors or plain shapes. A manifest entry's `legacy_key` (old weight-norm names) counts
+    as the same key. Keys the loader drops (`keys_dropped_or_ignored_on_load`) are reported as ignored.
+    """
+    manifest_path = Path(manifest_json_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"Cannot read the weights manifest {manifest_path}: {exc}") from exc
+    found = {k: _shape(v) for k, v in state_dict_or_shapes.items()}
+    droppable = set(manifest.get("keys_dropped_or_ignored_on_load", ()))
+
+    missing, wrong_shape, matched = [], [], set()
+    for item in manifest["state_dict"]:
+        names = [item["key"]] + ([item["legacy_key"]] if item.get("legacy_key") else [])
+        name = next((n for n in names if n in found), None)
+        if name is None:
+            missing.append(item["key"])
+            continue
+        matched.add(name)
+        if found[name] != tuple(item["shape"]):
+            wrong_shape.append((name, found[name], tuple(item["shape"])))
+    leftovers = [k for k in found if k not in matched]
+    ignored = tuple(k for k in leftovers if k in droppable)
+    unexpected = tuple(k for k in leftovers if k not in droppable)
+    numel = sum(int(torch.Size(found[k]).numel()) for k in matched)
+    return ManifestReport(
+        manifest=manifest.get("name", manifest_path.stem), missing=tuple(missing), unexpected=unexpected,
+        wrong_shape=tuple(wrong_shape), ignored=ignored, num_parameters_found=numel,
+        num_parameters_expected=int(manifest.get("state_dict_numel", 0)))
+
+
+def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike],
+                            metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False) -> Path:
+    """Write a .safetensors file via a temporary file in the same folder and a rename, so a crash
+    never leaves half a file under the real name. Refuses to replace an existing file unless
+    `overwrite` is set."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; StepFoley does not overwrite weight files. "
+                              f"Choose another name or remove the old file first.")
+    metadata = dict(metadata or {})
+    bad = [k for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:
+        raise CheckpointError(f"Metadata for {path} must map text to text; offending keys: {bad[:5]}. "
+                              f"Encode other values as JSON strings.")
+    tensors, seen = {}, set()
+    for key, value in state_dict.items():
+        tensor = value.detach().to("cpu").contiguous()
+        # safetensors refuses tensors that share memory (tied weights): store separate copies.
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        if tensor.numel():
+            seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata or None)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,51 @@
+"""NVIDIA's BigVGAN-v2 44.1 kHz vocoder from its downloaded directory, without any hub.
+
+The directory is the Hugging Face repository `nvidia/bigvgan_v2_44khz_128band_512x` as
+downloaded: `config.json` (hyper-parameters) and `bigvgan_generator.pt` (a dict whose
+"generator" entry is the state dict). The network is engine.codec.bigvgan.BigVGAN; only
+the final-layer switches differ from v1, and they come from config.json.
+
+NVIDIA's own `bigvgan` package is not used: it pulls huggingface-hub, librosa, nnAudio,
+pesq, auraloss, tensorboard and matplotlib for what is, at inference, this one module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator
+from engine.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+GENERATOR_FILE = "bigvgan_generator.pt"
+GENERATOR_ENTRY = "generator"
+
+
+def read_config(directory: Path) -> tuple[BigVGANConfig, dict]:
+    """The generator config and the raw dict (for sampling_rate, num_mels, hop_size)."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"The BigVGAN-v2 folder {directory} has no {CONFIG_FILE}. Download the whole "
+            "nvidia/bigvgan_v2_44khz_128band_512x repository into that folder (docs/weights.md)."
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}); download it again.") from None
+    return BigVGANConfig.from_dict(raw), raw
+
+
+def load_bigvgan_v2(directory: Path, read_state_dict: Callable[[Path, str | None], dict[str, torch.Tensor]]) -> BigVGAN:
+    """Build and load the vocoder of a BigVGAN-v2 folder. `read_state_dict(path, entry)`
+    reads a checkpoint file (engine.weights.read_state_dict: it prefers a converted
+    .safetensors copy beside the .pt)."""
+    directory = Path(directory)
+    config, _ = read_config(directory)
+    weights = directory / GENERATOR_FILE
+    state_dict = read_state_dict(weights, GENERATOR_ENTRY)
+    return load_generator(state_dict, config, source=str(weights))

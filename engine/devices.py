@@ -1,0 +1,118 @@
+"""Where the networks run and in which precision.
+
+The only module outside the networks that imports torch for device decisions. Noise for
+sampling is drawn on the CPU by the sampler (so a seed gives the same sound on any
+machine); nothing here touches random state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import ContextManager
+
+import torch
+
+from engine.errors import InvalidInputError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+DEVICE_HINT = "Use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'."
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def choose_device(preference: str | None = None) -> torch.device:
+    """The device to run on. None or 'auto' picks CUDA, then Apple MPS, then CPU.
+
+    An explicit device is honored or refused (InvalidInputError), never silently replaced.
+    """
+    choice = (preference or "auto").strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, ValueError) as error:
+        raise InvalidInputError(f"Unknown device {preference!r}. {DEVICE_HINT}") from error
+
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"Device {preference!r} was requested but no CUDA GPU is usable here "
+                "(no NVIDIA GPU, driver, or CUDA build of PyTorch). Use 'auto' or 'cpu'."
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InvalidInputError(
+                f"Device {preference!r} does not exist: this machine has {count} CUDA GPU(s), "
+                f"numbered 0 to {count - 1}."
+            )
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise InvalidInputError(
+                f"Device {preference!r} was requested but Apple Metal (MPS) is not available "
+                "here (it needs an Apple-silicon Mac and a recent PyTorch). Use 'auto' or 'cpu'."
+            )
+        return device
+    raise InvalidInputError(f"Device type {device.type!r} is not supported. {DEVICE_HINT}")
+
+
+def autocast_context(device: torch.device | str, precision: str = "auto") -> ContextManager:
+    """The mixed-precision context for running the networks on `device`.
+
+    'auto' means bf16 autocast on CUDA GPUs that support it and full fp32 elsewhere
+    (bf16 autocast on CPU is slow and MPS support varies). 'bf16' asks for bf16 autocast on
+    any device; 'fp32' never autocasts.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "auto":
+        if device.type != "cuda" or not torch.cuda.is_bf16_supported():
+            return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool, device: torch.device | str | None = None):
+    """torch.compile `module` when asked and it lives on CUDA; otherwise return it as is.
+
+    Compiling on CPU/MPS costs minutes of start-up for little gain, so it is skipped there.
+    Note that a compiled module's state_dict keys gain an '_orig_mod.' prefix: save the
+    original module's weights, not the compiled wrapper's.
+    """
+    if not enabled:
+        return module
+    target = torch.device(device) if device is not None else _module_device(module)
+    if target.type != "cuda":
+        return module
+    return torch.compile(module)
+
+
+def default_threads() -> int:
+    """CPU threads for torch: $OMP_NUM_THREADS when set, else the cores this process may use."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,150 @@
+"""MMAudio's conditioning encoders over the real weights:
+
+    video = MMAudioVideoEncoder.from_weights_dir(weights_dir, cache=FeatureCache())
+    clip_f, sync_f = video.encode_region("picture.mp4", 12.0, 20.0)   # (1, 64, 1024), (1, 192, 768)
+    text = MMAudioTextEncoder.from_weights_dir(weights_dir, clip=video.clip)
+    text_f = text.encode(["footsteps on gravel"])                       # (1, 77, 1024)
+
+weights_dir follows MMAudio's layout: ext_weights/synchformer_state_dict.pth and the CLIP
+directory DFN5B-CLIP-ViT-H-14-384/ (open_clip_pytorch_model.bin, open_clip_config.json,
+bpe_simple_vocab_16e6.txt.gz). The region is decoded once; all CLIP frames go through one
+batched forward, all Synchformer windows through another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from engine.errors import CheckpointError, InvalidInputError
+from engine.features.cache import FeatureCache, file_identity
+from engine.features.clip import (ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
+                                  find_weight_file, load_clip)
+from engine.features.synchformer import SynchformerVisual, encode_sync_frames, load_synchformer
+from engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
+
+SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
+CLIP_DIR = "DFN5B-CLIP-ViT-H-14-384"
+
+
+def model_fingerprint(*models: torch.nn.Module) -> str:
+    """Identifies weights without a file (tests, benchmarks): config plus parameter sums."""
+    digest = hashlib.sha256()
+    for model in models:
+        digest.update(repr(getattr(model, "cfg", type(model).__name__)).encode())
+        for name, p in model.state_dict().items():
+            digest.update(f"{name}:{float(p.double().sum()):.10e}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _find_clip_dir(weights_dir: Path) -> Path:
+    for candidate in (weights_dir / CLIP_DIR, weights_dir / "ext_weights" / CLIP_DIR):
+        if candidate.is_dir():
+            return candidate
+    raise CheckpointError(
+        f"No CLIP directory {CLIP_DIR}/ in {weights_dir}. Download apple/DFN5B-CLIP-ViT-H-14-384 "
+        "(open_clip_pytorch_model.bin, open_clip_config.json) into it.")
+
+
+_loaded_clips: dict[tuple, ClipModel] = {}
+
+
+def shared_clip(clip_dir: Path) -> ClipModel:
+    """One CLIP (~4 GB in float32) for the image and the text encoder of the same directory."""
+    key = file_identity(find_weight_file(clip_dir))
+    if key not in _loaded_clips:
+        _loaded_clips.clear()  # keep at most one resident
+        _loaded_clips[key] = load_clip(clip_dir)
+    return _loaded_clips[key]
+
+
+class MMAudioVideoEncoder:
+    """A region of a video file -> (clip_f (1, Tc, Dc), sync_f (1, Ts, Ds))."""
+
+    def __init__(self, clip: ClipModel, synchformer: SynchformerVisual,
+                 cache: FeatureCache | None = None, extractor_id: str | None = None,
+                 clip_size: int = CLIP_SIZE, clip_batch: int | None = None,
+                 sync_batch: int | None = None):
+        self.clip = clip.eval()
+        self.synchformer = synchformer.eval()
+        self.cache = cache
+        self.requests = (FrameRequest(CLIP_FPS, clip_size, "stretch"),
+                         FrameRequest(SYNC_FPS, synchformer.cfg.image_size, "crop"))
+        self.extractor_id = extractor_id or model_fingerprint(clip.visual, synchformer)
+        self.extractor_id += f"|clip{clip_size}"
+        self.clip_batch, self.sync_batch = clip_batch, sync_batch
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
+                         cache: FeatureCache | None = None,
+                         device: str | torch.device = "cpu") -> "MMAudioVideoEncoder":
+        weights_dir = Path(weights_dir)
+        clip_dir = _find_clip_dir(weights_dir)
+        sync_path = weights_dir / SYNCHFORMER_FILE
+        clip = clip if clip is not None else shared_clip(clip_dir)
+        synchformer = load_synchformer(sync_path)
+        clip_file = find_weight_file(clip_dir)
+        extractor_id = f"{file_identity(clip_file)}|{file_identity(sync_path)}"
+        return cls(clip.to(device), synchformer.to(device), cache=cache, extractor_id=extractor_id)
+
+    from_directory = from_weights_dir  # the name engine.loading uses
+
+    @property
+    def encoder_id(self) -> str:
+        """What engine.pipeline.VideoEncoder promises: identifies weights and frame geometry."""
+        return self.extractor_id
+
+    def _compute(self, video_path: Path, start_s: float, end_s: float) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        clip_frames, sync_frames = read_regions(video_path, start_s, end_s, self.requests)
+        t1 = time.perf_counter()
+        clip_f = encode_clip_frames(self.clip, clip_frames, self.clip_batch)
+        t2 = time.perf_counter()
+        sync_f = encode_sync_frames(self.synchformer, sync_frames, self.sync_batch)
+        t3 = time.perf_counter()
+        self.last_timings = {"decode_s": t1 - t0, "clip_s": t2 - t1, "sync_s": t3 - t2}
+        return {"clip_f": clip_f, "sync_f": sync_f}
+
+    def encode_region(self, video_path: str | Path, start_s: float,
+                      end_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        video_path = Path(video_path)
+        self.last_timings = {"decode_s": 0.0, "clip_s": 0.0, "sync_s": 0.0}
+        if self.cache is None:
+            features = self._compute(video_path, start_s, end_s)
+        else:
+            if not video_path.is_file():
+                self._compute(video_path, start_s, end_s)  # raises the VideoError that names it
+            features = self.cache.get_or_compute_region(
+                video_path, start_s, end_s, self.extractor_id,
+                lambda: self._compute(video_path, start_s, end_s))
+        device = next(self.clip.parameters()).device
+        return features["clip_f"].to(device), features["sync_f"].to(device)
+
+
+class MMAudioTextEncoder:
+    """Captions -> per-token CLIP text features (B, 77, 1024), normalized as MMAudio does."""
+
+    def __init__(self, clip: ClipModel, tokenizer: ClipTokenizer):
+        self.clip = clip.eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
+                         device: str | torch.device = "cpu") -> "MMAudioTextEncoder":
+        clip_dir = _find_clip_dir(Path(weights_dir))
+        clip = clip if clip is not None else shared_clip(clip_dir).to(device)
+        return cls(clip, ClipTokenizer(find_bpe_vocab(clip_dir), clip.cfg.context_length))
+
+    from_directory = from_weights_dir
+
+    @torch.inference_mode()
+    def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        if isinstance(captions, str) or not captions:
+            raise InvalidInputError("Give the text encoder a list of captions (one per track).")
+        tokens = self.tokenizer(list(captions)).to(next(self.clip.parameters()).device)
+        return self.clip.encode_text_tokens(tokens)

@@ -1,0 +1,82 @@
+"""Loading a FoleyModel: the embedded mini-world model (default), random weights for tests,
+or the real MMAudio stack from a weights directory laid out as docs/weights.md says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.errors import CheckpointError, InvalidInputError
+from engine.pipeline import FoleyModel
+
+MMAUDIO_VARIANTS = {
+    # variant: (flow checkpoint, codec mode)
+    "small_16k": ("weights/mmaudio_small_16k", "16k"),
+    "small_44k": ("weights/mmaudio_small_44k", "44k"),
+    "medium_44k": ("weights/mmaudio_medium_44k", "44k"),
+    "large_44k": ("weights/mmaudio_large_44k", "44k"),
+    "large_44k_v2": ("weights/mmaudio_large_44k_v2", "44k"),
+}
+
+
+def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
+    """Prefer the .safetensors copy (no pickle, faster), else the official .pth."""
+    for ext in (".safetensors", ".pth"):
+        if (weights_dir / (stem + ext)).is_file():
+            return weights_dir / (stem + ext)
+    raise CheckpointError(f"{weights_dir / (stem + '.pth')} is missing: the MMAudio flow network weights. "
+                          "Run `stepfoley weights check DIR` to see what the directory holds.")
+
+
+def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device) -> FoleyModel:
+    from engine.checkpoints import load_state_dict_file
+    from engine.codec.mmaudio_codec import MMAudioCodec
+    from engine.controlnet import load_controlnet
+    from engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
+    from engine.mmaudio import MMAudio, MMAudioConfig
+
+    weights_dir = Path(weights_dir)
+    if not weights_dir.is_dir():
+        raise CheckpointError(f"The weights directory {weights_dir} does not exist.")
+    if variant is None:
+        present = [v for v, (stem, _) in MMAUDIO_VARIANTS.items()
+                   if any((weights_dir / (stem + e)).is_file() for e in (".pth", ".safetensors"))]
+        if not present:
+            raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
+                                  f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())}).")
+        variant = present[0]
+    if variant not in MMAUDIO_VARIANTS:
+        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
+    stem, mode = MMAUDIO_VARIANTS[variant]
+    config = MMAudioConfig.preset(variant)
+    net = MMAudio(config)
+    net.load_weights(load_state_dict_file(_checkpoint_path(weights_dir, stem)))
+    controlnet = None
+    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
+    if cn_path.is_file():
+        controlnet = load_controlnet(cn_path, config).eval()
+    codec = MMAudioCodec.from_directory(weights_dir, mode)
+    return FoleyModel(
+        model_id=f"mmaudio-{variant}" + ("+nag" if controlnet else ""),
+        net=net.eval().requires_grad_(False), codec=codec,
+        video_encoder=MMAudioVideoEncoder.from_directory(weights_dir),
+        text_encoder=MMAudioTextEncoder.from_directory(weights_dir),
+        controlnet=controlnet, device=device,
+        note="" if controlnet else f"no NAG ControlNet at {cn_path}: only 'independent' and 'negative_prompt' work",
+    ).to(device)
+
+
+def load_foley_model(weights_dir: str | Path | None = None, variant: str | None = None,
+                     device: torch.device | None = None) -> FoleyModel:
+    device = device or torch.device("cpu")
+    if weights_dir is not None:
+        return load_mmaudio_model(weights_dir, variant, device)
+    from engine.embedded.model import load_embedded_model
+
+    if variant in (None, "embedded"):
+        return load_embedded_model(device=device)
+    if variant == "tiny-random":
+        return load_embedded_model(device=device, random_weights=True)
+    raise InvalidInputError(f"Unknown model '{variant}' without a weights directory: use 'embedded' or "
+                            "'tiny-random', or give --weights DIR for the MMAudio variants.")

@@ -1,0 +1,260 @@
+"""Loudness, summing, true-peak limiting, resampling and channel handling for stems.
+
+Every function here takes and returns numpy float32 arrays shaped (channels, samples),
+the layout pedalboard uses; a 1-D array is accepted as mono (1, samples). Nothing here
+touches torch: stems arrive here already decoded to waveforms.
+
+The composite follows the paper (Sec. 5.1): sum the tracks without weighting, then
+loudness-normalize the sum to -20 LUFS (BS.1770, via pyloudnorm). A true-peak limiter
+runs last so that a normalized mix never clips in the DAW.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+import pedalboard
+import pyloudnorm
+from scipy.signal import resample_poly
+
+from engine.errors import AudioError, InvalidInputError
+
+# BS.1770 measures loudness over 400 ms gating blocks; shorter audio has no defined loudness.
+LOUDNESS_BLOCK_S = 0.4
+# BS.1770's absolute gate: anything quieter is treated as silence, never amplified.
+SILENCE_GATE_LUFS = -70.0
+# 4x oversampling is what BS.1770 Annex 2 asks for at 48 kHz to catch inter-sample peaks.
+TRUE_PEAK_OVERSAMPLING = 4
+# A steeper window than resample_poly's default keeps the interpolation's passband error
+# near 0.001 dB, so the meter does not invent peaks that a DAW's meter would not show.
+TRUE_PEAK_WINDOW = ("kaiser", 8.0)
+# Largest denominator of the resampling ratio; 48000/44100 = 160/147 fits easily, odd
+# rates get a ratio within a few parts per million instead of a million-tap filter.
+MAX_RESAMPLE_DENOMINATOR = 1000
+# pyloudnorm's channel weights only cover up to five channels (L, R, C, Ls, Rs).
+MAX_LOUDNESS_CHANNELS = 5
+# Headroom left below the ceiling by the final safety gain, so float32 rounding of the
+# scaled samples cannot land a hair above it.
+SAFETY_MARGIN_DB = 0.001
+
+
+def as_channels_first(samples: np.ndarray) -> np.ndarray:
+    """A float32 (channels, samples) view of `samples`; 1-D input is taken as mono."""
+    array = np.asarray(samples)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise InvalidInputError(
+            f"Audio must be shaped (channels, samples), got an array with shape {array.shape}."
+        )
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _check_finite(samples: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(
+            f"{what} contains NaN or infinite samples and cannot be mixed. "
+            "Regenerate or re-export it."
+        )
+
+
+def _check_sample_rate(sample_rate: int, what: str = "sample rate") -> int:
+    if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise InvalidInputError(f"The {what} must be a positive whole number of Hz, got {sample_rate!r}.")
+    return int(sample_rate)
+
+
+def _check_channel_count(channels: int) -> int:
+    if isinstance(channels, bool) or int(channels) != channels or channels < 1:
+        raise InvalidInputError(f"The channel count must be 1 or more, got {channels!r}.")
+    return int(channels)
+
+
+def _gain_db(samples: np.ndarray, gain_db: float) -> np.ndarray:
+    gain = 10.0 ** (gain_db / 20.0)
+    return (samples.astype(np.float64) * gain).astype(np.float32)
+
+
+def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
+    """BS.1770 integrated loudness in LUFS, or -inf for silence or audio under 400 ms."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    sample_rate = _check_sample_rate(sample_rate)
+    channels, length = audio.shape
+    if channels > MAX_LOUDNESS_CHANNELS:
+        raise InvalidInputError(
+            f"Loudness can be measured on at most {MAX_LOUDNESS_CHANNELS} channels, "
+            f"this audio has {channels}. Downmix it first."
+        )
+    # Padding a short clip with silence would change its measured loudness, so a clip
+    # shorter than one gating block is reported as unmeasurable rather than guessed.
+    _check_finite(audio, "The audio")
+    if length < math.ceil(LOUDNESS_BLOCK_S * sample_rate) or not np.any(audio):
+        return -math.inf
+    meter = pyloudnorm.Meter(sample_rate, block_size=LOUDNESS_BLOCK_S)
+    loudness = float(meter.integrated_loudness(audio.T.astype(np.float64)))
+    # pyloudnorm yields -inf (or NaN from an empty gate) when every block is below -70 LUFS.
+    return loudness if math.isfinite(loudness) else -math.inf
+
+
+def loudness_normalize(
+    samples: np.ndarray,
+    sample_rate: int,
+    target_lufs: float = -20.0,
+    silence_gate_lufs: float = SILENCE_GATE_LUFS,
+) -> np.ndarray:
+    """Scale `samples` so their integrated loudness is `target_lufs`.
+
+    Audio quieter than `silence_gate_lufs`, or too short to measure, comes back unchanged:
+    amplifying silence would only raise the noise floor (or produce an infinite gain).
+    """
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    if not math.isfinite(target_lufs):
+        raise InvalidInputError(f"The loudness target must be a number of LUFS, got {target_lufs!r}.")
+    loudness = integrated_loudness(audio, sample_rate)
+    if not math.isfinite(loudness) or loudness < silence_gate_lufs:
+        return audio.copy()
+    return _gain_db(audio, target_lufs - loudness)
+
+
+def true_peak(samples: np.ndarray, sample_rate: int) -> float:
+    """The true peak in dBTP: the largest magnitude of the 4x oversampled signal (-inf if silent)."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    _check_sample_rate(sample_rate)
+    if audio.size == 0:
+        return -math.inf
+    _check_finite(audio, "The audio")
+    oversampled = resample_poly(
+        audio.astype(np.float64), TRUE_PEAK_OVERSAMPLING, 1, axis=-1, window=TRUE_PEAK_WINDOW
+    )
+    # The interpolation filter can never remove a sample peak, so both are taken.
+    peak = max(float(np.max(np.abs(oversampled))), float(np.max(np.abs(audio))))
+    return 20.0 * math.log10(peak) if peak > 0.0 else -math.inf
+
+
+def limit_true_peak(
+    samples: np.ndarray,
+    sample_rate: int,
+    ceiling_dbtp: float = -1.0,
+    release_ms: float = 100.0,
+) -> np.ndarray:
+    """Keep the true peak at or below `ceiling_dbtp`.
+
+    Audio already under the ceiling is returned unchanged. Hotter audio goes through
+    pedalboard's Limiter, then a final gain measured on the result guarantees the ceiling
+    (the Limiter has no look-ahead, so fast transients overshoot it slightly).
+    """
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    sample_rate = _check_sample_rate(sample_rate)
+    if not math.isfinite(ceiling_dbtp) or ceiling_dbtp > 0.0:
+        raise InvalidInputError(
+            f"The true-peak ceiling must be a number of dBTP at or below 0, got {ceiling_dbtp!r}."
+        )
+    peak_dbtp = true_peak(audio, sample_rate)
+    if peak_dbtp <= ceiling_dbtp:
+        return audio.copy()
+
+    limiter = pedalboard.Limiter(threshold_db=ceiling_dbtp, release_ms=release_ms)
+    limited = limiter(audio, sample_rate)
+    # JUCE's Limiter (which pedalboard wraps) adds make-up gain of min(7.5 dB, -threshold)
+    # and hard-clips at 0 dBFS; taking the make-up back puts the limited peaks at the ceiling.
+    makeup_db = min(7.5, -ceiling_dbtp)
+    limited = _gain_db(limited, -makeup_db)
+
+    limited_peak_dbtp = true_peak(limited, sample_rate)
+    if limited_peak_dbtp > ceiling_dbtp - SAFETY_MARGIN_DB:
+        limited = _gain_db(limited, ceiling_dbtp - SAFETY_MARGIN_DB - limited_peak_dbtp)
+    return limited
+
+
+def _resample_ratio(from_sr: int, to_sr: int) -> tuple[int, int]:
+    ratio = Fraction(to_sr, from_sr).limit_denominator(MAX_RESAMPLE_DENOMINATOR)
+    return ratio.numerator, ratio.denominator
+
+
+def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
+    """Band-limited polyphase resampling; the result has exactly round(S * to_sr / from_sr) samples."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    from_sr = _check_sample_rate(from_sr, "source sample rate")
+    to_sr = _check_sample_rate(to_sr, "target sample rate")
+    if from_sr == to_sr:
+        return audio.copy()
+    target_length = round(audio.shape[1] * to_sr / from_sr)
+    if audio.shape[1] == 0:
+        return np.zeros((audio.shape[0], 0), dtype=np.float32)
+    up, down = _resample_ratio(from_sr, to_sr)
+    resampled = resample_poly(audio.astype(np.float64), up, down, axis=-1)
+    return fit_length(resampled.astype(np.float32), target_length)
+
+
+def match_channels(samples: np.ndarray, channels: int) -> np.ndarray:
+    """Downmix to mono by averaging, or upmix mono by copying it to every channel."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    channels = _check_channel_count(channels)
+    have = audio.shape[0]
+    if have == channels:
+        return audio.copy()
+    if channels == 1:
+        return audio.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+    if have == 1:
+        return np.repeat(audio, channels, axis=0)
+    raise AudioError(
+        f"Cannot map {have}-channel audio onto {channels} channels: only mono-to-many and "
+        "many-to-mono are supported. Export the stem as mono or stereo."
+    )
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Trim to `length` samples, or pad the end with silence."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    if isinstance(length, bool) or int(length) != length or length < 0:
+        raise InvalidInputError(f"The length must be a whole number of samples, got {length!r}.")
+    have = audio.shape[1]
+    if have >= length:
+        return audio[:, :length].copy()
+    padded = np.zeros((audio.shape[0], int(length)), dtype=np.float32)
+    padded[:, :have] = audio
+    return padded
+
+
+def mix_tracks(
+    tracks: Sequence[tuple[np.ndarray, int]],
+    sample_rate: int,
+    length: int,
+    channels: int = 1,
+    target_lufs: float = -20.0,
+    ceiling_dbtp: float = -1.0,
+) -> np.ndarray:
+    """The composite of the paper: every stem brought to (channels, length) at `sample_rate`,
+    summed unweighted, loudness-normalized to `target_lufs`, then true-peak limited.
+
+    `tracks` holds (samples (C, S), sample_rate) pairs. No tracks gives silence.
+    Returns float32 (channels, length).
+    """
+    sample_rate = _check_sample_rate(sample_rate)
+    channels = _check_channel_count(channels)
+    if isinstance(length, bool) or int(length) != length or length < 1:
+        raise InvalidInputError(f"The mix length must be at least one sample, got {length!r}.")
+    mix = np.zeros((channels, int(length)), dtype=np.float64)
+    for index, (stem, stem_rate) in enumerate(tracks, start=1):
+        what = f"Stem {index} of {len(tracks)}"
+        audio = as_channels_first(stem)
+        if audio.shape[1] == 0:
+            raise AudioError(f"{what} has no samples (it is empty). Remove it from the mix or regenerate it.")
+        _check_finite(audio, what)
+        audio = resample(audio, _check_sample_rate(stem_rate, f"sample rate of {what.lower()}"), sample_rate)
+        audio = match_channels(audio, channels)
+        mix += fit_length(audio, length)
+    if not tracks:
+        return mix.astype(np.float32)
+    normalized = loudness_normalize(mix.astype(np.float32), sample_rate, target_lufs)
+    return limit_true_peak(normalized, sample_rate, ceiling_dbtp)

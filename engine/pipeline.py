@@ -1,0 +1,108 @@
+"""FoleyModel: everything one generation needs, loaded once and kept resident.
+
+A FoleyModel bundles the flow network (MMAudio), the optional NAG ControlNet, the audio
+codec (waveform <-> latent), and the video and text encoders. The real MMAudio stack and
+the embedded mini-world model are both FoleyModels; the session and the service see no
+difference between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from engine.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Region:
+    """A stretch of a video file, in file time (seconds)."""
+
+    video: Path
+    start: float
+    end: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.start) and math.isfinite(self.end)):
+            raise InvalidInputError(f"The region {self.start}-{self.end} s is not a pair of numbers.")
+        if self.start < 0:
+            raise InvalidInputError(f"The region starts before the video does ({self.start:.3f} s).")
+        if self.end <= self.start:
+            raise InvalidInputError(
+                f"The region {self.start:.3f}-{self.end:.3f} s is empty: select a time range first."
+            )
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def key(self) -> tuple:
+        """Identity of the region for feature caching: file identity plus times."""
+        p = Path(self.video).resolve()
+        try:
+            st = p.stat()
+            ident = (str(p), st.st_size, st.st_mtime_ns)
+        except OSError:
+            ident = (str(p), None, None)
+        return ident + (round(self.start, 6), round(self.end, 6))
+
+
+class AudioCodec(Protocol):
+    sample_rate: int
+    latent_dim: int
+
+    def latent_length(self, duration_s: float) -> int: ...
+
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:  # (B, S) -> (B, N, C), unnormalized
+        ...
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, S)
+        ...
+
+
+class VideoEncoder(Protocol):
+    """Maps a region of a video file to MMAudio's visual conditions."""
+
+    encoder_id: str
+
+    def encode_region(self, video: Path, start: float, end: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns clip_f (1, Tc, Dc) and sync_f (1, Ts, Ds)."""
+        ...
+
+
+class TextEncoder(Protocol):
+    def encode(self, captions: list[str]) -> torch.Tensor:  # (B, 77, Dt)
+        ...
+
+
+@dataclass
+class FoleyModel:
+    model_id: str
+    net: torch.nn.Module  # engine.mmaudio.MMAudio
+    codec: AudioCodec
+    video_encoder: VideoEncoder
+    text_encoder: TextEncoder
+    controlnet: torch.nn.Module | None = None  # engine.controlnet.AudioControlNet
+    max_duration: float = 8.0  # the network was trained on 8 s windows
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    note: str = ""  # shown to users, e.g. "random weights: for tests only"
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def supports_nag(self) -> bool:
+        return self.controlnet is not None
+
+    def to(self, device: torch.device) -> "FoleyModel":
+        """Move every part that holds tensors; encoders without `.to` stay where they are."""
+        for part in (self.net, self.controlnet, self.codec, self.video_encoder, self.text_encoder):
+            if part is not None and hasattr(part, "to"):
+                part.to(device)
+        self.device = torch.device(device)
+        return self

@@ -1,0 +1,165 @@
+"""Feature extraction for training, and the batch samplers of both phases.
+
+A dataset list is JSON Lines, one clip per line, VGGSound-style or audio-text:
+
+    {"video": "clips/abc.mp4", "audio": "clips/abc.wav", "caption": "a dog barks", "start": 0.0}
+    {"audio": "audiocaps/xyz.wav", "caption": "rain on a tin roof"}
+
+`audio` may be omitted when the video file carries the sound. Relative paths are relative to
+the list's folder. Every clip is cut to the model's window (8 s) from `start`; shorter clips
+are padded with silence. Features are extracted once with the model's own encoders and
+codec and saved as safetensors; training then only reads tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine import mixing
+from engine.errors import InvalidInputError
+from engine.training.objectives import Batch
+
+
+def read_dataset_list(path: str | Path) -> list[dict]:
+    path = Path(path)
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
+        if not isinstance(entry.get("caption"), str) or not (entry.get("audio") or entry.get("video")):
+            raise InvalidInputError(f"{path}, line {n}: each clip needs a caption and an audio or video file.")
+        for key in ("video", "audio"):
+            if entry.get(key):
+                entry[key] = str((path.parent / entry[key]).resolve())
+        entries.append(entry)
+    if not entries:
+        raise InvalidInputError(f"The dataset list {path} holds no clips.")
+    return entries
+
+
+def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) -> np.ndarray:
+    """Mono float32 (S,) at sample_rate: from a WAV/FLAC with soundfile, or from the audio
+    stream of a video container with PyAV."""
+    import av
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        mono = mixing.resample(mixing.match_channels(data.T, 1), sr, sample_rate)[0]
+    except sf.LibsndfileError:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise InvalidInputError(f"{path} has no audio to learn from.") from None
+            resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+            chunks = [f.to_ndarray()[0] for frame in container.decode(audio=0)
+                      for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+            mono = np.concatenate(chunks).astype(np.float32)
+    a = int(round(start * sample_rate))
+    return mixing.fit_length(mono[None, a:], int(round(duration * sample_rate)))[0]
+
+
+@torch.inference_mode()
+def extract_features(model, entries: list[dict], out_path: str | Path, log=print) -> Path:
+    """Encode every clip with `model` (a FoleyModel) and save one safetensors file."""
+    duration, sr = model.max_duration, model.sample_rate
+    latents, clips, syncs, texts, has_video = [], [], [], [], []
+    video_cache: dict[tuple, tuple] = {}
+    text_cache: dict[str, torch.Tensor] = {}
+    for i, e in enumerate(entries):
+        start = float(e.get("start", 0.0))
+        wave = read_clip_audio(e.get("audio") or e["video"], sr, start, duration)
+        latents.append(model.codec.encode(torch.from_numpy(wave)[None].to(model.device))[0].cpu())
+        if e.get("video"):
+            key = (e["video"], start)
+            if key not in video_cache:
+                video_cache[key] = tuple(f[0].cpu() for f in model.video_encoder.encode_region(
+                    Path(e["video"]), start, start + duration))
+            clip, sync = video_cache[key]
+            has_video.append(True)
+        else:
+            clip = sync = None
+            has_video.append(False)
+        clips.append(clip)
+        syncs.append(sync)
+        if e["caption"] not in text_cache:
+            text_cache[e["caption"]] = model.text_encoder.encode([e["caption"]])[0].cpu()
+        texts.append(text_cache[e["caption"]])
+        if (i + 1) % 100 == 0:
+            log(f"features: {i + 1}/{len(entries)} clips")
+    template = next((c, s) for c, s in zip(clips, syncs) if c is not None) if any(has_video) else None
+    if template is None:
+        raise InvalidInputError("The dataset list has no video clips; at least one is needed to learn the video condition.")
+    clips = [c if c is not None else torch.zeros_like(template[0]) for c in clips]
+    syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
+    tensors = {"latent": torch.stack(latents), "clip": torch.stack(clips), "sync": torch.stack(syncs),
+               "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"model": model.model_id, "clips": str(len(entries)),
+                        "captions": json.dumps([e["caption"] for e in entries])})
+    tmp.replace(out_path)
+    return out_path
+
+
+@dataclass
+class FeatureSet:
+    latent: torch.Tensor  # (M, N, C) unnormalized
+    clip: torch.Tensor  # (M, Lc, Dc)
+    sync: torch.Tensor  # (M, Ls, Ds)
+    text: torch.Tensor  # (M, 77, Dt)
+    has_video: torch.Tensor  # (M,) bool
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSet":
+        t = load_file(str(path))
+        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool())
+
+    def __len__(self) -> int:
+        return self.latent.shape[0]
+
+    def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std (1, 1, C): the network's latent_mean / latent_std."""
+        flat = self.latent.reshape(-1, self.latent.shape[-1])
+        return flat.mean(0).view(1, 1, -1), flat.std(0).clamp_min(1e-3).view(1, 1, -1)
+
+
+def base_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1) -> Iterator[Batch]:
+    """Random batches of whole clips (this rank's share of the examples)."""
+    g = torch.Generator().manual_seed(seed * 7919 + rank)
+    own = torch.arange(rank, len(data), world)
+    while True:
+        idx = own[torch.randint(len(own), (batch_size,), generator=g)]
+        yield Batch(normalize(data.latent[idx]), data.clip[idx], data.sync[idx], data.text[idx],
+                    data.has_video[idx])
+
+
+def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
+                       world: int = 1) -> Iterator[Batch]:
+    """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2): the target half with
+    its video, and the other half as the audio condition."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17 + rank)
+    own = torch.arange(rank, len(data), world)
+    n, lc, ls = data.latent.shape[1] // 2, data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
+    while True:
+        idx = own[torch.randint(len(own), (batch_size,), generator=g)]
+        first = torch.rand(batch_size, generator=g) < 0.5  # which half is the target
+        lat = normalize(data.latent[idx])
+        halves = lambda x, h: (x[:, :h], x[:, h:2 * h])  # noqa: E731
+        (l0, l1), (c0, c1), (s0, s1) = halves(lat, n), halves(data.clip[idx], lc), halves(data.sync[idx], ls)
+        pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
+        yield Batch(latent=pick(l0, l1), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
+                    has_video=data.has_video[idx], cond_latent=pick(l1, l0))

@@ -1,0 +1,153 @@
+"""The training loop shared by both phases (base network, NAG ControlNet).
+
+AdamW (lr 1e-4, betas 0.9/0.95, weight decay 1e-6), linear warm-up then x0.1 at 80% and
+90% of the steps, bf16 autocast on CUDA, power-function EMAs snapshotted for post-hoc EMA
+(sigma_rel 0.05), checkpoints with resume, and DistributedDataParallel when launched by
+torchrun (NCCL on GPUs, gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+
+from engine.devices import autocast_context
+from engine.training.ema import PowerEMA, posthoc_ema
+from engine.training.schedule import lr_multiplier
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int = 16
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-6
+    warmup_steps: int = 1000
+    drop_prob: float = 0.1
+    ema_sigma_rels: tuple[float, ...] = (0.05, 0.10)
+    final_sigma_rel: float = 0.05
+    snapshot_every: int = 0  # 0: steps // 16
+    checkpoint_every: int = 0  # 0: only at the end
+    log_every: int = 50
+    seed: int = 0
+    precision: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    params: dict[str, torch.Tensor]  # post-hoc EMA of the trained tensors
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+    steps: int = 0
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initializes the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class LossModule(torch.nn.Module):
+    """Holds every module the loss touches so DDP sees one forward per step."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], loss_fn: Callable):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+        self.loss_fn = loss_fn
+
+    def forward(self, batch, generator):
+        return self.loss_fn(self.parts, batch, generator)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator, config: TrainConfig,
+          device: torch.device, checkpoint_dir: Path | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Optimize `trainable` (a submodule of loss_module) for config.steps steps.
+
+    `batches` yields engine.training.objectives.Batch objects for this rank. Resumes from
+    checkpoint_dir/last.pt when it exists.
+    """
+    rank, world = distributed_context()
+    loss_module.to(device)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, config.steps, config.warmup_steps))
+    ema = PowerEMA(trainable, config.ema_sigma_rels)
+    snapshots: list[dict] = []
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    start_step = 0
+
+    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if last is not None and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        trainable.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        snapshots = state["snapshots"]
+        generator.set_state(state["generator"])
+        start_step = state["step"]
+        log(f"resumed from {last} at step {start_step}")
+
+    model = loss_module
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=False)
+
+    snapshot_every = config.snapshot_every or max(1, config.steps // 16)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    samples = 0
+    model.train()
+    for step in range(start_step, config.steps):
+        batch = next(batches).to(device)
+        with autocast_context(device, config.precision):
+            loss = model(batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        ema.update(trainable)
+        losses.append(float(loss.detach()))
+        samples += batch.latent.shape[0] * world
+        done = step + 1
+        if done % snapshot_every == 0 or done == config.steps:
+            snapshots.extend(ema.snapshot())
+        if rank == 0 and (done % config.log_every == 0 or done == config.steps):
+            recent = losses[-config.log_every:]
+            rate = samples / max(time.perf_counter() - t0, 1e-9)
+            log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
+                f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
+        if last is not None and rank == 0 and config.checkpoint_every and done % config.checkpoint_every == 0:
+            _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "ema": ema.state_dict(), "snapshots": snapshots,
+                          "generator": generator.get_state()}, last)
+    seconds = time.perf_counter() - t0
+    final = posthoc_ema(snapshots, config.final_sigma_rel) if snapshots else {
+        n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
+    if world > 1:
+        dist.barrier()
+    return TrainResult(params=final, losses=losses, seconds=seconds,
+                       samples_per_second=samples / max(seconds, 1e-9), steps=config.steps - start_step)

@@ -1,0 +1,339 @@
+"""PyAV decoding of a region of a video at given frame rates and sizes, the way MMAudio
+feeds its encoders: CLIP frames at 8 fps squashed to 384x384, Synchformer frames at 25 fps
+resized (short side) and centre-cropped to 224x224, both with antialiased bicubic resampling.
+
+Times are in seconds of picture, 0 = the first frame the player shows (the stream's
+start_time is subtracted, so MPEG-TS offsets and edit lists do not shift the region).
+Frame k of a region is the frame on screen at `start + k/fps`: the latest decoded frame whose
+presentation time is <= that instant (variable frame rate is handled through pts, never
+through frame indices). MMAudio's own reader instead takes the first frame at or after each
+instant; the two agree whenever source and target frames share timestamps and otherwise
+differ by at most one source frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import VideoError
+
+CLIP_FPS = 8
+CLIP_SIZE = 384
+SYNC_FPS = 25
+SYNC_SIZE = 224
+SYNC_SEGMENT_FRAMES = 16
+SYNC_SEGMENT_STEP = 8
+SYNC_TOKENS_PER_SEGMENT = 8  # 16 frames / temporal tubelet of 2
+
+# Containers round their durations; a region may overshoot the stated end by this much.
+_END_TOLERANCE_S = 1e-3
+# Timestamps are exact rationals turned into floats; treat instants this close as equal.
+_TIME_EPS_S = 1e-6
+# Frames resized per interpolate call: bounds the float32 working memory for 4K sources.
+_RESIZE_CHUNK = 8
+
+Fit = Literal["stretch", "crop"]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a file holds. width/height are as displayed (after rotation)."""
+
+    duration: float
+    fps: float
+    width: int
+    height: int
+    rotation: int  # degrees counter-clockwise the picture is turned for display (0/90/180/270)
+    has_video: bool
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """MMAudio's sequence lengths for a duration (mmaudio/model/sequence_config.py)."""
+
+    clip_frames: int  # CLIP frames at 8 fps
+    sync_frames: int  # Synchformer frames at 25 fps
+    sync_segments: int  # 16-frame windows, stride 8
+    sync_seq_len: int  # Synchformer feature rows = segments * 8
+    latent_seq_len_16k: int
+    latent_seq_len_44k: int
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """One frame stream to cut from a region: rate, square output size, and how to fit."""
+
+    fps: float
+    size: int
+    fit: Fit
+
+
+CLIP_REQUEST = FrameRequest(CLIP_FPS, CLIP_SIZE, "stretch")
+SYNC_REQUEST = FrameRequest(SYNC_FPS, SYNC_SIZE, "crop")
+
+
+def latent_seq_len(duration_s: float, sample_rate: int, hop: int, downsample: int = 2) -> int:
+    return int(math.ceil(duration_s * sample_rate / hop / downsample))
+
+
+def expected_frame_counts(duration_s: float) -> FrameCounts:
+    """Frame and token counts MMAudio uses for `duration_s` (8 s -> 64 / 200 / 24 / 192 / 250 / 345).
+
+    The float arithmetic is the reference's, so corner cases round the same way."""
+    clip_frames = int(duration_s * CLIP_FPS)
+    sync_frames = int(duration_s * SYNC_FPS)
+    segments = max(0, (sync_frames - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP + 1)
+    return FrameCounts(
+        clip_frames=clip_frames,
+        sync_frames=sync_frames,
+        sync_segments=segments,
+        sync_seq_len=segments * SYNC_TOKENS_PER_SEGMENT,
+        latent_seq_len_16k=latent_seq_len(duration_s, 16000, 256),
+        latent_seq_len_44k=latent_seq_len(duration_s, 44100, 512),
+    )
+
+
+def region_frame_count(start_s: float, end_s: float, fps: float) -> int:
+    # Rounding the length to the microsecond removes subtraction noise (0.7 - 0.1 = 0.5999...).
+    return int(round(end_s - start_s, 6) * fps)
+
+
+# ---------------------------------------------------------------------------------------------
+# probing
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise VideoError(f"The video {path} does not exist. Check the path of the video item.")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoError(
+            f"Could not read {path.name} as a video ({exc}). Re-export it as MP4 (H.264) or MOV."
+        ) from None
+
+
+def _stream_start_s(stream) -> float:
+    if stream.start_time is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _duration_s(container, stream) -> float:
+    candidates = []
+    if stream.duration is not None and stream.time_base is not None:
+        candidates.append(float(stream.duration * stream.time_base))
+    if container.duration is not None:
+        candidates.append(container.duration / av.time_base - max(0.0, _stream_start_s(stream)))
+    return max(candidates) if candidates else 0.0
+
+
+def _stream_rotation(container, stream) -> int:
+    """Display rotation from the first decoded frame's display-matrix side data."""
+    try:
+        for frame in container.decode(stream):
+            return _normalize_rotation(frame.rotation)
+    except av.error.FFmpegError:
+        return 0
+    return 0
+
+
+def _normalize_rotation(degrees: float) -> int:
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def probe(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            duration = container.duration / av.time_base if container.duration else 0.0
+            return VideoInfo(duration, 0.0, 0, 0, 0, has_video=False)
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        duration = _duration_s(container, stream)
+        rotation = _stream_rotation(container, stream)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(duration, fps, width, height, rotation, has_video=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+
+
+def _rotate_for_display(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    # rgb: (H, W, 3); rotation is counter-clockwise, as np.rot90 turns for positive k
+    k = rotation // 90
+    return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
+
+
+def _resized_shape(height: int, width: int, size: int, fit: Fit) -> tuple[int, int]:
+    if fit == "stretch":
+        return size, size
+    # torchvision Resize(int): the short side becomes `size`, the long side is truncated
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def fit_frames(frames: np.ndarray, size: int, fit: Fit) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> uint8 (T, 3, size, size), antialiased bicubic.
+
+    "stretch" squashes to size x size (MMAudio's CLIP transform); "crop" scales the short
+    side to `size` and centre-crops (its Synchformer transform)."""
+    # frames: (T, H, W, 3) uint8
+    t, h, w, _ = frames.shape
+    out_h, out_w = _resized_shape(h, w, size, fit)
+    top = int(round((out_h - size) / 2.0))
+    left = int(round((out_w - size) / 2.0))
+    out = torch.empty(t, 3, size, size, dtype=torch.uint8)
+    src = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    for i in range(0, t, _RESIZE_CHUNK):
+        chunk = src[i:i + _RESIZE_CHUNK].float()
+        if (out_h, out_w) != (h, w):
+            chunk = F.interpolate(chunk, size=(out_h, out_w), mode="bicubic",
+                                  align_corners=False, antialias=True)
+        chunk = chunk[:, :, top:top + size, left:left + size]
+        out[i:i + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _check_region(path: Path, start_s: float, end_s: float, duration: float) -> None:
+    if not (math.isfinite(start_s) and math.isfinite(end_s)):
+        raise VideoError(f"The region {start_s}-{end_s} s of {path.name} is not a valid time range.")
+    if start_s < 0:
+        raise VideoError(
+            f"The region {start_s:.1f}-{end_s:.1f} s starts before the beginning of {path.name}. "
+            "Move the time selection to start at 0 s or later.")
+    if start_s >= end_s:
+        raise VideoError(
+            f"The region {start_s:.1f}-{end_s:.1f} s of {path.name} is empty: its start must be "
+            "before its end. Make a time selection over the picture.")
+    if end_s > duration + _END_TOLERANCE_S:
+        raise VideoError(
+            f"The region {start_s:.1f}-{end_s:.1f} s runs past the end of {path.name} "
+            f"({duration:.1f} s). Shorten the time selection or use a longer video.")
+
+
+def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
+    n = region_frame_count(start_s, end_s, fps)
+    return start_s + np.arange(n, dtype=np.float64) / fps
+
+
+def _decode_shown(container, stream, path: Path, start_s: float, times: np.ndarray,
+                  on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """Decode from near `start_s`; for each frame on screen at some of the sorted `times`,
+    call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times). Frames that no
+    sample shows are never converted to RGB."""
+    offset = _stream_start_s(stream)
+    next_i = 0  # first sample time not yet assigned
+    prev = None  # the latest decoded frame at or before times[next_i]
+
+    def show_until(limit_s: float, av_frame) -> None:
+        nonlocal next_i
+        stop = next_i
+        while stop < len(times) and times[stop] < limit_s - _TIME_EPS_S:
+            stop += 1
+        if stop > next_i:
+            rgb = av_frame.to_ndarray(format="rgb24")
+            rgb = _rotate_for_display(rgb, _normalize_rotation(av_frame.rotation))
+            on_shown(rgb, np.arange(next_i, stop))
+            next_i = stop
+
+    if start_s > 0 and stream.time_base is not None:
+        # backward=True lands on the keyframe at or before the target
+        container.seek(int((start_s + offset) / stream.time_base), stream=stream, backward=True)
+    first = True
+    try:
+        for av_frame in container.decode(stream):
+            if av_frame.pts is None:
+                continue
+            t = float(av_frame.pts * av_frame.time_base) - offset
+            if first:
+                first = False
+                if t > start_s + _TIME_EPS_S and start_s > 0:
+                    # the demuxer seeked past the start (imprecise index)
+                    raise _SeekedTooFar
+            if prev is not None:
+                show_until(t, prev)
+            elif t > times[0] + _TIME_EPS_S:
+                # the picture starts after the region start: hold the first frame until then
+                show_until(t, av_frame)
+            prev = av_frame
+            if next_i >= len(times):
+                return
+    except av.error.FFmpegError as exc:
+        raise VideoError(
+            f"{path.name} is damaged near {start_s:.1f} s and could not be decoded ({exc}). "
+            "Re-export the video.") from None
+    if prev is None:
+        raise VideoError(f"{path.name} has a video stream but no picture could be decoded from it.")
+    show_until(math.inf, prev)  # the last frame stays on screen until the end of picture
+
+
+class _SeekedTooFar(Exception):
+    pass
+
+
+def read_regions(path: str | Path, start_s: float, end_s: float,
+                 requests: Sequence[FrameRequest]) -> list[torch.Tensor]:
+    """Decode [start_s, end_s) once and cut one uint8 (T, 3, size, size) tensor per request.
+
+    Each source frame is converted and resized once per request that shows it, as it is
+    decoded, so memory stays at the output size whatever the source resolution."""
+    path = Path(path)
+    all_times = [_sample_times(start_s, end_s, r.fps) for r in requests]
+    merged = np.concatenate(all_times) if all_times else np.empty(0)
+    owner = np.concatenate([np.full(len(t), i) for i, t in enumerate(all_times)]) if all_times \
+        else np.empty(0, dtype=np.int64)
+    slot = np.concatenate([np.arange(len(t)) for t in all_times]) if all_times \
+        else np.empty(0, dtype=np.int64)
+    order = np.argsort(merged, kind="stable")
+    sorted_times = merged[order]
+    outputs = [torch.empty(len(t), 3, r.size, r.size, dtype=torch.uint8)
+               for r, t in zip(requests, all_times)]
+
+    def on_shown(rgb: np.ndarray, sorted_indices: np.ndarray) -> None:
+        samples = order[sorted_indices]
+        for request_index in np.unique(owner[samples]):
+            request = requests[request_index]
+            resized = fit_frames(rgb[None], request.size, request.fit)[0]
+            mine = slot[samples[owner[samples] == request_index]]
+            outputs[request_index][torch.from_numpy(mine)] = resized
+
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoError(
+                f"{path.name} has no picture (it is an audio-only file). "
+                "Pick the video item, not an audio file.")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        _check_region(path, start_s, end_s, _duration_s(container, stream))
+        if len(sorted_times) == 0:
+            return outputs
+        try:
+            _decode_shown(container, stream, path, start_s, sorted_times, on_shown)
+        except _SeekedTooFar:
+            container.seek(0)
+            _decode_shown(container, stream, path, 0.0, sorted_times, on_shown)
+    return outputs
+
+
+def read_region(path: str | Path, start_s: float, end_s: float, fps: float, size: int,
+                fit: Fit = "stretch") -> torch.Tensor:
+    """uint8 (T, 3, size, size): the frames on screen at start + k/fps, k < int(len*fps)."""
+    return read_regions(path, start_s, end_s, [FrameRequest(fps, size, fit)])[0]

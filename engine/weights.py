@@ -1,0 +1,372 @@
+"""The MMAudio weights directory: which official file is where, is it there, is it right.
+
+Layout (docs/weights.md): the official file names under one root, e.g.
+
+    weights/mmaudio_small_16k.pth        ext_weights/v1-16.pth     ext_weights/best_netG.pt
+    ext_weights/synchformer_state_dict.pth                          controlnets/<name>.safetensors
+
+Any .pth/.pt may have a `.safetensors` copy beside it (same stem, written by
+`convert_weights_dir`); readers prefer the copy because it loads faster and cannot run code.
+A copy of a file with an entry (best_netG.pt["generator"]) holds only that entry.
+
+Key/shape lists of the official checkpoints ship in engine/manifests/<name>.json (packed
+from the golden manifests by tools/pack_weight_manifests.py, in the format
+engine.checkpoints.check_against_manifest reads), so checking works on an installed copy
+without the shared fixture folder; `manifests_dir` points elsewhere if needed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import CheckpointError
+
+MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # also the manifest name
+    relpath: str  # official location under the weights root
+    what: str  # for people: what the file is and where it comes from
+    entry: str | None = None  # the state dict is this entry of the file's top-level dict
+    keep_prefix: str | None = None  # only keys with this prefix are loaded
+    directory_file: str | None = None  # relpath is a folder; the checkpoint is this file inside it
+    directory_extra: tuple[str, ...] = ()  # other files the folder must hold
+    weight_norm: bool = False  # BigVGAN: weight-norm keys may use legacy or parametrization names
+
+    def checkpoint_relpath(self) -> str:
+        return f"{self.relpath}/{self.directory_file}" if self.directory_file else self.relpath
+
+
+BIGVGAN_V2_DIR = "ext_weights/bigvgan_v2_44khz_128band_512x"
+CLIP_DIR = "ext_weights/DFN5B-CLIP-ViT-H-14-384"
+
+FILES: dict[str, WeightFile] = {
+    f.name: f
+    for f in [
+        WeightFile("flow_small_16k", "weights/mmaudio_small_16k.pth", "MMAudio small 16 kHz flow network"),
+        WeightFile("flow_small_44k", "weights/mmaudio_small_44k.pth", "MMAudio small 44.1 kHz flow network"),
+        WeightFile("flow_medium_44k", "weights/mmaudio_medium_44k.pth", "MMAudio medium 44.1 kHz flow network"),
+        WeightFile("flow_large_44k", "weights/mmaudio_large_44k.pth", "MMAudio large 44.1 kHz flow network"),
+        WeightFile("flow_large_44k_v2", "weights/mmaudio_large_44k_v2.pth", "MMAudio large 44.1 kHz v2 flow network"),
+        WeightFile("vae_16k", "ext_weights/v1-16.pth", "16 kHz mel VAE (audio <-> latent)"),
+        WeightFile("vae_44k", "ext_weights/v1-44.pth", "44.1 kHz mel VAE (audio <-> latent)"),
+        WeightFile(
+            "bigvgan_16k", "ext_weights/best_netG.pt", "16 kHz BigVGAN vocoder (mel -> audio)", entry="generator", weight_norm=True
+        ),
+        WeightFile(
+            "bigvgan_v2_44k",
+            BIGVGAN_V2_DIR,
+            "44.1 kHz BigVGAN-v2 vocoder folder (nvidia/bigvgan_v2_44khz_128band_512x)",
+            entry="generator",
+            directory_file="bigvgan_generator.pt",
+            directory_extra=("config.json",),
+            weight_norm=True,
+        ),
+        WeightFile(
+            "synchformer",
+            "ext_weights/synchformer_state_dict.pth",
+            "Synchformer video-sync feature extractor",
+            keep_prefix="vfeat_extractor",
+        ),
+    ]
+}
+
+# CLIP is read by open_clip from a folder; it has no manifest, only a presence check.
+CLIP_FILES = ("open_clip_config.json",)
+CLIP_WEIGHT_CHOICES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "small_16k": ("flow_small_16k", "vae_16k", "bigvgan_16k", "synchformer", "clip"),
+    "small_44k": ("flow_small_44k", "vae_44k", "bigvgan_v2_44k", "synchformer", "clip"),
+    "medium_44k": ("flow_medium_44k", "vae_44k", "bigvgan_v2_44k", "synchformer", "clip"),
+    "large_44k": ("flow_large_44k", "vae_44k", "bigvgan_v2_44k", "synchformer", "clip"),
+    "large_44k_v2": ("flow_large_44k_v2", "vae_44k", "bigvgan_v2_44k", "synchformer", "clip"),
+}
+
+CODEC_FILES = {"16k": ("vae_16k", "bigvgan_16k"), "44k": ("vae_44k", "bigvgan_v2_44k")}
+
+CONTROLNET_DIR = "controlnets"
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def safetensors_copy(path: Path) -> Path:
+    return Path(path).with_suffix(".safetensors")
+
+
+def file_to_read(path: Path) -> Path | None:
+    """The file a loader should open for an official path: its .safetensors copy if there
+    is one, else the file itself, else None."""
+    path = Path(path)
+    copy = safetensors_copy(path)
+    if copy.is_file():
+        return copy
+    return path if path.is_file() else None
+
+
+def _take_entry(loaded: dict, entry: str | None, path: Path) -> dict:
+    if entry is None:
+        return loaded
+    if not isinstance(loaded, dict) or entry not in loaded or not isinstance(loaded[entry], dict):
+        found = sorted(map(str, loaded))[:5] if isinstance(loaded, dict) else type(loaded).__name__
+        raise CheckpointError(
+            f"{path} has no {entry!r} entry (it holds {found}); it is not the expected checkpoint: "
+            "download the official file again."
+        )
+    return loaded[entry]
+
+
+def read_state_dict(path: Path, entry: str | None = None) -> dict:
+    """Tensors of an official checkpoint, or of its .safetensors copy (which holds the
+    entry's tensors directly), on the CPU."""
+    from engine.checkpoints import load_state_dict_file
+
+    path = Path(path)
+    source = file_to_read(path)
+    if source is None:
+        raise CheckpointError(f"{path} is missing. See docs/weights.md for where each official file goes.")
+    return load_state_dict_file(source, entry=None if source.suffix == ".safetensors" else entry)
+
+
+def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, ...]]:
+    """key -> shape without reading the tensors: the safetensors header, or a memory-mapped
+    torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert or download it again.") from None
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files saved in the legacy (non-zip) format cannot be mapped
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({e}); download it again.") from None
+    return {k: tuple(v.shape) for k, v in _take_entry(loaded, entry, path).items() if hasattr(v, "shape")}
+
+
+def manifest_path(name: str, manifests_dir: Path | None = None) -> Path:
+    return Path(manifests_dir or MANIFESTS_DIR) / f"{name}.json"
+
+
+# ---------------------------------------------------------------------------------------
+# checking
+
+_WN_DIRECTION = ".parametrizations.weight.original1"
+_WN_MAGNITUDE = ".parametrizations.weight.original0"
+
+
+def _compare_folded_weight_norm(shapes: dict[str, tuple], manifest_file: Path) -> list[str]:
+    """A BigVGAN saved after weight norm was folded into plain `<m>.weight` (NVIDIA's loader
+    accepts those): compare with the manifest read that way (direction shape, no magnitude)."""
+    expected = {}
+    for e in json.loads(manifest_file.read_text())["state_dict"]:
+        key = e["key"]
+        if key.endswith(_WN_MAGNITUDE):
+            continue
+        if key.endswith(_WN_DIRECTION):
+            key = key[: -len(_WN_DIRECTION)] + ".weight"
+        expected[key] = tuple(e["shape"])
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [f"{k} {list(shapes[k])} instead of {list(v)}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label}: " + ", ".join(items[:3]) + more)
+    return problems
+
+
+def compare_with_manifest(spec: WeightFile, shapes: dict[str, tuple], manifest_file: Path) -> list[str]:
+    """Problems (sentences) between a file's key -> shape map and its manifest; [] if it fits."""
+    from engine.checkpoints import check_against_manifest
+
+    if spec.keep_prefix:
+        shapes = {k: v for k, v in shapes.items() if k.startswith(spec.keep_prefix)}
+    folded = spec.weight_norm and not any(k.endswith((".weight_v", _WN_DIRECTION)) for k in shapes)
+    if folded:
+        problems = _compare_folded_weight_norm(shapes, manifest_file)
+    else:
+        report = check_against_manifest(shapes, manifest_file)
+        problems = [] if report.ok else [report.summary(limit=3)]
+    if problems:
+        problems.append(f"this is not the official {spec.what}: download {spec.checkpoint_relpath()} again")
+    return problems
+
+
+@dataclass(frozen=True)
+class FileReport:
+    name: str
+    what: str
+    path: Path  # the official location
+    present: bool
+    read_from: Path | None = None  # what a loader opens (the .safetensors copy if any)
+    problems: tuple[str, ...] = ()
+    verified: bool = False  # keys and shapes were compared with the manifest
+
+    @property
+    def ok(self) -> bool:
+        return self.present and not self.problems
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    root: Path
+    files: dict[str, FileReport]
+    controlnets: tuple[Path, ...] = ()
+    variants: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(VARIANTS))
+
+    def unusable(self, variant: str) -> list[str]:
+        """Names of the files the variant needs that are missing or wrong."""
+        return [n for n in self.variants[variant] if not self.files[n].ok]
+
+    def ready(self, variant: str) -> bool:
+        return not self.unusable(variant)
+
+    def text(self) -> str:
+        lines = [f"Weights folder: {self.root}"]
+        for r in self.files.values():
+            if not r.present:
+                status = "missing"
+            elif r.problems:
+                status = "WRONG: " + "; ".join(r.problems)
+            else:
+                via = f" (reads {r.read_from.name})" if r.read_from and r.read_from.suffix == ".safetensors" else ""
+                status = ("ok, keys and shapes match" if r.verified else "present") + via
+            lines.append(f"  {r.path.relative_to(self.root)}  [{r.what}]: {status}")
+        lines.append(f"  {CONTROLNET_DIR}/: " + (", ".join(p.name for p in self.controlnets) or "no NAG ControlNet files"))
+        lines.append("Models:")
+        for variant in self.variants:
+            bad = self.unusable(variant)
+            lines.append(f"  {variant}: " + ("ready" if not bad else "needs " + ", ".join(self.files[n].path.relative_to(self.root).as_posix() for n in bad)))
+        return "\n".join(lines)
+
+
+def _check_clip(root: Path) -> FileReport:
+    folder = root / CLIP_DIR
+    what = "CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip format)"
+    if not folder.is_dir():
+        return FileReport("clip", what, folder, present=False)
+    problems = [f"{name} is missing in the folder" for name in CLIP_FILES if not (folder / name).is_file()]
+    weights = [folder / n for n in CLIP_WEIGHT_CHOICES if (folder / n).is_file()]
+    if not weights:
+        problems.append(f"no weights file in the folder (expected {' or '.join(CLIP_WEIGHT_CHOICES)})")
+    return FileReport("clip", what, folder, present=True, read_from=weights[0] if weights else None, problems=tuple(problems))
+
+
+def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True) -> FileReport:
+    location = root / spec.relpath
+    checkpoint = root / spec.checkpoint_relpath()
+    source = file_to_read(checkpoint)
+    folder_present = spec.directory_file is None or location.is_dir()
+    if source is None:
+        if spec.directory_file and folder_present:
+            return FileReport(spec.name, spec.what, location, True, problems=(f"{spec.directory_file} is missing in the folder",))
+        return FileReport(spec.name, spec.what, location, present=False)
+    problems = [f"{extra} is missing in the folder" for extra in spec.directory_extra if not (location / extra).is_file()]
+    verified = False
+    manifest_file = manifest_path(spec.name, manifests_dir)
+    if verify and manifest_file.is_file():
+        try:
+            shapes = tensor_shapes(source, None if source.suffix == ".safetensors" else spec.entry)
+            problems += compare_with_manifest(spec, shapes, manifest_file)
+            verified = True
+        except CheckpointError as e:
+            problems.append(str(e))
+    return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
+
+
+def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True) -> WeightsReport:
+    """What is present in a weights folder, what each model variant still needs, and
+    whether each present checkpoint has the official keys and shapes."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CheckpointError(f"The weights folder {root} does not exist. Create it and put the files of docs/weights.md in it.")
+    if verify and not manifest_path("vae_16k", manifests_dir).is_file():
+        raise CheckpointError(
+            f"The weight manifests are missing from {manifests_dir or MANIFESTS_DIR}; reinstall StepFoley "
+            "or regenerate them with tools/pack_weight_manifests.py."
+        )
+    files = {name: check_file(root, spec, manifests_dir, verify) for name, spec in FILES.items()}
+    files["clip"] = _check_clip(root)
+    controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
+    return WeightsReport(root, files, controlnets)
+
+
+# ---------------------------------------------------------------------------------------
+# converting
+
+
+@dataclass(frozen=True)
+class Conversion:
+    source: Path
+    target: Path
+    written: bool
+    note: str  # why skipped, or the load-time comparison
+    pth_seconds: float | None = None
+    safetensors_seconds: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if not self.pth_seconds or not self.safetensors_seconds:
+            return None
+        return self.pth_seconds / self.safetensors_seconds
+
+
+def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def convert_file(source: Path, entry: str | None = None) -> Conversion:
+    """Write `<stem>.safetensors` beside a .pth/.pt (atomic; never replaces a file)."""
+    import torch
+
+    from engine.checkpoints import load_state_dict_file, save_safetensors_atomic
+
+    target = safetensors_copy(source)
+    if target.exists():
+        return Conversion(source, target, False, f"{target.name} already exists; left as it is")
+    state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    origin = f"{source.name}[{entry!r}]" if entry else source.name
+    save_safetensors_atomic(tensors, target, metadata={"converted_from": origin})
+    _, st_s = _timed(lambda: load_state_dict_file(target))
+    note = f"load {pth_s:.2f} s as .pth, {st_s:.2f} s as .safetensors ({pth_s / max(st_s, 1e-9):.1f}x)"
+    return Conversion(source, target, True, note, pth_s, st_s)
+
+
+def convert_weights_dir(root: Path, log: Callable[[str], None] = print) -> list[Conversion]:
+    """Convert every official .pth/.pt present in the folder to a .safetensors copy."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CheckpointError(f"The weights folder {root} does not exist.")
+    results = []
+    for spec in FILES.values():
+        source = root / spec.checkpoint_relpath()
+        if not source.is_file():
+            continue
+        log(f"{source.relative_to(root)} ...")
+        result = convert_file(source, spec.entry)
+        log(f"  -> {result.target.name}: {result.note}")
+        results.append(result)
+    if not results:
+        log("No official .pth/.pt files found to convert (see docs/weights.md for the layout).")
+    return results

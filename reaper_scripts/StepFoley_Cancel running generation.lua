@@ -1,0 +1,16 @@
+-- @noindex
+--[[
+Cancel running generation: asks every StepFoley generation started from this REAPER to stop
+(creates STATUS.json.cancel next to each job's status file; the client cancels the job in
+the engine, and the generating action ends without adding anything).
+]]
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
+local SF = dofile(dir .. "StepFoley_lib.lua")
+
+local n = SF.request_cancel_all()
+if n == 0 then
+  SF.alert("No StepFoley generation is running.")
+else
+  SF.log(string.format("asked %d running generation(s) to cancel.", n))
+end

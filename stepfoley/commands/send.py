@@ -1,0 +1,101 @@
+"""`stepfoley send`: send one request to a running engine and follow it to its end, keeping
+a JSON status file up to date for the DAW script that started it. Imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bridge import protocol
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--request", metavar="FILE", help="the request JSON (docs/osc-protocol.md)")
+    what.add_argument("--ping", action="store_true", help="check that the engine answers; print its model and device")
+    what.add_argument("--cancel", metavar="JOB_ID", help="cancel a queued or running job")
+    what.add_argument("--engine-status", action="store_true", help="print the engine's queue and current job")
+    parser.add_argument("--status", metavar="FILE",
+                        help="JSON status file kept up to date (atomically); creating FILE.cancel cancels the job")
+    parser.add_argument("--host", default=protocol.DEFAULT_HOST, help=f"engine address (default {protocol.DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help=f"engine UDP port (default {protocol.DEFAULT_PORT})")
+    parser.add_argument("--token", default=os.environ.get("STEPFOLEY_TOKEN", ""),
+                        help="the engine's shared token, if it has one (default: $STEPFOLEY_TOKEN)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="give up after this many seconds without any progress from the engine (default 120)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but the final JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge import client
+
+    if args.timeout <= 0 or not 1 <= args.port <= 65535:
+        print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)
+        return client.EXIT_USAGE
+    if args.request is not None:
+        return _send(args, client)
+    return _query(args, client)
+
+
+def _send(args, client) -> int:
+    try:
+        with open(args.request, encoding="utf-8") as f:
+            request = json.load(f)
+    except (OSError, ValueError) as e:
+        status = client.failure_status("bad_request_file", f"Cannot read the request file '{args.request}': {e}",
+                                       client.EXIT_USAGE)
+        _finish(args, client, status)
+        return client.EXIT_USAGE
+    if args.status is not None:
+        _remove_stale_cancel(args.status + ".cancel")
+
+    def show(status: dict) -> None:
+        if not args.quiet and status["exit_code"] is None:
+            step = f" {status['step']}/{status['total']}" if status["state"] == "running" else ""
+            print(f"{status['state']}{step}", file=sys.stderr, flush=True)
+
+    code, status = client.send_request(request, args.status, host=args.host, port=args.port, token=args.token,
+                                       timeout=args.timeout, on_update=show)
+    print(json.dumps(status))
+    return code
+
+
+def _query(args, client) -> int:
+    try:
+        with client.EngineClient(args.host, args.port, args.token) as c:
+            if args.ping:
+                answer = c.ping()
+            elif args.engine_status:
+                answer = c.engine_status()
+            else:
+                answer = {"job_id": args.cancel, "outcome": c.cancel(args.cancel)}
+        status = {"state": "done", "exit_code": client.EXIT_DONE, "error": None, "answer": answer}
+    except client.EngineNotRunning as e:
+        status = client.failure_status(e.code, str(e), client.EXIT_NOT_RUNNING)
+    except client.RequestRejected as e:
+        status = client.failure_status(e.code, e.message, client.EXIT_REJECTED)
+    except OSError as e:
+        status = client.failure_status("engine_not_running", f"Cannot reach {args.host}:{args.port}: {e}.",
+                                       client.EXIT_NOT_RUNNING)
+    _finish(args, client, status)
+    return status["exit_code"]
+
+
+def _finish(args, client, status: dict) -> None:
+    if args.status is not None:
+        client.write_status(args.status, status)
+    print(json.dumps(status))
+    if status.get("error") and not args.quiet:
+        print(f"{status['error']['code']}: {status['error']['message']}", file=sys.stderr)
+
+
+def _remove_stale_cancel(path: str) -> None:
+    # A cancel file left by an earlier job on the same status path must not cancel this one.
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        print(f"warning: cannot remove the old cancel file '{path}': {e}", file=sys.stderr)

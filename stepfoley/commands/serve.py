@@ -1,0 +1,70 @@
+"""`stepfoley serve`: load the model once and answer OSC requests until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bridge import protocol
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=protocol.DEFAULT_HOST,
+                        help=f"address to listen on (default {protocol.DEFAULT_HOST}; any other needs --token)")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
+                        help=f"UDP port to listen on (default {protocol.DEFAULT_PORT})")
+    parser.add_argument("--token", default="", help="shared secret every message must carry (required off loopback)")
+    parser.add_argument("--weights", default=None, metavar="DIR",
+                        help="folder of MMAudio weights (default: the embedded mini-world model)")
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
+    parser.add_argument("--model", default=None, help="model variant inside --weights (for example small_16k)")
+    parser.add_argument("--max-queue", type=int, default=256, help="jobs that may wait at once (default 256)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    if not args.token and not is_loopback(args.host):
+        print(f"Refusing to listen on {args.host} without --token: other machines could use the engine.",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
+        return 2
+
+    # Bind before loading the model, so a second engine on the same port fails in a second.
+    try:
+        server = EngineServer(None, ServerConfig(host=args.host, port=args.port, token=args.token,
+                                                 max_queue=args.max_queue))
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 3
+
+    from engine.errors import StepFoleyError
+    from engine.service import build_service
+
+    print("Loading the model...", file=sys.stderr, flush=True)
+    try:
+        service = build_service(weights_dir=args.weights, device=args.device, model=args.model)
+    except StepFoleyError as e:
+        server.stop()
+        print(f"Could not load the model: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        server.stop()
+        return 130
+    info = service.describe() if hasattr(service, "describe") else {}
+    server.attach(service, model=str(info.get("model", "unknown")), device=str(info.get("device", "unknown")))
+
+    host, port = server.address
+    print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
+          f"model {server.config.model}, device {server.config.device}). Ctrl-C stops it.",
+          file=sys.stderr, flush=True)
+    serve_until_signalled(server)
+    print("Engine stopped.", file=sys.stderr)
+    return 0
+

@@ -1,0 +1,48 @@
+"""`stepfoley weights check DIR` and `stepfoley weights convert DIR`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    check = sub.add_parser(
+        "check",
+        help="say which official files are present, which are missing for each model, and whether each has the right tensors",
+    )
+    check.add_argument("dir", help="the weights folder (layout: docs/weights.md)")
+    check.add_argument("--quick", action="store_true", help="only check which files are present, do not open them")
+    check.add_argument("--manifests", default=None, help="folder of key/shape manifests to check against (default: the packaged ones)")
+    check.add_argument("--model", default=None, help="exit with 1 unless this model is ready (small_16k, small_44k, medium_44k, large_44k, large_44k_v2)")
+    convert = sub.add_parser("convert", help="write a .safetensors copy beside every official .pth/.pt (faster, safer loading)")
+    convert.add_argument("dir", help="the weights folder (layout: docs/weights.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.errors import StepFoleyError
+    from engine.weights import VARIANTS, check_weights_dir, convert_weights_dir
+
+    try:
+        if args.weights_command == "check":
+            if args.model is not None and args.model not in VARIANTS:
+                print(f"Unknown model {args.model!r}: use one of {', '.join(VARIANTS)}.")
+                return 2
+            report = check_weights_dir(args.dir, manifests_dir=args.manifests, verify=not args.quick)
+            print(report.text())
+            wrong = [r for r in report.files.values() if r.present and r.problems]
+            if wrong:
+                return 1
+            if args.model is not None and not report.ready(args.model):
+                return 1
+            return 0
+        results = convert_weights_dir(args.dir)
+        timed = [r for r in results if r.speedup]
+        if timed:
+            pth = sum(r.pth_seconds for r in timed)
+            st = sum(r.safetensors_seconds for r in timed)
+            print(f"Load time, all converted files: {pth:.2f} s as .pth, {st:.2f} s as .safetensors ({pth / max(st, 1e-9):.1f}x).")
+        return 0
+    except StepFoleyError as e:
+        print(f"error: {e}")
+        return 1

@@ -1,0 +1,207 @@
+import errno
+import os
+
+import numpy as np
+import pytest
+import soundfile
+
+from engine import audio_io
+from engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_wav_atomic
+from engine.errors import AudioError, InvalidInputError
+
+
+def noise(channels, length, seed=0, scale=0.5):
+    rng = np.random.default_rng(seed)
+    return (scale * rng.uniform(-1, 1, (channels, length))).astype(np.float32)
+
+
+def test_pcm24_round_trip_keeps_shape_rate_and_values(tmp_path):
+    samples = noise(2, 1000)
+    written = write_wav_atomic(tmp_path / "take.wav", samples, 44100)
+    assert written == tmp_path / "take.wav"
+    assert soundfile.info(str(written)).subtype == "PCM_24"
+    back, rate = read_audio(written)
+    assert rate == 44100 and back.shape == (2, 1000) and back.dtype == np.float32
+    np.testing.assert_allclose(back, samples, atol=2.0**-23)
+
+
+def test_float_round_trip_is_exact_and_keeps_overs(tmp_path):
+    samples = noise(1, 300, scale=1.8)
+    write_wav_atomic(tmp_path / "hot.wav", samples, 16000, subtype="FLOAT")
+    back, rate = read_audio(tmp_path / "hot.wav")
+    assert rate == 16000 and np.array_equal(back, samples)
+
+
+def test_pcm_clips_overs_instead_of_wrapping(tmp_path):
+    samples = np.array([[0.25, 1.5, -3.0]], dtype=np.float32)
+    write_wav_atomic(tmp_path / "clip.wav", samples, 8000, subtype="PCM_16")
+    back, _ = read_audio(tmp_path / "clip.wav")
+    np.testing.assert_allclose(back, [[0.25, 1.0, -1.0]], atol=2.0**-14)
+
+
+def test_mono_vector_is_written_as_one_channel(tmp_path):
+    write_wav_atomic(tmp_path / "mono.wav", noise(1, 50)[0], 8000)
+    back, _ = read_audio(tmp_path / "mono.wav")
+    assert back.shape == (1, 50)
+
+
+def test_refuses_to_overwrite_and_leaves_the_old_file_intact(tmp_path):
+    target = tmp_path / "mine.wav"
+    target.write_bytes(b"the user's precious take")
+    with pytest.raises(AudioError, match="already exists"):
+        write_wav_atomic(target, noise(1, 10), 8000)
+    assert target.read_bytes() == b"the user's precious take"
+    assert os.listdir(tmp_path) == ["mine.wav"]
+
+
+def test_missing_folder_is_reported(tmp_path):
+    with pytest.raises(AudioError, match="does not exist"):
+        write_wav_atomic(tmp_path / "nowhere" / "x.wav", noise(1, 10), 8000)
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(InvalidInputError, match="WAV format"):
+        write_wav_atomic(tmp_path / "a.wav", noise(1, 10), 8000, subtype="MP3")
+    with pytest.raises(InvalidInputError, match="sample rate"):
+        write_wav_atomic(tmp_path / "a.wav", noise(1, 10), 0)
+    with pytest.raises(AudioError, match="NaN"):
+        write_wav_atomic(tmp_path / "a.wav", np.full((1, 4), np.nan, np.float32), 8000)
+    with pytest.raises(AudioError, match="no samples"):
+        write_wav_atomic(tmp_path / "a.wav", np.zeros((1, 0), np.float32), 8000)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failure_mid_write_leaves_no_final_and_no_temp_file(tmp_path, monkeypatch):
+    real_write = soundfile.write
+
+    def write_half_then_fail(file, data, *args, **kwargs):
+        real_write(file, data[: len(data) // 2], *args, **kwargs)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(audio_io.soundfile, "write", write_half_then_fail)
+    with pytest.raises(AudioError, match="disk full"):
+        write_wav_atomic(tmp_path / "take.wav", noise(2, 1000), 44100)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audio_io.os, "link", no_space)
+    with pytest.raises(AudioError, match="No space"):
+        write_wav_atomic(tmp_path / "take.wav", noise(1, 100), 8000)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_writer_that_wins_the_race_is_not_clobbered(tmp_path, monkeypatch):
+    target = tmp_path / "take.wav"
+    real_write = soundfile.write
+
+    def write_while_someone_else_creates_the_file(file, data, *args, **kwargs):
+        real_write(file, data, *args, **kwargs)
+        target.write_bytes(b"the other writer's take")
+
+    monkeypatch.setattr(audio_io.soundfile, "write", write_while_someone_else_creates_the_file)
+    with pytest.raises(AudioError, match="someone else"):
+        write_wav_atomic(target, noise(1, 100), 8000)
+    assert target.read_bytes() == b"the other writer's take"
+    assert os.listdir(tmp_path) == ["take.wav"]
+
+
+def test_filesystem_without_hard_links_still_writes_exclusively(tmp_path, monkeypatch):
+    def links_not_supported(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(audio_io.os, "link", links_not_supported)
+    samples = noise(2, 200)
+    write_wav_atomic(tmp_path / "take.wav", samples, 8000, subtype="FLOAT")
+    assert os.listdir(tmp_path) == ["take.wav"]
+    assert np.array_equal(read_audio(tmp_path / "take.wav")[0], samples)
+
+    real_write = soundfile.write
+
+    def write_while_someone_else_creates_the_file(file, data, *args, **kwargs):
+        real_write(file, data, *args, **kwargs)
+        (tmp_path / "second.wav").write_bytes(b"theirs")
+
+    monkeypatch.setattr(audio_io.soundfile, "write", write_while_someone_else_creates_the_file)
+    with pytest.raises(AudioError, match="someone else"):
+        write_wav_atomic(tmp_path / "second.wav", samples, 8000)
+    assert (tmp_path / "second.wav").read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["second.wav", "take.wav"]
+
+
+def test_read_missing_file_names_it(tmp_path):
+    with pytest.raises(AudioError, match="not found.*ghost.wav"):
+        read_audio(tmp_path / "ghost.wav")
+
+
+def test_read_folder_is_refused(tmp_path):
+    with pytest.raises(AudioError, match="folder"):
+        read_audio(tmp_path)
+
+
+def test_read_unreadable_file_names_it(tmp_path):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not a riff header" * 20)
+    with pytest.raises(AudioError, match="Cannot read audio file .*junk.wav"):
+        read_audio(junk)
+
+
+def test_read_empty_file_names_it(tmp_path):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(str(empty), np.zeros((0, 1), np.float32), 8000)
+    with pytest.raises(AudioError, match="empty.wav' is empty"):
+        read_audio(empty)
+
+
+def test_read_zero_byte_file_is_an_audio_error(tmp_path):
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with pytest.raises(AudioError, match="zero.wav"):
+        read_audio(tmp_path / "zero.wav")
+
+
+@pytest.mark.parametrize(
+    "hint, expected",
+    [
+        ("Footsteps on gravel", "Footsteps_on_gravel"),
+        ("  door   slam!! (wet) ", "door_slam_wet"),
+        ("café-crowd_02", "cafe-crowd_02"),
+        ("../../etc/passwd", "etcpasswd"),
+        ("雨", "stem"),
+        ("", "stem"),
+        (None, "stem"),
+        ("con", "con_stem"),
+    ],
+)
+def test_sanitize_stem_name(hint, expected):
+    assert sanitize_stem_name(hint) == expected
+
+
+def test_sanitize_limits_length():
+    name = sanitize_stem_name("rain " * 40)
+    assert len(name) <= audio_io.MAX_STEM_NAME_CHARS and name.startswith("rain_rain")
+    assert not name.endswith("_")
+
+
+def test_unique_path_numbers_takes_and_skips_existing(tmp_path):
+    first = unique_path(tmp_path, "Glass break")
+    assert first == tmp_path / "Glass_break_001.wav" and not first.exists()
+    first.write_bytes(b"x")
+    (tmp_path / "Glass_break_002.wav").write_bytes(b"x")
+    assert unique_path(tmp_path, "Glass break") == tmp_path / "Glass_break_003.wav"
+    assert unique_path(tmp_path, "glass break", ext="flac") == tmp_path / "glass_break_001.flac"
+
+
+def test_unique_path_then_atomic_write(tmp_path):
+    samples = noise(1, 64)
+    paths = [write_wav_atomic(unique_path(tmp_path, "hit"), samples, 8000) for _ in range(3)]
+    assert [p.name for p in paths] == ["hit_001.wav", "hit_002.wav", "hit_003.wav"]
+
+
+def test_unique_path_needs_an_existing_folder(tmp_path):
+    with pytest.raises(AudioError, match="does not exist"):
+        unique_path(tmp_path / "missing", "rain")
+    with pytest.raises(InvalidInputError, match="extension"):
+        unique_path(tmp_path, "rain", ext="/../x")

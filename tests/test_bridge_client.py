@@ -1,0 +1,194 @@
+"""The client library and `stepfoley send`: status files, exit codes, watchdog, cancel file."""
+
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from bridge import client as bc
+from bridge import protocol
+from bridge.server import EngineServer, ServerConfig
+from stepfoley.cli import main
+from test_bridge_kit import SineRunner, client, make_request, runner, server  # noqa: F401
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_json(path, obj) -> str:
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def read_status(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_send_request_keeps_the_status_file_and_ends_done(tmp_path):
+    status_path = str(tmp_path / "status.json")
+    seen_states = []
+    with EngineServer(SineRunner(step_s=0.03), ServerConfig(port=0)).start() as srv:
+        code, final = bc.send_request(make_request(tmp_path, steps=3), status_path, port=srv.address[1],
+                                      on_update=lambda s: seen_states.append((s["state"], s["step"])))
+    assert code == bc.EXIT_DONE
+    assert seen_states[0] == ("queued", 0) and seen_states[-1] == ("done", 3)
+    assert ("running", 2) in seen_states
+    on_disk = read_status(status_path)
+    assert on_disk["state"] == "done" and on_disk["exit_code"] == 0 and os.path.isfile(on_disk["stem_path"])
+    assert on_disk["metadata"]["caption"] == "footsteps on gravel"
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".status.json")] == [], "no temp file left"
+
+
+def test_engine_not_running_is_reported_in_the_status_file(tmp_path):
+    status_path = str(tmp_path / "status.json")
+    started = time.monotonic()
+    code, _ = bc.send_request(make_request(tmp_path), status_path, port=free_udp_port())
+    assert code == bc.EXIT_NOT_RUNNING and time.monotonic() - started < bc.CONNECT_TIMEOUT_S + 1
+    status = read_status(status_path)
+    assert (status["state"], status["error"]["code"], status["exit_code"]) == ("error", "engine_not_running", 3)
+
+
+def test_a_silent_engine_counts_as_not_running(tmp_path):
+    # a socket that receives but never answers (a hung engine, or a firewall)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:
+        mute.bind(("127.0.0.1", 0))
+        code, status = bc.send_request(make_request(tmp_path), None, port=mute.getsockname()[1], connect_timeout=0.5)
+    assert code == bc.EXIT_NOT_RUNNING and status["error"]["code"] == "engine_not_running"
+
+
+def test_rejected_and_failed_have_their_own_exit_codes(server, tmp_path):
+    port = server.address[1]
+    code, status = bc.send_request(make_request(tmp_path, output_dir=str(tmp_path / "absent")), None, port=port)
+    assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "invalid_request")
+    code, status = bc.send_request(make_request(tmp_path, steps=-1), None, port=port)  # refused before sending
+    assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "invalid_request")
+    bad = make_request(tmp_path)
+    bad["region"]["video"] = str(tmp_path / "gone.mp4")
+    code, status = bc.send_request(bad, None, port=port)
+    assert (code, status["error"]["code"], status["job_id"] is not None) == (bc.EXIT_FAILED, "bad_video", True)
+
+
+def test_the_cancel_file_cancels_the_job(tmp_path):
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        status_path = str(tmp_path / "status.json")
+
+        def cancel_when_running():
+            while not (os.path.exists(status_path) and read_status(status_path)["state"] == "running"):
+                time.sleep(0.01)
+            open(status_path + ".cancel", "w").close()
+
+        helper = threading.Thread(target=cancel_when_running)
+        helper.start()
+        code, status = bc.send_request(make_request(tmp_path, steps=200), status_path, port=srv.address[1])
+        helper.join()
+    assert code == bc.EXIT_CANCELLED and read_status(status_path)["state"] == "cancelled"
+    assert status["step"] < 200
+
+
+def test_cancel_before_acceptance_waits_for_the_job_id(tmp_path):
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        with bc.EngineClient(port=srv.address[1]) as c:
+            job = c.submit(make_request(tmp_path, steps=100))
+            job.cancel()  # no job id yet
+            assert job.wait()["state"] == "cancelled"
+
+
+def test_watchdog_times_out_without_progress_but_not_while_progressing(tmp_path):
+    release = threading.Event()
+
+    def stuck(request, on_progress, is_cancelled):
+        on_progress(1, 2)
+        release.wait(10)
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(stuck, ServerConfig(port=0)).start() as srv:
+        started = time.monotonic()
+        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=1.0)
+        release.set()
+        assert (code, status["error"]["code"]) == (bc.EXIT_TIMED_OUT, "timed_out")
+        assert 1.0 <= time.monotonic() - started < 3.0
+        # 15 steps of 0.1 s = 1.5 s in total, twice the watchdog, but never 0.75 s without news
+        srv.jobs.runner = SineRunner(step_s=0.1)
+        code, _ = bc.send_request(make_request(tmp_path, steps=15), None, port=srv.address[1], timeout=0.75)
+        assert code == bc.EXIT_DONE
+
+
+def test_a_queued_job_behind_a_long_one_does_not_time_out(tmp_path):
+    with EngineServer(SineRunner(step_s=0.1), ServerConfig(port=0)).start() as srv, \
+            bc.EngineClient(port=srv.address[1]) as c:
+        first = c.submit(make_request(tmp_path, caption="long", steps=12))  # 1.2 s
+        second = c.submit(make_request(tmp_path, caption="next", steps=1), timeout=0.6)
+        while not (first.finished and second.finished):
+            first.poll(0.02)
+            second.poll(0.02)
+        assert first.status["state"] == second.status["state"] == "done"
+
+
+def test_lost_progress_and_done_replies_are_recovered_by_polling(server, tmp_path, monkeypatch):
+    # drop the first /accepted and every pushed /progress and /done: resends and /result polls must do
+    original = bc.EngineClient._route
+    dropped = []
+
+    def lossy(self, address, args):
+        if address in (protocol.PROGRESS, protocol.DONE) or (address == protocol.ACCEPTED and not dropped):
+            dropped.append(address)
+            return
+        original(self, address, args)
+
+    monkeypatch.setattr(bc.EngineClient, "_route", lossy)
+    monkeypatch.setattr(bc, "QUIET_POLL_S", 0.1)
+    code, status = bc.send_request(make_request(tmp_path), None, port=server.address[1])
+    assert code == bc.EXIT_DONE and os.path.isfile(status["stem_path"])
+
+
+def test_client_queries(server, tmp_path):
+    with bc.EngineClient(port=server.address[1]) as c:
+        assert {k: v for k, v in c.ping().items() if k != "round_trip_s"} == {
+            "protocol": 1, "model": "test-sine", "device": "cpu"}
+        job = c.submit(make_request(tmp_path))
+        final = job.wait()
+        assert c.result(job.job_id)["stem_path"] == final["stem_path"]
+        assert c.cancel(job.job_id) == protocol.CANCEL_TOO_LATE
+        with pytest.raises(bc.RequestRejected) as e:
+            c.cancel("nope")
+        assert e.value.code == "unknown_job"
+        assert c.engine_status()["jobs_finished"] == 1
+
+
+def test_stepfoley_send_cli(server, tmp_path, capsys):
+    port = str(server.address[1])
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    status_path = str(tmp_path / "st.json")
+    open(status_path + ".cancel", "w").close()  # stale, from an earlier job: must not cancel this one
+    assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == 0
+    assert read_status(status_path)["state"] == "done"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["state"] == "done"
+
+    assert main(["send", "--ping", "--port", port, "--status", status_path]) == 0
+    assert read_status(status_path)["answer"]["model"] == "test-sine"
+    assert main(["send", "--engine-status", "--port", port]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]["state"] == "idle"
+    assert main(["send", "--cancel", "unknown", "--port", port]) == bc.EXIT_REJECTED
+
+    (tmp_path / "broken.json").write_text("{ not json")
+    assert main(["send", "--request", str(tmp_path / "broken.json"), "--status", status_path, "--port", port]) == 2
+    assert read_status(status_path)["error"]["code"] == "bad_request_file"
+    assert main(["send", "--ping", "--port", str(free_udp_port())]) == bc.EXIT_NOT_RUNNING
+    with pytest.raises(SystemExit) as e:
+        main(["send", "--port", port])  # nothing to do
+    assert e.value.code == 2
+
+
+def test_write_status_never_leaves_a_half_file(tmp_path):
+    path = str(tmp_path / "s.json")
+    bc.write_status(path, {"state": "queued"})
+    with pytest.raises(TypeError):
+        bc.write_status(path, {"state": object()})
+    assert read_status(path) == {"state": "queued"} and os.listdir(tmp_path) == ["s.json"]

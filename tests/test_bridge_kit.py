@@ -1,0 +1,182 @@
+"""Shared parts of the bridge tests: a small runner that obeys the FoleyService contract and
+does real work (reads the mix, writes a real WAV atomically, reports each step, honors
+cancel), and fixtures for a real server on an ephemeral 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge import osc, protocol
+from bridge.client import EngineClient
+from bridge.server import EngineServer, ServerConfig
+from engine.errors import AudioError, GenerationCancelled, VideoError
+
+SUBTYPES = {"wav24": "PCM_24", "wav32f": "FLOAT"}
+
+
+class SineRunner:
+    """A stand-in model: a sine whose pitch depends on the seed, `step_s` seconds per step."""
+
+    def __init__(self, step_s: float = 0.0, model: str = "test-sine", write_s: float = 0.0):
+        self.step_s = step_s
+        self.write_s = write_s  # stretch the file write over this long (to kill the engine mid-write)
+        self.model = model
+        self.started: list[str] = []  # captions in the order jobs started
+        self.lock = threading.Lock()
+
+    def __call__(self, request, on_progress, is_cancelled):
+        with self.lock:
+            self.started.append(request["caption"])
+        region = request["region"]
+        if not os.path.isfile(region["video"]):
+            raise VideoError(f"The video '{region['video']}' does not exist.")
+        if request["existing_mix"] is not None:
+            try:
+                sf.info(request["existing_mix"])
+            except Exception as e:
+                raise AudioError(f"The existing mix '{request['existing_mix']}' cannot be read: {e}") from None
+        total = request["steps"]
+        for step in range(1, total + 1):
+            if is_cancelled():
+                raise GenerationCancelled("Cancelled by the user.")
+            if self.step_s:
+                time.sleep(self.step_s)
+            on_progress(step, total)
+        sr = request["sample_rate"]
+        duration = region["project_end"] - region["project_start"]
+        t = np.arange(int(round(duration * sr))) / sr
+        wave = 0.25 * np.sin(2 * np.pi * (220 + request["seed"] % 500) * t)
+        path = write_new_wav(request["output_dir"], request["name_hint"] or request["caption"], wave, sr,
+                             SUBTYPES[request["format"]], self.write_s)
+        metadata = {
+            "sample_rate": sr, "duration": len(t) / sr, "lufs": None, "caption": request["caption"],
+            "seed": request["seed"], "alpha": request["alpha"], "beta": request["beta"],
+            "method": request["method"], "model": self.model,
+        }
+        return {"stem_path": path, "metadata": metadata}
+
+
+def write_new_wav(folder: str, hint: str, wave: np.ndarray, sr: int, subtype: str, write_s: float = 0.0) -> str:
+    """Write to a hidden temp name (engine/audio_io.py's convention: not ending in .wav),
+    then hard-link it to the first free name, which never overwrites anything."""
+    stem = "".join(c if c.isalnum() else "_" for c in hint)[:40] or "stem"
+    tmp = os.path.join(folder, f".{stem}.wav.{os.getpid()}.{threading.get_ident()}.part")
+    chunks = np.array_split(wave, 10)
+    with sf.SoundFile(tmp, "w", samplerate=sr, channels=1, subtype=subtype, format="WAV") as f:
+        for chunk in chunks:
+            f.write(chunk)
+            f.flush()
+            time.sleep(write_s / len(chunks))
+    try:
+        for n in range(1, 100000):
+            path = os.path.join(folder, f"{stem}_{n:03d}.wav")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+        raise AudioError(f"No free file name for '{stem}' in {folder}.")
+    finally:
+        os.unlink(tmp)
+
+
+def make_request(tmp_path, caption="footsteps on gravel", **changes) -> dict:
+    video = tmp_path / "picture.mp4"
+    if not video.exists():
+        video.write_bytes(b"not really a video, the sine runner only checks it exists")
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    request = {
+        "protocol": 1,
+        "region": {"video": str(video), "file_in": 12.0, "file_out": 12.1, "playrate": 1.0,
+                   "project_start": 30.0, "project_end": 30.1},
+        "caption": caption, "method": "nag", "alpha": 4.5, "beta": 1.5, "seed": 1, "steps": 4,
+        "output_dir": str(out), "sample_rate": 48000, "format": "wav24",
+    }
+    request.update(changes)
+    return request
+
+
+@pytest.fixture
+def runner():
+    return SineRunner()
+
+
+@pytest.fixture
+def server(runner):
+    srv = EngineServer(runner, ServerConfig(port=0, model="test-sine", device="cpu")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    c = EngineClient(port=server.address[1])
+    yield c
+    c.close()
+
+
+class RawPeer:
+    """A bare UDP socket speaking OSC by hand, for replies the client library would hide."""
+
+    def __init__(self, server_port: int):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(3.0)
+        self.server = ("127.0.0.1", server_port)
+        self.port = self.sock.getsockname()[1]
+
+    def send(self, address: str, *args) -> None:
+        self.sock.sendto(osc.encode(address, *args), self.server)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def receive(self, timeout: float = 3.0) -> tuple[str, list]:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(65536)
+        [(address, args)] = osc.decode(data)
+        return address, args
+
+    def receive_until(self, addresses, timeout: float = 5.0) -> list[tuple[str, list]]:
+        """Every reply up to and including the first whose address is in `addresses`."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            address, args = self.receive(max(0.01, deadline - time.monotonic()))
+            seen.append((address, args))
+            if address in addresses:
+                return seen
+
+    def generate(self, request: dict, request_id: str = "r1", token: str = "") -> None:
+        self.send(protocol.GENERATE, self.port, request_id, token, json.dumps(request))
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def peer(server):
+    p = RawPeer(server.address[1])
+    yield p
+    p.close()
+
+
+def test_sine_runner_obeys_the_service_contract(tmp_path):
+    request = protocol.validate_request(make_request(tmp_path, steps=3, format="wav32f", sample_rate=44100))
+    steps = []
+    result = SineRunner()(request, lambda s, t: steps.append((s, t)), lambda: False)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    info = sf.info(result["stem_path"])
+    assert (info.samplerate, info.subtype, info.frames) == (44100, "FLOAT", round(0.1 * 44100))
+    assert os.listdir(request["output_dir"]) == [os.path.basename(result["stem_path"])]
+    with pytest.raises(GenerationCancelled):
+        SineRunner()(request, lambda s, t: None, lambda: True)

@@ -1,0 +1,282 @@
+"""The engine server over real UDP sockets on 127.0.0.1, driven by the sine runner."""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+import soundfile as sf
+
+from bridge import osc, protocol
+from bridge.client import EngineClient
+from bridge.server import ConfigError, EngineServer, ServerConfig
+from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, runner, server  # noqa: F401
+
+
+def test_ping_names_protocol_model_and_device(peer):
+    peer.send(protocol.PING, peer.port, "p1", "")
+    assert peer.receive() == (protocol.PONG, ["p1", 1, "test-sine", "cpu"])
+
+
+def test_generate_replies_in_order_and_writes_a_real_wav(peer, tmp_path):
+    request = make_request(tmp_path, steps=3, sample_rate=44100, format="wav32f", seed=7)
+    peer.generate(request, "gen-1")
+    replies = peer.receive_until({protocol.DONE, protocol.ERROR})
+    addresses = [a for a, _ in replies]
+    assert addresses == [protocol.ACCEPTED] + [protocol.PROGRESS] * 4 + [protocol.DONE]
+    job_id = replies[0][1][1]
+    assert replies[0][1] == ["gen-1", job_id, 0]
+    assert [args[2:] for _, args in replies[1:-1]] == [[0, 3], [1, 3], [2, 3], [3, 3]]
+    _, (rid, done_job, stem_path, metadata_json) = replies[-1]
+    assert (rid, done_job) == ("gen-1", job_id)
+    metadata = json.loads(metadata_json)
+    assert {k: metadata[k] for k in ("sample_rate", "seed", "method", "model")} == {
+        "sample_rate": 44100, "seed": 7, "method": "nag", "model": "test-sine"}
+    info = sf.info(stem_path)
+    assert (info.samplerate, info.subtype) == (44100, "FLOAT")
+    assert os.path.dirname(stem_path) == request["output_dir"]
+
+
+def test_two_requests_for_the_same_name_never_overwrite(client, tmp_path):
+    request = make_request(tmp_path)
+    paths = []
+    for _ in range(2):
+        job = client.submit(request)
+        paths.append(job.wait()["stem_path"])
+    assert len(set(paths)) == 2 and all(os.path.isfile(p) for p in paths)
+
+
+def test_concurrent_clients_run_in_fifo_order(tmp_path):
+    runner = SineRunner(step_s=0.02)
+    with EngineServer(runner, ServerConfig(port=0)).start() as srv:
+        peers = [RawPeer(srv.address[1]) for _ in range(4)]
+        try:
+            positions = []
+            for i, p in enumerate(peers):
+                p.generate(make_request(tmp_path, caption=f"sound {i}", steps=3), f"r{i}")
+                address, args = p.receive()
+                assert address == protocol.ACCEPTED
+                positions.append(args[2])
+            assert positions == [0, 1, 2, 3]
+            for p in peers:
+                assert p.receive_until({protocol.DONE})[-1][0] == protocol.DONE
+        finally:
+            for p in peers:
+                p.close()
+    assert runner.started == ["sound 0", "sound 1", "sound 2", "sound 3"]
+
+
+def test_ping_is_answered_while_a_job_runs(tmp_path):
+    runner = SineRunner(step_s=0.2)
+    with EngineServer(runner, ServerConfig(port=0)).start() as srv, EngineClient(port=srv.address[1]) as c:
+        job = c.submit(make_request(tmp_path, steps=10))
+        while job.poll(0.05)["state"] != "running":
+            pass
+        assert c.ping()["round_trip_s"] < 0.15  # far less than one 0.2 s step: dispatch never waits on generation
+        status = c.engine_status()
+        assert status["state"] == "busy" and status["current"]["job_id"] == job.job_id
+        job.cancel()
+        assert job.wait()["state"] == "cancelled"
+
+
+def test_cancel_stops_a_running_job_within_one_step(tmp_path):
+    runner = SineRunner(step_s=0.05)
+    with EngineServer(runner, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.generate(make_request(tmp_path, steps=200), "long")
+        job_id = p.receive()[1][1]
+        p.receive_until({protocol.PROGRESS})
+        while True:  # wait for a real step so the cancel lands mid-job
+            address, args = p.receive()
+            if address == protocol.PROGRESS and args[2] >= 2:
+                break
+        step_at_cancel = args[2]
+        p.send(protocol.CANCEL, p.port, "c1", "", job_id)
+        replies = p.receive_until({protocol.CANCELLED})
+        steps_after = [a[2] for addr, a in replies if addr == protocol.PROGRESS]
+        assert max(steps_after, default=step_at_cancel) <= step_at_cancel + 2  # the in-flight step may finish
+        assert (protocol.CANCEL_REPLY, ["c1", job_id, protocol.CANCEL_STOPPING]) in replies
+        assert os.listdir(tmp_path / "out") == [], "a cancelled job writes no stem"
+        p.send(protocol.CANCEL, p.port, "c2", "", job_id)
+        assert p.receive() == (protocol.CANCEL_REPLY, ["c2", job_id, protocol.CANCEL_TOO_LATE])
+        p.close()
+
+
+def test_cancel_drops_a_queued_job(tmp_path):
+    runner = SineRunner(step_s=0.05)
+    with EngineServer(runner, ServerConfig(port=0)).start() as srv:
+        first, second = RawPeer(srv.address[1]), RawPeer(srv.address[1])
+        first.generate(make_request(tmp_path, caption="first", steps=6), "a")
+        first.receive()
+        second.generate(make_request(tmp_path, caption="second", steps=6), "b")
+        queued_id = second.receive()[1][1]
+        second.send(protocol.CANCEL, second.port, "c", "", queued_id)
+        replies = [second.receive(), second.receive()]  # in either order
+        assert (protocol.CANCELLED, ["b", queued_id]) in replies
+        assert (protocol.CANCEL_REPLY, ["c", queued_id, protocol.CANCEL_DROPPED]) in replies
+        assert first.receive_until({protocol.DONE})[-1][0] == protocol.DONE
+        first.close(), second.close()
+    assert runner.started == ["first"]
+
+
+def test_a_failing_job_fails_alone(peer, tmp_path):
+    bad_video = make_request(tmp_path, caption="bad")
+    bad_video["region"]["video"] = str(tmp_path / "missing.mp4")
+    bad_mix = make_request(tmp_path, caption="bad mix", existing_mix=str(tmp_path / "picture.mp4"))
+    peer.generate(bad_video, "v")
+    peer.generate(bad_mix, "m")
+    peer.generate(make_request(tmp_path, caption="good"), "g")
+    finals = {}
+    while len(finals) < 3:
+        address, args = peer.receive()
+        if address in protocol.FINAL_REPLIES:
+            finals[args[0]] = (address, args)
+    assert finals["v"][0] == protocol.ERROR and finals["v"][1][2] == "bad_video"
+    assert "missing.mp4" in finals["v"][1][3]
+    assert finals["m"][0] == protocol.ERROR and finals["m"][1][2] == "bad_audio"
+    assert finals["g"][0] == protocol.DONE
+
+
+def test_an_unexpected_exception_is_internal_error_and_the_server_keeps_serving(tmp_path):
+    calls = []
+
+    def flaky(request, on_progress, is_cancelled):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("division by zero")
+        if len(calls) == 2:
+            return {"stem_path": "/etc/passwd", "metadata": {}}  # outside output_dir: refused
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(flaky, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        codes = []
+        for i in range(3):
+            p.generate(make_request(tmp_path), f"r{i}")
+            address, args = p.receive_until(protocol.FINAL_REPLIES)[-1]
+            codes.append(args[2] if address == protocol.ERROR else "done")
+        p.close()
+    assert codes == ["internal_error", "internal_error", "done"]
+
+
+def test_a_retransmitted_request_is_one_job(peer, tmp_path):
+    request = make_request(tmp_path)
+    peer.generate(request, "same")
+    first = peer.receive()
+    peer.generate(request, "same")
+    replies = peer.receive_until({protocol.DONE})
+    accepted = [args for address, args in [first] + replies if address == protocol.ACCEPTED]
+    assert len(accepted) == 2 and accepted[0][1] == accepted[1][1]
+    time.sleep(0.1)
+    assert len(os.listdir(tmp_path / "out")) == 1
+
+
+def test_a_lost_final_reply_can_be_fetched_by_job_id(peer, client, tmp_path):
+    job = client.submit(make_request(tmp_path, seed=3))
+    final = job.wait()
+    peer.send(protocol.RESULT, peer.port, "q", "", final["job_id"])
+    address, args = peer.receive()
+    summary = json.loads(args[1])
+    assert (address, args[0]) == (protocol.JOB, "q")
+    assert summary["state"] == "done" and summary["stem_path"] == final["stem_path"]
+    assert summary["metadata"]["seed"] == 3
+
+
+@pytest.mark.parametrize(
+    "make_args, code",
+    [
+        (lambda port: (protocol.PING, port, "x"), "bad_arguments"),  # missing token
+        (lambda port: (protocol.PING, port, "x", "", 1), "bad_arguments"),  # extra argument
+        (lambda port: (protocol.STATUS, port, "x", 7), "bad_arguments"),  # wrong type
+        (lambda port: ("/stepfoley/nope", port, "x", ""), "unknown_address"),
+        (lambda port: (protocol.GENERATE, port, "x", "", "{not json"), "invalid_request"),
+        (lambda port: (protocol.GENERATE, port, "x", "", "[1, 2]"), "invalid_request"),
+        (lambda port: (protocol.RESULT, port, "x", "", "no-such-job"), "unknown_job"),
+        (lambda port: (protocol.CANCEL, port, "x", "", "no-such-job"), "unknown_job"),
+    ],
+)
+def test_malformed_messages_get_an_error_reply(peer, make_args, code):
+    peer.send(*make_args(peer.port))
+    address, args = peer.receive()
+    assert address == protocol.ERROR and args[0] == "x" and args[2] == code and args[3]
+    peer.send(protocol.PING, peer.port, "alive", "")
+    assert peer.receive()[0] == protocol.PONG
+
+
+def test_invalid_request_fields_are_rejected_with_the_reason(peer, tmp_path):
+    peer.generate(make_request(tmp_path, output_dir=str(tmp_path / "nowhere")), "r")
+    address, args = peer.receive()
+    assert (address, args[1], args[2]) == (protocol.ERROR, "", "invalid_request")
+    assert "nowhere" in args[3]
+
+
+def test_an_oversized_datagram_is_refused_with_an_error(peer, tmp_path):
+    request = make_request(tmp_path, caption="x" * 900, previous_captions=["y" * 900] * 40)
+    peer.generate(request, "big")
+    address, args = peer.receive()
+    assert (address, args[0], args[2]) == (protocol.ERROR, "big", "payload_too_large")
+
+
+def test_token_is_required_when_set(tmp_path):
+    with EngineServer(SineRunner(), ServerConfig(port=0, token="s3cret")).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.send(protocol.PING, p.port, "no", "")
+        assert p.receive()[1][2] == "unauthorized"
+        p.send(protocol.PING, p.port, "wrong", "s3creT")
+        assert p.receive()[1][2] == "unauthorized"
+        p.send(protocol.PING, p.port, "ok", "s3cret")
+        assert p.receive()[0] == protocol.PONG
+        p.close()
+        with EngineClient(port=srv.address[1], token="s3cret") as c:
+            assert c.submit(make_request(tmp_path)).wait()["state"] == "done"
+
+
+def test_listening_off_loopback_needs_a_token():
+    with pytest.raises(ConfigError, match="token"):
+        EngineServer(SineRunner(), ServerConfig(host="0.0.0.0", port=0))
+    srv = EngineServer(SineRunner(), ServerConfig(host="0.0.0.0", port=0, token="t"))
+    srv.stop()
+
+
+def test_a_busy_port_is_a_clear_error(server):
+    with pytest.raises(ConfigError, match="already running"):
+        EngineServer(SineRunner(), ServerConfig(port=server.address[1]))
+
+
+def test_queue_limit(tmp_path):
+    gate = threading.Event()
+
+    def blocked(request, on_progress, is_cancelled):
+        gate.wait(5)
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(blocked, ServerConfig(port=0, max_queue=2)).start() as srv:
+        p = RawPeer(srv.address[1])
+        codes = []
+        for i in range(4):  # one runs, two wait, the fourth is refused
+            p.generate(make_request(tmp_path), f"q{i}")
+            address, args = p.receive_until({protocol.ACCEPTED, protocol.ERROR})[-1]
+            codes.append(args[2] if address == protocol.ERROR else "accepted")
+        gate.set()
+        p.close()
+    assert codes == ["accepted", "accepted", "accepted", "queue_full"]
+
+
+def test_stop_fails_queued_jobs_and_stops_the_running_one(tmp_path):
+    srv = EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, caption="running", steps=100), "run")
+    p.receive_until({protocol.PROGRESS})
+    p.generate(make_request(tmp_path, caption="waiting"), "wait")
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 2.0
+    finals = {}
+    while len(finals) < 2:
+        address, args = p.receive()
+        if address in protocol.FINAL_REPLIES:
+            finals[args[0]] = (address, args[2])
+    assert finals == {"run": (protocol.ERROR, "engine_stopped"), "wait": (protocol.ERROR, "engine_stopped")}
+    assert os.listdir(tmp_path / "out") == []
+    p.close()

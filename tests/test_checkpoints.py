@@ -1,0 +1,167 @@
+"""engine.checkpoints with real files written by the tests, and MMAudio.load_weights errors."""
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from engine.checkpoints import check_against_manifest, load_state_dict_file, save_safetensors_atomic
+from engine.errors import CheckpointError
+from engine.mmaudio import MMAudio, MMAudioConfig
+
+TINY = MMAudioConfig(latent_dim=4, clip_dim=6, sync_dim=8, text_dim=5, hidden_dim=16, depth=2, fused_depth=1,
+                     num_heads=2, latent_seq_len=20, clip_seq_len=8, sync_seq_len=16, text_seq_len=3, name="tiny_a")
+
+
+def tiny_state_dict(cfg=TINY, seed=0):
+    torch.manual_seed(seed)
+    net = MMAudio(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    return net.state_dict()
+
+
+def assert_same_tensors(a, b):
+    assert list(a) == list(b) or sorted(a) == sorted(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_pth_with_stale_rotary_buffer_loads(tmp_path):
+    weights = tiny_state_dict()
+    on_disk = {**weights, "latent_rot": torch.zeros(1, TINY.latent_seq_len, TINY.head_dim // 2, 2, 2)}
+    path = tmp_path / "mmaudio_tiny.pth"
+    torch.save(on_disk, path)
+
+    loaded = load_state_dict_file(path)
+    assert_same_tensors(loaded, on_disk)
+    net = MMAudio(TINY)
+    net.load_weights(loaded)
+    assert_same_tensors(net.state_dict(), weights)
+
+
+def test_safetensors_round_trip_keeps_metadata(tmp_path):
+    weights = tiny_state_dict()
+    path = save_safetensors_atomic(weights, tmp_path / "tiny.safetensors", {"model": "tiny_a"})
+    loaded = load_state_dict_file(path)
+    assert_same_tensors(loaded, weights)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"model": "tiny_a"}
+    MMAudio(TINY).load_weights(loaded)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind
+
+
+def test_save_refuses_to_overwrite_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors_atomic({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_safetensors_atomic({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+    save_safetensors_atomic({"a": torch.zeros(3)}, path, overwrite=True)
+    assert load_state_dict_file(path)["a"].shape == (3,)
+
+
+def test_save_handles_tied_and_non_contiguous_tensors(tmp_path):
+    base = torch.arange(6.0).view(2, 3)
+    state = {"w": base, "tied": base, "t": base.t()}
+    loaded = load_state_dict_file(save_safetensors_atomic(state, tmp_path / "x.safetensors"))
+    assert_same_tensors(loaded, {k: v.contiguous() for k, v in state.items()})
+
+
+def test_checkpoint_for_another_config_names_config_and_keys(tmp_path):
+    other = replace(TINY, depth=3, hidden_dim=24, name="tiny_b")
+    path = tmp_path / "other.pth"
+    torch.save(tiny_state_dict(other), path)
+    extra = [k for k in tiny_state_dict(other) if k not in tiny_state_dict(TINY)]
+    with pytest.raises(CheckpointError) as caught:
+        MMAudio(TINY).load_weights(load_state_dict_file(path))
+    message = str(caught.value)
+    assert "'tiny_a'" in message
+    assert f"{len(extra)} unexpected key(s): {extra[0]}, " in message
+    assert "audio_input_proj.0.weight is [24, 4, 7] in the file but [16, 4, 7] in the network" in message
+
+    with pytest.raises(CheckpointError, match=r"'tiny_b'.*\d+ missing key\(s\): joint_blocks\.0\.clip_block\.linear1"):
+        MMAudio(other).load_weights(tiny_state_dict(TINY))
+
+
+def test_official_layout_in_the_wrong_model_names_the_right_one():
+    with torch.device("meta"):
+        weights = MMAudio(MMAudioConfig.preset("small_44k")).state_dict()
+        net = MMAudio(MMAudioConfig.preset("small_16k"))
+    with pytest.raises(CheckpointError, match="'small_16k'.*look like the 'small_44k' model"):
+        net.load_weights(weights)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_file_is_a_checkpoint_error_naming_it(tmp_path, suffix):
+    path = tmp_path / f"cut{suffix}"
+    if suffix == ".pth":
+        torch.save(tiny_state_dict(), path)
+    else:
+        save_safetensors_atomic(tiny_state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_state_dict_file(path)
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_state_dict_file(tmp_path / "nope.pth")
+    odd = tmp_path / "weights.npz"
+    odd.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown file type"):
+        load_state_dict_file(odd)
+
+
+def test_nested_entry_is_unwrapped_only_when_named(tmp_path):
+    path = tmp_path / "best_netG.pt"
+    generator = {"conv.weight": torch.ones(2, 2)}
+    torch.save({"generator": generator, "steps": torch.tensor(5)}, path)
+    assert_same_tensors(load_state_dict_file(path, entry="generator"), generator)
+    with pytest.raises(CheckpointError, match="'discriminator'"):
+        load_state_dict_file(path, entry="discriminator")
+    torch.save({"generator": generator}, path)
+    with pytest.raises(CheckpointError, match="not a plain state dict"):
+        load_state_dict_file(path)
+
+
+def write_manifest(path, entries, dropped=()):
+    path.write_text(json.dumps({"name": "toy", "keys_dropped_or_ignored_on_load": list(dropped),
+                                "state_dict_numel": sum(torch.Size(e["shape"]).numel() for e in entries),
+                                "state_dict": entries}))
+    return path
+
+
+def test_manifest_report_lists_missing_unexpected_and_wrong_shapes(tmp_path):
+    manifest = write_manifest(tmp_path / "toy.json", [
+        {"key": "a.weight", "shape": [2, 3]},
+        {"key": "b.weight", "shape": [4]},
+        {"key": "c.parametrizations.weight.original0", "shape": [5, 1, 1], "legacy_key": "c.weight_g"},
+        {"key": "d.bias", "shape": [1]},
+    ], dropped=["latent_rot"])
+    report = check_against_manifest(
+        {"a.weight": torch.zeros(2, 3), "b.weight": (5,), "c.weight_g": torch.Size([5, 1, 1]),
+         "latent_rot": (1, 2), "extra": (3,)}, manifest)
+    assert not report.ok
+    assert report.missing == ("d.bias",)
+    assert report.unexpected == ("extra",)
+    assert report.wrong_shape == (("b.weight", (5,), (4,)),)
+    assert report.ignored == ("latent_rot",)
+    assert "d.bias" in report.summary() and "b.weight [5] instead of [4]" in report.summary()
+
+
+def test_manifest_report_ok_for_a_matching_state_dict(tmp_path):
+    weights = tiny_state_dict()
+    manifest = write_manifest(tmp_path / "tiny.json",
+                              [{"key": k, "shape": list(v.shape)} for k, v in weights.items()])
+    report = check_against_manifest(weights, manifest)
+    assert report.ok and report.num_parameters_found == report.num_parameters_expected
+    os.remove(manifest)
+    with pytest.raises(CheckpointError, match="manifest"):
+        check_against_manifest(weights, manifest)

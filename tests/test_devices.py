@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from engine import devices
+from engine.devices import autocast_context, choose_device, default_threads, maybe_compile
+from engine.errors import InvalidInputError
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """A machine with neither CUDA nor MPS, whatever this one has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
+
+
+@pytest.mark.parametrize("preference", [None, "auto", " AUTO "])
+def test_auto_falls_back_to_cpu(cpu_only, preference):
+    assert choose_device(preference) == torch.device("cpu")
+
+
+def test_auto_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(devices, "_mps_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == torch.device("mps")
+
+
+def test_cpu_is_always_honored():
+    assert choose_device("cpu") == torch.device("cpu")
+    assert choose_device("CPU") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("preference", ["cuda", "cuda:1"])
+def test_unavailable_cuda_is_refused(cpu_only, preference):
+    with pytest.raises(InvalidInputError, match="no CUDA GPU"):
+        choose_device(preference)
+
+
+def test_unavailable_mps_is_refused(cpu_only):
+    with pytest.raises(InvalidInputError, match="MPS"):
+        choose_device("mps")
+
+
+def test_cuda_index_beyond_the_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert choose_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(InvalidInputError, match="has 2 CUDA GPU"):
+        choose_device("cuda:2")
+
+
+@pytest.mark.parametrize("preference", ["gpu", "cuda:x", "meta"])
+def test_unknown_devices_are_refused(preference):
+    with pytest.raises(InvalidInputError, match="cuda:N"):
+        choose_device(preference)
+
+
+def test_autocast_auto_on_cpu_keeps_fp32():
+    layer = torch.nn.Linear(4, 4)
+    with autocast_context(torch.device("cpu"), "auto"):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32
+    with autocast_context("cpu", "fp32"):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_autocast_bf16_on_cpu_when_asked():
+    layer = torch.nn.Linear(4, 4)
+    with autocast_context("cpu", "bf16"):
+        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
+    assert layer(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(InvalidInputError, match="precision"):
+        autocast_context("cpu", "fp8")
+
+
+def test_compile_is_skipped_off_cuda():
+    layer = torch.nn.Linear(2, 2)
+    assert maybe_compile(layer, enabled=True) is layer
+    assert maybe_compile(layer, enabled=False) is layer
+    assert maybe_compile(layer, enabled=True, device="cpu") is layer
+
+
+def test_default_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_path_on_a_real_gpu():
+    device = choose_device("auto")
+    assert device.type == "cuda"
+    layer = torch.nn.Linear(8, 8).to(device)
+    with autocast_context(device):
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        assert layer(torch.ones(1, 8, device=device)).dtype == expected
+    compiled = maybe_compile(layer, enabled=True)
+    assert compiled is not layer
+    torch.testing.assert_close(compiled(torch.ones(1, 8, device=device)), layer(torch.ones(1, 8, device=device)))

@@ -1,0 +1,202 @@
+import math
+
+import numpy as np
+import pytest
+
+from engine import mixing
+from engine.errors import AudioError, InvalidInputError
+
+
+def sine(freq_hz, sample_rate, seconds, amplitude=0.5, channels=1):
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    wave = (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+    return np.repeat(wave[None, :], channels, axis=0)
+
+
+def fft_peak_hz(samples, sample_rate):
+    spectrum = np.abs(np.fft.rfft(samples[0] * np.hanning(samples.shape[1])))
+    return np.argmax(spectrum) * sample_rate / samples.shape[1]
+
+
+@pytest.mark.parametrize("target", [-20.0, -14.0, -30.0])
+def test_sine_normalizes_to_target_lufs(target):
+    quiet = sine(997, 16000, 2.0, amplitude=0.05)
+    normalized = mixing.loudness_normalize(quiet, 16000, target_lufs=target)
+    assert normalized.dtype == np.float32 and normalized.shape == quiet.shape
+    assert abs(mixing.integrated_loudness(normalized, 16000) - target) < 0.1
+    # A pure gain: the waveform shape is untouched.
+    ratio = normalized[0, 100] / quiet[0, 100]
+    np.testing.assert_allclose(normalized, quiet * ratio, rtol=1e-5, atol=1e-7)
+
+
+def test_stereo_loudness_is_three_db_above_mono():
+    mono = sine(1000, 48000, 1.0, amplitude=0.2)
+    stereo = np.repeat(mono, 2, axis=0)
+    difference = mixing.integrated_loudness(stereo, 48000) - mixing.integrated_loudness(mono, 48000)
+    assert abs(difference - 10 * math.log10(2)) < 0.01
+
+
+def test_silence_stays_silence_without_nan():
+    silence = np.zeros((2, 16000), dtype=np.float32)
+    assert mixing.integrated_loudness(silence, 16000) == -math.inf
+    out = mixing.loudness_normalize(silence, 16000)
+    assert np.array_equal(out, silence) and not np.isnan(out).any()
+    assert mixing.true_peak(silence, 16000) == -math.inf
+    assert np.array_equal(mixing.limit_true_peak(silence, 16000), silence)
+
+
+def test_near_silence_below_gate_is_not_amplified():
+    whisper = sine(440, 16000, 1.0, amplitude=1e-5)  # about -100 LUFS
+    assert mixing.integrated_loudness(whisper, 16000) < mixing.SILENCE_GATE_LUFS
+    assert np.array_equal(mixing.loudness_normalize(whisper, 16000), whisper)
+
+
+def test_audio_shorter_than_a_gating_block_is_unmeasurable_and_unchanged():
+    short = sine(440, 16000, 0.3)
+    assert mixing.integrated_loudness(short, 16000) == -math.inf
+    assert np.array_equal(mixing.loudness_normalize(short, 16000), short)
+
+
+def test_nan_audio_is_refused():
+    bad = sine(440, 16000, 1.0)
+    bad[0, 10] = np.nan
+    with pytest.raises(AudioError, match="NaN"):
+        mixing.integrated_loudness(bad, 16000)
+
+
+def test_true_peak_sees_intersample_peaks():
+    # A sine at fs/4 sampled 45 degrees off its crests: every sample sits at 0.707 of the
+    # real peak, so the sample peak under-reads by 3 dB and the true peak must not.
+    sample_rate = 48000
+    n = np.arange(4800)
+    # Faded in and out: an abrupt start would make the interpolator ring (a real overshoot).
+    fade = np.minimum(1.0, np.minimum(n, n[::-1]) / 200)
+    wave = (fade * np.sin(2 * np.pi * n / 4 + np.pi / 4)).astype(np.float32)[None]
+    assert abs(20 * math.log10(np.abs(wave).max()) - (-3.01)) < 0.01
+    assert abs(mixing.true_peak(wave, sample_rate)) < 0.05
+
+
+@pytest.mark.parametrize("gain", [1.0, 4.0, 30.0])
+@pytest.mark.parametrize("ceiling", [-1.0, -3.0])
+def test_limiter_ceiling_holds_on_hot_signals(gain, ceiling):
+    rng = np.random.default_rng(7)
+    sample_rate = 16000
+    hot = (gain * rng.standard_normal((2, sample_rate))).astype(np.float32)
+    hot[:, 4000:4010] = gain * 3  # a sharp transient: the limiter has no look-ahead
+    assert mixing.true_peak(hot, sample_rate) > ceiling
+    limited = mixing.limit_true_peak(hot, sample_rate, ceiling_dbtp=ceiling)
+    assert limited.shape == hot.shape and limited.dtype == np.float32
+    assert mixing.true_peak(limited, sample_rate) <= ceiling
+    # Limiting, not muting: the result stays within a few dB of the ceiling.
+    assert mixing.true_peak(limited, sample_rate) > ceiling - 3.0
+
+
+def test_limiter_leaves_audio_under_the_ceiling_alone():
+    calm = sine(440, 16000, 1.0, amplitude=0.3)
+    assert np.array_equal(mixing.limit_true_peak(calm, 16000, ceiling_dbtp=-1.0), calm)
+
+
+def test_limiter_rejects_positive_ceiling():
+    with pytest.raises(InvalidInputError, match="ceiling"):
+        mixing.limit_true_peak(sine(440, 16000, 0.5), 16000, ceiling_dbtp=3.0)
+
+
+@pytest.mark.parametrize(
+    "from_sr, to_sr, freq",
+    [(48000, 16000, 1000.0), (16000, 44100, 2500.0), (44100, 48000, 440.0), (22050, 16000, 3000.0), (44101, 48000, 1000.0)],
+)
+def test_resample_keeps_length_rule_and_frequency(from_sr, to_sr, freq):
+    source = sine(freq, from_sr, 0.5013, channels=2)  # a length that does not divide evenly
+    out = mixing.resample(source, from_sr, to_sr)
+    assert out.shape == (2, round(source.shape[1] * to_sr / from_sr))
+    assert out.dtype == np.float32
+    bin_hz = to_sr / out.shape[1]
+    assert abs(fft_peak_hz(out, to_sr) - freq) <= bin_hz
+    # No level change in the middle (edges see the filter's zero padding).
+    middle = out[:, out.shape[1] // 4 : 3 * out.shape[1] // 4]
+    assert abs(np.abs(middle).max() - 0.5) < 0.01
+
+
+def test_resample_removes_content_above_the_new_nyquist():
+    tone = sine(12000, 48000, 0.5)  # above 8 kHz, the Nyquist frequency of 16 kHz audio
+    out = mixing.resample(tone, 48000, 16000)
+    middle = out[:, 1000:-1000]
+    assert np.abs(middle).max() < 0.01
+
+
+def test_resample_same_rate_is_identity_copy():
+    source = sine(440, 16000, 0.1)
+    out = mixing.resample(source, 16000, 16000)
+    assert np.array_equal(out, source) and out is not source
+
+
+def test_match_channels_downmix_averages_and_upmix_copies():
+    stereo = np.stack([np.full(8, 0.2), np.full(8, 0.6)]).astype(np.float32)
+    np.testing.assert_allclose(mixing.match_channels(stereo, 1), np.full((1, 8), 0.4), rtol=1e-6)
+    mono = np.arange(5, dtype=np.float32)[None]
+    up = mixing.match_channels(mono, 2)
+    assert up.shape == (2, 5) and np.array_equal(up[0], mono[0]) and np.array_equal(up[1], mono[0])
+    assert mixing.match_channels(np.arange(3, dtype=np.float32), 1).shape == (1, 3)
+    with pytest.raises(AudioError, match="6-channel"):
+        mixing.match_channels(np.zeros((6, 4), np.float32), 2)
+
+
+def test_fit_length_pads_with_zeros_and_trims():
+    audio = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    padded = mixing.fit_length(audio, 5)
+    assert np.array_equal(padded, [[1, 2, 3, 0, 0], [4, 5, 6, 0, 0]])
+    assert np.array_equal(mixing.fit_length(audio, 2), [[1, 2], [4, 5]])
+    assert mixing.fit_length(audio, 0).shape == (2, 0)
+
+
+def test_mix_of_48k_stereo_and_16k_mono_stems():
+    stereo_48k = sine(1000, 48000, 2.5, amplitude=0.4, channels=2)
+    mono_16k = sine(300, 16000, 1.2, amplitude=0.2)
+    length = 2 * 44100
+    mix = mixing.mix_tracks([(stereo_48k, 48000), (mono_16k, 16000)], 44100, length, channels=2)
+    assert mix.shape == (2, length) and mix.dtype == np.float32
+    assert abs(mixing.integrated_loudness(mix, 44100) - (-20.0)) < 0.1
+    assert mixing.true_peak(mix, 44100) <= -1.0
+    # Both stems are audible: 1 kHz throughout, 300 Hz only while the 1.2 s stem played.
+    early = np.abs(np.fft.rfft(mix[0, :44100]))  # 1 s window: bin k is k Hz
+    late = np.abs(np.fft.rfft(mix[0, 44100 + 11025 : 44100 + 11025 + 22050]))  # 0.5 s: bin k is 2k Hz
+    assert early[300] > 0.2 * early[1000]
+    assert late[150] < 0.01 * late[500]
+
+
+def test_mix_is_the_unweighted_sum_times_one_gain():
+    # The paper sums stems without weighting; normalizing each stem first would change
+    # their balance. The mix must be a single gain times stem_a + stem_b.
+    stem_a = sine(500, 16000, 1.0, amplitude=0.05)
+    stem_b = sine(1200, 16000, 1.0, amplitude=0.15)
+    mix = mixing.mix_tracks([(stem_a, 16000), (stem_b, 16000)], 16000, 16000)
+    total = (stem_a + stem_b).astype(np.float64)
+    gain = float(np.sum(mix * total) / np.sum(total * total))
+    np.testing.assert_allclose(mix, gain * total, atol=1e-6)
+    assert abs(mixing.integrated_loudness(mix, 16000) - (-20.0)) < 0.1
+
+
+def test_mix_hot_stems_is_limited():
+    loud = [(sine(200 + 100 * k, 16000, 1.0, amplitude=0.9), 16000) for k in range(5)]
+    mix = mixing.mix_tracks(loud, 16000, 16000, target_lufs=-6.0, ceiling_dbtp=-1.0)
+    assert mixing.true_peak(mix, 16000) <= -1.0
+
+
+def test_mix_of_no_stems_is_silence():
+    mix = mixing.mix_tracks([], 16000, 1234, channels=2)
+    assert mix.shape == (2, 1234) and not mix.any()
+
+
+def test_mix_rejects_an_empty_stem():
+    stems = [(sine(440, 16000, 1.0), 16000), (np.zeros((1, 0), np.float32), 16000)]
+    with pytest.raises(AudioError, match="Stem 2 of 2 has no samples"):
+        mixing.mix_tracks(stems, 16000, 16000)
+
+
+def test_mix_rejects_bad_arguments():
+    with pytest.raises(InvalidInputError, match="length"):
+        mixing.mix_tracks([], 16000, 0)
+    with pytest.raises(InvalidInputError, match="sample rate"):
+        mixing.mix_tracks([(sine(440, 16000, 1.0), 0)], 16000, 100)
+    with pytest.raises(InvalidInputError, match="channels"):
+        mixing.as_channels_first(np.zeros((1, 2, 3)))

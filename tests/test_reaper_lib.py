@@ -1,0 +1,103 @@
+"""StepFoley_lib.lua's pure parts under a real Lua 5.4: the JSON codec against Python's
+json module, the project-time -> file-time mapping, command-line quoting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reaper_fake"))
+import harness as h  # noqa: E402
+
+pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
+
+LIB = h.SCRIPTS / "StepFoley_lib.lua"
+
+
+def lua(code: str, stdin: str = "") -> str:
+    prelude = f"reaper = {{GetOS = function() return 'Other' end}}; SF = dofile({json.dumps(str(LIB))}); "
+    # bytes, not text mode: text mode would turn a decoded "\r" into "\n"
+    done = subprocess.run([h.LUA, "-e", prelude + code], input=stdin.encode(), capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode("utf-8")
+
+
+TRICKY = {
+    "caption": 'glass "clink", then \\ steps\n\ttab \x01\x1f\x7f',
+    "unicode": "Schritte auf Kies — 足音 🎬",
+    "numbers": [0, -3, 1.5, 1e-7, 123456789012, 0.1, -2.5e300],
+    "nested": {"empty_list": [], "empty_obj": {}, "bools": [True, False], "null": None},
+}
+
+
+def test_json_encode_is_read_by_python():
+    # Python writes a Lua-readable literal via its own JSON, Lua decodes and re-encodes
+    encoded = lua("io.write(SF.json_encode(SF.json_decode(io.read('a'))))", json.dumps(TRICKY))
+    back = json.loads(encoded)
+    expected = json.loads(json.dumps(TRICKY))
+    del expected["nested"]["null"]  # JSON null decodes to an absent key in Lua
+    assert back == expected
+
+
+def test_json_decode_escapes_and_surrogates():
+    text = json.dumps({"a": "\u00e9\u2014\U0001f3ac", "b": "x\"y\\z/\b\f\n\r\t"}, ensure_ascii=True)
+    out = lua("local v = SF.json_decode(io.read('a')); io.write(v.a, '|', v.b)", text)
+    assert out == "\u00e9\u2014\U0001f3ac|x\"y\\z/\b\f\n\r\t"
+
+
+def test_json_escapes_control_characters_only():
+    out = lua("io.write(SF.json_encode({s = 'a\\1b\"c\\\\d é'}))")
+    assert out == '{"s":"a\\u0001b\\"c\\\\d é"}'
+    assert json.loads(out)["s"] == 'a\x01b"c\\d é'
+
+
+@pytest.mark.parametrize("bad", ['{"a":', '[1,2', '{"a" 1}', '"\\q"', "tru", "[1] x"])
+def test_json_decode_rejects_malformed(bad):
+    out = lua("local v, err = SF.json_decode(io.read('a')); io.write(tostring(v), '|', tostring(err))", bad)
+    value, err = out.split("|", 1)
+    assert value == "nil" and err != "nil"
+
+
+def test_map_interval_through_sections():
+    # take: item at 10 s, startoffs 0.5 s, playrate 2; a section 3..9 of the file
+    out = lua("local a, b, rev = SF.map_interval(11, 12, 10, 0.5, 2, "
+              "{{section = true, offs = 3, len = 6, rev = false}, {section = false}}); "
+              "io.write(string.format('%.12f %.12f %s', a, b, tostring(rev)))")
+    a, b, rev = out.split()
+    assert float(a) == pytest.approx(3 + 0.5 + 1 * 2) and float(b) == pytest.approx(3 + 0.5 + 2 * 2)
+    assert rev == "false"
+
+
+def test_map_interval_reversed_section():
+    out = lua("local a, b, rev = SF.map_interval(0, 1, 0, 0, 1, "
+              "{{section = true, offs = 2, len = 4, rev = true}, {section = false}}); "
+              "io.write(string.format('%.12f %.12f %s', a, b, tostring(rev)))")
+    a, b, rev = out.split()
+    assert float(a) == pytest.approx(6.0) and float(b) == pytest.approx(5.0) and rev == "true"
+
+
+@pytest.mark.parametrize("path,safe", [
+    ("/home/me/My Project (v2)/StepFoley/jobs", True),
+    ("C:\\Users\\Jane Doe\\AppData\\Roaming\\REAPER", True),
+    ('/home/me/My "Film"', False),
+    ("/home/me/it's", False),
+    ("/home/me/$HOME", False),
+    ("/home/me/a`b`", False),
+])
+def test_command_line_safety(path, safe):
+    out = lua(f"io.write(tostring(SF.is_command_line_safe({json.dumps(path)})))")
+    assert out == str(safe).lower()
+
+
+def test_parse_params_checks_ranges():
+    out = lua("local p, err = SF.parse_params({'steps, on gravel', 'NAG', '', '2', '42', '', '1'}, "
+              "SF.DEFAULT_SETTINGS); io.write(SF.json_encode(p))")
+    p = json.loads(out)
+    assert p == {"caption": "steps, on gravel", "method": "nag", "alpha": 4.5, "beta": 2.0, "seed": 42,
+                 "steps": 25, "count": 1}
+    out = lua("local p, err = SF.parse_params({'x', '', '', '', '1.5'}, SF.DEFAULT_SETTINGS); io.write(err)")
+    assert "Seed" in out and "whole number" in out

@@ -1,0 +1,185 @@
+"""engine.weights and `stepfoley weights`: a fake weights folder with real files.
+
+Manifest-shaped checkpoints are written cheaply: every tensor is a stride-0 view of one
+number, which torch.save stores as a single-element storage, so a 171M-parameter VAE file
+is a few kB and is checked exactly like the real one."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.errors import CheckpointError
+from engine.weights import (
+    FILES,
+    VARIANTS,
+    check_weights_dir,
+    compare_with_manifest,
+    convert_weights_dir,
+    file_to_read,
+    manifest_path,
+)
+from stepfoley.cli import main as cli_main
+
+
+def manifest_shaped(name, legacy=False):
+    entries = json.loads(manifest_path(name).read_text())["state_dict"]
+    return {(e.get("legacy_key") if legacy else None) or e["key"]: torch.zeros(()).expand(e["shape"]) for e in entries}
+
+
+def save(obj, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+
+
+@pytest.fixture
+def weights_dir(tmp_path):
+    root = tmp_path / "weights"
+    save(manifest_shaped("vae_16k"), root / "ext_weights" / "v1-16.pth")
+    save({"generator": manifest_shaped("bigvgan_16k", legacy=True), "optim": {}}, root / "ext_weights" / "best_netG.pt")
+    synch = manifest_shaped("synchformer")
+    synch["afeat_extractor.proj.weight"] = torch.zeros(3, 3)  # ignored on load: must not count
+    save(synch, root / "ext_weights" / "synchformer_state_dict.pth")
+    flow = manifest_shaped("flow_small_16k")
+    flow["t_embed.freqs"] = torch.zeros(128)  # stale buffer the loader drops
+    flow["latent_mean"] = torch.zeros(1, 1, 40)  # a 44k tensor in a 16k file
+    save(flow, root / "weights" / "mmaudio_small_16k.pth")
+    clip = root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384"
+    clip.mkdir()
+    (clip / "open_clip_config.json").write_text("{}")
+    (clip / "open_clip_pytorch_model.bin").write_bytes(b"")
+    v2 = root / "ext_weights" / "bigvgan_v2_44khz_128band_512x"
+    v2.mkdir()
+    save({"generator": manifest_shaped("bigvgan_v2_44k", legacy=True)}, v2 / "bigvgan_generator.pt")  # no config.json
+    (root / "controlnets").mkdir()
+    (root / "controlnets" / "nag_small_16k.safetensors").write_bytes(b"")
+    return root
+
+
+def test_check_reports_present_missing_and_wrong_files(weights_dir):
+    report = check_weights_dir(weights_dir)
+    files = report.files
+    for name in ("vae_16k", "bigvgan_16k", "synchformer", "clip"):
+        assert files[name].ok, (name, files[name].problems)
+    assert files["vae_16k"].verified and files["bigvgan_16k"].verified and files["synchformer"].verified
+    flow = files["flow_small_16k"]
+    assert flow.present and not flow.ok
+    assert any("latent_mean [1, 1, 40] instead of [1, 1, 20]" in p for p in flow.problems)
+    assert not any("t_embed.freqs" in p for p in flow.problems)
+    assert files["bigvgan_v2_44k"].present and files["bigvgan_v2_44k"].problems == ("config.json is missing in the folder",)
+    assert not files["vae_44k"].present and not files["flow_large_44k"].present
+
+    assert report.unusable("small_16k") == ["flow_small_16k"]
+    assert report.unusable("large_44k") == ["flow_large_44k", "vae_44k", "bigvgan_v2_44k"]
+    assert [p.name for p in report.controlnets] == ["nag_small_16k.safetensors"]
+    text = report.text()
+    assert "weights/mmaudio_small_16k.pth" in text and "small_16k: needs weights/mmaudio_small_16k.pth" in text
+
+
+def test_quick_check_opens_nothing(weights_dir):
+    (weights_dir / "ext_weights" / "v1-16.pth").write_bytes(b"not a checkpoint")
+    quick = check_weights_dir(weights_dir, verify=False).files["vae_16k"]
+    assert quick.ok and not quick.verified
+    full = check_weights_dir(weights_dir).files["vae_16k"]
+    assert not full.ok and "download it again" in full.problems[0]
+
+
+def test_weight_norm_layouts_all_fit_the_bigvgan_manifest():
+    spec = FILES["bigvgan_16k"]
+    path = manifest_path("bigvgan_16k")
+    entries = json.loads(path.read_text())["state_dict"]
+    modern = {e["key"]: tuple(e["shape"]) for e in entries}
+    legacy = {e["legacy_key"]: tuple(e["shape"]) for e in entries}
+    folded = {
+        k.replace(".parametrizations.weight.original1", ".weight"): v
+        for k, v in modern.items()
+        if not k.endswith(".original0")
+    }
+    for layout in (modern, legacy, folded):
+        assert compare_with_manifest(spec, layout, path) == []
+    broken = dict(folded)
+    broken["conv_pre.weight"] = (1536, 128, 7)
+    problems = compare_with_manifest(spec, broken, path)
+    assert problems and "conv_pre.weight [1536, 128, 7] instead of [1536, 80, 7]" in problems[0]
+
+
+def test_packaged_manifests_match_the_golden_ones(golden):
+    pairs = {
+        "flow_small_16k": "flow_small_16k",
+        "flow_small_44k": "flow_small_44k",
+        "flow_medium_44k": "flow_medium_44k",
+        "flow_large_44k": "flow_large_44k",
+        "flow_large_44k_v2": "flow_large_44k_v2",
+        "vae_16k": "vae_16k",
+        "vae_44k": "vae_44k",
+        "bigvgan_16k": "bigvgan_16k_generator",
+        "synchformer": "synchformer_vfeat_extractor",
+    }
+    for packed_name, golden_name in pairs.items():
+        packed = json.loads(manifest_path(packed_name).read_text())
+        ref = json.loads((golden / "manifests" / f"{golden_name}.json").read_text())
+        assert [(e["key"], e["shape"], e.get("legacy_key")) for e in packed["state_dict"]] == [
+            (e["key"], e["shape"], e.get("legacy_key")) for e in ref["state_dict"]
+        ], packed_name
+        assert packed["keys_dropped_or_ignored_on_load"] == ref["keys_dropped_or_ignored_on_load"]
+    assert set(pairs) | {"bigvgan_v2_44k"} == set(FILES)
+    assert all(set(files) <= set(FILES) | {"clip"} for files in VARIANTS.values())
+
+
+def test_convert_writes_safetensors_copies_and_never_overwrites(tmp_path):
+    root = tmp_path / "weights"
+    generator = {"conv_pre.bias": torch.arange(4.0), "conv_pre.weight_v": torch.randn(4, 2, 7)}
+    save({"generator": generator, "steps": torch.tensor(7)}, root / "ext_weights" / "best_netG.pt")
+    vae = {"data_mean": torch.randn(1, 80, 1), "encoder.learnable_gain": torch.tensor(0.25)}
+    save(vae, root / "ext_weights" / "v1-16.pth")
+    save({"x": torch.ones(2)}, root / "ext_weights" / "v1-44.pth")
+    existing = root / "ext_weights" / "v1-44.safetensors"
+    existing.write_bytes(b"the user's own file")
+
+    lines = []
+    results = convert_weights_dir(root, log=lines.append)
+    assert {r.source.name: r.written for r in results} == {"v1-16.pth": True, "v1-44.pth": False, "best_netG.pt": True}
+    assert existing.read_bytes() == b"the user's own file"
+    copy = load_file(str(root / "ext_weights" / "best_netG.safetensors"))
+    assert copy.keys() == generator.keys() and all(torch.equal(copy[k], v) for k, v in generator.items())
+    vae_copy = load_file(str(root / "ext_weights" / "v1-16.safetensors"))
+    assert all(torch.equal(vae_copy[k], v) for k, v in vae.items())
+    assert any("as .safetensors" in line and "x)" in line for line in lines)
+    assert not [p for p in os.listdir(root / "ext_weights") if p.endswith(".tmp")]
+    assert file_to_read(root / "ext_weights" / "v1-16.pth").suffix == ".safetensors"
+    again = convert_weights_dir(root, log=lines.append)
+    assert not any(r.written for r in again)
+
+
+def test_cli_check_and_convert(weights_dir, capsys):
+    assert cli_main(["weights", "check", str(weights_dir)]) == 1  # the wrong 16k flow file
+    out = capsys.readouterr().out
+    assert "WRONG" in out and "latent_mean" in out
+    (weights_dir / "weights" / "mmaudio_small_16k.pth").unlink()
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text("{}")
+    assert cli_main(["weights", "check", str(weights_dir)]) == 0
+    assert cli_main(["weights", "check", "--quick", "--model", "small_16k", str(weights_dir)]) == 1
+    capsys.readouterr()
+    assert cli_main(["weights", "check", str(weights_dir / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_cli_convert_reports_load_times(tmp_path, capsys):
+    save({"a": torch.randn(8, 8)}, tmp_path / "ext_weights" / "v1-44.pth")
+    assert cli_main(["weights", "convert", str(tmp_path)]) == 0
+    assert "as .safetensors" in capsys.readouterr().out
+    assert (tmp_path / "ext_weights" / "v1-44.safetensors").is_file()
+
+
+def test_codec_missing_file_names_it(tmp_path):
+    from engine.codec.mmaudio_codec import MMAudioCodec
+
+    with pytest.raises(CheckpointError, match=r"v1-16\.pth: the 16 kHz mel VAE"):
+        MMAudioCodec.from_directory(tmp_path, "16k")
+    save({}, tmp_path / "ext_weights" / "v1-44.pth")
+    with pytest.raises(CheckpointError, match=r"bigvgan_v2_44khz_128band_512x/bigvgan_generator\.pt: the 44\.1 kHz BigVGAN-v2"):
+        MMAudioCodec.from_directory(tmp_path, "44k")
