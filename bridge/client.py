@@ -65,8 +65,10 @@ class EngineClient:
 
     def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str = ""):
         self.host, self.port, self.token = host, port, token
-        info = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)[0]
-        family, self._target = info[0], info[4]
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
+        # "localhost" may resolve to ::1 first while the engine listens on 127.0.0.1 (its default)
+        info = min(infos, key=lambda i: i[0] != socket.AF_INET)
+        family, self._target = info[0], info[4][:2]
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         loopback = ipaddress.ip_address(self._target[0]).is_loopback
         self._sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0) if loopback else ("", 0))
@@ -220,7 +222,10 @@ class RemoteJob:
             self._finish("error", EXIT_REJECTED, error=("invalid_request", f"The request cannot be written as JSON: {e}."))
             return
         client._routes[self.request_id] = (self, "generate")
-        self._send_request()
+        try:
+            self._send_request()
+        except EngineNotRunning as e:
+            self._finish("error", EXIT_NOT_RUNNING, error=("engine_not_running", str(e)))
 
     @property
     def finished(self) -> bool:

@@ -112,6 +112,8 @@ class Dispatcher:
         return osc.encode(protocol.STATUS_REPLY, header.request_id, text)
 
     def _generate(self, header: protocol.Header, rest: list, sender) -> bytes:
+        if self.jobs.runner is None:
+            raise protocol.ProtocolError("engine_loading", "The engine is still loading its model; send again in a moment.")
         try:
             payload = json.loads(rest[0])
         except ValueError as e:
@@ -171,7 +173,8 @@ class EngineServer:
         self.dropped_datagrams = 0
 
     def attach(self, runner: Runner, model: str, device: str) -> None:
-        """Give a server that was bound before its model loaded the runner to serve with."""
+        """Hand the runner to a server that started before its model loaded (until then it
+        answers pings and refuses generation with "engine_loading")."""
         self.config = replace(self.config, model=model, device=device)
         self.dispatcher.config = self.config
         self.jobs.runner = runner
@@ -184,8 +187,6 @@ class EngineServer:
     def serve_forever(self) -> None:
         """Serve until `shutdown()`; then fail queued jobs, stop the running one at its next
         step, and close the socket."""
-        if self.jobs.runner is None:
-            raise ConfigError("The server has no runner to generate with; attach() one first.")
         self.jobs.start()
         selector = selectors.DefaultSelector()
         selector.register(self._sock, selectors.EVENT_READ)
@@ -260,7 +261,7 @@ class EngineServer:
 
 
 def serve_until_signalled(server: EngineServer) -> None:
-    """Serve in this (main) thread until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly:
+    """Serve (or, after `start()`, wait for the serving thread) in the main thread until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly:
     queued jobs fail with "engine_stopped", the running one stops at its next step."""
 
     def on_signal(signum, frame):
@@ -270,7 +271,11 @@ def serve_until_signalled(server: EngineServer) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.serve_forever()
+        if server._thread is None:
+            server.serve_forever()
+        else:
+            while server._thread.is_alive():
+                server._thread.join(0.2)  # a bounded join lets the main thread run the handlers
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

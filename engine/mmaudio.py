@@ -562,7 +562,10 @@ class MMAudio(nn.Module):
     def _cached(self, key: tuple, device: torch.device, make) -> torch.Tensor:
         key = (*key, torch.device(device))
         if key not in self._tables:
-            self._tables[key] = make().to(device)
+            # Plain tensors even when first asked for under inference_mode, so that the same
+            # network can later be trained (inference tensors cannot be saved for backward).
+            with torch.inference_mode(False):
+                self._tables[key] = make().to(device)
         return self._tables[key]
 
     def latent_rope(self, length: int, device=None) -> torch.Tensor:

@@ -7,8 +7,6 @@ gives the reference's numbers.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -104,3 +102,153 @@ def initial_noise(
     if not rows:
         raise InvalidInputError("No seeds were given: at least one seed is needed per take.")
     return torch.cat(rows).to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The guided velocity: every branch of a step in one batched forward
+
+
+def guided_velocity(
+    net,
+    conditions,
+    unconditional,
+    *,
+    alpha: float = 4.5,
+    beta: float = 0.0,
+    nag=None,
+    reference=None,
+    controlnet=None,
+) -> VelocityFn:
+    """The guided velocity of one generation, as a `velocity_fn(t, x)` for `euler_sample`.
+
+    net            engine.mmaudio.MMAudio (eval mode; call under torch.inference_mode()).
+    conditions     `net.preprocess_conditions(clip_f, sync_f, text_f)`: u(V, C), batch B or 1.
+    unconditional  `net.get_empty_conditions(1 or B)`: u(∅, ∅); for negative-text CFG pass
+                   `net.get_empty_conditions(.., negative_text_features=...)` instead, which
+                   makes the second branch u(∅, C_neg) (MMAudio's negative prompt).
+    alpha          CFG strength α. Plain CFG with α < 1 evaluates only the conditional branch,
+                   as MMAudio's ode_wrapper does.
+    nag            (video_only, audio_latent) for Negative Audio Guidance (Eq. 9) with strength
+                   β = `beta`: video_only = conditions with the video and the empty caption,
+                   audio_latent (B or 1, N, C) = the normalized latent of the earlier tracks' mix.
+    reference      (video_only, reference_latent) for positive reference-audio guidance with
+                   strength `beta` (pulls toward the reference; see
+                   guidance.reference_audio_guidance).
+    controlnet     engine.controlnet.AudioControlNet; needed with `nag` or `reference`.
+
+    Rows of the single forward per step, item-major within each branch (B items):
+        CFG:      [x; x]     with conditions [cond; uncond]
+        NAG/ref:  [x; x; x]  with conditions [cond; uncond; video_only] and ControlNet residuals
+                  added to the third group only (zeros for the others).
+    The conditions are concatenated once per batch size, not per step. With β = 0 NAG is CFG
+    exactly, so it runs the two-branch forward.
+    """
+    audio_branch = _audio_branch(nag, reference, controlnet, beta)
+    if audio_branch is not None:
+        return _three_branch_velocity(net, conditions, unconditional, alpha, beta, *audio_branch)
+    if alpha < 1.0:
+        return _conditional_velocity(net, conditions)
+    return _cfg_velocity(net, conditions, unconditional, alpha)
+
+
+def _audio_branch(nag, reference, controlnet, beta):
+    if nag is not None and reference is not None:
+        raise InvalidInputError(
+            "Negative audio guidance and reference-audio guidance cannot be combined in one take; "
+            "choose one."
+        )
+    pair = nag if nag is not None else reference
+    if pair is None or beta == 0.0:
+        return None
+    if controlnet is None:
+        raise InvalidInputError(
+            "Audio guidance (NAG or a reference sound) needs the NAG ControlNet, but this model has "
+            "none loaded. Load a ControlNet made for this model, or set beta to 0 (plain CFG)."
+        )
+    if not _finite(beta):
+        raise InvalidInputError(f"The audio guidance strength beta must be a finite number, got {beta!r}.")
+    video_only, audio_latent = pair
+    combine = negative_audio_guidance if nag is not None else reference_audio_guidance
+    return video_only, audio_latent, controlnet, combine
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not _finite(alpha):
+        raise InvalidInputError(f"The CFG strength alpha must be a finite number, got {alpha!r}.")
+
+
+def _times(t: Tensor, rows: int) -> Tensor:
+    # t: 0-dim -> (rows,); the same value on every row, as MMAudio's t * ones(B)
+    return t.reshape(1).expand(rows)
+
+
+def _conditional_velocity(net, conditions) -> VelocityFn:
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        # x: (B, N, C)
+        return net.predict_flow(x, _times(t, x.shape[0]), conditions)
+
+    return velocity
+
+
+class _BatchedConditions:
+    """[group_0; group_1; ...] expanded to B rows each and concatenated once per batch size."""
+
+    def __init__(self, *groups):
+        self.groups = groups
+        self.by_batch: dict[int, object] = {}
+
+    def __call__(self, batch_size: int):
+        if batch_size not in self.by_batch:
+            expanded = [g.expand(batch_size) for g in self.groups]
+            self.by_batch[batch_size] = expanded[0].cat(*expanded[1:])
+        return self.by_batch[batch_size]
+
+
+def _cfg_velocity(net, conditions, unconditional, alpha: float) -> VelocityFn:
+    _check_alpha(alpha)
+    batched = _BatchedConditions(conditions, unconditional)
+
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        # x: (B, N, C) -> rows [cond; uncond]: (2B, N, C)
+        B = x.shape[0]
+        flows = net.predict_flow(torch.cat([x, x]), _times(t, 2 * B), batched(B))
+        v_cond, v_uncond = flows[:B], flows[B:]
+        return classifier_free_guidance(v_cond, v_uncond, alpha)
+
+    return velocity
+
+
+def _three_branch_velocity(
+    net, conditions, unconditional, alpha, beta, video_only, audio_latent, controlnet, combine
+) -> VelocityFn:
+    _check_alpha(alpha)
+    batched = _BatchedConditions(conditions, unconditional, video_only)
+    audio_only = _BatchedConditions(video_only)
+    # The audio condition's own projection does not depend on x or t: once per generation.
+    audio_features = controlnet.embed_audio_condition(audio_latent)  # (1 or B, N, H)
+    zero_rows: dict[int, Tensor] = {}
+
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        # x: (B, N, C) -> rows [cond; uncond; video_only + ControlNet]: (3B, N, C)
+        B, N, _ = x.shape
+        if audio_features.shape[0] not in (1, B):
+            raise InvalidInputError(
+                f"The audio condition has {audio_features.shape[0]} items but {B} sounds are being "
+                "made; give one condition for all of them, or one per sound."
+            )
+        residuals = controlnet(
+            x, _times(t, B), audio_only(B), audio_latent, base=net,
+            audio_features=audio_features.expand(B, -1, -1),
+        )
+        if B not in zero_rows:
+            zero_rows[B] = x.new_zeros((2 * B, N, residuals[0].shape[-1])) if residuals else None
+        control = [torch.cat([zero_rows[B], r]) for r in residuals]
+        flows = net.predict_flow(torch.cat([x, x, x]), _times(t, 3 * B), batched(B), control=control)
+        v_cond, v_uncond, v_audio = flows[:B], flows[B : 2 * B], flows[2 * B :]
+        return combine(v_cond, v_uncond, v_audio, alpha, beta)
+
+    return velocity

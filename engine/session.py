@@ -12,6 +12,7 @@ slice of x̃, so NAG sees exactly the sounds under that stretch of picture.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -153,6 +154,7 @@ class StepSession:
             effective = "cfg"  # no earlier captions to push away from
 
         total = settings.steps * len(self.windows)
+        timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0}
         pieces = []
         for w, (w_start, w_end) in enumerate(self.windows):
             def window_progress(step, _steps, w=w):
@@ -164,7 +166,7 @@ class StepSession:
             wave = self._generate_window(
                 self.region.start + w_start, self.region.start + w_end, settings, effective,
                 negative, cond_audio, seed=settings.seed + w, on_step=window_progress,
-                is_cancelled=is_cancelled)
+                is_cancelled=is_cancelled, timings=timings)
             pieces.append((a, wave[: b - a]))
         samples = crossfade_join(pieces, self.length)
 
@@ -178,6 +180,7 @@ class StepSession:
             "duration": self.length / sr,
             "windows": len(self.windows),
             "track_index": len(self.tracks) + 1,
+            "timings": timings,
         }
         track = Track(samples, sr, metadata, caption=settings.caption)
         self.tracks.append(track)
@@ -193,11 +196,13 @@ class StepSession:
 
     @torch.inference_mode()
     def _generate_window(self, start, end, settings, effective, negative, cond_audio, seed,
-                         on_step, is_cancelled) -> np.ndarray:
+                         on_step, is_cancelled, timings) -> np.ndarray:
         model, net, device = self.model, self.model.net, self.model.device
         duration = end - start
         latent_len = model.codec.latent_length(duration)
+        t0 = time.perf_counter()
         clip_f, sync_f = (f.to(device) for f in self._video_features(start, end))
+        timings["video_features"] += time.perf_counter() - t0
         text_f = model.text_encoder.encode([settings.caption]).to(device)
 
         cond = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
@@ -219,9 +224,13 @@ class StepSession:
             net, cond, uncond, alpha=settings.alpha, beta=settings.beta,
             nag=audio_rows, controlnet=model.controlnet)
         x0 = initial_noise([seed], latent_len, net.latent_dim, device=device)
+        t0 = time.perf_counter()
         x1 = euler_sample(velocity, x0, settings.steps, on_step=on_step, is_cancelled=is_cancelled)
-        wave = model.codec.decode(net.unnormalize(x1))[0]
-        return wave.float().cpu().numpy()
+        t1 = time.perf_counter()
+        wave = model.codec.decode(net.unnormalize(x1))[0].float().cpu().numpy()
+        timings["sampling"] += t1 - t0
+        timings["decoding"] += time.perf_counter() - t1
+        return wave
 
 
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:

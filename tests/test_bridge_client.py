@@ -181,6 +181,7 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     assert main(["send", "--request", str(tmp_path / "broken.json"), "--status", status_path, "--port", port]) == 2
     assert read_status(status_path)["error"]["code"] == "bad_request_file"
     assert main(["send", "--ping", "--port", str(free_udp_port())]) == bc.EXIT_NOT_RUNNING
+    assert main(["send", "--ping", "--port", port, "--status", str(tmp_path / "no" / "st.json")]) == 2
     with pytest.raises(SystemExit) as e:
         main(["send", "--port", port])  # nothing to do
     assert e.value.code == 2
@@ -192,3 +193,8 @@ def test_write_status_never_leaves_a_half_file(tmp_path):
     with pytest.raises(TypeError):
         bc.write_status(path, {"state": object()})
     assert read_status(path) == {"state": "queued"} and os.listdir(tmp_path) == ["s.json"]
+
+
+def test_localhost_reaches_the_default_ipv4_engine(server):
+    with bc.EngineClient(host="localhost", port=server.address[1]) as c:
+        assert c.ping()["model"] == "test-sine"

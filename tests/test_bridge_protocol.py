@@ -118,3 +118,17 @@ def test_osc_round_trip_keeps_types_and_unicode():
 def test_garbage_is_a_decode_error(data):
     with pytest.raises(osc.DecodeError):
         osc.decode(data)
+
+
+def test_deeply_nested_bundles_are_a_decode_error_not_a_crash():
+    datagram = osc.encode(protocol.PING, 9000, "r", "")
+    for _ in range(1500):
+        datagram = b"#bundle\x00" + bytes(8) + len(datagram).to_bytes(4, "big") + datagram
+    with pytest.raises(osc.DecodeError):
+        osc.decode(datagram)
+
+
+def test_a_bundle_of_valid_messages_decodes_to_each_message():
+    ping = osc.encode(protocol.PING, 9000, "r", "")
+    bundle = b"#bundle\x00" + bytes(8) + (len(ping).to_bytes(4, "big") + ping) * 2
+    assert osc.decode(bundle) == [(protocol.PING, [9000, "r", ""])] * 2

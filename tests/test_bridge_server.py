@@ -280,3 +280,28 @@ def test_stop_fails_queued_jobs_and_stops_the_running_one(tmp_path):
     assert finals == {"run": (protocol.ERROR, "engine_stopped"), "wait": (protocol.ERROR, "engine_stopped")}
     assert os.listdir(tmp_path / "out") == []
     p.close()
+
+
+def test_a_server_still_loading_its_model_answers_and_refuses_generation(tmp_path):
+    with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.send(protocol.PING, p.port, "p", "")
+        assert p.receive()[1][2] == "loading"
+        p.generate(make_request(tmp_path), "early")
+        address, args = p.receive()
+        assert (address, args[2]) == (protocol.ERROR, "engine_loading")
+        srv.attach(SineRunner(), model="test-sine", device="cpu")
+        p.generate(make_request(tmp_path), "later")
+        assert p.receive_until(protocol.FINAL_REPLIES)[-1][0] == protocol.DONE
+        p.send(protocol.PING, p.port, "p2", "")
+        assert p.receive() == (protocol.PONG, ["p2", 1, "test-sine", "cpu"])
+        p.close()
+
+
+def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
+    from stepfoley.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--token" in capsys.readouterr().err
+    assert main(["serve", "--port", str(server.address[1])]) == 3
+    assert "already running" in capsys.readouterr().err

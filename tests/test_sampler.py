@@ -134,3 +134,245 @@ def test_same_seed_same_sample_at_any_batch_position():
     alone = euler_sample(velocity, initial_noise([99], 16, 4), steps=6)
     batched = euler_sample(velocity, initial_noise([3, 99], 16, 4), steps=6)
     assert torch.equal(alone[0], batched[1])
+
+
+# ---------------------------------------------------------------- golden: MMAudio's sampler
+
+
+def _read(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def _group(tensors, prefix):
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _weights_sha256(tensors):
+    # Golden README: sha256 over the sorted `weights.*` keys and their bytes.
+    digest = hashlib.sha256()
+    for key in sorted(k for k in tensors if k.startswith("weights.")):
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _network_for(sampler_metadata):
+    """The flow network whose weights the sampler fixture names, checked by its hash."""
+    from engine.mmaudio import MMAudio, MMAudioConfig
+
+    wanted = sampler_metadata["weights_sha256_of_source"]
+    for path in golden_files("mmaudio_flow_*.safetensors"):
+        tensors, metadata = _read(path)
+        if metadata.get("weights_sha256") != wanted:
+            continue
+        assert _weights_sha256(tensors) == wanted, f"{path.name}: weights do not match their hash"
+        assert json.loads(metadata["config"]) == json.loads(sampler_metadata["config"])
+        net = MMAudio(MMAudioConfig(**json.loads(metadata["config"])))
+        net.load_weights(_group(tensors, "weights."))
+        return net.eval(), path.name
+    pytest.fail(f"no mmaudio_flow_* fixture has weights_sha256 {wanted}")
+
+
+SAMPLER_FIXTURES = golden_files("mmaudio_sampler_cfg*.safetensors")
+
+
+@pytest.mark.parametrize("fixture", SAMPLER_FIXTURES, ids=[p.name for p in SAMPLER_FIXTURES])
+def test_golden_mmaudio_sampler_cfg(golden, fixture):
+    """Reproduces outputs.x1[_negtext][_normalized] and the step-0 flows of `fixture`."""
+    from engine.sampler import guided_velocity
+
+    torch.set_num_threads(1)
+    tensors, metadata = _read(fixture)
+    inputs, outputs = _group(tensors, "inputs."), _group(tensors, "outputs.")
+    intermediates = _group(tensors, "intermediates.")
+    tol = json.loads(metadata["tolerance"])
+    settings = json.loads(metadata["sampler"])
+    assert settings["inference_mode"] == "euler" and settings["min_sigma"] == 0.0
+    steps, alpha = settings["num_steps"], settings["cfg_strength"]
+    net, _ = _network_for(metadata)
+    B = inputs["x0"].shape[0]
+
+    assert torch.equal(time_grid(steps), intermediates["t_grid"])
+    grid = time_grid(steps)
+    assert torch.equal(grid[1:] - grid[:-1], intermediates["dt"])
+
+    def check(name, mine):
+        torch.testing.assert_close(mine, outputs[name], atol=tol["atol"], rtol=tol["rtol"],
+                                   msg=lambda m: f"{fixture.name} outputs.{name}: {m}")
+
+    with torch.inference_mode():
+        conditions = net.preprocess_conditions(inputs["clip_f"], inputs["sync_f"], inputs["text_f"])
+        empty = net.get_empty_conditions(B)
+        velocity = guided_velocity(net, conditions, empty, alpha=alpha)
+
+        step0 = net.predict_flow(inputs["x0"].repeat(2, 1, 1), grid[0].expand(2 * B), conditions.cat(empty))
+        for name, mine in (("step0_cond_flow", step0[:B]), ("step0_uncond_flow", step0[B:]),
+                           ("step0_cfg_flow", velocity(grid[0], inputs["x0"]))):
+            torch.testing.assert_close(mine, intermediates[name], atol=tol["atol"], rtol=tol["rtol"],
+                                       msg=lambda m, name=name: f"{fixture.name} intermediates.{name}: {m}")
+
+        x1 = euler_sample(velocity, inputs["x0"], steps=steps)
+        check("x1_normalized", x1)
+        check("x1", net.unnormalize(x1))
+
+        if "negative_text_f" in inputs:
+            negative = net.get_empty_conditions(B, negative_text_features=inputs["negative_text_f"])
+            for field, value in _group(intermediates, "negtext_empty_cond.").items():
+                torch.testing.assert_close(getattr(negative.expand(B), field), value,
+                                           atol=tol["atol"], rtol=tol["rtol"])
+            x1_neg = euler_sample(guided_velocity(net, conditions, negative, alpha=alpha), inputs["x0"], steps=steps)
+            check("x1_negtext_normalized", x1_neg)
+            check("x1_negtext", net.unnormalize(x1_neg))
+            assert (x1_neg - x1).abs().max() > 10 * tol["atol"]  # the negative text mattered
+
+
+def test_golden_sampler_fixtures_exist(golden):
+    assert SAMPLER_FIXTURES, f"no mmaudio_sampler_cfg* fixture in {golden}"
+
+
+# ---------------------------------------------------------------- the batched guided velocity
+
+
+from engine.guidance import classifier_free_guidance, negative_audio_guidance, reference_audio_guidance  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from test_controlnet import TINY, randomize
+    from engine.mmaudio import MMAudio
+
+    torch.manual_seed(0)
+    return randomize(MMAudio(TINY), seed=21).eval()
+
+
+class ForwardSpy:
+    """Counts predict_flow calls and their row counts, passing through to the network."""
+
+    def __init__(self, net, monkeypatch):
+        self.rows = []
+        original = net.predict_flow
+
+        def spy(latent, t, conditions, control=None):
+            self.rows.append(latent.shape[0])
+            return original(latent, t, conditions, control=control)
+
+        monkeypatch.setattr(net, "predict_flow", spy)
+        self.original = original
+
+
+def _tiny_inputs(net, batch=2, seed=30):
+    from test_controlnet import features, video_only_conditions
+
+    clip_f, sync_f, text_f = features(seed, batch)
+    g = torch.Generator().manual_seed(seed + 1)
+    n, c = net.config.latent_seq_len, net.config.latent_dim
+    return (net.preprocess_conditions(clip_f, sync_f, text_f), net.get_empty_conditions(1),
+            video_only_conditions(net, clip_f, sync_f), torch.randn(batch, n, c, generator=g),
+            torch.randn(batch, n, c, generator=g))
+
+
+@torch.inference_mode()
+def test_cfg_runs_both_branches_in_one_forward(tiny, monkeypatch):
+    from engine.sampler import guided_velocity
+
+    cond, uncond, _, x, _ = _tiny_inputs(tiny)
+    spy = ForwardSpy(tiny, monkeypatch)
+    t = torch.tensor(0.3)
+    v = guided_velocity(tiny, cond, uncond, alpha=4.5)(t, x)
+    assert spy.rows == [4]
+    tt = t.reshape(1).expand(2)
+    expected = classifier_free_guidance(spy.original(x, tt, cond), spy.original(x, tt, uncond), 4.5)
+    torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_cfg_below_one_skips_the_unconditional_branch(tiny, monkeypatch):
+    from engine.sampler import guided_velocity
+
+    cond, uncond, _, x, _ = _tiny_inputs(tiny)
+    spy = ForwardSpy(tiny, monkeypatch)
+    t = torch.tensor(0.5)
+    v = guided_velocity(tiny, cond, uncond, alpha=0.5)(t, x)
+    assert spy.rows == [2]
+    assert torch.equal(v, spy.original(x, t.reshape(1).expand(2), cond))
+
+
+@pytest.mark.parametrize("mode", ["nag", "reference"])
+@torch.inference_mode()
+def test_audio_guidance_runs_three_branches_in_one_forward(tiny, monkeypatch, mode):
+    from test_controlnet import trained_looking
+    from engine.sampler import guided_velocity
+
+    cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
+    controlnet = trained_looking(depth=2)
+    spy = ForwardSpy(tiny, monkeypatch)
+    t = torch.tensor(0.25)
+    velocity = guided_velocity(tiny, cond, uncond, alpha=4.5, beta=1.5, controlnet=controlnet,
+                               **{mode: (video_only, audio_latent)})
+    v = velocity(t, x)
+    assert spy.rows == [6]
+    tt = t.reshape(1).expand(2)
+    residuals = controlnet(x, tt, video_only, audio_latent, base=tiny)
+    v_audio = spy.original(x, tt, video_only, control=residuals)
+    v_cond, v_uncond = spy.original(x, tt, cond), spy.original(x, tt, uncond)
+    combine = negative_audio_guidance if mode == "nag" else reference_audio_guidance
+    torch.testing.assert_close(v, combine(v_cond, v_uncond, v_audio, 4.5, 1.5), rtol=1e-5, atol=1e-5)
+    # The audio branch really differs from u(V, ∅), or the test above proves little.
+    assert (v_audio - spy.original(x, tt, video_only)).abs().max() > 1e-3
+
+
+@torch.inference_mode()
+def test_nag_with_zero_beta_is_the_two_branch_cfg(tiny, monkeypatch):
+    from test_controlnet import trained_looking
+    from engine.sampler import guided_velocity
+
+    cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
+    spy = ForwardSpy(tiny, monkeypatch)
+    t = torch.tensor(0.1)
+    nag = guided_velocity(tiny, cond, uncond, alpha=4.5, beta=0.0, nag=(video_only, audio_latent),
+                          controlnet=trained_looking())(t, x)
+    cfg = guided_velocity(tiny, cond, uncond, alpha=4.5)(t, x)
+    assert spy.rows == [4, 4] and torch.equal(nag, cfg)
+
+
+@torch.inference_mode()
+def test_audio_guidance_without_controlnet_is_refused(tiny):
+    from engine.sampler import guided_velocity
+
+    cond, uncond, video_only, _, audio_latent = _tiny_inputs(tiny)
+    with pytest.raises(InvalidInputError, match="ControlNet"):
+        guided_velocity(tiny, cond, uncond, beta=1.5, nag=(video_only, audio_latent))
+
+
+@torch.inference_mode()
+def test_conditions_are_concatenated_once_per_generation(tiny, monkeypatch):
+    from test_controlnet import trained_looking
+    from engine.mmaudio import PreprocessedConditions
+    from engine.sampler import guided_velocity
+
+    cond, uncond, video_only, _, audio_latent = _tiny_inputs(tiny)
+    calls = []
+    original_cat = PreprocessedConditions.cat
+    monkeypatch.setattr(PreprocessedConditions, "cat", lambda self, *o: calls.append(1) or original_cat(self, *o))
+    velocity = guided_velocity(tiny, cond, uncond, beta=1.5, nag=(video_only, audio_latent),
+                               controlnet=trained_looking())
+    euler_sample(velocity, initial_noise([1, 2], tiny.config.latent_seq_len, tiny.config.latent_dim), steps=4)
+    assert len(calls) == 2  # the three-branch rows and the ControlNet's own rows, once each
+
+
+@torch.inference_mode()
+def test_same_seed_same_latent_at_any_batch_position_with_the_network(tiny):
+    from test_controlnet import features
+    from engine.sampler import guided_velocity
+
+    clip_f, sync_f, text_f = features(40, batch=1)
+    cond = tiny.preprocess_conditions(clip_f, sync_f, text_f)
+    velocity = guided_velocity(tiny, cond, tiny.get_empty_conditions(1), alpha=4.5)
+    n, c = tiny.config.latent_seq_len, tiny.config.latent_dim
+    first = euler_sample(velocity, initial_noise([7, 8], n, c), steps=3)
+    second = euler_sample(velocity, initial_noise([8, 7], n, c), steps=3)
+    assert torch.equal(first[0], second[1]) and torch.equal(first[1], second[0])
+    # A different batch size may change the order of float additions inside the GEMMs.
+    alone = euler_sample(velocity, initial_noise([7], n, c), steps=3)
+    torch.testing.assert_close(alone[0], first[0], rtol=1e-5, atol=1e-5)

@@ -42,3 +42,19 @@ def segments(x, y, ax, ay, bx, by, half_width: float) -> np.ndarray:
     along = np.clip(((x - ax) * dx + (y - ay) * dy) / length2, 0.0, 1.0)
     distance = np.sqrt((x - ax - along * dx) ** 2 + (y - ay - along * dy) ** 2)
     return _coverage(distance - half_width).max(axis=1)
+
+
+def vertical_streaks(x, y, column, top, bottom, half_width: float) -> np.ndarray:
+    """Union of K vertical streaks; column: (K,) x position, top/bottom: (T, K).
+
+    Separable in x and y, so it costs K passes over (T, h, w) instead of one (T, K, h, w) array.
+    """
+    across = _coverage(np.abs(x[0][None, :] - np.asarray(column, np.float32)[:, None]) - half_width)  # (K, w)
+    rows = y[:, 0][None, None, :]                                                                     # (1, 1, h)
+    top = np.asarray(top, np.float32)[:, :, None]
+    bottom = np.asarray(bottom, np.float32)[:, :, None]
+    along = np.minimum(_coverage(top - rows), _coverage(rows - bottom))                               # (T, K, h)
+    out = np.zeros((top.shape[0], y.shape[0], x.shape[1]), np.float32)
+    for k in range(across.shape[0]):
+        np.maximum(out, along[:, k, :, None] * across[k][None, None, :], out=out)
+    return out

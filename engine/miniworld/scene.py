@@ -80,7 +80,7 @@ def _quarter_boxes(rng: np.random.Generator, n: int) -> list[tuple[int, int, int
         size = int(rng.integers(24, half + 1))
         x0 = (cell % 2) * half + int(rng.integers(0, half - size + 1))
         y0 = (cell // 2) * half + int(rng.integers(0, half - size + 1))
-        boxes.append((x0, y0, size, size))
+        boxes.append((int(x0), int(y0), size, size))
     return boxes
 
 
@@ -96,7 +96,7 @@ def _choose_kinds(rng, kinds, n_sources) -> tuple[str, ...]:
         n = int(rng.integers(2, 5)) if n_sources is None else int(n_sources)
         if not 1 <= n <= 4:
             raise InvalidInputError(f"n_sources={n_sources} is out of range; a scene holds 1 to 4 sources.")
-        kinds = tuple(rng.choice(sorted(SOURCE_KINDS), size=n, replace=False))
+        kinds = tuple(str(k) for k in rng.choice(sorted(SOURCE_KINDS), size=n, replace=False))
     if not 1 <= len(kinds) <= 4:
         raise InvalidInputError(f"{len(kinds)} sources requested; a scene holds 1 to 4 (one per quarter of the frame).")
     return kinds

@@ -72,7 +72,7 @@ def ball(rng, width, height, clock) -> SourceTrack:
     impacts = synth.random_intervals(rng, clock.n_frames, 8, 20, first_max=10)
     t = np.arange(clock.n_frames)
     # Arcs between impacts; virtual impacts before the first and after the last close the arcs.
-    edges = np.concatenate([[impacts[0] - 14], impacts, [impacts[-1] + 14]])
+    edges = np.concatenate([[impacts[0] - 14], impacts, [max(impacts[-1] + 14, clock.n_frames)]])
     arc = np.searchsorted(edges, t, side="right") - 1
     gap = (edges[arc + 1] - edges[arc]).astype(np.float32)
     s = (t - edges[arc]) / gap
@@ -140,8 +140,7 @@ def rain(rng, width, height, clock) -> SourceTrack:
     head = (start + speed * t) % (height + streak)
     shown = np.arange(max_drops)[None, :] < visible[:, None]
     head = np.where(shown, head, -10 * height)                    # hidden drops leave the box
-    xs = np.broadcast_to(drop_x, head.shape)
-    alpha = draw.segments(x, y, xs, head - streak, xs - 0.6, head, half_width=0.45)
+    alpha = draw.vertical_streaks(x, y, drop_x, head - streak, head, half_width=0.5)
     colour = np.clip(random_colour(rng) * 0.3 + 0.7, 0, 1)
 
     sr = clock.sample_rate

@@ -46,12 +46,15 @@ def frames_to_samples(per_frame: np.ndarray, samples_per_frame: int, n: int) -> 
 
 def gate_to_samples(gate: np.ndarray, samples_per_frame: int, n: int, ramp: int) -> np.ndarray:
     """A per-frame on/off gate held for whole frames (so on/off instants are frame-accurate),
-    with `ramp`-sample linear fades so switching does not click."""
+    with `ramp`-sample linear fades inside the on frames so switching does not click."""
     held = np.repeat(gate.astype(np.float64), samples_per_frame)[:n]
     held = np.pad(held, (0, n - len(held)))
     kernel = np.ones(ramp) / ramp
-    # Causal smoothing: a fade starts exactly at the frame boundary, it never anticipates it.
-    return np.convolve(held, kernel)[:n]
+    # Fade in after the first on-sample and fade out before the last one, so the sound lies
+    # entirely inside the lit frames: never anticipates nor outlasts the picture.
+    fade_in = np.convolve(held, kernel)[:n]
+    fade_out = np.convolve(held[::-1], kernel)[:n][::-1]
+    return np.minimum(fade_in, fade_out)
 
 
 def smooth_random_curve(rng: np.random.Generator, n_frames: int, n_knots: int,

@@ -34,6 +34,9 @@ def _atomic_target(path: Path, overwrite: bool) -> Path:
         raise InvalidInputError(f"{path} already exists; choose an empty folder or pass overwrite=True.")
     handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)      # mkstemp makes 0600; a finished file gets normal rights
     return Path(temp)
 
 

@@ -97,6 +97,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     start_step = 0
 
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if last is not None and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=False)
         trainable.load_state_dict(state["trainable"], strict=False)

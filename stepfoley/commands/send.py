@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or not 1 <= args.port <= 65535:
         print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)
         return client.EXIT_USAGE
+    if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
+        print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)
+        return client.EXIT_USAGE
     if args.request is not None:
         return _send(args, client)
     return _query(args, client)

@@ -26,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
     if not args.token and not is_loopback(args.host):
         print(f"Refusing to listen on {args.host} without --token: other machines could use the engine.",
               file=sys.stderr)
@@ -36,13 +34,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
         return 2
 
-    # Bind before loading the model, so a second engine on the same port fails in a second.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    # Listen before loading the model: a second engine on the same port fails in a second,
+    # and DAW scripts hear "engine_loading" instead of silence while the weights load.
     try:
         server = EngineServer(None, ServerConfig(host=args.host, port=args.port, token=args.token,
-                                                 max_queue=args.max_queue))
+                                                 max_queue=args.max_queue, model="loading", device=args.device))
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 3
+    server.start()
 
     from engine.errors import StepFoleyError
     from engine.service import build_service
@@ -57,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         server.stop()
         return 130
+    except Exception:
+        server.stop()
+        logging.exception("Could not load the model (an internal error; please report it with this log)")
+        return 1
     info = service.describe() if hasattr(service, "describe") else {}
     server.attach(service, model=str(info.get("model", "unknown")), device=str(info.get("device", "unknown")))
 

@@ -1,0 +1,136 @@
+"""Sampler speed on the full small_16k network (random weights, CPU), side by side in one run.
+
+(a) our CFG sampling (both branches in one batched forward per step) vs an MMAudio-style loop
+    (two separate forwards per step, conditions cached): ratio, target <= 0.85;
+(b) our NAG step (three branches in one forward + a 4-block ControlNet) vs our CFG step:
+    ratio, target <= 1.45;
+(c) peak resident memory of the process.
+
+Both sides run under torch.inference_mode (as MMAudio's `generate` does); measurements are
+interleaved (A, B, A, B, ...) after a warm-up so that load from other processes hits both alike,
+and the median is reported.
+
+    python benchmarks/bench_sampler.py --steps 2 --repeats 5 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from engine.controlnet import AudioControlNet, ControlNetConfig
+from engine.guidance import classifier_free_guidance
+from engine.mmaudio import MMAudio, MMAudioConfig
+from engine.sampler import euler_sample, guided_velocity, initial_noise
+
+
+def mmaudio_style_velocity(net, conditions, empty, alpha):
+    """MMAudio's ode_wrapper: two forwards of B rows each, conditions precomputed."""
+    def velocity(t, x):
+        tt = t.reshape(1).expand(x.shape[0])
+        return classifier_free_guidance(net.predict_flow(x, tt, conditions),
+                                        net.predict_flow(x, tt, empty), alpha)
+    return velocity
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_times(candidates: dict, repeats: int) -> dict:
+    """name -> list of seconds, measured A, B, C, A, B, C, ... after one warm-up call each."""
+    for fn in candidates.values():  # warm-up: allocator, oneDNN primitive caches, rope tables
+        fn()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def median_times(candidates: dict, repeats: int) -> dict:
+    return {k: statistics.median(v) for k, v in interleaved_times(candidates, repeats).items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="small_16k")
+    parser.add_argument("--steps", type=int, default=2, help="Euler steps per sample (25 in real use)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1, help="items per generation")
+    parser.add_argument("--controlnet-depth", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 by default because on a shared CPU a descheduled "
+                             "worker thread stalls every parallel region and swamps the figures")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    config = MMAudioConfig.preset(args.preset)
+    net = MMAudio(config).eval()
+    with torch.no_grad():
+        net.latent_mean.zero_()
+        net.latent_std.fill_(1.0)
+    controlnet = AudioControlNet.from_base(net, depth=args.controlnet_depth).eval()
+    B, N, C = args.batch, config.latent_seq_len, config.latent_dim
+    print(f"network: {config.describe()}, {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
+    print(f"ControlNet: depth {args.controlnet_depth}, "
+          f"{sum(p.numel() for p in controlnet.parameters()) / 1e6:.1f} M parameters")
+    print(f"device: cpu, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {B}, "
+          f"{args.steps} Euler steps per sample (reduced from 25), {args.repeats} repeats after warm-up, median")
+
+    with torch.inference_mode():
+        clip_f = torch.randn(1, config.clip_seq_len, config.clip_dim)
+        sync_f = torch.randn(1, config.sync_seq_len, config.sync_dim)
+        text_f = torch.randn(1, config.text_seq_len, config.text_dim)
+        conditions = net.preprocess_conditions(clip_f, sync_f, text_f).expand(B)
+        empty = net.get_empty_conditions(B)
+        video_only = net.preprocess_conditions(clip_f, sync_f, net.empty_string_feat.unsqueeze(0)).expand(B)
+        audio_latent = torch.randn(B, N, C)
+        x0 = initial_noise(list(range(B)), N, C)
+
+        ours_cfg = guided_velocity(net, conditions, empty, alpha=4.5)
+        theirs_cfg = mmaudio_style_velocity(net, conditions, empty, 4.5)
+        ours_nag = guided_velocity(net, conditions, empty, alpha=4.5, beta=1.5,
+                                   nag=(video_only, audio_latent), controlnet=controlnet)
+        sample = lambda velocity: (lambda: euler_sample(velocity, x0, steps=args.steps))  # noqa: E731
+
+        runs = interleaved_times({"ours_cfg": sample(ours_cfg), "mmaudio_cfg": sample(theirs_cfg),
+                                  "ours_nag": sample(ours_nag)}, args.repeats)
+        medians = {k: statistics.median(v) for k, v in runs.items()}
+        minima = {k: min(v) for k, v in runs.items()}
+
+        # Pieces, to explain the ratios: one row's audio input projection, the ControlNet alone.
+        t = torch.full((B,), 0.5)
+        pieces = median_times({
+            "base_forward_B_rows": lambda: net.predict_flow(x0, t, conditions),
+            "audio_input_proj_B_rows": lambda: net.audio_input_proj(x0),
+            "controlnet_B_rows": lambda: controlnet(x0, t, video_only, audio_latent, base=net),
+        }, args.repeats)
+
+    steps = args.steps
+    cfg_step, ref_step, nag_step = (medians[k] / steps for k in ("ours_cfg", "mmaudio_cfg", "ours_nag"))
+    print()
+    print(f"(a) CFG step, one batched forward of {2 * B} rows: {cfg_step * 1e3:8.1f} ms")
+    print(f"    CFG step, MMAudio-style 2 x {B} rows:        {ref_step * 1e3:8.1f} ms")
+    print(f"    ratio ours / MMAudio-style = {cfg_step / ref_step:.3f}   (target <= 0.85)")
+    print(f"(b) NAG step, one forward of {3 * B} rows + ControlNet: {nag_step * 1e3:8.1f} ms")
+    print(f"    ratio NAG / CFG = {nag_step / cfg_step:.3f}   (target <= 1.45)")
+    print(f"    (fastest runs instead of medians: (a) {minima['ours_cfg'] / minima['mmaudio_cfg']:.3f}, "
+          f"(b) {minima['ours_nag'] / minima['ours_cfg']:.3f})")
+    print("    pieces (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in pieces.items()))
+    floor = (3 * pieces["base_forward_B_rows"] + pieces["controlnet_B_rows"]) / (2 * pieces["base_forward_B_rows"])
+    print(f"    cost model without any batching gain: (3 rows + ControlNet) / 2 rows = {floor:.3f}")
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"(c) peak resident memory: {peak_kib / 1024:.0f} MiB")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

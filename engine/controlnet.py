@@ -1,0 +1,263 @@
+"""The NAG ControlNet: the audio-conditioned flow estimator u_psi(x_t, t, V, ∅, x̃) of Eq. 9.
+
+Paper Sec. 4.2 / Fig. 3, in the style of the Stable Diffusion 3.5 ControlNet: the audio
+condition x̃ (the normalized latent of the tracks made so far) gets its own input projection,
+which is added to the frozen base's projection of x_t; `depth` single-stream transformer blocks,
+conditioned per token exactly like the base's audio stream (timestep + pooled CLIP/text vector +
+sync features), turn it into one residual per block. Residual i, through a zero-initialized
+Linear(H, H), is added to the base's audio hidden state after base block i.
+
+Both the condition projection and the residual projections start at zero, so an untrained
+ControlNet changes nothing: u_psi(V, ∅, x̃) = u_theta(V, ∅) exactly. The base network is passed
+in at every call and is not a submodule: it is never saved with, or trained by, the ControlNet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from engine.errors import CheckpointError, InvalidInputError
+from engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
+
+FORMAT = "stepfoley.nag_controlnet"
+FORMAT_VERSION = "1"
+
+
+def base_config_id(config: MMAudioConfig) -> str:
+    """The identifier of a base network's architecture (its name is ignored: same sizes, same
+    network). A ControlNet stores it and only runs on a base with the same identifier."""
+    sizes = ",".join(
+        f"{f.name}={getattr(config, f.name)}" for f in fields(config) if f.compare
+    )
+    return f"mmaudio({sizes})"
+
+
+@dataclass(frozen=True)
+class ControlNetConfig:
+    depth: int
+    hidden_dim: int
+    num_heads: int
+    mlp_ratio: float
+    latent_dim: int
+    base_config: str  # base_config_id() of the base network it was made for
+
+    def __post_init__(self):
+        if self.depth < 1:
+            raise InvalidInputError(f"A ControlNet needs at least one block, got depth {self.depth}.")
+        if self.hidden_dim % self.num_heads:
+            raise InvalidInputError(
+                f"ControlNet hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}."
+            )
+
+    @classmethod
+    def for_base(cls, base: MMAudioConfig, depth: int = 4) -> "ControlNetConfig":
+        """A ControlNet shaped like `base` (same width, heads, MLP ratio and latent channels)."""
+        if depth > base.depth:
+            raise InvalidInputError(
+                f"A ControlNet of depth {depth} has more blocks than the base {base.describe()}."
+            )
+        return cls(
+            depth=depth,
+            hidden_dim=base.hidden_dim,
+            num_heads=base.num_heads,
+            mlp_ratio=base.mlp_ratio,
+            latent_dim=base.latent_dim,
+            base_config=base_config_id(base),
+        )
+
+
+class AudioControlNet(nn.Module):
+    def __init__(self, config: ControlNetConfig):
+        super().__init__()
+        self.config = config
+        H = config.hidden_dim
+        # x̃ -> (B, N, H); a k=7 conv sees as much context as the base's own latent projection.
+        self.audio_cond_proj = nn.Sequential(
+            ChannelLastConv1d(config.latent_dim, H, kernel_size=7, padding=3),
+            nn.SiLU(),
+            nn.Linear(H, H),
+        )
+        self.blocks = nn.ModuleList(
+            SingleStreamBlock(H, config.num_heads, config.mlp_ratio, kernel_size=3)
+            for _ in range(config.depth)
+        )
+        self.residual_projs = nn.ModuleList(nn.Linear(H, H) for _ in range(config.depth))
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier Linears and zero adaLN (as MMAudio's own init), then zero the two projections
+        that connect the ControlNet to the base, so it starts as an exact no-op."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for zero_linear in (self.audio_cond_proj[-1], *self.residual_projs):
+            nn.init.zeros_(zero_linear.weight)
+            nn.init.zeros_(zero_linear.bias)
+
+    @classmethod
+    def from_base(cls, base: MMAudio, depth: int = 4) -> "AudioControlNet":
+        """A fresh ControlNet whose blocks start as copies of the base's first fused blocks
+        (ControlNet's "trainable copy"); the zero projections still make it a no-op."""
+        controlnet = cls(ControlNetConfig.for_base(base.config, depth))
+        sources = list(base.fused_blocks)[:depth]
+        for block, source in zip(controlnet.blocks, sources):
+            block.load_state_dict(source.state_dict())
+        return controlnet.to(base.device)
+
+    def check_base(self, base: MMAudio) -> None:
+        if base_config_id(base.config) != self.config.base_config:
+            raise CheckpointError(
+                f"This NAG ControlNet was made for another base model ({self.config.base_config}) "
+                f"and cannot steer {base.config.describe()}. Use the ControlNet that belongs to "
+                "this model."
+            )
+
+    def embed_audio_condition(self, audio_latent: Tensor) -> Tensor:
+        """The condition's projection (B, N, H); step-invariant, so samplers compute it once."""
+        # audio_latent: (B, N, C) normalized
+        if audio_latent.ndim != 3 or audio_latent.shape[-1] != self.config.latent_dim:
+            raise InvalidInputError(
+                f"The audio condition latent has shape {list(audio_latent.shape)}, but this "
+                f"ControlNet expects (batch, frames, {self.config.latent_dim}). Was it encoded by "
+                "this model's codec?"
+            )
+        return self.audio_cond_proj(audio_latent)
+
+    def forward(
+        self,
+        latent: Tensor,
+        t: Tensor,
+        conditions,
+        audio_latent: Tensor,
+        base: MMAudio,
+        audio_features: Tensor | None = None,
+    ) -> list[Tensor]:
+        """Residuals for the base's first `depth` blocks, each (B, N, H).
+
+        `conditions` are the base's preprocessed conditions of the audio branch (video, empty
+        caption). `audio_features` may carry a precomputed `embed_audio_condition(audio_latent)`.
+        """
+        # latent: (B, N, C); t: (B,) or 0-dim; audio_latent: (B or 1, N, C)
+        B, N, _ = latent.shape
+        self.check_base(base)
+        _keep_frozen(base)
+        if audio_features is None:
+            audio_features = self.embed_audio_condition(audio_latent)
+        if audio_features.shape[1] != N:
+            raise InvalidInputError(
+                f"The audio condition covers {audio_features.shape[1]} latent frames but the "
+                f"sound being made has {N}; the earlier tracks' mix must span the same region."
+            )
+        conditions = conditions.expand(B)
+        t = t.reshape(-1).expand(B) if t.numel() == 1 else t
+
+        h = base.audio_input_proj(latent) + audio_features  # (B, N, H)
+        global_c = base.global_conditioning(t, conditions)  # (B, 1, H)
+        token_c = base.token_conditioning(global_c, conditions)  # (B, N, H)
+        rope = base.latent_rope(N, latent.device)
+
+        residuals = []
+        for block, residual_proj in zip(self.blocks, self.residual_projs):
+            h = block(h, token_c, rope)
+            residuals.append(residual_proj(h))
+        return residuals
+
+
+def _keep_frozen(base: MMAudio) -> None:
+    # The ControlNet is trained with the base fixed (paper Sec. 4.2): never let gradients reach it.
+    if torch.is_grad_enabled() and any(p.requires_grad for p in base.parameters()):
+        base.requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def save_controlnet(path: str | os.PathLike, controlnet: AudioControlNet, overwrite: bool = False) -> Path:
+    """Write the ControlNet as safetensors, its config as JSON in the metadata. Atomic: written
+    to a temporary file in the same folder, then renamed. An existing file is kept unless
+    `overwrite` is set."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InvalidInputError(
+            f"{path} already exists; choose another name for the ControlNet (nothing was written)."
+        )
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in controlnet.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(asdict(controlnet.config), sort_keys=True),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_controlnet(
+    path: str | os.PathLike, base_config: MMAudioConfig, device: torch.device | str = "cpu"
+) -> AudioControlNet:
+    """Read a ControlNet saved by `save_controlnet`, refusing one made for another base."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"The NAG ControlNet file {path} does not exist.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
+            "ControlNet. Download or export it again."
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a StepFoley NAG ControlNet (its metadata has no "
+            f"'format: {FORMAT}'). Export it with engine.controlnet.save_controlnet."
+        )
+    try:
+        config = ControlNetConfig(**json.loads(metadata["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"The configuration stored in {path} is unreadable ({error}).") from None
+    wanted = base_config_id(base_config)
+    if config.base_config != wanted:
+        raise CheckpointError(
+            f"The NAG ControlNet {path.name} was made for another base model "
+            f"({config.base_config}), not for {base_config.describe()}. Load the ControlNet "
+            "that belongs to this model."
+        )
+    controlnet = AudioControlNet(config)
+    expected = controlnet.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match its own configuration (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}, wrong shape {wrong[:4]}); the file is damaged."
+        )
+    controlnet.load_state_dict(tensors, strict=True)
+    return controlnet.to(device).eval()

@@ -1,0 +1,152 @@
+"""The embedded model's audio codec: a log-mel latent, decoded by mel-filterbank inversion and
+Griffin-Lim phase reconstruction. Runs on a CPU in a fraction of a second per 8 s clip.
+
+Why this and not a learned VAE + vocoder: it needs no training and no weights, it is exact about
+timing (one latent frame per 512 samples, so 250 frames for 8 s at 16 kHz, like MMAudio's 16k
+layout), and its latent is interpretable (band energies), which makes the mini-world's stems
+easy to check. The price is phasey, slightly smeared transients on decode; a small vocoder can
+replace `decode` later without changing the latent.
+
+Contract (docs/architecture.md): `sample_rate`, `latent_dim`, `encode(wave (B, S)) -> (B, N, C)`
+channels-last, `decode(latent (B, N, C)) -> (B, S)` with S = N * hop.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class MelCodecConfig:
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop: int = 512
+    n_mels: int = 40
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    log_floor: float = 1e-5          # latent = ln(max(mel magnitude, floor)); silence = ln(floor)
+    nnls_iterations: int = 30
+    griffin_lim_iterations: int = 32
+    momentum: float = 0.99           # "fast Griffin-Lim": converges in far fewer iterations
+
+
+def _hz_to_mel_slaney(hz: torch.Tensor) -> torch.Tensor:
+    # Linear below 1 kHz, logarithmic above (Slaney's Auditory Toolbox scale).
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + torch.log(torch.clamp(hz, min=1e-9) / 1000.0) / (math.log(6.4) / 27.0)
+    return torch.where(hz >= 1000.0, log_part, linear)
+
+
+def _mel_to_hz_slaney(mel: torch.Tensor) -> torch.Tensor:
+    linear = mel * (200.0 / 3)
+    log_part = 1000.0 * torch.exp((mel - 15.0) * (math.log(6.4) / 27.0))
+    return torch.where(mel >= 15.0, log_part, linear)
+
+
+def mel_filterbank(config: MelCodecConfig) -> torch.Tensor:
+    """Triangular Slaney-normalized filters, (n_mels, n_fft // 2 + 1), float64."""
+    bins = torch.linspace(0, config.sample_rate / 2, config.n_fft // 2 + 1, dtype=torch.float64)
+    mel_edges = torch.linspace(_hz_to_mel_slaney(torch.tensor(config.f_min, dtype=torch.float64)).item(),
+                               _hz_to_mel_slaney(torch.tensor(config.f_max, dtype=torch.float64)).item(),
+                               config.n_mels + 2, dtype=torch.float64)
+    edges = _mel_to_hz_slaney(mel_edges)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None, :] - lower) / (centre - lower)
+    falling = (upper - bins[None, :]) / (upper - centre)
+    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return filters * (2.0 / (upper - lower))       # equal area, so bands compare across widths
+
+
+class MelCodec:
+    """Log-mel latent codec. Stateless apart from its filterbank; safe to share."""
+
+    def __init__(self, config: MelCodecConfig = MelCodecConfig()):
+        self.config = config
+        self.sample_rate = config.sample_rate
+        self.latent_dim = config.n_mels
+        self.hop = config.hop
+        self.filters = mel_filterbank(config).float()                    # (M, F)
+        self.window = torch.hann_window(config.n_fft, periodic=True)
+        self._edge = (config.n_fft - config.hop) // 2
+
+    def latent_length(self, duration_s: float) -> int:
+        """Latent frames for a clip of `duration_s` seconds (250 for 8 s)."""
+        return self._frames_for(int(round(duration_s * self.sample_rate)))
+
+    def _frames_for(self, n_samples: int) -> int:
+        return math.ceil(n_samples / self.hop)
+
+    def to(self, device) -> "MelCodec":
+        self.filters = self.filters.to(device)
+        self.window = self.window.to(device)
+        return self
+
+    # --- analysis / synthesis on a fixed frame grid -------------------------------------------
+    def _frames(self, padded: torch.Tensor, n_frames: int) -> torch.Tensor:
+        # padded: (B, n_frames * hop + n_fft - hop) -> frames (B, n_frames, n_fft)
+        return padded.unfold(-1, self.config.n_fft, self.hop)[:, :n_frames]
+
+    def _stft(self, padded: torch.Tensor, n_frames: int) -> torch.Tensor:
+        return torch.fft.rfft(self._frames(padded, n_frames) * self.window, dim=-1)    # (B, N, F)
+
+    def _istft(self, spectrum: torch.Tensor, padded_length: int) -> torch.Tensor:
+        # Least-squares overlap-add: sum(w * frame) / sum(w^2), the inverse of `_stft`.
+        frames = torch.fft.irfft(spectrum, n=self.config.n_fft, dim=-1) * self.window       # (B, N, n_fft)
+        batch, n_frames, n_fft = frames.shape
+        fold = lambda x: torch.nn.functional.fold(
+            x.transpose(1, 2), output_size=(1, padded_length), kernel_size=(1, n_fft), stride=(1, self.hop))
+        signal = fold(frames).reshape(batch, padded_length)
+        norm = fold((self.window ** 2).expand(1, n_frames, n_fft)).reshape(1, padded_length)
+        return signal / torch.clamp(norm, min=1e-3)
+
+    def _pad(self, wave: torch.Tensor, n_frames: int) -> torch.Tensor:
+        # Frame i is centred on the middle of samples [i*hop, (i+1)*hop): reflect-pad the edges.
+        total = n_frames * self.hop
+        wave = torch.nn.functional.pad(wave, (0, total - wave.shape[-1]))
+        return torch.nn.functional.pad(wave[:, None], (self._edge, self._edge), mode="reflect")[:, 0]
+
+    # --- the codec contract ---------------------------------------------------------------------
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        # wave: (B, S) float in [-1, 1] -> latent (B, N, n_mels), N = ceil(S / hop)
+        if wave.ndim != 2:
+            raise InvalidInputError(f"The codec expects mono audio shaped (batch, samples); got {tuple(wave.shape)}.")
+        wave = wave.float().to(self.window.device)
+        n_frames = self._frames_for(wave.shape[-1])
+        magnitude = self._stft(self._pad(wave, n_frames), n_frames).abs()                    # (B, N, F)
+        mel = magnitude @ self.filters.T                                      # (B, N, M)
+        return torch.log(torch.clamp(mel, min=self.config.log_floor))
+
+    def mel_to_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
+        # latent: (B, N, M) -> non-negative linear magnitude (B, N, F) whose mel projection fits exp(latent)
+        filters = self.filters
+        target = torch.exp(latent.float().to(filters.device))
+        magnitude = torch.clamp(target @ torch.linalg.pinv(filters).T, min=0.0) + 1e-6
+        # Multiplicative NNLS updates keep the magnitude non-negative while reducing the fit error.
+        projected_target = target @ filters
+        gram = filters.T @ filters
+        for _ in range(self.config.nnls_iterations):
+            magnitude = magnitude * projected_target / (magnitude @ gram + 1e-9)
+        return magnitude
+
+    def decode(self, latent: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        # latent: (B, N, n_mels) -> wave (B, N * hop)
+        if latent.ndim != 3 or latent.shape[-1] != self.latent_dim:
+            raise InvalidInputError(
+                f"The codec expects latents shaped (batch, frames, {self.latent_dim}); got {tuple(latent.shape)}.")
+        batch, n_frames, _ = latent.shape
+        magnitude = self.mel_to_magnitude(latent)
+        padded_length = n_frames * self.hop + 2 * self._edge
+        generator = torch.Generator().manual_seed(seed)     # same latent -> same audio
+        phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * (2 * math.pi)
+        spectrum = magnitude * torch.exp(1j * phase)
+        previous = spectrum
+        for _ in range(self.config.griffin_lim_iterations):
+            rebuilt = self._stft(self._istft(spectrum, padded_length), n_frames)
+            accelerated = rebuilt + self.config.momentum * (rebuilt - previous)
+            previous = rebuilt
+            spectrum = magnitude * torch.exp(1j * torch.angle(accelerated))
+        wave = self._istft(spectrum, padded_length)[:, self._edge:self._edge + n_frames * self.hop]
+        return torch.clamp(wave, -1.0, 1.0)

@@ -1,0 +1,114 @@
+"""The embedded default model: the project's MM-DiT and NAG ControlNet at a small size, with
+cheap CPU encoders and a log-mel codec, trained on the mini-world (engine/training/embedded.py).
+
+Its weights ship inside the package (stepfoley_mini.safetensors, a few MB), so the engine runs
+on a CPU with nothing to download. `random_weights=True` builds the same model with random
+weights: the same code path for tests, and clearly labelled as meaningless sound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from engine.controlnet import AudioControlNet, ControlNetConfig
+from engine.embedded.codec import MelCodec
+from engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
+from engine.embedded.text import EmbeddedTextEncoder
+from engine.errors import CheckpointError
+from engine.mmaudio import MMAudio, MMAudioConfig
+from engine.pipeline import FoleyModel
+
+WEIGHTS_PATH = Path(__file__).with_name("stepfoley_mini.safetensors")
+CONTROLNET_DEPTH = 2
+
+
+def embedded_net_config(codec: MelCodec) -> MMAudioConfig:
+    return MMAudioConfig(
+        latent_dim=codec.latent_dim, clip_dim=CLIP_DIM, sync_dim=SYNC_DIM,
+        text_dim=EmbeddedTextEncoder.text_dim, hidden_dim=64, depth=4, fused_depth=2, num_heads=2,
+        latent_seq_len=codec.latent_length(8.0), clip_seq_len=64, sync_seq_len=192, v2=False,
+        name="stepfoley-mini")
+
+
+def controlnet_config(net: MMAudio) -> ControlNetConfig:
+    return ControlNetConfig.for_base(net.config, depth=CONTROLNET_DEPTH)
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random values for every parameter (the golden fixtures' rule), so random-weight outputs
+    are not the silence that a zero-initialized output layer would give."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def build_embedded_model(random_weights: bool = False, device: torch.device | str = "cpu",
+                         weights_path: str | os.PathLike | None = None) -> FoleyModel:
+    codec = MelCodec()
+    text_encoder = EmbeddedTextEncoder()
+    net = MMAudio(embedded_net_config(codec))
+    controlnet = AudioControlNet(controlnet_config(net))
+    if random_weights:
+        net.initialize_weights()
+        _randomize(net, seed=0)
+        _randomize(controlnet, seed=1)
+        with torch.no_grad():
+            net.latent_mean.zero_()
+            net.latent_std.fill_(1.0)
+        model_id, note = "stepfoley-mini-random", "random weights: the sound is meaningless (tests only)"
+    else:
+        path = Path(weights_path or WEIGHTS_PATH)
+        model_id = load_embedded_weights(path, net, controlnet)
+        note = ""
+    with torch.no_grad():
+        net.empty_string_feat.copy_(text_encoder.encode([""])[0])
+    model = FoleyModel(model_id=model_id, net=net.eval().requires_grad_(False), codec=codec,
+                       video_encoder=EmbeddedVideoEncoder(), text_encoder=text_encoder,
+                       controlnet=controlnet.eval().requires_grad_(False), note=note)
+    return model.to(torch.device(device))
+
+
+def load_embedded_model(device: torch.device | str = "cpu", random_weights: bool = False) -> FoleyModel:
+    return build_embedded_model(random_weights=random_weights, device=device)
+
+
+def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet,
+                          metadata: dict[str, str]) -> Path:
+    """One safetensors file: `net.*` and `controlnet.*`, the configs and the training record."""
+    path = Path(path)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors.update({f"controlnet.{k}": v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()})
+    meta = {"net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
+            "controlnet_config": json.dumps(vars(controlnet.config)), **metadata}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> str:
+    if not path.is_file():
+        raise CheckpointError(
+            f"The embedded model's weights {path} are missing. Reinstall StepFoley, or retrain them with "
+            "`stepfoley train embedded` (see README).")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
+    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    controlnet.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")})
+    return meta.get("model_id", "stepfoley-mini")

@@ -1,0 +1,50 @@
+"""Training a NAG ControlNet on top of official MMAudio weights (the paper's Sec. 4.2 and
+App. D recipe): MMAudio frozen, VGGSound-style video clips plus audio-text clips, pairs of
+non-overlapping halves of each clip, AdamW 1e-4 (0.9, 0.95), wd 1e-6, 1k warm-up, x0.1 at 80%
+and 90%, bf16 on GPU, post-hoc EMA sigma_rel 0.05."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
+from engine.loading import load_foley_model
+from engine.training.features import FeatureSet, controlnet_batches, extract_features, read_dataset_list
+from engine.training.objectives import controlnet_flow_loss
+from engine.training.trainer import LossModule, TrainConfig, distributed_context, train
+
+
+def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
+                                out_path: Path | None, depth: int, steps: int, batch_size: int,
+                                warmup_steps: int, checkpoint_every: int, device: torch.device,
+                                model=None) -> Path:
+    """`model` (a FoleyModel) may be given instead of weights_dir, e.g. for tests."""
+    rank, world = distributed_context()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = model or load_foley_model(weights_dir, variant, device)
+    net = model.net.requires_grad_(False).eval()
+    features = work_dir / "features.safetensors"
+    if rank == 0 and not features.exists():
+        extract_features(model, read_dataset_list(data_list), features)
+    if world > 1:
+        torch.distributed.barrier()
+    data = FeatureSet.load(features)
+
+    controlnet = AudioControlNet(ControlNetConfig.for_base(net.config, depth=depth)).to(device)
+    loss = LossModule({"net": net, "controlnet": controlnet},
+                      lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
+    config = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
+                         checkpoint_every=checkpoint_every)
+    batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
+    result = train(loss, controlnet, batches, config, device, work_dir)
+    with torch.no_grad():
+        own = dict(controlnet.named_parameters())
+        for name, value in result.params.items():
+            own[name].copy_(value)
+    variant = variant or model.model_id.removeprefix("mmaudio-")
+    out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
+    if rank == 0:
+        save_controlnet(out, controlnet)
+    return out

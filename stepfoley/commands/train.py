@@ -1,0 +1,87 @@
+"""`stepfoley train`: the embedded mini-world model, or a NAG ControlNet on top of real MMAudio.
+
+    stepfoley train embedded --work DIR [--out engine/embedded/stepfoley_mini.safetensors]
+    stepfoley train controlnet --weights DIR --data LIST.jsonl --work DIR [--model small_16k]
+
+Several GPUs or processes: `torchrun --nproc_per_node N -m stepfoley train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
+    e.add_argument("--work", required=True, help="folder for the data, features, checkpoints and log")
+    e.add_argument("--out", default=None, help="weights file to write (default: the packaged one)")
+    e.add_argument("--scenes", type=int, default=None)
+    e.add_argument("--single-clips", type=int, default=None)
+    e.add_argument("--base-steps", type=int, default=None)
+    e.add_argument("--controlnet-steps", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--warmup-steps", type=int, default=None)
+    e.add_argument("--data-seed", type=int, default=None)
+    e.add_argument("--device", default="auto")
+
+    c = sub.add_parser("controlnet", help="train a NAG ControlNet on top of official MMAudio weights")
+    c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
+    c.add_argument("--model", default=None, help="variant: small_16k, small_44k, medium_44k, large_44k, ...")
+    c.add_argument("--data", required=True, help="dataset list, JSON Lines (engine/training/features.py)")
+    c.add_argument("--work", required=True, help="folder for features, checkpoints and the log")
+    c.add_argument("--out", default=None,
+                   help="ControlNet file to write (default: WEIGHTS/controlnets/<variant>.safetensors)")
+    c.add_argument("--depth", type=int, default=4, help="ControlNet blocks")
+    c.add_argument("--steps", type=int, default=200_000)
+    c.add_argument("--batch-size", type=int, default=64, help="per process")
+    c.add_argument("--warmup-steps", type=int, default=1000)
+    c.add_argument("--checkpoint-every", type=int, default=2000)
+    c.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from engine.devices import choose_device
+    from engine.errors import StepFoleyError
+
+    try:
+        device = choose_device(args.device)
+        if args.what == "embedded":
+            from engine.embedded.model import WEIGHTS_PATH
+            from engine.training.embedded import EmbeddedRecipe, train_embedded
+
+            recipe = EmbeddedRecipe()
+            overrides = {"scenes": args.scenes, "single_source_clips": args.single_clips,
+                         "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
+                         "batch_size": args.batch_size, "warmup_steps": args.warmup_steps,
+                         "data_seed": args.data_seed}
+            recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+            figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
+            print(_summary(figures))
+            return 0
+        from engine.training.controlnet import train_controlnet_on_mmaudio
+
+        out = train_controlnet_on_mmaudio(
+            weights_dir=Path(args.weights), variant=args.model, data_list=Path(args.data),
+            work_dir=Path(args.work), out_path=Path(args.out) if args.out else None, depth=args.depth,
+            steps=args.steps, batch_size=args.batch_size, warmup_steps=args.warmup_steps,
+            checkpoint_every=args.checkpoint_every, device=device)
+        print(f"wrote {out}")
+        return 0
+    except StepFoleyError as e:
+        print(f"stepfoley train: {e}", file=sys.stderr)
+        return 1
+
+
+def _summary(figures: dict) -> str:
+    lines = [f"data: {figures['data_seconds']:.0f} s"]
+    for phase in ("base", "controlnet"):
+        f = figures[phase]
+        lines.append(f"{phase}: {f['steps']} steps in {f['seconds']:.0f} s, {f['samples_per_second']} samples/s, "
+                     f"final loss {f['final_loss']}")
+    lines.append(f"total: {figures['total_seconds']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.embedded.codec import MelCodec
+from engine.embedded.encoders import EmbeddedVideoEncoder, frames_from_hwc, sync_length
+from engine.embedded.text import TEXT_SEQ_LEN, EmbeddedTextEncoder, basic_split
+from engine.errors import CheckpointError, InvalidInputError
+from engine.miniworld import CAPTIONS, make_scene, single_source_clip, write_scene
+
+
+# --- codec -----------------------------------------------------------------------------------------
+
+def test_codec_layout_matches_mmaudio_16k():
+    codec = MelCodec()
+    assert codec.sample_rate == 16000 and codec.latent_length(8.0) == 250
+    latent = codec.encode(torch.zeros(2, 128000))
+    assert latent.shape == (2, 250, codec.latent_dim)
+    assert codec.decode(latent[:, :20]).shape == (2, 20 * 512)
+    with pytest.raises(InvalidInputError):
+        codec.decode(torch.zeros(1, 10, codec.latent_dim + 1))
+
+
+def test_codec_puts_a_tone_in_its_mel_band():
+    codec = MelCodec()
+    t = torch.arange(16000) / 16000
+    latent = codec.encode(0.5 * torch.sin(2 * math.pi * 1500 * t)[None])
+    band = int(latent[0].mean(0).argmax())
+    centres = (codec.filters * torch.linspace(0, 8000, codec.filters.shape[1])).sum(1) / codec.filters.sum(1)
+    assert abs(float(centres[band]) - 1500) < 0.1 * 1500
+
+
+def test_codec_round_trip_keeps_envelope_and_peaks():
+    codec = MelCodec()
+    scenes = [make_scene(4), make_scene(1, kinds=["lamp", "pendulum"])]
+    wave = torch.from_numpy(np.stack([s.mixture for s in scenes]))
+    decoded = codec.decode(codec.encode(wave))
+    assert decoded.shape == wave.shape
+    latent_head = codec.encode(wave[:1, :16000])
+    assert torch.equal(codec.decode(latent_head), codec.decode(latent_head))     # deterministic
+    freqs = np.fft.rfftfreq(wave.shape[1], 1 / 16000)
+    for original, rebuilt in zip(wave.numpy(), decoded.numpy()):
+        energy = lambda w: (w.reshape(-1, 512) ** 2).mean(1)  # noqa: E731
+        assert np.corrcoef(energy(original), energy(rebuilt))[0, 1] > 0.9
+        peak, rebuilt_peak = (freqs[np.argmax(np.abs(np.fft.rfft(w)))] for w in (original, rebuilt))
+        # Within one mel band: the latent keeps band energies, not exact frequencies.
+        assert abs(rebuilt_peak - peak) < max(70.0, 0.08 * peak), (peak, rebuilt_peak)
+
+
+# --- video features ----------------------------------------------------------------------------------
+
+def test_video_features_have_mmaudio_lengths_and_scale():
+    encoder = EmbeddedVideoEncoder()
+    scene = make_scene(8)
+    clip_f, sync_f = encoder.encode_frames(frames_from_hwc(scene.frames))
+    assert clip_f.shape == (1, 64, encoder.clip_dim) and sync_f.shape == (1, 192, encoder.sync_dim)
+    again = encoder.encode_frames(frames_from_hwc(scene.frames))
+    assert torch.equal(clip_f, again[0]) and torch.equal(sync_f, again[1])
+    for features in (clip_f, sync_f):
+        rms = features.pow(2).mean().sqrt()
+        assert 0.2 < rms < 3 and features.abs().max() < 10
+    short = make_scene(8, duration=5.0)
+    clip_s, sync_s = encoder.encode_frames(frames_from_hwc(short.frames))
+    assert clip_s.shape[1] == 40 and sync_s.shape[1] == sync_length(125) == 112
+    with pytest.raises(InvalidInputError):
+        encoder.encode_frames(frames_from_hwc(short.frames[:10]))
+
+
+def test_motion_features_peak_when_the_lamp_switches():
+    clip = single_source_clip(4, "lamp")
+    _, sync_f = EmbeddedVideoEncoder().encode_frames(frames_from_hwc(clip.frames))
+    energy = sync_f[0, :, 60].numpy()                    # global |frame difference|
+    step_of = lambda frame: int(round((frame + 0.5) * 192 / 200 - 0.5))  # noqa: E731
+    switches = {e.start_frame for e in clip.events} | {e.end_frame for e in clip.events if e.end_frame < 200}
+    switches.discard(0)
+    at_switch = [energy[step_of(f)] for f in switches]
+    steady = [energy[k] for k in range(192) if all(abs(k - step_of(f)) > 2 for f in switches)]
+    assert min(at_switch) > 5 * max(steady) + 1e-6
+
+
+def test_video_features_from_a_real_file_match_the_frames(tmp_path):
+    scene = make_scene(13, duration=3.0)
+    video = write_scene(scene, tmp_path / "s", mux_audio=False)["video"]
+    encoder = EmbeddedVideoEncoder()
+    from_file = encoder.encode_region(video, 1.0, 3.0)
+    from_frames = encoder.encode_frames(frames_from_hwc(scene.frames[25:75]))
+    for a, b in zip(from_file, from_frames):
+        assert a.shape == b.shape
+        assert np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1] > 0.9
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return EmbeddedTextEncoder()
+
+
+def test_basic_split_lowercases_strips_accents_and_splits_punctuation():
+    assert basic_split("Café, NAÏVE  bell!") == ["cafe", ",", "naive", "bell", "!"]
+
+
+def test_text_features_layout_and_padding(text_encoder):
+    captions = ["a bell rings", "footsteps on gravel " * 40]
+    features = text_encoder.encode(captions)
+    assert features.shape == (2, TEXT_SEQ_LEN, 384)
+    ids, mask = text_encoder.tokenize(captions)
+    assert ids[0, 0] == text_encoder.tokenizer.cls_id and ids[1, -1] == text_encoder.tokenizer.sep_id
+    real = int(mask[0].sum())
+    assert real == len(text_encoder.tokenizer.encode("a bell rings")) and mask[1].all()
+    norms = features.norm(dim=-1)
+    torch.testing.assert_close(norms[0, :real], torch.full((real,), math.sqrt(384)))
+    assert torch.all(features[0, real:] == 0)
+    pieces = text_encoder.tokenizer.word_ids("thunderously")
+    vocab = {i: t for t, i in text_encoder.tokenizer.vocab.items()}
+    assert "".join(vocab[i].removeprefix("##") for i in pieces) == "thunderously"
+
+
+def test_text_embeddings_put_paraphrases_together(text_encoder):
+    kinds = sorted(CAPTIONS)
+    captions = [c for k in kinds for c in CAPTIONS[k]]
+    owner = np.array([k for k in kinds for _ in CAPTIONS[k]])
+    vectors = text_encoder.sentence_embedding(captions)
+    similarity = (vectors @ vectors.T).numpy()
+    for kind in kinds:
+        mine = owner == kind
+        within = similarity[np.ix_(mine, mine)][~np.eye(mine.sum(), dtype=bool)].mean()
+        between = similarity[np.ix_(mine, ~mine)].mean()
+        assert within > between + 0.1, kind
+    pair = text_encoder.sentence_embedding(["a dog barks", "a barking dog", "a car engine idling"])
+    assert float(pair[0] @ pair[1]) > float(pair[0] @ pair[2]) + 0.3
+
+
+def test_text_encoder_reports_missing_files(tmp_path):
+    with pytest.raises(CheckpointError):
+        EmbeddedTextEncoder(model_dir=tmp_path)

@@ -1,0 +1,135 @@
+"""The step-by-step session and the service, on the random-weight embedded model (same code
+path as the trained one) and real mini-world video files."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine import mixing
+from engine.errors import GenerationCancelled, InvalidInputError, VideoError
+from engine.pipeline import Region
+from engine.service import FoleyService, parse_request
+from engine.session import StepSession, TrackSettings, crossfade_join, plan_windows
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from engine.embedded.model import build_embedded_model
+    return build_embedded_model(random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory):
+    from engine.miniworld import make_scene, write_scene
+    paths = write_scene(make_scene(20_000_001, n_sources=3), tmp_path_factory.mktemp("scene"))
+    return paths["video"]
+
+
+def test_plan_windows_single_and_overlapping():
+    assert plan_windows(5.0, 8.0) == [(0.0, 5.0)]
+    windows = plan_windows(20.0, 8.0, overlap=1.0)
+    assert windows[0][0] == 0.0 and windows[-1][1] == 20.0
+    assert all(e - s == 8.0 for s, e in windows)
+    assert all(prev[1] - nxt[0] >= 1.0 for prev, nxt in zip(windows, windows[1:]))
+
+
+def test_crossfade_join_keeps_a_constant_signal_constant():
+    pieces = [(0, np.full(800, 0.5, np.float32)), (700, np.full(800, 0.5, np.float32)),
+              (1200, np.full(800, 0.5, np.float32))]
+    out = crossfade_join(pieces, 2000)
+    np.testing.assert_allclose(out, 0.5, atol=1e-6)
+
+
+def test_track_one_is_cfg_then_nag_uses_the_mix(tiny, scene_video):
+    session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    first = session.next_track(TrackSettings("a ball bounces", seed=3, steps=2))
+    assert first.metadata["method_used"] == "cfg"
+    assert first.samples.shape == (4 * 16000,)
+    mix = session.conditioning_mix()
+    assert abs(mixing.integrated_loudness(mix[None], 16000) - (-20.0)) < 0.5
+    second = session.next_track(TrackSettings("rain falling", seed=3, steps=2))
+    assert second.metadata["method_used"] == "nag"
+    assert second.metadata["track_index"] == 2
+    assert set(second.metadata["timings"]) == {"video_features", "sampling", "decoding"}
+
+
+def test_nag_differs_from_independent_and_seed_reproduces(tiny, scene_video):
+    def second_track(method, seed=5):
+        s = StepSession(tiny, Region(scene_video, 0.0, 3.0))
+        s.next_track(TrackSettings("a bell rings", seed=1, steps=2))
+        return s.next_track(TrackSettings("footsteps", method=method, seed=seed, steps=2)).samples
+
+    nag, again, independent = second_track("nag"), second_track("nag"), second_track("independent")
+    np.testing.assert_array_equal(nag, again)
+    assert np.abs(nag - independent).max() > 1e-3
+
+
+def test_existing_bounce_at_another_rate_and_channels(tiny, scene_video):
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    stereo = np.random.default_rng(0).standard_normal((2, 48000 * 2)).astype(np.float32) * 0.1
+    session.add_track(stereo, 48000)
+    assert session.tracks[0].samples.shape == (32000,)
+    assert session.next_track(TrackSettings("wind blowing", steps=1)).metadata["method_used"] == "nag"
+
+
+def test_long_region_is_windowed(tiny, tmp_path):
+    from engine.miniworld import make_scene, write_scene
+    video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
+    session = StepSession(tiny, Region(video, 0.0, 10.0))
+    steps = []
+    track = session.next_track(TrackSettings("rain falling", steps=1), on_step=lambda s, t: steps.append((s, t)))
+    assert track.metadata["windows"] == 2
+    assert track.samples.shape == (160000,)
+    assert steps[-1] == (2, 2)
+
+
+def test_bad_regions_and_cancel(tiny, scene_video):
+    with pytest.raises(InvalidInputError, match="at least"):
+        StepSession(tiny, Region(scene_video, 0.0, 0.5))
+    with pytest.raises(VideoError, match="past the end"):
+        StepSession(tiny, Region(scene_video, 6.0, 12.0)).next_track(TrackSettings("rain", steps=1))
+    with pytest.raises(GenerationCancelled):
+        StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(
+            TrackSettings("rain", steps=3), is_cancelled=lambda: True)
+    with pytest.raises(InvalidInputError, match="caption"):
+        TrackSettings("   ")
+
+
+def _request(video, out, **extra):
+    return {"region": {"video": str(video), "file_in": 1.0, "file_out": 3.0, "playrate": 1.0},
+            "caption": "a ball bounces", "seed": 2, "steps": 1, "output_dir": str(out),
+            "sample_rate": 48000, "format": "wav24", **extra}
+
+
+def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_path):
+    service = FoleyService(tiny)
+    first = service(_request(scene_video, tmp_path))
+    second = service(_request(scene_video, tmp_path, existing_mix=first["stem_path"], caption="rain falling"))
+    assert first["stem_path"] != second["stem_path"]
+    data, sr = sf.read(second["stem_path"])
+    assert sr == 48000 and data.shape == (96000,)
+    assert sf.info(second["stem_path"]).subtype == "PCM_24"
+    meta = second["metadata"]
+    assert meta["method_used"] == "nag" and meta["caption"] == "rain falling" and meta["seed"] == 2
+    assert mixing.true_peak(data[None].astype(np.float32), 48000) <= -1.0 + 1e-3
+
+
+def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
+    request = _request(scene_video, tmp_path, format="wav32f")
+    request["region"]["playrate"] = 2.0  # 2 s of file play in 1 s of project
+    result = FoleyService(tiny)(request)
+    data, sr = sf.read(result["stem_path"])
+    assert data.shape == (48000,) and sf.info(result["stem_path"]).subtype == "FLOAT"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"output_dir": "/nonexistent/folder"}, "output folder"),
+    ({"method": "magic"}, "Unknown method"),
+    ({"format": "mp3"}, "Unknown format"),
+    ({"sample_rate": 12345}, "not supported"),
+    ({"steps": 0}, "between 1 and 200"),
+    ({"seed": 1.5}, "whole numbers"),
+])
+def test_parse_request_rejects_bad_fields(scene_video, tmp_path, change, message):
+    with pytest.raises(InvalidInputError, match=message):
+        parse_request({**_request(scene_video, tmp_path), **change})
