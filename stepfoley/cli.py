@@ -19,7 +19,6 @@ SUBCOMMANDS = {
     "train": "train the base model or the NAG ControlNet",
     "eval": "compare NAG with the baselines on mini-world scenes",
     "weights": "check or convert a directory of MMAudio weights",
-    "bench": "print speed and memory figures",
 }
 
 

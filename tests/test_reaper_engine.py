@@ -128,7 +128,7 @@ def test_engine_not_running_real_client(world):
 
 
 def test_cancel_with_real_engine(engine, world):
-    sc = scenario(world, engine, steps="400", actions=[{"script": h.MAIN}, {"script": h.CANCEL, "when_running": True}])
+    sc = scenario(world, engine, steps="200", actions=[{"script": h.MAIN}, {"script": h.CANCEL, "when_running": True}])
     result = h.run_scenario(world["tmp"], sc, timeout=300)
     assert "cancel" in result["messages"][0]["message"].lower()
     assert [t for t in result["tracks"] if t["name"] == CAPTION] == [] and result["undo"] == []

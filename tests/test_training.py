@@ -2,6 +2,7 @@
 and a 2-process DistributedDataParallel run on the CPU with gloo)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -80,8 +81,11 @@ def test_train_embedded_tiny_then_load(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "ddp.safetensors"
+    with socket.socket() as s:  # a free port for the rendezvous (torchrun does not take 0)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
            "-m", "stepfoley", "train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -32,10 +32,10 @@ TRAINING_SEED_RANGE = (0, 100_000)
 
 @dataclass(frozen=True)
 class EmbeddedRecipe:
-    scenes: int = 700
-    single_source_clips: int = 400
-    base_steps: int = 3000
-    controlnet_steps: int = 1500
+    scenes: int = 600
+    single_source_clips: int = 1200
+    base_steps: int = 5000
+    controlnet_steps: int = 2500
     batch_size: int = 8
     data_seed: int = 0
     warmup_steps: int = 200
@@ -44,7 +44,7 @@ class EmbeddedRecipe:
 
 def write_miniworld_dataset(directory: Path, scenes: int, single_clips: int, seed: int, log=print) -> Path:
     """Scenes as real files plus a dataset list: one line per (scene, source) with that source's
-    caption over the full mixture, and one per single-source clip with no video."""
+    caption over the full mixture (MMAudio's VGGSound setting), and one per single-source clip."""
     from engine.miniworld import SOURCE_KINDS, make_scene, single_source_clip, write_scene
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,10 +59,17 @@ def write_miniworld_dataset(directory: Path, scenes: int, single_clips: int, see
         if (i + 1) % 100 == 0:
             log(f"mini-world: {i + 1}/{scenes} scenes")
     for j in range(single_clips):
+        # One source alone: every other clip keeps its picture (a video-text-audio example
+        # that ties the caption to one sound), the rest are audio-text pairs (empty video).
         clip = single_source_clip(base + scenes + j, kinds[j % len(kinds)])
-        path = directory / f"single_{j:05d}.wav"
-        sf.write(str(path), clip.mixture, clip.sample_rate, subtype="FLOAT")
-        lines.append({"audio": str(path), "caption": clip.captions[0][j % len(clip.captions[0])]})
+        caption = clip.captions[0][(j // len(kinds)) % len(clip.captions[0])]
+        if j % 2:
+            paths = write_scene(clip, directory / f"single_{j:05d}", mux_audio=False, overwrite=True)
+            lines.append({"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": caption})
+        else:
+            path = directory / f"single_{j:05d}.wav"
+            sf.write(str(path), clip.mixture, clip.sample_rate, subtype="FLOAT")
+            lines.append({"audio": str(path), "caption": caption})
     listing = directory / "dataset.jsonl"
     listing.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return listing
@@ -74,9 +81,10 @@ def source_captions(scene) -> list[str]:
 
 
 def _log_to(path: Path | None):
+    """Rank 0 logs to stdout and to `path`; other ranks (path None) stay quiet."""
     def log(msg: str) -> None:
-        print(msg, flush=True)
         if path is not None:
+            print(msg, flush=True)
             with open(path, "a") as f:
                 f.write(msg + "\n")
     return log

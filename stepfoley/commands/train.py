@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
     from dataclasses import replace
     from pathlib import Path
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                          "data_seed": args.data_seed}
             recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
             figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
-            print(_summary(figures))
+            if os.environ.get("RANK", "0") == "0":
+                print(_summary(figures))
             return 0
         from engine.training.controlnet import train_controlnet_on_mmaudio
 
