@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -78,6 +78,27 @@ def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
             f"Weights file {path} is not a plain state dict: entries {', '.join(not_tensors[:5])} are not "
             f"tensors. If the weights are nested, the model's loader must name the entry.")
     return dict(state)
+
+
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+                advice: Union[str, Callable[[], str]],
+                labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape"), limit: int = 6) -> None:
+    """`module.load_state_dict(state_dict, strict=True)`, after checking keys and shapes so that a
+    foreign file raises CheckpointError "{what}: {n} missing: ...; {n} unexpected: ...; {n} wrong
+    shape: k is [..] in the file but [..] in the network. {advice}". `labels` names the three
+    kinds of mismatch; `advice` may be a callable, called only when the weights do not fit."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [f"{k} is {list(state_dict[k].shape)} in the file but {list(expected[k].shape)} in the network"
+                   for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong_shape:
+        def listing(items):
+            return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+        detail = "; ".join(f"{len(items)} {label}: {listing(items)}"
+                           for label, items in zip(labels, (missing, unexpected, wrong_shape)) if items)
+        raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}")
+    module.load_state_dict(state_dict, strict=True)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,21 @@ or the real MMAudio stack from a weights directory laid out as docs/weights.md s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import CheckpointError, InvalidInputError
 from engine.pipeline import FoleyModel
+
+if TYPE_CHECKING:  # the loaders themselves are imported lazily, when a stack is loaded
+    from engine.codec.bigvgan import BigVGANConfig
+    from engine.codec.vae import VAEConfig
+    from engine.features.clip import ClipConfig
+    from engine.features.synchformer import SynchformerConfig
+    from engine.mmaudio import MMAudioConfig
 
 MMAUDIO_VARIANTS = {
     # variant: (flow checkpoint, codec mode)
@@ -20,6 +29,22 @@ MMAUDIO_VARIANTS = {
 }
 
 
+@dataclass(frozen=True)
+class StackConfigs:
+    """Network sizes that replace the official ones, each handed to its own loader (tests and
+    benchmarks with reduced random-weight files in the official layout). None = official:
+    MMAudioConfig.preset(variant), VAEConfig.preset(mode), the 16 kHz BigVGAN preset, the
+    full Synchformer, and for CLIP the folder's open_clip_config.json. The 44.1 kHz
+    BigVGAN-v2 always takes its sizes from its folder's config.json, so `vocoder` only
+    applies to the 16 kHz models."""
+
+    net: MMAudioConfig | None = None
+    vae: VAEConfig | None = None
+    vocoder: BigVGANConfig | None = None
+    synchformer: SynchformerConfig | None = None
+    clip: ClipConfig | None = None
+
+
 def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
     """Prefer the .safetensors copy (no pickle, faster), else the official .pth."""
     for ext in (".safetensors", ".pth"):
@@ -29,7 +54,8 @@ def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
                           "Run `stepfoley weights check DIR` to see what the directory holds.")
 
 
-def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device) -> FoleyModel:
+def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
+                       configs: StackConfigs | None = None) -> FoleyModel:
     from engine.checkpoints import load_state_dict_file
     from engine.codec.mmaudio_codec import MMAudioCodec
     from engine.controlnet import load_controlnet
@@ -49,29 +75,37 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
     if variant not in MMAUDIO_VARIANTS:
         raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
     stem, mode = MMAUDIO_VARIANTS[variant]
-    config = MMAudioConfig.preset(variant)
+    configs = configs or StackConfigs()
+    config = configs.net or MMAudioConfig.preset(variant)
     net = MMAudio(config)
     net.load_weights(load_state_dict_file(_checkpoint_path(weights_dir, stem)))
     controlnet = None
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():
         controlnet = load_controlnet(cn_path, config).eval()
-    codec = MMAudioCodec.from_directory(weights_dir, mode)
+    codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,
+                                        vocoder_config=configs.vocoder)
+    # Encoders are built on `device` (FoleyModel.to cannot move them); one CLIP serves both.
+    video_encoder = MMAudioVideoEncoder.from_directory(
+        weights_dir, device=device, synchformer_config=configs.synchformer, clip_config=configs.clip)
+    text_encoder = MMAudioTextEncoder.from_directory(weights_dir, clip=video_encoder.clip, device=device)
     return FoleyModel(
         model_id=f"mmaudio-{variant}" + ("+nag" if controlnet else ""),
         net=net.eval().requires_grad_(False), codec=codec,
-        video_encoder=MMAudioVideoEncoder.from_directory(weights_dir),
-        text_encoder=MMAudioTextEncoder.from_directory(weights_dir),
+        video_encoder=video_encoder, text_encoder=text_encoder,
         controlnet=controlnet, device=device,
         note="" if controlnet else f"no NAG ControlNet at {cn_path}: only 'independent' and 'negative_prompt' work",
     ).to(device)
 
 
 def load_foley_model(weights_dir: str | Path | None = None, variant: str | None = None,
-                     device: torch.device | None = None) -> FoleyModel:
+                     device: torch.device | None = None, configs: StackConfigs | None = None) -> FoleyModel:
+    """`configs` (reduced sizes for the MMAudio stack) needs a weights directory."""
     device = device or torch.device("cpu")
     if weights_dir is not None:
-        return load_mmaudio_model(weights_dir, variant, device)
+        return load_mmaudio_model(weights_dir, variant, device, configs=configs)
+    if configs is not None:
+        raise InvalidInputError("Reduced stack configs apply only to an MMAudio weights directory.")
     from engine.embedded.model import load_embedded_model
 
     if variant in (None, "embedded"):

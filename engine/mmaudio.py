@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.errors import CheckpointError, InvalidInputError
+from engine.checkpoints import load_strict
+from engine.errors import InvalidInputError
 
 SYNC_FRAMES_PER_SEGMENT = 8  # each Synchformer segment yields 8 feature frames
 ROPE_THETA = 10000
@@ -519,34 +520,14 @@ class MMAudio(nn.Module):
     def load_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Strict load of an official-layout state dict (the caller's dict is not modified)."""
         weights = {k: v for k, v in state_dict.items() if k not in KEYS_RECOMPUTED_ON_LOAD}
-        expected = self.state_dict()
-        missing = [k for k in expected if k not in weights]
-        unexpected = [k for k in weights if k not in expected]
-        wrong_shape = [(k, tuple(weights[k].shape), tuple(expected[k].shape))
-                       for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-        if missing or unexpected or wrong_shape:
-            message = self._mismatch_message(missing, unexpected, wrong_shape)
-            other = infer_preset(weights)
-            if other is not None:
-                message += f" These weights look like the '{other}' model."
-            raise CheckpointError(message)
-        self.load_state_dict(weights, strict=True)
 
-    def _mismatch_message(self, missing, unexpected, wrong_shape, limit: int = 6) -> str:
-        def listing(items):
-            shown = ", ".join(items[:limit])
-            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {listing(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} shape mismatch(es): " + listing(
-                [f"{k} is {list(got)} in the file but {list(want)} in the network" for k, got, want in wrong_shape]))
-        return (f"These weights do not fit the MMAudio network {self.config.describe()}: " + "; ".join(parts)
-                + ". Check that the weights file belongs to the chosen model (for example "
-                  "mmaudio_large_44k_v2.pth needs the large_44k_v2 model).")
+        def advice() -> str:
+            other = infer_preset(weights)
+            return ("Check that the weights file belongs to the chosen model (for example "
+                    "mmaudio_large_44k_v2.pth needs the large_44k_v2 model)."
+                    + (f" These weights look like the '{other}' model." if other is not None else ""))
+        load_strict(self, weights, f"These weights do not fit the MMAudio network {self.config.describe()}",
+                    advice, labels=("missing key(s)", "unexpected key(s)", "shape mismatch(es)"))
 
     # -- latent statistics --
 

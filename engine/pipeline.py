@@ -89,6 +89,7 @@ class FoleyModel:
     controlnet: torch.nn.Module | None = None  # engine.controlnet.AudioControlNet
     max_duration: float = 8.0  # the network was trained on 8 s windows
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "auto"  # engine.devices.autocast_context: bf16 on CUDA, fp32 elsewhere
     note: str = ""  # shown to users, e.g. "random weights: for tests only"
 
     @property

@@ -155,13 +155,18 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def build_service(weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                  model: str | None = None) -> FoleyService:
+                  model: str | None = None, compile: bool = False) -> FoleyService:
     """Load a model once and wrap it. weights_dir None: the embedded mini-world model.
-    model "tiny-random": random weights through the same code path, for tests only."""
+    model "tiny-random": random weights through the same code path, for tests only.
+    compile: torch.compile the per-step network path (CUDA only; the first job is slower)."""
+    import torch
+
     from engine.devices import choose_device
     from engine.loading import load_foley_model
 
     foley = load_foley_model(weights_dir=weights_dir, variant=model, device=choose_device(device))
+    if compile and foley.device.type == "cuda":
+        foley.net.predict_flow = torch.compile(foley.net.predict_flow)
     cache = None
     try:
         from engine.features.cache import FeatureCache

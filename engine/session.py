@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine import mixing
+from engine.devices import autocast_context
 from engine.errors import InvalidInputError
 from engine.pipeline import FoleyModel, Region
 from engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
@@ -225,9 +226,10 @@ class StepSession:
             nag=audio_rows, controlnet=model.controlnet)
         x0 = initial_noise([seed], latent_len, net.latent_dim, device=device)
         t0 = time.perf_counter()
-        x1 = euler_sample(velocity, x0, settings.steps, on_step=on_step, is_cancelled=is_cancelled)
+        with autocast_context(device, model.precision):
+            x1 = euler_sample(velocity, x0, settings.steps, on_step=on_step, is_cancelled=is_cancelled)
         t1 = time.perf_counter()
-        wave = model.codec.decode(net.unnormalize(x1))[0].float().cpu().numpy()
+        wave = model.codec.decode(net.unnormalize(x1.float()))[0].float().cpu().numpy()
         timings["sampling"] += t1 - t0
         timings["decoding"] += time.perf_counter() - t1
         return wave

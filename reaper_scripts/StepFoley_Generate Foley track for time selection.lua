@@ -29,11 +29,8 @@ local SF = dofile(dir .. "StepFoley_lib.lua")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
-  local t0, t1 = SF.time_selection(proj)
-  if not t0 then
-    SF.alert("Make a time selection over the picture first: StepFoley generates Foley for the selected time.")
-    return
-  end
+  local t0, t1 = SF.require_time_selection(proj)
+  if not t0 then return end
   local settings = SF.load_settings()
   local params = SF.ask_params("StepFoley: generate Foley track", settings, {}, false)
   if params == nil then return end -- dialog cancelled
@@ -49,14 +46,10 @@ local function main()
       SF.alert("The project was closed while generating; the stem is at\n" .. done[1].stem_path)
       return
     end
-    reaper.Undo_BeginBlock2(proj)
-    reaper.PreventUIRefresh(1)
-    SF.insert_track(proj, region, { { stem_path = done[1].stem_path,
-      meta = SF.take_metadata(jobs[1].request, done[1]) } })
-    reaper.Main_OnCommand(SF.BUILD_MISSING_PEAKS, 0)
-    reaper.PreventUIRefresh(-1)
-    reaper.UpdateArrange()
-    reaper.Undo_EndBlock2(proj, "StepFoley: add Foley track \"" .. params.caption .. "\"", -1)
+    SF.undoable_edit(proj, "StepFoley: add Foley track \"" .. params.caption .. "\"", function()
+      SF.insert_track(proj, region, { { stem_path = done[1].stem_path,
+        meta = SF.take_metadata(jobs[1].request, done[1]) } })
+    end)
   end)
 end
 

@@ -11,11 +11,8 @@ local SF = dofile(dir .. "StepFoley_lib.lua")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
-  local t0, t1 = SF.time_selection(proj)
-  if not t0 then
-    SF.alert("Make a time selection over the picture first: StepFoley generates Foley for the selected time.")
-    return
-  end
+  local t0, t1 = SF.require_time_selection(proj)
+  if not t0 then return end
   local settings = SF.load_settings()
   local params = SF.ask_params("StepFoley: generate variations", settings, { count = 4 }, true)
   if params == nil then return end
@@ -34,13 +31,8 @@ local function main()
     for i, r in ipairs(results) do
       if r.state == "done" then takes[#takes + 1] = { stem_path = r.stem_path, meta = SF.take_metadata(jobs[i].request, r) } end
     end
-    reaper.Undo_BeginBlock2(proj)
-    reaper.PreventUIRefresh(1)
-    SF.insert_track(proj, region, takes)
-    reaper.Main_OnCommand(SF.BUILD_MISSING_PEAKS, 0)
-    reaper.PreventUIRefresh(-1)
-    reaper.UpdateArrange()
-    reaper.Undo_EndBlock2(proj, string.format("StepFoley: add %d variations of \"%s\"", #takes, params.caption), -1)
+    SF.undoable_edit(proj, string.format("StepFoley: add %d variations of \"%s\"", #takes, params.caption),
+      function() SF.insert_track(proj, region, takes) end)
   end)
 end
 

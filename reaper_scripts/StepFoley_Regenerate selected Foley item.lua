@@ -46,15 +46,10 @@ local function main()
       return
     end
     local new_meta = SF.take_metadata(jobs[1].request, done[1])
-    reaper.Undo_BeginBlock2(proj)
-    reaper.PreventUIRefresh(1)
-    local new_take = SF.add_take(item, done[1].stem_path, new_meta)
-    reaper.SetActiveTake(new_take)
-    reaper.GetSetMediaItemInfo_String(item, "P_NOTES", SF.describe(new_meta), true)
-    reaper.Main_OnCommand(SF.BUILD_MISSING_PEAKS, 0)
-    reaper.PreventUIRefresh(-1)
-    reaper.UpdateArrange()
-    reaper.Undo_EndBlock2(proj, "StepFoley: regenerate \"" .. params.caption .. "\"", -1)
+    SF.undoable_edit(proj, "StepFoley: regenerate \"" .. params.caption .. "\"", function()
+      reaper.SetActiveTake(SF.add_take(item, done[1].stem_path, new_meta))
+      reaper.GetSetMediaItemInfo_String(item, "P_NOTES", SF.describe(new_meta), true)
+    end)
   end)
 end
 

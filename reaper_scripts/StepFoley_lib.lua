@@ -400,6 +400,16 @@ function M.time_selection(proj)
   return nil
 end
 
+-- The time selection, or nil after asking the user to make one.
+function M.require_time_selection(proj)
+  local t0, t1 = M.time_selection(proj)
+  if not t0 then
+    M.alert("Make a time selection over the picture first: StepFoley generates Foley for the selected time.")
+    return nil
+  end
+  return t0, t1
+end
+
 function M.project_sample_rate(proj)
   local use = reaper.GetSetProjectInfo(proj, "PROJECT_SRATE_USE", 0, false)
   local sr = math.floor(reaper.GetSetProjectInfo(proj, "PROJECT_SRATE", 0, false) + 0.5)
@@ -1005,6 +1015,18 @@ local function new_track_index(proj)
     if M.is_stepfoley_track(reaper.GetTrack(proj, i)) then index = i + 1 end
   end
   return index
+end
+
+-- Runs `edit()` as one undo point named `description`, with the UI frozen meanwhile, then
+-- builds the peaks of the new media.
+function M.undoable_edit(proj, description, edit)
+  reaper.Undo_BeginBlock2(proj)
+  reaper.PreventUIRefresh(1)
+  edit()
+  reaper.Main_OnCommand(M.BUILD_MISSING_PEAKS, 0)
+  reaper.PreventUIRefresh(-1)
+  reaper.UpdateArrange()
+  reaper.Undo_EndBlock2(proj, description, -1)
 end
 
 function M.project_is_open(proj)

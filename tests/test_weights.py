@@ -6,6 +6,7 @@ is a few kB and is checked exactly like the real one."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import REPO
 from engine.errors import CheckpointError
 from engine.weights import (
     FILES,
@@ -108,17 +110,10 @@ def test_weight_norm_layouts_all_fit_the_bigvgan_manifest():
 
 
 def test_packaged_manifests_match_the_golden_ones(golden):
-    pairs = {
-        "flow_small_16k": "flow_small_16k",
-        "flow_small_44k": "flow_small_44k",
-        "flow_medium_44k": "flow_medium_44k",
-        "flow_large_44k": "flow_large_44k",
-        "flow_large_44k_v2": "flow_large_44k_v2",
-        "vae_16k": "vae_16k",
-        "vae_44k": "vae_44k",
-        "bigvgan_16k": "bigvgan_16k_generator",
-        "synchformer": "synchformer_vfeat_extractor",
-    }
+    spec = importlib.util.spec_from_file_location("pack_weight_manifests", REPO / "tools" / "pack_weight_manifests.py")
+    packer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packer)
+    pairs = {packed_name: golden_name for golden_name, packed_name in packer.GOLDEN.items()}
     for packed_name, golden_name in pairs.items():
         packed = json.loads(manifest_path(packed_name).read_text())
         ref = json.loads((golden / "manifests" / f"{golden_name}.json").read_text())

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.checkpoints import load_state_dict_file, load_strict
 from engine.errors import CheckpointError, InvalidInputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -199,18 +200,8 @@ class ClipModel(nn.Module):
 def load_clip_weights(model: ClipModel, state_dict: Mapping[str, torch.Tensor],
                       source: str = "the CLIP checkpoint") -> None:
     weights = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("wrong shape", wrong)) if keys)
-        raise CheckpointError(
-            f"{source} is not an open_clip DFN5B ViT-H/14 checkpoint ({detail}). Download "
-            "open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.")
-    model.load_state_dict(weights, strict=True)
+    load_strict(model, weights, f"{source} is not an open_clip DFN5B ViT-H/14 checkpoint",
+                "Download open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.")
 
 
 def find_weight_file(clip_dir: Path) -> Path:
@@ -224,15 +215,13 @@ def find_weight_file(clip_dir: Path) -> Path:
 
 def load_clip(clip_dir: str | Path, cfg: ClipConfig | None = None) -> ClipModel:
     """Build from open_clip_config.json when present (else the DFN5B defaults) and load weights."""
-    from engine.features.synchformer import read_state_dict
-
     clip_dir = Path(clip_dir)
     path = find_weight_file(clip_dir)  # before building: a full-size model takes seconds
     if cfg is None:
         config_file = clip_dir / "open_clip_config.json"
         cfg = ClipConfig.from_open_clip_json(config_file) if config_file.is_file() else ClipConfig()
     model = ClipModel(cfg)
-    load_clip_weights(model, read_state_dict(path), source=str(path))
+    load_clip_weights(model, load_state_dict_file(path), source=str(path))
     return model.eval()
 
 

@@ -22,9 +22,10 @@ import torch
 
 from engine.errors import CheckpointError, InvalidInputError
 from engine.features.cache import FeatureCache, file_identity
-from engine.features.clip import (ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
+from engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
                                   find_weight_file, load_clip)
-from engine.features.synchformer import SynchformerVisual, encode_sync_frames, load_synchformer
+from engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
+                                         load_synchformer)
 from engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
 
 SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
@@ -53,12 +54,13 @@ def _find_clip_dir(weights_dir: Path) -> Path:
 _loaded_clips: dict[tuple, ClipModel] = {}
 
 
-def shared_clip(clip_dir: Path) -> ClipModel:
-    """One CLIP (~4 GB in float32) for the image and the text encoder of the same directory."""
-    key = file_identity(find_weight_file(clip_dir))
+def shared_clip(clip_dir: Path, cfg: ClipConfig | None = None) -> ClipModel:
+    """One CLIP (~4 GB in float32) for the image and the text encoder of the same directory.
+    `cfg` replaces the folder's open_clip_config.json (reduced test models)."""
+    key = (file_identity(find_weight_file(clip_dir)), cfg)
     if key not in _loaded_clips:
         _loaded_clips.clear()  # keep at most one resident
-        _loaded_clips[key] = load_clip(clip_dir)
+        _loaded_clips[key] = load_clip(clip_dir, cfg)
     return _loaded_clips[key]
 
 
@@ -82,12 +84,18 @@ class MMAudioVideoEncoder:
     @classmethod
     def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
                          cache: FeatureCache | None = None,
-                         device: str | torch.device = "cpu") -> "MMAudioVideoEncoder":
+                         device: str | torch.device = "cpu",
+                         synchformer_config: SynchformerConfig | None = None,
+                         clip_config: ClipConfig | None = None) -> "MMAudioVideoEncoder":
+        """`synchformer_config` / `clip_config` replace the official sizes (tests with small
+        checkpoints). A .safetensors copy beside the Synchformer .pth is read instead of it."""
+        from engine.weights import file_to_read
+
         weights_dir = Path(weights_dir)
         clip_dir = _find_clip_dir(weights_dir)
-        sync_path = weights_dir / SYNCHFORMER_FILE
-        clip = clip if clip is not None else shared_clip(clip_dir)
-        synchformer = load_synchformer(sync_path)
+        sync_path = file_to_read(weights_dir / SYNCHFORMER_FILE) or weights_dir / SYNCHFORMER_FILE
+        clip = clip if clip is not None else shared_clip(clip_dir, clip_config)
+        synchformer = load_synchformer(sync_path, synchformer_config or SynchformerConfig())
         clip_file = find_weight_file(clip_dir)
         extractor_id = f"{file_identity(clip_file)}|{file_identity(sync_path)}"
         return cls(clip.to(device), synchformer.to(device), cache=cache, extractor_id=extractor_id)
@@ -135,9 +143,10 @@ class MMAudioTextEncoder:
 
     @classmethod
     def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
-                         device: str | torch.device = "cpu") -> "MMAudioTextEncoder":
+                         device: str | torch.device = "cpu",
+                         clip_config: ClipConfig | None = None) -> "MMAudioTextEncoder":
         clip_dir = _find_clip_dir(Path(weights_dir))
-        clip = clip if clip is not None else shared_clip(clip_dir).to(device)
+        clip = clip if clip is not None else shared_clip(clip_dir, clip_config).to(device)
         return cls(clip, ClipTokenizer(find_bpe_vocab(clip_dir), clip.cfg.context_length))
 
     from_directory = from_weights_dir

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.checkpoints import load_state_dict_file, load_strict
 from engine.errors import CheckpointError, InvalidInputError
 
 CHECKPOINT_PREFIX = "vfeat_extractor"
@@ -208,40 +209,13 @@ def load_synchformer_weights(model: SynchformerVisual, state_dict: Mapping[str, 
         raise CheckpointError(
             f"{source} has no '{CHECKPOINT_PREFIX}.*' weights. Use MMAudio's "
             "ext_weights/synchformer_state_dict.pth.")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("wrong shape", wrong)) if keys)
-        raise CheckpointError(
-            f"{source} does not fit the Synchformer visual encoder ({detail}). "
-            "Download ext_weights/synchformer_state_dict.pth again.")
-    model.load_state_dict(weights, strict=True)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The weights file {path} does not exist. Download the model weights.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"Could not read the weights file {path} ({exc}). "
-                              "It may be incomplete: download it again.") from None
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict. Download it again.")
-    return dict(state)
+    load_strict(model, weights, f"{source} does not fit the Synchformer visual encoder",
+                "Download ext_weights/synchformer_state_dict.pth again.")
 
 
 def load_synchformer(path: str | Path, cfg: SynchformerConfig = SynchformerConfig()) -> SynchformerVisual:
     model = SynchformerVisual(cfg)
-    load_synchformer_weights(model, read_state_dict(path), source=str(path))
+    load_synchformer_weights(model, load_state_dict_file(path), source=str(path))
     return model.eval()
 
 

@@ -1,0 +1,267 @@
+"""The real MMAudio stack end to end, with reduced random weights in the official layout.
+
+A temporary weights folder holds every file `stepfoley generate --weights DIR` reads, under
+its official name and in its official format (docs/weights.md): the flow network (with a
+stale `latent_rot` key, as old checkpoints have), the mel VAE, the 16 kHz BigVGAN (legacy
+weight_g/weight_v names under "generator"), the BigVGAN-v2 folder (config.json +
+bigvgan_generator.pt), the Synchformer file (only `vfeat_extractor.*` is used), the
+open_clip CLIP folder with a BPE vocabulary, and NAG ControlNets. Only the sizes are
+reduced; engine.loading.StackConfigs hands them to the same loaders the full models use.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import engine.loading
+from engine.codec.bigvgan import BigVGAN, BigVGANConfig
+from engine.codec.vae import VAE, VAEConfig
+from engine.controlnet import AudioControlNet, save_controlnet
+from engine.errors import CheckpointError
+from engine.features.clip import ClipConfig, ClipModel
+from engine.features.synchformer import SynchformerConfig, SynchformerVisual
+from engine.loading import StackConfigs, load_foley_model
+from engine.mmaudio import MMAudio, MMAudioConfig
+from engine.pipeline import Region
+from engine.session import StepSession, TrackSettings
+
+# --- reduced sizes, consistent with each other ------------------------------------------
+
+MERGES = ["f o", "fo o", "foo t</w>", "s t", "st e", "ste p", "step s</w>", "r a", "ra in</w>"]
+VOCAB_SIZE = 512 + len(MERGES) + 2  # byte tokens (x2 for end-of-word), merges, <start>/<end>
+# 384 px CLIP frames (what the MMAudio video path feeds) / 48 px patches = an 8x8 grid.
+CLIP = ClipConfig(embed_dim=24, image_size=384, patch_size=48, vision_width=32, vision_layers=1,
+                  vision_head_width=16, context_length=77, vocab_size=VOCAB_SIZE, text_width=32,
+                  text_heads=2, text_layers=1)
+SYNC = SynchformerConfig(embed_dim=32, depth=1, num_heads=2, image_size=224, patch_size=32)
+VAE_16K = VAEConfig(data_dim=80, embed_dim=8, hidden_dim=32)
+VAE_44K = VAEConfig(data_dim=128, embed_dim=12, hidden_dim=32)
+VOCODER_16K = BigVGANConfig(num_mels=80, upsample_rates=(4, 4, 2, 2, 2, 2),
+                            upsample_kernel_sizes=(8, 8, 4, 4, 4, 4), upsample_initial_channel=64)
+# nvidia/bigvgan_v2_44khz_128band_512x's config.json with the width cut from 1536 to 64.
+BIGVGAN_V2_JSON = {
+    "resblock": "1", "num_gpus": 0, "batch_size": 4, "learning_rate": 0.0001,
+    "upsample_rates": [8, 4, 2, 2, 2, 2], "upsample_kernel_sizes": [16, 8, 4, 4, 4, 4],
+    "upsample_initial_channel": 64, "resblock_kernel_sizes": [3, 7, 11],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+    "use_tanh_at_final": False, "use_bias_at_final": False, "activation": "snakebeta",
+    "snake_logscale": True, "use_cqtd_instead_of_mrd": True, "num_mels": 128, "n_fft": 2048,
+    "hop_size": 512, "win_size": 2048, "sampling_rate": 44100, "fmin": 0, "fmax": None,
+    "use_cuda_kernel": False,
+}
+
+
+def net_config(latent_dim: int) -> MMAudioConfig:
+    return MMAudioConfig(latent_dim=latent_dim, clip_dim=CLIP.embed_dim, sync_dim=SYNC.embed_dim,
+                         text_dim=CLIP.text_width, hidden_dim=64, depth=3, fused_depth=1, num_heads=2,
+                         name="reduced")
+
+
+CONFIGS = {
+    # The CLIP sizes come from the folder's open_clip_config.json, as for the real model.
+    "small_16k": StackConfigs(net=net_config(VAE_16K.embed_dim), vae=VAE_16K, vocoder=VOCODER_16K,
+                              synchformer=SYNC),
+    # The BigVGAN-v2 sizes come from its folder's config.json.
+    "small_44k": StackConfigs(net=net_config(VAE_44K.embed_dim), vae=VAE_44K, synchformer=SYNC),
+}
+REGION = (0.25, 2.25)  # seconds of the 2.5 s test video
+
+
+# --- writing the folder -------------------------------------------------------------------
+
+
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Random weights everywhere (trained-looking: no zero-initialized layer stays a no-op)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("latent_std"):
+                p.copy_(0.5 + noise.abs())
+            elif p.dim() == 1 and ("norm" in name or "ln_" in name):
+                p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+            else:
+                p.copy_(scale * noise)
+    return module
+
+
+def legacy_weight_norm_names(state_dict: dict) -> dict:
+    """The names torch.nn.utils.weight_norm gives (how the official BigVGAN files store them)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        key = key.replace(".parametrizations.weight.original0", ".weight_g")
+        renamed[key.replace(".parametrizations.weight.original1", ".weight_v")] = value
+    return renamed
+
+
+def write_vae(path, config: VAEConfig, seed: int) -> None:
+    torch.manual_seed(seed)
+    vae = VAE(config)  # magnitude-preserving convolutions start random already
+    state = vae.state_dict()
+    state["data_mean"] = torch.full_like(state["data_mean"], -5.0)
+    state["data_std"] = torch.full_like(state["data_std"], 2.0)
+    for key in state:
+        if key.endswith("learnable_gain"):
+            state[key] = torch.ones_like(state[key])  # decode to a varying mel, not the mean
+    torch.save(state, path)
+
+
+def write_vocoder(config: BigVGANConfig, seed: int) -> dict:
+    torch.manual_seed(seed)
+    vocoder = BigVGAN(config)  # its initialization makes a varying, unsaturated waveform
+    return legacy_weight_norm_names(vocoder.state_dict())
+
+
+def write_clip_folder(folder, seed: int) -> None:
+    folder.mkdir(parents=True)
+    state = dict(randomize(ClipModel(CLIP), seed, scale=0.2).state_dict())
+    state["logit_scale"] = torch.tensor(4.6)  # in the real checkpoint, not used for features
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    model_cfg = {"embed_dim": CLIP.embed_dim, "quick_gelu": True,
+                 "vision_cfg": {"image_size": CLIP.image_size, "layers": CLIP.vision_layers,
+                                "width": CLIP.vision_width, "head_width": CLIP.vision_head_width,
+                                "patch_size": CLIP.patch_size},
+                 "text_cfg": {"context_length": CLIP.context_length, "vocab_size": CLIP.vocab_size,
+                              "width": CLIP.text_width, "heads": CLIP.text_heads, "layers": CLIP.text_layers}}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    with gzip.open(folder / "bpe_simple_vocab_16e6.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+
+
+def write_flow_and_controlnet(root, variant: str, seed: int) -> MMAudio:
+    net = randomize(MMAudio(CONFIGS[variant].net), seed)
+    state = dict(net.state_dict())
+    state["latent_rot"] = torch.zeros(1, 250, 16, 2, 2)  # stale rotary table of old checkpoints
+    torch.save(state, root / "weights" / f"mmaudio_{variant}.pth")
+    controlnet = randomize(AudioControlNet.from_base(net, depth=2), seed + 1)
+    save_controlnet(root / "controlnets" / f"{variant}.safetensors", controlnet)
+    return net
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from engine.miniworld import make_scene, write_scene
+
+    root = tmp_path_factory.mktemp("mmaudio-weights")
+    for sub in ("weights", "ext_weights", "controlnets"):
+        (root / sub).mkdir()
+    nets = {v: write_flow_and_controlnet(root, v, seed) for v, seed in (("small_16k", 1), ("small_44k", 2))}
+    write_vae(root / "ext_weights" / "v1-16.pth", VAE_16K, seed=3)
+    write_vae(root / "ext_weights" / "v1-44.pth", VAE_44K, seed=4)
+    torch.save({"generator": write_vocoder(VOCODER_16K, seed=5), "optimizer": {}},
+               root / "ext_weights" / "best_netG.pt")
+    v2 = root / "ext_weights" / "bigvgan_v2_44khz_128band_512x"
+    v2.mkdir()
+    (v2 / "config.json").write_text(json.dumps(BIGVGAN_V2_JSON))
+    torch.save({"generator": write_vocoder(BigVGANConfig.from_dict(BIGVGAN_V2_JSON), seed=6)},
+               v2 / "bigvgan_generator.pt")
+    sync = randomize(SynchformerVisual(SYNC), seed=7, scale=0.1)
+    sync_state = {f"vfeat_extractor.{k}": v for k, v in sync.state_dict().items()}
+    sync_state["afeat_extractor.conv.weight"] = torch.zeros(3, 3)  # audio half: must be ignored
+    torch.save(sync_state, root / "ext_weights" / "synchformer_state_dict.pth")
+    write_clip_folder(root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384", seed=8)
+
+    video = write_scene(make_scene(21, duration=2.5), root.parent / "scene", mux_audio=False)["video"]
+    return {"root": root, "video": video, "nets": nets}
+
+
+def two_tracks(model, video) -> tuple:
+    session = StepSession(model, Region(video, *REGION))
+    first = session.next_track(TrackSettings("footsteps", steps=2, seed=1))
+    second = session.next_track(TrackSettings("rain", method="nag", steps=2, seed=2))
+    return first, second
+
+
+def assert_audio(track, sample_rate: int) -> None:
+    length = int(round((REGION[1] - REGION[0]) * sample_rate))
+    assert track.sample_rate == sample_rate and track.metadata["sample_rate"] == sample_rate
+    assert track.samples.shape == (length,) and track.samples.dtype == np.float32
+    assert np.isfinite(track.samples).all() and track.samples.std() > 1e-3
+    assert (np.abs(track.samples) < 0.999).mean() > 0.99  # a waveform, not a clipped constant
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant, sample_rate", [("small_16k", 16_000), ("small_44k", 44_100)])
+def test_generate_two_tracks_with_nag_through_the_official_layout(stack, variant, sample_rate):
+    model = load_foley_model(stack["root"], variant, configs=CONFIGS[variant])
+    assert model.model_id == f"mmaudio-{variant}+nag" and model.supports_nag and model.note == ""
+    assert model.sample_rate == sample_rate
+    # The files were read: the network holds the written weights, not a fresh initialization.
+    written = stack["nets"][variant].state_dict()
+    assert all(torch.equal(v, written[k]) for k, v in model.net.state_dict().items())
+    assert model.video_encoder.clip.cfg == CLIP  # sized by the folder's open_clip_config.json
+    assert model.video_encoder.synchformer.cfg == SYNC and model.text_encoder.clip is model.video_encoder.clip
+    if variant == "small_44k":
+        assert model.codec.vocoder.config == BigVGANConfig.from_dict(BIGVGAN_V2_JSON)
+
+    first, second = two_tracks(model, stack["video"])
+    assert first.metadata["method_used"] == "cfg" and second.metadata["method_used"] == "nag"
+    assert first.metadata["model"] == model.model_id
+    for track in (first, second):
+        assert_audio(track, sample_rate)
+
+    # The ControlNet read from controlnets/<variant>.safetensors steers track 2: the same
+    # caption and seed without NAG gives other audio.
+    session = StepSession(model, Region(stack["video"], *REGION))
+    session.add_track(first.samples, sample_rate, caption="footsteps")
+    plain = session.next_track(TrackSettings("rain", method="independent", steps=2, seed=2))
+    assert plain.metadata["method_used"] == "cfg"
+    assert not np.allclose(plain.samples, second.samples, atol=1e-6)
+
+
+def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):
+    """`stepfoley generate --weights DIR --model small_16k` through the CLI's main(). The CLI
+    has no option for reduced sizes, so load_foley_model is wrapped to add them; everything
+    else (argument parsing, build_service, the service, the WAV writer) is the real path."""
+    from stepfoley.cli import main
+
+    monkeypatch.setattr(engine.loading, "load_foley_model",
+                        functools.partial(load_foley_model, configs=CONFIGS["small_16k"]))
+    out = tmp_path / "stems"
+    out.mkdir()
+    argv = ["generate", str(stack["video"]), str(REGION[0]), str(REGION[1]), "footsteps",
+            "--weights", str(stack["root"]), "--model", "small_16k", "--steps", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert main(argv) == 0
+    first = sorted(out.glob("*.wav"))
+    assert len(first) == 1
+    assert f"wrote {first[0]}" in capsys.readouterr().out
+    # Track 2 with NAG against track 1, as the REAPER workflow does it.
+    assert main(argv[:4] + ["rain", "--existing", str(first[0])] + argv[5:]) == 0
+    assert "16000 Hz, method nag" in capsys.readouterr().out
+    stems = sorted(out.glob("*.wav"))
+    assert len(stems) == 2
+    for path in stems:
+        info = sf.info(str(path))
+        assert info.samplerate == 16_000 and info.channels == 1 and info.subtype == "PCM_24"
+        assert info.frames == int(round((REGION[1] - REGION[0]) * 16_000))
+        samples, _ = sf.read(str(path))
+        assert np.isfinite(samples).all() and np.abs(samples).max() > 0
+    assert not list(out.glob(".stepfoley_existing_mix*"))  # the temporary bounce is removed
+
+
+def test_a_missing_file_names_itself(stack, tmp_path):
+    import shutil
+
+    root = tmp_path / "weights-copy"
+    shutil.copytree(stack["root"], root)
+    (root / "ext_weights" / "best_netG.pt").unlink()
+    with pytest.raises(CheckpointError, match="best_netG.pt"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    (root / "ext_weights" / "synchformer_state_dict.pth").unlink()
+    with pytest.raises(CheckpointError, match="best_netG.pt"):  # the first missing file is named
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    with pytest.raises(CheckpointError, match="synchformer_state_dict.pth"):
+        load_foley_model(root, "small_44k", configs=CONFIGS["small_44k"])
+    (root / "weights" / "mmaudio_small_44k.pth").unlink()
+    with pytest.raises(CheckpointError, match="mmaudio_small_44k.pth"):
+        load_foley_model(root, "small_44k", configs=CONFIGS["small_44k"])
