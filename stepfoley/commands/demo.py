@@ -1,0 +1,53 @@
+"""`stepfoley demo`: build a three-track soundtrack for a mini-world clip with NAG."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="stepfoley-demo", help="folder for the run (a new run_NNN inside)")
+    p.add_argument("--seed", type=int, default=None, help="scene seed (default: one the model never saw)")
+    p.add_argument("--tracks", type=int, default=3)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--model", default=None, help="'embedded' (default) or 'tiny-random' (tests)")
+    p.add_argument("--weights", default=None, metavar="DIR", help="an MMAudio weights directory instead")
+    p.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from engine.demo import DEMO_SEED, run_demo
+    from engine.devices import choose_device
+    from engine.errors import StepFoleyError
+    from engine.loading import load_foley_model
+
+    try:
+        t0 = time.perf_counter()
+        model = load_foley_model(args.weights, args.model, choose_device(args.device))
+        load_s = time.perf_counter() - t0
+        if model.note:
+            print(f"note: {model.note}", file=sys.stderr)
+        with tqdm(total=1, desc="generating", unit="step", file=sys.stderr) as bar:
+            def progress(step, total):
+                bar.total = total
+                bar.n = step
+                bar.refresh()
+
+            result = run_demo(model, Path(args.out), args.seed if args.seed is not None else DEMO_SEED,
+                              args.tracks, args.steps, progress)
+    except StepFoleyError as e:
+        print(f"stepfoley demo: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(result.files)} files into {result.folder}:")
+    for path in result.files:
+        print(f"  {path.name}")
+    t = result.timings
+    print(f"time: load {load_s:.1f} s, video features {t['video_features']:.1f} s, sampling "
+          f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, demo total {t['total']:.1f} s")
+    return 0
