@@ -18,7 +18,7 @@ import numpy as np
 from engine import audio_io, mixing
 from engine.features.cache import FeatureCache
 from engine.miniworld import make_scene
-from engine.miniworld.writer import _write_atomically, encode_mp4
+from engine.miniworld.writer import write_atomically, encode_mp4
 from engine.pipeline import FoleyModel, Region
 from engine.session import StepSession, TrackSettings
 from engine.spectrogram import spectrogram_image
@@ -57,7 +57,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
     scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
     folder = new_run_folder(Path(out_dir))
     result = DemoResult(folder)
-    video = _write_atomically(folder / "picture.mp4", False,
+    video = write_atomically(folder / "picture.mp4", False,
                               lambda p: encode_mp4(p, scene.frames, scene.fps, None, scene.sample_rate))
     result.files.append(video)
 
@@ -84,16 +84,16 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
     composite = mixing.mix_tracks([(t.samples[None], sr) for t in session.tracks], sr, session.length)[0]
     result.files.append(audio_io.write_wav_atomic(folder / "composite.wav", composite[None], sr))
     result.files.append(_save_png(spectrogram_image(composite, sr, "composite (-20 LUFS)"), folder / "composite.png"))
-    result.files.append(_write_atomically(folder / "picture_with_foley.mp4", False,
+    result.files.append(write_atomically(folder / "picture_with_foley.mp4", False,
                                           lambda p: encode_mp4(p, scene.frames, scene.fps, composite, sr)))
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings
     manifest = {"model": model.model_id, "scene_seed": seed, "sources": list(scene.kinds),
                 "captions": captions, "tracks": records, "timings": timings}
-    result.files.append(_write_atomically(folder / "run.json", False,
+    result.files.append(write_atomically(folder / "run.json", False,
                                           lambda p: p.write_text(json.dumps(manifest, indent=1, default=str))))
     return result
 
 
 def _save_png(image, path: Path) -> Path:
-    return _write_atomically(path, False, lambda p: image.save(p, format="PNG"))
+    return write_atomically(path, False, lambda p: image.save(p, format="PNG"))

@@ -36,3 +36,48 @@ def test_demo_writes_every_file_and_never_reuses_a_run_folder(tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "run_002" / "composite.wav").exists()
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+# -- engine.spectrogram: the PNGs the demo writes --
+
+import numpy as np
+import pytest
+
+from engine.errors import InvalidInputError
+from engine.spectrogram import SpectrogramStyle, spectrogram_image
+
+
+def _plot_row_brightness(image, style):
+    left, top, right, bottom = style.plot_box
+    plot = np.asarray(image.convert("L"), np.float64)[top:bottom, left + 2:right - 2]
+    return plot.mean(axis=1)  # one value per image row of the plot area
+
+
+@pytest.mark.parametrize("tone_hz", [1000.0, 3000.0, 6000.0])
+def test_a_loud_tone_is_a_bright_line_at_its_frequency_row(tmp_path, tone_hz):
+    sr, style = 16000, SpectrogramStyle()
+    t = np.arange(2 * sr) / sr
+    noise = np.random.default_rng(0).normal(0, 0.01, t.size)
+    wave = (0.5 * np.sin(2 * np.pi * tone_hz * t) + noise).astype(np.float32)
+    path = tmp_path / "tone.png"
+    spectrogram_image(wave, sr, f"{tone_hz:g} Hz tone", style).save(path, format="PNG")
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (style.width, style.height)
+        rows = _plot_row_brightness(image, style)
+    brightest = style.plot_box[1] + int(np.argmax(rows))
+    assert abs(brightest - style.frequency_row(tone_hz, sr)) <= 2
+    assert rows.max() > 3 * np.median(rows)  # a line, not a bright picture overall
+
+
+def test_silence_draws_a_dark_plot_and_bad_audio_is_refused():
+    style = SpectrogramStyle(width=300, height=150)
+    image = spectrogram_image(np.zeros(8000, np.float32), 16000, "silence", style)
+    assert image.size == (300, 150)
+    assert _plot_row_brightness(image, style).max() < 10
+    with pytest.raises(InvalidInputError):
+        spectrogram_image(np.zeros(0, np.float32), 16000)
+    with pytest.raises(InvalidInputError):
+        spectrogram_image(np.array([0.0, np.nan], np.float32), 16000)

@@ -40,7 +40,9 @@ def _atomic_target(path: Path, overwrite: bool) -> Path:
     return Path(temp)
 
 
-def _write_atomically(path: Path, overwrite: bool, write) -> Path:
+def write_atomically(path: Path, overwrite: bool, write) -> Path:
+    """Call write(temp) on a hidden temporary name beside `path`, then rename it into place;
+    nothing is left behind on failure, and an existing `path` is kept unless `overwrite`."""
     temp = _atomic_target(path, overwrite)
     try:
         write(temp)
@@ -102,17 +104,17 @@ def write_scene(scene: Scene, directory, mux_audio: bool = True, overwrite: bool
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
-    written["video"] = _write_atomically(
+    written["video"] = write_atomically(
         directory / "video.mp4", overwrite,
         lambda p: encode_mp4(p, scene.frames, scene.fps, scene.mixture if mux_audio else None, scene.sample_rate))
 
     def wav_writer(wave):
         return lambda p: sf.write(str(p), wave, scene.sample_rate, subtype="FLOAT", format="WAV")
 
-    written["mixture"] = _write_atomically(directory / "mixture.wav", overwrite, wav_writer(scene.mixture))
+    written["mixture"] = write_atomically(directory / "mixture.wav", overwrite, wav_writer(scene.mixture))
     for i, (kind, stem) in enumerate(zip(scene.kinds, scene.stems)):
-        written[f"stem_{i}"] = _write_atomically(directory / f"stem_{i}_{kind}.wav", overwrite, wav_writer(stem))
+        written[f"stem_{i}"] = write_atomically(directory / f"stem_{i}_{kind}.wav", overwrite, wav_writer(stem))
     text = json.dumps(scene_metadata(scene), indent=1)
-    written["metadata"] = _write_atomically(directory / "scene.json", overwrite,
+    written["metadata"] = write_atomically(directory / "scene.json", overwrite,
                                             lambda p: p.write_text(text, encoding="utf-8"))
     return written
