@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from engine.controlnet import AudioControlNet, ControlNetConfig
+from engine.controlnet import AudioControlNet
 from engine.guidance import classifier_free_guidance
 from engine.mmaudio import MMAudio, MMAudioConfig
 from engine.sampler import euler_sample, guided_velocity, initial_noise

@@ -321,7 +321,6 @@ class RemoteJob:
             pass  # a reply that does not fit protocol 1 says nothing we can use
 
     def _apply(self, address: str, args: list, kind: str) -> None:
-        s = self.status
         if address == protocol.ACCEPTED:
             if not self.accepted:
                 self.accepted = True

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from engine import audio_io, mixing
 from engine.features.cache import FeatureCache

@@ -8,7 +8,7 @@ import time
 import pytest
 import soundfile as sf
 
-from bridge import osc, protocol
+from bridge import protocol
 from bridge.client import EngineClient
 from bridge.server import ConfigError, EngineServer, ServerConfig
 from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, runner, server  # noqa: F401

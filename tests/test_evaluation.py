@@ -3,7 +3,6 @@ round trip, the runner end to end with the tiny-random model, and `stepfoley eva
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

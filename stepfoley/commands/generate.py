@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine import audio_io
     from engine.errors import StepFoleyError
     from engine.service import build_service
 
