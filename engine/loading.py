@@ -47,9 +47,11 @@ class StackConfigs:
 
 def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
     """Prefer the .safetensors copy (no pickle, faster), else the official .pth."""
-    for ext in (".safetensors", ".pth"):
-        if (weights_dir / (stem + ext)).is_file():
-            return weights_dir / (stem + ext)
+    from engine.weights import file_to_read
+
+    found = file_to_read(weights_dir / (stem + ".pth"))
+    if found is not None:
+        return found
     raise CheckpointError(f"{weights_dir / (stem + '.pth')} is missing: the MMAudio flow network weights. "
                           "Run `stepfoley weights check DIR` to see what the directory holds.")
 

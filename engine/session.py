@@ -22,6 +22,7 @@ import torch
 from engine import mixing
 from engine.devices import autocast_context
 from engine.errors import InvalidInputError
+from engine.mmaudio import SequenceLengths
 from engine.pipeline import FoleyModel, Region
 from engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
 
@@ -154,6 +155,11 @@ class StepSession:
         if effective == "negative_prompt" and not negative:
             effective = "cfg"  # no earlier captions to push away from
 
+        # The captions are the same for every window: encode them once.
+        with torch.inference_mode():
+            text_f = model.text_encoder.encode([settings.caption]).to(model.device)
+            negative_text = (model.text_encoder.encode([negative]).to(model.device)
+                             if effective == "negative_prompt" else None)
         total = settings.steps * len(self.windows)
         timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0}
         pieces = []
@@ -163,10 +169,10 @@ class StepSession:
                     on_step(w * settings.steps + step, total)
 
             a, b = int(round(w_start * sr)), int(round(w_end * sr))
-            cond_audio = None if condition is None else condition[a:b]
+            cond_audio = condition[a:b] if effective == "nag" else None
             wave = self._generate_window(
-                self.region.start + w_start, self.region.start + w_end, settings, effective,
-                negative, cond_audio, seed=settings.seed + w, on_step=window_progress,
+                self.region.start + w_start, self.region.start + w_end, settings, text_f,
+                negative_text, cond_audio, seed=settings.seed + w, on_step=window_progress,
                 is_cancelled=is_cancelled, timings=timings)
             pieces.append((a, wave[: b - a]))
         samples = crossfade_join(pieces, self.length)
@@ -196,25 +202,23 @@ class StepSession:
         return self.feature_cache.get_or_compute(key, compute)
 
     @torch.inference_mode()
-    def _generate_window(self, start, end, settings, effective, negative, cond_audio, seed,
+    def _generate_window(self, start, end, settings, text_f, negative_text, cond_audio, seed,
                          on_step, is_cancelled, timings) -> np.ndarray:
+        """One window: cond_audio (S,) is x̃ for NAG, None for CFG; negative_text for a
+        negative prompt, else None."""
         model, net, device = self.model, self.model.net, self.model.device
         duration = end - start
         latent_len = model.codec.latent_length(duration)
         t0 = time.perf_counter()
         clip_f, sync_f = (f.to(device) for f in self._video_features(start, end))
         timings["video_features"] += time.perf_counter() - t0
-        text_f = model.text_encoder.encode([settings.caption]).to(device)
 
         cond = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
-        lengths = type(net.config.seq_lengths)(latent_len, clip_f.shape[1], sync_f.shape[1])
-        negative_text = None
-        if effective == "negative_prompt":
-            negative_text = model.text_encoder.encode([negative]).to(device)
+        lengths = SequenceLengths(latent_len, clip_f.shape[1], sync_f.shape[1])
         uncond = net.get_empty_conditions(1, negative_text_features=negative_text, seq_lengths=lengths)
 
         audio_rows = None
-        if effective == "nag":
+        if cond_audio is not None:
             empty_text = net.empty_string_feat.unsqueeze(0)
             video_only = net.preprocess_conditions(clip_f, sync_f, empty_text, latent_seq_len=latent_len)
             wave = torch.from_numpy(np.ascontiguousarray(cond_audio))[None].to(device)

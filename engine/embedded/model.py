@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engine.controlnet import AudioControlNet, ControlNetConfig
 from engine.embedded.codec import MelCodec
 from engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from engine.embedded.text import EmbeddedTextEncoder
+from engine.checkpoints import save_safetensors_atomic
 from engine.errors import CheckpointError
 from engine.mmaudio import MMAudio, MMAudioConfig
 from engine.pipeline import FoleyModel
@@ -87,15 +88,11 @@ def load_embedded_model(device: torch.device | str = "cpu", random_weights: bool
 def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet,
                           metadata: dict[str, str]) -> Path:
     """One safetensors file: `net.*` and `controlnet.*`, the configs and the training record."""
-    path = Path(path)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"controlnet.{k}": v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()})
     meta = {"net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
             "controlnet_config": json.dumps(vars(controlnet.config)), **metadata}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
 
 
 def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> str:

@@ -13,7 +13,7 @@ from engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
 from engine.loading import load_foley_model
 from engine.training.features import FeatureSet, controlnet_batches, extract_features, read_dataset_list
 from engine.training.objectives import controlnet_flow_loss
-from engine.training.trainer import LossModule, TrainConfig, distributed_context, train
+from engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
@@ -39,10 +39,7 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
                          checkpoint_every=checkpoint_every)
     batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
     result = train(loss, controlnet, batches, config, device, work_dir)
-    with torch.no_grad():
-        own = dict(controlnet.named_parameters())
-        for name, value in result.params.items():
-            own[name].copy_(value)
+    load_trained(controlnet, result.params)
     variant = variant or model.model_id.removeprefix("mmaudio-")
     out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
     if rank == 0:

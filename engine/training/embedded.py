@@ -24,7 +24,7 @@ import torch
 from engine.training.features import (FeatureSet, base_batches, controlnet_batches, extract_features,
                                       read_dataset_list)
 from engine.training.objectives import base_flow_loss, controlnet_flow_loss
-from engine.training.trainer import LossModule, TrainConfig, distributed_context, train
+from engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -130,7 +130,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     loss = LossModule({"net": net}, lambda parts, batch, g: base_flow_loss(parts["net"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data_seed, rank, world)
     result = train(loss, net, batches, base_cfg, device, work_dir / "base", log)
-    _load_trained(net, result.params)
+    load_trained(net, result.params)
     figures["base"] = _phase_figures(result)
 
     # Phase 2: the NAG ControlNet, base frozen.
@@ -143,7 +143,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
     batches = controlnet_batches(data, net.normalize, recipe.batch_size, recipe.data_seed, rank, world)
     result = train(loss, controlnet, batches, cn_cfg, device, work_dir / "controlnet", log)
-    _load_trained(controlnet, result.params)
+    load_trained(controlnet, result.params)
     figures["controlnet"] = _phase_figures(result)
 
     figures["total_seconds"] = time.perf_counter() - t0
@@ -154,13 +154,6 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
             "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)})
         log(f"wrote {out_path}")
     return figures
-
-
-def _load_trained(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        own = dict(module.named_parameters())
-        for name, value in params.items():
-            own[name].copy_(value)
 
 
 def _phase_figures(result) -> dict:

@@ -71,6 +71,14 @@ class LossModule(torch.nn.Module):
         return self.loss_fn(self.parts, batch, generator)
 
 
+def load_trained(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Copy the trained tensors (TrainResult.params) into the module."""
+    with torch.no_grad():
+        own = dict(module.named_parameters())
+        for name, value in params.items():
+            own[name].copy_(value)
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)

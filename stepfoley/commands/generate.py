@@ -80,8 +80,6 @@ def _bounce(paths: list[str], sample_rate: int, folder: str) -> str:
 
     tracks = [audio_io.read_audio(p) for p in paths]
     length = max(int(round(s.shape[-1] * sample_rate / sr)) for s, sr in tracks)
-    fitted = [mixing.fit_length(mixing.match_channels(mixing.resample(s, sr, sample_rate), 1), length)
-              for s, sr in tracks]
     path = audio_io.unique_path(folder, ".stepfoley_existing_mix")
-    audio_io.write_wav_atomic(path, sum(fitted), sample_rate, subtype="FLOAT")
+    audio_io.write_wav_atomic(path, mixing.mix_tracks(tracks, sample_rate, length), sample_rate, subtype="FLOAT")
     return str(path)
