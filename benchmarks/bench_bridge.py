@@ -1,8 +1,8 @@
 """Bridge figures on loopback: ping round trip, the request-to-result overhead beyond the
 generation itself (target <= 100 ms), and the throughput of queued requests.
 
-    python benchmarks/bench_bridge.py [--pings 1000] [--requests 200]
-    python benchmarks/bench_bridge.py --port 9017   # pings against a running `stepfoley serve`
+    stepfoley bench bridge [--pings 1000] [--requests 200]
+    stepfoley bench bridge --port 9017   # pings against a running `stepfoley serve`
 
 The in-process engine uses a runner that writes a tiny real WAV, so the figures are the
 bridge's own cost (sockets, JSON, validation, queueing, the status-file client loop)."""
@@ -19,10 +19,8 @@ import time
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bridge.client import EngineClient, send_request  # noqa: E402
-from bridge.server import EngineServer, ServerConfig  # noqa: E402
+from bridge.client import EngineClient, send_request
+from bridge.server import EngineServer, ServerConfig
 
 
 class TimedRunner:
@@ -96,13 +94,13 @@ def bench_throughput(port: int, folder: str, n: int, steps: int) -> None:
           f"= {n / elapsed:.0f} requests/s ({elapsed / n * 1e3:.2f} ms each, generation included)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="stepfoley bench bridge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pings", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--port", type=int, default=None, help="ping a running engine instead of an in-process one")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.port is not None:
         bench_ping(args.port, args.pings)
         return

@@ -2,7 +2,7 @@
 second track is a cache hit and should cost ~nothing. Random-weight, reduced-size networks
 (the config is printed); run with --full for the official sizes (slow on CPU).
 
-    python benchmarks/bench_features.py [--seconds 8] [--full] [--device cpu]
+    stepfoley bench features [--seconds 8] [--full] [--device cpu]
 """
 
 import argparse
@@ -38,12 +38,13 @@ def write_test_video(path: Path, seconds: float, width=1280, height=720, fps=25)
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="stepfoley bench features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--full", action="store_true", help="official network sizes")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.full:
         clip_cfg, sync_cfg = ClipConfig(), SynchformerConfig()

@@ -1,8 +1,8 @@
 """Load time of weight files: .pth (torch.load) vs .safetensors, and the codec build.
 
-    python benchmarks/bench_weights_load.py                 # synthetic file, 64 MB
-    python benchmarks/bench_weights_load.py --mb 256
-    python benchmarks/bench_weights_load.py --dir ~/mmaudio-weights [--codec 16k]
+    stepfoley bench weights-load                 # synthetic file, 64 MB
+    stepfoley bench weights-load --mb 256
+    stepfoley bench weights-load --dir ~/mmaudio-weights [--codec 16k]
 
 With --dir it times every official file that has a .safetensors copy beside it (make them
 with `stepfoley weights convert DIR`), and with --codec the whole MMAudioCodec.from_directory.
@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def best_of(repeat: int, fn) -> float:
@@ -76,13 +74,13 @@ def real_dir(root: Path, repeat: int, codec_mode: str | None) -> None:
         print(f"MMAudioCodec.from_directory({codec_mode}): {t:.2f} s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="stepfoley bench weights-load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--codec", choices=["16k", "44k"], default=None)
     parser.add_argument("--mb", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.dir:
         real_dir(args.dir.expanduser(), args.repeat, args.codec)
     else:

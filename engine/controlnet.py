@@ -143,11 +143,14 @@ class AudioControlNet(nn.Module):
         audio_latent: Tensor,
         base: MMAudio,
         audio_features: Tensor | None = None,
+        latent_embedding: Tensor | None = None,
     ) -> list[Tensor]:
         """Residuals for the base's first `depth` blocks, each (B, N, H).
 
         `conditions` are the base's preprocessed conditions of the audio branch (video, empty
-        caption). `audio_features` may carry a precomputed `embed_audio_condition(audio_latent)`.
+        caption). `audio_features` may carry a precomputed `embed_audio_condition(audio_latent)`,
+        `latent_embedding` the base's `embed_latent(latent)` (the sampler shares it with the
+        base's own rows).
         """
         # latent: (B, N, C); t: (B,) or 0-dim; audio_latent: (B or 1, N, C)
         B, N, _ = latent.shape
@@ -163,7 +166,9 @@ class AudioControlNet(nn.Module):
         conditions = conditions.expand(B)
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
 
-        h = base.audio_input_proj(latent) + audio_features  # (B, N, H)
+        if latent_embedding is None:
+            latent_embedding = base.embed_latent(latent)
+        h = latent_embedding + audio_features  # (B, N, H)
         global_c = base.global_conditioning(t, conditions)  # (B, 1, H)
         token_c = base.token_conditioning(global_c, conditions)  # (B, N, H)
         rope = base.latent_rope(N, latent.device)

@@ -16,7 +16,7 @@ config's 8 s lengths, `latent_seq_len=` (see `SequenceLengths.for_duration`). Ro
 the sync upsampling index are derived from the actual lengths and cached per length.
 
 What a ControlNet (engine/controlnet.py) can build on:
-    net.audio_input_proj                    latent (B, N, C) -> (B, N, H)
+    net.embed_latent(latent)                (B, N, C) -> (B, N, H), the audio input projection
     net.timestep_embedding(t)               (B,) -> (B, 1, H)
     net.global_conditioning(t, cond)        (B, 1, H) = timestep embedding + global cond MLP
     net.token_conditioning(global_c, cond)  (B, N, H) = global_c + upsampled sync ("extended_c")
@@ -643,20 +643,31 @@ class MMAudio(nn.Module):
         """(B, N, H) per-token conditioning of the audio stream ("extended_c")."""
         return global_c + conditions.sync_f
 
+    def embed_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The audio stream's input projection, (B, N, C) -> (B, N, H). It depends on the latent
+        alone, so the guidance branches of one step, which all start from the same x, share it."""
+        return self.audio_input_proj(latent)
+
     def predict_flow(self, latent: torch.Tensor, t: torch.Tensor, conditions: PreprocessedConditions,
-                     control: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                     control: Optional[Sequence[torch.Tensor]] = None, *,
+                     latent_embedding: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Velocity for normalized latents. latent (B, N, C); t (B,) or 0-dim; conditions of batch B
-        or 1; control[i] (B, N, H) is added to the audio stream after block i."""
+        or 1; control[i] (B, N, H) is added to the audio stream after block i. `latent_embedding`
+        (B, N, H) is `embed_latent(latent)` when the caller already has it."""
         # latent: (B, N, C)
         B, N, _ = latent.shape
         conditions = conditions.expand(B)
         self._check_step_inputs(latent, conditions, control)
+        if latent_embedding is not None and tuple(latent_embedding.shape) != (B, N, self.hidden_dim):
+            raise InvalidInputError(
+                f"The latent embedding has shape {list(latent_embedding.shape)}; expected "
+                f"{[B, N, self.hidden_dim]} for a latent of shape {list(latent.shape)}.")
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t
         clip_f, text_f = conditions.clip_f, conditions.text_f
         latent_rope = self.latent_rope(N, latent.device)
         clip_rope = self.clip_rope(clip_f.shape[1], N, latent.device)
 
-        x = self.audio_input_proj(latent)  # (B, N, H)
+        x = self.embed_latent(latent) if latent_embedding is None else latent_embedding  # (B, N, H)
         global_c = self.global_conditioning(t, conditions)  # (B, 1, H)
         extended_c = self.token_conditioning(global_c, conditions)  # (B, N, H)
         control = list(control or [])

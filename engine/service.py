@@ -154,19 +154,26 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def build_service(weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                  model: str | None = None, compile: bool = False) -> FoleyService:
-    """Load a model once and wrap it. weights_dir None: the embedded mini-world model.
-    model "tiny-random": random weights through the same code path, for tests only.
-    compile: torch.compile the per-step network path (CUDA only; the first job is slower)."""
-    import torch
-
-    from engine.devices import choose_device
+def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str | None = None,
+                       device: str = "auto", precision: str = "auto", compile: bool = False):
+    """The FoleyModel on the chosen device and precision. weights_dir None: the embedded
+    mini-world model; model "tiny-random": random weights through the same code path, for tests
+    only. compile: torch.compile the per-step network path (CUDA only; the first job is slower)."""
+    from engine.devices import check_precision, choose_device, maybe_compile
     from engine.loading import load_foley_model
 
+    precision = check_precision(precision)
     foley = load_foley_model(weights_dir=weights_dir, variant=model, device=choose_device(device))
-    if compile and foley.device.type == "cuda":
-        foley.net.predict_flow = torch.compile(foley.net.predict_flow)
+    foley.precision = precision
+    if compile:
+        foley.net.predict_flow = maybe_compile(foley.net.predict_flow, True, foley.device)
+    return foley
+
+
+def build_service(weights_dir: str | os.PathLike | None = None, device: str = "auto",
+                  model: str | None = None, precision: str = "auto", compile: bool = False) -> FoleyService:
+    """Load a model once (see load_runtime_model) and wrap it with a feature cache."""
+    foley = load_runtime_model(weights_dir, model, device, precision, compile)
     cache = None
     try:
         from engine.features.cache import FeatureCache

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine import mixing
-from engine.devices import autocast_context
+from engine.devices import autocast_context, resolve_precision
 from engine.errors import InvalidInputError
 from engine.mmaudio import SequenceLengths
 from engine.pipeline import FoleyModel, Region
@@ -182,6 +182,7 @@ class StepSession:
             "method_used": effective,
             "negative_caption": negative if effective == "negative_prompt" else None,
             "model": model.model_id,
+            "precision": resolve_precision(model.device, model.precision),
             "region": {"video": str(self.region.video), "start": self.region.start, "end": self.region.end},
             "sample_rate": sr,
             "duration": self.length / sr,

@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "train": "train the base model or the NAG ControlNet",
     "eval": "compare NAG with the baselines on mini-world scenes",
     "weights": "check or convert a directory of MMAudio weights",
+    "bench": "run a benchmark that prints speed and memory figures",
 }
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from engine import devices
-from engine.devices import autocast_context, choose_device, default_threads, maybe_compile
+from engine.devices import autocast_context, choose_device, default_threads, maybe_compile, resolve_precision
 from engine.errors import InvalidInputError
 
 
@@ -69,6 +69,16 @@ def test_autocast_bf16_on_cpu_when_asked():
     with autocast_context("cpu", "bf16"):
         assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
     assert layer(torch.ones(1, 4)).dtype == torch.float32
+
+
+def test_resolved_precision_is_what_autocast_runs(monkeypatch):
+    assert resolve_precision("cpu", "auto") == "fp32"
+    assert resolve_precision("cpu", "bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("cuda", "auto") == "bf16"
+    assert resolve_precision("cuda", "fp32") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("cuda", "auto") == "fp32"
 
 
 def test_unknown_precision_is_refused():

@@ -193,6 +193,17 @@ def test_control_of_wrong_shape_is_rejected():
 
 
 @torch.no_grad()
+def test_precomputed_latent_embedding_gives_the_same_flow():
+    net, x = tiny_net(), tiny_inputs()
+    cond = net.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])
+    embedded = net.embed_latent(x["latent"])
+    assert torch.equal(net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded),
+                       net.predict_flow(x["latent"], x["t"], cond))
+    with pytest.raises(InvalidInputError, match="latent embedding has shape"):
+        net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded[:1])
+
+
+@torch.no_grad()
 def test_batched_cond_and_empty_rows_match_separate_forwards():
     net, x = tiny_net(), tiny_inputs(bs=1)
     cond = net.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])

@@ -253,9 +253,9 @@ class ForwardSpy:
         self.rows = []
         original = net.predict_flow
 
-        def spy(latent, t, conditions, control=None):
+        def spy(latent, t, conditions, control=None, **kwargs):
             self.rows.append(latent.shape[0])
-            return original(latent, t, conditions, control=control)
+            return original(latent, t, conditions, control=control, **kwargs)
 
         monkeypatch.setattr(net, "predict_flow", spy)
         self.original = original
@@ -334,6 +334,24 @@ def test_nag_with_zero_beta_is_the_two_branch_cfg(tiny, monkeypatch):
                           controlnet=trained_looking())(t, x)
     cfg = guided_velocity(tiny, cond, uncond, alpha=4.5)(t, x)
     assert spy.rows == [4, 4] and torch.equal(nag, cfg)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.5])
+@torch.inference_mode()
+def test_audio_input_projection_runs_once_per_step_for_all_branches(tiny, beta):
+    from test_controlnet import trained_looking
+    from engine.sampler import guided_velocity
+
+    cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
+    rows = []
+    hook = tiny.audio_input_proj.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        velocity = guided_velocity(tiny, cond, uncond, alpha=4.5, beta=beta,
+                                   nag=(video_only, audio_latent), controlnet=trained_looking())
+        euler_sample(velocity, x, steps=3)
+    finally:
+        hook.remove()
+    assert rows == [2, 2, 2]  # B = 2 items, not 2B (CFG) or 3B + B (NAG with its ControlNet)
 
 
 @torch.inference_mode()

@@ -51,6 +51,7 @@ def test_track_one_is_cfg_then_nag_uses_the_mix(tiny, scene_video):
     assert second.metadata["method_used"] == "nag"
     assert second.metadata["track_index"] == 2
     assert set(second.metadata["timings"]) == {"video_features", "sampling", "decoding"}
+    assert second.metadata["precision"] == "fp32"  # CPU, precision 'auto'
 
 
 def test_nag_differs_from_independent_and_seed_reproduces(tiny, scene_video):
@@ -133,3 +134,14 @@ def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
 def test_parse_request_rejects_bad_fields(scene_video, tmp_path, change, message):
     with pytest.raises(InvalidInputError, match=message):
         parse_request({**_request(scene_video, tmp_path), **change})
+
+
+def test_bf16_precision_runs_and_is_recorded(scene_video):
+    from engine.service import load_runtime_model
+
+    model = load_runtime_model(model="tiny-random", device="cpu", precision="bf16")
+    track = StepSession(model, Region(scene_video, 0.0, 2.0)).next_track(TrackSettings("rain", steps=2))
+    assert track.metadata["precision"] == "bf16"
+    assert np.isfinite(track.samples).all() and np.abs(track.samples).max() > 0
+    with pytest.raises(InvalidInputError, match="precision"):
+        load_runtime_model(model="tiny-random", precision="fp8")

@@ -85,6 +85,7 @@ def controlnet_flow_loss(net, controlnet, batch: Batch, drop_prob: float = 0.1,
     clip, sync, text = null_conditions(net, batch, drop_prob, generator, drop_text_always=True)
     conditions = net.preprocess_conditions(clip, sync, text, latent_seq_len=batch.latent.shape[1])
     x0, t, xt = _noisy_pair(batch.latent, generator)
-    control = controlnet(xt, t, conditions, batch.cond_latent, base=net)
-    v = net.predict_flow(xt, t, conditions, control=control)
+    embedded = net.embed_latent(xt)  # the frozen base's projection, shared with the ControlNet
+    control = controlnet(xt, t, conditions, batch.cond_latent, base=net, latent_embedding=embedded)
+    v = net.predict_flow(xt, t, conditions, control=control, latent_embedding=embedded)
     return F.mse_loss(v.float(), (batch.latent - x0).float())

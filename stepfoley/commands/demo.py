@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stepfoley.commands.runtime import add_runtime_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="stepfoley-demo", help="folder for the run (a new run_NNN inside)")
@@ -12,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--model", default=None, help="'embedded' (default) or 'tiny-random' (tests)")
     p.add_argument("--weights", default=None, metavar="DIR", help="an MMAudio weights directory instead")
-    p.add_argument("--device", default="auto")
+    add_runtime_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,13 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engine.demo import DEMO_SEED, run_demo
-    from engine.devices import choose_device
     from engine.errors import StepFoleyError
-    from engine.loading import load_foley_model
+    from engine.service import load_runtime_model
 
     try:
         t0 = time.perf_counter()
-        model = load_foley_model(args.weights, args.model, choose_device(args.device))
+        model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stepfoley.commands.runtime import add_runtime_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="the picture (mp4, mov, mkv, ...)")
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a directory of official MMAudio weights (default: the embedded mini-world model)")
     p.add_argument("--model", default=None,
                    help="model variant (small_16k, small_44k, ...; 'tiny-random' = random weights, for tests)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_runtime_arguments(p)
     p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the model's)")
     p.add_argument("--format", choices=("wav24", "wav32f"), default="wav24")
     p.add_argument("--out", default=".", help="folder for the new stem (a new unique name is chosen)")
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.service import build_service
 
     try:
-        service = build_service(args.weights, device=args.device, model=args.model)
+        service = build_service(args.weights, device=args.device, model=args.model,
+                                precision=args.precision, compile=args.compile)
         if service.model.note:
             print(f"note: {service.model.note}", file=sys.stderr)
         existing = None

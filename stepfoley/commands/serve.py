@@ -7,6 +7,7 @@ import logging
 import sys
 
 from bridge import protocol
+from stepfoley.commands.runtime import add_runtime_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default="", help="shared secret every message must carry (required off loopback)")
     parser.add_argument("--weights", default=None, metavar="DIR",
                         help="folder of MMAudio weights (default: the embedded mini-world model)")
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default)")
     parser.add_argument("--model", default=None, help="model variant inside --weights (for example small_16k)")
     parser.add_argument("--max-queue", type=int, default=256, help="jobs that may wait at once (default 256)")
+    add_runtime_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
 
 
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     print("Loading the model...", file=sys.stderr, flush=True)
     try:
-        service = build_service(weights_dir=args.weights, device=args.device, model=args.model)
+        service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
+                                precision=args.precision, compile=args.compile)
     except StepFoleyError as e:
         server.stop()
         print(f"Could not load the model: {e}", file=sys.stderr)

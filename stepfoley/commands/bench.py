@@ -1,0 +1,28 @@
+"""`stepfoley bench NAME [options]`: run one of the benchmarks in `benchmarks/`, which print
+figures (speed targets are checked there, never in timed unit tests)."""
+
+from __future__ import annotations
+
+import argparse
+
+# name -> (module in benchmarks/, what it measures)
+BENCHMARKS = {
+    "sampler": ("bench_sampler", "batched CFG vs the MMAudio-style loop, NAG vs CFG step time, peak memory"),
+    "bridge": ("bench_bridge", "OSC ping round trip, request overhead, queued throughput"),
+    "features": ("bench_features", "per-track time split (decode, CLIP, Synchformer) with the feature cache"),
+    "weights-load": ("bench_weights_load", ".pth vs .safetensors load time"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Run a benchmark. " + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()) + "."
+    p.add_argument("name", choices=BENCHMARKS, help="which benchmark")
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="the benchmark's own options (see stepfoley bench NAME --help)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{BENCHMARKS[args.name][0]}")
+    return int(module.main(args.options) or 0)
