@@ -321,7 +321,9 @@ class QKVProjection(nn.Module):
         B, N, dim = x.shape
         qkv = self.qkv(x).view(B, N, self.num_heads, dim // self.num_heads, 3).transpose(1, 2)
         q, k, v = qkv.unbind(dim=-1)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # Normed in float32 (a no-op in fp32): under bf16 autocast a bf16 input with the float32
+        # weight would miss the fused kernel and come back float32 anyway.
+        q, k = self.q_norm(q.float()), self.k_norm(k.float())
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
