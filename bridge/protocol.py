@@ -29,7 +29,7 @@ MAX_STEPS = 1000
 MAX_GUIDANCE = 100.0
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
 FORMATS = ("wav24", "wav32f")
-METHODS = ("nag", "independent", "negative_prompt")
+METHODS = ("nag", "independent", "negative_prompt", "reference")
 
 PREFIX = "/stepfoley"
 
@@ -155,6 +155,7 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
     "negative_caption": "",
     "previous_captions": [],
     "existing_mix": None,
+    "reference_audio": None,
     "output_dir": None,
     "sample_rate": 48000,
     "format": "wav24",
@@ -202,6 +203,11 @@ def validate_request(request: Any, check_paths: bool = True) -> dict:
 
     if out["existing_mix"] is not None:
         out["existing_mix"] = _path(out["existing_mix"], "existing_mix")
+    if (out["method"] == "reference") != (out["reference_audio"] is not None):
+        _invalid("method 'reference' needs reference_audio (the recording to sound like), and "
+                 "reference_audio is only used by method 'reference'.")
+    if out["reference_audio"] is not None:
+        out["reference_audio"] = _path(out["reference_audio"], "reference_audio")
     out["output_dir"] = _path(out["output_dir"], "output_dir")
     if check_paths:
         d = out["output_dir"]
@@ -260,7 +266,7 @@ def _with_defaults(obj: dict, defaults: dict, where: str) -> dict:
     for key, default in defaults.items():
         if key in obj:
             out[key] = obj[key]
-        elif default is None and key not in ("existing_mix", "project_end"):
+        elif default is None and key not in ("existing_mix", "reference_audio", "project_end"):
             _invalid(f"{where} is missing the required field '{key}'.")
         else:
             out[key] = list(default) if isinstance(default, list) else default

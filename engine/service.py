@@ -33,6 +33,7 @@ class StemRequest:
     playrate: float
     settings: TrackSettings
     existing_mix: Path | None
+    reference_audio: Path | None
     output_dir: Path
     sample_rate: int
     format: str
@@ -70,6 +71,11 @@ def parse_request(request: dict) -> StemRequest:
         existing = Path(str(existing))
         if not existing.is_file():
             raise InvalidInputError(f"The bounced mix '{existing}' does not exist.")
+    reference = request.get("reference_audio")
+    if reference is not None:
+        reference = Path(str(reference))
+        if not reference.is_file():
+            raise InvalidInputError(f"The reference sound '{reference}' does not exist.")
     sample_rate = int(_number(request.get("sample_rate", 48000), "sample_rate"))
     if sample_rate not in SAMPLE_RATES:
         raise InvalidInputError(f"Sample rate {sample_rate} Hz is not supported; use one of {SAMPLE_RATES}.")
@@ -100,7 +106,8 @@ def parse_request(request: dict) -> StemRequest:
         video=video,
         file_in=_number(region.get("file_in", 0.0), "file_in"),
         file_out=_number(region.get("file_out"), "file_out"),
-        playrate=playrate, settings=settings, existing_mix=existing, output_dir=output_dir,
+        playrate=playrate, settings=settings, existing_mix=existing, reference_audio=reference,
+        output_dir=output_dir,
         sample_rate=sample_rate, format=fmt,
         name_hint=str(request.get("name_hint") or settings.caption))
 
@@ -119,10 +126,12 @@ class FoleyService:
                  is_cancelled: Callable[[], bool] | None = None) -> dict:
         req = parse_request(request)
         session = StepSession(self.model, Region(req.video, req.file_in, req.file_out), self.feature_cache)
-        if req.existing_mix is not None:
+        if req.existing_mix is not None and req.reference_audio is None:
             samples, sr = audio_io.read_audio(req.existing_mix)
             session.add_track(samples, sr)
-        track = session.next_track(req.settings, on_step=on_progress, is_cancelled=is_cancelled)
+        reference = audio_io.read_audio(req.reference_audio) if req.reference_audio is not None else None
+        track = session.next_track(req.settings, on_step=on_progress, is_cancelled=is_cancelled,
+                                   reference=reference)
 
         # The picture plays at `playrate`, so the stem is varispeeded to the project-time length.
         length = int(round(req.project_duration * req.sample_rate))
@@ -140,6 +149,7 @@ class FoleyService:
             "lufs": _finite_or_none(mixing.integrated_loudness(stem, req.sample_rate)),
             "playrate": req.playrate,
             "format": req.format,
+            "reference_audio": os.fspath(req.reference_audio) if req.reference_audio else None,
         }
         return {"stem_path": os.fspath(path), "metadata": metadata}
 

@@ -4,6 +4,10 @@
 Per the paper (Sec. 5.1): the audio condition x̃ for track k is the loudness-normalized
 (-20 LUFS) mix of tracks 1..k-1; track 1 has nothing to negate and uses plain CFG.
 
+Method "reference" (MultiFoley's "make it sound like this") uses the same ControlNet with the
+opposite sign: the audio condition is a reference recording, looped or trimmed to the region
+and normalized like x̃, and beta pulls the new track toward it.
+
 Regions longer than the network's 8 s window are generated window by window (same seed,
 offset per window) and joined with an equal-power crossfade; each window gets the matching
 slice of x̃, so NAG sees exactly the sounds under that stretch of picture.
@@ -26,7 +30,7 @@ from engine.mmaudio import SequenceLengths
 from engine.pipeline import FoleyModel, Region
 from engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
 
-METHODS = ("nag", "independent", "negative_prompt")
+METHODS = ("nag", "independent", "negative_prompt", "reference")
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
 MIN_REGION_S = 1.0  # one Synchformer segment is 0.64 s; below a second there is no picture to follow
@@ -133,20 +137,41 @@ class StepSession:
 
     # -- generation --
 
+    def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
+        """A reference recording as an audio condition (S,): mono at the model's rate, looped or
+        trimmed to the region, at the loudness x̃ has."""
+        samples = mixing.as_channels_first(np.asarray(samples, np.float32))
+        if samples.shape[-1] == 0:
+            raise InvalidInputError("The reference sound is empty (zero length); choose another recording.")
+        mono = mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
+        if not np.any(mono):
+            raise InvalidInputError("The reference sound is silent; choose a recording of the sound you want.")
+        looped = np.tile(mono, (1, math.ceil(self.length / mono.shape[-1])))[:, : self.length]
+        return mixing.loudness_normalize(looped, self.model.sample_rate, CONDITION_LUFS)[0]
+
     def next_track(self, settings: TrackSettings, on_step: ProgressFn | None = None,
-                   is_cancelled: CancelFn | None = None) -> Track:
+                   is_cancelled: CancelFn | None = None,
+                   reference: tuple[np.ndarray, int] | None = None) -> Track:
+        """The next track. `reference` (samples, sample_rate) is the recording that method
+        "reference" pulls toward; the other methods take none."""
         model, sr = self.model, self.model.sample_rate
-        condition = self.conditioning_mix()
         method = settings.method
-        if condition is None or (method == "nag" and settings.beta == 0):
+        if (method == "reference") != (reference is not None):
+            raise InvalidInputError(
+                "A reference sound goes with method 'reference', and method 'reference' needs one: "
+                "give both or neither."
+            )
+        condition = self.reference_condition(*reference) if reference is not None else self.conditioning_mix()
+        if condition is None or (method in ("nag", "reference") and settings.beta == 0):
             effective = "cfg"  # track 1 (nothing to negate) and beta = 0 are plain CFG
-        elif method == "nag":
+        elif method in ("nag", "reference"):
             if model.controlnet is None:
                 raise InvalidInputError(
-                    f"The model '{model.model_id}' has no NAG ControlNet, so it cannot steer away from "
-                    "earlier tracks; use method 'independent' or 'negative_prompt', or load a ControlNet."
+                    f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks "
+                    "or a reference sound; use method 'independent' or 'negative_prompt', or load a "
+                    "ControlNet."
                 )
-            effective = "nag"
+            effective = method
         elif method == "independent":
             effective = "cfg"
         else:
@@ -169,10 +194,10 @@ class StepSession:
                     on_step(w * settings.steps + step, total)
 
             a, b = int(round(w_start * sr)), int(round(w_end * sr))
-            cond_audio = condition[a:b] if effective == "nag" else None
+            cond_audio = condition[a:b] if effective in ("nag", "reference") else None
             wave = self._generate_window(
                 self.region.start + w_start, self.region.start + w_end, settings, text_f,
-                negative_text, cond_audio, seed=settings.seed + w, on_step=window_progress,
+                negative_text, cond_audio, effective, seed=settings.seed + w, on_step=window_progress,
                 is_cancelled=is_cancelled, timings=timings)
             pieces.append((a, wave[: b - a]))
         samples = crossfade_join(pieces, self.length)
@@ -203,10 +228,10 @@ class StepSession:
         return self.feature_cache.get_or_compute(key, compute)
 
     @torch.inference_mode()
-    def _generate_window(self, start, end, settings, text_f, negative_text, cond_audio, seed,
+    def _generate_window(self, start, end, settings, text_f, negative_text, cond_audio, method, seed,
                          on_step, is_cancelled, timings) -> np.ndarray:
-        """One window: cond_audio (S,) is x̃ for NAG, None for CFG; negative_text for a
-        negative prompt, else None."""
+        """One window: cond_audio (S,) is x̃ for NAG or the reference for method "reference",
+        None for CFG; negative_text for a negative prompt, else None."""
         model, net, device = self.model, self.model.net, self.model.device
         duration = end - start
         latent_len = model.codec.latent_length(duration)
@@ -226,9 +251,10 @@ class StepSession:
             audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
             audio_rows = (video_only, audio_latent)
 
+        audio_guidance = {"reference" if method == "reference" else "nag": audio_rows}
         velocity = guided_velocity(
             net, cond, uncond, alpha=settings.alpha, beta=settings.beta,
-            nag=audio_rows, controlnet=model.controlnet)
+            controlnet=model.controlnet, **audio_guidance)
         x0 = initial_noise([seed], latent_len, net.latent_dim, device=device)
         t0 = time.perf_counter()
         with autocast_context(device, model.precision):

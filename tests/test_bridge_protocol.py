@@ -21,6 +21,14 @@ def test_minimal_request_gets_every_default(tmp_path):
                        "output_dir": str(out)}, "validation must not change the caller's dict"
 
 
+def test_reference_request_keeps_its_recording(tmp_path):
+    request = make_request(tmp_path)
+    request.update(method="reference", reference_audio="/sounds/gravel.wav")
+    checked = protocol.validate_request(request)
+    assert (checked["method"], checked["reference_audio"]) == ("reference", "/sounds/gravel.wav")
+    assert protocol.validate_request(make_request(tmp_path))["reference_audio"] is None
+
+
 def test_project_end_follows_the_playrate(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, "playrate": 2.0, "project_start": 10.0}
@@ -44,6 +52,9 @@ def test_project_end_follows_the_playrate(tmp_path):
         ({"format": "mp3"}, "format 'mp3'"),
         ({"output_dir": "relative/dir"}, "must be an absolute path"),
         ({"existing_mix": ""}, "existing_mix must be a file path"),
+        ({"method": "reference"}, "method 'reference' needs reference_audio"),
+        ({"reference_audio": "/ref.wav"}, "only used by method 'reference'"),
+        ({"method": "reference", "reference_audio": "ref.wav"}, "must be an absolute path"),
         ({"previous_captions": "rain"}, "previous_captions must be a list"),
         ({"colour": "red"}, "Unknown field(s) in request: colour"),
         ({"region": {"video": "/v.mp4", "file_in": 3, "file_out": 2}}, "must be after region.file_in"),

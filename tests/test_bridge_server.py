@@ -245,9 +245,10 @@ def test_a_busy_port_is_a_clear_error(server):
 
 
 def test_queue_limit(tmp_path):
-    gate = threading.Event()
+    gate, running = threading.Event(), threading.Event()
 
     def blocked(request, on_progress, is_cancelled):
+        running.set()
         gate.wait(5)
         return SineRunner()(request, on_progress, is_cancelled)
 
@@ -258,6 +259,8 @@ def test_queue_limit(tmp_path):
             p.generate(make_request(tmp_path), f"q{i}")
             address, args = p.receive_until({protocol.ACCEPTED, protocol.ERROR})[-1]
             codes.append(args[2] if address == protocol.ERROR else "accepted")
+            if i == 0:  # the worker must have taken job 0 off the queue, however busy the CPU
+                assert running.wait(5)
         gate.set()
         p.close()
     assert codes == ["accepted", "accepted", "accepted", "queue_full"]

@@ -238,8 +238,12 @@ def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):
     # Track 2 with NAG against track 1, as the REAPER workflow does it.
     assert main(argv[:4] + ["rain", "--existing", str(first[0])] + argv[5:]) == 0
     assert "16000 Hz, method nag" in capsys.readouterr().out
+    # Track 3 sounds like a reference recording (MultiFoley's control, same ControlNet).
+    assert main(argv[:4] + ["gravel", "--reference", str(first[0])] + argv[5:]) == 0
+    assert "16000 Hz, method reference" in capsys.readouterr().out
+    assert main(argv + ["--method", "reference"]) == 2  # no --reference given
     stems = sorted(out.glob("*.wav"))
-    assert len(stems) == 2
+    assert len(stems) == 3
     for path in stems:
         info = sf.info(str(path))
         assert info.samplerate == 16_000 and info.channels == 1 and info.subtype == "PCM_24"

@@ -145,3 +145,63 @@ def test_bf16_precision_runs_and_is_recorded(scene_video):
     assert np.isfinite(track.samples).all() and np.abs(track.samples).max() > 0
     with pytest.raises(InvalidInputError, match="precision"):
         load_runtime_model(model="tiny-random", precision="fp8")
+
+
+def _tone(seconds, sr, channels=1, hz=440.0):
+    t = np.arange(int(seconds * sr)) / sr
+    return np.tile(0.2 * np.sin(2 * np.pi * hz * t, dtype=np.float64), (channels, 1)).astype(np.float32)
+
+
+def test_reference_condition_is_looped_to_the_region_at_the_mix_loudness(tiny, scene_video):
+    session = StepSession(tiny, Region(scene_video, 0.0, 3.0))
+    short = _tone(0.7, 48000, channels=2)
+    condition = session.reference_condition(short, 48000)
+    assert condition.shape == (3 * 16000,)
+    np.testing.assert_allclose(condition[: 11200], condition[11200: 22400], atol=1e-6)  # 0.7 s period
+    assert abs(mixing.integrated_loudness(condition[None], 16000) - (-20.0)) < 0.5
+
+
+def test_reference_pulls_where_nag_pushes(tiny, scene_video):
+    reference = _tone(1.0, 16000, hz=220.0)
+
+    def track(method, beta=1.5):
+        session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+        if method == "nag":
+            session.add_track(reference, 16000)  # the same sound as an earlier track
+        settings = TrackSettings("footsteps", method=method, beta=beta, seed=4, steps=2)
+        return session.next_track(settings, reference=(reference, 16000) if method == "reference" else None)
+
+    pulled, pushed, plain = track("reference"), track("nag"), track("independent")
+    assert pulled.metadata["method_used"] == "reference"
+    assert np.abs(pulled.samples - plain.samples).max() > 1e-3
+    assert np.abs(pulled.samples - pushed.samples).max() > 1e-3
+    np.testing.assert_array_equal(track("reference", beta=0.0).samples, plain.samples)
+
+
+def test_reference_needs_its_method_and_a_sound(tiny, scene_video):
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    tone = _tone(1.0, 16000)
+    with pytest.raises(InvalidInputError, match="give both or neither"):
+        session.next_track(TrackSettings("rain", method="reference", steps=1))
+    with pytest.raises(InvalidInputError, match="give both or neither"):
+        session.next_track(TrackSettings("rain", steps=1), reference=(tone, 16000))
+    with pytest.raises(InvalidInputError, match="silent"):
+        session.next_track(TrackSettings("rain", method="reference", steps=1),
+                           reference=(np.zeros(16000, np.float32), 16000))
+    with pytest.raises(InvalidInputError, match="empty"):
+        session.next_track(TrackSettings("rain", method="reference", steps=1),
+                           reference=(np.zeros(0, np.float32), 16000))
+    assert session.tracks == []
+
+
+def test_service_makes_a_track_that_sounds_like_a_reference(tiny, scene_video, tmp_path):
+    reference = tmp_path / "reference.wav"
+    sf.write(reference, _tone(0.5, 44100, channels=2).T, 44100)
+    before = reference.read_bytes()
+    result = FoleyService(tiny)(_request(scene_video, tmp_path, method="reference", reference_audio=str(reference)))
+    meta = result["metadata"]
+    assert meta["method_used"] == "reference" and meta["reference_audio"] == str(reference)
+    assert sf.read(result["stem_path"])[0].shape == (96000,)
+    assert reference.read_bytes() == before  # only read
+    with pytest.raises(InvalidInputError, match="reference sound .* does not exist"):
+        parse_request(_request(scene_video, tmp_path, method="reference", reference_audio=str(tmp_path / "no.wav")))

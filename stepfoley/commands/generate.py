@@ -14,9 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("caption", help='the sound to make, e.g. "footsteps on gravel"')
     p.add_argument("--existing", nargs="*", default=[], metavar="WAV",
                    help="stems already made for this region (or one bounce of them); NAG steers away from them")
-    p.add_argument("--method", choices=("nag", "independent", "negative_prompt"), default="nag")
+    p.add_argument("--reference", default=None, metavar="WAV",
+                   help="a recording the new track should sound like (method 'reference'; beta is the pull)")
+    p.add_argument("--method", choices=("nag", "independent", "negative_prompt", "reference"), default=None,
+                   help="default: reference with --reference, else nag")
     p.add_argument("--alpha", type=float, default=4.5, help="text/video guidance strength (CFG)")
-    p.add_argument("--beta", type=float, default=1.5, help="negative audio guidance strength")
+    p.add_argument("--beta", type=float, default=1.5, help="negative audio guidance strength (or pull toward --reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--negative-caption", default=None, help="for --method negative_prompt")
@@ -39,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.errors import StepFoleyError
     from engine.service import build_service
 
+    method = args.method or ("reference" if args.reference else "nag")
+    if (method == "reference") != bool(args.reference):
+        print("stepfoley: --method reference and --reference WAV go together.", file=sys.stderr)
+        return 2
     try:
         service = build_service(args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile)
@@ -50,9 +57,10 @@ def run(args: argparse.Namespace) -> int:
         request = {
             "region": {"video": os.path.abspath(args.video), "file_in": args.start, "file_out": args.end,
                        "playrate": 1.0},
-            "caption": args.caption, "method": args.method, "alpha": args.alpha, "beta": args.beta,
+            "caption": args.caption, "method": method, "alpha": args.alpha, "beta": args.beta,
             "seed": args.seed, "steps": args.steps, "negative_caption": args.negative_caption,
-            "existing_mix": existing, "output_dir": os.path.abspath(args.out),
+            "existing_mix": existing,
+            "reference_audio": os.path.abspath(args.reference) if args.reference else None, "output_dir": os.path.abspath(args.out),
             "sample_rate": args.sample_rate or service.model.sample_rate, "format": args.format,
         }
         bar = tqdm(total=args.steps, desc=args.caption[:40], unit="step", file=sys.stderr)
