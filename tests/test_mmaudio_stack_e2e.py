@@ -242,6 +242,7 @@ def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):
     assert main(argv[:4] + ["gravel", "--reference", str(first[0])] + argv[5:]) == 0
     assert "16000 Hz, method reference" in capsys.readouterr().out
     assert main(argv + ["--method", "reference"]) == 2  # no --reference given
+    assert main(argv + ["--reference", str(first[0]), "--existing", str(first[0])]) == 2
     stems = sorted(out.glob("*.wav"))
     assert len(stems) == 3
     for path in stems:

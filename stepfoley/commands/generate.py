@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     if (method == "reference") != bool(args.reference):
         print("stepfoley: --method reference and --reference WAV go together.", file=sys.stderr)
         return 2
+    if args.reference and args.existing:
+        print("stepfoley: --reference makes a track like a recording and ignores earlier stems; "
+              "leave out --existing.", file=sys.stderr)
+        return 2
     try:
         service = build_service(args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile)
