@@ -31,6 +31,7 @@ from engine.pipeline import FoleyModel, Region
 from engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
 
 METHODS = ("nag", "independent", "negative_prompt", "reference")
+AUDIO_CONDITIONED = ("nag", "reference")  # the methods that read audio through the ControlNet
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
 MIN_REGION_S = 1.0  # one Synchformer segment is 0.64 s; below a second there is no picture to follow
@@ -119,12 +120,17 @@ class StepSession:
 
     def add_track(self, samples: np.ndarray, sample_rate: int, caption: str | None = None) -> None:
         """Add an existing track (a generated stem, or the DAW's bounce of several) to the stack."""
+        mono = self._mono_at_model_rate(
+            samples, sample_rate, "The existing track is empty (zero length): bounce the Foley tracks again.")
+        self.tracks.append(Track(mixing.fit_length(mono, self.length)[0], self.model.sample_rate,
+                                 caption=caption))
+
+    def _mono_at_model_rate(self, samples: np.ndarray, sample_rate: int, if_empty: str) -> np.ndarray:
+        # samples: any channel layout -> (1, S') mono at the model's rate
         samples = mixing.as_channels_first(np.asarray(samples, np.float32))
         if samples.shape[-1] == 0:
-            raise InvalidInputError("The existing track is empty (zero length): bounce the Foley tracks again.")
-        mono = mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)[0]
-        self.tracks.append(Track(mixing.fit_length(mono[None], self.length)[0], self.model.sample_rate,
-                                 caption=caption))
+            raise InvalidInputError(if_empty)
+        return mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
 
     def conditioning_mix(self) -> np.ndarray | None:
         """x̃: the loudness-normalized sum of the tracks so far, or None before the first one."""
@@ -140,10 +146,8 @@ class StepSession:
     def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """A reference recording as an audio condition (S,): mono at the model's rate, looped or
         trimmed to the region, at the loudness x̃ has."""
-        samples = mixing.as_channels_first(np.asarray(samples, np.float32))
-        if samples.shape[-1] == 0:
-            raise InvalidInputError("The reference sound is empty (zero length); choose another recording.")
-        mono = mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
+        mono = self._mono_at_model_rate(
+            samples, sample_rate, "The reference sound is empty (zero length); choose another recording.")
         if not np.any(mono):
             raise InvalidInputError("The reference sound is silent; choose a recording of the sound you want.")
         looped = np.tile(mono, (1, math.ceil(self.length / mono.shape[-1])))[:, : self.length]
@@ -162,9 +166,9 @@ class StepSession:
                 "give both or neither."
             )
         condition = self.reference_condition(*reference) if reference is not None else self.conditioning_mix()
-        if condition is None or (method in ("nag", "reference") and settings.beta == 0):
+        if condition is None or (method in AUDIO_CONDITIONED and settings.beta == 0):
             effective = "cfg"  # track 1 (nothing to negate) and beta = 0 are plain CFG
-        elif method in ("nag", "reference"):
+        elif method in AUDIO_CONDITIONED:
             if model.controlnet is None:
                 raise InvalidInputError(
                     f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks "
@@ -194,7 +198,7 @@ class StepSession:
                     on_step(w * settings.steps + step, total)
 
             a, b = int(round(w_start * sr)), int(round(w_end * sr))
-            cond_audio = condition[a:b] if effective in ("nag", "reference") else None
+            cond_audio = condition[a:b] if effective in AUDIO_CONDITIONED else None
             wave = self._generate_window(
                 self.region.start + w_start, self.region.start + w_end, settings, text_f,
                 negative_text, cond_audio, effective, seed=settings.seed + w, on_step=window_progress,

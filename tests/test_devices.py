@@ -111,3 +111,9 @@ def test_cuda_path_on_a_real_gpu():
     compiled = maybe_compile(layer, enabled=True)
     assert compiled is not layer
     torch.testing.assert_close(compiled(torch.ones(1, 8, device=device)), layer(torch.ones(1, 8, device=device)))
+
+
+def test_command_line_offers_exactly_the_engine_precisions():
+    from stepfoley.commands.runtime import PRECISIONS
+
+    assert PRECISIONS == devices.PRECISIONS

@@ -1,9 +1,6 @@
 """FeatureCache through MMAudioVideoEncoder with small real CLIP and Synchformer networks;
 forward calls are counted with hooks on those networks, the cache itself is not mocked."""
 
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +11,7 @@ from engine.features.clip import ClipConfig, ClipModel, encode_clip_frames
 from engine.features.mmaudio_features import MMAudioVideoEncoder
 from engine.features.synchformer import SynchformerConfig, SynchformerVisual, encode_sync_frames
 from engine.video import expected_frame_counts, read_regions
+from test_video import write_video as write_timed_video
 
 CLIP_CFG = ClipConfig(embed_dim=24, image_size=28, patch_size=14, vision_width=32, vision_layers=1,
                       vision_head_width=16, vocab_size=64, text_width=16, text_heads=2, text_layers=1)
@@ -21,19 +19,10 @@ SYNC_CFG = SynchformerConfig(embed_dim=16, depth=1, num_heads=2, image_size=32)
 
 
 def write_video(path, seconds=1.2, seed=0, fps=25):
+    """A 64x48 H.264 clip of random frames at a constant `fps`."""
     rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(round(seconds * fps)):
-            image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    pts_ms = [round(i * 1000 / fps) for i in range(round(seconds * fps))]
+    return write_timed_video(path, pts_ms, image=lambda i, w, h: rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 class Counted:

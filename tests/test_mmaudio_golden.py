@@ -197,8 +197,10 @@ def test_precomputed_latent_embedding_gives_the_same_flow():
     net, x = tiny_net(), tiny_inputs()
     cond = net.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])
     embedded = net.embed_latent(x["latent"])
-    assert torch.equal(net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded),
-                       net.predict_flow(x["latent"], x["t"], cond))
+    flow = net.predict_flow(x["latent"], x["t"], cond)
+    assert torch.equal(net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded), flow)
+    # and it is really what the blocks read, not a recomputation
+    assert not torch.equal(net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded + 0.1), flow)
     with pytest.raises(InvalidInputError, match="latent embedding has shape"):
         net.predict_flow(x["latent"], x["t"], cond, latent_embedding=embedded[:1])
 

@@ -162,15 +162,18 @@ def test_reference_condition_is_looped_to_the_region_at_the_mix_loudness(tiny, s
 
 
 def test_reference_pulls_where_nag_pushes(tiny, scene_video):
-    reference = _tone(1.0, 16000, hz=220.0)
+    reference = _tone(2.0, 16000, hz=220.0)  # the region's length: no looping, so both conditions match
 
     def track(method, beta=1.5):
         session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
         if method == "nag":
             session.add_track(reference, 16000)  # the same sound as an earlier track
+            np.testing.assert_allclose(session.conditioning_mix(), session.reference_condition(reference, 16000),
+                                       atol=1e-5)
         settings = TrackSettings("footsteps", method=method, beta=beta, seed=4, steps=2)
         return session.next_track(settings, reference=(reference, 16000) if method == "reference" else None)
 
+    # Same audio condition, opposite sign: the two tracks differ only by the direction of beta.
     pulled, pushed, plain = track("reference"), track("nag"), track("independent")
     assert pulled.metadata["method_used"] == "reference"
     assert np.abs(pulled.samples - plain.samples).max() > 1e-3
