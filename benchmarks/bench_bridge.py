@@ -19,8 +19,8 @@ import time
 import numpy as np
 import soundfile as sf
 
-from bridge.client import EngineClient, send_request
-from bridge.server import EngineServer, ServerConfig
+from stepfoley.bridge.client import EngineClient, send_request
+from stepfoley.bridge.server import EngineServer, ServerConfig
 
 
 class TimedRunner:

@@ -15,11 +15,11 @@ import av
 import numpy as np
 import torch
 
-from engine.features.cache import FeatureCache
-from engine.features.clip import ClipConfig, ClipModel
-from engine.features.mmaudio_features import MMAudioVideoEncoder
-from engine.features.synchformer import SynchformerConfig, SynchformerVisual
-from engine.video import CLIP_SIZE
+from stepfoley.engine.features.cache import FeatureCache
+from stepfoley.engine.features.clip import ClipConfig, ClipModel
+from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
+from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual
+from stepfoley.engine.video import CLIP_SIZE
 
 
 def write_test_video(path: Path, seconds: float, width=1280, height=720, fps=25) -> Path:

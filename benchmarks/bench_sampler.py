@@ -24,11 +24,11 @@ import time
 
 import torch
 
-from engine.controlnet import AudioControlNet
-from engine.devices import autocast_context
-from engine.guidance import classifier_free_guidance
-from engine.mmaudio import MMAudio, MMAudioConfig
-from engine.sampler import euler_sample, guided_velocity, initial_noise
+from stepfoley.engine.controlnet import AudioControlNet
+from stepfoley.engine.devices import autocast_context
+from stepfoley.engine.guidance import classifier_free_guidance
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+from stepfoley.engine.sampler import euler_sample, guided_velocity, initial_noise
 
 
 def mmaudio_style_velocity(net, conditions, empty, alpha):

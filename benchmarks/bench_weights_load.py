@@ -29,7 +29,7 @@ def best_of(repeat: int, fn) -> float:
 
 
 def compare(pth: Path, copy: Path, entry: str | None, repeat: int) -> None:
-    from engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.checkpoints import load_state_dict_file
 
     def touched(state: dict) -> None:
         # safetensors maps pages lazily: read every tensor once so both figures include the I/O.
@@ -45,7 +45,7 @@ def compare(pth: Path, copy: Path, entry: str | None, repeat: int) -> None:
 def synthetic(mb: int, repeat: int) -> None:
     import torch
 
-    from engine.checkpoints import save_safetensors_atomic
+    from stepfoley.engine.checkpoints import save_safetensors_atomic
 
     # Shaped like a conv-net checkpoint: many medium tensors.
     n = max(1, mb * 2**20 // (4 * 512 * 512 * 3))
@@ -58,7 +58,7 @@ def synthetic(mb: int, repeat: int) -> None:
 
 
 def real_dir(root: Path, repeat: int, codec_mode: str | None) -> None:
-    from engine.weights import FILES, safetensors_copy
+    from stepfoley.engine.weights import FILES, safetensors_copy
 
     for spec in FILES.values():
         pth = root / spec.checkpoint_relpath()
@@ -68,7 +68,7 @@ def real_dir(root: Path, repeat: int, codec_mode: str | None) -> None:
         elif pth.is_file():
             print(f"{pth.name:34s} no .safetensors copy (run `stepfoley weights convert {root}`)")
     if codec_mode:
-        from engine.codec.mmaudio_codec import MMAudioCodec
+        from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
 
         t = best_of(1, lambda: MMAudioCodec.from_directory(root, codec_mode))
         print(f"MMAudioCodec.from_directory({codec_mode}): {t:.2f} s")

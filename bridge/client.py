@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from bridge import osc, protocol
+from stepfoley.bridge import osc, protocol
 
 EXIT_DONE = 0
 EXIT_USAGE = 2

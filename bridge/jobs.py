@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from bridge import protocol
+from stepfoley.bridge import protocol
 
 log = logging.getLogger("stepfoley.bridge")
 

@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge import osc, protocol
-from bridge.jobs import Job, JobBook, Runner
+from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.jobs import Job, JobBook, Runner
 
 log = logging.getLogger("stepfoley.bridge")
 

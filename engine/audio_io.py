@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from engine.errors import AudioError, InvalidInputError
+from stepfoley.engine.errors import AudioError, InvalidInputError
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48

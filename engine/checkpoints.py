@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError
 
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"

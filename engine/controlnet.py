@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
 FORMAT = "stepfoley.nag_controlnet"
 FORMAT_VERSION = "1"

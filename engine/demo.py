@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 
-from engine import audio_io, mixing
-from engine.features.cache import FeatureCache
-from engine.miniworld import make_scene
-from engine.miniworld.writer import write_atomically, encode_mp4
-from engine.pipeline import FoleyModel, Region
-from engine.session import StepSession, TrackSettings
-from engine.spectrogram import spectrogram_image
+from stepfoley.engine import audio_io, mixing
+from stepfoley.engine.features.cache import FeatureCache
+from stepfoley.engine.miniworld import make_scene
+from stepfoley.engine.miniworld.writer import write_atomically, encode_mp4
+from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.session import StepSession, TrackSettings
+from stepfoley.engine.spectrogram import spectrogram_image
 
 DEMO_SEED = 20261122  # outside the training scene seeds [0, 100000)
 

@@ -13,7 +13,7 @@ from typing import ContextManager
 
 import torch
 
-from engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICE_HINT = "Use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'."

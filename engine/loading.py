@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.pipeline import FoleyModel
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.pipeline import FoleyModel
 
 if TYPE_CHECKING:  # the loaders themselves are imported lazily, when a stack is loaded
-    from engine.codec.bigvgan import BigVGANConfig
-    from engine.codec.vae import VAEConfig
-    from engine.features.clip import ClipConfig
-    from engine.features.synchformer import SynchformerConfig
-    from engine.mmaudio import MMAudioConfig
+    from stepfoley.engine.codec.bigvgan import BigVGANConfig
+    from stepfoley.engine.codec.vae import VAEConfig
+    from stepfoley.engine.features.clip import ClipConfig
+    from stepfoley.engine.features.synchformer import SynchformerConfig
+    from stepfoley.engine.mmaudio import MMAudioConfig
 
 MMAUDIO_VARIANTS = {
     # variant: (flow checkpoint, codec mode)
@@ -47,7 +47,7 @@ class StackConfigs:
 
 def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
     """Prefer the .safetensors copy (no pickle, faster), else the official .pth."""
-    from engine.weights import file_to_read
+    from stepfoley.engine.weights import file_to_read
 
     found = file_to_read(weights_dir / (stem + ".pth"))
     if found is not None:
@@ -58,11 +58,11 @@ def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
 
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
-    from engine.checkpoints import load_state_dict_file
-    from engine.codec.mmaudio_codec import MMAudioCodec
-    from engine.controlnet import load_controlnet
-    from engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
-    from engine.mmaudio import MMAudio, MMAudioConfig
+    from stepfoley.engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
+    from stepfoley.engine.controlnet import load_controlnet
+    from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
+    from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
     weights_dir = Path(weights_dir)
     if not weights_dir.is_dir():
@@ -108,7 +108,7 @@ def load_foley_model(weights_dir: str | Path | None = None, variant: str | None 
         return load_mmaudio_model(weights_dir, variant, device, configs=configs)
     if configs is not None:
         raise InvalidInputError("Reduced stack configs apply only to an MMAudio weights directory.")
-    from engine.embedded.model import load_embedded_model
+    from stepfoley.engine.embedded.model import load_embedded_model
 
     if variant in (None, "embedded"):
         return load_embedded_model(device=device)

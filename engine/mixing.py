@@ -20,7 +20,7 @@ import pedalboard
 import pyloudnorm
 from scipy.signal import resample_poly
 
-from engine.errors import AudioError, InvalidInputError
+from stepfoley.engine.errors import AudioError, InvalidInputError
 
 # BS.1770 measures loudness over 400 ms gating blocks; shorter audio has no defined loudness.
 LOUDNESS_BLOCK_S = 0.4

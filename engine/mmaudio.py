@@ -39,8 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.checkpoints import load_strict
-from engine.errors import InvalidInputError
+from stepfoley.engine.checkpoints import load_strict
+from stepfoley.engine.errors import InvalidInputError
 
 SYNC_FRAMES_PER_SEGMENT = 8  # each Synchformer segment yields 8 feature frames
 ROPE_THETA = 10000

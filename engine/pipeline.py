@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from engine.errors import GenerationCancelled, GenerationError, InvalidInputError
-from engine.guidance import (
+from stepfoley.engine.errors import GenerationCancelled, GenerationError, InvalidInputError
+from stepfoley.engine.guidance import (
     classifier_free_guidance,
     negative_audio_guidance,
     reference_audio_guidance,

@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from engine import audio_io, mixing
-from engine.errors import InvalidInputError
-from engine.pipeline import FoleyModel, Region
-from engine.session import METHODS, StepSession, TrackSettings
+from stepfoley.engine import audio_io, mixing
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.session import METHODS, StepSession, TrackSettings
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
@@ -169,8 +169,8 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
     """The FoleyModel on the chosen device and precision. weights_dir None: the embedded
     mini-world model; model "tiny-random": random weights through the same code path, for tests
     only. compile: torch.compile the per-step network path (CUDA only; the first job is slower)."""
-    from engine.devices import check_precision, choose_device, maybe_compile
-    from engine.loading import load_foley_model
+    from stepfoley.engine.devices import check_precision, choose_device, maybe_compile
+    from stepfoley.engine.loading import load_foley_model
 
     precision = check_precision(precision)
     foley = load_foley_model(weights_dir=weights_dir, variant=model, device=choose_device(device))
@@ -186,7 +186,7 @@ def build_service(weights_dir: str | os.PathLike | None = None, device: str = "a
     foley = load_runtime_model(weights_dir, model, device, precision, compile)
     cache = None
     try:
-        from engine.features.cache import FeatureCache
+        from stepfoley.engine.features.cache import FeatureCache
         cache = FeatureCache()
     except ImportError:
         pass

@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import mixing
-from engine.devices import autocast_context, resolve_precision
-from engine.errors import InvalidInputError
-from engine.mmaudio import SequenceLengths
-from engine.pipeline import FoleyModel, Region
-from engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
+from stepfoley.engine import mixing
+from stepfoley.engine.devices import autocast_context, resolve_precision
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.mmaudio import SequenceLengths
+from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
 
 METHODS = ("nag", "independent", "negative_prompt", "reference")
 AUDIO_CONDITIONED = ("nag", "reference")  # the methods that read audio through the ControlNet

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 
 # Colour stops from black through purple and orange to pale yellow: brightness rises
 # monotonically, so loud reads as bright even in greyscale.

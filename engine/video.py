@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.errors import VideoError
+from stepfoley.engine.errors import VideoError
 
 CLIP_FPS = 8
 CLIP_SIZE = 384

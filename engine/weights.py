@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError
 
 MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
 
@@ -127,7 +127,7 @@ def _take_entry(loaded: dict, entry: str | None, path: Path) -> dict:
 def read_state_dict(path: Path, entry: str | None = None) -> dict:
     """Tensors of an official checkpoint, or of its .safetensors copy (which holds the
     entry's tensors directly), on the CPU."""
-    from engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.checkpoints import load_state_dict_file
 
     path = Path(path)
     source = file_to_read(path)
@@ -195,7 +195,7 @@ def _compare_folded_weight_norm(shapes: dict[str, tuple], manifest_file: Path) -
 
 def compare_with_manifest(spec: WeightFile, shapes: dict[str, tuple], manifest_file: Path) -> list[str]:
     """Problems (sentences) between a file's key -> shape map and its manifest; [] if it fits."""
-    from engine.checkpoints import check_against_manifest
+    from stepfoley.engine.checkpoints import check_against_manifest
 
     if spec.keep_prefix:
         shapes = {k: v for k, v in shapes.items() if k.startswith(spec.keep_prefix)}
@@ -339,7 +339,7 @@ def convert_file(source: Path, entry: str | None = None) -> Conversion:
     """Write `<stem>.safetensors` beside a .pth/.pt (atomic; never replaces a file)."""
     import torch
 
-    from engine.checkpoints import load_state_dict_file, save_safetensors_atomic
+    from stepfoley.engine.checkpoints import load_state_dict_file, save_safetensors_atomic
 
     target = safetensors_copy(source)
     if target.exists():

@@ -2,13 +2,13 @@
 """StepFoley: Generate Foley track for time selection, as a Python ReaScript.
 
 Does what the Lua action of the same name does, but talks to the engine with StepFoley's
-client library (bridge.client.EngineClient) inside REAPER instead of starting
+client library (stepfoley.bridge.client.EngineClient) inside REAPER instead of starting
 `stepfoley send`: submit() returns at once and poll() is called from an RPR_defer loop.
 
 Needs ReaScript Python enabled (Options > Preferences > Plug-ins > ReaScript) and the
 StepFoley package importable from REAPER's Python: set the ExtState
-StepFoley/package_dir to the folder holding `bridge/` (the repository or site-packages),
-or install StepFoley into the Python REAPER uses. Render settings are saved and restored
+StepFoley/package_dir to the site-packages folder of a Python where StepFoley is installed
+(the one holding `stepfoley/`), or install StepFoley into the Python REAPER uses. Render settings are saved and restored
 exactly as in the Lua version (same keys).
 """
 
@@ -235,10 +235,10 @@ def main():
     if package_dir and package_dir not in sys.path:
         sys.path.insert(0, package_dir)
     try:
-        from bridge.client import EngineClient
+        from stepfoley.bridge.client import EngineClient
     except ImportError:
         alert("REAPER's Python cannot import StepFoley's client library.\n\nSet the StepFoley package folder "
-              "(the one holding bridge/) in ExtState StepFoley/package_dir, or use the Lua action instead.")
+              "(the site-packages folder holding stepfoley/) in ExtState StepFoley/package_dir, or use the Lua action instead.")
         return
     proj = RPR_EnumProjects(-1, "", 0)[0]
     _, _, _, t0, t1, _ = RPR_GetSet_LoopTimeRange2(proj, False, False, 0, 0, False)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from engine import audio_io
-from engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_wav_atomic
-from engine.errors import AudioError, InvalidInputError
+from stepfoley.engine import audio_io
+from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_wav_atomic
+from stepfoley.engine.errors import AudioError, InvalidInputError
 
 
 def noise(channels, length, seed=0, scale=0.5):

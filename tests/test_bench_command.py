@@ -14,7 +14,7 @@ def test_every_benchmark_module_exists_and_takes_argv():
     import inspect
 
     for module_name, _ in BENCHMARKS.values():
-        module = importlib.import_module(f"benchmarks.{module_name}")
+        module = importlib.import_module(f"stepfoley.bench.{module_name}")
         assert "argv" in inspect.signature(module.main).parameters
 
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from bridge import client as bc
-from bridge import protocol
-from bridge.server import EngineServer, ServerConfig
+from stepfoley.bridge import client as bc
+from stepfoley.bridge import protocol
+from stepfoley.bridge.server import EngineServer, ServerConfig
 from stepfoley.cli import main
 from test_bridge_kit import SineRunner, client, make_request, runner, server  # noqa: F401
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bridge import osc, protocol
-from bridge.client import EngineClient
-from bridge.server import EngineServer, ServerConfig
-from engine.errors import AudioError, GenerationCancelled, VideoError
+from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.client import EngineClient
+from stepfoley.bridge.server import EngineServer, ServerConfig
+from stepfoley.engine.errors import AudioError, GenerationCancelled, VideoError
 
 SUBTYPES = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 

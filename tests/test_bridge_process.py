@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import protocol
-from bridge.client import EXIT_NOT_RUNNING, EngineClient
+from stepfoley.bridge import protocol
+from stepfoley.bridge.client import EXIT_NOT_RUNNING, EngineClient
 from test_bridge_kit import RawPeer, make_request
 
 TESTS = Path(__file__).resolve().parent
@@ -20,7 +20,7 @@ REPO = TESTS.parent
 # The same serve loop as `stepfoley serve` (serve_until_signalled), with the sine runner.
 ENGINE = """
 import sys
-from bridge.server import EngineServer, ServerConfig, serve_until_signalled
+from stepfoley.bridge.server import EngineServer, ServerConfig, serve_until_signalled
 from test_bridge_kit import SineRunner
 server = EngineServer(SineRunner(step_s=float(sys.argv[1]), write_s=float(sys.argv[2])), ServerConfig(port=0))
 print(server.address[1], flush=True)

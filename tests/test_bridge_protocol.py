@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bridge import osc, protocol
+from stepfoley.bridge import osc, protocol
 from test_bridge_kit import make_request
 
 

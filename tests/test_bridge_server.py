@@ -8,9 +8,9 @@ import time
 import pytest
 import soundfile as sf
 
-from bridge import protocol
-from bridge.client import EngineClient
-from bridge.server import ConfigError, EngineServer, ServerConfig
+from stepfoley.bridge import protocol
+from stepfoley.bridge.client import EngineClient
+from stepfoley.bridge.server import ConfigError, EngineServer, ServerConfig
 from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, runner, server  # noqa: F401
 
 

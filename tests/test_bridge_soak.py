@@ -7,9 +7,9 @@ import random
 import socket
 import threading
 
-from bridge import client as bc
-from bridge import osc, protocol
-from bridge.server import EngineServer, ServerConfig
+from stepfoley.bridge import client as bc
+from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.server import EngineServer, ServerConfig
 from test_bridge_kit import RawPeer, SineRunner, make_request
 
 

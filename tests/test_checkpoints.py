@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.checkpoints import check_against_manifest, load_state_dict_file, save_safetensors_atomic
-from engine.errors import CheckpointError
-from engine.mmaudio import MMAudio, MMAudioConfig
+from stepfoley.engine.checkpoints import check_against_manifest, load_state_dict_file, save_safetensors_atomic
+from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
 TINY = MMAudioConfig(latent_dim=4, clip_dim=6, sync_dim=8, text_dim=5, hidden_dim=16, depth=2, fused_depth=1,
                      num_heads=2, latent_seq_len=20, clip_seq_len=8, sync_seq_len=16, text_seq_len=3, name="tiny_a")

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.features.clip import (
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.features.clip import (
     CLIP_MEAN,
     CLIP_STD,
     ClipConfig,
@@ -179,7 +179,7 @@ def test_tokenizer_pads_and_truncates_to_77(tokenizer):
 
 
 def test_text_encoder_from_an_mmaudio_weights_dir(tmp_path, tokenizer):
-    from engine.features.mmaudio_features import MMAudioTextEncoder
+    from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder
 
     clip_dir = tmp_path / "weights" / "DFN5B-CLIP-ViT-H-14-384"
     clip_dir.mkdir(parents=True)

@@ -12,12 +12,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import golden_files
-from engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator, to_parametrization_keys
-from engine.codec.bigvgan_v2 import load_bigvgan_v2
-from engine.codec.mel import MelConfig, MelConverter
-from engine.codec.mmaudio_codec import MMAudioCodec
-from engine.codec.vae import VAE, VAEConfig, load_vae
-from engine.weights import read_state_dict
+from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator, to_parametrization_keys
+from stepfoley.engine.codec.bigvgan_v2 import load_bigvgan_v2
+from stepfoley.engine.codec.mel import MelConfig, MelConverter
+from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
+from stepfoley.engine.codec.vae import VAE, VAEConfig, load_vae
+from stepfoley.engine.weights import read_state_dict
 
 torch.set_num_threads(1)
 
@@ -225,7 +225,7 @@ def test_bigvgan_v2_folder_round_trip(tmp_path):
 
 
 def test_bigvgan_v2_full_size_key_layout_matches_packaged_manifest():
-    from engine.weights import manifest_path
+    from stepfoley.engine.weights import manifest_path
 
     with torch.device("meta"):
         model = BigVGAN(BigVGANConfig.preset("v2_44k_512x"))
@@ -280,7 +280,7 @@ def test_codec_from_directory_decodes_and_encodes(golden, tmp_path, mode):
 
 
 def test_codec_prefers_safetensors_copy_and_decode_only(golden, tmp_path):
-    from engine.checkpoints import save_safetensors_atomic
+    from stepfoley.engine.checkpoints import save_safetensors_atomic
 
     g_vae, vae_config, voc_config, _, _ = small_weights_dir(golden, tmp_path, "16k")
     # A copy whose weights differ from the .pth: the codec must read the copy.

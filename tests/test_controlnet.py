@@ -8,15 +8,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from engine.controlnet import (
+from stepfoley.engine.controlnet import (
     AudioControlNet,
     ControlNetConfig,
     base_config_id,
     load_controlnet,
     save_controlnet,
 )
-from engine.errors import CheckpointError, InvalidInputError
-from engine.mmaudio import MMAudio, MMAudioConfig
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
 TINY = MMAudioConfig(latent_dim=6, clip_dim=12, sync_dim=10, text_dim=14, hidden_dim=32, depth=4,
                      fused_depth=2, num_heads=2, latent_seq_len=20, clip_seq_len=8, sync_seq_len=16,

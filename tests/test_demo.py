@@ -43,8 +43,8 @@ def test_demo_writes_every_file_and_never_reuses_a_run_folder(tmp_path, capsys):
 import numpy as np
 import pytest
 
-from engine.errors import InvalidInputError
-from engine.spectrogram import SpectrogramStyle, spectrogram_image
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.spectrogram import SpectrogramStyle, spectrogram_image
 
 
 def _plot_row_brightness(image, style):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from engine import devices
-from engine.devices import autocast_context, choose_device, default_threads, maybe_compile, resolve_precision
-from engine.errors import InvalidInputError
+from stepfoley.engine import devices
+from stepfoley.engine.devices import autocast_context, choose_device, default_threads, maybe_compile, resolve_precision
+from stepfoley.engine.errors import InvalidInputError
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.evaluation import metrics
-from engine.evaluation.spectra import SAMPLE_RATE
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.evaluation import metrics
+from stepfoley.engine.evaluation.spectra import SAMPLE_RATE
 
 SR = SAMPLE_RATE
 
@@ -77,7 +77,7 @@ def test_an_unrelated_track_barely_leaks_and_a_mixed_one_is_in_between():
 
 
 def test_leakage_on_a_mini_world_scene_grows_when_an_earlier_source_is_mixed_in():
-    from engine.miniworld import make_scene
+    from stepfoley.engine.miniworld import make_scene
 
     scene = make_scene(10_000_004, kinds=("wheel", "rain"))
     wheel, rain = scene.stems
@@ -142,14 +142,14 @@ QUICK = dict(steps=2, clips_per_kind=2, batch_per_kind=2, clip_seconds=4.0)
 
 @pytest.fixture(scope="module")
 def text_encoder():
-    from engine.embedded.text import EmbeddedTextEncoder
+    from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 
     return EmbeddedTextEncoder()
 
 
 @pytest.fixture(scope="module")
 def quick_embedding(tmp_path_factory, text_encoder):
-    from engine.evaluation.embedding import train_audio_embedding
+    from stepfoley.engine.evaluation.embedding import train_audio_embedding
 
     path = tmp_path_factory.mktemp("embedding") / "audio_embedding.safetensors"
     report = train_audio_embedding(path, seed=3, text_encoder=text_encoder, **QUICK)
@@ -159,7 +159,7 @@ def quick_embedding(tmp_path_factory, text_encoder):
 def test_training_is_deterministic_by_seed_and_saved_atomically(quick_embedding, tmp_path, text_encoder):
     from safetensors.torch import load_file
 
-    from engine.evaluation.embedding import train_audio_embedding
+    from stepfoley.engine.evaluation.embedding import train_audio_embedding
 
     path, report = quick_embedding
     again = tmp_path / "again.safetensors"
@@ -172,7 +172,7 @@ def test_training_is_deterministic_by_seed_and_saved_atomically(quick_embedding,
 
 
 def test_loaded_embedding_gives_unit_vectors_for_audio_and_any_caption(quick_embedding, text_encoder):
-    from engine.evaluation.embedding import load_audio_embedding
+    from stepfoley.engine.evaluation.embedding import load_audio_embedding
 
     embedding = load_audio_embedding(quick_embedding[0], text_encoder)
     audio = embedding.embed_audio([LOW, SILENCE, HIGH], SR)
@@ -189,7 +189,7 @@ def test_loaded_embedding_gives_unit_vectors_for_audio_and_any_caption(quick_emb
 
 
 def test_a_damaged_or_missing_embedding_file_is_a_checkpoint_error(tmp_path):
-    from engine.evaluation.embedding import load_audio_embedding
+    from stepfoley.engine.evaluation.embedding import load_audio_embedding
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_audio_embedding(tmp_path / "missing.safetensors")
@@ -203,7 +203,7 @@ def test_default_embedding_prefers_the_shipped_file_then_the_cache(quick_embeddi
                                                                    text_encoder):
     import shutil
 
-    from engine.evaluation import embedding as module
+    from stepfoley.engine.evaluation import embedding as module
 
     path, _ = quick_embedding
     monkeypatch.setattr(module, "SHIPPED_PATH", tmp_path / "shipped.safetensors")
@@ -254,7 +254,7 @@ def test_stepfoley_eval_writes_every_method_and_figure_and_never_overwrites(quic
 
 
 def test_evaluate_refuses_one_track_and_unknown_methods():
-    from engine.evaluation.runner import evaluate
+    from stepfoley.engine.evaluation.runner import evaluate
 
     with pytest.raises(InvalidInputError, match="at least 2"):
         evaluate(None, 1, 0, k=1, embedding=object())

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import VideoError
-from engine.features.cache import FeatureCache, region_key
-from engine.features.clip import ClipConfig, ClipModel, encode_clip_frames
-from engine.features.mmaudio_features import MMAudioVideoEncoder
-from engine.features.synchformer import SynchformerConfig, SynchformerVisual, encode_sync_frames
-from engine.video import expected_frame_counts, read_regions
+from stepfoley.engine.errors import VideoError
+from stepfoley.engine.features.cache import FeatureCache, region_key
+from stepfoley.engine.features.clip import ClipConfig, ClipModel, encode_clip_frames
+from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
+from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual, encode_sync_frames
+from stepfoley.engine.video import expected_frame_counts, read_regions
 from test_video import write_video as write_timed_video
 
 CLIP_CFG = ClipConfig(embed_dim=24, image_size=28, patch_size=14, vision_width=32, vision_layers=1,

@@ -11,14 +11,14 @@ import math
 import pytest
 import torch
 
-from engine.guidance import (
+from stepfoley.engine.guidance import (
     classifier_free_guidance,
     four_term_guidance,
     negative_audio_guidance,
     negative_text_guidance,
     reference_audio_guidance,
 )
-from engine.sampler import euler_sample
+from stepfoley.engine.sampler import euler_sample
 
 SHAPE = (2, 7, 3)
 

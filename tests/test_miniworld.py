@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.errors import InvalidInputError
-from engine.miniworld import CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.miniworld import CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
 
 SPF = 640  # samples per frame: 16 kHz / 25 fps
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import mixing
-from engine.errors import AudioError, InvalidInputError
+from stepfoley.engine import mixing
+from stepfoley.engine.errors import AudioError, InvalidInputError
 
 
 def sine(freq_hz, sample_rate, seconds, amplitude=0.5, channels=1):

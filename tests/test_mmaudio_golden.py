@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import golden_files
-from engine.errors import InvalidInputError
-from engine.mmaudio import (MMAudio, MMAudioConfig, PreprocessedConditions, SequenceLengths,
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.mmaudio import (MMAudio, MMAudioConfig, PreprocessedConditions, SequenceLengths,
                             sync_upsample_index)
 
 FLOW_FIXTURES = golden_files("mmaudio_flow_*.safetensors")

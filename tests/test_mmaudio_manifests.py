@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import golden_files
-from engine.checkpoints import check_against_manifest
-from engine.mmaudio import MMAudio, MMAudioConfig, infer_preset
+from stepfoley.engine.checkpoints import check_against_manifest
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig, infer_preset
 
 FLOW_MANIFESTS = golden_files("manifests/flow_*.json")
 
@@ -56,7 +56,7 @@ def test_infer_preset_recognises_the_manifest_layout(golden, path):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    from engine.errors import InvalidInputError
+    from stepfoley.engine.errors import InvalidInputError
 
     with pytest.raises(InvalidInputError, match="small_16k.*large_44k_v2"):
         MMAudioConfig.preset("huge_48k")

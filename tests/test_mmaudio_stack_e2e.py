@@ -20,17 +20,17 @@ import pytest
 import soundfile as sf
 import torch
 
-import engine.loading
-from engine.codec.bigvgan import BigVGAN, BigVGANConfig
-from engine.codec.vae import VAE, VAEConfig
-from engine.controlnet import AudioControlNet, save_controlnet
-from engine.errors import CheckpointError
-from engine.features.clip import ClipConfig, ClipModel
-from engine.features.synchformer import SynchformerConfig, SynchformerVisual
-from engine.loading import StackConfigs, load_foley_model
-from engine.mmaudio import MMAudio, MMAudioConfig
-from engine.pipeline import Region
-from engine.session import StepSession, TrackSettings
+import stepfoley.engine.loading
+from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig
+from stepfoley.engine.codec.vae import VAE, VAEConfig
+from stepfoley.engine.controlnet import AudioControlNet, save_controlnet
+from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.features.clip import ClipConfig, ClipModel
+from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual
+from stepfoley.engine.loading import StackConfigs, load_foley_model
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+from stepfoley.engine.pipeline import Region
+from stepfoley.engine.session import StepSession, TrackSettings
 
 # --- reduced sizes, consistent with each other ------------------------------------------
 
@@ -147,7 +147,7 @@ def write_flow_and_controlnet(root, variant: str, seed: int) -> MMAudio:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.miniworld import make_scene, write_scene
 
     root = tmp_path_factory.mktemp("mmaudio-weights")
     for sub in ("weights", "ext_weights", "controlnets"):
@@ -224,7 +224,7 @@ def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):
     else (argument parsing, build_service, the service, the WAV writer) is the real path."""
     from stepfoley.cli import main
 
-    monkeypatch.setattr(engine.loading, "load_foley_model",
+    monkeypatch.setattr(stepfoley.engine.loading, "load_foley_model",
                         functools.partial(load_foley_model, configs=CONFIGS["small_16k"]))
     out = tmp_path / "stems"
     out.mkdir()

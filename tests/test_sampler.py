@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 
 from conftest import golden_files
-from engine.errors import GenerationCancelled, GenerationError, InvalidInputError
-from engine.sampler import euler_sample, initial_noise, time_grid
+from stepfoley.engine.errors import GenerationCancelled, GenerationError, InvalidInputError
+from stepfoley.engine.sampler import euler_sample, initial_noise, time_grid
 
 
 # ---------------------------------------------------------------- grid and Euler loop
@@ -159,7 +159,7 @@ def _weights_sha256(tensors):
 
 def _network_for(sampler_metadata):
     """The flow network whose weights the sampler fixture names, checked by its hash."""
-    from engine.mmaudio import MMAudio, MMAudioConfig
+    from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
     wanted = sampler_metadata["weights_sha256_of_source"]
     for path in golden_files("mmaudio_flow_*.safetensors"):
@@ -180,7 +180,7 @@ SAMPLER_FIXTURES = golden_files("mmaudio_sampler_cfg*.safetensors")
 @pytest.mark.parametrize("fixture", SAMPLER_FIXTURES, ids=[p.name for p in SAMPLER_FIXTURES])
 def test_golden_mmaudio_sampler_cfg(golden, fixture):
     """Reproduces outputs.x1[_negtext][_normalized] and the step-0 flows of `fixture`."""
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     torch.set_num_threads(1)
     tensors, metadata = _read(fixture)
@@ -234,13 +234,13 @@ def test_golden_sampler_fixtures_exist(golden):
 # ---------------------------------------------------------------- the batched guided velocity
 
 
-from engine.guidance import classifier_free_guidance, negative_audio_guidance, reference_audio_guidance  # noqa: E402
+from stepfoley.engine.guidance import classifier_free_guidance, negative_audio_guidance, reference_audio_guidance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny():
     from test_controlnet import TINY, randomize
-    from engine.mmaudio import MMAudio
+    from stepfoley.engine.mmaudio import MMAudio
 
     torch.manual_seed(0)
     return randomize(MMAudio(TINY), seed=21).eval()
@@ -274,7 +274,7 @@ def _tiny_inputs(net, batch=2, seed=30):
 
 @torch.inference_mode()
 def test_cfg_runs_both_branches_in_one_forward(tiny, monkeypatch):
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, _, x, _ = _tiny_inputs(tiny)
     spy = ForwardSpy(tiny, monkeypatch)
@@ -288,7 +288,7 @@ def test_cfg_runs_both_branches_in_one_forward(tiny, monkeypatch):
 
 @torch.inference_mode()
 def test_cfg_below_one_skips_the_unconditional_branch(tiny, monkeypatch):
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, _, x, _ = _tiny_inputs(tiny)
     spy = ForwardSpy(tiny, monkeypatch)
@@ -302,7 +302,7 @@ def test_cfg_below_one_skips_the_unconditional_branch(tiny, monkeypatch):
 @torch.inference_mode()
 def test_audio_guidance_runs_three_branches_in_one_forward(tiny, monkeypatch, mode):
     from test_controlnet import trained_looking
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
     controlnet = trained_looking(depth=2)
@@ -325,7 +325,7 @@ def test_audio_guidance_runs_three_branches_in_one_forward(tiny, monkeypatch, mo
 @torch.inference_mode()
 def test_nag_with_zero_beta_is_the_two_branch_cfg(tiny, monkeypatch):
     from test_controlnet import trained_looking
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
     spy = ForwardSpy(tiny, monkeypatch)
@@ -340,7 +340,7 @@ def test_nag_with_zero_beta_is_the_two_branch_cfg(tiny, monkeypatch):
 @torch.inference_mode()
 def test_audio_input_projection_runs_once_per_step_for_all_branches(tiny, beta):
     from test_controlnet import trained_looking
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, video_only, x, audio_latent = _tiny_inputs(tiny)
     rows = []
@@ -356,7 +356,7 @@ def test_audio_input_projection_runs_once_per_step_for_all_branches(tiny, beta):
 
 @torch.inference_mode()
 def test_audio_guidance_without_controlnet_is_refused(tiny):
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, video_only, _, audio_latent = _tiny_inputs(tiny)
     with pytest.raises(InvalidInputError, match="ControlNet"):
@@ -366,8 +366,8 @@ def test_audio_guidance_without_controlnet_is_refused(tiny):
 @torch.inference_mode()
 def test_conditions_are_concatenated_once_per_generation(tiny, monkeypatch):
     from test_controlnet import trained_looking
-    from engine.mmaudio import PreprocessedConditions
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.mmaudio import PreprocessedConditions
+    from stepfoley.engine.sampler import guided_velocity
 
     cond, uncond, video_only, _, audio_latent = _tiny_inputs(tiny)
     calls = []
@@ -382,7 +382,7 @@ def test_conditions_are_concatenated_once_per_generation(tiny, monkeypatch):
 @torch.inference_mode()
 def test_same_seed_same_latent_at_any_batch_position_with_the_network(tiny):
     from test_controlnet import features
-    from engine.sampler import guided_velocity
+    from stepfoley.engine.sampler import guided_velocity
 
     clip_f, sync_f, text_f = features(40, batch=1)
     cond = tiny.preprocess_conditions(clip_f, sync_f, text_f)

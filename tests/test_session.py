@@ -5,22 +5,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import mixing
-from engine.errors import GenerationCancelled, InvalidInputError, VideoError
-from engine.pipeline import Region
-from engine.service import FoleyService, parse_request
-from engine.session import StepSession, TrackSettings, crossfade_join, plan_windows
+from stepfoley.engine import mixing
+from stepfoley.engine.errors import GenerationCancelled, InvalidInputError, VideoError
+from stepfoley.engine.pipeline import Region
+from stepfoley.engine.service import FoleyService, parse_request
+from stepfoley.engine.session import StepSession, TrackSettings, crossfade_join, plan_windows
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from engine.embedded.model import build_embedded_model
+    from stepfoley.engine.embedded.model import build_embedded_model
     return build_embedded_model(random_weights=True)
 
 
 @pytest.fixture(scope="module")
 def scene_video(tmp_path_factory):
-    from engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.miniworld import make_scene, write_scene
     paths = write_scene(make_scene(20_000_001, n_sources=3), tmp_path_factory.mktemp("scene"))
     return paths["video"]
 
@@ -74,7 +74,7 @@ def test_existing_bounce_at_another_rate_and_channels(tiny, scene_video):
 
 
 def test_long_region_is_windowed(tiny, tmp_path):
-    from engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.miniworld import make_scene, write_scene
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     session = StepSession(tiny, Region(video, 0.0, 10.0))
     steps = []
@@ -137,7 +137,7 @@ def test_parse_request_rejects_bad_fields(scene_video, tmp_path, change, message
 
 
 def test_bf16_precision_runs_and_is_recorded(scene_video):
-    from engine.service import load_runtime_model
+    from stepfoley.engine.service import load_runtime_model
 
     model = load_runtime_model(model="tiny-random", device="cpu", precision="bf16")
     track = StepSession(model, Region(scene_video, 0.0, 2.0)).next_track(TrackSettings("rain", steps=2))

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import golden_files
-from engine.errors import CheckpointError, InvalidInputError
-from engine.features.synchformer import (
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.features.synchformer import (
     CHECKPOINT_PREFIX,
     SynchformerConfig,
     SynchformerVisual,

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from engine.training.ema import PowerEMA, posthoc_ema, posthoc_weights, power_ema_beta, sigma_rel_to_gamma
-from engine.training.objectives import interpolate
-from engine.training.schedule import lr_multiplier
+from stepfoley.engine.training.ema import PowerEMA, posthoc_ema, posthoc_weights, power_ema_beta, sigma_rel_to_gamma
+from stepfoley.engine.training.objectives import interpolate
+from stepfoley.engine.training.schedule import lr_multiplier
 
 
 def test_schedule_warmup_then_two_drops():
@@ -65,7 +65,7 @@ TINY = ["--scenes", "3", "--single-clips", "2", "--base-steps", "4", "--controln
 
 @pytest.mark.slow
 def test_train_embedded_tiny_then_load(tmp_path):
-    from engine.embedded.model import build_embedded_model
+    from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.cli import main
 
     out = tmp_path / "mini.safetensors"

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from engine.errors import VideoError
-from engine.video import (
+from stepfoley.engine.errors import VideoError
+from stepfoley.engine.video import (
     CLIP_REQUEST,
     SYNC_REQUEST,
     FrameRequest,

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from engine.errors import CheckpointError
-from engine.weights import (
+from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.weights import (
     FILES,
     VARIANTS,
     check_weights_dir,
@@ -171,7 +171,7 @@ def test_cli_convert_reports_load_times(tmp_path, capsys):
 
 
 def test_codec_missing_file_names_it(tmp_path):
-    from engine.codec.mmaudio_codec import MMAudioCodec
+    from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
 
     with pytest.raises(CheckpointError, match=r"v1-16\.pth: the 16 kHz mel VAE"):
         MMAudioCodec.from_directory(tmp_path, "16k")

@@ -60,7 +60,7 @@ def legacy_weight_norm_key(key: str) -> str | None:
 def pack_bigvgan_v2() -> dict:
     import torch
 
-    from engine.codec.bigvgan import BigVGAN, BigVGANConfig
+    from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig
 
     with torch.device("meta"):
         model = BigVGAN(BigVGANConfig.preset("v2_44k_512x"))

@@ -1,6 +1,6 @@
 """The real MMAudio audio codec stack: mel converters (mel.py), the mel VAE (vae.py), the
 BigVGAN vocoders (bigvgan.py, bigvgan_v2.py), bundled by MMAudioCodec (mmaudio_codec.py).
 
-    from engine.codec.mmaudio_codec import MMAudioCodec
+    from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
     codec = MMAudioCodec.from_directory("~/mmaudio-weights", mode="16k")
 """

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 
-from engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator
-from engine.errors import CheckpointError
+from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator
+from stepfoley.engine.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "bigvgan_generator.pt"

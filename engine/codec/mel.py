@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

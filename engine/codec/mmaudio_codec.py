@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engine.codec import bigvgan_v2
-from engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator
-from engine.codec.mel import MelConfig, MelConverter
-from engine.codec.vae import VAE, VAEConfig, load_vae
-from engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.codec import bigvgan_v2
+from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator
+from stepfoley.engine.codec.mel import MelConfig, MelConverter
+from stepfoley.engine.codec.vae import VAE, VAEConfig, load_vae
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 MODES = ("16k", "44k")
 
@@ -111,7 +111,7 @@ class MMAudioCodec(nn.Module):
         frees the VAE encoder (decode-only use). `vae_config` / `vocoder_config` replace
         the official sizes (tests with small checkpoints); the BigVGAN-v2 folder always
         brings its own config.json."""
-        from engine.weights import CODEC_FILES, FILES, file_to_read, read_state_dict
+        from stepfoley.engine.weights import CODEC_FILES, FILES, file_to_read, read_state_dict
 
         if mode not in MODES:
             raise InvalidInputError(f"Unknown codec mode {mode!r}: use '16k' or '44k'.")

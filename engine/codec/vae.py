@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 
 @dataclass(frozen=True)

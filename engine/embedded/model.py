@@ -16,14 +16,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.controlnet import AudioControlNet, ControlNetConfig
-from engine.embedded.codec import MelCodec
-from engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
-from engine.embedded.text import EmbeddedTextEncoder
-from engine.checkpoints import save_safetensors_atomic
-from engine.errors import CheckpointError
-from engine.mmaudio import MMAudio, MMAudioConfig
-from engine.pipeline import FoleyModel
+from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
+from stepfoley.engine.embedded.codec import MelCodec
+from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
+from stepfoley.engine.embedded.text import EmbeddedTextEncoder
+from stepfoley.engine.checkpoints import save_safetensors_atomic
+from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+from stepfoley.engine.pipeline import FoleyModel
 
 WEIGHTS_PATH = Path(__file__).with_name("stepfoley_mini.safetensors")
 CONTROLNET_DEPTH = 2

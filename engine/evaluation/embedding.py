@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.evaluation.spectra import FLOOR_DB, FRAMES_PER_SECOND, mel_power_torch, to_eval_rate
-from engine.miniworld import CAPTIONS, SOURCE_KINDS, single_source_clip
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.evaluation.spectra import FLOOR_DB, FRAMES_PER_SECOND, mel_power_torch, to_eval_rate
+from stepfoley.engine.miniworld import CAPTIONS, SOURCE_KINDS, single_source_clip
 
 FORMAT = "stepfoley-audio-embedding-1"
 TEXT_TOWER = "minilm-sentence+linear"
@@ -102,7 +102,7 @@ class AudioEmbedding(nn.Module):
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from engine.embedded.text import EmbeddedTextEncoder
+            from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 
             self._text_encoder = EmbeddedTextEncoder()
         return self._text_encoder
@@ -268,7 +268,7 @@ def load_audio_embedding(path: str | os.PathLike, text_encoder=None) -> AudioEmb
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"The evaluation embedding {path} does not exist; train one with "
-                              "engine.evaluation.embedding.train_audio_embedding, or let `stepfoley eval` do it.")
+                              "stepfoley.engine.evaluation.embedding.train_audio_embedding, or let `stepfoley eval` do it.")
     try:
         report = read_report(path)
         state = load_file(str(path))
@@ -305,7 +305,7 @@ def default_audio_embedding(text_encoder=None, cache: str | os.PathLike | None =
                             on_progress: Callable[[int, int], None] | None = None) -> AudioEmbedding:
     """The shipped embedding (engine/embedded/audio_embedding.safetensors) if present; else
     the one trained earlier into the cache; else train it there now (a few CPU minutes, once)."""
-    from engine.embedded.text import EmbeddedTextEncoder
+    from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 
     if not isinstance(text_encoder, EmbeddedTextEncoder):
         text_encoder = None

@@ -18,9 +18,9 @@ import numpy as np
 from scipy.linalg import sqrtm
 from scipy.optimize import nnls
 
-from engine import mixing
-from engine.errors import InvalidInputError
-from engine.evaluation.spectra import SAMPLE_RATE, mel_power, power_to_db
+from stepfoley.engine import mixing
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, mel_power, power_to_db
 
 # Stevens' power law: perceived loudness grows about as intensity^0.3. Compressing mel power
 # this way keeps quiet but audible leaks visible without letting a -90 dB noise floor count.

@@ -23,13 +23,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine import mixing
-from engine.errors import InvalidInputError
-from engine.evaluation import metrics
-from engine.evaluation.spectra import SAMPLE_RATE, to_eval_rate
-from engine.miniworld import make_scene, write_scene
-from engine.pipeline import FoleyModel, Region
-from engine.session import StepSession, TrackSettings, plan_windows
+from stepfoley.engine import mixing
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.evaluation import metrics
+from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, to_eval_rate
+from stepfoley.engine.miniworld import make_scene, write_scene
+from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.session import StepSession, TrackSettings, plan_windows
 
 METHODS = ("independent", "negative_prompt", "nag")
 SCENE_SEED_BASE = 10_000_000
@@ -74,7 +74,7 @@ def _validate(scenes, seed, k, steps, alpha, beta, methods) -> None:
 
 def _feature_cache():
     try:
-        from engine.features.cache import FeatureCache
+        from stepfoley.engine.features.cache import FeatureCache
     except ImportError:
         return None
     return FeatureCache()
@@ -130,7 +130,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, steps: int =
         methods = tuple(m for m in methods if m != "nag")
         notes.append(f"model '{model.model_id}' has no NAG ControlNet: method 'nag' was skipped")
     if embedding is None:
-        from engine.evaluation.embedding import default_audio_embedding
+        from stepfoley.engine.evaluation.embedding import default_audio_embedding
 
         embedding = default_audio_embedding(text_encoder=model.text_encoder)
 

@@ -14,9 +14,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from engine import mixing
-from engine.codec.mel import slaney_mel_filterbank
-from engine.errors import InvalidInputError
+from stepfoley.engine import mixing
+from stepfoley.engine.codec.mel import slaney_mel_filterbank
+from stepfoley.engine.errors import InvalidInputError
 
 SAMPLE_RATE = 16000
 N_FFT = 512

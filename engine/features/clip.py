@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.checkpoints import load_state_dict_file, load_strict
-from engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.checkpoints import load_state_dict_file, load_strict
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

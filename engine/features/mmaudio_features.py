@@ -20,13 +20,13 @@ from typing import Sequence
 
 import torch
 
-from engine.errors import CheckpointError, InvalidInputError
-from engine.features.cache import FeatureCache, file_identity
-from engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.features.cache import FeatureCache, file_identity
+from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
                                   find_weight_file, load_clip)
-from engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
+from stepfoley.engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
                                          load_synchformer)
-from engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
+from stepfoley.engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
 
 SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
 CLIP_DIR = "DFN5B-CLIP-ViT-H-14-384"
@@ -89,7 +89,7 @@ class MMAudioVideoEncoder:
                          clip_config: ClipConfig | None = None) -> "MMAudioVideoEncoder":
         """`synchformer_config` / `clip_config` replace the official sizes (tests with small
         checkpoints). A .safetensors copy beside the Synchformer .pth is read instead of it."""
-        from engine.weights import file_to_read
+        from stepfoley.engine.weights import file_to_read
 
         weights_dir = Path(weights_dir)
         clip_dir = _find_clip_dir(weights_dir)

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.checkpoints import load_state_dict_file, load_strict
-from engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.checkpoints import load_state_dict_file, load_strict
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 CHECKPOINT_PREFIX = "vfeat_extractor"
 

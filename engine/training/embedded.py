@@ -21,10 +21,10 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from engine.training.features import (FeatureSet, base_batches, controlnet_batches, extract_features,
+from stepfoley.engine.training.features import (FeatureSet, base_batches, controlnet_batches, extract_features,
                                       read_dataset_list)
-from engine.training.objectives import base_flow_loss, controlnet_flow_loss
-from engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
+from stepfoley.engine.training.objectives import base_flow_loss, controlnet_flow_loss
+from stepfoley.engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -45,7 +45,7 @@ class EmbeddedRecipe:
 def write_miniworld_dataset(directory: Path, scenes: int, single_clips: int, seed: int, log=print) -> Path:
     """Scenes as real files plus a dataset list: one line per (scene, source) with that source's
     caption over the full mixture (MMAudio's VGGSound setting), and one per single-source clip."""
-    from engine.miniworld import SOURCE_KINDS, make_scene, single_source_clip, write_scene
+    from stepfoley.engine.miniworld import SOURCE_KINDS, make_scene, single_source_clip, write_scene
 
     directory.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -91,8 +91,8 @@ def _log_to(path: Path | None):
 
 
 def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, device: torch.device) -> dict:
-    from engine.controlnet import AudioControlNet
-    from engine.embedded.model import build_embedded_model, controlnet_config, save_embedded_weights
+    from stepfoley.engine.controlnet import AudioControlNet
+    from stepfoley.engine.embedded.model import build_embedded_model, controlnet_config, save_embedded_weights
 
     rank, world = distributed_context()
     log = _log_to(work_dir / "train.log" if rank == 0 else None)

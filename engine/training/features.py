@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine import mixing
-from engine.errors import InvalidInputError
-from engine.training.objectives import Batch
+from stepfoley.engine import mixing
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.training.objectives import Batch
 
 
 def read_dataset_list(path: str | Path) -> list[dict]:

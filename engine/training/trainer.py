@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from engine.devices import autocast_context
-from engine.training.ema import PowerEMA, posthoc_ema
-from engine.training.schedule import lr_multiplier
+from stepfoley.engine.devices import autocast_context
+from stepfoley.engine.training.ema import PowerEMA, posthoc_ema
+from stepfoley.engine.training.schedule import lr_multiplier
 
 
 @dataclass(frozen=True)

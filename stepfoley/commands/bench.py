@@ -24,5 +24,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import importlib
 
-    module = importlib.import_module(f"benchmarks.{BENCHMARKS[args.name][0]}")
+    module = importlib.import_module(f"stepfoley.bench.{BENCHMARKS[args.name][0]}")
     return int(module.main(args.options) or 0)

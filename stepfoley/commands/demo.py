@@ -24,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.demo import DEMO_SEED, run_demo
-    from engine.errors import StepFoleyError
-    from engine.service import load_runtime_model
+    from stepfoley.engine.demo import DEMO_SEED, run_demo
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.service import load_runtime_model
 
     try:
         t0 = time.perf_counter()

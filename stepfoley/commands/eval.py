@@ -64,7 +64,7 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
     import tempfile
     from pathlib import Path
 
-    from engine.errors import InvalidInputError
+    from stepfoley.engine.errors import InvalidInputError
 
     path = Path(path)
     if path.exists() and not force:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.errors import StepFoleyError
+    from stepfoley.engine.errors import StepFoleyError
 
     if args.train_embedding:
         return _train_embedding(args)
@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        from engine.devices import choose_device
-        from engine.evaluation.embedding import default_audio_embedding, load_audio_embedding
-        from engine.evaluation.runner import evaluate
-        from engine.loading import load_foley_model
+        from stepfoley.engine.devices import choose_device
+        from stepfoley.engine.evaluation.embedding import default_audio_embedding, load_audio_embedding
+        from stepfoley.engine.evaluation.runner import evaluate
+        from stepfoley.engine.loading import load_foley_model
 
         if os.path.exists(args.json) and not args.force:  # fail before minutes of work, not after
             write_json_atomic(args.json, {}, force=False)
@@ -167,8 +167,8 @@ def _train_embedding(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.errors import StepFoleyError
-    from engine.evaluation.embedding import train_audio_embedding
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.evaluation.embedding import train_audio_embedding
 
     if os.path.exists(args.train_embedding) and not args.force:
         print(f"stepfoley: {args.train_embedding} already exists; choose another file or add --force.",

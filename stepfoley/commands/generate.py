@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from engine.errors import StepFoleyError
-    from engine.service import build_service
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.service import build_service
 
     method = args.method or ("reference" if args.reference else "nag")
     if (method == "reference") != bool(args.reference):
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _bounce(paths: list[str], sample_rate: int, folder: str) -> str:
     """Sum the given stems into one temporary WAV, as a DAW bounce would."""
-    from engine import audio_io, mixing
+    from stepfoley.engine import audio_io, mixing
 
     tracks = [audio_io.read_audio(p) for p in paths]
     length = max(int(round(s.shape[-1] * sample_rate / sr)) for s, sr in tracks)

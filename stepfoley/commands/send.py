@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from bridge import protocol
+from stepfoley.bridge import protocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge import client
+    from stepfoley.bridge import client
 
     if args.timeout <= 0 or not 1 <= args.port <= 65535:
         print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)

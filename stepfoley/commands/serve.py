@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from bridge import protocol
+from stepfoley.bridge import protocol
 from stepfoley.commands.runtime import add_runtime_arguments
 
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
+    from stepfoley.bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
 
     if not args.token and not is_loopback(args.host):
         print(f"Refusing to listen on {args.host} without --token: other machines could use the engine.",
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return 3
     server.start()
 
-    from engine.errors import StepFoleyError
-    from engine.service import build_service
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.service import build_service
 
     print("Loading the model...", file=sys.stderr, flush=True)
     try:

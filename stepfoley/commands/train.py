@@ -46,14 +46,14 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from engine.devices import choose_device
-    from engine.errors import StepFoleyError
+    from stepfoley.engine.devices import choose_device
+    from stepfoley.engine.errors import StepFoleyError
 
     try:
         device = choose_device(args.device)
         if args.what == "embedded":
-            from engine.embedded.model import WEIGHTS_PATH
-            from engine.training.embedded import EmbeddedRecipe, train_embedded
+            from stepfoley.engine.embedded.model import WEIGHTS_PATH
+            from stepfoley.engine.training.embedded import EmbeddedRecipe, train_embedded
 
             recipe = EmbeddedRecipe()
             overrides = {"scenes": args.scenes, "single_source_clips": args.single_clips,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
-        from engine.training.controlnet import train_controlnet_on_mmaudio
+        from stepfoley.engine.training.controlnet import train_controlnet_on_mmaudio
 
         out = train_controlnet_on_mmaudio(
             weights_dir=Path(args.weights), variant=args.model, data_list=Path(args.data),

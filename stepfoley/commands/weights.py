@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.errors import StepFoleyError
-    from engine.weights import VARIANTS, check_weights_dir, convert_weights_dir
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.weights import VARIANTS, check_weights_dir, convert_weights_dir
 
     try:
         if args.weights_command == "check":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bridge.protocol import ProtocolError, validate_request
+from stepfoley.bridge.protocol import ProtocolError, validate_request
 
 
 def write_status(path: Path, **fields) -> None:

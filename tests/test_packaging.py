@@ -1,0 +1,46 @@
+"""Packaging: one import name, `stepfoley`, with the top-level folders mapped under it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _setuptools_table() -> dict:
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["setuptools"]
+
+
+def test_every_package_folder_is_listed_and_mapped_under_stepfoley():
+    table = _setuptools_table()
+    mapping = table["package-dir"]
+    assert all(name == "stepfoley" or name.startswith("stepfoley.") for name in mapping)
+    found = set()
+    for name, folder in mapping.items():
+        root = REPO / folder
+        for init in root.rglob("__init__.py"):
+            if "__pycache__" in init.parts:
+                continue
+            rel = init.parent.relative_to(root).parts
+            found.add(".".join((name, *rel)))
+    # a sub-folder of a mapped folder that is itself mapped is listed once, under its mapping
+    assert found == set(table["packages"])
+
+
+def test_the_old_top_level_names_are_not_importable_outside_the_checkout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name in ("engine", "bridge", "benchmarks"):
+        done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode != 0 and "No module named" in done.stderr, name
+    done = subprocess.run([sys.executable, "-c", "import stepfoley.engine.sampler, stepfoley.bridge.client, "
+                           "stepfoley.bench.bench_sampler"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
