@@ -33,16 +33,16 @@ class TimedRunner:
 
     def __call__(self, request, on_progress, is_cancelled):
         start = time.perf_counter()
-        for step in range(1, request["steps"] + 1):
-            on_progress(step, request["steps"])
+        for step in range(1, request.steps + 1):
+            on_progress("sampling", step, request.steps)
         with self.lock:
             self.count += 1
             n = self.count
-        path = os.path.join(request["output_dir"], f"bench_{n:06d}.wav")
-        sf.write(path, np.zeros(request["sample_rate"] // 100, dtype=np.float32), request["sample_rate"],
+        path = os.path.join(request.output_dir, f"bench_{n:06d}.wav")
+        sf.write(path, np.zeros(request.sample_rate // 100, dtype=np.float32), request.sample_rate,
                  subtype="PCM_24")
-        self.inside_s[request["caption"]] = time.perf_counter() - start
-        return {"stem_path": path, "metadata": {"sample_rate": request["sample_rate"]}}
+        self.inside_s[request.caption] = time.perf_counter() - start
+        return {"stem_path": path, "metadata": {"sample_rate": request.sample_rate}}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,9 +26,9 @@ import torch
 
 from stepfoley.engine.controlnet import AudioControlNet
 from stepfoley.engine.devices import autocast_context
-from stepfoley.engine.guidance import classifier_free_guidance
+from stepfoley.engine.guidance import BRANCHES, GUIDANCE_METHODS, GuidanceWeights, classifier_free_guidance
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
-from stepfoley.engine.sampler import euler_sample, guided_velocity, initial_noise
+from stepfoley.engine.sampler import branch_conditions, euler_sample, guided_velocity, initial_noise, time_grid
 
 
 def mmaudio_style_velocity(net, conditions, empty, alpha):
@@ -98,17 +98,18 @@ def main(argv=None) -> None:
         clip_f = torch.randn(1, config.clip_seq_len, config.clip_dim)
         sync_f = torch.randn(1, config.sync_seq_len, config.sync_dim)
         text_f = torch.randn(1, config.text_seq_len, config.text_dim)
-        conditions = net.preprocess_conditions(clip_f, sync_f, text_f).expand(B)
-        empty = net.get_empty_conditions(B)
-        video_only = net.preprocess_conditions(clip_f, sync_f, net.empty_string_feat.unsqueeze(0)).expand(B)
+        branches = branch_conditions(net, BRANCHES, clip_f, sync_f, text_f, N)
+        conditions, empty = branches["cond"].expand(B), branches["uncond"].expand(B)
         audio_latent = torch.randn(B, N, C)
         x0 = initial_noise(list(range(B)), N, C)
 
-        ours_cfg = guided_velocity(net, conditions, empty, alpha=4.5)
+        weights = GuidanceWeights(alpha=4.5, beta=1.5)
+        ours_cfg = guided_velocity(net, GUIDANCE_METHODS["independent"], weights, branches)
         theirs_cfg = mmaudio_style_velocity(net, conditions, empty, 4.5)
-        ours_nag = guided_velocity(net, conditions, empty, alpha=4.5, beta=1.5,
-                                   nag=(video_only, audio_latent), controlnet=controlnet)
-        sample = lambda velocity: (lambda: euler_sample(velocity, x0, steps=args.steps))  # noqa: E731
+        ours_nag = guided_velocity(net, GUIDANCE_METHODS["nag"], weights, branches, audio_latent=audio_latent,
+                                   controlnet=controlnet)
+        grid = time_grid(args.steps)
+        sample = lambda velocity: (lambda: euler_sample(velocity, x0, grid))  # noqa: E731
 
         runs = interleaved_times({"ours_cfg": sample(ours_cfg), "mmaudio_cfg": sample(theirs_cfg),
                                   "ours_nag": sample(ours_nag)}, args.repeats)
@@ -128,7 +129,7 @@ def main(argv=None) -> None:
         pieces = median_times({
             "base_forward_B_rows": lambda: net.predict_flow(x0, t, conditions),
             "audio_input_proj_B_rows": lambda: net.embed_latent(x0),
-            "controlnet_B_rows": lambda: controlnet(x0, t, video_only, audio_latent, base=net),
+            "controlnet_B_rows": lambda: controlnet(x0, t, branches["audio"].expand(B), audio_latent, base=net),
             "shared_forward_2B_rows": shared_rows(2),
             "shared_forward_3B_rows": shared_rows(3),
         }, args.repeats)

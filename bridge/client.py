@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
+from stepfoley.request import RequestError, parse_request
 
 EXIT_DONE = 0
 EXIT_USAGE = 2
@@ -188,6 +189,7 @@ class RemoteJob:
         self.request_id = new_request_id()
         self.status: dict = {
             "state": "queued",
+            "phase": None,
             "job_id": None,
             "request_id": self.request_id,
             "queue_position": None,
@@ -209,13 +211,13 @@ class RemoteJob:
         self._last_sign_of_life = now
         self._last_cancel_sent = -1.0
         try:
-            protocol.validate_request(request, check_paths=False)
+            parse_request(request)  # the engine checks again with its model's methods and its folders
             self._payload = json.dumps(request)
             if len(self._payload.encode()) > protocol.MAX_DATAGRAM_BYTES - 512:
                 raise protocol.ProtocolError(
                     "payload_too_large", f"The request is larger than {protocol.MAX_DATAGRAM_BYTES - 512} bytes; shorten it."
                 )
-        except protocol.ProtocolError as e:
+        except (protocol.ProtocolError, RequestError) as e:
             self._finish("error", EXIT_REJECTED, error=(e.code, e.message))
             return
         except (TypeError, ValueError) as e:
@@ -329,7 +331,8 @@ class RemoteJob:
                     self._send_cancel()
         elif address == protocol.PROGRESS:
             self._accept_implicitly(args[1])
-            self._update(state="running", step=int(args[2]), total=int(args[3]), queue_position=0)
+            phase = args[4] if len(args) > 4 and isinstance(args[4], str) else None
+            self._update(state="running", phase=phase, step=int(args[2]), total=int(args[3]), queue_position=0)
         elif address == protocol.DONE:
             self._accept_implicitly(args[1])
             self._finish("done", EXIT_DONE, stem_path=args[2], metadata=json.loads(args[3]))
@@ -359,7 +362,8 @@ class RemoteJob:
         elif state == "error":
             self._finish("error", EXIT_FAILED, error=(job["error"]["code"], job["error"]["message"]))
         else:
-            self._update(state=state, step=job["step"], total=job["total"], queue_position=job["queue_position"])
+            self._update(state=state, phase=job.get("phase"), step=job["step"], total=job["total"],
+                         queue_position=job["queue_position"])
 
     def _accept_implicitly(self, job_id: str) -> None:
         # the /accepted reply may have been lost while later replies arrived

@@ -2,7 +2,8 @@
 the engine's device, and the record of finished jobs that clients can still ask about.
 
 The runner is any callable with the FoleyService contract:
-    runner(request: dict, on_progress(step, total), is_cancelled() -> bool) -> {"stem_path", "metadata"}
+    runner(request: GenerationRequest, on_progress(phase, done, total), is_cancelled() -> bool)
+        -> {"stem_path", "metadata"}
 It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to."""
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from stepfoley.bridge import protocol
+from stepfoley.request import GenerationRequest
 
 log = logging.getLogger("stepfoley.bridge")
 
-Runner = Callable[[dict, Callable[[int, int], None], Callable[[], bool]], dict]
+Runner = Callable[[GenerationRequest, Callable[[str, int, int], None], Callable[[], bool]], dict]
 # notify(job, reply_address): the job changed in a way its client must hear about
 Notify = Callable[["Job", str], None]
 
@@ -36,10 +38,11 @@ MAX_MESSAGE_CHARS = 2000
 class Job:
     job_id: str
     request_id: str
-    request: dict
+    request: GenerationRequest
     reply_to: tuple[str, int]
     sender_key: tuple[str, str]
     state: str = QUEUED
+    phase: str = ""  # protocol.PHASES while running
     step: int = 0
     total: int = 0
     stem_path: str = ""
@@ -55,10 +58,11 @@ class Job:
             "job_id": self.job_id,
             "request_id": self.request_id,
             "state": self.state,
+            "phase": self.phase or None,
             "queue_position": queue_position,
             "step": self.step,
             "total": self.total,
-            "caption": self.request.get("caption", ""),
+            "caption": self.request.caption,
             "stem_path": self.stem_path or None,
             "metadata": self.metadata or None,
             "error": {"code": self.error_code, "message": self.error_message} if self.state == ERROR else None,
@@ -94,7 +98,8 @@ class JobBook:
     def start(self) -> None:
         self._worker.start()
 
-    def submit(self, sender_host: str, request_id: str, request: dict, reply_to: tuple[str, int]) -> tuple[Job, int]:
+    def submit(self, sender_host: str, request_id: str, request: GenerationRequest,
+               reply_to: tuple[str, int]) -> tuple[Job, int]:
         """Queue a validated request; a retransmitted request (same sender and request_id)
         gets its existing job back instead of a second one. Returns (job, queue_position)."""
         with self._lock:
@@ -181,7 +186,7 @@ class JobBook:
                 if self._stopping:
                     return
                 job = self._queue.popleft()
-                job.state, job.total = RUNNING, job.request.get("steps", 0)
+                job.state, job.phase = RUNNING, "starting"
                 self._current = job
             self._notify(job, protocol.PROGRESS)  # step 0: the client learns it started
             kind = self._run(job)
@@ -193,9 +198,9 @@ class JobBook:
     def _run(self, job: Job) -> str:
         """Run one job to its end; returns the final reply address and fills the job in."""
 
-        def on_progress(step: int, total: int) -> None:
+        def on_progress(phase: str, step: int, total: int) -> None:
             with self._lock:
-                job.step, job.total = int(step), int(total)
+                job.phase, job.step, job.total = phase, int(step), int(total)
                 self.engine_steps += 1
             self._notify(job, protocol.PROGRESS)
 
@@ -203,8 +208,8 @@ class JobBook:
             return job.cancel_requested.is_set() or self._stopping
 
         try:
-            result = self.runner(dict(job.request), on_progress, is_cancelled)
-            job.stem_path, job.metadata = _checked_result(result, job.request["output_dir"])
+            result = self.runner(job.request, on_progress, is_cancelled)
+            job.stem_path, job.metadata = _checked_result(result, job.request.output_dir)
             return protocol.DONE
         except Exception as e:  # any failure ends this job only; the worker keeps serving
             code = getattr(e, "code", None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.jobs import Job, JobBook, Runner
+from stepfoley.request import Capabilities, RequestError, parse_request
 
 log = logging.getLogger("stepfoley.bridge")
 
@@ -50,9 +51,10 @@ def is_loopback(host: str) -> bool:
 class Dispatcher:
     """Maps one decoded client message to the datagrams that answer it. No sockets here."""
 
-    def __init__(self, config: ServerConfig, jobs: JobBook):
+    def __init__(self, config: ServerConfig, jobs: JobBook, capabilities: Capabilities | None = None):
         self.config = config
         self.jobs = jobs
+        self.capabilities = capabilities  # None until the model has loaded
         self._handlers = {
             protocol.PING: self._ping,
             protocol.STATUS: self._status,
@@ -103,6 +105,9 @@ class Dispatcher:
     def _status(self, header: protocol.Header, rest: list, sender) -> bytes:
         status = {"protocol": protocol.PROTOCOL_VERSION, "model": self.config.model, "device": self.config.device}
         status.update(self.jobs.snapshot())
+        if self.jobs.runner is None:
+            status["state"] = "loading"
+        status["capabilities"] = self.capabilities.to_json() if self.capabilities else None
         text = json.dumps(status)
         if len(text) > protocol.MAX_DATAGRAM_BYTES:
             # a long queue is summarized rather than sent in a datagram that may not arrive
@@ -118,7 +123,10 @@ class Dispatcher:
             payload = json.loads(rest[0])
         except ValueError as e:
             raise protocol.ProtocolError("invalid_request", f"The request is not valid JSON: {e}.") from None
-        request = protocol.validate_request(payload, check_paths=True)
+        try:
+            request = parse_request(payload, self.capabilities, check_paths=True)
+        except RequestError as e:
+            raise protocol.ProtocolError(e.code, e.message) from None
         job, position = self.jobs.submit(sender[0], header.request_id, request, (sender[0], header.reply_port))
         return osc.encode(protocol.ACCEPTED, header.request_id, job.job_id, position)
 
@@ -133,7 +141,7 @@ class Dispatcher:
 def job_reply(job: Job, kind: str) -> bytes:
     """The datagram that tells a job's client about a change (progress or a final state)."""
     if kind == protocol.PROGRESS:
-        return osc.encode(protocol.PROGRESS, job.request_id, job.job_id, job.step, job.total)
+        return osc.encode(protocol.PROGRESS, job.request_id, job.job_id, job.step, job.total, job.phase)
     if kind == protocol.DONE:
         return osc.encode(protocol.DONE, job.request_id, job.job_id, job.stem_path, json.dumps(job.metadata))
     if kind == protocol.CANCELLED:
@@ -145,7 +153,8 @@ class EngineServer:
     """Binds the socket at construction (so `address` is known at once); `serve_forever`
     runs the dispatch loop in the calling thread, `start` runs it in a background thread."""
 
-    def __init__(self, runner: Runner | None, config: ServerConfig = ServerConfig()):
+    def __init__(self, runner: Runner | None, config: ServerConfig = ServerConfig(),
+                 capabilities: Capabilities | None = None):
         if not config.token and not is_loopback(config.host):
             raise ConfigError(
                 f"Listening on '{config.host}' lets other machines reach the engine; "
@@ -153,7 +162,7 @@ class EngineServer:
             )
         self.config = config
         self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue)
-        self.dispatcher = Dispatcher(config, self.jobs)
+        self.dispatcher = Dispatcher(config, self.jobs, capabilities)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -172,11 +181,12 @@ class EngineServer:
         self._thread: threading.Thread | None = None
         self.dropped_datagrams = 0
 
-    def attach(self, runner: Runner, model: str, device: str) -> None:
+    def attach(self, runner: Runner, model: str, device: str, capabilities: Capabilities) -> None:
         """Hand the runner to a server that started before its model loaded (until then it
-        answers pings and refuses generation with "engine_loading")."""
+        answers pings, says "loading" in /status and refuses generation with "engine_loading")."""
         self.config = replace(self.config, model=model, device=device)
         self.dispatcher.config = self.config
+        self.dispatcher.capabilities = capabilities
         self.jobs.runner = runner
 
     @property

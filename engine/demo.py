@@ -69,7 +69,8 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
         done_before = k * steps * len(session.windows)
         track = session.next_track(
             TrackSettings(caption, method="nag", seed=seed + k, steps=steps),
-            on_step=(lambda s, _t, d=done_before: on_step(d + s, total)) if on_step else None)
+            on_progress=(lambda phase, s, _t, d=done_before: phase == "sampling" and on_step(d + s, total))
+            if on_step else None)
         for key in timings:
             timings[key] += track.metadata["timings"][key]
         stem = audio_io.write_wav_atomic(folder / f"track_{k + 1}.wav", track.samples[None], track.sample_rate)

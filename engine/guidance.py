@@ -1,8 +1,13 @@
 """Guidance: how the velocities of several conditionings combine into one guided velocity.
 
-Pure functions over velocity tensors of any (matching) shape, usually (B, N, C). They know
-nothing of networks or batching; engine.sampler decides which branches to evaluate and
-evaluates them all in one batched forward.
+Pure functions over velocity tensors of any (matching) shape, usually (B, N, C), and the
+registry of guidance methods built from them. They know nothing of networks or batching: a
+method declares the branches it needs and how it combines them, and engine.sampler evaluates
+the declared branches in one batched forward. Importing this module does not import torch,
+so the command line and the protocol can read the registry at once.
+
+Adding a guidance method is one `register(GuidanceMethod(...))` below plus its test; the
+protocol (capabilities), the command line and the REAPER dialog read the registry.
 
 Notation (paper: "Step-by-Step Video-to-Audio Synthesis via Negative Audio Guidance"):
     u(∅, ∅)          unconditional flow (MMAudio's learned empty video and empty text)
@@ -12,7 +17,11 @@ Notation (paper: "Step-by-Step Video-to-Audio Synthesis via Negative Audio Guida
 """
 from __future__ import annotations
 
-from torch import Tensor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def classifier_free_guidance(v_cond: Tensor, v_uncond: Tensor, alpha: float) -> Tensor:
@@ -64,7 +73,7 @@ def four_term_guidance(
     v_uncond: Tensor,
     v_video: Tensor,
     v_cond: Tensor,
-    v_audio: Tensor,
+    v_audio: Tensor | None,
     w1: float,
     w2: float,
     w3: float,
@@ -79,12 +88,12 @@ def four_term_guidance(
     With w1 = α, w2 = α + β, w3 = β the u(V, ∅) terms cancel and this is Eq. 9
     (`negative_audio_guidance`), which needs one forward pass fewer per step.
     """
-    return (
-        v_uncond
-        + w1 * (v_video - v_uncond)
-        + w2 * (v_cond - v_video)
-        + w3 * (v_video - v_audio)
-    )
+    guided = v_uncond + w1 * (v_video - v_uncond) + w2 * (v_cond - v_video)
+    if v_audio is None:  # the audio term is off: w3 = 0 needs no ControlNet branch
+        if w3 != 0:
+            raise ValueError("four_term_guidance: w3 needs v_audio.")
+        return guided
+    return guided + w3 * (v_video - v_audio)
 
 
 def reference_audio_guidance(
@@ -99,3 +108,135 @@ def reference_audio_guidance(
     u_psi(V, ∅, x_ref). Equals `negative_audio_guidance(..., beta=-gamma)`.
     """
     return classifier_free_guidance(v_cond, v_uncond, alpha) + gamma * (v_reference - v_cond)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry of guidance methods
+
+# The branches a method may ask for, in the row order of the batched forward:
+BRANCHES = (
+    "cond",    # u(V, C): the video and the target caption
+    "uncond",  # u(∅, ∅), or u(∅, C_neg) when the track has a negative caption
+    "video",   # u(V, ∅): the video and the empty caption
+    "audio",   # u_psi(V, ∅, x̃): the video and an audio condition, through the ControlNet
+)
+
+
+@dataclass(frozen=True)
+class GuidanceWeights:
+    """Every strength a combination may read (resolved: no defaults left open)."""
+
+    alpha: float
+    beta: float = 0.0
+    w1: float = 0.0
+    w2: float = 0.0
+    w3: float = 0.0
+
+
+Combine = Callable[[Mapping[str, "Tensor"], GuidanceWeights], "Tensor"]
+
+
+@dataclass(frozen=True)
+class GuidanceMethod:
+    """One way of combining branch velocities into the guided velocity."""
+
+    name: str
+    summary: str  # one line for menus, --help and the protocol's capabilities
+    branches: tuple[str, ...]  # a subset of BRANCHES, in BRANCHES order
+    combine: Combine
+    params: tuple[str, ...] = ("alpha",)  # the GuidanceWeights fields it reads
+    # What the "audio" branch hears: "existing" = the mix of the tracks already made (x̃),
+    # "reference" = a recording to sound like. None: the method has no audio branch.
+    audio: str | None = None
+    # negative_prompt: with no negative caption, steer away from the earlier tracks' captions.
+    negative_from_previous: bool = False
+    # The method that gives the same velocity with fewer branches for these weights, or when
+    # there is no audio condition (track 1), or None when this one is needed as it is.
+    simplify: Callable[[GuidanceWeights, bool], str | None] = lambda weights, has_audio: None
+    public: bool = True  # False: reached only through `simplify`
+
+    def __post_init__(self):
+        unknown = [b for b in self.branches if b not in BRANCHES]
+        if unknown or list(self.branches) != sorted(self.branches, key=BRANCHES.index):
+            raise ValueError(f"{self.name}: branches must be drawn from {BRANCHES} in that order.")
+        if ("audio" in self.branches) != (self.audio is not None):
+            raise ValueError(f"{self.name}: a method has an 'audio' branch exactly when it names what it hears.")
+
+    @property
+    def needs_controlnet(self) -> bool:
+        return "audio" in self.branches
+
+
+GUIDANCE_METHODS: dict[str, GuidanceMethod] = {}
+
+
+def register(method: GuidanceMethod) -> GuidanceMethod:
+    if method.name in GUIDANCE_METHODS:
+        raise ValueError(f"A guidance method named '{method.name}' is already registered.")
+    GUIDANCE_METHODS[method.name] = method
+    return method
+
+
+def public_methods() -> tuple[GuidanceMethod, ...]:
+    return tuple(m for m in GUIDANCE_METHODS.values() if m.public)
+
+
+def resolve_method(name: str, weights: GuidanceWeights, has_audio: bool) -> GuidanceMethod:
+    """The registry entry that computes `name`'s velocity for these weights: e.g. NAG with
+    β = 0, or on track 1 where there is nothing to negate, is plain CFG."""
+    method = GUIDANCE_METHODS[name]
+    seen = {name}
+    while (simpler := method.simplify(weights, has_audio)) is not None:
+        if simpler in seen:
+            raise ValueError(f"guidance methods simplify in a loop: {sorted(seen)}")
+        seen.add(simpler)
+        method = GUIDANCE_METHODS[simpler]
+    return method
+
+
+def _cfg_below_one(weights: GuidanceWeights, has_audio: bool) -> str | None:
+    # MMAudio's ode_wrapper: with cfg_strength < 1 only the conditional branch is evaluated.
+    return "conditional" if weights.alpha < 1.0 else None
+
+
+def _cfg(v, w):
+    return classifier_free_guidance(v["cond"], v["uncond"], w.alpha)
+
+
+register(GuidanceMethod(
+    "independent", "plain CFG: ignores the tracks already made (the paper's baseline)",
+    ("cond", "uncond"), _cfg, simplify=_cfg_below_one))
+register(GuidanceMethod(
+    "conditional", "the conditional branch alone (CFG below 1, as MMAudio)",
+    ("cond",), lambda v, w: v["cond"], public=False))
+register(GuidanceMethod(
+    "negative_prompt", "CFG away from the earlier tracks' captions (the paper's text baseline)",
+    ("cond", "uncond"), _cfg, negative_from_previous=True, simplify=_cfg_below_one))
+register(GuidanceMethod(
+    "nag", "Negative Audio Guidance (Eq. 9): away from the sound of the tracks already made",
+    ("cond", "uncond", "audio"),
+    lambda v, w: negative_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
+    params=("alpha", "beta"), audio="existing",
+    simplify=lambda w, has_audio: "independent" if w.beta == 0 or not has_audio else None))
+register(GuidanceMethod(
+    "text_boost", "Eq. A6 with w1 = α, w2 = α + β, w3 = 0: NAG's extra text weight without the audio term",
+    ("cond", "uncond", "video"),
+    lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], None, w.alpha, w.alpha + w.beta, 0.0),
+    params=("alpha", "beta"),
+    simplify=lambda w, has_audio: "independent" if w.beta == 0 else None))
+register(GuidanceMethod(
+    "dual", "Eq. A6 with your own weights w1 (video), w2 (text), w3 (away from the earlier tracks)",
+    ("cond", "uncond", "video", "audio"),
+    lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], v["audio"], w.w1, w.w2, w.w3),
+    params=("w1", "w2", "w3"), audio="existing",
+    simplify=lambda w, has_audio: "dual_text" if w.w3 == 0 or not has_audio else None))
+register(GuidanceMethod(
+    "dual_text", "Eq. A6 without the audio term", ("cond", "uncond", "video"),
+    lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], None, w.w1, w.w2, 0.0),
+    params=("w1", "w2"), public=False))
+register(GuidanceMethod(
+    "reference", "sound like a reference recording (MultiFoley): the NAG ControlNet with the opposite sign",
+    ("cond", "uncond", "audio"),
+    lambda v, w: reference_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
+    params=("alpha", "beta"), audio="reference",
+    simplify=lambda w, has_audio: "independent" if w.beta == 0 else None))

@@ -630,6 +630,17 @@ class MMAudio(nn.Module):
         cond = self.preprocess_conditions(clip, sync, text, latent_seq_len=lengths.latent)
         return cond.expand(bs)
 
+    def empty_conditions(self, bs: int, latent_len: int, clip_len: int, sync_len: int,
+                         negative_text_features: Optional[torch.Tensor] = None) -> PreprocessedConditions:
+        """`get_empty_conditions` for a region of any length: `latent_len` latents under `clip_len`
+        CLIP and `sync_len` Synchformer frames."""
+        return self.get_empty_conditions(bs, negative_text_features,
+                                         seq_lengths=SequenceLengths(latent_len, clip_len, sync_len))
+
+    def empty_text_features(self) -> torch.Tensor:
+        """(1, Lt, Dt): the text features of the empty caption (the "no text" condition)."""
+        return self.empty_string_feat.unsqueeze(0)
+
     # -- per step --
 
     def timestep_embedding(self, t: torch.Tensor) -> torch.Tensor:

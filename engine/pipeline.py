@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
 from stepfoley.engine.errors import InvalidInputError
+from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,13 @@ class VideoEncoder(Protocol):
 
     encoder_id: str
 
-    def encode_region(self, video: Path, start: float, end: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns clip_f (1, Tc, Dc) and sync_f (1, Ts, Ds)."""
+    def progress_units(self, duration_s: float) -> int:
+        """How many units (frames, segments) `encode_region` reports for a region this long."""
+        ...
+
+    def encode_region(self, video: Path, start: float, end: float,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns clip_f (1, Tc, Dc) and sync_f (1, Ts, Ds); `on_progress(units_done)` as it goes."""
         ...
 
 
@@ -91,6 +97,7 @@ class FoleyModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "auto"  # engine.devices.autocast_context: bf16 on CUDA, fp32 elsewhere
     note: str = ""  # shown to users, e.g. "random weights: for tests only"
+    defaults: GuidanceDefaults = field(default_factory=GuidanceDefaults)  # the model's own α, β, steps
 
     @property
     def sample_rate(self) -> int:
@@ -99,6 +106,19 @@ class FoleyModel:
     @property
     def supports_nag(self) -> bool:
         return self.controlnet is not None
+
+    def capabilities(self) -> Capabilities:
+        """What a client may ask of this model: its defaults and the guidance methods it can run."""
+        from stepfoley.engine.guidance import public_methods
+
+        methods = []
+        for m in public_methods():
+            missing = m.needs_controlnet and self.controlnet is None
+            methods.append(MethodInfo(
+                m.name, m.summary, m.params, m.audio, available=not missing,
+                unavailable_reason=(f"the model '{self.model_id}' has no NAG ControlNet, so it cannot hear audio"
+                                    if missing else "")))
+        return Capabilities(self.model_id, self.defaults, tuple(methods), self.sample_rate)
 
     def to(self, device: torch.device) -> "FoleyModel":
         """Move every part that holds tensors; encoders without `.to` stay where they are."""

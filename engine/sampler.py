@@ -7,17 +7,13 @@ gives the reference's numbers.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from stepfoley.engine.errors import GenerationCancelled, GenerationError, InvalidInputError
-from stepfoley.engine.guidance import (
-    classifier_free_guidance,
-    negative_audio_guidance,
-    reference_audio_guidance,
-)
+from stepfoley.engine.guidance import GuidanceMethod, GuidanceWeights
 
 # velocity_fn(t, x): t is a 0-dim float32 tensor, x is (B, N, C); returns (B, N, C).
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
@@ -41,20 +37,24 @@ def time_grid(steps: int) -> Tensor:
 def euler_sample(
     velocity_fn: VelocityFn,
     x0: Tensor,
-    steps: int = DEFAULT_STEPS,
+    grid: Tensor,
     on_step: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
 ) -> Tensor:
-    """Integrate dx/dt = velocity_fn(t, x) from t = 0 to 1 with `steps` Euler steps.
+    """Integrate dx/dt = velocity_fn(t, x) over the time grid (`time_grid(steps)` for MMAudio's),
+    one Euler step per interval.
 
     Exactly MMAudio's loop: x += (grid[i+1] − grid[i]) · v(grid[i], x), the step size a float32
-    difference and grid[i] a 0-dim float32 tensor; t = 1 is never evaluated. `is_cancelled` is
-    polled before every step (so a cancel lands within one step) and raises
+    difference and grid[i] a 0-dim float32 tensor; the last grid point is never evaluated.
+    `is_cancelled` is polled before every step (so a cancel lands within one step) and raises
     GenerationCancelled; a latent that turns NaN/Inf raises GenerationError. `on_step(done,
     total)` is called after each step.
     """
-    # x0: (B, N, C)
-    grid = time_grid(steps).to(x0.device)
+    # x0: (B, N, C); grid: (steps + 1,)
+    if grid.ndim != 1 or grid.shape[0] < 2:
+        raise InvalidInputError(f"A time grid needs at least two points, got shape {list(grid.shape)}.")
+    grid = grid.to(x0.device)
+    steps = grid.shape[0] - 1
     x = x0
     for i in range(steps):
         if is_cancelled is not None and is_cancelled():
@@ -108,93 +108,101 @@ def initial_noise(
 # The guided velocity: every branch of a step in one batched forward
 
 
+def branch_conditions(net, branches: Sequence[str], clip_f: Tensor, sync_f: Tensor, text_f: Tensor,
+                      latent_len: int, negative_text_f: Tensor | None = None) -> dict:
+    """The conditions of each branch a guidance method declares (engine.guidance.BRANCHES),
+    computed once per generation. clip_f (1, Lc, Dc), sync_f (1, Ls, Ds), text_f (1, Lt, Dt);
+    negative_text_f (1, Lt, Dt) replaces the empty caption of the unconditional branch."""
+    out = {}
+    if "cond" in branches:
+        out["cond"] = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
+    if "uncond" in branches:
+        out["uncond"] = net.empty_conditions(1, latent_len, clip_f.shape[1], sync_f.shape[1],
+                                             negative_text_features=negative_text_f)
+    if "video" in branches or "audio" in branches:
+        video_only = net.preprocess_conditions(clip_f, sync_f, net.empty_text_features(),
+                                               latent_seq_len=latent_len)
+        out.update({b: video_only for b in ("video", "audio") if b in branches})
+    return out
+
+
 def guided_velocity(
     net,
-    conditions,
-    unconditional,
+    method: GuidanceMethod,
+    weights: GuidanceWeights,
+    conditions: Mapping[str, object],
     *,
-    alpha: float = 4.5,
-    beta: float = 0.0,
-    nag=None,
-    reference=None,
+    audio_latent: Tensor | None = None,
     controlnet=None,
 ) -> VelocityFn:
     """The guided velocity of one generation, as a `velocity_fn(t, x)` for `euler_sample`.
 
-    net            engine.mmaudio.MMAudio (eval mode; call under torch.inference_mode()).
-    conditions     `net.preprocess_conditions(clip_f, sync_f, text_f)`: u(V, C), batch B or 1.
-    unconditional  `net.get_empty_conditions(1 or B)`: u(∅, ∅); for negative-text CFG pass
-                   `net.get_empty_conditions(.., negative_text_features=...)` instead, which
-                   makes the second branch u(∅, C_neg) (MMAudio's negative prompt).
-    alpha          CFG strength α. Plain CFG with α < 1 evaluates only the conditional branch,
-                   as MMAudio's ode_wrapper does.
-    nag            (video_only, audio_latent) for Negative Audio Guidance (Eq. 9) with strength
-                   β = `beta`: video_only = conditions with the video and the empty caption,
-                   audio_latent (B or 1, N, C) = the normalized latent of the earlier tracks' mix.
-    reference      (video_only, reference_latent) for positive reference-audio guidance with
-                   strength `beta` (pulls toward the reference; see
-                   guidance.reference_audio_guidance).
-    controlnet     engine.controlnet.AudioControlNet; needed with `nag` or `reference`.
+    net           engine.mmaudio.MMAudio (eval mode; call under torch.inference_mode()).
+    method        a registry entry (engine.guidance); `resolve_method` first picks the entry
+                  that needs the fewest branches for these weights.
+    conditions    branch name -> PreprocessedConditions of batch B or 1 (`branch_conditions`).
+    audio_latent  (B or 1, N, C): the normalized latent the "audio" branch hears through
+                  `controlnet` (x̃ for NAG, the reference for method "reference").
 
-    Every branch starts from the same x, so the audio input projection (about a tenth of a
-    forward) is computed once per step for all rows and the ControlNet.
-
-    Rows of the single forward per step, item-major within each branch (B items):
-        CFG:      [x; x]     with conditions [cond; uncond]
-        NAG/ref:  [x; x; x]  with conditions [cond; uncond; video_only] and ControlNet residuals
-                  added to the third group only (zeros for the others).
-    The conditions are concatenated once per batch size, not per step. With β = 0 NAG is CFG
-    exactly, so it runs the two-branch forward.
+    All branches start from the same x, so the audio input projection (about a tenth of a
+    forward) is computed once per step for every row and the ControlNet. Rows of the single
+    forward per step are branch-major in BRANCHES order (B items each); the ControlNet's
+    residuals are added to the "audio" rows (last) and zeros to the others. The conditions are
+    concatenated once per batch size, not per step.
     """
-    audio_branch = _audio_branch(nag, reference, controlnet, beta)
-    if audio_branch is not None:
-        return _three_branch_velocity(net, conditions, unconditional, alpha, beta, *audio_branch)
-    if alpha < 1.0:
-        return _conditional_velocity(net, conditions)
-    return _cfg_velocity(net, conditions, unconditional, alpha)
+    names = method.branches
+    missing = [b for b in names if b not in conditions]
+    if missing:
+        raise InvalidInputError(f"Guidance '{method.name}' needs conditions for {', '.join(missing)}.")
+    for name in ("alpha", "beta", "w1", "w2", "w3"):
+        if not _finite(getattr(weights, name)):
+            raise InvalidInputError(f"The guidance strength {name} must be a finite number, got "
+                                    f"{getattr(weights, name)!r}.")
+    batched = _BatchedConditions(*(conditions[b] for b in names))
+    audio = None
+    if method.needs_controlnet:
+        if controlnet is None:
+            raise InvalidInputError(
+                f"Guidance '{method.name}' hears audio through the NAG ControlNet, but this model has none "
+                "loaded. Load a ControlNet made for this model, or use a method without audio.")
+        if audio_latent is None:
+            raise InvalidInputError(f"Guidance '{method.name}' needs an audio condition (existing tracks or a reference).")
+        # The audio condition's own projection does not depend on x or t: once per generation.
+        audio = (_BatchedConditions(conditions["audio"]), audio_latent, controlnet.embed_audio_condition(audio_latent))
+    zero_rows: dict[int, Tensor] = {}
 
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        # x: (B, N, C) -> rows, one group of B per branch: (len(names) * B, N, C)
+        B, N, _ = x.shape
+        rows = len(names)
+        embedded = net.embed_latent(x)  # (B, N, H), shared by every branch and the ControlNet
+        control = None
+        if audio is not None:
+            audio_conditions, audio_latent_, audio_features = audio
+            if audio_features.shape[0] not in (1, B):
+                raise InvalidInputError(
+                    f"The audio condition has {audio_features.shape[0]} items but {B} sounds are being "
+                    "made; give one condition for all of them, or one per sound.")
+            residuals = controlnet(
+                x, _times(t, B), audio_conditions(B), audio_latent_, base=net,
+                audio_features=audio_features.expand(B, -1, -1), latent_embedding=embedded)
+            if residuals and B not in zero_rows:
+                zero_rows[B] = x.new_zeros(((rows - 1) * B, N, residuals[0].shape[-1]))
+            control = [torch.cat([zero_rows[B], r]) if rows > 1 else r for r in residuals]
+        flows = net.predict_flow(torch.cat([x] * rows), _times(t, rows * B), batched(B), control=control,
+                                 latent_embedding=torch.cat([embedded] * rows))
+        return method.combine({name: flows[i * B:(i + 1) * B] for i, name in enumerate(names)}, weights)
 
-def _audio_branch(nag, reference, controlnet, beta):
-    if nag is not None and reference is not None:
-        raise InvalidInputError(
-            "Negative audio guidance and reference-audio guidance cannot be combined in one take; "
-            "choose one."
-        )
-    pair = nag if nag is not None else reference
-    if pair is None or beta == 0.0:
-        return None
-    if controlnet is None:
-        raise InvalidInputError(
-            "Audio guidance (NAG or a reference sound) needs the NAG ControlNet, but this model has "
-            "none loaded. Load a ControlNet made for this model, or set beta to 0 (plain CFG)."
-        )
-    if not _finite(beta):
-        raise InvalidInputError(f"The audio guidance strength beta must be a finite number, got {beta!r}.")
-    video_only, audio_latent = pair
-    combine = negative_audio_guidance if nag is not None else reference_audio_guidance
-    return video_only, audio_latent, controlnet, combine
+    return velocity
 
 
 def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
-def _check_alpha(alpha: float) -> None:
-    if not _finite(alpha):
-        raise InvalidInputError(f"The CFG strength alpha must be a finite number, got {alpha!r}.")
-
-
 def _times(t: Tensor, rows: int) -> Tensor:
     # t: 0-dim -> (rows,); the same value on every row, as MMAudio's t * ones(B)
     return t.reshape(1).expand(rows)
-
-
-def _conditional_velocity(net, conditions) -> VelocityFn:
-    def velocity(t: Tensor, x: Tensor) -> Tensor:
-        # x: (B, N, C)
-        return net.predict_flow(x, _times(t, x.shape[0]), conditions)
-
-    return velocity
 
 
 class _BatchedConditions:
@@ -207,55 +215,5 @@ class _BatchedConditions:
     def __call__(self, batch_size: int):
         if batch_size not in self.by_batch:
             expanded = [g.expand(batch_size) for g in self.groups]
-            self.by_batch[batch_size] = expanded[0].cat(*expanded[1:])
+            self.by_batch[batch_size] = expanded[0].cat(*expanded[1:]) if len(expanded) > 1 else expanded[0]
         return self.by_batch[batch_size]
-
-
-def _cfg_velocity(net, conditions, unconditional, alpha: float) -> VelocityFn:
-    _check_alpha(alpha)
-    batched = _BatchedConditions(conditions, unconditional)
-
-    def velocity(t: Tensor, x: Tensor) -> Tensor:
-        # x: (B, N, C) -> rows [cond; uncond]: (2B, N, C)
-        B = x.shape[0]
-        embedded = net.embed_latent(x)  # (B, N, H), shared by both branches
-        flows = net.predict_flow(torch.cat([x, x]), _times(t, 2 * B), batched(B),
-                                 latent_embedding=torch.cat([embedded, embedded]))
-        v_cond, v_uncond = flows[:B], flows[B:]
-        return classifier_free_guidance(v_cond, v_uncond, alpha)
-
-    return velocity
-
-
-def _three_branch_velocity(
-    net, conditions, unconditional, alpha, beta, video_only, audio_latent, controlnet, combine
-) -> VelocityFn:
-    _check_alpha(alpha)
-    batched = _BatchedConditions(conditions, unconditional, video_only)
-    audio_only = _BatchedConditions(video_only)
-    # The audio condition's own projection does not depend on x or t: once per generation.
-    audio_features = controlnet.embed_audio_condition(audio_latent)  # (1 or B, N, H)
-    zero_rows: dict[int, Tensor] = {}
-
-    def velocity(t: Tensor, x: Tensor) -> Tensor:
-        # x: (B, N, C) -> rows [cond; uncond; video_only + ControlNet]: (3B, N, C)
-        B, N, _ = x.shape
-        if audio_features.shape[0] not in (1, B):
-            raise InvalidInputError(
-                f"The audio condition has {audio_features.shape[0]} items but {B} sounds are being "
-                "made; give one condition for all of them, or one per sound."
-            )
-        embedded = net.embed_latent(x)  # (B, N, H), shared by the three branches and the ControlNet
-        residuals = controlnet(
-            x, _times(t, B), audio_only(B), audio_latent, base=net,
-            audio_features=audio_features.expand(B, -1, -1), latent_embedding=embedded,
-        )
-        if B not in zero_rows:
-            zero_rows[B] = x.new_zeros((2 * B, N, residuals[0].shape[-1])) if residuals else None
-        control = [torch.cat([zero_rows[B], r]) for r in residuals]
-        flows = net.predict_flow(torch.cat([x, x, x]), _times(t, 3 * B), batched(B), control=control,
-                                 latent_embedding=torch.cat([embedded, embedded, embedded]))
-        v_cond, v_uncond, v_audio = flows[:B], flows[B : 2 * B], flows[2 * B :]
-        return combine(v_cond, v_uncond, v_audio, alpha, beta)
-
-    return velocity

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,98 +17,18 @@ import numpy as np
 from stepfoley.engine import audio_io, mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.session import METHODS, StepSession, TrackSettings
+from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
+from stepfoley.request import Capabilities, GenerationRequest
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
-SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
 STEM_CEILING_DBTP = -1.0
 
 
-@dataclass(frozen=True)
-class StemRequest:
-    video: Path
-    file_in: float
-    file_out: float
-    playrate: float
-    settings: TrackSettings
-    existing_mix: Path | None
-    reference_audio: Path | None
-    output_dir: Path
-    sample_rate: int
-    format: str
-    name_hint: str
-
-    @property
-    def project_duration(self) -> float:
-        return (self.file_out - self.file_in) / self.playrate
-
-
-def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"'{name}' must be a number, got {value!r}.")
-    return float(value)
-
-
-def parse_request(request: dict) -> StemRequest:
-    """Validate a protocol request. Paths are only checked here, never written to."""
-    if not isinstance(request, dict):
-        raise InvalidInputError("The request must be a JSON object.")
-    region = request.get("region")
-    if not isinstance(region, dict) or not isinstance(region.get("video"), str):
-        raise InvalidInputError("The request has no region with a video path.")
-    video = Path(region["video"])
-    if not video.is_file():
-        raise InvalidInputError(f"The video '{video}' does not exist or is not a file.")
-    playrate = _number(region.get("playrate", 1.0), "playrate")
-    if playrate <= 0:
-        raise InvalidInputError(f"The playrate must be above 0, got {playrate}.")
-    output_dir = Path(str(request.get("output_dir", "")))
-    if not request.get("output_dir") or not output_dir.is_dir():
-        raise InvalidInputError(f"The output folder '{output_dir}' does not exist; create it first.")
-    existing = request.get("existing_mix")
-    if existing is not None:
-        existing = Path(str(existing))
-        if not existing.is_file():
-            raise InvalidInputError(f"The bounced mix '{existing}' does not exist.")
-    reference = request.get("reference_audio")
-    if reference is not None:
-        reference = Path(str(reference))
-        if not reference.is_file():
-            raise InvalidInputError(f"The reference sound '{reference}' does not exist.")
-    sample_rate = int(_number(request.get("sample_rate", 48000), "sample_rate"))
-    if sample_rate not in SAMPLE_RATES:
-        raise InvalidInputError(f"Sample rate {sample_rate} Hz is not supported; use one of {SAMPLE_RATES}.")
-    fmt = request.get("format", "wav24")
-    if fmt not in FORMATS:
-        raise InvalidInputError(f"Unknown format '{fmt}': use wav24 or wav32f.")
-    method = request.get("method", "nag")
-    if method not in METHODS:
-        raise InvalidInputError(f"Unknown method '{method}': use one of {', '.join(METHODS)}.")
-    seed = request.get("seed", 0)
-    steps = request.get("steps", 25)
-    if isinstance(seed, bool) or not isinstance(seed, int) or isinstance(steps, bool) or not isinstance(steps, int):
-        raise InvalidInputError("'seed' and 'steps' must be whole numbers.")
-    if not 1 <= steps <= 200:
-        raise InvalidInputError(f"'steps' must be between 1 and 200, got {steps}.")
-    caption = request.get("caption")
-    negative = request.get("negative_caption") or None
-    previous = request.get("previous_captions") or []
-    if negative is None and previous:
-        negative = ", ".join(str(c) for c in previous if c)
-    settings = TrackSettings(
-        caption=caption if isinstance(caption, str) else "",
-        method=method,
-        alpha=_number(request.get("alpha", 4.5), "alpha"),
-        beta=_number(request.get("beta", 1.5), "beta"),
-        seed=seed, steps=steps, negative_caption=negative)
-    return StemRequest(
-        video=video,
-        file_in=_number(region.get("file_in", 0.0), "file_in"),
-        file_out=_number(region.get("file_out"), "file_out"),
-        playrate=playrate, settings=settings, existing_mix=existing, reference_audio=reference,
-        output_dir=output_dir,
-        sample_rate=sample_rate, format=fmt,
-        name_hint=str(request.get("name_hint") or settings.caption))
+def _existing_file(path: str, what: str) -> Path:
+    # The request was checked when it arrived; the file may have gone since.
+    if not os.path.isfile(path):
+        raise InvalidInputError(f"{what} '{path}' does not exist or is not a file.")
+    return Path(path)
 
 
 class FoleyService:
@@ -122,34 +41,43 @@ class FoleyService:
     def describe(self) -> dict:
         return {"model": self.model.model_id, "device": str(self.model.device), "note": self.model.note}
 
-    def __call__(self, request: dict, on_progress: Callable[[int, int], None] | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> dict:
-        req = parse_request(request)
-        session = StepSession(self.model, Region(req.video, req.file_in, req.file_out), self.feature_cache)
-        if req.existing_mix is not None and req.reference_audio is None:
-            samples, sr = audio_io.read_audio(req.existing_mix)
-            session.add_track(samples, sr)
-        reference = audio_io.read_audio(req.reference_audio) if req.reference_audio is not None else None
-        track = session.next_track(req.settings, on_step=on_progress, is_cancelled=is_cancelled,
-                                   reference=reference)
+    def capabilities(self) -> Capabilities:
+        return self.model.capabilities()
 
-        # The picture plays at `playrate`, so the stem is varispeeded to the project-time length.
-        length = int(round(req.project_duration * req.sample_rate))
-        stem = mixing.resample(track.samples[None], track.sample_rate, req.sample_rate)
+    def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
+                 is_cancelled: Callable[[], bool] | None = None) -> dict:
+        region = request.region
+        video = _existing_file(region.video, "The video")
+        if not os.path.isdir(request.output_dir):
+            raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
+        session = StepSession(self.model, Region(video, region.file_in, region.file_out), self.feature_cache)
+        reference = None
+        if request.reference_audio is not None:
+            reference = audio_io.read_audio(_existing_file(request.reference_audio, "The reference sound"))
+        elif request.existing_mix is not None:
+            samples, sr = audio_io.read_audio(_existing_file(request.existing_mix, "The bounced mix"))
+            session.add_track(samples, sr, request.previous_captions)
+        track = session.next_track(TrackSettings.from_request(request), on_progress=on_progress,
+                                   is_cancelled=is_cancelled, reference=reference)
+
+        # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline.
+        length = int(round(region.project_duration * request.sample_rate))
+        stem = mixing.resample(track.samples[None], track.sample_rate, request.sample_rate)
         if stem.shape[-1] != length:
             stem = _varispeed(stem, length)
-        stem = mixing.limit_true_peak(stem, req.sample_rate, STEM_CEILING_DBTP)
-        path = audio_io.unique_path(req.output_dir, req.name_hint)
-        audio_io.write_wav_atomic(path, stem, req.sample_rate, subtype=FORMATS[req.format])
+        stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP)
+        path = audio_io.unique_path(Path(request.output_dir), request.name_hint or request.caption)
+        audio_io.write_wav_atomic(path, stem, request.sample_rate, subtype=FORMATS[request.format])
 
         metadata = {
             **track.metadata,
-            "sample_rate": req.sample_rate,
-            "duration": length / req.sample_rate,
-            "lufs": _finite_or_none(mixing.integrated_loudness(stem, req.sample_rate)),
-            "playrate": req.playrate,
-            "format": req.format,
-            "reference_audio": os.fspath(req.reference_audio) if req.reference_audio else None,
+            "sample_rate": request.sample_rate,
+            "duration": length / request.sample_rate,
+            "lufs": _finite_or_none(mixing.integrated_loudness(stem, request.sample_rate)),
+            "playrate": region.playrate,
+            "project_start": region.project_start,
+            "format": request.format,
+            "reference_audio": request.reference_audio,
         }
         return {"stem_path": os.fspath(path), "metadata": metadata}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -26,36 +26,45 @@ import torch
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.mmaudio import SequenceLengths
+from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.sampler import DEFAULT_STEPS, euler_sample, guided_velocity, initial_noise
+from stepfoley.engine.sampler import branch_conditions, euler_sample, guided_velocity, initial_noise, time_grid
+from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
 
-METHODS = ("nag", "independent", "negative_prompt", "reference")
-AUDIO_CONDITIONED = ("nag", "reference")  # the methods that read audio through the ControlNet
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
-MIN_REGION_S = 1.0  # one Synchformer segment is 0.64 s; below a second there is no picture to follow
 
 
 @dataclass(frozen=True)
 class TrackSettings:
-    caption: str
-    method: str = "nag"
-    alpha: float = 4.5
-    beta: float = 1.5
-    seed: int = 0
-    steps: int = DEFAULT_STEPS
-    negative_caption: str | None = None
+    """One track's caption and guidance. None means the model's default (FoleyModel.defaults);
+    `resolved` fills them in. Built from a checked request (or by the lab's own code), so the
+    session does not check them again."""
 
-    def __post_init__(self):
-        if not isinstance(self.caption, str) or not self.caption.strip():
-            raise InvalidInputError("The caption is empty: describe the sound to make, e.g. 'footsteps on gravel'.")
-        if self.method not in METHODS:
-            raise InvalidInputError(f"Unknown method '{self.method}': use one of {', '.join(METHODS)}.")
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise InvalidInputError(f"{name} must be a number of at least 0, got {value!r}.")
+    caption: str
+    method: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    w1: float | None = None
+    w2: float | None = None
+    w3: float | None = None
+    seed: int = 0
+    steps: int | None = None
+    negative_caption: str = ""
+
+    @classmethod
+    def from_request(cls, request: GenerationRequest) -> "TrackSettings":
+        return cls(caption=request.caption, method=request.method, alpha=request.alpha, beta=request.beta,
+                   w1=request.w1, w2=request.w2, w3=request.w3, seed=request.seed, steps=request.steps,
+                   negative_caption=request.negative_caption)
+
+    def resolved(self, defaults: GuidanceDefaults) -> "TrackSettings":
+        return replace(self, **resolve_guidance(defaults, self.method, self.alpha, self.beta,
+                                                self.w1, self.w2, self.w3, self.steps))
+
+    @property
+    def weights(self) -> GuidanceWeights:
+        return GuidanceWeights(self.alpha, self.beta, self.w1, self.w2, self.w3)
 
 
 @dataclass
@@ -63,10 +72,11 @@ class Track:
     samples: np.ndarray  # (S,) float32 mono at sample_rate
     sample_rate: int
     metadata: dict = field(default_factory=dict)
-    caption: str | None = None
+    captions: tuple[str, ...] = ()  # what it holds: one caption, or those of a bounce of several
 
 
-ProgressFn = Callable[[int, int], None]
+# on_progress(phase, done, total): phase "features", "sampling" or "decoding", counted within it
+ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 
 
@@ -105,10 +115,6 @@ class StepSession:
     """Builds a soundtrack for one region, track by track."""
 
     def __init__(self, model: FoleyModel, region: Region, feature_cache=None):
-        if region.duration < MIN_REGION_S:
-            raise InvalidInputError(
-                f"The region is {region.duration:.2f} s long; select at least {MIN_REGION_S:.0f} s of picture."
-            )
         self.model = model
         self.region = region
         self.feature_cache = feature_cache
@@ -118,12 +124,13 @@ class StepSession:
 
     # -- the stack of existing tracks --
 
-    def add_track(self, samples: np.ndarray, sample_rate: int, caption: str | None = None) -> None:
-        """Add an existing track (a generated stem, or the DAW's bounce of several) to the stack."""
+    def add_track(self, samples: np.ndarray, sample_rate: int, captions: tuple[str, ...] | list[str] = ()) -> None:
+        """Add an existing track (a generated stem, or the DAW's bounce of several, with the
+        captions of what it holds) to the stack."""
         mono = self._mono_at_model_rate(
             samples, sample_rate, "The existing track is empty (zero length): bounce the Foley tracks again.")
         self.tracks.append(Track(mixing.fit_length(mono, self.length)[0], self.model.sample_rate,
-                                 caption=caption))
+                                 captions=tuple(c for c in captions if c)))
 
     def _mono_at_model_rate(self, samples: np.ndarray, sample_rate: int, if_empty: str) -> np.ndarray:
         # samples: any channel layout -> (1, S') mono at the model's rate
@@ -141,6 +148,9 @@ class StepSession:
                                 channels=1, target_lufs=CONDITION_LUFS)
         return mix[0]
 
+    def previous_captions(self) -> list[str]:
+        return [c for t in self.tracks for c in t.captions]
+
     # -- generation --
 
     def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -153,121 +163,135 @@ class StepSession:
         looped = np.tile(mono, (1, math.ceil(self.length / mono.shape[-1])))[:, : self.length]
         return mixing.loudness_normalize(looped, self.model.sample_rate, CONDITION_LUFS)[0]
 
-    def next_track(self, settings: TrackSettings, on_step: ProgressFn | None = None,
+    def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
                    is_cancelled: CancelFn | None = None,
                    reference: tuple[np.ndarray, int] | None = None) -> Track:
-        """The next track. `reference` (samples, sample_rate) is the recording that method
-        "reference" pulls toward; the other methods take none."""
-        model, sr = self.model, self.model.sample_rate
-        method = settings.method
-        if (method == "reference") != (reference is not None):
+        """The next track. `reference` (samples, sample_rate) is the recording that a method whose
+        audio branch hears a reference (method "reference") pulls toward; the others take none."""
+        model = self.model
+        settings = settings.resolved(model.defaults)
+        requested = GUIDANCE_METHODS.get(settings.method)
+        if requested is None or not requested.public:
+            raise InvalidInputError(f"Unknown method '{settings.method}'.")
+        if (requested.audio == "reference") != (reference is not None):
             raise InvalidInputError(
                 "A reference sound goes with method 'reference', and method 'reference' needs one: "
-                "give both or neither."
-            )
-        condition = self.reference_condition(*reference) if reference is not None else self.conditioning_mix()
-        if condition is None or (method in AUDIO_CONDITIONED and settings.beta == 0):
-            effective = "cfg"  # track 1 (nothing to negate) and beta = 0 are plain CFG
-        elif method in AUDIO_CONDITIONED:
-            if model.controlnet is None:
-                raise InvalidInputError(
-                    f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks "
-                    "or a reference sound; use method 'independent' or 'negative_prompt', or load a "
-                    "ControlNet."
-                )
-            effective = method
-        elif method == "independent":
-            effective = "cfg"
+                "give both or neither.")
+        if requested.audio == "reference":
+            condition = self.reference_condition(*reference)
         else:
-            effective = "negative_prompt"
-        negative = settings.negative_caption or ", ".join(t.caption for t in self.tracks if t.caption)
-        if effective == "negative_prompt" and not negative:
-            effective = "cfg"  # no earlier captions to push away from
+            condition = self.conditioning_mix() if requested.audio == "existing" else None
+        method = resolve_method(requested.name, settings.weights, has_audio=condition is not None)
+        if method.needs_controlnet and model.controlnet is None:
+            raise InvalidInputError(
+                f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks or a "
+                "reference sound; use method 'independent' or 'negative_prompt', or load a ControlNet.")
+        negative = settings.negative_caption or (
+            ", ".join(self.previous_captions()) if requested.negative_from_previous else "")
 
         # The captions are the same for every window: encode them once.
         with torch.inference_mode():
             text_f = model.text_encoder.encode([settings.caption]).to(model.device)
-            negative_text = (model.text_encoder.encode([negative]).to(model.device)
-                             if effective == "negative_prompt" else None)
-        total = settings.steps * len(self.windows)
+            negative_text = model.text_encoder.encode([negative]).to(model.device) if negative else None
         timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0}
-        pieces = []
-        for w, (w_start, w_end) in enumerate(self.windows):
-            def window_progress(step, _steps, w=w):
-                if on_step is not None:
-                    on_step(w * settings.steps + step, total)
+        report = on_progress or (lambda phase, done, total: None)
 
-            a, b = int(round(w_start * sr)), int(round(w_end * sr))
-            cond_audio = condition[a:b] if effective in AUDIO_CONDITIONED else None
-            wave = self._generate_window(
-                self.region.start + w_start, self.region.start + w_end, settings, text_f,
-                negative_text, cond_audio, effective, seed=settings.seed + w, on_step=window_progress,
-                is_cancelled=is_cancelled, timings=timings)
-            pieces.append((a, wave[: b - a]))
+        # Picture features of every window first: on a CPU with MMAudio's encoders they take
+        # minutes, and the DAW hears their progress as its own phase.
+        t0 = time.perf_counter()
+        features = self._window_features(report)
+        timings["video_features"] = time.perf_counter() - t0
+
+        steps = settings.steps
+        grid = time_grid(steps)
+        total = steps * len(self.windows)
+        latents = []
+        for w, ((w_start, w_end), (clip_f, sync_f)) in enumerate(zip(self.windows, features)):
+            a, b = self._samples(w_start), self._samples(w_end)
+            t0 = time.perf_counter()
+            latents.append(self._sample_window(
+                method, settings, w_end - w_start, clip_f, sync_f, text_f, negative_text,
+                condition[a:b] if method.needs_controlnet else None, seed=settings.seed + w, grid=grid,
+                on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
+                is_cancelled=is_cancelled))
+            timings["sampling"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pieces = []
+        for w, ((w_start, w_end), latent) in enumerate(zip(self.windows, latents)):
+            report("decoding", w, len(self.windows))
+            a, b = self._samples(w_start), self._samples(w_end)
+            pieces.append((a, self._decode(latent)[: b - a]))
+        report("decoding", len(self.windows), len(self.windows))
+        timings["decoding"] = time.perf_counter() - t0
         samples = crossfade_join(pieces, self.length)
 
         metadata = {
             **asdict(settings),
-            "method_used": effective,
-            "negative_caption": negative if effective == "negative_prompt" else None,
+            "method_used": method.name,
+            "negative_caption": negative or None,
             "model": model.model_id,
             "precision": resolve_precision(model.device, model.precision),
             "region": {"video": str(self.region.video), "start": self.region.start, "end": self.region.end},
-            "sample_rate": sr,
-            "duration": self.length / sr,
+            "sample_rate": model.sample_rate,
+            "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
             "track_index": len(self.tracks) + 1,
             "timings": timings,
         }
-        track = Track(samples, sr, metadata, caption=settings.caption)
+        track = Track(samples, model.sample_rate, metadata, captions=(settings.caption,))
         self.tracks.append(track)
         return track
 
-    def _video_features(self, start: float, end: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _samples(self, seconds: float) -> int:
+        return int(round(seconds * self.model.sample_rate))
+
+    def _window_features(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(clip_f, sync_f) of every window, through the feature cache; progress counts the
+        encoder's own units (frames, segments) over all windows."""
         encoder = self.model.video_encoder
-        compute = lambda: encoder.encode_region(self.region.video, start, end)  # noqa: E731
-        if self.feature_cache is None:
-            return compute()
-        key = Region(self.region.video, start, end).key() + (encoder.encoder_id,)
-        return self.feature_cache.get_or_compute(key, compute)
+        out, done_before = [], 0
+        for w, (w_start, w_end) in enumerate(self.windows):
+            start, end = self.region.start + w_start, self.region.start + w_end
+            units = encoder.progress_units(end - start)
+            total = units * len(self.windows)
+
+            def compute(start=start, end=end, done_before=done_before, total=total):
+                return encoder.encode_region(
+                    self.region.video, start, end,
+                    on_progress=lambda done: report("features", done_before + done, total))
+
+            if self.feature_cache is None:
+                features = compute()
+            else:
+                key = Region(self.region.video, start, end).key() + (encoder.encoder_id,)
+                features = self.feature_cache.get_or_compute(key, compute)
+            done_before += units
+            report("features", done_before, total)
+            out.append(tuple(f.to(self.model.device) for f in features))
+        return out
 
     @torch.inference_mode()
-    def _generate_window(self, start, end, settings, text_f, negative_text, cond_audio, method, seed,
-                         on_step, is_cancelled, timings) -> np.ndarray:
-        """One window: cond_audio (S,) is x̃ for NAG or the reference for method "reference",
-        None for CFG; negative_text for a negative prompt, else None."""
+    def _sample_window(self, method, settings, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
+                       seed, grid, on_step, is_cancelled) -> torch.Tensor:
+        """One window's normalized latent (1, N, C). cond_audio (S,): what the "audio" branch hears
+        (x̃, or the reference), None for methods without one."""
         model, net, device = self.model, self.model.net, self.model.device
-        duration = end - start
         latent_len = model.codec.latent_length(duration)
-        t0 = time.perf_counter()
-        clip_f, sync_f = (f.to(device) for f in self._video_features(start, end))
-        timings["video_features"] += time.perf_counter() - t0
-
-        cond = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
-        lengths = SequenceLengths(latent_len, clip_f.shape[1], sync_f.shape[1])
-        uncond = net.get_empty_conditions(1, negative_text_features=negative_text, seq_lengths=lengths)
-
-        audio_rows = None
+        conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
+        audio_latent = None
         if cond_audio is not None:
-            empty_text = net.empty_string_feat.unsqueeze(0)
-            video_only = net.preprocess_conditions(clip_f, sync_f, empty_text, latent_seq_len=latent_len)
             wave = torch.from_numpy(np.ascontiguousarray(cond_audio))[None].to(device)
             audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
-            audio_rows = (video_only, audio_latent)
-
-        audio_guidance = {"reference" if method == "reference" else "nag": audio_rows}
-        velocity = guided_velocity(
-            net, cond, uncond, alpha=settings.alpha, beta=settings.beta,
-            controlnet=model.controlnet, **audio_guidance)
+        velocity = guided_velocity(net, method, settings.weights, conditions, audio_latent=audio_latent,
+                                   controlnet=model.controlnet)
         x0 = initial_noise([seed], latent_len, net.latent_dim, device=device)
-        t0 = time.perf_counter()
         with autocast_context(device, model.precision):
-            x1 = euler_sample(velocity, x0, settings.steps, on_step=on_step, is_cancelled=is_cancelled)
-        t1 = time.perf_counter()
-        wave = model.codec.decode(net.unnormalize(x1.float()))[0].float().cpu().numpy()
-        timings["sampling"] += t1 - t0
-        timings["decoding"] += time.perf_counter() - t1
-        return wave
+            return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled)
+
+    @torch.inference_mode()
+    def _decode(self, latent: torch.Tensor) -> np.ndarray:
+        net = self.model.net
+        return self.model.codec.decode(net.unnormalize(latent.float()))[0].float().cpu().numpy()
 
 
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:

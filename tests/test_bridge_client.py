@@ -104,7 +104,7 @@ def test_watchdog_times_out_without_progress_but_not_while_progressing(tmp_path)
     release = threading.Event()
 
     def stuck(request, on_progress, is_cancelled):
-        on_progress(1, 2)
+        on_progress("sampling", 1, 2)
         release.wait(10)
         return SineRunner()(request, on_progress, is_cancelled)
 

@@ -18,8 +18,10 @@ from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.client import EngineClient
 from stepfoley.bridge.server import EngineServer, ServerConfig
 from stepfoley.engine.errors import AudioError, GenerationCancelled, VideoError
+from stepfoley.request import parse_request
 
 SUBTYPES = {"wav24": "PCM_24", "wav32f": "FLOAT"}
+DEFAULT_STEPS = 25
 
 
 class SineRunner:
@@ -34,32 +36,31 @@ class SineRunner:
 
     def __call__(self, request, on_progress, is_cancelled):
         with self.lock:
-            self.started.append(request["caption"])
-        region = request["region"]
-        if not os.path.isfile(region["video"]):
-            raise VideoError(f"The video '{region['video']}' does not exist.")
-        if request["existing_mix"] is not None:
+            self.started.append(request.caption)
+        region = request.region
+        if not os.path.isfile(region.video):
+            raise VideoError(f"The video '{region.video}' does not exist.")
+        if request.existing_mix is not None:
             try:
-                sf.info(request["existing_mix"])
+                sf.info(request.existing_mix)
             except Exception as e:
-                raise AudioError(f"The existing mix '{request['existing_mix']}' cannot be read: {e}") from None
-        total = request["steps"]
+                raise AudioError(f"The existing mix '{request.existing_mix}' cannot be read: {e}") from None
+        total = request.steps or DEFAULT_STEPS
         for step in range(1, total + 1):
             if is_cancelled():
                 raise GenerationCancelled("Cancelled by the user.")
             if self.step_s:
                 time.sleep(self.step_s)
-            on_progress(step, total)
-        sr = request["sample_rate"]
-        duration = region["project_end"] - region["project_start"]
-        t = np.arange(int(round(duration * sr))) / sr
-        wave = 0.25 * np.sin(2 * np.pi * (220 + request["seed"] % 500) * t)
-        path = write_new_wav(request["output_dir"], request["name_hint"] or request["caption"], wave, sr,
-                             SUBTYPES[request["format"]], self.write_s)
+            on_progress("sampling", step, total)
+        sr = request.sample_rate
+        t = np.arange(int(round(region.project_duration * sr))) / sr
+        wave = 0.25 * np.sin(2 * np.pi * (220 + request.seed % 500) * t)
+        path = write_new_wav(request.output_dir, request.name_hint or request.caption, wave, sr,
+                             SUBTYPES[request.format], self.write_s)
         metadata = {
-            "sample_rate": sr, "duration": len(t) / sr, "lufs": None, "caption": request["caption"],
-            "seed": request["seed"], "alpha": request["alpha"], "beta": request["beta"],
-            "method": request["method"], "model": self.model,
+            "sample_rate": sr, "duration": len(t) / sr, "lufs": None, "caption": request.caption,
+            "seed": request.seed, "alpha": request.alpha, "beta": request.beta,
+            "method": request.method, "model": self.model,
         }
         return {"stem_path": path, "metadata": metadata}
 
@@ -96,8 +97,8 @@ def make_request(tmp_path, caption="footsteps on gravel", **changes) -> dict:
     out.mkdir(exist_ok=True)
     request = {
         "protocol": 1,
-        "region": {"video": str(video), "file_in": 12.0, "file_out": 12.1, "playrate": 1.0,
-                   "project_start": 30.0, "project_end": 30.1},
+        "region": {"video": str(video), "file_in": 12.0, "file_out": 13.0, "playrate": 1.0,
+                   "project_start": 30.0, "project_end": 31.0},
         "caption": caption, "method": "nag", "alpha": 4.5, "beta": 1.5, "seed": 1, "steps": 4,
         "output_dir": str(out), "sample_rate": 48000, "format": "wav24",
     }
@@ -171,12 +172,12 @@ def peer(server):
 
 
 def test_sine_runner_obeys_the_service_contract(tmp_path):
-    request = protocol.validate_request(make_request(tmp_path, steps=3, format="wav32f", sample_rate=44100))
+    request = parse_request(make_request(tmp_path, steps=3, format="wav32f", sample_rate=44100))
     steps = []
-    result = SineRunner()(request, lambda s, t: steps.append((s, t)), lambda: False)
-    assert steps == [(1, 3), (2, 3), (3, 3)]
+    result = SineRunner()(request, lambda *p: steps.append(p), lambda: False)
+    assert steps == [("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
     info = sf.info(result["stem_path"])
-    assert (info.samplerate, info.subtype, info.frames) == (44100, "FLOAT", round(0.1 * 44100))
-    assert os.listdir(request["output_dir"]) == [os.path.basename(result["stem_path"])]
+    assert (info.samplerate, info.subtype, info.frames) == (44100, "FLOAT", 44100)
+    assert os.listdir(request.output_dir) == [os.path.basename(result["stem_path"])]
     with pytest.raises(GenerationCancelled):
-        SineRunner()(request, lambda s, t: None, lambda: True)
+        SineRunner()(request, lambda *p: None, lambda: True)

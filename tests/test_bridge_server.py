@@ -27,7 +27,8 @@ def test_generate_replies_in_order_and_writes_a_real_wav(peer, tmp_path):
     assert addresses == [protocol.ACCEPTED] + [protocol.PROGRESS] * 4 + [protocol.DONE]
     job_id = replies[0][1][1]
     assert replies[0][1] == ["gen-1", job_id, 0]
-    assert [args[2:] for _, args in replies[1:-1]] == [[0, 3], [1, 3], [2, 3], [3, 3]]
+    assert [args[2:] for _, args in replies[1:-1]] == [
+        [0, 0, "starting"], [1, 3, "sampling"], [2, 3, "sampling"], [3, 3, "sampling"]]
     _, (rid, done_job, stem_path, metadata_json) = replies[-1]
     assert (rid, done_job) == ("gen-1", job_id)
     metadata = json.loads(metadata_json)
@@ -286,14 +287,22 @@ def test_stop_fails_queued_jobs_and_stops_the_running_one(tmp_path):
 
 
 def test_a_server_still_loading_its_model_answers_and_refuses_generation(tmp_path):
+    from test_request import capabilities
+
     with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
         p = RawPeer(srv.address[1])
         p.send(protocol.PING, p.port, "p", "")
         assert p.receive()[1][2] == "loading"
+        p.send(protocol.STATUS, p.port, "s", "")
+        status = json.loads(p.receive()[1][1])
+        assert (status["state"], status["capabilities"]) == ("loading", None)
         p.generate(make_request(tmp_path), "early")
         address, args = p.receive()
         assert (address, args[2]) == (protocol.ERROR, "engine_loading")
-        srv.attach(SineRunner(), model="test-sine", device="cpu")
+        srv.attach(SineRunner(), model="test-sine", device="cpu", capabilities=capabilities(alpha=2.0))
+        p.send(protocol.STATUS, p.port, "s2", "")
+        status = json.loads(p.receive()[1][1])
+        assert status["state"] == "idle" and status["capabilities"]["defaults"]["alpha"] == 2.0
         p.generate(make_request(tmp_path), "later")
         assert p.receive_until(protocol.FINAL_REPLIES)[-1][0] == protocol.DONE
         p.send(protocol.PING, p.port, "p2", "")
@@ -308,3 +317,19 @@ def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
     assert "--token" in capsys.readouterr().err
     assert main(["serve", "--port", str(server.address[1])]) == 3
     assert "already running" in capsys.readouterr().err
+
+
+def test_a_request_the_model_cannot_run_is_refused_before_accepted(tmp_path):
+    """The one bound lives in stepfoley.request: steps 201 and an unknown method never get a job."""
+    from test_request import capabilities
+
+    with EngineServer(SineRunner(), ServerConfig(port=0), capabilities=capabilities()).start() as srv:
+        p = RawPeer(srv.address[1])
+        for rid, change, words in (("a", {"steps": 201}, "steps = 201"), ("b", {"method": "magic"}, "unknown"),
+                                   ("c", {"w1": 1.0}, "only apply to method 'dual'")):
+            p.generate(make_request(tmp_path, **change), rid)
+            address, args = p.receive()
+            assert (address, args[1], args[2]) == (protocol.ERROR, "", "invalid_request") and words in args[3]
+        p.generate(make_request(tmp_path, method="dual", w1=1.0, w2=2.0, w3=0.5, steps=200), "ok")
+        assert p.receive_until(protocol.FINAL_REPLIES, timeout=20)[-1][0] == protocol.DONE
+        p.close()

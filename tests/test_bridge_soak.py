@@ -15,7 +15,7 @@ from test_bridge_kit import RawPeer, SineRunner, make_request
 
 def tiny_request(tmp_path, caption: str) -> dict:
     request = make_request(tmp_path, caption=caption, steps=2, sample_rate=8000)
-    request["region"].update(file_in=0.0, file_out=0.01, project_start=0.0, project_end=0.01)
+    request["region"].update(file_in=0.0, file_out=1.0, project_start=0.0, project_end=1.0)
     return request
 
 

@@ -29,7 +29,7 @@ def test_demo_writes_every_file_and_never_reuses_a_run_folder(tmp_path, capsys):
     with av.open(str(run / "picture.mp4")) as container:
         assert len(container.streams.audio) == 0
     manifest = json.loads((run / "run.json").read_text())
-    assert [t["method_used"] for t in manifest["tracks"]] == ["cfg", "nag"]
+    assert [t["method_used"] for t in manifest["tracks"]] == ["independent", "nag"]
     assert "sampling" in capsys.readouterr().out
 
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}

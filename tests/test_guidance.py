@@ -18,7 +18,7 @@ from stepfoley.engine.guidance import (
     negative_text_guidance,
     reference_audio_guidance,
 )
-from stepfoley.engine.sampler import euler_sample
+from stepfoley.engine.sampler import euler_sample, time_grid
 
 SHAPE = (2, 7, 3)
 
@@ -164,9 +164,48 @@ def test_guided_ode_matches_closed_form_solution(rule):
 
     x0 = _x()
     steps = 400
-    x1 = euler_sample(velocity, x0, steps=steps)
+    x1 = euler_sample(velocity, x0, time_grid(steps))
     exact = m_star + (x0 - m_star) * math.exp(-1.0)
     # Euler on dx/dt = m* − x gives (1 − h)^n exactly; its global error is O(h).
     discrete = m_star + (x0 - m_star) * (1 - 1 / steps) ** steps
     torch.testing.assert_close(x1, discrete, rtol=0, atol=1e-5)
     torch.testing.assert_close(x1, exact, rtol=0, atol=5e-3 * float((x0 - m_star).abs().max()))
+
+
+# ---------------------------------------------------------------- the registry
+
+from stepfoley.engine.guidance import (BRANCHES, GUIDANCE_METHODS, GuidanceMethod, GuidanceWeights,  # noqa: E402
+                                       public_methods, resolve_method)
+
+
+def test_registry_entries_are_well_formed_and_reach_their_simplifications():
+    for method in GUIDANCE_METHODS.values():
+        assert set(method.branches) <= set(BRANCHES)
+        for weights in (GuidanceWeights(0.5, 0.0, 0.0, 0.0, 0.0), GuidanceWeights(4.5, 1.5, 4.5, 6.0, 1.5)):
+            for has_audio in (False, True):
+                assert resolve_method(method.name, weights, has_audio).name in GUIDANCE_METHODS
+    assert {m.name for m in public_methods()} == {"independent", "negative_prompt", "nag", "text_boost", "dual",
+                                                   "reference"}
+
+
+@pytest.mark.parametrize("name, weights, has_audio, used", [
+    ("nag", GuidanceWeights(4.5, 1.5), True, "nag"),
+    ("nag", GuidanceWeights(4.5, 1.5), False, "independent"),  # track 1: nothing to negate
+    ("nag", GuidanceWeights(4.5, 0.0), True, "independent"),  # beta = 0 is CFG exactly
+    ("nag", GuidanceWeights(0.5, 0.0), True, "conditional"),  # MMAudio: CFG below 1 is the conditional branch
+    ("text_boost", GuidanceWeights(4.5, 1.5), False, "text_boost"),
+    ("text_boost", GuidanceWeights(4.5, 0.0), False, "independent"),
+    ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), True, "dual"),
+    ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 0.0), True, "dual_text"),
+    ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), False, "dual_text"),
+    ("reference", GuidanceWeights(4.5, 0.0), True, "independent"),
+])
+def test_resolve_method_picks_the_cheapest_equivalent(name, weights, has_audio, used):
+    assert resolve_method(name, weights, has_audio).name == used
+
+
+def test_a_method_must_name_what_its_audio_branch_hears():
+    with pytest.raises(ValueError, match="audio"):
+        GuidanceMethod("broken", "no", ("cond", "audio"), lambda v, w: v["cond"])
+    with pytest.raises(ValueError, match="order"):
+        GuidanceMethod("broken", "no", ("uncond", "cond"), lambda v, w: v["cond"])

@@ -204,7 +204,7 @@ def test_generate_two_tracks_with_nag_through_the_official_layout(stack, variant
         assert model.codec.vocoder.config == BigVGANConfig.from_dict(BIGVGAN_V2_JSON)
 
     first, second = two_tracks(model, stack["video"])
-    assert first.metadata["method_used"] == "cfg" and second.metadata["method_used"] == "nag"
+    assert first.metadata["method_used"] == "independent" and second.metadata["method_used"] == "nag"
     assert first.metadata["model"] == model.model_id
     for track in (first, second):
         assert_audio(track, sample_rate)
@@ -212,10 +212,18 @@ def test_generate_two_tracks_with_nag_through_the_official_layout(stack, variant
     # The ControlNet read from controlnets/<variant>.safetensors steers track 2: the same
     # caption and seed without NAG gives other audio.
     session = StepSession(model, Region(stack["video"], *REGION))
-    session.add_track(first.samples, sample_rate, caption="footsteps")
-    plain = session.next_track(TrackSettings("rain", method="independent", steps=2, seed=2))
-    assert plain.metadata["method_used"] == "cfg"
+    session.add_track(first.samples, sample_rate, captions=["footsteps"])
+    progress = []
+    plain = session.next_track(TrackSettings("rain", method="independent", steps=2, seed=2),
+                               on_progress=lambda *p: progress.append(p))
+    assert plain.metadata["method_used"] == "independent"
     assert not np.allclose(plain.samples, second.samples, atol=1e-6)
+    # Picture features report their own progress on a CPU: 2 s = 16 CLIP frames in batches of
+    # 8, then Synchformer segments in batches of 4, before any sampling step.
+    features = [p for p in progress if p[0] == "features"]
+    assert len(features) >= 4 and features[-1][1] == features[-1][2] == model.video_encoder.progress_units(2.0)
+    assert [d for _, d, _ in features] == sorted(d for _, d, _ in features)
+    assert progress.index(features[-1]) < progress.index(("sampling", 1, 2))
 
 
 def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):

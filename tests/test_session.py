@@ -8,8 +8,9 @@ import soundfile as sf
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import GenerationCancelled, InvalidInputError, VideoError
 from stepfoley.engine.pipeline import Region
-from stepfoley.engine.service import FoleyService, parse_request
+from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import StepSession, TrackSettings, crossfade_join, plan_windows
+from stepfoley.request import parse_request
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_crossfade_join_keeps_a_constant_signal_constant():
 def test_track_one_is_cfg_then_nag_uses_the_mix(tiny, scene_video):
     session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
     first = session.next_track(TrackSettings("a ball bounces", seed=3, steps=2))
-    assert first.metadata["method_used"] == "cfg"
+    assert first.metadata["method_used"] == "independent"  # nothing to negate: plain CFG
     assert first.samples.shape == (4 * 16000,)
     mix = session.conditioning_mix()
     assert abs(mixing.integrated_loudness(mix[None], 16000) - (-20.0)) < 0.5
@@ -77,23 +78,24 @@ def test_long_region_is_windowed(tiny, tmp_path):
     from stepfoley.engine.miniworld import make_scene, write_scene
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     session = StepSession(tiny, Region(video, 0.0, 10.0))
-    steps = []
-    track = session.next_track(TrackSettings("rain falling", steps=1), on_step=lambda s, t: steps.append((s, t)))
+    progress = []
+    track = session.next_track(TrackSettings("rain falling", steps=1),
+                               on_progress=lambda *p: progress.append(p))
     assert track.metadata["windows"] == 2
     assert track.samples.shape == (160000,)
-    assert steps[-1] == (2, 2)
+    # the picture of both windows first, then every sampling step, then decoding
+    assert [p for p in progress if p[0] == "features"][-1] == ("features", 2, 2)
+    assert [p for p in progress if p[0] == "sampling"] == [("sampling", 1, 2), ("sampling", 2, 2)]
+    assert progress[-1] == ("decoding", 2, 2)
+    assert [p[0] for p in progress] == sorted((p[0] for p in progress), key=("features", "sampling", "decoding").index)
 
 
 def test_bad_regions_and_cancel(tiny, scene_video):
-    with pytest.raises(InvalidInputError, match="at least"):
-        StepSession(tiny, Region(scene_video, 0.0, 0.5))
     with pytest.raises(VideoError, match="past the end"):
         StepSession(tiny, Region(scene_video, 6.0, 12.0)).next_track(TrackSettings("rain", steps=1))
     with pytest.raises(GenerationCancelled):
         StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(
             TrackSettings("rain", steps=3), is_cancelled=lambda: True)
-    with pytest.raises(InvalidInputError, match="caption"):
-        TrackSettings("   ")
 
 
 def _request(video, out, **extra):
@@ -102,10 +104,14 @@ def _request(video, out, **extra):
             "sample_rate": 48000, "format": "wav24", **extra}
 
 
+def _serve(service, request: dict) -> dict:
+    return service(parse_request(request, service.capabilities(), check_paths=True))
+
+
 def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_path):
     service = FoleyService(tiny)
-    first = service(_request(scene_video, tmp_path))
-    second = service(_request(scene_video, tmp_path, existing_mix=first["stem_path"], caption="rain falling"))
+    first = _serve(service, _request(scene_video, tmp_path))
+    second = _serve(service, _request(scene_video, tmp_path, existing_mix=first["stem_path"], caption="rain falling"))
     assert first["stem_path"] != second["stem_path"]
     data, sr = sf.read(second["stem_path"])
     assert sr == 48000 and data.shape == (96000,)
@@ -118,22 +124,39 @@ def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_pat
 def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     request = _request(scene_video, tmp_path, format="wav32f")
     request["region"]["playrate"] = 2.0  # 2 s of file play in 1 s of project
-    result = FoleyService(tiny)(request)
+    result = _serve(FoleyService(tiny), request)
     data, sr = sf.read(result["stem_path"])
     assert data.shape == (48000,) and sf.info(result["stem_path"]).subtype == "FLOAT"
+    assert result["metadata"]["project_start"] == 0.0
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"output_dir": "/nonexistent/folder"}, "output folder"),
-    ({"method": "magic"}, "Unknown method"),
-    ({"format": "mp3"}, "Unknown format"),
-    ({"sample_rate": 12345}, "not supported"),
-    ({"steps": 0}, "between 1 and 200"),
-    ({"seed": 1.5}, "whole numbers"),
-])
-def test_parse_request_rejects_bad_fields(scene_video, tmp_path, change, message):
-    with pytest.raises(InvalidInputError, match=message):
-        parse_request({**_request(scene_video, tmp_path), **change})
+def test_service_stem_lasts_project_end_minus_project_start(tiny, scene_video, tmp_path):
+    request = _request(scene_video, tmp_path)
+    request["region"].update(project_start=10.0, project_end=11.5)  # 2 s of picture over 1.5 s of timeline
+    result = _serve(FoleyService(tiny), request)
+    assert sf.read(result["stem_path"])[0].shape == (72000,)
+    assert result["metadata"]["project_start"] == 10.0
+
+
+def test_service_uses_the_models_defaults_for_absent_fields(tiny, scene_video, tmp_path):
+    from dataclasses import replace
+
+    from stepfoley.request import GuidanceDefaults
+
+    model = replace(tiny, defaults=GuidanceDefaults(method="independent", alpha=2.0, beta=0.5, steps=1))
+    request = _request(scene_video, tmp_path)
+    del request["steps"]
+    meta = _serve(FoleyService(model), request)["metadata"]
+    assert (meta["method"], meta["alpha"], meta["beta"], meta["steps"]) == ("independent", 2.0, 0.5, 1)
+
+
+def test_service_reports_a_file_that_vanished_after_the_request_was_checked(tiny, scene_video, tmp_path):
+    gone = tmp_path / "gone.wav"
+    sf.write(gone, _tone(0.5, 16000)[0], 16000)
+    request = parse_request(_request(scene_video, tmp_path, existing_mix=str(gone)), tiny.capabilities())
+    gone.unlink()
+    with pytest.raises(InvalidInputError, match="bounced mix .* does not exist"):
+        FoleyService(tiny)(request)
 
 
 def test_bf16_precision_runs_and_is_recorded(scene_video):
@@ -201,10 +224,27 @@ def test_service_makes_a_track_that_sounds_like_a_reference(tiny, scene_video, t
     reference = tmp_path / "reference.wav"
     sf.write(reference, _tone(0.5, 44100, channels=2).T, 44100)
     before = reference.read_bytes()
-    result = FoleyService(tiny)(_request(scene_video, tmp_path, method="reference", reference_audio=str(reference)))
+    service = FoleyService(tiny)
+    result = _serve(service, _request(scene_video, tmp_path, method="reference", reference_audio=str(reference)))
     meta = result["metadata"]
     assert meta["method_used"] == "reference" and meta["reference_audio"] == str(reference)
     assert sf.read(result["stem_path"])[0].shape == (96000,)
     assert reference.read_bytes() == before  # only read
     with pytest.raises(InvalidInputError, match="reference sound .* does not exist"):
-        parse_request(_request(scene_video, tmp_path, method="reference", reference_audio=str(tmp_path / "no.wav")))
+        _serve(service, _request(scene_video, tmp_path, method="reference", reference_audio=str(tmp_path / "no.wav")))
+
+
+def test_a_registered_method_runs_through_the_session(tiny, scene_video, monkeypatch):
+    from stepfoley.engine import guidance
+
+    monkeypatch.setitem(guidance.GUIDANCE_METHODS, "half_cfg", guidance.GuidanceMethod(
+        "half_cfg", "CFG at half strength", ("cond", "uncond"),
+        lambda v, w: guidance.classifier_free_guidance(v["cond"], v["uncond"], w.alpha / 2)))
+
+    def track(method, alpha):
+        session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+        return session.next_track(TrackSettings("rain", method=method, alpha=alpha, seed=3, steps=2))
+
+    half = track("half_cfg", 5.0)
+    assert half.metadata["method_used"] == "half_cfg"
+    np.testing.assert_allclose(half.samples, track("independent", 2.5).samples, atol=1e-5)

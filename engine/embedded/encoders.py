@@ -13,6 +13,8 @@ Every group is squashed with fixed constants to roughly unit scale; nothing is l
 same frames always give the same features.
 """
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -150,11 +152,18 @@ class EmbeddedVideoEncoder:
         sync_f = resample_to_sync_grid(motion_features(x), sync_length(n_frames))
         return clip_f.float(), sync_f.float()
 
+    def progress_units(self, duration_s: float) -> int:
+        return 1  # one read and one cheap forward: nothing worth counting inside
+
     @torch.no_grad()
-    def encode_region(self, video, start: float, end: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_region(self, video, start: float, end: float,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from ..video import read_region      # PyAV only when a file is actually read
         frames = read_region(video, start, end, SYNC_FPS, FRAME_SIZE)
-        return self.encode_frames(frames, duration_s=end - start)
+        features = self.encode_frames(frames, duration_s=end - start)
+        if on_progress is not None:
+            on_progress(1)
+        return features
 
 
 def frames_from_hwc(frames) -> torch.Tensor:

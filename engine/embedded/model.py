@@ -24,6 +24,7 @@ from stepfoley.engine.checkpoints import save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
+from stepfoley.request import GuidanceDefaults
 
 WEIGHTS_PATH = Path(__file__).with_name("stepfoley_mini.safetensors")
 CONTROLNET_DEPTH = 2
@@ -69,15 +70,16 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
             net.latent_mean.zero_()
             net.latent_std.fill_(1.0)
         model_id, note = "stepfoley-mini-random", "random weights: the sound is meaningless (tests only)"
+        defaults = GuidanceDefaults()
     else:
         path = Path(weights_path or WEIGHTS_PATH)
-        model_id = load_embedded_weights(path, net, controlnet)
+        model_id, defaults = load_embedded_weights(path, net, controlnet)
         note = ""
     with torch.no_grad():
         net.empty_string_feat.copy_(text_encoder.encode([""])[0])
     model = FoleyModel(model_id=model_id, net=net.eval().requires_grad_(False), codec=codec,
                        video_encoder=EmbeddedVideoEncoder(), text_encoder=text_encoder,
-                       controlnet=controlnet.eval().requires_grad_(False), note=note)
+                       controlnet=controlnet.eval().requires_grad_(False), note=note, defaults=defaults)
     return model.to(torch.device(device))
 
 
@@ -95,7 +97,9 @@ def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: Aud
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
 
 
-def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> str:
+def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> tuple[str, GuidanceDefaults]:
+    """Loads the weights into `net` and `controlnet`; returns the model id and the guidance
+    defaults recorded with them (metadata "guidance_defaults"; the paper's when absent)."""
     if not path.is_file():
         raise CheckpointError(
             f"The embedded model's weights {path} are missing. Reinstall StepFoley, or retrain them with "
@@ -108,4 +112,6 @@ def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet)
         raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     controlnet.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")})
-    return meta.get("model_id", "stepfoley-mini")
+    defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
+        else GuidanceDefaults()
+    return meta.get("model_id", "stepfoley-mini"), defaults

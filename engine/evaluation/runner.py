@@ -89,11 +89,13 @@ class _Progress:
     def track(self):
         start = self.done
 
-        def on_step(step, _total):
+        def on_progress(phase, step, _total):
+            if phase != "sampling":
+                return
             self.done = start + step
             if self.on_progress is not None:
                 self.on_progress(self.done, self.total)
-        return on_step
+        return on_progress
 
 
 def _track_figures(embedding, tracks: Sequence[np.ndarray], sample_rate: int, captions: Sequence[str],
@@ -156,15 +158,15 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, steps: int =
             first_session = StepSession(model, region, cache)
             first = first_session.next_track(
                 TrackSettings(captions[0], method="independent", alpha=alpha, beta=0.0,
-                              seed=track_seed(s, 0), steps=steps), on_step=progress.track())
+                              seed=track_seed(s, 0), steps=steps), on_progress=progress.track())
             for method in methods:
                 session = StepSession(model, region, cache)
-                session.add_track(first.samples, first.sample_rate, captions[0])
+                session.add_track(first.samples, first.sample_rate, [captions[0]])
                 for j in range(1, k_scene):
                     session.next_track(
                         TrackSettings(captions[j], method=method, alpha=alpha,
                                       beta=beta if method == "nag" else 0.0, seed=track_seed(s, j), steps=steps),
-                        on_step=progress.track())
+                        on_progress=progress.track())
                 scene_figures = _track_figures(embedding, [t.samples for t in session.tracks],
                                                model.sample_rate, captions, stems)
                 composites[method].append(scene_figures.pop("_composite"))

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -233,13 +233,18 @@ def clip_normalize(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_clip_frames(model: ClipModel, frames: torch.Tensor,
-                       batch_frames: int | None = None) -> torch.Tensor:
-    """uint8 (T, 3, 384, 384) at 8 fps -> (1, T, embed_dim), frames batched through the tower."""
+def encode_clip_frames(model: ClipModel, frames: torch.Tensor, batch_frames: int | None = None,
+                       on_progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """uint8 (T, 3, 384, 384) at 8 fps -> (1, T, embed_dim), frames batched through the tower;
+    `on_progress(frames_done)` after each batch."""
     param = next(model.parameters())
     x = clip_normalize(frames.to(param.device)).to(param.dtype)
     step = batch_frames or max(1, x.shape[0])
-    parts = [model.encode_image(x[i:i + step]) for i in range(0, x.shape[0], step)]
+    parts = []
+    for i in range(0, x.shape[0], step):
+        parts.append(model.encode_image(x[i:i + step]))
+        if on_progress is not None:
+            on_progress(min(i + step, x.shape[0]))
     return torch.cat(parts, dim=0)[None]
 
 

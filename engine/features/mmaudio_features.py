@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.mmaudio import SYNC_FRAMES_PER_SEGMENT, SequenceLengths
 from stepfoley.engine.features.cache import FeatureCache, file_identity
 from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
                                   find_weight_file, load_clip)
@@ -28,6 +29,8 @@ from stepfoley.engine.features.synchformer import (SynchformerConfig, Synchforme
                                          load_synchformer)
 from stepfoley.engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
 
+CPU_CLIP_BATCH = 8  # frames
+CPU_SYNC_BATCH = 4  # segments
 SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
 CLIP_DIR = "DFN5B-CLIP-ViT-H-14-384"
 
@@ -107,29 +110,46 @@ class MMAudioVideoEncoder:
         """What engine.pipeline.VideoEncoder promises: identifies weights and frame geometry."""
         return self.extractor_id
 
-    def _compute(self, video_path: Path, start_s: float, end_s: float) -> dict[str, torch.Tensor]:
+    def progress_units(self, duration_s: float) -> int:
+        """CLIP frames plus Synchformer segments of a region this long."""
+        lengths = SequenceLengths.for_duration(duration_s, 16000, 256)
+        return lengths.clip + lengths.sync // SYNC_FRAMES_PER_SEGMENT
+
+    def _batches(self) -> tuple[int | None, int | None]:
+        # On a CPU one region costs minutes (full-size CLIP about 6 s a frame): small batches let
+        # the engine report progress as it goes, at no cost in speed there.
+        if self.clip_batch or self.sync_batch or next(self.clip.parameters()).device.type != "cpu":
+            return self.clip_batch, self.sync_batch
+        return CPU_CLIP_BATCH, CPU_SYNC_BATCH
+
+    def _compute(self, video_path: Path, start_s: float, end_s: float,
+                 on_progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+        report = on_progress or (lambda done: None)
+        clip_batch, sync_batch = self._batches()
         t0 = time.perf_counter()
         clip_frames, sync_frames = read_regions(video_path, start_s, end_s, self.requests)
         t1 = time.perf_counter()
-        clip_f = encode_clip_frames(self.clip, clip_frames, self.clip_batch)
+        clip_f = encode_clip_frames(self.clip, clip_frames, clip_batch, on_progress=report)
         t2 = time.perf_counter()
-        sync_f = encode_sync_frames(self.synchformer, sync_frames, self.sync_batch)
+        sync_f = encode_sync_frames(self.synchformer, sync_frames, sync_batch,
+                                    on_progress=lambda done: report(clip_f.shape[1] + done))
         t3 = time.perf_counter()
         self.last_timings = {"decode_s": t1 - t0, "clip_s": t2 - t1, "sync_s": t3 - t2}
         return {"clip_f": clip_f, "sync_f": sync_f}
 
-    def encode_region(self, video_path: str | Path, start_s: float,
-                      end_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_region(self, video_path: str | Path, start_s: float, end_s: float,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments."""
         video_path = Path(video_path)
         self.last_timings = {"decode_s": 0.0, "clip_s": 0.0, "sync_s": 0.0}
         if self.cache is None:
-            features = self._compute(video_path, start_s, end_s)
+            features = self._compute(video_path, start_s, end_s, on_progress)
         else:
             if not video_path.is_file():
                 self._compute(video_path, start_s, end_s)  # raises the VideoError that names it
             features = self.cache.get_or_compute_region(
                 video_path, start_s, end_s, self.extractor_id,
-                lambda: self._compute(video_path, start_s, end_s))
+                lambda: self._compute(video_path, start_s, end_s, on_progress))
         device = next(self.clip.parameters()).device
         return features["clip_f"].to(device), features["sync_f"].to(device)
 

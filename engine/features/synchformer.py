@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -233,14 +233,19 @@ def sync_windows(frames: torch.Tensor, cfg: SynchformerConfig = SynchformerConfi
 
 
 @torch.inference_mode()
-def encode_sync_frames(model: SynchformerVisual, frames: torch.Tensor,
-                       batch_segments: int | None = None) -> torch.Tensor:
+def encode_sync_frames(model: SynchformerVisual, frames: torch.Tensor, batch_segments: int | None = None,
+                       on_progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """(T, 3, 224, 224) uint8 at 25 fps -> (1, S*8, D), all windows in one batched forward
-    unless `batch_segments` caps how many go through at once."""
+    unless `batch_segments` caps how many go through at once; `on_progress(segments_done)`
+    after each batch."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     windows = sync_windows(frames.to(device), model.cfg)
     step = batch_segments or windows.shape[0]
-    parts = [model(windows[i:i + step].to(dtype)[None]) for i in range(0, windows.shape[0], step)]
+    parts = []
+    for i in range(0, windows.shape[0], step):
+        parts.append(model(windows[i:i + step].to(dtype)[None]))
+        if on_progress is not None:
+            on_progress(min(i + step, windows.shape[0]))
     features = torch.cat(parts, dim=1)  # (1, S, 8, D)
     return features.reshape(1, -1, features.shape[-1])

@@ -8,6 +8,10 @@ from stepfoley.commands.runtime import add_runtime_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from stepfoley.engine.guidance import public_methods
+    from stepfoley.request import field_rule
+
+    methods = public_methods()
     p.add_argument("video", help="the picture (mp4, mov, mkv, ...)")
     p.add_argument("start", type=float, help="region start in the video file, seconds")
     p.add_argument("end", type=float, help="region end in the video file, seconds")
@@ -16,21 +20,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stems already made for this region (or one bounce of them); NAG steers away from them")
     p.add_argument("--reference", default=None, metavar="WAV",
                    help="a recording the new track should sound like (method 'reference'; beta is the pull)")
-    p.add_argument("--method", choices=("nag", "independent", "negative_prompt", "reference"), default=None,
-                   help="default: reference with --reference, else nag")
-    p.add_argument("--alpha", type=float, default=4.5, help="text/video guidance strength (CFG)")
-    p.add_argument("--beta", type=float, default=1.5, help="negative audio guidance strength (or pull toward --reference)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--negative-caption", default=None, help="for --method negative_prompt")
+    p.add_argument("--method", choices=[m.name for m in methods], default=None,
+                   help="default: reference with --reference, else the model's. "
+                        + "; ".join(f"{m.name}: {m.summary}" for m in methods))
+    for name in ("alpha", "beta", "w1", "w2", "w3"):
+        p.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{field_rule(name)} (default: the model's)" if name in ("alpha", "beta")
+                       else field_rule(name))
+    p.add_argument("--seed", type=int, default=0, help=field_rule("seed"))
+    p.add_argument("--steps", type=int, default=None, help=f"{field_rule('steps')} (default: the model's)")
+    p.add_argument("--negative-caption", default="", help=field_rule("negative_caption"))
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="a directory of official MMAudio weights (default: the embedded mini-world model)")
     p.add_argument("--model", default=None,
                    help="model variant (small_16k, small_44k, ...; 'tiny-random' = random weights, for tests)")
     add_runtime_arguments(p)
     p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the model's)")
-    p.add_argument("--format", choices=("wav24", "wav32f"), default="wav24")
+    p.add_argument("--format", choices=("wav24", "wav32f"), default="wav24", help=field_rule("format"))
     p.add_argument("--out", default=".", help="folder for the new stem (a new unique name is chosen)")
+
+
+def request_from_arguments(args: argparse.Namespace, sample_rate: int, existing_mix: str | None = None) -> dict:
+    """The protocol request these arguments describe (parsed by stepfoley.request like any other)."""
+    import os
+
+    method = args.method or ("reference" if args.reference else None)
+    request = {
+        "region": {"video": os.path.abspath(args.video), "file_in": args.start, "file_out": args.end},
+        "caption": args.caption, "method": method, "seed": args.seed,
+        "negative_caption": args.negative_caption, "existing_mix": existing_mix,
+        "reference_audio": os.path.abspath(args.reference) if args.reference else None,
+        "output_dir": os.path.abspath(args.out), "sample_rate": sample_rate, "format": args.format,
+    }
+    for name in ("alpha", "beta", "w1", "w2", "w3", "steps"):
+        request[name] = getattr(args, name)
+    return {k: v for k, v in request.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,14 +65,18 @@ def run(args: argparse.Namespace) -> int:
 
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
+    from stepfoley.request import RequestError, parse_request
 
-    method = args.method or ("reference" if args.reference else "nag")
-    if (method == "reference") != bool(args.reference):
-        print("stepfoley: --method reference and --reference WAV go together.", file=sys.stderr)
-        return 2
     if args.reference and args.existing:
         print("stepfoley: --reference makes a track like a recording and ignores earlier stems; "
               "leave out --existing.", file=sys.stderr)
+        return 2
+    try:
+        # Every argument is checked before the model loads (the sample rate is the model's when
+        # not given: any supported rate stands in until then).
+        parse_request(request_from_arguments(args, args.sample_rate or 48000))
+    except RequestError as e:
+        print(f"stepfoley: {e.message}", file=sys.stderr)
         return 2
     try:
         service = build_service(args.weights, device=args.device, model=args.model,
@@ -58,28 +86,27 @@ def run(args: argparse.Namespace) -> int:
         existing = None
         if args.existing:
             existing = _bounce(args.existing, service.model.sample_rate, args.out)
-        request = {
-            "region": {"video": os.path.abspath(args.video), "file_in": args.start, "file_out": args.end,
-                       "playrate": 1.0},
-            "caption": args.caption, "method": method, "alpha": args.alpha, "beta": args.beta,
-            "seed": args.seed, "steps": args.steps, "negative_caption": args.negative_caption,
-            "existing_mix": existing,
-            "reference_audio": os.path.abspath(args.reference) if args.reference else None, "output_dir": os.path.abspath(args.out),
-            "sample_rate": args.sample_rate or service.model.sample_rate, "format": args.format,
-        }
-        bar = tqdm(total=args.steps, desc=args.caption[:40], unit="step", file=sys.stderr)
-
-        def progress(step, total):
-            bar.total = total
-            bar.n = step
-            bar.refresh()
-
         try:
-            result = service(request, progress, lambda: False)
+            request = parse_request(request_from_arguments(args, args.sample_rate or service.model.sample_rate,
+                                                           existing), service.capabilities(), check_paths=True)
+            bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
+
+            def progress(phase, step, total):
+                bar.set_description(f"{args.caption[:32]} [{phase}]")
+                bar.total = total
+                bar.n = step
+                bar.refresh()
+
+            try:
+                result = service(request, progress, lambda: False)
+            finally:
+                bar.close()
         finally:
-            bar.close()
             if existing:
                 os.unlink(existing)
+    except RequestError as e:
+        print(f"stepfoley: {e.message}", file=sys.stderr)
+        return 2
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         logging.exception("Could not load the model (an internal error; please report it with this log)")
         return 1
-    info = service.describe() if hasattr(service, "describe") else {}
-    server.attach(service, model=str(info.get("model", "unknown")), device=str(info.get("device", "unknown")))
+    info = service.describe()
+    server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities())
 
     host, port = server.address
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "

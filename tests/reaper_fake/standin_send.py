@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.protocol import ProtocolError, validate_request
+from stepfoley.request import RequestError, parse_request
 
 
 def write_status(path: Path, **fields) -> None:
@@ -50,12 +50,12 @@ def main() -> int:
                      "message": f"No StepFoley engine answers on 127.0.0.1:{args.port}. Start it with `stepfoley serve`."})
         return 3
     try:
-        request = validate_request(json.loads(Path(args.request).read_text(encoding="utf-8")))
-    except ProtocolError as e:
+        request = parse_request(json.loads(Path(args.request).read_text(encoding="utf-8"))).to_json()
+    except RequestError as e:
         write_status(status, state="error", error={"code": e.code, "message": e.message})
         return 4
     job_id = "standin-%d" % os.getpid()
-    total = request["steps"]
+    total = request.get("steps", 25)  # absent: the model's default
     write_status(status, state="queued", job_id=job_id, step=0, total=total)
     for step in range(1, total + 1):
         if cancel.exists():

@@ -1,0 +1,458 @@
+"""The generation request, defined once: its fields, their bounds and units, and the one parser
+that turns a JSON object (from OSC, the command line or a test) into a `GenerationRequest`.
+Every layer after the parser trusts the typed request; none of them checks a field again.
+
+A guidance field the request leaves out (method, alpha, beta, steps, w1-w3) means "the loaded
+model's default": the engine publishes its defaults, methods and these bounds as `Capabilities`
+(in /status), so a DAW dialog shows them instead of keeping its own copies.
+
+Pure Python on purpose (no torch): the client imports this inside a DAW.
+docs/osc-protocol.md's field table is `markdown_table()`; tests/test_request.py keeps them equal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+PROTOCOL_VERSION = 1
+
+# --- bounds: the one place each is written ---------------------------------------------------
+MAX_CAPTION_CHARS = 1000
+MAX_PREVIOUS_CAPTIONS = 64
+MAX_PATH_CHARS = 4096
+MAX_NAME_HINT_CHARS = 200
+MIN_REGION_SECONDS = 1.0  # one Synchformer segment is 0.64 s: below a second there is no picture to follow
+MAX_REGION_SECONDS = 600.0
+# Region lengths are differences of DAW floats: 0.9 .. 1.9 is 0.9999999999999999 s.
+REGION_TOLERANCE_S = 1e-6
+MIN_PLAYRATE, MAX_PLAYRATE = 0.01, 100.0
+MAX_STEPS = 200
+MAX_GUIDANCE = 100.0  # alpha, beta
+MAX_WEIGHT = 100.0  # |w1|, |w2|, |w3| of Eq. A6
+MAX_SEED = 2**63 - 1
+SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
+FORMATS = ("wav24", "wav32f")
+_METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Parameters of the guided velocity a method may read (GuidanceMethod.params in the engine).
+GUIDANCE_PARAMS = ("alpha", "beta", "w1", "w2", "w3")
+
+
+class RequestError(ValueError):
+    """A request that breaks the rules below; the message names the field and what to do."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# --- the typed request ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoRegion:
+    """The picture under the DAW's time selection: file times, and where it sits in the project."""
+
+    video: str  # absolute path, only read
+    file_in: float  # seconds in the source file
+    file_out: float
+    playrate: float = 1.0
+    project_start: float = 0.0  # project seconds
+    project_end: float = 0.0  # project seconds; the stem lasts project_end - project_start
+
+    @property
+    def duration(self) -> float:
+        """Seconds of picture (file time)."""
+        return self.file_out - self.file_in
+
+    @property
+    def project_duration(self) -> float:
+        """Seconds the stem lasts on the timeline."""
+        return self.project_end - self.project_start
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One new track. None in a guidance field means the model's default (Capabilities)."""
+
+    region: VideoRegion
+    caption: str
+    output_dir: str
+    method: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    w1: float | None = None
+    w2: float | None = None
+    w3: float | None = None
+    seed: int = 0
+    steps: int | None = None
+    negative_caption: str = ""
+    previous_captions: tuple[str, ...] = ()
+    existing_mix: str | None = None
+    reference_audio: str | None = None
+    sample_rate: int = 48000
+    format: str = "wav24"
+    name_hint: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+    def to_json(self) -> dict:
+        """The request as protocol JSON (None fields left out: they mean "default")."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["previous_captions"] = list(self.previous_captions)
+        return out
+
+
+
+def resolve_guidance(defaults: "GuidanceDefaults", method: str | None = None, alpha: float | None = None,
+                     beta: float | None = None, w1: float | None = None, w2: float | None = None,
+                     w3: float | None = None, steps: int | None = None) -> dict:
+    """The guidance fields of a track with the model's defaults filled in where they are None."""
+    alpha = defaults.alpha if alpha is None else alpha
+    beta = defaults.beta if beta is None else beta
+    return {
+        "method": method or defaults.method, "alpha": alpha, "beta": beta,
+        # Eq. A6 with w1 = alpha, w2 = alpha + beta, w3 = beta is Eq. 9 (NAG)
+        "w1": alpha if w1 is None else w1, "w2": alpha + beta if w2 is None else w2,
+        "w3": beta if w3 is None else w3,
+        "steps": defaults.steps if steps is None else steps,
+    }
+
+
+# --- what the engine publishes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuidanceDefaults:
+    """A model's own guidance defaults (the paper's values for MMAudio)."""
+
+    method: str = "nag"
+    alpha: float = 4.5
+    beta: float = 1.5
+    steps: int = 25
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A guidance method as a client sees it (the engine's registry entry, without the math)."""
+
+    name: str
+    summary: str
+    params: tuple[str, ...]  # the guidance fields it reads
+    audio: str | None = None  # "existing": hears existing_mix; "reference": needs reference_audio
+    available: bool = True
+    unavailable_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the loaded model offers: its defaults, its methods, and the request bounds."""
+
+    model: str
+    defaults: GuidanceDefaults
+    methods: tuple[MethodInfo, ...]
+    sample_rate: int = 0  # the model's own rate; stems are resampled to the request's
+
+    def method(self, name: str) -> MethodInfo | None:
+        return next((m for m in self.methods if m.name == name), None)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "sample_rate": self.sample_rate,
+            "defaults": asdict(self.defaults),
+            "methods": [{**asdict(m), "params": list(m.params)} for m in self.methods],
+            "bounds": BOUNDS,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Capabilities":
+        methods = tuple(MethodInfo(**{**m, "params": tuple(m["params"])}) for m in data["methods"])
+        return cls(data["model"], GuidanceDefaults(**data["defaults"]), methods, data.get("sample_rate", 0))
+
+
+# Published with the capabilities so no client keeps its own copy.
+BOUNDS = {
+    "alpha": [0.0, MAX_GUIDANCE], "beta": [0.0, MAX_GUIDANCE],
+    "w1": [-MAX_WEIGHT, MAX_WEIGHT], "w2": [-MAX_WEIGHT, MAX_WEIGHT], "w3": [-MAX_WEIGHT, MAX_WEIGHT],
+    "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED],
+    "caption_chars": MAX_CAPTION_CHARS, "previous_captions": MAX_PREVIOUS_CAPTIONS,
+    "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
+    "region_seconds": [MIN_REGION_SECONDS, MAX_REGION_SECONDS], "playrate": [MIN_PLAYRATE, MAX_PLAYRATE],
+    "sample_rates": list(SAMPLE_RATES), "formats": list(FORMATS),
+}
+
+
+# --- the field table: docs, CLI help and the parser read it -------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    json_type: str
+    default: str  # as the docs show it
+    rule: str
+
+
+def _range(low, high) -> str:
+    return f"{low:g}-{high:g}"
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("protocol", "int", str(PROTOCOL_VERSION), f"must be {PROTOCOL_VERSION}"),
+    FieldSpec("region.video", "string", "required", "absolute path of the picture file (only read)"),
+    FieldSpec("region.file_in", "number (s)", "required", "source-file time where the region starts, ≥ 0"),
+    FieldSpec("region.file_out", "number (s)", "required",
+              f"source-file time where it ends; the region is {MIN_REGION_SECONDS:g}-{MAX_REGION_SECONDS:g} s "
+              f"long (±{REGION_TOLERANCE_S:g} s)"),
+    FieldSpec("region.playrate", "number", "1.0", f"{_range(MIN_PLAYRATE, MAX_PLAYRATE)}; the item's playback rate"),
+    FieldSpec("region.project_start", "number (s)", "0.0", "project time where the stem is placed, ≥ 0"),
+    FieldSpec("region.project_end", "number (s)", "`project_start + (file_out - file_in) / playrate`",
+              "> `project_start`; the stem lasts `project_end - project_start` (the picture is varispeeded to it)"),
+    FieldSpec("caption", "string", "required", f"the sound to make; not blank, ≤ {MAX_CAPTION_CHARS} characters"),
+    FieldSpec("method", "string", "the model's", "a guidance method the engine lists in `capabilities.methods`"),
+    FieldSpec("alpha", "number", "the model's", f"{_range(0, MAX_GUIDANCE)}, the CFG scale (α of Eq. 9)"),
+    FieldSpec("beta", "number", "the model's",
+              f"{_range(0, MAX_GUIDANCE)}, the NAG scale (β of Eq. 9), or the pull toward the reference"),
+    FieldSpec("w1", "number", "`alpha`", f"±{MAX_WEIGHT:g}; video weight of Eq. A6, method `dual` only"),
+    FieldSpec("w2", "number", "`alpha + beta`", f"±{MAX_WEIGHT:g}; text weight of Eq. A6, method `dual` only"),
+    FieldSpec("w3", "number", "`beta`", f"±{MAX_WEIGHT:g}; negative-audio weight of Eq. A6, method `dual` only"),
+    FieldSpec("seed", "int", "0", f"0-{MAX_SEED}"),
+    FieldSpec("steps", "int", "the model's", f"1-{MAX_STEPS} sampling steps"),
+    FieldSpec("negative_caption", "string", '`""`',
+              f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from (every method); `negative_prompt` "
+              "uses the previous captions, joined with \", \", when it is empty"),
+    FieldSpec("previous_captions", "list of strings", "`[]`",
+              f"at most {MAX_PREVIOUS_CAPTIONS}, each ≤ {MAX_CAPTION_CHARS} characters: the captions of the "
+              "tracks in `existing_mix`"),
+    FieldSpec("existing_mix", "string or null", "null",
+              "absolute path of a WAV of the tracks already on the timeline over the region (any rate and "
+              "channel count; only read). Null for the first track: plain CFG"),
+    FieldSpec("reference_audio", "string or null", "null",
+              "absolute path of a WAV to sound like (any rate, channels and length; looped or trimmed to the "
+              "region; only read); required by the methods whose `audio` is `reference`, refused by the others"),
+    FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),
+    FieldSpec("sample_rate", "int", "48000",
+              "the project's rate: one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
+    FieldSpec("format", "string", "`wav24`", "`wav24` (24-bit PCM) or `wav32f` (32-bit float)"),
+    FieldSpec("name_hint", "string", '`""` (= caption)',
+              f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
+)
+
+_TOP_FIELDS = tuple(dict.fromkeys(f.name.split(".", 1)[0] for f in FIELDS))
+_REGION_FIELDS = tuple(f.name.split(".", 1)[1] for f in FIELDS if f.name.startswith("region."))
+
+
+def markdown_table() -> str:
+    """The request table of docs/osc-protocol.md."""
+    lines = ["| field | type | default | rule |", "|-------|------|---------|------|"]
+    lines += [f"| `{f.name}` | {f.json_type} | {f.default} | {f.rule} |" for f in FIELDS]
+    return "\n".join(lines)
+
+
+def field_rule(name: str) -> str:
+    """The rule of one field, for command-line help."""
+    return next(f.rule for f in FIELDS if f.name == name)
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+
+def parse_request(data: Any, capabilities: Capabilities | None = None,
+                  check_paths: bool = False) -> GenerationRequest:
+    """Check a decoded JSON request and return it typed. With `capabilities` (the engine side)
+    the method must be one the loaded model offers; with `check_paths` output_dir must be an
+    existing writable folder. Raises RequestError naming the field."""
+    if not isinstance(data, dict):
+        _invalid("The request must be a JSON object ({...}).")
+    _reject_unknown(data, _TOP_FIELDS, "request")
+    _require(data, ("region", "caption", "output_dir"), "request")
+    protocol = data.get("protocol", PROTOCOL_VERSION)
+    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
+        _invalid(f"This engine speaks protocol {PROTOCOL_VERSION}, the request says {_show(protocol)}. "
+                 "Update the REAPER scripts or the engine so they match.")
+
+    method = _optional(data, "method", _method_name)
+    info = _method_info(method, capabilities)
+    weights = {name: _optional(data, name, lambda v, n: _number(v, n, -MAX_WEIGHT, MAX_WEIGHT))
+               for name in ("w1", "w2", "w3")}
+    given = [name for name, value in weights.items() if value is not None]
+    if given and method != "dual":
+        _invalid(f"{', '.join(given)} are the weights of Eq. A6 and only apply to method 'dual'; "
+                 "leave them out or choose method 'dual'.")
+
+    reference = _optional(data, "reference_audio", _path)
+    wants_reference = info is not None and info.audio == "reference"
+    if info is not None and wants_reference != (reference is not None):
+        _invalid(f"method '{info.name}' needs reference_audio (the recording to sound like)." if wants_reference
+                 else f"reference_audio is only used by a method that sounds like a recording, not by '{info.name}'.")
+
+    previous = data.get("previous_captions", [])
+    if not isinstance(previous, list) or len(previous) > MAX_PREVIOUS_CAPTIONS:
+        _invalid(f"previous_captions must be a list of at most {MAX_PREVIOUS_CAPTIONS} captions.")
+
+    request = GenerationRequest(
+        protocol=protocol,
+        region=_region(data["region"]),
+        caption=_text(data["caption"], "caption", MAX_CAPTION_CHARS, blank_ok=False),
+        output_dir=_path(data["output_dir"], "output_dir"),
+        method=method,
+        alpha=_optional(data, "alpha", lambda v, n: _number(v, n, 0.0, MAX_GUIDANCE)),
+        beta=_optional(data, "beta", lambda v, n: _number(v, n, 0.0, MAX_GUIDANCE)),
+        **weights,
+        seed=_integer(data.get("seed", 0), "seed", 0, MAX_SEED),
+        steps=_optional(data, "steps", lambda v, n: _integer(v, n, 1, MAX_STEPS)),
+        negative_caption=_text(data.get("negative_caption", ""), "negative_caption", MAX_CAPTION_CHARS),
+        previous_captions=tuple(_text(c, "previous_captions[]", MAX_CAPTION_CHARS) for c in previous),
+        existing_mix=_optional(data, "existing_mix", _path),
+        reference_audio=reference,
+        sample_rate=_choice(data.get("sample_rate", 48000), "sample_rate", SAMPLE_RATES,
+                            "the project's rate"),
+        format=_choice(data.get("format", "wav24"), "format", FORMATS, "the stem's file format"),
+        name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
+    )
+    if check_paths:
+        _check_output_dir(request.output_dir)
+    return request
+
+
+def _method_info(method: str | None, capabilities: Capabilities | None) -> MethodInfo | None:
+    if capabilities is None:
+        return None
+    name = method or capabilities.defaults.method
+    info = capabilities.method(name)
+    if info is None:
+        names = ", ".join(m.name for m in capabilities.methods)
+        _invalid(f"method '{name}' is unknown to the model '{capabilities.model}'; use one of {names}.")
+    if not info.available:
+        _invalid(f"method '{name}' is not available with the model '{capabilities.model}': "
+                 f"{info.unavailable_reason}")
+    return info
+
+
+def _region(region: Any) -> VideoRegion:
+    if not isinstance(region, dict):
+        _invalid("region must be a JSON object with video, file_in and file_out.")
+    _reject_unknown(region, _REGION_FIELDS, "region")
+    _require(region, ("video", "file_in", "file_out"), "region")
+    video = _path(region["video"], "region.video")
+    file_in = _number(region["file_in"], "region.file_in", 0.0, math.inf)
+    file_out = _number(region["file_out"], "region.file_out", 0.0, math.inf)
+    length = file_out - file_in
+    if length <= 0:
+        _invalid(f"region.file_out ({file_out:g}) must be after region.file_in ({file_in:g}).")
+    if length < MIN_REGION_SECONDS - REGION_TOLERANCE_S:
+        _invalid(f"The region is {length:.2f} s long; select at least {MIN_REGION_SECONDS:g} s of picture.")
+    if length > MAX_REGION_SECONDS + REGION_TOLERANCE_S:
+        _invalid(f"The region is {length:.1f} s long; at most {MAX_REGION_SECONDS:g} s can be made at once. "
+                 "Select a shorter range and make the rest in a second pass.")
+    playrate = _number(region.get("playrate", 1.0), "region.playrate", MIN_PLAYRATE, MAX_PLAYRATE)
+    start = _number(region.get("project_start", 0.0), "region.project_start", 0.0, math.inf)
+    if region.get("project_end") is None:
+        end = start + length / playrate
+    else:
+        end = _number(region["project_end"], "region.project_end", 0.0, math.inf)
+        if end <= start:
+            _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+    return VideoRegion(video, file_in, file_out, playrate, start, end)
+
+
+def _check_output_dir(folder: str) -> None:
+    if not os.path.isdir(folder):
+        _invalid(f"output_dir '{printable(folder)}' does not exist or is not a folder. "
+                 "Create it (or save the project) first.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
+
+
+# --- field checks --------------------------------------------------------------------------------
+
+
+def _invalid(message: str):
+    raise RequestError(message)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """User text for a message: cut short, and encodable whatever it holds (a lone surrogate
+    from JSON's \\ud800 becomes the escape it came from)."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _show(value: Any) -> str:
+    """A value of any type quoted for a message."""
+    return printable(repr(value), 80)
+
+
+def _reject_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
+    extra = sorted(printable(str(k), 80) for k in obj if k not in known)
+    if extra:
+        _invalid(f"Unknown field(s) in {where}: {', '.join(extra)}. Known: {', '.join(known)}.")
+
+
+def _require(obj: dict, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if name not in obj:
+            _invalid(f"{where} is missing the required field '{name}'.")
+
+
+def _optional(obj: dict, name: str, check):
+    value = obj.get(name)
+    return None if value is None else check(value, name)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _invalid(f"{name} must be a number, got {_show(value)}.")
+    if not low <= value <= high:
+        _invalid(f"{name} = {value:g} is outside {low:g} .. {high:g}.")
+    return float(value)
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if not _is_int(value):
+        _invalid(f"{name} must be a whole number, got {_show(value)}.")
+    if not low <= value <= high:
+        _invalid(f"{name} = {value} is outside {low} .. {high}.")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple, what: str):
+    if isinstance(value, bool) or value not in choices:
+        _invalid(f"{name} {_show(value)} is not supported ({what}); use one of {', '.join(map(str, choices))}.")
+    return value
+
+
+def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
+    if not isinstance(value, str):
+        _invalid(f"{name} must be a string, got {type(value).__name__}.")
+    if not blank_ok and not value.strip():
+        _invalid(f"{name} is empty; describe the sound to generate.")
+    if len(value) > max_chars:
+        _invalid(f"{name} is longer than {max_chars} characters.")
+    return value
+
+
+def _method_name(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not _METHOD_NAME.fullmatch(value):
+        _invalid(f"method {_show(value)} is not a method name (lower-case letters, digits and _).")
+    return value
+
+
+def _path(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or "\x00" in value or len(value) > MAX_PATH_CHARS:
+        _invalid(f"{name} must be a file path (a non-empty string of at most {MAX_PATH_CHARS} characters).")
+    # The engine's working directory has nothing to do with the DAW's, so relative paths
+    # would silently point somewhere else.
+    if not os.path.isabs(value):
+        _invalid(f"{name} '{printable(value)}' must be an absolute path.")
+    return value
+
