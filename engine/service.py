@@ -21,7 +21,7 @@ from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
 from stepfoley.request import Capabilities, GenerationRequest
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
-STEM_CEILING_DBTP = -1.0
+STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
 
 
 def _existing_file(path: str, what: str) -> Path:

@@ -200,3 +200,49 @@ def test_mix_rejects_bad_arguments():
         mixing.mix_tracks([(sine(440, 16000, 1.0), 0)], 16000, 100)
     with pytest.raises(InvalidInputError, match="channels"):
         mixing.as_channels_first(np.zeros((1, 2, 3)))
+
+
+# -- finishing: how every generated track leaves the engine --
+
+def test_an_overloaded_track_is_measured_then_brought_to_stem_loudness_under_the_ceiling():
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    loud = (3.0 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # peaks at +9.5 dBFS, as a clamp-free decoder may
+    finished, levels = mixing.finish_stem(loud, rate)
+    assert finished.shape == (1, 2 * rate)
+    assert levels.pre_limiter_clipped_fraction == pytest.approx(mixing.clipped_fraction(loud))
+    assert 0.5 < levels.pre_limiter_clipped_fraction < 0.8  # |3 sin| > 1 for 78 % of a period
+    assert levels.decoded_lufs == pytest.approx(mixing.integrated_loudness(loud, rate))
+    assert levels.decoded_peak_dbfs == pytest.approx(20 * math.log10(3.0), abs=0.01)
+    assert levels.gain_db == pytest.approx(mixing.STEM_LUFS - levels.decoded_lufs)
+    assert levels.lufs == pytest.approx(mixing.STEM_LUFS, abs=0.05)
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+    assert levels.silence_fraction == 0.0
+
+
+def test_a_peaky_track_is_limited_after_normalization_and_says_so():
+    rate = 16000
+    clicks = np.zeros(4 * rate, np.float32)
+    clicks[::4000] = 0.5  # sparse clicks: at -23 LUFS their peaks would pass full scale
+    finished, levels = mixing.finish_stem(clicks, rate)
+    assert levels.pre_limiter_clipped_fraction == 0.0
+    assert levels.limiter_input_true_peak_dbtp > mixing.STEM_CEILING_DBTP  # the limiter had work to do
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+    assert levels.lufs < mixing.STEM_LUFS  # peak safety comes first
+    assert levels.silence_fraction == pytest.approx(0.8)  # 16 of the 80 blocks of 50 ms hold a click
+
+
+def test_silence_leaves_as_silence_with_its_levels_unmeasured():
+    finished, levels = mixing.finish_stem(np.zeros(16000, np.float32), 16000)
+    assert not finished.any()
+    assert (levels.decoded_lufs, levels.lufs, levels.decoded_peak_dbfs) == (None, None, None)
+    assert levels.gain_db == 0.0 and levels.silence_fraction == 1.0
+
+
+def test_silence_fraction_counts_quiet_blocks():
+    rate = 1000
+    tone = np.concatenate([np.full(500, 0.1, np.float32), np.full(500, 1e-4, np.float32)])  # -20 and -80 dBFS
+    assert mixing.silence_fraction(tone, rate) == 0.5  # ten 50 ms blocks, five quiet
+    assert mixing.silence_fraction(tone[:30], rate) == 0.0  # shorter than a block: one block
+    assert mixing.silence_fraction(np.zeros(0, np.float32), rate) == 1.0
+    assert mixing.clipped_fraction(np.array([0.5, -1.5, 1.0, 2.0], np.float32)) == 0.5
