@@ -19,7 +19,6 @@ unexpectedly slow (the saved report then says `"complete": false`).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -186,33 +185,20 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
     out_path = Path(out_path)
     config = AudioEmbeddingConfig()
     training = TrainingConfig(seed=int(seed), **overrides)
-    deadline = time.monotonic() + 60.0 * float(minutes)
     torch.manual_seed(training.seed)
     generator = torch.Generator().manual_seed(training.seed)
     model = AudioEmbedding(config, text_encoder)
     captions, caption_kinds = _all_captions(config.kinds)
     sentences = model.sentence_vectors(captions)             # (n_captions, text_dim), frozen
     pool = _clip_pool(training, config.kinds, 0, training.clips_per_kind)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, training.learning_rate, total_steps=training.steps,
-                                                   pct_start=0.1)
-    model.train()
-    done, loss = 0, float("nan")
-    for done in range(1, training.steps + 1):
+
+    def batch_loss() -> torch.Tensor:
         crops, labels = _crop_batch(pool, generator, training)
         logits = model(crops) @ model.project_text(sentences).T * model.log_scale.clamp(max=np.log(100.0)).exp()
         target = (caption_kinds[None, :] == labels[:, None]).float()
-        loss_t = F.cross_entropy(logits, target / target.sum(1, keepdim=True))
-        optimizer.zero_grad(set_to_none=True)
-        loss_t.backward()
-        optimizer.step()
-        schedule.step()
-        loss = float(loss_t.detach())
-        if on_progress is not None:
-            on_progress(done, training.steps)
-        if time.monotonic() > deadline:
-            break
-    model.eval()
+        return F.cross_entropy(logits, target / target.sum(1, keepdim=True))
+
+    done, loss = store.fit(model, batch_loss, training.steps, training.learning_rate, minutes, on_progress)
     held_out = _clip_pool(training, config.kinds, 900, VALIDATION_CLIPS_PER_KIND)
     centre = held_out.shape[-1] // 2 - int(1.5 * FRAMES_PER_SECOND)
     held_out = held_out[..., centre:centre + int(3 * FRAMES_PER_SECOND)]

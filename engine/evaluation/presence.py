@@ -21,7 +21,6 @@ thread count.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -188,7 +187,6 @@ def train_source_presence(out_path: str | os.PathLike, seed: int = 0, minutes: f
 
     config = PresenceConfig()
     training = PresenceTraining(seed=int(seed), **overrides)
-    deadline = time.monotonic() + 60.0 * float(minutes)
     torch.manual_seed(training.seed)
     codec = MelCodec()
     pool = _clip_pool(training, config.kinds, 0, training.clips_per_kind, codec)
@@ -197,24 +195,12 @@ def train_source_presence(out_path: str | os.PathLike, seed: int = 0, minutes: f
                            torch.Generator().manual_seed(training.seed + 1))
     generator = torch.Generator().manual_seed(training.seed)
     model = SourcePresence(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, training.learning_rate, total_steps=training.steps,
-                                                   pct_start=0.1)
-    model.train()
-    done, loss = 0, float("nan")
-    for done in range(1, training.steps + 1):
+
+    def batch_loss() -> torch.Tensor:
         log_mel, labels, _ = _mixtures(pool, training.batch_size, training, generator)
-        loss_t = F.binary_cross_entropy_with_logits(model(log_mel), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss_t.backward()
-        optimizer.step()
-        schedule.step()
-        loss = float(loss_t.detach())
-        if on_progress is not None:
-            on_progress(done, training.steps)
-        if time.monotonic() > deadline:
-            break
-    model.eval()
+        return F.binary_cross_entropy_with_logits(model(log_mel), labels)
+
+    done, loss = store.fit(model, batch_loss, training.steps, training.learning_rate, minutes, on_progress)
     report = {"format": FORMAT, "config": asdict(config), "training": asdict(training), "steps_done": done,
               "complete": done == training.steps, "final_loss": loss,
               "validation": _validation_figures(model, *validation)}

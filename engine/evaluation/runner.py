@@ -16,20 +16,11 @@ away from the earlier tracks. The rows (`MAIN_ROWS`):
 `--beta-sweep` runs NAG at several β instead (Table A2's analogue), β = 0 being independent.
 
 Figures are taken on tracks 2..k (track 1 is reported apart), per track then averaged within
-the scene, and every comparison is a paired bootstrap over scenes (evaluation.stats). Track
-figures (`TRACK_FIGURES`):
-
-  separability        mean cosine similarity of the track's audio embedding (evaluation.embedding,
-                      the mini-world's CLAP) to each earlier track's, lower is better (CLAP A-A)
-  text_fidelity       the source-presence classifier's probability that the track holds the
-                      captioned kind (evaluation.presence), higher is better
-  leakage             the classifier's mean probability of the earlier tracks' kinds, lower is better
-  temporal_alignment  envelope correlation with the true stem, in its band (metrics)
-  lufs                integrated loudness as decoded, before finishing (the model's own level)
-  decoded_peak_dbfs   sample peak as decoded
-  pre_limiter_clipped_fraction  samples beyond full scale as decoded, before any limiter or clamp
-  silence_fraction    50 ms blocks of the finished track under -60 dBFS
-and per scene and take `composite_distance` (log-mel distance of the composite to the true mix).
+the scene, and every comparison is a paired bootstrap over scenes (evaluation.stats). What
+each figure is: `DEFINITIONS`, also written into every report. Separability uses the
+evaluation embedding (the mini-world's CLAP: A-A similarity is the paper's independence
+measure); text fidelity and leakage use the source-presence classifier, which is trained on
+mixtures at random gains and so reads mixtures, which the embedding was never trained on.
 
 Tracks are scored as they leave the engine (finished: STEM_LUFS, limited); the true stems are
 finished the same way for the reference rows.
@@ -345,6 +336,9 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     defaults = model.defaults
     alpha = defaults.alpha if alpha is None else float(alpha)
     steps = defaults.steps if steps is None else steps
+    if alpha <= 1.0 and any(GUIDANCE_METHODS[r.method].negative_from_previous for r in rows):
+        notes.append(f"at α = {alpha:g} CFG is the conditional flow alone: a negative prompt, which acts through "
+                     "the unconditional branch (weight 1 − α), has no effect, so negative_prompt equals independent")
     seeds = [scene_seed(seed, i) for i in range(scenes)]
     clock = PhaseClock()
     windows = len(plan_windows(duration, model.max_duration))

@@ -1,13 +1,14 @@
 """Files of the evaluation's small networks (the audio embedding, the source-presence
 classifier): tensors plus a JSON training report under the safetensors metadata key
 "stepfoley"; the shipped file if there is one, else one trained once into the user's cache.
-Also the convolutional trunk both networks use."""
+Also what both networks share: the convolutional trunk and the training loop."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -35,6 +36,31 @@ def conv_trunk(channels: tuple) -> nn.Sequential:
 def pool_time_frequency(h: torch.Tensor) -> torch.Tensor:
     # h: (B, C, M', T') -> (B, 2C): mean and max over time and frequency, so any length works
     return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+
+def fit(model: nn.Module, batch_loss: Callable[[], torch.Tensor], steps: int, learning_rate: float,
+        minutes: float, on_progress: Callable[[int, int], None] | None = None) -> tuple[int, float]:
+    """Train `model` for `steps` steps of `batch_loss()` with AdamW (weight decay 1e-4) under a
+    one-cycle schedule (10 % warm-up); `minutes` only stops a run that is unexpectedly slow.
+    Returns (steps done, last loss) and leaves the model in eval mode."""
+    deadline = time.monotonic() + 60.0 * float(minutes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.1)
+    model.train()
+    done, loss = 0, float("nan")
+    for done in range(1, steps + 1):
+        loss_t = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss_t.backward()
+        optimizer.step()
+        schedule.step()
+        loss = float(loss_t.detach())
+        if on_progress is not None:
+            on_progress(done, steps)
+        if time.monotonic() > deadline:
+            break
+    model.eval()
+    return done, loss
 
 
 def save_with_report(module: nn.Module, path: str | os.PathLike, report: dict) -> Path:
