@@ -347,6 +347,7 @@ def test_stepfoley_eval_json_schema_on_one_scene_and_never_overwrites(quick_embe
     assert report["comparisons"]["nag_vs_independent"]["separability"]["mean_diff"] == pytest.approx(a - b)
     assert report["config"]["takes"] == 2 and report["config"]["scene_seeds"] == [10_000_000]
     assert report["config"]["rows"]["oracle"] == {"method": "nag", "beta": 1.5, "hears": "truth"}
+    assert report["config"]["rows"]["independent"] == {"method": "independent", "beta": None, "hears": None}
     assert report["classifier"]["validation"]["label_accuracy"] == quick_classifier[1]["validation"]["label_accuracy"]
     assert {"sampling", "decoding", "scoring"} <= set(report["timings"])
     printed = capsys.readouterr().out

@@ -377,8 +377,9 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
         "config": {
             "model": model.model_id, "steps": steps, "alpha": alpha, "beta_default": defaults.beta,
             "scenes": scenes, "seed": seed, "takes": takes, "tracks": k, "duration_s": duration,
-            "rows": {r.name: {"method": r.method, "beta": defaults.beta if r.beta is None else r.beta,
-                              "hears": r.hears} for r in rows},
+            "rows": {r.name: {"method": r.method, "hears": r.hears,
+                              "beta": (defaults.beta if r.beta is None else r.beta)
+                              if "beta" in GUIDANCE_METHODS[r.method].params else None} for r in rows},
             "scene_seeds": seeds, "first_track_shared": True, "sample_rate": model.sample_rate,
             "stem_lufs": mixing.STEM_LUFS, "threads": torch.get_num_threads(),
             "bootstrap": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED,
