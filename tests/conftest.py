@@ -22,3 +22,10 @@ def golden() -> Path:
     if not d.is_dir():
         pytest.skip(f"golden fixtures not found at {d} (set STEPFOLEY_GOLDEN_DIR)")
     return d
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory, monkeypatch):
+    """The engine remembers its output folders (engine/output_folders.py); tests keep theirs
+    away from the user's, and so do the engines they start as subprocesses."""
+    monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
