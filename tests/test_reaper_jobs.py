@@ -193,3 +193,21 @@ def test_non_ascii_and_punctuation_in_paths(world):
     assert Path(take["source_file"]).parent == proj / "StepFoley"
     assert json.loads(take["ext"]["stepfoley_metadata"])["region"]["video"] == str(video)
     assert len(sf.read(take["source_file"])[0]) == h.frames(2.5)
+
+
+def test_windows_command_line_with_a_non_ascii_project(world):
+    # REAPER on Windows: paths are joined with backslashes and the command line is split by
+    # the CommandLineToArgvW rules. (On this Linux machine a backslash is just a character of
+    # a file name, so the "folders" below are plain names; the point is the command line.)
+    tmp = world["tmp"]
+    proj = tmp / "José's Geräusche & Co [v2]"
+    proj.mkdir()
+    result = h.run_scenario(tmp, h.scenario(world, project_path=str(proj), os_name="Win64"))
+    assert result["messages"] == []
+    cmd = result["exec"][0]
+    assert "\\StepFoley\\jobs\\" in cmd and str(proj) + "\\StepFoley\\jobs\\" in cmd
+    status = h.status_path(result)
+    argv = json.loads(status.with_name("standin_argv.json").read_text(encoding="utf-8"))
+    assert argv[1:5] == ["--request", str(status).replace("status.json", "request.json"), "--status", str(status)]
+    [track] = h.new_tracks(result)
+    assert track["items"][0]["takes"][0]["source_file"].startswith(str(proj) + "\\StepFoley")
