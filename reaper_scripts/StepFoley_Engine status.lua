@@ -42,10 +42,7 @@ for _, path in ipairs(running) do
   if not status then
     lines[#lines + 1] = "Starting (no status yet): " .. path
   else
-    local line = string.format("%s: %s", tostring(status.job_id or "?"), tostring(status.state))
-    if status.state == "running" and status.total then
-      line = line .. string.format(", step %d of %d", math.floor(status.step or 0), math.floor(status.total))
-    end
+    local line = string.format("%s: %s", tostring(status.job_id or "?"), (SF.describe_progress(status)))
     if type(status.error) == "table" and status.error.message then line = line .. "\n  " .. status.error.message end
     lines[#lines + 1] = line
   end

@@ -8,8 +8,12 @@ client library (stepfoley.bridge.client.EngineClient) inside REAPER instead of s
 Needs ReaScript Python enabled (Options > Preferences > Plug-ins > ReaScript) and the
 StepFoley package importable from REAPER's Python: set the ExtState
 StepFoley/package_dir to the site-packages folder of a Python where StepFoley is installed
-(the one holding `stepfoley/`), or install StepFoley into the Python REAPER uses. Render settings are saved and restored
-exactly as in the Lua version (same keys).
+(the one holding `stepfoley/`), or install StepFoley into the Python REAPER uses.
+
+The existing layers are bounced exactly as in the Lua version: the chosen tracks soloed in
+place, the master mix rendered (one file: what the user hears of them), every render, solo
+and preference setting restored. The constants below are the Lua library's; a test
+(tests/test_reaper_python.py) checks that they agree.
 """
 
 import json
@@ -22,11 +26,17 @@ from reaper_python import *  # noqa: F401,F403  (RPR_* functions, provided by RE
 SECTION = "StepFoley"
 TAKE_META = "P_EXT:stepfoley_metadata"
 TRACK_MARK = "P_EXT:stepfoley"
-WAV24 = "ZXZhdxgAAQ=="
-VIDEO_EXT = {"mp4", "mov", "m4v", "mkv", "avi", "webm", "mpg", "mpeg", "mxf", "wmv", "ogv", "flv"}
+WAV24_RENDER_FORMAT = "ZXZhdxgAAQ=="
+VIDEO_EXTENSIONS = {"mp4", "mov", "m4v", "mkv", "avi", "webm", "mpg", "mpeg", "mxf", "wmv", "ogv", "flv"}
 RENDER_NUMBERS = ["RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_STARTPOS", "RENDER_ENDPOS", "RENDER_SRATE",
                   "RENDER_CHANNELS", "RENDER_TAILFLAG", "RENDER_ADDTOPROJ", "RENDER_DITHER", "RENDER_NORMALIZE"]
 RENDER_STRINGS = ["RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT2", "RENDER_FORMAT"]  # FORMAT last
+RENDER_AND_CLOSE = 42230  # File: Render project, using the most recent render settings, auto-close
+BUILD_MISSING_PEAKS = 40047
+SOLO_IN_FRONT = 40745  # Options: Solo in front (non-soloed tracks play dimmed instead of silent)
+RENDER_MASTER_MIX = 0
+SOLO_IN_PLACE = 2
+DEFAULT_WATCHDOG_S = 180  # the Lua library's DEFAULT_SETTINGS.watchdog_s
 
 
 def alert(message):
@@ -80,7 +90,7 @@ def find_video(proj, t0, t1):
             _, root, _ = source_chain(take)
             name = RPR_GetMediaSourceFileName(root, "", 4096)[1]
             kind = RPR_GetMediaSourceType(root, "", 64)[1]
-            if kind.upper() == "VIDEO" or name.rsplit(".", 1)[-1].lower() in VIDEO_EXT:
+            if kind.upper() == "VIDEO" or name.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS:
                 best, best_overlap = item, overlap
     return best
 
@@ -111,18 +121,44 @@ def region_for(proj, t0, t1):
     return region, RPR_GetMediaItem_Track(item)
 
 
+def is_null(ptr):
+    """REAPER's Python API gives pointers as strings such as "(MediaTrack*)0x000..."."""
+    return not ptr or str(ptr).rsplit("0x", 1)[-1].strip("0") == ""
+
+
+def track_is_heard(track):
+    while not is_null(track):
+        if RPR_GetMediaTrackInfo_Value(track, "B_MUTE") != 0:
+            return False
+        track = RPR_GetParentTrack(track)
+    return True
+
+
+def item_plays(item):
+    if RPR_GetMediaItemInfo_Value(item, "B_MUTE") != 0:
+        return False
+    track = RPR_GetMediaItem_Track(item)
+    if RPR_GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and RPR_GetMediaItemInfo_Value(item, "C_LANEPLAYS") <= 0:
+        return False  # a fixed lane that does not play
+    return not is_null(RPR_GetActiveTake(item))
+
+
+def playing_items_in(track, t0, t1):
+    items = []
+    for k in range(RPR_CountTrackMediaItems(track)):
+        item = RPR_GetTrackMediaItem(track, k)
+        pos = RPR_GetMediaItemInfo_Value(item, "D_POSITION")
+        if pos < t1 and pos + RPR_GetMediaItemInfo_Value(item, "D_LENGTH") > t0 and item_plays(item):
+            items.append(item)
+    return items
+
+
 def foley_tracks(proj, t0, t1, video_track):
+    """The selected tracks, or else the StepFoley tracks, that are heard and play in [t0, t1]."""
     selected, marked = [], []
     for i in range(RPR_CountTracks(proj)):
         tr = RPR_GetTrack(proj, i)
-        if tr == video_track:
-            continue
-        in_range = False
-        for k in range(RPR_CountTrackMediaItems(tr)):
-            it = RPR_GetTrackMediaItem(tr, k)
-            p = RPR_GetMediaItemInfo_Value(it, "D_POSITION")
-            in_range |= p < t1 and p + RPR_GetMediaItemInfo_Value(it, "D_LENGTH") > t0
-        if not in_range:
+        if tr == video_track or not track_is_heard(tr) or not playing_items_in(tr, t0, t1):
             continue
         if RPR_IsTrackSelected(tr):
             selected.append(tr)
@@ -131,29 +167,63 @@ def foley_tracks(proj, t0, t1, video_track):
     return selected or marked
 
 
+def previous_captions(tracks, t0, t1):
+    captions = []
+    for tr in tracks:
+        for item in playing_items_in(tr, t0, t1):
+            text = RPR_GetSetMediaItemTakeInfo_String(RPR_GetActiveTake(item), TAKE_META, "", False)[3]
+            try:
+                caption = json.loads(text).get("caption") if text else None
+            except (ValueError, AttributeError):
+                caption = None
+            if isinstance(caption, str):
+                captions.append(caption)
+    return captions
+
+
+def set_track_value(track, key, value):
+    """Only when it differs: what already has the wanted state stays untouched."""
+    if RPR_GetMediaTrackInfo_Value(track, key) != value:
+        RPR_SetMediaTrackInfo_Value(track, key, value)
+
+
 def bounce(proj, tracks, t0, t1, folder, sample_rate):
+    """What the user hears of `tracks` over [t0, t1] as one WAV: the tracks soloed in place, the
+    master mix rendered (master unmuted, its FX bypassed, solo in front off); all restored."""
     saved_n = {k: RPR_GetSetProjectInfo(proj, k, 0, False) for k in RENDER_NUMBERS}
     saved_s = {k: RPR_GetSetProjectInfo_String(proj, k, "", False)[3] for k in RENDER_STRINGS}
     all_tracks = [RPR_GetTrack(proj, i) for i in range(RPR_CountTracks(proj))]
-    saved_sel = [(tr, RPR_IsTrackSelected(tr)) for tr in all_tracks]
+    saved_solo = [(tr, RPR_GetMediaTrackInfo_Value(tr, "I_SOLO"), RPR_GetMediaTrackInfo_Value(tr, "B_SOLO_DEFEAT"))
+                  for tr in all_tracks]
     master = RPR_GetMasterTrack(proj)
     saved_fx = RPR_GetMediaTrackInfo_Value(master, "I_FXEN")
+    saved_mute = RPR_GetMediaTrackInfo_Value(master, "B_MUTE")
+    solo_in_front = RPR_GetToggleCommandStateEx(0, SOLO_IN_FRONT) == 1
+    RPR_PreventUIRefresh(1)
     try:
         for tr in all_tracks:
-            RPR_SetTrackSelected(tr, tr in tracks)
-        RPR_SetMediaTrackInfo_Value(master, "I_FXEN", 0)
-        for key, value in (("RENDER_SETTINGS", 128), ("RENDER_BOUNDSFLAG", 0), ("RENDER_STARTPOS", t0),
+            set_track_value(tr, "I_SOLO", SOLO_IN_PLACE if tr in tracks else 0)
+            if tr not in tracks:
+                set_track_value(tr, "B_SOLO_DEFEAT", 0)
+        if solo_in_front:
+            RPR_Main_OnCommand(SOLO_IN_FRONT, 0)
+        set_track_value(master, "I_FXEN", 0)
+        set_track_value(master, "B_MUTE", 0)
+        for key, value in (("RENDER_SETTINGS", RENDER_MASTER_MIX), ("RENDER_BOUNDSFLAG", 0), ("RENDER_STARTPOS", t0),
                            ("RENDER_ENDPOS", t1), ("RENDER_SRATE", sample_rate), ("RENDER_CHANNELS", 2),
                            ("RENDER_TAILFLAG", 0), ("RENDER_ADDTOPROJ", 0), ("RENDER_DITHER", 0),
                            ("RENDER_NORMALIZE", 0)):
             RPR_GetSetProjectInfo(proj, key, value, True)
         for key, value in (("RENDER_FILE", folder), ("RENDER_PATTERN", "existing_mix"), ("RENDER_FORMAT2", ""),
-                           ("RENDER_FORMAT", WAV24)):
+                           ("RENDER_FORMAT", WAV24_RENDER_FORMAT)):
             RPR_GetSetProjectInfo_String(proj, key, value, True)
-        target = RPR_GetSetProjectInfo_String(proj, "RENDER_TARGETS", "", False)[3].split(";")[0]
+        targets = [t for t in RPR_GetSetProjectInfo_String(proj, "RENDER_TARGETS", "", False)[3].split(";") if t]
+        if len(targets) != 1:
+            raise RuntimeError(f"REAPER would write {len(targets)} files instead of one: {targets}")
+        target = targets[0]
         if os.path.exists(target):
             os.remove(target)  # an existing file would open a modal overwrite prompt
-        RPR_Main_OnCommand(42230, 0)
+        RPR_Main_OnCommandEx(RENDER_AND_CLOSE, 0, proj)
         if not os.path.exists(target) or os.path.getsize(target) <= 44:
             raise RuntimeError("the render produced no file at " + target)
         return target
@@ -162,9 +232,33 @@ def bounce(proj, tracks, t0, t1, folder, sample_rate):
             RPR_GetSetProjectInfo(proj, key, value, True)
         for key in RENDER_STRINGS:
             RPR_GetSetProjectInfo_String(proj, key, saved_s[key], True)
-        for tr, sel in saved_sel:
-            RPR_SetTrackSelected(tr, sel)
-        RPR_SetMediaTrackInfo_Value(master, "I_FXEN", saved_fx)
+        for tr, solo, defeat in saved_solo:
+            set_track_value(tr, "I_SOLO", solo)
+            set_track_value(tr, "B_SOLO_DEFEAT", defeat)
+        set_track_value(master, "I_FXEN", saved_fx)
+        set_track_value(master, "B_MUTE", saved_mute)
+        if solo_in_front and RPR_GetToggleCommandStateEx(0, SOLO_IN_FRONT) != 1:
+            RPR_Main_OnCommand(SOLO_IN_FRONT, 0)
+        RPR_PreventUIRefresh(-1)
+
+
+def insert_track_in(proj, index):
+    """A new track in `proj`, which may no longer be the active tab: InsertTrackAtIndex acts on
+    the active one, so InsertTrackInProject (REAPER 7.18+) is used, or else `proj` is made
+    active for the insert and the user's tab comes back."""
+    before = RPR_CountTracks(proj)
+    if "RPR_InsertTrackInProject" in globals():
+        RPR_InsertTrackInProject(proj, index, 1)
+    else:
+        active = RPR_EnumProjects(-1, "", 0)[0]
+        if active != proj:
+            RPR_SelectProjectInstance(proj)
+        RPR_InsertTrackAtIndex(index, True)
+        if active != proj:
+            RPR_SelectProjectInstance(active)
+    if RPR_CountTracks(proj) != before + 1:
+        raise RuntimeError("REAPER did not add the new track to the generation's project")
+    return RPR_GetTrack(proj, index)
 
 
 # --- the action -------------------------------------------------------------------------
@@ -208,12 +302,49 @@ def poll():
         alert(err.get("message") or "Generation " + status["state"] + ".")
         return
     proj, region, request = STATE["proj"], STATE["region"], STATE["request"]
+    if not project_is_open(proj):
+        alert("The project was closed while generating; the stem is at\n" + status["stem_path"])
+        return
     meta = dict(request, stem_path=status["stem_path"], job_id=status["job_id"], engine=status.get("metadata"))
     RPR_Undo_BeginBlock2(proj)
     RPR_PreventUIRefresh(1)
-    index = RPR_CountTracks(proj)
-    RPR_InsertTrackAtIndex(index, True)
-    track = RPR_GetTrack(proj, index)
+    try:
+        add_track(proj, region, request, status, meta)
+        RPR_Main_OnCommandEx(BUILD_MISSING_PEAKS, 0, proj)
+    except RuntimeError as e:
+        alert("StepFoley could not add the result: " + str(e))
+    finally:
+        RPR_PreventUIRefresh(-1)
+        RPR_UpdateArrange()
+        RPR_Undo_EndBlock2(proj, f'StepFoley: add Foley track "{request["caption"]}"', -1)
+
+
+def project_is_open(proj):
+    i = 0
+    while True:
+        p = RPR_EnumProjects(i, "", 0)[0]
+        if is_null(p):
+            return False
+        if p == proj:
+            return True
+        i += 1
+
+
+def on_exit():
+    """REAPER runs this when the script ends, also when the user stops it mid-generation:
+    the engine job must not keep running unseen."""
+    job = STATE.get("job")
+    if job is None or job.finished:
+        return
+    job.cancel()
+    for _ in range(5):  # give the cancel a moment to reach the engine
+        if job.poll(0.1) and job.finished:
+            break
+    STATE["client"].close()
+
+
+def add_track(proj, region, request, status, meta):
+    track = insert_track_in(proj, RPR_CountTracks(proj))
     RPR_GetSetMediaTrackInfo_String(track, "P_NAME", request["caption"], True)
     RPR_GetSetMediaTrackInfo_String(track, TRACK_MARK, "1", True)
     item = RPR_AddMediaItemToTrack(track)
@@ -224,10 +355,6 @@ def poll():
     RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", f"{request['caption']} (seed {request['seed']})", True)
     RPR_GetSetMediaItemTakeInfo_String(take, TAKE_META, json.dumps(meta), True)
     RPR_GetSetMediaItemInfo_String(item, "P_NOTES", f"StepFoley: {request['caption']}\n{json.dumps(meta, indent=1)}", True)
-    RPR_Main_OnCommand(40047, 0)
-    RPR_PreventUIRefresh(-1)
-    RPR_UpdateArrange()
-    RPR_Undo_EndBlock2(proj, f'StepFoley: add Foley track "{request["caption"]}"', -1)
 
 
 def main():
@@ -255,17 +382,22 @@ def main():
         job_dir = os.path.join(output_dir, "jobs", "py-%d" % random.randint(0, 1 << 30))
         os.makedirs(job_dir, exist_ok=True)
         sample_rate = int(RPR_GetSetProjectInfo(proj, "PROJECT_SRATE", 0, False)) or 48000
-        tracks = foley_tracks(proj, region["project_start"], region["project_end"], video_track)
-        request = dict(protocol=1, region=region, negative_caption="", previous_captions=[], output_dir=output_dir,
-                       sample_rate=sample_rate, format="wav24", name_hint=params["caption"], **params)
+        t0, t1 = region["project_start"], region["project_end"]
+        tracks = foley_tracks(proj, t0, t1, video_track)
+        request = dict(protocol=1, region=region, negative_caption="", previous_captions=previous_captions(tracks, t0, t1),
+                       output_dir=output_dir, sample_rate=sample_rate, format="wav24", name_hint=params["caption"],
+                       **params)
         if tracks:
-            request["existing_mix"] = bounce(proj, tracks, region["project_start"], region["project_end"], job_dir,
-                                             sample_rate)
+            request["existing_mix"] = bounce(proj, tracks, t0, t1, job_dir, sample_rate)
+        watchdog_s = float(ext("watchdog_s", str(DEFAULT_WATCHDOG_S)))
     except (ValueError, RuntimeError, OSError) as e:
         alert(str(e))
         return
     client = EngineClient(port=int(ext("port", "9017")))
-    STATE.update(proj=proj, region=region, request=request, client=client, job=client.submit(request))
+    # the client gives up after this long without any sign of life from the engine
+    STATE.update(proj=proj, region=region, request=request, client=client, job=client.submit(request, timeout=watchdog_s))
+    if "RPR_atexit" in globals():
+        RPR_atexit("on_exit()")
     RPR_defer("poll()")
 
 

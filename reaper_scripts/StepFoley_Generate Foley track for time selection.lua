@@ -1,7 +1,7 @@
 -- @description StepFoley: step-by-step Foley from picture (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.1.0
--- @changelog First release.
+-- @version 0.2.0
+-- @changelog Every earlier layer reaches the engine (master-mix bounce of the chosen layers); results land in the generation's project tab; stopping an action cancels its job; the watchdog setting reaches the client and measures silence; progress shows the engine's phase; non-ASCII paths work.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [main] StepFoley_Regenerate selected Foley item.lua

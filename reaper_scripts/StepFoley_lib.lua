@@ -14,14 +14,21 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.1.0"
+M.VERSION = "0.2.0"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
 M.RENDER_AND_CLOSE = 42230         -- File: Render project, using the most recent render settings, auto-close render dialog
 M.BUILD_MISSING_PEAKS = 40047
+M.SOLO_IN_FRONT = 40745            -- Options: Solo in front (toggle: non-soloed tracks play dimmed instead of silent)
 M.WAV24_RENDER_FORMAT = "ZXZhdxgAAQ==" -- REAPER's render config for 24-bit WAV: "evaw", 0x18, 0, 1
+M.RENDER_MASTER_MIX = 0            -- RENDER_SETTINGS: master mix, one file
+M.SOLO_IN_PLACE = 2                -- I_SOLO: soloed in place (heard through its folders and sends)
 M.POLL_INTERVAL_S = 0.3
+-- The client watches the engine itself (`send --timeout`) and writes "timed_out" when the
+-- engine goes silent; REAPER's own watchdog waits this much longer, so that it only fires
+-- when the client itself is gone or hung (its status file no longer changes).
+M.CLIENT_REPORT_GRACE_S = 10
 M.VIDEO_EXTENSIONS = { mp4 = true, mov = true, m4v = true, mkv = true, avi = true, webm = true,
   mpg = true, mpeg = true, mxf = true, wmv = true, ogv = true, flv = true }
 
@@ -371,10 +378,18 @@ function M.client_prefix(settings)
     (win and "C:\\Users\\you\\stepfoley-venv\\Scripts\\stepfoley.exe" or "/home/you/stepfoley-venv/bin/stepfoley")
 end
 
--- Characters that mean the same inside double quotes to cmd.exe/CreateProcess, to a POSIX
--- shell and to REAPER's own argument splitter. Anything else is kept off the command line.
+-- Whether `s` can travel as one double-quoted argument of ExecProcess's command line. REAPER
+-- starts the program without a shell: on Windows the program splits the line by the
+-- CommandLineToArgvW rules, elsewhere REAPER splits it at spaces outside ' " or ` quotes.
+-- Inside double quotes everything is then literal except: a double quote (ends the
+-- argument), ` (a quote character for REAPER's splitter), a backslash before the closing
+-- quote (Windows: it escapes the quote), control characters, and - refused only to be safe
+-- should a shell or cmd.exe ever see the line - $ and %. Spaces, ' & [ ] ( ) ! and any
+-- UTF-8 text (José, Geräusche, 足音) pass unchanged.
 function M.is_command_line_safe(s)
-  return s:find('^[%w%s_%.%-/\\:~+,=@()]+$') ~= nil and not s:find("[\r\n]")
+  if s == "" or utf8.len(s) == nil then return false end -- empty, or not UTF-8
+  if s:find("[\0-\31\127\"`$%%]") then return false end
+  return s:sub(-1) ~= "\\"
 end
 
 function M.quote_arg(s)
@@ -540,21 +555,47 @@ function M.is_stepfoley_track(track)
   return mark == "1"
 end
 
-local function track_has_items_in(track, t0, t1)
-  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
-    local a, b = M.item_range(reaper.GetTrackMediaItem(track, i))
-    if b > t0 and a < t1 then return true end
+-- Whether the track is heard at all: neither it nor a folder above it is muted.
+function M.track_is_heard(track)
+  local t = track
+  while t do
+    if reaper.GetMediaTrackInfo_Value(t, "B_MUTE") ~= 0 then return false end
+    t = reaper.GetParentTrack(t)
   end
-  return false
+  return true
 end
 
--- The Foley tracks to bounce: the selected tracks, or else every StepFoley track; never the
--- picture's track or `exclude`; only those with items in [t0, t1].
+-- Whether the item plays: not muted (B_MUTE includes item solo), on a lane that plays (fixed
+-- lanes, REAPER 7), with an active take. Only the active take of an item plays.
+function M.item_plays(item)
+  if reaper.GetMediaItemInfo_Value(item, "B_MUTE") ~= 0 then return false end
+  local track = reaper.GetMediaItem_Track(item)
+  if reaper.GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and
+    reaper.GetMediaItemInfo_Value(item, "C_LANEPLAYS") <= 0 then
+    return false
+  end
+  return reaper.GetActiveTake(item) ~= nil
+end
+
+-- The items of `track` that play somewhere in [t0, t1].
+local function playing_items_in(track, t0, t1)
+  local list = {}
+  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+    local item = reaper.GetTrackMediaItem(track, i)
+    local a, b = M.item_range(item)
+    if b > t0 and a < t1 and M.item_plays(item) then list[#list + 1] = item end
+  end
+  return list
+end
+
+-- The layers the next generation must complement: the selected tracks, or else every
+-- StepFoley track; never the picture's track or `exclude`; only tracks that are heard and
+-- have playing items in [t0, t1] (muted material is not part of what the user hears).
 function M.foley_tracks(proj, t0, t1, exclude)
   local selected, marked = {}, {}
   for i = 0, reaper.CountTracks(proj) - 1 do
     local tr = reaper.GetTrack(proj, i)
-    if not exclude[tr] and track_has_items_in(tr, t0, t1) then
+    if not exclude[tr] and M.track_is_heard(tr) and #playing_items_in(tr, t0, t1) > 0 then
       if reaper.IsTrackSelected(tr) then selected[#selected + 1] = tr end
       if M.is_stepfoley_track(tr) then marked[#marked + 1] = tr end
     end
@@ -563,94 +604,156 @@ function M.foley_tracks(proj, t0, t1, exclude)
   return marked
 end
 
--- Captions of the StepFoley takes playing in [t0, t1] on `tracks` (for negative_prompt).
+-- Captions of the StepFoley takes that play in [t0, t1] on `tracks` (for negative_prompt),
+-- in track order: the same material the bounce contains.
 function M.previous_captions(tracks, t0, t1)
   local captions = M.array({})
   for _, tr in ipairs(tracks) do
-    for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
-      local item = reaper.GetTrackMediaItem(tr, i)
-      local a, b = M.item_range(item)
+    for _, item in ipairs(playing_items_in(tr, t0, t1)) do
       local take = reaper.GetActiveTake(item)
-      if take and b > t0 and a < t1 then
-        local ok, meta = reaper.GetSetMediaItemTakeInfo_String(take, M.TAKE_META, "", false)
-        local decoded = ok and meta ~= "" and M.json_decode(meta)
-        if decoded and type(decoded.caption) == "string" then captions[#captions + 1] = decoded.caption end
-      end
+      local ok, meta = reaper.GetSetMediaItemTakeInfo_String(take, M.TAKE_META, "", false)
+      local decoded = ok and meta ~= "" and M.json_decode(meta)
+      if type(decoded) == "table" and type(decoded.caption) == "string" then captions[#captions + 1] = decoded.caption end
     end
   end
   return captions
 end
 
 ------------------------------------------------------------------------------------------
--- Bouncing the existing Foley tracks (render settings saved and restored)
+-- Bouncing the chosen layers: what the user hears of them, as one file
 ------------------------------------------------------------------------------------------
 
-local RENDER_NUMBERS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_STARTPOS", "RENDER_ENDPOS",
+--[[
+The chosen tracks are soloed in place and the master mix is rendered over the region, so
+the file is exactly what the user hears of those layers (item/take/track volume, fades,
+mutes, track and folder FX, sends), summed. "Selected tracks via master" cannot be used: it
+writes one file per track (User Guide 21.5). For the render, every other track is unsoloed
+and loses solo defeat, "solo in front" is switched off (it would let the other tracks
+through, dimmed), the master is unmuted and its FX bypassed (the engine wants the layers,
+not the mastering). Everything changed is put back afterwards, also when the render fails;
+values that already had the wanted state are never touched. The track selection is not
+used. REAPER's API cannot mark a project clean again, so a saved project may show as
+modified afterwards (docs/reaper.md).
+]]
+
+M.RENDER_NUMBERS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_STARTPOS", "RENDER_ENDPOS",
   "RENDER_SRATE", "RENDER_CHANNELS", "RENDER_TAILFLAG", "RENDER_ADDTOPROJ", "RENDER_DITHER",
   "RENDER_NORMALIZE" }
-local RENDER_STRINGS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT", "RENDER_FORMAT2" }
+-- RENDER_FORMAT is last: REAPER can reset it when other keys are set after it
+M.RENDER_STRINGS = { "RENDER_FILE", "RENDER_PATTERN", "RENDER_FORMAT2", "RENDER_FORMAT" }
 
-local function save_render_state(proj)
-  local saved = { numbers = {}, strings = {}, selection = {} }
-  for _, key in ipairs(RENDER_NUMBERS) do saved.numbers[key] = reaper.GetSetProjectInfo(proj, key, 0, false) end
-  for _, key in ipairs(RENDER_STRINGS) do
+-- Sets a track value only when it differs, so that untouched state stays untouched.
+local function set_track_value(track, key, value)
+  if reaper.GetMediaTrackInfo_Value(track, key) ~= value then reaper.SetMediaTrackInfo_Value(track, key, value) end
+end
+
+local function save_mix_state(proj)
+  local saved = { numbers = {}, strings = {}, tracks = {} }
+  for _, key in ipairs(M.RENDER_NUMBERS) do saved.numbers[key] = reaper.GetSetProjectInfo(proj, key, 0, false) end
+  for _, key in ipairs(M.RENDER_STRINGS) do
     local _, value = reaper.GetSetProjectInfo_String(proj, key, "", false)
     saved.strings[key] = value
   end
   for i = 0, reaper.CountTracks(proj) - 1 do
     local tr = reaper.GetTrack(proj, i)
-    saved.selection[#saved.selection + 1] = { tr, reaper.IsTrackSelected(tr) }
+    saved.tracks[#saved.tracks + 1] = { track = tr, solo = reaper.GetMediaTrackInfo_Value(tr, "I_SOLO"),
+      solo_defeat = reaper.GetMediaTrackInfo_Value(tr, "B_SOLO_DEFEAT") }
   end
-  saved.master_fx = reaper.GetMediaTrackInfo_Value(reaper.GetMasterTrack(proj), "I_FXEN")
+  local master = reaper.GetMasterTrack(proj)
+  saved.master_fx = reaper.GetMediaTrackInfo_Value(master, "I_FXEN")
+  saved.master_mute = reaper.GetMediaTrackInfo_Value(master, "B_MUTE")
+  saved.solo_in_front = reaper.GetToggleCommandStateEx(0, M.SOLO_IN_FRONT) == 1
   return saved
 end
 
-local function restore_render_state(proj, saved)
-  for key, value in pairs(saved.numbers) do reaper.GetSetProjectInfo(proj, key, value, true) end
-  for _, key in ipairs(RENDER_STRINGS) do
-    if key ~= "RENDER_FORMAT" then reaper.GetSetProjectInfo_String(proj, key, saved.strings[key], true) end
+-- Puts back everything save_mix_state read. Each part is restored even if another fails;
+-- returns the messages of those that failed.
+local function restore_mix_state(proj, saved)
+  local problems = {}
+  local function try(what, fn)
+    local ok, err = pcall(fn)
+    if not ok then problems[#problems + 1] = what .. ": " .. tostring(err) end
   end
-  -- REAPER quirk: RENDER_FORMAT must be set last or later keys can reset it
-  reaper.GetSetProjectInfo_String(proj, "RENDER_FORMAT", saved.strings.RENDER_FORMAT, true)
-  for _, pair in ipairs(saved.selection) do reaper.SetTrackSelected(pair[1], pair[2]) end
-  reaper.SetMediaTrackInfo_Value(reaper.GetMasterTrack(proj), "I_FXEN", saved.master_fx)
+  for _, key in ipairs(M.RENDER_NUMBERS) do
+    try(key, function() reaper.GetSetProjectInfo(proj, key, saved.numbers[key], true) end)
+  end
+  for _, key in ipairs(M.RENDER_STRINGS) do
+    try(key, function() reaper.GetSetProjectInfo_String(proj, key, saved.strings[key], true) end)
+  end
+  for _, t in ipairs(saved.tracks) do
+    try("track solo", function()
+      set_track_value(t.track, "I_SOLO", t.solo)
+      set_track_value(t.track, "B_SOLO_DEFEAT", t.solo_defeat)
+    end)
+  end
+  local master = reaper.GetMasterTrack(proj)
+  try("master", function()
+    set_track_value(master, "I_FXEN", saved.master_fx)
+    set_track_value(master, "B_MUTE", saved.master_mute)
+  end)
+  try("solo in front", function()
+    if saved.solo_in_front and reaper.GetToggleCommandStateEx(0, M.SOLO_IN_FRONT) ~= 1 then
+      reaper.Main_OnCommand(M.SOLO_IN_FRONT, 0)
+    end
+  end)
+  return problems
 end
 
--- Renders `tracks` over [t0, t1] (via the master, master FX bypassed) to dir/name.wav.
+local function solo_only(proj, tracks)
+  local chosen = {}
+  for _, tr in ipairs(tracks) do chosen[tr] = true end
+  for i = 0, reaper.CountTracks(proj) - 1 do
+    local tr = reaper.GetTrack(proj, i)
+    set_track_value(tr, "I_SOLO", chosen[tr] and M.SOLO_IN_PLACE or 0)
+    if not chosen[tr] then set_track_value(tr, "B_SOLO_DEFEAT", 0) end
+  end
+  if reaper.GetToggleCommandStateEx(0, M.SOLO_IN_FRONT) == 1 then reaper.Main_OnCommand(M.SOLO_IN_FRONT, 0) end
+  local master = reaper.GetMasterTrack(proj)
+  set_track_value(master, "I_FXEN", 0)
+  set_track_value(master, "B_MUTE", 0)
+end
+
+local function set_master_mix_render(proj, t0, t1, dir, name, sample_rate)
+  local numbers = { RENDER_SETTINGS = M.RENDER_MASTER_MIX, RENDER_BOUNDSFLAG = 0, -- custom time bounds
+    RENDER_STARTPOS = t0, RENDER_ENDPOS = t1, RENDER_SRATE = sample_rate, RENDER_CHANNELS = 2,
+    RENDER_TAILFLAG = 0, RENDER_ADDTOPROJ = 0, RENDER_DITHER = 0, RENDER_NORMALIZE = 0 }
+  for _, key in ipairs(M.RENDER_NUMBERS) do reaper.GetSetProjectInfo(proj, key, numbers[key], true) end
+  local strings = { RENDER_FILE = dir, RENDER_PATTERN = name, RENDER_FORMAT2 = "", RENDER_FORMAT = M.WAV24_RENDER_FORMAT }
+  for _, key in ipairs(M.RENDER_STRINGS) do reaper.GetSetProjectInfo_String(proj, key, strings[key], true) end
+end
+
+-- The one file REAPER says it will write, or an error.
+local function single_render_target(proj)
+  local _, targets = reaper.GetSetProjectInfo_String(proj, "RENDER_TARGETS", "", false)
+  local list = {}
+  for path in (targets or ""):gmatch("[^;]+") do list[#list + 1] = path end
+  if #list ~= 1 then
+    error(string.format("REAPER would write %d files instead of one (%s)", #list, tostring(targets)))
+  end
+  return list[1]
+end
+
+-- Renders what the user hears of `tracks` over [t0, t1] to dir/name.wav (24-bit stereo).
 -- Returns the WAV path, or nil and a message. Every setting touched is restored.
 function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate)
-  local saved = save_render_state(proj)
+  local saved = save_mix_state(proj)
+  reaper.PreventUIRefresh(1)
   local ok, result = pcall(function()
-    for i = 0, reaper.CountTracks(proj) - 1 do
-      local tr = reaper.GetTrack(proj, i)
-      reaper.SetTrackSelected(tr, false)
-    end
-    for _, tr in ipairs(tracks) do reaper.SetTrackSelected(tr, true) end
-    reaper.SetMediaTrackInfo_Value(reaper.GetMasterTrack(proj), "I_FXEN", 0)
-    reaper.GetSetProjectInfo(proj, "RENDER_SETTINGS", 128, true) -- selected tracks via master
-    reaper.GetSetProjectInfo(proj, "RENDER_BOUNDSFLAG", 0, true)  -- custom time bounds
-    reaper.GetSetProjectInfo(proj, "RENDER_STARTPOS", t0, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_ENDPOS", t1, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_SRATE", sample_rate, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_CHANNELS", 2, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_TAILFLAG", 0, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_ADDTOPROJ", 0, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_DITHER", 0, true)
-    reaper.GetSetProjectInfo(proj, "RENDER_NORMALIZE", 0, true)
-    reaper.GetSetProjectInfo_String(proj, "RENDER_FILE", dir, true)
-    reaper.GetSetProjectInfo_String(proj, "RENDER_PATTERN", name, true)
-    reaper.GetSetProjectInfo_String(proj, "RENDER_FORMAT2", "", true)
-    reaper.GetSetProjectInfo_String(proj, "RENDER_FORMAT", M.WAV24_RENDER_FORMAT, true)
-    local _, targets = reaper.GetSetProjectInfo_String(proj, "RENDER_TARGETS", "", false)
-    local target = (targets or ""):match("^[^;]+")
-    if not target or target == "" then error("REAPER did not say where it would render") end
+    solo_only(proj, tracks)
+    set_master_mix_render(proj, t0, t1, dir, name, sample_rate)
+    local target = single_render_target(proj)
     os.remove(target) -- an existing file would open a modal overwrite prompt
-    reaper.Main_OnCommand(M.RENDER_AND_CLOSE, 0)
+    reaper.Main_OnCommandEx(M.RENDER_AND_CLOSE, 0, proj)
     local data = M.read_file(target)
     if not data or #data <= 44 then error("the render produced no file at " .. target) end
     return target
   end)
-  restore_render_state(proj, saved)
+  local problems = restore_mix_state(proj, saved)
+  reaper.PreventUIRefresh(-1)
+  if #problems > 0 then
+    local msg = "Could not restore every render/solo setting after the bounce:\n" .. table.concat(problems, "\n")
+    if ok then M.alert(msg) else result = tostring(result) .. "\n\n" .. msg end
+  end
   if ok then return result end
   return nil, "Could not bounce the existing Foley tracks: " .. tostring(result)
 end
@@ -780,10 +883,36 @@ end
 
 local RUNNING_KEY = "running_status_files" -- non-persistent ExtState: JSON list, for Cancel
 
+local FINAL_STATES = { done = true, error = true, cancelled = true }
+
+-- Returns the status table and the file's text, or nil and why it could not be used. A read
+-- can fail for a moment while nothing is wrong (on Windows the client may be replacing the
+-- file just then), so no caller acts on a single failed read.
+function M.read_status(path)
+  local f, open_err = io.open(path, "rb")
+  if not f then return nil, "cannot be opened (" .. tostring(open_err) .. ")" end
+  local text = f:read("a")
+  f:close()
+  if not text or text == "" then return nil, "is empty" end
+  local status, err = M.json_decode(text)
+  if type(status) ~= "table" then return nil, "cannot be read (" .. tostring(err) .. ")" end
+  return status, text
+end
+
+local function is_final(status)
+  return status ~= nil and (status.exit_code ~= nil or FINAL_STATES[status.state] == true)
+end
+
+-- The status files of generations still running. Entries whose job has ended are left out,
+-- so a generation whose action was stopped never shows up as running.
 function M.running_status_files()
   local list = M.json_decode(reaper.GetExtState(M.SECTION, RUNNING_KEY) or "")
-  if type(list) ~= "table" then return {} end
-  return list
+  local live = {}
+  if type(list) ~= "table" then return live end
+  for _, path in ipairs(list) do
+    if type(path) == "string" and not is_final((M.read_status(path))) then live[#live + 1] = path end
+  end
+  return live
 end
 
 local function set_running(path, on)
@@ -793,25 +922,42 @@ local function set_running(path, on)
   reaper.SetExtState(M.SECTION, RUNNING_KEY, M.json_encode(out), false)
 end
 
+function M.request_cancel(status_path)
+  local f = io.open(status_path .. ".cancel", "wb")
+  if not f then return false end
+  f:write("cancel\n")
+  f:close()
+  return true
+end
+
 -- Asks every running generation to stop. Returns how many were asked.
 function M.request_cancel_all()
   local n = 0
   for _, status_path in ipairs(M.running_status_files()) do
-    local f = io.open(status_path .. ".cancel", "wb")
-    if f then f:write("cancel\n"); f:close(); n = n + 1 end
+    if M.request_cancel(status_path) then n = n + 1 end
   end
   return n
 end
 
-function M.read_status(path)
-  local text = M.read_file(path)
-  if not text then return nil end
-  local status = M.json_decode(text)
-  if type(status) ~= "table" then return nil end -- a half-written file cannot happen (rename), but be safe
-  return status
-end
+-- What the engine is doing, in words. Newer engines send `phase` ("features", "sampling",
+-- ...) with step/total counting within it; older ones send no phase and count sampling steps.
+M.PHASE_WORDS = { queued = "waiting for the engine", features = "reading the picture",
+  sampling = "generating", decoding = "decoding the audio" }
 
-local TERMINAL = { done = true, error = true, cancelled = true }
+-- One line for a status, and the fraction done of the current phase (nil when unknown).
+function M.describe_progress(status)
+  local step, total = tonumber(status.step), tonumber(status.total)
+  local counted = step ~= nil and total ~= nil and total > 0
+  if type(status.phase) == "string" and status.phase ~= "" and not FINAL_STATES[status.state] then
+    local words = M.PHASE_WORDS[status.phase] or status.phase
+    if counted then return string.format("%s: %d of %d", words, math.floor(step), math.floor(total)), step / total end
+    return words, nil
+  end
+  if status.state == "running" and counted then
+    return string.format("step %d of %d", math.floor(step), math.floor(total)), step / total
+  end
+  return tostring(status.state or "starting"), nil
+end
 
 -- A small progress window; Esc in it cancels. Closing it only hides it.
 local Progress = {}
@@ -842,10 +988,57 @@ function Progress:close()
   if self.open then gfx.quit(); self.open = false end
 end
 
+local function number_arg(x)
+  return tostring(math.tointeger(x) or x)
+end
+
+-- The argv that runs one job: `stepfoley send` with the request, the status file, the port
+-- and the watchdog (seconds without a sign of life from the engine before the client stops).
+function M.send_argv(prefix, settings, request_path, status_path)
+  local argv = {}
+  for _, a in ipairs(prefix) do argv[#argv + 1] = a end
+  for _, a in ipairs({ "send", "--request", request_path, "--status", status_path,
+    "--port", number_arg(settings.port), "--timeout", number_arg(settings.watchdog_s) }) do
+    argv[#argv + 1] = a
+  end
+  return argv
+end
+
+local function timed_out_message(settings, engine_message)
+  return (engine_message or string.format("The engine showed no progress for %s s.", number_arg(settings.watchdog_s))) ..
+    "\n\nIf the engine is only slow (on a CPU the first track of a region spends minutes reading the " ..
+    "picture), raise \"Give up after no progress for (s)\" in \"StepFoley: Settings\". Otherwise check " ..
+    "the engine window or run \"StepFoley: Engine status\"."
+end
+
+-- The job's result from a status in a final state.
+local function final_result(status, settings)
+  if status.state == "done" then
+    if type(status.stem_path) ~= "string" or not reaper.file_exists(status.stem_path) then
+      return { state = "error", message = "The engine said it finished but its file is missing: " ..
+        tostring(status.stem_path) }
+    end
+    return { state = "done", stem_path = status.stem_path, metadata = status.metadata or {}, job_id = status.job_id }
+  elseif status.state == "cancelled" then
+    return { state = "cancelled", message = "Generation cancelled." }
+  end
+  local e = type(status.error) == "table" and status.error or {}
+  local message = e.message or "The engine reported an error."
+  if e.code == "timed_out" then message = timed_out_message(settings, e.message) end
+  return { state = "error", code = e.code, message = message }
+end
+
 --[[
 Runs `jobs` one after the other. Each job: {request=table, folders=..., label=string}.
 `on_finished(results)` runs once at the end, in the defer context; results[i] =
 {state="done"|"error"|"cancelled"|"not_started", stem_path=, metadata=, message=}.
+
+Watchdogs, all measured as silence: before the status file was ever read, the client must
+write it within settings.start_timeout_s; after that, the job is given up only when the
+status file has not changed for settings.watchdog_s + CLIENT_REPORT_GRACE_S (any change,
+including `updated`, is a sign of life; an unreadable or half-written read is not a change
+and not a failure either). The client itself stops after settings.watchdog_s without a sign
+of life from the engine and says so in the status file.
 ]]
 function M.run_jobs(settings, jobs, title, on_finished)
   local prefix, err = M.client_prefix(settings)
@@ -879,27 +1072,53 @@ function M.run_jobs(settings, jobs, title, on_finished)
     os.remove(job.status_path .. ".cancel")
     local ok, write_err = M.write_file_atomic(job.request_path, M.json_encode(spec.request))
     if not ok then return false, "Could not write the request file " .. job.request_path .. ": " .. tostring(write_err) end
-    local argv = {}
-    for _, a in ipairs(prefix) do argv[#argv + 1] = a end
-    for _, a in ipairs({ "send", "--request", job.request_path, "--status", job.status_path,
-      "--port", tostring(math.tointeger(settings.port) or settings.port) }) do argv[#argv + 1] = a end
-    local cmd_ok, cmd = pcall(M.command_line, argv)
+    local cmd_ok, cmd = pcall(M.command_line, M.send_argv(prefix, settings, job.request_path, job.status_path))
     if not cmd_ok then
-      return false, "The StepFoley program path cannot be put on a command line (quotes or special " ..
-        "characters): " .. prefix[1] .. "\nMove it to a folder without such characters and update Settings."
+      return false, "The StepFoley program path cannot be put on a command line (it contains \" ` $ % or " ..
+        "control characters): " .. prefix[1] .. "\nMove it to a folder without such characters and update Settings."
     end
     job.command = cmd
     local now = reaper.time_precise()
-    job.started, job.last_change, job.last_signature, job.next_poll = now, now, "", now + M.POLL_INTERVAL_S
+    job.started, job.last_change, job.next_poll = now, now, now + M.POLL_INTERVAL_S
     set_running(job.status_path, true)
     reaper.ExecProcess(cmd, -2)
     return true
   end
 
   local function cancel_job()
-    local f = io.open(job.status_path .. ".cancel", "wb")
-    if f then f:write("cancel\n"); f:close() end
+    M.request_cancel(job.status_path)
     job.cancel_asked = job.cancel_asked or reaper.time_precise()
+  end
+
+  -- Gives up on a job whose client went silent; true when it did.
+  local function check_silence(now)
+    local problem = job.read_problem and (" (the status file " .. job.read_problem .. ")") or ""
+    if job.last_text == nil then
+      if now - job.started <= settings.start_timeout_s then return false end
+      cancel_job()
+      end_job({ state = "error", message = string.format(
+        "The StepFoley client did not start (no status after %d s)%s.\n\nCommand:\n%s\n\n" ..
+        "Check the program path in \"StepFoley: Settings\" and that StepFoley is installed there.",
+        math.floor(settings.start_timeout_s), problem, job.command) })
+      return true
+    end
+    local limit = settings.watchdog_s + M.CLIENT_REPORT_GRACE_S
+    if now - job.last_change <= limit then return false end
+    cancel_job()
+    end_job({ state = "error", message = string.format(
+      "No sign of life from the StepFoley client for %d s: its status file did not change%s, so StepFoley " ..
+      "stopped waiting (and asked it to cancel).\n\nCheck the engine window or run \"StepFoley: Engine status\".",
+      math.floor(limit), problem) })
+    return true
+  end
+
+  local function show_progress()
+    local label = jobs[index].label or ""
+    local words, fraction = "starting the client", nil
+    if job.last_status then words, fraction = M.describe_progress(job.last_status) end
+    local text = label .. ": " .. words
+    if #jobs > 1 then text = string.format("[%d/%d] %s", index, #jobs, text) end
+    if progress:show(text .. "   (Esc cancels)", fraction) then cancel_job() end
   end
 
   local function poll()
@@ -919,56 +1138,35 @@ function M.run_jobs(settings, jobs, title, on_finished)
     end
     if now >= job.next_poll then
       job.next_poll = now + M.POLL_INTERVAL_S
-      local status = M.read_status(job.status_path)
+      local status, text_or_problem = M.read_status(job.status_path)
       if status then
-        local signature = tostring(status.state) .. ":" .. tostring(status.step) .. ":" .. tostring(status.total)
-        if signature ~= job.last_signature then job.last_signature, job.last_change = signature, now end
-        if status.state == "done" then
-          if type(status.stem_path) ~= "string" or not reaper.file_exists(status.stem_path) then
-            end_job({ state = "error", message = "The engine said it finished but its file is missing: " ..
-              tostring(status.stem_path) })
-          else
-            end_job({ state = "done", stem_path = status.stem_path, metadata = status.metadata or {},
-              job_id = status.job_id })
-          end
-        elseif status.state == "error" then
-          local e = type(status.error) == "table" and status.error or {}
-          end_job({ state = "error", code = e.code, message = e.message or "The engine reported an error." })
-        elseif status.state == "cancelled" then
-          end_job({ state = "cancelled", message = "Generation cancelled." })
-        end
-      elseif now - job.started > settings.start_timeout_s then
-        cancel_job()
-        end_job({ state = "error", message = string.format(
-          "The StepFoley client did not start (no status after %d s).\n\nCommand:\n%s\n\n" ..
-          "Check the program path in \"StepFoley: Settings\" and that StepFoley is installed there.",
-          math.floor(settings.start_timeout_s), job.command) })
+        job.read_problem = nil
+        if text_or_problem ~= job.last_text then job.last_text, job.last_change = text_or_problem, now end
+        job.last_status = status
+        if is_final(status) then end_job(final_result(status, settings)) end
+      elseif reaper.file_exists(job.status_path) or job.last_text ~= nil then
+        job.read_problem = text_or_problem
       end
-      if job and now - job.last_change > settings.watchdog_s then
-        cancel_job()
-        end_job({ state = "error", message = string.format(
-          "The engine made no progress for %d s, so StepFoley stopped waiting (and asked it to cancel).\n\n" ..
-          "Check the engine window or run \"StepFoley: Engine status\".", math.floor(settings.watchdog_s)) })
-      end
+      if job then check_silence(now) end
       if job and job.cancel_asked and now - job.cancel_asked > 15 then
         end_job({ state = "cancelled", message = "Cancelled (the client did not confirm; it may still be stopping)." })
       end
-      if job then
-        local label = jobs[index].label or ""
-        local text, fraction
-        if status and status.state == "running" and tonumber(status.total) and status.total > 0 then
-          fraction = status.step / status.total
-          text = string.format("%s: step %d of %d", label, math.floor(status.step), math.floor(status.total))
-        else
-          text = string.format("%s: %s", label, status and status.state or "starting the client")
-        end
-        if #jobs > 1 then text = string.format("[%d/%d] %s", index, #jobs, text) end
-        if progress:show(text .. "   (Esc cancels)", fraction) then cancel_job() end
-      end
+      if job then show_progress() end
     end
     reaper.defer(poll)
   end
 
+  -- REAPER runs this when the script ends, also when the user stops it while it polls (by
+  -- running the action again and choosing to terminate it): the engine job must not keep
+  -- running unseen, nor stay listed for Cancel and Engine status.
+  reaper.atexit(function()
+    if job then
+      cancel_job()
+      set_running(job.status_path, false)
+      job = nil
+    end
+    progress:close()
+  end)
   reaper.defer(poll)
 end
 
@@ -1017,16 +1215,20 @@ local function new_track_index(proj)
   return index
 end
 
--- Runs `edit()` as one undo point named `description`, with the UI frozen meanwhile, then
--- builds the peaks of the new media.
+-- Runs `edit()` as one undo point named `description` in `proj` (which need not be the
+-- active tab), with the UI frozen meanwhile, then builds the peaks of the new media. The undo
+-- block is closed even if the edit fails; the failure is shown to the user. Returns whether
+-- the edit succeeded.
 function M.undoable_edit(proj, description, edit)
   reaper.Undo_BeginBlock2(proj)
   reaper.PreventUIRefresh(1)
-  edit()
-  reaper.Main_OnCommand(M.BUILD_MISSING_PEAKS, 0)
+  local ok, err = pcall(edit)
+  if ok then reaper.Main_OnCommandEx(M.BUILD_MISSING_PEAKS, 0, proj) end
   reaper.PreventUIRefresh(-1)
   reaper.UpdateArrange()
   reaper.Undo_EndBlock2(proj, description, -1)
+  if not ok then M.alert("StepFoley could not add the result: " .. tostring(err)) end
+  return ok
 end
 
 function M.project_is_open(proj)
@@ -1039,11 +1241,28 @@ function M.project_is_open(proj)
   end
 end
 
+-- A new track at `index` of `proj`. InsertTrackAtIndex acts on the ACTIVE project tab, which
+-- may be another project by the time a generation ends, so InsertTrackInProject (REAPER
+-- 7.18+) is used; older REAPER gets `proj` made active for the insert and the user's tab back.
+local function insert_track_in(proj, index)
+  local before = reaper.CountTracks(proj)
+  if reaper.InsertTrackInProject then
+    reaper.InsertTrackInProject(proj, index, 1) -- 1: default envelopes/FX, like wantDefaults
+  else
+    local active = reaper.EnumProjects(-1, "")
+    if active ~= proj then reaper.SelectProjectInstance(proj) end
+    reaper.InsertTrackAtIndex(index, true)
+    if active ~= proj then reaper.SelectProjectInstance(active) end
+  end
+  if reaper.CountTracks(proj) ~= before + 1 then
+    error("REAPER did not add the new track to the generation's project")
+  end
+  return reaper.GetTrack(proj, index)
+end
+
 -- One new track named after the caption, one item over the region, one take per result.
 function M.insert_track(proj, region, takes)
-  local index = new_track_index(proj)
-  reaper.InsertTrackAtIndex(index, true)
-  local track = reaper.GetTrack(proj, index)
+  local track = insert_track_in(proj, new_track_index(proj))
   reaper.GetSetMediaTrackInfo_String(track, "P_NAME", takes[1].meta.caption, true)
   reaper.GetSetMediaTrackInfo_String(track, M.TRACK_MARK, "1", true)
   local item = reaper.AddMediaItemToTrack(track)

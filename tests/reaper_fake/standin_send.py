@@ -1,10 +1,24 @@
 """A stand-in for `stepfoley send` (docs/osc-protocol.md), for the REAPER tests while no
 real engine is available: same arguments, same status file (written atomically), same
 cancel file convention and exit codes. It validates the request with bridge.protocol and
-"generates" a sine stem of exactly the region's length, named after the caption.
+"generates" a sine stem of exactly the region's length, named after the caption. It writes
+the arguments it received to `standin_argv.json` next to the status file, so a test can
+check what survived the command line.
 
-Behaviour from $STEPFOLEY_STANDIN: "ok" (default), "down" (engine not running: exit 3),
-"slow" (0.3 s per step, so a test can cancel mid-generation)."""
+Behaviour from $STEPFOLEY_STANDIN:
+- "ok" (default): an older engine, no `phase` field;
+- "down": engine not running (exit 3);
+- "slow": 0.3 s per step, so a test can cancel or switch tabs mid-generation;
+- "phases": a newer engine: phase "features" (4 picture steps), then "sampling", with
+  step/total counting within the phase;
+- "queue": waits in the engine's queue (queue_position 6, 5, ... 1, one per second), then runs;
+- "stall": the engine goes silent after step 1; like the real client, gives up after
+  --timeout seconds with error "timed_out" (exit 7);
+- "hung": the client itself hangs after step 1 (its status file never changes again; it
+  only exits, silently, once the cancel file appears);
+- "flaky": 2.5 s after the start, the status file is half-written (not atomically) for 1.5 s,
+  then all is well;
+- "garbled": the status file stays half-written until the cancel file appears."""
 
 import argparse
 import json
@@ -27,6 +41,21 @@ def write_status(path: Path, **fields) -> None:
     os.replace(tmp, path)
 
 
+def write_half(path: Path) -> None:
+    """What a reader may see of a file written in place: its first bytes."""
+    path.write_text('{"state": "runn', encoding="utf-8")
+
+
+def wait_for(cancel: Path, seconds: float) -> bool:
+    """Sleeps up to `seconds`; True as soon as the cancel file exists."""
+    end = time.time() + seconds
+    while time.time() < end:
+        if cancel.exists():
+            return True
+        time.sleep(0.05)
+    return cancel.exists()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("send")
@@ -34,7 +63,7 @@ def main() -> int:
     p.add_argument("--ping", action="store_true")
     p.add_argument("--status")
     p.add_argument("--port", type=int, default=9017)
-    p.add_argument("--timeout", type=float)
+    p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args()
     mode = os.environ.get("STEPFOLEY_STANDIN", "ok")
     if args.ping:
@@ -45,6 +74,7 @@ def main() -> int:
         return 0
     status = Path(args.status)
     cancel = Path(args.status + ".cancel")
+    status.with_name("standin_argv.json").write_text(json.dumps(sys.argv[1:], ensure_ascii=False), encoding="utf-8")
     if mode == "down":
         write_status(status, state="error", error={"code": "engine_not_running",
                      "message": f"No StepFoley engine answers on 127.0.0.1:{args.port}. Start it with `stepfoley serve`."})
@@ -57,12 +87,40 @@ def main() -> int:
     job_id = "standin-%d" % os.getpid()
     total = request.get("steps", 25)  # absent: the model's default
     write_status(status, state="queued", job_id=job_id, step=0, total=total)
+    if mode == "queue":
+        for ahead in range(6, 0, -1):
+            write_status(status, state="queued", job_id=job_id, step=0, total=total, queue_position=ahead)
+            if wait_for(cancel, 1.0):
+                write_status(status, state="cancelled", job_id=job_id, step=0, total=total)
+                return 6
+    if mode in ("flaky", "garbled"):
+        time.sleep(2.5 if mode == "flaky" else 0.5)
+        write_half(status)
+        if wait_for(cancel, 1.5 if mode == "flaky" else 600):
+            return 6
+    if mode == "phases":
+        for step in range(1, 5):
+            time.sleep(0.25)
+            write_status(status, state="running", phase="features", job_id=job_id, step=step, total=4)
     for step in range(1, total + 1):
         if cancel.exists():
             write_status(status, state="cancelled", job_id=job_id, step=step - 1, total=total)
             return 6
-        time.sleep(0.3 if mode == "slow" else 0.01)
-        write_status(status, state="running", job_id=job_id, step=step, total=total)
+        time.sleep(0.3 if mode in ("slow", "phases") else 0.01)
+        fields = {"phase": "sampling"} if mode == "phases" else {}
+        write_status(status, state="running", job_id=job_id, step=step, total=total, **fields)
+        if mode == "stall":
+            if wait_for(cancel, args.timeout):
+                write_status(status, state="cancelled", job_id=job_id, step=step, total=total)
+                return 6
+            write_status(status, state="error", job_id=job_id, step=step, total=total, exit_code=7,
+                         error={"code": "timed_out",
+                                "message": f"The engine showed no progress for {args.timeout:g} s; "
+                                           "the job may still be running there."})
+            return 7
+        if mode == "hung":
+            wait_for(cancel, 600)
+            return 1
     region = request["region"]
     sr = request["sample_rate"]
     frames = round((region["project_end"] - region["project_start"]) * sr)
