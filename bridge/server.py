@@ -38,7 +38,7 @@ class ServerConfig:
     model: str = "unknown"  # named in /pong and /status_reply
     device: str = "unknown"
     max_queue: int = 256
-    cpu: dict | None = None  # how the engine shares the CPU ({"threads", "nice"}), shown in /status
+    cpu: dict | None = None  # how the engine shares the CPU (devices.share_cpu), shown in /status
 
 
 class ConfigError(ValueError):

@@ -5,6 +5,7 @@ file, writes little log, still serves a valid request). Each test names its find
 import json
 import logging
 import os
+import random
 import socket
 import stat
 import subprocess
@@ -367,6 +368,14 @@ def send(tmp_path, *args, env: dict | None = None) -> tuple[int, dict]:
     return json.loads(out.splitlines()[-1])["exit_code"], json.loads(out.splitlines()[-1])
 
 
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+
+
 def loaded_status(port: int, token: str) -> dict:
     with EngineClient(port=port, token=token) as c:
         for _ in range(300):
@@ -402,15 +411,17 @@ def test_finding_08_14_serve_reads_its_token_from_the_token_file_and_shares_the_
         with pytest.raises(EngineNotRunning):  # a wrong token: no reply at all
             EngineClient(port=port, token="guess").ping(timeout=0.5)
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        stop(proc)
     assert proc.returncode == 0
 
 
 def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refused(tmp_path):
     write_token(tmp_path, "file-secret", 0o644)
     proc = stepfoley(tmp_path, "serve", "--port", str(free_port()))
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
     assert proc.returncode == 2 and "chmod 600" in err
     code, status = send(tmp_path, "--ping")
     assert code == 2 and status["error"]["code"] == "bad_token_file"
@@ -421,8 +432,7 @@ def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refus
         code, status = send(tmp_path, "--ping", "--port", str(port), env={"STEPFOLEY_TOKEN": "env-secret"})
         assert code == 0 and status["answer"]["protocol"] == 1
     finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+        stop(proc)
 
 
 # --- 5 and 13 with the real service: inputs read only for the region, project_end, negatives -----
@@ -452,3 +462,60 @@ def test_finding_05_13_the_service_reads_only_the_region_and_follows_the_request
         metadata = json.loads(args[3])
         assert (metadata["method_used"], metadata["negative_caption"]) == ("negative_prompt", "birds")
         p.close()
+
+
+# --- all of it at once ---------------------------------------------------------------------------
+
+def test_a_hostile_run_leaves_the_engine_serving_with_no_stray_file_and_a_small_log(tmp_path, log_bytes):
+    """The malformed corpus of test_bridge_soak plus semantic attacks, then a valid request."""
+    from test_bridge_soak import mutations
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    (tmp_path / "link.mp4").symlink_to(fifo)
+    with open(tmp_path / "huge.wav", "wb") as f:
+        f.truncate(2**31)
+    hostile_requests = [
+        {"\ud800": 1}, {"caption": "\udcff"}, {"output_dir": "/tmp/\ud800"}, {"existing_mix": "/m\ud800.wav"},
+        {"existing_mix": str(fifo)}, {"region": {"video": str(tmp_path / "link.mp4"), "file_in": 0, "file_out": 2}},
+        {"existing_mix": str(tmp_path / "huge.wav")}, {"sample_rate": 192000, "format": "wav32f",
+                                                       "region": {"video": "/v", "file_in": 0, "file_out": 600}},
+        {"region": {"video": "/v", "file_in": 0, "file_out": 600, "playrate": 0.01}},
+        {"output_dir": str(tmp_path / "link.mp4")}, {"previous_captions": ["x"] * 65}, {"seed": 10**30},
+        {"alpha": float("inf")}, {"name_hint": "../../" * 30},
+    ]
+    started = time.monotonic()
+    with EngineServer(SineRunner(), ServerConfig(port=0, max_queue=8)).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
+        (tmp_path / "fuzz").mkdir()  # the corpus's valid /generate writes its stems there
+        valid = [osc.encode(protocol.PING, p.port, "f", ""), osc.encode(protocol.STATUS, p.port, "f", ""),
+                 osc.encode(protocol.GENERATE, p.port, "f", "", json.dumps(make_request(tmp_path / "fuzz")))]
+        for data in list(mutations(random.Random(12), valid))[:600]:
+            try:
+                aimed_elsewhere = any(protocol.reply_port_of(a) not in (None, p.port) for _, a in osc.decode(data))
+            except osc.DecodeError:
+                aimed_elsewhere = False
+            if not aimed_elsewhere:
+                p.send_bytes(data)
+        for data in (BUNDLE + (-4).to_bytes(4, "big", signed=True), BUNDLE + element(b"/a\x00\x00," + b"x" * 60_000),
+                     "[" * 30_000, '{"a": "\\ud800"'):
+            if isinstance(data, str):
+                p.send(protocol.GENERATE, p.port, "deep", "", data)
+            else:
+                p.send_bytes(data)
+        for i, change in enumerate(hostile_requests):
+            p.send(protocol.GENERATE, p.port, f"h{i}", "", json.dumps({**make_request(tmp_path), **change}))
+        for i in range(2000):
+            p.send_bytes(bytes([i % 256]) * (i % 64))
+        p.send(protocol.PING, p.port, "still-there", "")
+        while p.receive(timeout=10)[1][:1] != ["still-there"]:
+            pass
+        p.close()
+        with EngineClient(port=srv.address[1]) as c:
+            cut = c.submit(make_request(tmp_path, caption="after the storm")).wait()
+    assert cut["state"] == "done"
+    # "../../" in name_hint is a valid request: its stem is stem_001.wav, inside output_dir
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([os.path.basename(cut["stem_path"]), "stem_001.wav"])
+    assert all(name.endswith(".wav") for name in os.listdir(tmp_path / "fuzz" / "out"))
+    assert log_bytes.bytes <= logs.LOG_BURST_BYTES + logs.LOG_BYTES_PER_S * (time.monotonic() - started) + 1024

@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge import client
+    from stepfoley.bridge.auth import TokenError, resolve_token
 
     if args.timeout <= 0 or not 1 <= args.port <= 65535:
         print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)
@@ -41,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
         print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)
         return client.EXIT_USAGE
-    from stepfoley.bridge.auth import TokenError, resolve_token
-
     try:
         args.token = resolve_token(args.token, args.token_file)
     except TokenError as e:
