@@ -174,7 +174,7 @@ def write_wav_atomic(
 
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder
     # never picks up an unfinished file.
-    temp_path = path.parent / f".{path.name}.{_WRITER}-{secrets.token_hex(4)}.part"
+    temp_path = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.part"
     with _LOCK:
         _WRITING.add(temp_path.name)
     try:
@@ -204,7 +204,6 @@ def write_wav_atomic(
 # --- what killed writers leave ----------------------------------------------------------------
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
-_WRITER = f"{_HOST}-{os.getpid()}"
 _PART_NAME = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
 _WRITING: set[str] = set()  # temp names this process is writing now
 _LOCK = threading.Lock()
