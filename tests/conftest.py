@@ -24,8 +24,11 @@ def golden() -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def private_state_dir(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory):
     """The engine remembers its output folders (engine/output_folders.py); tests keep theirs
-    away from the user's, and so do the engines they start as subprocesses."""
-    monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    away from the user's, and so do the engines they start as subprocesses (session scope: set
+    before any module fixture starts one)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+        yield
