@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.auth import resolve_token
 from stepfoley.request import RequestError, parse_request
 
 EXIT_DONE = 0
@@ -64,8 +65,10 @@ def new_request_id() -> str:
 class EngineClient:
     """One UDP socket talking to one engine. Not thread-safe: one client per thread."""
 
-    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str = ""):
-        self.host, self.port, self.token = host, port, token
+    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str | None = None):
+        """`token` None: $STEPFOLEY_TOKEN or the token file, as bridge/auth.py says (TokenError
+        when that file is unsafe)."""
+        self.host, self.port, self.token = host, port, resolve_token(token)
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
         # "localhost" may resolve to ::1 first while the engine listens on 127.0.0.1 (its default)
         info = min(infos, key=lambda i: i[0] != socket.AF_INET)
@@ -421,7 +424,7 @@ def send_request(
     status_path: str | None = None,
     host: str = protocol.DEFAULT_HOST,
     port: int = protocol.DEFAULT_PORT,
-    token: str = "",
+    token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     cancel_path: str | None = None,

@@ -1,8 +1,12 @@
 """FoleyService: the engine as the bridge sees it.
 
-A protocol request (a plain dict, docs/osc-protocol.md) goes in; a new WAV stem is written
+A checked request (stepfoley.request.GenerationRequest) goes in; a new WAV stem is written
 into the request's output directory and its path and metadata come out. Video features are
 cached across requests, so the 2nd..Nth track of a region skips the video encoders.
+
+Inputs are read only for the region they cover, mono, within the limits of stepfoley.request;
+the stem is checked against the byte cap before it is written, and everything that can fail
+runs before the write, so a failed job leaves no stem.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from stepfoley.engine import audio_io, mixing
+from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
-from stepfoley.request import Capabilities, GenerationRequest
+from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
+                               GenerationRequest)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = -1.0
@@ -29,6 +34,12 @@ def _existing_file(path: str, what: str) -> Path:
     if not os.path.isfile(path):
         raise InvalidInputError(f"{what} '{path}' does not exist or is not a file.")
     return Path(path)
+
+
+def _read_input(path: str, what: str, seconds: float) -> tuple[np.ndarray, int]:
+    """The first `seconds` of an input recording, mono, within the request's input limits."""
+    return audio_io.read_audio(_existing_file(path, what), max_seconds=seconds, mono=True,
+                               max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
 
 
 class FoleyService:
@@ -53,10 +64,12 @@ class FoleyService:
         session = StepSession(self.model, Region(video, region.file_in, region.file_out), self.feature_cache)
         reference = None
         if request.reference_audio is not None:
-            reference = audio_io.read_audio(_existing_file(request.reference_audio, "The reference sound"))
+            # looped or trimmed to the region's picture: more than that is never heard
+            reference = _read_input(request.reference_audio, "The reference sound", region.duration)
         elif request.existing_mix is not None:
-            samples, sr = audio_io.read_audio(_existing_file(request.existing_mix, "The bounced mix"))
-            session.add_track(samples, sr, request.previous_captions)
+            # the DAW's bounce of the region, from project_start: it covers the stem's length
+            seconds = max(region.duration, region.project_duration)
+            session.add_track(*_read_input(request.existing_mix, "The bounced mix", seconds), request.previous_captions)
         track = session.next_track(TrackSettings.from_request(request), on_progress=on_progress,
                                    is_cancelled=is_cancelled, reference=reference)
 
@@ -66,9 +79,6 @@ class FoleyService:
         if stem.shape[-1] != length:
             stem = _varispeed(stem, length)
         stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP)
-        path = audio_io.unique_path(Path(request.output_dir), request.name_hint or request.caption)
-        audio_io.write_wav_atomic(path, stem, request.sample_rate, subtype=FORMATS[request.format])
-
         metadata = {
             **track.metadata,
             "sample_rate": request.sample_rate,
@@ -79,6 +89,9 @@ class FoleyService:
             "format": request.format,
             "reference_audio": request.reference_audio,
         }
+        output_folders.remember(request.output_dir)
+        path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
+                                      request.sample_rate, FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
         return {"stem_path": os.fspath(path), "metadata": metadata}
 
 

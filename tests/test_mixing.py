@@ -200,3 +200,15 @@ def test_mix_rejects_bad_arguments():
         mixing.mix_tracks([(sine(440, 16000, 1.0), 0)], 16000, 100)
     with pytest.raises(InvalidInputError, match="channels"):
         mixing.as_channels_first(np.zeros((1, 2, 3)))
+
+
+def test_true_peak_in_blocks_equals_the_whole_signal_at_once(monkeypatch):
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(3)
+    signal = (0.3 * rng.standard_normal((2, 5000))).astype(np.float32)
+    signal[1, 2047:2050] = [0.9, -0.9, 0.9]  # an inter-sample peak across a block boundary
+    whole = resample_poly(signal.astype(np.float64), 4, 1, axis=-1, window=mixing.TRUE_PEAK_WINDOW)
+    expected = 20 * math.log10(max(np.abs(whole).max(), np.abs(signal).max()))
+    monkeypatch.setattr(mixing, "TRUE_PEAK_BLOCK", 1024)
+    assert mixing.true_peak(signal, 48000) == pytest.approx(expected, abs=1e-12)

@@ -25,10 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stepfoley.engine.demo import DEMO_SEED, run_demo
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import load_runtime_model
 
     try:
+        share_cpu(args.threads)
         t0 = time.perf_counter()
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0

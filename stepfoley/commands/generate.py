@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
     from stepfoley.request import RequestError, parse_request
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stepfoley: {e.message}", file=sys.stderr)
         return 2
     try:
+        share_cpu(args.threads)
         service = build_service(args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile)
         if service.model.note:

@@ -15,3 +15,6 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "native bf16 (AVX512-BF16 or AMX) at a slight change of the sound")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (CUDA only; the first job takes longer)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the networks (default: every core but one, so a DAW running beside "
+                        "keeps a core for its audio)")
