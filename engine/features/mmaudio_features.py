@@ -6,9 +6,9 @@
     text_f = text.encode(["footsteps on gravel"])                       # (1, 77, 1024)
 
 weights_dir follows MMAudio's layout: ext_weights/synchformer_state_dict.pth and the CLIP
-directory DFN5B-CLIP-ViT-H-14-384/ (open_clip_pytorch_model.bin, open_clip_config.json,
-bpe_simple_vocab_16e6.txt.gz). The region is decoded once; all CLIP frames go through one
-batched forward, all Synchformer windows through another.
+directory DFN5B-CLIP-ViT-H-14-384/ (open_clip_pytorch_model.bin, open_clip_config.json; the
+tokenizer vocabulary ships with StepFoley). The region is decoded once; all CLIP frames go
+through one batched forward, all Synchformer windows through another.
 """
 
 from __future__ import annotations
