@@ -109,13 +109,13 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
 
 
 def build_service(weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                  model: str | None = None, precision: str = "auto", compile: bool = False) -> FoleyService:
-    """Load a model once (see load_runtime_model) and wrap it with a feature cache."""
+                  model: str | None = None, precision: str = "auto", compile: bool = False,
+                  feature_cache=None) -> FoleyService:
+    """Load a model once (see load_runtime_model) and wrap it with a feature cache: the one
+    given, else the persistent one under the user's cache folder (opened first: a folder that
+    cannot be used is refused before the model loads)."""
+    from stepfoley.engine.features.cache import open_feature_cache
+
+    cache = feature_cache if feature_cache is not None else open_feature_cache()
     foley = load_runtime_model(weights_dir, model, device, precision, compile)
-    cache = None
-    try:
-        from stepfoley.engine.features.cache import FeatureCache
-        cache = FeatureCache()
-    except ImportError:
-        pass
     return FoleyService(foley, feature_cache=cache)
