@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,12 +45,17 @@ class FoleyService:
         return self.model.capabilities()
 
     def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> dict:
+                 is_cancelled: Callable[[], bool] | None = None,
+                 existing_tracks: Sequence[tuple[np.ndarray, int]] = ()) -> dict:
+        """`existing_tracks`: (samples, sample_rate) of stems already in memory, heard like the
+        request's existing_mix (stepfoley generate --existing: no bounce file)."""
         region = request.region
         video = _existing_file(region.video, "The video")
         if not os.path.isdir(request.output_dir):
             raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
         session = StepSession(self.model, Region(video, region.file_in, region.file_out), self.feature_cache)
+        for samples, sample_rate in existing_tracks:
+            session.add_track(samples, sample_rate)
         reference = None
         if request.reference_audio is not None:
             reference = audio_io.read_audio(_existing_file(request.reference_audio, "The reference sound"))
