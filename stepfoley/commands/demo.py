@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.engine.service import load_runtime_model
 
     try:
-        feature_cache = feature_cache_from_arguments(args)
         t0 = time.perf_counter()
+        feature_cache = feature_cache_from_arguments(args)
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
         if model.note:

@@ -146,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stepfoley.engine import audio_io
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
     from stepfoley.request import RequestError, parse_request
@@ -179,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
         stem_path = result["stem_path"]
         if checked.output.file:
-            stem_path = audio_io.rename_file(stem_path, checked.output.file, replace=args.force)
+            from stepfoley.engine.audio_io import rename_file
+
+            stem_path = rename_file(stem_path, checked.output.file, replace=args.force)
     except RequestError as e:
         print(f"stepfoley: {e.message}", file=sys.stderr)
         return 2

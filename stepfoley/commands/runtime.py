@@ -11,6 +11,14 @@ PRECISIONS = ("auto", "bf16", "fp32")
 FEATURE_CACHE_MAX_GB = 5.0
 
 
+def feature_cache_from_arguments(args: argparse.Namespace):
+    """The engine.features.cache.FeatureCache the --feature-cache options ask for; raises
+    InvalidInputError for a folder that cannot be used or a size that is not above 0."""
+    from stepfoley.engine.features.cache import open_feature_cache
+
+    return open_feature_cache(args.feature_cache, args.feature_cache_max_gb)
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     from stepfoley.engine.user_dirs import default_feature_cache_dir
 
@@ -27,11 +35,3 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "native bf16 (AVX512-BF16 or AMX) at a slight change of the sound")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (CUDA only; the first job takes longer)")
-
-
-def feature_cache_from_arguments(args: argparse.Namespace):
-    """The engine.features.cache.FeatureCache the --feature-cache options ask for; raises
-    InvalidInputError for a folder that cannot be used or a size that is not above 0."""
-    from stepfoley.engine.features.cache import open_feature_cache
-
-    return open_feature_cache(args.feature_cache, args.feature_cache_max_gb)
