@@ -140,6 +140,24 @@ def _publish_exclusively(temp_path: Path, final_path: Path) -> None:
     os.unlink(temp_path)
 
 
+def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: bool = False) -> Path:
+    """Give a finished file another name in the same folder, atomically: an existing `target` is
+    replaced only when `replace` is true, else refused (AudioError) and `source` is kept."""
+    source, target = Path(source), Path(target)
+    try:
+        if replace:
+            os.replace(source, target)
+        else:
+            _publish_exclusively(source, target)
+    except FileExistsError:
+        raise AudioError(f"'{target}' already exists and was left untouched; the new file is "
+                         f"'{source}'.") from None
+    except OSError as error:
+        raise AudioError(f"Could not rename '{source}' to '{target}': {error}. Check the folder's "
+                         "permissions.") from None
+    return target
+
+
 def write_wav_atomic(
     path: str | os.PathLike,
     samples: np.ndarray,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -56,12 +56,17 @@ class FoleyService:
         return self.model.capabilities()
 
     def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
-                 is_cancelled: Callable[[], bool] | None = None) -> dict:
+                 is_cancelled: Callable[[], bool] | None = None,
+                 existing_tracks: Sequence[tuple[np.ndarray, int]] = ()) -> dict:
+        """`existing_tracks`: (samples, sample_rate) of stems already in memory, heard like the
+        request's existing_mix (stepfoley generate --existing: no bounce file)."""
         region = request.region
         video = _existing_file(region.video, "The video")
         if not os.path.isdir(request.output_dir):
             raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
         session = StepSession(self.model, Region(video, region.file_in, region.file_out), self.feature_cache)
+        for samples, sample_rate in existing_tracks:
+            session.add_track(samples, sample_rate)
         reference = None
         if request.reference_audio is not None:
             # looped or trimmed to the region's picture: more than that is never heard
@@ -122,13 +127,13 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
 
 
 def build_service(weights_dir: str | os.PathLike | None = None, device: str = "auto",
-                  model: str | None = None, precision: str = "auto", compile: bool = False) -> FoleyService:
-    """Load a model once (see load_runtime_model) and wrap it with a feature cache."""
+                  model: str | None = None, precision: str = "auto", compile: bool = False,
+                  feature_cache=None) -> FoleyService:
+    """Load a model once (see load_runtime_model) and wrap it with a feature cache: the one
+    given, else the persistent one under the user's cache folder (opened first: a folder that
+    cannot be used is refused before the model loads)."""
+    from stepfoley.engine.features.cache import open_feature_cache
+
+    cache = feature_cache if feature_cache is not None else open_feature_cache()
     foley = load_runtime_model(weights_dir, model, device, precision, compile)
-    cache = None
-    try:
-        from stepfoley.engine.features.cache import FeatureCache
-        cache = FeatureCache()
-    except ImportError:
-        pass
     return FoleyService(foley, feature_cache=cache)

@@ -16,6 +16,15 @@ def golden_files(pattern: str) -> list[Path]:
     return sorted(golden_dir().glob(pattern))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory):
+    """The engine keeps picture features under the user's cache folder (engine.user_dirs);
+    tests, and the engines they start as subprocesses (module fixtures too), keep theirs apart."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture
 def golden() -> Path:
     d = golden_dir()

@@ -55,6 +55,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
         return 2
 
+    from stepfoley.commands.runtime import feature_cache_from_arguments
+    from stepfoley.engine.errors import InvalidInputError
+
+    try:
+        feature_cache = feature_cache_from_arguments(args)
+    except InvalidInputError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     # Listen before loading the model: a second engine on the same port fails in a second,
@@ -79,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
-                                precision=args.precision, compile=args.compile)
+                                precision=args.precision, compile=args.compile, feature_cache=feature_cache)
     except StepFoleyError as e:
         server.stop()
         print(f"Could not load the model: {e}", file=sys.stderr)
