@@ -54,7 +54,7 @@ function M.default_text(caps, key)
   return tostring(d[key])
 end
 
--- A few words about the engine for the plain dialog's title.
+-- A few words about the engine, for the plain dialog's title and the ReaImGui window.
 function M.engine_words(engine)
   if engine.state == "running" and engine.capabilities then
     return string.format("model %s on %s", tostring(engine.model), tostring(engine.device))
@@ -62,22 +62,10 @@ function M.engine_words(engine)
     return "an older engine: its defaults are not shown"
   elseif engine.state == "loading" then
     return "the engine is loading: defaults unknown"
+  elseif engine.state == "error" then
+    return "the engine refused to answer: defaults unknown"
   end
   return "engine NOT running: defaults unknown"
-end
-
--- One line about the engine for the ReaImGui window.
-function M.engine_line(engine)
-  if engine.state == "running" and engine.capabilities then
-    return string.format("Engine: %s on %s. Empty fields use this model's defaults.", tostring(engine.model),
-      tostring(engine.device))
-  elseif engine.state == "running" then
-    return "Engine: " .. tostring(engine.model) .. " (an older engine that publishes no defaults: empty fields " ..
-      "use its own)."
-  elseif engine.state == "loading" then
-    return "Engine: still loading its model; its defaults are not known yet. Empty fields use them."
-  end
-  return "Engine: NOT running (start it with `stepfoley serve`). Its defaults are unknown; empty fields use them."
 end
 
 ------------------------------------------------------------------------------------------
@@ -419,7 +407,7 @@ end
 
 -- Draws one frame of the dialog; returns "ok", "cancel" or nil.
 local function draw(ImGui, ctx, spec, state)
-  ImGui.TextWrapped(ctx, M.engine_line(spec.engine))
+  ImGui.TextWrapped(ctx, "StepFoley engine: " .. M.engine_words(spec.engine) .. ". Empty fields use the model's defaults.")
   ImGui.Separator(ctx)
   for _, key in ipairs(M.dialog_fields(spec)) do
     if key == "caption" then draw_caption(ImGui, ctx, spec, state)

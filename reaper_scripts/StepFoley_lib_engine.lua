@@ -379,18 +379,18 @@ local function engine_info(status)
 end
 
 --[[
-Runs `stepfoley send --engine-status` (or another query option) in the background and calls
-on_done(info) from the defer loop once it answered:
+Runs `stepfoley send --engine-status` in the background and calls on_done(info) from the
+defer loop once it answered:
   {ok = true, client_ok = true, state = "running"|"loading", model, device, capabilities (the
    engine's, docs/osc-protocol.md; nil from an engine that publishes none), answer}
   {ok = false, client_ok = true, state = "not_running"|"error", message}
   {ok = false, client_ok = false, state = "no_client", message (with what the client said)}
 ]]
-function M.query_engine(settings, prefix, on_done, option)
+function M.query_engine(settings, prefix, on_done)
   local dir, dir_err = queries_dir()
   if not dir then return on_done({ ok = false, client_ok = false, state = "no_client", message = dir_err }) end
   local path = M.join(dir, "engine-" .. M.new_job_id() .. ".json")
-  local ok, cmd = pcall(M.command_line, concat(prefix, { "send", option or "--engine-status", "--status", path,
+  local ok, cmd = pcall(M.command_line, concat(prefix, { "send", "--engine-status", "--status", path,
     "--port", number_arg(settings.port) }))
   if not ok then
     return on_done({ ok = false, client_ok = false, state = "no_client", message = string.format(UNSAFE_PROGRAM, prefix[1]) })

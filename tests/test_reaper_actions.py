@@ -194,12 +194,17 @@ def test_engine_not_running(world):
     assert_project_untouched(result)
 
 
+def run_with_client(world, name: str, shell: str) -> tuple[Path, dict]:
+    """Generates with a client that is this shell script (and a 1 s start timeout)."""
+    client = world["tmp"] / name
+    client.write_text("#!/bin/sh\n" + shell)
+    client.chmod(0o755)
+    sc = scenario(world, extstate={"StepFoley": {"client": str(client), "start_timeout_s": "1"}})
+    return client, h.run_scenario(world["tmp"], sc)
+
+
 def test_client_that_never_starts(world):
-    silent = world["tmp"] / "stepfoley"
-    silent.write_text("#!/bin/sh\nexit 0\n")
-    silent.chmod(0o755)
-    sc = scenario(world, extstate={"StepFoley": {"client": str(silent), "start_timeout_s": "1"}})
-    result = h.run_scenario(world["tmp"], sc)
+    silent, result = run_with_client(world, "stepfoley", "exit 0\n")
     [msg] = result["messages"]
     assert "did not start" in msg["message"] and str(silent) in msg["message"]
     assert new_tracks(result) == [] and result["dialogs"] == [] and result["renders"] == []
@@ -207,11 +212,7 @@ def test_client_that_never_starts(world):
 
 def test_a_client_that_fails_shows_its_own_error_before_any_bounce(world):
     # a Python without StepFoley: ExecProcess(-2) shows nothing, so its error must be fetched
-    broken = world["tmp"] / "python3"
-    broken.write_text("#!/bin/sh\necho 'No module named stepfoley' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    sc = scenario(world, extstate={"StepFoley": {"client": str(broken), "start_timeout_s": "1"}})
-    result = h.run_scenario(world["tmp"], sc)
+    broken, result = run_with_client(world, "python3", "echo 'No module named stepfoley' >&2\nexit 1\n")
     [msg] = result["messages"]
     assert "No module named stepfoley" in msg["message"] and "exit code 1" in msg["message"]
     assert f'"{broken}" "-m" "stepfoley" "send" "--help"' in msg["message"]

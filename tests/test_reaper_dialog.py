@@ -47,7 +47,7 @@ def test_generate_with_the_imgui_dialog(world):
     assert inputs["Steps (empty = 3)##steps"]["hint"] == "3" and inputs["Seed (empty = random)##seed"]["hint"] == "random"
     assert widgets(first, "BeginCombo")["Method##method"]["value"] == "model default (nag)"
     texts = [w["label"] for w in first if w["kind"] in ("TextWrapped", "TextDisabled")]
-    assert "Engine: standin on cpu. Empty fields use this model's defaults." in texts
+    assert "StepFoley engine: model standin on cpu. Empty fields use the model's defaults." in texts
     # the method list opened in frame 3: the default first, then the engine's methods (no reference)
     options = [w["label"].split("##")[0] for w in result["imgui_frames"][2] if w["kind"] == "Selectable"]
     assert options == ["model default (nag)", "independent", "negative_prompt", "nag", "text_boost", "dual"]
