@@ -150,7 +150,7 @@ def test_a_failing_render_restores_everything(world):
     result = h.run_scenario(world["tmp"], dict(sc, render_cancelled=True))
     [msg] = result["messages"]
     assert "Could not bounce" in msg["message"]
-    assert result["exec"] == [] and h.new_tracks(result) == []
+    assert h.generation_commands(result) == [] and h.new_tracks(result) == []
     by_name = {tr["name"]: tr for tr in result["tracks"]}
     assert by_name["Music"]["solo"] == 2 and by_name["wind"]["solo"] == 0 and by_name["wind"]["solo_defeat"] is True
     assert result["toggles"] == {"40745": 1}

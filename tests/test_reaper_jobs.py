@@ -95,10 +95,10 @@ def test_finished_jobs_are_not_listed_as_running(world):
 # --- 4. the watchdog measures silence, the client gets --timeout, progress shows the phase ---
 
 def test_watchdog_setting_reaches_the_client(world):
-    extstate = {"StepFoley": {"client": str(world["client"]), "watchdog_s": "600"}}
+    extstate = h.extstate(world, watchdog_s="600")
     result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate))
     assert result["messages"] == [] and len(h.new_tracks(result)) == 1
-    assert '"--timeout" "600"' in result["exec"][0]
+    assert '"--timeout" "600"' in h.generation_commands(result)[0]
     argv = json.loads((h.status_path(result).parent / "standin_argv.json").read_text(encoding="utf-8"))
     assert argv[argv.index("--timeout") + 1] == "600"
 
@@ -121,7 +121,7 @@ def test_progress_without_phase_counts_steps(world):
 def test_any_change_of_the_status_file_is_a_sign_of_life(world):
     # waiting in the engine's queue: only queue_position changes, every 4 s (fake time), for
     # 24 s; the watchdog allows 2 s + the client's grace of 10 s of silence
-    extstate = {"StepFoley": {"client": str(world["client"]), "watchdog_s": "2"}}
+    extstate = h.extstate(world, watchdog_s="2")
     sc = h.scenario(world, extstate=extstate, clock_rate=4, max_s=240)
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "queue"})
     assert result["messages"] == [] and len(h.new_tracks(result)) == 1
@@ -129,7 +129,7 @@ def test_any_change_of_the_status_file_is_a_sign_of_life(world):
 
 
 def test_silent_engine_is_reported_by_the_client(world):
-    extstate = {"StepFoley": {"client": str(world["client"]), "watchdog_s": "1"}}
+    extstate = h.extstate(world, watchdog_s="1")
     result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate), env_extra={"STEPFOLEY_STANDIN": "stall"})
     [msg] = result["messages"]
     assert "The engine showed no progress for 1 s" in msg["message"]
@@ -139,7 +139,7 @@ def test_silent_engine_is_reported_by_the_client(world):
 
 
 def test_hung_client_is_given_up_after_the_grace(world):
-    extstate = {"StepFoley": {"client": str(world["client"]), "watchdog_s": "1"}}
+    extstate = h.extstate(world, watchdog_s="1")
     sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "hung"})
     [msg] = result["messages"]
@@ -153,14 +153,14 @@ def test_hung_client_is_given_up_after_the_grace(world):
 
 def test_half_written_status_for_a_moment_is_tolerated(world):
     # unreadable from 3 s to 4.5 s after the start, after the client's start timeout (2 s)
-    extstate = {"StepFoley": {"client": str(world["client"]), "start_timeout_s": "2"}}
+    extstate = h.extstate(world, start_timeout_s="2")
     result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate), env_extra={"STEPFOLEY_STANDIN": "flaky"})
     assert result["messages"] == []
     assert len(h.new_tracks(result)) == 1
 
 
 def test_status_unreadable_for_too_long(world):
-    extstate = {"StepFoley": {"client": str(world["client"]), "watchdog_s": "1"}}
+    extstate = h.extstate(world, watchdog_s="1")
     sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "garbled"})
     [msg] = result["messages"]
@@ -180,7 +180,7 @@ def test_non_ascii_and_punctuation_in_paths(world):
     client = h.make_standin_client(tmp / "Programme für José [py] & Co")
     video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(video), "length": 10.0}]}
     sc = h.scenario(world, video_item=video_item, project_path=str(proj),
-                    extstate={"StepFoley": {"client": str(client)}})
+                    extstate=h.extstate(world, client=str(client)))
     result = h.run_scenario(tmp, sc)
     assert result["messages"] == []
     status = h.status_path(result)
@@ -204,7 +204,7 @@ def test_windows_command_line_with_a_non_ascii_project(world):
     proj.mkdir()
     result = h.run_scenario(tmp, h.scenario(world, project_path=str(proj), os_name="Win64"))
     assert result["messages"] == []
-    cmd = result["exec"][0]
+    cmd = h.generation_commands(result)[0]
     assert "\\StepFoley\\jobs\\" in cmd and str(proj) + "\\StepFoley\\jobs\\" in cmd
     status = h.status_path(result)
     argv = json.loads(status.with_name("standin_argv.json").read_text(encoding="utf-8"))

@@ -106,7 +106,7 @@ def test_invalid_utf8_is_not_put_on_a_command_line():
 def lua_string(s: str) -> str:
     """A Lua string literal for any text (UTF-8 bytes as decimal escapes)."""
     return '"' + "".join(c if c.isalnum() and c.isascii() or c in " /.-_()[]&'!,:" else
-                         "".join(f"\\{b}" for b in c.encode("utf-8")) for c in s) + '"'
+                         "".join(f"\\{b:03d}" for b in c.encode("utf-8")) for c in s) + '"'
 
 
 FAKE = h.REPO / "tests" / "reaper_fake" / "reaper_fake.lua"
@@ -162,11 +162,107 @@ def test_describe_progress(status, words, fraction):
     assert got_fraction == pytest.approx(-1 if fraction is None else fraction)
 
 
-def test_parse_params_checks_ranges():
-    out = lua("local p, err = SF.parse_params({'steps, on gravel', 'NAG', '', '2', '42', '', '1'}, "
-              "SF.DEFAULT_SETTINGS); io.write(SF.json_encode(p))")
-    p = json.loads(out)
-    assert p == {"caption": "steps, on gravel", "method": "nag", "alpha": 4.5, "beta": 2.0, "seed": 42,
-                 "steps": 25, "count": 1}
-    out = lua("local p, err = SF.parse_params({'x', '', '', '', '1.5'}, SF.DEFAULT_SETTINGS); io.write(err)")
-    assert "Seed" in out and "whole number" in out
+CAPS = {"model": "m", "defaults": {"method": "nag", "alpha": 3.0, "beta": 2.0, "steps": 3},
+        "methods": [{"name": "independent", "audio": None, "available": True},
+                    {"name": "nag", "audio": "existing", "available": True},
+                    {"name": "reference", "audio": "reference", "available": False, "unavailable_reason": "no ControlNet"}],
+        "bounds": {"alpha": [0, 100], "beta": [0, 100], "steps": [1, 200], "seed": [0, 9223372036854775807]}}
+
+
+def parse_form(values: dict, spec: str = "{negatives = true}", caps=CAPS):
+    code = (f"local spec = {spec}; spec.engine = {{capabilities = SF.json_decode(io.read('a'))}}; "
+            f"SF.random_seed = function() return 1234 end; "
+            f"local p, err = SF.parse_form(SF.json_decode({lua_string(json.dumps(values))}), spec); "
+            "io.write(SF.json_encode({p or false, err or false}))")
+    return json.loads(lua(code, json.dumps(caps)))
+
+
+def test_parse_form_leaves_defaults_out():
+    p, err = parse_form({"caption": " steps, on gravel ", "method": "NAG", "beta": "2", "seed": "42"})
+    assert err is False
+    assert p == {"caption": "steps, on gravel", "method": "nag", "beta": 2.0, "seed": 42, "negatives": "layers",
+                 "count": 1}  # no alpha, no steps: the model's defaults
+    p, _ = parse_form({"caption": "x"})
+    assert p["seed"] == 1234 and "method" not in p
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"caption": "  "}, "The caption is empty"),
+    ({"caption": "x", "seed": "1.5"}, 'Seed must be a whole number between 0 and 9223372036854775807, got "1.5".'),
+    ({"caption": "x", "steps": "0"}, 'Steps must be a whole number between 1 and 200, got "0".'),
+    ({"caption": "x", "alpha": "-1"}, 'Alpha must be a number between 0 and 100, got "-1".'),
+    ({"caption": "x", "method": "dual"}, 'Unknown method "dual". Use independent, nag (or leave it empty'),
+    ({"caption": "x", "method": "reference"}, 'Method "reference" is not available: no ControlNet'),
+    ({"caption": "x", "negatives": "some"}, "Negatives must be layers, selection or none"),
+])
+def test_parse_form_refuses(values, message):
+    p, err = parse_form(values)
+    assert p is False and err.startswith(message)
+
+
+def test_parse_form_without_capabilities_checks_only_kinds():
+    p, err = parse_form({"caption": "x", "method": "dual", "alpha": "500", "steps": "1000"}, caps=None)
+    assert err is False and p["method"] == "dual" and p["alpha"] == 500.0 and p["steps"] == 1000
+    p, err = parse_form({"caption": "x", "steps": "2.5"}, caps=None)
+    assert err == 'Steps must be a whole number, got "2.5".'
+
+
+def test_parse_form_for_the_reference_action():
+    p, err = parse_form({"caption": "x", "beta": "0.5"}, spec='{audio = "reference", fixed_method = "reference"}')
+    assert err is False and p["method"] == "reference" and p["negatives"] == "none"
+
+
+def candidates(windows: bool, env: dict, subdirs: dict) -> list:
+    code = (f"local env, dirs = table.unpack(SF.json_decode(io.read('a'))); "
+            f"local list = SF.client_candidates({str(windows).lower()}, function(k) return env[k] end, "
+            "function(p) return dirs[p] or {} end); "
+            "local out = {}; for i, c in ipairs(list) do out[i] = {c.path, c.kind} end; io.write(SF.json_encode(out))")
+    return [tuple(c) for c in json.loads(lua(code, json.dumps([env, subdirs])))]
+
+
+def test_client_candidates_beyond_path_on_macos():
+    # REAPER started from the Dock: PATH is /usr/bin:/bin
+    got = candidates(False, {"PATH": "/usr/bin:/bin", "HOME": "/Users/ana"}, {})
+    exes = [p for p, kind in got if kind == "exe"]
+    assert exes[:3] == ["/usr/bin/stepfoley", "/bin/stepfoley", "/Users/ana/stepfoley-venv/bin/stepfoley"]
+    assert "/Users/ana/.local/bin/stepfoley" in exes and "/opt/homebrew/bin/stepfoley" in exes
+    assert got.index(("/Users/ana/stepfoley-venv/bin/stepfoley", "exe")) < got.index(("/usr/bin/python3", "python"))
+
+
+def test_client_candidates_on_windows_skip_the_store_alias():
+    env = {"PATH": "C:\\Windows\\system32;C:\\Users\\ana\\AppData\\Local\\Microsoft\\WindowsApps",
+           "USERPROFILE": "C:\\Users\\ana", "APPDATA": "C:\\Users\\ana\\AppData\\Roaming",
+           "LOCALAPPDATA": "C:\\Users\\ana\\AppData\\Local", "SystemRoot": "C:\\Windows"}
+    subdirs = {"C:\\Users\\ana\\AppData\\Local\\Programs\\Python": ["Python311", "Python312"]}
+    got = candidates(True, env, subdirs)
+    paths = [p for p, _ in got]
+    assert "C:\\Users\\ana\\stepfoley-venv\\Scripts\\stepfoley.exe" in paths
+    assert "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\Scripts\\stepfoley.exe" in paths
+    assert not any("WindowsApps\\python" in p for p in paths)  # the Store alias opens the Store
+    pythons = [p for p, kind in got if kind == "python"]
+    assert pythons[-3:] == ["C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\python.exe",
+                            "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python311\\python.exe",
+                            "C:\\Windows\\py.exe"]
+    assert lua('io.write(tostring(SF.is_store_alias("C:\\\\Users\\\\a\\\\AppData\\\\Local\\\\Microsoft'
+               '\\\\WindowsApps\\\\python.exe")))') == "true"
+
+
+@pytest.mark.parametrize("stepfoley,want,role", [(True, True, "auto"), (True, False, "exclude"),
+                                                  (False, True, "include"), (False, False, "auto")])
+def test_role_for(stepfoley, want, role):
+    assert lua(f"io.write(SF.role_for({str(stepfoley).lower()}, {str(want).lower()}))") == role
+
+
+def test_job_folder_time():
+    out = lua("io.write(tostring(SF.job_folder_time('20240102-030405-00ab12cd') == os.time({year = 2024, month = 1, "
+              "day = 2, hour = 3, min = 4, sec = 5})), ' ', tostring(SF.job_folder_time('my stems')))")
+    assert out == "true nil"
+
+
+def test_methods_for_replace_and_reference():
+    code = ("local caps = SF.json_decode(io.read('a')); "
+            "local a = SF.negating_method(caps, 'independent'); local b = SF.negating_method(nil, 'independent'); "
+            "local c, why = SF.reference_method(caps); "
+            "io.write(SF.json_encode({a, b, c or false, why}))")
+    a, b, c, why = json.loads(lua(code, json.dumps(CAPS)))
+    assert (a, b, c) == ("nag", "independent", False) and "reference: no ControlNet" in why

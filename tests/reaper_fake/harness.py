@@ -24,9 +24,15 @@ LUA = shutil.which("lua5.4")
 MAIN = "StepFoley_Generate Foley track for time selection.lua"
 VARIATIONS = "StepFoley_Generate variations as takes.lua"
 REGENERATE = "StepFoley_Regenerate selected Foley item.lua"
+REPLACE = "StepFoley_Replace this layer, negating all the others.lua"
+SOUND_LIKE = "StepFoley_Make selected item sound like this.lua"
+TOGGLE = "StepFoley_Toggle selected tracks as negatives.lua"
 CANCEL = "StepFoley_Cancel running generation.lua"
 STATUS = "StepFoley_Engine status.lua"
+VERIFY = "StepFoley_Verify setup.lua"
 SETTINGS = "StepFoley_Settings.lua"
+# the stand-in engine's model defaults (tests/reaper_fake/standin_send.py)
+STANDIN_DEFAULTS = {"method": "nag", "alpha": 3.0, "beta": 2.0, "steps": 3}
 
 
 def run_lua_file(path: Path, *args: str, timeout: float = 30.0, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -82,11 +88,19 @@ RENDER_STRINGS = {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$proje
                   "RENDER_FORMAT": "bDNwbQ==", "RENDER_FORMAT2": ""}
 
 
-def answers(caption=CAPTION, method="", alpha="", beta="", seed="7", steps="3", count=None):
-    values = [caption, method, alpha, beta, seed, steps]
+def answers(caption=CAPTION, method="", alpha="", beta="", seed="7", steps="", negatives="", count=None):
+    """The generate dialog's fields in order: caption, method, alpha, beta, seed, steps,
+    negatives, [count]. Empty: the model's default (the stand-in's: 3 steps)."""
+    values = [caption, method, alpha, beta, seed, steps, negatives]
     if count is not None:
         values.append(str(count))
     return [{"ok": True, "values": values}]
+
+
+def extstate(world: dict, **settings: str) -> dict:
+    """The ExtState of a scenario: the stand-in client, job files kept (so that tests can read
+    the request and the bounce), and `settings`."""
+    return {"StepFoley": {"client": str(world["client"]), "keep_job_files": "1", **settings}}
 
 
 def make_world(tmp_path: Path) -> dict:
@@ -122,7 +136,7 @@ def scenario(world, *, ts=(3.0, 5.5), video_item=None, dialog=None, actions=None
         "time_selection": list(ts),
         "master_fx_gain": 0.5,
         "render": {"numbers": dict(RENDER_NUMBERS), "strings": dict(RENDER_STRINGS)},
-        "extstate": {"StepFoley": {"client": str(world["client"])}},
+        "extstate": extstate(world),
         "dialog_answers": answers() if dialog is None else dialog,
         "tracks": [
             {"name": "Picture", "items": [video_item]},
@@ -135,13 +149,17 @@ def scenario(world, *, ts=(3.0, 5.5), video_item=None, dialog=None, actions=None
     return sc
 
 
+def generation_commands(result) -> list[str]:
+    """The command lines that started a generation (not an engine query), in order."""
+    return [cmd for cmd in result["exec"] if '"--request" "' in cmd]
+
+
 def job_requests(result) -> list[dict]:
-    """The request of every job the actions started, in order."""
+    """The request of every job the actions started, in order (needs keep_job_files)."""
     out = []
-    for cmd in result["exec"]:
-        if '"--request" "' in cmd:
-            request_path = cmd.split('"--request" "')[1].split('"')[0]
-            out.append(json.loads(Path(request_path).read_text(encoding="utf-8")))
+    for cmd in generation_commands(result):
+        request_path = cmd.split('"--request" "')[1].split('"')[0]
+        out.append(json.loads(Path(request_path).read_text(encoding="utf-8")))
     return out
 
 
@@ -150,7 +168,11 @@ def job_request(result) -> dict:
 
 
 def status_path(result, i: int = 0) -> Path:
-    return Path(result["exec"][i].split('"--status" "')[1].split('"')[0])
+    return Path(generation_commands(result)[i].split('"--status" "')[1].split('"')[0])
+
+
+def take_meta(take: dict) -> dict:
+    return json.loads(take["ext"]["stepfoley_metadata"])
 
 
 def new_tracks(result, known=("Picture", "wind", "Music")):

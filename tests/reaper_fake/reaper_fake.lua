@@ -13,21 +13,32 @@ Model:
   InsertTrackInProject (REAPER 7.18+) inserts into a given project. A scenario can remove
   API functions (`missing_api`) to play an older REAPER.
 - per project: tracks in order (folders through I_FOLDERDEPTH), a master track, a time
-  selection, project info (render settings, sample rate), a project path, undo blocks;
+  selection, project info (render settings, sample rate), the project file (EnumProjects;
+  "" for a project never saved) and, apart from it, the recording path (GetProjectPathEx:
+  the project folder, or a media subfolder such as <project>/Audio, or for an unsaved
+  project REAPER's default path), undo blocks;
 - tracks (MediaTrack*): name, selection, P_EXT values, B_MUTE, I_SOLO, B_SOLO_DEFEAT, D_VOL,
-  I_FXEN, I_FOLDERDEPTH, I_FREEMODE, items; the track's FX are modelled as one gain
-  (`fx_gain`, applied while I_FXEN is on);
-- items (MediaItem*): D_POSITION, D_LENGTH, B_MUTE, D_VOL, linear fades (D_FADEINLEN,
-  D_FADEOUTLEN, C_FADEINSHAPE/C_FADEOUTSHAPE 0), C_LANEPLAYS (fixed lanes), P_NOTES, takes,
-  the active take, selection;
-- takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS, D_PLAYRATE, D_VOL,
+  I_FXEN, I_FOLDERDEPTH, razor-edit areas (P_RAZOREDITS), fixed item lanes (REAPER 7:
+  I_FREEMODE 2, I_NUMFIXEDLANES, C_LANEPLAYS:N per lane, P_LANENAME:n), items; the track's FX
+  are modelled as one gain (`fx_gain`, applied while I_FXEN is on);
+- items (MediaItem*): D_POSITION, D_LENGTH, D_VOL, linear fades (D_FADEINLEN, D_FADEOUTLEN,
+  C_FADEINSHAPE/C_FADEOUTSHAPE 0), mute as REAPER has it (B_MUTE_ACTUAL the item's own mute,
+  C_MUTE_SOLO the item-solo override -1/0/1, B_MUTE the resulting mute; setting B_MUTE clears
+  C_MUTE_SOLO), B_LOOPSRC, I_FIXEDLANE and C_LANEPLAYS (read-only: its lane's state), P_NOTES,
+  takes, the active take, selection;
+- takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS (negative: silence before the
+  source starts, when the item does not loop), D_PLAYRATE, D_VOL, take markers,
   stretch-marker count, MIDI flag, a source;
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
-- global ExtState (persist flag recorded), dialogs answered from a queue, message boxes
-  recorded, action toggle states (40745 "Options: Solo in front"), time_precise a clock
-  the driver advances;
+- global ExtState (persist flag recorded), dialogs (GetUserInputs, GetUserFileNameForRead)
+  answered from queues, message boxes recorded, action toggle states (40745 "Options: Solo in
+  front"), time_precise a clock the driver advances, GetAppVersion, folder listings
+  (EnumerateFiles/EnumerateSubdirectories, index -1 re-reads and returns nil);
+- ReaImGui only when a scenario installs it: ImGui_GetBuiltinPath then points at
+  tests/reaper_fake/imgui/, whose imgui.lua is a stand-in for the functions StepFoley uses
+  (see that file);
 - scripts: each action runs as its own script; reaper.defer callbacks and reaper.atexit
   functions belong to the script that registered them. A script ends when it has no
   deferred callback left, or when the user terminates it (the driver's `terminate`); then
@@ -37,7 +48,9 @@ Model:
   shell (in the background for -1/-2): on Windows by the CommandLineToArgvW rules that
   CreateProcess'ed programs use, elsewhere on whitespace outside ' " or ` quotes with every
   other character literal (REAPER passes the arguments to the program directly; the
-  splitting rule is the one ReaSpeech documented, TeamAudio/reaspeech PR #187);
+  splitting rule is the one ReaSpeech documented, TeamAudio/reaspeech PR #187). With a
+  positive timeout it waits (at most that long) and returns "<exit code>\n<output>"; nil
+  when the program cannot be started at all ("returns NULL on total failure");
 - action 42230 (render with the most recent settings) renders over custom bounds to
   RENDER_FILE/RENDER_PATTERN as real WAV files (bit depth from RENDER_FORMAT "evaw" + bits):
   * RENDER_SETTINGS 0, "master mix" (User Guide 21.5): ONE file, the master's output. A
@@ -45,7 +58,8 @@ Model:
     is soloed, only soloed tracks, the tracks inside a soloed folder and unmuted
     solo-defeat tracks play (with "solo in front" on, the others play dimmed by
     SOLO_IN_FRONT_DIM instead of silent). Item: not muted, on a playing lane, active take,
-    item volume x take volume x linear fades. Track: D_VOL x FX gain, then each folder
+    item volume x take volume x linear fades; with B_LOOPSRC the source repeats (also
+    before its start), without it there is silence outside it. Track: D_VOL x FX gain, then each folder
     above it, then the master: D_VOL x FX gain, silent when the master is muted.
   * RENDER_SETTINGS 128, "selected tracks via master": ONE FILE PER SELECTED TRACK (User
     Guide 21.5), each the track (and the tracks inside it) through its folders and the
@@ -57,7 +71,9 @@ Model:
   a file even when nothing plays (silence); a folder parent's own media stays silent when
   only a track inside it is soloed; stem files are named RENDER_PATTERN, RENDER_PATTERN-001,
   ... unless the pattern contains $track; WAV sources are read by nearest sample, no
-  resampling filter; a mono source plays at full level on both channels.
+  resampling filter; a mono source plays at full level on both channels; an item made by
+  AddMediaItemToTrack loops its source (B_LOOPSRC 1, REAPER's default for new items) and its
+  lanes' play states start as lane 0 playing; lanes beyond I_NUMFIXEDLANES do not exist.
 The fake's own helpers live in `fake` (returned by this file), never in `reaper`.
 ]]
 
@@ -66,6 +82,7 @@ local fake = {
   exec = {}, undo = {}, undo_depth = 0, edits_outside_undo = {}, ui_refresh = 0, commands = {},
   modal_prompts = {}, extstate = {}, extstate_persist = {}, gfx_text = {}, gfx_key = 0,
   exec_log = "/dev/null", resource_path = "/tmp/reaper-resource", os_name = "Other",
+  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {},
   projects = {}, active = 1, toggles = { [40745] = 0 }, scripts = {}, current_script = nil,
   SOLO_IN_FRONT_DIM = 10 ^ (-18 / 20), -- REAPER's default solo-in-front dim (-18 dB)
 }
@@ -166,7 +183,8 @@ end
 
 local function new_track(project, name)
   return { kind = "MediaTrack*", project = project, name = name or "", selected = false, ext = {}, items = {},
-    fxen = 1, fx_gain = 1.0, mute = false, solo = 0, solo_defeat = false, vol = 1.0, folderdepth = 0, freemode = 0 }
+    fxen = 1, fx_gain = 1.0, mute = false, solo = 0, solo_defeat = false, vol = 1.0, folderdepth = 0, freemode = 0,
+    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "" }
 end
 
 local function render_defaults()
@@ -182,6 +200,7 @@ function fake.add_project(path)
   local defaults = render_defaults()
   local pr = { kind = "ReaProject*", tracks = {}, ts0 = 0, ts1 = 0, path = path or "/tmp",
     numbers = defaults.numbers, strings = defaults.strings }
+  pr.file, pr.record_path = pr.path .. "/fake.rpp", pr.path
   pr.master = new_track(pr, "MASTER")
   fake.projects[#fake.projects + 1] = pr
   return pr
@@ -201,18 +220,32 @@ end
 
 function fake.add_item(track, position, length)
   local item = { kind = "MediaItem*", track = track, position = position, length = length, notes = "", takes = {},
-    active = nil, selected = false, mute = false, vol = 1.0, fadein = 0.0, fadeout = 0.0, fadein_shape = 0,
-    fadeout_shape = 0, lane_plays = 0 }
+    active = nil, selected = false, mute = false, mute_solo = 0, vol = 1.0, fadein = 0.0, fadeout = 0.0,
+    fadein_shape = 0, fadeout_shape = 0, fixedlane = 0, loopsrc = 0 }
   track.items[#track.items + 1] = item
   return item
 end
 
 function fake.add_take(item, source, startoffs, playrate)
   local take = { kind = "MediaItem_Take*", item = item, source = source, startoffs = startoffs or 0,
-    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0 }
+    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {} }
   item.takes[#item.takes + 1] = take
   item.active = item.active or take
   return take
+end
+
+-- REAPER's item mute: the item-solo override wins over the item's own mute.
+local function item_muted(item)
+  if item.mute_solo == -1 then return false end
+  if item.mute_solo == 1 then return true end
+  return item.mute
+end
+fake.item_muted = item_muted
+
+-- An item's lane state on a fixed-lane track (0 elsewhere, as the fake's REAPER says).
+local function lane_plays(item)
+  if item.track.freemode ~= 2 then return 0 end
+  return item.track.lane_plays[item.fixedlane] or 0
 end
 
 local function edit(what)
@@ -327,6 +360,7 @@ end
 reaper = {}
 
 function reaper.GetOS() return fake.os_name end
+function reaper.GetAppVersion() return fake.app_version end
 function reaper.time_precise() return fake.clock end
 function reaper.defer(fn)
   assert(type(fn) == "function", "fake reaper: defer takes a function")
@@ -354,13 +388,30 @@ function reaper.RecursiveCreateDirectory(path, _)
   os.execute("mkdir -p " .. sh_quote(path))
   return 1
 end
+-- Folder listings: REAPER caches a folder's listing; index -1 re-reads it (and returns nil).
+local function listing(path, dirs)
+  local out = {}
+  local p = io.popen("find " .. sh_quote(path) .. " -mindepth 1 -maxdepth 1 -type " .. (dirs and "d" or "f") ..
+    " -printf '%f\\n' 2>/dev/null | sort")
+  for line in p:read("a"):gmatch("[^\n]+") do out[#out + 1] = line end
+  p:close()
+  return out
+end
+function reaper.EnumerateFiles(path, i)
+  if i < 0 then return nil end
+  return listing(path, false)[i + 1]
+end
+function reaper.EnumerateSubdirectories(path, i)
+  if i < 0 then return nil end
+  return listing(path, true)[i + 1]
+end
 
 -- Projects (tabs)
 function reaper.EnumProjects(idx, _)
   local pr
   if idx == -1 then pr = fake.active_project() else pr = fake.projects[idx + 1] end
   if not pr then return nil, "" end
-  return pr, pr.path .. "/fake.rpp"
+  return pr, pr.file
 end
 function reaper.SelectProjectInstance(p)
   for i, pr in ipairs(fake.projects) do
@@ -368,7 +419,7 @@ function reaper.SelectProjectInstance(p)
   end
   error("fake reaper: SelectProjectInstance with an unknown project")
 end
-function reaper.GetProjectPathEx(p, _) return proj_of(p).path end
+function reaper.GetProjectPathEx(p, _) return proj_of(p).record_path end
 function reaper.ValidatePtr2(p, ptr, kind)
   local pr = proj_of(p)
   if type(ptr) ~= "table" or ptr.kind ~= kind then return false end
@@ -458,10 +509,18 @@ function reaper.GetUserInputs(title, n, captions_csv, defaults_csv)
   return true, table.concat(values, sep)
 end
 
+function reaper.GetUserFileNameForRead(_, title, ext)
+  fake.dialogs[#fake.dialogs + 1] = { title = title, file_dialog = true, extension = ext }
+  local answer = table.remove(fake.file_answers, 1)
+  if not answer then return false, "" end
+  return true, answer
+end
+
 -- Processes: the program gets exactly the arguments REAPER's splitter produces (each passed
 -- single-quoted to /bin/sh here, which is only how this fake starts a program on Linux).
 function reaper.ExecProcess(cmd, timeout)
   fake.exec[#fake.exec + 1] = cmd
+  fake.exec_timeouts[#fake.exec_timeouts + 1] = timeout
   local argv = fake.split_command_line(cmd, fake.os_name:find("Win") ~= nil)
   local quoted = {}
   for i, a in ipairs(argv) do quoted[i] = sh_quote(a) end
@@ -470,7 +529,11 @@ function reaper.ExecProcess(cmd, timeout)
     os.execute(line .. " >>" .. sh_quote(fake.exec_log) .. " 2>&1 &")
     return ""
   end
-  local p = io.popen(line .. " 2>&1")
+  local program = io.open(argv[1] or "", "rb")
+  if not program then return nil end -- cannot be started at all
+  program:close()
+  local limit = timeout > 0 and string.format("timeout %.3f ", timeout / 1000) or ""
+  local p = io.popen(limit .. line .. " 2>&1")
   local out = p:read("a")
   local _, _, code = p:close()
   return tostring(code) .. "\n" .. out
@@ -486,6 +549,7 @@ function reaper.Undo_EndBlock2(p, desc, _)
 end
 function reaper.PreventUIRefresh(n) fake.ui_refresh = fake.ui_refresh + n end
 function reaper.UpdateArrange() end
+function reaper.UpdateTimeline() end
 function reaper.GetToggleCommandStateEx(section, cmd)
   assert(section == 0, "fake reaper: only the main section's toggle states are modelled")
   local state = fake.toggles[cmd]
@@ -508,6 +572,13 @@ function reaper.InsertTrackAtIndex(i, _) insert_track(fake.active_project(), i) 
 -- REAPER 7.18+.
 function reaper.InsertTrackInProject(p, i, _) insert_track(proj_of(p), i) end
 function reaper.IsTrackSelected(tr) check(tr, "MediaTrack*", "IsTrackSelected"); return tr.selected end
+local function selected_tracks(p)
+  local list = {}
+  for _, tr in ipairs(proj_of(p).tracks) do if tr.selected then list[#list + 1] = tr end end
+  return list
+end
+function reaper.CountSelectedTracks(p) return #selected_tracks(p) end
+function reaper.GetSelectedTrack(p, i) return selected_tracks(p)[i + 1] end
 function reaper.SetTrackSelected(tr, sel) check(tr, "MediaTrack*", "SetTrackSelected"); tr.selected = sel and true or false end
 
 -- Track numbers: getter and setter per key (booleans are 0/1 numbers, as in REAPER).
@@ -518,15 +589,42 @@ local TRACK_VALUES = {
   B_SOLO_DEFEAT = { function(tr) return tr.solo_defeat and 1 or 0 end, function(tr, v) tr.solo_defeat = v ~= 0 end },
   D_VOL = { function(tr) return tr.vol end, function(tr, v) tr.vol = v end },
   I_FOLDERDEPTH = { function(tr) return tr.folderdepth end, nil },
-  I_FREEMODE = { function(tr) return tr.freemode end, nil },
+  I_FREEMODE = { function(tr) return tr.freemode end, function(tr, v) tr.freemode = math.tointeger(v) or v end },
+  I_NUMFIXEDLANES = { function(tr) return tr.numlanes end, function(tr, v)
+    tr.numlanes = math.tointeger(v)
+    for lane = 0, tr.numlanes - 1 do tr.lane_plays[lane] = tr.lane_plays[lane] or 0 end
+  end },
+  IP_TRACKNUMBER = { function(tr)
+    for i, t in ipairs(tr.project.tracks) do if t == tr then return i end end
+    return 0
+  end, nil },
 }
+-- C_LANEPLAYS:N, per lane of a fixed-lane track (setting it to 1 "plays exclusively": the
+-- other lanes stop playing).
+local function lane_key(tr, key)
+  local lane = key:match("^C_LANEPLAYS:(%d+)$")
+  if not lane then return nil end
+  lane = tonumber(lane)
+  assert(tr.freemode == 2 and lane < tr.numlanes, "fake reaper: no fixed lane " .. lane .. " on this track")
+  return lane
+end
+
 function reaper.GetMediaTrackInfo_Value(tr, key)
   check(tr, "MediaTrack*", "GetMediaTrackInfo_Value")
+  local lane = lane_key(tr, key)
+  if lane then return tr.lane_plays[lane] end
   local accessors = assert(TRACK_VALUES[key], "fake reaper: track value not modelled: " .. key)
   return accessors[1](tr)
 end
 function reaper.SetMediaTrackInfo_Value(tr, key, v)
   check(tr, "MediaTrack*", "SetMediaTrackInfo_Value")
+  local lane = lane_key(tr, key)
+  if lane then
+    edit("track " .. key)
+    if v == 1 then for l = 0, tr.numlanes - 1 do tr.lane_plays[l] = 0 end end
+    tr.lane_plays[lane] = math.tointeger(v) or v
+    return true
+  end
   local accessors = TRACK_VALUES[key]
   assert(accessors and accessors[2], "fake reaper: setting this track value is not modelled: " .. key)
   accessors[2](tr, v)
@@ -538,6 +636,17 @@ function reaper.GetSetMediaTrackInfo_String(tr, key, value, set)
   if key == "P_NAME" then
     if set then tr.name = value end
     return true, tr.name
+  end
+  if key == "P_RAZOREDITS" then
+    if set then tr.razor = value end
+    return true, tr.razor
+  end
+  local lane = key:match("^P_LANENAME:(%d+)$")
+  if lane then
+    lane = tonumber(lane)
+    if tr.freemode ~= 2 or lane >= tr.numlanes then return false, "" end -- NULL for non-fixed-lane tracks
+    if set then tr.lane_names[lane] = value end
+    return true, tr.lane_names[lane] or ""
   end
   local ext = key:match("^P_EXT:(.+)$")
   assert(ext, "fake reaper: track string not modelled: " .. key)
@@ -560,30 +669,48 @@ function reaper.GetSelectedMediaItem(p, i)
   end
   return nil
 end
+function reaper.IsMediaItemSelected(item) check(item, "MediaItem*", "IsMediaItemSelected"); return item.selected end
+function reaper.CountSelectedMediaItems(p)
+  local n = 0
+  for _, it in ipairs(items_of(proj_of(p))) do if it.selected then n = n + 1 end end
+  return n
+end
 function reaper.GetMediaItem_Track(item) check(item, "MediaItem*", "GetMediaItem_Track"); return item.track end
 function reaper.AddMediaItemToTrack(tr)
   check(tr, "MediaTrack*", "AddMediaItemToTrack")
   edit("AddMediaItemToTrack")
-  return fake.add_item(tr, 0, 0)
+  local item = fake.add_item(tr, 0, 0)
+  item.loopsrc = 1 -- REAPER's default: new items loop their source
+  return item
 end
 local ITEM_VALUES = {
   D_POSITION = { "position", true }, D_LENGTH = { "length", true }, D_VOL = { "vol", true },
   D_FADEINLEN = { "fadein", true }, D_FADEOUTLEN = { "fadeout", true },
   C_FADEINSHAPE = { "fadein_shape", true }, C_FADEOUTSHAPE = { "fadeout_shape", true },
+  C_MUTE_SOLO = { "mute_solo", true }, B_LOOPSRC = { "loopsrc", true },
 }
 function reaper.GetMediaItemInfo_Value(item, key)
   check(item, "MediaItem*", "GetMediaItemInfo_Value")
-  if key == "B_MUTE" then return item.mute and 1 or 0 end
+  if key == "B_MUTE" then return item_muted(item) and 1 or 0 end
+  if key == "B_MUTE_ACTUAL" then return item.mute and 1 or 0 end
   if key == "D_FADEINLEN_AUTO" or key == "D_FADEOUTLEN_AUTO" then return -1 end -- auto-fades not modelled
-  -- REAPER answers C_LANEPLAYS for items on fixed-lane tracks; elsewhere the fake says 0
-  if key == "C_LANEPLAYS" then return item.lane_plays end
+  if key == "C_LANEPLAYS" then return lane_plays(item) end
+  if key == "I_FIXEDLANE" then return item.fixedlane end
   local spec = assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
   return item[spec[1]]
 end
 function reaper.SetMediaItemInfo_Value(item, key, v)
   check(item, "MediaItem*", "SetMediaItemInfo_Value")
-  local spec = assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
   edit("item " .. key)
+  if key == "B_MUTE" then item.mute, item.mute_solo = v ~= 0, 0; return true end -- clears C_MUTE_SOLO
+  if key == "B_MUTE_ACTUAL" then item.mute = v ~= 0; return true end
+  if key == "I_FIXEDLANE" then
+    local tr = item.track
+    assert(tr.freemode == 2 and v >= 0 and v < tr.numlanes, "fake reaper: I_FIXEDLANE beyond the track's lanes")
+    item.fixedlane = math.tointeger(v)
+    return true
+  end
+  local spec = assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
   item[spec[1]] = v
   return true
 end
@@ -636,6 +763,17 @@ function reaper.GetSetMediaItemTakeInfo_String(take, key, value, set)
   if set then take.ext[ext] = value end
   return take.ext[ext] ~= nil, take.ext[ext] or ""
 end
+function reaper.SetTakeMarker(take, idx, name, srcpos, _)
+  check(take, "MediaItem_Take*", "SetTakeMarker")
+  edit("SetTakeMarker")
+  if idx < 0 then
+    take.markers[#take.markers + 1] = { name = name, position = srcpos or 0 }
+    return #take.markers - 1
+  end
+  take.markers[idx + 1] = { name = name, position = srcpos or take.markers[idx + 1].position }
+  return idx
+end
+function reaper.GetNumTakeMarkers(take) check(take, "MediaItem_Take*", "GetNumTakeMarkers"); return #take.markers end
 function reaper.GetMediaItemTake_Source(take) check(take, "MediaItem_Take*", "GetMediaItemTake_Source"); return take.source end
 function reaper.SetMediaItemTake_Source(take, src)
   check(take, "MediaItem_Take*", "SetMediaItemTake_Source")
@@ -646,7 +784,13 @@ function reaper.SetMediaItemTake_Source(take, src)
 end
 
 -- Sources
-function reaper.PCM_Source_CreateFromFile(path) return fake.file_source(path) end
+-- nil for a file it cannot read (assumption: REAPER gives no source for a file that is not
+-- media; the fake reads WAV only).
+function reaper.PCM_Source_CreateFromFile(path)
+  local ok, src = pcall(fake.file_source, path)
+  if ok then return src end
+  return nil
+end
 function reaper.GetMediaSourceParent(src) check(src, "PCM_source*", "GetMediaSourceParent"); return src.parent end
 function reaper.GetMediaSourceType(src, _) check(src, "PCM_source*", "GetMediaSourceType"); return src.type end
 function reaper.GetMediaSourceFileName(src, _) check(src, "PCM_source*", "GetMediaSourceFileName"); return src.file or "" end
@@ -682,8 +826,8 @@ local function fade_gain(item, t)
 end
 
 local function item_plays(item)
-  if item.mute then return false end
-  if item.track.freemode == 2 and item.lane_plays <= 0 then return false end -- a lane that does not play
+  if item_muted(item) then return false end
+  if item.track.freemode == 2 and lane_plays(item) <= 0 then return false end -- a lane that does not play
   return item.active ~= nil and item.active.source ~= nil
 end
 
@@ -738,6 +882,7 @@ local function mix_track_media(out, tr, gain, t0, frames, sr, channels)
         if t >= item.position and t < item.position + item.length then
           local s = file_time(take, t)
           local k = math.floor(s * w.sr + 1e-9)
+          if item.loopsrc ~= 0 then k = k % w.frames end -- the source repeats, also before its start
           if k >= 0 and k < w.frames then
             local g = g_item * fade_gain(item, t)
             for c = 1, channels do

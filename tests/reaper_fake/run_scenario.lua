@@ -7,16 +7,21 @@ script whose defer callbacks and atexit functions are its own), runs the defer l
 clock that advances with real time (times `clock_rate`), and writes what the projects look
 like afterwards (tracks, items, takes, messages, undo points, render settings ...) as JSON.
 
-Scenario fields: scripts_dir, project_path, resource_path, exec_log, os_name, time_selection
-[t0,t1], render (initial numbers/strings), master {vol, fxen, fx_gain, mute} (or the older
-master_fx_gain), toggles {command id: state}, missing_api [names], render_cancelled, extstate {section: {key:
-value}}, dialog_answers [{ok, values}], tracks [TRACK] (the first project tab), projects
-[{project_path, time_selection, tracks [TRACK]}] (more tabs), active_project (1-based),
-actions [ACTION], gfx_key_when_running, max_s, tick_s, clock_rate.
+Scenario fields: scripts_dir, project_path, project_file ("" = never saved; default
+PROJECT_PATH/fake.rpp), record_path (GetProjectPathEx; default the project path),
+resource_path, exec_log, os_name, app_version, time_selection [t0,t1], render (initial
+numbers/strings), master {vol, fxen, fx_gain, mute} (or the older master_fx_gain), toggles
+{command id: state}, missing_api [names], render_cancelled, extstate {section: {key: value}},
+dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), imgui (install
+the ReaImGui stand-in; its value is the list of user actions, tests/reaper_fake/imgui/imgui.lua),
+tracks [TRACK] (the first project tab), projects [{project_path, time_selection, tracks
+[TRACK]}] (more tabs), active_project (1-based), actions [ACTION], gfx_key_when_running,
+max_s, tick_s, clock_rate.
 TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folderdepth,
-freemode, items [{position, length, selected, notes, mute, vol, fadein, fadeout, lane_plays,
-takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol, stretch_markers,
-ext, name}]}]}.
+freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute, mute_solo,
+vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
+which plays or not), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
+stretch_markers, ext, name}]}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}.
 ]]
@@ -38,6 +43,12 @@ for section, kv in pairs(scenario.extstate or {}) do
   for k, v in pairs(kv) do reaper.SetExtState(section, k, tostring(v), true) end
 end
 fake.dialog_answers = scenario.dialog_answers or {}
+fake.file_answers = scenario.file_answers or {}
+fake.app_version = scenario.app_version or fake.app_version
+if scenario.imgui then
+  FAKE_REAPER, fake.imgui_actions = fake, scenario.imgui
+  function reaper.ImGui_GetBuiltinPath() return here .. "imgui" end
+end
 fake.render_cancelled = scenario.render_cancelled or false
 
 local function build_tracks(project, list)
@@ -52,15 +63,19 @@ local function build_tracks(project, list)
     tr.solo_defeat = t.solo_defeat and true or false
     tr.folderdepth = t.folderdepth or 0
     tr.freemode = t.freemode or 0
+    tr.razor = t.razor or ""
+    if tr.freemode == 2 then tr.numlanes = math.max(1, #(t.items or {})) end
     for k, v in pairs(t.ext or {}) do tr.ext[k] = v end
-    for _, i in ipairs(t.items or {}) do
+    for n, i in ipairs(t.items or {}) do
       local item = fake.add_item(tr, i.position, i.length)
       item.selected = i.selected and true or false
       item.notes = i.notes or ""
       item.mute = i.mute and true or false
+      item.mute_solo = i.mute_solo or 0
+      item.loopsrc = i.loopsrc or 0
+      if tr.freemode == 2 then item.fixedlane, tr.lane_plays[n - 1] = n - 1, i.lane_plays or 0 end
       item.vol = i.vol or 1.0
       item.fadein, item.fadeout = i.fadein or 0.0, i.fadeout or 0.0
-      item.lane_plays = i.lane_plays or 0
       for _, tk in ipairs(i.takes or {}) do
         local src = fake.file_source(tk.file, tk.length)
         if tk.section then src = fake.section_source(src, tk.section.offs, tk.section.len, tk.section.rev) end
@@ -76,6 +91,8 @@ end
 
 local function setup_project(pr, spec)
   pr.path = spec.project_path or "/tmp"
+  pr.file = spec.project_file or (pr.path .. "/fake.rpp")
+  pr.record_path = spec.record_path or pr.path
   local ts = spec.time_selection or { 0, 0 }
   pr.ts0, pr.ts1 = ts[1], ts[2]
   build_tracks(pr, spec.tracks)
@@ -154,18 +171,26 @@ while true do
 end
 
 local function take_out(take)
+  local markers = json.array({})
+  for i, m in ipairs(take.markers) do markers[i] = { name = m.name, position = m.position } end
   return { name = take.name, ext = take.ext, startoffs = take.startoffs, playrate = take.playrate,
-    source_file = take.source and (take.source.file or "") or json.null }
+    source_file = take.source and (take.source.file or "") or json.null, markers = markers }
 end
 
 local function tracks_out(pr)
   local list = json.array({})
   for _, tr in ipairs(pr.tracks) do
     local t = { name = tr.name, selected = tr.selected, ext = tr.ext, mute = tr.mute, solo = tr.solo,
-      solo_defeat = tr.solo_defeat, vol = tr.vol, fxen = tr.fxen, items = json.array({}) }
+      solo_defeat = tr.solo_defeat, vol = tr.vol, fxen = tr.fxen, freemode = tr.freemode, items = json.array({}) }
+    if tr.freemode == 2 then
+      t.lanes = json.array({})
+      for lane = 0, tr.numlanes - 1 do
+        t.lanes[lane + 1] = { plays = tr.lane_plays[lane] or 0, name = tr.lane_names[lane] or "" }
+      end
+    end
     for _, item in ipairs(tr.items) do
       local i = { position = item.position, length = item.length, notes = item.notes, mute = item.mute,
-        takes = json.array({}) }
+        mute_solo = item.mute_solo, loopsrc = item.loopsrc, fixedlane = item.fixedlane, takes = json.array({}) }
       for k, take in ipairs(item.takes) do
         i.takes[#i.takes + 1] = take_out(take)
         if item.active == take then i.active_take = k end
@@ -180,7 +205,8 @@ end
 local m = fake.project.master
 local out = { messages = json.array(fake.messages), console = table.concat(fake.console),
   undo = json.array(fake.undo), undo_depth = fake.undo_depth, edits_outside_undo = json.array(fake.edits_outside_undo),
-  ui_refresh = fake.ui_refresh, exec = json.array(fake.exec), dialogs = json.array(fake.dialogs),
+  ui_refresh = fake.ui_refresh, exec = json.array(fake.exec), exec_timeouts = json.array(fake.exec_timeouts),
+  dialogs = json.array(fake.dialogs), imgui_frames = json.array(fake.imgui_frames or {}),
   modal_prompts = json.array(fake.modal_prompts), renders = json.array(fake.renders),
   commands = json.array(fake.commands), render = { numbers = fake.project.numbers, strings = fake.project.strings },
   master_fxen = m.fxen, master = { fxen = m.fxen, mute = m.mute, vol = m.vol },
