@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.auth import resolve_token
 from stepfoley.request import RequestError, parse_request
 
 EXIT_DONE = 0
@@ -64,8 +65,10 @@ def new_request_id() -> str:
 class EngineClient:
     """One UDP socket talking to one engine. Not thread-safe: one client per thread."""
 
-    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str = ""):
-        self.host, self.port, self.token = host, port, token
+    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str | None = None):
+        """`token` None: $STEPFOLEY_TOKEN or the token file, as bridge/auth.py says (TokenError
+        when that file is unsafe)."""
+        self.host, self.port, self.token = host, port, resolve_token(token)
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
         # "localhost" may resolve to ::1 first while the engine listens on 127.0.0.1 (its default)
         info = min(infos, key=lambda i: i[0] != socket.AF_INET)
@@ -392,13 +395,22 @@ class RemoteJob:
 
 
 def write_status(path: str, status: dict) -> None:
-    """Replace the status file atomically: a reader sees the old or the new file, never half."""
+    """Replace the status file atomically: a reader sees the old or the new file, never half.
+    On Windows the replace fails with PermissionError (a sharing violation) while a reader,
+    such as a REAPER script polling the file, has it open: retried for about a second, since
+    readers only hold it for a moment. The temporary file never stays behind."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(status, f, indent=1)
-        os.replace(tmp, path)
+        for pause in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3):
+            try:
+                os.replace(tmp, path)
+                return
+            except PermissionError:
+                time.sleep(pause)
+        os.replace(tmp, path)  # the last try: its error goes to the caller
     except BaseException:
         try:
             os.unlink(tmp)
@@ -412,7 +424,7 @@ def send_request(
     status_path: str | None = None,
     host: str = protocol.DEFAULT_HOST,
     port: int = protocol.DEFAULT_PORT,
-    token: str = "",
+    token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     connect_timeout: float = CONNECT_TIMEOUT_S,
     cancel_path: str | None = None,

@@ -4,14 +4,17 @@ the engine's device, and the record of finished jobs that clients can still ask 
 The runner is any callable with the FoleyService contract:
     runner(request: GenerationRequest, on_progress(phase, done, total), is_cancelled() -> bool)
         -> {"stem_path", "metadata"}
-It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to."""
+It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to.
+`stem_path` is the new file the job wrote: if the result is refused, the worker removes it.
+
+The worker survives any failure of a job or of a reply, and every accepted job gets exactly
+one final reply. A job belongs to (address, reply port, request_id)."""
 
 from __future__ import annotations
 
 import collections
 import itertools
 import json
-import logging
 import os
 import secrets
 import threading
@@ -21,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from stepfoley.bridge import protocol
+from stepfoley.bridge.logs import bridge_logger
 from stepfoley.request import GenerationRequest
 
-log = logging.getLogger("stepfoley.bridge")
+log = bridge_logger()
 
 Runner = Callable[[GenerationRequest, Callable[[str, int, int], None], Callable[[], bool]], dict]
 # notify(job, reply_address): the job changed in a way its client must hear about
@@ -40,7 +44,6 @@ class Job:
     request_id: str
     request: GenerationRequest
     reply_to: tuple[str, int]
-    sender_key: tuple[str, str]
     state: str = QUEUED
     phase: str = ""  # protocol.PHASES while running
     step: int = 0
@@ -51,6 +54,11 @@ class Job:
     error_message: str = ""
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def owner(self) -> tuple[str, int, str]:
+        """Who may resend this job's request and get this job back: (address, port, request_id)."""
+        return (*self.reply_to, self.request_id)
 
     def summary(self, queue_position: int, engine_steps: int) -> dict:
         """The job as the /job reply and `status` describe it."""
@@ -82,7 +90,7 @@ class JobBook:
         self._lock = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}
-        self._by_request: dict[tuple[str, str], str] = {}
+        self._by_owner: dict[tuple[str, int, str], str] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._current: Job | None = None
         self._stopping = False
@@ -98,12 +106,11 @@ class JobBook:
     def start(self) -> None:
         self._worker.start()
 
-    def submit(self, sender_host: str, request_id: str, request: GenerationRequest,
-               reply_to: tuple[str, int]) -> tuple[Job, int]:
-        """Queue a validated request; a retransmitted request (same sender and request_id)
-        gets its existing job back instead of a second one. Returns (job, queue_position)."""
+    def submit(self, request_id: str, request: GenerationRequest, reply_to: tuple[str, int]) -> tuple[Job, int]:
+        """Queue a validated request; a retransmitted request (same address, reply port and
+        request_id) gets its existing job back instead of a second one. Returns (job, queue_position)."""
         with self._lock:
-            existing = self._by_request.get((sender_host, request_id))
+            existing = self._by_owner.get((*reply_to, request_id))
             if existing and existing in self._jobs:
                 job = self._jobs[existing]
                 return job, self._position(job)
@@ -114,10 +121,9 @@ class JobBook:
                     "queue_full",
                     f"The engine already has {len(self._queue)} jobs waiting. Wait for some to finish, then resend.",
                 )
-            key = (sender_host, request_id)
-            job = Job(f"{self._prefix}-{next(self._counter):06d}", request_id, request, reply_to, key)
+            job = Job(f"{self._prefix}-{next(self._counter):06d}", request_id, request, reply_to)
             self._jobs[job.job_id] = job
-            self._by_request[key] = job.job_id
+            self._by_owner[job.owner] = job.job_id
             self._queue.append(job)
             self._lock.notify_all()
             return job, self._position(job)
@@ -137,7 +143,7 @@ class JobBook:
                 return protocol.CANCEL_STOPPING
             self._queue.remove(job)
             self._finish(job, CANCELLED)
-        self._notify(job, protocol.CANCELLED)
+        self._tell(job, protocol.CANCELLED)
         return protocol.CANCEL_DROPPED
 
     def describe(self, job_id: str) -> dict:
@@ -172,7 +178,7 @@ class JobBook:
             # the running job sees is_cancelled() turn true through _stopping
             self._lock.notify_all()
         for job in dropped:
-            self._notify(job, protocol.ERROR)
+            self._tell(job, protocol.ERROR)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
 
@@ -188,12 +194,19 @@ class JobBook:
                 job = self._queue.popleft()
                 job.state, job.phase = RUNNING, "starting"
                 self._current = job
-            self._notify(job, protocol.PROGRESS)  # step 0: the client learns it started
+            self._tell(job, protocol.PROGRESS)  # step 0: the client learns it started
             kind = self._run(job)
             with self._lock:
                 self._current = None
                 self._finish(job, {protocol.DONE: DONE, protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
+            self._tell(job, kind)
+
+    def _tell(self, job: Job, kind: str) -> None:
+        """Notify the job's client; a reply that cannot be sent costs that reply, never the worker."""
+        try:
             self._notify(job, kind)
+        except Exception:
+            log.exception("could not send %s for job %s", kind, job.job_id)
 
     def _run(self, job: Job) -> str:
         """Run one job to its end; returns the final reply address and fills the job in."""
@@ -202,18 +215,21 @@ class JobBook:
             with self._lock:
                 job.phase, job.step, job.total = phase, int(step), int(total)
                 self.engine_steps += 1
-            self._notify(job, protocol.PROGRESS)
+            self._tell(job, protocol.PROGRESS)
 
         def is_cancelled() -> bool:
             return job.cancel_requested.is_set() or self._stopping
 
+        started = time.time()
+        result = None
         try:
             result = self.runner(job.request, on_progress, is_cancelled)
             job.stem_path, job.metadata = _checked_result(result, job.request.output_dir)
             return protocol.DONE
         except Exception as e:  # any failure ends this job only; the worker keeps serving
+            _discard_stem(result, job.request.output_dir, started)
             code = getattr(e, "code", None)
-            message = (str(e) or type(e).__name__)[:MAX_MESSAGE_CHARS]
+            message = _message_of(e)
             if not isinstance(code, str) or not code:
                 code = "internal_error"
                 log.error("job %s failed unexpectedly:\n%s", job.job_id, traceback.format_exc())
@@ -233,8 +249,8 @@ class JobBook:
         self._finished.append(job.job_id)
         while len(self._finished) > self._keep_finished:
             old = self._jobs.pop(self._finished.popleft(), None)
-            if old is not None and self._by_request.get(old.sender_key) == old.job_id:
-                del self._by_request[old.sender_key]
+            if old is not None and self._by_owner.get(old.owner) == old.job_id:
+                del self._by_owner[old.owner]
 
     def _position(self, job: Job) -> int:
         # caller holds the lock; jobs ahead of this one, the running job included
@@ -243,24 +259,49 @@ class JobBook:
         return self._queue.index(job) + (1 if self._current is not None else 0)
 
 
+def _message_of(error: Exception) -> str:
+    try:
+        return (str(error) or type(error).__name__)[:MAX_MESSAGE_CHARS]
+    except Exception:  # an exception whose message cannot be made still ends its job with a reply
+        return type(error).__name__
+
+
 class BadResult(Exception):
     code = "internal_error"
 
 
 def _checked_result(result: Any, output_dir: str) -> tuple[str, dict]:
     """The runner's result, checked: a stem that exists inside the request's output folder
-    and JSON metadata small enough for one reply datagram."""
+    and a JSON object of metadata, cut to fit one reply datagram."""
+    stem = _stem_in(result, output_dir)
+    if stem is None:
+        raise BadResult(f"The engine reported a stem that is not a new file in '{output_dir}' (internal error).")
+    metadata = result.get("metadata", {})
+    try:
+        text = protocol.fit_json(metadata, protocol.MAX_METADATA_JSON_BYTES)
+    except (TypeError, ValueError) as e:
+        raise BadResult(f"The engine produced metadata that is not JSON ({e}).") from None
+    if not isinstance(metadata, dict):
+        raise BadResult("The engine produced metadata that is not a JSON object.")
+    return stem, json.loads(text)
+
+
+def _stem_in(result: Any, output_dir: str) -> str | None:
+    """The result's stem path when it names a file inside output_dir, else None."""
     if not isinstance(result, dict) or not isinstance(result.get("stem_path"), str):
-        raise BadResult("The engine finished without naming the stem it wrote (internal error).")
+        return None
     stem = os.path.abspath(result["stem_path"])
     folder = os.path.realpath(output_dir)
     if os.path.commonpath([os.path.realpath(stem), folder]) != folder or not os.path.isfile(stem):
-        raise BadResult(f"The engine reported a stem '{result['stem_path']}' that is not a file in '{output_dir}'.")
-    metadata = result.get("metadata", {})
+        return None
+    return stem
+
+
+def _discard_stem(result: Any, output_dir: str, since: float) -> None:
+    """Remove the stem of a refused result: only a file inside output_dir written during the job."""
+    stem = _stem_in(result, output_dir)
     try:
-        text = json.dumps(metadata)
-    except (TypeError, ValueError) as e:
-        raise BadResult(f"The engine produced metadata that is not JSON ({e}).") from None
-    if not isinstance(metadata, dict) or len(text) > protocol.MAX_DATAGRAM_BYTES // 2:
-        raise BadResult("The engine produced metadata that is not a small JSON object.")
-    return stem, metadata
+        if stem is not None and os.stat(stem).st_mtime >= since - 1.0:
+            os.unlink(stem)
+    except OSError as e:
+        log.warning("could not remove the stem of a failed job: %s", e)

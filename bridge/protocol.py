@@ -6,6 +6,7 @@ Pure Python on purpose: the client imports this inside a DAW, so no torch, no en
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,11 @@ DEFAULT_PORT = 9017
 MAX_DATAGRAM_BYTES = 32 * 1024
 MAX_REQUEST_ID_CHARS = 64
 MAX_TOKEN_CHARS = 256
+# Every reply fits one datagram by construction: the JSON it carries is cut to these sizes
+# (status_json and job_json leave room for the address and the request id; metadata_json
+# leaves room for a stem path of MAX_PATH_CHARS).
+MAX_REPLY_JSON_BYTES = MAX_DATAGRAM_BYTES - 512
+MAX_METADATA_JSON_BYTES = MAX_DATAGRAM_BYTES // 2
 
 PREFIX = "/stepfoley"
 
@@ -121,6 +127,31 @@ def request_id_of(args: list[Any]) -> str:
     if len(args) > 1 and isinstance(args[1], str) and _REQUEST_ID.fullmatch(args[1]):
         return args[1]
     return ""
+
+
+def fit_json(value: Any, max_bytes: int) -> str:
+    """`value` as JSON text of at most `max_bytes` (ASCII: anything else is escaped). When it is
+    larger, its strings and lists are cut ever shorter (strings end in "…") and an object gets
+    "truncated": true; the last resort is {"truncated": true}."""
+    text = json.dumps(value)
+    limit = 1024
+    while len(text) > max_bytes and limit >= 1:
+        value = _shorten(value, limit)
+        if isinstance(value, dict):
+            value["truncated"] = True
+        text = json.dumps(value)
+        limit //= 4
+    return text if len(text) <= max_bytes else json.dumps({"truncated": True})
+
+
+def _shorten(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: limit - 1] + "…"
+    if isinstance(value, (list, tuple)):
+        return [_shorten(v, limit) for v in value[:limit]]
+    if isinstance(value, dict):
+        return {k: _shorten(v, limit) for k, v in value.items()}
+    return value
 
 
 def _is_type(value: Any, kind: type) -> bool:

@@ -1,13 +1,16 @@
 """The engine's OSC server: a UDP socket loop (the transport), a dispatcher that turns each
 client message into replies, and the job book whose worker runs generation. The dispatch
-thread only parses, validates and queues, so it answers pings while a job runs."""
+thread only parses, validates and queues, so it answers pings while a job runs.
+
+Nothing a client sends can stop the loop: every datagram is decoded with bounded work
+(bridge/osc.py), the log is budgeted (bridge/logs.py), every reply is encodable and fits one
+datagram, and with a token set a datagram without it gets no reply at all."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import json
-import logging
 import selectors
 import signal
 import socket
@@ -18,9 +21,10 @@ from typing import Any
 
 from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.jobs import Job, JobBook, Runner
+from stepfoley.bridge.logs import bridge_logger
 from stepfoley.request import Capabilities, RequestError, parse_request
 
-log = logging.getLogger("stepfoley.bridge")
+log = bridge_logger()
 
 # Room for bursts of requests from several DAW scripts while the worker holds the GIL.
 _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
@@ -34,6 +38,7 @@ class ServerConfig:
     model: str = "unknown"  # named in /pong and /status_reply
     device: str = "unknown"
     max_queue: int = 256
+    cpu: dict | None = None  # how the engine shares the CPU (devices.share_cpu), shown in /status
 
 
 class ConfigError(ValueError):
@@ -76,6 +81,10 @@ class Dispatcher:
         return replies
 
     def _handle_message(self, address: str, args: list[Any], sender: tuple[str, int], oversized: bool):
+        if self.config.token and not self._carries_token(args):
+            # no reply at all: an unauthenticated sender cannot aim the engine's replies anywhere
+            log.debug("dropped %s from %s: wrong or missing token", address[:80], sender[0])
+            return []
         port = protocol.reply_port_of(args)
         request_id = protocol.request_id_of(args)
         try:
@@ -84,8 +93,6 @@ class Dispatcher:
                     "payload_too_large", f"Messages are limited to {protocol.MAX_DATAGRAM_BYTES} bytes; shorten the request."
                 )
             header, rest = protocol.parse_header(address, args)
-            if self.config.token and not hmac.compare_digest(header.token.encode(), self.config.token.encode()):
-                raise protocol.ProtocolError("unauthorized", "Wrong or missing token for this engine.")
             reply = self._handlers[address](header, rest, sender)
             return [(reply, (sender[0], header.reply_port))]
         except protocol.ProtocolError as e:
@@ -99,22 +106,30 @@ class Dispatcher:
                 return []
             return [(osc.encode(protocol.ERROR, request_id, "", "internal_error", str(e)[:500]), (sender[0], port))]
 
+    def _carries_token(self, args: list[Any]) -> bool:
+        token = args[2] if len(args) > 2 else None
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.config.token.encode())
+
     def _ping(self, header: protocol.Header, rest: list, sender) -> bytes:
         return osc.encode(protocol.PONG, header.request_id, protocol.PROTOCOL_VERSION, self.config.model, self.config.device)
 
     def _status(self, header: protocol.Header, rest: list, sender) -> bytes:
-        status = {"protocol": protocol.PROTOCOL_VERSION, "model": self.config.model, "device": self.config.device}
+        status = {"protocol": protocol.PROTOCOL_VERSION, "model": self.config.model, "device": self.config.device,
+                  "cpu": self.config.cpu}
         status.update(self.jobs.snapshot())
         if self.jobs.runner is None:
             status["state"] = "loading"
         status["capabilities"] = self.capabilities.to_json() if self.capabilities else None
-        text = json.dumps(status)
-        if len(text) > protocol.MAX_DATAGRAM_BYTES:
-            # a long queue is summarized rather than sent in a datagram that may not arrive
-            status["queue"] = status["queue"][:20]
+        # The jobs get what the rest leaves of one datagram: long captions and a long queue are cut.
+        jobs = {"current": status.pop("current"), "queue": status.pop("queue")}
+        room = protocol.MAX_REPLY_JSON_BYTES - len(json.dumps(status)) - 64
+        fitted = json.loads(protocol.fit_json(jobs, room))
+        status["current"], status["queue"] = fitted.get("current"), fitted.get("queue", [])
+        if len(status["queue"]) < len(jobs["queue"]):
             status["queue_truncated"] = True
-            text = json.dumps(status)
-        return osc.encode(protocol.STATUS_REPLY, header.request_id, text)
+        if fitted.get("truncated"):
+            status["jobs_truncated"] = True
+        return osc.encode(protocol.STATUS_REPLY, header.request_id, json.dumps(status))
 
     def _generate(self, header: protocol.Header, rest: list, sender) -> bytes:
         if self.jobs.runner is None:
@@ -123,11 +138,13 @@ class Dispatcher:
             payload = json.loads(rest[0])
         except ValueError as e:
             raise protocol.ProtocolError("invalid_request", f"The request is not valid JSON: {e}.") from None
+        except RecursionError:
+            raise protocol.ProtocolError("invalid_request", "The request JSON is nested too deeply.") from None
         try:
             request = parse_request(payload, self.capabilities, check_paths=True)
         except RequestError as e:
             raise protocol.ProtocolError(e.code, e.message) from None
-        job, position = self.jobs.submit(sender[0], header.request_id, request, (sender[0], header.reply_port))
+        job, position = self.jobs.submit(header.request_id, request, (sender[0], header.reply_port))
         return osc.encode(protocol.ACCEPTED, header.request_id, job.job_id, position)
 
     def _cancel(self, header: protocol.Header, rest: list, sender) -> bytes:
@@ -135,14 +152,15 @@ class Dispatcher:
         return osc.encode(protocol.CANCEL_REPLY, header.request_id, rest[0], outcome)
 
     def _result(self, header: protocol.Header, rest: list, sender) -> bytes:
-        return osc.encode(protocol.JOB, header.request_id, json.dumps(self.jobs.describe(rest[0])))
+        summary = self.jobs.describe(rest[0])
+        return osc.encode(protocol.JOB, header.request_id, protocol.fit_json(summary, protocol.MAX_REPLY_JSON_BYTES))
 
 
 def job_reply(job: Job, kind: str) -> bytes:
     """The datagram that tells a job's client about a change (progress or a final state)."""
     if kind == protocol.PROGRESS:
         return osc.encode(protocol.PROGRESS, job.request_id, job.job_id, job.step, job.total, job.phase)
-    if kind == protocol.DONE:
+    if kind == protocol.DONE:  # the metadata was cut to fit when the job ended (jobs._checked_result)
         return osc.encode(protocol.DONE, job.request_id, job.job_id, job.stem_path, json.dumps(job.metadata))
     if kind == protocol.CANCELLED:
         return osc.encode(protocol.CANCELLED, job.request_id, job.job_id)
@@ -181,10 +199,11 @@ class EngineServer:
         self._thread: threading.Thread | None = None
         self.dropped_datagrams = 0
 
-    def attach(self, runner: Runner, model: str, device: str, capabilities: Capabilities) -> None:
+    def attach(self, runner: Runner, model: str, device: str, capabilities: Capabilities,
+               cpu: dict | None = None) -> None:
         """Hand the runner to a server that started before its model loaded (until then it
         answers pings, says "loading" in /status and refuses generation with "engine_loading")."""
-        self.config = replace(self.config, model=model, device=device)
+        self.config = replace(self.config, model=model, device=device, cpu=cpu if cpu is not None else self.config.cpu)
         self.dispatcher.config = self.config
         self.dispatcher.capabilities = capabilities
         self.jobs.runner = runner
@@ -216,7 +235,11 @@ class EngineServer:
             data, sender = self._sock.recvfrom(65536)
         except OSError:
             return  # e.g. an ICMP error reported on the socket; the next datagram is fine
-        replies = self.dispatcher.handle_datagram(data, sender[:2])
+        try:
+            replies = self.dispatcher.handle_datagram(data, sender[:2])
+        except Exception:  # handle_datagram answers its own errors; this is the last line of defence
+            log.exception("internal error on a datagram from %s", sender[0])
+            replies = []
         if not replies:
             self.dropped_datagrams += 1
         for datagram, address in replies:
@@ -231,7 +254,7 @@ class EngineServer:
             log.debug("could not reply to %s: %s", address, e)
 
     def _notify(self, job: Job, kind: str) -> None:
-        self._send(job_reply(job, kind), job.reply_to)
+        self._send(job_reply(job, kind), job.reply_to)  # JobBook._tell catches what this raises
 
     def start(self) -> "EngineServer":
         self._thread = threading.Thread(target=self.serve_forever, name="stepfoley-dispatch", daemon=True)

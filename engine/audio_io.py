@@ -6,15 +6,27 @@ code (soundfile itself uses (samples, channels); the transpose happens only here
 Writes go to a hidden temporary file in the destination folder and are then published
 under the final name with an exclusive hard link, so an existing file is never replaced,
 two writers racing for one name cannot clobber each other, and a crash mid-write leaves
-nothing under the final name.
+nothing under the final name. The temporary name says which process on which machine
+writes it (`.NAME.wav.<host>-<pid>-<random>.part`), so the next write into that folder (or
+`sweep_stale_parts`) removes what a killed writer left. Files are created with the user's
+umask (0644 by default), like any other program's.
+
+Reading is bounded: `read_audio` can stop after a number of seconds, refuse files over a size
+or a sample rate, and downmix to mono block by block, so a long or wide file never sits whole
+in memory.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import math
 import os
 import re
-import tempfile
+import secrets
+import socket
+import stat
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -29,30 +41,61 @@ FALLBACK_STEM_NAME = "stem"
 # Names Windows refuses for files whatever their extension; a REAPER project folder may
 # well be shared with a Windows machine.
 WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)}
+BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
+# Samples (frames x channels) read at once; a block is downmixed before the next is read.
+READ_BLOCK_SAMPLES = 1 << 20
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read any file libsndfile understands. Returns (samples (C, S) float32, sample_rate)."""
+def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
+               max_bytes: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read any file libsndfile understands: its first `max_seconds` (all of it when None),
+    averaged to one channel when `mono`. Files over `max_bytes` or `max_rate` Hz are refused
+    before any sample is read. Returns (samples (C, S) float32, sample_rate)."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"Audio file not found: '{path}'. Check that it was not moved or renamed.")
-    if not path.is_file():
+    if path.is_dir():
         raise AudioError(f"'{path}' is a folder, not an audio file. Point to a WAV or FLAC file inside it.")
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(f"'{path}' is not a regular file (a pipe or a device). Point to a WAV or FLAC file.")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise AudioError(f"Audio file '{path}' is {info.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:g} MiB "
+                         "is read. Bounce only the region, or at a lower rate or with fewer channels.")
     try:
-        frames, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(str(path)) as sound:
+            if max_rate is not None and sound.samplerate > max_rate:
+                raise AudioError(f"Audio file '{path}' is at {sound.samplerate} Hz; at most {max_rate} Hz is read. "
+                                 "Export it at the project's rate.")
+            samples = _read_blocks(sound, max_seconds, mono)
+            sample_rate = sound.samplerate
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
             f"Cannot read audio file '{path}': {error}. "
             "It may be damaged or in an unsupported format; export it again as WAV."
         ) from error
-    # frames: (S, C)
-    if frames.shape[0] == 0:
+    if samples.shape[1] == 0:
         raise AudioError(f"Audio file '{path}' is empty (it has no samples). Export it again or remove it.")
-    if not np.all(np.isfinite(frames)):
+    if not np.all(np.isfinite(samples)):
         raise AudioError(
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
-    return np.ascontiguousarray(frames.T), int(sample_rate)
+    return samples, int(sample_rate)
+
+
+def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool) -> np.ndarray:
+    # -> (C or 1, S) float32; never more than `max_seconds` nor one block of all channels at once
+    wanted = sound.frames if max_seconds is None else min(sound.frames, math.ceil(max_seconds * sound.samplerate))
+    out = np.empty((1 if mono else sound.channels, max(wanted, 0)), np.float32)
+    block = max(1, READ_BLOCK_SAMPLES // sound.channels)
+    done = 0
+    while done < wanted:
+        frames = sound.read(min(block, wanted - done), dtype="float32", always_2d=True)  # (S, C)
+        if len(frames) == 0:
+            break
+        out[:, done:done + len(frames)] = frames.mean(axis=1, dtype=np.float64) if mono else frames.T
+        done += len(frames)
+    return out[:, :done]
 
 
 def _validated_samples(samples: np.ndarray, path: Path) -> np.ndarray:
@@ -97,15 +140,36 @@ def _publish_exclusively(temp_path: Path, final_path: Path) -> None:
     os.unlink(temp_path)
 
 
+def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: bool = False) -> Path:
+    """Give a finished file another name in the same folder, atomically: an existing `target` is
+    replaced only when `replace` is true, else refused (AudioError) and `source` is kept."""
+    source, target = Path(source), Path(target)
+    try:
+        if replace:
+            os.replace(source, target)
+        else:
+            _publish_exclusively(source, target)
+    except FileExistsError:
+        raise AudioError(f"'{target}' already exists and was left untouched; the new file is "
+                         f"'{source}'.") from None
+    except OSError as error:
+        raise AudioError(f"Could not rename '{source}' to '{target}': {error}. Check the folder's "
+                         "permissions.") from None
+    return target
+
+
 def write_wav_atomic(
     path: str | os.PathLike,
     samples: np.ndarray,
     sample_rate: int,
     subtype: str = "PCM_24",
+    max_bytes: int | None = None,
 ) -> Path:
     """Write `samples` (C, S) as a WAV at `path`, which must not exist yet. Returns the path.
 
-    PCM subtypes clip to [-1, 1]; "FLOAT" keeps overs. The folder must already exist.
+    PCM subtypes clip to [-1, 1]; "FLOAT" keeps overs. The folder must already exist. A file
+    larger than `max_bytes` is refused before anything is written. Temp files that killed
+    writers left in the folder are removed first.
     """
     path = Path(path)
     if subtype not in WAV_SUBTYPES:
@@ -113,10 +177,14 @@ def write_wav_atomic(
     if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
         raise InvalidInputError(f"Cannot write '{path}': sample rate must be a positive whole number, got {sample_rate!r}.")
     array = _validated_samples(samples, path)
+    if max_bytes is not None and array.size * BYTES_PER_SAMPLE[subtype] > max_bytes:
+        raise AudioError(f"Refusing to write '{path}': {array.size * BYTES_PER_SAMPLE[subtype] / 2**20:.0f} MiB "
+                         f"is more than the {max_bytes / 2**20:g} MiB a stem may have.")
     if not path.parent.is_dir():
         raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
     if os.path.lexists(path):
         raise AudioError(f"'{path}' already exists and will not be overwritten. Choose another name.")
+    sweep_stale_parts(path.parent)
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
     frames = np.ascontiguousarray(array.T, dtype=np.float32)
@@ -124,9 +192,11 @@ def write_wav_atomic(
 
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder
     # never picks up an unfinished file.
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    temp_path = Path(temp_name)
+    temp_path = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.part"
+    with _LOCK:
+        _WRITING.add(temp_path.name)
     try:
+        handle = os.open(temp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(handle, "wb") as temp_file:
             soundfile.write(temp_file, frames, int(sample_rate), subtype=subtype, format="WAV")
             temp_file.flush()
@@ -144,7 +214,52 @@ def write_wav_atomic(
         # it is already gone, after a failure it is the only copy of a useless half file.
         if temp_path.exists():
             temp_path.unlink()
+        with _LOCK:
+            _WRITING.discard(temp_path.name)
     return path
+
+
+# --- what killed writers leave ----------------------------------------------------------------
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
+_PART_NAME = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
+_WRITING: set[str] = set()  # temp names this process is writing now
+_LOCK = threading.Lock()
+
+
+def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
+    """Remove the temp files of writers on this machine that no longer run (a killed engine,
+    whatever its process id was). Returns the names removed; never raises."""
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".part")]
+    except OSError:
+        return removed
+    for name in entries:
+        match = _PART_NAME.fullmatch(name)
+        if match is None or match["host"] != _HOST or not _writer_is_gone(int(match["pid"]), name):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _writer_is_gone(pid: int, name: str) -> bool:
+    if pid == os.getpid():
+        with _LOCK:
+            return name not in _WRITING  # an earlier process that had our id
+    if os.name != "posix":
+        return False  # no safe way to ask; leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, someone else's
+    return False
 
 
 def sanitize_stem_name(name_hint: str | None) -> str:
@@ -183,3 +298,17 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
         if not os.path.lexists(candidate):
             return candidate
         number += 1
+
+
+def write_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: np.ndarray, sample_rate: int,
+                  subtype: str = "PCM_24", max_bytes: int | None = None) -> Path:
+    """Write a new take under the first free `<name>_NNN.wav` (unique_path + write_wav_atomic);
+    a writer that takes the name first only moves this one on to the next number."""
+    for _ in range(100):
+        path = unique_path(directory, name_hint)
+        try:
+            return write_wav_atomic(path, samples, sample_rate, subtype, max_bytes)
+        except AudioError:
+            if not os.path.lexists(path):
+                raise
+    raise AudioError(f"Could not find a free name for '{name_hint}' in '{directory}': other writers took 100 in a row.")

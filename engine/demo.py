@@ -52,7 +52,9 @@ def demo_captions(scene, tracks: int) -> list[str]:
 
 
 def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: int = 3, steps: int = 25,
-             on_step: Callable[[int, int], None] | None = None) -> DemoResult:
+             on_step: Callable[[int, int], None] | None = None,
+             feature_cache: FeatureCache | None = None) -> DemoResult:
+    """`feature_cache` None: one in memory for this run."""
     t_start = time.perf_counter()
     scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
     folder = new_run_folder(Path(out_dir))
@@ -61,7 +63,8 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
                               lambda p: encode_mp4(p, scene.frames, scene.fps, None, scene.sample_rate))
     result.files.append(video)
 
-    session = StepSession(model, Region(video, 0.0, scene.duration), FeatureCache())
+    session = StepSession(model, Region(video, 0.0, scene.duration),
+                          feature_cache if feature_cache is not None else FeatureCache())
     captions = demo_captions(scene, tracks)
     total = steps * len(captions) * len(session.windows)
     timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0, "finishing": 0.0}

@@ -126,6 +126,29 @@ def default_threads() -> int:
     configured = os.environ.get("OMP_NUM_THREADS", "").strip()
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
+    return usable_cores()
+
+
+def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def share_cpu(threads: int | None = None, nice: int = 0) -> dict:
+    """Run beside a DAW: torch computes with `threads` threads (None: every usable core but one,
+    at least one, so the DAW's audio thread always finds a free core) and the process drops
+    `nice` steps below its current priority (POSIX; ignored elsewhere). Returns what now holds:
+    {"threads", "nice" (the process's niceness, None where unknown), "cores"}."""
+    cores = usable_cores()
+    threads = max(1, cores - 1) if threads is None else threads
+    if threads < 1:
+        raise InvalidInputError(f"The thread count must be 1 or more, got {threads}.")
+    torch.set_num_threads(threads)
+    niceness = None
+    if hasattr(os, "nice"):
+        try:
+            niceness = os.nice(max(0, nice))
+        except OSError:
+            niceness = os.nice(0)
+    return {"threads": threads, "nice": niceness, "cores": cores}

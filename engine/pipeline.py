@@ -41,16 +41,6 @@ class Region:
     def duration(self) -> float:
         return self.end - self.start
 
-    def key(self) -> tuple:
-        """Identity of the region for feature caching: file identity plus times."""
-        p = Path(self.video).resolve()
-        try:
-            st = p.stat()
-            ident = (str(p), st.st_size, st.st_mtime_ns)
-        except OSError:
-            ident = (str(p), None, None)
-        return ident + (round(self.start, 6), round(self.end, 6))
-
 
 class AudioCodec(Protocol):
     sample_rate: int

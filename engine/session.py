@@ -312,8 +312,8 @@ class StepSession:
             if self.feature_cache is None:
                 features = compute()
             else:
-                key = Region(self.region.video, start, end).key() + (encoder.encoder_id,)
-                features = self.feature_cache.get_or_compute(key, compute)
+                features = self.feature_cache.get_or_compute_region(
+                    self.region.video, start, end, encoder.encoder_id, compute)
             done_before += units
             report("features", done_before, total)
             out.append(tuple(f.to(self.model.device) for f in features))

@@ -229,6 +229,22 @@ def _check_region(path: Path, start_s: float, end_s: float, duration: float) -> 
             f"({duration:.1f} s). Shorten the time selection or use a longer video.")
 
 
+def _no_picture(path: Path) -> VideoError:
+    return VideoError(f"{path.name} has no picture (it is an audio-only file). Pick the video item, not an audio file.")
+
+
+def check_video_region(path: str | Path, start_s: float, end_s: float) -> VideoInfo:
+    """What read_regions checks before decoding (a readable video with a picture that covers
+    [start_s, end_s)), without decoding the region: for checking a command line before any
+    model loads. Raises VideoError."""
+    path = Path(path)
+    info = probe(path)
+    if not info.has_video:
+        raise _no_picture(path)
+    _check_region(path, start_s, end_s, info.duration)
+    return info
+
+
 def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
     n = region_frame_count(start_s, end_s, fps)
     return start_s + np.arange(n, dtype=np.float64) / fps
@@ -317,9 +333,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
 
     with _open(path) as container:
         if not container.streams.video:
-            raise VideoError(
-                f"{path.name} has no picture (it is an audio-only file). "
-                "Pick the video item, not an audio file.")
+            raise _no_picture(path)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream))

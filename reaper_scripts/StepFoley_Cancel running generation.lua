@@ -1,4 +1,5 @@
 -- @noindex
+-- @description StepFoley: Cancel running generation
 --[[
 Cancel running generation: asks every StepFoley generation started from this REAPER to stop
 (creates STATUS.json.cancel next to each job's status file; the client cancels the job in

@@ -1,27 +1,44 @@
--- @description StepFoley: step-by-step Foley from picture (MMAudio + Negative Audio Guidance)
+-- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.1.0
--- @changelog First release.
+-- @version 0.3.0
+-- @changelog
+--   New actions: Replace this layer negating all the others; Make selected item sound like this; Toggle selected tracks as negatives; Verify setup.
+--   Negatives are StepFoley's layers (a per-track toggle includes or excludes any track), or the selected items and razor areas, or none; selecting a track no longer replaces them.
+--   The dialog shows the engine's model defaults and methods and sends only what you type; it remembers your captions and values; a ReaImGui window where ReaImGui is installed. Regenerate opens it with the item's parameters.
+--   The client is found in the usual install places (~/stepfoley-venv, pip --user, Homebrew, python.org), never the Microsoft Store alias; when it cannot start, its own error is shown before anything is bounced.
+--   Engine status and every engine check run in the background (no freeze).
+--   Regenerated takes stay aligned with the picture; the seed is a take marker; variations go to fixed lanes in REAPER 7.
+--   Stems go to <project folder>/StepFoley; job folders are deleted after success and after 7 days.
+--   The Python action is removed (the Lua actions do everything it did).
 -- @provides
 --   [nomain] StepFoley_lib.lua
---   [main] StepFoley_Regenerate selected Foley item.lua
+--   [nomain] StepFoley_lib_engine.lua
+--   [nomain] StepFoley_lib_project.lua
+--   [nomain] StepFoley_lib_bounce.lua
+--   [nomain] StepFoley_lib_dialog.lua
+--   [nomain] StepFoley_lib_results.lua
 --   [main] StepFoley_Generate variations as takes.lua
+--   [main] StepFoley_Regenerate selected Foley item.lua
+--   [main] StepFoley_Replace this layer, negating all the others.lua
+--   [main] StepFoley_Make selected item sound like this.lua
+--   [main] StepFoley_Toggle selected tracks as negatives.lua
 --   [main] StepFoley_Cancel running generation.lua
 --   [main] StepFoley_Engine status.lua
+--   [main] StepFoley_Verify setup.lua
 --   [main] StepFoley_Settings.lua
---   [main] StepFoley_Generate Foley track for time selection (Python).py
 -- @about
 --   # StepFoley
 --   Generates Foley for the picture under the time selection, one track at a time: each new
---   track is generated knowing the tracks already there (Negative Audio Guidance), so it adds
+--   track is generated knowing the layers already there (Negative Audio Guidance), so it adds
 --   what is missing instead of repeating it.
 --
---   Needs the StepFoley engine (`stepfoley serve`) running on this computer. See
---   docs/reaper.md in the StepFoley repository for installation and first run.
+--   Needs the StepFoley engine (`stepfoley serve`) running on this computer. Run "StepFoley:
+--   Verify setup" first. See docs/reaper.md in the StepFoley repository for installation.
 --[[
 Generate Foley track for time selection: reads the time selection and the video under it,
-bounces the Foley tracks already there, asks the engine for a new stem and puts it on a new
-track named after the caption, exactly over the region. One undo point.
+asks for the caption (and, if you like, method and guidance values), bounces the layers to
+negate, asks the engine for a new stem and puts it on a new track named after the caption,
+exactly over the region. One undo point.
 ]]
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
@@ -31,26 +48,10 @@ local function main()
   local proj = reaper.EnumProjects(-1, "")
   local t0, t1 = SF.require_time_selection(proj)
   if not t0 then return end
-  local settings = SF.load_settings()
-  local params = SF.ask_params("StepFoley: generate Foley track", settings, {}, false)
-  if params == nil then return end -- dialog cancelled
-  local jobs, region = SF.prepare_jobs(proj, settings, { t0 = t0, t1 = t1, params = params, seeds = { params.seed } })
-  if not jobs then SF.alert(region) return end
-  if params.method ~= "independent" and jobs[1].request.existing_mix == nil then
-    SF.log("no Foley tracks in the region yet: this first track is generated from picture and caption only.")
-  end
-  SF.run_jobs(settings, jobs, "StepFoley: " .. params.caption, function(results)
-    local done = SF.report(results, "generations")
-    if #done == 0 then return end
-    if not SF.project_is_open(proj) then
-      SF.alert("The project was closed while generating; the stem is at\n" .. done[1].stem_path)
-      return
-    end
-    SF.undoable_edit(proj, "StepFoley: add Foley track \"" .. params.caption .. "\"", function()
-      SF.insert_track(proj, region, { { stem_path = done[1].stem_path,
-        meta = SF.take_metadata(jobs[1].request, done[1]) } })
-    end)
-  end)
+  local dialog = { negatives = true }
+  dialog.values = SF.initial_values(dialog)
+  SF.generate({ proj = proj, t0 = t0, t1 = t1, title = "StepFoley: generate Foley track", dialog = dialog,
+    undo = function(params) return "StepFoley: add Foley track \"" .. params.caption .. "\"" end })
 end
 
 main()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
+import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -30,6 +32,16 @@ MAX_REGION_SECONDS = 600.0
 # Region lengths are differences of DAW floats: 0.9 .. 1.9 is 0.9999999999999999 s.
 REGION_TOLERANCE_S = 1e-6
 MIN_PLAYRATE, MAX_PLAYRATE = 0.01, 100.0
+# The stem (project_end - project_start on the timeline) and the one file a job writes. The
+# byte cap bounds the engine's memory too: post-processing holds several copies of the stem.
+MAX_STEM_SECONDS = 600.0
+MAX_STEM_BYTES = 128 * 2**20
+BYTES_PER_SAMPLE = {"wav24": 3, "wav32f": 4}
+WAV_HEADER_BYTES = 4096  # room for any header soundfile writes (44 bytes for wav24, 80 for wav32f)
+# existing_mix and reference_audio: the file on disk, and the rate it may be read at. Only the
+# region's stretch is read (MAX_STEM_SECONDS at most), downmixed to mono as it is read.
+MAX_INPUT_AUDIO_BYTES = 2**30
+MAX_INPUT_SAMPLE_RATE = 192000
 MAX_STEPS = 200
 MAX_GUIDANCE = 100.0  # alpha, beta
 MAX_WEIGHT = 100.0  # |w1|, |w2|, |w3| of Eq. A6
@@ -39,6 +51,11 @@ FORMATS = ("wav24", "wav32f")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Parameters of the guided velocity a method may read (GuidanceMethod.params in the engine).
 GUIDANCE_PARAMS = ("alpha", "beta", "w1", "w2", "w3")
+
+
+def stem_bytes(seconds: float, sample_rate: int, format: str) -> int:
+    """The size of a stem file: what a job writes."""
+    return math.ceil(seconds * sample_rate) * BYTES_PER_SAMPLE[format] + WAV_HEADER_BYTES
 
 
 class RequestError(ValueError):
@@ -184,6 +201,8 @@ BOUNDS = {
     "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
     "region_seconds": [MIN_REGION_SECONDS, MAX_REGION_SECONDS], "playrate": [MIN_PLAYRATE, MAX_PLAYRATE],
     "sample_rates": list(SAMPLE_RATES), "formats": list(FORMATS),
+    "stem_seconds": MAX_STEM_SECONDS, "stem_bytes": MAX_STEM_BYTES,
+    "input_audio_bytes": MAX_INPUT_AUDIO_BYTES, "input_sample_rate": MAX_INPUT_SAMPLE_RATE,
 }
 
 
@@ -202,6 +221,24 @@ def _range(low, high) -> str:
     return f"{low:g}-{high:g}"
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def _stem_capacity() -> str:
+    """What MAX_STEM_BYTES allows, in words: the highest rate at which a stem of MAX_STEM_SECONDS
+    fits in either format, and how long a stem may be at the highest rate."""
+    fits = max(r for r in SAMPLE_RATES if all(stem_bytes(MAX_STEM_SECONDS, r, f) <= MAX_STEM_BYTES for f in FORMATS))
+    top = SAMPLE_RATES[-1]
+    longest = ", ".join(f"{(MAX_STEM_BYTES - WAV_HEADER_BYTES) // (top * BYTES_PER_SAMPLE[f])} s in {f}"
+                        for f in FORMATS)
+    return f"{MAX_STEM_SECONDS:g} s fits at up to {fits} Hz; at {top} Hz, {longest}"
+
+
+_INPUT_AUDIO_RULE = (f"only read, and only the region's stretch; at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and "
+                     f"{MAX_INPUT_SAMPLE_RATE} Hz")
+
+
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("protocol", "int", str(PROTOCOL_VERSION), f"must be {PROTOCOL_VERSION}"),
     FieldSpec("region.video", "string", "required", "absolute path of the picture file (only read)"),
@@ -212,7 +249,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("region.playrate", "number", "1.0", f"{_range(MIN_PLAYRATE, MAX_PLAYRATE)}; the item's playback rate"),
     FieldSpec("region.project_start", "number (s)", "0.0", "project time where the stem is placed, ≥ 0"),
     FieldSpec("region.project_end", "number (s)", "`project_start + (file_out - file_in) / playrate`",
-              "> `project_start`; the stem lasts `project_end - project_start` (the picture is varispeeded to it)"),
+              "> `project_start`; the stem lasts `project_end - project_start` (the picture is varispeeded to it), "
+              f"at most {MAX_STEM_SECONDS:g} s"),
     FieldSpec("caption", "string", "required", f"the sound to make; not blank, ≤ {MAX_CAPTION_CHARS} characters"),
     FieldSpec("method", "string", "the model's", "a guidance method the engine lists in `capabilities.methods`"),
     FieldSpec("alpha", "number", "the model's", f"{_range(0, MAX_GUIDANCE)}, the CFG scale (α of Eq. 9)"),
@@ -230,15 +268,17 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"at most {MAX_PREVIOUS_CAPTIONS}, each ≤ {MAX_CAPTION_CHARS} characters: the captions of the "
               "tracks in `existing_mix`"),
     FieldSpec("existing_mix", "string or null", "null",
-              "absolute path of a WAV of the tracks already on the timeline over the region (any rate and "
-              "channel count; only read). Null for the first track: plain CFG"),
+              "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
+              f"`project_start` (any rate and channel count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG"),
     FieldSpec("reference_audio", "string or null", "null",
               "absolute path of a WAV to sound like (any rate, channels and length; looped or trimmed to the "
-              "region; only read); required by the methods whose `audio` is `reference`, refused by the others"),
+              f"region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, refused by the others"),
     FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),
     FieldSpec("sample_rate", "int", "48000",
               "the project's rate: one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
-    FieldSpec("format", "string", "`wav24`", "`wav24` (24-bit PCM) or `wav32f` (32-bit float)"),
+    FieldSpec("format", "string", "`wav24`",
+              f"`wav24` (24-bit PCM) or `wav32f` (32-bit float); the stem file is at most {_mib(MAX_STEM_BYTES)} "
+              f"({_stem_capacity()})"),
     FieldSpec("name_hint", "string", '`""` (= caption)',
               f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
 )
@@ -315,8 +355,17 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         format=_choice(data.get("format", "wav24"), "format", FORMATS, "the stem's file format"),
         name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
     )
+    size = stem_bytes(request.region.project_duration, request.sample_rate, request.format)
+    if size > MAX_STEM_BYTES:
+        _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
+                 f"{request.sample_rate} Hz in {request.format}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
+                 "Choose a lower sample_rate, wav24, or a shorter region.")
     if check_paths:
         _check_output_dir(request.output_dir)
+        _check_input_file(request.region.video, "region.video")
+        for name in ("existing_mix", "reference_audio"):
+            if getattr(request, name) is not None:
+                _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES)
     return request
 
 
@@ -358,6 +407,10 @@ def _region(region: Any) -> VideoRegion:
         end = _number(region["project_end"], "region.project_end", 0.0, math.inf)
         if end <= start:
             _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+    if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
+        _invalid(f"The stem would last {end - start:.1f} s on the timeline ({length:.2f} s of picture at playrate "
+                 f"{playrate:g}); at most {MAX_STEM_SECONDS:g} s can be made at once. "
+                 "Select a shorter range and make the rest in a second pass.")
     return VideoRegion(video, file_in, file_out, playrate, start, end)
 
 
@@ -367,6 +420,21 @@ def _check_output_dir(folder: str) -> None:
                  "Create it (or save the project) first.")
     if not os.access(folder, os.W_OK | os.X_OK):
         _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
+
+
+def _check_input_file(path: str, name: str, max_bytes: int | None = None) -> None:
+    # A missing file is the job's error (bad_video, bad_audio), as when it vanishes later; a
+    # pipe or a device would block or never end, and a giant file is refused before any work.
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        _invalid(f"{name} '{printable(path)}' is not a regular file (a folder, a pipe or a device); "
+                 "point it to a file.")
+    if max_bytes is not None and info.st_size > max_bytes:
+        _invalid(f"{name} '{printable(path)}' is {info.st_size / 2**20:.0f} MiB; at most {_mib(max_bytes)} is read. "
+                 "Bounce only the region, or at a lower rate or with fewer channels.")
 
 
 # --- field checks --------------------------------------------------------------------------------
@@ -383,9 +451,13 @@ def printable(text: str, limit: int = 200) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 2, 60, 60
+
+
 def _show(value: Any) -> str:
-    """A value of any type quoted for a message."""
-    return printable(repr(value), 80)
+    """A value of any type (nested however deep) quoted for a message."""
+    return printable(_SHORT_REPR.repr(value), 80)
 
 
 def _reject_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
@@ -431,9 +503,20 @@ def _choice(value: Any, name: str, choices: tuple, what: str):
     return value
 
 
+def _unicode(value: str, name: str) -> str:
+    # JSON can spell a lone UTF-16 surrogate (\\ud800); no reply or file name can carry one.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        _invalid(f"{name} '{printable(value)}' holds a lone UTF-16 surrogate, which is not text; "
+                 "send it as UTF-8.")
+    return value
+
+
 def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
     if not isinstance(value, str):
         _invalid(f"{name} must be a string, got {type(value).__name__}.")
+    _unicode(value, name)
     if not blank_ok and not value.strip():
         _invalid(f"{name} is empty; describe the sound to generate.")
     if len(value) > max_chars:
@@ -450,6 +533,7 @@ def _method_name(value: Any, name: str) -> str:
 def _path(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value or "\x00" in value or len(value) > MAX_PATH_CHARS:
         _invalid(f"{name} must be a file path (a non-empty string of at most {MAX_PATH_CHARS} characters).")
+    _unicode(value, name)
     # The engine's working directory has nothing to do with the DAW's, so relative paths
     # would silently point somewhere else.
     if not os.path.isabs(value):

@@ -1,5 +1,7 @@
 import errno
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,3 +207,57 @@ def test_unique_path_needs_an_existing_folder(tmp_path):
         unique_path(tmp_path / "missing", "rain")
     with pytest.raises(InvalidInputError, match="extension"):
         unique_path(tmp_path, "rain", ext="/../x")
+
+
+def test_a_new_file_gets_the_users_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        written = write_wav_atomic(tmp_path / "take.wav", noise(1, 10), 8000)
+    finally:
+        os.umask(old)
+    assert os.stat(written).st_mode & 0o777 == 0o644
+
+
+def test_read_audio_reads_only_what_is_asked_and_downmixes_as_it_goes(tmp_path, monkeypatch):
+    samples = noise(4, 8000 * 10)
+    soundfile.write(str(tmp_path / "long.wav"), samples.T, 8000, subtype="FLOAT")
+    monkeypatch.setattr(audio_io, "READ_BLOCK_SAMPLES", 4 * 1000)  # several blocks
+    back, rate = read_audio(tmp_path / "long.wav", max_seconds=2.5, mono=True)
+    assert rate == 8000 and back.shape == (1, 20000)
+    np.testing.assert_allclose(back[0], samples[:, :20000].mean(axis=0), atol=1e-6)
+    assert read_audio(tmp_path / "long.wav", max_seconds=60)[0].shape == (4, 80000)  # a shorter file: all of it
+
+
+def test_read_audio_refuses_big_files_and_high_rates_before_reading(tmp_path):
+    soundfile.write(str(tmp_path / "hi.wav"), noise(1, 600_000).T, 384000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="384000 Hz; at most 192000 Hz"):
+        read_audio(tmp_path / "hi.wav", max_rate=192000)
+    with pytest.raises(AudioError, match="is 2 MiB; at most 1 MiB"):
+        read_audio(tmp_path / "hi.wav", max_bytes=2**20)
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(AudioError, match="not a regular file"):
+        read_audio(tmp_path / "pipe.wav")
+
+
+def test_write_refuses_more_than_max_bytes(tmp_path):
+    with pytest.raises(AudioError, match="more than the"):
+        write_wav_atomic(tmp_path / "big.wav", noise(2, 1000), 8000, subtype="FLOAT", max_bytes=7999)
+    assert os.listdir(tmp_path) == []
+
+
+def test_sweep_removes_only_the_temp_files_of_writers_that_are_gone(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = audio_io._HOST
+    names = {
+        "gone": f".take_001.wav.{host}-{dead.pid}-0123abcd.part",
+        "alive": f".take_002.wav.{host}-{os.getppid()}-0123abcd.part",  # a live process of this machine
+        "other machine": f".take_003.wav.{'0' * 8 if host != '0' * 8 else '1' * 8}-{dead.pid}-0123abcd.part",
+        "not ours": ".take_004.wav.abc.part",
+        "a user's file": "take_005.wav",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert audio_io.sweep_stale_parts(tmp_path) == [names["gone"]]
+    write_wav_atomic(tmp_path / "take_006.wav", noise(1, 10), 8000)  # a write sweeps too, and keeps the rest
+    assert sorted(os.listdir(tmp_path)) == sorted([*list(names.values())[1:], "take_006.wav"])

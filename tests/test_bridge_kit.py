@@ -1,6 +1,6 @@
 """Shared parts of the bridge tests: a small runner that obeys the FoleyService contract and
-does real work (reads the mix, writes a real WAV atomically, reports each step, honors
-cancel), and fixtures for a real server on an ephemeral 127.0.0.1 port."""
+does real work (checks the mix, writes a real WAV with the engine's writer, reports each step,
+honors cancel), and fixtures for a real server on an ephemeral 127.0.0.1 port."""
 
 from __future__ import annotations
 
@@ -17,19 +17,20 @@ import soundfile as sf
 from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.client import EngineClient
 from stepfoley.bridge.server import EngineServer, ServerConfig
+from stepfoley.engine import audio_io, output_folders
 from stepfoley.engine.errors import AudioError, GenerationCancelled, VideoError
-from stepfoley.request import parse_request
+from stepfoley.request import MAX_STEM_BYTES, parse_request
 
 SUBTYPES = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 DEFAULT_STEPS = 25
 
 
 class SineRunner:
-    """A stand-in model: a sine whose pitch depends on the seed, `step_s` seconds per step."""
+    """A stand-in model: a sine whose pitch depends on the seed, `step_s` seconds per step. It
+    writes its stem the way FoleyService does (the engine's own writer, the folder remembered)."""
 
-    def __init__(self, step_s: float = 0.0, model: str = "test-sine", write_s: float = 0.0):
+    def __init__(self, step_s: float = 0.0, model: str = "test-sine"):
         self.step_s = step_s
-        self.write_s = write_s  # stretch the file write over this long (to kill the engine mid-write)
         self.model = model
         self.started: list[str] = []  # captions in the order jobs started
         self.lock = threading.Lock()
@@ -54,39 +55,16 @@ class SineRunner:
             on_progress("sampling", step, total)
         sr = request.sample_rate
         t = np.arange(int(round(region.project_duration * sr))) / sr
-        wave = 0.25 * np.sin(2 * np.pi * (220 + request.seed % 500) * t)
-        path = write_new_wav(request.output_dir, request.name_hint or request.caption, wave, sr,
-                             SUBTYPES[request.format], self.write_s)
+        wave = (0.25 * np.sin(2 * np.pi * (220 + request.seed % 500) * t)).astype(np.float32)
+        output_folders.remember(request.output_dir)
+        path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, wave, sr,
+                                      SUBTYPES[request.format], max_bytes=MAX_STEM_BYTES)
         metadata = {
             "sample_rate": sr, "duration": len(t) / sr, "lufs": None, "caption": request.caption,
             "seed": request.seed, "alpha": request.alpha, "beta": request.beta,
             "method": request.method, "model": self.model,
         }
-        return {"stem_path": path, "metadata": metadata}
-
-
-def write_new_wav(folder: str, hint: str, wave: np.ndarray, sr: int, subtype: str, write_s: float = 0.0) -> str:
-    """Write to a hidden temp name (engine/audio_io.py's convention: not ending in .wav),
-    then hard-link it to the first free name, which never overwrites anything."""
-    stem = "".join(c if c.isalnum() else "_" for c in hint)[:40] or "stem"
-    tmp = os.path.join(folder, f".{stem}.wav.{os.getpid()}.{threading.get_ident()}.part")
-    chunks = np.array_split(wave, 10)
-    with sf.SoundFile(tmp, "w", samplerate=sr, channels=1, subtype=subtype, format="WAV") as f:
-        for chunk in chunks:
-            f.write(chunk)
-            f.flush()
-            time.sleep(write_s / len(chunks))
-    try:
-        for n in range(1, 100000):
-            path = os.path.join(folder, f"{stem}_{n:03d}.wav")
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                continue
-        raise AudioError(f"No free file name for '{stem}' in {folder}.")
-    finally:
-        os.unlink(tmp)
+        return {"stem_path": str(path), "metadata": metadata}
 
 
 def make_request(tmp_path, caption="footsteps on gravel", **changes) -> dict:

@@ -1,5 +1,6 @@
 """The engine as a real process: SIGTERM and Ctrl-C shut it down cleanly, and a killed engine
-leaves no stem (nothing under a .wav name) behind, even when killed mid-write."""
+leaves no stem (nothing under a .wav name) behind, even when killed mid-write; its temp file
+goes with the next engine's start or the next write into that folder."""
 
 import os
 import signal
@@ -17,12 +18,18 @@ from test_bridge_kit import RawPeer, make_request
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-# The same serve loop as `stepfoley serve` (serve_until_signalled), with the sine runner.
+# The same start-up sweep and serve loop as `stepfoley serve` (output_folders.sweep,
+# serve_until_signalled), with the sine runner; write_s holds each write with its temp file open.
 ENGINE = """
-import sys
+import sys, time
 from stepfoley.bridge.server import EngineServer, ServerConfig, serve_until_signalled
+from stepfoley.engine import audio_io, output_folders
 from test_bridge_kit import SineRunner
-server = EngineServer(SineRunner(step_s=float(sys.argv[1]), write_s=float(sys.argv[2])), ServerConfig(port=0))
+write, write_s = audio_io.soundfile.write, float(sys.argv[2])
+audio_io.soundfile.write = lambda *a, **k: (time.sleep(write_s), write(*a, **k))
+for path in output_folders.sweep():
+    print("swept", path, file=sys.stderr, flush=True)
+server = EngineServer(SineRunner(step_s=float(sys.argv[1])), ServerConfig(port=0))
 print(server.address[1], flush=True)
 serve_until_signalled(server)
 print("clean exit", flush=True)
@@ -62,27 +69,64 @@ def test_a_signal_stops_the_engine_cleanly(tmp_path, signum):
             proc.wait()
 
 
-def test_a_killed_engine_leaves_no_stem_and_its_client_is_told(tmp_path):
+def kill_mid_write(tmp_path, caption="footsteps on gravel") -> tuple[list[str], dict, float]:
+    """Kill an engine while it writes a stem: what is left in the folder, what its client heard,
+    and how long after the kill it heard it."""
     proc, port = start_engine(step_s=0.0, write_s=5.0)
     client = EngineClient(port=port)
     out_dir = tmp_path / "out"
     try:
-        job = client.submit(make_request(tmp_path))
+        job = client.submit(make_request(tmp_path, caption=caption))
         deadline = time.monotonic() + 5
         while not any(n.endswith(".part") for n in os.listdir(out_dir)) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert any(n.endswith(".part") for n in os.listdir(out_dir)), "the write should be under way"
         proc.kill()
         proc.wait(5)
-        leftovers = os.listdir(out_dir)
-        assert [n for n in leftovers if n.endswith(".wav")] == []
-        assert all(n.startswith(".") for n in leftovers), "only a hidden temp file may remain"
-        started = time.monotonic()
-        status = job.wait()
-        assert (status["exit_code"], status["error"]["code"]) == (EXIT_NOT_RUNNING, "engine_not_running")
-        assert time.monotonic() - started < 3.0
+        leftovers, killed = os.listdir(out_dir), time.monotonic()
+        return leftovers, job.wait(), time.monotonic() - killed
     finally:
         client.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_killed_engine_leaves_no_stem_and_its_client_is_told(tmp_path):
+    leftovers, status, told_after_s = kill_mid_write(tmp_path)
+    assert [n for n in leftovers if n.endswith(".wav")] == []
+    assert all(n.startswith(".") for n in leftovers), "only a hidden temp file may remain"
+    assert (status["exit_code"], status["error"]["code"]) == (EXIT_NOT_RUNNING, "engine_not_running")
+    assert told_after_s < 3.0
+
+
+def test_the_next_engine_removes_what_a_killed_one_left(tmp_path):
+    """Finding 12: the temp file of a SIGKILLed engine goes at the next engine's start (it
+    remembers the folders it wrote to) and, failing that, at the next write into the folder."""
+    leftovers, _, _ = kill_mid_write(tmp_path)
+    assert len(leftovers) == 1 and leftovers[0].endswith(".part")
+    proc, port = start_engine(step_s=0.0)
+    try:
+        peer = RawPeer(port)
+        peer.send(protocol.PING, peer.port, "up", "")
+        assert peer.receive()[0] == protocol.PONG
+        peer.close()
+        assert os.listdir(tmp_path / "out") == [], "swept at start-up"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=5)
+
+    leftovers, _, _ = kill_mid_write(tmp_path, caption="second")
+    assert len(leftovers) == 1
+    (Path(os.environ["STEPFOLEY_STATE_DIR"]) / "output-folders.json").unlink()  # forgotten: only the write sweeps
+    proc, port = start_engine(step_s=0.0)
+    client = EngineClient(port=port)
+    try:
+        assert os.listdir(tmp_path / "out") == leftovers
+        status = client.submit(make_request(tmp_path, caption="third")).wait()
+        assert status["state"] == "done"
+        assert os.listdir(tmp_path / "out") == [os.path.basename(status["stem_path"])]
+    finally:
+        client.close()
+        proc.terminate()
+        proc.communicate(timeout=5)

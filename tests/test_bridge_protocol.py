@@ -55,3 +55,48 @@ def test_a_bundle_of_valid_messages_decodes_to_each_message():
     ping = osc.encode(protocol.PING, 9000, "r", "")
     bundle = b"#bundle\x00" + bytes(8) + (len(ping).to_bytes(4, "big") + ping) * 2
     assert osc.decode(bundle) == [(protocol.PING, [9000, "r", ""])] * 2
+
+
+def test_fit_json_cuts_long_strings_and_lists_and_says_so():
+    small = {"caption": "rain", "n": 1}
+    assert protocol.fit_json(small, 100) == json.dumps(small)
+    big = {"caption": "雨" * 1000, "captions": ["雷" * 100] * 500, "seed": 7}
+    text = protocol.fit_json(big, 4096)
+    cut = json.loads(text)
+    assert len(text) <= 4096 and cut["truncated"] is True and cut["seed"] == 7
+    assert cut["caption"].startswith("雨") and cut["caption"].endswith("…")
+    assert json.loads(protocol.fit_json({"x" * 5000: 1}, 100)) == {"truncated": True}
+    assert protocol.fit_json({"bad": "\ud800"}, 100).isascii()
+
+
+def test_encode_escapes_what_utf8_cannot_carry():
+    data = osc.encode(protocol.ERROR, "r", "", "bad_audio", "file '/tmp/\ud800.wav'")
+    assert osc.decode(data)[0][1][3] == "file '/tmp/\\ud800.wav'"
+
+
+def test_token_sources_in_order(tmp_path, monkeypatch):
+    from stepfoley.bridge.auth import TokenError, read_token_file, resolve_token
+
+    for name in ("STEPFOLEY_TOKEN", "STEPFOLEY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert resolve_token() == ""  # no token anywhere
+    path = tmp_path / "stepfoley" / "token"
+    path.parent.mkdir()
+    path.write_text("from-file\n")
+    path.chmod(0o640)
+    with pytest.raises(TokenError, match="chmod 600"):
+        resolve_token()
+    path.chmod(0o600)
+    assert resolve_token() == "from-file"
+    monkeypatch.setenv("STEPFOLEY_TOKEN", "from-env")
+    assert resolve_token() == "from-env" and resolve_token("explicit") == "explicit"
+    other = tmp_path / "other"
+    other.write_text("\n")
+    other.chmod(0o600)
+    with pytest.raises(TokenError, match="first line"):
+        read_token_file(other)
+    monkeypatch.delenv("STEPFOLEY_TOKEN")
+    monkeypatch.setenv("STEPFOLEY_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(TokenError, match="Cannot read"):
+        resolve_token()

@@ -220,12 +220,17 @@ def test_an_oversized_datagram_is_refused_with_an_error(peer, tmp_path):
 
 
 def test_token_is_required_when_set(tmp_path):
+    """Finding 9: without the token a datagram gets no reply at all, whatever it holds."""
     with EngineServer(SineRunner(), ServerConfig(port=0, token="s3cret")).start() as srv:
         p = RawPeer(srv.address[1])
-        p.send(protocol.PING, p.port, "no", "")
-        assert p.receive()[1][2] == "unauthorized"
-        p.send(protocol.PING, p.port, "wrong", "s3creT")
-        assert p.receive()[1][2] == "unauthorized"
+        for message in ((protocol.PING, p.port, "no", ""), (protocol.PING, p.port, "wrong", "s3creT"),
+                        ("/stepfoley/nope", p.port, "x", ""), (protocol.PING, p.port, "x"),
+                        (protocol.STATUS, p.port, "bad id!", "")):
+            p.send(*message)
+        p.send(protocol.PING, p.port, "ok", "s3cret")
+        assert p.receive() == (protocol.PONG, ["ok", 1, "unknown", "unknown"])  # the first reply of all
+        p.send("/stepfoley/nope", p.port, "x", "s3cret")
+        assert p.receive()[1][2] == "unknown_address"  # with the token, errors are answered
         p.send(protocol.PING, p.port, "ok", "s3cret")
         assert p.receive()[0] == protocol.PONG
         p.close()

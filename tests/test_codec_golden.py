@@ -154,7 +154,39 @@ def test_bigvgan_full_size_preset_has_manifest_layout(golden):
     assert BigVGANConfig.from_dict(manifest["config"]) == BigVGANConfig.preset("mmaudio_16k")
 
 
-# --- BigVGAN-v2 folder (no reference fixture: a small checkpoint in the official layout) --
+# --- BigVGAN-v2 44.1 kHz (README "BigVGAN-v2, 44.1 kHz": bigvgan2_44k.safetensors) -------
+
+
+def test_bigvgan_v2_folder_matches_bigvgan2_44k_fixture(golden, tmp_path):
+    # The fixture's weights and config as nvidia/bigvgan_v2_44khz_128band_512x ships them:
+    # config.json and bigvgan_generator.pt["generator"], loaded by the engine's folder loader.
+    path = golden / "bigvgan2_44k.safetensors"
+    g, cfg, tol = fixture(path)
+    assert not g["intermediates"], "the fixture now holds intermediates: check them too"
+    folder = tmp_path / "bigvgan_v2_44khz_128band_512x"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    torch.save({"generator": g["weights"]}, folder / "bigvgan_generator.pt")
+    model = load_bigvgan_v2(folder, read_state_dict)
+    assert model.config == BigVGANConfig.from_dict({**V2_SMALL_CONFIG, "upsample_initial_channel": 64})
+    wave, taps = run_with_taps(model, g["inputs"]["mel"])
+    assert_close(wave, g["outputs"]["waveform"], tol, f"{path.name} waveform")
+    # No tanh: inside (-1, 1) the output is conv_post's own value (the fixture keeps it there).
+    assert taps["conv_post_out_pre_tanh"].abs().max() < 1
+    torch.testing.assert_close(wave, taps["conv_post_out_pre_tanh"], atol=0, rtol=0)
+    # The legacy weight_g/weight_v names of the same weights give the same audio.
+    with torch.no_grad():
+        legacy = load_generator(legacy_layout(g["weights"]), model.config)(g["inputs"]["mel"])
+    torch.testing.assert_close(legacy, wave, atol=0, rtol=0)
+    # The anti-alias filters a model computes from its config are the stored ones.
+    fresh = BigVGAN(model.config).state_dict()
+    filters = [k for k in g["weights"] if k.endswith("filter")]
+    assert filters
+    for key in filters:
+        torch.testing.assert_close(fresh[key], g["weights"][key], atol=1e-8, rtol=0)
+
+
+# --- BigVGAN-v2 folder round trip (a small checkpoint in the official layout) -------------
 
 V2_SMALL_CONFIG = {
     # nvidia/bigvgan_v2_44khz_128band_512x config.json with the width cut from 1536 to 64,

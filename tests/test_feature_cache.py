@@ -1,15 +1,25 @@
-"""FeatureCache through MMAudioVideoEncoder with small real CLIP and Synchformer networks;
-forward calls are counted with hooks on those networks, the cache itself is not mocked."""
+"""engine.features.cache: the session's one feature cache, in memory and on disk.
+
+Features of real (small) CLIP and Synchformer networks through MMAudioVideoEncoder, with their
+forward calls counted by hooks; the cache itself is not mocked. Disk rules (atomic files,
+damaged and foreign files, the size cap, engines sharing a folder) are checked on the files."""
+
+import os
+import sys
+from pathlib import Path
+import time
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from stepfoley.engine.errors import VideoError
-from stepfoley.engine.features.cache import FeatureCache, region_key
+from stepfoley.engine.errors import InvalidInputError, VideoError
+from stepfoley.engine.features.cache import DISK_FORMAT, FeatureCache, open_feature_cache, region_key
 from stepfoley.engine.features.clip import ClipConfig, ClipModel, encode_clip_frames
 from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
 from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual, encode_sync_frames
+from stepfoley.engine.user_dirs import default_feature_cache_dir, user_cache_dir
 from stepfoley.engine.video import expected_frame_counts, read_regions
 from test_video import write_video as write_timed_video
 
@@ -42,8 +52,14 @@ class Counted:
     def _count(self, name):
         self.calls[name] += 1
 
-    def encoder(self, cache, **kw):
-        return MMAudioVideoEncoder(self.clip, self.sync, cache=cache, clip_size=28, **kw)
+    def encoder(self, **kw):
+        return MMAudioVideoEncoder(self.clip, self.sync, clip_size=28, **kw)
+
+
+def features(cache, encoder, video, start, end):
+    """What StepSession._window_features does for one window."""
+    return cache.get_or_compute_region(video, start, end, encoder.encoder_id,
+                                       lambda: encoder.encode_region(video, start, end))
 
 
 @pytest.fixture
@@ -51,21 +67,28 @@ def nets():
     return Counted()
 
 
+def entries(folder):
+    return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and not p.name.startswith("."))
+
+
+# --- in memory ---------------------------------------------------------------------------
+
+
 def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
-    encoder = nets.encoder(FeatureCache())
-    clip_f, sync_f = encoder.encode_region(video, 0.1, 1.1)
+    cache, encoder = FeatureCache(), nets.encoder()
+    clip_f, sync_f = features(cache, encoder, video, 0.1, 1.1)
     counts = expected_frame_counts(1.0)
     assert clip_f.shape == (1, counts.clip_frames, 24)
     assert sync_f.shape == (1, counts.sync_seq_len, 16)
     assert nets.calls == {"clip": 1, "sync": 1}  # one batched forward each
 
-    again = encoder.encode_region(video, 0.1, 1.1)
+    again = features(cache, encoder, video, 0.1 + 1e-9, 1.1)  # float noise of the same selection
     assert nets.calls == {"clip": 1, "sync": 1}
     assert torch.equal(again[0], clip_f) and torch.equal(again[1], sync_f)
-    assert encoder.cache.stats.memory_hits == 1 and encoder.cache.stats.misses == 1
+    assert cache.stats.memory_hits == 1 and cache.stats.misses == 1
 
-    encoder.encode_region(video, 0.2, 1.1)  # another region is computed
+    features(cache, encoder, video, 0.2, 1.1)  # another region is computed
     assert nets.calls == {"clip": 2, "sync": 2}
 
     # the cached features are those of the uncached path
@@ -76,84 +99,303 @@ def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
 
 def test_a_re_exported_file_with_the_same_name_is_recomputed(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4", seed=1)
-    encoder = nets.encoder(FeatureCache())
-    first = encoder.encode_region(video, 0.0, 1.0)
+    cache, encoder = FeatureCache(), nets.encoder()
+    first = features(cache, encoder, video, 0.0, 1.0)
     write_video(tmp_path / "picture.mp4", seconds=1.16, seed=2)
-    second = encoder.encode_region(video, 0.0, 1.0)
+    second = features(cache, encoder, video, 0.0, 1.0)
     assert nets.calls == {"clip": 2, "sync": 2}
     assert not torch.equal(first[0], second[0])
-
-
-def test_disk_cache_survives_a_restart_and_leaves_no_temp_files(tmp_path, nets):
-    video = write_video(tmp_path / "picture.mp4")
-    cache_dir = tmp_path / "features"
-    first = nets.encoder(FeatureCache(cache_dir=cache_dir)).encode_region(video, 0.0, 1.0)
-    files = list(cache_dir.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".safetensors"
-    assert not files[0].name.startswith(".tmp-")
-
-    restarted = nets.encoder(FeatureCache(cache_dir=cache_dir))  # empty memory, same directory
-    again = restarted.encode_region(video, 0.0, 1.0)
-    assert nets.calls == {"clip": 1, "sync": 1} and restarted.cache.stats.disk_hits == 1
-    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
-
-    files[0].write_bytes(b"damaged")  # a broken cache file is recomputed, not trusted
-    fresh = nets.encoder(FeatureCache(cache_dir=cache_dir)).encode_region(video, 0.0, 1.0)
-    assert nets.calls == {"clip": 2, "sync": 2}
-    assert torch.equal(fresh[1], first[1])
 
 
 def test_other_weights_do_not_share_entries(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     cache = FeatureCache()
-    nets.encoder(cache).encode_region(video, 0.0, 1.0)
+    features(cache, nets.encoder(), video, 0.0, 1.0)
     with torch.no_grad():
         nets.sync.norm.weight.mul_(2.0)  # retrained / other checkpoint -> other fingerprint
-    nets.encoder(cache).encode_region(video, 0.0, 1.0)
+    features(cache, nets.encoder(), video, 0.0, 1.0)
     assert nets.calls == {"clip": 2, "sync": 2}
-    nets.encoder(cache, extractor_id="explicit").encode_region(video, 0.0, 1.0)
-    nets.encoder(cache, extractor_id="explicit").encode_region(video, 0.0, 1.0)
+    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 1.0)
+    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 1.0)
     assert nets.calls == {"clip": 3, "sync": 3}
 
 
 def test_memory_is_bounded_least_recently_used_goes_first(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
-    probe_cache = FeatureCache()
-    nets.encoder(probe_cache).encode_region(video, 0.0, 1.0)
-    entry_bytes = probe_cache._bytes
-    cache = FeatureCache(max_bytes=2 * entry_bytes)
-    encoder = nets.encoder(cache)
+    probe = FeatureCache()
+    features(probe, nets.encoder(), video, 0.0, 1.0)
+    cache, encoder = FeatureCache(max_bytes=2 * probe._bytes), nets.encoder()
     for start in (0.0, 0.04, 0.08):  # three regions, room for two
-        encoder.encode_region(video, start, start + 1.0)
+        features(cache, encoder, video, start, start + 1.0)
     assert len(cache) == 2 and cache._bytes <= cache.max_bytes
     before = dict(nets.calls)
-    encoder.encode_region(video, 0.08, 1.08)  # newest: still cached
+    features(cache, encoder, video, 0.08, 1.08)  # newest: still cached
     assert nets.calls == before
-    encoder.encode_region(video, 0.0, 1.0)  # oldest: evicted, computed again
+    features(cache, encoder, video, 0.0, 1.0)  # oldest: evicted, computed again
     assert nets.calls["sync"] == before["sync"] + 1
 
 
 def test_missing_video_is_a_video_error_not_a_cache_error(tmp_path, nets):
     with pytest.raises(VideoError, match="gone.mp4"):
-        nets.encoder(FeatureCache()).encode_region(tmp_path / "gone.mp4", 0.0, 1.0)
+        features(FeatureCache(cache_dir=tmp_path / "disk"), nets.encoder(), tmp_path / "gone.mp4", 0.0, 1.0)
+    assert not (tmp_path / "disk").exists()
 
 
-def test_tuple_keys_and_tuple_results_as_the_session_uses_them(tmp_path):
-    video = write_video(tmp_path / "picture.mp4", seconds=0.4)
+# --- on disk -------------------------------------------------------------------------------
+
+
+def test_disk_cache_survives_a_restart_and_leaves_no_temp_files(tmp_path, nets):
+    video = write_video(tmp_path / "picture.mp4")
+    cache_dir = tmp_path / "features"
+    first = features(FeatureCache(cache_dir=cache_dir), nets.encoder(), video, 0.0, 1.0)
+    assert [p.name for p in cache_dir.iterdir()] == [p.name for p in entries(cache_dir)]  # no temp file
+    assert len(entries(cache_dir)) == 1
+
+    restarted = FeatureCache(cache_dir=cache_dir)  # empty memory, same folder
+    again = features(restarted, nets.encoder(), video, 0.0, 1.0)
+    assert nets.calls == {"clip": 1, "sync": 1} and restarted.stats.disk_hits == 1
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+
+
+def fake_features(value: float):
+    return lambda: (torch.full((1, 64, 8), value), torch.full((1, 192, 4), value))
+
+
+def undecodable():
+    raise VideoError("picture.mp4 cannot be decoded")
+
+
+def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"any file has an identity")
+    folder = tmp_path / "features"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    (path,) = entries(folder)
+    key = region_key(video, 0.0, 1.0, "enc")
+    other = {"format": DISK_FORMAT, "key": repr(region_key(video, 0.0, 2.0, "enc"))}
+    good = path.read_bytes()
+    for content in (b"damaged", b"", good[: len(good) // 2], None, other, {"key": str(key)}):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:  # a well-formed safetensors file that is not this entry
+            save_file({"item0": torch.zeros(1)}, str(path), metadata=content)
+        with pytest.raises(VideoError):  # removed even when the features cannot be computed again
+            FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", undecodable)
+        assert not path.exists()
+        calls = []
+        result = FeatureCache(cache_dir=folder).get_or_compute_region(
+            video, 0.0, 1.0, "enc", lambda: calls.append(1) or fake_features(2.0)())
+        assert calls == [1] and torch.equal(result[0], torch.full((1, 64, 8), 2.0))
+        assert load_file(str(path))["item0"].shape == (1, 64, 8)  # replaced by a good entry
+    # a file of another name is not the cache's: never read, never removed
+    (folder / "notes.txt").write_text("mine")
+    FeatureCache(cache_dir=folder, max_disk_bytes=len(good)).get_or_compute_region(
+        video, 0.0, 3.0, "enc", fake_features(3.0))  # room for one entry: the other one goes
+    assert [p.name for p in entries(folder)] != [path.name] and len(entries(folder)) == 1
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    cache = FeatureCache(cache_dir=folder)
+    for start in (0.0, 1.0):
+        cache.get_or_compute_region(video, start, start + 1, "enc", fake_features(start))
+    a, b = (cache._disk_path(region_key(video, s, s + 1, "enc")) for s in (0.0, 1.0))
+    size = a.stat().st_size
+    os.utime(a, (1_000, 1_000))  # a is older than b ...
+    os.utime(b, (2_000, 2_000))
+    restarted = FeatureCache(cache_dir=folder, max_disk_bytes=int(2.5 * size))
+    restarted.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(9.0))  # ... but read last
+    assert restarted.stats.disk_hits == 1 and a.stat().st_mtime > 2_000
+    restarted.get_or_compute_region(video, 2.0, 3.0, "enc", fake_features(2.0))  # a third: one must go
+    assert a.exists() and not b.exists() and len(entries(folder)) == 2
+    # an entry larger than the whole cap is not written at all
+    FeatureCache(cache_dir=folder, max_disk_bytes=100).get_or_compute_region(video, 5.0, 6.0, "enc", fake_features(0))
+    assert len(entries(folder)) == 2
+
+
+def test_a_memory_hit_keeps_the_file_recently_used(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    cache = FeatureCache(cache_dir=tmp_path / "features")
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    path = cache._disk_path(region_key(video, 0.0, 1.0, "enc"))
+    os.utime(path, (1_000, 1_000))
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert cache.stats.memory_hits == 1 and path.stat().st_mtime > 1_000
+
+
+def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    folder.mkdir()
+    stale, fresh = folder / ".writing-killed.part", folder / ".writing-busy.part"
+    for path in (stale, fresh):
+        path.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert not stale.exists() and fresh.exists()
+
+
+def test_a_failed_write_leaves_no_entry(tmp_path, monkeypatch):
+    """A writer that dies half way (disk full, killed) leaves neither a half entry under the
+    final name nor its temporary file."""
+    import stepfoley.engine.features.cache as cache_module
+
+    def half_then_fail(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    monkeypatch.setattr(cache_module, "save_file", half_then_fail)
+    result = FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert torch.equal(result[0], fake_features(1.0)()[0])  # the generation goes on
+    assert list(folder.iterdir()) == []
+
+
+def test_an_unwritable_folder_keeps_entries_in_memory(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    cache = FeatureCache(cache_dir=blocked)
     calls = []
+    for _ in range(2):
+        cache.get_or_compute_region(video, 0.0, 1.0, "enc", lambda: calls.append(1) or fake_features(1.0)())
+    assert calls == [1] and cache.stats.memory_hits == 1
 
-    def compute():
-        calls.append(1)
-        return torch.arange(6.0).reshape(1, 2, 3), torch.ones(1, 4, 2)
 
-    for cache_dir in (None, tmp_path / "disk"):
-        cache = FeatureCache(cache_dir=cache_dir)
-        key = region_key(video, 0.0, 0.4, "encoder-a")
-        first = cache.get_or_compute(key, compute)
-        second = cache.get_or_compute(key, compute)
-        assert isinstance(second, tuple) and len(second) == 2
-        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert len(calls) == 2  # one miss per cache
-    reloaded = FeatureCache(cache_dir=tmp_path / "disk").get_or_compute(key, compute)
-    assert len(calls) == 2 and isinstance(reloaded, tuple)
-    assert torch.equal(reloaded[0], torch.arange(6.0).reshape(1, 2, 3))
+ENGINE = """
+import sys, torch
+from stepfoley.engine.features.cache import FeatureCache
+video, folder, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+entry = lambda v: (torch.full((1, 64, 1024), v), torch.full((1, 192, 768), v))
+rng = torch.Generator().manual_seed(seed)
+for _ in range(12):
+    start = float(torch.randint(0, 4, (1,), generator=rng))
+    # a fresh object each call: every call goes to the folder, as a restarted engine's does
+    got = FeatureCache(cache_dir=folder, max_disk_bytes=2_500_000).get_or_compute_region(
+        video, start, start + 1, "enc", lambda: entry(start))
+    assert all(torch.equal(g, e) for g, e in zip(got, entry(start))), start
+"""
+
+
+def test_engines_sharing_a_folder_never_see_a_broken_entry(tmp_path):
+    """Two engine processes read, write and evict real-size entries (0.8 MB) in one folder
+    while this process reads every entry file it sees: each engine gets its own features back,
+    and no file is ever seen broken (test_a_failed_write_leaves_no_entry pins the temp-then-
+    rename that guarantees it; timing alone rarely catches a non-atomic writer)."""
+    import subprocess
+
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    engines = [subprocess.Popen([sys.executable, "-c", ENGINE, str(video), str(folder), str(seed)],
+                                stderr=subprocess.PIPE, text=True) for seed in range(2)]
+    broken, seen = [], 0
+    while any(e.poll() is None for e in engines):
+        for path in entries(folder) if folder.is_dir() else []:
+            try:
+                load_file(str(path))
+                seen += 1
+            except Exception as e:  # noqa: BLE001 - a file that does not load is the failure ...
+                if path.exists():  # ... unless it was evicted meanwhile
+                    broken.append(f"{path.name}: {e}")
+    assert [e.wait() for e in engines] == [0, 0], [e.stderr.read() for e in engines]
+    assert not broken and seen > 0
+    assert 1 <= len(entries(folder)) <= 3  # under the 2.5 MB cap
+    assert not [p for p in folder.iterdir() if p.name.startswith(".writing-")]
+
+
+# --- where the cache lives, and how the engine opens it ------------------------------------
+
+
+def test_user_cache_dir_per_platform(monkeypatch, tmp_path):
+    monkeypatch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "mine"))
+    assert user_cache_dir() == tmp_path / "mine"
+    assert default_feature_cache_dir() == tmp_path / "mine" / "features"
+    monkeypatch.delenv("STEPFOLEY_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert user_cache_dir() == tmp_path / "xdg" / "stepfoley"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert user_cache_dir() == tmp_path / "home" / ".cache" / "stepfoley"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert user_cache_dir() == tmp_path / "home" / "Library" / "Caches" / "stepfoley"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert user_cache_dir() == tmp_path / "local" / "stepfoley" / "Cache"
+
+
+def test_open_feature_cache_default_off_folder_and_size(tmp_path):
+    default = open_feature_cache()
+    assert default.cache_dir == default_feature_cache_dir() and default.cache_dir.is_dir()
+    assert default.max_disk_bytes == 5_000_000_000
+    assert open_feature_cache("off").cache_dir is None
+    chosen = open_feature_cache(tmp_path / "new" / "folder", 0.5)
+    assert chosen.cache_dir == tmp_path / "new" / "folder" and chosen.cache_dir.is_dir()
+    assert chosen.max_disk_bytes == 500_000_000
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InvalidInputError, match="a-file.*--feature-cache off"):
+        open_feature_cache(tmp_path / "a-file")
+    for size in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidInputError, match="gigabytes above 0"):
+            open_feature_cache("off", size)
+
+
+def test_the_cli_default_size_is_the_engines():
+    from stepfoley.commands.runtime import FEATURE_CACHE_MAX_GB
+    from stepfoley.engine.features.cache import DEFAULT_MAX_DISK_GB
+
+    assert FEATURE_CACHE_MAX_GB == DEFAULT_MAX_DISK_GB
+
+
+def test_a_restarted_engine_reuses_the_picture_features(tmp_path):
+    """build_service's default cache through the session: the second engine never runs the
+    video encoder for a region the first one saw."""
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.pipeline import Region
+    from stepfoley.engine.service import build_service
+    from stepfoley.engine.session import StepSession, TrackSettings
+
+    video = write_scene(make_scene(20_000_003, duration=3.0), tmp_path)["video"]
+    calls = []
+    for engine in range(2):
+        service = build_service(model="tiny-random", device="cpu")
+        assert service.feature_cache.cache_dir == default_feature_cache_dir()
+        encode = service.model.video_encoder.encode_region
+        service.model.video_encoder.encode_region = lambda *a, **k: calls.append(engine) or encode(*a, **k)
+        session = StepSession(service.model, Region(video, 0.0, 2.0), service.feature_cache)
+        session.next_track(TrackSettings("rain", steps=1))
+    assert calls == [0]
+
+
+def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
+    import stepfoley.engine.service
+    from stepfoley.cli import main
+    from stepfoley.engine.errors import CheckpointError
+
+    given = []
+
+    def stop_after_recording(*args, feature_cache=None, **kwargs):
+        given.append(feature_cache)
+        raise CheckpointError("no model in this test")
+
+    monkeypatch.setattr(stepfoley.engine.service, "build_service", stop_after_recording)
+    assert main(["serve", "--port", "0", "--feature-cache", str(tmp_path / "mine"), "--feature-cache-max-gb", "2"]) == 1
+    assert given[0].cache_dir == tmp_path / "mine" and given[0].max_disk_bytes == 2_000_000_000
+    assert main(["serve", "--port", "0", "--feature-cache", "off"]) == 1
+    assert given[1].cache_dir is None
+    (tmp_path / "a-file").write_text("x")
+    assert main(["serve", "--port", "0", "--feature-cache", str(tmp_path / "a-file")]) == 2  # before listening
+    assert len(given) == 2 and "feature cache folder" in capsys.readouterr().err
+
+    monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", stop_after_recording)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "-1"]) == 1
+    assert len(given) == 2 and "gigabytes above 0" in capsys.readouterr().err

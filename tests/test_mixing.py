@@ -202,6 +202,18 @@ def test_mix_rejects_bad_arguments():
         mixing.as_channels_first(np.zeros((1, 2, 3)))
 
 
+def test_true_peak_in_blocks_equals_the_whole_signal_at_once(monkeypatch):
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(3)
+    signal = (0.3 * rng.standard_normal((2, 5000))).astype(np.float32)
+    signal[1, 2047:2050] = [0.9, -0.9, 0.9]  # an inter-sample peak across a block boundary
+    whole = resample_poly(signal.astype(np.float64), 4, 1, axis=-1, window=mixing.TRUE_PEAK_WINDOW)
+    expected = 20 * math.log10(max(np.abs(whole).max(), np.abs(signal).max()))
+    monkeypatch.setattr(mixing, "TRUE_PEAK_BLOCK", 1024)
+    assert mixing.true_peak(signal, 48000) == pytest.approx(expected, abs=1e-12)
+
+
 # -- finishing: how every generated track leaves the engine --
 
 def test_an_overloaded_track_is_measured_then_brought_to_stem_loudness_under_the_ceiling():

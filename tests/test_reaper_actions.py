@@ -19,66 +19,18 @@ import harness as h  # noqa: E402
 
 pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
 
-SR = 48000
-CAPTION = 'glass "clink", then footsteps, on \\ gravel'
-
-
-def answers(caption=CAPTION, method="", alpha="", beta="", seed="7", steps="3", count=None):
-    values = [caption, method, alpha, beta, seed, steps]
-    if count is not None:
-        values.append(str(count))
-    return [{"ok": True, "values": values}]
+SR = h.SR
+CAPTION = h.CAPTION
+answers = h.answers
+scenario = h.scenario
+job_request = h.job_request
+new_tracks = h.new_tracks
+assert_project_untouched = h.assert_project_untouched
 
 
 @pytest.fixture
 def world(tmp_path):
-    """A project folder, a picture, a Foley WAV and the stand-in client."""
-    proj = tmp_path / "project"
-    proj.mkdir()
-    video = tmp_path / "picture.mp4"
-    video.write_bytes(b"not decoded by the stand-in")
-    foley = tmp_path / "wind.wav"
-    samples = h.write_foley_wav(foley, 12.0, SR, seed=3)
-    client = h.make_standin_client(tmp_path / "bin dir")
-    return {"tmp": tmp_path, "proj": proj, "video": video, "foley": foley, "foley_samples": samples,
-            "client": client}
-
-
-def scenario(world, *, ts=(3.0, 5.5), video_item=None, dialog=None, actions=None, extra_tracks=(), **kw):
-    video_item = video_item or {"position": 2.0, "length": 8.0,
-                                "takes": [{"file": str(world["video"]), "length": 10.0}]}
-    sc = {
-        "project_path": str(world["proj"]),
-        "time_selection": list(ts),
-        "master_fx_gain": 0.5,
-        "render": {"numbers": {"RENDER_SRATE": 44100, "RENDER_CHANNELS": 1, "RENDER_SETTINGS": 0,
-                               "RENDER_BOUNDSFLAG": 1, "RENDER_NORMALIZE": 1},
-                   "strings": {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$project-final",
-                               "RENDER_FORMAT": "bDNwbQ=="}},
-        "extstate": {"StepFoley": {"client": str(world["client"])}},
-        "dialog_answers": answers() if dialog is None else dialog,
-        "tracks": [
-            {"name": "Picture", "items": [video_item]},
-            {"name": "wind", "ext": {"stepfoley": "1"},
-             "items": [{"position": 0.0, "length": 12.0, "takes": [{
-                 "file": str(world["foley"]),
-                 "ext": {"stepfoley_metadata": json.dumps({"caption": "wind in the trees"})}}]}]},
-            *extra_tracks,
-        ],
-        "actions": actions or [{"script": h.MAIN}],
-    }
-    sc.update(kw)
-    return sc
-
-
-def job_request(result) -> dict:
-    cmd = result["exec"][0]
-    request_path = cmd.split('"--request" "')[1].split('"')[0]
-    return json.loads(Path(request_path).read_text(encoding="utf-8"))
-
-
-def new_tracks(result):
-    return [t for t in result["tracks"] if t["name"] not in ("Picture", "wind", "Music")]
+    return h.make_world(tmp_path)
 
 
 def assert_exact_placement(item, start, end):
@@ -86,19 +38,6 @@ def assert_exact_placement(item, start, end):
     assert round(item["position"] * SR) == h.frames(start, SR) and abs(item["position"] - start) < 1e-9
     assert abs(item["length"] - (end - start)) < 1e-9
     assert round((item["position"] + item["length"]) * SR) == h.frames(end, SR)
-
-
-def assert_project_untouched(result):
-    r = result["render"]
-    assert r["numbers"]["RENDER_SRATE"] == 44100 and r["numbers"]["RENDER_CHANNELS"] == 1
-    assert r["numbers"]["RENDER_SETTINGS"] == 0 and r["numbers"]["RENDER_BOUNDSFLAG"] == 1
-    assert r["numbers"]["RENDER_NORMALIZE"] == 1
-    assert r["strings"] == {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$project-final",
-                            "RENDER_FORMAT": "bDNwbQ==", "RENDER_FORMAT2": ""}
-    assert result["master_fxen"] == 1
-    assert result["modal_prompts"] == []
-    assert result["undo_depth"] == 0 and result["ui_refresh"] == 0
-    assert result["edits_outside_undo"] == []
 
 
 def test_generate_track_for_time_selection(world):
@@ -112,14 +51,19 @@ def test_generate_track_for_time_selection(world):
     [item] = track["items"]
     assert_exact_placement(item, 3.0, 5.5)
     [take] = item["takes"]
-    meta = json.loads(take["ext"]["stepfoley_metadata"])
-    assert meta["caption"] == CAPTION and meta["seed"] == 7 and meta["steps"] == 3
-    assert meta["method"] == "nag" and meta["alpha"] == 4.5 and meta["beta"] == 1.5
+    meta = h.take_meta(take)
+    assert meta["caption"] == CAPTION and meta["seed"] == 7
+    # nothing typed: the request leaves the guidance fields out, the engine used its model's defaults
+    request = job_request(result)
+    assert not {"method", "alpha", "beta", "steps"} & set(request) and not {"method", "alpha", "steps"} & set(meta)
+    assert {k: meta["engine"][k] for k in h.STANDIN_DEFAULTS} == h.STANDIN_DEFAULTS
     assert meta["region"] == {"video": str(world["video"]), "file_in": 1.0, "file_out": 3.5, "playrate": 1.0,
                               "project_start": 3.0, "project_end": 5.5}
     assert meta["previous_captions"] == ["wind in the trees"]
+    assert meta["negatives"] == {"mode": "layers", "tracks": ["wind"]}
     assert meta["engine"]["model"] == "standin"
-    assert CAPTION in item["notes"] and "seed 7" in item["notes"]
+    assert CAPTION in item["notes"] and "seed 7" in item["notes"] and "alpha default (3.0)" in item["notes"]
+    assert take["markers"] == [{"name": "seed 7", "position": 0}]
     # the stem: in the project's StepFoley folder, exactly the region long
     stem = Path(take["source_file"])
     assert stem.parent == world["proj"] / "StepFoley" and meta["stem_path"] == str(stem)
@@ -128,7 +72,7 @@ def test_generate_track_for_time_selection(world):
     expected = 0.25 * np.sin(2 * np.pi * (100.0 + 7) * np.arange(len(wave)) / SR)
     np.testing.assert_allclose(wave, expected, atol=2 / 2**23)
     # the bounce: the Foley track over the region, master FX bypassed (gain 0.5 not applied)
-    mix, mix_sr = sf.read(meta["existing_mix"])
+    mix, mix_sr = sf.read(request["existing_mix"])
     assert mix_sr == SR and mix.shape == (h.frames(2.5), 2)
     src = world["foley_samples"][h.frames(3.0):h.frames(5.5)]
     np.testing.assert_allclose(mix[:, 0], src, atol=1 / 2**22)
@@ -144,6 +88,54 @@ def test_no_time_selection(world):
     [msg] = result["messages"]
     assert "time selection" in msg["message"]
     assert result["dialogs"] == [] and result["exec"] == [] and new_tracks(result) == []
+
+
+def test_engine_defaults_are_shown_and_typed_values_sent(world):
+    """Issue 10 item 2: the dialog shows the engine's model defaults and methods (the stand-in's
+    alpha 3, not a copy of 4.5), sends only what was typed and remembers only that."""
+    sc = scenario(world, dialog=answers(alpha="5", method="independent"), actions=[
+        {"script": h.MAIN}, {"script": h.MAIN, "after_idle": True}])
+    sc["dialog_answers"] += [{"ok": False}]
+    result = h.run_scenario(world["tmp"], sc)
+    first, second = result["dialogs"]
+    captions = dict(zip(["caption", "method", "alpha", "beta", "seed", "steps", "negatives"], first["captions"]))
+    assert captions["alpha"] == "Alpha: text guidance (empty = 3)"
+    assert captions["steps"] == "Steps (empty = 3)"
+    assert captions["method"].startswith("Method (empty = nag; or independent / negative_prompt / nag / ")
+    assert "reference" not in captions["method"]  # the reference method has its own action
+    assert captions["negatives"] == "Negatives: layers (wind) / selection (0 items) / none"
+    assert first["title"] == "StepFoley: generate Foley track (model standin on cpu)"
+    [request] = job_requests = h.job_requests(result)
+    assert request["alpha"] == 5.0 and request["method"] == "independent" and "beta" not in request
+    assert len(job_requests) == 1
+    # the second dialog: the last caption and only the values the user typed
+    assert second["defaults"].split("\n") == [CAPTION, "independent", "5", "", "", "", ""]
+    assert json.loads(result["extstate"]["StepFoley"]["last_params"]) == {"method": "independent", "alpha": "5"}
+    assert json.loads(result["extstate"]["StepFoley"]["caption_history"]) == [CAPTION]
+
+
+def test_dialog_without_a_running_engine_invents_no_defaults(world):
+    result = h.run_scenario(world["tmp"], scenario(world), env_extra={"STEPFOLEY_STANDIN": "down"})
+    [dialog] = result["dialogs"]
+    assert "Alpha: text guidance (empty = the model's default)" in dialog["captions"]
+    assert "Method (empty = the model's default)" in dialog["captions"]
+    assert dialog["title"] == "StepFoley: generate Foley track (engine NOT running: defaults unknown)"
+
+
+def test_older_settings_defaults_are_forgotten(world):
+    # before 0.3.0 the Settings persisted alpha 4.5 etc.: the model's defaults apply now
+    extstate = h.extstate(world, alpha="4.5", beta="1.5", steps="25", method="nag")
+    result = h.run_scenario(world["tmp"], scenario(world, extstate=extstate))
+    assert not {"method", "alpha", "beta", "steps"} & set(job_request(result))
+    assert not {"method", "alpha", "beta", "steps"} & set(result["extstate"]["StepFoley"])
+
+
+def test_caption_history_keeps_the_latest_first(world):
+    history = json.dumps(["rain", CAPTION, "wind"])
+    extstate = h.extstate(world, caption_history=history)
+    result = h.run_scenario(world["tmp"], scenario(world, extstate=extstate))
+    assert result["dialogs"][0]["defaults"].split("\n")[0] == "rain"  # the last caption is offered
+    assert json.loads(result["extstate"]["StepFoley"]["caption_history"]) == [CAPTION, "rain", "wind"]
 
 
 def test_no_video_under_time_selection(world):
@@ -175,7 +167,7 @@ def test_region_running_past_the_video_end(world):
     # picture ends at 2 + (5 - 1) = 6 s although the item runs to 10 s
     result = h.run_scenario(world["tmp"], scenario(world, ts=(4.25, 9.0), video_item=video_item))
     assert result["messages"] == []
-    assert "runs past the picture" in result["console"]
+    assert "the picture covers only 4.250 s to 6.000 s" in result["console"]
     region = job_request(result)["region"]
     assert region["file_out"] == pytest.approx(5.0) and region["project_end"] == pytest.approx(6.0)
     [track] = new_tracks(result)
@@ -194,21 +186,38 @@ def test_engine_not_running(world):
     result = h.run_scenario(world["tmp"], scenario(world), env_extra={"STEPFOLEY_STANDIN": "down"})
     [msg] = result["messages"]
     assert "No StepFoley engine" in msg["message"] and "stepfoley serve" in msg["message"]
+    # asked again after the dialog, before anything is bounced or sent
+    assert result["renders"] == [] and h.generation_commands(result) == []
     assert new_tracks(result) == [] and result["undo"] == []
     assert result["elapsed_s"] < 10  # gave up at once, no hang
-    assert json.loads(result["extstate"]["StepFoley"]["running_status_files"]) == []
+    assert json.loads(result["extstate"]["StepFoley"].get("running_status_files", "[]")) == []
     assert_project_untouched(result)
 
 
+def run_with_client(world, name: str, shell: str) -> tuple[Path, dict]:
+    """Generates with a client that is this shell script (and a 1 s start timeout)."""
+    client = world["tmp"] / name
+    client.write_text("#!/bin/sh\n" + shell)
+    client.chmod(0o755)
+    sc = scenario(world, extstate={"StepFoley": {"client": str(client), "start_timeout_s": "1"}})
+    return client, h.run_scenario(world["tmp"], sc)
+
+
 def test_client_that_never_starts(world):
-    silent = world["tmp"] / "stepfoley"
-    silent.write_text("#!/bin/sh\nexit 0\n")
-    silent.chmod(0o755)
-    sc = scenario(world, extstate={"StepFoley": {"client": str(silent), "start_timeout_s": "1"}})
-    result = h.run_scenario(world["tmp"], sc)
+    silent, result = run_with_client(world, "stepfoley", "exit 0\n")
     [msg] = result["messages"]
     assert "did not start" in msg["message"] and str(silent) in msg["message"]
-    assert new_tracks(result) == []
+    assert new_tracks(result) == [] and result["dialogs"] == [] and result["renders"] == []
+
+
+def test_a_client_that_fails_shows_its_own_error_before_any_bounce(world):
+    # a Python without StepFoley: ExecProcess(-2) shows nothing, so its error must be fetched
+    broken, result = run_with_client(world, "python3", "echo 'No module named stepfoley' >&2\nexit 1\n")
+    [msg] = result["messages"]
+    assert "No module named stepfoley" in msg["message"] and "exit code 1" in msg["message"]
+    assert f'"{broken}" "-m" "stepfoley" "send" "--help"' in msg["message"]
+    assert result["dialogs"] == [] and result["renders"] == [] and h.generation_commands(result) == []
+    assert result["elapsed_s"] < 5
 
 
 def test_missing_client_path(world):
@@ -219,6 +228,16 @@ def test_missing_client_path(world):
     assert result["exec"] == [] and new_tracks(result) == []
 
 
+def test_every_engine_query_runs_in_the_background(world):
+    """Engine status and the engine check before a dialog start the client with ExecProcess(-2)
+    and poll its answer: REAPER never waits for a process (the old status action blocked up to 8 s)."""
+    sc = scenario(world, actions=[{"script": h.STATUS}, {"script": h.MAIN, "after_idle": True}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert len(result["exec"]) == 3  # status query, query before the dialog, the generation
+    assert result["exec_timeouts"] == [-2, -2, -2]
+    assert '"send" "--engine-status" "--status"' in result["exec"][0]
+
+
 def test_cancel_mid_generation(world):
     sc = scenario(world, dialog=answers(steps="40"),
                   actions=[{"script": h.MAIN}, {"script": h.CANCEL, "when_running": True}])
@@ -227,8 +246,7 @@ def test_cancel_mid_generation(world):
     [msg] = result["messages"]
     assert "cancelled" in msg["message"].lower()
     assert new_tracks(result) == [] and result["undo"] == []
-    status_path = result["exec"][0].split('"--status" "')[1].split('"')[0]
-    status = json.loads(Path(status_path).read_text())
+    status = json.loads(h.status_path(result).read_text())
     assert status["state"] == "cancelled" and 1 <= status["step"] < 40
     assert_project_untouched(result)
 
@@ -250,26 +268,95 @@ def test_paths_with_spaces_and_quotes(world, tmp_path):
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     # the job files (on the command line) moved to REAPER's resource folder; the stem did not
-    assert str(tmp_path / "reaper resource" / "StepFoley" / "jobs") in result["exec"][0]
+    assert str(tmp_path / "reaper resource" / "StepFoley" / "jobs") in h.generation_commands(result)[0]
     [track] = new_tracks(result)
     take = track["items"][0]["takes"][0]
     assert Path(take["source_file"]).parent == proj / "StepFoley"
-    assert json.loads(take["ext"]["stepfoley_metadata"])["region"]["video"] == str(video)
+    assert h.take_meta(take)["region"]["video"] == str(video)
     assert len(sf.read(take["source_file"])[0]) == h.frames(2.5)
 
 
-def test_selected_tracks_are_bounced_instead_of_marked_ones(world):
+def music_track(world, **track):
     music = world["tmp"] / "music.wav"
-    music_samples = h.write_foley_wav(music, 12.0, SR, seed=9)
-    extra = [{"name": "Music", "selected": True, "items": [{"position": 1.0, "length": 11.0,
-                                                               "takes": [{"file": str(music)}]}]}]
-    result = h.run_scenario(world["tmp"], scenario(world, extra_tracks=extra))
-    meta = json.loads(new_tracks(result)[0]["items"][0]["takes"][0]["ext"]["stepfoley_metadata"])
-    mix, _ = sf.read(meta["existing_mix"])
-    src = music_samples[h.frames(2.0):h.frames(4.5)]  # item at 1 s: project 3.0 = file 2.0
-    np.testing.assert_allclose(mix[:, 0], src, atol=1 / 2**22)
-    assert meta["previous_captions"] == []
-    assert [t["selected"] for t in result["tracks"] if t["name"] == "Music"] == [True]  # selection restored
+    samples = h.write_foley_wav(music, 12.0, SR, seed=9)
+    return {"name": "Music", "items": [{"position": 1.0, "length": 11.0, "takes": [{"file": str(music)}]}],
+            **track}, samples
+
+
+def test_a_selected_track_does_not_replace_the_layers(world):
+    # issue 16: selecting a Dialogue or Music track used to bounce it instead of every StepFoley layer
+    music, _ = music_track(world, selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, extra_tracks=[music]))
+    request = job_request(result)
+    mix, _ = sf.read(request["existing_mix"])
+    np.testing.assert_allclose(mix[:, 0], world["foley_samples"][h.frames(3.0):h.frames(5.5)], atol=1 / 2**22)
+    assert request["previous_captions"] == ["wind in the trees"]
+    assert [t["selected"] for t in result["tracks"] if t["name"] == "Music"] == [True]  # selection untouched
+
+
+def test_tracks_included_and_excluded_as_negatives(world):
+    music, music_samples = music_track(world, ext={"stepfoley_negative": "1"})
+    sc = scenario(world, extra_tracks=[music])
+    sc["tracks"][1]["ext"]["stepfoley_negative"] = "0"  # wind: a StepFoley track, excluded
+    result = h.run_scenario(world["tmp"], sc)
+    request = job_request(result)
+    mix, _ = sf.read(request["existing_mix"])
+    np.testing.assert_allclose(mix[:, 0], music_samples[h.frames(2.0):h.frames(4.5)], atol=1 / 2**22)
+    assert request["previous_captions"] == []
+    assert result["dialogs"][0]["captions"][6] == "Negatives: layers (Music) / selection (0 items) / none"
+
+
+def test_selected_items_and_razor_areas_as_negatives(world):
+    """Negatives "selection": only the selected items and the items a razor area touches play in the
+    bounce; every item mute is put back."""
+    tmp = world["tmp"]
+    wav = {n: tmp / f"{n}.wav" for n in ("a", "b", "c")}
+    samples = {n: h.write_foley_wav(p, 12.0, SR, seed=30 + i) for i, (n, p) in enumerate(wav.items())}
+    meta = lambda c: {"stepfoley_metadata": json.dumps({"caption": c})}  # noqa: E731
+    extra = [
+        # two items on one track: only the selected one counts
+        {"name": "steps", "ext": {"stepfoley": "1"}, "items": [
+            {"position": 0.0, "length": 4.0, "selected": True, "takes": [{"file": str(wav["a"]), "ext": meta("a")}]},
+            {"position": 4.0, "length": 8.0, "takes": [{"file": str(wav["b"]), "ext": meta("b")}]}]},
+        # a razor area over 5.0-5.2 s on this track picks its item
+        {"name": "Music", "razor": '5.0 5.2 ""', "items": [
+            {"position": 0.0, "length": 12.0, "takes": [{"file": str(wav["c"]), "ext": meta("c")}]}]},
+    ]
+    result = h.run_scenario(tmp, scenario(world, extra_tracks=extra, dialog=answers(negatives="selection")))
+    request = job_request(result)
+    assert request["previous_captions"] == ["a", "c"]
+    assert h.take_meta(new_tracks(result, known=("Picture", "wind", "steps", "Music"))[0]["items"][0]["takes"][0])[
+        "negatives"] == {"mode": "selection", "tracks": ["steps", "Music"]}
+    t = 3.0 + np.arange(h.frames(2.5)) / SR
+    a_part = np.where(t < 4.0, samples["a"][h.frames(3.0):h.frames(5.5)], 0.0)  # its item ends at 4 s
+    expected = a_part + samples["c"][h.frames(3.0):h.frames(5.5)]
+    mix, _ = sf.read(request["existing_mix"])
+    np.testing.assert_allclose(mix[:, 0], expected, atol=1 / 2**21)
+    steps = next(tr for tr in result["tracks"] if tr["name"] == "steps")
+    assert [(i["mute"], i["mute_solo"]) for i in steps["items"]] == [(False, 0), (False, 0)]
+    assert result["dialogs"][0]["captions"][6] == "Negatives: layers (wind; steps) / selection (2 items) / none"
+
+
+def test_no_negatives(world):
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(negatives="none")))
+    request = job_request(result)
+    assert "existing_mix" not in request and request["previous_captions"] == [] and result["renders"] == []
+
+
+def test_toggle_selected_tracks_as_negatives(world):
+    music, _ = music_track(world, selected=True)
+    sc = scenario(world, extra_tracks=[music], actions=[{"script": h.TOGGLE}])
+    sc["tracks"][1]["selected"] = True  # wind, a StepFoley track
+    result = h.run_scenario(world["tmp"], sc)
+    by_name = {t["name"]: t for t in result["tracks"]}
+    assert by_name["Music"]["ext"] == {"stepfoley_negative": "1"}
+    assert by_name["wind"]["ext"] == {"stepfoley": "1", "stepfoley_negative": "0"}
+    assert "wind: not a negative" in result["console"] and "Music: a negative" in result["console"]
+    assert result["undo"] == ["StepFoley: toggle negatives"] and result["undo_depth"] == 0
+    # toggled back: the automatic state again, no mark left
+    sc2 = scenario(world, extra_tracks=[dict(music, ext={"stepfoley_negative": "1"})], actions=[{"script": h.TOGGLE}])
+    result = h.run_scenario(world["tmp"], sc2)
+    assert {t["name"]: t["ext"] for t in result["tracks"]}["Music"] == {"stepfoley_negative": ""}
 
 
 def test_first_track_has_no_existing_mix(world):
@@ -284,61 +371,221 @@ def test_first_track_has_no_existing_mix(world):
 def test_bad_dialog_value(world):
     result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(alpha="lots")))
     [msg] = result["messages"]
-    assert "Alpha" in msg["message"] and "lots" in msg["message"]
+    assert msg["message"] == 'Alpha must be a number between 0 and 100, got "lots".'  # the engine's bounds
     # the dialog comes back with what was typed (then the user cancels it)
     first, again = result["dialogs"]
     assert again["defaults"].split("\n")[0] == CAPTION and again["defaults"].split("\n")[2] == "lots"
-    assert result["exec"] == []
+    assert h.generation_commands(result) == []
 
 
-def test_variations_as_takes(world):
+@pytest.mark.parametrize("field,value,words", [
+    ("method", "reference", 'Unknown method "reference". Use independent, negative_prompt, nag, text_boost, dual'),
+    ("steps", "201", "Steps must be a whole number between 1 and 200"),
+    ("seed", "1.5", "Seed must be a whole number"),
+    ("negatives", "all", 'Negatives must be layers, selection or none, got "all".'),
+])
+def test_dialog_values_are_checked_against_the_engine(world, field, value, words):
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(**{field: value})))
+    assert words in result["messages"][0]["message"]
+    assert h.generation_commands(result) == []
+
+
+def test_an_unavailable_method_is_explained(world):
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(method="nag")),
+                            env_extra={"STEPFOLEY_STANDIN_CAPS": "no_controlnet"})
+    assert result["messages"][0]["message"] == 'Method "nag" is not available: no NAG ControlNet'
+
+
+def test_an_older_engine_without_capabilities(world):
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(method="independent")),
+                            env_extra={"STEPFOLEY_STANDIN_CAPS": "none"})
+    assert result["messages"] == [] and job_request(result)["method"] == "independent"
+    assert result["dialogs"][0]["title"].endswith("(an older engine: its defaults are not shown)")
+
+
+def test_variations_in_fixed_lanes(world):
+    """REAPER 7: one item per fixed lane, the first lane plays, each lane named after its seed."""
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [track] = new_tracks(result)
+    assert track["freemode"] == 2
+    assert track["lanes"] == [{"plays": 1, "name": "seed 20"}, {"plays": 0, "name": "seed 21"},
+                              {"plays": 0, "name": "seed 22"}]
+    assert [i["fixedlane"] for i in track["items"]] == [0, 1, 2]
+    for item, seed in zip(track["items"], (20, 21, 22)):
+        assert_exact_placement(item, 3.0, 5.5)
+        [take] = item["takes"]
+        assert h.take_meta(take)["seed"] == seed and take["markers"] == [{"name": f"seed {seed}", "position": 0}]
+        assert len(sf.read(take["source_file"])[0]) == h.frames(2.5) and item["loopsrc"] == 0
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
+    assert_project_untouched(result)
+
+
+@pytest.mark.parametrize("how", [{"app_version": "6.83/linux-x86_64"}, {"variations_as": "takes"}])
+def test_variations_as_takes(world, how):
+    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item
+    extstate = h.extstate(world, variations_as=how.get("variations_as", "lanes"))
+    sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}], extstate=extstate,
+                  app_version=how.get("app_version", "7.27/linux-x86_64"))
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     [track] = new_tracks(result)
     [item] = track["items"]
     assert_exact_placement(item, 3.0, 5.5)
-    seeds = [json.loads(t["ext"]["stepfoley_metadata"])["seed"] for t in item["takes"]]
+    assert track["freemode"] == 0
+    seeds = [h.take_meta(t)["seed"] for t in item["takes"]]
     assert seeds == [20, 21, 22] and item["active_take"] == 1
     stems = {t["source_file"] for t in item["takes"]}
     assert len(stems) == 3 and all(len(sf.read(s)[0]) == h.frames(2.5) for s in stems)
-    assert len(result["undo"]) == 1 and len(result["exec"]) == 3
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
     assert_project_untouched(result)
 
 
-def test_regenerate_selected_item(world):
-    first = h.run_scenario(world["tmp"], scenario(world))
-    made = new_tracks(first)[0]
-    item = dict(made["items"][0], selected=True)
-    take = item["takes"][0]
-    track = {"name": made["name"], "ext": made["ext"], "items": [{
-        "position": item["position"], "length": item["length"], "selected": True,
-        "takes": [{"file": take["source_file"], "ext": take["ext"], "name": take["name"]}]}]}
-    sc = scenario(world, dialog=[], actions=[{"script": h.REGENERATE}], extra_tracks=[track])
+def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):
+    """A StepFoley track whose one item plays `wav` (default: the wind) with `meta` in its take."""
+    take = {"file": str(wav or world["foley"]), "ext": {"stepfoley_metadata": json.dumps(meta)}, "name": name}
+    return {"name": name, "ext": {"stepfoley": "1"},
+            "items": [{"position": position, "length": length, "takes": [take], **item}]}
+
+
+def test_regenerate_opens_the_dialog_with_the_stored_parameters(world):
+    meta = {"caption": "door slam", "method": "independent", "alpha": 5.0, "seed": 11,
+            "negatives": {"mode": "none", "tracks": []}}
+    layer = stepfoley_layer(world, "door slam", meta, selected=True)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}],
+                  extra_tracks=[layer])
     result = h.run_scenario(world["tmp"], sc)
-    assert result["messages"] == [] and result["dialogs"] == []
-    [regen] = [t for t in result["tracks"] if t["name"] == CAPTION]
+    assert result["messages"] == []
+    [dialog] = result["dialogs"]
+    assert dialog["title"] == "StepFoley: regenerate (model standin on cpu)"
+    assert dialog["defaults"].split("\n") == ["door slam", "independent", "5", "", "", "", "none"]
+    [regen] = [t for t in result["tracks"] if t["name"] == "door slam"]
     [it] = regen["items"]
     assert len(it["takes"]) == 2 and it["active_take"] == 2
-    old, new = (json.loads(t["ext"]["stepfoley_metadata"]) for t in it["takes"])
-    assert new["caption"] == old["caption"] and new["seed"] != old["seed"] and new["steps"] == 3
-    assert new["previous_captions"] == ["wind in the trees"]  # its own track is not bounced
+    new = h.take_meta(it["takes"][1])
+    assert new["method"] == "independent" and new["alpha"] == 5.0 and "steps" not in new and new["seed"] != 11
+    assert new["negatives"] == {"mode": "none", "tracks": []}
     assert_exact_placement(it, 3.0, 5.5)
-    assert result["undo"] == [f'StepFoley: regenerate "{CAPTION}"']
+    assert result["undo"] == ['StepFoley: regenerate "door slam"']
+    # Regenerate does not change what a new generation's dialog offers
+    assert "last_params" not in result["extstate"]["StepFoley"]
+
+
+def test_regenerate_where_the_picture_covers_part_of_the_item(world):
+    """Item 1.0-5.5 s, picture from 2.0 s: the new take is generated for 2.0-5.5 s and must play
+    from 2.0 s (it started 1 s early), with "loop source" off so nothing wraps into 1.0-2.0 s."""
+    old = world["tmp"] / "old door.wav"
+    h.write_foley_wav(old, 4.5, SR, seed=5)
+    layer = stepfoley_layer(world, "door", {"caption": "door"}, position=1.0, length=4.5, wav=old, selected=True,
+                            loopsrc=1)
+    sc = scenario(world, ts=(2.0, 5.5), extra_tracks=[layer],
+                  dialog=[{"ok": True, "values": []}, answers(caption="next")[0]],
+                  actions=[{"script": h.REGENERATE}, {"script": h.MAIN, "after_idle": True}])
+    sc["tracks"][1]["ext"]["stepfoley_negative"] = "0"  # only the door is negated by the next generation
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [door] = [t for t in result["tracks"] if t["name"] == "door"]
+    [item] = door["items"]
+    assert item["position"] == 1.0 and item["length"] == 4.5 and item["loopsrc"] == 0
+    new_take = item["takes"][1]
+    assert new_take["startoffs"] == pytest.approx(-1.0)
+    assert h.take_meta(new_take)["region"]["project_start"] == 2.0
+    stem, _ = sf.read(new_take["source_file"])
+    assert len(stem) == h.frames(3.5)
+    # what the next generation hears of the door over 2.0-5.5 s is the new stem from its start
+    [_, request] = h.job_requests(result)
+    mix, _ = sf.read(request["existing_mix"])
+    np.testing.assert_allclose(mix[:, 0], stem, atol=1 / 2**22)
 
 
 def test_regenerate_needs_a_stepfoley_item(world):
     result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.REGENERATE}]))
-    assert "Select a StepFoley item" in result["messages"][0]["message"]
+    assert "Select an item made by StepFoley" in result["messages"][0]["message"]
+
+
+def test_replace_this_layer_negating_all_the_others(world):
+    """The first layer, made hearing nothing, is made again hearing every layer made after it:
+    same caption, values and seed; its own track is not negated; the method hears the layers."""
+    rain = world["tmp"] / "rain.wav"
+    rain_samples = h.write_foley_wav(rain, 12.0, SR, seed=21)
+    first = stepfoley_layer(world, "steps", {"caption": "steps", "method": "independent", "alpha": 5.0, "seed": 9,
+                                             "negatives": {"mode": "none", "tracks": []}}, selected=True)
+    later = stepfoley_layer(world, "rain", {"caption": "rain"}, wav=rain)
+    music, _ = music_track(world)  # not a StepFoley track: not negated
+    sc = scenario(world, dialog=[], extra_tracks=[first, later, music], actions=[{"script": h.REPLACE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and result["dialogs"] == []
+    request = job_request(result)
+    assert request["seed"] == 9 and request["alpha"] == 5.0 and request["caption"] == "steps"
+    assert request["method"] == "nag"  # independent hears nothing; the model's default nag does
+    assert request["previous_captions"] == ["wind in the trees", "rain"]
+    mix, _ = sf.read(request["existing_mix"])
+    expected = world["foley_samples"][h.frames(3.0):h.frames(5.5)] + rain_samples[:h.frames(2.5)]
+    np.testing.assert_allclose(mix[:, 0], expected, atol=1 / 2**21)
+    [steps] = [t for t in result["tracks"] if t["name"] == "steps"]
+    assert steps["items"][0]["active_take"] == 2
+    assert result["undo"] == ['StepFoley: replace layer "steps"']
+
+
+def test_replace_needs_a_method_that_hears_the_layers(world):
+    first = stepfoley_layer(world, "steps", {"caption": "steps"}, selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, extra_tracks=[first], actions=[{"script": h.REPLACE}]),
+                            env_extra={"STEPFOLEY_STANDIN_CAPS": "no_controlnet"})
+    [msg] = result["messages"]
+    assert "no method that hears the other layers" in msg["message"]
+    assert h.generation_commands(result) == [] and result["renders"] == []
+
+
+def test_make_selected_item_sound_like_another_item(world):
+    ref = world["tmp"] / "reference.wav"
+    ref_samples = h.write_foley_wav(ref, 3.0, SR, seed=40)
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)
+    reference = {"name": "Recordings", "items": [{"position": 7.0, "length": 2.0, "selected": True, "vol": 0.5,
+                                                  "takes": [{"file": str(ref), "startoffs": 0.5}]}]}
+    sc = scenario(world, dialog=[{"ok": True, "values": [None, None, "0.8"]}], extra_tracks=[target, reference],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [dialog] = result["dialogs"]
+    assert dialog["captions"] == ["Caption (what you hear)", "Alpha: text guidance (empty = 3)",
+                                  "Beta: pull toward the reference (empty = 2)", "Seed (empty = random)",
+                                  "Steps (empty = 3)"]
+    assert dialog["defaults"].split("\n")[0] == "steps on wood"
+    request = job_request(result)
+    assert request["method"] == "reference" and request["beta"] == 0.8
+    assert "existing_mix" not in request and request["previous_captions"] == []
+    # the reference is what is heard of the item: 0.5 s into the file, at half volume, 2 s long
+    heard, _ = sf.read(request["reference_audio"])
+    np.testing.assert_allclose(heard[:, 0], 0.5 * ref_samples[h.frames(0.5):h.frames(2.5)], atol=1 / 2**22)
+    [steps] = [t for t in result["tracks"] if t["name"] == "steps"]
+    new = h.take_meta(steps["items"][0]["takes"][1])
+    assert new["method"] == "reference" and new["reference"] == "reference.wav" and "reference_audio" not in new
+    assert result["undo"] == ['StepFoley: make "steps on wood" sound like reference.wav']
+
+
+def test_make_selected_item_sound_like_a_file(world):
+    ref = world["tmp"] / "my reference.wav"
+    h.write_foley_wav(ref, 3.0, SR, seed=40)
+    target = stepfoley_layer(world, "steps", {"caption": "steps"}, selected=True)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target], file_answers=[str(ref)],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert job_request(result)["reference_audio"] == str(ref)
+    assert result["undo"] == ['StepFoley: make "steps" sound like my reference.wav']
 
 
 def test_settings_saved_and_checked(world):
-    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "independent", "3",
-                                                         "0", "10", "60"]}],
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "60", "15", "takes", "1",
+                                                         "30"]}],
                   actions=[{"script": h.SETTINGS}])
     result = h.run_scenario(world["tmp"], sc)
     saved = result["extstate"]["StepFoley"]
-    assert saved["port"] == "9100" and saved["method"] == "independent" and saved["steps"] == "10"
+    assert (saved["port"], saved["watchdog_s"], saved["start_timeout_s"], saved["variations_as"],
+            saved["keep_job_files"], saved["job_days"]) == ("9100", "60", "15", "takes", "1", "30")
+    captions = result["dialogs"][0]["captions"]
+    assert not any("lpha" in c or "ethod" in c for c in captions)  # the model's, not settings
     bad = scenario(world, dialog=[{"ok": True, "values": ["99999"]}], actions=[{"script": h.SETTINGS}])
     result = h.run_scenario(world["tmp"], bad)
     assert "Engine port" in result["messages"][0]["message"]
@@ -348,11 +595,13 @@ def test_settings_saved_and_checked(world):
 def test_engine_status_and_cancel_with_nothing_running(world):
     sc = scenario(world, actions=[{"script": h.STATUS}, {"script": h.CANCEL}])
     result = h.run_scenario(world["tmp"], sc)
-    status, cancel = result["messages"]
+    cancel, status = result["messages"]  # the status answers from the background
     assert str(world["client"]) in status["message"] and "9017" in status["message"]
     assert "No generation is running" in status["message"]
     assert "No StepFoley generation is running" in cancel["message"]
-    assert "Engine: running" in status["message"] and "standin" in status["message"]
+    assert "Engine: running. Model standin on cpu" in status["message"]
+    assert "Model defaults: method nag, alpha 3, beta 2, steps 3." in status["message"]
+    assert "  reference: sound like a reference recording" in status["message"]
 
 
 def test_engine_status_when_engine_is_down(world):

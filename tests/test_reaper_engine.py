@@ -105,6 +105,10 @@ def test_generate_with_real_engine(engine, world):
                                                                 "startoffs": 0.5, "playrate": 1.25}]}
     result = h.run_scenario(world["tmp"], scenario(world, engine, video_item=video_item), timeout=300)
     assert result["messages"] == [], result["messages"]
+    # the dialog showed the real engine's model defaults, read from its capabilities
+    captions = result["dialogs"][0]["captions"]
+    assert re.fullmatch(r"Alpha: text guidance \(empty = [\d.]+\)", captions[2]), captions
+    assert re.fullmatch(r"Method \(empty = \w+; or .*\)", captions[1]), captions
     [track] = [t for t in result["tracks"] if t["name"] == CAPTION]
     [item] = track["items"]
     assert round(item["position"] * SR) == 3 * SR and round(item["length"] * SR) == 2 * SR

@@ -83,21 +83,186 @@ def test_map_interval_reversed_section():
 @pytest.mark.parametrize("path,safe", [
     ("/home/me/My Project (v2)/StepFoley/jobs", True),
     ("C:\\Users\\Jane Doe\\AppData\\Roaming\\REAPER", True),
+    ("/home/me/it's", True),
+    ("C:\\Users\\José\\Documents\\Geräusche & Töne [v2]\\l'été!", True),
+    ("/home/足音/プロジェクト/音效 (1)", True),
     ('/home/me/My "Film"', False),
-    ("/home/me/it's", False),
     ("/home/me/$HOME", False),
+    ("C:\\Users\\%USERNAME%", False),
     ("/home/me/a`b`", False),
+    ("/home/me/two\nlines", False),
+    ("C:\\Users\\me\\", False),  # a trailing backslash would escape the closing quote
+    ("", False),
 ])
 def test_command_line_safety(path, safe):
-    out = lua(f"io.write(tostring(SF.is_command_line_safe({json.dumps(path)})))")
+    out = lua(f"io.write(tostring(SF.is_command_line_safe({lua_string(path)})))")
     assert out == str(safe).lower()
 
 
-def test_parse_params_checks_ranges():
-    out = lua("local p, err = SF.parse_params({'steps, on gravel', 'NAG', '', '2', '42', '', '1'}, "
-              "SF.DEFAULT_SETTINGS); io.write(SF.json_encode(p))")
-    p = json.loads(out)
-    assert p == {"caption": "steps, on gravel", "method": "nag", "alpha": 4.5, "beta": 2.0, "seed": 42,
-                 "steps": 25, "count": 1}
-    out = lua("local p, err = SF.parse_params({'x', '', '', '', '1.5'}, SF.DEFAULT_SETTINGS); io.write(err)")
-    assert "Seed" in out and "whole number" in out
+def test_invalid_utf8_is_not_put_on_a_command_line():
+    assert lua('io.write(tostring(SF.is_command_line_safe("/home/caf\\233/x")))') == "false"
+
+
+def lua_string(s: str) -> str:
+    """A Lua string literal for any text (UTF-8 bytes as decimal escapes)."""
+    return '"' + "".join(c if c.isalnum() and c.isascii() or c in " /.-_()[]&'!,:" else
+                         "".join(f"\\{b:03d}" for b in c.encode("utf-8")) for c in s) + '"'
+
+
+FAKE = h.REPO / "tests" / "reaper_fake" / "reaper_fake.lua"
+ARGVS = [
+    ["C:\\Users\\José\\stepfoley-venv\\Scripts\\stepfoley.exe", "send", "--request",
+     "C:\\Users\\José\\Documents\\REAPER Media\\Geräusche & Co [v2]\\StepFoley\\jobs\\1\\request.json",
+     "--status", "\\\\server\\share\\l'été 足音\\status.json", "--timeout", "180"],
+    ["/Users/josé/venv/bin/stepfoley", "send", "--request", "/Users/josé/Filme/it's [a] & b/request.json"],
+]
+
+
+@pytest.mark.parametrize("windows", [True, False])
+@pytest.mark.parametrize("argv", ARGVS)
+def test_command_line_splits_back_into_the_same_arguments(argv, windows):
+    """REAPER's splitting of what command_line() builds gives back every argument, on Windows
+    (CommandLineToArgvW rules) and elsewhere (REAPER's own splitter)."""
+    code = (f"fake = dofile({json.dumps(str(FAKE))}); SF = dofile({json.dumps(str(LIB))}); "
+            "local argv = SF.json_decode(io.read('a')); "
+            f"io.write(SF.json_encode(fake.split_command_line(SF.command_line(argv), {str(windows).lower()})))")
+    done = subprocess.run([h.LUA, "-e", code], input=json.dumps(argv).encode(), capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout.decode("utf-8")) == argv
+
+
+@pytest.mark.parametrize("line,argv", [
+    # Microsoft's examples for parsing C command-line arguments (CommandLineToArgvW rules)
+    ('"abc" d e', ["abc", "d", "e"]),
+    ('a\\\\\\b d"e f"g h', ["a\\\\\\b", "de fg", "h"]),
+    ('a\\\\\\"b c d', ['a\\"b', "c", "d"]),
+    ('a\\\\\\\\"b c" d e', ["a\\\\b c", "d", "e"]),
+    ('a"b"" c d', ['ab" c d']),
+])
+def test_fake_windows_splitter_follows_microsoft(line, argv):
+    code = f"fake = dofile({json.dumps(str(FAKE))}); io.write(table.concat(fake.split_command_line(io.read('a'), true), '|'))"
+    done = subprocess.run([h.LUA, "-e", code], input=line.encode(), capture_output=True, timeout=20)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == "|".join(argv)
+
+
+@pytest.mark.parametrize("status,words,fraction", [
+    ({"state": "running", "phase": "features", "step": 12, "total": 64}, "reading the picture: 12 of 64", 12 / 64),
+    ({"state": "running", "phase": "sampling", "step": 5, "total": 25}, "generating: 5 of 25", 0.2),
+    ({"state": "running", "phase": "decoding"}, "decoding the audio", None),
+    ({"state": "running", "phase": "warming up", "step": 1, "total": 2}, "warming up: 1 of 2", 0.5),
+    ({"state": "running", "step": 7, "total": 25}, "step 7 of 25", 7 / 25),  # an engine without phases
+    ({"state": "queued", "step": 0, "total": 0}, "queued", None),
+])
+def test_describe_progress(status, words, fraction):
+    out = lua("local w, f = SF.describe_progress(SF.json_decode(io.read('a'))); io.write(SF.json_encode({w, f or -1}))",
+              json.dumps(status))
+    got_words, got_fraction = json.loads(out)
+    assert got_words == words
+    assert got_fraction == pytest.approx(-1 if fraction is None else fraction)
+
+
+CAPS = {"model": "m", "defaults": {"method": "nag", "alpha": 3.0, "beta": 2.0, "steps": 3},
+        "methods": [{"name": "independent", "audio": None, "available": True},
+                    {"name": "nag", "audio": "existing", "available": True},
+                    {"name": "reference", "audio": "reference", "available": False, "unavailable_reason": "no ControlNet"}],
+        "bounds": {"alpha": [0, 100], "beta": [0, 100], "steps": [1, 200], "seed": [0, 9223372036854775807]}}
+
+
+def parse_form(values: dict, spec: str = "{negatives = true}", caps=CAPS):
+    code = (f"local spec = {spec}; spec.engine = {{capabilities = SF.json_decode(io.read('a'))}}; "
+            f"SF.random_seed = function() return 1234 end; "
+            f"local p, err = SF.parse_form(SF.json_decode({lua_string(json.dumps(values))}), spec); "
+            "io.write(SF.json_encode({p or false, err or false}))")
+    return json.loads(lua(code, json.dumps(caps)))
+
+
+def test_parse_form_leaves_defaults_out():
+    p, err = parse_form({"caption": " steps, on gravel ", "method": "NAG", "beta": "2", "seed": "42"})
+    assert err is False
+    assert p == {"caption": "steps, on gravel", "method": "nag", "beta": 2.0, "seed": 42, "negatives": "layers",
+                 "count": 1}  # no alpha, no steps: the model's defaults
+    p, _ = parse_form({"caption": "x"})
+    assert p["seed"] == 1234 and "method" not in p
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"caption": "  "}, "The caption is empty"),
+    ({"caption": "x", "seed": "1.5"}, 'Seed must be a whole number between 0 and 9223372036854775807, got "1.5".'),
+    ({"caption": "x", "steps": "0"}, 'Steps must be a whole number between 1 and 200, got "0".'),
+    ({"caption": "x", "alpha": "-1"}, 'Alpha must be a number between 0 and 100, got "-1".'),
+    ({"caption": "x", "method": "dual"}, 'Unknown method "dual". Use independent, nag (or leave it empty'),
+    ({"caption": "x", "method": "reference"}, 'Method "reference" is not available: no ControlNet'),
+    ({"caption": "x", "negatives": "some"}, "Negatives must be layers, selection or none"),
+])
+def test_parse_form_refuses(values, message):
+    p, err = parse_form(values)
+    assert p is False and err.startswith(message)
+
+
+def test_parse_form_without_capabilities_checks_only_kinds():
+    p, err = parse_form({"caption": "x", "method": "dual", "alpha": "500", "steps": "1000"}, caps=None)
+    assert err is False and p["method"] == "dual" and p["alpha"] == 500.0 and p["steps"] == 1000
+    p, err = parse_form({"caption": "x", "steps": "2.5"}, caps=None)
+    assert err == 'Steps must be a whole number, got "2.5".'
+
+
+def test_parse_form_for_the_reference_action():
+    p, err = parse_form({"caption": "x", "beta": "0.5"}, spec='{audio = "reference", fixed_method = "reference"}')
+    assert err is False and p["method"] == "reference" and p["negatives"] == "none"
+
+
+def candidates(windows: bool, env: dict, subdirs: dict) -> list:
+    code = (f"local env, dirs = table.unpack(SF.json_decode(io.read('a'))); "
+            f"local list = SF.client_candidates({str(windows).lower()}, function(k) return env[k] end, "
+            "function(p) return dirs[p] or {} end); "
+            "local out = {}; for i, c in ipairs(list) do out[i] = {c.path, c.kind} end; io.write(SF.json_encode(out))")
+    return [tuple(c) for c in json.loads(lua(code, json.dumps([env, subdirs])))]
+
+
+def test_client_candidates_beyond_path_on_macos():
+    # REAPER started from the Dock: PATH is /usr/bin:/bin
+    got = candidates(False, {"PATH": "/usr/bin:/bin", "HOME": "/Users/ana"}, {})
+    exes = [p for p, kind in got if kind == "exe"]
+    assert exes[:3] == ["/usr/bin/stepfoley", "/bin/stepfoley", "/Users/ana/stepfoley-venv/bin/stepfoley"]
+    assert "/Users/ana/.local/bin/stepfoley" in exes and "/opt/homebrew/bin/stepfoley" in exes
+    assert got.index(("/Users/ana/stepfoley-venv/bin/stepfoley", "exe")) < got.index(("/usr/bin/python3", "python"))
+
+
+def test_client_candidates_on_windows_skip_the_store_alias():
+    env = {"PATH": "C:\\Windows\\system32;C:\\Users\\ana\\AppData\\Local\\Microsoft\\WindowsApps",
+           "USERPROFILE": "C:\\Users\\ana", "APPDATA": "C:\\Users\\ana\\AppData\\Roaming",
+           "LOCALAPPDATA": "C:\\Users\\ana\\AppData\\Local", "SystemRoot": "C:\\Windows"}
+    subdirs = {"C:\\Users\\ana\\AppData\\Local\\Programs\\Python": ["Python311", "Python312"]}
+    got = candidates(True, env, subdirs)
+    paths = [p for p, _ in got]
+    assert "C:\\Users\\ana\\stepfoley-venv\\Scripts\\stepfoley.exe" in paths
+    assert "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\Scripts\\stepfoley.exe" in paths
+    assert not any("WindowsApps\\python" in p for p in paths)  # the Store alias opens the Store
+    pythons = [p for p, kind in got if kind == "python"]
+    assert pythons[-3:] == ["C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\python.exe",
+                            "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python311\\python.exe",
+                            "C:\\Windows\\py.exe"]
+    assert lua('io.write(tostring(SF.is_store_alias("C:\\\\Users\\\\a\\\\AppData\\\\Local\\\\Microsoft'
+               '\\\\WindowsApps\\\\python.exe")))') == "true"
+
+
+@pytest.mark.parametrize("stepfoley,want,role", [(True, True, "auto"), (True, False, "exclude"),
+                                                  (False, True, "include"), (False, False, "auto")])
+def test_role_for(stepfoley, want, role):
+    assert lua(f"io.write(SF.role_for({str(stepfoley).lower()}, {str(want).lower()}))") == role
+
+
+def test_job_folder_time():
+    out = lua("io.write(tostring(SF.job_folder_time('20240102-030405-00ab12cd') == os.time({year = 2024, month = 1, "
+              "day = 2, hour = 3, min = 4, sec = 5})), ' ', tostring(SF.job_folder_time('my stems')))")
+    assert out == "true nil"
+
+
+def test_methods_for_replace_and_reference():
+    code = ("local caps = SF.json_decode(io.read('a')); "
+            "local a = SF.negating_method(caps, 'independent'); local b = SF.negating_method(nil, 'independent'); "
+            "local c, why = SF.reference_method(caps); "
+            "io.write(SF.json_encode({a, b, c or false, why}))")
+    a, b, c, why = json.loads(lua(code, json.dumps(CAPS)))
+    assert (a, b, c) == ("nag", "independent", False) and "reference: no ControlNet" in why

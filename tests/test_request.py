@@ -91,6 +91,13 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "playrate": 0}}, "region.playrate"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 5, "project_end": 4}},
          "must be after region.project_start"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 10, "playrate": 0.01}},
+         "The stem would last 1000.0 s on the timeline (10.00 s of picture at playrate 0.01); at most 600 s"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 200}, "sample_rate": 192000, "format": "wav32f"},
+         "The stem would be 146 MiB (200.0 s at 192000 Hz in wav32f); a job writes at most 128 MiB"),
+        ({"caption": "rain \ud800"}, "caption 'rain \\ud800' holds a lone UTF-16 surrogate"),
+        ({"existing_mix": "/mix\udcff.wav"}, "existing_mix '/mix\\udcff.wav' holds a lone UTF-16 surrogate"),
+        ({"alpha": [[[[[[1]]]]]]}, "alpha must be a number, got [[[...]]]"),
     ],
 )
 def test_bad_requests_are_named_precisely(tmp_path, change, words):
@@ -149,6 +156,16 @@ def test_capabilities_round_trip_through_json():
     again = Capabilities.from_json(json.loads(json.dumps(caps.to_json())))
     assert again == caps
     assert caps.to_json()["bounds"]["steps"] == [1, 200]
+    assert {k: caps.to_json()["bounds"][k] for k in ("stem_seconds", "stem_bytes", "input_audio_bytes",
+                                                     "input_sample_rate")} == {
+        "stem_seconds": 600.0, "stem_bytes": 128 * 2**20, "input_audio_bytes": 2**30, "input_sample_rate": 192000}
+
+
+def test_the_largest_stems_the_limits_allow_are_accepted(tmp_path):
+    for rate, fmt, seconds in ((48000, "wav32f", 600), (192000, "wav24", 233), (192000, "wav32f", 174)):
+        request = make_request(tmp_path, sample_rate=rate, format=fmt)
+        request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": seconds}
+        assert parse_request(request).region.project_duration == seconds
 
 
 def test_the_protocol_document_shows_the_field_table():

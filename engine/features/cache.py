@@ -1,48 +1,75 @@
-"""Video features computed once per (file identity, region, extractor): every track after the
-first one over the same picture region skips decoding, CLIP and Synchformer.
+"""Video features computed once per (file identity, region, encoder): every track after the
+first one over the same picture region skips decoding, CLIP and Synchformer, and so does an
+engine restarted later (with MMAudio's encoders on a CPU, one 8 s region costs minutes).
 
-A size-bounded in-memory LRU, plus an optional directory of safetensors files that survives
-restarts. File identity is (absolute path, size, mtime_ns): re-exporting the video under the
-same name changes its size or mtime and so misses the cache.
+One key, `region_key`: the video's resolved path, size and mtime_ns (re-exporting it under the
+same name changes its size or mtime and so misses), the region's start and end in whole
+microseconds (the same DAW selection sent twice must hit, float noise must not matter), and
+the encoder's `encoder_id` (its weights and frame geometry).
+
+Two layers: a size-bounded in-memory LRU, and a folder of safetensors files, one per entry,
+that survives restarts (`open_feature_cache` puts it under the user's cache folder). On disk:
+- an entry is written under a temporary name and renamed, so a reader (this engine or
+  another one sharing the folder) never sees half a file;
+- a file that does not load, or that holds another key or another format (damaged, foreign),
+  is removed and computed again;
+- reading an entry refreshes its mtime; after each write the least recently used files go
+  until the folder holds at most `max_disk_bytes`;
+- the disk is a convenience: a failed read is a miss and a failed write (a full or read-only
+  disk) is skipped, so it never fails a generation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Union
+from typing import Callable, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.user_dirs import default_feature_cache_dir
 
 Features = dict[str, torch.Tensor]
 # What compute() may return: named tensors, or a tuple of tensors (returned as a tuple again).
 Computed = Union[Features, tuple[torch.Tensor, ...]]
 
+DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
+DEFAULT_MAX_DISK_GB = 5.0  # about 6,000 regions of 8 s with MMAudio's encoders
+DISK_FORMAT = "stepfoley-features-1"
+OFF = "off"
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
+_TEMP_PREFIX = ".writing-"
+_STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
+_UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
+_TUPLE_PREFIX = "item"
+
 
 def file_identity(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime_ns); raises OSError when the file cannot be stat'ed."""
     path = Path(path).resolve()
     stat = path.stat()
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def region_key(path: str | Path, start_s: float, end_s: float, extractor_id: str) -> tuple:
-    # microseconds: the same DAW selection sent twice must hit, float noise must not matter
-    return file_identity(path) + (round(start_s * 1e6), round(end_s * 1e6), extractor_id)
+def region_key(path: str | Path, start_s: float, end_s: float, encoder_id: str) -> tuple:
+    """The one cache key of a region's features (see the module's docstring)."""
+    return file_identity(path) + (round(start_s * 1e6), round(end_s * 1e6), encoder_id)
 
 
-def key_digest(key: Hashable) -> str:
-    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()
-
-
-_TUPLE_PREFIX = "item"
+def _key_text(key: tuple) -> str:
+    return json.dumps(key)
 
 
 def _pack(computed: Computed) -> Features:
@@ -64,6 +91,13 @@ def _nbytes(features: Features) -> int:
     return sum(t.numel() * t.element_size() for t in features.values())
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # gone already (another engine), or not ours to remove: nothing to do
+
+
 @dataclass
 class CacheStats:
     memory_hits: int = 0
@@ -72,26 +106,38 @@ class CacheStats:
 
 
 class FeatureCache:
-    def __init__(self, max_bytes: int = 256 * 2**20, cache_dir: str | Path | None = None):
+    """`cache_dir` None keeps entries in memory only."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MEMORY_BYTES, cache_dir: str | Path | None = None,
+                 max_disk_bytes: int = int(DEFAULT_MAX_DISK_GB * 1e9)):
         self.max_bytes = max_bytes
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_disk_bytes = max_disk_bytes
         self.stats = CacheStats()
-        self._entries: OrderedDict[Hashable, Features] = OrderedDict()
+        self._entries: OrderedDict[tuple, Features] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Computed]) -> Computed:
-        """Features for `key`, calling compute() only on a miss. The key must carry the file
-        identity (see region_key) and must be JSON-representable for the disk cache."""
+    def get_or_compute_region(self, video: str | Path, start_s: float, end_s: float, encoder_id: str,
+                              compute: Callable[[], Computed]) -> Computed:
+        """The features of [start_s, end_s) of `video` by the encoder `encoder_id`, calling
+        compute() only on a miss. A video that cannot be stat'ed is not cached: compute()
+        raises the error that names it."""
+        try:
+            key = region_key(video, start_s, end_s, encoder_id)
+        except OSError:
+            return compute()
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 self.stats.memory_hits += 1
-                return _unpack(found)
+        if found is not None:
+            self._touch(key)
+            return _unpack(found)
         found = self._read_disk(key)
         if found is not None:
             self.stats.disk_hits += 1
@@ -102,11 +148,7 @@ class FeatureCache:
         self._remember(key, found)
         return _unpack(found)
 
-    def get_or_compute_region(self, path: str | Path, start_s: float, end_s: float,
-                              extractor_id: str, compute: Callable[[], Computed]) -> Computed:
-        return self.get_or_compute(region_key(path, start_s, end_s, extractor_id), compute)
-
-    def _remember(self, key: Hashable, features: Features) -> None:
+    def _remember(self, key: tuple, features: Features) -> None:
         size = _nbytes(features)
         with self._lock:
             if key in self._entries:
@@ -119,31 +161,104 @@ class FeatureCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= _nbytes(evicted)
 
-    def _disk_path(self, key: Hashable) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key_digest(key)}.safetensors"
+    # -- the folder --
 
-    def _read_disk(self, key: Hashable) -> Features | None:
+    def _disk_path(self, key: tuple) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{hashlib.sha256(_key_text(key).encode()).hexdigest()}.safetensors"
+
+    def _touch(self, key: tuple) -> None:
+        """Mark an entry as just used, for the least-recently-used order on disk."""
+        path = self._disk_path(key)
+        if path is not None:
+            try:
+                os.utime(path)
+            except OSError:
+                pass  # evicted meanwhile by another engine: written again on its next miss
+
+    def _read_disk(self, key: tuple) -> Features | None:
         path = self._disk_path(key)
         if path is None or not path.is_file():
             return None
         try:
             with safe_open(str(path), "pt") as f:
-                if f.metadata().get("key") != json.dumps(key, default=str):
-                    return None  # a digest collision or a foreign file
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError):
-            return None  # a damaged cache file is recomputed and atomically replaced
+                meta = f.metadata() or {}
+                if meta.get("format") != DISK_FORMAT or meta.get("key") != _key_text(key):
+                    raise ValueError("not this entry")
+                features = {name: f.get_tensor(name) for name in f.keys()}
+        except _UNREADABLE:
+            if path.exists():  # else evicted by another engine meanwhile
+                _remove(path)  # damaged or foreign: computed again and rewritten
+            return None
+        self._touch(key)
+        return features
 
-    def _write_disk(self, key: Hashable, features: Features) -> None:
+    def _write_disk(self, key: tuple, features: Features) -> None:
         path = self._disk_path(key)
-        if path is None:
+        if path is None or _nbytes(features) > self.max_disk_bytes:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
+        temp = None
         try:
-            save_file(features, tmp, metadata={"key": json.dumps(key, default=str)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=path.parent)
+            os.close(handle)
+            save_file(features, temp, metadata={"format": DISK_FORMAT, "key": _key_text(key)})
+            os.replace(temp, path)  # atomic: readers see the old file, none, or this one
+        except (OSError, SafetensorError):
+            return  # a full or read-only disk: the entry stays in memory only
+        finally:
+            if temp is not None:
+                _remove(Path(temp))  # only left after a failure
+        self._evict_disk(keep=path)
+
+    def _evict_disk(self, keep: Path) -> None:
+        """Remove the least recently used entries until the folder fits `max_disk_bytes`, and
+        temporary files that killed engines left."""
+        entries, now = [], time.time()
+        try:
+            scan = list(os.scandir(self.cache_dir))
+        except OSError:
+            return
+        for entry in scan:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed meanwhile
+            if _ENTRY_NAME.fullmatch(entry.name):
+                entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
+            elif entry.name.startswith(_TEMP_PREFIX) and now - info.st_mtime > _STALE_TEMP_S:
+                _remove(Path(entry.path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_disk_bytes:
+                break
+            if path != keep:
+                _remove(path)
+                total -= size
+
+
+def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: float | None = None) -> FeatureCache:
+    """The engine's feature cache. `folder` None: persistent, in the user's cache folder
+    (engine.user_dirs.default_feature_cache_dir); "off": in memory only; else that folder.
+    `max_disk_gb` (default DEFAULT_MAX_DISK_GB) caps the folder. The folder is created and
+    checked here, so a bad one is refused before any model loads."""
+    gigabytes = DEFAULT_MAX_DISK_GB if max_disk_gb is None else max_disk_gb
+    if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or not (
+            math.isfinite(gigabytes) and gigabytes > 0):
+        raise InvalidInputError(f"The feature cache size (--feature-cache-max-gb) must be a number of gigabytes "
+                                f"above 0, got {gigabytes!r}.")
+    if folder is not None and os.fspath(folder) == OFF:
+        return FeatureCache()
+    directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        usable = os.access(directory, os.W_OK | os.X_OK)
+        reason = "it is not writable"
+    except OSError as error:
+        usable, reason = False, error.strerror or str(error)
+    if not usable:
+        raise InvalidInputError(
+            f"The feature cache folder '{directory}' cannot be used ({reason}). Choose another one with "
+            f"--feature-cache DIR, or keep features in memory only with --feature-cache off.")
+    return FeatureCache(cache_dir=directory, max_disk_bytes=int(gigabytes * 1e9))

@@ -7,14 +7,15 @@
 
 Own implementation (see docs/clip.md for why not open_clip): state-dict keys are open_clip's
 CLIP layout, so open_clip_pytorch_model.bin / open_clip_model.safetensors load directly; the
-BPE tokenizer reads the local bpe_simple_vocab_16e6.txt.gz.
+BPE tokenizer reads bpe_simple_vocab_16e6.txt.gz from the CLIP directory, else the copy
+shipped in vocab/ (MIT, see vocab/LICENSE). Checked against MMAudio's reference with
+open_clip's own token ids: tests/test_clip_golden.py.
 """
 
 from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 import json
 import re
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from stepfoley.engine.errors import CheckpointError, InvalidInputError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SHIPPED_VOCAB = Path(__file__).resolve().parent / "vocab" / VOCAB_FILE
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                 "open_clip_pytorch_model.bin")
 # In the checkpoint but not needed for features (logit_bias exists only in SigLIP-style models).
@@ -226,16 +228,19 @@ def load_clip(clip_dir: str | Path, cfg: ClipConfig | None = None) -> ClipModel:
 
 
 def clip_normalize(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (T, 3, H, W) -> float in CLIP's normalized range."""
+    """(T, 3, H, W) uint8 (0-255), or float in [0, 1] as MMAudio feeds them -> float in CLIP's
+    normalized range."""
     mean = torch.tensor(CLIP_MEAN, device=frames.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=frames.device).view(1, 3, 1, 1)
-    return (frames.float() / 255.0 - mean) / std
+    unit = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    return (unit - mean) / std
 
 
 @torch.inference_mode()
 def encode_clip_frames(model: ClipModel, frames: torch.Tensor, batch_frames: int | None = None,
                        on_progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """uint8 (T, 3, 384, 384) at 8 fps -> (1, T, embed_dim), frames batched through the tower;
+    """(T, 3, 384, 384) at 8 fps, uint8 or float in [0, 1] -> (1, T, embed_dim), frames batched
+    through the tower;
     `on_progress(frames_done)` after each batch."""
     param = next(model.parameters())
     x = clip_normalize(frames.to(param.device)).to(param.dtype)
@@ -274,19 +279,17 @@ _MAX_MERGES = 49152 - 256 - 2
 
 
 def find_bpe_vocab(clip_dir: str | Path | None = None) -> Path:
-    """The BPE merges file: in the CLIP directory, else the copy an installed open_clip ships."""
-    candidates = []
+    """The BPE merges file: a copy in the CLIP directory (gzipped or not), else the one shipped
+    with StepFoley (the model hub does not ship it with the DFN5B weights)."""
+    candidates = [SHIPPED_VOCAB]
     if clip_dir is not None:
-        candidates += [Path(clip_dir) / VOCAB_FILE, Path(clip_dir) / VOCAB_FILE[:-3]]
-    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / VOCAB_FILE for p in spec.submodule_search_locations]
+        candidates[:0] = [Path(clip_dir) / VOCAB_FILE, Path(clip_dir) / VOCAB_FILE[:-3]]
     for path in candidates:
         if path.is_file():
             return path
     raise CheckpointError(
-        f"The CLIP tokenizer vocabulary {VOCAB_FILE} was not found"
-        f"{f' in {clip_dir}' if clip_dir else ''}. Copy it there from the open_clip package.")
+        f"The CLIP tokenizer vocabulary {VOCAB_FILE} was not found{f' in {clip_dir}' if clip_dir else ''}, "
+        f"and the copy that comes with StepFoley ({SHIPPED_VOCAB}) is missing: reinstall StepFoley.")
 
 
 class ClipTokenizer:

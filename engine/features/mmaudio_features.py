@@ -1,14 +1,16 @@
 """MMAudio's conditioning encoders over the real weights:
 
-    video = MMAudioVideoEncoder.from_weights_dir(weights_dir, cache=FeatureCache())
+    video = MMAudioVideoEncoder.from_weights_dir(weights_dir)
     clip_f, sync_f = video.encode_region("picture.mp4", 12.0, 20.0)   # (1, 64, 1024), (1, 192, 768)
     text = MMAudioTextEncoder.from_weights_dir(weights_dir, clip=video.clip)
     text_f = text.encode(["footsteps on gravel"])                       # (1, 77, 1024)
 
 weights_dir follows MMAudio's layout: ext_weights/synchformer_state_dict.pth and the CLIP
-directory DFN5B-CLIP-ViT-H-14-384/ (open_clip_pytorch_model.bin, open_clip_config.json,
-bpe_simple_vocab_16e6.txt.gz). The region is decoded once; all CLIP frames go through one
-batched forward, all Synchformer windows through another.
+directory DFN5B-CLIP-ViT-H-14-384/ (open_clip_pytorch_model.bin, open_clip_config.json; the
+tokenizer vocabulary ships with StepFoley). The region is decoded once; all CLIP frames go
+through one batched forward, all Synchformer windows through another. Nothing is cached
+here: the session keeps each region's features in engine.features.cache.FeatureCache under
+the encoder's `encoder_id`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import SYNC_FRAMES_PER_SEGMENT, SequenceLengths
-from stepfoley.engine.features.cache import FeatureCache, file_identity
+from stepfoley.engine.features.cache import file_identity
 from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
                                   find_weight_file, load_clip)
 from stepfoley.engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
@@ -70,13 +72,11 @@ def shared_clip(clip_dir: Path, cfg: ClipConfig | None = None) -> ClipModel:
 class MMAudioVideoEncoder:
     """A region of a video file -> (clip_f (1, Tc, Dc), sync_f (1, Ts, Ds))."""
 
-    def __init__(self, clip: ClipModel, synchformer: SynchformerVisual,
-                 cache: FeatureCache | None = None, extractor_id: str | None = None,
+    def __init__(self, clip: ClipModel, synchformer: SynchformerVisual, extractor_id: str | None = None,
                  clip_size: int = CLIP_SIZE, clip_batch: int | None = None,
                  sync_batch: int | None = None):
         self.clip = clip.eval()
         self.synchformer = synchformer.eval()
-        self.cache = cache
         self.requests = (FrameRequest(CLIP_FPS, clip_size, "stretch"),
                          FrameRequest(SYNC_FPS, synchformer.cfg.image_size, "crop"))
         self.extractor_id = extractor_id or model_fingerprint(clip.visual, synchformer)
@@ -86,7 +86,6 @@ class MMAudioVideoEncoder:
 
     @classmethod
     def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
-                         cache: FeatureCache | None = None,
                          device: str | torch.device = "cpu",
                          synchformer_config: SynchformerConfig | None = None,
                          clip_config: ClipConfig | None = None) -> "MMAudioVideoEncoder":
@@ -101,7 +100,7 @@ class MMAudioVideoEncoder:
         synchformer = load_synchformer(sync_path, synchformer_config or SynchformerConfig())
         clip_file = find_weight_file(clip_dir)
         extractor_id = f"{file_identity(clip_file)}|{file_identity(sync_path)}"
-        return cls(clip.to(device), synchformer.to(device), cache=cache, extractor_id=extractor_id)
+        return cls(clip.to(device), synchformer.to(device), extractor_id=extractor_id)
 
     from_directory = from_weights_dir  # the name engine.loading uses
 
@@ -122,12 +121,13 @@ class MMAudioVideoEncoder:
             return self.clip_batch, self.sync_batch
         return CPU_CLIP_BATCH, CPU_SYNC_BATCH
 
-    def _compute(self, video_path: Path, start_s: float, end_s: float,
-                 on_progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+    def encode_region(self, video_path: str | Path, start_s: float, end_s: float,
+                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments."""
         report = on_progress or (lambda done: None)
         clip_batch, sync_batch = self._batches()
         t0 = time.perf_counter()
-        clip_frames, sync_frames = read_regions(video_path, start_s, end_s, self.requests)
+        clip_frames, sync_frames = read_regions(Path(video_path), start_s, end_s, self.requests)
         t1 = time.perf_counter()
         clip_f = encode_clip_frames(self.clip, clip_frames, clip_batch, on_progress=report)
         t2 = time.perf_counter()
@@ -135,23 +135,7 @@ class MMAudioVideoEncoder:
                                     on_progress=lambda done: report(clip_f.shape[1] + done))
         t3 = time.perf_counter()
         self.last_timings = {"decode_s": t1 - t0, "clip_s": t2 - t1, "sync_s": t3 - t2}
-        return {"clip_f": clip_f, "sync_f": sync_f}
-
-    def encode_region(self, video_path: str | Path, start_s: float, end_s: float,
-                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments."""
-        video_path = Path(video_path)
-        self.last_timings = {"decode_s": 0.0, "clip_s": 0.0, "sync_s": 0.0}
-        if self.cache is None:
-            features = self._compute(video_path, start_s, end_s, on_progress)
-        else:
-            if not video_path.is_file():
-                self._compute(video_path, start_s, end_s)  # raises the VideoError that names it
-            features = self.cache.get_or_compute_region(
-                video_path, start_s, end_s, self.extractor_id,
-                lambda: self._compute(video_path, start_s, end_s, on_progress))
-        device = next(self.clip.parameters()).device
-        return features["clip_f"].to(device), features["sync_f"].to(device)
+        return clip_f, sync_f
 
 
 class MMAudioTextEncoder:

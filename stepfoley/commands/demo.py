@@ -24,12 +24,16 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from stepfoley.commands.runtime import feature_cache_from_arguments
     from stepfoley.engine.demo import DEMO_SEED, run_demo
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import load_runtime_model
 
     try:
+        share_cpu(args.threads)
         t0 = time.perf_counter()
+        feature_cache = feature_cache_from_arguments(args)
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
         if model.note:
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
 
             result = run_demo(model, Path(args.out), args.seed if args.seed is not None else DEMO_SEED,
-                              args.tracks, args.steps, progress)
+                              args.tracks, args.steps, progress, feature_cache)
     except StepFoleyError as e:
         print(f"stepfoley demo: {e}", file=sys.stderr)
         return 1

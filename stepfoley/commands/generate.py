@@ -1,10 +1,22 @@
-"""`stepfoley generate`: one step of the step-by-step workflow, on files."""
+"""`stepfoley generate`: one step of the step-by-step workflow, on files.
+
+Every argument is checked before the model loads (a full MMAudio stack takes a while): the
+video and the region in it, the stems and the reference, where the new stem goes, the feature
+cache. The --existing stems are read then and handed to the service in memory.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stepfoley.commands.runtime import add_runtime_arguments
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stepfoley.engine.features.cache import FeatureCache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,73 +49,140 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
     p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the model's)")
     p.add_argument("--format", choices=("wav24", "wav32f"), default="wav24", help=field_rule("format"))
-    p.add_argument("--out", default=".", help="folder for the new stem (a new unique name is chosen)")
+    p.add_argument("--out", default=".", metavar="FOLDER|FILE.wav",
+                   help="an existing folder (the new stem gets a new unique name there) or a file name ending "
+                        "in .wav (default: the current folder)")
+    p.add_argument("--force", action="store_true", help="let --out FILE.wav replace an existing file")
 
 
-def request_from_arguments(args: argparse.Namespace, sample_rate: int, existing_mix: str | None = None) -> dict:
+@dataclass(frozen=True)
+class Output:
+    """Where the new stem goes: a new unique name in `folder`, then renamed to `file` if given."""
+
+    folder: str
+    file: str | None = None
+
+
+def resolve_output(out: str, force: bool) -> Output:
+    """--out as a folder (an existing one) or a file (a name ending in .wav, in an existing
+    folder, new unless `force`). Raises InvalidInputError."""
+    import os
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        return Output(path)
+    if not path.lower().endswith(".wav"):
+        raise InvalidInputError(f"The output folder '{out}' does not exist. Create it, or give a file name "
+                                "ending in .wav.")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise InvalidInputError(f"The folder of '{out}' ({folder}) does not exist. Create it first.")
+    if os.path.lexists(path) and not force:
+        raise InvalidInputError(f"'{out}' already exists. Pass --force to replace it, or choose another name.")
+    return Output(folder, path)
+
+
+def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate: int) -> dict:
     """The protocol request these arguments describe (parsed by stepfoley.request like any other)."""
     import os
+
+    from stepfoley.request import MAX_NAME_HINT_CHARS
 
     method = args.method or ("reference" if args.reference else None)
     request = {
         "region": {"video": os.path.abspath(args.video), "file_in": args.start, "file_out": args.end},
         "caption": args.caption, "method": method, "seed": args.seed,
-        "negative_caption": args.negative_caption, "existing_mix": existing_mix,
+        "negative_caption": args.negative_caption,
         "reference_audio": os.path.abspath(args.reference) if args.reference else None,
-        "output_dir": os.path.abspath(args.out), "sample_rate": sample_rate, "format": args.format,
+        "output_dir": output.folder, "sample_rate": sample_rate, "format": args.format,
+        # a file name: the stem is written under it (numbered), then renamed to it
+        "name_hint": os.path.splitext(os.path.basename(output.file))[0][:MAX_NAME_HINT_CHARS] if output.file else None,
     }
     for name in ("alpha", "beta", "w1", "w2", "w3", "steps"):
         request[name] = getattr(args, name)
     return {k: v for k, v in request.items() if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Checked:
+    """The arguments, checked: what the run needs once the model is loaded."""
+
+    output: Output
+    existing: list[tuple[np.ndarray, int]]  # (samples (C, S), sample_rate) of each --existing stem
+    feature_cache: FeatureCache
+
+
+def check_arguments(args: argparse.Namespace) -> Checked:
+    """Every check that needs no model, in the order a user would fix them. Raises RequestError
+    or StepFoleyError with a message for the user."""
     import os
+
+    from stepfoley.commands.runtime import feature_cache_from_arguments
+    from stepfoley.engine import audio_io
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.video import check_video_region
+    from stepfoley.request import parse_request
+
+    if args.reference and args.existing:
+        raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
+                                "leave out --existing.")
+    output = resolve_output(args.out, args.force)
+    # The fields (times, guidance, rates) and the output folder; the sample rate is the
+    # model's when not given: any supported rate stands in until the model is loaded.
+    parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True)
+    check_video_region(args.video, args.start, args.end)
+    if args.reference:
+        audio_io.read_audio(args.reference)
+    existing = [audio_io.read_audio(path) for path in args.existing]
+    if args.weights is not None and not os.path.isdir(args.weights):
+        raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
+    return Checked(output, existing, feature_cache_from_arguments(args))
+
+
+def run(args: argparse.Namespace) -> int:
     import sys
 
     from tqdm import tqdm
 
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
     from stepfoley.request import RequestError, parse_request
 
-    if args.reference and args.existing:
-        print("stepfoley: --reference makes a track like a recording and ignores earlier stems; "
-              "leave out --existing.", file=sys.stderr)
+    try:
+        checked = check_arguments(args)
+    except (RequestError, StepFoleyError) as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
         return 2
     try:
-        # Every argument is checked before the model loads (the sample rate is the model's when
-        # not given: any supported rate stands in until then).
-        parse_request(request_from_arguments(args, args.sample_rate or 48000))
-    except RequestError as e:
-        print(f"stepfoley: {e.message}", file=sys.stderr)
-        return 2
-    try:
+        share_cpu(args.threads)
         service = build_service(args.weights, device=args.device, model=args.model,
-                                precision=args.precision, compile=args.compile)
+                                precision=args.precision, compile=args.compile, feature_cache=checked.feature_cache)
         if service.model.note:
             print(f"note: {service.model.note}", file=sys.stderr)
-        existing = None
-        if args.existing:
-            existing = _bounce(args.existing, service.model.sample_rate, args.out)
+        # Parsed again for what only the model knows: its rate and the methods it offers.
+        request = parse_request(request_from_arguments(args, checked.output,
+                                                       args.sample_rate or service.model.sample_rate),
+                                service.capabilities(), check_paths=True)
+        bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
+
+        def progress(phase, step, total):
+            bar.set_description(f"{args.caption[:32]} [{phase}]")
+            bar.total = total
+            bar.n = step
+            bar.refresh()
+
         try:
-            request = parse_request(request_from_arguments(args, args.sample_rate or service.model.sample_rate,
-                                                           existing), service.capabilities(), check_paths=True)
-            bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
-
-            def progress(phase, step, total):
-                bar.set_description(f"{args.caption[:32]} [{phase}]")
-                bar.total = total
-                bar.n = step
-                bar.refresh()
-
-            try:
-                result = service(request, progress, lambda: False)
-            finally:
-                bar.close()
+            result = service(request, progress, lambda: False, existing_tracks=checked.existing)
         finally:
-            if existing:
-                os.unlink(existing)
+            bar.close()
+        stem_path = result["stem_path"]
+        if checked.output.file:
+            from stepfoley.engine.audio_io import rename_file
+
+            stem_path = rename_file(stem_path, checked.output.file, replace=args.force)
     except RequestError as e:
         print(f"stepfoley: {e.message}", file=sys.stderr)
         return 2
@@ -111,17 +190,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
     meta = result["metadata"]
-    print(f"wrote {result['stem_path']}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
+    print(f"wrote {stem_path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
           f"method {meta['method_used']}, seed {meta['seed']})")
     return 0
-
-
-def _bounce(paths: list[str], sample_rate: int, folder: str) -> str:
-    """Sum the given stems into one temporary WAV, as a DAW bounce would."""
-    from stepfoley.engine import audio_io, mixing
-
-    tracks = [audio_io.read_audio(p) for p in paths]
-    length = max(int(round(s.shape[-1] * sample_rate / sr)) for s, sr in tracks)
-    path = audio_io.unique_path(folder, ".stepfoley_existing_mix")
-    audio_io.write_wav_atomic(path, mixing.mix_tracks(tracks, sample_rate, length), sample_rate, subtype="FLOAT")
-    return str(path)

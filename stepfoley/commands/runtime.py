@@ -1,17 +1,40 @@
-"""Where and how the networks run: the options `generate`, `serve` and `demo` share."""
+"""The options `generate`, `serve` and `demo` share: where the video features are kept, and
+where and how the networks run."""
 
 from __future__ import annotations
 
 import argparse
 
-# engine.devices.PRECISIONS, repeated so that `--help` needs no torch import.
+# engine.devices.PRECISIONS and engine.features.cache.DEFAULT_MAX_DISK_GB, repeated so that
+# `--help` needs no torch import.
 PRECISIONS = ("auto", "bf16", "fp32")
+FEATURE_CACHE_MAX_GB = 5.0
+
+
+def feature_cache_from_arguments(args: argparse.Namespace):
+    """The engine.features.cache.FeatureCache the --feature-cache options ask for; raises
+    InvalidInputError for a folder that cannot be used or a size that is not above 0."""
+    from stepfoley.engine.features.cache import open_feature_cache
+
+    return open_feature_cache(args.feature_cache, args.feature_cache_max_gb)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    from stepfoley.engine.user_dirs import default_feature_cache_dir
+
+    p.add_argument("--feature-cache", default=None, metavar="DIR|off",
+                   help="folder that keeps each region's picture features across runs (with MMAudio on a "
+                        f"CPU they take minutes); 'off' keeps them in memory only (default: "
+                        f"{default_feature_cache_dir()})")
+    p.add_argument("--feature-cache-max-gb", type=float, default=None, metavar="GB",
+                   help="largest size of that folder; the least recently used features go first "
+                        f"(default {FEATURE_CACHE_MAX_GB:g})")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on CUDA GPUs, fp32 elsewhere; bf16 is also much faster on CPUs with "
                         "native bf16 (AVX512-BF16 or AMX) at a slight change of the sound")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (CUDA only; the first job takes longer)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the networks (default: every core but one, so a DAW running beside "
+                        "keeps a core for its audio)")

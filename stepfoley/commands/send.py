@@ -21,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON status file kept up to date (atomically); creating FILE.cancel cancels the job")
     parser.add_argument("--host", default=protocol.DEFAULT_HOST, help=f"engine address (default {protocol.DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help=f"engine UDP port (default {protocol.DEFAULT_PORT})")
-    parser.add_argument("--token", default=os.environ.get("STEPFOLEY_TOKEN", ""),
-                        help="the engine's shared token, if it has one (default: $STEPFOLEY_TOKEN)")
+    parser.add_argument("--token", default=None,
+                        help="the engine's shared token (visible to other users in `ps`; default: $STEPFOLEY_TOKEN, "
+                             "else the token file, see --token-file)")
+    parser.add_argument("--token-file", metavar="FILE", default=None,
+                        help="read the token from FILE (mode 600; default $STEPFOLEY_TOKEN_FILE or "
+                             "~/.config/stepfoley/token when it exists)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="give up after this many seconds without any progress from the engine (default 120)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but the final JSON")
@@ -30,12 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge import client
+    from stepfoley.bridge.auth import TokenError, resolve_token
 
     if args.timeout <= 0 or not 1 <= args.port <= 65535:
         print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)
         return client.EXIT_USAGE
     if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
         print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)
+        return client.EXIT_USAGE
+    try:
+        args.token = resolve_token(args.token, args.token_file)
+    except TokenError as e:
+        _finish(args, client, client.failure_status(e.code, str(e), client.EXIT_USAGE))
         return client.EXIT_USAGE
     if args.request is not None:
         return _send(args, client)

@@ -12,27 +12,56 @@ from stepfoley.commands.runtime import add_runtime_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=protocol.DEFAULT_HOST,
-                        help=f"address to listen on (default {protocol.DEFAULT_HOST}; any other needs --token)")
+                        help=f"address to listen on (default {protocol.DEFAULT_HOST}; any other needs a token)")
     parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT,
                         help=f"UDP port to listen on (default {protocol.DEFAULT_PORT})")
-    parser.add_argument("--token", default="", help="shared secret every message must carry (required off loopback)")
+    parser.add_argument("--token-file", metavar="FILE", default=None,
+                        help="read the shared secret every message must carry from FILE (mode 600). Default: "
+                             "$STEPFOLEY_TOKEN, else $STEPFOLEY_TOKEN_FILE or ~/.config/stepfoley/token when it "
+                             "exists; required off loopback")
+    parser.add_argument("--token", default=None,
+                        help="the shared secret itself (every local user can read it in `ps`: prefer the above)")
     parser.add_argument("--weights", default=None, metavar="DIR",
                         help="folder of MMAudio weights (default: the embedded mini-world model)")
     parser.add_argument("--model", default=None, help="model variant inside --weights (for example small_16k)")
     parser.add_argument("--max-queue", type=int, default=256, help="jobs that may wait at once (default 256)")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="run this many steps below normal CPU priority (default 10; 0 keeps it), so the "
+                             "DAW's audio comes first")
     add_runtime_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
 
 
 def run(args: argparse.Namespace) -> int:
+    from stepfoley.bridge.auth import TokenError, resolve_token
     from stepfoley.bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
 
+    if args.token is not None:
+        print("warning: --token is visible to every user of this machine (ps); use $STEPFOLEY_TOKEN or a "
+              "token file instead (docs/osc-protocol.md, Security).", file=sys.stderr)
+    try:
+        args.token = resolve_token(args.token, args.token_file)
+    except TokenError as e:
+        print(str(e), file=sys.stderr)
+        return 2
     if not args.token and not is_loopback(args.host):
-        print(f"Refusing to listen on {args.host} without --token: other machines could use the engine.",
-              file=sys.stderr)
+        print(f"Refusing to listen on {args.host} without a token: other machines could use the engine. "
+              "Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"--threads {args.threads}: give 1 or more.", file=sys.stderr)
         return 2
     if not 0 <= args.port <= 65535:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
+        return 2
+
+    from stepfoley.commands.runtime import feature_cache_from_arguments
+    from stepfoley.engine.errors import InvalidInputError
+
+    try:
+        feature_cache = feature_cache_from_arguments(args)
+    except InvalidInputError as e:
+        print(str(e), file=sys.stderr)
         return 2
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -47,13 +76,19 @@ def run(args: argparse.Namespace) -> int:
         return 3
     server.start()
 
+    from stepfoley.engine import output_folders
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
 
+    # temp files a killed engine left in the folders it wrote to lately
+    for path in output_folders.sweep():
+        print(f"Removed an unfinished stem left by a stopped engine: {path}", file=sys.stderr)
     print("Loading the model...", file=sys.stderr, flush=True)
     try:
+        cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
-                                precision=args.precision, compile=args.compile)
+                                precision=args.precision, compile=args.compile, feature_cache=feature_cache)
     except StepFoleyError as e:
         server.stop()
         print(f"Could not load the model: {e}", file=sys.stderr)
@@ -66,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
         logging.exception("Could not load the model (an internal error; please report it with this log)")
         return 1
     info = service.describe()
-    server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities())
+    server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities(), cpu=cpu)
 
     host, port = server.address
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
-          f"model {server.config.model}, device {server.config.device}). Ctrl-C stops it.",
-          file=sys.stderr, flush=True)
+          f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
+          f"cores at niceness {cpu['nice']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
     serve_until_signalled(server)
     print("Engine stopped.", file=sys.stderr)
     return 0

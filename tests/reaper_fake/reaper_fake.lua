@@ -2,29 +2,78 @@
 A fake `reaper` (and `gfx`) for running the StepFoley ReaScripts under plain Lua 5.4.
 
 It models, faithfully for what the scripts use, the parts of the ReaScript API
-(reaper.fm/sdk/reascript/reascripthelp.html) below; anything else is absent, so a script
-calling an unmodelled function fails loudly instead of silently passing.
+(reaper.fm/sdk/reascript/reascripthelp.html) and of the REAPER User Guide (chapter 21,
+rendering) below; anything else is absent, so a script calling an unmodelled function or key
+fails loudly instead of silently passing.
 
 Model:
-- one project (ReaProject*): tracks in order, a master track, a time selection, project
-  info (render settings, sample rate), a project path, undo blocks;
-- tracks (MediaTrack*): name, selection, P_EXT values, I_FXEN, items;
-- items (MediaItem*): D_POSITION, D_LENGTH, P_NOTES, takes, the active take, selection;
-- takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS, D_PLAYRATE, stretch-marker
-  count, MIDI flag, a source;
+- several projects (ReaProject*, the project tabs), one of them active. Like REAPER, calls
+  that take no project (InsertTrackAtIndex, Main_OnCommand, ...) or get 0 act on the ACTIVE
+  tab; calls given a project act on that project. SelectProjectInstance switches tabs;
+  InsertTrackInProject (REAPER 7.18+) inserts into a given project. A scenario can remove
+  API functions (`missing_api`) to play an older REAPER.
+- per project: tracks in order (folders through I_FOLDERDEPTH), a master track, a time
+  selection, project info (render settings, sample rate), the project file (EnumProjects;
+  "" for a project never saved) and, apart from it, the recording path (GetProjectPathEx:
+  the project folder, or a media subfolder such as <project>/Audio, or for an unsaved
+  project REAPER's default path), undo blocks;
+- tracks (MediaTrack*): name, selection, P_EXT values, B_MUTE, I_SOLO, B_SOLO_DEFEAT, D_VOL,
+  I_FXEN, I_FOLDERDEPTH, razor-edit areas (P_RAZOREDITS), fixed item lanes (REAPER 7:
+  I_FREEMODE 2, I_NUMFIXEDLANES, C_LANEPLAYS:N per lane, P_LANENAME:n), items; the track's FX
+  are modelled as one gain (`fx_gain`, applied while I_FXEN is on);
+- items (MediaItem*): D_POSITION, D_LENGTH, D_VOL, linear fades (D_FADEINLEN, D_FADEOUTLEN,
+  C_FADEINSHAPE/C_FADEOUTSHAPE 0), mute as REAPER has it (B_MUTE_ACTUAL the item's own mute,
+  C_MUTE_SOLO the item-solo override -1/0/1, B_MUTE the resulting mute; setting B_MUTE clears
+  C_MUTE_SOLO), B_LOOPSRC, I_FIXEDLANE and C_LANEPLAYS (read-only: its lane's state), P_NOTES,
+  takes, the active take, selection;
+- takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS (negative: silence before the
+  source starts, when the item does not loop), D_PLAYRATE, D_VOL, take markers,
+  stretch-marker count, MIDI flag, a source;
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
-- global ExtState (persist flag recorded), dialogs answered from a queue, message boxes
-  recorded, defer callbacks queued for the driver's loop, time_precise a clock the driver
-  advances;
-- ExecProcess really starts the command (through /bin/sh, in the background for -1/-2);
-- action 42230 (render with the most recent settings) renders "selected tracks via master"
-  (RENDER_SETTINGS 128) over custom bounds to RENDER_FILE/RENDER_PATTERN.wav as a real WAV:
-  the sum of the active takes' WAV sources of unmuted selected tracks (nearest sample, no
-  resampling filter), times the master's FX gain when master FX are enabled; the bit depth
-  comes from RENDER_FORMAT ("evaw" + bits). Like REAPER it refuses (modal prompt, recorded)
-  to overwrite an existing file or to render when nothing is in range.
+- global ExtState (persist flag recorded), dialogs (GetUserInputs, GetUserFileNameForRead)
+  answered from queues, message boxes recorded, action toggle states (40745 "Options: Solo in
+  front"), time_precise a clock the driver advances, GetAppVersion, folder listings
+  (EnumerateFiles/EnumerateSubdirectories, index -1 re-reads and returns nil);
+- ReaImGui only when a scenario installs it: ImGui_GetBuiltinPath then points at
+  tests/reaper_fake/imgui/, whose imgui.lua is a stand-in for the functions StepFoley uses
+  (see that file);
+- scripts: each action runs as its own script; reaper.defer callbacks and reaper.atexit
+  functions belong to the script that registered them. A script ends when it has no
+  deferred callback left, or when the user terminates it (the driver's `terminate`); then
+  its atexit functions run, as in REAPER ("when the script finishes or is ended by the
+  user"), and its gfx window closes;
+- ExecProcess splits the command line the way REAPER does and starts the program without a
+  shell (in the background for -1/-2): on Windows by the CommandLineToArgvW rules that
+  CreateProcess'ed programs use, elsewhere on whitespace outside ' " or ` quotes with every
+  other character literal (REAPER passes the arguments to the program directly; the
+  splitting rule is the one ReaSpeech documented, TeamAudio/reaspeech PR #187). With a
+  positive timeout it waits (at most that long) and returns "<exit code>\n<output>"; nil
+  when the program cannot be started at all ("returns NULL on total failure");
+- action 42230 (render with the most recent settings) renders over custom bounds to
+  RENDER_FILE/RENDER_PATTERN as real WAV files (bit depth from RENDER_FORMAT "evaw" + bits):
+  * RENDER_SETTINGS 0, "master mix" (User Guide 21.5): ONE file, the master's output. A
+    track's own media plays unless the track or a folder above it is muted; when any track
+    is soloed, only soloed tracks, the tracks inside a soloed folder and unmuted
+    solo-defeat tracks play (with "solo in front" on, the others play dimmed by
+    SOLO_IN_FRONT_DIM instead of silent). Item: not muted, on a playing lane, active take,
+    item volume x take volume x linear fades; with B_LOOPSRC the source repeats (also
+    before its start), without it there is silence outside it. Track: D_VOL x FX gain, then each folder
+    above it, then the master: D_VOL x FX gain, silent when the master is muted.
+  * RENDER_SETTINGS 128, "selected tracks via master": ONE FILE PER SELECTED TRACK (User
+    Guide 21.5), each the track (and the tracks inside it) through its folders and the
+    master; solo states do not matter. RENDER_TARGETS lists them all, separated by ";".
+  Solo and solo in place are the same here (the fake has no sends). Like REAPER it refuses
+  (modal prompt, recorded) to overwrite an existing file, and to render stems when no track
+  is selected; a scenario can have the user cancel the render (nothing is written).
+  Assumptions (not confirmed by the API text): a master-mix render with custom bounds writes
+  a file even when nothing plays (silence); a folder parent's own media stays silent when
+  only a track inside it is soloed; stem files are named RENDER_PATTERN, RENDER_PATTERN-001,
+  ... unless the pattern contains $track; WAV sources are read by nearest sample, no
+  resampling filter; a mono source plays at full level on both channels; an item made by
+  AddMediaItemToTrack loops its source (B_LOOPSRC 1, REAPER's default for new items) and its
+  lanes' play states start as lane 0 playing; lanes beyond I_NUMFIXEDLANES do not exist.
 The fake's own helpers live in `fake` (returned by this file), never in `reaper`.
 ]]
 
@@ -32,7 +81,10 @@ local fake = {
   clock = 1000.0, deferred = {}, messages = {}, console = {}, dialogs = {}, dialog_answers = {},
   exec = {}, undo = {}, undo_depth = 0, edits_outside_undo = {}, ui_refresh = 0, commands = {},
   modal_prompts = {}, extstate = {}, extstate_persist = {}, gfx_text = {}, gfx_key = 0,
-  exec_log = "/dev/null", resource_path = "/tmp/reaper-resource",
+  exec_log = "/dev/null", resource_path = "/tmp/reaper-resource", os_name = "Other",
+  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {},
+  projects = {}, active = 1, toggles = { [40745] = 0 }, scripts = {}, current_script = nil,
+  SOLO_IN_FRONT_DIM = 10 ^ (-18 / 20), -- REAPER's default solo-in-front dim (-18 dB)
 }
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
@@ -129,48 +181,80 @@ function fake.section_source(parent, offs, len, rev)
   return { kind = "PCM_source*", type = "SECTION", parent = parent, offs = offs, length = len, rev = rev and true or false }
 end
 
-local function new_track(name)
-  return { kind = "MediaTrack*", name = name or "", selected = false, ext = {}, items = {}, fxen = 1, mute = false }
+local function new_track(project, name)
+  return { kind = "MediaTrack*", project = project, name = name or "", selected = false, ext = {}, items = {},
+    fxen = 1, fx_gain = 1.0, mute = false, solo = 0, solo_defeat = false, vol = 1.0, folderdepth = 0, freemode = 0,
+    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "" }
 end
 
-local project = {
-  kind = "ReaProject*", tracks = {}, master = new_track("MASTER"), ts0 = 0, ts1 = 0, path = "/tmp",
-  numbers = { PROJECT_SRATE = 48000, PROJECT_SRATE_USE = 1, RENDER_SETTINGS = 0, RENDER_BOUNDSFLAG = 1,
-    RENDER_STARTPOS = 0, RENDER_ENDPOS = 0, RENDER_SRATE = 44100, RENDER_CHANNELS = 2, RENDER_TAILFLAG = 0,
-    RENDER_ADDTOPROJ = 0, RENDER_DITHER = 0, RENDER_NORMALIZE = 0 },
-  strings = { RENDER_FILE = "", RENDER_PATTERN = "$project", RENDER_FORMAT = "bDNwbQ==", RENDER_FORMAT2 = "" },
-  master_fx_gain = 1.0,
-}
-fake.project = project
+local function render_defaults()
+  return {
+    numbers = { PROJECT_SRATE = 48000, PROJECT_SRATE_USE = 1, RENDER_SETTINGS = 0, RENDER_BOUNDSFLAG = 1,
+      RENDER_STARTPOS = 0, RENDER_ENDPOS = 0, RENDER_SRATE = 44100, RENDER_CHANNELS = 2, RENDER_TAILFLAG = 0,
+      RENDER_ADDTOPROJ = 0, RENDER_DITHER = 0, RENDER_NORMALIZE = 0 },
+    strings = { RENDER_FILE = "", RENDER_PATTERN = "$project", RENDER_FORMAT = "bDNwbQ==", RENDER_FORMAT2 = "" },
+  }
+end
 
-function fake.add_track(name)
-  local tr = new_track(name)
+function fake.add_project(path)
+  local defaults = render_defaults()
+  local pr = { kind = "ReaProject*", tracks = {}, ts0 = 0, ts1 = 0, path = path or "/tmp",
+    numbers = defaults.numbers, strings = defaults.strings }
+  pr.file, pr.record_path = pr.path .. "/fake.rpp", pr.path
+  pr.master = new_track(pr, "MASTER")
+  fake.projects[#fake.projects + 1] = pr
+  return pr
+end
+
+-- The first project exists from the start (REAPER always has one tab).
+fake.project = fake.add_project("/tmp")
+
+function fake.active_project() return fake.projects[fake.active] end
+
+function fake.add_track(name, project)
+  project = project or fake.project
+  local tr = new_track(project, name)
   project.tracks[#project.tracks + 1] = tr
   return tr
 end
 
 function fake.add_item(track, position, length)
   local item = { kind = "MediaItem*", track = track, position = position, length = length, notes = "", takes = {},
-    active = nil, selected = false }
+    active = nil, selected = false, mute = false, mute_solo = 0, vol = 1.0, fadein = 0.0, fadeout = 0.0,
+    fadein_shape = 0, fadeout_shape = 0, fixedlane = 0, loopsrc = 0 }
   track.items[#track.items + 1] = item
   return item
 end
 
 function fake.add_take(item, source, startoffs, playrate)
   local take = { kind = "MediaItem_Take*", item = item, source = source, startoffs = startoffs or 0,
-    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false }
+    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {} }
   item.takes[#item.takes + 1] = take
   item.active = item.active or take
   return take
+end
+
+-- REAPER's item mute: the item-solo override wins over the item's own mute.
+local function item_muted(item)
+  if item.mute_solo == -1 then return false end
+  if item.mute_solo == 1 then return true end
+  return item.mute
+end
+fake.item_muted = item_muted
+
+-- An item's lane state on a fixed-lane track (0 elsewhere, as the fake's REAPER says).
+local function lane_plays(item)
+  if item.track.freemode ~= 2 then return 0 end
+  return item.track.lane_plays[item.fixedlane] or 0
 end
 
 local function edit(what)
   if fake.undo_depth == 0 then fake.edits_outside_undo[#fake.edits_outside_undo + 1] = what end
 end
 
-local function all_items()
+local function items_of(pr)
   local list = {}
-  for _, tr in ipairs(project.tracks) do for _, it in ipairs(tr.items) do list[#list + 1] = it end end
+  for _, tr in ipairs(pr.tracks) do for _, it in ipairs(tr.items) do list[#list + 1] = it end end
   return list
 end
 
@@ -180,9 +264,93 @@ local function check(obj, kind, fn)
   end
 end
 
+-- REAPER: a project of 0 (or nil) means the active tab.
 local function proj_of(p)
-  if p == 0 or p == nil or p == project then return project end
-  error("fake reaper: unknown project " .. tostring(p), 3)
+  if p == 0 or p == nil then return fake.active_project() end
+  for _, pr in ipairs(fake.projects) do if pr == p then return pr end end
+  error("fake reaper: unknown or closed project " .. tostring(p), 3)
+end
+
+-- The folder parent of `tr` (I_FOLDERDEPTH: 1 opens a folder, -n closes n levels).
+local function parent_of(tr)
+  local pr = tr.project
+  local stack = {}
+  for _, t in ipairs(pr.tracks) do
+    if t == tr then return stack[#stack] end
+    if t.folderdepth > 0 then stack[#stack + 1] = t
+    elseif t.folderdepth < 0 then for _ = 1, -t.folderdepth do stack[#stack] = nil end end
+  end
+  return nil
+end
+fake.parent_of = parent_of
+
+------------------------------------------------------------------------------------------
+-- Command lines (how REAPER's ExecProcess splits them)
+------------------------------------------------------------------------------------------
+
+-- POSIX REAPER: whitespace separates arguments outside quotes; ' " and ` quote (a span ends
+-- at the same quote character; other quote characters inside it are literal); nothing is
+-- escaped and no shell sees the line.
+local function split_posix(cmd)
+  local args, cur, quote, started = {}, {}, nil, false
+  for _, c in utf8.codes(cmd) do
+    local ch = utf8.char(c)
+    if quote then
+      if ch == quote then quote = nil else cur[#cur + 1] = ch end
+    elseif ch == '"' or ch == "'" or ch == "`" then
+      quote, started = ch, true
+    elseif ch:match("^%s$") then
+      if started then args[#args + 1] = table.concat(cur); cur, started = {}, false end
+    else
+      cur[#cur + 1] = ch
+      started = true
+    end
+  end
+  assert(not quote, "fake reaper: unterminated quote in command line: " .. cmd)
+  if started then args[#args + 1] = table.concat(cur) end
+  return args
+end
+
+-- Windows: CommandLineToArgvW / MSVCRT rules. 2n backslashes + quote = n backslashes and a
+-- quote toggle; 2n+1 backslashes + quote = n backslashes and a literal quote; backslashes
+-- elsewhere are literal; "" inside quotes is a literal quote.
+local function split_windows(cmd)
+  local args, cur, inq, started = {}, {}, false, false
+  local i, n = 1, #cmd
+  while i <= n do
+    local ch = cmd:sub(i, i)
+    if ch == "\\" then
+      local j = i
+      while j <= n and cmd:sub(j, j) == "\\" do j = j + 1 end
+      local count = j - i
+      if cmd:sub(j, j) == '"' then
+        cur[#cur + 1] = string.rep("\\", count // 2)
+        if count % 2 == 1 then cur[#cur + 1] = '"'; j = j + 1 end
+      else
+        cur[#cur + 1] = string.rep("\\", count)
+      end
+      started = true
+      i = j
+    elseif ch == '"' then
+      if inq and cmd:sub(i + 1, i + 1) == '"' then cur[#cur + 1] = '"'; i = i + 2
+      else inq = not inq; i = i + 1 end
+      started = true
+    elseif (ch == " " or ch == "\t") and not inq then
+      if started then args[#args + 1] = table.concat(cur); cur, started = {}, false end
+      i = i + 1
+    else
+      cur[#cur + 1] = ch
+      started = true
+      i = i + 1
+    end
+  end
+  if started then args[#args + 1] = table.concat(cur) end
+  return args
+end
+
+function fake.split_command_line(cmd, windows)
+  if windows then return split_windows(cmd) end
+  return split_posix(cmd)
 end
 
 ------------------------------------------------------------------------------------------
@@ -191,10 +359,20 @@ end
 
 reaper = {}
 
-function reaper.GetOS() return "Other" end
+function reaper.GetOS() return fake.os_name end
+function reaper.GetAppVersion() return fake.app_version end
 function reaper.time_precise() return fake.clock end
-function reaper.defer(fn) fake.deferred[#fake.deferred + 1] = fn end
-function reaper.atexit(fn) fake.atexit = fn end
+function reaper.defer(fn)
+  assert(type(fn) == "function", "fake reaper: defer takes a function")
+  fake.deferred[#fake.deferred + 1] = { fn = fn, script = fake.current_script }
+  return true
+end
+function reaper.atexit(fn)
+  assert(type(fn) == "function", "fake reaper: atexit takes a function")
+  local s = assert(fake.current_script, "fake reaper: atexit outside a script")
+  s.atexit[#s.atexit + 1] = fn
+  return true
+end
 function reaper.ShowConsoleMsg(msg) fake.console[#fake.console + 1] = msg end
 function reaper.ShowMessageBox(msg, title, kind)
   fake.messages[#fake.messages + 1] = { message = msg, title = title, type = kind }
@@ -210,21 +388,47 @@ function reaper.RecursiveCreateDirectory(path, _)
   os.execute("mkdir -p " .. sh_quote(path))
   return 1
 end
-
-function reaper.EnumProjects(idx, _)
-  if idx == -1 or idx == 0 then return project, project.path .. "/fake.rpp" end
-  return nil, ""
+-- Folder listings: REAPER caches a folder's listing; index -1 re-reads it (and returns nil).
+local function listing(path, dirs)
+  local out = {}
+  local p = io.popen("find " .. sh_quote(path) .. " -mindepth 1 -maxdepth 1 -type " .. (dirs and "d" or "f") ..
+    " -printf '%f\\n' 2>/dev/null | sort")
+  for line in p:read("a"):gmatch("[^\n]+") do out[#out + 1] = line end
+  p:close()
+  return out
 end
-function reaper.GetProjectPathEx(p, _) return proj_of(p).path end
+function reaper.EnumerateFiles(path, i)
+  if i < 0 then return nil end
+  return listing(path, false)[i + 1]
+end
+function reaper.EnumerateSubdirectories(path, i)
+  if i < 0 then return nil end
+  return listing(path, true)[i + 1]
+end
+
+-- Projects (tabs)
+function reaper.EnumProjects(idx, _)
+  local pr
+  if idx == -1 then pr = fake.active_project() else pr = fake.projects[idx + 1] end
+  if not pr then return nil, "" end
+  return pr, pr.file
+end
+function reaper.SelectProjectInstance(p)
+  for i, pr in ipairs(fake.projects) do
+    if pr == p then fake.active = i; return end
+  end
+  error("fake reaper: SelectProjectInstance with an unknown project")
+end
+function reaper.GetProjectPathEx(p, _) return proj_of(p).record_path end
 function reaper.ValidatePtr2(p, ptr, kind)
-  proj_of(p)
+  local pr = proj_of(p)
   if type(ptr) ~= "table" or ptr.kind ~= kind then return false end
   if kind == "MediaItem*" then
-    for _, it in ipairs(all_items()) do if it == ptr then return true end end
+    for _, it in ipairs(items_of(pr)) do if it == ptr then return true end end
     return false
   elseif kind == "MediaTrack*" then
-    for _, tr in ipairs(project.tracks) do if tr == ptr then return true end end
-    return ptr == project.master
+    for _, tr in ipairs(pr.tracks) do if tr == ptr then return true end end
+    return ptr == pr.master
   end
   return true
 end
@@ -242,16 +446,35 @@ function reaper.GetSetProjectInfo(p, key, value, set)
   return pr.numbers[key]
 end
 
-local function render_target()
-  return project.strings.RENDER_FILE .. "/" .. project.strings.RENDER_PATTERN .. ".wav"
+-- The files a render with the current settings would write (stems: one per selected track).
+local function render_targets(pr)
+  local dir, pattern = pr.strings.RENDER_FILE, pr.strings.RENDER_PATTERN
+  local sep = (fake.os_name:find("Win") and "\\" or "/")
+  if (pr.numbers.RENDER_SETTINGS & 128) ~= 0 then
+    local list = {}
+    for _, tr in ipairs(pr.tracks) do
+      if tr.selected then
+        local name
+        if pattern:find("$track", 1, true) then name = pattern:gsub("%$track", function() return tr.name end)
+        elseif #list == 0 then name = pattern
+        else name = string.format("%s-%03d", pattern, #list) end
+        list[#list + 1] = { path = dir .. sep .. name .. ".wav", track = tr }
+      end
+    end
+    return list
+  end
+  return { { path = dir .. sep .. pattern .. ".wav" } }
 end
 
 function reaper.GetSetProjectInfo_String(p, key, value, set)
   local pr = proj_of(p)
   if key == "RENDER_TARGETS" then
     assert(not set, "fake reaper: RENDER_TARGETS is read-only")
-    assert(not project.strings.RENDER_PATTERN:find("%$"), "fake reaper: render wildcards are not modelled")
-    return true, render_target()
+    local pattern = pr.strings.RENDER_PATTERN:gsub("%$track", "")
+    assert(not pattern:find("%$"), "fake reaper: render wildcards other than $track are not modelled")
+    local paths = {}
+    for i, t in ipairs(render_targets(pr)) do paths[i] = t.path end
+    return true, table.concat(paths, ";")
   end
   assert(pr.strings[key] ~= nil, "fake reaper: GetSetProjectInfo_String key not modelled: " .. key)
   if set then pr.strings[key] = value end
@@ -286,14 +509,31 @@ function reaper.GetUserInputs(title, n, captions_csv, defaults_csv)
   return true, table.concat(values, sep)
 end
 
--- Processes
+function reaper.GetUserFileNameForRead(_, title, ext)
+  fake.dialogs[#fake.dialogs + 1] = { title = title, file_dialog = true, extension = ext }
+  local answer = table.remove(fake.file_answers, 1)
+  if not answer then return false, "" end
+  return true, answer
+end
+
+-- Processes: the program gets exactly the arguments REAPER's splitter produces (each passed
+-- single-quoted to /bin/sh here, which is only how this fake starts a program on Linux).
 function reaper.ExecProcess(cmd, timeout)
   fake.exec[#fake.exec + 1] = cmd
+  fake.exec_timeouts[#fake.exec_timeouts + 1] = timeout
+  local argv = fake.split_command_line(cmd, fake.os_name:find("Win") ~= nil)
+  local quoted = {}
+  for i, a in ipairs(argv) do quoted[i] = sh_quote(a) end
+  local line = table.concat(quoted, " ")
   if timeout < 0 then
-    os.execute(cmd .. " >>" .. sh_quote(fake.exec_log) .. " 2>&1 &")
+    os.execute(line .. " >>" .. sh_quote(fake.exec_log) .. " 2>&1 &")
     return ""
   end
-  local p = io.popen(cmd .. " 2>&1")
+  local program = io.open(argv[1] or "", "rb")
+  if not program then return nil end -- cannot be started at all
+  program:close()
+  local limit = timeout > 0 and string.format("timeout %.3f ", timeout / 1000) or ""
+  local p = io.popen(limit .. line .. " 2>&1")
   local out = p:read("a")
   local _, _, code = p:close()
   return tostring(code) .. "\n" .. out
@@ -309,27 +549,86 @@ function reaper.Undo_EndBlock2(p, desc, _)
 end
 function reaper.PreventUIRefresh(n) fake.ui_refresh = fake.ui_refresh + n end
 function reaper.UpdateArrange() end
+function reaper.UpdateTimeline() end
+function reaper.GetToggleCommandStateEx(section, cmd)
+  assert(section == 0, "fake reaper: only the main section's toggle states are modelled")
+  local state = fake.toggles[cmd]
+  if state == nil then return -1 end
+  return state
+end
+function reaper.GetToggleCommandState(cmd) return reaper.GetToggleCommandStateEx(0, cmd) end
 
 -- Tracks
 function reaper.CountTracks(p) return #proj_of(p).tracks end
 function reaper.GetTrack(p, i) return proj_of(p).tracks[i + 1] end
 function reaper.GetMasterTrack(p) return proj_of(p).master end
-function reaper.InsertTrackAtIndex(i, _)
-  edit("InsertTrackAtIndex")
-  table.insert(project.tracks, math.min(i, #project.tracks) + 1, new_track(""))
+function reaper.GetParentTrack(tr) check(tr, "MediaTrack*", "GetParentTrack"); return parent_of(tr) end
+local function insert_track(pr, i)
+  edit("insert track")
+  table.insert(pr.tracks, math.max(0, math.min(i, #pr.tracks)) + 1, new_track(pr, ""))
 end
+-- Acts on the ACTIVE project tab (it takes no project).
+function reaper.InsertTrackAtIndex(i, _) insert_track(fake.active_project(), i) end
+-- REAPER 7.18+.
+function reaper.InsertTrackInProject(p, i, _) insert_track(proj_of(p), i) end
 function reaper.IsTrackSelected(tr) check(tr, "MediaTrack*", "IsTrackSelected"); return tr.selected end
+local function selected_tracks(p)
+  local list = {}
+  for _, tr in ipairs(proj_of(p).tracks) do if tr.selected then list[#list + 1] = tr end end
+  return list
+end
+function reaper.CountSelectedTracks(p) return #selected_tracks(p) end
+function reaper.GetSelectedTrack(p, i) return selected_tracks(p)[i + 1] end
 function reaper.SetTrackSelected(tr, sel) check(tr, "MediaTrack*", "SetTrackSelected"); tr.selected = sel and true or false end
+
+-- Track numbers: getter and setter per key (booleans are 0/1 numbers, as in REAPER).
+local TRACK_VALUES = {
+  I_FXEN = { function(tr) return tr.fxen end, function(tr, v) tr.fxen = v end },
+  B_MUTE = { function(tr) return tr.mute and 1 or 0 end, function(tr, v) tr.mute = v ~= 0 end },
+  I_SOLO = { function(tr) return tr.solo end, function(tr, v) tr.solo = math.tointeger(v) or v end },
+  B_SOLO_DEFEAT = { function(tr) return tr.solo_defeat and 1 or 0 end, function(tr, v) tr.solo_defeat = v ~= 0 end },
+  D_VOL = { function(tr) return tr.vol end, function(tr, v) tr.vol = v end },
+  I_FOLDERDEPTH = { function(tr) return tr.folderdepth end, nil },
+  I_FREEMODE = { function(tr) return tr.freemode end, function(tr, v) tr.freemode = math.tointeger(v) or v end },
+  I_NUMFIXEDLANES = { function(tr) return tr.numlanes end, function(tr, v)
+    tr.numlanes = math.tointeger(v)
+    for lane = 0, tr.numlanes - 1 do tr.lane_plays[lane] = tr.lane_plays[lane] or 0 end
+  end },
+  IP_TRACKNUMBER = { function(tr)
+    for i, t in ipairs(tr.project.tracks) do if t == tr then return i end end
+    return 0
+  end, nil },
+}
+-- C_LANEPLAYS:N, per lane of a fixed-lane track (setting it to 1 "plays exclusively": the
+-- other lanes stop playing).
+local function lane_key(tr, key)
+  local lane = key:match("^C_LANEPLAYS:(%d+)$")
+  if not lane then return nil end
+  lane = tonumber(lane)
+  assert(tr.freemode == 2 and lane < tr.numlanes, "fake reaper: no fixed lane " .. lane .. " on this track")
+  return lane
+end
+
 function reaper.GetMediaTrackInfo_Value(tr, key)
   check(tr, "MediaTrack*", "GetMediaTrackInfo_Value")
-  if key == "I_FXEN" then return tr.fxen end
-  if key == "B_MUTE" then return tr.mute and 1 or 0 end
-  error("fake reaper: track value not modelled: " .. key)
+  local lane = lane_key(tr, key)
+  if lane then return tr.lane_plays[lane] end
+  local accessors = assert(TRACK_VALUES[key], "fake reaper: track value not modelled: " .. key)
+  return accessors[1](tr)
 end
 function reaper.SetMediaTrackInfo_Value(tr, key, v)
   check(tr, "MediaTrack*", "SetMediaTrackInfo_Value")
-  if key == "I_FXEN" then tr.fxen = v; return true end
-  error("fake reaper: track value not modelled: " .. key)
+  local lane = lane_key(tr, key)
+  if lane then
+    edit("track " .. key)
+    if v == 1 then for l = 0, tr.numlanes - 1 do tr.lane_plays[l] = 0 end end
+    tr.lane_plays[lane] = math.tointeger(v) or v
+    return true
+  end
+  local accessors = TRACK_VALUES[key]
+  assert(accessors and accessors[2], "fake reaper: setting this track value is not modelled: " .. key)
+  accessors[2](tr, v)
+  return true
 end
 function reaper.GetSetMediaTrackInfo_String(tr, key, value, set)
   check(tr, "MediaTrack*", "GetSetMediaTrackInfo_String")
@@ -337,6 +636,17 @@ function reaper.GetSetMediaTrackInfo_String(tr, key, value, set)
   if key == "P_NAME" then
     if set then tr.name = value end
     return true, tr.name
+  end
+  if key == "P_RAZOREDITS" then
+    if set then tr.razor = value end
+    return true, tr.razor
+  end
+  local lane = key:match("^P_LANENAME:(%d+)$")
+  if lane then
+    lane = tonumber(lane)
+    if tr.freemode ~= 2 or lane >= tr.numlanes then return false, "" end -- NULL for non-fixed-lane tracks
+    if set then tr.lane_names[lane] = value end
+    return true, tr.lane_names[lane] or ""
   end
   local ext = key:match("^P_EXT:(.+)$")
   assert(ext, "fake reaper: track string not modelled: " .. key)
@@ -347,12 +657,11 @@ function reaper.CountTrackMediaItems(tr) check(tr, "MediaTrack*", "CountTrackMed
 function reaper.GetTrackMediaItem(tr, i) check(tr, "MediaTrack*", "GetTrackMediaItem"); return tr.items[i + 1] end
 
 -- Items
-function reaper.CountMediaItems(p) proj_of(p); return #all_items() end
-function reaper.GetMediaItem(p, i) proj_of(p); return all_items()[i + 1] end
+function reaper.CountMediaItems(p) return #items_of(proj_of(p)) end
+function reaper.GetMediaItem(p, i) return items_of(proj_of(p))[i + 1] end
 function reaper.GetSelectedMediaItem(p, i)
-  proj_of(p)
   local n = 0
-  for _, it in ipairs(all_items()) do
+  for _, it in ipairs(items_of(proj_of(p))) do
     if it.selected then
       if n == i then return it end
       n = n + 1
@@ -360,23 +669,49 @@ function reaper.GetSelectedMediaItem(p, i)
   end
   return nil
 end
+function reaper.IsMediaItemSelected(item) check(item, "MediaItem*", "IsMediaItemSelected"); return item.selected end
+function reaper.CountSelectedMediaItems(p)
+  local n = 0
+  for _, it in ipairs(items_of(proj_of(p))) do if it.selected then n = n + 1 end end
+  return n
+end
 function reaper.GetMediaItem_Track(item) check(item, "MediaItem*", "GetMediaItem_Track"); return item.track end
 function reaper.AddMediaItemToTrack(tr)
   check(tr, "MediaTrack*", "AddMediaItemToTrack")
   edit("AddMediaItemToTrack")
-  return fake.add_item(tr, 0, 0)
+  local item = fake.add_item(tr, 0, 0)
+  item.loopsrc = 1 -- REAPER's default: new items loop their source
+  return item
 end
-local ITEM_VALUES = { D_POSITION = "position", D_LENGTH = "length" }
+local ITEM_VALUES = {
+  D_POSITION = { "position", true }, D_LENGTH = { "length", true }, D_VOL = { "vol", true },
+  D_FADEINLEN = { "fadein", true }, D_FADEOUTLEN = { "fadeout", true },
+  C_FADEINSHAPE = { "fadein_shape", true }, C_FADEOUTSHAPE = { "fadeout_shape", true },
+  C_MUTE_SOLO = { "mute_solo", true }, B_LOOPSRC = { "loopsrc", true },
+}
 function reaper.GetMediaItemInfo_Value(item, key)
   check(item, "MediaItem*", "GetMediaItemInfo_Value")
-  if key == "B_MUTE" then return 0 end
-  return assert(item[ITEM_VALUES[key] or ""], "fake reaper: item value not modelled: " .. key)
+  if key == "B_MUTE" then return item_muted(item) and 1 or 0 end
+  if key == "B_MUTE_ACTUAL" then return item.mute and 1 or 0 end
+  if key == "D_FADEINLEN_AUTO" or key == "D_FADEOUTLEN_AUTO" then return -1 end -- auto-fades not modelled
+  if key == "C_LANEPLAYS" then return lane_plays(item) end
+  if key == "I_FIXEDLANE" then return item.fixedlane end
+  local spec = assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
+  return item[spec[1]]
 end
 function reaper.SetMediaItemInfo_Value(item, key, v)
   check(item, "MediaItem*", "SetMediaItemInfo_Value")
-  assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
   edit("item " .. key)
-  item[ITEM_VALUES[key]] = v
+  if key == "B_MUTE" then item.mute, item.mute_solo = v ~= 0, 0; return true end -- clears C_MUTE_SOLO
+  if key == "B_MUTE_ACTUAL" then item.mute = v ~= 0; return true end
+  if key == "I_FIXEDLANE" then
+    local tr = item.track
+    assert(tr.freemode == 2 and v >= 0 and v < tr.numlanes, "fake reaper: I_FIXEDLANE beyond the track's lanes")
+    item.fixedlane = math.tointeger(v)
+    return true
+  end
+  local spec = assert(ITEM_VALUES[key], "fake reaper: item value not modelled: " .. key)
+  item[spec[1]] = v
   return true
 end
 function reaper.GetSetMediaItemInfo_String(item, key, value, set)
@@ -404,7 +739,7 @@ end
 -- Takes
 function reaper.TakeIsMIDI(take) check(take, "MediaItem_Take*", "TakeIsMIDI"); return take.midi end
 function reaper.GetTakeNumStretchMarkers(take) check(take, "MediaItem_Take*", "GetTakeNumStretchMarkers"); return take.stretch_markers end
-local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate" }
+local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate", D_VOL = "vol" }
 function reaper.GetMediaItemTakeInfo_Value(take, key)
   check(take, "MediaItem_Take*", "GetMediaItemTakeInfo_Value")
   return assert(take[TAKE_VALUES[key] or ""], "fake reaper: take value not modelled: " .. key)
@@ -428,6 +763,17 @@ function reaper.GetSetMediaItemTakeInfo_String(take, key, value, set)
   if set then take.ext[ext] = value end
   return take.ext[ext] ~= nil, take.ext[ext] or ""
 end
+function reaper.SetTakeMarker(take, idx, name, srcpos, _)
+  check(take, "MediaItem_Take*", "SetTakeMarker")
+  edit("SetTakeMarker")
+  if idx < 0 then
+    take.markers[#take.markers + 1] = { name = name, position = srcpos or 0 }
+    return #take.markers - 1
+  end
+  take.markers[idx + 1] = { name = name, position = srcpos or take.markers[idx + 1].position }
+  return idx
+end
+function reaper.GetNumTakeMarkers(take) check(take, "MediaItem_Take*", "GetNumTakeMarkers"); return #take.markers end
 function reaper.GetMediaItemTake_Source(take) check(take, "MediaItem_Take*", "GetMediaItemTake_Source"); return take.source end
 function reaper.SetMediaItemTake_Source(take, src)
   check(take, "MediaItem_Take*", "SetMediaItemTake_Source")
@@ -438,7 +784,13 @@ function reaper.SetMediaItemTake_Source(take, src)
 end
 
 -- Sources
-function reaper.PCM_Source_CreateFromFile(path) return fake.file_source(path) end
+-- nil for a file it cannot read (assumption: REAPER gives no source for a file that is not
+-- media; the fake reads WAV only).
+function reaper.PCM_Source_CreateFromFile(path)
+  local ok, src = pcall(fake.file_source, path)
+  if ok then return src end
+  return nil
+end
 function reaper.GetMediaSourceParent(src) check(src, "PCM_source*", "GetMediaSourceParent"); return src.parent end
 function reaper.GetMediaSourceType(src, _) check(src, "PCM_source*", "GetMediaSourceType"); return src.type end
 function reaper.GetMediaSourceFileName(src, _) check(src, "PCM_source*", "GetMediaSourceFileName"); return src.file or "" end
@@ -450,7 +802,7 @@ function reaper.PCM_Source_GetSectionInfo(src)
 end
 
 ------------------------------------------------------------------------------------------
--- Actions
+-- Rendering (action 42230)
 ------------------------------------------------------------------------------------------
 
 -- Time in the file behind `take` for project time t (the same chain REAPER applies).
@@ -464,65 +816,151 @@ local function file_time(take, t)
   return s, src
 end
 
-local function render()
-  local n = project.numbers
-  assert(n.RENDER_SETTINGS == 128, "fake reaper: only 'selected tracks via master' (128) is modelled")
-  assert(n.RENDER_BOUNDSFLAG == 0, "fake reaper: only custom time bounds are modelled")
-  local format = project.strings.RENDER_FORMAT
-  local cfg = fake.base64_decode(format)
-  assert(cfg:sub(1, 4) == "evaw", "fake reaper: only WAV render formats are modelled, got " .. format)
-  local bits = cfg:byte(5)
-  local target = render_target()
-  if reaper.file_exists(target) then
-    fake.modal_prompts[#fake.modal_prompts + 1] = "overwrite " .. target
-    return
+local function fade_gain(item, t)
+  assert(item.fadein_shape == 0 and item.fadeout_shape == 0, "fake reaper: only linear fades are modelled")
+  local g = 1.0
+  local into, left = t - item.position, item.position + item.length - t
+  if item.fadein > 0 and into < item.fadein then g = g * (into / item.fadein) end
+  if item.fadeout > 0 and left < item.fadeout then g = g * (left / item.fadeout) end
+  return g
+end
+
+local function item_plays(item)
+  if item_muted(item) then return false end
+  if item.track.freemode == 2 and lane_plays(item) <= 0 then return false end -- a lane that does not play
+  return item.active ~= nil and item.active.source ~= nil
+end
+
+local function track_gain(tr) return tr.vol * ((tr.fxen ~= 0) and tr.fx_gain or 1.0) end
+
+-- Gain from a track's output to the master's input (its folders' faders and FX), or 0 when
+-- it or a folder above it is muted.
+local function path_gain(tr)
+  local g = track_gain(tr)
+  local p = tr
+  while p do
+    if p.mute then return 0.0 end
+    p = parent_of(p)
+    if p then g = g * track_gain(p) end
   end
-  local t0, t1, sr, channels = n.RENDER_STARTPOS, n.RENDER_ENDPOS, math.floor(n.RENDER_SRATE), math.floor(n.RENDER_CHANNELS)
-  local frames = math.floor((t1 - t0) * sr + 0.5)
-  local out, any = {}, false
-  for i = 1, frames * channels do out[i] = 0.0 end
-  local gain = (project.master.fxen ~= 0) and project.master_fx_gain or 1.0
-  for _, tr in ipairs(project.tracks) do
-    if tr.selected and not tr.mute then
-      for _, item in ipairs(tr.items) do
-        local take = item.active
-        if take and item.position < t1 and item.position + item.length > t0 then
-          any = true
-          local _, root = file_time(take, t0)
-          local w = fake.wav_cache[root.file] or fake.read_wav(root.file)
-          fake.wav_cache[root.file] = w
-          for f = 0, frames - 1 do
-            local t = t0 + f / sr
-            if t >= item.position and t < item.position + item.length then
-              local s = file_time(take, t)
-              local k = math.floor(s * w.sr + 1e-9)
-              if k >= 0 and k < w.frames then
-                for c = 1, channels do
-                  local sc = math.min(c, w.channels)
-                  out[f * channels + c] = out[f * channels + c] + w.data[k * w.channels + sc] * gain
-                end
-              end
+  return g
+end
+
+local function master_gain(pr)
+  local m = pr.master
+  if m.mute then return 0.0 end
+  return m.vol * ((m.fxen ~= 0) and m.fx_gain or 1.0)
+end
+
+-- How loud a track's own media plays in the master mix given the solo states (0 = silent).
+local function solo_factor(pr, tr)
+  local any = false
+  for _, t in ipairs(pr.tracks) do if t.solo ~= 0 then any = true end end
+  if not any then return 1.0 end
+  local p = tr
+  while p do
+    if p.solo ~= 0 then return 1.0 end -- soloed, or inside a soloed folder
+    p = parent_of(p)
+  end
+  if tr.solo_defeat and not tr.mute then return 1.0 end
+  if fake.toggles[40745] == 1 then return fake.SOLO_IN_FRONT_DIM end
+  return 0.0
+end
+
+-- Adds gain x (the active takes of tr's playing items) over [t0, t0 + frames/sr) into out.
+local function mix_track_media(out, tr, gain, t0, frames, sr, channels)
+  if gain == 0 then return end
+  for _, item in ipairs(tr.items) do
+    local take = item.active
+    if item_plays(item) and item.position < t0 + frames / sr and item.position + item.length > t0 then
+      local _, root = file_time(take, t0)
+      local w = fake.wav_cache[root.file] or fake.read_wav(root.file)
+      fake.wav_cache[root.file] = w
+      local g_item = gain * item.vol * take.vol
+      for f = 0, frames - 1 do
+        local t = t0 + f / sr
+        if t >= item.position and t < item.position + item.length then
+          local s = file_time(take, t)
+          local k = math.floor(s * w.sr + 1e-9)
+          if item.loopsrc ~= 0 then k = k % w.frames end -- the source repeats, also before its start
+          if k >= 0 and k < w.frames then
+            local g = g_item * fade_gain(item, t)
+            for c = 1, channels do
+              local sc = math.min(c, w.channels)
+              out[f * channels + c] = out[f * channels + c] + w.data[k * w.channels + sc] * g
             end
           end
         end
       end
     end
   end
-  if not any then
+end
+
+local function is_inside(tr, folder)
+  local p = parent_of(tr)
+  while p do
+    if p == folder then return true end
+    p = parent_of(p)
+  end
+  return false
+end
+
+local function render(pr)
+  local n = pr.numbers
+  local settings = math.tointeger(n.RENDER_SETTINGS) or n.RENDER_SETTINGS
+  assert(settings == 0 or settings == 128,
+    "fake reaper: only master mix (0) and selected tracks via master (128) are modelled, got " .. tostring(settings))
+  assert(n.RENDER_BOUNDSFLAG == 0, "fake reaper: only custom time bounds are modelled")
+  local format = pr.strings.RENDER_FORMAT
+  local cfg = fake.base64_decode(format)
+  assert(cfg:sub(1, 4) == "evaw", "fake reaper: only WAV render formats are modelled, got " .. format)
+  local bits = cfg:byte(5)
+  if fake.render_cancelled then -- the user pressed Cancel in REAPER's render window
+    fake.modal_prompts[#fake.modal_prompts + 1] = "render cancelled"
+    return
+  end
+  local targets = render_targets(pr)
+  if #targets == 0 then
     fake.modal_prompts[#fake.modal_prompts + 1] = "nothing to render"
     return
   end
-  fake.write_wav(target, sr, channels, bits == 32 and 32 or bits, bits == 32, out)
-  fake.renders[#fake.renders + 1] = target
+  for _, t in ipairs(targets) do
+    if reaper.file_exists(t.path) then
+      fake.modal_prompts[#fake.modal_prompts + 1] = "overwrite " .. t.path
+      return
+    end
+  end
+  local t0, t1, sr, channels = n.RENDER_STARTPOS, n.RENDER_ENDPOS, math.floor(n.RENDER_SRATE), math.floor(n.RENDER_CHANNELS)
+  local frames = math.floor((t1 - t0) * sr + 0.5)
+  local mg = master_gain(pr)
+  for _, target in ipairs(targets) do
+    local out = {}
+    for i = 1, frames * channels do out[i] = 0.0 end
+    for _, tr in ipairs(pr.tracks) do
+      local gain
+      if target.track then -- a stem: the track and what is inside it, solo ignored
+        gain = (tr == target.track or is_inside(tr, target.track)) and path_gain(tr) or 0.0
+      else
+        gain = path_gain(tr) * solo_factor(pr, tr)
+      end
+      mix_track_media(out, tr, gain * mg, t0, frames, sr, channels)
+    end
+    fake.write_wav(target.path, sr, channels, bits == 32 and 32 or bits, bits == 32, out)
+    fake.renders[#fake.renders + 1] = target.path
+  end
 end
 fake.wav_cache, fake.renders = {}, {}
 
-function reaper.Main_OnCommand(cmd, _)
+local function run_command(cmd, pr)
   fake.commands[#fake.commands + 1] = cmd
-  if cmd == 42230 then render()
+  if cmd == 42230 then render(pr)
   elseif cmd == 40047 then -- build missing peaks: nothing to model
+  elseif cmd == 40745 then fake.toggles[40745] = 1 - fake.toggles[40745] -- Options: Solo in front
   else error("fake reaper: action " .. cmd .. " is not modelled") end
 end
+-- Main_OnCommand acts on the active project tab; Main_OnCommandEx on the one given.
+function reaper.Main_OnCommand(cmd, _) run_command(cmd, fake.active_project()) end
+function reaper.Main_OnCommandEx(cmd, _, p) run_command(cmd, proj_of(p)) end
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 function fake.base64_decode(s)
@@ -537,11 +975,72 @@ function fake.base64_decode(s)
 end
 
 ------------------------------------------------------------------------------------------
+-- Scripts: defer callbacks and atexit functions belong to the script that made them
+------------------------------------------------------------------------------------------
+
+function fake.start_script(name)
+  local s = { name = name, atexit = {}, finished = false }
+  fake.scripts[#fake.scripts + 1] = s
+  return s
+end
+
+local function run_in(script, fn)
+  local before = fake.current_script
+  fake.current_script = script
+  local ok, err = pcall(fn)
+  fake.current_script = before
+  if not ok then fake.script_errors = fake.script_errors or {}; table.insert(fake.script_errors, script.name .. ": " .. tostring(err)) end
+end
+fake.run_in = run_in
+
+local function pending(script)
+  for _, d in ipairs(fake.deferred) do if d.script == script then return true end end
+  return false
+end
+
+-- Ends `script` the way REAPER does: its atexit functions run, its gfx window closes.
+function fake.finish_script(script)
+  if script.finished then return end
+  script.finished = true
+  for _, fn in ipairs(script.atexit) do run_in(script, fn) end
+  if fake.gfx_owner == script then gfx.quit() end
+end
+
+-- Scripts with no deferred callback left have ended.
+function fake.finish_idle_scripts()
+  for _, s in ipairs(fake.scripts) do
+    if not s.finished and not pending(s) then fake.finish_script(s) end
+  end
+end
+
+-- The user ends a running script (REAPER's "terminate instances" / toolbar toggle).
+function fake.terminate(name)
+  local n = 0
+  for _, s in ipairs(fake.scripts) do
+    if not s.finished and (name == nil or s.name:sub(-#name) == name) then
+      local keep = {}
+      for _, d in ipairs(fake.deferred) do if d.script ~= s then keep[#keep + 1] = d end end
+      fake.deferred = keep
+      fake.finish_script(s)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+function fake.run_deferred_once()
+  local now = fake.deferred
+  fake.deferred = {}
+  for _, d in ipairs(now) do run_in(d.script, d.fn) end
+  fake.finish_idle_scripts()
+end
+
+------------------------------------------------------------------------------------------
 -- gfx (progress window)
 ------------------------------------------------------------------------------------------
 
 gfx = { w = 0, h = 0, x = 0, y = 0 }
-function gfx.init(title, w, h) gfx.w, gfx.h, fake.gfx_open = w, h, title end
+function gfx.init(title, w, h) gfx.w, gfx.h, fake.gfx_open, fake.gfx_owner = w, h, title, fake.current_script end
 function gfx.set() end
 function gfx.rect() end
 function gfx.drawstr(s) fake.gfx_text[#fake.gfx_text + 1] = s end
@@ -552,6 +1051,6 @@ function gfx.getchar()
   fake.gfx_key = 0
   return k
 end
-function gfx.quit() fake.gfx_open = nil end
+function gfx.quit() fake.gfx_open, fake.gfx_owner = nil, nil end
 
 return fake

@@ -1,10 +1,34 @@
 """A stand-in for `stepfoley send` (docs/osc-protocol.md), for the REAPER tests while no
 real engine is available: same arguments, same status file (written atomically), same
-cancel file convention and exit codes. It validates the request with bridge.protocol and
-"generates" a sine stem of exactly the region's length, named after the caption.
+cancel file convention and exit codes. It answers `--ping` and `--engine-status` like the
+real client (with `--status`, into that file too), publishing capabilities built from the
+real guidance-method registry with its own model defaults (method nag, alpha 3, beta 2,
+steps 3: not MMAudio's, so a test sees where a value came from). It validates a request
+with stepfoley.request against those capabilities, as the engine does, and "generates" a
+sine stem of exactly the region's length, named after the caption; its metadata has the
+values used (the request's, or the defaults). It writes the arguments it received to
+`standin_argv.json` next to the status file, so a test can check what survived the command
+line.
 
-Behaviour from $STEPFOLEY_STANDIN: "ok" (default), "down" (engine not running: exit 3),
-"slow" (0.3 s per step, so a test can cancel mid-generation)."""
+Behaviour from $STEPFOLEY_STANDIN:
+- "ok" (default): an older engine, no `phase` field;
+- "down": engine not running (exit 3);
+- "slow": 0.3 s per step, so a test can cancel or switch tabs mid-generation;
+- "phases": a newer engine: phase "features" (4 picture steps), then "sampling", with
+  step/total counting within the phase;
+- "queue": waits in the engine's queue (queue_position 6, 5, ... 1, one per second), then runs;
+- "stall": the engine goes silent after step 1; like the real client, gives up after
+  --timeout seconds with error "timed_out" (exit 7);
+- "hung": the client itself hangs after step 1 (its status file never changes again; it
+  only exits, silently, once the cancel file appears);
+- "flaky": 2.5 s after the start, the status file is half-written (not atomically) for 1.5 s,
+  then all is well;
+- "garbled": the status file stays half-written until the cancel file appears;
+- "badstem": finishes with a stem that is not a WAV file.
+
+$STEPFOLEY_STANDIN_CAPS: "full" (default); "none": an older engine whose status has no
+capabilities; "no_controlnet": a model without NAG ControlNet (methods that hear audio are
+listed as unavailable)."""
 
 import argparse
 import json
@@ -17,7 +41,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.request import RequestError, parse_request
+from stepfoley.bridge.client import not_running_message
+from stepfoley.engine.guidance import public_methods
+from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
+
+DEFAULTS = GuidanceDefaults(method="nag", alpha=3.0, beta=2.0, steps=3)
+
+
+def capabilities() -> Capabilities:
+    no_controlnet = os.environ.get("STEPFOLEY_STANDIN_CAPS") == "no_controlnet"
+    methods = tuple(MethodInfo(m.name, m.summary, m.params, m.audio, available=not (no_controlnet and m.audio),
+                               unavailable_reason="no NAG ControlNet" if no_controlnet and m.audio else "")
+                    for m in public_methods())
+    return Capabilities("standin", DEFAULTS, methods, 16000)
 
 
 def write_status(path: Path, **fields) -> None:
@@ -27,42 +63,105 @@ def write_status(path: Path, **fields) -> None:
     os.replace(tmp, path)
 
 
+def write_half(path: Path) -> None:
+    """What a reader may see of a file written in place: its first bytes."""
+    path.write_text('{"state": "runn', encoding="utf-8")
+
+
+def wait_for(cancel: Path, seconds: float) -> bool:
+    """Sleeps up to `seconds`; True as soon as the cancel file exists."""
+    end = time.time() + seconds
+    while time.time() < end:
+        if cancel.exists():
+            return True
+        time.sleep(0.05)
+    return cancel.exists()
+
+
+def query(args, mode: str) -> int:
+    """--ping / --engine-status: the final status on stdout and, with --status, in that file."""
+    if mode == "down":
+        final = {"state": "error", "exit_code": 3, "answer": None,
+                 "error": {"code": "engine_not_running", "message": not_running_message("127.0.0.1", args.port)}}
+    elif args.ping:
+        final = {"state": "done", "exit_code": 0, "error": None,
+                 "answer": {"protocol": 1, "model": "standin", "device": "cpu", "round_trip_s": 0.001}}
+    else:
+        answer = {"protocol": 1, "model": "standin", "device": "cpu", "state": "idle", "current": None, "queue": [],
+                  "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
+        if os.environ.get("STEPFOLEY_STANDIN_CAPS") != "none":
+            answer["capabilities"] = capabilities().to_json()
+        final = {"state": "done", "exit_code": 0, "error": None, "answer": answer}
+    if args.status:
+        write_status(Path(args.status), **final)
+    print(json.dumps(final))
+    return final["exit_code"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("send")
     p.add_argument("--request")
     p.add_argument("--ping", action="store_true")
+    p.add_argument("--engine-status", action="store_true")
     p.add_argument("--status")
     p.add_argument("--port", type=int, default=9017)
-    p.add_argument("--timeout", type=float)
+    p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args()
     mode = os.environ.get("STEPFOLEY_STANDIN", "ok")
-    if args.ping:
-        if mode == "down":
-            print(f"No StepFoley engine answers on 127.0.0.1:{args.port}.", file=sys.stderr)
-            return 3
-        print('{"model": "standin", "device": "cpu"}')
-        return 0
+    if args.ping or args.engine_status:
+        return query(args, mode)
     status = Path(args.status)
     cancel = Path(args.status + ".cancel")
+    status.with_name("standin_argv.json").write_text(json.dumps(sys.argv[1:], ensure_ascii=False), encoding="utf-8")
     if mode == "down":
-        write_status(status, state="error", error={"code": "engine_not_running",
-                     "message": f"No StepFoley engine answers on 127.0.0.1:{args.port}. Start it with `stepfoley serve`."})
+        write_status(status, state="error", exit_code=3, error={"code": "engine_not_running",
+                     "message": not_running_message("127.0.0.1", args.port)})
         return 3
     try:
-        request = parse_request(json.loads(Path(args.request).read_text(encoding="utf-8"))).to_json()
+        typed = parse_request(json.loads(Path(args.request).read_text(encoding="utf-8")), capabilities())
     except RequestError as e:
-        write_status(status, state="error", error={"code": e.code, "message": e.message})
+        write_status(status, state="error", exit_code=4, error={"code": e.code, "message": e.message})
         return 4
+    request = typed.to_json()
+    used = resolve_guidance(DEFAULTS, typed.method, typed.alpha, typed.beta, steps=typed.steps)
     job_id = "standin-%d" % os.getpid()
-    total = request.get("steps", 25)  # absent: the model's default
+    total = used["steps"]
     write_status(status, state="queued", job_id=job_id, step=0, total=total)
+    if mode == "queue":
+        for ahead in range(6, 0, -1):
+            write_status(status, state="queued", job_id=job_id, step=0, total=total, queue_position=ahead)
+            if wait_for(cancel, 1.0):
+                write_status(status, state="cancelled", job_id=job_id, step=0, total=total)
+                return 6
+    if mode in ("flaky", "garbled"):
+        time.sleep(2.5 if mode == "flaky" else 0.5)
+        write_half(status)
+        if wait_for(cancel, 1.5 if mode == "flaky" else 600):
+            return 6
+    if mode == "phases":
+        for step in range(1, 5):
+            time.sleep(0.25)
+            write_status(status, state="running", phase="features", job_id=job_id, step=step, total=4)
     for step in range(1, total + 1):
         if cancel.exists():
             write_status(status, state="cancelled", job_id=job_id, step=step - 1, total=total)
             return 6
-        time.sleep(0.3 if mode == "slow" else 0.01)
-        write_status(status, state="running", job_id=job_id, step=step, total=total)
+        time.sleep(0.3 if mode in ("slow", "phases") else 0.01)
+        fields = {"phase": "sampling"} if mode == "phases" else {}
+        write_status(status, state="running", job_id=job_id, step=step, total=total, **fields)
+        if mode == "stall":
+            if wait_for(cancel, args.timeout):
+                write_status(status, state="cancelled", job_id=job_id, step=step, total=total)
+                return 6
+            write_status(status, state="error", job_id=job_id, step=step, total=total, exit_code=7,
+                         error={"code": "timed_out",
+                                "message": f"The engine showed no progress for {args.timeout:g} s; "
+                                           "the job may still be running there."})
+            return 7
+        if mode == "hung":
+            wait_for(cancel, 600)
+            return 1
     region = request["region"]
     sr = request["sample_rate"]
     frames = round((region["project_end"] - region["project_start"]) * sr)
@@ -71,10 +170,15 @@ def main() -> int:
     name = "".join(c if c.isalnum() else "_" for c in request["name_hint"])[:40] or "stem"
     stem = Path(request["output_dir"]) / f"{name}_{request['seed']}.wav"
     tmp = stem.with_name(stem.name + ".tmp.wav")
-    sf.write(tmp, wave, sr, subtype="PCM_24")
+    if mode == "badstem":
+        tmp.write_bytes(b"not audio")
+    else:
+        sf.write(tmp, wave, sr, subtype="PCM_24")
     os.replace(tmp, stem)
     write_status(status, state="done", job_id=job_id, step=total, total=total, stem_path=str(stem),
-                 metadata={"model": "standin", "seed": request["seed"], "frequency_hz": freq})
+                 metadata={"model": "standin", "seed": request["seed"], "frequency_hz": freq, "caption": typed.caption,
+                           "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
+                           "steps": used["steps"]})
     return 0
 
 

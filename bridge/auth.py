@@ -1,0 +1,80 @@
+"""Where the engine's shared token comes from, for `stepfoley serve`, `stepfoley send`, the
+client library and the REAPER actions alike, so it never has to appear on a command line
+(where every local user can read it in `ps`):
+
+1. an explicit value (`--token`, kept for compatibility; or EngineClient(token=...)),
+2. `--token-file PATH`,
+3. the environment variable STEPFOLEY_TOKEN,
+4. the token file: $STEPFOLEY_TOKEN_FILE, else $XDG_CONFIG_HOME/stepfoley/token, else
+   ~/.config/stepfoley/token (%APPDATA%\\stepfoley\\token on Windows), when it exists.
+
+A token file holds the token on its first line. On POSIX systems it must be a regular file
+owned by the user and readable by nobody else (chmod 600); otherwise it is refused. No token
+anywhere means "" (no token). Pure Python: imports nothing of the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from stepfoley.bridge.protocol import MAX_TOKEN_CHARS
+
+ENV_TOKEN = "STEPFOLEY_TOKEN"
+ENV_TOKEN_FILE = "STEPFOLEY_TOKEN_FILE"
+
+
+class TokenError(Exception):
+    """A token file that cannot be used; the message says how to fix it."""
+
+    code = "bad_token_file"
+
+
+def token_file_path() -> Path:
+    if os.environ.get(ENV_TOKEN_FILE):
+        return Path(os.environ[ENV_TOKEN_FILE])
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "stepfoley" / "token"
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "stepfoley" / "token"
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    """The token in `path`; raises TokenError if the file is missing, shared or malformed."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise TokenError(f"The token file '{path}' is not a regular file.")
+        if os.name == "posix":
+            if info.st_uid != os.geteuid():
+                raise TokenError(f"The token file '{path}' belongs to another user; create your own.")
+            if info.st_mode & 0o077:
+                raise TokenError(f"The token file '{path}' can be read by other users (mode "
+                                 f"{stat.S_IMODE(info.st_mode):03o}); run `chmod 600 '{path}'`.")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_TOKEN_CHARS + 2)
+    except OSError as e:
+        raise TokenError(f"Cannot read the token file '{path}': {e.strerror or e}.") from None
+    except UnicodeDecodeError:
+        raise TokenError(f"The token file '{path}' is not UTF-8 text.") from None
+    token = text.splitlines()[0].strip() if text.strip() else ""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"The token file '{path}' must hold the token (1-{MAX_TOKEN_CHARS} characters) "
+                         "on its first line.")
+    return token
+
+
+def resolve_token(explicit: str | None = None, file: str | os.PathLike | None = None) -> str:
+    """The token to use, by the order above ("" when there is none)."""
+    if explicit is not None:
+        return explicit
+    if file is not None:
+        return read_token_file(file)
+    if os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN]
+    path = token_file_path()
+    if os.environ.get(ENV_TOKEN_FILE) or os.path.lexists(path):
+        return read_token_file(path)
+    return ""

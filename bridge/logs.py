@@ -1,0 +1,56 @@
+"""The bridge's log under hostile input: every record is escaped (a lone surrogate cannot stop
+a handler), cut short, and all records together stay within a byte budget, so no client can
+make the engine write more than a few KB of log per second however many datagrams it sends."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from stepfoley.request import printable
+
+MAX_RECORD_CHARS = 500
+MAX_TRACEBACK_CHARS = 2000
+LOG_BYTES_PER_S = 2048  # sustained
+LOG_BURST_BYTES = 8192  # at once, after a quiet spell
+
+
+class LogBudget(logging.Filter):
+    """A token bucket in bytes: a record passes while the bucket holds its size. The first
+    record after some were held back says how many."""
+
+    def __init__(self, bytes_per_s: float = LOG_BYTES_PER_S, burst: float = LOG_BURST_BYTES, clock=time.monotonic):
+        super().__init__()
+        self.bytes_per_s, self.burst, self._clock = bytes_per_s, burst, clock
+        self._tokens, self._last = burst, clock()
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = printable(record.getMessage(), MAX_RECORD_CHARS)
+        if record.exc_info:
+            text += "\n" + printable(logging.Formatter().formatException(record.exc_info), MAX_TRACEBACK_CHARS)
+        record.exc_info, record.exc_text = None, None
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.bytes_per_s)
+            self._last = now
+            cost = len(text.encode("utf-8")) + 64  # the handler's time stamp and level
+            if cost > self._tokens:
+                self.suppressed += 1
+                return False
+            self._tokens -= cost
+            if self.suppressed:
+                text += f" [{self.suppressed} earlier log records suppressed]"
+                self.suppressed = 0
+        record.msg, record.args = text, ()
+        return True
+
+
+def bridge_logger() -> logging.Logger:
+    """The "stepfoley.bridge" logger, with one LogBudget (shared by the server and the jobs)."""
+    log = logging.getLogger("stepfoley.bridge")
+    if not any(isinstance(f, LogBudget) for f in log.filters):
+        log.addFilter(LogBudget())
+    return log

@@ -1,0 +1,57 @@
+"""The folders the engine wrote stems into lately, kept in a small state file, so that an engine
+that starts after a killed one can remove the temp files it left (audio_io.sweep_stale_parts):
+the engine only learns output folders from requests.
+
+State: $STEPFOLEY_STATE_DIR, else $XDG_STATE_HOME/stepfoley, else ~/.local/state/stepfoley;
+the file `output-folders.json` lists the last MAX_FOLDERS folders, newest first. Losing it
+costs nothing but a sweep: every write into a folder sweeps it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from stepfoley.engine import audio_io
+
+MAX_FOLDERS = 32
+STATE_FILE = "output-folders.json"
+_LOCK = threading.Lock()
+
+
+def state_dir() -> Path:
+    if os.environ.get("STEPFOLEY_STATE_DIR"):
+        return Path(os.environ["STEPFOLEY_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "stepfoley"
+
+
+def recent() -> list[str]:
+    """The remembered folders, newest first ([] when there is no readable state file)."""
+    try:
+        folders = json.loads((state_dir() / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [f for f in folders if isinstance(f, str)][:MAX_FOLDERS] if isinstance(folders, list) else []
+
+
+def remember(folder: str | os.PathLike) -> None:
+    """Put `folder` first in the list. Never raises: the list is a convenience."""
+    folder = os.path.abspath(folder)
+    with _LOCK:
+        folders = [folder] + [f for f in recent() if f != folder]
+        try:
+            directory = state_dir()
+            directory.mkdir(parents=True, exist_ok=True)
+            temp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
+            temp.write_text(json.dumps(folders[:MAX_FOLDERS]), encoding="utf-8")
+            os.replace(temp, directory / STATE_FILE)
+        except OSError:
+            pass
+
+
+def sweep() -> list[str]:
+    """Remove stale temp files from every remembered folder; the paths removed."""
+    return [os.path.join(folder, name) for folder in recent() for name in audio_io.sweep_stale_parts(folder)]

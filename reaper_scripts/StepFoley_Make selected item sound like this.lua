@@ -1,0 +1,66 @@
+-- @noindex
+-- @description StepFoley: Make selected item sound like this
+--[[
+Make selected item sound like this: generates the selected StepFoley item again so that it
+sounds like a reference recording ("this"): a second selected item (what you hear of it is
+rendered: its take, volume, fades and its track's FX), or, when only the StepFoley item is
+selected, a WAV file you pick. Uses the engine's reference method (MultiFoley-style guidance;
+beta is the pull toward the reference). The dialog shows the item's caption; the result is a
+new, active take of the item, aligned with the picture. One undo point.
+]]
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
+local SF = dofile(dir .. "StepFoley_lib.lua")
+
+-- The selected items other than `target`.
+local function other_selected(proj, target)
+  local list = {}
+  for i = 0, reaper.CountSelectedMediaItems(proj) - 1 do
+    local item = reaper.GetSelectedMediaItem(proj, i)
+    if item ~= target then list[#list + 1] = item end
+  end
+  return list
+end
+
+-- What the reference item is called: its take's name, else its file's.
+local function reference_name(item)
+  local take = reaper.GetActiveTake(item)
+  if not take then return "an item" end
+  local _, name = reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", "", false)
+  if name ~= "" then return name end
+  local src = reaper.GetMediaItemTake_Source(take)
+  local file = src and reaper.GetMediaSourceFileName(src, "") or ""
+  return file ~= "" and SF.basename(file) or "an item"
+end
+
+local function main()
+  local proj = reaper.EnumProjects(-1, "")
+  local item, meta = SF.selected_stepfoley_item(proj, "it is generated again to sound like a reference.")
+  if not item then return end
+  local others = other_selected(proj, item)
+  if #others > 1 then
+    SF.alert("Select the StepFoley item and at most one other item: the recording it should sound like.")
+    return
+  end
+  local job = SF.job_for_item(proj, item, { title = "StepFoley: make it sound like this",
+    dialog = { audio = "reference", fixed_method = SF.reference_method, remember = false,
+      values = { caption = meta.caption } } })
+  local reference = others[1]
+  if reference then
+    job.reference_label = reference_name(reference)
+    job.make_reference = function(folders, sample_rate)
+      local a, b = SF.item_range(reference)
+      return SF.bounce(proj, { reaper.GetMediaItem_Track(reference) }, a, b, folders.job_dir, "reference",
+        sample_rate, { reference })
+    end
+  else
+    local ok, path = reaper.GetUserFileNameForRead("", "StepFoley: the recording it should sound like", "wav")
+    if not ok or path == "" then return end
+    job.reference_label = SF.basename(path)
+    job.make_reference = function() return path end
+  end
+  job.undo = function(params) return "StepFoley: make \"" .. params.caption .. "\" sound like " .. job.reference_label end
+  SF.generate(job)
+end
+
+main()

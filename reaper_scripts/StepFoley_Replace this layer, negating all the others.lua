@@ -1,0 +1,30 @@
+-- @noindex
+-- @description StepFoley: Replace this layer, negating all the others
+--[[
+Replace this layer, negating all the others: generates the selected StepFoley item again so
+that it complements every other layer over it now, also the layers made after it (an early
+layer was made hearing only what existed then). Same caption, values and seed, so what
+changes is what it negates: the layers that count as negatives (StepFoley's tracks unless
+excluded, and the tracks included with "Toggle selected tracks as negatives"), never its own
+track. The method is the item's when it hears the layers (e.g. nag), else the model's default
+one that does. No dialog; the result is a new, active take of the item. One undo point.
+]]
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
+local SF = dofile(dir .. "StepFoley_lib.lua")
+
+local function main()
+  local proj = reaper.EnumProjects(-1, "")
+  local item, meta = SF.selected_stepfoley_item(proj, "it is generated again, negating all the other layers.")
+  if not item then return end
+  SF.generate(SF.job_for_item(proj, item, { title = "StepFoley: replace layer",
+    params_for = function(engine)
+      local method, err = SF.negating_method(engine.capabilities, meta.method)
+      if err then return nil, err end
+      return { caption = meta.caption, method = method, alpha = meta.alpha, beta = meta.beta, steps = meta.steps,
+        seed = math.tointeger(meta.seed) or SF.random_seed(), negatives = "layers", count = 1 }
+    end,
+    undo = function(params) return "StepFoley: replace layer \"" .. params.caption .. "\"" end }))
+end
+
+main()

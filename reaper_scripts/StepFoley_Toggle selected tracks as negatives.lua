@@ -1,0 +1,35 @@
+-- @noindex
+-- @description StepFoley: Toggle selected tracks as negatives
+--[[
+Toggle selected tracks as negatives: whether each selected track counts as a layer the next
+generation negates (must complement). By default StepFoley's own tracks count and no other
+track does; this switches each selected track to the other state: a Dialogue or Music track
+becomes a negative ("include"), a StepFoley track stops being one ("exclude"), and a second
+toggle brings it back. Stored in the track (P_EXT:stepfoley_negative), so it is saved with the
+project. The console lists the result. One undo point.
+]]
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
+local SF = dofile(dir .. "StepFoley_lib.lua")
+
+local function main()
+  local proj = reaper.EnumProjects(-1, "")
+  local n = reaper.CountSelectedTracks(proj)
+  if n == 0 then
+    SF.alert("Select the tracks to toggle first: StepFoley's tracks stop counting as negatives, any other track " ..
+      "starts counting.")
+    return
+  end
+  local lines = {}
+  SF.undoable_edit(proj, "StepFoley: toggle negatives", function()
+    for i = 0, n - 1 do
+      local track = reaper.GetSelectedTrack(proj, i)
+      local want = not SF.counts_as_negative(track)
+      SF.set_negative_role(track, SF.role_for(SF.is_stepfoley_track(track), want))
+      lines[#lines + 1] = SF.track_name(track) .. (want and ": a negative" or ": not a negative")
+    end
+  end)
+  SF.log("negatives now:\n  " .. table.concat(lines, "\n  "))
+end
+
+main()

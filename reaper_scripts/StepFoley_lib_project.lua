@@ -1,0 +1,425 @@
+-- @noindex
+--[[
+StepFoley library, part "project": the time selection and the picture under it (project time
+to file time through the take's offset, playrate, sections), where files go, and which layers
+count as negatives (what the next generation must complement). Loaded by StepFoley_lib.lua;
+adds to its table.
+]]
+
+return function(M)
+
+------------------------------------------------------------------------------------------
+-- Time selection and picture
+------------------------------------------------------------------------------------------
+
+function M.time_selection(proj)
+  local t0, t1 = reaper.GetSet_LoopTimeRange2(proj, false, false, 0, 0, false)
+  if t1 > t0 then return t0, t1 end
+  return nil
+end
+
+-- The time selection, or nil after asking the user to make one.
+function M.require_time_selection(proj)
+  local t0, t1 = M.time_selection(proj)
+  if not t0 then
+    M.alert("Make a time selection over the picture first: StepFoley generates Foley for the selected time.")
+    return nil
+  end
+  return t0, t1
+end
+
+function M.project_sample_rate(proj)
+  local use = reaper.GetSetProjectInfo(proj, "PROJECT_SRATE_USE", 0, false)
+  local sr = math.floor(reaper.GetSetProjectInfo(proj, "PROJECT_SRATE", 0, false) + 0.5)
+  if use ~= 0 and sr > 0 then return sr end
+  return 48000
+end
+
+function M.item_range(item)
+  local pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+  return pos, pos + reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
+end
+
+-- The chain of sources from the take's source up to the file: each level is
+-- {src=, section=bool, offs=, len=, rev=}. The last level is the file.
+function M.source_chain(take)
+  local levels = {}
+  local src = reaper.GetMediaItemTake_Source(take)
+  while src do
+    local is_section, offs, len, rev = reaper.PCM_Source_GetSectionInfo(src)
+    local parent = reaper.GetMediaSourceParent(src)
+    levels[#levels + 1] = { src = src, section = (parent ~= nil) and is_section or false,
+      offs = offs or 0, len = len or 0, rev = rev or false }
+    src = parent
+  end
+  return levels
+end
+
+function M.is_video_source(src)
+  local kind = (reaper.GetMediaSourceType(src, "") or ""):upper()
+  if kind == "VIDEO" then return true end
+  return M.VIDEO_EXTENSIONS[M.extension(reaper.GetMediaSourceFileName(src, "") or "")] == true
+end
+
+-- Pure: project time -> time in the take's own source (k-diffusion-style small function).
+function M.take_source_time(t, item_pos, startoffs, playrate)
+  return startoffs + (t - item_pos) * playrate
+end
+
+-- Pure: time in a section level -> time in its parent.
+function M.section_to_parent_time(s, level)
+  if level.rev then return level.offs + (level.len - s) end
+  return level.offs + s
+end
+
+-- Maps a project-time interval through the take and its section/reverse levels to file time.
+-- Returns file_a, file_b (file time of t0 and t1) and whether time runs backwards in the file.
+function M.map_interval(t0, t1, item_pos, startoffs, playrate, levels)
+  local a = M.take_source_time(t0, item_pos, startoffs, playrate)
+  local b = M.take_source_time(t1, item_pos, startoffs, playrate)
+  local reversed = false
+  for i = 1, #levels - 1 do -- the last level is the file itself
+    local level = levels[i]
+    if level.section then
+      a = M.section_to_parent_time(a, level)
+      b = M.section_to_parent_time(b, level)
+      if level.rev then reversed = not reversed end
+    end
+  end
+  return a, b, reversed
+end
+
+-- The video item to use under [t0, t1]: the one covering most of it (top track wins ties).
+function M.find_video_item(proj, t0, t1)
+  local best, best_overlap = nil, 0
+  for i = 0, reaper.CountMediaItems(proj) - 1 do
+    local item = reaper.GetMediaItem(proj, i)
+    local take = reaper.GetActiveTake(item)
+    if take and not reaper.TakeIsMIDI(take) then
+      local a, b = M.item_range(item)
+      local overlap = math.min(b, t1) - math.max(a, t0)
+      if overlap > best_overlap then
+        local levels = M.source_chain(take)
+        if #levels > 0 and M.is_video_source(levels[#levels].src) then
+          best, best_overlap = item, overlap
+        end
+      end
+    end
+  end
+  return best
+end
+
+-- Turns a time selection into the request's region. Returns region, nil or nil, message.
+-- The region is the part of [t0, t1] that has picture; `clipped` says whether it shrank.
+function M.region_for(proj, t0, t1)
+  local item = M.find_video_item(proj, t0, t1)
+  if not item then
+    return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
+      "Put the picture on a track and make the time selection over it.", t0, t1)
+  end
+  local take = reaper.GetActiveTake(item)
+  if reaper.GetTakeNumStretchMarkers(take) > 0 then
+    return nil, "The video item has stretch markers, which StepFoley cannot follow.\n\n" ..
+      "Remove them (Item > Stretch markers > Remove) or render the stretched video to a new file first."
+  end
+  local levels = M.source_chain(take)
+  local file = reaper.GetMediaSourceFileName(levels[#levels].src, "")
+  local pos, item_end = M.item_range(item)
+  local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+  local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+  local take_src_len = reaper.GetMediaSourceLength(levels[1].src)
+  -- where the take's source starts and ends in project time; outside it there is no picture
+  local src_start = pos - startoffs / playrate
+  local src_end = pos + (take_src_len - startoffs) / playrate
+  local a = math.max(t0, pos, src_start)
+  local b = math.min(t1, item_end, src_end)
+  if b - a <= 1e-6 then
+    return nil, "The time selection does not overlap the picture of the video item (" ..
+      M.basename(file) .. ")."
+  end
+  local file_a, file_b, reversed = M.map_interval(a, b, pos, startoffs, playrate, levels)
+  if reversed then
+    return nil, "The video item plays its picture in reverse; StepFoley reads the video forwards.\n\n" ..
+      "Turn off reverse for the item, or render the reversed video to a new file first."
+  end
+  local region = {
+    video = file,
+    file_in = math.max(0.0, file_a) + 0.0,
+    file_out = file_b + 0.0,
+    playrate = playrate + 0.0,
+    project_start = a + 0.0,
+    project_end = b + 0.0,
+  }
+  return region, nil, (a > t0 + 1e-9 or b < t1 - 1e-9), item
+end
+
+------------------------------------------------------------------------------------------
+-- Layers: which tracks and items count as negatives
+------------------------------------------------------------------------------------------
+
+function M.is_stepfoley_track(track)
+  local _, mark = reaper.GetSetMediaTrackInfo_String(track, M.TRACK_MARK, "", false)
+  return mark == "1"
+end
+
+-- "include", "exclude" or "auto" (the track's P_EXT; see M.NEGATIVE_ROLE).
+function M.negative_role(track)
+  local _, role = reaper.GetSetMediaTrackInfo_String(track, M.NEGATIVE_ROLE, "", false)
+  if role == "1" then return "include" elseif role == "0" then return "exclude" end
+  return "auto"
+end
+
+-- Stores a role; "auto" removes the mark. A project edit: call inside an undo block.
+function M.set_negative_role(track, role)
+  local value = ({ include = "1", exclude = "0" })[role] or ""
+  reaper.GetSetMediaTrackInfo_String(track, M.NEGATIVE_ROLE, value, true)
+end
+
+-- The role that makes a track count as a negative (`want` true) or not: the automatic one
+-- where it already gives that.
+function M.role_for(stepfoley, want)
+  if stepfoley then return want and "auto" or "exclude" end
+  return want and "include" or "auto"
+end
+
+-- Whether a track counts as a negative layer: StepFoley's tracks unless excluded, any other
+-- track only when included.
+function M.counts_as_negative(track)
+  local role = M.negative_role(track)
+  if role == "auto" then return M.is_stepfoley_track(track) end
+  return role == "include"
+end
+
+-- Whether the track is heard at all: neither it nor a folder above it is muted.
+function M.track_is_heard(track)
+  local t = track
+  while t do
+    if reaper.GetMediaTrackInfo_Value(t, "B_MUTE") ~= 0 then return false end
+    t = reaper.GetParentTrack(t)
+  end
+  return true
+end
+
+-- Whether the item plays: not muted (B_MUTE includes item solo), on a lane that plays (fixed
+-- lanes, REAPER 7), with an active take. Only the active take of an item plays.
+function M.item_plays(item)
+  if reaper.GetMediaItemInfo_Value(item, "B_MUTE") ~= 0 then return false end
+  local track = reaper.GetMediaItem_Track(item)
+  if reaper.GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and
+    reaper.GetMediaItemInfo_Value(item, "C_LANEPLAYS") <= 0 then
+    return false
+  end
+  return reaper.GetActiveTake(item) ~= nil
+end
+
+-- The items of `track` that play somewhere in [t0, t1].
+local function playing_items_in(track, t0, t1)
+  local list = {}
+  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+    local item = reaper.GetTrackMediaItem(track, i)
+    local a, b = M.item_range(item)
+    if b > t0 and a < t1 and M.item_plays(item) then list[#list + 1] = item end
+  end
+  return list
+end
+
+local function track_name(track)
+  local _, name = reaper.GetSetMediaTrackInfo_String(track, "P_NAME", "", false)
+  if name == "" then name = "Track " .. math.floor(reaper.GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) end
+  return name
+end
+M.track_name = track_name
+
+--[[
+The tracks a user may choose as negatives over [t0, t1], in track order: every track that is
+heard (neither it nor a folder above it muted) and has items playing there, except those in
+`exclude` (the picture's track, the layer being replaced). Each: {track, name, role,
+stepfoley, negative = whether it counts by its role}.
+]]
+function M.layer_candidates(proj, t0, t1, exclude)
+  local list = {}
+  for i = 0, reaper.CountTracks(proj) - 1 do
+    local tr = reaper.GetTrack(proj, i)
+    if not exclude[tr] and M.track_is_heard(tr) and #playing_items_in(tr, t0, t1) > 0 then
+      list[#list + 1] = { track = tr, name = track_name(tr), role = M.negative_role(tr),
+        stepfoley = M.is_stepfoley_track(tr), negative = M.counts_as_negative(tr) }
+    end
+  end
+  return list
+end
+
+-- The razor-edit areas of a track (REAPER 6.24+), track areas only (not envelopes): {{a, b}}.
+function M.razor_areas(track)
+  local _, text = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
+  local areas = {}
+  for a, b, guid in (text or ""):gmatch('(%S+)%s+(%S+)%s+"([^"]*)"') do
+    if guid == "" and tonumber(a) and tonumber(b) then areas[#areas + 1] = { tonumber(a), tonumber(b) } end
+  end
+  return areas
+end
+
+--[[
+The items the user picked as negatives over [t0, t1]: the selected items and the items a
+razor-edit area touches, that play there and are on heard tracks not in `exclude`. Returns
+the items and their tracks (track order).
+]]
+function M.picked_items(proj, t0, t1, exclude)
+  local items, tracks = {}, {}
+  for i = 0, reaper.CountTracks(proj) - 1 do
+    local tr = reaper.GetTrack(proj, i)
+    if not exclude[tr] and M.track_is_heard(tr) then
+      local areas = M.razor_areas(tr)
+      local any = false
+      for _, item in ipairs(playing_items_in(tr, t0, t1)) do
+        local a, b = M.item_range(item)
+        local picked = reaper.IsMediaItemSelected(item)
+        for _, area in ipairs(areas) do
+          picked = picked or (b > math.max(area[1], t0) and a < math.min(area[2], t1))
+        end
+        if picked then items[#items + 1] = item; any = true end
+      end
+      if any then tracks[#tracks + 1] = tr end
+    end
+  end
+  return items, tracks
+end
+
+M.NEGATIVE_MODES = { "layers", "selection", "none" }
+
+--[[
+What the next generation negates over [t0, t1], for a mode:
+  "layers"    the tracks that count as negatives (M.counts_as_negative), or for the ones in
+              `overrides` (track -> true/false, the dialog's checkboxes) what the user chose;
+  "selection" the selected items and razor-edit areas (M.picked_items), only those items;
+  "none"      nothing.
+Returns {mode, tracks, items (nil: every playing item of the tracks), names}.
+]]
+function M.choose_negatives(proj, t0, t1, exclude, mode, overrides)
+  local chosen = { mode = mode, tracks = {}, names = M.array({}) }
+  if mode == "selection" then
+    chosen.items, chosen.tracks = M.picked_items(proj, t0, t1, exclude)
+  elseif mode == "layers" then
+    for _, c in ipairs(M.layer_candidates(proj, t0, t1, exclude)) do
+      local negative = c.negative
+      if overrides and overrides[c.track] ~= nil then negative = overrides[c.track] end
+      if negative then chosen.tracks[#chosen.tracks + 1] = c.track end
+    end
+  end
+  for _, tr in ipairs(chosen.tracks) do chosen.names[#chosen.names + 1] = track_name(tr) end
+  return chosen
+end
+
+-- Captions of the StepFoley takes that play in [t0, t1] on `tracks` (only `items` when
+-- given), in track order: the same material the bounce contains.
+function M.previous_captions(tracks, t0, t1, items)
+  local only
+  if items then only = {} for _, it in ipairs(items) do only[it] = true end end
+  local captions = M.array({})
+  for _, tr in ipairs(tracks) do
+    for _, item in ipairs(playing_items_in(tr, t0, t1)) do
+      if not only or only[item] then
+        local meta = M.take_meta(reaper.GetActiveTake(item))
+        if meta then captions[#captions + 1] = meta.caption end
+      end
+    end
+  end
+  return captions
+end
+
+-- The StepFoley metadata of a take (a table with a caption), or nil.
+function M.take_meta(take)
+  if not take then return nil end
+  local ok, stored = reaper.GetSetMediaItemTakeInfo_String(take, M.TAKE_META, "", false)
+  local meta = ok and stored ~= "" and M.json_decode(stored)
+  if type(meta) == "table" and type(meta.caption) == "string" then return meta end
+  return nil
+end
+
+-- The selected item made by StepFoley and its metadata, or nil after telling the user.
+function M.selected_stepfoley_item(proj, what)
+  for i = 0, reaper.CountSelectedMediaItems(proj) - 1 do
+    local item = reaper.GetSelectedMediaItem(proj, i)
+    local meta = M.take_meta(reaper.GetActiveTake(item))
+    if meta then return item, meta end
+  end
+  M.alert("Select an item made by StepFoley first (its active take holds StepFoley's metadata): " .. what)
+  return nil
+end
+
+------------------------------------------------------------------------------------------
+-- Where files go
+------------------------------------------------------------------------------------------
+
+function M.new_job_id()
+  return os.date("%Y%m%d-%H%M%S") .. string.format("-%04x%04x", math.random(0, 0xffff), math.random(0, 0xffff))
+end
+
+-- The folder of the project file, or nil for a project never saved. (GetProjectPathEx is
+-- the project's *recording* path, e.g. <project>/Audio when media go to a subfolder.)
+function M.project_folder(proj)
+  for i = 0, math.huge do
+    local p, file = reaper.EnumProjects(i, "")
+    if not p then return nil end
+    if p == proj then
+      if file == nil or file == "" then return nil end
+      local dir = M.dirname(file)
+      return dir ~= "" and dir or nil
+    end
+  end
+end
+
+-- The time a job folder was made, from its name (M.new_job_id), or nil.
+function M.job_folder_time(name)
+  local y, mo, d, h, mi, s = name:match("^(%d%d%d%d)(%d%d)(%d%d)%-(%d%d)(%d%d)(%d%d)%-%x+$")
+  if not y then return nil end
+  return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
+    min = tonumber(mi), sec = tonumber(s) })
+end
+
+-- Deletes the job folders in `jobs_root` older than `days` (finished jobs delete their own;
+-- these are the failed ones kept for support, and older versions' leftovers).
+function M.prune_job_folders(jobs_root, days)
+  local limit = os.time() - days * 86400
+  local old = {}
+  reaper.EnumerateSubdirectories(jobs_root, -1)
+  for i = 0, math.huge do
+    local name = reaper.EnumerateSubdirectories(jobs_root, i)
+    if not name then break end
+    local made = M.job_folder_time(name)
+    if made and made < limit then old[#old + 1] = M.join(jobs_root, name) end
+  end
+  for _, dir in ipairs(old) do M.remove_tree(dir) end
+end
+
+--[[
+The project's StepFoley folder (stems: <project folder>/StepFoley) and a new job folder
+(request, status, bounce: <project folder>/StepFoley/jobs/<job id>). A project never saved
+has no folder: REAPER's default recording path is used (and the console says so). The job
+folder's path goes on a command line, so it falls back to REAPER's resource folder when the
+project path has characters a command line cannot carry safely. Old job folders are pruned.
+]]
+function M.folders(proj, job_id, settings)
+  local project_dir = M.project_folder(proj)
+  if not project_dir then
+    project_dir = reaper.GetProjectPathEx(proj, "")
+    if project_dir == nil or project_dir == "" then project_dir = reaper.GetResourcePath() end
+    M.log("the project is not saved yet: the stems go to " .. M.join(project_dir, "StepFoley") ..
+      ". Save the project first to keep them with it.")
+  end
+  local output_dir = M.join(project_dir, "StepFoley")
+  local jobs_root = M.join(output_dir, "jobs")
+  if not M.is_command_line_safe(jobs_root) then
+    jobs_root = M.join(M.join(reaper.GetResourcePath(), "StepFoley"), "jobs")
+  end
+  if not M.is_command_line_safe(jobs_root) then
+    return nil, "Neither the project folder nor REAPER's resource folder can be passed to the " ..
+      "StepFoley client (they contain quotes or other special characters):\n" .. jobs_root
+  end
+  M.prune_job_folders(jobs_root, settings.job_days)
+  local job_dir = M.join(jobs_root, job_id)
+  reaper.RecursiveCreateDirectory(output_dir, 0)
+  reaper.RecursiveCreateDirectory(job_dir, 0)
+  return { output_dir = output_dir, job_dir = job_dir }
+end
+
+end

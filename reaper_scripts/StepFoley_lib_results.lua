@@ -1,0 +1,444 @@
+-- @noindex
+--[[
+StepFoley library, part "results": the generate flow every generating action shares (engine
+check, dialog, negatives, bounce, jobs) and putting its results into the project: a new track,
+variations as fixed lanes (REAPER 7) or takes, a new take of an item; the seed as a take
+marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
+]]
+
+return function(M)
+
+------------------------------------------------------------------------------------------
+-- Metadata
+------------------------------------------------------------------------------------------
+
+local function shown(value, default)
+  if value == nil then return "default" .. (default ~= nil and (" (" .. tostring(default) .. ")") or "") end
+  return tostring(value)
+end
+
+-- The item notes: what was asked and what the engine used.
+function M.describe(meta)
+  local r, e = meta.region or {}, type(meta.engine) == "table" and meta.engine or {}
+  local negatives = meta.negatives or {}
+  local names = type(negatives.tracks) == "table" and table.concat(negatives.tracks, ", ") or ""
+  return string.format("StepFoley: %s\nmethod %s, alpha %s, beta %s, seed %s, steps %s\n" ..
+    "negatives: %s%s\nvideo: %s (file %.3f s to %.3f s, playrate %s)\nstem: %s",
+    tostring(meta.caption), shown(meta.method, e.method), shown(meta.alpha, e.alpha), shown(meta.beta, e.beta),
+    tostring(meta.seed), shown(meta.steps, e.steps), tostring(negatives.mode or "layers"),
+    names ~= "" and (" (" .. names .. ")") or "", tostring(r.video), tonumber(r.file_in) or 0,
+    tonumber(r.file_out) or 0, tostring(r.playrate), tostring(meta.stem_path))
+end
+
+-- The metadata stored in a take: the request as sent (a guidance field is present only when
+-- the user chose it; absent = the model's default), what was negated, and what the engine
+-- returned (its metadata says which values it used). Paths of job files, deleted when the job
+-- succeeds, are left out.
+function M.take_metadata(request, result, negatives, reference_label)
+  local meta = {}
+  for k, v in pairs(request) do meta[k] = v end
+  meta.existing_mix, meta.output_dir = nil, nil
+  if reference_label then meta.reference_audio, meta.reference = nil, reference_label end
+  meta.negatives = { mode = negatives.mode, tracks = negatives.names }
+  meta.stem_path = result.stem_path
+  meta.job_id = result.job_id
+  meta.engine = result.metadata
+  meta.stepfoley_scripts = M.VERSION
+  return meta
+end
+
+------------------------------------------------------------------------------------------
+-- Takes, items, tracks
+------------------------------------------------------------------------------------------
+
+-- A new take playing `stem_path` from region.project_start, in `item` (which may start
+-- earlier or end later than the region: regenerating an item whose picture covers only part
+-- of it). Before the region the take is silent: a negative start offset with "loop source"
+-- off (with it on, REAPER would wrap the stem's end around into the gap). The seed is a take
+-- marker at the stem's start (REAPER 5.981+).
+function M.add_take(item, stem_path, meta, region)
+  local take = reaper.AddTakeToMediaItem(item)
+  local src = reaper.PCM_Source_CreateFromFile(stem_path)
+  if not src then error("REAPER cannot read the stem " .. stem_path) end
+  reaper.SetMediaItemTake_Source(take, src)
+  local item_pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+  reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
+  reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", item_pos - region.project_start)
+  reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1)
+  reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", string.format("%s (seed %s)", meta.caption, tostring(meta.seed)), true)
+  reaper.GetSetMediaItemTakeInfo_String(take, M.TAKE_META, M.json_encode(meta), true)
+  if reaper.SetTakeMarker then reaper.SetTakeMarker(take, -1, "seed " .. tostring(meta.seed), 0) end
+  return take
+end
+
+-- The index after the last StepFoley track (or the end), so new tracks stack in order.
+local function new_track_index(proj)
+  local index = reaper.CountTracks(proj)
+  for i = 0, reaper.CountTracks(proj) - 1 do
+    if M.is_stepfoley_track(reaper.GetTrack(proj, i)) then index = i + 1 end
+  end
+  return index
+end
+
+--[[
+Runs `edit()` as one undo point named `description` in `proj` (which need not be the active
+tab), with the UI frozen meanwhile, then builds the peaks of the new media. Whatever fails
+inside (the edit or the peaks), the UI refresh is restored and the undo block closed; the
+failure is shown to the user. Returns whether the edit succeeded.
+]]
+function M.undoable_edit(proj, description, edit)
+  reaper.Undo_BeginBlock2(proj)
+  reaper.PreventUIRefresh(1)
+  local ok, err = pcall(function()
+    edit()
+    reaper.Main_OnCommandEx(M.BUILD_MISSING_PEAKS, 0, proj)
+  end)
+  reaper.PreventUIRefresh(-1)
+  reaper.UpdateArrange()
+  reaper.Undo_EndBlock2(proj, description, -1)
+  if not ok then M.alert("StepFoley could not complete \"" .. description .. "\": " .. tostring(err)) end
+  return ok
+end
+
+function M.project_is_open(proj)
+  for i = 0, math.huge do
+    local p = reaper.EnumProjects(i, "")
+    if not p then return false end
+    if p == proj then return true end
+  end
+end
+
+-- A new track at `index` of `proj`. InsertTrackAtIndex acts on the ACTIVE project tab, which
+-- may be another project by the time a generation ends, so InsertTrackInProject (REAPER
+-- 7.18+) is used; older REAPER gets `proj` made active for the insert and the user's tab back.
+local function insert_track_in(proj, index)
+  local before = reaper.CountTracks(proj)
+  if reaper.InsertTrackInProject then
+    reaper.InsertTrackInProject(proj, index, 1) -- 1: default envelopes/FX, like wantDefaults
+  else
+    local active = reaper.EnumProjects(-1, "")
+    if active ~= proj then reaper.SelectProjectInstance(proj) end
+    reaper.InsertTrackAtIndex(index, true)
+    if active ~= proj then reaper.SelectProjectInstance(active) end
+  end
+  if reaper.CountTracks(proj) ~= before + 1 then
+    error("REAPER did not add the new track to the generation's project")
+  end
+  return reaper.GetTrack(proj, index)
+end
+
+local function new_item(track, region)
+  local item = reaper.AddMediaItemToTrack(track)
+  reaper.SetMediaItemInfo_Value(item, "D_POSITION", region.project_start)
+  reaper.SetMediaItemInfo_Value(item, "D_LENGTH", region.project_end - region.project_start)
+  return item
+end
+
+-- Whether this REAPER has fixed item lanes (REAPER 7).
+function M.has_fixed_lanes()
+  local major = tonumber((reaper.GetAppVersion() or ""):match("^(%d+)"))
+  return major ~= nil and major >= 7
+end
+
+--[[
+One new StepFoley track named after the caption over the region, with the results `takes`
+({stem_path, meta} each): as takes of one item, or with `lanes` as one item per fixed lane
+(REAPER 7; the first lane plays, the others are there to audition and comp, each lane named
+after its seed).
+]]
+function M.insert_track(proj, region, takes, lanes)
+  local track = insert_track_in(proj, new_track_index(proj))
+  reaper.GetSetMediaTrackInfo_String(track, "P_NAME", takes[1].meta.caption, true)
+  reaper.GetSetMediaTrackInfo_String(track, M.TRACK_MARK, "1", true)
+  if lanes then
+    reaper.SetMediaTrackInfo_Value(track, "I_FREEMODE", 2)
+    reaper.SetMediaTrackInfo_Value(track, "I_NUMFIXEDLANES", #takes)
+    for i, t in ipairs(takes) do
+      local item = new_item(track, region)
+      reaper.SetMediaItemInfo_Value(item, "I_FIXEDLANE", i - 1)
+      M.add_take(item, t.stem_path, t.meta, region)
+      reaper.GetSetMediaItemInfo_String(item, "P_NOTES", M.describe(t.meta), true)
+      reaper.GetSetMediaTrackInfo_String(track, "P_LANENAME:" .. (i - 1), "seed " .. tostring(t.meta.seed), true)
+      reaper.SetMediaTrackInfo_Value(track, "C_LANEPLAYS:" .. (i - 1), i == 1 and 1 or 0)
+    end
+    reaper.UpdateTimeline()
+    return track
+  end
+  local item = new_item(track, region)
+  local first
+  for _, t in ipairs(takes) do
+    local take = M.add_take(item, t.stem_path, t.meta, region)
+    first = first or take
+  end
+  reaper.SetActiveTake(first)
+  reaper.GetSetMediaItemInfo_String(item, "P_NOTES", M.describe(takes[1].meta), true)
+  return track
+end
+
+-- Reports failures of a finished batch; returns the done results.
+function M.report(results, what)
+  local done, problems = {}, {}
+  for _, r in ipairs(results) do
+    if r.state == "done" then done[#done + 1] = r
+    elseif r.state == "error" then problems[#problems + 1] = r.message or "unknown error"
+    elseif r.state == "cancelled" then problems[#problems + 1] = r.message or "Generation cancelled."
+    end
+  end
+  if #problems > 0 then
+    local prefix = (#done > 0) and string.format("%d of %d %s finished; ", #done, #results, what) or ""
+    M.alert(prefix .. table.concat(problems, "\n\n"))
+  end
+  return done
+end
+
+------------------------------------------------------------------------------------------
+-- Requests
+------------------------------------------------------------------------------------------
+
+-- The request for one job. Guidance fields the user left empty are left out: the engine uses
+-- its model's defaults.
+function M.build_request(region, params, seed, folders, negatives, sample_rate)
+  return {
+    protocol = 1,
+    region = region,
+    caption = params.caption,
+    method = params.method,
+    alpha = params.alpha,
+    beta = params.beta,
+    steps = params.steps,
+    seed = seed,
+    negative_caption = "",
+    previous_captions = negatives.previous,
+    existing_mix = negatives.mix,
+    reference_audio = params.reference_audio,
+    output_dir = folders.output_dir,
+    sample_rate = sample_rate,
+    format = "wav24",
+    name_hint = params.caption,
+  }
+end
+
+-- What the chosen method's audio branch hears ("existing", "reference" or nil); "existing"
+-- when the engine did not say (it then decides what to do with a bounce it gets).
+function M.method_audio(caps, method)
+  if not caps then return "existing" end
+  local info = M.method_info(caps, method or M.default_text(caps, "method"))
+  return info and info.audio or nil
+end
+
+-- The method that negates layers for "Replace this layer": the stored one when it hears the
+-- layers, else the model's default when it does, else the first available one that does.
+-- Without capabilities (an older engine) the stored one. nil and a message when the model
+-- has none.
+function M.negating_method(caps, stored)
+  if not caps then return stored end
+  local candidates = { stored, M.default_text(caps, "method") }
+  for _, m in ipairs(M.dialog_methods(caps, "existing")) do
+    if m.audio == "existing" then candidates[#candidates + 1] = m.name end
+  end
+  for _, name in ipairs(candidates) do
+    local info = name and M.method_info(caps, name)
+    if info and info.available ~= false and info.audio == "existing" then return name end
+  end
+  return nil, "The engine's model '" .. tostring(caps.model) .. "' has no method that hears the other layers " ..
+    "(it has no NAG ControlNet), so it cannot negate them."
+end
+
+-- The method that sounds like a reference recording (audio "reference"), or nil and why not.
+function M.reference_method(caps)
+  if not caps then return "reference" end -- an older engine: it says whether it knows it
+  local list = M.dialog_methods(caps, "reference")
+  if #list > 0 then return list[1].name end
+  local reasons = {}
+  for _, m in ipairs(caps.methods or {}) do
+    if m.audio == "reference" then reasons[#reasons + 1] = m.name .. ": " .. tostring(m.unavailable_reason) end
+  end
+  return nil, "The engine's model '" .. tostring(caps.model) .. "' cannot make a sound like a reference" ..
+    (#reasons > 0 and (" (" .. table.concat(reasons, "; ") .. ")") or "") .. "."
+end
+
+------------------------------------------------------------------------------------------
+-- The generate flow
+------------------------------------------------------------------------------------------
+
+-- The engine's answer, asked again when it was not running before the dialog (the user may
+-- have started it meanwhile): on_ready(engine) only when it runs, else the user is told.
+local function with_running_engine(settings, prefix, engine, on_ready)
+  if engine.ok then return on_ready(engine) end
+  M.query_engine(settings, prefix, function(again)
+    if again.ok then return on_ready(again) end
+    M.alert(again.message)
+  end)
+end
+
+-- Whether the job's project (and item) still exist: the ReaImGui dialog and the jobs leave
+-- REAPER usable, so either may have been closed or deleted meanwhile.
+local function still_there(job)
+  return M.project_is_open(job.proj) and (job.item == nil or reaper.ValidatePtr2(job.proj, job.item, "MediaItem*"))
+end
+
+local function apply_roles(proj, roles)
+  if #roles == 0 then return end
+  M.undoable_edit(proj, "StepFoley: choose negative layers", function()
+    for _, r in ipairs(roles) do
+      if reaper.ValidatePtr2(proj, r.track, "MediaTrack*") then M.set_negative_role(r.track, r.role) end
+    end
+  end)
+end
+
+-- Bounces the negatives of `job` over the region: {mode, tracks, names, previous, mix}, or
+-- nil and a message.
+local function negatives_for(job, settings, engine, params, region, folders, sample_rate)
+  local a, b = region.project_start, region.project_end
+  local chosen = M.choose_negatives(job.proj, a, b, job.exclude, params.negatives)
+  chosen.previous = M.previous_captions(chosen.tracks, a, b, chosen.items)
+  local hears_layers = M.method_audio(engine.capabilities, params.method) == "existing"
+  if hears_layers and #chosen.tracks > 0 then
+    local mix, err = M.bounce(job.proj, chosen.tracks, a, b, folders.job_dir, "existing_mix", sample_rate, chosen.items)
+    if not mix then return nil, err end
+    chosen.mix = mix
+  elseif hears_layers and params.negatives ~= "none" then
+    M.log("nothing to negate over the region yet: this track is generated from picture and caption only.")
+  end
+  return chosen
+end
+
+--[[
+Everything between the dialog and the engine: the job folder, the negatives and their bounce,
+the reference, one request per seed. Returns jobs, negatives or nil, message.
+]]
+local function prepare_jobs(job, settings, engine, params, region)
+  local proj = job.proj
+  local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
+  if not folders then return nil, folder_err end
+  local sample_rate = M.project_sample_rate(proj)
+  local negatives, err = negatives_for(job, settings, engine, params, region, folders, sample_rate)
+  if not negatives then return nil, err end
+  if job.make_reference then
+    local path, ref_err = job.make_reference(folders, sample_rate)
+    if not path then return nil, ref_err end
+    params.reference_audio = path
+  end
+  local jobs = {}
+  for i = 1, params.count do
+    local job_folders = folders
+    if i > 1 then -- each job gets its own status file
+      job_folders = { output_dir = folders.output_dir, job_dir = M.join(folders.job_dir, "take" .. i) }
+      reaper.RecursiveCreateDirectory(job_folders.job_dir, 0)
+    end
+    jobs[i] = { request = M.build_request(region, params, params.seed + i - 1, folders, negatives, sample_rate),
+      folders = job_folders, label = params.caption }
+  end
+  return jobs, negatives
+end
+
+-- Puts the finished results into the project, in one undo point.
+local function insert_results(job, settings, region, jobs, results, negatives, params)
+  local takes = {}
+  for i, r in ipairs(results) do
+    if r.state == "done" then
+      takes[#takes + 1] = { stem_path = r.stem_path,
+        meta = M.take_metadata(jobs[i].request, r, negatives, job.reference_label) }
+    end
+  end
+  if #takes == 0 then return end
+  local proj = job.proj
+  if not still_there(job) then
+    M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
+      " while generating; the stems are in\n" .. jobs[1].folders.output_dir)
+    return
+  end
+  M.undoable_edit(proj, job.undo(params, #takes), function()
+    if job.item then
+      local take = M.add_take(job.item, takes[1].stem_path, takes[1].meta, region)
+      reaper.SetActiveTake(take)
+      reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", M.describe(takes[1].meta), true)
+    else
+      local lanes = #takes > 1 and settings.variations_as == "lanes" and M.has_fixed_lanes()
+      M.insert_track(proj, region, takes, lanes)
+    end
+  end)
+end
+
+-- A job whose result becomes a new take of `item`: over the item's range, never negating the
+-- item's own track. Fills in proj, item, t0, t1 and exclude of `job` (see M.generate).
+function M.job_for_item(proj, item, job)
+  job.proj, job.item = proj, item
+  job.t0, job.t1 = M.item_range(item)
+  job.exclude = { [reaper.GetMediaItem_Track(item)] = true }
+  return job
+end
+
+--[[
+One generating action, from the engine check to the new media. `job`:
+  proj; t0, t1      the time selection, or the item's range;
+  title             of the dialog and the progress window;
+  exclude           tracks that are never negatives (the layer being replaced); the picture's
+                    track is added;
+  item              when set, the result becomes a new active take of this item; else a new track;
+  dialog            a dialog spec (M.dialog_fields) without title and engine (its fixed_method
+                    may be a function(capabilities) -> name or nil, message); or nil, with
+  params            fixed parameters (M.parse_form's result);
+  params_for        optional function(engine) -> params or nil, message: when the parameters
+                    depend on what the engine offers;
+  make_reference    optional function(folders, sample_rate) -> path or nil, message;
+  reference_label   what the reference was, for the metadata;
+  undo              function(params, n) -> the undo point's name.
+Everything that can wait for something (the engine, the dialog, the jobs) runs from
+reaper.defer: REAPER stays usable throughout.
+]]
+function M.generate(job)
+  local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1)
+  if not region then return M.alert(region_err) end
+  if clipped then
+    M.log(string.format("the picture covers only %.3f s to %.3f s of the range; generating that part.",
+      region.project_start, region.project_end))
+  end
+  job.exclude = job.exclude or {}
+  job.exclude[reaper.GetMediaItem_Track(video_item)] = true
+  local settings = M.load_settings()
+  local prefix, found = M.client_prefix(settings)
+  if not prefix then return M.alert(found) end
+
+  local function run(engine, params)
+    if not still_there(job) then
+      return M.alert("The " .. (job.item and "item" or "project") .. " is gone; nothing was generated.")
+    end
+    local jobs, negatives = prepare_jobs(job, settings, engine, params, region)
+    if not jobs then return M.alert(negatives) end
+    M.run_jobs(settings, prefix, jobs, "StepFoley: " .. params.caption, function(results)
+      M.report(results, #jobs > 1 and "variations" or "generations")
+      insert_results(job, settings, region, jobs, results, negatives, params)
+    end)
+  end
+
+  M.query_engine(settings, prefix, function(engine)
+    if not engine.client_ok then return M.alert(engine.message) end
+    if not job.dialog then
+      return with_running_engine(settings, prefix, engine, function(ready)
+        local params, err = job.params, nil
+        if job.params_for then params, err = job.params_for(ready) end
+        if not params then return M.alert(err) end
+        run(ready, params)
+      end)
+    end
+    local spec = job.dialog
+    spec.title, spec.engine = job.title, engine
+    if type(spec.fixed_method) == "function" then
+      local name, err = spec.fixed_method(engine.capabilities)
+      if not name then return M.alert(err) end
+      spec.fixed_method = name
+    end
+    if spec.negatives then
+      local a, b = region.project_start, region.project_end
+      spec.candidates = M.layer_candidates(job.proj, a, b, job.exclude)
+      spec.picked = #(M.picked_items(job.proj, a, b, job.exclude))
+    end
+    M.ask_params(spec, function(params, roles)
+      if still_there(job) then apply_roles(job.proj, roles) end
+      with_running_engine(settings, prefix, engine, function(ready) run(ready, params) end)
+    end)
+  end)
+end
+
+end

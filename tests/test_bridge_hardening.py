@@ -1,0 +1,521 @@
+"""Issue 12, finding by finding: what a hostile or careless client sends to the engine over real
+UDP sockets on 127.0.0.1, and what must hold afterwards (it answers pings, leaves no stray
+file, writes little log, still serves a valid request). Each test names its finding."""
+
+import json
+import logging
+import os
+import random
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stepfoley.bridge import logs, osc, protocol
+from stepfoley.bridge.client import EngineClient, EngineNotRunning
+from stepfoley.bridge.server import EngineServer, ServerConfig
+from stepfoley.engine.errors import AudioError
+from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, runner, server  # noqa: F401
+from test_session import scene_video, tiny  # noqa: F401
+
+BUNDLE = b"#bundle\x00" + bytes(8)
+
+
+def element(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big", signed=True) + data
+
+
+def alive(p: RawPeer, request_id: str = "alive") -> None:
+    p.send(protocol.PING, p.port, request_id, "")
+    assert p.receive(timeout=2.0)[:1] == (protocol.PONG,)
+
+
+def nested(data: bytes, depth: int) -> bytes:
+    for _ in range(depth):
+        data = BUNDLE + element(data)
+    return data
+
+
+# --- 1: bundles are parsed with bounded work ---------------------------------------------------
+
+PING = osc.encode(protocol.PING, 9, "r", "")
+
+
+@pytest.mark.parametrize("datagram", [
+    BUNDLE + (-4).to_bytes(4, "big", signed=True),  # the 20 bytes that hung the engine
+    BUNDLE + element(PING) + (-4).to_bytes(4, "big", signed=True),
+    BUNDLE + (0).to_bytes(4, "big"),
+    BUNDLE + (6).to_bytes(4, "big") + b"/a\x00\x00,\x00\x00\x00",  # not a multiple of 4
+    BUNDLE + (2**31 - 1).to_bytes(4, "big") + PING,  # past the end
+    BUNDLE + b"\x00\x00",  # a size cut short
+    nested(PING, 5),  # deeper than 4
+    BUNDLE + element(PING) * 17,  # more than 16 messages
+], ids=["negative", "negative-after-a-message", "zero", "unaligned", "past-the-end", "short-size", "too-deep",
+        "too-many"])
+def test_finding_01_a_malformed_bundle_is_dropped_at_once(datagram):
+    with pytest.raises(osc.DecodeError):
+        osc.decode(datagram)
+    with EngineServer(SineRunner(), ServerConfig(port=0, token="t")).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.send_bytes(datagram)
+        p.send(protocol.PING, p.port, "after", "t")
+        assert p.receive(timeout=2.0) == (protocol.PONG, ["after", 1, "unknown", "unknown"])
+        p.close()
+
+
+def test_finding_01_a_well_formed_nested_bundle_is_answered(peer):
+    ping = osc.encode(protocol.PING, peer.port, "inner", "")
+    peer.send_bytes(nested(ping, 4))
+    assert peer.receive()[1][0] == "inner"
+
+
+# --- 2 and 3: lone surrogates neither stop the loop nor the worker -------------------------------
+
+@pytest.mark.parametrize("change", [
+    {"\ud800": 1},
+    {"output_dir": "/tmp/\ud800"},
+    {"output_dir": "relative/\ud800"},
+    {"caption": "rain \udcff"},
+    {"region": {"video": "/v\ud800.mp4", "file_in": 0, "file_out": 2}},
+    {"existing_mix": "/tmp/mix\ud800.wav"},
+    {"method": "reference", "reference_audio": "/tmp/ref\ud800.wav"},
+], ids=["key", "output_dir", "relative", "caption", "video", "existing_mix", "reference"])
+def test_finding_02_03_a_lone_surrogate_is_refused_before_a_job_exists(peer, tmp_path, change):
+    request = {**make_request(tmp_path), **change}
+    peer.generate(request, "s")
+    address, args = peer.receive()
+    assert (address, args[1], args[2]) == (protocol.ERROR, "", "invalid_request")
+    assert "\\ud" in args[3] or "\\udcff" in args[3]  # quoted, escaped
+    alive(peer)
+    peer.generate(make_request(tmp_path), "good")
+    assert peer.receive_until(protocol.FINAL_REPLIES)[-1][0] == protocol.DONE
+
+
+class Unprintable(Exception):
+    code = "bad_audio"
+
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+@pytest.mark.parametrize("error", [
+    AudioError("The existing mix '/tmp/\ud800.wav' cannot be read."),  # a message with a lone surrogate
+    Unprintable(),  # an exception whose message cannot even be made
+], ids=["surrogate-message", "unprintable"])
+def test_finding_03_the_worker_survives_any_job_failure_and_always_replies(tmp_path, error):
+    calls = []
+
+    def failing_once(request, on_progress, is_cancelled):
+        calls.append(request.caption)
+        if len(calls) == 1:
+            raise error
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(failing_once, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.generate(make_request(tmp_path, caption="first"), "a")
+        p.generate(make_request(tmp_path, caption="second"), "b")
+        finals = {}
+        while len(finals) < 2:
+            address, args = p.receive()
+            if address in protocol.FINAL_REPLIES:
+                finals[args[0]] = (address, args[2:])
+        assert finals["a"][0] == protocol.ERROR and finals["a"][1][0] == "bad_audio"
+        assert finals["b"][0] == protocol.DONE
+        p.send(protocol.STATUS, p.port, "st", "")
+        status = json.loads(p.receive()[1][1])
+        assert (status["state"], status["queue"], status["jobs_finished"]) == ("idle", [], 2)
+        p.close()
+
+
+# --- 4: the log stays small whatever arrives ---------------------------------------------------
+
+class LogBytes(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.bytes = 0
+
+    def emit(self, record):
+        self.bytes += len(self.format(record).encode("utf-8", "backslashreplace")) + 1
+
+
+@pytest.fixture
+def log_bytes():
+    handler, root, bridge = LogBytes(), logging.getLogger(), logging.getLogger("stepfoley.bridge")
+    levels = root.level, bridge.level
+    root.addHandler(handler)
+    bridge.setLevel(logging.DEBUG)  # --verbose: every dropped datagram is logged
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(levels[0]), bridge.setLevel(levels[1])
+
+
+def test_finding_04_a_flood_of_junk_writes_a_few_kb_of_log(peer, log_bytes):
+    unknown_tags = b"/stepfoley/ping\x00" + b"," + b"x" * 60_000
+    unknown_tags += b"\x00" * (4 - len(unknown_tags) % 4)
+    bundle = BUNDLE + element(unknown_tags)
+    assert 60_000 < len(bundle) < 65_000
+    started = time.monotonic()
+    for i in range(3):
+        peer.send_bytes(bundle)
+        alive(peer, f"a{i}")
+    for i in range(500):
+        peer.send_bytes(b"#bundle\x00" + bytes(i % 40))
+        peer.send(f"/junk/{i}", peer.port, "j", "")  # unknown_address: answered, with a log line at debug
+    while True:  # drain the replies, then one ping proves the engine read everything
+        try:
+            if peer.receive(timeout=0.5)[0] == protocol.PONG:
+                break
+        except TimeoutError:
+            peer.send(protocol.PING, peer.port, "end", "")
+    elapsed = time.monotonic() - started
+    assert log_bytes.bytes <= logs.LOG_BURST_BYTES + logs.LOG_BYTES_PER_S * elapsed + 1024
+
+
+def test_the_log_budget_holds_back_and_then_says_how_much():
+    now = [0.0]
+    budget = logs.LogBudget(bytes_per_s=1000, burst=1000, clock=lambda: now[0])
+    log = logging.getLogger("test.budget")
+    records = [log.makeRecord(log.name, logging.WARNING, __file__, 1, "x" * 300 + " %s", ("\ud800",), None)
+               for _ in range(5)]
+    assert [budget.filter(r) for r in records] == [True, True, False, False, False]
+    now[0] = 10.0
+    assert budget.filter(records[0]) and "3 earlier log records suppressed" in records[0].msg
+    assert "\\ud800" in records[0].msg and records[0].msg.encode("utf-8")
+
+
+# --- 5: limits stated by the request model and enforced before work ---------------------------
+
+@pytest.mark.parametrize("change, words", [
+    ({"region": {"video": "V", "file_in": 0.0, "file_out": 600.0, "playrate": 0.01}, "sample_rate": 192000,
+      "format": "wav32f"}, "at most 600 s"),  # the largest request protocol 1 allowed: ~46 GB
+    ({"region": {"video": "V", "file_in": 0.0, "file_out": 600.0}, "sample_rate": 192000, "format": "wav32f"},
+     "at most 128 MiB"),
+    ({"region": {"video": "V", "file_in": 0.0, "file_out": 1.0, "playrate": 0.001}}, "region.playrate"),
+])
+def test_finding_05_a_request_over_a_limit_is_refused_naming_it(peer, tmp_path, change, words):
+    request = make_request(tmp_path, **change)
+    request["region"]["video"] = str(tmp_path / "picture.mp4")
+    peer.generate(request, "big")
+    address, args = peer.receive()
+    assert (address, args[1], args[2]) == (protocol.ERROR, "", "invalid_request") and words in args[3]
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_finding_05_input_files_are_checked_before_a_job_exists(peer, tmp_path):
+    huge = tmp_path / "huge.wav"
+    with open(huge, "wb") as f:
+        f.truncate(2**30 + 1)  # sparse: costs no disk
+    fifo = tmp_path / "mix.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.wav"
+    link.symlink_to(fifo)
+    for rid, change, words in (("huge", {"existing_mix": str(huge)}, "at most 1024 MiB"),
+                               ("fifo", {"existing_mix": str(fifo)}, "not a regular file"),
+                               ("link", {"existing_mix": str(link)}, "not a regular file"),
+                               ("ref", {"method": "reference", "reference_audio": str(huge)}, "at most 1024 MiB"),
+                               ("video", {"region": {"video": str(fifo), "file_in": 0, "file_out": 2}},
+                                "not a regular file")):
+        peer.generate(make_request(tmp_path, **change), rid)
+        address, args = peer.receive()
+        assert (address, args[0], args[1], args[2]) == (protocol.ERROR, rid, "", "invalid_request")
+        assert words in args[3]
+    alive(peer)
+
+
+# --- 6: a failed job removes its stem; metadata always fits ------------------------------------
+
+def test_finding_06_long_metadata_is_cut_to_fit_and_the_job_is_done(tmp_path):
+    def wordy(request, on_progress, is_cancelled):
+        result = SineRunner()(request, on_progress, is_cancelled)
+        result["metadata"]["negative_caption"] = ", ".join(request.previous_captions)  # as the session does
+        return result
+
+    with EngineServer(wordy, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        request = make_request(tmp_path, caption="雨" * 1000, previous_captions=["雷" * 120] * 64)
+        p.send(protocol.GENERATE, p.port, "cjk", "", json.dumps(request, ensure_ascii=False))  # 26 KB in UTF-8
+        address, args = p.receive_until(protocol.FINAL_REPLIES)[-1]
+        assert address == protocol.DONE
+        metadata = json.loads(args[3])
+        assert metadata["truncated"] is True and metadata["caption"].startswith("雨" * 200)
+        assert os.listdir(tmp_path / "out") == [os.path.basename(args[2])]
+        p.close()
+
+
+def test_finding_06_a_refused_result_leaves_no_stem(tmp_path):
+    def not_json(request, on_progress, is_cancelled):
+        result = SineRunner()(request, on_progress, is_cancelled)
+        result["metadata"]["oops"] = object()
+        return result
+
+    with EngineServer(not_json, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.generate(make_request(tmp_path), "r")
+        address, args = p.receive_until(protocol.FINAL_REPLIES)[-1]
+        assert (address, args[2]) == (protocol.ERROR, "internal_error")
+        assert os.listdir(tmp_path / "out") == []
+        p.close()
+
+
+# --- 7: stems get the user's umask -------------------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_finding_07_stems_are_created_with_the_users_umask(client, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        status = client.submit(make_request(tmp_path)).wait()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(status["stem_path"]).st_mode) == mode
+
+
+# --- 10: /status fits one datagram however long the queue's captions --------------------------
+
+def test_finding_10_status_fits_a_datagram_with_a_long_non_ascii_queue(tmp_path):
+    gate = threading.Event()
+
+    def blocked(request, on_progress, is_cancelled):
+        gate.wait(10)
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(blocked, ServerConfig(port=0)).start() as srv:
+        p = RawPeer(srv.address[1])
+        try:
+            for i in range(40):
+                p.generate(make_request(tmp_path, caption="足音" * 500), f"q{i}")
+                p.receive_until({protocol.ACCEPTED})
+            p.sock.sendto(osc.encode(protocol.STATUS, p.port, "st", ""), p.server)
+            data = p.sock.recv(65536)
+            assert len(data) <= protocol.MAX_DATAGRAM_BYTES
+            status = json.loads(osc.decode(data)[0][1][1])
+            assert status["state"] == "busy" and status["jobs_truncated"] is True and len(status["queue"]) == 39
+            caption = status["queue"][0]["caption"]
+            assert caption.startswith("足音") and caption.endswith("…") and len(caption) < 1000
+            with EngineClient(port=srv.address[1]) as c:
+                assert c.engine_status()["queue_limit"] == 256  # what `stepfoley send --engine-status` asks
+        finally:
+            gate.set()
+            p.close()
+
+
+# --- 11: a job belongs to (address, port, request_id) ------------------------------------------
+
+def test_finding_11_the_same_request_id_from_another_port_is_another_job(server, tmp_path):
+    first, second = RawPeer(server.address[1]), RawPeer(server.address[1])
+    try:
+        first.generate(make_request(tmp_path, caption="mine"), "same-id")
+        second.generate(make_request(tmp_path, caption="theirs"), "same-id")
+        done = [p.receive_until({protocol.DONE})[-1][1] for p in (first, second)]
+        assert done[0][1] != done[1][1] and done[0][2] != done[1][2]
+        first.generate(make_request(tmp_path, caption="mine"), "same-id")  # a resend is still one job
+        assert first.receive()[1][1] == done[0][1]
+        second.send(protocol.RESULT, second.port, "q", "", done[1][1])
+        assert json.loads(second.receive()[1][1])["caption"] == "theirs"
+    finally:
+        first.close(), second.close()
+
+
+# --- 13: the spec drift ------------------------------------------------------------------------
+
+def test_finding_13_a_region_of_exactly_one_second_in_daw_floats_is_served(peer, tmp_path):
+    request = make_request(tmp_path)
+    request["region"] = {"video": request["region"]["video"], "file_in": 0.9, "file_out": 1.9}
+    peer.generate(request, "one-second")
+    address, args = peer.receive_until(protocol.FINAL_REPLIES)[-1]
+    assert address == protocol.DONE and sf.info(args[2]).frames == 48000
+
+
+@pytest.mark.parametrize("request_json", ["[" * 30_000, '{"caption": ' + "[" * 5000 + "]" * 5000 + "}",
+                                          '{"alpha": ' + "[" * 900 + "]" * 900 + "}"])
+def test_finding_13_deeply_nested_json_is_an_invalid_request(peer, request_json):
+    peer.send(protocol.GENERATE, peer.port, "deep", "", request_json)
+    address, args = peer.receive()
+    assert (address, args[2]) == (protocol.ERROR, "invalid_request")
+    alive(peer)
+
+
+# --- 8 and 14: `stepfoley serve` as a process: its token never on a command line, its CPU share --
+
+def stepfoley(tmp_path, *args, env: dict | None = None) -> subprocess.Popen:
+    """`python -m stepfoley ARGS` with its own config folder (the token file's home) and no
+    token in its environment unless `env` gives one."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STEPFOLEY_TOKEN")}
+    clean.update(XDG_CONFIG_HOME=str(tmp_path / "config"), **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "stepfoley", *args], env=clean, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(tmp_path, *args, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    return stepfoley(tmp_path, "serve", "--port", str(port), "--device", "cpu", *args, env=env), port
+
+
+def send(tmp_path, *args, env: dict | None = None) -> tuple[int, dict]:
+    out, _ = stepfoley(tmp_path, "send", "-q", *args, env=env).communicate(timeout=60)
+    return json.loads(out.splitlines()[-1])["exit_code"], json.loads(out.splitlines()[-1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+
+
+def loaded_status(port: int, token: str) -> dict:
+    with EngineClient(port=port, token=token) as c:
+        for _ in range(300):
+            try:
+                status = c.engine_status(timeout=0.5)
+                if status["state"] != "loading":
+                    return status
+            except EngineNotRunning:
+                pass
+            time.sleep(0.1)
+    raise AssertionError("the engine never finished loading")
+
+
+def write_token(tmp_path, token: str, mode: int):
+    path = tmp_path / "config" / "stepfoley" / "token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_finding_08_14_serve_reads_its_token_from_the_token_file_and_shares_the_cpu(tmp_path):
+    write_token(tmp_path, "file-secret", 0o600)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    proc, port = serve(tmp_path, "--threads", "1", "--nice", "3")
+    try:
+        status = loaded_status(port, "file-secret")
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            assert b"file-secret" not in f.read()
+        assert status["cpu"]["threads"] == 1 and status["cpu"]["nice"] == before + 3
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == before + 3
+        assert send(tmp_path, "--ping", "--port", str(port))[0] == 0  # send reads the same file
+        with pytest.raises(EngineNotRunning):  # a wrong token: no reply at all
+            EngineClient(port=port, token="guess").ping(timeout=0.5)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+
+
+def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refused(tmp_path):
+    write_token(tmp_path, "file-secret", 0o644)
+    proc = stepfoley(tmp_path, "serve", "--port", str(free_port()))
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "chmod 600" in err
+    code, status = send(tmp_path, "--ping")
+    assert code == 2 and status["error"]["code"] == "bad_token_file"
+
+    proc, port = serve(tmp_path, env={"STEPFOLEY_TOKEN": "env-secret"})  # the variable wins over the file
+    try:
+        assert loaded_status(port, "env-secret")["state"] == "idle"
+        code, status = send(tmp_path, "--ping", "--port", str(port), env={"STEPFOLEY_TOKEN": "env-secret"})
+        assert code == 0 and status["answer"]["protocol"] == 1
+    finally:
+        stop(proc)
+
+
+# --- 5 and 13 with the real service: inputs read only for the region, project_end, negatives -----
+
+def test_finding_05_13_the_service_reads_only_the_region_and_follows_the_request(tiny, scene_video, tmp_path,
+                                                                                 monkeypatch):
+    from stepfoley.engine.service import FoleyService
+
+    mix = tmp_path / "bounce.wav"
+    sf.write(mix, np.full((10 * 48000, 4), 0.1, np.float32), 48000)  # 10 s of 4 channels for a 2-s region
+    frames_read = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, *a, **k: frames_read.append(
+        len(data := real_read(self, frames, *a, **k))) or data)
+    region = {"video": str(scene_video), "file_in": 1.0, "file_out": 3.0, "project_start": 10.0, "project_end": 11.5}
+    with EngineServer(FoleyService(tiny), ServerConfig(port=0), capabilities=tiny.capabilities()).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.generate(make_request(tmp_path, region=region, existing_mix=str(mix), previous_captions=["wind"],
+                                steps=1), "second")
+        address, args = p.receive_until(protocol.FINAL_REPLIES, timeout=120)[-1]
+        assert address == protocol.DONE, args
+        assert sf.info(args[2]).frames == 72000  # project_end - project_start = 1.5 s at 48 kHz
+        assert sum(frames_read) == 2 * 48000  # the region's 2 s of the bounce, not its 10
+        p.generate(make_request(tmp_path, region=region, method="negative_prompt", negative_caption="birds",
+                                steps=1), "first")
+        address, args = p.receive_until(protocol.FINAL_REPLIES, timeout=120)[-1]
+        metadata = json.loads(args[3])
+        assert (metadata["method_used"], metadata["negative_caption"]) == ("negative_prompt", "birds")
+        p.close()
+
+
+# --- all of it at once ---------------------------------------------------------------------------
+
+def test_a_hostile_run_leaves_the_engine_serving_with_no_stray_file_and_a_small_log(tmp_path, log_bytes):
+    """The malformed corpus of test_bridge_soak plus semantic attacks, then a valid request."""
+    from test_bridge_soak import mutations
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    (tmp_path / "link.mp4").symlink_to(fifo)
+    with open(tmp_path / "huge.wav", "wb") as f:
+        f.truncate(2**31)
+    hostile_requests = [
+        {"\ud800": 1}, {"caption": "\udcff"}, {"output_dir": "/tmp/\ud800"}, {"existing_mix": "/m\ud800.wav"},
+        {"existing_mix": str(fifo)}, {"region": {"video": str(tmp_path / "link.mp4"), "file_in": 0, "file_out": 2}},
+        {"existing_mix": str(tmp_path / "huge.wav")}, {"sample_rate": 192000, "format": "wav32f",
+                                                       "region": {"video": "/v", "file_in": 0, "file_out": 600}},
+        {"region": {"video": "/v", "file_in": 0, "file_out": 600, "playrate": 0.01}},
+        {"output_dir": str(tmp_path / "link.mp4")}, {"previous_captions": ["x"] * 65}, {"seed": 10**30},
+        {"alpha": float("inf")}, {"name_hint": "../../" * 30},
+    ]
+    started = time.monotonic()
+    with EngineServer(SineRunner(), ServerConfig(port=0, max_queue=8)).start() as srv:
+        p = RawPeer(srv.address[1])
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * 1024 * 1024)
+        (tmp_path / "fuzz").mkdir()  # the corpus's valid /generate writes its stems there
+        valid = [osc.encode(protocol.PING, p.port, "f", ""), osc.encode(protocol.STATUS, p.port, "f", ""),
+                 osc.encode(protocol.GENERATE, p.port, "f", "", json.dumps(make_request(tmp_path / "fuzz")))]
+        for data in list(mutations(random.Random(12), valid))[:600]:
+            try:
+                aimed_elsewhere = any(protocol.reply_port_of(a) not in (None, p.port) for _, a in osc.decode(data))
+            except osc.DecodeError:
+                aimed_elsewhere = False
+            if not aimed_elsewhere:
+                p.send_bytes(data)
+        for data in (BUNDLE + (-4).to_bytes(4, "big", signed=True), BUNDLE + element(b"/a\x00\x00," + b"x" * 60_000),
+                     "[" * 30_000, '{"a": "\\ud800"'):
+            if isinstance(data, str):
+                p.send(protocol.GENERATE, p.port, "deep", "", data)
+            else:
+                p.send_bytes(data)
+        for i, change in enumerate(hostile_requests):
+            p.send(protocol.GENERATE, p.port, f"h{i}", "", json.dumps({**make_request(tmp_path), **change}))
+        for i in range(2000):
+            p.send_bytes(bytes([i % 256]) * (i % 64))
+        p.send(protocol.PING, p.port, "still-there", "")
+        while p.receive(timeout=10)[1][:1] != ["still-there"]:
+            pass
+        p.close()
+        with EngineClient(port=srv.address[1]) as c:
+            cut = c.submit(make_request(tmp_path, caption="after the storm")).wait()
+    assert cut["state"] == "done"
+    # "../../" in name_hint is a valid request: its stem is stem_001.wav, inside output_dir
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([os.path.basename(cut["stem_path"]), "stem_001.wav"])
+    assert all(name.endswith(".wav") for name in os.listdir(tmp_path / "fuzz" / "out"))
+    assert log_bytes.bytes <= logs.LOG_BURST_BYTES + logs.LOG_BYTES_PER_S * (time.monotonic() - started) + 1024

@@ -1,0 +1,126 @@
+"""`stepfoley generate` through the CLI's main() on the random-weight model: --out as a file or
+a folder, --force, the --existing stems heard from memory, and every argument checked before
+the model loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import stepfoley.engine.service
+from stepfoley.cli import main
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    from stepfoley.engine.miniworld import make_scene, write_scene
+
+    return write_scene(make_scene(20_000_004, duration=3.0), tmp_path_factory.mktemp("scene"))["video"]
+
+
+def generate(video, *extra, caption="rain falling"):
+    return main(["generate", str(video), "0.5", "2.5", caption, "--model", "tiny-random", "--device", "cpu",
+                 "--steps", "1", *map(str, extra)])
+
+
+def wavs(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_out_as_a_file_never_replaces_one_without_force(video, tmp_path, capsys):
+    take = tmp_path / "take.wav"
+    assert generate(video, "--out", take, "--seed", 1) == 0
+    assert wavs(tmp_path) == ["take.wav"]  # the numbered name it was written under is gone
+    assert f"wrote {take}  (2.00 s, 16000 Hz" in capsys.readouterr().out
+    first = take.read_bytes()
+
+    assert generate(video, "--out", take, "--seed", 2) == 2
+    assert "'" + str(take) + "' already exists. Pass --force" in capsys.readouterr().err
+    assert take.read_bytes() == first and wavs(tmp_path) == ["take.wav"]
+
+    assert generate(video, "--out", take, "--seed", 2, "--force") == 0
+    assert take.read_bytes() != first and wavs(tmp_path) == ["take.wav"]
+    assert sf.info(str(take)).frames == 32000
+
+    assert generate(video, "--out", tmp_path / "Other Take.WAV") == 0  # any case, any name
+    assert wavs(tmp_path) == ["Other Take.WAV", "take.wav"]
+
+
+def test_out_as_a_folder_gets_a_new_name_each_time(video, tmp_path):
+    for _ in range(2):
+        assert generate(video, "--out", tmp_path) == 0
+    assert wavs(tmp_path) == ["rain_falling_001.wav", "rain_falling_002.wav"]
+
+
+def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypatch):
+    stems, out = tmp_path / "stems", tmp_path / "out"
+    stems.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(stems / "a.wav", 0.1 * rng.standard_normal((96000, 2)), 48000)  # stereo at 48 kHz
+    sf.write(stems / "b.wav", 0.1 * rng.standard_normal(20000), 16000)  # shorter than the region
+    heard = []
+    add_track = stepfoley.engine.session.StepSession.add_track
+    monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a: (
+        heard.append((samples.shape, sr)) or add_track(self, samples, sr, *a)))
+    assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav") == 0
+    assert "method nag" in capsys.readouterr().out
+    assert heard == [((2, 96000), 48000), ((1, 20000), 16000)]
+    assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav"]  # no bounce file
+
+
+def bad_arguments(video, tmp_path):
+    """(arguments, words of the message) for every check that needs no model."""
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / "a-file").write_text("x")
+    sf.write(tmp_path / "silent.wav", np.zeros(0), 16000)
+    sf.write(tmp_path / "tone.wav", 0.1 * np.sin(np.arange(48000) * 0.1), 16000)
+    gone = tmp_path / "gone.wav"
+    return [
+        ([tmp_path / "gone.mp4", "0", "2"], "gone.mp4 does not exist"),
+        ([tmp_path / "notes.txt", "0", "2"], "Could not read notes.txt as a video"),
+        ([tmp_path / "tone.wav", "0", "2"], "tone.wav has no picture"),
+        ([video, "1", "4"], "runs past the end"),
+        ([video, "nan", "2"], "region.file_in must be a number"),
+        ([video, "1", "1.5"], "select at least 1 s"),
+        ([video, "0", "2", "--existing", gone], "gone.wav"),
+        ([video, "0", "2", "--existing", tmp_path / "silent.wav"], "is empty"),
+        ([video, "0", "2", "--reference", gone], "gone.wav"),
+        ([video, "0", "2", "--existing", tmp_path / "silent.wav", "--reference", tmp_path / "silent.wav"],
+         "leave out --existing"),
+        ([video, "0", "2", "--out", tmp_path / "no-such-folder"], "does not exist. Create it, or give a file name"),
+        ([video, "0", "2", "--out", tmp_path / "nowhere" / "take.wav"], "does not exist. Create it first"),
+        ([video, "0", "2", "--steps", "0"], "steps = 0 is outside"),
+        ([video, "0", "2", "--feature-cache-max-gb", "0"], "gigabytes above 0"),
+        ([video, "0", "2", "--feature-cache", tmp_path / "a-file"], "feature cache folder"),
+        ([video, "0", "2", "--weights", tmp_path / "no-weights"], "weights folder"),
+    ]
+
+
+def test_every_argument_is_checked_before_the_model_loads(video, tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stepfoley.engine.service, "build_service", never)
+    for arguments, words in bad_arguments(video, tmp_path):
+        argv = ["generate", *map(str, arguments[:3]), "rain", *map(str, arguments[3:])]
+        if "--out" not in argv:
+            argv += ["--out", str(tmp_path)]
+        assert main(argv) == 2, arguments
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (arguments, err)
+
+
+def test_rename_file_replaces_only_when_told(tmp_path):
+    from stepfoley.engine.audio_io import rename_file
+    from stepfoley.engine.errors import AudioError
+
+    new, old = tmp_path / "take_001.wav", tmp_path / "take.wav"
+    new.write_bytes(b"new")
+    old.write_bytes(b"old")
+    with pytest.raises(AudioError, match="already exists and was left untouched; the new file is"):
+        rename_file(new, old)
+    assert new.read_bytes() == b"new" and old.read_bytes() == b"old"
+    assert rename_file(new, old, replace=True) == old
+    assert old.read_bytes() == b"new" and not new.exists()

@@ -1,0 +1,158 @@
+"""Every earlier layer reaches NAG: the WAV the engine receives (`existing_mix`) is what the
+user hears of the chosen layers over the region, as one file, checked sample by sample; muted
+and inactive material is left out of it and of `previous_captions`; every solo, mute, render
+and preference setting the bounce touches is put back.
+
+Runs the Lua actions under the fake `reaper` (tests/reaper_fake/), whose "selected tracks via
+master" render writes one file per track, as REAPER does (User Guide 21.5)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reaper_fake"))
+import harness as h  # noqa: E402
+
+pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
+
+SR = h.SR
+T0, T1 = 3.0, 5.5
+LSB24 = 1 / 2**23  # the bounce is a 24-bit WAV
+
+
+@pytest.fixture
+def world(tmp_path):
+    return h.make_world(tmp_path)
+
+
+def region(samples: np.ndarray, item_pos: float = 0.0) -> np.ndarray:
+    """The part of a source played over [T0, T1) by an item at item_pos starting at the source's start."""
+    return samples[h.frames(T0 - item_pos):h.frames(T1 - item_pos)]
+
+
+def read_stem(path: str) -> np.ndarray:
+    wave, sr = sf.read(path)
+    assert sr == SR
+    return wave
+
+
+def assert_mix(mix_path: str, expected_mono: np.ndarray):
+    mix, sr = sf.read(mix_path)
+    assert sr == SR and mix.shape == (h.frames(T1 - T0), 2)
+    for channel in (0, 1):
+        np.testing.assert_allclose(mix[:, channel], expected_mono, rtol=0, atol=LSB24)
+
+
+@pytest.mark.parametrize("layers", [3, 4])
+def test_every_earlier_layer_reaches_the_engine(world, layers):
+    # generate layer after layer over the same selection: wind is layer 1, each generated
+    # stem becomes the next layer; generation k must receive the sum of all k earlier layers
+    n_generations = layers - 1
+    captions = [f"layer {k}" for k in range(2, layers + 1)]
+    dialog = [h.answers(caption=c, seed=str(10 + k), steps="2")[0] for k, c in enumerate(captions)]
+    actions = [{"script": h.MAIN}] + [{"script": h.MAIN, "after_idle": True}] * (n_generations - 1)
+    result = h.run_scenario(world["tmp"], h.scenario(world, dialog=dialog, actions=actions), timeout=120)
+    assert result["messages"] == [] and len(result["undo"]) == n_generations
+    requests = h.job_requests(result)
+    assert len(requests) == n_generations
+    stems = [read_stem(t["items"][0]["takes"][0]["source_file"]) for t in h.new_tracks(result)]
+    assert [t["name"] for t in h.new_tracks(result)] == captions  # stacked in order
+    earlier = [region(world["foley_samples"])]
+    earlier_captions = ["wind in the trees"]
+    for k, request in enumerate(requests):
+        assert request["previous_captions"] == earlier_captions
+        assert_mix(request["existing_mix"], np.sum(earlier, axis=0))
+        earlier.append(stems[k])
+        earlier_captions = earlier_captions + [captions[k]]
+    assert len(earlier) == layers
+    h.assert_project_untouched(result)
+
+
+def test_the_mix_is_what_the_user_hears(world):
+    """Volumes, fades, FX, folders and lanes count; muted, soloed-away and non-playing material
+    does not; the user's solo, solo defeat, master mute and solo-in-front come back."""
+    tmp = world["tmp"]
+    wav = {}
+    for seed, name in enumerate(["rain", "steps", "door", "music", "dialog", "birds", "lane0", "lane1", "drip"], 20):
+        wav[name] = tmp / f"{name}.wav"
+        wav[name + "_samples"] = h.write_foley_wav(wav[name], 8.0, SR, seed=seed)
+    fade_item = {"position": 2.5, "length": 6.0, "vol": 0.8, "fadein": 1.0, "fadeout": 0.5}
+    tracks = [
+        # wind: track volume 0.5, item volume 0.8, a 1 s fade-in from 2.5 s, take volume 0.9
+        h.foley_track("wind", world["foley"], "wind in the trees", position=2.5, length=6.0, vol=0.5,
+                      item={"vol": 0.8, "fadein": 1.0, "fadeout": 0.5}),
+        # rain: its FX (a gain of 0.25) count; its second, muted item does not
+        {**h.foley_track("rain", wav["rain"], "rain", fx_gain=0.25)},
+        h.foley_track("steps", wav["steps"], "muted steps", mute=True),  # muted track
+        {"name": "Closed folder", "folderdepth": 1, "mute": True, "items": []},
+        h.foley_track("door", wav["door"], "door in a muted folder", folderdepth=-1),
+        h.foley_track("Music", wav["music"], None, solo=1),  # the user had soloed the music
+        h.foley_track("Dialog", wav["dialog"], None, solo_defeat=True),
+        {"name": "Foley bus", "folderdepth": 1, "vol": 0.5, "items": []},
+        h.foley_track("birds", wav["birds"], "birds", folderdepth=-1),
+        {"name": "lanes", "ext": {"stepfoley": "1"}, "freemode": 2, "items": [
+            {"position": 0.0, "length": 8.0, "lane_plays": 0, "takes": [
+                {"file": str(wav["lane0"]), "ext": {"stepfoley_metadata": json.dumps({"caption": "lane off"})}}]},
+            {"position": 0.0, "length": 8.0, "lane_plays": 1, "takes": [
+                {"file": str(wav["lane1"]), "ext": {"stepfoley_metadata": json.dumps({"caption": "lane on"})}}]}]},
+    ]
+    tracks[0]["items"][0]["takes"][0]["vol"] = 0.9
+    tracks[1]["items"].append({"position": 3.0, "length": 1.0, "mute": True, "takes": [
+        {"file": str(wav["drip"]), "ext": {"stepfoley_metadata": json.dumps({"caption": "muted drip"})}}]})
+    sc = h.scenario(world, master={"vol": 0.8, "fx_gain": 0.5, "mute": True}, toggles={"40745": 1})
+    sc["tracks"] = sc["tracks"][:1] + tracks
+    result = h.run_scenario(tmp, sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert request["previous_captions"] == ["wind in the trees", "rain", "birds", "lane on"]
+
+    t = T0 + np.arange(h.frames(T1 - T0)) / SR  # the project time of each bounced sample
+    into, left = t - fade_item["position"], fade_item["position"] + fade_item["length"] - t
+    fade = np.where(into < 1.0, into / 1.0, 1.0) * np.where(left < 0.5, left / 0.5, 1.0)
+    wind = region(world["foley_samples"], 2.5) * 0.5 * 0.8 * 0.9 * fade
+    expected = 0.8 * (wind + region(wav["rain_samples"]) * 0.25 + region(wav["birds_samples"]) * 0.5
+                      + region(wav["lane1_samples"]))
+    assert_mix(request["existing_mix"], expected)
+
+    # everything the bounce touched is back
+    by_name = {tr["name"]: tr for tr in result["tracks"]}
+    assert by_name["Music"]["solo"] == 1 and by_name["Dialog"]["solo_defeat"] is True
+    assert all(tr["solo"] == 0 for name, tr in by_name.items() if name != "Music")
+    assert by_name["steps"]["mute"] is True and by_name["Closed folder"]["mute"] is True
+    assert result["master"] == {"fxen": 1, "mute": True, "vol": 0.8}
+    assert result["toggles"] == {"40745": 1}
+    h.assert_project_untouched(result)
+
+
+def test_muted_layers_are_neither_bounced_nor_named(world):
+    extra = [h.foley_track("steps", world["foley"], "muted steps", mute=True)]
+    sc = h.scenario(world, extra_tracks=extra)
+    sc["tracks"][1]["items"][0]["mute"] = True  # wind's only item is muted too
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert "existing_mix" not in request and request["previous_captions"] == []
+    assert result["renders"] == []
+
+
+def test_a_failing_render_restores_everything(world):
+    # the user cancels REAPER's render window: nothing is written; StepFoley must say so and
+    # still put back every setting it changed
+    sc = h.scenario(world, toggles={"40745": 1})
+    sc["tracks"][1]["solo_defeat"] = True
+    sc["tracks"].append(h.foley_track("Music", world["foley"], None, solo=2))
+    sc["tracks"][1]["selected"] = True
+    result = h.run_scenario(world["tmp"], dict(sc, render_cancelled=True))
+    [msg] = result["messages"]
+    assert "Could not bounce" in msg["message"]
+    assert h.generation_commands(result) == [] and h.new_tracks(result) == []
+    by_name = {tr["name"]: tr for tr in result["tracks"]}
+    assert by_name["Music"]["solo"] == 2 and by_name["wind"]["solo"] == 0 and by_name["wind"]["solo_defeat"] is True
+    assert result["toggles"] == {"40745": 1}
+    assert result["modal_prompts"] == ["render cancelled"]
+    h.assert_render_settings_restored(dict(result, modal_prompts=[]))

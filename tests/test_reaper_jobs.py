@@ -1,0 +1,213 @@
+"""A generation survives project tabs, stops, slow engines, flaky status reads and real paths:
+the Lua actions under the fake `reaper` (several tabs, per-script atexit, REAPER's command-line
+splitting) against the stand-in `stepfoley send` (tests/reaper_fake/standin_send.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reaper_fake"))
+import harness as h  # noqa: E402
+
+pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
+
+SR = h.SR
+
+
+@pytest.fixture
+def world(tmp_path):
+    return h.make_world(tmp_path)
+
+
+def other_tab(world) -> dict:
+    return {"project_path": str(world["tmp"]), "tracks": [
+        h.foley_track("Other A", world["foley"], None), {"name": "Other B", "items": []}]}
+
+
+def other_tab_untouched(result):
+    [_, other] = result["projects"]
+    assert [t["name"] for t in other["tracks"]] == ["Other A", "Other B"]
+    assert [len(t["items"]) for t in other["tracks"]] == [1, 0]
+
+
+def wait_for_state(path: Path, state: str, seconds: float = 10.0) -> dict:
+    """The stand-in runs on after the driver ends; wait for it to reach `state`."""
+    end = time.time() + seconds
+    while True:
+        status = json.loads(path.read_text(encoding="utf-8"))
+        if status["state"] == state or time.time() > end:
+            return status
+        time.sleep(0.05)
+
+
+# --- 2. the result goes to the generation's project, whatever tab is active -----------------
+
+@pytest.mark.parametrize("missing_api", [[], ["InsertTrackInProject"]])
+def test_switching_tabs_while_generating(world, missing_api):
+    # missing_api: REAPER before 7.18 has no InsertTrackInProject
+    sc = h.scenario(world, dialog=h.answers(steps="6"), projects=[other_tab(world)], missing_api=missing_api,
+                    actions=[{"script": h.MAIN}, {"switch_to_project": 2, "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert result["messages"] == []
+    assert [t["name"] for t in result["tracks"]] == ["Picture", "wind", h.CAPTION]
+    [track] = h.new_tracks(result)
+    assert track["ext"] == {"stepfoley": "1"} and len(track["items"]) == 1
+    other_tab_untouched(result)
+    assert result["active_project"] == 2  # the user's tab stays the active one
+    assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}"'] and result["undo_depth"] == 0
+
+
+# --- 3. stopping the script cancels its job --------------------------------------------------
+
+def test_stopping_the_script_cancels_its_job(world):
+    sc = h.scenario(world, dialog=h.answers(steps="40"), actions=[
+        {"script": h.MAIN}, {"terminate": h.MAIN, "when_running": True},
+        {"script": h.CANCEL, "after_idle": True}, {"script": h.STATUS, "after_idle": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    cancel, status = result["messages"]
+    assert cancel["message"] == "No StepFoley generation is running."
+    assert "No generation is running." in status["message"]
+    assert h.new_tracks(result) == [] and result["undo"] == [] and not result["gfx_open"]
+    assert json.loads(result["extstate"]["StepFoley"]["running_status_files"]) == []
+    final = wait_for_state(h.status_path(result), "cancelled")
+    assert final["state"] == "cancelled" and final["step"] < 40  # the engine job was stopped too
+
+
+def test_finished_jobs_are_not_listed_as_running(world):
+    # a status file left from a generation whose action was stopped without cleaning up
+    stale = world["tmp"] / "stale"
+    stale.mkdir()
+    (stale / "status.json").write_text(json.dumps({"state": "done", "exit_code": 0}), encoding="utf-8")
+    extstate = {"StepFoley": {"client": str(world["client"]),
+                              "running_status_files": json.dumps([str(stale / "status.json")])}}
+    result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate, actions=[{"script": h.CANCEL}]))
+    assert [m["message"] for m in result["messages"]] == ["No StepFoley generation is running."]
+    assert not (stale / "status.json.cancel").exists()
+
+
+# --- 4. the watchdog measures silence, the client gets --timeout, progress shows the phase ---
+
+def test_watchdog_setting_reaches_the_client(world):
+    extstate = h.extstate(world, watchdog_s="600")
+    result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate))
+    assert result["messages"] == [] and len(h.new_tracks(result)) == 1
+    assert '"--timeout" "600"' in h.generation_commands(result)[0]
+    argv = json.loads((h.status_path(result).parent / "standin_argv.json").read_text(encoding="utf-8"))
+    assert argv[argv.index("--timeout") + 1] == "600"
+
+
+def test_progress_shows_phase_and_count(world):
+    result = h.run_scenario(world["tmp"], h.scenario(world), env_extra={"STEPFOLEY_STANDIN": "phases"})
+    assert result["messages"] == [] and len(h.new_tracks(result)) == 1
+    shown = "\n".join(result["gfx_text"])
+    # the window is redrawn every 0.3 s, so which counts it caught varies
+    assert re.search(re.escape(h.CAPTION) + r": reading the picture: [1-4] of 4   \(Esc cancels\)", shown)
+    assert re.search(re.escape(h.CAPTION) + r": generating: [1-3] of 3   \(Esc cancels\)", shown)
+
+
+def test_progress_without_phase_counts_steps(world):
+    result = h.run_scenario(world["tmp"], h.scenario(world, dialog=h.answers(steps="6")),
+                            env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert re.search(re.escape(h.CAPTION) + r": step [1-6] of 6   \(Esc cancels\)", "\n".join(result["gfx_text"]))
+
+
+def test_any_change_of_the_status_file_is_a_sign_of_life(world):
+    # waiting in the engine's queue: only queue_position changes, every 4 s (fake time), for
+    # 24 s; the watchdog allows 2 s + the client's grace of 10 s of silence
+    extstate = h.extstate(world, watchdog_s="2")
+    sc = h.scenario(world, extstate=extstate, clock_rate=4, max_s=240)
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "queue"})
+    assert result["messages"] == [] and len(h.new_tracks(result)) == 1
+    assert result["elapsed_s"] > 12  # longer than the whole watchdog
+
+
+def test_silent_engine_is_reported_by_the_client(world):
+    extstate = h.extstate(world, watchdog_s="1")
+    result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate), env_extra={"STEPFOLEY_STANDIN": "stall"})
+    [msg] = result["messages"]
+    assert "The engine showed no progress for 1 s" in msg["message"]
+    assert "Give up after no progress for (s)" in msg["message"]
+    assert h.new_tracks(result) == []
+    assert json.loads(result["extstate"]["StepFoley"]["running_status_files"]) == []
+
+
+def test_hung_client_is_given_up_after_the_grace(world):
+    extstate = h.extstate(world, watchdog_s="1")
+    sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "hung"})
+    [msg] = result["messages"]
+    assert "No sign of life from the StepFoley client for 11 s" in msg["message"]
+    assert h.new_tracks(result) == []
+    assert result["elapsed_s"] > 11
+    assert (h.status_path(result).parent / "status.json.cancel").exists()
+
+
+# --- 5. a status read that fails for a moment is not a failure ------------------------------
+
+def test_half_written_status_for_a_moment_is_tolerated(world):
+    # unreadable from 3 s to 4.5 s after the start, after the client's start timeout (2 s)
+    extstate = h.extstate(world, start_timeout_s="2")
+    result = h.run_scenario(world["tmp"], h.scenario(world, extstate=extstate), env_extra={"STEPFOLEY_STANDIN": "flaky"})
+    assert result["messages"] == []
+    assert len(h.new_tracks(result)) == 1
+
+
+def test_status_unreadable_for_too_long(world):
+    extstate = h.extstate(world, watchdog_s="1")
+    sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "garbled"})
+    [msg] = result["messages"]
+    assert "No sign of life from the StepFoley client" in msg["message"]
+    assert "the status file cannot be read" in msg["message"]
+    assert h.new_tracks(result) == []
+
+
+# --- 6. real paths: non-ASCII, & ' [ ] ----------------------------------------------------
+
+def test_non_ascii_and_punctuation_in_paths(world):
+    tmp = world["tmp"]
+    proj = tmp / "José" / "Geräusche & Töne [v2]" / "l'été 足音"
+    proj.mkdir(parents=True)
+    video = proj / "Bild (Szene 1) – 画.mp4"
+    video.write_bytes(b"x")
+    client = h.make_standin_client(tmp / "Programme für José [py] & Co")
+    video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(video), "length": 10.0}]}
+    sc = h.scenario(world, video_item=video_item, project_path=str(proj),
+                    extstate=h.extstate(world, client=str(client)))
+    result = h.run_scenario(tmp, sc)
+    assert result["messages"] == []
+    status = h.status_path(result)
+    jobs = proj / "StepFoley" / "jobs"
+    assert status.parent.parent == jobs  # in the project, not moved to the resource folder
+    argv = json.loads((status.parent / "standin_argv.json").read_text(encoding="utf-8"))
+    assert argv[:5] == ["send", "--request", str(status.parent / "request.json"), "--status", str(status)]
+    [track] = h.new_tracks(result)
+    take = track["items"][0]["takes"][0]
+    assert Path(take["source_file"]).parent == proj / "StepFoley"
+    assert json.loads(take["ext"]["stepfoley_metadata"])["region"]["video"] == str(video)
+    assert len(sf.read(take["source_file"])[0]) == h.frames(2.5)
+
+
+def test_windows_command_line_with_a_non_ascii_project(world):
+    # REAPER on Windows: paths are joined with backslashes and the command line is split by
+    # the CommandLineToArgvW rules. (On this Linux machine a backslash is just a character of
+    # a file name, so the "folders" below are plain names; the point is the command line.)
+    tmp = world["tmp"]
+    proj = tmp / "José's Geräusche & Co [v2]"
+    proj.mkdir()
+    result = h.run_scenario(tmp, h.scenario(world, project_path=str(proj), os_name="Win64"))
+    assert result["messages"] == []
+    cmd = h.generation_commands(result)[0]
+    assert "\\StepFoley\\jobs\\" in cmd and str(proj) + "\\StepFoley\\jobs\\" in cmd
+    status = h.status_path(result)
+    argv = json.loads(status.with_name("standin_argv.json").read_text(encoding="utf-8"))
+    assert argv[1:5] == ["--request", str(status).replace("status.json", "request.json"), "--status", str(status)]
+    [track] = h.new_tracks(result)
+    assert track["items"][0]["takes"][0]["source_file"].startswith(str(proj) + "\\StepFoley")
