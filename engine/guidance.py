@@ -208,7 +208,7 @@ register(GuidanceMethod(
     "independent", "plain CFG: ignores the tracks already made (the paper's baseline)",
     ("cond", "uncond"), _cfg, simplify=_cfg_at_most_one))
 register(GuidanceMethod(
-    "conditional", "the conditional branch alone (CFG below 1, as MMAudio)",
+    "conditional", "the conditional branch alone: CFG at α ≤ 1 (MMAudio below 1; exactly so at 1)",
     ("cond",), lambda v, w: v["cond"], public=False))
 register(GuidanceMethod(
     "negative_prompt", "CFG away from the earlier tracks' captions (the paper's text baseline)",

@@ -168,4 +168,3 @@ class MelCodec:
             spectrum = accelerated * (magnitude / accelerated.abs().clamp_min(1e-30))
         # No clamp: samples beyond full scale are the model's overload, measured downstream.
         return self._istft(spectrum)[:, self._edge:self._edge + n_frames * self.hop]
-

@@ -202,7 +202,8 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
     held_out = _clip_pool(training, config.kinds, 900, VALIDATION_CLIPS_PER_KIND)
     centre = held_out.shape[-1] // 2 - int(1.5 * FRAMES_PER_SECOND)
     held_out = held_out[..., centre:centre + int(3 * FRAMES_PER_SECOND)]
-    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training), "steps_done": done,
+    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training),
+              "threads": torch.get_num_threads(), "steps_done": done,
               "complete": done == training.steps, "final_loss": loss, "validation": _validate(model, held_out, sentences, caption_kinds)}
     store.save_with_report(model, out_path, report)
     return report

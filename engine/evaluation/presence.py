@@ -201,7 +201,8 @@ def train_source_presence(out_path: str | os.PathLike, seed: int = 0, minutes: f
         return F.binary_cross_entropy_with_logits(model(log_mel), labels)
 
     done, loss = store.fit(model, batch_loss, training.steps, training.learning_rate, minutes, on_progress)
-    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training), "steps_done": done,
+    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training),
+              "threads": torch.get_num_threads(), "steps_done": done,
               "complete": done == training.steps, "final_loss": loss,
               "validation": _validation_figures(model, *validation)}
     store.save_with_report(model, out_path, report)

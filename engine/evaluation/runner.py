@@ -224,6 +224,7 @@ class StepProgress:
 
 def generate_batch(run: SceneRun, settings: list[TrackSettings], conditions: list, clock: PhaseClock,
                    progress: StepProgress) -> list[Track]:
+    """One batch of takes through the scene's session, its time and steps counted."""
     tracks = run.session.generate_takes(settings, conditions, on_progress=progress.batch(len(settings)))
     clock.add_takes(tracks)
     return tracks
@@ -281,7 +282,8 @@ def sequence_figures(tracks: Sequence[Track], embeddings: np.ndarray, probabilit
 
 
 def _score_scene(run: SceneRun, sequences: dict[str, list[list[Track]]], embedding, presence) -> dict:
-    """Per-scene means: {name: {figure: value}} for every row, "ground_truth" and "track1"."""
+    """Per-scene means over takes (and tracks 2..k): {name: {figure: value, "_track1": {figure:
+    value}}} for every row and "ground_truth"."""
     flat = [track for takes in sequences.values() for seq in takes for track in seq]
     samples = [t.samples for t in flat]
     embeddings = embedding.embed_audio(samples, run.sample_rate)

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the embedded model's weights file (default: the packaged one), e.g. freshly retrained")
     p.add_argument("--model", default=None, help="model variant ('tiny-random' = random weights, for tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: every core but one; on a shared CPU one thread per free core "
+                        "is far faster than more); recorded in the report")
     p.add_argument("--embedding", default=None, metavar="FILE",
                    help="evaluation embedding (default: the shipped one, else one trained once into the cache)")
     p.add_argument("--classifier", default=None, metavar="FILE",
@@ -240,8 +243,14 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
 
+    try:
+        share_cpu(args.threads)
+    except StepFoleyError as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
+        return 2
     if args.train_embedding or args.train_classifier:
         return _train(args)
     if not args.json:
