@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -185,16 +186,26 @@ def limit_true_peak(
         return audio.copy()
 
     limiter = pedalboard.Limiter(threshold_db=ceiling_dbtp, release_ms=release_ms)
-    limited = limiter(audio, sample_rate)
-    # JUCE's Limiter (which pedalboard wraps) adds make-up gain of min(7.5 dB, -threshold)
-    # and hard-clips at 0 dBFS; taking the make-up back puts the limited peaks at the ceiling.
-    makeup_db = min(7.5, -ceiling_dbtp)
-    limited = _gain_db(limited, -makeup_db)
+    # JUCE's Limiter (which pedalboard wraps) compresses 4:1 above -10 dBFS, limits at the
+    # threshold and then adds make-up gain to everything (3.75 dB - threshold in pedalboard
+    # 0.9); taking that gain back leaves the audio under the peaks at its own level.
+    limited = _gain_db(limiter(audio, sample_rate), -_limiter_makeup_db(ceiling_dbtp, release_ms, sample_rate))
 
     limited_peak_dbtp = true_peak(limited, sample_rate)
     if limited_peak_dbtp > ceiling_dbtp - SAFETY_MARGIN_DB:
         limited = _gain_db(limited, ceiling_dbtp - SAFETY_MARGIN_DB - limited_peak_dbtp)
     return limited
+
+
+@lru_cache(maxsize=32)
+def _limiter_makeup_db(threshold_db: float, release_ms: float, sample_rate: int) -> float:
+    """The gain pedalboard's Limiter gives audio far below its threshold, measured on a quiet
+    tone (so a pedalboard that computes its make-up otherwise is still undone exactly)."""
+    t = np.arange(sample_rate // 2) / sample_rate
+    probe = (0.001 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)[None]
+    out = pedalboard.Limiter(threshold_db=threshold_db, release_ms=release_ms)(probe, sample_rate)
+    settled = slice(probe.shape[1] // 2, None)  # past the output gain's smoothing
+    return 20.0 * math.log10(float(np.max(np.abs(out[:, settled]))) / float(np.max(np.abs(probe[:, settled]))))
 
 
 def _resample_ratio(from_sr: int, to_sr: int) -> tuple[int, int]:
@@ -323,8 +334,10 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
                 ceiling_dbtp: float = STEM_CEILING_DBTP) -> tuple[np.ndarray, StemLevels]:
     """A generated track made ready to leave the engine: measured as decoded (loudness, peak,
     samples beyond full scale), loudness-normalized to `target_lufs`, then true-peak limited to
-    `ceiling_dbtp`. Silence (under the absolute gate) is left at its level. Returns the
-    finished (C, S) float32 samples and the measurements."""
+    `ceiling_dbtp`; where the limiter took more than the peaks needed, a gain brings it back
+    toward `target_lufs` as far as the ceiling allows. So a stem leaves at `target_lufs` unless
+    its peaks forbid it, and never above. Silence (under the absolute gate) is left at its
+    level. Returns the finished (C, S) float32 samples and the measurements."""
     # samples: (C, S), any level (a decoder that does not clamp may exceed full scale)
     audio = as_channels_first(samples)
     _check_finite(audio, "The generated track")
@@ -334,12 +347,19 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     normalized = _gain_db(audio, gain_db)
     limiter_input = true_peak(normalized, sample_rate)
     finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp)
+    lufs = integrated_loudness(finished, sample_rate)
+    if limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs:
+        # The limiter compresses more than the peaks need: back toward the target, under the ceiling.
+        headroom = ceiling_dbtp - SAFETY_MARGIN_DB - true_peak(finished, sample_rate)
+        makeup = min(target_lufs - lufs, headroom)
+        if makeup > 0:
+            finished = _gain_db(finished, makeup)
+            lufs = integrated_loudness(finished, sample_rate)
     levels = StemLevels(
         decoded_lufs=_finite_or_none(decoded_lufs),
         decoded_peak_dbfs=_finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),
         pre_limiter_clipped_fraction=clipped_fraction(audio), gain_db=float(gain_db),
-        limiter_input_true_peak_dbtp=_finite_or_none(limiter_input),
-        lufs=_finite_or_none(integrated_loudness(finished, sample_rate)),
+        limiter_input_true_peak_dbtp=_finite_or_none(limiter_input), lufs=_finite_or_none(lufs),
         silence_fraction=silence_fraction(finished, sample_rate))
     return finished, levels
 

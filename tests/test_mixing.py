@@ -91,6 +91,18 @@ def test_limiter_ceiling_holds_on_hot_signals(gain, ceiling):
     assert mixing.true_peak(limited, sample_rate) > ceiling - 3.0
 
 
+def test_limiter_keeps_the_audio_under_the_peaks_at_its_own_level():
+    rng = np.random.default_rng(0)
+    quiet = (10 ** (-30 / 20) * rng.standard_normal(4 * 16000)).astype(np.float32)
+    clicks = quiet.copy()
+    clicks[8000:8010], clicks[40000:40010] = 2.0, -2.0  # +6 dBFS transients, 2 s apart
+    limited = mixing.limit_true_peak(clicks, 16000, ceiling_dbtp=-1.0)[0]
+    far = slice(20000, 36000)  # a second away from either click
+    rms = lambda x: np.sqrt(np.mean(x.astype(np.float64) ** 2))  # noqa: E731
+    assert 20 * math.log10(rms(limited[far]) / rms(quiet[far])) == pytest.approx(0.0, abs=0.1)
+    assert mixing.true_peak(limited[None], 16000) <= -1.0
+
+
 def test_limiter_leaves_audio_under_the_ceiling_alone():
     calm = sine(440, 16000, 1.0, amplitude=0.3)
     assert np.array_equal(mixing.limit_true_peak(calm, 16000, ceiling_dbtp=-1.0), calm)
@@ -242,6 +254,16 @@ def test_a_peaky_track_is_limited_after_normalization_and_says_so():
     assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
     assert levels.lufs < mixing.STEM_LUFS  # peak safety comes first
     assert levels.silence_fraction == pytest.approx(0.8)  # 16 of the 80 blocks of 50 ms hold a click
+
+
+def test_a_track_with_a_few_hot_peaks_still_leaves_at_stem_loudness():
+    rate = 16000
+    noise = (0.05 * np.random.default_rng(4).standard_normal(4 * rate)).astype(np.float32)
+    noise[20000:20004] = 3.0  # one transient far above the rest
+    finished, levels = mixing.finish_stem(noise, rate)
+    assert levels.limiter_input_true_peak_dbtp > mixing.STEM_CEILING_DBTP
+    assert levels.lufs == pytest.approx(mixing.STEM_LUFS, abs=0.05)
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
 
 
 def test_silence_leaves_as_silence_with_its_levels_unmeasured():
