@@ -204,7 +204,8 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
     held_out = held_out[..., centre:centre + int(3 * FRAMES_PER_SECOND)]
     report = {"format": FORMAT, "config": asdict(config), "training": asdict(training),
               "threads": torch.get_num_threads(), "steps_done": done,
-              "complete": done == training.steps, "final_loss": loss, "validation": _validate(model, held_out, sentences, caption_kinds)}
+              "complete": done == training.steps, "final_loss": loss,
+              "validation": _validate(model, held_out, sentences, caption_kinds)}
     store.save_with_report(model, out_path, report)
     return report
 

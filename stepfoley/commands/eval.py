@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracks", type=int, default=3, help="tracks per scene, step by step (at most its sources)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per track (default: the model's)")
     p.add_argument("--alpha", type=float, default=None, help="CFG strength α (default: the model's)")
-    p.add_argument("--beta", type=float, default=None, help="NAG strength β of nag and text_boost (default: the model's)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="NAG strength β of nag and text_boost (default: the model's)")
     p.add_argument("--beta-sweep", nargs="?", const="0,0.5,1,1.5,2,3", default=None, metavar="B1,B2,...",
                    help="instead of the main rows, NAG at each β (default 0,0.5,1,1.5,2,3; 0 = independent)")
     p.add_argument("--choose-alpha", action="store_true",
@@ -60,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-embedding", default=None, metavar="FILE",
                    help="only train the evaluation embedding (seed --seed, CPU, a few minutes) into FILE and exit")
     p.add_argument("--train-classifier", default=None, metavar="FILE",
-                   help="only train the source-presence classifier (seed --seed, CPU, a few minutes) into FILE and exit")
+                   help="only train the source-presence classifier (seed --seed, CPU, a few minutes) into FILE "
+                        "and exit")
 
 
 def _cell(value: dict | None, scale: float = 1.0) -> str:
@@ -94,7 +96,8 @@ def format_tables(report: dict, markdown: bool = False) -> str:
     interval that excludes 0 is starred (bold in Markdown)."""
     rows = list(report["methods"].items()) + [("ground truth", report["reference"]["ground_truth_stems"])]
     columns = [c for c in FIGURES if any(c[0] in figures for _, figures in rows)]
-    header = ["row"] + [title + {"lower": " ↓", "higher": " ↑", None: ""}[better] for _, title, better, _ in columns]
+    arrows = {"lower": " ↓", "higher": " ↑", None: ""}
+    header = ["row"] + [title + arrows[better] for _, title, better, _ in columns]
     lines = [[name] + [_cell(figures.get(key), scale) for key, _, _, scale in columns] for name, figures in rows]
     track1 = report["track1"]
     truth1 = report["reference"]["ground_truth_track1"]
@@ -264,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
         if args.write and not args.choose_alpha:
             raise InvalidInputError("--write goes with --choose-alpha.")
         if args.write and (args.weights or args.model):
-            raise InvalidInputError("--write records α in the embedded model's weights file; it goes without --weights "
-                         "and --model.")
+            raise InvalidInputError("--write records α in the embedded model's weights file; it goes without "
+                                    "--weights and --model.")
         model = _load_model(args)
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
@@ -286,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {config['model']}, {config['scenes']} scene(s) x {config['takes']} take(s), "
           f"{config['tracks']} tracks, {config['steps']} steps"
           + (f", alpha {config['alpha']:g}" if "alpha" in config else ""))
-    print(f"source-presence classifier: validation label accuracy {validation.get('label_accuracy', float('nan')):.3f}, "
-          f"balanced {validation.get('balanced_accuracy', float('nan')):.3f}")
+    print(f"source-presence classifier: validation label accuracy {validation['label_accuracy']:.3f}, "
+          f"balanced {validation['balanced_accuracy']:.3f}")
     if args.choose_alpha:
         print(format_alpha_table(report, args.markdown))
     else:
@@ -325,8 +328,8 @@ def _choose_alpha(args, model, presence, bar) -> dict:
     from stepfoley.engine.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
 
     if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
-        raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, --beta and "
-                     "--beta-sweep out.")
+        raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
+                                "--beta and --beta-sweep out.")
     alphas = _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
     report = choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
                           k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
