@@ -2,7 +2,8 @@
 
 Writes into a new numbered run folder (nothing existing is touched): the silent picture, one
 WAV per track, the -20 LUFS composite, the picture with the composite muxed in, a spectrogram
-PNG per track and of the composite, and run.json with every track's metadata.
+PNG per track and of the composite, and run.json with every track's metadata (its levels as
+decoded and as finished included: every track leaves the engine at -23 LUFS, true-peak limited).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
                           feature_cache if feature_cache is not None else FeatureCache())
     captions = demo_captions(scene, tracks)
     total = steps * len(captions) * len(session.windows)
-    timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0}
+    timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0, "finishing": 0.0}
     records = []
     for k, caption in enumerate(captions):
         done_before = k * steps * len(session.windows)

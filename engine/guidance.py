@@ -194,9 +194,10 @@ def resolve_method(name: str, weights: GuidanceWeights, has_audio: bool) -> Guid
     return method
 
 
-def _cfg_below_one(weights: GuidanceWeights, has_audio: bool) -> str | None:
-    # MMAudio's ode_wrapper: with cfg_strength < 1 only the conditional branch is evaluated.
-    return "conditional" if weights.alpha < 1.0 else None
+def _cfg_at_most_one(weights: GuidanceWeights, has_audio: bool) -> str | None:
+    # MMAudio's ode_wrapper: with cfg_strength < 1 only the conditional branch is evaluated; at
+    # exactly 1, CFG is the conditional flow to the bit (1·u + 0·u'), so it is skipped there too.
+    return "conditional" if weights.alpha <= 1.0 else None
 
 
 def _cfg(v, w):
@@ -205,19 +206,24 @@ def _cfg(v, w):
 
 register(GuidanceMethod(
     "independent", "plain CFG: ignores the tracks already made (the paper's baseline)",
-    ("cond", "uncond"), _cfg, simplify=_cfg_below_one))
+    ("cond", "uncond"), _cfg, simplify=_cfg_at_most_one))
 register(GuidanceMethod(
-    "conditional", "the conditional branch alone (CFG below 1, as MMAudio)",
+    "conditional", "the conditional branch alone: CFG at α ≤ 1 (MMAudio below 1; exactly so at 1)",
     ("cond",), lambda v, w: v["cond"], public=False))
 register(GuidanceMethod(
     "negative_prompt", "CFG away from the earlier tracks' captions (the paper's text baseline)",
-    ("cond", "uncond"), _cfg, negative_from_previous=True, simplify=_cfg_below_one))
+    ("cond", "uncond"), _cfg, negative_from_previous=True, simplify=_cfg_at_most_one))
 register(GuidanceMethod(
     "nag", "Negative Audio Guidance (Eq. 9): away from the sound of the tracks already made",
     ("cond", "uncond", "audio"),
     lambda v, w: negative_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="existing",
-    simplify=lambda w, has_audio: "independent" if w.beta == 0 or not has_audio else None))
+    simplify=lambda w, has_audio: "independent" if w.beta == 0 or not has_audio else
+    ("nag_conditional" if w.alpha == 1.0 else None)))
+register(GuidanceMethod(
+    "nag_conditional", "Eq. 9 at α = 1: the conditional flow plus the audio term, no unconditional branch",
+    ("cond", "audio"), lambda v, w: v["cond"] + w.beta * (v["cond"] - v["audio"]),
+    params=("alpha", "beta"), audio="existing", public=False))
 register(GuidanceMethod(
     "text_boost", "Eq. A6 with w1 = α, w2 = α + β, w3 = 0: NAG's extra text weight without the audio term",
     ("cond", "uncond", "video"),

@@ -7,12 +7,17 @@ touches torch: stems arrive here already decoded to waveforms.
 The composite follows the paper (Sec. 5.1): sum the tracks without weighting, then
 loudness-normalize the sum to -20 LUFS (BS.1770, via pyloudnorm). A true-peak limiter
 runs last so that a normalized mix never clips in the DAW.
+
+Every generated track leaves the engine through `finish_stem`: measured as the model made it,
+brought to STEM_LUFS, then true-peak limited, like a stem from a sound library.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -43,6 +48,14 @@ MAX_LOUDNESS_CHANNELS = 5
 # Headroom left below the ceiling by the final safety gain, so float32 rounding of the
 # scaled samples cannot land a hair above it.
 SAFETY_MARGIN_DB = 0.001
+# The loudness every generated track leaves the engine at: EBU R128's programme loudness, so a
+# stem sits where a library effect would, and three of them sum to about -18 LUFS.
+STEM_LUFS = -23.0
+STEM_CEILING_DBTP = -1.0
+# Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
+# (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
+SILENCE_BLOCK_S = 0.05
+SILENCE_BLOCK_DBFS = -60.0
 
 
 def as_channels_first(samples: np.ndarray) -> np.ndarray:
@@ -173,16 +186,26 @@ def limit_true_peak(
         return audio.copy()
 
     limiter = pedalboard.Limiter(threshold_db=ceiling_dbtp, release_ms=release_ms)
-    limited = limiter(audio, sample_rate)
-    # JUCE's Limiter (which pedalboard wraps) adds make-up gain of min(7.5 dB, -threshold)
-    # and hard-clips at 0 dBFS; taking the make-up back puts the limited peaks at the ceiling.
-    makeup_db = min(7.5, -ceiling_dbtp)
-    limited = _gain_db(limited, -makeup_db)
+    # JUCE's Limiter (which pedalboard wraps) compresses 4:1 above -10 dBFS, limits at the
+    # threshold and then adds make-up gain to everything (3.75 dB - threshold in pedalboard
+    # 0.9); taking that gain back leaves the audio under the peaks at its own level.
+    limited = _gain_db(limiter(audio, sample_rate), -_limiter_makeup_db(ceiling_dbtp, release_ms, sample_rate))
 
     limited_peak_dbtp = true_peak(limited, sample_rate)
     if limited_peak_dbtp > ceiling_dbtp - SAFETY_MARGIN_DB:
         limited = _gain_db(limited, ceiling_dbtp - SAFETY_MARGIN_DB - limited_peak_dbtp)
     return limited
+
+
+@lru_cache(maxsize=32)
+def _limiter_makeup_db(threshold_db: float, release_ms: float, sample_rate: int) -> float:
+    """The gain pedalboard's Limiter gives audio far below its threshold, measured on a quiet
+    tone (so a pedalboard that computes its make-up otherwise is still undone exactly)."""
+    t = np.arange(sample_rate // 2) / sample_rate
+    probe = (0.001 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)[None]
+    out = pedalboard.Limiter(threshold_db=threshold_db, release_ms=release_ms)(probe, sample_rate)
+    settled = slice(probe.shape[1] // 2, None)  # past the output gain's smoothing
+    return 20.0 * math.log10(float(np.max(np.abs(out[:, settled]))) / float(np.max(np.abs(probe[:, settled]))))
 
 
 def _resample_ratio(from_sr: int, to_sr: int) -> tuple[int, int]:
@@ -270,3 +293,76 @@ def mix_tracks(
         return mix.astype(np.float32)
     normalized = loudness_normalize(mix.astype(np.float32), sample_rate, target_lufs)
     return limit_true_peak(normalized, sample_rate, ceiling_dbtp)
+
+
+@dataclass(frozen=True)
+class StemLevels:
+    """What `finish_stem` measured; recorded in each track's metadata. A loudness or peak of
+    None is silence (nothing above BS.1770's absolute gate)."""
+
+    decoded_lufs: float | None  # the track as the model made it, before any gain or limiter
+    decoded_peak_dbfs: float | None  # its sample peak (above 0 dBFS: the model overloaded)
+    pre_limiter_clipped_fraction: float  # its samples beyond full scale (|x| > 1), 0..1
+    gain_db: float  # the loudness-normalizing gain applied
+    limiter_input_true_peak_dbtp: float | None  # what the limiter saw (above the ceiling: it worked)
+    lufs: float | None  # the finished stem
+    silence_fraction: float  # of the finished stem's 50 ms blocks, under SILENCE_BLOCK_DBFS
+
+
+def clipped_fraction(samples: np.ndarray) -> float:
+    """The fraction of samples (over every channel) beyond full scale, |x| > 1."""
+    audio = as_channels_first(samples)
+    return float(np.mean(np.abs(audio) > 1.0)) if audio.size else 0.0
+
+
+def silence_fraction(samples: np.ndarray, sample_rate: int, block_s: float = SILENCE_BLOCK_S,
+                     threshold_dbfs: float = SILENCE_BLOCK_DBFS) -> float:
+    """The fraction of `block_s` blocks whose RMS over every channel is under `threshold_dbfs`
+    (a partial last block is left out; audio shorter than one block is one block; no audio is silent)."""
+    # samples: (C, S)
+    audio = as_channels_first(samples).astype(np.float64)
+    if audio.shape[1] == 0:
+        return 1.0
+    block = min(audio.shape[1], max(1, int(round(block_s * _check_sample_rate(sample_rate)))))
+    count = audio.shape[1] // block
+    blocks = audio[:, :count * block].reshape(audio.shape[0], count, block)
+    rms = np.sqrt(np.mean(blocks ** 2, axis=(0, 2)))
+    return float(np.mean(rms < 10.0 ** (threshold_dbfs / 20.0)))
+
+
+def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM_LUFS,
+                ceiling_dbtp: float = STEM_CEILING_DBTP) -> tuple[np.ndarray, StemLevels]:
+    """A generated track made ready to leave the engine: measured as decoded (loudness, peak,
+    samples beyond full scale), loudness-normalized to `target_lufs`, then true-peak limited to
+    `ceiling_dbtp`; where the limiter took more than the peaks needed, a gain brings it back
+    toward `target_lufs` as far as the ceiling allows. So a stem leaves at `target_lufs` unless
+    its peaks forbid it, and never above. Silence (under the absolute gate) is left at its
+    level. Returns the finished (C, S) float32 samples and the measurements."""
+    # samples: (C, S), any level (a decoder that does not clamp may exceed full scale)
+    audio = as_channels_first(samples)
+    _check_finite(audio, "The generated track")
+    decoded_lufs = integrated_loudness(audio, sample_rate)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    gain_db = target_lufs - decoded_lufs if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
+    normalized = _gain_db(audio, gain_db)
+    limiter_input = true_peak(normalized, sample_rate)
+    finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp)
+    lufs = integrated_loudness(finished, sample_rate)
+    if limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs:
+        # The limiter compresses more than the peaks need: back toward the target, under the ceiling.
+        headroom = ceiling_dbtp - SAFETY_MARGIN_DB - true_peak(finished, sample_rate)
+        makeup = min(target_lufs - lufs, headroom)
+        if makeup > 0:
+            finished = _gain_db(finished, makeup)
+            lufs = integrated_loudness(finished, sample_rate)
+    levels = StemLevels(
+        decoded_lufs=_finite_or_none(decoded_lufs),
+        decoded_peak_dbfs=_finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),
+        pre_limiter_clipped_fraction=clipped_fraction(audio), gain_db=float(gain_db),
+        limiter_input_true_peak_dbtp=_finite_or_none(limiter_input), lufs=_finite_or_none(lufs),
+        silence_fraction=silence_fraction(finished, sample_rate))
+    return finished, levels
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

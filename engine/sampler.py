@@ -111,13 +111,15 @@ def initial_noise(
 def branch_conditions(net, branches: Sequence[str], clip_f: Tensor, sync_f: Tensor, text_f: Tensor,
                       latent_len: int, negative_text_f: Tensor | None = None) -> dict:
     """The conditions of each branch a guidance method declares (engine.guidance.BRANCHES),
-    computed once per generation. clip_f (1, Lc, Dc), sync_f (1, Ls, Ds), text_f (1, Lt, Dt);
-    negative_text_f (1, Lt, Dt) replaces the empty caption of the unconditional branch."""
+    computed once per generation. clip_f (1, Lc, Dc), sync_f (1, Ls, Ds), text_f (1 or B, Lt, Dt):
+    one caption per take; negative_text_f (1 or B, Lt, Dt) replaces the empty caption of the
+    unconditional branch."""
     out = {}
     if "cond" in branches:
         out["cond"] = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
     if "uncond" in branches:
-        out["uncond"] = net.empty_conditions(1, latent_len, clip_f.shape[1], sync_f.shape[1],
+        rows = 1 if negative_text_f is None else negative_text_f.shape[0]
+        out["uncond"] = net.empty_conditions(rows, latent_len, clip_f.shape[1], sync_f.shape[1],
                                              negative_text_features=negative_text_f)
     if "video" in branches or "audio" in branches:
         video_only = net.preprocess_conditions(clip_f, sync_f, net.empty_text_features(),

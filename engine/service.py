@@ -26,7 +26,7 @@ from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX
                                GenerationRequest)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
-STEM_CEILING_DBTP = -1.0
+STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
 
 
 def _existing_file(path: str, what: str) -> Path:

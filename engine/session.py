@@ -11,6 +11,11 @@ and normalized like x̃, and beta pulls the new track toward it.
 Regions longer than the network's 8 s window are generated window by window (same seed,
 offset per window) and joined with an equal-power crossfade; each window gets the matching
 slice of x̃, so NAG sees exactly the sounds under that stretch of picture.
+
+Every generated track leaves through engine.mixing.finish_stem (measured as decoded, brought to
+STEM_LUFS, true-peak limited); its measurements are in the track's metadata. `generate_takes`
+samples several takes of one method together (one forward per step for all of them), which is
+how the evaluation makes its rows.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +85,13 @@ ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 
 
+def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int) -> np.ndarray:
+    """x̃ of the paper: the sum of mono tracks (each (S,)) fitted to `length` samples and
+    loudness-normalized to CONDITION_LUFS, (length,)."""
+    return mixing.mix_tracks([(t[None], sample_rate) for t in tracks], sample_rate, length, channels=1,
+                             target_lufs=CONDITION_LUFS)[0]
+
+
 def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
     """(start, end) offsets covering [0, duration] with windows of at most `window` seconds;
     consecutive windows overlap by at least `overlap` so they can be crossfaded."""
@@ -121,6 +133,8 @@ class StepSession:
         self.tracks: list[Track] = []
         self.length = int(round(region.duration * model.sample_rate))
         self.windows = plan_windows(region.duration, model.max_duration)
+        self._features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the region's, once
+        self._text_features: dict[str, torch.Tensor] = {}  # caption -> (1, Lt, Dt)
 
     # -- the stack of existing tracks --
 
@@ -143,10 +157,7 @@ class StepSession:
         """x̃: the loudness-normalized sum of the tracks so far, or None before the first one."""
         if not self.tracks:
             return None
-        sr = self.model.sample_rate
-        mix = mixing.mix_tracks([(t.samples[None], sr) for t in self.tracks], sr, self.length,
-                                channels=1, target_lufs=CONDITION_LUFS)
-        return mix[0]
+        return conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
 
     def previous_captions(self) -> list[str]:
         return [c for t in self.tracks for c in t.captions]
@@ -166,10 +177,10 @@ class StepSession:
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
                    is_cancelled: CancelFn | None = None,
                    reference: tuple[np.ndarray, int] | None = None) -> Track:
-        """The next track. `reference` (samples, sample_rate) is the recording that a method whose
-        audio branch hears a reference (method "reference") pulls toward; the others take none."""
-        model = self.model
-        settings = settings.resolved(model.defaults)
+        """The next track, added to the stack. `reference` (samples, sample_rate) is the recording
+        that a method whose audio branch hears a reference (method "reference") pulls toward; the
+        others take none."""
+        settings = settings.resolved(self.model.defaults)
         requested = GUIDANCE_METHODS.get(settings.method)
         if requested is None or not requested.public:
             raise InvalidInputError(f"Unknown method '{settings.method}'.")
@@ -181,19 +192,41 @@ class StepSession:
             condition = self.reference_condition(*reference)
         else:
             condition = self.conditioning_mix() if requested.audio == "existing" else None
-        method = resolve_method(requested.name, settings.weights, has_audio=condition is not None)
+        if requested.negative_from_previous and not settings.negative_caption:
+            settings = replace(settings, negative_caption=", ".join(self.previous_captions()))
+        track = self.generate_takes([settings], [condition], on_progress, is_cancelled)[0]
+        track.metadata["track_index"] = len(self.tracks) + 1
+        self.tracks.append(track)
+        return track
+
+    def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],
+                       on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> list[Track]:
+        """Takes sampled together, one forward per step for all of them; the stack is left as it
+        is. Each take has its own caption, negative caption (used as given), seed and audio
+        condition: (S,) at the model's rate, what the method's audio branch hears (x̃, or a
+        reference), or None for a method without one. They share the method, its strengths and
+        the steps. A take comes out as it would alone, up to float rounding."""
+        model = self.model
+        settings = [s.resolved(model.defaults) for s in settings]
+        if not settings or len(conditions) != len(settings):
+            raise InvalidInputError(f"{len(settings)} take(s) with {len(conditions)} audio condition(s): "
+                                    "give one condition (or None) per take.")
+        first = settings[0]
+        if any((s.method, s.weights, s.steps) != (first.method, first.weights, first.steps) for s in settings):
+            raise InvalidInputError("Takes made together must share the method, the guidance strengths and the steps.")
+        if len({c is None for c in conditions}) > 1:
+            raise InvalidInputError("Either every take made together hears an audio condition, or none does.")
+        method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None)
         if method.needs_controlnet and model.controlnet is None:
             raise InvalidInputError(
                 f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks or a "
                 "reference sound; use method 'independent' or 'negative_prompt', or load a ControlNet.")
-        negative = settings.negative_caption or (
-            ", ".join(self.previous_captions()) if requested.negative_from_previous else "")
-
-        # The captions are the same for every window: encode them once.
-        with torch.inference_mode():
-            text_f = model.text_encoder.encode([settings.caption]).to(model.device)
-            negative_text = model.text_encoder.encode([negative]).to(model.device) if negative else None
-        timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0}
+        text_f = torch.cat([self._text(s.caption) for s in settings])             # (B, Lt, Dt)
+        negative_text = None
+        if any(s.negative_caption for s in settings):                              # (B, Lt, Dt)
+            negative_text = torch.cat([self._text(s.negative_caption) if s.negative_caption
+                                       else model.net.empty_text_features() for s in settings])
+        timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0, "finishing": 0.0}
         report = on_progress or (lambda phase, done, total: None)
 
         # Picture features of every window first: on a CPU with MMAudio's encoders they take
@@ -202,7 +235,7 @@ class StepSession:
         features = self._window_features(report)
         timings["video_features"] = time.perf_counter() - t0
 
-        steps = settings.steps
+        steps = first.steps
         grid = time_grid(steps)
         total = steps * len(self.windows)
         latents = []
@@ -210,44 +243,60 @@ class StepSession:
             a, b = self._samples(w_start), self._samples(w_end)
             t0 = time.perf_counter()
             latents.append(self._sample_window(
-                method, settings, w_end - w_start, clip_f, sync_f, text_f, negative_text,
-                condition[a:b] if method.needs_controlnet else None, seed=settings.seed + w, grid=grid,
+                method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text,
+                np.stack([c[a:b] for c in conditions]) if method.needs_controlnet else None,
+                seeds=[s.seed + w for s in settings], grid=grid,
                 on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
                 is_cancelled=is_cancelled))
             timings["sampling"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        pieces = []
+        pieces = []  # per window: (offset, (B, S_w))
         for w, ((w_start, w_end), latent) in enumerate(zip(self.windows, latents)):
             report("decoding", w, len(self.windows))
             a, b = self._samples(w_start), self._samples(w_end)
-            pieces.append((a, self._decode(latent)[: b - a]))
+            pieces.append((a, self._decode(latent)[:, : b - a]))
         report("decoding", len(self.windows), len(self.windows))
         timings["decoding"] = time.perf_counter() - t0
-        samples = crossfade_join(pieces, self.length)
 
-        metadata = {
-            **asdict(settings),
+        t0 = time.perf_counter()
+        finished = [mixing.finish_stem(crossfade_join([(a, wave[i]) for a, wave in pieces], self.length),
+                                       model.sample_rate) for i in range(len(settings))]
+        timings["finishing"] = time.perf_counter() - t0
+        common = {
             "method_used": method.name,
-            "negative_caption": negative or None,
             "model": model.model_id,
             "precision": resolve_precision(model.device, model.precision),
             "region": {"video": str(self.region.video), "start": self.region.start, "end": self.region.end},
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
-            "track_index": len(self.tracks) + 1,
-            "timings": timings,
+            "track_index": None,  # a place on the stack: next_track sets it
+            "takes_in_batch": len(settings),
         }
-        track = Track(samples, model.sample_rate, metadata, captions=(settings.caption,))
-        self.tracks.append(track)
-        return track
+        return [Track(samples[0], model.sample_rate,
+                      {**asdict(s), **common, "negative_caption": s.negative_caption or None, **asdict(levels),
+                       "timings": dict(timings)},
+                      captions=(s.caption,))
+                for s, (samples, levels) in zip(settings, finished)]
+
+    def _text(self, caption: str) -> torch.Tensor:
+        """(1, Lt, Dt) text features of a caption, encoded once per session."""
+        if caption not in self._text_features:
+            with torch.inference_mode():
+                self._text_features[caption] = self.model.text_encoder.encode([caption]).to(self.model.device)
+        return self._text_features[caption]
 
     def _samples(self, seconds: float) -> int:
         return int(round(seconds * self.model.sample_rate))
 
     def _window_features(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(clip_f, sync_f) of every window, through the feature cache; progress counts the
-        encoder's own units (frames, segments) over all windows."""
+        """(clip_f, sync_f) of every window, once per session, through the feature cache; progress
+        counts the encoder's own units (frames, segments) over all windows."""
+        if self._features is None:
+            self._features = self._encode_windows(report)
+        return self._features
+
+    def _encode_windows(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoder = self.model.video_encoder
         out, done_before = [], 0
         for w, (w_start, w_end) in enumerate(self.windows):
@@ -271,27 +320,29 @@ class StepSession:
         return out
 
     @torch.inference_mode()
-    def _sample_window(self, method, settings, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
-                       seed, grid, on_step, is_cancelled) -> torch.Tensor:
-        """One window's normalized latent (1, N, C). cond_audio (S,): what the "audio" branch hears
-        (x̃, or the reference), None for methods without one."""
+    def _sample_window(self, method, weights, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
+                       seeds, grid, on_step, is_cancelled) -> torch.Tensor:
+        """One window's normalized latents (B, N, C), one row per seed. text_f and negative_text
+        (B or 1, Lt, Dt); cond_audio (B, S): what the "audio" branch hears (x̃, or the reference),
+        None for methods without one."""
         model, net, device = self.model, self.model.net, self.model.device
         latent_len = model.codec.latent_length(duration)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         audio_latent = None
         if cond_audio is not None:
-            wave = torch.from_numpy(np.ascontiguousarray(cond_audio))[None].to(device)
+            wave = torch.from_numpy(np.ascontiguousarray(cond_audio, np.float32)).to(device)
             audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
-        velocity = guided_velocity(net, method, settings.weights, conditions, audio_latent=audio_latent,
+        velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet)
-        x0 = initial_noise([seed], latent_len, net.latent_dim, device=device)
+        x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device)
         with autocast_context(device, model.precision):
             return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled)
 
     @torch.inference_mode()
     def _decode(self, latent: torch.Tensor) -> np.ndarray:
+        # latent: (B, N, C) normalized -> (B, S) float32, as decoded (no clamp)
         net = self.model.net
-        return self.model.codec.decode(net.unnormalize(latent.float()))[0].float().cpu().numpy()
+        return self.model.codec.decode(net.unnormalize(latent.float())).float().cpu().numpy()
 
 
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:

@@ -49,6 +49,17 @@ def test_codec_round_trip_keeps_envelope_and_peaks():
         assert abs(rebuilt_peak - peak) < max(70.0, 0.08 * peak), (peak, rebuilt_peak)
 
 
+def test_codec_decodes_an_overloaded_latent_beyond_full_scale_and_each_row_alike_in_any_batch():
+    codec = MelCodec()
+    t = torch.arange(16000) / 16000
+    loud = codec.encode(0.5 * torch.sin(2 * math.pi * 700 * t)[None]) + 3.0  # +26 dB: beyond anything real
+    quiet = codec.encode(0.01 * torch.sin(2 * math.pi * 300 * t)[None])
+    alone = codec.decode(loud)
+    assert alone.abs().max() > 2.0  # no clamp: the overload stays measurable
+    batch = codec.decode(torch.cat([quiet, loud]))
+    torch.testing.assert_close(batch[1:], alone, atol=1e-5, rtol=1e-5)
+
+
 # --- video features ----------------------------------------------------------------------------------
 
 def test_video_features_have_mmaudio_lengths_and_scale():

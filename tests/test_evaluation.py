@@ -32,64 +32,25 @@ HIGH = _tone_bursts(3000.0, [0.5, 1.3, 2.0])
 SILENCE = np.zeros(3 * SR, np.float32)
 
 
-# -- embeddings --
+# -- separability and the presence figures --
 
-def test_identical_tracks_have_separability_one_and_orthogonal_ones_zero():
-    v = np.random.default_rng(0).normal(size=16)
-    assert metrics.separability(np.stack([v, 3 * v, v])) == pytest.approx(1.0)
-    assert metrics.separability(np.eye(3)) == pytest.approx(0.0)
-    assert metrics.separability(np.stack([v, -v])) == pytest.approx(-1.0)
-
-
-def test_separability_is_the_mean_over_all_pairs():
-    e = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    # pairs (0,1)=1, (0,2)=0, (1,2)=0
-    assert metrics.pairwise_similarities(e) == pytest.approx([1.0, 0.0, 0.0])
-    assert metrics.separability(e) == pytest.approx(1 / 3)
-
-
-def test_separability_needs_two_tracks_and_zero_vectors_are_not_nan():
+def test_similarity_to_earlier_is_the_mean_cosine_to_the_tracks_before():
+    e = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    assert metrics.similarity_to_earlier(e, 1) == pytest.approx(0.0)
+    # track 2 against tracks 0 and 1: cos 45 degrees with both
+    assert metrics.similarity_to_earlier(e, 2) == pytest.approx(math.sqrt(0.5))
+    assert metrics.similarity_to_earlier(np.stack([e[0], -5 * e[0]]), 1) == pytest.approx(-1.0)
+    assert metrics.similarity_to_earlier(np.zeros((2, 4)), 1) == 0.0  # zero rows are not NaN
     with pytest.raises(InvalidInputError):
-        metrics.separability(np.ones((1, 4)))
-    assert metrics.separability(np.zeros((2, 4))) == 0.0
+        metrics.similarity_to_earlier(e, 0)
 
 
-def test_text_fidelity_matches_rows_not_the_whole_matrix():
-    audio = np.eye(3)
-    assert metrics.text_fidelity(audio, np.eye(3)) == pytest.approx(1.0)
-    assert metrics.text_fidelity(audio, np.eye(3)[[1, 2, 0]]) == pytest.approx(0.0)
+def test_presence_leakage_is_the_mean_probability_of_the_earlier_kinds():
+    probabilities = np.array([0.9, 0.1, 0.4, 0.0])
+    assert metrics.presence_leakage(probabilities, [1, 2]) == pytest.approx(0.25)
+    assert metrics.presence_leakage(probabilities, [0]) == pytest.approx(0.9)
     with pytest.raises(InvalidInputError):
-        metrics.text_fidelity(audio, np.eye(3)[:2])
-
-
-# -- leakage --
-
-def test_a_copied_earlier_stem_leaks_fully_at_any_gain():
-    assert metrics.leakage(0.3 * LOW, [LOW]) == pytest.approx(1.0, abs=1e-6)
-    assert metrics.leakage(LOW, [HIGH, LOW]) == pytest.approx(1.0, abs=1e-6)
-
-
-def test_an_unrelated_track_barely_leaks_and_a_mixed_one_is_in_between():
-    clean = metrics.leakage(HIGH, [LOW])
-    mixed = metrics.leakage(HIGH + LOW, [LOW])
-    assert clean < 0.05
-    assert clean + 0.2 < mixed < 0.95
-
-
-def test_leakage_on_a_mini_world_scene_grows_when_an_earlier_source_is_mixed_in():
-    from stepfoley.engine.miniworld import make_scene
-
-    scene = make_scene(10_000_004, kinds=("wheel", "rain"))
-    wheel, rain = scene.stems
-    assert metrics.leakage(rain, [wheel]) < 0.05
-    assert metrics.leakage(rain + 0.7 * wheel, [wheel]) > 0.5
-
-
-def test_leakage_of_silence_is_zero_not_nan():
-    assert metrics.leakage(SILENCE, [LOW]) == 0.0
-    assert metrics.leakage(HIGH, [SILENCE]) == 0.0
-    with pytest.raises(InvalidInputError):
-        metrics.leakage(HIGH, [])
+        metrics.presence_leakage(probabilities, [])
 
 
 # -- temporal alignment --
@@ -122,12 +83,6 @@ def test_log_mel_distance_is_symmetric_and_in_decibels():
     assert d == pytest.approx(metrics.log_mel_distance(b, a))
     # halving the amplitude is -6.02 dB in every bin that stays above the floor
     assert d == pytest.approx(20 * math.log10(2), abs=0.05)
-
-
-def test_frechet_distance_is_zero_for_one_set_and_grows_with_a_shift():
-    a = np.random.default_rng(0).normal(size=(200, 4))
-    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert metrics.frechet_distance(a, a + 2.0) == pytest.approx(16.0, abs=1e-3)  # |shift|^2 = 4 * 2^2
 
 
 def test_summarize_skips_nothing_finite_and_reports_spread():
@@ -216,36 +171,187 @@ def test_default_embedding_prefers_the_shipped_file_then_the_cache(quick_embeddi
     assert module.default_audio_embedding(text_encoder, cache=cached.parent).path == module.SHIPPED_PATH
 
 
+# -- paired bootstrap over scenes --
+
+def test_a_constant_difference_has_a_zero_width_interval_at_that_difference():
+    from stepfoley.engine.evaluation.stats import paired_bootstrap
+
+    a = [0.5, 0.7, 0.2, 0.9]
+    result = paired_bootstrap(a, [x - 0.1 for x in a])
+    assert result["mean_diff"] == pytest.approx(0.1)
+    assert result["ci95"] == pytest.approx([0.1, 0.1]) and result["n"] == 4
+
+
+def test_bootstrap_interval_matches_the_normal_one_for_many_scenes_and_is_reproducible():
+    from stepfoley.engine.evaluation.stats import excludes_zero, paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=400)
+    a = b + rng.normal(0.3, 1.0, size=400)
+    result = paired_bootstrap(a, b)
+    differences = a - b
+    half_width = 1.96 * differences.std() / math.sqrt(len(differences))
+    low, high = result["ci95"]
+    assert result["mean_diff"] == pytest.approx(differences.mean())
+    assert low == pytest.approx(differences.mean() - half_width, abs=0.1 * half_width)
+    assert high == pytest.approx(differences.mean() + half_width, abs=0.1 * half_width)
+    assert paired_bootstrap(a, b) == result and excludes_zero(result)
+    assert not excludes_zero(paired_bootstrap(a[:5] - a[:5].mean(), np.zeros(5)))
+
+
+def test_bootstrap_drops_scenes_missing_on_either_side_and_needs_pairs():
+    from stepfoley.engine.evaluation.stats import paired_bootstrap
+
+    result = paired_bootstrap([1.0, None, 3.0, float("nan")], [0.0, 2.0, None, 1.0])
+    assert result == {"mean_diff": 1.0, "ci95": [1.0, 1.0], "n": 1}
+    assert paired_bootstrap([None], [1.0]) == {"mean_diff": None, "ci95": [None, None], "n": 0}
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+# -- the source-presence classifier --
+
+QUICK_CLASSIFIER = dict(steps=2, batch_size=4, clips_per_kind=1, validation_clips_per_kind=1,
+                        validation_mixtures=8, clip_seconds=2.0)
+
+
+@pytest.fixture(scope="module")
+def quick_classifier(tmp_path_factory):
+    from stepfoley.engine.evaluation.presence import train_source_presence
+
+    path = tmp_path_factory.mktemp("classifier") / "source_presence.safetensors"
+    return path, train_source_presence(path, seed=2, **QUICK_CLASSIFIER)
+
+
+def test_presence_accuracy_counts_labels_examples_faint_kinds_and_single_sources():
+    import torch
+
+    from stepfoley.engine.evaluation.presence import presence_accuracy
+
+    labels = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    faint = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    probabilities = torch.tensor([[0.9, 0.2, 0.6], [0.7, 0.4, 0.1]])  # a faint kind heard, one present missed
+    figures = presence_accuracy(probabilities, labels, faint)
+    assert figures["label_accuracy"] == pytest.approx(4 / 6)
+    assert figures["balanced_accuracy"] == pytest.approx(0.5 * (2 / 3 + 2 / 3))
+    assert figures["exact_match"] == 0.0 and figures["faint_rejected"] == 0.0
+    assert figures["single_source_accuracy"] == 0.0 and figures["mixtures"] == 2
+    assert presence_accuracy(labels, labels, torch.zeros_like(labels))["faint_rejected"] is None
+
+
+def test_classifier_round_trip_gives_probabilities_and_silence_holds_nothing(quick_classifier, tmp_path):
+    from safetensors.torch import load_file
+
+    from stepfoley.engine.evaluation.presence import load_source_presence, train_source_presence
+    from stepfoley.engine.miniworld import SOURCE_KINDS
+
+    path, report = quick_classifier
+    assert report["complete"] and report["training"]["seed"] == 2
+    assert set(report["validation"]) >= {"label_accuracy", "balanced_accuracy", "exact_match"}
+    classifier = load_source_presence(path)
+    probabilities = classifier.probabilities([LOW, SILENCE, HIGH], SR)
+    assert probabilities.shape == (3, len(SOURCE_KINDS))
+    assert ((probabilities >= 0) & (probabilities <= 1)).all() and (probabilities[1] == 0).all()
+    assert classifier.kind_index("rain") == sorted(SOURCE_KINDS).index("rain")
+    again = tmp_path / "again.safetensors"
+    train_source_presence(again, seed=2, **QUICK_CLASSIFIER)
+    first, second = load_file(str(path)), load_file(str(again))  # deterministic by seed
+    assert first.keys() == second.keys() and all(first[k].equal(second[k]) for k in first)
+
+
+def test_a_wrong_classifier_file_is_a_checkpoint_error(quick_embedding, tmp_path):
+    from stepfoley.engine.evaluation.presence import load_source_presence
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_source_presence(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="not a StepFoley source-presence classifier"):
+        load_source_presence(quick_embedding[0])
+
+
+def test_the_shipped_classifier_names_each_kind_of_a_held_out_clip():
+    from stepfoley.engine.evaluation.presence import SHIPPED_PATH, load_source_presence
+    from stepfoley.engine.miniworld import SOURCE_KINDS, single_source_clip
+
+    classifier = load_source_presence(SHIPPED_PATH)
+    assert classifier.report["validation"]["balanced_accuracy"] > 0.95
+    kinds = sorted(SOURCE_KINDS)
+    clips = [single_source_clip(990_000_000 + i, kind).mixture for i, kind in enumerate(kinds)]
+    probabilities = classifier.probabilities(clips, SR)
+    assert [kinds[i] for i in probabilities.argmax(1)] == kinds
+    assert (probabilities[np.arange(len(kinds)), np.arange(len(kinds))] > 0.5).all()
+
+
+# -- the runner's figures on a constructed take --
+
+def test_sequence_figures_read_separability_fidelity_and_leakage_from_their_sources():
+    from stepfoley.engine.evaluation.runner import TRACK_FIGURES, sequence_figures
+    from stepfoley.engine.mixing import finish_stem
+    from stepfoley.engine.session import Track
+    from dataclasses import asdict
+
+    stems = np.stack([LOW, HIGH, LOW + HIGH])
+    tracks = []
+    for stem in stems:
+        finished, levels = finish_stem(stem, SR)
+        tracks.append(Track(finished[0], SR, asdict(levels)))
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    probabilities = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.3], [0.5, 0.6, 0.7]])
+    figures = sequence_figures(tracks, embeddings, probabilities, [0, 1, 2], stems, SR)
+    later = figures["later"]
+    assert set(later) == set(TRACK_FIGURES)
+    assert later["separability"] == pytest.approx([0.0, math.sqrt(0.5)])
+    assert later["text_fidelity"] == pytest.approx([0.8, 0.7])
+    assert later["leakage"] == pytest.approx([0.2, 0.55])
+    assert later["lufs"] == pytest.approx([tracks[1].metadata["decoded_lufs"], tracks[2].metadata["decoded_lufs"]])
+    assert later["temporal_alignment"][0] > 0.95  # each track is its own true stem
+    assert figures["track1"]["text_fidelity"] == pytest.approx(0.9)
+    assert figures["track1"]["pre_limiter_clipped_fraction"] == 0.0
+    assert figures["scene"]["composite_distance"] < 3.0
+
+
 # -- end to end: `stepfoley eval` on one scene with the tiny-random model --
 
-def _figures_are_finite(report):
-    for method, figures in report["methods"].items():
-        for name, value in figures.items():
-            values = [value["mean"], value["std"]] if isinstance(value, dict) else [value]
-            assert all(isinstance(v, float) and math.isfinite(v) for v in values), (method, name, value)
+REQUIRED_COMPARISONS = ("nag_vs_independent", "nag_vs_text_boost", "nag_vs_negative_prompt",
+                        "negative_prompt_vs_independent")
 
 
-def test_stepfoley_eval_writes_every_method_and_figure_and_never_overwrites(quick_embedding, tmp_path, capsys):
+def _eval_argv(quick_embedding, quick_classifier, out, *extra):
+    return ["eval", "--model", "tiny-random", "--device", "cpu", "--scenes", "1", "--seed", "0", "--takes", "2",
+            "--tracks", "2", "--steps", "2", "--embedding", str(quick_embedding[0]),
+            "--classifier", str(quick_classifier[0]), "--json", str(out), *extra]
+
+
+def test_stepfoley_eval_json_schema_on_one_scene_and_never_overwrites(quick_embedding, quick_classifier, tmp_path,
+                                                                      capsys):
     from stepfoley.cli import main
+    from stepfoley.engine.evaluation.runner import TRACK_FIGURES
 
     out = tmp_path / "eval.json"
-    argv = ["eval", "--model", "tiny-random", "--device", "cpu", "--scenes", "1", "--seed", "0",
-            "--tracks", "2", "--steps", "2", "--embedding", str(quick_embedding[0]), "--json", str(out)]
+    argv = _eval_argv(quick_embedding, quick_classifier, out)
     assert main(argv) == 0
     report = json.loads(out.read_text())
-    assert set(report["methods"]) == {"independent", "negative_prompt", "nag"}
-    for figures in report["methods"].values():
-        assert set(figures) == {"separability", "text_fidelity", "leakage", "temporal_alignment",
-                                "composite_distance"}
-        # one scene, two tracks: one pair, two tracks, one later track, one composite
-        assert [figures[k]["n"] for k in ("separability", "text_fidelity", "leakage", "temporal_alignment",
-                                          "composite_distance")] == [1, 2, 1, 2, 1]
-    _figures_are_finite(report)
-    assert report["config"]["scene_seeds"] == [10_000_000]
-    assert report["config"]["model"] == "stepfoley-mini-random"
-    assert report["reference"]["ground_truth_stems"]["separability"]["n"] == 1
+    figures = set(TRACK_FIGURES) | {"composite_distance"}
+    assert set(report["methods"]) == {"independent", "negative_prompt", "text_boost", "nag", "oracle"}
+    for row in report["methods"].values():
+        assert set(row) == figures
+        assert all(row[f]["n"] == 1 and math.isfinite(row[f]["mean"]) for f in figures)  # one scene
+    assert math.isfinite(report["track1"]["text_fidelity"]["mean"])
+    assert math.isfinite(report["reference"]["ground_truth_stems"]["text_fidelity"]["mean"])
+    for name in REQUIRED_COMPARISONS:
+        for figure in figures:
+            comparison = report["comparisons"][name][figure]
+            assert set(comparison) == {"mean_diff", "ci95", "n"} and comparison["n"] == 1  # scenes, not tracks
+            low, high = comparison["ci95"]
+            assert low == pytest.approx(comparison["mean_diff"]) == pytest.approx(high)
+    a, b = report["methods"]["nag"]["separability"]["mean"], report["methods"]["independent"]["separability"]["mean"]
+    assert report["comparisons"]["nag_vs_independent"]["separability"]["mean_diff"] == pytest.approx(a - b)
+    assert report["config"]["takes"] == 2 and report["config"]["scene_seeds"] == [10_000_000]
+    assert report["config"]["rows"]["oracle"] == {"method": "nag", "beta": 1.5, "hears": "truth"}
+    assert report["config"]["rows"]["independent"] == {"method": "independent", "beta": None, "hears": None}
+    assert report["classifier"]["validation"]["label_accuracy"] == quick_classifier[1]["validation"]["label_accuracy"]
+    assert {"sampling", "decoding", "scoring"} <= set(report["timings"])
     printed = capsys.readouterr().out
-    assert "negative_prompt" in printed and "ground truth" in printed
+    assert "nag_vs_text_boost" in printed and "ground truth" in printed and "thread" in printed
 
     before = out.read_bytes()
     assert main(argv) == 1  # refused before any work
@@ -253,10 +359,81 @@ def test_stepfoley_eval_writes_every_method_and_figure_and_never_overwrites(quic
     assert out.read_bytes() == before
 
 
-def test_evaluate_refuses_one_track_and_unknown_methods():
-    from stepfoley.engine.evaluation.runner import evaluate
+def test_beta_sweep_rows_are_nag_at_each_beta(quick_embedding, quick_classifier, tmp_path):
+    from stepfoley.cli import main
+
+    out = tmp_path / "sweep.json"
+    assert main(_eval_argv(quick_embedding, quick_classifier, out, "--beta-sweep", "0,2")) == 0
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == ["beta_0", "beta_2"]
+    assert report["config"]["rows"]["beta_2"] == {"method": "nag", "beta": 2.0, "hears": "generated"}
+    assert set(report["comparisons"]) == {"beta_2_vs_beta_0"}
+
+
+def test_evaluate_refuses_bad_settings_before_any_work():
+    from stepfoley.engine.evaluation.runner import MAX_SEED, Row, evaluate
 
     with pytest.raises(InvalidInputError, match="at least 2"):
-        evaluate(None, 1, 0, k=1, embedding=object())
+        evaluate(None, 1, 0, k=1, embedding=object(), presence=object())
     with pytest.raises(InvalidInputError, match="Unknown method"):
-        evaluate(None, 1, 0, methods=("cfg++",), embedding=object())
+        evaluate(None, 1, 0, rows=(Row("x", "cfg++"),), embedding=object(), presence=object())
+    with pytest.raises(InvalidInputError, match="hears"):
+        evaluate(None, 1, 0, rows=(Row("x", "nag"),), embedding=object(), presence=object())
+    with pytest.raises(InvalidInputError, match="takes"):
+        evaluate(None, 1, 0, takes=0, embedding=object(), presence=object())
+    with pytest.raises(InvalidInputError, match="choosing α"):
+        evaluate(None, 1, MAX_SEED + 1, embedding=object(), presence=object())
+
+
+# -- choosing α --
+
+def _alpha_summaries(figures: dict) -> dict:
+    return {alpha: {"text_fidelity": {"mean": fidelity}, "pre_limiter_clipped_fraction": {"mean": clipped}}
+            for alpha, (fidelity, clipped) in figures.items()}
+
+
+def test_alpha_rule_takes_the_most_faithful_alpha_within_the_clipping_limit():
+    from stepfoley.engine.evaluation.calibration import pick_alpha
+
+    summaries = _alpha_summaries({1.0: (0.30, 0.0), 2.0: (0.50, 0.0005), 3.0: (0.70, 0.01), 4.5: (0.60, 0.05)})
+    assert pick_alpha(summaries)[0] == 2.0
+    assert pick_alpha(summaries, limit=0.02)[0] == 3.0
+    overloaded = _alpha_summaries({1.0: (0.3, 0.02), 2.0: (0.5, 0.03)})
+    chosen, why = pick_alpha(overloaded)
+    assert chosen == 1.0 and "least overloaded" in why
+
+
+def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publishes_it(quick_classifier, tmp_path,
+                                                                                        capsys):
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    weights = tmp_path / "mini.safetensors"
+    shutil.copy(WEIGHTS_PATH, weights)
+    packaged_before = WEIGHTS_PATH.read_bytes()
+    out = tmp_path / "alpha.json"
+    argv = ["eval", "--choose-alpha", "--embedded-weights", str(weights), "--device", "cpu", "--scenes", "1",
+            "--takes", "1", "--tracks", "2", "--steps", "1", "--alphas", "1,3", "--classifier",
+            str(quick_classifier[0]), "--json", str(out), "--write"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["alphas"]) == {"1", "3"} and report["chosen"] in (1.0, 3.0)
+    assert report["config"]["scene_seeds"] == [90_000_000]
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        old_meta = f.metadata()
+    with safe_open(str(weights), "pt") as f:
+        new_meta = f.metadata()
+    assert {k: v for k, v in new_meta.items() if not k.startswith("guidance_defaults")} == \
+        {k: v for k, v in old_meta.items() if not k.startswith("guidance_defaults")}
+    assert json.loads(new_meta["guidance_defaults_provenance"])["rule"] == report["rule"]
+    old_tensors, new_tensors = load_file(str(WEIGHTS_PATH)), load_file(str(weights))
+    assert old_tensors.keys() == new_tensors.keys() and all(old_tensors[k].equal(new_tensors[k]) for k in old_tensors)
+    defaults = build_embedded_model(weights_path=weights).capabilities().defaults
+    assert defaults.alpha == report["chosen"] and defaults.beta == build_embedded_model().defaults.beta
+    assert WEIGHTS_PATH.read_bytes() == packaged_before
+    assert "chosen" in capsys.readouterr().out

@@ -93,6 +93,17 @@ def test_nag_with_zero_beta_is_cfg_exactly():
     )
 
 
+def test_nag_at_alpha_one_needs_no_unconditional_branch():
+    from stepfoley.engine.guidance import GUIDANCE_METHODS
+
+    v_cond, v_uncond, v_audio = (t.float() for t in _targets(3, seed=5))
+    weights = GuidanceWeights(1.0, 1.5)
+    torch.testing.assert_close(
+        GUIDANCE_METHODS["nag_conditional"].combine({"cond": v_cond, "audio": v_audio}, weights),
+        GUIDANCE_METHODS["nag"].combine({"cond": v_cond, "uncond": v_uncond, "audio": v_audio}, weights),
+        rtol=0, atol=0)
+
+
 def test_four_term_is_eq_a6_on_linear_fields():
     m_uncond, m_video, m_cond, m_audio = _targets(4, seed=4)
     x = _x()
@@ -193,6 +204,10 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
     ("nag", GuidanceWeights(4.5, 1.5), False, "independent"),  # track 1: nothing to negate
     ("nag", GuidanceWeights(4.5, 0.0), True, "independent"),  # beta = 0 is CFG exactly
     ("nag", GuidanceWeights(0.5, 0.0), True, "conditional"),  # MMAudio: CFG below 1 is the conditional branch
+    ("independent", GuidanceWeights(1.0), False, "conditional"),  # at 1 CFG is the conditional flow exactly
+    ("negative_prompt", GuidanceWeights(1.0), False, "conditional"),  # so is the negative prompt's
+    ("nag", GuidanceWeights(1.0, 1.5), True, "nag_conditional"),
+    ("nag", GuidanceWeights(1.0, 1.5), False, "conditional"),  # track 1 at α = 1
     ("text_boost", GuidanceWeights(4.5, 1.5), False, "text_boost"),
     ("text_boost", GuidanceWeights(4.5, 0.0), False, "independent"),
     ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), True, "dual"),

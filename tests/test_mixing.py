@@ -91,6 +91,18 @@ def test_limiter_ceiling_holds_on_hot_signals(gain, ceiling):
     assert mixing.true_peak(limited, sample_rate) > ceiling - 3.0
 
 
+def test_limiter_keeps_the_audio_under_the_peaks_at_its_own_level():
+    rng = np.random.default_rng(0)
+    quiet = (10 ** (-30 / 20) * rng.standard_normal(4 * 16000)).astype(np.float32)
+    clicks = quiet.copy()
+    clicks[8000:8010], clicks[40000:40010] = 2.0, -2.0  # +6 dBFS transients, 2 s apart
+    limited = mixing.limit_true_peak(clicks, 16000, ceiling_dbtp=-1.0)[0]
+    far = slice(20000, 36000)  # a second away from either click
+    rms = lambda x: np.sqrt(np.mean(x.astype(np.float64) ** 2))  # noqa: E731
+    assert 20 * math.log10(rms(limited[far]) / rms(quiet[far])) == pytest.approx(0.0, abs=0.1)
+    assert mixing.true_peak(limited[None], 16000) <= -1.0
+
+
 def test_limiter_leaves_audio_under_the_ceiling_alone():
     calm = sine(440, 16000, 1.0, amplitude=0.3)
     assert np.array_equal(mixing.limit_true_peak(calm, 16000, ceiling_dbtp=-1.0), calm)
@@ -212,3 +224,59 @@ def test_true_peak_in_blocks_equals_the_whole_signal_at_once(monkeypatch):
     expected = 20 * math.log10(max(np.abs(whole).max(), np.abs(signal).max()))
     monkeypatch.setattr(mixing, "TRUE_PEAK_BLOCK", 1024)
     assert mixing.true_peak(signal, 48000) == pytest.approx(expected, abs=1e-12)
+
+
+# -- finishing: how every generated track leaves the engine --
+
+def test_an_overloaded_track_is_measured_then_brought_to_stem_loudness_under_the_ceiling():
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    loud = (3.0 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # peaks at +9.5 dBFS, as a clamp-free decoder may
+    finished, levels = mixing.finish_stem(loud, rate)
+    assert finished.shape == (1, 2 * rate)
+    assert levels.pre_limiter_clipped_fraction == pytest.approx(mixing.clipped_fraction(loud))
+    assert 0.5 < levels.pre_limiter_clipped_fraction < 0.8  # |3 sin| > 1 for 78 % of a period
+    assert levels.decoded_lufs == pytest.approx(mixing.integrated_loudness(loud, rate))
+    assert levels.decoded_peak_dbfs == pytest.approx(20 * math.log10(3.0), abs=0.01)
+    assert levels.gain_db == pytest.approx(mixing.STEM_LUFS - levels.decoded_lufs)
+    assert levels.lufs == pytest.approx(mixing.STEM_LUFS, abs=0.05)
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+    assert levels.silence_fraction == 0.0
+
+
+def test_a_peaky_track_is_limited_after_normalization_and_says_so():
+    rate = 16000
+    clicks = np.zeros(4 * rate, np.float32)
+    clicks[::4000] = 0.5  # sparse clicks: at -23 LUFS their peaks would pass full scale
+    finished, levels = mixing.finish_stem(clicks, rate)
+    assert levels.pre_limiter_clipped_fraction == 0.0
+    assert levels.limiter_input_true_peak_dbtp > mixing.STEM_CEILING_DBTP  # the limiter had work to do
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+    assert levels.lufs < mixing.STEM_LUFS  # peak safety comes first
+    assert levels.silence_fraction == pytest.approx(0.8)  # 16 of the 80 blocks of 50 ms hold a click
+
+
+def test_a_track_with_a_few_hot_peaks_still_leaves_at_stem_loudness():
+    rate = 16000
+    noise = (0.05 * np.random.default_rng(4).standard_normal(4 * rate)).astype(np.float32)
+    noise[20000:20004] = 3.0  # one transient far above the rest
+    finished, levels = mixing.finish_stem(noise, rate)
+    assert levels.limiter_input_true_peak_dbtp > mixing.STEM_CEILING_DBTP
+    assert levels.lufs == pytest.approx(mixing.STEM_LUFS, abs=0.05)
+    assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+
+
+def test_silence_leaves_as_silence_with_its_levels_unmeasured():
+    finished, levels = mixing.finish_stem(np.zeros(16000, np.float32), 16000)
+    assert not finished.any()
+    assert (levels.decoded_lufs, levels.lufs, levels.decoded_peak_dbfs) == (None, None, None)
+    assert levels.gain_db == 0.0 and levels.silence_fraction == 1.0
+
+
+def test_silence_fraction_counts_quiet_blocks():
+    rate = 1000
+    tone = np.concatenate([np.full(500, 0.1, np.float32), np.full(500, 1e-4, np.float32)])  # -20 and -80 dBFS
+    assert mixing.silence_fraction(tone, rate) == 0.5  # ten 50 ms blocks, five quiet
+    assert mixing.silence_fraction(tone[:30], rate) == 0.0  # shorter than a block: one block
+    assert mixing.silence_fraction(np.zeros(0, np.float32), rate) == 1.0
+    assert mixing.clipped_fraction(np.array([0.5, -1.5, 1.0, 2.0], np.float32)) == 0.5

@@ -9,6 +9,11 @@ replace `decode` later without changing the latent.
 
 Contract (docs/architecture.md): `sample_rate`, `latent_dim`, `encode(wave (B, S)) -> (B, N, C)`
 channels-last, `decode(latent (B, N, C)) -> (B, S)` with S = N * hop.
+
+`decode` does not clamp: a latent louder than full scale decodes to samples beyond ±1, so the
+engine can measure the overload (engine.mixing.finish_stem) before it brings the track to stem
+loudness. Each row decodes the same whatever the batch it is in (the initial phase is drawn once
+and shared by every row).
 """
 
 import math
@@ -31,6 +36,11 @@ class MelCodecConfig:
     nnls_iterations: int = 30
     griffin_lim_iterations: int = 32
     momentum: float = 0.99           # "fast Griffin-Lim": converges in far fewer iterations
+
+    def __post_init__(self):
+        if self.hop <= 0 or self.n_fft % self.hop or (self.n_fft - self.hop) % 2:
+            raise InvalidInputError(f"The codec's FFT size ({self.n_fft}) must be a whole number of hops "
+                                    f"({self.hop}), with an even overlap.")
 
 
 def _hz_to_mel_slaney(hz: torch.Tensor) -> torch.Tensor:
@@ -69,6 +79,7 @@ class MelCodec:
         self.latent_dim = config.n_mels
         self.hop = config.hop
         self.filters = mel_filterbank(config).float()                    # (M, F)
+        self.filters_pinv = torch.linalg.pinv(self.filters)              # (F, M)
         self.window = torch.hann_window(config.n_fft, periodic=True)
         self._edge = (config.n_fft - config.hop) // 2
 
@@ -81,6 +92,7 @@ class MelCodec:
 
     def to(self, device) -> "MelCodec":
         self.filters = self.filters.to(device)
+        self.filters_pinv = self.filters_pinv.to(device)
         self.window = self.window.to(device)
         return self
 
@@ -92,15 +104,21 @@ class MelCodec:
     def _stft(self, padded: torch.Tensor, n_frames: int) -> torch.Tensor:
         return torch.fft.rfft(self._frames(padded, n_frames) * self.window, dim=-1)    # (B, N, F)
 
-    def _istft(self, spectrum: torch.Tensor, padded_length: int) -> torch.Tensor:
-        # Least-squares overlap-add: sum(w * frame) / sum(w^2), the inverse of `_stft`.
-        frames = torch.fft.irfft(spectrum, n=self.config.n_fft, dim=-1) * self.window       # (B, N, n_fft)
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        # frames (B, N, n_fft) -> (B, N * hop + n_fft - hop): each frame's hop-long chunks summed in place
         batch, n_frames, n_fft = frames.shape
-        fold = lambda x: torch.nn.functional.fold(
-            x.transpose(1, 2), output_size=(1, padded_length), kernel_size=(1, n_fft), stride=(1, self.hop))
-        signal = fold(frames).reshape(batch, padded_length)
-        norm = fold((self.window ** 2).expand(1, n_frames, n_fft)).reshape(1, padded_length)
-        return signal / torch.clamp(norm, min=1e-3)
+        chunks = frames.reshape(batch, n_frames, n_fft // self.hop, self.hop)
+        out = frames.new_zeros(batch, n_frames + chunks.shape[2] - 1, self.hop)
+        for c in range(chunks.shape[2]):
+            out[:, c:c + n_frames] += chunks[:, :, c]
+        return out.reshape(batch, -1)
+
+    def _istft(self, spectrum: torch.Tensor) -> torch.Tensor:
+        # Least-squares overlap-add: sum(w * frame) / sum(w^2), the inverse of `_stft`.
+        # spectrum (B, N, F) -> (B, N * hop + n_fft - hop)
+        frames = torch.fft.irfft(spectrum, n=self.config.n_fft, dim=-1) * self.window       # (B, N, n_fft)
+        norm = self._overlap_add((self.window ** 2).expand(1, frames.shape[1], -1))
+        return self._overlap_add(frames) / torch.clamp(norm, min=1e-3)
 
     def _pad(self, wave: torch.Tensor, n_frames: int) -> torch.Tensor:
         # Frame i is centred on the middle of samples [i*hop, (i+1)*hop): reflect-pad the edges.
@@ -123,12 +141,12 @@ class MelCodec:
         # latent: (B, N, M) -> non-negative linear magnitude (B, N, F) whose mel projection fits exp(latent)
         filters = self.filters
         target = torch.exp(latent.float().to(filters.device))
-        magnitude = torch.clamp(target @ torch.linalg.pinv(filters).T, min=0.0) + 1e-6
+        magnitude = torch.clamp(target @ self.filters_pinv.T, min=0.0) + 1e-6
         # Multiplicative NNLS updates keep the magnitude non-negative while reducing the fit error.
+        # magnitude @ (filters.T @ filters), computed through the M mel bands (M << F).
         projected_target = target @ filters
-        gram = filters.T @ filters
         for _ in range(self.config.nnls_iterations):
-            magnitude = magnitude * projected_target / (magnitude @ gram + 1e-9)
+            magnitude = magnitude * projected_target / ((magnitude @ filters.T) @ filters + 1e-9)
         return magnitude
 
     def decode(self, latent: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -138,15 +156,15 @@ class MelCodec:
                 f"The codec expects latents shaped (batch, frames, {self.latent_dim}); got {tuple(latent.shape)}.")
         batch, n_frames, _ = latent.shape
         magnitude = self.mel_to_magnitude(latent)
-        padded_length = n_frames * self.hop + 2 * self._edge
-        generator = torch.Generator().manual_seed(seed)     # same latent -> same audio
-        phase = torch.rand(magnitude.shape, generator=generator).to(magnitude.device) * (2 * math.pi)
+        generator = torch.Generator().manual_seed(seed)     # same latent -> same audio, in any batch
+        phase = torch.rand((1, *magnitude.shape[1:]), generator=generator).to(magnitude.device) * (2 * math.pi)
         spectrum = magnitude * torch.exp(1j * phase)
         previous = spectrum
         for _ in range(self.config.griffin_lim_iterations):
-            rebuilt = self._stft(self._istft(spectrum, padded_length), n_frames)
+            rebuilt = self._stft(self._istft(spectrum), n_frames)
             accelerated = rebuilt + self.config.momentum * (rebuilt - previous)
             previous = rebuilt
-            spectrum = magnitude * torch.exp(1j * torch.angle(accelerated))
-        wave = self._istft(spectrum, padded_length)[:, self._edge:self._edge + n_frames * self.hop]
-        return torch.clamp(wave, -1.0, 1.0)
+            # magnitude * exp(1j * angle(accelerated)), without the complex exponential
+            spectrum = accelerated * (magnitude / accelerated.abs().clamp_min(1e-30))
+        # No clamp: samples beyond full scale are the model's overload, measured downstream.
+        return self._istft(spectrum)[:, self._edge:self._edge + n_frames * self.hop]

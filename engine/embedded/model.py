@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -97,9 +98,30 @@ def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: Aud
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
 
 
+def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults, provenance: dict) -> Path:
+    """Record `defaults` as the model's own (metadata "guidance_defaults", published in the engine's
+    capabilities) and how they were chosen ("guidance_defaults_provenance", JSON), rewriting the
+    weights file atomically with the same tensors and every other metadata key kept."""
+    path = Path(path)
+    tensors, meta = _read_weights(path)
+    meta["guidance_defaults"] = json.dumps(asdict(defaults))
+    meta["guidance_defaults_provenance"] = json.dumps(provenance)
+    return save_safetensors_atomic(tensors, path, meta, overwrite=True)
+
+
 def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> tuple[str, GuidanceDefaults]:
     """Loads the weights into `net` and `controlnet`; returns the model id and the guidance
     defaults recorded with them (metadata "guidance_defaults"; the paper's when absent)."""
+    tensors, meta = _read_weights(path)
+    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    controlnet.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")})
+    defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
+        else GuidanceDefaults()
+    return meta.get("model_id", "stepfoley-mini"), defaults
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of an embedded weights file, with errors a user can act on."""
     if not path.is_file():
         raise CheckpointError(
             f"The embedded model's weights {path} are missing. Reinstall StepFoley, or retrain them with "
@@ -107,11 +129,7 @@ def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet)
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+            meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
-    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    controlnet.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")})
-    defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
-        else GuidanceDefaults()
-    return meta.get("model_id", "stepfoley-mini"), defaults
+    return tensors, meta

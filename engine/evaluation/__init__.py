@@ -1,7 +1,11 @@
-"""`stepfoley eval`: the paper's evaluation (Tables 1 and 2) reproduced in the mini-world.
+"""`stepfoley eval`: the paper's evaluation (Tables 2 and A2) reproduced in the mini-world.
 
-spectra.py    the mel view every figure is measured on
-metrics.py    the figures: pure functions of waveforms and embeddings
-embedding.py  the mini-world's CLAP: audio and caption embeddings in one space
-runner.py     the protocol: scenes, tracks step by step per method, the report
+spectra.py      the mel view every figure is measured on
+metrics.py      the figures: pure functions of waveforms, embeddings and classifier outputs
+embedding.py    the mini-world's CLAP: audio and caption embeddings in one space (separability)
+presence.py     the source-presence classifier (text fidelity, leakage)
+store.py        the files of those two networks, and their shared convolutional trunk
+stats.py        per-scene means and paired bootstrap intervals over scenes
+runner.py       the protocol: scenes, rows (methods and controls), takes, the report
+calibration.py  choosing a model's α from plain CFG on development scenes
 """

@@ -18,10 +18,7 @@ unexpectedly slow (the saved report then says `"complete": false`).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepfoley.engine.errors import CheckpointError, InvalidInputError
-from stepfoley.engine.evaluation.spectra import FLOOR_DB, FRAMES_PER_SECOND, mel_power_torch, to_eval_rate
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.evaluation import store
+from stepfoley.engine.evaluation.spectra import FRAMES_PER_SECOND, mel_power_torch, normalized_log_mel, to_eval_rate
 from stepfoley.engine.miniworld import CAPTIONS, SOURCE_KINDS, single_source_clip
 
 FORMAT = "stepfoley-audio-embedding-1"
@@ -63,14 +61,6 @@ class TrainingConfig:
     learning_rate: float = 2e-3
 
 
-def normalized_log_mel(mel_power: torch.Tensor) -> torch.Tensor:
-    """(B, M, T) mel power -> (B, 1, M, T) log-mel with each clip's mean removed (gain-free)."""
-    # mel_power: (B, M, T)
-    log_mel = torch.log10(mel_power.clamp_min(10.0 ** (FLOOR_DB / 10.0))) * 0.5
-    log_mel = log_mel - log_mel.mean(dim=(1, 2), keepdim=True)
-    return log_mel[:, None]
-
-
 def _all_captions(kinds: tuple) -> tuple[list[str], torch.Tensor]:
     """Every paraphrase of every kind, and the (n_captions,) kind index of each."""
     captions = [(k, c) for k, kind in enumerate(kinds) for c in CAPTIONS[kind]]
@@ -84,19 +74,14 @@ class AudioEmbedding(nn.Module):
         self._text_encoder = text_encoder  # not a submodule: its weights are not saved here
         self.report: dict = {}  # the training report, once loaded from a file
         self.path: Path | None = None
-        blocks, width = [], 1
-        for out in config.channels:
-            blocks += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
-            width = out
-        self.conv = nn.Sequential(*blocks)
-        self.project = nn.Linear(2 * width, config.embed_dim)
+        self.conv = store.conv_trunk(config.channels)
+        self.project = nn.Linear(2 * config.channels[-1], config.embed_dim)
         self.text_project = nn.Linear(config.text_dim, config.embed_dim)
         self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         # log_mel: (B, 1, M, T) -> (B, D), unit length
-        h = self.conv(log_mel)                                   # (B, C, M', T')
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        pooled = store.pool_time_frequency(self.conv(log_mel))   # (B, 2C)
         return F.normalize(self.project(pooled), dim=-1)
 
     @property
@@ -200,104 +185,39 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
     out_path = Path(out_path)
     config = AudioEmbeddingConfig()
     training = TrainingConfig(seed=int(seed), **overrides)
-    deadline = time.monotonic() + 60.0 * float(minutes)
     torch.manual_seed(training.seed)
     generator = torch.Generator().manual_seed(training.seed)
     model = AudioEmbedding(config, text_encoder)
     captions, caption_kinds = _all_captions(config.kinds)
     sentences = model.sentence_vectors(captions)             # (n_captions, text_dim), frozen
     pool = _clip_pool(training, config.kinds, 0, training.clips_per_kind)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, training.learning_rate, total_steps=training.steps,
-                                                   pct_start=0.1)
-    model.train()
-    done, loss = 0, float("nan")
-    for done in range(1, training.steps + 1):
+
+    def batch_loss() -> torch.Tensor:
         crops, labels = _crop_batch(pool, generator, training)
         logits = model(crops) @ model.project_text(sentences).T * model.log_scale.clamp(max=np.log(100.0)).exp()
         target = (caption_kinds[None, :] == labels[:, None]).float()
-        loss_t = F.cross_entropy(logits, target / target.sum(1, keepdim=True))
-        optimizer.zero_grad(set_to_none=True)
-        loss_t.backward()
-        optimizer.step()
-        schedule.step()
-        loss = float(loss_t.detach())
-        if on_progress is not None:
-            on_progress(done, training.steps)
-        if time.monotonic() > deadline:
-            break
-    model.eval()
+        return F.cross_entropy(logits, target / target.sum(1, keepdim=True))
+
+    done, loss = store.fit(model, batch_loss, training.steps, training.learning_rate, minutes, on_progress)
     held_out = _clip_pool(training, config.kinds, 900, VALIDATION_CLIPS_PER_KIND)
     centre = held_out.shape[-1] // 2 - int(1.5 * FRAMES_PER_SECOND)
     held_out = held_out[..., centre:centre + int(3 * FRAMES_PER_SECOND)]
-    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training), "steps_done": done,
-              "complete": done == training.steps, "final_loss": loss, "validation": _validate(model, held_out, sentences, caption_kinds)}
-    save_audio_embedding(model, out_path, report)
+    report = {"format": FORMAT, "config": asdict(config), "training": asdict(training),
+              "threads": torch.get_num_threads(), "steps_done": done,
+              "complete": done == training.steps, "final_loss": loss,
+              "validation": _validate(model, held_out, sentences, caption_kinds)}
+    store.save_with_report(model, out_path, report)
     return report
-
-
-def save_audio_embedding(model: AudioEmbedding, path: Path, report: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(tensors, temp, metadata={"stepfoley": json.dumps(report)})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def read_report(path: str | os.PathLike) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("stepfoley", "{}"))
 
 
 def load_audio_embedding(path: str | os.PathLike, text_encoder=None) -> AudioEmbedding:
     """The evaluation embedding saved by train_audio_embedding, in eval mode on the CPU.
     `text_encoder`: an EmbeddedTextEncoder already loaded (e.g. the model's), else one is
     loaded on first use."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The evaluation embedding {path} does not exist; train one with "
-                              "stepfoley.engine.evaluation.embedding.train_audio_embedding, or let `stepfoley eval` do it.")
-    try:
-        report = read_report(path)
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"The evaluation embedding {path} cannot be read ({e}); delete it and train again.")
-    if report.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a StepFoley evaluation embedding (format {report.get('format')!r}, "
-                              f"expected {FORMAT!r}); delete it and train again.")
-    config = AudioEmbeddingConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in report["config"].items()})
-    if set(config.kinds) != set(SOURCE_KINDS):
-        raise CheckpointError(f"{path} was trained on source kinds {list(config.kinds)}, but the mini-world now "
-                              f"has {sorted(SOURCE_KINDS)}; delete it and train again.")
-    model = AudioEmbedding(config, text_encoder)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match the evaluation embedding's layout ({e}); "
-                              "delete it and train again.")
-    model.report, model.path = report, path
-    return model.eval().requires_grad_(False)
-
-
-def cache_dir() -> Path:
-    """$STEPFOLEY_CACHE_DIR, else $XDG_CACHE_HOME/stepfoley, else ~/.cache/stepfoley."""
-    if os.environ.get("STEPFOLEY_CACHE_DIR"):
-        return Path(os.environ["STEPFOLEY_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "stepfoley"
+    return store.load_with_report(
+        path, FORMAT, "evaluation embedding",
+        "train one with stepfoley.engine.evaluation.embedding.train_audio_embedding, or let `stepfoley eval` do it",
+        lambda report: AudioEmbedding(store.config_from_report(AudioEmbeddingConfig, report), text_encoder))
 
 
 def default_audio_embedding(text_encoder=None, cache: str | os.PathLike | None = None, seed: int = 0,
@@ -309,13 +229,9 @@ def default_audio_embedding(text_encoder=None, cache: str | os.PathLike | None =
 
     if not isinstance(text_encoder, EmbeddedTextEncoder):
         text_encoder = None
-    if SHIPPED_PATH.is_file():
-        return load_audio_embedding(SHIPPED_PATH, text_encoder)
-    path = Path(cache) if cache is not None else cache_dir()
-    path = path / f"audio_embedding-{FORMAT}-seed{seed}.safetensors"
-    if not path.is_file():
-        if on_message is not None:
-            on_message(f"no shipped evaluation embedding at {SHIPPED_PATH}; training one into {path} "
-                       f"(about {minutes:.0f} CPU minutes, once)")
-        train_audio_embedding(path, seed=seed, minutes=minutes, on_progress=on_progress, text_encoder=text_encoder)
-    return load_audio_embedding(path, text_encoder)
+    return store.shipped_or_cached(
+        SHIPPED_PATH, f"audio_embedding-{FORMAT}-seed{seed}.safetensors", "evaluation embedding", minutes,
+        load=lambda path: load_audio_embedding(path, text_encoder),
+        train=lambda path: train_audio_embedding(path, seed=seed, minutes=minutes, on_progress=on_progress,
+                                                 text_encoder=text_encoder),
+        cache=cache, on_message=on_message)

@@ -1,9 +1,11 @@
-"""Evaluation figures for step-by-step generation: pure functions of waveforms and embeddings.
+"""Evaluation figures for step-by-step generation: pure functions of waveforms, embeddings and
+classifier outputs.
 
 They mirror the paper's tables in the mini-world, where every source's true stem is known:
-Table 2 (per track) -> separability (CLAP A-A), text fidelity (CLAP T-A), and two figures
-the ground truth makes possible, leakage and temporal alignment; Table 1 (composite) ->
-log-mel distance to the true mixture and a Fréchet distance between embedding distributions.
+Table 2 (per track) -> separability (CLAP A-A, on the evaluation embedding), text fidelity and
+leakage (from the source-presence classifier, evaluation.presence), and temporal alignment,
+which the ground truth makes possible; Table 1 (composite) -> log-mel distance to the true
+mixture.
 
 Waveforms are mono float32 (S,) at 16 kHz (spectra.to_eval_rate converts). No figure is ever
 NaN: silence and degenerate inputs have a defined value, stated in each docstring.
@@ -15,15 +17,13 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.linalg import sqrtm
-from scipy.optimize import nnls
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, mel_power, power_to_db
 
-# Stevens' power law: perceived loudness grows about as intensity^0.3. Compressing mel power
-# this way keeps quiet but audible leaks visible without letting a -90 dB noise floor count.
+# Stevens' power law: perceived loudness grows about as intensity^0.3, so envelopes are
+# compared on mel power ** 0.3.
 LOUDNESS_EXPONENT = 0.3
 # A source's band: the mel bands within this many dB of the stem's strongest band.
 BAND_RANGE_DB = 20.0
@@ -31,7 +31,6 @@ BAND_RANGE_DB = 20.0
 ENVELOPE_SMOOTHING_FRAMES = 5
 COMPOSITE_LUFS = -20.0  # the paper's composite loudness (Sec. 5.1)
 COMPOSITE_FLOOR_DB = -80.0  # below this, both signals count as equally silent
-FD_REGULARIZATION = 1e-6
 EPS = 1e-12
 
 
@@ -43,80 +42,22 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, EPS)  # a zero vector stays zero: cosine 0 with anything
 
 
-def pairwise_similarities(embeddings: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every unordered pair (i < j) of the rows of `embeddings` (K, D),
-    in the order (0,1), (0,2), ..., (K-2,K-1). A zero row has similarity 0 with every row."""
+def similarity_to_earlier(embeddings: np.ndarray, track: int) -> float:
+    """Separability of track `track` (0-based, at least 1) of one take (CLAP A-A analogue, lower
+    is better): the mean cosine similarity of its audio embedding to those of the tracks before
+    it, rows of `embeddings` (k, D). A copy of an earlier track gives 1; a zero row gives 0."""
+    if not 1 <= track < len(embeddings):
+        raise InvalidInputError(f"Track {track} has no earlier track among {len(embeddings)} to compare with.")
     unit = _unit_rows(embeddings)
-    rows, cols = np.triu_indices(len(unit), k=1)
-    return np.einsum("pd,pd->p", unit[rows], unit[cols])
+    return float(np.mean(unit[:track] @ unit[track]))
 
 
-def separability(embeddings: np.ndarray) -> float:
-    """Audio independence of the K tracks made for one video (CLAP A-A analogue, lower is
-    better): the mean cosine similarity over the K(K-1)/2 pairs of their audio embeddings.
-    Identical tracks give 1. Needs K >= 2."""
-    if len(embeddings) < 2:
-        raise InvalidInputError("Separability compares tracks pairwise: it needs at least two tracks.")
-    return float(pairwise_similarities(embeddings).mean())
-
-
-def text_similarities(audio_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity between track i's audio embedding and its caption's text
-    embedding; both (K, D)."""
-    audio, text = _unit_rows(audio_embeddings), _unit_rows(text_embeddings)
-    if audio.shape != text.shape:
-        raise InvalidInputError(f"{len(audio)} track embeddings but {len(text)} caption embeddings; "
-                                "every track needs the caption it was made from.")
-    return np.einsum("kd,kd->k", audio, text)
-
-
-def text_fidelity(audio_embeddings: np.ndarray, text_embeddings: np.ndarray) -> float:
-    """How well tracks follow their captions (CLAP T-A analogue, higher is better): the mean
-    over tracks of the cosine similarity between the track's audio embedding and the text
-    embedding of the caption it was generated from."""
-    return float(text_similarities(audio_embeddings, text_embeddings).mean())
-
-
-def loudness_envelope(samples: np.ndarray) -> np.ndarray:
-    """Mel power raised to LOUDNESS_EXPONENT: (N_MELS, frames), zero for digital silence."""
-    return mel_power(samples) ** LOUDNESS_EXPONENT
-
-
-def leakage(track: np.ndarray, earlier_stems: Sequence[np.ndarray]) -> float:
-    """How much of the earlier sources reappears in a later track, in [0, 1] (lower is better).
-
-    Both sides are seen as loudness envelopes (mel power ** 0.3, bands x frames). The track's
-    envelope is fitted, by least squares with one *non-negative* gain per earlier stem plus a
-    constant, from the envelopes of the earlier sources' ground-truth stems; leakage is the
-    fraction of the track's envelope variance that fit explains (the R^2 of the fit).
-
-    A copy of an earlier stem (at any gain) gives 1; a track whose sound shares no
-    time-frequency pattern with the earlier stems gives about 0 (sounds with similar
-    spectral tilt score a little above 0: compare with the ground-truth reference row);
-    a silent or constant track gives 0, and silent earlier stems explain nothing.
-    The track and stems are cut to the shorter length first.
-    """
-    if not len(earlier_stems):
-        raise InvalidInputError("Leakage needs at least one earlier stem (the first track has none).")
-    length = min([len(track)] + [len(s) for s in earlier_stems])
-    target = loudness_envelope(np.asarray(track)[:length]).ravel()
-    target = target - target.mean()
-    total = float(target @ target)
-    if total <= EPS * max(1, target.size):
-        return 0.0
-    basis = []
-    for stem in earlier_stems:
-        column = loudness_envelope(np.asarray(stem)[:length]).ravel()
-        column = column - column.mean()
-        if float(column @ column) > EPS * column.size:
-            basis.append(column)
-    if not basis:
-        return 0.0
-    basis = np.stack(basis, axis=1)
-    scale = np.linalg.norm(basis, axis=0)  # unit columns keep NNLS well conditioned
-    gains, residual_norm = nnls(basis / scale, target)
-    explained = 1.0 - residual_norm ** 2 / total
-    return float(min(1.0, max(0.0, explained)))
+def presence_leakage(probabilities: np.ndarray, earlier_columns: Sequence[int]) -> float:
+    """Leakage of a track (lower is better): the mean over the earlier tracks' kinds of the
+    classifier's probability that the track holds that kind; `probabilities` (n_kinds,)."""
+    if not len(earlier_columns):
+        raise InvalidInputError("Leakage needs at least one earlier track (the first track has none).")
+    return float(np.mean(np.asarray(probabilities, np.float64)[list(earlier_columns)]))
 
 
 def source_band(stem: np.ndarray, range_db: float = BAND_RANGE_DB) -> np.ndarray:
@@ -177,22 +118,6 @@ def composite_distance(composite: np.ndarray, mixture: np.ndarray) -> float:
     composite = mixing.loudness_normalize(np.asarray(composite, np.float32), SAMPLE_RATE, COMPOSITE_LUFS)[0]
     mixture = mixing.loudness_normalize(np.asarray(mixture, np.float32), SAMPLE_RATE, COMPOSITE_LUFS)[0]
     return log_mel_distance(composite, mixture)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two sets of embeddings (N, D) and (M, D):
-    |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)), covariances regularized by
-    1e-6 I. An FD analogue of Table 1; it needs many samples to be stable."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 2 or len(b) < 2:
-        raise InvalidInputError("The Fréchet distance needs at least two embeddings on each side.")
-    mean_gap = a.mean(0) - b.mean(0)
-    identity = np.eye(a.shape[1]) * FD_REGULARIZATION
-    cov_a, cov_b = np.cov(a, rowvar=False) + identity, np.cov(b, rowvar=False) + identity
-    cross = sqrtm(cov_a @ cov_b)
-    cross = np.real(cross)
-    value = float(mean_gap @ mean_gap + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(cross))
-    return max(0.0, value)
 
 
 def summarize(values: Sequence[float]) -> dict:

@@ -1,51 +1,121 @@
-"""The evaluation protocol of the paper (Sec. 5.1, Tables 1 and 2) on mini-world scenes.
+"""The evaluation protocol of the paper (Sec. 5.1, Tables 2 and A2) on mini-world scenes.
 
-For each scene, k tracks are made step by step, one per source (in the scene's source order,
-each captioned with a paraphrase of its kind), with each method:
-  independent      plain CFG for every track (beta = 0),
-  negative_prompt  CFG with the earlier tracks' captions as the negative text,
-  nag              Negative Audio Guidance against the mix of the earlier tracks.
-Track 1 is made once with CFG and shared by all methods (the paper's setup: with nothing
-before it, every method is CFG), and track j uses the same seed under every method, so the
-methods differ only in how they steer away from earlier tracks.
+For each scene, k tracks are made step by step, one per source in the scene's order, each
+captioned with a paraphrase of its kind, in K takes (seeds). Track 1 is plain CFG, made once
+per take and shared by every row (the paper's setup: with nothing before it every method is
+CFG); track j of take t has the same seed in every row, so rows differ only in how they steer
+away from the earlier tracks. The rows (`MAIN_ROWS`):
+
+  independent      plain CFG (β = 0): the paper's baseline
+  negative_prompt  CFG with the earlier tracks' captions as the negative text
+  text_boost       Eq. A6 with w1 = α, w2 = α + β, w3 = 0: NAG's extra text weight, no audio
+                   term (the control that tells negation from more text guidance)
+  nag              Negative Audio Guidance against the -20 LUFS mix of this row's earlier tracks
+  oracle           NAG against the -20 LUFS mix of the true earlier stems (an upper bound)
+
+`--beta-sweep` runs NAG at several β instead (Table A2's analogue), β = 0 being independent.
+
+Figures are taken on tracks 2..k (track 1 is reported apart), per track then averaged within
+the scene, and every comparison is a paired bootstrap over scenes (evaluation.stats). What
+each figure is: `DEFINITIONS`, also written into every report. Separability uses the
+evaluation embedding (the mini-world's CLAP: A-A similarity is the paper's independence
+measure); text fidelity and leakage use the source-presence classifier, which is trained on
+mixtures at random gains and so reads mixtures, which the embedding was never trained on.
+
+Tracks are scored as they leave the engine (finished: STEM_LUFS, limited); the true stems are
+finished the same way for the reference rows.
 
 Scenes are written as real mp4 files and read back through StepSession, the path a user's
-video takes. Scene seeds are 10_000_000 + seed * 1000 + i: disjoint from the base model's
-training seeds [0, 100000) and from the evaluation embedding's clips.
+video takes. Scene seeds are SCENE_SEED_BASE + seed * SCENES_PER_SEED + i, below
+DEVELOPMENT_SCENE_BASE (the scenes α is chosen on, evaluation.calibration) and disjoint from
+the base model's training seeds [0, 100000) and the evaluation networks' clips.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation import metrics
+from stepfoley.engine.evaluation import metrics, stats
 from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, to_eval_rate
+from stepfoley.engine.guidance import GUIDANCE_METHODS
 from stepfoley.engine.miniworld import make_scene, write_scene
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.session import StepSession, TrackSettings, plan_windows
+from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, plan_windows
 
-METHODS = ("independent", "negative_prompt", "nag")
 SCENE_SEED_BASE = 10_000_000
 SCENES_PER_SEED = 1000  # scene seeds of consecutive --seed values must not overlap
+DEVELOPMENT_SCENE_BASE = 90_000_000  # evaluation.calibration's scenes; evaluation seeds stay below
+MAX_SEED = (DEVELOPMENT_SCENE_BASE - SCENE_SEED_BASE) // SCENES_PER_SEED - 1
+MAX_TAKES = 10  # take_seed keeps takes of different tracks apart up to here
 SCENE_SECONDS = 8.0
-FD_MIN_SCENES = 8  # below this the Fréchet distance of 128-d embeddings is noise
-TRACK_FIGURES = ("separability", "text_fidelity", "leakage", "temporal_alignment", "composite_distance")
+DEFAULT_TAKES = 2
+TRACK_FIGURES = ("separability", "text_fidelity", "leakage", "temporal_alignment", "lufs", "decoded_peak_dbfs",
+                 "pre_limiter_clipped_fraction", "silence_fraction")
+SCENE_FIGURES = ("composite_distance",)
+TRACK1_FIGURES = ("text_fidelity", "lufs", "decoded_peak_dbfs", "pre_limiter_clipped_fraction", "silence_fraction")
+DEFINITIONS = {
+    "separability": "mean cosine similarity of the track's audio embedding to each earlier track's (CLAP A-A "
+                    "analogue, evaluation embedding); lower is better",
+    "text_fidelity": "source-presence classifier's probability that the track holds its caption's kind; higher "
+                     "is better",
+    "leakage": "source-presence classifier's mean probability of the earlier tracks' kinds in the track; lower "
+               "is better",
+    "temporal_alignment": "correlation of the track's loudness envelope with its true stem's, in the stem's band",
+    "lufs": "integrated loudness (BS.1770) of the track as decoded, before the finishing gain and limiter",
+    "decoded_peak_dbfs": "sample peak of the track as decoded, dBFS",
+    "pre_limiter_clipped_fraction": "fraction of the decoded track's samples beyond full scale (|x| > 1), before "
+                                    "any limiter or clamp",
+    "silence_fraction": "fraction of the finished track's 50 ms blocks under -60 dBFS RMS",
+    "composite_distance": "log-mel distance (dB) of the -20 LUFS composite of tracks 1..k to the true mixture",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One way of making tracks 2..k. `hears`: what x̃ is for a method whose audio branch hears
+    the existing tracks: "generated" (this row's own earlier tracks) or "truth" (the true
+    earlier stems). `beta` None: the model's default."""
+
+    name: str
+    method: str
+    beta: float | None = None
+    hears: str | None = None
+
+
+MAIN_ROWS = (
+    Row("independent", "independent"),
+    Row("negative_prompt", "negative_prompt"),
+    Row("text_boost", "text_boost"),
+    Row("nag", "nag", hears="generated"),
+    Row("oracle", "nag", hears="truth"),
+)
+DEFAULT_SWEEP_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def beta_sweep_rows(betas: Sequence[float]) -> tuple[Row, ...]:
+    """NAG at each β against its own earlier tracks (β = 0 is independent generation)."""
+    return tuple(Row(f"beta_{b:g}", "nag", beta=float(b), hears="generated") for b in betas)
 
 
 def scene_seed(seed: int, index: int) -> int:
     return SCENE_SEED_BASE + seed * SCENES_PER_SEED + index
 
 
-def track_seed(scene: int, track_index: int) -> int:
-    """The sampling seed of track `track_index` (0-based) of a scene: the same for every method."""
-    return scene * 10 + track_index
+def take_seed(scene: int, track_index: int, take: int) -> int:
+    """The sampling seed of take `take` of track `track_index` (both 0-based) of a scene: the
+    same in every row."""
+    return (scene * 10 + track_index) * MAX_TAKES + take
 
 
 def choose_captions(scene, k: int) -> list[str]:
@@ -55,146 +125,296 @@ def choose_captions(scene, k: int) -> list[str]:
     return [paraphrases[int(rng.integers(len(paraphrases)))] for paraphrases in scene.captions[:k]]
 
 
-def _validate(scenes, seed, k, steps, alpha, beta, methods) -> None:
+def check_number(name: str, value, low: float = 0.0) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < low):
+        raise InvalidInputError(f"--{name} must be a number of at least {low:g}, got {value!r}.")
+
+
+def _validate(scenes, seed, k, takes, steps, alpha, rows) -> None:
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"--scenes must be a whole number from 1 to {SCENES_PER_SEED}, got {scenes!r}.")
-    if not isinstance(seed, int) or seed < 0:
-        raise InvalidInputError(f"--seed must be a whole number of at least 0, got {seed!r}.")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"--seed must be a whole number from 0 to {MAX_SEED} (higher scene seeds are kept "
+                                f"for choosing α), got {seed!r}.")
     if not isinstance(k, int) or k < 2:
         raise InvalidInputError(f"--tracks must be at least 2 (separability and leakage compare tracks), got {k!r}.")
-    if not isinstance(steps, int) or steps < 1:
+    if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+        raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise InvalidInputError(f"--{name} must be a number of at least 0, got {value!r}.")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InvalidInputError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    check_number("alpha", alpha)
+    if not rows or len({r.name for r in rows}) != len(rows):
+        raise InvalidInputError("Give at least one row, each with its own name.")
+    for row in rows:
+        method = GUIDANCE_METHODS.get(row.method)
+        if method is None or not method.public:
+            raise InvalidInputError(f"Unknown method '{row.method}' in row '{row.name}'.")
+        if (method.audio == "existing") != (row.hears in ("generated", "truth")):
+            raise InvalidInputError(f"Row '{row.name}': a method that hears the existing tracks needs hears= "
+                                    "'generated' or 'truth', and only such a method takes one.")
+        check_number("beta", row.beta)
 
 
-def _feature_cache():
-    try:
-        from stepfoley.engine.features.cache import FeatureCache
-    except ImportError:
-        return None
-    return FeatureCache()
+class SceneRun:
+    """One scene as the evaluation sees it: its picture written as an mp4 and opened in a
+    StepSession, the first k captions, and the true stems at the model's rate."""
+
+    def __init__(self, model: FoleyModel, seed: int, k: int, folder: Path, duration: float = SCENE_SECONDS):
+        self.scene = make_scene(seed, duration=duration)
+        video = write_scene(self.scene, folder, mux_audio=False)["video"]
+        self.session = StepSession(model, Region(video, 0.0, self.scene.duration))
+        self.k = min(k, len(self.scene.kinds))
+        self.captions = choose_captions(self.scene, self.k)
+        self.kinds = self.scene.kinds[: self.k]
+        self.sample_rate = model.sample_rate
+        self.stems = mixing.fit_length(mixing.resample(self.scene.stems[: self.k], self.scene.sample_rate,
+                                                       model.sample_rate), self.session.length)   # (k, S)
+
+    def settings(self, track: int, take: int, method: str, alpha: float | None, beta: float | None,
+                 steps: int | None) -> TrackSettings:
+        """Track `track` (0-based) of take `take`; a method that steers away from the earlier
+        captions gets them as its negative caption, as the session gives them."""
+        negative = ", ".join(self.captions[:track]) if GUIDANCE_METHODS[method].negative_from_previous else ""
+        return TrackSettings(self.captions[track], method=method, alpha=alpha, beta=beta,
+                             seed=take_seed(self.scene.seed, track, take), steps=steps, negative_caption=negative)
+
+    def truth_tracks(self) -> list[Track]:
+        """The true stems, finished as generated tracks are."""
+        out = []
+        for stem in self.stems:
+            finished, levels = mixing.finish_stem(stem, self.sample_rate)
+            out.append(Track(finished[0], self.sample_rate, asdict(levels)))
+        return out
+
+    def truth_mix(self, before: int) -> np.ndarray:
+        return conditioning_mix(list(self.stems[:before]), self.sample_rate, self.session.length)
 
 
-class _Progress:
-    """Global step counter over every track of the run."""
+class PhaseClock:
+    """Seconds per phase, summed over the run."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def add_takes(self, tracks: Sequence[Track]) -> None:
+        for phase, seconds in tracks[0].metadata["timings"].items():  # one batch: every take holds its timings
+            self.add(phase, seconds)
+
+
+class StepProgress:
+    """Counts take-steps (a batch of B takes at step s has done B * s) over the whole run."""
 
     def __init__(self, total: int, on_progress: Callable[[int, int], None] | None):
         self.total, self.done, self.on_progress = total, 0, on_progress
 
-    def track(self):
+    def batch(self, takes: int):
         start = self.done
 
         def on_progress(phase, step, _total):
             if phase != "sampling":
                 return
-            self.done = start + step
+            self.done = start + takes * step
             if self.on_progress is not None:
                 self.on_progress(self.done, self.total)
         return on_progress
 
 
-def _track_figures(embedding, tracks: Sequence[np.ndarray], sample_rate: int, captions: Sequence[str],
-                   stems: np.ndarray) -> dict:
-    """Per-scene figures of one method: tracks (k, S) vs the k requested ground-truth stems."""
-    waves = [to_eval_rate(t, sample_rate) for t in tracks]
-    audio = embedding.embed_audio(waves, SAMPLE_RATE)
+def generate_batch(run: SceneRun, settings: list[TrackSettings], conditions: list, clock: PhaseClock,
+                   progress: StepProgress) -> list[Track]:
+    """One batch of takes through the scene's session, its time and steps counted."""
+    tracks = run.session.generate_takes(settings, conditions, on_progress=progress.batch(len(settings)))
+    clock.add_takes(tracks)
+    return tracks
+
+
+def _row_tracks(run: SceneRun, row: Row, first: list[Track], alpha, steps, clock, progress) -> list[list[Track]]:
+    """Tracks 1..k of every take of one row: (takes, k). Rows that hear their own earlier tracks
+    go track by track (the K takes of a track in one batch); the others make all their tracks
+    in one batch."""
+    takes = len(first)
+    sequences = [[track] for track in first]
+    later = range(1, run.k)
+    if row.hears == "generated":
+        for j in later:
+            conditions = [conditioning_mix([t.samples for t in seq], run.sample_rate, run.session.length)
+                          for seq in sequences]
+            made = generate_batch(run, [run.settings(j, t, row.method, alpha, row.beta, steps) for t in range(takes)],
+                                  conditions, clock, progress)
+            for seq, track in zip(sequences, made):
+                seq.append(track)
+        return sequences
+    pairs = [(j, t) for j in later for t in range(takes)]
+    truth = {j: run.truth_mix(j) for j in later} if row.hears == "truth" else {}
+    made = generate_batch(run, [run.settings(j, t, row.method, alpha, row.beta, steps) for j, t in pairs],
+                          [truth.get(j) for j, _ in pairs], clock, progress)
+    for (j, t), track in zip(pairs, made):
+        sequences[t].append(track)
+    return sequences
+
+
+def sequence_figures(tracks: Sequence[Track], embeddings: np.ndarray, probabilities: np.ndarray,
+                      kind_columns: Sequence[int], stems_eval: np.ndarray, sample_rate: int) -> dict:
+    """Figures of one take's tracks 1..k: {"track1": {...}, "later": {figure: [per track 2..k]},
+    "scene": {...}}. embeddings (k, D), probabilities (k, n_kinds), stems_eval (k, S) at 16 kHz."""
+    waves = [to_eval_rate(t.samples, sample_rate) for t in tracks]
+
+    def levels(j: int) -> dict:  # what finish_stem recorded, under the figures' names
+        meta = tracks[j].metadata
+        return {"lufs": meta["decoded_lufs"], **{name: meta[name] for name in (
+            "decoded_peak_dbfs", "pre_limiter_clipped_fraction", "silence_fraction")}}
+
+    later: dict[str, list] = {name: [] for name in TRACK_FIGURES}
+    for j in range(1, len(tracks)):
+        figures = {"separability": metrics.similarity_to_earlier(embeddings, j),
+                   "text_fidelity": float(probabilities[j, kind_columns[j]]),
+                   "leakage": metrics.presence_leakage(probabilities[j], kind_columns[:j]),
+                   "temporal_alignment": metrics.temporal_alignment(waves[j], stems_eval[j]), **levels(j)}
+        for name, value in figures.items():
+            later[name].append(value)
+    track1 = {"text_fidelity": float(probabilities[0, kind_columns[0]]), **levels(0)}
     composite = mixing.mix_tracks([(w[None], SAMPLE_RATE) for w in waves], SAMPLE_RATE, len(waves[0]),
                                   target_lufs=metrics.COMPOSITE_LUFS)[0]
-    return {
-        "separability": [metrics.separability(audio)],
-        "text_fidelity": list(metrics.text_similarities(audio, embedding.embed_text(captions))),
-        "leakage": [metrics.leakage(w, stems[:j]) for j, w in enumerate(waves) if j > 0],
-        "temporal_alignment": [metrics.temporal_alignment(w, stems[j]) for j, w in enumerate(waves)],
-        "composite_distance": [metrics.composite_distance(composite, stems.sum(0))],
-        "_composite": composite,
-    }
+    return {"track1": track1, "later": later,
+            "scene": {"composite_distance": metrics.composite_distance(composite, stems_eval.sum(0))}}
 
 
-def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, steps: int = 25, alpha: float = 4.5,
-             beta: float = 1.5, on_progress: Callable[[int, int], None] | None = None,
-             embedding=None, methods: Sequence[str] = METHODS, duration: float = SCENE_SECONDS,
-             work_dir: str | Path | None = None) -> dict:
-    """Run the protocol on `scenes` scenes and return the report (JSON-ready dict):
-    `config`, `embedding`, `methods` (figure -> {mean, std, n} per method, plus composite_fd
-    when there are at least FD_MIN_SCENES scenes), `reference` (the same figures for the
-    ground-truth stems themselves: the floor/ceiling each figure can reach), and `notes`.
-    `embedding`: a loaded evaluation embedding (default: the shipped one, else trained once
-    into the cache). `on_progress(done, total)` counts sampling steps over the whole run."""
-    methods = tuple(methods)
-    _validate(scenes, seed, k, steps, alpha, beta, methods)
+def _score_scene(run: SceneRun, sequences: dict[str, list[list[Track]]], embedding, presence) -> dict:
+    """Per-scene means over takes (and tracks 2..k): {name: {figure: value, "_track1": {figure:
+    value}}} for every row and "ground_truth"."""
+    flat = [track for takes in sequences.values() for seq in takes for track in seq]
+    samples = [t.samples for t in flat]
+    embeddings = embedding.embed_audio(samples, run.sample_rate)
+    probabilities = presence.probabilities(samples, run.sample_rate)
+    columns = [presence.kind_index(kind) for kind in run.kinds]
+    stems_eval = np.stack([to_eval_rate(s, run.sample_rate) for s in run.stems])
+    out, position = {}, 0
+    for name, takes in sequences.items():
+        figures = []
+        for seq in takes:
+            rows = slice(position, position + len(seq))
+            figures.append(sequence_figures(seq, embeddings[rows], probabilities[rows], columns, stems_eval,
+                                             run.sample_rate))
+            position += len(seq)
+        out[name] = {figure: stats.finite_mean([v for f in figures for v in f["later"][figure]])
+                     for figure in TRACK_FIGURES}
+        out[name].update({figure: stats.finite_mean([f["scene"][figure] for f in figures])
+                          for figure in SCENE_FIGURES})
+        out[name]["_track1"] = {figure: stats.finite_mean([f["track1"][figure] for f in figures])
+                                for figure in TRACK1_FIGURES}
+    return out
+
+
+def _summaries(per_scene: dict[str, list]) -> dict:
+    return {figure: metrics.summarize(values) for figure, values in per_scene.items()}
+
+
+def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int = DEFAULT_TAKES,
+             steps: int | None = None, alpha: float | None = None, rows: Sequence[Row] = MAIN_ROWS,
+             embedding=None, presence=None, on_progress: Callable[[int, int], None] | None = None,
+             duration: float = SCENE_SECONDS, work_dir: str | Path | None = None) -> dict:
+    """Run the protocol on `scenes` scenes with `takes` seeds each and return the report
+    (JSON-ready; README "Evaluation" documents it): `config`, `classifier`, `embedding`,
+    `track1`, `methods` (row -> figure -> {mean, std, n} over scenes), `reference`
+    (ground_truth_stems: the same figures for the true stems; ground_truth_track1),
+    `comparisons` ("<a>_vs_<b>" -> figure -> {mean_diff, ci95, n}) for every pair of rows,
+    `per_scene`, `definitions`, `timings`, `notes`. α, β and steps default to the model's own
+    (its capabilities). `embedding` / `presence`: loaded evaluation networks (default: the
+    shipped ones). `on_progress(done, total)` counts take-steps over the whole run."""
+    rows = tuple(rows)
+    _validate(scenes, seed, k, takes, steps, alpha, rows)
     notes = []
-    if "nag" in methods and not model.supports_nag:
-        methods = tuple(m for m in methods if m != "nag")
-        notes.append(f"model '{model.model_id}' has no NAG ControlNet: method 'nag' was skipped")
-    if embedding is None:
-        from stepfoley.engine.evaluation.embedding import default_audio_embedding
-
-        embedding = default_audio_embedding(text_encoder=model.text_encoder)
-
+    if not model.supports_nag:
+        skipped = [r.name for r in rows if GUIDANCE_METHODS[r.method].needs_controlnet]
+        rows = tuple(r for r in rows if r.name not in skipped)
+        if skipped:
+            notes.append(f"model '{model.model_id}' has no NAG ControlNet: rows {skipped} were skipped")
+        if not rows:
+            raise InvalidInputError(f"The model '{model.model_id}' has no NAG ControlNet, so none of these rows runs.")
+    embedding = default_embedding(model) if embedding is None else embedding
+    presence = default_presence() if presence is None else presence
+    defaults = model.defaults
+    alpha = defaults.alpha if alpha is None else float(alpha)
+    steps = defaults.steps if steps is None else steps
+    if alpha <= 1.0 and any(GUIDANCE_METHODS[r.method].negative_from_previous for r in rows):
+        notes.append(f"at α = {alpha:g} CFG is the conditional flow alone: a negative prompt, which acts through "
+                     "the unconditional branch (weight 1 − α), has no effect, so negative_prompt equals independent")
     seeds = [scene_seed(seed, i) for i in range(scenes)]
-    sources = [len(make_scene(s, duration=duration).kinds) for s in seeds]
+    clock = PhaseClock()
     windows = len(plan_windows(duration, model.max_duration))
-    progress = _Progress(sum(1 + len(methods) * (min(k, n) - 1) for n in sources) * steps * windows, on_progress)
-    figures = {m: {name: [] for name in TRACK_FIGURES} for m in methods}
-    figures["ground_truth"] = {name: [] for name in TRACK_FIGURES}
-    composites = {m: [] for m in methods}
-    references = []
-    cache = _feature_cache()
+    progress = StepProgress(sum(takes * (1 + len(rows) * (n - 1)) for n in tracks_per_scene(seeds, k, duration))
+                            * steps * windows, on_progress)
+    per_scene = {name: {} for name in [r.name for r in rows] + ["ground_truth", "track1", "ground_truth_track1"]}
+
+    def record(name: str, figures: dict) -> None:
+        for figure, value in figures.items():
+            per_scene[name].setdefault(figure, []).append(value)
 
     with tempfile.TemporaryDirectory(prefix="stepfoley-eval-", dir=work_dir) as temp:
         for index, s in enumerate(seeds):
-            scene = make_scene(s, duration=duration)
-            video = write_scene(scene, Path(temp) / f"scene_{index:04d}", mux_audio=False)["video"]
-            region = Region(video, 0.0, scene.duration)
-            k_scene = min(k, len(scene.kinds))
-            captions = choose_captions(scene, k_scene)
-            stems = np.stack([to_eval_rate(stem, scene.sample_rate) for stem in scene.stems[:k_scene]])
+            t0 = time.perf_counter()
+            run = SceneRun(model, s, k, Path(temp) / f"scene_{index:04d}", duration)
+            clock.add("scenes", time.perf_counter() - t0)
+            first = generate_batch(run, [run.settings(0, t, "independent", alpha, 0.0, steps) for t in range(takes)],
+                                   [None] * takes, clock, progress)
+            sequences = {row.name: _row_tracks(run, row, first, alpha, steps, clock, progress) for row in rows}
+            t0 = time.perf_counter()
+            sequences["ground_truth"] = [run.truth_tracks()]
+            scored = _score_scene(run, sequences, embedding, presence)
+            clock.add("scoring", time.perf_counter() - t0)
+            for name in [r.name for r in rows] + ["ground_truth"]:
+                record(name, {f: v for f, v in scored[name].items() if f != "_track1"})
+            record("track1", scored[rows[0].name]["_track1"])
+            record("ground_truth_track1", scored["ground_truth"]["_track1"])
 
-            first_session = StepSession(model, region, cache)
-            first = first_session.next_track(
-                TrackSettings(captions[0], method="independent", alpha=alpha, beta=0.0,
-                              seed=track_seed(s, 0), steps=steps), on_progress=progress.track())
-            for method in methods:
-                session = StepSession(model, region, cache)
-                session.add_track(first.samples, first.sample_rate, [captions[0]])
-                for j in range(1, k_scene):
-                    session.next_track(
-                        TrackSettings(captions[j], method=method, alpha=alpha,
-                                      beta=beta if method == "nag" else 0.0, seed=track_seed(s, j), steps=steps),
-                        on_progress=progress.track())
-                scene_figures = _track_figures(embedding, [t.samples for t in session.tracks],
-                                               model.sample_rate, captions, stems)
-                composites[method].append(scene_figures.pop("_composite"))
-                for name, values in scene_figures.items():
-                    figures[method][name].extend(values)
-            truth = _track_figures(embedding, list(stems), SAMPLE_RATE, captions, stems)
-            references.append(truth.pop("_composite"))
-            for name, values in truth.items():
-                figures["ground_truth"][name].extend(values)
-
-    report_methods = {m: {name: metrics.summarize(figures[m][name]) for name in TRACK_FIGURES} for m in methods}
-    if scenes >= FD_MIN_SCENES:
-        reference_embeddings = embedding.embed_audio(references, SAMPLE_RATE)
-        for m in methods:
-            report_methods[m]["composite_fd"] = metrics.frechet_distance(
-                embedding.embed_audio(composites[m], SAMPLE_RATE), reference_embeddings)
-    else:
-        notes.append(f"composite_fd needs at least {FD_MIN_SCENES} scenes; not computed")
-    report_reference = {name: metrics.summarize(figures["ground_truth"][name])
-                        for name in ("separability", "text_fidelity", "leakage")}
+    t0 = time.perf_counter()
+    names = [r.name for r in rows]
+    comparisons = {f"{a}_vs_{b}": {figure: stats.paired_bootstrap(per_scene[a][figure], per_scene[b][figure])
+                                   for figure in TRACK_FIGURES + SCENE_FIGURES}
+                   for b, a in itertools.combinations(names, 2)}
+    clock.add("statistics", time.perf_counter() - t0)
     return {
         "config": {
-            "model": model.model_id, "steps": steps, "alpha": alpha, "beta": beta, "scenes": scenes,
-            "seed": seed, "tracks": k, "duration_s": duration, "methods": list(methods),
+            "model": model.model_id, "steps": steps, "alpha": alpha, "beta_default": defaults.beta,
+            "scenes": scenes, "seed": seed, "takes": takes, "tracks": k, "duration_s": duration,
+            "rows": {r.name: {"method": r.method, "hears": r.hears,
+                              "beta": (defaults.beta if r.beta is None else r.beta)
+                              if "beta" in GUIDANCE_METHODS[r.method].params else None} for r in rows},
             "scene_seeds": seeds, "first_track_shared": True, "sample_rate": model.sample_rate,
+            "stem_lufs": mixing.STEM_LUFS, "threads": torch.get_num_threads(),
+            "bootstrap": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED,
+                          "confidence": stats.CONFIDENCE, "unit": "scene"},
         },
+        "classifier": presence.description(),
         "embedding": embedding.description(),
-        "methods": report_methods,
-        "reference": {"ground_truth_stems": report_reference},
+        "track1": _summaries(per_scene["track1"]),
+        "methods": {name: _summaries(per_scene[name]) for name in names},
+        "reference": {"ground_truth_stems": _summaries(per_scene["ground_truth"]),
+                      "ground_truth_track1": _summaries(per_scene["ground_truth_track1"])},
+        "comparisons": comparisons,
+        "per_scene": per_scene,
+        "definitions": DEFINITIONS,
+        "timings": {phase: round(seconds, 2) for phase, seconds in clock.seconds.items()},
         "notes": notes,
     }
+
+
+def tracks_per_scene(seeds: Sequence[int], k: int, duration: float = SCENE_SECONDS) -> list[int]:
+    """How many tracks each scene gets: k, or fewer when it has fewer sources."""
+    return [min(k, len(make_scene(s, duration=duration).kinds)) for s in seeds]
+
+
+def default_embedding(model: FoleyModel):
+    """The shipped evaluation embedding (trained once into the cache if absent)."""
+    from stepfoley.engine.evaluation.embedding import default_audio_embedding
+
+    return default_audio_embedding(text_encoder=model.text_encoder)
+
+
+def default_presence():
+    """The shipped source-presence classifier (trained once into the cache if absent)."""
+    from stepfoley.engine.evaluation.presence import default_source_presence
+
+    return default_source_presence()

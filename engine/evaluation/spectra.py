@@ -59,6 +59,15 @@ def mel_power_torch(waves: torch.Tensor) -> torch.Tensor:
     return torch.einsum("mf,bft->bmt", _mel_matrix().to(waves.device), power)
 
 
+def normalized_log_mel(mel_power: torch.Tensor) -> torch.Tensor:
+    """(B, M, T) mel power -> (B, 1, M, T) log-mel (bels) with each clip's mean removed: what the
+    evaluation's networks see, the same at any gain."""
+    # mel_power: (B, M, T)
+    log_mel = torch.log10(mel_power.clamp_min(10.0 ** (FLOOR_DB / 10.0))) * 0.5
+    log_mel = log_mel - log_mel.mean(dim=(1, 2), keepdim=True)
+    return log_mel[:, None]
+
+
 def mel_power(samples: np.ndarray) -> np.ndarray:
     """Mono (S,) at 16 kHz -> mel power (N_MELS, frames) float64."""
     samples = np.asarray(samples, np.float32)

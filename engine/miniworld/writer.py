@@ -1,7 +1,11 @@
 """Saving a scene: an mp4 (H.264, or MPEG-4 Part 2 where the PyAV build lacks an H.264
 encoder, with the mixture as an AAC track when asked), one WAV per stem, the mixture WAV and a
 JSON with captions and the event timeline. Each file is written under a temporary name and
-renamed into place; existing files are never overwritten unless the caller says so."""
+renamed into place; existing files are never overwritten unless the caller says so.
+
+x264 writes lossless H.264 (qp 0): the picture decodes to exactly the frames drawn (after the
+yuv420p conversion) on every run. Lossy x264 is not bit-reproducible here: the same frames gave
+different pictures from one run to the next, so figures measured on them would drift."""
 
 import json
 import os
@@ -27,6 +31,10 @@ def _video_codec() -> str:
             except Exception:       # listed but no encoder in this build
                 continue
     raise InvalidInputError("This PyAV build has neither an H.264 nor an MPEG-4 encoder; reinstall `av`.")
+
+
+# Per encoder: what makes its output the same on every run.
+_REPRODUCIBLE_OPTIONS = {"libx264": {"qp": "0"}}
 
 
 def _atomic_target(path: Path, overwrite: bool) -> Path:
@@ -57,7 +65,8 @@ def encode_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | Non
     """frames (T, H, W, 3) uint8 with even H and W; audio (S,) float32 or None."""
     import av
     with av.open(str(path), mode="w", format="mp4") as container:
-        video = container.add_stream(_video_codec(), rate=fps)
+        codec = _video_codec()
+        video = container.add_stream(codec, rate=fps, options=_REPRODUCIBLE_OPTIONS.get(codec, {}))
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
         video.time_base = Fraction(1, fps)

@@ -54,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {path.name}")
     t = result.timings
     print(f"time: load {load_s:.1f} s, video features {t['video_features']:.1f} s, sampling "
-          f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, demo total {t['total']:.1f} s")
+          f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, finishing {t['finishing']:.1f} s, "
+          f"demo total {t['total']:.1f} s")
     return 0

@@ -1,61 +1,133 @@
-"""`stepfoley eval`: compare NAG with the baselines on mini-world scenes (the paper's Tables 1
-and 2, in miniature) and write the figures as JSON."""
+"""`stepfoley eval`: NAG against its baselines and controls on mini-world scenes (the paper's
+Tables 2 and A2, in miniature), with paired bootstrap intervals over scenes, written as JSON.
+
+    stepfoley eval --scenes 48 --seed 0 --takes 2 --json eval.json      the main table
+    stepfoley eval --beta-sweep --scenes 24 --json sweep.json           NAG at several β
+    stepfoley eval --choose-alpha --json alpha.json [--write]           α from plain CFG, development scenes
+"""
 
 from __future__ import annotations
 
 import argparse
 
-FIGURES = (  # (key, column title, which way is better)
-    ("separability", "A-A sim", "lower"),
-    ("text_fidelity", "T-A sim", "higher"),
-    ("leakage", "leakage", "lower"),
-    ("temporal_alignment", "timing", "higher"),
-    ("composite_distance", "mix dB", "lower"),
-    ("composite_fd", "mix FD", "lower"),
+FIGURES = (  # (key, column title, which way is better, scale for printing)
+    ("separability", "A-A sim", "lower", 1.0),
+    ("text_fidelity", "text fid.", "higher", 1.0),
+    ("leakage", "leakage", "lower", 1.0),
+    ("temporal_alignment", "timing", "higher", 1.0),
+    ("lufs", "LUFS dec.", None, 1.0),
+    ("pre_limiter_clipped_fraction", "clipped %", "lower", 100.0),
+    ("silence_fraction", "silence", None, 1.0),
+    ("composite_distance", "mix dB", "lower", 1.0),
 )
+COMPARED = ("separability", "text_fidelity", "leakage", "pre_limiter_clipped_fraction")
+ALPHA_FIGURES = ("text_fidelity", "pre_limiter_clipped_fraction", "lufs", "decoded_peak_dbfs", "silence_fraction")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenes", type=int, default=20, help="number of mini-world scenes (default 20)")
+    p.add_argument("--scenes", type=int, default=None,
+                   help="mini-world scenes (default 48; 12 with --choose-alpha)")
     p.add_argument("--seed", type=int, default=0, help="picks the scenes: 10000000 + seed*1000 + i")
-    p.add_argument("--json", metavar="PATH", help="where to write the figures (JSON); required to evaluate")
+    p.add_argument("--takes", type=int, default=2, help="seeds per scene (default 2), sampled in one batch")
+    p.add_argument("--json", metavar="PATH", help="where to write the figures (JSON); required")
     p.add_argument("--force", action="store_true", help="replace PATH if it already exists")
     p.add_argument("--tracks", type=int, default=3, help="tracks per scene, step by step (at most its sources)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps per track")
-    p.add_argument("--alpha", type=float, default=4.5, help="text/video guidance strength (CFG)")
-    p.add_argument("--beta", type=float, default=1.5, help="negative audio guidance strength (NAG)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per track (default: the model's)")
+    p.add_argument("--alpha", type=float, default=None, help="CFG strength α (default: the model's)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="NAG strength β of nag and text_boost (default: the model's)")
+    p.add_argument("--beta-sweep", nargs="?", const="0,0.5,1,1.5,2,3", default=None, metavar="B1,B2,...",
+                   help="instead of the main rows, NAG at each β (default 0,0.5,1,1.5,2,3; 0 = independent)")
+    p.add_argument("--choose-alpha", action="store_true",
+                   help="choose α from plain CFG on development scenes (text fidelity against overload)")
+    p.add_argument("--alphas", default=None, metavar="A1,A2,...",
+                   help="the α grid of --choose-alpha (default 1,1.5,2,2.5,3,3.5,4.5)")
+    p.add_argument("--write", action="store_true",
+                   help="with --choose-alpha: record the chosen α as the embedded model's default in its weights file")
+    p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (for the README)")
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="a directory of official MMAudio weights (default: the embedded mini-world model)")
+    p.add_argument("--embedded-weights", default=None, metavar="FILE",
+                   help="the embedded model's weights file (default: the packaged one), e.g. freshly retrained")
     p.add_argument("--model", default=None, help="model variant ('tiny-random' = random weights, for tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: every core but one; on a shared CPU one thread per free core "
+                        "is far faster than more); recorded in the report")
     p.add_argument("--embedding", default=None, metavar="FILE",
                    help="evaluation embedding (default: the shipped one, else one trained once into the cache)")
+    p.add_argument("--classifier", default=None, metavar="FILE",
+                   help="source-presence classifier (default: the shipped one, else one trained once into the cache)")
     p.add_argument("--train-embedding", default=None, metavar="FILE",
                    help="only train the evaluation embedding (seed --seed, CPU, a few minutes) into FILE and exit")
+    p.add_argument("--train-classifier", default=None, metavar="FILE",
+                   help="only train the source-presence classifier (seed --seed, CPU, a few minutes) into FILE "
+                        "and exit")
 
 
-def format_table(report: dict) -> str:
-    """The per-method figures as aligned text: mean ± std, one row per method."""
-    methods = report["methods"]
-    rows = list(methods.items()) + [("ground truth", report["reference"]["ground_truth_stems"])]
-    columns = [(key, title, better) for key, title, better in FIGURES
-               if any(key in figures for _, figures in rows)]
-    header = ["method"] + [f"{title} ({'↓' if better == 'lower' else '↑'})" for _, title, better in columns]
-    lines = [header]
-    for name, figures in rows:
-        cells = [name]
-        for key, _, _ in columns:
-            value = figures.get(key)
-            if isinstance(value, dict) and value.get("mean") is not None:
-                cells.append(f"{value['mean']:.3f} ± {value['std']:.3f}")
-            elif isinstance(value, (int, float)):
-                cells.append(f"{value:.3f}")
-            else:
-                cells.append("-")
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+def _cell(value: dict | None, scale: float = 1.0) -> str:
+    if not isinstance(value, dict) or value.get("mean") is None:
+        return "-"
+    return f"{scale * value['mean']:.3f}"
+
+
+def _interval(comparison: dict, scale: float = 1.0, markdown: bool = False) -> str:
+    from stepfoley.engine.evaluation.stats import excludes_zero
+
+    if comparison["mean_diff"] is None:
+        return "-"
+    low, high = (scale * v for v in comparison["ci95"])
+    mark = ("**" if markdown else "*") if excludes_zero(comparison) else ""
+    text = f"{scale * comparison['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return f"{mark}{text}{mark}" if markdown else f"{text}{mark}"
+
+
+def _grid(header: list[str], lines: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        rows = [header, ["---"] * len(header)] + lines
+        return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header] + lines]
     return "\n".join([text[0], "  ".join("-" * w for w in widths)] + text[1:])
+
+
+def format_tables(report: dict, markdown: bool = False) -> str:
+    """The rows' figures (means over scenes) and every comparison with its 95 % interval; an
+    interval that excludes 0 is starred (bold in Markdown)."""
+    rows = list(report["methods"].items()) + [("ground truth", report["reference"]["ground_truth_stems"])]
+    columns = [c for c in FIGURES if any(c[0] in figures for _, figures in rows)]
+    arrows = {"lower": " ↓", "higher": " ↑", None: ""}
+    header = ["row"] + [title + arrows[better] for _, title, better, _ in columns]
+    lines = [[name] + [_cell(figures.get(key), scale) for key, _, _, scale in columns] for name, figures in rows]
+    track1 = report["track1"]
+    truth1 = report["reference"]["ground_truth_track1"]
+    parts = [_grid(header, lines, markdown), "",
+             f"track 1 (shared): text fidelity {_cell(track1['text_fidelity'])} (true stem "
+             f"{_cell(truth1['text_fidelity'])}), LUFS as decoded {_cell(track1['lufs'])}, clipped "
+             f"{_cell(track1['pre_limiter_clipped_fraction'], 100)} %", ""]
+    titles = {key: title for key, title, _, _ in FIGURES}
+    scales = {key: scale for key, _, _, scale in FIGURES}
+    header = ["difference (a − b), mean [95 % CI]"] + [titles[key] for key in COMPARED]
+    lines = [[name] + [_interval(figures[key], scales[key], markdown) for key in COMPARED]
+             for name, figures in report["comparisons"].items()]
+    parts.append(_grid(header, lines, markdown))
+    return "\n".join(parts)
+
+
+def format_alpha_table(report: dict, markdown: bool = False) -> str:
+    header = ["α", "text fid. ↑", "clipped % ↓", "LUFS dec.", "peak dBFS dec.", "silence"]
+    lines = []
+    for alpha, figures in report["alphas"].items():
+        mark = " (chosen)" if float(alpha) == report["chosen"] else ""
+        lines.append([alpha + mark] + [_cell(figures[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
+                                       for f in ALPHA_FIGURES])
+    return _grid(header, lines, markdown) + f"\nchosen α = {report['chosen']:g}: {report['rule']}"
+
+
+def format_timings(report: dict) -> str:
+    timings = report["timings"]
+    split = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in timings.items())
+    return f"time: {sum(timings.values()):.0f} s with {report['config']['threads']} thread(s) ({split})"
 
 
 def write_json_atomic(path, report: dict, force: bool) -> None:
@@ -98,91 +170,209 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
         raise
 
 
+def _numbers(text: str, option: str) -> list[float]:
+    from stepfoley.engine.errors import InvalidInputError
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InvalidInputError(f"{option} takes numbers separated by commas, e.g. 0,1,1.5; got {text!r}.")
+    return values
+
+
+def _load_model(args: argparse.Namespace):
+    from stepfoley.engine.devices import choose_device
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.loading import load_foley_model
+
+    device = choose_device(args.device)
+    if args.embedded_weights:
+        if args.weights or args.model:
+            raise InvalidInputError("--embedded-weights is the embedded model's file; it goes without --weights "
+                                    "and --model.")
+        from stepfoley.engine.embedded.model import build_embedded_model
+
+        return build_embedded_model(device=device, weights_path=args.embedded_weights)
+    return load_foley_model(weights_dir=args.weights, variant=args.model, device=device)
+
+
+class _Bar:
+    """A tqdm bar made on first use (nothing is printed for work that never starts)."""
+
+    def __init__(self, description: str):
+        self.description, self.bar = description, None
+
+    def __call__(self, done: int, total: int) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.description, unit="step", file=sys.stderr)
+        self.bar.total, self.bar.n = total, done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _networks(args: argparse.Namespace, model):
+    """The evaluation embedding and the source-presence classifier: given files, else the shipped
+    ones (trained once into the cache if absent)."""
+    import sys
+
+    from stepfoley.engine.evaluation.embedding import default_audio_embedding, load_audio_embedding
+    from stepfoley.engine.evaluation.presence import default_source_presence, load_source_presence
+
+    def note(message: str) -> None:
+        print(f"note: {message}", file=sys.stderr)
+
+    bars = [_Bar("training the evaluation embedding"), _Bar("training the source-presence classifier")]
+    try:
+        embedding = (load_audio_embedding(args.embedding, model.text_encoder) if args.embedding else
+                     default_audio_embedding(model.text_encoder, on_message=note, on_progress=bars[0]))
+        presence = (load_source_presence(args.classifier) if args.classifier else
+                    default_source_presence(on_message=note, on_progress=bars[1]))
+    finally:
+        for bar in bars:
+            bar.close()
+    return embedding, presence
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from tqdm import tqdm
+    from stepfoley.engine.devices import share_cpu
+    from stepfoley.engine.errors import InvalidInputError, StepFoleyError
 
-    from stepfoley.engine.errors import StepFoleyError
-
-    if args.train_embedding:
-        return _train_embedding(args)
+    try:
+        share_cpu(args.threads)
+    except StepFoleyError as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
+        return 2
+    if args.train_embedding or args.train_classifier:
+        return _train(args)
     if not args.json:
         print("stepfoley: say where to write the figures with --json PATH (e.g. --json eval.json).",
               file=sys.stderr)
         return 2
+    bar = _Bar("choosing α" if args.choose_alpha else "evaluating")
     try:
-        from stepfoley.engine.devices import choose_device
-        from stepfoley.engine.evaluation.embedding import default_audio_embedding, load_audio_embedding
-        from stepfoley.engine.evaluation.runner import evaluate
-        from stepfoley.engine.loading import load_foley_model
-
         if os.path.exists(args.json) and not args.force:  # fail before minutes of work, not after
             write_json_atomic(args.json, {}, force=False)
-        model = load_foley_model(weights_dir=args.weights, variant=args.model, device=choose_device(args.device))
+        if args.write and not args.choose_alpha:
+            raise InvalidInputError("--write goes with --choose-alpha.")
+        if args.write and (args.weights or args.model):
+            raise InvalidInputError("--write records α in the embedded model's weights file; it goes without "
+                                    "--weights and --model.")
+        model = _load_model(args)
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
-        if args.embedding:
-            embedding = load_audio_embedding(args.embedding, model.text_encoder)
-        else:
-            training_bar = []  # made on the first training step: usually the embedding is loaded, not trained
-
-            def training_progress(done, total):
-                if not training_bar:
-                    training_bar.append(tqdm(total=total, desc="training the evaluation embedding", unit="step",
-                                             file=sys.stderr))
-                training_bar[0].n = done
-                training_bar[0].refresh()
-            try:
-                embedding = default_audio_embedding(
-                    model.text_encoder, on_message=lambda m: print(f"note: {m}", file=sys.stderr),
-                    on_progress=training_progress)
-            finally:
-                for bar in training_bar:
-                    bar.close()
-        with tqdm(desc="evaluating", unit="step", file=sys.stderr) as bar:
-            def progress(done, total):
-                bar.total, bar.n = total, done
-                bar.refresh()
-            report = evaluate(model, args.scenes, args.seed, k=args.tracks, steps=args.steps, alpha=args.alpha,
-                              beta=args.beta, on_progress=progress, embedding=embedding)
+        embedding, presence = _networks(args, model)
+        try:
+            if args.choose_alpha:
+                report = _choose_alpha(args, model, presence, bar)
+            else:
+                report = _evaluate(args, model, embedding, presence, bar)
+        finally:
+            bar.close()
         write_json_atomic(args.json, report, args.force)
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
     config = report["config"]
-    print(f"model {config['model']}, {config['scenes']} scene(s), {config['tracks']} tracks, "
-          f"{config['steps']} steps, alpha {config['alpha']}, beta {config['beta']}")
-    print(format_table(report))
-    for note in report["notes"]:
+    validation = report["classifier"]["validation"]
+    print(f"model {config['model']}, {config['scenes']} scene(s) x {config['takes']} take(s), "
+          f"{config['tracks']} tracks, {config['steps']} steps"
+          + (f", alpha {config['alpha']:g}" if "alpha" in config else ""))
+    print(f"source-presence classifier: validation label accuracy {validation['label_accuracy']:.3f}, "
+          f"balanced {validation['balanced_accuracy']:.3f}")
+    if args.choose_alpha:
+        print(format_alpha_table(report, args.markdown))
+    else:
+        print(format_tables(report))
+        if args.markdown:
+            print("\n" + format_tables(report, markdown=True))
+    for note in report.get("notes", []):
         print(f"note: {note}")
+    print(format_timings(report))
     print(f"wrote {args.json}")
     return 0
 
 
-def _train_embedding(args: argparse.Namespace) -> int:
+def _evaluate(args, model, embedding, presence, bar) -> dict:
+    from dataclasses import replace
+
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.evaluation.runner import MAIN_ROWS, beta_sweep_rows, evaluate
+
+    if args.beta_sweep is not None:
+        if args.beta is not None:
+            raise InvalidInputError("--beta-sweep sets β itself; leave --beta out.")
+        rows = beta_sweep_rows(_numbers(args.beta_sweep, "--beta-sweep"))
+    else:
+        rows = tuple(replace(r, beta=args.beta) if r.beta is None else r for r in MAIN_ROWS)
+    return evaluate(model, 48 if args.scenes is None else args.scenes, args.seed, k=args.tracks, takes=args.takes,
+                    steps=args.steps, alpha=args.alpha, rows=rows, embedding=embedding, presence=presence,
+                    on_progress=bar)
+
+
+def _choose_alpha(args, model, presence, bar) -> dict:
+    from dataclasses import replace
+
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
+
+    if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
+        raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
+                                "--beta and --beta-sweep out.")
+    alphas = _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
+    report = choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
+                          k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
+    if args.write:
+        from stepfoley.engine.embedded.model import WEIGHTS_PATH, write_guidance_defaults
+
+        path = args.embedded_weights or WEIGHTS_PATH
+        defaults = replace(model.defaults, alpha=report["chosen"])
+        provenance = {"command": "stepfoley eval --choose-alpha", "rule": report["rule"],
+                      "config": report["config"], "alphas": {a: {f: s[f]["mean"] for f in ALPHA_FIGURES}
+                                                             for a, s in report["alphas"].items()}}
+        write_guidance_defaults(path, defaults, provenance)
+        report["written"] = {"path": str(path), "guidance_defaults": vars(defaults)}
+        print(f"recorded alpha {report['chosen']:g} as the default of {path}")
+    return report
+
+
+def _train(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from tqdm import tqdm
-
     from stepfoley.engine.errors import StepFoleyError
-    from stepfoley.engine.evaluation.embedding import train_audio_embedding
 
-    if os.path.exists(args.train_embedding) and not args.force:
-        print(f"stepfoley: {args.train_embedding} already exists; choose another file or add --force.",
-              file=sys.stderr)
+    path = args.train_embedding or args.train_classifier
+    if args.train_embedding and args.train_classifier:
+        print("stepfoley: train one network at a time (--train-embedding or --train-classifier).", file=sys.stderr)
+        return 2
+    if os.path.exists(path) and not args.force:
+        print(f"stepfoley: {path} already exists; choose another file or add --force.", file=sys.stderr)
         return 1
-    with tqdm(desc="training the evaluation embedding", unit="step", file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total, bar.n = total, done
-            bar.refresh()
-        try:
-            report = train_audio_embedding(args.train_embedding, seed=args.seed, minutes=60.0, on_progress=progress)
-        except StepFoleyError as e:
-            print(f"stepfoley: {e}", file=sys.stderr)
-            return 1
-    checks = ", ".join(f"{k} {v:.3f}" for k, v in report["validation"].items())
-    print(f"wrote {args.train_embedding} ({report['steps_done']} steps, seed {args.seed}); held-out clips: {checks}")
+    what = "evaluation embedding" if args.train_embedding else "source-presence classifier"
+    bar = _Bar(f"training the {what}")
+    try:
+        if args.train_embedding:
+            from stepfoley.engine.evaluation.embedding import train_audio_embedding as train
+        else:
+            from stepfoley.engine.evaluation.presence import train_source_presence as train
+        report = train(path, seed=args.seed, minutes=60.0, on_progress=bar)
+    except StepFoleyError as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    checks = ", ".join(f"{k} {v:.3f}" for k, v in report["validation"].items() if isinstance(v, float))
+    print(f"wrote {path} ({report['steps_done']} steps, seed {args.seed}); held-out: {checks}")
     return 0

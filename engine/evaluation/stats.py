@@ -1,0 +1,51 @@
+"""Statistics of the evaluation: per-scene means and paired bootstrap intervals over scenes.
+
+The unit of the evaluation is the scene: its tracks share one picture and one set of captions,
+so they are not independent draws. Every figure is first averaged within a scene (over its
+takes and its tracks 2..k), and intervals come from resampling scenes, never tracks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed: the same figures give the same interval on every run
+CONFIDENCE = 0.95
+
+
+def finite_mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the finite values, or None when there are none."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> dict:
+    """The mean paired difference a − b over scenes and its percentile bootstrap interval:
+    scenes are drawn with replacement `resamples` times, the mean difference of each draw is
+    taken, and the interval runs between the (1 − confidence)/2 and (1 + confidence)/2
+    quantiles of those means. `a[i]` and `b[i]` are the same scene; a scene with no finite
+    value on either side is left out. Returns {"mean_diff", "ci95": [lo, hi], "n": scenes}
+    (None and [None, None] with no scene; one scene gives a zero-width interval)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_bootstrap needs one value per scene on both sides, got {len(a)} and {len(b)}.")
+    differences = np.asarray([float(x) - float(y) for x, y in zip(a, b)
+                              if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)])
+    n = int(differences.size)
+    if n == 0:
+        return {"mean_diff": None, "ci95": [None, None], "n": 0}
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    means = differences[draws].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"mean_diff": float(differences.mean()), "ci95": [float(low), float(high)], "n": n}
+
+
+def excludes_zero(comparison: dict) -> bool:
+    """Whether an interval from `paired_bootstrap` lies entirely on one side of 0."""
+    low, high = comparison["ci95"]
+    return low is not None and (low > 0.0 or high < 0.0)
