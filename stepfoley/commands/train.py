@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
     e.add_argument("--base-steps", type=int, default=None)
     e.add_argument("--controlnet-steps", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--base-lr", type=float, default=None, help="default 4e-4")
+    e.add_argument("--controlnet-lr", type=float, default=None, help="default 1e-3")
+    e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
     e.add_argument("--device", default="auto")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                                  "seed": args.data_seed}))
             recipe = replace(recipe, data=data, **given({
                 "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
+                "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
                 "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers}))
             figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
             if os.environ.get("RANK", "0") == "0":
@@ -90,5 +93,5 @@ def _summary(figures: dict) -> str:
                      f"final loss {f['final_loss']}")
     held = figures["controlnet"]["held_out_loss"]
     lines.append("ControlNet held-out loss: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in held.items()))
-    lines.append(f"total: {figures['total_seconds']:.0f} s ({figures['threads']} threads)")
+    lines.append(f"total: {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     return "\n".join(lines)
