@@ -108,11 +108,11 @@ class AudioControlNet(nn.Module):
 
     @classmethod
     def from_base(cls, base: MMAudio, depth: int = 4) -> "AudioControlNet":
-        """A fresh ControlNet whose blocks start as copies of the base's first fused blocks
-        (ControlNet's "trainable copy"); the zero projections still make it a no-op."""
+        """A fresh ControlNet whose block i starts as a copy of the base's audio-stream block i,
+        the one its residual i feeds (ControlNet's "trainable copy": the audio stream of a joint
+        block, then the fused blocks); the zero projections still make it a no-op."""
         controlnet = cls(ControlNetConfig.for_base(base.config, depth))
-        sources = list(base.fused_blocks)[:depth]
-        for block, source in zip(controlnet.blocks, sources):
+        for block, source in zip(controlnet.blocks, base_audio_blocks(base)):
             block.load_state_dict(source.state_dict())
         return controlnet.to(base.device)
 
@@ -178,6 +178,11 @@ class AudioControlNet(nn.Module):
             h = block(h, token_c, rope)
             residuals.append(residual_proj(h))
         return residuals
+
+
+def base_audio_blocks(base: MMAudio) -> list[SingleStreamBlock]:
+    """The base's audio-stream blocks in order: residual i of a ControlNet is added after block i."""
+    return [joint.latent_block for joint in base.joint_blocks] + list(base.fused_blocks)
 
 
 def _keep_frozen(base: MMAudio) -> None:

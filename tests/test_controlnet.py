@@ -93,9 +93,11 @@ def test_fresh_controlnet_is_an_exact_no_op(base):
     assert torch.equal(u_psi, u_theta)
 
 
-def test_from_base_copies_fused_blocks_and_is_still_a_no_op(base):
+def test_from_base_copies_the_blocks_its_residuals_feed_and_is_still_a_no_op(base):
     controlnet = AudioControlNet.from_base(base, depth=2)
-    for block, source in zip(controlnet.blocks, base.fused_blocks):
+    fed = [base.joint_blocks[0].latent_block, base.joint_blocks[1].latent_block]  # residual i goes after block i
+    assert base.config.depth - base.config.fused_depth >= 2
+    for block, source in zip(controlnet.blocks, fed, strict=True):
         for (k, a), (_, b) in zip(block.state_dict().items(), source.state_dict().items()):
             assert torch.equal(a, b), k
     video_only = video_only_conditions(base, *features(5)[:2])

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.miniworld import CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
+from stepfoley.engine.miniworld import VARIANTS, CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
 
 SPF = 640  # samples per frame: 16 kHz / 25 fps
 
@@ -131,13 +131,14 @@ def test_kinds_are_distinguishable_by_spectrum_and_timing():
         crest = np.log(rms.max() / np.median(rms))          # impulsive vs. sustained
         return np.concatenate([shape, [flatness / 2, crest]])
 
-    kinds = sorted(SOURCE_KINDS)
-    reference = [(k, profile(single_source_clip(s, k).mixture)) for k in kinds for s in range(4)]
-    for kind in kinds:
+    sounds = [(k, v) for k in sorted(SOURCE_KINDS) for v in VARIANTS.get(k, (None,))]
+    reference = [(sound, profile(single_source_clip(s, sound[0], variant=sound[1]).mixture))
+                 for sound in sounds for s in range(4)]
+    for sound in sounds:
         for seed in (7, 8):
-            probe = profile(single_source_clip(seed, kind).mixture)
+            probe = profile(single_source_clip(seed, sound[0], variant=sound[1]).mixture)
             nearest = min(reference, key=lambda r: np.sum((r[1] - probe) ** 2))[0]
-            assert nearest == kind, (kind, seed)
+            assert nearest == sound, (sound, seed)
 
 
 def test_write_scene_round_trips_and_never_overwrites(tmp_path):
@@ -166,3 +167,42 @@ def test_write_scene_round_trips_and_never_overwrites(tmp_path):
     silent = write_scene(scene, tmp_path / "v", mux_audio=False)
     with av.open(str(silent["video"])) as container:
         assert not container.streams.audio
+
+
+def test_offscreen_and_partial_sources_are_heard_only_as_their_traits_say():
+    from stepfoley.engine.miniworld import PLAIN, SceneOptions
+
+    always = SceneOptions(offscreen_prob=0.0, partial_prob=1.0, partial_fraction=(0.4, 0.4))
+    scene = make_scene(11, kinds=("lamp", "rain"), options=always)
+    plain = make_scene(11, kinds=("lamp", "rain"), options=PLAIN)
+    for i, (start, end) in enumerate(scene.active):
+        assert end - start == 80
+        spf = 16000 // 25
+        outside = np.concatenate([scene.stems[i][:start * spf], scene.stems[i][end * spf:]])
+        assert np.abs(outside).max() == 0.0 and np.abs(scene.stems[i][start * spf:end * spf]).max() > 0.01
+        assert all(start <= e.start_frame < end for e in scene.events if e.source == i)
+    # Hidden while inactive: the frames outside both spans equal the plain scene's background.
+    idle = [f for f in range(200) if not any(s <= f < e for s, e in scene.active)]
+    background = make_scene(11, kinds=("lamp", "rain"), options=SceneOptions(offscreen_prob=1.0, partial_prob=0.0))
+    assert background.visible[0] and not background.visible[1]  # a scene always shows something
+    if idle:
+        assert not np.array_equal(scene.frames[idle], plain.frames[idle])
+    offscreen = make_scene(12, kinds=("bell", "walker"), options=SceneOptions(offscreen_prob=1.0, partial_prob=0.0))
+    onscreen = make_scene(12, kinds=("bell", "walker"), options=PLAIN, variants=offscreen.variants)
+    assert offscreen.visible == (True, False)
+    np.testing.assert_array_equal(offscreen.stems, onscreen.stems)  # heard the same
+    x, y, w, h = offscreen.boxes[1]  # its own quarter of the frame: nothing else is drawn there
+    assert np.ptp(offscreen.frames[:, y:y + h, x:x + w].astype(int), axis=0).max() == 0  # still background
+    assert np.ptp(onscreen.frames[:, y:y + h, x:x + w].astype(int), axis=0).max() > 50  # a walking figure
+
+
+def test_variants_change_the_sound_and_the_caption_not_the_picture():
+    from stepfoley.engine.miniworld import PLAIN
+
+    gravel = make_scene(5, kinds=("walker",), options=PLAIN, variants=("gravel",))
+    wood = make_scene(5, kinds=("walker",), options=PLAIN, variants=("wood",))
+    assert np.array_equal(gravel.frames, wood.frames) and gravel.events == wood.events
+    assert not np.allclose(gravel.stems, wood.stems)
+    assert "gravel" in gravel.captions[0][0] and "wood" in wood.captions[0][0]
+    with pytest.raises(InvalidInputError, match="no variant"):
+        make_scene(5, kinds=("walker",), variants=("sand",))

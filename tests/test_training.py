@@ -59,7 +59,7 @@ def test_interpolation_endpoints():
     torch.testing.assert_close(interpolate(x0, x1, torch.tensor([0.0, 1.0]))[:, 0, 0], torch.tensor([0.0, 1.0]))
 
 
-TINY = ["--scenes", "3", "--single-clips", "2", "--base-steps", "4", "--controlnet-steps", "3",
+TINY = ["--scenes", "4", "--held-out-scenes", "2", "--workers", "1", "--base-steps", "4", "--controlnet-steps", "3",
         "--batch-size", "2", "--warmup-steps", "1", "--device", "cpu"]
 
 

@@ -3,6 +3,11 @@
 `make_scene` is a pure function of its arguments: the same seed gives the same scene, bit for
 bit. Every source is drawn inside its own box (a quarter of the frame, jittered) so sources can
 share the screen, and every sound onset sits on the sample where its event frame starts.
+
+Like real footage, a scene holds things the picture does not say: a source may be off screen
+(heard, never drawn), may be there for only part of the clip (drawn and heard only then), and
+may come in a sound variant the picture cannot tell apart (footsteps on gravel or on wood).
+`SceneOptions` sets how often; `PLAIN` turns all of it off.
 """
 
 from dataclasses import dataclass
@@ -10,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
-from .captions import CAPTIONS, scene_caption
-from .sources import SOURCE_KINDS, Clock
+from .captions import scene_caption, source_captions
+from .sources import SOURCE_KINDS, VARIANTS, Clock
+from .synth import gate_to_samples
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -42,6 +48,17 @@ class Event:
 
 
 @dataclass(frozen=True)
+class SceneOptions:
+    offscreen_prob: float = 0.2  # a source is heard but never drawn
+    partial_prob: float = 0.35  # a source is drawn and heard for only part of the clip
+    partial_fraction: tuple[float, float] = (0.3, 0.75)  # of the clip, when partial
+    variants: bool = True  # pick a sound variant where the kind has several (else the first)
+
+
+PLAIN = SceneOptions(offscreen_prob=0.0, partial_prob=0.0)
+
+
+@dataclass(frozen=True)
 class Scene:
     seed: int
     duration: float
@@ -55,6 +72,9 @@ class Scene:
     events: tuple               # Event, sorted by start frame then source
     params: tuple               # per-source sound/visual parameters (dicts)
     controls: tuple             # per-source per-frame control curves (dicts of (T,))
+    variants: tuple = ()        # sound variant of each source ("" where the kind has one sound)
+    visible: tuple = ()         # whether each source is drawn at all
+    active: tuple = ()          # (start_frame, end_frame) each source is drawn and heard
     fps: int = FPS
     sample_rate: int = SAMPLE_RATE
 
@@ -102,20 +122,59 @@ def _choose_kinds(rng, kinds, n_sources) -> tuple[str, ...]:
     return kinds
 
 
-def _render(seed: int, duration: float, kinds: tuple, boxes: list, layout_rng) -> Scene:
+def _choose_traits(rng, kinds, n_frames: int, options: SceneOptions, variants=None):
+    """Per source: its sound variant (unless given), whether it is drawn, the frames it is active."""
+    chosen, visible, active = [], [], []
+    for i, kind in enumerate(kinds):
+        choices = VARIANTS.get(kind, ("",))
+        pick = str(choices[int(rng.integers(len(choices)))]) if options.variants else choices[0]
+        if variants is not None:
+            if variants[i] not in choices:
+                raise InvalidInputError(f"A {kind} has no variant {variants[i]!r}; choose from {choices}.")
+            pick = variants[i]
+        chosen.append(pick)
+        visible.append(bool(rng.uniform() >= options.offscreen_prob))
+        if rng.uniform() < options.partial_prob:
+            length = int(round(n_frames * rng.uniform(*options.partial_fraction)))
+            start = int(rng.integers(0, n_frames - length + 1))
+            active.append((start, start + length))
+        else:
+            active.append((0, n_frames))
+    if not any(visible):
+        visible[0] = True  # a scene always shows something
+    return tuple(chosen), tuple(visible), tuple(active)
+
+
+def _activity_gates(span: tuple[int, int], clock: Clock) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame and per-sample gates that are 1 inside the active span (10 ms fades inside it)."""
+    frames = np.zeros(clock.n_frames, dtype=bool)
+    frames[span[0]:span[1]] = True
+    samples = gate_to_samples(frames, clock.samples_per_frame, clock.n_samples, ramp=int(0.01 * clock.sample_rate))
+    return frames, samples
+
+
+def _render(seed: int, duration: float, kinds: tuple, boxes: list, layout_rng,
+            options: SceneOptions = PLAIN, variants=None) -> Scene:
     clock = _clock(duration)
     frames = _background(layout_rng, clock.n_frames)
+    variants, visible, active = _choose_traits(
+        np.random.default_rng(np.random.SeedSequence([seed, 6151])), kinds, clock.n_frames, options, variants)
     stems, events, params, controls = [], [], [], []
     for index, (kind, (x0, y0, w, h)) in enumerate(zip(kinds, boxes)):
         # Each source has its own stream, so adding a source never changes the others.
         rng = np.random.default_rng(np.random.SeedSequence([seed, index, 8191]))
-        track = SOURCE_KINDS[kind](rng, w, h, clock)
-        alpha = track.alpha[..., None]
-        region = frames[:, y0:y0 + h, x0:x0 + w]
-        frames[:, y0:y0 + h, x0:x0 + w] = region * (1 - alpha) + track.rgb[:, None, None, :] * alpha
+        extra = {"variant": variants[index]} if variants[index] else {}
+        track = SOURCE_KINDS[kind](rng, w, h, clock, **extra)
+        on_frames, on_samples = _activity_gates(active[index], clock)
+        if visible[index]:
+            alpha = (track.alpha * on_frames[:, None, None])[..., None]
+            region = frames[:, y0:y0 + h, x0:x0 + w]
+            frames[:, y0:y0 + h, x0:x0 + w] = region * (1 - alpha) + track.rgb[:, None, None, :] * alpha
         peak = np.max(np.abs(track.wave)) + 1e-12
-        stems.append(track.wave / peak * rng.uniform(0.2, 0.5))
-        events.extend(Event(index, kind, name, start, end) for name, start, end in track.events)
+        stems.append(track.wave * on_samples / peak * rng.uniform(0.2, 0.5))
+        start, end = active[index]
+        events.extend(Event(index, kind, name, max(s, start), min(e, end)) for name, s, e in track.events
+                      if s < end and e > start)
         params.append(dict(track.params))
         controls.append(dict(track.controls))
     stems = np.stack(stems)
@@ -123,26 +182,32 @@ def _render(seed: int, duration: float, kinds: tuple, boxes: list, layout_rng) -
     headroom = 0.95 / max(0.95, float(np.max(np.abs(mixture))))   # scale all alike: stems still sum
     stems, mixture = (stems * headroom).astype(np.float32), (mixture * headroom).astype(np.float32)
     choices = layout_rng.integers(0, 1 << 16, len(kinds))
+    captions = tuple(source_captions(k, v) for k, v in zip(kinds, variants))
     return Scene(
         seed=seed, duration=clock.n_frames / FPS,
         frames=np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8),
         stems=stems, mixture=mixture, kinds=kinds, boxes=tuple(tuple(b) for b in boxes),
-        captions=tuple(CAPTIONS[k] for k in kinds), caption=scene_caption(kinds, choices),
+        captions=captions, caption=scene_caption(captions, choices),
         events=tuple(sorted(events, key=lambda e: (e.start_frame, e.source))),
-        params=tuple(params), controls=tuple(controls))
+        params=tuple(params), controls=tuple(controls), variants=variants, visible=visible, active=active)
 
 
-def make_scene(seed: int, kinds=None, n_sources=None, duration: float = 8.0) -> Scene:
-    """A scene of 2-4 sources (or the given kinds, one per source) drawn from `seed`."""
+def make_scene(seed: int, kinds=None, n_sources=None, duration: float = 8.0,
+               options: SceneOptions = SceneOptions(), variants=None) -> Scene:
+    """A scene of 2-4 sources (or the given kinds, one per source; `variants` likewise) drawn
+    from `seed`, with off-screen, partly active and variant sources as `options` says (`PLAIN`:
+    none of them)."""
     layout_rng = np.random.default_rng(np.random.SeedSequence([seed, 4099]))
     kinds = _choose_kinds(layout_rng, kinds, n_sources)
-    return _render(seed, duration, kinds, _quarter_boxes(layout_rng, len(kinds)), layout_rng)
+    return _render(seed, duration, kinds, _quarter_boxes(layout_rng, len(kinds)), layout_rng, options, variants)
 
 
-def single_source_clip(seed: int, kind: str, duration: float = 8.0) -> Scene:
-    """One source alone, drawn large in the frame: an audio-text (and video) training pair."""
+def single_source_clip(seed: int, kind: str, duration: float = 8.0, variant: str | None = None) -> Scene:
+    """One source alone, drawn large in the frame and active throughout: an audio-text (and
+    video) training pair. `variant` None picks one at random."""
     layout_rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
     kinds = _choose_kinds(layout_rng, (kind,), None)
     size = int(layout_rng.integers(44, FRAME_SIZE + 1))
     x0, y0 = (int(layout_rng.integers(0, FRAME_SIZE - size + 1)) for _ in range(2))
-    return _render(seed, duration, kinds, [(x0, y0, size, size)], layout_rng)
+    return _render(seed, duration, kinds, [(x0, y0, size, size)], layout_rng, SceneOptions(0.0, 0.0),
+                   None if variant is None else (variant,))

@@ -65,8 +65,9 @@ def _impulses(frames: np.ndarray, name: str) -> tuple:
     return tuple((name, int(f), int(f) + 1) for f in frames)
 
 
-def ball(rng, width, height, clock) -> SourceTrack:
-    """A ball bouncing on the box floor; a low, pitch-dropping thud at each floor contact."""
+def ball(rng, width, height, clock, variant: str = "rubber") -> SourceTrack:
+    """A ball bouncing on the box floor; at each floor contact a low, pitch-dropping thud
+    (rubber) or a metallic clank (metal). The picture is the same for both."""
     x, y = draw.box_grid(height, width)
     radius = width * rng.uniform(0.08, 0.14)
     impacts = synth.random_intervals(rng, clock.n_frames, 8, 20, first_max=10)
@@ -83,7 +84,17 @@ def ball(rng, width, height, clock) -> SourceTrack:
                                                               + rng.uniform(0, 2 * np.pi))
     alpha = draw.disc(x, y, cx, cy, np.full(clock.n_frames, radius))
 
-    sr = clock.sample_rate
+    rgb = _constant_rgb(random_colour(rng), clock)   # drawn before the sound: variants look alike
+    incoming = np.concatenate([[14], np.diff(impacts)])    # a longer fall hits harder
+    gains = np.minimum(1.0, incoming / 20.0) * rng.uniform(0.8, 1.0, len(impacts))
+    template, params = _clank(rng, clock.sample_rate) if variant == "metal" else _thud(rng, clock.sample_rate)
+    wave = synth.place_events(template, clock.onsets(impacts), gains, clock.n_samples)
+    return SourceTrack(alpha, rgb, wave,
+                       _impulses(impacts, "impact"), {**params, "radius_px": radius})
+
+
+def _thud(rng, sr) -> tuple[np.ndarray, dict]:
+    """A rubber ball's impact: a low sine whose pitch drops as it decays, over a short knock."""
     f0 = rng.uniform(55, 140)
     tau = rng.uniform(0.04, 0.09)
     n = int(0.35 * sr)
@@ -91,12 +102,21 @@ def ball(rng, width, height, clock) -> SourceTrack:
     phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.8 * np.exp(-tt / 0.012))) / sr
     body = np.sin(phase) * np.exp(-tt / tau)
     knock = synth.band_noise(rng, n, sr, 80, 1200, slope=-6) * np.exp(-tt / 0.006) * 0.5
-    template = body + knock
-    incoming = np.concatenate([[14], np.diff(impacts)])    # a longer fall hits harder
-    gains = np.minimum(1.0, incoming / 20.0) * rng.uniform(0.8, 1.0, len(impacts))
-    wave = synth.place_events(template, clock.onsets(impacts), gains, clock.n_samples)
-    return SourceTrack(alpha, _constant_rgb(random_colour(rng), clock), wave,
-                       _impulses(impacts, "impact"), {"thud_hz": f0, "decay_s": tau, "radius_px": radius})
+    return body + knock, {"thud_hz": f0, "decay_s": tau}
+
+
+def _clank(rng, sr) -> tuple[np.ndarray, dict]:
+    """A metal ball's impact: a bright click and inharmonic partials well above a thud, damped
+    fast (a clank, not a bell's ring)."""
+    f0 = rng.uniform(1000, 2200)
+    tau = rng.uniform(0.04, 0.1)
+    n = int(0.4 * sr)
+    tt = np.arange(n) / sr
+    ratios, weights = (1.0, 2.13, 3.41, 5.26), (1.0, 0.7, 0.45, 0.3)
+    ring = sum(w * np.sin(2 * np.pi * f0 * r * tt + rng.uniform(0, 2 * np.pi)) * np.exp(-tt * (1 + 0.6 * k) / tau)
+               for k, (r, w) in enumerate(zip(ratios, weights)) if f0 * r < 0.45 * sr)
+    click = synth.band_noise(rng, n, sr, 2500, 7000) * np.exp(-tt / 0.0015) * 0.25
+    return (ring + click) * np.minimum(1.0, tt / 0.001), {"clank_hz": f0, "decay_s": tau}
 
 
 def lamp(rng, width, height, clock) -> SourceTrack:
@@ -277,8 +297,9 @@ def bell(rng, width, height, clock) -> SourceTrack:
                        {"ring_hz": f0, "decay_s": tau})
 
 
-def walker(rng, width, height, clock) -> SourceTrack:
-    """A stick figure walking to and fro; a footstep each time a foot lands (widest stride)."""
+def walker(rng, width, height, clock, variant: str = "gravel") -> SourceTrack:
+    """A stick figure walking to and fro; a footstep each time a foot lands (widest stride):
+    a crunch on gravel or a hollow knock on wood. The picture is the same for both."""
     x, y = draw.box_grid(height, width)
     n = clock.n_frames
     period = int(rng.integers(7, 14))
@@ -302,17 +323,42 @@ def walker(rng, width, height, clock) -> SourceTrack:
     alpha = np.maximum(limbs, draw.disc(x, y, hip_x, neck_y - head_r, head_r))
     steps = np.arange(first, n, period)
 
-    sr = clock.sample_rate
-    low = rng.uniform(250, 500)
-    m = int(0.15 * sr)
-    tt = np.arange(m) / sr
-    tau = rng.uniform(0.02, 0.04)
-    template = (synth.band_noise(rng, m, sr, low, low * 5, slope=-4) * np.exp(-tt / tau)
-                + 0.5 * np.sin(2 * np.pi * 90 * tt) * np.exp(-tt / 0.015))
-    wave = synth.place_events(template, clock.onsets(steps), rng.uniform(0.7, 1.0, len(steps)), clock.n_samples)
-    return SourceTrack(alpha, _constant_rgb(random_colour(rng), clock), wave, _impulses(steps, "step"),
-                       {"step_low_hz": low, "step_period_frames": period})
+    rgb = _constant_rgb(random_colour(rng), clock)   # drawn before the sound: variants look alike
+    gains = rng.uniform(0.7, 1.0, len(steps))
+    template, params = _crunch(rng, clock.sample_rate) if variant == "gravel" else _knock(rng, clock.sample_rate)
+    wave = synth.place_events(template, clock.onsets(steps), gains, clock.n_samples)
+    return SourceTrack(alpha, rgb, wave, _impulses(steps, "step"),
+                       {**params, "step_period_frames": period})
 
+
+def _crunch(rng, sr) -> tuple[np.ndarray, dict]:
+    """A step on gravel: a burst of tiny bright grains over ~0.1 s, on a soft low thump."""
+    m = int(0.18 * sr)
+    tt = np.arange(m) / sr
+    low = rng.uniform(1200, 2500)
+    grain = synth.band_noise(rng, int(0.006 * sr), sr, low, min(7500.0, low * 4)) * np.exp(
+        -np.arange(int(0.006 * sr)) / (0.0015 * sr))
+    spread = rng.uniform(0.06, 0.11)
+    onsets = np.sort((rng.beta(1.5, 3.0, 28) * spread * sr).astype(int))
+    grains = synth.place_events(grain, onsets, rng.uniform(0.3, 1.0, len(onsets)), m)
+    thump = 0.4 * np.sin(2 * np.pi * 80 * tt) * np.exp(-tt / 0.02)
+    return 0.6 * grains + thump, {"crunch_low_hz": low, "crunch_spread_s": spread}
+
+
+def _knock(rng, sr) -> tuple[np.ndarray, dict]:
+    """A step on wooden boards: a hollow resonant knock with a short click on top."""
+    m = int(0.2 * sr)
+    tt = np.arange(m) / sr
+    f1 = rng.uniform(140, 260)
+    tau = rng.uniform(0.03, 0.06)
+    modes = sum(w * np.sin(2 * np.pi * f1 * r * tt) * np.exp(-tt * r ** 0.5 / tau)
+                for r, w in ((1.0, 1.0), (2.6, 0.5), (4.1, 0.25)))
+    click = synth.band_noise(rng, m, sr, 1500, 4000) * np.exp(-tt / 0.003) * 0.3
+    return (modes + click) * np.minimum(1.0, tt / 0.001), {"knock_hz": f1, "decay_s": tau}
+
+
+# Sound variants the picture cannot tell apart: only the caption (or x̃) says which one plays.
+VARIANTS: dict[str, tuple[str, ...]] = {"ball": ("rubber", "metal"), "walker": ("gravel", "wood")}
 
 SOURCE_KINDS = {
     "ball": ball,

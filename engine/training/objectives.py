@@ -62,10 +62,16 @@ def null_conditions(net, batch: Batch, drop_prob: float, generator: torch.Genera
     return clip, sync, text
 
 
+def logit_normal_times(b: int, generator: torch.Generator | None) -> torch.Tensor:
+    """t = sigmoid(n), n ~ N(0, 1): MMAudio's training times, denser in the middle of the path
+    where the velocity is hardest to predict than at its ends."""
+    return torch.sigmoid(torch.randn(b, generator=generator))
+
+
 def _noisy_pair(x1: torch.Tensor, generator: torch.Generator | None):
     b = x1.shape[0]
     x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)
-    t = torch.rand(b, generator=generator).to(x1.device)
+    t = logit_normal_times(b, generator).to(x1.device)
     return x0, t, interpolate(x0, x1, t)
 
 
@@ -81,11 +87,13 @@ def base_flow_loss(net, batch: Batch, drop_prob: float = 0.1, generator: torch.G
 def controlnet_flow_loss(net, controlnet, batch: Batch, drop_prob: float = 0.1,
                          generator: torch.Generator | None = None):
     """The NAG estimator u_psi(x_t, t, V, ∅, x_cond) (paper Sec. 4.2): the target and the audio
-    condition are non-overlapping segments of the same clip; the text is always empty."""
+    condition are non-overlapping segments of the same clip; the text is always empty.
+    `controlnet` None measures the base alone, u(V, ∅), on the same batch (a held-out baseline)."""
     clip, sync, text = null_conditions(net, batch, drop_prob, generator, drop_text_always=True)
     conditions = net.preprocess_conditions(clip, sync, text, latent_seq_len=batch.latent.shape[1])
     x0, t, xt = _noisy_pair(batch.latent, generator)
     embedded = net.embed_latent(xt)  # the frozen base's projection, shared with the ControlNet
-    control = controlnet(xt, t, conditions, batch.cond_latent, base=net, latent_embedding=embedded)
+    control = None if controlnet is None else controlnet(xt, t, conditions, batch.cond_latent, base=net,
+                                                         latent_embedding=embedded)
     v = net.predict_flow(xt, t, conditions, control=control, latent_embedding=embedded)
     return F.mse_loss(v.float(), (batch.latent - x0).float())

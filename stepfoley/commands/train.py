@@ -16,11 +16,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
     e.add_argument("--work", required=True, help="folder for the data, features, checkpoints and log")
     e.add_argument("--out", default=None, help="weights file to write (default: the packaged one)")
-    e.add_argument("--scenes", type=int, default=None)
-    e.add_argument("--single-clips", type=int, default=None)
+    e.add_argument("--scenes", type=int, default=None, help="long mini-world scenes to render (default 480)")
+    e.add_argument("--held-out-scenes", type=int, default=None,
+                   help="of those, kept out of training to measure held-out losses (default 24)")
+    e.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
     e.add_argument("--base-steps", type=int, default=None)
     e.add_argument("--controlnet-steps", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--base-lr", type=float, default=None, help="default 4e-4")
+    e.add_argument("--controlnet-lr", type=float, default=None, help="default 1e-3")
+    e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
     e.add_argument("--device", default="auto")
@@ -56,11 +60,13 @@ def run(args: argparse.Namespace) -> int:
             from stepfoley.engine.training.embedded import EmbeddedRecipe, train_embedded
 
             recipe = EmbeddedRecipe()
-            overrides = {"scenes": args.scenes, "single_source_clips": args.single_clips,
-                         "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
-                         "batch_size": args.batch_size, "warmup_steps": args.warmup_steps,
-                         "data_seed": args.data_seed}
-            recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+            given = lambda overrides: {k: v for k, v in overrides.items() if v is not None}  # noqa: E731
+            data = replace(recipe.data, **given({"scenes": args.scenes, "held_out_scenes": args.held_out_scenes,
+                                                 "seed": args.data_seed}))
+            recipe = replace(recipe, data=data, **given({
+                "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
+                "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
+                "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers}))
             figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
@@ -85,5 +91,7 @@ def _summary(figures: dict) -> str:
         f = figures[phase]
         lines.append(f"{phase}: {f['steps']} steps in {f['seconds']:.0f} s, {f['samples_per_second']} samples/s, "
                      f"final loss {f['final_loss']}")
-    lines.append(f"total: {figures['total_seconds']:.0f} s")
+    held = figures["controlnet"]["held_out_loss"]
+    lines.append("ControlNet held-out loss: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in held.items()))
+    lines.append(f"total: {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     return "\n".join(lines)

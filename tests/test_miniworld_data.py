@@ -1,0 +1,85 @@
+"""The embedded model's training data: windows, VGGSound-style examples, ControlNet pairs."""
+
+import numpy as np
+import pytest
+import torch
+
+from stepfoley.engine import mixing
+from stepfoley.engine.training.miniworld_data import (OFFSET_GRID_S, WINDOW_S, DataRecipe, EmbeddedData,
+                                                      _at_loudness, base_batches, build_embedded_data,
+                                                      controlnet_batches, held_out_controlnet_losses,
+                                                      window_offsets)
+
+RECIPE = DataRecipe(scenes=4, held_out_scenes=2, scene_seconds=16.0, windows_per_scene=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from stepfoley.engine.embedded.model import build_embedded_model
+    return build_embedded_model(random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def data(tiny):
+    return build_embedded_data(tiny, RECIPE, first_seed=90_000)
+
+
+def test_window_offsets_sit_on_the_grid_and_the_first_two_do_not_overlap():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        offsets = window_offsets(rng, 20.0, 4)
+        assert offsets[1] - offsets[0] >= WINDOW_S - 1e-9
+        assert all(0 <= o <= 12.0 + 1e-9 and abs(o / OFFSET_GRID_S - round(o / OFFSET_GRID_S)) < 1e-6 for o in offsets)
+
+
+def test_targets_are_normalized_and_silence_is_dropped():
+    t = np.arange(16000 * 8) / 16000
+    wave = (0.01 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    out = _at_loudness(wave, 16000, -20.0)
+    assert abs(mixing.integrated_loudness(out[None], 16000) + 20.0) < 0.1
+    assert np.abs(_at_loudness(wave * 50, 16000, -3.0)).max() <= 0.89 + 1e-6  # lowered below -1 dBFS
+    assert _at_loudness(np.zeros_like(wave), 16000, -20.0) is None
+
+
+def test_every_audible_source_of_a_window_leads_one_example(data, tiny):
+    from stepfoley.engine.miniworld import make_scene
+
+    assert data.clip.shape[1:] == (64, 96) and data.latent.shape[1:] == (250, 40)
+    assert len(data.clip) == RECIPE.scenes * RECIPE.windows_per_scene
+    on_picture = data.window[data.window >= 0]
+    assert torch.equal(torch.unique(on_picture), torch.arange(len(data.clip)))  # every window has examples
+    assert bool((data.window == -1).any())  # and there are audio-text pairs without picture
+    assert len(data.texts) == len(torch.unique(data.text))  # one text feature per distinct caption
+
+
+def test_controlnet_pairs_are_apart_in_the_same_scene_and_held_out_is_kept_apart(data):
+    for held in (False, True):
+        pairs = data.controlnet_pairs(held_out=held)
+        assert len(pairs) > 0
+        assert bool((data.scene[pairs[:, 0]] == data.scene[pairs[:, 1]]).all())
+        assert bool(((data.offset[pairs[:, 0]] - data.offset[pairs[:, 1]]).abs() >= WINDOW_S - 1e-6).all())
+        assert bool((data.held_out[pairs].all() if held else ~data.held_out[pairs].any()))
+    training = data.training_examples()
+    windows = data.window[training]
+    assert not bool(data.held_out[windows[windows >= 0]].any())
+
+
+def test_batches_carry_what_the_objectives_need(data, tiny):
+    base = next(base_batches(data, tiny.net.normalize, 6, seed=1))
+    assert base.latent.shape == (6, 250, 40) and base.text.shape == (6, 77, 384)
+    cn = next(controlnet_batches(data, tiny.net.normalize, 5, seed=1))
+    assert cn.cond_latent.shape == (5, 250, 40) and bool(cn.has_video.all())
+
+
+def test_an_untrained_controlnet_changes_no_held_out_loss(data, tiny):
+    from stepfoley.engine.controlnet import AudioControlNet
+
+    controlnet = AudioControlNet.from_base(tiny.net, depth=2)
+    losses = held_out_controlnet_losses(tiny.net, controlnet, data, batch_size=4)
+    assert losses["no_condition"] == losses["same_clip"] == losses["other_clip"] > 0
+
+
+def test_saved_data_loads_back_equal(data, tmp_path):
+    path = data.save(tmp_path / "features.safetensors", {"recipe": "test"})
+    again = EmbeddedData.load(path)
+    assert all(torch.equal(getattr(data, k), getattr(again, k)) for k in ("latent", "clip", "window", "texts"))
