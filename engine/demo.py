@@ -1,9 +1,13 @@
-"""The demo: a mini-world clip the model never saw, a soundtrack built in three NAG steps.
+"""The demo: a mini-world clip the model never saw, a soundtrack built step by step twice,
+with NAG and with independent generation from the same seeds, so a listener hears what NAG
+changes and run.json says it in figures.
 
-Writes into a new numbered run folder (nothing existing is touched): the silent picture, one
-WAV per track, the -20 LUFS composite, the picture with the composite muxed in, a spectrogram
-PNG per track and of the composite, and run.json with every track's metadata (its levels as
-decoded and as finished included: every track leaves the engine at -23 LUFS, true-peak limited).
+Writes into a new numbered run folder (nothing existing is touched): the silent picture; track 1
+(plain CFG, shared by both soundtracks); tracks 2..k of each method; each method's -20 LUFS
+composite, alone and muxed with the picture; a spectrogram PNG per file of audio; run.json with
+every track's metadata and, per track and method, its text fidelity (the evaluation's
+source-presence classifier: the probability that the track holds its caption's kind) and its
+similarity to the tracks before it (the evaluation's audio embedding, lower is more distinct).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Callable
 
 
 from stepfoley.engine import audio_io, mixing
+from stepfoley.engine.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
 from stepfoley.engine.miniworld import make_scene
 from stepfoley.engine.miniworld.writer import write_atomically, encode_mp4
@@ -26,11 +31,15 @@ from stepfoley.engine.spectrogram import spectrogram_image
 DEMO_SEED = 20261122  # outside the training scene seeds [0, 100000)
 
 
+METHODS = ("nag", "independent")
+
+
 @dataclass
 class DemoResult:
     folder: Path
     files: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tracks: list[dict] = field(default_factory=list)  # run.json's "tracks"
 
 
 def new_run_folder(out_dir: Path) -> Path:
@@ -55,6 +64,8 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
              on_step: Callable[[int, int], None] | None = None,
              feature_cache: FeatureCache | None = None) -> DemoResult:
     """`feature_cache` None: one in memory for this run."""
+    from stepfoley.engine.evaluation.runner import default_embedding, default_presence
+
     t_start = time.perf_counter()
     scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
     folder = new_run_folder(Path(out_dir))
@@ -63,40 +74,93 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
                               lambda p: encode_mp4(p, scene.frames, scene.fps, None, scene.sample_rate))
     result.files.append(video)
 
-    session = StepSession(model, Region(video, 0.0, scene.duration),
-                          feature_cache if feature_cache is not None else FeatureCache())
+    cache = feature_cache if feature_cache is not None else FeatureCache()
+    sessions = {method: StepSession(model, Region(video, 0.0, scene.duration), cache) for method in METHODS}
     captions = demo_captions(scene, tracks)
-    total = steps * len(captions) * len(session.windows)
+    per_track = steps * len(sessions["nag"].windows)
+    total = per_track * (2 * len(captions) - 1)
     timings = {"video_features": 0.0, "sampling": 0.0, "decoding": 0.0, "finishing": 0.0}
-    records = []
+    made: dict[str, list] = {method: [] for method in METHODS}
+    done = 0
     for k, caption in enumerate(captions):
-        done_before = k * steps * len(session.windows)
-        track = session.next_track(
-            TrackSettings(caption, method="nag", seed=seed + k, steps=steps),
-            on_progress=(lambda phase, s, _t, d=done_before: phase == "sampling" and on_step(d + s, total))
-            if on_step else None)
-        for key in timings:
-            timings[key] += track.metadata["timings"][key]
-        stem = audio_io.write_wav_atomic(folder / f"track_{k + 1}.wav", track.samples[None], track.sample_rate)
-        png = _save_png(spectrogram_image(
-            track.samples, track.sample_rate,
-            f"track {k + 1}: {caption} ({track.metadata['method_used']})"), folder / f"track_{k + 1}.png")
-        result.files += [stem, png]
-        records.append({"file": stem.name, **track.metadata})
+        # Track 1 is plain CFG under either method: made once, then shared.
+        for method in METHODS if k else METHODS[:1]:
+            track = sessions[method].next_track(
+                TrackSettings(caption, method=method, seed=seed + k, steps=steps),
+                on_progress=(lambda phase, s, _t, d=done: phase == "sampling" and on_step(d + s, total))
+                if on_step else None)
+            done += per_track
+            for key in timings:
+                timings[key] += track.metadata["timings"][key]
+            made[method].append(track)
+        if k == 0:
+            sessions["independent"].add_track(track.samples, track.sample_rate, [caption])
+            made["independent"].append(track)
+
+    t_scoring = time.perf_counter()
+    stems = mixing.fit_length(mixing.resample(scene.stems[:len(captions)], scene.sample_rate, model.sample_rate),
+                              sessions["nag"].length)  # (k, S) at the model's rate
+    true_stems = [mixing.finish_stem(stem, model.sample_rate)[0][0] for stem in stems]  # scored as tracks are
+    scores = score_tracks(made, true_stems, scene.kinds, model.sample_rate, default_embedding(model),
+                          default_presence())
+    timings["scoring"] = time.perf_counter() - t_scoring
+
+    for k, caption in enumerate(captions):
+        entry = {"track": k + 1, "caption": caption, "kind": scene.kinds[k],
+                 "true_stem_text_fidelity": scores["true_stems"][k]}
+        for method in METHODS:
+            track = made[method][k]
+            name = "track_1" if k == 0 else f"track_{k + 1}_{method}"
+            if k == 0 and method != METHODS[0]:
+                entry[method] = {**entry[METHODS[0]], "shared_with": METHODS[0]}
+                continue
+            stem = audio_io.write_wav_atomic(folder / f"{name}.wav", track.samples[None], track.sample_rate)
+            png = _save_png(spectrogram_image(track.samples, track.sample_rate,
+                                              f"track {k + 1} ({method if k else 'plain CFG'}): {caption}"),
+                            folder / f"{name}.png")
+            result.files += [stem, png]
+            entry[method] = {"file": stem.name, **scores[method][k], **track.metadata}
+        result.tracks.append(entry)
 
     sr = model.sample_rate
-    composite = mixing.mix_tracks([(t.samples[None], sr) for t in session.tracks], sr, session.length)[0]
-    result.files.append(audio_io.write_wav_atomic(folder / "composite.wav", composite[None], sr))
-    result.files.append(_save_png(spectrogram_image(composite, sr, "composite (-20 LUFS)"), folder / "composite.png"))
-    result.files.append(write_atomically(folder / "picture_with_foley.mp4", False,
-                                          lambda p: encode_mp4(p, scene.frames, scene.fps, composite, sr)))
+    for method in METHODS:
+        composite = mixing.mix_tracks([(t.samples[None], sr) for t in made[method]], sr,
+                                      sessions[method].length)[0]
+        result.files.append(audio_io.write_wav_atomic(folder / f"composite_{method}.wav", composite[None], sr))
+        result.files.append(_save_png(spectrogram_image(composite, sr, f"composite, {method} (-20 LUFS)"),
+                                      folder / f"composite_{method}.png"))
+        result.files.append(write_atomically(folder / f"picture_with_foley_{method}.mp4", False,
+                                              lambda p, c=composite: encode_mp4(p, scene.frames, scene.fps, c, sr)))
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings
-    manifest = {"model": model.model_id, "scene_seed": seed, "sources": list(scene.kinds),
-                "captions": captions, "tracks": records, "timings": timings}
+    manifest = {"model": model.model_id, "scene_seed": seed, "sources": list(scene.kinds), "captions": captions,
+                "methods": list(METHODS), "tracks": result.tracks, "definitions": DEFINITIONS, "timings": timings}
     result.files.append(write_atomically(folder / "run.json", False,
                                           lambda p: p.write_text(json.dumps(manifest, indent=1, default=str))))
     return result
+
+
+DEFINITIONS = {
+    "text_fidelity": "the source-presence classifier's probability that the track holds its caption's kind "
+                     "(higher is better; true_stem_text_fidelity is the same for the scene's true stem)",
+    "similarity_to_earlier": "mean cosine similarity of the track's audio embedding to those of the tracks before "
+                             "it in the same soundtrack (lower: more distinct; none for track 1)",
+}
+
+
+def score_tracks(made: dict[str, list], stems: list, kinds, sample_rate: int, embedding, presence) -> dict:
+    """Per method, per track: {"text_fidelity", "similarity_to_earlier"}; "true_stems": the
+    text fidelity of each true stem (at the tracks' rate). Tracks all have one length."""
+    columns = [presence.kind_index(kind) for kind in kinds[:len(stems)]]
+    out: dict = {"true_stems": [float(p[c]) for p, c in zip(presence.probabilities(stems, sample_rate), columns)]}
+    for method, tracks in made.items():
+        samples = [t.samples for t in tracks]
+        probabilities = presence.probabilities(samples, sample_rate)
+        embeddings = embedding.embed_audio(samples, sample_rate)
+        out[method] = [{"text_fidelity": float(probabilities[j, columns[j]]),
+                        "similarity_to_earlier": metrics.similarity_to_earlier(embeddings, j) if j else None}
+                       for j in range(len(tracks))]
+    return out
 
 
 def _save_png(image, path: Path) -> Path:

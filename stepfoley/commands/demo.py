@@ -1,4 +1,5 @@
-"""`stepfoley demo`: build a three-track soundtrack for a mini-world clip with NAG."""
+"""`stepfoley demo`: build a three-track soundtrack for a mini-world clip with NAG and, from the
+same seeds, with independent generation; print what each track holds and how it differs."""
 
 from __future__ import annotations
 
@@ -52,8 +53,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.files)} files into {result.folder}:")
     for path in result.files:
         print(f"  {path.name}")
+    print(track_table(result.tracks))
     t = result.timings
     print(f"time: load {load_s:.1f} s, video features {t['video_features']:.1f} s, sampling "
           f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, finishing {t['finishing']:.1f} s, "
-          f"demo total {t['total']:.1f} s")
+          f"scoring {t['scoring']:.1f} s, demo total {t['total']:.1f} s")
     return 0
+
+
+def track_table(tracks: list[dict]) -> str:
+    """Per track: text fidelity (the true stem's in brackets) and similarity to the earlier
+    tracks, NAG beside independent generation."""
+    def similarity(value) -> str:
+        return "   -  " if value is None else f"{value:6.3f}"
+
+    lines = ["track  text fidelity: NAG  indep. (true stem)   similarity to earlier: NAG  indep.  caption"]
+    for t in tracks:
+        nag, independent = t["nag"], t["independent"]
+        lines.append(f"{t['track']:5d}  {nag['text_fidelity']:18.3f} {independent['text_fidelity']:7.3f} "
+                     f"({t['true_stem_text_fidelity']:.3f}) {similarity(nag['similarity_to_earlier']):>29} "
+                     f"{similarity(independent['similarity_to_earlier'])}  {t['caption']}")
+    return "\n".join(lines)
