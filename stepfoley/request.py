@@ -20,7 +20,11 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-PROTOCOL_VERSION = 1
+# The newest protocol this engine speaks; it answers every version in SUPPORTED_PROTOCOLS in
+# that version's terms. A request that does not say is a version-1 request (clients older
+# than version 2 did not always send it).
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (1, 2)
 
 # --- bounds: the one place each is written ---------------------------------------------------
 MAX_CAPTION_CHARS = 1000
@@ -46,6 +50,9 @@ MAX_STEPS = 200
 MAX_GUIDANCE = 100.0  # alpha, beta
 MAX_WEIGHT = 100.0  # |w1|, |w2|, |w3| of Eq. A6
 MAX_SEED = 2**63 - 1
+# Variations of one request are sampled as one batch: the cap bounds the batch's memory, the
+# job's files (each stem at most MAX_STEM_BYTES) and the final reply, which names every stem.
+MAX_VARIATIONS = 8
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
 FORMATS = ("wav24", "wav32f")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -115,11 +122,13 @@ class GenerationRequest:
     sample_rate: int = 48000
     format: str = "wav24"
     name_hint: str = ""
-    protocol: int = PROTOCOL_VERSION
+    variations: int = 1
+    protocol: int = 1
 
     def to_json(self) -> dict:
         """The request as protocol JSON (None fields left out: they mean "default")."""
-        out = {k: v for k, v in asdict(self).items() if v is not None}
+        newer = {f.name for f in FIELDS if f.since > self.protocol}  # a v1 request stays a v1 request
+        out = {k: v for k, v in asdict(self).items() if v is not None and k not in newer}
         out["previous_captions"] = list(self.previous_captions)
         return out
 
@@ -196,7 +205,7 @@ class Capabilities:
 BOUNDS = {
     "alpha": [0.0, MAX_GUIDANCE], "beta": [0.0, MAX_GUIDANCE],
     "w1": [-MAX_WEIGHT, MAX_WEIGHT], "w2": [-MAX_WEIGHT, MAX_WEIGHT], "w3": [-MAX_WEIGHT, MAX_WEIGHT],
-    "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED],
+    "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED], "variations": [1, MAX_VARIATIONS],
     "caption_chars": MAX_CAPTION_CHARS, "previous_captions": MAX_PREVIOUS_CAPTIONS,
     "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
     "region_seconds": [MIN_REGION_SECONDS, MAX_REGION_SECONDS], "playrate": [MIN_PLAYRATE, MAX_PLAYRATE],
@@ -215,6 +224,7 @@ class FieldSpec:
     json_type: str
     default: str  # as the docs show it
     rule: str
+    since: int = 1  # the protocol version that introduced it: an older request may not carry it
 
 
 def _range(low, high) -> str:
@@ -240,7 +250,8 @@ _INPUT_AUDIO_RULE = (f"only read, and only the region's stretch; at most {_mib(M
 
 
 FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("protocol", "int", str(PROTOCOL_VERSION), f"must be {PROTOCOL_VERSION}"),
+    FieldSpec("protocol", "int", "1", "1 or 2: the version the request is written in, which decides the shape of "
+              "the final reply; the fields marked *(v2)* need 2"),
     FieldSpec("region.video", "string", "required", "absolute path of the picture file (only read)"),
     FieldSpec("region.file_in", "number (s)", "required", "source-file time where the region starts, ≥ 0"),
     FieldSpec("region.file_out", "number (s)", "required",
@@ -281,6 +292,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"({_stem_capacity()})"),
     FieldSpec("name_hint", "string", '`""` (= caption)',
               f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
+    FieldSpec("variations", "int", "1",
+              f"1-{MAX_VARIATIONS}: takes with seeds `seed`, `seed + 1`, ... sampled together in one job, "
+              "each written as its own stem and named in the one final reply, best first", since=2),
 )
 
 _TOP_FIELDS = tuple(dict.fromkeys(f.name.split(".", 1)[0] for f in FIELDS))
@@ -290,7 +304,8 @@ _REGION_FIELDS = tuple(f.name.split(".", 1)[1] for f in FIELDS if f.name.startsw
 def markdown_table() -> str:
     """The request table of docs/osc-protocol.md."""
     lines = ["| field | type | default | rule |", "|-------|------|---------|------|"]
-    lines += [f"| `{f.name}` | {f.json_type} | {f.default} | {f.rule} |" for f in FIELDS]
+    lines += [f"| `{f.name}`{' *(v2)*' if f.since > 1 else ''} | {f.json_type} | {f.default} | {f.rule} |"
+              for f in FIELDS]
     return "\n".join(lines)
 
 
@@ -311,10 +326,14 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         _invalid("The request must be a JSON object ({...}).")
     _reject_unknown(data, _TOP_FIELDS, "request")
     _require(data, ("region", "caption", "output_dir"), "request")
-    protocol = data.get("protocol", PROTOCOL_VERSION)
-    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
-        _invalid(f"This engine speaks protocol {PROTOCOL_VERSION}, the request says {_show(protocol)}. "
-                 "Update the REAPER scripts or the engine so they match.")
+    protocol = data.get("protocol", 1)
+    if not _is_int(protocol) or protocol not in SUPPORTED_PROTOCOLS:
+        _invalid(f"This engine speaks protocol {' and '.join(map(str, SUPPORTED_PROTOCOLS))}, the request says "
+                 f"{_show(protocol)}. Update the REAPER scripts or the engine so they match.")
+    newer = [f.name for f in FIELDS if f.since > protocol and f.name in data]
+    if newer:
+        _invalid(f"{', '.join(newer)} came with protocol {max(f.since for f in FIELDS if f.name in newer)}; "
+                 f"the request says protocol {protocol}. Send \"protocol\": {PROTOCOL_VERSION} with it.")
 
     method = _optional(data, "method", _method_name)
     info = _method_info(method, capabilities)
@@ -354,7 +373,11 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
                             "the project's rate"),
         format=_choice(data.get("format", "wav24"), "format", FORMATS, "the stem's file format"),
         name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
+        variations=_integer(data.get("variations", 1), "variations", 1, MAX_VARIATIONS),
     )
+    if request.seed + request.variations - 1 > MAX_SEED:
+        _invalid(f"seed {request.seed} leaves no room for {request.variations} variations (their seeds count up "
+                 f"from it to at most {MAX_SEED}); choose a smaller seed.")
     size = stem_bytes(request.region.project_duration, request.sample_rate, request.format)
     if size > MAX_STEM_BYTES:
         _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
