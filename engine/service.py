@@ -21,6 +21,7 @@ import numpy as np
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
                                GenerationRequest)
@@ -75,9 +76,16 @@ class FoleyService:
             # the DAW's bounce of the region, from project_start: it covers the stem's length
             seconds = max(region.duration, region.project_duration)
             session.add_track(*_read_input(request.existing_mix, "The bounced mix", seconds), request.previous_captions)
-        track = session.next_track(TrackSettings.from_request(request), on_progress=on_progress,
-                                   is_cancelled=is_cancelled, reference=reference)
+        settings = TrackSettings.from_request(request)
+        if request.protocol < 2:
+            track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
+                                       reference=reference)
+            stem, metadata = self._finished_stem(request, track)
+            return {"stem_path": os.fspath(self._write(request, stem)), "metadata": metadata}
+        return self._variations(request, session, settings, on_progress, is_cancelled, reference)
 
+    def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
+        region = request.region
         # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline.
         length = int(round(region.project_duration * request.sample_rate))
         stem = mixing.resample(track.samples[None], track.sample_rate, request.sample_rate)
@@ -94,10 +102,41 @@ class FoleyService:
             "format": request.format,
             "reference_audio": request.reference_audio,
         }
+        return stem, metadata
+
+    def _write(self, request: GenerationRequest, stem: np.ndarray) -> Path:
         output_folders.remember(request.output_dir)
-        path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
+        return audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
                                       request.sample_rate, FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
-        return {"stem_path": os.fspath(path), "metadata": metadata}
+
+    def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
+                    on_progress, is_cancelled, reference) -> dict:
+        """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
+        Stems are finished and written one at a time (one stem's worth of memory), and a failure
+        removes the ones written before it: a job leaves all its stems or none."""
+        earlier = session.conditioning_mix()
+        takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference)
+        judge, why_not = self._judge() if len(takes) > 1 else (None, "")
+        ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
+                             judge, why_not)
+        stems: list[dict] = []
+        try:
+            for rank, index in enumerate(ranking.order):
+                stem, metadata = self._finished_stem(request, takes[index])
+                path = self._write(request, stem)
+                stems.append({"stem_path": os.fspath(path),
+                              "metadata": {**metadata, "rank": rank + 1, "ranking": ranking.figures[index]}})
+        except BaseException:
+            for written in stems:
+                Path(written["stem_path"]).unlink(missing_ok=True)
+            raise
+        return {"stems": stems, "ranking": ranking.to_json()}
+
+    def _judge(self):
+        # loaded once per engine, on the first job that has takes to rank
+        if not hasattr(self, "_judge_cache"):
+            self._judge_cache = judge_for(self.model)
+        return self._judge_cache
 
 
 def _varispeed(samples: np.ndarray, length: int) -> np.ndarray:

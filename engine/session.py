@@ -180,6 +180,17 @@ class StepSession:
         """The next track, added to the stack. `reference` (samples, sample_rate) is the recording
         that a method whose audio branch hears a reference (method "reference") pulls toward; the
         others take none."""
+        track = self.next_variations(settings, 1, on_progress, is_cancelled, reference)[0]
+        track.metadata["track_index"] = len(self.tracks) + 1
+        self.tracks.append(track)
+        return track
+
+    def next_variations(self, settings: TrackSettings, count: int, on_progress: ProgressFn | None = None,
+                        is_cancelled: CancelFn | None = None,
+                        reference: tuple[np.ndarray, int] | None = None) -> list[Track]:
+        """`count` candidates for the next track, seeds settings.seed, settings.seed + 1, ...,
+        sampled as one batch (generate_takes); each is what next_track would make with its seed,
+        up to float rounding. None goes onto the stack: the caller keeps the one it likes."""
         settings = settings.resolved(self.model.defaults)
         requested = GUIDANCE_METHODS.get(settings.method)
         if requested is None or not requested.public:
@@ -194,10 +205,11 @@ class StepSession:
             condition = self.conditioning_mix() if requested.audio == "existing" else None
         if requested.negative_from_previous and not settings.negative_caption:
             settings = replace(settings, negative_caption=", ".join(self.previous_captions()))
-        track = self.generate_takes([settings], [condition], on_progress, is_cancelled)[0]
-        track.metadata["track_index"] = len(self.tracks) + 1
-        self.tracks.append(track)
-        return track
+        takes = [replace(settings, seed=settings.seed + i) for i in range(count)]
+        tracks = self.generate_takes(takes, [condition] * count, on_progress, is_cancelled)
+        for track in tracks:
+            track.metadata["track_index"] = len(self.tracks) + 1  # the place any of them would take
+        return tracks
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],
                        on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> list[Track]:
