@@ -430,7 +430,7 @@ def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refus
     try:
         assert loaded_status(port, "env-secret")["state"] == "idle"
         code, status = send(tmp_path, "--ping", "--port", str(port), env={"STEPFOLEY_TOKEN": "env-secret"})
-        assert code == 0 and status["answer"]["protocol"] == 1
+        assert code == 0 and status["answer"]["protocol"] == 2
     finally:
         stop(proc)
 
