@@ -303,9 +303,14 @@ local function negatives_for(job, settings, engine, params, region, folders, sam
   return chosen
 end
 
+-- The most variations one protocol-2 request may ask for (stepfoley.request.MAX_VARIATIONS).
+M.VARIATIONS_PER_JOB = 8
+
 --[[
 Everything between the dialog and the engine: the job folder, the negatives and their bounce,
-the reference, one request per seed. Returns jobs, negatives or nil, message.
+the reference, and the requests: with an engine that speaks protocol 2, the variations go in
+batches of up to VARIATIONS_PER_JOB seeds per request (sampled together there); with an older
+one, one request per seed. Returns jobs, negatives or nil, message.
 ]]
 local function prepare_jobs(job, settings, engine, params, region)
   local proj = job.proj
@@ -319,15 +324,20 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not path then return nil, ref_err end
     params.reference_audio = path
   end
+  local batch = (params.count > 1 and M.engine_speaks(engine, 2)) and M.VARIATIONS_PER_JOB or 1
   local jobs = {}
-  for i = 1, params.count do
+  for first = 0, params.count - 1, batch do
+    local i = #jobs + 1
     local job_folders = folders
     if i > 1 then -- each job gets its own status file
       job_folders = { output_dir = folders.output_dir, job_dir = M.join(folders.job_dir, "take" .. i) }
       reaper.RecursiveCreateDirectory(job_folders.job_dir, 0)
     end
-    jobs[i] = { request = M.build_request(region, params, params.seed + i - 1, folders, negatives, sample_rate),
-      folders = job_folders, label = params.caption }
+    local request = M.build_request(region, params, params.seed + first, folders, negatives, sample_rate)
+    if batch > 1 then
+      request.protocol, request.variations = 2, math.min(batch, params.count - first)
+    end
+    jobs[i] = { request = request, folders = job_folders, label = params.caption }
   end
   return jobs, negatives
 end
@@ -336,7 +346,17 @@ end
 local function insert_results(job, settings, region, jobs, results, negatives, params)
   local takes = {}
   for i, r in ipairs(results) do
-    if r.state == "done" then
+    if r.state == "done" and r.stems then -- every variation of a protocol-2 job, best first
+      for _, s in ipairs(r.stems) do
+        local request = {}
+        for k, v in pairs(jobs[i].request) do request[k] = v end
+        request.seed, request.variations = s.metadata.seed or request.seed, nil
+        local meta = M.take_metadata(request, { stem_path = s.stem_path, job_id = r.job_id, metadata = s.metadata },
+          negatives, job.reference_label)
+        meta.rank, meta.ranking = s.metadata.rank, r.ranking
+        takes[#takes + 1] = { stem_path = s.stem_path, meta = meta }
+      end
+    elseif r.state == "done" then
       takes[#takes + 1] = { stem_path = r.stem_path,
         meta = M.take_metadata(jobs[i].request, r, negatives, job.reference_label) }
     end

@@ -404,27 +404,34 @@ def test_an_older_engine_without_capabilities(world):
 
 
 def test_variations_in_fixed_lanes(world):
-    """REAPER 7: one item per fixed lane, the first lane plays, each lane named after its seed."""
+    """REAPER 7: one item per fixed lane in the engine's rank order, the first (best) lane plays,
+    each lane named after its seed; the variations are one protocol-2 job."""
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}])
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     [track] = new_tracks(result)
     assert track["freemode"] == 2
-    assert track["lanes"] == [{"plays": 1, "name": "seed 20"}, {"plays": 0, "name": "seed 21"},
-                              {"plays": 0, "name": "seed 22"}]
+    # the stand-in ranks its seeds in reverse: the order is the engine's, not the seeds'
+    assert track["lanes"] == [{"plays": 1, "name": "seed 22"}, {"plays": 0, "name": "seed 21"},
+                              {"plays": 0, "name": "seed 20"}]
     assert [i["fixedlane"] for i in track["items"]] == [0, 1, 2]
-    for item, seed in zip(track["items"], (20, 21, 22)):
+    for item, seed, rank in zip(track["items"], (22, 21, 20), (1, 2, 3)):
         assert_exact_placement(item, 3.0, 5.5)
         [take] = item["takes"]
-        assert h.take_meta(take)["seed"] == seed and take["markers"] == [{"name": f"seed {seed}", "position": 0}]
+        meta = h.take_meta(take)
+        assert (meta["seed"], meta["rank"], meta["engine"]["seed"]) == (seed, rank, seed)
+        assert "variations" not in meta and meta["ranking"]["ranked_by"] == "seed"
+        assert take["markers"] == [{"name": f"seed {seed}", "position": 0}]
         assert len(sf.read(take["source_file"])[0]) == h.frames(2.5) and item["loopsrc"] == 0
-    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 1
+    request = h.job_request(result)
+    assert (request["protocol"], request["variations"], request["seed"]) == (2, 3, 20)
     assert_project_untouched(result)
 
 
 @pytest.mark.parametrize("how", [{"app_version": "6.83/linux-x86_64"}, {"variations_as": "takes"}])
 def test_variations_as_takes(world, how):
-    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item
+    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item, the best active
     extstate = h.extstate(world, variations_as=how.get("variations_as", "lanes"))
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}], extstate=extstate,
                   app_version=how.get("app_version", "7.27/linux-x86_64"))
@@ -435,11 +442,31 @@ def test_variations_as_takes(world, how):
     assert_exact_placement(item, 3.0, 5.5)
     assert track["freemode"] == 0
     seeds = [h.take_meta(t)["seed"] for t in item["takes"]]
-    assert seeds == [20, 21, 22] and item["active_take"] == 1
+    assert seeds == [22, 21, 20] and item["active_take"] == 1
     stems = {t["source_file"] for t in item["takes"]}
     assert len(stems) == 3 and all(len(sf.read(s)[0]) == h.frames(2.5) for s in stems)
-    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 1
     assert_project_untouched(result)
+
+
+def test_an_engine_before_protocol_2_gets_one_job_per_variation(world):
+    sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_PROTOCOL": "1"})
+    assert result["messages"] == []
+    [track] = new_tracks(result)
+    assert [lane["name"] for lane in track["lanes"]] == ["seed 20", "seed 21", "seed 22"]
+    assert [(r["protocol"], r["seed"], "variations" in r) for r in h.job_requests(result)] == [
+        (1, 20, False), (1, 21, False), (1, 22, False)]
+
+
+def test_more_variations_than_one_job_holds_go_in_batches(world):
+    sc = scenario(world, dialog=answers(seed="20", count=10), actions=[{"script": h.VARIATIONS}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert [(r["seed"], r["variations"]) for r in h.job_requests(result)] == [(20, 8), (28, 2)]
+    [track] = new_tracks(result)
+    assert sorted(int(lane["name"].split()[1]) for lane in track["lanes"]) == list(range(20, 30))
+    assert len(result["undo"]) == 1
 
 
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):
