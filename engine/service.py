@@ -22,7 +22,7 @@ from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
-from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
+from stepfoley.engine.session import SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, splice
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
                                GenerationRequest)
 
@@ -115,14 +115,17 @@ class FoleyService:
         Stems are finished and written one at a time (one stem's worth of memory), and a failure
         removes the ones written before it: a job leaves all its stems or none."""
         earlier = session.conditioning_mix()
-        takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference)
+        take = _Take.read(request, session) if request.take is not None else None
+        takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
+                                        known=None if take is None else take.known)
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
                              judge, why_not)
         stems: list[dict] = []
         try:
             for rank, index in enumerate(ranking.order):
-                stem, metadata = self._finished_stem(request, takes[index])
+                stem, metadata = (self._finished_stem(request, takes[index]) if take is None
+                                  else take.spliced(request, takes[index]))
                 path = self._write(request, stem)
                 stems.append({"stem_path": os.fspath(path),
                               "metadata": {**metadata, "rank": rank + 1, "ranking": ranking.figures[index]}})
@@ -137,6 +140,67 @@ class FoleyService:
         if not hasattr(self, "_judge_cache"):
             self._judge_cache = judge_for(self.model)
         return self._judge_cache
+
+
+class _Take:
+    """The take of an extend or repair request: as read (C, S) at its own rate, what the model
+    hears of it, and the span kept."""
+
+    def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession):
+        self.samples, self.rate = samples, rate
+        start, end = request.regenerate
+        model_rate = session.model.sample_rate
+        mono = mixing.fit_length(mixing.resample(samples.mean(axis=0, keepdims=True), rate, model_rate),
+                                 session.length)[0]
+        self.known = KnownAudio(mono, _kept(session.length, model_rate, start, end))
+
+    @classmethod
+    def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
+        length = request.region.project_duration
+        samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"), max_seconds=length,
+                                            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+        start, end = request.regenerate
+        seconds = samples.shape[-1] / rate
+        needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
+        if seconds < needed - 1e-3:
+            raise InvalidInputError(
+                f"The take '{request.take}' is {seconds:.3f} s long, but the stem keeps it up to {needed:.3f} s "
+                f"from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a longer take.")
+        return cls(samples, rate, request, session)
+
+    def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
+        """The stem: the take at the request's rate, the track where it is new, crossfaded at
+        the seams on the new side. The new audio was brought to the take's level and limited by
+        the session; it is limited again after resampling, the take never."""
+        rate = request.sample_rate
+        length = int(round(request.region.project_duration * rate))
+        take = self.samples if self.rate == rate else mixing.resample(self.samples, self.rate, rate)
+        take_length = min(take.shape[-1], length)
+        new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
+        new = mixing.limit_true_peak(new, rate, STEM_CEILING_DBTP)
+        keep = _kept(length, rate, *request.regenerate)
+        stem = splice(mixing.fit_length(take, length), new, keep, int(round(SEAM_S * rate)), take_length)
+        metadata = {
+            **track.metadata,
+            "sample_rate": rate,
+            "duration": length / rate,
+            "channels": stem.shape[0],
+            "format": request.format,
+            "project_start": request.region.project_start,
+            "playrate": request.region.playrate,
+            "reference_audio": request.reference_audio,
+            "take": request.take,
+            "regenerate": list(request.regenerate),
+            "kept_untouched": self.rate == rate,  # else the take was resampled to the project's rate
+            "lufs": None,  # the stem is the take's, at its level: only the new part was measured
+        }
+        return stem, metadata
+
+
+def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
+    # (length,) bool: True outside [start, end) seconds
+    index = np.arange(length)
+    return (index < round(start * rate)) | (index >= round(end * rate))
 
 
 def _varispeed(samples: np.ndarray, length: int) -> np.ndarray:
