@@ -157,8 +157,13 @@ class _Take:
     @classmethod
     def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
         length = request.region.project_duration
-        samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"), max_seconds=length,
+        # only what reaches the stem's end is read: take_offset (≤ MAX_STEM_SECONDS) plus the stem
+        samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"),
+                                            max_seconds=request.take_offset + length,
                                             max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+        samples = samples[:, int(round(request.take_offset * rate)):]
+        if samples.shape[-1] == 0:
+            raise InvalidInputError(f"The take '{request.take}' ends before take_offset ({request.take_offset:g} s).")
         start, end = request.regenerate
         seconds = samples.shape[-1] / rate
         needed = length if end < length - 1e-6 else start  # the take must hold every kept sample

@@ -128,6 +128,7 @@ class GenerationRequest:
     variations: int = 1
     take: str | None = None  # extend and repair: the take, its first sample at project_start
     regenerate: tuple[float, float] | None = None  # seconds from project_start: the span made new
+    take_offset: float = 0.0  # seconds into the take file where project_start falls
     protocol: int = 1
 
     def to_json(self) -> dict:
@@ -308,6 +309,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"and channel count; {_INPUT_AUDIO_RULE}); the stem is this take with `regenerate` made new, the rest "
               "sample for sample (at the take's rate and channels when `sample_rate` is the take's); needs "
               "`regenerate` and `region.playrate` 1", since=2),
+    FieldSpec("take_offset", "number (s)", "0.0",
+              f"0-{MAX_STEM_SECONDS:g}; where `project_start` falls in `take` (a DAW item's start offset into "
+              "its source file); only with `take`", since=2),
     FieldSpec("regenerate", "[start, end] or null", "null",
               "seconds from `project_start`: the span of `take` made new, continuing the audio around it and "
               f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it "
@@ -392,6 +396,7 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
         variations=_integer(data.get("variations", 1), "variations", 1, MAX_VARIATIONS),
         take=_optional(data, "take", _path),
+        take_offset=_number(data.get("take_offset", 0.0), "take_offset", 0.0, MAX_STEM_SECONDS),
         regenerate=_optional(data, "regenerate", _span),
     )
     _check_continuation(request)
@@ -417,6 +422,8 @@ def _check_continuation(request: GenerationRequest) -> None:
         _invalid("take and regenerate go together: the take to extend or repair, and the span of it to make new "
                  "(seconds from project_start). Give both, or neither for a new track.")
     if request.take is None:
+        if request.take_offset:
+            _invalid("take_offset says where project_start falls in the take; it needs take and regenerate.")
         return
     start, end = request.regenerate
     length = request.region.project_duration

@@ -150,3 +150,15 @@ def test_extend_and_repair_need_protocol_2_and_playrate_1(tmp_path):
         parse_request(request)
     ok = parse_request(make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.2, 0.6]))
     assert ok.regenerate == (0.2, 0.6) and parse_request(json.loads(json.dumps(ok.to_json()))) == ok
+
+
+def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, tmp_path):
+    rng = np.random.default_rng(2)
+    source = (0.1 * rng.standard_normal(3 * 48000)).astype(np.float32)  # an item 1 s into its source
+    sf.write(tmp_path / "source.wav", source, 48000, subtype="FLOAT")
+    result = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "source.wav", [1.5, 2.0],
+                                                 take_offset=1.0))
+    out, _ = sf.read(result["stems"][0]["stem_path"], dtype="float32")
+    assert np.array_equal(out[:72000], source[48000:120000])
+    with pytest.raises(RequestError, match="take_offset says where project_start falls"):
+        parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))
