@@ -531,6 +531,63 @@ def test_regenerate_needs_a_stepfoley_item(world):
     assert "Select an item made by StepFoley" in result["messages"][0]["message"]
 
 
+def continuation_layer(world, position=3.0, length=2.5, **take):
+    meta = {"caption": "door creak", "method": "nag", "seed": 11, "negatives": {"mode": "layers", "tracks": []}}
+    layer = stepfoley_layer(world, "door creak", meta, position=position, length=length, selected=True)
+    layer["items"][0]["takes"][0].update(take)
+    return layer
+
+
+def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
+    """Item 3.0-5.5 s playing its source from 1.5 s; selection 4.0-7.0 s: the take is kept up to
+    4.0 s and the engine makes 4.0-7.0 s; the new take covers 3.0-7.0 s and the item grows to it."""
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, startoffs=1.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert (request["protocol"], request["take"], request["take_offset"]) == (2, str(world["foley"]), 1.5)
+    assert request["regenerate"] == [1.0, 4.0] and request["region"]["project_start"] == 3.0
+    assert request["region"]["project_end"] == 7.0 and "variations" not in request
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    assert_exact_placement(item, 3.0, 7.0)
+    assert len(item["takes"]) == 2 and item["active_take"] == 2 and item["takes"][1]["startoffs"] == 0
+    assert len(sf.read(item["takes"][1]["source_file"])[0]) == h.frames(4.0)
+    assert h.take_meta(item["takes"][1])["regenerate"] == [1.0, 4.0]
+    assert result["undo"] == ['StepFoley: extend "door creak"']
+
+
+def test_regenerate_inside_keeps_the_rest_of_the_take(world):
+    sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
+                  extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert (request["take_offset"], request["regenerate"]) == (0.0, [0.5, 1.0])
+    assert (request["region"]["project_start"], request["region"]["project_end"]) == (3.0, 5.5)
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    assert_exact_placement(item, 3.0, 5.5) and item["active_take"] == 2
+    assert result["undo"] == ['StepFoley: regenerate part of "door creak"']
+
+
+@pytest.mark.parametrize("script, ts, take, env, words", [
+    (h.EXTEND, (4.0, 5.0), {}, {}, "Make the time selection end after the selected item"),
+    (h.EXTEND, (3.0, 7.0), {}, {}, "nothing of the take would be kept"),
+    (h.REPAIR, (2.0, 4.0), {}, {}, "Make the time selection inside the selected item"),
+    (h.REPAIR, (3.0, 5.5), {}, {}, "Nothing of the take would be kept"),
+    (h.REPAIR, (3.5, 4.0), {"playrate": 2.0}, {}, "plays its take at another rate"),
+    (h.REPAIR, (3.5, 4.0), {}, {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, "older than protocol 2"),
+], ids=["extend-inside", "extend-all", "repair-outside", "repair-all", "playrate", "old-engine"])
+def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take, env, words):
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
+                  extra_tracks=[continuation_layer(world, **take)])
+    result = h.run_scenario(world["tmp"], sc, env_extra=env)
+    assert words in result["messages"][0]["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
+
 def test_replace_this_layer_negating_all_the_others(world):
     """The first layer, made hearing nothing, is made again hearing every layer made after it:
     same caption, values and seed; its own track is not negated; the method hears the layers."""
