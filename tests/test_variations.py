@@ -130,3 +130,23 @@ def test_without_a_judge_the_takes_stay_in_seed_order_and_the_ranking_says_why(t
     judge, reason = judge_for(OtherModel())
     assert judge is None and "mmaudio-small_16k" in reason and "seed order" in reason
     assert judge_for(tiny)[0] is not None
+
+
+def test_the_engine_answers_a_version_2_job_over_udp_with_every_stem(tiny, scene_video, tmp_path):
+    """The real service behind the real server: what it returns fits the reply and goes on the wire."""
+    from stepfoley.bridge.client import EngineClient
+    from stepfoley.bridge.server import EngineServer, ServerConfig
+
+    service = FoleyService(tiny)
+    take = tmp_path / "take.wav"
+    sf.write(take, np.full((96000, 2), 0.02, np.float32), 48000, subtype="FLOAT")
+    with EngineServer(service, ServerConfig(port=0), service.capabilities()).start() as srv, \
+            EngineClient(port=srv.address[1]) as client:
+        final = client.submit(_request(scene_video, tmp_path, protocol=2, variations=3, take=str(take),
+                                       regenerate=[0.5, 1.5])).wait()
+    assert final["state"] == "done", final["error"]
+    assert [s["metadata"]["rank"] for s in final["stems"]] == [1, 2, 3]
+    assert final["ranking"]["ranked_by"] == RANKED_BY_EMBEDDING
+    for s in final["stems"]:
+        out = sf.read(s["stem_path"], dtype="float32")[0]
+        assert s["metadata"]["take"] == str(take) and np.all(out[:24000] == 0.02)
