@@ -65,7 +65,7 @@ def test_finding_01_a_malformed_bundle_is_dropped_at_once(datagram):
         p = RawPeer(srv.address[1])
         p.send_bytes(datagram)
         p.send(protocol.PING, p.port, "after", "t")
-        assert p.receive(timeout=2.0) == (protocol.PONG, ["after", 1, "unknown", "unknown"])
+        assert p.receive(timeout=2.0) == (protocol.PONG, ["after", protocol.PROTOCOL_VERSION, "unknown", "unknown"])
         p.close()
 
 
