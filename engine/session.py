@@ -312,6 +312,7 @@ class StepSession:
             "model": model.model_id,
             "precision": resolve_precision(model.device, model.precision),
             "region": {"video": str(self.region.video), "start": self.region.start, "end": self.region.end},
+            "picture_focus": None if self.region.focus is None else asdict(self.region.focus),
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
@@ -343,6 +344,10 @@ class StepSession:
 
     def _encode_windows(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoder = self.model.video_encoder
+        focus = self.region.focus
+        # an encoder that knows nothing of a focus is never handed one
+        extra = {} if focus is None else {"focus": focus}
+        encoder_id = encoder.encoder_id if focus is None else f"{encoder.encoder_id}|{focus.key()}"
         out, done_before = [], 0
         for w, (w_start, w_end) in enumerate(self.windows):
             start, end = self.region.start + w_start, self.region.start + w_end
@@ -352,13 +357,13 @@ class StepSession:
             def compute(start=start, end=end, done_before=done_before, total=total):
                 return encoder.encode_region(
                     self.region.video, start, end,
-                    on_progress=lambda done: report("features", done_before + done, total))
+                    on_progress=lambda done: report("features", done_before + done, total), **extra)
 
             if self.feature_cache is None:
                 features = compute()
             else:
                 features = self.feature_cache.get_or_compute_region(
-                    self.region.video, start, end, encoder.encoder_id, compute)
+                    self.region.video, start, end, encoder_id, compute)
             done_before += units
             report("features", done_before, total)
             out.append(tuple(f.to(self.model.device) for f in features))

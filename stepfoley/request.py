@@ -333,7 +333,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("picture_region", "[x0, y0, x1, y1] or null", "null",
               "the part of the picture the sound comes from, as fractions of its width and height (0, 0 = top "
               f"left; each side at least {MIN_PICTURE_REGION:g}): the video features see only it (MMAudio's CLIP "
-              "and Synchformer a crop of it, the embedded model the picture blacked out around it)", since=2),
+              "and Synchformer, and the embedded model's features, see the picture cropped to it)", since=2),
     FieldSpec("picture_region_time", "[start, end] or null", "null (throughout)",
               "seconds from `project_start`, within the stem: when `picture_region` applies; the rest of the "
               "picture is seen whole; only with `picture_region`", since=2),
