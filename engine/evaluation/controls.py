@@ -10,6 +10,9 @@ extend    The scene's first source, its true stem finished like a generated trac
           across the seam over the ground truth's flux at random points; text fidelity and
           timing of the continued part against the same part of a full generation with the
           same seeds.
+region    Two-source scenes, both drawn throughout (miniworld PLAIN); the first source's caption
+          with its box as the picture region (whole clip) and without: the other source's
+          presence in the track (leakage), and the caption's own (text fidelity).
 
 Track settings are the first track's of the main evaluation: plain CFG (method
 "independent"), the model's α and steps unless given, seeds `take_seed(scene, 0, take)`.
@@ -21,6 +24,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +37,9 @@ from stepfoley.engine.evaluation import metrics, stats
 from stepfoley.engine.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
                                                 SceneRun, default_embedding, default_presence, scene_seed, take_seed)
 from stepfoley.engine.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
-from stepfoley.engine.pipeline import FoleyModel
-from stepfoley.engine.session import SEAM_S, TrackSettings
+from stepfoley.engine.miniworld.scene import PLAIN
+from stepfoley.engine.pipeline import FoleyModel, PictureFocus
+from stepfoley.engine.session import SEAM_S, StepSession, TrackSettings
 
 EXTEND_FROM_S = 4.0  # half of a scene: as much kept as made new
 # Spectral flux is taken on a log-mel floored here (dB, the evaluation's mel scale where a
@@ -56,6 +61,10 @@ DEFINITIONS = {
                               "as smooth as the sound itself",
     "extend.text_fidelity": "source-presence probability of the caption's kind in the continued part (from "
                             f"{EXTEND_FROM_S:g} s), extended vs the same part of a full generation",
+    "region.leakage_other": "source-presence probability of the other source's kind in a track captioned for the "
+                            "first source, with its box as the picture region vs without (lower: the region "
+                            "keeps the other source out)",
+    "region.text_fidelity": "source-presence probability of the caption's own kind, with vs without the region",
     "extend.temporal_alignment": "timing (evaluation.metrics.temporal_alignment) of the continued part against "
                                  "the true stem's same part, extended vs full generation",
 }
@@ -157,6 +166,36 @@ def _extend_summary(scenes: list[dict], rate: int) -> dict:
     return summary
 
 
+# -- picture region -------------------------------------------------------------------------------
+
+
+def box_rectangle(box: tuple, size: int) -> tuple[float, float, float, float]:
+    """A mini-world box (x0, y0, width, height) in pixels of a size x size frame as a picture
+    region (x0, y0, x1, y1) in fractions."""
+    x0, y0, width, height = box
+    return x0 / size, y0 / size, (x0 + width) / size, (y0 + height) / size
+
+
+def _region_scene(run: SceneRun, settings: list[TrackSettings], presence) -> dict:
+    """One two-source scene: {"leakage_other": (with, without), "text_fidelity": (with, without)},
+    means over takes."""
+    focus = PictureFocus(box_rectangle(run.scene.boxes[0], run.scene.frames.shape[1]))
+    focused = StepSession(run.session.model, replace(run.session.region, focus=focus))
+    made = (focused.generate_takes(settings, [None] * len(settings))
+            + run.session.generate_takes(settings, [None] * len(settings)))
+    probabilities = presence.probabilities([t.samples for t in made], run.sample_rate)
+    own, other = presence.kind_index(run.kinds[0]), presence.kind_index(run.kinds[1])
+    n = len(settings)
+    return {"leakage_other": (float(probabilities[:n, other].mean()), float(probabilities[n:, other].mean())),
+            "text_fidelity": (float(probabilities[:n, own].mean()), float(probabilities[n:, own].mean()))}
+
+
+def _region_summary(scenes: list[dict]) -> dict:
+    return {figure: _with_and_without([s[figure][0] for s in scenes], [s[figure][1] for s in scenes],
+                                      ("with", "without"))
+            for figure in ("leakage_other", "text_fidelity")}
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -181,7 +220,7 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
     service = FoleyService(model)
     clock = PhaseClock()
     seeds = [scene_seed(seed, i) for i in range(scenes)]
-    per_scene: dict[str, list] = {"extend": []}
+    per_scene: dict[str, list] = {"extend": [], "region": []}
     with tempfile.TemporaryDirectory(prefix="stepfoley-controls-", dir=work_dir) as temp:
         for index, s in enumerate(seeds):
             folder = Path(temp) / f"scene_{index:04d}"
@@ -193,9 +232,18 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
             t0 = time.perf_counter()
             per_scene["extend"].append(_extend_scene(run, service, settings, folder, presence))
             clock.add("extend", time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            pair = SceneRun(model, s, 2, folder / "two_sources", n_sources=2, options=PLAIN)
+            settings = [TrackSettings(pair.captions[0], method="independent", alpha=alpha,
+                                      seed=take_seed(s, 0, t), steps=steps) for t in range(takes)]
+            per_scene["region"].append(_region_scene(pair, settings, presence))
+            clock.add("region", time.perf_counter() - t0)
             if on_progress is not None:
                 on_progress(index + 1, scenes)
-    controls = {"extend": _extend_summary(per_scene["extend"], model.sample_rate)}
+    controls = {"extend": _extend_summary(per_scene["extend"], model.sample_rate),
+                "region": _region_summary(per_scene["region"])}
+    controls["region"]["leakage_other_vs_without"] = controls["region"]["leakage_other"]["with_vs_without"]
     return {
         "config": {"model": model.model_id, "steps": steps, "alpha": alpha, "scenes": scenes, "seed": seed,
                    "takes": takes, "tracks": 1, "duration_s": SCENE_SECONDS, "scene_seeds": seeds,
@@ -226,4 +274,8 @@ def format_controls(report: dict) -> str:
                   f"  seam flux ratio {interval(ratio)} ({ratio['n']} scenes, {ratio['undefined_scenes']} undefined)"]
         for figure in ("text_fidelity", "temporal_alignment"):
             lines.append(f"  {figure} extended - full {interval(extend[figure]['extended_vs_full'], 'mean_diff')}")
+    region = report["controls"].get("region")
+    if region:
+        lines.append(f"region: leakage of the other source with - without {interval(region['leakage_other_vs_without'], 'mean_diff')}")
+        lines.append(f"  text_fidelity with - without {interval(region['text_fidelity']['with_vs_without'], 'mean_diff')}")
     return "\n".join(lines)
