@@ -35,6 +35,20 @@ def test_flux_of_a_sparse_sound_is_defined_and_of_silence_is_not():
     assert ratio == 0.0
 
 
+def test_curve_following_is_measured_where_the_track_is_heard():
+    curve = controls.scene_curve(10_000_000, 8.0)
+    assert [t for t, _ in curve] == [0.0, 2.0, 4.0, 6.0, 8.0] and all(-45 <= db <= -15 for _, db in curve)
+    assert curve == controls.scene_curve(10_000_000, 8.0) != controls.scene_curve(10_000_001, 8.0)
+    from stepfoley.engine.loudness_curve import follow_curve
+
+    shaped = follow_curve(_noise(8.0, 0.1, 0), SR, curve)[0][0]
+    correlation, error = controls.follows_curve(shaped, SR, curve)
+    assert correlation > 0.99 and error < 0.5
+    assert controls.follows_curve(np.zeros(SR, np.float32), SR, curve) == (None, None)
+    steady, _ = controls.follows_curve(_noise(8.0, 0.1, 0), SR, curve)
+    assert abs(steady) < 0.5                                                # a level sound does not follow it
+
+
 def test_bootstrap_mean_is_the_mean_with_an_interval_around_it_and_skips_missing_scenes():
     result = stats.bootstrap_mean([1.0, None, 2.0, 3.0, float("nan")])
     assert result["n"] == 3 and result["mean"] == pytest.approx(2.0)
@@ -59,6 +73,14 @@ def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys):
     for figure in ("text_fidelity", "temporal_alignment"):
         pair = extend[figure]
         assert pair["extended_vs_full"]["mean_diff"] == pytest.approx(pair["extended"]["mean"] - pair["full"]["mean"])
+    region = report["controls"]["region"]
+    assert region["leakage_other_vs_without"] == region["leakage_other"]["with_vs_without"]
+    assert region["leakage_other_vs_without"]["n"] == 1
+    loudness = report["controls"]["loudness"]
+    for figure in ("curve_correlation", "level_error_db", "text_fidelity"):
+        assert set(loudness[figure]) == {"with", "without", "with_vs_without"}
+    assert loudness["curve_correlation"]["with"]["mean"] > 0.8 > loudness["curve_correlation"]["without"]["mean"]
+    assert loudness["level_error_db"]["with"]["mean"] < loudness["level_error_db"]["without"]["mean"]
     assert report["config"]["takes"] == 2 and report["config"]["scene_seeds"] == [10_000_000]
     assert "seam flux ratio" in capsys.readouterr().out
     assert main(argv + ["--choose-alpha"]) == 2

@@ -13,6 +13,9 @@ extend    The scene's first source, its true stem finished like a generated trac
 region    Two-source scenes, both drawn throughout (miniworld PLAIN); the first source's caption
           with its box as the picture region (whole clip) and without: the other source's
           presence in the track (leakage), and the caption's own (text fidelity).
+loudness  The scene's first source with a loudness curve drawn from the scene's seed (points
+          every 2 s, -45 to -15 LUFS) and without: how closely the track's loudness follows the
+          curve (correlation, and the level error in dB), and text fidelity.
 
 Track settings are the first track's of the main evaluation: plain CFG (method
 "independent"), the model's α and steps unless given, seeds `take_seed(scene, 0, take)`.
@@ -37,6 +40,7 @@ from stepfoley.engine.evaluation import metrics, stats
 from stepfoley.engine.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
                                                 SceneRun, default_embedding, default_presence, scene_seed, take_seed)
 from stepfoley.engine.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
+from stepfoley.engine.loudness_curve import FLOOR_LUFS, curve_at, loudness_over_time
 from stepfoley.engine.miniworld.scene import PLAIN
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus
 from stepfoley.engine.session import SEAM_S, StepSession, TrackSettings
@@ -65,6 +69,11 @@ DEFINITIONS = {
                             "first source, with its box as the picture region vs without (lower: the region "
                             "keeps the other source out)",
     "region.text_fidelity": "source-presence probability of the caption's own kind, with vs without the region",
+    "loudness.curve_correlation": "Pearson correlation between the track's loudness over time (engine."
+                                  "loudness_curve: K-weighted, 400 ms windows every 50 ms) and the requested curve, "
+                                  "over the instants above the absolute gate (-70 LUFS), with the curve vs without",
+    "loudness.level_error_db": "median |track's loudness - curve| in dB over the same instants: the absolute level",
+    "loudness.text_fidelity": "source-presence probability of the caption's kind, with the curve vs without",
     "extend.temporal_alignment": "timing (evaluation.metrics.temporal_alignment) of the continued part against "
                                  "the true stem's same part, extended vs full generation",
 }
@@ -196,6 +205,56 @@ def _region_summary(scenes: list[dict]) -> dict:
             for figure in ("leakage_other", "text_fidelity")}
 
 
+# -- loudness curve -------------------------------------------------------------------------------
+
+CURVE_EVERY_S = 2.0
+CURVE_RANGE_LUFS = (-45.0, -15.0)
+
+
+def scene_curve(seed: int, duration: float) -> tuple[tuple[float, float], ...]:
+    """A loudness curve for a scene, drawn from its seed: a point every CURVE_EVERY_S seconds."""
+    rng = np.random.default_rng([seed, 5417])
+    times = np.arange(0.0, duration + 1e-9, CURVE_EVERY_S)
+    return tuple((float(t), float(db)) for t, db in zip(times, rng.uniform(*CURVE_RANGE_LUFS, len(times))))
+
+
+def follows_curve(samples: np.ndarray, sample_rate: int, curve) -> tuple[float | None, float | None]:
+    """(correlation, median level error in dB) of a track's loudness with `curve`, over the
+    instants above the absolute gate; None, None when fewer than 3 are."""
+    times, loudness = loudness_over_time(samples, sample_rate)
+    heard = loudness > FLOOR_LUFS
+    if heard.sum() < 3:
+        return None, None
+    target = curve_at(curve, times[heard])
+    measured = loudness[heard]
+    spread = measured.std() * target.std()
+    correlation = float(np.mean((measured - measured.mean()) * (target - target.mean())) / spread) if spread else None
+    return correlation, float(np.median(np.abs(measured - target)))
+
+
+def _loudness_scene(run: SceneRun, settings: list[TrackSettings], presence) -> dict:
+    """One scene: {"curve_correlation", "level_error_db", "text_fidelity"}: (with, without),
+    means over takes."""
+    curve = scene_curve(run.scene.seed, run.scene.duration)
+    shaped = [replace(s, loudness_curve=curve) for s in settings]
+    made = run.session.generate_takes(shaped + settings, [None] * (2 * len(settings)))
+    follow = [follows_curve(t.samples, run.sample_rate, curve) for t in made]
+    fidelity = presence.probabilities([t.samples for t in made], run.sample_rate)[:, presence.kind_index(run.kinds[0])]
+    n = len(settings)
+
+    def pair(values):
+        return _mean(values[:n]), _mean(values[n:])
+
+    return {"curve_correlation": pair([f[0] for f in follow]), "level_error_db": pair([f[1] for f in follow]),
+            "text_fidelity": pair(list(fidelity))}
+
+
+def _loudness_summary(scenes: list[dict]) -> dict:
+    return {figure: _with_and_without([s[figure][0] for s in scenes], [s[figure][1] for s in scenes],
+                                      ("with", "without"))
+            for figure in ("curve_correlation", "level_error_db", "text_fidelity")}
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -220,7 +279,7 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
     service = FoleyService(model)
     clock = PhaseClock()
     seeds = [scene_seed(seed, i) for i in range(scenes)]
-    per_scene: dict[str, list] = {"extend": [], "region": []}
+    per_scene: dict[str, list] = {"extend": [], "region": [], "loudness": []}
     with tempfile.TemporaryDirectory(prefix="stepfoley-controls-", dir=work_dir) as temp:
         for index, s in enumerate(seeds):
             folder = Path(temp) / f"scene_{index:04d}"
@@ -232,6 +291,9 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
             t0 = time.perf_counter()
             per_scene["extend"].append(_extend_scene(run, service, settings, folder, presence))
             clock.add("extend", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            per_scene["loudness"].append(_loudness_scene(run, settings, presence))
+            clock.add("loudness", time.perf_counter() - t0)
 
             t0 = time.perf_counter()
             pair = SceneRun(model, s, 2, folder / "two_sources", n_sources=2, options=PLAIN)
@@ -242,7 +304,8 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
             if on_progress is not None:
                 on_progress(index + 1, scenes)
     controls = {"extend": _extend_summary(per_scene["extend"], model.sample_rate),
-                "region": _region_summary(per_scene["region"])}
+                "region": _region_summary(per_scene["region"]),
+                "loudness": _loudness_summary(per_scene["loudness"])}
     controls["region"]["leakage_other_vs_without"] = controls["region"]["leakage_other"]["with_vs_without"]
     return {
         "config": {"model": model.model_id, "steps": steps, "alpha": alpha, "scenes": scenes, "seed": seed,
@@ -257,6 +320,10 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
         "timings": {phase: round(seconds, 2) for phase, seconds in clock.seconds.items()},
         "notes": [],
     }
+
+
+def _shown(summary: dict) -> str:
+    return "-" if summary.get("mean") is None else f"{summary['mean']:.3f} (n {summary['n']})"
 
 
 def format_controls(report: dict) -> str:
@@ -274,6 +341,12 @@ def format_controls(report: dict) -> str:
                   f"  seam flux ratio {interval(ratio)} ({ratio['n']} scenes, {ratio['undefined_scenes']} undefined)"]
         for figure in ("text_fidelity", "temporal_alignment"):
             lines.append(f"  {figure} extended - full {interval(extend[figure]['extended_vs_full'], 'mean_diff')}")
+    loudness = report["controls"].get("loudness")
+    if loudness:
+        for figure in ("curve_correlation", "level_error_db"):
+            pair = loudness[figure]
+            lines.append(f"loudness: {figure} with {_shown(pair['with'])}, without {_shown(pair['without'])}")
+        lines.append(f"  text_fidelity with - without {interval(loudness['text_fidelity']['with_vs_without'], 'mean_diff')}")
     region = report["controls"].get("region")
     if region:
         lines.append(f"region: leakage of the other source with - without {interval(region['leakage_other_vs_without'], 'mean_diff')}")
