@@ -70,6 +70,8 @@ def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys):
     assert ratio["n"] + ratio["undefined_scenes"] == 1
     if ratio["n"]:
         assert math.isfinite(ratio["mean"]) and ratio["ci95"] == [ratio["mean"]] * 2   # one scene
+    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio"):
+        assert extend[figure]["n"] + extend[figure]["undefined_scenes"] == 1
     for figure in ("text_fidelity", "temporal_alignment"):
         pair = extend[figure]
         assert pair["extended_vs_full"]["mean_diff"] == pytest.approx(pair["extended"]["mean"] - pair["full"]["mean"])

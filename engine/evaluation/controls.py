@@ -63,6 +63,10 @@ DEFINITIONS = {
                               f"{FLUX_FLOOR_DB:g} dB, between 16 ms frames within {SEAM_REACH_S * 1000:g} ms of it) over "
                               "the ground truth's flux at random points (its mean over every frame pair); 1 = a seam "
                               "as smooth as the sound itself",
+    "extend.seam_flux_ratio_to_own": "flux across the seam over the extended stem's own flux at random points: "
+                                     "the seam against the texture the model makes (1 = no seam to hear)",
+    "extend.full_generation_flux_ratio": "a full generation's flux at random points over the ground truth's: how "
+                                         "much of seam_flux_ratio is the model's texture rather than the seam",
     "extend.text_fidelity": "source-presence probability of the caption's kind in the continued part (from "
                             f"{EXTEND_FROM_S:g} s), extended vs the same part of a full generation",
     "region.leakage_other": "source-presence probability of the other source's kind in a track captioned for the "
@@ -96,15 +100,26 @@ def flux_near(flux: np.ndarray, seconds: float, reach_s: float = SEAM_REACH_S) -
     return float(flux[near].mean())
 
 
-def seam_flux_ratio(track: np.ndarray, truth: np.ndarray, seams: list[float], sample_rate: int) -> float | None:
-    """Flux across the seams of `track` over the flux of `truth` at random points (its mean
-    over every frame pair, the expectation of a random point); None when the truth is as good
-    as silent (MIN_REFERENCE_FLUX_DB). Both mono (S,) at `sample_rate`."""
-    reference = float(log_mel_flux(to_eval_rate(truth, sample_rate)).mean())
-    if not reference >= MIN_REFERENCE_FLUX_DB:
-        return None
+def mean_flux(samples: np.ndarray, sample_rate: int) -> float:
+    """The flux of mono (S,) audio at a random point: its mean over every frame pair."""
+    return float(log_mel_flux(to_eval_rate(samples, sample_rate)).mean())
+
+
+def flux_ratio(numerator: float, reference: float) -> float | None:
+    """numerator / reference, None where the reference is as good as silent (MIN_REFERENCE_FLUX_DB)."""
+    return numerator / reference if reference >= MIN_REFERENCE_FLUX_DB else None
+
+
+def seam_flux(track: np.ndarray, seams: list[float], sample_rate: int) -> float:
+    """The mean flux of mono (S,) audio across the given seams (seconds)."""
     flux = log_mel_flux(to_eval_rate(track, sample_rate))
-    return float(np.mean([flux_near(flux, s) for s in seams])) / reference
+    return float(np.mean([flux_near(flux, s) for s in seams]))
+
+
+def seam_flux_ratio(track: np.ndarray, truth: np.ndarray, seams: list[float], sample_rate: int) -> float | None:
+    """Flux across the seams of `track` over the flux of `truth` at random points; None when the
+    truth is as good as silent (MIN_REFERENCE_FLUX_DB). Both mono (S,) at `sample_rate`."""
+    return flux_ratio(seam_flux(track, seams, sample_rate), mean_flux(truth, sample_rate))
 
 
 def _mean(values) -> float | None:
@@ -147,6 +162,10 @@ def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder:
     keep = np.arange(length) < round(EXTEND_FROM_S * rate)
     kept_diff = max(float(np.max(np.abs(stem[keep] - take[keep]))) for stem in extended)
     ratios = [seam_flux_ratio(stem, take, [EXTEND_FROM_S], rate) for stem in extended]
+    # what the ratio holds besides the seam: the stem's own texture at random points, and how
+    # much more flux the model's audio has than the true stem wherever it is
+    own = [flux_ratio(seam_flux(stem, [EXTEND_FROM_S], rate), mean_flux(stem, rate)) for stem in extended]
+    texture = [flux_ratio(mean_flux(wave, rate), mean_flux(take, rate)) for wave in full]
     part = slice(int(round(EXTEND_FROM_S * rate)), length)
     truth_part = to_eval_rate(run.stems[0][part], rate)
     probabilities = presence.probabilities([w[part] for w in extended + full], rate)
@@ -156,6 +175,8 @@ def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder:
     n = len(settings)
     return {"kept_max_abs_diff": kept_diff,
             "seam_flux_ratio": None if any(r is None for r in ratios) else float(np.mean(ratios)),
+            "seam_flux_ratio_to_own": None if any(r is None for r in own) else float(np.mean(own)),
+            "full_generation_flux_ratio": None if any(r is None for r in texture) else float(np.mean(texture)),
             "text_fidelity": (float(np.mean(fidelity[:n])), float(np.mean(fidelity[n:]))),
             "temporal_alignment": (_mean(timing[:n]), _mean(timing[n:]))}
 
@@ -169,6 +190,9 @@ def _extend_summary(scenes: list[dict], rate: int) -> dict:
         "seam_flux_ratio": {**stats.bootstrap_mean(ratios),
                             "undefined_scenes": sum(r is None for r in ratios)},
     }
+    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio"):
+        values = [s[figure] for s in scenes]
+        summary[figure] = {**stats.bootstrap_mean(values), "undefined_scenes": sum(v is None for v in values)}
     for figure in ("text_fidelity", "temporal_alignment"):
         summary[figure] = _with_and_without([s[figure][0] for s in scenes], [s[figure][1] for s in scenes],
                                             ("extended", "full"))
@@ -338,7 +362,9 @@ def format_controls(report: dict) -> str:
         ratio = extend["seam_flux_ratio"]
         lines += [f"extend: kept samples differ by at most {extend['kept_max_abs_diff']:g} at "
                   f"{extend['kept_sample_rate']} Hz",
-                  f"  seam flux ratio {interval(ratio)} ({ratio['n']} scenes, {ratio['undefined_scenes']} undefined)"]
+                  f"  seam flux ratio {interval(ratio)} ({ratio['n']} scenes, {ratio['undefined_scenes']} undefined)",
+                  f"  seam flux over the stem's own {interval(extend['seam_flux_ratio_to_own'])}, a full "
+                  f"generation's flux over the truth's {interval(extend['full_generation_flux_ratio'])}"]
         for figure in ("text_fidelity", "temporal_alignment"):
             lines.append(f"  {figure} extended - full {interval(extend[figure]['extended_vs_full'], 'mean_diff')}")
     loudness = report["controls"].get("loudness")
