@@ -14,7 +14,7 @@ region    Two-source scenes, both drawn throughout (miniworld PLAIN); the first 
           with its box as the picture region (whole clip) and without: the other source's
           presence in the track (leakage), and the caption's own (text fidelity).
 loudness  The scene's first source with a loudness curve drawn from the scene's seed (points
-          every 2 s, -45 to -15 LUFS) and without: how closely the track's loudness follows the
+          every 2 s spanning -45 to -15 LUFS) and without: how closely the track's loudness follows the
           curve (correlation, and the level error in dB), and text fidelity.
 
 Track settings are the first track's of the main evaluation: plain CFG (method
@@ -236,10 +236,15 @@ CURVE_RANGE_LUFS = (-45.0, -15.0)
 
 
 def scene_curve(seed: int, duration: float) -> tuple[tuple[float, float], ...]:
-    """A loudness curve for a scene, drawn from its seed: a point every CURVE_EVERY_S seconds."""
+    """A loudness curve for a scene, drawn from its seed: a point every CURVE_EVERY_S seconds,
+    stretched to span all of CURVE_RANGE_LUFS (a nearly flat curve would leave a correlation
+    with it to chance)."""
     rng = np.random.default_rng([seed, 5417])
     times = np.arange(0.0, duration + 1e-9, CURVE_EVERY_S)
-    return tuple((float(t), float(db)) for t, db in zip(times, rng.uniform(*CURVE_RANGE_LUFS, len(times))))
+    drawn = rng.uniform(0.0, 1.0, len(times))
+    low, high = CURVE_RANGE_LUFS
+    levels = low + (high - low) * (drawn - drawn.min()) / max(drawn.max() - drawn.min(), 1e-9)
+    return tuple((float(t), float(db)) for t, db in zip(times, levels))
 
 
 def follows_curve(samples: np.ndarray, sample_rate: int, curve) -> tuple[float | None, float | None]:
