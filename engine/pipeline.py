@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from stepfoley.engine.errors import InvalidInputError
@@ -44,8 +45,8 @@ class PictureFocus:
     def applies(self, seconds):
         """Whether the rectangle applies at file time(s) `seconds` (a number or an array)."""
         if self.start is None:
-            return seconds == seconds  # True, in the shape given
-        return (seconds >= self.start) & (seconds < self.end)
+            return np.full(np.shape(seconds), True)
+        return (np.asarray(seconds) >= self.start) & (np.asarray(seconds) < self.end)
 
     def pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) rows and columns of a height x width picture, at least one each."""

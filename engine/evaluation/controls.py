@@ -291,9 +291,9 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
                       alpha: float | None = None, presence=None,
                       on_progress: Callable[[int, int], None] | None = None,
                       work_dir: str | Path | None = None) -> dict:
-    """The controls report (JSON-ready): `config`, `classifier`, `controls` (extend: see the
-    module's docstring), `per_scene`, `definitions`, `timings`, `notes`. `on_progress(done,
-    total)` counts scenes."""
+    """The controls report (JSON-ready): `config`, `classifier`, `controls` (extend, region,
+    loudness: see the module's docstring and DEFINITIONS), `per_scene`, `definitions`,
+    `timings`, `notes`. `on_progress(done, total)` counts scenes."""
     from stepfoley.engine.service import FoleyService
 
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
