@@ -13,19 +13,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo
+from stepfoley.request import Capabilities, GenerationRequest, GuidanceDefaults, MethodInfo
+
+
+@dataclass(frozen=True)
+class PictureFocus:
+    """The part of the picture a track's sound comes from: a rectangle (x0, y0, x1, y1) as
+    fractions of the picture as displayed (0, 0 = top left), and the file times it applies
+    in, [start, end) (None: throughout). Checked by the request's parser."""
+
+    rect: tuple[float, float, float, float]
+    start: float | None = None
+    end: float | None = None
+
+    @classmethod
+    def from_request(cls, request: GenerationRequest) -> "PictureFocus | None":
+        """The request's picture region in file time (its times are the stem's: from
+        project_start, at the item's playrate)."""
+        if request.picture_region is None:
+            return None
+        region, span = request.region, request.picture_region_time
+        if span is None:
+            return cls(request.picture_region)
+        return cls(request.picture_region, region.file_in + span[0] * region.playrate,
+                   region.file_in + span[1] * region.playrate)
+
+    def applies(self, seconds):
+        """Whether the rectangle applies at file time(s) `seconds` (a number or an array)."""
+        if self.start is None:
+            return np.full(np.shape(seconds), True)
+        return (np.asarray(seconds) >= self.start) & (np.asarray(seconds) < self.end)
+
+    def pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) rows and columns of a height x width picture, at least one each."""
+        x0, y0, x1, y1 = self.rect
+        top, left = min(int(y0 * height), height - 1), min(int(x0 * width), width - 1)
+        return top, max(top + 1, math.ceil(y1 * height)), left, max(left + 1, math.ceil(x1 * width))
+
+    def key(self) -> str:
+        """Part of the feature cache's key: features of another focus are other features."""
+        return f"focus[{','.join(f'{v:.6f}' for v in self.rect)}]@{self.start}-{self.end}"
 
 
 @dataclass(frozen=True)
 class Region:
-    """A stretch of a video file, in file time (seconds)."""
+    """A stretch of a video file, in file time (seconds), and the part of its picture the
+    sound comes from (None: all of it)."""
 
     video: Path
     start: float
     end: float
+    focus: PictureFocus | None = None
 
     def __post_init__(self):
         if not (math.isfinite(self.start) and math.isfinite(self.end)):
@@ -65,8 +107,10 @@ class VideoEncoder(Protocol):
         ...
 
     def encode_region(self, video: Path, start: float, end: float,
-                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns clip_f (1, Tc, Dc) and sync_f (1, Ts, Ds); `on_progress(units_done)` as it goes."""
+                      on_progress: Callable[[int], None] | None = None,
+                      focus: PictureFocus | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns clip_f (1, Tc, Dc) and sync_f (1, Ts, Ds); `on_progress(units_done)` as it goes.
+        `focus`: the features see only that part of the picture (passed only when given)."""
         ...
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, splice
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
@@ -65,7 +65,8 @@ class FoleyService:
         video = _existing_file(region.video, "The video")
         if not os.path.isdir(request.output_dir):
             raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
-        session = StepSession(self.model, Region(video, region.file_in, region.file_out), self.feature_cache)
+        session = StepSession(self.model, Region(video, region.file_in, region.file_out,
+                                                 PictureFocus.from_request(request)), self.feature_cache)
         for samples, sample_rate in existing_tracks:
             session.add_track(samples, sample_rate)
         reference = None

@@ -32,6 +32,7 @@ from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
+from stepfoley.engine.loudness_curve import follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, known_latent,
                                       time_grid)
@@ -77,12 +78,18 @@ class TrackSettings:
     seed: int = 0
     steps: int | None = None
     negative_caption: str = ""
+    # (seconds of picture from the region's start, LUFS): the track follows it as gain
+    # automation (engine.loudness_curve) instead of being loudness-normalized
+    loudness_curve: tuple[tuple[float, float], ...] | None = None
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> "TrackSettings":
+        curve = request.loudness_curve
+        if curve is not None:  # the request's seconds are the stem's; the picture runs at playrate
+            curve = tuple((t * request.region.playrate, db) for t, db in curve)
         return cls(caption=request.caption, method=request.method, alpha=request.alpha, beta=request.beta,
                    w1=request.w1, w2=request.w2, w3=request.w3, seed=request.seed, steps=request.steps,
-                   negative_caption=request.negative_caption)
+                   negative_caption=request.negative_caption, loudness_curve=curve)
 
     def resolved(self, defaults: GuidanceDefaults) -> "TrackSettings":
         return replace(self, **resolve_guidance(defaults, self.method, self.alpha, self.beta,
@@ -303,7 +310,9 @@ class StepSession:
         t0 = time.perf_counter()
         joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length) for i in range(len(settings))]
         if known is None:
-            finished = [mixing.finish_stem(audio, model.sample_rate) for audio in joined]
+            finished = [mixing.finish_stem(audio, model.sample_rate) if s.loudness_curve is None
+                        else follow_curve(audio, model.sample_rate, s.loudness_curve)
+                        for s, audio in zip(settings, joined)]
         else:
             finished = [finish_new_part(audio, known, model.sample_rate) for audio in joined]
         timings["finishing"] = time.perf_counter() - t0
@@ -312,6 +321,7 @@ class StepSession:
             "model": model.model_id,
             "precision": resolve_precision(model.device, model.precision),
             "region": {"video": str(self.region.video), "start": self.region.start, "end": self.region.end},
+            "picture_focus": None if self.region.focus is None else asdict(self.region.focus),
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
@@ -319,8 +329,10 @@ class StepSession:
             "takes_in_batch": len(settings),
         }
         return [Track(samples[0], model.sample_rate,
-                      {**asdict(s), **common, "negative_caption": s.negative_caption or None, **(levels if isinstance(levels, dict) else asdict(levels)),
-                       "timings": dict(timings)},
+                      {**asdict(s), **common, "negative_caption": s.negative_caption or None,
+                       # the points went out with the request; a stem's reply stays within its datagram
+                       "loudness_curve": None if s.loudness_curve is None else f"{len(s.loudness_curve)} points",
+                       **(levels if isinstance(levels, dict) else asdict(levels)), "timings": dict(timings)},
                       captions=(s.caption,))
                 for s, (samples, levels) in zip(settings, finished)]
 
@@ -343,6 +355,10 @@ class StepSession:
 
     def _encode_windows(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoder = self.model.video_encoder
+        focus = self.region.focus
+        # an encoder that knows nothing of a focus is never handed one
+        extra = {} if focus is None else {"focus": focus}
+        encoder_id = encoder.encoder_id if focus is None else f"{encoder.encoder_id}|{focus.key()}"
         out, done_before = [], 0
         for w, (w_start, w_end) in enumerate(self.windows):
             start, end = self.region.start + w_start, self.region.start + w_end
@@ -352,13 +368,13 @@ class StepSession:
             def compute(start=start, end=end, done_before=done_before, total=total):
                 return encoder.encode_region(
                     self.region.video, start, end,
-                    on_progress=lambda done: report("features", done_before + done, total))
+                    on_progress=lambda done: report("features", done_before + done, total), **extra)
 
             if self.feature_cache is None:
                 features = compute()
             else:
                 features = self.feature_cache.get_or_compute_region(
-                    self.region.video, start, end, encoder.encoder_id, compute)
+                    self.region.video, start, end, encoder_id, compute)
             done_before += units
             report("features", done_before, total)
             out.append(tuple(f.to(self.model.device) for f in features))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from stepfoley.engine.errors import VideoError
+from stepfoley.engine.pipeline import PictureFocus
 
 CLIP_FPS = 8
 CLIP_SIZE = 384
@@ -305,12 +306,20 @@ class _SeekedTooFar(Exception):
     pass
 
 
+def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:
+    """A decoded frame (H, W, 3) cropped to a picture focus's rectangle; each request's fit then
+    scales it to its encoder's size, as it would a whole frame."""
+    top, bottom, left, right = focus.pixels(*rgb.shape[:2])
+    return np.ascontiguousarray(rgb[top:bottom, left:right])
+
+
 def read_regions(path: str | Path, start_s: float, end_s: float,
-                 requests: Sequence[FrameRequest]) -> list[torch.Tensor]:
+                 requests: Sequence[FrameRequest], focus: PictureFocus | None = None) -> list[torch.Tensor]:
     """Decode [start_s, end_s) once and cut one uint8 (T, 3, size, size) tensor per request.
 
     Each source frame is converted and resized once per request that shows it, as it is
-    decoded, so memory stays at the output size whatever the source resolution."""
+    decoded, so memory stays at the output size whatever the source resolution. `focus`: the
+    frames at the times it applies are cropped to it first (focus_frame)."""
     path = Path(path)
     all_times = [_sample_times(start_s, end_s, r.fps) for r in requests]
     merged = np.concatenate(all_times) if all_times else np.empty(0)
@@ -324,12 +333,18 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
                for r, t in zip(requests, all_times)]
 
     def on_shown(rgb: np.ndarray, sorted_indices: np.ndarray) -> None:
-        samples = order[sorted_indices]
-        for request_index in np.unique(owner[samples]):
-            request = requests[request_index]
-            resized = fit_frames(rgb[None], request.size, request.fit)[0]
-            mine = slot[samples[owner[samples] == request_index]]
-            outputs[request_index][torch.from_numpy(mine)] = resized
+        shown = order[sorted_indices]
+        # one decoded frame may stay on screen across the start or end of the focus's time
+        inside = focus.applies(merged[shown]) if focus is not None else np.zeros(len(shown), bool)
+        for picture, samples in ((rgb, shown[~inside]), (None, shown[inside])):
+            if len(samples) == 0:
+                continue
+            picture = focus_frame(rgb, focus) if picture is None else picture
+            for request_index in np.unique(owner[samples]):
+                request = requests[request_index]
+                resized = fit_frames(picture[None], request.size, request.fit)[0]
+                mine = slot[samples[owner[samples] == request_index]]
+                outputs[request_index][torch.from_numpy(mine)] = resized
 
     with _open(path) as container:
         if not container.streams.video:
@@ -348,6 +363,6 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
 
 
 def read_region(path: str | Path, start_s: float, end_s: float, fps: float, size: int,
-                fit: Fit = "stretch") -> torch.Tensor:
+                fit: Fit = "stretch", focus: PictureFocus | None = None) -> torch.Tensor:
     """uint8 (T, 3, size, size): the frames on screen at start + k/fps, k < int(len*fps)."""
-    return read_regions(path, start_s, end_s, [FrameRequest(fps, size, fit)])[0]
+    return read_regions(path, start_s, end_s, [FrameRequest(fps, size, fit)], focus)[0]

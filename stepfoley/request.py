@@ -56,6 +56,13 @@ MAX_VARIATIONS = 8
 # Extend and repair: the span made new is at least this long (a seam's crossfade each side
 # needs room), and the take must keep something (else it is a plain generation).
 MIN_REGENERATE_SECONDS = 0.1
+# Picture region: each side at least this fraction of the picture (3 pixels of the embedded
+# model's 64-pixel frames); anything smaller leaves no picture to follow.
+MIN_PICTURE_REGION = 0.05
+# Loudness curve: points a DAW envelope can send within one request datagram (about 20 bytes
+# each as JSON), over the range a stem can usefully sit in (BS.1770's absolute gate to full scale).
+MAX_LOUDNESS_POINTS = 128
+MIN_CURVE_LUFS, MAX_CURVE_LUFS = -70.0, 0.0
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
 FORMATS = ("wav24", "wav32f")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -129,6 +136,9 @@ class GenerationRequest:
     take: str | None = None  # extend and repair: the take, its first sample at project_start
     regenerate: tuple[float, float] | None = None  # seconds from project_start: the span made new
     take_offset: float = 0.0  # seconds into the take file where project_start falls
+    picture_region: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 of the picture, 0..1
+    picture_region_time: tuple[float, float] | None = None  # seconds from project_start; None: throughout
+    loudness_curve: tuple[tuple[float, float], ...] | None = None  # (seconds from project_start, dB)
     protocol: int = 1
 
     def to_json(self) -> dict:
@@ -136,8 +146,11 @@ class GenerationRequest:
         newer = {f.name for f in FIELDS if f.since > self.protocol}  # a v1 request stays a v1 request
         out = {k: v for k, v in asdict(self).items() if v is not None and k not in newer}
         out["previous_captions"] = list(self.previous_captions)
-        if self.regenerate is not None:
-            out["regenerate"] = list(self.regenerate)
+        for name in ("regenerate", "picture_region", "picture_region_time"):
+            if getattr(self, name) is not None:
+                out[name] = list(getattr(self, name))
+        if self.loudness_curve is not None:
+            out["loudness_curve"] = [list(point) for point in self.loudness_curve]
         return out
 
 
@@ -214,7 +227,8 @@ BOUNDS = {
     "alpha": [0.0, MAX_GUIDANCE], "beta": [0.0, MAX_GUIDANCE],
     "w1": [-MAX_WEIGHT, MAX_WEIGHT], "w2": [-MAX_WEIGHT, MAX_WEIGHT], "w3": [-MAX_WEIGHT, MAX_WEIGHT],
     "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED], "variations": [1, MAX_VARIATIONS],
-    "regenerate_seconds": MIN_REGENERATE_SECONDS,
+    "regenerate_seconds": MIN_REGENERATE_SECONDS, "picture_region_size": MIN_PICTURE_REGION,
+    "loudness_curve_points": MAX_LOUDNESS_POINTS, "loudness_curve_db": [MIN_CURVE_LUFS, MAX_CURVE_LUFS],
     "caption_chars": MAX_CAPTION_CHARS, "previous_captions": MAX_PREVIOUS_CAPTIONS,
     "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
     "region_seconds": [MIN_REGION_SECONDS, MAX_REGION_SECONDS], "playrate": [MIN_PLAYRATE, MAX_PLAYRATE],
@@ -316,6 +330,18 @@ FIELDS: tuple[FieldSpec, ...] = (
               "seconds from `project_start`: the span of `take` made new, continuing the audio around it and "
               f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it "
               "(past the take's end: extend; inside it: repair); only with `take`", since=2),
+    FieldSpec("picture_region", "[x0, y0, x1, y1] or null", "null",
+              "the part of the picture the sound comes from, as fractions of its width and height (0, 0 = top "
+              f"left; each side at least {MIN_PICTURE_REGION:g}): the video features see only it (MMAudio's CLIP "
+              "and Synchformer, and the embedded model's features, see the picture cropped to it)", since=2),
+    FieldSpec("picture_region_time", "[start, end] or null", "null (throughout)",
+              "seconds from `project_start`, within the stem: when `picture_region` applies; the rest of the "
+              "picture is seen whole; only with `picture_region`", since=2),
+    FieldSpec("loudness_curve", "list of [seconds, dB] or null", "null",
+              f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
+              f"short-term loudness in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
+              "them and level beyond the ends: the stem follows it in time and absolute level (no loudness "
+              "normalization; true-peak limited), applied as gain automation; not with `take`", since=2),
 )
 
 _TOP_FIELDS = tuple(dict.fromkeys(f.name.split(".", 1)[0] for f in FIELDS))
@@ -398,8 +424,12 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         take=_optional(data, "take", _path),
         take_offset=_number(data.get("take_offset", 0.0), "take_offset", 0.0, MAX_STEM_SECONDS),
         regenerate=_optional(data, "regenerate", _span),
+        picture_region=_optional(data, "picture_region", _rectangle),
+        picture_region_time=_optional(data, "picture_region_time", _span),
+        loudness_curve=_optional(data, "loudness_curve", _curve),
     )
     _check_continuation(request)
+    _check_shaping(request)
     if request.seed + request.variations - 1 > MAX_SEED:
         _invalid(f"seed {request.seed} leaves no room for {request.variations} variations (their seeds count up "
                  f"from it to at most {MAX_SEED}); choose a smaller seed.")
@@ -438,6 +468,52 @@ def _check_continuation(request: GenerationRequest) -> None:
     if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
         _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
                  "to make a new track.")
+
+
+def _check_shaping(request: GenerationRequest) -> None:
+    length = request.region.project_duration
+    if request.picture_region_time is not None:
+        if request.picture_region is None:
+            _invalid("picture_region_time says when the picture region applies; it needs picture_region.")
+        if request.picture_region_time[1] > length + REGION_TOLERANCE_S:
+            _invalid(f"picture_region_time ends at {request.picture_region_time[1]:g} s, after the stem's end "
+                     f"({length:.3f} s from project_start).")
+    if request.loudness_curve is not None:
+        if request.take is not None:
+            _invalid("A loudness curve cannot shape a take being extended or repaired: the new part follows the "
+                     "take's own level. Leave out loudness_curve, or make a new track.")
+        last = request.loudness_curve[-1][0]
+        if last > length + REGION_TOLERANCE_S:
+            _invalid(f"loudness_curve has a point at {last:g} s, after the stem's end ({length:.3f} s from "
+                     "project_start).")
+
+
+def _rectangle(value: Any, name: str) -> tuple[float, float, float, float]:
+    if not isinstance(value, list) or len(value) != 4:
+        _invalid(f"{name} must be [x0, y0, x1, y1] as fractions of the picture's width and height, got {_show(value)}.")
+    x0, y0, x1, y1 = (_number(v, f"{name} {axis}", 0.0, 1.0) for v, axis in zip(value, ("x0", "y0", "x1", "y1")))
+    if x1 - x0 < MIN_PICTURE_REGION or y1 - y0 < MIN_PICTURE_REGION:
+        _invalid(f"{name} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is {x1 - x0:.3f} wide and {y1 - y0:.3f} high; each side "
+                 f"must be at least {MIN_PICTURE_REGION:g} of the picture (and x1, y1 right of and below x0, y0).")
+    return x0, y0, x1, y1
+
+
+def _curve(value: Any, name: str) -> tuple[tuple[float, float], ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LOUDNESS_POINTS:
+        _invalid(f"{name} must be a list of 1 to {MAX_LOUDNESS_POINTS} [seconds, dB] points, got "
+                 f"{len(value) if isinstance(value, list) else _show(value)}"
+                 f"{' points' if isinstance(value, list) else ''}. Thin the envelope's points.")
+    points = []
+    for i, point in enumerate(value):
+        if not isinstance(point, list) or len(point) != 2:
+            _invalid(f"{name}[{i}] must be [seconds, dB], got {_show(point)}.")
+        seconds = _number(point[0], f"{name}[{i}] seconds", 0.0, MAX_STEM_SECONDS)
+        db = _number(point[1], f"{name}[{i}] dB", MIN_CURVE_LUFS, MAX_CURVE_LUFS)
+        if points and seconds <= points[-1][0]:
+            _invalid(f"{name}[{i}] is at {seconds:g} s, not after the point before it ({points[-1][0]:g} s); "
+                     "give the points in time order, one per instant.")
+        points.append((seconds, db))
+    return tuple(points)
 
 
 def _span(value: Any, name: str) -> tuple[float, float]:

@@ -93,6 +93,14 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--out", tmp_path / "nowhere" / "take.wav"], "does not exist. Create it first"),
         ([video, "0", "2", "--steps", "0"], "steps = 0 is outside"),
         ([video, "0", "2", "--feature-cache-max-gb", "0"], "gigabytes above 0"),
+        ([video, "0", "2", "--region", "0,0,1"], "--region takes 4 numbers separated by commas"),
+        ([video, "0", "2", "--region", "0,0,0.02,1"], "each side must be at least 0.05"),
+        ([video, "0", "2", "--region-time", "0,1"], "it needs picture_region"),
+        ([video, "0", "2", "--loudness-curve", "0-30"], "--loudness-curve takes seconds:LUFS points"),
+        ([video, "0", "2", "--loudness-curve", "0:-30,3:-20"], "a point at 3 s, after the stem's end"),
+        ([video, "0", "2", "--take-offset", "1"], "it needs take and regenerate"),
+        ([video, "0", "2", "--take", gone, "--regenerate", "1,2"], "gone.wav"),
+        ([video, "0", "2", "--take", tmp_path / "tone.wav"], "take and regenerate go together"),
         ([video, "0", "2", "--feature-cache", tmp_path / "a-file"], "feature cache folder"),
         ([video, "0", "2", "--weights", tmp_path / "no-weights"], "weights folder"),
     ]
@@ -146,3 +154,33 @@ def test_variations_need_a_folder_and_stay_within_bounds(video, tmp_path, capsys
     assert generate(video, "--out", tmp_path, "--variations", 9) == 2
     assert "variations = 9 is outside 1 .. 8" in capsys.readouterr().err
     assert wavs(tmp_path) == []
+
+
+def test_a_picture_region_and_a_loudness_curve_make_one_protocol_2_job(video, tmp_path, capsys, monkeypatch):
+    jobs = []
+    real = stepfoley.engine.service.FoleyService.__call__
+    monkeypatch.setattr(stepfoley.engine.service.FoleyService, "__call__",
+                        lambda self, request, *a, **k: jobs.append(request) or real(self, request, *a, **k))
+    take = tmp_path / "shaped.wav"
+    assert generate(video, "--out", take, "--region", "0,0,0.5,0.5", "--region-time", "0.5,1.5",
+                    "--loudness-curve", "0:-40,1:-20,2:-30") == 0
+    (job,) = jobs
+    assert (job.protocol, job.picture_region, job.picture_region_time) == (2, (0, 0, 0.5, 0.5), (0.5, 1.5))
+    assert job.loudness_curve == ((0.0, -40.0), (1.0, -20.0), (2.0, -30.0))
+    assert wavs(tmp_path) == ["shaped.wav"] and f"wrote {take}" in capsys.readouterr().out
+
+
+def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, capsys):
+    take, extended = tmp_path / "take.wav", tmp_path / "extended.wav"
+    assert generate(video, "--out", take, "--seed", 1) == 0
+    assert generate(video, "--out", extended, "--seed", 2, "--take", take, "--regenerate", "1.25,2") == 0
+    assert f"wrote {extended}" in capsys.readouterr().out
+    kept, new = sf.read(take, dtype="float32")[0], sf.read(extended, dtype="float32")[0]
+    assert len(new) == len(kept) == 32000
+    assert np.array_equal(new[:20000], kept[:20000]) and not np.array_equal(new[20800:], kept[20800:])
+    offset = tmp_path / "offset.wav"
+    assert generate(video, "--out", offset, "--take", take, "--take-offset", "0.25", "--regenerate", "1.5,2") == 0
+    assert np.array_equal(sf.read(offset, dtype="float32")[0][:24000], kept[4000:28000])   # start is 0.25 s into it
+    assert generate(video, "--out", tmp_path, "--take", take, "--regenerate", "0.5,1") == 0         # repair
+    repaired = sf.read(tmp_path / "rain_falling_001.wav", dtype="float32")[0]
+    assert np.array_equal(repaired[:8000], kept[:8000]) and np.array_equal(repaired[16000:], kept[16000:])

@@ -278,3 +278,21 @@ def test_a_missing_file_names_itself(stack, tmp_path):
     (root / "weights" / "mmaudio_small_44k.pth").unlink()
     with pytest.raises(CheckpointError, match="mmaudio_small_44k.pth"):
         load_foley_model(root, "small_44k", configs=CONFIGS["small_44k"])
+
+
+def test_a_picture_region_reaches_clip_and_synchformer_as_a_crop(stack, monkeypatch):
+    from stepfoley.engine import video as video_module
+    from stepfoley.engine.features import mmaudio_features
+    from stepfoley.engine.pipeline import PictureFocus
+
+    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    encoder = model.video_encoder
+    plain = encoder.encode_region(stack["video"], *REGION)
+    focus = PictureFocus((0.5, 0.0, 1.0, 0.5))
+    seen = []
+    monkeypatch.setattr(mmaudio_features, "read_regions",
+                        lambda *a: seen.append(a) or video_module.read_regions(*a))
+    focused = encoder.encode_region(stack["video"], *REGION, focus=focus)
+    assert seen[0][-1] is focus
+    for a, b in zip(plain, focused):  # CLIP's and Synchformer's features both see the crop
+        assert a.shape == b.shape and not torch.allclose(a, b)

@@ -49,6 +49,20 @@ def test_a_version_2_request_with_variations_round_trips_and_a_version_1_request
     assert parse_request({k: v for k, v in make_request(tmp_path).items() if k != "protocol"}).protocol == 1
 
 
+def test_picture_region_and_loudness_curve_round_trip_as_tuples(tmp_path):
+    request = parse_request(make_request(tmp_path, protocol=2, picture_region=[0.1, 0.2, 0.6, 0.9],
+                                         picture_region_time=[0.25, 0.75], loudness_curve=[[0, -40], [1, -18]]))
+    assert request.picture_region == (0.1, 0.2, 0.6, 0.9) and request.picture_region_time == (0.25, 0.75)
+    assert request.loudness_curve == ((0.0, -40.0), (1.0, -18.0))
+    assert parse_request(json.loads(json.dumps(request.to_json()))) == request
+
+
+def test_a_loudness_curve_does_not_shape_a_take(tmp_path):
+    with pytest.raises(RequestError, match="cannot shape a take"):
+        parse_request(make_request(tmp_path, protocol=2, take="/take.wav", regenerate=[0.5, 1],
+                                   loudness_curve=[[0, -20]]))
+
+
 def test_project_end_follows_the_playrate(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, "playrate": 2.0, "project_start": 10.0}
@@ -113,6 +127,18 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"caption": "rain \ud800"}, "caption 'rain \\ud800' holds a lone UTF-16 surrogate"),
         ({"existing_mix": "/mix\udcff.wav"}, "existing_mix '/mix\\udcff.wav' holds a lone UTF-16 surrogate"),
         ({"alpha": [[[[[[1]]]]]]}, "alpha must be a number, got [[[...]]]"),
+        ({"picture_region": [0, 0, 0.5, 0.5]}, "picture_region came with protocol 2"),
+        ({"protocol": 2, "picture_region": [0.5, 0, 0.2, 1]}, "each side must be at least 0.05 of the picture"),
+        ({"protocol": 2, "picture_region": [0, 0, 1.5, 1]}, "picture_region x1 = 1.5 is outside 0 .. 1"),
+        ({"protocol": 2, "picture_region": [0, 0, 1]}, "picture_region must be [x0, y0, x1, y1]"),
+        ({"protocol": 2, "picture_region_time": [0, 1]}, "it needs picture_region"),
+        ({"protocol": 2, "picture_region": [0, 0, 1, 1], "picture_region_time": [0.5, 1.5]}, "after the stem's end"),
+        ({"protocol": 2, "loudness_curve": []}, "list of 1 to 128 [seconds, dB] points, got 0 points"),
+        ({"protocol": 2, "loudness_curve": [[0, -20]] * 129}, "got 129 points. Thin the envelope's points"),
+        ({"protocol": 2, "loudness_curve": [[0, -20], [0, -10]]}, "loudness_curve[1] is at 0 s, not after"),
+        ({"protocol": 2, "loudness_curve": [[0, 3]]}, "loudness_curve[0] dB = 3 is outside -70 .. 0"),
+        ({"protocol": 2, "loudness_curve": [[0, -20], [1.5, -20]]}, "a point at 1.5 s, after the stem's end"),
+        ({"protocol": 2, "loudness_curve": [-20]}, "loudness_curve[0] must be [seconds, dB]"),
     ],
 )
 def test_bad_requests_are_named_precisely(tmp_path, change, words):

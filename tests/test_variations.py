@@ -150,3 +150,27 @@ def test_the_engine_answers_a_version_2_job_over_udp_with_every_stem(tiny, scene
     for s in final["stems"]:
         out = sf.read(s["stem_path"], dtype="float32")[0]
         assert s["metadata"]["take"] == str(take) and np.all(out[:24000] == 0.02)
+
+
+def test_a_picture_region_and_a_loudness_curve_go_over_udp_and_come_back_said(tiny, scene_video, tmp_path):
+    """Both shaping controls through the real server: the request arrives whole, the stems follow
+    the curve, and each stem's reply says how the curve was applied and where the picture was cut."""
+    from stepfoley.bridge.client import EngineClient
+    from stepfoley.bridge.server import EngineServer, ServerConfig
+    from stepfoley.engine.loudness_curve import curve_at, loudness_over_time
+
+    service = FoleyService(tiny)
+    curve = [[i / 4, -40 + 2.5 * i] for i in range(9)]                     # -40 to -20 LUFS over the 2 s stem
+    with EngineServer(service, ServerConfig(port=0), service.capabilities()).start() as srv, \
+            EngineClient(port=srv.address[1]) as client:
+        final = client.submit(_request(scene_video, tmp_path, protocol=2, variations=2, method="independent",
+                                       picture_region=[0.5, 0.5, 1.0, 1.0], picture_region_time=[0.5, 1.5],
+                                       loudness_curve=curve)).wait()
+    assert final["state"] == "done", final["error"]
+    for s in final["stems"]:
+        meta = s["metadata"]
+        assert meta["loudness_curve_applied_as"] == "gain automation" and meta["loudness_normalized"] is False
+        assert meta["picture_focus"]["rect"] == [0.5, 0.5, 1.0, 1.0]
+        samples, rate = sf.read(s["stem_path"], dtype="float32")
+        times, loudness = loudness_over_time(samples, rate)
+        assert np.median(np.abs(loudness - curve_at(curve, times))) < 2.0

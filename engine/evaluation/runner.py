@@ -159,8 +159,10 @@ class SceneRun:
     """One scene as the evaluation sees it: its picture written as an mp4 and opened in a
     StepSession, the first k captions, and the true stems at the model's rate."""
 
-    def __init__(self, model: FoleyModel, seed: int, k: int, folder: Path, duration: float = SCENE_SECONDS):
-        self.scene = make_scene(seed, duration=duration)
+    def __init__(self, model: FoleyModel, seed: int, k: int, folder: Path, duration: float = SCENE_SECONDS,
+                 **scene_args):
+        """`scene_args`: make_scene's other arguments (n_sources, options), for the controls."""
+        self.scene = make_scene(seed, duration=duration, **scene_args)
         video = write_scene(self.scene, folder, mux_audio=False)["video"]
         self.session = StepSession(model, Region(video, 0.0, self.scene.duration))
         self.k = min(k, len(self.scene.kinds))

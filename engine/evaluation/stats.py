@@ -45,6 +45,16 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], resam
     return {"mean_diff": float(differences.mean()), "ci95": [float(low), float(high)], "n": n}
 
 
+def bootstrap_mean(values: Sequence[float | None], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                   confidence: float = CONFIDENCE) -> dict:
+    """The mean of one figure over scenes and its percentile bootstrap interval, drawn exactly
+    as `paired_bootstrap` draws (a figure that is already a ratio or a difference within each
+    scene). Returns {"mean", "ci95": [lo, hi], "n"}; a scene without a finite value is left out."""
+    values = list(values)
+    paired = paired_bootstrap(values, [0.0] * len(values), resamples, seed, confidence)
+    return {"mean": paired["mean_diff"], "ci95": paired["ci95"], "n": paired["n"]}
+
+
 def excludes_zero(comparison: dict) -> bool:
     """Whether an interval from `paired_bootstrap` lies entirely on one side of 0."""
     low, high = comparison["ci95"]

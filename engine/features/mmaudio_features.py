@@ -122,12 +122,16 @@ class MMAudioVideoEncoder:
         return CPU_CLIP_BATCH, CPU_SYNC_BATCH
 
     def encode_region(self, video_path: str | Path, start_s: float, end_s: float,
-                      on_progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments."""
+                      on_progress: Callable[[int], None] | None = None,
+                      focus=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments;
+        `focus` (engine.pipeline.PictureFocus): both see only that part of the picture."""
         report = on_progress or (lambda done: None)
         clip_batch, sync_batch = self._batches()
         t0 = time.perf_counter()
-        clip_frames, sync_frames = read_regions(Path(video_path), start_s, end_s, self.requests)
+        # a focus crops the frames before both fits: CLIP and Synchformer were trained on every
+        # framing footage has, so the region scaled up to their input is a picture they know
+        clip_frames, sync_frames = read_regions(Path(video_path), start_s, end_s, self.requests, focus)
         t1 = time.perf_counter()
         clip_f = encode_clip_frames(self.clip, clip_frames, clip_batch, on_progress=report)
         t2 = time.perf_counter()

@@ -4,6 +4,7 @@ Tables 2 and A2, in miniature), with paired bootstrap intervals over scenes, wri
     stepfoley eval --scenes 48 --seed 0 --takes 2 --json eval.json      the main table
     stepfoley eval --beta-sweep --scenes 24 --json sweep.json           NAG at several β
     stepfoley eval --choose-alpha --json alpha.json [--write]           α from plain CFG, development scenes
+    stepfoley eval --controls --scenes 48 --takes 2 --json controls.json   extend, picture region, loudness curve
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the α grid of --choose-alpha (default 1,1.5,2,2.5,3,3.5,4.5)")
     p.add_argument("--write", action="store_true",
                    help="with --choose-alpha: record the chosen α as the embedded model's default in its weights file")
+    p.add_argument("--controls", action="store_true",
+                   help="instead of the main rows, the controls of a track: extend (kept samples, seam flux, "
+                        "the continued part against a full generation), picture region and loudness curve")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (for the README)")
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="a directory of official MMAudio weights (default: the embedded mini-world model)")
@@ -261,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     bar = _Bar("choosing α" if args.choose_alpha else "evaluating")
+    if args.controls and (args.choose_alpha or args.beta_sweep is not None or args.write):
+        print("stepfoley: --controls is its own run; leave out --choose-alpha, --beta-sweep and --write.",
+              file=sys.stderr)
+        return 2
     try:
         if os.path.exists(args.json) and not args.force:  # fail before minutes of work, not after
             write_json_atomic(args.json, {}, force=False)
@@ -276,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.choose_alpha:
                 report = _choose_alpha(args, model, presence, bar)
+            elif args.controls:
+                report = _controls(args, model, embedding, presence, bar)
             else:
                 report = _evaluate(args, model, embedding, presence, bar)
         finally:
@@ -293,6 +303,10 @@ def run(args: argparse.Namespace) -> int:
           f"balanced {validation['balanced_accuracy']:.3f}")
     if args.choose_alpha:
         print(format_alpha_table(report, args.markdown))
+    elif args.controls:
+        from stepfoley.engine.evaluation.controls import format_controls
+
+        print(format_controls(report))
     else:
         print(format_tables(report))
         if args.markdown:
@@ -319,6 +333,14 @@ def _evaluate(args, model, embedding, presence, bar) -> dict:
     return evaluate(model, 48 if args.scenes is None else args.scenes, args.seed, k=args.tracks, takes=args.takes,
                     steps=args.steps, alpha=args.alpha, rows=rows, embedding=embedding, presence=presence,
                     on_progress=bar)
+
+
+def _controls(args, model, embedding, presence, bar) -> dict:
+    from stepfoley.engine.evaluation.controls import evaluate_controls
+
+    return evaluate_controls(model, 48 if args.scenes is None else args.scenes, args.seed, takes=args.takes,
+                             steps=args.steps, alpha=args.alpha, presence=presence,
+                             on_progress=bar)
 
 
 def _choose_alpha(args, model, presence, bar) -> dict:

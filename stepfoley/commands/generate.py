@@ -43,6 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variations", type=int, default=1, metavar="N",
                    help=field_rule("variations") + "; --out must then be a folder")
     p.add_argument("--steps", type=int, default=None, help=f"{field_rule('steps')} (default: the model's)")
+    p.add_argument("--take", default=None, metavar="WAV",
+                   help="extend or repair this take (its first sample at START, or at --take-offset into it): "
+                        "the span --regenerate is made new, the rest kept sample for sample")
+    p.add_argument("--take-offset", type=float, default=0.0, metavar="S", help=field_rule("take_offset"))
+    p.add_argument("--regenerate", default=None, metavar="A,B",
+                   help="seconds from START: the span of --take made new (past the take's end: extend; inside "
+                        "it: repair)")
+    p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
+                   help="picture region: " + field_rule("picture_region"))
+    p.add_argument("--region-time", default=None, metavar="A,B",
+                   help="seconds from START when --region applies (default: throughout)")
+    p.add_argument("--loudness-curve", default=None, metavar="T:DB,T:DB,...",
+                   help="seconds from START and LUFS, e.g. 0:-40,4:-18,8:-30: " + field_rule("loudness_curve"))
     p.add_argument("--negative-caption", default="", help=field_rule("negative_caption"))
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="a directory of official MMAudio weights (default: the embedded mini-world model)")
@@ -104,9 +117,45 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
     }
     for name in ("alpha", "beta", "w1", "w2", "w3", "steps"):
         request[name] = getattr(args, name)
-    if args.variations != 1:  # a protocol-2 request; one take stays a protocol-1 one, as before
-        request.update(protocol=2, variations=args.variations)
+    controls = {
+        "take": os.path.abspath(args.take) if args.take else None,
+        "take_offset": args.take_offset if args.take_offset else None,
+        "regenerate": _numbers(args.regenerate, "--regenerate", 2, "the span's start and end, e.g. 4,8"),
+        "picture_region": _numbers(args.region, "--region", 4, "x0,y0,x1,y1 as fractions of the picture, "
+                                                                "e.g. 0,0,0.5,0.5 for its top left quarter"),
+        "picture_region_time": _numbers(args.region_time, "--region-time", 2, "the start and end, e.g. 1,3"),
+        "loudness_curve": _curve(args.loudness_curve),
+    }
+    if args.variations != 1 or any(v is not None for v in controls.values()):
+        # a protocol-2 request; a plain track stays a protocol-1 one, as before
+        request.update(protocol=2, variations=args.variations, **controls)
     return {k: v for k, v in request.items() if v is not None}
+
+
+def _numbers(text: str | None, option: str, count: int, example: str) -> list[float] | None:
+    from stepfoley.request import RequestError
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise RequestError(f"{option} takes {count} numbers separated by commas ({example}); got {text!r}.")
+    return values
+
+
+def _curve(text: str | None) -> list[list[float]] | None:
+    from stepfoley.request import RequestError
+
+    if text is None:
+        return None
+    try:
+        return [[float(t), float(db)] for t, db in (point.split(":") for point in text.split(","))]
+    except ValueError:
+        raise RequestError(f"--loudness-curve takes seconds:LUFS points separated by commas (e.g. "
+                           f"0:-40,4:-18,8:-30); got {text!r}.") from None
 
 
 @dataclass
@@ -142,6 +191,8 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     check_video_region(args.video, args.start, args.end)
     if args.reference:
         audio_io.read_audio(args.reference)
+    if args.take:
+        audio_io.read_audio(args.take, max_seconds=0.1)  # a take that cannot be read fails now, not after loading
     existing = [audio_io.read_audio(path) for path in args.existing]
     if args.weights is not None and not os.path.isdir(args.weights):
         raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
@@ -185,19 +236,19 @@ def run(args: argparse.Namespace) -> int:
             result = service(request, progress, lambda: False, existing_tracks=checked.existing)
         finally:
             bar.close()
-        stem_path = result.get("stem_path")
-        if checked.output.file:
+        stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
+                 [(s["stem_path"], s["metadata"]) for s in result["stems"]])
+        if checked.output.file:  # one stem: several need a folder, checked before the model loaded
             from stepfoley.engine.audio_io import rename_file
 
-            stem_path = rename_file(stem_path, checked.output.file, replace=args.force)
+            stems = [(rename_file(stems[0][0], checked.output.file, replace=args.force), stems[0][1])]
     except RequestError as e:
         print(f"stepfoley: {e.message}", file=sys.stderr)
         return 2
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
-    for path, meta in ([(stem_path, result["metadata"])] if "stems" not in result else
-                       [(s["stem_path"], s["metadata"]) for s in result["stems"]]):
+    for path, meta in stems:
         rank = f", rank {meta['rank']}" if "rank" in meta else ""
         print(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
               f"method {meta['method_used']}, seed {meta['seed']}{rank})")

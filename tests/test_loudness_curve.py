@@ -1,0 +1,72 @@
+"""The loudness curve (protocol 2) as gain automation: the track follows the curve in time and
+absolute level, silence stays silent, the true-peak ceiling holds, the metadata says how it was
+applied, and the request's stem seconds become picture seconds at the item's playrate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stepfoley.engine import mixing
+from stepfoley.engine.loudness_curve import APPLIED_AS, curve_at, follow_curve, loudness_over_time
+from stepfoley.request import parse_request
+from test_bridge_kit import make_request
+
+SR = 16000
+CURVE = ((0.0, -40.0), (2.0, -15.0), (4.0, -30.0))
+
+
+def _noise(seconds: float = 4.0, level: float = 0.1) -> np.ndarray:
+    return (level * np.random.default_rng(0).normal(0, 1, int(seconds * SR))).astype(np.float32)
+
+
+def test_a_steady_sound_follows_the_curve_in_time_and_absolute_level():
+    out, levels = follow_curve(_noise(), SR, CURVE)
+    times, loudness = loudness_over_time(out[0], SR)
+    target = curve_at(CURVE, times)
+    assert np.corrcoef(loudness, target)[0, 1] > 0.99
+    assert np.median(np.abs(loudness - target)) < 0.5 and levels["loudness_curve_error_db"] < 0.5
+    assert levels["loudness_curve_applied_as"] == APPLIED_AS == "gain automation"
+    assert levels["loudness_normalized"] is False and levels["gain_db"] is None
+    low, high = levels["loudness_curve_gain_db"]
+    assert low < -20 < 0 < high                               # cut at -40 LUFS, raised toward -15
+    # the same curve on the same sound ten times quieter: the same absolute result
+    quieter, _ = follow_curve(_noise(level=0.01), SR, CURVE)
+    assert np.median(np.abs(loudness_over_time(quieter[0], SR)[1] - loudness)) < 0.5
+
+
+def test_silence_stays_silent_and_the_ceiling_holds_at_full_scale():
+    silence = np.zeros(2 * SR, np.float32)
+    assert np.array_equal(follow_curve(silence, SR, CURVE)[0][0], silence)
+    loud, levels = follow_curve(_noise(level=0.5), SR, ((0.0, 0.0),))
+    assert mixing.true_peak(loud, SR) <= mixing.STEM_CEILING_DBTP + 0.01
+    assert levels["limiter_input_true_peak_dbtp"] > mixing.STEM_CEILING_DBTP   # the limiter had work to do
+
+
+def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path):
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.service import FoleyService
+    from stepfoley.engine.session import TrackSettings
+
+    video = write_scene(make_scene(20_000_005, n_sources=2), tmp_path / "scene")["video"]
+    service = FoleyService(build_embedded_model(random_weights=True))
+    curve = [[0, -45], [1, -20], [2, -35]]
+    request = make_request(tmp_path, protocol=2, loudness_curve=curve, method="independent", steps=2,
+                           sample_rate=16000, format="wav32f")
+    request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0}
+    parsed = parse_request(request, service.capabilities(), check_paths=True)
+    (stem,) = service(parsed)["stems"]
+    meta = stem["metadata"]
+    assert meta["loudness_curve_applied_as"] == "gain automation" and meta["loudness_curve"] == "3 points"
+    assert len(json.dumps(meta)) < 4096
+    import soundfile as sf
+    samples, rate = sf.read(stem["stem_path"], dtype="float32")
+    times, loudness = loudness_over_time(samples, rate)
+    heard = loudness > -70
+    assert np.corrcoef(loudness[heard], curve_at(curve, times[heard]))[0, 1] > 0.8
+
+    request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0, "playrate": 2.0}   # a 1 s stem
+    request["loudness_curve"] = [[0, -45], [1, -20]]
+    settings = TrackSettings.from_request(parse_request(request))
+    assert settings.loudness_curve == ((0.0, -45.0), (2.0, -20.0))          # seconds of picture
