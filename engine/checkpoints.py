@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from stepfoley.atomic import write_atomically
 from stepfoley.engine.errors import CheckpointError
 
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -199,12 +199,9 @@ def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[
             seen.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp_name, metadata=metadata or None)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+        return write_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata or None),
+                                replace=overwrite)
+    except FileExistsError:
+        raise CheckpointError(f"{path} appeared while it was being written; StepFoley does not overwrite "
+                              f"weight files. Choose another name.") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from stepfoley.engine.checkpoints import save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
@@ -196,33 +196,19 @@ def _keep_frozen(base: MMAudio) -> None:
 
 
 def save_controlnet(path: str | os.PathLike, controlnet: AudioControlNet, overwrite: bool = False) -> Path:
-    """Write the ControlNet as safetensors, its config as JSON in the metadata. Atomic: written
-    to a temporary file in the same folder, then renamed. An existing file is kept unless
-    `overwrite` is set."""
-    from safetensors.torch import save_file
-
+    """Write the ControlNet as safetensors, its config as JSON in the metadata, atomically
+    (checkpoints.save_safetensors_atomic). An existing file is kept unless `overwrite` is set."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise InvalidInputError(
             f"{path} already exists; choose another name for the ControlNet (nothing was written)."
         )
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in controlnet.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(asdict(controlnet.config), sort_keys=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_safetensors_atomic(controlnet.state_dict(), path, metadata, overwrite=overwrite)
 
 
 def load_controlnet(
