@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from stepfoley.engine.checkpoints import save_safetensors_atomic
+from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
@@ -246,14 +246,6 @@ def load_controlnet(
             "that belongs to this model."
         )
     controlnet = AudioControlNet(config)
-    expected = controlnet.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not match its own configuration (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}, wrong shape {wrong[:4]}); the file is damaged."
-        )
-    controlnet.load_state_dict(tensors, strict=True)
+    load_strict(controlnet, tensors, f"{path} does not match its own configuration",
+                "The file is damaged; export or download it again.", limit=4)
     return controlnet.to(device).eval()
