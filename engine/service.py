@@ -78,11 +78,10 @@ class FoleyService:
         track = session.next_track(TrackSettings.from_request(request), on_progress=on_progress,
                                    is_cancelled=is_cancelled, reference=reference)
 
-        # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline.
+        # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline
+        # (one resampling to the request's rate and that length).
         length = int(round(region.project_duration * request.sample_rate))
-        stem = mixing.resample(track.samples[None], track.sample_rate, request.sample_rate)
-        if stem.shape[-1] != length:
-            stem = _varispeed(stem, length)
+        stem = mixing.resample_to_length(track.samples[None], track.sample_rate, request.sample_rate, length)
         stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP)
         metadata = {
             **track.metadata,
@@ -98,12 +97,6 @@ class FoleyService:
         path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
                                       request.sample_rate, FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
         return {"stem_path": os.fspath(path), "metadata": metadata}
-
-
-def _varispeed(samples: np.ndarray, length: int) -> np.ndarray:
-    # samples: (C, S) -> (C, length) by linear interpolation (tape-style speed change)
-    src = np.linspace(0, samples.shape[-1] - 1, length)
-    return np.stack([np.interp(src, np.arange(samples.shape[-1]), ch) for ch in samples]).astype(np.float32)
 
 
 def _finite_or_none(x: float) -> float | None:
