@@ -115,6 +115,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         snapshots = state["snapshots"]
         generator.set_state(state["generator"])
         start_step = state["step"]
+        for _ in range(start_step):  # the data goes on where the interrupted run stopped
+            next(batches)
         log(f"resumed from {last} at step {start_step}")
 
     model = loss_module
