@@ -339,6 +339,9 @@ class RemoteJob:
         elif address == protocol.DONE:
             self._accept_implicitly(args[1])
             self._finish("done", EXIT_DONE, stem_path=args[2], metadata=json.loads(args[3]))
+        elif address == protocol.DONE_STEMS:
+            self._accept_implicitly(args[1])
+            self._finish_stems(args[2], json.loads(args[3]))
         elif address == protocol.CANCELLED:
             self._finish("cancelled", EXIT_CANCELLED)
         elif address == protocol.ERROR:
@@ -358,7 +361,9 @@ class RemoteJob:
             self._engine_steps = job.get("engine_steps", -1)
             self._last_sign_of_life = time.monotonic()
         state = job["state"]
-        if state == "done":
+        if state == "done" and job.get("stems"):
+            self._finish_stems(job["stems"]["folder"], job["stems"])
+        elif state == "done":
             self._finish("done", EXIT_DONE, stem_path=job["stem_path"], metadata=job["metadata"])
         elif state == "cancelled":
             self._finish("cancelled", EXIT_CANCELLED)
@@ -367,6 +372,15 @@ class RemoteJob:
         else:
             self._update(state=state, phase=job.get("phase"), step=job["step"], total=job["total"],
                          queue_position=job["queue_position"])
+
+    def _finish_stems(self, folder: str, reply: dict) -> None:
+        """A protocol-2 result: `stems` best first, each with its full metadata; `stem_path` and
+        `metadata` are the best one's, so a reader of protocol-1 status files still finds a stem."""
+        stems = protocol.merged_stems(folder, reply)
+        if not stems:
+            raise ValueError("a /done_stems reply without stems")
+        self._finish("done", EXIT_DONE, stem_path=stems[0]["stem_path"], metadata=stems[0]["metadata"],
+                     stems=stems, ranking=reply.get("ranking"))
 
     def _accept_implicitly(self, job_id: str) -> None:
         # the /accepted reply may have been lost while later replies arrived

@@ -3,9 +3,11 @@ the engine's device, and the record of finished jobs that clients can still ask 
 
 The runner is any callable with the FoleyService contract:
     runner(request: GenerationRequest, on_progress(phase, done, total), is_cancelled() -> bool)
-        -> {"stem_path", "metadata"}
+        -> {"stem_path", "metadata"}                       for a protocol-1 request
+        -> {"stems": [{"stem_path", "metadata"}, ...], "ranking"}   for a protocol-2 one (best first)
 It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to.
-`stem_path` is the new file the job wrote: if the result is refused, the worker removes it.
+`stem_path` (every `stems[].stem_path`) is a new file the job wrote: if the result is refused, the
+worker removes it.
 
 The worker survives any failure of a job or of a reply, and every accepted job gets exactly
 one final reply. A job belongs to (address, reply port, request_id)."""
@@ -50,6 +52,8 @@ class Job:
     total: int = 0
     stem_path: str = ""
     metadata: dict = field(default_factory=dict)
+    stems_folder: str = ""  # protocol 2: the folder of every stem, and the fitted stems_json
+    stems_json: str = ""
     error_code: str = ""
     error_message: str = ""
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -75,6 +79,7 @@ class Job:
             "metadata": self.metadata or None,
             "error": {"code": self.error_code, "message": self.error_message} if self.state == ERROR else None,
             "engine_steps": engine_steps,
+            **({"stems": {"folder": self.stems_folder, **json.loads(self.stems_json)}} if self.stems_json else {}),
         }
 
 
@@ -198,7 +203,8 @@ class JobBook:
             kind = self._run(job)
             with self._lock:
                 self._current = None
-                self._finish(job, {protocol.DONE: DONE, protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
+                self._finish(job, {protocol.DONE: DONE, protocol.DONE_STEMS: DONE,
+                                   protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
             self._tell(job, kind)
 
     def _tell(self, job: Job, kind: str) -> None:
@@ -224,6 +230,9 @@ class JobBook:
         result = None
         try:
             result = self.runner(job.request, on_progress, is_cancelled)
+            if job.request.protocol >= 2:
+                job.stems_folder, job.stems_json, job.stem_path = _checked_stems(result, job.request.output_dir)
+                return protocol.DONE_STEMS
             job.stem_path, job.metadata = _checked_result(result, job.request.output_dir)
             return protocol.DONE
         except Exception as e:  # any failure ends this job only; the worker keeps serving
@@ -286,6 +295,28 @@ def _checked_result(result: Any, output_dir: str) -> tuple[str, dict]:
     return stem, json.loads(text)
 
 
+def _checked_stems(result: Any, output_dir: str) -> tuple[str, str, str]:
+    """A protocol-2 result, checked: every stem a file inside output_dir, all in one folder,
+    the metadata JSON objects. Returns (folder, stems_json fitted to its reply, best stem)."""
+    stems = result.get("stems") if isinstance(result, dict) else None
+    if not isinstance(stems, list) or not stems:
+        raise BadResult("The engine reported no stems for a protocol-2 request (internal error).")
+    paths = [_stem_in(s, output_dir) for s in stems]
+    if any(p is None for p in paths):
+        raise BadResult(f"The engine reported a stem that is not a new file in '{output_dir}' (internal error).")
+    if len({os.path.dirname(p) for p in paths}) != 1:
+        raise BadResult("The engine wrote the stems of one job into different folders (internal error).")
+    metadata = [s.get("metadata", {}) for s in stems]
+    ranking = result.get("ranking", {})
+    if not all(isinstance(m, dict) for m in metadata) or not isinstance(ranking, dict):
+        raise BadResult("The engine produced metadata that is not a JSON object.")
+    try:
+        text = protocol.stems_json([(os.path.basename(p), m) for p, m in zip(paths, metadata)], ranking)
+    except (TypeError, ValueError) as e:
+        raise BadResult(f"The engine's stems cannot be reported in one reply ({e}).") from None
+    return os.path.dirname(paths[0]), text, paths[0]
+
+
 def _stem_in(result: Any, output_dir: str) -> str | None:
     """The result's stem path when it names a file inside output_dir, else None."""
     if not isinstance(result, dict) or not isinstance(result.get("stem_path"), str):
@@ -298,10 +329,12 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
 
 
 def _discard_stem(result: Any, output_dir: str, since: float) -> None:
-    """Remove the stem of a refused result: only a file inside output_dir written during the job."""
-    stem = _stem_in(result, output_dir)
-    try:
-        if stem is not None and os.stat(stem).st_mtime >= since - 1.0:
-            os.unlink(stem)
-    except OSError as e:
-        log.warning("could not remove the stem of a failed job: %s", e)
+    """Remove the stems of a refused result: only files inside output_dir written during the job."""
+    stems = result.get("stems") if isinstance(result, dict) else None
+    for one in (stems if isinstance(stems, list) else [result]):
+        stem = _stem_in(one, output_dir)
+        try:
+            if stem is not None and os.stat(stem).st_mtime >= since - 1.0:
+                os.unlink(stem)
+        except OSError as e:
+            log.warning("could not remove the stem of a failed job: %s", e)

@@ -1,4 +1,4 @@
-"""The StepFoley OSC protocol, version 1: addresses, argument signatures and message limits.
+"""The StepFoley OSC protocol, version 2: addresses, argument signatures and message limits.
 The generation request itself (fields, bounds, parser) is stepfoley.request. docs/osc-protocol.md
 is the human-readable twin of both; change them together.
 
@@ -7,6 +7,7 @@ Pure Python on purpose: the client imports this inside a DAW, so no torch, no en
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,13 @@ MAX_TOKEN_CHARS = 256
 # leaves room for a stem path of MAX_PATH_CHARS).
 MAX_REPLY_JSON_BYTES = MAX_DATAGRAM_BYTES - 512
 MAX_METADATA_JSON_BYTES = MAX_DATAGRAM_BYTES // 2
+# /done_stems (protocol 2) carries the stems' folder once, as its own argument: at most
+# MAX_PATH_CHARS characters of at most 4 UTF-8 bytes, half a datagram. stems_json gets the other
+# half less the framing; each stem's own metadata (what differs between takes: seed, levels,
+# rank, scores) at most MAX_STEM_METADATA_JSON_BYTES, what they share gets the rest.
+MAX_STEMS_JSON_BYTES = MAX_DATAGRAM_BYTES // 2 - 512
+MAX_STEM_METADATA_JSON_BYTES = 1024
+MAX_RANKING_JSON_BYTES = 512
 
 PREFIX = "/stepfoley"
 
@@ -45,7 +53,8 @@ PROGRESS = PREFIX + "/progress"  # request_id, job_id, step (int), total (int), 
 # Phases of a running job, in order; step and total count within the phase ("starting" is
 # the step-0 reply that tells a client its job left the queue).
 PHASES = ("starting", "features", "sampling", "decoding")
-DONE = PREFIX + "/done"  # request_id, job_id, stem_path, metadata_json
+DONE = PREFIX + "/done"  # request_id, job_id, stem_path, metadata_json (a protocol-1 request)
+DONE_STEMS = PREFIX + "/done_stems"  # request_id, job_id, folder, stems_json (a protocol-2 request)
 ERROR = PREFIX + "/error"  # request_id, job_id ("" before a job exists), code, message
 CANCELLED = PREFIX + "/cancelled"  # request_id, job_id
 CANCEL_REPLY = PREFIX + "/cancel_reply"  # request_id, job_id, outcome
@@ -60,7 +69,7 @@ CLIENT_MESSAGES: dict[str, tuple[tuple[str, type], ...]] = {
     CANCEL: (("job_id", str),),
     RESULT: (("job_id", str),),
 }
-FINAL_REPLIES = (DONE, ERROR, CANCELLED)
+FINAL_REPLIES = (DONE, DONE_STEMS, ERROR, CANCELLED)
 
 # Outcomes of /cancel, in /cancel_reply.
 CANCEL_DROPPED = "dropped"  # it was queued and never ran
@@ -142,6 +151,44 @@ def fit_json(value: Any, max_bytes: int) -> str:
         text = json.dumps(value)
         limit //= 4
     return text if len(text) <= max_bytes else json.dumps({"truncated": True})
+
+
+_ABSENT = object()
+
+
+def stems_json(stems: list[tuple[str, dict]], ranking: dict) -> str:
+    """The stems_json of /done_stems: {"stems": [{"file", "metadata"}, ...] best first,
+    "ranking", "metadata"}, within MAX_STEMS_JSON_BYTES. `stems` are (file name, metadata) pairs;
+    what every stem's metadata shares goes once under "metadata", each stem keeps what is its
+    own (a client merges the two). File names are never cut: ValueError when they alone leave
+    no room."""
+    shared = {}
+    if stems:
+        first = stems[0][1]
+        shared = {k: v for k, v in first.items() if all(m.get(k, _ABSENT) == v for _, m in stems[1:])}
+    entries = [{"file": name, "metadata": json.loads(fit_json({k: v for k, v in m.items() if k not in shared},
+                                                               MAX_STEM_METADATA_JSON_BYTES))}
+               for name, m in stems]
+    reply = {"stems": entries, "ranking": json.loads(fit_json(ranking, MAX_RANKING_JSON_BYTES))}
+    room = MAX_STEMS_JSON_BYTES - len(json.dumps(reply)) - len(', "metadata": ')
+    if room < len("{}"):
+        raise ValueError(f"the names of {len(stems)} stems leave no room in one reply")
+    reply["metadata"] = json.loads(fit_json(shared, room))
+    return json.dumps(reply)
+
+
+def merged_stems(folder: str, stems: dict) -> list[dict]:
+    """A /done_stems reply as the client keeps it: [{"stem_path", "metadata"}, ...] best first,
+    each stem's metadata merged with what they share. ValueError when a file name is not a plain
+    name in `folder`."""
+    out = []
+    for entry in stems["stems"]:
+        name = entry["file"]
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"the engine named a stem {name!r}, which is not a file name")
+        out.append({"stem_path": os.path.join(folder, name),
+                    "metadata": {**stems.get("metadata", {}), **entry.get("metadata", {})}})
+    return out
 
 
 def _shorten(value: Any, limit: int) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.jobs import Job, JobBook, Runner
 from stepfoley.bridge.logs import bridge_logger
-from stepfoley.request import Capabilities, RequestError, parse_request
+from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request
 
 log = bridge_logger()
 
@@ -114,7 +114,8 @@ class Dispatcher:
         return osc.encode(protocol.PONG, header.request_id, protocol.PROTOCOL_VERSION, self.config.model, self.config.device)
 
     def _status(self, header: protocol.Header, rest: list, sender) -> bytes:
-        status = {"protocol": protocol.PROTOCOL_VERSION, "model": self.config.model, "device": self.config.device,
+        status = {"protocol": protocol.PROTOCOL_VERSION, "protocols": list(SUPPORTED_PROTOCOLS),
+                  "model": self.config.model, "device": self.config.device,
                   "cpu": self.config.cpu}
         status.update(self.jobs.snapshot())
         if self.jobs.runner is None:
@@ -162,6 +163,8 @@ def job_reply(job: Job, kind: str) -> bytes:
         return osc.encode(protocol.PROGRESS, job.request_id, job.job_id, job.step, job.total, job.phase)
     if kind == protocol.DONE:  # the metadata was cut to fit when the job ended (jobs._checked_result)
         return osc.encode(protocol.DONE, job.request_id, job.job_id, job.stem_path, json.dumps(job.metadata))
+    if kind == protocol.DONE_STEMS:  # fitted when the job ended too (jobs._checked_stems)
+        return osc.encode(protocol.DONE_STEMS, job.request_id, job.job_id, job.stems_folder, job.stems_json)
     if kind == protocol.CANCELLED:
         return osc.encode(protocol.CANCELLED, job.request_id, job.job_id)
     return osc.encode(protocol.ERROR, job.request_id, job.job_id, job.error_code, job.error_message)

@@ -40,6 +40,7 @@ def euler_sample(
     grid: Tensor,
     on_step: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
+    constrain: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Integrate dx/dt = velocity_fn(t, x) over the time grid (`time_grid(steps)` for MMAudio's),
     one Euler step per interval.
@@ -48,7 +49,8 @@ def euler_sample(
     difference and grid[i] a 0-dim float32 tensor; the last grid point is never evaluated.
     `is_cancelled` is polled before every step (so a cancel lands within one step) and raises
     GenerationCancelled; a latent that turns NaN/Inf raises GenerationError. `on_step(done,
-    total)` is called after each step.
+    total)` is called after each step. `constrain(t, x)`, when given, replaces x after each step
+    (t = the time x has just reached): how a known part is held in place (`known_latent`).
     """
     # x0: (B, N, C); grid: (steps + 1,)
     if grid.ndim != 1 or grid.shape[0] < 2:
@@ -64,6 +66,8 @@ def euler_sample(
         t = grid[i]
         dt = grid[i + 1] - grid[i]
         x = x + dt * velocity_fn(t, x)
+        if constrain is not None:
+            x = constrain(grid[i + 1], x)
         if not bool(torch.isfinite(x).all()):
             raise GenerationError(
                 f"Generation failed at step {i + 1} of {steps}: the audio latent became NaN or "
@@ -75,6 +79,24 @@ def euler_sample(
         if on_step is not None:
             on_step(i + 1, steps)
     return x
+
+
+def known_latent(known: Tensor, keep: Tensor, noise: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """A `constrain` for euler_sample that holds a known latent in place where `keep` is 1:
+    after every step the kept frames are set to where the straight path from this very noise to
+    the known latent is at that time, x_t = (1 − t)·noise + t·known (t = 0 noise, t = 1 data, the
+    grid's convention), so the frames around them are sampled next to the known ones at every
+    noise level and continue them; at t = 1 they are the known latent exactly. Training-free:
+    any flow model of this convention, official MMAudio weights included.
+
+    known (B or 1, N, C) normalized latent; keep (B or 1, N, 1) in [0, 1]; noise (B, N, C) the
+    run's starting noise."""
+    def constrain(t: Tensor, x: Tensor) -> Tensor:
+        # x: (B, N, C); t: 0-dim
+        anchored = (1.0 - t) * noise + t * known
+        return keep * anchored + (1.0 - keep) * x
+
+    return constrain
 
 
 def initial_noise(

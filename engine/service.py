@@ -21,7 +21,8 @@ import numpy as np
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.session import ProgressFn, StepSession, TrackSettings
+from stepfoley.engine.ranking import judge_for, rank_takes
+from stepfoley.engine.session import SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, splice
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
                                GenerationRequest)
 
@@ -75,9 +76,16 @@ class FoleyService:
             # the DAW's bounce of the region, from project_start: it covers the stem's length
             seconds = max(region.duration, region.project_duration)
             session.add_track(*_read_input(request.existing_mix, "The bounced mix", seconds), request.previous_captions)
-        track = session.next_track(TrackSettings.from_request(request), on_progress=on_progress,
-                                   is_cancelled=is_cancelled, reference=reference)
+        settings = TrackSettings.from_request(request)
+        if request.protocol < 2:
+            track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
+                                       reference=reference)
+            stem, metadata = self._finished_stem(request, track)
+            return {"stem_path": os.fspath(self._write(request, stem)), "metadata": metadata}
+        return self._variations(request, session, settings, on_progress, is_cancelled, reference)
 
+    def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
+        region = request.region
         # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline
         # (one resampling to the request's rate and that length).
         length = int(round(region.project_duration * request.sample_rate))
@@ -93,10 +101,110 @@ class FoleyService:
             "format": request.format,
             "reference_audio": request.reference_audio,
         }
+        return stem, metadata
+
+    def _write(self, request: GenerationRequest, stem: np.ndarray) -> Path:
         output_folders.remember(request.output_dir)
-        path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
+        return audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
                                       request.sample_rate, FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
-        return {"stem_path": os.fspath(path), "metadata": metadata}
+
+    def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
+                    on_progress, is_cancelled, reference) -> dict:
+        """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
+        Stems are finished and written one at a time (one stem's worth of memory), and a failure
+        removes the ones written before it: a job leaves all its stems or none."""
+        earlier = session.conditioning_mix()
+        take = _Take.read(request, session) if request.take is not None else None
+        takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
+                                        known=None if take is None else take.known)
+        judge, why_not = self._judge() if len(takes) > 1 else (None, "")
+        ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
+                             judge, why_not)
+        stems: list[dict] = []
+        try:
+            for rank, index in enumerate(ranking.order):
+                stem, metadata = (self._finished_stem(request, takes[index]) if take is None
+                                  else take.spliced(request, takes[index]))
+                path = self._write(request, stem)
+                stems.append({"stem_path": os.fspath(path),
+                              "metadata": {**metadata, "rank": rank + 1, "ranking": ranking.figures[index]}})
+        except BaseException:
+            for written in stems:
+                Path(written["stem_path"]).unlink(missing_ok=True)
+            raise
+        return {"stems": stems, "ranking": ranking.to_json()}
+
+    def _judge(self):
+        # loaded once per engine, on the first job that has takes to rank
+        if not hasattr(self, "_judge_cache"):
+            self._judge_cache = judge_for(self.model)
+        return self._judge_cache
+
+
+class _Take:
+    """The take of an extend or repair request: as read (C, S) at its own rate, what the model
+    hears of it, and the span kept."""
+
+    def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession):
+        self.samples, self.rate = samples, rate
+        start, end = request.regenerate
+        model_rate = session.model.sample_rate
+        mono = mixing.fit_length(mixing.resample(samples.mean(axis=0, keepdims=True), rate, model_rate),
+                                 session.length)[0]
+        self.known = KnownAudio(mono, _kept(session.length, model_rate, start, end))
+
+    @classmethod
+    def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
+        length = request.region.project_duration
+        # only what reaches the stem's end is read: take_offset (≤ MAX_STEM_SECONDS) plus the stem
+        samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"),
+                                            max_seconds=request.take_offset + length,
+                                            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+        samples = samples[:, int(round(request.take_offset * rate)):]
+        if samples.shape[-1] == 0:
+            raise InvalidInputError(f"The take '{request.take}' ends before take_offset ({request.take_offset:g} s).")
+        start, end = request.regenerate
+        seconds = samples.shape[-1] / rate
+        needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
+        if seconds < needed - 1e-3:
+            raise InvalidInputError(
+                f"The take '{request.take}' is {seconds:.3f} s long, but the stem keeps it up to {needed:.3f} s "
+                f"from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a longer take.")
+        return cls(samples, rate, request, session)
+
+    def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
+        """The stem: the take at the request's rate, the track where it is new, crossfaded at
+        the seams on the new side. The new audio was brought to the take's level and limited by
+        the session; it is limited again after resampling, the take never."""
+        rate = request.sample_rate
+        length = int(round(request.region.project_duration * rate))
+        take = self.samples if self.rate == rate else mixing.resample(self.samples, self.rate, rate)
+        take_length = min(take.shape[-1], length)
+        new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
+        new = mixing.limit_true_peak(new, rate, STEM_CEILING_DBTP)
+        keep = _kept(length, rate, *request.regenerate)
+        stem = splice(mixing.fit_length(take, length), new, keep, int(round(SEAM_S * rate)), take_length)
+        metadata = {
+            **track.metadata,
+            "sample_rate": rate,
+            "duration": length / rate,
+            "channels": stem.shape[0],
+            "format": request.format,
+            "project_start": request.region.project_start,
+            "playrate": request.region.playrate,
+            "reference_audio": request.reference_audio,
+            "take": request.take,
+            "regenerate": list(request.regenerate),
+            "kept_untouched": self.rate == rate,  # else the take was resampled to the project's rate
+            "lufs": None,  # the stem is the take's, at its level: only the new part was measured
+        }
+        return stem, metadata
+
+
+def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
+    # (length,) bool: True outside [start, end) seconds
+    index = np.arange(length)
+    return (index < round(start * rate)) | (index >= round(end * rate))
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -33,11 +33,32 @@ from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.sampler import branch_conditions, euler_sample, guided_velocity, initial_noise, time_grid
+from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, known_latent,
+                                      time_grid)
 from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
+# Extend and repair: a crossfade this long at each seam, inside the new part (the kept audio
+# stays as it was); the latent frames within it of a seam are sampled, not held, so the new
+# audio under the crossfade was made to continue the kept audio.
+SEAM_S = 0.05
+# The new part is brought to the take's level (measured over what the model reproduces of the
+# kept audio, this far either side of the seams) within these bounds.
+LEVEL_MATCH_S = 1.0
+MAX_LEVEL_MATCH_DB = 24.0
+
+
+@dataclass(frozen=True)
+class KnownAudio:
+    """The take being extended or repaired, as the model hears it: samples (S,) mono at the
+    model's rate over the region, and keep (S,) bool, True where the take is kept."""
+
+    samples: np.ndarray
+    keep: np.ndarray
+
+    def new_part(self) -> np.ndarray:
+        return ~self.keep
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,19 @@ class StepSession:
         """The next track, added to the stack. `reference` (samples, sample_rate) is the recording
         that a method whose audio branch hears a reference (method "reference") pulls toward; the
         others take none."""
+        track = self.next_variations(settings, 1, on_progress, is_cancelled, reference)[0]
+        track.metadata["track_index"] = len(self.tracks) + 1
+        self.tracks.append(track)
+        return track
+
+    def next_variations(self, settings: TrackSettings, count: int, on_progress: ProgressFn | None = None,
+                        is_cancelled: CancelFn | None = None,
+                        reference: tuple[np.ndarray, int] | None = None,
+                        known: KnownAudio | None = None) -> list[Track]:
+        """`count` candidates for the next track, seeds settings.seed, settings.seed + 1, ...,
+        sampled as one batch (generate_takes); each is what next_track would make with its seed,
+        up to float rounding. None goes onto the stack: the caller keeps the one it likes.
+        `known`: the take they extend or repair (generate_takes); the stack is negated as usual."""
         settings = settings.resolved(self.model.defaults)
         requested = GUIDANCE_METHODS.get(settings.method)
         if requested is None or not requested.public:
@@ -194,18 +228,25 @@ class StepSession:
             condition = self.conditioning_mix() if requested.audio == "existing" else None
         if requested.negative_from_previous and not settings.negative_caption:
             settings = replace(settings, negative_caption=", ".join(self.previous_captions()))
-        track = self.generate_takes([settings], [condition], on_progress, is_cancelled)[0]
-        track.metadata["track_index"] = len(self.tracks) + 1
-        self.tracks.append(track)
-        return track
+        takes = [replace(settings, seed=settings.seed + i) for i in range(count)]
+        tracks = self.generate_takes(takes, [condition] * count, on_progress, is_cancelled, known)
+        for track in tracks:
+            track.metadata["track_index"] = len(self.tracks) + 1  # the place any of them would take
+        return tracks
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],
-                       on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None) -> list[Track]:
+                       on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None,
+                       known: KnownAudio | None = None) -> list[Track]:
         """Takes sampled together, one forward per step for all of them; the stack is left as it
         is. Each take has its own caption, negative caption (used as given), seed and audio
         condition: (S,) at the model's rate, what the method's audio branch hears (x̃, or a
         reference), or None for a method without one. They share the method, its strengths and
-        the steps. A take comes out as it would alone, up to float rounding."""
+        the steps. A take comes out as it would alone, up to float rounding.
+
+        `known` (extend and repair): the take's kept latent frames are held in place while the
+        rest is sampled (sampler.known_latent); the track is then the model's audio over the
+        whole region brought to the take's level and limited, finished only where it is new
+        (`finish_new_part`); `splice` puts it into the take."""
         model = self.model
         settings = [s.resolved(model.defaults) for s in settings]
         if not settings or len(conditions) != len(settings):
@@ -246,6 +287,7 @@ class StepSession:
                 method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text,
                 np.stack([c[a:b] for c in conditions]) if method.needs_controlnet else None,
                 seeds=[s.seed + w for s in settings], grid=grid,
+                known=None if known is None else (known.samples[a:b], known.keep[a:b]),
                 on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
                 is_cancelled=is_cancelled))
             timings["sampling"] += time.perf_counter() - t0
@@ -259,8 +301,11 @@ class StepSession:
         timings["decoding"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        finished = [mixing.finish_stem(crossfade_join([(a, wave[i]) for a, wave in pieces], self.length),
-                                       model.sample_rate) for i in range(len(settings))]
+        joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length) for i in range(len(settings))]
+        if known is None:
+            finished = [mixing.finish_stem(audio, model.sample_rate) for audio in joined]
+        else:
+            finished = [finish_new_part(audio, known, model.sample_rate) for audio in joined]
         timings["finishing"] = time.perf_counter() - t0
         common = {
             "method_used": method.name,
@@ -274,7 +319,7 @@ class StepSession:
             "takes_in_batch": len(settings),
         }
         return [Track(samples[0], model.sample_rate,
-                      {**asdict(s), **common, "negative_caption": s.negative_caption or None, **asdict(levels),
+                      {**asdict(s), **common, "negative_caption": s.negative_caption or None, **(levels if isinstance(levels, dict) else asdict(levels)),
                        "timings": dict(timings)},
                       captions=(s.caption,))
                 for s, (samples, levels) in zip(settings, finished)]
@@ -321,10 +366,10 @@ class StepSession:
 
     @torch.inference_mode()
     def _sample_window(self, method, weights, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
-                       seeds, grid, on_step, is_cancelled) -> torch.Tensor:
+                       seeds, grid, on_step, is_cancelled, known=None) -> torch.Tensor:
         """One window's normalized latents (B, N, C), one row per seed. text_f and negative_text
         (B or 1, Lt, Dt); cond_audio (B, S): what the "audio" branch hears (x̃, or the reference),
-        None for methods without one."""
+        None for methods without one. known: (samples (S,), keep (S,) bool) of this window, or None."""
         model, net, device = self.model, self.model.net, self.model.device
         latent_len = model.codec.latent_length(duration)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
@@ -335,8 +380,14 @@ class StepSession:
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet)
         x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device)
+        constrain = None
+        if known is not None:
+            wave = torch.from_numpy(np.ascontiguousarray(known[0][None], np.float32)).to(device)
+            known_latent_ = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))      # (1, N, C)
+            keep = torch.from_numpy(held_frames(known[1], latent_len, self._samples(SEAM_S)))
+            constrain = known_latent(known_latent_, keep.to(device, torch.float32)[None, :, None], x0)
         with autocast_context(device, model.precision):
-            return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled)
+            return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled, constrain=constrain)
 
     @torch.inference_mode()
     def _decode(self, latent: torch.Tensor) -> np.ndarray:
@@ -345,9 +396,85 @@ class StepSession:
         return self.model.codec.decode(net.unnormalize(latent.float())).float().cpu().numpy()
 
 
+def held_frames(keep: np.ndarray, frames: int, margin: int) -> np.ndarray:
+    """Which of `frames` latent frames over keep's samples (S,) hold the known latent: those
+    whose samples, widened by `margin` samples each side, are all kept. (frames,) bool."""
+    length = len(keep)
+    edges = np.round(np.arange(frames + 1) * length / frames).astype(int)
+    new = np.concatenate([[0], np.cumsum(~keep)])  # new samples before each index
+    lo = np.clip(edges[:-1] - margin, 0, length)
+    hi = np.clip(edges[1:] + margin, 0, length)
+    return (new[hi] - new[lo]) == 0
+
+
+def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
+    """The model's audio over the region (S,) made ready to splice into the take: brought to the
+    take's level (the gain that makes what the model reproduced of the kept audio next to the
+    seams as loud as the take there), then true-peak limited; only the new part is measured, and
+    the kept audio is never touched. Returns ((1, S), levels)."""
+    # audio: (S,) at sample_rate, as decoded
+    new = known.new_part()
+    near = np.zeros_like(new)
+    reach = int(round(LEVEL_MATCH_S * sample_rate))
+    for edge in np.flatnonzero(np.diff(new.astype(np.int8))):
+        near[max(0, edge - reach): edge + reach + 1] = True
+    near &= known.keep
+    take_rms = float(np.sqrt(np.mean(known.samples[near] ** 2))) if near.any() else 0.0
+    model_rms = float(np.sqrt(np.mean(audio[near] ** 2))) if near.any() else 0.0
+    gain_db = 0.0
+    if take_rms > 1e-5 and model_rms > 1e-5:
+        gain_db = float(np.clip(20 * math.log10(take_rms / model_rms), -MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB))
+    matched = mixing.limit_true_peak((audio * 10 ** (gain_db / 20))[None].astype(np.float32), sample_rate,
+                                     mixing.STEM_CEILING_DBTP)
+    part = matched[:, new]
+    levels = {"level_match_gain_db": gain_db,
+              "new_part_lufs": _finite_or_none(mixing.integrated_loudness(part, sample_rate))
+              if part.shape[-1] >= sample_rate // 2 else None,
+              "new_part_seconds": float(new.sum()) / sample_rate,
+              "kept_seconds": float(known.keep.sum()) / sample_rate,
+              "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None, new] * 10 ** (gain_db / 20))}
+    return matched, levels
+
+
+def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_length: int | None = None) -> np.ndarray:
+    """The take (C, S) with its samples where `keep` (S,) is False replaced by `new` ((C or 1, S)),
+    and an equal-power crossfade of up to `seam` samples from the take into the new audio at
+    each seam, always on the new side: where keep is True the result is the take, sample for
+    sample. `take_length`: how many samples the take really has (extending past its end): a
+    fade needs the take's own samples, so past them the new audio stands alone."""
+    out = take.astype(np.float32, copy=True)
+    new = np.broadcast_to(new, out.shape)
+    length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
+    gap = ~keep
+    out[:, gap] = new[:, gap]
+    flags = np.concatenate([[0], gap.astype(np.int8), [0]])
+    starts, ends = np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)
+    for a, b in zip(starts, ends):
+        # into the gap from the take before it, over the take's samples in the gap
+        n = max(0, min(seam, (b - a) // 2, length - a)) if a > 0 else 0
+        if n:
+            w = _fade_in(n)
+            out[:, a:a + n] = (1 - w) * take[:, a:a + n] + w * new[:, a:a + n]
+        # out of the gap into the take after it
+        n = min(seam, (b - a) // 2) if b < length else 0
+        if n:
+            w = _fade_in(n)[::-1]
+            out[:, b - n:b] = (1 - w) * take[:, b - n:b] + w * new[:, b - n:b]
+    return out
+
+
+def _fade_in(n: int) -> np.ndarray:
+    # equal power, strictly between 0 and 1: the kept sample next to it is the take's own
+    return np.sin(0.5 * np.pi * np.arange(1, n + 1) / (n + 1)) ** 2
+
+
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:
     # latent: (B, N', C) -> (B, length, C); codecs may round a region's frame count differently
     if latent.shape[1] >= length:
         return latent[:, :length]
     pad = latent[:, -1:].expand(-1, length - latent.shape[1], -1)
     return torch.cat([latent, pad], dim=1)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None

@@ -20,6 +20,8 @@
 --   [main] StepFoley_Generate variations as takes.lua
 --   [main] StepFoley_Regenerate selected Foley item.lua
 --   [main] StepFoley_Replace this layer, negating all the others.lua
+--   [main] StepFoley_Extend selected Foley item to time selection.lua
+--   [main] StepFoley_Regenerate time selection inside selected item.lua
 --   [main] StepFoley_Make selected item sound like this.lua
 --   [main] StepFoley_Toggle selected tracks as negatives.lua
 --   [main] StepFoley_Cancel running generation.lua

@@ -378,6 +378,17 @@ local function engine_info(status)
     message = e.message or "The engine did not answer." }
 end
 
+-- Whether the engine answers requests of protocol `version` (an engine before protocol 2
+-- lists no `protocols` and speaks only 1).
+function M.engine_speaks(engine, version)
+  local answer = engine and engine.answer
+  if type(answer) ~= "table" or type(answer.protocols) ~= "table" then return version == 1 end
+  for _, v in ipairs(answer.protocols) do
+    if v == version then return true end
+  end
+  return false
+end
+
 --[[
 Runs `stepfoley send --engine-status` in the background and calls on_done(info) from the
 defer loop once it answered:
@@ -466,7 +477,21 @@ local function final_result(status, settings)
       return { state = "error", message = "The engine said it finished but its file is missing: " ..
         tostring(status.stem_path) }
     end
-    return { state = "done", stem_path = status.stem_path, metadata = status.metadata or {}, job_id = status.job_id }
+    -- A protocol-2 job names every stem it wrote, best first.
+    local stems
+    if type(status.stems) == "table" and #status.stems > 0 then
+      stems = {}
+      for i, s in ipairs(status.stems) do
+        local path = type(s) == "table" and s.stem_path or nil
+        if type(path) ~= "string" or not reaper.file_exists(path) then
+          return { state = "error", message = "The engine said it finished but one of its files is missing: " ..
+            tostring(path) }
+        end
+        stems[i] = { stem_path = path, metadata = type(s.metadata) == "table" and s.metadata or {} }
+      end
+    end
+    return { state = "done", stem_path = status.stem_path, metadata = status.metadata or {}, job_id = status.job_id,
+      stems = stems, ranking = type(status.ranking) == "table" and status.ranking or nil }
   elseif status.state == "cancelled" then
     return { state = "cancelled", message = "Generation cancelled." }
   end

@@ -303,12 +303,27 @@ local function negatives_for(job, settings, engine, params, region, folders, sam
   return chosen
 end
 
+-- The most variations one protocol-2 request may ask for (stepfoley.request.MAX_VARIATIONS).
+M.VARIATIONS_PER_JOB = 8
+
 --[[
 Everything between the dialog and the engine: the job folder, the negatives and their bounce,
-the reference, one request per seed. Returns jobs, negatives or nil, message.
+the reference, and the requests: with an engine that speaks protocol 2, the variations go in
+batches of up to VARIATIONS_PER_JOB seeds per request (sampled together there); with an older
+one, one request per seed. Returns jobs, negatives or nil, message.
 ]]
 local function prepare_jobs(job, settings, engine, params, region)
   local proj = job.proj
+  local continuation
+  if job.continuation then -- checked before anything is bounced
+    if not M.engine_speaks(engine, 2) then
+      return nil, "The engine is older than protocol 2, so it cannot extend or repair a take. Update StepFoley " ..
+        "and restart `stepfoley serve`."
+    end
+    local err
+    continuation, err = job.continuation(region)
+    if not continuation then return nil, err end
+  end
   local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
   if not folders then return nil, folder_err end
   local sample_rate = M.project_sample_rate(proj)
@@ -319,15 +334,21 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not path then return nil, ref_err end
     params.reference_audio = path
   end
+  local batch = (params.count > 1 and M.engine_speaks(engine, 2)) and M.VARIATIONS_PER_JOB or 1
   local jobs = {}
-  for i = 1, params.count do
+  for first = 0, params.count - 1, batch do
+    local i = #jobs + 1
     local job_folders = folders
     if i > 1 then -- each job gets its own status file
       job_folders = { output_dir = folders.output_dir, job_dir = M.join(folders.job_dir, "take" .. i) }
       reaper.RecursiveCreateDirectory(job_folders.job_dir, 0)
     end
-    jobs[i] = { request = M.build_request(region, params, params.seed + i - 1, folders, negatives, sample_rate),
-      folders = job_folders, label = params.caption }
+    local request = M.build_request(region, params, params.seed + first, folders, negatives, sample_rate)
+    if batch > 1 then
+      request.protocol, request.variations = 2, math.min(batch, params.count - first)
+    end
+    for k, v in pairs(continuation or {}) do request[k] = v end
+    jobs[i] = { request = request, folders = job_folders, label = params.caption }
   end
   return jobs, negatives
 end
@@ -336,7 +357,17 @@ end
 local function insert_results(job, settings, region, jobs, results, negatives, params)
   local takes = {}
   for i, r in ipairs(results) do
-    if r.state == "done" then
+    if r.state == "done" and r.stems then -- every variation of a protocol-2 job, best first
+      for _, s in ipairs(r.stems) do
+        local request = {}
+        for k, v in pairs(jobs[i].request) do request[k] = v end
+        request.seed, request.variations = s.metadata.seed or request.seed, nil
+        local meta = M.take_metadata(request, { stem_path = s.stem_path, job_id = r.job_id, metadata = s.metadata },
+          negatives, job.reference_label)
+        meta.rank, meta.ranking = s.metadata.rank, r.ranking
+        takes[#takes + 1] = { stem_path = s.stem_path, meta = meta }
+      end
+    elseif r.state == "done" then
       takes[#takes + 1] = { stem_path = r.stem_path,
         meta = M.take_metadata(jobs[i].request, r, negatives, job.reference_label) }
     end
@@ -352,12 +383,55 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
     if job.item then
       local take = M.add_take(job.item, takes[1].stem_path, takes[1].meta, region)
       reaper.SetActiveTake(take)
+      local pos, item_end = M.item_range(job.item)
+      if job.extend_item and region.project_end > item_end then
+        reaper.SetMediaItemInfo_Value(job.item, "D_LENGTH", region.project_end - pos)
+      end
       reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", M.describe(takes[1].meta), true)
     else
       local lanes = #takes > 1 and settings.variations_as == "lanes" and M.has_fixed_lanes()
       M.insert_track(proj, region, takes, lanes)
     end
   end)
+end
+
+--[[
+The fields of a protocol-2 request that keeps the active take of `item` and makes the span
+a..b (project time) new: the take's source file, where region.project_start falls in it, and
+the span in seconds from region.project_start (clipped to the region, which may be clipped to
+the picture). nil and a message when the take cannot be kept sample for sample or nothing of
+it would be kept.
+]]
+M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
+
+function M.continuation_fields(item, region, a, b)
+  local take = reaper.GetActiveTake(item)
+  if math.abs(reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") - 1) > 1e-9 then
+    return nil, "The selected item plays its take at another rate. StepFoley keeps the take sample for sample, " ..
+      "so set the take's playrate to 1 or glue the item (Item > Glue items) first."
+  end
+  local levels = M.source_chain(take)
+  if #levels > 1 or levels[1].rev then
+    return nil, "The selected item's take is a section of its file or reversed. Glue the item (Item > Glue items) " ..
+      "first, so that StepFoley can keep it sample for sample."
+  end
+  local pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+  local offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") + (region.project_start - pos)
+  if offset < -1e-9 then
+    return nil, "The selected item's take starts later than the picture StepFoley would keep it from. Glue the " ..
+      "item (Item > Glue items) first."
+  end
+  a, b = math.max(a, region.project_start), math.min(b, region.project_end)
+  if a <= region.project_start + 1e-6 and b >= region.project_end - 1e-6 then
+    return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
+      "selected Foley item\" to make it anew."
+  end
+  if b - a < M.MIN_REGENERATE_S then
+    return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
+      "picture. Make a longer time selection.", a, b, M.MIN_REGENERATE_S)
+  end
+  return { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""), take_offset = math.max(0, offset),
+    regenerate = M.array({ a - region.project_start, b - region.project_start }) }
 end
 
 -- A job whose result becomes a new take of `item`: over the item's range, never negating the
@@ -376,6 +450,8 @@ One generating action, from the engine check to the new media. `job`:
   exclude           tracks that are never negatives (the layer being replaced); the picture's
                     track is added;
   item              when set, the result becomes a new active take of this item; else a new track;
+  continuation      optional function(region) -> request fields or nil, message (extend and
+                    repair: M.continuation_fields); extend_item: the item grows to the region's end;
   dialog            a dialog spec (M.dialog_fields) without title and engine (its fixed_method
                     may be a function(capabilities) -> name or nil, message); or nil, with
   params            fixed parameters (M.parse_form's result);

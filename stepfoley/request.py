@@ -20,7 +20,11 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-PROTOCOL_VERSION = 1
+# The newest protocol this engine speaks; it answers every version in SUPPORTED_PROTOCOLS in
+# that version's terms. A request that does not say is a version-1 request (clients older
+# than version 2 did not always send it).
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (1, 2)
 
 # --- bounds: the one place each is written ---------------------------------------------------
 MAX_CAPTION_CHARS = 1000
@@ -46,6 +50,12 @@ MAX_STEPS = 200
 MAX_GUIDANCE = 100.0  # alpha, beta
 MAX_WEIGHT = 100.0  # |w1|, |w2|, |w3| of Eq. A6
 MAX_SEED = 2**63 - 1
+# Variations of one request are sampled as one batch: the cap bounds the batch's memory, the
+# job's files (each stem at most MAX_STEM_BYTES) and the final reply, which names every stem.
+MAX_VARIATIONS = 8
+# Extend and repair: the span made new is at least this long (a seam's crossfade each side
+# needs room), and the take must keep something (else it is a plain generation).
+MIN_REGENERATE_SECONDS = 0.1
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
 FORMATS = ("wav24", "wav32f")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -115,12 +125,19 @@ class GenerationRequest:
     sample_rate: int = 48000
     format: str = "wav24"
     name_hint: str = ""
-    protocol: int = PROTOCOL_VERSION
+    variations: int = 1
+    take: str | None = None  # extend and repair: the take, its first sample at project_start
+    regenerate: tuple[float, float] | None = None  # seconds from project_start: the span made new
+    take_offset: float = 0.0  # seconds into the take file where project_start falls
+    protocol: int = 1
 
     def to_json(self) -> dict:
         """The request as protocol JSON (None fields left out: they mean "default")."""
-        out = {k: v for k, v in asdict(self).items() if v is not None}
+        newer = {f.name for f in FIELDS if f.since > self.protocol}  # a v1 request stays a v1 request
+        out = {k: v for k, v in asdict(self).items() if v is not None and k not in newer}
         out["previous_captions"] = list(self.previous_captions)
+        if self.regenerate is not None:
+            out["regenerate"] = list(self.regenerate)
         return out
 
 
@@ -196,7 +213,8 @@ class Capabilities:
 BOUNDS = {
     "alpha": [0.0, MAX_GUIDANCE], "beta": [0.0, MAX_GUIDANCE],
     "w1": [-MAX_WEIGHT, MAX_WEIGHT], "w2": [-MAX_WEIGHT, MAX_WEIGHT], "w3": [-MAX_WEIGHT, MAX_WEIGHT],
-    "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED],
+    "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED], "variations": [1, MAX_VARIATIONS],
+    "regenerate_seconds": MIN_REGENERATE_SECONDS,
     "caption_chars": MAX_CAPTION_CHARS, "previous_captions": MAX_PREVIOUS_CAPTIONS,
     "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
     "region_seconds": [MIN_REGION_SECONDS, MAX_REGION_SECONDS], "playrate": [MIN_PLAYRATE, MAX_PLAYRATE],
@@ -215,6 +233,7 @@ class FieldSpec:
     json_type: str
     default: str  # as the docs show it
     rule: str
+    since: int = 1  # the protocol version that introduced it: an older request may not carry it
 
 
 def _range(low, high) -> str:
@@ -240,7 +259,8 @@ _INPUT_AUDIO_RULE = (f"only read, and only the region's stretch; at most {_mib(M
 
 
 FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("protocol", "int", str(PROTOCOL_VERSION), f"must be {PROTOCOL_VERSION}"),
+    FieldSpec("protocol", "int", "1", "1 or 2: the version the request is written in, which decides the shape of "
+              "the final reply; the fields marked *(v2)* need 2"),
     FieldSpec("region.video", "string", "required", "absolute path of the picture file (only read)"),
     FieldSpec("region.file_in", "number (s)", "required", "source-file time where the region starts, ≥ 0"),
     FieldSpec("region.file_out", "number (s)", "required",
@@ -281,6 +301,21 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"({_stem_capacity()})"),
     FieldSpec("name_hint", "string", '`""` (= caption)',
               f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
+    FieldSpec("variations", "int", "1",
+              f"1-{MAX_VARIATIONS}: takes with seeds `seed`, `seed + 1`, ... sampled together in one job, "
+              "each written as its own stem and named in the one final reply, best first", since=2),
+    FieldSpec("take", "string or null", "null",
+              "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
+              f"and channel count; {_INPUT_AUDIO_RULE}); the stem is this take with `regenerate` made new, the rest "
+              "sample for sample (at the take's rate and channels when `sample_rate` is the take's); needs "
+              "`regenerate` and `region.playrate` 1", since=2),
+    FieldSpec("take_offset", "number (s)", "0.0",
+              f"0-{MAX_STEM_SECONDS:g}; where `project_start` falls in `take` (a DAW item's start offset into "
+              "its source file); only with `take`", since=2),
+    FieldSpec("regenerate", "[start, end] or null", "null",
+              "seconds from `project_start`: the span of `take` made new, continuing the audio around it and "
+              f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it "
+              "(past the take's end: extend; inside it: repair); only with `take`", since=2),
 )
 
 _TOP_FIELDS = tuple(dict.fromkeys(f.name.split(".", 1)[0] for f in FIELDS))
@@ -290,7 +325,8 @@ _REGION_FIELDS = tuple(f.name.split(".", 1)[1] for f in FIELDS if f.name.startsw
 def markdown_table() -> str:
     """The request table of docs/osc-protocol.md."""
     lines = ["| field | type | default | rule |", "|-------|------|---------|------|"]
-    lines += [f"| `{f.name}` | {f.json_type} | {f.default} | {f.rule} |" for f in FIELDS]
+    lines += [f"| `{f.name}`{' *(v2)*' if f.since > 1 else ''} | {f.json_type} | {f.default} | {f.rule} |"
+              for f in FIELDS]
     return "\n".join(lines)
 
 
@@ -311,10 +347,14 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         _invalid("The request must be a JSON object ({...}).")
     _reject_unknown(data, _TOP_FIELDS, "request")
     _require(data, ("region", "caption", "output_dir"), "request")
-    protocol = data.get("protocol", PROTOCOL_VERSION)
-    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
-        _invalid(f"This engine speaks protocol {PROTOCOL_VERSION}, the request says {_show(protocol)}. "
-                 "Update the REAPER scripts or the engine so they match.")
+    protocol = data.get("protocol", 1)
+    if not _is_int(protocol) or protocol not in SUPPORTED_PROTOCOLS:
+        _invalid(f"This engine speaks protocol {' and '.join(map(str, SUPPORTED_PROTOCOLS))}, the request says "
+                 f"{_show(protocol)}. Update the REAPER scripts or the engine so they match.")
+    newer = [f.name for f in FIELDS if f.since > protocol and f.name in data]
+    if newer:
+        _invalid(f"{', '.join(newer)} came with protocol {max(f.since for f in FIELDS if f.name in newer)}; "
+                 f"the request says protocol {protocol}. Send \"protocol\": {PROTOCOL_VERSION} with it.")
 
     method = _optional(data, "method", _method_name)
     info = _method_info(method, capabilities)
@@ -354,7 +394,15 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
                             "the project's rate"),
         format=_choice(data.get("format", "wav24"), "format", FORMATS, "the stem's file format"),
         name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
+        variations=_integer(data.get("variations", 1), "variations", 1, MAX_VARIATIONS),
+        take=_optional(data, "take", _path),
+        take_offset=_number(data.get("take_offset", 0.0), "take_offset", 0.0, MAX_STEM_SECONDS),
+        regenerate=_optional(data, "regenerate", _span),
     )
+    _check_continuation(request)
+    if request.seed + request.variations - 1 > MAX_SEED:
+        _invalid(f"seed {request.seed} leaves no room for {request.variations} variations (their seeds count up "
+                 f"from it to at most {MAX_SEED}); choose a smaller seed.")
     size = stem_bytes(request.region.project_duration, request.sample_rate, request.format)
     if size > MAX_STEM_BYTES:
         _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
@@ -363,10 +411,43 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     if check_paths:
         _check_output_dir(request.output_dir)
         _check_input_file(request.region.video, "region.video")
-        for name in ("existing_mix", "reference_audio"):
+        for name in ("existing_mix", "reference_audio", "take"):
             if getattr(request, name) is not None:
                 _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES)
     return request
+
+
+def _check_continuation(request: GenerationRequest) -> None:
+    if (request.take is None) != (request.regenerate is None):
+        _invalid("take and regenerate go together: the take to extend or repair, and the span of it to make new "
+                 "(seconds from project_start). Give both, or neither for a new track.")
+    if request.take is None:
+        if request.take_offset:
+            _invalid("take_offset says where project_start falls in the take; it needs take and regenerate.")
+        return
+    start, end = request.regenerate
+    length = request.region.project_duration
+    if abs(request.region.playrate - 1.0) > 1e-9:
+        _invalid(f"Extending or repairing a take needs the picture at playrate 1 (it is {request.region.playrate:g}): "
+                 "the take is kept sample for sample on the timeline.")
+    if end > length + REGION_TOLERANCE_S:
+        _invalid(f"regenerate ends at {end:g} s, after the stem's end ({length:.3f} s from project_start); "
+                 "make the time selection cover it.")
+    if end - start < MIN_REGENERATE_SECONDS:
+        _invalid(f"regenerate is {end - start:.3f} s long; make at least {MIN_REGENERATE_SECONDS:g} s new.")
+    if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
+        _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
+                 "to make a new track.")
+
+
+def _span(value: Any, name: str) -> tuple[float, float]:
+    if not isinstance(value, list) or len(value) != 2:
+        _invalid(f"{name} must be [start, end] in seconds from project_start, got {_show(value)}.")
+    start = _number(value[0], f"{name} start", 0.0, MAX_STEM_SECONDS)
+    end = _number(value[1], f"{name} end", 0.0, MAX_STEM_SECONDS)
+    if end <= start:
+        _invalid(f"{name} end ({end:g} s) must be after its start ({start:g} s).")
+    return start, end
 
 
 def _method_info(method: str | None, capabilities: Capabilities | None) -> MethodInfo | None:

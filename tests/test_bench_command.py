@@ -37,3 +37,19 @@ def test_unknown_benchmark_is_refused(capsys):
         main(["bench", "gpu-magic"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bench_variations_prints_the_ratio_and_finds_the_stems_equal(capsys):
+    assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "1,3",
+                 "--steps", "1", "--seconds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"N=1: one job [\d.]+ s, 1 serial jobs [\d.]+ s, ratio [\d.]+x", out)
+    assert re.search(r"N=3: one job [\d.]+ s, 3 serial jobs [\d.]+ s, ratio [\d.]+x; largest stem difference "
+                     r"[\d.e+-]+ \(within 0.001\)", out)
+
+
+def test_bench_variations_fails_when_the_stems_differ(capsys):
+    # a tolerance no float computation meets: the comparison really runs
+    assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "2",
+                 "--steps", "1", "--seconds", "1", "--threads", "1", "--tolerance", "-1"]) == 1
+    assert "BEYOND" in capsys.readouterr().out

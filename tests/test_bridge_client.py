@@ -151,7 +151,7 @@ def test_lost_progress_and_done_replies_are_recovered_by_polling(server, tmp_pat
 def test_client_queries(server, tmp_path):
     with bc.EngineClient(port=server.address[1]) as c:
         assert {k: v for k, v in c.ping().items() if k != "round_trip_s"} == {
-            "protocol": 1, "model": "test-sine", "device": "cpu"}
+            "protocol": protocol.PROTOCOL_VERSION, "model": "test-sine", "device": "cpu"}
         job = c.submit(make_request(tmp_path))
         final = job.wait()
         assert c.result(job.job_id)["stem_path"] == final["stem_path"]

@@ -65,7 +65,7 @@ def test_finding_01_a_malformed_bundle_is_dropped_at_once(datagram):
         p = RawPeer(srv.address[1])
         p.send_bytes(datagram)
         p.send(protocol.PING, p.port, "after", "t")
-        assert p.receive(timeout=2.0) == (protocol.PONG, ["after", 1, "unknown", "unknown"])
+        assert p.receive(timeout=2.0) == (protocol.PONG, ["after", protocol.PROTOCOL_VERSION, "unknown", "unknown"])
         p.close()
 
 
@@ -430,7 +430,7 @@ def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refus
     try:
         assert loaded_status(port, "env-secret")["state"] == "idle"
         code, status = send(tmp_path, "--ping", "--port", str(port), env={"STEPFOLEY_TOKEN": "env-secret"})
-        assert code == 0 and status["answer"]["protocol"] == 1
+        assert code == 0 and status["answer"]["protocol"] == 2
     finally:
         stop(proc)
 

@@ -56,15 +56,23 @@ class SineRunner:
             if self.step_s:
                 time.sleep(self.step_s)
             on_progress("sampling", step, total)
+        results = [self._stem(request, request.seed + i) for i in range(request.variations)]
+        if request.protocol < 2:
+            return results[0]
+        # protocol 2: every variation its own stem, best first; a sine has no judge, so seed order
+        return {"stems": results, "ranking": {"ranked_by": "seed", "reason": "a sine has no embedding"}}
+
+    def _stem(self, request, seed: int) -> dict:
+        region = request.region
         sr = request.sample_rate
         t = np.arange(int(round(region.project_duration * sr))) / sr
-        wave = (0.25 * np.sin(2 * np.pi * (220 + request.seed % 500) * t)).astype(np.float32)
+        wave = (0.25 * np.sin(2 * np.pi * (220 + seed % 500) * t)).astype(np.float32)
         output_folders.remember(request.output_dir)
         path = audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, wave, sr,
                                       SUBTYPES[request.format], max_bytes=MAX_STEM_BYTES)
         metadata = {
             "sample_rate": sr, "duration": len(t) / sr, "lufs": None, "caption": request.caption,
-            "seed": request.seed, "alpha": request.alpha, "beta": request.beta,
+            "seed": seed, "alpha": request.alpha, "beta": request.beta,
             "method": request.method, "model": self.model,
         }
         return {"stem_path": str(path), "metadata": metadata}

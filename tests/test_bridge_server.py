@@ -18,7 +18,7 @@ from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, run
 
 def test_ping_names_protocol_model_and_device(peer):
     peer.send(protocol.PING, peer.port, "p1", "")
-    assert peer.receive() == (protocol.PONG, ["p1", 1, "test-sine", "cpu"])
+    assert peer.receive() == (protocol.PONG, ["p1", protocol.PROTOCOL_VERSION, "test-sine", "cpu"])
 
 
 def test_generate_replies_in_order_and_writes_a_real_wav(peer, tmp_path):
@@ -230,7 +230,7 @@ def test_token_is_required_when_set(tmp_path):
                         (protocol.STATUS, p.port, "bad id!", "")):
             p.send(*message)
         p.send(protocol.PING, p.port, "ok", "s3cret")
-        assert p.receive() == (protocol.PONG, ["ok", 1, "unknown", "unknown"])  # the first reply of all
+        assert p.receive() == (protocol.PONG, ["ok", protocol.PROTOCOL_VERSION, "unknown", "unknown"])  # the first reply of all
         p.send("/stepfoley/nope", p.port, "x", "s3cret")
         assert p.receive()[1][2] == "unknown_address"  # with the token, errors are answered
         p.send(protocol.PING, p.port, "ok", "s3cret")
@@ -313,7 +313,7 @@ def test_a_server_still_loading_its_model_answers_and_refuses_generation(tmp_pat
         p.generate(make_request(tmp_path), "later")
         assert p.receive_until(protocol.FINAL_REPLIES)[-1][0] == protocol.DONE
         p.send(protocol.PING, p.port, "p2", "")
-        assert p.receive() == (protocol.PONG, ["p2", 1, "test-sine", "cpu"])
+        assert p.receive() == (protocol.PONG, ["p2", protocol.PROTOCOL_VERSION, "test-sine", "cpu"])
         p.close()
 
 

@@ -124,3 +124,25 @@ def test_rename_file_replaces_only_when_told(tmp_path):
     assert new.read_bytes() == b"new" and old.read_bytes() == b"old"
     assert rename_file(new, old, replace=True) == old
     assert old.read_bytes() == b"new" and not new.exists()
+
+
+def test_variations_write_every_take_in_one_job(video, tmp_path, capsys, monkeypatch):
+    jobs = []
+    real = stepfoley.engine.service.FoleyService.__call__
+    monkeypatch.setattr(stepfoley.engine.service.FoleyService, "__call__",
+                        lambda self, request, *a, **k: jobs.append(request) or real(self, request, *a, **k))
+    assert generate(video, "--out", tmp_path, "--seed", 5, "--variations", 3) == 0
+    out = capsys.readouterr().out
+    assert len(jobs) == 1 and (jobs[0].protocol, jobs[0].variations) == (2, 3)
+    assert wavs(tmp_path) == ["rain_falling_001.wav", "rain_falling_002.wav", "rain_falling_003.wav"]
+    assert sorted(int(line.split("seed ")[1].split(",")[0]) for line in out.splitlines()
+                  if line.startswith("wrote")) == [5, 6, 7]
+    assert "rank 1)" in out and "rank 3)" in out and "ranked by " in out
+
+
+def test_variations_need_a_folder_and_stay_within_bounds(video, tmp_path, capsys):
+    assert generate(video, "--out", tmp_path / "take.wav", "--variations", 2) == 2
+    assert "give --out a folder, not the file" in capsys.readouterr().err
+    assert generate(video, "--out", tmp_path, "--variations", 9) == 2
+    assert "variations = 9 is outside 1 .. 8" in capsys.readouterr().err
+    assert wavs(tmp_path) == []

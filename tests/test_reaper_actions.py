@@ -404,27 +404,34 @@ def test_an_older_engine_without_capabilities(world):
 
 
 def test_variations_in_fixed_lanes(world):
-    """REAPER 7: one item per fixed lane, the first lane plays, each lane named after its seed."""
+    """REAPER 7: one item per fixed lane in the engine's rank order, the first (best) lane plays,
+    each lane named after its seed; the variations are one protocol-2 job."""
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}])
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     [track] = new_tracks(result)
     assert track["freemode"] == 2
-    assert track["lanes"] == [{"plays": 1, "name": "seed 20"}, {"plays": 0, "name": "seed 21"},
-                              {"plays": 0, "name": "seed 22"}]
+    # the stand-in ranks its seeds in reverse: the order is the engine's, not the seeds'
+    assert track["lanes"] == [{"plays": 1, "name": "seed 22"}, {"plays": 0, "name": "seed 21"},
+                              {"plays": 0, "name": "seed 20"}]
     assert [i["fixedlane"] for i in track["items"]] == [0, 1, 2]
-    for item, seed in zip(track["items"], (20, 21, 22)):
+    for item, seed, rank in zip(track["items"], (22, 21, 20), (1, 2, 3)):
         assert_exact_placement(item, 3.0, 5.5)
         [take] = item["takes"]
-        assert h.take_meta(take)["seed"] == seed and take["markers"] == [{"name": f"seed {seed}", "position": 0}]
+        meta = h.take_meta(take)
+        assert (meta["seed"], meta["rank"], meta["engine"]["seed"]) == (seed, rank, seed)
+        assert "variations" not in meta and meta["ranking"]["ranked_by"] == "seed"
+        assert take["markers"] == [{"name": f"seed {seed}", "position": 0}]
         assert len(sf.read(take["source_file"])[0]) == h.frames(2.5) and item["loopsrc"] == 0
-    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 1
+    request = h.job_request(result)
+    assert (request["protocol"], request["variations"], request["seed"]) == (2, 3, 20)
     assert_project_untouched(result)
 
 
 @pytest.mark.parametrize("how", [{"app_version": "6.83/linux-x86_64"}, {"variations_as": "takes"}])
 def test_variations_as_takes(world, how):
-    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item
+    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item, the best active
     extstate = h.extstate(world, variations_as=how.get("variations_as", "lanes"))
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}], extstate=extstate,
                   app_version=how.get("app_version", "7.27/linux-x86_64"))
@@ -435,11 +442,31 @@ def test_variations_as_takes(world, how):
     assert_exact_placement(item, 3.0, 5.5)
     assert track["freemode"] == 0
     seeds = [h.take_meta(t)["seed"] for t in item["takes"]]
-    assert seeds == [20, 21, 22] and item["active_take"] == 1
+    assert seeds == [22, 21, 20] and item["active_take"] == 1
     stems = {t["source_file"] for t in item["takes"]}
     assert len(stems) == 3 and all(len(sf.read(s)[0]) == h.frames(2.5) for s in stems)
-    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 3
+    assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 1
     assert_project_untouched(result)
+
+
+def test_an_engine_before_protocol_2_gets_one_job_per_variation(world):
+    sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_PROTOCOL": "1"})
+    assert result["messages"] == []
+    [track] = new_tracks(result)
+    assert [lane["name"] for lane in track["lanes"]] == ["seed 20", "seed 21", "seed 22"]
+    assert [(r["protocol"], r["seed"], "variations" in r) for r in h.job_requests(result)] == [
+        (1, 20, False), (1, 21, False), (1, 22, False)]
+
+
+def test_more_variations_than_one_job_holds_go_in_batches(world):
+    sc = scenario(world, dialog=answers(seed="20", count=10), actions=[{"script": h.VARIATIONS}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert [(r["seed"], r["variations"]) for r in h.job_requests(result)] == [(20, 8), (28, 2)]
+    [track] = new_tracks(result)
+    assert sorted(int(lane["name"].split()[1]) for lane in track["lanes"]) == list(range(20, 30))
+    assert len(result["undo"]) == 1
 
 
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):
@@ -502,6 +529,63 @@ def test_regenerate_where_the_picture_covers_part_of_the_item(world):
 def test_regenerate_needs_a_stepfoley_item(world):
     result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.REGENERATE}]))
     assert "Select an item made by StepFoley" in result["messages"][0]["message"]
+
+
+def continuation_layer(world, position=3.0, length=2.5, **take):
+    meta = {"caption": "door creak", "method": "nag", "seed": 11, "negatives": {"mode": "layers", "tracks": []}}
+    layer = stepfoley_layer(world, "door creak", meta, position=position, length=length, selected=True)
+    layer["items"][0]["takes"][0].update(take)
+    return layer
+
+
+def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
+    """Item 3.0-5.5 s playing its source from 1.5 s; selection 4.0-7.0 s: the take is kept up to
+    4.0 s and the engine makes 4.0-7.0 s; the new take covers 3.0-7.0 s and the item grows to it."""
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, startoffs=1.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert (request["protocol"], request["take"], request["take_offset"]) == (2, str(world["foley"]), 1.5)
+    assert request["regenerate"] == [1.0, 4.0] and request["region"]["project_start"] == 3.0
+    assert request["region"]["project_end"] == 7.0 and "variations" not in request
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    assert_exact_placement(item, 3.0, 7.0)
+    assert len(item["takes"]) == 2 and item["active_take"] == 2 and item["takes"][1]["startoffs"] == 0
+    assert len(sf.read(item["takes"][1]["source_file"])[0]) == h.frames(4.0)
+    assert h.take_meta(item["takes"][1])["regenerate"] == [1.0, 4.0]
+    assert result["undo"] == ['StepFoley: extend "door creak"']
+
+
+def test_regenerate_inside_keeps_the_rest_of_the_take(world):
+    sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
+                  extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert (request["take_offset"], request["regenerate"]) == (0.0, [0.5, 1.0])
+    assert (request["region"]["project_start"], request["region"]["project_end"]) == (3.0, 5.5)
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    assert_exact_placement(item, 3.0, 5.5) and item["active_take"] == 2
+    assert result["undo"] == ['StepFoley: regenerate part of "door creak"']
+
+
+@pytest.mark.parametrize("script, ts, take, env, words", [
+    (h.EXTEND, (4.0, 5.0), {}, {}, "Make the time selection end after the selected item"),
+    (h.EXTEND, (3.0, 7.0), {}, {}, "nothing of the take would be kept"),
+    (h.REPAIR, (2.0, 4.0), {}, {}, "Make the time selection inside the selected item"),
+    (h.REPAIR, (3.0, 5.5), {}, {}, "Nothing of the take would be kept"),
+    (h.REPAIR, (3.5, 4.0), {"playrate": 2.0}, {}, "plays its take at another rate"),
+    (h.REPAIR, (3.5, 4.0), {}, {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, "older than protocol 2"),
+], ids=["extend-inside", "extend-all", "repair-outside", "repair-all", "playrate", "old-engine"])
+def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take, env, words):
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
+                  extra_tracks=[continuation_layer(world, **take)])
+    result = h.run_scenario(world["tmp"], sc, env_extra=env)
+    assert words in result["messages"][0]["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
 
 
 def test_replace_this_layer_negating_all_the_others(world):

@@ -52,14 +52,18 @@ def test_the_index_is_what_make_index_writes():
     assert make_index.render(TAGS, make_index.load_versions(INDEX)) == INDEX
 
 
+# The next release: the header as it is, under a version the index does not hold yet (the
+# current header's version is normally released already).
+NEXT = {**TAGS, "version": "99.0.0"}
+
+
 def test_a_release_adds_the_header_version_and_keeps_the_others():
     commit = "0123456789abcdef0123456789abcdef01234567"
-    text = make_index.release(INDEX, TAGS, commit)
+    text = make_index.release(INDEX, NEXT, commit)
     versions = {v.name: v for v in make_index.load_versions(text)}
     for old in make_index.load_versions(INDEX):
-        if old.name != TAGS["version"]:
-            assert versions[old.name] == old  # untouched
-    new = versions[TAGS["version"]]
+        assert versions[old.name] == old  # untouched
+    new = versions[NEXT["version"]]
     assert new.changelog == "\n".join(TAGS["changelog"])
     files = [unquote(url.rsplit("/", 1)[1]) for _, _, url in new.sources]
     assert files[0] == make_index.PACKAGE and set(files) == script_files()
@@ -67,10 +71,15 @@ def test_a_release_adds_the_header_version_and_keeps_the_others():
     mains = {name for (_, main, _), name in zip(new.sources, files) if main}
     assert mains == {f for f in script_files() if not f.startswith("StepFoley_lib")}
     # releasing it again with the same commit changes nothing; with another one is refused
-    assert make_index.release(text, TAGS, commit) == text
+    assert make_index.release(text, NEXT, commit) == text
     with pytest.raises(ValueError, match="already released"):
-        make_index.release(text, TAGS, "f" * 40)
-    assert "f" * 40 in make_index.release(text, TAGS, "f" * 40, replace=True)
+        make_index.release(text, NEXT, "f" * 40)
+    assert "f" * 40 in make_index.release(text, NEXT, "f" * 40, replace=True)
+
+
+def test_the_header_version_is_released():
+    # the release step (docs/reaper.md) was done: ReaPack offers the version the scripts carry
+    assert TAGS["version"] in {v.name for v in make_index.load_versions(INDEX)}
 
 
 @pytest.mark.parametrize("commit", ["main", "2feb3e0", "v0.3.0", "0123456789ABCDEF0123456789ABCDEF01234567"])
@@ -81,8 +90,10 @@ def test_a_branch_or_short_hash_is_refused(commit):
 
 def test_make_index_command_writes_the_release(tmp_path, monkeypatch):
     monkeypatch.setattr(make_index, "HERE", tmp_path)
-    for name in (make_index.PACKAGE, "index.xml"):
-        (tmp_path / name).write_text((SCRIPTS / name).read_text(encoding="utf-8"), encoding="utf-8")
+    package = (SCRIPTS / make_index.PACKAGE).read_text(encoding="utf-8")
+    (tmp_path / make_index.PACKAGE).write_text(
+        re.sub(r"(?m)^-- @version .*$", "-- @version 99.0.0", package), encoding="utf-8")
+    (tmp_path / "index.xml").write_text((SCRIPTS / "index.xml").read_text(encoding="utf-8"), encoding="utf-8")
     assert make_index.main(["--commit", "a" * 40]) == 0
     assert ("/" + "a" * 40 + "/") in (tmp_path / "index.xml").read_text(encoding="utf-8")
     assert make_index.main(["--commit", "main"]) == 2

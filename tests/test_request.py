@@ -40,6 +40,15 @@ def test_to_json_round_trips(tmp_path):
     assert parse_request(json.loads(json.dumps(request.to_json()))) == request
 
 
+def test_a_version_2_request_with_variations_round_trips_and_a_version_1_request_stays_one(tmp_path):
+    v2 = parse_request(make_request(tmp_path, protocol=2, variations=8, seed=2**63 - 8))
+    assert (v2.protocol, v2.variations) == (2, 8)
+    assert parse_request(json.loads(json.dumps(v2.to_json()))) == v2
+    v1 = parse_request(make_request(tmp_path))
+    assert (v1.protocol, v1.variations) == (1, 1) and "variations" not in v1.to_json()
+    assert parse_request({k: v for k, v in make_request(tmp_path).items() if k != "protocol"}).protocol == 1
+
+
 def test_project_end_follows_the_playrate(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, "playrate": 2.0, "project_start": 10.0}
@@ -58,7 +67,13 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
 @pytest.mark.parametrize(
     "change, words",
     [
-        ({"protocol": 2}, "protocol 1"),
+        ({"protocol": 3}, "speaks protocol 1 and 2, the request says 3"),
+        ({"protocol": True}, "the request says True"),
+        ({"variations": 2}, "variations came with protocol 2; the request says protocol 1"),
+        ({"protocol": 2, "variations": 9}, "variations = 9 is outside 1 .. 8"),
+        ({"protocol": 2, "variations": 0}, "variations = 0 is outside 1 .. 8"),
+        ({"protocol": 2, "variations": 2.0}, "variations must be a whole number"),
+        ({"protocol": 2, "variations": 3, "seed": 2**63 - 2}, "leaves no room for 3 variations"),
         ({"caption": "  "}, "caption is empty"),
         ({"caption": 5}, "caption must be a string"),
         ({"method": "magic"}, "method 'magic' is unknown to the model 'test-model'"),
@@ -156,6 +171,7 @@ def test_capabilities_round_trip_through_json():
     again = Capabilities.from_json(json.loads(json.dumps(caps.to_json())))
     assert again == caps
     assert caps.to_json()["bounds"]["steps"] == [1, 200]
+    assert caps.to_json()["bounds"]["variations"] == [1, 8]
     assert {k: caps.to_json()["bounds"][k] for k in ("stem_seconds", "stem_bytes", "input_audio_bytes",
                                                      "input_sample_rate")} == {
         "stem_seconds": 600.0, "stem_bytes": 128 * 2**20, "input_audio_bytes": 2**30, "input_sample_rate": 192000}

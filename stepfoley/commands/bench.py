@@ -11,6 +11,7 @@ BENCHMARKS = {
     "bridge": ("bench_bridge", "OSC ping round trip, request overhead, queued throughput"),
     "features": ("bench_features", "per-track time split (decode, CLIP, Synchformer) with the feature cache"),
     "weights-load": ("bench_weights_load", ".pth vs .safetensors load time"),
+    "variations": ("bench_variations", "N variations in one job vs N serial jobs: time ratio, stems equal"),
 }
 
 

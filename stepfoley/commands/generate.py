@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"{field_rule(name)} (default: the model's)" if name in ("alpha", "beta")
                        else field_rule(name))
     p.add_argument("--seed", type=int, default=0, help=field_rule("seed"))
+    p.add_argument("--variations", type=int, default=1, metavar="N",
+                   help=field_rule("variations") + "; --out must then be a folder")
     p.add_argument("--steps", type=int, default=None, help=f"{field_rule('steps')} (default: the model's)")
     p.add_argument("--negative-caption", default="", help=field_rule("negative_caption"))
     p.add_argument("--weights", default=None, metavar="DIR",
@@ -102,6 +104,8 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
     }
     for name in ("alpha", "beta", "w1", "w2", "w3", "steps"):
         request[name] = getattr(args, name)
+    if args.variations != 1:  # a protocol-2 request; one take stays a protocol-1 one, as before
+        request.update(protocol=2, variations=args.variations)
     return {k: v for k, v in request.items() if v is not None}
 
 
@@ -129,6 +133,9 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
                                 "leave out --existing.")
     output = resolve_output(args.out, args.force)
+    if output.file and args.variations != 1:
+        raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
+                                f"name: give --out a folder, not the file '{args.out}'.")
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
     parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True)
@@ -178,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             result = service(request, progress, lambda: False, existing_tracks=checked.existing)
         finally:
             bar.close()
-        stem_path = result["stem_path"]
+        stem_path = result.get("stem_path")
         if checked.output.file:
             from stepfoley.engine.audio_io import rename_file
 
@@ -189,7 +196,11 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
-    meta = result["metadata"]
-    print(f"wrote {stem_path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
-          f"method {meta['method_used']}, seed {meta['seed']})")
+    for path, meta in ([(stem_path, result["metadata"])] if "stems" not in result else
+                       [(s["stem_path"], s["metadata"]) for s in result["stems"]]):
+        rank = f", rank {meta['rank']}" if "rank" in meta else ""
+        print(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
+              f"method {meta['method_used']}, seed {meta['seed']}{rank})")
+    if "ranking" in result:
+        print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     return 0

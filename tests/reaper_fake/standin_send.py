@@ -26,6 +26,11 @@ Behaviour from $STEPFOLEY_STANDIN:
 - "garbled": the status file stays half-written until the cancel file appears;
 - "badstem": finishes with a stem that is not a WAV file.
 
+A protocol-2 request gets `variations` stems and a status with `stems` (best first: the stand-in
+ranks the seeds in reverse, so a test sees that the order comes from the engine) and `ranking`.
+$STEPFOLEY_STANDIN_PROTOCOL: "2" (default) or "1" (an engine older than protocol 2: /status
+without `protocols`, and a protocol-2 request refused as such an engine refuses it).
+
 $STEPFOLEY_STANDIN_CAPS: "full" (default); "none": an older engine whose status has no
 capabilities; "no_controlnet": a model without NAG ControlNet (methods that hear audio are
 listed as unavailable)."""
@@ -78,6 +83,10 @@ def wait_for(cancel: Path, seconds: float) -> bool:
     return cancel.exists()
 
 
+def newest_protocol() -> int:
+    return int(os.environ.get("STEPFOLEY_STANDIN_PROTOCOL", "2"))
+
+
 def query(args, mode: str) -> int:
     """--ping / --engine-status: the final status on stdout and, with --status, in that file."""
     if mode == "down":
@@ -85,10 +94,13 @@ def query(args, mode: str) -> int:
                  "error": {"code": "engine_not_running", "message": not_running_message("127.0.0.1", args.port)}}
     elif args.ping:
         final = {"state": "done", "exit_code": 0, "error": None,
-                 "answer": {"protocol": 1, "model": "standin", "device": "cpu", "round_trip_s": 0.001}}
+                 "answer": {"protocol": newest_protocol(), "model": "standin", "device": "cpu",
+                            "round_trip_s": 0.001}}
     else:
-        answer = {"protocol": 1, "model": "standin", "device": "cpu", "state": "idle", "current": None, "queue": [],
-                  "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
+        answer = {"protocol": newest_protocol(), "model": "standin", "device": "cpu", "state": "idle", "current": None,
+                  "queue": [], "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
+        if newest_protocol() >= 2:
+            answer["protocols"] = list(range(1, newest_protocol() + 1))
         if os.environ.get("STEPFOLEY_STANDIN_CAPS") != "none":
             answer["capabilities"] = capabilities().to_json()
         final = {"state": "done", "exit_code": 0, "error": None, "answer": answer}
@@ -96,6 +108,27 @@ def query(args, mode: str) -> int:
         write_status(Path(args.status), **final)
     print(json.dumps(final))
     return final["exit_code"]
+
+
+def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> dict:
+    """A sine stem of the region's length for one seed: {"stem_path", "metadata"}."""
+    region = request["region"]
+    sr = request["sample_rate"]
+    frames = round((region["project_end"] - region["project_start"]) * sr)
+    freq = 100.0 + seed % 1000
+    wave = 0.25 * np.sin(2 * math.pi * freq * np.arange(frames) / sr)
+    name = "".join(c if c.isalnum() else "_" for c in request["name_hint"])[:40] or "stem"
+    stem = Path(request["output_dir"]) / f"{name}_{seed}.wav"
+    tmp = stem.with_name(stem.name + ".tmp.wav")
+    if mode == "badstem":
+        tmp.write_bytes(b"not audio")
+    else:
+        sf.write(tmp, wave, sr, subtype="PCM_24")
+    os.replace(tmp, stem)
+    return {"stem_path": str(stem),
+            "metadata": {"model": "standin", "seed": seed, "frequency_hz": freq, "caption": caption,
+                         "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
+                         "steps": used["steps"]}}
 
 
 def main() -> int:
@@ -119,7 +152,10 @@ def main() -> int:
                      "message": not_running_message("127.0.0.1", args.port)})
         return 3
     try:
-        typed = parse_request(json.loads(Path(args.request).read_text(encoding="utf-8")), capabilities())
+        raw = json.loads(Path(args.request).read_text(encoding="utf-8"))
+        if raw.get("protocol", 1) > newest_protocol():
+            raise RequestError(f"This engine speaks protocol 1, the request says {raw['protocol']}.")
+        typed = parse_request(raw, capabilities())
     except RequestError as e:
         write_status(status, state="error", exit_code=4, error={"code": e.code, "message": e.message})
         return 4
@@ -162,23 +198,16 @@ def main() -> int:
         if mode == "hung":
             wait_for(cancel, 600)
             return 1
-    region = request["region"]
-    sr = request["sample_rate"]
-    frames = round((region["project_end"] - region["project_start"]) * sr)
-    freq = 100.0 + request["seed"] % 1000
-    wave = 0.25 * np.sin(2 * math.pi * freq * np.arange(frames) / sr)
-    name = "".join(c if c.isalnum() else "_" for c in request["name_hint"])[:40] or "stem"
-    stem = Path(request["output_dir"]) / f"{name}_{request['seed']}.wav"
-    tmp = stem.with_name(stem.name + ".tmp.wav")
-    if mode == "badstem":
-        tmp.write_bytes(b"not audio")
-    else:
-        sf.write(tmp, wave, sr, subtype="PCM_24")
-    os.replace(tmp, stem)
-    write_status(status, state="done", job_id=job_id, step=total, total=total, stem_path=str(stem),
-                 metadata={"model": "standin", "seed": request["seed"], "frequency_hz": freq, "caption": typed.caption,
-                           "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
-                           "steps": used["steps"]})
+    stems = [make_stem(request, typed.caption, used, request["seed"] + i, mode) for i in range(typed.variations)]
+    if typed.protocol >= 2:
+        stems.reverse()
+        for rank, one in enumerate(stems, 1):
+            one["metadata"]["rank"] = rank
+        write_status(status, state="done", job_id=job_id, step=total, total=total, stem_path=stems[0]["stem_path"],
+                     metadata=stems[0]["metadata"], stems=stems,
+                     ranking={"ranked_by": "seed", "reason": "the stand-in ranks its seeds in reverse"})
+        return 0
+    write_status(status, state="done", job_id=job_id, step=total, total=total, **stems[0])
     return 0
 
 

@@ -1,0 +1,94 @@
+"""Variations in one job against the same takes as serial jobs, through the engine's service
+(the path `stepfoley serve` runs), on a generated mini-world clip.
+
+For each N of --counts: a second layer over a first one (NAG, as in real use), made once as one
+protocol-2 job with `variations` N and once as N protocol-1 jobs with the seeds seed .. seed+N-1.
+The picture features are cached before the clock starts, so both sides time sampling, decoding,
+finishing, ranking and writing. Printed: both times, their ratio (serial / batched: on a GPU the
+batch should come close to N x; on a CPU it gains little), and the largest difference between a
+batched stem and the serial stem of its seed (32-bit float files), which must stay within
+--tolerance (exit 1 otherwise).
+
+    stepfoley bench variations [--counts 1,4,8] [--steps 25] [--seconds 8] [--model tiny-random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def _counts(text: str) -> list[int]:
+    counts = [int(c) for c in text.split(",") if c.strip()]
+    if not counts or any(not 1 <= c <= 8 for c in counts):
+        raise argparse.ArgumentTypeError("give counts from 1 to 8, separated by commas (e.g. 1,4,8)")
+    return counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="stepfoley bench variations", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", type=_counts, default=[1, 4, 8], help="numbers of variations (1-8)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of the region")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--model", default=None, help="default: the embedded model; 'tiny-random' for a quick run")
+    parser.add_argument("--weights", default=None, metavar="DIR", help="official MMAudio weights")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="default: every core but one")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed sample difference")
+    args = parser.parse_args(argv)
+
+    from stepfoley.engine.devices import share_cpu
+    from stepfoley.engine.features.cache import FeatureCache
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.service import FoleyService, load_runtime_model
+    from stepfoley.request import parse_request
+
+    share_cpu(args.threads)
+    model = load_runtime_model(args.weights, args.model, args.device, args.precision)
+    service = FoleyService(model, feature_cache=FeatureCache())
+    worst = 0.0
+    with tempfile.TemporaryDirectory(prefix="stepfoley-bench-variations-") as tmp:
+        folder = Path(tmp)
+        video = write_scene(make_scene(30_000_001, duration=args.seconds + 1.0), folder / "scene")["video"]
+
+        def job(caption, seed, out, **extra):
+            request = {"region": {"video": str(video), "file_in": 0.5, "file_out": 0.5 + args.seconds},
+                       "caption": caption, "seed": seed, "steps": args.steps, "output_dir": str(out),
+                       "sample_rate": model.sample_rate, "format": "wav32f", **extra}
+            return service(parse_request(request, service.capabilities(), check_paths=True))
+
+        first = job("a bell rings", 1, folder)  # also fills the feature cache
+        layer = {"existing_mix": first["stem_path"], "previous_captions": ["a bell rings"]}
+        print(f"model {model.model_id} on {model.device}, {args.seconds:g} s region, {args.steps} steps, "
+              f"second layer (method {model.defaults.method})")
+        for n in args.counts:
+            out_batched, out_serial = folder / f"batched{n}", folder / f"serial{n}"
+            out_batched.mkdir()
+            out_serial.mkdir()
+            start = time.perf_counter()
+            batched = job("rain falling", args.seed, out_batched, protocol=2, variations=n, **layer)
+            batched_s = time.perf_counter() - start
+            start = time.perf_counter()
+            serial = {args.seed + i: job("rain falling", args.seed + i, out_serial, **layer)["stem_path"]
+                      for i in range(n)}
+            serial_s = time.perf_counter() - start
+            diff = max(float(np.abs(sf.read(s["stem_path"])[0] - sf.read(serial[s["metadata"]["seed"]])[0]).max())
+                       for s in batched["stems"])
+            worst = max(worst, diff)
+            print(f"N={n}: one job {batched_s:.2f} s, {n} serial jobs {serial_s:.2f} s, "
+                  f"ratio {serial_s / batched_s:.2f}x; largest stem difference {diff:.2e} "
+                  f"({'within' if diff <= args.tolerance else 'BEYOND'} {args.tolerance:g}); "
+                  f"ranked by {batched['ranking']['ranked_by']}")
+    if worst > args.tolerance:
+        print(f"batched stems differ from serial ones by {worst:.2e}, more than {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0

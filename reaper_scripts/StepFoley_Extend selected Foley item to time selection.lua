@@ -1,0 +1,41 @@
+-- @noindex
+-- @description StepFoley: Extend selected Foley item to time selection
+--[[
+Extend selected Foley item to time selection: keeps the selected item's take up to where the
+time selection starts (or up to the item's end, when the selection starts later) and continues
+it to the selection's end, in sync with the picture: the engine makes only the new part, so
+that it continues the take seamlessly, and returns the take sample for sample before it. The
+dialog opens with the item's parameters; the other layers are negated as usual (never the
+item's own track). The result is a new, active take of the item, which grows to the
+selection's end. One undo point. Needs an engine of protocol 2.
+]]
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
+local SF = dofile(dir .. "StepFoley_lib.lua")
+
+local function main()
+  local proj = reaper.EnumProjects(-1, "")
+  local item, meta = SF.selected_stepfoley_item(proj, "its take is continued to the end of the time selection.")
+  if not item then return end
+  local t0, t1 = SF.require_time_selection(proj)
+  if not t0 then return end
+  local start, item_end = SF.item_range(item)
+  if t1 <= item_end + 1e-6 then
+    return SF.alert("Make the time selection end after the selected item: the item is continued to its end. " ..
+      "(To make part of an item again, use \"Regenerate time selection inside selected item\".)")
+  end
+  if t0 <= start + 1e-6 then
+    return SF.alert("The time selection starts at or before the item's start, so nothing of the take would be " ..
+      "kept. Start it where the take should go on.")
+  end
+  local from = math.min(t0, item_end)
+  local job = SF.job_for_item(proj, item, { title = "StepFoley: extend",
+    dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
+    continuation = function(region) return SF.continuation_fields(item, region, from, t1) end,
+    extend_item = true,
+    undo = function(params) return "StepFoley: extend \"" .. params.caption .. "\"" end })
+  job.t1 = t1
+  SF.generate(job)
+end
+
+main()

@@ -1,0 +1,164 @@
+"""Extend and repair (protocol 2, training-free): the known part of the latent held at its noise
+level at every step, the take kept sample for sample, crossfades only on the new side, NAG still
+negating the earlier layers. The random-weight embedded model; the sampler on a toy flow."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
+from stepfoley.engine.service import FoleyService
+from stepfoley.engine.session import held_frames, splice
+from stepfoley.request import RequestError, parse_request
+from test_bridge_kit import make_request
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from stepfoley.engine.embedded.model import build_embedded_model
+    return build_embedded_model(random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory):
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    return write_scene(make_scene(20_000_003, n_sources=2), tmp_path_factory.mktemp("scene"))["video"]
+
+
+def test_the_known_latent_is_held_at_its_noise_level_and_is_exact_at_the_end():
+    steps, seen = 4, []
+    noise = initial_noise([3], 6, 2)
+    known = torch.full((1, 6, 2), 0.7)
+    keep = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0])[None, :, None]
+    hold = known_latent(known, keep, noise)
+
+    def velocity(t, x):  # a flow that would carry everything to -1
+        seen.append((float(t), x.clone()))
+        return (-1.0 - x) / (1.0 - t)
+
+    out = euler_sample(velocity, noise, time_grid(steps), constrain=hold)
+    for t, x in seen:  # before each step, the held frames sit on the straight path to the known latent
+        np.testing.assert_allclose(x[0, [0, 1, 5]], ((1 - t) * noise + t * known)[0, [0, 1, 5]], atol=1e-6)
+    assert torch.equal(out[0, [0, 1, 5]], known[0, [0, 1, 5]])
+    np.testing.assert_allclose(out[0, 2:5], -1.0, atol=1e-5)  # the rest follows the flow
+
+
+def test_frames_next_to_a_seam_are_sampled_not_held():
+    keep = np.ones(100, bool)
+    keep[40:60] = False
+    assert held_frames(keep, 10, 0).tolist() == [1, 1, 1, 1, 0, 0, 1, 1, 1, 1]
+    assert held_frames(keep, 10, 5).tolist() == [1, 1, 1, 0, 0, 0, 0, 1, 1, 1]
+
+
+def test_splice_keeps_the_take_and_fades_only_on_the_new_side():
+    take = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    new = np.full((1, 1000), 0.25, np.float32)
+    keep = np.ones(1000, bool)
+    keep[400:600] = False
+    out = splice(take, new, keep, seam=50)
+    assert np.array_equal(out[:, keep], take[:, keep])
+    assert np.array_equal(out[:, 450:550], np.broadcast_to(new, (2, 1000))[:, 450:550])
+    assert not np.array_equal(out[:, 400:450], take[:, 400:450]) and not np.allclose(out[:, 400:450], 0.25)
+    constant = splice(np.full((1, 1000), 0.5, np.float32), np.full((1, 1000), 0.5, np.float32), keep, 50)
+    np.testing.assert_allclose(constant, 0.5, atol=1e-6)  # equal-power weights sum to one
+    # extending past the take's end: no take to fade from, the new audio alone
+    keep_start = np.arange(1000) < 700
+    extended = splice(np.pad(take[:, :700], ((0, 0), (0, 300))), new, keep_start, 50, take_length=700)
+    assert np.array_equal(extended[:, :700], take[:, :700]) and np.all(extended[:, 700:] == 0.25)
+
+
+def _request(video, out, take, regenerate, **extra):
+    return {"protocol": 2, "region": {"video": str(video), "file_in": 1.0, "file_out": 3.0},
+            "caption": "rain falling", "seed": 4, "steps": 2, "output_dir": str(out), "sample_rate": 48000,
+            "format": "wav32f", "take": str(take), "regenerate": regenerate, **extra}
+
+
+def _serve(service, request):
+    return service(parse_request(request, service.capabilities(), check_paths=True))
+
+
+@pytest.mark.parametrize("regenerate, take_seconds", [([0.8, 1.3], 2.0), ([1.2, 2.0], 1.2)], ids=["repair", "extend"])
+def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path, regenerate, take_seconds):
+    rng = np.random.default_rng(1)
+    take = (0.1 * rng.standard_normal((int(take_seconds * 48000), 2))).astype(np.float32)  # stereo, at the stem's rate
+    sf.write(tmp_path / "take.wav", take, 48000, subtype="FLOAT")
+    result = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", regenerate))
+    [stem] = result["stems"]
+    out, rate = sf.read(stem["stem_path"], dtype="float32")
+    assert rate == 48000 and out.shape == (96000, 2)
+    a, b = (round(x * 48000) for x in regenerate)
+    kept = np.ones(96000, bool)
+    kept[a:b] = False
+    assert np.abs(out[kept] - take[kept[:len(take)]] if len(take) == 96000 else out[:a] - take[:a]).max() == 0
+    new = out[a + 2400:b - 2400]  # past the seams' crossfades
+    assert np.abs(new).max() > 1e-3 and not np.allclose(new, take[a + 2400:b - 2400] if len(take) >= b else 0)
+    meta = stem["metadata"]
+    assert meta["regenerate"] == regenerate and meta["kept_untouched"] and meta["channels"] == 2
+    assert meta["new_part_seconds"] == pytest.approx(regenerate[1] - regenerate[0], abs=1e-3)
+    assert json.loads(json.dumps(meta))  # goes on the wire
+
+
+def test_nag_still_negates_the_earlier_layers(tiny, scene_video, tmp_path):
+    service = FoleyService(tiny)
+    bell = service(parse_request({"region": {"video": str(scene_video), "file_in": 1.0, "file_out": 3.0},
+                                  "caption": "a bell rings", "steps": 2, "output_dir": str(tmp_path)},
+                                 service.capabilities()))
+    take = np.full((96000, 1), 0.05, np.float32)
+    sf.write(tmp_path / "take.wav", take, 48000)
+    with_layers = _serve(service, _request(scene_video, tmp_path, tmp_path / "take.wav", [0.5, 1.5], method="nag",
+                                           existing_mix=bell["stem_path"], previous_captions=["a bell rings"]))
+    alone = _serve(service, _request(scene_video, tmp_path, tmp_path / "take.wav", [0.5, 1.5], method="nag"))
+    assert with_layers["stems"][0]["metadata"]["method_used"] == "nag"
+    assert alone["stems"][0]["metadata"]["method_used"] == "independent"  # nothing to negate
+    a, b = sf.read(with_layers["stems"][0]["stem_path"])[0], sf.read(alone["stems"][0]["stem_path"])[0]
+    assert np.abs(a[30000:66000] - b[30000:66000]).max() > 1e-3 and np.array_equal(a[:24000], b[:24000])
+
+
+def test_a_take_too_short_for_what_is_kept_is_refused_before_sampling(tiny, scene_video, tmp_path):
+    sf.write(tmp_path / "take.wav", np.zeros(24000, np.float32), 48000)
+    with pytest.raises(Exception, match=r"is 0.500 s long, but the stem keeps it up to 2.000 s"):
+        _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]))
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".wav" and p.name != "take.wav"] == []
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"take": "/t.wav"}, "take and regenerate go together"),
+    ({"regenerate": [0.1, 0.5]}, "take and regenerate go together"),
+    ({"take": "/t.wav", "regenerate": [0.5, 0.1]}, "regenerate end (0.1 s) must be after its start"),
+    ({"take": "/t.wav", "regenerate": [0.0, 1.0]}, "covers the whole stem"),
+    ({"take": "/t.wav", "regenerate": [0.5, 1.5]}, "after the stem's end"),
+    ({"take": "/t.wav", "regenerate": [0.5, 0.55]}, "make at least 0.1 s new"),
+    ({"take": "/t.wav", "regenerate": "0.5-0.9"}, "regenerate must be [start, end]"),
+    ({"take": "/t.wav", "regenerate": [0.5, None]}, "regenerate end must be a number"),
+    ({"take": "t.wav", "regenerate": [0.5, 0.9]}, "must be an absolute path"),
+])
+def test_bad_extend_and_repair_fields_are_named(tmp_path, change, words):
+    with pytest.raises(RequestError) as e:
+        parse_request(make_request(tmp_path, protocol=2, **change))
+    assert words in e.value.message
+
+
+def test_extend_and_repair_need_protocol_2_and_playrate_1(tmp_path):
+    with pytest.raises(RequestError, match="take, regenerate came with protocol 2"):
+        parse_request(make_request(tmp_path, take="/t.wav", regenerate=[0.2, 0.6]))
+    request = make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.2, 0.6])
+    request["region"] = {**request["region"], "playrate": 2.0, "project_end": None}
+    with pytest.raises(RequestError, match="needs the picture at playrate 1"):
+        parse_request(request)
+    ok = parse_request(make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.2, 0.6]))
+    assert ok.regenerate == (0.2, 0.6) and parse_request(json.loads(json.dumps(ok.to_json()))) == ok
+
+
+def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, tmp_path):
+    rng = np.random.default_rng(2)
+    source = (0.1 * rng.standard_normal(3 * 48000)).astype(np.float32)  # an item 1 s into its source
+    sf.write(tmp_path / "source.wav", source, 48000, subtype="FLOAT")
+    result = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "source.wav", [1.5, 2.0],
+                                                 take_offset=1.0))
+    out, _ = sf.read(result["stems"][0]["stem_path"], dtype="float32")
+    assert np.array_equal(out[:72000], source[48000:120000])
+    with pytest.raises(RequestError, match="take_offset says where project_start falls"):
+        parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))

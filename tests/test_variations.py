@@ -1,0 +1,152 @@
+"""Variations in one job (protocol 2): one batched sampling for N seeds, each take what a job of
+its own would make, ranked where the model has an embedding to judge with, every stem or none
+written. The random-weight embedded model (same code path as the trained one)."""
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stepfoley.engine import audio_io
+from stepfoley.engine.pipeline import Region
+from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED, judge_for, rank_takes
+from stepfoley.engine.service import FoleyService
+from stepfoley.engine.session import StepSession, TrackSettings
+from stepfoley.request import parse_request
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from stepfoley.engine.embedded.model import build_embedded_model
+    return build_embedded_model(random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def scene_video(tmp_path_factory):
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    return write_scene(make_scene(20_000_002, n_sources=2), tmp_path_factory.mktemp("scene"))["video"]
+
+
+def _request(video, out, **extra) -> dict:
+    return {"region": {"video": str(video), "file_in": 1.0, "file_out": 3.0}, "caption": "rain falling",
+            "seed": 11, "steps": 2, "output_dir": str(out), "sample_rate": 48000, "format": "wav32f", **extra}
+
+
+def _serve(service, request: dict) -> dict:
+    return service(parse_request(request, service.capabilities(), check_paths=True))
+
+
+def test_variations_are_one_batch_equal_to_serial_tracks_and_leave_the_stack_alone(tiny, scene_video):
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    session.next_track(TrackSettings("a bell rings", seed=1, steps=2))
+    takes = session.next_variations(TrackSettings("rain falling", method="nag", seed=20, steps=2), 3)
+    assert len(session.tracks) == 1
+    assert [t.metadata["seed"] for t in takes] == [20, 21, 22]
+    assert all(t.metadata["takes_in_batch"] == 3 and t.metadata["track_index"] == 2 for t in takes)
+    assert all(t.metadata["method_used"] == "nag" for t in takes)
+    for take in takes:
+        serial = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+        serial.tracks = list(session.tracks)
+        alone = serial.next_track(TrackSettings("rain falling", method="nag", seed=take.metadata["seed"], steps=2))
+        np.testing.assert_allclose(take.samples, alone.samples, atol=1e-4)
+    assert np.abs(takes[0].samples - takes[1].samples).max() > 1e-3
+
+
+def test_a_version_2_job_writes_ranked_stems_equal_to_version_1_jobs(tiny, scene_video, tmp_path):
+    service = FoleyService(tiny)
+    first = _serve(service, _request(scene_video, tmp_path, caption="a bell rings", seed=1))
+    result = _serve(service, _request(scene_video, tmp_path, existing_mix=first["stem_path"], protocol=2,
+                                      variations=4, previous_captions=["a bell rings"]))
+    stems = result["stems"]
+    assert result["ranking"]["ranked_by"] == RANKED_BY_EMBEDDING
+    assert "similarity to the earlier layers" in result["ranking"]["reason"]
+    assert [s["metadata"]["rank"] for s in stems] == [1, 2, 3, 4]
+    assert sorted(s["metadata"]["seed"] for s in stems) == [11, 12, 13, 14]
+    scores = [s["metadata"]["ranking"]["score"] for s in stems]
+    assert scores == sorted(scores, reverse=True)
+    for s in stems:
+        figures = s["metadata"]["ranking"]
+        assert figures["score"] == pytest.approx(figures["text_fidelity"] - figures["similarity_to_earlier"])
+    for s in stems:  # each stem is the v1 job of its seed, up to float rounding
+        alone = _serve(service, _request(scene_video, tmp_path, existing_mix=first["stem_path"],
+                                         seed=s["metadata"]["seed"], previous_captions=["a bell rings"]))
+        np.testing.assert_allclose(sf.read(s["stem_path"])[0], sf.read(alone["stem_path"])[0], atol=2e-4)
+        assert s["metadata"]["lufs"] == pytest.approx(alone["metadata"]["lufs"], abs=0.01)
+
+
+def test_one_variation_in_version_2_and_a_first_layer(tiny, scene_video, tmp_path):
+    service = FoleyService(tiny)
+    one = _serve(service, _request(scene_video, tmp_path, protocol=2))
+    assert len(one["stems"]) == 1 and one["ranking"]["ranked_by"] == RANKED_BY_SEED
+    first_layer = _serve(service, _request(scene_video, tmp_path, protocol=2, variations=2))
+    assert first_layer["ranking"]["reason"].startswith("text fidelity in")
+    assert all(s["metadata"]["ranking"]["similarity_to_earlier"] is None for s in first_layer["stems"])
+
+
+def test_a_failed_write_removes_the_stems_written_before_it(tiny, scene_video, tmp_path, monkeypatch):
+    service = FoleyService(tiny)
+    real, calls = audio_io.write_new_wav, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise audio_io.AudioError("The disk is full.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "write_new_wav", failing)
+    with pytest.raises(audio_io.AudioError, match="disk is full"):
+        _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
+    assert len(calls) == 3 and [f for f in os.listdir(tmp_path) if f.endswith(".wav")] == []
+
+
+class FakeJudge:
+    """Embeds a take as its first two samples (so a test sets its scores) and any text as (1, 0)."""
+
+    def embed_audio(self, tracks, sample_rate):
+        return np.array([t[:2] for t in tracks], np.float64)
+
+    def embed_text(self, captions):
+        return np.array([[1.0, 0.0]] * len(captions))
+
+
+def test_ranking_prefers_the_caption_and_shuns_the_earlier_layers_ties_keep_seed_order():
+    takes = [np.array([0.5, 0.5]), np.array([0.9, 0.1]), np.array([0.5, 0.5]), np.array([0.9, 0.95])]
+    first_layer = rank_takes(takes, 16000, "rain", None, FakeJudge())
+    assert first_layer.order == (1, 3, 0, 2)  # text fidelity 0.9, 0.9 (tie: seed order), 0.5, 0.5
+    later = rank_takes(takes, 16000, "rain", np.array([0.0, 1.0]), FakeJudge())
+    assert later.order == (1, 0, 2, 3)  # 0.9-0.1, 0.5-0.5 (tie), 0.9-0.95
+    assert later.figures[3] == {"text_fidelity": 0.9, "similarity_to_earlier": 0.95, "score": pytest.approx(-0.05)}
+
+
+def test_without_a_judge_the_takes_stay_in_seed_order_and_the_ranking_says_why(tiny):
+    ranking = rank_takes([np.zeros(4)] * 3, 16000, "rain", None, None, "the model 'x' has no embedding")
+    assert ranking.order == (0, 1, 2) and ranking.to_json() == {
+        "ranked_by": RANKED_BY_SEED, "reason": "the model 'x' has no embedding"}
+
+    class OtherModel:
+        model_id, text_encoder = "mmaudio-small_16k", object()
+
+    judge, reason = judge_for(OtherModel())
+    assert judge is None and "mmaudio-small_16k" in reason and "seed order" in reason
+    assert judge_for(tiny)[0] is not None
+
+
+def test_the_engine_answers_a_version_2_job_over_udp_with_every_stem(tiny, scene_video, tmp_path):
+    """The real service behind the real server: what it returns fits the reply and goes on the wire."""
+    from stepfoley.bridge.client import EngineClient
+    from stepfoley.bridge.server import EngineServer, ServerConfig
+
+    service = FoleyService(tiny)
+    take = tmp_path / "take.wav"
+    sf.write(take, np.full((96000, 2), 0.02, np.float32), 48000, subtype="FLOAT")
+    with EngineServer(service, ServerConfig(port=0), service.capabilities()).start() as srv, \
+            EngineClient(port=srv.address[1]) as client:
+        final = client.submit(_request(scene_video, tmp_path, protocol=2, variations=3, take=str(take),
+                                       regenerate=[0.5, 1.5])).wait()
+    assert final["state"] == "done", final["error"]
+    assert [s["metadata"]["rank"] for s in final["stems"]] == [1, 2, 3]
+    assert final["ranking"]["ranked_by"] == RANKED_BY_EMBEDDING
+    for s in final["stems"]:
+        out = sf.read(s["stem_path"], dtype="float32")[0]
+        assert s["metadata"]["take"] == str(take) and np.all(out[:24000] == 0.02)
