@@ -52,10 +52,9 @@ class MelCodec:
         self.sample_rate = config.sample_rate
         self.latent_dim = config.n_mels
         self.hop = config.hop
-        # The filterbank MMAudio's mel converter uses (librosa's Slaney filters, proven against
-        # the reference in tests/test_codec_golden.py).
+        # The one Slaney filterbank (engine.codec.mel), rounded as the model was trained with it.
         self.filters = slaney_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels,
-                                             config.f_min, config.f_max)          # (M, F)
+                                             config.f_min, config.f_max, librosa_rounding=False)  # (M, F)
         self.filters_pinv = torch.linalg.pinv(self.filters)              # (F, M)
         self.window = torch.hann_window(config.n_fft, periodic=True)
         self._edge = (config.n_fft - config.hop) // 2
