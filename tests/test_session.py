@@ -2,6 +2,7 @@
 path as the trained one) and real mini-world video files."""
 
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 
@@ -257,11 +258,19 @@ def test_takes_made_together_equal_takes_made_alone_and_leave_the_stack_alone(ti
     condition = session.conditioning_mix()
     takes = [TrackSettings("footsteps", method="nag", seed=7, steps=2),
              TrackSettings("rain falling", method="nag", seed=8, steps=2, negative_caption="a bell rings")]
+    latents = []  # what the sampler made, before the Griffin-Lim decode
+    decode = session._decode
+    session._decode = lambda latent: (latents.append(latent.detach().clone()), decode(latent))[1]
     together = session.generate_takes(takes, [condition, condition])
     alone = [session.generate_takes([t], [condition])[0] for t in takes]
     assert len(session.tracks) == 1
+    # The sampled latents agree to float precision. The decoded audio only closely: Griffin-Lim's
+    # momentum iterations magnify the last-bit differences of batched matrix products (with
+    # 2 threads up to a few percent of a quiet sample), so it is compared as a whole.
+    assert [tuple(x.shape[:1]) for x in latents] == [(2,), (1,), (1,)]
+    torch.testing.assert_close(latents[0], torch.cat(latents[1:]), atol=1e-5, rtol=1e-5)
     for a, b in zip(together, alone):
-        np.testing.assert_allclose(a.samples, b.samples, atol=1e-4)
+        assert np.corrcoef(a.samples, b.samples)[0, 1] > 0.999
         assert a.metadata["track_index"] is None and a.metadata["takes_in_batch"] == 2
     assert together[1].metadata["negative_caption"] == "a bell rings"
     assert np.abs(together[0].samples - together[1].samples).max() > 1e-3
