@@ -18,11 +18,11 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 import time
 from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
+from stepfoley.atomic import write_atomically
 from stepfoley.bridge.auth import resolve_token
 from stepfoley.request import RequestError, parse_request
 
@@ -409,28 +409,11 @@ class RemoteJob:
 
 
 def write_status(path: str, status: dict) -> None:
-    """Replace the status file atomically: a reader sees the old or the new file, never half.
-    On Windows the replace fails with PermissionError (a sharing violation) while a reader,
-    such as a REAPER script polling the file, has it open: retried for about a second, since
-    readers only hold it for a moment. The temporary file never stays behind."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(status, f, indent=1)
-        for pause in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3):
-            try:
-                os.replace(tmp, path)
-                return
-            except PermissionError:
-                time.sleep(pause)
-        os.replace(tmp, path)  # the last try: its error goes to the caller
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Replace the status file atomically (stepfoley.atomic): a reader sees the old or the new
+    file, never half; a reader that holds it open on Windows delays the replace by about a
+    second at most. The temporary file never stays behind."""
+    text = json.dumps(status, indent=1)
+    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), replace=True)
 
 
 def send_request(

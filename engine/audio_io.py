@@ -3,13 +3,11 @@
 Samples are numpy float32 arrays shaped (channels, samples), as everywhere in the mixing
 code (soundfile itself uses (samples, channels); the transpose happens only here).
 
-Writes go to a hidden temporary file in the destination folder and are then published
-under the final name with an exclusive hard link, so an existing file is never replaced,
-two writers racing for one name cannot clobber each other, and a crash mid-write leaves
-nothing under the final name. The temporary name says which process on which machine
-writes it (`.NAME.wav.<host>-<pid>-<random>.part`), so the next write into that folder (or
-`sweep_stale_parts`) removes what a killed writer left. Files are created with the user's
-umask (0644 by default), like any other program's.
+Writes go through stepfoley.atomic (a hidden temporary file, then an exclusive publish under
+the final name): an existing file is never replaced, two writers racing for one name cannot
+clobber each other, and a crash mid-write leaves nothing under the final name. Each write into a
+folder first removes the temporary files that killed writers left there
+(atomic.sweep_stale_parts).
 
 Reading is bounded: `read_audio` can stop after a number of seconds, refuse files over a size
 or a sample rate, and downmix to mono block by block, so a long or wide file never sits whole
@@ -18,21 +16,17 @@ in memory.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import math
 import os
 import re
-import secrets
-import socket
 import stat
-import threading
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
+from stepfoley import atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
@@ -117,29 +111,6 @@ def _validated_samples(samples: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def _publish_exclusively(temp_path: Path, final_path: Path) -> None:
-    """Give the finished temp file its final name, failing if that name already exists."""
-    try:
-        # A hard link is created atomically and never replaces an existing entry.
-        os.link(temp_path, final_path)
-    except FileExistsError:
-        raise
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        # Filesystems without hard links (exFAT, some network shares): reserve the name
-        # with an exclusive create, then move the finished file over our own placeholder.
-        placeholder = os.open(final_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.close(placeholder)
-        try:
-            os.replace(temp_path, final_path)
-        except BaseException:
-            os.unlink(final_path)
-            raise
-        return
-    os.unlink(temp_path)
-
-
 def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: bool = False) -> Path:
     """Give a finished file another name in the same folder, atomically: an existing `target` is
     replaced only when `replace` is true, else refused (AudioError) and `source` is kept."""
@@ -148,7 +119,7 @@ def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: b
         if replace:
             os.replace(source, target)
         else:
-            _publish_exclusively(source, target)
+            atomic.publish_exclusively(source, target)
     except FileExistsError:
         raise AudioError(f"'{target}' already exists and was left untouched; the new file is "
                          f"'{source}'.") from None
@@ -184,24 +155,17 @@ def write_wav_atomic(
         raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
     if os.path.lexists(path):
         raise AudioError(f"'{path}' already exists and will not be overwritten. Choose another name.")
-    sweep_stale_parts(path.parent)
+    atomic.sweep_stale_parts(path.parent)
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
     frames = np.ascontiguousarray(array.T, dtype=np.float32)
     # frames: (S, C)
 
-    # The temp name is hidden and does not end in .wav, so a DAW scanning the folder
-    # never picks up an unfinished file.
-    temp_path = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.part"
-    with _LOCK:
-        _WRITING.add(temp_path.name)
+    # The temp name is hidden and does not end in .wav, so a DAW scanning the folder never picks
+    # up an unfinished file; soundfile is told the format, since the name does not say it.
     try:
-        handle = os.open(temp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(handle, "wb") as temp_file:
-            soundfile.write(temp_file, frames, int(sample_rate), subtype=subtype, format="WAV")
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        _publish_exclusively(temp_path, path)
+        atomic.write_atomically(path, lambda temp: soundfile.write(
+            str(temp), frames, int(sample_rate), subtype=subtype, format="WAV"))
     except FileExistsError as error:
         raise AudioError(
             f"'{path}' was created by someone else while this file was being written; "
@@ -209,57 +173,7 @@ def write_wav_atomic(
         ) from error
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"Could not write '{path}': {error}. Check free disk space and folder permissions.") from error
-    finally:
-        # Whatever happened, the temp name must not survive: after a successful publish
-        # it is already gone, after a failure it is the only copy of a useless half file.
-        if temp_path.exists():
-            temp_path.unlink()
-        with _LOCK:
-            _WRITING.discard(temp_path.name)
     return path
-
-
-# --- what killed writers leave ----------------------------------------------------------------
-
-_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
-_PART_NAME = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
-_WRITING: set[str] = set()  # temp names this process is writing now
-_LOCK = threading.Lock()
-
-
-def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
-    """Remove the temp files of writers on this machine that no longer run (a killed engine,
-    whatever its process id was). Returns the names removed; never raises."""
-    removed = []
-    try:
-        entries = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".part")]
-    except OSError:
-        return removed
-    for name in entries:
-        match = _PART_NAME.fullmatch(name)
-        if match is None or match["host"] != _HOST or not _writer_is_gone(int(match["pid"]), name):
-            continue
-        try:
-            os.unlink(os.path.join(folder, name))
-            removed.append(name)
-        except OSError:
-            pass
-    return removed
-
-
-def _writer_is_gone(pid: int, name: str) -> bool:
-    if pid == os.getpid():
-        with _LOCK:
-            return name not in _WRITING  # an earlier process that had our id
-    if os.name != "posix":
-        return False  # no safe way to ask; leave it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # alive, someone else's
-    return False
 
 
 def sanitize_stem_name(name_hint: str | None) -> str:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from stepfoley.atomic import write_atomically
 from stepfoley.engine.errors import CheckpointError
 
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -80,25 +80,55 @@ def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-                advice: Union[str, Callable[[], str]],
-                labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape"), limit: int = 6) -> None:
-    """`module.load_state_dict(state_dict, strict=True)`, after checking keys and shapes so that a
-    foreign file raises CheckpointError "{what}: {n} missing: ...; {n} unexpected: ...; {n} wrong
-    shape: k is [..] in the file but [..] in the network. {advice}". `labels` names the three
-    kinds of mismatch; `advice` may be a callable, called only when the weights do not fit."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [f"{k} is {list(state_dict[k].shape)} in the file but {list(expected[k].shape)} in the network"
-                   for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong_shape:
+@dataclass(frozen=True)
+class KeyMismatch:
+    """How a file's key -> shape map differs from the one expected. wrong_shape holds
+    (key, found, expected)."""
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    wrong_shape: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def problems(self, limit: int = 6, labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape"),
+                 expected_in: str = "the network") -> list[str]:
+        """One phrase per kind of mismatch, "{n} {label}: k1, k2, ... (n more)"; a wrong shape
+        reads "k is [..] in the file but [..] in {expected_in}"."""
         def listing(items):
             return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-        detail = "; ".join(f"{len(items)} {label}: {listing(items)}"
-                           for label, items in zip(labels, (missing, unexpected, wrong_shape)) if items)
+        shapes = [f"{k} is {list(found)} in the file but {list(want)} in {expected_in}"
+                  for k, found, want in self.wrong_shape]
+        return [f"{len(items)} {label}: {listing(items)}"
+                for label, items in zip(labels, (list(self.missing), list(self.unexpected), shapes)) if items]
+
+
+def compare_keys(found: Mapping[str, ShapeLike], expected: Mapping[str, ShapeLike]) -> KeyMismatch:
+    """The one comparison of keys and shapes behind every weight check (loading into a network,
+    a manifest, a weight-norm-folded vocoder). Keys keep the order of their mapping."""
+    found = {k: _shape(v) for k, v in found.items()}
+    expected = {k: _shape(v) for k, v in expected.items()}
+    return KeyMismatch(
+        missing=tuple(k for k in expected if k not in found),
+        unexpected=tuple(k for k in found if k not in expected),
+        wrong_shape=tuple((k, found[k], want) for k, want in expected.items() if k in found and found[k] != want))
+
+
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+                advice: Union[str, Callable[[], str]],
+                labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape"), limit: int = 6,
+                assign: bool = False) -> None:
+    """`module.load_state_dict(state_dict, strict=True, assign=assign)`, after checking keys and
+    shapes so that a foreign file raises CheckpointError "{what}: {n} missing: ...; {n} unexpected:
+    ...; {n} wrong shape: k is [..] in the file but [..] in the network. {advice}". `labels` names
+    the three kinds of mismatch; `advice` may be a callable, called only when the weights do not fit."""
+    mismatch = compare_keys(state_dict, module.state_dict())
+    if not mismatch.ok:
+        detail = "; ".join(mismatch.problems(limit, labels))
         raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}")
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 @dataclass(frozen=True)
@@ -120,18 +150,9 @@ class ManifestReport:
     def summary(self, limit: int = 5) -> str:
         if self.ok:
             return f"matches {self.manifest} ({self.num_parameters_found:,} values)"
-
-        def listing(items):
-            return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing: {listing(list(self.missing))}")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected: {listing(list(self.unexpected))}")
-        if self.wrong_shape:
-            parts.append(f"{len(self.wrong_shape)} wrong shape: " + listing(
-                [f"{k} {list(found)} instead of {list(want)}" for k, found, want in self.wrong_shape]))
-        return f"does not match {self.manifest}: " + "; ".join(parts)
+        problems = KeyMismatch(self.missing, self.unexpected, self.wrong_shape).problems(
+            limit, expected_in="the official layout")
+        return f"does not match {self.manifest}: " + "; ".join(problems)
 
 
 def _shape(value: ShapeLike) -> tuple[int, ...]:
@@ -152,25 +173,19 @@ def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
         raise CheckpointError(f"Cannot read the weights manifest {manifest_path}: {exc}") from exc
     found = {k: _shape(v) for k, v in state_dict_or_shapes.items()}
     droppable = set(manifest.get("keys_dropped_or_ignored_on_load", ()))
-
-    missing, wrong_shape, matched = [], [], set()
-    for item in manifest["state_dict"]:
-        names = [item["key"]] + ([item["legacy_key"]] if item.get("legacy_key") else [])
-        name = next((n for n in names if n in found), None)
-        if name is None:
-            missing.append(item["key"])
-            continue
-        matched.add(name)
-        if found[name] != tuple(item["shape"]):
-            wrong_shape.append((name, found[name], tuple(item["shape"])))
-    leftovers = [k for k in found if k not in matched]
-    ignored = tuple(k for k in leftovers if k in droppable)
-    unexpected = tuple(k for k in leftovers if k not in droppable)
-    numel = sum(int(torch.Size(found[k]).numel()) for k in matched)
+    expected = {item["key"]: tuple(item["shape"]) for item in manifest["state_dict"]}
+    # A legacy name stands for its key when the file does not also hold the key itself.
+    legacy = {item["legacy_key"]: item["key"] for item in manifest["state_dict"]
+              if item.get("legacy_key") and item["key"] not in found and item["legacy_key"] in found}
+    as_named = {legacy.get(k, k): shape for k, shape in found.items()}
+    ignored = tuple(k for k in as_named if k not in expected and k in droppable)
+    mismatch = compare_keys({k: v for k, v in as_named.items() if k not in ignored}, expected)
+    file_name = {key: name for name, key in legacy.items()}
+    numel = sum(int(torch.Size(shape).numel()) for k, shape in as_named.items() if k in expected)
     return ManifestReport(
-        manifest=manifest.get("name", manifest_path.stem), missing=tuple(missing), unexpected=unexpected,
-        wrong_shape=tuple(wrong_shape), ignored=ignored, num_parameters_found=numel,
-        num_parameters_expected=int(manifest.get("state_dict_numel", 0)))
+        manifest=manifest.get("name", manifest_path.stem), missing=mismatch.missing, unexpected=mismatch.unexpected,
+        wrong_shape=tuple((file_name.get(k, k), f, want) for k, f, want in mismatch.wrong_shape), ignored=ignored,
+        num_parameters_found=numel, num_parameters_expected=int(manifest.get("state_dict_numel", 0)))
 
 
 def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike],
@@ -199,12 +214,9 @@ def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[
             seen.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp_name, metadata=metadata or None)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+        return write_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata or None),
+                                replace=overwrite)
+    except FileExistsError:
+        raise CheckpointError(f"{path} appeared while it was being written; StepFoley does not overwrite "
+                              f"weight files. Choose another name.") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
@@ -196,33 +196,19 @@ def _keep_frozen(base: MMAudio) -> None:
 
 
 def save_controlnet(path: str | os.PathLike, controlnet: AudioControlNet, overwrite: bool = False) -> Path:
-    """Write the ControlNet as safetensors, its config as JSON in the metadata. Atomic: written
-    to a temporary file in the same folder, then renamed. An existing file is kept unless
-    `overwrite` is set."""
-    from safetensors.torch import save_file
-
+    """Write the ControlNet as safetensors, its config as JSON in the metadata, atomically
+    (checkpoints.save_safetensors_atomic). An existing file is kept unless `overwrite` is set."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise InvalidInputError(
             f"{path} already exists; choose another name for the ControlNet (nothing was written)."
         )
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in controlnet.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(asdict(controlnet.config), sort_keys=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return save_safetensors_atomic(controlnet.state_dict(), path, metadata, overwrite=overwrite)
 
 
 def load_controlnet(
@@ -260,14 +246,6 @@ def load_controlnet(
             "that belongs to this model."
         )
     controlnet = AudioControlNet(config)
-    expected = controlnet.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not match its own configuration (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}, wrong shape {wrong[:4]}); the file is damaged."
-        )
-    controlnet.load_state_dict(tensors, strict=True)
+    load_strict(controlnet, tensors, f"{path} does not match its own configuration",
+                "The file is damaged; export or download it again.", limit=4)
     return controlnet.to(device).eval()

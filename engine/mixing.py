@@ -229,6 +229,23 @@ def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
     return fit_length(resampled.astype(np.float32), target_length)
 
 
+def resample_to_length(samples: np.ndarray, from_sr: int, to_sr: int, length: int) -> np.ndarray:
+    """Resample to `to_sr` with exactly `length` samples, in one band-limited pass. When `length`
+    is not the resampled length (a picture that plays at another rate), the audio is varispeeded
+    to it, tape-style: pitch follows speed, as the picture's sound would."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    from_sr = _check_sample_rate(from_sr, "source sample rate")
+    to_sr = _check_sample_rate(to_sr, "target sample rate")
+    if isinstance(length, bool) or int(length) != length or length < 0:
+        raise InvalidInputError(f"The length must be a whole number of samples, got {length!r}.")
+    if length == round(audio.shape[1] * to_sr / from_sr) or audio.shape[1] == 0:
+        return fit_length(resample(audio, from_sr, to_sr), int(length))
+    ratio = Fraction(int(length), audio.shape[1]).limit_denominator(MAX_RESAMPLE_DENOMINATOR)
+    stretched = resample_poly(audio.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
+    return fit_length(stretched.astype(np.float32), int(length))
+
+
 def match_channels(samples: np.ndarray, channels: int) -> np.ndarray:
     """Downmix to mono by averaging, or upmix mono by copying it to every channel."""
     # samples: (C, S)

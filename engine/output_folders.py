@@ -1,5 +1,5 @@
 """The folders the engine wrote stems into lately, kept in a small state file, so that an engine
-that starts after a killed one can remove the temp files it left (audio_io.sweep_stale_parts):
+that starts after a killed one can remove the temp files it left (stepfoley.atomic.sweep_stale_parts):
 the engine only learns output folders from requests.
 
 State: $STEPFOLEY_STATE_DIR, else $XDG_STATE_HOME/stepfoley, else ~/.local/state/stepfoley;
@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from stepfoley.engine import audio_io
+from stepfoley import atomic
 
 MAX_FOLDERS = 32
 STATE_FILE = "output-folders.json"
@@ -45,13 +45,13 @@ def remember(folder: str | os.PathLike) -> None:
         try:
             directory = state_dir()
             directory.mkdir(parents=True, exist_ok=True)
-            temp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
-            temp.write_text(json.dumps(folders[:MAX_FOLDERS]), encoding="utf-8")
-            os.replace(temp, directory / STATE_FILE)
+            text = json.dumps(folders[:MAX_FOLDERS])
+            atomic.write_atomically(directory / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"),
+                                    replace=True)
         except OSError:
             pass
 
 
 def sweep() -> list[str]:
     """Remove stale temp files from every remembered folder; the paths removed."""
-    return [os.path.join(folder, name) for folder in recent() for name in audio_io.sweep_stale_parts(folder)]
+    return [os.path.join(folder, name) for folder in recent() for name in atomic.sweep_stale_parts(folder)]

@@ -87,11 +87,10 @@ class FoleyService:
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         region = request.region
-        # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline.
+        # The picture plays at `playrate`, so the stem is varispeeded to its length on the timeline
+        # (one resampling to the request's rate and that length).
         length = int(round(region.project_duration * request.sample_rate))
-        stem = mixing.resample(track.samples[None], track.sample_rate, request.sample_rate)
-        if stem.shape[-1] != length:
-            stem = _varispeed(stem, length)
+        stem = mixing.resample_to_length(track.samples[None], track.sample_rate, request.sample_rate, length)
         stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP)
         metadata = {
             **track.metadata,
@@ -207,12 +206,6 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
     # (length,) bool: True outside [start, end) seconds
     index = np.arange(length)
     return (index < round(start * rate)) | (index >= round(end * rate))
-
-
-def _varispeed(samples: np.ndarray, length: int) -> np.ndarray:
-    # samples: (C, S) -> (C, length) by linear interpolation (tape-style speed change)
-    src = np.linspace(0, samples.shape[-1] - 1, length)
-    return np.stack([np.interp(src, np.arange(samples.shape[-1]), ch) for ch in samples]).astype(np.float32)
 
 
 def _finite_or_none(x: float) -> float | None:

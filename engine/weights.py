@@ -174,6 +174,8 @@ _WN_MAGNITUDE = ".parametrizations.weight.original0"
 def _compare_folded_weight_norm(shapes: dict[str, tuple], manifest_file: Path) -> list[str]:
     """A BigVGAN saved after weight norm was folded into plain `<m>.weight` (NVIDIA's loader
     accepts those): compare with the manifest read that way (direction shape, no magnitude)."""
+    from stepfoley.engine.checkpoints import compare_keys
+
     expected = {}
     for e in json.loads(manifest_file.read_text())["state_dict"]:
         key = e["key"]
@@ -182,15 +184,7 @@ def _compare_folded_weight_norm(shapes: dict[str, tuple], manifest_file: Path) -
         if key.endswith(_WN_DIRECTION):
             key = key[: -len(_WN_DIRECTION)] + ".weight"
         expected[key] = tuple(e["shape"])
-    missing = [k for k in expected if k not in shapes]
-    unexpected = [k for k in shapes if k not in expected]
-    wrong = [f"{k} {list(shapes[k])} instead of {list(v)}" for k, v in expected.items() if k in shapes and shapes[k] != v]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            more = f", ... ({len(items) - 3} more)" if len(items) > 3 else ""
-            problems.append(f"{len(items)} {label}: " + ", ".join(items[:3]) + more)
-    return problems
+    return compare_keys(shapes, expected).problems(limit=3, expected_in="the official layout")
 
 
 def compare_with_manifest(spec: WeightFile, shapes: dict[str, tuple], manifest_file: Path) -> list[str]:

@@ -23,24 +23,14 @@ SUBCOMMANDS = {
 }
 
 
-def _available() -> dict[str, object]:
-    modules = {}
-    for name in SUBCOMMANDS:
-        try:
-            modules[name] = importlib.import_module(f"stepfoley.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"stepfoley.commands.{name}":
-                raise
-    return modules
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stepfoley", description="Step-by-step video-to-Foley with Negative Audio Guidance."
     )
     parser.add_argument("--version", action="version", version=f"stepfoley {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _available().items():
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"stepfoley.commands.{name}")
         p = sub.add_parser(name, help=SUBCOMMANDS[name], description=SUBCOMMANDS[name])
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

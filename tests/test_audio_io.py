@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from stepfoley import atomic
 from stepfoley.engine import audio_io
 from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_wav_atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
@@ -248,7 +249,7 @@ def test_write_refuses_more_than_max_bytes(tmp_path):
 def test_sweep_removes_only_the_temp_files_of_writers_that_are_gone(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = audio_io._HOST
+    host = atomic._HOST
     names = {
         "gone": f".take_001.wav.{host}-{dead.pid}-0123abcd.part",
         "alive": f".take_002.wav.{host}-{os.getppid()}-0123abcd.part",  # a live process of this machine
@@ -258,6 +259,6 @@ def test_sweep_removes_only_the_temp_files_of_writers_that_are_gone(tmp_path):
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
-    assert audio_io.sweep_stale_parts(tmp_path) == [names["gone"]]
+    assert atomic.sweep_stale_parts(tmp_path) == [names["gone"]]
     write_wav_atomic(tmp_path / "take_006.wav", noise(1, 10), 8000)  # a write sweeps too, and keeps the rest
     assert sorted(os.listdir(tmp_path)) == sorted([*list(names.values())[1:], "take_006.wav"])

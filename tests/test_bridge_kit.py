@@ -1,6 +1,9 @@
 """Shared parts of the bridge tests: a small runner that obeys the FoleyService contract and
 does real work (checks the mix, writes a real WAV with the engine's writer, reports each step,
-honors cancel), and fixtures for a real server on an ephemeral 127.0.0.1 port."""
+honors cancel), and fixtures for a real server on an ephemeral 127.0.0.1 port. The sine runner
+makes protocol tests fast and exact; what only the engine can get wrong behind the server (its
+phases, its cancel, its metadata, its stem) is tested with the real engine in
+test_bridge_server.py (test_the_real_engine_...) and test_bridge_hardening.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""The engine server over real UDP sockets on 127.0.0.1, driven by the sine runner."""
+"""The engine server over real UDP sockets on 127.0.0.1: the protocol driven by the sine runner,
+and the real engine (the embedded model's code path with random weights) behind the server."""
 
 import json
 import os
 import threading
 import time
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -337,4 +339,67 @@ def test_a_request_the_model_cannot_run_is_refused_before_accepted(tmp_path):
             assert (address, args[1], args[2]) == (protocol.ERROR, "", "invalid_request") and words in args[3]
         p.generate(make_request(tmp_path, method="dual", w1=1.0, w2=2.0, w3=0.5, steps=200), "ok")
         assert p.receive_until(protocol.FINAL_REPLIES, timeout=20)[-1][0] == protocol.DONE
+        p.close()
+
+
+# --- the real engine behind the server ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_engine(tmp_path_factory):
+    """What `stepfoley serve --model tiny-random` runs, in this process: a server that starts
+    before its model, then is handed the real FoleyService (random weights, every line of the
+    embedded model's path: picture features, guided sampling, decoding, finishing, the writer)."""
+    from stepfoley.engine.features.cache import open_feature_cache
+    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.engine.service import build_service
+
+    srv = EngineServer(None, ServerConfig(port=0, model="loading", device="cpu")).start()
+    service = build_service(model="tiny-random", device="cpu", feature_cache=open_feature_cache("off"))
+    info = service.describe()
+    srv.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities())
+    video = write_scene(make_scene(20_000_001, n_sources=2), tmp_path_factory.mktemp("scene"))["video"]
+    yield srv, str(video)
+    srv.stop()
+
+
+def test_the_real_engine_answers_generates_and_cancels_through_the_server(real_engine, tmp_path):
+    srv, video = real_engine
+    region = {"video": video, "file_in": 1.0, "file_out": 3.0, "playrate": 1.0, "project_start": 5.0,
+              "project_end": 7.0}
+    with EngineClient(port=srv.address[1]) as c:
+        status = c.engine_status()
+    assert status["model"] == "stepfoley-mini-random"
+    assert {m["name"] for m in status["capabilities"]["methods"]} >= {"independent", "nag"}
+
+    p = RawPeer(srv.address[1])
+    try:
+        request = make_request(tmp_path, region=region, steps=3, caption="rain on a tin roof")
+        p.generate(request, "real")
+        replies = p.receive_until(set(protocol.FINAL_REPLIES), timeout=120)
+        address, args = replies[-1]
+        assert address == protocol.DONE, args
+        phases = [a[4] for addr, a in replies if addr == protocol.PROGRESS]
+        assert [ph for i, ph in enumerate(phases) if i == 0 or phases[i - 1] != ph] == list(protocol.PHASES)
+        assert [a[2:4] for addr, a in replies if addr == protocol.PROGRESS and a[4] == "sampling"] == [
+            [1, 3], [2, 3], [3, 3]]
+        metadata = json.loads(args[3])
+        assert (metadata["model"], metadata["caption"], metadata["steps"]) == ("stepfoley-mini-random",
+                                                                                 "rain on a tin roof", 3)
+        stem, rate = sf.read(args[2], dtype="float32")
+        assert rate == 48000 and len(stem) == 2 * 48000  # project_end - project_start
+        assert np.abs(stem).max() > 0.01 and metadata["lufs"] == pytest.approx(-23.0, abs=0.5)
+
+        cancelled_out = tmp_path / "cancelled"
+        cancelled_out.mkdir()
+        p.generate(make_request(tmp_path, region=region, steps=200, output_dir=str(cancelled_out)), "long")
+        job_id = p.receive()[1][1]
+        while True:  # cancel once the real sampler is under way
+            address, args = p.receive(timeout=120)
+            if address == protocol.PROGRESS and args[4] == "sampling" and args[2] >= 2:
+                break
+        p.send(protocol.CANCEL, p.port, "c", "", job_id)
+        address, _ = p.receive_until({protocol.CANCELLED, protocol.DONE, protocol.ERROR}, timeout=60)[-1]
+        assert address == protocol.CANCELLED
+        assert os.listdir(cancelled_out) == [], "a cancelled job writes no stem"
+    finally:
         p.close()

@@ -153,7 +153,7 @@ def test_manifest_report_lists_missing_unexpected_and_wrong_shapes(tmp_path):
     assert report.unexpected == ("extra",)
     assert report.wrong_shape == (("b.weight", (5,), (4,)),)
     assert report.ignored == ("latent_rot",)
-    assert "d.bias" in report.summary() and "b.weight [5] instead of [4]" in report.summary()
+    assert "d.bias" in report.summary() and "b.weight is [5] in the file but [4] in the official layout" in report.summary()
 
 
 def test_manifest_report_ok_for_a_matching_state_dict(tmp_path):
@@ -165,3 +165,27 @@ def test_manifest_report_ok_for_a_matching_state_dict(tmp_path):
     os.remove(manifest)
     with pytest.raises(CheckpointError, match="manifest"):
         check_against_manifest(weights, manifest)
+
+
+def test_every_loader_names_the_keys_that_do_not_fit():
+    """The VAE and the ControlNet loaders share load_strict: a foreign file is named key by key
+    (torch's own RuntimeError used to reach the user, or bare lists of names)."""
+    from stepfoley.engine.codec.vae import VAE, VAEConfig, load_vae
+
+    small, wide = VAEConfig(data_dim=80, embed_dim=8, hidden_dim=32), VAEConfig(data_dim=80, embed_dim=8, hidden_dim=48)
+    weights = VAE(wide).state_dict()
+    with pytest.raises(CheckpointError) as caught:
+        load_vae(weights, small, source="wide.pth")
+    message = str(caught.value)
+    assert message.startswith("wide.pth does not fit the 80-mel VAE (hidden width 32): ")
+    assert "in the file but [32" in message and "wrong shape" in message and "v1-16.pth" in message
+
+
+def test_compare_keys_keeps_the_order_of_each_mapping():
+    from stepfoley.engine.checkpoints import compare_keys
+
+    mismatch = compare_keys({"z": (1,), "a": (2,), "b": (3,)}, {"b": (4,), "y": (1,), "z": (1,), "x": (1,)})
+    assert (mismatch.missing, mismatch.unexpected, mismatch.wrong_shape) == (("y", "x"), ("a",), (("b", (3,), (4,)),))
+    assert mismatch.problems(limit=1) == ["2 missing: y, ... (1 more)", "1 unexpected: a",
+                                          "1 wrong shape: b is [3] in the file but [4] in the network"]
+    assert compare_keys({"a": torch.zeros(2)}, {"a": torch.Size([2])}).ok

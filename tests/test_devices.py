@@ -100,17 +100,51 @@ def test_default_threads(monkeypatch):
     assert default_threads() >= 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_path_on_a_real_gpu():
+def velocities(foley):
+    """The network's velocity for one fixed input, through `foley.net.predict_flow` as the
+    sampler calls it (compiled when --compile took effect) and through the uncompiled method."""
+    net, cfg, device = foley.net, foley.net.config, foley.device
+    g = torch.Generator().manual_seed(0)
+
+    def noise(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    cond = net.preprocess_conditions(noise(1, cfg.clip_seq_len, cfg.clip_dim), noise(1, cfg.sync_seq_len, cfg.sync_dim),
+                                     noise(1, cfg.text_seq_len, cfg.text_dim))
+    latent, t = noise(1, cfg.latent_seq_len, cfg.latent_dim), torch.full((1,), 0.3, device=device)
+    with torch.no_grad():
+        return foley.net.predict_flow(latent, t, cond), type(net).predict_flow(net, latent, t, cond)
+
+
+def test_compile_on_the_cpu_runs_the_model_uncompiled():
+    """`--compile` is CUDA only (compiling on a CPU costs minutes for little gain): the real
+    option path, load_runtime_model(compile=True), leaves the network's own predict_flow."""
+    from stepfoley.engine.service import load_runtime_model
+
+    foley = load_runtime_model(model="tiny-random", device="cpu", compile=True)
+    assert getattr(foley.net.predict_flow, "__func__", None) is type(foley.net).predict_flow  # no compiled wrapper
+    compiled_path, plain = velocities(foley)
+    assert torch.equal(compiled_path, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="--compile compiles only on CUDA (engine.devices.maybe_compile); this machine has no CUDA GPU")
+def test_compile_runs_the_real_model_on_a_gpu():
+    """`stepfoley serve --compile` on a GPU: load_runtime_model(compile=True) puts torch.compile's
+    wrapper in place of the network's predict_flow, and the compiled network computes the same
+    velocity as the plain one (within TF32/kernel differences)."""
+    from stepfoley.engine.service import load_runtime_model
+
     device = choose_device("auto")
     assert device.type == "cuda"
     layer = torch.nn.Linear(8, 8).to(device)
     with autocast_context(device):
         expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         assert layer(torch.ones(1, 8, device=device)).dtype == expected
-    compiled = maybe_compile(layer, enabled=True)
-    assert compiled is not layer
-    torch.testing.assert_close(compiled(torch.ones(1, 8, device=device)), layer(torch.ones(1, 8, device=device)))
+    foley = load_runtime_model(model="tiny-random", device="cuda", precision="fp32", compile=True)
+    assert getattr(foley.net.predict_flow, "__func__", None) is not type(foley.net).predict_flow  # compiled
+    compiled, plain = velocities(foley)
+    torch.testing.assert_close(compiled, plain, rtol=1e-3, atol=1e-4)
 
 
 def test_command_line_offers_exactly_the_engine_precisions():

@@ -147,3 +147,18 @@ def test_text_embeddings_put_paraphrases_together(text_encoder):
 def test_text_encoder_reports_missing_files(tmp_path):
     with pytest.raises(CheckpointError):
         EmbeddedTextEncoder(model_dir=tmp_path)
+
+
+def test_the_codec_uses_the_one_slaney_filterbank_rounded_as_the_model_was_trained():
+    """One filterbank (engine.codec.mel) for MMAudio's converters and this codec; the embedded
+    model was trained with filters computed in float64 and rounded once, which differ from
+    librosa's float32 ramps in a few hundred entries by 1e-9, enough to move a Griffin-Lim decode
+    by 2.6e-4."""
+    from stepfoley.engine.codec.mel import slaney_mel_filterbank
+
+    codec = MelCodec()
+    c = codec.config
+    trained = slaney_mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max, librosa_rounding=False)
+    librosa = slaney_mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max)
+    assert torch.equal(codec.filters, trained)
+    assert not torch.equal(trained, librosa) and torch.allclose(trained, librosa, rtol=0, atol=1e-8)

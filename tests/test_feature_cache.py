@@ -232,7 +232,8 @@ def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     video.write_bytes(b"x")
     folder = tmp_path / "features"
     folder.mkdir()
-    stale, fresh = folder / ".writing-killed.part", folder / ".writing-busy.part"
+    # another machine's engines share the folder: their writers' ids say nothing here, age does
+    stale, fresh = folder / ".a.safetensors.0a1b2c3d-17-0123abcd.part", folder / ".b.safetensors.0a1b2c3d-18-0123abcd.part"
     for path in (stale, fresh):
         path.write_bytes(b"half")
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
@@ -309,7 +310,7 @@ def test_engines_sharing_a_folder_never_see_a_broken_entry(tmp_path):
     assert [e.wait() for e in engines] == [0, 0], [e.stderr.read() for e in engines]
     assert not broken and seen > 0
     assert 1 <= len(entries(folder)) <= 3  # under the 2.5 MB cap
-    assert not [p for p in folder.iterdir() if p.name.startswith(".writing-")]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
 
 
 # --- where the cache lives, and how the engine opens it ------------------------------------

@@ -44,3 +44,20 @@ def test_the_old_top_level_names_are_not_importable_outside_the_checkout(tmp_pat
     done = subprocess.run([sys.executable, "-c", "import stepfoley.engine.sampler, stepfoley.bridge.client, "
                            "stepfoley.bench.bench_sampler"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_subcommand_is_offered():
+    """A subcommand module that cannot be imported must break the command loudly (it used to be
+    left out of the parser without a word)."""
+    from stepfoley.cli import SUBCOMMANDS, build_parser
+
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    assert list(sub.choices) == list(SUBCOMMANDS)
+
+
+def test_no_optional_dependency_names_a_package_the_code_never_imports():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    assert set(extras) == {"test"}  # the `clip` extra (open-clip-torch) was never imported: CLIP is our own

@@ -266,3 +266,20 @@ def test_methods_for_replace_and_reference():
             "io.write(SF.json_encode({a, b, c or false, why}))")
     a, b, c, why = json.loads(lua(code, json.dumps(CAPS)))
     assert (a, b, c) == ("nag", "independent", False) and "reference: no ControlNet" in why
+
+
+def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():
+    """What the Lua library knows of the engine, read from both sources (no value copied into
+    this test): the default port, the progress phases it has words for, and the exit code of
+    `stepfoley send` that means the engine is not running."""
+    import re
+
+    from stepfoley.bridge import client, protocol
+
+    port, phases = json.loads(lua("local w = {}; for k in pairs(SF.PHASE_WORDS) do w[#w + 1] = k end; "
+                                  "table.sort(w); io.write(SF.json_encode({SF.DEFAULT_SETTINGS.port, w}))"))
+    assert port == protocol.DEFAULT_PORT
+    assert set(phases) - {"queued"} <= set(protocol.PHASES)  # "queued" is the job's state before a phase
+    engine_lua = (h.SCRIPTS / "StepFoley_lib_engine.lua").read_text(encoding="utf-8")
+    codes = {int(c) for c in re.findall(r"exit_code == (\d+)", engine_lua)}
+    assert codes == {client.EXIT_NOT_RUNNING}

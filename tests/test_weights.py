@@ -70,7 +70,7 @@ def test_check_reports_present_missing_and_wrong_files(weights_dir):
     assert files["vae_16k"].verified and files["bigvgan_16k"].verified and files["synchformer"].verified
     flow = files["flow_small_16k"]
     assert flow.present and not flow.ok
-    assert any("latent_mean [1, 1, 40] instead of [1, 1, 20]" in p for p in flow.problems)
+    assert any("latent_mean is [1, 1, 40] in the file but [1, 1, 20] in the official layout" in p for p in flow.problems)
     assert not any("t_embed.freqs" in p for p in flow.problems)
     assert files["bigvgan_v2_44k"].present and files["bigvgan_v2_44k"].problems == ("config.json is missing in the folder",)
     assert not files["vae_44k"].present and not files["flow_large_44k"].present
@@ -106,7 +106,7 @@ def test_weight_norm_layouts_all_fit_the_bigvgan_manifest():
     broken = dict(folded)
     broken["conv_pre.weight"] = (1536, 128, 7)
     problems = compare_with_manifest(spec, broken, path)
-    assert problems and "conv_pre.weight [1536, 128, 7] instead of [1536, 80, 7]" in problems[0]
+    assert problems and "conv_pre.weight is [1536, 128, 7] in the file but [1536, 80, 7] in the official layout" in problems[0]
 
 
 def test_packaged_manifests_match_the_golden_ones(golden):

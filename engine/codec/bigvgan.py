@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 
+from stepfoley.engine.checkpoints import load_strict
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 
@@ -307,11 +308,7 @@ def load_generator(state_dict: dict[str, torch.Tensor], config: BigVGANConfig, s
     model = BigVGAN(config)
     if not has_weight_norm:
         model.remove_weight_norm()  # a checkpoint saved after folding: plain `weight` keys
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{source} does not fit this BigVGAN ({config.num_mels} mels, {config.upsample_initial_channel} "
-            f"initial channels, upsampling {'x'.join(map(str, config.upsample_rates))}): {e}"
-        ) from None
+    load_strict(model, sd, f"{source} does not fit this BigVGAN ({config.num_mels} mels, "
+                f"{config.upsample_initial_channel} initial channels, upsampling "
+                f"{'x'.join(map(str, config.upsample_rates))})", "Check that the file is the vocoder of the chosen model.")
     return model.remove_weight_norm().eval()

@@ -63,24 +63,27 @@ def slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= _SLANEY_BREAK_MEL, log_part, linear)
 
 
-def slaney_mel_filterbank(sample_rate: float, n_fft: int, num_mels: int, fmin: float, fmax: float) -> torch.Tensor:
+def slaney_mel_filterbank(sample_rate: float, n_fft: int, num_mels: int, fmin: float, fmax: float,
+                          librosa_rounding: bool = True) -> torch.Tensor:
     """Triangular filters, equally spaced on the Slaney mel scale, each scaled to unit area
-    in Hz ("slaney" norm). Returns (num_mels, n_fft // 2 + 1) float32, the same matrix
-    librosa.filters.mel builds with its defaults."""
+    in Hz ("slaney" norm). Returns (num_mels, n_fft // 2 + 1) float32: with `librosa_rounding`
+    the same matrix librosa.filters.mel builds with its defaults, to the last bit (MMAudio's
+    converters); without it, computed in float64 and rounded once at the end, the matrix the
+    embedded codec's model was trained with (the two differ by float32 rounding only, 1e-9)."""
     bin_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
     edges_hz = slaney_mel_to_hz(np.linspace(hz_to_slaney_mel(fmin), hz_to_slaney_mel(fmax), num_mels + 2))
     widths_hz = np.diff(edges_hz)
     offsets = edges_hz[:, None] - bin_hz[None, :]  # (num_mels + 2, bins)
     # librosa stores the ramps in float32 before the area scaling; do the same so the
     # matrix agrees to the last bit rather than to 1e-7.
-    weights = np.zeros((num_mels, bin_hz.size), dtype=np.float32)
+    weights = np.zeros((num_mels, bin_hz.size), dtype=np.float32 if librosa_rounding else np.float64)
     for m in range(num_mels):
         rising = -offsets[m] / widths_hz[m]
         falling = offsets[m + 2] / widths_hz[m + 1]
         weights[m] = np.maximum(0.0, np.minimum(rising, falling))
     area_scale = 2.0 / (edges_hz[2 : num_mels + 2] - edges_hz[:num_mels])
     weights *= area_scale[:, None]
-    return torch.from_numpy(weights)
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 class MelConverter(nn.Module):

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stepfoley.engine.checkpoints import load_strict
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 
@@ -302,12 +303,8 @@ def load_vae(state_dict: dict[str, torch.Tensor], config: VAEConfig, source: str
     allocated twice."""
     with torch.device("meta"):
         vae = VAE(config)
-    try:
-        vae.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{source} does not fit the {config.data_dim}-mel VAE (hidden width {config.hidden_dim}): {e}. "
-            "Check that the file is the official v1-16.pth (16 kHz) or v1-44.pth (44.1 kHz)."
-        ) from None
+    load_strict(vae, state_dict, f"{source} does not fit the {config.data_dim}-mel VAE (hidden width "
+                f"{config.hidden_dim})", "Check that the file is the official v1-16.pth (16 kHz) or v1-44.pth "
+                "(44.1 kHz).", assign=True)
     vae = vae.float().eval()
     return vae.remove_weight_norm()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..codec.mel import slaney_mel_filterbank
 from ..errors import InvalidInputError
 
 
@@ -43,33 +44,6 @@ class MelCodecConfig:
                                     f"({self.hop}), with an even overlap.")
 
 
-def _hz_to_mel_slaney(hz: torch.Tensor) -> torch.Tensor:
-    # Linear below 1 kHz, logarithmic above (Slaney's Auditory Toolbox scale).
-    linear = hz / (200.0 / 3)
-    log_part = 15.0 + torch.log(torch.clamp(hz, min=1e-9) / 1000.0) / (math.log(6.4) / 27.0)
-    return torch.where(hz >= 1000.0, log_part, linear)
-
-
-def _mel_to_hz_slaney(mel: torch.Tensor) -> torch.Tensor:
-    linear = mel * (200.0 / 3)
-    log_part = 1000.0 * torch.exp((mel - 15.0) * (math.log(6.4) / 27.0))
-    return torch.where(mel >= 15.0, log_part, linear)
-
-
-def mel_filterbank(config: MelCodecConfig) -> torch.Tensor:
-    """Triangular Slaney-normalized filters, (n_mels, n_fft // 2 + 1), float64."""
-    bins = torch.linspace(0, config.sample_rate / 2, config.n_fft // 2 + 1, dtype=torch.float64)
-    mel_edges = torch.linspace(_hz_to_mel_slaney(torch.tensor(config.f_min, dtype=torch.float64)).item(),
-                               _hz_to_mel_slaney(torch.tensor(config.f_max, dtype=torch.float64)).item(),
-                               config.n_mels + 2, dtype=torch.float64)
-    edges = _mel_to_hz_slaney(mel_edges)
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins[None, :] - lower) / (centre - lower)
-    falling = (upper - bins[None, :]) / (upper - centre)
-    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    return filters * (2.0 / (upper - lower))       # equal area, so bands compare across widths
-
-
 class MelCodec:
     """Log-mel latent codec. Stateless apart from its filterbank; safe to share."""
 
@@ -78,7 +52,9 @@ class MelCodec:
         self.sample_rate = config.sample_rate
         self.latent_dim = config.n_mels
         self.hop = config.hop
-        self.filters = mel_filterbank(config).float()                    # (M, F)
+        # The one Slaney filterbank (engine.codec.mel), rounded as the model was trained with it.
+        self.filters = slaney_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels,
+                                             config.f_min, config.f_max, librosa_rounding=False)  # (M, F)
         self.filters_pinv = torch.linalg.pinv(self.filters)              # (F, M)
         self.window = torch.hann_window(config.n_fft, periodic=True)
         self._edge = (config.n_fft - config.hop) // 2

@@ -21,7 +21,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import MelCodec
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import save_safetensors_atomic
+from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -114,7 +114,9 @@ def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet)
     defaults recorded with them (metadata "guidance_defaults"; the paper's when absent)."""
     tensors, meta = _read_weights(path)
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    controlnet.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")})
+    load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
+                f"The ControlNet in {path} does not fit the embedded model's",
+                "The file is damaged or from another version; reinstall StepFoley or train the model again.")
     defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
         else GuidanceDefaults()
     return meta.get("model_id", "stepfoley-mini"), defaults

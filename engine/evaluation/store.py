@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+from stepfoley.atomic import write_atomically
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.miniworld import SOURCE_KINDS
 
@@ -69,19 +69,9 @@ def save_with_report(module: nn.Module, path: str | os.PathLike, report: dict) -
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-        save_file(tensors, temp, metadata={"stepfoley": json.dumps(report)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets normal rights
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return write_atomically(path, lambda temp: save_file(tensors, str(temp), metadata={"stepfoley": json.dumps(report)}),
+                            replace=True)
 
 
 def read_report(path: str | os.PathLike) -> dict:

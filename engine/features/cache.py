@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from stepfoley.atomic import is_temp_name, write_atomically
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.user_dirs import default_feature_cache_dir
 
@@ -50,7 +50,6 @@ DEFAULT_MAX_DISK_GB = 5.0  # about 6,000 regions of 8 s with MMAudio's encoders
 DISK_FORMAT = "stepfoley-features-1"
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
-_TEMP_PREFIX = ".writing-"
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
 _UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
 _TUPLE_PREFIX = "item"
@@ -198,18 +197,13 @@ class FeatureCache:
         path = self._disk_path(key)
         if path is None or _nbytes(features) > self.max_disk_bytes:
             return
-        temp = None
+        metadata = {"format": DISK_FORMAT, "key": _key_text(key)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".part", dir=path.parent)
-            os.close(handle)
-            save_file(features, temp, metadata={"format": DISK_FORMAT, "key": _key_text(key)})
-            os.replace(temp, path)  # atomic: readers see the old file, none, or this one
+            # replaced atomically: readers see the old file, none, or this one
+            write_atomically(path, lambda temp: save_file(features, str(temp), metadata=metadata), replace=True)
         except (OSError, SafetensorError):
             return  # a full or read-only disk: the entry stays in memory only
-        finally:
-            if temp is not None:
-                _remove(Path(temp))  # only left after a failure
         self._evict_disk(keep=path)
 
     def _evict_disk(self, keep: Path) -> None:
@@ -227,7 +221,7 @@ class FeatureCache:
                 continue  # removed meanwhile
             if _ENTRY_NAME.fullmatch(entry.name):
                 entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
-            elif entry.name.startswith(_TEMP_PREFIX) and now - info.st_mtime > _STALE_TEMP_S:
+            elif is_temp_name(entry.name) and now - info.st_mtime > _STALE_TEMP_S:
                 _remove(Path(entry.path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):

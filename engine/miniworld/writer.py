@@ -8,13 +8,13 @@ yuv420p conversion) on every run. Lossy x264 is not bit-reproducible here: the s
 different pictures from one run to the next, so figures measured on them would drift."""
 
 import json
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from stepfoley import atomic
 
 from ..errors import InvalidInputError
 from .scene import Scene
@@ -37,28 +37,16 @@ def _video_codec() -> str:
 _REPRODUCIBLE_OPTIONS = {"libx264": {"qp": "0"}}
 
 
-def _atomic_target(path: Path, overwrite: bool) -> Path:
+def write_atomically(path: Path, overwrite: bool, write) -> Path:
+    """Call write(temp) on a hidden temporary name beside `path`, then rename it into place
+    (stepfoley.atomic); nothing is left behind on failure, and an existing `path` is kept unless
+    `overwrite`."""
     if path.exists() and not overwrite:
         raise InvalidInputError(f"{path} already exists; choose an empty folder or pass overwrite=True.")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)      # mkstemp makes 0600; a finished file gets normal rights
-    return Path(temp)
-
-
-def write_atomically(path: Path, overwrite: bool, write) -> Path:
-    """Call write(temp) on a hidden temporary name beside `path`, then rename it into place;
-    nothing is left behind on failure, and an existing `path` is kept unless `overwrite`."""
-    temp = _atomic_target(path, overwrite)
     try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+        return atomic.write_atomically(path, write, replace=overwrite)
+    except FileExistsError:
+        raise InvalidInputError(f"{path} appeared while it was being written; choose an empty folder.") from None
 
 
 def encode_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, sample_rate: int) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from stepfoley.atomic import write_atomically
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.training.objectives import Batch
@@ -106,12 +107,10 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
     tensors = {"latent": torch.stack(latents), "clip": torch.stack(clips), "sync": torch.stack(syncs),
                "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"model": model.model_id, "clips": str(len(entries)),
-                        "captions": json.dumps([e["caption"] for e in entries])})
-    tmp.replace(out_path)
-    return out_path
+    metadata = {"model": model.model_id, "clips": str(len(entries)),
+                "captions": json.dumps([e["caption"] for e in entries])}
+    return write_atomically(out_path, lambda temp: save_file({k: v.contiguous() for k, v in tensors.items()},
+                                                             str(temp), metadata=metadata), replace=True)
 
 
 @dataclass

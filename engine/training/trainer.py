@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
+from stepfoley.atomic import write_atomically
 from stepfoley.engine.devices import autocast_context
 from stepfoley.engine.training.ema import PowerEMA, posthoc_ema
 from stepfoley.engine.training.schedule import lr_multiplier
@@ -80,9 +81,7 @@ def load_trained(module: torch.nn.Module, params: dict[str, torch.Tensor]) -> No
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda temp: torch.save(obj, temp), replace=True)
 
 
 def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator, config: TrainConfig,
@@ -116,6 +115,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         snapshots = state["snapshots"]
         generator.set_state(state["generator"])
         start_step = state["step"]
+        for _ in range(start_step):  # the data goes on where the interrupted run stopped
+            next(batches)
         log(f"resumed from {last} at step {start_step}")
 
     model = loss_module

@@ -136,10 +136,9 @@ def format_timings(report: dict) -> str:
 
 def write_json_atomic(path, report: dict, force: bool) -> None:
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
+    from stepfoley.atomic import write_atomically
     from stepfoley.engine.errors import InvalidInputError
 
     path = Path(path)
@@ -147,31 +146,13 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
         raise InvalidInputError(f"{path} already exists; choose another --json path or add --force to replace it.")
     if not path.parent.is_dir():
         raise InvalidInputError(f"The folder {path.parent} does not exist; create it or choose another --json path.")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    text = json.dumps(report, indent=1, allow_nan=False) + "\n"
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, allow_nan=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        if force:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)  # fails if PATH appeared meanwhile: nothing of the user's is replaced
-            except FileExistsError:
-                raise InvalidInputError(f"{path} appeared while evaluating; choose another --json path "
-                                        "or add --force to replace it.") from None
-            except OSError:  # a filesystem without hard links: check, then rename
-                if path.exists():
-                    raise InvalidInputError(f"{path} already exists; choose another --json path or add --force.")
-                os.replace(temp, path)
-            else:
-                os.unlink(temp)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        # without --force a file that appeared meanwhile is not replaced either
+        write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), replace=force)
+    except FileExistsError:
+        raise InvalidInputError(f"{path} appeared while evaluating; choose another --json path "
+                                "or add --force to replace it.") from None
 
 
 def _numbers(text: str, option: str) -> list[float]:

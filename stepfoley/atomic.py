@@ -1,0 +1,163 @@
+"""The one way StepFoley writes a file: never half, never over someone else's.
+
+`write_atomically(path, write)` lets `write` fill a hidden temporary file in the destination
+folder, flushes it to the disk, then gives it the final name:
+- `replace=False`: with an exclusive hard link, so an existing file is never replaced and two
+  writers racing for one name cannot clobber each other (on filesystems without hard links the
+  name is reserved with an exclusive create first);
+- `replace=True`: with os.replace, so a reader sees the old file or the new one, never half.
+  On Windows the replace fails with PermissionError while a reader (a REAPER script polling a
+  status file) has the target open, so it is retried for about a second.
+A crash leaves nothing under the final name. The temporary name says which process on which
+machine writes it (`.NAME.<host>-<pid>-<random>.part`), so `sweep_stale_parts` can remove what a
+killed writer left without touching a live writer's file. Files get the user's umask (0644 by
+default), like any other program's.
+
+Pure Python (no torch, no numpy): the bridge writes its status files with it too.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+TEMP_SUFFIX = ".part"
+# How long a replace is retried while Windows reports a sharing violation (readers hold the
+# file for a moment only).
+REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
+_PART_NAME = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
+_WRITING: set[str] = set()  # temp names this process is writing now
+_LOCK = threading.Lock()
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temporary file of this module (any writer's, on any machine)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], replace: bool = False) -> Path:
+    """Call `write(temp)` to fill a new, empty temporary file beside `path`, then publish it
+    under `path` (see the module's docstring). The folder must exist. Returns `path`.
+
+    Raises FileExistsError when `replace` is false and `path` exists (or appears meanwhile), and
+    whatever `write` or the filesystem raises; callers turn those into their own typed errors.
+    The temporary file never survives, whatever happens."""
+    path = Path(path)
+    # Taken at write time, not import time: a forked child is another writer.
+    temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    with _LOCK:
+        _WRITING.add(temp.name)
+    try:
+        handle = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        os.close(handle)
+        write(temp)
+        _flush_to_disk(temp)
+        if replace:
+            _replace(temp, path)
+        else:
+            _publish_exclusively(temp, path)
+    finally:
+        # After a successful publish the temp name is already gone; after a failure it is the
+        # only copy of a useless half file.
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        with _LOCK:
+            _WRITING.discard(temp.name)
+    return path
+
+
+def _flush_to_disk(temp: Path) -> None:
+    # Renamed before its data reaches the disk, a file could read back empty after a power cut.
+    handle = os.open(temp, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _replace(temp: Path, path: Path) -> None:
+    for pause in REPLACE_RETRY_PAUSES_S:
+        try:
+            os.replace(temp, path)
+            return
+        except PermissionError:
+            time.sleep(pause)
+    os.replace(temp, path)  # the last try: its error goes to the caller
+
+
+def _publish_exclusively(temp: Path, path: Path) -> None:
+    """Give the finished temp file its final name, failing if that name already exists."""
+    try:
+        # A hard link is created atomically and never replaces an existing entry.
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # Filesystems without hard links (exFAT, some network shares): reserve the name with an
+        # exclusive create, then move the finished file over our own placeholder.
+        placeholder = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(placeholder)
+        try:
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return
+    os.unlink(temp)
+
+
+def publish_exclusively(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Give a finished file `target` as its name (same folder), atomically, failing with
+    FileExistsError if `target` exists; `source` is then gone."""
+    _publish_exclusively(Path(source), Path(target))
+
+
+# --- what killed writers leave ----------------------------------------------------------------
+
+def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
+    """Remove the temp files of writers on this machine that no longer run (a killed engine,
+    whatever its process id was). Returns the names removed; never raises."""
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(folder) if is_temp_name(e.name)]
+    except OSError:
+        return removed
+    for name in entries:
+        match = _PART_NAME.fullmatch(name)
+        if match is None or match["host"] != _HOST or not _writer_is_gone(int(match["pid"]), name):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _writer_is_gone(pid: int, name: str) -> bool:
+    if pid == os.getpid():
+        with _LOCK:
+            return name not in _WRITING  # an earlier process that had our id
+    if os.name != "posix":
+        return False  # no safe way to ask; leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, but another user's
+    return False

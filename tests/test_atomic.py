@@ -1,0 +1,60 @@
+"""stepfoley.atomic, the one writer every file goes through: whatever happens, the final name
+holds the old file or the complete new one, and no temporary file stays behind."""
+
+import os
+
+import pytest
+
+from stepfoley import atomic
+
+
+def write_text(text):
+    return lambda temp: temp.write_text(text, encoding="utf-8")
+
+
+def test_a_new_file_gets_the_users_rights_and_no_temp_file_stays(tmp_path):
+    path = atomic.write_atomically(tmp_path / "a.json", write_text("{}"))
+    assert path.read_text() == "{}" and os.listdir(tmp_path) == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_without_replace_an_existing_file_is_kept(tmp_path):
+    (tmp_path / "a.json").write_text("theirs")
+    with pytest.raises(FileExistsError):
+        atomic.write_atomically(tmp_path / "a.json", write_text("ours"))
+    assert (tmp_path / "a.json").read_text() == "theirs" and os.listdir(tmp_path) == ["a.json"]
+
+
+def test_with_replace_the_file_is_replaced_whole(tmp_path):
+    (tmp_path / "a.json").write_text("old")
+    atomic.write_atomically(tmp_path / "a.json", write_text("new"), replace=True)
+    assert (tmp_path / "a.json").read_text() == "new" and os.listdir(tmp_path) == ["a.json"]
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_writer_that_fails_half_way_leaves_the_old_file_and_no_temp_file(tmp_path, replace):
+    (tmp_path / "old.json").write_text("old")
+
+    def half_then_fail(temp):
+        assert atomic.is_temp_name(temp.name) and temp.parent == tmp_path
+        temp.write_text("ha")
+        raise RuntimeError("disk full")
+
+    for name in ("old.json", "new.json"):
+        with pytest.raises(RuntimeError, match="disk full"):
+            atomic.write_atomically(tmp_path / name, half_then_fail, replace=replace)
+    assert os.listdir(tmp_path) == ["old.json"] and (tmp_path / "old.json").read_text() == "old"
+
+
+def test_the_temp_file_of_a_live_writer_is_not_swept(tmp_path):
+    seen = []
+
+    def sweep_while_writing(temp):
+        temp.write_text("busy")
+        seen.append(atomic.sweep_stale_parts(tmp_path))
+        seen.append(os.listdir(tmp_path))
+
+    atomic.write_atomically(tmp_path / "a.json", sweep_while_writing)
+    assert seen[0] == [] and len(seen[1]) == 1 and atomic.is_temp_name(seen[1][0])
