@@ -1,15 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.3.0
+-- @version 0.4.0
 -- @changelog
---   New actions: Replace this layer negating all the others; Make selected item sound like this; Toggle selected tracks as negatives; Verify setup.
---   Negatives are StepFoley's layers (a per-track toggle includes or excludes any track), or the selected items and razor areas, or none; selecting a track no longer replaces them.
---   The dialog shows the engine's model defaults and methods and sends only what you type; it remembers your captions and values; a ReaImGui window where ReaImGui is installed. Regenerate opens it with the item's parameters.
---   The client is found in the usual install places (~/stepfoley-venv, pip --user, Homebrew, python.org), never the Microsoft Store alias; when it cannot start, its own error is shown before anything is bounced.
---   Engine status and every engine check run in the background (no freeze).
---   Regenerated takes stay aligned with the picture; the seed is a take marker; variations go to fixed lanes in REAPER 7.
---   Stems go to <project folder>/StepFoley; job folders are deleted after success and after 7 days.
---   The Python action is removed (the Lua actions do everything it did).
+--   New actions (need an engine of protocol 2): Extend selected Foley item to time selection; Regenerate time selection inside selected item. The kept part of the take comes back sample for sample.
+--   Generate variations as takes: up to 8 seeds in one engine job, the takes or lanes in the engine's rank order, best first (one job per seed with an older engine).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
