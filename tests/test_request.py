@@ -63,6 +63,21 @@ def test_a_loudness_curve_does_not_shape_a_take(tmp_path):
                                    loudness_curve=[[0, -20]]))
 
 
+def test_a_take_that_is_a_pipe_a_link_to_one_or_too_big_is_refused_before_work(tmp_path):
+    import os
+
+    fifo = tmp_path / "take.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "take.wav"
+    link.symlink_to(fifo)
+    huge = tmp_path / "huge.wav"
+    with open(huge, "wb") as f:
+        f.truncate(2**30 + 1)  # sparse: costs no disk
+    for take, words in ((fifo, "not a regular file"), (link, "not a regular file"), (huge, "at most 1024 MiB")):
+        with pytest.raises(RequestError, match=words):
+            parse_request(make_request(tmp_path, protocol=2, take=str(take), regenerate=[0.5, 1]), check_paths=True)
+
+
 def test_project_end_follows_the_playrate(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, "playrate": 2.0, "project_start": 10.0}
