@@ -64,7 +64,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
              on_step: Callable[[int, int], None] | None = None,
              feature_cache: FeatureCache | None = None) -> DemoResult:
     """`feature_cache` None: one in memory for this run."""
-    from stepfoley.engine.evaluation.runner import default_embedding, default_presence
+    from stepfoley.engine.evaluation.runner import default_embedding, default_presence, stems_at
 
     t_start = time.perf_counter()
     scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
@@ -98,8 +98,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
             made["independent"].append(track)
 
     t_scoring = time.perf_counter()
-    stems = mixing.fit_length(mixing.resample(scene.stems[:len(captions)], scene.sample_rate, model.sample_rate),
-                              sessions["nag"].length)  # (k, S) at the model's rate
+    stems = stems_at(scene, len(captions), model.sample_rate, sessions["nag"].length)  # (k, S)
     true_stems = [mixing.finish_stem(stem, model.sample_rate)[0][0] for stem in stems]  # scored as tracks are
     scores = score_tracks(made, true_stems, scene.kinds, model.sample_rate, default_embedding(model),
                           default_presence())

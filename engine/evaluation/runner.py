@@ -155,6 +155,11 @@ def _validate(scenes, seed, k, takes, steps, alpha, rows) -> None:
         check_number("beta", row.beta)
 
 
+def stems_at(scene, k: int, sample_rate: int, length: int) -> np.ndarray:
+    """The scene's first k true stems at `sample_rate`, fitted to `length` samples: (k, S)."""
+    return mixing.fit_length(mixing.resample(scene.stems[:k], scene.sample_rate, sample_rate), length)
+
+
 class SceneRun:
     """One scene as the evaluation sees it: its picture written as an mp4 and opened in a
     StepSession, the first k captions, and the true stems at the model's rate."""
@@ -169,8 +174,7 @@ class SceneRun:
         self.captions = choose_captions(self.scene, self.k)
         self.kinds = self.scene.kinds[: self.k]
         self.sample_rate = model.sample_rate
-        self.stems = mixing.fit_length(mixing.resample(self.scene.stems[: self.k], self.scene.sample_rate,
-                                                       model.sample_rate), self.session.length)   # (k, S)
+        self.stems = stems_at(self.scene, self.k, model.sample_rate, self.session.length)   # (k, S)
 
     def settings(self, track: int, take: int, method: str, alpha: float | None, beta: float | None,
                  steps: int | None) -> TrackSettings:
