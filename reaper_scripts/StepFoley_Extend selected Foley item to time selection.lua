@@ -31,7 +31,8 @@ local function main()
   local from = math.min(t0, item_end)
   local job = SF.job_for_item(proj, item, { title = "StepFoley: extend",
     dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
-    continuation = function(region) return SF.continuation_fields(item, region, from, t1) end,
+    feature = "extend or repair a take",
+    extra_fields = function(region) return SF.continuation_fields(item, region, from, t1) end,
     extend_item = true,
     undo = function(params) return "StepFoley: extend \"" .. params.caption .. "\"" end })
   job.t1 = t1

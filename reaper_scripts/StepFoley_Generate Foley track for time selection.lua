@@ -1,21 +1,24 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.4.0
+-- @version 0.5.0
 -- @changelog
---   New actions (need an engine of protocol 2): Extend selected Foley item to time selection; Regenerate time selection inside selected item. The kept part of the take comes back sample for sample.
---   Generate variations as takes: up to 8 seeds in one engine job, the takes or lanes in the engine's rank order, best first (one job per seed with an older engine).
+--   New actions (need an engine of protocol 2): Generate Foley track following selected envelope (a loudness curve drawn on a Volume envelope, 0 dB = -23 LUFS); Generate Foley track for part of the picture (left, top right, ... or percentages, and when).
+--   Regenerate selected Foley item keeps the item's loudness curve and part of the picture.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
 --   [nomain] StepFoley_lib_project.lua
 --   [nomain] StepFoley_lib_bounce.lua
 --   [nomain] StepFoley_lib_dialog.lua
+--   [nomain] StepFoley_lib_controls.lua
 --   [nomain] StepFoley_lib_results.lua
 --   [main] StepFoley_Generate variations as takes.lua
 --   [main] StepFoley_Regenerate selected Foley item.lua
 --   [main] StepFoley_Replace this layer, negating all the others.lua
 --   [main] StepFoley_Extend selected Foley item to time selection.lua
 --   [main] StepFoley_Regenerate time selection inside selected item.lua
+--   [main] StepFoley_Generate Foley track following selected envelope.lua
+--   [main] StepFoley_Generate Foley track for part of the picture.lua
 --   [main] StepFoley_Make selected item sound like this.lua
 --   [main] StepFoley_Toggle selected tracks as negatives.lua
 --   [main] StepFoley_Cancel running generation.lua

@@ -5,7 +5,8 @@ Regenerate selected Foley item: opens the dialog with the item's stored paramete
 and the method and values you had chosen; a new random seed unless you type one), generates
 again over the picture under the item as it is now, and adds the result as a new, active take
 of the same item, aligned with the picture. The layers to negate are bounced again (never the
-item's own track), so the new take complements what is there now. One undo point.
+item's own track), so the new take complements what is there now. A loudness curve or part of
+the picture the take was made with is kept while the item covers the same time. One undo point.
 ]]
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
@@ -17,6 +18,8 @@ local function main()
   if not item then return end
   local dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) }
   SF.generate(SF.job_for_item(proj, item, { title = "StepFoley: regenerate", dialog = dialog,
+    feature = "follow a loudness curve or focus on part of the picture",
+    extra_fields = function(region) return SF.stored_controls(meta, region) end,
     undo = function(params) return "StepFoley: regenerate \"" .. params.caption .. "\"" end }))
 end
 

@@ -25,7 +25,8 @@ local function main()
   end
   SF.generate(SF.job_for_item(proj, item, { title = "StepFoley: regenerate part",
     dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
-    continuation = function(region) return SF.continuation_fields(item, region, t0, t1) end,
+    feature = "extend or repair a take",
+    extra_fields = function(region) return SF.continuation_fields(item, region, t0, t1) end,
     undo = function(params) return "StepFoley: regenerate part of \"" .. params.caption .. "\"" end }))
 end
 

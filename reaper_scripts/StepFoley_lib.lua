@@ -10,6 +10,7 @@ same folder; every part adds its functions to the one table returned here:
                              layers count as negatives
   StepFoley_lib_bounce.lua   rendering what the user hears of the chosen layers to one WAV
   StepFoley_lib_dialog.lua   the parameters dialog (GetUserInputs, or ReaImGui when installed)
+  StepFoley_lib_controls.lua a loudness curve from a volume envelope, a part of the picture
   StepFoley_lib_results.lua  inserting results (tracks, takes, lanes) and the generate flow
 
 REAPER's Lua has no sockets, so the actions talk to the engine only through the
@@ -23,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.4.0"
+M.VERSION = "0.5.0"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -400,7 +401,7 @@ end
 ------------------------------------------------------------------------------------------
 
 M.DIR = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
-M.PARTS = { "engine", "project", "bounce", "dialog", "results" }
+M.PARTS = { "engine", "project", "bounce", "dialog", "controls", "results" }
 for _, part in ipairs(M.PARTS) do
   dofile(M.DIR .. "StepFoley_lib_" .. part .. ".lua")(M)
 end

@@ -314,15 +314,15 @@ one, one request per seed. Returns jobs, negatives or nil, message.
 ]]
 local function prepare_jobs(job, settings, engine, params, region)
   local proj = job.proj
-  local continuation
-  if job.continuation then -- checked before anything is bounced
-    if not M.engine_speaks(engine, 2) then
-      return nil, "The engine is older than protocol 2, so it cannot extend or repair a take. Update StepFoley " ..
+  local extra
+  if job.extra_fields then -- checked before anything is bounced
+    local err
+    extra, err = job.extra_fields(region, engine.capabilities)
+    if not extra then return nil, err end
+    if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
+      return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
         "and restart `stepfoley serve`."
     end
-    local err
-    continuation, err = job.continuation(region)
-    if not continuation then return nil, err end
   end
   local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
   if not folders then return nil, folder_err end
@@ -347,7 +347,7 @@ local function prepare_jobs(job, settings, engine, params, region)
     if batch > 1 then
       request.protocol, request.variations = 2, math.min(batch, params.count - first)
     end
-    for k, v in pairs(continuation or {}) do request[k] = v end
+    for k, v in pairs(extra or {}) do request[k] = v end
     jobs[i] = { request = request, folders = job_folders, label = params.caption }
   end
   return jobs, negatives
@@ -450,8 +450,11 @@ One generating action, from the engine check to the new media. `job`:
   exclude           tracks that are never negatives (the layer being replaced); the picture's
                     track is added;
   item              when set, the result becomes a new active take of this item; else a new track;
-  continuation      optional function(region) -> request fields or nil, message (extend and
-                    repair: M.continuation_fields); extend_item: the item grows to the region's end;
+  extra_fields      optional function(region, capabilities) -> request fields or nil, message:
+                    what the action adds to the request (extend and repair: M.continuation_fields;
+                    a loudness curve or a picture region: StepFoley_lib_controls.lua); with
+                    protocol = 2 among them, feature says what an older engine cannot do;
+  extend_item       the item grows to the region's end;
   dialog            a dialog spec (M.dialog_fields) without title and engine (its fixed_method
                     may be a function(capabilities) -> name or nil, message); or nil, with
   params            fixed parameters (M.parse_form's result);

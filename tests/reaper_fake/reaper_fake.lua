@@ -32,6 +32,15 @@ Model:
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
+- track envelopes (TrackEnvelope*): a name ("Volume", "Pan", ...), points (time, value,
+  shape 0 linear or 1 square; other shapes are refused), a scaling mode (1: fader scaling,
+  as REAPER's volume envelopes have by default) and a value where it has no points; at most
+  one selected (GetSelectedEnvelope). A point's value is stored as REAPER stores it, in the
+  envelope's mode: ScaleToEnvelopeMode/ScaleFromEnvelopeMode convert. REAPER's own fader
+  curve is not modelled: mode 1 here is an invertible stand-in (amplitude^(1/4)), so a script
+  is right only if it converts through those calls. Envelope_Evaluate: the value at a time
+  (the first point's before it, the last point's after it). Envelopes do not act on renders
+  here (the actions read them, they never bounce through them);
 - global ExtState (persist flag recorded), dialogs (GetUserInputs, GetUserFileNameForRead)
   answered from queues, message boxes recorded, action toggle states (40745 "Options: Solo in
   front"), time_precise a clock the driver advances, GetAppVersion, folder listings
@@ -184,7 +193,7 @@ end
 local function new_track(project, name)
   return { kind = "MediaTrack*", project = project, name = name or "", selected = false, ext = {}, items = {},
     fxen = 1, fx_gain = 1.0, mute = false, solo = 0, solo_defeat = false, vol = 1.0, folderdepth = 0, freemode = 0,
-    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "" }
+    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "", envelopes = {} }
 end
 
 local function render_defaults()
@@ -216,6 +225,30 @@ function fake.add_track(name, project)
   local tr = new_track(project, name)
   project.tracks[#project.tracks + 1] = tr
   return tr
+end
+
+-- scaling mode 1 (fader): an invertible stand-in for REAPER's curve, see the model above
+local function to_envelope_mode(mode, amplitude)
+  if mode == 1 then return math.max(amplitude, 0) ^ 0.25 end
+  return amplitude
+end
+local function from_envelope_mode(mode, value)
+  if mode == 1 then return math.max(value, 0) ^ 4 end
+  return value
+end
+
+-- points: {{time, value (amplitude for volume envelopes), shape}} in time order
+function fake.add_envelope(track, name, points, mode, default)
+  local env = { kind = "TrackEnvelope*", track = track, name = name, mode = mode or 0, selected = false, points = {} }
+  env.default = to_envelope_mode(env.mode, default or 1.0)
+  for _, p in ipairs(points or {}) do
+    local shape = p[3] or 0
+    assert(shape == 0 or shape == 1, "fake reaper: only linear (0) and square (1) envelope shapes are modelled")
+    assert(#env.points == 0 or p[1] >= env.points[#env.points].time, "fake reaper: envelope points out of order")
+    env.points[#env.points + 1] = { time = p[1], value = to_envelope_mode(env.mode, p[2]), shape = shape }
+  end
+  track.envelopes[#track.envelopes + 1] = env
+  return env
 end
 
 function fake.add_item(track, position, length)
@@ -429,6 +462,10 @@ function reaper.ValidatePtr2(p, ptr, kind)
   elseif kind == "MediaTrack*" then
     for _, tr in ipairs(pr.tracks) do if tr == ptr then return true end end
     return ptr == pr.master
+  elseif kind == "TrackEnvelope*" then
+    if not reaper.ValidatePtr2(p, ptr.track, "MediaTrack*") then return false end
+    for _, env in ipairs(ptr.track.envelopes) do if env == ptr then return true end end
+    return false
   end
   return true
 end
@@ -655,6 +692,46 @@ function reaper.GetSetMediaTrackInfo_String(tr, key, value, set)
 end
 function reaper.CountTrackMediaItems(tr) check(tr, "MediaTrack*", "CountTrackMediaItems"); return #tr.items end
 function reaper.GetTrackMediaItem(tr, i) check(tr, "MediaTrack*", "GetTrackMediaItem"); return tr.items[i + 1] end
+
+-- Envelopes
+function reaper.GetSelectedEnvelope(p)
+  local pr = proj_of(p)
+  for _, tr in ipairs({ pr.master, table.unpack(pr.tracks) }) do
+    for _, env in ipairs(tr.envelopes) do if env.selected then return env end end
+  end
+  return nil
+end
+function reaper.GetEnvelopeName(env) check(env, "TrackEnvelope*", "GetEnvelopeName"); return true, env.name end
+function reaper.Envelope_GetParentTrack(env)
+  check(env, "TrackEnvelope*", "Envelope_GetParentTrack"); return env.track, -1, -1
+end
+-- The fake has no take envelopes: every envelope belongs to a track.
+function reaper.Envelope_GetParentTake(env)
+  check(env, "TrackEnvelope*", "Envelope_GetParentTake"); return nil, -1, -1
+end
+function reaper.GetEnvelopeScalingMode(env) check(env, "TrackEnvelope*", "GetEnvelopeScalingMode"); return env.mode end
+function reaper.ScaleToEnvelopeMode(mode, value) return to_envelope_mode(mode, value) end
+function reaper.ScaleFromEnvelopeMode(mode, value) return from_envelope_mode(mode, value) end
+-- Returns: samples the value stays valid for, value (in the envelope's mode), dVdS, ddVdS, dddVdS.
+function reaper.Envelope_Evaluate(env, time, samplerate, samples_requested)
+  check(env, "TrackEnvelope*", "Envelope_Evaluate")
+  local pts, value, slope = env.points, env.default, 0.0
+  if #pts > 0 then
+    value = pts[1].value
+    for i, p in ipairs(pts) do
+      if time >= p.time then
+        value, slope = p.value, 0.0
+        local q = pts[i + 1]
+        if q and time < q.time and p.shape == 0 and q.time > p.time then
+          local f = (time - p.time) / (q.time - p.time)
+          value = p.value + (q.value - p.value) * f
+          if samplerate > 0 then slope = (q.value - p.value) / ((q.time - p.time) * samplerate) end
+        end
+      end
+    end
+  end
+  return math.max(1, samples_requested), value, slope, 0.0, 0.0
+end
 
 -- Items
 function reaper.CountMediaItems(p) return #items_of(proj_of(p)) end

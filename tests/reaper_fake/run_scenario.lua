@@ -21,7 +21,8 @@ TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folder
 freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute, mute_solo,
 vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
 which plays or not), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
-stretch_markers, ext, name}]}]}.
+stretch_markers, ext, name}]}], envelopes [{name, points (each {time, amplitude or value, shape}),
+scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}.
 ]]
@@ -66,6 +67,9 @@ local function build_tracks(project, list)
     tr.razor = t.razor or ""
     if tr.freemode == 2 then tr.numlanes = math.max(1, #(t.items or {})) end
     for k, v in pairs(t.ext or {}) do tr.ext[k] = v end
+    for _, e in ipairs(t.envelopes or {}) do
+      fake.add_envelope(tr, e.name, e.points, e.scaling_mode, e.default).selected = e.selected and true or false
+    end
     for n, i in ipairs(t.items or {}) do
       local item = fake.add_item(tr, i.position, i.length)
       item.selected = i.selected and true or false

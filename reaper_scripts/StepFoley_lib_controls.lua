@@ -1,0 +1,259 @@
+-- @noindex
+--[[
+StepFoley library, part "controls": the request fields that shape a new track beyond its
+caption (protocol 2): a loudness curve read from a volume envelope the user drew, and the part
+of the picture the sound comes from, typed as words or percentages. Loaded by
+StepFoley_lib.lua; adds to its table.
+]]
+
+return function(M)
+
+------------------------------------------------------------------------------------------
+-- Loudness curve from a volume envelope
+------------------------------------------------------------------------------------------
+
+-- 0 dB on the envelope is the level StepFoley delivers every other track at (engine.mixing.
+-- STEM_LUFS), so a flat envelope at 0 dB gives a track as loud as one made without a curve.
+M.LOUDNESS_AT_0DB = -23
+-- Defaults for an engine that does not publish its bounds (stepfoley.request).
+M.MAX_LOUDNESS_POINTS = 128
+M.LOUDNESS_RANGE = { -70, 0 }
+-- Read the envelope this often; points that a straight line through their neighbours already
+-- gives (within CURVE_TOLERANCE_DB) are dropped.
+M.CURVE_STEP_S = 0.05
+M.CURVE_TOLERANCE_DB = 0.05
+M.VOLUME_ENVELOPES = { ["Volume"] = true, ["Volume (Pre-FX)"] = true, ["Trim Volume"] = true }
+
+local function published(caps, key, default)
+  local value = caps and caps.bounds and caps.bounds[key]
+  if value == nil then return default end
+  return value
+end
+
+-- The selected track volume envelope, or nil and a message saying how to select one.
+function M.selected_volume_envelope(proj)
+  local env = reaper.GetSelectedEnvelope(proj)
+  if not env then
+    return nil, "Select the volume envelope to follow first: draw the loudness you want over the time selection " ..
+      "on a track's Volume envelope (an empty track is best: the envelope also acts on a track's own audio), " ..
+      "click the envelope lane so that it is selected, and run this action again. 0 dB on the envelope is " ..
+      M.LOUDNESS_AT_0DB .. " LUFS, the level of StepFoley's other tracks."
+  end
+  local _, name = reaper.GetEnvelopeName(env)
+  if not M.VOLUME_ENVELOPES[name] then
+    return nil, "The selected envelope is \"" .. tostring(name) .. "\". StepFoley follows a track's Volume " ..
+      "(or Trim Volume) envelope: select one of those."
+  end
+  if reaper.Envelope_GetParentTake(env) then
+    return nil, "The selected envelope belongs to a take. Draw the loudness on a track's Volume envelope instead."
+  end
+  return env
+end
+
+local function loudness_at(env, mode, t, low, high)
+  local _, value = reaper.Envelope_Evaluate(env, t, 0, 0)
+  local gain = reaper.ScaleFromEnvelopeMode(mode, value)
+  local db = gain > 0 and 20 * math.log(gain, 10) or -math.huge
+  return math.max(low, math.min(high, M.LOUDNESS_AT_0DB + db))
+end
+
+-- Whether every reading strictly between points[i] and points[j] lies on the straight line
+-- between them (within CURVE_TOLERANCE_DB).
+local function straight(points, i, j)
+  local a, b = points[i], points[j]
+  for k = i + 1, j - 1 do
+    local p = points[k]
+    if math.abs(a[2] + (b[2] - a[2]) * (p[1] - a[1]) / (b[1] - a[1]) - p[2]) > M.CURVE_TOLERANCE_DB then
+      return false
+    end
+  end
+  return true
+end
+
+-- The readings with those that straight lines between the kept ones already give left out: a
+-- flat or straight stretch becomes its two ends.
+local function thinned(points)
+  local out, from = { points[1] }, 1
+  for j = 3, #points do
+    if not straight(points, from, j) then
+      from = j - 1
+      out[#out + 1] = points[from]
+    end
+  end
+  out[#out + 1] = points[#points]
+  return out
+end
+
+--[[
+The request's loudness_curve: the envelope read over the region every CURVE_STEP_S (fewer
+points for long regions, at most what the engine takes), as [seconds from
+region.project_start, dB LUFS] points. nil and a message when the envelope is gone.
+]]
+function M.loudness_curve(proj, env, region, caps)
+  if not reaper.ValidatePtr2(proj, env, "TrackEnvelope*") then
+    return nil, "The volume envelope to follow is gone; nothing was generated."
+  end
+  local range = published(caps, "loudness_curve_db", M.LOUDNESS_RANGE)
+  local most = published(caps, "loudness_curve_points", M.MAX_LOUDNESS_POINTS)
+  local a, b = region.project_start, region.project_end
+  local n = math.max(2, math.min(most, math.floor((b - a) / M.CURVE_STEP_S) + 1))
+  local mode = reaper.GetEnvelopeScalingMode(env)
+  local points = {}
+  for i = 0, n - 1 do
+    local t = (i == n - 1) and (b - a) or (b - a) * i / (n - 1)
+    points[#points + 1] = { t, loudness_at(env, mode, a + t, range[1], range[2]) }
+  end
+  local curve = {}
+  for i, p in ipairs(thinned(points)) do
+    curve[i] = M.array({ math.floor(p[1] * 1e6 + 0.5) / 1e6, math.floor(p[2] * 100 + 0.5) / 100 })
+  end
+  return M.array(curve)
+end
+
+------------------------------------------------------------------------------------------
+-- Part of the picture
+------------------------------------------------------------------------------------------
+
+M.MIN_PICTURE_REGION = 0.05 -- stepfoley.request.MIN_PICTURE_REGION, when the engine does not say
+M.PICTURE_PARTS = {
+  ["left"] = { 0, 0, 0.5, 1 }, ["right"] = { 0.5, 0, 1, 1 }, ["top"] = { 0, 0, 1, 0.5 }, ["bottom"] = { 0, 0.5, 1, 1 },
+  ["top left"] = { 0, 0, 0.5, 0.5 }, ["top right"] = { 0.5, 0, 1, 0.5 },
+  ["bottom left"] = { 0, 0.5, 0.5, 1 }, ["bottom right"] = { 0.5, 0.5, 1, 1 },
+  ["centre"] = { 0.25, 0.25, 0.75, 0.75 }, ["center"] = { 0.25, 0.25, 0.75, 0.75 },
+}
+M.PICTURE_PART_WORDS = "left, right, top, bottom, top left, top right, bottom left, bottom right, centre"
+
+local function numbers_in(text)
+  local out = {}
+  for word in text:gmatch("[^,;%s]+") do
+    local x = tonumber(word)
+    if not x then return nil end
+    out[#out + 1] = x
+  end
+  return out
+end
+
+--[[
+A picture region typed by the user: one of PICTURE_PARTS ("left", "top right", also "left
+half" and "upper left"), or "left, top, right, bottom" in percent of the picture's width and
+height (0, 0 = top left). Returns {x0, y0, x1, y1} as fractions, or nil and a message.
+]]
+function M.parse_picture_region(text, caps)
+  local words = (text or ""):lower():gsub("upper", "top"):gsub("lower", "bottom"):gsub("half", "")
+  words = words:gsub("%s+", " "):match("^%s*(.-)%s*$")
+  if M.PICTURE_PARTS[words] then return M.array({ table.unpack(M.PICTURE_PARTS[words]) }) end
+  local smallest = published(caps, "picture_region_size", M.MIN_PICTURE_REGION)
+  local v = numbers_in(words)
+  if not v or #v ~= 4 then
+    return nil, "Say which part of the picture the sound comes from: " .. M.PICTURE_PART_WORDS ..
+      ", or four numbers: left, top, right, bottom in percent of the picture (for example 10, 20, 60, 90)."
+  end
+  for _, x in ipairs(v) do
+    if x < 0 or x > 100 then return nil, "The picture region's numbers are percentages, from 0 to 100." end
+  end
+  local x0, y0, x1, y1 = v[1] / 100, v[2] / 100, v[3] / 100, v[4] / 100
+  if x1 - x0 < smallest or y1 - y0 < smallest then
+    return nil, string.format("The picture region must be at least %g %% wide and high, with right > left and " ..
+      "bottom > top (left, top, right, bottom).", smallest * 100)
+  end
+  return M.array({ x0, y0, x1, y1 })
+end
+
+--[[
+When the picture region applies, typed as "start-end" in seconds from the time selection's
+start (empty: throughout). Returns {start, end} in seconds from the selection start, false for
+"throughout", or nil and a message.
+]]
+function M.parse_picture_time(text, length)
+  local t = (text or ""):match("^%s*(.-)%s*$")
+  if t == "" then return false end
+  local a, b = t:match("^([%d%.]+)%s*%-%s*([%d%.]+)$")
+  if not a then a, b = t:match("^([%d%.]+)%s+to%s+([%d%.]+)$") end
+  a, b = tonumber(a), tonumber(b)
+  if not a or not b or b <= a then
+    return nil, "Say when the picture region applies as start-end in seconds from the time selection's start " ..
+      "(for example 1.5-4), or leave it empty for the whole selection."
+  end
+  if a >= length then
+    return nil, string.format("The picture region starts at %g s, after the time selection ends (%.3f s long).",
+      a, length)
+  end
+  return { a, math.min(b, length) }
+end
+
+M.PICTURE_STATE = "last_picture_region" -- ExtState: what the user typed last
+
+--[[
+Asks which part of the picture (and when) the sound comes from. Returns {region, time (false:
+throughout)} or nil when the user cancels; asks again, with what was typed, after a mistake.
+]]
+function M.ask_picture_region(length, caps)
+  local last = M.get_json_state(M.PICTURE_STATE) or {}
+  local values = { last.part or "left", last.when or "" }
+  while true do
+    local ok, answer = reaper.GetUserInputs("StepFoley: part of the picture", 2,
+      -- GetUserInputs separates the captions with commas: none inside one
+      "Part of the picture (left / top right / centre ... or left top right bottom in %)," ..
+      "When (start-end in s from the selection start; empty: throughout),extrawidth=300,separator=\n",
+      table.concat(values, "\n"))
+    if not ok then return nil end
+    values = {}
+    for field in (answer .. "\n"):gmatch("(.-)\n") do values[#values + 1] = field end
+    local rect, err = M.parse_picture_region(values[1], caps)
+    local when
+    if rect then when, err = M.parse_picture_time(values[2], length) end
+    if rect and when ~= nil then
+      M.set_json_state(M.PICTURE_STATE, { part = values[1] or "", when = values[2] or "" }, true)
+      return { region = rect, time = when }
+    end
+    M.alert(err)
+  end
+end
+
+--[[
+The request fields of a picture region chosen over the time selection starting at t0, for a
+region that starts at region.project_start (later than t0 when the picture starts later).
+nil and a message when the chosen time falls outside the picture.
+]]
+function M.picture_fields(choice, t0, region)
+  local fields = { protocol = 2, picture_region = choice.region }
+  if choice.time then
+    local length = region.project_end - region.project_start
+    local a = math.max(0, t0 + choice.time[1] - region.project_start)
+    local b = math.min(length, t0 + choice.time[2] - region.project_start)
+    if b - a <= 0 then
+      return nil, "The time the picture region applies to is outside the picture under the time selection."
+    end
+    fields.picture_region_time = M.array({ a, b })
+  end
+  return fields
+end
+
+------------------------------------------------------------------------------------------
+-- Making a take again
+------------------------------------------------------------------------------------------
+
+M.CONTROL_FIELDS = { "loudness_curve", "picture_region", "picture_region_time" }
+
+--[[
+The loudness curve and picture region a take was made with (its metadata), for making it again
+over `region`: kept when the region is the one the take was made for (their times count from
+its start), else left out with a note in the console. {} when the take had none.
+]]
+function M.stored_controls(meta, region)
+  local fields = {}
+  for _, key in ipairs(M.CONTROL_FIELDS) do fields[key] = meta[key] end
+  if next(fields) == nil then return fields end
+  local was = type(meta.region) == "table" and meta.region or {}
+  local same = type(was.project_start) == "number" and type(was.project_end) == "number" and
+    math.abs(was.project_start - region.project_start) < 1e-6 and math.abs(was.project_end - region.project_end) < 1e-6
+  if not same then
+    M.log("the item no longer covers the time its loudness curve and part of the picture were drawn for; " ..
+      "generating without them.")
+    return {}
+  end
+  fields.protocol = 2
+  return fields
+end
+
+end

@@ -1,0 +1,196 @@
+"""The REAPER actions that shape a new track (protocol 2): a loudness curve read from a selected
+volume envelope, and a part of the picture typed in a dialog. Run under a real Lua 5.4 with the
+fake reaper module against the stand-in `stepfoley send`, which validates each request with
+stepfoley.request as the engine does."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "reaper_fake"))
+import harness as h  # noqa: E402
+
+pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4)")
+
+FOLLOW = "StepFoley_Generate Foley track following selected envelope.lua"
+PICTURE = "StepFoley_Generate Foley track for part of the picture.lua"
+AT_0DB = -23.0  # LUFS of 0 dB on the envelope: StepFoley's stem level (engine.mixing.STEM_LUFS)
+
+
+@pytest.fixture
+def world(tmp_path):
+    return h.make_world(tmp_path)
+
+
+def gain(db: float) -> float:
+    return 10 ** (db / 20)
+
+
+def loudness_track(points, name="Volume", selected=True, scaling_mode=1):
+    """An empty track whose envelope holds `points` [(seconds, dB, shape)]."""
+    env = {"name": name, "scaling_mode": scaling_mode, "selected": selected,
+           "points": [[t, gain(db) if db > -math.inf else 0.0, shape] for t, db, shape in points]}
+    return {"name": "Loudness", "items": [], "envelopes": [env]}
+
+
+def envelope_db(points, t: float) -> float:
+    """What the fake's envelope holds at t, in dB: fader-scaled values (amplitude ** 0.25) are
+    interpolated linearly, as REAPER interpolates a volume envelope's stored values."""
+    raw = [(p[0], (gain(p[1]) if p[1] > -math.inf else 0.0) ** 0.25, p[2]) for p in points]
+    value = raw[0][1]
+    for (t0, v0, shape), nxt in zip(raw, raw[1:] + [None]):
+        if t >= t0:
+            value = v0
+            if nxt and t < nxt[0] and shape == 0:
+                value = v0 + (nxt[1] - v0) * (t - t0) / (nxt[0] - t0)
+    return 20 * math.log10(value ** 4) if value > 0 else -math.inf
+
+
+def curve_at(curve, t: float) -> float:
+    times, dbs = zip(*curve)
+    return float(np.interp(t, times, dbs))
+
+
+def run(world, ts, points, answers=None, env_extra=None, **kw):
+    sc = h.scenario(world, ts=ts, dialog=answers or h.answers(), actions=[{"script": FOLLOW}],
+                    extra_tracks=[loudness_track(points, **kw)])
+    return h.run_scenario(world["tmp"], sc, env_extra=env_extra)
+
+
+def test_the_new_track_follows_the_selected_volume_envelope(world):
+    """A ramp from -6 dB to +6 dB over 3.0-5.5 s: the request's curve is the envelope, 0 dB =
+    -23 LUFS, at every point of the region (times from the region start)."""
+    points = [(3.0, -6.0, 0), (5.5, 6.0, 0)]
+    result = run(world, (3.0, 5.5), points)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    curve = request["loudness_curve"]
+    assert request["protocol"] == 2 and curve[0][0] == 0.0 and curve[-1][0] == pytest.approx(2.5)
+    for t in np.linspace(0, 2.5, 26):
+        assert curve_at(curve, t) == pytest.approx(AT_0DB + envelope_db(points, 3.0 + t), abs=0.1)
+    assert curve[0][1] == pytest.approx(-29.0) and curve[-1][1] == pytest.approx(-17.0)
+    [track] = h.new_tracks(result, known=("Picture", "wind", "Loudness"))
+    meta = h.take_meta(track["items"][0]["takes"][0])
+    assert meta["loudness_curve"] == curve
+    assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}" following the envelope']
+
+
+def test_a_stepped_envelope_becomes_a_few_points(world):
+    """Square points: -12 dB until 4.0 s, then 0 dB. Flat stretches need no points between
+    their ends; the step is kept within one reading (50 ms)."""
+    points = [(3.0, -12.0, 1), (4.0, 0.0, 1)]
+    curve = h.job_request(run(world, (3.0, 5.5), points))["loudness_curve"]
+    assert len(curve) <= 6
+    for t in np.linspace(0, 2.5, 51):
+        if abs(t - 1.0) > 0.05:
+            assert curve_at(curve, t) == pytest.approx(AT_0DB + (-12.0 if t < 1.0 else 0.0), abs=0.01)
+
+
+def test_a_long_busy_envelope_stays_within_the_engines_point_limit(world):
+    """A zigzag every 0.1 s over 8 s would need 161 readings; the engine takes at most 128."""
+    points = [(2.0 + 0.1 * i, -10.0 if i % 2 else 3.0, 0) for i in range(81)]
+    curve = h.job_request(run(world, (2.0, 10.0), points))["loudness_curve"]
+    assert 100 <= len(curve) <= 128 and curve[-1][0] == pytest.approx(8.0)
+    assert all(-70 <= db <= 0 for _, db in curve)
+
+
+def test_silence_on_the_envelope_is_the_quietest_level_the_engine_takes(world):
+    points = [(3.0, -math.inf, 1), (4.0, 0.0, 1)]
+    curve = h.job_request(run(world, (3.0, 5.5), points))["loudness_curve"]
+    assert curve[0][1] == -70.0 and curve[-1][1] == AT_0DB
+
+
+@pytest.mark.parametrize("kw, env, words", [
+    ({"selected": False}, {}, "Select the volume envelope to follow first"),
+    ({"name": "Pan", "scaling_mode": 0}, {}, 'The selected envelope is "Pan"'),
+    ({}, {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, "cannot follow a loudness curve"),
+], ids=["none-selected", "not-volume", "old-engine"])
+def test_what_cannot_be_followed_is_explained_before_any_work(world, kw, env, words):
+    result = run(world, (3.0, 5.5), [(3.0, 0.0, 0)], env_extra=env, **kw)
+    assert words in result["messages"][0]["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+    assert not list((world["proj"]).rglob("existing_mix*.wav"))  # nothing was bounced
+
+
+def picture_answers(part, when=""):
+    return [{"ok": True, "values": [part, when]}, *h.answers()]
+
+
+def run_picture(world, ts, answers):
+    sc = h.scenario(world, ts=ts, dialog=answers, actions=[{"script": PICTURE}])
+    return h.run_scenario(world["tmp"], sc)
+
+
+def test_part_of_the_picture_in_words_and_when(world):
+    result = run_picture(world, (3.0, 5.5), picture_answers("upper right", "1-2"))
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert request["protocol"] == 2 and request["picture_region"] == [0.5, 0, 1, 0.5]
+    assert request["picture_region_time"] == [1, 2]
+    assert result["dialogs"][0]["title"] == "StepFoley: part of the picture"
+    [track] = h.new_tracks(result)
+    assert h.take_meta(track["items"][0]["takes"][0])["picture_region"] == [0.5, 0, 1, 0.5]
+    assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}" for part of the picture']
+
+
+def test_times_count_from_the_selection_even_where_the_picture_starts_later(world):
+    """Selection 1.0-5.0 s, picture from 2.0 s: "1.5-2.5" s into the selection is 2.5-3.5 s of
+    the project, 0.5-1.5 s into the region the engine gets."""
+    result = run_picture(world, (1.0, 5.0), picture_answers("centre", "1.5 - 2.5"))
+    request = h.job_request(result)
+    assert request["region"]["project_start"] == 2.0 and request["picture_region"] == [0.25, 0.25, 0.75, 0.75]
+    assert request["picture_region_time"] == pytest.approx([0.5, 1.5])
+
+
+def test_a_mistyped_part_asks_again_with_what_was_typed(world):
+    answers = [{"ok": True, "values": ["the bird", ""]}, {"ok": True, "values": ["10, 20, 60, 90", ""]},
+               *h.answers()]
+    result = run_picture(world, (3.0, 5.5), answers)
+    assert "Say which part of the picture" in result["messages"][0]["message"]
+    assert result["dialogs"][1]["defaults"].split("\n") == ["the bird", ""]
+    request = h.job_request(result)
+    assert request["picture_region"] == pytest.approx([0.1, 0.2, 0.6, 0.9]) and "picture_region_time" not in request
+
+
+@pytest.mark.parametrize("part, when, words", [
+    ("0, 0, 3, 100", "", "at least 5 % wide"),
+    ("0, 0, 50, 120", "", "percentages, from 0 to 100"),
+    ("left", "3-1", "start-end in seconds"),
+    ("left", "4-5", "after the time selection ends"),
+])
+def test_impossible_parts_and_times_are_refused(world, part, when, words):
+    result = run_picture(world, (3.0, 5.5), [{"ok": True, "values": [part, when]}, {"ok": False}])
+    assert words in result["messages"][0]["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
+
+def controlled_layer(world, region_start=3.0, region_end=5.5):
+    meta = {"caption": "bird", "seed": 3, "negatives": {"mode": "none", "tracks": []},
+            "region": {"video": str(world["video"]), "project_start": region_start, "project_end": region_end},
+            "loudness_curve": [[0, -30], [2.5, -20]], "picture_region": [0, 0, 0.5, 1]}
+    take = {"file": str(world["foley"]), "ext": {"stepfoley_metadata": json.dumps(meta)}, "name": "bird"}
+    return {"name": "bird", "ext": {"stepfoley": "1"},
+            "items": [{"position": 3.0, "length": 2.5, "takes": [take], "selected": True}]}
+
+
+def test_regenerate_keeps_the_curve_and_the_part_of_the_picture(world):
+    sc = h.scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}],
+                    extra_tracks=[controlled_layer(world)])
+    request = h.job_request(h.run_scenario(world["tmp"], sc))
+    assert request["protocol"] == 2 and request["loudness_curve"] == [[0, -30], [2.5, -20]]
+    assert request["picture_region"] == [0, 0, 0.5, 1] and "picture_region_time" not in request
+
+
+def test_regenerate_over_another_time_leaves_them_out_and_says_so(world):
+    sc = h.scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}],
+                    extra_tracks=[controlled_layer(world, region_start=2.0, region_end=4.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert "loudness_curve" not in request and "picture_region" not in request
+    assert "generating without them" in result["console"]
