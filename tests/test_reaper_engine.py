@@ -136,3 +136,28 @@ def test_cancel_with_real_engine(engine, world):
     result = h.run_scenario(world["tmp"], sc, timeout=300)
     assert "cancel" in result["messages"][0]["message"].lower()
     assert [t for t in result["tracks"] if t["name"] == CAPTION] == [] and result["undo"] == []
+
+
+FOLLOW = "StepFoley_Generate Foley track following selected envelope.lua"
+
+
+def test_the_envelope_action_shapes_the_stem_with_real_engine(engine, world):
+    """A Volume envelope at -12 dB until 4.0 s, then 0 dB, over the selection 3.0-5.0 s: the
+    stem the real engine returns is about 12 dB quieter in its first second than in its second,
+    and its metadata says how the curve was applied."""
+    sc = scenario(world, engine)
+    sc["actions"] = [{"script": FOLLOW}]
+    sc["tracks"].append({"name": "Loudness", "items": [], "envelopes": [{
+        "name": "Volume", "scaling_mode": 1, "selected": True,
+        "points": [[3.0, 10 ** (-12 / 20), 1], [4.0, 1.0, 1]]}]})
+    result = h.run_scenario(world["tmp"], sc, timeout=300)
+    assert result["messages"] == [], result["messages"]
+    [track] = [t for t in result["tracks"] if t["name"] == CAPTION]
+    take = track["items"][0]["takes"][0]
+    meta = json.loads(take["ext"]["stepfoley_metadata"])
+    assert meta["loudness_curve"][0] == [0, -35] and meta["loudness_curve"][-1] == [2, -23]
+    assert meta["engine"]["loudness_curve_applied_as"] == "gain automation"
+    wave, sr = sf.read(take["source_file"])
+    mono = wave.mean(axis=1) if wave.ndim == 2 else wave
+    rms_db = lambda a, b: 10 * np.log10(np.mean(mono[int(a * sr):int(b * sr)] ** 2))  # noqa: E731
+    assert rms_db(1.3, 1.9) - rms_db(0.1, 0.7) == pytest.approx(12.0, abs=3.0)
