@@ -1,5 +1,5 @@
 """The embedded default model: the project's MM-DiT and NAG ControlNet at a small size, with
-cheap CPU encoders and a log-mel codec, trained on the mini-world (engine/training/embedded.py).
+cheap CPU encoders and a log-mel codec, trained on the mini-world (lab/training/embedded.py).
 
 Its weights ship inside the package (stepfoley_mini.safetensors, a few MB), so the engine runs
 on a CPU with nothing to download. `random_weights=True` builds the same model with random
