@@ -133,7 +133,7 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     mismatch = compare_keys(state_dict, module.state_dict())
     if not mismatch.ok:
         detail = "; ".join(mismatch.problems(limit, labels))
-        raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}")
+        raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}".rstrip())
     module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
