@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.features.cache import FeatureCache
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.engine.service import FoleyService, load_runtime_model
     from stepfoley.request import parse_request
 

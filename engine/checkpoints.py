@@ -1,4 +1,5 @@
-"""Reading and writing weight files, and checking them against the golden key/shape manifests.
+"""Reading and writing weight files, and checking them against the golden key/shape manifests;
+reading the small networks' files that carry their training report (load_with_report).
 
 Loaders of specific models decide how to unwrap a file (BigVGAN's `best_netG.pt` keeps its weights
 under "generator": `load_state_dict_file(path, entry="generator")`); this module never guesses.
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import torch
 
@@ -20,7 +21,12 @@ from stepfoley.engine.errors import CheckpointError
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 
+# The safetensors metadata key under which a small network's file keeps its JSON training report.
+REPORT_KEY = "stepfoley"
+
 ShapeLike = Union[torch.Tensor, torch.Size, Sequence[int]]
+Config = TypeVar("Config")
+Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def load_state_dict_file(path: Union[str, os.PathLike], entry: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -127,7 +133,7 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     mismatch = compare_keys(state_dict, module.state_dict())
     if not mismatch.ok:
         detail = "; ".join(mismatch.problems(limit, labels))
-        raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}")
+        raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}".rstrip())
     module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
@@ -220,3 +226,47 @@ def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[
     except FileExistsError:
         raise CheckpointError(f"{path} appeared while it was being written; StepFoley does not overwrite "
                               f"weight files. Choose another name.") from None
+
+
+def read_report(path: Union[str, os.PathLike]) -> dict:
+    """The JSON training report a small network's file keeps in its metadata ({} if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get(REPORT_KEY, "{}"))
+
+
+def config_from_report(config_type: type[Config], report: dict) -> Config:
+    """The frozen config recorded in a report (JSON lists back to tuples)."""
+    known = {f.name for f in fields(config_type)}
+    return config_type(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in report["config"].items() if k in known})
+
+
+def load_with_report(path: Union[str, os.PathLike], file_format: str, what: str, how_to_train: str,
+                     build: Callable[[dict], Module]) -> Module:
+    """The network saved at `path` with its training report, in eval mode on the CPU, with
+    `.report` and `.path` set. `build(report)` makes the empty network from the recorded config
+    (and may refuse the report with a CheckpointError). Every problem is a CheckpointError that
+    says what to do."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"The {what} {path} does not exist; {how_to_train}.")
+    try:
+        report = read_report(path)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"The {what} {path} cannot be read ({e}); delete it and train again.")
+    if report.get("format") != file_format:
+        raise CheckpointError(f"{path} is not a StepFoley {what} (format {report.get('format')!r}, "
+                              f"expected {file_format!r}); delete it and train again.")
+    module = build(report)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the {what}'s layout ({e}); delete it and train again.")
+    module.report, module.path = report, path
+    return module.eval().requires_grad_(False)

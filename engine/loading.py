@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the loaders themselves are imported lazily, when a stack is
     from stepfoley.engine.codec.vae import VAEConfig
     from stepfoley.engine.features.clip import ClipConfig
     from stepfoley.engine.features.synchformer import SynchformerConfig
-    from stepfoley.engine.mmaudio import MMAudioConfig
+    from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
 MMAUDIO_VARIANTS = {
     # variant: (flow checkpoint, codec mode)
@@ -56,6 +56,19 @@ def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
                           "Run `stepfoley weights check DIR` to see what the directory holds.")
 
 
+def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """`net.load_weights`, with the advice a sound designer needs when the file does not fit:
+    which file the chosen model reads and, when the weights are another official model's, which."""
+    from stepfoley.engine.mmaudio import infer_preset
+
+    def advice() -> str:
+        other = infer_preset(state_dict)
+        return ("Check that the weights file belongs to the chosen model (for example "
+                "mmaudio_large_44k_v2.pth needs the large_44k_v2 model)."
+                + (f" These weights look like the '{other}' model." if other is not None else ""))
+    net.load_weights(state_dict, advice)
+
+
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
     from stepfoley.engine.checkpoints import load_state_dict_file
@@ -80,7 +93,7 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)
     net = MMAudio(config)
-    net.load_weights(load_state_dict_file(_checkpoint_path(weights_dir, stem)))
+    load_flow_weights(net, load_state_dict_file(_checkpoint_path(weights_dir, stem)))
     controlnet = None
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():

@@ -6,7 +6,7 @@ embedding (a CLAP): text fidelity is the cosine between the take and its caption
 the earlier layers the cosine between the take and their mix (x̃). A take's score is the first
 minus the second (only the first on a first layer).
 
-The only embedding shipped is the mini-world's (engine/evaluation/embedding.py), trained against
+The only embedding shipped is the mini-world's (engine/audio_embedding.py), trained against
 the embedded model's own text encoder: it judges the embedded model's sounds and nothing else.
 For any other model the takes stay in seed order, and the ranking says so (`ranked_by` "seed"
 and the reason): a ranking is never invented.
@@ -24,7 +24,7 @@ RANKED_BY_SEED = "seed"
 
 
 class Judge(Protocol):
-    """What ranking needs of an embedding (engine.evaluation.embedding.AudioEmbedding has it)."""
+    """What ranking needs of an embedding (engine.audio_embedding.AudioEmbedding has it)."""
 
     def embed_audio(self, tracks: Sequence[np.ndarray], sample_rate: int) -> np.ndarray: ...  # (K, D) unit rows
     def embed_text(self, captions: Sequence[str]) -> np.ndarray: ...  # (K, D) unit rows
@@ -74,7 +74,7 @@ def judge_for(model) -> tuple[Judge | None, str]:
     model's text encoder is the one the shipped embedding was trained against; the embedding is
     loaded from the file shipped with the package, never trained here (that takes minutes)."""
     from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-    from stepfoley.engine.evaluation.embedding import SHIPPED_PATH, load_audio_embedding
+    from stepfoley.engine.audio_embedding import SHIPPED_PATH, load_audio_embedding
 
     if not isinstance(model.text_encoder, EmbeddedTextEncoder):
         return None, (f"the model '{model.model_id}' has no embedding to judge its sounds with; "

@@ -350,7 +350,7 @@ def real_engine(tmp_path_factory):
     before its model, then is handed the real FoleyService (random weights, every line of the
     embedded model's path: picture features, guided sampling, decoding, finishing, the writer)."""
     from stepfoley.engine.features.cache import open_feature_cache
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.engine.service import build_service
 
     srv = EngineServer(None, ServerConfig(port=0, model="loading", device="cpu")).start()

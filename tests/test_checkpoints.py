@@ -90,11 +90,18 @@ def test_checkpoint_for_another_config_names_config_and_keys(tmp_path):
 
 
 def test_official_layout_in_the_wrong_model_names_the_right_one():
+    """The advice comes from the loader (engine.loading), not from the network."""
+    from stepfoley.engine.loading import load_flow_weights
+
     with torch.device("meta"):
         weights = MMAudio(MMAudioConfig.preset("small_44k")).state_dict()
         net = MMAudio(MMAudioConfig.preset("small_16k"))
-    with pytest.raises(CheckpointError, match="'small_16k'.*look like the 'small_44k' model"):
+    with pytest.raises(CheckpointError, match="'small_16k'.*mmaudio_large_44k_v2.pth needs the large_44k_v2 model"
+                                              r"\)\. These weights look like the 'small_44k' model\.$"):
+        load_flow_weights(net, weights)
+    with pytest.raises(CheckpointError) as caught:
         net.load_weights(weights)
+    assert "'small_16k'" in str(caught.value) and "Check that" not in str(caught.value)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

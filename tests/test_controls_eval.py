@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stepfoley.engine.evaluation import controls, stats
+from stepfoley.lab.evaluation import controls, stats
 
 SR = 16000
 

@@ -61,9 +61,9 @@ def test_demo_writes_both_soundtracks_and_never_reuses_a_run_folder(tmp_path, ca
 def test_similarity_to_earlier_tracks_in_the_demo_scores():
     """score_tracks on known audio: a copy of track 1 scores similarity 1 to it, and the true
     stem's text fidelity is the classifier's for that stem."""
-    from stepfoley.engine.demo import score_tracks
-    from stepfoley.engine.evaluation.runner import default_presence
-    from stepfoley.engine.miniworld import make_scene
+    from stepfoley.lab.demo import score_tracks
+    from stepfoley.lab.evaluation.runner import default_presence
+    from stepfoley.lab.miniworld import make_scene
     from stepfoley.engine.session import Track
 
     scene = make_scene(5, kinds=("rain", "bell"))

@@ -8,7 +8,7 @@ from stepfoley.engine.embedded.codec import MelCodec
 from stepfoley.engine.embedded.encoders import EmbeddedVideoEncoder, frames_from_hwc, sync_length
 from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, EmbeddedTextEncoder, basic_split
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
-from stepfoley.engine.miniworld import CAPTIONS, make_scene, single_source_clip, write_scene
+from stepfoley.lab.miniworld import CAPTIONS, make_scene, single_source_clip, write_scene
 
 
 # --- codec -----------------------------------------------------------------------------------------

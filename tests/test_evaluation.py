@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
-from stepfoley.engine.evaluation import metrics
-from stepfoley.engine.evaluation.spectra import SAMPLE_RATE
+from stepfoley.lab.evaluation import metrics
+from stepfoley.lab.evaluation.spectra import SAMPLE_RATE
 
 SR = SAMPLE_RATE
 
@@ -104,7 +104,7 @@ def text_encoder():
 
 @pytest.fixture(scope="module")
 def quick_embedding(tmp_path_factory, text_encoder):
-    from stepfoley.engine.evaluation.embedding import train_audio_embedding
+    from stepfoley.lab.evaluation.embedding import train_audio_embedding
 
     path = tmp_path_factory.mktemp("embedding") / "audio_embedding.safetensors"
     report = train_audio_embedding(path, seed=3, text_encoder=text_encoder, **QUICK)
@@ -114,7 +114,7 @@ def quick_embedding(tmp_path_factory, text_encoder):
 def test_training_is_deterministic_by_seed_and_saved_atomically(quick_embedding, tmp_path, text_encoder):
     from safetensors.torch import load_file
 
-    from stepfoley.engine.evaluation.embedding import train_audio_embedding
+    from stepfoley.lab.evaluation.embedding import train_audio_embedding
 
     path, report = quick_embedding
     again = tmp_path / "again.safetensors"
@@ -127,7 +127,7 @@ def test_training_is_deterministic_by_seed_and_saved_atomically(quick_embedding,
 
 
 def test_loaded_embedding_gives_unit_vectors_for_audio_and_any_caption(quick_embedding, text_encoder):
-    from stepfoley.engine.evaluation.embedding import load_audio_embedding
+    from stepfoley.lab.evaluation.embedding import load_audio_embedding
 
     embedding = load_audio_embedding(quick_embedding[0], text_encoder)
     audio = embedding.embed_audio([LOW, SILENCE, HIGH], SR)
@@ -144,7 +144,7 @@ def test_loaded_embedding_gives_unit_vectors_for_audio_and_any_caption(quick_emb
 
 
 def test_a_damaged_or_missing_embedding_file_is_a_checkpoint_error(tmp_path):
-    from stepfoley.engine.evaluation.embedding import load_audio_embedding
+    from stepfoley.lab.evaluation.embedding import load_audio_embedding
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_audio_embedding(tmp_path / "missing.safetensors")
@@ -158,7 +158,7 @@ def test_default_embedding_prefers_the_shipped_file_then_the_cache(quick_embeddi
                                                                    text_encoder):
     import shutil
 
-    from stepfoley.engine.evaluation import embedding as module
+    from stepfoley.lab.evaluation import embedding as module
 
     path, _ = quick_embedding
     monkeypatch.setattr(module, "SHIPPED_PATH", tmp_path / "shipped.safetensors")
@@ -174,7 +174,7 @@ def test_default_embedding_prefers_the_shipped_file_then_the_cache(quick_embeddi
 # -- paired bootstrap over scenes --
 
 def test_a_constant_difference_has_a_zero_width_interval_at_that_difference():
-    from stepfoley.engine.evaluation.stats import paired_bootstrap
+    from stepfoley.lab.evaluation.stats import paired_bootstrap
 
     a = [0.5, 0.7, 0.2, 0.9]
     result = paired_bootstrap(a, [x - 0.1 for x in a])
@@ -183,7 +183,7 @@ def test_a_constant_difference_has_a_zero_width_interval_at_that_difference():
 
 
 def test_bootstrap_interval_matches_the_normal_one_for_many_scenes_and_is_reproducible():
-    from stepfoley.engine.evaluation.stats import excludes_zero, paired_bootstrap
+    from stepfoley.lab.evaluation.stats import excludes_zero, paired_bootstrap
 
     rng = np.random.default_rng(1)
     b = rng.normal(size=400)
@@ -200,7 +200,7 @@ def test_bootstrap_interval_matches_the_normal_one_for_many_scenes_and_is_reprod
 
 
 def test_bootstrap_drops_scenes_missing_on_either_side_and_needs_pairs():
-    from stepfoley.engine.evaluation.stats import paired_bootstrap
+    from stepfoley.lab.evaluation.stats import paired_bootstrap
 
     result = paired_bootstrap([1.0, None, 3.0, float("nan")], [0.0, 2.0, None, 1.0])
     assert result == {"mean_diff": 1.0, "ci95": [1.0, 1.0], "n": 1}
@@ -217,7 +217,7 @@ QUICK_CLASSIFIER = dict(steps=2, batch_size=4, clips_per_kind=1, validation_clip
 
 @pytest.fixture(scope="module")
 def quick_classifier(tmp_path_factory):
-    from stepfoley.engine.evaluation.presence import train_source_presence
+    from stepfoley.lab.evaluation.presence import train_source_presence
 
     path = tmp_path_factory.mktemp("classifier") / "source_presence.safetensors"
     return path, train_source_presence(path, seed=2, **QUICK_CLASSIFIER)
@@ -226,7 +226,7 @@ def quick_classifier(tmp_path_factory):
 def test_presence_accuracy_counts_labels_examples_faint_kinds_and_single_sources():
     import torch
 
-    from stepfoley.engine.evaluation.presence import presence_accuracy
+    from stepfoley.lab.evaluation.presence import presence_accuracy
 
     labels = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
     faint = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
@@ -242,8 +242,8 @@ def test_presence_accuracy_counts_labels_examples_faint_kinds_and_single_sources
 def test_classifier_round_trip_gives_probabilities_and_silence_holds_nothing(quick_classifier, tmp_path):
     from safetensors.torch import load_file
 
-    from stepfoley.engine.evaluation.presence import load_source_presence, train_source_presence
-    from stepfoley.engine.miniworld import SOURCE_KINDS
+    from stepfoley.lab.evaluation.presence import load_source_presence, train_source_presence
+    from stepfoley.lab.miniworld import SOURCE_KINDS
 
     path, report = quick_classifier
     assert report["complete"] and report["training"]["seed"] == 2
@@ -260,7 +260,7 @@ def test_classifier_round_trip_gives_probabilities_and_silence_holds_nothing(qui
 
 
 def test_a_wrong_classifier_file_is_a_checkpoint_error(quick_embedding, tmp_path):
-    from stepfoley.engine.evaluation.presence import load_source_presence
+    from stepfoley.lab.evaluation.presence import load_source_presence
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_source_presence(tmp_path / "missing.safetensors")
@@ -269,8 +269,8 @@ def test_a_wrong_classifier_file_is_a_checkpoint_error(quick_embedding, tmp_path
 
 
 def test_the_shipped_classifier_names_each_kind_of_a_held_out_clip():
-    from stepfoley.engine.evaluation.presence import SHIPPED_PATH, load_source_presence
-    from stepfoley.engine.miniworld import SOURCE_KINDS, single_source_clip
+    from stepfoley.lab.evaluation.presence import SHIPPED_PATH, load_source_presence
+    from stepfoley.lab.miniworld import SOURCE_KINDS, single_source_clip
 
     classifier = load_source_presence(SHIPPED_PATH)
     assert classifier.report["validation"]["balanced_accuracy"] > 0.95
@@ -284,7 +284,7 @@ def test_the_shipped_classifier_names_each_kind_of_a_held_out_clip():
 # -- the runner's figures on a constructed take --
 
 def test_sequence_figures_read_separability_fidelity_and_leakage_from_their_sources():
-    from stepfoley.engine.evaluation.runner import TRACK_FIGURES, sequence_figures
+    from stepfoley.lab.evaluation.runner import TRACK_FIGURES, sequence_figures
     from stepfoley.engine.mixing import finish_stem
     from stepfoley.engine.session import Track
     from dataclasses import asdict
@@ -324,7 +324,7 @@ def _eval_argv(quick_embedding, quick_classifier, out, *extra):
 def test_stepfoley_eval_json_schema_on_one_scene_and_never_overwrites(quick_embedding, quick_classifier, tmp_path,
                                                                       capsys):
     from stepfoley.cli import main
-    from stepfoley.engine.evaluation.runner import TRACK_FIGURES
+    from stepfoley.lab.evaluation.runner import TRACK_FIGURES
 
     out = tmp_path / "eval.json"
     argv = _eval_argv(quick_embedding, quick_classifier, out)
@@ -371,7 +371,7 @@ def test_beta_sweep_rows_are_nag_at_each_beta(quick_embedding, quick_classifier,
 
 
 def test_evaluate_refuses_bad_settings_before_any_work():
-    from stepfoley.engine.evaluation.runner import MAX_SEED, Row, evaluate
+    from stepfoley.lab.evaluation.runner import MAX_SEED, Row, evaluate
 
     with pytest.raises(InvalidInputError, match="at least 2"):
         evaluate(None, 1, 0, k=1, embedding=object(), presence=object())
@@ -393,7 +393,7 @@ def _alpha_summaries(figures: dict) -> dict:
 
 
 def test_alpha_rule_takes_the_most_faithful_alpha_within_the_clipping_limit():
-    from stepfoley.engine.evaluation.calibration import pick_alpha
+    from stepfoley.lab.evaluation.calibration import pick_alpha
 
     summaries = _alpha_summaries({1.0: (0.30, 0.0), 2.0: (0.50, 0.0005), 3.0: (0.70, 0.01), 4.5: (0.60, 0.05)})
     assert pick_alpha(summaries)[0] == 2.0

@@ -363,7 +363,7 @@ def test_the_cli_default_size_is_the_engines():
 def test_a_restarted_engine_reuses_the_picture_features(tmp_path):
     """build_service's default cache through the session: the second engine never runs the
     video encoder for a region the first one saw."""
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.engine.pipeline import Region
     from stepfoley.engine.service import build_service
     from stepfoley.engine.session import StepSession, TrackSettings

@@ -14,7 +14,7 @@ from stepfoley.cli import main
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
 
     return write_scene(make_scene(20_000_004, duration=3.0), tmp_path_factory.mktemp("scene"))["video"]
 

@@ -45,7 +45,7 @@ def test_silence_stays_silent_and_the_ceiling_holds_at_full_scale():
 
 def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path):
     from stepfoley.engine.embedded.model import build_embedded_model
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.engine.service import FoleyService
     from stepfoley.engine.session import TrackSettings
 

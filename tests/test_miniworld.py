@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.miniworld import VARIANTS, CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
+from stepfoley.lab.miniworld import VARIANTS, CAPTIONS, SOURCE_KINDS, make_scene, single_source_clip, write_scene
 
 SPF = 640  # samples per frame: 16 kHz / 25 fps
 
@@ -170,7 +170,7 @@ def test_write_scene_round_trips_and_never_overwrites(tmp_path):
 
 
 def test_offscreen_and_partial_sources_are_heard_only_as_their_traits_say():
-    from stepfoley.engine.miniworld import PLAIN, SceneOptions
+    from stepfoley.lab.miniworld import PLAIN, SceneOptions
 
     always = SceneOptions(offscreen_prob=0.0, partial_prob=1.0, partial_fraction=(0.4, 0.4))
     scene = make_scene(11, kinds=("lamp", "rain"), options=always)
@@ -197,7 +197,7 @@ def test_offscreen_and_partial_sources_are_heard_only_as_their_traits_say():
 
 
 def test_variants_change_the_sound_and_the_caption_not_the_picture():
-    from stepfoley.engine.miniworld import PLAIN
+    from stepfoley.lab.miniworld import PLAIN
 
     gravel = make_scene(5, kinds=("walker",), options=PLAIN, variants=("gravel",))
     wood = make_scene(5, kinds=("walker",), options=PLAIN, variants=("wood",))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stepfoley.engine import mixing
-from stepfoley.engine.training.miniworld_data import (OFFSET_GRID_S, WINDOW_S, DataRecipe, EmbeddedData,
+from stepfoley.lab.training.miniworld_data import (OFFSET_GRID_S, WINDOW_S, DataRecipe, EmbeddedData,
                                                       _at_loudness, base_batches, build_embedded_data,
                                                       controlnet_batches, held_out_controlnet_losses,
                                                       window_offsets)
@@ -42,7 +42,7 @@ def test_targets_are_normalized_and_silence_is_dropped():
 
 
 def test_every_audible_source_of_a_window_leads_one_example(data, tiny):
-    from stepfoley.engine.miniworld import make_scene
+    from stepfoley.lab.miniworld import make_scene
 
     assert data.clip.shape[1:] == (64, 96) and data.latent.shape[1:] == (250, 40)
     assert len(data.clip) == RECIPE.scenes * RECIPE.windows_per_scene

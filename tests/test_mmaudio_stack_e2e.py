@@ -147,7 +147,7 @@ def write_flow_and_controlnet(root, variant: str, seed: int) -> MMAudio:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
 
     root = tmp_path_factory.mktemp("mmaudio-weights")
     for sub in ("weights", "ext_weights", "controlnets"):

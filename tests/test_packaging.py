@@ -37,12 +37,12 @@ def test_every_package_folder_is_listed_and_mapped_under_stepfoley():
 
 def test_the_old_top_level_names_are_not_importable_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for name in ("engine", "bridge", "benchmarks"):
+    for name in ("engine", "bridge", "benchmarks", "lab"):
         done = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=env,
                               capture_output=True, text=True)
         assert done.returncode != 0 and "No module named" in done.stderr, name
     done = subprocess.run([sys.executable, "-c", "import stepfoley.engine.sampler, stepfoley.bridge.client, "
-                           "stepfoley.bench.bench_sampler"], cwd=tmp_path, env=env, capture_output=True, text=True)
+                           "stepfoley.bench.bench_sampler, stepfoley.lab.miniworld"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 

@@ -5,7 +5,7 @@ service. A real mp4 of four coloured quadrants; the random-weight embedded model
 import numpy as np
 import pytest
 
-from stepfoley.engine.miniworld.writer import encode_mp4
+from stepfoley.lab.miniworld.writer import encode_mp4
 from stepfoley.engine.pipeline import PictureFocus, Region
 from stepfoley.engine.video import read_region
 from stepfoley.request import parse_request

@@ -22,7 +22,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def scene_video(tmp_path_factory):
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     paths = write_scene(make_scene(20_000_001, n_sources=3), tmp_path_factory.mktemp("scene"))
     return paths["video"]
 
@@ -77,7 +77,7 @@ def test_existing_bounce_at_another_rate_and_channels(tiny, scene_video):
 
 
 def test_long_region_is_windowed(tiny, tmp_path):
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     session = StepSession(tiny, Region(video, 0.0, 10.0))
     progress = []

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from stepfoley.engine.training.ema import PowerEMA, posthoc_ema, posthoc_weights, power_ema_beta, sigma_rel_to_gamma
-from stepfoley.engine.training.objectives import interpolate
-from stepfoley.engine.training.schedule import lr_multiplier
+from stepfoley.lab.training.ema import PowerEMA, posthoc_ema, posthoc_weights, power_ema_beta, sigma_rel_to_gamma
+from stepfoley.lab.training.objectives import interpolate
+from stepfoley.lab.training.schedule import lr_multiplier
 
 
 def test_schedule_warmup_then_two_drops():
@@ -60,7 +60,7 @@ def test_interpolation_endpoints():
 
 
 class ToyBatch:
-    """What train() reads of engine.training.objectives.Batch."""
+    """What train() reads of lab.training.objectives.Batch."""
 
     def __init__(self, latent, target):
         self.latent, self.target = latent, target
@@ -84,7 +84,7 @@ def toy_batches(seed: int, crash_after: int | None = None):
 
 
 def toy_training(work, init_seed: int, crash_after: int | None = None):
-    from stepfoley.engine.training.trainer import LossModule, TrainConfig, train
+    from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
 
     torch.manual_seed(init_seed)
     net = torch.nn.Linear(3, 2)

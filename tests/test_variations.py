@@ -24,7 +24,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def scene_video(tmp_path_factory):
-    from stepfoley.engine.miniworld import make_scene, write_scene
+    from stepfoley.lab.miniworld import make_scene, write_scene
     return write_scene(make_scene(20_000_002, n_sources=2), tmp_path_factory.mktemp("scene"))["video"]
 
 

@@ -1,6 +1,6 @@
 """The embedded default model: the project's MM-DiT, NAG ControlNet and loudness ControlNet at a
 small size, with cheap CPU encoders and a log-mel codec, trained on the mini-world
-(engine/training/embedded.py).
+(lab/training/embedded.py).
 
 Its weights ship inside the package (stepfoley_mini.safetensors, a few MB), so the engine runs
 on a CPU with nothing to download. `random_weights=True` builds the same model with random
@@ -130,8 +130,8 @@ def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet,
     defaults recorded with them (metadata "guidance_defaults"; the paper's when absent) and
     whether a loudness ControlNet was loaded."""
     tensors, meta = _read_weights(path)
-    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     advice = "The file is damaged or from another version; reinstall StepFoley or train the model again."
+    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
                 f"The ControlNet in {path} does not fit the embedded model's", advice)
     loudness_tensors = {k[9:]: v for k, v in tensors.items() if k.startswith("loudness.")}

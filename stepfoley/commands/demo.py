@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stepfoley.commands.runtime import feature_cache_from_arguments
-    from stepfoley.engine.demo import DEMO_SEED, run_demo
+    from stepfoley.lab.demo import DEMO_SEED, run_demo
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import load_runtime_model

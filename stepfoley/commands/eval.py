@@ -76,7 +76,7 @@ def _cell(value: dict | None, scale: float = 1.0) -> str:
 
 
 def _interval(comparison: dict, scale: float = 1.0, markdown: bool = False) -> str:
-    from stepfoley.engine.evaluation.stats import excludes_zero
+    from stepfoley.lab.evaluation.stats import excludes_zero
 
     if comparison["mean_diff"] is None:
         return "-"
@@ -209,8 +209,8 @@ def _networks(args: argparse.Namespace, model):
     ones (trained once into the cache if absent)."""
     import sys
 
-    from stepfoley.engine.evaluation.embedding import default_audio_embedding, load_audio_embedding
-    from stepfoley.engine.evaluation.presence import default_source_presence, load_source_presence
+    from stepfoley.lab.evaluation.embedding import default_audio_embedding, load_audio_embedding
+    from stepfoley.lab.evaluation.presence import default_source_presence, load_source_presence
 
     def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     if args.choose_alpha:
         print(format_alpha_table(report, args.markdown))
     elif args.controls:
-        from stepfoley.engine.evaluation.controls import format_controls
+        from stepfoley.lab.evaluation.controls import format_controls
 
         print(format_controls(report))
     else:
@@ -303,7 +303,7 @@ def _evaluate(args, model, embedding, presence, bar) -> dict:
     from dataclasses import replace
 
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.engine.evaluation.runner import MAIN_ROWS, beta_sweep_rows, evaluate
+    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, evaluate
 
     if args.beta_sweep is not None:
         if args.beta is not None:
@@ -317,7 +317,7 @@ def _evaluate(args, model, embedding, presence, bar) -> dict:
 
 
 def _controls(args, model, embedding, presence, bar) -> dict:
-    from stepfoley.engine.evaluation.controls import evaluate_controls
+    from stepfoley.lab.evaluation.controls import evaluate_controls
 
     return evaluate_controls(model, 48 if args.scenes is None else args.scenes, args.seed, takes=args.takes,
                              steps=args.steps, alpha=args.alpha, presence=presence,
@@ -328,7 +328,7 @@ def _choose_alpha(args, model, presence, bar) -> dict:
     from dataclasses import replace
 
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.engine.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
+    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
 
     if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
         raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
@@ -367,9 +367,9 @@ def _train(args: argparse.Namespace) -> int:
     bar = _Bar(f"training the {what}")
     try:
         if args.train_embedding:
-            from stepfoley.engine.evaluation.embedding import train_audio_embedding as train
+            from stepfoley.lab.evaluation.embedding import train_audio_embedding as train
         else:
-            from stepfoley.engine.evaluation.presence import train_source_presence as train
+            from stepfoley.lab.evaluation.presence import train_source_presence as train
         report = train(path, seed=args.seed, minutes=60.0, on_progress=bar)
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)

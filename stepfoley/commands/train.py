@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("controlnet", help="train a NAG ControlNet on top of official MMAudio weights")
     c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
     c.add_argument("--model", default=None, help="variant: small_16k, small_44k, medium_44k, large_44k, ...")
-    c.add_argument("--data", required=True, help="dataset list, JSON Lines (engine/training/features.py)")
+    c.add_argument("--data", required=True, help="dataset list, JSON Lines (lab/training/features.py)")
     c.add_argument("--work", required=True, help="folder for features, checkpoints and the log")
     c.add_argument("--out", default=None,
                    help="ControlNet file to write (default: WEIGHTS/controlnets/<variant>.safetensors)")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         device = choose_device(args.device)
         if args.what == "embedded":
             from stepfoley.engine.embedded.model import WEIGHTS_PATH
-            from stepfoley.engine.training.embedded import EmbeddedRecipe, train_embedded
+            from stepfoley.lab.training.embedded import EmbeddedRecipe, train_embedded
 
             recipe = EmbeddedRecipe()
             given = lambda overrides: {k: v for k, v in overrides.items() if v is not None}  # noqa: E731
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
-        from stepfoley.engine.training.controlnet import train_controlnet_on_mmaudio
+        from stepfoley.lab.training.controlnet import train_controlnet_on_mmaudio
 
         out = train_controlnet_on_mmaudio(
             weights_dir=Path(args.weights), variant=args.model, data_list=Path(args.data),

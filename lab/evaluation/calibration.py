@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from stepfoley.engine.evaluation import metrics, stats
-from stepfoley.engine.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, SCENE_SECONDS, PhaseClock,
+from stepfoley.lab.evaluation import metrics, stats
+from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, SCENE_SECONDS, PhaseClock,
                                                 SceneRun, StepProgress, check_number, default_presence,
                                                 generate_batch, tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError

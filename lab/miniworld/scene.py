@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 from .captions import scene_caption, source_captions
 from .sources import SOURCE_KINDS, VARIANTS, Clock
 from .synth import gate_to_samples

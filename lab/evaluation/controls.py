@@ -36,12 +36,12 @@ import torch
 
 from stepfoley.engine import audio_io
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation import metrics, stats
-from stepfoley.engine.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
+from stepfoley.lab.evaluation import metrics, stats
+from stepfoley.lab.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
                                                 SceneRun, default_embedding, default_presence, scene_seed, take_seed)
-from stepfoley.engine.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
+from stepfoley.lab.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
 from stepfoley.engine.loudness_curve import FLOOR_LUFS, curve_at, loudness_over_time
-from stepfoley.engine.miniworld.scene import PLAIN
+from stepfoley.lab.miniworld.scene import PLAIN
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus
 from stepfoley.engine.session import SEAM_S, StepSession, TrackSettings
 

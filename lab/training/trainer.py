@@ -19,8 +19,8 @@ import torch.distributed as dist
 
 from stepfoley.atomic import write_atomically
 from stepfoley.engine.devices import autocast_context
-from stepfoley.engine.training.ema import PowerEMA, posthoc_ema
-from stepfoley.engine.training.schedule import lr_multiplier
+from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
+from stepfoley.lab.training.schedule import lr_multiplier
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
           log: Callable[[str], None] = print) -> TrainResult:
     """Optimize `trainable` (a submodule of loss_module) for config.steps steps.
 
-    `batches` yields engine.training.objectives.Batch objects for this rank. Resumes from
+    `batches` yields lab.training.objectives.Batch objects for this rank. Resumes from
     checkpoint_dir/last.pt when it exists.
     """
     rank, world = distributed_context()

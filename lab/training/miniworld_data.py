@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loudness_curve import measured_condition
-from stepfoley.engine.training.objectives import Batch
+from stepfoley.lab.training.objectives import Batch
 
 WINDOW_S = 8.0
 # Window offsets on a 0.16 s grid: a whole number of video frames (40 ms) and of latent frames (32 ms).
@@ -155,8 +155,8 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
     """Everything one scene contributes, as a picklable dict: its windows' tensors and its
     examples (latent, window number within the scene or -1, caption)."""
     from stepfoley.engine.embedded.encoders import FRAME_SIZE, SYNC_FPS
-    from stepfoley.engine.miniworld import CAPTIONS, make_scene, scene_caption
-    from stepfoley.engine.miniworld.writer import encode_mp4
+    from stepfoley.lab.miniworld import CAPTIONS, make_scene, scene_caption
+    from stepfoley.lab.miniworld.writer import encode_mp4
     from stepfoley.engine.video import read_region
 
     rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, index, 271828]))
@@ -328,7 +328,7 @@ def held_out_controlnet_losses(net, controlnet, data: EmbeddedData, batch_size: 
     """The ControlNet's flow loss on held-out scenes with no condition (the base's u(V, ∅)), the
     condition from the same clip (what it is for), and a condition from another clip (it should
     not help), on the same noise and times: a paired comparison."""
-    from stepfoley.engine.training.objectives import controlnet_flow_loss
+    from stepfoley.lab.training.objectives import controlnet_flow_loss
 
     pairs = data.controlnet_pairs(held_out=True)
     if len(pairs) == 0:
@@ -357,7 +357,7 @@ def held_out_loudness_losses(net, loudness_control, data: EmbeddedData, batch_si
     """The loudness ControlNet's flow loss on held-out examples with no curve (the base alone),
     the target's own curve (what it is for) and another example's curve (it should not help), on
     the same noise and times: a paired comparison."""
-    from stepfoley.engine.training.objectives import loudness_flow_loss
+    from stepfoley.lab.training.objectives import loudness_flow_loss
 
     examples = held_out_examples(data)
     if len(examples) < 2:

@@ -1,7 +1,7 @@
 """Training the embedded default model on the mini-world, end to end:
 
 1. render long mini-world scenes and turn them into features in memory
-   (engine/training/miniworld_data.py: VGGSound-style captions, pairs of windows for NAG);
+   (lab/training/miniworld_data.py: VGGSound-style captions, pairs of windows for NAG);
 2. train the base network (video + caption -> a mixture the captioned sound leads; audio-text
    pairs with the empty video condition), as MMAudio is trained on VGGSound;
 3. freeze it and train the NAG ControlNet, a trainable copy of the blocks its residuals feed,
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from stepfoley.engine.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError, base_batches,
-                                                      build_embedded_data, controlnet_batches,
-                                                      held_out_controlnet_losses, held_out_loudness_losses)
-from stepfoley.engine.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
-from stepfoley.engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
+from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError, base_batches,
+                                                   build_embedded_data, controlnet_batches,
+                                                   held_out_controlnet_losses, held_out_loudness_losses)
+from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
+from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)

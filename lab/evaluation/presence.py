@@ -1,6 +1,6 @@
 """The source-presence classifier: which of the mini-world's source kinds a track holds.
 
-Text fidelity and leakage are read from it (engine.evaluation.runner): a track made for "rain"
+Text fidelity and leakage are read from it (lab.evaluation.runner): a track made for "rain"
 should hold rain (text fidelity = P(rain)) and none of the sources of the tracks before it
 (leakage = their mean probability).
 
@@ -30,14 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stepfoley.engine import mixing
+from stepfoley.engine import embedded, mixing
+from stepfoley.engine.audio_embedding import conv_trunk, pool_time_frequency
+from stepfoley.engine.checkpoints import config_from_report
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation import store
-from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, mel_power_torch, normalized_log_mel, to_eval_rate
-from stepfoley.engine.miniworld import SOURCE_KINDS, single_source_clip
+from stepfoley.lab.evaluation import store
+from stepfoley.lab.evaluation.spectra import SAMPLE_RATE, mel_power_torch, normalized_log_mel, to_eval_rate
+from stepfoley.lab.miniworld import SOURCE_KINDS, single_source_clip
 
 FORMAT = "stepfoley-source-presence-1"
-SHIPPED_PATH = Path(__file__).resolve().parents[1] / "embedded" / "source_presence.safetensors"
+SHIPPED_PATH = Path(embedded.__file__).resolve().with_name("source_presence.safetensors")
 # Clip seeds: disjoint from the base model's training seeds [0, 1e5), the evaluation and
 # development scenes [1e7, 1e8) and the evaluation embedding's clips [5e8, 6e8).
 CLIP_SEED_BASE = 700_000_000
@@ -75,12 +77,12 @@ class SourcePresence(nn.Module):
         self.config = config
         self.report: dict = {}
         self.path: Path | None = None
-        self.conv = store.conv_trunk(config.channels)
+        self.conv = conv_trunk(config.channels)
         self.classify = nn.Linear(2 * config.channels[-1], len(config.kinds))
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         # log_mel: (B, 1, M, T) -> logits (B, n_kinds)
-        return self.classify(store.pool_time_frequency(self.conv(log_mel)))
+        return self.classify(pool_time_frequency(self.conv(log_mel)))
 
     def kind_index(self, kind: str) -> int:
         return self.config.kinds.index(kind)
@@ -214,7 +216,7 @@ def load_source_presence(path: str | os.PathLike) -> SourcePresence:
     return store.load_with_report(
         path, FORMAT, "source-presence classifier",
         "train one with `stepfoley eval --train-classifier FILE`, or let `stepfoley eval` do it",
-        lambda report: SourcePresence(store.config_from_report(PresenceConfig, report)))
+        lambda report: SourcePresence(config_from_report(PresenceConfig, report)))
 
 
 def default_source_presence(cache: str | os.PathLike | None = None, seed: int = 0, minutes: float = 10.0,

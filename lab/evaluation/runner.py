@@ -46,10 +46,10 @@ import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation import metrics, stats
-from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, to_eval_rate
+from stepfoley.lab.evaluation import metrics, stats
+from stepfoley.lab.evaluation.spectra import SAMPLE_RATE, to_eval_rate
 from stepfoley.engine.guidance import GUIDANCE_METHODS
-from stepfoley.engine.miniworld import make_scene, write_scene
+from stepfoley.lab.miniworld import make_scene, write_scene
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, plan_windows
 
@@ -414,13 +414,13 @@ def tracks_per_scene(seeds: Sequence[int], k: int, duration: float = SCENE_SECON
 
 def default_embedding(model: FoleyModel):
     """The shipped evaluation embedding (trained once into the cache if absent)."""
-    from stepfoley.engine.evaluation.embedding import default_audio_embedding
+    from stepfoley.lab.evaluation.embedding import default_audio_embedding
 
     return default_audio_embedding(text_encoder=model.text_encoder)
 
 
 def default_presence():
     """The shipped source-presence classifier (trained once into the cache if absent)."""
-    from stepfoley.engine.evaluation.presence import default_source_presence
+    from stepfoley.lab.evaluation.presence import default_source_presence
 
     return default_source_presence()

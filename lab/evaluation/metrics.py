@@ -20,7 +20,7 @@ import numpy as np
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation.spectra import SAMPLE_RATE, mel_power, power_to_db
+from stepfoley.lab.evaluation.spectra import SAMPLE_RATE, mel_power, power_to_db
 
 # Stevens' power law: perceived loudness grows about as intensity^0.3, so envelopes are
 # compared on mel power ** 0.3.

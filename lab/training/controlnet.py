@@ -11,9 +11,9 @@ import torch
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
 from stepfoley.engine.loading import load_foley_model
-from stepfoley.engine.training.features import FeatureSet, controlnet_batches, extract_features, read_dataset_list
-from stepfoley.engine.training.objectives import controlnet_flow_loss
-from stepfoley.engine.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
+from stepfoley.lab.training.features import FeatureSet, controlnet_batches, extract_features, read_dataset_list
+from stepfoley.lab.training.objectives import controlnet_flow_loss
+from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,

@@ -1,12 +1,7 @@
-"""The mini-world's CLAP: an audio embedding trained contrastively against caption embeddings,
-so one space gives both audio-audio (separability) and text-audio (text fidelity) similarity.
-
-Audio tower: a small CNN over the 16 kHz log-mel of evaluation.spectra, pooled over time and
-frequency, projected and L2-normalized. Text tower: the sentence vector of the embedded
-model's text encoder (all-MiniLM-L6-v2, frozen, from engine/embedded/text.py) through a
-learned linear projection, L2-normalized. MiniLM's weights come pinned from a package, so the
-tower cannot drift when the embedded flow model is retrained; any caption can be embedded,
-not only the mini-world's paraphrases.
+"""Training the mini-world's CLAP: an audio embedding trained contrastively against caption
+embeddings, so one space gives both audio-audio (separability) and text-audio (text fidelity)
+similarity. The network, its input view and its loader are the engine's
+(engine/audio_embedding.py), because ranking judges takes with it when serving.
 
 Training (CPU, a few minutes) uses single-source clips only: random 2-4 s crops, each
 contrasted against every mini-world caption at once (all paraphrases of all kinds; the
@@ -21,33 +16,21 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.evaluation import store
-from stepfoley.engine.evaluation.spectra import FRAMES_PER_SECOND, mel_power_torch, normalized_log_mel, to_eval_rate
-from stepfoley.engine.miniworld import CAPTIONS, SOURCE_KINDS, single_source_clip
+from stepfoley.engine.audio_embedding import (FORMAT, HOW_TO_TRAIN, SHIPPED_PATH, WHAT, AudioEmbedding,
+                                              AudioEmbeddingConfig, embedding_from_report)
+from stepfoley.lab.evaluation import store
+from stepfoley.lab.evaluation.spectra import FRAMES_PER_SECOND, mel_power_torch, normalized_log_mel
+from stepfoley.lab.miniworld import CAPTIONS, SOURCE_KINDS, single_source_clip
 
-FORMAT = "stepfoley-audio-embedding-1"
-TEXT_TOWER = "minilm-sentence+linear"
-SHIPPED_PATH = Path(__file__).resolve().parents[1] / "embedded" / "audio_embedding.safetensors"
 # Clip seeds far from the base model's training seeds [0, 1e5) and the eval scenes (1e7 + ...).
 CLIP_SEED_BASE = 500_000_000
 VALIDATION_CLIPS_PER_KIND = 3
-
-
-@dataclass(frozen=True)
-class AudioEmbeddingConfig:
-    kinds: tuple = tuple(sorted(SOURCE_KINDS))
-    channels: tuple = (8, 16, 32, 64)
-    embed_dim: int = 128
-    text_dim: int = 384       # EmbeddedTextEncoder.sentence_embedding
-    text_tower: str = TEXT_TOWER
 
 
 @dataclass(frozen=True)
@@ -66,71 +49,6 @@ def _all_captions(kinds: tuple) -> tuple[list[str], torch.Tensor]:
     captions = [(k, c) for k, kind in enumerate(kinds) for c in CAPTIONS[kind]]
     return [c for _, c in captions], torch.tensor([k for k, _ in captions])
 
-
-class AudioEmbedding(nn.Module):
-    def __init__(self, config: AudioEmbeddingConfig, text_encoder=None):
-        super().__init__()
-        self.config = config
-        self._text_encoder = text_encoder  # not a submodule: its weights are not saved here
-        self.report: dict = {}  # the training report, once loaded from a file
-        self.path: Path | None = None
-        self.conv = store.conv_trunk(config.channels)
-        self.project = nn.Linear(2 * config.channels[-1], config.embed_dim)
-        self.text_project = nn.Linear(config.text_dim, config.embed_dim)
-        self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
-
-    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
-        # log_mel: (B, 1, M, T) -> (B, D), unit length
-        pooled = store.pool_time_frequency(self.conv(log_mel))   # (B, 2C)
-        return F.normalize(self.project(pooled), dim=-1)
-
-    @property
-    def text_encoder(self):
-        if self._text_encoder is None:
-            from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-
-            self._text_encoder = EmbeddedTextEncoder()
-        return self._text_encoder
-
-    def sentence_vectors(self, captions: Sequence[str]) -> torch.Tensor:
-        """Frozen MiniLM sentence vectors (B, text_dim), on the CPU."""
-        return self.text_encoder.sentence_embedding(list(captions)).float().cpu().clone()
-
-    def project_text(self, sentence_vectors: torch.Tensor) -> torch.Tensor:
-        # sentence_vectors: (B, text_dim) -> (B, D), unit length
-        return F.normalize(self.text_project(sentence_vectors), dim=-1)
-
-    def description(self) -> dict:
-        """What to record next to figures measured with this embedding."""
-        return {"path": str(self.path) if self.path else None, "text_tower": self.config.text_tower,
-                "training_seed": self.report.get("training", {}).get("seed"),
-                "steps_done": self.report.get("steps_done"), "validation": self.report.get("validation", {})}
-
-    # -- numpy API for the metrics --
-
-    @torch.inference_mode()
-    def embed_audio(self, tracks: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-        """Mono tracks (each (S,), any lengths of at least 0.1 s) -> (K, D) float64, unit rows."""
-        rows = []
-        for samples in tracks:
-            wave = to_eval_rate(np.asarray(samples, np.float32), sample_rate)
-            if len(wave) < 1600:
-                raise InvalidInputError(f"A track of {len(wave)} samples is too short to evaluate; "
-                                        "the evaluation needs at least 0.1 s of audio.")
-            mel = mel_power_torch(torch.from_numpy(np.ascontiguousarray(wave))[None])
-            rows.append(self(normalized_log_mel(mel))[0])
-        return torch.stack(rows).double().numpy()
-
-    @torch.inference_mode()
-    def embed_text(self, captions: Sequence[str]) -> np.ndarray:
-        """Captions -> (K, D) float64, unit rows."""
-        captions = list(captions)
-        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
-            raise InvalidInputError("Every track needs a non-empty caption to measure text fidelity against.")
-        return self.project_text(self.sentence_vectors(captions)).double().numpy()
-
-
-# -- training --
 
 def _clip_pool(config: TrainingConfig, kinds: tuple, first: int, count: int) -> torch.Tensor:
     """Log-mel of `count` single-source clips per kind: (n_kinds, count, 1, M, T)."""
@@ -183,7 +101,7 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
     `overrides`: TrainingConfig fields (steps, clips_per_kind, ...), e.g. for a quick test.
     Returns the training report also stored in the file's metadata."""
     out_path = Path(out_path)
-    config = AudioEmbeddingConfig()
+    config = AudioEmbeddingConfig(kinds=tuple(sorted(SOURCE_KINDS)))
     training = TrainingConfig(seed=int(seed), **overrides)
     torch.manual_seed(training.seed)
     generator = torch.Generator().manual_seed(training.seed)
@@ -211,13 +129,11 @@ def train_audio_embedding(out_path: str | os.PathLike, seed: int = 0, minutes: f
 
 
 def load_audio_embedding(path: str | os.PathLike, text_encoder=None) -> AudioEmbedding:
-    """The evaluation embedding saved by train_audio_embedding, in eval mode on the CPU.
-    `text_encoder`: an EmbeddedTextEncoder already loaded (e.g. the model's), else one is
-    loaded on first use."""
-    return store.load_with_report(
-        path, FORMAT, "evaluation embedding",
-        "train one with stepfoley.engine.evaluation.embedding.train_audio_embedding, or let `stepfoley eval` do it",
-        lambda report: AudioEmbedding(store.config_from_report(AudioEmbeddingConfig, report), text_encoder))
+    """engine.audio_embedding.load_audio_embedding, refusing an embedding trained on other source
+    kinds than the mini-world has now. `text_encoder`: an EmbeddedTextEncoder already loaded
+    (e.g. the model's), else one is loaded on first use."""
+    return store.load_with_report(path, FORMAT, WHAT, HOW_TO_TRAIN,
+                                  lambda report: embedding_from_report(report, text_encoder))
 
 
 def default_audio_embedding(text_encoder=None, cache: str | os.PathLike | None = None, seed: int = 0,

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from stepfoley import atomic
 
-from ..errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 from .scene import Scene
 
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from stepfoley.atomic import write_atomically
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.training.objectives import Batch
+from stepfoley.lab.training.objectives import Batch
 
 
 def read_dataset_list(path: str | Path) -> list[dict]:

@@ -20,10 +20,10 @@ from typing import Callable
 
 
 from stepfoley.engine import audio_io, mixing
-from stepfoley.engine.evaluation import metrics
+from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
-from stepfoley.engine.miniworld import make_scene
-from stepfoley.engine.miniworld.writer import write_atomically, encode_mp4
+from stepfoley.lab.miniworld import make_scene
+from stepfoley.lab.miniworld.writer import write_atomically, encode_mp4
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.session import StepSession, TrackSettings
 from stepfoley.engine.spectrogram import spectrogram_image
@@ -64,7 +64,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
              on_step: Callable[[int, int], None] | None = None,
              feature_cache: FeatureCache | None = None) -> DemoResult:
     """`feature_cache` None: one in memory for this run."""
-    from stepfoley.engine.evaluation.runner import default_embedding, default_presence, stems_at
+    from stepfoley.lab.evaluation.runner import default_embedding, default_presence, stems_at
 
     t_start = time.perf_counter()
     scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
