@@ -69,12 +69,11 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
     text_encoder = EmbeddedTextEncoder()
     net = MMAudio(embedded_net_config(codec))
     controlnet = AudioControlNet(controlnet_config(net))
-    loudness = AudioControlNet(loudness_config(net))
+    loudness = None  # random weights have none: a random curve reader would only scramble the sound
     if random_weights:
         net.initialize_weights()
         _randomize(net, seed=0)
         _randomize(controlnet, seed=1)
-        _randomize(loudness, seed=2)
         with torch.no_grad():
             net.latent_mean.zero_()
             net.latent_std.fill_(1.0)
@@ -82,6 +81,7 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
         defaults = GuidanceDefaults()
     else:
         path = Path(weights_path or WEIGHTS_PATH)
+        loudness = AudioControlNet(loudness_config(net))
         model_id, defaults, has_loudness = load_embedded_weights(path, net, controlnet, loudness)
         loudness = loudness if has_loudness else None
         note = ""

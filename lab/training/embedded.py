@@ -148,7 +148,7 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     work_dir.mkdir(parents=True, exist_ok=True)
     _, meta = _read_weights(weights_path)
     shipped = json.loads(meta.get("recipe", "{}"))
-    if shipped.get("data", asdict(recipe.data)) != asdict(recipe.data):
+    if shipped.get("data") != json.loads(json.dumps(asdict(recipe.data))):  # as stored: tuples are lists
         log("note: the weights were trained on another data recipe than the one the loudness ControlNet learns from")
     model = build_embedded_model(weights_path=weights_path, device=device)
     net = model.net

@@ -352,6 +352,7 @@ def held_out_examples(data: EmbeddedData) -> torch.Tensor:
     return on_picture[data.held_out[data.window[on_picture]]]
 
 
+@torch.no_grad()
 def held_out_loudness_losses(net, loudness_control, data: EmbeddedData, batch_size: int = 16,
                              seed: int = 4321) -> dict[str, float]:
     """The loudness ControlNet's flow loss on held-out examples with no curve (the base alone),
