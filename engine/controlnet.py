@@ -1,4 +1,5 @@
-"""The NAG ControlNet: the audio-conditioned flow estimator u_psi(x_t, t, V, ∅, x̃) of Eq. 9.
+"""The NAG ControlNet: the audio-conditioned flow estimator u_psi(x_t, t, V, ∅, x̃) of Eq. 9;
+and, built the same way, the embedded model's loudness ControlNet, which reads a loudness curve.
 
 Paper Sec. 4.2 / Fig. 3, in the style of the Stable Diffusion 3.5 ControlNet: the audio
 condition x̃ (the normalized latent of the tracks made so far) gets its own input projection,
@@ -10,6 +11,10 @@ Linear(H, H), is added to the base's audio hidden state after base block i.
 Both the condition projection and the residual projections start at zero, so an untrained
 ControlNet changes nothing: u_psi(V, ∅, x̃) = u_theta(V, ∅) exactly. The base network is passed
 in at every call and is not a submodule: it is never saved with, or trained by, the ControlNet.
+
+The condition is x̃'s latent (condition_dim = the latent's channels) for NAG, or one value per
+latent frame (condition_dim 1: engine.loudness_curve.loudness_condition) for the loudness
+ControlNet, Draw an Audio's time-loudness condition for a network trained without one.
 """
 from __future__ import annotations
 
@@ -47,6 +52,9 @@ class ControlNetConfig:
     mlp_ratio: float
     latent_dim: int
     base_config: str  # base_config_id() of the base network it was made for
+    # channels of the condition per latent frame; None: the latent's (x̃, the NAG ControlNet).
+    # Configs stored before this field existed are NAG ControlNets.
+    condition_dim: int | None = None
 
     def __post_init__(self):
         if self.depth < 1:
@@ -56,9 +64,14 @@ class ControlNetConfig:
                 f"ControlNet hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}."
             )
 
+    @property
+    def condition_channels(self) -> int:
+        return self.condition_dim or self.latent_dim
+
     @classmethod
-    def for_base(cls, base: MMAudioConfig, depth: int = 4) -> "ControlNetConfig":
-        """A ControlNet shaped like `base` (same width, heads, MLP ratio and latent channels)."""
+    def for_base(cls, base: MMAudioConfig, depth: int = 4, condition_dim: int | None = None) -> "ControlNetConfig":
+        """A ControlNet shaped like `base` (same width, heads, MLP ratio and latent channels),
+        reading a condition of `condition_dim` channels per frame (None: an audio latent)."""
         if depth > base.depth:
             raise InvalidInputError(
                 f"A ControlNet of depth {depth} has more blocks than the base {base.describe()}."
@@ -70,6 +83,7 @@ class ControlNetConfig:
             mlp_ratio=base.mlp_ratio,
             latent_dim=base.latent_dim,
             base_config=base_config_id(base),
+            condition_dim=condition_dim,
         )
 
 
@@ -78,9 +92,9 @@ class AudioControlNet(nn.Module):
         super().__init__()
         self.config = config
         H = config.hidden_dim
-        # x̃ -> (B, N, H); a k=7 conv sees as much context as the base's own latent projection.
+        # condition -> (B, N, H); a k=7 conv sees as much context as the base's own latent projection.
         self.audio_cond_proj = nn.Sequential(
-            ChannelLastConv1d(config.latent_dim, H, kernel_size=7, padding=3),
+            ChannelLastConv1d(config.condition_channels, H, kernel_size=7, padding=3),
             nn.SiLU(),
             nn.Linear(H, H),
         )
@@ -107,11 +121,11 @@ class AudioControlNet(nn.Module):
             nn.init.zeros_(zero_linear.bias)
 
     @classmethod
-    def from_base(cls, base: MMAudio, depth: int = 4) -> "AudioControlNet":
+    def from_base(cls, base: MMAudio, depth: int = 4, condition_dim: int | None = None) -> "AudioControlNet":
         """A fresh ControlNet whose block i starts as a copy of the base's audio-stream block i,
         the one its residual i feeds (ControlNet's "trainable copy": the audio stream of a joint
         block, then the fused blocks); the zero projections still make it a no-op."""
-        controlnet = cls(ControlNetConfig.for_base(base.config, depth))
+        controlnet = cls(ControlNetConfig.for_base(base.config, depth, condition_dim))
         for block, source in zip(controlnet.blocks, base_audio_blocks(base)):
             block.load_state_dict(source.state_dict())
         return controlnet.to(base.device)
@@ -124,16 +138,18 @@ class AudioControlNet(nn.Module):
                 "this model."
             )
 
-    def embed_audio_condition(self, audio_latent: Tensor) -> Tensor:
+    def embed_condition(self, condition: Tensor) -> Tensor:
         """The condition's projection (B, N, H); step-invariant, so samplers compute it once."""
-        # audio_latent: (B, N, C) normalized
-        if audio_latent.ndim != 3 or audio_latent.shape[-1] != self.config.latent_dim:
+        # condition: (B, N, condition_channels): x̃'s normalized latent, or a loudness curve
+        channels = self.config.condition_channels
+        if condition.ndim != 3 or condition.shape[-1] != channels:
+            what = ("audio condition latent", "Was it encoded by this model's codec?") \
+                if self.config.condition_dim is None else ("loudness condition", "")
             raise InvalidInputError(
-                f"The audio condition latent has shape {list(audio_latent.shape)}, but this "
-                f"ControlNet expects (batch, frames, {self.config.latent_dim}). Was it encoded by "
-                "this model's codec?"
+                f"The {what[0]} has shape {list(condition.shape)}, but this ControlNet expects "
+                f"(batch, frames, {channels}). {what[1]}".rstrip()
             )
-        return self.audio_cond_proj(audio_latent)
+        return self.audio_cond_proj(condition)
 
     def forward(
         self,
@@ -147,8 +163,9 @@ class AudioControlNet(nn.Module):
     ) -> list[Tensor]:
         """Residuals for the base's first `depth` blocks, each (B, N, H).
 
-        `conditions` are the base's preprocessed conditions of the audio branch (video, empty
-        caption). `audio_features` may carry a precomputed `embed_audio_condition(audio_latent)`,
+        `conditions` are the base's preprocessed conditions of the branch it steers (NAG: video,
+        empty caption). `audio_latent` is the condition (x̃, or the loudness curve);
+        `audio_features` may carry a precomputed `embed_condition(audio_latent)`,
         `latent_embedding` the base's `embed_latent(latent)` (the sampler shares it with the
         base's own rows).
         """
@@ -157,7 +174,7 @@ class AudioControlNet(nn.Module):
         self.check_base(base)
         _keep_frozen(base)
         if audio_features is None:
-            audio_features = self.embed_audio_condition(audio_latent)
+            audio_features = self.embed_condition(audio_latent)
         if audio_features.shape[1] != N:
             raise InvalidInputError(
                 f"The audio condition covers {audio_features.shape[1]} latent frames but the "

@@ -1,8 +1,9 @@
 """A loudness curve (the request's `loudness_curve`) applied to a generated track as gain
 automation: the track's short-term loudness is measured, a smoothed gain brings it onto the
 curve, and the true-peak limiter has the last word. No loudness normalization: the curve sets
-the absolute level. Every model gets it this way; none has learned the curve as a condition
-(the embedded model would need retraining for that), and the track's metadata says so.
+the absolute level. Every model gets it this way; a model with a loudness ControlNet (the
+embedded one) has also generated the track with the curve as a condition
+(`loudness_condition`, the same measure per latent frame), and the track's metadata says which.
 
 The loudness the curve speaks is BS.1770's K-weighted loudness over 400 ms windows (EBU
 R128's momentary window: a curve drawn over an 8 s region changes faster than the 3 s
@@ -32,6 +33,10 @@ MAX_BOOST_DB, MAX_CUT_DB = 30.0, 60.0
 # windows changed.
 PASSES = 3
 APPLIED_AS = "gain automation"
+LEARNED_AND_APPLIED_AS = "learned condition, then gain automation"
+# The loudness condition's scale: the stem level reads 0 and 10 dB reads 1, so the network's
+# input stays within about -5 (the absolute gate) and 2.
+CONDITION_CENTRE_LUFS, CONDITION_DB_PER_UNIT = mixing.STEM_LUFS, 10.0
 
 
 def _k_weighted(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -66,6 +71,33 @@ def curve_at(curve: Sequence[tuple[float, float]], times: np.ndarray) -> np.ndar
     """The curve (seconds, dB) at `times`: straight lines between points, level beyond the ends."""
     points = np.asarray(curve, np.float64)
     return np.interp(times, points[:, 0], points[:, 1])
+
+
+def loudness_condition(lufs: np.ndarray) -> np.ndarray:
+    """Loudness values (LUFS, any shape) on the loudness ControlNet's input scale, float32."""
+    return ((np.maximum(lufs, FLOOR_LUFS) - CONDITION_CENTRE_LUFS) / CONDITION_DB_PER_UNIT).astype(np.float32)
+
+
+def latent_frame_centres(n_frames: int, frame_s: float, start_s: float = 0.0) -> np.ndarray:
+    """The instants (n_frames,) in seconds that the latent frames (each `frame_s` long) of a
+    window starting at `start_s` stand for: the middle of each frame."""
+    return start_s + (np.arange(n_frames) + 0.5) * frame_s
+
+
+def measured_condition(samples: np.ndarray, sample_rate: int, n_frames: int) -> np.ndarray:
+    """The loudness condition (n_frames,) of audio (S,) as it is, its latent frames spread over
+    it: what the network learns to follow (training) is what a curve asks for at inference
+    (`curve_condition`)."""
+    times, lufs = loudness_over_time(samples, sample_rate)
+    centres = latent_frame_centres(n_frames, len(samples) / sample_rate / n_frames)
+    return loudness_condition(np.interp(centres, times, lufs))
+
+
+def curve_condition(curve: Sequence[tuple[float, float]], n_frames: int, frame_s: float,
+                    start_s: float = 0.0) -> np.ndarray:
+    """The loudness condition (n_frames,) that a curve (seconds from the region start, LUFS)
+    asks of the latent frames of a window starting `start_s` seconds into the region."""
+    return loudness_condition(curve_at(curve, latent_frame_centres(n_frames, frame_s, start_s)))
 
 
 def _smooth(values: np.ndarray) -> np.ndarray:

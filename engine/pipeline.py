@@ -127,6 +127,9 @@ class FoleyModel:
     video_encoder: VideoEncoder
     text_encoder: TextEncoder
     controlnet: torch.nn.Module | None = None  # engine.controlnet.AudioControlNet
+    # an AudioControlNet reading a loudness curve (condition_dim 1): the model generates a track
+    # with a loudness curve following it, before the gain automation every model gets
+    loudness_control: torch.nn.Module | None = None
     max_duration: float = 8.0  # the network was trained on 8 s windows
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "auto"  # engine.devices.autocast_context: bf16 on CUDA, fp32 elsewhere
@@ -156,7 +159,8 @@ class FoleyModel:
 
     def to(self, device: torch.device) -> "FoleyModel":
         """Move every part that holds tensors; encoders without `.to` stay where they are."""
-        for part in (self.net, self.controlnet, self.codec, self.video_encoder, self.text_encoder):
+        for part in (self.net, self.controlnet, self.loudness_control, self.codec, self.video_encoder,
+                     self.text_encoder):
             if part is not None and hasattr(part, "to"):
                 part.to(device)
         self.device = torch.device(device)

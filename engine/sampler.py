@@ -158,6 +158,8 @@ def guided_velocity(
     *,
     audio_latent: Tensor | None = None,
     controlnet=None,
+    loudness: Tensor | None = None,
+    loudness_control=None,
 ) -> VelocityFn:
     """The guided velocity of one generation, as a `velocity_fn(t, x)` for `euler_sample`.
 
@@ -167,12 +169,16 @@ def guided_velocity(
     conditions    branch name -> PreprocessedConditions of batch B or 1 (`branch_conditions`).
     audio_latent  (B or 1, N, C): the normalized latent the "audio" branch hears through
                   `controlnet` (x̃ for NAG, the reference for method "reference").
+    loudness      (B or 1, N, 1): the loudness curve (engine.loudness_curve.curve_condition)
+                  the "cond" branch follows through `loudness_control`, a model's loudness
+                  ControlNet; None: no curve.
 
     All branches start from the same x, so the audio input projection (about a tenth of a
-    forward) is computed once per step for every row and the ControlNet. Rows of the single
-    forward per step are branch-major in BRANCHES order (B items each); the ControlNet's
-    residuals are added to the "audio" rows (last) and zeros to the others. The conditions are
-    concatenated once per batch size, not per step.
+    forward) is computed once per step for every row and the ControlNets. Rows of the single
+    forward per step are branch-major in BRANCHES order (B items each); a ControlNet's residuals
+    are added to the rows of the branch it steers (NAG's to "audio", the loudness one's to
+    "cond") and zeros to the others. The conditions are concatenated once per batch size, not
+    per step.
     """
     names = method.branches
     missing = [b for b in names if b not in conditions]
@@ -183,7 +189,9 @@ def guided_velocity(
             raise InvalidInputError(f"The guidance strength {name} must be a finite number, got "
                                     f"{getattr(weights, name)!r}.")
     batched = _BatchedConditions(*(conditions[b] for b in names))
-    audio = None
+    # (branch it steers, ControlNet, its condition, the condition's projection, the branch's
+    # conditions); a condition's projection does not depend on x or t: once per generation.
+    steering = []
     if method.needs_controlnet:
         if controlnet is None:
             raise InvalidInputError(
@@ -191,30 +199,35 @@ def guided_velocity(
                 "loaded. Load a ControlNet made for this model, or use a method without audio.")
         if audio_latent is None:
             raise InvalidInputError(f"Guidance '{method.name}' needs an audio condition (existing tracks or a reference).")
-        # The audio condition's own projection does not depend on x or t: once per generation.
-        audio = (_BatchedConditions(conditions["audio"]), audio_latent, controlnet.embed_audio_condition(audio_latent))
-    zero_rows: dict[int, Tensor] = {}
+        steering.append(("audio", controlnet, audio_latent, controlnet.embed_condition(audio_latent),
+                         _BatchedConditions(conditions["audio"])))
+    if loudness is not None:
+        if loudness_control is None:
+            raise InvalidInputError("This model has no loudness ControlNet to follow a loudness curve with.")
+        steering.append(("cond", loudness_control, loudness, loudness_control.embed_condition(loudness),
+                         _BatchedConditions(conditions["cond"])))
+    zero_rows: dict[tuple[int, int], Tensor] = {}
 
     def velocity(t: Tensor, x: Tensor) -> Tensor:
         # x: (B, N, C) -> rows, one group of B per branch: (len(names) * B, N, C)
         B, N, _ = x.shape
-        rows = len(names)
-        embedded = net.embed_latent(x)  # (B, N, H), shared by every branch and the ControlNet
+        embedded = net.embed_latent(x)  # (B, N, H), shared by every branch and the ControlNets
         control = None
-        if audio is not None:
-            audio_conditions, audio_latent_, audio_features = audio
-            if audio_features.shape[0] not in (1, B):
-                raise InvalidInputError(
-                    f"The audio condition has {audio_features.shape[0]} items but {B} sounds are being "
-                    "made; give one condition for all of them, or one per sound.")
-            residuals = controlnet(
-                x, _times(t, B), audio_conditions(B), audio_latent_, base=net,
-                audio_features=audio_features.expand(B, -1, -1), latent_embedding=embedded)
-            if residuals and B not in zero_rows:
-                zero_rows[B] = x.new_zeros(((rows - 1) * B, N, residuals[0].shape[-1]))
-            control = [torch.cat([zero_rows[B], r]) if rows > 1 else r for r in residuals]
-        flows = net.predict_flow(torch.cat([x] * rows), _times(t, rows * B), batched(B), control=control,
-                                 latent_embedding=torch.cat([embedded] * rows))
+        if steering:
+            residuals = {}
+            for branch, steer, condition, features, branch_conditions_ in steering:
+                if features.shape[0] not in (1, B):
+                    raise InvalidInputError(
+                        f"A condition has {features.shape[0]} items but {B} sounds are being made; give one "
+                        "condition for all of them, or one per sound.")
+                residuals[branch] = steer(x, _times(t, B), branch_conditions_(B), condition, base=net,
+                                          audio_features=features.expand(B, -1, -1), latent_embedding=embedded)
+            zeros = zero_rows.setdefault((B, N), x.new_zeros((B, N, embedded.shape[-1])))
+            depth = max(len(r) for r in residuals.values())
+            control = [torch.cat([residuals[name][i] if name in residuals and i < len(residuals[name]) else zeros
+                                  for name in names]) for i in range(depth)]
+        flows = net.predict_flow(torch.cat([x] * len(names)), _times(t, len(names) * B), batched(B),
+                                 control=control, latent_embedding=torch.cat([embedded] * len(names)))
         return method.combine({name: flows[i * B:(i + 1) * B] for i, name in enumerate(names)}, weights)
 
     return velocity

@@ -32,7 +32,7 @@ from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
-from stepfoley.engine.loudness_curve import follow_curve
+from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, known_latent,
                                       time_grid)
@@ -79,7 +79,8 @@ class TrackSettings:
     steps: int | None = None
     negative_caption: str = ""
     # (seconds of picture from the region's start, LUFS): the track follows it as gain
-    # automation (engine.loudness_curve) instead of being loudness-normalized
+    # automation (engine.loudness_curve) instead of being loudness-normalized, and a model with a
+    # loudness ControlNet generates it with the curve as a condition
     loudness_curve: tuple[tuple[float, float], ...] | None = None
 
     @classmethod
@@ -264,6 +265,9 @@ class StepSession:
             raise InvalidInputError("Takes made together must share the method, the guidance strengths and the steps.")
         if len({c is None for c in conditions}) > 1:
             raise InvalidInputError("Either every take made together hears an audio condition, or none does.")
+        if len({s.loudness_curve is None for s in settings}) > 1:
+            raise InvalidInputError("Either every take made together follows a loudness curve, or none does.")
+        learned_loudness = first.loudness_curve is not None and model.loudness_control is not None and known is None
         method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None)
         if method.needs_controlnet and model.controlnet is None:
             raise InvalidInputError(
@@ -295,6 +299,7 @@ class StepSession:
                 np.stack([c[a:b] for c in conditions]) if method.needs_controlnet else None,
                 seeds=[s.seed + w for s in settings], grid=grid,
                 known=None if known is None else (known.samples[a:b], known.keep[a:b]),
+                loudness=[s.loudness_curve for s in settings] if learned_loudness else None, window_start=w_start,
                 on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
                 is_cancelled=is_cancelled))
             timings["sampling"] += time.perf_counter() - t0
@@ -328,6 +333,9 @@ class StepSession:
             "track_index": None,  # a place on the stack: next_track sets it
             "takes_in_batch": len(settings),
         }
+        if learned_loudness:
+            for _, levels in finished:
+                levels["loudness_curve_applied_as"] = LEARNED_AND_APPLIED_AS
         return [Track(samples[0], model.sample_rate,
                       {**asdict(s), **common, "negative_caption": s.negative_caption or None,
                        # the points went out with the request; a stem's reply stays within its datagram
@@ -382,10 +390,12 @@ class StepSession:
 
     @torch.inference_mode()
     def _sample_window(self, method, weights, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
-                       seeds, grid, on_step, is_cancelled, known=None) -> torch.Tensor:
+                       seeds, grid, on_step, is_cancelled, known=None, loudness=None, window_start=0.0) -> torch.Tensor:
         """One window's normalized latents (B, N, C), one row per seed. text_f and negative_text
         (B or 1, Lt, Dt); cond_audio (B, S): what the "audio" branch hears (x̃, or the reference),
-        None for methods without one. known: (samples (S,), keep (S,) bool) of this window, or None."""
+        None for methods without one. known: (samples (S,), keep (S,) bool) of this window, or None.
+        loudness: one curve per row for the model's loudness ControlNet (the window starts
+        `window_start` seconds into the region), or None."""
         model, net, device = self.model, self.model.net, self.model.device
         latent_len = model.codec.latent_length(duration)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
@@ -393,8 +403,13 @@ class StepSession:
         if cond_audio is not None:
             wave = torch.from_numpy(np.ascontiguousarray(cond_audio, np.float32)).to(device)
             audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
+        loudness_condition = None
+        if loudness is not None:
+            rows = [curve_condition(c, latent_len, duration / latent_len, window_start) for c in loudness]
+            loudness_condition = torch.from_numpy(np.stack(rows)[..., None]).to(device)       # (B, N, 1)
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
-                                   controlnet=model.controlnet)
+                                   controlnet=model.controlnet, loudness=loudness_condition,
+                                   loudness_control=model.loudness_control)
         x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device)
         constrain = None
         if known is not None:

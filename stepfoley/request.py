@@ -341,7 +341,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
               f"short-term loudness in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
               "them and level beyond the ends: the stem follows it in time and absolute level (no loudness "
-              "normalization; true-peak limited), applied as gain automation; not with `take`", since=2),
+              "normalization; true-peak limited), applied as gain automation, and by a model with a loudness "
+              "ControlNet (the embedded one) also followed while generating; not with `take`", since=2),
 )
 
 _TOP_FIELDS = tuple(dict.fromkeys(f.name.split(".", 1)[0] for f in FIELDS))

@@ -87,7 +87,7 @@ def test_fresh_controlnet_is_an_exact_no_op(base):
         residuals = controlnet(latent, t, video_only, audio_latent, base=base)
         assert len(residuals) == 3 and all(r.shape == (B, N, TINY.hidden_dim) for r in residuals)
         assert all(bool((r == 0).all()) for r in residuals)
-        assert bool((controlnet.embed_audio_condition(audio_latent) == 0).all())
+        assert bool((controlnet.embed_condition(audio_latent) == 0).all())
         u_psi = base.predict_flow(latent, t, video_only, control=residuals)
         u_theta = base.predict_flow(latent, t, video_only)
     assert torch.equal(u_psi, u_theta)
@@ -123,7 +123,7 @@ def test_residuals_depend_on_the_audio_condition_and_reach_the_flow(base):
         flow = base.predict_flow(latent, t, video_only, control=first)
         assert (flow - base.predict_flow(latent, t, video_only)).abs().max() > 1e-3
         # Precomputed condition features give the same residuals.
-        features_once = controlnet.embed_audio_condition(audio_latent)
+        features_once = controlnet.embed_condition(audio_latent)
         again = controlnet(latent, t, video_only, None, base=base, audio_features=features_once)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 

@@ -1,5 +1,6 @@
-"""The embedded default model: the project's MM-DiT and NAG ControlNet at a small size, with
-cheap CPU encoders and a log-mel codec, trained on the mini-world (lab/training/embedded.py).
+"""The embedded default model: the project's MM-DiT, NAG ControlNet and loudness ControlNet at a
+small size, with cheap CPU encoders and a log-mel codec, trained on the mini-world
+(lab/training/embedded.py).
 
 Its weights ship inside the package (stepfoley_mini.safetensors, a few MB), so the engine runs
 on a CPU with nothing to download. `random_weights=True` builds the same model with random
@@ -29,6 +30,7 @@ from stepfoley.request import GuidanceDefaults
 
 WEIGHTS_PATH = Path(__file__).with_name("stepfoley_mini.safetensors")
 CONTROLNET_DEPTH = 2
+LOUDNESS_DEPTH = 1  # the loudness ControlNet: one block reads a curve (one value per latent frame)
 
 
 def embedded_net_config(codec: MelCodec) -> MMAudioConfig:
@@ -41,6 +43,10 @@ def embedded_net_config(codec: MelCodec) -> MMAudioConfig:
 
 def controlnet_config(net: MMAudio) -> ControlNetConfig:
     return ControlNetConfig.for_base(net.config, depth=CONTROLNET_DEPTH)
+
+
+def loudness_config(net: MMAudio) -> ControlNetConfig:
+    return ControlNetConfig.for_base(net.config, depth=LOUDNESS_DEPTH, condition_dim=1)
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> None:
@@ -63,6 +69,7 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
     text_encoder = EmbeddedTextEncoder()
     net = MMAudio(embedded_net_config(codec))
     controlnet = AudioControlNet(controlnet_config(net))
+    loudness = None  # random weights have none: a random curve reader would only scramble the sound
     if random_weights:
         net.initialize_weights()
         _randomize(net, seed=0)
@@ -74,13 +81,16 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
         defaults = GuidanceDefaults()
     else:
         path = Path(weights_path or WEIGHTS_PATH)
-        model_id, defaults = load_embedded_weights(path, net, controlnet)
+        loudness = AudioControlNet(loudness_config(net))
+        model_id, defaults, has_loudness = load_embedded_weights(path, net, controlnet, loudness)
+        loudness = loudness if has_loudness else None
         note = ""
     with torch.no_grad():
         net.empty_string_feat.copy_(text_encoder.encode([""])[0])
     model = FoleyModel(model_id=model_id, net=net.eval().requires_grad_(False), codec=codec,
                        video_encoder=EmbeddedVideoEncoder(), text_encoder=text_encoder,
-                       controlnet=controlnet.eval().requires_grad_(False), note=note, defaults=defaults)
+                       controlnet=controlnet.eval().requires_grad_(False), note=note, defaults=defaults,
+                       loudness_control=None if loudness is None else loudness.eval().requires_grad_(False))
     return model.to(torch.device(device))
 
 
@@ -89,12 +99,16 @@ def load_embedded_model(device: torch.device | str = "cpu", random_weights: bool
 
 
 def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet,
-                          metadata: dict[str, str]) -> Path:
-    """One safetensors file: `net.*` and `controlnet.*`, the configs and the training record."""
+                          metadata: dict[str, str], loudness: AudioControlNet | None = None) -> Path:
+    """One safetensors file: `net.*`, `controlnet.*` and `loudness.*` (when trained), the configs
+    and the training record."""
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"controlnet.{k}": v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()})
     meta = {"net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
             "controlnet_config": json.dumps(vars(controlnet.config)), **metadata}
+    if loudness is not None:
+        tensors.update({f"loudness.{k}": v.detach().cpu().contiguous() for k, v in loudness.state_dict().items()})
+        meta["loudness_config"] = json.dumps(vars(loudness.config))
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
 
 
@@ -109,17 +123,24 @@ def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults,
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)
 
 
-def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet) -> tuple[str, GuidanceDefaults]:
-    """Loads the weights into `net` and `controlnet`; returns the model id and the guidance
-    defaults recorded with them (metadata "guidance_defaults"; the paper's when absent)."""
+def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet,
+                          loudness: AudioControlNet) -> tuple[str, GuidanceDefaults, bool]:
+    """Loads the weights into `net`, `controlnet` and, when the file has one (weights trained
+    before it did not), the loudness ControlNet `loudness`; returns the model id, the guidance
+    defaults recorded with them (metadata "guidance_defaults"; the paper's when absent) and
+    whether a loudness ControlNet was loaded."""
     tensors, meta = _read_weights(path)
     advice = "The file is damaged or from another version; reinstall StepFoley or train the model again."
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
                 f"The ControlNet in {path} does not fit the embedded model's", advice)
+    loudness_tensors = {k[9:]: v for k, v in tensors.items() if k.startswith("loudness.")}
+    if loudness_tensors:
+        load_strict(loudness, loudness_tensors, f"The loudness ControlNet in {path} does not fit the embedded model's",
+                    advice)
     defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
         else GuidanceDefaults()
-    return meta.get("model_id", "stepfoley-mini"), defaults
+    return meta.get("model_id", "stepfoley-mini"), defaults, bool(loudness_tensors)
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

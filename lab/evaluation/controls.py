@@ -15,7 +15,9 @@ region    Two-source scenes, both drawn throughout (miniworld PLAIN); the first 
           presence in the track (leakage), and the caption's own (text fidelity).
 loudness  The scene's first source with a loudness curve drawn from the scene's seed (points
           every 2 s spanning -45 to -15 LUFS) and without: how closely the track's loudness follows the
-          curve (correlation, and the level error in dB), and text fidelity.
+          curve (correlation, and the level error in dB), and text fidelity. For a model with a
+          loudness ControlNet, also the curve by gain automation alone (the ControlNet left out):
+          what the learned condition adds.
 
 Track settings are the first track's of the main evaluation: plain CFG (method
 "independent"), the model's α and steps unless given, seeds `take_seed(scene, 0, take)`.
@@ -78,6 +80,9 @@ DEFINITIONS = {
                                   "over the instants above the absolute gate (-70 LUFS), with the curve vs without",
     "loudness.level_error_db": "median |track's loudness - curve| in dB over the same instants: the absolute level",
     "loudness.text_fidelity": "source-presence probability of the caption's kind, with the curve vs without",
+    "loudness.*.gain_only": "each figure with the curve applied by gain automation alone (the model's loudness "
+                            "ControlNet left out); with_vs_gain_only: what the learned condition adds. Only for a "
+                            "model with a loudness ControlNet",
     "extend.temporal_alignment": "timing (evaluation.metrics.temporal_alignment) of the continued part against "
                                  "the true stem's same part, extended vs full generation",
 }
@@ -262,26 +267,42 @@ def follows_curve(samples: np.ndarray, sample_rate: int, curve) -> tuple[float |
 
 
 def _loudness_scene(run: SceneRun, settings: list[TrackSettings], presence) -> dict:
-    """One scene: {"curve_correlation", "level_error_db", "text_fidelity"}: (with, without),
-    means over takes."""
+    """One scene: {"curve_correlation", "level_error_db", "text_fidelity"}: (with, without,
+    gain only or None), means over takes. "gain only": the curve by gain automation alone, for a
+    model with a loudness ControlNet (None for one without: "with" is gain only already)."""
+    model = run.session.model
     curve = scene_curve(run.scene.seed, run.scene.duration)
     shaped = [replace(s, loudness_curve=curve) for s in settings]
-    made = run.session.generate_takes(shaped + settings, [None] * (2 * len(settings)))
+    made = run.session.generate_takes(shaped, [None] * len(settings))
+    made += run.session.generate_takes(settings, [None] * len(settings))
+    learned = model.loudness_control
+    if learned is not None:
+        model.loudness_control = None
+        try:
+            made += run.session.generate_takes(shaped, [None] * len(settings))
+        finally:
+            model.loudness_control = learned
     follow = [follows_curve(t.samples, run.sample_rate, curve) for t in made]
     fidelity = presence.probabilities([t.samples for t in made], run.sample_rate)[:, presence.kind_index(run.kinds[0])]
     n = len(settings)
 
-    def pair(values):
-        return _mean(values[:n]), _mean(values[n:])
+    def triple(values):
+        return _mean(values[:n]), _mean(values[n:2 * n]), _mean(values[2 * n:]) if len(values) > 2 * n else None
 
-    return {"curve_correlation": pair([f[0] for f in follow]), "level_error_db": pair([f[1] for f in follow]),
-            "text_fidelity": pair(list(fidelity))}
+    return {"curve_correlation": triple([f[0] for f in follow]), "level_error_db": triple([f[1] for f in follow]),
+            "text_fidelity": triple(list(fidelity))}
 
 
 def _loudness_summary(scenes: list[dict]) -> dict:
-    return {figure: _with_and_without([s[figure][0] for s in scenes], [s[figure][1] for s in scenes],
-                                      ("with", "without"))
-            for figure in ("curve_correlation", "level_error_db", "text_fidelity")}
+    out = {}
+    for figure in ("curve_correlation", "level_error_db", "text_fidelity"):
+        out[figure] = _with_and_without([s[figure][0] for s in scenes], [s[figure][1] for s in scenes],
+                                        ("with", "without"))
+        if all(s[figure][2] is not None for s in scenes):
+            gain_only = [s[figure][2] for s in scenes]
+            out[figure]["gain_only"] = metrics.summarize(gain_only)
+            out[figure]["with_vs_gain_only"] = stats.paired_bootstrap([s[figure][0] for s in scenes], gain_only)
+    return out
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -378,6 +399,10 @@ def format_controls(report: dict) -> str:
             pair = loudness[figure]
             lines.append(f"loudness: {figure} with {_shown(pair['with'])}, without {_shown(pair['without'])}")
         lines.append(f"  text_fidelity with - without {interval(loudness['text_fidelity']['with_vs_without'], 'mean_diff')}")
+        for figure in ("curve_correlation", "level_error_db", "text_fidelity"):
+            if "with_vs_gain_only" in loudness[figure]:
+                lines.append(f"  {figure} learned condition + gain - gain only "
+                             f"{interval(loudness[figure]['with_vs_gain_only'], 'mean_diff')}")
     region = report["controls"].get("region")
     if region:
         lines.append(f"region: leakage of the other source with - without {interval(region['leakage_other_vs_without'], 'mean_diff')}")

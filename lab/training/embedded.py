@@ -6,9 +6,14 @@
    pairs with the empty video condition), as MMAudio is trained on VGGSound;
 3. freeze it and train the NAG ControlNet, a trainable copy of the blocks its residuals feed,
    on non-overlapping 8 s windows of the same scene, the condition at -20 LUFS like x̃;
-4. print held-out losses (no / same-clip / other-clip condition) and the time split, and write
-   the weights (post-hoc EMA, sigma_rel 0.05) as one safetensors file with the command, the data
-   seed and the figures in its metadata.
+4. with the base still frozen, train the loudness ControlNet (one block) to follow the target's
+   own loudness per latent frame, Draw an Audio's time-loudness condition;
+5. print held-out losses (no / same-clip / other-clip condition; no / own / other curve) and the
+   time split, and write the weights (post-hoc EMA, sigma_rel 0.05) as one safetensors file with
+   the command, the data seed and the figures in its metadata.
+
+`extend_with_loudness` runs step 4 alone on weights trained before it existed: the same data
+recipe, the shipped base and NAG ControlNet untouched.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, base_batches, build_embedded_data,
-                                                      controlnet_batches, held_out_controlnet_losses)
-from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss
+from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError, base_batches,
+                                                   build_embedded_data, controlnet_batches,
+                                                   held_out_controlnet_losses, held_out_loudness_losses)
+from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
@@ -44,6 +50,9 @@ class EmbeddedRecipe:
     warmup_steps: int = 200
     checkpoint_every: int = 500
     controlnet_depth: int = 2
+    loudness_steps: int = 1500
+    loudness_lr: float = 1e-3
+    loudness_depth: int = 1
     data_workers: int = 2  # processes rendering scenes
 
 
@@ -72,14 +81,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     net.empty_string_feat.requires_grad_(False)  # the text encoder's encoding of ""
 
     t0 = time.perf_counter()
-    features_path = work_dir / "features.safetensors"
-    if rank == 0 and not features_path.exists():
-        data = build_embedded_data(model, recipe.data, TRAINING_SEED_RANGE[0] + recipe.data.seed * 10_000,
-                                   workers=recipe.data_workers, log=log)
-        data.save(features_path, {"recipe": json.dumps(asdict(recipe.data))})
-    if world > 1:
-        torch.distributed.barrier()
-    data = EmbeddedData.load(features_path)
+    data = _training_data(model, recipe, work_dir, rank, world, log)
     figures["data_seconds"] = time.perf_counter() - t0
     log(f"data: {len(data.latent)} examples over {len(data.clip)} windows, {len(data.texts)} captions, "
         f"{len(data.controlnet_pairs())} ControlNet pairs, in {figures['data_seconds']:.0f} s")
@@ -118,17 +120,102 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     log("ControlNet held-out loss: " + ", ".join(
         f"{k.replace('_', ' ')} {v:.4f}" for k, v in figures["controlnet"]["held_out_loss"].items()))
 
+    # Phase 3: the loudness ControlNet, base frozen.
+    loudness, figures["loudness"] = _train_loudness(net, data, recipe, device, work_dir, rank, world, log)
+
     figures["total_seconds"] = time.perf_counter() - t0
     log(f"time: data {figures['data_seconds']:.0f} s, base {figures['base']['seconds']:.0f} s, "
-        f"ControlNet {figures['controlnet']['seconds']:.0f} s, total {figures['total_seconds']:.0f} s "
-        f"({figures['processes']} process(es) x {figures['threads']} thread(s))")
+        f"ControlNet {figures['controlnet']['seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
+        f"total {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     if rank == 0:
-        command = "stepfoley train embedded " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-        save_embedded_weights(out_path, net, controlnet, metadata={
-            "training_command": command, "data_seed": str(recipe.data.seed),
+        save_embedded_weights(out_path, net, controlnet, loudness=loudness, metadata={
+            "training_command": _command("embedded"), "data_seed": str(recipe.data.seed),
             "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)})
         log(f"wrote {out_path}")
     return figures
+
+
+def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, recipe: EmbeddedRecipe,
+                         device: torch.device) -> dict:
+    """Phase 3 alone on weights trained before it existed (an extension of that training, not a
+    second model): the data of the same recipe (rebuilt with each example's loudness), the loudness
+    ControlNet trained with the weights' base frozen, and the weights written again with it, their
+    base, NAG ControlNet and metadata unchanged but for the loudness recipe, figures and command."""
+    from stepfoley.engine.embedded.model import _read_weights, build_embedded_model, save_embedded_weights
+
+    rank, world = distributed_context()
+    log = _log_to(work_dir / "train.log" if rank == 0 else None)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _, meta = _read_weights(weights_path)
+    shipped = json.loads(meta.get("recipe", "{}"))
+    if shipped.get("data") != json.loads(json.dumps(asdict(recipe.data))):  # as stored: tuples are lists
+        log("note: the weights were trained on another data recipe than the one the loudness ControlNet learns from")
+    model = build_embedded_model(weights_path=weights_path, device=device)
+    net = model.net
+    t0 = time.perf_counter()
+    data = _training_data(model, recipe, work_dir, rank, world, log)
+    figures = {"data_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "processes": world}
+    loudness, figures["loudness"] = _train_loudness(net, data, recipe, device, work_dir, rank, world, log)
+    figures["total_seconds"] = time.perf_counter() - t0
+    log(f"time: data {figures['data_seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
+        f"total {figures['total_seconds']:.0f} s ({world} process(es) x {figures['threads']} thread(s))")
+    if rank == 0:
+        trained = json.loads(meta.get("figures", "{}"))
+        trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
+                               "total_seconds": round(figures["total_seconds"], 1)}
+        shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
+        save_embedded_weights(out_path, net, model.controlnet, loudness=loudness, metadata={
+            **{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
+            "recipe": json.dumps(shipped), "figures": json.dumps(trained),
+            "loudness_training_command": _command("loudness")})
+        log(f"wrote {out_path}")
+    return figures
+
+
+def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, world: int, log) -> EmbeddedData:
+    """The recipe's features, read from work_dir/features.safetensors or rendered there first
+    (again when the file is from an older recipe)."""
+    features_path = work_dir / "features.safetensors"
+    if rank == 0:
+        try:
+            EmbeddedData.load(features_path) if features_path.exists() else None
+        except StaleFeaturesError as stale:
+            log(f"{stale} Rebuilding it.")
+            features_path.unlink()
+        if not features_path.exists():
+            data = build_embedded_data(model, recipe.data, TRAINING_SEED_RANGE[0] + recipe.data.seed * 10_000,
+                                       workers=recipe.data_workers, log=log)
+            data.save(features_path, {"recipe": json.dumps(asdict(recipe.data))})
+    if world > 1:
+        torch.distributed.barrier()
+    return EmbeddedData.load(features_path)
+
+
+def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, work_dir: Path, rank: int,
+                    world: int, log):
+    """The loudness ControlNet on the base's examples, each with its own loudness per latent
+    frame, the base frozen; returns it (EMA weights) and its figures with held-out losses."""
+    from stepfoley.engine.controlnet import AudioControlNet
+
+    net.requires_grad_(False).eval()
+    loudness = AudioControlNet.from_base(net, depth=recipe.loudness_depth, condition_dim=1).to(device)
+    cfg = TrainConfig(steps=recipe.loudness_steps, batch_size=recipe.batch_size, lr=recipe.loudness_lr,
+                      warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 2,
+                      checkpoint_every=recipe.checkpoint_every)
+    loss = LossModule({"net": net, "loudness": loudness},
+                      lambda parts, batch, g: loudness_flow_loss(parts["net"], parts["loudness"], batch, 0.1, g))
+    batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world)
+    result = train(loss, loudness, batches, cfg, device, work_dir / "loudness", log)
+    load_trained(loudness, result.params)
+    figures = _phase_figures(result)
+    figures["held_out_loss"] = {k: round(v, 4) for k, v in held_out_loudness_losses(net, loudness.eval(), data).items()}
+    log("loudness ControlNet held-out loss: " + ", ".join(
+        f"{k.replace('_', ' ')} {v:.4f}" for k, v in figures["held_out_loss"].items()))
+    return loudness, figures
+
+
+def _command(what: str) -> str:
+    return f"stepfoley train {what} " + " ".join(shlex.quote(a) for a in sys.argv[3:])
 
 
 def _phase_figures(result) -> dict:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.loudness_curve import measured_condition
 from stepfoley.lab.training.objectives import Batch
 
 WINDOW_S = 8.0
@@ -54,6 +55,10 @@ class DataRecipe:
     seed: int = 0
 
 
+class StaleFeaturesError(InvalidInputError):
+    """A features file written by an older data recipe: it lacks tensors this one needs."""
+
+
 @dataclass
 class EmbeddedData:
     """Features of every window and example, as tensors.
@@ -63,7 +68,8 @@ class EmbeddedData:
               target level; condition (W, N, C) the same mixture at -20 LUFS (x̃ of another
               window); audible (W,) bool: the natural mixture is not silence.
     examples: latent (M, N, C) target mixture; window (M,) index into the windows or -1 (no
-              picture); text (M,) index into texts.
+              picture); text (M,) index into texts; loudness (M, N) the target's loudness per
+              latent frame on the loudness ControlNet's scale (engine.loudness_curve.measured_condition).
     texts:    (T, 77, Dt) text features of every distinct caption.
     held_out (W,) bool: the window's scene is kept for held-out losses only.
     """
@@ -80,6 +86,7 @@ class EmbeddedData:
     window: torch.Tensor
     text: torch.Tensor
     texts: torch.Tensor
+    loudness: torch.Tensor
 
     def save(self, path: Path, metadata: dict[str, str]) -> Path:
         from stepfoley.engine.checkpoints import save_safetensors_atomic
@@ -90,6 +97,10 @@ class EmbeddedData:
     @classmethod
     def load(cls, path: Path) -> "EmbeddedData":
         tensors = load_file(str(path))
+        missing = [f.name for f in fields(cls) if f.name not in tensors]
+        if missing:
+            raise StaleFeaturesError(f"{path} was made by an older recipe (it has no {', '.join(missing)}); "
+                                     "delete it and train again to rebuild it.")
         return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,9 +205,12 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
 
     kept = [(_at_loudness(wave, sr, rng.uniform(*recipe.target_lufs)), w, c) for wave, w, c in examples]
     kept = [(wave, w, c) for wave, w, c in kept if wave is not None]
+    latent = encode([wave for wave, _, _ in kept]) if kept else None
     return {
         "windows": {k: (torch.stack(v) if isinstance(v[0], torch.Tensor) else v) for k, v in windows.items()},
-        "latent": encode([wave for wave, _, _ in kept]) if kept else None,
+        "latent": latent,
+        "loudness": None if latent is None else torch.from_numpy(np.stack(
+            [measured_condition(wave, sr, latent.shape[1]) for wave, _, _ in kept])),
         "window": [w for _, w, _ in kept],
         "captions": [c for _, _, c in kept],
     }
@@ -228,7 +242,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
 
     tasks = [(recipe, i, first_seed) for i in range(recipe.scenes)]
     parts = {k: [] for k in ("clip", "sync", "scene", "offset", "natural", "condition", "audible", "held_out")}
-    latents, windows, texts = [], [], []
+    latents, loudness, windows, texts = [], [], [], []
     caption_index: dict[str, int] = {}
     start = time.perf_counter()
     if workers > 1:
@@ -247,6 +261,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
             parts["held_out"].extend([i >= recipe.scenes - recipe.held_out_scenes] * count)
             if part["latent"] is not None:
                 latents.append(part["latent"])
+                loudness.append(part["loudness"])
                 windows.extend(base + w if w >= 0 else -1 for w in part["window"])
                 for caption in part["captions"]:
                     if caption not in caption_index:
@@ -266,7 +281,8 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
         offset=as_tensor(parts["offset"], torch.float32), natural=torch.stack(parts["natural"]),
         condition=torch.stack(parts["condition"]), audible=as_tensor(parts["audible"], torch.bool),
         held_out=as_tensor(parts["held_out"], torch.bool), latent=torch.cat(latents),
-        window=as_tensor(windows, torch.long), text=as_tensor(parts["text"], torch.long), texts=torch.stack(texts))
+        window=as_tensor(windows, torch.long), text=as_tensor(parts["text"], torch.long), texts=torch.stack(texts),
+        loudness=torch.cat(loudness))
 
 
 # --- batches -------------------------------------------------------------------------------------
@@ -282,7 +298,7 @@ def base_batches(data: EmbeddedData, normalize, batch_size: int, seed: int, rank
         window = data.window[idx]
         picture = window.clamp_min(0)  # examples without picture take the empty video in the objective
         yield Batch(normalize(data.latent[idx]), data.clip[picture], data.sync[picture],
-                    data.texts[data.text[idx]], window >= 0)
+                    data.texts[data.text[idx]], window >= 0, loudness=data.loudness[idx])
 
 
 def controlnet_batch(data: EmbeddedData, normalize, pairs: torch.Tensor, condition_windows: torch.Tensor | None = None
@@ -328,6 +344,38 @@ def held_out_controlnet_losses(net, controlnet, data: EmbeddedData, batch_size: 
             g = torch.Generator().manual_seed(seed + start)
             totals[name] += float(controlnet_flow_loss(net, cn, batch, 0.0, g)) * len(pairs[chunk])
     return {k: v / len(pairs) for k, v in totals.items()}
+
+
+def held_out_examples(data: EmbeddedData) -> torch.Tensor:
+    """Indices of the examples on a held-out scene's picture."""
+    on_picture = torch.nonzero(data.window >= 0).flatten()
+    return on_picture[data.held_out[data.window[on_picture]]]
+
+
+@torch.no_grad()
+def held_out_loudness_losses(net, loudness_control, data: EmbeddedData, batch_size: int = 16,
+                             seed: int = 4321) -> dict[str, float]:
+    """The loudness ControlNet's flow loss on held-out examples with no curve (the base alone),
+    the target's own curve (what it is for) and another example's curve (it should not help), on
+    the same noise and times: a paired comparison."""
+    from stepfoley.lab.training.objectives import loudness_flow_loss
+
+    examples = held_out_examples(data)
+    if len(examples) < 2:
+        raise InvalidInputError("Too few held-out examples: raise DataRecipe.held_out_scenes.")
+    others = examples.roll(1)
+    totals = {"no_curve": 0.0, "own_curve": 0.0, "other_curve": 0.0}
+    for start in range(0, len(examples), batch_size):
+        idx, other = examples[start:start + batch_size], others[start:start + batch_size]
+        window = data.window[idx]
+        batch = Batch(net.normalize(data.latent[idx]), data.clip[window], data.sync[window],
+                      data.texts[data.text[idx]], torch.ones(len(idx), dtype=torch.bool), loudness=data.loudness[idx])
+        swapped = Batch(**{**batch.__dict__, "loudness": data.loudness[other]})
+        for name, control, b in (("no_curve", None, batch), ("own_curve", loudness_control, batch),
+                                 ("other_curve", loudness_control, swapped)):
+            g = torch.Generator().manual_seed(seed + start)
+            totals[name] += float(loudness_flow_loss(net, control, b, 0.0, g)) * len(idx)
+    return {k: v / len(examples) for k, v in totals.items()}
 
 
 def _other_clip_conditions(data: EmbeddedData, pairs: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ class Batch:
 
     latent (B, N, C) normalized target; clip (B, Lc, Dc); sync (B, Ls, Ds); text (B, 77, Dt);
     has_video (B,) bool: False for audio-text pairs, whose video is the empty condition;
-    cond_latent (B, N, C) normalized audio condition (ControlNet phase only).
+    cond_latent (B, N, C) normalized audio condition (ControlNet phase only);
+    loudness (B, N) the target's loudness per latent frame (the loudness ControlNet's condition).
     """
 
     latent: torch.Tensor
@@ -29,6 +30,7 @@ class Batch:
     text: torch.Tensor
     has_video: torch.Tensor
     cond_latent: torch.Tensor | None = None
+    loudness: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
@@ -95,5 +97,21 @@ def controlnet_flow_loss(net, controlnet, batch: Batch, drop_prob: float = 0.1,
     embedded = net.embed_latent(xt)  # the frozen base's projection, shared with the ControlNet
     control = None if controlnet is None else controlnet(xt, t, conditions, batch.cond_latent, base=net,
                                                          latent_embedding=embedded)
+    v = net.predict_flow(xt, t, conditions, control=control, latent_embedding=embedded)
+    return F.mse_loss(v.float(), (batch.latent - x0).float())
+
+
+def loudness_flow_loss(net, loudness_control, batch: Batch, drop_prob: float = 0.1,
+                       generator: torch.Generator | None = None):
+    """The base's objective with its conditional branch steered by the loudness ControlNet,
+    which reads the target's own loudness per latent frame (Draw an Audio's time-loudness
+    condition): it learns to put the sound's energy where the curve asks for it. The base is
+    frozen. `loudness_control` None measures the base alone on the same batch."""
+    clip, sync, text = null_conditions(net, batch, drop_prob, generator)
+    conditions = net.preprocess_conditions(clip, sync, text, latent_seq_len=batch.latent.shape[1])
+    x0, t, xt = _noisy_pair(batch.latent, generator)
+    embedded = net.embed_latent(xt)
+    control = None if loudness_control is None else loudness_control(
+        xt, t, conditions, batch.loudness.unsqueeze(-1), base=net, latent_embedding=embedded)
     v = net.predict_flow(xt, t, conditions, control=control, latent_embedding=embedded)
     return F.mse_loss(v.float(), (batch.latent - x0).float())

@@ -1,6 +1,7 @@
 """`stepfoley train`: the embedded mini-world model, or a NAG ControlNet on top of real MMAudio.
 
     stepfoley train embedded --work DIR [--out engine/embedded/stepfoley_mini.safetensors]
+    stepfoley train loudness --work DIR [--weights W] [--out W]   (the loudness ControlNet alone)
     stepfoley train controlnet --weights DIR --data LIST.jsonl --work DIR [--model small_16k]
 
 Several GPUs or processes: `torchrun --nproc_per_node N -m stepfoley train ...`.
@@ -24,10 +25,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--controlnet-steps", type=int, default=None)
     e.add_argument("--base-lr", type=float, default=None, help="default 4e-4")
     e.add_argument("--controlnet-lr", type=float, default=None, help="default 1e-3")
+    e.add_argument("--loudness-steps", type=int, default=None, help="default 1500")
+    e.add_argument("--loudness-lr", type=float, default=None, help="default 1e-3")
     e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
     e.add_argument("--device", default="auto")
+
+    lo = sub.add_parser("loudness", help="add the loudness ControlNet to embedded weights trained without one "
+                                         "(their base and NAG ControlNet are kept as they are)")
+    lo.add_argument("--work", required=True, help="folder for the features, checkpoints and log")
+    lo.add_argument("--weights", default=None, help="embedded weights to extend (default: the packaged ones)")
+    lo.add_argument("--out", default=None, help="weights file to write (default: the --weights file)")
+    lo.add_argument("--steps", type=int, default=None, help="default 1500")
+    lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
+    lo.add_argument("--device", default="auto")
 
     c = sub.add_parser("controlnet", help="train a NAG ControlNet on top of official MMAudio weights")
     c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
@@ -66,8 +79,21 @@ def run(args: argparse.Namespace) -> int:
             recipe = replace(recipe, data=data, **given({
                 "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
                 "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
+                "loudness_steps": args.loudness_steps, "loudness_lr": args.loudness_lr,
                 "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers}))
             figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
+            if os.environ.get("RANK", "0") == "0":
+                print(_summary(figures))
+            return 0
+        if args.what == "loudness":
+            from stepfoley.engine.embedded.model import WEIGHTS_PATH
+            from stepfoley.lab.training.embedded import EmbeddedRecipe, extend_with_loudness
+
+            given = {k: v for k, v in {"loudness_steps": args.steps, "loudness_lr": args.lr,
+                                       "data_workers": args.workers}.items() if v is not None}
+            weights = Path(args.weights or WEIGHTS_PATH)
+            figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights),
+                                           replace(EmbeddedRecipe(), **given), device)
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
@@ -87,11 +113,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(figures: dict) -> str:
     lines = [f"data: {figures['data_seconds']:.0f} s"]
-    for phase in ("base", "controlnet"):
+    for phase in ("base", "controlnet", "loudness"):
+        if phase not in figures:  # `train loudness` runs the last phase alone
+            continue
         f = figures[phase]
         lines.append(f"{phase}: {f['steps']} steps in {f['seconds']:.0f} s, {f['samples_per_second']} samples/s, "
                      f"final loss {f['final_loss']}")
-    held = figures["controlnet"]["held_out_loss"]
-    lines.append("ControlNet held-out loss: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in held.items()))
+        held = f.get("held_out_loss")
+        if held:
+            lines.append(f"{phase} held-out loss: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in held.items()))
     lines.append(f"total: {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     return "\n".join(lines)
