@@ -177,11 +177,12 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     (again when the file is from an older recipe)."""
     features_path = work_dir / "features.safetensors"
     if rank == 0:
-        try:
-            EmbeddedData.load(features_path) if features_path.exists() else None
-        except StaleFeaturesError as stale:
-            log(f"{stale} Rebuilding it.")
-            features_path.unlink()
+        if features_path.exists():
+            try:
+                EmbeddedData.check_current(features_path)
+            except StaleFeaturesError as stale:
+                log(f"{stale} Rebuilding it.")
+                features_path.unlink()
         if not features_path.exists():
             data = build_embedded_data(model, recipe.data, TRAINING_SEED_RANGE[0] + recipe.data.seed * 10_000,
                                        workers=recipe.data_workers, log=log)

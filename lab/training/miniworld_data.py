@@ -96,12 +96,21 @@ class EmbeddedData:
 
     @classmethod
     def load(cls, path: Path) -> "EmbeddedData":
+        cls.check_current(path)
         tensors = load_file(str(path))
-        missing = [f.name for f in fields(cls) if f.name not in tensors]
+        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
+
+    @classmethod
+    def check_current(cls, path: Path) -> None:
+        """Raises StaleFeaturesError when the file lacks a tensor this recipe needs (reads its
+        header only: a features file is hundreds of MB)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            missing = [f_.name for f_ in fields(cls) if f_.name not in f.keys()]
         if missing:
             raise StaleFeaturesError(f"{path} was made by an older recipe (it has no {', '.join(missing)}); "
                                      "delete it and train again to rebuild it.")
-        return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std (1, 1, C) over the base's targets: latent_mean / latent_std."""
