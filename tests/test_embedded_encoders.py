@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from stepfoley.engine.embedded.codec import MelCodec
+from stepfoley.engine.embedded.codec import MelCodec, MelCodecConfig
 from stepfoley.engine.embedded.encoders import EmbeddedVideoEncoder, frames_from_hwc, sync_length
 from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, EmbeddedTextEncoder, basic_split
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
@@ -21,6 +21,43 @@ def test_codec_layout_matches_mmaudio_16k():
     assert codec.decode(latent[:, :20]).shape == (2, 20 * 512)
     with pytest.raises(InvalidInputError):
         codec.decode(torch.zeros(1, 10, codec.latent_dim + 1))
+
+
+def test_codec_silence_is_one_latent_value_and_decodes_to_silence():
+    codec = MelCodec()
+    latent = codec.encode(torch.zeros(1, 16000))
+    assert torch.equal(latent, torch.full_like(latent, math.log(codec.config.log_offset)))
+    assert float(codec.decode(latent).abs().max()) < 1e-9   # -180 dBFS: nothing a listener hears
+
+
+def test_the_first_codec_latent_stays_for_weights_trained_with_it():
+    first = MelCodec(MelCodecConfig(log_offset=0.0))
+    assert torch.equal(first.encode(torch.zeros(1, 1600)), torch.full((1, 4, 40), math.log(1e-5)))
+    t = torch.arange(16000) / 16000
+    tone = 0.5 * torch.sin(2 * math.pi * 1000 * t)[None]
+    old, new = first.encode(tone), MelCodec().encode(tone)
+    loud = old > 0.0  # the tone's band: a thousand times the offset, where ln(mel + offset) ~ ln(mel)
+    assert bool(loud.any())
+    torch.testing.assert_close(new[loud], old[loud], rtol=0, atol=1.1e-3)
+    quiet = old < math.log(1e-4)  # far under the offset the new latent sits at ln(offset)
+    assert bool((new[quiet] - math.log(1e-3)).abs().max() < 0.1)
+
+
+def test_weights_say_which_codec_they_were_trained_in(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
+
+    model = build_embedded_model(random_weights=True)
+    model.codec = MelCodec(MelCodecConfig(log_offset=1e-2))
+    path = save_embedded_weights(tmp_path / "w.safetensors", model.net, model.controlnet, model.codec, metadata={})
+    assert build_embedded_model(weights_path=path).codec.config == MelCodecConfig(log_offset=1e-2)
+    # a file from before the codec was recorded: every such model was trained in the first latent
+    with safe_open(str(path), "pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if k != "codec_config"}
+    save_file(load_file(str(path)), str(tmp_path / "older.safetensors"), meta)
+    assert build_embedded_model(weights_path=tmp_path / "older.safetensors").codec.config.log_offset == 0.0
 
 
 def test_codec_puts_a_tone_in_its_mel_band():

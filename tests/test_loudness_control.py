@@ -137,8 +137,8 @@ def test_embedded_weights_with_and_without_a_loudness_controlnet(tmp_path):
     model = build_embedded_model(random_weights=True)
     assert model.loudness_control is None  # random weights: no curve reader to scramble the sound
     with_loudness_control(model)
-    older = save_embedded_weights(tmp_path / "older.safetensors", model.net, model.controlnet, metadata={})
-    newer = save_embedded_weights(tmp_path / "newer.safetensors", model.net, model.controlnet, metadata={},
+    older = save_embedded_weights(tmp_path / "older.safetensors", model.net, model.controlnet, model.codec, metadata={})
+    newer = save_embedded_weights(tmp_path / "newer.safetensors", model.net, model.controlnet, model.codec, metadata={},
                                   loudness=model.loudness_control)
     assert build_embedded_model(weights_path=older).loudness_control is None
     loaded = build_embedded_model(weights_path=newer).loudness_control
@@ -195,7 +195,7 @@ def test_extending_weights_adds_the_loudness_controlnet_and_keeps_everything_els
     from stepfoley.lab.training.miniworld_data import DataRecipe
 
     model = build_embedded_model(random_weights=True)
-    source = save_embedded_weights(tmp_path / "source.safetensors", model.net, model.controlnet,
+    source = save_embedded_weights(tmp_path / "source.safetensors", model.net, model.controlnet, model.codec,
                                    metadata={"training_command": "stepfoley train embedded --work w",
                                              "figures": json.dumps({"base": {"steps": 8000}})})
     recipe = replace(EmbeddedRecipe(), data=replace(DataRecipe(), scenes=5, held_out_scenes=2), loudness_steps=3,

@@ -79,6 +79,23 @@ def test_an_untrained_controlnet_changes_no_held_out_loss(data, tiny):
     assert losses["no_condition"] == losses["same_clip"] == losses["other_clip"] > 0
 
 
+def test_data_of_another_codec_is_stale(data, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from stepfoley.engine.embedded.codec import MelCodecConfig
+    from stepfoley.lab.training.miniworld_data import StaleFeaturesError
+
+    path = data.save(tmp_path / "features.safetensors", {"codec_config": json.dumps(asdict(MelCodecConfig()))})
+    EmbeddedData.check_current(path, MelCodecConfig())
+    with pytest.raises(StaleFeaturesError, match="another audio codec"):
+        EmbeddedData.load(path, MelCodecConfig(log_offset=0.0))
+    older = data.save(tmp_path / "older.safetensors", {"recipe": "test"})  # before the codec was recorded
+    EmbeddedData.check_current(older, MelCodecConfig(log_offset=0.0))
+    with pytest.raises(StaleFeaturesError):
+        EmbeddedData.check_current(older, MelCodecConfig())
+
+
 def test_saved_data_loads_back_equal(data, tmp_path):
     path = data.save(tmp_path / "features.safetensors", {"recipe": "test"})
     again = EmbeddedData.load(path)

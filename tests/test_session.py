@@ -268,7 +268,7 @@ def test_takes_made_together_equal_takes_made_alone_and_leave_the_stack_alone(ti
     # momentum iterations magnify the last-bit differences of batched matrix products (with
     # 2 threads up to a few percent of a quiet sample), so it is compared as a whole.
     assert [tuple(x.shape[:1]) for x in latents] == [(2,), (1,), (1,)]
-    torch.testing.assert_close(latents[0], torch.cat(latents[1:]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(latents[0], torch.cat(latents[1:]), atol=3e-5, rtol=1e-5)
     for a, b in zip(together, alone):
         assert np.corrcoef(a.samples, b.samples)[0, 1] > 0.999
         assert a.metadata["track_index"] is None and a.metadata["takes_in_batch"] == 2

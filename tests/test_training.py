@@ -122,6 +122,7 @@ TINY = ["--scenes", "4", "--held-out-scenes", "2", "--workers", "1", "--base-ste
 
 @pytest.mark.slow
 def test_train_embedded_tiny_then_load(tmp_path):
+    from stepfoley.engine.embedded.codec import MelCodecConfig
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.cli import main
 
@@ -129,6 +130,7 @@ def test_train_embedded_tiny_then_load(tmp_path):
     assert main(["train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY]) == 0
     model = build_embedded_model(weights_path=out)
     assert model.controlnet is not None and model.note == ""
+    assert model.codec.config == MelCodecConfig()  # the latent it was trained in, read from the file
     log = (tmp_path / "work" / "train.log").read_text()
     assert "step 4/4" in log and "step 3/3" in log
     # the clips' features are kept for a rerun (resuming is proven by test_resumed_training_...)

@@ -1,5 +1,5 @@
-"""The embedded model's audio codec: a log-mel latent, decoded by mel-filterbank inversion and
-Griffin-Lim phase reconstruction. Runs on a CPU in a fraction of a second per 8 s clip.
+"""The embedded model's audio codec: a log-mel latent, ln(mel + offset), decoded by mel-filterbank
+inversion and Griffin-Lim phase reconstruction. Runs on a CPU in a fraction of a second per 8 s clip.
 
 Why this and not a learned VAE + vocoder: it needs no training and no weights, it is exact about
 timing (one latent frame per 512 samples, so 250 frames for 8 s at 16 kHz, like MMAudio's 16k
@@ -33,7 +33,12 @@ class MelCodecConfig:
     n_mels: int = 40
     f_min: float = 0.0
     f_max: float = 8000.0
-    log_floor: float = 1e-5          # latent = ln(max(mel magnitude, floor)); silence = ln(floor)
+    # latent = ln(mel magnitude + log_offset). Below the offset (63-73 dB under a full-scale
+    # tone in its band) the latent turns linear, so silence is one value, ln(log_offset), close
+    # to the sounds instead of a distant spike the flow must jump to, and it decodes to silence.
+    # log_offset 0 is the first models' latent, ln(max(mel, log_floor)), for weights trained so.
+    log_offset: float = 1e-3
+    log_floor: float = 1e-5
     nnls_iterations: int = 30
     griffin_lim_iterations: int = 32
     momentum: float = 0.99           # "fast Griffin-Lim": converges in far fewer iterations
@@ -111,12 +116,16 @@ class MelCodec:
         n_frames = self._frames_for(wave.shape[-1])
         magnitude = self._stft(self._pad(wave, n_frames), n_frames).abs()                    # (B, N, F)
         mel = magnitude @ self.filters.T                                      # (B, N, M)
+        if self.config.log_offset > 0:
+            return torch.log(mel + self.config.log_offset)
         return torch.log(torch.clamp(mel, min=self.config.log_floor))
 
     def mel_to_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
         # latent: (B, N, M) -> non-negative linear magnitude (B, N, F) whose mel projection fits exp(latent)
         filters = self.filters
         target = torch.exp(latent.float().to(filters.device))
+        if self.config.log_offset > 0:
+            target = torch.clamp(target - self.config.log_offset, min=0.0)
         magnitude = torch.clamp(target @ self.filters_pinv.T, min=0.0) + 1e-6
         # Multiplicative NNLS updates keep the magnitude non-negative while reducing the fit error.
         # magnitude @ (filters.T @ filters), computed through the M mel bands (M << F).

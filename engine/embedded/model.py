@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
-from stepfoley.engine.embedded.codec import MelCodec
+from stepfoley.engine.embedded.codec import MelCodec, MelCodecConfig
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
@@ -63,9 +63,23 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+def codec_config_of(meta: dict[str, str]) -> MelCodecConfig:
+    """The codec a weights file was trained with (metadata "codec_config"); weights written
+    before it was recorded were all trained with the first latent, ln(max(mel, 1e-5))."""
+    if "codec_config" not in meta:
+        return MelCodecConfig(log_offset=0.0)
+    try:
+        return MelCodecConfig(**json.loads(meta["codec_config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"The embedded weights record a codec this version cannot build ({e}). "
+                              "Reinstall StepFoley or train the model again.") from None
+
+
 def build_embedded_model(random_weights: bool = False, device: torch.device | str = "cpu",
                          weights_path: str | os.PathLike | None = None) -> FoleyModel:
-    codec = MelCodec()
+    path = Path(weights_path or WEIGHTS_PATH)
+    tensors, meta = ({}, {}) if random_weights else _read_weights(path)
+    codec = MelCodec() if random_weights else MelCodec(codec_config_of(meta))
     text_encoder = EmbeddedTextEncoder()
     net = MMAudio(embedded_net_config(codec))
     controlnet = AudioControlNet(controlnet_config(net))
@@ -80,9 +94,8 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
         model_id, note = "stepfoley-mini-random", "random weights: the sound is meaningless (tests only)"
         defaults = GuidanceDefaults()
     else:
-        path = Path(weights_path or WEIGHTS_PATH)
         loudness = AudioControlNet(loudness_config(net))
-        model_id, defaults, has_loudness = load_embedded_weights(path, net, controlnet, loudness)
+        model_id, defaults, has_loudness = load_embedded_weights(path, tensors, meta, net, controlnet, loudness)
         loudness = loudness if has_loudness else None
         note = ""
     with torch.no_grad():
@@ -98,14 +111,15 @@ def load_embedded_model(device: torch.device | str = "cpu", random_weights: bool
     return build_embedded_model(random_weights=random_weights, device=device)
 
 
-def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet,
+def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet, codec: MelCodec,
                           metadata: dict[str, str], loudness: AudioControlNet | None = None) -> Path:
     """One safetensors file: `net.*`, `controlnet.*` and `loudness.*` (when trained), the configs
-    and the training record."""
+    (the codec's too: the latent the network was trained in) and the training record."""
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"controlnet.{k}": v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()})
-    meta = {"net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
-            "controlnet_config": json.dumps(vars(controlnet.config)), **metadata}
+    meta = {**metadata, "net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
+            "controlnet_config": json.dumps(vars(controlnet.config)),
+            "codec_config": json.dumps(asdict(codec.config))}
     if loudness is not None:
         tensors.update({f"loudness.{k}": v.detach().cpu().contiguous() for k, v in loudness.state_dict().items()})
         meta["loudness_config"] = json.dumps(vars(loudness.config))
@@ -123,13 +137,12 @@ def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults,
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)
 
 
-def load_embedded_weights(path: Path, net: MMAudio, controlnet: AudioControlNet,
-                          loudness: AudioControlNet) -> tuple[str, GuidanceDefaults, bool]:
-    """Loads the weights into `net`, `controlnet` and, when the file has one (weights trained
-    before it did not), the loudness ControlNet `loudness`; returns the model id, the guidance
-    defaults recorded with them (metadata "guidance_defaults"; the paper's when absent) and
-    whether a loudness ControlNet was loaded."""
-    tensors, meta = _read_weights(path)
+def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], net: MMAudio,
+                          controlnet: AudioControlNet, loudness: AudioControlNet) -> tuple[str, GuidanceDefaults, bool]:
+    """Loads the weights read from `path` (`_read_weights`) into `net`, `controlnet` and, when
+    the file has one (weights trained before it did not), the loudness ControlNet `loudness`;
+    returns the model id, the guidance defaults recorded with them (metadata
+    "guidance_defaults"; the paper's when absent) and whether a loudness ControlNet was loaded."""
     advice = "The file is damaged or from another version; reinstall StepFoley or train the model again."
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},

@@ -185,12 +185,14 @@ def train_source_presence(out_path: str | os.PathLike, seed: int = 0, minutes: f
     PresenceTraining fields (steps, clips_per_kind, ...), e.g. for a quick test. `minutes` only
     stops a run that is unexpectedly slow (the report then says "complete": false). Returns the
     training report, also stored in the file."""
-    from stepfoley.engine.embedded.codec import MelCodec
+    from stepfoley.engine.embedded.codec import MelCodec, MelCodecConfig
 
     config = PresenceConfig()
     training = PresenceTraining(seed=int(seed), **overrides)
     torch.manual_seed(training.seed)
-    codec = MelCodec()
+    # The shipped classifier learned the round trip of the first codec (log_offset 0); the same
+    # command must make the same classifier.
+    codec = MelCodec(MelCodecConfig(log_offset=0.0))
     pool = _clip_pool(training, config.kinds, 0, training.clips_per_kind, codec)
     held_out = _clip_pool(training, config.kinds, VALIDATION_FIRST_CLIP, training.validation_clips_per_kind, codec)
     validation = _mixtures(held_out, training.validation_mixtures, training,

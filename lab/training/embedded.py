@@ -128,7 +128,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
         f"ControlNet {figures['controlnet']['seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     if rank == 0:
-        save_embedded_weights(out_path, net, controlnet, loudness=loudness, metadata={
+        save_embedded_weights(out_path, net, controlnet, model.codec, loudness=loudness, metadata={
             "training_command": _command("embedded"), "data_seed": str(recipe.data.seed),
             "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)})
         log(f"wrote {out_path}")
@@ -164,7 +164,7 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
         trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
                                "total_seconds": round(figures["total_seconds"], 1)}
         shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
-        save_embedded_weights(out_path, net, model.controlnet, loudness=loudness, metadata={
+        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata={
             **{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
             "recipe": json.dumps(shipped), "figures": json.dumps(trained),
             "loudness_training_command": _command("loudness")})
@@ -179,17 +179,18 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     if rank == 0:
         if features_path.exists():
             try:
-                EmbeddedData.check_current(features_path)
+                EmbeddedData.check_current(features_path, model.codec.config)
             except StaleFeaturesError as stale:
                 log(f"{stale} Rebuilding it.")
                 features_path.unlink()
         if not features_path.exists():
             data = build_embedded_data(model, recipe.data, TRAINING_SEED_RANGE[0] + recipe.data.seed * 10_000,
                                        workers=recipe.data_workers, log=log)
-            data.save(features_path, {"recipe": json.dumps(asdict(recipe.data))})
+            data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
+                                      "codec_config": json.dumps(asdict(model.codec.config))})
     if world > 1:
         torch.distributed.barrier()
-    return EmbeddedData.load(features_path)
+    return EmbeddedData.load(features_path, model.codec.config)
 
 
 def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, work_dir: Path, rank: int,

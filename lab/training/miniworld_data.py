@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -95,21 +95,28 @@ class EmbeddedData:
         return save_safetensors_atomic(tensors, path, metadata, overwrite=True)
 
     @classmethod
-    def load(cls, path: Path) -> "EmbeddedData":
-        cls.check_current(path)
+    def load(cls, path: Path, codec_config=None) -> "EmbeddedData":
+        cls.check_current(path, codec_config)
         tensors = load_file(str(path))
         return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
     @classmethod
-    def check_current(cls, path: Path) -> None:
-        """Raises StaleFeaturesError when the file lacks a tensor this recipe needs (reads its
-        header only: a features file is hundreds of MB)."""
+    def check_current(cls, path: Path, codec_config=None) -> None:
+        """Raises StaleFeaturesError when the file lacks a tensor this recipe needs or, given the
+        codec's `codec_config`, when its latents were encoded by another codec (reads its header
+        only: a features file is hundreds of MB)."""
         from safetensors import safe_open
+
+        from stepfoley.engine.embedded.model import codec_config_of
 
         with safe_open(str(path), "pt") as f:
             missing = [f_.name for f_ in fields(cls) if f_.name not in f.keys()]
+            meta = f.metadata() or {}
         if missing:
             raise StaleFeaturesError(f"{path} was made by an older recipe (it has no {', '.join(missing)}); "
+                                     "delete it and train again to rebuild it.")
+        if codec_config is not None and codec_config_of(meta) != codec_config:
+            raise StaleFeaturesError(f"{path} holds latents of another audio codec than the model's; "
                                      "delete it and train again to rebuild it.")
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,12 +235,14 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
 _worker_model = None
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, codec_config) -> None:
     global _worker_model
+    from stepfoley.engine.embedded.codec import MelCodec
     from stepfoley.engine.embedded.model import build_embedded_model
 
     torch.set_num_threads(threads)
-    _worker_model = build_embedded_model(random_weights=True)  # its encoders and codec; no weights needed
+    # its encoders, no weights needed; the codec of the model the data is for
+    _worker_model = replace(build_embedded_model(random_weights=True), codec=MelCodec(codec_config))
 
 
 def _worker_scene(task) -> dict:
@@ -256,7 +265,8 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
     start = time.perf_counter()
     if workers > 1:
         context = multiprocessing.get_context("spawn")
-        pool = context.Pool(workers, initializer=_worker_init, initargs=(max(1, torch.get_num_threads() // workers),))
+        pool = context.Pool(workers, initializer=_worker_init,
+                            initargs=(max(1, torch.get_num_threads() // workers), model.codec.config))
         results = pool.imap(_worker_scene, tasks)
     else:
         pool, results = None, (scene_features(model, *task) for task in tasks)
