@@ -60,6 +60,15 @@ def test_weights_say_which_codec_they_were_trained_in(tmp_path):
     assert build_embedded_model(weights_path=tmp_path / "older.safetensors").codec.config.log_offset == 0.0
 
 
+@pytest.mark.parametrize("fields", ['{"log_offset": -0.001}', '{"log_offset": NaN}', '{"log_floor": 0}',
+                                    '{"no_such_field": 1}', '[1, 2]'])
+def test_a_weights_file_naming_an_impossible_codec_is_refused(fields):
+    from stepfoley.engine.embedded.model import codec_config_of
+
+    with pytest.raises(CheckpointError, match="codec"):
+        codec_config_of({"codec_config": fields})
+
+
 def test_codec_puts_a_tone_in_its_mel_band():
     codec = MelCodec()
     t = torch.arange(16000) / 16000

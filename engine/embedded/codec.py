@@ -47,6 +47,10 @@ class MelCodecConfig:
         if self.hop <= 0 or self.n_fft % self.hop or (self.n_fft - self.hop) % 2:
             raise InvalidInputError(f"The codec's FFT size ({self.n_fft}) must be a whole number of hops "
                                     f"({self.hop}), with an even overlap.")
+        if not (math.isfinite(self.log_offset) and self.log_offset >= 0 and math.isfinite(self.log_floor)
+                and self.log_floor > 0):
+            raise InvalidInputError(f"The codec's log offset ({self.log_offset}) must be a finite number of at least "
+                                    f"0 and its log floor ({self.log_floor}) a finite positive one.")
 
 
 class MelCodec:
