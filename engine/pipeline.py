@@ -157,6 +157,22 @@ class FoleyModel:
                                     if missing else "")))
         return Capabilities(self.model_id, self.defaults, tuple(methods), self.sample_rate)
 
+    def level_anchor(self):
+        """The sampler's `level_anchor` for this model: guided steps moved `defaults.level_anchor`
+        of the way to the conditional branch's level (the codec's `match_level`, in the codec's
+        latent), or None when the default is 0 or the codec cannot read a level."""
+        strength = self.defaults.level_anchor
+        match_level = getattr(self.codec, "match_level", None)
+        if strength == 0 or match_level is None:
+            return None
+        net = self.net
+
+        def anchor(guided: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+            # guided, reference: (B, N, C) normalized latents
+            return net.normalize(match_level(net.unnormalize(guided), net.unnormalize(reference), strength))
+
+        return anchor
+
     def to(self, device: torch.device) -> "FoleyModel":
         """Move every part that holds tensors; encoders without `.to` stay where they are."""
         for part in (self.net, self.controlnet, self.loudness_control, self.codec, self.video_encoder,

@@ -19,6 +19,8 @@ from stepfoley.engine.guidance import GuidanceMethod, GuidanceWeights
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
+# level_anchor(guided, reference): both (B, N, C) normalized data estimates; returns the guided one
+LevelAnchor = Callable[[Tensor, Tensor], Tensor]
 
 DEFAULT_STEPS = 25
 _MAX_SEED = 2**63 - 1
@@ -160,6 +162,7 @@ def guided_velocity(
     controlnet=None,
     loudness: Tensor | None = None,
     loudness_control=None,
+    level_anchor: LevelAnchor | None = None,
 ) -> VelocityFn:
     """The guided velocity of one generation, as a `velocity_fn(t, x)` for `euler_sample`.
 
@@ -172,6 +175,13 @@ def guided_velocity(
     loudness      (B or 1, N, 1): the loudness curve (engine.loudness_curve.curve_condition)
                   the "cond" branch follows through `loudness_control`, a model's loudness
                   ControlNet; None: no curve.
+    level_anchor  (guided estimate, conditional estimate) -> the guided estimate at the level it
+                  should have, all (B, N, C) normalized latents of the data at t = 1 (a model's
+                  `level_anchor()`); applied when the method combines more than the "cond" branch.
+                  Why: in a log-mel latent guidance extrapolates band levels, so a guided track
+                  decodes louder than the model's conditional one and overloads; the anchor
+                  moves the level of where the step heads toward the conditional branch's and
+                  leaves the guided shape of the sound as it is. None: guidance as written.
 
     All branches start from the same x, so the audio input projection (about a tenth of a
     forward) is computed once per step for every row and the ControlNets. Rows of the single
@@ -207,6 +217,7 @@ def guided_velocity(
         steering.append(("cond", loudness_control, loudness, loudness_control.embed_condition(loudness),
                          _BatchedConditions(conditions["cond"])))
     zero_rows: dict[tuple[int, int], Tensor] = {}
+    anchored = level_anchor is not None and is_guided(method)
 
     def velocity(t: Tensor, x: Tensor) -> Tensor:
         # x: (B, N, C) -> rows, one group of B per branch: (len(names) * B, N, C)
@@ -228,9 +239,19 @@ def guided_velocity(
                                   for name in names]) for i in range(depth)]
         flows = net.predict_flow(torch.cat([x] * len(names)), _times(t, len(names) * B), batched(B),
                                  control=control, latent_embedding=torch.cat([embedded] * len(names)))
-        return method.combine({name: flows[i * B:(i + 1) * B] for i, name in enumerate(names)}, weights)
+        by_branch = {name: flows[i * B:(i + 1) * B] for i, name in enumerate(names)}
+        guided = method.combine(by_branch, weights)
+        if not anchored:
+            return guided
+        remaining = 1.0 - t  # > 0: the grid's last point is never evaluated
+        return (level_anchor(x + remaining * guided, x + remaining * by_branch["cond"]) - x) / remaining
 
     return velocity
+
+
+def is_guided(method: GuidanceMethod) -> bool:
+    """Whether the method combines the conditional branch with others (what `level_anchor` holds)."""
+    return "cond" in method.branches and len(method.branches) > 1
 
 
 def _finite(value: float) -> bool:

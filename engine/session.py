@@ -34,8 +34,8 @@ from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
-from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, known_latent,
-                                      time_grid)
+from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, is_guided,
+                                      known_latent, time_grid)
 from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
@@ -332,6 +332,8 @@ class StepSession:
             "windows": len(self.windows),
             "track_index": None,  # a place on the stack: next_track sets it
             "takes_in_batch": len(settings),
+            # how far guided steps were held to the conditional branch's level (0: not at all)
+            "level_anchor": model.defaults.level_anchor if model.level_anchor() and is_guided(method) else 0.0,
         }
         if learned_loudness:
             for _, levels in finished:
@@ -409,7 +411,7 @@ class StepSession:
             loudness_condition = torch.from_numpy(np.stack(rows)[..., None]).to(device)       # (B, N, 1)
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet, loudness=loudness_condition,
-                                   loudness_control=model.loudness_control)
+                                   loudness_control=model.loudness_control, level_anchor=model.level_anchor())
         x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device)
         constrain = None
         if known is not None:

@@ -181,6 +181,15 @@ class GuidanceDefaults:
     alpha: float = 4.5
     beta: float = 1.5
     steps: int = 25
+    # How far a guided step's level is moved toward the conditional branch's, 0 (not at all) to 1
+    # (engine.sampler, `level_anchor`): for a latent where guidance raises the level (the embedded
+    # model's log-mel). 0 for MMAudio, whose VAE latent has no level to read.
+    level_anchor: float = 0.0
+
+    def __post_init__(self):
+        anchor = self.level_anchor
+        if not isinstance(anchor, (int, float)) or isinstance(anchor, bool) or not 0.0 <= anchor <= 1.0:
+            raise ValueError(f"A model's level anchor must be a number from 0 to 1, got {anchor!r}.")
 
 
 @dataclass(frozen=True)

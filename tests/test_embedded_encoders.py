@@ -69,6 +69,67 @@ def test_a_weights_file_naming_an_impossible_codec_is_refused(fields):
         codec_config_of({"codec_config": fields})
 
 
+def test_the_level_anchor_is_a_recorded_guidance_default_and_reaches_the_sampler(tmp_path):
+    import json
+
+    from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights, write_guidance_defaults
+    from stepfoley.request import GuidanceDefaults
+
+    model = build_embedded_model(random_weights=True)
+    path = save_embedded_weights(tmp_path / "w.safetensors", model.net, model.controlnet, model.codec, metadata={})
+    loaded = build_embedded_model(weights_path=path)
+    assert loaded.defaults.level_anchor == 0.0 and loaded.level_anchor() is None  # weights from before it
+    write_guidance_defaults(path, GuidanceDefaults(alpha=1.0, level_anchor=0.5), {"rule": "test"},
+                            chosen="level_anchor")
+    loaded = build_embedded_model(weights_path=path)
+    assert loaded.defaults.level_anchor == 0.5
+    assert loaded.capabilities().to_json()["defaults"]["level_anchor"] == 0.5
+    # the anchor works in the normalized latent the sampler integrates: half the way, in dB
+    codec, net = loaded.codec, loaded.net
+    t = torch.arange(16000) / 16000
+    loud = net.normalize(codec.encode(0.4 * torch.sin(2 * math.pi * 1000 * t)[None]))
+    quiet = net.normalize(codec.encode(0.004 * torch.sin(2 * math.pi * 1000 * t)[None]))
+    energy = lambda latent: float((codec.mel_magnitude(net.unnormalize(latent)) ** 2).sum())  # noqa: E731
+    assert energy(loaded.level_anchor()(loud, quiet)) == pytest.approx(math.sqrt(energy(loud) * energy(quiet)),
+                                                                        rel=1e-3)
+    with pytest.raises(ValueError, match="level anchor"):
+        GuidanceDefaults(level_anchor=1.5)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    assert json.loads(meta["level_anchor_provenance"]) == {"rule": "test"}
+    meta["guidance_defaults"] = json.dumps({"alpha": 1.0, "level_anchor": -1})
+    save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), meta)
+    with pytest.raises(CheckpointError, match="guidance defaults"):
+        build_embedded_model(weights_path=tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("log_offset", [1e-3, 0.0])
+def test_match_level_moves_only_the_level_and_as_far_as_asked(log_offset):
+    codec = MelCodec(MelCodecConfig(log_offset=log_offset))
+    t = torch.arange(16000) / 16000
+    tones = torch.stack([0.05 * torch.sin(2 * math.pi * 440 * t), 0.4 * torch.sin(2 * math.pi * 2000 * t)])
+    loud, quiet = codec.encode(tones), codec.encode(0.1 * tones.flip(0))
+    energy = lambda latent: (codec.mel_magnitude(latent) ** 2).sum(dim=(1, 2))  # noqa: E731
+    moved = codec.match_level(loud, quiet, 1.0)
+    torch.testing.assert_close(energy(moved), energy(quiet), rtol=1e-4, atol=0)
+    # the balance of bands and frames is the take's own: one gain per item
+    mel, moved_mel = codec.mel_magnitude(loud), codec.mel_magnitude(moved)
+    for row in range(2):
+        band = mel[row] > 1e-2
+        ratio = moved_mel[row][band] / mel[row][band]
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=1e-4, atol=0)
+    # half the way in dB
+    half = codec.match_level(loud, quiet, 0.5)
+    torch.testing.assert_close(energy(half), (energy(loud) * energy(quiet)).sqrt(), rtol=1e-4, atol=0)
+    assert torch.equal(codec.match_level(loud, quiet, 0.0), loud)
+    if log_offset > 0:  # silence has no level to move, and moves nothing (the first latent has no silence)
+        silence = codec.encode(torch.zeros(2, 16000))
+        assert torch.equal(codec.match_level(silence, quiet, 1.0), silence)
+        torch.testing.assert_close(codec.match_level(loud, silence, 1.0), loud, rtol=0, atol=1e-5)  # exp/log rounding
+
+
 def test_codec_puts_a_tone_in_its_mel_band():
     codec = MelCodec()
     t = torch.arange(16000) / 16000

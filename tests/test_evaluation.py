@@ -437,3 +437,44 @@ def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publ
     assert defaults.alpha == report["chosen"] and defaults.beta == build_embedded_model().defaults.beta
     assert WEIGHTS_PATH.read_bytes() == packaged_before
     assert "chosen" in capsys.readouterr().out
+
+
+# -- choosing the level anchor --
+
+def test_level_anchor_rule_takes_the_smallest_strength_within_the_clipping_limit():
+    from stepfoley.lab.evaluation.calibration import pick_level_anchor
+
+    summaries = _alpha_summaries({0.0: (0.9, 0.003), 0.25: (0.9, 0.0015), 0.5: (0.88, 0.0004), 1.0: (0.85, 0.0001)})
+    assert pick_level_anchor(summaries)[0] == 0.5
+    assert pick_level_anchor(summaries, limit=0.002)[0] == 0.25
+    chosen, why = pick_level_anchor(_alpha_summaries({0.0: (0.9, 0.03), 1.0: (0.8, 0.02)}))
+    assert chosen == 1.0 and "least overloaded" in why
+
+
+def test_choose_level_anchor_writes_the_default_and_keeps_alpha_and_its_provenance(quick_classifier, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    weights = tmp_path / "mini.safetensors"
+    shutil.copy(WEIGHTS_PATH, weights)
+    out = tmp_path / "anchor.json"
+    argv = ["eval", "--choose-level-anchor", "--embedded-weights", str(weights), "--device", "cpu", "--scenes", "1",
+            "--takes", "1", "--tracks", "2", "--steps", "1", "--anchors", "0,1", "--classifier",
+            str(quick_classifier[0]), "--json", str(out), "--write"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["strengths"]) == {"0", "1"} and report["chosen"] in (0.0, 1.0)
+    assert report["config"]["method"] == "nag" and report["config"]["scene_seeds"] == [90_000_000]
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        old_meta = f.metadata()
+    with safe_open(str(weights), "pt") as f:
+        new_meta = f.metadata()
+    assert json.loads(new_meta["level_anchor_provenance"])["rule"] == report["rule"]
+    assert new_meta["guidance_defaults_provenance"] == old_meta["guidance_defaults_provenance"]  # α's stays
+    before, after = build_embedded_model().defaults, build_embedded_model(weights_path=weights).defaults
+    assert after.level_anchor == report["chosen"] and (after.alpha, after.beta) == (before.alpha, before.beta)
+    assert main(argv[:1] + ["--choose-alpha", "--choose-level-anchor"] + argv[2:]) == 2  # one choice at a time

@@ -423,3 +423,40 @@ def test_same_seed_same_latent_at_any_batch_position_with_the_network(tiny):
     # A different batch size may change the order of float additions inside the GEMMs.
     alone = euler_sample(velocity, initial_noise([7], n, c), time_grid(3))
     torch.testing.assert_close(alone[0], first[0], rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_level_anchor_sees_where_the_guided_and_conditional_steps_head(tiny, monkeypatch):
+    cond, uncond, _, x, _ = _tiny_inputs(tiny)
+    weights, t = GuidanceWeights(alpha=4.5), torch.tensor(0.4)
+    seen = []
+
+    def to_reference(guided, reference):
+        seen.append((guided, reference))
+        return reference
+
+    anchored = guided_velocity(tiny, GUIDANCE_METHODS["independent"], weights, {"cond": cond, "uncond": uncond},
+                               level_anchor=to_reference)(t, x)
+    plain = _velocity(tiny, "independent", {"cond": cond, "uncond": uncond})(t, x)
+    tt = t.reshape(1).expand(2)
+    v_cond = tiny.predict_flow(x, tt, cond)
+    # the anchor gets the data estimates at t = 1 of the guided and the conditional velocity ...
+    torch.testing.assert_close(seen[0][0], x + 0.6 * plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen[0][1], x + 0.6 * v_cond, rtol=1e-5, atol=1e-5)
+    # ... and the step heads where it says: anchored to the reference, CFG becomes the conditional flow
+    torch.testing.assert_close(anchored, v_cond, rtol=1e-4, atol=1e-4)
+    assert (plain - v_cond).abs().max() > 1e-2  # guidance really moved the step, or this proves little
+    # an anchor that keeps the guided estimate changes nothing
+    kept = guided_velocity(tiny, GUIDANCE_METHODS["independent"], weights, {"cond": cond, "uncond": uncond},
+                           level_anchor=lambda guided, reference: guided)(t, x)
+    torch.testing.assert_close(kept, plain, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_level_anchor_leaves_the_conditional_flow_alone(tiny):
+    cond, _, _, x, _ = _tiny_inputs(tiny)
+    calls = []
+    velocity = guided_velocity(tiny, GUIDANCE_METHODS["conditional"], GuidanceWeights(alpha=1.0), {"cond": cond},
+                               level_anchor=lambda guided, reference: calls.append(1) or reference * 0)
+    t = torch.tensor(0.2)
+    assert torch.equal(velocity(t, x), tiny.predict_flow(x, t.reshape(1).expand(2), cond)) and not calls

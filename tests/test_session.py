@@ -280,7 +280,8 @@ def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene
     track = StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(TrackSettings("rain", seed=2, steps=2))
     meta = track.metadata
     assert {"decoded_lufs", "decoded_peak_dbfs", "pre_limiter_clipped_fraction", "gain_db",
-            "limiter_input_true_peak_dbtp", "lufs", "silence_fraction"} <= set(meta)
+            "limiter_input_true_peak_dbtp", "lufs", "silence_fraction", "level_anchor"} <= set(meta)
+    assert meta["level_anchor"] == 0.0  # random weights publish none
     assert meta["lufs"] == pytest.approx(mixing.integrated_loudness(track.samples, 16000))
     assert meta["lufs"] <= mixing.STEM_LUFS + 0.05
     assert mixing.true_peak(track.samples, 16000) <= mixing.STEM_CEILING_DBTP + 1e-3

@@ -8,7 +8,9 @@ easy to check. The price is phasey, slightly smeared transients on decode; a sma
 replace `decode` later without changing the latent.
 
 Contract (docs/architecture.md): `sample_rate`, `latent_dim`, `encode(wave (B, S)) -> (B, N, C)`
-channels-last, `decode(latent (B, N, C)) -> (B, S)` with S = N * hop.
+channels-last, `decode(latent (B, N, C)) -> (B, S)` with S = N * hop; optionally
+`match_level(latent, reference, strength)`, which lets the sampler keep guidance from raising
+the level (engine.sampler, `level_anchor`).
 
 `decode` does not clamp: a latent louder than full scale decodes to samples beyond ±1, so the
 engine can measure the overload (engine.mixing.finish_stem) before it brings the track to stem
@@ -119,17 +121,40 @@ class MelCodec:
         wave = wave.float().to(self.window.device)
         n_frames = self._frames_for(wave.shape[-1])
         magnitude = self._stft(self._pad(wave, n_frames), n_frames).abs()                    # (B, N, F)
-        mel = magnitude @ self.filters.T                                      # (B, N, M)
+        return self.latent_of(magnitude @ self.filters.T)                     # (B, N, M)
+
+    def mel_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
+        """The mel band magnitudes a latent stands for (non-negative), (B, N, M)."""
+        mel = torch.exp(latent.float())
+        return torch.clamp(mel - self.config.log_offset, min=0.0) if self.config.log_offset > 0 else mel
+
+    def latent_of(self, mel: torch.Tensor) -> torch.Tensor:
+        """The latent of non-negative mel band magnitudes (B, N, M), as `encode` forms it."""
         if self.config.log_offset > 0:
             return torch.log(mel + self.config.log_offset)
         return torch.log(torch.clamp(mel, min=self.config.log_floor))
 
+    def match_level(self, latent: torch.Tensor, reference: torch.Tensor, strength: float) -> torch.Tensor:
+        """`latent` with its level moved `strength` of the way (in dB) to `reference`'s: every mel
+        magnitude of an item scaled by one gain, (E_ref / E)^(strength / 2), E the item's summed
+        squared mel magnitudes. Only the level changes; the balance of bands and frames is kept.
+        Why: guidance extrapolates band levels in this latent, so a guided track comes out louder
+        than anything the model makes unguided (engine.sampler, `level_anchor`). An item without
+        energy is left as it is."""
+        # latent, reference: (B, N, M) codec latents; strength: 0 (unchanged) .. 1 (reference's level)
+        if strength == 0:
+            return latent
+        mel = self.mel_magnitude(latent)
+        energy = (mel ** 2).sum(dim=(1, 2), keepdim=True)                     # (B, 1, 1)
+        reference_energy = (self.mel_magnitude(reference) ** 2).sum(dim=(1, 2), keepdim=True)
+        audible = (energy > 0) & (reference_energy > 0)
+        ratio = torch.where(audible, reference_energy / energy.clamp_min(torch.finfo(energy.dtype).tiny), 1.0)
+        return self.latent_of(mel * ratio ** (strength / 2.0)).to(latent.dtype)
+
     def mel_to_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
         # latent: (B, N, M) -> non-negative linear magnitude (B, N, F) whose mel projection fits exp(latent)
         filters = self.filters
-        target = torch.exp(latent.float().to(filters.device))
-        if self.config.log_offset > 0:
-            target = torch.clamp(target - self.config.log_offset, min=0.0)
+        target = self.mel_magnitude(latent.to(filters.device))
         magnitude = torch.clamp(target @ self.filters_pinv.T, min=0.0) + 1e-6
         # Multiplicative NNLS updates keep the magnitude non-negative while reducing the fit error.
         # magnitude @ (filters.T @ filters), computed through the M mel bands (M << F).

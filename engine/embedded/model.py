@@ -126,14 +126,16 @@ def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: Aud
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
 
 
-def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults, provenance: dict) -> Path:
+def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults, provenance: dict,
+                            chosen: str = "alpha") -> Path:
     """Record `defaults` as the model's own (metadata "guidance_defaults", published in the engine's
-    capabilities) and how they were chosen ("guidance_defaults_provenance", JSON), rewriting the
-    weights file atomically with the same tensors and every other metadata key kept."""
+    capabilities) and how the default named `chosen` was chosen (JSON; α's under
+    "guidance_defaults_provenance", another's under "<chosen>_provenance"), rewriting the weights
+    file atomically with the same tensors and every other metadata key kept."""
     path = Path(path)
     tensors, meta = _read_weights(path)
     meta["guidance_defaults"] = json.dumps(asdict(defaults))
-    meta["guidance_defaults_provenance"] = json.dumps(provenance)
+    meta["guidance_defaults_provenance" if chosen == "alpha" else f"{chosen}_provenance"] = json.dumps(provenance)
     return save_safetensors_atomic(tensors, path, meta, overwrite=True)
 
 
@@ -151,8 +153,11 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
     if loudness_tensors:
         load_strict(loudness, loudness_tensors, f"The loudness ControlNet in {path} does not fit the embedded model's",
                     advice)
-    defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
-        else GuidanceDefaults()
+    try:
+        defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
+            else GuidanceDefaults()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"The guidance defaults recorded in {path} are not usable ({e}). {advice}") from None
     return meta.get("model_id", "stepfoley-mini"), defaults, bool(loudness_tensors)
 
 

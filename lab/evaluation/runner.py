@@ -236,7 +236,7 @@ def generate_batch(run: SceneRun, settings: list[TrackSettings], conditions: lis
     return tracks
 
 
-def _row_tracks(run: SceneRun, row: Row, first: list[Track], alpha, steps, clock, progress) -> list[list[Track]]:
+def row_tracks(run: SceneRun, row: Row, first: list[Track], alpha, steps, clock, progress) -> list[list[Track]]:
     """Tracks 1..k of every take of one row: (takes, k). Rows that hear their own earlier tracks
     go track by track (the K takes of a track in one batch); the others make all their tracks
     in one batch."""
@@ -365,7 +365,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
             clock.add("scenes", time.perf_counter() - t0)
             first = generate_batch(run, [run.settings(0, t, "independent", alpha, 0.0, steps) for t in range(takes)],
                                    [None] * takes, clock, progress)
-            sequences = {row.name: _row_tracks(run, row, first, alpha, steps, clock, progress) for row in rows}
+            sequences = {row.name: row_tracks(run, row, first, alpha, steps, clock, progress) for row in rows}
             t0 = time.perf_counter()
             sequences["ground_truth"] = [run.truth_tracks()]
             scored = _score_scene(run, sequences, embedding, presence)
@@ -384,6 +384,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     return {
         "config": {
             "model": model.model_id, "steps": steps, "alpha": alpha, "beta_default": defaults.beta,
+            "level_anchor": defaults.level_anchor if model.level_anchor() else 0.0,
             "scenes": scenes, "seed": seed, "takes": takes, "tracks": k, "duration_s": duration,
             "rows": {r.name: {"method": r.method, "hears": r.hears,
                               "beta": (defaults.beta if r.beta is None else r.beta)

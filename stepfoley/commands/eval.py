@@ -43,8 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="choose α from plain CFG on development scenes (text fidelity against overload)")
     p.add_argument("--alphas", default=None, metavar="A1,A2,...",
                    help="the α grid of --choose-alpha (default 1,1.5,2,2.5,3,3.5,4.5)")
+    p.add_argument("--choose-level-anchor", action="store_true",
+                   help="choose how far guided steps are held to the unguided level, from NAG with the model's α and "
+                        "β on development scenes (the smallest strength that keeps clipping within 0.1 %%)")
+    p.add_argument("--anchors", default=None, metavar="A1,A2,...",
+                   help="the grid of --choose-level-anchor (default 0,0.25,0.5,0.75,1)")
     p.add_argument("--write", action="store_true",
-                   help="with --choose-alpha: record the chosen α as the embedded model's default in its weights file")
+                   help="with --choose-alpha or --choose-level-anchor: record the choice as the embedded model's "
+                        "default in its weights file")
     p.add_argument("--controls", action="store_true",
                    help="instead of the main rows, the controls of a track: extend (kept samples, seam flux, "
                         "the continued part against a full generation), picture region and loudness curve")
@@ -126,6 +132,19 @@ def format_alpha_table(report: dict, markdown: bool = False) -> str:
         lines.append([alpha + mark] + [_cell(figures[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
                                        for f in ALPHA_FIGURES])
     return _grid(header, lines, markdown) + f"\nchosen α = {report['chosen']:g}: {report['rule']}"
+
+
+def format_level_anchor_table(report: dict, markdown: bool = False) -> str:
+    from stepfoley.lab.evaluation.calibration import LEVEL_FIGURES
+
+    header = ["level anchor", "clipped % ↓", "text fid. ↑", "LUFS dec.", "peak dBFS dec."]
+    lines = []
+    for strength, figures in report["strengths"].items():
+        mark = " (chosen)" if float(strength) == report["chosen"] else ""
+        lines.append([strength + mark] + [_cell(figures[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
+                                          for f in LEVEL_FIGURES])
+    return (_grid(header, lines, markdown) + f"\nchosen level anchor = {report['chosen']:g}: {report['rule']} "
+            "(figures over the NAG tracks 2..k)")
 
 
 def format_timings(report: dict) -> str:
@@ -245,19 +264,24 @@ def run(args: argparse.Namespace) -> int:
         print("stepfoley: say where to write the figures with --json PATH (e.g. --json eval.json).",
               file=sys.stderr)
         return 2
-    bar = _Bar("choosing α" if args.choose_alpha else "evaluating")
-    if args.controls and (args.choose_alpha or args.beta_sweep is not None or args.write):
-        print("stepfoley: --controls is its own run; leave out --choose-alpha, --beta-sweep and --write.",
+    bar = _Bar("choosing α" if args.choose_alpha else "choosing the level anchor" if args.choose_level_anchor
+               else "evaluating")
+    if args.controls and (args.choose_alpha or args.choose_level_anchor or args.beta_sweep is not None or args.write):
+        print("stepfoley: --controls is its own run; leave out --choose-alpha, --choose-level-anchor, --beta-sweep "
+              "and --write.", file=sys.stderr)
+        return 2
+    if args.choose_alpha and args.choose_level_anchor:
+        print("stepfoley: choose α first (--choose-alpha --write), then the level anchor (--choose-level-anchor).",
               file=sys.stderr)
         return 2
     try:
         if os.path.exists(args.json) and not args.force:  # fail before minutes of work, not after
             write_json_atomic(args.json, {}, force=False)
-        if args.write and not args.choose_alpha:
-            raise InvalidInputError("--write goes with --choose-alpha.")
+        if args.write and not (args.choose_alpha or args.choose_level_anchor):
+            raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
         if args.write and (args.weights or args.model):
-            raise InvalidInputError("--write records α in the embedded model's weights file; it goes without "
-                                    "--weights and --model.")
+            raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
+                                    "without --weights and --model.")
         model = _load_model(args)
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
@@ -265,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.choose_alpha:
                 report = _choose_alpha(args, model, presence, bar)
+            elif args.choose_level_anchor:
+                report = _choose_level_anchor(args, model, presence, bar)
             elif args.controls:
                 report = _controls(args, model, embedding, presence, bar)
             else:
@@ -284,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
           f"balanced {validation['balanced_accuracy']:.3f}")
     if args.choose_alpha:
         print(format_alpha_table(report, args.markdown))
+    elif args.choose_level_anchor:
+        print(format_level_anchor_table(report, args.markdown))
     elif args.controls:
         from stepfoley.lab.evaluation.controls import format_controls
 
@@ -325,8 +353,6 @@ def _controls(args, model, embedding, presence, bar) -> dict:
 
 
 def _choose_alpha(args, model, presence, bar) -> dict:
-    from dataclasses import replace
-
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
 
@@ -337,17 +363,41 @@ def _choose_alpha(args, model, presence, bar) -> dict:
     report = choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
                           k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
     if args.write:
-        from stepfoley.engine.embedded.model import WEIGHTS_PATH, write_guidance_defaults
-
-        path = args.embedded_weights or WEIGHTS_PATH
-        defaults = replace(model.defaults, alpha=report["chosen"])
-        provenance = {"command": "stepfoley eval --choose-alpha", "rule": report["rule"],
-                      "config": report["config"], "alphas": {a: {f: s[f]["mean"] for f in ALPHA_FIGURES}
-                                                             for a, s in report["alphas"].items()}}
-        write_guidance_defaults(path, defaults, provenance)
-        report["written"] = {"path": str(path), "guidance_defaults": vars(defaults)}
-        print(f"recorded alpha {report['chosen']:g} as the default of {path}")
+        _write_choice(args, model, report, "alpha", "alphas", ALPHA_FIGURES, "--choose-alpha")
     return report
+
+
+def _choose_level_anchor(args, model, presence, bar) -> dict:
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.evaluation.calibration import (DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, LEVEL_FIGURES,
+                                                      choose_level_anchor)
+
+    if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
+        raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
+                                "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
+    strengths = _numbers(args.anchors, "--anchors") if args.anchors else LEVEL_ANCHOR_GRID
+    report = choose_level_anchor(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
+                                 takes=args.takes, k=args.tracks, strengths=strengths, steps=args.steps,
+                                 presence=presence, on_progress=bar)
+    if args.write:
+        _write_choice(args, model, report, "level_anchor", "strengths", LEVEL_FIGURES, "--choose-level-anchor")
+    return report
+
+
+def _write_choice(args, model, report: dict, default: str, grid: str, figures, option: str) -> None:
+    """Records the report's choice as the embedded model's `default` (a GuidanceDefaults field)
+    in its weights file, with the rule, the config and each grid value's mean figures."""
+    from dataclasses import replace
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, write_guidance_defaults
+
+    path = args.embedded_weights or WEIGHTS_PATH
+    defaults = replace(model.defaults, **{default: report["chosen"]})
+    provenance = {"command": f"stepfoley eval {option}", "rule": report["rule"], "config": report["config"],
+                  grid: {a: {f: s[f]["mean"] for f in figures} for a, s in report[grid].items()}}
+    write_guidance_defaults(path, defaults, provenance, chosen=default)
+    report["written"] = {"path": str(path), "guidance_defaults": vars(defaults)}
+    print(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
 
 
 def _train(args: argparse.Namespace) -> int:
