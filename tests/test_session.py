@@ -296,3 +296,20 @@ def test_takes_made_together_must_agree_on_method_and_strengths(tiny, scene_vide
                                [None, None])
     with pytest.raises(InvalidInputError, match="one condition"):
         session.generate_takes([TrackSettings("rain", steps=1)], [])
+
+
+def test_the_model_level_anchor_reaches_guided_tracks_only(tiny, scene_video):
+    from dataclasses import replace
+
+    held, free = (replace(tiny, defaults=replace(tiny.defaults, level_anchor=a)) for a in (0.5, 0.0))
+    region = Region(scene_video, 0.0, 2.0)
+
+    def make(model, **settings):
+        return StepSession(model, region).next_track(TrackSettings("rain", seed=4, steps=2, **settings))
+
+    guided_held, guided_free = make(held, alpha=4.5), make(free, alpha=4.5)
+    assert guided_held.metadata["level_anchor"] == 0.5 and guided_free.metadata["level_anchor"] == 0.0
+    assert guided_held.metadata["decoded_lufs"] != pytest.approx(guided_free.metadata["decoded_lufs"], abs=0.1)
+    plain_held, plain_free = make(held, alpha=1.0), make(free, alpha=1.0)  # the conditional flow alone
+    assert plain_held.metadata["level_anchor"] == 0.0
+    assert np.array_equal(plain_held.samples, plain_free.samples)
