@@ -403,31 +403,41 @@ def test_alpha_rule_takes_the_most_faithful_alpha_within_the_clipping_limit():
     assert chosen == 1.0 and "least overloaded" in why
 
 
-def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publishes_it(quick_classifier, tmp_path,
-                                                                                        capsys):
+def _choose_and_write(quick_classifier, tmp_path, choice: str, grid: list[str]):
+    """`stepfoley eval <choice> --write` on a copy of the packaged weights, one development scene
+    at 1 step: (argv, the report, the copy, its metadata, the packaged file's metadata)."""
     import shutil
 
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from stepfoley.cli import main
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
 
     weights = tmp_path / "mini.safetensors"
     shutil.copy(WEIGHTS_PATH, weights)
-    packaged_before = WEIGHTS_PATH.read_bytes()
-    out = tmp_path / "alpha.json"
-    argv = ["eval", "--choose-alpha", "--embedded-weights", str(weights), "--device", "cpu", "--scenes", "1",
-            "--takes", "1", "--tracks", "2", "--steps", "1", "--alphas", "1,3", "--classifier",
-            str(quick_classifier[0]), "--json", str(out), "--write"]
+    out = tmp_path / "choice.json"
+    argv = ["eval", choice, "--embedded-weights", str(weights), "--device", "cpu", "--scenes", "1", "--takes", "1",
+            "--tracks", "2", "--steps", "1", *grid, "--classifier", str(quick_classifier[0]), "--json", str(out),
+            "--write"]
     assert main(argv) == 0
-    report = json.loads(out.read_text())
+    metadata = []
+    for path in (weights, WEIGHTS_PATH):
+        with safe_open(str(path), "pt") as f:
+            metadata.append(f.metadata())
+    return argv, json.loads(out.read_text()), weights, *metadata
+
+
+def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publishes_it(quick_classifier, tmp_path,
+                                                                                        capsys):
+    from safetensors.torch import load_file
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    packaged_before = WEIGHTS_PATH.read_bytes()
+    _, report, weights, new_meta, old_meta = _choose_and_write(quick_classifier, tmp_path, "--choose-alpha",
+                                                              ["--alphas", "1,3"])
     assert set(report["alphas"]) == {"1", "3"} and report["chosen"] in (1.0, 3.0)
     assert report["config"]["scene_seeds"] == [90_000_000]
-    with safe_open(str(WEIGHTS_PATH), "pt") as f:
-        old_meta = f.metadata()
-    with safe_open(str(weights), "pt") as f:
-        new_meta = f.metadata()
     assert {k: v for k, v in new_meta.items() if not k.startswith("guidance_defaults")} == \
         {k: v for k, v in old_meta.items() if not k.startswith("guidance_defaults")}
     assert json.loads(new_meta["guidance_defaults_provenance"])["rule"] == report["rule"]
@@ -452,27 +462,13 @@ def test_level_anchor_rule_takes_the_smallest_strength_within_the_clipping_limit
 
 
 def test_choose_level_anchor_writes_the_default_and_keeps_alpha_and_its_provenance(quick_classifier, tmp_path):
-    import shutil
-
-    from safetensors import safe_open
-
     from stepfoley.cli import main
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+    from stepfoley.engine.embedded.model import build_embedded_model
 
-    weights = tmp_path / "mini.safetensors"
-    shutil.copy(WEIGHTS_PATH, weights)
-    out = tmp_path / "anchor.json"
-    argv = ["eval", "--choose-level-anchor", "--embedded-weights", str(weights), "--device", "cpu", "--scenes", "1",
-            "--takes", "1", "--tracks", "2", "--steps", "1", "--anchors", "0,1", "--classifier",
-            str(quick_classifier[0]), "--json", str(out), "--write"]
-    assert main(argv) == 0
-    report = json.loads(out.read_text())
+    argv, report, weights, new_meta, old_meta = _choose_and_write(quick_classifier, tmp_path, "--choose-level-anchor",
+                                                                  ["--anchors", "0,1"])
     assert set(report["strengths"]) == {"0", "1"} and report["chosen"] in (0.0, 1.0)
     assert report["config"]["method"] == "nag" and report["config"]["scene_seeds"] == [90_000_000]
-    with safe_open(str(WEIGHTS_PATH), "pt") as f:
-        old_meta = f.metadata()
-    with safe_open(str(weights), "pt") as f:
-        new_meta = f.metadata()
     assert json.loads(new_meta["level_anchor_provenance"])["rule"] == report["rule"]
     assert new_meta["guidance_defaults_provenance"] == old_meta["guidance_defaults_provenance"]  # α's stays
     before, after = build_embedded_model().defaults, build_embedded_model(weights_path=weights).defaults

@@ -22,7 +22,6 @@ FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("composite_distance", "mix dB", "lower", 1.0),
 )
 COMPARED = ("separability", "text_fidelity", "leakage", "pre_limiter_clipped_fraction")
-ALPHA_FIGURES = ("text_fidelity", "pre_limiter_clipped_fraction", "lufs", "decoded_peak_dbfs", "silence_fraction")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,27 +123,33 @@ def format_tables(report: dict, markdown: bool = False) -> str:
     return "\n".join(parts)
 
 
-def format_alpha_table(report: dict, markdown: bool = False) -> str:
-    header = ["α", "text fid. ↑", "clipped % ↓", "LUFS dec.", "peak dBFS dec.", "silence"]
+CHOICE_TITLES = {"text_fidelity": "text fid. ↑", "pre_limiter_clipped_fraction": "clipped % ↓", "lufs": "LUFS dec.",
+                 "decoded_peak_dbfs": "peak dBFS dec.", "silence_fraction": "silence"}
+
+
+def _choice_table(report: dict, grid: str, name: str, figures, markdown: bool, note: str = "") -> str:
+    """A choice over a grid (--choose-alpha, --choose-level-anchor): one line per value of
+    `report[grid]`, the chosen one marked, then the choice and its rule."""
     lines = []
-    for alpha, figures in report["alphas"].items():
-        mark = " (chosen)" if float(alpha) == report["chosen"] else ""
-        lines.append([alpha + mark] + [_cell(figures[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
-                                       for f in ALPHA_FIGURES])
-    return _grid(header, lines, markdown) + f"\nchosen α = {report['chosen']:g}: {report['rule']}"
+    for value, by_figure in report[grid].items():
+        mark = " (chosen)" if float(value) == report["chosen"] else ""
+        lines.append([value + mark] + [_cell(by_figure[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
+                                       for f in figures])
+    return (_grid([name] + [CHOICE_TITLES[f] for f in figures], lines, markdown)
+            + f"\nchosen {name} = {report['chosen']:g}: {report['rule']}{note}")
+
+
+def format_alpha_table(report: dict, markdown: bool = False) -> str:
+    from stepfoley.lab.evaluation.calibration import FIGURES
+
+    return _choice_table(report, "alphas", "α", FIGURES, markdown)
 
 
 def format_level_anchor_table(report: dict, markdown: bool = False) -> str:
     from stepfoley.lab.evaluation.calibration import LEVEL_FIGURES
 
-    header = ["level anchor", "clipped % ↓", "text fid. ↑", "LUFS dec.", "peak dBFS dec."]
-    lines = []
-    for strength, figures in report["strengths"].items():
-        mark = " (chosen)" if float(strength) == report["chosen"] else ""
-        lines.append([strength + mark] + [_cell(figures[f], 100.0 if f == "pre_limiter_clipped_fraction" else 1.0)
-                                          for f in LEVEL_FIGURES])
-    return (_grid(header, lines, markdown) + f"\nchosen level anchor = {report['chosen']:g}: {report['rule']} "
-            "(figures over the NAG tracks 2..k)")
+    return _choice_table(report, "strengths", "level anchor", LEVEL_FIGURES, markdown,
+                         " (figures over the NAG tracks 2..k)")
 
 
 def format_timings(report: dict) -> str:
@@ -354,7 +359,7 @@ def _controls(args, model, embedding, presence, bar) -> dict:
 
 def _choose_alpha(args, model, presence, bar) -> dict:
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
+    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, FIGURES, choose_alpha
 
     if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
         raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
@@ -363,7 +368,7 @@ def _choose_alpha(args, model, presence, bar) -> dict:
     report = choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
                           k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
     if args.write:
-        _write_choice(args, model, report, "alpha", "alphas", ALPHA_FIGURES, "--choose-alpha")
+        _write_choice(args, model, report, "alpha", "alphas", FIGURES, "--choose-alpha")
     return report
 
 
