@@ -41,6 +41,8 @@ from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BA
                                                 SceneRun, StepProgress, check_number, default_presence,
                                                 generate_batch, row_tracks, tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.guidance import GuidanceWeights, resolve_method
+from stepfoley.engine.sampler import is_guided
 from stepfoley.engine.pipeline import FoleyModel
 from stepfoley.engine.session import plan_windows
 
@@ -184,10 +186,14 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
     alpha = model.defaults.alpha
     seeds = [development_scene_seed(i) for i in range(scenes)]
     anchored = {a: replace(model, defaults=replace(model.defaults, level_anchor=a)) for a in strengths}
+    # Track 1 is plain CFG: the anchor reaches it only where that combines branches (α > 1);
+    # otherwise it is the same at every strength and made once per scene.
+    first_per_strength = is_guided(resolve_method("independent", GuidanceWeights(alpha=alpha), has_audio=False))
+    firsts = len(strengths) if first_per_strength else 1
     clock = PhaseClock()
     windows = len(plan_windows(duration, model.max_duration))
-    progress = StepProgress(sum(tracks_per_scene(seeds, k, duration)) * len(strengths) * takes * steps * windows,
-                            on_progress)
+    progress = StepProgress(sum((n - 1) * len(strengths) + firsts for n in tracks_per_scene(seeds, k, duration))
+                            * takes * steps * windows, on_progress)
     per_scene: dict[float, dict[str, list]] = {a: {f: [] for f in LEVEL_FIGURES} for a in strengths}
     nag = Row("nag", "nag", hears="generated")
     with tempfile.TemporaryDirectory(prefix="stepfoley-anchor-", dir=work_dir) as temp:
@@ -197,10 +203,12 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
             clock.add("scenes", time.perf_counter() - t0)
             if run.k < 2:
                 continue
+            first = None
             for a in strengths:
                 run.session.model = anchored[a]
-                first = generate_batch(run, [run.settings(0, t, "independent", alpha, 0.0, steps)
-                                             for t in range(takes)], [None] * takes, clock, progress)
+                if first is None or first_per_strength:
+                    first = generate_batch(run, [run.settings(0, t, "independent", alpha, 0.0, steps)
+                                                 for t in range(takes)], [None] * takes, clock, progress)
                 _record_tracks(per_scene[a], run, [(j, seq[j]) for seq in row_tracks(
                     run, nag, first, alpha, steps, clock, progress) for j in range(1, run.k)], presence, clock)
     config = {"model": model.model_id, "scenes": scenes, "takes": takes, "tracks": k, "steps": steps,
