@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,7 +186,8 @@ def test_the_controls_evaluation_measures_what_the_learned_condition_adds(tmp_pa
 def test_extending_weights_adds_the_loudness_controlnet_and_keeps_everything_else(tmp_path):
     """`stepfoley train loudness` on a tiny recipe: the written file has loudness.* tensors, its
     net.* and controlnet.* tensors are those of the weights it extended, the metadata keeps
-    theirs and adds the loudness figures (held-out losses no / own / other curve)."""
+    theirs and adds the loudness figures (held-out losses no / own / other curve) and how its
+    targets were shaped."""
     from safetensors import safe_open
 
     from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
@@ -197,7 +197,8 @@ def test_extending_weights_adds_the_loudness_controlnet_and_keeps_everything_els
     model = build_embedded_model(random_weights=True)
     source = save_embedded_weights(tmp_path / "source.safetensors", model.net, model.controlnet, model.codec,
                                    metadata={"training_command": "stepfoley train embedded --work w",
-                                             "figures": json.dumps({"base": {"steps": 8000}})})
+                                             "figures": json.dumps({"base": {"steps": 8000}}),
+                                             "recipe": json.dumps({"data": {"scenes": 480, "shaped_prob": 0.1}})})
     recipe = replace(EmbeddedRecipe(), data=replace(DataRecipe(), scenes=5, held_out_scenes=2), loudness_steps=3,
                      warmup_steps=1, checkpoint_every=2, data_workers=1)
     out = tmp_path / "out.safetensors"
@@ -213,4 +214,7 @@ def test_extending_weights_adds_the_loudness_controlnet_and_keeps_everything_els
     trained = json.loads(meta["figures"])
     assert trained["base"] == {"steps": 8000} and trained["loudness"]["steps"] == 3
     assert json.loads(meta["recipe"])["loudness_steps"] == 3 and "loudness_training_command" in meta
+    # the base's data recipe is kept; how this phase shaped its targets is the one it ran with
+    assert json.loads(meta["recipe"])["data"] == {"scenes": 480, "shaped_prob": 0.75, "shaped_point_s": [0.5, 3.0],
+                                                  "shaped_span_db": [6.0, 36.0]}
     assert build_embedded_model(weights_path=out).loudness_control is not None

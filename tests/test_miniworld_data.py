@@ -1,5 +1,7 @@
 """The embedded model's training data: windows, VGGSound-style examples, ControlNet pairs."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from stepfoley.engine import mixing
 from stepfoley.lab.training.miniworld_data import (OFFSET_GRID_S, WINDOW_S, DataRecipe, EmbeddedData,
                                                       _at_loudness, base_batches, build_embedded_data,
                                                       controlnet_batches, held_out_controlnet_losses,
-                                                      window_offsets)
+                                                      loudness_envelope, scene_features, window_offsets)
 
 RECIPE = DataRecipe(scenes=4, held_out_scenes=2, scene_seconds=16.0, windows_per_scene=3)
 
@@ -41,9 +43,36 @@ def test_targets_are_normalized_and_silence_is_dropped():
     assert _at_loudness(np.zeros_like(wave), 16000, -20.0) is None
 
 
-def test_every_audible_source_of_a_window_leads_one_example(data, tiny):
-    from stepfoley.lab.miniworld import make_scene
+def test_a_loudness_envelope_is_a_smooth_gain_spanning_at_most_its_range():
+    recipe = DataRecipe(shaped_point_s=(0.5, 3.0), shaped_span_db=(6.0, 36.0))
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        gain = loudness_envelope(rng, 16000 * 8, 16000, recipe)
+        db = 20 * np.log10(gain)
+        assert gain.shape == (16000 * 8,) and gain.max() == 1.0
+        assert db.min() >= -36.0 - 1e-9
+        # linear in dB between points at least 0.5 s apart: no step larger than 36 dB per 0.5 s
+        assert np.abs(np.diff(db)).max() <= 36.0 / (0.5 * 16000) + 1e-9
 
+
+def test_shaping_changes_the_loudness_examples_only_and_the_curve_is_the_shaped_targets(tiny):
+    recipe = replace(RECIPE, scenes=1, held_out_scenes=0)
+    natural = scene_features(tiny, replace(recipe, shaped_prob=0.0), 0, 90_000)
+    shaped = scene_features(tiny, replace(recipe, shaped_prob=1.0), 0, 90_000)
+    assert torch.equal(natural["latent"], shaped["latent"]) and natural["captions"] == shaped["captions"]
+    assert torch.equal(natural["shaped"], natural["latent"])  # unshaped: the target as it is
+    assert all(not torch.equal(a, b) for a, b in zip(shaped["shaped"], shaped["latent"]))
+
+    def follows(latent, curve):  # correlation, per example, of each frame's level (log energy) with the curve
+        level = torch.logsumexp(2 * latent, dim=-1)
+        level, curve = level - level.mean(-1, keepdim=True), curve - curve.mean(-1, keepdim=True)
+        return float(((level * curve).sum(-1) / (level.norm(dim=-1) * curve.norm(dim=-1) + 1e-9)).mean())
+
+    assert follows(shaped["shaped"], shaped["loudness"]) > follows(shaped["latent"], shaped["loudness"]) + 0.2
+    assert follows(natural["latent"], natural["loudness"]) > 0.5
+
+
+def test_every_audible_source_of_a_window_leads_one_example(data, tiny):
     assert data.clip.shape[1:] == (64, 96) and data.latent.shape[1:] == (250, 40)
     assert len(data.clip) == RECIPE.scenes * RECIPE.windows_per_scene
     on_picture = data.window[data.window >= 0]

@@ -6,8 +6,9 @@
    pairs with the empty video condition), as MMAudio is trained on VGGSound;
 3. freeze it and train the NAG ControlNet, a trainable copy of the blocks its residuals feed,
    on non-overlapping 8 s windows of the same scene, the condition at -20 LUFS like x̃;
-4. with the base still frozen, train the loudness ControlNet (one block) to follow the target's
-   own loudness per latent frame, Draw an Audio's time-loudness condition;
+4. with the base still frozen, train the loudness ControlNet (one block) to follow a target's
+   loudness per latent frame, Draw an Audio's time-loudness condition, on targets most of which
+   a drawn envelope shapes (a curve sets the level, the picture and caption the sounds);
 5. print held-out losses (no / same-clip / other-clip condition; no / own / other curve) and the
    time split, and write the weights (post-hoc EMA, sigma_rel 0.05) as one safetensors file with
    the command, the data seed and the figures in its metadata.
@@ -148,7 +149,8 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     work_dir.mkdir(parents=True, exist_ok=True)
     _, meta = _read_weights(weights_path)
     shipped = json.loads(meta.get("recipe", "{}"))
-    if shipped.get("data") != json.loads(json.dumps(asdict(recipe.data))):  # as stored: tuples are lists
+    data_recipe = json.loads(json.dumps(asdict(recipe.data)))  # as stored: tuples are lists
+    if _split_shaping(shipped.get("data", {}))[0] != _split_shaping(data_recipe)[0]:
         log("note: the weights were trained on another data recipe than the one the loudness ControlNet learns from")
     model = build_embedded_model(weights_path=weights_path, device=device)
     net = model.net
@@ -164,12 +166,19 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
         trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
                                "total_seconds": round(figures["total_seconds"], 1)}
         shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
+        shipped["data"] = {**_split_shaping(shipped.get("data", {}))[0], **_split_shaping(data_recipe)[1]}
         save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata={
             **{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
             "recipe": json.dumps(shipped), "figures": json.dumps(trained),
             "loudness_training_command": _command("loudness")})
         log(f"wrote {out_path}")
     return figures
+
+
+def _split_shaping(data_recipe: dict) -> tuple[dict, dict]:
+    """A stored data recipe as (what every phase learns from, how phase 3 shapes its targets)."""
+    shaping = {k: v for k, v in data_recipe.items() if k.startswith("shaped_")}
+    return {k: v for k, v in data_recipe.items() if k not in shaping}, shaping
 
 
 def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, world: int, log) -> EmbeddedData:
@@ -195,8 +204,9 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
 
 def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, work_dir: Path, rank: int,
                     world: int, log):
-    """The loudness ControlNet on the base's examples, each with its own loudness per latent
-    frame, the base frozen; returns it (EMA weights) and its figures with held-out losses."""
+    """The loudness ControlNet on the base's examples as shaped for it (miniworld_data), each
+    with its loudness per latent frame, the base frozen; returns it (EMA weights) and its
+    figures with held-out losses."""
     from stepfoley.engine.controlnet import AudioControlNet
 
     net.requires_grad_(False).eval()
@@ -206,7 +216,7 @@ def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, wor
                       checkpoint_every=recipe.checkpoint_every)
     loss = LossModule({"net": net, "loudness": loudness},
                       lambda parts, batch, g: loudness_flow_loss(parts["net"], parts["loudness"], batch, 0.1, g))
-    batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world)
+    batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world, shaped=True)
     result = train(loss, loudness, batches, cfg, device, work_dir / "loudness", log)
     load_trained(loudness, result.params)
     figures = _phase_figures(result)

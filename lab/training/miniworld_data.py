@@ -15,6 +15,10 @@ The NAG ControlNet learns from pairs of windows of the same scene that do not ov
 target is the scene's natural mixture under one window's picture, the condition the mixture of
 another window normalized to -20 LUFS, as x̃ is at inference. Scenes last 20 s so that two 8 s
 windows fit at random offsets.
+The loudness ControlNet learns from the base's examples, most of them shaped by a drawn
+loudness envelope (a smooth gain that knows nothing of the picture, as a hand-drawn curve does
+not), each with its loudness per latent frame as the condition: it learns that a curve sets the
+level of the sounds the picture and caption call for, not which sounds there are.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ class DataRecipe:
     stem_alone_prob: float = 0.6  # per window: one source alone, its caption, no picture
     generic_caption_prob: float = 0.3  # "footsteps" rather than "footsteps on gravel"
     target_lufs: tuple[float, float] = (-26.0, -16.0)  # the level of every target mixture
+    # The loudness ControlNet's examples: this share of them under a drawn envelope, its points
+    # this far apart (s) and spanning this much (dB); the rest at their own loudness.
+    shaped_prob: float = 0.75
+    shaped_point_s: tuple[float, float] = (0.5, 3.0)
+    shaped_span_db: tuple[float, float] = (6.0, 36.0)
     seed: int = 0
 
 
@@ -68,8 +77,10 @@ class EmbeddedData:
               target level; condition (W, N, C) the same mixture at -20 LUFS (x̃ of another
               window); audible (W,) bool: the natural mixture is not silence.
     examples: latent (M, N, C) target mixture; window (M,) index into the windows or -1 (no
-              picture); text (M,) index into texts; loudness (M, N) the target's loudness per
-              latent frame on the loudness ControlNet's scale (engine.loudness_curve.measured_condition).
+              picture); text (M,) index into texts; shaped (M, N, C) the same target under a
+              drawn loudness envelope (or as it is), what the loudness ControlNet learns to make;
+              loudness (M, N) the shaped target's loudness per latent frame on that ControlNet's
+              scale (engine.loudness_curve.measured_condition).
     texts:    (T, 77, Dt) text features of every distinct caption.
     held_out (W,) bool: the window's scene is kept for held-out losses only.
     """
@@ -86,6 +97,7 @@ class EmbeddedData:
     window: torch.Tensor
     text: torch.Tensor
     texts: torch.Tensor
+    shaped: torch.Tensor
     loudness: torch.Tensor
 
     def save(self, path: Path, metadata: dict[str, str]) -> Path:
@@ -167,6 +179,28 @@ def _at_loudness(wave: np.ndarray, sr: int, lufs: float) -> np.ndarray | None:
     return (out * (0.89 / peak) if peak > 0.89 else out).astype(np.float32)
 
 
+def loudness_envelope(rng: np.random.Generator, length: int, sample_rate: int, recipe: DataRecipe) -> np.ndarray:
+    """A drawn gain (length,) float64 in (0, 1]: points `shaped_point_s` apart at levels spread
+    over a `shaped_span_db` range, joined linearly in dB, the loudest at 0 dB."""
+    seconds = length / sample_rate
+    times = [0.0]
+    while times[-1] < seconds:
+        times.append(times[-1] + rng.uniform(*recipe.shaped_point_s))
+    levels = -rng.uniform(0.0, 1.0, len(times)) * rng.uniform(*recipe.shaped_span_db)
+    db = np.interp(np.arange(length) / sample_rate, times, levels)
+    return 10 ** ((db - db.max()) / 20)
+
+
+def _shaped(rng: np.random.Generator, wave: np.ndarray, sample_rate: int, recipe: DataRecipe) -> np.ndarray:
+    """A target for the loudness ControlNet: `wave` under a drawn envelope at a target level
+    (`shaped_prob` of the time), else `wave` as it is."""
+    if rng.uniform() >= recipe.shaped_prob:
+        return wave
+    shaped = _at_loudness(wave * loudness_envelope(rng, len(wave), sample_rate, recipe), sample_rate,
+                          rng.uniform(*recipe.target_lufs))
+    return wave if shaped is None else shaped
+
+
 def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> dict:
     """Everything one scene contributes, as a picklable dict: its windows' tensors and its
     examples (latent, window number within the scene or -1, caption)."""
@@ -221,12 +255,16 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
 
     kept = [(_at_loudness(wave, sr, rng.uniform(*recipe.target_lufs)), w, c) for wave, w, c in examples]
     kept = [(wave, w, c) for wave, w, c in kept if wave is not None]
+    # its own stream, so the base's examples are the same with or without shaping
+    shape_rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, index, 161803]))
+    shaped = [_shaped(shape_rng, wave, sr, recipe) for wave, _, _ in kept]
     latent = encode([wave for wave, _, _ in kept]) if kept else None
     return {
         "windows": {k: (torch.stack(v) if isinstance(v[0], torch.Tensor) else v) for k, v in windows.items()},
         "latent": latent,
+        "shaped": None if latent is None else encode(shaped),
         "loudness": None if latent is None else torch.from_numpy(np.stack(
-            [measured_condition(wave, sr, latent.shape[1]) for wave, _, _ in kept])),
+            [measured_condition(wave, sr, latent.shape[1]) for wave in shaped])),
         "window": [w for _, w, _ in kept],
         "captions": [c for _, _, c in kept],
     }
@@ -260,7 +298,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
 
     tasks = [(recipe, i, first_seed) for i in range(recipe.scenes)]
     parts = {k: [] for k in ("clip", "sync", "scene", "offset", "natural", "condition", "audible", "held_out")}
-    latents, loudness, windows, texts = [], [], [], []
+    latents, shaped, loudness, windows, texts = [], [], [], [], []
     caption_index: dict[str, int] = {}
     start = time.perf_counter()
     if workers > 1:
@@ -280,6 +318,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
             parts["held_out"].extend([i >= recipe.scenes - recipe.held_out_scenes] * count)
             if part["latent"] is not None:
                 latents.append(part["latent"])
+                shaped.append(part["shaped"])
                 loudness.append(part["loudness"])
                 windows.extend(base + w if w >= 0 else -1 for w in part["window"])
                 for caption in part["captions"]:
@@ -301,23 +340,30 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
         condition=torch.stack(parts["condition"]), audible=as_tensor(parts["audible"], torch.bool),
         held_out=as_tensor(parts["held_out"], torch.bool), latent=torch.cat(latents),
         window=as_tensor(windows, torch.long), text=as_tensor(parts["text"], torch.long), texts=torch.stack(texts),
-        loudness=torch.cat(loudness))
+        shaped=torch.cat(shaped), loudness=torch.cat(loudness))
 
 
 # --- batches -------------------------------------------------------------------------------------
 
 
+def example_batch(data: EmbeddedData, normalize, idx: torch.Tensor, shaped: bool = False) -> Batch:
+    """The examples `idx` as a batch: their targets, or (`shaped`) their shaped targets with
+    the loudness of each as the condition."""
+    window = data.window[idx]
+    picture = window.clamp_min(0)  # examples without picture take the empty video in the objective
+    target, loudness = (data.shaped[idx], data.loudness[idx]) if shaped else (data.latent[idx], None)
+    return Batch(normalize(target), data.clip[picture], data.sync[picture], data.texts[data.text[idx]], window >= 0,
+                 loudness=loudness)
+
+
 def base_batches(data: EmbeddedData, normalize, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1) -> Iterator[Batch]:
-    """Random batches of the base's examples (this rank's share), without held-out scenes."""
+                 world: int = 1, shaped: bool = False) -> Iterator[Batch]:
+    """Random batches of the base's examples (this rank's share), without held-out scenes;
+    `shaped`: the loudness ControlNet's (example_batch)."""
     g = torch.Generator().manual_seed(seed * 7919 + rank)
     own = data.training_examples()[rank::world]
     while True:
-        idx = own[torch.randint(len(own), (batch_size,), generator=g)]
-        window = data.window[idx]
-        picture = window.clamp_min(0)  # examples without picture take the empty video in the objective
-        yield Batch(normalize(data.latent[idx]), data.clip[picture], data.sync[picture],
-                    data.texts[data.text[idx]], window >= 0, loudness=data.loudness[idx])
+        yield example_batch(data, normalize, own[torch.randint(len(own), (batch_size,), generator=g)], shaped)
 
 
 def controlnet_batch(data: EmbeddedData, normalize, pairs: torch.Tensor, condition_windows: torch.Tensor | None = None
@@ -374,9 +420,9 @@ def held_out_examples(data: EmbeddedData) -> torch.Tensor:
 @torch.no_grad()
 def held_out_loudness_losses(net, loudness_control, data: EmbeddedData, batch_size: int = 16,
                              seed: int = 4321) -> dict[str, float]:
-    """The loudness ControlNet's flow loss on held-out examples with no curve (the base alone),
-    the target's own curve (what it is for) and another example's curve (it should not help), on
-    the same noise and times: a paired comparison."""
+    """The loudness ControlNet's flow loss on held-out examples (their shaped targets) with no
+    curve (the base alone), the target's own curve (what it is for) and another example's curve
+    (it should not help), on the same noise and times: a paired comparison."""
     from stepfoley.lab.training.objectives import loudness_flow_loss
 
     examples = held_out_examples(data)
@@ -386,9 +432,7 @@ def held_out_loudness_losses(net, loudness_control, data: EmbeddedData, batch_si
     totals = {"no_curve": 0.0, "own_curve": 0.0, "other_curve": 0.0}
     for start in range(0, len(examples), batch_size):
         idx, other = examples[start:start + batch_size], others[start:start + batch_size]
-        window = data.window[idx]
-        batch = Batch(net.normalize(data.latent[idx]), data.clip[window], data.sync[window],
-                      data.texts[data.text[idx]], torch.ones(len(idx), dtype=torch.bool), loudness=data.loudness[idx])
+        batch = example_batch(data, net.normalize, idx, shaped=True)
         swapped = Batch(**{**batch.__dict__, "loudness": data.loudness[other]})
         for name, control, b in (("no_curve", None, batch), ("own_curve", loudness_control, batch),
                                  ("other_curve", loudness_control, swapped)):
