@@ -26,7 +26,6 @@ Track settings are the first track's of the main evaluation: plain CFG (method
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import replace
@@ -40,7 +39,7 @@ from stepfoley.engine import audio_io
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.lab.evaluation import metrics, stats
 from stepfoley.lab.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
-                                                SceneRun, default_embedding, default_presence, scene_seed, take_seed)
+                                                SceneRun, default_presence, scene_seed, take_seed)
 from stepfoley.lab.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
 from stepfoley.engine.loudness_curve import FLOOR_LUFS, curve_at, loudness_over_time
 from stepfoley.lab.miniworld.scene import PLAIN
