@@ -9,8 +9,12 @@ client library and the REAPER actions alike, so it never has to appear on a comm
    ~/.config/stepfoley/token (%APPDATA%\\stepfoley\\token on Windows), when it exists.
 
 A token file holds the token on its first line. On POSIX systems it must be a regular file
-owned by the user and readable by nobody else (chmod 600); otherwise it is refused. No token
-anywhere means "" (no token). Pure Python: imports nothing of the engine.
+owned by the user and readable by nobody else (chmod 600); otherwise it is refused. Whatever its
+source, a token is 1-MAX_TOKEN_CHARS characters of text (no NUL, which ends an OSC string; no
+byte that is not UTF-8): every message carries it, and the engine refuses a longer one, so a token
+that breaks the rule is refused when it is resolved (TokenError), before an engine starts with it
+or a client sends it. No token anywhere means "" (no token); so does an explicit "".
+Pure Python: imports nothing of the engine.
 """
 
 from __future__ import annotations
@@ -26,9 +30,41 @@ ENV_TOKEN_FILE = "STEPFOLEY_TOKEN_FILE"
 
 
 class TokenError(Exception):
-    """A token file that cannot be used; the message says how to fix it."""
+    """A token (or token file) that cannot be used; the message says how to fix it. `code` is
+    "bad_token_file" for a token file, "bad_token" for a token given otherwise."""
 
     code = "bad_token_file"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+def is_valid_token(token: str) -> bool:
+    """1-MAX_TOKEN_CHARS characters of text: what every message can carry and the engine accepts."""
+    if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN_CHARS or "\x00" in token:
+        return False
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_token(token: str, source: str | None = None) -> str:
+    """`token` when it is valid; else TokenError ("bad_token") naming `source` (e.g. "$STEPFOLEY_TOKEN")."""
+    if is_valid_token(token):
+        return token
+    what = "The token" if source is None else f"The token from {source}"
+    rule = f"a token is 1-{MAX_TOKEN_CHARS} characters of text (no NUL)"
+    if isinstance(token, str) and len(token) > MAX_TOKEN_CHARS:
+        message = f"{what} is {len(token)} characters long; {rule}. Choose a shorter one."
+    elif isinstance(token, str) and not token:
+        message = f"{what} is empty; {rule}."
+    else:
+        message = f"{what} is not text: {rule}. Choose one of letters and digits."
+    raise TokenError(message, code="bad_token")
 
 
 def token_file_path() -> Path:
@@ -60,20 +96,21 @@ def read_token_file(path: str | os.PathLike) -> str:
     except UnicodeDecodeError:
         raise TokenError(f"The token file '{path}' is not UTF-8 text.") from None
     token = text.splitlines()[0].strip() if text.strip() else ""
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        raise TokenError(f"The token file '{path}' must hold the token (1-{MAX_TOKEN_CHARS} characters) "
-                         "on its first line.")
+    if not is_valid_token(token):
+        raise TokenError(f"The token file '{path}' must hold the token (1-{MAX_TOKEN_CHARS} characters of text, "
+                         "no NUL) on its first line.")
     return token
 
 
 def resolve_token(explicit: str | None = None, file: str | os.PathLike | None = None) -> str:
-    """The token to use, by the order above ("" when there is none)."""
+    """The token to use, by the order above ("" when there is none). Raises TokenError for a
+    token that breaks the rules above, from whichever source."""
     if explicit is not None:
-        return explicit
+        return check_token(explicit, "--token") if explicit else ""
     if file is not None:
         return read_token_file(file)
     if os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN]
+        return check_token(os.environ[ENV_TOKEN], f"${ENV_TOKEN}")
     path = token_file_path()
     if os.environ.get(ENV_TOKEN_FILE) or os.path.lexists(path):
         return read_token_file(path)

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
 from stepfoley.atomic import write_atomically
-from stepfoley.bridge.auth import resolve_token
-from stepfoley.request import RequestError, parse_request
+from stepfoley.bridge.auth import TokenError, resolve_token
+from stepfoley.request import RequestError, parse_request, printable
 
 EXIT_DONE = 0
 EXIT_USAGE = 2
@@ -67,7 +67,7 @@ class EngineClient:
 
     def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT, token: str | None = None):
         """`token` None: $STEPFOLEY_TOKEN or the token file, as bridge/auth.py says (TokenError
-        when that file is unsafe)."""
+        when that file is unsafe, or the token is not 1-256 characters of text)."""
         self.host, self.port, self.token = host, port, resolve_token(token)
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
         # "localhost" may resolve to ::1 first while the engine listens on 127.0.0.1 (its default)
@@ -213,18 +213,28 @@ class RemoteJob:
         self._last_heard = now
         self._last_sign_of_life = now
         self._last_cancel_sent = -1.0
+        # Whatever goes wrong before the request is sent ends this job with a status (rejected),
+        # so a DAW script polling the status file always sees an end, never a client that died.
         try:
             parse_request(request)  # the engine checks again with its model's methods and its folders
-            self._payload = json.dumps(request)
-            if len(self._payload.encode()) > protocol.MAX_DATAGRAM_BYTES - 512:
-                raise protocol.ProtocolError(
-                    "payload_too_large", f"The request is larger than {protocol.MAX_DATAGRAM_BYTES - 512} bytes; shorten it."
-                )
-        except (protocol.ProtocolError, RequestError) as e:
+        except RequestError as e:
             self._finish("error", EXIT_REJECTED, error=(e.code, e.message))
             return
-        except (TypeError, ValueError) as e:
-            self._finish("error", EXIT_REJECTED, error=("invalid_request", f"The request cannot be written as JSON: {e}."))
+        except Exception as e:  # a bug in the parser: reported, not raised
+            self._finish("error", EXIT_REJECTED, error=(
+                "internal_error", f"The request could not be checked ({_describe(e)}). This is a bug in StepFoley; "
+                "please report it with the request."))
+            return
+        try:
+            self._payload = json.dumps(request)
+        except Exception as e:  # TypeError, ValueError, RecursionError, or whatever a value's repr raises
+            self._finish("error", EXIT_REJECTED, error=(
+                "invalid_request", f"The request cannot be written as JSON: {_describe(e)}."))
+            return
+        limit = protocol.MAX_DATAGRAM_BYTES - 512
+        if len(self._payload.encode()) > limit:
+            self._finish("error", EXIT_REJECTED, error=(
+                "payload_too_large", f"The request is larger than {limit} bytes; shorten it."))
             return
         client._routes[self.request_id] = (self, "generate")
         try:
@@ -408,6 +418,15 @@ class RemoteJob:
             del self._client._routes[rid]
 
 
+def _describe(error: BaseException) -> str:
+    """An exception as "Type: message" for a status file, short and never raising."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__, 300)
+
+
 def write_status(path: str, status: dict) -> None:
     """Replace the status file atomically (stepfoley.atomic): a reader sees the old or the new
     file, never half; a reader that holds it open on Windows delays the replace by about a
@@ -442,6 +461,10 @@ def send_request(
     should_cancel = (lambda: os.path.exists(cancel_path)) if cancel_path else None
     try:
         client = EngineClient(host, port, token)
+    except TokenError as e:  # as `stepfoley send` reports it: a usage error, before anything is sent
+        status = failure_status(e.code, str(e), EXIT_USAGE)
+        update(status)
+        return EXIT_USAGE, status
     except OSError as e:
         status = failure_status("engine_not_running", f"Cannot reach {host}:{port}: {e}.", EXIT_NOT_RUNNING)
         update(status)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stepfoley.bridge import osc, protocol
+from stepfoley.bridge.auth import TokenError, check_token
 from stepfoley.bridge.jobs import Job, JobBook, Runner
 from stepfoley.bridge.logs import bridge_logger
 from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request
@@ -176,6 +177,11 @@ class EngineServer:
 
     def __init__(self, runner: Runner | None, config: ServerConfig = ServerConfig(),
                  capabilities: Capabilities | None = None):
+        if config.token:
+            try:  # a token no message can carry would make the engine refuse every message
+                check_token(config.token)
+            except TokenError as e:
+                raise ConfigError(str(e)) from None
         if not config.token and not is_loopback(config.host):
             raise ConfigError(
                 f"Listening on '{config.host}' lets other machines reach the engine; "

@@ -6,7 +6,8 @@ A guidance field the request leaves out (method, alpha, beta, steps, w1-w3) mean
 model's default": the engine publishes its defaults, methods and these bounds as `Capabilities`
 (in /status), so a DAW dialog shows them instead of keeping its own copies.
 
-Pure Python on purpose (no torch): the client imports this inside a DAW.
+Pure Python on purpose (no torch): the client imports this inside a DAW. Only the engine's
+`check_paths` reads audio headers, with soundfile, imported there and then.
 docs/osc-protocol.md's field table is `markdown_table()`; tests/test_request.py keeps them equal.
 """
 
@@ -36,6 +37,10 @@ MAX_REGION_SECONDS = 600.0
 # Region lengths are differences of DAW floats: 0.9 .. 1.9 is 0.9999999999999999 s.
 REGION_TOLERANCE_S = 1e-6
 MIN_PLAYRATE, MAX_PLAYRATE = 0.01, 100.0
+# Project times and source-file times: a week of timeline. Far more than any project or picture,
+# and small enough that a float still resolves a tenth of a nanosecond there (at 1e17 s its step
+# is 16 s, so start + the picture's length was start again and the stem lasted 0 s).
+MAX_TIMELINE_SECONDS = 7 * 24 * 3600.0
 # The stem (project_end - project_start on the timeline) and the one file a job writes. The
 # byte cap bounds the engine's memory too: post-processing holds several copies of the stem.
 MAX_STEM_SECONDS = 600.0
@@ -46,6 +51,10 @@ WAV_HEADER_BYTES = 4096  # room for any header soundfile writes (44 bytes for wa
 # region's stretch is read (MAX_STEM_SECONDS at most), downmixed to mono as it is read.
 MAX_INPUT_AUDIO_BYTES = 2**30
 MAX_INPUT_SAMPLE_RATE = 192000
+# The take is read whole, every channel, as 32-bit floats, from its start to take_offset plus the
+# stem's length (engine.service._Take.read); this bounds that array (the engine's memory).
+MAX_TAKE_DECODED_BYTES = 2**30
+DECODED_BYTES_PER_SAMPLE = 4  # float32
 MAX_STEPS = 200
 MAX_GUIDANCE = 100.0  # alpha, beta
 MAX_WEIGHT = 100.0  # |w1|, |w2|, |w3| of Eq. A6
@@ -70,9 +79,10 @@ _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 GUIDANCE_PARAMS = ("alpha", "beta", "w1", "w2", "w3")
 
 
-def stem_bytes(seconds: float, sample_rate: int, format: str) -> int:
-    """The size of a stem file: what a job writes."""
-    return math.ceil(seconds * sample_rate) * BYTES_PER_SAMPLE[format] + WAV_HEADER_BYTES
+def stem_bytes(seconds: float, sample_rate: int, format: str, channels: int = 1) -> int:
+    """The size of a stem file: what a job writes (a new track is mono; an extended or repaired
+    take keeps the take's channels)."""
+    return math.ceil(seconds * sample_rate) * BYTES_PER_SAMPLE[format] * channels + WAV_HEADER_BYTES
 
 
 class RequestError(ValueError):
@@ -244,6 +254,7 @@ BOUNDS = {
     "sample_rates": list(SAMPLE_RATES), "formats": list(FORMATS),
     "stem_seconds": MAX_STEM_SECONDS, "stem_bytes": MAX_STEM_BYTES,
     "input_audio_bytes": MAX_INPUT_AUDIO_BYTES, "input_sample_rate": MAX_INPUT_SAMPLE_RATE,
+    "take_decoded_bytes": MAX_TAKE_DECODED_BYTES, "timeline_seconds": MAX_TIMELINE_SECONDS,
 }
 
 
@@ -285,15 +296,18 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("protocol", "int", "1", "1 or 2: the version the request is written in, which decides the shape of "
               "the final reply; the fields marked *(v2)* need 2"),
     FieldSpec("region.video", "string", "required", "absolute path of the picture file (only read)"),
-    FieldSpec("region.file_in", "number (s)", "required", "source-file time where the region starts, ≥ 0"),
+    FieldSpec("region.file_in", "number (s)", "required",
+              f"source-file time where the region starts, 0-{MAX_TIMELINE_SECONDS:g} (7 days)"),
     FieldSpec("region.file_out", "number (s)", "required",
               f"source-file time where it ends; the region is {MIN_REGION_SECONDS:g}-{MAX_REGION_SECONDS:g} s "
               f"long (±{REGION_TOLERANCE_S:g} s)"),
     FieldSpec("region.playrate", "number", "1.0", f"{_range(MIN_PLAYRATE, MAX_PLAYRATE)}; the item's playback rate"),
-    FieldSpec("region.project_start", "number (s)", "0.0", "project time where the stem is placed, ≥ 0"),
+    FieldSpec("region.project_start", "number (s)", "0.0",
+              f"project time where the stem is placed, 0-{MAX_TIMELINE_SECONDS:g} (7 days)"),
     FieldSpec("region.project_end", "number (s)", "`project_start + (file_out - file_in) / playrate`",
-              "> `project_start`; the stem lasts `project_end - project_start` (the picture is varispeeded to it), "
-              f"at most {MAX_STEM_SECONDS:g} s"),
+              f"> `project_start`, ≤ {MAX_TIMELINE_SECONDS:g}; the stem lasts `project_end - project_start` (the "
+              f"picture is varispeeded to it), at most {MAX_STEM_SECONDS:g} s; with `take`, as long as the picture "
+              f"(`file_out - file_in`, ±{REGION_TOLERANCE_S:g} s)"),
     FieldSpec("caption", "string", "required", f"the sound to make; not blank, ≤ {MAX_CAPTION_CHARS} characters"),
     FieldSpec("method", "string", "the model's", "a guidance method the engine lists in `capabilities.methods`"),
     FieldSpec("alpha", "number", "the model's", f"{_range(0, MAX_GUIDANCE)}, the CFG scale (α of Eq. 9)"),
@@ -329,9 +343,11 @@ FIELDS: tuple[FieldSpec, ...] = (
               "each written as its own stem and named in the one final reply, best first", since=2),
     FieldSpec("take", "string or null", "null",
               "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
-              f"and channel count; {_INPUT_AUDIO_RULE}); the stem is this take with `regenerate` made new, the rest "
-              "sample for sample (at the take's rate and channels when `sample_rate` is the take's); needs "
-              "`regenerate` and `region.playrate` 1", since=2),
+              f"and channel count; {_INPUT_AUDIO_RULE}; read from its start to `take_offset` + the stem's length, "
+              f"every channel, at most {_mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
+              "`regenerate` made new, the rest sample for sample (at the take's rate and channels when "
+              "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate`, "
+              "`region.playrate` 1 and a stem as long as the picture", since=2),
     FieldSpec("take_offset", "number (s)", "0.0",
               f"0-{MAX_STEM_SECONDS:g}; where `project_start` falls in `take` (a DAW item's start offset into "
               "its source file); only with `take`", since=2),
@@ -377,8 +393,11 @@ def field_rule(name: str) -> str:
 def parse_request(data: Any, capabilities: Capabilities | None = None,
                   check_paths: bool = False) -> GenerationRequest:
     """Check a decoded JSON request and return it typed. With `capabilities` (the engine side)
-    the method must be one the loaded model offers; with `check_paths` output_dir must be an
-    existing writable folder. Raises RequestError naming the field."""
+    the method must be one the loaded model offers; with `check_paths` (the engine, before
+    /accepted) output_dir must be an existing writable folder, every input that exists a regular
+    file within its size, and the header of each audio input within the rate, and the take's
+    within the stem's size (its channels) and MAX_TAKE_DECODED_BYTES; a missing or unreadable file
+    is left to the job. Raises RequestError naming the field."""
     if not isinstance(data, dict):
         _invalid("The request must be a JSON object ({...}).")
     _reject_unknown(data, _TOP_FIELDS, "request")
@@ -443,18 +462,24 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     if request.seed + request.variations - 1 > MAX_SEED:
         _invalid(f"seed {request.seed} leaves no room for {request.variations} variations (their seeds count up "
                  f"from it to at most {MAX_SEED}); choose a smaller seed.")
-    size = stem_bytes(request.region.project_duration, request.sample_rate, request.format)
-    if size > MAX_STEM_BYTES:
-        _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
-                 f"{request.sample_rate} Hz in {request.format}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
-                 "Choose a lower sample_rate, wav24, or a shorter region.")
+    _check_stem_size(request)
     if check_paths:
         _check_output_dir(request.output_dir)
         _check_input_file(request.region.video, "region.video")
         for name in ("existing_mix", "reference_audio", "take"):
             if getattr(request, name) is not None:
-                _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES)
+                _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES, request)
     return request
+
+
+def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | None = None) -> None:
+    size = stem_bytes(request.region.project_duration, request.sample_rate, request.format, channels)
+    if size > MAX_STEM_BYTES:
+        why = "" if take is None else f", {channels} channels like the take '{printable(take)}'"
+        _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
+                 f"{request.sample_rate} Hz in {request.format}{why}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
+                 "Choose a lower sample_rate, wav24, or a shorter region"
+                 f"{'' if take is None else ', or bounce the take with fewer channels'}.")
 
 
 def _check_continuation(request: GenerationRequest) -> None:
@@ -470,6 +495,14 @@ def _check_continuation(request: GenerationRequest) -> None:
     if abs(request.region.playrate - 1.0) > 1e-9:
         _invalid(f"Extending or repairing a take needs the picture at playrate 1 (it is {request.region.playrate:g}): "
                  "the take is kept sample for sample on the timeline.")
+    picture = request.region.duration
+    if abs(length - picture) > REGION_TOLERANCE_S:
+        shown_length, shown_picture = _distinct_seconds(length, picture)
+        _invalid(f"Extending or repairing a take needs the stem as long as its picture: the time selection is "
+                 f"{shown_length} s on the timeline (project_end - project_start) but the picture is {shown_picture} s "
+                 "(file_out - file_in), so the take, kept sample for sample, and the new part, which follows the "
+                 "picture, would not line up. Select the same range on the timeline as on the picture, or leave out "
+                 "project_end.")
     if end > length + REGION_TOLERANCE_S:
         _invalid(f"regenerate ends at {end:g} s, after the stem's end ({length:.3f} s from project_start); "
                  "make the time selection cover it.")
@@ -478,6 +511,15 @@ def _check_continuation(request: GenerationRequest) -> None:
     if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
         _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
                  "to make a new track.")
+
+
+def _distinct_seconds(a: float, b: float) -> tuple[str, str]:
+    """Two lengths in seconds with 3 decimals, or as many more (up to 9) as it takes to tell them apart."""
+    for decimals in range(3, 10):
+        shown = f"{a:.{decimals}f}", f"{b:.{decimals}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 def _check_shaping(request: GenerationRequest) -> None:
@@ -556,8 +598,8 @@ def _region(region: Any) -> VideoRegion:
     _reject_unknown(region, _REGION_FIELDS, "region")
     _require(region, ("video", "file_in", "file_out"), "region")
     video = _path(region["video"], "region.video")
-    file_in = _number(region["file_in"], "region.file_in", 0.0, math.inf)
-    file_out = _number(region["file_out"], "region.file_out", 0.0, math.inf)
+    file_in = _number(region["file_in"], "region.file_in", 0.0, MAX_TIMELINE_SECONDS)
+    file_out = _number(region["file_out"], "region.file_out", 0.0, MAX_TIMELINE_SECONDS)
     length = file_out - file_in
     if length <= 0:
         _invalid(f"region.file_out ({file_out:g}) must be after region.file_in ({file_in:g}).")
@@ -567,13 +609,16 @@ def _region(region: Any) -> VideoRegion:
         _invalid(f"The region is {length:.1f} s long; at most {MAX_REGION_SECONDS:g} s can be made at once. "
                  "Select a shorter range and make the rest in a second pass.")
     playrate = _number(region.get("playrate", 1.0), "region.playrate", MIN_PLAYRATE, MAX_PLAYRATE)
-    start = _number(region.get("project_start", 0.0), "region.project_start", 0.0, math.inf)
+    start = _number(region.get("project_start", 0.0), "region.project_start", 0.0, MAX_TIMELINE_SECONDS)
     if region.get("project_end") is None:
         end = start + length / playrate
+        if end > MAX_TIMELINE_SECONDS:
+            _invalid(f"The stem would end at {end:g} s of the project (region.project_start {start:g} + "
+                     f"{length / playrate:g} s); project times go up to {MAX_TIMELINE_SECONDS:g} s (7 days).")
     else:
-        end = _number(region["project_end"], "region.project_end", 0.0, math.inf)
-        if end <= start:
-            _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+        end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)
+    if end <= start:  # the computed end too: it must not round back to the start
+        _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
         _invalid(f"The stem would last {end - start:.1f} s on the timeline ({length:.2f} s of picture at playrate "
                  f"{playrate:g}); at most {MAX_STEM_SECONDS:g} s can be made at once. "
@@ -589,19 +634,61 @@ def _check_output_dir(folder: str) -> None:
         _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
 
 
-def _check_input_file(path: str, name: str, max_bytes: int | None = None) -> None:
+def _check_input_file(path: str, name: str, max_bytes: int | None = None,
+                      audio_of: GenerationRequest | None = None) -> None:
     # A missing file is the job's error (bad_video, bad_audio), as when it vanishes later; a
     # pipe or a device would block or never end, and a giant file is refused before any work.
     try:
         info = os.stat(path)
     except OSError:
         return
+    _check_regular(info, path, name, max_bytes)
+    if audio_of is not None:
+        _check_audio_header(path, name, max_bytes, audio_of)
+
+
+def _check_regular(info: os.stat_result, path: str, name: str, max_bytes: int | None) -> None:
     if not stat.S_ISREG(info.st_mode):
         _invalid(f"{name} '{printable(path)}' is not a regular file (a folder, a pipe or a device); "
                  "point it to a file.")
     if max_bytes is not None and info.st_size > max_bytes:
         _invalid(f"{name} '{printable(path)}' is {info.st_size / 2**20:.0f} MiB; at most {_mib(max_bytes)} is read. "
                  "Bounce only the region, or at a lower rate or with fewer channels.")
+
+
+def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
+    """What the header of an audio input says, checked before /accepted: its rate, and for the
+    take the stem its channels make and the memory reading it takes. Only the header is read; a
+    file soundfile cannot read stays the job's error (bad_audio), as when it is read later."""
+    import soundfile  # here, not at the top: the client (inside a DAW) never checks paths
+
+    try:
+        # Opened without blocking and checked again once open: the path may have become a pipe
+        # since it was looked at, and opening a pipe for reading waits for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as file:
+        _check_regular(os.fstat(fd), path, name, max_bytes)
+        try:
+            info = soundfile.info(file)
+            rate, channels, frames = int(info.samplerate), int(info.channels), int(info.frames)
+        except Exception:  # soundfile raises several kinds (LibsndfileError, RuntimeError, TypeError, ...)
+            return
+    if rate > MAX_INPUT_SAMPLE_RATE:
+        _invalid(f"{name} '{printable(path)}' is at {rate} Hz; at most {MAX_INPUT_SAMPLE_RATE} Hz is read. "
+                 "Export it at the project's rate.")
+    if name != "take" or rate <= 0 or channels <= 0:
+        return
+    _check_stem_size(request, channels, path)
+    # engine.service._Take.read: every channel, from the start to take_offset + the stem's length
+    read = min(max(frames, 0), math.ceil((request.take_offset + request.region.project_duration) * rate))
+    decoded = read * channels * DECODED_BYTES_PER_SAMPLE
+    if decoded > MAX_TAKE_DECODED_BYTES:
+        _invalid(f"take '{printable(path)}' would fill {decoded / 2**20:.0f} MiB of memory ({read / rate:.1f} s of "
+                 f"{channels} channels at {rate} Hz as 32-bit floats: the engine reads it from its start to "
+                 f"take_offset + the stem's length); at most {_mib(MAX_TAKE_DECODED_BYTES)} is read. Bounce the take "
+                 "with fewer channels or at a lower rate, or trim its start and lower take_offset.")
 
 
 # --- field checks --------------------------------------------------------------------------------
@@ -623,8 +710,24 @@ _SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 2, 60, 60
 
 
 def _show(value: Any) -> str:
-    """A value of any type (nested however deep) quoted for a message."""
-    return printable(_SHORT_REPR.repr(value), 80)
+    """A value of any type (nested however deep) quoted for a message; never raises."""
+    try:
+        return printable(_SHORT_REPR.repr(value), 80)
+    except Exception:  # e.g. an int past Python's 4300-digit limit for str() (a dict built in Python)
+        if _is_int(value):
+            return f"a {'negative ' if value < 0 else ''}whole number of {_digits(value)} digits"
+        return f"a {printable(type(value).__name__, 40)}"
+
+
+def _digits(value: int) -> int:
+    """How many decimal digits |value| has, without str() (refused past 4300 digits)."""
+    value = abs(value)
+    digits = max(1, int(value.bit_length() * 0.30102999566398120))
+    while 10**digits <= value:
+        digits += 1
+    while digits > 1 and 10 ** (digits - 1) > value:
+        digits -= 1
+    return digits
 
 
 def _reject_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
@@ -649,18 +752,24 @@ def _is_int(value: Any) -> bool:
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         _invalid(f"{name} must be a number, got {_show(value)}.")
-    if not low <= value <= high:
-        _invalid(f"{name} = {value:g} is outside {low:g} .. {high:g}.")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer has no size limit: 1 followed by 400 zeros is no float
+        _invalid(f"{name} must be a number between {low:g} and {high:g}, got {_show(value)}.")
+    if not math.isfinite(number):
+        _invalid(f"{name} must be a number, got {_show(value)}.")
+    if not low <= number <= high:
+        _invalid(f"{name} = {number:g} is outside {low:g} .. {high:g}.")
+    return number
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
     if not _is_int(value):
         _invalid(f"{name} must be a whole number, got {_show(value)}.")
     if not low <= value <= high:
-        _invalid(f"{name} = {value} is outside {low} .. {high}.")
+        _invalid(f"{name} = {_show(value)} is outside {low} .. {high}.")
     return value
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from stepfoley.bridge import client as bc
-from stepfoley.bridge import protocol
+from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.server import EngineServer, ServerConfig
 from stepfoley.cli import main
 from test_bridge_kit import SineRunner, client, make_request, runner, server  # noqa: F401
@@ -198,3 +198,53 @@ def test_write_status_never_leaves_a_half_file(tmp_path):
 def test_localhost_reaches_the_default_ipv4_engine(server):
     with bc.EngineClient(host="localhost", port=server.address[1]) as c:
         assert c.ping()["model"] == "test-sine"
+
+
+def test_a_number_no_float_can_hold_ends_in_a_rejected_status_not_a_crash(server, tmp_path, capsys):
+    """alpha = 1 followed by 400 zeros (JSON allows it): the client raised OverflowError before
+    writing any status file, and the engine answered internal_error."""
+    payload = json.dumps(make_request(tmp_path)).replace('"alpha": 4.5', '"alpha": 1' + "0" * 400)
+    status_path = str(tmp_path / "status.json")
+    code, status = bc.send_request(json.loads(payload), status_path, port=server.address[1])
+    assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "invalid_request")
+    assert read_status(status_path)["error"]["message"].startswith(
+        "alpha must be a number between 0 and 100, got 100000000000000000...0000000000000000000")
+    request_file = tmp_path / "req.json"
+    request_file.write_text(payload)
+    assert main(["send", "--request", str(request_file), "--status", status_path,
+                 "--port", str(server.address[1]), "-q"]) == bc.EXIT_REJECTED
+    assert read_status(status_path)["error"]["code"] == "invalid_request"
+    # the engine refuses it the same way from a client that does not check first
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.bind(("127.0.0.1", 0))
+        raw.settimeout(3.0)
+        port = raw.getsockname()[1]
+        raw.sendto(osc.encode(protocol.GENERATE, port, "huge", "", payload), server.address)
+        [(address, args)] = osc.decode(raw.recv(65536))
+    assert (address, args[:3]) == (protocol.ERROR, ["huge", "", "invalid_request"])
+    assert args[3].startswith("alpha must be a number between 0 and 100, got 1000")
+
+
+def test_an_unexpected_error_while_checking_a_request_ends_in_a_status_file(tmp_path, monkeypatch):
+    """The safety net behind the parser: whatever it raises, a DAW script polling the status file
+    sees the request end (rejected, with a message), never a client that died without one."""
+    def broken(request, *args, **kwargs):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(bc, "parse_request", broken)
+    status_path = str(tmp_path / "status.json")
+    code, status = bc.send_request(make_request(tmp_path), status_path, port=free_udp_port())
+    assert (code, status["state"], status["error"]["code"]) == (bc.EXIT_REJECTED, "error", "internal_error")
+    assert read_status(status_path) == status
+    assert "OverflowError: int too large to convert to float" in status["error"]["message"]
+
+
+def test_a_token_too_long_in_the_environment_ends_in_a_usage_status(tmp_path, monkeypatch):
+    """send_request reads $STEPFOLEY_TOKEN like `stepfoley send`: a token no engine accepts is
+    refused before anything is sent, and the status file says so (it used to raise, no file)."""
+    monkeypatch.setenv("STEPFOLEY_TOKEN", "k" * 257)
+    status_path = str(tmp_path / "status.json")
+    code, status = bc.send_request(make_request(tmp_path), status_path, port=free_udp_port())
+    assert (code, status["error"]["code"]) == (bc.EXIT_USAGE, "bad_token")
+    assert read_status(status_path)["error"]["message"].startswith(
+        "The token from $STEPFOLEY_TOKEN is 257 characters long; a token is 1-256 characters")

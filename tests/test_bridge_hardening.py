@@ -435,6 +435,28 @@ def test_finding_08_the_token_from_the_environment_and_a_shared_token_file_refus
         stop(proc)
 
 
+
+def test_serve_and_send_refuse_a_token_no_message_can_carry_from_any_source(tmp_path):
+    """A 300-character $STEPFOLEY_TOKEN (or --token) used to start an engine that then refused every
+    message ("token is too long"); the token file's rule now holds for every source: exit 2 at
+    start, before the model loads, as for a bad token file."""
+    env = {"STEPFOLEY_TOKEN": "k" * 300}
+    proc = stepfoley(tmp_path, "serve", "--port", str(free_port()), env=env)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2
+    assert "The token from $STEPFOLEY_TOKEN is 300 characters long; a token is 1-256 characters" in err
+    proc = stepfoley(tmp_path, "serve", "--port", str(free_port()), "--token", "k" * 257)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "The token from --token is 257 characters long" in err
+    code, status = send(tmp_path, "--ping", env=env)
+    assert (code, status["error"]["code"]) == (2, "bad_token")
+
 # --- 5 and 13 with the real service: inputs read only for the region, project_end, negatives -----
 
 def test_finding_05_13_the_service_reads_only_the_region_and_follows_the_request(tiny, scene_video, tmp_path,
@@ -455,7 +477,7 @@ def test_finding_05_13_the_service_reads_only_the_region_and_follows_the_request
         address, args = p.receive_until(protocol.FINAL_REPLIES, timeout=120)[-1]
         assert address == protocol.DONE, args
         assert sf.info(args[2]).frames == 72000  # project_end - project_start = 1.5 s at 48 kHz
-        assert sum(frames_read) == 2 * 48000  # the region's 2 s of the bounce, not its 10
+        assert sum(frames_read) == 72000  # the bounce's 1.5 s on the timeline (the stem's), not its 10
         p.generate(make_request(tmp_path, region=region, method="negative_prompt", negative_caption="birds",
                                 steps=1), "first")
         address, args = p.receive_until(protocol.FINAL_REPLIES, timeout=120)[-1]

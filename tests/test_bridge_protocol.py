@@ -100,3 +100,36 @@ def test_token_sources_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("STEPFOLEY_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(TokenError, match="Cannot read"):
         resolve_token()
+
+
+def test_every_token_source_is_held_to_the_token_files_rules(tmp_path, monkeypatch):
+    """A token of 257 characters from STEPFOLEY_TOKEN or --token used to be taken as it was: the
+    engine started and then refused every message ("token is too long"). Every source now has
+    the token file's rule (1-256 characters of text), refused when the token is resolved."""
+    from stepfoley.bridge.auth import TokenError, resolve_token
+
+    for name in ("STEPFOLEY_TOKEN", "STEPFOLEY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    longest = "k" * protocol.MAX_TOKEN_CHARS
+    monkeypatch.setenv("STEPFOLEY_TOKEN", longest)
+    assert resolve_token() == longest and resolve_token(longest) == longest
+    monkeypatch.setenv("STEPFOLEY_TOKEN", longest + "k")
+    with pytest.raises(TokenError) as e:
+        resolve_token()
+    assert e.value.code == "bad_token"
+    assert e.value.args[0] == ("The token from $STEPFOLEY_TOKEN is 257 characters long; a token is 1-256 "
+                               "characters of text (no NUL). Choose a shorter one.")
+    with pytest.raises(TokenError, match="The token from --token is 300 characters long; a token is 1-256"):
+        resolve_token("k" * 300)
+    monkeypatch.setenv("STEPFOLEY_TOKEN", "byte \udcff")  # how os.environ holds a byte that is not UTF-8
+    with pytest.raises(TokenError, match="STEPFOLEY_TOKEN is not text: a token is 1-256 characters of text"):
+        resolve_token()
+    with pytest.raises(TokenError, match="--token is not text: a token is 1-256 characters of text"):
+        resolve_token("nul\x00inside")
+    file = tmp_path / "token"
+    file.write_text("a\x00b\n")
+    file.chmod(0o600)
+    with pytest.raises(TokenError, match="first line"):
+        resolve_token(file=file)
+    assert resolve_token("") == ""  # an explicit empty token still means none

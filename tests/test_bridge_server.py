@@ -403,3 +403,14 @@ def test_the_real_engine_answers_generates_and_cancels_through_the_server(real_e
         assert os.listdir(cancelled_out) == [], "a cancelled job writes no stem"
     finally:
         p.close()
+
+
+def test_a_token_no_message_can_carry_is_refused_at_start():
+    """With a 300-character token the engine started, then answered every message, the right
+    token included, with "token is too long"."""
+    with pytest.raises(ConfigError, match="The token is 300 characters long; a token is 1-256 characters"):
+        EngineServer(SineRunner(), ServerConfig(port=0, token="k" * 300))
+    longest = "k" * protocol.MAX_TOKEN_CHARS
+    with EngineServer(SineRunner(), ServerConfig(port=0, token=longest)).start() as srv:
+        with EngineClient(port=srv.address[1], token=longest) as c:
+            assert c.ping()["protocol"] == protocol.PROTOCOL_VERSION

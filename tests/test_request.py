@@ -254,3 +254,149 @@ def test_a_method_added_to_the_registry_reaches_the_cli_and_the_protocol(tmp_pat
     monkeypatch.undo()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "v.mp4", "0", "2", "rain", "--method", "half_cfg"])
+
+
+# --- numbers a float cannot hold, a continuation's two lengths, audio headers, the timeline ------
+
+HUGE = 10**400  # what JSON's 1 followed by 400 zeros decodes to: an int no float can hold
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"alpha": HUGE}, "alpha must be a number between 0 and 100, got 100000000000000000...0000000000000000000."),
+    ({"alpha": -HUGE}, "alpha must be a number between 0 and 100, got -10000000000000000...0000000000000000000."),
+    ({"region": {"video": "/v.mp4", "file_in": HUGE, "file_out": 4}}, "region.file_in must be a number between 0"),
+    ({"protocol": 2, "take": "/t.wav", "regenerate": [0.5, 1], "take_offset": HUGE}, "take_offset must be a number"),
+    ({"protocol": 2, "loudness_curve": [[0, -HUGE]]}, "loudness_curve[0] dB must be a number between -70 and 0"),
+    ({"seed": HUGE}, "seed = 100000000000000000...0000000000000000000 is outside 0 .. 9223372036854775807."),
+    ({"seed": 10**5000}, "seed = a whole number of 5001 digits is outside 0 .. 9223372036854775807."),
+    ({"alpha": 10**5000}, "alpha must be a number between 0 and 100, got a whole number of 5001 digits."),
+    ({"alpha": [10**5000]}, "alpha must be a number, got a list."),
+])
+def test_a_number_no_float_can_hold_is_refused_by_name_in_a_short_message(tmp_path, change, words):
+    """JSON integers have no size limit: 1 followed by 400 zeros overflowed math.isfinite (an
+    internal_error from the engine, a crash in the client), and a range message printed every
+    digit. (Past 4300 digits Python cannot even print the number: a dict built in Python.)"""
+    request = make_request(tmp_path)
+    request.update(change)
+    with pytest.raises(RequestError) as e:
+        parse_request(request, capabilities())
+    assert words in e.value.message and len(e.value.message) < 300
+
+
+def test_the_json_text_of_a_huge_number_is_refused_as_a_request_error(tmp_path):
+    text = json.dumps(make_request(tmp_path)).replace('"alpha": 4.5', '"alpha": 1' + "0" * 400)
+    with pytest.raises(RequestError, match=r"alpha must be a number between 0 and 100, got 1000"):
+        parse_request(json.loads(text))
+
+
+def test_a_take_is_extended_or_repaired_only_when_the_stem_is_as_long_as_its_picture(tmp_path):
+    """The take is kept sample for sample on the timeline, the new part follows the picture: a
+    time selection longer than the picture left part of the stem without picture (silence)."""
+    take = {"protocol": 2, "take": "/take.wav", "regenerate": [2.5, 3.5]}
+    request = make_request(tmp_path, **take)
+    request["region"] = {"video": "/v.mp4", "file_in": 1.0, "file_out": 3.0, "project_start": 0.0, "project_end": 4.0}
+    with pytest.raises(RequestError) as e:
+        parse_request(request)
+    assert ("the time selection is 4.000 s on the timeline (project_end - project_start) but the picture is "
+            "2.000 s (file_out - file_in)") in e.value.message
+    request["region"].update(file_out=5.0)  # 4 s of picture over 4 s of timeline
+    assert parse_request(request).region.project_duration == 4.0
+    request["region"].update(project_start=0.9, project_end=4.9000004)  # a difference of DAW floats: within 1e-6 s
+    assert parse_request(request).region.duration == 4.0
+    request["region"].update(project_end=4.900002)  # 2 µs longer: the digits that differ are shown
+    with pytest.raises(RequestError, match=r"4\.000002 s on the timeline .* the picture is 4\.000000 s"):
+        parse_request(request)
+    # a new track may still be varispeeded onto a selection of another length
+    new = make_request(tmp_path)
+    new["region"] = {"video": "/v.mp4", "file_in": 1.0, "file_out": 3.0, "project_start": 0.0, "project_end": 4.0}
+    assert parse_request(new).region.project_duration == 4.0
+
+
+def write_sound(path, rate: int, channels: int, seconds: float = 0.1, subtype: str = "PCM_16") -> str:
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(str(path), np.zeros((int(rate * seconds), channels), np.float32), rate, subtype=subtype)
+    return str(path)
+
+
+def test_an_audio_input_above_the_highest_rate_is_refused_before_accepted(tmp_path):
+    from stepfoley.request import MAX_INPUT_SAMPLE_RATE
+
+    fast = write_sound(tmp_path / "fast.wav", 2 * MAX_INPUT_SAMPLE_RATE, 2)
+    ok = write_sound(tmp_path / "ok.wav", MAX_INPUT_SAMPLE_RATE, 2)
+    for name, extra in (("existing_mix", {}), ("reference_audio", {"method": "reference"}),
+                        ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
+        with pytest.raises(RequestError) as e:
+            parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities(), check_paths=True)
+        assert f"{name} '{fast}' is at 384000 Hz; at most 192000 Hz is read" in e.value.message
+        parse_request(make_request(tmp_path, **{name: ok, **extra}), capabilities(), check_paths=True)
+        # without check_paths (the client, which may not see the engine's files) nothing is opened
+        parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities())
+
+
+def test_an_audio_input_soundfile_cannot_read_stays_the_jobs_error(tmp_path):
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF not a wave at all" * 10)
+    for name, extra in (("existing_mix", {}), ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
+        request = parse_request(make_request(tmp_path, **{name: str(garbage), **extra}), check_paths=True)
+        assert getattr(request, name) == str(garbage)
+
+
+def test_a_take_whose_channels_make_the_stem_too_big_is_refused(tmp_path):
+    """The stem has the take's channels: 80 s at 192 kHz in wav32f is 58.6 MiB a channel, so two
+    channels fit in 128 MiB and three do not."""
+    request = make_request(tmp_path, protocol=2, sample_rate=192000, format="wav32f", regenerate=[10, 20])
+    request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 80}
+    two = parse_request({**request, "take": write_sound(tmp_path / "two.wav", 48000, 2)}, check_paths=True)
+    assert two.region.project_duration == 80
+    three = write_sound(tmp_path / "three.wav", 48000, 3)
+    with pytest.raises(RequestError) as e:
+        parse_request({**request, "take": three}, check_paths=True)
+    assert ("The stem would be 176 MiB (80.0 s at 192000 Hz in wav32f, 3 channels like the take "
+            f"'{three}'); a job writes at most 128 MiB") in e.value.message
+
+
+def test_a_take_too_big_to_hold_in_memory_is_refused_by_the_part_that_is_read(tmp_path):
+    """The engine decodes the take's channels as 32-bit floats from its start to take_offset
+    plus the stem's length. A sparse WAV (8 channels at 192 kHz, 40 000 001 frames: 610 MiB on
+    disk, 1221 MiB decoded, a few KB of disk used) is refused when all of it is read, accepted
+    when only 150 s (879 MiB) is."""
+    import numpy as np
+    import soundfile as sf
+
+    take = tmp_path / "long.wav"
+    with sf.SoundFile(str(take), "w", 192000, 8, "PCM_16") as f:
+        f.seek(40_000_000)
+        f.write(np.zeros((1, 8), np.int16))
+    assert sf.info(str(take)).frames * 8 * 4 > 2**30  # MAX_TAKE_DECODED_BYTES
+    request = make_request(tmp_path, protocol=2, sample_rate=8000, take=str(take), regenerate=[100, 110])
+    request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 300}
+    with pytest.raises(RequestError) as e:
+        parse_request(request, check_paths=True)
+    assert (f"take '{take}' would fill 1221 MiB of memory (208.3 s of 8 channels at 192000 Hz as 32-bit floats: "
+            "the engine reads it from its start to take_offset + the stem's length); at most 1024 MiB is read"
+            ) in e.value.message
+    request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 150}
+    assert parse_request(request, check_paths=True).take == str(take)
+    request["take_offset"] = 60.0  # 210 s of it read again
+    with pytest.raises(RequestError, match="would fill 1221 MiB of memory"):
+        parse_request(request, check_paths=True)
+
+
+@pytest.mark.parametrize("region, words", [
+    ({"project_start": 1e17}, "region.project_start = 1e+17 is outside 0 .. 604800"),
+    ({"project_start": 604800.0, "project_end": 604801.0}, "region.project_end = 604801 is outside 0 .. 604800"),
+    ({"file_in": 1e17, "file_out": 1e17 + 4}, "region.file_in = 1e+17 is outside 0 .. 604800"),
+    ({"project_start": 604799.0}, "The stem would end at 604803 s of the project (region.project_start 604799 + 4 s)"),
+])
+def test_times_are_bounded_so_the_stem_cannot_round_away(tmp_path, region, words):
+    """At 1e17 s a float's step is 16 s: start + 4 s of picture was start again, and a stem of
+    0 s was accepted. Project and file times are at most MAX_TIMELINE_SECONDS (7 days)."""
+    request = make_request(tmp_path)
+    request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, **region}
+    with pytest.raises(RequestError) as e:
+        parse_request(request)
+    assert words in e.value.message
+    request["region"] = {"video": "/v.mp4", "file_in": 604796.0, "file_out": 604800.0, "project_start": 604796.0}
+    assert parse_request(request).region.project_duration == 4.0
