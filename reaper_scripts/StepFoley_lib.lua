@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.0"
+M.VERSION = "0.5.1"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -382,6 +382,18 @@ function M.save_settings(s)
   for key in pairs(M.DEFAULT_SETTINGS) do
     if s[key] ~= nil then reaper.SetExtState(M.SECTION, key, tostring(s[key]), true) end
   end
+end
+
+------------------------------------------------------------------------------------------
+-- The engine's bounds
+------------------------------------------------------------------------------------------
+
+-- A bound the engine publishes in its capabilities (`bounds`, docs/osc-protocol.md), or
+-- `default` (the library's copy of stepfoley.request's value) when it publishes none.
+function M.published(caps, key, default)
+  local value = type(caps) == "table" and type(caps.bounds) == "table" and caps.bounds[key]
+  if value == nil or value == false then return default end
+  return value
 end
 
 ------------------------------------------------------------------------------------------

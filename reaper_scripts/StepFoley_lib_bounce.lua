@@ -17,8 +17,9 @@ not the mastering). When only some items of those tracks count (negatives picked
 selection or razor edit), the other items of those tracks that play in the region are muted
 for the render (B_MUTE_ACTUAL and C_MUTE_SOLO, which leave item solo alone). Everything changed is put back afterwards, also when the render fails;
 values that already had the wanted state are never touched. The track selection is not
-used. REAPER's API cannot mark a project clean again, so a saved project may show as
-modified afterwards (docs/reaper.md).
+used. The render runs in the generation's project, made the active tab for it (render_in).
+REAPER's API cannot mark a project clean again, so a saved project may show as modified
+afterwards (docs/reaper.md).
 ]]
 
 M.RENDER_NUMBERS = { "RENDER_SETTINGS", "RENDER_BOUNDSFLAG", "RENDER_STARTPOS", "RENDER_ENDPOS",
@@ -154,6 +155,21 @@ local function single_render_target(proj)
   return list[1]
 end
 
+--[[
+Runs the render action in `proj`. REAPER's actions act on the active project tab whatever
+project Main_OnCommandEx is given, and the dialog and the jobs leave REAPER usable, so the user
+may be looking at another tab: `proj` is made the active tab for the render and the user's
+tab is given back afterwards, also when the render fails.
+]]
+local function render_in(proj)
+  local active = reaper.EnumProjects(-1, "")
+  local switch = proj ~= 0 and proj ~= nil and active ~= proj
+  if switch then reaper.SelectProjectInstance(proj) end
+  local ok, err = pcall(reaper.Main_OnCommandEx, M.RENDER_AND_CLOSE, 0, proj)
+  if switch then reaper.SelectProjectInstance(active) end
+  if not ok then error(err, 0) end
+end
+
 -- Renders what the user hears of `tracks` (only `items` of them, when given) over [t0, t1]
 -- to dir/name.wav (24-bit stereo). Returns the WAV path, or nil and a message. Every setting
 -- touched is restored.
@@ -166,7 +182,7 @@ function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
     set_master_mix_render(proj, t0, t1, dir, name, sample_rate)
     local target = single_render_target(proj)
     os.remove(target) -- an existing file would open a modal overwrite prompt
-    reaper.Main_OnCommandEx(M.RENDER_AND_CLOSE, 0, proj)
+    render_in(proj)
     local data = M.read_file(target)
     if not data or #data <= 44 then error("the render produced no file at " .. target) end
     return target

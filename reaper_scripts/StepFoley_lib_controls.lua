@@ -18,17 +18,15 @@ M.LOUDNESS_AT_0DB = -23
 -- Defaults for an engine that does not publish its bounds (stepfoley.request).
 M.MAX_LOUDNESS_POINTS = 128
 M.LOUDNESS_RANGE = { -70, 0 }
--- Read the envelope this often; points that a straight line through their neighbours already
--- gives (within CURVE_TOLERANCE_DB) are dropped.
+-- The envelope is read at most this far apart, at most MAX_CURVE_READINGS times (a region is
+-- at most 600 s: 12001 readings); of the readings, the curve keeps the ones that a straight
+-- line through the kept ones misses by more than CURVE_TOLERANCE_DB (M.loudness_curve).
 M.CURVE_STEP_S = 0.05
+M.MAX_CURVE_READINGS = 12001
 M.CURVE_TOLERANCE_DB = 0.05
 M.VOLUME_ENVELOPES = { ["Volume"] = true, ["Volume (Pre-FX)"] = true, ["Trim Volume"] = true }
 
-local function published(caps, key, default)
-  local value = caps and caps.bounds and caps.bounds[key]
-  if value == nil then return default end
-  return value
-end
+local published = M.published
 
 -- The selected track volume envelope, or nil and a message saying how to select one.
 function M.selected_volume_envelope(proj)
@@ -57,36 +55,65 @@ local function loudness_at(env, mode, t, low, high)
   return math.max(low, math.min(high, M.LOUDNESS_AT_0DB + db))
 end
 
--- Whether every reading strictly between points[i] and points[j] lies on the straight line
--- between them (within CURVE_TOLERANCE_DB).
-local function straight(points, i, j)
-  local a, b = points[i], points[j]
-  for k = i + 1, j - 1 do
-    local p = points[k]
-    if math.abs(a[2] + (b[2] - a[2]) * (p[1] - a[1]) / (b[1] - a[1]) - p[2]) > M.CURVE_TOLERANCE_DB then
-      return false
-    end
+-- The envelope over [0, length] seconds from `a`, read at most CURVE_STEP_S apart (evenly,
+-- both ends included): {seconds from a, dB LUFS} each.
+local function readings(env, a, length, low, high)
+  local steps = math.max(1, math.ceil(length / M.CURVE_STEP_S - 1e-6))
+  steps = math.min(steps, M.MAX_CURVE_READINGS - 1)
+  local mode = reaper.GetEnvelopeScalingMode(env)
+  local points = {}
+  for i = 0, steps do
+    local t = length * i / steps
+    points[i + 1] = { t, loudness_at(env, mode, a + t, low, high) }
   end
-  return true
+  return points
 end
 
--- The readings with those that straight lines between the kept ones already give left out: a
--- flat or straight stretch becomes its two ends.
-local function thinned(points)
-  local out, from = { points[1] }, 1
-  for j = 3, #points do
-    if not straight(points, from, j) then
-      from = j - 1
-      out[#out + 1] = points[from]
-    end
+-- The reading strictly between points[i] and points[j] farthest (in dB) from the straight
+-- line between them: its index and that distance (nil, 0 when there is none).
+local function farthest(points, i, j)
+  local a, b = points[i], points[j]
+  local slope = (b[2] - a[2]) / (b[1] - a[1])
+  local at, most = nil, 0
+  for k = i + 1, j - 1 do
+    local p = points[k]
+    local d = math.abs(a[2] + slope * (p[1] - a[1]) - p[2])
+    if d > most then at, most = k, d end
   end
-  out[#out + 1] = points[#points]
+  return at, most
+end
+
+--[[
+At most `most` of the readings, the two ends always, chosen the Douglas-Peucker way: from the
+ends on, the reading that the straight lines through the kept ones miss by the most is kept
+next, until they miss none by more than CURVE_TOLERANCE_DB or `most` are kept. A flat or
+straight stretch needs only its ends, and a short dip in a long flat region is far off the
+line, so it is kept among the first (evenly spaced points would step over it).
+]]
+local function thinned(points, most)
+  local keep, kept = { [1] = true, [#points] = true }, 2
+  local spans = {} -- {i, j, farthest reading, its distance}: the stretches still missed
+  local function look_at(i, j)
+    local at, distance = farthest(points, i, j)
+    if at and distance > M.CURVE_TOLERANCE_DB then spans[#spans + 1] = { i, j, at, distance } end
+  end
+  look_at(1, #points)
+  while kept < most and #spans > 0 do
+    local worst = 1
+    for s = 2, #spans do if spans[s][4] > spans[worst][4] then worst = s end end
+    local i, j, at = table.unpack(table.remove(spans, worst))
+    keep[at], kept = true, kept + 1
+    look_at(i, at)
+    look_at(at, j)
+  end
+  local out = {}
+  for k = 1, #points do if keep[k] then out[#out + 1] = points[k] end end
   return out
 end
 
 --[[
-The request's loudness_curve: the envelope read over the region every CURVE_STEP_S (fewer
-points for long regions, at most what the engine takes), as [seconds from
+The request's loudness_curve: the envelope read over the region every CURVE_STEP_S, thinned to
+the readings that matter (at most the points the engine takes), as [seconds from
 region.project_start, dB LUFS] points. nil and a message when the envelope is gone.
 ]]
 function M.loudness_curve(proj, env, region, caps)
@@ -94,17 +121,10 @@ function M.loudness_curve(proj, env, region, caps)
     return nil, "The volume envelope to follow is gone; nothing was generated."
   end
   local range = published(caps, "loudness_curve_db", M.LOUDNESS_RANGE)
-  local most = published(caps, "loudness_curve_points", M.MAX_LOUDNESS_POINTS)
+  local most = math.max(2, published(caps, "loudness_curve_points", M.MAX_LOUDNESS_POINTS))
   local a, b = region.project_start, region.project_end
-  local n = math.max(2, math.min(most, math.floor((b - a) / M.CURVE_STEP_S) + 1))
-  local mode = reaper.GetEnvelopeScalingMode(env)
-  local points = {}
-  for i = 0, n - 1 do
-    local t = (i == n - 1) and (b - a) or (b - a) * i / (n - 1)
-    points[#points + 1] = { t, loudness_at(env, mode, a + t, range[1], range[2]) }
-  end
   local curve = {}
-  for i, p in ipairs(thinned(points)) do
+  for i, p in ipairs(thinned(readings(env, a, b - a, range[1], range[2]), most)) do
     curve[i] = M.array({ math.floor(p[1] * 1e6 + 0.5) / 1e6, math.floor(p[2] * 100 + 0.5) / 100 })
   end
   return M.array(curve)

@@ -89,19 +89,31 @@ function M.map_interval(t0, t1, item_pos, startoffs, playrate, levels)
   return a, b, reversed
 end
 
--- The video item to use under [t0, t1]: the one covering most of it (top track wins ties).
+-- Whether a video item is the picture the user sees: it plays (M.item_plays) on a heard track.
+local function picture_plays(item)
+  return M.item_plays(item) and M.track_is_heard(reaper.GetMediaItem_Track(item))
+end
+
+--[[
+The video item to use under [t0, t1]: of those that play on heard tracks, the one covering
+most of it (top track wins ties); an old cut left muted, in a muted folder or on a lane that
+does not play loses to the one the user sees. Only when none plays, the one covering most of
+the others: a picture put on a muted track so that its sound stays out is still the picture.
+]]
 function M.find_video_item(proj, t0, t1)
-  local best, best_overlap = nil, 0
+  local best, best_overlap, best_plays = nil, 0, false
   for i = 0, reaper.CountMediaItems(proj) - 1 do
     local item = reaper.GetMediaItem(proj, i)
     local take = reaper.GetActiveTake(item)
     if take and not reaper.TakeIsMIDI(take) then
       local a, b = M.item_range(item)
       local overlap = math.min(b, t1) - math.max(a, t0)
-      if overlap > best_overlap then
+      local plays = overlap > 0 and picture_plays(item)
+      local better = (plays and not best_plays) or (plays == best_plays and overlap > best_overlap)
+      if overlap > 0 and better then
         local levels = M.source_chain(take)
         if #levels > 0 and M.is_video_source(levels[#levels].src) then
-          best, best_overlap = item, overlap
+          best, best_overlap, best_plays = item, overlap, plays
         end
       end
     end
@@ -309,19 +321,31 @@ function M.choose_negatives(proj, t0, t1, exclude, mode, overrides)
   return chosen
 end
 
--- Captions of the StepFoley takes that play in [t0, t1] on `tracks` (only `items` when
--- given), in track order: the same material the bounce contains.
-function M.previous_captions(tracks, t0, t1, items)
+M.MAX_PREVIOUS_CAPTIONS = 64 -- stepfoley.request.MAX_PREVIOUS_CAPTIONS, when the engine does not say
+
+--[[
+Captions of the StepFoley takes that play in [t0, t1] on `tracks` (only `items` when given),
+in track order: the same material the bounce contains. Each caption once (a layer split into
+pieces has its caption in every piece), and at most as many as the engine takes (`caps`'
+bound; it refuses a request with more): the first ones, and the console says so.
+]]
+function M.previous_captions(tracks, t0, t1, items, caps)
   local only
   if items then only = {} for _, it in ipairs(items) do only[it] = true end end
-  local captions = M.array({})
+  local most = M.published(caps, "previous_captions", M.MAX_PREVIOUS_CAPTIONS)
+  local captions, seen, distinct = M.array({}), {}, 0
   for _, tr in ipairs(tracks) do
     for _, item in ipairs(playing_items_in(tr, t0, t1)) do
-      if not only or only[item] then
-        local meta = M.take_meta(reaper.GetActiveTake(item))
-        if meta then captions[#captions + 1] = meta.caption end
+      local meta = (not only or only[item]) and M.take_meta(reaper.GetActiveTake(item))
+      if meta and not seen[meta.caption] then
+        seen[meta.caption], distinct = true, distinct + 1
+        if #captions < most then captions[#captions + 1] = meta.caption end
       end
     end
+  end
+  if distinct > #captions then
+    M.log(string.format("only the first %d of the %d captions of the layers go to the engine as " ..
+      "previous_captions (the most it takes).", #captions, distinct))
   end
   return captions
 end

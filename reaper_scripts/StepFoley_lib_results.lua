@@ -71,6 +71,18 @@ function M.add_take(item, stem_path, meta, region)
   return take
 end
 
+-- A take's own settings that change how its audio sounds (volume and polarity, pan, channel
+-- mode, pitch and how it is shifted). A new take starts from REAPER's defaults.
+M.TAKE_SOUND = { "D_VOL", "D_PAN", "I_CHANMODE", "D_PITCH", "B_PPITCH", "I_PITCHMODE" }
+
+-- Gives `to` the sound settings of `from`: a take that continues another holds its audio
+-- sample for sample, and the kept part must sound as it did.
+local function copy_take_sound(from, to)
+  for _, key in ipairs(M.TAKE_SOUND) do
+    reaper.SetMediaItemTakeInfo_Value(to, key, reaper.GetMediaItemTakeInfo_Value(from, key))
+  end
+end
+
 -- The index after the last StepFoley track (or the end), so new tracks stack in order.
 local function new_track_index(proj)
   local index = reaper.CountTracks(proj)
@@ -195,9 +207,27 @@ end
 -- Requests
 ------------------------------------------------------------------------------------------
 
+M.MAX_NAME_HINT_CHARS = 200 -- stepfoley.request.MAX_NAME_HINT_CHARS, when the engine does not say
+
+-- The first `n` characters of UTF-8 text, never half of a multi-byte one. Text that is not
+-- UTF-8 is cut after n bytes (fewer characters still); the engine refuses such a caption anyway.
+local function first_chars(text, n)
+  local length = utf8.len(text)
+  if not length then return text:sub(1, n) end
+  if length <= n then return text end
+  return text:sub(1, utf8.offset(text, n + 1) - 1)
+end
+
+-- The stem's name hint: the caption, cut to the engine's bound for it (a caption may be far
+-- longer than a name hint, and the engine refuses a request whose hint is too long).
+function M.name_hint(caption, caps)
+  local most = math.tointeger(M.published(caps, "name_hint_chars", M.MAX_NAME_HINT_CHARS))
+  return first_chars(caption, most or M.MAX_NAME_HINT_CHARS)
+end
+
 -- The request for one job. Guidance fields the user left empty are left out: the engine uses
--- its model's defaults.
-function M.build_request(region, params, seed, folders, negatives, sample_rate)
+-- its model's defaults. `caps`: the engine's capabilities (its bounds), or nil.
+function M.build_request(region, params, seed, folders, negatives, sample_rate, caps)
   return {
     protocol = 1,
     region = region,
@@ -214,7 +244,7 @@ function M.build_request(region, params, seed, folders, negatives, sample_rate)
     output_dir = folders.output_dir,
     sample_rate = sample_rate,
     format = "wav24",
-    name_hint = params.caption,
+    name_hint = M.name_hint(params.caption, caps),
   }
 end
 
@@ -232,12 +262,17 @@ end
 -- has none.
 function M.negating_method(caps, stored)
   if not caps then return stored end
-  local candidates = { stored, M.default_text(caps, "method") }
+  -- built one by one: a layer made with the default method stores none, and a nil inside a
+  -- table constructor would end ipairs there (or not, depending on the table's layout)
+  local candidates = {}
+  local function consider(name) if name then candidates[#candidates + 1] = name end end
+  consider(stored)
+  consider(M.default_text(caps, "method"))
   for _, m in ipairs(M.dialog_methods(caps, "existing")) do
-    if m.audio == "existing" then candidates[#candidates + 1] = m.name end
+    if m.audio == "existing" then consider(m.name) end
   end
   for _, name in ipairs(candidates) do
-    local info = name and M.method_info(caps, name)
+    local info = M.method_info(caps, name)
     if info and info.available ~= false and info.audio == "existing" then return name end
   end
   return nil, "The engine's model '" .. tostring(caps.model) .. "' has no method that hears the other layers " ..
@@ -291,7 +326,7 @@ end
 local function negatives_for(job, settings, engine, params, region, folders, sample_rate)
   local a, b = region.project_start, region.project_end
   local chosen = M.choose_negatives(job.proj, a, b, job.exclude, params.negatives)
-  chosen.previous = M.previous_captions(chosen.tracks, a, b, chosen.items)
+  chosen.previous = M.previous_captions(chosen.tracks, a, b, chosen.items, engine.capabilities)
   local hears_layers = M.method_audio(engine.capabilities, params.method) == "existing"
   if hears_layers and #chosen.tracks > 0 then
     local mix, err = M.bounce(job.proj, chosen.tracks, a, b, folders.job_dir, "existing_mix", sample_rate, chosen.items)
@@ -319,6 +354,9 @@ local function prepare_jobs(job, settings, engine, params, region)
     local err
     extra, err = job.extra_fields(region, engine.capabilities)
     if not extra then return nil, err end
+    -- a continuation keeps the item's active take: the one it is now, whatever the user
+    -- activates while the engine works
+    if extra.take and job.item then job.kept_take = reaper.GetActiveTake(job.item) end
     if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
       return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
         "and restart `stepfoley serve`."
@@ -343,7 +381,8 @@ local function prepare_jobs(job, settings, engine, params, region)
       job_folders = { output_dir = folders.output_dir, job_dir = M.join(folders.job_dir, "take" .. i) }
       reaper.RecursiveCreateDirectory(job_folders.job_dir, 0)
     end
-    local request = M.build_request(region, params, params.seed + first, folders, negatives, sample_rate)
+    local request = M.build_request(region, params, params.seed + first, folders, negatives, sample_rate,
+      engine.capabilities)
     if batch > 1 then
       request.protocol, request.variations = 2, math.min(batch, params.count - first)
     end
@@ -382,6 +421,8 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
   M.undoable_edit(proj, job.undo(params, #takes), function()
     if job.item then
       local take = M.add_take(job.item, takes[1].stem_path, takes[1].meta, region)
+      local kept = job.kept_take -- gone if the user deleted it meanwhile
+      if kept and reaper.ValidatePtr2(proj, kept, "MediaItem_Take*") then copy_take_sound(kept, take) end
       reaper.SetActiveTake(take)
       local pos, item_end = M.item_range(job.item)
       if job.extend_item and region.project_end > item_end then
@@ -450,6 +491,8 @@ One generating action, from the engine check to the new media. `job`:
   exclude           tracks that are never negatives (the layer being replaced); the picture's
                     track is added;
   item              when set, the result becomes a new active take of this item; else a new track;
+                    a continuation's (extra_fields with `take`) gets the kept take's sound
+                    settings (M.TAKE_SOUND);
   extra_fields      optional function(region, capabilities) -> request fields or nil, message:
                     what the action adds to the request (extend and repair: M.continuation_fields;
                     a loudness curve or a picture region: StepFoley_lib_controls.lua); with

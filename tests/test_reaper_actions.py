@@ -130,6 +130,17 @@ def test_older_settings_defaults_are_forgotten(world):
     assert not {"method", "alpha", "beta", "steps"} & set(result["extstate"]["StepFoley"])
 
 
+def test_a_long_caption_gives_a_name_hint_the_engine_takes(world):
+    """Captions may have 1000 characters, the stem's name hint at most 200 (the engine's
+    bound): the hint is the caption's first 200 characters, never half of a multi-byte one."""
+    caption = "pas lourds sur gravier mouillé, " + "é" * 150 + " — " + "足音" * 40  # 265 characters
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=answers(caption=caption)))
+    assert result["messages"] == []
+    request = job_request(result)
+    assert request["caption"] == caption and request["name_hint"] == caption[:200]
+    assert len(new_tracks(result)) == 1
+
+
 def test_caption_history_keeps_the_latest_first(world):
     history = json.dumps(["rain", CAPTION, "wind"])
     extstate = h.extstate(world, caption_history=history)
@@ -143,6 +154,50 @@ def test_no_video_under_time_selection(world):
     [msg] = result["messages"]
     assert "no video item" in msg["message"] and "10.500" in msg["message"]
     assert result["exec"] == [] and new_tracks(result) == [] and result["renders"] == []
+
+
+def two_cuts(world, how: str) -> tuple[dict, Path]:
+    """A scenario with two video items over all of the selection: the old cut first (the top
+    track, which wins ties) but silenced `how`, the new cut after it. Returns it and the new cut."""
+    old, new = world["tmp"] / "old_cut.mp4", world["tmp"] / "new_cut.mp4"
+    for cut in (old, new):
+        cut.write_bytes(b"not decoded")
+    old_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(old), "length": 10.0}]}
+    new_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(new), "length": 10.0}]}
+    sc = scenario(world, video_item=old_item)
+    picture = sc["tracks"][0]
+    if how == "lane-silent":  # fixed lanes: the old cut on lane 0, which does not play; the new on lane 1
+        picture.update(freemode=2, items=[{**old_item, "lane_plays": 0}, {**new_item, "lane_plays": 1}])
+        return sc, new
+    if how == "item-muted":
+        old_item["mute"] = True
+    elif how == "track-muted":
+        picture["mute"] = True
+    elif how == "folder-muted":  # the old cut's track closes a muted folder
+        picture["folderdepth"] = -1
+        sc["tracks"].insert(0, {"name": "Old cuts", "mute": True, "folderdepth": 1, "items": []})
+    sc["tracks"].insert(sc["tracks"].index(picture) + 1, {"name": "Picture v2", "items": [new_item]})
+    return sc, new
+
+
+@pytest.mark.parametrize("how", ["item-muted", "track-muted", "folder-muted", "lane-silent"])
+def test_the_picture_that_plays_wins_over_a_silent_one(world, how):
+    """An old cut left above the new one, silenced (item or track muted, in a muted folder, on a
+    lane that does not play), covers the selection just as much: the new cut, the one that
+    plays, is the picture."""
+    sc, new = two_cuts(world, how)
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert job_request(result)["region"]["video"] == str(new)
+
+
+def test_a_picture_on_a_muted_track_is_still_used(world):
+    # the picture's only copy on a muted track (its sound is not wanted): it is the picture
+    sc = scenario(world)
+    sc["tracks"][0]["mute"] = True
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert job_request(result)["region"]["video"] == str(world["video"]) and len(new_tracks(result)) == 1
 
 
 def test_start_offset_playrate_and_section(world):
@@ -558,6 +613,38 @@ def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
     assert result["undo"] == ['StepFoley: extend "door creak"']
 
 
+TAKE_SOUND = {"vol": 0.5, "pan": -0.25, "chanmode": 3, "pitch": 2.0, "ppitch": 1, "pitchmode": 393219}
+DEFAULT_SOUND = {"vol": 1.0, "pan": 0.0, "chanmode": 0, "pitch": 0.0, "ppitch": 0, "pitchmode": -1}
+
+
+@pytest.mark.parametrize("script, ts", [(h.EXTEND, (4.0, 7.0)), (h.REPAIR, (3.5, 4.0))], ids=["extend", "repair"])
+def test_a_continued_take_sounds_like_the_take_it_keeps(world, script, ts):
+    """The new take of Extend and Repair holds the old take's audio sample for sample, so it
+    plays with the old take's volume, pan, channel mode and pitch: the kept part sounds as before."""
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
+                  extra_tracks=[continuation_layer(world, **TAKE_SOUND)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    old, new = item["takes"]
+    assert item["active_take"] == 2
+    assert {k: old[k] for k in TAKE_SOUND} == {k: new[k] for k in TAKE_SOUND} == TAKE_SOUND
+
+
+def test_a_regenerated_take_is_a_new_sound(world):
+    # Regenerate makes the whole take anew: it starts from REAPER's defaults
+    meta = {"caption": "door creak", "seed": 11, "negatives": {"mode": "none", "tracks": []}}
+    layer = stepfoley_layer(world, "door creak", meta, selected=True)
+    layer["items"][0]["takes"][0].update(TAKE_SOUND)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}], extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    new = layer["items"][0]["takes"][1]
+    assert {k: new[k] for k in DEFAULT_SOUND} == DEFAULT_SOUND
+
+
 def test_regenerate_inside_keeps_the_rest_of_the_take(world):
     sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
                   extra_tracks=[continuation_layer(world)])
@@ -610,6 +697,19 @@ def test_replace_this_layer_negating_all_the_others(world):
     [steps] = [t for t in result["tracks"] if t["name"] == "steps"]
     assert steps["items"][0]["active_take"] == 2
     assert result["undo"] == ['StepFoley: replace layer "steps"']
+
+
+def test_replace_a_layer_made_with_the_default_method(world):
+    """A layer made with the Method field left empty stores no method: Replace uses the model's
+    default when it hears the layers (the stand-in's nag), not the first other one that does."""
+    first = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9, "negatives": {"mode": "none", "tracks": []}},
+                            selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[], extra_tracks=[first],
+                                                   actions=[{"script": h.REPLACE}]))
+    assert result["messages"] == []
+    request = job_request(result)
+    assert request["method"] == h.STANDIN_DEFAULTS["method"] == "nag"
+    assert request["previous_captions"] == ["wind in the trees"] and request["seed"] == 9
 
 
 def test_replace_needs_a_method_that_hears_the_layers(world):

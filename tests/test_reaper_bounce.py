@@ -140,6 +140,38 @@ def test_muted_layers_are_neither_bounced_nor_named(world):
     assert result["renders"] == []
 
 
+def pieces(world, name: str, captions: list[str]) -> dict:
+    """A StepFoley track whose item over [T0, T1) was split into one piece per caption, each
+    playing on where the one before stopped (a split copies the take's P_EXT into each piece)."""
+    d = (T1 - T0) / len(captions)
+    items = [{"position": T0 + i * d, "length": d, "takes": [{"file": str(world["foley"]), "startoffs": i * d,
+              "ext": {"stepfoley_metadata": json.dumps({"caption": c})}}]} for i, c in enumerate(captions)]
+    return {"name": name, "ext": {"stepfoley": "1"}, "items": items}
+
+
+def test_a_split_layer_names_its_caption_once(world):
+    # 70 pieces of one layer: one caption, not 70 (with 71 the engine refuses: at most 64)
+    steps = pieces(world, "steps", ["footsteps on gravel"] * 70)
+    result = h.run_scenario(world["tmp"], h.scenario(world, extra_tracks=[steps]))
+    assert result["messages"] == []
+    assert h.job_request(result)["previous_captions"] == ["wind in the trees", "footsteps on gravel"]
+    assert len(h.new_tracks(result, known=("Picture", "wind", "steps"))) == 1
+
+
+def test_previous_captions_stop_at_the_engines_limit(world):
+    # 70 layers with captions of their own, and wind: the first 64 (the engine's bound) in
+    # track order, each once
+    captions = [f"sound {k}" for k in range(35)]
+    layers = pieces(world, "many", [c for c in captions for _ in range(2)])
+    result = h.run_scenario(world["tmp"], h.scenario(world, extra_tracks=[layers, pieces(world, "more", [
+        f"sound {k}" for k in range(35, 70)])]))
+    assert result["messages"] == []
+    previous = h.job_request(result)["previous_captions"]
+    assert previous == ["wind in the trees"] + [f"sound {k}" for k in range(63)]
+    assert "64 of the 71" in result["console"]
+    assert len(h.new_tracks(result, known=("Picture", "wind", "many", "more"))) == 1
+
+
 def test_a_failing_render_restores_everything(world):
     # the user cancels REAPER's render window: nothing is written; StepFoley must say so and
     # still put back every setting it changed

@@ -57,9 +57,9 @@ def curve_at(curve, t: float) -> float:
     return float(np.interp(t, times, dbs))
 
 
-def run(world, ts, points, answers=None, env_extra=None, **kw):
+def run(world, ts, points, answers=None, env_extra=None, video_item=None, **kw):
     sc = h.scenario(world, ts=ts, dialog=answers or h.answers(), actions=[{"script": FOLLOW}],
-                    extra_tracks=[loudness_track(points, **kw)])
+                    extra_tracks=[loudness_track(points, **kw)], video_item=video_item)
     return h.run_scenario(world["tmp"], sc, env_extra=env_extra)
 
 
@@ -98,6 +98,21 @@ def test_a_long_busy_envelope_stays_within_the_engines_point_limit(world):
     curve = h.job_request(run(world, (2.0, 10.0), points))["loudness_curve"]
     assert 100 <= len(curve) <= 128 and curve[-1][0] == pytest.approx(8.0)
     assert all(-70 <= db <= 0 for _, db in curve)
+
+
+def test_a_short_dip_in_a_long_selection_survives(world):
+    """-20 dB for 0.18 s (square points, 4.92-5.10 s) in a flat 30 s selection: read every 50 ms,
+    the dip is there in the curve, and the flat rest needs no points."""
+    points = [(3.0, 0.0, 1), (4.92, -20.0, 1), (5.10, 0.0, 1), (33.0, 0.0, 1)]
+    long_picture = {"position": 2.0, "length": 32.0, "takes": [{"file": str(world["video"]), "length": 40.0}]}
+    result = run(world, (3.0, 33.0), points, answers=h.answers(negatives="none"), video_item=long_picture)
+    assert result["messages"] == []
+    curve = h.job_request(result)["loudness_curve"]
+    assert len(curve) <= 8 and curve[0][0] == 0.0 and curve[-1][0] == pytest.approx(30.0)
+    for t in (1.95, 2.0, 2.05):  # the readings inside the dip (1.92-2.10 s from the start)
+        assert curve_at(curve, t) == pytest.approx(AT_0DB - 20.0, abs=0.01)
+    for t in np.concatenate([np.linspace(0, 1.9, 39), np.linspace(2.1, 30, 559)]):
+        assert curve_at(curve, t) == pytest.approx(AT_0DB, abs=0.01)
 
 
 def test_silence_on_the_envelope_is_the_quietest_level_the_engine_takes(world):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -62,6 +63,22 @@ def test_switching_tabs_while_generating(world, missing_api):
     other_tab_untouched(result)
     assert result["active_project"] == 2  # the user's tab stays the active one
     assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}"'] and result["undo_depth"] == 0
+
+
+def test_switching_tabs_while_the_dialog_is_open(world):
+    """The ReaImGui window leaves REAPER usable: the user clicks another project tab before
+    Generate. REAPER renders the ACTIVE tab whatever project an action is given, so the bounce
+    must render the generation's project (and give the user's tab back afterwards)."""
+    sc = h.scenario(world, dialog=[], projects=[other_tab(world)], imgui=[
+        {"type": "caption", "text": "steps"}, {"switch_to_project": 2}, {"click": "Generate"}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    mix, _ = sf.read(h.job_request(result)["existing_mix"])
+    np.testing.assert_allclose(mix[:, 0], world["foley_samples"][h.frames(3.0):h.frames(5.5)], atol=1 / 2**22)
+    assert [t["name"] for t in result["tracks"]] == ["Picture", "wind", "steps"]
+    other_tab_untouched(result)
+    assert result["active_project"] == 2  # the user's tab stays the active one
+    h.assert_render_settings_restored(result)
 
 
 # --- 3. stopping the script cancels its job --------------------------------------------------

@@ -268,6 +268,46 @@ def test_methods_for_replace_and_reference():
     assert (a, b, c) == ("nag", "independent", False) and "reference: no ControlNet" in why
 
 
+@pytest.mark.parametrize("methods", [
+    [("independent", None), ("negative_prompt", None), ("nag", "existing"), ("text_boost", None), ("dual", "existing")],
+    [("independent", None), ("nag", "existing")],
+], ids=["five", "two"])
+def test_replace_without_a_stored_method_takes_the_models_default(methods):
+    # a layer made with the Method field left empty stores none: the model's default (nag)
+    # comes first, not the last method that hears the layers, nor no method at all
+    caps = {**CAPS, "methods": [{"name": n, "audio": a, "available": True} for n, a in methods]}
+    out = lua("local caps = SF.json_decode(io.read('a')); local a, why = SF.negating_method(caps, nil); "
+              "io.write(SF.json_encode({a or false, why or false, (SF.negating_method(caps, 'independent'))}))",
+              json.dumps(caps))
+    assert json.loads(out) == ["nag", False, "nag"]
+
+
+@pytest.mark.parametrize("caption, bounds, hint", [
+    ("steps on gravel", None, "steps on gravel"),
+    ("é" * 250, None, "é" * 200),  # 500 bytes: cut after the 200th character, not byte
+    ("é足音abc", {"name_hint_chars": 5}, "é足音ab"),  # the bound the engine publishes
+    ("足" * 201, {"caption_chars": 1000}, "足" * 200),  # capabilities without it: 200
+])
+def test_name_hint_is_the_caption_within_the_engines_bound(caption, bounds, hint):
+    caps = {**CAPS, "bounds": bounds} if bounds else None
+    read_caps = "SF.json_decode(io.read('a'))" if caps else "nil"
+    code = f"io.write(SF.name_hint({lua_string(caption)}, {read_caps}))"
+    assert lua(code, json.dumps(caps)) == hint
+
+
+def test_the_librarys_fallback_bounds_are_the_protocols():
+    """Where an engine publishes no bounds, the library uses its own copies: they must be
+    stepfoley.request's (read from both sides, no value copied into this test)."""
+    from stepfoley import request
+
+    out = lua("io.write(SF.json_encode({SF.MAX_NAME_HINT_CHARS, SF.MAX_PREVIOUS_CAPTIONS, SF.MAX_LOUDNESS_POINTS}))")
+    assert json.loads(out) == [request.MAX_NAME_HINT_CHARS, request.MAX_PREVIOUS_CAPTIONS,
+                               request.MAX_LOUDNESS_POINTS]
+    assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
+    assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
+    assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS
+
+
 def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():
     """What the Lua library knows of the engine, read from both sources (no value copied into
     this test): the default port, the progress phases it has words for, and the exit code of

@@ -9,7 +9,8 @@ fails loudly instead of silently passing.
 Model:
 - several projects (ReaProject*, the project tabs), one of them active. Like REAPER, calls
   that take no project (InsertTrackAtIndex, Main_OnCommand, ...) or get 0 act on the ACTIVE
-  tab; calls given a project act on that project. SelectProjectInstance switches tabs;
+  tab; calls given a project act on that project, except actions: Main_OnCommandEx runs the
+  action on the ACTIVE tab whatever project it is given. SelectProjectInstance switches tabs;
   InsertTrackInProject (REAPER 7.18+) inserts into a given project. A scenario can remove
   API functions (`missing_api`) to play an older REAPER.
 - per project: tracks in order (folders through I_FOLDERDEPTH), a master track, a time
@@ -27,8 +28,10 @@ Model:
   C_MUTE_SOLO), B_LOOPSRC, I_FIXEDLANE and C_LANEPLAYS (read-only: its lane's state), P_NOTES,
   takes, the active take, selection;
 - takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS (negative: silence before the
-  source starts, when the item does not loop), D_PLAYRATE, D_VOL, take markers,
-  stretch-marker count, MIDI flag, a source;
+  source starts, when the item does not loop), D_PLAYRATE, D_VOL, D_PAN, I_CHANMODE, D_PITCH,
+  B_PPITCH, I_PITCHMODE (a new take has REAPER's defaults: 0, 0 normal, 0, 0, -1 project
+  default; pan, channel mode and pitch are stored only: a render refuses a take that plays
+  with other values), take markers, stretch-marker count, MIDI flag, a source;
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
@@ -261,7 +264,8 @@ end
 
 function fake.add_take(item, source, startoffs, playrate)
   local take = { kind = "MediaItem_Take*", item = item, source = source, startoffs = startoffs or 0,
-    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {} }
+    playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {},
+    pan = 0.0, chanmode = 0, pitch = 0.0, ppitch = 0, pitchmode = -1 }
   item.takes[#item.takes + 1] = take
   item.active = item.active or take
   return take
@@ -462,6 +466,10 @@ function reaper.ValidatePtr2(p, ptr, kind)
   elseif kind == "MediaTrack*" then
     for _, tr in ipairs(pr.tracks) do if tr == ptr then return true end end
     return ptr == pr.master
+  elseif kind == "MediaItem_Take*" then
+    if not reaper.ValidatePtr2(p, ptr.item, "MediaItem*") then return false end
+    for _, take in ipairs(ptr.item.takes) do if take == ptr then return true end end
+    return false
   elseif kind == "TrackEnvelope*" then
     if not reaper.ValidatePtr2(p, ptr.track, "MediaTrack*") then return false end
     for _, env in ipairs(ptr.track.envelopes) do if env == ptr then return true end end
@@ -816,7 +824,8 @@ end
 -- Takes
 function reaper.TakeIsMIDI(take) check(take, "MediaItem_Take*", "TakeIsMIDI"); return take.midi end
 function reaper.GetTakeNumStretchMarkers(take) check(take, "MediaItem_Take*", "GetTakeNumStretchMarkers"); return take.stretch_markers end
-local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate", D_VOL = "vol" }
+local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate", D_VOL = "vol", D_PAN = "pan",
+  I_CHANMODE = "chanmode", D_PITCH = "pitch", B_PPITCH = "ppitch", I_PITCHMODE = "pitchmode" }
 function reaper.GetMediaItemTakeInfo_Value(take, key)
   check(take, "MediaItem_Take*", "GetMediaItemTakeInfo_Value")
   return assert(take[TAKE_VALUES[key] or ""], "fake reaper: take value not modelled: " .. key)
@@ -950,6 +959,8 @@ local function mix_track_media(out, tr, gain, t0, frames, sr, channels)
   for _, item in ipairs(tr.items) do
     local take = item.active
     if item_plays(item) and item.position < t0 + frames / sr and item.position + item.length > t0 then
+      assert(take.pan == 0 and take.chanmode == 0 and take.pitch == 0,
+        "fake reaper: a take's pan, channel mode and pitch are not modelled in renders")
       local _, root = file_time(take, t0)
       local w = fake.wav_cache[root.file] or fake.read_wav(root.file)
       fake.wav_cache[root.file] = w
@@ -1035,9 +1046,13 @@ local function run_command(cmd, pr)
   elseif cmd == 40745 then fake.toggles[40745] = 1 - fake.toggles[40745] -- Options: Solo in front
   else error("fake reaper: action " .. cmd .. " is not modelled") end
 end
--- Main_OnCommand acts on the active project tab; Main_OnCommandEx on the one given.
+-- Both act on the ACTIVE project tab: REAPER's actions (42230 among them) work on the project
+-- the user sees, whatever project Main_OnCommandEx is given. The project given must still exist.
 function reaper.Main_OnCommand(cmd, _) run_command(cmd, fake.active_project()) end
-function reaper.Main_OnCommandEx(cmd, _, p) run_command(cmd, proj_of(p)) end
+function reaper.Main_OnCommandEx(cmd, _, p)
+  proj_of(p)
+  run_command(cmd, fake.active_project())
+end
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 function fake.base64_decode(s)

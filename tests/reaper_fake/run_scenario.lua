@@ -21,8 +21,8 @@ TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folder
 freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute, mute_solo,
 vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
 which plays or not), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
-stretch_markers, ext, name}]}], envelopes [{name, points (each {time, amplitude or value, shape}),
-scaling_mode, default, selected}]}.
+pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, ext, name}]}], envelopes [{name,
+points (each {time, amplitude or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}.
 ]]
@@ -87,6 +87,8 @@ local function build_tracks(project, list)
         take.stretch_markers = tk.stretch_markers or 0
         take.name = tk.name or ""
         take.vol = tk.vol or 1.0
+        take.pan, take.chanmode, take.pitch = tk.pan or 0.0, tk.chanmode or 0, tk.pitch or 0.0
+        take.ppitch, take.pitchmode = tk.ppitch or 0, tk.pitchmode or -1
         for k, v in pairs(tk.ext or {}) do take.ext[k] = v end
       end
     end
@@ -178,7 +180,8 @@ local function take_out(take)
   local markers = json.array({})
   for i, m in ipairs(take.markers) do markers[i] = { name = m.name, position = m.position } end
   return { name = take.name, ext = take.ext, startoffs = take.startoffs, playrate = take.playrate,
-    source_file = take.source and (take.source.file or "") or json.null, markers = markers }
+    vol = take.vol, pan = take.pan, chanmode = take.chanmode, pitch = take.pitch, ppitch = take.ppitch,
+    pitchmode = take.pitchmode, source_file = take.source and (take.source.file or "") or json.null, markers = markers }
 end
 
 local function tracks_out(pr)

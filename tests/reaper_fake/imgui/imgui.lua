@@ -27,6 +27,8 @@ Labels follow Dear ImGui: "visible text##id". What the user does comes from the 
   {check = WIDGET}  the Checkbox toggles      {radio = WIDGET}  the RadioButton is clicked
   {click = WIDGET}  the Button is clicked     {key = "Escape"}  IsKeyPressed says so
   {close = true}    the window's close button (Begin returns p_open = false)
+  {switch_to_project = N}  the user clicks project tab N (the window is not modal, so REAPER
+                    stays usable); nothing else happens in that frame
 When the list is used up the user closes the window. Every frame's widgets are recorded in
 fake.imgui_frames ({kind, label, value, hint}) for the tests to read.
 ]]
@@ -72,6 +74,7 @@ return function(version)
     fake.imgui_actions = fake.imgui_actions or {}
     action = table.remove(fake.imgui_actions, 1)
     if action == nil or action.close then return false, false end
+    if action.switch_to_project then fake.active = action.switch_to_project end
     in_window = true
     return true, p_open
   end
