@@ -127,6 +127,7 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
     limiter_input = mixing.true_peak(shaped, sample_rate)
     finished = mixing.limit_true_peak(shaped, sample_rate, ceiling_dbtp)
     _, reached = loudness_over_time(finished[0], sample_rate)
+    heard = reached > FLOOR_LUFS  # silence is no distance from a curve: no gain could reach it
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     decoded_lufs = mixing.integrated_loudness(audio[None].astype(np.float32), sample_rate)
     lufs = mixing.integrated_loudness(finished, sample_rate)
@@ -141,6 +142,6 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
         "loudness_curve_applied_as": APPLIED_AS,
         "loudness_normalized": False,
         "loudness_curve_gain_db": [float(gain_db.min()), float(gain_db.max())],
-        "loudness_curve_error_db": float(np.median(np.abs(reached - target))),
+        "loudness_curve_error_db": float(np.median(np.abs(reached[heard] - target[heard]))) if heard.any() else None,
     }
     return finished, levels

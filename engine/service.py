@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import soundfile
 
 from stepfoley.engine import audio_io, mixing, output_folders
-from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError, StepFoleyError
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
-from stepfoley.engine.session import SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, splice
+from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
+                                      splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
                                GenerationRequest)
 
@@ -41,6 +43,17 @@ def _read_input(path: str, what: str, seconds: float) -> tuple[np.ndarray, int]:
     """The first `seconds` of an input recording, mono, within the request's input limits."""
     return audio_io.read_audio(_existing_file(path, what), max_seconds=seconds, mono=True,
                                max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+
+
+def _in_picture_time(samples: np.ndarray, sample_rate: int, region) -> np.ndarray:
+    """Audio of the timeline from project_start (a bounce, a stem) in the picture's time: at a
+    playrate other than 1 the stem's seconds are not the picture's, so it is varispeeded back,
+    the inverse of `_finished_stem`, and NAG hears each sound where the picture shows it."""
+    # samples: (C, S) at sample_rate -> (C, round(region.duration * sample_rate))
+    if abs(region.playrate - 1.0) <= 1e-9:
+        return samples
+    on_timeline = mixing.fit_length(samples, int(round(region.project_duration * sample_rate)))
+    return mixing.resample_to_length(on_timeline, sample_rate, sample_rate, int(round(region.duration * sample_rate)))
 
 
 class FoleyService:
@@ -68,15 +81,15 @@ class FoleyService:
         session = StepSession(self.model, Region(video, region.file_in, region.file_out,
                                                  PictureFocus.from_request(request)), self.feature_cache)
         for samples, sample_rate in existing_tracks:
-            session.add_track(samples, sample_rate)
+            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate)
         reference = None
         if request.reference_audio is not None:
             # looped or trimmed to the region's picture: more than that is never heard
             reference = _read_input(request.reference_audio, "The reference sound", region.duration)
         elif request.existing_mix is not None:
             # the DAW's bounce of the region, from project_start: it covers the stem's length
-            seconds = max(region.duration, region.project_duration)
-            session.add_track(*_read_input(request.existing_mix, "The bounced mix", seconds), request.previous_captions)
+            samples, sample_rate = _read_input(request.existing_mix, "The bounced mix", region.project_duration)
+            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate, request.previous_captions)
         settings = TrackSettings.from_request(request)
         if request.protocol < 2:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
@@ -127,6 +140,8 @@ class FoleyService:
                 stem, metadata = (self._finished_stem(request, takes[index]) if take is None
                                   else take.spliced(request, takes[index]))
                 path = self._write(request, stem)
+                if take is not None:
+                    metadata["kept_untouched"] = take.came_back_untouched(path, request)
                 stems.append({"stem_path": os.fspath(path),
                               "metadata": {**metadata, "rank": rank + 1, "ranking": ranking.figures[index]}})
         except BaseException:
@@ -146,13 +161,15 @@ class _Take:
     """The take of an extend or repair request: as read (C, S) at its own rate, what the model
     hears of it, and the span kept."""
 
-    def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession):
+    def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession,
+                 read_exactly: bool = True):
         self.samples, self.rate = samples, rate
+        self.read_exactly = read_exactly  # False: 32-bit integer or 64-bit float samples, read as float32
         start, end = request.regenerate
         model_rate = session.model.sample_rate
-        mono = mixing.fit_length(mixing.resample(samples.mean(axis=0, keepdims=True), rate, model_rate),
-                                 session.length)[0]
-        self.known = KnownAudio(mono, _kept(session.length, model_rate, start, end))
+        channels = mixing.fit_length(mixing.resample(samples, rate, model_rate), session.length)   # (C, S)
+        self.known = KnownAudio(channels.mean(axis=0), _kept(session.length, model_rate, start, end),
+                                power=(channels.astype(np.float64) ** 2).mean(axis=0))
 
     @classmethod
     def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
@@ -171,7 +188,7 @@ class _Take:
             raise InvalidInputError(
                 f"The take '{request.take}' is {seconds:.3f} s long, but the stem keeps it up to {needed:.3f} s "
                 f"from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a longer take.")
-        return cls(samples, rate, request, session)
+        return cls(samples, rate, request, session, read_exactly=_read_exactly(request.take))
 
     def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         """The stem: the take at the request's rate, the track where it is new, crossfaded at
@@ -181,9 +198,9 @@ class _Take:
         length = int(round(request.region.project_duration * rate))
         take = self.samples if self.rate == rate else mixing.resample(self.samples, self.rate, rate)
         take_length = min(take.shape[-1], length)
-        new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
-        new = mixing.limit_true_peak(new, rate, STEM_CEILING_DBTP)
         keep = _kept(length, rate, *request.regenerate)
+        new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
+        new = limit_new_part(new, ~keep, rate)
         stem = splice(mixing.fit_length(take, length), new, keep, int(round(SEAM_S * rate)), take_length)
         metadata = {
             **track.metadata,
@@ -196,10 +213,33 @@ class _Take:
             "reference_audio": request.reference_audio,
             "take": request.take,
             "regenerate": list(request.regenerate),
-            "kept_untouched": self.rate == rate,  # else the take was resampled to the project's rate
+            "kept_untouched": None,  # known once the stem is written: came_back_untouched
             "lufs": None,  # the stem is the take's, at its level: only the new part was measured
         }
         return stem, metadata
+
+    def came_back_untouched(self, path: Path, request: GenerationRequest) -> bool:
+        """Whether the written stem holds every kept sample exactly as the take's file does:
+        not when the take was resampled to the project's rate, nor when the stem's format
+        cannot hold its samples (a float take written as wav24 is rounded and its overs clipped).
+        Read back rather than predicted: the file is the truth."""
+        if self.rate != request.sample_rate or not self.read_exactly:
+            return False
+        try:
+            written, _ = audio_io.read_audio(path)
+        except (OSError, StepFoleyError):
+            return False
+        n = min(written.shape[-1], self.samples.shape[-1])  # extending past the take's end: nothing kept there
+        keep = _kept(written.shape[-1], self.rate, *request.regenerate)[:n]
+        return bool(np.array_equal(written[:, :n][:, keep], self.samples[:, :n][:, keep]))
+
+
+def _read_exactly(path: str) -> bool:
+    # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
+    try:
+        return soundfile.info(path).subtype not in ("PCM_32", "DOUBLE")
+    except (soundfile.SoundFileError, RuntimeError, OSError):
+        return False
 
 
 def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:

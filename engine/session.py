@@ -9,8 +9,9 @@ opposite sign: the audio condition is a reference recording, looped or trimmed t
 and normalized like x̃, and beta pulls the new track toward it.
 
 Regions longer than the network's 8 s window are generated window by window (same seed,
-offset per window) and joined with an equal-power crossfade; each window gets the matching
-slice of x̃, so NAG sees exactly the sounds under that stretch of picture.
+offset per window) and joined with a 1 s equal-power crossfade in the middle of each overlap;
+each window gets the matching slice of x̃, so NAG sees exactly the sounds under that stretch of
+picture.
 
 Every generated track leaves through engine.mixing.finish_stem (measured as decoded, brought to
 STEM_LUFS, true-peak limited); its measurements are in the track's metadata. `generate_takes`
@@ -53,10 +54,13 @@ MAX_LEVEL_MATCH_DB = 24.0
 @dataclass(frozen=True)
 class KnownAudio:
     """The take being extended or repaired, as the model hears it: samples (S,) mono at the
-    model's rate over the region, and keep (S,) bool, True where the take is kept."""
+    model's rate over the region, keep (S,) bool, True where the take is kept, and power (S,),
+    the take's mean square over its channels there, what the new part's level is matched to
+    (a downmix of wide stereo is quieter than each channel); None: the samples' own."""
 
     samples: np.ndarray
     keep: np.ndarray
+    power: np.ndarray | None = None
 
     def new_part(self) -> np.ndarray:
         return ~self.keep
@@ -132,24 +136,31 @@ def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP
     return [(s, s + window) for s in starts]
 
 
-def crossfade_join(pieces: list[tuple[int, np.ndarray]], length: int) -> np.ndarray:
-    """Join (offset, samples) pieces into `length` samples with equal-power fades over overlaps."""
+def crossfade_join(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> np.ndarray:
+    """Join (offset, samples (S_i,)) pieces, in order of offset, into `length` samples. Where
+    two overlap, the earlier plays until an equal-power crossfade of `fade` samples (at most the
+    overlap) centred in the overlap, then the later one: two independent generations are never
+    heard blended for longer than the fade, and the power of uncorrelated pieces holds through
+    it. A window pushed back to end with the region can overlap the one before it by seconds."""
+    handovers = []  # per pair of consecutive pieces: (first sample of the fade, its length)
+    for (a, earlier), (b, _) in zip(pieces, pieces[1:]):
+        overlap = max(0, min(a + len(earlier), length) - b)
+        n = min(fade, overlap)
+        handovers.append((b + (overlap - n) // 2, n))
     out = np.zeros(length, np.float32)
-    weight = np.zeros(length, np.float32)
     for i, (offset, piece) in enumerate(pieces):
         n = min(len(piece), length - offset)
         w = np.ones(n, np.float32)
-        if i > 0:
-            overlap = max(0, min(n, pieces[i - 1][0] + len(pieces[i - 1][1]) - offset))
-            if overlap:
-                w[:overlap] = np.sin(0.5 * np.pi * np.linspace(0, 1, overlap, dtype=np.float32)) ** 2
-        if i + 1 < len(pieces):
-            overlap = max(0, min(n, offset + n - pieces[i + 1][0]))
-            if overlap:
-                w[n - overlap:] *= np.cos(0.5 * np.pi * np.linspace(0, 1, overlap, dtype=np.float32)) ** 2
+        if i > 0:  # silent until the fade in, then rising over it
+            at, f = handovers[i - 1]
+            w[: at - offset] = 0.0
+            w[at - offset: at - offset + f] = _equal_power(f)
+        if i + 1 < len(pieces):  # falling over the fade out, then silent
+            at, f = handovers[i]
+            w[at - offset: at - offset + f] *= _equal_power(f)[::-1]
+            w[at - offset + f:] = 0.0
         out[offset:offset + n] += w * piece[:n]
-        weight[offset:offset + n] += w
-    return out / np.maximum(weight, 1e-6)
+    return out
 
 
 class StepSession:
@@ -313,7 +324,9 @@ class StepSession:
         timings["decoding"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length) for i in range(len(settings))]
+        fade = self._samples(WINDOW_OVERLAP_S)
+        joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length, fade)
+                  for i in range(len(settings))]
         if known is None:
             finished = [mixing.finish_stem(audio, model.sample_rate) if s.loudness_curve is None
                         else follow_curve(audio, model.sample_rate, s.loudness_curve)
@@ -452,13 +465,14 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     for edge in np.flatnonzero(np.diff(new.astype(np.int8))):
         near[max(0, edge - reach): edge + reach + 1] = True
     near &= known.keep
-    take_rms = float(np.sqrt(np.mean(known.samples[near] ** 2))) if near.any() else 0.0
+    power = known.samples ** 2 if known.power is None else known.power
+    take_rms = float(np.sqrt(np.mean(power[near]))) if near.any() else 0.0
     model_rms = float(np.sqrt(np.mean(audio[near] ** 2))) if near.any() else 0.0
     gain_db = 0.0
     if take_rms > 1e-5 and model_rms > 1e-5:
         gain_db = float(np.clip(20 * math.log10(take_rms / model_rms), -MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB))
-    matched = mixing.limit_true_peak((audio * 10 ** (gain_db / 20))[None].astype(np.float32), sample_rate,
-                                     mixing.STEM_CEILING_DBTP)
+    matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
+    matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]
     levels = {"level_match_gain_db": gain_db,
               "new_part_lufs": _finite_or_none(mixing.integrated_loudness(part, sample_rate))
@@ -469,9 +483,16 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     return matched, levels
 
 
+def limit_new_part(audio: np.ndarray, new: np.ndarray, sample_rate: int) -> np.ndarray:
+    """`audio` (C, S) true-peak limited as its new part (S,) bool alone would be: the model's
+    reproduction of the kept audio is thrown away at the splice, so an over there must not
+    push the new part through the limiter."""
+    return mixing.limit_true_peak(audio * new, sample_rate, mixing.STEM_CEILING_DBTP)
+
+
 def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_length: int | None = None) -> np.ndarray:
     """The take (C, S) with its samples where `keep` (S,) is False replaced by `new` ((C or 1, S)),
-    and an equal-power crossfade of up to `seam` samples from the take into the new audio at
+    and an equal-gain crossfade of up to `seam` samples from the take into the new audio at
     each seam, always on the new side: where keep is True the result is the take, sample for
     sample. `take_length`: how many samples the take really has (extending past its end): a
     fade needs the take's own samples, so past them the new audio stands alone."""
@@ -486,19 +507,30 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
         # into the gap from the take before it, over the take's samples in the gap
         n = max(0, min(seam, (b - a) // 2, length - a)) if a > 0 else 0
         if n:
-            w = _fade_in(n)
+            w = _seam_fade(n)
             out[:, a:a + n] = (1 - w) * take[:, a:a + n] + w * new[:, a:a + n]
         # out of the gap into the take after it
         n = min(seam, (b - a) // 2) if b < length else 0
         if n:
-            w = _fade_in(n)[::-1]
+            w = _seam_fade(n)[::-1]
             out[:, b - n:b] = (1 - w) * take[:, b - n:b] + w * new[:, b - n:b]
     return out
 
 
-def _fade_in(n: int) -> np.ndarray:
-    # equal power, strictly between 0 and 1: the kept sample next to it is the take's own
-    return np.sin(0.5 * np.pi * np.arange(1, n + 1) / (n + 1)) ** 2
+def _equal_power(n: int) -> np.ndarray:
+    """(n,) gains rising strictly between 0 and 1, sin over a quarter turn: with the falling
+    ones, its reverse, the power of two uncorrelated signals holds through a crossfade (two
+    windows, generated independently). Strictly: the sample next to the fade is the other
+    signal's own."""
+    return np.sin(0.5 * np.pi * np.arange(1, n + 1) / (n + 1)).astype(np.float32)
+
+
+def _seam_fade(n: int) -> np.ndarray:
+    """(n,) gains of the new audio at a 50 ms seam, rising strictly between 0 and 1; the take's
+    are one minus these (equal gain). Not equal power: the new audio there was sampled to
+    continue the take and its level matched to it, and equal gain measured the smoother seam
+    (README, "Regions longer than 8 s")."""
+    return _equal_power(n) ** 2
 
 
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:

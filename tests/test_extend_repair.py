@@ -11,7 +11,7 @@ import torch
 
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
-from stepfoley.engine.session import held_frames, splice
+from stepfoley.engine.session import KnownAudio, finish_new_part, held_frames, splice
 from stepfoley.request import RequestError, parse_request
 from test_bridge_kit import make_request
 
@@ -63,11 +63,38 @@ def test_splice_keeps_the_take_and_fades_only_on_the_new_side():
     assert np.array_equal(out[:, 450:550], np.broadcast_to(new, (2, 1000))[:, 450:550])
     assert not np.array_equal(out[:, 400:450], take[:, 400:450]) and not np.allclose(out[:, 400:450], 0.25)
     constant = splice(np.full((1, 1000), 0.5, np.float32), np.full((1, 1000), 0.5, np.float32), keep, 50)
-    np.testing.assert_allclose(constant, 0.5, atol=1e-6)  # equal-power weights sum to one
+    np.testing.assert_allclose(constant, 0.5, atol=1e-6)  # equal gain: the weights sum to one
     # extending past the take's end: no take to fade from, the new audio alone
     keep_start = np.arange(1000) < 700
     extended = splice(np.pad(take[:, :700], ((0, 0), (0, 300))), new, keep_start, 50, take_length=700)
     assert np.array_equal(extended[:, :700], take[:, :700]) and np.all(extended[:, 700:] == 0.25)
+
+
+def test_an_over_in_the_discarded_reproduction_leaves_the_new_part_alone():
+    # the model's audio over 3 s at 16 kHz; the take is kept until 2 s. An over at 0.5 s lies in
+    # audio the splice throws away: the limiter must not act on the new part because of it.
+    rng = np.random.default_rng(3)
+    audio = (0.05 * rng.standard_normal(48000)).astype(np.float32)
+    keep = np.arange(48000) < 32000
+    known = KnownAudio(audio.copy(), keep)
+    spiked = audio.copy()
+    spiked[8000] = 1.5
+    clean, _ = finish_new_part(audio, known, 16000)
+    hot, _ = finish_new_part(spiked, known, 16000)
+    assert np.array_equal(hot[:, ~keep], clean[:, ~keep])
+
+
+def test_the_new_part_is_matched_to_the_takes_channels_not_their_downmix():
+    # two takes with the same downmix, one of them wide: the wide one is louder in each channel
+    rng = np.random.default_rng(4)
+    mid, side = (0.05 * rng.standard_normal((2, 48000))).astype(np.float32)
+    keep = np.arange(48000) < 32000
+    gains = []
+    for channels in (np.stack([mid, mid]), np.stack([mid + side, mid - side])):
+        known = KnownAudio(channels.mean(axis=0), keep, power=(channels ** 2).mean(axis=0))
+        gains.append(finish_new_part(mid.copy(), known, 16000)[1]["level_match_gain_db"])
+    assert gains[0] == pytest.approx(0.0, abs=0.05)
+    assert gains[1] - gains[0] == pytest.approx(10 * np.log10(2.0), abs=0.2)  # side as loud as mid: +3 dB
 
 
 def _request(video, out, take, regenerate, **extra):
@@ -99,6 +126,21 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     assert meta["regenerate"] == regenerate and meta["kept_untouched"] and meta["channels"] == 2
     assert meta["new_part_seconds"] == pytest.approx(regenerate[1] - regenerate[0], abs=1e-3)
     assert json.loads(json.dumps(meta))  # goes on the wire
+
+
+@pytest.mark.parametrize("subtype, level, stem_format, untouched", [
+    ("PCM_24", 0.1, "wav24", True), ("FLOAT", 0.1, "wav32f", True), ("FLOAT", 0.5, "wav24", False),
+    ("PCM_32", 0.1, "wav32f", False)], ids=["pcm24-wav24", "float-wav32f", "float-overs-wav24", "pcm32-wav32f"])
+def test_kept_untouched_says_whether_the_file_holds_the_take_exactly(tiny, scene_video, tmp_path, subtype, level,
+                                                                     stem_format, untouched):
+    take = (level * np.random.default_rng(5).standard_normal(96000)).astype(np.float32)
+    path = tmp_path / "take.wav"
+    sf.write(path, np.clip(take, -1, 1) if subtype != "FLOAT" else take, 48000, subtype=subtype)
+    request = _request(scene_video, tmp_path, path, [1.5, 2.0], format=stem_format)
+    [stem] = _serve(FoleyService(tiny), request)["stems"]
+    assert stem["metadata"]["kept_untouched"] is untouched
+    written = sf.read(stem["stem_path"], dtype="float32")[0][:72000]
+    assert np.array_equal(written, sf.read(path, dtype="float32")[0][:72000]) is (untouched or subtype == "PCM_32")
 
 
 def test_nag_still_negates_the_earlier_layers(tiny, scene_video, tmp_path):

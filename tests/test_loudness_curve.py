@@ -43,6 +43,14 @@ def test_silence_stays_silent_and_the_ceiling_holds_at_full_scale():
     assert levels["limiter_input_true_peak_dbtp"] > mixing.STEM_CEILING_DBTP   # the limiter had work to do
 
 
+def test_the_error_to_the_curve_is_taken_where_the_track_is_heard():
+    # 2 s of sound, then 2 s of digital silence: the silence is not 50 dB away from the curve
+    half = np.concatenate([_noise(2.0), np.zeros(2 * SR, np.float32)])
+    _, levels = follow_curve(half, SR, ((0.0, -20.0),))
+    assert levels["loudness_curve_error_db"] < 1.0
+    assert follow_curve(np.zeros(2 * SR, np.float32), SR, CURVE)[1]["loudness_curve_error_db"] is None
+
+
 def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path):
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.lab.miniworld import make_scene, write_scene

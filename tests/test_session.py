@@ -35,11 +35,24 @@ def test_plan_windows_single_and_overlapping():
     assert all(prev[1] - nxt[0] >= 1.0 for prev, nxt in zip(windows, windows[1:]))
 
 
-def test_crossfade_join_keeps_a_constant_signal_constant():
-    pieces = [(0, np.full(800, 0.5, np.float32)), (700, np.full(800, 0.5, np.float32)),
-              (1200, np.full(800, 0.5, np.float32))]
-    out = crossfade_join(pieces, 2000)
-    np.testing.assert_allclose(out, 0.5, atol=1e-6)
+def test_crossfade_join_blends_only_over_the_fade_at_equal_power():
+    rng = np.random.default_rng(0)
+    # a window pushed back to end with the region overlaps the one before it by 600 samples
+    first, second = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    out = crossfade_join([(0, first), (400, second)], 1400, fade=100)
+    # the fade sits mid-overlap (650..750); elsewhere one piece is heard as it is
+    assert np.array_equal(out[:650], first[:650]) and np.array_equal(out[750:], second[350:])
+    assert not np.array_equal(out[650:750], first[650:750])
+    ones = np.ones(1000, np.float32)
+    gains = crossfade_join([(0, ones), (400, 0 * ones)], 1400, 100) ** 2 \
+        + crossfade_join([(0, 0 * ones), (400, ones)], 1400, 100) ** 2
+    np.testing.assert_allclose(gains, 1.0, atol=1e-6)  # uncorrelated windows keep their power
+    # three windows, the fade no longer than a short overlap
+    pieces = [(0, ones[:800]), (700, ones[:800]), (1200, ones[:800])]
+    weights = [crossfade_join([(o, p if i == j else 0 * p) for j, (o, p) in enumerate(pieces)], 2000, 300)
+               for i in range(3)]
+    np.testing.assert_allclose(sum(w ** 2 for w in weights), 1.0, atol=1e-6)
+    assert np.count_nonzero(weights[0] * weights[1]) == 100  # 700..800: the whole overlap
 
 
 def test_track_one_is_cfg_then_nag_uses_the_mix(tiny, scene_video):
@@ -130,6 +143,25 @@ def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     data, sr = sf.read(result["stem_path"])
     assert data.shape == (48000,) and sf.info(result["stem_path"]).subtype == "FLOAT"
     assert result["metadata"]["project_start"] == 0.0
+
+
+def test_a_bounce_at_another_playrate_is_heard_in_the_pictures_time(tiny, scene_video, tmp_path, monkeypatch):
+    # 2 s of picture at playrate 2: the bounce covers 1 s of timeline, sound in its first half,
+    # so NAG must hear that sound over the picture's first second, not squeezed into half of it
+    bounce = np.zeros(48000, np.float32)
+    bounce[:24000] = 0.1 * np.random.default_rng(0).normal(0, 1, 24000)
+    path = tmp_path / "bounce.wav"
+    sf.write(path, bounce, 48000, subtype="FLOAT")
+    heard = []
+    add_track = StepSession.add_track
+    monkeypatch.setattr(StepSession, "add_track",
+                        lambda self, *a, **k: (add_track(self, *a, **k), heard.append(self.tracks[-1].samples)))
+    request = _request(scene_video, tmp_path, existing_mix=str(path), caption="rain falling")
+    request["region"]["playrate"] = 2.0
+    _serve(FoleyService(tiny), request)
+    (track,) = heard                                           # (32000,) at the model's 16 kHz
+    rms = [float(np.sqrt(np.mean(track[a:a + 4000] ** 2))) for a in range(0, 32000, 4000)]
+    assert min(rms[:3]) > 0.05 and max(rms[5:]) < 1e-3, rms  # sound until 1 s (fades aside), then none
 
 
 def test_service_stem_lasts_project_end_minus_project_start(tiny, scene_video, tmp_path):
