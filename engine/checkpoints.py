@@ -198,7 +198,9 @@ def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[
                             metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False) -> Path:
     """Write a .safetensors file via a temporary file in the same folder and a rename, so a crash
     never leaves half a file under the real name. Refuses to replace an existing file unless
-    `overwrite` is set."""
+    `overwrite` is set. A file that cannot be written (a full or read-only disk) is a
+    CheckpointError naming it and its folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -219,13 +221,22 @@ def save_safetensors_atomic(state_dict: Mapping[str, torch.Tensor], path: Union[
         if tensor.numel():
             seen.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only disk
+        raise CheckpointError(f"Cannot make the folder {path.parent} for the weights file {path.name} "
+                              f"({e.strerror or e}); choose another place, or make it writable.") from None
     try:
         return write_atomically(path, lambda temp: save_file(tensors, str(temp), metadata=metadata or None),
                                 replace=overwrite)
     except FileExistsError:
         raise CheckpointError(f"{path} appeared while it was being written; StepFoley does not overwrite "
                               f"weight files. Choose another name.") from None
+    except (OSError, SafetensorError) as e:  # a full or read-only disk
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+        kept = "the old file is kept as it was" if overwrite and path.exists() else "nothing was written"
+        raise CheckpointError(f"Cannot write the weights file {path} ({reason}); {kept}. Free some space in "
+                              f"{path.parent}, or make it writable, and run the command again.") from None
 
 
 def read_report(path: Union[str, os.PathLike]) -> dict:

@@ -135,15 +135,31 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+# --threads goes up to this many threads per usable core: more only slows the networks down, and
+# far more (100000) makes the OpenMP runtime run out of memory or crash.
+THREADS_PER_CORE = 4
+
+
+def check_threads(threads: int | None) -> int | None:
+    """`threads` (None: the default) if it is 1 to THREADS_PER_CORE x the usable cores; else
+    InvalidInputError saying what is allowed."""
+    if threads is None:
+        return None
+    cores = usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= THREADS_PER_CORE * cores:
+        raise InvalidInputError(f"The thread count (--threads) must be 1 to {THREADS_PER_CORE * cores} "
+                                f"({THREADS_PER_CORE} per core; this process may use {cores}), got {threads}.")
+    return threads
+
+
 def share_cpu(threads: int | None = None, nice: int = 0) -> dict:
     """Run beside a DAW: torch computes with `threads` threads (None: every usable core but one,
-    at least one, so the DAW's audio thread always finds a free core) and the process drops
-    `nice` steps below its current priority (POSIX; ignored elsewhere). Returns what now holds:
+    at least one, so the DAW's audio thread always finds a free core; else as check_threads
+    allows) and the process drops `nice` steps below its current priority (POSIX; ignored
+    elsewhere). Returns what now holds:
     {"threads", "nice" (the process's niceness, None where unknown), "cores"}."""
     cores = usable_cores()
-    threads = max(1, cores - 1) if threads is None else threads
-    if threads < 1:
-        raise InvalidInputError(f"The thread count must be 1 or more, got {threads}.")
+    threads = max(1, cores - 1) if check_threads(threads) is None else threads
     torch.set_num_threads(threads)
     niceness = None
     if hasattr(os, "nice"):

@@ -114,6 +114,11 @@ def file_to_read(path: Path) -> Path | None:
 
 def _take_entry(loaded: dict, entry: str | None, path: Path) -> dict:
     if entry is None:
+        if not isinstance(loaded, dict):
+            # torch.load gives back whatever was saved: a tensor, a list, a number ...
+            raise CheckpointError(
+                f"{path} loads, but holds a {type(loaded).__name__}, not a dictionary of tensors; it is not the "
+                "expected checkpoint: download the official file again.")
         return loaded
     if not isinstance(loaded, dict) or entry not in loaded or not isinstance(loaded[entry], dict):
         found = sorted(map(str, loaded))[:5] if isinstance(loaded, dict) else type(loaded).__name__

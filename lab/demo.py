@@ -2,17 +2,22 @@
 with NAG and with independent generation from the same seeds, so a listener hears what NAG
 changes and run.json says it in figures.
 
-Writes into a new numbered run folder (nothing existing is touched): the silent picture; track 1
-(plain CFG, shared by both soundtracks); tracks 2..k of each method; each method's -20 LUFS
-composite, alone and muxed with the picture; a spectrogram PNG per file of audio; run.json with
-every track's metadata and, per track and method, its text fidelity (the evaluation's
-source-presence classifier: the probability that the track holds its caption's kind) and its
-similarity to the tracks before it (the evaluation's audio embedding, lower is more distinct).
+Writes into a new numbered run folder (nothing existing is touched; the run is made in a hidden
+folder beside it and renamed run_NNN once complete, and a run that fails leaves nothing): the
+silent picture; track 1 (plain CFG, shared by both soundtracks); tracks 2..k of each method;
+each method's -20 LUFS composite, alone and muxed with the picture; a spectrogram PNG per file
+of audio; run.json with every track's metadata and, per track and method, its text fidelity
+(the evaluation's source-presence classifier: the probability that the track holds its
+caption's kind) and its similarity to the tracks before it (the evaluation's audio embedding,
+lower is more distinct).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +31,12 @@ from stepfoley.lab.miniworld import make_scene
 from stepfoley.lab.miniworld.writer import write_atomically, encode_mp4
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.session import StepSession, TrackSettings
+from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.spectrogram import spectrogram_image
+from stepfoley.request import MAX_SEED, MAX_STEPS
 
 DEMO_SEED = 20261122  # outside the training scene seeds [0, 100000)
+MAX_TRACKS = 4  # a mini-world scene holds at most 4 sources, one track each
 
 
 METHODS = ("nag", "independent")
@@ -42,17 +50,74 @@ class DemoResult:
     tracks: list[dict] = field(default_factory=list)  # run.json's "tracks"
 
 
-def new_run_folder(out_dir: Path) -> Path:
-    """out_dir/run_NNN, the first number not yet taken (created exclusively)."""
+def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, steps: int) -> None:
+    """Everything run_demo needs that no model does, checked before one loads; raises
+    InvalidInputError with the option to change."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(tracks) or not 1 <= tracks <= MAX_TRACKS:
+        raise InvalidInputError(f"--tracks {tracks}: give 1 to {MAX_TRACKS} (a mini-world scene holds at most "
+                                f"{MAX_TRACKS} sources).")
+    if not whole(steps) or not 1 <= steps <= MAX_STEPS:
+        raise InvalidInputError(f"--steps {steps}: give 1 to {MAX_STEPS} sampling steps.")
+    highest = MAX_SEED - (tracks - 1)  # track k is made with seed + k - 1
+    if not whole(seed) or not 0 <= seed <= highest:
+        raise InvalidInputError(f"--seed {seed}: give 0 to {highest} (track k uses the seed plus k - 1).")
+    if not os.fspath(out_dir).strip():
+        raise InvalidInputError("--out is empty; give the folder the demo runs go into.")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise InvalidInputError(f"--out {out_dir} is a file, not a folder; give a folder for the demo runs "
+                                "(a new run_NNN is made inside it).")
+
+
+def new_work_folder(out_dir: Path) -> Path:
+    """A new hidden folder in out_dir where a run is made before it gets its run_NNN name."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        folder = out_dir / f"run_{n:03d}"
+    while True:
+        folder = out_dir / f".run-{secrets.token_hex(4)}.part"
         try:
             folder.mkdir()
             return folder
         except FileExistsError:
             continue
-    raise FileExistsError(f"{out_dir} already holds 9999 demo runs; choose another folder.")
+
+
+def publish_run(work: Path, out_dir: Path, manifest: dict) -> Path:
+    """Write run.json and give the finished run `work` its name out_dir/run_NNN, the first number
+    not yet taken (reserved with an exclusive mkdir, then replaced by the run in one rename)."""
+    for n in range(1, 10_000):
+        folder = out_dir / f"run_{n:03d}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        try:
+            # the run's paths (its picture, in each track's metadata) as they will be
+            text = json.dumps(_moved(manifest, str(work), str(folder)), indent=1, default=str)
+            write_atomically(work / "run.json", True, lambda p: p.write_text(text))
+            try:
+                os.rename(work, folder)  # POSIX: replaces the empty folder just reserved
+            except OSError:
+                os.rmdir(folder)  # Windows renames onto no existing name: free ours, then rename
+                os.rename(work, folder)
+        except BaseException:
+            if folder.is_dir() and not any(folder.iterdir()):
+                os.rmdir(folder)
+            raise
+        return folder
+    raise InvalidInputError(f"{out_dir} already holds 9999 demo runs; choose another folder with --out.")
+
+
+def _moved(value, old: str, new: str):
+    """`value` with every string that starts with the folder `old` starting with `new` instead."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_moved(v, old, new) for v in value]
+    return value
 
 
 def demo_captions(scene, tracks: int) -> list[str]:
@@ -63,12 +128,31 @@ def demo_captions(scene, tracks: int) -> list[str]:
 def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: int = 3, steps: int = 25,
              on_step: Callable[[int, int], None] | None = None,
              feature_cache: FeatureCache | None = None) -> DemoResult:
-    """`feature_cache` None: one in memory for this run."""
+    """`feature_cache` None: one in memory for this run. Raises InvalidInputError for arguments
+    check_demo_arguments refuses, before any work."""
+    check_demo_arguments(out_dir, seed, tracks, steps)
+    t_start = time.perf_counter()
+    scene = make_scene(seed, n_sources=max(tracks, 2))
+    out_dir = Path(out_dir)
+    work = new_work_folder(out_dir)
+    try:
+        result, manifest = _make_run(model, scene, work, seed, tracks, steps, on_step, feature_cache, t_start)
+        folder = publish_run(work, out_dir, manifest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # a failed run leaves nothing
+        raise
+    result.folder = folder
+    result.files = [folder / path.name for path in result.files]
+    result.tracks = _moved(result.tracks, str(work), str(folder))
+    return result
+
+
+def _make_run(model: FoleyModel, scene, folder: Path, seed: int, tracks: int, steps: int,
+              on_step: Callable[[int, int], None] | None, feature_cache: FeatureCache | None,
+              t_start: float) -> tuple[DemoResult, dict]:
+    """Every file of the run but run.json, in `folder`; returns the result and run.json's content."""
     from stepfoley.lab.evaluation.runner import default_embedding, default_presence, stems_at
 
-    t_start = time.perf_counter()
-    scene = make_scene(seed, n_sources=max(tracks, 2) if tracks <= 4 else None)
-    folder = new_run_folder(Path(out_dir))
     result = DemoResult(folder)
     video = write_atomically(folder / "picture.mp4", False,
                               lambda p: encode_mp4(p, scene.frames, scene.fps, None, scene.sample_rate))
@@ -134,9 +218,8 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
     result.timings = timings
     manifest = {"model": model.model_id, "scene_seed": seed, "sources": list(scene.kinds), "captions": captions,
                 "methods": list(METHODS), "tracks": result.tracks, "definitions": DEFINITIONS, "timings": timings}
-    result.files.append(write_atomically(folder / "run.json", False,
-                                          lambda p: p.write_text(json.dumps(manifest, indent=1, default=str))))
-    return result
+    result.files.append(folder / "run.json")  # written by publish_run
+    return result, manifest
 
 
 DEFINITIONS = {

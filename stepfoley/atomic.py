@@ -10,8 +10,10 @@ folder, flushes it to the disk, then gives it the final name:
   status file) has the target open, so it is retried for about a second.
 A crash leaves nothing under the final name. The temporary name says which process on which
 machine writes it (`.NAME.<host>-<pid>-<random>.part`), so `sweep_stale_parts` can remove what a
-killed writer left without touching a live writer's file. Files get the user's umask (0644 by
-default), like any other program's.
+killed writer left without touching a live writer's file. A new file gets the rights a plain
+open() gives (0o666 less the user's umask: 0644 by default), like any other program's, and a
+replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
+one, writes 0600).
 
 Pure Python (no torch, no numpy): the bridge writes its status files with it too.
 """
@@ -24,6 +26,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -35,7 +38,7 @@ TEMP_SUFFIX = ".part"
 REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
-_PART_NAME = re.compile(r"\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
+_PART_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
 _WRITING: set[str] = set()  # temp names this process is writing now
 _LOCK = threading.Lock()
 
@@ -43,6 +46,14 @@ _LOCK = threading.Lock()
 def is_temp_name(name: str) -> bool:
     """Whether `name` is a temporary file of this module (any writer's, on any machine)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def temp_target(name: str) -> str | None:
+    """The final name a temporary file of this module is written for (`.NAME.<host>-<pid>-
+    <random>.part` -> NAME), or None when `name` is not one: a folder's owner can tell its own
+    writers' temporary files from anyone else's."""
+    match = _PART_NAME.fullmatch(name)
+    return match["target"] if match else None
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], replace: bool = False) -> Path:
@@ -59,8 +70,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], rep
         _WRITING.add(temp.name)
     try:
         handle = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
-        os.close(handle)
+        try:
+            # what a plain open() gives: 0o666 less the umask (read here, not with os.umask,
+            # which would change it for every thread for a moment)
+            mode = stat.S_IMODE(os.fstat(handle).st_mode)
+        finally:
+            os.close(handle)
         write(temp)
+        if replace:
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)  # a replaced file keeps its rights
+            except FileNotFoundError:
+                pass
+        # `write` may have made the file anew with rights of its own (safetensors: 0600)
+        os.chmod(temp, mode)
         _flush_to_disk(temp)
         if replace:
             _replace(temp, path)

@@ -58,3 +58,46 @@ def test_the_temp_file_of_a_live_writer_is_not_swept(tmp_path):
 
     atomic.write_atomically(tmp_path / "a.json", sweep_while_writing)
     assert seen[0] == [] and len(seen[1]) == 1 and atomic.is_temp_name(seen[1][0])
+
+
+def _with_umask(umask, action):
+    old = os.umask(umask)
+    try:
+        return action()
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_writer_that_makes_its_own_0600_file_still_gives_the_rights_of_open(tmp_path, umask):
+    """safetensors writes 0600 whatever the umask: the published file gets what a plain open()
+    gives (0o666 less the umask), so other users can read converted weights as before."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "w.safetensors"
+    _with_umask(umask, lambda: atomic.write_atomically(path, lambda temp: save_file({"a": torch.ones(2)}, str(temp))))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert load_file(str(path))["a"].tolist() == [1.0, 1.0] and os.listdir(tmp_path) == ["w.safetensors"]
+
+
+def test_a_replaced_file_keeps_its_own_rights(tmp_path):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o640)
+
+    def remake_0600(temp):  # as safetensors does: a new file of its own
+        os.unlink(temp)
+        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.write(fd, b"new")
+        os.close(fd)
+
+    _with_umask(0o022, lambda: atomic.write_atomically(path, remake_0600, replace=True))
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o640
+
+
+def test_temp_target_names_the_file_a_temp_file_is_for(tmp_path):
+    seen = []
+    atomic.write_atomically(tmp_path / "a.json", lambda temp: seen.append(atomic.temp_target(temp.name)))
+    assert seen == ["a.json"]
+    assert atomic.temp_target(".notes.part") is None and atomic.temp_target("a.json") is None

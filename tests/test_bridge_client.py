@@ -187,6 +187,21 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
+    """--timeout nan passed `timeout <= 0` and turned the watchdog off: send then waited for a
+    silent engine forever. Refused at once, before anything is sent."""
+    port = str(server.address[1])
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    for timeout in ("nan", "inf", "-inf", "0", "-1"):
+        started = time.monotonic()
+        assert main(["send", "--request", request_file, "--port", port, f"--timeout={timeout}", "-q"]) == bc.EXIT_USAGE
+        assert time.monotonic() - started < 5
+        assert "--timeout must be a number of seconds above 0" in capsys.readouterr().err
+    with bc.EngineClient(port=server.address[1]) as c:
+        assert c.engine_status()["jobs_finished"] == 0  # nothing was sent
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_write_status_never_leaves_a_half_file(tmp_path):
     path = str(tmp_path / "s.json")
     bc.write_status(path, {"state": "queued"})

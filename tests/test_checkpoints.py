@@ -196,3 +196,10 @@ def test_compare_keys_keeps_the_order_of_each_mapping():
     assert mismatch.problems(limit=1) == ["2 missing: y, ... (1 more)", "1 unexpected: a",
                                           "1 wrong shape: b is [3] in the file but [4] in the network"]
     assert compare_keys({"a": torch.zeros(2)}, {"a": torch.Size([2])}).ok
+
+
+def test_a_weights_folder_that_cannot_be_made_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(CheckpointError, match=r"Cannot make the folder .*a-file.* for the weights file w\.safetensors"):
+        save_safetensors_atomic({"a": torch.ones(2)}, tmp_path / "a-file" / "w.safetensors")
+    assert (tmp_path / "a-file").read_text() == "x"

@@ -58,6 +58,61 @@ def test_demo_writes_both_soundtracks_and_never_reuses_a_run_folder(tmp_path, ca
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, monkeypatch):
+    import stepfoley.engine.service
+    from stepfoley.request import MAX_SEED
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", never)
+    (tmp_path / "a-file").write_text("mine")
+    out = tmp_path / "demo"
+    cases = [(["--tracks", "0"], "--tracks 0: give 1 to 4"), (["--tracks", "5"], "--tracks 5: give 1 to 4"),
+             (["--steps", "0"], "--steps 0: give 1 to 200"), (["--steps", "201"], "--steps 201: give 1 to 200"),
+             (["--seed", "-1"], f"--seed -1: give 0 to {MAX_SEED - 2}"),
+             (["--seed", str(MAX_SEED)], f"give 0 to {MAX_SEED - 2} (track k uses the seed plus k - 1)"),
+             (["--out", str(tmp_path / "a-file")], "is a file, not a folder"),
+             (["--threads", "100000"], "thread count (--threads) must be 1 to"),
+             (["--feature-cache", ""], "(--feature-cache) is empty")]
+    for extra, words in cases:
+        argv = ["demo", "--out", str(out), "--model", "tiny-random", "--device", "cpu", *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (extra, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_a_failed_demo_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """A run that fails after its picture and tracks are made (here: scoring) leaves neither a
+    half-made run_NNN nor its hidden work folder; the next run takes run_001."""
+    import stepfoley.lab.demo
+    from stepfoley.engine.errors import StepFoleyError
+
+    def fail(*args, **kwargs):
+        raise StepFoleyError("the classifier is gone")
+
+    monkeypatch.setattr(stepfoley.lab.demo, "score_tracks", fail)
+    args = ["demo", "--out", str(tmp_path), "--model", "tiny-random", "--steps", "1", "--tracks", "1", "--device", "cpu"]
+    assert main(args) == 1
+    assert "the classifier is gone" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run_001"]
+    manifest = json.loads((tmp_path / "run_001" / "run.json").read_text())
+    # the picture's path in each track's metadata is where it now is, not the work folder's
+    assert manifest["tracks"][0]["nag"]["region"]["video"] == str(tmp_path / "run_001" / "picture.mp4")
+
+
+def test_the_demo_help_states_the_engines_bounds():
+    from stepfoley.commands import demo
+    from stepfoley.lab.demo import MAX_TRACKS
+    from stepfoley.request import MAX_STEPS
+
+    assert (demo.MAX_TRACKS, demo.MAX_STEPS) == (MAX_TRACKS, MAX_STEPS)
+
+
 def test_similarity_to_earlier_tracks_in_the_demo_scores():
     """score_tracks on known audio: a copy of track 1 scores similarity 1 to it, and the true
     stem's text fidelity is the classifier's for that stem."""

@@ -100,6 +100,22 @@ def test_default_threads(monkeypatch):
     assert default_threads() >= 1
 
 
+def test_thread_counts_beyond_four_per_core_are_refused_before_torch_sees_them(monkeypatch, capsys):
+    """--threads 100000 made libgomp run out of memory or crash: 1 to 4 per usable core only."""
+    from stepfoley.cli import main
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 2)
+    assert devices.check_threads(None) is None
+    assert devices.check_threads(1) == 1 and devices.check_threads(8) == 8
+    before = torch.get_num_threads()
+    for threads in (9, 100_000, 0, -1):
+        with pytest.raises(InvalidInputError, match=r"\(--threads\) must be 1 to 8 \(4 per core; this process may use 2\)"):
+            devices.share_cpu(threads)
+    assert torch.get_num_threads() == before
+    assert main(["serve", "--port", "0", "--threads", "100000"]) == 2  # before it listens or loads anything
+    assert "must be 1 to 8" in capsys.readouterr().err
+
+
 def velocities(foley):
     """The network's velocity for one fixed input, through `foley.net.predict_flow` as the
     sampler calls it (compiled when --compile took effect) and through the uncompiled method."""

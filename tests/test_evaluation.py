@@ -3,6 +3,7 @@ round trip, the runner end to end with the tiny-random model, and `stepfoley eva
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -474,3 +475,102 @@ def test_choose_level_anchor_writes_the_default_and_keeps_alpha_and_its_provenan
     before, after = build_embedded_model().defaults, build_embedded_model(weights_path=weights).defaults
     assert after.level_anchor == report["chosen"] and (after.alpha, after.beta) == (before.alpha, before.beta)
     assert main(argv[:1] + ["--choose-alpha", "--choose-level-anchor"] + argv[2:]) == 2  # one choice at a time
+
+
+# -- where the report goes, checked before any work; the report before the weights --
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import stepfoley.commands.eval as eval_command
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    def never(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_command, "_load_model", never)
+    weights = tmp_path / "mini.safetensors"
+    shutil.copy(WEIGHTS_PATH, weights)
+    before = weights.read_bytes()
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "theirs.json").write_text("theirs")
+    cases = [(tmp_path / "nowhere" / "a.json", "does not exist; create it"),
+             (tmp_path / "a-file" / "a.json", "is not a folder"),
+             (tmp_path, "is a folder; give a file name"),
+             (tmp_path / "theirs.json", "already exists; choose another --json path or add --force")]
+    for path, words in cases:
+        for extra in ([], ["--choose-alpha", "--write", "--embedded-weights", str(weights)],
+                      ["--choose-level-anchor", "--write", "--embedded-weights", str(weights)]):
+            assert main(["eval", "--json", str(path), "--device", "cpu", *extra]) == 1, (path, extra)
+            err = capsys.readouterr().err
+            assert words in err and "Traceback" not in err, (path, extra, err)
+    assert main(["eval", "--json", str(tmp_path), "--force"]) == 1  # --force replaces a file, never a folder
+    assert "is a folder" in capsys.readouterr().err
+    assert weights.read_bytes() == before and (tmp_path / "theirs.json").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mini.safetensors", "theirs.json"]
+
+
+def _choose_alpha_then(monkeypatch, after):
+    """The real choose_alpha, then `after()` (what happens meanwhile, outside StepFoley)."""
+    from stepfoley.lab.evaluation import calibration
+
+    real = calibration.choose_alpha
+    monkeypatch.setattr(calibration, "choose_alpha", lambda *a, **k: (real(*a, **k), after())[0])
+
+
+def _choose_alpha_argv(quick_classifier, weights, out):
+    return ["eval", "--choose-alpha", "--alphas", "1,3", "--embedded-weights", str(weights), "--device", "cpu",
+            "--scenes", "1", "--takes", "1", "--tracks", "2", "--steps", "1", "--classifier",
+            str(quick_classifier[0]), "--json", str(out), "--write"]
+
+
+def test_the_weights_are_not_rewritten_when_the_report_cannot_be_written(quick_classifier, tmp_path, capsys,
+                                                                         monkeypatch):
+    """--write records a choice only once its report is on disk: a report that cannot be written
+    (its name taken meanwhile) leaves the weights as they were."""
+    import shutil
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    weights, out = tmp_path / "mini.safetensors", tmp_path / "alpha.json"
+    shutil.copy(WEIGHTS_PATH, weights)
+    before = weights.read_bytes()
+    _choose_alpha_then(monkeypatch, lambda: out.write_text("theirs"))
+    assert main(_choose_alpha_argv(quick_classifier, weights, out)) == 1
+    captured = capsys.readouterr()
+    assert "alpha.json already exists" in captured.err and "recorded" not in captured.out
+    assert weights.read_bytes() == before and out.read_text() == "theirs"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a file size limit (RLIMIT_FSIZE) needs POSIX")
+def test_a_weights_file_that_cannot_be_rewritten_is_said_in_the_report(quick_classifier, tmp_path, capsys,
+                                                                      monkeypatch):
+    """The disk takes the report (a few kB) but not the new weights (10 MB): the report says they
+    were not written and why, the weights file is as it was, and no temporary file stays."""
+    import resource
+    import shutil
+    import signal
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    weights, out = tmp_path / "mini.safetensors", tmp_path / "alpha.json"
+    shutil.copy(WEIGHTS_PATH, weights)
+    before = weights.read_bytes()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    try:
+        _choose_alpha_then(monkeypatch, lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, limits[1])))
+        code = main(_choose_alpha_argv(quick_classifier, weights, out))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    err = capsys.readouterr().err
+    assert code == 1 and f"Cannot write the weights file {weights}" in err and "Traceback" not in err
+    report = json.loads(out.read_text())
+    assert "written" not in report and report["not_written"]["path"] == str(weights)
+    assert "Cannot write the weights file" in report["not_written"]["error"]
+    assert weights.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.json", "mini.safetensors"]

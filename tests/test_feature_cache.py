@@ -233,12 +233,57 @@ def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     folder = tmp_path / "features"
     folder.mkdir()
     # another machine's engines share the folder: their writers' ids say nothing here, age does
-    stale, fresh = folder / ".a.safetensors.0a1b2c3d-17-0123abcd.part", folder / ".b.safetensors.0a1b2c3d-18-0123abcd.part"
+    stale, fresh = (folder / f".{c * 64}.safetensors.0a1b2c3d-{pid}-0123abcd.part" for c, pid in (("a", 17), ("b", 18)))
     for path in (stale, fresh):
         path.write_bytes(b"half")
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
     FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
     assert not stale.exists() and fresh.exists()
+
+
+def test_only_the_caches_own_files_are_ever_removed(tmp_path):
+    """--feature-cache may name a folder the user keeps other files in: hidden .part files, other
+    programs' temporary files, even safetensors files named by a sha256 are theirs, however old
+    and whatever the size cap; only the cache's entries and its writers' stale temp files go."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    old = time.time() - 2 * 3600
+    theirs = {".notes.part": b"draft", ".report.docx.0a1b2c3d-17-0123abcd.part": b"another writer's",
+              f".{'c' * 64}.part": b"hidden", "d" * 64 + ".safetensors": None, "e" * 64 + ".safetensors": b"damaged"}
+    for name, content in theirs.items():
+        if content is None:  # a well-formed safetensors file of someone else's, named like an entry
+            save_file({"w": torch.ones(3)}, str(folder / name), metadata={"format": "not the cache's"})
+        else:
+            (folder / name).write_bytes(content)
+    stale_own = folder / f".{'f' * 64}.safetensors.0a1b2c3d-17-0123abcd.part"
+    stale_own.write_bytes(b"half an entry")
+    for path in folder.iterdir():
+        os.utime(path, (old, old))
+    before = {name: (folder / name).read_bytes() for name in theirs}
+
+    cache = FeatureCache(cache_dir=folder, max_disk_bytes=10_000)  # room for one entry (5 kB): the newest
+    for start in (0.0, 1.0, 2.0):
+        cache.get_or_compute_region(video, start, start + 1, "enc", fake_features(start))
+    assert {name: (folder / name).read_bytes() for name in theirs} == before
+    assert not stale_own.exists()
+    own = [p for p in entries(folder) if p.name not in theirs]
+    assert [p.name for p in own] == [cache._disk_path(region_key(video, 2.0, 3.0, "enc")).name]
+
+
+def test_an_empty_folder_or_a_size_no_disk_holds_is_refused(tmp_path, monkeypatch):
+    """--feature-cache "" is not the current folder (where cleanup would then run), and
+    --feature-cache-max-gb 1e300 is a number no disk holds (it overflowed)."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("", " "):
+        with pytest.raises(InvalidInputError, match="--feature-cache.*is empty.*'off'"):
+            open_feature_cache(folder)
+    for size in (1e300, 100_001):
+        with pytest.raises(InvalidInputError, match="at most 100000"):
+            open_feature_cache(tmp_path / "features", size)
+    assert open_feature_cache(tmp_path / "features", 100_000).max_disk_bytes == 100_000 * 10**9
+    assert sorted(os.listdir(tmp_path)) == ["features"]
 
 
 def test_a_failed_write_leaves_no_entry(tmp_path, monkeypatch):
@@ -354,10 +399,13 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
 
 
 def test_the_cli_default_size_is_the_engines():
-    from stepfoley.commands.runtime import FEATURE_CACHE_MAX_GB
-    from stepfoley.engine.features.cache import DEFAULT_MAX_DISK_GB
+    from stepfoley.commands import runtime
+    from stepfoley.engine import devices
+    from stepfoley.engine.features.cache import DEFAULT_MAX_DISK_GB, MAX_DISK_GB
 
-    assert FEATURE_CACHE_MAX_GB == DEFAULT_MAX_DISK_GB
+    assert runtime.FEATURE_CACHE_MAX_GB == DEFAULT_MAX_DISK_GB
+    # and the bounds --help states are the ones the engine enforces
+    assert (runtime.FEATURE_CACHE_LIMIT_GB, runtime.THREADS_PER_CORE) == (MAX_DISK_GB, devices.THREADS_PER_CORE)
 
 
 def test_a_restarted_engine_reuses_the_picture_features(tmp_path):
@@ -401,5 +449,5 @@ def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
     assert len(given) == 2 and "feature cache folder" in capsys.readouterr().err
 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", stop_after_recording)
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "-1"]) == 1
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "-1"]) == 2  # an argument
     assert len(given) == 2 and "gigabytes above 0" in capsys.readouterr().err

@@ -4,6 +4,8 @@ the model loads."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -58,15 +60,18 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     stems.mkdir()
     out.mkdir()
     rng = np.random.default_rng(0)
-    sf.write(stems / "a.wav", 0.1 * rng.standard_normal((96000, 2)), 48000)  # stereo at 48 kHz
+    left, right = 0.1 * rng.standard_normal((2, 4 * 48000))
+    sf.write(stems / "a.wav", np.stack([left, right], axis=1), 48000)  # stereo at 48 kHz, 4 s
     sf.write(stems / "b.wav", 0.1 * rng.standard_normal(20000), 16000)  # shorter than the region
     heard = []
     add_track = stepfoley.engine.session.StepSession.add_track
     monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a: (
-        heard.append((samples.shape, sr)) or add_track(self, samples, sr, *a)))
+        heard.append((samples, sr)) or add_track(self, samples, sr, *a)))
     assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav") == 0
     assert "method nag" in capsys.readouterr().out
-    assert heard == [((2, 96000), 48000), ((1, 20000), 16000)]
+    # as an OSC request's input audio is read: mono, the region's 2 s only (the stem's length)
+    assert [(samples.shape, sr) for samples, sr in heard] == [((1, 96000), 48000), ((1, 20000), 16000)]
+    assert np.allclose(heard[0][0][0], ((left + right) / 2)[:96000], atol=1e-4)
     assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav"]  # no bounce file
 
 
@@ -76,6 +81,10 @@ def bad_arguments(video, tmp_path):
     (tmp_path / "a-file").write_text("x")
     sf.write(tmp_path / "silent.wav", np.zeros(0), 16000)
     sf.write(tmp_path / "tone.wav", 0.1 * np.sin(np.arange(48000) * 0.1), 16000)
+    sf.write(tmp_path / "fast.wav", np.zeros(1000), 384000)
+    huge = tmp_path / "huge.wav"  # a valid header, then 1 GiB (sparse: no disk used)
+    sf.write(huge, np.zeros(1000), 16000)
+    os.truncate(huge, 2**30 + 1)
     gone = tmp_path / "gone.wav"
     return [
         ([tmp_path / "gone.mp4", "0", "2"], "gone.mp4 does not exist"),
@@ -103,6 +112,15 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--take", tmp_path / "tone.wav"], "take and regenerate go together"),
         ([video, "0", "2", "--feature-cache", tmp_path / "a-file"], "feature cache folder"),
         ([video, "0", "2", "--weights", tmp_path / "no-weights"], "weights folder"),
+        ([video, "0", "2", "--method", "reference"], "--method reference makes the track sound like a recording"),
+        ([video, "0", "2", "--threads", "100000"], "thread count (--threads) must be 1 to"),
+        ([video, "0", "2", "--threads", "0"], "thread count (--threads) must be 1 to"),
+        ([video, "0", "2", "--feature-cache", ""], "(--feature-cache) is empty"),
+        ([video, "0", "2", "--feature-cache-max-gb", "1e300"], "at most 100000"),
+        ([video, "0", "2", "--existing", huge], "at most 1024 MiB is read"),
+        ([video, "0", "2", "--reference", huge], "at most 1024 MiB is read"),
+        ([video, "0", "2", "--existing", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
+        ([video, "0", "2", "--reference", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
     ]
 
 

@@ -178,3 +178,41 @@ def test_codec_missing_file_names_it(tmp_path):
     save({}, tmp_path / "ext_weights" / "v1-44.pth")
     with pytest.raises(CheckpointError, match=r"bigvgan_v2_44khz_128band_512x/bigvgan_generator\.pt: the 44\.1 kHz BigVGAN-v2"):
         MMAudioCodec.from_directory(tmp_path, "44k")
+
+
+@pytest.mark.parametrize("content", [torch.ones(3), [torch.ones(3)], 7])
+def test_a_file_under_an_official_name_that_is_not_a_dictionary_is_wrong_not_a_crash(weights_dir, capsys, content):
+    save(content, weights_dir / "ext_weights" / "v1-16.pth")  # entry None
+    save(content, weights_dir / "weights" / "mmaudio_small_16k.pth")
+    for name in ("vae_16k", "flow_small_16k"):
+        problems = check_weights_dir(weights_dir).files[name].problems
+        assert any("not a dictionary of tensors" in p and "download the official file again" in p for p in problems)
+    assert cli_main(["weights", "check", str(weights_dir)]) == 1
+    assert "v1-16.pth loads, but holds a" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a file size limit (RLIMIT_FSIZE) needs POSIX")
+def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_path):
+    """`weights convert` where the disk takes no 64 kB file (a file size limit stands in for a full
+    disk, in a child process): a message naming the file, its folder and what to do; no traceback,
+    no half copy, no temporary file."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    save({"a": torch.randn(128, 256)}, tmp_path / "ext_weights" / "v1-16.pth")  # 128 kB
+    before = sorted(os.listdir(tmp_path / "ext_weights"))
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "stepfoley", "weights", "convert", str(tmp_path)],
+                          capture_output=True, text=True, preexec_fn=limited, timeout=300)
+    target = tmp_path / "ext_weights" / "v1-16.safetensors"
+    assert done.returncode == 1, done.stderr
+    assert f"Cannot write the weights file {target}" in done.stdout and "nothing was written" in done.stdout
+    assert f"Free some space in {target.parent}" in done.stdout and "Traceback" not in done.stderr
+    assert sorted(os.listdir(tmp_path / "ext_weights")) == before
+

@@ -11,10 +11,14 @@ Two layers: a size-bounded in-memory LRU, and a folder of safetensors files, one
 that survives restarts (`open_feature_cache` puts it under the user's cache folder). On disk:
 - an entry is written under a temporary name and renamed, so a reader (this engine or
   another one sharing the folder) never sees half a file;
-- a file that does not load, or that holds another key or another format (damaged, foreign),
-  is removed and computed again;
-- reading an entry refreshes its mtime; after each write the least recently used files go
-  until the folder holds at most `max_disk_bytes`;
+- a file under the name of the entry being read that does not load, or that holds another
+  key or another format (damaged, foreign), is removed and computed again;
+- reading an entry refreshes its mtime; after each write the least recently used entries go
+  until the folder holds at most `max_disk_bytes` of them;
+- the folder may be one the user also keeps other files in: only the cache's own files are
+  ever removed, entries (`<sha256 of the key>.safetensors` holding this format and that key) and
+  their writers' temporary files (`.<entry name>.<host>-<pid>-<random>.part`, stepfoley.atomic)
+  left over an hour by a killed engine; any other file is never opened nor removed;
 - the disk is a convenience: a failed read is a miss and a failed write (a full or read-only
   disk) is skipped, so it never fails a generation.
 """
@@ -37,7 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from stepfoley.atomic import is_temp_name, write_atomically
+from stepfoley.atomic import temp_target, write_atomically
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.user_dirs import default_feature_cache_dir
 
@@ -47,6 +51,7 @@ Computed = Union[Features, tuple[torch.Tensor, ...]]
 
 DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 DEFAULT_MAX_DISK_GB = 5.0  # about 6,000 regions of 8 s with MMAudio's encoders
+MAX_DISK_GB = 100_000.0  # 100 TB: a bound on --feature-cache-max-gb that no disk reaches
 DISK_FORMAT = "stepfoley-features-1"
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
@@ -88,6 +93,19 @@ def _unpack(features: Features) -> Computed:
 
 def _nbytes(features: Features) -> int:
     return sum(t.numel() * t.element_size() for t in features.values())
+
+
+def _is_own_entry(path: Path) -> bool:
+    """Whether the file named like an entry really is one of this cache's: this format, and the
+    key its name is the hash of. A damaged entry is not (it goes when its key is next read)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except _UNREADABLE:
+        return False
+    key = meta.get("key")
+    return (meta.get("format") == DISK_FORMAT and isinstance(key, str)
+            and f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors" == path.name)
 
 
 def _remove(path: Path) -> None:
@@ -208,7 +226,8 @@ class FeatureCache:
 
     def _evict_disk(self, keep: Path) -> None:
         """Remove the least recently used entries until the folder fits `max_disk_bytes`, and
-        temporary files that killed engines left."""
+        temporary files of entries that killed engines left; nothing else (see the module's
+        docstring)."""
         entries, now = [], time.time()
         try:
             scan = list(os.scandir(self.cache_dir))
@@ -221,27 +240,34 @@ class FeatureCache:
                 continue  # removed meanwhile
             if _ENTRY_NAME.fullmatch(entry.name):
                 entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
-            elif is_temp_name(entry.name) and now - info.st_mtime > _STALE_TEMP_S:
+            elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and now - info.st_mtime > _STALE_TEMP_S:
                 _remove(Path(entry.path))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if total <= self.max_disk_bytes:
                 break
-            if path != keep:
+            if path == keep:
+                continue
+            # a file named like an entry that is not one is someone else's: left, and not counted
+            if _is_own_entry(path):
                 _remove(path)
-                total -= size
+            total -= size
 
 
 def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: float | None = None) -> FeatureCache:
     """The engine's feature cache. `folder` None: persistent, in the user's cache folder
-    (engine.user_dirs.default_feature_cache_dir); "off": in memory only; else that folder.
-    `max_disk_gb` (default DEFAULT_MAX_DISK_GB) caps the folder. The folder is created and
+    (engine.user_dirs.default_feature_cache_dir); "off": in memory only; else that folder (an
+    empty name is refused, like an empty --weights: it is not "the current folder"). `max_disk_gb`
+    (default DEFAULT_MAX_DISK_GB, at most MAX_DISK_GB) caps the folder. The folder is created and
     checked here, so a bad one is refused before any model loads."""
     gigabytes = DEFAULT_MAX_DISK_GB if max_disk_gb is None else max_disk_gb
     if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or not (
-            math.isfinite(gigabytes) and gigabytes > 0):
+            math.isfinite(gigabytes) and 0 < gigabytes <= MAX_DISK_GB):
         raise InvalidInputError(f"The feature cache size (--feature-cache-max-gb) must be a number of gigabytes "
-                                f"above 0, got {gigabytes!r}.")
+                                f"above 0 and at most {MAX_DISK_GB:.0f}, got {gigabytes!r}.")
+    if folder is not None and not os.fspath(folder).strip():
+        raise InvalidInputError("The feature cache folder (--feature-cache) is empty. Give a folder, 'off' to keep "
+                                "features in memory only, or leave the option out for the default folder.")
     if folder is not None and os.fspath(folder) == OFF:
         return FeatureCache()
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()

@@ -8,11 +8,19 @@ import argparse
 from stepfoley.commands.runtime import add_runtime_arguments
 
 
+# stepfoley.lab.demo.MAX_TRACKS and stepfoley.request.MAX_STEPS, repeated so that `--help` needs no
+# torch import (tests/test_demo.py checks they agree).
+MAX_TRACKS = 4
+MAX_STEPS = 200
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="stepfoley-demo", help="folder for the run (a new run_NNN inside)")
-    p.add_argument("--seed", type=int, default=None, help="scene seed (default: one the model never saw)")
-    p.add_argument("--tracks", type=int, default=3)
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--out", default="stepfoley-demo",
+                   help="folder for the runs (made if missing; each run becomes a new run_NNN inside once complete)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="scene seed, 0 or more; track k uses seed + k - 1 (default: one the model never saw)")
+    p.add_argument("--tracks", type=int, default=3, help=f"tracks, 1 to {MAX_TRACKS} (default 3)")
+    p.add_argument("--steps", type=int, default=25, help=f"sampling steps per track, 1 to {MAX_STEPS} (default 25)")
     p.add_argument("--model", default=None, help="'embedded' (default) or 'tiny-random' (tests)")
     p.add_argument("--weights", default=None, metavar="DIR", help="an MMAudio weights directory instead")
     add_runtime_arguments(p)
@@ -26,15 +34,22 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stepfoley.commands.runtime import feature_cache_from_arguments
-    from stepfoley.lab.demo import DEMO_SEED, run_demo
-    from stepfoley.engine.devices import share_cpu
+    from stepfoley.lab.demo import DEMO_SEED, check_demo_arguments, run_demo
+    from stepfoley.engine.devices import check_threads, share_cpu
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import load_runtime_model
 
+    seed = args.seed if args.seed is not None else DEMO_SEED
+    try:  # every argument, before anything loads
+        check_demo_arguments(args.out, seed, args.tracks, args.steps)
+        check_threads(args.threads)
+        feature_cache = feature_cache_from_arguments(args)
+    except StepFoleyError as e:
+        print(f"stepfoley demo: {e}", file=sys.stderr)
+        return 2
     try:
         share_cpu(args.threads)
         t0 = time.perf_counter()
-        feature_cache = feature_cache_from_arguments(args)
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
         if model.note:
@@ -45,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.n = step
                 bar.refresh()
 
-            result = run_demo(model, Path(args.out), args.seed if args.seed is not None else DEMO_SEED,
-                              args.tracks, args.steps, progress, feature_cache)
+            result = run_demo(model, Path(args.out), seed, args.tracks, args.steps, progress, feature_cache)
     except StepFoleyError as e:
         print(f"stepfoley demo: {e}", file=sys.stderr)
         return 1

@@ -158,6 +158,31 @@ def format_timings(report: dict) -> str:
     return f"time: {sum(timings.values()):.0f} s with {report['config']['threads']} thread(s) ({split})"
 
 
+def check_json_path(path, force: bool) -> None:
+    """Refuse a --json PATH the report could not be written to, before minutes of work (and
+    before --write changes a weights file): its folder must exist, be a folder and be writable,
+    and PATH must not be a folder, nor an existing file unless `force`. Raises InvalidInputError."""
+    import os
+    from pathlib import Path
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    if not str(path).strip():
+        raise InvalidInputError("--json is empty; give the file to write the figures to (e.g. --json eval.json).")
+    path = Path(path).absolute()
+    folder = path.parent
+    if not folder.exists():
+        raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another --json path.")
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder} is not a folder; choose another --json path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"The folder {folder} is not writable; choose another --json path.")
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder; give a file name for --json (e.g. {path / 'eval.json'}).")
+    if os.path.lexists(path) and not force:
+        raise InvalidInputError(f"{path} already exists; choose another --json path or add --force to replace it.")
+
+
 def write_json_atomic(path, report: dict, force: bool) -> None:
     import json
     from pathlib import Path
@@ -252,7 +277,6 @@ def _networks(args: argparse.Namespace, model):
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import sys
 
     from stepfoley.engine.devices import share_cpu
@@ -280,8 +304,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        if os.path.exists(args.json) and not args.force:  # fail before minutes of work, not after
-            write_json_atomic(args.json, {}, force=False)
+        check_json_path(args.json, args.force)  # fail before minutes of work, not after
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
         if args.write and (args.weights or args.model):
@@ -302,7 +325,11 @@ def run(args: argparse.Namespace) -> int:
                 report = _evaluate(args, model, embedding, presence, bar)
         finally:
             bar.close()
+        # The report first: a weights file is only changed once its figures are on disk.
+        choice = _plan_choice(args, model, report) if args.write else None
         write_json_atomic(args.json, report, args.force)
+        if choice is not None:
+            _record_choice(args, report, *choice)
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
@@ -359,49 +386,62 @@ def _controls(args, model, embedding, presence, bar) -> dict:
 
 def _choose_alpha(args, model, presence, bar) -> dict:
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, FIGURES, choose_alpha
+    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
 
     if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
         raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
                                 "--beta and --beta-sweep out.")
     alphas = _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
-    report = choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
-                          k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
-    if args.write:
-        _write_choice(args, model, report, "alpha", "alphas", FIGURES, "--choose-alpha")
-    return report
+    return choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
+                        k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
 
 
 def _choose_level_anchor(args, model, presence, bar) -> dict:
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import (DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, LEVEL_FIGURES,
-                                                      choose_level_anchor)
+    from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, choose_level_anchor
 
     if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
         raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
                                 "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
     strengths = _numbers(args.anchors, "--anchors") if args.anchors else LEVEL_ANCHOR_GRID
-    report = choose_level_anchor(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
-                                 takes=args.takes, k=args.tracks, strengths=strengths, steps=args.steps,
-                                 presence=presence, on_progress=bar)
-    if args.write:
-        _write_choice(args, model, report, "level_anchor", "strengths", LEVEL_FIGURES, "--choose-level-anchor")
-    return report
+    return choose_level_anchor(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
+                               takes=args.takes, k=args.tracks, strengths=strengths, steps=args.steps,
+                               presence=presence, on_progress=bar)
 
 
-def _write_choice(args, model, report: dict, default: str, grid: str, figures, option: str) -> None:
-    """Records the report's choice as the embedded model's `default` (a GuidanceDefaults field)
-    in its weights file, with the rule, the config and each grid value's mean figures."""
+def _plan_choice(args, model, report: dict):
+    """What --write records for the report's choice: the embedded model's `default` (a
+    GuidanceDefaults field) in its weights file, with the rule, the config and each grid value's
+    mean figures. Notes it in the report ("written") and returns (path, defaults, provenance,
+    default) for _record_choice, called once the report is on disk."""
     from dataclasses import replace
 
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH, write_guidance_defaults
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+    from stepfoley.lab.evaluation.calibration import FIGURES, LEVEL_FIGURES
 
+    default, grid, figures, option = (("alpha", "alphas", FIGURES, "--choose-alpha") if args.choose_alpha else
+                                      ("level_anchor", "strengths", LEVEL_FIGURES, "--choose-level-anchor"))
     path = args.embedded_weights or WEIGHTS_PATH
     defaults = replace(model.defaults, **{default: report["chosen"]})
     provenance = {"command": f"stepfoley eval {option}", "rule": report["rule"], "config": report["config"],
                   grid: {a: {f: s[f]["mean"] for f in figures} for a, s in report[grid].items()}}
-    write_guidance_defaults(path, defaults, provenance, chosen=default)
     report["written"] = {"path": str(path), "guidance_defaults": vars(defaults)}
+    return path, defaults, provenance, default
+
+
+def _record_choice(args, report: dict, path, defaults, provenance: dict, default: str) -> None:
+    """Rewrite the weights file with the planned defaults. If that fails, the report already
+    written says so instead of "written" (it is our own file, replaced whole) and the error goes on."""
+    from stepfoley.engine.embedded.model import write_guidance_defaults
+    from stepfoley.engine.errors import StepFoleyError
+
+    try:
+        write_guidance_defaults(path, defaults, provenance, chosen=default)
+    except StepFoleyError as e:
+        report.pop("written", None)
+        report["not_written"] = {"path": str(path), "error": str(e)}
+        write_json_atomic(args.json, report, force=True)
+        raise
     print(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
 
 

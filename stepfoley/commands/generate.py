@@ -1,8 +1,9 @@
 """`stepfoley generate`: one step of the step-by-step workflow, on files.
 
 Every argument is checked before the model loads (a full MMAudio stack takes a while): the
-video and the region in it, the stems and the reference, where the new stem goes, the feature
-cache. The --existing stems are read then and handed to the service in memory.
+video and the region in it, the method and the reference, the stems, where the new stem goes,
+the threads, the feature cache. The --existing stems are read then (the region's length of each,
+mono, within the limits of an OSC request's input audio) and handed to the service in memory.
 """
 
 from __future__ import annotations
@@ -174,26 +175,39 @@ def check_arguments(args: argparse.Namespace) -> Checked:
 
     from stepfoley.commands.runtime import feature_cache_from_arguments
     from stepfoley.engine import audio_io
+    from stepfoley.engine.devices import check_threads
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import parse_request
+    from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, parse_request
 
     if args.reference and args.existing:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
                                 "leave out --existing.")
+    if args.method == "reference" and not args.reference:
+        raise InvalidInputError("--method reference makes the track sound like a recording: give it with "
+                                "--reference FILE.wav.")
+    check_threads(args.threads)
     output = resolve_output(args.out, args.force)
     if output.file and args.variations != 1:
         raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
                                 f"name: give --out a folder, not the file '{args.out}'.")
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
-    parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True)
+    region = parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True).region
     check_video_region(args.video, args.start, args.end)
+
+    def read_input(path: str, seconds: float):
+        # within the limits of an OSC request's input audio (engine.service._read_input): only
+        # the stretch that is heard, mono, a bounded file at a bounded rate
+        return audio_io.read_audio(path, max_seconds=seconds, mono=True, max_bytes=MAX_INPUT_AUDIO_BYTES,
+                                   max_rate=MAX_INPUT_SAMPLE_RATE)
+
     if args.reference:
-        audio_io.read_audio(args.reference)
+        read_input(args.reference, region.duration)  # looped or trimmed to the picture's region
     if args.take:
         audio_io.read_audio(args.take, max_seconds=0.1)  # a take that cannot be read fails now, not after loading
-    existing = [audio_io.read_audio(path) for path in args.existing]
+    # as on the timeline (the service varispeeds them to the picture's time): the stem's length
+    existing = [read_input(path, region.project_duration) for path in args.existing]
     if args.weights is not None and not os.path.isdir(args.weights):
         raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
     return Checked(output, existing, feature_cache_from_arguments(args))

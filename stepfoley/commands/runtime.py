@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-# engine.devices.PRECISIONS and engine.features.cache.DEFAULT_MAX_DISK_GB, repeated so that
-# `--help` needs no torch import.
+# engine.devices.PRECISIONS and THREADS_PER_CORE, engine.features.cache.DEFAULT_MAX_DISK_GB and
+# MAX_DISK_GB, repeated so that `--help` needs no torch import.
 PRECISIONS = ("auto", "bf16", "fp32")
+THREADS_PER_CORE = 4
 FEATURE_CACHE_MAX_GB = 5.0
+FEATURE_CACHE_LIMIT_GB = 100_000.0
 
 
 def feature_cache_from_arguments(args: argparse.Namespace):
@@ -24,10 +26,12 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--feature-cache", default=None, metavar="DIR|off",
                    help="folder that keeps each region's picture features across runs (with MMAudio on a "
-                        f"CPU they take minutes); 'off' keeps them in memory only (default: "
-                        f"{default_feature_cache_dir()})")
+                        "CPU they take minutes); 'off' keeps them in memory only; an empty name is refused "
+                        "(it is not the current folder); only the cache's own files there are ever removed "
+                        f"(default: {default_feature_cache_dir()})")
     p.add_argument("--feature-cache-max-gb", type=float, default=None, metavar="GB",
-                   help="largest size of that folder; the least recently used features go first "
+                   help="largest size of that folder, above 0 and at most "
+                        f"{FEATURE_CACHE_LIMIT_GB:.0f}; the least recently used features go first "
                         f"(default {FEATURE_CACHE_MAX_GB:g})")
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -36,5 +40,6 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (CUDA only; the first job takes longer)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the networks (default: every core but one, so a DAW running beside "
-                        "keeps a core for its audio)")
+                   help="CPU threads for the networks, 1 to "
+                        f"{THREADS_PER_CORE}x the cores this process may use (default: every core but one, so a "
+                        "DAW running beside keeps a core for its audio)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the token from FILE (mode 600; default $STEPFOLEY_TOKEN_FILE or "
                              "~/.config/stepfoley/token when it exists)")
     parser.add_argument("--timeout", type=float, default=120.0,
-                        help="give up after this many seconds without any progress from the engine (default 120)")
+                        help="give up after this many seconds without any progress from the engine (a number "
+                             "above 0; default 120)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but the final JSON")
 
 
@@ -36,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge import client
     from stepfoley.bridge.auth import TokenError, resolve_token
 
-    if args.timeout <= 0 or not 1 <= args.port <= 65535:
-        print("--timeout must be positive and --port a UDP port (1-65535).", file=sys.stderr)
+    # not `timeout <= 0`: nan passes that, and a nan watchdog never fires
+    if not (math.isfinite(args.timeout) and args.timeout > 0) or not 1 <= args.port <= 65535:
+        print(f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP port "
+              f"(1-65535, got {args.port}).", file=sys.stderr)
         return client.EXIT_USAGE
     if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
         print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)

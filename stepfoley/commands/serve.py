@@ -48,15 +48,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"Refusing to listen on {args.host} without a token: other machines could use the engine. "
               "Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
         return 2
-    if args.threads is not None and args.threads < 1:
-        print(f"--threads {args.threads}: give 1 or more.", file=sys.stderr)
+    from stepfoley.engine.devices import check_threads
+    from stepfoley.engine.errors import InvalidInputError
+
+    try:
+        check_threads(args.threads)
+    except InvalidInputError as e:
+        print(str(e), file=sys.stderr)
         return 2
     if not 0 <= args.port <= 65535:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
         return 2
 
     from stepfoley.commands.runtime import feature_cache_from_arguments
-    from stepfoley.engine.errors import InvalidInputError
 
     try:
         feature_cache = feature_cache_from_arguments(args)
