@@ -32,15 +32,18 @@ class PictureFocus:
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> "PictureFocus | None":
-        """The request's picture region in file time (its times are the stem's: from
-        project_start, at the item's playrate)."""
+        """The request's picture region in file time. Its times are the stem's (seconds from
+        project_start), and the stem is the picture varispeeded to project_end - project_start,
+        so a stem second is duration / project_duration seconds of picture: that is the
+        playrate only when project_end is the one the playrate implies."""
         if request.picture_region is None:
             return None
         region, span = request.region, request.picture_region_time
         if span is None:
             return cls(request.picture_region)
-        return cls(request.picture_region, region.file_in + span[0] * region.playrate,
-                   region.file_in + span[1] * region.playrate)
+        speed = region.duration / region.project_duration
+        return cls(request.picture_region, region.file_in + span[0] * speed,
+                   region.file_in + span[1] * speed)
 
     def applies(self, seconds):
         """Whether the rectangle applies at file time(s) `seconds` (a number or an array)."""

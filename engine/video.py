@@ -2,8 +2,10 @@
 feeds its encoders: CLIP frames at 8 fps squashed to 384x384, Synchformer frames at 25 fps
 resized (short side) and centre-cropped to 224x224, both with antialiased bicubic resampling.
 
-Times are in seconds of picture, 0 = the first frame the player shows (the stream's
-start_time is subtracted, so MPEG-TS offsets and edit lists do not shift the region).
+Times are seconds on the file's timeline, as a player or a DAW shows it: 0 is the container's
+start (its start_time is subtracted, so MPEG-TS offsets do not shift the region), and a picture
+that starts after the sound (a video stream that starts later than the container) starts that
+much after 0. The picture is the first video stream that is not cover art (attached_pic).
 Frame k of a region is the frame on screen at `start + k/fps`: the latest decoded frame whose
 presentation time is <= that instant (variable frame rate is handled through pts, never
 through frame indices). MMAudio's own reader instead takes the first frame at or after each
@@ -48,7 +50,7 @@ Fit = Literal["stretch", "crop"]
 class VideoInfo:
     """What a file holds. width/height are as displayed (after rotation)."""
 
-    duration: float
+    duration: float | None  # seconds on the file's timeline; None when the file does not say
     fps: float
     width: int
     height: int
@@ -122,19 +124,64 @@ def _open(path: Path):
         ) from None
 
 
+def _video_stream(container):
+    """The picture: the first video stream that is not cover art (an audio file's attached
+    picture is a one-frame video stream). None: the file has no picture."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 def _stream_start_s(stream) -> float:
-    if stream.start_time is None:
+    if stream.start_time is None or stream.time_base is None:
         return 0.0
     return float(stream.start_time * stream.time_base)
 
 
-def _duration_s(container, stream) -> float:
-    candidates = []
-    if stream.duration is not None and stream.time_base is not None:
-        candidates.append(float(stream.duration * stream.time_base))
-    if container.duration is not None:
-        candidates.append(container.duration / av.time_base - max(0.0, _stream_start_s(stream)))
-    return max(candidates) if candidates else 0.0
+def _origin_s(container, stream) -> float:
+    """Where 0 s of the file's timeline is, in seconds of the streams' clock: the container's
+    start (the earliest of its streams), else the video stream's."""
+    if container.start_time is not None:
+        return container.start_time / av.time_base
+    return _stream_start_s(stream)
+
+
+def _picture_start_s(container, stream) -> float:
+    """When the picture's first frame is due, on the file's timeline."""
+    if stream.start_time is None:
+        return 0.0
+    return _stream_start_s(stream) - _origin_s(container, stream)
+
+
+def _matroska_duration_s(stream) -> float | None:
+    """Matroska/WebM keep no per-stream duration in the header but FFmpeg's muxer writes a
+    DURATION tag ("HH:MM:SS.nnnnnnnnn"): the end of the track on the file's clock."""
+    tag = stream.metadata.get("DURATION")
+    if not tag:
+        return None
+    try:
+        hours, minutes, seconds = tag.strip().split(":")
+        value = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _duration_s(container, stream) -> float | None:
+    """Where the picture ends on the file's timeline: the video stream's own end when the file
+    states it (the container's duration also counts the sound, which may run longer), else the
+    container's; None when the file says neither (a WebM recorded without a final duration, a
+    raw .h264 stream)."""
+    origin = _origin_s(container, stream)
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return _picture_start_s(container, stream) + float(stream.duration * stream.time_base)
+    tagged_end = _matroska_duration_s(stream) if "matroska" in container.format.name else None
+    if tagged_end is not None:
+        return tagged_end - origin
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
 
 
 def _stream_rotation(container, stream) -> int:
@@ -147,6 +194,11 @@ def _stream_rotation(container, stream) -> int:
     return 0
 
 
+def _frame_rate(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
 def _normalize_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
@@ -154,12 +206,11 @@ def _normalize_rotation(degrees: float) -> int:
 def probe(path: str | Path) -> VideoInfo:
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
+        stream = _video_stream(container)
+        if stream is None:
             duration = container.duration / av.time_base if container.duration else 0.0
             return VideoInfo(duration, 0.0, 0, 0, 0, has_video=False)
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
+        fps = _frame_rate(stream)
         width, height = stream.codec_context.width, stream.codec_context.height
         duration = _duration_s(container, stream)
         rotation = _stream_rotation(container, stream)
@@ -213,7 +264,8 @@ def fit_frames(frames: np.ndarray, size: int, fit: Fit) -> torch.Tensor:
 # decoding
 
 
-def _check_region(path: Path, start_s: float, end_s: float, duration: float) -> None:
+def _check_region(path: Path, start_s: float, end_s: float, duration: float | None) -> None:
+    """duration None (the file does not say): the end is checked while decoding."""
     if not (math.isfinite(start_s) and math.isfinite(end_s)):
         raise VideoError(f"The region {start_s}-{end_s} s of {path.name} is not a valid time range.")
     if start_s < 0:
@@ -224,7 +276,7 @@ def _check_region(path: Path, start_s: float, end_s: float, duration: float) -> 
         raise VideoError(
             f"The region {start_s:.1f}-{end_s:.1f} s of {path.name} is empty: its start must be "
             "before its end. Make a time selection over the picture.")
-    if end_s > duration + _END_TOLERANCE_S:
+    if duration is not None and end_s > duration + _END_TOLERANCE_S:
         raise VideoError(
             f"The region {start_s:.1f}-{end_s:.1f} s runs past the end of {path.name} "
             f"({duration:.1f} s). Shorten the time selection or use a longer video.")
@@ -237,7 +289,8 @@ def _no_picture(path: Path) -> VideoError:
 def check_video_region(path: str | Path, start_s: float, end_s: float) -> VideoInfo:
     """What read_regions checks before decoding (a readable video with a picture that covers
     [start_s, end_s)), without decoding the region: for checking a command line before any
-    model loads. Raises VideoError."""
+    model loads. Raises VideoError. A file that does not state its duration passes the end
+    check here; read_regions finds out while decoding."""
     path = Path(path)
     info = probe(path)
     if not info.has_video:
@@ -251,14 +304,32 @@ def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
     return start_s + np.arange(n, dtype=np.float64) / fps
 
 
-def _decode_shown(container, stream, path: Path, start_s: float, times: np.ndarray,
-                  on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
-    """Decode from near `start_s`; for each frame on screen at some of the sorted `times`,
-    call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times). Frames that no
-    sample shows are never converted to RGB."""
-    offset = _stream_start_s(stream)
+class _SeekedTooFar(Exception):
+    pass
+
+
+class _CannotSeek(Exception):
+    """The demuxer refused the seek (a raw stream): nothing has been read."""
+
+
+def _decode_shown(container, stream, path: Path, times: np.ndarray,
+                  on_shown: Callable[[np.ndarray, np.ndarray], None], seek_s: float | None) -> None:
+    """Decode the picture from near `seek_s` (None: from where the container stands, its
+    beginning); for each frame on screen at some of the sorted `times`, call on_shown(rgb
+    (H, W, 3) uint8 as displayed, indices into times). Frames that no sample shows are never
+    converted to RGB.
+
+    With seek_s > 0, raises _SeekedTooFar before showing anything when the first decoded frame
+    comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
+    frame the decoder had to drop, with everything up to the next keyframe (MPEG-TS/PS); raises
+    _CannotSeek when the demuxer refuses the seek. Raises VideoError when the region starts
+    after the last frame has left the screen."""
+    origin = _origin_s(container, stream)
+    picture_start = _picture_start_s(container, stream)
+    region_start = float(times[0])
     next_i = 0  # first sample time not yet assigned
     prev = None  # the latest decoded frame at or before times[next_i]
+    prev_t = 0.0
 
     def show_until(limit_s: float, av_frame) -> None:
         nonlocal next_i
@@ -271,39 +342,92 @@ def _decode_shown(container, stream, path: Path, start_s: float, times: np.ndarr
             on_shown(rgb, np.arange(next_i, stop))
             next_i = stop
 
-    if start_s > 0 and stream.time_base is not None:
-        # backward=True lands on the keyframe at or before the target
-        container.seek(int((start_s + offset) / stream.time_base), stream=stream, backward=True)
-    first = True
+    checked_seek = seek_s is not None and seek_s > 0
     try:
+        try:
+            if checked_seek:
+                # backward=True lands on the keyframe at or before the target (in MPEG-TS/PS, on
+                # whatever packet is there: the caller seeks further back when that misses)
+                container.seek(int((seek_s + origin) / stream.time_base), stream=stream, backward=True)
+            elif seek_s is not None:
+                container.seek(0)
+        except av.error.FFmpegError:
+            raise _CannotSeek from None
+        first = True
         for av_frame in container.decode(stream):
-            if av_frame.pts is None:
+            if av_frame.pts is not None:
+                t = float(av_frame.pts * av_frame.time_base) - origin
+            elif prev is not None and _frame_duration_s(prev, stream) > 0:
+                # no timestamp (a raw .h264 stream): the frame after the one before
+                t = prev_t + _frame_duration_s(prev, stream)
+            elif prev is None and not checked_seek:
+                t = picture_start  # decoding from the beginning: the first frame
+            else:
                 continue
-            t = float(av_frame.pts * av_frame.time_base) - offset
             if first:
                 first = False
-                if t > start_s + _TIME_EPS_S and start_s > 0:
-                    # the demuxer seeked past the start (imprecise index)
+                if checked_seek and t > max(region_start, picture_start) + _TIME_EPS_S:
                     raise _SeekedTooFar
             if prev is not None:
                 show_until(t, prev)
             elif t > times[0] + _TIME_EPS_S:
                 # the picture starts after the region start: hold the first frame until then
                 show_until(t, av_frame)
-            prev = av_frame
+            prev, prev_t = av_frame, t
             if next_i >= len(times):
                 return
     except av.error.FFmpegError as exc:
         raise VideoError(
-            f"{path.name} is damaged near {start_s:.1f} s and could not be decoded ({exc}). "
+            f"{path.name} is damaged near {region_start:.1f} s and could not be decoded ({exc}). "
             "Re-export the video.") from None
     if prev is None:
+        if checked_seek:
+            raise _SeekedTooFar
         raise VideoError(f"{path.name} has a video stream but no picture could be decoded from it.")
+    # a file that does not state its duration is checked here: the region must start while the
+    # last frame is still on screen (at its instant, when how long it lasts is unknown)
+    last_frame_s = _frame_duration_s(prev, stream)
+    picture_end = prev_t + last_frame_s
+    if last_frame_s > 0:
+        past_the_end = region_start >= picture_end - _TIME_EPS_S
+    else:
+        past_the_end = region_start > prev_t + _TIME_EPS_S
+    if past_the_end:
+        raise VideoError(
+            f"The region starting at {region_start:.1f} s is past the end of the picture of "
+            f"{path.name} (its last frame ends at {picture_end:.1f} s). Move the time selection "
+            "onto the picture.")
     show_until(math.inf, prev)  # the last frame stays on screen until the end of picture
 
 
-class _SeekedTooFar(Exception):
-    pass
+def _frame_duration_s(av_frame, stream) -> float:
+    """How long a frame stays on screen: its own duration where the file gives one, else one
+    frame at the stream's rate (0 when neither is known)."""
+    ticks = getattr(av_frame, "duration", None)
+    if ticks and av_frame.time_base is not None:
+        return float(ticks * av_frame.time_base)
+    fps = _frame_rate(stream)
+    return 1.0 / fps if fps > 0 else 0.0
+
+
+def _decode_region(container, stream, path: Path, times: np.ndarray,
+                   on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """_decode_shown from the keyframe before times[0]. When a seek misses (it lands past the
+    start, or on a frame the decoder drops up to a keyframe after the start), seek 1, 2, 4, 8...
+    s further back before decoding the whole file from its beginning. Raises _CannotSeek, having
+    shown nothing, when the demuxer refuses to seek."""
+    start_s = float(times[0])
+    if start_s <= 0 or stream.time_base is None:
+        _decode_shown(container, stream, path, times, on_shown, None)
+        return
+    back = 0.0
+    while start_s - back > 0:
+        try:
+            _decode_shown(container, stream, path, times, on_shown, start_s - back)
+            return
+        except _SeekedTooFar:
+            back = back * 2 if back else 1.0
+    _decode_shown(container, stream, path, times, on_shown, 0.0)
 
 
 def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:
@@ -347,18 +471,24 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
                 outputs[request_index][torch.from_numpy(mine)] = resized
 
     with _open(path) as container:
-        if not container.streams.video:
+        stream = _video_stream(container)
+        if stream is None:
             raise _no_picture(path)
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream))
         if len(sorted_times) == 0:
             return outputs
         try:
-            _decode_shown(container, stream, path, start_s, sorted_times, on_shown)
-        except _SeekedTooFar:
-            container.seek(0)
-            _decode_shown(container, stream, path, 0.0, sorted_times, on_shown)
+            _decode_region(container, stream, path, sorted_times, on_shown)
+            return outputs
+        except _CannotSeek:
+            pass
+    # the file cannot seek (a raw .h264 stream), and a refused seek leaves the demuxer unable
+    # to read on: open it again and decode from the beginning
+    with _open(path) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        _decode_shown(container, stream, path, sorted_times, on_shown, None)
     return outputs
 
 

@@ -51,6 +51,16 @@ def test_the_request_times_become_file_times_at_the_items_playrate(tmp_path):
     assert focus.pixels(64, 64) == (0, 32, 16, 64) and PictureFocus((0.5, 0.5, 0.51, 0.51)).pixels(4, 4) == (2, 3, 2, 3)
 
 
+def test_the_request_times_follow_the_stems_varispeed_when_project_end_is_given(tmp_path):
+    # 4 s of picture stretched over an 8 s stem at playrate 1: a stem second is half a second
+    # of picture, so the stem's second half is the picture's second half
+    request = make_request(tmp_path, protocol=2, picture_region=[0, 0, 0.5, 0.5], picture_region_time=[4.0, 8.0])
+    request["region"] = {"video": "/v.mp4", "file_in": 10.0, "file_out": 14.0, "project_start": 0.0,
+                         "project_end": 8.0}
+    focus = PictureFocus.from_request(parse_request(request))
+    assert (focus.start, focus.end) == (12.0, 14.0)
+
+
 def test_a_region_changes_the_features_and_has_its_own_cache_entry(quadrants):
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.engine.features.cache import FeatureCache

@@ -1,0 +1,219 @@
+"""engine.video on the files a sound designer brings that are not a tidy MP4: MPEG-TS whose
+seeks land between keyframes, a picture that starts after the sound or ends before it, an audio
+file with cover art, files that do not state their duration. Real files written with PyAV,
+each frame's index painted in as a brightness level (test_video's helpers)."""
+
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import stepfoley.engine.video as video
+from stepfoley.engine.errors import VideoError
+from stepfoley.engine.video import check_video_region, probe, read_region
+from test_video import TICKS, cfr_pts, decoded_index, frame_image, shown_at, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def expected(pts_ms: list[int], start: float, end: float, fps: int = 25) -> list[int]:
+    return [shown_at(pts_ms, start + k / fps) for k in range(round((end - start) * fps))]
+
+
+def add_silence(container, stream, seconds: float, rate: int = 16000) -> None:
+    block = 1024
+    for first in range(0, int(seconds * rate), block):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, block), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, first
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def write_with_sound(path: Path, pts_ms: list[int], sound_s: float) -> Path:
+    """A 64x48 H.264 picture at pts_ms and an AAC track of silence from 0 to sound_s."""
+    with av.open(str(path), "w") as container:
+        picture = container.add_stream("libx264", rate=25)
+        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        picture.time_base = picture.codec_context.time_base = Fraction(1, TICKS)
+        sound = container.add_stream("aac", rate=16000)
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, TICKS)
+            for packet in picture.encode(frame):
+                container.mux(packet)
+        for packet in picture.encode():
+            container.mux(packet)
+        add_silence(container, sound, sound_s)
+    return path
+
+
+class CountingDecodes:
+    """Stands in for an open container and counts the frames decoded from it."""
+
+    def __init__(self, container, counter: list[int]):
+        self.container, self.counter = container, counter
+
+    def __getattr__(self, name):
+        return getattr(self.container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.container.__exit__(*exc)
+
+    def decode(self, *streams):
+        for frame in self.container.decode(*streams):
+            self.counter[0] += 1
+            yield frame
+
+
+# --- 1. MPEG-TS: a seek lands on a frame the decoder drops up to the next keyframe ----------
+
+
+def test_mpeg_ts_region_in_the_last_keyframe_interval_is_read(tmp_path):
+    pts = cfr_pts(100)  # 4 s, keyframes at 0 and 2 s
+    path = write_video(tmp_path / "cam.ts", pts, gop=50)
+    assert decoded_index(read_region(path, 3.0, 3.4, fps=25, size=16)) == expected(pts, 3.0, 3.4)
+    assert decoded_index(read_region(path, 2.2, 2.6, fps=25, size=16)) == expected(pts, 2.2, 2.6)
+
+
+def test_mpeg_ts_seek_starts_at_the_keyframe_before_the_region_not_at_the_file_start(tmp_path, monkeypatch):
+    pts = cfr_pts(100)  # 4 s, a keyframe every second
+    path = write_video(tmp_path / "cam.ts", pts, gop=25)
+    decoded = [0]
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda p: CountingDecodes(real_open(p), decoded))
+    assert decoded_index(read_region(path, 2.2, 2.6, fps=25, size=16)) == expected(pts, 2.2, 2.6)
+    # from the keyframe at 2 s: 15 frames (and a few dropped at a missed seek), not the 65 from 0
+    assert decoded[0] < 30
+
+
+# --- 2. the PyAV this code needs -------------------------------------------------------------
+
+
+def test_the_declared_pyav_has_the_frame_rotation_the_reader_uses():
+    declared = re.search(r'"av>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert declared, "pyproject.toml names no lower bound for av"
+    assert tuple(int(part) for part in declared.group(1).split(".")) >= (14, 2)  # VideoFrame.rotation
+    assert hasattr(av.VideoFrame, "rotation")
+
+
+# --- 3. a picture that starts after the sound ------------------------------------------------
+
+
+def test_a_picture_that_starts_after_the_sound_keeps_its_place_on_the_file_timeline(tmp_path):
+    pts = [500 + t for t in cfr_pts(25)]  # the picture from 0.5 s to 1.5 s, the sound from 0
+    path = write_with_sound(tmp_path / "late.mp4", pts, sound_s=1.5)
+    frames = read_region(path, 0.3, 1.3, fps=25, size=16)
+    assert decoded_index(frames) == expected(pts, 0.3, 1.3)  # held first frame until 0.5 s, then 0, 1...
+    assert probe(path).duration == pytest.approx(1.5, abs=0.01)
+
+
+# --- 4. a picture that ends before the sound -------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv"])
+def test_a_region_after_the_picture_ends_is_refused_though_the_sound_goes_on(tmp_path, suffix):
+    path = write_with_sound(tmp_path / f"short.{suffix}", cfr_pts(25), sound_s=3.0)  # 1 s of picture
+    assert probe(path).duration == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(VideoError, match=rf"2\.0-2\.5 s runs past the end of short\.{suffix} \(1\.0 s\)"):
+        read_region(path, 2.0, 2.5, fps=25, size=16)
+    with pytest.raises(VideoError, match=r"runs past the end"):
+        check_video_region(path, 0.5, 1.5)
+
+
+# --- 5. an audio file with cover art ---------------------------------------------------------
+
+
+def test_an_audio_file_with_cover_art_is_audio_only(tmp_path):
+    path = tmp_path / "song.mp3"
+    with av.open(str(path), "w", format="mp3") as container:
+        sound = container.add_stream("libmp3lame", rate=16000)
+        cover = container.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts = 0
+        for packet in list(cover.encode(picture)) + list(cover.encode()):
+            container.mux(packet)
+        add_silence(container, sound, 3.0)
+    assert probe(path).has_video is False
+    for check in (lambda: check_video_region(path, 1.0, 2.0), lambda: read_region(path, 0.0, 1.0, 25, 16),
+                  lambda: read_region(path, 1.0, 2.0, 25, 16)):
+        with pytest.raises(VideoError, match=r"song\.mp3 has no picture"):
+            check()
+
+
+# --- 6. files that do not state their duration -----------------------------------------------
+
+
+class Unseekable:
+    """A write-only file the muxer cannot go back into, as a browser's MediaRecorder writes:
+    the WebM gets no duration in its header."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        return self.handle.write(data)
+
+    def seekable(self):
+        return False
+
+
+def write_unsized_webm(path: Path, pts_ms: list[int]) -> Path:
+    with open(path, "wb") as handle, av.open(Unseekable(handle), "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, TICKS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_raw_h264(path: Path, frames: int) -> Path:
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_webm_without_a_duration_is_read_and_its_end_found_while_decoding(tmp_path):
+    pts = cfr_pts(50)  # 2 s
+    path = write_unsized_webm(tmp_path / "recording.webm", pts)
+    assert probe(path).duration is None
+    check_video_region(path, 0.5, 1.5)  # nothing to check the end against before decoding
+    assert decoded_index(read_region(path, 0.5, 1.0, fps=25, size=16)) == expected(pts, 0.5, 1.0)
+    # a region that starts on the picture keeps its last frame on screen to the end
+    assert decoded_index(read_region(path, 1.9, 2.3, fps=25, size=16)) == expected(pts, 1.9, 2.3)
+    with pytest.raises(VideoError, match=r"starting at 3\.0 s is past the end of the picture of "
+                                         r"recording\.webm \(its last frame ends at 2\.0 s\)"):
+        read_region(path, 3.0, 3.5, fps=25, size=16)
+
+
+def test_a_raw_h264_stream_is_read_from_its_beginning(tmp_path):
+    path = write_raw_h264(tmp_path / "camera.h264", 50)  # 2 s at 25 fps, no timestamps, no seeking
+    pts = cfr_pts(50)
+    assert probe(path).duration is None
+    assert decoded_index(read_region(path, 1.0, 1.4, fps=25, size=16)) == expected(pts, 1.0, 1.4)
+    with pytest.raises(VideoError, match=r"past the end of the picture of camera\.h264"):
+        read_region(path, 2.5, 3.0, fps=25, size=16)
