@@ -30,6 +30,9 @@ from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
+# A track finished at the model's rate and resampled to the project's peaks a few tenths of a dB
+# over the ceiling: up to this, one gain takes it off (the limiter would cost 1-2 LU more).
+RESAMPLED_OVERSHOOT_DB = 1.0
 
 
 def _existing_file(path: str, what: str) -> Path:
@@ -104,7 +107,8 @@ class FoleyService:
         # (one resampling to the request's rate and that length).
         length = int(round(region.project_duration * request.sample_rate))
         stem = mixing.resample_to_length(track.samples[None], track.sample_rate, request.sample_rate, length)
-        stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP)
+        stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP,
+                                      gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         metadata = {
             **track.metadata,
             "sample_rate": request.sample_rate,
@@ -200,7 +204,7 @@ class _Take:
         take_length = min(take.shape[-1], length)
         keep = _kept(length, rate, *request.regenerate)
         new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
-        new = limit_new_part(new, ~keep, rate)
+        new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         stem = splice(mixing.fit_length(take, length), new, keep, int(round(SEAM_S * rate)), take_length)
         metadata = {
             **track.metadata,

@@ -483,11 +483,11 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     return matched, levels
 
 
-def limit_new_part(audio: np.ndarray, new: np.ndarray, sample_rate: int) -> np.ndarray:
+def limit_new_part(audio: np.ndarray, new: np.ndarray, sample_rate: int, gain_up_to_db: float = 0.0) -> np.ndarray:
     """`audio` (C, S) true-peak limited as its new part (S,) bool alone would be: the model's
     reproduction of the kept audio is thrown away at the splice, so an over there must not
-    push the new part through the limiter."""
-    return mixing.limit_true_peak(audio * new, sample_rate, mixing.STEM_CEILING_DBTP)
+    push the new part through the limiter. `gain_up_to_db`: mixing.limit_true_peak's."""
+    return mixing.limit_true_peak(audio * new, sample_rate, mixing.STEM_CEILING_DBTP, gain_up_to_db=gain_up_to_db)
 
 
 def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_length: int | None = None) -> np.ndarray:

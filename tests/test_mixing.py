@@ -103,6 +103,23 @@ def test_limiter_keeps_the_audio_under_the_peaks_at_its_own_level():
     assert mixing.true_peak(limited[None], 16000) <= -1.0
 
 
+def test_a_peak_barely_over_the_ceiling_is_taken_off_by_one_gain():
+    # steady noise 0.3 dB over: the limiter's 4:1 stage would cost it about 2 LU, one gain 0.3
+    rng = np.random.default_rng(1)
+    noise = (0.2 * rng.standard_normal((1, 4 * 48000))).astype(np.float32)
+    over = noise * np.float32(10 ** ((-0.7 - mixing.true_peak(noise, 48000)) / 20))
+    before = mixing.integrated_loudness(over, 48000)
+    gained = mixing.limit_true_peak(over, 48000, -1.0, gain_up_to_db=1.0)
+    assert mixing.true_peak(gained, 48000) <= -1.0
+    assert before - mixing.integrated_loudness(gained, 48000) == pytest.approx(0.301, abs=0.01)
+    limited = mixing.limit_true_peak(over, 48000, -1.0)
+    assert before - mixing.integrated_loudness(limited, 48000) > 1.0
+    # past the bound, the limiter as before
+    hot = over * np.float32(10 ** (2 / 20))
+    np.testing.assert_array_equal(mixing.limit_true_peak(hot, 48000, -1.0, gain_up_to_db=1.0),
+                                  mixing.limit_true_peak(hot, 48000, -1.0))
+
+
 def test_limiter_leaves_audio_under_the_ceiling_alone():
     calm = sine(440, 16000, 1.0, amplitude=0.3)
     assert np.array_equal(mixing.limit_true_peak(calm, 16000, ceiling_dbtp=-1.0), calm)
