@@ -63,7 +63,7 @@ def check_token(token: str, source: str | None = None) -> str:
     elif isinstance(token, str) and not token:
         message = f"{what} is empty; {rule}."
     else:
-        message = f"{what} is not text: {rule}. Choose one of letters and digits."
+        message = f"{what} is not text: {rule}. Choose one made of letters and digits."
     raise TokenError(message, code="bad_token")
 
 

@@ -28,6 +28,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -75,6 +76,14 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
     return samples, int(sample_rate)
+
+
+def read_input_audio(path: str | os.PathLike, seconds: float) -> tuple[np.ndarray, int]:
+    """The first `seconds` of an input recording (a bounce, a reference, an existing stem),
+    mono, within the limits of a request's input audio (stepfoley.request): a bounded file at a
+    bounded rate, and only the stretch that is heard."""
+    return read_audio(path, max_seconds=seconds, mono=True, max_bytes=MAX_INPUT_AUDIO_BYTES,
+                      max_rate=MAX_INPUT_SAMPLE_RATE)
 
 
 def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool) -> np.ndarray:

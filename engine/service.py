@@ -25,13 +25,13 @@ from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
                                       splice)
-from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, Capabilities,
-                               GenerationRequest)
+from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
+                               Capabilities, GenerationRequest)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
 # A track finished at the model's rate and resampled to the project's peaks a few tenths of a dB
-# over the ceiling: up to this, one gain takes it off (the limiter would cost 1-2 LU more).
+# over the ceiling: up to this, one gain takes it off (the limiter costs more: mixing.limit_true_peak).
 RESAMPLED_OVERSHOOT_DB = 1.0
 
 
@@ -44,16 +44,16 @@ def _existing_file(path: str, what: str) -> Path:
 
 def _read_input(path: str, what: str, seconds: float) -> tuple[np.ndarray, int]:
     """The first `seconds` of an input recording, mono, within the request's input limits."""
-    return audio_io.read_audio(_existing_file(path, what), max_seconds=seconds, mono=True,
-                               max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+    return audio_io.read_input_audio(_existing_file(path, what), seconds)
 
 
 def _in_picture_time(samples: np.ndarray, sample_rate: int, region) -> np.ndarray:
-    """Audio of the timeline from project_start (a bounce, a stem) in the picture's time: at a
-    playrate other than 1 the stem's seconds are not the picture's, so it is varispeeded back,
-    the inverse of `_finished_stem`, and NAG hears each sound where the picture shows it."""
+    """Audio of the timeline from project_start (a bounce, a stem) in the picture's time: when
+    the stem is not as long as its picture (a playrate other than 1, or a project_end that says
+    so) its seconds are not the picture's, so it is varispeeded back, the inverse of
+    `_finished_stem`, and NAG hears each sound where the picture shows it."""
     # samples: (C, S) at sample_rate -> (C, round(region.duration * sample_rate))
-    if abs(region.playrate - 1.0) <= 1e-9:
+    if abs(region.project_duration - region.duration) <= REGION_TOLERANCE_S:
         return samples
     on_timeline = mixing.fit_length(samples, int(round(region.project_duration * sample_rate)))
     return mixing.resample_to_length(on_timeline, sample_rate, sample_rate, int(round(region.duration * sample_rate)))
@@ -166,7 +166,7 @@ class _Take:
     hears of it, and the span kept."""
 
     def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession,
-                 read_exactly: bool = True):
+                 read_exactly: bool):
         self.samples, self.rate = samples, rate
         self.read_exactly = read_exactly  # False: 32-bit integer or 64-bit float samples, read as float32
         start, end = request.regenerate

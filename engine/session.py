@@ -41,6 +41,7 @@ from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guida
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
+WINDOW_FADE_S = 1.0  # consecutive windows are crossfaded over this (at most their overlap)
 # Extend and repair: a crossfade this long at each seam, inside the new part (the kept audio
 # stays as it was); the latent frames within it of a seam are sampled, not held, so the new
 # audio under the crossfade was made to continue the kept audio.
@@ -324,7 +325,7 @@ class StepSession:
         timings["decoding"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        fade = self._samples(WINDOW_OVERLAP_S)
+        fade = self._samples(WINDOW_FADE_S)
         joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length, fade)
                   for i in range(len(settings))]
         if known is None:

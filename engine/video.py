@@ -173,12 +173,11 @@ def _duration_s(container, stream) -> float | None:
     states it (the container's duration also counts the sound, which may run longer), else the
     container's; None when the file says neither (a WebM recorded without a final duration, a
     raw .h264 stream)."""
-    origin = _origin_s(container, stream)
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return _picture_start_s(container, stream) + float(stream.duration * stream.time_base)
     tagged_end = _matroska_duration_s(stream) if "matroska" in container.format.name else None
     if tagged_end is not None:
-        return tagged_end - origin
+        return tagged_end - _origin_s(container, stream)
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return None
@@ -403,7 +402,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
 def _frame_duration_s(av_frame, stream) -> float:
     """How long a frame stays on screen: its own duration where the file gives one, else one
     frame at the stream's rate (0 when neither is known)."""
-    ticks = getattr(av_frame, "duration", None)
+    ticks = av_frame.duration
     if ticks and av_frame.time_base is not None:
         return float(ticks * av_frame.time_base)
     fps = _frame_rate(stream)

@@ -343,7 +343,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "each written as its own stem and named in the one final reply, best first", since=2),
     FieldSpec("take", "string or null", "null",
               "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
-              f"and channel count; {_INPUT_AUDIO_RULE}; read from its start to `take_offset` + the stem's length, "
+              f"and channel count; only read, at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and {MAX_INPUT_SAMPLE_RATE} Hz; "
+              "read from its start to `take_offset` + the stem's length, "
               f"every channel, at most {_mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
               "`regenerate` made new, the rest sample for sample (at the take's rate and channels when "
               "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate`, "
@@ -617,8 +618,8 @@ def _region(region: Any) -> VideoRegion:
                      f"{length / playrate:g} s); project times go up to {MAX_TIMELINE_SECONDS:g} s (7 days).")
     else:
         end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)
-    if end <= start:  # the computed end too: it must not round back to the start
-        _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+        if end <= start:
+            _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
         _invalid(f"The stem would last {end - start:.1f} s on the timeline ({length:.2f} s of picture at playrate "
                  f"{playrate:g}); at most {MAX_STEM_SECONDS:g} s can be made at once. "

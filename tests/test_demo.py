@@ -105,12 +105,11 @@ def test_a_failed_demo_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     assert manifest["tracks"][0]["nag"]["region"]["video"] == str(tmp_path / "run_001" / "picture.mp4")
 
 
-def test_the_demo_help_states_the_engines_bounds():
+def test_the_demo_help_states_the_demos_track_bound():
     from stepfoley.commands import demo
     from stepfoley.lab.demo import MAX_TRACKS
-    from stepfoley.request import MAX_STEPS
 
-    assert (demo.MAX_TRACKS, demo.MAX_STEPS) == (MAX_TRACKS, MAX_STEPS)
+    assert demo.MAX_TRACKS == MAX_TRACKS
 
 
 def test_similarity_to_earlier_tracks_in_the_demo_scores():

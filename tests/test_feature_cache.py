@@ -272,6 +272,21 @@ def test_only_the_caches_own_files_are_ever_removed(tmp_path):
     assert [p.name for p in own] == [cache._disk_path(region_key(video, 2.0, 3.0, "enc")).name]
 
 
+def test_someone_elses_file_does_not_count_toward_the_caches_size(tmp_path):
+    # a big safetensors file named like an entry, newer than the cache's own: before, it filled
+    # the cap and every write evicted all of the cache's entries
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    cache = FeatureCache(cache_dir=folder, max_disk_bytes=30_000)
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(0.0))
+    theirs = folder / ("a" * 64 + ".safetensors")
+    save_file({"w": torch.ones(20_000)}, str(theirs), metadata={"format": "not the cache's"})
+    cache.get_or_compute_region(video, 1.0, 2.0, "enc", fake_features(1.0))
+    assert theirs.exists() and len([p for p in entries(folder) if p != theirs]) == 2
+
+
 def test_an_empty_folder_or_a_size_no_disk_holds_is_refused(tmp_path, monkeypatch):
     """--feature-cache "" is not the current folder (where cleanup would then run), and
     --feature-cache-max-gb 1e300 is a number no disk holds (it overflowed)."""

@@ -145,9 +145,12 @@ def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     assert result["metadata"]["project_start"] == 0.0
 
 
-def test_a_bounce_at_another_playrate_is_heard_in_the_pictures_time(tiny, scene_video, tmp_path, monkeypatch):
-    # 2 s of picture at playrate 2: the bounce covers 1 s of timeline, sound in its first half,
-    # so NAG must hear that sound over the picture's first second, not squeezed into half of it
+@pytest.mark.parametrize("timeline", [{"playrate": 2.0}, {"project_start": 5.0, "project_end": 6.0}],
+                         ids=["playrate", "project_end"])
+def test_a_bounce_over_a_stem_shorter_than_its_picture_is_heard_in_the_pictures_time(tiny, scene_video, tmp_path,
+                                                                                    monkeypatch, timeline):
+    # 2 s of picture over 1 s of timeline (a playrate, or a project_end that says so): the bounce
+    # has sound in its first half, so NAG must hear it over the picture's first second
     bounce = np.zeros(48000, np.float32)
     bounce[:24000] = 0.1 * np.random.default_rng(0).normal(0, 1, 24000)
     path = tmp_path / "bounce.wav"
@@ -157,7 +160,7 @@ def test_a_bounce_at_another_playrate_is_heard_in_the_pictures_time(tiny, scene_
     monkeypatch.setattr(StepSession, "add_track",
                         lambda self, *a, **k: (add_track(self, *a, **k), heard.append(self.tracks[-1].samples)))
     request = _request(scene_video, tmp_path, existing_mix=str(path), caption="rain falling")
-    request["region"]["playrate"] = 2.0
+    request["region"].update(timeline)
     _serve(FoleyService(tiny), request)
     (track,) = heard                                           # (32000,) at the model's 16 kHz
     rms = [float(np.sqrt(np.mean(track[a:a + 4000] ** 2))) for a in range(0, 32000, 4000)]

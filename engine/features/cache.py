@@ -242,16 +242,17 @@ class FeatureCache:
                 entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
             elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and now - info.st_mtime > _STALE_TEMP_S:
                 _remove(Path(entry.path))
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries):
+        if sum(size for _, size, _ in entries) <= self.max_disk_bytes:
+            return
+        # a file named like an entry that is not one is someone else's: left, and not counted
+        own = [e for e in entries if e[2] == keep or _is_own_entry(e[2])]
+        total = sum(size for _, size, _ in own)
+        for _, size, path in sorted(own):
             if total <= self.max_disk_bytes:
                 break
-            if path == keep:
-                continue
-            # a file named like an entry that is not one is someone else's: left, and not counted
-            if _is_own_entry(path):
+            if path != keep:
                 _remove(path)
-            total -= size
+                total -= size
 
 
 def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: float | None = None) -> FeatureCache:

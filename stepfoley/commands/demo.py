@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 
 from stepfoley.commands.runtime import add_runtime_arguments
+from stepfoley.request import MAX_STEPS
 
 
-# stepfoley.lab.demo.MAX_TRACKS and stepfoley.request.MAX_STEPS, repeated so that `--help` needs no
-# torch import (tests/test_demo.py checks they agree).
+# stepfoley.lab.demo.MAX_TRACKS, repeated so that `--help` needs no torch import (tests/test_demo.py
+# checks they agree).
 MAX_TRACKS = 4
-MAX_STEPS = 200
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -178,7 +178,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine.devices import check_threads
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, parse_request
+    from stepfoley.request import parse_request
 
     if args.reference and args.existing:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
@@ -196,18 +196,12 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     region = parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True).region
     check_video_region(args.video, args.start, args.end)
 
-    def read_input(path: str, seconds: float):
-        # within the limits of an OSC request's input audio (engine.service._read_input): only
-        # the stretch that is heard, mono, a bounded file at a bounded rate
-        return audio_io.read_audio(path, max_seconds=seconds, mono=True, max_bytes=MAX_INPUT_AUDIO_BYTES,
-                                   max_rate=MAX_INPUT_SAMPLE_RATE)
-
-    if args.reference:
-        read_input(args.reference, region.duration)  # looped or trimmed to the picture's region
+    if args.reference:  # as an OSC request's input audio is read
+        audio_io.read_input_audio(args.reference, region.duration)  # looped or trimmed to the picture's region
     if args.take:
         audio_io.read_audio(args.take, max_seconds=0.1)  # a take that cannot be read fails now, not after loading
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
-    existing = [read_input(path, region.project_duration) for path in args.existing]
+    existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
     if args.weights is not None and not os.path.isdir(args.weights):
         raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
     return Checked(output, existing, feature_cache_from_arguments(args))
