@@ -23,6 +23,23 @@ def expected(pts_ms: list[int], start: float, end: float, fps: int = 25) -> list
     return [shown_at(pts_ms, start + k / fps) for k in range(round((end - start) * fps))]
 
 
+def mux_frames(container, stream, frames) -> None:
+    """Encode the frames into the stream, then flush it."""
+    for frame in frames:
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def picture_frame(i: int, pts: int, time_base: Fraction | None = Fraction(1, TICKS)):
+    frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+    frame.pts = pts
+    if time_base is not None:
+        frame.time_base = time_base
+    return frame
+
+
 def add_silence(container, stream, seconds: float, rate: int = 16000) -> None:
     block = 1024
     for first in range(0, int(seconds * rate), block):
@@ -41,13 +58,7 @@ def write_with_sound(path: Path, pts_ms: list[int], sound_s: float) -> Path:
         picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
         picture.time_base = picture.codec_context.time_base = Fraction(1, TICKS)
         sound = container.add_stream("aac", rate=16000)
-        for i, pts in enumerate(pts_ms):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, TICKS)
-            for packet in picture.encode(frame):
-                container.mux(packet)
-        for packet in picture.encode():
-            container.mux(packet)
+        mux_frames(container, picture, (picture_frame(i, pts) for i, pts in enumerate(pts_ms)))
         add_silence(container, sound, sound_s)
     return path
 
@@ -173,13 +184,7 @@ def write_unsized_webm(path: Path, pts_ms: list[int]) -> Path:
         stream = container.add_stream("libvpx", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = {"deadline": "realtime", "cpu-used": "8"}
-        for i, pts in enumerate(pts_ms):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, TICKS)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_frames(container, stream, (picture_frame(i, pts) for i, pts in enumerate(pts_ms)))
     return path
 
 
@@ -187,13 +192,7 @@ def write_raw_h264(path: Path, frames: int) -> Path:
     with av.open(str(path), "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_frames(container, stream, (picture_frame(i, i, time_base=None) for i in range(frames)))
     return path
 
 
