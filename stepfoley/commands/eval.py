@@ -190,11 +190,8 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
     from stepfoley.atomic import write_atomically
     from stepfoley.engine.errors import InvalidInputError
 
+    check_json_path(path, force)  # again: the folder or the file may have changed during the run
     path = Path(path)
-    if path.exists() and not force:
-        raise InvalidInputError(f"{path} already exists; choose another --json path or add --force to replace it.")
-    if not path.parent.is_dir():
-        raise InvalidInputError(f"The folder {path.parent} does not exist; create it or choose another --json path.")
     text = json.dumps(report, indent=1, allow_nan=False) + "\n"
     try:
         # without --force a file that appeared meanwhile is not replaced either
