@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepfoley.request import PROTOCOL_VERSION  # noqa: F401  (re-exported: protocol.PROTOCOL_VERSION)
+from stepfoley.request import is_whole
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9017
@@ -203,7 +204,7 @@ def _shorten(value: Any, limit: int) -> Any:
 
 def _is_type(value: Any, kind: type) -> bool:
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_whole(value)
     return isinstance(value, kind)
 
 

@@ -28,7 +28,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
-from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -60,8 +60,7 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
     try:
         with soundfile.SoundFile(str(path)) as sound:
             if max_rate is not None and sound.samplerate > max_rate:
-                raise AudioError(f"Audio file '{path}' is at {sound.samplerate} Hz; at most {max_rate} Hz is read. "
-                                 "Export it at the project's rate.")
+                raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
             samples = _read_blocks(sound, max_seconds, mono)
             sample_rate = sound.samplerate
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:

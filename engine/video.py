@@ -5,7 +5,7 @@ resized (short side) and centre-cropped to 224x224, both with antialiased bicubi
 Times are seconds on the file's timeline, as a player or a DAW shows it: 0 is the container's
 start (its start_time is subtracted, so MPEG-TS offsets do not shift the region), and a picture
 that starts after the sound (a video stream that starts later than the container) starts that
-much after 0. The picture is the first video stream that is not cover art (attached_pic).
+much after 0. The picture is the video stream FFmpeg would play, never cover art (attached_pic).
 Frame k of a region is the frame on screen at `start + k/fps`: the latest decoded frame whose
 presentation time is <= that instant (variable frame rate is handled through pts, never
 through frame indices). MMAudio's own reader instead takes the first frame at or after each
@@ -125,12 +125,15 @@ def _open(path: Path):
 
 
 def _video_stream(container):
-    """The picture: the first video stream that is not cover art (an audio file's attached
-    picture is a one-frame video stream). None: the file has no picture."""
-    for stream in container.streams.video:
-        if not stream.disposition & av.stream.Disposition.attached_pic:
-            return stream
-    return None
+    """The picture: a video stream that is not cover art (an audio file's attached picture is a
+    one-frame video stream); of several, the one FFmpeg would play (av_find_best_stream prefers
+    streams that decode many frames, so a still image stored unmarked loses to the film). None:
+    the file has no picture."""
+    pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if len(pictures) <= 1:
+        return pictures[0] if pictures else None
+    best = container.streams.best("video")
+    return best if best in pictures else pictures[0]
 
 
 def _stream_start_s(stream) -> float:

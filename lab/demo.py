@@ -25,6 +25,7 @@ from typing import Callable
 
 
 from stepfoley.engine import audio_io, mixing
+from stepfoley.request import is_whole
 from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
 from stepfoley.lab.miniworld import make_scene
@@ -53,16 +54,13 @@ class DemoResult:
 def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, steps: int) -> None:
     """Everything run_demo needs that no model does, checked before one loads; raises
     InvalidInputError with the option to change."""
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not whole(tracks) or not 1 <= tracks <= MAX_TRACKS:
+    if not is_whole(tracks) or not 1 <= tracks <= MAX_TRACKS:
         raise InvalidInputError(f"--tracks {tracks}: give 1 to {MAX_TRACKS} (a mini-world scene holds at most "
                                 f"{MAX_TRACKS} sources).")
-    if not whole(steps) or not 1 <= steps <= MAX_STEPS:
+    if not is_whole(steps) or not 1 <= steps <= MAX_STEPS:
         raise InvalidInputError(f"--steps {steps}: give 1 to {MAX_STEPS} sampling steps.")
     highest = MAX_SEED - (tracks - 1)  # track k is made with seed + k - 1
-    if not whole(seed) or not 0 <= seed <= highest:
+    if not is_whole(seed) or not 0 <= seed <= highest:
         raise InvalidInputError(f"--seed {seed}: give 0 to {highest} (track k uses the seed plus k - 1).")
     if not os.fspath(out_dir).strip():
         raise InvalidInputError("--out is empty; give the folder the demo runs go into.")

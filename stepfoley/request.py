@@ -404,7 +404,7 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     _reject_unknown(data, _TOP_FIELDS, "request")
     _require(data, ("region", "caption", "output_dir"), "request")
     protocol = data.get("protocol", 1)
-    if not _is_int(protocol) or protocol not in SUPPORTED_PROTOCOLS:
+    if not is_whole(protocol) or protocol not in SUPPORTED_PROTOCOLS:
         _invalid(f"This engine speaks protocol {' and '.join(map(str, SUPPORTED_PROTOCOLS))}, the request says "
                  f"{_show(protocol)}. Update the REAPER scripts or the engine so they match.")
     newer = [f.name for f in FIELDS if f.since > protocol and f.name in data]
@@ -657,6 +657,12 @@ def _check_regular(info: os.stat_result, path: str, name: str, max_bytes: int | 
                  "Bounce only the region, or at a lower rate or with fewer channels.")
 
 
+def input_rate_message(what: str, rate: int, limit: int = MAX_INPUT_SAMPLE_RATE) -> str:
+    """Why an input recording at `rate` Hz is refused (over `limit`): said here from its header,
+    and by engine.audio_io when it reads the file (which may have changed since)."""
+    return f"{what} is at {rate} Hz; at most {limit} Hz is read. Export it at the project's rate."
+
+
 def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
     """What the header of an audio input says, checked before /accepted: its rate, and for the
     take the stem its channels make and the memory reading it takes. Only the header is read; a
@@ -677,8 +683,7 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
         except Exception:  # soundfile raises several kinds (LibsndfileError, RuntimeError, TypeError, ...)
             return
     if rate > MAX_INPUT_SAMPLE_RATE:
-        _invalid(f"{name} '{printable(path)}' is at {rate} Hz; at most {MAX_INPUT_SAMPLE_RATE} Hz is read. "
-                 "Export it at the project's rate.")
+        _invalid(input_rate_message(f"{name} '{printable(path)}'", rate))
     if name != "take" or rate <= 0 or channels <= 0:
         return
     _check_stem_size(request, channels, path)
@@ -715,7 +720,7 @@ def _show(value: Any) -> str:
     try:
         return printable(_SHORT_REPR.repr(value), 80)
     except Exception:  # e.g. an int past Python's 4300-digit limit for str() (a dict built in Python)
-        if _is_int(value):
+        if is_whole(value):
             return f"a {'negative ' if value < 0 else ''}whole number of {_digits(value)} digits"
         return f"a {printable(type(value).__name__, 40)}"
 
@@ -748,7 +753,8 @@ def _optional(obj: dict, name: str, check):
     return None if value is None else check(value, name)
 
 
-def _is_int(value: Any) -> bool:
+def is_whole(value: Any) -> bool:
+    """A whole number as JSON or Python gives one (True and False are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -767,7 +773,7 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
-    if not _is_int(value):
+    if not is_whole(value):
         _invalid(f"{name} must be a whole number, got {_show(value)}.")
     if not low <= value <= high:
         _invalid(f"{name} = {_show(value)} is outside {low} .. {high}.")

@@ -355,7 +355,7 @@ def test_stepfoley_eval_json_schema_on_one_scene_and_never_overwrites(quick_embe
     assert "nag_vs_text_boost" in printed and "ground truth" in printed and "thread" in printed
 
     before = out.read_bytes()
-    assert main(argv) == 1  # refused before any work
+    assert main(argv) == 2  # refused before any work, as an argument error
     assert "already exists" in capsys.readouterr().err
     assert out.read_bytes() == before
 
@@ -502,11 +502,13 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tm
     for path, words in cases:
         for extra in ([], ["--choose-alpha", "--write", "--embedded-weights", str(weights)],
                       ["--choose-level-anchor", "--write", "--embedded-weights", str(weights)]):
-            assert main(["eval", "--json", str(path), "--device", "cpu", *extra]) == 1, (path, extra)
+            assert main(["eval", "--json", str(path), "--device", "cpu", *extra]) == 2, (path, extra)
             err = capsys.readouterr().err
             assert words in err and "Traceback" not in err, (path, extra, err)
-    assert main(["eval", "--json", str(tmp_path), "--force"]) == 1  # --force replaces a file, never a folder
+    assert main(["eval", "--json", str(tmp_path), "--force"]) == 2  # --force replaces a file, never a folder
     assert "is a folder" in capsys.readouterr().err
+    assert main(["eval", "--json", str(tmp_path / "new.json"), "--write"]) == 2  # an argument error, as elsewhere
+    assert "--write goes with --choose-alpha" in capsys.readouterr().err
     assert weights.read_bytes() == before and (tmp_path / "theirs.json").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mini.safetensors", "theirs.json"]
 

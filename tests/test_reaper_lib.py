@@ -306,6 +306,9 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
     assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS
+    # the envelope readings cover the longest stem at the reading step, both ends included
+    step, readings = json.loads(lua("io.write(SF.json_encode({SF.CURVE_STEP_S, SF.MAX_CURVE_READINGS}))"))
+    assert readings == round(request.MAX_STEM_SECONDS / step) + 1
 
 
 def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():

@@ -162,6 +162,26 @@ def test_an_audio_file_with_cover_art_is_audio_only(tmp_path):
             check()
 
 
+def test_a_still_image_stream_not_marked_as_cover_art_is_not_the_picture(tmp_path):
+    """A Matroska file whose first video stream is a one-frame MJPEG (a poster frame, unmarked)
+    and whose second is the film: the film is read."""
+    path = tmp_path / "poster.mkv"
+    pts = cfr_pts(25)
+    with av.open(str(path), "w") as container:
+        still = container.add_stream("mjpeg", rate=1)
+        still.width, still.height, still.pix_fmt = 32, 32, "yuvj420p"
+        picture = container.add_stream("libx264", rate=25)
+        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        picture.time_base = picture.codec_context.time_base = Fraction(1, TICKS)
+        poster = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        poster = poster.reformat(format="yuvj420p")
+        poster.pts = 0
+        mux_frames(container, still, [poster])
+        mux_frames(container, picture, (picture_frame(i, p) for i, p in enumerate(pts)))
+    assert probe(path).has_video
+    assert decoded_index(read_region(path, 0.2, 0.8, fps=25, size=16)) == expected(pts, 0.2, 0.8)
+
+
 # --- 6. files that do not state their duration -----------------------------------------------
 
 

@@ -300,13 +300,17 @@ def run(args: argparse.Namespace) -> int:
         print("stepfoley: choose α first (--choose-alpha --write), then the level anchor (--choose-level-anchor).",
               file=sys.stderr)
         return 2
-    try:
-        check_json_path(args.json, args.force)  # fail before minutes of work, not after
+    try:  # the arguments: fail before minutes of work, not after
+        check_json_path(args.json, args.force)
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
         if args.write and (args.weights or args.model):
             raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
                                     "without --weights and --model.")
+    except InvalidInputError as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
+        return 2
+    try:
         model = _load_model(args)
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
