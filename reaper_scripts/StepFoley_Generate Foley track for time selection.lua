@@ -1,14 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.1
+-- @version 0.5.2
 -- @changelog
---   Replace this layer: a layer made with the model's default method is made again with that method (it got another method, or was refused).
---   The stem's name hint is the caption's first 200 characters (the engine's limit): a longer caption no longer fails.
---   The picture is the video item that plays: a muted item, a muted track or folder, or a lane that does not play gives way to the one you see (it is used only when none plays).
---   Each layer's caption goes to the engine once, and at most 64 (a layer split into many items made the engine refuse every generation).
---   The bounce renders the generation's project even when you switched project tabs while the dialog was open.
---   Extend and Regenerate time selection inside selected item: the new take keeps the old take's volume, pan, channel mode and pitch, so the kept part sounds as before.
---   Generate Foley track following selected envelope: the envelope is read every 50 ms however long the selection, and the points that matter are kept, so a short dip in a long selection stays.
+--   Make selected item sound like this: with two StepFoley items selected, it asks which one to generate again (it took the upper one).
+--   The item notes say when the negative captions were not heard (a model at alpha 1 or less, such as the built-in one, ignores them).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

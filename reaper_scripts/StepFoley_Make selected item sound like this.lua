@@ -4,7 +4,8 @@
 Make selected item sound like this: generates the selected StepFoley item again so that it
 sounds like a reference recording ("this"): a second selected item (what you hear of it is
 rendered: its take, volume, fades and its track's FX), or, when only the StepFoley item is
-selected, a WAV file you pick. Uses the engine's reference method (MultiFoley-style guidance;
+selected, a WAV file you pick. When both selected items were made by StepFoley, it asks which
+one to generate again. Uses the engine's reference method (MultiFoley-style guidance;
 beta is the pull toward the reference). The dialog shows the item's caption; the result is a
 new, active take of the item, aligned with the picture. One undo point.
 ]]
@@ -33,6 +34,20 @@ local function reference_name(item)
   return file ~= "" and SF.basename(file) or "an item"
 end
 
+-- With two StepFoley items selected either could be the one to change: the user says which.
+-- Returns the item to generate again, its metadata and the reference, or nil when cancelled.
+local function choose_target(item, meta, other)
+  local other_meta = SF.take_meta(reaper.GetActiveTake(other))
+  if not other_meta then return item, meta, other end
+  local answer = reaper.ShowMessageBox(string.format(
+    "Both selected items were made by StepFoley.\n\nYes: generate \"%s\" again to sound like \"%s\".\n" ..
+    "No: generate \"%s\" again to sound like \"%s\".", meta.caption, other_meta.caption, other_meta.caption,
+    meta.caption), "StepFoley: which item should change?", 3)
+  if answer == 6 then return item, meta, other end
+  if answer == 7 then return other, other_meta, item end
+  return nil
+end
+
 local function main()
   local proj = reaper.EnumProjects(-1, "")
   local item, meta = SF.selected_stepfoley_item(proj, "it is generated again to sound like a reference.")
@@ -42,10 +57,14 @@ local function main()
     SF.alert("Select the StepFoley item and at most one other item: the recording it should sound like.")
     return
   end
+  local reference = others[1]
+  if reference then
+    item, meta, reference = choose_target(item, meta, reference)
+    if not item then return end
+  end
   local job = SF.job_for_item(proj, item, { title = "StepFoley: make it sound like this",
     dialog = { audio = "reference", fixed_method = SF.reference_method, remember = false,
       values = { caption = meta.caption } } })
-  local reference = others[1]
   if reference then
     job.reference_label = reference_name(reference)
     job.make_reference = function(folders, sample_rate)

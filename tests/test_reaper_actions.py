@@ -760,6 +760,28 @@ def test_make_selected_item_sound_like_a_file(world):
     assert result["undo"] == ['StepFoley: make "steps" sound like my reference.wav']
 
 
+@pytest.mark.parametrize("answer", [6, 7, 2])
+def test_make_like_this_with_two_stepfoley_items_asks_which_changes(world, answer):
+    """Either of two selected StepFoley layers could be the one to change: the user is asked
+    (Yes: the upper one, No: the other, Cancel: nothing happens)."""
+    steps = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)
+    gravel = stepfoley_layer(world, "gravel", {"caption": "steps on gravel", "seed": 4}, position=6.0, selected=True)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[steps, gravel], message_answers=[answer],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    [question] = result["messages"]
+    assert question["type"] == 3 and '"steps on wood" again to sound like "steps on gravel"' in question["message"]
+    if answer == 2:
+        assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+        return
+    changed, reference = ("steps", "gravel") if answer == 6 else ("gravel", "steps")
+    assert job_request(result)["method"] == "reference"
+    layers = {t["name"]: t for t in result["tracks"]}
+    assert len(layers[changed]["items"][0]["takes"]) == 2 and len(layers[reference]["items"][0]["takes"]) == 1
+    caption = {"steps": "steps on wood", "gravel": "steps on gravel"}
+    assert result["undo"] == [f'StepFoley: make "{caption[changed]}" sound like {reference}']
+
+
 def test_settings_saved_and_checked(world):
     sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "60", "15", "takes", "1",
                                                          "30"]}],

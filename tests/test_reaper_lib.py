@@ -295,6 +295,16 @@ def test_name_hint_is_the_caption_within_the_engines_bound(caption, bounds, hint
     assert lua(code, json.dumps(caps)) == hint
 
 
+@pytest.mark.parametrize("heard", [True, False, None])
+def test_item_notes_say_when_negative_captions_were_not_heard(heard):
+    meta = {"caption": "rain", "method": "negative_prompt", "seed": 4, "negatives": {"mode": "layers", "tracks": ["wind"]},
+            "region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "playrate": 1}, "stem_path": "/s.wav",
+            "engine": {"alpha": 1, "negative_caption_heard": heard}}
+    notes = lua("io.write(SF.describe(SF.json_decode(io.read('a'))))", json.dumps(meta))
+    assert "negatives: layers (wind)" in notes
+    assert ("were not heard" in notes) == (heard is False)
+
+
 def test_the_librarys_fallback_bounds_are_the_protocols():
     """Where an engine publishes no bounds, the library uses its own copies: they must be
     stepfoley.request's (read from both sides, no value copied into this test)."""

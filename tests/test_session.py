@@ -311,6 +311,19 @@ def test_takes_made_together_equal_takes_made_alone_and_leave_the_stack_alone(ti
     assert np.abs(together[0].samples - together[1].samples).max() > 1e-3
 
 
+def test_the_metadata_says_whether_a_negative_caption_was_heard(tiny, scene_video):
+    """A negative caption acts through the unconditional branch, which α <= 1 never evaluates:
+    the stem says it was not heard rather than letting the user believe it steered the take."""
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+
+    def heard(alpha, negative):
+        settings = TrackSettings("rain", method="negative_prompt", alpha=alpha, seed=3, steps=1,
+                                 negative_caption=negative)
+        return session.generate_takes([settings], [None])[0].metadata["negative_caption_heard"]
+
+    assert (heard(3.0, "a bell rings"), heard(1.0, "a bell rings"), heard(3.0, "")) == (True, False, None)
+
+
 def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene_video):
     track = StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(TrackSettings("rain", seed=2, steps=2))
     meta = track.metadata

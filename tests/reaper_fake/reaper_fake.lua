@@ -94,7 +94,7 @@ local fake = {
   exec = {}, undo = {}, undo_depth = 0, edits_outside_undo = {}, ui_refresh = 0, commands = {},
   modal_prompts = {}, extstate = {}, extstate_persist = {}, gfx_text = {}, gfx_key = 0,
   exec_log = "/dev/null", resource_path = "/tmp/reaper-resource", os_name = "Other",
-  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {},
+  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {}, message_answers = {},
   projects = {}, active = 1, toggles = { [40745] = 0 }, scripts = {}, current_script = nil,
   SOLO_IN_FRONT_DIM = 10 ^ (-18 / 20), -- REAPER's default solo-in-front dim (-18 dB)
 }
@@ -411,9 +411,12 @@ function reaper.atexit(fn)
   return true
 end
 function reaper.ShowConsoleMsg(msg) fake.console[#fake.console + 1] = msg end
+-- A message (type 0) is answered OK (1); a question (any other type) takes the scenario's next
+-- answer (REAPER's codes: 6 yes, 7 no, 2 cancel ...) and must have one.
 function reaper.ShowMessageBox(msg, title, kind)
   fake.messages[#fake.messages + 1] = { message = msg, title = title, type = kind }
-  return 1
+  if kind == 0 then return 1 end
+  return assert(table.remove(fake.message_answers, 1), "fake reaper: a question was asked with no answer given")
 end
 function reaper.GetResourcePath() return fake.resource_path end
 function reaper.file_exists(path)

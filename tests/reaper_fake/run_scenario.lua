@@ -12,7 +12,8 @@ PROJECT_PATH/fake.rpp), record_path (GetProjectPathEx; default the project path)
 resource_path, exec_log, os_name, app_version, time_selection [t0,t1], render (initial
 numbers/strings), master {vol, fxen, fx_gain, mute} (or the older master_fx_gain), toggles
 {command id: state}, missing_api [names], render_cancelled, extstate {section: {key: value}},
-dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), imgui (install
+dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), message_answers
+[code] (ShowMessageBox questions: 6 yes, 7 no, 2 cancel), imgui (install
 the ReaImGui stand-in; its value is the list of user actions, tests/reaper_fake/imgui/imgui.lua),
 tracks [TRACK] (the first project tab), projects [{project_path, time_selection, tracks
 [TRACK]}] (more tabs), active_project (1-based), actions [ACTION], gfx_key_when_running,
@@ -45,6 +46,7 @@ for section, kv in pairs(scenario.extstate or {}) do
 end
 fake.dialog_answers = scenario.dialog_answers or {}
 fake.file_answers = scenario.file_answers or {}
+fake.message_answers = scenario.message_answers or {}
 fake.app_version = scenario.app_version or fake.app_version
 if scenario.imgui then
   FAKE_REAPER, fake.imgui_actions = fake, scenario.imgui
