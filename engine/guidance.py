@@ -166,6 +166,15 @@ class GuidanceMethod:
     def needs_controlnet(self) -> bool:
         return "audio" in self.branches
 
+    def unconditional_weight(self, weights: GuidanceWeights) -> float:
+        """The weight of the unconditional branch in the guided velocity (every combination is
+        linear in the branches): 1 - α for CFG and Eq. 9, 1 - w1 for Eq. A6, 0 without the
+        branch. A negative caption replaces that branch's empty caption, so it steers away only
+        where this is below 0; at 0 it does nothing, above 0 it would pull toward it."""
+        if "uncond" not in self.branches:
+            return 0.0
+        return float(self.combine({b: float(b == "uncond") for b in self.branches}, weights))
+
 
 GUIDANCE_METHODS: dict[str, GuidanceMethod] = {}
 

@@ -50,7 +50,7 @@ MAX_RESAMPLE_TERM = 100_000
 # The resampling filter. resample_poly's own (Kaiser beta 5, 10 zero crossings a side, cut at the
 # lower Nyquist frequency) leaves the image of a 7 kHz tone in 16 kHz audio taken to 48 kHz only
 # 31 dB down, at 9 kHz, where a Foley stem's highs are heard. This one takes it 107 dB down for
-# 0.14 dB off the tone, and costs 2.4 times the arithmetic.
+# 0.15 dB off the tone, and costs 2.4 times the arithmetic.
 RESAMPLE_ZERO_CROSSINGS = 24
 RESAMPLE_KAISER_BETA = 10.0
 RESAMPLE_CUTOFF = 0.96  # of the lower Nyquist frequency

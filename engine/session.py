@@ -354,9 +354,9 @@ class StepSession:
                 levels["loudness_curve_applied_as"] = LEARNED_AND_APPLIED_AS
         return [Track(samples[0], model.sample_rate,
                       {**asdict(s), **common, "negative_caption": s.negative_caption or None,
-                       # a negative caption acts through the unconditional branch; at α <= 1 that
-                       # branch is not evaluated, and the user must not think it steered the take
-                       "negative_caption_heard": ("uncond" in method.branches) if s.negative_caption else None,
+                       # the user must not think a negative caption steered a take it could not
+                       "negative_caption_heard": (method.unconditional_weight(first.weights) < 0
+                                                  if s.negative_caption else None),
                        # the points went out with the request; a stem's reply stays within its datagram
                        "loudness_curve": None if s.loudness_curve is None else f"{len(s.loudness_curve)} points",
                        **(levels if isinstance(levels, dict) else asdict(levels)), "timings": dict(timings)},

@@ -126,9 +126,9 @@ def _open(path: Path):
 
 def _video_stream(container):
     """The picture: a video stream that is not cover art (an audio file's attached picture is a
-    one-frame video stream); of several, the one FFmpeg would play (av_find_best_stream prefers
-    streams that decode many frames, so a still image stored unmarked loses to the film). None:
-    the file has no picture."""
+    one-frame video stream); of several, the one FFmpeg would play (av_find_best_stream: one
+    marked default first, then one that decodes more than a frame, so an unmarked still image
+    loses to the film). None: the file has no picture."""
     pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if len(pictures) <= 1:
         return pictures[0] if pictures else None

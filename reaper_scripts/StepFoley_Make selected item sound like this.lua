@@ -39,10 +39,14 @@ end
 local function choose_target(item, meta, other)
   local other_meta = SF.take_meta(reaper.GetActiveTake(other))
   if not other_meta then return item, meta, other end
-  local answer = reaper.ShowMessageBox(string.format(
-    "Both selected items were made by StepFoley.\n\nYes: generate \"%s\" again to sound like \"%s\".\n" ..
-    "No: generate \"%s\" again to sound like \"%s\".", meta.caption, other_meta.caption, other_meta.caption,
-    meta.caption), "StepFoley: which item should change?", 3)
+  -- caption and track: two layers may share a caption
+  local function named(it, m)
+    return string.format("\"%s\" (track \"%s\")", m.caption, SF.track_name(reaper.GetMediaItem_Track(it)))
+  end
+  local a, b = named(item, meta), named(other, other_meta)
+  local answer = reaper.ShowMessageBox(string.format("Both selected items were made by StepFoley.\n\n" ..
+    "Yes: generate %s again to sound like %s.\nNo: generate %s again to sound like %s.", a, b, b, a),
+    "StepFoley: which item should change?", 3)
   if answer == 6 then return item, meta, other end
   if answer == 7 then return other, other_meta, item end
   return nil

@@ -224,3 +224,16 @@ def test_a_method_must_name_what_its_audio_branch_hears():
         GuidanceMethod("broken", "no", ("cond", "audio"), lambda v, w: v["cond"])
     with pytest.raises(ValueError, match="order"):
         GuidanceMethod("broken", "no", ("uncond", "cond"), lambda v, w: v["cond"])
+
+
+@pytest.mark.parametrize("name, weights, expected", [
+    ("independent", GuidanceWeights(4.5), -3.5),  # CFG: 1 - α
+    ("independent", GuidanceWeights(1.0), 0.0),
+    ("nag", GuidanceWeights(4.5, 1.5), -3.5),  # Eq. 9 keeps CFG's unconditional weight
+    ("text_boost", GuidanceWeights(1.0, 1.5), 0.0),  # evaluated, weighted 0
+    ("reference", GuidanceWeights(0.5, 1.0), 0.5),  # below α 1 a negative caption would attract
+    ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), -1.0),  # Eq. A6: 1 - w1
+    ("conditional", GuidanceWeights(1.0), 0.0),  # no unconditional branch
+])
+def test_the_unconditional_weight_says_where_a_negative_caption_acts(name, weights, expected):
+    assert GUIDANCE_METHODS[name].unconditional_weight(weights) == pytest.approx(expected)

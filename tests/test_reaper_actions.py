@@ -770,7 +770,9 @@ def test_make_like_this_with_two_stepfoley_items_asks_which_changes(world, answe
                   actions=[{"script": h.SOUND_LIKE}])
     result = h.run_scenario(world["tmp"], sc)
     [question] = result["messages"]
-    assert question["type"] == 3 and '"steps on wood" again to sound like "steps on gravel"' in question["message"]
+    assert question["type"] == 3
+    assert ('"steps on wood" (track "steps") again to sound like "steps on gravel" (track "gravel")'
+            in question["message"])
     if answer == 2:
         assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
         return

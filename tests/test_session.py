@@ -316,12 +316,13 @@ def test_the_metadata_says_whether_a_negative_caption_was_heard(tiny, scene_vide
     the stem says it was not heard rather than letting the user believe it steered the take."""
     session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
 
-    def heard(alpha, negative):
-        settings = TrackSettings("rain", method="negative_prompt", alpha=alpha, seed=3, steps=1,
-                                 negative_caption=negative)
+    def heard(alpha, negative, method="negative_prompt"):
+        settings = TrackSettings("rain", method=method, alpha=alpha, seed=3, steps=1, negative_caption=negative)
         return session.generate_takes([settings], [None])[0].metadata["negative_caption_heard"]
 
     assert (heard(3.0, "a bell rings"), heard(1.0, "a bell rings"), heard(3.0, "")) == (True, False, None)
+    # text_boost evaluates the unconditional branch at α 1 too, but weighs it 0
+    assert (heard(1.0, "a bell rings", "text_boost"), heard(3.0, "a bell rings", "text_boost")) == (False, True)
 
 
 def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene_video):
