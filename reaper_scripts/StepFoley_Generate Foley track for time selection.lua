@@ -3,7 +3,7 @@
 -- @version 0.5.2
 -- @changelog
 --   Make selected item sound like this: with two StepFoley items selected, it asks which one to generate again (it took the upper one).
---   The item notes say when the negative captions were not heard (a model at alpha 1 or less, such as the built-in one, ignores them).
+--   The item notes say when the negative captions were not heard (at alpha 1 or less, the built-in model's, they do not steer away).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -24,7 +24,7 @@ function M.describe(meta)
   local names = type(negatives.tracks) == "table" and table.concat(negatives.tracks, ", ") or ""
   -- a negative caption acts only above alpha 1 (the engine's metadata negative_caption_heard)
   local unheard = e.negative_caption_heard == false and
-    "; their captions were not heard (at alpha 1 or less negative captions have no effect)" or ""
+    "; their captions were not heard (at alpha 1 or less negative captions do not steer away)" or ""
   return string.format("StepFoley: %s\nmethod %s, alpha %s, beta %s, seed %s, steps %s\n" ..
     "negatives: %s%s%s\nvideo: %s (file %.3f s to %.3f s, playrate %s)\nstem: %s",
     tostring(meta.caption), shown(meta.method, e.method), shown(meta.alpha, e.alpha), shown(meta.beta, e.beta),
