@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from stepfoley.request import PROTOCOL_VERSION  # noqa: F401  (re-exported: protocol.PROTOCOL_VERSION)
-from stepfoley.request import is_whole
+from stepfoley.request import PROTOCOL_VERSION, is_whole  # noqa: F401  (PROTOCOL_VERSION re-exported: protocol.PROTOCOL_VERSION)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9017

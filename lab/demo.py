@@ -25,7 +25,6 @@ from typing import Callable
 
 
 from stepfoley.engine import audio_io, mixing
-from stepfoley.request import is_whole
 from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
 from stepfoley.lab.miniworld import make_scene
@@ -34,7 +33,7 @@ from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.session import StepSession, TrackSettings
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.spectrogram import spectrogram_image
-from stepfoley.request import MAX_SEED, MAX_STEPS
+from stepfoley.request import MAX_SEED, MAX_STEPS, is_whole
 
 DEMO_SEED = 20261122  # outside the training scene seeds [0, 100000)
 MAX_TRACKS = 4  # a mini-world scene holds at most 4 sources, one track each
