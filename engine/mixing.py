@@ -232,11 +232,19 @@ def _resample_ratio(exact: Fraction) -> tuple[int, int]:
     return ratio.numerator, ratio.denominator
 
 
-def _resample_poly(audio: np.ndarray, up: int, down: int) -> np.ndarray:
-    # audio: (C, S) -> (C, ceil(S * up / down)) float64
-    most = max(up, down)
+# A varispeed's filter has up to 2 * RESAMPLE_ZERO_CROSSINGS * MAX_RESAMPLE_TERM taps (38 MB) and
+# takes most of a second to design; a session's stems share one playrate, so keep the last few.
+@lru_cache(maxsize=4)
+def _resample_lowpass(most: int) -> np.ndarray:
     lowpass = firwin(2 * RESAMPLE_ZERO_CROSSINGS * most + 1, RESAMPLE_CUTOFF / most,
                      window=("kaiser", RESAMPLE_KAISER_BETA))
+    lowpass.setflags(write=False)
+    return lowpass
+
+
+def _resample_poly(audio: np.ndarray, up: int, down: int) -> np.ndarray:
+    # audio: (C, S) -> (C, ceil(S * up / down)) float64
+    lowpass = _resample_lowpass(max(up, down))
     return resample_poly(audio.astype(np.float64), up, down, axis=-1, window=lowpass)
 
 
