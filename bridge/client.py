@@ -58,6 +58,17 @@ def not_running_message(host: str, port: int) -> str:
     )
 
 
+def request_payload(request: dict) -> str:
+    """A request's JSON as it is sent: compact, in UTF-8 (a caption in another script costs its
+    UTF-8 bytes, not six per character), at most protocol.MAX_REQUEST_BYTES of it."""
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+
+
+def too_large_message(size: int) -> str:
+    return (f"The request is {size} bytes, more than the {protocol.MAX_REQUEST_BYTES} one message carries; "
+            "shorten the caption or the previous captions.")
+
+
 def new_request_id() -> str:
     return secrets.token_hex(8)
 
@@ -226,15 +237,14 @@ class RemoteJob:
                 "please report it with the request."))
             return
         try:
-            self._payload = json.dumps(request)
+            self._payload = request_payload(request)
+            size = len(self._payload.encode("utf-8"))  # parse_request refused lone surrogates
         except Exception as e:  # TypeError, ValueError, RecursionError, or whatever a value's repr raises
             self._finish("error", EXIT_REJECTED, error=(
                 "invalid_request", f"The request cannot be written as JSON: {_describe(e)}."))
             return
-        limit = protocol.MAX_DATAGRAM_BYTES - 512
-        if len(self._payload.encode()) > limit:
-            self._finish("error", EXIT_REJECTED, error=(
-                "payload_too_large", f"The request is larger than {limit} bytes; shorten it."))
+        if size > protocol.MAX_REQUEST_BYTES:
+            self._finish("error", EXIT_REJECTED, error=("payload_too_large", too_large_message(size)))
             return
         client._routes[self.request_id] = (self, "generate")
         try:

@@ -20,6 +20,9 @@ DEFAULT_PORT = 9017
 # UDP datagrams can carry 64 KiB; half of that leaves room for OSC framing and keeps a
 # request well inside what every OS delivers on loopback without fragmentation trouble.
 MAX_DATAGRAM_BYTES = 32 * 1024
+# A /generate's request JSON (UTF-8): what a datagram leaves after the address, the header
+# arguments and OSC's padding.
+MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - 512
 MAX_REQUEST_ID_CHARS = 64
 MAX_TOKEN_CHARS = 256
 # Every reply fits one datagram by construction: the JSON it carries is cut to these sizes

@@ -137,13 +137,16 @@ end
 
 local function trim(s) return ((s or ""):match("^%s*(.-)%s*$")) end
 
--- A number field: nil when empty; error({msg}) when it is not a number within [low, high].
+-- A number field: nil when empty; error({msg}) when it is not a finite number within [low,
+-- high] (without bounds, from an engine that did not say, "1e999" would reach the request as
+-- infinity, which JSON cannot hold).
 local function number_field(text, name, low, high, integer)
   text = trim(text)
   if text == "" then return nil end
   local x = tonumber(text)
   local whole = x ~= nil and x == math.floor(x) and math.abs(x) < 2 ^ 63
-  if not x or x ~= x or (low and x < low) or (high and x > high) or (integer and not whole) then
+  local finite = x ~= nil and x == x and math.abs(x) ~= math.huge
+  if not finite or (low and x < low) or (high and x > high) or (integer and not whole) then
     local range = (low and high) and string.format(" between %s and %s", number_text(low), number_text(high)) or ""
     error({ msg = string.format("%s must be %s%s, got \"%s\".", name, integer and "a whole number" or "a number",
       range, text) }, 0)

@@ -213,12 +213,13 @@ function M.track_is_heard(track)
 end
 
 -- Whether the item plays: not muted (B_MUTE includes item solo), on a lane that plays (fixed
--- lanes, REAPER 7), with an active take. Only the active take of an item plays.
+-- lanes, REAPER 7; C_LANEPLAYS -1: a hidden lane left from a track that had fixed lanes), with
+-- an active take. Only the active take of an item plays.
 function M.item_plays(item)
   if reaper.GetMediaItemInfo_Value(item, "B_MUTE") ~= 0 then return false end
   local track = reaper.GetMediaItem_Track(item)
-  if reaper.GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and
-    reaper.GetMediaItemInfo_Value(item, "C_LANEPLAYS") <= 0 then
+  local lane = reaper.GetMediaItemInfo_Value(item, "C_LANEPLAYS")
+  if lane < 0 or (reaper.GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and lane == 0) then
     return false
   end
   return reaper.GetActiveTake(item) ~= nil

@@ -78,12 +78,13 @@ end
 -- mode, pitch and how it is shifted). A new take starts from REAPER's defaults.
 M.TAKE_SOUND = { "D_VOL", "D_PAN", "I_CHANMODE", "D_PITCH", "B_PPITCH", "I_PITCHMODE" }
 
--- Gives `to` the sound settings of `from`: a take that continues another holds its audio
--- sample for sample, and the kept part must sound as it did.
+-- Gives `to` the sound settings and the take FX of `from`: a take that continues another
+-- holds its audio sample for sample, and the kept part must sound as it did.
 local function copy_take_sound(from, to)
   for _, key in ipairs(M.TAKE_SOUND) do
     reaper.SetMediaItemTakeInfo_Value(to, key, reaper.GetMediaItemTakeInfo_Value(from, key))
   end
+  for fx = 0, reaper.TakeFX_GetCount(from) - 1 do reaper.TakeFX_CopyToTake(from, fx, to, fx, false) end
 end
 
 -- The index after the last StepFoley track (or the end), so new tracks stack in order.
@@ -251,6 +252,37 @@ function M.build_request(region, params, seed, folders, negatives, sample_rate, 
   }
 end
 
+M.MAX_REQUEST_BYTES = 32256 -- bridge.protocol.MAX_REQUEST_BYTES: the request JSON one message carries
+
+--[[
+Makes `request` fit one message: its JSON (compact UTF-8, as the client sends it) at most
+MAX_REQUEST_BYTES. Each previous caption may be long and there may be 64, so the last ones are
+left out until it fits, and the console says how many. nil and a message when it cannot be
+written as JSON or does not fit even without them.
+]]
+function M.fit_request(request)
+  local ok, text = pcall(M.json_encode, request)
+  if not ok then return nil, "The request for the engine cannot be written: " .. tostring(text) end
+  local previous = request.previous_captions or {}
+  local size, kept = #text, #previous
+  while size > M.MAX_REQUEST_BYTES and kept > 0 do
+    size = size - #M.json_encode(previous[kept]) - (kept > 1 and 1 or 0) -- the caption and its comma
+    kept = kept - 1
+  end
+  if kept < #previous then
+    request.previous_captions = M.array({ table.unpack(previous, 1, kept) })
+    M.log(string.format("only the first %d of the %d captions of the layers go to the engine as " ..
+      "previous_captions: with more, the request would not fit one message.", kept, #previous))
+    size = #M.json_encode(request)
+  end
+  if size > M.MAX_REQUEST_BYTES then
+    return nil, string.format("The request for the engine is %d bytes, more than the %d one message carries. " ..
+      "Shorten the caption, or keep the project (and its StepFoley folder) on a shorter path.", size,
+      M.MAX_REQUEST_BYTES)
+  end
+  return request
+end
+
 -- What the chosen method's audio branch hears ("existing", "reference" or nil); "existing"
 -- when the engine did not say (it then decides what to do with a bounce it gets).
 function M.method_audio(caps, method)
@@ -390,6 +422,9 @@ local function prepare_jobs(job, settings, engine, params, region)
       request.protocol, request.variations = 2, math.min(batch, params.count - first)
     end
     for k, v in pairs(extra or {}) do request[k] = v end
+    local fit_err
+    request, fit_err = M.fit_request(request)
+    if not request then return nil, fit_err end
     jobs[i] = { request = request, folders = job_folders, label = params.caption }
   end
   return jobs, negatives
@@ -453,6 +488,14 @@ function M.continuation_fields(item, region, a, b)
   if math.abs(reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") - 1) > 1e-9 then
     return nil, "The selected item plays its take at another rate. StepFoley keeps the take sample for sample, " ..
       "so set the take's playrate to 1 or glue the item (Item > Glue items) first."
+  end
+  if reaper.GetTakeNumStretchMarkers(take) > 0 or reaper.CountTakeEnvelopes(take) > 0 then
+    return nil, "The selected item's take has stretch markers or take envelopes, which a new take would not " ..
+      "have. Glue the item (Item > Glue items) first, so that StepFoley can keep it as it sounds."
+  end
+  if reaper.TakeFX_GetCount(take) > 0 and not reaper.TakeFX_CopyToTake then
+    return nil, "The selected item's take has take FX, which this REAPER cannot copy to a new take. Glue the " ..
+      "item (Item > Glue items) first, so that StepFoley can keep it as it sounds."
   end
   local levels = M.source_chain(take)
   if #levels > 1 or levels[1].rev then

@@ -169,7 +169,9 @@ def two_cuts(world, how: str) -> tuple[dict, Path]:
     if how == "lane-silent":  # fixed lanes: the old cut on lane 0, which does not play; the new on lane 1
         picture.update(freemode=2, items=[{**old_item, "lane_plays": 0}, {**new_item, "lane_plays": 1}])
         return sc, new
-    if how == "item-muted":
+    if how == "hidden-lane":  # the track had fixed lanes; the old cut was left on a lane now hidden
+        old_item["hidden_lane"] = True
+    elif how == "item-muted":
         old_item["mute"] = True
     elif how == "track-muted":
         picture["mute"] = True
@@ -180,7 +182,7 @@ def two_cuts(world, how: str) -> tuple[dict, Path]:
     return sc, new
 
 
-@pytest.mark.parametrize("how", ["item-muted", "track-muted", "folder-muted", "lane-silent"])
+@pytest.mark.parametrize("how", ["item-muted", "track-muted", "folder-muted", "lane-silent", "hidden-lane"])
 def test_the_picture_that_plays_wins_over_a_silent_one(world, how):
     """An old cut left above the new one, silenced (item or track muted, in a muted folder, on a
     lane that does not play), covers the selection just as much: the new cut, the one that
@@ -632,6 +634,17 @@ def test_a_continued_take_sounds_like_the_take_it_keeps(world, script, ts):
     assert {k: old[k] for k in TAKE_SOUND} == {k: new[k] for k in TAKE_SOUND} == TAKE_SOUND
 
 
+@pytest.mark.parametrize("script, ts", [(h.EXTEND, (4.0, 7.0)), (h.REPAIR, (3.5, 4.0))], ids=["extend", "repair"])
+def test_a_continued_take_keeps_the_take_fx(world, script, ts):
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
+                  extra_tracks=[continuation_layer(world, fx=["ReaEQ", "ReaComp"])])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    old, new = layer["items"][0]["takes"]
+    assert old["fx"] == new["fx"] == ["ReaEQ", "ReaComp"]
+
+
 def test_a_regenerated_take_is_a_new_sound(world):
     # Regenerate makes the whole take anew: it starts from REAPER's defaults
     meta = {"caption": "door creak", "seed": 11, "negatives": {"mode": "none", "tracks": []}}
@@ -665,8 +678,11 @@ def test_regenerate_inside_keeps_the_rest_of_the_take(world):
     (h.REPAIR, (2.0, 4.0), {}, {}, "Make the time selection inside the selected item"),
     (h.REPAIR, (3.0, 5.5), {}, {}, "Nothing of the take would be kept"),
     (h.REPAIR, (3.5, 4.0), {"playrate": 2.0}, {}, "plays its take at another rate"),
+    (h.EXTEND, (4.0, 7.0), {"stretch_markers": 3}, {}, "stretch markers or take envelopes"),
+    (h.REPAIR, (3.5, 4.0), {"envelopes": 1}, {}, "stretch markers or take envelopes"),
     (h.REPAIR, (3.5, 4.0), {}, {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, "older than protocol 2"),
-], ids=["extend-inside", "extend-all", "repair-outside", "repair-all", "playrate", "old-engine"])
+], ids=["extend-inside", "extend-all", "repair-outside", "repair-all", "playrate", "stretch-markers",
+        "take-envelope", "old-engine"])
 def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take, env, words):
     sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
                   extra_tracks=[continuation_layer(world, **take)])

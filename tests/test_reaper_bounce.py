@@ -105,6 +105,9 @@ def test_the_mix_is_what_the_user_hears(world):
     tracks[0]["items"][0]["takes"][0]["vol"] = 0.9
     tracks[1]["items"].append({"position": 3.0, "length": 1.0, "mute": True, "takes": [
         {"file": str(wav["drip"]), "ext": {"stepfoley_metadata": json.dumps({"caption": "muted drip"})}}]})
+    # left on a hidden lane when the track's fixed lanes were switched off: it does not play
+    tracks[1]["items"].append({"position": 2.0, "length": 4.0, "hidden_lane": True, "takes": [
+        {"file": str(wav["drip"]), "ext": {"stepfoley_metadata": json.dumps({"caption": "hidden drip"})}}]})
     sc = h.scenario(world, master={"vol": 0.8, "fx_gain": 0.5, "mute": True}, toggles={"40745": 1})
     sc["tracks"] = sc["tracks"][:1] + tracks
     result = h.run_scenario(tmp, sc)

@@ -205,6 +205,9 @@ def test_parse_form_without_capabilities_checks_only_kinds():
     assert err is False and p["method"] == "dual" and p["alpha"] == 500.0 and p["steps"] == 1000
     p, err = parse_form({"caption": "x", "steps": "2.5"}, caps=None)
     assert err == 'Steps must be a whole number, got "2.5".'
+    for text in ("1e999", "-1e400", "nan", "inf"):
+        p, err = parse_form({"caption": "x", "beta": text}, caps=None)
+        assert err == f'Beta must be a number, got "{text}".'
 
 
 def test_parse_form_for_the_reference_action():
@@ -305,14 +308,48 @@ def test_item_notes_say_when_negative_captions_were_not_heard(heard):
     assert ("were not heard" in notes) == (heard is False)
 
 
+def fit_request(request: dict, change: str = "") -> tuple:
+    code = ("local log = {}; reaper.ShowConsoleMsg = function(m) log[#log + 1] = m end; "
+            f"local r = SF.json_decode(io.read('a')); {change}; local fitted, err = SF.fit_request(r); "
+            "io.write(SF.json_encode({fitted or false, err or false, table.concat(log)}))")
+    return tuple(json.loads(lua(code, json.dumps(request))))
+
+
+def test_a_request_that_would_not_fit_one_message_leaves_out_its_last_previous_captions():
+    """64 layers with long captions, in several scripts (each within the engine's 1000
+    characters): the first ones that fit go, as the client measures the request."""
+    from stepfoley.bridge.client import request_payload
+    from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
+
+    scripts = ["footsteps on wet gravel, slow " * 16, "Schritte auf nassem Kies — " * 18, "濡れた砂利の上の足音、" * 45]
+    previous = [f"{i:02d} " + scripts[i % 3][:480] for i in range(64)]
+    request = {"protocol": 1, "caption": "rain", "previous_captions": previous, "output_dir": "/tmp/x"}
+    fitted, err, log = fit_request(request)
+    assert err is False
+    kept = fitted["previous_captions"]
+    assert 0 < len(kept) < 64 and kept == previous[:len(kept)]
+    assert len(request_payload(fitted).encode()) <= MAX_REQUEST_BYTES
+    assert len(request_payload({**fitted, "previous_captions": previous[:len(kept) + 1]}).encode()) > MAX_REQUEST_BYTES
+    assert f"only the first {len(kept)} of the 64 captions" in log
+    small = {**request, "previous_captions": previous[:3]}
+    assert fit_request(small) == (small, False, "")
+    fitted, err, _ = fit_request({**request, "caption": "x" * MAX_REQUEST_BYTES})
+    assert fitted is False and "Shorten the caption" in err
+    fitted, err, _ = fit_request(request, "r.alpha = math.huge")  # JSON cannot hold it
+    assert fitted is False and "cannot be written" in err
+
+
 def test_the_librarys_fallback_bounds_are_the_protocols():
     """Where an engine publishes no bounds, the library uses its own copies: they must be
     stepfoley.request's (read from both sides, no value copied into this test)."""
     from stepfoley import request
 
-    out = lua("io.write(SF.json_encode({SF.MAX_NAME_HINT_CHARS, SF.MAX_PREVIOUS_CAPTIONS, SF.MAX_LOUDNESS_POINTS}))")
+    from stepfoley.bridge import protocol
+
+    out = lua("io.write(SF.json_encode({SF.MAX_NAME_HINT_CHARS, SF.MAX_PREVIOUS_CAPTIONS, SF.MAX_LOUDNESS_POINTS, "
+              "SF.MAX_REQUEST_BYTES}))")
     assert json.loads(out) == [request.MAX_NAME_HINT_CHARS, request.MAX_PREVIOUS_CAPTIONS,
-                               request.MAX_LOUDNESS_POINTS]
+                               request.MAX_LOUDNESS_POINTS, protocol.MAX_REQUEST_BYTES]
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
     assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS

@@ -265,7 +265,7 @@ end
 function fake.add_take(item, source, startoffs, playrate)
   local take = { kind = "MediaItem_Take*", item = item, source = source, startoffs = startoffs or 0,
     playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {},
-    pan = 0.0, chanmode = 0, pitch = 0.0, ppitch = 0, pitchmode = -1 }
+    pan = 0.0, chanmode = 0, pitch = 0.0, ppitch = 0, pitchmode = -1, fx = {}, envelopes = 0 }
   item.takes[#item.takes + 1] = take
   item.active = item.active or take
   return take
@@ -279,9 +279,10 @@ local function item_muted(item)
 end
 fake.item_muted = item_muted
 
--- An item's lane state on a fixed-lane track (0 elsewhere, as the fake's REAPER says).
+-- An item's lane state on a fixed-lane track; elsewhere 0, or -1 for an item left on a hidden
+-- lane when the track's fixed lanes were switched off (`hidden_lane`).
 local function lane_plays(item)
-  if item.track.freemode ~= 2 then return 0 end
+  if item.track.freemode ~= 2 then return item.hidden_lane and -1 or 0 end
   return item.track.lane_plays[item.fixedlane] or 0
 end
 
@@ -827,6 +828,16 @@ end
 -- Takes
 function reaper.TakeIsMIDI(take) check(take, "MediaItem_Take*", "TakeIsMIDI"); return take.midi end
 function reaper.GetTakeNumStretchMarkers(take) check(take, "MediaItem_Take*", "GetTakeNumStretchMarkers"); return take.stretch_markers end
+function reaper.CountTakeEnvelopes(take) check(take, "MediaItem_Take*", "CountTakeEnvelopes"); return take.envelopes end
+-- Take FX: each a name; the render does not apply them.
+function reaper.TakeFX_GetCount(take) check(take, "MediaItem_Take*", "TakeFX_GetCount"); return #take.fx end
+function reaper.TakeFX_CopyToTake(src, src_fx, dest, dest_fx, is_move)
+  check(src, "MediaItem_Take*", "TakeFX_CopyToTake"); check(dest, "MediaItem_Take*", "TakeFX_CopyToTake")
+  assert(src.fx[src_fx + 1] and dest_fx >= 0 and dest_fx <= #dest.fx, "fake reaper: TakeFX_CopyToTake index out of range")
+  edit("TakeFX_CopyToTake")
+  table.insert(dest.fx, dest_fx + 1, src.fx[src_fx + 1])
+  if is_move then table.remove(src.fx, src_fx + 1) end
+end
 local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate", D_VOL = "vol", D_PAN = "pan",
   I_CHANMODE = "chanmode", D_PITCH = "pitch", B_PPITCH = "ppitch", I_PITCHMODE = "pitchmode" }
 function reaper.GetMediaItemTakeInfo_Value(take, key)
@@ -916,7 +927,7 @@ end
 
 local function item_plays(item)
   if item_muted(item) then return false end
-  if item.track.freemode == 2 and lane_plays(item) <= 0 then return false end -- a lane that does not play
+  if lane_plays(item) < 0 or (item.track.freemode == 2 and lane_plays(item) == 0) then return false end -- a lane that does not play
   return item.active ~= nil and item.active.source ~= nil
 end
 

@@ -21,8 +21,10 @@ max_s, tick_s, clock_rate.
 TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folderdepth,
 freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute, mute_solo,
 vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
-which plays or not), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
-pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, ext, name}]}], envelopes [{name,
+which plays or not), hidden_lane (elsewhere: on a hidden lane of a track whose fixed lanes were
+switched off), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
+pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, envelopes (a count), fx [name], ext,
+name}]}], envelopes [{name,
 points (each {time, amplitude or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}.
@@ -79,6 +81,7 @@ local function build_tracks(project, list)
       item.mute = i.mute and true or false
       item.mute_solo = i.mute_solo or 0
       item.loopsrc = i.loopsrc or 0
+      item.hidden_lane = i.hidden_lane and true or false
       if tr.freemode == 2 then item.fixedlane, tr.lane_plays[n - 1] = n - 1, i.lane_plays or 0 end
       item.vol = i.vol or 1.0
       item.fadein, item.fadeout = i.fadein or 0.0, i.fadeout or 0.0
@@ -87,6 +90,8 @@ local function build_tracks(project, list)
         if tk.section then src = fake.section_source(src, tk.section.offs, tk.section.len, tk.section.rev) end
         local take = fake.add_take(item, src, tk.startoffs or 0, tk.playrate or 1)
         take.stretch_markers = tk.stretch_markers or 0
+        take.envelopes = tk.envelopes or 0
+        for _, name in ipairs(tk.fx or {}) do take.fx[#take.fx + 1] = name end
         take.name = tk.name or ""
         take.vol = tk.vol or 1.0
         take.pan, take.chanmode, take.pitch = tk.pan or 0.0, tk.chanmode or 0, tk.pitch or 0.0
@@ -183,7 +188,7 @@ local function take_out(take)
   for i, m in ipairs(take.markers) do markers[i] = { name = m.name, position = m.position } end
   return { name = take.name, ext = take.ext, startoffs = take.startoffs, playrate = take.playrate,
     vol = take.vol, pan = take.pan, chanmode = take.chanmode, pitch = take.pitch, ppitch = take.ppitch,
-    pitchmode = take.pitchmode, source_file = take.source and (take.source.file or "") or json.null, markers = markers }
+    pitchmode = take.pitchmode, fx = json.array(take.fx), source_file = take.source and (take.source.file or "") or json.null, markers = markers }
 end
 
 local function tracks_out(pr)

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.client import not_running_message
+from stepfoley.bridge.client import not_running_message, request_payload, too_large_message
+from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.engine.guidance import public_methods
 from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
 
@@ -158,6 +159,11 @@ def main() -> int:
         typed = parse_request(raw, capabilities())
     except RequestError as e:
         write_status(status, state="error", exit_code=4, error={"code": e.code, "message": e.message})
+        return 4
+    size = len(request_payload(raw).encode("utf-8"))
+    if size > MAX_REQUEST_BYTES:  # the real client refuses it before sending
+        write_status(status, state="error", exit_code=4, error={"code": "payload_too_large",
+                                                                "message": too_large_message(size)})
         return 4
     request = typed.to_json()
     used = resolve_guidance(DEFAULTS, typed.method, typed.alpha, typed.beta, steps=typed.steps)
