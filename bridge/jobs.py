@@ -40,7 +40,7 @@ FINISHED_STATES = (DONE, ERROR, CANCELLED)
 MAX_MESSAGE_CHARS = 2000
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: finding it in the queue compares identities, not every field
 class Job:
     job_id: str
     request_id: str
@@ -161,7 +161,8 @@ class JobBook:
     def snapshot(self) -> dict:
         with self._lock:
             current = self._current.summary(0, self.engine_steps) if self._current else None
-            queue = [j.summary(self._position(j), self.engine_steps) for j in self._queue]
+            ahead = 1 if self._current is not None else 0
+            queue = [j.summary(ahead + i, self.engine_steps) for i, j in enumerate(self._queue)]
             return {
                 "state": "busy" if current else "idle",
                 "current": current,

@@ -51,18 +51,24 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
         raise AudioError(f"Audio file not found: '{path}'. Check that it was not moved or renamed.")
     if path.is_dir():
         raise AudioError(f"'{path}' is a folder, not an audio file. Point to a WAV or FLAC file inside it.")
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise AudioError(f"'{path}' is not a regular file (a pipe or a device). Point to a WAV or FLAC file.")
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise AudioError(f"Audio file '{path}' is {info.st_size / 2**20:.0f} MiB; at most {max_bytes / 2**20:g} MiB "
-                         "is read. Bounce only the region, or at a lower rate or with fewer channels.")
     try:
-        with soundfile.SoundFile(str(path)) as sound:
-            if max_rate is not None and sound.samplerate > max_rate:
-                raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
-            samples = _read_blocks(sound, max_seconds, mono)
-            sample_rate = sound.samplerate
+        # Given to libsndfile as a file object: it opens a path by name only up to 1023 bytes.
+        # Opened without blocking, as a pipe would wait for a writer, and checked once open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise AudioError(f"'{path}' is not a regular file (a pipe or a device). Point to a WAV or FLAC file.")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise AudioError(f"Audio file '{path}' is {info.st_size / 2**20:.0f} MiB; at most "
+                                 f"{max_bytes / 2**20:g} MiB is read. Bounce only the region, or at a lower rate or "
+                                 "with fewer channels.")
+            with soundfile.SoundFile(file) as sound:
+                if max_rate is not None and sound.samplerate > max_rate:
+                    raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
+                samples = _read_blocks(sound, max_seconds, mono)
+                sample_rate = sound.samplerate
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
             f"Cannot read audio file '{path}': {error}. "
@@ -172,8 +178,7 @@ def write_wav_atomic(
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder never picks
     # up an unfinished file; soundfile is told the format, since the name does not say it.
     try:
-        atomic.write_atomically(path, lambda temp: soundfile.write(
-            str(temp), frames, int(sample_rate), subtype=subtype, format="WAV"))
+        atomic.write_atomically(path, lambda temp: _write_wav(temp, frames, int(sample_rate), subtype))
     except FileExistsError as error:
         raise AudioError(
             f"'{path}' was created by someone else while this file was being written; "
@@ -182,6 +187,12 @@ def write_wav_atomic(
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"Could not write '{path}': {error}. Check free disk space and folder permissions.") from error
     return path
+
+
+def _write_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> None:
+    # through a file object: libsndfile opens a path by name only up to 1023 bytes
+    with open(path, "wb") as file:
+        soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
 
 
 def sanitize_stem_name(name_hint: str | None) -> str:

@@ -92,7 +92,10 @@ class FoleyService:
         elif request.existing_mix is not None:
             # the DAW's bounce of the region, from project_start: it covers the stem's length
             samples, sample_rate = _read_input(request.existing_mix, "The bounced mix", region.project_duration)
-            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate, request.previous_captions)
+            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate)
+        # what the layers on the timeline are, with or without their bounce (negative_prompt
+        # steers away from them and hears no audio, so a client sends it none)
+        session.add_captions(request.previous_captions)
         settings = TrackSettings.from_request(request)
         if request.protocol < 2:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
@@ -241,7 +244,8 @@ class _Take:
 def _read_exactly(path: str) -> bool:
     # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
     try:
-        return soundfile.info(path).subtype not in ("PCM_32", "DOUBLE")
+        with open(path, "rb") as file:  # not by name: libsndfile takes names of up to 1023 bytes
+            return soundfile.info(file).subtype not in ("PCM_32", "DOUBLE")
     except (soundfile.SoundFileError, RuntimeError, OSError):
         return False
 

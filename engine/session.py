@@ -90,9 +90,10 @@ class TrackSettings:
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> "TrackSettings":
-        curve = request.loudness_curve
-        if curve is not None:  # the request's seconds are the stem's; the picture runs at playrate
-            curve = tuple((t * request.region.playrate, db) for t, db in curve)
+        curve, region = request.loudness_curve, request.region
+        if curve is not None:  # the request's seconds are the stem's, the picture varispeeded to its length
+            speed = region.duration / region.project_duration
+            curve = tuple((t * speed, db) for t, db in curve)
         return cls(caption=request.caption, method=request.method, alpha=request.alpha, beta=request.beta,
                    w1=request.w1, w2=request.w2, w3=request.w3, seed=request.seed, steps=request.steps,
                    negative_caption=request.negative_caption, loudness_curve=curve)
@@ -172,6 +173,9 @@ class StepSession:
         self.region = region
         self.feature_cache = feature_cache
         self.tracks: list[Track] = []
+        # captions of layers on the timeline whose audio the session has not got (a client sends
+        # no bounce for a method that hears none, e.g. negative_prompt)
+        self.unheard_captions: list[str] = []
         self.length = int(round(region.duration * model.sample_rate))
         self.windows = plan_windows(region.duration, model.max_duration)
         self._features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the region's, once
@@ -200,8 +204,12 @@ class StepSession:
             return None
         return conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
 
+    def add_captions(self, captions: tuple[str, ...] | list[str]) -> None:
+        """Captions of layers already on the timeline, without their audio."""
+        self.unheard_captions.extend(c for c in captions if c)
+
     def previous_captions(self) -> list[str]:
-        return [c for t in self.tracks for c in t.captions]
+        return [c for t in self.tracks for c in t.captions] + self.unheard_captions
 
     # -- generation --
 

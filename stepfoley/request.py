@@ -323,7 +323,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "uses the previous captions, joined with \", \", when it is empty"),
     FieldSpec("previous_captions", "list of strings", "`[]`",
               f"at most {MAX_PREVIOUS_CAPTIONS}, each ≤ {MAX_CAPTION_CHARS} characters: the captions of the "
-              "tracks in `existing_mix`"),
+              "layers already on the timeline (those in `existing_mix`, which a method that hears no audio, "
+              "such as `negative_prompt`, does without)"),
     FieldSpec("existing_mix", "string or null", "null",
               "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
               f"`project_start` (any rate and channel count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG"),
@@ -781,7 +782,8 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 
 
 def _choice(value: Any, name: str, choices: tuple, what: str):
-    if isinstance(value, bool) or value not in choices:
+    # of the choices' own type: 22050.0 is not the rate 22050 (it would reach the stem's metadata)
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
         _invalid(f"{name} {_show(value)} is not supported ({what}); use one of {', '.join(map(str, choices))}.")
     return value
 

@@ -135,6 +135,17 @@ def test_filesystem_without_hard_links_still_writes_exclusively(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["second.wav", "take.wav"]
 
 
+def test_a_path_longer_than_libsndfile_takes_by_name_is_written_and_read(tmp_path):
+    # libsndfile opens files by name only up to 1023 bytes; a project folder can be deeper
+    folder = tmp_path.joinpath(*(f"{i}" + "d" * 200 for i in range(6)))
+    folder.mkdir(parents=True)
+    assert len(os.fsencode(folder)) > 1024
+    samples = np.linspace(-0.5, 0.5, 2 * 800, dtype=np.float32).reshape(2, 800)
+    path = audio_io.write_new_wav(folder, "a long way down", samples, 16000, "FLOAT")
+    back, rate = read_audio(path)
+    assert rate == 16000 and np.array_equal(back, samples) and os.listdir(folder) == [path.name]
+
+
 def test_read_missing_file_names_it(tmp_path):
     with pytest.raises(AudioError, match="not found.*ghost.wav"):
         read_audio(tmp_path / "ghost.wav")

@@ -1,6 +1,7 @@
 """The loudness curve (protocol 2) as gain automation: the track follows the curve in time and
 absolute level, silence stays silent, the true-peak ceiling holds, the metadata says how it was
-applied, and the request's stem seconds become picture seconds at the item's playrate."""
+applied, and the request's stem seconds become picture seconds at the speed the picture is
+varispeeded to the stem's length."""
 
 import json
 
@@ -78,3 +79,9 @@ def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path)
     request["loudness_curve"] = [[0, -45], [1, -20]]
     settings = TrackSettings.from_request(parse_request(request))
     assert settings.loudness_curve == ((0.0, -45.0), (2.0, -20.0))          # seconds of picture
+    # the same 1 s stem by its end on the timeline, the playrate left out: a stem second is still
+    # two seconds of picture
+    request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0, "project_start": 5.0,
+                         "project_end": 6.0}
+    settings = TrackSettings.from_request(parse_request(request))
+    assert settings.loudness_curve == ((0.0, -45.0), (2.0, -20.0))

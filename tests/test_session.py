@@ -187,6 +187,19 @@ def test_service_uses_the_models_defaults_for_absent_fields(tiny, scene_video, t
     assert (meta["method"], meta["alpha"], meta["beta"], meta["steps"]) == ("independent", 2.0, 0.5, 1)
 
 
+@pytest.mark.parametrize("bounce", [False, True])
+def test_negative_prompt_steers_away_from_the_previous_captions_with_or_without_a_bounce(tiny, scene_video,
+                                                                                          tmp_path, bounce):
+    """A client sends no bounce for a method that hears none: the layers' captions alone are
+    what negative_prompt steers away from."""
+    service = FoleyService(tiny)
+    extra = {"existing_mix": _serve(service, _request(scene_video, tmp_path))["stem_path"]} if bounce else {}
+    request = _request(scene_video, tmp_path, method="negative_prompt", alpha=3.0,
+                       previous_captions=["wind in the trees", "rain"], **extra)
+    meta = _serve(service, request)["metadata"]
+    assert (meta["negative_caption"], meta["negative_caption_heard"]) == ("wind in the trees, rain", True)
+
+
 def test_service_reports_a_file_that_vanished_after_the_request_was_checked(tiny, scene_video, tmp_path):
     gone = tmp_path / "gone.wav"
     sf.write(gone, _tone(0.5, 16000)[0], 16000)
