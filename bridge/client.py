@@ -201,20 +201,7 @@ class RemoteJob:
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.request_id = new_request_id()
-        self.status: dict = {
-            "state": "queued",
-            "phase": None,
-            "job_id": None,
-            "request_id": self.request_id,
-            "queue_position": None,
-            "step": 0,
-            "total": 0,
-            "stem_path": None,
-            "metadata": None,
-            "error": None,
-            "exit_code": None,
-            "updated": time.time(),
-        }
+        self.status: dict = {**queued_status(), "request_id": self.request_id}
         self.accepted = False
         self.cancel_wanted = False
         self._engine_steps = -1
@@ -461,14 +448,30 @@ def send_request(
     Returns (exit code, final status)."""
     if cancel_path is None and status_path is not None:
         cancel_path = status_path + ".cancel"
+    unwritable: list[OSError] = []  # the status file stopped taking writes: nobody can follow the job
 
     def update(status: dict) -> None:
-        if status_path is not None:
-            write_status(status_path, status)
+        if status_path is not None and not unwritable:
+            try:
+                write_status(status_path, status)
+            except OSError as e:
+                unwritable.append(e)
         if on_update is not None:
             on_update(status)
 
-    should_cancel = (lambda: os.path.exists(cancel_path)) if cancel_path else None
+    # Written before anything is sent, so a status file that cannot be written stops here and
+    # the engine makes nothing that no one would pick up.
+    update(queued_status())
+    if unwritable:
+        status = failure_status("bad_status_file", f"Cannot write the status file '{status_path}': "
+                                f"{_describe(unwritable[0])}. Choose a file in a folder you can write to.", EXIT_USAGE)
+        if on_update is not None:
+            on_update(status)
+        return EXIT_USAGE, status
+
+    def should_cancel() -> bool:
+        return bool(unwritable) or (cancel_path is not None and os.path.exists(cancel_path))
+
     try:
         client = EngineClient(host, port, token)
     except TokenError as e:  # as `stepfoley send` reports it: a usage error, before anything is sent
@@ -482,7 +485,17 @@ def send_request(
     with client:
         job = client.submit(request, timeout=timeout, connect_timeout=connect_timeout)
         status = job.wait(on_update=update, should_cancel=should_cancel)
+    if unwritable:
+        status = {**status, "exit_code": EXIT_USAGE, "error": {"code": "bad_status_file", "message": (
+            f"The status file '{status_path}' could not be written any more ({_describe(unwritable[0])}), so the "
+            f"job was cancelled (it ended {status['state']}).")}}
     return status["exit_code"], status
+
+
+def queued_status() -> dict:
+    """The status of a job not yet accepted by the engine."""
+    return {"state": "queued", "phase": None, "job_id": None, "queue_position": None, "step": 0, "total": 0,
+            "stem_path": None, "metadata": None, "error": None, "exit_code": None, "updated": time.time()}
 
 
 def failure_status(code: str, message: str, exit_code: int) -> dict:

@@ -94,7 +94,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], rep
         # only copy of a useless half file.
         try:
             os.unlink(temp)
-        except FileNotFoundError:
+        except OSError:  # gone already, or never made (a name too long): nothing to remove
             pass
         with _LOCK:
             _WRITING.discard(temp.name)

@@ -202,6 +202,39 @@ def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_status_file_that_cannot_be_written_stops_the_job_before_it_is_sent(server, tmp_path, capsys):
+    """A folder, or a name that leaves no room for the temporary file beside it: a usage error
+    (no traceback), and the engine is never asked to make a stem no one would pick up."""
+    port = str(server.address[1])
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    (tmp_path / "a_folder").mkdir()
+    for status in (tmp_path / "a_folder", tmp_path / ("s" * 240 + ".json")):
+        for what in (["--request", request_file], ["--ping"]):
+            assert main(["send", *what, "--status", str(status), "--port", port]) == bc.EXIT_USAGE
+            err = capsys.readouterr().err
+            assert "is a folder" in err or "Cannot write the status file" in err
+    with bc.EngineClient(port=server.address[1]) as c:
+        assert c.engine_status()["jobs_finished"] == 0 and c.engine_status()["current"] is None
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert not any(n.startswith(".s") for n in os.listdir(tmp_path)), "no temp file left"
+
+
+def test_a_status_file_that_stops_taking_writes_cancels_the_job(tmp_path, monkeypatch):
+    writes = []
+
+    def full_disk_after_two(path, status):
+        writes.append(status["state"])
+        if len(writes) > 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bc, "write_status", full_disk_after_two)
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        code, status = bc.send_request(make_request(tmp_path, steps=100), str(tmp_path / "st.json"),
+                                       port=srv.address[1])
+    assert code == bc.EXIT_USAGE and status["state"] == "cancelled"
+    assert status["error"]["code"] == "bad_status_file" and "No space left" in status["error"]["message"]
+
+
 def test_write_status_never_leaves_a_half_file(tmp_path):
     path = str(tmp_path / "s.json")
     bc.write_status(path, {"state": "queued"})

@@ -46,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
     if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
         print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)
         return client.EXIT_USAGE
+    if args.status is not None and os.path.isdir(args.status):
+        print(f"The status file '{args.status}' is a folder; name a file inside it.", file=sys.stderr)
+        return client.EXIT_USAGE
     try:
         args.token = resolve_token(args.token, args.token_file)
     except TokenError as e:
-        _finish(args, client, client.failure_status(e.code, str(e), client.EXIT_USAGE))
-        return client.EXIT_USAGE
+        return _finish(args, client, client.failure_status(e.code, str(e), client.EXIT_USAGE))
     if args.request is not None:
         return _send(args, client)
     return _query(args, client)
@@ -63,8 +65,7 @@ def _send(args, client) -> int:
     except (OSError, ValueError) as e:
         status = client.failure_status("bad_request_file", f"Cannot read the request file '{args.request}': {e}",
                                        client.EXIT_USAGE)
-        _finish(args, client, status)
-        return client.EXIT_USAGE
+        return _finish(args, client, status)
     if args.status is not None:
         _remove_stale_cancel(args.status + ".cancel")
 
@@ -76,6 +77,8 @@ def _send(args, client) -> int:
     code, status = client.send_request(request, args.status, host=args.host, port=args.port, token=args.token,
                                        timeout=args.timeout, on_update=show)
     print(json.dumps(status))
+    if status.get("error") and not args.quiet:
+        print(f"{status['error']['code']}: {status['error']['message']}", file=sys.stderr)
     return code
 
 
@@ -96,16 +99,21 @@ def _query(args, client) -> int:
     except OSError as e:
         status = client.failure_status("engine_not_running", f"Cannot reach {args.host}:{args.port}: {e}.",
                                        client.EXIT_NOT_RUNNING)
-    _finish(args, client, status)
-    return status["exit_code"]
+    return _finish(args, client, status)
 
 
-def _finish(args, client, status: dict) -> None:
+def _finish(args, client, status: dict) -> int:
+    """Writes the final status (to --status too) and returns the exit code."""
     if args.status is not None:
-        client.write_status(args.status, status)
+        try:
+            client.write_status(args.status, status)
+        except OSError as e:
+            status = client.failure_status("bad_status_file", f"Cannot write the status file '{args.status}': {e}. "
+                                           "Choose a file in a folder you can write to.", client.EXIT_USAGE)
     print(json.dumps(status))
     if status.get("error") and not args.quiet:
         print(f"{status['error']['code']}: {status['error']['message']}", file=sys.stderr)
+    return status["exit_code"]
 
 
 def _remove_stale_cancel(path: str) -> None:
