@@ -26,7 +26,7 @@ from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
                                       splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
-                               Capabilities, GenerationRequest)
+                               Capabilities, GenerationRequest, take_length_problem)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
@@ -185,16 +185,10 @@ class _Take:
         samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"),
                                             max_seconds=request.take_offset + length,
                                             max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
-        samples = samples[:, int(round(request.take_offset * rate)):]
-        if samples.shape[-1] == 0:
-            raise InvalidInputError(f"The take '{request.take}' ends before take_offset ({request.take_offset:g} s).")
-        start, end = request.regenerate
-        seconds = samples.shape[-1] / rate
-        needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
-        if seconds < needed - 1e-3:
-            raise InvalidInputError(
-                f"The take '{request.take}' is {seconds:.3f} s long, but the stem keeps it up to {needed:.3f} s "
-                f"from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a longer take.")
+        samples = samples[:, round(request.take_offset * rate):]
+        problem = take_length_problem(request, samples.shape[-1], rate)  # the file may have changed since
+        if problem:
+            raise InvalidInputError(problem)
         return cls(samples, rate, request, session, read_exactly=_read_exactly(request.take))
 
     def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:

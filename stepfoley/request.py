@@ -508,7 +508,7 @@ def _check_continuation(request: GenerationRequest) -> None:
     if end > length + REGION_TOLERANCE_S:
         _invalid(f"regenerate ends at {end:g} s, after the stem's end ({length:.3f} s from project_start); "
                  "make the time selection cover it.")
-    if end - start < MIN_REGENERATE_SECONDS:
+    if end - start < MIN_REGENERATE_SECONDS - REGION_TOLERANCE_S:  # 2.05 - 1.95 is 0.09999999999999987
         _invalid(f"regenerate is {end - start:.3f} s long; make at least {MIN_REGENERATE_SECONDS:g} s new.")
     if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
         _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
@@ -658,6 +658,21 @@ def _check_regular(info: os.stat_result, path: str, name: str, max_bytes: int | 
                  "Bounce only the region, or at a lower rate or with fewer channels.")
 
 
+def take_length_problem(request: "GenerationRequest", frames_after_offset: int, rate: int) -> str | None:
+    """Why the take cannot give the stem what it keeps, from its frames after take_offset at
+    `rate` Hz (said from its header here, and by the engine from what it reads), or None."""
+    if frames_after_offset <= 0:
+        return f"The take '{printable(request.take)}' ends before take_offset ({request.take_offset:g} s)."
+    length, (start, end) = request.region.project_duration, request.regenerate
+    seconds = frames_after_offset / rate
+    needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
+    if seconds < needed - 1e-3:
+        return (f"The take '{printable(request.take)}' is {seconds:.3f} s long, but the stem keeps it up to "
+                f"{needed:.3f} s from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a "
+                "longer take.")
+    return None
+
+
 def input_rate_message(what: str, rate: int, limit: int = MAX_INPUT_SAMPLE_RATE) -> str:
     """Why an input recording at `rate` Hz is refused (over `limit`): said here from its header,
     and by engine.audio_io when it reads the file (which may have changed since)."""
@@ -696,6 +711,9 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
                  f"{channels} channels at {rate} Hz as 32-bit floats: the engine reads it from its start to "
                  f"take_offset + the stem's length); at most {_mib(MAX_TAKE_DECODED_BYTES)} is read. Bounce the take "
                  "with fewer channels or at a lower rate, or trim its start and lower take_offset.")
+    problem = take_length_problem(request, frames - round(request.take_offset * rate), rate)
+    if problem:
+        _invalid(problem)
 
 
 # --- field checks --------------------------------------------------------------------------------

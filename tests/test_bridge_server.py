@@ -324,6 +324,9 @@ def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
     assert "--token" in capsys.readouterr().err
     assert main(["serve", "--port", str(server.address[1])]) == 3
     assert "already running" in capsys.readouterr().err
+    for size in ("0", "-3"):  # it would refuse every job as "queue full"
+        assert main(["serve", "--port", "0", "--max-queue", size]) == 2
+        assert "--max-queue must be at least 1" in capsys.readouterr().err
 
 
 def test_a_request_the_model_cannot_run_is_refused_before_accepted(tmp_path):

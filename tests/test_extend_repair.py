@@ -159,11 +159,33 @@ def test_nag_still_negates_the_earlier_layers(tiny, scene_video, tmp_path):
     assert np.abs(a[30000:66000] - b[30000:66000]).max() > 1e-3 and np.array_equal(a[:24000], b[:24000])
 
 
-def test_a_take_too_short_for_what_is_kept_is_refused_before_sampling(tiny, scene_video, tmp_path):
-    sf.write(tmp_path / "take.wav", np.zeros(24000, np.float32), 48000)
+def test_a_take_too_short_for_what_is_kept_is_refused_from_its_header(tmp_path):
+    """Before the job is accepted (and before `stepfoley generate` loads a model): the header
+    says how long the take is."""
+    sf.write(tmp_path / "take.wav", np.zeros(24000, np.float32), 48000)   # 0.5 s
+    request = make_request(tmp_path, protocol=2, take=str(tmp_path / "take.wav"), regenerate=[0.2, 0.4])
+    request["region"].update(file_out=14.0, project_end=32.0)             # a 2 s stem
+    with pytest.raises(RequestError, match=r"is 0.500 s long, but the stem keeps it up to 2.000 s"):
+        parse_request(request, check_paths=True)
+    with pytest.raises(RequestError, match=r"ends before take_offset \(0.6 s\)"):
+        parse_request({**request, "take_offset": 0.6}, check_paths=True)
+    ok = parse_request({**request, "regenerate": [0.5, 2.0]}, check_paths=True)       # extend from its end
+    assert ok.regenerate == (0.5, 2.0)
+
+
+def test_the_engine_checks_the_takes_length_again_when_it_reads_it(tiny, scene_video, tmp_path):
+    sf.write(tmp_path / "take.wav", np.zeros(96000, np.float32), 48000)
+    request = parse_request(_request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]), tiny.capabilities(),
+                            check_paths=True)
+    sf.write(tmp_path / "take.wav", np.zeros(24000, np.float32), 48000)  # cut short after it was checked
     with pytest.raises(Exception, match=r"is 0.500 s long, but the stem keeps it up to 2.000 s"):
-        _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]))
+        FoleyService(tiny)(request)
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".wav" and p.name != "take.wav"] == []
+
+
+def test_a_tenth_of_a_second_is_enough_to_regenerate_whatever_the_rounding(tmp_path):
+    request = make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.85, 0.95])
+    assert 0.95 - 0.85 < 0.1 and parse_request(request).regenerate == (0.85, 0.95)
 
 
 @pytest.mark.parametrize("change, words", [

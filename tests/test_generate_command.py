@@ -82,6 +82,7 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "silent.wav", np.zeros(0), 16000)
     sf.write(tmp_path / "tone.wav", 0.1 * np.sin(np.arange(48000) * 0.1), 16000)
     sf.write(tmp_path / "fast.wav", np.zeros(1000), 384000)
+    sf.write(tmp_path / "short.wav", np.zeros(8000), 16000)
     huge = tmp_path / "huge.wav"  # a valid header, then 1 GiB (sparse: no disk used)
     sf.write(huge, np.zeros(1000), 16000)
     os.truncate(huge, 2**30 + 1)
@@ -110,6 +111,10 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--take-offset", "1"], "it needs take and regenerate"),
         ([video, "0", "2", "--take", gone, "--regenerate", "1,2"], "gone.wav"),
         ([video, "0", "2", "--take", tmp_path / "tone.wav"], "take and regenerate go together"),
+        ([video, "0", "2", "--take", tmp_path / "short.wav", "--regenerate", "0.5,1"],
+         "is 0.500 s long, but the stem keeps it up to 2.000 s"),
+        ([video, "0", "2", "--take", tmp_path / "tone.wav", "--take-offset", "4", "--regenerate", "1,2"],
+         "ends before take_offset (4 s)"),
         ([video, "0", "2", "--feature-cache", tmp_path / "a-file"], "feature cache folder"),
         ([video, "0", "2", "--weights", tmp_path / "no-weights"], "weights folder"),
         ([video, "0", "2", "--method", "reference"], "--method reference makes the track sound like a recording"),
@@ -186,6 +191,24 @@ def test_a_picture_region_and_a_loudness_curve_make_one_protocol_2_job(video, tm
     assert (job.protocol, job.picture_region, job.picture_region_time) == (2, (0, 0, 0.5, 0.5), (0.5, 1.5))
     assert job.loudness_curve == ((0.0, -40.0), (1.0, -20.0), (2.0, -30.0))
     assert wavs(tmp_path) == ["shaped.wav"] and f"wrote {take}" in capsys.readouterr().out
+
+
+def test_a_take_is_kept_at_its_own_rate_unless_told_otherwise(video, tmp_path, capsys):
+    """The model makes 16 kHz audio; a 48 kHz take stays a 48 kHz take, its kept part bit for bit."""
+    take = tmp_path / "take48.wav"
+    samples = (0.1 * np.random.default_rng(3).standard_normal((2 * 48000, 2))).astype(np.float32)
+    sf.write(take, samples, 48000, subtype="FLOAT")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2", "--format", "wav32f") == 0
+    captured = capsys.readouterr()
+    assert "48000 Hz" in captured.out and "not bit for bit" not in captured.err
+    (stem,) = out.iterdir()
+    written, rate = sf.read(stem, dtype="float32")
+    assert rate == 48000 and np.array_equal(written[:72000], samples[:72000])
+    assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2", "--sample-rate", "16000") == 0
+    captured = capsys.readouterr()
+    assert "16000 Hz" in captured.out and "not bit for bit the take's" in captured.err
 
 
 def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, capsys):

@@ -325,7 +325,7 @@ def test_an_audio_input_above_the_highest_rate_is_refused_before_accepted(tmp_pa
     from stepfoley.request import MAX_INPUT_SAMPLE_RATE
 
     fast = write_sound(tmp_path / "fast.wav", 2 * MAX_INPUT_SAMPLE_RATE, 2)
-    ok = write_sound(tmp_path / "ok.wav", MAX_INPUT_SAMPLE_RATE, 2)
+    ok = write_sound(tmp_path / "ok.wav", MAX_INPUT_SAMPLE_RATE, 2, seconds=1.0)  # a take as long as the stem
     for name, extra in (("existing_mix", {}), ("reference_audio", {"method": "reference"}),
                         ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
         with pytest.raises(RequestError) as e:
@@ -349,9 +349,9 @@ def test_a_take_whose_channels_make_the_stem_too_big_is_refused(tmp_path):
     channels fit in 128 MiB and three do not."""
     request = make_request(tmp_path, protocol=2, sample_rate=192000, format="wav32f", regenerate=[10, 20])
     request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 80}
-    two = parse_request({**request, "take": write_sound(tmp_path / "two.wav", 48000, 2)}, check_paths=True)
+    two = parse_request({**request, "take": write_sound(tmp_path / "two.wav", 8000, 2, 80)}, check_paths=True)
     assert two.region.project_duration == 80
-    three = write_sound(tmp_path / "three.wav", 48000, 3)
+    three = write_sound(tmp_path / "three.wav", 8000, 3, 80)
     with pytest.raises(RequestError) as e:
         parse_request({**request, "take": three}, check_paths=True)
     assert ("The stem would be 176 MiB (80.0 s at 192000 Hz in wav32f, 3 channels like the take "

@@ -120,6 +120,21 @@ TINY = ["--scenes", "4", "--held-out-scenes", "2", "--workers", "1", "--base-ste
         "--batch-size", "2", "--warmup-steps", "1", "--device", "cpu"]
 
 
+def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
+    from stepfoley.cli import main
+
+    (tmp_path / "a-file").write_text("x")
+    for what in (["embedded"], ["loudness"]):
+        for folders, words in ((["--work", str(tmp_path / "a-file")], "cannot be made"),
+                               (["--work", str(tmp_path / "a-file" / "sub")], "cannot be made"),
+                               (["--work", str(tmp_path / "w"), "--out", str(tmp_path / "no" / "m.safetensors")],
+                                "does not exist"),
+                               (["--work", str(tmp_path / "w"), "--out", str(tmp_path)], "is a folder")):
+            assert main(["train", *what, *folders, "--device", "cpu"]) == 2
+            err = capsys.readouterr().err
+            assert words in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_train_embedded_tiny_then_load(tmp_path):
     from stepfoley.engine.embedded.codec import MelCodecConfig

@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="model variant (small_16k, small_44k, ...; 'tiny-random' = random weights, for tests)")
     add_runtime_arguments(p)
-    p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: the model's)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="output rate (default: the take's with --take, else the model's)")
     p.add_argument("--format", choices=("wav24", "wav32f"), default="wav24", help=field_rule("format"))
     p.add_argument("--out", default=".", metavar="FOLDER|FILE.wav",
                    help="an existing folder (the new stem gets a new unique name there) or a file name ending "
@@ -166,6 +167,7 @@ class Checked:
     output: Output
     existing: list[tuple[np.ndarray, int]]  # (samples (C, S), sample_rate) of each --existing stem
     feature_cache: FeatureCache
+    sample_rate: int | None = None  # the stem's rate when --sample-rate is not given: the take's, or the model's (None)
 
 
 def check_arguments(args: argparse.Namespace) -> Checked:
@@ -178,7 +180,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine.devices import check_threads
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import parse_request
+    from stepfoley.request import SAMPLE_RATES, parse_request
 
     if args.reference and args.existing:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
@@ -188,23 +190,27 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                                 "--reference FILE.wav.")
     check_threads(args.threads)
     output = resolve_output(args.out, args.force)
+    sample_rate = None
+    if args.take:  # a take that cannot be read fails now, not after loading
+        take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
+        # kept sample for sample: at the take's own rate unless told otherwise
+        sample_rate = take_rate if args.sample_rate is None and take_rate in SAMPLE_RATES else None
     if output.file and args.variations != 1:
         raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
                                 f"name: give --out a folder, not the file '{args.out}'.")
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
-    region = parse_request(request_from_arguments(args, output, args.sample_rate or 48000), check_paths=True).region
+    region = parse_request(request_from_arguments(args, output, args.sample_rate or sample_rate or 48000),
+                           check_paths=True).region
     check_video_region(args.video, args.start, args.end)
 
     if args.reference:  # as an OSC request's input audio is read
         audio_io.read_input_audio(args.reference, region.duration)  # looped or trimmed to the picture's region
-    if args.take:
-        audio_io.read_audio(args.take, max_seconds=0.1)  # a take that cannot be read fails now, not after loading
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
     existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
     if args.weights is not None and not os.path.isdir(args.weights):
         raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
-    return Checked(output, existing, feature_cache_from_arguments(args))
+    return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,8 +235,8 @@ def run(args: argparse.Namespace) -> int:
         if service.model.note:
             print(f"note: {service.model.note}", file=sys.stderr)
         # Parsed again for what only the model knows: its rate and the methods it offers.
-        request = parse_request(request_from_arguments(args, checked.output,
-                                                       args.sample_rate or service.model.sample_rate),
+        rate = args.sample_rate or checked.sample_rate or service.model.sample_rate
+        request = parse_request(request_from_arguments(args, checked.output, rate),
                                 service.capabilities(), check_paths=True)
         bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
 
@@ -260,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         rank = f", rank {meta['rank']}" if "rank" in meta else ""
         print(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
               f"method {meta['method_used']}, seed {meta['seed']}{rank})")
+        if meta.get("kept_untouched") is False:
+            print(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
+                  f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", file=sys.stderr)
     if "ranking" in result:
         print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     return 0

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
         return 2
+    if args.max_queue < 1:  # an engine that refuses every job as "queue full" is no engine
+        print(f"--max-queue must be at least 1 (got {args.max_queue}).", file=sys.stderr)
+        return 2
 
     from stepfoley.commands.runtime import feature_cache_from_arguments
 

@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.engine.errors import StepFoleyError
 
     try:
+        _check_folders(args)
+    except StepFoleyError as e:
+        print(f"stepfoley train: {e}", file=sys.stderr)
+        return 2
+    try:
         device = choose_device(args.device)
         if args.what == "embedded":
             from stepfoley.engine.embedded.model import WEIGHTS_PATH
@@ -109,6 +114,23 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 1
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """--work made (or there) and the folder of --out there, before hours of training and not after."""
+    import os
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    try:
+        os.makedirs(args.work, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
+                                "choose a folder, or a place where one can be made.") from None
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
+    if args.out is not None and os.path.isdir(args.out):
+        raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
 
 
 def _summary(figures: dict) -> str:
