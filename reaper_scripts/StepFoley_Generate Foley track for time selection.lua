@@ -1,9 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.2
+-- @version 0.5.3
 -- @changelog
---   Make selected item sound like this: with two StepFoley items selected, it asks which one to generate again (it took the upper one).
---   The item notes say when the negative captions were not heard (at alpha 1 or less, the built-in model's, they do not steer away).
+--   Items left on a hidden lane of a track whose fixed lanes were switched off no longer count as playing (as the picture, as a layer, or as a caption to negate).
+--   Extend and Regenerate time selection inside selected item refuse a take with stretch markers or take envelopes (glue it first) and keep the take's FX on the new take.
+--   A request that would not fit one message leaves out the last captions of the layers, and the console says so (long captions on 64 layers were refused by the client).
+--   Alpha, beta and the other numbers refuse infinity; a 0.1 s span can be regenerated whatever the rounding.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

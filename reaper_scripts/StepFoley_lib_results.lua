@@ -513,7 +513,7 @@ function M.continuation_fields(item, region, a, b)
     return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
       "selected Foley item\" to make it anew."
   end
-  if b - a < M.MIN_REGENERATE_S then
+  if b - a < M.MIN_REGENERATE_S - 1e-6 then -- as the engine rounds: 2.05 - 1.95 is 0.0999...
     return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
       "picture. Make a longer time selection.", a, b, M.MIN_REGENERATE_S)
   end

@@ -658,6 +658,14 @@ def test_a_regenerated_take_is_a_new_sound(world):
     assert {k: new[k] for k in DEFAULT_SOUND} == DEFAULT_SOUND
 
 
+def test_a_tenth_of_a_second_can_be_regenerated_whatever_the_rounding(world):
+    assert 3.3 - 3.2 < 0.1
+    sc = scenario(world, ts=(3.2, 3.3), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
+                  extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and h.job_request(result)["regenerate"] == pytest.approx([0.2, 0.3])
+
+
 def test_regenerate_inside_keeps_the_rest_of_the_take(world):
     sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
                   extra_tracks=[continuation_layer(world)])
