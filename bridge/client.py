@@ -38,6 +38,9 @@ DEFAULT_TIMEOUT_S = 120.0  # no sign of life from the engine for this long = tim
 CONNECT_TIMEOUT_S = 3.0  # no answer to a request for this long = engine not running
 RESEND_INTERVAL_S = 0.25
 QUIET_POLL_S = 1.0
+# A status file may refuse a write for a moment (a reader holding it on Windows); one that
+# refuses for this long has gone for good, and nobody can follow the job any more.
+STATUS_WRITE_GRACE_S = 5.0
 
 
 class EngineNotRunning(Exception):
@@ -232,6 +235,12 @@ class RemoteJob:
             return
         if size > protocol.MAX_REQUEST_BYTES:
             self._finish("error", EXIT_REJECTED, error=("payload_too_large", too_large_message(size)))
+            return
+        message = len(osc.encode(protocol.GENERATE, client.reply_port, self.request_id, client.token, self._payload))
+        if message > protocol.MAX_DATAGRAM_BYTES:  # a long token takes the room a request leaves for it
+            self._finish("error", EXIT_REJECTED, error=("payload_too_large", (
+                f"With the token, the request makes a message of {message} bytes, more than the "
+                f"{protocol.MAX_DATAGRAM_BYTES} the engine takes; shorten the token or the request.")))
             return
         client._routes[self.request_id] = (self, "generate")
         try:
@@ -445,32 +454,40 @@ def send_request(
 ) -> tuple[int, dict]:
     """Send one request and follow it to the end, keeping `status_path` up to date.
     Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job.
-    Returns (exit code, final status)."""
+    A status file that cannot be written before the request is sent ends it there (usage
+    error, bad_status_file); one that takes no write for STATUS_WRITE_GRACE_S later on
+    cancels the job (the same error, state cancelled). Returns (exit code, final status)."""
     if cancel_path is None and status_path is not None:
         cancel_path = status_path + ".cancel"
-    unwritable: list[OSError] = []  # the status file stopped taking writes: nobody can follow the job
-
-    def update(status: dict) -> None:
-        if status_path is not None and not unwritable:
-            try:
-                write_status(status_path, status)
-            except OSError as e:
-                unwritable.append(e)
-        if on_update is not None:
-            on_update(status)
-
     # Written before anything is sent, so a status file that cannot be written stops here and
     # the engine makes nothing that no one would pick up.
-    update(queued_status())
-    if unwritable:
-        status = failure_status("bad_status_file", f"Cannot write the status file '{status_path}': "
-                                f"{_describe(unwritable[0])}. Choose a file in a folder you can write to.", EXIT_USAGE)
+    if status_path is not None:
+        try:
+            write_status(status_path, queued_status())
+        except OSError as e:
+            status = failure_status("bad_status_file", f"Cannot write the status file '{status_path}': {_describe(e)}. "
+                                    "Choose a file in a folder you can write to.", EXIT_USAGE)
+            if on_update is not None:
+                on_update(status)
+            return EXIT_USAGE, status
+    refusing: dict = {}  # while the status file refuses writes: "since" (monotonic) and "error"
+
+    def update(status: dict) -> None:
+        if status_path is not None:
+            try:
+                write_status(status_path, status)
+                refusing.clear()
+            except OSError as e:  # a reader holding it a moment, or a file gone for good: see should_cancel
+                refusing.setdefault("since", time.monotonic())
+                refusing["error"] = e
         if on_update is not None:
             on_update(status)
-        return EXIT_USAGE, status
 
     def should_cancel() -> bool:
-        return bool(unwritable) or (cancel_path is not None and os.path.exists(cancel_path))
+        if refusing and time.monotonic() - refusing["since"] > STATUS_WRITE_GRACE_S:
+            refusing["gave_up"] = True  # nobody can follow the job any more
+            return True
+        return cancel_path is not None and os.path.exists(cancel_path)
 
     try:
         client = EngineClient(host, port, token)
@@ -485,10 +502,10 @@ def send_request(
     with client:
         job = client.submit(request, timeout=timeout, connect_timeout=connect_timeout)
         status = job.wait(on_update=update, should_cancel=should_cancel)
-    if unwritable:
+    if refusing.get("gave_up") and status["state"] == "cancelled":
         status = {**status, "exit_code": EXIT_USAGE, "error": {"code": "bad_status_file", "message": (
-            f"The status file '{status_path}' could not be written any more ({_describe(unwritable[0])}), so the "
-            f"job was cancelled (it ended {status['state']}).")}}
+            f"The status file '{status_path}' took no write for {STATUS_WRITE_GRACE_S:g} s "
+            f"({_describe(refusing['error'])}), so the job was cancelled.")}}
     return status["exit_code"], status
 
 

@@ -71,7 +71,7 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
                 sample_rate = sound.samplerate
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
-            f"Cannot read audio file '{path}': {error}. "
+            f"Cannot read audio file '{path}': {_reason(error)}. "
             "It may be damaged or in an unsupported format; export it again as WAV."
         ) from error
     if samples.shape[1] == 0:
@@ -185,8 +185,15 @@ def write_wav_atomic(
             "it was left untouched. Choose another name."
         ) from error
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-        raise AudioError(f"Could not write '{path}': {error}. Check free disk space and folder permissions.") from error
+        raise AudioError(f"Could not write '{path}': {_reason(error)}. Check free disk space and folder "
+                         "permissions.") from error
     return path
+
+
+def _reason(error: Exception) -> str:
+    # libsndfile's own words ("Format not recognised"): its message names the file object it was
+    # given, not the file
+    return str(getattr(error, "error_string", None) or error).rstrip(".")
 
 
 def _write_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> None:

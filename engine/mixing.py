@@ -233,7 +233,8 @@ def _resample_ratio(exact: Fraction) -> tuple[int, int]:
 
 
 # A varispeed's filter has up to 2 * RESAMPLE_ZERO_CROSSINGS * MAX_RESAMPLE_TERM taps (38 MB) and
-# takes most of a second to design; a session's stems share one playrate, so keep the last few.
+# takes most of a second to design; a session's stems share one playrate, so keep the last few
+# (at most about 150 MB for the engine's life; a real rate pair's filter is a few KB).
 @lru_cache(maxsize=4)
 def _resample_lowpass(most: int) -> np.ndarray:
     lowpass = firwin(2 * RESAMPLE_ZERO_CROSSINGS * most + 1, RESAMPLE_CUTOFF / most,

@@ -543,9 +543,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
     job = { spec = spec, request_path = M.join(dir, "request.json"), status_path = M.join(dir, "status.json") }
     os.remove(job.status_path)
     os.remove(job.status_path .. ".cancel")
-    local encoded, text = pcall(M.json_encode, spec.request)
-    if not encoded then return false, "The request for the engine cannot be written: " .. tostring(text) end
-    local ok, write_err = M.write_file_atomic(job.request_path, text)
+    local ok, write_err = M.write_file_atomic(job.request_path, M.json_encode(spec.request)) -- fit_request encoded it
     if not ok then return false, "Could not write the request file " .. job.request_path .. ": " .. tostring(write_err) end
     local cmd_ok, cmd = pcall(M.command_line, M.send_argv(prefix, settings, job.request_path, job.status_path))
     if not cmd_ok then return false, string.format(UNSAFE_PROGRAM, prefix[1]) end

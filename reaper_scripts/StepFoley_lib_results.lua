@@ -75,7 +75,8 @@ function M.add_take(item, stem_path, meta, region)
 end
 
 -- A take's own settings that change how its audio sounds (volume and polarity, pan, channel
--- mode, pitch and how it is shifted). A new take starts from REAPER's defaults.
+-- mode, pitch and how it is shifted). A new take starts from REAPER's defaults, with no take
+-- FX (copied too) and no take envelopes or stretch markers (a kept take with those is refused).
 M.TAKE_SOUND = { "D_VOL", "D_PAN", "I_CHANMODE", "D_PITCH", "B_PPITCH", "I_PITCHMODE" }
 
 -- Gives `to` the sound settings and the take FX of `from`: a take that continues another

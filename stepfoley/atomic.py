@@ -62,7 +62,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], rep
 
     Raises FileExistsError when `replace` is false and `path` exists (or appears meanwhile), and
     whatever `write` or the filesystem raises; callers turn those into their own typed errors.
-    The temporary file never survives, whatever happens."""
+    The temporary file does not survive a failure (unless even removing it fails; then the next
+    writer in that folder sweeps it, sweep_stale_parts)."""
     path = Path(path)
     # Taken at write time, not import time: a forked child is another writer.
     temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"

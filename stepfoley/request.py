@@ -688,7 +688,8 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     try:
         # Opened without blocking and checked again once open: the path may have become a pipe
         # since it was looked at, and opening a pipe for reading waits for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_BINARY", 0))  # Windows: not a text-mode descriptor
     except OSError:
         return
     with os.fdopen(fd, "rb") as file:
@@ -801,6 +802,8 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 
 def _choice(value: Any, name: str, choices: tuple, what: str):
     # of the choices' own type: 22050.0 is not the rate 22050 (it would reach the stem's metadata)
+    if value in choices and not isinstance(value, bool) and not any(type(value) is type(c) for c in choices):
+        _invalid(f"{name} must be a whole number, got {_show(value)}.")
     if not any(type(value) is type(choice) and value == choice for choice in choices):
         _invalid(f"{name} {_show(value)} is not supported ({what}); use one of {', '.join(map(str, choices))}.")
     return value

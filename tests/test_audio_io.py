@@ -159,8 +159,9 @@ def test_read_folder_is_refused(tmp_path):
 def test_read_unreadable_file_names_it(tmp_path):
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"this is not a riff header" * 20)
-    with pytest.raises(AudioError, match="Cannot read audio file .*junk.wav"):
+    with pytest.raises(AudioError) as e:
         read_audio(junk)
+    assert str(e.value).startswith(f"Cannot read audio file '{junk}': Format not recognised. It may be damaged")
 
 
 def test_read_empty_file_names_it(tmp_path):

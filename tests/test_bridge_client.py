@@ -219,20 +219,29 @@ def test_a_status_file_that_cannot_be_written_stops_the_job_before_it_is_sent(se
     assert not any(n.startswith(".s") for n in os.listdir(tmp_path)), "no temp file left"
 
 
-def test_a_status_file_that_stops_taking_writes_cancels_the_job(tmp_path, monkeypatch):
-    writes = []
+@pytest.mark.parametrize("refusals, outcome", [(1, "done"), (10**6, "cancelled")])
+def test_a_status_file_that_stops_taking_writes_cancels_the_job(tmp_path, monkeypatch, refusals, outcome):
+    """A write refused for a moment is forgiven (a reader holding the file); a file that takes
+    no write for STATUS_WRITE_GRACE_S ends the job, as nobody can follow it any more."""
+    writes, real_write = [], bc.write_status
 
-    def full_disk_after_two(path, status):
+    def refuse_after_three(path, status):
         writes.append(status["state"])
-        if len(writes) > 2:
+        if 3 <= len(writes) < 3 + refusals:
             raise OSError(28, "No space left on device")
+        real_write(path, status)
 
-    monkeypatch.setattr(bc, "write_status", full_disk_after_two)
+    monkeypatch.setattr(bc, "write_status", refuse_after_three)
+    monkeypatch.setattr(bc, "STATUS_WRITE_GRACE_S", 0.3)
     with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
-        code, status = bc.send_request(make_request(tmp_path, steps=100), str(tmp_path / "st.json"),
+        code, status = bc.send_request(make_request(tmp_path, steps=40), str(tmp_path / "st.json"),
                                        port=srv.address[1])
-    assert code == bc.EXIT_USAGE and status["state"] == "cancelled"
-    assert status["error"]["code"] == "bad_status_file" and "No space left" in status["error"]["message"]
+    assert status["state"] == outcome
+    if outcome == "done":
+        assert code == bc.EXIT_DONE and status["error"] is None and read_status(tmp_path / "st.json")["state"] == "done"
+    else:
+        assert code == bc.EXIT_USAGE and status["error"]["code"] == "bad_status_file"
+        assert "took no write for 0.3 s" in status["error"]["message"] and "No space left" in status["error"]["message"]
 
 
 def test_write_status_never_leaves_a_half_file(tmp_path):
@@ -296,3 +305,24 @@ def test_a_token_too_long_in_the_environment_ends_in_a_usage_status(tmp_path, mo
     assert (code, status["error"]["code"]) == (bc.EXIT_USAGE, "bad_token")
     assert read_status(status_path)["error"]["message"].startswith(
         "The token from $STEPFOLEY_TOKEN is 257 characters long; a token is 1-256 characters")
+
+
+def test_a_request_in_another_script_costs_its_utf8_bytes_and_the_limit_is_checked_before_sending(tmp_path):
+    """The client sends compact UTF-8 JSON: 32 KB of Japanese captions (63 KB written as \\u
+    escapes) fit one message; past MAX_REQUEST_BYTES, or past one datagram with a long token,
+    the client refuses before anything is sent."""
+    with EngineServer(SineRunner(), ServerConfig(port=0, token="t")).start() as srv:
+        request = make_request(tmp_path, caption="雨" * 1000, previous_captions=["雷" * 150] * 63)
+        size = len(bc.request_payload(request).encode())
+        assert 31_000 < size <= protocol.MAX_REQUEST_BYTES < len(json.dumps(request))
+        code, status = bc.send_request(request, None, port=srv.address[1], token="t")
+        assert code == bc.EXIT_DONE and status["metadata"]["caption"] == "雨" * 1000
+        too_big = make_request(tmp_path, caption="雨" * 1000, previous_captions=["雷" * 150] * 64)
+        code, status = bc.send_request(too_big, None, port=srv.address[1], token="t")
+        assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "payload_too_large")
+        assert f"more than the {protocol.MAX_REQUEST_BYTES} one message carries" in status["error"]["message"]
+        code, status = bc.send_request(request, None, port=srv.address[1], token="鍵" * 256)
+        assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "payload_too_large")
+        assert "With the token, the request makes a message of" in status["error"]["message"]
+        with bc.EngineClient(port=srv.address[1], token="t") as c:
+            assert c.engine_status()["jobs_finished"] == 1  # the refused ones never reached it

@@ -122,15 +122,15 @@ def _check_folders(args: argparse.Namespace) -> None:
 
     from stepfoley.engine.errors import InvalidInputError
 
+    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
+    if args.out is not None and os.path.isdir(args.out):
+        raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
-    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
-    if args.out is not None and os.path.isdir(args.out):
-        raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
 
 
 def _summary(figures: dict) -> str:
