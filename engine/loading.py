@@ -71,24 +71,39 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor]) -> N
 
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
-    from stepfoley.engine.checkpoints import load_state_dict_file
-    from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
-    from stepfoley.engine.controlnet import load_controlnet
-    from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
-    from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+    from stepfoley.engine.weights import check_weights_dir, readable_weights
 
-    weights_dir = Path(weights_dir)
-    if not weights_dir.is_dir():
-        raise CheckpointError(f"The weights directory {weights_dir} does not exist.")
+    if variant is not None and variant not in MMAUDIO_VARIANTS:
+        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
+    # Every file the variant needs is looked for first: a missing CLIP is said in a second, not
+    # after gigabytes of flow network and VAE have loaded.
+    report = check_weights_dir(weights_dir, verify=False)
+    weights_dir = report.root
     if variant is None:
         present = [v for v, (stem, _) in MMAUDIO_VARIANTS.items()
                    if any((weights_dir / (stem + e)).is_file() for e in (".pth", ".safetensors"))]
         if not present:
             raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
                                   f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())}).")
-        variant = present[0]
-    if variant not in MMAUDIO_VARIANTS:
-        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
+        variant = next((v for v in present if report.ready(v)), present[0])
+    missing = report.unusable(variant)
+    if missing:
+        raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: " + "; ".join(
+            f"{report.files[n].path.relative_to(weights_dir)} ({report.files[n].what}) "
+            + ("; ".join(report.files[n].problems) if report.files[n].present else "is missing") for n in missing)
+            + ". See docs/weights.md; `stepfoley weights check` lists every file.")
+    with readable_weights(weights_dir):
+        return _load_mmaudio_stack(weights_dir, variant, device, configs)
+
+
+def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
+                        configs: StackConfigs | None) -> FoleyModel:
+    from stepfoley.engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
+    from stepfoley.engine.controlnet import load_controlnet
+    from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
+    from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+
     stem, mode = MMAUDIO_VARIANTS[variant]
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -291,12 +292,40 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
 
 
+def weights_folder(root: str | Path) -> Path:
+    """The weights folder, resolved; CheckpointError for one that cannot be used."""
+    try:
+        path = Path(root).expanduser().resolve()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError for a symlink loop
+        raise CheckpointError(f"The weights folder {root} cannot be opened ({e}).") from None
+    if is_file:
+        raise CheckpointError(f"{path} is a file: give the folder that holds weights/ and ext_weights/.")
+    if not is_dir:
+        raise CheckpointError(f"The weights folder {path} does not exist. Create it and put the files of "
+                              "docs/weights.md in it.")
+    return path
+
+
+@contextmanager
+def readable_weights(root: Path):
+    """Turns a file or folder of the weights that this user may not read into a CheckpointError."""
+    try:
+        yield
+    except PermissionError as e:
+        raise CheckpointError(f"{e.filename or root} cannot be read (permission denied); let your user read "
+                              f"everything in {root}.") from None
+
+
 def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True) -> WeightsReport:
     """What is present in a weights folder, what each model variant still needs, and
     whether each present checkpoint has the official keys and shapes."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise CheckpointError(f"The weights folder {root} does not exist. Create it and put the files of docs/weights.md in it.")
+    root = weights_folder(root)
+    with readable_weights(root):
+        return _check_weights_dir(root, manifests_dir, verify)
+
+
+def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool) -> WeightsReport:
     if verify and not manifest_path("vae_16k", manifests_dir).is_file():
         raise CheckpointError(
             f"The weight manifests are missing from {manifests_dir or MANIFESTS_DIR}; reinstall StepFoley "
@@ -354,9 +383,12 @@ def convert_file(source: Path, entry: str | None = None) -> Conversion:
 
 def convert_weights_dir(root: Path, log: Callable[[str], None] = print) -> list[Conversion]:
     """Convert every official .pth/.pt present in the folder to a .safetensors copy."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise CheckpointError(f"The weights folder {root} does not exist.")
+    root = weights_folder(root)
+    with readable_weights(root):
+        return _convert_weights_dir(root, log)
+
+
+def _convert_weights_dir(root: Path, log: Callable[[str], None]) -> list[Conversion]:
     results = []
     for spec in FILES.values():
         source = root / spec.checkpoint_relpath()

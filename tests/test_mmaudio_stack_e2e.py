@@ -262,22 +262,40 @@ def test_stepfoley_generate_writes_a_wav(stack, tmp_path, monkeypatch, capsys):
     assert not list(out.glob(".stepfoley_existing_mix*"))  # the temporary bounce is removed
 
 
-def test_a_missing_file_names_itself(stack, tmp_path):
+def test_a_missing_file_names_itself_before_anything_loads(stack, tmp_path, monkeypatch):
     import shutil
 
+    import stepfoley.engine.checkpoints
+
+    def never(*args, **kwargs):
+        raise AssertionError("a checkpoint was loaded")
+
+    monkeypatch.setattr(stepfoley.engine.checkpoints, "load_state_dict_file", never)
     root = tmp_path / "weights-copy"
     shutil.copytree(stack["root"], root)
     (root / "ext_weights" / "best_netG.pt").unlink()
     with pytest.raises(CheckpointError, match="best_netG.pt"):
         load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
     (root / "ext_weights" / "synchformer_state_dict.pth").unlink()
-    with pytest.raises(CheckpointError, match="best_netG.pt"):  # the first missing file is named
-        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    with pytest.raises(CheckpointError, match="best_netG.pt .*is missing; ext_weights/synchformer_state_dict.pth"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])  # every missing file at once
     with pytest.raises(CheckpointError, match="synchformer_state_dict.pth"):
         load_foley_model(root, "small_44k", configs=CONFIGS["small_44k"])
     (root / "weights" / "mmaudio_small_44k.pth").unlink()
     with pytest.raises(CheckpointError, match="mmaudio_small_44k.pth"):
         load_foley_model(root, "small_44k", configs=CONFIGS["small_44k"])
+    shutil.rmtree(root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384")
+    with pytest.raises(CheckpointError, match="DFN5B-CLIP-ViT-H-14-384 .*is missing"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+
+
+def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
+    from stepfoley.engine.features.clip import ClipConfig
+
+    for text in ('{"model_cfg": {"embed_dim": 10', '["a list"]', '{"model_cfg": {"vision_cfg": 3}}'):
+        (tmp_path / "open_clip_config.json").write_text(text)
+        with pytest.raises(CheckpointError, match="download apple/DFN5B-CLIP-ViT-H-14-384 again"):
+            ClipConfig.from_open_clip_json(tmp_path / "open_clip_config.json")
 
 
 def test_a_picture_region_reaches_clip_and_synchformer_as_a_crop(stack, monkeypatch):

@@ -161,6 +161,26 @@ def test_cli_check_and_convert(weights_dir, capsys):
     capsys.readouterr()
     assert cli_main(["weights", "check", str(weights_dir / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().out
+    assert cli_main(["weights", "check", str(weights_dir / "ext_weights" / "v1-16.pth")]) == 1
+    assert "is a file: give the folder" in capsys.readouterr().out
+
+
+def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsys, monkeypatch):
+    import stepfoley.engine.weights as weights
+
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    for command in ("check", "convert"):
+        assert cli_main(["weights", command, str(tmp_path / "loop_a")]) == 1
+        assert "cannot be opened" in capsys.readouterr().out
+    (tmp_path / "w" / "ext_weights").mkdir(parents=True)
+
+    def denied(root, spec, *args):
+        raise PermissionError(13, "Permission denied", str(root / spec.relpath))
+
+    monkeypatch.setattr(weights, "check_file", denied)  # what a folder this user may not read gives (root reads all)
+    assert cli_main(["weights", "check", str(tmp_path / "w")]) == 1
+    assert "cannot be read (permission denied); let your user read everything in" in capsys.readouterr().out
 
 
 def test_cli_convert_reports_load_times(tmp_path, capsys):

@@ -64,8 +64,15 @@ class ClipConfig:
     @classmethod
     def from_open_clip_json(cls, path: str | Path) -> "ClipConfig":
         """Read open_clip_config.json (its "model_cfg") as shipped beside the weights."""
-        data = json.loads(Path(path).read_text())
-        model = data.get("model_cfg", data)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+            raise CheckpointError(f"{path} cannot be read as JSON ({e}); download apple/DFN5B-CLIP-ViT-H-14-384 "
+                                  "again.") from None
+        model = data.get("model_cfg", data) if isinstance(data, dict) else None
+        if not isinstance(model, dict) or not all(isinstance(model.get(k, {}), dict) for k in ("vision_cfg", "text_cfg")):
+            raise CheckpointError(f"{path} is not an open_clip model configuration; download "
+                                  "apple/DFN5B-CLIP-ViT-H-14-384 again.")
         vision, text = model.get("vision_cfg", {}), model.get("text_cfg", {})
         base = cls()
         return replace(
