@@ -289,6 +289,10 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
             verified = True
         except CheckpointError as e:
             problems.append(str(e))
+        if problems and source != checkpoint:
+            # a new download of the .pth changes nothing while its copy is read instead
+            problems.append(f"these are the copy {source.name}'s: delete it, then `stepfoley weights convert` "
+                            f"makes it again from {checkpoint.name}")
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
 
 
@@ -349,6 +353,7 @@ class Conversion:
     note: str  # why skipped, or the load-time comparison
     pth_seconds: float | None = None
     safetensors_seconds: float | None = None
+    refused: bool = False  # not the official file: no copy made
 
     @property
     def speedup(self) -> float | None:
@@ -363,8 +368,11 @@ def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
     return value, time.perf_counter() - start
 
 
-def convert_file(source: Path, entry: str | None = None) -> Conversion:
-    """Write `<stem>.safetensors` beside a .pth/.pt (atomic; never replaces a file)."""
+def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
+                 manifests_dir: Path | None = None) -> Conversion:
+    """Write `<stem>.safetensors` beside a .pth/.pt (atomic; never replaces a file). With
+    `spec`, a file whose keys and shapes are not the official ones is refused: its copy would
+    be read instead of the .pth from then on, so a new download would not mend it."""
     import torch
 
     from stepfoley.engine.checkpoints import load_state_dict_file, save_safetensors_atomic
@@ -372,6 +380,11 @@ def convert_file(source: Path, entry: str | None = None) -> Conversion:
     target = safetensors_copy(source)
     if target.exists():
         return Conversion(source, target, False, f"{target.name} already exists; left as it is")
+    manifest_file = manifest_path(spec.name, manifests_dir) if spec is not None else None
+    if manifest_file is not None and manifest_file.is_file():
+        problems = compare_with_manifest(spec, tensor_shapes(source, entry), manifest_file)
+        if problems:
+            return Conversion(source, target, False, "not converted: " + "; ".join(problems), refused=True)
     state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
@@ -381,21 +394,23 @@ def convert_file(source: Path, entry: str | None = None) -> Conversion:
     return Conversion(source, target, True, note, pth_s, st_s)
 
 
-def convert_weights_dir(root: Path, log: Callable[[str], None] = print) -> list[Conversion]:
-    """Convert every official .pth/.pt present in the folder to a .safetensors copy."""
+def convert_weights_dir(root: Path, log: Callable[[str], None] = print,
+                        manifests_dir: Path | None = None) -> list[Conversion]:
+    """Convert every official .pth/.pt present in the folder to a .safetensors copy (each
+    checked against its manifest first: a wrong file gets no copy)."""
     root = weights_folder(root)
     with readable_weights(root):
-        return _convert_weights_dir(root, log)
+        return _convert_weights_dir(root, log, manifests_dir)
 
 
-def _convert_weights_dir(root: Path, log: Callable[[str], None]) -> list[Conversion]:
+def _convert_weights_dir(root: Path, log: Callable[[str], None], manifests_dir: Path | None) -> list[Conversion]:
     results = []
     for spec in FILES.values():
         source = root / spec.checkpoint_relpath()
         if not source.is_file():
             continue
         log(f"{source.relative_to(root)} ...")
-        result = convert_file(source, spec.entry)
+        result = convert_file(source, spec.entry, spec, manifests_dir)
         log(f"  -> {result.target.name}: {result.note}")
         results.append(result)
     if not results:

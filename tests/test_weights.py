@@ -125,6 +125,15 @@ def test_packaged_manifests_match_the_golden_ones(golden):
     assert all(set(files) <= set(FILES) | {"clip"} for files in VARIANTS.values())
 
 
+def small_manifests(folder, files: dict) -> Path:
+    """Manifests for small stand-in checkpoints: name -> {key: tensor}."""
+    folder.mkdir()
+    for name, tensors in files.items():
+        entries = [{"key": k, "shape": list(v.shape)} for k, v in tensors.items()]
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "state_dict": entries}))
+    return folder
+
+
 def test_convert_writes_safetensors_copies_and_never_overwrites(tmp_path):
     root = tmp_path / "weights"
     generator = {"conv_pre.bias": torch.arange(4.0), "conv_pre.weight_v": torch.randn(4, 2, 7)}
@@ -134,10 +143,18 @@ def test_convert_writes_safetensors_copies_and_never_overwrites(tmp_path):
     save({"x": torch.ones(2)}, root / "ext_weights" / "v1-44.pth")
     existing = root / "ext_weights" / "v1-44.safetensors"
     existing.write_bytes(b"the user's own file")
+    save({"latent_mean": torch.zeros(1, 1, 40)}, root / "weights" / "mmaudio_small_16k.pth")  # a 44k tensor
+    manifests = small_manifests(tmp_path / "manifests", {"bigvgan_16k": generator, "vae_16k": vae, "vae_44k": {},
+                                                         "flow_small_16k": {"latent_mean": torch.zeros(1, 1, 20)}})
 
     lines = []
-    results = convert_weights_dir(root, log=lines.append)
-    assert {r.source.name: r.written for r in results} == {"v1-16.pth": True, "v1-44.pth": False, "best_netG.pt": True}
+    results = convert_weights_dir(root, log=lines.append, manifests_dir=manifests)
+    assert {r.source.name: r.written for r in results} == {"v1-16.pth": True, "v1-44.pth": False, "best_netG.pt": True,
+                                                          "mmaudio_small_16k.pth": False}
+    # a wrong file gets no copy: the copy would be read from then on, and a new download would not mend it
+    [wrong] = [r for r in results if r.refused]
+    assert wrong.source.name == "mmaudio_small_16k.pth" and "latent_mean" in wrong.note
+    assert not (root / "weights" / "mmaudio_small_16k.safetensors").exists()
     assert existing.read_bytes() == b"the user's own file"
     copy = load_file(str(root / "ext_weights" / "best_netG.safetensors"))
     assert copy.keys() == generator.keys() and all(torch.equal(copy[k], v) for k, v in generator.items())
@@ -146,8 +163,17 @@ def test_convert_writes_safetensors_copies_and_never_overwrites(tmp_path):
     assert any("as .safetensors" in line and "x)" in line for line in lines)
     assert not [p for p in os.listdir(root / "ext_weights") if p.endswith(".tmp")]
     assert file_to_read(root / "ext_weights" / "v1-16.pth").suffix == ".safetensors"
-    again = convert_weights_dir(root, log=lines.append)
+    again = convert_weights_dir(root, log=lines.append, manifests_dir=manifests)
     assert not any(r.written for r in again)
+
+
+def test_a_wrong_copy_is_named_as_what_to_delete(weights_dir, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(weights_dir / "weights" / "mmaudio_small_44k.safetensors"))
+    assert cli_main(["weights", "check", str(weights_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "these are the copy mmaudio_small_44k.safetensors's: delete it" in out
 
 
 def test_cli_check_and_convert(weights_dir, capsys):
@@ -185,7 +211,8 @@ def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsy
 
 def test_cli_convert_reports_load_times(tmp_path, capsys):
     save({"a": torch.randn(8, 8)}, tmp_path / "ext_weights" / "v1-44.pth")
-    assert cli_main(["weights", "convert", str(tmp_path)]) == 0
+    manifests = small_manifests(tmp_path / "manifests", {"vae_44k": {"a": torch.randn(8, 8)}})
+    assert cli_main(["weights", "convert", str(tmp_path), "--manifests", str(manifests)]) == 0
     assert "as .safetensors" in capsys.readouterr().out
     assert (tmp_path / "ext_weights" / "v1-44.safetensors").is_file()
 
@@ -222,13 +249,15 @@ def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_pat
     import sys
 
     save({"a": torch.randn(128, 256)}, tmp_path / "ext_weights" / "v1-16.pth")  # 128 kB
+    manifests = small_manifests(tmp_path / "manifests", {"vae_16k": {"a": torch.zeros(128, 256)}})
     before = sorted(os.listdir(tmp_path / "ext_weights"))
 
     def limited():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    done = subprocess.run([sys.executable, "-m", "stepfoley", "weights", "convert", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "stepfoley", "weights", "convert", str(tmp_path),
+                           "--manifests", str(manifests)],
                           capture_output=True, text=True, preexec_fn=limited, timeout=300)
     target = tmp_path / "ext_weights" / "v1-16.safetensors"
     assert done.returncode == 1, done.stderr

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--model", default=None, help="exit with 1 unless this model is ready (small_16k, small_44k, medium_44k, large_44k, large_44k_v2)")
     convert = sub.add_parser("convert", help="write a .safetensors copy beside every official .pth/.pt (faster, safer loading)")
     convert.add_argument("dir", help="the weights folder (layout: docs/weights.md)")
+    convert.add_argument("--manifests", default=None,
+                         help="folder of key/shape manifests a file must match to be copied (default: the packaged ones)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
             if args.model is not None and not report.ready(args.model):
                 return 1
             return 0
-        results = convert_weights_dir(args.dir)
+        results = convert_weights_dir(args.dir, manifests_dir=args.manifests)
         timed = [r for r in results if r.speedup]
         if timed:
             pth = sum(r.pth_seconds for r in timed)
             st = sum(r.safetensors_seconds for r in timed)
             print(f"Load time, all converted files: {pth:.2f} s as .pth, {st:.2f} s as .safetensors ({pth / max(st, 1e-9):.1f}x).")
-        return 0
+        return 1 if any(r.refused for r in results) else 0
     except StepFoleyError as e:
         print(f"error: {e}")
         return 1
