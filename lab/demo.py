@@ -66,18 +66,26 @@ def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, ste
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise InvalidInputError(f"--out {out_dir} is a file, not a folder; give a folder for the demo runs "
                                 "(a new run_NNN is made inside it).")
+    above = os.path.dirname(os.path.abspath(out_dir))  # where the folder would be made
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above) or not os.access(above, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--out {out_dir} cannot be made: {above} is not a folder you can write to.")
 
 
 def new_work_folder(out_dir: Path) -> Path:
     """A new hidden folder in out_dir where a run is made before it gets its run_NNN name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        folder = out_dir / f".run-{secrets.token_hex(4)}.part"
-        try:
-            folder.mkdir()
-            return folder
-        except FileExistsError:
-            continue
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            folder = out_dir / f".run-{secrets.token_hex(4)}.part"
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+    except OSError as e:  # changed since check_demo_arguments looked, or a full disk
+        raise InvalidInputError(f"Cannot make a folder for the demo run in {out_dir}: {e.strerror or e}.") from None
 
 
 def publish_run(work: Path, out_dir: Path, manifest: dict) -> Path:

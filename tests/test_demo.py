@@ -73,6 +73,9 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--seed", "-1"], f"--seed -1: give 0 to {MAX_SEED - 2}"),
              (["--seed", str(MAX_SEED)], f"give 0 to {MAX_SEED - 2} (track k uses the seed plus k - 1)"),
              (["--out", str(tmp_path / "a-file")], "is a file, not a folder"),
+             (["--out", str(tmp_path / "a-file" / "runs" / "demo")], "a-file is not a folder you can write to"),
+             (["--weights", str(tmp_path)], "No NAG ControlNet in"),
+             (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),
              (["--threads", "100000"], "thread count (--threads) must be 1 to"),
              (["--feature-cache", ""], "(--feature-cache) is empty")]
     for extra, words in cases:
@@ -81,6 +84,19 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (extra, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_a_model_without_a_controlnet_is_refused_before_the_demo_runs(tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import stepfoley.engine.service
+
+    real = stepfoley.engine.service.load_runtime_model
+    monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", lambda *a, **k: replace(
+        real(*a, **k), controlnet=None, note="no NAG ControlNet at W/controlnets/small_16k.safetensors"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--model", "tiny-random", "--device", "cpu"]) == 1
+    assert "small_16k.safetensors. The demo sets NAG beside independent generation" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_a_failed_demo_leaves_no_run_folder(tmp_path, capsys, monkeypatch):

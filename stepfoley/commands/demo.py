@@ -36,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.commands.runtime import feature_cache_from_arguments
     from stepfoley.lab.demo import DEMO_SEED, check_demo_arguments, run_demo
     from stepfoley.engine.devices import check_threads, share_cpu
-    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.errors import InvalidInputError, StepFoleyError
     from stepfoley.engine.service import load_runtime_model
 
     seed = args.seed if args.seed is not None else DEMO_SEED
     try:  # every argument, before anything loads
         check_demo_arguments(args.out, seed, args.tracks, args.steps)
+        _check_controlnet(args.weights, args.model)
         check_threads(args.threads)
         feature_cache = feature_cache_from_arguments(args)
     except StepFoleyError as e:
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
+        if model.controlnet is None:  # the variant chosen for the folder has none
+            raise InvalidInputError(f"{model.note}. {NEEDS_CONTROLNET}")
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
         with tqdm(total=1, desc="generating", unit="step", file=sys.stderr) as bar:
@@ -73,6 +76,25 @@ def run(args: argparse.Namespace) -> int:
           f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, finishing {t['finishing']:.1f} s, "
           f"scoring {t['scoring']:.1f} s, demo total {t['total']:.1f} s")
     return 0
+
+
+NEEDS_CONTROLNET = ("The demo sets NAG beside independent generation, and NAG needs a ControlNet; none is "
+                    "published for MMAudio: train one with `stepfoley train controlnet` (docs/weights.md).")
+
+
+def _check_controlnet(weights: str | None, variant: str | None) -> None:
+    """With official weights, a NAG ControlNet file is there (for the variant, when given)."""
+    from pathlib import Path
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    if weights is None:
+        return
+    folder = Path(weights) / "controlnets"
+    wanted = [folder / f"{variant}.safetensors"] if variant else list(folder.glob("*.safetensors"))
+    if not any(p.is_file() for p in wanted):
+        raise InvalidInputError(f"No NAG ControlNet in {folder}{f' for {variant}' if variant else ''}. "
+                                + NEEDS_CONTROLNET)
 
 
 def track_table(tracks: list[dict]) -> str:
