@@ -513,6 +513,39 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mini.safetensors", "theirs.json"]
 
 
+def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import stepfoley.commands.eval as eval_command
+    from stepfoley.cli import main
+
+    def never(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_command, "_load_model", never)
+    (tmp_path / "a-file").write_text("x")
+    out = str(tmp_path / "e.json")
+    cases = [(["--beta-sweep", "abc"], "--beta-sweep takes numbers"),
+             (["--beta-sweep", "1,2", "--beta", "1"], "--beta-sweep sets β itself"),
+             (["--choose-alpha", "--alpha", "2"], "--choose-alpha runs plain CFG"),
+             (["--choose-alpha", "--alphas", "x"], "--alphas takes numbers"),
+             (["--choose-level-anchor", "--anchors", ","], "--anchors takes numbers"),
+             (["--scenes", "0"], "--scenes must be a whole number from 1"),
+             (["--takes", "0"], "--takes must be a whole number from 1"),
+             (["--steps", "0"], "--steps must be a whole number of at least 1"),
+             (["--tracks", "1"], "--tracks must be at least 2"),
+             (["--controls", "--scenes", "0"], "--scenes must be a whole number from 1"),
+             (["--controls", "--steps", "0"], "--steps must be a whole number of at least 1")]
+    for extra, words in cases:
+        assert main(["eval", "--json", out, "--device", "cpu", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (extra, err)
+    for option in ("--train-embedding", "--train-classifier"):  # the file is checked before minutes of training
+        assert main(["eval", option, str(tmp_path / "a-file" / "net.safetensors")]) == 2
+        assert f"is not a folder; choose another {option} path" in capsys.readouterr().err
+        assert main(["eval", option, str(tmp_path / "a-file")]) == 2
+        assert "already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def _choose_alpha_then(monkeypatch, after):
     """The real choose_alpha, then `after()` (what happens meanwhile, outside StepFoley)."""
     from stepfoley.lab.evaluation import calibration

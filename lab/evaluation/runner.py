@@ -130,7 +130,8 @@ def check_number(name: str, value, low: float = 0.0) -> None:
         raise InvalidInputError(f"--{name} must be a number of at least {low:g}, got {value!r}.")
 
 
-def _validate(scenes, seed, k, takes, steps, alpha, rows) -> None:
+def check_evaluation(scenes, seed, k, takes, steps, alpha, rows) -> None:
+    """evaluate's arguments (InvalidInputError); `stepfoley eval` checks them before the model loads."""
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"--scenes must be a whole number from 1 to {SCENES_PER_SEED}, got {scenes!r}.")
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -330,7 +331,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     (its capabilities). `embedding` / `presence`: loaded evaluation networks (default: the
     shipped ones). `on_progress(done, total)` counts take-steps over the whole run."""
     rows = tuple(rows)
-    _validate(scenes, seed, k, takes, steps, alpha, rows)
+    check_evaluation(scenes, seed, k, takes, steps, alpha, rows)
     notes = []
     if not model.supports_nag:
         skipped = [r.name for r in rows if GUIDANCE_METHODS[r.method].needs_controlnet]

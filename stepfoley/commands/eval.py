@@ -158,29 +158,30 @@ def format_timings(report: dict) -> str:
     return f"time: {sum(timings.values()):.0f} s with {report['config']['threads']} thread(s) ({split})"
 
 
-def check_json_path(path, force: bool) -> None:
-    """Refuse a --json PATH the report could not be written to, before minutes of work (and
-    before --write changes a weights file): its folder must exist, be a folder and be writable,
-    and PATH must not be a folder, nor an existing file unless `force`. Raises InvalidInputError."""
+def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json") -> None:
+    """Refuse a --json PATH (or another `option`'s file) that could not be written to, before
+    minutes of work (and before --write changes a weights file): its folder must exist, be a
+    folder and be writable, and PATH must not be a folder, nor an existing file unless `force`.
+    Raises InvalidInputError."""
     import os
     from pathlib import Path
 
     from stepfoley.engine.errors import InvalidInputError
 
     if not str(path).strip():
-        raise InvalidInputError("--json is empty; give the file to write the figures to (e.g. --json eval.json).")
+        raise InvalidInputError(f"{option} is empty; give the file to write to (e.g. {option} {example}).")
     path = Path(path).absolute()
     folder = path.parent
     if not folder.exists():
-        raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another --json path.")
+        raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another {option} path.")
     if not folder.is_dir():
-        raise InvalidInputError(f"{folder} is not a folder; choose another --json path.")
+        raise InvalidInputError(f"{folder} is not a folder; choose another {option} path.")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"The folder {folder} is not writable; choose another --json path.")
+        raise InvalidInputError(f"The folder {folder} is not writable; choose another {option} path.")
     if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder; give a file name for --json (e.g. {path / 'eval.json'}).")
+        raise InvalidInputError(f"{path} is a folder; give a file name for {option} (e.g. {path / example}).")
     if os.path.lexists(path) and not force:
-        raise InvalidInputError(f"{path} already exists; choose another --json path or add --force to replace it.")
+        raise InvalidInputError(f"{path} already exists; choose another {option} path or add --force to replace it.")
 
 
 def write_json_atomic(path, report: dict, force: bool) -> None:
@@ -307,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         if args.write and (args.weights or args.model):
             raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
                                     "without --weights and --model.")
+        grid = _checked_grid(args)
     except InvalidInputError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2
@@ -317,13 +319,13 @@ def run(args: argparse.Namespace) -> int:
         embedding, presence = _networks(args, model)
         try:
             if args.choose_alpha:
-                report = _choose_alpha(args, model, presence, bar)
+                report = _choose_alpha(args, model, presence, bar, grid)
             elif args.choose_level_anchor:
-                report = _choose_level_anchor(args, model, presence, bar)
+                report = _choose_level_anchor(args, model, presence, bar, grid)
             elif args.controls:
                 report = _controls(args, model, embedding, presence, bar)
             else:
-                report = _evaluate(args, model, embedding, presence, bar)
+                report = _evaluate(args, model, embedding, presence, bar, grid)
         finally:
             bar.close()
         # The report first: a weights file is only changed once its figures are on disk.
@@ -360,18 +362,44 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args, model, embedding, presence, bar) -> dict:
+def _checked_grid(args: argparse.Namespace):
+    """What the run goes over, from the options (the evaluation's rows, the α grid or the
+    level-anchor grid; None for the controls), with every option the run takes checked as the
+    run itself would check it: all before the model loads. Raises InvalidInputError."""
     from dataclasses import replace
 
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, evaluate
+    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, LEVEL_ANCHOR_GRID
+    from stepfoley.lab.evaluation.controls import check_controls
+    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation
 
+    if args.choose_alpha:
+        if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
+            raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
+                                    "--beta and --beta-sweep out.")
+        return _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
+    if args.choose_level_anchor:
+        if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
+            raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
+                                    "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
+        return _numbers(args.anchors, "--anchors") if args.anchors else LEVEL_ANCHOR_GRID
+    if args.controls:
+        check_controls(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
+        return None
     if args.beta_sweep is not None:
         if args.beta is not None:
             raise InvalidInputError("--beta-sweep sets β itself; leave --beta out.")
         rows = beta_sweep_rows(_numbers(args.beta_sweep, "--beta-sweep"))
     else:
         rows = tuple(replace(r, beta=args.beta) if r.beta is None else r for r in MAIN_ROWS)
+    check_evaluation(48 if args.scenes is None else args.scenes, args.seed, args.tracks, args.takes, args.steps,
+                     args.alpha, rows)
+    return rows
+
+
+def _evaluate(args, model, embedding, presence, bar, rows) -> dict:
+    from stepfoley.lab.evaluation.runner import evaluate
+
     return evaluate(model, 48 if args.scenes is None else args.scenes, args.seed, k=args.tracks, takes=args.takes,
                     steps=args.steps, alpha=args.alpha, rows=rows, embedding=embedding, presence=presence,
                     on_progress=bar)
@@ -385,26 +413,16 @@ def _controls(args, model, embedding, presence, bar) -> dict:
                              on_progress=bar)
 
 
-def _choose_alpha(args, model, presence, bar) -> dict:
-    from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, choose_alpha
+def _choose_alpha(args, model, presence, bar, alphas) -> dict:
+    from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, choose_alpha
 
-    if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
-        raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
-                                "--beta and --beta-sweep out.")
-    alphas = _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
     return choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
                         k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
 
 
-def _choose_level_anchor(args, model, presence, bar) -> dict:
-    from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, choose_level_anchor
+def _choose_level_anchor(args, model, presence, bar, strengths) -> dict:
+    from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, choose_level_anchor
 
-    if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
-        raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
-                                "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
-    strengths = _numbers(args.anchors, "--anchors") if args.anchors else LEVEL_ANCHOR_GRID
     return choose_level_anchor(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
                                takes=args.takes, k=args.tracks, strengths=strengths, steps=args.steps,
                                presence=presence, on_progress=bar)
@@ -447,7 +465,6 @@ def _record_choice(args, report: dict, path, defaults, provenance: dict, default
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
     import sys
 
     from stepfoley.engine.errors import StepFoleyError
@@ -456,9 +473,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.train_embedding and args.train_classifier:
         print("stepfoley: train one network at a time (--train-embedding or --train-classifier).", file=sys.stderr)
         return 2
-    if os.path.exists(path) and not args.force:
-        print(f"stepfoley: {path} already exists; choose another file or add --force.", file=sys.stderr)
-        return 1
+    try:  # before minutes of training, not after
+        check_json_path(path, args.force, "--train-embedding" if args.train_embedding else "--train-classifier",
+                        "network.safetensors")
+    except StepFoleyError as e:
+        print(f"stepfoley: {e}", file=sys.stderr)
+        return 2
     what = "evaluation embedding" if args.train_embedding else "source-presence classifier"
     bar = _Bar(f"training the {what}")
     try:
