@@ -81,6 +81,12 @@ def main(argv=None) -> int:
     parser.add_argument("--mb", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.mb < 1:
+        parser.error("--repeat and --mb must be at least 1")
+    if args.codec and not args.dir:
+        parser.error("--codec times the codec of a weights folder: give it with --dir")
+    if args.dir and not args.dir.expanduser().is_dir():
+        parser.error(f"--dir {args.dir} is not a folder")
     if args.dir:
         real_dir(args.dir.expanduser(), args.repeat, args.codec)
     else:

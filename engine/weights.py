@@ -331,8 +331,11 @@ def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: boo
 
 def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool) -> WeightsReport:
     if verify and not manifest_path("vae_16k", manifests_dir).is_file():
+        if manifests_dir is not None:  # the user's choice, not the installation's
+            raise CheckpointError(f"{manifests_dir} holds no weight manifests (vae_16k.json, ...); give the folder "
+                                  "that does with --manifests, or leave it out for the packaged ones.")
         raise CheckpointError(
-            f"The weight manifests are missing from {manifests_dir or MANIFESTS_DIR}; reinstall StepFoley "
+            f"The weight manifests are missing from {MANIFESTS_DIR}; reinstall StepFoley "
             "or regenerate them with tools/pack_weight_manifests.py."
         )
     files = {name: check_file(root, spec, manifests_dir, verify) for name, spec in FILES.items()}

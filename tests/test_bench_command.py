@@ -53,3 +53,19 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "2",
                  "--steps", "1", "--seconds", "1", "--threads", "1", "--tolerance", "-1"]) == 1
     assert "BEYOND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sampler", "--preset", "bogus"], "bogus"),
+    (["weights-load", "--repeat", "0"], "--repeat and --mb must be at least 1"),
+    (["weights-load", "--dir", "/nonexistent-weights"], "is not a folder"),
+    (["weights-load", "--codec", "16k"], "give it with --dir"),
+])
+def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, words):
+    try:
+        code = main(["bench", *argv])
+    except SystemExit as e:  # the benchmark's own parser
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

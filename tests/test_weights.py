@@ -189,6 +189,8 @@ def test_cli_check_and_convert(weights_dir, capsys):
     assert "does not exist" in capsys.readouterr().out
     assert cli_main(["weights", "check", str(weights_dir / "ext_weights" / "v1-16.pth")]) == 1
     assert "is a file: give the folder" in capsys.readouterr().out
+    assert cli_main(["weights", "check", str(weights_dir), "--manifests", str(weights_dir / "none")]) == 1
+    assert "holds no weight manifests (vae_16k.json, ...); give the folder" in capsys.readouterr().out
 
 
 def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsys, monkeypatch):

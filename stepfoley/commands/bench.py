@@ -24,6 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import importlib
+    import sys
+
+    from stepfoley.engine.errors import InvalidInputError, StepFoleyError
+    from stepfoley.request import RequestError
 
     module = importlib.import_module(f"stepfoley.bench.{BENCHMARKS[args.name][0]}")
-    return int(module.main(args.options) or 0)
+    try:
+        return int(module.main(args.options) or 0)
+    except (InvalidInputError, RequestError) as e:  # an option the benchmark cannot run with
+        print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
+        return 2
+    except StepFoleyError as e:
+        print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
+        return 1
