@@ -5,7 +5,8 @@
 --   Items left on a hidden lane of a track whose fixed lanes were switched off no longer count as playing (as the picture, as a layer, or as a caption to negate).
 --   Extend and Regenerate time selection inside selected item refuse a take with stretch markers or take envelopes (glue it first) and keep the take's FX on the new take.
 --   A request that would not fit one message leaves out the last captions of the layers, and the console says so (long captions on 64 layers were refused by the client).
---   Alpha, beta and the other numbers refuse infinity; a 0.1 s span can be regenerated whatever the rounding.
+--   Alpha, beta and the other numbers refuse infinity; a 0.1 s span, and a part of the picture 5 % wide, are taken whatever the rounding.
+--   More than 8 variations (several jobs) come out best first across all of them, ranked 1 to N; a cancel that comes as one job finishes stops the jobs after it, and the message counts variations.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

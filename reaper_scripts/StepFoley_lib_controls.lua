@@ -172,7 +172,7 @@ function M.parse_picture_region(text, caps)
     if x < 0 or x > 100 then return nil, "The picture region's numbers are percentages, from 0 to 100." end
   end
   local x0, y0, x1, y1 = v[1] / 100, v[2] / 100, v[3] / 100, v[4] / 100
-  if x1 - x0 < smallest or y1 - y0 < smallest then
+  if math.min(x1 - x0, y1 - y0) < smallest - 1e-9 then -- as the engine rounds: 0.15 - 0.10 is 0.0499...
     return nil, string.format("The picture region must be at least %g %% wide and high, with right > left and " ..
       "bottom > top (left, top, right, bottom).", smallest * 100)
   end

@@ -520,6 +520,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local progress = M.progress_window(title)
   local index = 0
   local job -- the one running now
+  local cancelled = false -- the batch: a cancel the running job finished before it could take
 
   local function finish()
     progress:close()
@@ -594,7 +595,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local function poll()
     local now = reaper.time_precise()
     if job == nil then
-      if #results >= #jobs or (results[#results] and results[#results].state ~= "done") then
+      if cancelled or #results >= #jobs or (results[#results] and results[#results].state ~= "done") then
         finish()
         return
       end
@@ -613,7 +614,11 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
         job.read_problem = nil
         if text_or_problem ~= job.last_text then job.last_text, job.last_change = text_or_problem, now end
         job.last_status = status
-        if is_final(status) then end_job(final_result(status, settings)) end
+        if is_final(status) then
+          -- Esc here, or "Cancel running generation" (its cancel file), also stops the jobs after this one
+          cancelled = job.cancel_asked ~= nil or reaper.file_exists(job.status_path .. ".cancel")
+          end_job(final_result(status, settings))
+        end
       elseif reaper.file_exists(job.status_path) or job.last_text ~= nil then
         job.read_problem = text_or_problem
       end

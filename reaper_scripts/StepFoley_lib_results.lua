@@ -192,17 +192,24 @@ function M.insert_track(proj, region, takes, lanes)
   return track
 end
 
--- Reports failures of a finished batch; returns the done results.
-function M.report(results, what)
-  local done, problems = {}, {}
-  for _, r in ipairs(results) do
-    if r.state == "done" then done[#done + 1] = r
+-- Reports failures of a finished batch, counting takes (a protocol-2 job makes several);
+-- returns the done results. Jobs left unstarted after a cancel are a cancel too.
+function M.report(results, jobs)
+  local done, problems, made, asked, skipped = {}, {}, 0, 0, false
+  for i, r in ipairs(results) do
+    asked = asked + (jobs[i] and jobs[i].request.variations or 1)
+    if r.state == "done" then
+      done[#done + 1] = r
+      made = made + (r.stems and #r.stems or 1)
     elseif r.state == "error" then problems[#problems + 1] = r.message or "unknown error"
     elseif r.state == "cancelled" then problems[#problems + 1] = r.message or "Generation cancelled."
+    elseif r.state == "not_started" then skipped = true
     end
   end
+  if #problems == 0 and skipped then problems[1] = "Generation cancelled." end
   if #problems > 0 then
-    local prefix = (#done > 0) and string.format("%d of %d %s finished; ", #done, #results, what) or ""
+    local prefix = made > 0 and string.format("%d of %d %s finished; ", made, asked,
+      asked > 1 and "variations" or "generations") or ""
     M.alert(prefix .. table.concat(problems, "\n\n"))
   end
   return done
@@ -431,6 +438,34 @@ local function prepare_jobs(job, settings, engine, params, region)
   return jobs, negatives
 end
 
+--[[
+Takes made by several jobs (more variations than one job holds) in one order, best first: each
+job ranked only its own. The engine's scores compare across jobs (the same caption and the same
+layers heard), so the takes are ordered by them when every take has one; otherwise (ranked by
+seed) they stay in job order, which is seed order. Ranks are renumbered to the new places.
+]]
+function M.rank_across_jobs(takes)
+  local function score(t)
+    local ranking = type(t.meta.engine) == "table" and t.meta.engine.ranking
+    return type(ranking) == "table" and type(ranking.score) == "number" and ranking.score or nil
+  end
+  local all_scored = true
+  for i, t in ipairs(takes) do
+    t.place = i
+    all_scored = all_scored and score(t) ~= nil
+  end
+  if all_scored then
+    table.sort(takes, function(a, b)
+      if score(a) ~= score(b) then return score(a) > score(b) end
+      return a.place < b.place
+    end)
+  end
+  for i, t in ipairs(takes) do
+    t.place = nil
+    if t.meta.rank ~= nil then t.meta.rank = i end
+  end
+end
+
 -- Puts the finished results into the project, in one undo point.
 local function insert_results(job, settings, region, jobs, results, negatives, params)
   local takes = {}
@@ -451,6 +486,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
     end
   end
   if #takes == 0 then return end
+  if #jobs > 1 then M.rank_across_jobs(takes) end
   local proj = job.proj
   if not still_there(job) then
     M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
@@ -576,7 +612,7 @@ function M.generate(job)
     local jobs, negatives = prepare_jobs(job, settings, engine, params, region)
     if not jobs then return M.alert(negatives) end
     M.run_jobs(settings, prefix, jobs, "StepFoley: " .. params.caption, function(results)
-      M.report(results, #jobs > 1 and "variations" or "generations")
+      M.report(results, jobs)
       insert_results(job, settings, region, jobs, results, negatives, params)
     end)
   end

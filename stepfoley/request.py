@@ -546,7 +546,7 @@ def _rectangle(value: Any, name: str) -> tuple[float, float, float, float]:
     if not isinstance(value, list) or len(value) != 4:
         _invalid(f"{name} must be [x0, y0, x1, y1] as fractions of the picture's width and height, got {_show(value)}.")
     x0, y0, x1, y1 = (_number(v, f"{name} {axis}", 0.0, 1.0) for v, axis in zip(value, ("x0", "y0", "x1", "y1")))
-    if x1 - x0 < MIN_PICTURE_REGION or y1 - y0 < MIN_PICTURE_REGION:
+    if min(x1 - x0, y1 - y0) < MIN_PICTURE_REGION - 1e-9:  # 0.15 - 0.10 is 0.04999999999999999
         _invalid(f"{name} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is {x1 - x0:.3f} wide and {y1 - y0:.3f} high; each side "
                  f"must be at least {MIN_PICTURE_REGION:g} of the picture (and x1, y1 right of and below x0, y0).")
     return x0, y0, x1, y1

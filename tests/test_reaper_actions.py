@@ -468,7 +468,7 @@ def test_variations_in_fixed_lanes(world):
     assert result["messages"] == []
     [track] = new_tracks(result)
     assert track["freemode"] == 2
-    # the stand-in ranks its seeds in reverse: the order is the engine's, not the seeds'
+    # the stand-in scores its takes by seed: the order is the engine's, not the seeds'
     assert track["lanes"] == [{"plays": 1, "name": "seed 22"}, {"plays": 0, "name": "seed 21"},
                               {"plays": 0, "name": "seed 20"}]
     assert [i["fixedlane"] for i in track["items"]] == [0, 1, 2]
@@ -477,7 +477,7 @@ def test_variations_in_fixed_lanes(world):
         [take] = item["takes"]
         meta = h.take_meta(take)
         assert (meta["seed"], meta["rank"], meta["engine"]["seed"]) == (seed, rank, seed)
-        assert "variations" not in meta and meta["ranking"]["ranked_by"] == "seed"
+        assert "variations" not in meta and meta["ranking"]["ranked_by"] == "text_fidelity_minus_similarity"
         assert take["markers"] == [{"name": f"seed {seed}", "position": 0}]
         assert len(sf.read(take["source_file"])[0]) == h.frames(2.5) and item["loopsrc"] == 0
     assert len(result["undo"]) == 1 and len(h.generation_commands(result)) == 1
@@ -522,8 +522,23 @@ def test_more_variations_than_one_job_holds_go_in_batches(world):
     assert result["messages"] == []
     assert [(r["seed"], r["variations"]) for r in h.job_requests(result)] == [(20, 8), (28, 2)]
     [track] = new_tracks(result)
-    assert sorted(int(lane["name"].split()[1]) for lane in track["lanes"]) == list(range(20, 30))
+    # best first across both jobs (each ranked only its own): the engine's scores compare
+    assert [lane["name"] for lane in track["lanes"]] == [f"seed {s}" for s in range(29, 19, -1)]
+    assert [h.take_meta(i["takes"][0])["rank"] for i in track["items"]] == list(range(1, 11))
     assert len(result["undo"]) == 1
+
+
+def test_a_cancel_the_running_job_finished_before_it_stops_the_batch(world):
+    """Cancel while the first of two jobs runs, too late for that one (it ends done): the second
+    never starts, and the message counts variations, not jobs."""
+    sc = scenario(world, dialog=answers(seed="20", count=10),
+                  actions=[{"script": h.VARIATIONS}, {"script": h.CANCEL, "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "late"})
+    assert [r["seed"] for r in h.job_requests(result)] == [20]
+    [message] = result["messages"]
+    assert message["message"] == "8 of 10 variations finished; Generation cancelled."
+    [track] = new_tracks(result)
+    assert len(track["items"]) == 8 and len(result["undo"]) == 1
 
 
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):

@@ -173,6 +173,13 @@ def test_a_mistyped_part_asks_again_with_what_was_typed(world):
     assert request["picture_region"] == pytest.approx([0.1, 0.2, 0.6, 0.9]) and "picture_region_time" not in request
 
 
+def test_a_part_of_exactly_the_smallest_size_is_taken_whatever_the_rounding(world):
+    assert 0.15 - 0.10 < 0.05
+    result = run_picture(world, (3.0, 5.5), picture_answers("10, 10, 15, 15", ""))
+    assert result["messages"] == []
+    assert h.job_request(result)["picture_region"] == pytest.approx([0.1, 0.1, 0.15, 0.15])  # the stand-in parses it
+
+
 @pytest.mark.parametrize("part, when, words", [
     ("0, 0, 3, 100", "", "at least 5 % wide"),
     ("0, 0, 50, 120", "", "percentages, from 0 to 100"),

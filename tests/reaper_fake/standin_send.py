@@ -24,10 +24,12 @@ Behaviour from $STEPFOLEY_STANDIN:
 - "flaky": 2.5 s after the start, the status file is half-written (not atomically) for 1.5 s,
   then all is well;
 - "garbled": the status file stays half-written until the cancel file appears;
-- "badstem": finishes with a stem that is not a WAV file.
+- "badstem": finishes with a stem that is not a WAV file;
+- "late": as "slow", but a cancel comes too late: the engine finishes the job anyway (done).
 
 A protocol-2 request gets `variations` stems and a status with `stems` (best first: the stand-in
-ranks the seeds in reverse, so a test sees that the order comes from the engine) and `ranking`.
+scores each take by its seed, as the engine's embedding scores takes, so higher seeds rank first
+and a test sees that the order comes from the engine) and `ranking`.
 $STEPFOLEY_STANDIN_PROTOCOL: "2" (default) or "1" (an engine older than protocol 2: /status
 without `protocols`, and a protocol-2 request refused as such an engine refuses it).
 
@@ -49,6 +51,7 @@ import soundfile as sf
 from stepfoley.bridge.client import not_running_message, request_payload, too_large_message
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.engine.guidance import public_methods
+from stepfoley.engine.ranking import RANKED_BY_EMBEDDING
 from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
 
 DEFAULTS = GuidanceDefaults(method="nag", alpha=3.0, beta=2.0, steps=3)
@@ -186,10 +189,10 @@ def main() -> int:
             time.sleep(0.25)
             write_status(status, state="running", phase="features", job_id=job_id, step=step, total=4)
     for step in range(1, total + 1):
-        if cancel.exists():
+        if cancel.exists() and mode != "late":
             write_status(status, state="cancelled", job_id=job_id, step=step - 1, total=total)
             return 6
-        time.sleep(0.3 if mode in ("slow", "phases") else 0.01)
+        time.sleep(0.3 if mode in ("slow", "phases", "late") else 0.01)
         fields = {"phase": "sampling"} if mode == "phases" else {}
         write_status(status, state="running", job_id=job_id, step=step, total=total, **fields)
         if mode == "stall":
@@ -207,11 +210,11 @@ def main() -> int:
     stems = [make_stem(request, typed.caption, used, request["seed"] + i, mode) for i in range(typed.variations)]
     if typed.protocol >= 2:
         stems.reverse()
-        for rank, one in enumerate(stems, 1):
-            one["metadata"]["rank"] = rank
+        for rank, one in enumerate(stems, 1):  # as the engine's embedding ranks: a score per take
+            one["metadata"].update(rank=rank, ranking={"score": float(one["metadata"]["seed"])})
         write_status(status, state="done", job_id=job_id, step=total, total=total, stem_path=stems[0]["stem_path"],
                      metadata=stems[0]["metadata"], stems=stems,
-                     ranking={"ranked_by": "seed", "reason": "the stand-in ranks its seeds in reverse"})
+                     ranking={"ranked_by": RANKED_BY_EMBEDDING, "reason": "the stand-in scores a take by its seed"})
         return 0
     write_status(status, state="done", job_id=job_id, step=total, total=total, **stems[0])
     return 0
