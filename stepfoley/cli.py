@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "serve": "run the engine: keep the model loaded and answer OSC requests",
     "send": "send one request to a running engine and follow it to the end",
     "demo": "make a mini-world video and build its soundtrack in three steps",
-    "train": "train the base model or the NAG ControlNet",
+    "train": "train the embedded model (base, NAG and loudness ControlNets) or a NAG ControlNet for MMAudio",
     "eval": "compare NAG with the baselines on mini-world scenes",
     "weights": "check or convert a directory of MMAudio weights",
     "bench": "run a benchmark that prints speed and memory figures",

@@ -208,11 +208,13 @@ def test_a_status_file_that_cannot_be_written_stops_the_job_before_it_is_sent(se
     port = str(server.address[1])
     request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
     (tmp_path / "a_folder").mkdir()
-    for status in (tmp_path / "a_folder", tmp_path / ("s" * 240 + ".json")):
+    for status in (tmp_path / "a_folder", tmp_path / ("s" * 240 + ".json"), tmp_path / "nowhere" / "st.json"):
         for what in (["--request", request_file], ["--ping"]):
             assert main(["send", *what, "--status", str(status), "--port", port]) == bc.EXIT_USAGE
-            err = capsys.readouterr().err
-            assert "is a folder" in err or "Cannot write the status file" in err
+            out, err = capsys.readouterr()
+            final = json.loads(out.strip().splitlines()[-1])  # on stdout, as every other ending
+            assert (final["error"]["code"], final["exit_code"]) == ("bad_status_file", bc.EXIT_USAGE)
+            assert any(w in err for w in ("is a folder", "Cannot write the status file", "does not exist"))
     with bc.EngineClient(port=server.address[1]) as c:
         assert c.engine_status()["jobs_finished"] == 0 and c.engine_status()["current"] is None
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

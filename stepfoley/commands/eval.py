@@ -26,7 +26,7 @@ COMPARED = ("separability", "text_fidelity", "leakage", "pre_limiter_clipped_fra
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", type=int, default=None,
-                   help="mini-world scenes (default 48; 12 with --choose-alpha)")
+                   help="mini-world scenes (default 48; 12 with --choose-alpha or --choose-level-anchor)")
     p.add_argument("--seed", type=int, default=0, help="picks the scenes: 10000000 + seed*1000 + i")
     p.add_argument("--takes", type=int, default=2, help="seeds per scene (default 2), sampled in one batch")
     p.add_argument("--json", metavar="PATH", help="where to write the figures (JSON); required")

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else the token file, see --token-file)")
     parser.add_argument("--token-file", metavar="FILE", default=None,
                         help="read the token from FILE (mode 600; default $STEPFOLEY_TOKEN_FILE or "
-                             "~/.config/stepfoley/token when it exists)")
+                             "$XDG_CONFIG_HOME/stepfoley/token (~/.config/stepfoley/token) when it exists)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="give up after this many seconds without any progress from the engine (a number "
                              "above 0; default 120)")
@@ -43,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP port "
               f"(1-65535, got {args.port}).", file=sys.stderr)
         return client.EXIT_USAGE
-    if args.status is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.status))):
-        print(f"The folder of the status file '{args.status}' does not exist; create it first.", file=sys.stderr)
-        return client.EXIT_USAGE
-    if args.status is not None and os.path.isdir(args.status):
-        print(f"The status file '{args.status}' is a folder; name a file inside it.", file=sys.stderr)
+    problem = _status_file_problem(args.status)
+    if problem:  # said on stdout as a final status, as every other ending (the file cannot take it)
+        status = client.failure_status("bad_status_file", problem, client.EXIT_USAGE)
+        print(json.dumps(status))
+        print(f"bad_status_file: {problem}", file=sys.stderr)
         return client.EXIT_USAGE
     try:
         args.token = resolve_token(args.token, args.token_file)
@@ -56,6 +56,16 @@ def run(args: argparse.Namespace) -> int:
     if args.request is not None:
         return _send(args, client)
     return _query(args, client)
+
+
+def _status_file_problem(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return f"The folder of the status file '{path}' does not exist; create it first."
+    if os.path.isdir(path):
+        return f"The status file '{path}' is a folder; name a file inside it."
+    return None
 
 
 def _send(args, client) -> int:

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"UDP port to listen on (default {protocol.DEFAULT_PORT})")
     parser.add_argument("--token-file", metavar="FILE", default=None,
                         help="read the shared secret every message must carry from FILE (mode 600). Default: "
-                             "$STEPFOLEY_TOKEN, else $STEPFOLEY_TOKEN_FILE or ~/.config/stepfoley/token when it "
-                             "exists; required off loopback")
+                             "$STEPFOLEY_TOKEN, else $STEPFOLEY_TOKEN_FILE or $XDG_CONFIG_HOME/stepfoley/token "
+                             "(~/.config/stepfoley/token) when it exists; required off loopback")
     parser.add_argument("--token", default=None,
                         help="the shared secret itself (every local user can read it in `ps`: prefer the above)")
     parser.add_argument("--weights", default=None, metavar="DIR",
