@@ -80,8 +80,7 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
     report = check_weights_dir(weights_dir, verify=False)
     weights_dir = report.root
     if variant is None:
-        present = [v for v, (stem, _) in MMAUDIO_VARIANTS.items()
-                   if any((weights_dir / (stem + e)).is_file() for e in (".pth", ".safetensors"))]
+        present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
         if not present:
             raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
                                   f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())}).")

@@ -45,7 +45,8 @@ class WeightFile:
 
 
 BIGVGAN_V2_DIR = "ext_weights/bigvgan_v2_44khz_128band_512x"
-CLIP_DIR = "ext_weights/DFN5B-CLIP-ViT-H-14-384"
+CLIP_NAME = "DFN5B-CLIP-ViT-H-14-384"
+CLIP_DIR = f"ext_weights/{CLIP_NAME}"
 
 FILES: dict[str, WeightFile] = {
     f.name: f
@@ -79,8 +80,6 @@ FILES: dict[str, WeightFile] = {
 }
 
 # CLIP is read by open_clip from a folder; it has no manifest, only a presence check.
-CLIP_FILES = ("open_clip_config.json",)
-CLIP_WEIGHT_CHOICES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "small_16k": ("flow_small_16k", "vae_16k", "bigvgan_16k", "synchformer", "clip"),
@@ -259,15 +258,17 @@ class WeightsReport:
 
 
 def _check_clip(root: Path) -> FileReport:
-    folder = root / CLIP_DIR
+    # where the loader looks (features.mmaudio_features): beside weights/, or in ext_weights/; its
+    # open_clip_config.json is optional (the DFN5B sizes are the defaults)
+    from stepfoley.engine.features.clip import WEIGHT_FILES
+
     what = "CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip format)"
-    if not folder.is_dir():
-        return FileReport("clip", what, folder, present=False)
-    problems = [f"{name} is missing in the folder" for name in CLIP_FILES if not (folder / name).is_file()]
-    weights = [folder / n for n in CLIP_WEIGHT_CHOICES if (folder / n).is_file()]
-    if not weights:
-        problems.append(f"no weights file in the folder (expected {' or '.join(CLIP_WEIGHT_CHOICES)})")
-    return FileReport("clip", what, folder, present=True, read_from=weights[0] if weights else None, problems=tuple(problems))
+    folder = next((f for f in (root / CLIP_NAME, root / CLIP_DIR) if f.is_dir()), None)
+    if folder is None:
+        return FileReport("clip", what, root / CLIP_DIR, present=False)
+    weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
+    problems = () if weights else (f"no weights file in the folder (expected one of {', '.join(WEIGHT_FILES)})",)
+    return FileReport("clip", what, folder, present=True, read_from=weights[0] if weights else None, problems=problems)
 
 
 def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True) -> FileReport:
@@ -285,14 +286,16 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
     if verify and manifest_file.is_file():
         try:
             shapes = tensor_shapes(source, None if source.suffix == ".safetensors" else spec.entry)
-            problems += compare_with_manifest(spec, shapes, manifest_file)
+            wrong = compare_with_manifest(spec, shapes, manifest_file)
             verified = True
         except CheckpointError as e:
-            problems.append(str(e))
-        if problems and source != checkpoint:
-            # a new download of the .pth changes nothing while its copy is read instead
-            problems.append(f"these are the copy {source.name}'s: delete it, then `stepfoley weights convert` "
-                            f"makes it again from {checkpoint.name}")
+            wrong = [str(e)]
+        if wrong and source != checkpoint:
+            # a new download of the .pth changes nothing while the .safetensors is read instead
+            wrong.append(f"the file read is {source.name}, which is read instead of {checkpoint.name}: delete it"
+                         + (" (`stepfoley weights convert` makes it again from the .pth)" if checkpoint.is_file()
+                            else ""))
+        problems += wrong
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
 
 
@@ -321,6 +324,16 @@ def readable_weights(root: Path):
                               f"everything in {root}.") from None
 
 
+def _require_manifests(manifests_dir: Path | None) -> None:
+    if manifest_path("vae_16k", manifests_dir).is_file():
+        return
+    if manifests_dir is not None:  # the user's choice, not the installation's
+        raise CheckpointError(f"{manifests_dir} holds no weight manifests (vae_16k.json, ...); give the folder "
+                              "that does with --manifests, or leave it out for the packaged ones.")
+    raise CheckpointError(f"The weight manifests are missing from {MANIFESTS_DIR}; reinstall StepFoley "
+                          "or regenerate them with tools/pack_weight_manifests.py.")
+
+
 def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True) -> WeightsReport:
     """What is present in a weights folder, what each model variant still needs, and
     whether each present checkpoint has the official keys and shapes."""
@@ -330,14 +343,8 @@ def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: boo
 
 
 def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool) -> WeightsReport:
-    if verify and not manifest_path("vae_16k", manifests_dir).is_file():
-        if manifests_dir is not None:  # the user's choice, not the installation's
-            raise CheckpointError(f"{manifests_dir} holds no weight manifests (vae_16k.json, ...); give the folder "
-                                  "that does with --manifests, or leave it out for the packaged ones.")
-        raise CheckpointError(
-            f"The weight manifests are missing from {MANIFESTS_DIR}; reinstall StepFoley "
-            "or regenerate them with tools/pack_weight_manifests.py."
-        )
+    if verify:
+        _require_manifests(manifests_dir)
     files = {name: check_file(root, spec, manifests_dir, verify) for name, spec in FILES.items()}
     files["clip"] = _check_clip(root)
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
@@ -402,6 +409,7 @@ def convert_weights_dir(root: Path, log: Callable[[str], None] = print,
     """Convert every official .pth/.pt present in the folder to a .safetensors copy (each
     checked against its manifest first: a wrong file gets no copy)."""
     root = weights_folder(root)
+    _require_manifests(manifests_dir)  # without them nothing could be checked before it is copied
     with readable_weights(root):
         return _convert_weights_dir(root, log, manifests_dir)
 

@@ -66,11 +66,12 @@ def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, ste
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise InvalidInputError(f"--out {out_dir} is a file, not a folder; give a folder for the demo runs "
                                 "(a new run_NNN is made inside it).")
-    above = os.path.dirname(os.path.abspath(out_dir))  # where the folder would be made
-    while not os.path.lexists(above):
-        above = os.path.dirname(above)
-    if not os.path.isdir(above) or not os.access(above, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"--out {out_dir} cannot be made: {above} is not a folder you can write to.")
+    # the folder itself, or where it would be made
+    there = os.path.abspath(out_dir)
+    while not os.path.lexists(there):
+        there = os.path.dirname(there)
+    if not os.path.isdir(there) or not os.access(there, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--out {out_dir}: {there} is not a folder you can write to.")
 
 
 def new_work_folder(out_dir: Path) -> Path:

@@ -6,7 +6,7 @@
 --   Extend and Regenerate time selection inside selected item refuse a take with stretch markers or take envelopes (glue it first) and keep the take's FX on the new take.
 --   A request that would not fit one message leaves out the last captions of the layers, and the console says so (long captions on 64 layers were refused by the client).
 --   Alpha, beta and the other numbers refuse infinity; a 0.1 s span, and a part of the picture 5 % wide, are taken whatever the rounding.
---   More than 8 variations (several jobs) come out best first across all of them, ranked 1 to N; a cancel that comes as one job finishes stops the jobs after it, and the message counts variations.
+--   More than 8 variations go in jobs as even as can be (9 = 5 + 4) and come out best first across all of them, ranked 1 to N; a cancel that comes as one job finishes stops the jobs after it, and the message counts variations.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

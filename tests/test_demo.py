@@ -74,6 +74,7 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--seed", str(MAX_SEED)], f"give 0 to {MAX_SEED - 2} (track k uses the seed plus k - 1)"),
              (["--out", str(tmp_path / "a-file")], "is a file, not a folder"),
              (["--out", str(tmp_path / "a-file" / "runs" / "demo")], "a-file is not a folder you can write to"),
+             (["--weights", str(tmp_path / "a-file")], "is a file: give the folder"),
              (["--weights", str(tmp_path)], "No NAG ControlNet in"),
              (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),
              (["--threads", "100000"], "thread count (--threads) must be 1 to"),
@@ -95,7 +96,9 @@ def test_a_model_without_a_controlnet_is_refused_before_the_demo_runs(tmp_path, 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", lambda *a, **k: replace(
         real(*a, **k), controlnet=None, note="no NAG ControlNet at W/controlnets/small_16k.safetensors"))
     assert main(["demo", "--out", str(tmp_path / "demo"), "--model", "tiny-random", "--device", "cpu"]) == 1
-    assert "small_16k.safetensors. The demo sets NAG beside independent generation" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: no NAG ControlNet at W/controlnets/small_16k.safetensors" in err
+    assert "has no NAG ControlNet. The demo sets NAG beside independent generation" in err
     assert not (tmp_path / "demo").exists()
 
 

@@ -528,6 +528,11 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--choose-alpha", "--alpha", "2"], "--choose-alpha runs plain CFG"),
              (["--choose-alpha", "--alphas", "x"], "--alphas takes numbers"),
              (["--choose-level-anchor", "--anchors", ","], "--anchors takes numbers"),
+             (["--choose-level-anchor", "--anchors", "2"], "Level anchors are numbers from 0 to 1"),
+             (["--choose-alpha", "--alphas", "-1"], "--alpha must be a number of at least 0"),
+             (["--choose-alpha", "--scenes", "0"], "Choosing the α needs at least one scene"),
+             (["--choose-level-anchor", "--takes", "0"], "Choosing the level anchor needs at least one scene"),
+             (["--choose-alpha", "--steps", "0"], "--steps must be a whole number of at least 1"),
              (["--scenes", "0"], "--scenes must be a whole number from 1"),
              (["--takes", "0"], "--takes must be a whole number from 1"),
              (["--steps", "0"], "--steps must be a whole number of at least 1"),
@@ -544,6 +549,16 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
         assert main(["eval", option, str(tmp_path / "a-file")]) == 2
         assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    # a folder the training makes is fine: the check passes and training starts (stopped here)
+    import stepfoley.lab.evaluation.embedding as embedding
+    from stepfoley.engine.errors import InvalidInputError
+
+    def reached(*args, **kwargs):
+        raise InvalidInputError("training reached")
+
+    monkeypatch.setattr(embedding, "train_audio_embedding", reached)
+    assert main(["eval", "--train-embedding", str(tmp_path / "new" / "net.safetensors")]) == 1
+    assert "training reached" in capsys.readouterr().err
 
 
 def _choose_alpha_then(monkeypatch, after):

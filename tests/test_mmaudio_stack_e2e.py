@@ -289,10 +289,34 @@ def test_a_missing_file_names_itself_before_anything_loads(stack, tmp_path, monk
         load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
 
 
+def test_clip_beside_weights_and_as_safetensors_still_loads_and_its_config_is_optional(stack, tmp_path):
+    """Every layout the CLIP loader takes passes the check before loading too: the folder beside
+    weights/ (not in ext_weights/), the weights as open_clip_pytorch_model.safetensors, and no
+    open_clip_config.json (the loader then takes DFN5B's sizes)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from stepfoley.engine.weights import check_weights_dir
+
+    root = tmp_path / "weights-copy"
+    shutil.copytree(stack["root"], root)
+    clip = root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384"
+    state = torch.load(clip / "open_clip_pytorch_model.bin", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(clip / "open_clip_pytorch_model.safetensors"))
+    (clip / "open_clip_pytorch_model.bin").unlink()
+    shutil.move(clip, root / "DFN5B-CLIP-ViT-H-14-384")
+    model = load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    assert model.model_id.startswith("mmaudio-small_16k")
+    (root / "DFN5B-CLIP-ViT-H-14-384" / "open_clip_config.json").unlink()  # these test weights need their sizes
+    assert check_weights_dir(root, verify=False).ready("small_16k")
+
+
 def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
     from stepfoley.engine.features.clip import ClipConfig
 
-    for text in ('{"model_cfg": {"embed_dim": 10', '["a list"]', '{"model_cfg": {"vision_cfg": 3}}'):
+    for text in ('{"model_cfg": {"embed_dim": 10', '["a list"]', '{"model_cfg": {"vision_cfg": 3}}',
+                 '{"model_cfg": {"vision_cfg": {"width": "1280"}}}', '{"model_cfg": {"quick_gelu": 1}}'):
         (tmp_path / "open_clip_config.json").write_text(text)
         with pytest.raises(CheckpointError, match="download apple/DFN5B-CLIP-ViT-H-14-384 again"):
             ClipConfig.from_open_clip_json(tmp_path / "open_clip_config.json")

@@ -516,15 +516,17 @@ def test_an_engine_before_protocol_2_gets_one_job_per_variation(world):
         (1, 20, False), (1, 21, False), (1, 22, False)]
 
 
-def test_more_variations_than_one_job_holds_go_in_batches(world):
-    sc = scenario(world, dialog=answers(seed="20", count=10), actions=[{"script": h.VARIATIONS}])
+@pytest.mark.parametrize("count, jobs", [(10, [(20, 5), (25, 5)]), (9, [(20, 5), (25, 4)])])
+def test_more_variations_than_one_job_holds_go_in_batches(world, count, jobs):
+    """As even as the jobs can be (never a job of one take, which the engine does not score),
+    and best first across them (each job ranked only its own): the engine's scores compare."""
+    sc = scenario(world, dialog=answers(seed="20", count=count), actions=[{"script": h.VARIATIONS}])
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
-    assert [(r["seed"], r["variations"]) for r in h.job_requests(result)] == [(20, 8), (28, 2)]
+    assert [(r["seed"], r["variations"]) for r in h.job_requests(result)] == jobs
     [track] = new_tracks(result)
-    # best first across both jobs (each ranked only its own): the engine's scores compare
-    assert [lane["name"] for lane in track["lanes"]] == [f"seed {s}" for s in range(29, 19, -1)]
-    assert [h.take_meta(i["takes"][0])["rank"] for i in track["items"]] == list(range(1, 11))
+    assert [lane["name"] for lane in track["lanes"]] == [f"seed {s}" for s in range(19 + count, 19, -1)]
+    assert [h.take_meta(i["takes"][0])["rank"] for i in track["items"]] == list(range(1, count + 1))
     assert len(result["undo"]) == 1
 
 
@@ -536,9 +538,9 @@ def test_a_cancel_the_running_job_finished_before_it_stops_the_batch(world):
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "late"})
     assert [r["seed"] for r in h.job_requests(result)] == [20]
     [message] = result["messages"]
-    assert message["message"] == "8 of 10 variations finished; Generation cancelled."
+    assert message["message"] == "5 of 10 variations finished; Generation cancelled."
     [track] = new_tracks(result)
-    assert len(track["items"]) == 8 and len(result["undo"]) == 1
+    assert len(track["items"]) == 5 and len(result["undo"]) == 1
 
 
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):

@@ -173,7 +173,8 @@ def test_a_wrong_copy_is_named_as_what_to_delete(weights_dir, capsys):
     save_file({"x": torch.zeros(2)}, str(weights_dir / "weights" / "mmaudio_small_44k.safetensors"))
     assert cli_main(["weights", "check", str(weights_dir)]) == 1
     out = capsys.readouterr().out
-    assert "these are the copy mmaudio_small_44k.safetensors's: delete it" in out
+    assert ("the file read is mmaudio_small_44k.safetensors, which is read instead of mmaudio_small_44k.pth: "
+            "delete it\n") in out  # there is no .pth to convert it from again
 
 
 def test_cli_check_and_convert(weights_dir, capsys):
@@ -213,7 +214,10 @@ def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsy
 
 def test_cli_convert_reports_load_times(tmp_path, capsys):
     save({"a": torch.randn(8, 8)}, tmp_path / "ext_weights" / "v1-44.pth")
-    manifests = small_manifests(tmp_path / "manifests", {"vae_44k": {"a": torch.randn(8, 8)}})
+    assert cli_main(["weights", "convert", str(tmp_path), "--manifests", str(tmp_path / "ext_weights")]) == 1
+    assert "holds no weight manifests" in capsys.readouterr().out  # so nothing could be checked: nothing copied
+    assert not (tmp_path / "ext_weights" / "v1-44.safetensors").exists()
+    manifests = small_manifests(tmp_path / "manifests", {"vae_44k": {"a": torch.randn(8, 8)}, "vae_16k": {}})
     assert cli_main(["weights", "convert", str(tmp_path), "--manifests", str(manifests)]) == 0
     assert "as .safetensors" in capsys.readouterr().out
     assert (tmp_path / "ext_weights" / "v1-44.safetensors").is_file()

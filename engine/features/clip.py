@@ -18,7 +18,7 @@ import gzip
 import html
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -75,7 +75,7 @@ class ClipConfig:
                                   "apple/DFN5B-CLIP-ViT-H-14-384 again.")
         vision, text = model.get("vision_cfg", {}), model.get("text_cfg", {})
         base = cls()
-        return replace(
+        cfg = replace(
             base,
             embed_dim=model.get("embed_dim", base.embed_dim),
             quick_gelu=model.get("quick_gelu", base.quick_gelu),
@@ -90,6 +90,18 @@ class ClipConfig:
             text_heads=text.get("heads", base.text_heads),
             text_layers=text.get("layers", base.text_layers),
         )
+        for f in fields(cfg):  # each of the default's kind: a whole number above 0 where it is one
+            value, default = getattr(cfg, f.name), getattr(base, f.name)
+            if isinstance(default, bool):
+                fits = isinstance(value, bool)
+            elif isinstance(default, int):
+                fits = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            else:
+                fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not fits:
+                raise CheckpointError(f"{path} sets {f.name} to {value!r}, which no CLIP has; download "
+                                      "apple/DFN5B-CLIP-ViT-H-14-384 again.")
+        return cfg
 
 
 # ---------------------------------------------------------------------------------------------

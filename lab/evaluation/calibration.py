@@ -68,6 +68,25 @@ def pick_alpha(summaries: dict[float, dict], limit: float = CLIPPING_LIMIT) -> t
     return best, f"no α keeps clipping within {100 * limit:g} %: the least overloaded one"
 
 
+def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps) -> list[float]:
+    """choose_alpha's ("α") or choose_level_anchor's ("level anchor") arguments; the grid,
+    sorted and without repeats. InvalidInputError; `stepfoley eval` checks them before the
+    model loads."""
+    values = sorted({float(a) for a in grid})
+    if not values:
+        raise InvalidInputError(f"Give at least one {what} to choose from.")
+    if what == "level anchor" and any(not 0.0 <= a <= 1.0 for a in values):
+        raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
+    for a in values:
+        check_number("alpha", a)
+    if not isinstance(scenes, int) or scenes < 1 or not isinstance(takes, int) or takes < 1:
+        raise InvalidInputError(f"Choosing the {what} needs at least one scene and one take, got {scenes!r} and "
+                                f"{takes!r}.")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
+    return values
+
+
 def choose_alpha(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, takes: int = DEFAULT_TAKES, k: int = 3,
                  alphas: Sequence[float] = ALPHA_GRID, steps: int | None = None, presence=None,
                  on_progress: Callable[[int, int], None] | None = None, duration: float = SCENE_SECONDS,
@@ -76,13 +95,7 @@ def choose_alpha(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, takes: int
     seeds each) and the α the rule picks. Returns a JSON-ready report: `alphas` (α -> figure ->
     {mean, std, n} over scenes), `comparisons` (each α against the chosen one: paired bootstrap
     over scenes), `chosen`, `rule`, `config`, `classifier`, `timings`."""
-    alphas = sorted({float(a) for a in alphas})
-    if not alphas:
-        raise InvalidInputError("Give at least one α to choose from.")
-    for a in alphas:
-        check_number("alpha", a)
-    if not isinstance(scenes, int) or scenes < 1 or not isinstance(takes, int) or takes < 1:
-        raise InvalidInputError(f"Choosing α needs at least one scene and one take, got {scenes!r} and {takes!r}.")
+    alphas = check_calibration("α", alphas, scenes, takes, steps)
     presence = default_presence() if presence is None else presence
     steps = model.defaults.steps if steps is None else steps
     seeds = [development_scene_seed(i) for i in range(scenes)]
@@ -172,12 +185,7 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
     CFG) at every level-anchor strength of `strengths` on `scenes` development scenes, and the
     strength `pick_level_anchor` picks. Figures are over the NAG tracks (2..k). Returns a
     JSON-ready report like `choose_alpha`'s, with `strengths` in place of `alphas`."""
-    strengths = sorted({float(a) for a in strengths})
-    if not strengths or any(not (isinstance(a, float) and 0.0 <= a <= 1.0) for a in strengths):
-        raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {strengths!r}.")
-    if not isinstance(scenes, int) or scenes < 1 or not isinstance(takes, int) or takes < 1:
-        raise InvalidInputError(f"Choosing the level anchor needs at least one scene and one take, got {scenes!r} "
-                                f"and {takes!r}.")
+    strengths = check_calibration("level anchor", strengths, scenes, takes, steps)
     if not model.supports_nag or getattr(model.codec, "match_level", None) is None:
         raise InvalidInputError(f"The model '{model.model_id}' has no NAG ControlNet or no level to anchor "
                                 "(its codec cannot read one), so there is no level anchor to choose.")

@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         model = load_runtime_model(args.weights, args.model, args.device, args.precision, args.compile)
         load_s = time.perf_counter() - t0
-        if model.controlnet is None:  # the variant chosen for the folder has none
-            raise InvalidInputError(f"{model.note}. {NEEDS_CONTROLNET}")
         if model.note:
             print(f"note: {model.note}", file=sys.stderr)
+        if model.controlnet is None:  # the variant chosen for the folder has none (the note says where)
+            raise InvalidInputError(f"The model '{model.model_id}' has no NAG ControlNet. {NEEDS_CONTROLNET}")
         with tqdm(total=1, desc="generating", unit="step", file=sys.stderr) as bar:
             def progress(step, total):
                 bar.total = total
@@ -84,13 +84,12 @@ NEEDS_CONTROLNET = ("The demo sets NAG beside independent generation, and NAG ne
 
 def _check_controlnet(weights: str | None, variant: str | None) -> None:
     """With official weights, a NAG ControlNet file is there (for the variant, when given)."""
-    from pathlib import Path
-
     from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.weights import weights_folder
 
     if weights is None:
         return
-    folder = Path(weights) / "controlnets"
+    folder = weights_folder(weights) / "controlnets"
     wanted = [folder / f"{variant}.safetensors"] if variant else list(folder.glob("*.safetensors"))
     if not any(p.is_file() for p in wanted):
         raise InvalidInputError(f"No NAG ControlNet in {folder}{f' for {variant}' if variant else ''}. "

@@ -158,11 +158,12 @@ def format_timings(report: dict) -> str:
     return f"time: {sum(timings.values()):.0f} s with {report['config']['threads']} thread(s) ({split})"
 
 
-def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json") -> None:
+def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json",
+                    folder_made: bool = False) -> None:
     """Refuse a --json PATH (or another `option`'s file) that could not be written to, before
-    minutes of work (and before --write changes a weights file): its folder must exist, be a
-    folder and be writable, and PATH must not be a folder, nor an existing file unless `force`.
-    Raises InvalidInputError."""
+    minutes of work (and before --write changes a weights file): its folder must exist (or, with
+    `folder_made`, be one the writer can make), be a folder and be writable, and PATH must not be
+    a folder, nor an existing file unless `force`. Raises InvalidInputError."""
     import os
     from pathlib import Path
 
@@ -172,6 +173,8 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
         raise InvalidInputError(f"{option} is empty; give the file to write to (e.g. {option} {example}).")
     path = Path(path).absolute()
     folder = path.parent
+    while folder_made and not os.path.lexists(folder):  # the writer makes it, inside the nearest one there
+        folder = folder.parent
     if not folder.exists():
         raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another {option} path.")
     if not folder.is_dir():
@@ -369,7 +372,7 @@ def _checked_grid(args: argparse.Namespace):
     from dataclasses import replace
 
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, LEVEL_ANCHOR_GRID
+    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, check_calibration
     from stepfoley.lab.evaluation.controls import check_controls
     from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation
 
@@ -377,12 +380,15 @@ def _checked_grid(args: argparse.Namespace):
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
             raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
                                     "--beta and --beta-sweep out.")
-        return _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID
+        return check_calibration("α", _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID,
+                                 DEVELOPMENT_SCENES if args.scenes is None else args.scenes, args.takes, args.steps)
     if args.choose_level_anchor:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
             raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
                                     "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
-        return _numbers(args.anchors, "--anchors") if args.anchors else LEVEL_ANCHOR_GRID
+        return check_calibration("level anchor", _numbers(args.anchors, "--anchors") if args.anchors
+                                 else LEVEL_ANCHOR_GRID, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
+                                 args.takes, args.steps)
     if args.controls:
         check_controls(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
         return None
@@ -475,7 +481,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     try:  # before minutes of training, not after
         check_json_path(path, args.force, "--train-embedding" if args.train_embedding else "--train-classifier",
-                        "network.safetensors")
+                        "network.safetensors", folder_made=True)  # store.save_with_report makes the folder
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:  # said on stdout as a final status, as every other ending (the file cannot take it)
         status = client.failure_status("bad_status_file", problem, client.EXIT_USAGE)
         print(json.dumps(status))
-        print(f"bad_status_file: {problem}", file=sys.stderr)
+        if not args.quiet:
+            print(f"bad_status_file: {problem}", file=sys.stderr)
         return client.EXIT_USAGE
     try:
         args.token = resolve_token(args.token, args.token_file)

@@ -51,7 +51,7 @@ import soundfile as sf
 from stepfoley.bridge.client import not_running_message, request_payload, too_large_message
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.engine.guidance import public_methods
-from stepfoley.engine.ranking import RANKED_BY_EMBEDDING
+from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED
 from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
 
 DEFAULTS = GuidanceDefaults(method="nag", alpha=3.0, beta=2.0, steps=3)
@@ -210,11 +210,13 @@ def main() -> int:
     stems = [make_stem(request, typed.caption, used, request["seed"] + i, mode) for i in range(typed.variations)]
     if typed.protocol >= 2:
         stems.reverse()
-        for rank, one in enumerate(stems, 1):  # as the engine's embedding ranks: a score per take
-            one["metadata"].update(rank=rank, ranking={"score": float(one["metadata"]["seed"])})
+        scored = len(stems) > 1  # as the engine: one take is not ranked, and gets no score
+        for rank, one in enumerate(stems, 1):
+            one["metadata"].update(rank=rank, ranking={"score": float(one["metadata"]["seed"])} if scored else {})
         write_status(status, state="done", job_id=job_id, step=total, total=total, stem_path=stems[0]["stem_path"],
                      metadata=stems[0]["metadata"], stems=stems,
-                     ranking={"ranked_by": RANKED_BY_EMBEDDING, "reason": "the stand-in scores a take by its seed"})
+                     ranking={"ranked_by": RANKED_BY_EMBEDDING if scored else RANKED_BY_SEED,
+                              "reason": "the stand-in scores a take by its seed" if scored else "one take"})
         return 0
     write_status(status, state="done", job_id=job_id, step=total, total=total, **stems[0])
     return 0
