@@ -28,7 +28,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
-from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_input
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -52,10 +52,8 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
     if path.is_dir():
         raise AudioError(f"'{path}' is a folder, not an audio file. Point to a WAV or FLAC file inside it.")
     try:
-        # Given to libsndfile as a file object: it opens a path by name only up to 1023 bytes.
-        # Opened without blocking, as a pipe would wait for a writer, and checked once open.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_BINARY", 0))
+        # given to libsndfile as a file object: it opens a path by name only up to 1023 bytes
+        fd = open_input(path)
         with os.fdopen(fd, "rb") as file:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):

@@ -26,7 +26,7 @@ from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
                                       splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
-                               Capabilities, GenerationRequest, take_length_problem)
+                               Capabilities, GenerationRequest, open_input, take_length_problem)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
@@ -238,7 +238,7 @@ class _Take:
 def _read_exactly(path: str) -> bool:
     # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
     try:
-        with open(path, "rb") as file:  # not by name: libsndfile takes names of up to 1023 bytes
+        with os.fdopen(open_input(path), "rb") as file:  # not by name: libsndfile takes names of up to 1023 bytes
             return soundfile.info(file).subtype not in ("PCM_32", "DOUBLE")
     except (soundfile.SoundFileError, RuntimeError, OSError):
         return False

@@ -257,13 +257,17 @@ class WeightsReport:
         return "\n".join(lines)
 
 
+def clip_folder(root: Path) -> Path | None:
+    """The CLIP folder the loader reads: beside weights/, else in ext_weights/; None if neither."""
+    return next((f for f in (root / CLIP_NAME, root / CLIP_DIR) if f.is_dir()), None)
+
+
 def _check_clip(root: Path) -> FileReport:
-    # where the loader looks (features.mmaudio_features): beside weights/, or in ext_weights/; its
-    # open_clip_config.json is optional (the DFN5B sizes are the defaults)
+    # its open_clip_config.json is optional (the DFN5B sizes are the defaults)
     from stepfoley.engine.features.clip import WEIGHT_FILES
 
     what = "CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip format)"
-    folder = next((f for f in (root / CLIP_NAME, root / CLIP_DIR) if f.is_dir()), None)
+    folder = clip_folder(root)
     if folder is None:
         return FileReport("clip", what, root / CLIP_DIR, present=False)
     weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]

@@ -418,8 +418,7 @@ local function prepare_jobs(job, settings, engine, params, region)
   local most = (params.count > 1 and M.engine_speaks(engine, 2)) and M.VARIATIONS_PER_JOB or 1
   -- as even as the jobs can be (9 = 5 + 4, not 8 + 1): the engine scores the takes of a job
   -- with two or more, and those scores rank the takes across jobs (rank_across_jobs)
-  local count = math.ceil(params.count / most)
-  local batch = math.ceil(params.count / count)
+  local batch = math.ceil(params.count / math.ceil(params.count / most))
   local jobs = {}
   for first = 0, params.count - 1, batch do
     local i = #jobs + 1

@@ -679,17 +679,22 @@ def input_rate_message(what: str, rate: int, limit: int = MAX_INPUT_SAMPLE_RATE)
     return f"{what} is at {rate} Hz; at most {limit} Hz is read. Export it at the project's rate."
 
 
+def open_input(path: str | os.PathLike) -> int:
+    """A read-only descriptor of an input file, opened without waiting (opening a pipe for
+    reading waits for a writer: say what it is from fstat before reading) and in binary mode
+    (Windows would translate a text-mode one). Raises OSError."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                   | getattr(os, "O_BINARY", 0))
+
+
 def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
     """What the header of an audio input says, checked before /accepted: its rate, and for the
     take the stem its channels make and the memory reading it takes. Only the header is read; a
     file soundfile cannot read stays the job's error (bad_audio), as when it is read later."""
     import soundfile  # here, not at the top: the client (inside a DAW) never checks paths
 
-    try:
-        # Opened without blocking and checked again once open: the path may have become a pipe
-        # since it was looked at, and opening a pipe for reading waits for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_BINARY", 0))  # Windows: not a text-mode descriptor
+    try:  # checked again once open: the path may have become a pipe since it was looked at
+        fd = open_input(path)
     except OSError:
         return
     with os.fdopen(fd, "rb") as file:

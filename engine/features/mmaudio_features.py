@@ -30,11 +30,11 @@ from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer
 from stepfoley.engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
                                          load_synchformer)
 from stepfoley.engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
+from stepfoley.engine.weights import CLIP_NAME, clip_folder, file_to_read
 
 CPU_CLIP_BATCH = 8  # frames
 CPU_SYNC_BATCH = 4  # segments
 SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
-CLIP_DIR = "DFN5B-CLIP-ViT-H-14-384"
 
 
 def model_fingerprint(*models: torch.nn.Module) -> str:
@@ -48,11 +48,11 @@ def model_fingerprint(*models: torch.nn.Module) -> str:
 
 
 def _find_clip_dir(weights_dir: Path) -> Path:
-    for candidate in (weights_dir / CLIP_DIR, weights_dir / "ext_weights" / CLIP_DIR):
-        if candidate.is_dir():
-            return candidate
+    folder = clip_folder(weights_dir)
+    if folder is not None:
+        return folder
     raise CheckpointError(
-        f"No CLIP directory {CLIP_DIR}/ in {weights_dir}. Download apple/DFN5B-CLIP-ViT-H-14-384 "
+        f"No CLIP directory {CLIP_NAME}/ in {weights_dir}. Download apple/DFN5B-CLIP-ViT-H-14-384 "
         "(open_clip_pytorch_model.bin, open_clip_config.json) into it.")
 
 
@@ -91,8 +91,6 @@ class MMAudioVideoEncoder:
                          clip_config: ClipConfig | None = None) -> "MMAudioVideoEncoder":
         """`synchformer_config` / `clip_config` replace the official sizes (tests with small
         checkpoints). A .safetensors copy beside the Synchformer .pth is read instead of it."""
-        from stepfoley.engine.weights import file_to_read
-
         weights_dir = Path(weights_dir)
         clip_dir = _find_clip_dir(weights_dir)
         sync_path = file_to_read(weights_dir / SYNCHFORMER_FILE) or weights_dir / SYNCHFORMER_FILE

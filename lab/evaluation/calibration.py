@@ -38,7 +38,7 @@ import torch
 
 from stepfoley.lab.evaluation import metrics, stats
 from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, SCENE_SECONDS, PhaseClock, Row,
-                                                SceneRun, StepProgress, check_number, default_presence,
+                                                SceneRun, StepProgress, check_number, check_steps, default_presence,
                                                 generate_batch, row_tracks, tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GuidanceWeights, resolve_method
@@ -82,8 +82,7 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps) ->
     if not isinstance(scenes, int) or scenes < 1 or not isinstance(takes, int) or takes < 1:
         raise InvalidInputError(f"Choosing the {what} needs at least one scene and one take, got {scenes!r} and "
                                 f"{takes!r}.")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
+    check_steps(steps)
     return values
 
 

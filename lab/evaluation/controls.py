@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 from stepfoley.engine import audio_io
-from stepfoley.engine.errors import InvalidInputError
 from stepfoley.lab.evaluation import metrics, stats
-from stepfoley.lab.evaluation.runner import (MAX_SEED, MAX_TAKES, SCENE_SECONDS, SCENES_PER_SEED, PhaseClock,
-                                                SceneRun, default_presence, scene_seed, take_seed)
+from stepfoley.lab.evaluation.runner import (SCENE_SECONDS, PhaseClock, SceneRun, check_run, default_presence,
+                                                scene_seed, take_seed)
 from stepfoley.lab.evaluation.spectra import FRAMES_PER_SECOND, mel_power, power_to_db, to_eval_rate
 from stepfoley.engine.loudness_curve import FLOOR_LUFS, curve_at, loudness_over_time
 from stepfoley.lab.miniworld.scene import PLAIN
@@ -307,18 +306,6 @@ def _loudness_summary(scenes: list[dict]) -> dict:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def check_controls(scenes, seed, takes, steps=None) -> None:
-    """evaluate_controls' arguments (InvalidInputError); `stepfoley eval` checks them before the model loads."""
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
-    if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
-        raise InvalidInputError(f"--scenes must be a whole number from 1 to {SCENES_PER_SEED}, got {scenes!r}.")
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InvalidInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
-    if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
-        raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
-
-
 def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1, steps: int | None = None,
                       alpha: float | None = None, presence=None,
                       on_progress: Callable[[int, int], None] | None = None,
@@ -328,7 +315,7 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
     `timings`, `notes`. `on_progress(done, total)` counts scenes."""
     from stepfoley.engine.service import FoleyService
 
-    check_controls(scenes, seed, takes, steps)
+    check_run(scenes, seed, takes, steps)
     presence = default_presence() if presence is None else presence
     alpha = model.defaults.alpha if alpha is None else float(alpha)
     steps = model.defaults.steps if steps is None else steps

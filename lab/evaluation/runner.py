@@ -130,19 +130,29 @@ def check_number(name: str, value, low: float = 0.0) -> None:
         raise InvalidInputError(f"--{name} must be a number of at least {low:g}, got {value!r}.")
 
 
-def check_evaluation(scenes, seed, k, takes, steps, alpha, rows) -> None:
-    """evaluate's arguments (InvalidInputError); `stepfoley eval` checks them before the model loads."""
+def check_steps(steps) -> None:
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
+
+
+def check_run(scenes, seed, takes, steps) -> None:
+    """What every run over the test scenes takes (InvalidInputError): the evaluation's and the
+    controls'; `stepfoley eval` checks them before the model loads."""
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"--scenes must be a whole number from 1 to {SCENES_PER_SEED}, got {scenes!r}.")
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise InvalidInputError(f"--seed must be a whole number from 0 to {MAX_SEED} (higher scene seeds are kept "
                                 f"for choosing α), got {seed!r}.")
-    if not isinstance(k, int) or k < 2:
-        raise InvalidInputError(f"--tracks must be at least 2 (separability and leakage compare tracks), got {k!r}.")
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
         raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
+    check_steps(steps)
+
+
+def check_evaluation(scenes, seed, k, takes, steps, alpha, rows) -> None:
+    """evaluate's arguments (InvalidInputError); `stepfoley eval` checks them before the model loads."""
+    check_run(scenes, seed, takes, steps)
+    if not isinstance(k, int) or k < 2:
+        raise InvalidInputError(f"--tracks must be at least 2 (separability and leakage compare tracks), got {k!r}.")
     check_number("alpha", alpha)
     if not rows or len({r.name for r in rows}) != len(rows):
         raise InvalidInputError("Give at least one row, each with its own name.")

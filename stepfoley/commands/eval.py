@@ -372,9 +372,9 @@ def _checked_grid(args: argparse.Namespace):
     from dataclasses import replace
 
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.lab.evaluation.calibration import ALPHA_GRID, DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID, check_calibration
-    from stepfoley.lab.evaluation.controls import check_controls
-    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation
+    from stepfoley.lab.evaluation.calibration import (ALPHA_GRID, DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID,
+                                                      check_calibration)
+    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation, check_run
 
     if args.choose_alpha:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
@@ -390,7 +390,7 @@ def _checked_grid(args: argparse.Namespace):
                                  else LEVEL_ANCHOR_GRID, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
                                  args.takes, args.steps)
     if args.controls:
-        check_controls(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
+        check_run(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
         return None
     if args.beta_sweep is not None:
         if args.beta is not None:
