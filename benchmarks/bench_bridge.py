@@ -101,6 +101,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--port", type=int, default=None, help="ping a running engine instead of an in-process one")
     args = parser.parse_args(argv)
+    for option in ("pings", "requests", "steps"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        parser.error("--port must be from 1 to 65535")
     if args.port is not None:
         bench_ping(args.port, args.pings)
         return

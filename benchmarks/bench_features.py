@@ -15,11 +15,13 @@ import av
 import numpy as np
 import torch
 
+from stepfoley.engine.devices import choose_device
 from stepfoley.engine.features.cache import FeatureCache
 from stepfoley.engine.features.clip import ClipConfig, ClipModel
 from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
 from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual
 from stepfoley.engine.video import CLIP_SIZE
+from stepfoley.request import MAX_REGION_SECONDS, MIN_REGION_SECONDS
 
 
 def write_test_video(path: Path, seconds: float, width=1280, height=720, fps=25) -> Path:
@@ -45,6 +47,9 @@ def main(argv=None) -> None:
     parser.add_argument("--full", action="store_true", help="official network sizes")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if not MIN_REGION_SECONDS <= args.seconds <= MAX_REGION_SECONDS:
+        parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
+    device = choose_device(args.device)
 
     if args.full:
         clip_cfg, sync_cfg = ClipConfig(), SynchformerConfig()
@@ -55,9 +60,9 @@ def main(argv=None) -> None:
         sync_cfg = SynchformerConfig(embed_dim=192, depth=2, num_heads=3)
     print(f"CLIP image tower: {clip_cfg}")
     print(f"Synchformer:      {sync_cfg}")
-    print(f"torch threads: {torch.get_num_threads()}  device: {args.device}")
+    print(f"torch threads: {torch.get_num_threads()}  device: {device}")
     torch.manual_seed(0)
-    clip, sync = ClipModel(clip_cfg).to(args.device), SynchformerVisual(sync_cfg).to(args.device)
+    clip, sync = ClipModel(clip_cfg).to(device), SynchformerVisual(sync_cfg).to(device)
     with torch.no_grad():
         for p in [*clip.parameters(), *sync.parameters()]:
             p.normal_(0.0, 0.02)

@@ -25,7 +25,7 @@ import time
 import torch
 
 from stepfoley.engine.controlnet import AudioControlNet
-from stepfoley.engine.devices import autocast_context
+from stepfoley.engine.devices import autocast_context, check_threads
 from stepfoley.engine.guidance import BRANCHES, GUIDANCE_METHODS, GuidanceWeights, classifier_free_guidance
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.sampler import branch_conditions, euler_sample, guided_velocity, initial_noise, time_grid
@@ -78,7 +78,10 @@ def main(argv=None) -> None:
                              "worker thread stalls every parallel region and swamps the figures")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    for option in ("steps", "repeats", "batch", "controlnet_depth"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    torch.set_num_threads(check_threads(args.threads))
 
     torch.manual_seed(0)
     config = MMAudioConfig.preset(args.preset)

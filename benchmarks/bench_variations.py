@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from stepfoley.request import MAX_REGION_SECONDS, MAX_SEED, MAX_STEPS, MIN_REGION_SECONDS
+
 
 def _counts(text: str) -> list[int]:
     counts = [int(c) for c in text.split(",") if c.strip()]
@@ -45,6 +47,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="default: every core but one")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed sample difference")
     args = parser.parse_args(argv)
+    # refused before the model loads: these fail only after a long wait otherwise
+    if not 1 <= args.steps <= MAX_STEPS:
+        parser.error(f"--steps must be from 1 to {MAX_STEPS}")
+    if not MIN_REGION_SECONDS <= args.seconds <= MAX_REGION_SECONDS:
+        parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
+    if not 0 <= args.seed <= MAX_SEED - 8:
+        parser.error(f"--seed must be from 0 to {MAX_SEED - 8}")
 
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.features.cache import FeatureCache

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-
+from stepfoley.atomic import nearest_existing
 from stepfoley.engine import audio_io, mixing
 from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
@@ -66,10 +66,7 @@ def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, ste
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise InvalidInputError(f"--out {out_dir} is a file, not a folder; give a folder for the demo runs "
                                 "(a new run_NNN is made inside it).")
-    # the folder itself, or where it would be made
-    there = os.path.abspath(out_dir)
-    while not os.path.lexists(there):
-        there = os.path.dirname(there)
+    there = nearest_existing(out_dir)  # the folder itself, or where it would be made
     if not os.path.isdir(there) or not os.access(there, os.W_OK | os.X_OK):
         raise InvalidInputError(f"--out {out_dir}: {there} is not a folder you can write to.")
 

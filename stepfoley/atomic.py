@@ -43,6 +43,15 @@ _WRITING: set[str] = set()  # temp names this process is writing now
 _LOCK = threading.Lock()
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path` (made absolute) if anything is there, else the nearest folder above it that exists:
+    where a writer that makes the missing folders would start, so the one to check for rights."""
+    there = Path(os.path.abspath(path))
+    while not os.path.lexists(there):
+        there = there.parent
+    return there
+
+
 def is_temp_name(name: str) -> bool:
     """Whether `name` is a temporary file of this module (any writer's, on any machine)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)

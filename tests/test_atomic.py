@@ -101,3 +101,12 @@ def test_temp_target_names_the_file_a_temp_file_is_for(tmp_path):
     atomic.write_atomically(tmp_path / "a.json", lambda temp: seen.append(atomic.temp_target(temp.name)))
     assert seen == ["a.json"]
     assert atomic.temp_target(".notes.part") is None and atomic.temp_target("a.json") is None
+
+
+def test_nearest_existing_is_the_path_or_the_folder_a_writer_would_start_in(tmp_path):
+    from stepfoley.atomic import nearest_existing
+    (tmp_path / "a").mkdir()
+    assert nearest_existing(tmp_path / "a") == tmp_path / "a"
+    assert nearest_existing(tmp_path / "a" / "b" / "c.json") == tmp_path / "a"
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "gone")  # a dangling link is something there
+    assert nearest_existing(tmp_path / "a" / "link") == tmp_path / "a" / "link"

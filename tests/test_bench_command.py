@@ -60,6 +60,14 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     (["weights-load", "--repeat", "0"], "--repeat and --mb must be at least 1"),
     (["weights-load", "--dir", "/nonexistent-weights"], "is not a folder"),
     (["weights-load", "--codec", "16k"], "give it with --dir"),
+    (["variations", "--steps", "0"], "--steps must be from 1 to 200"),
+    (["variations", "--seconds", "0.5"], "--seconds must be from 1 to 600"),
+    (["sampler", "--repeats", "0"], "--repeats must be at least 1"),
+    (["sampler", "--threads", "0"], "thread count"),
+    (["features", "--seconds", "-1"], "--seconds must be from 1 to 600"),
+    (["features", "--device", "nope"], "Unknown device"),
+    (["bridge", "--pings", "0"], "--pings must be at least 1"),
+    (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
 ])
 def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, words):
     try:
@@ -69,3 +77,13 @@ def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, wo
     assert code == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_bench_bridge_says_when_no_engine_answers(capsys):
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port nobody serves
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["bench", "bridge", "--port", str(port), "--pings", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "No StepFoley engine answered" in err and "Traceback" not in err

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib
     import sys
 
+    from stepfoley.bridge.client import EngineNotRunning
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
     from stepfoley.request import RequestError
 
@@ -35,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     except (InvalidInputError, RequestError) as e:  # an option the benchmark cannot run with
         print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
         return 2
-    except StepFoleyError as e:
+    except (StepFoleyError, EngineNotRunning) as e:
         print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
         return 1

@@ -167,14 +167,14 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
     import os
     from pathlib import Path
 
+    from stepfoley.atomic import nearest_existing
     from stepfoley.engine.errors import InvalidInputError
 
     if not str(path).strip():
         raise InvalidInputError(f"{option} is empty; give the file to write to (e.g. {option} {example}).")
     path = Path(path).absolute()
-    folder = path.parent
-    while folder_made and not os.path.lexists(folder):  # the writer makes it, inside the nearest one there
-        folder = folder.parent
+    # with folder_made the writer makes the folder, inside the nearest one there
+    folder = nearest_existing(path.parent) if folder_made else path.parent
     if not folder.exists():
         raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another {option} path.")
     if not folder.is_dir():
