@@ -38,6 +38,7 @@ Notify = Callable[["Job", str], None]
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
 FINISHED_STATES = (DONE, ERROR, CANCELLED)
 MAX_MESSAGE_CHARS = 2000
+ENGINE_STOPPED_RUNNING = "The engine was stopped while this job ran. Start it again and resend."
 
 
 @dataclass(eq=False)  # a job is itself: finding it in the queue compares identities, not every field
@@ -187,6 +188,21 @@ class JobBook:
             self._tell(job, protocol.ERROR)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
+            self._abandon_running()
+
+    def _abandon_running(self) -> None:
+        """The running job did not stop in time (one step, window or stem that cannot be cut
+        short): the process exits after stop() and takes the worker with it, so the job's client
+        hears engine_stopped now, and the worker, should it still finish, removes its stems."""
+        with self._lock:
+            job = self._current
+            if job is None or not self._worker.is_alive():
+                return
+            self._current = None
+            job.error_code, job.error_message = "engine_stopped", ENGINE_STOPPED_RUNNING
+            self._finish(job, ERROR)
+        log.warning("job %s was still running when the engine stopped", job.job_id)
+        self._tell(job, protocol.ERROR)
 
     # --- worker-thread side ---------------------------------------------------------------
 
@@ -201,11 +217,18 @@ class JobBook:
                 job.state, job.phase = RUNNING, "starting"
                 self._current = job
             self._tell(job, protocol.PROGRESS)  # step 0: the client learns it started
-            kind = self._run(job)
+            started = time.time()
+            kind, result = self._run(job, started)
             with self._lock:
-                self._current = None
-                self._finish(job, {protocol.DONE: DONE, protocol.DONE_STEMS: DONE,
-                                   protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
+                abandoned = self._current is not job  # stop() gave up on it and told its client
+                if not abandoned:
+                    self._current = None
+                    self._finish(job, {protocol.DONE: DONE, protocol.DONE_STEMS: DONE,
+                                       protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
+            if abandoned:
+                if kind in (protocol.DONE, protocol.DONE_STEMS):
+                    _discard_stem(result, job.request.output_dir, started)
+                continue
             self._tell(job, kind)
 
     def _tell(self, job: Job, kind: str) -> None:
@@ -215,8 +238,9 @@ class JobBook:
         except Exception:
             log.exception("could not send %s for job %s", kind, job.job_id)
 
-    def _run(self, job: Job) -> str:
-        """Run one job to its end; returns the final reply address and fills the job in."""
+    def _run(self, job: Job, started: float) -> tuple[str, Any]:
+        """Run one job (begun at time.time() `started`) to its end; returns the final reply
+        address and the runner's result (None when it failed), and fills the job in."""
 
         def on_progress(phase: str, step: int, total: int) -> None:
             with self._lock:
@@ -227,15 +251,14 @@ class JobBook:
         def is_cancelled() -> bool:
             return job.cancel_requested.is_set() or self._stopping
 
-        started = time.time()
         result = None
         try:
             result = self.runner(job.request, on_progress, is_cancelled)
             if job.request.protocol >= 2:
                 job.stems_folder, job.stems_json, job.stem_path = _checked_stems(result, job.request.output_dir)
-                return protocol.DONE_STEMS
+                return protocol.DONE_STEMS, result
             job.stem_path, job.metadata = _checked_result(result, job.request.output_dir)
-            return protocol.DONE
+            return protocol.DONE, result
         except Exception as e:  # any failure ends this job only; the worker keeps serving
             _discard_stem(result, job.request.output_dir, started)
             code = getattr(e, "code", None)
@@ -244,12 +267,12 @@ class JobBook:
                 code = "internal_error"
                 log.error("job %s failed unexpectedly:\n%s", job.job_id, traceback.format_exc())
             if code == "cancelled" and job.cancel_requested.is_set():
-                return protocol.CANCELLED
+                return protocol.CANCELLED, None
             if code == "cancelled" and self._stopping:
-                code, message = "engine_stopped", "The engine was stopped while this job ran. Start it again and resend."
+                code, message = "engine_stopped", ENGINE_STOPPED_RUNNING
             job.error_code, job.error_message = code, message
             log.warning("job %s: %s: %s", job.job_id, code, message)
-            return protocol.ERROR
+            return protocol.ERROR, None
 
     def _finish(self, job: Job, state: str) -> None:
         # caller holds the lock

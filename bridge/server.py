@@ -205,6 +205,7 @@ class EngineServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()
         self._closed = False
+        self._stop_timeout = 10.0  # how long a stop waits for the running job (stop() sets it)
         self._thread: threading.Thread | None = None
         self.dropped_datagrams = 0
 
@@ -236,7 +237,7 @@ class EngineServer:
                         self._receive_one()
         finally:
             selector.close()
-            self._close()
+            self._close(self._stop_timeout)
 
     def _receive_one(self) -> None:
         try:
@@ -279,10 +280,12 @@ class EngineServer:
             pass
 
     def stop(self, timeout: float = 10.0) -> None:
-        """shutdown() and wait until the loop and the worker have ended."""
+        """shutdown() and wait until the loop and the worker have ended, at most `timeout`
+        seconds for a running job (then its client is told engine_stopped)."""
+        self._stop_timeout = timeout
         self.shutdown()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout + 5.0)  # the loop's own close waits for the job up to `timeout`
         else:
             self._close(timeout)
 

@@ -39,6 +39,14 @@ class GenerationError(StepFoleyError):
 
 
 class GenerationCancelled(StepFoleyError):
-    """The user cancelled the job; raised between sampling steps."""
+    """The user cancelled the job (or the engine is stopping); raised between sampling steps,
+    picture windows, decoded windows and written stems."""
 
     code = "cancelled"
+
+
+def stop_if_cancelled(is_cancelled, where: str) -> None:
+    """Raise GenerationCancelled when `is_cancelled` (a callable, or None) says so; `where`
+    finishes the sentence "Generation was cancelled ...", e.g. "at step 3 of 25"."""
+    if is_cancelled is not None and is_cancelled():
+        raise GenerationCancelled(f"Generation was cancelled {where}; nothing was written.")

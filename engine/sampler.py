@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from stepfoley.engine.errors import GenerationCancelled, GenerationError, InvalidInputError
+from stepfoley.engine.errors import GenerationError, InvalidInputError, stop_if_cancelled
 from stepfoley.engine.guidance import GuidanceMethod, GuidanceWeights
 
 # velocity_fn(t, x): t is a 0-dim float32 tensor, x is (B, N, C); returns (B, N, C).
@@ -61,10 +61,7 @@ def euler_sample(
     steps = grid.shape[0] - 1
     x = x0
     for i in range(steps):
-        if is_cancelled is not None and is_cancelled():
-            raise GenerationCancelled(
-                f"Generation was cancelled at step {i} of {steps}; nothing was written."
-            )
+        stop_if_cancelled(is_cancelled, f"at step {i} of {steps}")
         t = grid[i]
         dt = grid[i + 1] - grid[i]
         x = x + dt * velocity_fn(t, x)
@@ -107,12 +104,15 @@ def initial_noise(
     latent_dim: int,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    window: int = 0,
 ) -> Tensor:
-    """Starting noise (B, N, C), one row per seed.
+    """Starting noise (B, N, C), one row per seed, for `window` (0, 1, ...) of a long region.
 
     Each row is drawn on its own CPU generator seeded with that item's seed, then moved to the
     device, so a seed gives the same sound whatever its position in the batch and whatever the
-    device. A single seed reproduces MMAudio's `randn(1, N, C, generator=rng)`.
+    device. A single seed reproduces MMAudio's `randn(1, N, C, generator=rng)`; window w is the
+    (w+1)-th such draw of the same generator, so no window of one seed starts from another
+    seed's noise (seeds s and s+1 are two variations, or two layers).
     """
     rows = []
     for seed in seeds:
@@ -122,7 +122,9 @@ def initial_noise(
                 f"{_MAX_SEED}."
             )
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        rows.append(torch.randn((1, seq_len, latent_dim), generator=generator))
+        for _ in range(window + 1):
+            noise = torch.randn((1, seq_len, latent_dim), generator=generator)
+        rows.append(noise)
     if not rows:
         raise InvalidInputError("No seeds were given: at least one seed is needed per take.")
     return torch.cat(rows).to(device=device, dtype=dtype)

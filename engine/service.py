@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 
 from stepfoley.engine import audio_io, mixing, output_folders
-from stepfoley.engine.errors import InvalidInputError, StepFoleyError
+from stepfoley.engine.errors import InvalidInputError, StepFoleyError, stop_if_cancelled
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
@@ -100,6 +100,7 @@ class FoleyService:
         if request.protocol < 2:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
                                        reference=reference)
+            stop_if_cancelled(is_cancelled, "before the stem was written")
             stem, metadata = self._finished_stem(request, track)
             return {"stem_path": os.fspath(self._write(request, stem)), "metadata": metadata}
         return self._variations(request, session, settings, on_progress, is_cancelled, reference)
@@ -144,6 +145,8 @@ class FoleyService:
         stems: list[dict] = []
         try:
             for rank, index in enumerate(ranking.order):
+                # a stop lands between stems: the ones written are removed below
+                stop_if_cancelled(is_cancelled, f"before stem {rank + 1} of {len(takes)} was written")
                 stem, metadata = (self._finished_stem(request, takes[index]) if take is None
                                   else take.spliced(request, takes[index]))
                 path = self._write(request, stem)

@@ -31,7 +31,7 @@ import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.errors import InvalidInputError, stop_if_cancelled
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
@@ -199,10 +199,14 @@ class StepSession:
         return mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
 
     def conditioning_mix(self) -> np.ndarray | None:
-        """x̃: the loudness-normalized sum of the tracks so far, or None before the first one."""
+        """x̃: the loudness-normalized sum of the tracks so far, or None before the first one and
+        while they are silent over the region (below loudness measurement's -70 LUFS gate): such
+        a track is made as the first one is, never guided away from a silence the ControlNet
+        was not trained to hear."""
         if not self.tracks:
             return None
-        return conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
+        mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
+        return mix if np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
 
     def add_captions(self, captions: tuple[str, ...] | list[str]) -> None:
         """Captions of layers already on the timeline, without their audio."""
@@ -304,7 +308,7 @@ class StepSession:
         # Picture features of every window first: on a CPU with MMAudio's encoders they take
         # minutes, and the DAW hears their progress as its own phase.
         t0 = time.perf_counter()
-        features = self._window_features(report)
+        features = self._window_features(report, is_cancelled)
         timings["video_features"] = time.perf_counter() - t0
 
         steps = first.steps
@@ -317,7 +321,7 @@ class StepSession:
             latents.append(self._sample_window(
                 method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text,
                 np.stack([c[a:b] for c in conditions]) if method.needs_controlnet else None,
-                seeds=[s.seed + w for s in settings], grid=grid,
+                seeds=[s.seed for s in settings], window=w, grid=grid,
                 known=None if known is None else (known.samples[a:b], known.keep[a:b]),
                 loudness=[s.loudness_curve for s in settings] if learned_loudness else None, window_start=w_start,
                 on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
@@ -327,6 +331,7 @@ class StepSession:
         pieces = []  # per window: (offset, (B, S_w))
         for w, ((w_start, w_end), latent) in enumerate(zip(self.windows, latents)):
             report("decoding", w, len(self.windows))
+            stop_if_cancelled(is_cancelled, f"while decoding window {w + 1} of {len(self.windows)}")
             a, b = self._samples(w_start), self._samples(w_end)
             pieces.append((a, self._decode(latent)[:, : b - a]))
         report("decoding", len(self.windows), len(self.windows))
@@ -381,14 +386,17 @@ class StepSession:
     def _samples(self, seconds: float) -> int:
         return int(round(seconds * self.model.sample_rate))
 
-    def _window_features(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _window_features(self, report: ProgressFn,
+                         is_cancelled: CancelFn | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(clip_f, sync_f) of every window, once per session, through the feature cache; progress
-        counts the encoder's own units (frames, segments) over all windows."""
+        counts the encoder's own units (frames, segments) over all windows, and a cancel lands at
+        the next of them (on a CPU, MMAudio's encoders take minutes)."""
         if self._features is None:
-            self._features = self._encode_windows(report)
+            self._features = self._encode_windows(report, is_cancelled)
         return self._features
 
-    def _encode_windows(self, report: ProgressFn) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode_windows(self, report: ProgressFn,
+                        is_cancelled: CancelFn | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoder = self.model.video_encoder
         focus = self.region.focus
         # an encoder that knows nothing of a focus is never handed one
@@ -400,10 +408,12 @@ class StepSession:
             units = encoder.progress_units(end - start)
             total = units * len(self.windows)
 
-            def compute(start=start, end=end, done_before=done_before, total=total):
-                return encoder.encode_region(
-                    self.region.video, start, end,
-                    on_progress=lambda done: report("features", done_before + done, total), **extra)
+            def progress(done, done_before=done_before, total=total):
+                stop_if_cancelled(is_cancelled, "while reading the picture")
+                report("features", done_before + done, total)
+
+            def compute(start=start, end=end, progress=progress):
+                return encoder.encode_region(self.region.video, start, end, on_progress=progress, **extra)
 
             if self.feature_cache is None:
                 features = compute()
@@ -417,8 +427,9 @@ class StepSession:
 
     @torch.inference_mode()
     def _sample_window(self, method, weights, duration, clip_f, sync_f, text_f, negative_text, cond_audio,
-                       seeds, grid, on_step, is_cancelled, known=None, loudness=None, window_start=0.0) -> torch.Tensor:
-        """One window's normalized latents (B, N, C), one row per seed. text_f and negative_text
+                       seeds, window, grid, on_step, is_cancelled, known=None, loudness=None,
+                       window_start=0.0) -> torch.Tensor:
+        """Window `window`'s normalized latents (B, N, C), one row per seed. text_f and negative_text
         (B or 1, Lt, Dt); cond_audio (B, S): what the "audio" branch hears (x̃, or the reference),
         None for methods without one. known: (samples (S,), keep (S,) bool) of this window, or None.
         loudness: one curve per row for the model's loudness ControlNet (the window starts
@@ -437,7 +448,7 @@ class StepSession:
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet, loudness=loudness_condition,
                                    loudness_control=model.loudness_control, level_anchor=model.level_anchor())
-        x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device)
+        x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device, window=window)
         constrain = None
         if known is not None:
             wave = torch.from_numpy(np.ascontiguousarray(known[0][None], np.float32)).to(device)

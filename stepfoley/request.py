@@ -306,7 +306,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"project time where the stem is placed, 0-{MAX_TIMELINE_SECONDS:g} (7 days)"),
     FieldSpec("region.project_end", "number (s)", "`project_start + (file_out - file_in) / playrate`",
               f"> `project_start`, ≤ {MAX_TIMELINE_SECONDS:g}; the stem lasts `project_end - project_start` (the "
-              f"picture is varispeeded to it), at most {MAX_STEM_SECONDS:g} s; with `take`, as long as the picture "
+              f"picture is varispeeded to it, at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} times its speed, as `playrate` "
+              f"allows), at most {MAX_STEM_SECONDS:g} s; with `take`, as long as the picture "
               f"(`file_out - file_in`, ±{REGION_TOLERANCE_S:g} s)"),
     FieldSpec("caption", "string", "required", f"the sound to make; not blank, ≤ {MAX_CAPTION_CHARS} characters"),
     FieldSpec("method", "string", "the model's", "a guidance method the engine lists in `capabilities.methods`"),
@@ -327,7 +328,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "such as `negative_prompt`, does without)"),
     FieldSpec("existing_mix", "string or null", "null",
               "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
-              f"`project_start` (any rate and channel count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG"),
+              f"`project_start` (any rate and channel count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
+              "as for a mix silent over the region (below -70 LUFS)"),
     FieldSpec("reference_audio", "string or null", "null",
               "absolute path of a WAV to sound like (any rate, channels and length; looped or trimmed to the "
               f"region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, refused by the others"),
@@ -621,6 +623,12 @@ def _region(region: Any) -> VideoRegion:
         end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)
         if end <= start:
             _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+        # the picture is varispeeded to the stem: that speed is bounded as playrate is
+        speed = length / (end - start)
+        if not MIN_PLAYRATE <= speed <= MAX_PLAYRATE:
+            _invalid(f"region.project_end ({end:g}) would play {length:.2f} s of picture in {end - start:g} s, "
+                     f"{speed:g} times its speed; the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
+                     "times its speed, as with region.playrate.")
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
         _invalid(f"The stem would last {end - start:.1f} s on the timeline ({length:.2f} s of picture at playrate "
                  f"{playrate:g}); at most {MAX_STEM_SECONDS:g} s can be made at once. "

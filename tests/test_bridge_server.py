@@ -417,3 +417,39 @@ def test_a_token_no_message_can_carry_is_refused_at_start():
     with EngineServer(SineRunner(), ServerConfig(port=0, token=longest)).start() as srv:
         with EngineClient(port=srv.address[1], token=longest) as c:
             assert c.ping()["protocol"] == protocol.PROTOCOL_VERSION
+
+
+class _Unstoppable(SineRunner):
+    """A job that cannot be cut short (one long step): it ignores is_cancelled until released,
+    then writes its stem."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+        self.written: list[str] = []
+
+    def __call__(self, request, on_progress, is_cancelled):
+        on_progress("sampling", 0, 1)
+        self.release.wait(10.0)
+        result = self._stem(request, request.seed)
+        self.written.append(result["stem_path"])
+        return result
+
+
+def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(tmp_path):
+    runner = _Unstoppable()
+    srv = EngineServer(runner, ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, caption="long step"), "long")
+    p.receive_until({protocol.PROGRESS})
+    started = time.monotonic()
+    srv.stop(timeout=0.3)
+    assert time.monotonic() - started < 3.0
+    address, args = p.receive_until(protocol.FINAL_REPLIES)[-1]
+    assert (address, args[0], args[2]) == (protocol.ERROR, "long", "engine_stopped")
+    runner.release.set()  # the worker finishes after all: what it wrote goes
+    deadline = time.monotonic() + 5.0
+    while (not runner.written or os.listdir(tmp_path / "out")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner.written and os.listdir(tmp_path / "out") == []
+    p.close()

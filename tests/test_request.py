@@ -136,6 +136,11 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "playrate": 0}}, "region.playrate"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 5, "project_end": 4}},
          "must be after region.project_start"),
+        ({"region": {"video": "/v.mp4", "file_in": 2, "file_out": 10, "project_start": 10, "project_end": 10.00001}},
+         "region.project_end (10) would play 8.00 s of picture in 1e-05 s, 800000 times its speed; the picture "
+         "may play at 0.01 to 100 times its speed"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 0, "project_end": 201}},
+         "0.00995025 times its speed"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 10, "playrate": 0.01}},
          "The stem would last 1000.0 s on the timeline (10.00 s of picture at playrate 0.01); at most 600 s"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 200}, "sample_rate": 192000, "format": "wav32f"},

@@ -129,6 +129,16 @@ def test_single_seed_matches_a_seeded_generator_draw():
     assert torch.equal(initial_noise([42], 250, 20), expected)
 
 
+def test_a_later_window_is_a_later_draw_of_its_own_seed():
+    generator = torch.Generator().manual_seed(42)
+    draws = [torch.randn((1, 250, 20), generator=generator) for _ in range(3)]
+    assert torch.equal(initial_noise([42], 250, 20, window=2), draws[2])
+    # never the next seed's noise (seeds s and s + 1 are two variations, or two layers)
+    assert not torch.equal(initial_noise([42], 250, 20, window=1), initial_noise([43], 250, 20))
+    top = 2**63 - 1  # the highest seed has windows too
+    assert initial_noise([top], 4, 2, window=3).shape == (1, 4, 2)
+
+
 @pytest.mark.parametrize("seeds", [[], [-1], [1.5], ["3"], [2**64]])
 def test_bad_seeds_are_refused(seeds):
     with pytest.raises(InvalidInputError):

@@ -94,7 +94,8 @@ def test_long_region_is_windowed(tiny, tmp_path):
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     session = StepSession(tiny, Region(video, 0.0, 10.0))
     progress = []
-    track = session.next_track(TrackSettings("rain falling", steps=1),
+    # the highest seed a request may carry: its second window is a later draw, not seed + 1
+    track = session.next_track(TrackSettings("rain falling", steps=1, seed=2**63 - 1),
                                on_progress=lambda *p: progress.append(p))
     assert track.metadata["windows"] == 2
     assert track.samples.shape == (160000,)
@@ -103,6 +104,19 @@ def test_long_region_is_windowed(tiny, tmp_path):
     assert [p for p in progress if p[0] == "sampling"] == [("sampling", 1, 2), ("sampling", 2, 2)]
     assert progress[-1] == ("decoding", 2, 2)
     assert [p[0] for p in progress] == sorted((p[0] for p in progress), key=("features", "sampling", "decoding").index)
+
+
+def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
+    """A bounce of layers that play nothing here (or only below the -70 LUFS gate) is not an
+    audio condition: the track is made as the first one is, the same sound for the same seed."""
+    alone = StepSession(tiny, Region(scene_video, 1.0, 5.0)).next_track(TrackSettings("rain falling", seed=3, steps=2))
+    for level in (0.0, 1e-5):  # digital silence; a hiss at about -100 LUFS
+        session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+        session.add_track(level * np.random.default_rng(0).standard_normal(4 * 16000).astype(np.float32), 16000)
+        assert session.conditioning_mix() is None
+        track = session.next_track(TrackSettings("rain falling", seed=3, steps=2))
+        assert track.metadata["method_used"] == alone.metadata["method_used"] == "independent"
+        np.testing.assert_array_equal(track.samples, alone.samples)
 
 
 def test_bad_regions_and_cancel(tiny, scene_video):

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from stepfoley.engine import audio_io
+from stepfoley.engine.errors import GenerationCancelled
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED, judge_for, rank_takes
 from stepfoley.engine.service import FoleyService
@@ -98,6 +99,30 @@ def test_a_failed_write_removes_the_stems_written_before_it(tiny, scene_video, t
     with pytest.raises(audio_io.AudioError, match="disk is full"):
         _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
     assert len(calls) == 3 and [f for f in os.listdir(tmp_path) if f.endswith(".wav")] == []
+
+
+def test_a_stop_after_sampling_lands_between_stems_and_leaves_none(tiny, scene_video, tmp_path, monkeypatch):
+    """The engine stopping (or a cancel) once the takes are made: the next stem is not written
+    and the ones before it are removed, as for a failed write."""
+    service = FoleyService(tiny)
+    real, calls = audio_io.write_new_wav, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "write_new_wav", counted)
+    with pytest.raises(GenerationCancelled, match="before stem 3 of 4"):
+        service(parse_request(_request(scene_video, tmp_path, protocol=2, variations=4), service.capabilities(),
+                              check_paths=True), is_cancelled=lambda: len(calls) >= 2)
+    assert len(calls) == 2 and [f for f in os.listdir(tmp_path) if f.endswith(".wav")] == []
+
+
+def test_a_cancel_while_the_picture_is_read_stops_there(tiny, scene_video):
+    # not only at the first sampling step: MMAudio's encoders on a CPU take minutes
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    with pytest.raises(GenerationCancelled, match="while reading the picture"):
+        session.next_track(TrackSettings("rain", steps=2), is_cancelled=lambda: True)
 
 
 class FakeJudge:
