@@ -1,12 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.3
+-- @version 0.5.4
 -- @changelog
---   Items left on a hidden lane of a track whose fixed lanes were switched off no longer count as playing (as the picture, as a layer, or as a caption to negate).
---   Extend and Regenerate time selection inside selected item refuse a take with stretch markers or take envelopes (glue it first) and keep the take's FX on the new take.
---   A request that would not fit one message leaves out the last captions of the layers, and the console says so (long captions on 64 layers were refused by the client).
---   Alpha, beta and the other numbers refuse infinity; a 0.1 s span, and a part of the picture 5 % wide, are taken whatever the rounding.
---   More than 8 variations go in jobs as even as can be (9 = 5 + 4) and come out best first across all of them, ranked 1 to N; a cancel that comes as one job finishes stops the jobs after it, and the message counts variations.
+--   Regenerate, Extend and the other actions that add a take keep what you wrote in the item notes (only StepFoley's own description is replaced).
+--   A new take that fills its item leaves the item's "loop source" on, so a looped earlier take still loops when chosen again; it is switched off only when the picture covers part of the item, and the console says so.
+--   Extend and Regenerate time selection inside selected item refuse a video item at another playrate before anything is rendered, in REAPER's words.
+--   Make selected item sound like this refuses a reference item that is not heard (muted, on a muted track or folder, or on a lane that does not play) instead of sending silence.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

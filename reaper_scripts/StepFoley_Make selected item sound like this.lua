@@ -65,6 +65,13 @@ local function main()
   if reference then
     item, meta, reference = choose_target(item, meta, reference)
     if not item then return end
+    -- what is heard of it is rendered: a muted one would be sent as silence
+    if not (SF.item_plays(reference) and SF.track_is_heard(reaper.GetMediaItem_Track(reference))) then
+      SF.alert("The reference item \"" .. reference_name(reference) .. "\" is not heard: it is muted, its track " ..
+        "or a folder above it is muted, or its lane does not play. StepFoley renders what you hear of it, so " ..
+        "unmute it first, or select only the StepFoley item and pick the recording as a WAV file.")
+      return
+    end
   end
   local job = SF.job_for_item(proj, item, { title = "StepFoley: make it sound like this",
     dialog = { audio = "reference", fixed_method = SF.reference_method, remember = false,

@@ -33,6 +33,21 @@ function M.describe(meta)
     tonumber(r.file_out) or 0, tostring(r.playrate), tostring(meta.stem_path))
 end
 
+-- An item's notes with `description` (M.describe) in place of the StepFoley block they hold
+-- (from a line "StepFoley: " through its "stem: " line), or after the user's own text: what
+-- the artist wrote there is kept.
+function M.notes_with(notes, description)
+  local first = notes:sub(1, 11) == "StepFoley: " and 1 or notes:find("\nStepFoley: ", 1, true)
+  if first and first > 1 then first = first + 1 end
+  local stem = first and notes:find("\nstem: ", first, true)
+  if stem then
+    local line_end = notes:find("\n", stem + 1, true)
+    return notes:sub(1, first - 1) .. description .. (line_end and notes:sub(line_end) or "")
+  end
+  if notes:match("^%s*$") then return description end
+  return notes .. (notes:sub(-1) == "\n" and "\n" or "\n\n") .. description
+end
+
 -- The metadata stored in a take: the request as sent (a guidance field is present only when
 -- the user chose it; absent = the model's default), what was negated, and what the engine
 -- returned (its metadata says which values it used). Paths of job files, deleted when the job
@@ -56,16 +71,22 @@ end
 
 -- A new take playing `stem_path` from region.project_start, in `item` (which may start
 -- earlier or end later than the region: regenerating an item whose picture covers only part
--- of it). Before the region the take is silent: a negative start offset with "loop source"
--- off (with it on, REAPER would wrap the stem's end around into the gap). The seed is a take
--- marker at the stem's start (REAPER 5.981+).
+-- of it). Before and after the region the take is silent: a negative start offset with "loop
+-- source" off (with it on, REAPER would wrap the stem around into the gap). Loop source is an
+-- item setting, so it is switched off only then: an item the stem fills keeps it, and its
+-- earlier takes keep looping. The seed is a take marker at the stem's start (REAPER 5.981+).
 function M.add_take(item, stem_path, meta, region)
   local take = reaper.AddTakeToMediaItem(item)
   local src = reaper.PCM_Source_CreateFromFile(stem_path)
   if not src then error("REAPER cannot read the stem " .. stem_path) end
   reaper.SetMediaItemTake_Source(take, src)
-  local item_pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
-  reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
+  local item_pos, item_end = M.item_range(item)
+  local outside = item_pos < region.project_start - 1e-9 or item_end > region.project_end + 1e-9
+  if outside and reaper.GetMediaItemInfo_Value(item, "B_LOOPSRC") ~= 0 then
+    reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
+    M.log("\"loop source\" is switched off for this item: the new take covers only the picture's part of it, " ..
+      "so the item's earlier takes no longer loop.")
+  end
   reaper.SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", item_pos - region.project_start)
   reaper.SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1)
   reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", string.format("%s (seed %s)", meta.caption, tostring(meta.seed)), true)
@@ -144,10 +165,13 @@ local function insert_track_in(proj, index)
   return reaper.GetTrack(proj, index)
 end
 
+-- An item for the region, not looping (REAPER loops new items' sources by default): a stem
+-- a fraction of a sample short of the item would wrap its start around.
 local function new_item(track, region)
   local item = reaper.AddMediaItemToTrack(track)
   reaper.SetMediaItemInfo_Value(item, "D_POSITION", region.project_start)
   reaper.SetMediaItemInfo_Value(item, "D_LENGTH", region.project_end - region.project_start)
+  reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
   return item
 end
 
@@ -506,7 +530,8 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
       if job.extend_item and region.project_end > item_end then
         reaper.SetMediaItemInfo_Value(job.item, "D_LENGTH", region.project_end - pos)
       end
-      reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", M.describe(takes[1].meta), true)
+      local _, notes = reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", "", false)
+      reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", M.notes_with(notes, M.describe(takes[1].meta)), true)
     else
       local lanes = #takes > 1 and settings.variations_as == "lanes" and M.has_fixed_lanes()
       M.insert_track(proj, region, takes, lanes)
@@ -524,6 +549,11 @@ it would be kept.
 M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 
 function M.continuation_fields(item, region, a, b)
+  if math.abs(region.playrate - 1) > 1e-9 then -- the engine's rule, said before anything is bounced
+    return nil, string.format("The video item plays at rate %g. StepFoley extends or repairs a take only under " ..
+      "a picture at rate 1, so that the new part follows the picture the take was made for. Set the video " ..
+      "item's playrate to 1 for this, or render the picture at this speed and use that.", region.playrate)
+  end
   local take = reaper.GetActiveTake(item)
   if math.abs(reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") - 1) > 1e-9 then
     return nil, "The selected item plays its take at another rate. StepFoley keeps the take sample for sample, " ..

@@ -716,6 +716,54 @@ def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take,
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
+@pytest.mark.parametrize("script, ts", [(h.EXTEND, (4.0, 7.0)), (h.REPAIR, (3.5, 4.0))], ids=["extend", "repair"])
+def test_extend_and_repair_under_a_picture_at_another_rate_are_refused_before_any_bounce(world, script, ts):
+    # a picture conformed from 25 to 24 frames per second: the engine would refuse it after the bounce
+    video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 10.0,
+                                                              "playrate": 0.96}]}
+    sc = scenario(world, ts=ts, video_item=video_item, dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": script}], extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert "The video item plays at rate 0.96" in result["messages"][0]["message"]
+    assert result["renders"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+
+
+def test_regenerate_keeps_the_artists_notes_and_a_loop_the_new_take_fills(world):
+    """A 2.5 s ambience looped over a 7.5 s item under the picture, with the artist's note: the
+    new take fills the item, so loop source stays on (the old take still loops when chosen
+    again), and the note stays above StepFoley's block, which a second regenerate replaces."""
+    stem = world["tmp"] / "rain_001.wav"
+    h.write_foley_wav(stem, 2.5, SR, seed=5)
+    note = "DIRECTOR: approved take, keep level -3 dB in reel 2"
+    layer = stepfoley_layer(world, "rain", {"caption": "rain on roof", "seed": 11,
+                                            "negatives": {"mode": "none", "tracks": []}},
+                            position=2.0, length=7.5, wav=stem, selected=True, loopsrc=1, notes=note)
+    sc = scenario(world, ts=(0, 0), dialog=[{"ok": True, "values": []}] * 2, extra_tracks=[layer],
+                  actions=[{"script": h.REGENERATE}, {"script": h.REGENERATE, "after_idle": True}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [item] = [t for t in result["tracks"] if t["name"] == "rain"][0]["items"]
+    assert len(item["takes"]) == 3 and item["loopsrc"] == 1
+    head, block = item["notes"].split("\n\n")
+    assert head == note and block.startswith("StepFoley: rain on roof\n") and block.count("StepFoley: ") == 1
+    assert block.splitlines()[-1] == "stem: " + item["takes"][2]["source_file"]
+
+
+@pytest.mark.parametrize("muted", ["item", "track"])
+def test_make_like_a_muted_item_is_refused_before_sending_silence(world, muted):
+    ref = world["tmp"] / "reference.wav"
+    h.write_foley_wav(ref, 3.0, SR, seed=40)
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)
+    item = {"position": 7.0, "length": 2.0, "selected": True, "takes": [{"file": str(ref)}]}
+    reference = {"name": "Reference", "items": [item]}
+    (item if muted == "item" else reference)["mute"] = True
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target, reference],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert 'The reference item "reference.wav" is not heard' in result["messages"][0]["message"]
+    assert result["dialogs"] == [] and result["renders"] == [] and h.generation_commands(result) == []
+
+
 def test_replace_this_layer_negating_all_the_others(world):
     """The first layer, made hearing nothing, is made again hearing every layer made after it:
     same caption, values and seed; its own track is not negated; the method hears the layers."""

@@ -373,3 +373,19 @@ def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():
     engine_lua = (h.SCRIPTS / "StepFoley_lib_engine.lua").read_text(encoding="utf-8")
     codes = {int(c) for c in re.findall(r"exit_code == (\d+)", engine_lua)}
     assert codes == {client.EXIT_NOT_RUNNING}
+
+
+BLOCK = "StepFoley: rain\nmethod nag\nstem: /p/rain_002.wav"
+
+
+@pytest.mark.parametrize("notes, expected", [
+    ("", BLOCK),
+    ("  \n", BLOCK),
+    ("StepFoley: old\nmethod x\nstem: /p/rain_001.wav", BLOCK),
+    ("keep -3 dB", "keep -3 dB\n\n" + BLOCK),
+    ("keep -3 dB\n", "keep -3 dB\n\n" + BLOCK),
+    ("keep -3 dB\n\nStepFoley: old\nstem: /p/a.wav\nand this after", "keep -3 dB\n\n" + BLOCK + "\nand this after"),
+], ids=["empty", "blank", "ours", "theirs", "theirs-newline", "both"])
+def test_item_notes_keep_the_artists_text_and_replace_only_stepfoleys_block(notes, expected):
+    out = lua("io.write(SF.notes_with(io.read('a'), " + json.dumps(BLOCK) + "))", notes)
+    assert out == expected
