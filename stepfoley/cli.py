@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why it stopped; no traceback
+        print(f"stepfoley {args.command}: stopped (Ctrl-C); no unfinished file is left under its final name.",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -204,7 +204,8 @@ def test_bootstrap_drops_scenes_missing_on_either_side_and_needs_pairs():
     from stepfoley.lab.evaluation.stats import paired_bootstrap
 
     result = paired_bootstrap([1.0, None, 3.0, float("nan")], [0.0, 2.0, None, 1.0])
-    assert result == {"mean_diff": 1.0, "ci95": [1.0, 1.0], "n": 1}
+    # one scene left: its difference, but no interval (and so nothing significant)
+    assert result == {"mean_diff": 1.0, "ci95": [None, None], "n": 1}
     assert paired_bootstrap([None], [1.0]) == {"mean_diff": None, "ci95": [None, None], "n": 0}
     with pytest.raises(ValueError):
         paired_bootstrap([1.0, 2.0], [1.0])
@@ -538,7 +539,11 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--steps", "0"], "--steps must be a whole number of at least 1"),
              (["--tracks", "1"], "--tracks must be at least 2"),
              (["--controls", "--scenes", "0"], "--scenes must be a whole number from 1"),
-             (["--controls", "--steps", "0"], "--steps must be a whole number of at least 1")]
+             (["--controls", "--steps", "0"], "--steps must be a whole number of at least 1"),
+             (["--alphas", "1,2"], "--alphas is the grid --choose-alpha goes over"),
+             (["--choose-alpha", "--anchors", "0.5"], "--anchors is the grid --choose-level-anchor goes over"),
+             (["--device", "bogus"], "Unknown device 'bogus'"),
+             (["--weights", str(tmp_path / "a-file")], "is a file: give the folder")]
     for extra, words in cases:
         assert main(["eval", "--json", out, "--device", "cpu", *extra]) == 2, extra
         err = capsys.readouterr().err

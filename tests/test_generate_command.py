@@ -126,6 +126,13 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--reference", huge], "at most 1024 MiB is read"),
         ([video, "0", "2", "--existing", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
         ([video, "0", "2", "--reference", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
+        ([video, "0", "2", "--sample-rate", "0"], "sample_rate 0 is not supported"),
+        ([video, "0", "2", "--method", "negative_prompt"], "give them with --negative-caption"),
+        # a Latin-1 name, legal on Linux: refused in the user's words, not as a protocol field
+        ([video, "0", "2", "--out", os.fsdecode(bytes(tmp_path) + b"/n\xe9w.wav")],
+         "n\ufffdw.wav': the file or folder name is not UTF-8 text"),
+        ([video, "0", "2", "--take", os.fsdecode(bytes(tmp_path) + b"/st\xe9m.wav"), "--regenerate", "1,2"],
+         "st\ufffdm.wav': the file or folder name is not UTF-8 text"),
     ]
 
 

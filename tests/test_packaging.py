@@ -61,3 +61,18 @@ def test_no_optional_dependency_names_a_package_the_code_never_imports():
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
     assert set(extras) == {"test"}  # the `clip` extra (open-clip-torch) was never imported: CLIP is our own
+
+
+def test_ctrl_c_stops_a_command_without_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a command that works for minutes: training the evaluation's classifier
+    done = subprocess.Popen([sys.executable, "-m", "stepfoley", "eval", "--train-classifier",
+                             str(tmp_path / "c.safetensors")], stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    done.send_signal(signal.SIGINT)
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 130 and "stopped (Ctrl-C)" in err and "Traceback" not in err, err

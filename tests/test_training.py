@@ -135,6 +135,37 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
             assert words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["embedded", "--base-steps", "-1"], "--base-steps -1: give at least 1 (steps)"),
+    (["embedded", "--scenes", "-5"], "--scenes -5: give at least 2 (scenes)"),
+    (["embedded", "--batch-size", "0"], "--batch-size 0: give at least 1 (examples per batch)"),
+    (["embedded", "--scenes", "4", "--held-out-scenes", "4"], "would leave none to train on"),
+    (["embedded", "--base-lr", "nan"], "a learning rate is above 0"),
+    (["embedded", "--device", "bogus"], "Unknown device 'bogus'"),
+    (["loudness", "--steps", "0"], "--steps 0: give at least 1"),
+    (["loudness", "--lr=-1e-3"], "a learning rate is above 0"),
+    (["controlnet", "--weights", "w", "--data", "d.jsonl", "--depth", "0"], "--depth 0: give at least 1 (blocks)"),
+    (["controlnet", "--weights", "w", "--data", "d.jsonl", "--checkpoint-every", "0"], "--checkpoint-every 0"),
+])
+def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, capsys, argv, words):
+    from stepfoley.cli import main
+
+    assert main(["train", *argv, "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsys):
+    from stepfoley.cli import main
+
+    precious = tmp_path / "precious.safetensors"
+    precious.write_text("my own weights")
+    for what in (["embedded"], ["loudness"], ["controlnet", "--weights", "w", "--data", "d.jsonl"]):
+        assert main(["train", *what, "--work", str(tmp_path / "w"), "--out", str(precious), "--device", "cpu"]) == 2
+        assert "already exists; choose another file, or add --force" in capsys.readouterr().err
+    assert precious.read_text() == "my own weights"
+
+
 @pytest.mark.slow
 def test_train_embedded_tiny_then_load(tmp_path):
     from stepfoley.engine.embedded.codec import MelCodecConfig

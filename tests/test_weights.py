@@ -186,12 +186,15 @@ def test_cli_check_and_convert(weights_dir, capsys):
     assert cli_main(["weights", "check", str(weights_dir)]) == 0
     assert cli_main(["weights", "check", "--quick", "--model", "small_16k", str(weights_dir)]) == 1
     capsys.readouterr()
-    assert cli_main(["weights", "check", str(weights_dir / "nowhere")]) == 1
-    assert "does not exist" in capsys.readouterr().out
-    assert cli_main(["weights", "check", str(weights_dir / "ext_weights" / "v1-16.pth")]) == 1
-    assert "is a file: give the folder" in capsys.readouterr().out
+    # a folder given wrong is a usage error, said on stderr
+    assert cli_main(["weights", "check", str(weights_dir / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["weights", "convert", str(weights_dir / "ext_weights" / "v1-16.pth")]) == 2
+    assert "is a file: give the folder" in capsys.readouterr().err
+    assert cli_main(["weights", "check", "--model", "small_8k", str(weights_dir)]) == 2
+    assert "Unknown model 'small_8k'" in capsys.readouterr().err
     assert cli_main(["weights", "check", str(weights_dir), "--manifests", str(weights_dir / "none")]) == 1
-    assert "holds no weight manifests (vae_16k.json, ...); give the folder" in capsys.readouterr().out
+    assert "holds no weight manifests (vae_16k.json, ...); give the folder" in capsys.readouterr().err
 
 
 def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsys, monkeypatch):
@@ -200,8 +203,8 @@ def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsy
     (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
     (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
     for command in ("check", "convert"):
-        assert cli_main(["weights", command, str(tmp_path / "loop_a")]) == 1
-        assert "cannot be opened" in capsys.readouterr().out
+        assert cli_main(["weights", command, str(tmp_path / "loop_a")]) == 2
+        assert "cannot be opened" in capsys.readouterr().err
     (tmp_path / "w" / "ext_weights").mkdir(parents=True)
 
     def denied(root, spec, *args):
@@ -209,13 +212,13 @@ def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsy
 
     monkeypatch.setattr(weights, "check_file", denied)  # what a folder this user may not read gives (root reads all)
     assert cli_main(["weights", "check", str(tmp_path / "w")]) == 1
-    assert "cannot be read (permission denied); let your user read everything in" in capsys.readouterr().out
+    assert "cannot be read (permission denied); let your user read everything in" in capsys.readouterr().err
 
 
 def test_cli_convert_reports_load_times(tmp_path, capsys):
     save({"a": torch.randn(8, 8)}, tmp_path / "ext_weights" / "v1-44.pth")
     assert cli_main(["weights", "convert", str(tmp_path), "--manifests", str(tmp_path / "ext_weights")]) == 1
-    assert "holds no weight manifests" in capsys.readouterr().out  # so nothing could be checked: nothing copied
+    assert "holds no weight manifests" in capsys.readouterr().err  # so nothing could be checked: nothing copied
     assert not (tmp_path / "ext_weights" / "v1-44.safetensors").exists()
     manifests = small_manifests(tmp_path / "manifests", {"vae_44k": {"a": torch.randn(8, 8)}, "vae_16k": {}})
     assert cli_main(["weights", "convert", str(tmp_path), "--manifests", str(manifests)]) == 0
@@ -267,7 +270,7 @@ def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_pat
                           capture_output=True, text=True, preexec_fn=limited, timeout=300)
     target = tmp_path / "ext_weights" / "v1-16.safetensors"
     assert done.returncode == 1, done.stderr
-    assert f"Cannot write the weights file {target}" in done.stdout and "nothing was written" in done.stdout
-    assert f"Free some space in {target.parent}" in done.stdout and "Traceback" not in done.stderr
+    assert f"Cannot write the weights file {target}" in done.stderr and "nothing was written" in done.stderr
+    assert f"Free some space in {target.parent}" in done.stderr and "Traceback" not in done.stderr
     assert sorted(os.listdir(tmp_path / "ext_weights")) == before
 

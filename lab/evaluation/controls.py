@@ -373,7 +373,9 @@ def format_controls(report: dict) -> str:
     """The controls' figures as lines of text: means [95 % interval] over scenes."""
     def interval(figure: dict, key: str = "mean") -> str:
         value, (low, high) = figure[key], figure["ci95"]
-        return "-" if value is None else f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+        if value is None:
+            return "-"
+        return f"{value:+.3f} [n = 1]" if low is None else f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
 
     lines = []
     extend = report["controls"].get("extend")

@@ -30,14 +30,15 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], resam
     taken, and the interval runs between the (1 − confidence)/2 and (1 + confidence)/2
     quantiles of those means. `a[i]` and `b[i]` are the same scene; a scene with no finite
     value on either side is left out. Returns {"mean_diff", "ci95": [lo, hi], "n": scenes}
-    (None and [None, None] with no scene; one scene gives a zero-width interval)."""
+    (None and [None, None] with no scene; [None, None] with one: resampling one scene says
+    nothing about the next, so it gets no interval, and nothing is called significant)."""
     if len(a) != len(b):
         raise ValueError(f"paired_bootstrap needs one value per scene on both sides, got {len(a)} and {len(b)}.")
     differences = np.asarray([float(x) - float(y) for x, y in zip(a, b)
                               if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)])
     n = int(differences.size)
-    if n == 0:
-        return {"mean_diff": None, "ci95": [None, None], "n": 0}
+    if n < 2:
+        return {"mean_diff": float(differences.mean()) if n else None, "ci95": [None, None], "n": n}
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     means = differences[draws].mean(axis=1)
     tail = (1.0 - confidence) / 2.0

@@ -67,7 +67,7 @@ def load_with_report(path: str | os.PathLike, file_format: str, what: str, how_t
         kinds = report.get("config", {}).get("kinds", [])
         if set(kinds) != set(SOURCE_KINDS):
             raise CheckpointError(f"{path} was trained on source kinds {list(kinds)}, but the mini-world now "
-                                  f"has {sorted(SOURCE_KINDS)}; delete it and train again.")
+                                  f"has {sorted(SOURCE_KINDS)}; {how_to_train}.")
         return build(report)
 
     return checkpoints.load_with_report(path, file_format, what, how_to_train, build_if_current)

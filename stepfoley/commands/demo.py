@@ -33,17 +33,17 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stepfoley.commands.runtime import feature_cache_from_arguments
+    from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
     from stepfoley.lab.demo import DEMO_SEED, check_demo_arguments, run_demo
-    from stepfoley.engine.devices import check_threads, share_cpu
+    from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
     from stepfoley.engine.service import load_runtime_model
 
     seed = args.seed if args.seed is not None else DEMO_SEED
     try:  # every argument, before anything loads
         check_demo_arguments(args.out, seed, args.tracks, args.steps)
+        check_runtime_arguments(args)
         _check_controlnet(args.weights, args.model)
-        check_threads(args.threads)
         feature_cache = feature_cache_from_arguments(args)
     except StepFoleyError as e:
         print(f"stepfoley demo: {e}", file=sys.stderr)

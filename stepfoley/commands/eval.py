@@ -85,6 +85,8 @@ def _interval(comparison: dict, scale: float = 1.0, markdown: bool = False) -> s
 
     if comparison["mean_diff"] is None:
         return "-"
+    if comparison["ci95"][0] is None:  # one scene: no interval
+        return f"{scale * comparison['mean_diff']:+.3f} [n = 1]"
     low, high = (scale * v for v in comparison["ci95"])
     mark = ("**" if markdown else "*") if excludes_zero(comparison) else ""
     text = f"{scale * comparison['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
@@ -280,6 +282,7 @@ def _networks(args: argparse.Namespace, model):
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from stepfoley.commands.runtime import check_runtime_arguments
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
 
@@ -305,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:  # the arguments: fail before minutes of work, not after
+        check_runtime_arguments(args)
         check_json_path(args.json, args.force)
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
@@ -376,6 +380,11 @@ def _checked_grid(args: argparse.Namespace):
                                                       check_calibration)
     from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation, check_run
 
+    if args.alphas and not args.choose_alpha:
+        raise InvalidInputError("--alphas is the grid --choose-alpha goes over; add --choose-alpha, or leave it out.")
+    if args.anchors and not args.choose_level_anchor:
+        raise InvalidInputError("--anchors is the grid --choose-level-anchor goes over; add --choose-level-anchor, "
+                                "or leave it out.")
     if args.choose_alpha:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
             raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "

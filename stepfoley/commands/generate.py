@@ -173,22 +173,24 @@ class Checked:
 def check_arguments(args: argparse.Namespace) -> Checked:
     """Every check that needs no model, in the order a user would fix them. Raises RequestError
     or StepFoleyError with a message for the user."""
-    import os
-
-    from stepfoley.commands.runtime import feature_cache_from_arguments
+    from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
     from stepfoley.engine import audio_io
-    from stepfoley.engine.devices import check_threads
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
     from stepfoley.request import SAMPLE_RATES, parse_request
 
+    _check_file_names(args)
+    if args.method == "negative_prompt" and not args.negative_caption:
+        raise InvalidInputError("--method negative_prompt steers away from the captions of the earlier layers, "
+                                "which the command line is not told: give them with --negative-caption "
+                                "(e.g. --negative-caption \"footsteps on gravel, rain\").")
     if args.reference and args.existing:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
                                 "leave out --existing.")
     if args.method == "reference" and not args.reference:
         raise InvalidInputError("--method reference makes the track sound like a recording: give it with "
                                 "--reference FILE.wav.")
-    check_threads(args.threads)
+    check_runtime_arguments(args)
     output = resolve_output(args.out, args.force)
     sample_rate = None
     if args.take:  # a take that cannot be read fails now, not after loading
@@ -200,17 +202,35 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                                 f"name: give --out a folder, not the file '{args.out}'.")
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
-    region = parse_request(request_from_arguments(args, output, args.sample_rate or sample_rate or 48000),
-                           check_paths=True).region
+    rate = args.sample_rate if args.sample_rate is not None else sample_rate or 48000
+    region = parse_request(request_from_arguments(args, output, rate), check_paths=True).region
     check_video_region(args.video, args.start, args.end)
 
     if args.reference:  # as an OSC request's input audio is read
         audio_io.read_input_audio(args.reference, region.duration)  # looped or trimmed to the picture's region
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
     existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
-    if args.weights is not None and not os.path.isdir(args.weights):
-        raise InvalidInputError(f"The weights folder '{args.weights}' does not exist.")
     return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
+
+
+def _check_file_names(args: argparse.Namespace) -> None:
+    """The paths a request carries are UTF-8 text on the wire: a name in another encoding
+    (legal on Linux) is refused in the user's words, not as a protocol field."""
+    import os
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    for option, path in (("VIDEO", args.video), ("--out", os.path.abspath(args.out)), ("--reference", args.reference),
+                         ("--take", args.take)):
+        if not path:
+            continue
+        raw = os.fsencode(path)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"{option} '{raw.decode('utf-8', 'replace')}': the file or folder name is not "
+                                    "UTF-8 text, which the engine needs; rename it (the characters shown as "
+                                    "\ufffd).") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         if service.model.note:
             print(f"note: {service.model.note}", file=sys.stderr)
         # Parsed again for what only the model knows: its rate and the methods it offers.
-        rate = args.sample_rate or checked.sample_rate or service.model.sample_rate
+        rate = args.sample_rate if args.sample_rate is not None else checked.sample_rate or service.model.sample_rate
         request = parse_request(request_from_arguments(args, checked.output, rate),
                                 service.capabilities(), check_paths=True)
         bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)

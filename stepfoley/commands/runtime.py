@@ -21,6 +21,22 @@ def feature_cache_from_arguments(args: argparse.Namespace):
     return open_feature_cache(args.feature_cache, args.feature_cache_max_gb)
 
 
+def check_runtime_arguments(args: argparse.Namespace) -> None:
+    """--threads, --device and --weights (a folder, when given), checked before anything loads
+    or listens: a usage error (InvalidInputError) like any other bad option, not a failed load."""
+    from stepfoley.engine.devices import check_threads, choose_device
+    from stepfoley.engine.errors import CheckpointError, InvalidInputError
+    from stepfoley.engine.weights import weights_folder
+
+    check_threads(getattr(args, "threads", None))
+    choose_device(args.device)
+    if getattr(args, "weights", None) is not None:
+        try:
+            weights_folder(args.weights)
+        except CheckpointError as e:
+            raise InvalidInputError(str(e)) from None
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     from stepfoley.engine.user_dirs import default_feature_cache_dir
 

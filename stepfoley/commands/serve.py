@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"Refusing to listen on {args.host} without a token: other machines could use the engine. "
               "Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
         return 2
-    from stepfoley.engine.devices import check_threads
+    from stepfoley.commands.runtime import check_runtime_arguments
     from stepfoley.engine.errors import InvalidInputError
 
     try:
-        check_threads(args.threads)
+        check_runtime_arguments(args)
     except InvalidInputError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
     e.add_argument("--device", default="auto")
+    e.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     lo = sub.add_parser("loudness", help="add the loudness ControlNet to embedded weights trained without one "
                                          "(their base and NAG ControlNet are kept as they are)")
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
     lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
     lo.add_argument("--device", default="auto")
+    lo.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     c = sub.add_parser("controlnet", help="train a NAG ControlNet on top of official MMAudio weights")
     c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
@@ -55,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--warmup-steps", type=int, default=1000)
     c.add_argument("--checkpoint-every", type=int, default=2000)
     c.add_argument("--device", default="auto")
+    c.add_argument("--force", action="store_true", help="replace an existing --out file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.engine.errors import StepFoleyError
 
     try:
+        _check_numbers(args)
         _check_folders(args)
+        device = choose_device(args.device)
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 2
     try:
-        device = choose_device(args.device)
         if args.what == "embedded":
             from stepfoley.engine.embedded.model import WEIGHTS_PATH
             from stepfoley.lab.training.embedded import EmbeddedRecipe, train_embedded
@@ -116,8 +120,47 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+# option -> (smallest allowed, what it counts); None values keep the recipe's default
+_AT_LEAST = {
+    "scenes": (2, "scenes"), "held_out_scenes": (1, "held-out scenes"), "workers": (1, "processes"),
+    "base_steps": (1, "steps"), "controlnet_steps": (1, "steps"), "loudness_steps": (1, "steps"),
+    "steps": (1, "steps"), "batch_size": (1, "examples per batch"), "warmup_steps": (0, "steps"),
+    "data_seed": (0, "a seed"), "depth": (1, "blocks"), "checkpoint_every": (1, "steps"),
+}
+_RATES = ("base_lr", "controlnet_lr", "loudness_lr", "lr")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts, steps and learning rates that could train: refused before any work (a negative
+    step count would write untrained weights, a zero batch fail after minutes of data)."""
+    import math
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    def option(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name, (least, what) in _AT_LEAST.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise InvalidInputError(f"{option(name)} {value}: give at least {least} ({what}).")
+    for name in _RATES:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and 0 < value <= 1):
+            raise InvalidInputError(f"{option(name)} {value}: a learning rate is above 0 and at most 1 (e.g. 1e-3).")
+    if args.what == "embedded":
+        from stepfoley.lab.training.miniworld_data import DataRecipe
+
+        scenes = DataRecipe.scenes if args.scenes is None else args.scenes
+        held_out = DataRecipe.held_out_scenes if args.held_out_scenes is None else args.held_out_scenes
+        if held_out >= scenes:
+            raise InvalidInputError(f"--held-out-scenes {held_out} of {scenes} scenes would leave none to train on; "
+                                    "keep fewer out, or render more with --scenes.")
+
+
 def _check_folders(args: argparse.Namespace) -> None:
-    """--work made (or there) and the folder of --out there, before hours of training and not after."""
+    """--work made (or there), the folder of --out there and --out not a file already (unless
+    --force), before hours of training and not after."""
     import os
 
     from stepfoley.engine.errors import InvalidInputError
@@ -126,6 +169,9 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
+    if args.out is not None and os.path.lexists(args.out) and not args.force:
+        raise InvalidInputError(f"--out '{args.out}' already exists; choose another file, or add --force to "
+                                "replace it.")
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:

@@ -22,20 +22,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stepfoley.engine.errors import StepFoleyError
-    from stepfoley.engine.weights import VARIANTS, check_weights_dir, convert_weights_dir
+    import sys
 
+    from stepfoley.engine.errors import CheckpointError, StepFoleyError
+    from stepfoley.engine.weights import VARIANTS, check_weights_dir, convert_weights_dir, weights_folder
+
+    model = getattr(args, "model", None)  # check's option
+    if model is not None and model not in VARIANTS:
+        print(f"Unknown model {model!r}: use one of {', '.join(VARIANTS)}.", file=sys.stderr)
+        return 2
+    try:
+        weights_folder(args.dir)  # a folder given wrong is a usage error, not a failed check
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.weights_command == "check":
-            if args.model is not None and args.model not in VARIANTS:
-                print(f"Unknown model {args.model!r}: use one of {', '.join(VARIANTS)}.")
-                return 2
             report = check_weights_dir(args.dir, manifests_dir=args.manifests, verify=not args.quick)
             print(report.text())
             wrong = [r for r in report.files.values() if r.present and r.problems]
             if wrong:
                 return 1
-            if args.model is not None and not report.ready(args.model):
+            if model is not None and not report.ready(model):
                 return 1
             return 0
         results = convert_weights_dir(args.dir, manifests_dir=args.manifests)
@@ -46,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"Load time, all converted files: {pth:.2f} s as .pth, {st:.2f} s as .safetensors ({pth / max(st, 1e-9):.1f}x).")
         return 1 if any(r.refused for r in results) else 0
     except StepFoleyError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
