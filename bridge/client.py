@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import secrets
 import socket
@@ -41,6 +42,8 @@ QUIET_POLL_S = 1.0
 # A status file may refuse a write for a moment (a reader holding it on Windows); one that
 # refuses for this long has gone for good, and nobody can follow the job any more.
 STATUS_WRITE_GRACE_S = 5.0
+# While the engine shows signs of life, the status file is rewritten at least this often.
+HEARTBEAT_S = 2.0
 
 
 class EngineNotRunning(Exception):
@@ -276,12 +279,18 @@ class RemoteJob:
         return self.status
 
     def wait(self, on_update: Callable[[dict], None] | None = None, should_cancel: Callable[[], bool] | None = None) -> dict:
-        """Poll until the job ends; `on_update(status)` after each change."""
-        last = None
+        """Poll until the job ends; `on_update(status)` after each change, and with a new
+        `updated` at least every HEARTBEAT_S while the engine shows signs of life (a job
+        waiting behind a long one changes nothing else, and a reader would think it dead)."""
+        last, told = None, -math.inf
         while True:
             status = self.status
             snapshot = {k: v for k, v in status.items() if k != "updated"}
-            if on_update is not None and snapshot != last:
+            alive = self._last_sign_of_life > told and time.monotonic() - told >= HEARTBEAT_S
+            if on_update is not None and (snapshot != last or alive):
+                if snapshot == last:
+                    status["updated"] = time.time()
+                told = time.monotonic()
                 on_update(status)  # the first call comes before any wait, so a status file exists at once
             last = snapshot
             if self.finished:
@@ -470,22 +479,16 @@ def send_request(
             if on_update is not None:
                 on_update(status)
             return EXIT_USAGE, status
-    refusing: dict = {}  # while the status file refuses writes: "since" (monotonic) and "error"
+    status_file = _StatusFile(status_path)
 
     def update(status: dict) -> None:
-        if status_path is not None:
-            try:
-                write_status(status_path, status)
-                refusing.clear()
-            except OSError as e:  # a reader holding it a moment, or a file gone for good: see should_cancel
-                refusing.setdefault("since", time.monotonic())
-                refusing["error"] = e
+        status_file.write(status)
         if on_update is not None:
             on_update(status)
 
     def should_cancel() -> bool:
-        if refusing and time.monotonic() - refusing["since"] > STATUS_WRITE_GRACE_S:
-            refusing["gave_up"] = True  # nobody can follow the job any more
+        if status_file.retry() > STATUS_WRITE_GRACE_S:
+            status_file.gave_up = True  # nobody can follow the job any more
             return True
         return cancel_path is not None and os.path.exists(cancel_path)
 
@@ -495,18 +498,61 @@ def send_request(
         status = failure_status(e.code, str(e), EXIT_USAGE)
         update(status)
         return EXIT_USAGE, status
-    except OSError as e:
-        status = failure_status("engine_not_running", f"Cannot reach {host}:{port}: {e}.", EXIT_NOT_RUNNING)
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name no resolver takes
+        status = failure_status("engine_not_running", f"Cannot reach {host}:{port}: {_describe(e)}.", EXIT_NOT_RUNNING)
         update(status)
         return EXIT_NOT_RUNNING, status
     with client:
         job = client.submit(request, timeout=timeout, connect_timeout=connect_timeout)
         status = job.wait(on_update=update, should_cancel=should_cancel)
-    if refusing.get("gave_up") and status["state"] == "cancelled":
-        status = {**status, "exit_code": EXIT_USAGE, "error": {"code": "bad_status_file", "message": (
-            f"The status file '{status_path}' took no write for {STATUS_WRITE_GRACE_S:g} s "
-            f"({_describe(refusing['error'])}), so the job was cancelled.")}}
+    if status_file.gave_up and status["state"] == "cancelled":
+        status = _bad_status_file(status, status_path, f"took no write for {STATUS_WRITE_GRACE_S:g} s "
+                                  f"({_describe(status_file.error)}), so the job was cancelled")
+        status_file.write(status)  # it may take writes again: the file then says why
+    # the final status must reach the file: a reader would otherwise wait on "running" for ever
+    deadline = time.monotonic() + STATUS_WRITE_GRACE_S
+    while status_file.retry() > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if status_file.pending is not None and status["exit_code"] != EXIT_USAGE:
+        status = _bad_status_file(status, status_path,
+                                  f"could not be given the final status ({_describe(status_file.error)})")
     return status["exit_code"], status
+
+
+def _bad_status_file(status: dict, path: str | None, problem: str) -> dict:
+    return {**status, "exit_code": EXIT_USAGE, "error": {"code": "bad_status_file", "message": (
+        f"The status file '{path}' {problem}.")}}
+
+
+class _StatusFile:
+    """The status file of send_request: a write that fails is kept and tried again (retry),
+    so one refused write costs nothing once the file takes writes again."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.pending: dict | None = None  # the latest status not yet written
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
+        self.error: BaseException | None = None
+        self.gave_up = False
+
+    def write(self, status: dict) -> None:
+        if self.path is not None:
+            self.pending = dict(status)
+            self.retry()
+
+    def retry(self) -> float:
+        """Write what is pending; seconds the file has refused writes (0: it takes them)."""
+        if self.pending is None:
+            return 0.0
+        try:
+            write_status(self.path, self.pending)
+        except OSError as e:  # a reader holding it a moment, or a file gone for good
+            self.error = e
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            return max(time.monotonic() - self.failing_since, 1e-9)
+        self.pending, self.failing_since = None, None
+        return 0.0
 
 
 def queued_status() -> dict:

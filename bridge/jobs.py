@@ -39,6 +39,9 @@ QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", 
 FINISHED_STATES = (DONE, ERROR, CANCELLED)
 MAX_MESSAGE_CHARS = 2000
 ENGINE_STOPPED_RUNNING = "The engine was stopped while this job ran. Start it again and resend."
+# How long the worker holds a job's first reply for its /accepted to go out (a JobBook used
+# without a server, which never says so, only waits this long).
+ANNOUNCE_WAIT_S = 1.0
 
 
 @dataclass(eq=False)  # a job is itself: finding it in the queue compares identities, not every field
@@ -59,6 +62,8 @@ class Job:
     error_message: str = ""
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     submitted_at: float = field(default_factory=time.monotonic)
+    # set once the /accepted reply is out: the job's own replies never overtake it
+    announced: threading.Event = field(default_factory=threading.Event)
 
     @property
     def owner(self) -> tuple[str, int, str]:
@@ -99,6 +104,7 @@ class JobBook:
         self._by_owner: dict[tuple[str, int, str], str] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._current: Job | None = None
+        self._unannounced: list[Job] = []  # submitted, their /accepted not yet sent
         self._stopping = False
         self._counter = itertools.count(1)
         self._prefix = secrets.token_hex(2)
@@ -131,8 +137,17 @@ class JobBook:
             self._jobs[job.job_id] = job
             self._by_owner[job.owner] = job.job_id
             self._queue.append(job)
+            self._unannounced.append(job)
             self._lock.notify_all()
             return job, self._position(job)
+
+    def replies_sent(self) -> None:
+        """The server has sent the replies to everything submitted so far (their /accepted):
+        the worker may now tell those jobs' clients about them."""
+        with self._lock:
+            for job in self._unannounced:
+                job.announced.set()
+            self._unannounced.clear()
 
     def cancel(self, job_id: str) -> str:
         """Drop a queued job or ask the running one to stop before its next step."""
@@ -216,19 +231,26 @@ class JobBook:
                 job = self._queue.popleft()
                 job.state, job.phase = RUNNING, "starting"
                 self._current = job
+            job.announced.wait(ANNOUNCE_WAIT_S)  # a reply sent before /accepted could reach a client first
             self._tell(job, protocol.PROGRESS)  # step 0: the client learns it started
             started = time.time()
             kind, result = self._run(job, started)
+            made = kind in (protocol.DONE, protocol.DONE_STEMS)
             with self._lock:
                 abandoned = self._current is not job  # stop() gave up on it and told its client
+                # a cancel answered "stopping" after the runner's last check: it holds, as promised
+                late_cancel = made and not abandoned and job.cancel_requested.is_set()
+                if late_cancel:
+                    kind = protocol.CANCELLED
                 if not abandoned:
                     self._current = None
                     self._finish(job, {protocol.DONE: DONE, protocol.DONE_STEMS: DONE,
                                        protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
-            if abandoned:
-                if kind in (protocol.DONE, protocol.DONE_STEMS):
+            if abandoned or late_cancel:
+                if made:
                     _discard_stem(result, job.request.output_dir, started)
-                continue
+                if abandoned:
+                    continue
             self._tell(job, kind)
 
     def _tell(self, job: Job, kind: str) -> None:

@@ -254,6 +254,7 @@ class EngineServer:
             self.dropped_datagrams += 1
         for datagram, address in replies:
             self._send(datagram, address)
+        self.jobs.replies_sent()
 
     def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
         try:

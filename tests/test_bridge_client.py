@@ -180,6 +180,13 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{ not json")
     assert main(["send", "--request", str(tmp_path / "broken.json"), "--status", status_path, "--port", port]) == 2
     assert read_status(status_path)["error"]["code"] == "bad_request_file"
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's recursion
+    assert main(["send", "--request", str(tmp_path / "deep.json"), "--status", status_path, "--port", port]) == 2
+    assert "nested too deeply" in read_status(status_path)["error"]["message"]
+    label = "x" * 70 + ".example"  # a host name label longer than 63 characters: no resolver takes it
+    for what in (["--ping"], ["--request", request_file]):
+        assert main(["send", *what, "--host", label, "--port", port, "--status", status_path]) == bc.EXIT_NOT_RUNNING
+        assert read_status(status_path)["error"]["code"] == "engine_not_running"
     assert main(["send", "--ping", "--port", str(free_udp_port())]) == bc.EXIT_NOT_RUNNING
     assert main(["send", "--ping", "--port", port, "--status", str(tmp_path / "no" / "st.json")]) == 2
     with pytest.raises(SystemExit) as e:
@@ -244,6 +251,54 @@ def test_a_status_file_that_stops_taking_writes_cancels_the_job(tmp_path, monkey
     else:
         assert code == bc.EXIT_USAGE and status["error"]["code"] == "bad_status_file"
         assert "took no write for 0.3 s" in status["error"]["message"] and "No space left" in status["error"]["message"]
+
+
+def test_a_job_waiting_behind_a_long_one_keeps_its_status_file_alive(tmp_path, monkeypatch):
+    """Nothing of a queued job changes while the one ahead runs; the file is rewritten (a new
+    `updated`) as the engine works, so a DAW script watching it does not think the client dead."""
+    monkeypatch.setattr(bc, "HEARTBEAT_S", 0.2)
+    seen = []
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        ahead = bc.EngineClient(port=srv.address[1])
+        ahead.submit(make_request(tmp_path, caption="ahead", steps=80), timeout=30)
+        time.sleep(0.2)
+        code, _ = bc.send_request(make_request(tmp_path, caption="behind", steps=1), str(tmp_path / "st.json"),
+                                  port=srv.address[1], on_update=lambda st: seen.append(dict(st)))
+        ahead.close()
+    assert code == bc.EXIT_DONE
+    queued = [st["updated"] for st in seen if st["state"] == "queued" and st["job_id"]]
+    # about 4 s waiting; the client hears the engine's step counter about once a second
+    assert len(queued) >= 3 and len(set(queued)) == len(queued)
+
+
+def test_a_refused_write_is_tried_again_and_the_final_status_always_lands(tmp_path, monkeypatch):
+    """The status file refuses writes for 0.4 s while the job waits (nothing changes), and its
+    first try at the final status: the job runs on, and the file ends done."""
+    real_write, refused = bc.write_status, []
+
+    def flaky(path, status):
+        if status["state"] == "done" and "done" not in refused:
+            refused.append(status["state"])
+            raise PermissionError(13, "Permission denied")  # Windows: a reader holds the file
+        if status["state"] == "queued" and status["job_id"] and len(refused) < 4:
+            refused.append(status["state"])
+            time.sleep(0.1)
+            raise OSError(28, "No space left on device")
+        real_write(path, status)
+
+    monkeypatch.setattr(bc, "write_status", flaky)
+    monkeypatch.setattr(bc, "STATUS_WRITE_GRACE_S", 1.0)
+    monkeypatch.setattr(bc, "HEARTBEAT_S", 0.1)
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        ahead = bc.EngineClient(port=srv.address[1])
+        ahead.submit(make_request(tmp_path, caption="ahead", steps=30), timeout=30)
+        time.sleep(0.2)
+        code, status = bc.send_request(make_request(tmp_path, caption="behind", steps=1), str(tmp_path / "st.json"),
+                                       port=srv.address[1])
+        ahead.close()
+    assert refused == ["queued"] * 4 + ["done"]
+    assert (code, status["error"]) == (bc.EXIT_DONE, None)
+    assert read_status(tmp_path / "st.json")["state"] == "done"
 
 
 def test_write_status_never_leaves_a_half_file(tmp_path):

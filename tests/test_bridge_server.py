@@ -453,3 +453,52 @@ def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(
         time.sleep(0.01)
     assert runner.written and os.listdir(tmp_path / "out") == []
     p.close()
+
+
+def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path):
+    """A job that fails at once (its video is missing) while the dispatch loop is slow to send
+    its /accepted (descheduled on a busy machine): the worker's replies must not overtake it, or
+    a client written to the protocol document would wait for ever."""
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    send = srv._send
+
+    def slow_accepted(datagram, address):
+        if datagram.startswith(protocol.ACCEPTED.encode()):
+            time.sleep(0.2)
+        send(datagram, address)
+
+    srv._send = slow_accepted
+    srv.start()
+    p = RawPeer(srv.address[1])
+    request = make_request(tmp_path, steps=1)
+    request["region"]["video"] = str(tmp_path / "missing.mp4")
+    for i in range(3):
+        p.generate(request, f"r{i}")
+        seen = [address for address, _ in p.receive_until({protocol.ERROR})]
+        assert seen == [protocol.ACCEPTED, protocol.PROGRESS, protocol.ERROR], (i, seen)
+    p.close()
+    srv.stop()
+
+
+def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp_path):
+    """The cancel lands while the stem is being written (no check inside): "stopping" was the
+    answer, so the job ends /cancelled and its stem goes."""
+
+    class SlowWriter(SineRunner):
+        def _stem(self, request, seed):
+            time.sleep(0.6)
+            return super()._stem(request, seed)
+
+    srv = EngineServer(SlowWriter(), ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, steps=1), "job")
+    job_id = p.receive_until({protocol.ACCEPTED})[-1][1][1]
+    p.receive_until({protocol.PROGRESS})
+    p.receive_until({protocol.PROGRESS})  # sampling 1 of 1: the runner's last check is behind it
+    time.sleep(0.2)
+    p.send(protocol.CANCEL, p.port, "c1", "", job_id)
+    replies = p.receive_until({protocol.DONE, protocol.CANCELLED})
+    assert (protocol.CANCEL_REPLY, ["c1", job_id, protocol.CANCEL_STOPPING]) in replies
+    assert replies[-1][0] == protocol.CANCELLED and os.listdir(tmp_path / "out") == []
+    p.close()
+    srv.stop()

@@ -73,8 +73,9 @@ def _send(args, client) -> int:
     try:
         with open(args.request, encoding="utf-8") as f:
             request = json.load(f)
-    except (OSError, ValueError) as e:
-        status = client.failure_status("bad_request_file", f"Cannot read the request file '{args.request}': {e}",
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested past Python's depth
+        reason = "it is nested too deeply" if isinstance(e, RecursionError) else e
+        status = client.failure_status("bad_request_file", f"Cannot read the request file '{args.request}': {reason}",
                                        client.EXIT_USAGE)
         return _finish(args, client, status)
     if args.status is not None:
@@ -83,7 +84,10 @@ def _send(args, client) -> int:
     def show(status: dict) -> None:
         if not args.quiet and status["exit_code"] is None:
             step = f" {status['step']}/{status['total']}" if status["state"] == "running" else ""
-            print(f"{status['state']}{step}", file=sys.stderr, flush=True)
+            try:
+                print(f"{status['state']}{step}", file=sys.stderr, flush=True)
+            except (OSError, ValueError):  # nobody reads stderr any more: the status file still tells
+                pass
 
     code, status = client.send_request(request, args.status, host=args.host, port=args.port, token=args.token,
                                        timeout=args.timeout, on_update=show)
@@ -107,7 +111,7 @@ def _query(args, client) -> int:
         status = client.failure_status(e.code, str(e), client.EXIT_NOT_RUNNING)
     except client.RequestRejected as e:
         status = client.failure_status(e.code, e.message, client.EXIT_REJECTED)
-    except OSError as e:
+    except (OSError, UnicodeError) as e:  # UnicodeError: a host name no resolver takes
         status = client.failure_status("engine_not_running", f"Cannot reach {args.host}:{args.port}: {e}.",
                                        client.EXIT_NOT_RUNNING)
     return _finish(args, client, status)
