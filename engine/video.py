@@ -36,6 +36,9 @@ SYNC_SEGMENT_FRAMES = 16
 SYNC_SEGMENT_STEP = 8
 SYNC_TOKENS_PER_SEGMENT = 8  # 16 frames / temporal tubelet of 2
 
+# A picture that stops this long before both the region's end and its stated length is a file
+# cut short, not a rounded duration.
+_TRUNCATED_TOLERANCE_S = 0.5
 # Containers round their durations; a region may overshoot the stated end by this much.
 _END_TOLERANCE_S = 1e-3
 # Timestamps are exact rationals turned into floats; treat instants this close as equal.
@@ -117,7 +120,9 @@ def _open(path: Path):
     if not path.is_file():
         raise VideoError(f"The video {path} does not exist. Check the path of the video item.")
     try:
-        return av.open(str(path))
+        # a tag in another encoding (Latin-1 titles in old AVI and MOV files) is no reason to
+        # refuse a picture that decodes
+        return av.open(str(path), metadata_errors="replace")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise VideoError(
             f"Could not read {path.name} as a video ({exc}). Re-export it as MP4 (H.264) or MOV."
@@ -144,9 +149,12 @@ def _stream_start_s(stream) -> float:
 
 def _origin_s(container, stream) -> float:
     """Where 0 s of the file's timeline is, in seconds of the streams' clock: the container's
-    start (the earliest of its streams), else the video stream's."""
+    start (the earliest of its streams), else the video stream's. A container that starts
+    before 0 does so for the sound's priming samples (Opus or AAC in Matroska/WebM start a few
+    ms early, and players drop them): 0 stays 0 unless the picture itself starts earlier."""
     if container.start_time is not None:
-        return container.start_time / av.time_base
+        start = container.start_time / av.time_base
+        return min(0.0, _stream_start_s(stream)) if start < 0 else start
     return _stream_start_s(stream)
 
 
@@ -356,9 +364,11 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
         except av.error.FFmpegError:
             raise _CannotSeek from None
         first = True
+        clock = _BestEffortClock()
         for av_frame in container.decode(stream):
-            if av_frame.pts is not None:
-                t = float(av_frame.pts * av_frame.time_base) - origin
+            stamp = clock.timestamp(av_frame)
+            if stamp is not None:
+                t = float(stamp * av_frame.time_base) - origin
             elif prev is not None and _frame_duration_s(prev, stream) > 0:
                 # no timestamp (a raw .h264 stream): the frame after the one before
                 t = prev_t + _frame_duration_s(prev, stream)
@@ -399,7 +409,37 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
             f"The region starting at {region_start:.1f} s is past the end of the picture of "
             f"{path.name} (its last frame ends at {picture_end:.1f} s). Move the time selection "
             "onto the picture.")
+    # a file cut short (a copy or download that stopped) still states its whole length: its
+    # last frame would be held over the missing picture
+    stated = _duration_s(container, stream)
+    if stated is not None and last_frame_s > 0 and \
+            picture_end < min(stated, float(times[-1])) - _TRUNCATED_TOLERANCE_S:
+        raise VideoError(
+            f"The picture of {path.name} stops at {picture_end:.1f} s, though the file says it lasts "
+            f"{stated:.1f} s: the file is cut short or damaged. Copy or export the video again.")
     show_until(math.inf, prev)  # the last frame stays on screen until the end of picture
+
+
+class _BestEffortClock:
+    """A decoded frame's timestamp as FFmpeg's best_effort_timestamp picks it: its pts, unless
+    pts have gone backwards more often than dts (an AVI with B-frames carries decode-order
+    numbers as pts, which come out of the decoder shuffled), then its dts."""
+
+    def __init__(self):
+        self.last_pts = self.last_dts = None
+        self.faulty_pts = self.faulty_dts = 0
+
+    def timestamp(self, av_frame) -> int | None:
+        pts, dts = av_frame.pts, av_frame.dts
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
+            return pts
+        return dts
 
 
 def _frame_duration_s(av_frame, stream) -> float:

@@ -14,7 +14,7 @@ import pytest
 import stepfoley.engine.video as video
 from stepfoley.engine.errors import VideoError
 from stepfoley.engine.video import check_video_region, probe, read_region
-from test_video import TICKS, cfr_pts, decoded_index, frame_image, shown_at, write_video
+from test_video import TICKS, cfr_pts, decoded_index, frame_image, has_encoder, shown_at, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,3 +236,91 @@ def test_a_raw_h264_stream_is_read_from_its_beginning(tmp_path):
     assert decoded_index(read_region(path, 1.0, 1.4, fps=25, size=16)) == expected(pts, 1.0, 1.4)
     with pytest.raises(VideoError, match=r"past the end of the picture of camera\.h264"):
         read_region(path, 2.5, 3.0, fps=25, size=16)
+
+
+# --- files from the review of 2026-12-02 ------------------------------------------------------
+
+
+def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
+    """A faststart MP4 whose copy stopped at 60 %: the header still says 10 s, so the region
+    passes the length check, and its last decodable frame would stand in for the rest."""
+    whole = write_video(tmp_path / "whole.mp4", cfr_pts(250), gop=25)
+    with av.open(str(whole)) as source, av.open(str(tmp_path / "fast.mp4"), "w",
+                                                 options={"movflags": "faststart"}) as fast:
+        stream = fast.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                fast.mux(packet)
+    data = (tmp_path / "fast.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    assert probe(cut).duration == pytest.approx(10.0, abs=0.05)
+    ends = None
+    with av.open(str(cut)) as container:
+        try:
+            for frame in container.decode(video=0):
+                ends = float(frame.pts * frame.time_base) + 0.04
+        except av.error.InvalidDataError:  # the last packet is cut in half
+            pass
+    assert 1.0 < ends < 6.0
+    with pytest.raises(VideoError, match=rf"cut\.mp4 stops at {ends:.1f} s, though the file says it lasts 10\.0 s"):
+        read_region(cut, ends - 0.5, ends + 3.0, 25, 32)  # straddling the point where it stops
+    # what is there is still read
+    assert decoded_index(read_region(cut, 0.0, 1.0, 25, 32)) == expected(cfr_pts(250), 0.0, 1.0)
+
+
+@pytest.mark.skipif(not has_encoder("libx264"), reason="needs libx264")
+def test_h264_with_b_frames_in_avi_is_shown_in_order(tmp_path):
+    """AVI stores decode-order numbers as timestamps; with B-frames they come out of the
+    decoder shuffled (1, 3, 4, 2, ...). Frames are taken in their order, never repeated or
+    skipped (FFmpeg's best-effort timestamps)."""
+    path = tmp_path / "bframes.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"bf": "2", "g": "30"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        mux_frames(container, stream, (av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+                                       for i in range(150)))
+    with av.open(str(path)) as container:  # the file is the kind this is about
+        stamps = [frame.pts for _, frame in zip(range(10), container.decode(video=0))]
+    assert stamps != sorted(stamps)
+    for start in (0.0, 3.0):
+        shown = decoded_index(read_region(path, start, start + 1.0, 25, 32))
+        steps = [(b - a) % 16 for a, b in zip(shown, shown[1:])]  # frame codes cycle every 16
+        assert steps[3:] == [1] * len(steps[3:]), shown
+
+
+def test_sound_primed_before_zero_does_not_move_the_picture(tmp_path):
+    """Matroska with its sound starting 28 ms before 0 (AAC priming, as FFmpeg writes Opus and
+    AAC into WebM/MKV): the picture's frame k is still at k/25 s."""
+    path = tmp_path / "primed.mkv"
+    with av.open(str(path), "w", format="matroska", options={"avoid_negative_ts": "disabled"}) as container:
+        picture = container.add_stream("libx264" if has_encoder("libx264") else "mpeg4", rate=25)
+        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        picture.time_base = picture.codec_context.time_base = Fraction(1, TICKS)
+        sound = container.add_stream("aac", rate=16000)
+        mux_frames(container, picture, (picture_frame(i, pts) for i, pts in enumerate(cfr_pts(75))))
+        for first in range(0, 3 * 16000, 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, first
+            for packet in sound.encode(frame):
+                packet.pts, packet.dts = packet.pts - 448, packet.dts - 448  # 28 ms at 16 kHz
+                container.mux(packet)
+    with av.open(str(path)) as container:
+        assert container.start_time < 0
+    assert decoded_index(read_region(path, 1.0, 1.4, 25, 32)) == expected(cfr_pts(75), 1.0, 1.4)
+
+
+def test_a_tag_in_another_encoding_does_not_make_a_picture_unreadable(tmp_path):
+    path = tmp_path / "latin1.mkv"
+    with av.open(str(path), "w") as container:
+        container.metadata["title"] = "Caf\xe9 scene"
+        stream = container.add_stream("libx264" if has_encoder("libx264") else "mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        mux_frames(container, stream, (av.VideoFrame.from_ndarray(frame_image(i, 64, 48), format="rgb24")
+                                       for i in range(50)))
+    data = path.read_bytes()
+    assert data.count("Caf\xe9".encode("utf-8")) == 1
+    path.write_bytes(data.replace("Caf\xe9".encode("utf-8"), b"Caf\xe9 "))  # Latin-1, same length
+    assert probe(path).duration == pytest.approx(2.0, abs=0.05)
+    assert len(read_region(path, 0.0, 1.0, 25, 32)) == 25
