@@ -11,6 +11,7 @@ import torch
 
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.pipeline import FoleyModel
+from stepfoley.request import GuidanceDefaults
 
 if TYPE_CHECKING:  # the loaders themselves are imported lazily, when a stack is loaded
     from stepfoley.engine.codec.bigvgan import BigVGANConfig
@@ -123,7 +124,10 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
         net=net.eval().requires_grad_(False), codec=codec,
         video_encoder=video_encoder, text_encoder=text_encoder,
         controlnet=controlnet, device=device,
-        note="" if controlnet else f"no NAG ControlNet at {cn_path}: only 'independent' and 'negative_prompt' work",
+        # without the ControlNet NAG cannot run: a request that leaves the method out gets plain CFG
+        defaults=GuidanceDefaults() if controlnet else GuidanceDefaults(method="independent"),
+        note="" if controlnet else (f"no NAG ControlNet at {cn_path}: only 'independent', 'negative_prompt' and "
+                                    "'text_boost' work ('independent' is the default)"),
     ).to(device)
 
 

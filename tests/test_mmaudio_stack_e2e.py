@@ -338,3 +338,21 @@ def test_a_picture_region_reaches_clip_and_synchformer_as_a_crop(stack, monkeypa
     assert seen[0][-1] is focus
     for a, b in zip(plain, focused):  # CLIP's and Synchformer's features both see the crop
         assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_without_a_controlnet_the_default_is_plain_cfg_and_a_request_without_method_runs(stack, tmp_path):
+    from stepfoley.request import parse_request
+
+    root = tmp_path / "no-controlnet"
+    root.mkdir()
+    for sub in ("weights", "ext_weights"):
+        (root / sub).symlink_to(stack["root"] / sub)
+    model = load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    assert model.model_id == "mmaudio-small_16k" and model.controlnet is None
+    assert model.defaults.method == "independent" and "'independent' is the default" in model.note
+    request = parse_request({"region": {"video": str(stack["video"]), "file_in": REGION[0], "file_out": REGION[1]},
+                             "caption": "rain", "output_dir": str(tmp_path), "sample_rate": 16000},
+                            model.capabilities())
+    assert request.method is None  # the model's default, which it can run
+    track = StepSession(model, Region(stack["video"], *REGION)).next_track(TrackSettings("rain", steps=1, seed=3))
+    assert track.metadata["method_used"] == "independent"
