@@ -59,6 +59,10 @@ class ControlNetConfig:
     def __post_init__(self):
         if self.depth < 1:
             raise InvalidInputError(f"A ControlNet needs at least one block, got depth {self.depth}.")
+        for name in ("hidden_dim", "num_heads", "latent_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InvalidInputError(f"ControlNet {name} must be a whole number of at least 1, "
+                                        f"got {getattr(self, name)!r}.")
         if self.hidden_dim % self.num_heads:
             raise InvalidInputError(
                 f"ControlNet hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}."

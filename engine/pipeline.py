@@ -20,6 +20,9 @@ from stepfoley.engine.errors import InvalidInputError
 from stepfoley.request import Capabilities, GenerationRequest, GuidanceDefaults, MethodInfo
 
 
+KEY_DECIMALS = 6  # a picture region's fractions are kept to this many decimals
+
+
 @dataclass(frozen=True)
 class PictureFocus:
     """The part of the picture a track's sound comes from: a rectangle (x0, y0, x1, y1) as
@@ -29,6 +32,11 @@ class PictureFocus:
     rect: tuple[float, float, float, float]
     start: float | None = None
     end: float | None = None
+
+    def __post_init__(self):
+        # to the micro-fraction the cache key keeps: float noise (0.30000000000000004) must not
+        # move the crop by a pixel under a key that calls it the same focus
+        object.__setattr__(self, "rect", tuple(round(float(v), KEY_DECIMALS) for v in self.rect))
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> "PictureFocus | None":
@@ -59,7 +67,7 @@ class PictureFocus:
 
     def key(self) -> str:
         """Part of the feature cache's key: features of another focus are other features."""
-        return f"focus[{','.join(f'{v:.6f}' for v in self.rect)}]@{self.start}-{self.end}"
+        return f"focus[{','.join(f'{v:.{KEY_DECIMALS}f}' for v in self.rect)}]@{self.start}-{self.end}"
 
 
 @dataclass(frozen=True)

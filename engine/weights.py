@@ -102,14 +102,38 @@ def safetensors_copy(path: Path) -> Path:
     return Path(path).with_suffix(".safetensors")
 
 
+def _identity(path: Path) -> dict[str, str]:
+    stat = path.stat()
+    return {"source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns)}
+
+
+def stale_copy(path: Path) -> bool:
+    """Whether the .safetensors copy of the official `path` was made from another file than
+    the one there now (a new download of the .pth): the copy records the size and mtime of
+    what it was made from; one made before it did is stale when the .pth is the newer."""
+    from safetensors import safe_open
+
+    path, copy = Path(path), safetensors_copy(path)
+    if not (copy.is_file() and path.is_file()):
+        return False
+    try:
+        with safe_open(str(copy), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # unreadable: the loader says so, naming the file
+        return False
+    if "source_size" in meta and "source_mtime_ns" in meta:
+        return {k: meta[k] for k in ("source_size", "source_mtime_ns")} != _identity(path)
+    return path.stat().st_mtime_ns > copy.stat().st_mtime_ns
+
+
 def file_to_read(path: Path) -> Path | None:
     """The file a loader should open for an official path: its .safetensors copy if there
-    is one, else the file itself, else None."""
+    is one made from the file there now, else the file itself, else None."""
     path = Path(path)
     copy = safetensors_copy(path)
-    if copy.is_file():
+    if copy.is_file() and not stale_copy(path):
         return copy
-    return path if path.is_file() else None
+    return path if path.is_file() else copy if copy.is_file() else None
 
 
 def _take_entry(loaded: dict, entry: str | None, path: Path) -> dict:
@@ -300,6 +324,9 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
                          + (" (`stepfoley weights convert` makes it again from the .pth)" if checkpoint.is_file()
                             else ""))
         problems += wrong
+    if stale_copy(checkpoint):
+        problems.append(f"{safetensors_copy(checkpoint).name} was made from an earlier {checkpoint.name}, so "
+                        f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again")
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
 
 
@@ -384,15 +411,16 @@ def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
 
 def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
                  manifests_dir: Path | None = None) -> Conversion:
-    """Write `<stem>.safetensors` beside a .pth/.pt (atomic; never replaces a file). With
-    `spec`, a file whose keys and shapes are not the official ones is refused: its copy would
-    be read instead of the .pth from then on, so a new download would not mend it."""
+    """Write `<stem>.safetensors` beside a .pth/.pt (atomic; it replaces only a copy made from
+    an earlier file, `stale_copy`). With `spec`, a file whose keys and shapes are not the
+    official ones is refused: its copy would be read instead of the .pth from then on."""
     import torch
 
     from stepfoley.engine.checkpoints import load_state_dict_file, save_safetensors_atomic
 
     target = safetensors_copy(source)
-    if target.exists():
+    stale = stale_copy(source)
+    if target.exists() and not stale:
         return Conversion(source, target, False, f"{target.name} already exists; left as it is")
     manifest_file = manifest_path(spec.name, manifests_dir) if spec is not None else None
     if manifest_file is not None and manifest_file.is_file():
@@ -402,9 +430,11 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
     state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
-    save_safetensors_atomic(tensors, target, metadata={"converted_from": origin})
+    save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},
+                            overwrite=stale)
     _, st_s = _timed(lambda: load_state_dict_file(target))
-    note = f"load {pth_s:.2f} s as .pth, {st_s:.2f} s as .safetensors ({pth_s / max(st_s, 1e-9):.1f}x)"
+    note = (("made again: the copy was from an earlier file; " if stale else "")
+            + f"load {pth_s:.2f} s as .pth, {st_s:.2f} s as .safetensors ({pth_s / max(st_s, 1e-9):.1f}x)")
     return Conversion(source, target, True, note, pth_s, st_s)
 
 

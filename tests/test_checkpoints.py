@@ -203,3 +203,20 @@ def test_a_weights_folder_that_cannot_be_made_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"Cannot make the folder .*a-file.* for the weights file w\.safetensors"):
         save_safetensors_atomic({"a": torch.ones(2)}, tmp_path / "a-file" / "w.safetensors")
     assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_embedded_weights_recorded_with_another_network_config_are_refused(tmp_path):
+    """The number of heads changes no tensor's shape: weights trained with 4 would load into the
+    2-head network without a word."""
+    from safetensors.torch import load_file
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        meta = dict(f.metadata())
+    recorded = json.loads(meta["net_config"])
+    meta["net_config"] = json.dumps({**recorded, "num_heads": recorded["num_heads"] * 2})
+    changed = save_safetensors_atomic(load_file(str(WEIGHTS_PATH)), tmp_path / "mini.safetensors", meta)
+    with pytest.raises(CheckpointError, match=r"trained with another net config than this version builds \(num_heads\)"):
+        build_embedded_model(weights_path=changed)
+    assert build_embedded_model().model_id == "stepfoley-mini"  # the shipped file records what is built

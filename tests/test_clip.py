@@ -169,6 +169,18 @@ def test_tokenizer_merges_cleans_and_splits(tokenizer):
     assert tokenizer.encode("é") == [single("Ã"), 256 + single("©")]  # UTF-8 bytes, byte-level BPE
 
 
+@pytest.mark.parametrize("typed, plain", [
+    ("the dog\u2019s \u201cbark\u201d", "the dog's \"bark\""),  # smart quotes, as word processors type them
+    ("cafe\u0301", "caf\u00e9"),  # an accent as a separate mark (NFD, macOS file names)
+    ("\uff21\uff22\u3000\uff11door", "ab 1door"),  # fullwidth forms and the ideographic space
+    ("\ufb01re", "fire"),  # a ligature
+    ("\ufeffrain\x07", "rain"),  # a byte-order mark, a control character
+])
+def test_tokenizer_cleans_as_ftfy_does_for_correct_text(typed, plain):
+    """open_clip runs ftfy.fix_text: MMAudio's text features were made from the cleaned text."""
+    assert ClipTokenizer.clean(typed) == ClipTokenizer.clean(plain)
+
+
 def test_tokenizer_pads_and_truncates_to_77(tokenizer):
     tokens = tokenizer(["the cat", "dog " * 100])
     assert tokens.shape == (2, 77) and tokens.dtype == torch.long

@@ -88,3 +88,9 @@ def test_the_service_makes_a_track_for_a_picture_region(quadrants, tmp_path):
     result = service(parse_request(request, service.capabilities(), check_paths=True))
     (stem,) = result["stems"]
     assert stem["metadata"]["picture_focus"] == {"rect": (0.0, 0.0, 0.5, 0.5), "start": 0.5, "end": 1.5}
+
+
+def test_a_focus_that_keys_the_same_crops_the_same():
+    """Float noise dropped from the feature cache's key must not move the crop either."""
+    exact, noisy = PictureFocus((0.1, 0.0, 0.3, 0.3)), PictureFocus((0.1, 0.0, 0.3, 0.30000000000000004))
+    assert exact.key() == noisy.key() and exact.pixels(1080, 1920) == noisy.pixels(1080, 1920)

@@ -274,3 +274,23 @@ def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_pat
     assert f"Free some space in {target.parent}" in done.stderr and "Traceback" not in done.stderr
     assert sorted(os.listdir(tmp_path / "ext_weights")) == before
 
+
+
+def test_a_copy_made_from_an_earlier_pth_is_not_read_and_convert_makes_it_again(tmp_path):
+    from stepfoley.engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.weights import check_file, convert_file
+
+    manifests = small_manifests(tmp_path / "manifests", {"vae_16k": {"a": torch.zeros(4)}})
+    spec = FILES["vae_16k"]
+    pth = tmp_path / spec.checkpoint_relpath()
+    save({"a": torch.zeros(4)}, pth)
+    assert convert_file(pth, spec.entry, spec, manifests).written
+    copy = pth.with_suffix(".safetensors")
+    assert file_to_read(pth) == copy and check_file(tmp_path, spec, manifests).problems == ()
+    save({"a": torch.ones(4)}, pth)  # a new download; its mtime may even be older (curl -R)
+    os.utime(pth, ns=(1, 1))
+    assert file_to_read(pth) == pth
+    assert "v1-16.safetensors was made from an earlier v1-16.pth" in check_file(tmp_path, spec, manifests).problems[0]
+    again = convert_file(pth, spec.entry, spec, manifests)
+    assert again.written and again.note.startswith("made again")
+    assert file_to_read(pth) == copy and torch.equal(load_state_dict_file(copy)["a"], torch.ones(4))

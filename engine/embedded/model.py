@@ -146,10 +146,25 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
     returns the model id, the guidance defaults recorded with them (metadata
     "guidance_defaults"; the paper's when absent) and whether a loudness ControlNet was loaded."""
     advice = "The file is damaged or from another version; reinstall StepFoley or train the model again."
+    loudness_tensors = {k[9:]: v for k, v in tensors.items() if k.startswith("loudness.")}
+    # a change that keeps every tensor's shape (the number of heads) would load into the wrong network
+    for key, module in (("net_config", net), ("controlnet_config", controlnet),
+                        ("loudness_config", loudness if loudness_tensors else None)):
+        if module is None or key not in meta:
+            continue
+        try:
+            recorded = json.loads(meta[key])
+        except ValueError:
+            raise CheckpointError(f"The {key} recorded in {path} is not JSON. {advice}") from None
+        built = json.loads(json.dumps(vars(module.config)))
+        differ = sorted(k for k in recorded if k in built and recorded[k] != built[k]) if isinstance(recorded, dict) \
+            else ["(not an object)"]
+        if differ:
+            raise CheckpointError(f"{path} was trained with another {key.replace('_', ' ')} than this version "
+                                  f"builds ({', '.join(differ)}). {advice}")
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
                 f"The ControlNet in {path} does not fit the embedded model's", advice)
-    loudness_tensors = {k[9:]: v for k, v in tensors.items() if k.startswith("loudness.")}
     if loudness_tensors:
         load_strict(loudness, loudness_tensors, f"The loudness ControlNet in {path} does not fit the embedded model's",
                     advice)

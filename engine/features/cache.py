@@ -4,8 +4,9 @@ engine restarted later (with MMAudio's encoders on a CPU, one 8 s region costs m
 
 One key, `region_key`: the video's resolved path, size and mtime_ns (re-exporting it under the
 same name changes its size or mtime and so misses), the region's start and end in whole
-microseconds (the same DAW selection sent twice must hit, float noise must not matter), and
-the encoder's `encoder_id` (its weights and frame geometry).
+microseconds (the same DAW selection sent twice must hit, float noise must not matter), the
+encoder's `encoder_id` (its weights and frame geometry), and FEATURES_VERSION (how frames are
+taken from a file: features from an older way are other features).
 
 Two layers: a size-bounded in-memory LRU, and a folder of safetensors files, one per entry,
 that survives restarts (`open_feature_cache` puts it under the user's cache folder). On disk:
@@ -53,6 +54,10 @@ DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 DEFAULT_MAX_DISK_GB = 5.0  # about 6,000 regions of 8 s with MMAudio's encoders
 MAX_DISK_GB = 100_000.0  # 100 TB: a bound on --feature-cache-max-gb that no disk reaches
 DISK_FORMAT = "stepfoley-features-1"
+# Raised whenever a region's features change for the same file and encoder (engine/video.py's
+# choice of frames, an encoder's arithmetic): entries of an older version then miss and age out.
+# 2: frames by best-effort timestamps, sound primed before 0 no longer moves the picture.
+FEATURES_VERSION = 2
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
@@ -69,7 +74,7 @@ def file_identity(path: str | Path) -> tuple[str, int, int]:
 
 def region_key(path: str | Path, start_s: float, end_s: float, encoder_id: str) -> tuple:
     """The one cache key of a region's features (see the module's docstring)."""
-    return file_identity(path) + (round(start_s * 1e6), round(end_s * 1e6), encoder_id)
+    return file_identity(path) + (round(start_s * 1e6), round(end_s * 1e6), encoder_id, FEATURES_VERSION)
 
 
 def _key_text(key: tuple) -> str:

@@ -18,6 +18,7 @@ import gzip
 import html
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,26 @@ import torch.nn.functional as F
 
 from stepfoley.engine.checkpoints import load_state_dict_file, load_strict
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
+
+def _ftfy_map() -> dict[int, str | None]:
+    """What ftfy.fix_text (6.x, its defaults) changes in correct UTF-8: Latin ligatures split
+    (ﬁ -> fi), fullwidth and halfwidth forms to their plain ones (ＡＢＣ, the ideographic space),
+    curly quotes straightened, and control characters removed."""
+    table: dict[int, str | None] = {i: unicodedata.normalize("NFKC", chr(i)) for i in range(0xFB00, 0xFB07)}
+    table[0x3000] = " "
+    for i in range(0xFF01, 0xFFF0):
+        plain = unicodedata.normalize("NFKC", chr(i))
+        if plain != chr(i):
+            table[i] = plain
+    table.update({i: "'" for i in (0x02BC, *range(0x2018, 0x201C))})
+    table.update({i: '"' for i in range(0x201C, 0x2020)})
+    controls = [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
+                *range(0xFFF9, 0xFFFD), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0080)]
+    table.update(dict.fromkeys(controls))
+    return table
+
+
+_FTFY_MAP = _ftfy_map()
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -338,7 +359,9 @@ class ClipTokenizer:
 
     @staticmethod
     def clean(text: str) -> str:
-        # open_clip also runs ftfy.fix_text first; it only changes mojibake, which captions lack
+        # open_clip runs ftfy.fix_text first; what it does to correct UTF-8 is done here too
+        # (its mojibake repairs, for text decoded with the wrong encoding, are not)
+        text = unicodedata.normalize("NFC", text.translate(_FTFY_MAP))
         text = html.unescape(html.unescape(text)).strip()
         return re.sub(r"\s+", " ", text).strip().lower()
 

@@ -9,6 +9,7 @@ torchrun (NCCL on GPUs, gloo on CPUs).
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from stepfoley.atomic import write_atomically
 from stepfoley.engine.devices import autocast_context
+from stepfoley.engine.errors import CheckpointError
 from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
@@ -107,7 +109,11 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if last is not None and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
+                                  "over, or choose another --work folder.") from None
         trainable.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
