@@ -6,6 +6,8 @@
 --   A new take that fills its item leaves the item's "loop source" on, so a looped earlier take still loops when chosen again; it is switched off only when the picture covers part of the item, and the console says so.
 --   Extend and Regenerate time selection inside selected item refuse a video item at another playrate before anything is rendered, in REAPER's words.
 --   Make selected item sound like this refuses a reference item that is not heard (muted, on a muted track or folder, or on a lane that does not play) instead of sending silence.
+--   A project saved in a folder whose name holds ";" keeps its job files in REAPER's resource folder: the bounce of the layers failed there (REAPER lists the files a render writes separated by ";").
+--   The dialog refuses a seed that leaves no room for the variations asked for (with an older engine the last seeds wrapped to negative numbers and were refused after the others were made).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -223,6 +223,12 @@ function M.parse_form(values, spec)
     p.count = 1
     if spec.count then
       p.count = number_field(values.count, "Number of variations", 1, M.MAX_VARIATIONS, true) or 1
+      -- variation k is made with seed + k - 1
+      local top = seed_high or math.maxinteger
+      if p.seed > top - (p.count - 1) then
+        error({ msg = string.format("Seed %s leaves no room for %d variations (they use the seed and the %d after " ..
+          "it, up to %s); choose a smaller seed.", number_text(p.seed), p.count, p.count - 1, number_text(top)) }, 0)
+      end
     end
     return p
   end)

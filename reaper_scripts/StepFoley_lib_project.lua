@@ -420,9 +420,15 @@ end
 The project's StepFoley folder (stems: <project folder>/StepFoley) and a new job folder
 (request, status, bounce: <project folder>/StepFoley/jobs/<job id>). A project never saved
 has no folder: REAPER's default recording path is used (and the console says so). The job
-folder's path goes on a command line, so it falls back to REAPER's resource folder when the
-project path has characters a command line cannot carry safely. Old job folders are pruned.
+folder's path goes on a command line, and the bounce is rendered into it (REAPER lists the
+files a render writes separated by ";"), so it falls back to REAPER's resource folder when the
+project path has characters a command line cannot carry safely, or a ";". Old job folders are
+pruned.
 ]]
+local function usable_for_jobs(path)
+  return M.is_command_line_safe(path) and not path:find(";", 1, true)
+end
+
 function M.folders(proj, job_id, settings)
   local project_dir = M.project_folder(proj)
   if not project_dir then
@@ -433,12 +439,12 @@ function M.folders(proj, job_id, settings)
   end
   local output_dir = M.join(project_dir, "StepFoley")
   local jobs_root = M.join(output_dir, "jobs")
-  if not M.is_command_line_safe(jobs_root) then
+  if not usable_for_jobs(jobs_root) then
     jobs_root = M.join(M.join(reaper.GetResourcePath(), "StepFoley"), "jobs")
   end
-  if not M.is_command_line_safe(jobs_root) then
+  if not usable_for_jobs(jobs_root) then
     return nil, "Neither the project folder nor REAPER's resource folder can be passed to the " ..
-      "StepFoley client (they contain quotes or other special characters):\n" .. jobs_root
+      "StepFoley client (they contain quotes, \";\" or other special characters):\n" .. jobs_root
   end
   M.prune_job_folders(jobs_root, settings.job_days)
   local job_dir = M.join(jobs_root, job_id)

@@ -716,6 +716,20 @@ def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take,
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
+def test_a_project_folder_with_a_semicolon_still_bounces_the_layers(world, tmp_path):
+    """REAPER lists the files a render writes separated by ";": a job folder under "Scene 12;
+    take 2" would read as two files, so the job files go to REAPER's resource folder."""
+    proj = tmp_path / "Scene 12; take 2"
+    proj.mkdir()
+    layer = stepfoley_layer(world, "steps", {"caption": "steps on wood"})
+    result = h.run_scenario(world["tmp"], scenario(world, project_path=str(proj), extra_tracks=[layer]))
+    assert result["messages"] == [] and len(result["renders"]) == 1
+    request = job_request(result)
+    assert request["existing_mix"].startswith(str(tmp_path / "reaper resource" / "StepFoley" / "jobs"))
+    [track] = [t for t in new_tracks(result) if t["name"] != "steps"]
+    assert Path(track["items"][0]["takes"][0]["source_file"]).parent == proj / "StepFoley"
+
+
 @pytest.mark.parametrize("script, ts", [(h.EXTEND, (4.0, 7.0)), (h.REPAIR, (3.5, 4.0))], ids=["extend", "repair"])
 def test_extend_and_repair_under_a_picture_at_another_rate_are_refused_before_any_bounce(world, script, ts):
     # a picture conformed from 25 to 24 frames per second: the engine would refuse it after the bounce

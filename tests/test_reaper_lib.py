@@ -200,6 +200,17 @@ def test_parse_form_refuses(values, message):
     assert p is False and err.startswith(message)
 
 
+def test_parse_form_leaves_room_for_the_variations_seeds():
+    spec = "{negatives = true, count = true}"
+    p, err = parse_form({"caption": "x", "seed": "9223372036854775805", "count": "3"}, spec=spec)
+    assert err is False and (p["seed"], p["count"]) == (9223372036854775805, 3)  # up to the engine's bound
+    p, err = parse_form({"caption": "x", "seed": "9223372036854775806", "count": "3"}, spec=spec)
+    assert p is False and err == ("Seed 9223372036854775806 leaves no room for 3 variations (they use the seed "
+                                  "and the 2 after it, up to 9223372036854775807); choose a smaller seed.")
+    p, err = parse_form({"caption": "x", "seed": "9223372036854775806", "count": "2"}, spec=spec, caps=None)
+    assert err is False  # without the engine's bounds, Lua's own: no wrap to a negative seed
+
+
 def test_parse_form_without_capabilities_checks_only_kinds():
     p, err = parse_form({"caption": "x", "method": "dual", "alpha": "500", "steps": "1000"}, caps=None)
     assert err is False and p["method"] == "dual" and p["alpha"] == 500.0 and p["steps"] == 1000
