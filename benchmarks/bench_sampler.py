@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         clip_f = torch.randn(1, config.clip_seq_len, config.clip_dim)
         sync_f = torch.randn(1, config.sync_seq_len, config.sync_dim)
         text_f = torch.randn(1, config.text_seq_len, config.text_dim)
-        branches = branch_conditions(net, BRANCHES, clip_f, sync_f, text_f, N)
+        branches = branch_conditions(net, [b for b in BRANCHES if b != "negative"], clip_f, sync_f, text_f, N)
         conditions, empty = branches["cond"].expand(B), branches["uncond"].expand(B)
         audio_latent = torch.randn(B, N, C)
         x0 = initial_noise(list(range(B)), N, C)

@@ -11,6 +11,7 @@ protocol (capabilities), the command line and the REAPER dialog read the registr
 
 Notation (paper: "Step-by-Step Video-to-Audio Synthesis via Negative Audio Guidance"):
     u(∅, ∅)          unconditional flow (MMAudio's learned empty video and empty text)
+    u(∅, C_neg)      the empty video with a negative caption's text
     u(V, ∅)          video only
     u(V, C)          video and the target text prompt
     u_psi(V, ∅, x̃)   video plus an audio condition x̃, through the NAG ControlNet
@@ -35,24 +36,39 @@ def classifier_free_guidance(v_cond: Tensor, v_uncond: Tensor, alpha: float) -> 
     Evaluated as α·v_cond + (1 − α)·v_uncond, the order MMAudio's `ode_wrapper` uses, so results
     match the reference to float32 rounding. The two forms are algebraically identical.
 
-    Negative-text CFG (MMAudio's negative prompt) is this same function: the sampler computes
-    `v_uncond` from `net.get_empty_conditions(bs, negative_text_features=...)`, i.e. the empty
-    video with the negative prompt's text, so the guided velocity is pushed away from the
-    negative text: ũ = u(∅, C_neg) + α (u(V, C) − u(∅, C_neg)).
+    Negative-text CFG (MMAudio's negative prompt, what a request's `negative_caption` does for
+    every method but `negative_prompt`) is this same function: the sampler computes `v_uncond`
+    from `net.get_empty_conditions(bs, negative_text_features=...)`, i.e. the empty video with
+    the negative prompt's text, so the guided velocity is pushed away from the negative text:
+    ũ = u(∅, C_neg) + α (u(V, C) − u(∅, C_neg)).
     """
     return alpha * v_cond + (1.0 - alpha) * v_uncond
 
 
 def negative_text_guidance(v_cond: Tensor, v_negative: Tensor, alpha: float) -> Tensor:
-    """Negative-prompt CFG as the paper's baseline and MMAudio write it:
+    """Negative-prompt CFG as MMAudio writes it:
 
         ũ = u(∅, C_neg) + α (u(V, C) − u(∅, C_neg))
 
     `v_negative` = u(∅, C_neg), the unconditional branch evaluated with the negative prompt's
     text features in place of the empty text. Identical arithmetic to
-    `classifier_free_guidance`; a separate name so call sites say what they mean.
+    `classifier_free_guidance`; a separate name so call sites say what they mean. At α = 1 it
+    is u(V, C): the negative text has no effect (the paper's baseline below keeps one).
     """
     return classifier_free_guidance(v_cond, v_negative, alpha)
+
+
+def negative_prompt_guidance(v_cond: Tensor, v_uncond: Tensor, v_negative: Tensor, w1: float) -> Tensor:
+    """The paper's step-by-step baseline with negative prompts (Sec. 5.1, after Woolf 2022):
+
+        ũ = u(∅, ∅) + w1 (u(V, C_k) − u(∅, C_k,neg))
+
+    `v_uncond` = u(∅, ∅), `v_negative` = u(∅, C_k,neg) with C_k,neg the earlier tracks'
+    captions joined, `w1` = the CFG scale α. Unlike MMAudio's form (`negative_text_guidance`)
+    the empty branch stays, so the negative text is weighted −w1 at every scale, at 1 too.
+    With an empty negative caption it is CFG exactly.
+    """
+    return v_uncond + w1 * (v_cond - v_negative)
 
 
 def negative_audio_guidance(
@@ -115,9 +131,11 @@ def reference_audio_guidance(
 
 # The branches a method may ask for, in the row order of the batched forward:
 BRANCHES = (
-    "cond",    # u(V, C): the video and the target caption
-    "uncond",  # u(∅, ∅), or u(∅, C_neg) when the track has a negative caption
-    "video",   # u(V, ∅): the video and the empty caption
+    "cond",      # u(V, C): the video and the target caption
+    "uncond",    # u(∅, ∅), or u(∅, C_neg) when the track has a negative caption and the method
+                 # no "negative" branch (MMAudio's negative prompt)
+    "negative",  # u(∅, C_neg): the empty video and the negative caption (the paper's baseline)
+    "video",     # u(V, ∅): the video and the empty caption
     "audio",   # u_psi(V, ∅, x̃): the video and an audio condition, through the ControlNet
 )
 
@@ -151,8 +169,9 @@ class GuidanceMethod:
     # negative_prompt: with no negative caption, steer away from the earlier tracks' captions.
     negative_from_previous: bool = False
     # The method that gives the same velocity with fewer branches for these weights, or when
-    # there is no audio condition (track 1), or None when this one is needed as it is.
-    simplify: Callable[[GuidanceWeights, bool], str | None] = lambda weights, has_audio: None
+    # there is no audio condition (track 1), or no negative caption (has_audio, has_negative),
+    # or None when this one is needed as it is.
+    simplify: Callable[[GuidanceWeights, bool, bool], str | None] = lambda weights, has_audio, has_negative: None
     public: bool = True  # False: reached only through `simplify`
 
     def __post_init__(self):
@@ -166,14 +185,16 @@ class GuidanceMethod:
     def needs_controlnet(self) -> bool:
         return "audio" in self.branches
 
-    def unconditional_weight(self, weights: GuidanceWeights) -> float:
-        """The weight of the unconditional branch in the guided velocity (every combination is
-        linear in the branches): 1 - α for CFG and Eq. 9, 1 - w1 for Eq. A6, 0 without the
-        branch. A negative caption replaces that branch's empty caption, so it steers away only
-        where this is below 0; at 0 it does nothing, above 0 it would pull toward it."""
-        if "uncond" not in self.branches:
+    def negative_caption_weight(self, weights: GuidanceWeights) -> float:
+        """The weight of the branch a negative caption goes into, in the guided velocity (every
+        combination is linear in the branches): the "negative" branch's, −α for the paper's
+        baseline; else the unconditional branch's, whose empty caption it replaces: 1 − α for
+        CFG and Eq. 9, 1 − w1 for Eq. A6, 0 without the branch. It steers away only where this
+        is below 0; at 0 it does nothing, above 0 it would pull toward it."""
+        branch = "negative" if "negative" in self.branches else "uncond"
+        if branch not in self.branches:
             return 0.0
-        return float(self.combine({b: float(b == "uncond") for b in self.branches}, weights))
+        return float(self.combine({b: float(b == branch) for b in self.branches}, weights))
 
 
 GUIDANCE_METHODS: dict[str, GuidanceMethod] = {}
@@ -190,12 +211,14 @@ def public_methods() -> tuple[GuidanceMethod, ...]:
     return tuple(m for m in GUIDANCE_METHODS.values() if m.public)
 
 
-def resolve_method(name: str, weights: GuidanceWeights, has_audio: bool) -> GuidanceMethod:
+def resolve_method(name: str, weights: GuidanceWeights, has_audio: bool,
+                   has_negative: bool = False) -> GuidanceMethod:
     """The registry entry that computes `name`'s velocity for these weights: e.g. NAG with
-    β = 0, or on track 1 where there is nothing to negate, is plain CFG."""
+    β = 0, or on track 1 where there is nothing to negate, is plain CFG; so is the negative
+    prompt without a negative caption (`has_negative` False)."""
     method = GUIDANCE_METHODS[name]
     seen = {name}
-    while (simpler := method.simplify(weights, has_audio)) is not None:
+    while (simpler := method.simplify(weights, has_audio, has_negative)) is not None:
         if simpler in seen:
             raise ValueError(f"guidance methods simplify in a loop: {sorted(seen)}")
         seen.add(simpler)
@@ -203,7 +226,7 @@ def resolve_method(name: str, weights: GuidanceWeights, has_audio: bool) -> Guid
     return method
 
 
-def _cfg_at_most_one(weights: GuidanceWeights, has_audio: bool) -> str | None:
+def _cfg_at_most_one(weights: GuidanceWeights, has_audio: bool, has_negative: bool) -> str | None:
     # MMAudio's ode_wrapper: with cfg_strength < 1 only the conditional branch is evaluated; at
     # exactly 1, CFG is the conditional flow to the bit (1·u + 0·u'), so it is skipped there too.
     return "conditional" if weights.alpha <= 1.0 else None
@@ -221,13 +244,16 @@ register(GuidanceMethod(
     ("cond",), lambda v, w: v["cond"], public=False))
 register(GuidanceMethod(
     "negative_prompt", "CFG away from the earlier tracks' captions (the paper's text baseline)",
-    ("cond", "uncond"), _cfg, negative_from_previous=True, simplify=_cfg_at_most_one))
+    ("cond", "uncond", "negative"),
+    lambda v, w: negative_prompt_guidance(v["cond"], v["uncond"], v["negative"], w.alpha),
+    negative_from_previous=True,
+    simplify=lambda w, has_audio, has_negative: None if has_negative else "independent"))
 register(GuidanceMethod(
     "nag", "Negative Audio Guidance (Eq. 9): away from the sound of the tracks already made",
     ("cond", "uncond", "audio"),
     lambda v, w: negative_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="existing",
-    simplify=lambda w, has_audio: "independent" if w.beta == 0 or not has_audio else
+    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 or not has_audio else
     ("nag_conditional" if w.alpha == 1.0 else None)))
 register(GuidanceMethod(
     "nag_conditional", "Eq. 9 at α = 1: the conditional flow plus the audio term, no unconditional branch",
@@ -238,13 +264,13 @@ register(GuidanceMethod(
     ("cond", "uncond", "video"),
     lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], None, w.alpha, w.alpha + w.beta, 0.0),
     params=("alpha", "beta"),
-    simplify=lambda w, has_audio: "independent" if w.beta == 0 else None))
+    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else None))
 register(GuidanceMethod(
     "dual", "Eq. A6 with your own weights w1 (video), w2 (text), w3 (away from the earlier tracks)",
     ("cond", "uncond", "video", "audio"),
     lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], v["audio"], w.w1, w.w2, w.w3),
     params=("w1", "w2", "w3"), audio="existing",
-    simplify=lambda w, has_audio: "dual_text" if w.w3 == 0 or not has_audio else None))
+    simplify=lambda w, has_audio, has_negative: "dual_text" if w.w3 == 0 or not has_audio else None))
 register(GuidanceMethod(
     "dual_text", "Eq. A6 without the audio term", ("cond", "uncond", "video"),
     lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], None, w.w1, w.w2, 0.0),
@@ -254,4 +280,4 @@ register(GuidanceMethod(
     ("cond", "uncond", "audio"),
     lambda v, w: reference_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="reference",
-    simplify=lambda w, has_audio: "independent" if w.beta == 0 else None))
+    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else None))

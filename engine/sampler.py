@@ -138,15 +138,22 @@ def branch_conditions(net, branches: Sequence[str], clip_f: Tensor, sync_f: Tens
                       latent_len: int, negative_text_f: Tensor | None = None) -> dict:
     """The conditions of each branch a guidance method declares (engine.guidance.BRANCHES),
     computed once per generation. clip_f (1, Lc, Dc), sync_f (1, Ls, Ds), text_f (1 or B, Lt, Dt):
-    one caption per take; negative_text_f (1 or B, Lt, Dt) replaces the empty caption of the
-    unconditional branch."""
+    one caption per take; negative_text_f (1 or B, Lt, Dt): the negative captions, in the
+    "negative" branch when the method has one (the paper's baseline), else in place of the
+    unconditional branch's empty caption (MMAudio's negative prompt)."""
     out = {}
     if "cond" in branches:
         out["cond"] = net.preprocess_conditions(clip_f, sync_f, text_f, latent_seq_len=latent_len)
+    if "negative" in branches:
+        if negative_text_f is None:
+            raise InvalidInputError("The negative prompt needs a negative caption (the earlier tracks' captions).")
+        out["negative"] = net.empty_conditions(negative_text_f.shape[0], latent_len, clip_f.shape[1], sync_f.shape[1],
+                                               negative_text_features=negative_text_f)
     if "uncond" in branches:
-        rows = 1 if negative_text_f is None else negative_text_f.shape[0]
+        replaced = None if "negative" in branches else negative_text_f
+        rows = 1 if replaced is None else replaced.shape[0]
         out["uncond"] = net.empty_conditions(rows, latent_len, clip_f.shape[1], sync_f.shape[1],
-                                             negative_text_features=negative_text_f)
+                                             negative_text_features=replaced)
     if "video" in branches or "audio" in branches:
         video_only = net.preprocess_conditions(clip_f, sync_f, net.empty_text_features(),
                                                latent_seq_len=latent_len)

@@ -292,7 +292,8 @@ class StepSession:
         if len({s.loudness_curve is None for s in settings}) > 1:
             raise InvalidInputError("Either every take made together follows a loudness curve, or none does.")
         learned_loudness = first.loudness_curve is not None and model.loudness_control is not None and known is None
-        method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None)
+        method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None,
+                                has_negative=any(s.negative_caption for s in settings))
         if method.needs_controlnet and model.controlnet is None:
             raise InvalidInputError(
                 f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks or a "
@@ -368,7 +369,7 @@ class StepSession:
         return [Track(samples[0], model.sample_rate,
                       {**asdict(s), **common, "negative_caption": s.negative_caption or None,
                        # the user must not think a negative caption steered a take it could not
-                       "negative_caption_heard": (method.unconditional_weight(first.weights) < 0
+                       "negative_caption_heard": (method.negative_caption_weight(first.weights) < 0
                                                   if s.negative_caption else None),
                        # the points went out with the request; a stem's reply stays within its datagram
                        "loudness_curve": None if s.loudness_curve is None else f"{len(s.loudness_curve)} points",

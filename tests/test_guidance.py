@@ -15,6 +15,7 @@ from stepfoley.engine.guidance import (
     classifier_free_guidance,
     four_term_guidance,
     negative_audio_guidance,
+    negative_prompt_guidance,
     negative_text_guidance,
     reference_audio_guidance,
 )
@@ -60,6 +61,20 @@ def test_negative_text_guidance_uses_the_negative_branch_as_unconditional():
     guided = negative_text_guidance(m_cond - x, m_neg - x, 3.0)
     expected = (m_neg - x) + 3.0 * ((m_cond - x) - (m_neg - x))
     torch.testing.assert_close(guided, expected, rtol=0, atol=1e-12)
+
+
+def test_the_papers_negative_prompt_keeps_the_empty_branch_and_weighs_the_negative_text_at_every_scale():
+    m_cond, m_uncond, m_neg = _targets(3, seed=4)
+    x = _x()
+    for w1 in (1.0, 4.5):
+        guided = negative_prompt_guidance(m_cond - x, m_uncond - x, m_neg - x, w1)
+        expected = (m_uncond - x) + w1 * ((m_cond - x) - (m_neg - x))  # Sec. 5.1
+        torch.testing.assert_close(guided, expected, rtol=0, atol=1e-12)
+    # at 1 MMAudio's form is the conditional flow, the paper's is not
+    assert not torch.allclose(negative_prompt_guidance(m_cond - x, m_uncond - x, m_neg - x, 1.0), m_cond - x)
+    # an empty negative caption (u(∅, C_neg) = u(∅, ∅)) is CFG
+    torch.testing.assert_close(negative_prompt_guidance(m_cond - x, m_uncond - x, m_uncond - x, 4.5),
+                               classifier_free_guidance(m_cond - x, m_uncond - x, 4.5), rtol=0, atol=1e-12)
 
 
 def test_nag_is_eq9_on_linear_fields():
@@ -194,7 +209,8 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
         assert set(method.branches) <= set(BRANCHES)
         for weights in (GuidanceWeights(0.5, 0.0, 0.0, 0.0, 0.0), GuidanceWeights(4.5, 1.5, 4.5, 6.0, 1.5)):
             for has_audio in (False, True):
-                assert resolve_method(method.name, weights, has_audio).name in GUIDANCE_METHODS
+                for has_negative in (False, True):
+                    assert resolve_method(method.name, weights, has_audio, has_negative).name in GUIDANCE_METHODS
     assert {m.name for m in public_methods()} == {"independent", "negative_prompt", "nag", "text_boost", "dual",
                                                    "reference"}
 
@@ -205,7 +221,7 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
     ("nag", GuidanceWeights(4.5, 0.0), True, "independent"),  # beta = 0 is CFG exactly
     ("nag", GuidanceWeights(0.5, 0.0), True, "conditional"),  # MMAudio: CFG below 1 is the conditional branch
     ("independent", GuidanceWeights(1.0), False, "conditional"),  # at 1 CFG is the conditional flow exactly
-    ("negative_prompt", GuidanceWeights(1.0), False, "conditional"),  # so is the negative prompt's
+    ("negative_prompt", GuidanceWeights(1.0), False, "conditional"),  # without a negative caption: CFG
     ("nag", GuidanceWeights(1.0, 1.5), True, "nag_conditional"),
     ("nag", GuidanceWeights(1.0, 1.5), False, "conditional"),  # track 1 at α = 1
     ("text_boost", GuidanceWeights(4.5, 1.5), False, "text_boost"),
@@ -217,6 +233,12 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
 ])
 def test_resolve_method_picks_the_cheapest_equivalent(name, weights, has_audio, used):
     assert resolve_method(name, weights, has_audio).name == used
+
+
+def test_the_negative_prompt_with_a_negative_caption_is_never_simplified():
+    for alpha in (1.0, 4.5):  # at 1 too: the paper's form keeps a weight of -1 on the negative text
+        assert resolve_method("negative_prompt", GuidanceWeights(alpha), False, has_negative=True).name == \
+            "negative_prompt"
 
 
 def test_a_method_must_name_what_its_audio_branch_hears():
@@ -234,6 +256,8 @@ def test_a_method_must_name_what_its_audio_branch_hears():
     ("reference", GuidanceWeights(0.5, 1.0), 0.5),  # below α 1 a negative caption would attract
     ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), -1.0),  # Eq. A6: 1 - w1
     ("conditional", GuidanceWeights(1.0), 0.0),  # no unconditional branch
+    ("negative_prompt", GuidanceWeights(1.0), -1.0),  # the paper's baseline: its own branch, -α
+    ("negative_prompt", GuidanceWeights(4.5), -4.5),
 ])
-def test_the_unconditional_weight_says_where_a_negative_caption_acts(name, weights, expected):
-    assert GUIDANCE_METHODS[name].unconditional_weight(weights) == pytest.approx(expected)
+def test_the_negative_caption_weight_says_where_a_negative_caption_acts(name, weights, expected):
+    assert GUIDANCE_METHODS[name].negative_caption_weight(weights) == pytest.approx(expected)

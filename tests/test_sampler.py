@@ -238,7 +238,8 @@ def test_golden_mmaudio_sampler_cfg(golden, fixture):
             for field, value in _group(intermediates, "negtext_empty_cond.").items():
                 torch.testing.assert_close(getattr(negative.expand(B), field), value,
                                            atol=tol["atol"], rtol=tol["rtol"])
-            x1_neg = euler_sample(_velocity(net, "negative_prompt", {"cond": conditions, "uncond": negative}, alpha=alpha),
+            # MMAudio's negative prompt: a request's negative_caption with plain CFG
+            x1_neg = euler_sample(_velocity(net, "independent", {"cond": conditions, "uncond": negative}, alpha=alpha),
                                   inputs["x0"], time_grid(steps))
             check("x1_negtext_normalized", x1_neg)
             check("x1_negtext", net.unnormalize(x1_neg))

@@ -347,9 +347,30 @@ def test_the_metadata_says_whether_a_negative_caption_was_heard(tiny, scene_vide
         settings = TrackSettings("rain", method=method, alpha=alpha, seed=3, steps=1, negative_caption=negative)
         return session.generate_takes([settings], [None])[0].metadata["negative_caption_heard"]
 
-    assert (heard(3.0, "a bell rings"), heard(1.0, "a bell rings"), heard(3.0, "")) == (True, False, None)
+    # MMAudio's negative prompt (a negative caption with plain CFG) acts only above α 1
+    assert (heard(3.0, "a bell rings", "independent"), heard(1.0, "a bell rings", "independent"),
+            heard(3.0, "", "independent")) == (True, False, None)
+    # the paper's baseline weighs its negative branch -α: heard at α 1 too
+    assert (heard(3.0, "a bell rings"), heard(1.0, "a bell rings"), heard(1.0, "")) == (True, True, None)
     # text_boost evaluates the unconditional branch at α 1 too, but weighs it 0
     assert (heard(1.0, "a bell rings", "text_boost"), heard(3.0, "a bell rings", "text_boost")) == (False, True)
+
+
+def test_the_negative_prompt_is_the_papers_baseline(tiny, scene_video):
+    """ũ = u(∅, ∅) + α (u(V, C) − u(∅, C_neg)) (Sec. 5.1): at α 1, the embedded model's, it
+    still steers away from the earlier captions; with none it is plain CFG."""
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+
+    def take(method, negative=""):
+        settings = TrackSettings("rain", method=method, alpha=1.0, seed=3, steps=2, negative_caption=negative)
+        return session.generate_takes([settings], [None])[0]
+
+    plain, first = take("independent"), take("negative_prompt")
+    assert first.metadata["method_used"] == "conditional"
+    np.testing.assert_array_equal(first.samples, plain.samples)
+    away = take("negative_prompt", "a bell rings")
+    assert away.metadata["method_used"] == "negative_prompt"
+    assert np.abs(away.samples - plain.samples).max() > 1e-3
 
 
 def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene_video):

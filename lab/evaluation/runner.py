@@ -7,7 +7,8 @@ CFG); track j of take t has the same seed in every row, so rows differ only in h
 away from the earlier tracks. The rows (`MAIN_ROWS`):
 
   independent      plain CFG (β = 0): the paper's baseline
-  negative_prompt  CFG with the earlier tracks' captions as the negative text
+  negative_prompt  the paper's text baseline: u(∅, ∅) + α (u(V, C) − u(∅, C_neg)), C_neg the
+                   earlier tracks' captions (at α 1 too the negative text is weighted −α)
   text_boost       Eq. A6 with w1 = α, w2 = α + β, w3 = 0: NAG's extra text weight, no audio
                    term (the control that tells negation from more text guidance)
   nag              Negative Audio Guidance against the -20 LUFS mix of this row's earlier tracks
@@ -77,7 +78,8 @@ DEFINITIONS = {
     "pre_limiter_clipped_fraction": "fraction of the decoded track's samples beyond full scale (|x| > 1), before "
                                     "any limiter or clamp",
     "silence_fraction": "fraction of the finished track's 50 ms blocks under -60 dBFS RMS",
-    "composite_distance": "log-mel distance (dB) of the -20 LUFS composite of tracks 1..k to the true mixture",
+    "composite_distance": "log-mel distance (dB) of the -20 LUFS composite of tracks 1..k, each as finished "
+                          "(at -23 LUFS), to the sum of the true stems 1..k",
 }
 
 
@@ -355,9 +357,6 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     defaults = model.defaults
     alpha = defaults.alpha if alpha is None else float(alpha)
     steps = defaults.steps if steps is None else steps
-    if alpha <= 1.0 and any(GUIDANCE_METHODS[r.method].negative_from_previous for r in rows):
-        notes.append(f"at α = {alpha:g} CFG is the conditional flow alone: a negative prompt, which acts through "
-                     "the unconditional branch (weight 1 − α), has no effect, so negative_prompt equals independent")
     seeds = [scene_seed(seed, i) for i in range(scenes)]
     clock = PhaseClock()
     windows = len(plan_windows(duration, model.max_duration))
