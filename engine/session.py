@@ -291,6 +291,9 @@ class StepSession:
             raise InvalidInputError("Either every take made together hears an audio condition, or none does.")
         if len({s.loudness_curve is None for s in settings}) > 1:
             raise InvalidInputError("Either every take made together follows a loudness curve, or none does.")
+        if "negative" in GUIDANCE_METHODS[first.method].branches and len({bool(s.negative_caption) for s in settings}) > 1:
+            # without one a take is plain CFG, which below α 1 is another computation than the batch's
+            raise InvalidInputError("Either every take made together has a negative caption, or none does.")
         learned_loudness = first.loudness_curve is not None and model.loudness_control is not None and known is None
         method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None,
                                 has_negative=any(s.negative_caption for s in settings))

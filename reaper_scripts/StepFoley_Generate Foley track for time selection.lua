@@ -8,6 +8,7 @@
 --   Make selected item sound like this refuses a reference item that is not heard (muted, on a muted track or folder, or on a lane that does not play) instead of sending silence.
 --   A project saved in a folder whose name holds ";" keeps its job files in REAPER's resource folder: the bounce of the layers failed there (REAPER lists the files a render writes separated by ";").
 --   The dialog refuses a seed that leaves no room for the variations asked for (with an older engine the last seeds wrapped to negative numbers and were refused after the others were made).
+--   The item notes no longer say negative captions never steer away at alpha 1: the engine's negative_prompt is now the paper's baseline, which does.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

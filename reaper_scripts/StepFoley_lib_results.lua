@@ -22,9 +22,9 @@ function M.describe(meta)
   local r, e = meta.region or {}, type(meta.engine) == "table" and meta.engine or {}
   local negatives = meta.negatives or {}
   local names = type(negatives.tracks) == "table" and table.concat(negatives.tracks, ", ") or ""
-  -- a negative caption acts only above alpha 1 (the engine's metadata negative_caption_heard)
+  -- the engine says whether the negative caption steered the take (negative_caption_heard)
   local unheard = e.negative_caption_heard == false and
-    "; their captions were not heard (at alpha 1 or less negative captions do not steer away)" or ""
+    "; their captions were not heard (at this alpha a negative caption does not steer away)" or ""
   return string.format("StepFoley: %s\nmethod %s, alpha %s, beta %s, seed %s, steps %s\n" ..
     "negatives: %s%s%s\nvideo: %s (file %.3f s to %.3f s, playrate %s)\nstem: %s",
     tostring(meta.caption), shown(meta.method, e.method), shown(meta.alpha, e.alpha), shown(meta.beta, e.beta),

@@ -339,8 +339,8 @@ def test_takes_made_together_equal_takes_made_alone_and_leave_the_stack_alone(ti
 
 
 def test_the_metadata_says_whether_a_negative_caption_was_heard(tiny, scene_video):
-    """A negative caption acts through the unconditional branch, which α <= 1 never evaluates:
-    the stem says it was not heard rather than letting the user believe it steered the take."""
+    """Where a negative caption is weighted 0 (MMAudio's form at α <= 1), the stem says it was not
+    heard rather than letting the user believe it steered the take."""
     session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
 
     def heard(alpha, negative, method="negative_prompt"):
@@ -371,6 +371,11 @@ def test_the_negative_prompt_is_the_papers_baseline(tiny, scene_video):
     away = take("negative_prompt", "a bell rings")
     assert away.metadata["method_used"] == "negative_prompt"
     assert np.abs(away.samples - plain.samples).max() > 1e-3
+    # a take without one is plain CFG, another computation below α 1: not batched with them
+    mixed = [TrackSettings("rain", method="negative_prompt", alpha=0.5, seed=3, steps=1, negative_caption=n)
+             for n in ("a bell rings", "")]
+    with pytest.raises(InvalidInputError, match="every take made together has a negative caption, or none"):
+        session.generate_takes(mixed, [None, None])
 
 
 def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene_video):
