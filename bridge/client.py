@@ -562,15 +562,7 @@ def queued_status() -> dict:
 
 
 def failure_status(code: str, message: str, exit_code: int) -> dict:
-    """A final status for a request that never reached the engine."""
-    return {
-        "state": "error",
-        "job_id": None,
-        "step": 0,
-        "total": 0,
-        "stem_path": None,
-        "metadata": None,
-        "error": {"code": code, "message": message},
-        "exit_code": exit_code,
-        "updated": time.time(),
-    }
+    """A final status for a request that never reached the engine: every key a job's status
+    has (a script reads the same fields whatever went wrong)."""
+    return {**queued_status(), "request_id": None, "state": "error", "error": {"code": code, "message": message},
+            "exit_code": exit_code}

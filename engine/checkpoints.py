@@ -64,14 +64,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"Download or export it again.") from exc
 
 
+def torch_load_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words: its first line, not
+    torch's advice to load the file unsafely."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        return ("not a plain weights file: damaged, or holding objects only running its code could rebuild, "
+                "which StepFoley never does")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
+
+
 def _read_pth(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
         raise CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}). "
-            f"Download it again.") from exc
+            f"({torch_load_reason(exc)}). Download it again.") from exc
 
 
 def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:

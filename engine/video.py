@@ -179,16 +179,23 @@ def _matroska_duration_s(stream) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
+def _picture_stated_end_s(container, stream) -> float | None:
+    """Where the file says the video stream itself ends on its timeline (its duration, or
+    Matroska's per-track tag), or None when it says nothing of the picture alone."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return _picture_start_s(container, stream) + float(stream.duration * stream.time_base)
+    tagged_end = _matroska_duration_s(stream) if "matroska" in container.format.name else None
+    return None if tagged_end is None else tagged_end - _origin_s(container, stream)
+
+
 def _duration_s(container, stream) -> float | None:
     """Where the picture ends on the file's timeline: the video stream's own end when the file
     states it (the container's duration also counts the sound, which may run longer), else the
     container's; None when the file says neither (a WebM recorded without a final duration, a
     raw .h264 stream)."""
-    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-        return _picture_start_s(container, stream) + float(stream.duration * stream.time_base)
-    tagged_end = _matroska_duration_s(stream) if "matroska" in container.format.name else None
-    if tagged_end is not None:
-        return tagged_end - _origin_s(container, stream)
+    stated = _picture_stated_end_s(container, stream)
+    if stated is not None:
+        return stated
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return None
@@ -409,9 +416,10 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
             f"The region starting at {region_start:.1f} s is past the end of the picture of "
             f"{path.name} (its last frame ends at {picture_end:.1f} s). Move the time selection "
             "onto the picture.")
-    # a file cut short (a copy or download that stopped) still states its whole length: its
-    # last frame would be held over the missing picture
-    stated = _duration_s(container, stream)
+    # a file cut short (a copy or download that stopped) still states its picture's whole
+    # length: its last frame would be held over the missing picture (a container's length alone
+    # may count sound that runs past the picture: that is no sign of damage)
+    stated = _picture_stated_end_s(container, stream)
     if stated is not None and last_frame_s > 0 and \
             picture_end < min(stated, float(times[-1])) - _TRUNCATED_TOLERANCE_S:
         raise VideoError(

@@ -17,6 +17,7 @@ without the shared fixture folder; `manifests_dir` points elsewhere if needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from contextlib import contextmanager
@@ -102,15 +103,26 @@ def safetensors_copy(path: Path) -> Path:
     return Path(path).with_suffix(".safetensors")
 
 
+_FINGERPRINT_BYTES = 2**20  # read from each end of a file: a checkpoint's header and index
+
+
 def _identity(path: Path) -> dict[str, str]:
-    stat = path.stat()
-    return {"source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns)}
+    """What a copy records of the file it was made from: its size and a hash of its first and
+    last MiB (a new download of the same file matches; another file does not, whatever its
+    dates: copying a folder resets them)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        f.seek(max(0, size - _FINGERPRINT_BYTES))
+        digest.update(f.read(_FINGERPRINT_BYTES))
+    return {"source_size": str(size), "source_fingerprint": digest.hexdigest()}
 
 
 def stale_copy(path: Path) -> bool:
     """Whether the .safetensors copy of the official `path` was made from another file than
-    the one there now (a new download of the .pth): the copy records the size and mtime of
-    what it was made from; one made before it did is stale when the .pth is the newer."""
+    the one there now (a new download of another .pth). A copy made before copies recorded
+    their source is trusted, as it always was."""
     from safetensors import safe_open
 
     path, copy = Path(path), safetensors_copy(path)
@@ -121,9 +133,12 @@ def stale_copy(path: Path) -> bool:
             meta = f.metadata() or {}
     except Exception:  # unreadable: the loader says so, naming the file
         return False
-    if "source_size" in meta and "source_mtime_ns" in meta:
-        return {k: meta[k] for k in ("source_size", "source_mtime_ns")} != _identity(path)
-    return path.stat().st_mtime_ns > copy.stat().st_mtime_ns
+    recorded = {k: meta.get(k) for k in ("source_size", "source_fingerprint")}
+    if None in recorded.values():
+        return False
+    if recorded["source_size"] != str(path.stat().st_size):
+        return True
+    return recorded != _identity(path)
 
 
 def file_to_read(path: Path) -> Path | None:
@@ -185,7 +200,10 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         except RuntimeError:  # files saved in the legacy (non-zip) format cannot be mapped
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({e}); download it again.") from None
+        from stepfoley.engine.checkpoints import torch_load_reason
+
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); "
+                              "download it again.") from None
     return {k: tuple(v.shape) for k, v in _take_entry(loaded, entry, path).items() if hasattr(v, "shape")}
 
 
@@ -242,6 +260,7 @@ class FileReport:
     read_from: Path | None = None  # what a loader opens (the .safetensors copy if any)
     problems: tuple[str, ...] = ()
     verified: bool = False  # keys and shapes were compared with the manifest
+    notes: tuple[str, ...] = ()  # worth knowing, not wrong (a stale copy the loader skips)
 
     @property
     def ok(self) -> bool:
@@ -272,6 +291,7 @@ class WeightsReport:
             else:
                 via = f" (reads {r.read_from.name})" if r.read_from and r.read_from.suffix == ".safetensors" else ""
                 status = ("ok, keys and shapes match" if r.verified else "present") + via
+                status += "".join(f"; note: {n}" for n in r.notes)
             lines.append(f"  {r.path.relative_to(self.root)}  [{r.what}]: {status}")
         lines.append(f"  {CONTROLNET_DIR}/: " + (", ".join(p.name for p in self.controlnets) or "no NAG ControlNet files"))
         lines.append("Models:")
@@ -324,10 +344,11 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
                          + (" (`stepfoley weights convert` makes it again from the .pth)" if checkpoint.is_file()
                             else ""))
         problems += wrong
+    notes = ()
     if stale_copy(checkpoint):
-        problems.append(f"{safetensors_copy(checkpoint).name} was made from an earlier {checkpoint.name}, so "
-                        f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again")
-    return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified)
+        notes = (f"{safetensors_copy(checkpoint).name} was made from another {checkpoint.name}, so "
+                 f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again",)
+    return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes)
 
 
 def weights_folder(root: str | Path) -> Path:
@@ -412,7 +433,7 @@ def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
 def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
                  manifests_dir: Path | None = None) -> Conversion:
     """Write `<stem>.safetensors` beside a .pth/.pt (atomic; it replaces only a copy made from
-    an earlier file, `stale_copy`). With `spec`, a file whose keys and shapes are not the
+    another file, `stale_copy`). With `spec`, a file whose keys and shapes are not the
     official ones is refused: its copy would be read instead of the .pth from then on."""
     import torch
 
@@ -433,7 +454,7 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
     save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},
                             overwrite=stale)
     _, st_s = _timed(lambda: load_state_dict_file(target))
-    note = (("made again: the copy was from an earlier file; " if stale else "")
+    note = (("made again: the copy was from another file; " if stale else "")
             + f"load {pth_s:.2f} s as .pth, {st_s:.2f} s as .safetensors ({pth_s / max(st_s, 1e-9):.1f}x)")
     return Conversion(source, target, True, note, pth_s, st_s)
 

@@ -625,7 +625,8 @@ def _region(region: Any) -> VideoRegion:
             _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
         # the picture is varispeeded to the stem: that speed is bounded as playrate is
         speed = length / (end - start)
-        if not MIN_PLAYRATE <= speed <= MAX_PLAYRATE:
+        # relative tolerance: a DAW's playrate of exactly 100 comes back as 100.00000000000001
+        if not MIN_PLAYRATE * (1 - 1e-9) <= speed <= MAX_PLAYRATE * (1 + 1e-9):
             _invalid(f"region.project_end ({end:g}) would play {length:.2f} s of picture in {end - start:g} s, "
                      f"{speed:g} times its speed; the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
                      "times its speed, as with region.playrate.")

@@ -175,6 +175,9 @@ def test_tokenizer_merges_cleans_and_splits(tokenizer):
     ("\uff21\uff22\u3000\uff11door", "ab 1door"),  # fullwidth forms and the ideographic space
     ("\ufb01re", "fire"),  # a ligature
     ("\ufeffrain\x07", "rain"),  # a byte-order mark, a control character
+    ("the dog&rsquo;s &#xFB01;re", "the dog's fire"),  # entities are unescaped before the rest
+    ("\u0132sselmeer \u01c4", "ijsselmeer d\u017e"),  # ligatures beyond the ﬀ block
+    ("door\x93slam\x94", 'door"slam"'),  # C1 bytes as Windows-1252 quotes
 ])
 def test_tokenizer_cleans_as_ftfy_does_for_correct_text(typed, plain):
     """open_clip runs ftfy.fix_text: MMAudio's text features were made from the cleaned text."""

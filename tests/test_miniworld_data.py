@@ -1,6 +1,6 @@
 """The embedded model's training data: windows, VGGSound-style examples, ControlNet pairs."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -129,3 +129,22 @@ def test_saved_data_loads_back_equal(data, tmp_path):
     path = data.save(tmp_path / "features.safetensors", {"recipe": "test"})
     again = EmbeddedData.load(path)
     assert all(torch.equal(getattr(data, k), getattr(again, k)) for k in ("latent", "clip", "window", "texts"))
+
+
+def test_a_held_out_scene_gives_no_stem_alone_example_and_old_features_are_stale(tiny, data, tmp_path):
+    """A stem alone belongs to no window, so it was trained on whatever its scene; from a
+    held-out scene it would lead that scene's held-out examples too."""
+    from stepfoley.lab.training.miniworld_data import StaleFeaturesError
+    from stepfoley.engine.checkpoints import save_safetensors_atomic
+
+    recipe = replace(RECIPE, scenes=2, held_out_scenes=1, stem_alone_prob=1.0)
+    trained, held = (scene_features(tiny, recipe, i, 90_000) for i in (0, 1))
+    assert -1 in trained["window"] and -1 not in held["window"]
+    path = data.save(tmp_path / "features.safetensors", {"recipe": "test"})
+    EmbeddedData.check_current(path)
+    with pytest.raises(StaleFeaturesError, match="another data recipe"):
+        EmbeddedData.check_current(path, recipe=recipe)
+    old = save_safetensors_atomic({f.name: getattr(data, f.name).contiguous() for f in fields(EmbeddedData)},
+                                  tmp_path / "old.safetensors", {"recipe": "test"})
+    with pytest.raises(StaleFeaturesError, match="older version of the training data"):
+        EmbeddedData.check_current(old)

@@ -78,6 +78,20 @@ def test_a_take_that_is_a_pipe_a_link_to_one_or_too_big_is_refused_before_work(t
             parse_request(make_request(tmp_path, protocol=2, take=str(take), regenerate=[0.5, 1]), check_paths=True)
 
 
+def test_a_project_end_at_the_playrate_bounds_is_taken_whatever_the_rounding(tmp_path):
+    refused = 0
+    for rate in (100.0, 0.01):  # as a DAW computes the end: start + length / rate
+        for i in range(200):
+            start, length = 0.137 * i, 1.0 + 0.0137 * i
+            region = {"video": "/v.mp4", "file_in": 1.3, "file_out": 1.3 + length, "project_start": start,
+                      "project_end": start + length / rate}
+            try:
+                parse_request(make_request(tmp_path, region=region))
+            except RequestError:
+                refused += 1
+    assert refused == 0
+
+
 def test_project_end_follows_the_playrate(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.0, "file_out": 4.0, "playrate": 2.0, "project_start": 10.0}

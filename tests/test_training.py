@@ -83,7 +83,7 @@ def toy_batches(seed: int, crash_after: int | None = None):
         yield ToyBatch(x, x @ weight)
 
 
-def toy_training(work, init_seed: int, crash_after: int | None = None):
+def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2):
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
 
     torch.manual_seed(init_seed)
@@ -93,7 +93,7 @@ def toy_training(work, init_seed: int, crash_after: int | None = None):
         return (kept * (parts["net"](b.latent + 0.1 * torch.randn(b.latent.shape, generator=g)) - b.target) ** 2).mean()
 
     loss = LossModule({"net": net}, loss_fn)
-    config = TrainConfig(steps=12, batch_size=4, lr=3e-2, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
+    config = TrainConfig(steps=12, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
                          log_every=100)
     result = train(loss, net, toy_batches(0, crash_after), config, torch.device("cpu"), work, log=lambda line: None)
     return result, net
@@ -114,6 +114,35 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
         assert torch.equal(resumed_net.state_dict()[name], value), name
     for name, value in straight.params.items():
         assert torch.equal(resumed.params[name], value), name
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    from stepfoley.engine.errors import CheckpointError
+
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, crash_after=6)
+    with pytest.raises(CheckpointError, match=r"a run with other settings \(lr\)"):
+        toy_training(tmp_path / "w", init_seed=0, lr=1e-1)
+
+
+def test_a_warmup_longer_than_the_run_leaves_room_for_both_drops():
+    # 150 steps with the recipe's 200 warm-up steps (train loudness --steps 150)
+    assert lr_multiplier(119, 150, 200) == pytest.approx(1.0)
+    assert lr_multiplier(120, 150, 200) == pytest.approx(0.1) and lr_multiplier(140, 150, 200) == pytest.approx(0.01)
+
+
+def test_each_torchrun_process_trains_on_its_own_gpu(monkeypatch):
+    from stepfoley.lab.training.trainer import process_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert process_device(torch.device("cuda")) == torch.device("cuda", 3) and chosen == [torch.device("cuda", 3)]
+    assert process_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # asked for: kept
+    assert process_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert process_device(torch.device("cuda")) == torch.device("cuda")
 
 
 TINY = ["--scenes", "4", "--held-out-scenes", "2", "--workers", "1", "--base-steps", "4", "--controlnet-steps", "3",
@@ -164,6 +193,13 @@ def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsy
         assert main(["train", *what, "--work", str(tmp_path / "w"), "--out", str(precious), "--device", "cpu"]) == 2
         assert "already exists; choose another file, or add --force" in capsys.readouterr().err
     assert precious.read_text() == "my own weights"
+    # the in-place form its usage shows: --out naming the file it writes anyway is no surprise
+    from stepfoley.commands.train import _is_default_out
+    from stepfoley.cli import build_parser
+
+    args = build_parser().parse_args(["train", "loudness", "--work", str(tmp_path / "w"), "--weights", str(precious),
+                                      "--out", str(precious)])
+    assert _is_default_out(args)
 
 
 @pytest.mark.slow
@@ -197,3 +233,44 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert out.exists()
     log = (tmp_path / "work" / "train.log").read_text()
     assert "step 4/4" in log  # rank 0 logs; samples/s counts both processes
+
+
+def test_the_controlnet_condition_is_the_other_half_encoded_apart(tmp_path):
+    """A VAE that attends over the whole clip (MMAudio's) would put the target half's sound into
+    a condition cut from the whole clip's latent: the condition is its half encoded alone."""
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, entries_digest,
+                                                 extract_features, features_match, read_clip_audio)
+
+    model = build_embedded_model(random_weights=True)
+    paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
+    entries = [{"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": "rain", "start": 0.0}]
+    features = extract_features(model, entries, tmp_path / "features.safetensors", log=lambda m: None)
+    assert features_match(features, entries) and not features_match(features, [{**entries[0], "start": 0.5}])
+    data = FeatureSet.load(features)
+    n = data.latent.shape[1] // 2
+    wave = torch.from_numpy(read_clip_audio(entries[0]["audio"], model.sample_rate, 0.0, model.max_duration))
+    second = model.codec.encode(wave[None, wave.shape[0] // 2:])[0][:n]
+    torch.testing.assert_close(data.half_latent[0, 1], second)
+    batch = next(controlnet_batches(data, model.net.normalize, 8, seed=0))
+    for i in range(8):  # the condition is the other half, encoded alone, whichever half is the target
+        target_first = torch.equal(batch.latent[i], model.net.normalize(data.latent[:1, :n])[0])
+        other = data.half_latent[0, 1 if target_first else 0]
+        torch.testing.assert_close(batch.cond_latent[i], model.net.normalize(other[None])[0])
+    assert len(entries_digest(entries)) == 64
+
+
+def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.training.controlnet import train_controlnet_on_mmaudio
+
+    out = tmp_path / "mine.safetensors"
+    out.write_text("my ControlNet")
+    data = tmp_path / "list.jsonl"  # never read: the refusal comes first
+    with pytest.raises(InvalidInputError, match="already exists; choose another --out, or add --force"):
+        train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work", out, depth=1, steps=1, batch_size=1,
+                                    warmup_steps=0, checkpoint_every=0, device=torch.device("cpu"),
+                                    model=build_embedded_model(random_weights=True))
+    assert out.read_text() == "my ControlNet"

@@ -276,21 +276,39 @@ def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_pat
 
 
 
-def test_a_copy_made_from_an_earlier_pth_is_not_read_and_convert_makes_it_again(tmp_path):
+def test_a_copy_made_from_another_pth_is_not_read_and_convert_makes_it_again(tmp_path):
+    import shutil
+
     from stepfoley.engine.checkpoints import load_state_dict_file
     from stepfoley.engine.weights import check_file, convert_file
 
     manifests = small_manifests(tmp_path / "manifests", {"vae_16k": {"a": torch.zeros(4)}})
     spec = FILES["vae_16k"]
-    pth = tmp_path / spec.checkpoint_relpath()
+    pth = tmp_path / "w" / spec.checkpoint_relpath()
     save({"a": torch.zeros(4)}, pth)
     assert convert_file(pth, spec.entry, spec, manifests).written
     copy = pth.with_suffix(".safetensors")
-    assert file_to_read(pth) == copy and check_file(tmp_path, spec, manifests).problems == ()
-    save({"a": torch.ones(4)}, pth)  # a new download; its mtime may even be older (curl -R)
+    assert file_to_read(pth) == copy
+    # the folder copied elsewhere (new dates, the .pth newer than its copy): still the same file
+    shutil.copytree(tmp_path / "w", tmp_path / "moved")
+    moved = tmp_path / "moved" / spec.checkpoint_relpath()
+    os.utime(moved, ns=(2**62, 2**62))
+    assert file_to_read(moved) == moved.with_suffix(".safetensors")
+    save({"a": torch.ones(4)}, pth)  # a new download of another file: its dates may be older (curl -R)
     os.utime(pth, ns=(1, 1))
     assert file_to_read(pth) == pth
-    assert "v1-16.safetensors was made from an earlier v1-16.pth" in check_file(tmp_path, spec, manifests).problems[0]
+    report = check_file(tmp_path / "w", spec, manifests)
+    assert report.ok and "v1-16.safetensors was made from another v1-16.pth" in report.notes[0]
     again = convert_file(pth, spec.entry, spec, manifests)
     assert again.written and again.note.startswith("made again")
     assert file_to_read(pth) == copy and torch.equal(load_state_dict_file(copy)["a"], torch.ones(4))
+
+
+def test_a_file_torch_refuses_is_named_without_torchs_advice_to_load_it_unsafely(tmp_path):
+    from stepfoley.engine.weights import tensor_shapes
+
+    garbage = tmp_path / "best_netG.pt"
+    garbage.write_bytes(os.urandom(5000))
+    with pytest.raises(CheckpointError) as error:
+        tensor_shapes(garbage, "generator")
+    assert "not a plain weights file" in str(error.value) and "weights_only" not in str(error.value)

@@ -32,17 +32,26 @@ from stepfoley.engine.checkpoints import load_state_dict_file, load_strict
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 
 def _ftfy_map() -> dict[int, str | None]:
-    """What ftfy.fix_text (6.x, its defaults) changes in correct UTF-8: Latin ligatures split
-    (ﬁ -> fi), fullwidth and halfwidth forms to their plain ones (ＡＢＣ, the ideographic space),
-    curly quotes straightened, and control characters removed."""
-    table: dict[int, str | None] = {i: unicodedata.normalize("NFKC", chr(i)) for i in range(0xFB00, 0xFB07)}
+    """What ftfy.fix_text (6.x, its defaults) changes in correct UTF-8, as one table: Latin
+    ligatures split (ﬁ -> fi, ĳ -> ij), fullwidth and halfwidth forms made plain (ＡＢＣ, the
+    ideographic space), curly quotes straightened, C1 control characters read as the Windows-1252
+    characters they stand for (\x93 -> a quote), and other control characters removed."""
+    quotes = {**{chr(i): "'" for i in (0x02BC, *range(0x2018, 0x201C))}, **{chr(i): '"' for i in range(0x201C, 0x2020)}}
+    table: dict[int, str | None] = {ord(q): plain for q, plain in quotes.items()}
+    for i in (0x132, 0x133, 0x149, *range(0x1C4, 0x1CD), *range(0x1F1, 0x1F4), *range(0xFB00, 0xFB07)):
+        table[i] = "".join(quotes.get(c, c) for c in unicodedata.normalize("NFKC", chr(i)))
+    table[0xFB05] = "\u017ft"  # ftfy keeps the long s of this one
     table[0x3000] = " "
     for i in range(0xFF01, 0xFFF0):
         plain = unicodedata.normalize("NFKC", chr(i))
         if plain != chr(i):
             table[i] = plain
-    table.update({i: "'" for i in (0x02BC, *range(0x2018, 0x201C))})
-    table.update({i: '"' for i in range(0x201C, 0x2020)})
+    for i in range(0x80, 0xA0):
+        try:
+            windows = bytes([i]).decode("cp1252")
+        except UnicodeDecodeError:  # five bytes Windows-1252 leaves undefined stay as they are
+            continue
+        table[i] = quotes.get(windows, windows)
     controls = [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
                 *range(0xFFF9, 0xFFFD), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0080)]
     table.update(dict.fromkeys(controls))
@@ -360,7 +369,10 @@ class ClipTokenizer:
     @staticmethod
     def clean(text: str) -> str:
         # open_clip runs ftfy.fix_text first; what it does to correct UTF-8 is done here too
-        # (its mojibake repairs, for text decoded with the wrong encoding, are not)
+        # (its mojibake repairs, for text decoded with the wrong encoding, are not). ftfy
+        # unescapes HTML entities first, unless the text holds a "<" (then it may be HTML).
+        if "<" not in text:
+            text = html.unescape(text)
         text = unicodedata.normalize("NFC", text.translate(_FTFY_MAP))
         text = html.unescape(html.unescape(text)).strip()
         return re.sub(r"\s+", " ", text).strip().lower()

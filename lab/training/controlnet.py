@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
+from stepfoley.engine.controlnet import AudioControlNet, save_controlnet
+from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loading import load_foley_model
-from stepfoley.lab.training.features import FeatureSet, controlnet_batches, extract_features, read_dataset_list
+from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, extract_features, features_match,
+                                             read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
@@ -19,20 +21,29 @@ from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
                                 out_path: Path | None, depth: int, steps: int, batch_size: int,
                                 warmup_steps: int, checkpoint_every: int, device: torch.device,
-                                model=None) -> Path:
-    """`model` (a FoleyModel) may be given instead of weights_dir, e.g. for tests."""
+                                model=None, replace: bool = False) -> Path:
+    """`model` (a FoleyModel) may be given instead of weights_dir, e.g. for tests. An existing
+    ControlNet file (`out_path`, or the variant's in WEIGHTS/controlnets/) is refused before any
+    training unless `replace`."""
     rank, world = distributed_context()
     work_dir.mkdir(parents=True, exist_ok=True)
     model = model or load_foley_model(weights_dir, variant, device)
+    variant = variant or model.model_id.removeprefix("mmaudio-").removesuffix("+nag")
+    out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
+    if out.exists() and not replace:
+        raise InvalidInputError(f"{out} already exists; choose another --out, or add --force to replace it "
+                                "(nothing was trained).")
     net = model.net.requires_grad_(False).eval()
     features = work_dir / "features.safetensors"
-    if rank == 0 and not features.exists():
-        extract_features(model, read_dataset_list(data_list), features)
+    entries = read_dataset_list(data_list)
+    if rank == 0 and not features_match(features, entries):  # another list, or an older version's
+        extract_features(model, entries, features)
     if world > 1:
         torch.distributed.barrier()
     data = FeatureSet.load(features)
 
-    controlnet = AudioControlNet(ControlNetConfig.for_base(net.config, depth=depth)).to(device)
+    # each block starts as a copy of the base's (ControlNet's "trainable copy"), as the embedded one does
+    controlnet = AudioControlNet.from_base(net, depth=depth).to(device)
     loss = LossModule({"net": net, "controlnet": controlnet},
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
     config = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
@@ -40,8 +51,6 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
     result = train(loss, controlnet, batches, config, device, work_dir)
     load_trained(controlnet, result.params)
-    variant = variant or model.model_id.removeprefix("mmaudio-")
-    out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
     if rank == 0:
-        save_controlnet(out, controlnet)
+        save_controlnet(out, controlnet, overwrite=replace)
     return out

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError, base_batches,
-                                                   build_embedded_data, controlnet_batches,
+from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError,
+                                                   base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
@@ -188,7 +188,7 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     if rank == 0:
         if features_path.exists():
             try:
-                EmbeddedData.check_current(features_path, model.codec.config)
+                EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
             except StaleFeaturesError as stale:
                 log(f"{stale} Rebuilding it.")
                 features_path.unlink()

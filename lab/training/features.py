@@ -13,6 +13,7 @@ codec and saved as safetensors; training then only reads tensors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stepfoley.atomic import write_atomically
@@ -71,17 +73,45 @@ def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) 
     return mixing.fit_length(mono[None, a:], int(round(duration * sample_rate)))[0]
 
 
+def entries_digest(entries: list[dict]) -> str:
+    """What a features file was made from: a hash of the dataset list's entries."""
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def features_match(path: Path, entries: list[dict]) -> bool:
+    """Whether the features file at `path` was made from these entries by this version (with the
+    halves encoded apart): otherwise it is made again."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("entries_sha256") == entries_digest(entries) and "half_latent" in f.keys()
+    except Exception:  # missing or unreadable
+        return False
+
+
+def _fit_frames(latent: torch.Tensor, frames: int) -> torch.Tensor:
+    # latent: (N, C) -> (frames, C), the last frame repeated where it is short
+    if latent.shape[0] >= frames:
+        return latent[:frames]
+    return torch.cat([latent, latent[-1:].expand(frames - latent.shape[0], -1)])
+
+
 @torch.inference_mode()
 def extract_features(model, entries: list[dict], out_path: str | Path, log=print) -> Path:
-    """Encode every clip with `model` (a FoleyModel) and save one safetensors file."""
+    """Encode every clip with `model` (a FoleyModel) and save one safetensors file. Each clip's
+    two halves are also encoded apart (`half_latent`): MMAudio's VAE attends over the whole clip,
+    so a half cut from the whole clip's latent would carry the other half's sound, and the
+    ControlNet's condition would leak its target."""
     duration, sr = model.max_duration, model.sample_rate
-    latents, clips, syncs, texts, has_video = [], [], [], [], []
+    latents, halves, clips, syncs, texts, has_video = [], [], [], [], [], []
     video_cache: dict[tuple, tuple] = {}
     text_cache: dict[str, torch.Tensor] = {}
     for i, e in enumerate(entries):
         start = float(e.get("start", 0.0))
         wave = read_clip_audio(e.get("audio") or e["video"], sr, start, duration)
         latents.append(model.codec.encode(torch.from_numpy(wave)[None].to(model.device))[0].cpu())
+        cut, frames = len(wave) // 2, latents[-1].shape[0] // 2
+        halves.append(torch.stack([_fit_frames(model.codec.encode(torch.from_numpy(part)[None].to(model.device))[0].cpu(),
+                                               frames) for part in (wave[:cut], wave[cut:])]))
         if e.get("video"):
             key = (e["video"], start)
             if key not in video_cache:
@@ -104,11 +134,11 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
         raise InvalidInputError("The dataset list has no video clips; at least one is needed to learn the video condition.")
     clips = [c if c is not None else torch.zeros_like(template[0]) for c in clips]
     syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
-    tensors = {"latent": torch.stack(latents), "clip": torch.stack(clips), "sync": torch.stack(syncs),
-               "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
+    tensors = {"latent": torch.stack(latents), "half_latent": torch.stack(halves), "clip": torch.stack(clips),
+               "sync": torch.stack(syncs), "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
     out_path = Path(out_path)
     metadata = {"model": model.model_id, "clips": str(len(entries)),
-                "captions": json.dumps([e["caption"] for e in entries])}
+                "captions": json.dumps([e["caption"] for e in entries]), "entries_sha256": entries_digest(entries)}
     return write_atomically(out_path, lambda temp: save_file({k: v.contiguous() for k, v in tensors.items()},
                                                              str(temp), metadata=metadata), replace=True)
 
@@ -120,11 +150,12 @@ class FeatureSet:
     sync: torch.Tensor  # (M, Ls, Ds)
     text: torch.Tensor  # (M, 77, Dt)
     has_video: torch.Tensor  # (M,) bool
+    half_latent: torch.Tensor | None = None  # (M, 2, N // 2, C): each half encoded apart; None in old files
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
         t = load_file(str(path))
-        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool())
+        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent"))
 
     def __len__(self) -> int:
         return self.latent.shape[0]
@@ -149,7 +180,10 @@ def base_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: 
 def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
                        world: int = 1) -> Iterator[Batch]:
     """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2): the target half with
-    its video, and the other half as the audio condition."""
+    its video, and the other half, encoded apart, as the audio condition."""
+    if data.half_latent is None:
+        raise InvalidInputError("These features were made by an older StepFoley, without each half encoded apart; "
+                                "delete features.safetensors in the work folder so that they are made again.")
     g = torch.Generator().manual_seed(seed * 7919 + 17 + rank)
     own = torch.arange(rank, len(data), world)
     n, lc, ls = data.latent.shape[1] // 2, data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
@@ -160,5 +194,6 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
         halves = lambda x, h: (x[:, :h], x[:, h:2 * h])  # noqa: E731
         (l0, l1), (c0, c1), (s0, s1) = halves(lat, n), halves(data.clip[idx], lc), halves(data.sync[idx], ls)
         pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
+        apart = normalize(data.half_latent[idx].flatten(0, 1)).view(data.half_latent[idx].shape)
         yield Batch(latent=pick(l0, l1), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
-                    has_video=data.has_video[idx], cond_latent=pick(l1, l0))
+                    has_video=data.has_video[idx], cond_latent=pick(apart[:, 1], apart[:, 0]))

@@ -23,9 +23,10 @@ level of the sounds the picture and caption call for, not which sounds there are
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -62,6 +63,10 @@ class DataRecipe:
     shaped_point_s: tuple[float, float] = (0.5, 3.0)
     shaped_span_db: tuple[float, float] = (6.0, 36.0)
     seed: int = 0
+
+
+# Raised whenever the examples drawn for the same recipe change: 2: no stem alone from a held-out scene.
+DATA_VERSION = "2"
 
 
 class StaleFeaturesError(InvalidInputError):
@@ -104,7 +109,7 @@ class EmbeddedData:
         from stepfoley.engine.checkpoints import save_safetensors_atomic
 
         tensors = {f.name: getattr(self, f.name).contiguous() for f in fields(self)}
-        return save_safetensors_atomic(tensors, path, metadata, overwrite=True)
+        return save_safetensors_atomic(tensors, path, {**metadata, "data_version": DATA_VERSION}, overwrite=True)
 
     @classmethod
     def load(cls, path: Path, codec_config=None) -> "EmbeddedData":
@@ -113,10 +118,11 @@ class EmbeddedData:
         return cls(**{f.name: tensors[f.name] for f in fields(cls)})
 
     @classmethod
-    def check_current(cls, path: Path, codec_config=None) -> None:
-        """Raises StaleFeaturesError when the file lacks a tensor this recipe needs or, given the
-        codec's `codec_config`, when its latents were encoded by another codec (reads its header
-        only: a features file is hundreds of MB)."""
+    def check_current(cls, path: Path, codec_config=None, recipe: "DataRecipe | None" = None) -> None:
+        """Raises StaleFeaturesError when the file lacks a tensor this recipe needs, was made by
+        an older version of the data (DATA_VERSION) or, given them, by another codec
+        (`codec_config`) or another recipe (reads its header only: a features file is hundreds
+        of MB)."""
         from safetensors import safe_open
 
         from stepfoley.engine.embedded.model import codec_config_of
@@ -127,6 +133,11 @@ class EmbeddedData:
         if missing:
             raise StaleFeaturesError(f"{path} was made by an older recipe (it has no {', '.join(missing)}); "
                                      "delete it and train again to rebuild it.")
+        if meta.get("data_version") != DATA_VERSION:
+            raise StaleFeaturesError(f"{path} was made by an older version of the training data (before "
+                                     "held-out scenes' stems were kept out of training).")
+        if recipe is not None and meta.get("recipe") != json.dumps(asdict(recipe)):
+            raise StaleFeaturesError(f"{path} was made for another data recipe (scenes, seed, ...).")
         if codec_config is not None and codec_config_of(meta) != codec_config:
             raise StaleFeaturesError(f"{path} holds latents of another audio codec than the model's; "
                                      "delete it and train again to rebuild it.")
@@ -249,7 +260,10 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
             gains = 10 ** (rng.uniform(-3, 3, len(stems)) / 20)
             examples.append(((gains[:, None] * stems).sum(0), w,
                              scene_caption([[caption(k)] for k in heard], [0] * len(heard))))
-        if heard and rng.uniform() < recipe.stem_alone_prob:
+        # a stem alone belongs to no window, so it would be trained on whatever its scene: none
+        # from a held-out scene (its stems lead that scene's held-out examples)
+        held_out = index >= recipe.scenes - recipe.held_out_scenes
+        if heard and not held_out and rng.uniform() < recipe.stem_alone_prob:
             k = heard[int(rng.integers(len(heard)))]
             examples.append((stems[k], -1, caption(k)))
 

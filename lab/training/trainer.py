@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,6 +50,29 @@ class TrainResult:
     seconds: float = 0.0
     samples_per_second: float = 0.0
     steps: int = 0
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device this process trains on: under torchrun a plain 'cuda' means this process's own
+    GPU (LOCAL_RANK), so that every rank does not land on cuda:0."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _resumable(config: TrainConfig) -> dict:
+    # what a checkpoint must have been trained with to be resumed by this run
+    return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
+
+
+def _generator_states(generator: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's generator state (each rank draws its own noise); called by every rank."""
+    if world == 1:
+        return [generator.get_state()]
+    states: list = [None] * world
+    dist.all_gather_object(states, generator.get_state())
+    return states
 
 
 def distributed_context() -> tuple[int, int]:
@@ -114,12 +137,22 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
             raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
                                   "over, or choose another --work folder.") from None
+        recorded = state.get("config")
+        if recorded is not None and recorded != _resumable(config):
+            changed = sorted(k for k in recorded if recorded.get(k) != _resumable(config).get(k))
+            raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
+                                  "mix the two. Delete it to start this training over, or choose another --work folder.")
         trainable.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
         snapshots = state["snapshots"]
-        generator.set_state(state["generator"])
+        states = state["generator"]
+        if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
+            if rank < len(states):
+                generator.set_state(states[rank])
+        else:  # written before every rank's state was kept: rank 0's
+            generator.set_state(states)
         start_step = state["step"]
         for _ in range(start_step):  # the data goes on where the interrupted run stopped
             next(batches)
@@ -156,11 +189,13 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             rate = samples / max(time.perf_counter() - t0, 1e-9)
             log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
                 f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
-        if last is not None and rank == 0 and config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "ema": ema.state_dict(), "snapshots": snapshots,
-                          "generator": generator.get_state()}, last)
+        if last is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+            states = _generator_states(generator, world)  # every rank takes part
+            if rank == 0:
+                _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
+                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "ema": ema.state_dict(), "snapshots": snapshots, "generator": states,
+                              "config": _resumable(config)}, last)
     seconds = time.perf_counter() - t0
     final = posthoc_ema(snapshots, config.final_sigma_rel) if snapshots else {
         n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}

@@ -67,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stepfoley.engine.devices import choose_device
+    from stepfoley.lab.training.trainer import process_device
     from stepfoley.engine.errors import StepFoleyError
 
     try:
         _check_numbers(args)
         _check_folders(args)
-        device = choose_device(args.device)
+        device = process_device(choose_device(args.device))
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 2
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             weights_dir=Path(args.weights), variant=args.model, data_list=Path(args.data),
             work_dir=Path(args.work), out_path=Path(args.out) if args.out else None, depth=args.depth,
             steps=args.steps, batch_size=args.batch_size, warmup_steps=args.warmup_steps,
-            checkpoint_every=args.checkpoint_every, device=device)
+            checkpoint_every=args.checkpoint_every, device=device, replace=args.force)
         print(f"wrote {out}")
         return 0
     except StepFoleyError as e:
@@ -169,7 +170,7 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
-    if args.out is not None and os.path.lexists(args.out) and not args.force:
+    if args.out is not None and os.path.lexists(args.out) and not args.force and not _is_default_out(args):
         raise InvalidInputError(f"--out '{args.out}' already exists; choose another file, or add --force to "
                                 "replace it.")
     try:
@@ -177,6 +178,19 @@ def _check_folders(args: argparse.Namespace) -> None:
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
+
+
+def _is_default_out(args: argparse.Namespace) -> bool:
+    """Whether --out names the file the command writes without it (the packaged weights, or
+    `train loudness`'s --weights): retraining in place is what that file is for."""
+    import os
+
+    if args.what == "controlnet":
+        return False
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    default = (args.weights if args.what == "loudness" else None) or WEIGHTS_PATH
+    return os.path.realpath(args.out) == os.path.realpath(default)
 
 
 def _summary(figures: dict) -> str:
