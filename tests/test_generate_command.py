@@ -4,6 +4,7 @@ the model loads."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -47,6 +48,17 @@ def test_out_as_a_file_never_replaces_one_without_force(video, tmp_path, capsys)
 
     assert generate(video, "--out", tmp_path / "Other Take.WAV") == 0  # any case, any name
     assert wavs(tmp_path) == ["Other Take.WAV", "take.wav"]
+
+
+def test_metadata_goes_to_a_new_json_file_beside_the_stems(video, tmp_path, capsys):
+    meta = tmp_path / "take.json"
+    assert generate(video, "--out", tmp_path, "--variations", 2, "--metadata", meta) == 0
+    report = json.loads(meta.read_text())
+    assert [s["metadata"]["rank"] for s in report["stems"]] == [1, 2] and report["ranking"]["ranked_by"]
+    assert all(os.path.isfile(s["stem_path"]) and s["metadata"]["precision"] == "fp32" for s in report["stems"])
+    capsys.readouterr()
+    assert generate(video, "--out", tmp_path, "--metadata", meta) == 2  # never over a file, before the model
+    assert "already exists" in capsys.readouterr().err and len(wavs(tmp_path)) == 3  # 2 stems and the json
 
 
 def test_out_as_a_folder_gets_a_new_name_each_time(video, tmp_path):

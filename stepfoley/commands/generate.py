@@ -69,7 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=".", metavar="FOLDER|FILE.wav",
                    help="an existing folder (the new stem gets a new unique name there) or a file name ending "
                         "in .wav (default: the current folder)")
-    p.add_argument("--force", action="store_true", help="let --out FILE.wav replace an existing file")
+    p.add_argument("--force", action="store_true", help="let --out FILE.wav (and --metadata) replace an existing file")
+    p.add_argument("--metadata", default=None, metavar="FILE.json",
+                   help="also write each stem's metadata (what the engine used: method, alpha, beta, seed, "
+                        "precision, levels, ...; as the protocol's reply carries it) to this new JSON file")
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,10 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                                 "--reference FILE.wav.")
     check_runtime_arguments(args)
     output = resolve_output(args.out, args.force)
+    if args.metadata is not None:
+        from stepfoley.commands.eval import check_json_path
+
+        check_json_path(args.metadata, args.force, "--metadata", "take.json")
     sample_rate = None
     if args.take:  # a take that cannot be read fails now, not after loading
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
@@ -291,4 +298,26 @@ def run(args: argparse.Namespace) -> int:
                   f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", file=sys.stderr)
     if "ranking" in result:
         print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
+    if args.metadata is not None:
+        return _write_metadata(args.metadata, stems, result.get("ranking"), args.force)
+    return 0
+
+
+def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -> int:
+    """{"stems": [{"stem_path", "metadata"}, ...], "ranking"}: written whole or not at all."""
+    import json
+    import os
+    import sys
+
+    from stepfoley.atomic import write_atomically
+
+    report = {"stems": [{"stem_path": os.fspath(p), "metadata": m} for p, m in stems], "ranking": ranking}
+    text = json.dumps(report, indent=1, default=str) + "\n"
+    try:
+        write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), replace=force)
+    except OSError as e:  # the stems are written; only the sidecar is missing
+        print(f"stepfoley: the stems are written, but not the metadata file '{path}' ({e.strerror or e}).",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
     return 0
