@@ -180,12 +180,17 @@ def _matroska_duration_s(stream) -> float | None:
 
 
 def _picture_stated_end_s(container, stream) -> float | None:
-    """Where the file says the video stream itself ends on its timeline (its duration, or
-    Matroska's per-track tag), or None when it says nothing of the picture alone."""
+    """Where the file says the video stream itself ends on its timeline (its duration,
+    Matroska's per-track tag, or the container's duration when it holds no sound), or None when
+    it says nothing of the picture alone."""
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return _picture_start_s(container, stream) + float(stream.duration * stream.time_base)
     tagged_end = _matroska_duration_s(stream) if "matroska" in container.format.name else None
-    return None if tagged_end is None else tagged_end - _origin_s(container, stream)
+    if tagged_end is not None:
+        return tagged_end - _origin_s(container, stream)
+    if not container.streams.audio and container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
 
 
 def _duration_s(container, stream) -> float | None:

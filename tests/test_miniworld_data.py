@@ -140,6 +140,11 @@ def test_a_held_out_scene_gives_no_stem_alone_example_and_old_features_are_stale
     recipe = replace(RECIPE, scenes=2, held_out_scenes=1, stem_alone_prob=1.0)
     trained, held = (scene_features(tiny, recipe, i, 90_000) for i in (0, 1))
     assert -1 in trained["window"] and -1 not in held["window"]
+    # the scene's other examples are what they were: dropped after every random draw
+    as_trained = scene_features(tiny, replace(recipe, held_out_scenes=0), 1, 90_000)
+    windowed = [i for i, w in enumerate(as_trained["window"]) if w >= 0]
+    assert held["captions"] == [as_trained["captions"][i] for i in windowed]
+    assert torch.equal(held["latent"], as_trained["latent"][windowed])
     path = data.save(tmp_path / "features.safetensors", {"recipe": "test"})
     EmbeddedData.check_current(path)
     with pytest.raises(StaleFeaturesError, match="another data recipe"):

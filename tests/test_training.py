@@ -125,6 +125,20 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
         toy_training(tmp_path / "w", init_seed=0, lr=1e-1)
 
 
+def test_a_checkpoint_of_other_data_is_not_resumed(tmp_path, monkeypatch):
+    """The same settings on another dataset list (or recipe, or frozen base) would resume the old
+    run, even a finished one, and write its model out as the new one."""
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.lab.training import trainer
+
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, crash_after=6)
+    real = trainer.TrainConfig
+    monkeypatch.setattr(trainer, "TrainConfig", lambda **kw: real(**kw, data="another list"))
+    with pytest.raises(CheckpointError, match=r"a run with other settings \(data\)"):
+        toy_training(tmp_path / "w", init_seed=0)
+
+
 def test_a_warmup_longer_than_the_run_leaves_room_for_both_drops():
     # 150 steps with the recipe's 200 warm-up steps (train loudness --steps 150)
     assert lr_multiplier(119, 150, 200) == pytest.approx(1.0)
@@ -247,7 +261,9 @@ def test_the_controlnet_condition_is_the_other_half_encoded_apart(tmp_path):
     paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
     entries = [{"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": "rain", "start": 0.0}]
     features = extract_features(model, entries, tmp_path / "features.safetensors", log=lambda m: None)
-    assert features_match(features, entries) and not features_match(features, [{**entries[0], "start": 0.5}])
+    assert features_match(features, entries, model.model_id)
+    assert not features_match(features, [{**entries[0], "start": 0.5}], model.model_id)
+    assert not features_match(features, entries, "another-model")
     data = FeatureSet.load(features)
     n = data.latent.shape[1] // 2
     wave = torch.from_numpy(read_clip_audio(entries[0]["audio"], model.sample_rate, 0.0, model.max_duration))

@@ -270,6 +270,15 @@ def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
     assert decoded_index(read_region(cut, 0.0, 1.0, 25, 32)) == expected(cfr_pts(250), 0.0, 1.0)
 
 
+def test_a_picture_only_flv_cut_short_is_refused_by_its_containers_length(tmp_path):
+    """FLV states no length per stream; with no sound the container's length is the picture's."""
+    whole = write_video(tmp_path / "whole.flv", cfr_pts(250), gop=25)
+    cut = tmp_path / "cut.flv"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    with pytest.raises(VideoError, match=r"cut\.flv stops at \d\.\d s, though the file says it lasts 10\.\d s"):
+        read_region(cut, 4.0, 8.0, 25, 32)
+
+
 @pytest.mark.skipif(not has_encoder("libx264"), reason="needs libx264")
 def test_h264_with_b_frames_in_avi_is_shown_in_order(tmp_path):
     """AVI stores decode-order numbers as timestamps; with B-frames they come out of the

@@ -371,7 +371,7 @@ class ClipTokenizer:
         # open_clip runs ftfy.fix_text first; what it does to correct UTF-8 is done here too
         # (its mojibake repairs, for text decoded with the wrong encoding, are not). ftfy
         # unescapes HTML entities first, unless the text holds a "<" (then it may be HTML).
-        if "<" not in text:
+        while "<" not in text and html.unescape(text) != text:  # ftfy fixes until nothing changes
             text = html.unescape(text)
         text = unicodedata.normalize("NFC", text.translate(_FTFY_MAP))
         text = html.unescape(html.unescape(text)).strip()

@@ -19,6 +19,7 @@ recipe, the shipped base and NAG ControlNet untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import sys
@@ -97,7 +98,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     # Phase 1: the base network.
     base_cfg = TrainConfig(steps=recipe.base_steps, batch_size=recipe.batch_size,
                            lr=recipe.base_lr, warmup_steps=recipe.warmup_steps, seed=recipe.data.seed,
-                           checkpoint_every=recipe.checkpoint_every)
+                           checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
     loss = LossModule({"net": net}, lambda parts, batch, g: base_flow_loss(parts["net"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed, rank, world)
     result = train(loss, net, batches, base_cfg, device, work_dir / "base", log)
@@ -109,7 +110,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     controlnet = AudioControlNet.from_base(net, depth=recipe.controlnet_depth).to(device)
     cn_cfg = TrainConfig(steps=recipe.controlnet_steps, batch_size=recipe.batch_size,
                          lr=recipe.controlnet_lr, warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 1,
-                         checkpoint_every=recipe.checkpoint_every)
+                         checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
     loss = LossModule({"net": net, "controlnet": controlnet},
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
     batches = controlnet_batches(data, net.normalize, recipe.batch_size, recipe.data.seed, rank, world)
@@ -211,9 +212,12 @@ def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, wor
 
     net.requires_grad_(False).eval()
     loudness = AudioControlNet.from_base(net, depth=recipe.loudness_depth, condition_dim=1).to(device)
+    # the frozen base it learns on is part of what it learns from (`train loudness --weights`)
+    base = hashlib.sha256(torch.cat([p.detach().float().flatten().cpu() for p in net.parameters()]).numpy()
+                          .tobytes()).hexdigest()
     cfg = TrainConfig(steps=recipe.loudness_steps, batch_size=recipe.batch_size, lr=recipe.loudness_lr,
                       warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 2,
-                      checkpoint_every=recipe.checkpoint_every)
+                      checkpoint_every=recipe.checkpoint_every, data=f"{json.dumps(asdict(recipe.data))}|base {base}")
     loss = LossModule({"net": net, "loudness": loudness},
                       lambda parts, batch, g: loudness_flow_loss(parts["net"], parts["loudness"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world, shaped=True)

@@ -78,12 +78,14 @@ def entries_digest(entries: list[dict]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def features_match(path: Path, entries: list[dict]) -> bool:
-    """Whether the features file at `path` was made from these entries by this version (with the
-    halves encoded apart): otherwise it is made again."""
+def features_match(path: Path, entries: list[dict], model_id: str) -> bool:
+    """Whether the features file at `path` was made from these entries by this model and this
+    version (with the halves encoded apart): otherwise it is made again."""
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("entries_sha256") == entries_digest(entries) and "half_latent" in f.keys()
+            meta = f.metadata() or {}
+            return (meta.get("entries_sha256") == entries_digest(entries) and meta.get("model") == model_id
+                    and "half_latent" in f.keys())
     except Exception:  # missing or unreadable
         return False
 

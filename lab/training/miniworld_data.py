@@ -260,10 +260,7 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
             gains = 10 ** (rng.uniform(-3, 3, len(stems)) / 20)
             examples.append(((gains[:, None] * stems).sum(0), w,
                              scene_caption([[caption(k)] for k in heard], [0] * len(heard))))
-        # a stem alone belongs to no window, so it would be trained on whatever its scene: none
-        # from a held-out scene (its stems lead that scene's held-out examples)
-        held_out = index >= recipe.scenes - recipe.held_out_scenes
-        if heard and not held_out and rng.uniform() < recipe.stem_alone_prob:
+        if heard and rng.uniform() < recipe.stem_alone_prob:
             k = heard[int(rng.integers(len(heard)))]
             examples.append((stems[k], -1, caption(k)))
 
@@ -272,6 +269,12 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
     # its own stream, so the base's examples are the same with or without shaping
     shape_rng = np.random.default_rng(np.random.SeedSequence([recipe.seed, index, 161803]))
     shaped = [_shaped(shape_rng, wave, sr, recipe) for wave, _, _ in kept]
+    # a stem alone belongs to no window, so it would be trained on whatever its scene: none from a
+    # held-out scene (its stems lead that scene's held-out examples). Dropped after every draw,
+    # so the scene's other examples are what they were.
+    if index >= recipe.scenes - recipe.held_out_scenes:
+        shaped = [s for s, (_, w, _) in zip(shaped, kept) if w >= 0]
+        kept = [example for example in kept if example[1] >= 0]
     latent = encode([wave for wave, _, _ in kept]) if kept else None
     return {
         "windows": {k: (torch.stack(v) if isinstance(v[0], torch.Tensor) else v) for k, v in windows.items()},

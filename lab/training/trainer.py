@@ -41,6 +41,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     precision: str = "auto"
+    data: str = ""  # what the run learns from (a recipe, a dataset list, the frozen base): a resume must match
 
 
 @dataclass
