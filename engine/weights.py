@@ -345,7 +345,7 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
                             else ""))
         problems += wrong
     notes = ()
-    if stale_copy(checkpoint):
+    if source == checkpoint and safetensors_copy(checkpoint).is_file():  # file_to_read passed over a stale copy
         notes = (f"{safetensors_copy(checkpoint).name} was made from another {checkpoint.name}, so "
                  f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again",)
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes)

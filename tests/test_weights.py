@@ -307,8 +307,10 @@ def test_a_copy_made_from_another_pth_is_not_read_and_convert_makes_it_again(tmp
 def test_a_file_torch_refuses_is_named_without_torchs_advice_to_load_it_unsafely(tmp_path):
     from stepfoley.engine.weights import tensor_shapes
 
-    garbage = tmp_path / "best_netG.pt"
-    garbage.write_bytes(os.urandom(5000))
+    import datetime
+
+    garbage = tmp_path / "best_netG.pt"  # an object only its code could rebuild: torch's weights-only refusal
+    torch.save({"generator": datetime.date(2026, 12, 2)}, garbage)
     with pytest.raises(CheckpointError) as error:
         tensor_shapes(garbage, "generator")
     assert "not a plain weights file" in str(error.value) and "weights_only" not in str(error.value)

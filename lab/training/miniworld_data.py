@@ -64,6 +64,10 @@ class DataRecipe:
     shaped_span_db: tuple[float, float] = (6.0, 36.0)
     seed: int = 0
 
+    def is_held_out(self, scene: int) -> bool:
+        """Whether scene `scene` (0-based) only measures held-out losses: the last held_out_scenes."""
+        return scene >= self.scenes - self.held_out_scenes
+
 
 # Raised whenever the examples drawn for the same recipe change: 2: no stem alone from a held-out scene.
 DATA_VERSION = "2"
@@ -272,7 +276,7 @@ def scene_features(model, recipe: DataRecipe, index: int, first_seed: int) -> di
     # a stem alone belongs to no window, so it would be trained on whatever its scene: none from a
     # held-out scene (its stems lead that scene's held-out examples). Dropped after every draw,
     # so the scene's other examples are what they were.
-    if index >= recipe.scenes - recipe.held_out_scenes:
+    if recipe.is_held_out(index):
         shaped = [s for s, (_, w, _) in zip(shaped, kept) if w >= 0]
         kept = [example for example in kept if example[1] >= 0]
     latent = encode([wave for wave, _, _ in kept]) if kept else None
@@ -332,7 +336,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
             for key, value in part["windows"].items():
                 parts[key].extend(value if isinstance(value, list) else list(value))
             parts["scene"].extend([i] * count)
-            parts["held_out"].extend([i >= recipe.scenes - recipe.held_out_scenes] * count)
+            parts["held_out"].extend([recipe.is_held_out(i)] * count)
             if part["latent"] is not None:
                 latents.append(part["latent"])
                 shaped.append(part["shaped"])

@@ -138,9 +138,9 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
             raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
                                   "over, or choose another --work folder.") from None
-        recorded = state.get("config")
-        if recorded is not None and recorded != _resumable(config):
-            changed = sorted(k for k in recorded if recorded.get(k) != _resumable(config).get(k))
+        recorded, wanted = state.get("config"), _resumable(config)
+        if recorded is not None and recorded != wanted:
+            changed = sorted(k for k in recorded if recorded.get(k) != wanted.get(k))
             raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
                                   "mix the two. Delete it to start this training over, or choose another --work folder.")
         trainable.load_state_dict(state["trainable"], strict=False)

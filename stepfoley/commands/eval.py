@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from stepfoley.commands.runtime import check_json_path
+
 FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("separability", "A-A sim", "lower", 1.0),
     ("text_fidelity", "text fid.", "higher", 1.0),
@@ -158,35 +160,6 @@ def format_timings(report: dict) -> str:
     timings = report["timings"]
     split = ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in timings.items())
     return f"time: {sum(timings.values()):.0f} s with {report['config']['threads']} thread(s) ({split})"
-
-
-def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json",
-                    folder_made: bool = False) -> None:
-    """Refuse a --json PATH (or another `option`'s file) that could not be written to, before
-    minutes of work (and before --write changes a weights file): its folder must exist (or, with
-    `folder_made`, be one the writer can make), be a folder and be writable, and PATH must not be
-    a folder, nor an existing file unless `force`. Raises InvalidInputError."""
-    import os
-    from pathlib import Path
-
-    from stepfoley.atomic import nearest_existing
-    from stepfoley.engine.errors import InvalidInputError
-
-    if not str(path).strip():
-        raise InvalidInputError(f"{option} is empty; give the file to write to (e.g. {option} {example}).")
-    path = Path(path).absolute()
-    # with folder_made the writer makes the folder, inside the nearest one there
-    folder = nearest_existing(path.parent) if folder_made else path.parent
-    if not folder.exists():
-        raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another {option} path.")
-    if not folder.is_dir():
-        raise InvalidInputError(f"{folder} is not a folder; choose another {option} path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"The folder {folder} is not writable; choose another {option} path.")
-    if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder; give a file name for {option} (e.g. {path / example}).")
-    if os.path.lexists(path) and not force:
-        raise InvalidInputError(f"{path} already exists; choose another {option} path or add --force to replace it.")
 
 
 def write_json_atomic(path, report: dict, force: bool) -> None:

@@ -196,7 +196,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     check_runtime_arguments(args)
     output = resolve_output(args.out, args.force)
     if args.metadata is not None:
-        from stepfoley.commands.eval import check_json_path
+        from stepfoley.commands.runtime import check_json_path
 
         check_json_path(args.metadata, args.force, "--metadata", "take.json")
     sample_rate = None
