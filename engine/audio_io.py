@@ -7,7 +7,8 @@ Writes go through stepfoley.atomic (a hidden temporary file, then an exclusive p
 the final name): an existing file is never replaced, two writers racing for one name cannot
 clobber each other, and a crash mid-write leaves nothing under the final name. Each write into a
 folder first removes the temporary files that killed writers left there
-(atomic.sweep_stale_parts).
+(atomic.sweep_stale_parts). Takes that belong together (a job's variations) are all staged
+before any is named (stage_new_wav, publish_new_wav).
 
 Reading is bounded: `read_audio` can stop after a number of seconds, refuse files over a size
 or a sample rate, and downmix to mono block by block, so a long or wide file never sits whole
@@ -155,6 +156,26 @@ def write_wav_atomic(
     writers left in the folder are removed first.
     """
     path = Path(path)
+    frames = _wav_frames(path, samples, sample_rate, subtype, max_bytes)
+    if os.path.lexists(path):
+        raise AudioError(f"'{path}' already exists and will not be overwritten. Choose another name.")
+    staged = _stage_wav(path, frames, int(sample_rate), subtype)
+    try:
+        staged.publish(path)
+    except FileExistsError as error:
+        raise AudioError(
+            f"'{path}' was created by someone else while this file was being written; "
+            "it was left untouched. Choose another name."
+        ) from error
+    except OSError as error:
+        raise AudioError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
+    finally:
+        staged.discard()
+    return path
+
+
+def _wav_frames(path: Path, samples: np.ndarray, sample_rate: int, subtype: str, max_bytes: int | None) -> np.ndarray:
+    """The frames (S, C) float32 to write at `path`, after every check that needs no writing."""
     if subtype not in WAV_SUBTYPES:
         raise InvalidInputError(f"Unknown WAV format {subtype!r}; use one of {', '.join(WAV_SUBTYPES)}.")
     if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
@@ -165,27 +186,21 @@ def write_wav_atomic(
                          f"is more than the {max_bytes / 2**20:g} MiB a stem may have.")
     if not path.parent.is_dir():
         raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
-    if os.path.lexists(path):
-        raise AudioError(f"'{path}' already exists and will not be overwritten. Choose another name.")
-    atomic.sweep_stale_parts(path.parent)
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
-    frames = np.ascontiguousarray(array.T, dtype=np.float32)
-    # frames: (S, C)
+    return np.ascontiguousarray(array.T, dtype=np.float32)
 
+
+def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> atomic.StagedFile:
+    # frames: (S, C)
+    atomic.sweep_stale_parts(path.parent)
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder never picks
     # up an unfinished file; soundfile is told the format, since the name does not say it.
     try:
-        atomic.write_atomically(path, lambda temp: _write_wav(temp, frames, int(sample_rate), subtype))
-    except FileExistsError as error:
-        raise AudioError(
-            f"'{path}' was created by someone else while this file was being written; "
-            "it was left untouched. Choose another name."
-        ) from error
+        return atomic.stage_file(path, lambda temp: _write_wav(temp, frames, sample_rate, subtype))
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"Could not write '{path}': {_reason(error)}. Check free disk space and folder "
                          "permissions.") from error
-    return path
 
 
 def _reason(error: Exception) -> str:
@@ -220,8 +235,8 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
     """The first `<name>_NNN<ext>` in `directory` that does not exist yet (NNN from 001).
 
     Every take is numbered, so takes of one sound sort together in the DAW's file browser.
-    Another process could still take the name before it is written: write_wav_atomic
-    refuses to overwrite, so call this again if that happens.
+    Another process could still take the name before it is written: publishing never
+    overwrites, so publish_new_wav calls this again if that happens.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -240,13 +255,36 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
 
 def write_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: np.ndarray, sample_rate: int,
                   subtype: str = "PCM_24", max_bytes: int | None = None) -> Path:
-    """Write a new take under the first free `<name>_NNN.wav` (unique_path + write_wav_atomic);
-    a writer that takes the name first only moves this one on to the next number."""
+    """Write a new take under the first free `<name>_NNN.wav` (stage_new_wav, then
+    publish_new_wav); a writer that takes the name first only moves this one on to the next number."""
+    staged = stage_new_wav(directory, name_hint, samples, sample_rate, subtype, max_bytes)
+    try:
+        return publish_new_wav(staged, directory, name_hint)
+    finally:
+        staged.discard()
+
+
+def stage_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: np.ndarray, sample_rate: int,
+                  subtype: str = "PCM_24", max_bytes: int | None = None) -> atomic.StagedFile:
+    """Write a new take (C, S) to a hidden temporary file in `directory`, on the disk but not yet
+    named: publish_new_wav names it, `discard()` drops it. A job of several takes stages every
+    one before it names any, so a job stopped or killed part way leaves none of its takes."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AudioError(f"The output folder '{directory}' does not exist. Create it or choose another folder.")
+    path = directory / f"{sanitize_stem_name(name_hint)}.wav"  # names only the temp file
+    return _stage_wav(path, _wav_frames(path, samples, sample_rate, subtype, max_bytes), int(sample_rate), subtype)
+
+
+def publish_new_wav(staged: atomic.StagedFile, directory: str | os.PathLike, name_hint: str | None) -> Path:
+    """Name a staged take `<name>_NNN.wav`, the first number free in `directory`; the name is
+    taken exclusively, so a writer that took it first moves this take on to the next one."""
     for _ in range(100):
         path = unique_path(directory, name_hint)
         try:
-            return write_wav_atomic(path, samples, sample_rate, subtype, max_bytes)
-        except AudioError:
-            if not os.path.lexists(path):
-                raise
+            return staged.publish(path)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise AudioError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
     raise AudioError(f"Could not find a free name for '{name_hint}' in '{directory}': other writers took 100 in a row.")

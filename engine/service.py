@@ -127,14 +127,19 @@ class FoleyService:
 
     def _write(self, request: GenerationRequest, stem: np.ndarray) -> Path:
         output_folders.remember(request.output_dir)
-        return audio_io.write_new_wav(request.output_dir, request.name_hint or request.caption, stem,
-                                      request.sample_rate, FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
+        return audio_io.write_new_wav(request.output_dir, self._name_hint(request), stem, request.sample_rate,
+                                      FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
+
+    @staticmethod
+    def _name_hint(request: GenerationRequest) -> str:
+        return request.name_hint or request.caption
 
     def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
                     on_progress, is_cancelled, reference) -> dict:
         """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
-        Stems are finished and written one at a time (one stem's worth of memory), and a failure
-        removes the ones written before it: a job leaves all its stems or none."""
+        Stems are finished and staged one at a time (one stem's worth of memory) under hidden
+        temporary names, and named only when all are on the disk: a job that fails, is stopped
+        or is killed before then leaves all its stems or none."""
         earlier = session.conditioning_mix()
         take = _Take.read(request, session) if request.take is not None else None
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
@@ -142,23 +147,32 @@ class FoleyService:
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
                              judge, why_not)
-        stems: list[dict] = []
+        staged, metadatas, published = [], [], []
         try:
             for rank, index in enumerate(ranking.order):
-                # a stop lands between stems: the ones written are removed below
                 stop_if_cancelled(is_cancelled, f"before stem {rank + 1} of {len(takes)} was written")
                 stem, metadata = (self._finished_stem(request, takes[index]) if take is None
                                   else take.spliced(request, takes[index]))
-                path = self._write(request, stem)
+                staged.append(audio_io.stage_new_wav(request.output_dir, self._name_hint(request), stem,
+                                                     request.sample_rate, FORMATS[request.format],
+                                                     max_bytes=MAX_STEM_BYTES))
                 if take is not None:
-                    metadata["kept_untouched"] = take.came_back_untouched(path, request)
-                stems.append({"stem_path": os.fspath(path),
-                              "metadata": {**metadata, "rank": rank + 1, "ranking": ranking.figures[index]}})
+                    metadata["kept_untouched"] = take.came_back_untouched(staged[-1].temp, request)
+                metadatas.append({**metadata, "rank": rank + 1, "ranking": ranking.figures[index]})
+            stop_if_cancelled(is_cancelled, f"before the {len(takes)} stems were named")
+            output_folders.remember(request.output_dir)
+            for file in staged:
+                published.append(audio_io.publish_new_wav(file, request.output_dir, self._name_hint(request)))
         except BaseException:
-            for written in stems:
-                Path(written["stem_path"]).unlink(missing_ok=True)
+            for path in published:
+                path.unlink(missing_ok=True)
             raise
-        return {"stems": stems, "ranking": ranking.to_json()}
+        finally:
+            for file in staged:
+                file.discard()
+        return {"stems": [{"stem_path": os.fspath(path), "metadata": metadata}
+                          for path, metadata in zip(published, metadatas)],
+                "ranking": ranking.to_json()}
 
     def _judge(self):
         # loaded once per engine, on the first job that has takes to rank

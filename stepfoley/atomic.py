@@ -1,7 +1,8 @@
 """The one way StepFoley writes a file: never half, never over someone else's.
 
 `write_atomically(path, write)` lets `write` fill a hidden temporary file in the destination
-folder, flushes it to the disk, then gives it the final name:
+folder, flushes it to the disk, then gives it the final name (`stage_file` and
+`StagedFile.publish` are its two halves, for a writer that publishes several files together):
 - `replace=False`: with an exclusive hard link, so an existing file is never replaced and two
   writers racing for one name cannot clobber each other (on filesystems without hard links the
   name is reserved with an exclusive create first);
@@ -73,42 +74,74 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], rep
     whatever `write` or the filesystem raises; callers turn those into their own typed errors.
     The temporary file does not survive a failure (unless even removing it fails; then the next
     writer in that folder sweeps it, sweep_stale_parts)."""
+    staged = stage_file(path, write)
+    try:
+        return staged.publish(path, replace)
+    finally:
+        staged.discard()
+
+
+class StagedFile:
+    """A finished temporary file, flushed to the disk, that has no final name yet (stage_file).
+
+    A writer of several files that belong together stages them all before it publishes any:
+    killed part way, it leaves only temporary files, which sweep_stale_parts removes, never
+    some of the set under their final names."""
+
+    def __init__(self, temp: Path):
+        self.temp = temp
+
+    def publish(self, path: str | os.PathLike, replace: bool = False) -> Path:
+        """Give the file `path` as its name (same folder): atomically, replacing an existing
+        file only when `replace`, else raising FileExistsError and staying staged, so the
+        caller may try another name. Returns `path`."""
+        path = Path(path)
+        if replace:
+            try:
+                os.chmod(self.temp, stat.S_IMODE(os.stat(path).st_mode))  # a replaced file keeps its rights
+            except FileNotFoundError:
+                pass
+            _replace(self.temp, path)
+        else:
+            _publish_exclusively(self.temp, path)
+        return path
+
+    def discard(self) -> None:
+        """Remove the temporary file if it was not published; never raises."""
+        try:
+            os.unlink(self.temp)
+        except OSError:  # published (the temp name is gone), or even removing it failed: swept later
+            pass
+        with _LOCK:
+            _WRITING.discard(self.temp.name)
+
+
+def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> StagedFile:
+    """Call `write(temp)` to fill a new, empty temporary file named for `path` in its folder,
+    which must exist, and flush it to the disk; `StagedFile.publish` names it. Until it is
+    published or discarded, sweep_stale_parts leaves it alone. Raises what `write` or the
+    filesystem raises, and then leaves no temporary file."""
     path = Path(path)
     # Taken at write time, not import time: a forked child is another writer.
-    temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    staged = StagedFile(path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
     with _LOCK:
-        _WRITING.add(temp.name)
+        _WRITING.add(staged.temp.name)
     try:
-        handle = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
         try:
             # what a plain open() gives: 0o666 less the umask (read here, not with os.umask,
             # which would change it for every thread for a moment)
             mode = stat.S_IMODE(os.fstat(handle).st_mode)
         finally:
             os.close(handle)
-        write(temp)
-        if replace:
-            try:
-                mode = stat.S_IMODE(os.stat(path).st_mode)  # a replaced file keeps its rights
-            except FileNotFoundError:
-                pass
+        write(staged.temp)
         # `write` may have made the file anew with rights of its own (safetensors: 0600)
-        os.chmod(temp, mode)
-        _flush_to_disk(temp)
-        if replace:
-            _replace(temp, path)
-        else:
-            _publish_exclusively(temp, path)
-    finally:
-        # After a successful publish the temp name is already gone; after a failure it is the
-        # only copy of a useless half file.
-        try:
-            os.unlink(temp)
-        except OSError:  # gone already, or never made (a name too long): nothing to remove
-            pass
-        with _LOCK:
-            _WRITING.discard(temp.name)
-    return path
+        os.chmod(staged.temp, mode)
+        _flush_to_disk(staged.temp)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
 
 def _flush_to_disk(temp: Path) -> None:

@@ -60,6 +60,25 @@ def test_the_temp_file_of_a_live_writer_is_not_swept(tmp_path):
     assert seen[0] == [] and len(seen[1]) == 1 and atomic.is_temp_name(seen[1][0])
 
 
+def test_a_staged_file_waits_unswept_for_its_name_and_a_taken_name_leaves_it_staged(tmp_path):
+    (tmp_path / "take_001.wav").write_text("theirs")
+    staged = atomic.stage_file(tmp_path / "take.wav", write_text("ours"))
+    assert atomic.sweep_stale_parts(tmp_path) == [] and staged.temp.exists()
+    with pytest.raises(FileExistsError):
+        staged.publish(tmp_path / "take_001.wav")
+    assert staged.publish(tmp_path / "take_002.wav").read_text() == "ours"
+    staged.discard()
+    assert sorted(os.listdir(tmp_path)) == ["take_001.wav", "take_002.wav"]
+    assert (tmp_path / "take_001.wav").read_text() == "theirs"
+
+
+def test_a_discarded_staged_file_leaves_nothing_and_is_no_longer_a_live_writers(tmp_path):
+    staged = atomic.stage_file(tmp_path / "a.json", write_text("{}"))
+    staged.discard()
+    staged.discard()  # twice is harmless
+    assert os.listdir(tmp_path) == [] and staged.temp.name not in atomic._WRITING
+
+
 def _with_umask(umask, action):
     old = os.umask(umask)
     try:

@@ -85,9 +85,13 @@ def test_one_variation_in_version_2_and_a_first_layer(tiny, scene_video, tmp_pat
     assert all(s["metadata"]["ranking"]["similarity_to_earlier"] is None for s in first_layer["stems"])
 
 
-def test_a_failed_write_removes_the_stems_written_before_it(tiny, scene_video, tmp_path, monkeypatch):
+def _files(folder) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def test_a_failed_write_leaves_none_of_the_jobs_stems(tiny, scene_video, tmp_path, monkeypatch):
     service = FoleyService(tiny)
-    real, calls = audio_io.write_new_wav, []
+    real, calls = audio_io.stage_new_wav, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -95,27 +99,70 @@ def test_a_failed_write_removes_the_stems_written_before_it(tiny, scene_video, t
             raise audio_io.AudioError("The disk is full.")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audio_io, "write_new_wav", failing)
+    monkeypatch.setattr(audio_io, "stage_new_wav", failing)
     with pytest.raises(audio_io.AudioError, match="disk is full"):
         _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
-    assert len(calls) == 3 and [f for f in os.listdir(tmp_path) if f.endswith(".wav")] == []
+    assert len(calls) == 3 and _files(tmp_path) == []
+
+
+def test_a_failure_while_naming_the_stems_removes_the_ones_named(tiny, scene_video, tmp_path, monkeypatch):
+    service = FoleyService(tiny)
+    real, calls = audio_io.publish_new_wav, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise audio_io.AudioError("The folder was made read-only.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audio_io, "publish_new_wav", failing)
+    with pytest.raises(audio_io.AudioError, match="read-only"):
+        _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
+    assert len(calls) == 3 and _files(tmp_path) == []
 
 
 def test_a_stop_after_sampling_lands_between_stems_and_leaves_none(tiny, scene_video, tmp_path, monkeypatch):
     """The engine stopping (or a cancel) once the takes are made: the next stem is not written
-    and the ones before it are removed, as for a failed write."""
+    and the ones before it are dropped, as for a failed write."""
     service = FoleyService(tiny)
-    real, calls = audio_io.write_new_wav, []
+    real, calls = audio_io.stage_new_wav, []
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audio_io, "write_new_wav", counted)
+    monkeypatch.setattr(audio_io, "stage_new_wav", counted)
     with pytest.raises(GenerationCancelled, match="before stem 3 of 4"):
         service(parse_request(_request(scene_video, tmp_path, protocol=2, variations=4), service.capabilities(),
                               check_paths=True), is_cancelled=lambda: len(calls) >= 2)
-    assert len(calls) == 2 and [f for f in os.listdir(tmp_path) if f.endswith(".wav")] == []
+    assert len(calls) == 2 and _files(tmp_path) == []
+
+
+_KILLED_PART_WAY = """
+import json, os, sys
+from stepfoley.engine.embedded.model import build_embedded_model
+from stepfoley.engine.service import FoleyService
+from stepfoley.request import parse_request
+
+service = FoleyService(build_embedded_model(random_weights=True))
+request = parse_request(json.loads(sys.argv[1]), service.capabilities(), check_paths=True)
+# the process dies (the engine's stop timed out, or it was killed) when two stems are on the disk
+service(request, is_cancelled=lambda: len(os.listdir(request.output_dir)) == 2 and os._exit(0))
+"""
+
+
+def test_an_engine_killed_between_stems_leaves_none_and_the_next_write_sweeps_its_temp_files(scene_video, tmp_path):
+    import json
+    import subprocess
+    import sys
+    request = _request(scene_video, tmp_path, protocol=2, variations=4)
+    done = subprocess.run([sys.executable, "-c", _KILLED_PART_WAY, json.dumps(request)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    left = _files(tmp_path)
+    assert [f for f in left if not f.endswith(".part")] == [] and len(left) == 2
+    written = audio_io.write_new_wav(tmp_path, "rain falling", np.zeros((1, 100), np.float32), 48000)
+    assert _files(tmp_path) == [written.name] == ["rain_falling_001.wav"]
 
 
 def test_a_cancel_while_the_picture_is_read_stops_there(tiny, scene_video):
