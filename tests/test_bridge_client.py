@@ -167,6 +167,7 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
     status_path = str(tmp_path / "st.json")
     open(status_path + ".cancel", "w").close()  # stale, from an earlier job: must not cancel this one
+    os.utime(status_path + ".cancel", ns=(os.stat(request_file).st_mtime_ns - 10**9,) * 2)
     assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == 0
     assert read_status(status_path)["state"] == "done"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["state"] == "done"
@@ -192,6 +193,24 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["send", "--port", port])  # nothing to do
     assert e.value.code == 2
+
+
+def test_a_cancel_made_before_send_starts_cancels_its_job_and_stays_that_jobs(tmp_path, capsys):
+    """REAPER's actions write the request, start `send`, and may cancel before the client is up
+    (Esc at once, or "Cancel running generation"): that cancel file is newer than the request and
+    must not be taken for an earlier job's. Run again on the same paths, the earlier job's
+    final status is newer than it: the new job runs."""
+    with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
+        port = str(srv.address[1])
+        request_file = write_json(tmp_path / "req.json", make_request(tmp_path, steps=40))
+        status_path = str(tmp_path / "st.json")
+        open(status_path + ".cancel", "w").close()
+        assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == \
+            bc.EXIT_CANCELLED
+        assert read_status(status_path)["state"] == "cancelled" and os.path.exists(status_path + ".cancel")
+        assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == \
+            bc.EXIT_DONE
+        assert read_status(status_path)["state"] == "done" and not os.path.exists(status_path + ".cancel")
 
 
 def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):

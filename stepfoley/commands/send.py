@@ -79,7 +79,7 @@ def _send(args, client) -> int:
                                        client.EXIT_USAGE)
         return _finish(args, client, status)
     if args.status is not None:
-        _remove_stale_cancel(args.status + ".cancel")
+        remove_stale_cancel(args.status + ".cancel", args.request, args.status)
 
     def show(status: dict) -> None:
         if not args.quiet and status["exit_code"] is None:
@@ -132,8 +132,23 @@ def _finish(args, client, status: dict) -> int:
     return status["exit_code"]
 
 
-def _remove_stale_cancel(path: str) -> None:
-    # A cancel file left by an earlier job on the same status path must not cancel this one.
+def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
+    """Remove a cancel file an earlier job on the same status path left: one written before this
+    job's request file, or before the last status written there. One written since is this
+    job's and stays: a caller (REAPER's actions) writes the request, starts this process, and
+    may cancel before the process is up."""
+    try:
+        cancel_written = os.stat(path).st_mtime_ns
+    except OSError:
+        return  # none (or unreadable: the job's own check of it fails the same way)
+    since = []
+    for earlier in (request_path, status_path):
+        try:
+            since.append(os.stat(earlier).st_mtime_ns)
+        except OSError:
+            pass
+    if since and cancel_written >= max(since):
+        return
     try:
         os.remove(path)
     except FileNotFoundError:

@@ -1,6 +1,6 @@
 """A stand-in for `stepfoley send` (docs/osc-protocol.md), for the REAPER tests while no
 real engine is available: same arguments, same status file (written atomically), same
-cancel file convention and exit codes. It answers `--ping` and `--engine-status` like the
+cancel file convention (a stale cancel file removed by the real client's rule) and exit codes. It answers `--ping` and `--engine-status` like the
 real client (with `--status`, into that file too), publishing capabilities built from the
 real guidance-method registry with its own model defaults (method nag, alpha 3, beta 2,
 steps 3: not MMAudio's, so a test sees where a value came from). It validates a request
@@ -50,6 +50,7 @@ import soundfile as sf
 
 from stepfoley.bridge.client import not_running_message, request_payload, too_large_message
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
+from stepfoley.commands.send import remove_stale_cancel
 from stepfoley.engine.guidance import public_methods
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED
 from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
@@ -151,6 +152,7 @@ def main() -> int:
     status = Path(args.status)
     cancel = Path(args.status + ".cancel")
     status.with_name("standin_argv.json").write_text(json.dumps(sys.argv[1:], ensure_ascii=False), encoding="utf-8")
+    remove_stale_cancel(str(cancel), args.request, str(status))  # as the real client does
     if mode == "down":
         write_status(status, state="error", exit_code=3, error={"code": "engine_not_running",
                      "message": not_running_message("127.0.0.1", args.port)})
