@@ -1,14 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.4
+-- @version 0.5.5
 -- @changelog
---   Regenerate, Extend and the other actions that add a take keep what you wrote in the item notes (only StepFoley's own description is replaced).
---   A new take that fills its item leaves the item's "loop source" on, so a looped earlier take still loops when chosen again; it is switched off only when the picture covers part of the item, and the console says so.
---   Extend and Regenerate time selection inside selected item refuse a video item at another playrate before anything is rendered, in REAPER's words.
---   Make selected item sound like this refuses a reference item that is not heard (muted, on a muted track or folder, or on a lane that does not play) instead of sending silence.
---   A project saved in a folder whose name holds ";" keeps its job files in REAPER's resource folder: the bounce of the layers failed there (REAPER lists the files a render writes separated by ";").
---   The dialog refuses a seed that leaves no room for the variations asked for (with an older engine the last seeds wrapped to negative numbers and were refused after the others were made).
---   The item notes no longer say negative captions never steer away at alpha 1: the engine's negative_prompt is now the paper's baseline, which does.
+--   The layers' bounce no longer lets in the tracks inside a chosen folder that are not negatives themselves (a soloed folder plays its children): with negatives "selection" an item picked on a folder track brought its child tracks' items too, and Replace this layer on a layer inside a layers' folder heard the very layer it replaces.
+--   A cancel made just after a generation starts (Esc at once, or Cancel running generation) is no longer lost when the engine's client takes a moment to start (needs the engine from this release; an older client deleted that cancel as stale).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

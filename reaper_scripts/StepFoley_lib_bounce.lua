@@ -15,7 +15,9 @@ and loses solo defeat, "solo in front" is switched off (it would let the other t
 through, dimmed), the master is unmuted and its FX bypassed (the engine wants the layers,
 not the mastering). When only some items of those tracks count (negatives picked by item
 selection or razor edit), the other items of those tracks that play in the region are muted
-for the render (B_MUTE_ACTUAL and C_MUTE_SOLO, which leave item solo alone). Everything changed is put back afterwards, also when the render fails;
+for the render (B_MUTE_ACTUAL and C_MUTE_SOLO, which leave item solo alone); so are the items
+of the tracks inside a chosen folder that are not chosen themselves, which a soloed folder
+parent would let through (a layer being replaced among them). Everything changed is put back afterwards, also when the render fails;
 values that already had the wanted state are never touched. The track selection is not
 used. The render runs in the generation's project, made the active tab for it (render_in).
 REAPER's API cannot mark a project clean again, so a saved project may show as modified
@@ -37,16 +39,31 @@ local function set_item_value(item, key, value)
   if reaper.GetMediaItemInfo_Value(item, key) ~= value then reaper.SetMediaItemInfo_Value(item, key, value) end
 end
 
--- The items of `tracks` over [t0, t1] that must be silent for the render: all but `items`.
-local function items_to_silence(tracks, items, t0, t1)
-  if not items then return {} end
-  local keep, list = {}, {}
-  for _, it in ipairs(items) do keep[it] = true end
-  for _, tr in ipairs(tracks) do
-    for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
-      local item = reaper.GetTrackMediaItem(tr, i)
-      local a, b = M.item_range(item)
-      if not keep[item] and b > t0 and a < t1 then list[#list + 1] = item end
+-- Whether a folder above `tr` is one of the `chosen` tracks.
+local function inside_chosen(tr, chosen)
+  local parent = reaper.GetParentTrack(tr)
+  while parent do
+    if chosen[parent] then return true end
+    parent = reaper.GetParentTrack(parent)
+  end
+  return false
+end
+
+-- The items over [t0, t1] that must be silent for the render: on `tracks`, all but `items`
+-- (when given); on a track inside a chosen folder that is not chosen itself, all of them, as
+-- soloing a folder parent makes every track inside it heard.
+local function items_to_silence(proj, tracks, items, t0, t1)
+  local chosen, keep, list = {}, {}, {}
+  for _, tr in ipairs(tracks) do chosen[tr] = true end
+  for _, it in ipairs(items or {}) do keep[it] = true end
+  for t = 0, reaper.CountTracks(proj) - 1 do
+    local tr = reaper.GetTrack(proj, t)
+    if (chosen[tr] and items) or (not chosen[tr] and inside_chosen(tr, chosen)) then
+      for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
+        local item = reaper.GetTrackMediaItem(tr, i)
+        local a, b = M.item_range(item)
+        if not keep[item] and b > t0 and a < t1 then list[#list + 1] = item end
+      end
     end
   end
   return list
@@ -174,7 +191,7 @@ end
 -- to dir/name.wav (24-bit stereo). Returns the WAV path, or nil and a message. Every setting
 -- touched is restored.
 function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
-  local silenced = items_to_silence(tracks, items, t0, t1)
+  local silenced = items_to_silence(proj, tracks, items, t0, t1)
   local saved = M.mix_state(proj, silenced)
   reaper.PreventUIRefresh(1)
   local ok, result = pcall(function()

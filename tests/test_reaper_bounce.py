@@ -191,3 +191,53 @@ def test_a_failing_render_restores_everything(world):
     assert result["toggles"] == {"40745": 1}
     assert result["modal_prompts"] == ["render cancelled"]
     h.assert_render_settings_restored(dict(result, modal_prompts=[]))
+
+
+def _assert_mutes_restored(result, track_name: str):
+    # muted for the render (outside any undo block, as every bounce setting is), then put back
+    h.assert_render_settings_restored(result)
+    track = next(tr for tr in result["tracks"] if tr["name"] == track_name)
+    assert [(i["mute"], i["mute_solo"]) for i in track["items"]] == [(False, 0)]
+
+
+def _bounced(result) -> tuple[np.ndarray, int, int]:
+    request = h.job_request(result)
+    mix, sr = sf.read(request["existing_mix"])
+    assert sr == SR
+    return mix[:, 0], h.frames(request["region"]["project_start"]), h.frames(request["region"]["project_end"])
+
+
+def test_a_chosen_folder_does_not_let_the_unchosen_tracks_inside_it_into_the_bounce(world):
+    """Soloing a folder parent makes the tracks inside it heard: with negatives "selection", an
+    item picked on a folder track brings only itself, not the unpicked items of its child."""
+    tmp = world["tmp"]
+    child = h.write_foley_wav(tmp / "child.wav", 12.0, SR, seed=9)
+    folder = h.foley_track("Folder FX", world["foley"], "wind in the trees")
+    folder["folderdepth"] = 1
+    folder["items"][0]["selected"] = True
+    inside = {"name": "Child dialogue", "folderdepth": -1,
+              "items": [{"position": 0.0, "length": 12.0, "takes": [{"file": str(tmp / "child.wav")}]}]}
+    sc = h.scenario(world, dialog=h.answers(negatives="selection"))
+    sc["tracks"] = [sc["tracks"][0], folder, inside]
+    result = h.run_scenario(tmp, sc)
+    mix, a, b = _bounced(result)
+    np.testing.assert_allclose(mix, world["foley_samples"][a:b], rtol=0, atol=LSB24)
+    assert np.abs(child[a:b]).max() > 0.1
+    _assert_mutes_restored(result, "Child dialogue")
+
+
+def test_replacing_a_layer_inside_a_layers_folder_leaves_it_out_of_its_own_negatives(world):
+    tmp = world["tmp"]
+    h.write_foley_wav(tmp / "steps.wav", 12.0, SR, seed=11)
+    parent = h.foley_track("wind", world["foley"], "wind in the trees")
+    parent["folderdepth"] = 1
+    child = h.foley_track("steps", tmp / "steps.wav", "footsteps on gravel")
+    child["folderdepth"] = -1
+    child["items"][0]["selected"] = True
+    sc = h.scenario(world, actions=[{"script": h.REPLACE}], dialog=[])
+    sc["tracks"] = [sc["tracks"][0], parent, child]
+    result = h.run_scenario(tmp, sc)
+    assert h.job_request(result)["previous_captions"] == ["wind in the trees"]
+    mix, a, b = _bounced(result)
+    np.testing.assert_allclose(mix, world["foley_samples"][a:b], rtol=0, atol=LSB24)
+    _assert_mutes_restored(result, "steps")
