@@ -254,9 +254,10 @@ register(GuidanceMethod(
     lambda v, w: negative_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="existing",
     simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 or not has_audio else
-    ("nag_conditional" if w.alpha == 1.0 else None)))
+    # below α 1 the CFG part is MMAudio's (the conditional branch), as β = 0 gives: no jump at β → 0
+    ("nag_conditional" if w.alpha <= 1.0 else None)))
 register(GuidanceMethod(
-    "nag_conditional", "Eq. 9 at α = 1: the conditional flow plus the audio term, no unconditional branch",
+    "nag_conditional", "Eq. 9 at α ≤ 1 (CFG as MMAudio computes it there): the conditional flow plus the audio term",
     ("cond", "audio"), lambda v, w: v["cond"] + w.beta * (v["cond"] - v["audio"]),
     params=("alpha", "beta"), audio="existing", public=False))
 register(GuidanceMethod(

@@ -127,6 +127,20 @@ def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int
                              target_lufs=CONDITION_LUFS)[0]
 
 
+def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
+    """What the audio branch hears over one window of a region made in several: each row of
+    `slices` (B, S_w), the audio condition over the window, loudness-normalized and limited
+    over the window alone, as the ControlNet was trained on one window's length at
+    CONDITION_LUFS; None when every row is silent there (below the -70 LUFS gate), so the
+    window is made as a first track is. A row silent where the others are not (takes with
+    different stacks, made together by the evaluation) hears its silence."""
+    rows = [conditioning_mix([row], sample_rate, len(row))
+            if np.isfinite(mixing.integrated_loudness(row[None], sample_rate)) else None for row in slices]
+    if all(row is None for row in rows):
+        return None
+    return np.stack([row if row is not None else quiet for row, quiet in zip(rows, slices)])
+
+
 def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
     """(start, end) offsets covering [0, duration] with windows of at most `window` seconds;
     consecutive windows overlap by at least `overlap` so they can be crossfaded."""
@@ -219,13 +233,13 @@ class StepSession:
 
     def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """A reference recording as an audio condition (S,): mono at the model's rate, looped or
-        trimmed to the region, at the loudness x̃ has."""
+        trimmed to the region, normalized and limited as x̃ is."""
         mono = self._mono_at_model_rate(
             samples, sample_rate, "The reference sound is empty (zero length); choose another recording.")
         if not np.any(mono):
             raise InvalidInputError("The reference sound is silent; choose a recording of the sound you want.")
         looped = np.tile(mono, (1, math.ceil(self.length / mono.shape[-1])))[:, : self.length]
-        return mixing.loudness_normalize(looped, self.model.sample_rate, CONDITION_LUFS)[0]
+        return conditioning_mix([looped[0]], self.model.sample_rate, self.length)
 
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
                    is_cancelled: CancelFn | None = None,
@@ -272,7 +286,8 @@ class StepSession:
         """Takes sampled together, one forward per step for all of them; the stack is left as it
         is. Each take has its own caption, negative caption (used as given), seed and audio
         condition: (S,) at the model's rate, what the method's audio branch hears (x̃, or a
-        reference), or None for a method without one. They share the method, its strengths and
+        reference), or None for a method without one; over a region made in several windows
+        each window hears its own part normalized again (window_condition). They share the method, its strengths and
         the steps. A take comes out as it would alone, up to float rounding.
 
         `known` (extend and repair): the take's kept latent frames are held in place while the
@@ -295,8 +310,9 @@ class StepSession:
             # without one a take is plain CFG, which below α 1 is another computation than the batch's
             raise InvalidInputError("Either every take made together has a negative caption, or none does.")
         learned_loudness = first.loudness_curve is not None and model.loudness_control is not None and known is None
+        has_negative = any(s.negative_caption for s in settings)
         method = resolve_method(first.method, first.weights, has_audio=conditions[0] is not None,
-                                has_negative=any(s.negative_caption for s in settings))
+                                has_negative=has_negative)
         if method.needs_controlnet and model.controlnet is None:
             raise InvalidInputError(
                 f"The model '{model.model_id}' has no NAG ControlNet, so it cannot hear earlier tracks or a "
@@ -318,13 +334,21 @@ class StepSession:
         steps = first.steps
         grid = time_grid(steps)
         total = steps * len(self.windows)
-        latents = []
+        latents, silent_windows = [], []
         for w, ((w_start, w_end), (clip_f, sync_f)) in enumerate(zip(self.windows, features)):
             a, b = self._samples(w_start), self._samples(w_end)
+            window_method, heard = method, None
+            if method.needs_controlnet:
+                heard = np.stack([c[a:b] for c in conditions])                     # (B, S_w)
+                if len(self.windows) > 1:
+                    heard = window_condition(heard, model.sample_rate)
+                    if heard is None:  # the earlier layers are silent over this window
+                        silent_windows.append(w + 1)
+                        window_method = resolve_method(first.method, first.weights, has_audio=False,
+                                                       has_negative=has_negative)
             t0 = time.perf_counter()
             latents.append(self._sample_window(
-                method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text,
-                np.stack([c[a:b] for c in conditions]) if method.needs_controlnet else None,
+                window_method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text, heard,
                 seeds=[s.seed for s in settings], window=w, grid=grid,
                 known=None if known is None else (known.samples[a:b], known.keep[a:b]),
                 loudness=[s.loudness_curve for s in settings] if learned_loudness else None, window_start=w_start,
@@ -361,6 +385,8 @@ class StepSession:
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
+            # windows over which the audio condition was silent, made as a first track is
+            "windows_without_audio": silent_windows,
             "track_index": None,  # a place on the stack: next_track sets it
             "takes_in_batch": len(settings),
             # how far guided steps were held to the conditional branch's level (0: not at all)

@@ -223,6 +223,7 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
     ("independent", GuidanceWeights(1.0), False, "conditional"),  # at 1 CFG is the conditional flow exactly
     ("negative_prompt", GuidanceWeights(1.0), False, "conditional"),  # without a negative caption: CFG
     ("nag", GuidanceWeights(1.0, 1.5), True, "nag_conditional"),
+    ("nag", GuidanceWeights(0.5, 1.5), True, "nag_conditional"),  # below 1 as CFG is there (β = 0: conditional)
     ("nag", GuidanceWeights(1.0, 1.5), False, "conditional"),  # track 1 at α = 1
     ("text_boost", GuidanceWeights(4.5, 1.5), False, "text_boost"),
     ("text_boost", GuidanceWeights(4.5, 0.0), False, "independent"),
@@ -233,6 +234,19 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
 ])
 def test_resolve_method_picks_the_cheapest_equivalent(name, weights, has_audio, used):
     assert resolve_method(name, weights, has_audio).name == used
+
+
+def test_nag_below_alpha_one_has_no_jump_as_beta_goes_to_zero():
+    from stepfoley.engine.guidance import GUIDANCE_METHODS
+
+    v = dict(zip(("cond", "uncond", "audio"), (t.float() for t in _targets(3, seed=6))))
+
+    def velocity(beta):
+        weights = GuidanceWeights(0.5, beta)
+        method = resolve_method("nag", weights, has_audio=True)
+        return GUIDANCE_METHODS[method.name].combine({b: v[b] for b in method.branches}, weights)
+
+    torch.testing.assert_close(velocity(1e-6), velocity(0.0), rtol=0, atol=1e-4)
 
 
 def test_the_negative_prompt_with_a_negative_caption_is_never_simplified():

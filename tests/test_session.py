@@ -119,6 +119,38 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
         np.testing.assert_array_equal(track.samples, alone.samples)
 
 
+def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_trained_loudness():
+    from stepfoley.engine.session import window_condition
+    rng = np.random.default_rng(0)
+    quiet, silent = 0.01 * rng.standard_normal(8 * 16000), np.zeros(8 * 16000)
+    heard = window_condition(np.stack([quiet, silent]).astype(np.float32), 16000)
+    assert mixing.integrated_loudness(heard[:1], 16000) == pytest.approx(-20.0, abs=0.05)
+    assert not heard[1].any()  # a take whose stack is silent here hears its silence
+    assert window_condition(np.stack([silent, 1e-6 * quiet]).astype(np.float32), 16000) is None
+
+
+def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_path):
+    """A 10 s region is made in two windows, 0-8 s and 2-10 s; the earlier layer plays only in
+    the first 1.5 s, so the second window hears no layer: it is what a first track makes there
+    (the same sound after the crossfade at 4.5-5.5 s, up to the stem's gain and its limiter:
+    the trained model, whose levels leave the limiter little to do)."""
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    trained = build_embedded_model()
+    video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
+    layer = np.zeros(10 * 16000, np.float32)
+    layer[:24000] = 0.3 * np.random.default_rng(1).standard_normal(24000)
+    session = StepSession(trained, Region(video, 0.0, 10.0))
+    session.add_track(layer, 16000)
+    track = session.next_track(TrackSettings("rain falling", method="nag", seed=5, steps=2))
+    first = StepSession(trained, Region(video, 0.0, 10.0)).next_track(TrackSettings("rain falling", seed=5, steps=2))
+    assert track.metadata["method_used"] == "nag_conditional" and track.metadata["windows_without_audio"] == [2]
+    assert first.metadata["windows_without_audio"] == []
+    after = slice(int(5.5 * 16000), None)
+    assert np.corrcoef(track.samples[after], first.samples[after])[0, 1] > 0.998
+    assert np.corrcoef(track.samples[:64000], first.samples[:64000])[0, 1] < 0.99  # the first window heard it
+
+
 def test_bad_regions_and_cancel(tiny, scene_video):
     with pytest.raises(VideoError, match="past the end"):
         StepSession(tiny, Region(scene_video, 6.0, 12.0)).next_track(TrackSettings("rain", steps=1))
@@ -246,6 +278,9 @@ def test_reference_condition_is_looped_to_the_region_at_the_mix_loudness(tiny, s
     assert condition.shape == (3 * 16000,)
     np.testing.assert_allclose(condition[: 11200], condition[11200: 22400], atol=1e-6)  # 0.7 s period
     assert abs(mixing.integrated_loudness(condition[None], 16000) - (-20.0)) < 0.5
+    clicks = np.zeros(16000, np.float32)
+    clicks[::4000] = 1.0  # sparse clicks: at -20 LUFS their peaks would reach far over 0 dBFS
+    assert mixing.true_peak(session.reference_condition(clicks, 16000)[None], 16000) <= -1.0 + 0.05
 
 
 def test_reference_pulls_where_nag_pushes(tiny, scene_video):
