@@ -290,7 +290,7 @@ def test_codec_from_directory_decodes_and_encodes(golden, tmp_path, mode):
     codec = MMAudioCodec.from_directory(tmp_path, mode, vae_config=vae_config, vocoder_config=voc_config)
     assert codec.sample_rate == (16_000 if mode == "16k" else 44_100)
     assert codec.latent_dim == vae_config.embed_dim
-    assert codec.latent_length(8.0) == (250 if mode == "16k" else 345)
+    assert codec.latent_length(8.0) == codec.latent_length(16.03 - 8.03) == (250 if mode == "16k" else 345)
 
     # decode: channels-last latent -> the fixture's VAE decode (golden) -> the vocoder.
     z = g_vae["inputs"]["z"]  # (B, C, N) channels-first
