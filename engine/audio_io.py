@@ -137,8 +137,8 @@ def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: b
         raise AudioError(f"'{target}' already exists and was left untouched; the new file is "
                          f"'{source}'.") from None
     except OSError as error:
-        raise AudioError(f"Could not rename '{source}' to '{target}': {error}. Check the folder's "
-                         "permissions.") from None
+        raise AudioError(f"Could not rename '{source}' to '{target}': {error}. The new file stays "
+                         f"'{source}'.") from None
     return target
 
 

@@ -232,7 +232,8 @@ class _Take:
             "take": request.take,
             "regenerate": list(request.regenerate),
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
-            "lufs": None,  # the stem is the take's, at its level: only the new part was measured
+            # the whole stem's, the take's level for the most part (the new part's: new_part_lufs)
+            "lufs": _finite_or_none(mixing.integrated_loudness(stem, rate)),
         }
         return stem, metadata
 

@@ -300,8 +300,8 @@ def _check_region(path: Path, start_s: float, end_s: float, duration: float | No
             "before its end. Make a time selection over the picture.")
     if duration is not None and end_s > duration + _END_TOLERANCE_S:
         raise VideoError(
-            f"The region {start_s:.1f}-{end_s:.1f} s runs past the end of {path.name} "
-            f"({duration:.1f} s). Shorten the time selection or use a longer video.")
+            f"The region {start_s:.3f}-{end_s:.3f} s runs past the end of {path.name} "
+            f"({duration:.3f} s). Shorten the time selection or use a longer video.")
 
 
 def _no_picture(path: Path) -> VideoError:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 TEMP_SUFFIX = ".part"
+MAX_NAME_BYTES = 255  # what ext4, APFS and NTFS take; a temporary name is kept within it
 # How long a replace is retried while Windows reports a sharing violation (readers hold the
 # file for a moment only).
 REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
@@ -51,6 +52,20 @@ def nearest_existing(path: str | os.PathLike) -> Path:
     while not os.path.lexists(there):
         there = there.parent
     return there
+
+
+def name_too_long(path: str | os.PathLike) -> str | None:
+    """Why `path`'s file name cannot be made in its folder (longer than the file system takes:
+    255 bytes on most), or None: checked before work, so a long name is not found out after it."""
+    name = os.path.basename(os.path.abspath(path))
+    try:
+        limit = os.pathconf(nearest_existing(os.path.dirname(os.path.abspath(path))), "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or the folder says nothing
+        limit = MAX_NAME_BYTES
+    size = len(os.fsencode(name))
+    if size <= (limit if limit and limit > 0 else MAX_NAME_BYTES):
+        return None
+    return f"the file name '{name[:40]}…' is {size} bytes long; the file system takes at most {limit}. Choose a shorter name."
 
 
 def is_temp_name(name: str) -> bool:
@@ -123,7 +138,11 @@ def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Staged
     filesystem raises, and then leaves no temporary file."""
     path = Path(path)
     # Taken at write time, not import time: a forked child is another writer.
-    staged = StagedFile(path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    suffix = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    target = path.name
+    while len(os.fsencode(f".{target}{suffix}")) > MAX_NAME_BYTES:  # a long name: its temp name shortened
+        target = target[:-1]
+    staged = StagedFile(path.parent / f".{target}{suffix}")
     with _LOCK:
         _WRITING.add(staged.temp.name)
     try:

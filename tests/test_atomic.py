@@ -79,6 +79,14 @@ def test_a_discarded_staged_file_leaves_nothing_and_is_no_longer_a_live_writers(
     assert os.listdir(tmp_path) == [] and staged.temp.name not in atomic._WRITING
 
 
+def test_a_name_near_the_file_systems_limit_gets_a_temp_name_within_it(tmp_path):
+    name = "é" * 120 + ".json"  # 245 bytes: the temp name's own 30 or so would pass 255
+    path = atomic.write_atomically(tmp_path / name, write_text("{}"))
+    assert os.listdir(tmp_path) == [name] and path.read_text() == "{}"
+    assert atomic.name_too_long(tmp_path / name) is None
+    assert "256 bytes long" in atomic.name_too_long(tmp_path / ("a" * 252 + ".wav"))
+
+
 def _with_umask(umask, action):
     old = os.umask(umask)
     try:

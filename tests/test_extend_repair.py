@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from stepfoley.engine import mixing
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import KnownAudio, finish_new_part, held_frames, splice
@@ -125,6 +126,9 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     meta = stem["metadata"]
     assert meta["regenerate"] == regenerate and meta["kept_untouched"] and meta["channels"] == 2
     assert meta["new_part_seconds"] == pytest.approx(regenerate[1] - regenerate[0], abs=1e-3)
+    # the stem's own loudness, as for any stem (the part made new has its own: new_part_lufs)
+    assert meta["lufs"] == pytest.approx(mixing.integrated_loudness(out.T, 48000), abs=0.01)
+    assert meta["new_part_lufs"] is not None
     assert json.loads(json.dumps(meta))  # goes on the wire
 
 

@@ -145,6 +145,12 @@ def bad_arguments(video, tmp_path):
          "n\ufffdw.wav': the file or folder name is not UTF-8 text"),
         ([video, "0", "2", "--take", os.fsdecode(bytes(tmp_path) + b"/st\xe9m.wav"), "--regenerate", "1,2"],
          "st\ufffdm.wav': the file or folder name is not UTF-8 text"),
+        # the metadata over the stem it describes, even with --force
+        ([video, "0", "2", "--out", tmp_path / "take.wav", "--metadata", tmp_path / "take.wav", "--force"],
+         "--metadata and --out name the same file"),
+        # names longer than the file system takes: found before the model, not after it
+        ([video, "0", "2", "--out", tmp_path / ("a" * 300 + ".wav")], "--out: the file name"),
+        ([video, "0", "2", "--metadata", tmp_path / ("m" * 300 + ".json")], "--metadata: the file name"),
     ]
 
 

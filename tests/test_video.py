@@ -183,8 +183,11 @@ def test_odd_size_stretch_and_centre_crop(tmp_path):
 
 def test_region_past_the_end_names_file_and_duration(tmp_path):
     path = write_video(tmp_path / "short.mkv", cfr_pts(30))  # 1.2 s
-    with pytest.raises(VideoError, match=r"0\.5-2\.0 s runs past the end of short\.mkv \(1\.2 s\)"):
+    with pytest.raises(VideoError, match=r"0\.500-2\.000 s runs past the end of short\.mkv \(1\.200 s\)"):
         read_region(path, 0.5, 2.0, fps=25, size=16)
+    # a few hundredths past the end reads as past it, not as "1.2-1.2 s past 1.2 s"
+    with pytest.raises(VideoError, match=r"0\.500-1\.240 s runs past the end of short\.mkv \(1\.200 s\)"):
+        read_region(path, 0.5, 1.24, fps=25, size=16)
 
 
 def test_empty_or_reversed_region_is_refused(tmp_path):

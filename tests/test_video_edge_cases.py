@@ -133,7 +133,7 @@ def test_a_picture_that_starts_after_the_sound_keeps_its_place_on_the_file_timel
 def test_a_region_after_the_picture_ends_is_refused_though_the_sound_goes_on(tmp_path, suffix):
     path = write_with_sound(tmp_path / f"short.{suffix}", cfr_pts(25), sound_s=3.0)  # 1 s of picture
     assert probe(path).duration == pytest.approx(1.0, abs=0.01)
-    with pytest.raises(VideoError, match=rf"2\.0-2\.5 s runs past the end of short\.{suffix} \(1\.0 s\)"):
+    with pytest.raises(VideoError, match=rf"2\.000-2\.500 s runs past the end of short\.{suffix} \(1\.0\d\d s\)"):
         read_region(path, 2.0, 2.5, fps=25, size=16)
     with pytest.raises(VideoError, match=r"runs past the end"):
         check_video_region(path, 0.5, 1.5)

@@ -88,6 +88,7 @@ def resolve_output(out: str, force: bool) -> Output:
     folder, new unless `force`). Raises InvalidInputError."""
     import os
 
+    from stepfoley.atomic import name_too_long
     from stepfoley.engine.errors import InvalidInputError
 
     path = os.path.abspath(out)
@@ -99,6 +100,9 @@ def resolve_output(out: str, force: bool) -> Output:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise InvalidInputError(f"The folder of '{out}' ({folder}) does not exist. Create it first.")
+    too_long = name_too_long(path)
+    if too_long:
+        raise InvalidInputError(f"--out: {too_long}")
     if os.path.lexists(path) and not force:
         raise InvalidInputError(f"'{out}' already exists. Pass --force to replace it, or choose another name.")
     return Output(folder, path)
@@ -199,6 +203,9 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         from stepfoley.commands.runtime import check_json_path
 
         check_json_path(args.metadata, args.force, "--metadata", "take.json")
+        if output.file and _same_file(args.metadata, output.file):
+            raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
+                                    "replace the stem. Give the metadata its own name (e.g. take.json).")
     sample_rate = None
     if args.take:  # a take that cannot be read fails now, not after loading
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
@@ -218,6 +225,13 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
     existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
     return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    # through links, and as a case-insensitive file system compares names
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def _check_file_names(args: argparse.Namespace) -> None:

@@ -71,7 +71,7 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
     import os
     from pathlib import Path
 
-    from stepfoley.atomic import nearest_existing
+    from stepfoley.atomic import name_too_long, nearest_existing
     from stepfoley.engine.errors import InvalidInputError
 
     if not str(path).strip():
@@ -85,6 +85,9 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
         raise InvalidInputError(f"{folder} is not a folder; choose another {option} path.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidInputError(f"The folder {folder} is not writable; choose another {option} path.")
+    too_long = name_too_long(path)
+    if too_long:
+        raise InvalidInputError(f"{option}: {too_long}")
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder; give a file name for {option} (e.g. {path / example}).")
     if os.path.lexists(path) and not force:
