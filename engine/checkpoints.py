@@ -58,10 +58,19 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path), device="cpu")
+    except PermissionError:
+        raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
         raise CheckpointError(
             f"Weights file {path} is damaged or not a safetensors file ({exc}). "
             f"Download or export it again.") from exc
+
+
+def unreadable_error(path: Path) -> CheckpointError:
+    """A weights file the user may not read: said so, not called damaged (downloading it again
+    would not help)."""
+    return CheckpointError(f"Weights file {path} cannot be read (permission denied); let your user read it "
+                           f"(e.g. chmod a+r '{path}').")
 
 
 def torch_load_reason(exc: BaseException) -> str:
@@ -77,6 +86,8 @@ def torch_load_reason(exc: BaseException) -> str:
 def _read_pth(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise unreadable_error(path) from None
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
         raise CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "

@@ -57,14 +57,16 @@ def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
                           "Run `stepfoley weights check DIR` to see what the directory holds.")
 
 
-def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor]) -> None:
+def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
     """`net.load_weights`, with the advice a sound designer needs when the file does not fit:
-    which file the chosen model reads and, when the weights are another official model's, which."""
+    which file was read (`source`), which file the chosen model reads and, when the weights are
+    another official model's, which."""
     from stepfoley.engine.mmaudio import infer_preset
 
     def advice() -> str:
         other = infer_preset(state_dict)
-        return ("Check that the weights file belongs to the chosen model (for example "
+        return ((f"The file read: {source}. " if source else "")
+                + "Check that the weights file belongs to the chosen model (for example "
                 "mmaudio_large_44k_v2.pth needs the large_44k_v2 model)."
                 + (f" These weights look like the '{other}' model." if other is not None else ""))
     net.load_weights(state_dict, advice)
@@ -103,12 +105,14 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     from stepfoley.engine.controlnet import load_controlnet
     from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+    from stepfoley.engine.weights import described_source
 
     stem, mode = MMAUDIO_VARIANTS[variant]
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)
     net = MMAudio(config)
-    load_flow_weights(net, load_state_dict_file(_checkpoint_path(weights_dir, stem)))
+    load_flow_weights(net, load_state_dict_file(_checkpoint_path(weights_dir, stem)),
+                      described_source(weights_dir / (stem + ".pth")))
     controlnet = None
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():

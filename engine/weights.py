@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from stepfoley.atomic import sweep_stale_parts
 from stepfoley.engine.errors import CheckpointError
 
 MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
@@ -180,10 +181,24 @@ def read_state_dict(path: Path, entry: str | None = None) -> dict:
     return load_state_dict_file(source, entry=None if source.suffix == ".safetensors" else entry)
 
 
+def described_source(path: Path) -> str:
+    """The file a load of official `path` reads, as its errors name it: the .safetensors copy
+    when there is one, said to be a copy (a wrong copy is fixed by removing it, not by
+    downloading the official file again)."""
+    path = Path(path)
+    source = file_to_read(path) or path
+    if source.suffix == ".safetensors" and path.suffix != ".safetensors":
+        return (f"{source} (the .safetensors copy read instead of {path.name}; if it is wrong, delete it and "
+                "run `stepfoley weights convert`)")
+    return str(source)
+
+
 def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, ...]]:
     """key -> shape without reading the tensors: the safetensors header, or a memory-mapped
     torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
     import torch
+
+    from stepfoley.engine.checkpoints import unreadable_error
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -192,6 +207,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         try:
             with safe_open(str(path), "pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except PermissionError:
+            raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert or download it again.") from None
     try:
@@ -199,6 +216,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # files saved in the legacy (non-zip) format cannot be mapped
             loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise unreadable_error(path) from None
     except Exception as e:
         from stepfoley.engine.checkpoints import torch_load_reason
 
@@ -306,7 +325,7 @@ def clip_folder(root: Path) -> Path | None:
     return next((f for f in (root / CLIP_NAME, root / CLIP_DIR) if f.is_dir()), None)
 
 
-def _check_clip(root: Path) -> FileReport:
+def _check_clip(root: Path, verify: bool = True) -> FileReport:
     # its open_clip_config.json is optional (the DFN5B sizes are the defaults)
     from stepfoley.engine.features.clip import WEIGHT_FILES
 
@@ -315,8 +334,37 @@ def _check_clip(root: Path) -> FileReport:
     if folder is None:
         return FileReport("clip", what, root / CLIP_DIR, present=False)
     weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
-    problems = () if weights else (f"no weights file in the folder (expected one of {', '.join(WEIGHT_FILES)})",)
-    return FileReport("clip", what, folder, present=True, read_from=weights[0] if weights else None, problems=problems)
+    if not weights:
+        return FileReport("clip", what, folder, present=True,
+                          problems=(f"no weights file in the folder (expected one of {', '.join(WEIGHT_FILES)})",))
+    problems = _clip_problems(weights[0]) if verify else ()
+    return FileReport("clip", what, folder, present=True, read_from=weights[0], problems=problems, verified=verify)
+
+
+def _clip_problems(path: Path) -> tuple[str, ...]:
+    """The CLIP weights' names and shapes against the network their config builds (on the meta
+    device: no memory), as a loader would find them."""
+    import torch
+
+    from stepfoley.engine.features.clip import IGNORED_KEYS, ClipConfig, ClipModel
+
+    try:
+        found = {k: v for k, v in tensor_shapes(path).items() if k not in IGNORED_KEYS}
+        config_file = path.parent / "open_clip_config.json"
+        config = ClipConfig.from_open_clip_json(config_file) if config_file.is_file() else ClipConfig()
+    except CheckpointError as error:
+        return (str(error),)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in ClipModel(config).state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
+    if problems:
+        problems.append(f"{path.name} is not apple/DFN5B-CLIP-ViT-H-14-384 in open_clip's format; download it again")
+    return tuple(problems)
 
 
 def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True) -> FileReport:
@@ -398,7 +446,7 @@ def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool) -> 
     if verify:
         _require_manifests(manifests_dir)
     files = {name: check_file(root, spec, manifests_dir, verify) for name, spec in FILES.items()}
-    files["clip"] = _check_clip(root)
+    files["clip"] = _check_clip(root, verify)
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
     return WeightsReport(root, files, controlnets)
 
@@ -440,15 +488,19 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
     from stepfoley.engine.checkpoints import load_state_dict_file, save_safetensors_atomic
 
     target = safetensors_copy(source)
+    sweep_stale_parts(target.parent)  # what a killed convert left: a hidden copy as big as the checkpoint
     stale = stale_copy(source)
     if target.exists() and not stale:
         return Conversion(source, target, False, f"{target.name} already exists; left as it is")
     manifest_file = manifest_path(spec.name, manifests_dir) if spec is not None else None
-    if manifest_file is not None and manifest_file.is_file():
-        problems = compare_with_manifest(spec, tensor_shapes(source, entry), manifest_file)
-        if problems:
-            return Conversion(source, target, False, "not converted: " + "; ".join(problems), refused=True)
-    state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
+    try:
+        if manifest_file is not None and manifest_file.is_file():
+            problems = compare_with_manifest(spec, tensor_shapes(source, entry), manifest_file)
+            if problems:
+                return Conversion(source, target, False, "not converted: " + "; ".join(problems), refused=True)
+        state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
+    except CheckpointError as error:  # damaged or unreadable: a folder's other files are still converted
+        return Conversion(source, target, False, f"not converted: {error}", refused=True)
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
     save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},

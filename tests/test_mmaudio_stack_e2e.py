@@ -356,3 +356,24 @@ def test_without_a_controlnet_the_default_is_plain_cfg_and_a_request_without_met
     assert request.method is None  # the model's default, which it can run
     track = StepSession(model, Region(stack["video"], *REGION)).next_track(TrackSettings("rain", steps=1, seed=3))
     assert track.metadata["method_used"] == "independent"
+
+
+def test_a_wrong_safetensors_copy_is_named_as_the_file_read(stack, tmp_path):
+    """A copy beside the official file is read instead of it: a load that fails names the copy,
+    and says to delete it (downloading the official file again would not help)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    root = tmp_path / "weights-copy"
+    shutil.copytree(stack["root"], root)
+    vae_44k = torch.load(root / "ext_weights" / "v1-44.pth", weights_only=True)
+    save_file({k: v.contiguous() for k, v in vae_44k.items()}, str(root / "ext_weights" / "v1-16.safetensors"))
+    with pytest.raises(CheckpointError, match=r"v1-16\.safetensors \(the \.safetensors copy read instead of "
+                                              r"v1-16\.pth; if it is wrong, delete it"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    (root / "ext_weights" / "v1-16.safetensors").unlink()
+    flow = torch.load(root / "weights" / "mmaudio_small_44k.pth", weights_only=True)
+    save_file({k: v.contiguous() for k, v in flow.items()}, str(root / "weights" / "mmaudio_small_16k.safetensors"))
+    with pytest.raises(CheckpointError, match=r"The file read: .*mmaudio_small_16k\.safetensors \(the \.safetensors copy"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])

@@ -33,6 +33,15 @@ def manifest_shaped(name, legacy=False):
     return {(e.get("legacy_key") if legacy else None) or e["key"]: torch.zeros(()).expand(e["shape"]) for e in entries}
 
 
+def clip_shaped():
+    # DFN5B's names and shapes, each tensor one stored number (as manifest_shaped's)
+    from stepfoley.engine.features.clip import ClipConfig, ClipModel
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in ClipModel(ClipConfig()).state_dict().items()}
+    return {k: torch.zeros(()).expand(shape) for k, shape in shapes.items()} | {"logit_scale": torch.zeros(())}
+
+
 def save(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
@@ -53,7 +62,7 @@ def weights_dir(tmp_path):
     clip = root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384"
     clip.mkdir()
     (clip / "open_clip_config.json").write_text("{}")
-    (clip / "open_clip_pytorch_model.bin").write_bytes(b"")
+    save(clip_shaped(), clip / "open_clip_pytorch_model.bin")
     v2 = root / "ext_weights" / "bigvgan_v2_44khz_128band_512x"
     v2.mkdir()
     save({"generator": manifest_shaped("bigvgan_v2_44k", legacy=True)}, v2 / "bigvgan_generator.pt")  # no config.json
@@ -314,3 +323,56 @@ def test_a_file_torch_refuses_is_named_without_torchs_advice_to_load_it_unsafely
     with pytest.raises(CheckpointError) as error:
         tensor_shapes(garbage, "generator")
     assert "not a plain weights file" in str(error.value) and "weights_only" not in str(error.value)
+
+
+def test_a_damaged_checkpoint_is_not_converted_and_the_others_are(weights_dir, capsys):
+    flow = weights_dir / "weights" / "mmaudio_small_16k.pth"
+    data = flow.read_bytes()
+    flow.write_bytes(data[: len(data) // 2])  # a broken download
+    assert cli_main(["weights", "convert", str(weights_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "mmaudio_small_16k.safetensors: not converted: " in out and "cannot be read" in out
+    assert (weights_dir / "ext_weights" / "v1-16.safetensors").is_file()
+    assert (weights_dir / "ext_weights" / "synchformer_state_dict.safetensors").is_file()
+
+
+def test_what_a_killed_convert_left_is_swept_by_the_next(weights_dir):
+    import subprocess
+    import sys
+
+    from stepfoley import atomic
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = weights_dir / "ext_weights" / f".v1-16.safetensors.{atomic._HOST}-{gone.stdout.strip()}-0badf00d.part"
+    left.write_bytes(b"\0" * 4096)  # a copy as big as the checkpoint, in life
+    convert_weights_dir(weights_dir, log=lambda line: None)
+    assert not left.exists() and (weights_dir / "ext_weights" / "v1-16.safetensors").is_file()
+
+
+def test_a_checkpoint_the_user_may_not_read_is_said_so_not_called_damaged(weights_dir, monkeypatch):
+    # as root (CI) nothing is unreadable: torch.load meets what open() raises for another user
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    report = check_weights_dir(weights_dir)
+    problems = " ".join(report.files["vae_16k"].problems)
+    assert "(permission denied); let your user read it" in problems and "download it again" not in problems
+    from stepfoley.engine.checkpoints import load_state_dict_file
+    with pytest.raises(CheckpointError, match="cannot be read \\(permission denied\\)"):
+        load_state_dict_file(weights_dir / "ext_weights" / "v1-16.pth")
+
+
+def test_the_clip_weights_are_checked_not_only_found(weights_dir):
+    bin_file = weights_dir / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384" / "open_clip_pytorch_model.bin"
+    bin_file.write_bytes(b"")
+    report = check_weights_dir(weights_dir)
+    assert not report.files["clip"].ok and "cannot be read" in report.files["clip"].problems[0]
+    assert "clip" in report.unusable("small_16k")
+    shapes = clip_shaped()
+    shapes["visual.proj"] = torch.zeros(()).expand(3, 3)
+    del shapes["ln_final.weight"]
+    save(shapes, bin_file)
+    problems = " ".join(check_weights_dir(weights_dir).files["clip"].problems)
+    assert "1 missing: ln_final.weight" in problems and "1 wrong shape: visual.proj" in problems
+    assert check_weights_dir(weights_dir, verify=False).files["clip"].ok  # --quick: present is enough
