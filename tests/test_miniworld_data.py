@@ -93,6 +93,15 @@ def test_controlnet_pairs_are_apart_in_the_same_scene_and_held_out_is_kept_apart
     assert not bool(data.held_out[windows[windows >= 0]].any())
 
 
+def test_the_latent_statistics_are_of_the_training_examples_alone(data):
+    # held-out scenes' targets stay out of latent_mean / latent_std too (they ship in the weights)
+    mean, std = data.latent_stats()
+    kept = data.latent[data.training_examples()].reshape(-1, data.latent.shape[-1])
+    assert len(data.training_examples()) < len(data.latent)
+    torch.testing.assert_close(mean.flatten(), kept.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(std.flatten(), kept.std(0).clamp_min(1e-3), rtol=0, atol=1e-6)
+
+
 def test_batches_carry_what_the_objectives_need(data, tiny):
     base = next(base_batches(data, tiny.net.normalize, 6, seed=1))
     assert base.latent.shape == (6, 250, 40) and base.text.shape == (6, 77, 384)

@@ -83,16 +83,22 @@ def toy_batches(seed: int, crash_after: int | None = None):
         yield ToyBatch(x, x @ weight)
 
 
-def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2):
+def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2, base_seed: int = 5,
+                 hidden: int = 0):
+    """A linear net (with a hidden layer of `hidden` units, or none) trained beside a frozen
+    "base" drawn from `base_seed`, as a ControlNet beside its base."""
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
 
+    torch.manual_seed(base_seed)
+    base = torch.nn.Linear(3, 3).requires_grad_(False)
     torch.manual_seed(init_seed)
-    net = torch.nn.Linear(3, 2)
+    net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.Linear(hidden, 2)) if hidden else torch.nn.Linear(3, 2)
     def loss_fn(parts, b, g):  # noise and dropped rows from the trainer's generator, as the objectives draw them
         kept = (torch.rand(len(b.latent), 1, generator=g) > 0.2).float()
-        return (kept * (parts["net"](b.latent + 0.1 * torch.randn(b.latent.shape, generator=g)) - b.target) ** 2).mean()
+        x = parts["base"](b.latent) + 0.1 * torch.randn(b.latent.shape, generator=g)
+        return (kept * (parts["net"](x) - b.target) ** 2).mean()
 
-    loss = LossModule({"net": net}, loss_fn)
+    loss = LossModule({"net": net, "base": base}, loss_fn)
     config = TrainConfig(steps=12, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
                          log_every=100)
     result = train(loss, net, toy_batches(0, crash_after), config, torch.device("cpu"), work, log=lambda line: None)
@@ -109,7 +115,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
         toy_training(tmp_path / "resumed", init_seed=0, crash_after=6)
     assert (tmp_path / "resumed" / "last.pt").exists()
     resumed, resumed_net = toy_training(tmp_path / "resumed", init_seed=1)
-    assert resumed.steps == 6
+    # the figures are the whole run's, as the weights are (they go into the weights' metadata)
+    assert resumed.steps == straight.steps == 12 and resumed.losses == straight.losses
     for name, value in straight_net.state_dict().items():
         assert torch.equal(resumed_net.state_dict()[name], value), name
     for name, value in straight.params.items():
@@ -137,6 +144,18 @@ def test_a_checkpoint_of_other_data_is_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "TrainConfig", lambda **kw: real(**kw, data="another list"))
     with pytest.raises(CheckpointError, match=r"a run with other settings \(data\)"):
         toy_training(tmp_path / "w", init_seed=0)
+
+
+@pytest.mark.parametrize("changed, what", [({"base_seed": 6}, "frozen base"), ({"hidden": 4}, "network layout")])
+def test_a_checkpoint_beside_another_frozen_base_or_of_another_network_is_not_resumed(tmp_path, changed, what):
+    """A ControlNet's run resumed beside a base trained again would ship the old base's
+    ControlNet; one of another depth failed with a traceback in the optimizer."""
+    from stepfoley.engine.errors import CheckpointError
+
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, crash_after=6)
+    with pytest.raises(CheckpointError, match=rf"a run with other settings \({what}\)"):
+        toy_training(tmp_path / "w", init_seed=0, **changed)
 
 
 def test_a_warmup_longer_than_the_run_leaves_room_for_both_drops():

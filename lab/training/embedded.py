@@ -19,7 +19,6 @@ recipe, the shipped base and NAG ControlNet untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import sys
@@ -212,12 +211,10 @@ def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, wor
 
     net.requires_grad_(False).eval()
     loudness = AudioControlNet.from_base(net, depth=recipe.loudness_depth, condition_dim=1).to(device)
-    # the frozen base it learns on is part of what it learns from (`train loudness --weights`)
-    base = hashlib.sha256(torch.cat([p.detach().float().flatten().cpu() for p in net.parameters()]).numpy()
-                          .tobytes()).hexdigest()
+    # (a resume checks the frozen base it learns beside: trainer._resumable)
     cfg = TrainConfig(steps=recipe.loudness_steps, batch_size=recipe.batch_size, lr=recipe.loudness_lr,
                       warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 2,
-                      checkpoint_every=recipe.checkpoint_every, data=f"{json.dumps(asdict(recipe.data))}|base {base}")
+                      checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
     loss = LossModule({"net": net, "loudness": loudness},
                       lambda parts, batch, g: loudness_flow_loss(parts["net"], parts["loudness"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world, shaped=True)

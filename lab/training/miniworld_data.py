@@ -147,8 +147,10 @@ class EmbeddedData:
                                      "delete it and train again to rebuild it.")
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std (1, 1, C) over the base's targets: latent_mean / latent_std."""
-        flat = self.latent.reshape(-1, self.latent.shape[-1])
+        """Per-channel mean and std (1, 1, C) over the base's training targets (held-out scenes'
+        examples are kept out of these too): latent_mean / latent_std."""
+        latent = self.latent[self.training_examples()]
+        flat = latent.reshape(-1, latent.shape[-1])
         return flat.mean(0).view(1, 1, -1), flat.std(0).clamp_min(1e-3).view(1, 1, -1)
 
     def training_examples(self) -> torch.Tensor:

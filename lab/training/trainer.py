@@ -8,6 +8,7 @@ torchrun (NCCL on GPUs, gloo on CPUs).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import time
@@ -62,9 +63,20 @@ def process_device(device: torch.device) -> torch.device:
     return device
 
 
-def _resumable(config: TrainConfig) -> dict:
-    # what a checkpoint must have been trained with to be resumed by this run
-    return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
+def _resumable(config: TrainConfig, loss_module: torch.nn.Module, trainable: torch.nn.Module) -> dict:
+    """What a checkpoint must have been made with to be resumed by this run: the settings, the
+    trained network's layout (another ControlNet depth), and the values of the frozen parts it
+    learns beside (another base: its ControlNet would be the old base's)."""
+    own = {id(t) for t in (*trainable.parameters(), *trainable.buffers())}
+    frozen = hashlib.sha256()
+    for name, tensor in (*loss_module.named_parameters(), *loss_module.named_buffers()):
+        if id(tensor) not in own:
+            frozen.update(name.encode())
+            frozen.update(tensor.detach().float().cpu().numpy().tobytes())
+    layout = sorted((name, tuple(t.shape)) for name, t in trainable.state_dict().items())
+    return {**{k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")},
+            "network layout": hashlib.sha256(repr(layout).encode()).hexdigest()[:16],
+            "frozen base": frozen.hexdigest()[:16]}
 
 
 def _generator_states(generator: torch.Generator, world: int) -> list[torch.Tensor]:
@@ -132,18 +144,22 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    identity = _resumable(config, loss_module, trainable) if last is not None else None
+    # what the steps before a resume did, so the figures are the whole run's
+    losses: list[float] = []
+    seconds_before, samples = 0.0, 0
     if last is not None and last.exists():
         try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
             state = torch.load(last, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
             raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
                                   "over, or choose another --work folder.") from None
-        recorded, wanted = state.get("config"), _resumable(config)
+        recorded, wanted = state.get("config"), identity
         if recorded is not None and recorded != wanted:
             changed = sorted(k for k in recorded if recorded.get(k) != wanted.get(k))
             raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
                                   "mix the two. Delete it to start this training over, or choose another --work folder.")
-        trainable.load_state_dict(state["trainable"], strict=False)
+        trainable.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
@@ -155,6 +171,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         else:  # written before every rank's state was kept: rank 0's
             generator.set_state(states)
         start_step = state["step"]
+        losses = list(state.get("losses", []))
+        seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
         for _ in range(start_step):  # the data goes on where the interrupted run stopped
             next(batches)
         log(f"resumed from {last} at step {start_step}")
@@ -166,9 +184,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             find_unused_parameters=False)
 
     snapshot_every = config.snapshot_every or max(1, config.steps // 16)
-    losses: list[float] = []
     t0 = time.perf_counter()
-    samples = 0
     model.train()
     for step in range(start_step, config.steps):
         batch = next(batches).to(device)
@@ -187,7 +203,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             snapshots.extend(ema.snapshot())
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             recent = losses[-config.log_every:]
-            rate = samples / max(time.perf_counter() - t0, 1e-9)
+            rate = samples / max(seconds_before + time.perf_counter() - t0, 1e-9)
             log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
                 f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
         if last is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
@@ -196,11 +212,12 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                 _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                               "ema": ema.state_dict(), "snapshots": snapshots, "generator": states,
-                              "config": _resumable(config)}, last)
-    seconds = time.perf_counter() - t0
+                              "config": identity, "losses": losses, "samples": samples,
+                              "seconds": seconds_before + time.perf_counter() - t0}, last)
+    seconds = seconds_before + time.perf_counter() - t0
     final = posthoc_ema(snapshots, config.final_sigma_rel) if snapshots else {
         n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
     if world > 1:
         dist.barrier()
     return TrainResult(params=final, losses=losses, seconds=seconds,
-                       samples_per_second=samples / max(seconds, 1e-9), steps=config.steps - start_step)
+                       samples_per_second=samples / max(seconds, 1e-9), steps=config.steps)
