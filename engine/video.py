@@ -331,7 +331,8 @@ class _SeekedTooFar(Exception):
 
 
 class _CannotSeek(Exception):
-    """The demuxer refused the seek (a raw stream): nothing has been read."""
+    """The demuxer refused the seek (a raw stream), or no seek landed before the region: nothing
+    has been shown."""
 
 
 def _decode_shown(container, stream, path: Path, times: np.ndarray,
@@ -341,7 +342,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
     (H, W, 3) uint8 as displayed, indices into times). Frames that no sample shows are never
     converted to RGB.
 
-    With seek_s > 0, raises _SeekedTooFar before showing anything when the first decoded frame
+    With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
     frame the decoder had to drop, with everything up to the next keyframe (MPEG-TS/PS); raises
     _CannotSeek when the demuxer refuses the seek. Raises VideoError when the region starts
@@ -364,15 +365,13 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
             on_shown(rgb, np.arange(next_i, stop))
             next_i = stop
 
-    checked_seek = seek_s is not None and seek_s > 0
+    checked_seek = seek_s is not None
     try:
         try:
             if checked_seek:
                 # backward=True lands on the keyframe at or before the target (in MPEG-TS/PS, on
                 # whatever packet is there: the caller seeks further back when that misses)
                 container.seek(int((seek_s + origin) / stream.time_base), stream=stream, backward=True)
-            elif seek_s is not None:
-                container.seek(0)
         except av.error.FFmpegError:
             raise _CannotSeek from None
         first = True
@@ -469,8 +468,8 @@ def _decode_region(container, stream, path: Path, times: np.ndarray,
                    on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
     """_decode_shown from the keyframe before times[0]. When a seek misses (it lands past the
     start, or on a frame the decoder drops up to a keyframe after the start), seek 1, 2, 4, 8...
-    s further back before decoding the whole file from its beginning. Raises _CannotSeek, having
-    shown nothing, when the demuxer refuses to seek."""
+    s further back. Raises _CannotSeek, having shown nothing, when the demuxer refuses to seek or
+    no seek landed before the region: the caller then decodes the file from its beginning."""
     start_s = float(times[0])
     if start_s <= 0 or stream.time_base is None:
         _decode_shown(container, stream, path, times, on_shown, None)
@@ -482,7 +481,8 @@ def _decode_region(container, stream, path: Path, times: np.ndarray,
             return
         except _SeekedTooFar:
             back = back * 2 if back else 1.0
-    _decode_shown(container, stream, path, times, on_shown, 0.0)
+    # not a seek to 0: where an MPEG-TS clock wraps, the file starts before 0 on the unwrapped clock
+    raise _CannotSeek
 
 
 def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:
@@ -538,8 +538,8 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             return outputs
         except _CannotSeek:
             pass
-    # the file cannot seek (a raw .h264 stream), and a refused seek leaves the demuxer unable
-    # to read on: open it again and decode from the beginning
+    # the file cannot seek (a raw .h264 stream; a refused seek leaves the demuxer unable to read
+    # on), or no seek landed before the region: open it again and decode from the beginning
     with _open(path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"

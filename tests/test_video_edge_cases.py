@@ -105,6 +105,24 @@ def test_mpeg_ts_seek_starts_at_the_keyframe_before_the_region_not_at_the_file_s
     assert decoded[0] < 30
 
 
+def test_mpeg_ts_whose_clock_wraps_is_read_from_its_own_start(tmp_path):
+    """MPEG-TS timestamps are 33 bits: a recording that crosses the wrap starts before 0 on the
+    clock FFmpeg unwraps. A region near the start that no seek lands before is decoded from
+    the file's beginning, not from timestamp 0, which is 2 s into this file."""
+    clock = Fraction(1, 90000)
+    pts = cfr_pts(100)  # 4 s at 25 fps
+    path = tmp_path / "wrap.ts"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = clock
+        stream.codec_context.gop_size = 25  # a keyframe every second
+        mux_frames(container, stream, [picture_frame(i, 2**33 - 2 * 90000 + ms * 90, clock) for i, ms in enumerate(pts)])
+    assert probe(path).duration == pytest.approx(4.0, abs=0.05)
+    for start, end in ((0.5, 1.0), (0.0, 0.4), (2.5, 3.0)):
+        assert decoded_index(read_region(path, start, end, fps=25, size=16)) == expected(pts, start, end), start
+
+
 # --- 2. the PyAV this code needs -------------------------------------------------------------
 
 
