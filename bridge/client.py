@@ -386,7 +386,11 @@ class RemoteJob:
             self._engine_steps = job.get("engine_steps", -1)
             self._last_sign_of_life = time.monotonic()
         state = job["state"]
-        if state == "done" and job.get("stems"):
+        if state == "done" and job.get("paths_lost"):
+            self._finish("error", EXIT_FAILED, error=(
+                "result_lost", "The engine finished the job, but the stem's folder is too long a name to send "
+                "back in one reply; the new stem is in the output folder."))
+        elif state == "done" and job.get("stems"):
             self._finish_stems(job["stems"]["folder"], job["stems"])
         elif state == "done":
             self._finish("done", EXIT_DONE, stem_path=job["stem_path"], metadata=job["metadata"])

@@ -367,7 +367,9 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
     """The result's stem path when it names a file inside output_dir, else None."""
     if not isinstance(result, dict) or not isinstance(result.get("stem_path"), str):
         return None
-    stem = os.path.abspath(result["stem_path"])
+    # the folder as the kernel resolves it (a `..` after a symlink goes up from the link's
+    # target, which os.path.abspath, working on the text, gets wrong)
+    stem = os.path.join(os.path.realpath(os.path.dirname(result["stem_path"])), os.path.basename(result["stem_path"]))
     folder = os.path.realpath(output_dir)
     if os.path.commonpath([os.path.realpath(stem), folder]) != folder or not os.path.isfile(stem):
         return None

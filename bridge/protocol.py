@@ -156,6 +156,43 @@ def fit_json(value: Any, max_bytes: int) -> str:
     return text if len(text) <= max_bytes else json.dumps({"truncated": True})
 
 
+def job_json(summary: dict) -> str:
+    """The job_json of /job (a Job summary) within MAX_REPLY_JSON_BYTES. Its paths, what a
+    client recovers a lost final reply for, are never cut: the caption, metadata, error message
+    and the stems' metadata and ranking are cut first ("truncated": true), and a version-2 job's
+    best stem is then sent once, as the folder and the first file name ("stem_path" null).
+    Paths that alone leave no room (thousands of characters, every one escaped) are left out,
+    with "paths_lost": true."""
+    text = json.dumps(summary)
+    if len(text) <= MAX_REPLY_JSON_BYTES:
+        return text
+    stems = summary.get("stems")
+    kept = {k: v for k, v in summary.items() if k not in ("caption", "metadata", "error", "stems")}
+    cuttable: dict = {"caption": summary.get("caption"), "metadata": summary.get("metadata"),
+                      "error": summary.get("error")}
+    if stems:
+        kept["stem_path"] = None
+        kept["stems"] = {"folder": stems.get("folder"), "stems": [{"file": e.get("file")} for e in stems["stems"]]}
+        cuttable.update(shared=stems.get("metadata"), ranking=stems.get("ranking"),
+                        own=[e.get("metadata") for e in stems["stems"]])
+    kept["truncated"] = True
+    room = MAX_REPLY_JSON_BYTES - len(json.dumps(kept))
+    while room >= len('{"truncated": true}'):
+        cut = json.loads(fit_json(cuttable, room))
+        reply = {**kept, "caption": cut.get("caption"), "metadata": cut.get("metadata"), "error": cut.get("error")}
+        if stems:
+            own = cut.get("own") if isinstance(cut.get("own"), list) else []
+            reply["stems"] = {**kept["stems"], "metadata": cut.get("shared") or {}, "ranking": cut.get("ranking") or {},
+                              "stems": [{**entry, "metadata": own[i] if i < len(own) and own[i] else {}}
+                                        for i, entry in enumerate(kept["stems"]["stems"])]}
+        text = json.dumps(reply)
+        if len(text) <= MAX_REPLY_JSON_BYTES:
+            return text
+        room //= 2
+    lost = {k: v for k, v in kept.items() if k != "stems"}
+    return json.dumps({**lost, "stem_path": None, "paths_lost": True})
+
+
 _ABSENT = object()
 
 

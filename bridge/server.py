@@ -155,7 +155,7 @@ class Dispatcher:
 
     def _result(self, header: protocol.Header, rest: list, sender) -> bytes:
         summary = self.jobs.describe(rest[0])
-        return osc.encode(protocol.JOB, header.request_id, protocol.fit_json(summary, protocol.MAX_REPLY_JSON_BYTES))
+        return osc.encode(protocol.JOB, header.request_id, protocol.job_json(summary))
 
 
 def job_reply(job: Job, kind: str) -> bytes:

@@ -39,7 +39,7 @@ def recent() -> list[str]:
 
 def remember(folder: str | os.PathLike) -> None:
     """Put `folder` first in the list. Never raises: the list is a convenience."""
-    folder = os.path.abspath(folder)
+    folder = os.path.realpath(folder)  # as the kernel resolves it: a `..` after a symlink included
     with _LOCK:
         folders = [folder] + [f for f in recent() if f != folder]
         try:

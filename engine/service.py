@@ -148,6 +148,7 @@ class FoleyService:
         ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
                              judge, why_not)
         staged, metadatas, published = [], [], []
+        output_folders.remember(request.output_dir)  # before any temp file: a killed job's are swept at start
         try:
             for rank, index in enumerate(ranking.order):
                 stop_if_cancelled(is_cancelled, f"before stem {rank + 1} of {len(takes)} was written")
@@ -160,7 +161,6 @@ class FoleyService:
                     metadata["kept_untouched"] = take.came_back_untouched(staged[-1].temp, request)
                 metadatas.append({**metadata, "rank": rank + 1, "ranking": ranking.figures[index]})
             stop_if_cancelled(is_cancelled, f"before the {len(takes)} stems were named")
-            output_folders.remember(request.output_dir)
             for file in staged:
                 published.append(audio_io.publish_new_wav(file, request.output_dir, self._name_hint(request)))
         except BaseException:

@@ -229,12 +229,13 @@ def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
 
 
 def test_a_status_file_that_cannot_be_written_stops_the_job_before_it_is_sent(server, tmp_path, capsys):
-    """A folder, or a name that leaves no room for the temporary file beside it: a usage error
-    (no traceback), and the engine is never asked to make a stem no one would pick up."""
+    """A folder, or a name longer than the file system takes: a usage error (no traceback), and
+    the engine is never asked to make a stem no one would pick up. (A name just under the limit
+    works: its temporary file's name is shortened to fit.)"""
     port = str(server.address[1])
     request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
     (tmp_path / "a_folder").mkdir()
-    for status in (tmp_path / "a_folder", tmp_path / ("s" * 240 + ".json"), tmp_path / "nowhere" / "st.json"):
+    for status in (tmp_path / "a_folder", tmp_path / ("s" * 260 + ".json"), tmp_path / "nowhere" / "st.json"):
         for what in (["--request", request_file], ["--ping"]):
             assert main(["send", *what, "--status", str(status), "--port", port]) == bc.EXIT_USAGE
             out, err = capsys.readouterr()

@@ -541,3 +541,112 @@ def test_a_hostile_run_leaves_the_engine_serving_with_no_stray_file_and_a_small_
     assert sorted(os.listdir(tmp_path / "out")) == sorted([os.path.basename(cut["stem_path"]), "stem_001.wav"])
     assert all(name.endswith(".wav") for name in os.listdir(tmp_path / "fuzz" / "out"))
     assert log_bytes.bytes <= logs.LOG_BURST_BYTES + logs.LOG_BYTES_PER_S * (time.monotonic() - started) + 1024
+
+
+# --- review of 2026-12-02 -----------------------------------------------------------------------
+
+def test_an_output_dir_with_dotdot_after_a_symlink_is_where_the_kernel_puts_the_stems(peer, tmp_path):
+    """`shortcuts/media` links to `project/media`: `shortcuts/media/../StepFoley` is
+    `project/StepFoley` to the kernel, where the stems go; the job must be done there, not
+    refused (and its stems left) because the path's text says `shortcuts/StepFoley`."""
+    (tmp_path / "project" / "media").mkdir(parents=True)
+    (tmp_path / "project" / "StepFoley").mkdir()
+    (tmp_path / "shortcuts").mkdir()
+    (tmp_path / "shortcuts" / "media").symlink_to(tmp_path / "project" / "media")
+    for protocol_version, final in ((1, protocol.DONE), (2, protocol.DONE_STEMS)):
+        request = make_request(tmp_path, output_dir=str(tmp_path / "shortcuts" / "media" / ".." / "StepFoley"),
+                               protocol=protocol_version, steps=1)
+        peer.send(protocol.GENERATE, peer.port, f"dd{protocol_version}", "", json.dumps(request))
+        address, args = peer.receive_until({protocol.DONE, protocol.DONE_STEMS, protocol.ERROR})[-1]
+        assert address == final, args
+        assert os.path.isfile(os.path.join(args[2], json.loads(args[3])["stems"][0]["file"]) if protocol_version == 2
+                              else args[2])
+    assert len(os.listdir(tmp_path / "project" / "StepFoley")) == 2
+
+
+def test_result_never_cuts_a_stems_path_to_fit(peer, tmp_path):
+    """A long caption and a long non-ASCII folder, each within its bound: /result (the way to
+    recover a lost final reply) cuts the caption and metadata, never the folder or a file name."""
+    folder = tmp_path / "/".join(["\U0001F3B5" * 60] * 6)
+    folder.mkdir(parents=True)
+    request = make_request(tmp_path, protocol=2, variations=2, output_dir=str(folder), caption="\U0001F327" * 1000,
+                           steps=1)
+    peer.send(protocol.GENERATE, peer.port, "cut", "", json.dumps(request))
+    address, args = peer.receive_until({protocol.DONE_STEMS, protocol.ERROR})[-1]
+    assert address == protocol.DONE_STEMS, args
+    peer.send(protocol.RESULT, peer.port, "res", "", args[1])
+    job = json.loads(peer.receive_until({protocol.JOB})[-1][1][1])
+    assert job["state"] == "done" and job["truncated"] and job["stems"]["folder"] == str(folder)
+    assert all(os.path.isfile(s["stem_path"]) for s in protocol.merged_stems(job["stems"]["folder"], job["stems"]))
+
+
+def test_result_says_when_paths_cannot_be_sent_and_the_client_does_not_call_it_done():
+    summary = {"job_id": "j", "request_id": "r", "state": "done", "phase": None, "queue_position": 0, "step": 1,
+               "total": 1, "caption": "x", "stem_path": "/" + "\U0001F3B5" * 4000, "metadata": {"seed": 1},
+               "error": None, "engine_steps": 1}
+    job = json.loads(protocol.job_json(summary))
+    assert len(protocol.job_json(summary)) <= protocol.MAX_REPLY_JSON_BYTES
+    assert job["paths_lost"] and job["stem_path"] is None
+    from stepfoley.bridge.client import EXIT_FAILED, RemoteJob, queued_status
+    # the job's state machine as /result's answer reaches it (no engine can send such a path)
+    recovering = RemoteJob.__new__(RemoteJob)
+    recovering._client = EngineClient(port=9)
+    recovering.status, recovering.accepted, recovering._engine_steps = {**queued_status(), "request_id": "r"}, True, -1
+    recovering._last_sign_of_life = 0.0
+    recovering._apply_summary(job)
+    recovering._client.close()
+    assert recovering.status["state"] == "error" and recovering.status["exit_code"] == EXIT_FAILED
+    assert recovering.status["error"]["code"] == "result_lost"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_send_never_replaces_a_pipe_or_a_device_with_its_status_file(server, tmp_path, capsys):
+    from stepfoley.cli import main
+
+    fifo = tmp_path / "listening"  # (not /dev/null itself: a regression would replace the machine's)
+    os.mkfifo(fifo)
+    assert main(["send", "--ping", "--port", str(server.address[1]), "--status", str(fifo)]) == 2
+    assert "is not a regular file (a device or a pipe)" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_clients_newline_cannot_forge_a_log_record(caplog):
+    log = logging.getLogger("stepfoley.test.forged")
+    log.addFilter(logs.LogBudget())
+    with caplog.at_level(logging.INFO, logger="stepfoley.test.forged"):
+        log.warning("job 1: The video '%s' does not exist.", "/x\n2026-12-02 03:00:00,000 INFO engine ready\r/y.mp4")
+    [record] = caplog.records
+    assert "\n" not in record.getMessage() and "\r" not in record.getMessage()
+    assert "/x\\n2026-12-02 03:00:00,000 INFO engine ready\\r/y.mp4" in record.getMessage()
+
+
+def test_sigterm_while_the_model_loads_stops_the_engine_cleanly(tmp_path):
+    """`serve` answers (state loading) before its model is in; a SIGTERM then ends it with
+    exit 0 like one after loading, not killed by the signal."""
+    import signal
+
+    port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    slow = tmp_path / "sitecustomize.py"  # the model takes long to load: 30 s
+    slow.write_text("import time, stepfoley.engine.service as s\n"
+                    "real = s.build_service\n"
+                    "s.build_service = lambda *a, **k: (time.sleep(30), real(*a, **k))[1]\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    engine = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--port", str(number), "--host", "127.0.0.1"],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        c = EngineClient(port=number)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if c.engine_status()["state"] == "loading":
+                    break
+            except EngineNotRunning:
+                assert time.monotonic() < deadline, "the engine never answered"
+        c.close()
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=20) == 0, engine.stderr.read()
+    finally:
+        engine.kill()

@@ -151,18 +151,25 @@ service(request, is_cancelled=lambda: len(os.listdir(request.output_dir)) == 2 a
 """
 
 
-def test_an_engine_killed_between_stems_leaves_none_and_the_next_write_sweeps_its_temp_files(scene_video, tmp_path):
+def test_an_engine_killed_between_stems_leaves_none_and_the_next_engine_sweeps_its_temp_files(scene_video, tmp_path,
+                                                                                             monkeypatch):
     import json
     import subprocess
     import sys
-    request = _request(scene_video, tmp_path, protocol=2, variations=4)
+
+    from stepfoley.engine import output_folders
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "state"))  # the folders an engine wrote to
+    request = _request(scene_video, out, protocol=2, variations=4)
     done = subprocess.run([sys.executable, "-c", _KILLED_PART_WAY, json.dumps(request)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    left = _files(tmp_path)
+    left = _files(out)
     assert [f for f in left if not f.endswith(".part")] == [] and len(left) == 2
-    written = audio_io.write_new_wav(tmp_path, "rain falling", np.zeros((1, 100), np.float32), 48000)
-    assert _files(tmp_path) == [written.name] == ["rain_falling_001.wav"]
+    # `stepfoley serve` starts by sweeping the folders remembered: this one was, before its first stem
+    assert sorted(os.path.basename(p) for p in output_folders.sweep()) == left and _files(out) == []
 
 
 def test_a_cancel_while_the_picture_is_read_stops_there(tiny, scene_video):

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 
 from stepfoley.bridge import protocol
@@ -66,6 +67,12 @@ def _status_file_problem(path: str | None) -> str | None:
         return f"The folder of the status file '{path}' does not exist; create it first."
     if os.path.isdir(path):
         return f"The status file '{path}' is a folder; name a file inside it."
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None  # not there yet
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # the file is replaced: never a device or a pipe
+        return f"The status file '{path}' is not a regular file (a device or a pipe); name a file to write."
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from stepfoley.bridge import protocol
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DAW's audio comes first")
     add_runtime_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 3
+    # Ctrl-C or SIGTERM while the model loads: stop as after it (exit 0), not killed by the signal
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     server.start()
 
     from stepfoley.engine import output_folders
@@ -88,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.engine.errors import StepFoleyError
     from stepfoley.engine.service import build_service
 
-    # temp files a killed engine left in the folders it wrote to lately
-    for path in output_folders.sweep():
-        print(f"Removed an unfinished stem left by a stopped engine: {path}", file=sys.stderr)
-    print("Loading the model...", file=sys.stderr, flush=True)
+    service = None
     try:
+        # temp files a killed engine left in the folders it wrote to lately
+        for path in output_folders.sweep():
+            print(f"Removed an unfinished stem left by a stopped engine: {path}", file=sys.stderr)
+        print("Loading the model...", file=sys.stderr, flush=True)
         cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile, feature_cache=feature_cache)
@@ -102,11 +110,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         server.stop()
-        return 130
+        print("Engine stopped while loading the model.", file=sys.stderr)
+        return 0
     except Exception:
         server.stop()
         logging.exception("Could not load the model (an internal error; please report it with this log)")
         return 1
+    finally:
+        if service is None:  # not serving: the handler goes now
+            signal.signal(signal.SIGTERM, previous)
     info = service.describe()
     server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities(), cpu=cpu)
 
@@ -114,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
           f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
           f"cores at niceness {cpu['nice']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
-    serve_until_signalled(server)
+    serve_until_signalled(server)  # its own handlers from here on
+    signal.signal(signal.SIGTERM, previous)
     print("Engine stopped.", file=sys.stderr)
     return 0
 
