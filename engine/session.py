@@ -288,7 +288,9 @@ class StepSession:
         condition: (S,) at the model's rate, what the method's audio branch hears (x̃, or a
         reference), or None for a method without one; over a region made in several windows
         each window hears its own part normalized again (window_condition). They share the method, its strengths and
-        the steps. A take comes out as it would alone, up to float rounding.
+        the steps. A take comes out as it would alone, up to float rounding, but over a window of
+        a longer region where its audio condition is silent and another take's is not: it then
+        hears its silence (window_condition), where alone it would be made as a first track.
 
         `known` (extend and repair): the take's kept latent frames are held in place while the
         rest is sampled (sampler.known_latent); the track is then the model's audio over the
@@ -342,10 +344,13 @@ class StepSession:
                 heard = np.stack([c[a:b] for c in conditions])                     # (B, S_w)
                 if len(self.windows) > 1:
                     heard = window_condition(heard, model.sample_rate)
-                    if heard is None:  # the earlier layers are silent over this window
+                    if heard is None:  # the earlier layers (or the reference) are silent over this window
                         silent_windows.append(w + 1)
                         window_method = resolve_method(first.method, first.weights, has_audio=False,
                                                        has_negative=has_negative)
+                        if window_method.needs_controlnet:  # a method that cannot do without it (reference)
+                            window_method = resolve_method("independent", first.weights, has_audio=False,
+                                                           has_negative=has_negative)
             t0 = time.perf_counter()
             latents.append(self._sample_window(
                 window_method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text, heard,

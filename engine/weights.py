@@ -183,11 +183,11 @@ def read_state_dict(path: Path, entry: str | None = None) -> dict:
 
 def described_source(path: Path) -> str:
     """The file a load of official `path` reads, as its errors name it: the .safetensors copy
-    when there is one, said to be a copy (a wrong copy is fixed by removing it, not by
-    downloading the official file again)."""
+    when there is one, said to be a copy while the official file is there too (a wrong copy is
+    then fixed by removing it, not by downloading the official file again)."""
     path = Path(path)
     source = file_to_read(path) or path
-    if source.suffix == ".safetensors" and path.suffix != ".safetensors":
+    if source.suffix == ".safetensors" and path.suffix != ".safetensors" and path.exists():
         return (f"{source} (the .safetensors copy read instead of {path.name}; if it is wrong, delete it and "
                 "run `stepfoley weights convert`)")
     return str(source)

@@ -198,8 +198,8 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
 def test_a_cancel_made_before_send_starts_cancels_its_job_and_stays_that_jobs(tmp_path, capsys):
     """REAPER's actions write the request, start `send`, and may cancel before the client is up
     (Esc at once, or "Cancel running generation"): that cancel file is newer than the request and
-    must not be taken for an earlier job's. Run again on the same paths, the earlier job's
-    final status is newer than it: the new job runs."""
+    must not be taken for an earlier job's. Run again on the same paths, where the earlier job's
+    end is in the status file, a cancel file there is that job's: the new job runs."""
     with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
         port = str(srv.address[1])
         request_file = write_json(tmp_path / "req.json", make_request(tmp_path, steps=40))
@@ -211,6 +211,10 @@ def test_a_cancel_made_before_send_starts_cancels_its_job_and_stays_that_jobs(tm
         assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == \
             bc.EXIT_DONE
         assert read_status(status_path)["state"] == "done" and not os.path.exists(status_path + ".cancel")
+        # a cancel that came in just after that job was done is its, not the next one's
+        open(status_path + ".cancel", "w").close()
+        assert main(["send", "--request", request_file, "--status", status_path, "--port", port, "-q"]) == \
+            bc.EXIT_DONE
 
 
 def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):

@@ -151,6 +151,16 @@ def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_
     assert np.corrcoef(track.samples[:64000], first.samples[:64000])[0, 1] < 0.99  # the first window heard it
 
 
+def test_a_reference_silent_over_a_window_makes_that_window_without_it(tiny, tmp_path):
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
+    one_shot = np.zeros(10 * 16000, np.float32)  # a hit, then silence: nothing to sound like after 2 s
+    one_shot[:16000] = 0.3 * np.random.default_rng(2).standard_normal(16000)
+    track = StepSession(tiny, Region(video, 0.0, 10.0)).next_track(
+        TrackSettings("a door slams", method="reference", seed=1, steps=1), reference=(one_shot, 16000))
+    assert track.metadata["method_used"] == "reference" and track.metadata["windows_without_audio"] == [2]
+
+
 def test_bad_regions_and_cancel(tiny, scene_video):
     with pytest.raises(VideoError, match="past the end"):
         StepSession(tiny, Region(scene_video, 6.0, 12.0)).next_track(TrackSettings("rain", steps=1))

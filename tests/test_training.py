@@ -158,6 +158,19 @@ def test_a_checkpoint_beside_another_frozen_base_or_of_another_network_is_not_re
         toy_training(tmp_path / "w", init_seed=0, **changed)
 
 
+def test_a_checkpoint_of_an_older_stepfoley_names_what_it_did_not_record(tmp_path):
+    from stepfoley.engine.errors import CheckpointError
+
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, crash_after=6)
+    state = torch.load(tmp_path / "w" / "last.pt", weights_only=True)
+    for key in ("frozen base", "network layout"):  # not recorded before they were checked
+        del state["config"][key]
+    torch.save(state, tmp_path / "w" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"a run with other settings \(frozen base, network layout\)"):
+        toy_training(tmp_path / "w", init_seed=0)
+
+
 def test_a_warmup_longer_than_the_run_leaves_room_for_both_drops():
     # 150 steps with the recipe's 200 warm-up steps (train loudness --steps 150)
     assert lr_multiplier(119, 150, 200) == pytest.approx(1.0)

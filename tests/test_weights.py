@@ -376,3 +376,14 @@ def test_the_clip_weights_are_checked_not_only_found(weights_dir):
     problems = " ".join(check_weights_dir(weights_dir).files["clip"].problems)
     assert "1 missing: ln_final.weight" in problems and "1 wrong shape: visual.proj" in problems
     assert check_weights_dir(weights_dir, verify=False).files["clip"].ok  # --quick: present is enough
+
+
+def test_a_copy_without_its_official_file_is_named_plainly(tmp_path):
+    from stepfoley.engine.weights import described_source
+
+    (tmp_path / "v1-16.pth").write_bytes(b"x")
+    (tmp_path / "v1-16.safetensors").write_bytes(b"x")
+    assert "the .safetensors copy read instead of v1-16.pth; if it is wrong, delete it" in \
+        described_source(tmp_path / "v1-16.pth")
+    (tmp_path / "v1-16.pth").unlink()  # the user kept the copy alone, as docs/weights.md allows
+    assert described_source(tmp_path / "v1-16.pth") == str(tmp_path / "v1-16.safetensors")

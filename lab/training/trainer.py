@@ -156,7 +156,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                                   "over, or choose another --work folder.") from None
         recorded, wanted = state.get("config"), identity
         if recorded is not None and recorded != wanted:
-            changed = sorted(k for k in recorded if recorded.get(k) != wanted.get(k))
+            # keys either side: a checkpoint of an older StepFoley lacks some (the frozen base's)
+            changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
             raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
                                   "mix the two. Delete it to start this training over, or choose another --work folder.")
         trainable.load_state_dict(state["trainable"])

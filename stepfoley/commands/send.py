@@ -140,25 +140,33 @@ def _finish(args, client, status: dict) -> int:
 
 
 def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
-    """Remove a cancel file an earlier job on the same status path left: one written before this
-    job's request file, or before the last status written there. One written since is this
-    job's and stays: a caller (REAPER's actions) writes the request, starts this process, and
-    may cancel before the process is up."""
+    """Remove a cancel file an earlier job on the same status path left: any, when the status
+    file there holds that job's end (a cancel may come in after it finished); else one written
+    before this job's request file. One written since is this job's and stays: a caller
+    (REAPER's actions, which remove the earlier status first) writes the request, starts this
+    process, and may cancel before the process is up."""
     try:
         cancel_written = os.stat(path).st_mtime_ns
     except OSError:
         return  # none (or unreadable: the job's own check of it fails the same way)
-    since = []
-    for earlier in (request_path, status_path):
+    if not _holds_an_end(status_path):
         try:
-            since.append(os.stat(earlier).st_mtime_ns)
+            if cancel_written >= os.stat(request_path).st_mtime_ns:
+                return
         except OSError:
             pass
-    if since and cancel_written >= max(since):
-        return
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
     except OSError as e:
         print(f"warning: cannot remove the old cancel file '{path}': {e}", file=sys.stderr)
+
+
+def _holds_an_end(status_path: str) -> bool:
+    try:
+        with open(status_path, encoding="utf-8") as f:
+            status = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(status, dict) and status.get("state") in ("done", "error", "cancelled")
