@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stepfoley.engine.errors import InvalidInputError, VideoError
@@ -193,6 +194,51 @@ def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
         video, 0.0, 3.0, "enc", fake_features(3.0))  # room for one entry: the other one goes
     assert [p.name for p in entries(folder)] != [path.name] and len(entries(folder)) == 1
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["name", "dtype", "nan"])
+def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_path, damage):
+    """One byte of a header can turn item0 into another name or float32 into int32, and damaged
+    data can hold NaN: such an entry still loads, but is not what was written."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"any file has an identity")
+    folder = tmp_path / "features"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    (path,) = entries(folder)
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {n: f.get_tensor(n) for n in f.keys()}
+    if damage == "name":
+        tensors["itam0"] = tensors.pop("item0")
+    elif damage == "dtype":
+        tensors["item0"] = tensors["item0"].to(torch.int32)
+    else:
+        tensors["item0"][0, 0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=metadata)
+    calls = []
+    result = FeatureCache(cache_dir=folder).get_or_compute_region(
+        video, 0.0, 1.0, "enc", lambda: calls.append(1) or fake_features(2.0)())
+    assert calls == [1] and isinstance(result, tuple) and torch.equal(result[0], torch.full((1, 64, 8), 2.0))
+    assert load_file(str(path))["item0"].shape == (1, 64, 8)  # replaced by a good entry
+
+
+def test_a_folder_that_can_no_longer_be_read_is_a_miss(tmp_path, monkeypatch):
+    # (as root nothing is unreadable: the check meets what it raises for another user)
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    real = Path.is_file
+
+    def denied(self):
+        if self.parent == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    calls = []
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc",
+                                                         lambda: calls.append(1) or fake_features(2.0)())
+    assert calls == [1]
 
 
 def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):

@@ -13,7 +13,8 @@ that survives restarts (`open_feature_cache` puts it under the user's cache fold
 - an entry is written under a temporary name and renamed, so a reader (this engine or
   another one sharing the folder) never sees half a file;
 - a file under the name of the entry being read that does not load, or that holds another
-  key or another format (damaged, foreign), is removed and computed again;
+  key or another format, or tensors other than the ones written or values that are not finite
+  (damaged, foreign), is removed and computed again;
 - reading an entry refreshes its mtime; after each write the least recently used entries go
   until the folder holds at most `max_disk_bytes` of them;
 - the folder may be one the user also keeps other files in: only the cache's own files are
@@ -94,6 +95,22 @@ def _unpack(features: Features) -> Computed:
     if features and set(features) == set(tuple_names):
         return tuple(features[n] for n in tuple_names)
     return dict(features)  # a copy: callers must not be able to edit the cached entry
+
+
+def _check_entry(features: Features, meta: dict) -> None:
+    """Raises ValueError unless an entry read back holds what was written: the tensor names its
+    metadata lists (an entry written before they were listed: a tuple's names, item0..itemN, or
+    none of that pattern), floating-point and finite. A header damaged by one byte can still
+    parse, with another name or dtype; damaged data can hold NaN."""
+    names = sorted(features)
+    if "names" in meta:
+        if meta["names"] != json.dumps(names):
+            raise ValueError("its tensors are not the ones written")
+    elif any(n.startswith(_TUPLE_PREFIX) for n in names) and set(names) != {f"{_TUPLE_PREFIX}{i}" for i in range(len(names))}:
+        raise ValueError("its tensors are not the ones written")
+    for t in features.values():
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise ValueError("its values are damaged")
 
 
 def _nbytes(features: Features) -> int:
@@ -201,17 +218,21 @@ class FeatureCache:
 
     def _read_disk(self, key: tuple) -> Features | None:
         path = self._disk_path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
+        try:  # inside: a folder that can no longer be read (rights, a lost share) is a miss too
+            if path is None or not path.is_file():
+                return None
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
                 if meta.get("format") != DISK_FORMAT or meta.get("key") != _key_text(key):
                     raise ValueError("not this entry")
                 features = {name: f.get_tensor(name) for name in f.keys()}
+            _check_entry(features, meta)
         except _UNREADABLE:
-            if path.exists():  # else evicted by another engine meanwhile
-                _remove(path)  # damaged or foreign: computed again and rewritten
+            try:
+                if path.exists():  # else evicted by another engine meanwhile
+                    _remove(path)  # damaged or foreign: computed again and rewritten
+            except OSError:  # the folder cannot be read: nothing to remove
+                pass
             return None
         self._touch(key)
         return features
@@ -220,7 +241,7 @@ class FeatureCache:
         path = self._disk_path(key)
         if path is None or _nbytes(features) > self.max_disk_bytes:
             return
-        metadata = {"format": DISK_FORMAT, "key": _key_text(key)}
+        metadata = {"format": DISK_FORMAT, "key": _key_text(key), "names": json.dumps(sorted(features))}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # replaced atomically: readers see the old file, none, or this one
