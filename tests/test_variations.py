@@ -89,35 +89,27 @@ def _files(folder) -> list[str]:
     return sorted(os.listdir(folder))
 
 
-def test_a_failed_write_leaves_none_of_the_jobs_stems(tiny, scene_video, tmp_path, monkeypatch):
-    service = FoleyService(tiny)
-    real, calls = audio_io.stage_new_wav, []
+def _failing_call(monkeypatch, name: str, at: int, message: str) -> list:
+    """audio_io.<name> raising AudioError(message) on its `at`-th call; returns the calls made."""
+    real, calls = getattr(audio_io, name), []
 
     def failing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
-            raise audio_io.AudioError("The disk is full.")
+        if len(calls) == at:
+            raise audio_io.AudioError(message)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audio_io, "stage_new_wav", failing)
-    with pytest.raises(audio_io.AudioError, match="disk is full"):
-        _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
-    assert len(calls) == 3 and _files(tmp_path) == []
+    monkeypatch.setattr(audio_io, name, failing)
+    return calls
 
 
-def test_a_failure_while_naming_the_stems_removes_the_ones_named(tiny, scene_video, tmp_path, monkeypatch):
-    service = FoleyService(tiny)
-    real, calls = audio_io.publish_new_wav, []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise audio_io.AudioError("The folder was made read-only.")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(audio_io, "publish_new_wav", failing)
-    with pytest.raises(audio_io.AudioError, match="read-only"):
-        _serve(service, _request(scene_video, tmp_path, protocol=2, variations=4))
+@pytest.mark.parametrize("name, message", [("stage_new_wav", "The disk is full."),
+                                           ("publish_new_wav", "The folder was made read-only.")])
+def test_a_failure_writing_or_naming_a_stem_leaves_none_of_the_jobs_stems(tiny, scene_video, tmp_path, monkeypatch,
+                                                                         name, message):
+    calls = _failing_call(monkeypatch, name, 3, message)
+    with pytest.raises(audio_io.AudioError, match=message):
+        _serve(FoleyService(tiny), _request(scene_video, tmp_path, protocol=2, variations=4))
     assert len(calls) == 3 and _files(tmp_path) == []
 
 
