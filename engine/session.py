@@ -32,7 +32,7 @@ import torch
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import InvalidInputError, stop_if_cancelled
-from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceWeights, resolve_method
+from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceMethod, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, is_guided,
@@ -287,10 +287,11 @@ class StepSession:
         is. Each take has its own caption, negative caption (used as given), seed and audio
         condition: (S,) at the model's rate, what the method's audio branch hears (x̃, or a
         reference), or None for a method without one; over a region made in several windows
-        each window hears its own part normalized again (window_condition). They share the method, its strengths and
-        the steps. A take comes out as it would alone, up to float rounding, but over a window of
-        a longer region where its audio condition is silent and another take's is not: it then
-        hears its silence (window_condition), where alone it would be made as a first track.
+        each window hears its own part normalized again (window_condition). They share the
+        method, its strengths and the steps. A take comes out as it would alone, up to float
+        rounding, but over a window of a longer region where its audio condition is silent and
+        another take's is not: it then hears its silence, where alone it would be made as a
+        first track.
 
         `known` (extend and repair): the take's kept latent frames are held in place while the
         rest is sampled (sampler.known_latent); the track is then the model's audio over the
@@ -341,16 +342,10 @@ class StepSession:
             a, b = self._samples(w_start), self._samples(w_end)
             window_method, heard = method, None
             if method.needs_controlnet:
-                heard = np.stack([c[a:b] for c in conditions])                     # (B, S_w)
-                if len(self.windows) > 1:
-                    heard = window_condition(heard, model.sample_rate)
-                    if heard is None:  # the earlier layers (or the reference) are silent over this window
-                        silent_windows.append(w + 1)
-                        window_method = resolve_method(first.method, first.weights, has_audio=False,
-                                                       has_negative=has_negative)
-                        if window_method.needs_controlnet:  # a method that cannot do without it (reference)
-                            window_method = resolve_method("independent", first.weights, has_audio=False,
-                                                           has_negative=has_negative)
+                window_method, heard = self._window_audio(method, first, np.stack([c[a:b] for c in conditions]),
+                                                          has_negative)
+                if heard is None:
+                    silent_windows.append(w + 1)
             t0 = time.perf_counter()
             latents.append(self._sample_window(
                 window_method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text, heard,
@@ -410,6 +405,22 @@ class StepSession:
                        **(levels if isinstance(levels, dict) else asdict(levels)), "timings": dict(timings)},
                       captions=(s.caption,))
                 for s, (samples, levels) in zip(settings, finished)]
+
+    def _window_audio(self, method: GuidanceMethod, first: TrackSettings, heard: np.ndarray,
+                      has_negative: bool) -> tuple[GuidanceMethod, np.ndarray | None]:
+        """The method and audio condition (B, S_w) of one window, given the condition's slices
+        over it (B, S_w): as they are for a single window (they are the region's); else each
+        normalized over the window, or no condition and a method without one where every slice
+        is silent (the earlier layers, or a one-shot reference, play elsewhere)."""
+        if len(self.windows) == 1:
+            return method, heard
+        heard = window_condition(heard, self.model.sample_rate)
+        if heard is not None:
+            return method, heard
+        alone = resolve_method(first.method, first.weights, has_audio=False, has_negative=has_negative)
+        if alone.needs_controlnet:  # a method that cannot do without one (reference)
+            alone = resolve_method("independent", first.weights, has_audio=False, has_negative=has_negative)
+        return alone, None
 
     def _text(self, caption: str) -> torch.Tensor:
         """(1, Lt, Dt) text features of a caption, encoded once per session."""
