@@ -369,7 +369,8 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
         return None
     # the folder as the kernel resolves it (a `..` after a symlink goes up from the link's
     # target, which os.path.abspath, working on the text, gets wrong)
-    stem = os.path.join(os.path.realpath(os.path.dirname(result["stem_path"])), os.path.basename(result["stem_path"]))
+    folder_given, name = os.path.split(result["stem_path"])
+    stem = os.path.join(os.path.realpath(folder_given), name)
     folder = os.path.realpath(output_dir)
     if os.path.commonpath([os.path.realpath(stem), folder]) != folder or not os.path.isfile(stem):
         return None

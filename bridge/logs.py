@@ -1,6 +1,7 @@
 """The bridge's log under hostile input: every record is escaped (a lone surrogate cannot stop
-a handler, a newline cannot start a forged record), cut short, and all records together stay within a byte budget, so no client can
-make the engine write more than a few KB of log per second however many datagrams it sends."""
+a handler, a newline cannot start a forged record), cut short, and all records together stay
+within a byte budget, so no client can make the engine write more than a few KB of log per
+second however many datagrams it sends."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import time
 from stepfoley.request import printable
 
 MAX_RECORD_CHARS = 500
-# control characters (newlines, carriage returns, escape sequences) as the escapes that name them
-_CONTROL_ESCAPES = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
 MAX_TRACEBACK_CHARS = 2000
 LOG_BYTES_PER_S = 2048  # sustained
 LOG_BURST_BYTES = 8192  # at once, after a quiet spell
+# control characters (newlines, carriage returns, escape sequences) as the escapes that name them
+_CONTROL_ESCAPES = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
 
 
 class LogBudget(logging.Filter):
