@@ -29,10 +29,11 @@ local function main()
       "kept. Start it where the take should go on.")
   end
   local from = math.min(t0, item_end)
+  local extra_fields, stored = SF.continuation_job_fields(item, meta, from, t1)
   local job = SF.job_for_item(proj, item, { title = "StepFoley: extend",
     dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
     feature = "extend or repair a take",
-    extra_fields = function(region) return SF.continuation_fields(item, region, from, t1) end,
+    extra_fields = extra_fields, stored_fields = stored,
     extend_item = true,
     undo = function(params) return "StepFoley: extend \"" .. params.caption .. "\"" end })
   job.t1 = t1

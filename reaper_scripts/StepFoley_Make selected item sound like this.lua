@@ -75,7 +75,9 @@ local function main()
   end
   local job = SF.job_for_item(proj, item, { title = "StepFoley: make it sound like this",
     dialog = { audio = "reference", fixed_method = SF.reference_method, remember = false,
-      values = { caption = meta.caption } } })
+      values = { caption = meta.caption } },
+    feature = "follow a loudness curve or focus on part of the picture",
+    extra_fields = function(region) return SF.stored_controls(meta, region) end })
   if reference then
     job.reference_label = reference_name(reference)
     job.make_reference = function(folders, sample_rate)

@@ -23,10 +23,11 @@ local function main()
     return SF.alert("Make the time selection inside the selected item: the part of it to make again. " ..
       "(To continue an item past its end, use \"Extend selected Foley item to time selection\".)")
   end
+  local extra_fields, stored = SF.continuation_job_fields(item, meta, t0, t1)
   SF.generate(SF.job_for_item(proj, item, { title = "StepFoley: regenerate part",
     dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
     feature = "extend or repair a take",
-    extra_fields = function(region) return SF.continuation_fields(item, region, t0, t1) end,
+    extra_fields = extra_fields, stored_fields = stored,
     undo = function(params) return "StepFoley: regenerate part of \"" .. params.caption .. "\"" end }))
 end
 

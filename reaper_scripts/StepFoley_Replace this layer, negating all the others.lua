@@ -18,6 +18,8 @@ local function main()
   local item, meta = SF.selected_stepfoley_item(proj, "it is generated again, negating all the other layers.")
   if not item then return end
   SF.generate(SF.job_for_item(proj, item, { title = "StepFoley: replace layer",
+    feature = "follow a loudness curve or focus on part of the picture",
+    extra_fields = function(region) return SF.stored_controls(meta, region) end,
     params_for = function(engine)
       local method, err = SF.negating_method(engine.capabilities, meta.method)
       if err then return nil, err end

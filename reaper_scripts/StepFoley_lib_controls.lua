@@ -276,4 +276,47 @@ function M.stored_controls(meta, region)
   return fields
 end
 
+--[[
+The controls a take was made with, for a continuation of it (extend, repair) over `region`:
+the part of the picture goes to the engine again (its times count from the region's start,
+which a continuation keeps); the loudness curve cannot (the engine refuses one with a take: the
+kept take sets the level) but is stored with the new take, so that a later "Regenerate selected
+Foley item" follows it again. Returns the fields to send and those to store ({} and {} when the
+take had none, or the item no longer starts where they were drawn from).
+]]
+function M.continued_controls(meta, region)
+  local stored = {}
+  for _, key in ipairs(M.CONTROL_FIELDS) do stored[key] = meta[key] end
+  if next(stored) == nil then return {}, {} end
+  local was = type(meta.region) == "table" and meta.region or {}
+  if not (type(was.project_start) == "number" and math.abs(was.project_start - region.project_start) < 1e-6) then
+    M.log("the item no longer starts where its loudness curve and part of the picture were drawn from; " ..
+      "continuing it without them.")
+    return {}, {}
+  end
+  if stored.loudness_curve then
+    M.log("the new part keeps the take's level, not the loudness curve; the curve stays with the new take " ..
+      "for a later \"Regenerate selected Foley item\".")
+  end
+  return { picture_region = stored.picture_region, picture_region_time = stored.picture_region_time }, stored
+end
+
+--[[
+extra_fields for a continuation of `item` (extend, repair: the span a..b made new) and the
+fields its new take stores besides the request (filled in when extra_fields runs): the
+continuation's own (M.continuation_fields) and the take's controls (M.continued_controls).
+]]
+function M.continuation_job_fields(item, meta, a, b)
+  local stored = {}
+  local function extra_fields(region)
+    local fields, err = M.continuation_fields(item, region, a, b)
+    if not fields then return nil, err end
+    local sent, keep = M.continued_controls(meta, region)
+    for k, v in pairs(sent) do fields[k] = v end
+    for k, v in pairs(keep) do stored[k] = v end
+    return fields
+  end
+  return extra_fields, stored
+end
+
 end

@@ -52,8 +52,9 @@ end
 -- the user chose it; absent = the model's default), what was negated, and what the engine
 -- returned (its metadata says which values it used). Paths of job files, deleted when the job
 -- succeeds, are left out.
-function M.take_metadata(request, result, negatives, reference_label)
+function M.take_metadata(request, result, negatives, reference_label, stored)
   local meta = {}
+  for k, v in pairs(stored or {}) do meta[k] = v end -- kept with the take though not sent (job.stored_fields)
   for k, v in pairs(request) do meta[k] = v end
   meta.existing_mix, meta.output_dir = nil, nil
   if reference_label then meta.reference_audio, meta.reference = nil, reference_label end
@@ -503,13 +504,13 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
         for k, v in pairs(jobs[i].request) do request[k] = v end
         request.seed, request.variations = s.metadata.seed or request.seed, nil
         local meta = M.take_metadata(request, { stem_path = s.stem_path, job_id = r.job_id, metadata = s.metadata },
-          negatives, job.reference_label)
+          negatives, job.reference_label, job.stored_fields)
         meta.rank, meta.ranking = s.metadata.rank, r.ranking
         takes[#takes + 1] = { stem_path = s.stem_path, meta = meta }
       end
     elseif r.state == "done" then
       takes[#takes + 1] = { stem_path = r.stem_path,
-        meta = M.take_metadata(jobs[i].request, r, negatives, job.reference_label) }
+        meta = M.take_metadata(jobs[i].request, r, negatives, job.reference_label, job.stored_fields) }
     end
   end
   if #takes == 0 then return end
@@ -613,6 +614,8 @@ One generating action, from the engine check to the new media. `job`:
                     what the action adds to the request (extend and repair: M.continuation_fields;
                     a loudness curve or a picture region: StepFoley_lib_controls.lua); with
                     protocol = 2 among them, feature says what an older engine cannot do;
+  stored_fields     optional table: fields the new takes' metadata keeps though the request did
+                    not send them (a continuation's loudness curve: M.continuation_job_fields);
   extend_item       the item grows to the region's end;
   dialog            a dialog spec (M.dialog_fields) without title and engine (its fixed_method
                     may be a function(capabilities) -> name or nil, message); or nil, with

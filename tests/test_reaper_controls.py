@@ -216,3 +216,37 @@ def test_regenerate_over_another_time_leaves_them_out_and_says_so(world):
     request = h.job_request(result)
     assert "loudness_curve" not in request and "picture_region" not in request
     assert "generating without them" in result["console"]
+
+
+@pytest.mark.parametrize("script", [h.REPLACE, h.SOUND_LIKE])
+def test_replace_and_sound_like_keep_the_curve_and_the_part_of_the_picture(world, script):
+    dialog = [] if script == h.REPLACE else [{"ok": True, "values": []}]
+    # (sound like: no second item selected, so the recording is picked as a file)
+    sc = h.scenario(world, dialog=dialog, actions=[{"script": script}], extra_tracks=[controlled_layer(world)],
+                    file_answers=[str(world["foley"])])
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert request["protocol"] == 2 and request["loudness_curve"] == [[0, -30], [2.5, -20]], result["messages"]
+    assert request["picture_region"] == [0, 0, 0.5, 1]
+
+
+def test_a_repair_keeps_the_part_of_the_picture_and_a_later_regenerate_the_curve_too(world):
+    """The engine takes no loudness curve with a take (the kept take sets the level), but a
+    repaired take keeps the curve in its metadata: regenerated later over the same time, it
+    follows the curve again. The part of the picture goes with the repair itself."""
+    sc = h.scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}, {"ok": True, "values": []}],
+                    actions=[{"script": h.REPAIR}, {"script": h.REGENERATE, "after_idle": True}],
+                    extra_tracks=[controlled_layer(world)])
+    result = h.run_scenario(world["tmp"], sc)
+    repair, regenerate = h.job_requests(result)
+    assert repair["regenerate"] == [0.5, 1.0] and repair["picture_region"] == [0, 0, 0.5, 1]
+    assert "loudness_curve" not in repair and "the curve stays with the new take" in result["console"]
+    assert regenerate["loudness_curve"] == [[0, -30], [2.5, -20]] and regenerate["picture_region"] == [0, 0, 0.5, 1]
+
+
+def test_an_extend_keeps_the_part_of_the_picture(world):
+    sc = h.scenario(world, ts=(5.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                    extra_tracks=[controlled_layer(world)])
+    request = h.job_request(h.run_scenario(world["tmp"], sc))
+    assert request["regenerate"] == [2.0, 4.0] and request["picture_region"] == [0, 0, 0.5, 1]
+    assert "loudness_curve" not in request
