@@ -123,8 +123,13 @@ local function main()
   local prefix = check_client(settings)
   local function finish(engine)
     if engine then check_engine(settings, engine) end
-    check_project(proj, settings)
-    check_bounce(proj)
+    if SF.project_is_open(proj) then
+      check_project(proj, settings)
+      check_bounce(proj)
+    else -- its tab was closed while the engine was asked
+      problem("The project was closed during the check, so neither it nor a test bounce was checked.",
+        "run \"StepFoley: Verify setup\" again with the project open.")
+    end
     SF.log("setup check\n" .. table.concat(lines, "\n"))
     if #problems == 0 then
       SF.alert("Everything is ready. (The console shows what was checked.)", "StepFoley: verify setup")

@@ -51,7 +51,12 @@ function M.client_candidates(windows, getenv, subdirs)
     if local_appdata then
       local root = join(local_appdata, "Programs", "Python")
       local names = subdirs(root)
-      table.sort(names, function(a, b) return a > b end)
+      -- by version, not as text: Python312 before Python39
+      local function version(name) return tonumber(name:match("^[Pp]ython(%d+)")) or -1 end
+      table.sort(names, function(a, b)
+        if version(a) ~= version(b) then return version(a) > version(b) end
+        return a > b
+      end)
       for _, name in ipairs(names) do python_dirs[#python_dirs + 1] = join(root, name) end
     end
     for _, dir in ipairs(path_dirs) do add(list, join(dir, "stepfoley.exe"), "exe", "PATH") end

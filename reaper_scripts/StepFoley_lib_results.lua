@@ -121,7 +121,8 @@ end
 
 --[[
 Runs `edit()` as one undo point named `description` in `proj` (which need not be the active
-tab), with the UI frozen meanwhile, then builds the peaks of the new media. Whatever fails
+tab), with the UI frozen meanwhile, then builds the peaks of the new media (in the active tab).
+Whatever fails
 inside (the edit or the peaks), the UI refresh is restored and the undo block closed; the
 failure is shown to the user. Returns whether the edit succeeded.
 ]]
@@ -130,7 +131,11 @@ function M.undoable_edit(proj, description, edit)
   reaper.PreventUIRefresh(1)
   local ok, err = pcall(function()
     edit()
-    reaper.Main_OnCommandEx(M.BUILD_MISSING_PEAKS, 0, proj)
+    -- an action runs on the active tab whatever project it is given: another tab builds its
+    -- peaks when it is shown
+    if proj == 0 or proj == nil or reaper.EnumProjects(-1, "") == proj then
+      reaper.Main_OnCommandEx(M.BUILD_MISSING_PEAKS, 0, proj)
+    end
   end)
   reaper.PreventUIRefresh(-1)
   reaper.UpdateArrange()
@@ -655,6 +660,10 @@ function M.generate(job)
 
   M.query_engine(settings, prefix, function(engine)
     if not engine.client_ok then return M.alert(engine.message) end
+    if not still_there(job) then -- closed (or the item deleted) while the engine was asked
+      return M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
+        " while StepFoley asked the engine; nothing was generated.")
+    end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)
         local params, err = job.params, nil

@@ -63,6 +63,34 @@ def test_switching_tabs_while_generating(world, missing_api):
     other_tab_untouched(result)
     assert result["active_project"] == 2  # the user's tab stays the active one
     assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}"'] and result["undo_depth"] == 0
+    assert result["peaks_built"] == []  # the action would run in the user's tab, not the generation's
+
+
+def slow_to_answer_client(world, seconds: float = 2.0) -> Path:
+    """The stand-in client, taking `seconds` to answer --engine-status (a slow Python start)."""
+    import os
+    import stat
+
+    exe = world["tmp"] / "slow bin" / "stepfoley"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\ncase " $* " in *" --engine-status "*) sleep {seconds};; esac\n'
+                   f'exec "{world["client"]}" "$@"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    assert os.access(exe, os.X_OK)
+    return exe
+
+
+@pytest.mark.parametrize("script, words", [(h.MAIN, "project was closed while StepFoley asked the engine"),
+                                           (h.VERIFY, "The project was closed during the check")])
+def test_closing_the_tab_while_the_engine_is_asked(world, script, words):
+    """The user closes the generation's tab while the client starts: nothing is done to the
+    closed project (REAPER refuses its pointer) and the user is told, not left with a script
+    error."""
+    world["client"] = slow_to_answer_client(world)
+    sc = h.scenario(world, projects=[other_tab(world)],
+                    actions=[{"script": script}, {"switch_to_project": 2, "at_s": 0.5}, {"close_project": 1, "at_s": 0.8}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["script_errors"] == [] and any(words in m["message"] for m in result["messages"]), result["messages"]
 
 
 def test_switching_tabs_while_the_dialog_is_open(world):

@@ -247,15 +247,17 @@ def test_client_candidates_on_windows_skip_the_store_alias():
     env = {"PATH": "C:\\Windows\\system32;C:\\Users\\ana\\AppData\\Local\\Microsoft\\WindowsApps",
            "USERPROFILE": "C:\\Users\\ana", "APPDATA": "C:\\Users\\ana\\AppData\\Roaming",
            "LOCALAPPDATA": "C:\\Users\\ana\\AppData\\Local", "SystemRoot": "C:\\Windows"}
-    subdirs = {"C:\\Users\\ana\\AppData\\Local\\Programs\\Python": ["Python311", "Python312"]}
+    # by version, not as text ("Python39" > "Python312"): a 3.9 cannot run StepFoley
+    subdirs = {"C:\\Users\\ana\\AppData\\Local\\Programs\\Python": ["Python39", "Python311", "Python312"]}
     got = candidates(True, env, subdirs)
     paths = [p for p, _ in got]
     assert "C:\\Users\\ana\\stepfoley-venv\\Scripts\\stepfoley.exe" in paths
     assert "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\Scripts\\stepfoley.exe" in paths
     assert not any("WindowsApps\\python" in p for p in paths)  # the Store alias opens the Store
     pythons = [p for p, kind in got if kind == "python"]
-    assert pythons[-3:] == ["C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\python.exe",
+    assert pythons[-4:] == ["C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\python.exe",
                             "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python311\\python.exe",
+                            "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python39\\python.exe",
                             "C:\\Windows\\py.exe"]
     assert lua('io.write(tostring(SF.is_store_alias("C:\\\\Users\\\\a\\\\AppData\\\\Local\\\\Microsoft'
                '\\\\WindowsApps\\\\python.exe")))') == "true"

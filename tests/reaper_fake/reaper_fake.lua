@@ -94,7 +94,7 @@ local fake = {
   exec = {}, undo = {}, undo_depth = 0, edits_outside_undo = {}, ui_refresh = 0, commands = {},
   modal_prompts = {}, extstate = {}, extstate_persist = {}, gfx_text = {}, gfx_key = 0,
   exec_log = "/dev/null", resource_path = "/tmp/reaper-resource", os_name = "Other",
-  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {}, message_answers = {},
+  app_version = "7.27/linux-x86_64", exec_timeouts = {}, file_answers = {}, message_answers = {}, peaks_built = {},
   projects = {}, active = 1, toggles = { [40745] = 0 }, scripts = {}, current_script = nil,
   SOLO_IN_FRONT_DIM = 10 ^ (-18 / 20), -- REAPER's default solo-in-front dim (-18 dB)
 }
@@ -1056,7 +1056,8 @@ fake.wav_cache, fake.renders = {}, {}
 local function run_command(cmd, pr)
   fake.commands[#fake.commands + 1] = cmd
   if cmd == 42230 then render(pr)
-  elseif cmd == 40047 then -- build missing peaks: nothing to model
+  elseif cmd == 40047 then -- build missing peaks: of the tab it ran in (the active one)
+    fake.peaks_built[#fake.peaks_built + 1] = pr.path
   elseif cmd == 40745 then fake.toggles[40745] = 1 - fake.toggles[40745] -- Options: Solo in front
   else error("fake reaper: action " .. cmd .. " is not modelled") end
 end

@@ -27,7 +27,8 @@ pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, envelopes (a count), f
 name}]}], envelopes [{name,
 points (each {time, amplitude or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
-{switch_to_project = n, when_running}.
+{switch_to_project = n, when_running}, {close_project = n, at_s} (its ReaProject* is then
+refused by every API function, as a closed project's is).
 ]]
 
 local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
@@ -153,6 +154,9 @@ local function perform(a)
   if a.script then run_action(scenario.scripts_dir .. "/" .. a.script)
   elseif a.terminate then fake.terminate(a.terminate)
   elseif a.switch_to_project then fake.active = a.switch_to_project
+  elseif a.close_project then -- the user closes that tab; REAPER shows the first one left
+    table.remove(fake.projects, a.close_project)
+    fake.active = 1
   else error("driver: unknown action " .. json.encode(a)) end
 end
 
@@ -222,7 +226,7 @@ local out = { messages = json.array(fake.messages), console = table.concat(fake.
   ui_refresh = fake.ui_refresh, exec = json.array(fake.exec), exec_timeouts = json.array(fake.exec_timeouts),
   dialogs = json.array(fake.dialogs), imgui_frames = json.array(fake.imgui_frames or {}),
   modal_prompts = json.array(fake.modal_prompts), renders = json.array(fake.renders),
-  commands = json.array(fake.commands), render = { numbers = fake.project.numbers, strings = fake.project.strings },
+  commands = json.array(fake.commands), peaks_built = json.array(fake.peaks_built), render = { numbers = fake.project.numbers, strings = fake.project.strings },
   master_fxen = m.fxen, master = { fxen = m.fxen, mute = m.mute, vol = m.vol },
   toggles = { ["40745"] = fake.toggles[40745] }, extstate = fake.extstate, gfx_text = json.array(fake.gfx_text),
   gfx_open = fake.gfx_open and true or false, script_errors = json.array(fake.script_errors or {}),
