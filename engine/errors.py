@@ -45,6 +45,16 @@ class GenerationCancelled(StepFoleyError):
     code = "cancelled"
 
 
+def not_finite(where: str, what: str = "the audio latent") -> GenerationError:
+    """The error of a generation whose numbers overflowed; `where` finishes "Generation failed
+    ...", e.g. "at step 3 of 25"."""
+    return GenerationError(
+        f"Generation failed {where}: {what} became NaN or infinite, so there is no sound to write. This "
+        "usually comes from guidance strengths far above the usual range (CFG around 4.5, NAG around 1.5) or "
+        "from running in reduced precision; lower the guidance, or run in float32, and try again. If it "
+        "persists, the model weights may be damaged.")
+
+
 def stop_if_cancelled(is_cancelled, where: str) -> None:
     """Raise GenerationCancelled when `is_cancelled` (a callable, or None) says so; `where`
     finishes the sentence "Generation was cancelled ...", e.g. "at step 3 of 25"."""

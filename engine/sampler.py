@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from stepfoley.engine.errors import GenerationError, InvalidInputError, stop_if_cancelled
+from stepfoley.engine.errors import InvalidInputError, not_finite, stop_if_cancelled
 from stepfoley.engine.guidance import GuidanceMethod, GuidanceWeights
 
 # velocity_fn(t, x): t is a 0-dim float32 tensor, x is (B, N, C); returns (B, N, C).
@@ -68,13 +68,7 @@ def euler_sample(
         if constrain is not None:
             x = constrain(grid[i + 1], x)
         if not bool(torch.isfinite(x).all()):
-            raise GenerationError(
-                f"Generation failed at step {i + 1} of {steps}: the audio latent became NaN or "
-                "infinite, so there is no sound to write. This usually comes from guidance "
-                "strengths far above the usual range (CFG around 4.5, NAG around 1.5) or from "
-                "running in reduced precision; lower the guidance, or run in float32, and try "
-                "again. If it persists, the model weights may be damaged."
-            )
+            raise not_finite(f"at step {i + 1} of {steps}")
         if on_step is not None:
             on_step(i + 1, steps)
     return x

@@ -31,7 +31,7 @@ import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import InvalidInputError, stop_if_cancelled
+from stepfoley.engine.errors import InvalidInputError, not_finite, stop_if_cancelled
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceMethod, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, Region
@@ -361,7 +361,10 @@ class StepSession:
             report("decoding", w, len(self.windows))
             stop_if_cancelled(is_cancelled, f"while decoding window {w + 1} of {len(self.windows)}")
             a, b = self._samples(w_start), self._samples(w_end)
-            pieces.append((a, self._decode(latent)[:, : b - a]))
+            wave = self._decode(latent)[:, : b - a]                                     # (B, S_w)
+            if not np.isfinite(wave).all():  # a finite latent the decoder still overflows on
+                raise not_finite(f"while decoding window {w + 1} of {len(self.windows)}", "the decoded audio")
+            pieces.append((a, wave))
         report("decoding", len(self.windows), len(self.windows))
         timings["decoding"] = time.perf_counter() - t0
 

@@ -511,10 +511,22 @@ def _check_continuation(request: GenerationRequest) -> None:
         _invalid(f"regenerate ends at {end:g} s, after the stem's end ({length:.3f} s from project_start); "
                  "make the time selection cover it.")
     if end - start < MIN_REGENERATE_SECONDS - REGION_TOLERANCE_S:  # 2.05 - 1.95 is 0.09999999999999987
-        _invalid(f"regenerate is {end - start:.3f} s long; make at least {MIN_REGENERATE_SECONDS:g} s new.")
+        _invalid(f"regenerate is {_beside(end - start, MIN_REGENERATE_SECONDS, 3)} s long; make at least "
+                 f"{MIN_REGENERATE_SECONDS:g} s new.")
     if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
         _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
                  "to make a new track.")
+
+
+def _beside(value: float, limit: float, decimals: int | None = None) -> str:
+    """`value` as a message shows it next to the limit it breaks: with `decimals` (else 6
+    significant digits), or as many more as it takes not to read as the limit itself (a region
+    of 0.996 s is not "1.00 s long; select at least 1 s")."""
+    forms = [f".{d}f" for d in range(decimals, 10)] if decimals is not None else []
+    for form in forms + [f".{d}g" for d in (6, 9, 12, 15, 17)]:
+        if format(value, form) != format(limit, form):
+            return format(value, form)
+    return repr(value)
 
 
 def _distinct_seconds(a: float, b: float) -> tuple[str, str]:
@@ -549,7 +561,8 @@ def _rectangle(value: Any, name: str) -> tuple[float, float, float, float]:
         _invalid(f"{name} must be [x0, y0, x1, y1] as fractions of the picture's width and height, got {_show(value)}.")
     x0, y0, x1, y1 = (_number(v, f"{name} {axis}", 0.0, 1.0) for v, axis in zip(value, ("x0", "y0", "x1", "y1")))
     if min(x1 - x0, y1 - y0) < MIN_PICTURE_REGION - 1e-9:  # 0.15 - 0.10 is 0.04999999999999999
-        _invalid(f"{name} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is {x1 - x0:.3f} wide and {y1 - y0:.3f} high; each side "
+        wide, high = (_beside(side, MIN_PICTURE_REGION, 3) for side in (x1 - x0, y1 - y0))
+        _invalid(f"{name} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is {wide} wide and {high} high; each side "
                  f"must be at least {MIN_PICTURE_REGION:g} of the picture (and x1, y1 right of and below x0, y0).")
     return x0, y0, x1, y1
 
@@ -606,11 +619,14 @@ def _region(region: Any) -> VideoRegion:
     file_out = _number(region["file_out"], "region.file_out", 0.0, MAX_TIMELINE_SECONDS)
     length = file_out - file_in
     if length <= 0:
-        _invalid(f"region.file_out ({file_out:g}) must be after region.file_in ({file_in:g}).")
+        _invalid(f"region.file_out ({_beside(file_out, file_in)}) must be after region.file_in "
+                 f"({_beside(file_in, file_out)}).")
     if length < MIN_REGION_SECONDS - REGION_TOLERANCE_S:
-        _invalid(f"The region is {length:.2f} s long; select at least {MIN_REGION_SECONDS:g} s of picture.")
+        _invalid(f"The region is {_beside(length, MIN_REGION_SECONDS, 2)} s long; select at least "
+                 f"{MIN_REGION_SECONDS:g} s of picture.")
     if length > MAX_REGION_SECONDS + REGION_TOLERANCE_S:
-        _invalid(f"The region is {length:.1f} s long; at most {MAX_REGION_SECONDS:g} s can be made at once. "
+        _invalid(f"The region is {_beside(length, MAX_REGION_SECONDS, 1)} s long; at most {MAX_REGION_SECONDS:g} s "
+                 "can be made at once. "
                  "Select a shorter range and make the rest in a second pass.")
     playrate = _number(region.get("playrate", 1.0), "region.playrate", MIN_PLAYRATE, MAX_PLAYRATE)
     start = _number(region.get("project_start", 0.0), "region.project_start", 0.0, MAX_TIMELINE_SECONDS)
@@ -622,17 +638,21 @@ def _region(region: Any) -> VideoRegion:
     else:
         end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)
         if end <= start:
-            _invalid(f"region.project_end ({end:g}) must be after region.project_start ({start:g}).")
+            _invalid(f"region.project_end ({_beside(end, start)}) must be after region.project_start "
+                     f"({_beside(start, end)}).")
         # the picture is varispeeded to the stem: that speed is bounded as playrate is
         speed = length / (end - start)
         # relative tolerance: a DAW's playrate of exactly 100 comes back as 100.00000000000001
         if not MIN_PLAYRATE * (1 - 1e-9) <= speed <= MAX_PLAYRATE * (1 + 1e-9):
             _invalid(f"region.project_end ({end:g}) would play {length:.2f} s of picture in {end - start:g} s, "
-                     f"{speed:g} times its speed; the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
+                     f"{_beside(speed, MIN_PLAYRATE if speed < MIN_PLAYRATE else MAX_PLAYRATE)} times its speed; "
+                     f"the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
                      "times its speed, as with region.playrate.")
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
-        _invalid(f"The stem would last {end - start:.1f} s on the timeline ({length:.2f} s of picture at playrate "
-                 f"{playrate:g}); at most {MAX_STEM_SECONDS:g} s can be made at once. "
+        given = (f"region.project_end {end:g} - region.project_start {start:g}" if region.get("project_end") is not None
+                 else f"{length:.2f} s of picture at playrate {playrate:g}")
+        _invalid(f"The stem would last {_beside(end - start, MAX_STEM_SECONDS, 1)} s on the timeline ({given}); at most "
+                 f"{MAX_STEM_SECONDS:g} s can be made at once. "
                  "Select a shorter range and make the rest in a second pass.")
     return VideoRegion(video, file_in, file_out, playrate, start, end)
 
@@ -802,7 +822,7 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     if not math.isfinite(number):
         _invalid(f"{name} must be a number, got {_show(value)}.")
     if not low <= number <= high:
-        _invalid(f"{name} = {number:g} is outside {low:g} .. {high:g}.")
+        _invalid(f"{name} = {_beside(number, low if number < low else high)} is outside {low:g} .. {high:g}.")
     return number
 
 

@@ -174,6 +174,16 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "loudness_curve": [[0, 3]]}, "loudness_curve[0] dB = 3 is outside -70 .. 0"),
         ({"protocol": 2, "loudness_curve": [[0, -20], [1.5, -20]]}, "a point at 1.5 s, after the stem's end"),
         ({"protocol": 2, "loudness_curve": [-20]}, "loudness_curve[0] must be [seconds, dB]"),
+        # a value just past a limit is shown so that it does not read as the limit itself
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 0.996}},
+         "The region is 0.996 s long; select at least 1 s"),
+        ({"alpha": 100.0000001}, "alpha = 100.0000001 is outside 0 .. 100"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 30.0000001, "project_end": 30}},
+         "region.project_end (30) must be after region.project_start (30.0000001)"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 600, "playrate": 2, "project_start": 0,
+                     "project_end": 601}},  # the 601 s comes from project_end: it is named
+         "The stem would last 601.0 s on the timeline (region.project_end 601 - region.project_start 0)"),
+        ({"protocol": 2, "picture_region": [0, 0, 0.0499, 1]}, "is 0.0499 wide and 1.000 high"),
     ],
 )
 def test_bad_requests_are_named_precisely(tmp_path, change, words):
