@@ -6,7 +6,7 @@
 --   The peaks of new takes are built only when their project is the active tab (REAPER's action would build the active tab's).
 --   Python.org installs are tried newest version first (Python312 before Python39).
 --   Replace this layer and Make selected item sound like this keep the loudness curve and the part of the picture the item was made with (while it covers the same time), as Regenerate does; they were dropped without a word.
---   Extend and Regenerate time selection inside selected item keep the part of the picture; the loudness curve (which the new part cannot follow: it keeps the take's level) stays with the new take, so a later Regenerate follows it again.
+--   Extend and Regenerate time selection inside selected item keep the part of the picture while it fits the item's time; the loudness curve (which the new part cannot follow: it keeps the take's level) stays with the new take while the item covers the time it was drawn for, so a later Regenerate follows it again.
 --   The layers' bounce no longer lets in the tracks inside a chosen folder that are not negatives themselves (a soloed folder plays its children): with negatives "selection" an item picked on a folder track brought its child tracks' items too, and Replace this layer on a layer inside a layers' folder heard the very layer it replaces.
 --   A cancel made just after a generation starts (Esc at once, or Cancel running generation) is no longer lost when the engine's client takes a moment to start (needs the engine from this release; an older client deleted that cancel as stale).
 -- @provides

@@ -278,27 +278,37 @@ end
 
 --[[
 The controls a take was made with, for a continuation of it (extend, repair) over `region`:
-the part of the picture goes to the engine again (its times count from the region's start,
-which a continuation keeps); the loudness curve cannot (the engine refuses one with a take: the
-kept take sets the level) but is stored with the new take, so that a later "Regenerate selected
-Foley item" follows it again. Returns the fields to send and those to store ({} and {} when the
-take had none, or the item no longer starts where they were drawn from).
+the part of the picture goes to the engine again while it fits (its times count from the
+region's start, which a continuation keeps, and end within the region); the loudness curve
+cannot (the engine refuses one with a take: the kept take sets the level) but is stored with
+the new take while the item covers the time it was drawn for, so that a later "Regenerate
+selected Foley item" follows it again. Returns the fields to send and those to store; what is
+left out is said in the console.
 ]]
 function M.continued_controls(meta, region)
-  local stored = {}
-  for _, key in ipairs(M.CONTROL_FIELDS) do stored[key] = meta[key] end
-  if next(stored) == nil then return {}, {} end
+  local sent, stored = {}, {}
   local was = type(meta.region) == "table" and meta.region or {}
-  if not (type(was.project_start) == "number" and math.abs(was.project_start - region.project_start) < 1e-6) then
-    M.log("the item no longer starts where its loudness curve and part of the picture were drawn from; " ..
-      "continuing it without them.")
-    return {}, {}
+  local same_start = type(was.project_start) == "number" and math.abs(was.project_start - region.project_start) < 1e-6
+  local same_end = type(was.project_end) == "number" and math.abs(was.project_end - region.project_end) < 1e-6
+  if meta.picture_region ~= nil then
+    local when = type(meta.picture_region_time) == "table" and tonumber(meta.picture_region_time[2]) or 0
+    if same_start and when <= region.project_end - region.project_start + 1e-6 then
+      sent.picture_region, sent.picture_region_time = meta.picture_region, meta.picture_region_time
+    else
+      M.log("the item no longer covers the time its part of the picture was chosen for; continuing it without it.")
+    end
   end
-  if stored.loudness_curve then
-    M.log("the new part keeps the take's level, not the loudness curve; the curve stays with the new take " ..
-      "for a later \"Regenerate selected Foley item\".")
+  if meta.loudness_curve ~= nil then
+    if same_start and same_end then
+      stored.loudness_curve = meta.loudness_curve
+      M.log("the new part keeps the take's level, not the loudness curve; the curve stays with the new take " ..
+        "for a later \"Regenerate selected Foley item\".")
+    else
+      M.log("the loudness curve was drawn for another time than the item covers now; the new take goes on " ..
+        "without it.")
+    end
   end
-  return { picture_region = stored.picture_region, picture_region_time = stored.picture_region_time }, stored
+  return sent, stored
 end
 
 --[[

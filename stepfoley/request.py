@@ -480,7 +480,8 @@ def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | 
     size = stem_bytes(request.region.project_duration, request.sample_rate, request.format, channels)
     if size > MAX_STEM_BYTES:
         why = "" if take is None else f", {channels} channels like the take '{printable(take)}'"
-        _invalid(f"The stem would be {size / 2**20:.0f} MiB ({request.region.project_duration:.1f} s at "
+        _invalid(f"The stem would be {_beside(size / 2**20, MAX_STEM_BYTES / 2**20, 0)} MiB "
+                 f"({request.region.project_duration:.1f} s at "
                  f"{request.sample_rate} Hz in {request.format}{why}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
                  "Choose a lower sample_rate, wav24, or a shorter region"
                  f"{'' if take is None else ', or bounce the take with fewer channels'}.")
@@ -508,7 +509,8 @@ def _check_continuation(request: GenerationRequest) -> None:
                  "picture, would not line up. Select the same range on the timeline as on the picture, or leave out "
                  "project_end.")
     if end > length + REGION_TOLERANCE_S:
-        _invalid(f"regenerate ends at {end:g} s, after the stem's end ({length:.3f} s from project_start); "
+        _invalid(f"regenerate ends at {_beside(end, length)} s, after the stem's end ({length:.3f} s from "
+                 "project_start); "
                  "make the time selection cover it.")
     if end - start < MIN_REGENERATE_SECONDS - REGION_TOLERANCE_S:  # 2.05 - 1.95 is 0.09999999999999987
         _invalid(f"regenerate is {_beside(end - start, MIN_REGENERATE_SECONDS, 3)} s long; make at least "
@@ -523,10 +525,11 @@ def _beside(value: float, limit: float, decimals: int | None = None) -> str:
     significant digits), or as many more as it takes not to read as the limit itself (a region
     of 0.996 s is not "1.00 s long; select at least 1 s")."""
     forms = [f".{d}f" for d in range(decimals, 10)] if decimals is not None else []
-    for form in forms + [f".{d}g" for d in (6, 9, 12, 15, 17)]:
+    forms += [f".{d}g" for d in (6, 9, 12, 15, 17)]
+    for form in forms:
         if format(value, form) != format(limit, form):
             return format(value, form)
-    return repr(value)
+    return format(value, forms[0])  # the same number: shown as the limit is
 
 
 def _distinct_seconds(a: float, b: float) -> tuple[str, str]:
@@ -544,16 +547,16 @@ def _check_shaping(request: GenerationRequest) -> None:
         if request.picture_region is None:
             _invalid("picture_region_time says when the picture region applies; it needs picture_region.")
         if request.picture_region_time[1] > length + REGION_TOLERANCE_S:
-            _invalid(f"picture_region_time ends at {request.picture_region_time[1]:g} s, after the stem's end "
-                     f"({length:.3f} s from project_start).")
+            _invalid(f"picture_region_time ends at {_beside(request.picture_region_time[1], length)} s, after "
+                     f"the stem's end ({length:.3f} s from project_start).")
     if request.loudness_curve is not None:
         if request.take is not None:
             _invalid("A loudness curve cannot shape a take being extended or repaired: the new part follows the "
                      "take's own level. Leave out loudness_curve, or make a new track.")
         last = request.loudness_curve[-1][0]
         if last > length + REGION_TOLERANCE_S:
-            _invalid(f"loudness_curve has a point at {last:g} s, after the stem's end ({length:.3f} s from "
-                     "project_start).")
+            _invalid(f"loudness_curve has a point at {_beside(last, length)} s, after the stem's end "
+                     f"({length:.3f} s from project_start).")
 
 
 def _rectangle(value: Any, name: str) -> tuple[float, float, float, float]:
@@ -579,7 +582,8 @@ def _curve(value: Any, name: str) -> tuple[tuple[float, float], ...]:
         seconds = _number(point[0], f"{name}[{i}] seconds", 0.0, MAX_STEM_SECONDS)
         db = _number(point[1], f"{name}[{i}] dB", MIN_CURVE_LUFS, MAX_CURVE_LUFS)
         if points and seconds <= points[-1][0]:
-            _invalid(f"{name}[{i}] is at {seconds:g} s, not after the point before it ({points[-1][0]:g} s); "
+            _invalid(f"{name}[{i}] is at {_beside(seconds, points[-1][0])} s, not after the point before it "
+                     f"({_beside(points[-1][0], seconds)} s); "
                      "give the points in time order, one per instant.")
         points.append((seconds, db))
     return tuple(points)
@@ -591,7 +595,7 @@ def _span(value: Any, name: str) -> tuple[float, float]:
     start = _number(value[0], f"{name} start", 0.0, MAX_STEM_SECONDS)
     end = _number(value[1], f"{name} end", 0.0, MAX_STEM_SECONDS)
     if end <= start:
-        _invalid(f"{name} end ({end:g} s) must be after its start ({start:g} s).")
+        _invalid(f"{name} end ({_beside(end, start)} s) must be after its start ({_beside(start, end)} s).")
     return start, end
 
 
@@ -633,7 +637,8 @@ def _region(region: Any) -> VideoRegion:
     if region.get("project_end") is None:
         end = start + length / playrate
         if end > MAX_TIMELINE_SECONDS:
-            _invalid(f"The stem would end at {end:g} s of the project (region.project_start {start:g} + "
+            _invalid(f"The stem would end at {_beside(end, MAX_TIMELINE_SECONDS)} s of the project "
+                     f"(region.project_start {start:g} + "
                      f"{length / playrate:g} s); project times go up to {MAX_TIMELINE_SECONDS:g} s (7 days).")
     else:
         end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)

@@ -250,3 +250,20 @@ def test_an_extend_keeps_the_part_of_the_picture(world):
     request = h.job_request(h.run_scenario(world["tmp"], sc))
     assert request["regenerate"] == [2.0, 4.0] and request["picture_region"] == [0, 0, 0.5, 1]
     assert "loudness_curve" not in request
+
+
+def test_a_trimmed_item_is_continued_without_controls_that_no_longer_fit(world):
+    """Made over 3.0-5.5 s with its part of the picture from 1.5 to 2.5 s and a curve to 2.5 s,
+    then trimmed to 2 s: the repair sends neither (the engine would refuse times past the stem's
+    end), stores no curve, says so, and a later Regenerate works."""
+    layer = controlled_layer(world)
+    meta = {**json.loads(layer["items"][0]["takes"][0]["ext"]["stepfoley_metadata"]), "picture_region_time": [1.5, 2.5]}
+    layer["items"][0]["takes"][0]["ext"]["stepfoley_metadata"] = json.dumps(meta)
+    layer["items"][0]["length"] = 2.0
+    sc = h.scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}] * 2, extra_tracks=[layer],
+                    actions=[{"script": h.REPAIR}, {"script": h.REGENERATE, "after_idle": True}])
+    result = h.run_scenario(world["tmp"], sc)
+    repair, regenerate = h.job_requests(result)
+    assert result["messages"] == [] and repair["regenerate"] == [0.5, 1.0]
+    assert not {"picture_region", "loudness_curve"} & (set(repair) | set(regenerate))
+    assert "part of the picture was chosen for" in result["console"] and "another time than" in result["console"]

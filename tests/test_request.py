@@ -184,6 +184,12 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
                      "project_end": 601}},  # the 601 s comes from project_end: it is named
          "The stem would last 601.0 s on the timeline (region.project_end 601 - region.project_start 0)"),
         ({"protocol": 2, "picture_region": [0, 0, 0.0499, 1]}, "is 0.0499 wide and 1.000 high"),
+        ({"protocol": 2, "loudness_curve": [[0, -20], [1, -20], [0.9999999, -20]]},
+         "loudness_curve[2] is at 0.9999999 s, not after the point before it (1 s)"),
+        ({"protocol": 2, "picture_region": [0, 0, 1, 1], "picture_region_time": [1.0000001, 1]},
+         "picture_region_time end (1 s) must be after its start (1.0000001 s)"),
+        ({"protocol": 2, "picture_region": [0, 0, 1, 1], "picture_region_time": [0, 1.000002]},
+         "picture_region_time ends at 1.000002 s, after the stem's end (1.000 s"),
     ],
 )
 def test_bad_requests_are_named_precisely(tmp_path, change, words):
