@@ -215,6 +215,7 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--scenes", "-5"], "--scenes -5: give at least 2 (scenes)"),
     (["embedded", "--batch-size", "0"], "--batch-size 0: give at least 1 (examples per batch)"),
     (["embedded", "--scenes", "4", "--held-out-scenes", "4"], "would leave none to train on"),
+    (["embedded", "--held-out-scenes", "1"], "--held-out-scenes 1: give at least 2"),  # found after hours before
     (["embedded", "--base-lr", "nan"], "a learning rate is above 0"),
     (["embedded", "--device", "bogus"], "Unknown device 'bogus'"),
     (["loudness", "--steps", "0"], "--steps 0: give at least 1"),
@@ -322,3 +323,28 @@ def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
                                     warmup_steps=0, checkpoint_every=0, device=torch.device("cpu"),
                                     model=build_embedded_model(random_weights=True))
     assert out.read_text() == "my ControlNet"
+
+
+def test_ctrl_c_while_the_data_renders_stops_at_once_without_tracebacks(tmp_path):
+    """Ctrl-C reaches the whole process group, the data workers too: the command ends 130 with
+    one line, not hung waiting for a worker the signal killed mid-scene."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "stepfoley", "train", "embedded", "--work", str(tmp_path / "w"),
+               "--scenes", "40", "--held-out-scenes", "2", "--base-steps", "1", "--controlnet-steps", "1",
+               "--loudness-steps", "1", "--batch-size", "2", "--workers", "2", "--out", str(tmp_path / "w.safetensors")]
+    run = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(12)  # the workers are up and rendering
+        os.killpg(run.pid, signal.SIGINT)
+        assert run.wait(timeout=60) == 130
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    err = run.stderr.read()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -24,6 +24,7 @@ level of the sounds the picture and caption call for, not which sounds there are
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -326,11 +327,18 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
     start = time.perf_counter()
     if workers > 1:
         context = multiprocessing.get_context("spawn")
-        pool = context.Pool(workers, initializer=_worker_init,
-                            initargs=(max(1, torch.get_num_threads() // workers), model.codec.config))
+        # Ctrl-C goes to the whole process group: the workers start with it ignored (a worker
+        # that took it mid-scene would leave the pool waiting for it) and the parent stops them
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = context.Pool(workers, initializer=_worker_init,
+                                initargs=(max(1, torch.get_num_threads() // workers), model.codec.config))
+        finally:
+            signal.signal(signal.SIGINT, previous)
         results = pool.imap(_worker_scene, tasks)
     else:
         pool, results = None, (scene_features(model, *task) for task in tasks)
+    finished = False
     try:
         for i, part in enumerate(results):
             base = len(parts["scene"])
@@ -352,9 +360,13 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
             if (i + 1) % 50 == 0:
                 log(f"data: {i + 1}/{recipe.scenes} scenes, {len(windows)} examples, "
                     f"{time.perf_counter() - start:.0f} s")
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            if finished:
+                pool.close()
+            else:  # stopped (Ctrl-C, an error): the scenes still rendering are not waited for
+                pool.terminate()
             pool.join()
     as_tensor = lambda values, dtype: torch.tensor(values, dtype=dtype)  # noqa: E731
     return EmbeddedData(

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
 # option -> (smallest allowed, what it counts); None values keep the recipe's default
 _AT_LEAST = {
-    "scenes": (2, "scenes"), "held_out_scenes": (1, "held-out scenes"), "workers": (1, "processes"),
+    "scenes": (2, "scenes"), "held_out_scenes": (2, "held-out scenes: their losses pair clips of two scenes"),
+    "workers": (1, "processes"),
     "base_steps": (1, "steps"), "controlnet_steps": (1, "steps"), "loudness_steps": (1, "steps"),
     "steps": (1, "steps"), "batch_size": (1, "examples per batch"), "warmup_steps": (0, "steps"),
     "data_seed": (0, "a seed"), "depth": (1, "blocks"), "checkpoint_every": (1, "steps"),
