@@ -37,9 +37,9 @@ from typing import Callable, Sequence
 import torch
 
 from stepfoley.lab.evaluation import metrics, stats
-from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, SCENE_SECONDS, PhaseClock, Row,
-                                                SceneRun, StepProgress, check_number, check_steps, default_presence,
-                                                generate_batch, row_tracks, tracks_per_scene)
+from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, MAX_TAKES, SCENE_SECONDS,
+                                                PhaseClock, Row, SceneRun, StepProgress, check_number, check_steps,
+                                                default_presence, generate_batch, row_tracks, tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GuidanceWeights, resolve_method
 from stepfoley.engine.sampler import is_guided
@@ -68,7 +68,7 @@ def pick_alpha(summaries: dict[float, dict], limit: float = CLIPPING_LIMIT) -> t
     return best, f"no α keeps clipping within {100 * limit:g} %: the least overloaded one"
 
 
-def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps) -> list[float]:
+def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k) -> list[float]:
     """choose_alpha's ("α") or choose_level_anchor's ("level anchor") arguments; the grid,
     sorted and without repeats. InvalidInputError; `stepfoley eval` checks them before the
     model loads."""
@@ -79,9 +79,13 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps) ->
         raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
     for a in values:
         check_number("alpha", a)
-    if not isinstance(scenes, int) or scenes < 1 or not isinstance(takes, int) or takes < 1:
-        raise InvalidInputError(f"Choosing the {what} needs at least one scene and one take, got {scenes!r} and "
-                                f"{takes!r}.")
+    if not isinstance(scenes, int) or scenes < 1:
+        raise InvalidInputError(f"Choosing the {what} needs at least one scene, got {scenes!r}.")
+    if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+        raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
+    least = 2 if what == "level anchor" else 1  # the level anchor is judged on the NAG tracks, 2 on
+    if not isinstance(k, int) or k < least:
+        raise InvalidInputError(f"--tracks must be at least {least} to choose the {what}, got {k!r}.")
     check_steps(steps)
     return values
 
@@ -94,7 +98,7 @@ def choose_alpha(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, takes: int
     seeds each) and the α the rule picks. Returns a JSON-ready report: `alphas` (α -> figure ->
     {mean, std, n} over scenes), `comparisons` (each α against the chosen one: paired bootstrap
     over scenes), `chosen`, `rule`, `config`, `classifier`, `timings`."""
-    alphas = check_calibration("α", alphas, scenes, takes, steps)
+    alphas = check_calibration("α", alphas, scenes, takes, steps, k)
     presence = default_presence() if presence is None else presence
     steps = model.defaults.steps if steps is None else steps
     seeds = [development_scene_seed(i) for i in range(scenes)]
@@ -184,7 +188,7 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
     CFG) at every level-anchor strength of `strengths` on `scenes` development scenes, and the
     strength `pick_level_anchor` picks. Figures are over the NAG tracks (2..k). Returns a
     JSON-ready report like `choose_alpha`'s, with `strengths` in place of `alphas`."""
-    strengths = check_calibration("level anchor", strengths, scenes, takes, steps)
+    strengths = check_calibration("level anchor", strengths, scenes, takes, steps, k)
     if not model.supports_nag or getattr(model.codec, "match_level", None) is None:
         raise InvalidInputError(f"The model '{model.model_id}' has no NAG ControlNet or no level to anchor "
                                 "(its codec cannot read one), so there is no level anchor to choose.")

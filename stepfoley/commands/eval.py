@@ -358,20 +358,27 @@ def _checked_grid(args: argparse.Namespace):
     if args.anchors and not args.choose_level_anchor:
         raise InvalidInputError("--anchors is the grid --choose-level-anchor goes over; add --choose-level-anchor, "
                                 "or leave it out.")
+    if (args.choose_alpha or args.choose_level_anchor) and args.seed != 0:
+        raise InvalidInputError("--seed picks the test scenes; choosing α or the level anchor goes over its own "
+                                "development scenes: leave --seed out.")
     if args.choose_alpha:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None:
             raise InvalidInputError("--choose-alpha runs plain CFG over its own α grid (--alphas); leave --alpha, "
                                     "--beta and --beta-sweep out.")
         return check_calibration("α", _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID,
-                                 DEVELOPMENT_SCENES if args.scenes is None else args.scenes, args.takes, args.steps)
+                                 DEVELOPMENT_SCENES if args.scenes is None else args.scenes, args.takes, args.steps,
+                                 args.tracks)
     if args.choose_level_anchor:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
             raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
                                     "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
         return check_calibration("level anchor", _numbers(args.anchors, "--anchors") if args.anchors
                                  else LEVEL_ANCHOR_GRID, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
-                                 args.takes, args.steps)
+                                 args.takes, args.steps, args.tracks)
     if args.controls:
+        if args.beta is not None or args.tracks != 3 or args.markdown:
+            raise InvalidInputError("--controls measures each control with its own tracks and guidance, and prints "
+                                    "its table as text: leave --beta, --tracks and --markdown out.")
         check_run(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
         return None
     if args.beta_sweep is not None:
