@@ -21,6 +21,7 @@ import soundfile as sf
 
 from stepfoley.bridge.client import EngineClient, send_request
 from stepfoley.bridge.server import EngineServer, ServerConfig
+from stepfoley.request import MAX_STEPS
 
 
 class TimedRunner:
@@ -104,6 +105,8 @@ def main(argv=None) -> None:
     for option in ("pings", "requests", "steps"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
+    if args.steps > MAX_STEPS:  # the engine would refuse every request
+        parser.error(f"--steps must be at most {MAX_STEPS}")
     if args.port is not None and not 1 <= args.port <= 65535:
         parser.error("--port must be from 1 to 65535")
     if args.port is not None:

@@ -28,8 +28,8 @@ from stepfoley.request import MAX_REGION_SECONDS, MAX_SEED, MAX_STEPS, MIN_REGIO
 
 def _counts(text: str) -> list[int]:
     counts = [int(c) for c in text.split(",") if c.strip()]
-    if not counts or any(not 1 <= c <= 8 for c in counts):
-        raise argparse.ArgumentTypeError("give counts from 1 to 8, separated by commas (e.g. 1,4,8)")
+    if not counts or any(not 1 <= c <= 8 for c in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("give counts from 1 to 8, each once, separated by commas (e.g. 1,4,8)")
     return counts
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from stepfoley.engine.service import FoleyService, load_runtime_model
     from stepfoley.request import parse_request
 
-    share_cpu(args.threads)
+    cpu = share_cpu(args.threads)
     model = load_runtime_model(args.weights, args.model, args.device, args.precision)
     service = FoleyService(model, feature_cache=FeatureCache())
     worst = 0.0
@@ -77,8 +77,11 @@ def main(argv=None) -> int:
 
         first = job("a bell rings", 1, folder)  # also fills the feature cache
         layer = {"existing_mix": first["stem_path"], "previous_captions": ["a bell rings"]}
+        warm = folder / "warm-up"
+        warm.mkdir()
+        job("rain falling", args.seed, warm, **layer)  # the second layer's path (NAG, ControlNet) before the clock
         print(f"model {model.model_id} on {model.device}, {args.seconds:g} s region, {args.steps} steps, "
-              f"second layer (method {model.defaults.method})")
+              f"second layer (method {model.defaults.method}), {cpu['threads']} of {cpu['cores']} cores")
         for n in args.counts:
             out_batched, out_serial = folder / f"batched{n}", folder / f"serial{n}"
             out_batched.mkdir()

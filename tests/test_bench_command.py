@@ -43,6 +43,7 @@ def test_bench_variations_prints_the_ratio_and_finds_the_stems_equal(capsys):
     assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "1,3",
                  "--steps", "1", "--seconds", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
+    assert "second layer (method nag), 1 of " in out  # the thread count it ran with
     assert re.search(r"N=1: one job [\d.]+ s, 1 serial jobs [\d.]+ s, ratio [\d.]+x", out)
     assert re.search(r"N=3: one job [\d.]+ s, 3 serial jobs [\d.]+ s, ratio [\d.]+x; largest stem difference "
                      r"[\d.e+-]+ \(within 0.001\)", out)
@@ -68,6 +69,8 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     (["features", "--device", "nope"], "Unknown device"),
     (["bridge", "--pings", "0"], "--pings must be at least 1"),
     (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
+    (["bridge", "--steps", "201"], "--steps must be at most 200"),  # the engine would refuse every request
+    (["variations", "--counts", "1,1"], "each once"),
 ])
 def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, words):
     try:
