@@ -122,9 +122,8 @@ end
 --[[
 Runs `edit()` as one undo point named `description` in `proj` (which need not be the active
 tab), with the UI frozen meanwhile, then builds the peaks of the new media (in the active tab).
-Whatever fails
-inside (the edit or the peaks), the UI refresh is restored and the undo block closed; the
-failure is shown to the user. Returns whether the edit succeeded.
+Whatever fails inside (the edit or the peaks), the UI refresh is restored and the undo block
+closed; the failure is shown to the user. Returns whether the edit succeeded.
 ]]
 function M.undoable_edit(proj, description, edit)
   reaper.Undo_BeginBlock2(proj)
