@@ -131,7 +131,8 @@ def demo_captions(scene, tracks: int) -> list[str]:
 def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: int = 3, steps: int = 25,
              on_step: Callable[[int, int], None] | None = None,
              feature_cache: FeatureCache | None = None) -> DemoResult:
-    """`feature_cache` None: one in memory for this run. Raises InvalidInputError for arguments
+    """`feature_cache`: its memory size is used (its disk folder never: the clip is new every run);
+    None: the default size. Raises InvalidInputError for arguments
     check_demo_arguments refuses, before any work."""
     check_demo_arguments(out_dir, seed, tracks, steps)
     t_start = time.perf_counter()
@@ -161,7 +162,9 @@ def _make_run(model: FoleyModel, scene, folder: Path, seed: int, tracks: int, st
                               lambda p: encode_mp4(p, scene.frames, scene.fps, None, scene.sample_rate))
     result.files.append(video)
 
-    cache = feature_cache if feature_cache is not None else FeatureCache()
+    # in memory only: the clip is rendered anew into a temporary folder on every run, so an entry
+    # on disk, keyed by that path, could never be read again
+    cache = FeatureCache(feature_cache.max_bytes) if feature_cache is not None else FeatureCache()
     sessions = {method: StepSession(model, Region(video, 0.0, scene.duration), cache) for method in METHODS}
     captions = demo_captions(scene, tracks)
     per_track = steps * len(sessions["nag"].windows)

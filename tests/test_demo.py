@@ -13,8 +13,10 @@ from stepfoley.cli import main
 
 def test_demo_writes_both_soundtracks_and_never_reuses_a_run_folder(tmp_path, capsys):
     args = ["demo", "--out", str(tmp_path), "--model", "tiny-random", "--steps", "2", "--tracks", "3",
-            "--device", "cpu"]
+            "--device", "cpu", "--feature-cache", str(tmp_path / "cache")]
     assert main(args) == 0
+    # the clip is new every run: an entry on disk would be keyed by its temporary folder, never read again
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
     run = tmp_path / "run_001"
     names = {p.name for p in run.iterdir()}
     stems = ["track_1", "track_2_nag", "track_2_independent", "track_3_nag", "track_3_independent",
