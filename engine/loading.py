@@ -111,8 +111,8 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)
     net = MMAudio(config)
-    load_flow_weights(net, load_state_dict_file(_checkpoint_path(weights_dir, stem)),
-                      described_source(weights_dir / (stem + ".pth")))
+    source = _checkpoint_path(weights_dir, stem)
+    load_flow_weights(net, load_state_dict_file(source), described_source(weights_dir / (stem + ".pth"), source))
     controlnet = None
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():

@@ -172,21 +172,27 @@ def _take_entry(loaded: dict, entry: str | None, path: Path) -> dict:
 def read_state_dict(path: Path, entry: str | None = None) -> dict:
     """Tensors of an official checkpoint, or of its .safetensors copy (which holds the
     entry's tensors directly), on the CPU."""
+    return read_weights(path, entry)[0]
+
+
+def read_weights(path: Path, entry: str | None = None) -> tuple[dict, str]:
+    """read_state_dict's tensors, and the file they were read from as a load error names it
+    (described_source): the copy is chosen once."""
     from stepfoley.engine.checkpoints import load_state_dict_file
 
     path = Path(path)
     source = file_to_read(path)
     if source is None:
         raise CheckpointError(f"{path} is missing. See docs/weights.md for where each official file goes.")
-    return load_state_dict_file(source, entry=None if source.suffix == ".safetensors" else entry)
+    state = load_state_dict_file(source, entry=None if source.suffix == ".safetensors" else entry)
+    return state, described_source(path, source)
 
 
-def described_source(path: Path) -> str:
-    """The file a load of official `path` reads, as its errors name it: the .safetensors copy
-    when there is one, said to be a copy while the official file is there too (a wrong copy is
+def described_source(path: Path, source: Path) -> str:
+    """`source`, the file a load of official `path` reads (file_to_read), as its errors name it:
+    a .safetensors copy is said to be one while the official file is there too (a wrong copy is
     then fixed by removing it, not by downloading the official file again)."""
-    path = Path(path)
-    source = file_to_read(path) or path
+    path, source = Path(path), Path(source)
     if source.suffix == ".safetensors" and path.suffix != ".safetensors" and path.exists():
         return (f"{source} (the .safetensors copy read instead of {path.name}; if it is wrong, delete it and "
                 "run `stepfoley weights convert`)")

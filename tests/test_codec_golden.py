@@ -17,7 +17,7 @@ from stepfoley.engine.codec.bigvgan_v2 import load_bigvgan_v2
 from stepfoley.engine.codec.mel import MelConfig, MelConverter
 from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
 from stepfoley.engine.codec.vae import VAE, VAEConfig, load_vae
-from stepfoley.engine.weights import read_state_dict
+from stepfoley.engine.weights import read_weights
 
 torch.set_num_threads(1)
 
@@ -167,7 +167,7 @@ def test_bigvgan_v2_folder_matches_bigvgan2_44k_fixture(golden, tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(cfg))
     torch.save({"generator": g["weights"]}, folder / "bigvgan_generator.pt")
-    model = load_bigvgan_v2(folder, read_state_dict)
+    model = load_bigvgan_v2(folder, read_weights)
     assert model.config == BigVGANConfig.from_dict({**V2_SMALL_CONFIG, "upsample_initial_channel": 64})
     wave, taps = run_with_taps(model, g["inputs"]["mel"])
     assert_close(wave, g["outputs"]["waveform"], tol, f"{path.name} waveform")
@@ -241,7 +241,7 @@ def write_bigvgan_v2_folder(folder, seed=0):
 
 def test_bigvgan_v2_folder_round_trip(tmp_path):
     reference = write_bigvgan_v2_folder(tmp_path / "bigvgan_v2")
-    loaded = load_bigvgan_v2(tmp_path / "bigvgan_v2", read_state_dict)
+    loaded = load_bigvgan_v2(tmp_path / "bigvgan_v2", read_weights)
     assert loaded.conv_post.bias is None  # use_bias_at_final: false
     assert not any("parametrizations" in k or k.endswith("_g") for k in loaded.state_dict())
     mel = torch.randn(2, 128, 6, generator=torch.Generator().manual_seed(1)) - 4.0

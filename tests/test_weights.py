@@ -381,9 +381,10 @@ def test_the_clip_weights_are_checked_not_only_found(weights_dir):
 def test_a_copy_without_its_official_file_is_named_plainly(tmp_path):
     from stepfoley.engine.weights import described_source
 
-    (tmp_path / "v1-16.pth").write_bytes(b"x")
-    (tmp_path / "v1-16.safetensors").write_bytes(b"x")
+    official, copy = tmp_path / "v1-16.pth", tmp_path / "v1-16.safetensors"
+    official.write_bytes(b"x")
+    copy.write_bytes(b"x")
     assert "the .safetensors copy read instead of v1-16.pth; if it is wrong, delete it" in \
-        described_source(tmp_path / "v1-16.pth")
-    (tmp_path / "v1-16.pth").unlink()  # the user kept the copy alone, as docs/weights.md allows
-    assert described_source(tmp_path / "v1-16.pth") == str(tmp_path / "v1-16.safetensors")
+        described_source(official, file_to_read(official))
+    official.unlink()  # the user kept the copy alone, as docs/weights.md allows
+    assert described_source(official, file_to_read(official)) == str(copy)

@@ -40,13 +40,12 @@ def read_config(directory: Path) -> tuple[BigVGANConfig, dict]:
     return BigVGANConfig.from_dict(raw), raw
 
 
-def load_bigvgan_v2(directory: Path, read_state_dict: Callable[[Path, str | None], dict[str, torch.Tensor]],
-                    describe: Callable[[Path], str] = str) -> BigVGAN:
-    """Build and load the vocoder of a BigVGAN-v2 folder. `read_state_dict(path, entry)`
-    reads a checkpoint file (engine.weights.read_state_dict: it prefers a converted
-    .safetensors copy beside the .pt); `describe(path)` names the file read in an error."""
+def load_bigvgan_v2(directory: Path,
+                    read_weights: Callable[[Path, str | None], tuple[dict[str, torch.Tensor], str]]) -> BigVGAN:
+    """Build and load the vocoder of a BigVGAN-v2 folder. `read_weights(path, entry)` reads a
+    checkpoint file and names the file read (engine.weights.read_weights: it prefers a
+    converted .safetensors copy beside the .pt)."""
     directory = Path(directory)
     config, _ = read_config(directory)
-    weights = directory / GENERATOR_FILE
-    state_dict = read_state_dict(weights, GENERATOR_ENTRY)
-    return load_generator(state_dict, config, source=describe(weights))
+    state_dict, source = read_weights(directory / GENERATOR_FILE, GENERATOR_ENTRY)
+    return load_generator(state_dict, config, source=source)

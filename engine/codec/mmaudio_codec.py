@@ -113,7 +113,7 @@ class MMAudioCodec(nn.Module):
         frees the VAE encoder (decode-only use). `vae_config` / `vocoder_config` replace
         the official sizes (tests with small checkpoints); the BigVGAN-v2 folder always
         brings its own config.json."""
-        from stepfoley.engine.weights import CODEC_FILES, FILES, described_source, file_to_read, read_state_dict
+        from stepfoley.engine.weights import CODEC_FILES, FILES, file_to_read, read_weights
 
         if mode not in MODES:
             raise InvalidInputError(f"Unknown codec mode {mode!r}: use '16k' or '44k'.")
@@ -125,18 +125,13 @@ class MMAudioCodec(nn.Module):
                     f"Missing {root / spec.checkpoint_relpath()}: the {spec.what}. Put the official file there "
                     "(docs/weights.md lists every file), or run `stepfoley weights check` on the folder."
                 )
-        vae_path = root / vae_spec.relpath
-        vae = load_vae(read_state_dict(vae_path), vae_config or VAEConfig.preset(mode),
-                       source=described_source(vae_path))
+        state, source = read_weights(root / vae_spec.relpath)
+        vae = load_vae(state, vae_config or VAEConfig.preset(mode), source=source)
         if not need_encoder:
             del vae.encoder
         if mode == "16k":
-            path = root / vocoder_spec.relpath
-            vocoder = load_generator(
-                read_state_dict(path, vocoder_spec.entry),
-                vocoder_config or BigVGANConfig.preset("mmaudio_16k"),
-                source=described_source(path),
-            )
+            state, source = read_weights(root / vocoder_spec.relpath, vocoder_spec.entry)
+            vocoder = load_generator(state, vocoder_config or BigVGANConfig.preset("mmaudio_16k"), source=source)
         else:
-            vocoder = bigvgan_v2.load_bigvgan_v2(root / vocoder_spec.relpath, read_state_dict, described_source)
+            vocoder = bigvgan_v2.load_bigvgan_v2(root / vocoder_spec.relpath, read_weights)
         return MMAudioCodec(mode, vae, vocoder).eval()
