@@ -502,7 +502,7 @@ def _check_continuation(request: GenerationRequest) -> None:
                  "the take is kept sample for sample on the timeline.")
     picture = request.region.duration
     if abs(length - picture) > REGION_TOLERANCE_S:
-        shown_length, shown_picture = _distinct_seconds(length, picture)
+        shown_length, shown_picture = _beside(length, picture, 3), _beside(picture, length, 3)
         _invalid(f"Extending or repairing a take needs the stem as long as its picture: the time selection is "
                  f"{shown_length} s on the timeline (project_end - project_start) but the picture is {shown_picture} s "
                  "(file_out - file_in), so the take, kept sample for sample, and the new part, which follows the "
@@ -530,15 +530,6 @@ def _beside(value: float, limit: float, decimals: int | None = None) -> str:
         if format(value, form) != format(limit, form):
             return format(value, form)
     return format(value, forms[0])  # the same number: shown as the limit is
-
-
-def _distinct_seconds(a: float, b: float) -> tuple[str, str]:
-    """Two lengths in seconds with 3 decimals, or as many more (up to 9) as it takes to tell them apart."""
-    for decimals in range(3, 10):
-        shown = f"{a:.{decimals}f}", f"{b:.{decimals}f}"
-        if shown[0] != shown[1]:
-            break
-    return shown
 
 
 def _check_shaping(request: GenerationRequest) -> None:
