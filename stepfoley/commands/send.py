@@ -169,4 +169,5 @@ def _holds_an_end(status_path: str) -> bool:
             status = json.load(f)
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(status, dict) and status.get("state") in ("done", "error", "cancelled")
+    # the status file's own mark of an end (docs/osc-protocol.md): exit_code is null until then
+    return isinstance(status, dict) and status.get("exit_code") is not None
