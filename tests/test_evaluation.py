@@ -538,6 +538,7 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--choose-alpha", "--seed", "5"], "--seed picks the test scenes"),
              (["--controls", "--beta", "2"], "leave --beta, --tracks and --markdown out"),
              (["--controls", "--markdown"], "leave --beta, --tracks and --markdown out"),
+             (["--controls", "--tracks", "3"], "leave --beta, --tracks and --markdown out"),  # typed, even the default
              (["--choose-alpha", "--steps", "0"], "--steps must be a whole number of at least 1"),
              (["--scenes", "0"], "--scenes must be a whole number from 1"),
              (["--takes", "0"], "--takes must be a whole number from 1"),

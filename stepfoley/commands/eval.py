@@ -24,6 +24,7 @@ FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("composite_distance", "mix dB", "lower", 1.0),
 )
 COMPARED = ("separability", "text_fidelity", "leakage", "pre_limiter_clipped_fraction")
+DEFAULT_TRACKS = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--takes", type=int, default=2, help="seeds per scene (default 2), sampled in one batch")
     p.add_argument("--json", metavar="PATH", help="where to write the figures (JSON); required")
     p.add_argument("--force", action="store_true", help="replace PATH if it already exists")
-    p.add_argument("--tracks", type=int, default=3, help="tracks per scene, step by step (at most its sources)")
+    p.add_argument("--tracks", type=int, default=None,
+                   help=f"tracks per scene, step by step (at most its sources; default {DEFAULT_TRACKS})")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per track (default: the model's)")
     p.add_argument("--alpha", type=float, default=None, help="CFG strength α (default: the model's)")
     p.add_argument("--beta", type=float, default=None,
@@ -342,6 +344,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracks(args: argparse.Namespace) -> int:
+    # None when not typed, so that --controls, which sets its own tracks, can refuse an explicit --tracks 3
+    return DEFAULT_TRACKS if args.tracks is None else args.tracks
+
+
 def _checked_grid(args: argparse.Namespace):
     """What the run goes over, from the options (the evaluation's rows, the α grid or the
     level-anchor grid; None for the controls), with every option the run takes checked as the
@@ -367,16 +374,16 @@ def _checked_grid(args: argparse.Namespace):
                                     "--beta and --beta-sweep out.")
         return check_calibration("α", _numbers(args.alphas, "--alphas") if args.alphas else ALPHA_GRID,
                                  DEVELOPMENT_SCENES if args.scenes is None else args.scenes, args.takes, args.steps,
-                                 args.tracks)
+                                 _tracks(args))
     if args.choose_level_anchor:
         if args.alpha is not None or args.beta is not None or args.beta_sweep is not None or args.alphas:
             raise InvalidInputError("--choose-level-anchor runs NAG with the model's own α and β over its own grid "
                                     "(--anchors); leave --alpha, --alphas, --beta and --beta-sweep out.")
         return check_calibration("level anchor", _numbers(args.anchors, "--anchors") if args.anchors
                                  else LEVEL_ANCHOR_GRID, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
-                                 args.takes, args.steps, args.tracks)
+                                 args.takes, args.steps, _tracks(args))
     if args.controls:
-        if args.beta is not None or args.tracks != 3 or args.markdown:
+        if args.beta is not None or args.tracks is not None or args.markdown:
             raise InvalidInputError("--controls measures each control with its own tracks and guidance, and prints "
                                     "its table as text: leave --beta, --tracks and --markdown out.")
         check_run(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
@@ -387,7 +394,7 @@ def _checked_grid(args: argparse.Namespace):
         rows = beta_sweep_rows(_numbers(args.beta_sweep, "--beta-sweep"))
     else:
         rows = tuple(replace(r, beta=args.beta) if r.beta is None else r for r in MAIN_ROWS)
-    check_evaluation(48 if args.scenes is None else args.scenes, args.seed, args.tracks, args.takes, args.steps,
+    check_evaluation(48 if args.scenes is None else args.scenes, args.seed, _tracks(args), args.takes, args.steps,
                      args.alpha, rows)
     return rows
 
@@ -395,7 +402,7 @@ def _checked_grid(args: argparse.Namespace):
 def _evaluate(args, model, embedding, presence, bar, rows) -> dict:
     from stepfoley.lab.evaluation.runner import evaluate
 
-    return evaluate(model, 48 if args.scenes is None else args.scenes, args.seed, k=args.tracks, takes=args.takes,
+    return evaluate(model, 48 if args.scenes is None else args.scenes, args.seed, k=_tracks(args), takes=args.takes,
                     steps=args.steps, alpha=args.alpha, rows=rows, embedding=embedding, presence=presence,
                     on_progress=bar)
 
@@ -412,14 +419,14 @@ def _choose_alpha(args, model, presence, bar, alphas) -> dict:
     from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, choose_alpha
 
     return choose_alpha(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes, takes=args.takes,
-                        k=args.tracks, alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
+                        k=_tracks(args), alphas=alphas, steps=args.steps, presence=presence, on_progress=bar)
 
 
 def _choose_level_anchor(args, model, presence, bar, strengths) -> dict:
     from stepfoley.lab.evaluation.calibration import DEVELOPMENT_SCENES, choose_level_anchor
 
     return choose_level_anchor(model, DEVELOPMENT_SCENES if args.scenes is None else args.scenes,
-                               takes=args.takes, k=args.tracks, strengths=strengths, steps=args.steps,
+                               takes=args.takes, k=_tracks(args), strengths=strengths, steps=args.steps,
                                presence=presence, on_progress=bar)
 
 
