@@ -58,7 +58,8 @@ DISK_FORMAT = "stepfoley-features-1"
 # Raised whenever a region's features change for the same file and encoder (engine/video.py's
 # choice of frames, an encoder's arithmetic): entries of an older version then miss and age out.
 # 2: frames by best-effort timestamps, sound primed before 0 no longer moves the picture.
-FEATURES_VERSION = 2
+# 3: a file whose clock starts before 0 (a wrapped MPEG-TS) is decoded from its beginning.
+FEATURES_VERSION = 3
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
