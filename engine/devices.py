@@ -121,14 +121,6 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, device: torch.device |
     return torch.compile(module)
 
 
-def default_threads() -> int:
-    """CPU threads for torch: $OMP_NUM_THREADS when set, else the cores this process may use."""
-    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
-    return usable_cores()
-
-
 def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
