@@ -62,18 +62,6 @@ class VideoInfo:
 
 
 @dataclass(frozen=True)
-class FrameCounts:
-    """MMAudio's sequence lengths for a duration (mmaudio/model/sequence_config.py)."""
-
-    clip_frames: int  # CLIP frames at 8 fps
-    sync_frames: int  # Synchformer frames at 25 fps
-    sync_segments: int  # 16-frame windows, stride 8
-    sync_seq_len: int  # Synchformer feature rows = segments * 8
-    latent_seq_len_16k: int
-    latent_seq_len_44k: int
-
-
-@dataclass(frozen=True)
 class FrameRequest:
     """One frame stream to cut from a region: rate, square output size, and how to fit."""
 
@@ -84,27 +72,6 @@ class FrameRequest:
 
 CLIP_REQUEST = FrameRequest(CLIP_FPS, CLIP_SIZE, "stretch")
 SYNC_REQUEST = FrameRequest(SYNC_FPS, SYNC_SIZE, "crop")
-
-
-def latent_seq_len(duration_s: float, sample_rate: int, hop: int, downsample: int = 2) -> int:
-    return int(math.ceil(duration_s * sample_rate / hop / downsample))
-
-
-def expected_frame_counts(duration_s: float) -> FrameCounts:
-    """Frame and token counts MMAudio uses for `duration_s` (8 s -> 64 / 200 / 24 / 192 / 250 / 345).
-
-    The float arithmetic is the reference's, so corner cases round the same way."""
-    clip_frames = int(duration_s * CLIP_FPS)
-    sync_frames = int(duration_s * SYNC_FPS)
-    segments = max(0, (sync_frames - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP + 1)
-    return FrameCounts(
-        clip_frames=clip_frames,
-        sync_frames=sync_frames,
-        sync_segments=segments,
-        sync_seq_len=segments * SYNC_TOKENS_PER_SEGMENT,
-        latent_seq_len_16k=latent_seq_len(duration_s, 16000, 256),
-        latent_seq_len_44k=latent_seq_len(duration_s, 44100, 512),
-    )
 
 
 def region_frame_count(start_s: float, end_s: float, fps: float) -> int:

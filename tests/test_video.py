@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from stepfoley.engine.errors import VideoError
+from stepfoley.engine.mmaudio.config import SequenceLengths
 from stepfoley.engine.video import (
     CLIP_REQUEST,
     SYNC_REQUEST,
     FrameRequest,
-    expected_frame_counts,
     probe,
     read_region,
     read_regions,
+    region_frame_count,
 )
 
 LEVEL0, STEP, CYCLE = 12, 7, 32  # levels 12..229; frame i shows code i % CYCLE
@@ -122,23 +123,28 @@ def test_clip_and_sync_streams_from_one_decode_have_mmaudio_lengths(tmp_path):
     pts = cfr_pts(40)  # 1.6 s
     path = write_video(tmp_path / "both.mp4", pts, width=80, height=60)
     clip, sync = read_regions(path, 0.0, 1.28, [CLIP_REQUEST, SYNC_REQUEST])
-    counts = expected_frame_counts(1.28)
-    assert clip.shape == (counts.clip_frames, 3, 384, 384)
-    assert sync.shape == (counts.sync_frames, 3, 224, 224)
-    assert decoded_index(clip) == [shown_at(pts, k / 8) for k in range(counts.clip_frames)]
-    assert decoded_index(sync) == [shown_at(pts, k / 25) for k in range(counts.sync_frames)]
+    assert clip.shape == (10, 3, 384, 384)  # 1.28 s at 8 fps
+    assert sync.shape == (32, 3, 224, 224)  # at 25 fps
+    assert decoded_index(clip) == [shown_at(pts, k / 8) for k in range(10)]
+    assert decoded_index(sync) == [shown_at(pts, k / 25) for k in range(32)]
 
 
-def test_expected_frame_counts_follow_mmaudio_sequence_config():
-    eight = expected_frame_counts(8.0)  # README §14 of the golden fixtures: 64 / 192 / 250 / 345
-    assert (eight.clip_frames, eight.sync_frames, eight.sync_segments) == (64, 200, 24)
-    assert (eight.sync_seq_len, eight.latent_seq_len_16k, eight.latent_seq_len_44k) == (192, 250, 345)
-    five = expected_frame_counts(5.0)
+def test_sequence_lengths_follow_mmaudio_sequence_config():
+    # README §14 of the golden fixtures: 64 / 192 / 250 at 16 kHz, 345 latents at 44.1 kHz
+    assert SequenceLengths.for_duration(8.0, 16000, 256) == SequenceLengths(250, 64, 192)
+    assert SequenceLengths.for_duration(8.0, 44100, 512) == SequenceLengths(345, 64, 192)
     segments = (125 - 16) // 8 + 1
-    assert (five.clip_frames, five.sync_frames, five.sync_segments) == (40, 125, segments)
-    assert five.sync_seq_len == segments * 8
-    assert five.latent_seq_len_16k == math.ceil(5 * 16000 / 256 / 2)
-    assert five.latent_seq_len_44k == math.ceil(5 * 44100 / 512 / 2)
+    assert SequenceLengths.for_duration(5.0, 16000, 256) == SequenceLengths(math.ceil(5 * 16000 / 256 / 2), 40,
+                                                                            segments * 8)
+
+
+def test_sequence_lengths_count_the_frames_the_reader_takes():
+    """A selection's length carries subtraction noise (1.16 - 0.16 = 0.9999999999999999 s): the
+    announced CLIP and Synchformer counts are those of the frames engine.video reads."""
+    for start, end in [(0.16, 1.16), (0.1, 0.7), (2.03, 10.03), (0.0, 1.28)]:
+        lengths = SequenceLengths.for_duration(end - start, 16000, 256)
+        assert lengths.clip == region_frame_count(start, end, 8)
+        assert lengths.sync == ((region_frame_count(start, end, 25) - 16) // 8 + 1) * 8
 
 
 def corner_marker(index: int, width: int, height: int) -> np.ndarray:

@@ -107,8 +107,11 @@ class SequenceLengths:
                      latent_downsample: int = 2) -> "SequenceLengths":
         """MMAudio's SequenceConfig: 16 kHz uses hop 256, 44.1 kHz hop 512. Synchformer windows are
         16 frames at 25 fps with stride 8, each giving 8 features."""
+        # Frames are counted as engine.video reads them (region_frame_count): over the length
+        # rounded to the microsecond, so 1.16 - 0.16 s is 8 CLIP frames, not 7.
+        duration_s = round(duration_s, 6)
         latent = int(math.ceil(duration_s * sample_rate / hop_length / latent_downsample))
         clip = int(duration_s * 8)
-        num_segments = (duration_s * 25 - 16) // 8 + 1
-        sync = int(num_segments * 16 / 2)
+        num_segments = max(0, (int(duration_s * 25) - 16) // 8 + 1)
+        sync = num_segments * 8
         return cls(latent, clip, sync)
