@@ -61,8 +61,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError:
         raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
-        raise CheckpointError(
-            f"Weights file {path} is damaged or not a safetensors file ({exc}). "
+        raise CheckpointError(  # the library's words are chained for a log, not shown
+            f"Weights file {path} is damaged or not a safetensors file (it ends early or its header is garbled). "
             f"Download or export it again.") from exc
 
 
@@ -74,13 +74,12 @@ def unreadable_error(path: Path) -> CheckpointError:
 
 
 def torch_load_reason(exc: BaseException) -> str:
-    """Why torch.load(weights_only=True) refused a file, in a few words: its first line, not
-    torch's advice to load the file unsafely."""
-    text = str(exc)
-    if text.startswith("Weights only load failed"):
+    """Why torch.load(weights_only=True) refused a file, in words for a user: never torch's advice
+    to load the file unsafely, nor the names of its internals (the error is chained for a log)."""
+    if str(exc).startswith("Weights only load failed"):
         return ("not a plain weights file: damaged, or holding objects only running its code could rebuild, "
                 "which StepFoley never does")
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no details'}"
+    return "it ends early or its contents are garbled"
 
 
 def _read_pth(path: Path):

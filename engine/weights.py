@@ -228,7 +228,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         from stepfoley.engine.checkpoints import torch_load_reason
 
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); "
-                              "download it again.") from None
+                              "download it again.") from e
     return {k: tuple(v.shape) for k, v in _take_entry(loaded, entry, path).items() if hasattr(v, "shape")}
 
 
