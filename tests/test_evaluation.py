@@ -635,3 +635,17 @@ def test_a_weights_file_that_cannot_be_rewritten_is_said_in_the_report(quick_cla
     assert "Cannot write the weights file" in report["not_written"]["error"]
     assert weights.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha.json", "mini.safetensors"]
+
+
+def test_the_oracle_hears_the_true_stems_as_finished_tracks_not_at_their_raw_balance(tmp_path):
+    """The oracle row is NAG had its earlier tracks been the true stems: a generated track reaches
+    x̃ finished (at stem loudness), so a true stem's raw level must not change what it hears."""
+    from stepfoley.engine.loading import load_foley_model
+    from stepfoley.lab.evaluation.runner import SceneRun
+
+    run = SceneRun(load_foley_model(variant="tiny-random", device="cpu"), 10000000, 3, tmp_path)
+    assert run.k == 3
+    heard = run.truth_mix(2)
+    run.stems = run.stems * np.array([1.0, 0.03, 1.0], np.float32)[:, None]  # the second stem 30 dB quieter
+    assert np.allclose(run.truth_mix(2), heard, atol=1e-5)
+    assert not np.allclose(run.truth_mix(2), run.truth_mix(1), atol=1e-3)  # the second stem is heard

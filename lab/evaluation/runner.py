@@ -12,7 +12,7 @@ away from the earlier tracks. The rows (`MAIN_ROWS`):
   text_boost       Eq. A6 with w1 = α, w2 = α + β, w3 = 0: NAG's extra text weight, no audio
                    term (the control that tells negation from more text guidance)
   nag              Negative Audio Guidance against the -20 LUFS mix of this row's earlier tracks
-  oracle           NAG against the -20 LUFS mix of the true earlier stems (an upper bound)
+  oracle           NAG against the -20 LUFS mix of the true earlier stems, finished as tracks are (an upper bound)
 
 `--beta-sweep` runs NAG at several β instead (Table A2's analogue), β = 0 being independent.
 
@@ -206,7 +206,11 @@ class SceneRun:
         return out
 
     def truth_mix(self, before: int) -> np.ndarray:
-        return conditioning_mix(list(self.stems[:before]), self.sample_rate, self.session.length)
+        """x̃ as `nag` would hear it had its earlier tracks been the true stems: those stems finished
+        as generated tracks are (each at stem loudness), then mixed. The raw stems' balance would
+        make the oracle hear another mix than the one a generated track ever reaches the engine in."""
+        finished = [track.samples for track in self.truth_tracks()[:before]]
+        return conditioning_mix(finished, self.sample_rate, self.session.length)
 
 
 class PhaseClock:
