@@ -1,14 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.5
+-- @version 0.5.6
 -- @changelog
---   Closing the project tab while StepFoley asks the engine (the client starting) is said in a message instead of ending in a script error; Verify setup says the project was closed and skips its checks.
---   The peaks of new takes are built only when their project is the active tab (REAPER's action would build the active tab's).
---   Python.org installs are tried newest version first (Python312 before Python39).
---   Replace this layer and Make selected item sound like this keep the loudness curve and the part of the picture the item was made with (while it covers the same time), as Regenerate does; they were dropped without a word.
---   Extend and Regenerate time selection inside selected item keep the part of the picture while it fits the item's time; the loudness curve (which the new part cannot follow: it keeps the take's level) stays with the new take while the item covers the time it was drawn for, so a later Regenerate follows it again.
---   The layers' bounce no longer lets in the tracks inside a chosen folder that are not negatives themselves (a soloed folder plays its children): with negatives "selection" an item picked on a folder track brought its child tracks' items too, and Replace this layer on a layer inside a layers' folder heard the very layer it replaces.
---   A cancel made just after a generation starts (Esc at once, or Cancel running generation) is no longer lost when the engine's client takes a moment to start (needs the engine from this release; an older client deleted that cancel as stale).
+--   The plain dialog (without ReaImGui) shows a remembered caption or path holding an odd number of ' or " with typographic quotes: REAPER's own quoting rules put the fields after it in the wrong places. What you type is sent as typed.
+--   An answer REAPER cut at its 1,023-byte limit (a long caption, or one in a script that takes 3 bytes a character) is said to be cut and asked again, instead of being sent shortened with the later fields fallen back to defaults.
+--   Variations go as fixed lanes from REAPER 7.07, the first version where a script can name lanes; before it, as takes named by seed.
+--   A job holds as many variations as the engine publishes (it read a copy of its own).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

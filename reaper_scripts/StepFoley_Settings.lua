@@ -55,11 +55,11 @@ local function main()
     captions[i] = f.caption
     values[i] = tostring(settings[f.key])
   end
-  local ok, answer = reaper.GetUserInputs("StepFoley: settings", #FIELDS,
-    table.concat(captions, ",") .. ",extrawidth=360,separator=\n", table.concat(values, "\n"))
-  if not ok then return end
+  local answer, cut = SF.plain_dialog("StepFoley: settings", captions, values)
+  if answer == nil then return end
+  if not answer then return SF.alert(cut .. " Nothing was changed.") end
   local given = {}
-  for v in (answer .. "\n"):gmatch("(.-)\n") do given[#given + 1] = v:match("^%s*(.-)%s*$") end
+  for i, v in ipairs(answer) do given[i] = v:match("^%s*(.-)%s*$") end
   local new, err = read_fields(given)
   if not new then return SF.alert(err) end
   SF.save_settings(new)

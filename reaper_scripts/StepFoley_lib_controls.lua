@@ -211,15 +211,14 @@ function M.ask_picture_region(length, caps)
   local last = M.get_json_state(M.PICTURE_STATE) or {}
   local values = { last.part or "left", last.when or "" }
   while true do
-    local ok, answer = reaper.GetUserInputs("StepFoley: part of the picture", 2,
+    local answer, cut, cut_fields = M.plain_dialog("StepFoley: part of the picture", {
       -- GetUserInputs separates the captions with commas: none inside one
-      "Part of the picture (left / top right / centre ... or left top right bottom in %)," ..
-      "When (start-end in s from the selection start; empty: throughout),extrawidth=300,separator=\n",
-      table.concat(values, "\n"))
-    if not ok then return nil end
-    values = {}
-    for field in (answer .. "\n"):gmatch("(.-)\n") do values[#values + 1] = field end
-    local rect, err = M.parse_picture_region(values[1], caps)
+      "Part of the picture (left / top right / centre ... or left top right bottom in %)",
+      "When (start-end in s from the selection start; empty: throughout)" }, values, 300)
+    if answer == nil then return nil end
+    values = answer or cut_fields
+    local rect, err
+    if answer then rect, err = M.parse_picture_region(values[1], caps) else err = cut end
     local when
     if rect then when, err = M.parse_picture_time(values[2], length) end
     if rect and when ~= nil then

@@ -308,6 +308,52 @@ end
 -- captions may hold commas)
 ------------------------------------------------------------------------------------------
 
+-- GetUserInputs hands back at most this many bytes, every field together (its answer buffer
+-- is REAPER's default 1,024 bytes for a script): a longer answer is cut, fields and all.
+M.PLAIN_DIALOG_BYTES = 1023
+
+-- REAPER reads the initial text of GetUserInputs with quoting rules of its own: a field with
+-- an odd number of ' or " swallows the separators after it, and the later fields' text lands
+-- in the wrong fields ("man's footsteps" is a usual caption). Such quotes are shown as
+-- typographic ones; an answer is read back with the plain ones.
+local SHOWN_QUOTES = { ["'"] = "\u{2019}", ['"'] = "\u{201D}" }
+
+function M.plain_dialog_text(text)
+  for quote, shown in pairs(SHOWN_QUOTES) do
+    local _, count = text:gsub(quote, "")
+    if count % 2 == 1 then text = text:gsub(quote, shown) end
+  end
+  return text
+end
+
+function M.plain_dialog_answer(text)
+  return (text:gsub("\u{2019}", "'"):gsub("\u{201D}", '"'))
+end
+
+--[[
+One GetUserInputs dialog of `labels` with `values` (both arrays; values as the user sees them).
+Returns the fields of the answer (as typed, quotes read back), or nil when the user cancels,
+or false and a message when the answer was cut at PLAIN_DIALOG_BYTES.
+]]
+function M.plain_dialog(title, labels, values, width)
+  local shown = {}
+  for i = 1, #labels do shown[i] = M.plain_dialog_text(values[i] or "") end
+  local ok, answer = reaper.GetUserInputs(title, #labels,
+    table.concat(labels, ",") .. ",extrawidth=" .. (width or 360) .. ",separator=\n", table.concat(shown, "\n"))
+  if not ok then return nil end
+  local got = {}
+  for field in (answer .. "\n"):gmatch("(.-)\n") do
+    local _, bad = utf8.len(field) -- the cut may fall inside a character: shown again without it
+    got[#got + 1] = M.plain_dialog_answer(bad and field:sub(1, bad - 1) or field)
+  end
+  if #answer >= M.PLAIN_DIALOG_BYTES then
+    return false, string.format("REAPER's dialog hands back at most %d bytes, all fields together, and what you " ..
+      "typed was cut there. Shorten the text (a character outside English takes 2 to 4 bytes), or install " ..
+      "ReaImGui (ReaPack) for the larger dialog.", M.PLAIN_DIALOG_BYTES), got
+  end
+  return got
+end
+
 function M.ask_plain(spec, on_answer)
   local keys = M.dialog_fields(spec)
   local labels, values = {}, {}
@@ -317,14 +363,12 @@ function M.ask_plain(spec, on_answer)
   end
   local title = spec.title .. " (" .. M.engine_words(spec.engine) .. ")"
   while true do
-    local ok, answer = reaper.GetUserInputs(title, #keys,
-      table.concat(labels, ",") .. ",extrawidth=360,separator=\n", table.concat(values, "\n"))
-    if not ok then return end
-    local got = {}
-    for field in (answer .. "\n"):gmatch("(.-)\n") do got[#got + 1] = field end
+    local got, cut, cut_fields = M.plain_dialog(title, labels, values)
+    if got == nil then return end
     local by_key = {}
-    for i, key in ipairs(keys) do values[i] = got[i] or ""; by_key[key] = values[i] end
-    local params, err = M.parse_form(by_key, spec)
+    for i, key in ipairs(keys) do values[i] = (got or cut_fields)[i] or ""; by_key[key] = values[i] end
+    local params, err
+    if got then params, err = M.parse_form(by_key, spec) else err = cut end
     if params then
       M.remember(by_key, spec)
       return on_answer(params, {})

@@ -180,10 +180,11 @@ local function new_item(track, region)
   return item
 end
 
--- Whether this REAPER has fixed item lanes (REAPER 7).
+-- Whether this REAPER has fixed item lanes that a script can name (P_LANENAME: REAPER 7.07;
+-- before it the lanes would stand unnamed, so variations go as takes, named by their seeds).
 function M.has_fixed_lanes()
-  local major = tonumber((reaper.GetAppVersion() or ""):match("^(%d+)"))
-  return major ~= nil and major >= 7
+  local version = tonumber((reaper.GetAppVersion() or ""):match("^(%d+%.?%d*)"))
+  return version ~= nil and version >= 7.07
 end
 
 --[[
@@ -410,13 +411,20 @@ local function negatives_for(job, settings, engine, params, region, folders, sam
   return chosen
 end
 
--- The most variations one protocol-2 request may ask for (stepfoley.request.MAX_VARIATIONS).
+-- The most variations one protocol-2 request may ask for: the engine's published bound, else
+-- this copy of stepfoley.request.MAX_VARIATIONS.
 M.VARIATIONS_PER_JOB = 8
+
+function M.variations_per_job(caps)
+  local bound = M.published(caps, "variations", nil)
+  local most = type(bound) == "table" and math.tointeger(bound[2])
+  return (most and most >= 1) and most or M.VARIATIONS_PER_JOB
+end
 
 --[[
 Everything between the dialog and the engine: the job folder, the negatives and their bounce,
 the reference, and the requests: with an engine that speaks protocol 2, the variations go in
-batches of up to VARIATIONS_PER_JOB seeds per request (sampled together there); with an older
+batches of up to variations_per_job seeds per request (sampled together there); with an older
 one, one request per seed. Returns jobs, negatives or nil, message.
 ]]
 local function prepare_jobs(job, settings, engine, params, region)
@@ -444,7 +452,7 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not path then return nil, ref_err end
     params.reference_audio = path
   end
-  local most = (params.count > 1 and M.engine_speaks(engine, 2)) and M.VARIATIONS_PER_JOB or 1
+  local most = (params.count > 1 and M.engine_speaks(engine, 2)) and M.variations_per_job(engine.capabilities) or 1
   -- as even as the jobs can be (9 = 5 + 4, not 8 + 1): the engine scores the takes of a job
   -- with two or more, and those scores rank the takes across jobs (rank_across_jobs)
   local batch = math.ceil(params.count / math.ceil(params.count / most))

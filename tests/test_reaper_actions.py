@@ -114,6 +114,37 @@ def test_engine_defaults_are_shown_and_typed_values_sent(world):
     assert json.loads(result["extstate"]["StepFoley"]["caption_history"]) == [CAPTION]
 
 
+def test_a_caption_with_an_apostrophe_keeps_the_next_dialogs_fields_in_place(world):
+    """REAPER reads GetUserInputs' initial text with its own quote rules (the fake does as
+    REAPER): the remembered "man's footsteps" is shown with a typographic apostrophe, so the
+    fields after it keep their own text, and what comes back is sent with the user's apostrophe."""
+    caption = "man's footsteps (gravel)"
+    sc = scenario(world, dialog=answers(caption=caption, method="independent", alpha="5"), actions=[
+        {"script": h.MAIN}, {"script": h.MAIN, "after_idle": True}])
+    sc["dialog_answers"] += answers(caption=None, method=None, alpha=None, seed="8")
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    second = result["dialogs"][1]
+    assert second["shown"] == ["man\u2019s footsteps (gravel)", "independent", "5", "", "", "", ""]
+    first_request, second_request = h.job_requests(result)
+    assert first_request["caption"] == second_request["caption"] == caption
+    assert second_request["method"] == "independent" and second_request["alpha"] == 5.0 and second_request["seed"] == 8
+
+
+def test_an_answer_reaper_cut_short_is_not_sent(world):
+    """GetUserInputs hands a script at most 1,023 bytes, every field together: a caption within
+    the engine's 1,000 characters but not within those bytes is said to be cut, never sent
+    shortened with the later fields fallen back to defaults."""
+    caption = "砂利の上を歩く足音" * 40  # 360 characters, 1,080 bytes
+    sc = scenario(world, dialog=answers(caption=caption, method="independent", negatives="none") + [{"ok": False}])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "at most 1023 bytes" in message["message"] and "was cut" in message["message"]
+    assert h.generation_commands(result) == [] and new_tracks(result) == []
+    shown_again = result["dialogs"][1]["shown"][0]
+    assert caption.startswith(shown_again) and len(shown_again.encode()) <= 1023  # whole characters only
+
+
 def test_dialog_without_a_running_engine_invents_no_defaults(world):
     result = h.run_scenario(world["tmp"], scenario(world), env_extra={"STEPFOLEY_STANDIN": "down"})
     [dialog] = result["dialogs"]
@@ -486,9 +517,11 @@ def test_variations_in_fixed_lanes(world):
     assert_project_untouched(result)
 
 
-@pytest.mark.parametrize("how", [{"app_version": "6.83/linux-x86_64"}, {"variations_as": "takes"}])
+@pytest.mark.parametrize("how", [{"app_version": "6.83/linux-x86_64"}, {"app_version": "7.06/x64"},
+                                 {"variations_as": "takes"}])
 def test_variations_as_takes(world, how):
-    # before REAPER 7 (no fixed lanes), or when Settings say so: N takes of one item, the best active
+    # before REAPER 7.07 (no fixed lanes, or lanes a script cannot name), or when Settings say
+    # so: N takes of one item, the best active
     extstate = h.extstate(world, variations_as=how.get("variations_as", "lanes"))
     sc = scenario(world, dialog=answers(seed="20", count=3), actions=[{"script": h.VARIATIONS}], extstate=extstate,
                   app_version=how.get("app_version", "7.27/linux-x86_64"))

@@ -360,15 +360,23 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     from stepfoley.bridge import protocol
 
     out = lua("io.write(SF.json_encode({SF.MAX_NAME_HINT_CHARS, SF.MAX_PREVIOUS_CAPTIONS, SF.MAX_LOUDNESS_POINTS, "
-              "SF.MAX_REQUEST_BYTES}))")
+              "SF.MAX_REQUEST_BYTES, SF.variations_per_job(nil)}))")
     assert json.loads(out) == [request.MAX_NAME_HINT_CHARS, request.MAX_PREVIOUS_CAPTIONS,
-                               request.MAX_LOUDNESS_POINTS, protocol.MAX_REQUEST_BYTES]
+                               request.MAX_LOUDNESS_POINTS, protocol.MAX_REQUEST_BYTES, request.MAX_VARIATIONS]
+    assert request.BOUNDS["variations"] == [1, request.MAX_VARIATIONS]
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
     assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS
     # the envelope readings cover the longest stem at the reading step, both ends included
     step, readings = json.loads(lua("io.write(SF.json_encode({SF.CURVE_STEP_S, SF.MAX_CURVE_READINGS}))"))
     assert readings == round(request.MAX_STEM_SECONDS / step) + 1
+
+
+def test_a_job_holds_as_many_variations_as_the_engine_publishes():
+    out = lua("local caps = SF.json_decode(io.read('a')); "
+              "io.write(SF.json_encode({SF.variations_per_job(caps), SF.variations_per_job({bounds = {}})}))",
+              json.dumps({**CAPS, "bounds": {"variations": [1, 3]}}))
+    assert json.loads(out) == [3, 8]
 
 
 def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():

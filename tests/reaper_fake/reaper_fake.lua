@@ -541,6 +541,30 @@ function reaper.HasExtState(section, key) return (fake.extstate[section] or {})[
 function reaper.DeleteExtState(section, key, _) if fake.extstate[section] then fake.extstate[section][key] = nil end end
 
 -- Dialogs
+
+-- How REAPER splits the initial text of GetUserInputs into fields (the Ultraschall API's notes
+-- on retvals_csv): a separator is skipped while the field so far holds an odd number of ' or
+-- of ", or an unclosed (, so the later fields' text lands in the wrong fields.
+local function split_initial_text(text, sep)
+  local fields, start, single, double, depth = {}, 1, 0, 0, 0
+  for i = 1, #text do
+    local c = text:sub(i, i)
+    if c == "'" then single = single + 1
+    elseif c == '"' then double = double + 1
+    elseif c == "(" then depth = depth + 1
+    elseif c == ")" then depth = depth - 1
+    elseif c == sep and single % 2 == 0 and double % 2 == 0 and depth <= 0 then
+      fields[#fields + 1] = text:sub(start, i - 1)
+      start, single, double, depth = i + 1, 0, 0, 0
+    end
+  end
+  fields[#fields + 1] = text:sub(start)
+  return fields
+end
+
+-- A script's answer buffer (retvals_csv, not a "NeedBig" parameter) holds 1,024 bytes.
+local ANSWER_BYTES = 1023
+
 function reaper.GetUserInputs(title, n, captions_csv, defaults_csv)
   local sep = captions_csv:match(",separator=(.)") or ","
   local captions = captions_csv:gsub(",extrawidth=%d+", ""):gsub(",separator=.", "")
@@ -548,14 +572,14 @@ function reaper.GetUserInputs(title, n, captions_csv, defaults_csv)
   for c in (captions .. ","):gmatch("(.-),") do list[#list + 1] = c end
   assert(#list == n, string.format("fake reaper: GetUserInputs got %d captions for %d fields", #list, n))
   assert(n <= 16, "fake reaper: GetUserInputs takes at most 16 fields")
-  fake.dialogs[#fake.dialogs + 1] = { title = title, captions = list, separator = sep, defaults = defaults_csv }
+  local defaults = split_initial_text(defaults_csv, sep)
+  fake.dialogs[#fake.dialogs + 1] = { title = title, captions = list, separator = sep, defaults = defaults_csv,
+                                      shown = defaults }
   local answer = table.remove(fake.dialog_answers, 1)
   if not answer or not answer.ok then return false, "" end
-  local defaults = {}
-  for v in (defaults_csv .. sep):gmatch("(.-)" .. sep:gsub("%p", "%%%0")) do defaults[#defaults + 1] = v end
   local values = {}
   for i = 1, n do values[i] = answer.values[i] or defaults[i] or "" end
-  return true, table.concat(values, sep)
+  return true, table.concat(values, sep):sub(1, ANSWER_BYTES)
 end
 
 function reaper.GetUserFileNameForRead(_, title, ext)
