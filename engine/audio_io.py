@@ -212,7 +212,12 @@ def _reason(error: Exception) -> str:
 def _write_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> None:
     # through a file object: libsndfile opens a path by name only up to 1023 bytes
     with open(path, "wb") as file:
-        soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
+        try:
+            soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
+        except AssertionError:
+            # soundfile writes through callbacks that swallow the file's OSError (a full disk):
+            # libsndfile then writes short, and soundfile asserts on the count
+            raise OSError("the file came out shorter than its samples") from None
 
 
 def sanitize_stem_name(name_hint: str | None) -> str:

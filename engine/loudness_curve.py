@@ -132,12 +132,12 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
     decoded_lufs = mixing.integrated_loudness(audio[None].astype(np.float32), sample_rate)
     lufs = mixing.integrated_loudness(finished, sample_rate)
     levels = {
-        "decoded_lufs": decoded_lufs if math.isfinite(decoded_lufs) else None,
+        "decoded_lufs": mixing.finite_or_none(decoded_lufs),
         "decoded_peak_dbfs": 20 * math.log10(peak) if peak > 0 else None,
         "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None]),
         "gain_db": None,  # not one gain: the automation's range is below
-        "limiter_input_true_peak_dbtp": limiter_input if math.isfinite(limiter_input) else None,
-        "lufs": lufs if math.isfinite(lufs) else None,
+        "limiter_input_true_peak_dbtp": mixing.finite_or_none(limiter_input),
+        "lufs": mixing.finite_or_none(lufs),
         "silence_fraction": mixing.silence_fraction(finished, sample_rate),
         "loudness_curve_applied_as": APPLIED_AS,
         "loudness_normalized": False,

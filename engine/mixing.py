@@ -407,13 +407,23 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
             finished = _gain_db(finished, makeup)
             lufs = integrated_loudness(finished, sample_rate)
     levels = StemLevels(
-        decoded_lufs=_finite_or_none(decoded_lufs),
-        decoded_peak_dbfs=_finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),
+        decoded_lufs=finite_or_none(decoded_lufs),
+        decoded_peak_dbfs=finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),
         pre_limiter_clipped_fraction=clipped_fraction(audio), gain_db=float(gain_db),
-        limiter_input_true_peak_dbtp=_finite_or_none(limiter_input), lufs=_finite_or_none(lufs),
+        limiter_input_true_peak_dbtp=finite_or_none(limiter_input), lufs=finite_or_none(lufs),
         silence_fraction=silence_fraction(finished, sample_rate))
     return finished, levels
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
+    """A measured figure for metadata (JSON has no infinity): None where it is not finite."""
     return float(value) if math.isfinite(value) else None
+
+
+def reported_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
+    """A stem's integrated loudness for its metadata: None for silence or audio under 400 ms,
+    and for more channels than BS.1770 weighs (a 5.1 or 7.1 take extended keeps its channels)."""
+    # samples: (C, S)
+    if as_channels_first(samples).shape[0] > MAX_LOUDNESS_CHANNELS:
+        return None
+    return finite_or_none(integrated_loudness(samples, sample_rate))

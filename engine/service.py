@@ -11,7 +11,6 @@ runs before the write, so a failed job leaves no stem.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -117,7 +116,7 @@ class FoleyService:
             **track.metadata,
             "sample_rate": request.sample_rate,
             "duration": length / request.sample_rate,
-            "lufs": _finite_or_none(mixing.integrated_loudness(stem, request.sample_rate)),
+            "lufs": mixing.reported_lufs(stem, request.sample_rate),
             "playrate": region.playrate,
             "project_start": region.project_start,
             "format": request.format,
@@ -233,7 +232,7 @@ class _Take:
             "regenerate": list(request.regenerate),
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
             # the whole stem's, the take's level for the most part (the new part's: new_part_lufs)
-            "lufs": _finite_or_none(mixing.integrated_loudness(stem, rate)),
+            "lufs": mixing.reported_lufs(stem, rate),
         }
         return stem, metadata
 
@@ -266,10 +265,6 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
     # (length,) bool: True outside [start, end) seconds
     index = np.arange(length)
     return (index < round(start * rate)) | (index >= round(end * rate))
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str | None = None,

@@ -547,7 +547,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]
     levels = {"level_match_gain_db": gain_db,
-              "new_part_lufs": _finite_or_none(mixing.integrated_loudness(part, sample_rate))
+              "new_part_lufs": mixing.reported_lufs(part, sample_rate)
               if part.shape[-1] >= sample_rate // 2 else None,
               "new_part_seconds": float(new.sum()) / sample_rate,
               "kept_seconds": float(known.keep.sum()) / sample_rate,
@@ -611,7 +611,3 @@ def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:
         return latent[:, :length]
     pad = latent[:, -1:].expand(-1, length - latent.shape[1], -1)
     return torch.cat([latent, pad], dim=1)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None

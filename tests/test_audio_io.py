@@ -87,6 +87,29 @@ def test_failure_mid_write_leaves_no_final_and_no_temp_file(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs), where this machine lets the tests mount one."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_disk_that_fills_while_a_stem_is_written_is_an_audio_error(small_disk):
+    """soundfile writes through callbacks that swallow the OSError of a full disk, then asserts
+    on the count: the stem's writer says the file could not be written, with what to check, and
+    leaves nothing."""
+    with pytest.raises(AudioError, match="Could not write .*take.wav.* Check free disk space"):
+        write_wav_atomic(small_disk / "take.wav", noise(2, 192000), 192000)
+    assert os.listdir(small_disk) == []
+
+
 def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
     def no_space(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")

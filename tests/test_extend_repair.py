@@ -132,6 +132,19 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     assert json.loads(json.dumps(meta))  # goes on the wire
 
 
+def test_a_surround_take_is_extended_with_every_channel(tiny, scene_video, tmp_path):
+    """A 5.1 take (six channels; BS.1770 weighs five): the stem keeps all six, and its metadata
+    says its loudness is not measured instead of failing the finished job."""
+    take = (0.1 * np.random.default_rng(2).standard_normal((72000, 6))).astype(np.float32)
+    sf.write(tmp_path / "surround.wav", take, 48000, subtype="PCM_24")
+    [stem] = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "surround.wav", [1.5, 2.0],
+                                                 format="wav24"))["stems"]
+    out, _ = sf.read(stem["stem_path"], dtype="float32")
+    assert out.shape == (96000, 6) and np.array_equal(out[:72000], sf.read(tmp_path / "surround.wav",
+                                                                             dtype="float32")[0])
+    assert stem["metadata"]["lufs"] is None and stem["metadata"]["channels"] == 6
+
+
 @pytest.mark.parametrize("subtype, level, stem_format, untouched", [
     ("PCM_24", 0.1, "wav24", True), ("FLOAT", 0.1, "wav32f", True), ("FLOAT", 0.5, "wav24", False),
     ("PCM_32", 0.1, "wav32f", False)], ids=["pcm24-wav24", "float-wav32f", "float-overs-wav24", "pcm32-wav32f"])
