@@ -184,6 +184,10 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's recursion
     assert main(["send", "--request", str(tmp_path / "deep.json"), "--status", status_path, "--port", port]) == 2
     assert "nested too deeply" in read_status(status_path)["error"]["message"]
+    with open(tmp_path / "huge.json", "wb") as huge:  # sparse: read only as far as a request can be
+        huge.truncate(64 * 2**20)
+    assert main(["send", "--request", str(tmp_path / "huge.json"), "--status", status_path, "--port", port]) == 2
+    assert "far more than one request can hold" in read_status(status_path)["error"]["message"]
     label = "x" * 70 + ".example"  # a host name label longer than 63 characters: no resolver takes it
     for what in (["--ping"], ["--request", request_file]):
         assert main(["send", *what, "--host", label, "--port", port, "--status", status_path]) == bc.EXIT_NOT_RUNNING

@@ -76,10 +76,27 @@ def _status_file_problem(path: str | None) -> str | None:
     return None
 
 
+def _read_request_file(path: str):
+    """The request JSON in the file at `path`, read no further than a request can be (the path
+    may name an endless device or pipe). Raises OSError, ValueError or RecursionError."""
+    from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
+
+    most = REQUEST_FILE_BYTES_PER_REQUEST_BYTE * MAX_REQUEST_BYTES
+    with open(path, "rb") as f:
+        data = f.read(most + 1)
+    if len(data) > most:
+        raise ValueError(f"it is larger than {most // 1024} KiB, far more than one request can hold "
+                         f"({MAX_REQUEST_BYTES // 1024} KiB on the wire)")
+    return json.loads(data.decode("utf-8"))
+
+
+# A request file may be indented and escape every character; its request, packed, must fit a datagram.
+REQUEST_FILE_BYTES_PER_REQUEST_BYTE = 16
+
+
 def _send(args, client) -> int:
     try:
-        with open(args.request, encoding="utf-8") as f:
-            request = json.load(f)
+        request = _read_request_file(args.request)
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested past Python's depth
         reason = "it is nested too deeply" if isinstance(e, RecursionError) else e
         status = client.failure_status("bad_request_file", f"Cannot read the request file '{args.request}': {reason}",
