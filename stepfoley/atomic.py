@@ -55,17 +55,29 @@ def nearest_existing(path: str | os.PathLike) -> Path:
 
 
 def name_too_long(path: str | os.PathLike) -> str | None:
-    """Why `path`'s file name cannot be made in its folder (longer than the file system takes:
-    255 bytes on most), or None: checked before work, so a long name is not found out after it."""
-    name = os.path.basename(os.path.abspath(path))
+    """Why `path`'s file cannot be made in its folder, or None: its name longer than the file
+    system takes (255 bytes on most), or its folder so deep that the folder with a temporary
+    name (up to MAX_NAME_BYTES) passes the longest path the system takes (4,096 bytes on Linux).
+    Checked before work, so a long name is not found out after it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    existing = nearest_existing(folder)
     try:
-        limit = os.pathconf(nearest_existing(os.path.dirname(os.path.abspath(path))), "PC_NAME_MAX")
+        limit = os.pathconf(existing, "PC_NAME_MAX")
     except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or the folder says nothing
         limit = MAX_NAME_BYTES
     size = len(os.fsencode(name))
-    if size <= (limit if limit and limit > 0 else MAX_NAME_BYTES):
+    if size > (limit if limit and limit > 0 else MAX_NAME_BYTES):
+        return (f"the file name '{name[:40]}…' is {size} bytes long; the file system takes at most {limit}. "
+                "Choose a shorter name.")
+    try:
+        path_limit = os.pathconf(existing, "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError):
         return None
-    return f"the file name '{name[:40]}…' is {size} bytes long; the file system takes at most {limit}. Choose a shorter name."
+    depth = len(os.fsencode(folder))
+    if path_limit and 0 < path_limit <= depth + 1 + MAX_NAME_BYTES:
+        return (f"its folder's path is {depth} bytes long; with a file name it would pass the {path_limit} bytes "
+                "the system takes for a path. Choose a folder nearer the root.")
+    return None
 
 
 def is_temp_name(name: str) -> bool:

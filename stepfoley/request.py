@@ -21,6 +21,8 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from stepfoley.atomic import name_too_long
+
 # The newest protocol this engine speaks; it answers every version in SUPPORTED_PROTOCOLS in
 # that version's terms. A request that does not say is a version-1 request (clients older
 # than version 2 did not always send it).
@@ -659,6 +661,9 @@ def _check_output_dir(folder: str) -> None:
                  "Create it (or save the project) first.")
     if not os.access(folder, os.W_OK | os.X_OK):
         _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
+    too_deep = name_too_long(os.path.join(folder, "stem.wav"))  # the stems' and their temp files' paths
+    if too_deep:
+        _invalid(f"output_dir '{printable(folder)}': {too_deep}")
 
 
 def _check_input_file(path: str, name: str, max_bytes: int | None = None,

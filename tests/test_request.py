@@ -2,6 +2,7 @@
 an engine publishes."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,20 @@ def test_output_dir_must_exist_on_the_engine_side(tmp_path):
     with pytest.raises(RequestError, match="is not a folder"):
         parse_request(make_request(tmp_path, output_dir=str(file_not_dir)), check_paths=True)
     assert parse_request(request).output_dir == str(tmp_path / "missing")
+
+
+def test_an_output_dir_too_deep_for_its_stems_paths_is_refused_before_work(tmp_path):
+    """A folder within the path field's bound whose stems' temp files would pass the system's
+    longest path (4,096 bytes on Linux) is refused now, not after the job's sampling."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")
+    deep = tmp_path
+    while len(os.fsencode(str(deep))) + 1 + 255 < limit:  # deep: the first folder too deep
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    with pytest.raises(RequestError, match="with a file name it would pass the 4096 bytes .* nearer the root"):
+        parse_request(make_request(tmp_path, output_dir=str(deep)), check_paths=True)
+    shallower = deep.parent  # 201 bytes nearer: every name fits
+    assert parse_request(make_request(tmp_path, output_dir=str(shallower)), check_paths=True)
 
 
 def test_a_method_the_model_cannot_run_is_refused_with_the_reason(tmp_path):
