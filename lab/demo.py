@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stepfoley.atomic import nearest_existing
+from stepfoley.atomic import make_temp_folder, nearest_existing, release_temp_folder, sweep_stale_parts
 from stepfoley.engine import audio_io, mixing
 from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
@@ -72,16 +71,12 @@ def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, ste
 
 
 def new_work_folder(out_dir: Path) -> Path:
-    """A new hidden folder in out_dir where a run is made before it gets its run_NNN name."""
+    """A new hidden folder in out_dir where a run is made before it gets its run_NNN name (the
+    work folders of demos killed before they finished are removed first)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            folder = out_dir / f".run-{secrets.token_hex(4)}.part"
-            try:
-                folder.mkdir()
-                return folder
-            except FileExistsError:
-                continue
+        sweep_stale_parts(out_dir)
+        return make_temp_folder(out_dir / "run")
     except OSError as e:  # changed since check_demo_arguments looked, or a full disk
         raise InvalidInputError(f"Cannot make a folder for the demo run in {out_dir}: {e.strerror or e}.") from None
 
@@ -142,9 +137,14 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
     try:
         result, manifest = _make_run(model, scene, work, seed, tracks, steps, on_step, feature_cache, t_start)
         folder = publish_run(work, out_dir, manifest)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(work, ignore_errors=True)  # a failed run leaves nothing
+        if isinstance(error, OSError):  # a full disk, or the folder changed under the run
+            raise InvalidInputError(f"Could not write the demo run in {out_dir}: {error.strerror or error}. Check "
+                                    "free disk space and the folder's permissions.") from error
         raise
+    finally:
+        release_temp_folder(work)
     result.folder = folder
     result.files = [folder / path.name for path in result.files]
     result.tracks = _moved(result.tracks, str(work), str(folder))

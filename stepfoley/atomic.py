@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import threading
@@ -225,20 +226,49 @@ def publish_exclusively(source: str | os.PathLike, target: str | os.PathLike) ->
 
 # --- what killed writers leave ----------------------------------------------------------------
 
+def make_temp_folder(path: str | os.PathLike) -> Path:
+    """A new, empty hidden folder named for `path` in its folder, as stage_file names a temporary
+    file: a writer fills it, then renames it to its final name. sweep_stale_parts leaves it
+    alone until release_temp_folder, and removes it, whole, once its writer no longer runs."""
+    path = Path(path)
+    while True:
+        temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        with _LOCK:
+            _WRITING.add(temp.name)
+        try:
+            temp.mkdir()
+            return temp
+        except BaseException as error:
+            with _LOCK:
+                _WRITING.discard(temp.name)
+            if not isinstance(error, FileExistsError):
+                raise
+
+
+def release_temp_folder(temp: Path) -> None:
+    """The folder `temp` of make_temp_folder was renamed or removed: forget it."""
+    with _LOCK:
+        _WRITING.discard(temp.name)
+
+
 def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
-    """Remove the temp files of writers on this machine that no longer run (a killed engine,
-    whatever its process id was). Returns the names removed; never raises."""
+    """Remove the temp files (and make_temp_folder's folders) of writers on this machine that no
+    longer run (a killed engine, whatever its process id was). Returns the names removed; never
+    raises."""
     removed = []
     try:
-        entries = [e.name for e in os.scandir(folder) if is_temp_name(e.name)]
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(folder) if is_temp_name(e.name)]
     except OSError:
         return removed
-    for name in entries:
+    for name, is_folder in entries:
         match = _PART_NAME.fullmatch(name)
         if match is None or match["host"] != _HOST or not _writer_is_gone(int(match["pid"]), name):
             continue
         try:
-            os.unlink(os.path.join(folder, name))
+            if is_folder:
+                shutil.rmtree(os.path.join(folder, name))
+            else:
+                os.unlink(os.path.join(folder, name))
             removed.append(name)
         except OSError:
             pass

@@ -137,3 +137,15 @@ def test_nearest_existing_is_the_path_or_the_folder_a_writer_would_start_in(tmp_
     assert nearest_existing(tmp_path / "a" / "b" / "c.json") == tmp_path / "a"
     (tmp_path / "a" / "link").symlink_to(tmp_path / "gone")  # a dangling link is something there
     assert nearest_existing(tmp_path / "a" / "link") == tmp_path / "a" / "link"
+
+
+def test_a_temp_folder_is_kept_while_its_writer_works_and_swept_after(tmp_path):
+    from stepfoley.atomic import make_temp_folder, release_temp_folder, sweep_stale_parts
+
+    work = make_temp_folder(tmp_path / "run")
+    (work / "picture.mp4").write_bytes(b"x")
+    assert work.name.startswith(".run.") and sweep_stale_parts(tmp_path) == [] and work.is_dir()
+    release_temp_folder(work)  # as if its process had gone: the folder is a dead writer's
+    assert sweep_stale_parts(tmp_path) == [work.name] and list(tmp_path.iterdir()) == []
+    (tmp_path / ".notes.part").mkdir()  # not this module's name pattern: never touched
+    assert sweep_stale_parts(tmp_path) == [] and (tmp_path / ".notes.part").is_dir()

@@ -126,6 +126,39 @@ def test_a_failed_demo_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     assert manifest["tracks"][0]["nag"]["region"]["video"] == str(tmp_path / "run_001" / "picture.mp4")
 
 
+def test_the_work_folder_of_a_killed_demo_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from stepfoley import atomic
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".run.{atomic._HOST}-{gone.stdout.strip()}-0badf00d.part"  # SIGKILL mid-run
+    left.mkdir()
+    (left / "picture.mp4").write_bytes(b"\0" * 1000)
+    args = ["demo", "--out", str(tmp_path), "--model", "tiny-random", "--steps", "1", "--tracks", "1", "--device", "cpu"]
+    assert main(args) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run_001"]
+
+
+def test_a_demo_on_a_full_disk_says_so_and_leaves_nothing(tmp_path, capsys):
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        args = ["demo", "--out", str(small), "--model", "tiny-random", "--steps", "1", "--tracks", "1",
+                "--device", "cpu"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "Could not write the demo run in" in err and "Check free disk space" in err and "Traceback" not in err
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
 def test_the_demo_help_states_the_demos_track_bound():
     from stepfoley.commands import demo
     from stepfoley.lab.demo import MAX_TRACKS
