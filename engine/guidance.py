@@ -232,6 +232,12 @@ def _cfg_at_most_one(weights: GuidanceWeights, has_audio: bool, has_negative: bo
     return "conditional" if weights.alpha <= 1.0 else None
 
 
+def _conditional_below_one(weights: GuidanceWeights, conditional_form: str) -> str | None:
+    # A method that is CFG plus a term: below α 1 its CFG part is MMAudio's (the conditional
+    # branch), as at β = 0, where it is CFG alone: so the velocity has no jump as β → 0.
+    return conditional_form if weights.alpha <= 1.0 else None
+
+
 def _cfg(v, w):
     return classifier_free_guidance(v["cond"], v["uncond"], w.alpha)
 
@@ -254,8 +260,7 @@ register(GuidanceMethod(
     lambda v, w: negative_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="existing",
     simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 or not has_audio else
-    # below α 1 the CFG part is MMAudio's (the conditional branch), as β = 0 gives: no jump at β → 0
-    ("nag_conditional" if w.alpha <= 1.0 else None)))
+    _conditional_below_one(w, "nag_conditional")))
 register(GuidanceMethod(
     "nag_conditional", "Eq. 9 at α ≤ 1 (CFG as MMAudio computes it there): the conditional flow plus the audio term",
     ("cond", "audio"), lambda v, w: v["cond"] + w.beta * (v["cond"] - v["audio"]),
@@ -265,7 +270,13 @@ register(GuidanceMethod(
     ("cond", "uncond", "video"),
     lambda v, w: four_term_guidance(v["uncond"], v["video"], v["cond"], None, w.alpha, w.alpha + w.beta, 0.0),
     params=("alpha", "beta"),
-    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else None))
+    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else _conditional_below_one(
+        w, "text_boost_conditional")))
+register(GuidanceMethod(
+    # Eq. A6 with w1 = α, w2 = α + β is CFG plus β (u(V, C) − u(V, ∅)); below α 1 its CFG part is the conditional branch
+    "text_boost_conditional", "text_boost at α ≤ 1 (CFG as MMAudio computes it there): the conditional flow plus "
+    "the extra text term", ("cond", "video"), lambda v, w: v["cond"] + w.beta * (v["cond"] - v["video"]),
+    params=("alpha", "beta"), public=False))
 register(GuidanceMethod(
     "dual", "Eq. A6 with your own weights w1 (video), w2 (text), w3 (away from the earlier tracks)",
     ("cond", "uncond", "video", "audio"),
@@ -281,4 +292,9 @@ register(GuidanceMethod(
     ("cond", "uncond", "audio"),
     lambda v, w: reference_audio_guidance(v["cond"], v["uncond"], v["audio"], w.alpha, w.beta),
     params=("alpha", "beta"), audio="reference",
-    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else None))
+    simplify=lambda w, has_audio, has_negative: "independent" if w.beta == 0 else _conditional_below_one(
+        w, "reference_conditional")))
+register(GuidanceMethod(
+    "reference_conditional", "reference at α ≤ 1 (CFG as MMAudio computes it there): the conditional flow pulled "
+    "toward the reference", ("cond", "audio"), lambda v, w: v["cond"] + w.beta * (v["audio"] - v["cond"]),
+    params=("alpha", "beta"), audio="reference", public=False))

@@ -231,22 +231,29 @@ def test_registry_entries_are_well_formed_and_reach_their_simplifications():
     ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 0.0), True, "dual_text"),
     ("dual", GuidanceWeights(4.5, 1.5, 2.0, 5.0, 1.0), False, "dual_text"),
     ("reference", GuidanceWeights(4.5, 0.0), True, "independent"),
+    ("reference", GuidanceWeights(0.5, 1.0), True, "reference_conditional"),
+    ("text_boost", GuidanceWeights(1.0, 1.5), False, "text_boost_conditional"),
 ])
 def test_resolve_method_picks_the_cheapest_equivalent(name, weights, has_audio, used):
     assert resolve_method(name, weights, has_audio).name == used
 
 
-def test_nag_below_alpha_one_has_no_jump_as_beta_goes_to_zero():
+@pytest.mark.parametrize("name", ["nag", "text_boost", "reference"])
+def test_cfg_plus_a_term_below_alpha_one_has_no_jump_as_beta_goes_to_zero(name):
     from stepfoley.engine.guidance import GUIDANCE_METHODS
 
-    v = dict(zip(("cond", "uncond", "audio"), (t.float() for t in _targets(3, seed=6))))
+    v = dict(zip(("cond", "uncond", "video", "audio"), (t.float() for t in _targets(4, seed=6))))
 
-    def velocity(beta):
-        weights = GuidanceWeights(0.5, beta)
-        method = resolve_method("nag", weights, has_audio=True)
+    def velocity(alpha, beta):
+        weights = GuidanceWeights(alpha, beta)
+        method = resolve_method(name, weights, has_audio=True)
         return GUIDANCE_METHODS[method.name].combine({b: v[b] for b in method.branches}, weights)
 
-    torch.testing.assert_close(velocity(1e-6), velocity(0.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(velocity(0.5, 1e-6), velocity(0.5, 0.0), rtol=0, atol=1e-4)
+    # at α = 1 the conditional form is the full one to float rounding: CFG at 1 is u(V, C)
+    full = GUIDANCE_METHODS[name]
+    torch.testing.assert_close(velocity(1.0, 1.5), full.combine({b: v[b] for b in full.branches},
+                                                                GuidanceWeights(1.0, 1.5)), rtol=0, atol=1e-5)
 
 
 def test_the_negative_prompt_with_a_negative_caption_is_never_simplified():

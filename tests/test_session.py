@@ -408,7 +408,7 @@ def test_the_metadata_says_whether_a_negative_caption_was_heard(tiny, scene_vide
             heard(3.0, "", "independent")) == (True, False, None)
     # the paper's baseline weighs its negative branch -α: heard at α 1 too
     assert (heard(3.0, "a bell rings"), heard(1.0, "a bell rings"), heard(1.0, "")) == (True, True, None)
-    # text_boost evaluates the unconditional branch at α 1 too, but weighs it 0
+    # text_boost at α 1 runs without the unconditional branch, which that α weighs 0
     assert (heard(1.0, "a bell rings", "text_boost"), heard(3.0, "a bell rings", "text_boost")) == (False, True)
 
 
