@@ -308,7 +308,11 @@ def test_codec_from_directory_decodes_and_encodes(golden, tmp_path, mode):
     vae = load_vae(g_vae["weights"], vae_config)
     with torch.no_grad():
         mel = MelConverter(MelConfig.preset(mode))(audio[:, : 24 * codec.samples_per_latent])
-        torch.testing.assert_close(latent, vae.encode(mel).mean.transpose(1, 2))
+        posterior = vae.encode(mel)
+        torch.testing.assert_close(latent, posterior.mean.transpose(1, 2))
+    mean, std = codec.encode_posterior(audio)  # MMAudio's training draws its targets from both
+    torch.testing.assert_close(mean, latent)
+    torch.testing.assert_close(std, posterior.std.transpose(1, 2))
 
 
 def test_codec_prefers_safetensors_copy_and_decode_only(golden, tmp_path):

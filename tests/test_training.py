@@ -310,6 +310,31 @@ def test_the_controlnet_condition_is_the_other_half_encoded_apart(tmp_path):
     assert len(entries_digest(entries)) == 64
 
 
+def test_with_a_vae_posterior_the_controlnet_targets_are_drawn_from_it():
+    """MMAudio's training flows toward x1 = mean + std·ε, not the posterior's mean; the audio
+    condition stays the other half's mean (deterministic, as at generation)."""
+    from stepfoley.lab.training.features import FeatureSet, controlnet_batches
+
+    m, n, c = 4, 8, 3
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(m, n, c, generator=g), torch.full((m, n, c), 0.5)
+    halves = torch.randn(m, 2, n // 2, c, generator=g)
+    data = FeatureSet(mean, torch.zeros(m, 2, 5), torch.zeros(m, 16, 4), torch.zeros(m, 77, 6),
+                      torch.ones(m, dtype=torch.bool), halves, std)
+    batch = next(controlnet_batches(data, lambda x: x, 4096, seed=0))
+    half = n // 2
+    targets = torch.stack([mean[:, :half], mean[:, half:]], 1)   # (M, 2, N/2, C): which clip and half
+    noise = []
+    for target, cond in zip(batch.latent, batch.cond_latent):
+        clip, other = next((i, h) for i in range(m) for h in range(2) if torch.equal(cond, halves[i, h]))
+        noise.append((target - targets[clip, 1 - other]) / 0.5)
+    noise = torch.stack(noise)
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1.0) < 0.02  # ε ~ N(0, 1)
+    exact = FeatureSet(mean, data.clip, data.sync, data.text, data.has_video, halves)
+    first = next(controlnet_batches(exact, lambda x: x, 8, seed=0)).latent  # the mel codec: its latents as they are
+    assert all(any(torch.equal(t, targets[i, h]) for i in range(m) for h in range(2)) for t in first)
+
+
 def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.engine.errors import InvalidInputError

@@ -4,8 +4,9 @@ encode: wave (B, S) -> log-mel -> VAE posterior mean -> (B, N, C) channels-last
 decode: latent (B, N, C) -> VAE decoder -> log-mel -> BigVGAN -> wave (B, S)
 
 Latents are *unnormalized* (the flow network's `normalize` maps them to the sampler's
-space). The mean, not a sample, is what MMAudio's training encodes and what a NAG audio
-condition should be: it is deterministic for the same stem.
+space). `encode` gives the posterior's mean: deterministic for the same stem, which is what a
+NAG audio condition should be. MMAudio's training draws its flow targets from the posterior
+(mean + std·ε); `encode_posterior` gives both for that.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ class MMAudioCodec(nn.Module):
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        # wave: (B, S) -> latent (B, N, C), N = S // samples_per_latent
+        # wave: (B, S) -> latent (B, N, C), N = S // samples_per_latent: the posterior's mean
+        return self.encode_posterior(wave)[0]
+
+    @torch.no_grad()
+    def encode_posterior(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # wave: (B, S) -> the VAE posterior's mean and std, (B, N, C) each
         if not hasattr(self.vae, "encoder"):
             raise InvalidInputError("This codec was loaded for decoding only (need_encoder=False); it cannot encode audio.")
         if wave.ndim != 2:
@@ -81,7 +87,8 @@ class MMAudioCodec(nn.Module):
             )
         # Whole latents only: a trailing half mel-pair would give the VAE an odd frame count.
         mel = self.mel(wave[..., :usable].float())
-        return self.vae.encode(mel.to(self._dtype())).mean.transpose(1, 2).float()
+        posterior = self.vae.encode(mel.to(self._dtype()))
+        return posterior.mean.transpose(1, 2).float(), posterior.std.transpose(1, 2).float()
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     net = model.net.requires_grad_(False).eval()
     features = work_dir / "features.safetensors"
     entries = read_dataset_list(data_list)
-    if rank == 0 and not features_match(features, entries, model.model_id):  # another list, model or version
+    posterior = hasattr(model.codec, "encode_posterior")
+    if rank == 0 and not features_match(features, entries, model.model_id, posterior):  # another list, model, version
         extract_features(model, entries, features)
     if world > 1:
         torch.distributed.barrier()

@@ -78,14 +78,15 @@ def entries_digest(entries: list[dict]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def features_match(path: Path, entries: list[dict], model_id: str) -> bool:
+def features_match(path: Path, entries: list[dict], model_id: str, posterior: bool = False) -> bool:
     """Whether the features file at `path` was made from these entries by this model and this
-    version (with the halves encoded apart): otherwise it is made again."""
+    version (with the halves encoded apart, and the posterior's std where the model's codec has
+    one, `posterior`): otherwise it is made again."""
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             return (meta.get("entries_sha256") == entries_digest(entries) and meta.get("model") == model_id
-                    and "half_latent" in f.keys())
+                    and "half_latent" in f.keys() and ("latent_std" in f.keys()) == posterior)
     except Exception:  # missing or unreadable
         return False
 
@@ -104,13 +105,20 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
     so a half cut from the whole clip's latent would carry the other half's sound, and the
     ControlNet's condition would leak its target."""
     duration, sr = model.max_duration, model.sample_rate
-    latents, halves, clips, syncs, texts, has_video = [], [], [], [], [], []
+    posterior = getattr(model.codec, "encode_posterior", None)  # MMAudio's VAE; the mel codec has none
+    latents, stds, halves, clips, syncs, texts, has_video = [], [], [], [], [], [], []
     video_cache: dict[tuple, tuple] = {}
     text_cache: dict[str, torch.Tensor] = {}
     for i, e in enumerate(entries):
         start = float(e.get("start", 0.0))
         wave = read_clip_audio(e.get("audio") or e["video"], sr, start, duration)
-        latents.append(model.codec.encode(torch.from_numpy(wave)[None].to(model.device))[0].cpu())
+        audio = torch.from_numpy(wave)[None].to(model.device)
+        if posterior is not None:
+            mean, std = posterior(audio)
+            latents.append(mean[0].cpu())
+            stds.append(std[0].cpu())
+        else:
+            latents.append(model.codec.encode(audio)[0].cpu())
         cut, frames = len(wave) // 2, latents[-1].shape[0] // 2
         halves.append(torch.stack([_fit_frames(model.codec.encode(torch.from_numpy(part)[None].to(model.device))[0].cpu(),
                                                frames) for part in (wave[:cut], wave[cut:])]))
@@ -138,6 +146,8 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
     syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
     tensors = {"latent": torch.stack(latents), "half_latent": torch.stack(halves), "clip": torch.stack(clips),
                "sync": torch.stack(syncs), "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
+    if stds:
+        tensors["latent_std"] = torch.stack(stds)
     out_path = Path(out_path)
     metadata = {"model": model.model_id, "clips": str(len(entries)),
                 "captions": json.dumps([e["caption"] for e in entries]), "entries_sha256": entries_digest(entries)}
@@ -153,36 +163,24 @@ class FeatureSet:
     text: torch.Tensor  # (M, 77, Dt)
     has_video: torch.Tensor  # (M,) bool
     half_latent: torch.Tensor | None = None  # (M, 2, N // 2, C): each half encoded apart; None in old files
+    latent_std: torch.Tensor | None = None  # (M, N, C): the VAE posterior's std (MMAudio); None for the mel codec
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
         t = load_file(str(path))
-        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent"))
+        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent"),
+                   t.get("latent_std"))
 
     def __len__(self) -> int:
         return self.latent.shape[0]
-
-    def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std (1, 1, C): the network's latent_mean / latent_std."""
-        flat = self.latent.reshape(-1, self.latent.shape[-1])
-        return flat.mean(0).view(1, 1, -1), flat.std(0).clamp_min(1e-3).view(1, 1, -1)
-
-
-def base_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1) -> Iterator[Batch]:
-    """Random batches of whole clips (this rank's share of the examples)."""
-    g = torch.Generator().manual_seed(seed * 7919 + rank)
-    own = torch.arange(rank, len(data), world)
-    while True:
-        idx = own[torch.randint(len(own), (batch_size,), generator=g)]
-        yield Batch(normalize(data.latent[idx]), data.clip[idx], data.sync[idx], data.text[idx],
-                    data.has_video[idx])
 
 
 def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
                        world: int = 1) -> Iterator[Batch]:
     """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2): the target half with
-    its video, and the other half, encoded apart, as the audio condition."""
+    its video (drawn from the VAE posterior where the features hold its std, as MMAudio's
+    training draws its targets), and the other half, encoded apart (its mean), as the audio
+    condition."""
     if data.half_latent is None:
         raise InvalidInputError("These features were made by an older StepFoley, without each half encoded apart; "
                                 "delete features.safetensors in the work folder so that they are made again.")
@@ -192,7 +190,10 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
     while True:
         idx = own[torch.randint(len(own), (batch_size,), generator=g)]
         first = torch.rand(batch_size, generator=g) < 0.5  # which half is the target
-        lat = normalize(data.latent[idx])
+        lat = data.latent[idx]
+        if data.latent_std is not None:  # MMAudio's training targets: a draw from the VAE posterior
+            lat = lat + data.latent_std[idx] * torch.randn(lat.shape, generator=g)
+        lat = normalize(lat)
         halves = lambda x, h: (x[:, :h], x[:, h:2 * h])  # noqa: E731
         (l0, l1), (c0, c1), (s0, s1) = halves(lat, n), halves(data.clip[idx], lc), halves(data.sync[idx], ls)
         pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
