@@ -856,7 +856,7 @@ def _unicode(value: str, name: str) -> str:
 
 def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
     if not isinstance(value, str):
-        _invalid(f"{name} must be a string, got {type(value).__name__}.")
+        _invalid(f"{name} must be text (a JSON string), got {_show(value)}.")
     _unicode(value, name)
     if not blank_ok and not value.strip():
         _invalid(f"{name} is empty; describe the sound to generate.")

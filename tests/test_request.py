@@ -119,7 +119,7 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "variations": 2.0}, "variations must be a whole number"),
         ({"protocol": 2, "variations": 3, "seed": 2**63 - 2}, "leaves no room for 3 variations"),
         ({"caption": "  "}, "caption is empty"),
-        ({"caption": 5}, "caption must be a string"),
+        ({"caption": 5}, "caption must be text (a JSON string)"),
         ({"method": "magic"}, "method 'magic' is unknown to the model 'test-model'"),
         ({"method": "Bad Name"}, "is not a method name"),
         ({"alpha": "4.5"}, "alpha must be a number"),
@@ -210,6 +210,13 @@ def test_missing_required_fields(tmp_path):
             parse_request(request)
     with pytest.raises(RequestError, match="JSON object"):
         parse_request(["not", "a", "dict"])
+
+
+@pytest.mark.parametrize("value, shown", [(None, "None"), (["rain"], "['rain']"), (12, "12")])
+def test_text_of_the_wrong_type_is_shown_as_sent_not_as_a_python_type(tmp_path, value, shown):
+    with pytest.raises(RequestError) as caught:
+        parse_request(make_request(tmp_path, caption=value))
+    assert str(caught.value) == f"caption must be text (a JSON string), got {shown}."
 
 
 def test_output_dir_must_exist_on_the_engine_side(tmp_path):
