@@ -7,6 +7,7 @@ gives the reference's numbers.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -197,7 +198,7 @@ def guided_velocity(
     missing = [b for b in names if b not in conditions]
     if missing:
         raise InvalidInputError(f"Guidance '{method.name}' needs conditions for {', '.join(missing)}.")
-    for name in ("alpha", "beta", "w1", "w2", "w3"):
+    for name in (f.name for f in fields(weights)):
         if not _finite(getattr(weights, name)):
             raise InvalidInputError(f"The guidance strength {name} must be a finite number, got "
                                     f"{getattr(weights, name)!r}.")

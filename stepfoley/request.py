@@ -420,11 +420,16 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     method = _optional(data, "method", _method_name)
     info = _method_info(method, capabilities)
     weights = {name: _optional(data, name, lambda v, n: _number(v, n, -MAX_WEIGHT, MAX_WEIGHT))
-               for name in ("w1", "w2", "w3")}
+               for name in GUIDANCE_PARAMS if name not in ("alpha", "beta")}
     given = [name for name, value in weights.items() if value is not None]
-    if given and method != "dual":
-        _invalid(f"{', '.join(given)} are the weights of Eq. A6 and only apply to method 'dual'; "
-                 "leave them out or choose method 'dual'.")
+    # which methods read a weight is the registry's (the capabilities); without them, the one
+    # method the protocol documents with these weights
+    readers = ([m.name for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
+               else ["dual"])
+    if given and (method or (capabilities.defaults.method if capabilities is not None else None)) not in readers:
+        choice = " or ".join(f"'{name}'" for name in readers) or "none of this model's"
+        _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; "
+                 f"leave them out{' or choose that method' if readers else ''}.")
 
     reference = _optional(data, "reference_audio", _path)
     wants_reference = info is not None and info.audio == "reference"

@@ -219,6 +219,16 @@ def test_text_of_the_wrong_type_is_shown_as_sent_not_as_a_python_type(tmp_path, 
     assert str(caught.value) == f"caption must be text (a JSON string), got {shown}."
 
 
+def test_which_methods_read_a_weight_is_the_registrys(tmp_path):
+    """A guidance method is one registry entry: a new method that reads w1 takes it from a
+    request, with no name of it in the parser."""
+    caps = capabilities()
+    caps = Capabilities(caps.model, caps.defaults, caps.methods + (MethodInfo("mine", "w1 alone", ("w1",)),), 16000)
+    assert parse_request(make_request(tmp_path, method="mine", w1=2.0), caps).w1 == 2.0
+    with pytest.raises(RequestError, match="w1, w2 are weights of Eq. A6 and only apply to method 'dual'"):
+        parse_request(make_request(tmp_path, method="mine", w1=2.0, w2=1.0), caps)
+
+
 def test_output_dir_must_exist_on_the_engine_side(tmp_path):
     request = make_request(tmp_path, output_dir=str(tmp_path / "missing"))
     with pytest.raises(RequestError, match="does not exist"):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from stepfoley.engine.guidance import public_methods
-    from stepfoley.request import field_rule
+    from stepfoley.request import GUIDANCE_PARAMS, field_rule
 
     methods = public_methods()
     p.add_argument("video", help="the picture (mp4, mov, mkv, ...)")
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=[m.name for m in methods], default=None,
                    help="default: reference with --reference, else the model's. "
                         + "; ".join(f"{m.name}: {m.summary}" for m in methods))
-    for name in ("alpha", "beta", "w1", "w2", "w3"):
+    for name in GUIDANCE_PARAMS:
         p.add_argument(f"--{name}", type=float, default=None,
                        help=f"{field_rule(name)} (default: the model's)" if name in ("alpha", "beta")
                        else field_rule(name))
@@ -112,7 +112,7 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
     """The protocol request these arguments describe (parsed by stepfoley.request like any other)."""
     import os
 
-    from stepfoley.request import MAX_NAME_HINT_CHARS
+    from stepfoley.request import GUIDANCE_PARAMS, MAX_NAME_HINT_CHARS
 
     method = args.method or ("reference" if args.reference else None)
     request = {
@@ -124,7 +124,7 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
         # a file name: the stem is written under it (numbered), then renamed to it
         "name_hint": os.path.splitext(os.path.basename(output.file))[0][:MAX_NAME_HINT_CHARS] if output.file else None,
     }
-    for name in ("alpha", "beta", "w1", "w2", "w3", "steps"):
+    for name in (*GUIDANCE_PARAMS, "steps"):
         request[name] = getattr(args, name)
     controls = {
         "take": os.path.abspath(args.take) if args.take else None,
