@@ -5,10 +5,15 @@ import pytest
 import torch
 
 from stepfoley.engine.embedded.codec import MelCodec, MelCodecConfig
-from stepfoley.engine.embedded.encoders import EmbeddedVideoEncoder, frames_from_hwc, sync_length
+from stepfoley.engine.embedded.encoders import EmbeddedVideoEncoder, sync_length
 from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, EmbeddedTextEncoder, basic_split
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.lab.miniworld import CAPTIONS, make_scene, single_source_clip, write_scene
+
+
+def frames_from_hwc(frames) -> torch.Tensor:
+    """(T, H, W, 3) uint8 (the mini-world's layout) -> (T, 3, H, W) uint8, the encoder's."""
+    return torch.as_tensor(frames).permute(0, 3, 1, 2).contiguous()
 
 
 # --- codec -----------------------------------------------------------------------------------------

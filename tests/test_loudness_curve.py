@@ -6,7 +6,6 @@ varispeeded to the stem's length."""
 import json
 
 import numpy as np
-import pytest
 
 from stepfoley.engine import mixing
 from stepfoley.engine.loudness_curve import APPLIED_AS, curve_at, follow_curve, loudness_over_time

@@ -114,3 +114,23 @@ def test_serving_imports_and_a_ranking_load_nothing_of_the_lab():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_bridge_the_request_and_the_command_line_load_no_torch():
+    """The bridge knows nothing of tensors, and `stepfoley send` (what REAPER runs for every job
+    and every status poll) starts without loading torch: every bridge module, the request, the
+    guidance registry and the command line with all its subcommands' parsers, in a fresh
+    interpreter."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        import stepfoley.bridge
+        for info in pkgutil.walk_packages(stepfoley.bridge.__path__, "stepfoley.bridge."):
+            importlib.import_module(info.name)
+        import stepfoley.request, stepfoley.engine.guidance, stepfoley.commands.send
+        from stepfoley.cli import build_parser
+        build_parser()
+        print(sorted(name for name in sys.modules if name == "torch" or name.startswith("torch.")))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -152,6 +152,7 @@ class DownSample1d(nn.Module):
         self.lowpass = LowPassFilter1d(0.5 / ratio, 0.6 / ratio, ratio, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, T) -> (B, C, T // ratio)
         return self.lowpass(x)
 
 

@@ -157,6 +157,7 @@ class Middle(nn.Module):
         self.block_2 = ResBlock(channels, channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, T) -> (B, C, T)
         return self.block_2(self.attn_1(self.block_1(x)))
 
 

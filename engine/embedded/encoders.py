@@ -169,8 +169,3 @@ class EmbeddedVideoEncoder:
         if on_progress is not None:
             on_progress(1)
         return features
-
-
-def frames_from_hwc(frames) -> torch.Tensor:
-    """(T, H, W, 3) uint8 (the mini-world's layout) -> (T, 3, H, W) uint8 tensor."""
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).contiguous()

@@ -166,6 +166,7 @@ class Mlp(nn.Module):
         self.quick_gelu = quick_gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, L, width) -> (B, L, width)
         h = self.c_fc(x)
         # DFN5B was trained with QuickGELU; plain GELU would silently shift every feature
         h = h * torch.sigmoid(1.702 * h) if self.quick_gelu else F.gelu(h)
@@ -181,6 +182,7 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = Mlp(width, int(width * cfg.mlp_ratio), cfg.quick_gelu)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        # x: (B, L, width) -> (B, L, width)
         x = x + self.attn(self.ln_1(x), causal)
         return x + self.mlp(self.ln_2(x))
 
@@ -191,6 +193,7 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, cfg) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        # x: (B, L, width) -> (B, L, width)
         for block in self.resblocks:
             x = block(x, causal)
         return x

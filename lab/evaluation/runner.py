@@ -102,7 +102,6 @@ MAIN_ROWS = (
     Row("nag", "nag", hears="generated"),
     Row("oracle", "nag", hears="truth"),
 )
-DEFAULT_SWEEP_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def beta_sweep_rows(betas: Sequence[float]) -> tuple[Row, ...]:

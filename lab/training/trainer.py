@@ -107,6 +107,7 @@ class LossModule(torch.nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, batch, generator):
+        # batch: the loss function's (Batch: latents (B, N, C) and their conditions) -> a 0-dim loss
         return self.loss_fn(self.parts, batch, generator)
 
 
