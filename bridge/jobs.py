@@ -125,6 +125,10 @@ class JobBook:
             existing = self._by_owner.get((*reply_to, request_id))
             if existing and existing in self._jobs:
                 job = self._jobs[existing]
+                if job.request != request:  # not a retransmission: a client that numbers its requests anew
+                    raise protocol.ProtocolError(
+                        "invalid_request", f"request_id '{request_id}' was already used for another request from "
+                        f"this reply port (job {job.job_id}); give each request a request_id of its own.")
                 return job, self._position(job)
             if self._stopping:
                 raise protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")

@@ -175,6 +175,17 @@ def test_a_retransmitted_request_is_one_job(peer, tmp_path):
     assert len(os.listdir(tmp_path / "out")) == 1
 
 
+def test_a_request_id_used_again_for_another_request_is_refused_not_answered_with_the_old_job(peer, tmp_path):
+    peer.generate(make_request(tmp_path, caption="rain"), "job-1")
+    first = peer.receive_until({protocol.DONE})
+    peer.generate(make_request(tmp_path, caption="door slam"), "job-1")  # a client counting from 1 again
+    address, args = peer.receive()
+    assert address == protocol.ERROR and args[0] == "job-1" and args[2] == "invalid_request"
+    assert "already used for another request" in args[3]
+    assert len([a for a, _ in first if a == protocol.ACCEPTED]) == 1
+    assert len(os.listdir(tmp_path / "out")) == 1
+
+
 def test_a_lost_final_reply_can_be_fetched_by_job_id(peer, client, tmp_path):
     job = client.submit(make_request(tmp_path, seed=3))
     final = job.wait()
