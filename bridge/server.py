@@ -109,7 +109,9 @@ class Dispatcher:
 
     def _carries_token(self, args: list[Any]) -> bool:
         token = args[2] if len(args) > 2 else None
-        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.config.token.encode())
+        # surrogateescape: a token that was not UTF-8 arrives with its bytes escaped (osc._arguments)
+        return isinstance(token, str) and hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
+                                                              self.config.token.encode())
 
     def _ping(self, header: protocol.Header, rest: list, sender) -> bytes:
         return osc.encode(protocol.PONG, header.request_id, protocol.PROTOCOL_VERSION, self.config.model, self.config.device)

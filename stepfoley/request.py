@@ -854,7 +854,7 @@ def _unicode(value: str, name: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        _invalid(f"{name} '{printable(value)}' holds a lone UTF-16 surrogate, which is not text; "
+        _invalid(f"{name} '{printable(value)}' holds bytes that are not UTF-8 text (or a lone UTF-16 surrogate); "
                  "send it as UTF-8.")
     return value
 

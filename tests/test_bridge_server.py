@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stepfoley.bridge import protocol
+from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.client import EngineClient
 from stepfoley.bridge.server import ConfigError, EngineServer, ServerConfig
 from test_bridge_kit import RawPeer, SineRunner, client, make_request, peer, runner, server  # noqa: F401
@@ -184,6 +184,20 @@ def test_a_request_id_used_again_for_another_request_is_refused_not_answered_wit
     assert "already used for another request" in args[3]
     assert len([a for a, _ in first if a == protocol.ACCEPTED]) == 1
     assert len(os.listdir(tmp_path / "out")) == 1
+
+
+def test_a_string_that_is_not_utf8_gets_an_error_reply_not_silence(peer, tmp_path):
+    """A host on a Windows code page sends a Latin-1 caption: the message still has its reply
+    port, so the sender is told what is wrong (it used to be dropped unanswered, which a client
+    can only take for an engine that is not running)."""
+    datagram = osc.encode(protocol.GENERATE, peer.port, "r-latin", "", json.dumps(make_request(tmp_path, caption="cafX")))
+    peer.send_bytes(datagram.replace(b"cafX", b"caf\xe9"))
+    address, args = peer.receive()
+    assert address == protocol.ERROR and args[0] == "r-latin" and args[2] == "invalid_request"
+    assert "caption 'caf\\udce9' holds bytes that are not UTF-8 text" in args[3]
+    peer.send_bytes(osc.encode(protocol.PING, peer.port, "idX", "").replace(b"idX", b"id\xe9"))
+    address, args = peer.receive()  # a request_id that is not UTF-8: refused (and not echoed)
+    assert address == protocol.ERROR and args[0] == "" and "request_id" in args[3]
 
 
 def test_a_lost_final_reply_can_be_fetched_by_job_id(peer, client, tmp_path):
