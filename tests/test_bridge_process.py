@@ -130,3 +130,37 @@ def test_the_next_engine_removes_what_a_killed_one_left(tmp_path):
         client.close()
         proc.terminate()
         proc.communicate(timeout=5)
+
+
+def test_a_signal_while_the_engine_starts_is_a_clean_stop(tmp_path):
+    """SIGTERM as soon as the engine answers (it listens before it imports torch and loads the
+    model): a stop while loading, exit 0, as the docs say; it used to end 130 when the signal
+    came while the engine's modules were still being imported."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+                             "--feature-cache", "off"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    peer = RawPeer(port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the first answer: the engine is up and loading
+            peer.send(protocol.STATUS, peer.port, "s", "")
+            try:
+                address, _ = peer.receive(timeout=0.05)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        peer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

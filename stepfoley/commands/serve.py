@@ -86,17 +86,19 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 3
+    from stepfoley.engine.errors import StepFoleyError  # no torch: named by an except clause below
+
     # Ctrl-C or SIGTERM while the model loads: stop as after it (exit 0), not killed by the signal
     previous = signal.signal(signal.SIGTERM, _interrupt)
     server.start()
 
-    from stepfoley.engine import output_folders
-    from stepfoley.engine.devices import share_cpu
-    from stepfoley.engine.errors import StepFoleyError
-    from stepfoley.engine.service import build_service
-
     service = None
     try:
+        # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
+        from stepfoley.engine import output_folders
+        from stepfoley.engine.devices import share_cpu
+        from stepfoley.engine.service import build_service
+
         # temp files a killed engine left in the folders it wrote to lately
         for path in output_folders.sweep():
             print(f"Removed an unfinished stem left by a stopped engine: {path}", file=sys.stderr)
