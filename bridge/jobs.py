@@ -378,6 +378,12 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
     folder = os.path.realpath(output_dir)
     if os.path.commonpath([os.path.realpath(stem), folder]) != folder or not os.path.isfile(stem):
         return None
+    if os.path.dirname(stem) == folder:
+        # in the client's own words where they name this folder: a project reached through a
+        # symlink (macOS's /tmp and /var too) keeps its media paths under the link
+        said = os.path.abspath(output_dir)
+        if os.path.realpath(said) == folder:
+            return os.path.join(said, name)
     return stem
 
 

@@ -564,6 +564,22 @@ def test_an_output_dir_with_dotdot_after_a_symlink_is_where_the_kernel_puts_the_
     assert len(os.listdir(tmp_path / "project" / "StepFoley")) == 2
 
 
+def test_a_stem_in_a_symlinked_output_dir_is_named_under_the_link(peer, tmp_path):
+    """The reply names the folder as the request did (`output_dir` made absolute), not with its
+    links resolved: a DAW keeps the media path under the project's own (linked) folder."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "project").symlink_to(tmp_path / "real")
+    for protocol_version, final in ((1, protocol.DONE), (2, protocol.DONE_STEMS)):
+        request = make_request(tmp_path, output_dir=str(tmp_path / "project") + "/", protocol=protocol_version,
+                               steps=1)
+        peer.send(protocol.GENERATE, peer.port, f"ln{protocol_version}", "", json.dumps(request))
+        address, args = peer.receive_until({protocol.DONE, protocol.DONE_STEMS, protocol.ERROR})[-1]
+        assert address == final, args
+        path = (os.path.join(args[2], json.loads(args[3])["stems"][0]["file"]) if protocol_version == 2
+                else args[2])
+        assert os.path.dirname(path) == str(tmp_path / "project") and os.path.isfile(path)
+
+
 def test_result_never_cuts_a_stems_path_to_fit(peer, tmp_path):
     """A long caption and a long non-ASCII folder, each within its bound: /result (the way to
     recover a lost final reply) cuts the caption and metadata, never the folder or a file name."""
