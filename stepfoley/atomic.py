@@ -75,10 +75,16 @@ def name_too_long(path: str | os.PathLike) -> str | None:
     except (AttributeError, OSError, ValueError):
         return None
     depth = len(os.fsencode(folder))
-    if path_limit and 0 < path_limit <= depth + 1 + MAX_NAME_BYTES:
-        return (f"its folder's path is {depth} bytes long; with a file name it would pass the {path_limit} bytes "
-                "the system takes for a path. Choose a folder nearer the root.")
+    if path_limit and 0 < path_limit <= depth + 1 + temp_name_bytes(name):  # the limit counts the final NUL
+        return (f"its folder's path is {depth} bytes long; with the file's name it would pass the {path_limit} "
+                "bytes the system takes for a path. Choose a folder nearer the root.")
     return None
+
+
+def temp_name_bytes(name: str) -> int:
+    """The length of stage_file's temporary name for `name` (".NAME.<host>-<pid>-<random>.part",
+    the pid up to 10 digits), in bytes: the longest name written for it."""
+    return min(MAX_NAME_BYTES, len(os.fsencode(name)) + len(f"..{_HOST}-{'9' * 10}-{'0' * 8}{TEMP_SUFFIX}"))
 
 
 def is_temp_name(name: str) -> bool:

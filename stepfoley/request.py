@@ -34,6 +34,9 @@ MAX_CAPTION_CHARS = 1000
 MAX_PREVIOUS_CAPTIONS = 64
 MAX_PATH_CHARS = 4096
 MAX_NAME_HINT_CHARS = 200
+# The longest stem file name the engine writes (engine.audio_io: a name of at most 48 ASCII
+# characters, then _NNN and .wav): an output_dir must leave room for it and its temp name.
+MAX_STEM_FILE_NAME_BYTES = 64
 MIN_REGION_SECONDS = 1.0  # one Synchformer segment is 0.64 s: below a second there is no picture to follow
 MAX_REGION_SECONDS = 600.0
 # Region lengths are differences of DAW floats: 0.9 .. 1.9 is 0.9999999999999999 s.
@@ -666,7 +669,7 @@ def _check_output_dir(folder: str) -> None:
                  "Create it (or save the project) first.")
     if not os.access(folder, os.W_OK | os.X_OK):
         _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
-    too_deep = name_too_long(os.path.join(folder, "stem.wav"))  # the stems' and their temp files' paths
+    too_deep = name_too_long(os.path.join(folder, "s" * MAX_STEM_FILE_NAME_BYTES))  # the stems' and temp files' paths
     if too_deep:
         _invalid(f"output_dir '{printable(folder)}': {too_deep}")
 

@@ -243,15 +243,23 @@ def test_output_dir_must_exist_on_the_engine_side(tmp_path):
 def test_an_output_dir_too_deep_for_its_stems_paths_is_refused_before_work(tmp_path):
     """A folder within the path field's bound whose stems' temp files would pass the system's
     longest path (4,096 bytes on Linux) is refused now, not after the job's sampling."""
+    from stepfoley.atomic import temp_name_bytes
+    from stepfoley.engine.audio_io import MAX_STEM_NAME_CHARS
+    from stepfoley.request import MAX_STEM_FILE_NAME_BYTES
+
+    assert MAX_STEM_NAME_CHARS + len("_999999.wav") <= MAX_STEM_FILE_NAME_BYTES  # a million takes of one name
     limit = os.pathconf(tmp_path, "PC_PATH_MAX")
-    deep = tmp_path
-    while len(os.fsencode(str(deep))) + 1 + 255 < limit:  # deep: the first folder too deep
+    room = 1 + temp_name_bytes("s" * MAX_STEM_FILE_NAME_BYTES)  # "/" and the longest temp name
+    deep = tmp_path / ("d" * 200)
+    while len(os.fsencode(str(deep))) + 200 + 1 + room < limit:
         deep = deep / ("d" * 200)
-    deep.mkdir(parents=True)
-    with pytest.raises(RequestError, match="with a file name it would pass the 4096 bytes .* nearer the root"):
-        parse_request(make_request(tmp_path, output_dir=str(deep)), check_paths=True)
-    shallower = deep.parent  # 201 bytes nearer: every name fits
-    assert parse_request(make_request(tmp_path, output_dir=str(shallower)), check_paths=True)
+    short = limit - room - len(os.fsencode(str(deep))) - 2  # the deepest folder that fits: its paths end before the NUL
+    fits, too_deep = deep / ("e" * short), deep / ("e" * (short + 1))
+    fits.mkdir(parents=True)
+    too_deep.mkdir()
+    with pytest.raises(RequestError, match="with the file's name it would pass the 4096 bytes .* nearer the root"):
+        parse_request(make_request(tmp_path, output_dir=str(too_deep)), check_paths=True)
+    assert parse_request(make_request(tmp_path, output_dir=str(fits)), check_paths=True)
 
 
 def test_a_method_the_model_cannot_run_is_refused_with_the_reason(tmp_path):
