@@ -2,7 +2,7 @@
 -- @author StepFoley
 -- @version 0.5.6
 -- @changelog
---   The plain dialog (without ReaImGui) shows a remembered caption or path holding an odd number of ' or " with typographic quotes: REAPER's own quoting rules put the fields after it in the wrong places. What you type is sent as typed.
+--   The plain dialog (without ReaImGui) shows a remembered caption or path holding an odd number of ' or ", or an unclosed (, with look-alike characters (’ ” （): REAPER's own rules for the dialog's initial text put the fields after it in the wrong places. A field left as shown keeps its text exactly; an edited one is sent as typed, with those look-alikes turned back.
 --   An answer REAPER cut at its 1,023-byte limit (a long caption, or one in a script that takes 3 bytes a character) is said to be cut and asked again, instead of being sent shortened with the later fields fallen back to defaults.
 --   Variations go as fixed lanes from REAPER 7.07, the first version where a script can name lanes; before it, as takes named by seed.
 --   A job holds as many variations as the engine publishes (it read a copy of its own).

@@ -312,28 +312,41 @@ end
 -- is REAPER's default 1,024 bytes for a script): a longer answer is cut, fields and all.
 M.PLAIN_DIALOG_BYTES = 1023
 
--- REAPER reads the initial text of GetUserInputs with quoting rules of its own: a field with
--- an odd number of ' or " swallows the separators after it, and the later fields' text lands
--- in the wrong fields ("man's footsteps" is a usual caption). Such quotes are shown as
--- typographic ones; an answer is read back with the plain ones.
-local SHOWN_QUOTES = { ["'"] = "\u{2019}", ['"'] = "\u{201D}" }
+-- REAPER reads the initial text of GetUserInputs with rules of its own: a field with an odd
+-- number of ' or ", or an unclosed (, swallows the separators after it, and the later fields'
+-- text lands in the wrong fields ("man's footsteps" is a usual caption). Such characters are
+-- shown as look-alikes, and turned back in the answer only in the fields where they were put.
+local LOOK_ALIKES = { ["'"] = "\u{2019}", ['"'] = "\u{201D}", ["("] = "\u{FF08}" }
+
+local function count(text, char)
+  local _, n = text:gsub("%" .. char, "")
+  return n
+end
 
 function M.plain_dialog_text(text)
-  for quote, shown in pairs(SHOWN_QUOTES) do
-    local _, count = text:gsub(quote, "")
-    if count % 2 == 1 then text = text:gsub(quote, shown) end
-  end
+  if count(text, "'") % 2 == 1 then text = text:gsub("'", LOOK_ALIKES["'"]) end
+  if count(text, '"') % 2 == 1 then text = text:gsub('"', LOOK_ALIKES['"']) end
+  if count(text, "(") > count(text, ")") then text = text:gsub("%(", LOOK_ALIKES["("]) end
   return text
 end
 
-function M.plain_dialog_answer(text)
-  return (text:gsub("\u{2019}", "'"):gsub("\u{201D}", '"'))
+-- A field of the answer, given the `value` it was opened with and the text it `shown` for it:
+-- left as shown, the value itself; edited, as typed, with the look-alikes this dialog put in
+-- (and only those kinds) turned back.
+function M.plain_dialog_answer(field, value, shown)
+  if field == shown then return value end
+  for plain, look in pairs(LOOK_ALIKES) do
+    if value:find(plain, 1, true) and not shown:find(plain, 1, true) then
+      field = field:gsub(look, (plain:gsub("%%", "%%%%")))
+    end
+  end
+  return field
 end
 
 --[[
 One GetUserInputs dialog of `labels` with `values` (both arrays; values as the user sees them).
-Returns the fields of the answer (as typed, quotes read back), or nil when the user cancels,
-or false and a message when the answer was cut at PLAIN_DIALOG_BYTES.
+Returns the fields of the answer (as typed, look-alikes turned back), or nil when the user
+cancels, or false, a message and the fields when the answer was cut at PLAIN_DIALOG_BYTES.
 ]]
 function M.plain_dialog(title, labels, values, width)
   local shown = {}
@@ -344,7 +357,8 @@ function M.plain_dialog(title, labels, values, width)
   local got = {}
   for field in (answer .. "\n"):gmatch("(.-)\n") do
     local _, bad = utf8.len(field) -- the cut may fall inside a character: shown again without it
-    got[#got + 1] = M.plain_dialog_answer(bad and field:sub(1, bad - 1) or field)
+    local i = #got + 1
+    got[i] = M.plain_dialog_answer(bad and field:sub(1, bad - 1) or field, values[i] or "", shown[i] or "")
   end
   if #answer >= M.PLAIN_DIALOG_BYTES then
     return false, string.format("REAPER's dialog hands back at most %d bytes, all fields together, and what you " ..

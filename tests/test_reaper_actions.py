@@ -936,6 +936,37 @@ def test_settings_saved_and_checked(world):
     assert "port" not in result["extstate"]["StepFoley"]
 
 
+@pytest.mark.parametrize("folder", ["O'Neil tools", "Jane\u2019s tools", "tools (old"])
+def test_settings_confirmed_unchanged_keep_a_client_path_with_quotes_or_a_parenthesis(world, folder):
+    """A saved client path with an apostrophe (shown as a look-alike, REAPER's rules would move
+    the fields after it), a typographic one typed by the user (kept as it is), or an unclosed
+    parenthesis: OK without a change saves it as it was."""
+    import shutil
+
+    client = world["tmp"] / folder / world["client"].name
+    client.parent.mkdir()
+    shutil.copy2(world["client"], client)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.SETTINGS}],
+                  extstate=h.extstate(world, client=str(client), port="9100"))
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    saved = result["extstate"]["StepFoley"]
+    assert saved["client"] == str(client) and saved["port"] == "9100"
+    assert result["dialogs"][0]["shown"][1] == h.plain_dialog_text(str(client))
+
+
+def test_a_caption_with_an_unclosed_parenthesis_keeps_the_next_dialogs_fields_in_place(world):
+    sc = scenario(world, dialog=answers(caption="footsteps :(", method="independent", alpha="5"), actions=[
+        {"script": h.MAIN}, {"script": h.MAIN, "after_idle": True}])
+    sc["dialog_answers"] += answers(caption=None, method=None, alpha=None, seed="8")
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert result["dialogs"][1]["shown"] == ["footsteps :\uff08", "independent", "5", "", "", "", ""]
+    second = h.job_requests(result)[1]
+    assert (second["caption"], second["method"], second["alpha"], second["seed"]) == ("footsteps :(", "independent",
+                                                                                     5.0, 8)
+
+
 def test_engine_status_and_cancel_with_nothing_running(world):
     sc = scenario(world, actions=[{"script": h.STATUS}, {"script": h.CANCEL}])
     result = h.run_scenario(world["tmp"], sc)

@@ -99,6 +99,17 @@ def answers(caption=CAPTION, method="", alpha="", beta="", seed="7", steps="", n
     return [{"ok": True, "values": values}]
 
 
+def plain_dialog_text(text: str) -> str:
+    """What the plain dialog shows for `text` (StepFoley_lib_dialog.lua, plain_dialog_text)."""
+    if text.count("'") % 2:
+        text = text.replace("'", "\u2019")
+    if text.count('"') % 2:
+        text = text.replace('"', "\u201d")
+    if text.count("(") > text.count(")"):
+        text = text.replace("(", "\uff08")
+    return text
+
+
 def extstate(world: dict, **settings: str) -> dict:
     """The ExtState of a scenario: the stand-in client, job files kept (so that tests can read
     the request and the bounce), and `settings`."""
