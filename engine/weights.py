@@ -216,7 +216,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         except PermissionError:
             raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert or download it again.") from None
+            raise CheckpointError(f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
+                                  "convert or download it again.") from e
     try:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -389,3 +389,19 @@ def test_a_copy_without_its_official_file_is_named_plainly(tmp_path):
         described_source(official, file_to_read(official))
     official.unlink()  # the user kept the copy alone, as docs/weights.md allows
     assert described_source(official, file_to_read(official)) == str(copy)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_damaged_file_checked_is_named_without_the_librarys_internals(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from stepfoley.engine.weights import tensor_shapes
+
+    path = tmp_path / f"v1-16{suffix}"
+    tensors = {"a": torch.ones(64, 64)}
+    torch.save(tensors, path) if suffix == ".pth" else save_file(tensors, str(path))
+    path.write_bytes(path.read_bytes()[:200])  # a broken download
+    with pytest.raises(CheckpointError) as error:
+        tensor_shapes(path, None)
+    assert "it ends early" in str(error.value) and "Error" not in str(error.value)
+    assert error.value.__cause__ is not None  # the library's words stay for a log
