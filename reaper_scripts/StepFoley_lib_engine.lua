@@ -530,9 +530,13 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local function finish()
     progress:close()
     for i = #results + 1, #jobs do results[i] = { state = "not_started" } end
-    local all_done = true
-    for _, r in ipairs(results) do all_done = all_done and r.state == "done" end
-    if all_done and settings.keep_job_files == 0 then M.remove_tree(jobs[1].folders.job_dir) end
+    -- a job's files (the request, its status, the bounce of the layers: up to hundreds of MB)
+    -- are kept for support only where something failed, or a client may still be writing
+    local clean = true
+    for _, r in ipairs(results) do
+      clean = clean and (r.state == "done" or r.state == "not_started" or (r.state == "cancelled" and not r.unconfirmed))
+    end
+    if clean and settings.keep_job_files == 0 then M.remove_tree(jobs[1].folders.job_dir) end
     on_finished(results)
   end
 
@@ -629,7 +633,8 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
       end
       if job then check_silence(now) end
       if job and job.cancel_asked and now - job.cancel_asked > 15 then
-        end_job({ state = "cancelled", message = "Cancelled (the client did not confirm; it may still be stopping)." })
+        end_job({ state = "cancelled", unconfirmed = true,
+          message = "Cancelled (the client did not confirm; it may still be stopping)." })
       end
       if job then show_progress() end
     end

@@ -592,6 +592,17 @@ function M.continuation_fields(item, region, a, b)
       "item (Item > Glue items) first."
   end
   a, b = math.max(a, region.project_start), math.min(b, region.project_end)
+  -- an item dragged out past its take's audio (or looping it) plays silence or a repeat there
+  local audio_end = pos + (reaper.GetMediaSourceLength(levels[1].src) - reaper.GetMediaItemTakeInfo_Value(take,
+    "D_STARTOFFS"))
+  if b >= region.project_end - 1e-6 then
+    a = math.min(a, audio_end) -- the new part starts where the audio ends, covering the rest of the item too
+  elseif audio_end < region.project_end - 1e-6 then
+    return nil, string.format("The selected item runs %.3f s past the end of its take's audio (its edge was " ..
+      "dragged out, or it loops its source), so the part after the time selection cannot be kept from the take. " ..
+      "Trim the item to its audio, or glue it (Item > Glue items), then make the part again; or extend the item " ..
+      "from %.3f s with \"Extend selected Foley item to time selection\".", region.project_end - audio_end, audio_end)
+  end
   if a <= region.project_start + 1e-6 and b >= region.project_end - 1e-6 then
     return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
       "selected Foley item\" to make it anew."

@@ -339,6 +339,17 @@ def test_cancel_mid_generation(world):
     assert_project_untouched(result)
 
 
+def test_a_cancelled_generation_leaves_no_job_files(world):
+    """Cancel is the artist's choice, not a failure to keep for support: the job's folder (its
+    request, status and the layers' bounce, up to hundreds of MB) goes, as after a success."""
+    sc = scenario(world, dialog=answers(steps="40"), extstate=h.extstate(world, keep_job_files="0"),
+                  actions=[{"script": h.MAIN}, {"script": h.CANCEL, "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert "cancelled" in result["messages"][0]["message"].lower()
+    job_dir = h.status_path(result).parent
+    assert job_dir.parent.is_dir() and not job_dir.exists()
+
+
 def test_escape_in_progress_window_cancels(world):
     sc = scenario(world, dialog=answers(steps="40"), gfx_key_when_running=27)
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
@@ -663,6 +674,28 @@ def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
     assert len(sf.read(item["takes"][1]["source_file"])[0]) == h.frames(4.0)
     assert h.take_meta(item["takes"][1])["regenerate"] == [1.0, 4.0]
     assert result["undo"] == ['StepFoley: extend "door creak"']
+
+
+def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_ends(world):
+    """Item 3.0-5.5 s whose take (the 12 s file from 10.5 s) ends at 4.5 s: the edge was dragged
+    out. Extending from 5.0 s makes the silent 4.5-5.0 s new too, instead of asking the engine
+    to keep audio that is not there (it refused after the dialog)."""
+    sc = scenario(world, ts=(5.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, startoffs=10.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert request["regenerate"] == [1.5, 4.0] and request["take_offset"] == 10.5
+
+
+def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers_words(world):
+    sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
+                  extra_tracks=[continuation_layer(world, startoffs=10.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "runs 1.000 s past the end of its take's audio" in message["message"]
+    assert "Extend selected Foley item to time selection" in message["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
 
 
 TAKE_SOUND = {"vol": 0.5, "pan": -0.25, "chanmode": 3, "pitch": 2.0, "ppitch": 1, "pitchmode": 393219}
