@@ -6,6 +6,9 @@
 --   An answer REAPER cut at its 1,023-byte limit (a long caption, or one in a script that takes 3 bytes a character) is said to be cut and asked again, instead of being sent shortened with the later fields fallen back to defaults.
 --   Variations go as fixed lanes from REAPER 7.07, the first version where a script can name lanes; before it, as takes named by seed.
 --   A job holds as many variations as the engine publishes (it read a copy of its own).
+--   Extend from inside an item's silent tail (its edge dragged past the take's audio) starts where the audio ends; a repair that would keep audio past the take's end is refused before any bounce, in REAPER's words (both were refused by the engine after the dialog).
+--   A selection with less than a second of picture (or more than the engine takes) is said before the dialog and any bounce.
+--   A cancelled generation leaves no job files in the project (only a failure keeps them, for support).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -624,6 +624,27 @@ function M.job_for_item(proj, item, job)
   return job
 end
 
+-- The picture lengths a request may have (stepfoley.request.MIN_REGION_SECONDS,
+-- MAX_REGION_SECONDS), when the engine does not say.
+M.REGION_SECONDS = { 1.0, 600.0 }
+
+-- Why the region's picture is too short or too long for the engine (said before the dialog and
+-- any bounce), or nil. `clipped`: the picture covers only part of the selection.
+function M.region_length_problem(region, clipped, caps)
+  local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
+  local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
+  local length = region.file_out - region.file_in
+  local what = clipped and string.format("Only %.2f s of the selection has picture under it", length)
+    or string.format("The selection covers %.2f s of picture", length)
+  if length < low - 1e-6 then
+    return string.format("%s; StepFoley needs at least %g s to follow. Select a longer range.", what, low)
+  elseif length > high + 1e-6 then
+    return string.format("%s; at most %g s can be made at once. Select a shorter range and make the rest in a " ..
+      "second pass.", what, high)
+  end
+  return nil
+end
+
 --[[
 One generating action, from the engine check to the new media. `job`:
   proj; t0, t1      the time selection, or the item's range;
@@ -682,6 +703,8 @@ function M.generate(job)
       return M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
         " while StepFoley asked the engine; nothing was generated.")
     end
+    local length_problem = M.region_length_problem(region, clipped, engine.capabilities)
+    if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)
         local params, err = job.params, nil

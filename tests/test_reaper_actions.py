@@ -339,6 +339,16 @@ def test_cancel_mid_generation(world):
     assert_project_untouched(result)
 
 
+@pytest.mark.parametrize("ts, words", [((3.0, 3.02), "The selection covers 0.02 s of picture; StepFoley needs at "
+                                                     "least 1 s"),
+                                       ((9.5, 11.0), "Only 0.50 s of the selection has picture under it")])
+def test_a_selection_with_too_little_picture_is_said_before_the_dialog(world, ts, words):
+    result = h.run_scenario(world["tmp"], scenario(world, ts=ts))
+    [message] = result["messages"]
+    assert words in message["message"]
+    assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+
+
 def test_a_cancelled_generation_leaves_no_job_files(world):
     """Cancel is the artist's choice, not a failure to keep for support: the job's folder (its
     request, status and the layers' bounce, up to hundreds of MB) goes, as after a success."""
