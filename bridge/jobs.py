@@ -237,8 +237,8 @@ class JobBook:
                 self._current = job
             job.announced.wait(ANNOUNCE_WAIT_S)  # a reply sent before /accepted could reach a client first
             self._tell(job, protocol.PROGRESS)  # step 0: the client learns it started
-            started = time.time()
-            kind, result = self._run(job, started)
+            existing = _names_in(job.request.output_dir)
+            kind, result = self._run(job, existing)
             made = kind in (protocol.DONE, protocol.DONE_STEMS)
             with self._lock:
                 abandoned = self._current is not job  # stop() gave up on it and told its client
@@ -252,7 +252,7 @@ class JobBook:
                                        protocol.CANCELLED: CANCELLED}.get(kind, ERROR))
             if abandoned or late_cancel:
                 if made:
-                    _discard_stem(result, job.request.output_dir, started)
+                    _discard_stem(result, job.request.output_dir, existing)
                 if abandoned:
                     continue
             self._tell(job, kind)
@@ -264,9 +264,10 @@ class JobBook:
         except Exception:
             log.exception("could not send %s for job %s", kind, job.job_id)
 
-    def _run(self, job: Job, started: float) -> tuple[str, Any]:
-        """Run one job (begun at time.time() `started`) to its end; returns the final reply
-        address and the runner's result (None when it failed), and fills the job in."""
+    def _run(self, job: Job, existing: frozenset[str] | None) -> tuple[str, Any]:
+        """Run one job to its end (`existing`: the names in its output folder as it began);
+        returns the final reply address and the runner's result (None when it failed), and
+        fills the job in."""
 
         def on_progress(phase: str, step: int, total: int) -> None:
             with self._lock:
@@ -286,7 +287,7 @@ class JobBook:
             job.stem_path, job.metadata = _checked_result(result, job.request.output_dir)
             return protocol.DONE, result
         except Exception as e:  # any failure ends this job only; the worker keeps serving
-            _discard_stem(result, job.request.output_dir, started)
+            _discard_stem(result, job.request.output_dir, existing)
             code = getattr(e, "code", None)
             message = _message_of(e)
             if not isinstance(code, str) or not code:
@@ -387,13 +388,23 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
     return stem
 
 
-def _discard_stem(result: Any, output_dir: str, since: float) -> None:
-    """Remove the stems of a refused result: only files inside output_dir written during the job."""
+def _names_in(folder: str) -> frozenset[str] | None:
+    """The names in `folder` now, or None when it cannot be listed."""
+    try:
+        return frozenset(os.listdir(folder))
+    except OSError:
+        return None
+
+
+def _discard_stem(result: Any, output_dir: str, existing: frozenset[str] | None) -> None:
+    """Remove the stems of a refused result: only files inside output_dir that were not there
+    when the job began (`existing`; None: nothing is removed). Names, not modification times:
+    a file on a network share carries the server's clock, which may run behind the engine's."""
     stems = result.get("stems") if isinstance(result, dict) else None
     for one in (stems if isinstance(stems, list) else [result]):
         stem = _stem_in(one, output_dir)
         try:
-            if stem is not None and os.stat(stem).st_mtime >= since - 1.0:
+            if stem is not None and existing is not None and os.path.basename(stem) not in existing:
                 os.unlink(stem)
         except OSError as e:
             log.warning("could not remove the stem of a failed job: %s", e)

@@ -505,6 +505,43 @@ def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path):
     srv.stop()
 
 
+def test_a_late_cancels_stem_goes_whatever_clock_stamped_it(tmp_path):
+    """A stem on a network share carries the server's clock: one stamped an hour behind the
+    engine's is still this job's new file, and a late cancel removes it; a file that was in the
+    folder before the job is never removed, whatever the result names."""
+
+    class BehindClock(SineRunner):
+        def __call__(self, request, on_progress, is_cancelled):
+            result = super().__call__(request, on_progress, is_cancelled)
+            os.utime(result["stem_path"], (time.time() - 3600,) * 2)
+            gate.set()
+            time.sleep(0.5)  # the cancel lands after the runner's last check
+            return result
+
+    import threading
+
+    gate = threading.Event()
+    srv = EngineServer(BehindClock(), ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, steps=1), "job")
+    job_id = p.receive_until({protocol.ACCEPTED})[-1][1][1]
+    assert gate.wait(5)
+    p.send(protocol.CANCEL, p.port, "c1", "", job_id)
+    replies = p.receive_until({protocol.DONE, protocol.CANCELLED})
+    assert replies[-1][0] == protocol.CANCELLED
+    time.sleep(0.2)
+    assert os.listdir(tmp_path / "out") == []
+    p.close()
+    srv.stop()
+
+    from stepfoley.bridge.jobs import _discard_stem
+
+    mine = tmp_path / "out" / "my_take.wav"
+    mine.write_bytes(b"RIFF")
+    _discard_stem({"stem_path": str(mine)}, str(tmp_path / "out"), frozenset({"my_take.wav"}))
+    assert mine.exists()
+
+
 def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp_path):
     """The cancel lands while the stem is being written (no check inside): "stopping" was the
     answer, so the job ends /cancelled and its stem goes."""
