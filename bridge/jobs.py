@@ -21,7 +21,6 @@ import os
 import secrets
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -291,8 +290,9 @@ class JobBook:
             code = getattr(e, "code", None)
             message = _message_of(e)
             if not isinstance(code, str) or not code:
-                code = "internal_error"
-                log.error("job %s failed unexpectedly:\n%s", job.job_id, traceback.format_exc())
+                # a bug: its kind is part of what the user reports, and the log keeps where it was
+                code, message = "internal_error", _message_of(e, with_kind=True)
+                log.error("job %s failed unexpectedly", job.job_id, exc_info=True)
             if code == "cancelled" and job.cancel_requested.is_set():
                 return protocol.CANCELLED, None
             if code == "cancelled" and self._stopping:
@@ -319,11 +319,13 @@ class JobBook:
         return self._queue.index(job) + (1 if self._current is not None else 0)
 
 
-def _message_of(error: Exception) -> str:
+def _message_of(error: Exception, with_kind: bool = False) -> str:
+    kind = type(error).__name__
     try:
-        return (str(error) or type(error).__name__)[:MAX_MESSAGE_CHARS]
+        text = str(error)
+        return (f"{kind}: {text}" if with_kind and text else text or kind)[:MAX_MESSAGE_CHARS]
     except Exception:  # an exception whose message cannot be made still ends its job with a reply
-        return type(error).__name__
+        return kind
 
 
 class BadResult(Exception):

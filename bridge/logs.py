@@ -33,8 +33,11 @@ class LogBudget(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # one record, one line: a client's text (a path with a newline) cannot forge another
         text = printable(record.getMessage(), MAX_RECORD_CHARS).translate(_CONTROL_ESCAPES)
-        if record.exc_info:
-            text += "\n" + printable(logging.Formatter().formatException(record.exc_info), MAX_TRACEBACK_CHARS)
+        if record.exc_info:  # its end: the frame that failed and the error itself
+            trace = logging.Formatter().formatException(record.exc_info)
+            if len(trace) > MAX_TRACEBACK_CHARS:
+                trace = "…" + trace[-(MAX_TRACEBACK_CHARS - 1):]
+            text += "\n" + printable(trace, MAX_TRACEBACK_CHARS)
         record.exc_info, record.exc_text = None, None
         with self._lock:
             now = self._clock()

@@ -2,6 +2,7 @@
 and the real engine (the embedded model's code path with random weights) behind the server."""
 
 import json
+import sys
 import os
 import threading
 import time
@@ -154,13 +155,35 @@ def test_an_unexpected_exception_is_internal_error_and_the_server_keeps_serving(
 
     with EngineServer(flaky, ServerConfig(port=0)).start() as srv:
         p = RawPeer(srv.address[1])
-        codes = []
+        codes, messages = [], []
         for i in range(3):
             p.generate(make_request(tmp_path), f"r{i}")
             address, args = p.receive_until(protocol.FINAL_REPLIES)[-1]
             codes.append(args[2] if address == protocol.ERROR else "done")
+            messages.append(args[3] if address == protocol.ERROR else "")
         p.close()
     assert codes == ["internal_error", "internal_error", "done"]
+    assert messages[0] == "ZeroDivisionError: division by zero"  # the kind of bug is what a report needs
+
+
+def test_the_log_of_an_unexpected_error_keeps_where_it_failed(caplog):
+    """A deep traceback is cut from its start, not its end: the failing frame and the error line
+    survive the log's bound."""
+    import logging
+
+    from stepfoley.bridge.logs import MAX_TRACEBACK_CHARS, LogBudget
+
+    chain = {}  # 80 distinct frames (Python folds a recursion's repeated ones)
+    exec(compile("\n".join(f"def f{i}():\n    return f{i + 1}()" for i in range(80))
+                 + "\ndef f80():\n    raise KeyError('deep_bug_key')", "deep_module.py", "exec"), chain)
+    try:
+        chain["f0"]()
+    except KeyError:
+        record = logging.LogRecord("stepfoley.bridge", logging.ERROR, __file__, 1, "job failed", (), sys.exc_info())
+    assert len(logging.Formatter().formatException(record.exc_info)) > MAX_TRACEBACK_CHARS
+    assert LogBudget().filter(record)
+    assert record.msg.endswith("KeyError: 'deep_bug_key'") and "in f80" in record.msg[-300:]
+    assert len(record.msg) <= len("job failed\n") + MAX_TRACEBACK_CHARS
 
 
 def test_a_retransmitted_request_is_one_job(peer, tmp_path):
