@@ -19,6 +19,7 @@ import numpy as np
 import soundfile
 
 from stepfoley.engine import audio_io, mixing, output_folders
+from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import InvalidInputError, StepFoleyError, stop_if_cancelled
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
@@ -76,6 +77,13 @@ class FoleyService:
                  existing_tracks: Sequence[tuple[np.ndarray, int]] = ()) -> dict:
         """`existing_tracks`: (samples, sample_rate) of stems already in memory, heard like the
         request's existing_mix (stepfoley generate --existing: no bounce file)."""
+        try:
+            return self._generate(request, on_progress, is_cancelled, existing_tracks)
+        finally:
+            release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
+
+    def _generate(self, request: GenerationRequest, on_progress: ProgressFn | None,
+                  is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int]]) -> dict:
         region = request.region
         video = _existing_file(region.video, "The video")
         if not os.path.isdir(request.output_dir):

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -170,3 +172,20 @@ def test_command_line_offers_exactly_the_engine_precisions():
     from stepfoley.commands.runtime import PRECISIONS
 
     assert PRECISIONS == devices.PRECISIONS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_freed_memory_goes_back_to_the_system_after_a_job(monkeypatch):
+    """The service trims after every job, failed or not (a long-running engine grew with each
+    new region otherwise; README, "Using it", for the figures)."""
+    from stepfoley.engine import devices, service
+
+    assert devices.release_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(service, "release_freed_memory", lambda: calls.append(1))
+    runner = service.FoleyService.__new__(service.FoleyService)
+    monkeypatch.setattr(service.FoleyService, "_generate", lambda self, *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        runner(None)
+    assert calls == [1]
+
