@@ -76,6 +76,10 @@ def _status_file_problem(path: str | None) -> str | None:
     return None
 
 
+# A request file may be indented and escape every character; its request, packed, must fit a datagram.
+REQUEST_FILE_BYTES_PER_REQUEST_BYTE = 16
+
+
 def _read_request_file(path: str):
     """The request JSON in the file at `path`, read no further than a request can be (the path
     may name an endless device or pipe). Raises OSError, ValueError or RecursionError."""
@@ -88,10 +92,6 @@ def _read_request_file(path: str):
         raise ValueError(f"it is larger than {most // 1024} KiB, far more than one request can hold "
                          f"({MAX_REQUEST_BYTES // 1024} KiB on the wire)")
     return json.loads(data.decode("utf-8"))
-
-
-# A request file may be indented and escape every character; its request, packed, must fit a datagram.
-REQUEST_FILE_BYTES_PER_REQUEST_BYTE = 16
 
 
 def _send(args, client) -> int:
