@@ -128,7 +128,8 @@ def release_freed_memory() -> bool:
     """Hand the memory freed since the last call back to the system (glibc's malloc_trim). Why:
     a small tensor kept between jobs (a feature cache entry) sits among the large, short-lived
     buffers of frame decoding, and the allocator then keeps every freed page around it, so an
-    engine grew by about 1 MB for each new region it saw, past its cache's bound. Returns True
+    engine grew by half a megabyte or more for each new region it saw, past its cache's bound
+    (README, "Using it"). Returns True
     where it ran (Linux with glibc); elsewhere it does nothing."""
     global _LIBC_TRIM
     if _LIBC_TRIM is None:
