@@ -8,7 +8,7 @@
 --   A job holds as many variations as the engine publishes (it read a copy of its own).
 --   Extend from inside an item's silent tail (its edge dragged past the take's audio) starts where the audio ends; a repair that would keep audio past the take's end is refused before any bounce, in REAPER's words (both were refused by the engine after the dialog).
 --   A selection with less than a second of picture (or more than the engine takes) is said before the dialog and any bounce.
---   A cancelled generation leaves no job files in the project (only a failure keeps them, for support).
+--   A cancelled generation leaves no job files in the project (a failure, or a cancel the client did not confirm, keeps them, for support).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

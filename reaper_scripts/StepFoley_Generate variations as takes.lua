@@ -2,8 +2,8 @@
 -- @description StepFoley: Generate variations as takes
 --[[
 Generate variations: like "Generate Foley track for time selection", but N generations with
-seeds s, s+1, ... on one new track: in REAPER 7 one item per fixed lane (the first lane plays;
-switch or comp lanes to audition), in older REAPER (or with "Variations as: takes" in
+seeds s, s+1, ... on one new track: from REAPER 7.07 one item per fixed lane (the first lane
+plays; switch or comp lanes to audition), in older REAPER (or with "Variations as: takes" in
 Settings) as N takes of one item, best first (the engine ranks them where its model has an
 embedding to judge with, else in seed order). An engine that speaks protocol 2 samples up to 8
 variations together in one job; an older one makes them one job after another. The track is
