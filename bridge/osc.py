@@ -33,7 +33,8 @@ class DecodeError(ValueError):
 
 def encode(address: str, *args: Any) -> bytes:
     """One OSC message. Ints go out as int32 (or int64 when they do not fit), strings as UTF-8;
-    what UTF-8 cannot carry (a lone surrogate from JSON's \\ud800) goes out escaped."""
+    what UTF-8 or an OSC string cannot carry (a lone surrogate from JSON's \\ud800, a NUL) goes
+    out escaped."""
     builder = OscMessageBuilder(address=_encodable(address))
     for value in args:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -43,6 +44,8 @@ def encode(address: str, *args: Any) -> bytes:
 
 
 def _encodable(text: str) -> str:
+    # an OSC string ends at its first NUL: one inside is written as the escape that names it
+    text = text.replace("\x00", "\\x00")
     try:
         text.encode("utf-8")
         return text

@@ -23,12 +23,14 @@ from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.auth import TokenError, check_token
 from stepfoley.bridge.jobs import Job, JobBook, Runner
 from stepfoley.bridge.logs import bridge_logger
-from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request
+from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request, printable
 
 log = bridge_logger()
 
 # Room for bursts of requests from several DAW scripts while the worker holds the GIL.
 _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# An error reply's message, escaped: 4,000 bytes of UTF-8 at most, within any datagram.
+MAX_ERROR_MESSAGE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ class Dispatcher:
             if port is None:
                 log.debug("dropped %s from %s: %s", address[:80], sender[0], e.message)
                 return []
-            return [(osc.encode(protocol.ERROR, request_id, "", e.code, e.message), (sender[0], port))]
+            # escaped and cut: a client's text in the message must never make the reply too big to send
+            message = printable(e.message, MAX_ERROR_MESSAGE_CHARS)
+            return [(osc.encode(protocol.ERROR, request_id, "", e.code, message), (sender[0], port))]
         except Exception as e:  # a bug here must cost one reply, not the server
             log.exception("internal error handling %s", address[:80])
             if port is None:

@@ -768,10 +768,11 @@ def _invalid(message: str):
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """User text for a message: cut short, and encodable whatever it holds (a lone surrogate
-    from JSON's \\ud800 becomes the escape it came from)."""
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """User text for a message: encodable whatever it holds (a lone surrogate from JSON's
+    \\ud800, or a byte that was not UTF-8, becomes its escape), then cut to `limit` characters
+    as shown, so a message's size is bounded whatever the text held."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _SHORT_REPR = reprlib.Repr()
@@ -800,9 +801,14 @@ def _digits(value: int) -> int:
 
 
 def _reject_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
-    extra = sorted(printable(str(k), 80) for k in obj if k not in known)
+    extra = sorted(printable(str(k), 40) for k in obj if k not in known)
     if extra:
-        _invalid(f"Unknown field(s) in {where}: {', '.join(extra)}. Known: {', '.join(known)}.")
+        named = ", ".join(extra[:_MOST_NAMED])
+        more = f" and {len(extra) - _MOST_NAMED} more" if len(extra) > _MOST_NAMED else ""
+        _invalid(f"Unknown field(s) in {where}: {named}{more}. Known: {', '.join(known)}.")
+
+
+_MOST_NAMED = 5  # unknown fields a message names: it must fit a reply however many were sent
 
 
 def _require(obj: dict, names: tuple[str, ...], where: str) -> None:

@@ -666,3 +666,28 @@ def test_sigterm_while_the_model_loads_stops_the_engine_cleanly(tmp_path):
         assert engine.wait(timeout=20) == 0, engine.stderr.read()
     finally:
         engine.kill()
+
+
+def test_an_error_reply_fits_a_datagram_whatever_the_request_held(peer, tmp_path):
+    """360 unknown keys of 80 bytes that are not UTF-8 (each kept as an escape six characters
+    long): the refusal names a few and still reaches the sender in one datagram; a NUL in a key
+    is written as its escape, not cut where the OSC string would end."""
+    request = json.dumps(make_request(tmp_path)).encode()[:-1]
+    keys = b"".join(b', "' + b"\xff" * 76 + b"%04d" % i + b'": 1' for i in range(360))
+    datagram = _generate_bytes(peer.port, request + keys + b"}")
+    assert len(datagram) <= protocol.MAX_DATAGRAM_BYTES
+    peer.send_bytes(datagram)
+    address, args = peer.receive()
+    assert address == protocol.ERROR and args[2] == "invalid_request" and "and 355 more" in args[3]
+    peer.generate({**make_request(tmp_path), "caption\u0000x": 1}, "nul")
+    address, args = peer.receive()
+    assert "caption\\x00x" in args[3] and args[3].endswith(".")
+
+
+def _generate_bytes(port: int, payload: bytes) -> bytes:
+    """A /generate datagram whose request_json holds `payload` as it is (bytes that need not be UTF-8)."""
+    marker = "Q" * 8
+    datagram = osc.encode(protocol.GENERATE, port, "many", "", marker)
+    head = datagram[:datagram.index(marker.encode())]
+    return head + payload + b"\x00" * (4 - len(payload) % 4)
+
