@@ -69,10 +69,26 @@ def test_ctrl_c_stops_a_command_without_a_traceback(tmp_path):
     import sys
     import time
 
-    # a command that works for minutes: training the evaluation's classifier
+    import threading
+
+    # a command that works for minutes: training the evaluation's classifier; Ctrl-C once it trains
+    # (a fixed wait could land in the imports on a loaded machine)
     done = subprocess.Popen([sys.executable, "-m", "stepfoley", "eval", "--train-classifier",
                              str(tmp_path / "c.safetensors")], stderr=subprocess.PIPE, text=True)
-    time.sleep(8)
+    err, training = [], threading.Event()
+
+    def read():
+        for chunk in iter(lambda: done.stderr.read(64), ""):
+            err.append(chunk)
+            if "training the" in "".join(err[-3:]):
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert training.wait(120), "".join(err)
+    time.sleep(1)
     done.send_signal(signal.SIGINT)
-    _, err = done.communicate(timeout=60)
-    assert done.returncode == 130 and "stopped (Ctrl-C)" in err and "Traceback" not in err, err
+    done.wait(timeout=60)
+    reader.join(10)
+    text = "".join(err)
+    assert done.returncode == 130 and "stopped (Ctrl-C)" in text and "Traceback" not in text, text
