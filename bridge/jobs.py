@@ -263,7 +263,7 @@ class JobBook:
         except Exception:
             log.exception("could not send %s for job %s", kind, job.job_id)
 
-    def _run(self, job: Job, existing: frozenset[str] | None) -> tuple[str, Any]:
+    def _run(self, job: Job, existing: dict[str, tuple[int, int, int]] | None) -> tuple[str, Any]:
         """Run one job to its end (`existing`: the names in its output folder as it began);
         returns the final reply address and the runner's result (None when it failed), and
         fills the job in."""
@@ -390,23 +390,36 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
     return stem
 
 
-def _names_in(folder: str) -> frozenset[str] | None:
-    """The names in `folder` now, or None when it cannot be listed."""
+def _names_in(folder: str) -> dict[str, tuple[int, int, int]] | None:
+    """Each file in `folder` now with what tells it from a new file of the same name (inode,
+    modification time, size; a freed inode is often given again at once), or None when the
+    folder cannot be listed."""
+    def identity(entry: os.DirEntry) -> tuple[int, int, int]:
+        info = entry.stat(follow_symlinks=False)
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
     try:
-        return frozenset(os.listdir(folder))
+        with os.scandir(folder) as entries:
+            return {e.name: identity(e) for e in entries}
     except OSError:
         return None
 
 
-def _discard_stem(result: Any, output_dir: str, existing: frozenset[str] | None) -> None:
-    """Remove the stems of a refused result: only files inside output_dir that were not there
-    when the job began (`existing`; None: nothing is removed). Names, not modification times:
-    a file on a network share carries the server's clock, which may run behind the engine's."""
+def _discard_stem(result: Any, output_dir: str, existing: dict[str, tuple[int, int, int]] | None) -> None:
+    """Remove the stems of a refused result: only files directly in output_dir that were not
+    there as they are when the job began (`existing`: a name freed and taken again during the
+    job is the job's; None: nothing is removed). Compared for equality, never for order: a file
+    on a network share carries the server's clock, which may run behind the engine's."""
     stems = result.get("stems") if isinstance(result, dict) else None
     for one in (stems if isinstance(stems, list) else [result]):
         stem = _stem_in(one, output_dir)
         try:
-            if stem is not None and existing is not None and os.path.basename(stem) not in existing:
+            if stem is None or existing is None:
+                continue
+            if os.path.realpath(os.path.dirname(stem)) != os.path.realpath(output_dir):
+                continue  # the engine writes stems into output_dir itself, never below it
+            info = os.stat(stem)
+            if existing.get(os.path.basename(stem)) != (info.st_ino, info.st_mtime_ns, info.st_size):
                 os.unlink(stem)
         except OSError as e:
             log.warning("could not remove the stem of a failed job: %s", e)

@@ -13,6 +13,7 @@ from stepfoley.request import printable
 
 MAX_RECORD_CHARS = 500
 MAX_TRACEBACK_CHARS = 2000
+TRACEBACK_INDENT = "  | "
 LOG_BYTES_PER_S = 2048  # sustained
 LOG_BURST_BYTES = 8192  # at once, after a quiet spell
 # control characters (newlines, carriage returns, escape sequences) as the escapes that name them
@@ -33,11 +34,15 @@ class LogBudget(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # one record, one line: a client's text (a path with a newline) cannot forge another
         text = printable(record.getMessage(), MAX_RECORD_CHARS).translate(_CONTROL_ESCAPES)
-        if record.exc_info:  # its end: the frame that failed and the error itself
+        if record.exc_info:  # its end, as shown: the frame that failed and the error itself
             trace = logging.Formatter().formatException(record.exc_info)
+            # every line indented under the record: a client's newline inside the error's message
+            # starts a line that cannot be read as another record
+            trace = "\n".join(TRACEBACK_INDENT + line.encode("utf-8", "backslashreplace").decode("utf-8")
+                              .translate(_CONTROL_ESCAPES) for line in trace.splitlines())
             if len(trace) > MAX_TRACEBACK_CHARS:
                 trace = "…" + trace[-(MAX_TRACEBACK_CHARS - 1):]
-            text += "\n" + printable(trace, MAX_TRACEBACK_CHARS)
+            text += "\n" + trace
         record.exc_info, record.exc_text = None, None
         with self._lock:
             now = self._clock()

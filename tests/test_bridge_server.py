@@ -184,6 +184,15 @@ def test_the_log_of_an_unexpected_error_keeps_where_it_failed(caplog):
     assert LogBudget().filter(record)
     assert record.msg.endswith("KeyError: 'deep_bug_key'") and "in f80" in record.msg[-300:]
     assert len(record.msg) <= len("job failed\n") + MAX_TRACEBACK_CHARS
+    # a client's text in the error: escaped bytes do not push the end out, a newline forges nothing
+    try:
+        raise RuntimeError("model choked on caption steps\udcff" * 30 + "\n2099-01-01 00:00:00 ERROR forged")
+    except RuntimeError:
+        record = logging.LogRecord("stepfoley.bridge", logging.ERROR, __file__, 1, "job failed", (), sys.exc_info())
+    assert LogBudget().filter(record)
+    lines = record.msg.splitlines()
+    assert lines[0] == "job failed" and all(line.startswith("  | ") for line in lines[1:])
+    assert lines[-1] == "  | 2099-01-01 00:00:00 ERROR forged"
 
 
 def test_a_retransmitted_request_is_one_job(peer, tmp_path):
@@ -557,12 +566,21 @@ def test_a_late_cancels_stem_goes_whatever_clock_stamped_it(tmp_path):
     p.close()
     srv.stop()
 
-    from stepfoley.bridge.jobs import _discard_stem
+    from stepfoley.bridge.jobs import _discard_stem, _names_in
 
-    mine = tmp_path / "out" / "my_take.wav"
+    out = tmp_path / "out"
+    mine, below = out / "my_take.wav", out / "sub" / "user_take_001.wav"
+    below.parent.mkdir()
     mine.write_bytes(b"RIFF")
-    _discard_stem({"stem_path": str(mine)}, str(tmp_path / "out"), frozenset({"my_take.wav"}))
-    assert mine.exists()
+    below.write_bytes(b"RIFF")
+    before = _names_in(str(out))
+    for path in (mine, below):  # a faulty runner names files that were there: never removed
+        _discard_stem({"stem_path": str(path)}, str(out), before)
+    assert mine.exists() and below.exists()
+    mine.unlink()  # the name freed during the job and taken again by its stem: the job's file
+    mine.write_bytes(b"RIFF new")
+    _discard_stem({"stem_path": str(mine)}, str(out), before)
+    assert not mine.exists()
 
 
 def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp_path):
