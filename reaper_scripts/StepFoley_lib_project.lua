@@ -94,29 +94,51 @@ local function picture_plays(item)
   return M.item_plays(item) and M.track_is_heard(reaper.GetMediaItem_Track(item))
 end
 
+-- The length of [a, b] not covered by any of `spans` ({a, b} each).
+local function uncovered(a, b, spans)
+  table.sort(spans, function(x, y) return x[1] < y[1] end)
+  local free, at = 0, a
+  for _, span in ipairs(spans) do
+    if span[1] > at then free = free + math.min(span[1], b) - at end
+    at = math.max(at, span[2])
+    if at >= b then return free end
+  end
+  return free + math.max(0, b - at)
+end
+
 --[[
-The video item to use under [t0, t1]: of those that play on heard tracks, the one covering
-most of it (top track wins ties); an old cut left muted, in a muted folder or on a lane that
-does not play loses to the one the user sees. Only when none plays, the one covering most of
-the others: a picture put on a muted track so that its sound stays out is still the picture.
+The video item to use under [t0, t1]: of those that play on heard tracks, the one the user sees
+over most of it. REAPER shows the video of the topmost track where several play at once, so an
+item counts only where no playing video on a track above it covers the same time (ties: the top
+track). An old cut left muted, in a muted folder or on a lane that does not play loses to the one
+the user sees. Only when none plays, the one covering most of the others: a picture put on a
+muted track so that its sound stays out is still the picture.
 ]]
 function M.find_video_item(proj, t0, t1)
-  local best, best_overlap, best_plays = nil, 0, false
+  local candidates = {}
   for i = 0, reaper.CountMediaItems(proj) - 1 do
     local item = reaper.GetMediaItem(proj, i)
     local take = reaper.GetActiveTake(item)
     if take and not reaper.TakeIsMIDI(take) then
       local a, b = M.item_range(item)
-      local overlap = math.min(b, t1) - math.max(a, t0)
-      local plays = overlap > 0 and picture_plays(item)
-      local better = (plays and not best_plays) or (plays == best_plays and overlap > best_overlap)
-      if overlap > 0 and better then
-        local levels = M.source_chain(take)
-        if #levels > 0 and M.is_video_source(levels[#levels].src) then
-          best, best_overlap, best_plays = item, overlap, plays
-        end
+      a, b = math.max(a, t0), math.min(b, t1)
+      local levels = b > a and M.source_chain(take) or {}
+      if #levels > 0 and M.is_video_source(levels[#levels].src) then
+        candidates[#candidates + 1] = { item = item, a = a, b = b, plays = picture_plays(item),
+          track = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "IP_TRACKNUMBER") }
       end
     end
+  end
+  local best, best_seen, best_track, best_plays = nil, 0, math.huge, false
+  for _, c in ipairs(candidates) do
+    local above = {}
+    for _, other in ipairs(candidates) do
+      if c.plays and other.plays and other.track < c.track then above[#above + 1] = { other.a, other.b } end
+    end
+    local seen = uncovered(c.a, c.b, above)
+    local better = (c.plays and not best_plays) or (c.plays == best_plays and (seen > best_seen + 1e-9
+      or (math.abs(seen - best_seen) <= 1e-9 and c.track < best_track)))
+    if seen > 0 and better then best, best_seen, best_track, best_plays = c.item, seen, c.track, c.plays end
   end
   return best
 end

@@ -624,13 +624,19 @@ function M.job_for_item(proj, item, job)
   return job
 end
 
--- The picture lengths a request may have (stepfoley.request.MIN_REGION_SECONDS,
--- MAX_REGION_SECONDS), when the engine does not say.
+-- When the engine does not say (stepfoley.request): the picture lengths a request may have
+-- (MIN_REGION_SECONDS, MAX_REGION_SECONDS), the longest stem on the timeline (MAX_STEM_SECONDS)
+-- and its largest file (MAX_STEM_BYTES, with WAV_HEADER_BYTES and wav24's 3 bytes a sample).
 M.REGION_SECONDS = { 1.0, 600.0 }
+M.STEM_SECONDS = 600.0
+M.STEM_BYTES = 128 * 2 ^ 20
+local WAV_HEADER_BYTES, WAV24_BYTES = 4096, 3
 
--- Why the region's picture is too short or too long for the engine (said before the dialog and
--- any bounce), or nil. `clipped`: the picture covers only part of the selection.
-function M.region_length_problem(region, clipped, caps)
+-- Why the region is too short or too long for the engine (said before the dialog and any
+-- bounce), or nil: its picture, its length on the timeline (the picture may play at another
+-- rate) and its new track's file at `sample_rate`. `clipped`: the picture covers only part of
+-- the selection.
+function M.region_length_problem(region, clipped, caps, sample_rate)
   local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
   local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
   local length = region.file_out - region.file_in
@@ -641,6 +647,15 @@ function M.region_length_problem(region, clipped, caps)
   elseif length > high + 1e-6 then
     return string.format("%s; at most %g s can be made at once. Select a shorter range and make the rest in a " ..
       "second pass.", what, high)
+  end
+  local timeline = region.project_end - region.project_start
+  local most_s = tonumber(M.published(caps, "stem_seconds", M.STEM_SECONDS)) or M.STEM_SECONDS
+  local most_bytes = tonumber(M.published(caps, "stem_bytes", M.STEM_BYTES)) or M.STEM_BYTES
+  local longest = math.min(most_s, (most_bytes - WAV_HEADER_BYTES) / (WAV24_BYTES * sample_rate))
+  if timeline > longest + 1e-6 then
+    return string.format("The new item would last %.1f s on the timeline; at most %.1f s can be made at once at " ..
+      "this project's %d Hz. Select a shorter range and make the rest in a second pass.", timeline,
+      math.floor(longest * 10) / 10, sample_rate)
   end
   return nil
 end
@@ -703,7 +718,8 @@ function M.generate(job)
       return M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
         " while StepFoley asked the engine; nothing was generated.")
     end
-    local length_problem = M.region_length_problem(region, clipped, engine.capabilities)
+    local length_problem = M.region_length_problem(region, clipped, engine.capabilities,
+      M.project_sample_rate(job.proj))
     if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)

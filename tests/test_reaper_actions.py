@@ -349,6 +349,34 @@ def test_a_selection_with_too_little_picture_is_said_before_the_dialog(world, ts
     assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
 
 
+def test_the_picture_is_the_video_reaper_shows_where_two_play(world):
+    """A newer cut on the track above covers 3.0-5.4 s of the 3.0-5.5 s selection; the old cut
+    below covers all of it. REAPER shows the top track's video where both play, so the artist
+    sees the new cut over 2.4 s of 2.5: that is the picture (it used to be the old cut, which
+    covered more of the selection)."""
+    newer = world["tmp"] / "picture_v2.mp4"
+    newer.write_bytes(b"not decoded by the stand-in")
+    sc = scenario(world)
+    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
+        {"position": 3.0, "length": 2.4, "takes": [{"file": str(newer), "length": 10.0}]}]})
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert h.job_request(result)["region"]["video"] == str(newer)
+
+
+def test_a_stem_too_long_for_the_engine_is_said_before_the_dialog(world):
+    """At 192 kHz a 250 s selection is a 137 MiB stem, past the 128 MiB the engine writes: said
+    before the dialog and any bounce, with the longest length at this rate."""
+    sc = scenario(world, ts=(2.0, 252.0), video_item={"position": 0.0, "length": 300.0,
+                                                     "takes": [{"file": str(world["video"]), "length": 300.0}]})
+    sc["render"]["numbers"]["PROJECT_SRATE"] = 192000
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "would last 250.0 s on the timeline; at most 233.0 s can be made at once at this project's 192000 Hz" \
+        in message["message"]
+    assert result["dialogs"] == [] and h.generation_commands(result) == []
+
+
 def test_a_cancelled_generation_leaves_no_job_files(world):
     """Cancel is the artist's choice, not a failure to keep for support: the job's folder (its
     request, status and the layers' bounce, up to hundreds of MB) goes, as after a success."""
