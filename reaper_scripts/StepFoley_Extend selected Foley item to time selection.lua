@@ -28,6 +28,11 @@ local function main()
     return SF.alert("The time selection starts at or before the item's start, so nothing of the take would be " ..
       "kept. Start it where the take should go on.")
   end
+  local over = SF.item_in_the_way(item, item_end, t1)
+  if over then
+    return SF.alert(string.format("Extended to %.3f s, the item would run over \"%s\" (from %.3f s) on the same " ..
+      "track, which it could not hear. End the time selection before it, or move that item.", t1, over.name, over.start))
+  end
   local from = math.min(t0, item_end)
   local extra_fields, stored = SF.continuation_job_fields(item, meta, from, t1)
   local job = SF.job_for_item(proj, item, { title = "StepFoley: extend",

@@ -26,7 +26,10 @@ local function main()
       local track = reaper.GetSelectedTrack(proj, i)
       local want = not SF.counts_as_negative(track)
       SF.set_negative_role(track, SF.role_for(SF.is_stepfoley_track(track), want))
-      lines[#lines + 1] = SF.track_name(track) .. (want and ": a negative" or ": not a negative")
+      local folder = reaper.GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") > 0
+      lines[#lines + 1] = SF.track_name(track) .. (want and ": a negative" or ": not a negative") ..
+        -- a folder's own items count, its children each by their own choice
+        ((want and folder) and " (its own items only: select its child tracks to make them negatives too)" or "")
     end
   end)
   SF.log("negatives now:\n  " .. table.concat(lines, "\n  "))

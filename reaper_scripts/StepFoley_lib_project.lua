@@ -40,6 +40,25 @@ function M.item_range(item)
   return pos, pos + reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
 end
 
+-- The first other item on `item`'s track (in its fixed lane, where the track has lanes) that
+-- starts within [a, b): {name, start}, or nil. What Extend would grow over.
+function M.item_in_the_way(item, a, b)
+  local track = reaper.GetMediaItem_Track(item)
+  local lane = reaper.GetMediaItemInfo_Value(item, "I_FIXEDLANE")
+  local found
+  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+    local other = reaper.GetTrackMediaItem(track, i)
+    local start = reaper.GetMediaItemInfo_Value(other, "D_POSITION")
+    if other ~= item and reaper.GetMediaItemInfo_Value(other, "I_FIXEDLANE") == lane and start >= a - 1e-9
+      and start < b - 1e-9 and (not found or start < found.start) then
+      local take, name = reaper.GetActiveTake(other), ""
+      if take then name = select(2, reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", "", false)) end
+      found = { name = name ~= "" and name or "an item", start = start }
+    end
+  end
+  return found
+end
+
 -- The chain of sources from the take's source up to the file: each level is
 -- {src=, section=bool, offs=, len=, rev=}. The last level is the file.
 function M.source_chain(take)

@@ -194,7 +194,16 @@ One new StepFoley track named after the caption over the region, with the result
 after its seed).
 ]]
 function M.insert_track(proj, region, takes, lanes)
-  local track = insert_track_in(proj, new_track_index(proj))
+  local index = new_track_index(proj)
+  local track = insert_track_in(proj, index)
+  -- after the last layer, inside a folder (a Foley bus): the new layer joins it, so the
+  -- folder's end moves from that layer to the new one (a new track after it would be outside)
+  local before = index > 0 and reaper.GetTrack(proj, index - 1)
+  local depth = before and reaper.GetMediaTrackInfo_Value(before, "I_FOLDERDEPTH") or 0
+  if depth < 0 and M.is_stepfoley_track(before) then
+    reaper.SetMediaTrackInfo_Value(before, "I_FOLDERDEPTH", 0)
+    reaper.SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", depth)
+  end
   reaper.GetSetMediaTrackInfo_String(track, "P_NAME", takes[1].meta.caption, true)
   reaper.GetSetMediaTrackInfo_String(track, M.TRACK_MARK, "1", true)
   if lanes then
@@ -690,10 +699,6 @@ reaper.defer: REAPER stays usable throughout.
 function M.generate(job)
   local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1)
   if not region then return M.alert(region_err) end
-  if clipped then
-    M.log(string.format("the picture covers only %.3f s to %.3f s of the range; generating that part.",
-      region.project_start, region.project_end))
-  end
   job.exclude = job.exclude or {}
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
   local settings = M.load_settings()
@@ -721,6 +726,11 @@ function M.generate(job)
     local length_problem = M.region_length_problem(region, clipped, engine.capabilities,
       M.project_sample_rate(job.proj))
     if length_problem then return M.alert(length_problem) end
+    if clipped then -- said once it is certain that part will be made
+      M.log(string.format("the video item %s covers only %.3f s to %.3f s of the range (the rest has no picture, " ..
+        "or another video item: make a second pass there); generating that part.", M.basename(region.video),
+        region.project_start, region.project_end))
+    end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)
         local params, err = job.params, nil

@@ -255,7 +255,7 @@ def test_region_running_past_the_video_end(world):
     # picture ends at 2 + (5 - 1) = 6 s although the item runs to 10 s
     result = h.run_scenario(world["tmp"], scenario(world, ts=(4.25, 9.0), video_item=video_item))
     assert result["messages"] == []
-    assert "the picture covers only 4.250 s to 6.000 s" in result["console"]
+    assert "the video item picture.mp4 covers only 4.250 s to 6.000 s of the range" in result["console"]
     region = job_request(result)["region"]
     assert region["file_out"] == pytest.approx(5.0) and region["project_end"] == pytest.approx(6.0)
     [track] = new_tracks(result)
@@ -347,6 +347,7 @@ def test_a_selection_with_too_little_picture_is_said_before_the_dialog(world, ts
     [message] = result["messages"]
     assert words in message["message"]
     assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+    assert "generating that part" not in result["console"]  # what is refused is not announced
 
 
 def test_the_picture_is_the_video_reaper_shows_where_two_play(world):
@@ -375,6 +376,28 @@ def test_a_stem_too_long_for_the_engine_is_said_before_the_dialog(world):
     assert "would last 250.0 s on the timeline; at most 233.0 s can be made at once at this project's 192000 Hz" \
         in message["message"]
     assert result["dialogs"] == [] and h.generation_commands(result) == []
+
+
+def test_a_new_layer_joins_the_folder_its_earlier_layers_are_in(world):
+    """The layers sit in a "FOLEY bus" folder (its volume and FX): the new track goes after the
+    last of them and inside the folder, which now ends with it."""
+    sc = scenario(world)
+    wind = next(t for t in sc["tracks"] if t["name"] == "wind")
+    sc["tracks"].insert(sc["tracks"].index(wind), {"name": "FOLEY bus", "folderdepth": 1, "vol": 0.5, "items": []})
+    wind["folderdepth"] = -1
+    sc["tracks"].append({"name": "Music", "items": []})
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    names = [(t["name"], t["folderdepth"]) for t in result["tracks"]]
+    assert names == [("Picture", 0), ("FOLEY bus", 1), ("wind", 0), (h.CAPTION, -1), ("Music", 0)]
+
+
+def test_toggling_a_folder_says_its_children_are_chosen_apart(world):
+    sc = scenario(world, actions=[{"script": h.TOGGLE}])
+    sc["tracks"].append({"name": "Production sound", "folderdepth": 1, "selected": True, "items": []})
+    sc["tracks"].append({"name": "Dialogue", "folderdepth": -1, "items": []})
+    result = h.run_scenario(world["tmp"], sc)
+    assert "Production sound: a negative (its own items only: select its child tracks" in result["console"]
 
 
 def test_a_cancelled_generation_leaves_no_job_files(world):
@@ -734,6 +757,21 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert "runs 1.000 s past the end of its take's audio" in message["message"]
     assert "Extend selected Foley item to time selection" in message["message"]
     assert h.generation_commands(result) == [] and result["undo"] == []
+
+
+def test_extend_over_the_next_item_on_the_track_is_refused_before_the_dialog(world):
+    """"door slam" starts at 6.0 s on the same track: extending "door creak" to 7.0 s would play
+    over it without having heard it."""
+    layer = continuation_layer(world)
+    meta = {"caption": "door slam", "seed": 3, "negatives": {"mode": "none", "tracks": []}}
+    layer["items"].append({"position": 6.0, "length": 2.0, "takes": [
+        {"file": str(world["foley"]), "name": "door slam", "ext": {"stepfoley_metadata": json.dumps(meta)}}]})
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert 'would run over "door slam" (from 6.000 s) on the same track' in message["message"]
+    assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
 
 
 TAKE_SOUND = {"vol": 0.5, "pan": -0.25, "chanmode": 3, "pitch": 2.0, "ppitch": 1, "pitchmode": 393219}

@@ -661,7 +661,7 @@ local TRACK_VALUES = {
   I_SOLO = { function(tr) return tr.solo end, function(tr, v) tr.solo = math.tointeger(v) or v end },
   B_SOLO_DEFEAT = { function(tr) return tr.solo_defeat and 1 or 0 end, function(tr, v) tr.solo_defeat = v ~= 0 end },
   D_VOL = { function(tr) return tr.vol end, function(tr, v) tr.vol = v end },
-  I_FOLDERDEPTH = { function(tr) return tr.folderdepth end, nil },
+  I_FOLDERDEPTH = { function(tr) return tr.folderdepth end, function(tr, v) tr.folderdepth = math.tointeger(v) or v end },
   I_FREEMODE = { function(tr) return tr.freemode end, function(tr, v) tr.freemode = math.tointeger(v) or v end },
   I_NUMFIXEDLANES = { function(tr) return tr.numlanes end, function(tr, v)
     tr.numlanes = math.tointeger(v)

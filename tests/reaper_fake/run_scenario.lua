@@ -199,7 +199,8 @@ local function tracks_out(pr)
   local list = json.array({})
   for _, tr in ipairs(pr.tracks) do
     local t = { name = tr.name, selected = tr.selected, ext = tr.ext, mute = tr.mute, solo = tr.solo,
-      solo_defeat = tr.solo_defeat, vol = tr.vol, fxen = tr.fxen, freemode = tr.freemode, items = json.array({}) }
+      solo_defeat = tr.solo_defeat, vol = tr.vol, fxen = tr.fxen, freemode = tr.freemode, folderdepth = tr.folderdepth,
+      items = json.array({}) }
     if tr.freemode == 2 then
       t.lanes = json.array({})
       for lane = 0, tr.numlanes - 1 do
