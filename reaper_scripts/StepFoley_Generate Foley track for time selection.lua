@@ -13,6 +13,7 @@
 --   A new layer after the last layer inside a folder (a Foley bus) joins that folder.
 --   Extend refuses to grow an item over the next item on its track (which it could not hear), before the dialog.
 --   Toggling a folder track says that its child tracks are chosen one by one.
+--   A locked StepFoley item is left as it is: Regenerate, Replace, Extend, the repair and Make like this say so before anything else.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -406,6 +406,11 @@ function M.selected_stepfoley_item(proj, what)
   for i = 0, reaper.CountSelectedMediaItems(proj) - 1 do
     local item = reaper.GetSelectedMediaItem(proj, i)
     local meta = M.take_meta(reaper.GetActiveTake(item))
+    if meta and reaper.GetMediaItemInfo_Value(item, "C_LOCK") % 2 == 1 then
+      M.alert("The selected StepFoley item is locked, and this action gives it a new take (Extend also makes it " ..
+        "longer). Unlock it first (Item properties > Locked).")
+      return nil
+    end
     if meta then return item, meta end
   end
   M.alert("Select an item made by StepFoley first (its active take holds StepFoley's metadata): " .. what)

@@ -759,6 +759,18 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
+@pytest.mark.parametrize("script", [h.EXTEND, h.REPAIR, h.REGENERATE])
+def test_a_locked_item_is_left_as_it_is(world, script):
+    layer = continuation_layer(world)
+    layer["items"][0]["lock"] = 1
+    sc = scenario(world, ts=(3.5, 4.0) if script == h.REPAIR else (4.0, 7.0), dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": script}], extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "The selected StepFoley item is locked" in message["message"]
+    assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+
+
 def test_extend_over_the_next_item_on_the_track_is_refused_before_the_dialog(world):
     """"door slam" starts at 6.0 s on the same track: extending "door creak" to 7.0 s would play
     over it without having heard it."""

@@ -800,7 +800,7 @@ local ITEM_VALUES = {
   D_POSITION = { "position", true }, D_LENGTH = { "length", true }, D_VOL = { "vol", true },
   D_FADEINLEN = { "fadein", true }, D_FADEOUTLEN = { "fadeout", true },
   C_FADEINSHAPE = { "fadein_shape", true }, C_FADEOUTSHAPE = { "fadeout_shape", true },
-  C_MUTE_SOLO = { "mute_solo", true }, B_LOOPSRC = { "loopsrc", true },
+  C_MUTE_SOLO = { "mute_solo", true }, B_LOOPSRC = { "loopsrc", true }, C_LOCK = { "lock", true },
 }
 function reaper.GetMediaItemInfo_Value(item, key)
   check(item, "MediaItem*", "GetMediaItemInfo_Value")

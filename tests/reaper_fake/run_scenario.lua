@@ -82,6 +82,7 @@ local function build_tracks(project, list)
       item.mute = i.mute and true or false
       item.mute_solo = i.mute_solo or 0
       item.loopsrc = i.loopsrc or 0
+      item.lock = i.lock or 0
       item.hidden_lane = i.hidden_lane and true or false
       if tr.freemode == 2 then item.fixedlane, tr.lane_plays[n - 1] = n - 1, i.lane_plays or 0 end
       item.vol = i.vol or 1.0
