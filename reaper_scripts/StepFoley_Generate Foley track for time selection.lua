@@ -9,11 +9,11 @@
 --   Extend from inside an item's silent tail (its edge dragged past the take's audio) starts where the audio ends; a repair that would keep audio past the take's end is refused before any bounce, in REAPER's words (both were refused by the engine after the dialog).
 --   A selection with less than a second of picture (or more than the engine takes) is said before the dialog and any bounce.
 --   A cancelled generation leaves no job files in the project (a failure, or a cancel the client did not confirm, keeps them, for support).
---   Where two video items play at once, the picture is the one REAPER shows (the top track's), not the one covering more of the selection; a picture that covers only part of the selection is named in the console once that part will be made.
---   A new layer after the last layer inside a folder (a Foley bus) joins that folder.
---   Extend refuses to grow an item over the next item on its track (which it could not hear), before the dialog.
+--   Where two video items play at once, the picture is the one REAPER shows (the top track's), not the one covering more of the selection, and the region is the longest stretch where it is seen (an item shows nothing past its file's end); a picture seen over only part of the selection is named in the console once that part will be made.
+--   A new layer after the last layer inside a heard folder (a Foley bus) joins that folder; never a muted one.
+--   Extend refuses to grow an item over another playing item on its track (which it could not hear; a crossfaded neighbour too), before the dialog.
 --   Toggling a folder track says that its child tracks are chosen one by one.
---   A locked StepFoley item is left as it is: Regenerate, Replace, Extend, the repair and Make like this say so before anything else.
+--   A StepFoley item with its own lock set (Item properties) is left as it is: Regenerate, Replace, Extend, the repair and Make like this say so before anything else (REAPER's project-wide locking is not read).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -40,17 +40,18 @@ function M.item_range(item)
   return pos, pos + reaper.GetMediaItemInfo_Value(item, "D_LENGTH")
 end
 
--- The first other item on `item`'s track (in its fixed lane, where the track has lanes) that
--- starts within [a, b): {name, start}, or nil. What Extend would grow over.
+-- The first other item that plays on `item`'s track (in its fixed lane, where the track has
+-- lanes) and sounds within [a, b): {name, start}, or nil. What Extend would grow over (one that
+-- already overlaps the item's end, crossfaded, too).
 function M.item_in_the_way(item, a, b)
   local track = reaper.GetMediaItem_Track(item)
   local lane = reaper.GetMediaItemInfo_Value(item, "I_FIXEDLANE")
   local found
   for i = 0, reaper.CountTrackMediaItems(track) - 1 do
     local other = reaper.GetTrackMediaItem(track, i)
-    local start = reaper.GetMediaItemInfo_Value(other, "D_POSITION")
-    if other ~= item and reaper.GetMediaItemInfo_Value(other, "I_FIXEDLANE") == lane and start >= a - 1e-9
-      and start < b - 1e-9 and (not found or start < found.start) then
+    local start, stop = M.item_range(other)
+    if other ~= item and reaper.GetMediaItemInfo_Value(other, "I_FIXEDLANE") == lane and M.item_plays(other)
+      and stop > a + 1e-9 and start < b - 1e-9 and (not found or start < found.start) then
       local take, name = reaper.GetActiveTake(other), ""
       if take then name = select(2, reaper.GetSetMediaItemTakeInfo_String(take, "P_NAME", "", false)) end
       found = { name = name ~= "" and name or "an item", start = start }
@@ -113,25 +114,38 @@ local function picture_plays(item)
   return M.item_plays(item) and M.track_is_heard(reaper.GetMediaItem_Track(item))
 end
 
--- The length of [a, b] not covered by any of `spans` ({a, b} each).
+-- The stretches of [a, b] not covered by any of `spans` ({a, b} each), in time order.
 local function uncovered(a, b, spans)
   table.sort(spans, function(x, y) return x[1] < y[1] end)
-  local free, at = 0, a
+  local free, at = {}, a
   for _, span in ipairs(spans) do
-    if span[1] > at then free = free + math.min(span[1], b) - at end
+    if span[1] > at and at < b then free[#free + 1] = { at, math.min(span[1], b) } end
     at = math.max(at, span[2])
-    if at >= b then return free end
   end
-  return free + math.max(0, b - at)
+  if at < b then free[#free + 1] = { at, b } end
+  return free
+end
+
+-- Where a video item shows picture in project time: the item, within its take's source (no
+-- frames before the source's start or after its end).
+local function picture_span(item)
+  local take = reaper.GetActiveTake(item)
+  local levels = M.source_chain(take)
+  local pos, item_end = M.item_range(item)
+  local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+  local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+  local source_length = reaper.GetMediaSourceLength(levels[1].src)
+  return math.max(pos, pos - startoffs / playrate), math.min(item_end, pos + (source_length - startoffs) / playrate)
 end
 
 --[[
-The video item to use under [t0, t1]: of those that play on heard tracks, the one the user sees
-over most of it. REAPER shows the video of the topmost track where several play at once, so an
-item counts only where no playing video on a track above it covers the same time (ties: the top
-track). An old cut left muted, in a muted folder or on a lane that does not play loses to the one
-the user sees. Only when none plays, the one covering most of the others: a picture put on a
-muted track so that its sound stays out is still the picture.
+The video item to use under [t0, t1] and the stretch {a, b} of it the user sees: of the items
+that play on heard tracks, the one seen over most of it. REAPER shows the video of the topmost
+track where several play at once, so an item counts only where no playing video on a track above
+it shows picture at the same time (ties: the top track); its stretch is the longest of those.
+An old cut left muted, in a muted folder or on a lane that does not play loses to the one the
+user sees. Only when none plays, the one covering most of the others: a picture put on a muted
+track so that its sound stays out is still the picture.
 ]]
 function M.find_video_item(proj, t0, t1)
   local candidates = {}
@@ -139,33 +153,42 @@ function M.find_video_item(proj, t0, t1)
     local item = reaper.GetMediaItem(proj, i)
     local take = reaper.GetActiveTake(item)
     if take and not reaper.TakeIsMIDI(take) then
-      local a, b = M.item_range(item)
-      a, b = math.max(a, t0), math.min(b, t1)
-      local levels = b > a and M.source_chain(take) or {}
+      local levels = M.source_chain(take)
       if #levels > 0 and M.is_video_source(levels[#levels].src) then
-        candidates[#candidates + 1] = { item = item, a = a, b = b, plays = picture_plays(item),
-          track = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "IP_TRACKNUMBER") }
+        local a, b = picture_span(item)
+        a, b = math.max(a, t0), math.min(b, t1)
+        if b > a then
+          candidates[#candidates + 1] = { item = item, a = a, b = b, plays = picture_plays(item),
+            track = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "IP_TRACKNUMBER") }
+        end
       end
     end
   end
-  local best, best_seen, best_track, best_plays = nil, 0, math.huge, false
+  local best, best_stretch, best_seen, best_track, best_plays = nil, nil, 0, math.huge, false
   for _, c in ipairs(candidates) do
     local above = {}
     for _, other in ipairs(candidates) do
       if c.plays and other.plays and other.track < c.track then above[#above + 1] = { other.a, other.b } end
     end
-    local seen = uncovered(c.a, c.b, above)
+    local seen, longest = 0, nil
+    for _, stretch in ipairs(uncovered(c.a, c.b, above)) do
+      seen = seen + stretch[2] - stretch[1]
+      if not longest or stretch[2] - stretch[1] > longest[2] - longest[1] then longest = stretch end
+    end
     local better = (c.plays and not best_plays) or (c.plays == best_plays and (seen > best_seen + 1e-9
       or (math.abs(seen - best_seen) <= 1e-9 and c.track < best_track)))
-    if seen > 0 and better then best, best_seen, best_track, best_plays = c.item, seen, c.track, c.plays end
+    if seen > 0 and better then
+      best, best_stretch, best_seen, best_track, best_plays = c.item, longest, seen, c.track, c.plays
+    end
   end
-  return best
+  return best, best_stretch
 end
 
 -- Turns a time selection into the request's region. Returns region, nil or nil, message.
--- The region is the part of [t0, t1] that has picture; `clipped` says whether it shrank.
+-- The region is the part of [t0, t1] where the user sees the chosen picture; `clipped` says
+-- whether it shrank (no picture there, or another video item shows).
 function M.region_for(proj, t0, t1)
-  local item = M.find_video_item(proj, t0, t1)
+  local item, stretch = M.find_video_item(proj, t0, t1)
   if not item then
     return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
       "Put the picture on a track and make the time selection over it.", t0, t1)
@@ -177,15 +200,10 @@ function M.region_for(proj, t0, t1)
   end
   local levels = M.source_chain(take)
   local file = reaper.GetMediaSourceFileName(levels[#levels].src, "")
-  local pos, item_end = M.item_range(item)
+  local pos = M.item_range(item)
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
   local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
-  local take_src_len = reaper.GetMediaSourceLength(levels[1].src)
-  -- where the take's source starts and ends in project time; outside it there is no picture
-  local src_start = pos - startoffs / playrate
-  local src_end = pos + (take_src_len - startoffs) / playrate
-  local a = math.max(t0, pos, src_start)
-  local b = math.min(t1, item_end, src_end)
+  local a, b = stretch[1], stretch[2]
   if b - a <= 1e-6 then
     return nil, "The time selection does not overlap the picture of the video item (" ..
       M.basename(file) .. ")."

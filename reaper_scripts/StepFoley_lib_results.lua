@@ -200,7 +200,7 @@ function M.insert_track(proj, region, takes, lanes)
   -- folder's end moves from that layer to the new one (a new track after it would be outside)
   local before = index > 0 and reaper.GetTrack(proj, index - 1)
   local depth = before and reaper.GetMediaTrackInfo_Value(before, "I_FOLDERDEPTH") or 0
-  if depth < 0 and M.is_stepfoley_track(before) then
+  if depth < 0 and M.is_stepfoley_track(before) and M.track_is_heard(before) then -- not into a muted archive
     reaper.SetMediaTrackInfo_Value(before, "I_FOLDERDEPTH", 0)
     reaper.SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", depth)
   end
@@ -711,6 +711,11 @@ function M.generate(job)
     end
     local jobs, negatives = prepare_jobs(job, settings, engine, params, region)
     if not jobs then return M.alert(negatives) end
+    if clipped then -- said once that part will be made
+      M.log(string.format("you see the video item %s over only %.3f s to %.3f s of the range (the rest has no " ..
+        "picture, or another video item shows: make a second pass there); generating that part.",
+        M.basename(region.video), region.project_start, region.project_end))
+    end
     M.run_jobs(settings, prefix, jobs, "StepFoley: " .. params.caption, function(results)
       M.report(results, jobs)
       insert_results(job, settings, region, jobs, results, negatives, params)
@@ -726,11 +731,6 @@ function M.generate(job)
     local length_problem = M.region_length_problem(region, clipped, engine.capabilities,
       M.project_sample_rate(job.proj))
     if length_problem then return M.alert(length_problem) end
-    if clipped then -- said once it is certain that part will be made
-      M.log(string.format("the video item %s covers only %.3f s to %.3f s of the range (the rest has no picture, " ..
-        "or another video item: make a second pass there); generating that part.", M.basename(region.video),
-        region.project_start, region.project_end))
-    end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)
         local params, err = job.params, nil

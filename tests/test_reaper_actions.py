@@ -255,7 +255,7 @@ def test_region_running_past_the_video_end(world):
     # picture ends at 2 + (5 - 1) = 6 s although the item runs to 10 s
     result = h.run_scenario(world["tmp"], scenario(world, ts=(4.25, 9.0), video_item=video_item))
     assert result["messages"] == []
-    assert "the video item picture.mp4 covers only 4.250 s to 6.000 s of the range" in result["console"]
+    assert "you see the video item picture.mp4 over only 4.250 s to 6.000 s of the range" in result["console"]
     region = job_request(result)["region"]
     assert region["file_out"] == pytest.approx(5.0) and region["project_end"] == pytest.approx(6.0)
     [track] = new_tracks(result)
@@ -398,6 +398,43 @@ def test_toggling_a_folder_says_its_children_are_chosen_apart(world):
     sc["tracks"].append({"name": "Dialogue", "folderdepth": -1, "items": []})
     result = h.run_scenario(world["tmp"], sc)
     assert "Production sound: a negative (its own items only: select its child tracks" in result["console"]
+
+
+def test_the_picture_is_only_where_it_is_seen(world):
+    """A newer cut on the track above shows over 4.0-5.0 s of the 3.0-5.5 s selection: the old
+    cut below is seen longest (1.5 s), and the region is its longest stretch seen, 3.0-4.0 s,
+    said in the console; a top item whose file ends early shows nothing after its end."""
+    newer = world["tmp"] / "picture_v2.mp4"
+    newer.write_bytes(b"not decoded by the stand-in")
+    sc = scenario(world)
+    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
+        {"position": 4.0, "length": 1.0, "takes": [{"file": str(newer), "length": 10.0}]}]})
+    result = h.run_scenario(world["tmp"], sc)
+    region = h.job_request(result)["region"]
+    assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.0, 4.0)
+    assert "over only 3.000 s to 4.000 s of the range" in result["console"]
+    sc = scenario(world)
+    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
+        {"position": 3.0, "length": 2.5, "takes": [{"file": str(newer), "length": 0.5}]}]})
+    region = h.job_request(h.run_scenario(world["tmp"], sc))["region"]
+    assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.5, 5.5)
+
+
+def test_a_partial_picture_is_announced_only_when_it_will_be_made(world):
+    sc = scenario(world, ts=(1.0, 5.5), dialog=[{"ok": False}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert h.generation_commands(result) == [] and "generating that part" not in result["console"]
+
+
+def test_a_new_layer_never_joins_a_muted_folder(world):
+    sc = scenario(world)
+    sc["tracks"].append({"name": "Rejected", "folderdepth": 1, "mute": True, "items": []})
+    old = stepfoley_layer(world, "old layer", {"caption": "old layer", "seed": 1})
+    old["folderdepth"] = -1
+    sc["tracks"].append(old)
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert [(t["name"], t["folderdepth"]) for t in result["tracks"]][-2:] == [("old layer", -1), (h.CAPTION, 0)]
 
 
 def test_a_cancelled_generation_leaves_no_job_files(world):
@@ -757,6 +794,15 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert "runs 1.000 s past the end of its take's audio" in message["message"]
     assert "Extend selected Foley item to time selection" in message["message"]
     assert h.generation_commands(result) == [] and result["undo"] == []
+
+
+def test_extend_over_a_crossfaded_next_item_is_refused(world):
+    layer = continuation_layer(world)
+    layer["items"].append({"position": 5.4, "length": 2.6, "takes": [{"file": str(world["foley"]), "name": "door slam"}]})
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[layer])
+    [message] = h.run_scenario(world["tmp"], sc)["messages"]
+    assert 'would run over "door slam" (from 5.400 s)' in message["message"]
 
 
 @pytest.mark.parametrize("script", [h.EXTEND, h.REPAIR, h.REGENERATE])
