@@ -73,8 +73,11 @@ def test_ctrl_c_stops_a_command_without_a_traceback(tmp_path):
 
     # a command that works for minutes: training the evaluation's classifier; Ctrl-C once it trains
     # (a fixed wait could land in the imports on a loaded machine)
+    # SIGINT at its default in the command, whatever this run inherited: a shell starting a job
+    # in the background without job control (`pytest &`, as a CI runner may) leaves it ignored
     done = subprocess.Popen([sys.executable, "-m", "stepfoley", "eval", "--train-classifier",
-                             str(tmp_path / "c.safetensors")], stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "c.safetensors")], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err, training = [], threading.Event()
 
     def read():
