@@ -647,6 +647,7 @@ local WAV_HEADER_BYTES, WAV24_BYTES = 4096, 3
 -- the selection.
 function M.region_length_problem(region, clipped, caps, sample_rate)
   local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
+  if type(bound) ~= "table" then bound = M.REGION_SECONDS end
   local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
   local length = region.file_out - region.file_in
   local what = clipped and string.format("Only %.2f s of the selection has picture under it", length)
