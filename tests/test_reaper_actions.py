@@ -350,16 +350,22 @@ def test_a_selection_with_too_little_picture_is_said_before_the_dialog(world, ts
     assert "generating that part" not in result["console"]  # what is refused is not announced
 
 
+def with_a_newer_cut_above(world, position, length, file_length=10.0):
+    """The default scenario with another video item ("Picture v2") on a track above the picture's."""
+    newer = world["tmp"] / "picture_v2.mp4"
+    newer.write_bytes(b"not decoded by the stand-in")
+    sc = scenario(world)
+    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
+        {"position": position, "length": length, "takes": [{"file": str(newer), "length": file_length}]}]})
+    return sc, newer
+
+
 def test_the_picture_is_the_video_reaper_shows_where_two_play(world):
     """A newer cut on the track above covers 3.0-5.4 s of the 3.0-5.5 s selection; the old cut
     below covers all of it. REAPER shows the top track's video where both play, so the artist
     sees the new cut over 2.4 s of 2.5: that is the picture (it used to be the old cut, which
     covered more of the selection)."""
-    newer = world["tmp"] / "picture_v2.mp4"
-    newer.write_bytes(b"not decoded by the stand-in")
-    sc = scenario(world)
-    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
-        {"position": 3.0, "length": 2.4, "takes": [{"file": str(newer), "length": 10.0}]}]})
+    sc, newer = with_a_newer_cut_above(world, 3.0, 2.4)
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     assert h.job_request(result)["region"]["video"] == str(newer)
@@ -404,18 +410,12 @@ def test_the_picture_is_only_where_it_is_seen(world):
     """A newer cut on the track above shows over 4.0-5.0 s of the 3.0-5.5 s selection: the old
     cut below is seen longest (1.5 s), and the region is its longest stretch seen, 3.0-4.0 s,
     said in the console; a top item whose file ends early shows nothing after its end."""
-    newer = world["tmp"] / "picture_v2.mp4"
-    newer.write_bytes(b"not decoded by the stand-in")
-    sc = scenario(world)
-    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
-        {"position": 4.0, "length": 1.0, "takes": [{"file": str(newer), "length": 10.0}]}]})
+    sc, _ = with_a_newer_cut_above(world, 4.0, 1.0)
     result = h.run_scenario(world["tmp"], sc)
     region = h.job_request(result)["region"]
     assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.0, 4.0)
     assert "over only 3.000 s to 4.000 s of the range" in result["console"]
-    sc = scenario(world)
-    sc["tracks"].insert(0, {"name": "Picture v2", "items": [
-        {"position": 3.0, "length": 2.5, "takes": [{"file": str(newer), "length": 0.5}]}]})
+    sc, _ = with_a_newer_cut_above(world, 3.0, 2.5, file_length=0.5)
     region = h.job_request(h.run_scenario(world["tmp"], sc))["region"]
     assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.5, 5.5)
 
