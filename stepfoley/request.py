@@ -429,7 +429,7 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     # method the protocol documents with these weights
     readers = ([m.name for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
                else ["dual"])
-    if given and (method or (capabilities.defaults.method if capabilities is not None else None)) not in readers:
+    if given and (info.name if info is not None else method) not in readers:  # info: the method the model runs
         choice = " or ".join(f"'{name}'" for name in readers) or "none of this model's"
         _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; "
                  f"leave them out{' or choose that method' if readers else ''}.")
