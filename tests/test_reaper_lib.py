@@ -4,6 +4,7 @@ json module, the project-time -> file-time mapping, command-line quoting."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -371,6 +372,27 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     # the envelope readings cover the longest stem at the reading step, both ends included
     step, readings = json.loads(lua("io.write(SF.json_encode({SF.CURVE_STEP_S, SF.MAX_CURVE_READINGS}))"))
     assert readings == round(request.MAX_STEM_SECONDS / step) + 1
+
+
+@pytest.mark.parametrize("rate", [96000, 192000])
+def test_the_longest_stem_the_library_allows_is_the_one_the_engine_writes(rate):
+    """The library's own copies of the WAV header room and wav24's bytes a sample: a new track
+    just shorter than the engine's largest file passes the check before the dialog, one just
+    longer is refused there (1 ms either side; at 192 kHz a header of 44 bytes instead of
+    WAV_HEADER_BYTES would move the limit by 7 ms)."""
+    from stepfoley import request
+
+    longest = (request.MAX_STEM_BYTES - request.WAV_HEADER_BYTES) // request.BYTES_PER_SAMPLE["wav24"] / rate
+    assert request.stem_bytes(longest, rate, "wav24") <= request.MAX_STEM_BYTES
+    assert request.stem_bytes(longest + 1 / rate, rate, "wav24") > request.MAX_STEM_BYTES
+    # the picture plays slowly, so a 10 s region lasts `timeline` seconds on the timeline
+    code = ("local out = {}; for _, timeline in ipairs(SF.json_decode(io.read('a'))) do "
+            "out[#out + 1] = SF.region_length_problem({file_in = 0, file_out = 10, project_start = 0, "
+            f"project_end = timeline}}, false, nil, {rate}) or '' end; io.write(SF.json_encode(out))")
+    assert longest < request.MAX_STEM_SECONDS  # at these rates the file's size is the bound
+    shorter, longer = json.loads(lua(code, json.dumps([longest - 1e-3, longest + 1e-3])))
+    assert shorter == ""
+    assert f"at most {math.floor(longest * 10) / 10:.1f} s can be made at once" in longer
 
 
 def test_a_job_holds_as_many_variations_as_the_engine_publishes():
