@@ -138,9 +138,40 @@ local function picture_span(item)
   return math.max(pos, pos - startoffs / playrate), math.min(item_end, pos + (source_length - startoffs) / playrate)
 end
 
+-- Whether video item candidate `d` goes on with the picture of `c` (a picture split into pieces,
+-- crossfaded or not): the same track, file and rate, neither read through a section nor
+-- stretched, `d` starting within `c` or where it ends, and at that moment in the file where `c`'s
+-- picture would be.
+local function continues(c, d)
+  return c.track == d.track and c.plays == d.plays and c.file == d.file and c.plain and d.plain
+    and math.abs(c.playrate - d.playrate) <= 1e-9 and d.pos >= c.pos and d.pos <= c.span_b + 1e-6
+    and math.abs(M.take_source_time(d.pos, c.pos, c.startoffs, c.playrate) - d.startoffs) <= 1e-6
+end
+
+-- The candidates with every run of pieces that continue one another (`continues`) joined into
+-- one, which keeps its first piece's item: its take maps the whole run to the file.
+local function join_pieces(candidates)
+  table.sort(candidates, function(x, y)
+    if x.track ~= y.track then return x.track < y.track end
+    return x.pos < y.pos
+  end)
+  local joined = {}
+  for _, c in ipairs(candidates) do
+    local run = joined[#joined]
+    if run and continues(run.last, c) then
+      run.b, run.last = math.max(run.b, c.b), c
+    else
+      c.last = c
+      joined[#joined + 1] = c
+    end
+  end
+  return joined
+end
+
 --[[
 The video item to use under [t0, t1] and the stretch {a, b} of it the user sees: of the items
-that play on heard tracks, the one seen over most of it. REAPER shows the video of the topmost
+that play on heard tracks, the one seen over most of it, a picture split into pieces counting
+as one item. REAPER shows the video of the topmost
 track where several play at once, so an item counts only where no playing video on a track above
 it shows picture at the same time (ties: the top track); its stretch is the longest of those.
 An old cut left muted, in a muted folder or on a lane that does not play loses to the one the
@@ -155,15 +186,20 @@ function M.find_video_item(proj, t0, t1)
     if take and not reaper.TakeIsMIDI(take) then
       local levels = M.source_chain(take)
       if #levels > 0 and M.is_video_source(levels[#levels].src) then
-        local a, b = picture_span(item)
-        a, b = math.max(a, t0), math.min(b, t1)
+        local span_a, span_b = picture_span(item)
+        local a, b = math.max(span_a, t0), math.min(span_b, t1)
         if b > a then
-          candidates[#candidates + 1] = { item = item, a = a, b = b, plays = picture_plays(item),
-            track = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "IP_TRACKNUMBER") }
+          candidates[#candidates + 1] = { item = item, a = a, b = b, span_b = span_b, plays = picture_plays(item),
+            track = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "IP_TRACKNUMBER"),
+            file = reaper.GetMediaSourceFileName(levels[#levels].src, ""), pos = M.item_range(item),
+            startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+            playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
+            plain = #levels == 1 and reaper.GetTakeNumStretchMarkers(take) == 0 }
         end
       end
     end
   end
+  candidates = join_pieces(candidates)
   local best, best_stretch, best_seen, best_track, best_plays = nil, nil, 0, math.huge, false
   for _, c in ipairs(candidates) do
     local above = {}

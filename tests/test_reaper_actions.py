@@ -420,6 +420,40 @@ def test_the_picture_is_only_where_it_is_seen(world):
     assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.5, 5.5)
 
 
+def split_picture(world, first_end, second_start, second_offset):
+    """The default scenario with its picture (at 2 s, the file from 0 s) split into two items:
+    2 s to `first_end`, and `second_start` to 10 s playing the file from `second_offset`."""
+    take = {"file": str(world["video"]), "length": 10.0}
+    sc = scenario(world, video_item={"position": 2.0, "length": first_end - 2.0, "takes": [take]})
+    sc["tracks"][0]["items"].append({"position": second_start, "length": 10.0 - second_start,
+                                     "takes": [{**take, "startoffs": second_offset}]})
+    return sc
+
+
+@pytest.mark.parametrize("first_end", [4.0, 4.01], ids=["cut", "crossfaded"])
+def test_a_picture_split_into_pieces_is_one_picture(world, first_end):
+    """The picture split at 4 s (REAPER's split, with or without its crossfade): the 3.0-5.5 s
+    selection is one region over both pieces, as if the item were whole."""
+    sc = split_picture(world, first_end, 4.0, 2.0)
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    region = h.job_request(result)["region"]
+    assert (region["file_in"], region["file_out"], region["project_start"], region["project_end"]) == \
+        (1.0, 3.5, 3.0, 5.5)
+    assert "generating that part" not in result["console"]
+
+
+def test_a_jump_cut_is_two_pictures(world):
+    """The second piece plays the file from 5 s, not from where the first left off: they are two
+    shots, and the region is the longer one's stretch (4.0-5.5 s), said in the console."""
+    sc = split_picture(world, 4.0, 4.0, 5.0)
+    result = h.run_scenario(world["tmp"], sc)
+    region = h.job_request(result)["region"]
+    assert (region["file_in"], region["file_out"], region["project_start"], region["project_end"]) == \
+        (5.0, 6.5, 4.0, 5.5)
+    assert "over only 4.000 s to 5.500 s of the range" in result["console"]
+
+
 def test_a_partial_picture_is_announced_only_when_it_will_be_made(world):
     sc = scenario(world, ts=(1.0, 5.5), dialog=[{"ok": False}])
     result = h.run_scenario(world["tmp"], sc)
