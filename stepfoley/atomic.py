@@ -21,7 +21,6 @@ Pure Python (no torch, no numpy): the bridge writes its status files with it too
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -208,11 +207,12 @@ def _publish_exclusively(temp: Path, path: Path) -> None:
         os.link(temp, path)
     except FileExistsError:
         raise
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        # Filesystems without hard links (exFAT, some network shares): reserve the name with an
-        # exclusive create, then move the finished file over our own placeholder.
+    except OSError:
+        # File systems without hard links (exFAT, FAT32, some network shares) say so in many
+        # ways: EPERM or ENOTSUP on Linux, EINVAL on Windows (ERROR_INVALID_FUNCTION). Whatever
+        # the reason, reserving the name with an exclusive create is as safe (it never replaces
+        # a file) and fails on its own if the folder itself is the problem; then the finished
+        # file moves over our own placeholder.
         placeholder = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.close(placeholder)
         try:

@@ -1,6 +1,7 @@
 """stepfoley.atomic, the one writer every file goes through: whatever happens, the final name
 holds the old file or the complete new one, and no temporary file stays behind."""
 
+import errno
 import os
 
 import pytest
@@ -149,3 +150,22 @@ def test_a_temp_folder_is_kept_while_its_writer_works_and_swept_after(tmp_path):
     assert sweep_stale_parts(tmp_path) == [work.name] and list(tmp_path.iterdir()) == []
     (tmp_path / ".notes.part").mkdir()  # not this module's name pattern: never touched
     assert sweep_stale_parts(tmp_path) == [] and (tmp_path / ".notes.part").is_dir()
+
+
+@pytest.mark.parametrize("error", [errno.EPERM, errno.EINVAL], ids=["EPERM (Linux, exFAT)", "EINVAL (Windows, exFAT)"])
+def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_one(tmp_path, monkeypatch, error):
+    """exFAT or FAT32 (drives shared between a Mac and a PC) refuse the hard link that publishes
+    a file: Linux says EPERM, Windows ERROR_INVALID_FUNCTION, which Python reads as EINVAL.
+    The file is published by an exclusive create instead, and an existing file is still kept."""
+    def no_hard_links(source, target):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(atomic.os, "link", no_hard_links)
+    source, target = tmp_path / "a.part", tmp_path / "a.wav"
+    source.write_bytes(b"new")
+    atomic.publish_exclusively(source, target)
+    assert target.read_bytes() == b"new" and not source.exists()
+    source.write_bytes(b"newer")
+    with pytest.raises(FileExistsError):
+        atomic.publish_exclusively(source, target)
+    assert target.read_bytes() == b"new"
