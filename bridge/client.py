@@ -46,6 +46,11 @@ STATUS_WRITE_GRACE_S = 5.0
 HEARTBEAT_S = 2.0
 
 
+# What a socket raises once the system has heard that nobody listens on the engine's port
+# (ICMP port unreachable): ECONNREFUSED on Linux and macOS, WSAECONNRESET (10054) on Windows.
+NOBODY_LISTENING = (ConnectionRefusedError, ConnectionResetError)
+
+
 class EngineNotRunning(Exception):
     code = "engine_not_running"
 
@@ -91,6 +96,7 @@ class EngineClient:
         info = min(infos, key=lambda i: i[0] != socket.AF_INET)
         family, self._target = info[0], info[4][:2]
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        protocol.make_room_for_datagrams(self._sock)
         loopback = ipaddress.ip_address(self._target[0]).is_loopback
         self._sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0) if loopback else ("", 0))
         # A connected socket learns at once (ICMP port unreachable) that nobody listens;
@@ -148,7 +154,7 @@ class EngineClient:
                 self._sock.send(datagram)
             else:
                 self._sock.sendto(datagram, self._target)
-        except ConnectionRefusedError:
+        except NOBODY_LISTENING:
             raise EngineNotRunning(not_running_message(self.host, self.port)) from None
 
     def _call(self, address: str, args: tuple, timeout: float) -> tuple[str, list]:
@@ -175,7 +181,7 @@ class EngineClient:
                 data = self._sock.recv(65536)
             except (TimeoutError, BlockingIOError, socket.timeout):
                 return
-            except ConnectionRefusedError:
+            except NOBODY_LISTENING:
                 raise EngineNotRunning(not_running_message(self.host, self.port)) from None
             self._sock.settimeout(0.0)
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ DEFAULT_PORT = 9017
 # UDP datagrams can carry 64 KiB; half of that leaves room for OSC framing and keeps a
 # request well inside what every OS delivers on loopback without fragmentation trouble.
 MAX_DATAGRAM_BYTES = 32 * 1024
+# macOS gives a UDP socket a 9,216-byte send buffer and refuses (EMSGSIZE) any datagram larger
+# than it, loopback included: every socket of the protocol gets room for the largest.
+SEND_BUFFER_BYTES = 2 * MAX_DATAGRAM_BYTES
 # A /generate's request JSON (UTF-8): what a datagram leaves after the address, the header
 # arguments and OSC's padding.
 MAX_REQUEST_BYTES = MAX_DATAGRAM_BYTES - 512
@@ -249,3 +253,10 @@ def _is_type(value: Any, kind: type) -> bool:
 
 def _osc_type_name(kind: type) -> str:
     return {int: "int32 (i)", str: "string (s)", float: "float (f)"}[kind]
+
+
+def make_room_for_datagrams(sock) -> None:
+    """Raise a UDP socket's send buffer to SEND_BUFFER_BYTES where it is smaller (Linux's
+    default is larger and stays)."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER_BYTES:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)

@@ -200,6 +200,11 @@ class EngineServer:
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
+            protocol.make_room_for_datagrams(self._sock)
+            if hasattr(socket, "SIO_UDP_CONNRESET"):
+                # Windows reports a reply to a client that has gone away as an error on the next
+                # receive (WSAECONNRESET); to a server that is noise, not news.
+                self._sock.ioctl(socket.SIO_UDP_CONNRESET, False)
             self._sock.bind((config.host, config.port))
         except OSError as e:
             self._sock.close()
@@ -268,7 +273,7 @@ class EngineServer:
                 if self._sock.fileno() >= 0:  # not yet closed by _close
                     self._sock.sendto(datagram, address)
         except OSError as e:
-            log.debug("could not reply to %s: %s", address, e)
+            log.warning("could not reply to %s: %s", address, e)
 
     def _notify(self, job: Job, kind: str) -> None:
         self._send(job_reply(job, kind), job.reply_to)  # JobBook._tell catches what this raises

@@ -55,6 +55,31 @@ def test_engine_not_running_is_reported_in_the_status_file(tmp_path):
     assert (status["state"], status["error"]["code"], status["exit_code"]) == ("error", "engine_not_running", 3)
 
 
+class WinsockLikeSocket(socket.socket):
+    """A real UDP socket that reports "nobody listens" as Windows does: WSAECONNRESET (10054,
+    ConnectionResetError) where Linux and macOS say ECONNREFUSED."""
+
+    def _as_windows(self, call, *args):
+        try:
+            return call(*args)
+        except ConnectionRefusedError:
+            raise ConnectionResetError(10054, "An existing connection was forcibly closed by the remote host") from None
+
+    def recv(self, *args):
+        return self._as_windows(super().recv, *args)
+
+    def send(self, *args):
+        return self._as_windows(super().send, *args)
+
+
+def test_engine_not_running_is_reported_as_windows_says_it_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(bc.socket, "socket", WinsockLikeSocket)
+    status_path = str(tmp_path / "status.json")
+    code, _ = bc.send_request(make_request(tmp_path), status_path, port=free_udp_port())
+    assert code == bc.EXIT_NOT_RUNNING
+    assert read_status(status_path)["error"]["code"] == "engine_not_running"
+
+
 def test_a_silent_engine_counts_as_not_running(tmp_path):
     # a socket that receives but never answers (a hung engine, or a firewall)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:

@@ -691,3 +691,34 @@ def _generate_bytes(port: int, payload: bytes) -> bytes:
     head = datagram[:datagram.index(marker.encode())]
     return head + payload + b"\x00" * (4 - len(payload) % 4)
 
+
+
+class MacLikeSocket(socket.socket):
+    """A real UDP socket made with macOS's default send buffer (net.inet.udp.maxdgram, 9,216
+    bytes), past which macOS refuses a datagram (EMSGSIZE), loopback included."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 9216)
+
+
+def test_the_engine_and_the_client_make_room_for_the_largest_datagram(monkeypatch):
+    import stepfoley.bridge.client as client_module
+    import stepfoley.bridge.server as server_module
+
+    monkeypatch.setattr(server_module.socket, "socket", MacLikeSocket)
+    monkeypatch.setattr(client_module.socket, "socket", MacLikeSocket)
+    with EngineServer(SineRunner(), ServerConfig(port=0)).start() as srv:
+        engine_client = EngineClient(port=srv.address[1])
+        try:
+            for sock in (srv._sock, engine_client._sock):
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= protocol.MAX_DATAGRAM_BYTES
+            assert engine_client.ping()["protocol"] == protocol.PROTOCOL_VERSION
+        finally:
+            engine_client.close()
+    # a larger default stays as it is
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as roomy:
+        roomy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * protocol.SEND_BUFFER_BYTES)
+        before = roomy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        protocol.make_room_for_datagrams(roomy)
+        assert roomy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
