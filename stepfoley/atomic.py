@@ -285,6 +285,8 @@ def _writer_is_gone(pid: int, name: str) -> bool:
     if pid == os.getpid():
         with _LOCK:
             return name not in _WRITING  # an earlier process that had our id
+    if _WINDOWS:
+        return _windows_process_is_gone(pid)
     if os.name != "posix":
         return False  # no safe way to ask; leave it
     try:
@@ -294,3 +296,29 @@ def _writer_is_gone(pid: int, name: str) -> bool:
     except OSError:
         return False  # alive, but another user's
     return False
+
+
+# Windows has no signal 0: a process is asked for by its id (kernel32's OpenProcess), and one
+# that has exited but whose handle someone still holds answers with its exit code.
+_WINDOWS = os.name == "nt"
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_ERROR_INVALID_PARAMETER = 87  # OpenProcess: no process has this id
+_STILL_ACTIVE = 259
+
+
+def _windows_process_is_gone(pid: int) -> bool:
+    """Whether no process `pid` runs on this Windows machine; False where that cannot be told
+    (another user's process, which Windows does not let us open, counts as running)."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        return ctypes.get_last_error() == _ERROR_INVALID_PARAMETER
+    try:
+        code = wintypes.DWORD()
+        # A process that chose 259 as its exit code is taken as running: the safe side.
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value != _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)

@@ -169,3 +169,49 @@ def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_on
     with pytest.raises(FileExistsError):
         atomic.publish_exclusively(source, target)
     assert target.read_bytes() == b"new"
+
+
+class FakeKernel32:
+    """kernel32's OpenProcess, GetExitCodeProcess and CloseHandle as Microsoft documents them,
+    over a table of process ids: {pid: exit code (259, STILL_ACTIVE, while running)}; an id
+    missing from it has no process (ERROR_INVALID_PARAMETER); `foreign` ids belong to another
+    user (ERROR_ACCESS_DENIED)."""
+
+    def __init__(self, processes, foreign=()):
+        self.processes, self.foreign, self.last_error, self.open_handles = processes, set(foreign), 0, set()
+
+    def OpenProcess(self, access, inherit, pid):
+        assert access == 0x1000 and inherit is False
+        if pid in self.foreign:
+            self.last_error = 5
+            return 0
+        if pid not in self.processes:
+            self.last_error = 87
+            return 0
+        self.open_handles.add(pid + 1000)
+        return pid + 1000
+
+    def GetExitCodeProcess(self, handle, code_ref):
+        code_ref._obj.value = self.processes[handle - 1000]
+        return 1
+
+    def CloseHandle(self, handle):
+        self.open_handles.remove(handle)
+        return 1
+
+
+def test_on_windows_a_dead_writers_temp_file_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """Windows has no signal 0: a writer is asked for through kernel32. Its temp file goes when
+    no process has its id, or the process has exited; it stays while the process runs or
+    belongs to another user."""
+    import ctypes
+
+    kernel = FakeKernel32({101: 259, 102: 0}, foreign={103})
+    monkeypatch.setattr(atomic, "_WINDOWS", True)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error: kernel, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: kernel.last_error, raising=False)
+    names = {pid: f".take.wav.{atomic._HOST}-{pid}-0123abcd.part" for pid in (100, 101, 102, 103)}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(atomic.sweep_stale_parts(tmp_path)) == sorted([names[100], names[102]])
+    assert sorted(os.listdir(tmp_path)) == sorted([names[101], names[103]]) and kernel.open_handles == set()
