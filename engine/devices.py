@@ -171,16 +171,32 @@ def check_threads(threads: int | None) -> int | None:
 def share_cpu(threads: int | None = None, nice: int = 0) -> dict:
     """Run beside a DAW: torch computes with `threads` threads (None: every usable core but one,
     at least one, so the DAW's audio thread always finds a free core; else as check_threads
-    allows) and the process drops `nice` steps below its current priority (POSIX; ignored
-    elsewhere). Returns what now holds:
-    {"threads", "nice" (the process's niceness, None where unknown), "cores"}."""
+    allows) and the process drops `nice` steps below its current priority (POSIX), or to below
+    normal priority for any `nice` above 0 (Windows, which has no steps). Returns what now holds:
+    {"threads", "nice" (the process's niceness, None where the OS has none), "priority" (in
+    words: "niceness 10", "below normal priority"), "cores"}."""
     cores = usable_cores()
     threads = max(1, cores - 1) if check_threads(threads) is None else threads
     torch.set_num_threads(threads)
-    niceness = None
-    if hasattr(os, "nice"):
+    niceness, priority = None, "unchanged priority"
+    if _WINDOWS:
+        priority = "below normal priority" if nice > 0 and _windows_below_normal_priority() else "normal priority"
+    elif hasattr(os, "nice"):
         try:
             niceness = os.nice(max(0, nice))
         except OSError:
             niceness = os.nice(0)
-    return {"threads": threads, "nice": niceness, "cores": cores}
+        priority = f"niceness {niceness}"
+    return {"threads": threads, "nice": niceness, "priority": priority, "cores": cores}
+
+
+_WINDOWS = os.name == "nt"
+_BELOW_NORMAL_PRIORITY_CLASS = 0x4000
+
+
+def _windows_below_normal_priority() -> bool:
+    """Put this process in Windows' below-normal priority class; whether that took."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    return bool(kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), _BELOW_NORMAL_PRIORITY_CLASS))

@@ -189,3 +189,30 @@ def test_freed_memory_goes_back_to_the_system_after_a_job(monkeypatch):
         runner(None)
     assert calls == [1]
 
+
+
+def test_on_windows_the_engine_runs_below_normal_priority(monkeypatch):
+    """Windows has no niceness (os.nice is Unix only): --nice above 0 puts the process in the
+    below-normal priority class through kernel32 (a stand-in here, answering as Microsoft
+    documents), so the DAW still wins every contest for a core."""
+    import ctypes
+
+    calls = []
+
+    class FakeKernel32:
+        def GetCurrentProcess(self):
+            return -1  # the pseudo-handle Windows returns
+
+        def SetPriorityClass(self, handle, priority_class):
+            calls.append((handle, priority_class))
+            return 1
+
+    monkeypatch.setattr(devices, "_WINDOWS", True)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error: FakeKernel32(), raising=False)
+    before = torch.get_num_threads()
+    try:
+        cpu = devices.share_cpu(1, nice=10)
+        assert calls == [(-1, 0x4000)] and cpu["nice"] is None and cpu["priority"] == "below normal priority"
+        assert devices.share_cpu(1, nice=0)["priority"] == "normal priority" and len(calls) == 1
+    finally:
+        torch.set_num_threads(before)

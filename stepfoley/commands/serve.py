@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = server.address
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
           f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
-          f"cores at niceness {cpu['nice']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
+          f"cores at {cpu['priority']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
     signal.signal(signal.SIGTERM, previous)
     print("Engine stopped.", file=sys.stderr)
