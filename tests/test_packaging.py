@@ -95,3 +95,16 @@ def test_ctrl_c_stops_a_command_without_a_traceback(tmp_path):
     reader.join(10)
     text = "".join(err)
     assert done.returncode == 130 and "stopped (Ctrl-C)" in text and "Traceback" not in text, text
+
+
+def test_a_path_the_console_cannot_show_is_written_escaped(tmp_path):
+    """Windows writes a piped command's output in its ANSI code page (cp1252 in western
+    Europe), which has no 足: a report naming such a folder used to end the command with
+    UnicodeEncodeError; the path is now written escaped and the command says what it found."""
+    folder = tmp_path / "素材_足音"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-m", "stepfoley", "weights", "check", str(folder)],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=120)
+    out, err = done.stdout.decode("cp1252"), done.stderr.decode("cp1252")
+    assert "UnicodeEncodeError" not in err and "Traceback" not in err, err
+    assert "\\u7d20\\u6750_\\u8db3\\u97f3" in out
