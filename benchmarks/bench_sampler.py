@@ -17,7 +17,6 @@ default precision; fast on CPUs with native bf16).
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -151,9 +150,20 @@ def main(argv=None) -> None:
     floor = pieces["shared_forward_3B_rows"] / pieces["shared_forward_2B_rows"]
     print(f"    floor for (b), NAG with a ControlNet that cost nothing: 3-row forward / 2-row "
           f"forward = {floor:.3f}")
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"(c) peak resident memory: {peak_kib / 1024:.0f} MiB")
+    peak = peak_resident_mib()
+    print("(c) peak resident memory: " + ("not measured on this system" if peak is None else f"{peak:.0f} MiB"))
     sys.stdout.flush()
+
+
+def peak_resident_mib() -> float | None:
+    """This process's peak resident memory in MiB; None where the system cannot say (Windows
+    has no `resource` module). getrusage counts KiB on Linux but bytes on macOS."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 if __name__ == "__main__":

@@ -90,3 +90,26 @@ def test_bench_bridge_says_when_no_engine_answers(capsys):
     assert main(["bench", "bridge", "--port", str(port), "--pings", "2"]) == 1
     err = capsys.readouterr().err
     assert "No StepFoley engine answered" in err and "Traceback" not in err
+
+
+def test_peak_memory_is_read_in_each_systems_unit(monkeypatch):
+    """getrusage's ru_maxrss is KiB on Linux and bytes on macOS; Windows has no `resource`
+    module, and the benchmark must still import and run there."""
+    import builtins
+    import resource
+
+    from stepfoley.bench import bench_sampler
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert bench_sampler.peak_resident_mib() == pytest.approx(kib / 1024, rel=0.05)
+    monkeypatch.setattr(bench_sampler.sys, "platform", "darwin")
+    assert bench_sampler.peak_resident_mib() == pytest.approx(kib / 2**20, rel=0.05)
+    real_import = builtins.__import__
+
+    def no_resource(name, *args, **kwargs):
+        if name == "resource":
+            raise ImportError("No module named 'resource'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_resource)
+    assert bench_sampler.peak_resident_mib() is None
