@@ -89,7 +89,9 @@ def read_token_file(path: str | os.PathLike) -> str:
             if info.st_mode & 0o077:
                 raise TokenError(f"The token file '{path}' can be read by other users (mode "
                                  f"{stat.S_IMODE(info.st_mode):03o}); run `chmod 600 '{path}'`.")
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: Windows PowerShell 5.1 (Set-Content -Encoding UTF8) and Notepad before
+        # Windows 10 1903 start the file with a byte-order mark, which is not part of the token
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read(MAX_TOKEN_CHARS + 2)
     except OSError as e:
         raise TokenError(f"Cannot read the token file '{path}': {e.strerror or e}.") from None

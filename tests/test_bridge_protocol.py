@@ -92,6 +92,9 @@ def test_token_sources_in_order(tmp_path, monkeypatch):
     monkeypatch.setenv("STEPFOLEY_TOKEN", "from-env")
     assert resolve_token() == "from-env" and resolve_token("explicit") == "explicit"
     other = tmp_path / "other"
+    other.write_bytes("\ufeffwritten-by-powershell\r\n".encode("utf-8"))  # a byte-order mark is not the token's
+    other.chmod(0o600)
+    assert read_token_file(other) == "written-by-powershell"
     other.write_text("\n")
     other.chmod(0o600)
     with pytest.raises(TokenError, match="first line"):
