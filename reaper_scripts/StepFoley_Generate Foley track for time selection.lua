@@ -3,6 +3,7 @@
 -- @version 0.5.7
 -- @changelog
 --   A picture split into pieces on one track (REAPER's split, crossfaded or not) is one picture where each piece plays the file on from where the one before it was: a selection across the split is made in one pass (it used to be made over one piece only, the rest left for a second pass). A jump cut stays two pictures.
+--   Finding the client also looks where pipx installs on Windows (%USERPROFILE%\.local\bin) and where pip install --user puts it on macOS (~/Library/Python/3.x/bin).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -60,7 +60,10 @@ function M.client_candidates(windows, getenv, subdirs)
       for _, name in ipairs(names) do python_dirs[#python_dirs + 1] = join(root, name) end
     end
     for _, dir in ipairs(path_dirs) do add(list, join(dir, "stepfoley.exe"), "exe", "PATH") end
-    if home then add(list, join(home, "stepfoley-venv", "Scripts", "stepfoley.exe"), "exe", "the venv of docs/reaper.md") end
+    if home then
+      add(list, join(home, "stepfoley-venv", "Scripts", "stepfoley.exe"), "exe", "the venv of docs/reaper.md")
+      add(list, join(home, ".local", "bin", "stepfoley.exe"), "exe", "pipx")
+    end
     if appdata then
       local root = join(appdata, "Python")
       for _, name in ipairs(subdirs(root)) do
@@ -83,6 +86,15 @@ function M.client_candidates(windows, getenv, subdirs)
     if home then
       add(list, join(home, "stepfoley-venv", "bin", "stepfoley"), "exe", "the venv of docs/reaper.md")
       add(list, join(home, ".local", "bin", "stepfoley"), "exe", "pip install --user / pipx")
+      -- macOS: python.org's and Homebrew's Pythons put `pip install --user` here, per version
+      local root = join(home, "Library", "Python")
+      local names = subdirs(root)
+      local function version(name)
+        local major, minor = name:match("^(%d+)%.(%d+)$")
+        return major and tonumber(major) * 1000 + tonumber(minor) or -1
+      end
+      table.sort(names, function(a, b) return version(a) > version(b) end) -- 3.12 before 3.9
+      for _, name in ipairs(names) do add(list, join(root, name, "bin", "stepfoley"), "exe", "pip install --user") end
     end
     for _, dir in ipairs({ "/opt/homebrew/bin", "/usr/local/bin" }) do add(list, join(dir, "stepfoley"), "exe", dir) end
     for _, dir in ipairs(path_dirs) do

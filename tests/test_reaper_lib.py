@@ -242,6 +242,11 @@ def test_client_candidates_beyond_path_on_macos():
     assert exes[:3] == ["/usr/bin/stepfoley", "/bin/stepfoley", "/Users/ana/stepfoley-venv/bin/stepfoley"]
     assert "/Users/ana/.local/bin/stepfoley" in exes and "/opt/homebrew/bin/stepfoley" in exes
     assert got.index(("/Users/ana/stepfoley-venv/bin/stepfoley", "exe")) < got.index(("/usr/bin/python3", "python"))
+    # pip install --user with python.org's or Homebrew's Python, newest first (by version, not as text)
+    got = candidates(False, {"PATH": "/usr/bin:/bin", "HOME": "/Users/ana"},
+                     {"/Users/ana/Library/Python": ["3.9", "3.12", "3.11"]})
+    user = [p for p, kind in got if "/Library/Python/" in p]
+    assert user == [f"/Users/ana/Library/Python/{v}/bin/stepfoley" for v in ("3.12", "3.11", "3.9")]
 
 
 def test_client_candidates_on_windows_skip_the_store_alias():
@@ -253,6 +258,7 @@ def test_client_candidates_on_windows_skip_the_store_alias():
     got = candidates(True, env, subdirs)
     paths = [p for p, _ in got]
     assert "C:\\Users\\ana\\stepfoley-venv\\Scripts\\stepfoley.exe" in paths
+    assert "C:\\Users\\ana\\.local\\bin\\stepfoley.exe" in paths  # pipx's default on Windows
     assert "C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python312\\Scripts\\stepfoley.exe" in paths
     assert not any("WindowsApps\\python" in p for p in paths)  # the Store alias opens the Store
     pythons = [p for p, kind in got if kind == "python"]
