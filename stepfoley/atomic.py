@@ -39,6 +39,7 @@ MAX_NAME_BYTES = 255  # what ext4, APFS and NTFS take; a temporary name is kept 
 # file for a moment only).
 REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
 
+_WINDOWS = os.name == "nt"
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
 _PART_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
 _WRITING: set[str] = set()  # temp names this process is writing now
@@ -57,8 +58,9 @@ def nearest_existing(path: str | os.PathLike) -> Path:
 def name_too_long(path: str | os.PathLike) -> str | None:
     """Why `path`'s file cannot be made in its folder, or None: its name longer than the file
     system takes (255 bytes on most), or its folder so deep that the folder with a temporary
-    name (up to MAX_NAME_BYTES) passes the longest path the system takes (4,096 bytes on Linux).
-    Checked before work, so a long name is not found out after it."""
+    name (up to MAX_NAME_BYTES) passes the longest path the system takes (4,096 bytes on Linux;
+    on Windows 260 characters, MAX_PATH, unless long paths are switched on). Checked before
+    work, so a long name is not found out after it."""
     folder, name = os.path.split(os.path.abspath(path))
     existing = nearest_existing(folder)
     try:
@@ -69,15 +71,41 @@ def name_too_long(path: str | os.PathLike) -> str | None:
     if size > (limit if limit and limit > 0 else MAX_NAME_BYTES):
         return (f"the file name '{name[:40]}…' is {size} bytes long; the file system takes at most {limit}. "
                 "Choose a shorter name.")
-    try:
-        path_limit = os.pathconf(existing, "PC_PATH_MAX")
-    except (AttributeError, OSError, ValueError):
-        return None
-    depth = len(os.fsencode(folder))
-    if path_limit and 0 < path_limit <= depth + 1 + temp_name_bytes(name):  # the limit counts the final NUL
-        return (f"its folder's path is {depth} bytes long; with the file's name it would pass the {path_limit} "
-                "bytes the system takes for a path. Choose a folder nearer the root.")
+    if _WINDOWS:
+        # MAX_PATH, in UTF-16 units with the final NUL, unless long paths are switched on
+        path_limit, depth, unit = windows_path_limit(), _utf16_units(folder), "characters"
+        temp_length = _utf16_units(name) + temp_name_bytes(name) - len(os.fsencode(name))
+    else:
+        try:
+            path_limit = os.pathconf(existing, "PC_PATH_MAX")
+        except (AttributeError, OSError, ValueError):
+            return None
+        depth, unit, temp_length = len(os.fsencode(folder)), "bytes", temp_name_bytes(name)
+    if path_limit and 0 < path_limit <= depth + 1 + temp_length:  # the limit counts the final NUL
+        return (f"its folder's path is {depth} {unit} long; with the file's name it would pass the {path_limit} "
+                f"{unit} the system takes for a path. Choose a folder nearer the root.")
     return None
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+_WINDOWS_MAX_PATH = 260
+
+
+def windows_path_limit() -> int | None:
+    """The longest path Windows takes here, in UTF-16 units with the final NUL: MAX_PATH, or
+    None where long paths are switched on (LongPathsEnabled; Python itself is long-path aware)."""
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            if winreg.QueryValueEx(key, "LongPathsEnabled")[0] == 1:
+                return None
+    except (ImportError, OSError):
+        pass
+    return _WINDOWS_MAX_PATH
 
 
 def temp_name_bytes(name: str) -> int:
@@ -300,7 +328,6 @@ def _writer_is_gone(pid: int, name: str) -> bool:
 
 # Windows has no signal 0: a process is asked for by its id (kernel32's OpenProcess), and one
 # that has exited but whose handle someone still holds answers with its exit code.
-_WINDOWS = os.name == "nt"
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 _ERROR_INVALID_PARAMETER = 87  # OpenProcess: no process has this id
 _STILL_ACTIVE = 259

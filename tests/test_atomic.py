@@ -215,3 +215,37 @@ def test_on_windows_a_dead_writers_temp_file_is_swept_and_a_live_ones_kept(tmp_p
         (tmp_path / name).write_bytes(b"x")
     assert sorted(atomic.sweep_stale_parts(tmp_path)) == sorted([names[100], names[102]])
     assert sorted(os.listdir(tmp_path)) == sorted([names[101], names[103]]) and kernel.open_handles == set()
+
+
+def test_on_windows_a_path_past_max_path_is_refused_before_work(tmp_path, monkeypatch):
+    """Windows takes at most 260 characters a path (MAX_PATH, the final NUL included) unless
+    long paths are switched on: a folder so deep that the temp file's path would pass it is
+    refused before work; one character less is taken; with long paths on, nothing is refused."""
+    import sys
+    import types
+
+    monkeypatch.setattr(atomic, "_WINDOWS", True)
+    monkeypatch.setitem(sys.modules, "winreg", None)  # no registry to read: MAX_PATH holds
+    name = "footsteps_001.wav"
+    room = 260 - 1 - 1 - atomic.temp_name_bytes(name)  # the NUL, "/" and the temp name (ASCII) leave this
+    base = str(tmp_path)
+    fits = base + "/" + "d" * (room - len(base) - 1)
+    assert len(fits) == room
+    assert atomic.name_too_long(fits + "/" + name) is None
+    words = atomic.name_too_long(fits + "d/" + name)
+    assert f"its folder's path is {room + 1} characters long" in words and "260 characters" in words
+    # a folder of CJK letters: one UTF-16 unit each (three bytes in UTF-8), counted as Windows counts
+    wide = base + "/" + "足" * (room - len(base) - 1)
+    assert atomic.name_too_long(wide + "/" + name) is None
+
+    class Key:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    registry = types.SimpleNamespace(HKEY_LOCAL_MACHINE=object(), OpenKey=lambda root, path: Key(),
+                                     QueryValueEx=lambda key, value: (1, 4))  # LongPathsEnabled = 1 (a DWORD)
+    monkeypatch.setitem(sys.modules, "winreg", registry)
+    assert atomic.windows_path_limit() is None and atomic.name_too_long(fits + "d/" + name) is None
