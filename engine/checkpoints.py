@@ -61,9 +61,27 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError:
         raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
-        raise CheckpointError(  # the library's words are chained for a log, not shown
+        raise git_lfs_pointer_error(path) or CheckpointError(  # the library's words are chained for a log
             f"Weights file {path} is damaged or not a safetensors file (it ends early or its header is garbled). "
             f"Download or export it again.") from exc
+
+
+# A repository cloned without Git LFS holds, in place of each large file, a ~130-byte text file
+# that starts with this line.
+GIT_LFS_POINTER = b"version https://git-lfs"
+
+
+def git_lfs_pointer_error(path: Union[str, os.PathLike]) -> CheckpointError | None:
+    """The error for a weights file that is a Git LFS pointer, not the weights; else None."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(GIT_LFS_POINTER)) != GIT_LFS_POINTER:
+                return None
+    except OSError:
+        return None
+    return CheckpointError(f"Weights file {path} is a Git LFS pointer, a small text file standing for the "
+                           "weights, not the weights themselves: the repository was cloned without Git LFS. "
+                           "Run `git lfs pull` in the repository, or download the file itself.")
 
 
 def unreadable_error(path: Path) -> CheckpointError:
@@ -88,7 +106,7 @@ def _read_pth(path: Path):
     except PermissionError:
         raise unreadable_error(path) from None
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
-        raise CheckpointError(
+        raise git_lfs_pointer_error(path) or CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
             f"({torch_load_reason(exc)}). Download it again.") from exc
 

@@ -232,11 +232,12 @@ def save_controlnet(path: str | os.PathLike, controlnet: AudioControlNet, overwr
     return save_safetensors_atomic(controlnet.state_dict(), path, metadata, overwrite=overwrite)
 
 
-def load_controlnet(
-    path: str | os.PathLike, base_config: MMAudioConfig, device: torch.device | str = "cpu"
-) -> AudioControlNet:
-    """Read a ControlNet saved by `save_controlnet`, refusing one made for another base."""
+def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) -> ControlNetConfig:
+    """The configuration a ControlNet file stores, from its header alone (no tensor is read), so
+    a file made for another base is refused before anything large loads."""
     from safetensors import SafetensorError, safe_open
+
+    from stepfoley.engine.checkpoints import git_lfs_pointer_error
 
     path = Path(path)
     if not path.is_file():
@@ -244,9 +245,8 @@ def load_controlnet(
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
+        raise git_lfs_pointer_error(path) or CheckpointError(
             f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
             "ControlNet. Download or export it again."
         ) from None
@@ -266,6 +266,25 @@ def load_controlnet(
             f"({config.base_config}), not for {base_config.describe()}. Load the ControlNet "
             "that belongs to this model."
         )
+    return config
+
+
+def load_controlnet(
+    path: str | os.PathLike, base_config: MMAudioConfig, device: torch.device | str = "cpu"
+) -> AudioControlNet:
+    """Read a ControlNet saved by `save_controlnet`, refusing one made for another base."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    config = read_controlnet_config(path, base_config)
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
+            "ControlNet. Download or export it again."
+        ) from None
     controlnet = AudioControlNet(config)
     load_strict(controlnet, tensors, f"{path} does not match its own configuration",
                 "The file is damaged; export or download it again.", limit=4)

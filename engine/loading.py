@@ -74,7 +74,7 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], sour
 
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
-    from stepfoley.engine.weights import check_weights_dir, readable_weights
+    from stepfoley.engine.weights import VARIANTS, check_weights_dir, controlnet_name, readable_weights
 
     if variant is not None and variant not in MMAUDIO_VARIANTS:
         raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
@@ -86,8 +86,14 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
         if not present:
             raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
-                                  f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())}).")
+                                  f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())})."
+                                  + "".join(f" Not read: {advice}." for advice in report.misplaced))
         variant = next((v for v in present if report.ready(v)), present[0])
+    if configs is None:
+        # The chosen model's files are read as far as their headers (seconds, even for a
+        # multi-GB file): a damaged vocoder or a CLIP of the wrong size is said before the flow
+        # network loads. Reduced test stacks have other sizes than the manifests.
+        report = check_weights_dir(weights_dir, only=[*VARIANTS[variant], controlnet_name(variant)])
     missing = report.unusable(variant)
     if missing:
         raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: " + "; ".join(
@@ -102,7 +108,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
                         configs: StackConfigs | None) -> FoleyModel:
     from stepfoley.engine.checkpoints import load_state_dict_file
     from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
-    from stepfoley.engine.controlnet import load_controlnet
+    from stepfoley.engine.controlnet import load_controlnet, read_controlnet_config
     from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
     from stepfoley.engine.weights import described_source
@@ -110,11 +116,13 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     stem, mode = MMAUDIO_VARIANTS[variant]
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)
+    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
+    if cn_path.is_file():
+        read_controlnet_config(cn_path, config)  # one for another model is said before anything loads
     net = MMAudio(config)
     source = _checkpoint_path(weights_dir, stem)
     load_flow_weights(net, load_state_dict_file(source), described_source(weights_dir / (stem + ".pth"), source))
     controlnet = None
-    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():
         controlnet = load_controlnet(cn_path, config).eval()
     codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,

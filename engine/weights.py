@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from stepfoley.atomic import sweep_stale_parts
 from stepfoley.engine.errors import CheckpointError
@@ -204,7 +204,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
     import torch
 
-    from stepfoley.engine.checkpoints import unreadable_error
+    from stepfoley.engine.checkpoints import git_lfs_pointer_error, unreadable_error
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -216,8 +216,9 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         except PermissionError:
             raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
-                                  "convert or download it again.") from e
+            raise git_lfs_pointer_error(path) or CheckpointError(
+                f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
+                "convert or download it again.") from e
     try:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -228,8 +229,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     except Exception as e:
         from stepfoley.engine.checkpoints import torch_load_reason
 
-        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); "
-                              "download it again.") from e
+        raise git_lfs_pointer_error(path) or CheckpointError(
+            f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); download it again.") from e
     return {k: tuple(v.shape) for k, v in _take_entry(loaded, entry, path).items() if hasattr(v, "shape")}
 
 
@@ -273,8 +274,11 @@ def compare_with_manifest(spec: WeightFile, shapes: dict[str, tuple], manifest_f
         report = check_against_manifest(shapes, manifest_file)
         problems = [] if report.ok else [report.summary(limit=3)]
     if problems:
-        problems.append(f"this is not the official {spec.what}: download {spec.checkpoint_relpath()} again")
+        problems.append(f"{NOT_OFFICIAL} {spec.what}: download {spec.checkpoint_relpath()} again")
     return problems
+
+
+NOT_OFFICIAL = "this is not the official"
 
 
 @dataclass(frozen=True)
@@ -299,10 +303,17 @@ class WeightsReport:
     files: dict[str, FileReport]
     controlnets: tuple[Path, ...] = ()
     variants: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(VARIANTS))
+    misplaced: tuple[str, ...] = ()  # weight files no model reads, each with what to do (misplaced_files)
 
     def unusable(self, variant: str) -> list[str]:
-        """Names of the files the variant needs that are missing or wrong."""
-        return [n for n in self.variants[variant] if not self.files[n].ok]
+        """Names of the files the variant needs that are missing or wrong, and of its NAG
+        ControlNet where one is there but does not fit (none at all: the model runs without NAG)."""
+        optional = [controlnet_name(variant)] if controlnet_name(variant) in self.files else []
+        return [n for n in [*self.variants[variant], *optional] if not self.files[n].ok]
+
+    def _needed(self, name: str) -> str:
+        path = self.files[name].path.relative_to(self.root).as_posix()
+        return f"{path} to fit it, or gone" if name.startswith("controlnet_") else path
 
     def ready(self, variant: str) -> bool:
         return not self.unusable(variant)
@@ -320,10 +331,11 @@ class WeightsReport:
                 status += "".join(f"; note: {n}" for n in r.notes)
             lines.append(f"  {r.path.relative_to(self.root)}  [{r.what}]: {status}")
         lines.append(f"  {CONTROLNET_DIR}/: " + (", ".join(p.name for p in self.controlnets) or "no NAG ControlNet files"))
+        lines += [f"  not read: {advice}" for advice in self.misplaced]
         lines.append("Models:")
         for variant in self.variants:
             bad = self.unusable(variant)
-            lines.append(f"  {variant}: " + ("ready" if not bad else "needs " + ", ".join(self.files[n].path.relative_to(self.root).as_posix() for n in bad)))
+            lines.append(f"  {variant}: " + ("ready" if not bad else "needs " + ", ".join(self._needed(n) for n in bad)))
         return "\n".join(lines)
 
 
@@ -371,7 +383,31 @@ def _clip_problems(path: Path) -> tuple[str, ...]:
             problems.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
     if problems:
         problems.append(f"{path.name} is not apple/DFN5B-CLIP-ViT-H-14-384 in open_clip's format; download it again")
+    else:
+        problems = _clip_misfits(config)
     return tuple(problems)
+
+
+def _clip_misfits(config) -> list[str]:
+    """What makes a CLIP that loads (its weights fit its own config) unusable for MMAudio's
+    networks, which every official model shares: found by a job only after the region's
+    features, minutes in on a CPU."""
+    from stepfoley.engine.mmaudio import MMAudioConfig
+    from stepfoley.engine.video import CLIP_SIZE
+
+    net = MMAudioConfig.preset("small_16k")  # the CLIP and text sizes are the same in every model
+    misfits = []
+    if CLIP_SIZE // config.patch_size != config.grid:
+        misfits.append(f"its image tower reads {config.image_size}-px frames, and MMAudio gives CLIP {CLIP_SIZE}-px "
+                       "ones")
+    if config.embed_dim != net.clip_dim:
+        misfits.append(f"its image features are {config.embed_dim} wide, and MMAudio reads {net.clip_dim}")
+    if (config.text_width, config.context_length) != (net.text_dim, net.text_seq_len):
+        misfits.append(f"its text features are {config.context_length} x {config.text_width}, and MMAudio reads "
+                       f"{net.text_seq_len} x {net.text_dim}")
+    if misfits:
+        misfits.append("it is another CLIP than apple/DFN5B-CLIP-ViT-H-14-384: put that one in the folder")
+    return misfits
 
 
 def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True) -> FileReport:
@@ -394,7 +430,9 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
         except CheckpointError as e:
             wrong = [str(e)]
         if wrong and source != checkpoint:
-            # a new download of the .pth changes nothing while the .safetensors is read instead
+            # a new download of the .pth changes nothing while the .safetensors is read instead:
+            # the copy is what to delete, not the .pth to download again
+            wrong = [p for p in wrong if not p.startswith(NOT_OFFICIAL)]
             wrong.append(f"the file read is {source.name}, which is read instead of {checkpoint.name}: delete it"
                          + (" (`stepfoley weights convert` makes it again from the .pth)" if checkpoint.is_file()
                             else ""))
@@ -441,21 +479,81 @@ def _require_manifests(manifests_dir: Path | None) -> None:
                           "or regenerate them with tools/pack_weight_manifests.py.")
 
 
-def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True) -> WeightsReport:
+def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True,
+                      only: Iterable[str] | None = None) -> WeightsReport:
     """What is present in a weights folder, what each model variant still needs, and
-    whether each present checkpoint has the official keys and shapes."""
+    whether each present checkpoint has the official keys and shapes (of the files named in
+    `only`, when given: the others are only looked for)."""
     root = weights_folder(root)
     with readable_weights(root):
-        return _check_weights_dir(root, manifests_dir, verify)
+        return _check_weights_dir(root, manifests_dir, verify, None if only is None else set(only))
 
 
-def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool) -> WeightsReport:
+def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool, only: set[str] | None) -> WeightsReport:
     if verify:
         _require_manifests(manifests_dir)
-    files = {name: check_file(root, spec, manifests_dir, verify) for name, spec in FILES.items()}
-    files["clip"] = _check_clip(root, verify)
+
+    def verifies(name: str) -> bool:
+        return verify and (only is None or name in only)
+
+    files = {name: check_file(root, spec, manifests_dir, verifies(name)) for name, spec in FILES.items()}
+    files["clip"] = _check_clip(root, verifies("clip"))
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
-    return WeightsReport(root, files, controlnets)
+    for variant in VARIANTS:
+        path = root / CONTROLNET_DIR / f"{variant}.safetensors"
+        if path.is_file():
+            name = controlnet_name(variant)
+            files[name] = _check_controlnet(name, variant, path, verifies(name))
+    return WeightsReport(root, files, controlnets, misplaced=misplaced_files(root))
+
+
+# A browser that finds the name taken saves "name (1).pth"; some save "name-1.pth" or "name_1.pth".
+_BROWSER_COPY = re.compile(r"(?: \(\d+\)|[-_]\d)(?=\.[A-Za-z]+$)")
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+
+
+def misplaced_files(root: Path) -> tuple[str, ...]:
+    """Weight files in the folder, weights/ or ext_weights/ that no model reads, each with what
+    to do: an official file under a browser's changed name or in the wrong folder, or a file of
+    no model; and the folder itself, when it is weights/ or ext_weights/ and not the one above."""
+    official = {}
+    for spec in FILES.values():
+        relpath = spec.checkpoint_relpath()
+        official[Path(relpath).name] = relpath
+        official[safetensors_copy(Path(relpath)).name] = safetensors_copy(Path(relpath)).as_posix()
+    advice = []
+    for folder in (root, root / "weights", root / "ext_weights"):
+        try:
+            names = sorted(p.name for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+        except OSError:
+            continue
+        for name in names:
+            relpath = (folder / name).relative_to(root).as_posix()
+            if relpath in official.values() or name.startswith("."):
+                continue
+            wanted = official.get(_BROWSER_COPY.sub("", name))
+            advice.append(f"{relpath}: " + (f"rename or move it to {wanted}" if wanted else "no model reads this file"))
+    if root.name in ("weights", "ext_weights") and not (root / "weights").is_dir():
+        advice.append(f"this looks like the {root.name}/ folder itself: give the folder that holds it, {root.parent}")
+    return tuple(advice)
+
+
+def controlnet_name(variant: str) -> str:
+    return f"controlnet_{variant}"
+
+
+def _check_controlnet(name: str, variant: str, path: Path, verify: bool) -> FileReport:
+    """A NAG ControlNet file: from its header, whether it was made for `variant`."""
+    from stepfoley.engine.controlnet import read_controlnet_config
+    from stepfoley.engine.mmaudio import MMAudioConfig
+
+    problems = ()
+    if verify:
+        try:
+            read_controlnet_config(path, MMAudioConfig.preset(variant))
+        except CheckpointError as error:
+            problems = (f"{error} Remove it to run {variant} without NAG",)
+    return FileReport(name, f"NAG ControlNet for {variant}", path, present=True, read_from=path, problems=problems)
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,22 +565,8 @@ class Conversion:
     source: Path
     target: Path
     written: bool
-    note: str  # why skipped, or the load-time comparison
-    pth_seconds: float | None = None
-    safetensors_seconds: float | None = None
+    note: str  # why skipped, or what was written
     refused: bool = False  # not the official file: no copy made
-
-    @property
-    def speedup(self) -> float | None:
-        if not self.pth_seconds or not self.safetensors_seconds:
-            return None
-        return self.pth_seconds / self.safetensors_seconds
-
-
-def _timed(fn: Callable[[], dict]) -> tuple[dict, float]:
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
@@ -505,17 +589,16 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
             problems = compare_with_manifest(spec, tensor_shapes(source, entry), manifest_file)
             if problems:
                 return Conversion(source, target, False, "not converted: " + "; ".join(problems), refused=True)
-        state_dict, pth_s = _timed(lambda: load_state_dict_file(source, entry=entry))
+        state_dict = load_state_dict_file(source, entry=entry)
     except CheckpointError as error:  # damaged or unreadable: a folder's other files are still converted
         return Conversion(source, target, False, f"not converted: {error}", refused=True)
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
     save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},
                             overwrite=stale)
-    _, st_s = _timed(lambda: load_state_dict_file(target))
-    note = (("made again: the copy was from another file; " if stale else "")
-            + f"load {pth_s:.2f} s as .pth, {st_s:.2f} s as .safetensors ({pth_s / max(st_s, 1e-9):.1f}x)")
-    return Conversion(source, target, True, note, pth_s, st_s)
+    note = (("made again: the copy was from another file" if stale else "written")
+            + f" ({len(tensors)} tensor{'' if len(tensors) == 1 else 's'})")
+    return Conversion(source, target, True, note)
 
 
 def convert_weights_dir(root: Path, log: Callable[[str], None] = print,

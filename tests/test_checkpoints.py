@@ -222,3 +222,19 @@ def test_embedded_weights_recorded_with_another_network_config_are_refused(tmp_p
     with pytest.raises(CheckpointError, match=r"trained with another net config than this version builds \(num_heads\)"):
         build_embedded_model(weights_path=changed)
     assert build_embedded_model().model_id == "stepfoley-mini"  # the shipped file records what is built
+
+
+@pytest.mark.parametrize("name", ["mmaudio_small_16k.pth", "v1-16.safetensors", "bigvgan_generator.pt"])
+def test_a_git_lfs_pointer_is_named_as_one_with_what_to_do(tmp_path, name):
+    """A Hugging Face repository cloned without Git LFS holds pointer files in place of the
+    weights; "damaged, download it again" sent the user to clone it again, to the same end."""
+    from stepfoley.engine.weights import tensor_shapes
+
+    path = tmp_path / name
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 489240280\n")
+    for read in (load_state_dict_file, tensor_shapes):
+        with pytest.raises(CheckpointError, match=r"is a Git LFS pointer.*Run `git lfs pull`"):
+            read(path)
+    path.write_bytes(b"version 1\n" + os.urandom(64))  # other text: damaged, as before
+    with pytest.raises(CheckpointError, match="damaged|cannot be read|not a readable"):
+        load_state_dict_file(path)
