@@ -46,10 +46,13 @@ WINDOW_FADE_S = 1.0  # consecutive windows are crossfaded over this (at most the
 # stays as it was); the latent frames within it of a seam are sampled, not held, so the new
 # audio under the crossfade was made to continue the kept audio.
 SEAM_S = 0.05
-# The new part is brought to the take's level (measured over what the model reproduces of the
-# kept audio, this far either side of the seams) within these bounds.
+# The new part is brought to the take's level within these bounds: its own audio this far inside
+# the seams as loud as the take this far outside them.
 LEVEL_MATCH_S = 1.0
-MAX_LEVEL_MATCH_DB = 24.0
+# Down as far as a quiet take needs (room tone sits 40 dB under the model's level); up only so
+# far, since raising the new audio raises its noise too.
+LEVEL_MATCH_DB = (-60.0, 24.0)
+LEVEL_MATCH_FLOOR = 1e-5  # an RMS at or below this (-100 dBFS) is silence: nothing to match
 
 
 @dataclass(frozen=True)
@@ -527,26 +530,41 @@ def held_frames(keep: np.ndarray, frames: int, margin: int) -> np.ndarray:
 
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
     """The model's audio over the region (S,) made ready to splice into the take: brought to the
-    take's level (the gain that makes what the model reproduced of the kept audio next to the
-    seams as loud as the take there), then true-peak limited; only the new part is measured, and
-    the kept audio is never touched. Returns ((1, S), levels)."""
+    take's level (the gain that makes the new audio within LEVEL_MATCH_S inside the seams as loud
+    as the take within LEVEL_MATCH_S outside them; where the take is silent there, as loud as
+    the kept take as a whole), then true-peak limited; only the new part is measured, and the
+    kept audio is never touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
-    near = np.zeros_like(new)
     reach = int(round(LEVEL_MATCH_S * sample_rate))
-    for edge in np.flatnonzero(np.diff(new.astype(np.int8))):
-        near[max(0, edge - reach): edge + reach + 1] = True
-    near &= known.keep
+    inside, outside = np.zeros_like(new), np.zeros_like(new)
+    for edge in np.flatnonzero(np.diff(new.astype(np.int8))) + 1:  # first sample after each change
+        side = np.zeros_like(new)
+        side[max(0, edge - reach): edge + reach] = True
+        inside |= side & new
+        outside |= side & known.keep
+    # Why not the model's reproduction of the kept audio: held to the take's latent, it follows
+    # the take's level whatever level the model makes the new audio at, so a quiet take got an
+    # extension at the model's own level, 20 dB or more above it.
     power = known.samples ** 2 if known.power is None else known.power
-    take_rms = float(np.sqrt(np.mean(power[near]))) if near.any() else 0.0
-    model_rms = float(np.sqrt(np.mean(audio[near] ** 2))) if near.any() else 0.0
+
+    def rms(where: np.ndarray, of: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(of[where]))) if where.any() else 0.0
+
+    take_rms, matched_to = rms(outside, power), "the take next to the seams"
+    if take_rms <= LEVEL_MATCH_FLOOR:
+        take_rms, matched_to = rms(known.keep, power), "the whole kept take (silent next to the seams)"
+    new_rms = rms(inside, audio ** 2)
     gain_db = 0.0
-    if take_rms > 1e-5 and model_rms > 1e-5:
-        gain_db = float(np.clip(20 * math.log10(take_rms / model_rms), -MAX_LEVEL_MATCH_DB, MAX_LEVEL_MATCH_DB))
+    if take_rms > LEVEL_MATCH_FLOOR and new_rms > LEVEL_MATCH_FLOOR:
+        gain_db = float(np.clip(20 * math.log10(take_rms / new_rms), *LEVEL_MATCH_DB))
+    else:
+        matched_to = "nothing (the take or the new audio is silent): the model's own level"
     matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
     matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]
     levels = {"level_match_gain_db": gain_db,
+              "level_matched_to": matched_to,
               "new_part_lufs": mixing.reported_lufs(part, sample_rate)
               if part.shape[-1] >= sample_rate // 2 else None,
               "new_part_seconds": float(new.sum()) / sample_rate,

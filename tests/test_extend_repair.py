@@ -243,3 +243,36 @@ def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, t
     assert np.array_equal(out[:72000], source[48000:120000])
     with pytest.raises(RequestError, match="take_offset says where project_start falls"):
         parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))
+
+
+@pytest.mark.parametrize("take_db", [0.0, -20.0, -40.0])
+def test_the_new_part_follows_a_quiet_take(take_db):
+    """The model makes the new audio at its own level whatever the take's, while its
+    reproduction of the kept audio, held to the take, follows the take: matching that
+    reproduction left an extension of a take 40 dB down about 40 dB too loud. The new audio
+    next to the seam now comes out as loud as the take next to it."""
+    rng = np.random.default_rng(5)
+    take = (0.05 * 10 ** (take_db / 20) * rng.standard_normal(48000)).astype(np.float32)
+    keep = np.arange(48000) < 32000                      # extend: the last second is new
+    audio = take.copy()                                  # the model's reproduction of the kept part
+    audio[~keep] = 0.05 * rng.standard_normal(16000)     # the new part at the model's own level
+    matched, levels = finish_new_part(audio, KnownAudio(take, keep), 16000)
+    take_rms = np.sqrt(np.mean(take[16000:32000] ** 2))
+    new_rms = np.sqrt(np.mean(matched[0, 32000:] ** 2))
+    assert 20 * np.log10(new_rms / take_rms) == pytest.approx(0.0, abs=0.5)
+    assert levels["level_match_gain_db"] == pytest.approx(take_db, abs=0.5)
+    assert levels["level_matched_to"] == "the take next to the seams"
+
+
+def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_not_at_all():
+    rng = np.random.default_rng(6)
+    take = (0.005 * rng.standard_normal(48000)).astype(np.float32)  # -46 dB
+    take[16000:32000] = 0.0                                          # silent for the last second before the seam
+    keep = np.arange(48000) < 32000
+    audio = (0.05 * rng.standard_normal(48000)).astype(np.float32)
+    _, levels = finish_new_part(audio, KnownAudio(take, keep), 16000)
+    whole = 20 * np.log10(np.sqrt(np.mean(take[:32000] ** 2)) / 0.05)
+    assert levels["level_match_gain_db"] == pytest.approx(whole, abs=0.5)
+    assert levels["level_matched_to"].startswith("the whole kept take")
+    _, levels = finish_new_part(audio, KnownAudio(np.zeros(48000, np.float32), keep), 16000)
+    assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
