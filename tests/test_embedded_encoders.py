@@ -274,3 +274,21 @@ def test_the_codec_uses_the_one_slaney_filterbank_rounded_as_the_model_was_train
     librosa = slaney_mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max)
     assert torch.equal(codec.filters, trained)
     assert not torch.equal(trained, librosa) and torch.allclose(trained, librosa, rtol=0, atol=1e-8)
+
+
+def test_a_latent_driven_far_by_strong_guidance_stays_finite_through_the_codec():
+    """α 100 (inside the published bounds) drove a latent to about 1,200, whose exponential is
+    infinite in float32: match_level and decode made the track NaN and the job failed. Such a
+    latent now stands for MAX_LATENT's magnitude, and latents in the model's range are as before."""
+    from stepfoley.engine.embedded.codec import MAX_LATENT
+
+    codec = MelCodec()
+    wave = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    latent = codec.encode(wave)                                               # (1, N, 40)
+    wild = latent.clone()
+    wild[0, 5, 3] = 1217.8
+    assert torch.isfinite(codec.match_level(wild, latent, 0.75)).all()
+    assert torch.isfinite(codec.decode(wild)).all()
+    assert torch.equal(codec.mel_magnitude(wild)[0, 5, 3], torch.exp(torch.tensor(MAX_LATENT)) - 1e-3)
+    ordinary = latent.clamp(max=8.4)  # α 4.5's largest latents, measured: untouched
+    assert torch.equal(codec.mel_magnitude(ordinary), torch.clamp(torch.exp(ordinary) - 1e-3, min=0.0))

@@ -27,6 +27,9 @@ from ..codec.mel import slaney_mel_filterbank
 from ..errors import InvalidInputError
 
 
+MAX_LATENT = 20.0  # e^20: squared and summed over an 8 s latent, still far inside float32
+
+
 @dataclass(frozen=True)
 class MelCodecConfig:
     sample_rate: int = 16000
@@ -124,8 +127,12 @@ class MelCodec:
         return self.latent_of(magnitude @ self.filters.T)                     # (B, N, M)
 
     def mel_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
-        """The mel band magnitudes a latent stands for (non-negative), (B, N, M)."""
-        mel = torch.exp(latent.float())
+        """The mel band magnitudes a latent stands for (non-negative), (B, N, M). A latent above
+        MAX_LATENT (170 dB over a full-scale tone) stands for MAX_LATENT's magnitude: strong
+        guidance (α or β far above the model's own) drives the latent to hundreds, whose
+        exponential is infinite in float32 and made the track NaN; capped, it stays finite, so
+        the overload is measured and limited like any other."""
+        mel = torch.exp(latent.float().clamp(max=MAX_LATENT))
         return torch.clamp(mel - self.config.log_offset, min=0.0) if self.config.log_offset > 0 else mel
 
     def latent_of(self, mel: torch.Tensor) -> torch.Tensor:
