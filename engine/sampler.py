@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,7 @@ LevelAnchor = Callable[[Tensor, Tensor], Tensor]
 
 DEFAULT_STEPS = 25
 _MAX_SEED = 2**63 - 1
+_TORCH_SEEDS = 2**32  # torch.Generator.manual_seed on a CPU keeps a seed's low 32 bits
 
 
 def time_grid(steps: int) -> Tensor:
@@ -107,7 +109,9 @@ def initial_noise(
     device, so a seed gives the same sound whatever its position in the batch and whatever the
     device. A single seed reproduces MMAudio's `randn(1, N, C, generator=rng)`; window w is the
     (w+1)-th such draw of the same generator, so no window of one seed starts from another
-    seed's noise (seeds s and s+1 are two variations, or two layers).
+    seed's noise (seeds s and s+1 are two variations, or two layers). torch's CPU generator
+    keeps only a seed's low 32 bits, so seeds from 2^32 on are drawn from numpy's PCG64, which
+    takes all 64: seed 5 and seed 5 + 2^32 used to give the same sound.
     """
     rows = []
     for seed in seeds:
@@ -116,9 +120,14 @@ def initial_noise(
                 f"Seed {seed!r} is not usable: a seed must be a whole number between 0 and "
                 f"{_MAX_SEED}."
             )
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        for _ in range(window + 1):
-            noise = torch.randn((1, seq_len, latent_dim), generator=generator)
+        if seed < _TORCH_SEEDS:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            for _ in range(window + 1):
+                noise = torch.randn((1, seq_len, latent_dim), generator=generator)
+        else:
+            rng = np.random.Generator(np.random.PCG64(seed))
+            for _ in range(window + 1):
+                noise = torch.from_numpy(rng.standard_normal((1, seq_len, latent_dim), dtype=np.float32))
         rows.append(noise)
     if not rows:
         raise InvalidInputError("No seeds were given: at least one seed is needed per take.")

@@ -139,6 +139,21 @@ def test_a_later_window_is_a_later_draw_of_its_own_seed():
     assert initial_noise([top], 4, 2, window=3).shape == (1, 4, 2)
 
 
+def test_seeds_past_32_bits_give_their_own_noise():
+    """torch's CPU generator keeps a seed's low 32 bits: seed 5 + 2^32 gave seed 5's sound under
+    another number. Seeds below 2^32 keep MMAudio's draw; seeds from 2^32 on have their own, a
+    window being a later draw as before."""
+    low, high = initial_noise([5], 250, 20), initial_noise([5 + 2**32], 250, 20)
+    assert not torch.equal(low, high) and torch.equal(high, initial_noise([5 + 2**32], 250, 20))
+    last_torch = torch.randn((1, 250, 20), generator=torch.Generator().manual_seed(2**32 - 1))
+    assert torch.equal(initial_noise([2**32 - 1], 250, 20), last_torch)
+    top = initial_noise([2**63 - 1, 2**63 - 2], 250, 20)
+    assert not torch.equal(top[0], top[1]) and not torch.equal(top[0], last_torch[0])
+    assert not torch.equal(initial_noise([5 + 2**32], 250, 20, window=1), high)
+    many = initial_noise([5 + 2**32], 20000, 20)  # a standard normal: 400,000 draws, 6 standard errors
+    assert abs(float(many.std()) - 1.0) < 0.007 and abs(float(many.mean())) < 0.01
+
+
 @pytest.mark.parametrize("seeds", [[], [-1], [1.5], ["3"], [2**64]])
 def test_bad_seeds_are_refused(seeds):
     with pytest.raises(InvalidInputError):
