@@ -322,7 +322,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("w1", "number", "`alpha`", f"±{MAX_WEIGHT:g}; video weight of Eq. A6, method `dual` only"),
     FieldSpec("w2", "number", "`alpha + beta`", f"±{MAX_WEIGHT:g}; text weight of Eq. A6, method `dual` only"),
     FieldSpec("w3", "number", "`beta`", f"±{MAX_WEIGHT:g}; negative-audio weight of Eq. A6, method `dual` only"),
-    FieldSpec("seed", "int", "0", f"0-{MAX_SEED}"),
+    FieldSpec("seed", "int", "0", f"0-{MAX_SEED}: below 2^32 the starting noise is MMAudio's for that seed (torch's "
+              "CPU generator); from 2^32 on, numpy's PCG64 seeded with all 64 bits, so every seed is its own"),
     FieldSpec("steps", "int", "the model's", f"1-{MAX_STEPS} sampling steps"),
     FieldSpec("negative_caption", "string", '`""`',
               f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from (every method); `negative_prompt` "
