@@ -57,7 +57,8 @@ def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
                           "Run `stepfoley weights check DIR` to see what the directory holds.")
 
 
-def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
+def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], source: str = "",
+                      assign: bool = False) -> None:
     """`net.load_weights`, with the advice a sound designer needs when the file does not fit:
     which file was read (`source`), which file the chosen model reads and, when the weights are
     another official model's, which."""
@@ -69,7 +70,7 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], sour
                 + "Check that the weights file belongs to the chosen model (for example "
                 "mmaudio_large_44k_v2.pth needs the large_44k_v2 model)."
                 + (f" These weights look like the '{other}' model." if other is not None else ""))
-    net.load_weights(state_dict, advice)
+    net.load_weights(state_dict, advice, assign=assign)
 
 
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
@@ -119,9 +120,14 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():
         read_controlnet_config(cn_path, config)  # one for another model is said before anything loads
-    net = MMAudio(config)
+    # Built on the meta device and given the file's tensors: a full-size network (4 GB for the
+    # large ones) is never held twice, nor initialized only to be overwritten.
+    with torch.device("meta"):
+        net = MMAudio(config)
     source = _checkpoint_path(weights_dir, stem)
-    load_flow_weights(net, load_state_dict_file(source), described_source(weights_dir / (stem + ".pth"), source))
+    load_flow_weights(net, load_state_dict_file(source), described_source(weights_dir / (stem + ".pth"), source),
+                      assign=True)
+    net = net.float()  # a half-precision file's tensors, as the network computes
     controlnet = None
     if cn_path.is_file():
         controlnet = load_controlnet(cn_path, config).eval()

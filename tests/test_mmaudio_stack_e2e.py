@@ -377,3 +377,31 @@ def test_a_wrong_safetensors_copy_is_named_as_the_file_read(stack, tmp_path):
     save_file({k: v.contiguous() for k, v in flow.items()}, str(root / "weights" / "mmaudio_small_16k.safetensors"))
     with pytest.raises(CheckpointError, match=r"The file read: .*mmaudio_small_16k\.safetensors \(the \.safetensors copy"):
         load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+
+
+def test_half_precision_files_load_as_float32_networks_with_their_values(stack, tmp_path):
+    """The flow network, CLIP and Synchformer are built on the meta device and given the file's
+    tensors (a full-size network is never held twice): a half-precision download must still
+    come out as float32 networks holding the file's values, every tensor real, none on meta."""
+    import shutil
+
+    root = tmp_path / "weights-half"
+    shutil.copytree(stack["root"], root)
+    files = [root / "weights" / "mmaudio_small_16k.pth", root / "ext_weights" / "synchformer_state_dict.pth",
+             root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384" / "open_clip_pytorch_model.bin"]
+    halves = {}
+    for path in files:
+        state = torch.load(path, weights_only=True)
+        halves[path.name] = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        torch.save(halves[path.name], path)
+    model = load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+    clip, synchformer = model.video_encoder.clip, model.video_encoder.synchformer
+    for network in (model.net, clip, synchformer):
+        tensors = list(network.parameters()) + list(network.buffers())
+        assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+    flow = halves["mmaudio_small_16k.pth"]
+    assert torch.equal(model.net.latent_std, flow["latent_std"].float())
+    assert torch.equal(clip.positional_embedding, halves["open_clip_pytorch_model.bin"]["positional_embedding"].float())
+    first, second = two_tracks(model, stack["video"])
+    assert_audio(first, 16000)
+    assert_audio(second, 16000)

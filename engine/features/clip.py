@@ -252,10 +252,10 @@ class ClipModel(nn.Module):
 
 
 def load_clip_weights(model: ClipModel, state_dict: Mapping[str, torch.Tensor],
-                      source: str = "the CLIP checkpoint") -> None:
+                      source: str = "the CLIP checkpoint", assign: bool = False) -> None:
     weights = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
     load_strict(model, weights, f"{source} is not an open_clip DFN5B ViT-H/14 checkpoint",
-                "Download open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.")
+                "Download open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.", assign=assign)
 
 
 def find_weight_file(clip_dir: Path) -> Path:
@@ -274,9 +274,10 @@ def load_clip(clip_dir: str | Path, cfg: ClipConfig | None = None) -> ClipModel:
     if cfg is None:
         config_file = clip_dir / "open_clip_config.json"
         cfg = ClipConfig.from_open_clip_json(config_file) if config_file.is_file() else ClipConfig()
-    model = ClipModel(cfg)
-    load_clip_weights(model, load_state_dict_file(path), source=str(path))
-    return model.eval()
+    with torch.device("meta"):  # given the file's tensors: ~4 GB never held twice
+        model = ClipModel(cfg)
+    load_clip_weights(model, load_state_dict_file(path), source=str(path), assign=True)
+    return model.float().eval()
 
 
 def clip_normalize(frames: torch.Tensor) -> torch.Tensor:

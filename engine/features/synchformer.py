@@ -203,20 +203,21 @@ def strip_checkpoint_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 def load_synchformer_weights(model: SynchformerVisual, state_dict: Mapping[str, torch.Tensor],
-                             source: str = "the Synchformer checkpoint") -> None:
+                             source: str = "the Synchformer checkpoint", assign: bool = False) -> None:
     weights = strip_checkpoint_prefix(state_dict)
     if not weights:
         raise CheckpointError(
             f"{source} has no '{CHECKPOINT_PREFIX}.*' weights. Use MMAudio's "
             "ext_weights/synchformer_state_dict.pth.")
     load_strict(model, weights, f"{source} does not fit the Synchformer visual encoder",
-                "Download ext_weights/synchformer_state_dict.pth again.")
+                "Download ext_weights/synchformer_state_dict.pth again.", assign=assign)
 
 
 def load_synchformer(path: str | Path, cfg: SynchformerConfig = SynchformerConfig()) -> SynchformerVisual:
-    model = SynchformerVisual(cfg)
-    load_synchformer_weights(model, load_state_dict_file(path), source=str(path))
-    return model.eval()
+    with torch.device("meta"):  # given the file's tensors: never held twice
+        model = SynchformerVisual(cfg)
+    load_synchformer_weights(model, load_state_dict_file(path), source=str(path), assign=True)
+    return model.float().eval()
 
 
 def sync_windows(frames: torch.Tensor, cfg: SynchformerConfig = SynchformerConfig(),
