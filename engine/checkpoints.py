@@ -118,8 +118,9 @@ def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
     not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(
-            f"Weights file {path} is not a plain state dict: entries {', '.join(not_tensors[:5])} are not "
-            f"tensors. If the weights are nested, the model's loader must name the entry.")
+            f"Weights file {path} holds more than the network's weights (entries {', '.join(not_tensors[:5])} "
+            "are not tensors): it looks like a training checkpoint, not the published weights file. Use the "
+            "file the model's page publishes under this name.")
     return dict(state)
 
 

@@ -136,7 +136,7 @@ def test_nested_entry_is_unwrapped_only_when_named(tmp_path):
     with pytest.raises(CheckpointError, match="'discriminator'"):
         load_state_dict_file(path, entry="discriminator")
     torch.save({"generator": generator}, path)
-    with pytest.raises(CheckpointError, match="not a plain state dict"):
+    with pytest.raises(CheckpointError, match="looks like a training checkpoint, not the published weights file"):
         load_state_dict_file(path)
 
 
