@@ -249,3 +249,40 @@ def test_on_windows_a_path_past_max_path_is_refused_before_work(tmp_path, monkey
                                      QueryValueEx=lambda key, value: (1, 4))  # LongPathsEnabled = 1 (a DWORD)
     monkeypatch.setitem(sys.modules, "winreg", registry)
     assert atomic.windows_path_limit() is None and atomic.name_too_long(fits + "d/" + name) is None
+
+
+def test_a_failed_publish_without_hard_links_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+    """The exclusive create reserves the name with an empty placeholder; when moving the
+    finished file over it fails, the placeholder goes too: an empty take.wav would be taken for
+    a stem."""
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def no_room(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "link", no_hard_links)
+    monkeypatch.setattr(atomic.os, "replace", no_room)
+    source, target = tmp_path / "a.part", tmp_path / "take.wav"
+    source.write_bytes(b"finished")
+    with pytest.raises(OSError, match="No space left"):
+        atomic.publish_exclusively(source, target)
+    assert not target.exists() and source.read_bytes() == b"finished"
+
+
+def test_a_temp_file_of_another_users_live_writer_is_kept(tmp_path, monkeypatch):
+    """In a shared, group-writable folder, os.kill(pid, 0) on another user's running engine
+    says EPERM: that writer is alive, and its temp file must stay."""
+    import subprocess
+    import sys
+
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+    def another_users(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "kill", another_users)
+    name = f".take.wav.{atomic._HOST}-{gone}-0123abcd.part"
+    (tmp_path / name).write_bytes(b"x")
+    assert atomic.sweep_stale_parts(tmp_path) == [] and (tmp_path / name).exists()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import stat
 import subprocess
@@ -67,6 +68,23 @@ def test_finding_01_a_malformed_bundle_is_dropped_at_once(datagram):
         p.send(protocol.PING, p.port, "after", "t")
         assert p.receive(timeout=2.0) == (protocol.PONG, ["after", protocol.PROTOCOL_VERSION, "unknown", "unknown"])
         p.close()
+
+
+def osc_string(text: bytes) -> bytes:
+    return text + b"\x00" * (4 - len(text) % 4)
+
+
+@pytest.mark.parametrize("datagram, words", [
+    (BUNDLE + (2**31 - 4).to_bytes(4, "big") + PING, "bundle element size 2147483644 "),  # aligned, past the end
+    (BUNDLE + (6).to_bytes(4, "big") + b"/a\x00\x00,\x00" + b"\x00\x00" + element(PING), "bundle element size 6 "),
+    (osc_string(b"/a") + osc_string(b"," + b"i" * 17) + b"\x00" * 68, "at most 16 tags"),
+    (osc_string(b"/a") + osc_string(b",b") + (-4).to_bytes(4, "big", signed=True) + b"\x00" * 8, "blob size -4 "),
+], ids=["aligned-past-the-end", "unaligned-then-more", "17-arguments", "negative-blob"])
+def test_each_decoder_bound_refuses_on_its_own(datagram, words):
+    """One case per check, each breaking that check alone: cases that broke two checks at once
+    let either check be removed unnoticed."""
+    with pytest.raises(osc.DecodeError, match=re.escape(words)):
+        osc.decode(datagram)
 
 
 def test_finding_01_a_well_formed_nested_bundle_is_answered(peer):
@@ -722,3 +740,17 @@ def test_the_engine_and_the_client_make_room_for_the_largest_datagram(monkeypatc
         before = roomy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         protocol.make_room_for_datagrams(roomy)
         assert roomy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+
+
+def test_a_bug_in_a_handler_costs_one_internal_error_reply_not_the_server(server, peer, monkeypatch):
+    """A handler that raises (here /result's lookup) answers /error internal_error at once, so
+    the client does not wait out its timeout; the next message is served as usual."""
+    def broken(job_id):
+        raise RuntimeError("lookup failed")
+
+    monkeypatch.setattr(server.jobs, "describe", broken)
+    peer.send(protocol.RESULT, peer.port, "r1", "", "0123456789abcdef")
+    address, args = peer.receive()
+    assert address == protocol.ERROR and args[0] == "r1" and args[2:] == ["internal_error", "lookup failed"]
+    peer.send(protocol.PING, peer.port, "p1", "")
+    assert peer.receive()[0] == protocol.PONG

@@ -136,7 +136,9 @@ def test_bigvgan_matches_bigvgan_fixtures_in_every_weight_norm_layout(golden):
 
 def test_bigvgan_builds_the_stored_anti_alias_filters(golden):
     # The checkpoint brings its filters, but a model built from config must compute the same ones.
-    for path in golden_files("bigvgan_*.safetensors"):
+    paths = golden_files("bigvgan_*.safetensors")
+    assert paths, f"no bigvgan_*.safetensors in {golden}"
+    for path in paths:
         g, cfg, _ = fixture(path)
         fresh = BigVGAN(BigVGANConfig.from_dict(cfg)).state_dict()
         filters = [k for k in g["weights"] if k.endswith("filter")]

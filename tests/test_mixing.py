@@ -76,6 +76,19 @@ def test_true_peak_sees_intersample_peaks():
     assert abs(mixing.true_peak(wave, sample_rate)) < 0.05
 
 
+def test_the_limiter_acts_on_peaks_between_the_samples():
+    """Samples at -2 dBFS, the waveform between them at +1 dBTP (fs/4 sampled 45 degrees off its
+    crests): a limiter that judged the samples would let it through over the -1 dBTP ceiling."""
+    sample_rate = 48000
+    n = np.arange(4800)
+    fade = np.minimum(1.0, np.minimum(n, n[::-1]) / 200)
+    wave = (fade * np.sin(2 * np.pi * n / 4 + np.pi / 4)).astype(np.float32)[None]
+    wave *= 10 ** (1.0 / 20)  # its crests at +1 dBTP, its samples 3 dB lower
+    assert 20 * math.log10(np.abs(wave).max()) < -1.5 and mixing.true_peak(wave, sample_rate) > 0.9
+    limited = mixing.limit_true_peak(wave, sample_rate, ceiling_dbtp=-1.0)
+    assert mixing.true_peak(limited, sample_rate) <= -1.0
+
+
 @pytest.mark.parametrize("gain", [1.0, 4.0, 30.0])
 @pytest.mark.parametrize("ceiling", [-1.0, -3.0])
 def test_limiter_ceiling_holds_on_hot_signals(gain, ceiling):
@@ -286,10 +299,12 @@ def test_true_peak_in_blocks_equals_the_whole_signal_at_once(monkeypatch):
     from scipy.signal import resample_poly
 
     rng = np.random.default_rng(3)
-    signal = (0.3 * rng.standard_normal((2, 5000))).astype(np.float32)
+    signal = (0.05 * rng.standard_normal((2, 5000))).astype(np.float32)
     signal[1, 2047:2050] = [0.9, -0.9, 0.9]  # an inter-sample peak across a block boundary
     whole = resample_poly(signal.astype(np.float64), 4, 1, axis=-1, window=mixing.TRUE_PEAK_WINDOW)
     expected = 20 * math.log10(max(np.abs(whole).max(), np.abs(signal).max()))
+    # the planted peak is the signal's true peak, so only blocks that see across the boundary find it
+    assert 2046 * 4 <= int(np.abs(whole[1]).argmax()) <= 2050 * 4 and np.abs(whole).max() > 1.0
     monkeypatch.setattr(mixing, "TRUE_PEAK_BLOCK", 1024)
     assert mixing.true_peak(signal, 48000) == pytest.approx(expected, abs=1e-12)
 

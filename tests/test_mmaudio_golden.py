@@ -82,6 +82,11 @@ def run_with_intermediates(net, inputs):
     return flow, got
 
 
+def test_the_flow_fixtures_exist(golden):
+    # the tests below are one per fixture: without any, they would skip without saying why
+    assert FLOW_FIXTURES, f"no mmaudio_flow_*.safetensors in {golden}"
+
+
 @pytest.mark.parametrize("path", FLOW_FIXTURES, ids=[p.stem for p in FLOW_FIXTURES])
 def test_flow_network_matches_reference(golden, path):
     groups, metadata = read_fixture(path)

@@ -165,6 +165,8 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"alpha": [[[[[[1]]]]]]}, "alpha must be a number, got [[[...]]]"),
         ({"picture_region": [0, 0, 0.5, 0.5]}, "picture_region came with protocol 2"),
         ({"protocol": 2, "picture_region": [0.5, 0, 0.2, 1]}, "each side must be at least 0.05 of the picture"),
+        ({"protocol": 2, "picture_region": [0, 0, 1, 0.0499]}, "each side must be at least 0.05 of the picture"),
+        ({"protocol": 2, "picture_region": [0, 0.9, 1, 0.1]}, "each side must be at least 0.05 of the picture"),
         ({"protocol": 2, "picture_region": [0, 0, 1.5, 1]}, "picture_region x1 = 1.5 is outside 0 .. 1"),
         ({"protocol": 2, "picture_region": [0, 0, 1]}, "picture_region must be [x0, y0, x1, y1]"),
         ({"protocol": 2, "picture_region_time": [0, 1]}, "it needs picture_region"),

@@ -89,15 +89,24 @@ def test_existing_bounce_at_another_rate_and_channels(tiny, scene_video):
     assert session.next_track(TrackSettings("wind blowing", steps=1)).metadata["method_used"] == "nag"
 
 
-def test_long_region_is_windowed(tiny, tmp_path):
+def test_long_region_is_windowed(tiny, tmp_path, monkeypatch):
     from stepfoley.lab.miniworld import make_scene, write_scene
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     session = StepSession(tiny, Region(video, 0.0, 10.0))
+    # each window is its own draw of the seed's noise and reads the loudness curve from its own start
+    sampled, sample_window = [], StepSession._sample_window
+
+    def spy(self, *args, **kwargs):
+        sampled.append((kwargs["window"], kwargs["window_start"]))
+        return sample_window(self, *args, **kwargs)
+
+    monkeypatch.setattr(StepSession, "_sample_window", spy)
     progress = []
     # the highest seed a request may carry: its second window is a later draw, not seed + 1
     track = session.next_track(TrackSettings("rain falling", steps=1, seed=2**63 - 1),
                                on_progress=lambda *p: progress.append(p))
     assert track.metadata["windows"] == 2
+    assert sampled == [(0, 0.0), (1, 2.0)]  # the last window ends with the region: 2-10 s
     assert track.samples.shape == (160000,)
     # the picture of both windows first, then every sampling step, then decoding
     assert [p for p in progress if p[0] == "features"][-1] == ("features", 2, 2)

@@ -67,6 +67,12 @@ def crc_weights(model: SynchformerVisual) -> dict:
     return weights
 
 
+def test_the_synchformer_fixtures_exist(golden):
+    # the tests below are one per fixture: without any, they would skip without saying why
+    for name in ("synchformer.safetensors", "synchformer_full_crc.safetensors"):
+        assert golden_files(name), f"no {name} in {golden}"
+
+
 @pytest.mark.parametrize("path", golden_files("synchformer.safetensors"), ids=lambda p: p.name)
 def test_reduced_synchformer_matches_reference_with_intermediates(golden, path):
     tensors, meta = fixture(path)
