@@ -16,6 +16,8 @@ def test_header_checks():
         (protocol.PING, ["9000", "r", ""], "'reply_port' must be an OSC int32"),
         (protocol.PING, [True, "r", ""], "'reply_port' must be an OSC int32"),
         (protocol.PING, [70000, "r", ""], "not a UDP port"),
+        (protocol.PING, [0, "r", ""], "reply_port 0 is not a UDP port"),
+        (protocol.PING, [9000, "r", "t" * (protocol.MAX_TOKEN_CHARS + 1)], "token is too long"),
         (protocol.PING, [9000, "bad id!", ""], "request_id must be"),
         (protocol.GENERATE, [9000, "r", "", 5], "'request_json' must be an OSC string"),
         ("/stepfoley/explode", [9000, "r", ""], "Unknown OSC address"),

@@ -141,6 +141,7 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"reference_audio": "/ref.wav"}, "only used by a method that sounds like a recording, not by 'nag'"),
         ({"method": "reference", "reference_audio": "ref.wav"}, "must be an absolute path"),
         ({"previous_captions": "rain"}, "previous_captions must be a list"),
+        ({"previous_captions": ["rain"] * 65}, "previous_captions must be a list of at most 64 captions"),
         ({"name_hint": "x" * 201}, "name_hint is longer than 200"),
         ({"colour": "red"}, "Unknown field(s) in request: colour"),
         ({"region": {"video": "/v.mp4", "file_in": 3, "file_out": 2}}, "must be after region.file_in"),
