@@ -47,8 +47,9 @@ WINDOW_FADE_S = 1.0  # consecutive windows are crossfaded over this (at most the
 # audio under the crossfade was made to continue the kept audio.
 SEAM_S = 0.05
 # The new part is brought to the take's level within these bounds: its own audio this far inside
-# the seams as loud as the take this far outside them.
-LEVEL_MATCH_S = 1.0
+# the seams as loud as the take this far outside them, pauses gated out (gated_power).
+LEVEL_MATCH_S = 2.0
+GATE_ABSOLUTE_DB, GATE_RELATIVE_DB = -70.0, -10.0
 # Down as far as a quiet take needs (room tone sits 40 dB under the model's level); up only so
 # far, since raising the new audio raises its noise too.
 LEVEL_MATCH_DB = (-60.0, 24.0)
@@ -528,12 +529,29 @@ def held_frames(keep: np.ndarray, frames: int, margin: int) -> np.ndarray:
     return (new[hi] - new[lo]) == 0
 
 
+def gated_power(power: np.ndarray, sample_rate: int) -> float:
+    """The mean of `power` (S,) (squared samples) over the 400 ms blocks that sound, gated as
+    BS.1770 gates loudness (blocks every 100 ms; absolute gate -70 dB, then 10 dB under the
+    mean of the blocks above it), without its K-weighting: a level that pauses between
+    footsteps do not pull down. Shorter than a block: the plain mean. 0.0: silence."""
+    block = int(round(0.4 * sample_rate))
+    if power.size < block:
+        return float(power.mean()) if power.size else 0.0
+    sums = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
+    starts = np.arange(0, power.size - block + 1, max(1, block // 4))
+    blocks = (sums[starts + block] - sums[starts]) / block
+    blocks = blocks[blocks > 10 ** (GATE_ABSOLUTE_DB / 10)]
+    if not blocks.size:
+        return 0.0
+    return float(blocks[blocks > blocks.mean() * 10 ** (GATE_RELATIVE_DB / 10)].mean())
+
+
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
     """The model's audio over the region (S,) made ready to splice into the take: brought to the
     take's level (the gain that makes the new audio within LEVEL_MATCH_S inside the seams as loud
-    as the take within LEVEL_MATCH_S outside them; where the take is silent there, as loud as
-    the kept take as a whole), then true-peak limited; only the new part is measured, and the
-    kept audio is never touched. Returns ((1, S), levels)."""
+    as the take within LEVEL_MATCH_S outside them, each by `gated_power`; where the take is
+    silent there, as loud as the kept take as a whole), then true-peak limited; only the new part
+    is measured, and the kept audio is never touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
@@ -547,17 +565,14 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     # the take's level whatever level the model makes the new audio at, so a quiet take got an
     # extension at the model's own level, 20 dB or more above it.
     power = known.samples ** 2 if known.power is None else known.power
-
-    def rms(where: np.ndarray, of: np.ndarray) -> float:
-        return float(np.sqrt(np.mean(of[where]))) if where.any() else 0.0
-
-    take_rms, matched_to = rms(outside, power), "the take next to the seams"
-    if take_rms <= LEVEL_MATCH_FLOOR:
-        take_rms, matched_to = rms(known.keep, power), "the whole kept take (silent next to the seams)"
-    new_rms = rms(inside, audio ** 2)
+    take_power, matched_to = gated_power(power[outside], sample_rate), "the take next to the seams"
+    if take_power <= LEVEL_MATCH_FLOOR ** 2:
+        take_power, matched_to = gated_power(power[known.keep], sample_rate), \
+            "the whole kept take (silent next to the seams)"
+    new_power = gated_power(audio[inside] ** 2, sample_rate)
     gain_db = 0.0
-    if take_rms > LEVEL_MATCH_FLOOR and new_rms > LEVEL_MATCH_FLOOR:
-        gain_db = float(np.clip(20 * math.log10(take_rms / new_rms), *LEVEL_MATCH_DB))
+    if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
+        gain_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
     else:
         matched_to = "nothing (the take or the new audio is silent): the model's own level"
     matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
