@@ -51,6 +51,9 @@ HEARTBEAT_S = 2.0
 NOBODY_LISTENING = (ConnectionRefusedError, ConnectionResetError)
 
 
+JOB_LOST = ("job_lost", "The engine no longer knows this job (was it restarted?). Resend the request.")
+
+
 class EngineNotRunning(Exception):
     code = "engine_not_running"
 
@@ -379,7 +382,7 @@ class RemoteJob:
             if kind == "cancel":
                 return  # a cancel that came too late or twice changes nothing
             if kind == "result" and args[2] == "unknown_job":
-                self._finish("error", EXIT_FAILED, error=("job_lost", "The engine no longer knows this job (was it restarted?). Resend the request."))
+                self._finish("error", EXIT_FAILED, error=JOB_LOST)
                 return
             exit_code = EXIT_FAILED if (self.accepted or args[1]) else EXIT_REJECTED
             self._finish("error", exit_code, error=(args[2], args[3]))
@@ -387,6 +390,10 @@ class RemoteJob:
             self._apply_summary(json.loads(args[1]))
 
     def _apply_summary(self, job: dict) -> None:
+        if self.accepted and job.get("request_id") != self.request_id:
+            # another client's job under our job id: a new engine on the port gave it out again
+            self._finish("error", EXIT_FAILED, error=JOB_LOST)
+            return
         self._accept_implicitly(job["job_id"])
         if job.get("engine_steps", -1) != self._engine_steps:
             self._engine_steps = job.get("engine_steps", -1)

@@ -70,7 +70,9 @@ class Job:
         return (*self.reply_to, self.request_id)
 
     def summary(self, queue_position: int, engine_steps: int) -> dict:
-        """The job as the /job reply and `status` describe it."""
+        """The job as the /job reply and `status` describe it. Its stems only once it is done: a
+        job cancelled while its stems were written had them removed."""
+        done = self.state == DONE
         return {
             "job_id": self.job_id,
             "request_id": self.request_id,
@@ -80,11 +82,12 @@ class Job:
             "step": self.step,
             "total": self.total,
             "caption": self.request.caption,
-            "stem_path": self.stem_path or None,
-            "metadata": self.metadata or None,
+            "stem_path": self.stem_path or None if done else None,
+            "metadata": self.metadata or None if done else None,
             "error": {"code": self.error_code, "message": self.error_message} if self.state == ERROR else None,
             "engine_steps": engine_steps,
-            **({"stems": {"folder": self.stems_folder, **json.loads(self.stems_json)}} if self.stems_json else {}),
+            **({"stems": {"folder": self.stems_folder, **json.loads(self.stems_json)}}
+               if self.stems_json and done else {}),
         }
 
 
@@ -106,7 +109,7 @@ class JobBook:
         self._unannounced: list[Job] = []  # submitted, their /accepted not yet sent
         self._stopping = False
         self._counter = itertools.count(1)
-        self._prefix = secrets.token_hex(2)
+        self._prefix = secrets.token_hex(4)  # an engine restarted on the port gives out other ids
         # Counts sampling steps and finished jobs: clients use it as the engine's heartbeat.
         self.engine_steps = 0
         self.jobs_finished = 0

@@ -436,3 +436,52 @@ def test_a_request_in_another_script_costs_its_utf8_bytes_and_the_limit_is_check
         assert "With the token, the request makes a message of" in status["error"]["message"]
         with bc.EngineClient(port=srv.address[1], token="t") as c:
             assert c.engine_status()["jobs_finished"] == 1  # the refused ones never reached it
+
+
+class ScriptedEngine:
+    """A UDP socket on 127.0.0.1 answering as an engine would, one scripted reply per message
+    address: for what a real engine only does in a rare race."""
+
+    def __init__(self, answers):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port, self.answers, self.seen, self._stop = self.sock.getsockname()[1], answers, [], threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                data, sender = self.sock.recvfrom(65536)
+            except (TimeoutError, socket.timeout):
+                continue
+            for address, args in osc.decode(data):
+                self.seen.append((address, args))
+                answer = self.answers.get(address)
+                if answer is not None:
+                    self.sock.sendto(osc.encode(*answer(args)), (sender[0], args[0]))
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_a_job_id_given_out_again_by_a_new_engine_is_not_taken_for_ours(tmp_path):
+    """The engine is restarted on its port and, by chance, gives another client's job the id
+    ours had: its summary carries that client's request_id, so ours is lost, not 'done' with
+    a stem in another project's folder."""
+    engine = ScriptedEngine({
+        protocol.GENERATE: lambda args: (protocol.ACCEPTED, args[1], "abcd-000001", 0),
+        protocol.RESULT: lambda args: (protocol.JOB, args[1], json.dumps({
+            "job_id": "abcd-000001", "request_id": "someone-else", "state": "done", "phase": None,
+            "queue_position": 0, "step": 25, "total": 25, "caption": "door slam",
+            "stem_path": "/elsewhere/door_slam_001.wav", "metadata": {"caption": "door slam"}, "error": None,
+            "engine_steps": 25})),
+    })
+    try:
+        code, status = bc.send_request(make_request(tmp_path), None, port=engine.port, timeout=30)
+    finally:
+        engine.close()
+    assert code == bc.EXIT_FAILED and status["error"]["code"] == "job_lost" and status["stem_path"] is None

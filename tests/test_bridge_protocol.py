@@ -138,3 +138,22 @@ def test_every_token_source_is_held_to_the_token_files_rules(tmp_path, monkeypat
     with pytest.raises(TokenError, match="first line"):
         resolve_token(file=file)
     assert resolve_token("") == ""  # an explicit empty token still means none
+
+
+def test_a_job_names_its_stems_only_once_it_is_done(tmp_path):
+    """A cancel that lands while the stems are written ends the job cancelled with its stems
+    removed: /result and /status must not name them (a client testing stem_path would import
+    a missing file)."""
+    from stepfoley.bridge.jobs import CANCELLED, DONE, Job
+    from stepfoley.request import parse_request
+    from test_bridge_kit import make_request
+
+    job = Job("abcd0123-000001", "r1", parse_request(make_request(tmp_path)), ("127.0.0.1", 9000))
+    job.stem_path, job.metadata = str(tmp_path / "door_slam_001.wav"), {"caption": "door slam"}
+    job.stems_folder, job.stems_json = str(tmp_path), json.dumps({"stems": [{"file": "door_slam_001.wav"}]})
+    job.state = CANCELLED
+    summary = job.summary(0, 25)
+    assert summary["stem_path"] is None and summary["metadata"] is None and "stems" not in summary
+    job.state = DONE
+    summary = job.summary(0, 25)
+    assert summary["stem_path"].endswith("door_slam_001.wav") and summary["stems"]["folder"] == str(tmp_path)
