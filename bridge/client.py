@@ -314,6 +314,7 @@ class RemoteJob:
         now = time.monotonic()
         if not self.accepted:
             if now - self._first_sent > self.connect_timeout:
+                self._withdraw()
                 raise EngineNotRunning(not_running_message(self._client.host, self._client.port))
             if now - self._last_sent >= RESEND_INTERVAL_S:
                 self._send_request()
@@ -334,6 +335,15 @@ class RemoteJob:
             self._client._send(protocol.RESULT, rid, self.job_id)
         if self.cancel_wanted and now - self._last_cancel_sent > QUIET_POLL_S:
             self._send_cancel()
+
+    def _withdraw(self) -> None:
+        """Giving up on an engine that never answered: it may only be stalled, with our request
+        waiting in its socket, and would then run a job nobody collects. A cancel by our
+        request_id, sent after the request's copies, withdraws it when the engine reads on."""
+        try:
+            self._client._send(protocol.CANCEL, self.request_id, "")
+        except (OSError, EngineNotRunning):
+            pass  # nobody listens: nothing to withdraw
 
     def _send_request(self) -> None:
         self._last_sent = time.monotonic()

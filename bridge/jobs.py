@@ -155,6 +155,11 @@ class JobBook:
                 job.announced.set()
             self._unannounced.clear()
 
+    def owned_by(self, owner: tuple[str, int, str]) -> str | None:
+        """The id of the job that (address, reply port, request_id) submitted, if any."""
+        with self._lock:
+            return self._by_owner.get(owner)
+
     def cancel(self, job_id: str) -> str:
         """Drop a queued job or ask the running one to stop before its next step."""
         with self._lock:

@@ -156,8 +156,14 @@ class Dispatcher:
         return osc.encode(protocol.ACCEPTED, header.request_id, job.job_id, position)
 
     def _cancel(self, header: protocol.Header, rest: list, sender) -> bytes:
-        outcome = self.jobs.cancel(rest[0])
-        return osc.encode(protocol.CANCEL_REPLY, header.request_id, rest[0], outcome)
+        job_id = rest[0]
+        if not job_id:  # withdraw the job of this request_id from this sender (docs/osc-protocol.md)
+            job_id = self.jobs.owned_by((sender[0], header.reply_port, header.request_id))
+            if job_id is None:
+                raise protocol.ProtocolError("unknown_job", f"No job of request '{header.request_id}' from this "
+                                                            "client is known.")
+        outcome = self.jobs.cancel(job_id)
+        return osc.encode(protocol.CANCEL_REPLY, header.request_id, job_id, outcome)
 
     def _result(self, header: protocol.Header, rest: list, sender) -> bytes:
         summary = self.jobs.describe(rest[0])

@@ -485,3 +485,23 @@ def test_a_job_id_given_out_again_by_a_new_engine_is_not_taken_for_ours(tmp_path
     finally:
         engine.close()
     assert code == bc.EXIT_FAILED and status["error"]["code"] == "job_lost" and status["stem_path"] is None
+
+
+def test_a_request_given_up_on_is_withdrawn_when_a_stalled_engine_reads_on(tmp_path):
+    """The engine does not read its socket for longer than the client waits (a stalled
+    process): the client reports it not running, and the engine, reading its backlog later,
+    must not run the request into a stem nobody collects. The client's cancel by request_id,
+    sent after the request's copies, withdraws it."""
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))  # bound, not yet reading: stalled
+    try:
+        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], connect_timeout=0.5)
+        assert code == bc.EXIT_NOT_RUNNING
+        srv.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and srv.jobs.jobs_finished == 0:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a job that ran would have written its stem by now
+        assert srv.jobs.jobs_finished == 1
+    finally:
+        srv.stop()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []

@@ -625,6 +625,7 @@ def test_result_says_when_paths_cannot_be_sent_and_the_client_does_not_call_it_d
     # the job's state machine as /result's answer reaches it (no engine can send such a path)
     recovering = RemoteJob.__new__(RemoteJob)
     recovering._client = EngineClient(port=9)
+    recovering.request_id = "r"
     recovering.status, recovering.accepted, recovering._engine_steps = {**queued_status(), "request_id": "r"}, True, -1
     recovering._last_sign_of_life = 0.0
     recovering._apply_summary(job)
