@@ -320,11 +320,11 @@ class RemoteJob:
                 self._send_request()
             return
         if now - self._last_sign_of_life > self.timeout:
-            self._finish(
-                "error",
-                EXIT_TIMED_OUT,
-                error=("timed_out", f"The engine showed no progress for {self.timeout:g} s; the job may still be running there."),
-            )
+            self._send_cancel()  # nobody will collect the job once this client has gone: free the engine
+            if not self.finished:
+                self._finish("error", EXIT_TIMED_OUT, error=(
+                    "timed_out", f"The engine showed no progress for {self.timeout:g} s; the job was asked to "
+                                 "cancel, so that it does not hold the engine or leave a stem nobody collects."))
             return
         # ask often enough that a short watchdog still sees the engine's heartbeat
         quiet = min(QUIET_POLL_S, self.timeout / 4)

@@ -505,3 +505,23 @@ def test_a_request_given_up_on_is_withdrawn_when_a_stalled_engine_reads_on(tmp_p
     finally:
         srv.stop()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []
+
+
+def test_a_job_the_watchdog_gives_up_on_is_cancelled_on_the_engine(tmp_path):
+    """The client exits on `timed_out`, so nobody would collect the job's stem, and the job
+    would hold the engine's one worker: the client asks the engine to cancel it first."""
+    seen_cancel = threading.Event()
+
+    def stuck(request, on_progress, is_cancelled):
+        on_progress("sampling", 1, 2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not is_cancelled():
+            time.sleep(0.02)
+        if is_cancelled():
+            seen_cancel.set()
+        return SineRunner()(request, on_progress, is_cancelled)
+
+    with EngineServer(stuck, ServerConfig(port=0)).start() as srv:
+        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=1.0)
+        assert (code, status["error"]["code"]) == (bc.EXIT_TIMED_OUT, "timed_out")
+        assert seen_cancel.wait(5)
