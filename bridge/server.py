@@ -207,10 +207,6 @@ class EngineServer:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
             protocol.make_room_for_datagrams(self._sock)
-            if hasattr(socket, "SIO_UDP_CONNRESET"):
-                # Windows reports a reply to a client that has gone away as an error on the next
-                # receive (WSAECONNRESET); to a server that is noise, not news.
-                self._sock.ioctl(socket.SIO_UDP_CONNRESET, False)
             self._sock.bind((config.host, config.port))
         except OSError as e:
             self._sock.close()
@@ -261,7 +257,9 @@ class EngineServer:
             # one byte more than the UDP maximum payload, so nothing is silently cut short
             data, sender = self._sock.recvfrom(65536)
         except OSError:
-            return  # e.g. an ICMP error reported on the socket; the next datagram is fine
+            # an ICMP error reported on the socket (Windows' WSAECONNRESET after a reply to a
+            # client that has gone away); the next datagram is fine
+            return
         try:
             replies = self.dispatcher.handle_datagram(data, sender[:2])
         except Exception:  # handle_datagram answers its own errors; this is the last line of defence

@@ -180,7 +180,8 @@ def share_cpu(threads: int | None = None, nice: int = 0) -> dict:
     torch.set_num_threads(threads)
     niceness, priority = None, "unchanged priority"
     if _WINDOWS:
-        priority = "below normal priority" if nice > 0 and _windows_below_normal_priority() else "normal priority"
+        # otherwise the class it was started in, which a low-priority parent passes on
+        priority = "below normal priority" if nice > 0 and _windows_below_normal_priority() else "unchanged priority"
     elif hasattr(os, "nice"):
         try:
             niceness = os.nice(max(0, nice))
@@ -197,6 +198,11 @@ _BELOW_NORMAL_PRIORITY_CLASS = 0x4000
 def _windows_below_normal_priority() -> bool:
     """Put this process in Windows' below-normal priority class; whether that took."""
     import ctypes
+    from ctypes import wintypes
 
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    # a HANDLE is pointer-sized: ctypes' default int would cut it to 32 bits on 64-bit Windows
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    kernel32.SetPriorityClass.restype = wintypes.BOOL
+    kernel32.SetPriorityClass.argtypes = (wintypes.HANDLE, wintypes.DWORD)
     return bool(kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), _BELOW_NORMAL_PRIORITY_CLASS))

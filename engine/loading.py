@@ -47,7 +47,7 @@ class StackConfigs:
 
 
 def _checkpoint_path(weights_dir: Path, stem: str) -> Path:
-    """Prefer the .safetensors copy (no pickle, faster), else the official .pth."""
+    """Prefer the .safetensors copy (read without unpickling), else the official .pth."""
     from stepfoley.engine.weights import file_to_read
 
     found = file_to_read(weights_dir / (stem + ".pth"))

@@ -49,7 +49,7 @@ SEAM_S = 0.05
 # The new part is brought to the take's level within these bounds: its own audio this far inside
 # the seams as loud as the take this far outside them, pauses gated out (gated_power).
 LEVEL_MATCH_S = 2.0
-GATE_ABSOLUTE_DB, GATE_RELATIVE_DB = -70.0, -10.0
+GATE_RELATIVE_DB = -10.0
 # Down as far as a quiet take needs (room tone sits 40 dB under the model's level); up only so
 # far, since raising the new audio raises its noise too.
 LEVEL_MATCH_DB = (-60.0, 24.0)
@@ -530,20 +530,19 @@ def held_frames(keep: np.ndarray, frames: int, margin: int) -> np.ndarray:
 
 
 def gated_power(power: np.ndarray, sample_rate: int) -> float:
-    """The mean of `power` (S,) (squared samples) over the 400 ms blocks that sound, gated as
-    BS.1770 gates loudness (blocks every 100 ms; absolute gate -70 dB, then 10 dB under the
-    mean of the blocks above it), without its K-weighting: a level that pauses between
-    footsteps do not pull down. Shorter than a block: the plain mean. 0.0: silence."""
+    """The mean of `power` (S,) (squared samples) over the 400 ms blocks that sound: blocks
+    every 100 ms, those more than 10 dB under the mean of all of them left out (BS.1770's
+    relative gate, without its K-weighting or its absolute gate, so that a take at -80 dBFS is
+    measured, not taken for silence), so that pauses between footsteps do not pull the level
+    down. Shorter than a block: the plain mean. 0.0: digital silence."""
     block = int(round(0.4 * sample_rate))
     if power.size < block:
         return float(power.mean()) if power.size else 0.0
     sums = np.concatenate([[0.0], np.cumsum(power, dtype=np.float64)])
     starts = np.arange(0, power.size - block + 1, max(1, block // 4))
     blocks = (sums[starts + block] - sums[starts]) / block
-    blocks = blocks[blocks > 10 ** (GATE_ABSOLUTE_DB / 10)]
-    if not blocks.size:
-        return 0.0
-    return float(blocks[blocks > blocks.mean() * 10 ** (GATE_RELATIVE_DB / 10)].mean())
+    sounding = blocks[blocks > blocks.mean() * 10 ** (GATE_RELATIVE_DB / 10)]
+    return float(sounding.mean()) if sounding.size else 0.0
 
 
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:

@@ -516,11 +516,14 @@ def misplaced_files(root: Path) -> tuple[str, ...]:
     """Weight files in the folder, weights/ or ext_weights/ that no model reads, each with what
     to do: an official file under a browser's changed name or in the wrong folder, or a file of
     no model; and the folder itself, when it is weights/ or ext_weights/ and not the one above."""
+    from stepfoley.engine.features.clip import WEIGHT_FILES as CLIP_WEIGHT_FILES
+
     official = {}
     for spec in FILES.values():
         relpath = spec.checkpoint_relpath()
         official[Path(relpath).name] = relpath
         official[safetensors_copy(Path(relpath)).name] = safetensors_copy(Path(relpath)).as_posix()
+    official |= {name: f"{CLIP_DIR}/{name}" for name in CLIP_WEIGHT_FILES}
     advice = []
     for folder in (root, root / "weights", root / "ext_weights"):
         try:
@@ -532,8 +535,13 @@ def misplaced_files(root: Path) -> tuple[str, ...]:
             if relpath in official.values() or name.startswith("."):
                 continue
             wanted = official.get(_BROWSER_COPY.sub("", name))
-            advice.append(f"{relpath}: " + (f"rename or move it to {wanted}" if wanted else "no model reads this file"))
-    if root.name in ("weights", "ext_weights") and not (root / "weights").is_dir():
+            if wanted is None:
+                advice.append(f"{relpath}: no model reads this file")
+            elif (root / wanted).exists():  # a second download: moving it would replace the first
+                advice.append(f"{relpath}: a second copy of {wanted}, which is there; remove it once that one checks out")
+            else:
+                advice.append(f"{relpath}: rename or move it to {wanted}")
+    if root.name in ("weights", "ext_weights") and not any((root / d).is_dir() for d in ("weights", "ext_weights")):
         advice.append(f"this looks like the {root.name}/ folder itself: give the folder that holds it, {root.parent}")
     return tuple(advice)
 

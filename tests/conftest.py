@@ -41,3 +41,14 @@ def private_state_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path_factory.mktemp("state")))
         yield
+
+
+class Kernel32Entry:
+    """A kernel32 function as ctypes exposes it: callable, its `restype` and `argtypes`
+    declarable (the Windows code must declare a HANDLE's width; tests check it did)."""
+
+    def __init__(self, function):
+        self.function, self.restype, self.argtypes = function, None, None
+
+    def __call__(self, *args):
+        return self.function(*args)

@@ -178,9 +178,14 @@ class FakeKernel32:
     user (ERROR_ACCESS_DENIED)."""
 
     def __init__(self, processes, foreign=()):
-        self.processes, self.foreign, self.last_error, self.open_handles = processes, set(foreign), 0, set()
+        from conftest import Kernel32Entry
 
-    def OpenProcess(self, access, inherit, pid):
+        self.processes, self.foreign, self.last_error, self.open_handles = processes, set(foreign), 0, set()
+        self.OpenProcess = Kernel32Entry(self._open_process)
+        self.GetExitCodeProcess = Kernel32Entry(self._exit_code)
+        self.CloseHandle = Kernel32Entry(self._close)
+
+    def _open_process(self, access, inherit, pid):
         assert access == 0x1000 and inherit is False
         if pid in self.foreign:
             self.last_error = 5
@@ -191,11 +196,11 @@ class FakeKernel32:
         self.open_handles.add(pid + 1000)
         return pid + 1000
 
-    def GetExitCodeProcess(self, handle, code_ref):
+    def _exit_code(self, handle, code_ref):
         code_ref._obj.value = self.processes[handle - 1000]
         return 1
 
-    def CloseHandle(self, handle):
+    def _close(self, handle):
         self.open_handles.remove(handle)
         return 1
 
@@ -215,6 +220,9 @@ def test_on_windows_a_dead_writers_temp_file_is_swept_and_a_live_ones_kept(tmp_p
         (tmp_path / name).write_bytes(b"x")
     assert sorted(atomic.sweep_stale_parts(tmp_path)) == sorted([names[100], names[102]])
     assert sorted(os.listdir(tmp_path)) == sorted([names[101], names[103]]) and kernel.open_handles == set()
+    from ctypes import wintypes
+    assert kernel.OpenProcess.restype is wintypes.HANDLE and kernel.CloseHandle.argtypes == (wintypes.HANDLE,)
+    assert kernel.GetExitCodeProcess.argtypes == (wintypes.HANDLE, wintypes.LPDWORD)
 
 
 def test_on_windows_a_path_past_max_path_is_refused_before_work(tmp_path, monkeypatch):

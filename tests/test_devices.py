@@ -196,23 +196,22 @@ def test_on_windows_the_engine_runs_below_normal_priority(monkeypatch):
     below-normal priority class through kernel32 (a stand-in here, answering as Microsoft
     documents), so the DAW still wins every contest for a core."""
     import ctypes
+    from ctypes import wintypes
+    from types import SimpleNamespace
+
+    from conftest import Kernel32Entry
 
     calls = []
-
-    class FakeKernel32:
-        def GetCurrentProcess(self):
-            return -1  # the pseudo-handle Windows returns
-
-        def SetPriorityClass(self, handle, priority_class):
-            calls.append((handle, priority_class))
-            return 1
-
+    kernel = SimpleNamespace(GetCurrentProcess=Kernel32Entry(lambda: -1),  # the pseudo-handle Windows returns
+                             SetPriorityClass=Kernel32Entry(lambda handle, cls: calls.append((handle, cls)) or 1))
     monkeypatch.setattr(devices, "_WINDOWS", True)
-    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error: FakeKernel32(), raising=False)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error: kernel, raising=False)
     before = torch.get_num_threads()
     try:
         cpu = devices.share_cpu(1, nice=10)
         assert calls == [(-1, 0x4000)] and cpu["nice"] is None and cpu["priority"] == "below normal priority"
-        assert devices.share_cpu(1, nice=0)["priority"] == "normal priority" and len(calls) == 1
+        assert devices.share_cpu(1, nice=0)["priority"] == "unchanged priority" and len(calls) == 1
+        assert kernel.GetCurrentProcess.restype is wintypes.HANDLE
+        assert kernel.SetPriorityClass.argtypes == (wintypes.HANDLE, wintypes.DWORD)
     finally:
         torch.set_num_threads(before)

@@ -245,7 +245,7 @@ def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, t
         parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))
 
 
-@pytest.mark.parametrize("take_db", [0.0, -20.0, -40.0])
+@pytest.mark.parametrize("take_db", [0.0, -20.0, -40.0, -50.0, -60.0])  # the last two: a take at -76 and -86 dBFS
 def test_the_new_part_follows_a_quiet_take(take_db):
     """The model makes the new audio at its own level whatever the take's, while its
     reproduction of the kept audio, held to the take, follows the take: matching that

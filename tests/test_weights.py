@@ -487,9 +487,20 @@ def test_weights_under_another_name_or_in_another_folder_are_named_with_what_to_
     assert "not read: weights/mmaudio_small_16k (1).pth: rename or move it to weights/mmaudio_small_16k.pth" in out
     assert "not read: v1-16.pth: rename or move it to ext_weights/v1-16.pth" in out
     assert "not read: ext_weights/notes.bin: no model reads this file" in out
+    # a second download beside the first, and CLIP's weights dropped in ext_weights/ itself
+    (weights_dir / "ext_weights" / "best_netG (1).pt").write_bytes(b"x")
+    (weights_dir / "ext_weights" / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    cli_main(["weights", "check", str(weights_dir)])
+    out = capsys.readouterr().out
+    assert ("not read: ext_weights/best_netG (1).pt: a second copy of ext_weights/best_netG.pt, which is there; "
+            "remove it once that one checks out") in out
+    assert ("not read: ext_weights/open_clip_pytorch_model.bin: a second copy of "
+            "ext_weights/DFN5B-CLIP-ViT-H-14-384/open_clip_pytorch_model.bin") in out
     with pytest.raises(CheckpointError, match=r"No MMAudio flow network found .* Not read: weights/mmaudio_small_16k "
                                               r"\(1\)\.pth: rename or move it to weights/mmaudio_small_16k\.pth"):
         load_foley_model(weights_dir)
     assert cli_main(["weights", "check", str(weights_dir / "weights")]) == 0
     assert f"this looks like the weights/ folder itself: give the folder that holds it, {weights_dir}" in \
         capsys.readouterr().out
+    cli_main(["weights", "check", str(weights_dir)])  # a folder named weights that holds ext_weights/: the right one
+    assert "this looks like" not in capsys.readouterr().out

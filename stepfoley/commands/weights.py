@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--quick", action="store_true", help="only check which files are present (no weights are read)")
     check.add_argument("--manifests", default=None, help="folder of key/shape manifests to check against (default: the packaged ones)")
     check.add_argument("--model", default=None, help="exit with 1 unless this model is ready (small_16k, small_44k, medium_44k, large_44k, large_44k_v2)")
-    convert = sub.add_parser("convert", help="write a .safetensors copy beside every official .pth/.pt (faster, safer loading)")
+    convert = sub.add_parser("convert", help="write a .safetensors copy beside every official .pth/.pt (read without unpickling)")
     convert.add_argument("dir", help="the weights folder (layout: docs/weights.md)")
     convert.add_argument("--manifests", default=None,
                          help="folder of key/shape manifests a file must match to be copied (default: the packaged ones)")
