@@ -114,7 +114,9 @@ def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
     def no_space(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    # the hard link fails, then so does the exclusive create's move that stands in for it
     monkeypatch.setattr(audio_io.os, "link", no_space)
+    monkeypatch.setattr(audio_io.os, "replace", no_space)
     with pytest.raises(AudioError, match="No space"):
         write_wav_atomic(tmp_path / "take.wav", noise(1, 100), 8000)
     assert os.listdir(tmp_path) == []

@@ -170,13 +170,17 @@ def test_a_reference_silent_over_a_window_makes_that_window_without_it(tiny, tmp
     assert track.metadata["method_used"] == "reference" and track.metadata["windows_without_audio"] == [2]
 
 
-def test_audio_the_decoder_overflows_on_is_a_failed_generation_not_a_bad_file(tiny, scene_video):
-    """Guidance far past the usual range gives the random-weight model a finite latent whose
-    decoded audio is not: a generation that failed (lower the guidance), not an input file to
-    export again."""
+def test_audio_the_decoder_overflows_on_is_a_failed_generation_not_a_bad_file(tiny, scene_video, monkeypatch):
+    """Guidance far past the usual range drives the latent to hundreds: the embedded codec caps
+    what it stands for (codec.MAX_LATENT), so the track is finite and finished. A decoder that
+    still overflows (another codec) is a generation that failed (lower the guidance), not an
+    input file to export again."""
     from stepfoley.engine.errors import GenerationError
 
     settings = TrackSettings("rain", method="dual", w1=100.0, w2=-100.0, w3=100.0, seed=0, steps=2)
+    track = StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(settings)
+    assert np.isfinite(track.samples).all() and track.samples.std() > 0
+    monkeypatch.setattr(StepSession, "_decode", lambda self, latent: np.full((latent.shape[0], 32000), np.inf))
     with pytest.raises(GenerationError, match="the decoded audio became NaN or infinite.*lower the guidance"):
         StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(settings)
 
