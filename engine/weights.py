@@ -523,7 +523,9 @@ def misplaced_files(root: Path) -> tuple[str, ...]:
         relpath = spec.checkpoint_relpath()
         official[Path(relpath).name] = relpath
         official[safetensors_copy(Path(relpath)).name] = safetensors_copy(Path(relpath)).as_posix()
-    official |= {name: f"{CLIP_DIR}/{name}" for name in CLIP_WEIGHT_FILES}
+    # CLIP's folder where the loader finds it (beside weights/ or in ext_weights/), else where it goes
+    clip_home = (clip_folder(root) or root / CLIP_DIR).relative_to(root).as_posix()
+    official |= {name: f"{clip_home}/{name}" for name in CLIP_WEIGHT_FILES}
     advice = []
     for folder in (root, root / "weights", root / "ext_weights"):
         try:
