@@ -109,7 +109,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
                         configs: StackConfigs | None) -> FoleyModel:
     from stepfoley.engine.checkpoints import load_state_dict_file
     from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
-    from stepfoley.engine.controlnet import load_controlnet, read_controlnet_config
+    from stepfoley.engine.controlnet import load_controlnet
     from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
     from stepfoley.engine.weights import described_source
@@ -117,9 +117,6 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     stem, mode = MMAUDIO_VARIANTS[variant]
     configs = configs or StackConfigs()
     config = configs.net or MMAudioConfig.preset(variant)
-    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
-    if cn_path.is_file():
-        read_controlnet_config(cn_path, config)  # one for another model is said before anything loads
     # Built on the meta device and given the file's tensors: a full-size network (4 GB for the
     # large ones) is never held twice, nor initialized only to be overwritten.
     with torch.device("meta"):
@@ -128,7 +125,8 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     load_flow_weights(net, load_state_dict_file(source), described_source(weights_dir / (stem + ".pth"), source),
                       assign=True)
     net = net.float()  # a half-precision file's tensors, as the network computes
-    controlnet = None
+    controlnet = None  # one for another model was refused by load_mmaudio_model's check, before anything loaded
+    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():
         controlnet = load_controlnet(cn_path, config).eval()
     codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,

@@ -453,7 +453,7 @@ def test_a_clip_of_another_size_is_not_called_ready(weights_dir, capsys):
     assert "put that one in the folder" in problems and "clip" in report.unusable("small_16k")
 
 
-def test_a_controlnet_for_another_model_is_not_called_ready(weights_dir, capsys):
+def test_a_controlnet_for_another_model_is_not_called_ready(weights_dir, capsys, monkeypatch):
     from stepfoley.engine.controlnet import AudioControlNet, save_controlnet
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
@@ -470,6 +470,16 @@ def test_a_controlnet_for_another_model_is_not_called_ready(weights_dir, capsys)
     assert "[NAG ControlNet for small_16k]: WRONG: The NAG ControlNet small_16k.safetensors was made for another " \
            "base model" in out and "Remove it to run small_16k without NAG" in out
     assert "small_16k: needs controlnets/small_16k.safetensors to fit it, or gone" in out
+    # loading refuses it too, before the flow network is built
+    import stepfoley.engine.mmaudio
+    from stepfoley.engine.loading import load_foley_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("the flow network was built")
+
+    monkeypatch.setattr(stepfoley.engine.mmaudio, "MMAudio", never)
+    with pytest.raises(CheckpointError, match="small_16k.safetensors was made for another base model"):
+        load_foley_model(weights_dir, "small_16k")
 
 
 def test_weights_under_another_name_or_in_another_folder_are_named_with_what_to_do(weights_dir, capsys):
