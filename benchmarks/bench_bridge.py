@@ -1,5 +1,7 @@
 """Bridge figures on loopback: ping round trip, the request-to-result overhead beyond the
-generation itself (target <= 100 ms), and the throughput of queued requests.
+generation itself (target <= 100 ms), the throughput of queued requests, and how many pings
+are answered while another local process floods the engine with /status (with the flood limit
+and, side by side, without it).
 
     stepfoley bench bridge [--pings 1000] [--requests 200]
     stepfoley bench bridge --port 9017   # pings against a running `stepfoley serve`
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -19,7 +22,7 @@ import time
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.client import EngineClient, send_request
+from stepfoley.bridge.client import EngineClient, EngineNotRunning, send_request
 from stepfoley.bridge.server import EngineServer, ServerConfig
 from stepfoley.request import MAX_STEPS
 
@@ -95,16 +98,60 @@ def bench_throughput(port: int, folder: str, n: int, steps: int) -> None:
           f"= {n / elapsed:.0f} requests/s ({elapsed / n * 1e3:.2f} ms each, generation included)")
 
 
+# Another process sends /status as fast as it can for argv[2] seconds and prints how many it sent.
+FLOODER = """import socket, sys, time
+from stepfoley.bridge import osc, protocol
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+message, target = osc.encode(protocol.STATUS, 9, "flood", ""), ("127.0.0.1", int(sys.argv[1]))
+sent, end = 0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    for _ in range(100):
+        s.sendto(message, target)
+    sent += 100
+print(sent)
+"""
+
+
+def pings_under_flood(limited: bool, pings: int) -> tuple[int, float, int]:
+    """(pings answered, the flood's rate in datagrams a second, datagrams dropped as flood)."""
+    with EngineServer(TimedRunner(), ServerConfig(port=0)).start() as srv:
+        if not limited:
+            srv.flood_rate = float("inf")
+        seconds = 1.0 + pings * 0.5 + 0.5  # a second to build the backlog, at most 0.5 s a ping
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(srv.address[1]), str(seconds)],
+                                   stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        answered = 0
+        with EngineClient(port=srv.address[1]) as c:
+            for _ in range(pings):
+                try:
+                    c.ping(timeout=0.5)
+                    answered += 1
+                except EngineNotRunning:
+                    pass
+        sent = int(flooder.communicate(timeout=seconds + 30)[0])
+        return answered, sent / seconds, srv.flood_dropped
+
+
+def bench_flood(pings: int) -> None:
+    figures = {limited: pings_under_flood(limited, pings) for limited in (False, True)}
+    (without, rate, _), (with_limit, _, dropped) = figures[False], figures[True]
+    print(f"pings answered (0.5 s each) while one local process floods /status at {rate / 1e3:.0f}k datagrams/s: "
+          f"{without}/{pings} without the flood limit, {with_limit}/{pings} with it ({dropped} flood datagrams "
+          "dropped unread)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stepfoley bench bridge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pings", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--flood-pings", type=int, default=20, help="pings sent during each /status flood")
     parser.add_argument("--port", type=int, default=None, help="ping a running engine instead of an in-process one")
     args = parser.parse_args(argv)
-    for option in ("pings", "requests", "steps"):
+    for option in ("pings", "requests", "steps", "flood_pings"):
         if getattr(args, option) < 1:
-            parser.error(f"--{option} must be at least 1")
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     if args.steps > MAX_STEPS:  # the engine would refuse every request
         parser.error(f"--steps must be at most {MAX_STEPS}")
     if args.port is not None and not 1 <= args.port <= 65535:
@@ -121,6 +168,7 @@ def main(argv=None) -> None:
         bench_ping(port, args.pings)
         bench_overhead(port, runner, folder, min(args.requests, 100), args.steps)
         bench_throughput(port, folder, args.requests, args.steps)
+    bench_flood(args.flood_pings)
 
 
 if __name__ == "__main__":

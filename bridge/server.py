@@ -8,14 +8,17 @@ datagram, and with a token set a datagram without it gets no reply at all."""
 
 from __future__ import annotations
 
+import collections
 import hmac
 import ipaddress
 import json
+import select
 import selectors
 import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +34,18 @@ log = bridge_logger()
 _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # An error reply's message, escaped: 4,000 bytes of UTF-8 at most, within any datagram.
 MAX_ERROR_MESSAGE_CHARS = 1000
+# A local client that floods the engine (a script polling /status in a tight loop) must not
+# make it deaf to the others. The loop reads what is waiting in batches of up to DRAIN_BATCH; a
+# full batch means a backlog, and then a sender past FLOOD_RATE datagrams in the current second
+# has the rest dropped unread, a few microseconds each, so the socket drains faster than one
+# sender can fill it and the other clients' datagrams find room. Without a backlog nothing is
+# dropped: a burst (a project's worth of requests) waits in the socket's buffer and is answered.
+DRAIN_BATCH = 256
+FLOOD_RATE = 2000
+FLOOD_LOG_INTERVAL_S = 10.0  # a flood is logged once, not once a batch
+# MSG_DONTWAIT reads without waiting on a blocking socket (replies stay blocking sends);
+# Windows has no such flag, so there the loop asks the selector before each further read.
+_DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,10 @@ class EngineServer:
         self._stop_timeout = 10.0  # how long a stop waits for the running job (stop() sets it)
         self._thread: threading.Thread | None = None
         self.dropped_datagrams = 0
+        self.flood_dropped = 0  # of those, dropped unread from a sender past flood_rate in a backlog
+        self.drain_batch, self.flood_rate = DRAIN_BATCH, FLOOD_RATE
+        self._second_began, self._per_sender = time.monotonic(), collections.Counter()
+        self._flood_logged_at = -FLOOD_LOG_INTERVAL_S
 
     def attach(self, runner: Runner, model: str, device: str, capabilities: Capabilities,
                cpu: dict | None = None) -> None:
@@ -247,29 +266,61 @@ class EngineServer:
             while not self._stop.is_set():
                 for key, _ in selector.select():
                     if key.fileobj is self._sock:
-                        self._receive_one()
+                        self._receive_batch()
         finally:
             selector.close()
             self._close(self._stop_timeout)
 
-    def _receive_one(self) -> None:
-        try:
-            # one byte more than the UDP maximum payload, so nothing is silently cut short
-            data, sender = self._sock.recvfrom(65536)
-        except OSError:
-            # an ICMP error reported on the socket (Windows' WSAECONNRESET after a reply to a
-            # client that has gone away); the next datagram is fine
-            return
-        try:
-            replies = self.dispatcher.handle_datagram(data, sender[:2])
-        except Exception:  # handle_datagram answers its own errors; this is the last line of defence
-            log.exception("internal error on a datagram from %s", sender[0])
-            replies = []
-        if not replies:
-            self.dropped_datagrams += 1
-        for datagram, address in replies:
-            self._send(datagram, address)
+    def _receive_batch(self) -> None:
+        batch = self._drain()
+        backlog = len(batch) == self.drain_batch
+        now = time.monotonic()
+        if now - self._second_began >= 1.0:
+            self._second_began, self._per_sender = now, collections.Counter()
+        flooder = None
+        for data, sender in batch:
+            self._per_sender[sender] += 1
+            if backlog and self._per_sender[sender] > self.flood_rate:
+                self.dropped_datagrams += 1
+                self.flood_dropped += 1
+                flooder = sender
+                continue
+            try:
+                replies = self.dispatcher.handle_datagram(data, sender)
+            except Exception:  # handle_datagram answers its own errors; this is the last line of defence
+                log.exception("internal error on a datagram from %s", sender[0])
+                replies = []
+            if not replies:
+                self.dropped_datagrams += 1
+            for datagram, address in replies:
+                self._send(datagram, address)
+        if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
+            self._flood_logged_at = now
+            log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second is dropped "
+                        "while this lasts", *flooder, self.flood_rate)
         self.jobs.replies_sent()
+
+    def _drain(self) -> list[tuple[bytes, tuple[str, int]]]:
+        """Up to `drain_batch` datagrams that are waiting (at least one: the selector said so)."""
+        batch = []
+        for i in range(self.drain_batch):
+            if i and not _DONT_WAIT and not self._waiting():
+                break
+            try:
+                # one byte more than the UDP maximum payload, so nothing is silently cut short
+                data, sender = self._sock.recvfrom(65536, _DONT_WAIT if i else 0)
+            except BlockingIOError:
+                break
+            except OSError:
+                # an ICMP error reported on the socket (Windows' WSAECONNRESET after a reply to a
+                # client that has gone away); the next datagram is fine
+                continue
+            batch.append((data, sender[:2]))
+        return batch
+
+    def _waiting(self) -> bool:
+        ready, _, _ = select.select([self._sock], [], [], 0)
+        return bool(ready)
 
     def _send(self, datagram: bytes, address: tuple[str, int]) -> None:
         try:

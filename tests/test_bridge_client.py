@@ -431,7 +431,11 @@ def test_a_request_in_another_script_costs_its_utf8_bytes_and_the_limit_is_check
         code, status = bc.send_request(too_big, None, port=srv.address[1], token="t")
         assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "payload_too_large")
         assert f"more than the {protocol.MAX_REQUEST_BYTES} one message carries" in status["error"]["message"]
-        code, status = bc.send_request(request, None, port=srv.address[1], token="鍵" * 256)
+        # filled to within one character of the limit whatever tmp_path's length, so that the
+        # longest token (256 characters, 768 bytes) cannot fit beside it in one datagram
+        request["previous_captions"][-1] += "雷" * ((protocol.MAX_REQUEST_BYTES - size) // 3)
+        assert protocol.MAX_REQUEST_BYTES - 3 < len(bc.request_payload(request).encode()) <= protocol.MAX_REQUEST_BYTES
+        code, status = bc.send_request(request, None, port=srv.address[1], token="鍵" * protocol.MAX_TOKEN_CHARS)
         assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "payload_too_large")
         assert "With the token, the request makes a message of" in status["error"]["message"]
         with bc.EngineClient(port=srv.address[1], token="t") as c:

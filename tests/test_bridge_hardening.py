@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from stepfoley.bridge import logs, osc, protocol
+from stepfoley.bridge import server as server_module
 from stepfoley.bridge.client import EngineClient, EngineNotRunning
 from stepfoley.bridge.server import EngineServer, ServerConfig
 from stepfoley.engine.errors import AudioError
@@ -755,3 +756,81 @@ def test_a_bug_in_a_handler_costs_one_internal_error_reply_not_the_server(server
     assert address == protocol.ERROR and args[0] == "r1" and args[2:] == ["internal_error", "lookup failed"]
     peer.send(protocol.PING, peer.port, "p1", "")
     assert peer.receive()[0] == protocol.PONG
+
+
+# --- a local client that floods the engine ----------------------------------------------------
+
+
+def _replies(p: RawPeer) -> list[tuple[str, list]]:
+    seen = []
+    while True:
+        try:
+            seen.append(p.receive(timeout=0.5))
+        except TimeoutError:
+            return seen
+
+
+@pytest.mark.parametrize("dont_wait", [True, False], ids=["MSG_DONTWAIT", "windows-select"])
+def test_a_flooding_sender_is_cut_to_its_rate_in_a_backlog_and_the_others_are_answered(caplog, monkeypatch,
+                                                                                       dont_wait):
+    # The datagrams wait in the socket before the loop starts, so the batches are exact: 20 /status
+    # from the flooder, then one ping from another client; batches of 8, 5 a second from one sender.
+    if not dont_wait:  # Windows has no MSG_DONTWAIT: the loop asks select before each further read
+        monkeypatch.setattr(server_module, "_DONT_WAIT", 0)
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    srv.drain_batch, srv.flood_rate = 8, 5
+    flooder, other = RawPeer(srv.address[1]), RawPeer(srv.address[1])
+    for i in range(20):
+        flooder.send(protocol.STATUS, flooder.port, f"s{i}", "")
+    other.send(protocol.PING, other.port, "still-heard", "")
+    with caplog.at_level(logging.WARNING, logger="stepfoley.bridge"), srv.start():
+        assert other.receive()[:2] == (protocol.PONG, ["still-heard", protocol.PROTOCOL_VERSION, "unknown", "unknown"])
+        answered = [args[0] for _, args in _replies(flooder)]
+    # batch 1 (full): s0-s4 answered, s5-s7 over the rate; batch 2 (full): all over it;
+    # batch 3 (5 datagrams, no backlog): s16-s19 answered with the ping
+    assert answered == ["s0", "s1", "s2", "s3", "s4", "s16", "s17", "s18", "s19"]
+    assert srv.flood_dropped == 11
+    # one line for the flood (the shared log budget may append a count of earlier records)
+    floods = [r.getMessage() for r in caplog.records if "sends more than the engine can answer" in r.getMessage()]
+    assert len(floods) == 1 and floods[0].startswith(
+        f"127.0.0.1:{flooder.port} sends more than the engine can answer; what it sends over 5 a second is dropped "
+        "while this lasts")
+
+
+def test_without_a_backlog_a_sender_past_the_rate_loses_nothing():
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    srv.drain_batch, srv.flood_rate = 8, 5
+    p = RawPeer(srv.address[1])
+    for i in range(7):  # one batch, not full
+        p.send(protocol.STATUS, p.port, f"s{i}", "")
+    with srv.start():
+        assert [args[0] for _, args in _replies(p)] == [f"s{i}" for i in range(7)]
+    assert srv.flood_dropped == 0
+
+
+def test_a_status_flood_at_full_speed_leaves_pings_answered(tmp_path):
+    # a real flood from another process, as fast as it can send, while this client pings
+    flood = ("import socket, sys, time\n"
+             "from stepfoley.bridge import osc, protocol\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "message = osc.encode(protocol.STATUS, 9, 'flood', '')\n"
+             "end = time.monotonic() + float(sys.argv[2])\n"
+             "while time.monotonic() < end:\n"
+             "    for _ in range(100):\n"
+             "        s.sendto(message, ('127.0.0.1', int(sys.argv[1])))\n")
+    with EngineServer(SineRunner(), ServerConfig(port=0)).start() as srv:
+        flooder = subprocess.Popen([sys.executable, "-c", flood, str(srv.address[1]), "4"])
+        try:
+            time.sleep(1.0)
+            answered = 0
+            with EngineClient(port=srv.address[1]) as c:
+                for _ in range(10):
+                    try:
+                        c.ping(timeout=0.5)
+                        answered += 1
+                    except EngineNotRunning:
+                        pass
+        finally:
+            flooder.wait(10)
+        assert srv.flood_dropped > 0, "the flood never built a backlog: the test proves nothing"
+    assert answered >= 8

@@ -8,7 +8,7 @@ import argparse
 # name -> (module in benchmarks/, what it measures)
 BENCHMARKS = {
     "sampler": ("bench_sampler", "batched CFG vs the MMAudio-style loop, NAG vs CFG step time, peak memory"),
-    "bridge": ("bench_bridge", "OSC ping round trip, request overhead, queued throughput"),
+    "bridge": ("bench_bridge", "OSC ping round trip, request overhead, queued throughput, pings during a /status flood"),
     "features": ("bench_features", "per-track time split (decode, CLIP, Synchformer) with the feature cache"),
     "weights-load": ("bench_weights_load", ".pth vs .safetensors load time"),
     "variations": ("bench_variations", "N variations in one job vs N serial jobs: time ratio, stems equal"),
