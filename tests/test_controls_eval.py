@@ -35,6 +35,17 @@ def test_flux_of_a_sparse_sound_is_defined_and_of_silence_is_not():
     assert ratio == 0.0
 
 
+def test_the_codec_round_trip_is_the_takes_length_and_level_and_adds_flux_to_a_steady_tone():
+    from stepfoley.engine.embedded.model import build_embedded_model
+
+    model = build_embedded_model(random_weights=True)               # the codec has no weights
+    tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(int(2.3 * SR)) / SR)).astype(np.float32)
+    back = controls.codec_round_trip(model, tone)
+    assert back.shape == tone.shape and back.dtype == np.float32
+    assert 20 * np.log10(np.sqrt(np.mean(back ** 2)) / np.sqrt(np.mean(tone ** 2))) == pytest.approx(0, abs=1.5)
+    assert controls.mean_flux(back, SR) > controls.mean_flux(tone, SR)
+
+
 def test_curve_following_is_measured_where_the_track_is_heard():
     curve = controls.scene_curve(10_000_000, 8.0)
     assert [t for t, _ in curve] == [0.0, 2.0, 4.0, 6.0, 8.0]
@@ -71,7 +82,7 @@ def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys):
     assert ratio["n"] + ratio["undefined_scenes"] == 1
     if ratio["n"]:
         assert math.isfinite(ratio["mean"]) and ratio["ci95"] == [None, None]   # one scene: no interval
-    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio"):
+    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio", "codec_round_trip_flux_ratio"):
         assert extend[figure]["n"] + extend[figure]["undefined_scenes"] == 1
     for figure in ("text_fidelity", "temporal_alignment"):
         pair = extend[figure]

@@ -67,6 +67,9 @@ DEFINITIONS = {
                                      "the seam against the texture the model makes (1 = no seam to hear)",
     "extend.full_generation_flux_ratio": "a full generation's flux at random points over the ground truth's: how "
                                          "much of seam_flux_ratio is the model's texture rather than the seam",
+    "extend.codec_round_trip_flux_ratio": "the take itself encoded and decoded by the model's audio codec, its flux "
+                                          "at random points over the take's: what the codec adds before any "
+                                          "sampling (a full generation's texture includes it)",
     "extend.text_fidelity": "source-presence probability of the caption's kind in the continued part (from "
                             f"{EXTEND_FROM_S:g} s), extended vs the same part of a full generation",
     "region.leakage_other": "source-presence probability of the other source's kind in a track captioned for the "
@@ -106,6 +109,13 @@ def flux_near(flux: np.ndarray, seconds: float, reach_s: float = SEAM_REACH_S) -
 def mean_flux(samples: np.ndarray, sample_rate: int) -> float:
     """The flux of mono (S,) audio at a random point: its mean over every frame pair."""
     return float(log_mel_flux(to_eval_rate(samples, sample_rate)).mean())
+
+
+@torch.inference_mode()
+def codec_round_trip(model: FoleyModel, samples: np.ndarray) -> np.ndarray:
+    """Mono (S,) audio at the model's rate, encoded and decoded by its audio codec, (S,)."""
+    wave = torch.from_numpy(np.ascontiguousarray(samples, np.float32))[None].to(model.device)
+    return model.codec.decode(model.codec.encode(wave))[0, :len(samples)].float().cpu().numpy()
 
 
 def flux_ratio(numerator: float, reference: float) -> float | None:
@@ -169,6 +179,7 @@ def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder:
     # much more flux the model's audio has than the true stem wherever it is
     own = [flux_ratio(seam_flux(stem, [EXTEND_FROM_S], rate), mean_flux(stem, rate)) for stem in extended]
     texture = [flux_ratio(mean_flux(wave, rate), mean_flux(take, rate)) for wave in full]
+    codec_texture = flux_ratio(mean_flux(codec_round_trip(service.model, take), rate), mean_flux(take, rate))
     part = slice(int(round(EXTEND_FROM_S * rate)), length)
     truth_part = to_eval_rate(run.stems[0][part], rate)
     probabilities = presence.probabilities([w[part] for w in extended + full], rate)
@@ -180,6 +191,7 @@ def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder:
             "seam_flux_ratio": None if any(r is None for r in ratios) else float(np.mean(ratios)),
             "seam_flux_ratio_to_own": None if any(r is None for r in own) else float(np.mean(own)),
             "full_generation_flux_ratio": None if any(r is None for r in texture) else float(np.mean(texture)),
+            "codec_round_trip_flux_ratio": codec_texture,
             "text_fidelity": (float(np.mean(fidelity[:n])), float(np.mean(fidelity[n:]))),
             "temporal_alignment": (_mean(timing[:n]), _mean(timing[n:]))}
 
@@ -193,7 +205,7 @@ def _extend_summary(scenes: list[dict], rate: int) -> dict:
         "seam_flux_ratio": {**stats.bootstrap_mean(ratios),
                             "undefined_scenes": sum(r is None for r in ratios)},
     }
-    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio"):
+    for figure in ("seam_flux_ratio_to_own", "full_generation_flux_ratio", "codec_round_trip_flux_ratio"):
         values = [s[figure] for s in scenes]
         summary[figure] = {**stats.bootstrap_mean(values), "undefined_scenes": sum(v is None for v in values)}
     for figure in ("text_fidelity", "temporal_alignment"):
@@ -385,7 +397,8 @@ def format_controls(report: dict) -> str:
                   f"{extend['kept_sample_rate']} Hz",
                   f"  seam flux ratio {interval(ratio)} ({ratio['n']} scenes, {ratio['undefined_scenes']} undefined)",
                   f"  seam flux over the stem's own {interval(extend['seam_flux_ratio_to_own'])}, a full "
-                  f"generation's flux over the truth's {interval(extend['full_generation_flux_ratio'])}"]
+                  f"generation's flux over the truth's {interval(extend['full_generation_flux_ratio'])}, the "
+                  f"codec's round trip of the truth over the truth's {interval(extend['codec_round_trip_flux_ratio'])}"]
         for figure in ("text_fidelity", "temporal_alignment"):
             lines.append(f"  {figure} extended - full {interval(extend[figure]['extended_vs_full'], 'mean_diff')}")
     loudness = report["controls"].get("loudness")
