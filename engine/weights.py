@@ -41,6 +41,7 @@ class WeightFile:
     directory_file: str | None = None  # relpath is a folder; the checkpoint is this file inside it
     directory_extra: tuple[str, ...] = ()  # other files the folder must hold
     weight_norm: bool = False  # BigVGAN: weight-norm keys may use legacy or parametrization names
+    md5: str | None = None  # of the official file, as MMAudio publishes it (its download list)
 
     def checkpoint_relpath(self) -> str:
         return f"{self.relpath}/{self.directory_file}" if self.directory_file else self.relpath
@@ -53,15 +54,23 @@ CLIP_DIR = f"ext_weights/{CLIP_NAME}"
 FILES: dict[str, WeightFile] = {
     f.name: f
     for f in [
-        WeightFile("flow_small_16k", "weights/mmaudio_small_16k.pth", "MMAudio small 16 kHz flow network"),
-        WeightFile("flow_small_44k", "weights/mmaudio_small_44k.pth", "MMAudio small 44.1 kHz flow network"),
-        WeightFile("flow_medium_44k", "weights/mmaudio_medium_44k.pth", "MMAudio medium 44.1 kHz flow network"),
-        WeightFile("flow_large_44k", "weights/mmaudio_large_44k.pth", "MMAudio large 44.1 kHz flow network"),
-        WeightFile("flow_large_44k_v2", "weights/mmaudio_large_44k_v2.pth", "MMAudio large 44.1 kHz v2 flow network"),
-        WeightFile("vae_16k", "ext_weights/v1-16.pth", "16 kHz mel VAE (audio <-> latent)"),
-        WeightFile("vae_44k", "ext_weights/v1-44.pth", "44.1 kHz mel VAE (audio <-> latent)"),
+        WeightFile("flow_small_16k", "weights/mmaudio_small_16k.pth", "MMAudio small 16 kHz flow network",
+                   md5="af93cde404179f58e3919ac085b8033b"),
+        WeightFile("flow_small_44k", "weights/mmaudio_small_44k.pth", "MMAudio small 44.1 kHz flow network",
+                   md5="babd74c884783d13701ea2820a5f5b6d"),
+        WeightFile("flow_medium_44k", "weights/mmaudio_medium_44k.pth", "MMAudio medium 44.1 kHz flow network",
+                   md5="5a56b6665e45a1e65ada534defa903d0"),
+        WeightFile("flow_large_44k", "weights/mmaudio_large_44k.pth", "MMAudio large 44.1 kHz flow network",
+                   md5="fed96c325a6785b85ce75ae1aafd2673"),
+        WeightFile("flow_large_44k_v2", "weights/mmaudio_large_44k_v2.pth", "MMAudio large 44.1 kHz v2 flow network",
+                   md5="01ad4464f049b2d7efdaa4c1a59b8dfe"),
+        WeightFile("vae_16k", "ext_weights/v1-16.pth", "16 kHz mel VAE (audio <-> latent)",
+                   md5="69f56803f59a549a1a507c93859fd4d7"),
+        WeightFile("vae_44k", "ext_weights/v1-44.pth", "44.1 kHz mel VAE (audio <-> latent)",
+                   md5="fab020275fa44c6589820ce025191600"),
         WeightFile(
-            "bigvgan_16k", "ext_weights/best_netG.pt", "16 kHz BigVGAN vocoder (mel -> audio)", entry="generator", weight_norm=True
+            "bigvgan_16k", "ext_weights/best_netG.pt", "16 kHz BigVGAN vocoder (mel -> audio)", entry="generator", weight_norm=True,
+            md5="eeaf372a38a9c31c362120aba2dde292",
         ),
         WeightFile(
             "bigvgan_v2_44k",
@@ -77,11 +86,15 @@ FILES: dict[str, WeightFile] = {
             "ext_weights/synchformer_state_dict.pth",
             "Synchformer video-sync feature extractor",
             keep_prefix="vfeat_extractor",
+            md5="5b2f5594b0730f70e41e549b7c94390c",
         ),
     ]
 }
 
 # CLIP is read by open_clip from a folder; it has no manifest, only a presence check.
+# The MD5s are those of MMAudio's own download list (mmaudio/utils/download_utils.py), which
+# it checks after every download; BigVGAN-v2 and CLIP come from their authors' hubs, which
+# publish none that MMAudio repeats, so `--hash` cannot judge them.
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "small_16k": ("flow_small_16k", "vae_16k", "bigvgan_16k", "synchformer", "clip"),
@@ -291,6 +304,7 @@ class FileReport:
     problems: tuple[str, ...] = ()
     verified: bool = False  # keys and shapes were compared with the manifest
     notes: tuple[str, ...] = ()  # worth knowing, not wrong (a stale copy the loader skips)
+    md5_matches: bool = False  # the official file's MD5 was computed and is the published one
 
     @property
     def ok(self) -> bool:
@@ -328,6 +342,7 @@ class WeightsReport:
             else:
                 via = f" (reads {r.read_from.name})" if r.read_from and r.read_from.suffix == ".safetensors" else ""
                 status = ("ok, keys and shapes match" if r.verified else "present") + via
+                status += ", MD5 is the published one" if r.md5_matches else ""
                 status += "".join(f"; note: {n}" for n in r.notes)
             lines.append(f"  {r.path.relative_to(self.root)}  [{r.what}]: {status}")
         lines.append(f"  {CONTROLNET_DIR}/: " + (", ".join(p.name for p in self.controlnets) or "no NAG ControlNet files"))
@@ -410,7 +425,31 @@ def _clip_misfits(config) -> list[str]:
     return misfits
 
 
-def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True) -> FileReport:
+def file_md5(path: Path) -> str:
+    """The MD5 of a file's bytes, read in 8 MiB pieces (a 4 GB checkpoint never in memory)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while piece := f.read(8 * 2**20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _md5_check(spec: WeightFile, checkpoint: Path) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(matches, problems, notes) of the official file's MD5 against the published one."""
+    if not checkpoint.is_file():  # only a .safetensors copy: the published MD5 is the .pth's
+        return False, (), (f"only its .safetensors copy is here, and MMAudio publishes the MD5 of "
+                           f"{checkpoint.name}, so its bytes were not compared",)
+    found = file_md5(checkpoint)
+    if found != spec.md5:
+        return False, (f"its bytes are not the official file's (MD5 {found}, published {spec.md5}): a download "
+                       "cut short or changed on the way; download it again",), ()
+    return True, (), ()
+
+
+def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, verify: bool = True,
+               md5: bool = False) -> FileReport:
+    """What is wrong with one official file (its keys and shapes with `verify`; its bytes
+    against the published MD5 with `md5`, where one is published and nothing else is wrong)."""
     location = root / spec.relpath
     checkpoint = root / spec.checkpoint_relpath()
     source = file_to_read(checkpoint)
@@ -441,7 +480,12 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
     if source == checkpoint and safetensors_copy(checkpoint).is_file():  # file_to_read passed over a stale copy
         notes = (f"{safetensors_copy(checkpoint).name} was made from another {checkpoint.name}, so "
                  f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again",)
-    return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes)
+    md5_matches = False
+    if md5 and spec.md5 and not problems:  # a file already wrong is to be replaced, not hashed
+        md5_matches, wrong, md5_notes = _md5_check(spec, checkpoint)
+        problems += wrong
+        notes += md5_notes
+    return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes, md5_matches)
 
 
 def weights_folder(root: str | Path) -> Path:
@@ -480,23 +524,26 @@ def _require_manifests(manifests_dir: Path | None) -> None:
 
 
 def check_weights_dir(root: Path, manifests_dir: Path | None = None, verify: bool = True,
-                      only: Iterable[str] | None = None) -> WeightsReport:
+                      only: Iterable[str] | None = None, md5: bool = False) -> WeightsReport:
     """What is present in a weights folder, what each model variant still needs, and
     whether each present checkpoint has the official keys and shapes (of the files named in
-    `only`, when given: the others are only looked for)."""
+    `only`, when given: the others are only looked for) and, with `md5`, the official bytes
+    (every byte is read: about as long as copying the files)."""
     root = weights_folder(root)
     with readable_weights(root):
-        return _check_weights_dir(root, manifests_dir, verify, None if only is None else set(only))
+        return _check_weights_dir(root, manifests_dir, verify, None if only is None else set(only), md5)
 
 
-def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool, only: set[str] | None) -> WeightsReport:
+def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool, only: set[str] | None,
+                       md5: bool = False) -> WeightsReport:
     if verify:
         _require_manifests(manifests_dir)
 
     def verifies(name: str) -> bool:
         return verify and (only is None or name in only)
 
-    files = {name: check_file(root, spec, manifests_dir, verifies(name)) for name, spec in FILES.items()}
+    files = {name: check_file(root, spec, manifests_dir, verifies(name), md5 and verifies(name))
+             for name, spec in FILES.items()}
     files["clip"] = _check_clip(root, verifies("clip"))
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
     for variant in VARIANTS:

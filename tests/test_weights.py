@@ -514,3 +514,52 @@ def test_weights_under_another_name_or_in_another_folder_are_named_with_what_to_
         capsys.readouterr().out
     cli_main(["weights", "check", str(weights_dir)])  # a folder named weights that holds ext_weights/: the right one
     assert "this looks like" not in capsys.readouterr().out
+
+
+def test_hash_finds_a_file_whose_bytes_are_not_the_official_ones_though_its_tensors_fit(weights_dir, monkeypatch,
+                                                                                        capsys):
+    import dataclasses
+    import hashlib
+
+    vae = weights_dir / "ext_weights" / "v1-16.pth"
+    published = hashlib.md5(vae.read_bytes()).hexdigest()  # stands for the MD5 MMAudio publishes
+    monkeypatch.setitem(FILES, "vae_16k", dataclasses.replace(FILES["vae_16k"], md5=published))
+    report = check_weights_dir(weights_dir, md5=True)
+    assert report.files["vae_16k"].ok and report.files["vae_16k"].md5_matches
+    assert "[16 kHz mel VAE (audio <-> latent)]: ok, keys and shapes match, MD5 is the published one" in report.text()
+    assert not check_weights_dir(weights_dir).files["vae_16k"].md5_matches  # not asked: not read
+
+    changed = manifest_shaped("vae_16k")
+    key = next(iter(changed))
+    changed[key] = changed[key].clone().fill_(1.0)  # the same keys and shapes, another value
+    save(changed, vae)
+    assert check_weights_dir(weights_dir).files["vae_16k"].ok  # the shapes cannot tell
+    found = check_weights_dir(weights_dir, md5=True).files["vae_16k"]
+    assert not found.ok and not found.md5_matches
+    assert found.problems == (f"its bytes are not the official file's (MD5 {hashlib.md5(vae.read_bytes()).hexdigest()}, "
+                              f"published {published}): a download cut short or changed on the way; download it again",)
+    assert cli_main(["weights", "check", "--hash", str(weights_dir)]) == 1
+    captured = capsys.readouterr()
+    assert "its bytes are not the official file's" in captured.out and "Comparing MD5s" in captured.err
+    assert cli_main(["weights", "check", "--hash", "--quick", str(weights_dir)]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_hash_says_a_lone_safetensors_copy_cannot_be_compared(tmp_path, monkeypatch):
+    import dataclasses
+
+    root = tmp_path / "weights"
+    save(manifest_shaped("vae_16k"), root / "ext_weights" / "v1-16.pth")
+    convert_weights_dir(root, log=lambda line: None)
+    (root / "ext_weights" / "v1-16.pth").unlink()
+    monkeypatch.setitem(FILES, "vae_16k", dataclasses.replace(FILES["vae_16k"], md5="0" * 32))
+    report = check_weights_dir(root, md5=True).files["vae_16k"]
+    assert report.ok and not report.md5_matches
+    assert report.notes == ("only its .safetensors copy is here, and MMAudio publishes the MD5 of v1-16.pth, so its "
+                            "bytes were not compared",)
+
+
+def test_every_mmaudio_file_carries_its_published_md5_and_the_hub_files_none():
+    published = {name for name, spec in FILES.items() if spec.md5}
+    assert published == set(FILES) - {"bigvgan_v2_44k"}
+    assert all(len(FILES[n].md5) == 32 and int(FILES[n].md5, 16) >= 0 for n in published)

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     check.add_argument("dir", help="the weights folder (layout: docs/weights.md)")
     check.add_argument("--quick", action="store_true", help="only check which files are present (no weights are read)")
+    check.add_argument("--hash", action="store_true",
+                       help="also compare each file's MD5 with the one MMAudio publishes (reads every byte: as long as "
+                            "copying the files); finds a download cut short or changed that still has the right tensors")
     check.add_argument("--manifests", default=None, help="folder of key/shape manifests to check against (default: the packaged ones)")
     check.add_argument("--model", default=None, help="exit with 1 unless this model is ready (small_16k, small_44k, medium_44k, large_44k, large_44k_v2)")
     convert = sub.add_parser("convert", help="write a .safetensors copy beside every official .pth/.pt (read without unpickling)")
@@ -36,9 +39,15 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "hash", False) and args.quick:
+        print("--hash reads every byte and --quick reads none: give one of them.", file=sys.stderr)
+        return 2
     try:
         if args.weights_command == "check":
-            report = check_weights_dir(args.dir, manifests_dir=args.manifests, verify=not args.quick)
+            if args.hash:
+                print("Comparing MD5s: every official file is read to its end, which takes a while for large "
+                      "models.", file=sys.stderr, flush=True)
+            report = check_weights_dir(args.dir, manifests_dir=args.manifests, verify=not args.quick, md5=args.hash)
             print(report.text())
             wrong = [r for r in report.files.values() if r.present and r.problems]
             if wrong:
