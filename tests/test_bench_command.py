@@ -19,11 +19,12 @@ def test_every_benchmark_module_exists_and_takes_argv():
 
 
 def test_bench_bridge_prints_its_figures(capsys):
-    assert main(["bench", "bridge", "--pings", "20", "--requests", "5", "--steps", "1"]) == 0
+    assert main(["bench", "bridge", "--pings", "20", "--requests", "5", "--steps", "1", "--flood-pings", "1"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"ping round trip \(20\): p50 [\d.]+ ms", out)
     assert re.search(r"overhead beyond generation \(5 requests", out)
     assert "5 done" in out
+    assert re.search(r"floods /status at \d+k datagrams/s: [01]/1 without the flood limit, [01]/1 with it", out)
 
 
 def test_bench_weights_load_prints_its_figures(capsys):
@@ -68,6 +69,7 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     (["features", "--seconds", "-1"], "--seconds must be from 1 to 600"),
     (["features", "--device", "nope"], "Unknown device"),
     (["bridge", "--pings", "0"], "--pings must be at least 1"),
+    (["bridge", "--flood-pings", "0"], "--flood-pings must be at least 1"),
     (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
     (["bridge", "--steps", "201"], "--steps must be at most 200"),  # the engine would refuse every request
     (["variations", "--counts", "1,1"], "each once"),
