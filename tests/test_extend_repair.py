@@ -3,6 +3,7 @@ level at every step, the take kept sample for sample, crossfades only on the new
 negating the earlier layers. The random-weight embedded model; the sampler on a toy flow."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -243,6 +244,24 @@ def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, t
     assert np.array_equal(out[:72000], source[48000:120000])
     with pytest.raises(RequestError, match="take_offset says where project_start falls"):
         parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))
+
+
+def test_the_last_kept_sample_is_read_whatever_the_float_rounding(tiny, scene_video, tmp_path):
+    # 1.775 s into the take at 44.1 kHz, a 0.415-1.79 s item: ceil((1.775 + 1.375) * 44100) is
+    # one sample less than round(1.775 * 44100) + round(1.375 * 44100), the stem's length
+    rate, offset, start, end = 44100, 1.775, 0.415, 1.79
+    source = ((np.arange(4 * rate) % 1000 + 1) / 4096).astype(np.float32)   # never 0
+    sf.write(tmp_path / "source.wav", source, rate, subtype="FLOAT")
+    region = {"video": str(scene_video), "file_in": 1.0, "file_out": 1.0 + (end - start), "project_start": start,
+              "project_end": end}
+    request = _request(scene_video, tmp_path, tmp_path / "source.wav", [0.5, 1.0], take_offset=offset,
+                       sample_rate=rate, region=region)
+    [stem] = _serve(FoleyService(tiny), request)["stems"]
+    out, _ = sf.read(stem["stem_path"], dtype="float32")
+    length = round((end - start) * rate)
+    assert out.shape == (length,) and round(offset * rate) + length > math.ceil((offset + end - start) * rate)
+    assert out[-1] == source[round(offset * rate) + length - 1] != 0
+    assert stem["metadata"]["kept_untouched"]
 
 
 @pytest.mark.parametrize("take_db", [0.0, -20.0, -40.0, -50.0, -60.0])  # the last two: a take at -76 and -86 dBFS
