@@ -16,6 +16,9 @@ differ by at most one source frame.
 from __future__ import annotations
 
 import math
+import os
+import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from stepfoley.engine.errors import VideoError
 from stepfoley.engine.pipeline import PictureFocus
+from stepfoley.request import open_input
 
 CLIP_FPS = 8
 CLIP_SIZE = 384
@@ -83,17 +87,30 @@ def region_frame_count(start_s: float, end_s: float, fps: float) -> int:
 # probing
 
 
+@contextmanager
 def _open(path: Path):
+    """The container of the video at `path`, read through a descriptor opened without waiting
+    and checked to be a regular file: opened by name, a path swapped for a pipe after the
+    request's check would hold FFmpeg's open, and the engine's only worker, until a writer came."""
     if not path.is_file():
         raise VideoError(f"The video {path} does not exist. Check the path of the video item.")
     try:
-        # a tag in another encoding (Latin-1 titles in old AVI and MOV files) is no reason to
-        # refuse a picture that decodes
-        return av.open(str(path), metadata_errors="replace")
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise VideoError(
-            f"Could not read {path.name} as a video ({exc}). Re-export it as MP4 (H.264) or MOV."
-        ) from None
+        file = os.fdopen(open_input(path), "rb")
+    except OSError as exc:
+        raise VideoError(f"Could not open the video {path} ({exc.strerror or exc}).") from None
+    with file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise VideoError(f"The video {path} is not a regular file (a pipe or a device). Point to the film's file.")
+        try:
+            # a tag in another encoding (Latin-1 titles in old AVI and MOV files) is no reason to
+            # refuse a picture that decodes
+            container = av.open(file, metadata_errors="replace")
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise VideoError(
+                f"Could not read {path.name} as a video ({exc}). Re-export it as MP4 (H.264) or MOV."
+            ) from None
+        with container:
+            yield container
 
 
 def _video_stream(container):

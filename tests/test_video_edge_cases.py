@@ -3,7 +3,9 @@ seeks land between keyframes, a picture that starts after the sound or ends befo
 file with cover art, files that do not state their duration. Real files written with PyAV,
 each frame's index painted in as a brightness level (test_video's helpers)."""
 
+import os
 import re
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -64,19 +66,20 @@ def write_with_sound(path: Path, pts_ms: list[int], sound_s: float) -> Path:
 
 
 class CountingDecodes:
-    """Stands in for an open container and counts the frames decoded from it."""
+    """Stands in for video._open's container and counts the frames decoded from it."""
 
-    def __init__(self, container, counter: list[int]):
-        self.container, self.counter = container, counter
+    def __init__(self, opened, counter: list[int]):
+        self.opened, self.counter = opened, counter
 
     def __getattr__(self, name):
         return getattr(self.container, name)
 
     def __enter__(self):
+        self.container = self.opened.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.container.__exit__(*exc)
+        return self.opened.__exit__(*exc)
 
     def decode(self, *streams):
         for frame in self.container.decode(*streams):
@@ -351,3 +354,28 @@ def test_a_tag_in_another_encoding_does_not_make_a_picture_unreadable(tmp_path):
     path.write_bytes(data.replace("Caf\xe9".encode("utf-8"), b"Caf\xe9 "))  # Latin-1, same length
     assert probe(path).duration == pytest.approx(2.0, abs=0.05)
     assert len(read_region(path, 0.0, 1.0, 25, 32)) == 25
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_video_swapped_for_a_pipe_after_the_check_is_refused_not_waited_on(tmp_path, monkeypatch):
+    # Another local user swaps the checked file for a pipe between the check and the open;
+    # is_file answering True stands for the file that was there at the check.
+    fifo = tmp_path / "film.mp4"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(Path, "is_file", lambda self: True)
+    outcome = []
+
+    def probe_it():
+        try:
+            probe(fifo)
+        except VideoError as e:
+            outcome.append(str(e))
+
+    reader = threading.Thread(target=probe_it, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # release the open that waits for a writer, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("opening the video waited for a writer on the pipe: the engine's worker would hang")
+    assert outcome == [f"The video {fifo} is not a regular file (a pipe or a device). Point to the film's file."]
