@@ -197,7 +197,8 @@ def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder never picks
     # up an unfinished file; soundfile is told the format, since the name does not say it.
     try:
-        return atomic.stage_file(path, lambda temp: _write_wav(temp, frames, sample_rate, subtype))
+        # written into the file created, never reopened by name: the folder is the client's
+        return atomic.stage_stream(path, lambda file: _write_wav(file, frames, sample_rate, subtype))
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"Could not write '{path}': {_reason(error)}. Check free disk space and folder "
                          "permissions.") from error
@@ -209,15 +210,14 @@ def _reason(error: Exception) -> str:
     return str(getattr(error, "error_string", None) or error).rstrip(".")
 
 
-def _write_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> None:
-    # through a file object: libsndfile opens a path by name only up to 1023 bytes
-    with open(path, "wb") as file:
-        try:
-            soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
-        except AssertionError:
-            # soundfile writes through callbacks that swallow the file's OSError (a full disk):
-            # libsndfile then writes short, and soundfile asserts on the count
-            raise OSError("the file came out shorter than its samples") from None
+def _write_wav(file, frames: np.ndarray, sample_rate: int, subtype: str) -> None:
+    # into an open binary file (also spares libsndfile paths, which it opens only up to 1023 bytes)
+    try:
+        soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
+    except AssertionError:
+        # soundfile writes through callbacks that swallow the file's OSError (a full disk):
+        # libsndfile then writes short, and soundfile asserts on the count
+        raise OSError("the file came out shorter than its samples") from None
 
 
 def sanitize_stem_name(name_hint: str | None) -> str:

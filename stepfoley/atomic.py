@@ -16,6 +16,13 @@ open() gives (0o666 less the user's umask: 0644 by default), like any other prog
 replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
 one, writes 0600).
 
+In a folder other users can write to, a temporary name could be swapped for a link to some
+other file while it is written: `stage_stream` hands its writer the new file itself (the
+descriptor its exclusive create returned), so nothing reopens it by name, and publishing checks
+that the name still holds that file and never follows a link. The engine writes stems, into
+the folders clients name, that way; `stage_file` (by name) is for writers that need a path,
+in the user's own folders.
+
 Pure Python (no torch, no numpy): the bridge writes its status files with it too.
 """
 
@@ -31,7 +38,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 TEMP_SUFFIX = ".part"
 MAX_NAME_BYTES = 255  # what ext4, APFS and NTFS take; a temporary name is kept within it
@@ -149,14 +156,25 @@ class StagedFile:
     killed part way, it leaves only temporary files, which sweep_stale_parts removes, never
     some of the set under their final names."""
 
-    def __init__(self, temp: Path):
+    def __init__(self, temp: Path, identity: tuple[int, int] | None = None):
         self.temp = temp
+        self.identity = identity  # (st_dev, st_ino) of the file created; None: not checked
+
+    def _check_still_ours(self, name: Path) -> None:
+        """OSError unless `name` is the very file staged (not a link, not another file)."""
+        if self.identity is None:
+            return
+        found = os.lstat(name)
+        if not stat.S_ISREG(found.st_mode) or (found.st_dev, found.st_ino) != self.identity:
+            raise OSError(f"{name.name} was replaced by another file while it was written (is the folder "
+                          "shared with another user?)")
 
     def publish(self, path: str | os.PathLike, replace: bool = False) -> Path:
         """Give the file `path` as its name (same folder): atomically, replacing an existing
         file only when `replace`, else raising FileExistsError and staying staged, so the
         caller may try another name. Returns `path`."""
         path = Path(path)
+        self._check_still_ours(self.temp)
         if replace:
             try:
                 os.chmod(self.temp, stat.S_IMODE(os.stat(path).st_mode))  # a replaced file keeps its rights
@@ -165,6 +183,15 @@ class StagedFile:
             _replace(self.temp, path)
         else:
             _publish_exclusively(self.temp, path)
+        try:
+            self._check_still_ours(path)
+        except OSError:
+            if not replace:  # the name just made: a link someone slipped in is not left as the result
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
         return path
 
     def discard(self) -> None:
@@ -182,7 +209,16 @@ def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Staged
     which must exist, and flush it to the disk; `StagedFile.publish` names it. Until it is
     published or discarded, sweep_stale_parts leaves it alone. Raises what `write` or the
     filesystem raises, and then leaves no temporary file."""
-    path = Path(path)
+    return _stage(Path(path), write, None)
+
+
+def stage_stream(path: str | os.PathLike, write_to: Callable[[BinaryIO], None]) -> StagedFile:
+    """As stage_file, but `write_to(file)` writes into the new temporary file itself (binary,
+    seekable), never reopened by name; publishing checks the name still holds it."""
+    return _stage(Path(path), None, write_to)
+
+
+def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None) -> StagedFile:
     # Taken at write time, not import time: a forked child is another writer.
     suffix = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
     target = path.name
@@ -192,16 +228,22 @@ def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> Staged
     with _LOCK:
         _WRITING.add(staged.temp.name)
     try:
-        handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_BINARY", 0), 0o666)
         try:
-            # what a plain open() gives: 0o666 less the umask (read here, not with os.umask,
-            # which would change it for every thread for a moment)
-            mode = stat.S_IMODE(os.fstat(handle).st_mode)
+            created = os.fstat(handle)
+            if write_to is not None:
+                staged.identity = (created.st_dev, created.st_ino)
+                with os.fdopen(handle, "r+b", closefd=False) as file:
+                    write_to(file)
+                os.fsync(handle)
+                return staged
         finally:
             os.close(handle)
         write(staged.temp)
-        # `write` may have made the file anew with rights of its own (safetensors: 0600)
-        os.chmod(staged.temp, mode)
+        # `write` may have made the file anew with rights of its own (safetensors: 0600); what a
+        # plain open() gives is 0o666 less the umask (read from the created file, not with
+        # os.umask, which would change it for every thread for a moment)
+        os.chmod(staged.temp, stat.S_IMODE(created.st_mode))
         _flush_to_disk(staged.temp)
     except BaseException:
         staged.discard()
@@ -228,11 +270,16 @@ def _replace(temp: Path, path: Path) -> None:
     os.replace(temp, path)  # the last try: its error goes to the caller
 
 
+# linkat without following where the platform has it (Windows' CreateHardLink never follows)
+_LINK_NOT_FOLLOWING = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
+
+
 def _publish_exclusively(temp: Path, path: Path) -> None:
     """Give the finished temp file its final name, failing if that name already exists."""
     try:
-        # A hard link is created atomically and never replaces an existing entry.
-        os.link(temp, path)
+        # A hard link is created atomically and never replaces an existing entry; of a link put
+        # in the temporary file's place, it copies the link, never what it points to.
+        os.link(temp, path, **_LINK_NOT_FOLLOWING)
     except FileExistsError:
         raise
     except OSError:

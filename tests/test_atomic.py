@@ -157,7 +157,7 @@ def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_on
     """exFAT or FAT32 (drives shared between a Mac and a PC) refuse the hard link that publishes
     a file: Linux says EPERM, Windows ERROR_INVALID_FUNCTION, which Python reads as EINVAL.
     The file is published by an exclusive create instead, and an existing file is still kept."""
-    def no_hard_links(source, target):
+    def no_hard_links(source, target, **options):
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(atomic.os, "link", no_hard_links)
@@ -263,7 +263,7 @@ def test_a_failed_publish_without_hard_links_leaves_nothing_under_the_final_name
     """The exclusive create reserves the name with an empty placeholder; when moving the
     finished file over it fails, the placeholder goes too: an empty take.wav would be taken for
     a stem."""
-    def no_hard_links(source, target):
+    def no_hard_links(source, target, **options):
         raise OSError(errno.EPERM, "Operation not permitted")
 
     def no_room(source, target):

@@ -111,7 +111,7 @@ def test_a_disk_that_fills_while_a_stem_is_written_is_an_audio_error(small_disk)
 
 
 def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
-    def no_space(src, dst):
+    def no_space(src, dst, **options):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # the hard link fails, then so does the exclusive create's move that stands in for it
@@ -138,7 +138,7 @@ def test_a_writer_that_wins_the_race_is_not_clobbered(tmp_path, monkeypatch):
 
 
 def test_filesystem_without_hard_links_still_writes_exclusively(tmp_path, monkeypatch):
-    def links_not_supported(src, dst):
+    def links_not_supported(src, dst, **options):
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(audio_io.os, "link", links_not_supported)
@@ -299,3 +299,32 @@ def test_sweep_removes_only_the_temp_files_of_writers_that_are_gone(tmp_path):
     assert atomic.sweep_stale_parts(tmp_path) == [names["gone"]]
     write_wav_atomic(tmp_path / "take_006.wav", noise(1, 10), 8000)  # a write sweeps too, and keeps the rest
     assert sorted(os.listdir(tmp_path)) == sorted([*list(names.values())[1:], "take_006.wav"])
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symbolic links as a user makes them")
+def test_a_temp_name_swapped_for_a_link_cannot_redirect_the_stem(tmp_path, monkeypatch):
+    # Another user who can write to the output folder swaps the freshly created temporary name
+    # for a link to a file of ours; here, just after the exclusive create, where os.fstat reads it.
+    victim = tmp_path / "private" / "thesis.txt"
+    victim.parent.mkdir()
+    victim.write_text("the only copy")
+    victim.chmod(0o600)
+    out = tmp_path / "shared"
+    out.mkdir()
+    real_fstat, swapped = os.fstat, []
+
+    def fstat_then_swap(fd):
+        result = real_fstat(fd)
+        temps = [n for n in os.listdir(out) if atomic.is_temp_name(n)]
+        if temps and not swapped:
+            (out / "link").symlink_to(victim)
+            os.replace(out / "link", out / temps[0])
+            swapped.append(temps[0])
+        return result
+
+    monkeypatch.setattr(atomic.os, "fstat", fstat_then_swap)
+    with pytest.raises(AudioError, match="was replaced by another file while it was written"):
+        write_wav_atomic(out / "rain.wav", noise(1, 1000), 16000)
+    monkeypatch.undo()
+    assert swapped and victim.read_text() == "the only copy" and oct(victim.stat().st_mode & 0o777) == "0o600"
+    assert not (out / "rain.wav").exists() and not (out / "rain.wav").is_symlink()
