@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -279,6 +280,33 @@ def test_a_status_file_that_cannot_be_written_stops_the_job_before_it_is_sent(se
         assert c.engine_status()["jobs_finished"] == 0 and c.engine_status()["current"] is None
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     assert not any(n.startswith(".s") for n in os.listdir(tmp_path)), "no temp file left"
+
+
+def test_send_never_replaces_a_file_that_is_not_a_status_file(server, tmp_path, capsys):
+    """A mistyped --status (the request itself, a take, a video, a notes file) is left as it is;
+    an earlier status file, or an empty one (Lua's os.tmpname makes one), is written over."""
+    port = str(server.address[1])
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    take, notes = tmp_path / "take.wav", tmp_path / "notes.json"
+    take.write_bytes(b"RIFF\x00\x00\x00\x00WAVE")
+    notes.write_text('{"state": "draft"}')
+    for status, words in ((request_file, "is the request file"), (take, "is not a status file of StepFoley's"),
+                          (notes, "is not a status file of StepFoley's")):
+        before = Path(status).read_bytes()
+        for what in (["--request", request_file], ["--ping"]):
+            assert main(["send", *what, "--status", str(status), "--port", port]) == bc.EXIT_USAGE
+            out, err = capsys.readouterr()
+            assert json.loads(out.strip().splitlines()[-1])["error"]["code"] == "bad_status_file"
+            # with --ping there is no request file: the request's JSON is just not a status
+            assert (words if what[0] == "--request" else "is not a status file of StepFoley's") in err
+        assert Path(status).read_bytes() == before
+    earlier, empty = tmp_path / "earlier.json", tmp_path / "empty.json"
+    write_json(earlier, bc.failure_status("engine_not_running", "earlier run", bc.EXIT_NOT_RUNNING))
+    empty.write_bytes(b"")
+    for status in (earlier, empty):
+        assert main(["send", "--ping", "--status", str(status), "--port", port]) == 0
+        capsys.readouterr()
+        assert read_status(status)["exit_code"] == 0
 
 
 @pytest.mark.parametrize("refusals, outcome", [(1, "done"), (10**6, "cancelled")])

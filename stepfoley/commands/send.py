@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP port "
               f"(1-65535, got {args.port}).", file=sys.stderr)
         return client.EXIT_USAGE
-    problem = _status_file_problem(args.status)
+    problem = _status_file_problem(args.status, args.request)
     if problem:  # said on stdout as a final status, as every other ending (the file cannot take it)
         status = client.failure_status("bad_status_file", problem, client.EXIT_USAGE)
         print(json.dumps(status))
@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     return _query(args, client)
 
 
-def _status_file_problem(path: str | None) -> str | None:
+def _status_file_problem(path: str | None, request: str | None = None) -> str | None:
+    """Why `send` must not write its status to `path` (None: it may): never a folder, a device
+    or a pipe, the request file, or a file of the user's that is not a status file."""
     if path is None:
         return None
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -73,7 +75,40 @@ def _status_file_problem(path: str | None) -> str | None:
         return None  # not there yet
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # the file is replaced: never a device or a pipe
         return f"The status file '{path}' is not a regular file (a device or a pipe); name a file to write."
+    if request is not None and _same_file(path, request):
+        return f"The status file '{path}' is the request file; name another file for the status."
+    if not _is_status_file(path):
+        return (f"'{path}' already exists and is not a status file of StepFoley's; it is left as it is. Name a "
+                "new file for the status (an earlier status file, or an empty one, may be reused).")
     return None
+
+
+# A status file is a few KB (its metadata is cut to fit a datagram); a file far larger is not one.
+STATUS_FILE_MOST_BYTES = 2**20
+
+
+def _is_status_file(path: str) -> bool:
+    """Whether the file at `path` is empty or a status this command wrote (a JSON object with
+    `state` and `exit_code`): what `send` may replace."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(STATUS_FILE_MOST_BYTES + 1)
+    except OSError:
+        return False
+    if not data.strip():
+        return True
+    try:
+        status = json.loads(data) if len(data) <= STATUS_FILE_MOST_BYTES else None
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(status, dict) and "state" in status and "exit_code" in status
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # A request file may be indented and escape every character; its request, packed, must fit a datagram.
