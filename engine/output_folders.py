@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from stepfoley import atomic
+from stepfoley.engine.user_dirs import make_private_dir
 
 MAX_FOLDERS = 32
 STATE_FILE = "output-folders.json"
@@ -44,7 +45,7 @@ def remember(folder: str | os.PathLike) -> None:
         folders = [folder] + [f for f in recent() if f != folder]
         try:
             directory = state_dir()
-            directory.mkdir(parents=True, exist_ok=True)
+            make_private_dir(directory, ours=True)  # the list names the user's folders
             text = json.dumps(folders[:MAX_FOLDERS])
             atomic.write_atomically(directory / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"),
                                     replace=True)

@@ -30,3 +30,15 @@ def user_cache_dir() -> Path:
 def default_feature_cache_dir() -> Path:
     """Where the engine keeps picture features across runs (engine.features.cache)."""
     return user_cache_dir() / "features"
+
+
+def make_private_dir(path: Path, ours: bool) -> None:
+    """Create `path` (and its parents) readable by this user only: its files name the user's
+    videos and folders. `ours`: a folder StepFoley chose (the default cache, its state), whose
+    rights are also tightened if an earlier version made it readable by others; a folder the
+    user chose keeps the rights it has. Raises OSError."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if ours and sys.platform != "win32":
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o700)

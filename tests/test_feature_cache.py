@@ -511,3 +511,23 @@ def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", stop_after_recording)
     assert main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "-1"]) == 2  # an argument
     assert len(given) == 2 and "gigabytes above 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX rights")
+def test_the_cache_and_the_state_are_readable_by_this_user_only(tmp_path, monkeypatch):
+    # their files name the user's videos and output folders (another user on the machine could list them)
+    old_umask = os.umask(0o022)
+    try:
+        monkeypatch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "cache"))
+        default_feature_cache_dir().mkdir(parents=True, mode=0o755)        # made readable by an earlier version
+        assert open_feature_cache().cache_dir.stat().st_mode & 0o777 == 0o700
+        assert open_feature_cache(tmp_path / "new" / "chosen").cache_dir.stat().st_mode & 0o777 == 0o700
+        (tmp_path / "shared").mkdir(mode=0o755)                             # the user's own choice stays
+        assert open_feature_cache(tmp_path / "shared").cache_dir.stat().st_mode & 0o777 == 0o755
+        from stepfoley.engine import output_folders
+
+        monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "state"))
+        output_folders.remember(tmp_path)
+        assert output_folders.state_dir().stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old_umask)

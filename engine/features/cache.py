@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 
 from stepfoley.atomic import temp_target, write_atomically
 from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.user_dirs import default_feature_cache_dir
+from stepfoley.engine.user_dirs import default_feature_cache_dir, make_private_dir
 
 Features = dict[str, torch.Tensor]
 # What compute() may return: named tensors, or a tuple of tensors (returned as a tuple again).
@@ -300,7 +300,7 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
         return FeatureCache()
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory, ours=folder is None)  # its entries name the user's videos
         usable = os.access(directory, os.W_OK | os.X_OK)
         reason = "it is not writable"
     except OSError as error:
