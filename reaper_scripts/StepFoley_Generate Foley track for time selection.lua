@@ -1,9 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.7
+-- @version 0.5.8
 -- @changelog
---   A picture split into pieces on one track (REAPER's split, crossfaded or not) is one picture where each piece plays the file on from where the one before it was: a selection across the split is made in one pass (it used to be made over one piece only, the rest left for a second pass). A jump cut stays two pictures.
---   Finding the client also looks where pipx installs on Windows (%USERPROFILE%\.local\bin) and where pip install --user puts it on macOS (~/Library/Python/3.x/bin).
+--   Extend and Regenerate time selection inside selected item are refused, naming the span, for an item or time selection that reaches outside the picture: the new take covers the picture only, so the kept take's audio outside it came back silent.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

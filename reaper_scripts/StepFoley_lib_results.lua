@@ -594,7 +594,22 @@ function M.continuation_fields(item, region, a, b)
     return nil, "The selected item's take is a section of its file or reversed. Glue the item (Item > Glue items) " ..
       "first, so that StepFoley can keep it sample for sample."
   end
-  local pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+  local pos, item_end = M.item_range(item)
+  -- the stem covers the picture only: a take outside it would be silent in the new take
+  local uncovered_a, uncovered_b = pos, math.max(item_end, b)
+  if region.project_start > pos + 1e-6 then
+    uncovered_b = region.project_start
+  elseif region.project_end < uncovered_b - 1e-6 then
+    uncovered_a = region.project_end
+  else
+    uncovered_a = nil
+  end
+  if uncovered_a then
+    return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
+      "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
+      "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
+      uncovered_a, uncovered_b)
+  end
   local offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") + (region.project_start - pos)
   if offset < -1e-9 then
     return nil, "The selected item's take starts later than the picture StepFoley would keep it from. Glue the " ..

@@ -830,6 +830,25 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
+@pytest.mark.parametrize("position, length, ts, script, uncovered", [
+    (1.0, 5.0, (3.5, 4.0), "REPAIR", "1.000 s to 2.000 s"),     # the item starts before the picture (2-10 s)
+    (8.0, 3.5, (8.5, 9.0), "REPAIR", "10.000 s to 11.500 s"),   # it ends after it
+    (1.0, 3.0, (3.5, 6.0), "EXTEND", "1.000 s to 2.000 s"),
+    (6.0, 2.5, (7.0, 11.0), "EXTEND", "10.000 s to 11.000 s"),  # extended past the picture's end
+], ids=["repair-before", "repair-after", "extend-before", "extend-after"])
+def test_a_continuation_of_an_item_outside_the_picture_is_refused_before_the_take_is_lost(world, position, length,
+                                                                                          ts, script, uncovered):
+    # the new take is made over the picture only: the take's audio outside it came back silent
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": getattr(h, script)}],
+                  extra_tracks=[continuation_layer(world, position=position, length=length)])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert f"The selected item reaches outside the picture: {uncovered} has no video under it" in message["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    assert len(layer["items"][0]["takes"]) == 1
+
+
 def test_extend_over_a_crossfaded_next_item_is_refused(world):
     layer = continuation_layer(world)
     layer["items"].append({"position": 5.4, "length": 2.6, "takes": [{"file": str(world["foley"]), "name": "door slam"}]})
