@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
           f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
           f"cores at {cpu['priority']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
+    if not args.token:  # loopback keeps other machines out, not the other users of this one
+        print("No token: any user of this machine can send it requests. On a shared machine, put one in "
+              "~/.config/stepfoley/token (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
     signal.signal(signal.SIGTERM, previous)
     print("Engine stopped.", file=sys.stderr)
