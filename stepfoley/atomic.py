@@ -160,12 +160,14 @@ class StagedFile:
         self.temp = temp
         self.identity = identity  # (st_dev, st_ino) of the file created; None: not checked
 
-    def _check_still_ours(self, name: Path) -> None:
-        """OSError unless `name` is the very file staged (not a link, not another file)."""
+    def _check_still_ours(self, name: Path, same_file: bool = True) -> None:
+        """OSError unless `name` is a regular file (not a link) and, with `same_file`, the very
+        file staged. After publishing only the first is asked: where a FAT or exFAT drive has no
+        hard links the file is renamed, and Windows numbers a FAT file by its folder entry."""
         if self.identity is None:
             return
         found = os.lstat(name)
-        if not stat.S_ISREG(found.st_mode) or (found.st_dev, found.st_ino) != self.identity:
+        if not stat.S_ISREG(found.st_mode) or same_file and (found.st_dev, found.st_ino) != self.identity:
             raise OSError(f"{name.name} was replaced by another file while it was written (is the folder "
                           "shared with another user?)")
 
@@ -184,7 +186,7 @@ class StagedFile:
         else:
             _publish_exclusively(self.temp, path)
         try:
-            self._check_still_ours(path)
+            self._check_still_ours(path, same_file=False)
         except OSError:
             if not replace:  # the name just made: a link someone slipped in is not left as the result
                 try:
@@ -232,10 +234,12 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
         try:
             created = os.fstat(handle)
             if write_to is not None:
-                staged.identity = (created.st_dev, created.st_ino)
                 with os.fdopen(handle, "r+b", closefd=False) as file:
                     write_to(file)
                 os.fsync(handle)
+                # taken once written: macOS numbers an empty FAT file otherwise than a full one
+                written = os.fstat(handle)
+                staged.identity = (written.st_dev, written.st_ino)
                 return staged
         finally:
             os.close(handle)

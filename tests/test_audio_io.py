@@ -328,3 +328,24 @@ def test_a_temp_name_swapped_for_a_link_cannot_redirect_the_stem(tmp_path, monke
     monkeypatch.undo()
     assert swapped and victim.read_text() == "the only copy" and oct(victim.stat().st_mode & 0o777) == "0o600"
     assert not (out / "rain.wav").exists() and not (out / "rain.wav").is_symlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symbolic links as a user makes them")
+def test_a_link_swapped_in_at_the_last_moment_is_never_published(tmp_path, monkeypatch):
+    # the swap between publish's check of the temporary name and the hard link itself
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("the only copy")
+    out = tmp_path / "shared"
+    out.mkdir()
+    real_publish = atomic._publish_exclusively
+
+    def swap_then_publish(temp, path):
+        (out / "link").symlink_to(victim)
+        os.replace(out / "link", temp)
+        real_publish(temp, path)
+
+    monkeypatch.setattr(atomic, "_publish_exclusively", swap_then_publish)
+    with pytest.raises(AudioError, match="was replaced by another file while it was written"):
+        write_wav_atomic(out / "rain.wav", noise(1, 1000), 16000)
+    assert victim.read_text() == "the only copy"
+    assert not (out / "rain.wav").is_symlink() and not (out / "rain.wav").exists()
