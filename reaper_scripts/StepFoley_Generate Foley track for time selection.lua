@@ -2,7 +2,7 @@
 -- @author StepFoley
 -- @version 0.5.8
 -- @changelog
---   Extend and Regenerate time selection inside selected item are refused, naming the span, for an item or time selection that reaches outside the picture: the new take covers the picture only, so the kept take's audio outside it came back silent.
+--   Extend and Regenerate time selection inside selected item are refused, naming the span, for an item that reaches outside the picture: the new take covers the picture only, so the kept take's audio outside it came back silent. An extension past the picture's end of an item inside it is still made, up to the picture's end.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -595,11 +595,12 @@ function M.continuation_fields(item, region, a, b)
       "first, so that StepFoley can keep it sample for sample."
   end
   local pos, item_end = M.item_range(item)
-  -- the stem covers the picture only: a take outside it would be silent in the new take
-  local uncovered_a, uncovered_b = pos, math.max(item_end, b)
+  -- the stem covers the picture only: the item's take outside it would be silent in the new
+  -- take (an extension past the picture's end is only cut short there: nothing of the take is lost)
+  local uncovered_a, uncovered_b = pos, item_end
   if region.project_start > pos + 1e-6 then
     uncovered_b = region.project_start
-  elseif region.project_end < uncovered_b - 1e-6 then
+  elseif region.project_end < item_end - 1e-6 then
     uncovered_a = region.project_end
   else
     uncovered_a = nil

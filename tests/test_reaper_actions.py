@@ -834,7 +834,7 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     (1.0, 5.0, (3.5, 4.0), "REPAIR", "1.000 s to 2.000 s"),     # the item starts before the picture (2-10 s)
     (8.0, 3.5, (8.5, 9.0), "REPAIR", "10.000 s to 11.500 s"),   # it ends after it
     (1.0, 3.0, (3.5, 6.0), "EXTEND", "1.000 s to 2.000 s"),
-    (6.0, 2.5, (7.0, 11.0), "EXTEND", "10.000 s to 11.000 s"),  # extended past the picture's end
+    (8.0, 2.5, (9.0, 12.0), "EXTEND", "10.000 s to 10.500 s"),
 ], ids=["repair-before", "repair-after", "extend-before", "extend-after"])
 def test_a_continuation_of_an_item_outside_the_picture_is_refused_before_the_take_is_lost(world, position, length,
                                                                                           ts, script, uncovered):
@@ -847,6 +847,17 @@ def test_a_continuation_of_an_item_outside_the_picture_is_refused_before_the_tak
     assert h.generation_commands(result) == [] and result["undo"] == []
     [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
     assert len(layer["items"][0]["takes"]) == 1
+
+
+def test_an_extension_past_the_pictures_end_of_an_item_inside_it_is_made_up_to_the_picture(world):
+    # nothing of the take lies outside the picture (2-10 s): the new part stops where the picture does
+    sc = scenario(world, ts=(7.0, 11.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, position=6.0, length=2.5)])
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert request["regenerate"] == [1.0, 4.0] and request["region"]["project_end"] == 10.0
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    assert_exact_placement(layer["items"][0], 6.0, 10.0)
 
 
 def test_extend_over_a_crossfaded_next_item_is_refused(world):
