@@ -45,7 +45,8 @@ def remember(folder: str | os.PathLike) -> None:
         folders = [folder] + [f for f in recent() if f != folder]
         try:
             directory = state_dir()
-            make_private_dir(directory, ours=True)  # the list names the user's folders
+            # the list names the user's folders; a folder the user chose keeps its rights
+            make_private_dir(directory, ours=not os.environ.get("STEPFOLEY_STATE_DIR"))
             text = json.dumps(folders[:MAX_FOLDERS])
             atomic.write_atomically(directory / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"),
                                     replace=True)

@@ -15,6 +15,7 @@ differ by at most one source frame.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -95,9 +96,11 @@ def _open(path: Path):
     if not path.is_file():
         raise VideoError(f"The video {path} does not exist. Check the path of the video item.")
     try:
-        file = os.fdopen(open_input(path), "rb")
+        raw = io.FileIO(open_input(path), "rb")
     except OSError as exc:
         raise VideoError(f"Could not open the video {path} ({exc.strerror or exc}).") from None
+    raw.name = str(path)  # what FFmpeg's messages name (a descriptor's number otherwise)
+    file = io.BufferedReader(raw)
     with file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             raise VideoError(f"The video {path} is not a regular file (a pipe or a device). Point to the film's file.")

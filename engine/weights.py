@@ -485,6 +485,9 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
         md5_matches, wrong, md5_notes = _md5_check(spec, checkpoint)
         problems += wrong
         notes += md5_notes
+        if md5_matches and source != checkpoint:  # the copy is what loads, and no MD5 is published for it
+            notes += (f"the MD5 is {checkpoint.name}'s; {source.name}, which is what loads, was not compared "
+                      "(delete it and `stepfoley weights convert` makes it again from the checked file)",)
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes, md5_matches)
 
 

@@ -160,7 +160,7 @@ class StagedFile:
         self.temp = temp
         self.identity = identity  # (st_dev, st_ino) of the file created; None: not checked
 
-    def _check_still_ours(self, name: Path, same_file: bool = True) -> None:
+    def _check_still_ours(self, name: Path, final: Path, same_file: bool = True) -> None:
         """OSError unless `name` is a regular file (not a link) and, with `same_file`, the very
         file staged. After publishing only the first is asked: where a FAT or exFAT drive has no
         hard links the file is renamed, and Windows numbers a FAT file by its folder entry."""
@@ -168,15 +168,15 @@ class StagedFile:
             return
         found = os.lstat(name)
         if not stat.S_ISREG(found.st_mode) or same_file and (found.st_dev, found.st_ino) != self.identity:
-            raise OSError(f"{name.name} was replaced by another file while it was written (is the folder "
-                          "shared with another user?)")
+            raise OSError(f"the new {final.name} was replaced by another file while it was written (is the "
+                          "folder shared with another user?)")
 
     def publish(self, path: str | os.PathLike, replace: bool = False) -> Path:
         """Give the file `path` as its name (same folder): atomically, replacing an existing
         file only when `replace`, else raising FileExistsError and staying staged, so the
         caller may try another name. Returns `path`."""
         path = Path(path)
-        self._check_still_ours(self.temp)
+        self._check_still_ours(self.temp, path)
         if replace:
             try:
                 os.chmod(self.temp, stat.S_IMODE(os.stat(path).st_mode))  # a replaced file keeps its rights
@@ -186,7 +186,7 @@ class StagedFile:
         else:
             _publish_exclusively(self.temp, path)
         try:
-            self._check_still_ours(path, same_file=False)
+            self._check_still_ours(path, path, same_file=False)
         except OSError:
             if not replace:  # the name just made: a link someone slipped in is not left as the result
                 try:

@@ -300,10 +300,16 @@ def test_send_never_replaces_a_file_that_is_not_a_status_file(server, tmp_path, 
             # with --ping there is no request file: the request's JSON is just not a status
             assert (words if what[0] == "--request" else "is not a status file of StepFoley's") in err
         assert Path(status).read_bytes() == before
-    earlier, empty = tmp_path / "earlier.json", tmp_path / "empty.json"
+    if hasattr(os, "mkfifo"):  # a link to a pipe is refused at once, never opened waiting for a writer
+        os.mkfifo(tmp_path / "pipe")
+        (tmp_path / "to_pipe.json").symlink_to(tmp_path / "pipe")
+        assert main(["send", "--ping", "--status", str(tmp_path / "to_pipe.json"), "--port", port]) == bc.EXIT_USAGE
+        assert "is not a status file of StepFoley's" in capsys.readouterr().err
+    earlier, empty, dangling = tmp_path / "earlier.json", tmp_path / "empty.json", tmp_path / "dangling.json"
     write_json(earlier, bc.failure_status("engine_not_running", "earlier run", bc.EXIT_NOT_RUNNING))
     empty.write_bytes(b"")
-    for status in (earlier, empty):
+    dangling.symlink_to(tmp_path / "gone.json")
+    for status in (earlier, empty, dangling):
         assert main(["send", "--ping", "--status", str(status), "--port", port]) == 0
         capsys.readouterr()
         assert read_status(status)["exit_code"] == 0

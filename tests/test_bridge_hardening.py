@@ -809,17 +809,11 @@ def test_without_a_backlog_a_sender_past_the_rate_loses_nothing():
 
 
 def test_a_status_flood_at_full_speed_leaves_pings_answered(tmp_path):
-    # a real flood from another process, as fast as it can send, while this client pings
-    flood = ("import socket, sys, time\n"
-             "from stepfoley.bridge import osc, protocol\n"
-             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-             "message = osc.encode(protocol.STATUS, 9, 'flood', '')\n"
-             "end = time.monotonic() + float(sys.argv[2])\n"
-             "while time.monotonic() < end:\n"
-             "    for _ in range(100):\n"
-             "        s.sendto(message, ('127.0.0.1', int(sys.argv[1])))\n")
+    # a real flood from another process (the benchmark's), as fast as it can send, while this client pings
+    from stepfoley.bench.bench_bridge import FLOODER
+
     with EngineServer(SineRunner(), ServerConfig(port=0)).start() as srv:
-        flooder = subprocess.Popen([sys.executable, "-c", flood, str(srv.address[1]), "4"])
+        flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(srv.address[1]), "4"], stdout=subprocess.DEVNULL)
         try:
             time.sleep(1.0)
             answered = 0

@@ -526,8 +526,13 @@ def test_the_cache_and_the_state_are_readable_by_this_user_only(tmp_path, monkey
         assert open_feature_cache(tmp_path / "shared").cache_dir.stat().st_mode & 0o777 == 0o755
         from stepfoley.engine import output_folders
 
-        monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.delenv("STEPFOLEY_STATE_DIR", raising=False)
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
         output_folders.remember(tmp_path)
         assert output_folders.state_dir().stat().st_mode & 0o777 == 0o700
+        monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "chosen_state"))  # the user's own: kept
+        (tmp_path / "chosen_state").mkdir(mode=0o755)
+        output_folders.remember(tmp_path)
+        assert (tmp_path / "chosen_state").stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(old_umask)

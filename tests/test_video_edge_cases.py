@@ -379,3 +379,10 @@ def test_a_video_swapped_for_a_pipe_after_the_check_is_refused_not_waited_on(tmp
         reader.join(10)
         pytest.fail("opening the video waited for a writer on the pipe: the engine's worker would hang")
     assert outcome == [f"The video {fifo} is not a regular file (a pipe or a device). Point to the film's file."]
+
+
+def test_a_file_ffmpeg_cannot_read_is_named_by_its_path(tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"x" * 1000)
+    with pytest.raises(VideoError, match=f"Could not read broken.mp4 as a video .*'{re.escape(str(broken))}'"):
+        probe(broken)

@@ -544,6 +544,13 @@ def test_hash_finds_a_file_whose_bytes_are_not_the_official_ones_though_its_tens
     assert cli_main(["weights", "check", "--hash", "--quick", str(weights_dir)]) == 2
     assert "give one of them" in capsys.readouterr().err
 
+    save(manifest_shaped("vae_16k"), vae)  # the published bytes again, with a copy beside them
+    convert_weights_dir(weights_dir, log=lambda line: None)
+    with_copy = check_weights_dir(weights_dir, md5=True).files["vae_16k"]
+    assert with_copy.md5_matches and with_copy.read_from.name == "v1-16.safetensors"
+    assert with_copy.notes == ("the MD5 is v1-16.pth's; v1-16.safetensors, which is what loads, was not compared "
+                               "(delete it and `stepfoley weights convert` makes it again from the checked file)",)
+
 
 def test_hash_says_a_lone_safetensors_copy_cannot_be_compared(tmp_path, monkeypatch):
     import dataclasses

@@ -129,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
           f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
           f"cores at {cpu['priority']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
     if not args.token:  # loopback keeps other machines out, not the other users of this one
-        print("No token: any user of this machine can send it requests. On a shared machine, put one in "
-              "~/.config/stepfoley/token (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
+        from stepfoley.bridge.auth import token_file_path
+
+        print(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
+              f"{token_file_path()} (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
     signal.signal(signal.SIGTERM, previous)
     print("Engine stopped.", file=sys.stderr)
