@@ -17,6 +17,9 @@ from stepfoley.engine.session import StepSession, TrackSettings
 from stepfoley.request import parse_request
 
 
+BATCH_TOLERANCE = 1e-3  # a take sampled in a batch against the same seed alone (see the first test)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from stepfoley.engine.embedded.model import build_embedded_model
@@ -50,8 +53,11 @@ def test_variations_are_one_batch_equal_to_serial_tracks_and_leave_the_stack_alo
         serial = StepSession(tiny, Region(scene_video, 0.0, 2.0))
         serial.tracks = list(session.tracks)
         alone = serial.next_track(TrackSettings("rain falling", method="nag", seed=take.metadata["seed"], steps=2))
-        np.testing.assert_allclose(take.samples, alone.samples, atol=1e-4)
-    assert np.abs(takes[0].samples - takes[1].samples).max() > 1e-3
+        # the batched forward rounds otherwise than a single row, and Griffin-Lim's momentum
+        # amplifies that most near the clip's end, where fewer frames overlap: up to 2.8e-4 at
+        # one thread on an AMD EPYC (1e-3 is bench variations' tolerance); another seed: ~0.8
+        np.testing.assert_allclose(take.samples, alone.samples, atol=BATCH_TOLERANCE)
+    assert np.abs(takes[0].samples - takes[1].samples).max() > 100 * BATCH_TOLERANCE
 
 
 def test_a_version_2_job_writes_ranked_stems_equal_to_version_1_jobs(tiny, scene_video, tmp_path):
@@ -72,7 +78,7 @@ def test_a_version_2_job_writes_ranked_stems_equal_to_version_1_jobs(tiny, scene
     for s in stems:  # each stem is the v1 job of its seed, up to float rounding
         alone = _serve(service, _request(scene_video, tmp_path, existing_mix=first["stem_path"],
                                          seed=s["metadata"]["seed"], previous_captions=["a bell rings"]))
-        np.testing.assert_allclose(sf.read(s["stem_path"])[0], sf.read(alone["stem_path"])[0], atol=2e-4)
+        np.testing.assert_allclose(sf.read(s["stem_path"])[0], sf.read(alone["stem_path"])[0], atol=BATCH_TOLERANCE)
         assert s["metadata"]["lufs"] == pytest.approx(alone["metadata"]["lufs"], abs=0.01)
 
 
