@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 import unicodedata
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
-from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_input
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_regular_input
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -54,13 +53,13 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
         raise AudioError(f"'{path}' is a folder, not an audio file. Point to a WAV or FLAC file inside it.")
     try:
         # given to libsndfile as a file object: it opens a path by name only up to 1023 bytes
-        fd = open_input(path)
-        with os.fdopen(fd, "rb") as file:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise AudioError(f"'{path}' is not a regular file (a pipe or a device). Point to a WAV or FLAC file.")
-            if max_bytes is not None and info.st_size > max_bytes:
-                raise AudioError(f"Audio file '{path}' is {info.st_size / 2**20:.0f} MiB; at most "
+        file = open_regular_input(path)
+        if file is None:
+            raise AudioError(f"'{path}' is not a regular file (a pipe or a device). Point to a WAV or FLAC file.")
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise AudioError(f"Audio file '{path}' is {size / 2**20:.0f} MiB; at most "
                                  f"{max_bytes / 2**20:g} MiB is read. Bounce only the region, or at a lower rate or "
                                  "with fewer channels.")
             with soundfile.SoundFile(file) as sound:

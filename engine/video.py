@@ -15,10 +15,7 @@ differ by at most one source frame.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ import torch.nn.functional as F
 
 from stepfoley.engine.errors import VideoError
 from stepfoley.engine.pipeline import PictureFocus
-from stepfoley.request import open_input
+from stepfoley.request import open_regular_input
 
 CLIP_FPS = 8
 CLIP_SIZE = 384
@@ -96,14 +93,12 @@ def _open(path: Path):
     if not path.is_file():
         raise VideoError(f"The video {path} does not exist. Check the path of the video item.")
     try:
-        raw = io.FileIO(open_input(path), "rb")
+        file = open_regular_input(path)
     except OSError as exc:
         raise VideoError(f"Could not open the video {path} ({exc.strerror or exc}).") from None
-    raw.name = str(path)  # what FFmpeg's messages name (a descriptor's number otherwise)
-    file = io.BufferedReader(raw)
+    if file is None:
+        raise VideoError(f"The video {path} is not a regular file (a pipe or a device). Point to the film's file.")
     with file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise VideoError(f"The video {path} is not a regular file (a pipe or a device). Point to the film's file.")
         try:
             # a tag in another encoding (Latin-1 titles in old AVI and MOV files) is no reason to
             # refuse a picture that decodes

@@ -726,6 +726,20 @@ def open_input(path: str | os.PathLike) -> int:
                    | getattr(os, "O_BINARY", 0))
 
 
+def open_regular_input(path: str | os.PathLike):
+    """The input file at `path` as a binary file object named by its path, opened without
+    waiting (open_input); None, having closed it, when fstat says it is not a regular file (a
+    folder, a pipe or a device: each caller says so in its own words). Raises OSError."""
+    import io
+
+    raw = io.FileIO(open_input(path), "rb")
+    if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+        raw.close()
+        return None
+    raw.name = os.fspath(path)  # what a reader's messages name (the descriptor's number otherwise)
+    return io.BufferedReader(raw)
+
+
 def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
     """What the header of an audio input says, checked before /accepted: its rate, and for the
     take the stem its channels make and the memory reading it takes. Only the header is read; a

@@ -90,12 +90,13 @@ STATUS_FILE_MOST_BYTES = 2**20
 def _is_status_file(path: str) -> bool:
     """Whether the file at `path` is empty or a status this command wrote (a JSON object with
     `state` and `exit_code`): what `send` may replace."""
-    from stepfoley.request import open_input  # opened without waiting: a link may point at a pipe
+    from stepfoley.request import open_regular_input  # opened without waiting: a link may point at a pipe
 
     try:
-        with os.fdopen(open_input(path), "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                return False
+        file = open_regular_input(path)
+        if file is None:
+            return False
+        with file:
             data = file.read(STATUS_FILE_MOST_BYTES + 1)
     except FileNotFoundError:
         return True  # a link to nothing: replacing the link loses nothing
