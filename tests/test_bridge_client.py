@@ -35,12 +35,24 @@ def read_status(path) -> dict:
 def test_send_request_keeps_the_status_file_and_ends_done(tmp_path):
     status_path = str(tmp_path / "status.json")
     seen_states = []
-    with EngineServer(SineRunner(step_s=0.03), ServerConfig(port=0)).start() as srv:
+    seen = threading.Condition()
+
+    def note(status):
+        with seen:
+            seen_states.append((status["state"], status["step"]))
+            seen.notify_all()
+
+    def after_the_client_saw(step):  # each step waits until the client has reported the one before
+        with seen:
+            assert seen.wait_for(lambda: step == 1 or ("running", step - 1) in seen_states, timeout=10)
+
+    with EngineServer(SineRunner(before_step=after_the_client_saw), ServerConfig(port=0)).start() as srv:
         code, final = bc.send_request(make_request(tmp_path, steps=3), status_path, port=srv.address[1],
-                                      on_update=lambda s: seen_states.append((s["state"], s["step"])))
+                                      on_update=note)
     assert code == bc.EXIT_DONE
     assert seen_states[0] == ("queued", 0) and seen_states[-1] == ("done", 3)
-    assert ("running", 2) in seen_states
+    running = [s for s in seen_states if s[0] == "running" and s[1] > 0]
+    assert list(dict.fromkeys(running)) == [("running", 1), ("running", 2), ("running", 3)]  # a heartbeat repeats one
     on_disk = read_status(status_path)
     assert on_disk["state"] == "done" and on_disk["exit_code"] == 0 and os.path.isfile(on_disk["stem_path"])
     assert on_disk["metadata"]["caption"] == "footsteps on gravel"

@@ -32,9 +32,12 @@ class SineRunner:
     """A stand-in model: a sine whose pitch depends on the seed, `step_s` seconds per step. It
     writes its stem the way FoleyService does (the engine's own writer, the folder remembered)."""
 
-    def __init__(self, step_s: float = 0.0, model: str = "test-sine"):
+    def __init__(self, step_s: float = 0.0, model: str = "test-sine", before_step=None):
         self.step_s = step_s
         self.model = model
+        # before_step(step): called before each step's work, so a test can hold a job at a
+        # known point instead of hoping a sleep outlasts the machine's load
+        self.before_step = before_step
         self.started: list[str] = []  # captions in the order jobs started
         self.lock = threading.Lock()
 
@@ -51,6 +54,8 @@ class SineRunner:
                 raise AudioError(f"The existing mix '{request.existing_mix}' cannot be read: {e}") from None
         total = request.steps or DEFAULT_STEPS
         for step in range(1, total + 1):
+            if self.before_step is not None:
+                self.before_step(step)
             if is_cancelled():
                 raise GenerationCancelled("Cancelled by the user.")
             if self.step_s:

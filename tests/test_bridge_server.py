@@ -52,7 +52,8 @@ def test_two_requests_for_the_same_name_never_overwrite(client, tmp_path):
 
 
 def test_concurrent_clients_run_in_fifo_order(tmp_path):
-    runner = SineRunner(step_s=0.02)
+    all_accepted = threading.Event()  # the first job waits, so no job can end before the last is queued
+    runner = SineRunner(before_step=lambda step: all_accepted.wait(10))
     with EngineServer(runner, ServerConfig(port=0)).start() as srv:
         peers = [RawPeer(srv.address[1]) for _ in range(4)]
         try:
@@ -62,6 +63,7 @@ def test_concurrent_clients_run_in_fifo_order(tmp_path):
                 address, args = p.receive()
                 assert address == protocol.ACCEPTED
                 positions.append(args[2])
+            all_accepted.set()
             assert positions == [0, 1, 2, 3]
             for p in peers:
                 assert p.receive_until({protocol.DONE})[-1][0] == protocol.DONE
@@ -72,13 +74,17 @@ def test_concurrent_clients_run_in_fifo_order(tmp_path):
 
 
 def test_ping_is_answered_while_a_job_runs(tmp_path):
-    runner = SineRunner(step_s=0.2)
+    release = threading.Event()  # step 2 is held until the test has its answers
+    runner = SineRunner(before_step=lambda step: step < 2 or release.wait(10))
     with EngineServer(runner, ServerConfig(port=0)).start() as srv, EngineClient(port=srv.address[1]) as c:
         job = c.submit(make_request(tmp_path, steps=10))
-        while job.poll(0.05)["state"] != "running":
+        while job.poll(0.05)["step"] < 1:
             pass
-        assert c.ping()["round_trip_s"] < 0.15  # far less than one 0.2 s step: dispatch never waits on generation
-        status = c.engine_status()
+        try:  # a dispatch that waited on generation would answer nothing before the release
+            c.ping(timeout=5.0)  # raises EngineNotRunning when unanswered
+            status = c.engine_status(timeout=5.0)
+        finally:
+            release.set()
         assert status["state"] == "busy" and status["current"]["job_id"] == job.job_id
         job.cancel()
         assert job.wait()["state"] == "cancelled"
