@@ -43,16 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
-    try:
+    command = "stepfoley"
+    try:  # from the start: Ctrl-C while the commands are imported is as clean as during a run
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
+        command = f"stepfoley {args.command}"
         return int(args._run(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: the user knows why it stopped; no traceback
-        print(f"stepfoley {args.command}: stopped (Ctrl-C); no unfinished file is left under its final name.",
-              file=sys.stderr)
+        print(f"{command}: stopped (Ctrl-C); no unfinished file is left under its final name.", file=sys.stderr)
         return 130
 
 

@@ -97,6 +97,19 @@ def test_ctrl_c_stops_a_command_without_a_traceback(tmp_path):
     assert done.returncode == 130 and "stopped (Ctrl-C)" in text and "Traceback" not in text, text
 
 
+def test_ctrl_c_while_the_commands_are_imported_ends_130_without_a_traceback(monkeypatch, capsys):
+    # the window before a subcommand runs: Python's own handler used to end the process by the
+    # signal (-2 to a DAW reading the exit code) with a traceback of the import
+    from stepfoley import cli
+
+    def interrupted_import():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_import)
+    assert cli.main(["send", "--help"]) == 130
+    assert capsys.readouterr().err == "stepfoley: stopped (Ctrl-C); no unfinished file is left under its final name.\n"
+
+
 def test_a_path_the_console_cannot_show_is_written_escaped(tmp_path):
     """Windows writes a piped command's output in its ANSI code page (cp1252 in western
     Europe), which has no 足: a report naming such a folder used to end the command with
