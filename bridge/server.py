@@ -223,6 +223,7 @@ class EngineServer:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
             protocol.make_room_for_datagrams(self._sock)
             self._sock.bind((config.host, config.port))
+            self._address = tuple(self._sock.getsockname()[:2])  # kept: asked for after a stop closed the socket too
         except OSError as e:
             self._sock.close()
             raise ConfigError(
@@ -252,8 +253,7 @@ class EngineServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
+        return self._address
 
     def serve_forever(self) -> None:
         """Serve until `shutdown()`; then fail queued jobs, stop the running one at its next
@@ -338,6 +338,10 @@ class EngineServer:
         self._thread.start()
         return self
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def shutdown(self) -> None:
         """Ask the loop to end. Safe from a signal handler or any thread."""
         self._stop.set()
@@ -351,10 +355,13 @@ class EngineServer:
         seconds for a running job (then its client is told engine_stopped)."""
         self._stop_timeout = timeout
         self.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout + 5.0)  # the loop's own close waits for the job up to `timeout`
-        else:
-            self._close(timeout)
+        try:
+            if self._thread is not None:
+                self._thread.join(timeout + 5.0)  # the loop's own close waits for the job up to `timeout`
+                return
+        except RuntimeError:  # never started: a signal ended start() before the thread ran
+            pass
+        self._close(timeout)
 
     def _close(self, timeout: float = 10.0) -> None:
         with self._send_lock:

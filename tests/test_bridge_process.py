@@ -2,6 +2,7 @@
 leaves no stem (nothing under a .wav name) behind, even when killed mid-write; its temp file
 goes with the next engine's start or the next write into that folder."""
 
+import json
 import os
 import signal
 import subprocess
@@ -159,6 +160,61 @@ def test_a_signal_while_the_engine_starts_is_a_clean_stop(tmp_path):
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
+    finally:
+        peer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+HOLD_SERVE = """
+import time
+from stepfoley.bridge.server import EngineServer
+def held(real):
+    def method(self, *a, **k):
+        result = real(self, *a, **k)
+        time.sleep(5)
+        return result
+    return method
+EngineServer.{method} = held(EngineServer.{method})
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("held_in, answered, said", [
+    ("start", lambda state: True, "Engine stopped while loading the model."),  # its thread answers at once
+    ("attach", lambda state: state == "idle", "Engine stopped."),  # loaded, before the serving loop's handlers
+], ids=["start", "attach"])
+def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum, held_in, answered, said):
+    """`stepfoley serve`'s main thread held (5 s, as a loaded machine may hold it) just after
+    the server's thread starts, or just after the model is attached: a signal there used to end
+    the command 130, "stopped (Ctrl-C)", outside the handling of either phase."""
+    import socket
+
+    (tmp_path / "sitecustomize.py").write_text(HOLD_SERVE.format(method=held_in))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+                             "--feature-cache", "off"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    peer = RawPeer(port)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            peer.send(protocol.STATUS, peer.port, "s", "")
+            try:
+                address, args = peer.receive(timeout=0.05)
+                if address == protocol.STATUS_REPLY and answered(json.loads(args[1])["state"]):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+        assert (proc.returncode, "Traceback" in err, "(Ctrl-C)" in err) == (0, False, False), err
+        assert said in err
     finally:
         peer.close()
         if proc.poll() is None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 
 from stepfoley.bridge import protocol
 from stepfoley.commands.runtime import add_runtime_arguments
@@ -31,10 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DAW's audio comes first")
     add_runtime_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,12 +85,19 @@ def run(args: argparse.Namespace) -> int:
         return 3
     from stepfoley.engine.errors import StepFoleyError  # no torch: named by an except clause below
 
-    # Ctrl-C or SIGTERM while the model loads: stop as after it (exit 0), not killed by the signal
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    server.start()
+    loaded = threading.Event()
 
+    def on_signal(signum, frame):
+        # while loading, unwind the load (exit 0, not killed by the signal); once loaded, end the
+        # serving loop as serve_until_signalled's own handlers do, whenever the signal lands
+        if not loaded.is_set():
+            raise KeyboardInterrupt
+        server.shutdown()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     service = None
     try:
+        server.start()  # inside: its thread answers at once, and a signal may come before start() returns
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
         from stepfoley.engine import output_folders
         from stepfoley.engine.devices import share_cpu
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile, feature_cache=feature_cache)
+        loaded.set()
     except StepFoleyError as e:
         server.stop()
         print(f"Could not load the model: {e}", file=sys.stderr)
@@ -119,11 +124,16 @@ def run(args: argparse.Namespace) -> int:
         logging.exception("Could not load the model (an internal error; please report it with this log)")
         return 1
     finally:
-        if service is None:  # not serving: the handler goes now
-            signal.signal(signal.SIGTERM, previous)
+        if not loaded.is_set():  # not serving: the handlers go now
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     info = service.describe()
     server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities(), cpu=cpu)
 
+    if server.stopping:  # a signal since the model loaded
+        server.stop()
+        print("Engine stopped.", file=sys.stderr)
+        return 0
     host, port = server.address
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
           f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
@@ -134,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
               f"{token_file_path()} (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
     print("Engine stopped.", file=sys.stderr)
     return 0
 
