@@ -159,10 +159,12 @@ def test_watchdog_times_out_without_progress_but_not_while_progressing(tmp_path)
 
 
 def test_a_queued_job_behind_a_long_one_does_not_time_out(tmp_path):
-    with EngineServer(SineRunner(step_s=0.1), ServerConfig(port=0)).start() as srv, \
+    # the queue is a sign of life, however long the job ahead: it lasts 2.5 times the second's watchdog
+    # (the client's thread may be held a second on a loaded machine, so the watchdog is not shorter)
+    with EngineServer(SineRunner(step_s=0.25), ServerConfig(port=0)).start() as srv, \
             bc.EngineClient(port=srv.address[1]) as c:
-        first = c.submit(make_request(tmp_path, caption="long", steps=12))  # 1.2 s
-        second = c.submit(make_request(tmp_path, caption="next", steps=1), timeout=0.6)
+        first = c.submit(make_request(tmp_path, caption="long", steps=15))  # 3.75 s
+        second = c.submit(make_request(tmp_path, caption="next", steps=1), timeout=1.5)
         while not (first.finished and second.finished):
             first.poll(0.02)
             second.poll(0.02)

@@ -67,7 +67,7 @@ def run_scenario(tmp: Path, scenario: dict, env_extra: dict | None = None, timeo
     scenario_path = tmp / "scenario.json"
     result_path = tmp / "result.json"
     scenario_path.write_text(json.dumps(scenario), encoding="utf-8")
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", STEPFOLEY_FAKE_CLOCK=str(tmp / "fake_clock"), **(env_extra or {}))
     done = run_lua_file(DRIVER, str(scenario_path), str(result_path), timeout=timeout, env=env)
     assert done.returncode == 0, f"driver failed:\n{done.stdout}\n{done.stderr}"
     result = json.loads(result_path.read_text(encoding="utf-8"))

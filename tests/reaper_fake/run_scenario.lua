@@ -164,6 +164,17 @@ end
 local tick = scenario.tick_s or 0.05
 local rate = scenario.clock_rate or 1
 local start = fake.clock
+-- The stand-in client keeps its time by this clock (standin_send.py, fake_now), so what it
+-- does between two of the script's polls does not depend on how loaded the machine is.
+local clock_file = os.getenv("STEPFOLEY_FAKE_CLOCK")
+local function publish_clock()
+  if not clock_file then return end
+  local f = assert(io.open(clock_file .. ".tmp", "w"))
+  f:write(string.format("%.6f", fake.clock - start))
+  f:close()
+  assert(os.rename(clock_file .. ".tmp", clock_file))
+end
+publish_clock()
 local pending = {}
 for _, a in ipairs(scenario.actions or {}) do pending[#pending + 1] = a end
 local key_sent = false
@@ -186,6 +197,7 @@ while true do
   if elapsed > (scenario.max_s or 60) then fake.timed_out = true; break end
   os.execute("sleep " .. tick)
   fake.clock = fake.clock + tick * rate
+  publish_clock()
 end
 
 local function take_out(take)

@@ -10,20 +10,23 @@ values used (the request's, or the defaults). It writes the arguments it receive
 `standin_argv.json` next to the status file, so a test can check what survived the command
 line.
 
+Its waits are on the fake REAPER's clock when $STEPFOLEY_FAKE_CLOCK names the file the driver
+publishes it in (tests/reaper_fake/run_scenario.lua), as the harness does; times below are on it.
+
 Behaviour from $STEPFOLEY_STANDIN:
 - "ok" (default): an older engine, no `phase` field;
 - "down": engine not running (exit 3);
 - "slow": 0.3 s per step, so a test can cancel or switch tabs mid-generation;
 - "phases": a newer engine: phase "features" (4 picture steps), then "sampling", with
   step/total counting within the phase;
-- "queue": waits in the engine's queue (queue_position 6, 5, ... 1, one per second), then runs;
+- "queue": waits in the engine's queue (queue_position 6, 5, ... 1, one every 4 s), then runs;
 - "stall": the engine goes silent after step 1; like the real client, gives up after
   --timeout seconds with error "timed_out" (exit 7);
 - "hung": the client itself hangs after step 1 (its status file never changes again; it
   only exits, silently, once the cancel file appears);
-- "flaky": 2.5 s after the start, the status file is half-written (not atomically) for 1.5 s,
+- "flaky": 4.5 s after the start, the status file is half-written (not atomically) for 1.5 s,
   then all is well;
-- "garbled": the status file stays half-written until the cancel file appears;
+- "garbled": 2 s after the start, the status file is half-written until the cancel file appears;
 - "badstem": finishes with a stem that is not a WAV file;
 - "late": as "slow", but a cancel comes too late: the engine finishes the job anyway (done).
 
@@ -78,14 +81,37 @@ def write_half(path: Path) -> None:
     path.write_text('{"state": "runn', encoding="utf-8")
 
 
+FAKE_CLOCK = os.environ.get("STEPFOLEY_FAKE_CLOCK")
+
+
+def fake_now() -> float:
+    """Seconds on the fake REAPER's clock (run_scenario.lua publishes it each tick), so that
+    the stand-in's phases last as long for the script as the test says, whatever the load;
+    the machine's clock where no driver publishes one."""
+    while FAKE_CLOCK:
+        try:
+            if time.time() - os.stat(FAKE_CLOCK).st_mtime > 10:
+                return math.inf  # the driver has ended (a tick takes a fraction of a second): time is up
+            return float(Path(FAKE_CLOCK).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not yet published
+            time.sleep(0.01)
+    return time.monotonic()
+
+
 def wait_for(cancel: Path, seconds: float) -> bool:
-    """Sleeps up to `seconds`; True as soon as the cancel file exists."""
-    end = time.time() + seconds
-    while time.time() < end:
+    """Sleeps up to `seconds` of the fake clock; True as soon as the cancel file exists."""
+    end = fake_now() + seconds
+    while fake_now() < end:
         if cancel.exists():
             return True
-        time.sleep(0.05)
+        time.sleep(0.01)
     return cancel.exists()
+
+
+def sleep(seconds: float) -> None:
+    end = fake_now() + seconds
+    while fake_now() < end:
+        time.sleep(0.01)
 
 
 def newest_protocol() -> int:
@@ -178,23 +204,23 @@ def main() -> int:
     if mode == "queue":
         for ahead in range(6, 0, -1):
             write_status(status, state="queued", job_id=job_id, step=0, total=total, queue_position=ahead)
-            if wait_for(cancel, 1.0):
+            if wait_for(cancel, 4.0):
                 write_status(status, state="cancelled", job_id=job_id, step=0, total=total)
                 return 6
     if mode in ("flaky", "garbled"):
-        time.sleep(2.5 if mode == "flaky" else 0.5)
+        sleep(4.5 if mode == "flaky" else 2.0)  # garbled: after the script has read the first status
         write_half(status)
         if wait_for(cancel, 1.5 if mode == "flaky" else 600):
             return 6
     if mode == "phases":
         for step in range(1, 5):
-            time.sleep(0.25)
+            sleep(0.25)
             write_status(status, state="running", phase="features", job_id=job_id, step=step, total=4)
     for step in range(1, total + 1):
         if cancel.exists() and mode != "late":
             write_status(status, state="cancelled", job_id=job_id, step=step - 1, total=total)
             return 6
-        time.sleep(0.3 if mode in ("slow", "phases", "late") else 0.01)
+        sleep(0.3 if mode in ("slow", "phases", "late") else 0.01)
         fields = {"phase": "sampling"} if mode == "phases" else {}
         write_status(status, state="running", job_id=job_id, step=step, total=total, **fields)
         if mode == "stall":
