@@ -33,9 +33,23 @@ def recent() -> list[str]:
     """The remembered folders, newest first ([] when there is no readable state file)."""
     try:
         folders = json.loads((state_dir() / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return []
-    return [f for f in folders if isinstance(f, str)][:MAX_FOLDERS] if isinstance(folders, list) else []
+    if not isinstance(folders, list):
+        return []
+    # only what remember() writes: absolute paths a folder can have (another version's or a
+    # damaged file's entries are dropped, and gone from the file at the next remember())
+    return [f for f in folders if _is_folder_path(f)][:MAX_FOLDERS]
+
+
+def _is_folder_path(value) -> bool:
+    if not isinstance(value, str) or "\0" in value or not os.path.isabs(value):
+        return False
+    try:
+        os.fsencode(value)  # a lone surrogate on POSIX: no file name holds it
+    except UnicodeError:
+        return False
+    return True
 
 
 def remember(folder: str | os.PathLike) -> None:

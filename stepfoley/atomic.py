@@ -343,7 +343,7 @@ def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
     removed = []
     try:
         entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(folder) if is_temp_name(e.name)]
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name no folder can have (a NUL, a lone surrogate)
         return removed
     for name, is_folder in entries:
         match = _PART_NAME.fullmatch(name)

@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from stepfoley import __version__
+from stepfoley import DOCS_URL, __version__
 
 # name -> one-line help; the module stepfoley.commands.<name> implements it.
 SUBCOMMANDS = {
@@ -25,7 +25,8 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stepfoley", description="Step-by-step video-to-Foley with Negative Audio Guidance."
+        prog="stepfoley", description="Step-by-step video-to-Foley with Negative Audio Guidance.",
+        epilog=f"The docs named in messages (docs/...): {DOCS_URL}",
     )
     parser.add_argument("--version", action="version", version=f"stepfoley {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

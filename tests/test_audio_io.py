@@ -1,4 +1,5 @@
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -299,6 +300,26 @@ def test_sweep_removes_only_the_temp_files_of_writers_that_are_gone(tmp_path):
     assert atomic.sweep_stale_parts(tmp_path) == [names["gone"]]
     write_wav_atomic(tmp_path / "take_006.wav", noise(1, 10), 8000)  # a write sweeps too, and keeps the rest
     assert sorted(os.listdir(tmp_path)) == sorted([*list(names.values())[1:], "take_006.wav"])
+
+
+@pytest.mark.parametrize("damaged", [
+    '["/tmp/a\\u0000b"]',         # a NUL: os.scandir raised ValueError
+    "[" * 100_000 + "]" * 100_000,  # nested too deep for the parser: RecursionError
+    '["/\\ud800/x"]',             # a lone surrogate: no file name can hold it
+    '["relative/folder", 7, null, {"a": 1}]',
+])
+def test_a_damaged_list_of_output_folders_never_stops_the_start_up_sweep(tmp_path, monkeypatch, damaged):
+    # `stepfoley serve` sweeps these folders before it loads the model; the file is the engine's
+    # own, but another version or a damaged disk may have written it: it used to stop every start
+    from stepfoley.engine import output_folders
+
+    monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    state = tmp_path / "state" / output_folders.STATE_FILE
+    state.write_text(damaged, encoding="utf-8")
+    assert output_folders.sweep() == [] and output_folders.recent() == []
+    output_folders.remember(tmp_path)  # the next job's folder replaces what could not be used
+    assert json.loads(state.read_text(encoding="utf-8")) == [os.path.realpath(tmp_path)]
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symbolic links as a user makes them")

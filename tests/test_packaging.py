@@ -121,3 +121,32 @@ def test_a_path_the_console_cannot_show_is_written_escaped(tmp_path):
     out, err = done.stdout.decode("cp1252"), done.stderr.decode("cp1252")
     assert "UnicodeEncodeError" not in err and "Traceback" not in err, err
     assert "\\u7d20\\u6750_\\u8db3\\u97f3" in out
+
+
+def test_the_source_distribution_holds_every_tracked_file(tmp_path):
+    """A user who builds from the sdist runs the same tests and installs the same REAPER actions:
+    it used to hold the package and the test modules only, without conftest.py (whose fixtures
+    keep the tests out of the user's own cache and state folders), the fake REAPER, the
+    ReaScripts or the docs the messages point to."""
+    import shutil
+    import tarfile
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    pytest.importorskip("setuptools")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split("\0")[:-1]
+    present = [path for path in tracked if (REPO / path).is_file()]  # a deletion not yet committed
+    source = tmp_path / "checkout"  # a copy: setuptools adds what an old *.egg-info in the tree lists
+    for path in present:
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, source / path)
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                            "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
+                           cwd=source, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    name = built.stdout.split()[-1]
+    with tarfile.open(tmp_path / name) as sdist:
+        inside = {m.name.split("/", 1)[1] for m in sdist.getmembers() if m.isfile() and "/" in m.name}
+    missing = sorted(set(present) - inside)
+    assert missing == [], missing
