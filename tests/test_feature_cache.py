@@ -4,6 +4,8 @@ Features of real (small) CLIP and Synchformer networks through MMAudioVideoEncod
 forward calls counted by hooks; the cache itself is not mocked. Disk rules (atomic files,
 damaged and foreign files, the size cap, engines sharing a folder) are checked on the files."""
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -195,10 +197,12 @@ def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
     assert (folder / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("damage", ["name", "dtype", "nan"])
+@pytest.mark.parametrize("damage", ["name", "dtype", "nan", "shape"])
 def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_path, damage):
     """One byte of a header can turn item0 into another name or float32 into int32, and damaged
-    data can hold NaN: such an entry still loads, but is not what was written."""
+    data can hold NaN: such an entry still loads, but is not what was written. An entry rewritten
+    with other shapes under the same metadata (by another program, or a version that forgot to
+    raise FEATURES_VERSION) used to fail every job over that region, or feed it 20 frames of 32."""
     video = tmp_path / "picture.mp4"
     video.write_bytes(b"any file has an identity")
     folder = tmp_path / "features"
@@ -210,8 +214,10 @@ def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_pa
         tensors["itam0"] = tensors.pop("item0")
     elif damage == "dtype":
         tensors["item0"] = tensors["item0"].to(torch.int32)
-    else:
+    elif damage == "nan":
         tensors["item0"][0, 0, 0] = float("nan")
+    else:
+        tensors["item0"] = tensors["item0"][:, :40]
     save_file(tensors, str(path), metadata=metadata)
     calls = []
     result = FeatureCache(cache_dir=folder).get_or_compute_region(
@@ -330,6 +336,21 @@ def test_someone_elses_file_does_not_count_toward_the_caches_size(tmp_path):
     save_file({"w": torch.ones(20_000)}, str(theirs), metadata={"format": "not the cache's"})
     cache.get_or_compute_region(video, 1.0, 2.0, "enc", fake_features(1.0))
     assert theirs.exists() and len([p for p in entries(folder) if p != theirs]) == 2
+
+
+def test_entries_of_another_version_of_the_format_count_and_go_first(tmp_path):
+    # the day DISK_FORMAT changes, the old entries must not stay for good as someone else's files
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    folder.mkdir()
+    key = json.dumps(["an older version's key", 1])
+    older = folder / f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors"
+    save_file({"item0": torch.ones(20_000)}, str(older), metadata={"format": "stepfoley-features-0", "key": key})
+    os.utime(older, (1_000, 1_000))
+    FeatureCache(cache_dir=folder, max_disk_bytes=30_000).get_or_compute_region(
+        video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert not older.exists() and len(entries(folder)) == 1
 
 
 def test_an_empty_folder_or_a_size_no_disk_holds_is_refused(tmp_path, monkeypatch):

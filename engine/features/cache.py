@@ -18,9 +18,10 @@ that survives restarts (`open_feature_cache` puts it under the user's cache fold
 - reading an entry refreshes its mtime; after each write the least recently used entries go
   until the folder holds at most `max_disk_bytes` of them;
 - the folder may be one the user also keeps other files in: only the cache's own files are
-  ever removed, entries (`<sha256 of the key>.safetensors` holding this format and that key) and
-  their writers' temporary files (`.<entry name>.<host>-<pid>-<random>.part`, stepfoley.atomic)
-  left over an hour by a killed engine; any other file is never opened nor removed;
+  ever removed, entries (`<sha256 of the key>.safetensors` holding this cache's format, of any
+  version, and that key) and their writers' temporary files (`.<entry name>.<host>-<pid>-
+  <random>.part`, stepfoley.atomic) left over an hour by a killed engine; any other file is
+  never opened nor removed;
 - the disk is a convenience: a failed read is a miss and a failed write (a full or read-only
   disk) is skipped, so it never fails a generation.
 """
@@ -55,6 +56,7 @@ DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
 DEFAULT_MAX_DISK_GB = 5.0  # about 6,000 regions of 8 s with MMAudio's encoders
 MAX_DISK_GB = 100_000.0  # 100 TB: a bound on --feature-cache-max-gb that no disk reaches
 DISK_FORMAT = "stepfoley-features-1"
+_ANY_DISK_FORMAT = re.compile(r"stepfoley-features-[0-9]+")  # this cache's entries, of every version
 # Raised whenever a region's features change for the same file and encoder (engine/video.py's
 # choice of frames, an encoder's arithmetic): entries of an older version then miss and age out.
 # 2: frames by best-effort timestamps, sound primed before 0 no longer moves the picture.
@@ -107,6 +109,8 @@ def _check_entry(features: Features, meta: dict) -> None:
     if "names" in meta:
         if meta["names"] != json.dumps(names):
             raise ValueError("its tensors are not the ones written")
+    if "shapes" in meta and meta["shapes"] != _shapes_text(features):  # a file rewritten by something else
+        raise ValueError("its tensors are not the shapes written")
     elif any(n.startswith(_TUPLE_PREFIX) for n in names) and set(names) != {f"{_TUPLE_PREFIX}{i}" for i in range(len(names))}:
         raise ValueError("its tensors are not the ones written")
     for t in features.values():
@@ -114,20 +118,25 @@ def _check_entry(features: Features, meta: dict) -> None:
             raise ValueError("its values are damaged")
 
 
+def _shapes_text(features: Features) -> str:
+    return json.dumps({name: list(features[name].shape) for name in sorted(features)})
+
+
 def _nbytes(features: Features) -> int:
     return sum(t.numel() * t.element_size() for t in features.values())
 
 
 def _is_own_entry(path: Path) -> bool:
-    """Whether the file named like an entry really is one of this cache's: this format, and the
-    key its name is the hash of. A damaged entry is not (it goes when its key is next read)."""
+    """Whether the file named like an entry really is one of this cache's: a format of this
+    cache (this one or another version's, which only eviction ever removes), and the key its
+    name is the hash of. A damaged entry is not (it goes when its key is next read)."""
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except _UNREADABLE:
         return False
-    key = meta.get("key")
-    return (meta.get("format") == DISK_FORMAT and isinstance(key, str)
+    key, kind = meta.get("key"), meta.get("format")
+    return (isinstance(kind, str) and _ANY_DISK_FORMAT.fullmatch(kind) is not None and isinstance(key, str)
             and f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors" == path.name)
 
 
@@ -242,7 +251,8 @@ class FeatureCache:
         path = self._disk_path(key)
         if path is None or _nbytes(features) > self.max_disk_bytes:
             return
-        metadata = {"format": DISK_FORMAT, "key": _key_text(key), "names": json.dumps(sorted(features))}
+        metadata = {"format": DISK_FORMAT, "key": _key_text(key), "names": json.dumps(sorted(features)),
+                    "shapes": _shapes_text(features)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # replaced atomically: readers see the old file, none, or this one
