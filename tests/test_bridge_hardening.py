@@ -424,8 +424,9 @@ def test_finding_08_14_serve_reads_its_token_from_the_token_file_and_shares_the_
         status = loaded_status(port, "file-secret")
         with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
             assert b"file-secret" not in f.read()
-        assert status["cpu"]["threads"] == 1 and status["cpu"]["nice"] == before + 3
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == before + 3
+        nice = min(before + 3, 19)  # POSIX caps niceness at 19 (a CI runner may start niced)
+        assert status["cpu"]["threads"] == 1 and status["cpu"]["nice"] == nice
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == nice
         assert send(tmp_path, "--ping", "--port", str(port))[0] == 0  # send reads the same file
         with pytest.raises(EngineNotRunning):  # a wrong token: no reply at all
             EngineClient(port=port, token="guess").ping(timeout=0.5)

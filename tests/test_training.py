@@ -357,19 +357,35 @@ def test_ctrl_c_while_the_data_renders_stops_at_once_without_tracebacks(tmp_path
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     command = [sys.executable, "-m", "stepfoley", "train", "embedded", "--work", str(tmp_path / "w"),
                "--scenes", "40", "--held-out-scenes", "2", "--base-steps", "1", "--controlnet-steps", "1",
                "--loudness-steps", "1", "--batch-size", "2", "--workers", "2", "--out", str(tmp_path / "w.safetensors")]
-    run = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    run = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    rendering, errors = threading.Event(), []
+    threading.Thread(target=lambda: errors.append(run.stderr.read()), daemon=True).start()
+
+    def watch():
+        for line in run.stdout:
+            if line.startswith("data: rendering"):
+                rendering.set()
+
+    threading.Thread(target=watch, daemon=True).start()
     try:
-        time.sleep(12)  # the workers are up and rendering
+        # the workers are up (the line comes once the pool is), then a second into their scenes;
+        # a fixed wait could end before the imports on a loaded machine, or after the rendering on a fast one
+        assert rendering.wait(120), "the command never started rendering"
+        time.sleep(1)
         os.killpg(run.pid, signal.SIGINT)
         assert run.wait(timeout=60) == 130
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    err = run.stderr.read()
+    deadline = time.monotonic() + 10
+    while not errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    err = "".join(errors)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

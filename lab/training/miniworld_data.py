@@ -338,6 +338,7 @@ def build_embedded_data(model, recipe: DataRecipe, first_seed: int, workers: int
         results = pool.imap(_worker_scene, tasks)
     else:
         pool, results = None, (scene_features(model, *task) for task in tasks)
+    log(f"data: rendering {recipe.scenes} scenes in {max(workers, 1)} process{'es' if workers > 1 else ''}")
     finished = False
     try:
         for i, part in enumerate(results):
