@@ -54,7 +54,7 @@ def test_a_signal_stops_the_engine_cleanly(tmp_path, signum):
         peer.receive_until({protocol.PROGRESS})
         peer.generate(make_request(tmp_path, caption="queued"), "queued")
         proc.send_signal(signum)
-        out, err = proc.communicate(timeout=5)
+        out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and "clean exit" in out, err
         finals = {}
         while len(finals) < 2:
@@ -115,7 +115,7 @@ def test_the_next_engine_removes_what_a_killed_one_left(tmp_path):
         assert os.listdir(tmp_path / "out") == [], "swept at start-up"
     finally:
         proc.terminate()
-        proc.communicate(timeout=5)
+        proc.communicate(timeout=30)
 
     leftovers, _, _ = kill_mid_write(tmp_path, caption="second")
     assert len(leftovers) == 1
@@ -130,7 +130,7 @@ def test_the_next_engine_removes_what_a_killed_one_left(tmp_path):
     finally:
         client.close()
         proc.terminate()
-        proc.communicate(timeout=5)
+        proc.communicate(timeout=30)
 
 
 def test_a_signal_while_the_engine_starts_is_a_clean_stop(tmp_path):
