@@ -46,6 +46,14 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
     """Read any file libsndfile understands: its first `max_seconds` (all of it when None),
     averaged to one channel when `mono`. Files over `max_bytes` or `max_rate` Hz are refused
     before any sample is read. Returns (samples (C, S) float32, sample_rate)."""
+    samples, sample_rate, _ = read_audio_and_subtype(path, max_seconds, mono, max_bytes, max_rate)
+    return samples, sample_rate
+
+
+def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
+                           max_bytes: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int, str]:
+    """read_audio, and the file's sample format ("PCM_24", "FLOAT", ...) from the same open:
+    whether float32 samples hold the file's exactly is a fact of the file that was read."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"Audio file not found: '{path}'. Check that it was not moved or renamed.")
@@ -66,7 +74,7 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
                 if max_rate is not None and sound.samplerate > max_rate:
                     raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
                 samples = _read_blocks(sound, max_seconds, mono)
-                sample_rate = sound.samplerate
+                sample_rate, subtype = sound.samplerate, sound.subtype
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
             f"Cannot read audio file '{path}': {_reason(error)}. "
@@ -78,7 +86,7 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
         raise AudioError(
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
-    return samples, int(sample_rate)
+    return samples, int(sample_rate), subtype
 
 
 def read_input_audio(path: str | os.PathLike, seconds: float) -> tuple[np.ndarray, int]:

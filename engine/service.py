@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import soundfile
 
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
@@ -26,7 +25,7 @@ from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
                                       splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
-                               Capabilities, GenerationRequest, open_input, take_length_problem)
+                               Capabilities, GenerationRequest, take_length_problem)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling
@@ -208,14 +207,15 @@ class _Take:
         # only what reaches the stem's end is read: take_offset (≤ MAX_STEM_SECONDS) plus the stem,
         # and a millisecond more, since ceil((offset + length) * rate) in floats can fall one sample
         # short of round(offset * rate) + round(length * rate), the stem's last kept sample
-        samples, rate = audio_io.read_audio(_existing_file(request.take, "The take"),
-                                            max_seconds=request.take_offset + length + 1e-3,
-                                            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
+        samples, rate, subtype = audio_io.read_audio_and_subtype(
+            _existing_file(request.take, "The take"), max_seconds=request.take_offset + length + 1e-3,
+            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
         samples = samples[:, round(request.take_offset * rate):]
         problem = take_length_problem(request, samples.shape[-1], rate)  # the file may have changed since
         if problem:
             raise InvalidInputError(problem)
-        return cls(samples, rate, request, session, read_exactly=_read_exactly(request.take))
+        # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
+        return cls(samples, rate, request, session, read_exactly=subtype not in ("PCM_32", "DOUBLE"))
 
     def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         """The stem: the take at the request's rate, the track where it is new, crossfaded at
@@ -260,15 +260,6 @@ class _Take:
         n = min(written.shape[-1], self.samples.shape[-1])  # extending past the take's end: nothing kept there
         keep = _kept(written.shape[-1], self.rate, *request.regenerate)[:n]
         return bool(np.array_equal(written[:, :n][:, keep], self.samples[:, :n][:, keep]))
-
-
-def _read_exactly(path: str) -> bool:
-    # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
-    try:
-        with os.fdopen(open_input(path), "rb") as file:  # not by name: libsndfile takes names of up to 1023 bytes
-            return soundfile.info(file).subtype not in ("PCM_32", "DOUBLE")
-    except (soundfile.SoundFileError, RuntimeError, OSError):
-        return False
 
 
 def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
