@@ -103,16 +103,17 @@ def _unpack(features: Features) -> Computed:
 def _check_entry(features: Features, meta: dict) -> None:
     """Raises ValueError unless an entry read back holds what was written: the tensor names its
     metadata lists (an entry written before they were listed: a tuple's names, item0..itemN, or
-    none of that pattern), floating-point and finite. A header damaged by one byte can still
-    parse, with another name or dtype; damaged data can hold NaN."""
+    none of that pattern) with the shapes it lists (where it does), floating-point and finite.
+    A header damaged by one byte can still parse, with another name or dtype; damaged data can
+    hold NaN."""
     names = sorted(features)
     if "names" in meta:
         if meta["names"] != json.dumps(names):
             raise ValueError("its tensors are not the ones written")
-    if "shapes" in meta and meta["shapes"] != _shapes_text(features):  # a file rewritten by something else
-        raise ValueError("its tensors are not the shapes written")
     elif any(n.startswith(_TUPLE_PREFIX) for n in names) and set(names) != {f"{_TUPLE_PREFIX}{i}" for i in range(len(names))}:
         raise ValueError("its tensors are not the ones written")
+    if "shapes" in meta and meta["shapes"] != _shapes_text(features):  # a file rewritten by something else
+        raise ValueError("its tensors are not the shapes written")
     for t in features.values():
         if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
             raise ValueError("its values are damaged")
