@@ -247,6 +247,8 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
     """The first `<name>_NNN<ext>` in `directory` that does not exist yet (NNN from 001).
 
     Every take is numbered, so takes of one sound sort together in the DAW's file browser.
+    A name taken in another case counts as taken ("Rain_001.wav" and "rain_001.wav" are one
+    file on macOS, Windows, exFAT and most shares, where a project folder may be copied).
     Another process could still take the name before it is written: publishing never
     overwrites, so publish_new_wav calls this again if that happens.
     """
@@ -257,10 +259,14 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
         raise InvalidInputError(f"File extension {ext!r} is not valid; use something like '.wav'.")
     ext = ext if ext.startswith(".") else f".{ext}"
     base = sanitize_stem_name(stem_name)
+    try:
+        taken = {name.casefold() for name in os.listdir(directory)}
+    except OSError:
+        taken = set()  # a folder that cannot be listed: each name is still checked on its own
     number = 1
     while True:
         candidate = directory / f"{base}_{number:03d}{ext}"
-        if not os.path.lexists(candidate):
+        if candidate.name.casefold() not in taken and not os.path.lexists(candidate):
             return candidate
         number += 1
 

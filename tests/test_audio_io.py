@@ -235,6 +235,15 @@ def test_unique_path_numbers_takes_and_skips_existing(tmp_path):
     assert unique_path(tmp_path, "glass break", ext="flac") == tmp_path / "glass_break_001.flac"
 
 
+def test_a_name_taken_in_another_case_is_taken(tmp_path):
+    # one file on a case-insensitive disk (macOS, Windows, exFAT, shares), where a project folder
+    # made on Linux may be copied: three takes used to come out as Rain_/rain_/RAIN_on_glass_001
+    made = []
+    for hint in ("Rain on glass", "rain on glass", "RAIN ON GLASS"):
+        made.append(write_wav_atomic(unique_path(tmp_path, hint), noise(1, 10), 8000).name)
+    assert made == ["Rain_on_glass_001.wav", "rain_on_glass_002.wav", "RAIN_ON_GLASS_003.wav"]
+
+
 def test_unique_path_then_atomic_write(tmp_path):
     samples = noise(1, 64)
     paths = [write_wav_atomic(unique_path(tmp_path, "hit"), samples, 8000) for _ in range(3)]
