@@ -1,8 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.8
+-- @version 0.5.9
 -- @changelog
---   Extend and Regenerate time selection inside selected item are refused, naming the span, for an item that reaches outside the picture: the new take covers the picture only, so the kept take's audio outside it came back silent. An extension past the picture's end of an item inside it is still made, up to the picture's end.
+--   On Windows, a project folder so deep that a job's files would pass 259 characters keeps its job files in REAPER's resource folder: the client could not write its status there, and the action said the client did not start.
+--   A file or folder whose name is not UTF-8 text is refused, named, before the job starts (the engine failed on it as "can't decode byte 0xe9").
+--   Settings take a client path pasted with its quotes (Windows' "Copy as path").
+--   Verify setup says why it cannot bounce when REAPER's resource folder holds ";", instead of advising to close the render window.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -38,6 +38,8 @@ local function read_fields(given)
       if not f.choices[new[f.key]] then
         return nil, string.format("%s: \"%s\" is not one of the choices. Nothing was changed.", f.caption, text)
       end
+    elseif f.key == "client" then
+      new[f.key] = text:match('^"(.*)"$') or text  -- Windows' "Copy as path" quotes the path
     else
       new[f.key] = text
     end

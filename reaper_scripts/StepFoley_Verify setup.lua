@@ -105,6 +105,9 @@ local function check_bounce(proj)
       problem("The test bounce is not 1 s of stereo at the project rate (" .. tostring(info and info.seconds) .. " s).",
         "check Preferences > Rendering; report this with the console text.")
     end
+  elseif folder:find(";", 1, true) then -- generation bounces into the project's folder when it can
+    problem(err, "move REAPER's resource folder to a path without \";\" to verify rendering here; generation " ..
+      "still works in a saved project whose folder has none.")
   else
     problem(err, "close REAPER's render window if it is open and make sure nothing else renders; then try again.")
   end

@@ -167,7 +167,7 @@ local function single_render_target(proj)
   local list = {}
   for path in (targets or ""):gmatch("[^;]+") do list[#list + 1] = path end
   if #list ~= 1 then
-    error(string.format("REAPER would write %d files instead of one (%s)", #list, tostring(targets)))
+    error(string.format("REAPER would write %d files instead of one (%s)", #list, tostring(targets)), 0)
   end
   return list[1]
 end
@@ -191,6 +191,10 @@ end
 -- to dir/name.wav (24-bit stereo). Returns the WAV path, or nil and a message. Every setting
 -- touched is restored.
 function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
+  if dir:find(";", 1, true) then -- REAPER lists the files it will render separated by ";"
+    return nil, "Could not bounce: REAPER cannot render into a folder whose path holds \";\" (it separates the " ..
+      "files it renders with it):\n" .. dir
+  end
   local silenced = items_to_silence(proj, tracks, items, t0, t1)
   local saved = M.mix_state(proj, silenced)
   reaper.PreventUIRefresh(1)
@@ -201,7 +205,7 @@ function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
     os.remove(target) -- an existing file would open a modal overwrite prompt
     render_in(proj)
     local data = M.read_file(target)
-    if not data or #data <= 44 then error("the render produced no file at " .. target) end
+    if not data or #data <= 44 then error("the render produced no file at " .. target, 0) end
     return target
   end)
   local problems = restore_mix_state(proj, saved)
@@ -211,7 +215,8 @@ function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
     if ok then M.alert(msg) else result = tostring(result) .. "\n\n" .. msg end
   end
   if ok then return result end
-  return nil, "Could not bounce the layers to negate: " .. tostring(result)
+  return nil, (name == "existing_mix" and "Could not bounce the layers to negate: " or "Could not bounce: ") ..
+    tostring(result)
 end
 
 -- The format of a WAV file: {sample_rate, channels, bits, seconds}, or nil.

@@ -525,8 +525,30 @@ files a render writes separated by ";"), so it falls back to REAPER's resource f
 project path has characters a command line cannot carry safely, or a ";". Old job folders are
 pruned.
 ]]
+-- Windows holds a path to 259 characters (UTF-16 units) unless long paths are switched on, and
+-- Python, the client, is held to it too: the longest path a job writes below its jobs folder
+-- (the job's id, take<N>, the client's temporary status file) is at most this much longer. A
+-- job folder over the limit let REAPER write the request and the client fail on its status,
+-- which looked like a client that never started.
+local JOB_FILES_ROOM = 90
+local WINDOWS_MAX_PATH = 259
+
+local function utf16_length(s)
+  local n = utf8.len(s)
+  if not n then return nil end
+  for _, c in utf8.codes(s) do
+    if c >= 0x10000 then n = n + 1 end
+  end
+  return n
+end
+
 local function usable_for_jobs(path)
-  return M.is_command_line_safe(path) and not path:find(";", 1, true)
+  if not M.is_command_line_safe(path) or path:find(";", 1, true) then return false end
+  if M.is_windows() then
+    local n = utf16_length(path)
+    return n ~= nil and n + JOB_FILES_ROOM <= WINDOWS_MAX_PATH
+  end
+  return true
 end
 
 function M.folders(proj, job_id, settings)
@@ -544,7 +566,8 @@ function M.folders(proj, job_id, settings)
   end
   if not usable_for_jobs(jobs_root) then
     return nil, "Neither the project folder nor REAPER's resource folder can be passed to the " ..
-      "StepFoley client (they contain quotes, \";\" or other special characters):\n" .. jobs_root
+      "StepFoley client (they contain quotes, \";\" or other special characters, or are too long for " ..
+      "Windows):\n" .. jobs_root
   end
   M.prune_job_folders(jobs_root, settings.job_days)
   local job_dir = M.join(jobs_root, job_id)

@@ -307,7 +307,40 @@ MAX_REQUEST_BYTES. Each previous caption may be long and there may be 64, so the
 left out until it fits, and the console says how many. nil and a message when it cannot be
 written as JSON or does not fit even without them.
 ]]
+-- The first string in `value` (a request, or any part of it) that is not UTF-8 text, or nil.
+local function first_not_utf8(value)
+  if type(value) == "string" then
+    if not utf8.len(value) then return value end
+  elseif type(value) == "table" then
+    for _, v in pairs(value) do
+      local bad = first_not_utf8(v)
+      if bad then return bad end
+    end
+  end
+  return nil
+end
+
+-- `text` with each byte that is not part of UTF-8 text shown as "?", so it can be shown.
+local function shown_as_utf8(text)
+  local out = {}
+  while #text > 0 do
+    local _, bad = utf8.len(text)
+    if not bad then out[#out + 1] = text; break end
+    out[#out + 1] = text:sub(1, bad - 1) .. "?"
+    text = text:sub(bad + 1)
+  end
+  return table.concat(out)
+end
+
 function M.fit_request(request)
+  -- the engine reads a request as UTF-8 JSON: a file or folder named in another encoding (a
+  -- Latin-1 name on Linux) failed there as "can't decode byte 0xe9", naming no file
+  local bad = first_not_utf8(request)
+  if bad then
+    return nil, "\"" .. shown_as_utf8(bad) .. "\" is not UTF-8 text (a file or folder named in another " ..
+      "encoding; \"?\" marks what is not), and the engine reads requests as UTF-8. Rename it, or copy the " ..
+      "media to a folder with a plain name."
+  end
   local ok, text = pcall(M.json_encode, request)
   if not ok then return nil, "The request for the engine cannot be written: " .. tostring(text) end
   local previous = request.previous_captions or {}

@@ -1167,6 +1167,16 @@ def test_settings_saved_and_checked(world):
     assert "port" not in result["extstate"]["StepFoley"]
 
 
+def test_settings_take_a_client_path_pasted_with_its_quotes(world):
+    # Windows Explorer's "Copy as path" gives "C:\...\stepfoley.exe" with the quotes; it was
+    # refused as: No file at ""...stepfoley"", the doubled quotes hiding why
+    pasted = f'"{world["client"]}"'
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", pasted, "60", "15", "takes", "1", "30"]}],
+                  actions=[{"script": h.SETTINGS}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and result["extstate"]["StepFoley"]["client"] == str(world["client"])
+
+
 @pytest.mark.parametrize("folder", ["O'Neil tools", "Jane\u2019s tools", "tools (old"])
 def test_settings_confirmed_unchanged_keep_a_client_path_with_quotes_or_a_parenthesis(world, folder):
     """A saved client path with an apostrophe (shown as a look-alike, REAPER's rules would move

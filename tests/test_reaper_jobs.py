@@ -243,6 +243,26 @@ def test_non_ascii_and_punctuation_in_paths(world):
     assert len(sf.read(take["source_file"])[0]) == h.frames(2.5)
 
 
+@pytest.mark.parametrize("os_name", ["Win64", "Linux-x86_64"])
+def test_a_project_folder_too_deep_for_windows_keeps_its_jobs_in_the_resource_folder(world, os_name):
+    # a project 170+ characters deep (OneDrive, a company's Documents): REAPER could write the
+    # request, the client (Python, held to 259 characters) could not write its status, and the
+    # user was told the client did not start. The stems still go to the project's folder.
+    tmp = world["tmp"]
+    proj = tmp / ("Foley session " + "x" * (200 - len(str(tmp))))
+    proj.mkdir()
+    result = h.run_scenario(tmp, h.scenario(world, project_path=str(proj), os_name=os_name))
+    assert result["messages"] == []
+    status = str(h.status_path(result))
+    resource = str(tmp / "reaper resource")
+    if os_name == "Win64":
+        assert status.startswith(resource) and len(str(proj)) + len("\\StepFoley\\jobs") + 90 > 259
+    else:  # no such limit: the job stays with the project
+        assert status.startswith(str(proj))
+    [track] = h.new_tracks(result)
+    assert track["items"][0]["takes"][0]["source_file"].startswith(str(proj))
+
+
 def test_windows_command_line_with_a_non_ascii_project(world):
     # REAPER on Windows: paths are joined with backslashes and the command line is split by
     # the CommandLineToArgvW rules. (On this Linux machine a backslash is just a character of

@@ -359,6 +359,15 @@ def test_a_request_that_would_not_fit_one_message_leaves_out_its_last_previous_c
     assert fitted is False and "cannot be written" in err
 
 
+def test_a_path_that_is_not_utf8_is_refused_naming_it():
+    # a Latin-1 file name on Linux: the engine failed on the request with "can't decode byte 0xe9"
+    request = {"protocol": 1, "caption": "rain", "output_dir": "/tmp/x", "region": {"video": "/m"}}
+    fitted, err, _ = fit_request(request, r"r.region.video = '/media/archive/caf\233 cr\195\168me.mp4'")
+    assert fitted is False
+    assert err.startswith('"/media/archive/caf? crème.mp4" is not UTF-8 text') and "Rename it" in err
+    assert fit_request(request, r"r.region.video = '/media/café.mp4'")[1] is False  # UTF-8: fine
+
+
 def test_the_librarys_fallback_bounds_are_the_protocols():
     """Where an engine publishes no bounds, the library uses its own copies: they must be
     stepfoley.request's (read from both sides, no value copied into this test)."""

@@ -67,6 +67,21 @@ def test_verify_setup_says_what_to_do(world):
     assert "The project is not saved" in text and "save the project" in text
 
 
+def test_verify_setup_in_a_resource_folder_with_a_semicolon_says_why_it_cannot_bounce(world):
+    # REAPER separates the files it will render with ";": the test bounce used to fail as
+    # "REAPER would write 2 files instead of one", with a Lua source position and the advice
+    # to close the render window
+    resource = world["tmp"] / "REAPER;portable"
+    sc = h.scenario(world, resource_path=str(resource), actions=[{"script": h.VERIFY}])
+    result = h.run_scenario(world["tmp"], sc)
+    [msg] = result["messages"]
+    assert "REAPER cannot render into a folder whose path holds \";\"" in msg["message"]
+    assert "move REAPER's resource folder to a path without \";\"" in msg["message"]
+    assert ".lua:" not in msg["message"] and "render window" not in msg["message"]
+    assert result["renders"] == []
+    h.assert_project_untouched(result)
+
+
 def test_verify_setup_without_any_client(world):
     # REAPER on Windows with nothing installed (on this Linux machine no C:\\ path exists)
     sc = h.scenario(world, extstate={"StepFoley": {}}, os_name="Win64", actions=[{"script": h.VERIFY}])
