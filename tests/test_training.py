@@ -218,6 +218,12 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--held-out-scenes", "1"], "--held-out-scenes 1: give at least 2"),  # found after hours before
     (["embedded", "--base-lr", "nan"], "a learning rate is above 0"),
     (["embedded", "--device", "bogus"], "Unknown device 'bogus'"),
+    # from a researcher's review: these started 500 processes, rendered the evaluation's unseen
+    # scenes as training data, or ran out of memory listing 10^8 scenes
+    (["embedded", "--workers", str(10 * (os.cpu_count() or 1))], "give at most"),
+    (["loudness", "--workers", str(10 * (os.cpu_count() or 1))], "give at most"),
+    (["embedded", "--data-seed", "1000"], "into those the evaluation keeps unseen; give at most 9"),
+    (["embedded", "--scenes", "100000000"], "--scenes 100000000: at most 100000"),
     (["loudness", "--steps", "0"], "--steps 0: give at least 1"),
     (["loudness", "--lr=-1e-3"], "a learning rate is above 0"),
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--depth", "0"], "--depth 0: give at least 1 (blocks)"),
@@ -264,6 +270,36 @@ def test_train_embedded_tiny_then_load(tmp_path):
     assert "step 4/4" in log and "step 3/3" in log
     # the clips' features are kept for a rerun (resuming is proven by test_resumed_training_...)
     assert (tmp_path / "work" / "features.safetensors").exists()
+
+
+@pytest.mark.parametrize("what", ["embedded", "loudness"])
+def test_weights_that_appeared_at_out_during_training_are_kept(tmp_path, monkeypatch, capsys, what):
+    # --out is checked at the start; another run may write it during hours of training: the
+    # weights used to replace it all the same, without --force. (The training itself is the
+    # slow tests'; here it is the write at its end, with a model's real weights.)
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
+    from stepfoley.lab.training import embedded as training
+
+    out = tmp_path / "mine.safetensors"
+    model = build_embedded_model(random_weights=True)
+
+    def trained_while_another_run_wrote_out(*args, replace, **kwargs):
+        out.write_text("another run's weights")
+        save_embedded_weights(out, model.net, model.controlnet, model.codec, metadata={}, replace=replace)
+        return {}
+
+    monkeypatch.setattr(training, "train_embedded" if what == "embedded" else "extend_with_loudness",
+                        trained_while_another_run_wrote_out)
+    command = ["train", what, "--work", str(tmp_path / "work"), "--out", str(out), "--device", "cpu"]
+    assert main(command + (["--weights", str(tmp_path / "w.safetensors")] if what == "loudness" else [])) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "another run's weights"
+    from stepfoley.cli import build_parser
+    from stepfoley.commands.train import _may_replace_out
+
+    parse = build_parser().parse_args  # with --force, or no --out (the packaged weights), it is replaced
+    assert _may_replace_out(parse(command[:-4] + command[-2:] + ["--out", str(out), "--force"]))
+    assert _may_replace_out(parse(command[:-4] + command[-2:]))
 
 
 @pytest.mark.slow

@@ -112,9 +112,11 @@ def load_embedded_model(device: torch.device | str = "cpu", random_weights: bool
 
 
 def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: AudioControlNet, codec: MelCodec,
-                          metadata: dict[str, str], loudness: AudioControlNet | None = None) -> Path:
+                          metadata: dict[str, str], loudness: AudioControlNet | None = None,
+                          replace: bool = True) -> Path:
     """One safetensors file: `net.*`, `controlnet.*` and `loudness.*` (when trained), the configs
-    (the codec's too: the latent the network was trained in) and the training record."""
+    (the codec's too: the latent the network was trained in) and the training record. An
+    existing file is replaced only with `replace` (retraining the packaged weights in place)."""
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"controlnet.{k}": v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()})
     meta = {**metadata, "net_config": json.dumps({k: v for k, v in vars(net.config).items()}),
@@ -123,7 +125,7 @@ def save_embedded_weights(path: str | os.PathLike, net: MMAudio, controlnet: Aud
     if loudness is not None:
         tensors.update({f"loudness.{k}": v.detach().cpu().contiguous() for k, v in loudness.state_dict().items()})
         meta["loudness_config"] = json.dumps(vars(loudness.config))
-    return save_safetensors_atomic(tensors, path, meta, overwrite=True)  # retraining replaces it
+    return save_safetensors_atomic(tensors, path, meta, overwrite=replace)
 
 
 def write_guidance_defaults(path: str | os.PathLike, defaults: GuidanceDefaults, provenance: dict,

@@ -38,6 +38,14 @@ from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_
 TRAINING_SEED_RANGE = (0, 100_000)
 
 
+DATA_SEED_STRIDE = 10_000  # scenes each data seed may render before the next one's
+
+
+def first_training_seed(data_seed: int) -> int:
+    """The seed of the first scene a recipe of this data seed renders (scene i: this + i)."""
+    return TRAINING_SEED_RANGE[0] + data_seed * DATA_SEED_STRIDE
+
+
 @dataclass(frozen=True)
 class EmbeddedRecipe:
     data: DataRecipe = field(default_factory=DataRecipe)
@@ -67,7 +75,8 @@ def _log_to(path: Path | None):
     return log
 
 
-def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, device: torch.device) -> dict:
+def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, device: torch.device,
+                   replace: bool = True) -> dict:
     from stepfoley.engine.controlnet import AudioControlNet
     from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
 
@@ -129,7 +138,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
         f"ControlNet {figures['controlnet']['seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
     if rank == 0:
-        save_embedded_weights(out_path, net, controlnet, model.codec, loudness=loudness, metadata={
+        save_embedded_weights(out_path, net, controlnet, model.codec, loudness=loudness, replace=replace, metadata={
             "training_command": _command("embedded"), "data_seed": str(recipe.data.seed),
             "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)})
         log(f"wrote {out_path}")
@@ -137,7 +146,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
 
 
 def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, recipe: EmbeddedRecipe,
-                         device: torch.device) -> dict:
+                         device: torch.device, replace: bool = True) -> dict:
     """Phase 3 alone on weights trained before it existed (an extension of that training, not a
     second model): the data of the same recipe (rebuilt with each example's loudness), the loudness
     ControlNet trained with the weights' base frozen, and the weights written again with it, their
@@ -167,7 +176,7 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
                                "total_seconds": round(figures["total_seconds"], 1)}
         shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
         shipped["data"] = {**_split_shaping(shipped.get("data", {}))[0], **_split_shaping(data_recipe)[1]}
-        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata={
+        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, replace=replace, metadata={
             **{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
             "recipe": json.dumps(shipped), "figures": json.dumps(trained),
             "loudness_training_command": _command("loudness")})
@@ -193,7 +202,7 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
                 log(f"{stale} Rebuilding it.")
                 features_path.unlink()
         if not features_path.exists():
-            data = build_embedded_data(model, recipe.data, TRAINING_SEED_RANGE[0] + recipe.data.seed * 10_000,
+            data = build_embedded_data(model, recipe.data, first_training_seed(recipe.data.seed),
                                        workers=recipe.data_workers, log=log)
             data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
                                       "codec_config": json.dumps(asdict(model.codec.config))})

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
                 "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
                 "loudness_steps": args.loudness_steps, "loudness_lr": args.loudness_lr,
                 "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers}))
-            figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device)
+            figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device,
+                                     replace=_may_replace_out(args))
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                        "data_workers": args.workers}.items() if v is not None}
             weights = Path(args.weights or WEIGHTS_PATH)
             figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights),
-                                           replace(EmbeddedRecipe(), **given), device)
+                                           replace(EmbeddedRecipe(), **given), device, replace=_may_replace_out(args))
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
@@ -150,14 +151,30 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and 0 < value <= 1):
             raise InvalidInputError(f"{option(name)} {value}: a learning rate is above 0 and at most 1 (e.g. 1e-3).")
+    import os
+
+    cores = os.cpu_count() or 1
+    if getattr(args, "workers", None) is not None and args.workers > cores:  # each renders scenes with its own models
+        raise InvalidInputError(f"--workers {args.workers}: this machine has {cores} cores; give at most {cores}.")
     if args.what == "embedded":
+        from stepfoley.lab.training.embedded import DATA_SEED_STRIDE, TRAINING_SEED_RANGE, first_training_seed
         from stepfoley.lab.training.miniworld_data import DataRecipe
 
         scenes = DataRecipe.scenes if args.scenes is None else args.scenes
         held_out = DataRecipe.held_out_scenes if args.held_out_scenes is None else args.held_out_scenes
+        seeds = TRAINING_SEED_RANGE[1] - TRAINING_SEED_RANGE[0]
+        if scenes > seeds:
+            raise InvalidInputError(f"--scenes {scenes}: at most {seeds}, the training scenes' seeds.")
         if held_out >= scenes:
             raise InvalidInputError(f"--held-out-scenes {held_out} of {scenes} scenes would leave none to train on; "
                                     "keep fewer out, or render more with --scenes.")
+        seed = DataRecipe.seed if args.data_seed is None else args.data_seed
+        if first_training_seed(seed) + scenes > TRAINING_SEED_RANGE[1]:  # beyond: scenes the evaluation keeps unseen
+            most = (seeds - scenes) // DATA_SEED_STRIDE
+            raise InvalidInputError(
+                f"--data-seed {seed} with {scenes} scenes reaches past the training scenes' seeds "
+                f"({TRAINING_SEED_RANGE[0]}-{TRAINING_SEED_RANGE[1] - 1}) into those the evaluation keeps unseen; "
+                f"give at most {most}.")
 
 
 def _check_folders(args: argparse.Namespace) -> None:
@@ -179,6 +196,12 @@ def _check_folders(args: argparse.Namespace) -> None:
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
+
+
+def _may_replace_out(args: argparse.Namespace) -> bool:
+    """Whether the weights may replace a file at --out when they are written: checked again
+    then, since a file (another run's) may have appeared there during hours of training."""
+    return args.out is None or args.force or _is_default_out(args)
 
 
 def _is_default_out(args: argparse.Namespace) -> bool:
