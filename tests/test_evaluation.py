@@ -437,6 +437,12 @@ def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publ
     packaged_before = WEIGHTS_PATH.read_bytes()
     _, report, weights, new_meta, old_meta = _choose_and_write(quick_classifier, tmp_path, "--choose-alpha",
                                                               ["--alphas", "1,3"])
+    import hashlib
+
+    # the report names the weights it measured (as they were, before --write recorded the choice)
+    measured = report["config"]["weights"]
+    assert (measured["file"], measured["sha256"]) == (str(weights), hashlib.sha256(packaged_before).hexdigest())
+    assert measured["training_command"].startswith("stepfoley train embedded")
     assert set(report["alphas"]) == {"1", "3"} and report["chosen"] in (1.0, 3.0)
     assert report["config"]["scene_seeds"] == [90_000_000]
     assert {k: v for k, v in new_meta.items() if not k.startswith("guidance_defaults")} == \
@@ -529,7 +535,7 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--choose-alpha", "--alphas", "x"], "--alphas takes numbers"),
              (["--choose-level-anchor", "--anchors", ","], "--anchors takes numbers"),
              (["--choose-level-anchor", "--anchors", "2"], "Level anchors are numbers from 0 to 1"),
-             (["--choose-alpha", "--alphas", "-1"], "--alpha must be a number of at least 0"),
+             (["--choose-alpha", "--alphas", "-1"], "--alpha must be a number from 0 to 100"),
              (["--choose-alpha", "--scenes", "0"], "Choosing the α needs at least one scene"),
              (["--choose-level-anchor", "--takes", "0"], "--takes must be a whole number from 1 to 10"),
              (["--choose-alpha", "--takes", "11"], "--takes must be a whole number from 1 to 10"),  # seeds would repeat
@@ -539,13 +545,17 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--controls", "--beta", "2"], "leave --beta, --tracks and --markdown out"),
              (["--controls", "--markdown"], "leave --beta, --tracks and --markdown out"),
              (["--controls", "--tracks", "3"], "leave --beta, --tracks and --markdown out"),  # typed, even the default
-             (["--choose-alpha", "--steps", "0"], "--steps must be a whole number of at least 1"),
+             (["--choose-alpha", "--steps", "0"], "--steps must be a whole number from 1 to 200"),
              (["--scenes", "0"], "--scenes must be a whole number from 1"),
              (["--takes", "0"], "--takes must be a whole number from 1"),
-             (["--steps", "0"], "--steps must be a whole number of at least 1"),
+             (["--steps", "0"], "--steps must be a whole number from 1 to 200"),
+             # a request's bounds (stepfoley.request): these ran for 27,630 h, or to clipped noise
+             (["--steps", "100000000"], "--steps must be a whole number from 1 to 200"),
+             (["--alpha", "1e30"], "--alpha must be a number from 0 to 100"),
+             (["--beta", "101"], "--beta must be a number from 0 to 100"),
              (["--tracks", "1"], "--tracks must be at least 2"),
              (["--controls", "--scenes", "0"], "--scenes must be a whole number from 1"),
-             (["--controls", "--steps", "0"], "--steps must be a whole number of at least 1"),
+             (["--controls", "--steps", "0"], "--steps must be a whole number from 1 to 200"),
              (["--alphas", "1,2"], "--alphas is the grid --choose-alpha goes over"),
              (["--choose-alpha", "--anchors", "0.5"], "--anchors is the grid --choose-level-anchor goes over"),
              (["--device", "bogus"], "Unknown device 'bogus'"),
@@ -554,6 +564,11 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
         assert main(["eval", "--json", out, "--device", "cpu", *extra]) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (extra, err)
+    # --json naming a file the run reads: with --force the report replaced the weights it measured
+    for option in ("--embedded-weights", "--classifier", "--embedding"):
+        assert main(["eval", "--json", str(tmp_path / "a-file"), "--force", option, str(tmp_path / "a-file")]) == 2
+        assert f"is the file the run reads ({option})" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "x"
     for option in ("--train-embedding", "--train-classifier"):  # the file is checked before minutes of training
         assert main(["eval", option, str(tmp_path / "a-file" / "net.safetensors")]) == 2
         assert f"is not a folder; choose another {option} path" in capsys.readouterr().err

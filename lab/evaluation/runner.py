@@ -52,6 +52,7 @@ from stepfoley.lab.evaluation.spectra import SAMPLE_RATE, to_eval_rate
 from stepfoley.engine.guidance import GUIDANCE_METHODS
 from stepfoley.lab.miniworld import make_scene, write_scene
 from stepfoley.engine.pipeline import FoleyModel, Region
+from stepfoley.request import MAX_GUIDANCE, MAX_STEPS
 from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, plan_windows
 
 SCENE_SEED_BASE = 10_000_000
@@ -126,14 +127,18 @@ def choose_captions(scene, k: int) -> list[str]:
     return [paraphrases[int(rng.integers(len(paraphrases)))] for paraphrases in scene.captions[:k]]
 
 
-def check_number(name: str, value, low: float = 0.0) -> None:
-    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < low):
-        raise InvalidInputError(f"--{name} must be a number of at least {low:g}, got {value!r}.")
+def check_number(name: str, value, low: float = 0.0, high: float = MAX_GUIDANCE) -> None:
+    """A guidance weight within what a request may ask (stepfoley.request): α 1e30 ran to a report
+    of clipped noise."""
+    if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value)
+                              or not low <= value <= high):
+        raise InvalidInputError(f"--{name} must be a number from {low:g} to {high:g}, got {value!r}.")
 
 
 def check_steps(steps) -> None:
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise InvalidInputError(f"--steps must be a whole number of at least 1, got {steps!r}.")
+    """Sampling steps within what a request may ask: 10^8 steps started a run of 27,630 hours."""
+    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise InvalidInputError(f"--steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}.")
 
 
 def check_run(scenes, seed, takes, steps) -> None:

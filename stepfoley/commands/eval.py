@@ -285,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # the arguments: fail before minutes of work, not after
         check_runtime_arguments(args)
         check_json_path(args.json, args.force)
+        _check_json_is_no_input(args)
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
         if args.write and (args.weights or args.model):
@@ -310,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
                 report = _evaluate(args, model, embedding, presence, bar, grid)
         finally:
             bar.close()
+        report["config"]["weights"] = _weights_measured(args)
         # The report first: a weights file is only changed once its figures are on disk.
         choice = _plan_choice(args, model, report) if args.write else None
         write_json_atomic(args.json, report, args.force)
@@ -342,6 +344,49 @@ def run(args: argparse.Namespace) -> int:
     print(format_timings(report))
     print(f"wrote {args.json}")
     return 0
+
+
+def _weights_measured(args: argparse.Namespace) -> dict:
+    """Which weights the figures are of: two reports of differently trained embedded weights
+    both said only "stepfoley-mini". The embedded file's path, SHA-256 and training record; for
+    MMAudio the folder and variant (its files are checked by `stepfoley weights check --hash`)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    if args.weights or args.model:  # MMAudio's, or tiny-random (no file: random weights for tests)
+        return {"folder": args.weights and str(args.weights), "variant": args.model}
+    path = args.embedded_weights or str(WEIGHTS_PATH)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    record = {k: meta[k] for k in ("training_command", "loudness_training_command", "data_seed") if k in meta}
+    return {"file": path, "sha256": digest.hexdigest(), **record}
+
+
+def _check_json_is_no_input(args: argparse.Namespace) -> None:
+    """--json must not name a file the run reads: with --force the report replaced the weights it
+    had just measured."""
+    import os
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+    from stepfoley.engine.errors import InvalidInputError
+
+    inputs = {"--embedded-weights": args.embedded_weights or (None if args.weights or args.model else WEIGHTS_PATH),
+              "--embedding": args.embedding, "--classifier": args.classifier}
+    for option, path in inputs.items():
+        try:
+            same = path is not None and os.path.samefile(args.json, path)
+        except OSError:  # one of them is not there: not the same file
+            same = False
+        if same:
+            raise InvalidInputError(f"--json {args.json} is the file the run reads ({option}); write the report "
+                                    "to another file.")
 
 
 def _tracks(args: argparse.Namespace) -> int:
