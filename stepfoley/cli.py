@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    command = "stepfoley"
+    command, terminated = "stepfoley", []
     try:  # from the start: Ctrl-C while the commands are imported is as clean as during a run
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -52,10 +52,39 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         command = f"stepfoley {args.command}"
-        return int(args._run(args) or 0)
+        restore = _stop_on_sigterm_as_on_ctrl_c(terminated) if args.command in STOPPED_BY_SIGTERM_AS_BY_CTRL_C else None
+        try:
+            return int(args._run(args) or 0)
+        finally:
+            if restore is not None:
+                restore()
     except KeyboardInterrupt:  # Ctrl-C: the user knows why it stopped; no traceback
-        print(f"{command}: stopped (Ctrl-C); no unfinished file is left under its final name.", file=sys.stderr)
-        return 130
+        how = "SIGTERM" if terminated else "Ctrl-C"
+        print(f"{command}: stopped ({how}); no unfinished file is left under its final name.", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+# Commands that work for minutes to hours: SIGTERM (timeout, docker stop, a batch scheduler)
+# stops them as Ctrl-C does, removing their temporary files and worker processes, where it used
+# to kill them outright. `serve` has its own handling; `send` is stopped through its cancel file.
+STOPPED_BY_SIGTERM_AS_BY_CTRL_C = ("generate", "demo", "train", "eval", "bench")
+
+
+def _stop_on_sigterm_as_on_ctrl_c(terminated: list):
+    """Install the handler; returns what puts the previous one back (None where a handler cannot
+    be installed: main() called outside the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

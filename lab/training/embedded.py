@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from stepfoley.atomic import sweep_stale_parts
 from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError,
                                                    base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
@@ -84,6 +85,9 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     log = _log_to(work_dir / "train.log" if rank == 0 else None)
     work_dir.mkdir(parents=True, exist_ok=True)
     figures: dict = {"recipe": asdict(recipe), "threads": torch.get_num_threads(), "processes": world}
+    # the networks' first weights are drawn from the data seed too (they came from an unseeded
+    # generator, so one recipe trained twice differed in every network)
+    torch.manual_seed(recipe.data.seed)
     model = build_embedded_model(random_weights=True, device=device)  # encoders and codec; net re-initialized
     net = model.net
     net.initialize_weights()
@@ -115,6 +119,7 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
 
     # Phase 2: the NAG ControlNet, base frozen, starting as a copy of the blocks it feeds.
     net.requires_grad_(False).eval()
+    torch.manual_seed(recipe.data.seed + 1)
     controlnet = AudioControlNet.from_base(net, depth=recipe.controlnet_depth).to(device)
     cn_cfg = TrainConfig(steps=recipe.controlnet_steps, batch_size=recipe.batch_size,
                          lr=recipe.controlnet_lr, warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 1,
@@ -195,6 +200,7 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     (again when the file is from an older recipe)."""
     features_path = work_dir / "features.safetensors"
     if rank == 0:
+        sweep_stale_parts(work_dir)  # the features' temporary copy a killed run left
         if features_path.exists():
             try:
                 EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
@@ -219,6 +225,7 @@ def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, wor
     from stepfoley.engine.controlnet import AudioControlNet
 
     net.requires_grad_(False).eval()
+    torch.manual_seed(recipe.data.seed + 2)
     loudness = AudioControlNet.from_base(net, depth=recipe.loudness_depth, condition_dim=1).to(device)
     # (a resume checks the frozen base it learns beside: trainer._resumable)
     cfg = TrainConfig(steps=recipe.loudness_steps, batch_size=recipe.batch_size, lr=recipe.loudness_lr,

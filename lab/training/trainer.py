@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from stepfoley.atomic import write_atomically
+from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
@@ -145,6 +145,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # a checkpoint's temporary copy a killed run left (hundreds of MB)
+            sweep_stale_parts(checkpoint_dir)
     identity = _resumable(config, loss_module, trainable) if last is not None else None
     # what the steps before a resume did, so the figures are the whole run's
     losses: list[float] = []
