@@ -1,11 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.9
+-- @version 0.5.10
 -- @changelog
---   On Windows, a project folder so deep that a job's files would pass 259 characters keeps its job files in REAPER's resource folder: the client could not write its status there, and the action said the client did not start.
---   A file or folder whose name is not UTF-8 text is refused, named, before the job starts (the engine failed on it as "can't decode byte 0xe9").
---   Settings take a client path pasted with its quotes (Windows' "Copy as path").
---   Verify setup says why it cannot bounce when REAPER's resource folder holds ";", instead of advising to close the render window.
+--   A batch file (.bat or .cmd) set as the client in Settings is refused, saying why: Windows runs it through cmd.exe, which can change "!" and "^" in the paths passed.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -148,6 +148,14 @@ function M.client_prefix(settings)
         "Store instead of running Python:\n" .. configured .. "\n\nEnter the path of `stepfoley.exe` in your " ..
         "StepFoley venv instead, for example\n" .. example_path()
     end
+    if configured:lower():match("%.bat$") or configured:lower():match("%.cmd$") then
+      -- Windows runs a batch file through cmd.exe, whose parsing changes "!" and "^" even
+      -- inside quotes (delayed expansion, CALL): a project path like "Wow! Foley" would arrive
+      -- changed. Only programs are started as they are.
+      return nil, "The program set in Settings is a batch file (.bat or .cmd):\n" .. configured ..
+        "\n\nWindows runs it through cmd.exe, which can change \"!\" and \"^\" in the paths StepFoley " ..
+        "passes. Enter the path of `stepfoley.exe` in your StepFoley venv instead, for example\n" .. example_path()
+    end
     local kind = is_python(configured) and "python" or "exe"
     return prefix_for(configured, kind), { path = configured, where = "Settings", searched = {} }
   end

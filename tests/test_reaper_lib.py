@@ -270,6 +270,19 @@ def test_client_candidates_on_windows_skip_the_store_alias():
                '\\\\WindowsApps\\\\python.exe")))') == "true"
 
 
+@pytest.mark.parametrize("client, refused", [("C:\\tools\\stepfoley.bat", True), ("C:\\tools\\run.CMD", True),
+                                             ("C:\\venv\\Scripts\\stepfoley.exe", False)])
+def test_a_batch_file_as_the_client_is_refused(client, refused):
+    # cmd.exe, which runs a batch file, changes "!" and "^" inside quotes (delayed expansion, CALL):
+    # a project path "Wow! Foley" would reach the client changed
+    out = lua("reaper.file_exists = function() return true end; "
+              f"local prefix, err = SF.client_prefix({{client = {json.dumps(client)}}}); "
+              "io.write(prefix and 'accepted' or err)")
+    assert (out != "accepted") == refused
+    if refused:
+        assert "batch file (.bat or .cmd)" in out and "stepfoley.exe" in out
+
+
 @pytest.mark.parametrize("stepfoley,want,role", [(True, True, "auto"), (True, False, "exclude"),
                                                   (False, True, "include"), (False, False, "auto")])
 def test_role_for(stepfoley, want, role):
