@@ -233,6 +233,7 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--data-seed", "1000"], "into those the evaluation keeps unseen; give at most 9"),
     (["embedded", "--scenes", "100000000"], "--scenes 100000000: at most 100000"),
     (["loudness", "--steps", "0"], "--steps 0: give at least 1"),
+    (["loudness", "--weights", "."], "--weights . is a folder; give the embedded model's .safetensors file"),
     (["loudness", "--lr=-1e-3"], "a learning rate is above 0"),
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--depth", "0"], "--depth 0: give at least 1 (blocks)"),
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--checkpoint-every", "0"], "--checkpoint-every 0"),
@@ -243,6 +244,7 @@ def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, ca
     assert main(["train", *argv, "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # a refused run makes no work folder
 
 
 def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsys):

@@ -285,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # the arguments: fail before minutes of work, not after
         check_runtime_arguments(args)
         check_json_path(args.json, args.force)
+        _check_input_files(args)
         _check_json_is_no_input(args)
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
@@ -367,6 +368,20 @@ def _weights_measured(args: argparse.Namespace) -> dict:
         meta = f.metadata() or {}
     record = {k: meta[k] for k in ("training_command", "loudness_training_command", "data_seed") if k in meta}
     return {"file": path, "sha256": digest.hexdigest(), **record}
+
+
+def _check_input_files(args: argparse.Namespace) -> None:
+    """The files the run reads are files: a folder given as --embedded-weights was reported as
+    "missing, reinstall StepFoley" once the run had started."""
+    import os
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    for option, path in (("--embedded-weights", args.embedded_weights), ("--embedding", args.embedding),
+                         ("--classifier", args.classifier)):
+        if path is not None and not os.path.isfile(path):
+            raise InvalidInputError(f"{option} {path} is {'a folder' if os.path.isdir(path) else 'not there'}; "
+                                    "give the .safetensors file.")
 
 
 def _check_json_is_no_input(args: argparse.Namespace) -> None:

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_numbers(args)
+        device = process_device(choose_device(args.device))  # before _check_folders makes --work
         _check_folders(args)
-        device = process_device(choose_device(args.device))
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 2
@@ -184,6 +184,9 @@ def _check_folders(args: argparse.Namespace) -> None:
 
     from stepfoley.engine.errors import InvalidInputError
 
+    if args.what == "loudness" and args.weights is not None and not os.path.isfile(args.weights):
+        raise InvalidInputError(f"--weights {args.weights} is {'a folder' if os.path.isdir(args.weights) else 'not there'}; "
+                                "give the embedded model's .safetensors file.")
     if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
