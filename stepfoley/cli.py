@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         command = f"stepfoley {args.command}"
-        restore = _stop_on_sigterm_as_on_ctrl_c(terminated) if args.command in STOPPED_BY_SIGTERM_AS_BY_CTRL_C else None
+        sigterm_stops = args.command in STOPPED_BY_SIGTERM_AS_BY_CTRL_C
+        restore = _stop_on_sigterm_as_on_ctrl_c(terminated) if sigterm_stops else None
         try:
             return int(args._run(args) or 0)
         finally:

@@ -181,10 +181,11 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
                                "total_seconds": round(figures["total_seconds"], 1)}
         shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
         shipped["data"] = {**_split_shaping(shipped.get("data", {}))[0], **_split_shaping(data_recipe)[1]}
-        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, replace=replace, metadata={
-            **{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
-            "recipe": json.dumps(shipped), "figures": json.dumps(trained),
-            "loudness_training_command": _command("loudness")})
+        record = {**{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
+                  "recipe": json.dumps(shipped), "figures": json.dumps(trained),
+                  "loudness_training_command": _command("loudness")}
+        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata=record,
+                              replace=replace)
         log(f"wrote {out_path}")
     return figures
 

@@ -137,6 +137,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     """Counts, steps and learning rates that could train: refused before any work (a negative
     step count would write untrained weights, a zero batch fail after minutes of data)."""
     import math
+    import os
 
     from stepfoley.engine.errors import InvalidInputError
 
@@ -151,8 +152,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and 0 < value <= 1):
             raise InvalidInputError(f"{option(name)} {value}: a learning rate is above 0 and at most 1 (e.g. 1e-3).")
-    import os
-
     cores = os.cpu_count() or 1
     if getattr(args, "workers", None) is not None and args.workers > cores:  # each renders scenes with its own models
         raise InvalidInputError(f"--workers {args.workers}: this machine has {cores} cores; give at most {cores}.")
@@ -185,8 +184,8 @@ def _check_folders(args: argparse.Namespace) -> None:
     from stepfoley.engine.errors import InvalidInputError
 
     if args.what == "loudness" and args.weights is not None and not os.path.isfile(args.weights):
-        raise InvalidInputError(f"--weights {args.weights} is {'a folder' if os.path.isdir(args.weights) else 'not there'}; "
-                                "give the embedded model's .safetensors file.")
+        what = "a folder" if os.path.isdir(args.weights) else "not there"
+        raise InvalidInputError(f"--weights {args.weights} is {what}; give the embedded model's .safetensors file.")
     if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
