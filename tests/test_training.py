@@ -302,7 +302,9 @@ def test_weights_that_appeared_at_out_during_training_are_kept(tmp_path, monkeyp
     monkeypatch.setattr(training, "train_embedded" if what == "embedded" else "extend_with_loudness",
                         trained_while_another_run_wrote_out)
     command = ["train", what, "--work", str(tmp_path / "work"), "--out", str(out), "--device", "cpu"]
-    assert main(command + (["--weights", str(tmp_path / "w.safetensors")] if what == "loudness" else [])) == 1
+    trained_before = tmp_path / "w.safetensors"  # what `train loudness` extends
+    save_embedded_weights(trained_before, model.net, model.controlnet, model.codec, metadata={})
+    assert main(command + (["--weights", str(trained_before)] if what == "loudness" else [])) == 1
     assert "already exists" in capsys.readouterr().err and out.read_text() == "another run's weights"
     from stepfoley.cli import build_parser
     from stepfoley.commands.train import _may_replace_out
