@@ -620,6 +620,10 @@ def test_the_weights_are_not_rewritten_when_the_report_cannot_be_written(quick_c
     captured = capsys.readouterr()
     assert "alpha.json already exists" in captured.err and "recorded" not in captured.out
     assert weights.read_bytes() == before and out.read_text() == "theirs"
+    # the figures are not thrown away: saved beside it under a free name, which the message gives
+    saved = tmp_path / "alpha.1.json"
+    assert f"The report was saved as {saved} instead." in captured.err
+    assert json.loads(saved.read_text())["chosen"] in (1.0, 3.0)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="a file size limit (RLIMIT_FSIZE) needs POSIX")
