@@ -84,7 +84,7 @@ def toy_batches(seed: int, crash_after: int | None = None):
 
 
 def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2, base_seed: int = 5,
-                 hidden: int = 0):
+                 hidden: int = 0, steps: int = 12):
     """A linear net (with a hidden layer of `hidden` units, or none) trained beside a frozen
     "base" drawn from `base_seed`, as a ControlNet beside its base."""
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
@@ -99,7 +99,7 @@ def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float
         return (kept * (parts["net"](x) - b.target) ** 2).mean()
 
     loss = LossModule({"net": net, "base": base}, loss_fn)
-    config = TrainConfig(steps=12, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
+    config = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
                          log_every=100)
     result = train(loss, net, toy_batches(0, crash_after), config, torch.device("cpu"), work, log=lambda line: None)
     return result, net
@@ -129,6 +129,15 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
         assert torch.equal(resumed_net.state_dict()[name], value), name
     for name, value in straight.params.items():
         assert torch.equal(resumed.params[name], value), name
+
+
+def test_a_phase_that_ends_between_checkpoints_ends_with_one(tmp_path):
+    # 10 steps, a checkpoint every 6: the last 4 were done again by a run killed in a later phase
+    straight, _ = toy_training(tmp_path / "w", init_seed=0, steps=10)
+    assert torch.load(tmp_path / "w" / "last.pt", weights_only=True)["step"] == 10
+    again, _ = toy_training(tmp_path / "w", init_seed=1, steps=10)  # resumes at its end: nothing is redone
+    assert again.losses == straight.losses
+    assert all(torch.equal(again.params[name], value) for name, value in straight.params.items())
 
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):

@@ -210,7 +210,9 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             rate = samples / max(seconds_before + time.perf_counter() - t0, 1e-9)
             log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
                 f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
-        if last is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+        # and at the end: a later phase killed would otherwise redo the steps after the last one
+        if last is not None and config.checkpoint_every and (done % config.checkpoint_every == 0
+                                                             or done == config.steps):
             states = _generator_states(generator, world)  # every rank takes part
             if rank == 0:
                 _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
