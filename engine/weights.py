@@ -426,8 +426,14 @@ def _clip_misfits(config) -> list[str]:
 
 
 def file_md5(path: Path) -> str:
-    """The MD5 of a file's bytes, read in 8 MiB pieces (a 4 GB checkpoint never in memory)."""
-    digest = hashlib.md5(usedforsecurity=False)
+    """The MD5 of a file's bytes (the digest MMAudio publishes for its files)."""
+    return file_digest(path, "md5")
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes by a hashlib algorithm ("md5", "sha256"), read in 8 MiB
+    pieces (a 4 GB checkpoint never in memory)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while piece := f.read(8 * 2**20):
             digest.update(piece)

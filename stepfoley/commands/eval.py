@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from stepfoley.commands.runtime import check_json_path
+from stepfoley.commands.runtime import check_input_file, check_json_path
 
 FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("separability", "A-A sim", "lower", 1.0),
@@ -367,37 +367,37 @@ def _weights_measured(args: argparse.Namespace) -> dict:
     """Which weights the figures are of: two reports of differently trained embedded weights
     both said only "stepfoley-mini". The embedded file's path, SHA-256 and training record; for
     MMAudio the folder and variant (its files are checked by `stepfoley weights check --hash`)."""
-    import hashlib
-
     from safetensors import safe_open
+
+    from stepfoley.engine.weights import file_digest
+
+    path = _embedded_weights_file(args)
+    if path is None:  # MMAudio's, or tiny-random (no file: random weights for tests)
+        return {"folder": args.weights and str(args.weights), "variant": args.model}
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    record = {k: meta[k] for k in ("training_command", "loudness_training_command", "data_seed") if k in meta}
+    return {"file": str(path), "sha256": file_digest(path, "sha256"), **record}
+
+
+def _embedded_weights_file(args: argparse.Namespace):
+    """The embedded model's weights file the run reads (the Path), or None when it runs MMAudio's
+    weights (--weights) or a model variant (--model) instead (_load_model's choice)."""
+    from pathlib import Path
 
     from stepfoley.engine.embedded.model import WEIGHTS_PATH
 
-    if args.weights or args.model:  # MMAudio's, or tiny-random (no file: random weights for tests)
-        return {"folder": args.weights and str(args.weights), "variant": args.model}
-    path = args.embedded_weights or str(WEIGHTS_PATH)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-    record = {k: meta[k] for k in ("training_command", "loudness_training_command", "data_seed") if k in meta}
-    return {"file": path, "sha256": digest.hexdigest(), **record}
+    if args.embedded_weights:
+        return Path(args.embedded_weights)
+    return None if args.weights or args.model else WEIGHTS_PATH
 
 
 def _check_input_files(args: argparse.Namespace) -> None:
     """The files the run reads are files: a folder given as --embedded-weights was reported as
     "missing, reinstall StepFoley" once the run had started."""
-    import os
-
-    from stepfoley.engine.errors import InvalidInputError
-
     for option, path in (("--embedded-weights", args.embedded_weights), ("--embedding", args.embedding),
                          ("--classifier", args.classifier)):
-        if path is not None and not os.path.isfile(path):
-            raise InvalidInputError(f"{option} {path} is {'a folder' if os.path.isdir(path) else 'not there'}; "
-                                    "give the .safetensors file.")
+        check_input_file(path, option, "the .safetensors file")
 
 
 def _check_json_is_no_input(args: argparse.Namespace) -> None:
@@ -405,11 +405,10 @@ def _check_json_is_no_input(args: argparse.Namespace) -> None:
     had just measured."""
     import os
 
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH
     from stepfoley.engine.errors import InvalidInputError
 
-    inputs = {"--embedded-weights": args.embedded_weights or (None if args.weights or args.model else WEIGHTS_PATH),
-              "--embedding": args.embedding, "--classifier": args.classifier}
+    inputs = {"--embedded-weights": _embedded_weights_file(args), "--embedding": args.embedding,
+              "--classifier": args.classifier}
     for option, path in inputs.items():
         try:
             same = path is not None and os.path.samefile(args.json, path)
@@ -513,12 +512,11 @@ def _plan_choice(args, model, report: dict):
     default) for _record_choice, called once the report is on disk."""
     from dataclasses import replace
 
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH
     from stepfoley.lab.evaluation.calibration import FIGURES, LEVEL_FIGURES
 
     default, grid, figures, option = (("alpha", "alphas", FIGURES, "--choose-alpha") if args.choose_alpha else
                                       ("level_anchor", "strengths", LEVEL_FIGURES, "--choose-level-anchor"))
-    path = args.embedded_weights or WEIGHTS_PATH
+    path = _embedded_weights_file(args)  # --write goes without --weights and --model: never None
     defaults = replace(model.defaults, **{default: report["chosen"]})
     provenance = {"command": f"stepfoley eval {option}", "rule": report["rule"], "config": report["config"],
                   grid: {a: {f: s[f]["mean"] for f in figures} for a, s in report[grid].items()}}

@@ -62,6 +62,18 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "DAW running beside keeps a core for its audio)")
 
 
+def check_input_file(path, option: str, what: str) -> None:
+    """Refuse an input file option (None: not given) that names a folder or nothing, before the
+    work starts, asking for `what`. Raises InvalidInputError."""
+    import os
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    if path is not None and not os.path.isfile(path):
+        found = "a folder" if os.path.isdir(path) else "not there"
+        raise InvalidInputError(f"{option} {path} is {found}; give {what}.")
+
+
 def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json",
                     folder_made: bool = False) -> None:
     """Refuse a --json PATH (or another `option`'s file) that could not be written to, before

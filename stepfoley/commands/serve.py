@@ -95,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
         server.shutdown()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    service = None
+
+    def restore_handlers():
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
     try:
         server.start()  # inside: its thread answers at once, and a signal may come before start() returns
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
@@ -125,13 +129,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         if not loaded.is_set():  # not serving: the handlers go now
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+            restore_handlers()
     info = service.describe()
     server.attach(service, model=info["model"], device=info["device"], capabilities=service.capabilities(), cpu=cpu)
 
     if server.stopping:  # a signal since the model loaded
         server.stop()
+        restore_handlers()
         print("Engine stopped.", file=sys.stderr)
         return 0
     host, port = server.address
@@ -144,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
               f"{token_file_path()} (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
-    for s, handler in previous.items():
-        signal.signal(s, handler)
+    restore_handlers()
     print("Engine stopped.", file=sys.stderr)
     return 0
 

@@ -181,11 +181,11 @@ def _check_folders(args: argparse.Namespace) -> None:
     --force), before hours of training and not after."""
     import os
 
+    from stepfoley.commands.runtime import check_input_file
     from stepfoley.engine.errors import InvalidInputError
 
-    if args.what == "loudness" and args.weights is not None and not os.path.isfile(args.weights):
-        what = "a folder" if os.path.isdir(args.weights) else "not there"
-        raise InvalidInputError(f"--weights {args.weights} is {what}; give the embedded model's .safetensors file.")
+    if args.what == "loudness":
+        check_input_file(args.weights, "--weights", "the embedded model's .safetensors file")
     if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
