@@ -35,6 +35,72 @@ def test_codec_silence_is_one_latent_value_and_decodes_to_silence():
     assert float(codec.decode(latent).abs().max()) < 1e-9   # -180 dBFS: nothing a listener hears
 
 
+def _eval_flux(wave: torch.Tensor) -> float:
+    """Mean spectral flux of 16 kHz mono audio (S,) on the evaluation's log-mel (lab.evaluation.controls)."""
+    from stepfoley.lab.evaluation.controls import log_mel_flux
+    return float(log_mel_flux(wave.numpy()).mean())
+
+
+@pytest.mark.parametrize("kind, most", [("rain", 1.4), ("wheel", 3.0)])
+def test_the_codec_decodes_on_a_grid_finer_than_its_latent(kind, most):
+    """Griffin-Lim at the latent's own hop (half the FFT) warbles: the mini-world's rain and
+    spinning wheel came back with 1.6 and 3.9 times their own frame-to-frame flux. Decoded on
+    the finer synthesis grid they come back with a good part of that gone."""
+    from stepfoley.engine import mixing
+
+    clip = single_source_clip(3, kind, duration=2.0)
+    signal = torch.from_numpy(mixing.resample(clip.stems[:1], clip.sample_rate, 16000).astype(np.float32))
+    latent_grid = MelCodec(MelCodecConfig(synthesis_hop=512))
+    fine_grid = MelCodec()
+    assert fine_grid.config.synthesis_hop < fine_grid.hop
+    latent = fine_grid.encode(signal)
+    assert torch.equal(latent, latent_grid.encode(signal))        # the decoder alone differs
+    truth = _eval_flux(signal[0])
+    coarse, fine = (_eval_flux(c.decode(latent)[0]) / truth for c in (latent_grid, fine_grid))
+    assert fine < 0.8 * coarse and fine < most, (coarse, fine)
+    assert fine_grid.decode(latent[:, :7]).shape == (1, 7 * 512)
+
+
+def test_the_synthesis_grid_keeps_each_latent_frames_power_and_its_silences():
+    codec = MelCodec()
+    steady = torch.full((1, 6, 513), 0.25)
+    torch.testing.assert_close(codec._to_synthesis_grid(steady), torch.full((1, 24, 513), 0.25))
+    onset = torch.zeros(1, 6, 513)
+    onset[:, 3:] = 100.0                                         # silence, then loud from latent frame 3
+    fine = codec._to_synthesis_grid(onset)[0, :, 0]              # (24,) synthesis frames, 4 per latent frame
+    assert float(fine[:12].abs().max()) == 0.0                   # the silent latent frames stay silent
+    assert float(fine[12]) < 0.01 * float(fine[15])               # the onset is not spread before itself
+    power = (fine.reshape(6, 4) ** 2).mean(dim=1)
+    torch.testing.assert_close(power, onset[0, :, 0] ** 2)
+    click = torch.zeros(1, 5, 513)
+    click[:, 2] = 1.0                                            # one latent frame long, silence around
+    fine = codec._to_synthesis_grid(click)[0, :, 0]
+    torch.testing.assert_close((fine[8:12] ** 2).mean(), torch.tensor(1.0))   # its power kept
+    assert float(fine[:8].abs().max()) == 0.0 and float(fine[12:].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("fields", [{"synthesis_hop": 96}, {"synthesis_hop": 0}, {"nnls_iterations": -1}])
+def test_an_impossible_decoder_setting_is_refused(fields):
+    with pytest.raises(InvalidInputError, match="codec"):
+        MelCodecConfig(**fields)
+
+
+def test_weights_decode_with_this_versions_decoder_whatever_they_recorded():
+    """The decoder's settings never shaped the latent: a file that recorded the first decoder's
+    (30 mel-inversion updates, 32 Griffin-Lim iterations at the latent's hop) decodes as this
+    version does, with its latent's own settings kept."""
+    import json
+    from dataclasses import asdict
+
+    from stepfoley.engine.embedded.model import codec_config_of
+
+    recorded = asdict(MelCodecConfig(log_offset=1e-2, nnls_iterations=30, griffin_lim_iterations=32,
+                                     synthesis_hop=512))
+    assert codec_config_of({"codec_config": json.dumps(recorded)}) == MelCodecConfig(log_offset=1e-2)
+    del recorded["synthesis_hop"]                                 # a file from before the field
+    assert codec_config_of({"codec_config": json.dumps(recorded)}) == MelCodecConfig(log_offset=1e-2)
+
+
 def test_the_first_codec_latent_stays_for_weights_trained_with_it():
     first = MelCodec(MelCodecConfig(log_offset=0.0))
     assert torch.equal(first.encode(torch.zeros(1, 1600)), torch.full((1, 4, 40), math.log(1e-5)))

@@ -443,6 +443,11 @@ def test_choose_alpha_writes_the_default_into_a_weights_file_and_the_engine_publ
     measured = report["config"]["weights"]
     assert (measured["file"], measured["sha256"]) == (str(weights), hashlib.sha256(packaged_before).hexdigest())
     assert measured["training_command"].startswith("stepfoley train embedded")
+    # and the decoder that made its audio: this version's, not one the weights file recorded
+    from stepfoley.engine.embedded.codec import MelCodecConfig
+    assert report["config"]["decoder"] == {"nnls_iterations": MelCodecConfig.nnls_iterations, "momentum": 0.99,
+                                           "griffin_lim_iterations": MelCodecConfig.griffin_lim_iterations,
+                                           "synthesis_hop": MelCodecConfig.synthesis_hop}
     assert set(report["alphas"]) == {"1", "3"} and report["chosen"] in (1.0, 3.0)
     assert report["config"]["scene_seeds"] == [90_000_000]
     assert {k: v for k, v in new_meta.items() if not k.startswith("guidance_defaults")} == \

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
-from stepfoley.engine.embedded.codec import MelCodec, MelCodecConfig
+from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
@@ -64,12 +64,17 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
 
 
 def codec_config_of(meta: dict[str, str]) -> MelCodecConfig:
-    """The codec a weights file was trained with (metadata "codec_config"); weights written
-    before it was recorded were all trained with the first latent, ln(max(mel, 1e-5))."""
+    """The codec a weights file was trained with (metadata "codec_config"), decoding as this
+    version decodes (its decoder settings, DECODER_FIELDS, are not the file's: they never shaped
+    the latent the network learned); weights written before the codec was recorded were all
+    trained with the first latent, ln(max(mel, 1e-5))."""
     if "codec_config" not in meta:
         return MelCodecConfig(log_offset=0.0)
     try:
-        return MelCodecConfig(**json.loads(meta["codec_config"]))
+        recorded = json.loads(meta["codec_config"])
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+        return MelCodecConfig(**{k: v for k, v in recorded.items() if k not in DECODER_FIELDS})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"The embedded weights record a codec this version cannot build ({e}). "
                               "Reinstall StepFoley or train the model again.") from None

@@ -190,9 +190,10 @@ def train_source_presence(out_path: str | os.PathLike, seed: int = 0, minutes: f
     config = PresenceConfig()
     training = PresenceTraining(seed=int(seed), **overrides)
     torch.manual_seed(training.seed)
-    # The shipped classifier learned the round trip of the first codec (log_offset 0); the same
-    # command must make the same classifier.
-    codec = MelCodec(MelCodecConfig(log_offset=0.0))
+    # The shipped classifier learned the round trip of the first codec (log_offset 0) through
+    # the first decoder (Griffin-Lim at the latent's hop); the same command must make the same
+    # classifier.
+    codec = MelCodec(MelCodecConfig(log_offset=0.0, nnls_iterations=30, griffin_lim_iterations=32, synthesis_hop=512))
     pool = _clip_pool(training, config.kinds, 0, training.clips_per_kind, codec)
     held_out = _clip_pool(training, config.kinds, VALIDATION_FIRST_CLIP, training.validation_clips_per_kind, codec)
     validation = _mixtures(held_out, training.validation_mixtures, training,

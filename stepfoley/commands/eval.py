@@ -329,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         report["config"]["weights"] = _weights_measured(args)
+        report["config"]["decoder"] = _decoder_measured(model)
         # The report first: a weights file is only changed once its figures are on disk.
         choice = _plan_choice(args, model, report) if args.write else None
         write_json_atomic(args.json, report, args.force)
@@ -378,6 +379,17 @@ def _weights_measured(args: argparse.Namespace) -> dict:
         meta = f.metadata() or {}
     record = {k: meta[k] for k in ("training_command", "loudness_training_command", "data_seed") if k in meta}
     return {"file": str(path), "sha256": file_digest(path, "sha256"), **record}
+
+
+def _decoder_measured(model) -> dict | None:
+    """How the figures' audio was decoded, for the embedded codec: its decoder settings are this
+    version's, whatever the weights file recorded (engine.embedded.codec.DECODER_FIELDS), so the
+    weights' digest alone no longer says it. None for MMAudio's codec (its vocoder is weights)."""
+    from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec
+
+    if not isinstance(model.codec, MelCodec):
+        return None
+    return {field: getattr(model.codec.config, field) for field in DECODER_FIELDS}
 
 
 def _embedded_weights_file(args: argparse.Namespace):
