@@ -516,6 +516,9 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tm
             assert main(["eval", "--json", str(path), "--device", "cpu", *extra]) == 2, (path, extra)
             err = capsys.readouterr().err
             assert words in err and "Traceback" not in err, (path, extra, err)
+    if os.path.isdir("/proc"):  # its permission bits let root in (the CI's user); only trying to make a file tells
+        assert main(["eval", "--json", "/proc/stepfoley-eval.json", "--device", "cpu"]) == 2
+        assert "/proc is not writable" in capsys.readouterr().err
     assert main(["eval", "--json", str(tmp_path), "--force"]) == 2  # --force replaces a file, never a folder
     assert "is a folder" in capsys.readouterr().err
     assert main(["eval", "--json", str(tmp_path / "new.json"), "--write"]) == 2  # an argument error, as elsewhere

@@ -246,6 +246,8 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["loudness", "--lr=-1e-3"], "a learning rate is above 0"),
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--depth", "0"], "--depth 0: give at least 1 (blocks)"),
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--checkpoint-every", "0"], "--checkpoint-every 0"),
+    (["embedded", "--checkpoint-every", "0"], "--checkpoint-every 0: give at least 1 (steps)"),
+    (["loudness", "--checkpoint-every", "-5"], "--checkpoint-every -5: give at least 1 (steps)"),
 ])
 def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, capsys, argv, words):
     from stepfoley.cli import main
@@ -272,6 +274,25 @@ def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsy
     args = build_parser().parse_args(["train", "loudness", "--work", str(tmp_path / "w"), "--weights", str(precious),
                                       "--out", str(precious)])
     assert _is_default_out(args)
+
+
+@pytest.mark.parametrize("what", ["embedded", "loudness"])
+def test_checkpoint_every_reaches_the_recipe(tmp_path, monkeypatch, what):
+    # hours of training on a machine that may be taken away: how much a killed run redoes is the user's choice
+    from stepfoley.cli import main
+    from stepfoley.lab.training import embedded as training
+
+    received = []
+    monkeypatch.setattr(training, "train_embedded" if what == "embedded" else "extend_with_loudness",
+                        lambda work, *args, **kwargs: received.append(args[-2]) or
+                        {"data_seconds": 0, "total_seconds": 0, "processes": 1, "threads": 1})
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"read by the training, not by the command")
+    command = ["train", what, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors"),
+               "--device", "cpu"] + (["--weights", str(weights)] if what == "loudness" else [])
+    assert main(command + ["--checkpoint-every", "37"]) == 0
+    assert main(command) == 0
+    assert [recipe.checkpoint_every for recipe in received] == [37, training.EmbeddedRecipe().checkpoint_every]
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
+    e.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints a killed run resumes from (default 500; each phase's last step too)")
     e.add_argument("--device", default="auto")
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
 
@@ -41,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--steps", type=int, default=None, help="default 1500")
     lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
     lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
+    lo.add_argument("--checkpoint-every", type=int, default=None,
+                    help="steps between checkpoints a killed run resumes from (default 500; the last step too)")
     lo.add_argument("--device", default="auto")
     lo.add_argument("--force", action="store_true", help="replace an existing --out file")
 
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                 "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
                 "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
                 "loudness_steps": args.loudness_steps, "loudness_lr": args.loudness_lr,
-                "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers}))
+                "batch_size": args.batch_size, "warmup_steps": args.warmup_steps, "data_workers": args.workers,
+                "checkpoint_every": args.checkpoint_every}))
             figures = train_embedded(Path(args.work), Path(args.out or WEIGHTS_PATH), recipe, device,
                                      replace=_may_replace_out(args))
             if os.environ.get("RANK", "0") == "0":
@@ -101,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             from stepfoley.lab.training.embedded import EmbeddedRecipe, extend_with_loudness
 
             given = {k: v for k, v in {"loudness_steps": args.steps, "loudness_lr": args.lr,
-                                       "data_workers": args.workers}.items() if v is not None}
+                                       "data_workers": args.workers,
+                                       "checkpoint_every": args.checkpoint_every}.items() if v is not None}
             weights = Path(args.weights or WEIGHTS_PATH)
             figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights),
                                            replace(EmbeddedRecipe(), **given), device, replace=_may_replace_out(args))
