@@ -1,8 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.10
+-- @version 0.5.11
 -- @changelog
---   A batch file (.bat or .cmd) set as the client in Settings is refused, saying why: Windows runs it through cmd.exe, which can change "!" and "^" in the paths passed.
+--   Captions, names and paths holding characters such as ł, ’, —, Cyrillic or kana reach the engine unchanged, and its replies holding them are read, whatever character set REAPER runs its scripts in (under a Latin-1 one, their bytes were taken for control characters).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -61,7 +61,7 @@ local function main()
   if answer == nil then return end
   if not answer then return SF.alert(cut .. " Nothing was changed.") end
   local given = {}
-  for i, v in ipairs(answer) do given[i] = v:match("^%s*(.-)%s*$") end
+  for i, v in ipairs(answer) do given[i] = SF.trim(v) end
   local new, err = read_fields(given)
   if not new then return SF.alert(err) end
   SF.save_settings(new)

@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.10"
+M.VERSION = "0.5.11"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -42,6 +42,17 @@ M.POLL_INTERVAL_S = 0.3
 -- engine goes silent; REAPER's own watchdog waits this much longer, so that it only fires
 -- when the client itself is gone or hung (its status file no longer changes).
 M.CLIENT_REPORT_GRACE_S = 10
+-- Bytes for patterns, spelled out: Lua's %s and %c ask the C library, which follows the
+-- host's locale. Under a Latin-1 one %c also matches 0x80-0x9F, bytes inside UTF-8 characters
+-- (ł, ’, Cyrillic, kana); a Windows code page counts 0xA0, the end of à, as a space.
+M.SPACE = " \t\n\v\f\r"           -- the C locale's %s, for inside [...]
+local ESCAPED = '[\0-\31\127"\\]'   -- the C locale's %c, quote and backslash
+
+-- Text without the spaces around it ("" for nil).
+function M.trim(s)
+  return ((s or ""):match("^[" .. M.SPACE .. "]*(.-)[" .. M.SPACE .. "]*$"))
+end
+
 M.VIDEO_EXTENSIONS = { mp4 = true, mov = true, m4v = true, mkv = true, avi = true, webm = true,
   mpg = true, mpeg = true, mxf = true, wmv = true, ogv = true, flv = true }
 
@@ -69,7 +80,7 @@ local escapes = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f'
   ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
 local function encode_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
+  return '"' .. s:gsub(ESCAPED, function(c)
     return escapes[c] or string.format("\\u%04x", c:byte())
   end) .. '"'
 end
@@ -154,7 +165,7 @@ function M.json_decode(text)
     pos = pos + 1 -- opening quote
     local parts = {}
     while true do
-      local a, b = text:find('[%c"\\]', pos)
+      local a, b = text:find(ESCAPED, pos)
       if not a then fail("unterminated string") end
       parts[#parts + 1] = text:sub(pos, a - 1)
       local c = text:sub(a, a)

@@ -145,7 +145,7 @@ M.PICTURE_PART_WORDS = "left, right, top, bottom, top left, top right, bottom le
 
 local function numbers_in(text)
   local out = {}
-  for word in text:gmatch("[^,;%s]+") do
+  for word in text:gmatch("[^,;" .. M.SPACE .. "]+") do
     local x = tonumber(word)
     if not x then return nil end
     out[#out + 1] = x
@@ -160,7 +160,7 @@ height (0, 0 = top left). Returns {x0, y0, x1, y1} as fractions, or nil and a me
 ]]
 function M.parse_picture_region(text, caps)
   local words = (text or ""):lower():gsub("upper", "top"):gsub("lower", "bottom"):gsub("half", "")
-  words = words:gsub("%s+", " "):match("^%s*(.-)%s*$")
+  words = M.trim(words:gsub("[" .. M.SPACE .. "]+", " "))
   if M.PICTURE_PARTS[words] then return M.array({ table.unpack(M.PICTURE_PARTS[words]) }) end
   local smallest = published(caps, "picture_region_size", M.MIN_PICTURE_REGION)
   local v = numbers_in(words)
@@ -185,10 +185,11 @@ start (empty: throughout). Returns {start, end} in seconds from the selection st
 "throughout", or nil and a message.
 ]]
 function M.parse_picture_time(text, length)
-  local t = (text or ""):match("^%s*(.-)%s*$")
+  local t = M.trim(text)
   if t == "" then return false end
-  local a, b = t:match("^([%d%.]+)%s*%-%s*([%d%.]+)$")
-  if not a then a, b = t:match("^([%d%.]+)%s+to%s+([%d%.]+)$") end
+  local space = "[" .. M.SPACE .. "]"
+  local a, b = t:match("^([%d%.]+)" .. space .. "*%-" .. space .. "*([%d%.]+)$")
+  if not a then a, b = t:match("^([%d%.]+)" .. space .. "+to" .. space .. "+([%d%.]+)$") end
   a, b = tonumber(a), tonumber(b)
   if not a or not b or b <= a then
     return nil, "Say when the picture region applies as start-end in seconds from the time selection's start " ..

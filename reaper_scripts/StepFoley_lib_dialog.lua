@@ -135,7 +135,7 @@ end
 -- Reading the fields
 ------------------------------------------------------------------------------------------
 
-local function trim(s) return ((s or ""):match("^%s*(.-)%s*$")) end
+local trim = M.trim
 
 -- A number field: nil when empty; error({msg}) when it is not a finite number within [low,
 -- high] (without bounds, from an engine that did not say, "1e999" would reach the request as

@@ -360,7 +360,8 @@ end
 function M.razor_areas(track)
   local _, text = reaper.GetSetMediaTrackInfo_String(track, "P_RAZOREDITS", "", false)
   local areas = {}
-  for a, b, guid in (text or ""):gmatch('(%S+)%s+(%S+)%s+"([^"]*)"') do
+  local word, space = "([^" .. M.SPACE .. "]+)", "[" .. M.SPACE .. "]+"
+  for a, b, guid in (text or ""):gmatch(word .. space .. word .. space .. '"([^"]*)"') do
     if guid == "" and tonumber(a) and tonumber(b) then areas[#areas + 1] = { tonumber(a), tonumber(b) } end
   end
   return areas

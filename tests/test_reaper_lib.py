@@ -56,6 +56,41 @@ def test_json_escapes_control_characters_only():
     assert json.loads(out)["s"] == 'a\x01b"c\\d é'
 
 
+@pytest.fixture(scope="module")
+def latin1_locale(tmp_path_factory):
+    """A Latin-1 C locale (LOCPATH, name): the kind a host program may set for its Lua, under
+    which the C library counts bytes 0x80-0x9F as control characters."""
+    import os
+    import shutil
+
+    localedef = shutil.which("localedef")
+    if localedef is None:
+        pytest.skip("localedef is not installed (glibc's locale compiler)")
+    folder = tmp_path_factory.mktemp("locales")
+    made = subprocess.run([localedef, "-i", "en_US", "-f", "ISO-8859-1", str(folder / "en_US.ISO-8859-1")],
+                          capture_output=True, timeout=60)
+    if not (folder / "en_US.ISO-8859-1").exists():
+        pytest.skip(f"localedef could not make a Latin-1 locale: {made.stderr.decode(errors='replace')[-200:]}")
+    return {**os.environ, "LOCPATH": str(folder)}, "en_US.ISO-8859-1"
+
+
+def test_utf8_text_passes_untouched_under_a_latin1_locale(latin1_locale):
+    # ł ’ Cyrillic and kana hold bytes 0x80-0x9F: with %c they came out as \u0082... (another
+    # text) and the engine's replies holding them could not be read ("control character")
+    env, name = latin1_locale
+    text = "łódź ’quoted’ — Привет かな Zoë voilà"
+    prelude = (f"reaper = {{GetOS = function() return 'Other' end}}; SF = dofile({json.dumps(str(LIB))}); "
+               f"assert(os.setlocale({json.dumps(name)}, 'ctype')); assert(('\\130'):find('%c')); ")
+    code = ("local v = SF.json_decode(io.read('a')); "
+            "io.write(SF.json_encode({s = v.s}), '|', SF.trim(' \\t' .. v.s .. ' \\n'), '|', v.s)")
+    done = subprocess.run([h.LUA, "-e", prelude + code], input=json.dumps({"s": text}, ensure_ascii=False).encode(),
+                          capture_output=True, timeout=20, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    encoded, trimmed, decoded = done.stdout.decode("utf-8").split("|")
+    assert encoded == json.dumps({"s": text}, ensure_ascii=False, separators=(",", ":"))
+    assert trimmed == decoded == text
+
+
 @pytest.mark.parametrize("bad", ['{"a":', '[1,2', '{"a" 1}', '"\\q"', "tru", "[1] x"])
 def test_json_decode_rejects_malformed(bad):
     out = lua("local v, err = SF.json_decode(io.read('a')); io.write(tostring(v), '|', tostring(err))", bad)
