@@ -101,6 +101,21 @@ def test_weights_decode_with_this_versions_decoder_whatever_they_recorded():
     assert codec_config_of({"codec_config": json.dumps(recorded)}) == MelCodecConfig(log_offset=1e-2)
 
 
+@pytest.mark.parametrize("hop, n_fft, synthesis_hop", [(64, 256, 16), (96, 192, 24), (6, 12, 6)])
+def test_weights_on_another_latent_grid_decode_on_a_synthesis_grid_that_fits_it(hop, n_fft, synthesis_hop):
+    # this version's 128-sample synthesis hop divides neither 64 nor 96: such weights, which the
+    # first decoder read, were refused as "a codec this version cannot build"
+    import json
+    from dataclasses import asdict
+
+    from stepfoley.engine.embedded.model import codec_config_of
+
+    recorded = asdict(MelCodecConfig(hop=hop, n_fft=n_fft, synthesis_hop=hop))
+    config = codec_config_of({"codec_config": json.dumps(recorded)})
+    assert (config.hop, config.n_fft, config.synthesis_hop) == (hop, n_fft, synthesis_hop)
+    assert MelCodec(config).decode(torch.zeros(1, 3, config.n_mels)).shape == (1, 3 * hop)
+
+
 def test_the_first_codec_latent_stays_for_weights_trained_with_it():
     first = MelCodec(MelCodecConfig(log_offset=0.0))
     assert torch.equal(first.encode(torch.zeros(1, 1600)), torch.full((1, 4, 40), math.log(1e-5)))

@@ -48,7 +48,8 @@ class MelCodecConfig:
     log_offset: float = 1e-3
     log_floor: float = 1e-5
     # The decoder's settings (DECODER_FIELDS) shape only how a latent is heard, never the latent
-    # itself: a weights file records them, but every file decodes with this version's.
+    # itself: a weights file records them, but every file decodes with this version's
+    # (synthesis_hop_for fits the synthesis grid to the latent the file recorded).
     # Mel inversion: more multiplicative updates concentrate a band's energy where its
     # neighbours put it, instead of spreading it flat over the band (a tone stays a tone). On 24
     # development mini-world stems, 300 instead of 30 took the round trip's log-mel error from
@@ -63,11 +64,10 @@ class MelCodecConfig:
     synthesis_hop: int = 128
 
     def __post_init__(self):
-        if self.hop <= 0 or self.n_fft % self.hop or (self.n_fft - self.hop) % 2:
+        if not _grid_fits(self.hop, self.hop, self.n_fft):
             raise InvalidInputError(f"The codec's FFT size ({self.n_fft}) must be a whole number of hops "
                                     f"({self.hop}), with an even overlap.")
-        if (self.synthesis_hop <= 0 or self.hop % self.synthesis_hop or self.n_fft % self.synthesis_hop
-                or (self.n_fft - self.synthesis_hop) % 2):
+        if not _grid_fits(self.synthesis_hop, self.hop, self.n_fft):
             raise InvalidInputError(f"The codec's synthesis hop ({self.synthesis_hop}) must divide its hop "
                                     f"({self.hop}) and its FFT size ({self.n_fft}), with an even overlap.")
         if self.nnls_iterations < 0 or self.griffin_lim_iterations < 0:
@@ -76,6 +76,21 @@ class MelCodecConfig:
                 and self.log_floor > 0):
             raise InvalidInputError(f"The codec's log offset ({self.log_offset}) must be a finite number of at least "
                                     f"0 and its log floor ({self.log_floor}) a finite positive one.")
+
+
+def _grid_fits(step: int, hop: int, n_fft: int) -> bool:
+    # frames every `step` samples tile both grids: a whole number per hop and per FFT, centred alike
+    return step > 0 and hop % step == 0 and n_fft % step == 0 and (n_fft - step) % 2 == 0
+
+
+def synthesis_hop_for(hop: int, n_fft: int) -> int:
+    """This version's synthesis hop for a latent on a grid of `hop` samples (weights record their
+    latent, not the decoder): the default where it fits that grid, else a quarter of the hop, else
+    the hop itself (the first decoder, Griffin-Lim on the latent's own grid)."""
+    for step in (MelCodecConfig.synthesis_hop, hop // 4):
+        if hop > 0 and _grid_fits(step, hop, n_fft):
+            return step
+    return hop
 
 
 class MelCodec:

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
-from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig
+from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
 from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
@@ -74,7 +74,9 @@ def codec_config_of(meta: dict[str, str]) -> MelCodecConfig:
         recorded = json.loads(meta["codec_config"])
         if not isinstance(recorded, dict):
             raise ValueError("not a JSON object")
-        return MelCodecConfig(**{k: v for k, v in recorded.items() if k not in DECODER_FIELDS})
+        latent = {k: v for k, v in recorded.items() if k not in DECODER_FIELDS}
+        grid = latent.get("hop", MelCodecConfig.hop), latent.get("n_fft", MelCodecConfig.n_fft)
+        return MelCodecConfig(**latent, synthesis_hop=synthesis_hop_for(*grid))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"The embedded weights record a codec this version cannot build ({e}). "
                               "Reinstall StepFoley or train the model again.") from None
