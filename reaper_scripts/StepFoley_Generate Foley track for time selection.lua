@@ -1,8 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.11
+-- @version 0.5.12
 -- @changelog
---   Captions, names and paths holding characters such as ł, ’, —, Cyrillic or kana reach the engine unchanged, and its replies holding them are read, whatever character set REAPER runs its scripts in (under a Latin-1 one, their bytes were taken for control characters).
+--   A mistyped method or negatives mode is quoted as typed whatever character set REAPER runs its scripts in (under a Latin-1 one, É came back as another character).
+--   Item notes holding a long run of spaces no longer hold REAPER up for seconds when a take's description is added (a slip of 0.5.11).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.11"
+M.VERSION = "0.5.12"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -48,9 +48,18 @@ M.CLIENT_REPORT_GRACE_S = 10
 M.SPACE = " \t\n\v\f\r"           -- the C locale's %s, for inside [...]
 local ESCAPED = '[\0-\31\127"\\]'   -- the C locale's %c, quote and backslash
 
--- Text without the spaces around it ("" for nil).
+-- Text without the spaces around it ("" for nil). Two steps, because one pattern that ends in
+-- "[spaces]*$" rescans each run of spaces inside the text: seconds for a long one.
 function M.trim(s)
-  return ((s or ""):match("^[" .. M.SPACE .. "]*(.-)[" .. M.SPACE .. "]*$"))
+  s = s or ""
+  if not s:find("[^" .. M.SPACE .. "]") then return "" end
+  return (s:match("^[" .. M.SPACE .. "]*(.*[^" .. M.SPACE .. "])"))
+end
+
+-- string.lower for A-Z only: string.lower follows the locale too, and under a Latin-1 one
+-- changes the bytes of UTF-8 characters (É's lead byte 0xC3 into 0xE3).
+function M.lower_ascii(s)
+  return (s:gsub("[A-Z]", function(c) return string.char(c:byte() + 32) end))
 end
 
 M.VIDEO_EXTENSIONS = { mp4 = true, mov = true, m4v = true, mkv = true, avi = true, webm = true,

@@ -200,7 +200,7 @@ function M.parse_form(values, spec)
     if spec.fixed_method then
       p.method = spec.fixed_method
     else
-      local method = trim(values.method):lower()
+      local method = M.lower_ascii(trim(values.method))
       if method ~= "" then p.method = check_method(method, spec) end
     end
     p.alpha = number_field(values.alpha, "Alpha", bounds(caps, "alpha"))
@@ -211,7 +211,7 @@ function M.parse_form(values, spec)
     p.seed = number_field(values.seed, "Seed", seed_low or 0, seed_high, true) or M.random_seed()
     p.negatives = spec.audio == "reference" and "none" or "layers"
     if spec.negatives then
-      local mode = trim(values.negatives):lower()
+      local mode = M.lower_ascii(trim(values.negatives))
       if mode == "" then mode = "layers" end
       local known = false
       for _, m in ipairs(M.NEGATIVE_MODES) do known = known or m == mode end

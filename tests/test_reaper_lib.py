@@ -91,6 +91,21 @@ def test_utf8_text_passes_untouched_under_a_latin1_locale(latin1_locale):
     assert trimmed == decoded == text
 
 
+def test_the_dialogs_messages_quote_utf8_text_intact_under_a_latin1_locale(latin1_locale):
+    # string.lower follows the locale as %c did: a mistyped method "Éclat" came back as "\xe3\x89clat"
+    env, name = latin1_locale
+    code = (f"reaper = {{GetOS = function() return 'Other' end}}; SF = dofile({json.dumps(str(LIB))}); "
+            f"assert(os.setlocale({json.dumps(name)}, 'ctype')); "
+            "local _, a = SF.parse_form({caption = 'steps', method = 'Éclat'}, {engine = {}}); "
+            "local _, b = SF.parse_form({caption = 'steps', negatives = 'Всё'}, {engine = {}, negatives = true}); "
+            "io.write(a, '|', b)")
+    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    method, negatives = done.stdout.decode("utf-8").split("|")
+    assert method == '"Éclat" is not a method name.'
+    assert negatives == 'Negatives must be layers, selection or none, got "Всё".'
+
+
 @pytest.mark.parametrize("bad", ['{"a":', '[1,2', '{"a" 1}', '"\\q"', "tru", "[1] x"])
 def test_json_decode_rejects_malformed(bad):
     out = lua("local v, err = SF.json_decode(io.read('a')); io.write(tostring(v), '|', tostring(err))", bad)
