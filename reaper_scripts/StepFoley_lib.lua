@@ -48,11 +48,16 @@ M.CLIENT_REPORT_GRACE_S = 10
 M.SPACE = " \t\n\v\f\r"           -- the C locale's %s, for inside [...]
 local ESCAPED = '[\0-\31\127"\\]'   -- the C locale's %c, quote and backslash
 
+-- Whether the text is empty or spaces only.
+function M.is_blank(s)
+  return not s:find("[^" .. M.SPACE .. "]")
+end
+
 -- Text without the spaces around it ("" for nil). Two steps, because one pattern that ends in
 -- "[spaces]*$" rescans each run of spaces inside the text: seconds for a long one.
 function M.trim(s)
   s = s or ""
-  if not s:find("[^" .. M.SPACE .. "]") then return "" end
+  if M.is_blank(s) then return "" end
   return (s:match("^[" .. M.SPACE .. "]*(.*[^" .. M.SPACE .. "])"))
 end
 

@@ -44,7 +44,7 @@ function M.notes_with(notes, description)
     local line_end = notes:find("\n", stem + 1, true)
     return notes:sub(1, first - 1) .. description .. (line_end and notes:sub(line_end) or "")
   end
-  if not notes:find("[^" .. M.SPACE .. "]") then return description end
+  if M.is_blank(notes) then return description end
   return notes .. (notes:sub(-1) == "\n" and "\n" or "\n\n") .. description
 end
 
