@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stepfoley.atomic import make_temp_folder, nearest_existing, release_temp_folder, sweep_stale_parts
+from stepfoley.atomic import (can_make_file_in, make_temp_folder, nearest_existing, release_temp_folder,
+                              sweep_stale_parts)
 from stepfoley.engine import audio_io, mixing
 from stepfoley.lab.evaluation import metrics
 from stepfoley.engine.features.cache import FeatureCache
@@ -66,7 +67,7 @@ def check_demo_arguments(out_dir: str | os.PathLike, seed: int, tracks: int, ste
         raise InvalidInputError(f"--out {out_dir} is a file, not a folder; give a folder for the demo runs "
                                 "(a new run_NNN is made inside it).")
     there = nearest_existing(out_dir)  # the folder itself, or where it would be made
-    if not os.path.isdir(there) or not os.access(there, os.W_OK | os.X_OK):
+    if not os.path.isdir(there) or not can_make_file_in(there):
         raise InvalidInputError(f"--out {out_dir}: {there} is not a folder you can write to.")
 
 

@@ -220,6 +220,22 @@ def stage_stream(path: str | os.PathLike, write_to: Callable[[BinaryIO], None]) 
     return _stage(Path(path), None, write_to)
 
 
+def can_make_file_in(folder: str | os.PathLike) -> bool:
+    """Whether a new file can be made in `folder`, found by making one (a temporary name, so
+    `sweep_stale_parts` removes it should this process die before it does). Permission bits do
+    not tell: root passes them for a read-only mount or a kernel's folder (/proc, /sys)."""
+    probe = Path(folder) / f".stepfoley-probe.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:
+        return False
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass  # made, so the folder takes files; the sweep removes what is left
+    return True
+
+
 def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None) -> StagedFile:
     # Taken at write time, not import time: a forked child is another writer.
     suffix = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"

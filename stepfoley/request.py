@@ -21,7 +21,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from stepfoley.atomic import name_too_long
+from stepfoley.atomic import can_make_file_in, name_too_long
 
 # The newest protocol this engine speaks; it answers every version in SUPPORTED_PROTOCOLS in
 # that version's terms. A request that does not say is a version-1 request (clients older
@@ -668,7 +668,7 @@ def _check_output_dir(folder: str) -> None:
     if not os.path.isdir(folder):
         _invalid(f"output_dir '{printable(folder)}' does not exist or is not a folder. "
                  "Create it (or save the project) first.")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not can_make_file_in(folder):
         _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
     too_deep = name_too_long(os.path.join(folder, "s" * MAX_STEM_FILE_NAME_BYTES))  # the stems' and temp files' paths
     if too_deep:

@@ -294,3 +294,14 @@ def test_a_temp_file_of_another_users_live_writer_is_kept(tmp_path, monkeypatch)
     name = f".take.wav.{atomic._HOST}-{gone}-0123abcd.part"
     (tmp_path / name).write_bytes(b"x")
     assert atomic.sweep_stale_parts(tmp_path) == [] and (tmp_path / name).exists()
+
+
+def test_the_writability_probe_leaves_nothing_and_uses_a_name_the_sweep_knows(tmp_path, monkeypatch):
+    """A probe left by a process that died between making and removing it is swept like any
+    other writer's temporary file."""
+    removed = []
+    unlink = os.unlink
+    monkeypatch.setattr(atomic.os, "unlink", lambda path: (removed.append(os.path.basename(path)), unlink(path)))
+    assert atomic.can_make_file_in(tmp_path) and list(tmp_path.iterdir()) == []
+    assert len(removed) == 1 and atomic.temp_target(removed[0]) == "stepfoley-probe"
+    assert not atomic.can_make_file_in(tmp_path / "missing")

@@ -474,6 +474,9 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(InvalidInputError, match="a-file.*--feature-cache off"):
         open_feature_cache(tmp_path / "a-file")
+    if os.path.isdir("/proc"):  # root passes its permission bits (the CI's user); only making a file tells
+        with pytest.raises(InvalidInputError, match="'/proc' cannot be used .*--feature-cache off"):
+            open_feature_cache("/proc")
     for size in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidInputError, match="gigabytes above 0"):
             open_feature_cache("off", size)

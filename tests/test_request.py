@@ -243,6 +243,24 @@ def test_output_dir_must_exist_on_the_engine_side(tmp_path):
     assert parse_request(request).output_dir == str(tmp_path / "missing")
 
 
+def test_an_output_dir_no_file_can_be_made_in_is_refused_and_a_good_one_is_left_as_it_was(tmp_path):
+    """Tried with a real file: as root (the CI's user) the permission bits let any folder pass,
+    /proc included, and the job failed only after its sampling, at the stem's write."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "theirs.wav").write_bytes(b"x")
+    assert parse_request(make_request(tmp_path, output_dir=str(out)), check_paths=True)
+    assert [p.name for p in out.iterdir()] == ["theirs.wav"]  # the probe file is gone
+    if os.path.isdir("/proc"):
+        with pytest.raises(RequestError, match="'/proc' is not writable by the engine"):
+            parse_request(make_request(tmp_path, output_dir="/proc"), check_paths=True)
+    if os.name == "posix" and os.geteuid() != 0:  # as root a mode says nothing; /proc above tells
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(RequestError, match="is not writable by the engine"):
+            parse_request(make_request(tmp_path, output_dir=str(locked)), check_paths=True)
+
+
 def test_an_output_dir_too_deep_for_its_stems_paths_is_refused_before_work(tmp_path):
     """A folder within the path field's bound whose stems' temp files would pass the system's
     longest path (4,096 bytes on Linux) is refused now, not after the job's sampling."""

@@ -44,7 +44,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from stepfoley.atomic import temp_target, write_atomically
+from stepfoley.atomic import can_make_file_in, temp_target, write_atomically
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.user_dirs import default_feature_cache_dir, make_private_dir
 
@@ -312,7 +312,7 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
     try:
         make_private_dir(directory, ours=folder is None)  # its entries name the user's videos
-        usable = os.access(directory, os.W_OK | os.X_OK)
+        usable = can_make_file_in(directory)
         reason = "it is not writable"
     except OSError as error:
         usable, reason = False, error.strerror or str(error)

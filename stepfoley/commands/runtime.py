@@ -74,18 +74,6 @@ def check_input_file(path, option: str, what: str) -> None:
         raise InvalidInputError(f"{option} {path} is {found}; give {what}.")
 
 
-def _holds_a_new_file(folder) -> bool:
-    """Whether a file can be made in `folder`: its permission bits do not say so for root, nor
-    for a read-only mount or a kernel's folder (/proc, /sys), where only trying tells."""
-    import tempfile
-
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stepfoley-probe-"):
-            return True
-    except OSError:
-        return False
-
-
 def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json",
                     folder_made: bool = False) -> None:
     """Refuse a --json PATH (or another `option`'s file) that could not be written to, before
@@ -95,7 +83,7 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
     import os
     from pathlib import Path
 
-    from stepfoley.atomic import name_too_long, nearest_existing
+    from stepfoley.atomic import can_make_file_in, name_too_long, nearest_existing
     from stepfoley.engine.errors import InvalidInputError
 
     if not str(path).strip():
@@ -107,7 +95,7 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
         raise InvalidInputError(f"The folder {folder} does not exist; create it or choose another {option} path.")
     if not folder.is_dir():
         raise InvalidInputError(f"{folder} is not a folder; choose another {option} path.")
-    if not os.access(folder, os.W_OK | os.X_OK) or not _holds_a_new_file(folder):
+    if not can_make_file_in(folder):
         raise InvalidInputError(f"The folder {folder} is not writable; choose another {option} path.")
     too_long = name_too_long(path)
     if too_long:
