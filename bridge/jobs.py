@@ -398,19 +398,27 @@ def _stem_in(result: Any, output_dir: str) -> str | None:
     return stem
 
 
-def _names_in(folder: str) -> dict[str, tuple[int, int, int]] | None:
-    """Each file in `folder` now with what tells it from a new file of the same name (inode,
-    modification time, size; a freed inode is often given again at once), or None when the
-    folder cannot be listed."""
-    def identity(entry: os.DirEntry) -> tuple[int, int, int]:
-        info = entry.stat(follow_symlinks=False)
-        return info.st_ino, info.st_mtime_ns, info.st_size
+def _entry_identity(entry: os.DirEntry) -> tuple[int, int, int]:
+    """What tells a file from a new one of the same name: inode, modification time, size (a
+    freed inode is often given again at once). Windows's listing reports every inode as 0, so a
+    file is always compared with what the same listing says of it, never with os.stat's."""
+    info = entry.stat(follow_symlinks=False)
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
+
+def _names_in(folder: str) -> dict[str, tuple[int, int, int]] | None:
+    """Each file in `folder` now with its _entry_identity, or None when the folder cannot be listed."""
     try:
         with os.scandir(folder) as entries:
-            return {e.name: identity(e) for e in entries}
+            return {e.name: _entry_identity(e) for e in entries}
     except OSError:
         return None
+
+
+def _identity_in(folder: str, name: str) -> tuple[int, int, int] | None:
+    """The _entry_identity of `name` in `folder` now (None: not there). Raises OSError."""
+    with os.scandir(folder) as entries:
+        return next((_entry_identity(e) for e in entries if e.name == name), None)
 
 
 def _discard_stem(result: Any, output_dir: str, existing: dict[str, tuple[int, int, int]] | None) -> None:
@@ -426,8 +434,8 @@ def _discard_stem(result: Any, output_dir: str, existing: dict[str, tuple[int, i
                 continue
             if os.path.realpath(os.path.dirname(stem)) != os.path.realpath(output_dir):
                 continue  # the engine writes stems into output_dir itself, never below it
-            info = os.stat(stem)
-            if existing.get(os.path.basename(stem)) != (info.st_ino, info.st_mtime_ns, info.st_size):
+            name = os.path.basename(stem)
+            if existing.get(name) != _identity_in(os.path.dirname(stem), name):
                 os.unlink(stem)
         except OSError as e:
             log.warning("could not remove the stem of a failed job: %s", e)

@@ -593,6 +593,40 @@ def test_a_late_cancels_stem_goes_whatever_clock_stamped_it(tmp_path):
     assert not mine.exists()
 
 
+def test_a_file_that_was_there_is_kept_where_the_folder_listing_gives_no_inodes(tmp_path, monkeypatch):
+    """Windows's folder listing (os.DirEntry.stat) reports every inode as 0 where os.stat gives
+    the real one: compared across the two, a file that was there when the job began looked new
+    and a faulty runner's result naming it had it removed."""
+    import contextlib
+    import types
+
+    from stepfoley.bridge import jobs
+
+    scandir = os.scandir
+
+    def stat_without_inode(entry):
+        def stat(follow_symlinks=True):
+            info = entry.stat(follow_symlinks=follow_symlinks)
+            return types.SimpleNamespace(st_ino=0, st_mtime_ns=info.st_mtime_ns, st_size=info.st_size)
+        return types.SimpleNamespace(name=entry.name, path=entry.path, stat=stat)
+
+    @contextlib.contextmanager
+    def listing_as_on_windows(folder):
+        with scandir(folder) as entries:
+            yield [stat_without_inode(e) for e in entries]
+
+    monkeypatch.setattr(jobs.os, "scandir", listing_as_on_windows)
+    mine = tmp_path / "my_take.wav"
+    mine.write_bytes(b"RIFF")
+    before = jobs._names_in(str(tmp_path))
+    jobs._discard_stem({"stem_path": str(mine)}, str(tmp_path), before)
+    assert mine.read_bytes() == b"RIFF"
+    mine.unlink()  # still told apart by its time and size: a new file under the name is the job's
+    mine.write_bytes(b"RIFF, the job's")
+    jobs._discard_stem({"stem_path": str(mine)}, str(tmp_path), before)
+    assert not mine.exists()
+
+
 def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp_path):
     """The cancel lands while the stem is being written (no check inside): "stopping" was the
     answer, so the job ends /cancelled and its stem goes."""
