@@ -294,11 +294,11 @@ class EngineServer:
                 self.dropped_datagrams += 1
             for datagram, address in replies:
                 self._send(datagram, address)
+            self.jobs.replies_sent()  # a job starts now, not once the rest of the batch is handled
         if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
             self._flood_logged_at = now
             log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second is dropped "
                         "while this lasts", *flooder, self.flood_rate)
-        self.jobs.replies_sent()
 
     def _drain(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Up to `drain_batch` datagrams that are waiting (at least one: the selector said so)."""

@@ -806,6 +806,33 @@ def test_a_flooding_sender_is_cut_to_its_rate_in_a_backlog_and_the_others_are_an
         "while this lasts")
 
 
+def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path, monkeypatch):
+    # /generate then three /status wait in the socket, so the loop reads them as one batch; each
+    # /status is handled only once the job has started (or 4 s have passed). The job used to wait
+    # for the whole batch (or ANNOUNCE_WAIT_S, here longer) before its first step.
+    from stepfoley.bridge import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 10.0)
+    started = threading.Event()
+    srv = EngineServer(SineRunner(before_step=lambda step: started.set()), ServerConfig(port=0))
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, steps=1), "job")
+    for i in range(3):
+        p.send(protocol.STATUS, p.port, f"s{i}", "")
+    handle, seen_started = srv.dispatcher.handle_datagram, []
+
+    def status_after_the_start(data, sender):
+        if data.startswith(protocol.STATUS.encode()):
+            seen_started.append(started.wait(4.0))
+        return handle(data, sender)
+
+    srv.dispatcher.handle_datagram = status_after_the_start
+    with srv.start():
+        replies = p.receive_until({protocol.DONE}, timeout=20.0)
+    assert seen_started == [True, True, True]
+    assert [kind for kind, _ in replies][:1] == [protocol.ACCEPTED]
+
+
 def test_without_a_backlog_a_sender_past_the_rate_loses_nothing():
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     srv.drain_batch, srv.flood_rate = 8, 5
