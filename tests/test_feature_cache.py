@@ -197,6 +197,45 @@ def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
     assert (folder / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="only root can give a file to another user (the CI runs as root)")
+def test_another_users_entries_in_a_shared_folder_are_never_read_replaced_counted_or_removed(tmp_path):
+    """The key in an entry's name is no secret (path, size, mtime), so another user of a shared
+    folder could plant any features under it; they used to be read as this engine's."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"any file has an identity")
+    folder = tmp_path / "shared"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    (theirs,) = entries(folder)
+    os.chown(theirs, 4242, 4242)
+    planted = theirs.read_bytes()
+    calls = []
+    cache = FeatureCache(cache_dir=folder, max_disk_bytes=len(planted))
+    for _ in range(2):  # computed once, then kept in memory
+        result = cache.get_or_compute_region(video, 0.0, 1.0, "enc", lambda: calls.append(1) or fake_features(2.0)())
+        assert torch.equal(result[0], torch.full((1, 64, 8), 2.0))
+    assert calls == [1] and theirs.read_bytes() == planted and theirs.stat().st_uid == 4242
+    # room for one entry: theirs is not counted against it, nor removed to make room
+    cache.get_or_compute_region(video, 0.0, 2.0, "enc", fake_features(3.0))
+    assert len(entries(folder)) == 2 and theirs.read_bytes() == planted
+
+
+def test_an_entry_name_that_is_a_link_is_not_followed(tmp_path):
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"any file has an identity")
+    folder, elsewhere = tmp_path / "features", tmp_path / "elsewhere"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    (path,) = entries(folder)
+    elsewhere.mkdir()
+    path.rename(elsewhere / path.name)
+    path.symlink_to(elsewhere / path.name)
+    calls = []
+    result = FeatureCache(cache_dir=folder).get_or_compute_region(
+        video, 0.0, 1.0, "enc", lambda: calls.append(1) or fake_features(2.0)())
+    assert calls == [1] and torch.equal(result[0], torch.full((1, 64, 8), 2.0))
+    assert not path.is_symlink() and (elsewhere / path.name).is_file()  # the link replaced, its target kept
+
+
 @pytest.mark.parametrize("damage", ["name", "dtype", "nan", "shape"])
 def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_path, damage):
     """One byte of a header can turn item0 into another name or float32 into int32, and damaged
@@ -232,14 +271,14 @@ def test_a_folder_that_can_no_longer_be_read_is_a_miss(tmp_path, monkeypatch):
     video.write_bytes(b"x")
     folder = tmp_path / "features"
     FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
-    real = Path.is_file
+    real = os.open
 
-    def denied(self):
-        if self.parent == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+    def denied(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "is_file", denied)
+    monkeypatch.setattr(os, "open", denied)
     calls = []
     FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc",
                                                          lambda: calls.append(1) or fake_features(2.0)())

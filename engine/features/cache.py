@@ -22,6 +22,11 @@ that survives restarts (`open_feature_cache` puts it under the user's cache fold
   version, and that key) and their writers' temporary files (`.<entry name>.<host>-<pid>-
   <random>.part`, stepfoley.atomic) left over an hour by a killed engine; any other file is
   never opened nor removed;
+- in a folder other users write to as well (a shared `--feature-cache`), an entry another
+  user wrote is never read (it could hold any features: the key in its name is no secret),
+  replaced, counted or removed; this engine computes and keeps its own in memory. An entry is
+  read through the one descriptor whose owner was checked, never followed as a link (POSIX;
+  Windows has no owner check: its default folder is the user's own);
 - the disk is a convenience: a failed read is a miss and a failed write (a full or read-only
   disk) is skipped, so it never fails a generation.
 """
@@ -33,6 +38,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -42,7 +48,7 @@ from typing import Callable, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load as load_tensors, save_file
 
 from stepfoley.atomic import can_make_file_in, temp_target, write_atomically
 from stepfoley.engine.errors import InvalidInputError
@@ -67,6 +73,7 @@ _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
 _UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
 _TUPLE_PREFIX = "item"
+_HEADER_ROOM_BYTES = 2**20  # an entry's file: its tensors (at most the cap) and a header of names, shapes and key
 
 
 def file_identity(path: str | Path) -> tuple[str, int, int]:
@@ -125,6 +132,30 @@ def _shapes_text(features: Features) -> str:
 
 def _nbytes(features: Features) -> int:
     return sum(t.numel() * t.element_size() for t in features.values())
+
+
+def _written_by_someone_else(info: os.stat_result) -> bool:
+    """Whether another user owns the file (POSIX; False where there are no owners to compare)."""
+    return hasattr(os, "geteuid") and info.st_uid != os.geteuid()
+
+
+_OPEN_ENTRY = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_entry_file(path: Path, max_bytes: int) -> tuple[Features, dict] | None:
+    """The tensors and metadata of the file at `path`, read through one descriptor (a FIFO does
+    not block the open, a link is refused); None when it is not a regular file or another user
+    wrote it. Raises one of _UNREADABLE when it cannot be read as an entry."""
+    with os.fdopen(os.open(path, _OPEN_ENTRY), "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or _written_by_someone_else(info):
+            return None
+        if info.st_size > max_bytes:
+            raise ValueError("larger than the cache may hold")
+        data = file.read()
+    features = load_tensors(data)  # validates the header, so the metadata below parses
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return features, header.get("__metadata__") or {}
 
 
 def _is_own_entry(path: Path) -> bool:
@@ -229,15 +260,18 @@ class FeatureCache:
 
     def _read_disk(self, key: tuple) -> Features | None:
         path = self._disk_path(key)
+        if path is None:
+            return None
         try:  # inside: a folder that can no longer be read (rights, a lost share) is a miss too
-            if path is None or not path.is_file():
-                return None
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != DISK_FORMAT or meta.get("key") != _key_text(key):
-                    raise ValueError("not this entry")
-                features = {name: f.get_tensor(name) for name in f.keys()}
+            read = _read_entry_file(path, self.max_disk_bytes + _HEADER_ROOM_BYTES)
+            if read is None:
+                return None  # a folder, a pipe, or another user's entry: never read nor removed
+            features, meta = read
+            if meta.get("format") != DISK_FORMAT or meta.get("key") != _key_text(key):
+                raise ValueError("not this entry")
             _check_entry(features, meta)
+        except FileNotFoundError:
+            return None
         except _UNREADABLE:
             try:
                 if path.exists():  # else evicted by another engine meanwhile
@@ -256,6 +290,13 @@ class FeatureCache:
                     "shapes": _shapes_text(features)}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if _written_by_someone_else(os.lstat(path)):
+                return  # theirs stays (see the module's docstring); this one is kept in memory
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
             # replaced atomically: readers see the old file, none, or this one
             write_atomically(path, lambda temp: save_file(features, str(temp), metadata=metadata), replace=True)
         except (OSError, SafetensorError):
@@ -276,6 +317,8 @@ class FeatureCache:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # removed meanwhile
+            if _written_by_someone_else(info):
+                continue  # another user's: neither counted nor removed
             if _ENTRY_NAME.fullmatch(entry.name):
                 entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
             elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and now - info.st_mtime > _STALE_TEMP_S:
