@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 from stepfoley.bridge import osc, protocol
-from stepfoley.atomic import write_atomically
+from stepfoley.atomic import write_text_atomically
 from stepfoley.bridge.auth import TokenError, resolve_token
 from stepfoley.request import RequestError, parse_request, printable
 
@@ -474,7 +474,7 @@ def write_status(path: str, status: dict) -> None:
     file, never half; a reader that holds it open on Windows delays the replace by about a
     second at most. The temporary file never stays behind."""
     text = json.dumps(status, indent=1)
-    write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), replace=True)
+    write_text_atomically(path, text, replace=True)
 
 
 def send_request(

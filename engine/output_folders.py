@@ -62,8 +62,7 @@ def remember(folder: str | os.PathLike) -> None:
             # the list names the user's folders; a folder the user chose keeps its rights
             make_private_dir(directory, ours=not os.environ.get("STEPFOLEY_STATE_DIR"))
             text = json.dumps(folders[:MAX_FOLDERS])
-            atomic.write_atomically(directory / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"),
-                                    replace=True)
+            atomic.write_text_atomically(directory / STATE_FILE, text, replace=True)
         except OSError:
             pass
 

@@ -20,8 +20,9 @@ In a folder other users can write to, a temporary name could be swapped for a li
 other file while it is written: `stage_stream` hands its writer the new file itself (the
 descriptor its exclusive create returned), so nothing reopens it by name, and publishing checks
 that the name still holds that file and never follows a link. The engine writes stems, into
-the folders clients name, that way; `stage_file` (by name) is for writers that need a path,
-in the user's own folders.
+the folders clients name, and every text file (status, metadata, reports: write_text_atomically)
+that way; `stage_file` (by name) is for writers that need a path (safetensors, PyAV), in the
+user's own folders.
 
 Pure Python (no torch, no numpy): the bridge writes its status files with it too.
 """
@@ -143,6 +144,17 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], rep
     The temporary file does not survive a failure (unless even removing it fails; then the next
     writer in that folder sweeps it, sweep_stale_parts)."""
     staged = stage_file(path, write)
+    try:
+        return staged.publish(path, replace)
+    finally:
+        staged.discard()
+
+
+def write_text_atomically(path: str | os.PathLike, text: str, replace: bool = False) -> Path:
+    """write_atomically for UTF-8 text, written through the new file's own descriptor
+    (stage_stream), so a folder other users write to cannot turn it toward another file.
+    Raises as write_atomically does."""
+    staged = stage_stream(path, lambda file: file.write(text.encode("utf-8")))
     try:
         return staged.publish(path, replace)
     finally:

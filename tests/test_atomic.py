@@ -305,3 +305,29 @@ def test_the_writability_probe_leaves_nothing_and_uses_a_name_the_sweep_knows(tm
     assert atomic.can_make_file_in(tmp_path) and list(tmp_path.iterdir()) == []
     assert len(removed) == 1 and atomic.temp_target(removed[0]) == "stepfoley-probe"
     assert not atomic.can_make_file_in(tmp_path / "missing")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the swap needs a symbolic link made without rights")
+def test_a_text_file_swapped_for_a_link_while_written_never_writes_through_it(tmp_path, monkeypatch):
+    """A status or metadata file in a folder another user writes to: the temporary name turned
+    into a link to another file right after it was made. Written by name, the text went into
+    that file and the link was published."""
+    from stepfoley.bridge.client import write_status
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    real_open = os.open
+
+    def open_then_swap(path, flags, *args, **kwargs):
+        handle = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_EXCL and str(path).endswith(atomic.TEMP_SUFFIX):
+            os.unlink(path)
+            os.symlink(victim, path)
+        return handle
+
+    monkeypatch.setattr(atomic.os, "open", open_then_swap)
+    with pytest.raises(OSError, match="replaced by another file while it was written"):
+        write_status(str(tmp_path / "status.json"), {"state": "done"})
+    monkeypatch.undo()
+    assert victim.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]

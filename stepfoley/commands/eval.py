@@ -168,14 +168,14 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
     import json
     from pathlib import Path
 
-    from stepfoley.atomic import write_atomically
+    from stepfoley.atomic import write_text_atomically
     from stepfoley.engine.errors import InvalidInputError
 
     text = json.dumps(report, indent=1, allow_nan=False) + "\n"
     try:
         check_json_path(path, force)  # again: the folder or the file may have changed during the run
         # without --force a file that appeared meanwhile is not replaced either
-        write_atomically(Path(path), lambda temp: temp.write_text(text, encoding="utf-8"), replace=force)
+        write_text_atomically(Path(path), text, replace=force)
     except (InvalidInputError, FileExistsError) as e:
         problem = str(e) if isinstance(e, InvalidInputError) else f"{path} appeared while evaluating"
         saved = _saved_beside(Path(path), text)  # minutes to hours of figures are not thrown away
@@ -185,12 +185,12 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
 def _saved_beside(path, text: str):
     """The report written under the first free name beside `path` (eval.1.json, eval.2.json, ...),
     or None when that folder takes no file either."""
-    from stepfoley.atomic import write_atomically
+    from stepfoley.atomic import write_text_atomically
 
     for number in range(1, 1000):
         candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
         try:
-            return write_atomically(candidate, lambda temp: temp.write_text(text, encoding="utf-8"), replace=False)
+            return write_text_atomically(candidate, text, replace=False)
         except FileExistsError:
             continue
         except OSError:

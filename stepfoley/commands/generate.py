@@ -323,12 +323,12 @@ def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -
     import os
     import sys
 
-    from stepfoley.atomic import write_atomically
+    from stepfoley.atomic import write_text_atomically
 
     report = {"stems": [{"stem_path": os.fspath(p), "metadata": m} for p, m in stems], "ranking": ranking}
     text = json.dumps(report, indent=1, default=str) + "\n"
     try:
-        write_atomically(path, lambda temp: temp.write_text(text, encoding="utf-8"), replace=force)
+        write_text_atomically(path, text, replace=force)
     except OSError as e:  # the stems are written; only the sidecar is missing
         print(f"stepfoley: the stems are written, but not the metadata file '{path}' ({e.strerror or e}).",
               file=sys.stderr)
