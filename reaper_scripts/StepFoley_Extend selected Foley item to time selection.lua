@@ -31,7 +31,8 @@ local function main()
   local over = SF.item_in_the_way(item, item_end, t1)
   if over then
     return SF.alert(string.format("Extended to %.3f s, the item would run over \"%s\" (from %.3f s) on the same " ..
-      "track, which it could not hear. End the time selection before it, or move that item.", t1, over.name, over.start))
+      "track, which it could not hear. End the time selection before it, or move that item.", SF.on_ruler(t1),
+      over.name, SF.on_ruler(over.start)))
   end
   local from = math.min(t0, item_end)
   local extra_fields, stored = SF.continuation_job_fields(item, meta, from, t1)

@@ -1,9 +1,10 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.12
+-- @version 0.5.13
 -- @changelog
---   A mistyped method or negatives mode is quoted as typed whatever character set REAPER runs its scripts in (under a Latin-1 one, É came back as another character).
---   Item notes holding a long run of spaces no longer hold REAPER up for seconds when a take's description is added (a slip of 0.5.11).
+--   A video item that loops its source is followed: past the film's end it plays again from its start, and a time selection there is that part of the film (the picture on the track below was sent instead, or "no video item" was said). A selection across the loop point is made up to it; the console says so, for a second pass.
+--   Extend and the repair refuse an item that loops its audio past its take's end, instead of making the repeat you hear new without a word.
+--   Times in messages are the ruler's, with the project start time of Project settings (01:00:00:00 is common in post).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

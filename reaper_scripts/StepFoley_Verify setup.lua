@@ -64,7 +64,7 @@ local function check_project(proj, settings)
   if not t0 then say("   No time selection yet (make one over the picture to generate).") return end
   local region, err = SF.region_for(proj, t0, t1)
   if region then
-    say(string.format("   Time selection %.3f-%.3f s: picture %s, file %.3f-%.3f s.", t0, t1,
+    say(string.format("   Time selection %.3f-%.3f s: picture %s, file %.3f-%.3f s.", SF.on_ruler(t0), SF.on_ruler(t1),
       SF.basename(region.video), region.file_in, region.file_out))
     local negatives = SF.choose_negatives(proj, region.project_start, region.project_end, {}, "layers")
     say("   Layers counted as negatives there: " .. (#negatives.names > 0 and table.concat(negatives.names, ", ") or "none"))

@@ -12,6 +12,13 @@ return function(M)
 -- Time selection and picture
 ------------------------------------------------------------------------------------------
 
+-- A project time as the ruler shows it, for messages: shifted by the project's start time
+-- (Project settings), 01:00:00:00 in much post-production work. Every time sent or set is
+-- project time; only what the user reads is the ruler's.
+function M.on_ruler(t)
+  return t + (reaper.GetProjectTimeOffset and reaper.GetProjectTimeOffset(0, false) or 0)
+end
+
 function M.time_selection(proj)
   local t0, t1 = reaper.GetSet_LoopTimeRange2(proj, false, false, 0, 0, false)
   if t1 > t0 then return t0, t1 end
@@ -126,16 +133,34 @@ local function uncovered(a, b, spans)
   return free
 end
 
+-- Whether the item loops its source (B_LOOPSRC): past the source's end, and before its start,
+-- the source plays again.
+function M.loops_source(item)
+  return reaper.GetMediaItemInfo_Value(item, "B_LOOPSRC") ~= 0
+end
+
 -- Where a video item shows picture in project time: the item, within its take's source (no
--- frames before the source's start or after its end).
+-- frames before the source's start or after its end) unless it loops its source.
 local function picture_span(item)
+  local pos, item_end = M.item_range(item)
+  if M.loops_source(item) then return pos, item_end end
   local take = reaper.GetActiveTake(item)
   local levels = M.source_chain(take)
-  local pos, item_end = M.item_range(item)
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
   local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
   local source_length = reaper.GetMediaSourceLength(levels[1].src)
   return math.max(pos, pos - startoffs / playrate), math.min(item_end, pos + (source_length - startoffs) / playrate)
+end
+
+--[[
+Pure: for a looped source of `length` s played from `startoffs` at `playrate` by an item at
+`item_pos`, the pass of the loop that plays at project time `a`: the start offset that maps that
+pass to the source's own times (0 to length), and the project time where the pass ends. A small
+tolerance keeps a time on a pass's boundary in the pass it starts.
+]]
+function M.loop_pass(a, item_pos, startoffs, playrate, length)
+  local pass = math.floor((M.take_source_time(a, item_pos, startoffs, playrate) + 1e-6 * playrate) / length)
+  return startoffs - pass * length, item_pos + ((pass + 1) * length - startoffs) / playrate
 end
 
 -- Whether video item candidate `d` goes on with the picture of `c` (a picture split into pieces,
@@ -144,6 +169,7 @@ end
 -- picture would be.
 local function continues(c, d)
   return c.track == d.track and c.plays == d.plays and c.file == d.file and c.plain and d.plain
+    and not c.loops and not d.loops
     and math.abs(c.playrate - d.playrate) <= 1e-9 and d.pos >= c.pos and d.pos <= c.span_b + 1e-6
     and math.abs(M.take_source_time(d.pos, c.pos, c.startoffs, c.playrate) - d.startoffs) <= 1e-6
 end
@@ -194,7 +220,7 @@ function M.find_video_item(proj, t0, t1)
             file = reaper.GetMediaSourceFileName(levels[#levels].src, ""), pos = M.item_range(item),
             startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
             playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
-            plain = #levels == 1 and reaper.GetTakeNumStretchMarkers(take) == 0 }
+            plain = #levels == 1 and reaper.GetTakeNumStretchMarkers(take) == 0, loops = M.loops_source(item) }
         end
       end
     end
@@ -222,12 +248,13 @@ end
 
 -- Turns a time selection into the request's region. Returns region, nil or nil, message.
 -- The region is the part of [t0, t1] where the user sees the chosen picture; `clipped` says
--- whether it shrank (no picture there, or another video item shows).
+-- whether it shrank (no picture there, another video item shows, or a looped picture starts
+-- again).
 function M.region_for(proj, t0, t1)
   local item, stretch = M.find_video_item(proj, t0, t1)
   if not item then
     return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
-      "Put the picture on a track and make the time selection over it.", t0, t1)
+      "Put the picture on a track and make the time selection over it.", M.on_ruler(t0), M.on_ruler(t1))
   end
   local take = reaper.GetActiveTake(item)
   if reaper.GetTakeNumStretchMarkers(take) > 0 then
@@ -240,6 +267,11 @@ function M.region_for(proj, t0, t1)
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
   local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
   local a, b = stretch[1], stretch[2]
+  if M.loops_source(item) then -- one pass of the loop: the film does not go on where it starts again
+    local pass_end
+    startoffs, pass_end = M.loop_pass(a, pos, startoffs, playrate, reaper.GetMediaSourceLength(levels[1].src))
+    b = math.min(b, pass_end)
+  end
   if b - a <= 1e-6 then
     return nil, "The time selection does not overlap the picture of the video item (" ..
       M.basename(file) .. ")."

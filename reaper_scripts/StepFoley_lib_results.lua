@@ -642,7 +642,7 @@ function M.continuation_fields(item, region, a, b)
     return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
       "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
       "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
-      uncovered_a, uncovered_b)
+      M.on_ruler(uncovered_a), M.on_ruler(uncovered_b))
   end
   local offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") + (region.project_start - pos)
   if offset < -1e-9 then
@@ -650,16 +650,22 @@ function M.continuation_fields(item, region, a, b)
       "item (Item > Glue items) first."
   end
   a, b = math.max(a, region.project_start), math.min(b, region.project_end)
-  -- an item dragged out past its take's audio (or looping it) plays silence or a repeat there
+  -- an item dragged out past its take's audio plays silence there
   local audio_end = pos + (reaper.GetMediaSourceLength(levels[1].src) - reaper.GetMediaItemTakeInfo_Value(take,
     "D_STARTOFFS"))
+  if M.loops_source(item) and audio_end < item_end - 1e-6 then -- and a repeat, heard, where it loops
+    return nil, string.format("The selected item loops its source: from %.3f s on it plays its audio again, " ..
+      "which a new take would not keep. Glue the item (Item > Glue items) first, so that StepFoley keeps it " ..
+      "as it sounds, or turn off Loop source in its item properties if the repeat is not wanted.", M.on_ruler(audio_end))
+  end
   if b >= region.project_end - 1e-6 then
     a = math.min(a, audio_end) -- the new part starts where the audio ends, covering the rest of the item too
   elseif audio_end < region.project_end - 1e-6 then
     return nil, string.format("The selected item runs %.3f s past the end of its take's audio (its edge was " ..
-      "dragged out, or it loops its source), so the part after the time selection cannot be kept from the take. " ..
+      "dragged out), so the part after the time selection cannot be kept from the take. " ..
       "Trim the item to its audio, or glue it (Item > Glue items), then make the part again; or extend the item " ..
-      "from %.3f s with \"Extend selected Foley item to time selection\".", region.project_end - audio_end, audio_end)
+      "from %.3f s with \"Extend selected Foley item to time selection\".", region.project_end - audio_end,
+      M.on_ruler(audio_end))
   end
   if a <= region.project_start + 1e-6 and b >= region.project_end - 1e-6 then
     return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
@@ -667,7 +673,7 @@ function M.continuation_fields(item, region, a, b)
   end
   if b - a < M.MIN_REGENERATE_S - 1e-6 then -- as the engine rounds: 2.05 - 1.95 is 0.0999...
     return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
-      "picture. Make a longer time selection.", a, b, M.MIN_REGENERATE_S)
+      "picture. Make a longer time selection.", M.on_ruler(a), M.on_ruler(b), M.MIN_REGENERATE_S)
   end
   return { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""), take_offset = math.max(0, offset),
     regenerate = M.array({ a - region.project_start, b - region.project_start }) }
@@ -763,8 +769,9 @@ function M.generate(job)
     if not jobs then return M.alert(negatives) end
     if clipped then -- said once that part will be made
       M.log(string.format("you see the video item %s over only %.3f s to %.3f s of the range (the rest has no " ..
-        "picture, or another video item shows: make a second pass there); generating that part.",
-        M.basename(region.video), region.project_start, region.project_end))
+        "picture, another video item shows, or the looped picture starts again: make a second pass there); " ..
+        "generating that part.",
+        M.basename(region.video), M.on_ruler(region.project_start), M.on_ruler(region.project_end)))
     end
     M.run_jobs(settings, prefix, jobs, "StepFoley: " .. params.caption, function(results)
       M.report(results, jobs)

@@ -262,6 +262,65 @@ def test_region_running_past_the_video_end(world):
     assert_exact_placement(track["items"][0], 4.25, 6.0)
 
 
+def looped_picture(world, position=0.0, length=30.0, **take):
+    """The 10 s film on an item that loops it (B_LOOPSRC): REAPER plays it again from its start."""
+    return {"position": position, "length": length, "loopsrc": 1,
+            "takes": [{"file": str(world["video"]), "length": 10.0, **take}]}
+
+
+def test_a_looped_picture_in_a_later_pass_is_the_film_from_its_start(world, tmp_path):
+    """Film A looped over 0-30 s on the top track, film B below: at 12-16 s REAPER shows A at
+    2-6 s. The picture used to end with A's source, so B was sent without a word."""
+    other = tmp_path / "other.mp4"
+    other.write_bytes(b"not decoded by the stand-in")
+    below = {"name": "Picture B", "items": [{"position": 0.0, "length": 30.0,
+                                             "takes": [{"file": str(other), "length": 30.0}]}]}
+    result = h.run_scenario(world["tmp"], scenario(world, ts=(12.0, 16.0), video_item=looped_picture(world),
+                                                   extra_tracks=[below]))
+    assert result["messages"] == [] and "over only" not in result["console"]
+    region = job_request(result)["region"]
+    assert region["video"] == str(world["video"])
+    assert (region["file_in"], region["file_out"]) == (pytest.approx(2.0), pytest.approx(6.0))
+    assert (region["project_start"], region["project_end"]) == (12.0, 16.0)
+    [track] = new_tracks(result, known=("Picture", "Picture B", "wind", "Music"))
+    assert_exact_placement(track["items"][0], 12.0, 16.0)
+
+
+@pytest.mark.parametrize("item, ts, made, file_span", [
+    ({}, (8.0, 14.0), (8.0, 10.0), (8.0, 10.0)),                       # across the loop point
+    ({"length": 6.0, "startoffs": 8.0}, (0.0, 6.0), (0.0, 2.0), (8.0, 10.0)),   # the film's end, then its start
+    ({"length": 6.0, "startoffs": 8.0}, (2.0, 6.0), (2.0, 6.0), (0.0, 4.0)),    # the second pass alone
+], ids=["across-the-loop", "offset-to-the-loop", "second-pass"])
+def test_a_looped_picture_is_made_one_pass_at_a_time(world, item, ts, made, file_span):
+    """A request holds one stretch of the film; where the loop starts it again, the rest is a second
+    pass (said in the console, as for a picture that ends). It used to be cut at the source's end
+    of the item's first pass, or refused there ("no video item")."""
+    video_item = looped_picture(world, length=item.get("length", 30.0),
+                                **{k: v for k, v in item.items() if k != "length"})
+    result = h.run_scenario(world["tmp"], scenario(world, ts=ts, video_item=video_item))
+    assert result["messages"] == []
+    region = job_request(result)["region"]
+    assert (region["project_start"], region["project_end"]) == (pytest.approx(made[0]), pytest.approx(made[1]))
+    assert (region["file_in"], region["file_out"]) == (pytest.approx(file_span[0]), pytest.approx(file_span[1]))
+    clipped = made != ts
+    assert ("or the looped picture starts again" in result["console"]) == clipped
+
+
+def test_times_in_messages_are_the_rulers_and_times_sent_are_the_projects(world):
+    """A project starting at 01:00:00:00 (Project settings > Project start time): the ruler shows
+    3600 s more than the API's project time. The console said 4.250 s for what the user reads as 3604.250 s."""
+    video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 5.0,
+                                                                "startoffs": 1.0}]}
+    result = h.run_scenario(world["tmp"], scenario(world, ts=(4.25, 9.0), video_item=video_item, time_offset=3600.0))
+    assert "you see the video item picture.mp4 over only 3604.250 s to 3606.000 s of the range" in result["console"]
+    region = job_request(result)["region"]
+    assert (region["project_start"], region["project_end"]) == (4.25, pytest.approx(6.0))
+    [track] = new_tracks(result)
+    assert_exact_placement(track["items"][0], 4.25, 6.0)
+    result = h.run_scenario(world["tmp"], scenario(world, ts=(12.0, 14.0), time_offset=3600.0))
+    assert "(3612.000 s to 3614.000 s)" in result["messages"][0]["message"]
+
+
 def test_stretch_markers_are_refused(world):
     video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 10.0,
                                                                 "stretch_markers": 2}]}
@@ -828,6 +887,29 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert "runs 1.000 s past the end of its take's audio" in message["message"]
     assert "Extend selected Foley item to time selection" in message["message"]
     assert h.generation_commands(result) == [] and result["undo"] == []
+
+
+@pytest.mark.parametrize("script, ts", [("EXTEND", (5.0, 7.0)), ("REPAIR", (3.5, 4.0))])
+def test_a_continuation_of_an_item_that_loops_its_audio_is_refused_before_the_repeat_is_lost(world, script, ts):
+    """Item 3.0-5.5 s whose take ends at 4.5 s and loops: REAPER plays the audio again after
+    4.5 s. The new part used to start there, replacing the repeat the user hears, without a word."""
+    layer = continuation_layer(world, startoffs=10.5)
+    layer["items"][0]["loopsrc"] = 1
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": getattr(h, script)}],
+                  extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "The selected item loops its source: from 4.500 s on it plays its audio again" in message["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
+
+def test_an_item_that_loops_its_source_but_never_reaches_its_end_is_extended_as_any_other(world):
+    layer = continuation_layer(world, startoffs=1.5)
+    layer["items"][0]["loopsrc"] = 1
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and h.job_request(result)["regenerate"] == [1.0, 4.0]
 
 
 @pytest.mark.parametrize("position, length, ts, script, uncovered", [

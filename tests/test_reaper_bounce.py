@@ -241,3 +241,19 @@ def test_replacing_a_layer_inside_a_layers_folder_leaves_it_out_of_its_own_negat
     mix, a, b = _bounced(result)
     np.testing.assert_allclose(mix, world["foley_samples"][a:b], rtol=0, atol=LSB24)
     _assert_mutes_restored(result, "steps")
+
+
+def test_a_looped_section_repeats_the_section_not_the_file_around_it(world):
+    """A layer whose take is the section 2.0-3.0 s of its file, looped over 3.0-5.5 s: REAPER
+    plays that second again and again (User Guide: Loop source). The fake's render went on
+    into the file after the section, so it was a wrong oracle for looped sections."""
+    section = {"name": "ticks", "ext": {"stepfoley": "1"}, "items": [{"position": T0, "length": T1 - T0, "loopsrc": 1,
+               "takes": [{"file": str(world["foley"]), "section": {"offs": 2.0, "len": 1.0, "rev": False},
+                          "ext": {"stepfoley_metadata": json.dumps({"caption": "ticks"})}}]}]}
+    sc = h.scenario(world, extra_tracks=[section])
+    sc["tracks"][1]["ext"]["stepfoley_negative"] = "0"  # the wind layer left out: only the section is heard
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    one_pass = world["foley_samples"][h.frames(2.0):h.frames(3.0)]
+    expected = np.tile(one_pass, 3)[:h.frames(T1 - T0)]
+    assert_mix(h.job_request(result)["existing_mix"], expected)

@@ -482,6 +482,13 @@ function reaper.ValidatePtr2(p, ptr, kind)
   return true
 end
 
+-- The ruler's start (Project settings > Project start time): what the ruler shows at project time 0.
+-- Every position the API takes or returns is project time; only what is shown is offset.
+function reaper.GetProjectTimeOffset(p, rndframe)
+  assert(rndframe == false, "fake reaper: rounding to frames is not modelled")
+  return proj_of(p).time_offset or 0
+end
+
 function reaper.GetSet_LoopTimeRange2(p, is_set, _, t0, t1, _)
   local pr = proj_of(p)
   if is_set then pr.ts0, pr.ts1 = t0, t1 end
@@ -929,10 +936,12 @@ end
 -- Rendering (action 42230)
 ------------------------------------------------------------------------------------------
 
--- Time in the file behind `take` for project time t (the same chain REAPER applies).
-local function file_time(take, t)
+-- Time in the file behind `take` for project time t (the same chain REAPER applies). `loops`:
+-- the item loops its source, and a section repeats itself, not the file around it.
+local function file_time(take, t, loops)
   local s = take.startoffs + (t - take.item.position) * take.playrate
   local src = take.source
+  if loops and src.parent then s = s % src.length end
   while src.parent do
     if src.rev then s = src.offs + (src.length - s) else s = src.offs + s end
     src = src.parent
@@ -1006,9 +1015,9 @@ local function mix_track_media(out, tr, gain, t0, frames, sr, channels)
       for f = 0, frames - 1 do
         local t = t0 + f / sr
         if t >= item.position and t < item.position + item.length then
-          local s = file_time(take, t)
+          local s = file_time(take, t, item.loopsrc ~= 0)
           local k = math.floor(s * w.sr + 1e-9)
-          if item.loopsrc ~= 0 then k = k % w.frames end -- the source repeats, also before its start
+          if item.loopsrc ~= 0 then k = k % w.frames end -- the file repeats, also before its start
           if k >= 0 and k < w.frames then
             local g = g_item * fade_gain(item, t)
             for c = 1, channels do

@@ -9,7 +9,8 @@ like afterwards (tracks, items, takes, messages, undo points, render settings ..
 
 Scenario fields: scripts_dir, project_path, project_file ("" = never saved; default
 PROJECT_PATH/fake.rpp), record_path (GetProjectPathEx; default the project path),
-resource_path, exec_log, os_name, app_version, time_selection [t0,t1], render (initial
+resource_path, exec_log, os_name, app_version, time_selection [t0,t1], time_offset (the ruler's
+start, Project settings > Project start time, in s), render (initial
 numbers/strings), master {vol, fxen, fx_gain, mute} (or the older master_fx_gain), toggles
 {command id: state}, missing_api [names], render_cancelled, extstate {section: {key: value}},
 dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), message_answers
@@ -110,6 +111,7 @@ local function setup_project(pr, spec)
   pr.record_path = spec.record_path or pr.path
   local ts = spec.time_selection or { 0, 0 }
   pr.ts0, pr.ts1 = ts[1], ts[2]
+  pr.time_offset = spec.time_offset or 0
   build_tracks(pr, spec.tracks)
 end
 
