@@ -97,6 +97,18 @@ def read_input_audio(path: str | os.PathLike, seconds: float) -> tuple[np.ndarra
                       max_rate=MAX_INPUT_SAMPLE_RATE)
 
 
+# An input read for a stretch of the timeline may be this much shorter and still cover it: a
+# DAW's bounce rounds its length to whole samples.
+SHORT_INPUT_TOLERANCE_S = 0.01
+
+
+def seconds_short_of(samples: np.ndarray, sample_rate: int, seconds: float) -> float | None:
+    """How long (C, S) audio is when it falls short of `seconds` (beyond SHORT_INPUT_TOLERANCE_S),
+    else None."""
+    held = samples.shape[-1] / sample_rate
+    return held if held < seconds - SHORT_INPUT_TOLERANCE_S else None
+
+
 def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool) -> np.ndarray:
     # -> (C or 1, S) float32; never more than `max_seconds` nor one block of all channels at once
     wanted = sound.frames if max_seconds is None else min(sound.frames, math.ceil(max_seconds * sound.samplerate))

@@ -1,5 +1,5 @@
 """A loudness curve (the request's `loudness_curve`) applied to a generated track as gain
-automation: the track's short-term loudness is measured, a smoothed gain brings it onto the
+automation: the track's momentary loudness is measured, a smoothed gain brings it onto the
 curve, and the true-peak limiter has the last word. No loudness normalization: the curve sets
 the absolute level. Every model gets it this way; a model with a loudness ControlNet (the
 embedded one) has also generated the track with the curve as a condition

@@ -19,7 +19,7 @@ import numpy as np
 
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
-from stepfoley.engine.errors import InvalidInputError, StepFoleyError, stop_if_cancelled
+from stepfoley.engine.errors import AudioError, InvalidInputError, StepFoleyError, stop_if_cancelled
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
@@ -98,6 +98,12 @@ class FoleyService:
         elif request.existing_mix is not None:
             # the DAW's bounce of the region, from project_start: it covers the stem's length
             samples, sample_rate = _read_input(request.existing_mix, "The bounced mix", region.project_duration)
+            held = audio_io.seconds_short_of(samples, sample_rate, region.project_duration)
+            if held is not None:  # a file cut short, or a bounce of less than the selection: refused, not padded
+                raise AudioError(f"The bounced mix '{request.existing_mix}' holds {held:.3f} s, but the region is "
+                                 f"{region.project_duration:.3f} s on the timeline, so the earlier layers would be "
+                                 "heard over its start only. Bounce the whole time selection (or was the file cut "
+                                 "short?).")
             session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate)
         # what the layers on the timeline are, with or without their bounce (negative_prompt
         # steers away from them and hears no audio, so a client sends it none)

@@ -23,13 +23,22 @@ SUBCOMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse takes "-1,2" for an option and says only that the value is missing
+        if message.endswith("expected one argument"):
+            message += (" (a value that starts with '-' reads as an option: join it with '=', e.g. "
+                        "--regenerate=-1,2)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stepfoley", description="Step-by-step video-to-Foley with Negative Audio Guidance.",
         epilog=f"The docs named in messages (docs/...): {DOCS_URL}",
     )
     parser.add_argument("--version", action="version", version=f"stepfoley {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"stepfoley.commands.{name}")
         p = sub.add_parser(name, help=SUBCOMMANDS[name], description=SUBCOMMANDS[name])

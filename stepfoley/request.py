@@ -334,7 +334,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "such as `negative_prompt`, does without)"),
     FieldSpec("existing_mix", "string or null", "null",
               "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
-              f"`project_start` (any rate and channel count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
+              f"`project_start` and as long as the stem (a job given less fails: `bad_audio`; any rate and channel "
+              f"count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
               "as for a mix silent over the region (below -70 LUFS)"),
     FieldSpec("reference_audio", "string or null", "null",
               "absolute path of a WAV to sound like (any rate, channels and length; looped or trimmed to the "
@@ -374,7 +375,7 @@ FIELDS: tuple[FieldSpec, ...] = (
               "picture is seen whole; only with `picture_region`", since=2),
     FieldSpec("loudness_curve", "list of [seconds, dB] or null", "null",
               f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
-              f"short-term loudness in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
+              f"momentary loudness (400 ms) in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
               "them and level beyond the ends: the stem follows it in time and absolute level (no loudness "
               "normalization; true-peak limited), applied as gain automation, and by a model with a loudness "
               "ControlNet (the embedded one) also followed while generating; not with `take`", since=2),

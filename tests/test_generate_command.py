@@ -80,7 +80,11 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a: (
         heard.append((samples, sr)) or add_track(self, samples, sr, *a)))
     assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav") == 0
-    assert "method nag" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "method nag" in said.out
+    # b.wav covers part of the region only: heard from START as it lies, and said
+    assert f"note: --existing {stems / 'b.wav'} holds 1.250 s of the 2.000 s region" in said.err
+    assert "a.wav holds" not in said.err
     # as an OSC request's input audio is read: mono, the region's 2 s only (the stem's length)
     assert [(samples.shape, sr) for samples, sr in heard] == [((1, 96000), 48000), ((1, 20000), 16000)]
     assert np.allclose(heard[0][0][0], ((left + right) / 2)[:96000], atol=1e-4)
@@ -118,6 +122,13 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--region", "0,0,1"], "--region takes 4 numbers separated by commas"),
         ([video, "0", "2", "--region", "0,0,0.02,1"], "each side must be at least 0.05"),
         ([video, "0", "2", "--region-time", "0,1"], "it needs picture_region"),
+        # the request's own words, translated to the command's
+        ([video, "0", "2", "--region-time", "0,1"], "(here: picture_region_time is --region-time; "
+                                                     "picture_region is --region)"),
+        ([video, "-1", "2"], "region.file_in = -1 is outside 0 .. 604800. (here: region.file_in is START)"),
+        ([video, "0", "2", "--take-offset", "1"], "(here: project_start is START; take_offset is --take-offset; "
+                                                   "regenerate is --regenerate)"),
+        ([video, "0", "2", "--region", "0,0,1,1", "--region-time=-1,2"], "--region-time"),
         ([video, "0", "2", "--loudness-curve", "0-30"], "--loudness-curve takes seconds:LUFS points"),
         ([video, "0", "2", "--loudness-curve", "0:-30,3:-20"], "a point at 3 s, after the stem's end"),
         ([video, "0", "2", "--take-offset", "1"], "it needs take and regenerate"),
@@ -166,6 +177,21 @@ def test_every_argument_is_checked_before_the_model_loads(video, tmp_path, capsy
         assert main(argv) == 2, arguments
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (arguments, err)
+
+
+def test_a_value_that_reads_as_an_option_is_said_how_to_give(video, tmp_path, capsys):
+    """argparse takes "-1,2" for an option and said only "expected one argument"."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", str(video), "0", "2", "rain", "--region", "0,0,1,1", "--region-time", "-1,2"])
+    assert stopped.value.code == 2
+    assert ("argument --region-time: expected one argument (a value that starts with '-' reads as an option: "
+            "join it with '=', e.g. --regenerate=-1,2)") in capsys.readouterr().err
+
+
+def test_one_take_is_not_said_to_be_ranked(video, tmp_path, capsys):
+    assert generate(video, "--out", tmp_path, "--region", "0,0,1,1") == 0  # a protocol-2 request of one take
+    out = capsys.readouterr().out
+    assert "seed 0)" in out and "rank" not in out
 
 
 def test_rename_file_replaces_only_when_told(tmp_path):

@@ -1,13 +1,15 @@
 """The step-by-step session and the service, on the random-weight embedded model (same code
 path as the trained one) and real mini-world video files."""
 
+import os
+
 import numpy as np
 import torch
 import pytest
 import soundfile as sf
 
 from stepfoley.engine import mixing
-from stepfoley.engine.errors import GenerationCancelled, InvalidInputError, VideoError
+from stepfoley.engine.errors import AudioError, GenerationCancelled, InvalidInputError, VideoError
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import StepSession, TrackSettings, crossfade_join, plan_windows
@@ -278,6 +280,22 @@ def test_negative_prompt_steers_away_from_the_previous_captions_with_or_without_
                        previous_captions=["wind in the trees", "rain"], **extra)
     meta = _serve(service, request)["metadata"]
     assert (meta["negative_caption"], meta["negative_caption_heard"]) == ("wind in the trees, rain", True)
+
+
+def test_a_bounce_that_falls_short_of_the_region_is_refused_and_one_sample_short_is_not(tiny, scene_video, tmp_path):
+    """A DAW bounces the whole selection: a mix holding less (a file cut short, its header still
+    saying 2 s) was padded with silence, so the earlier layers were heard over its start only."""
+    cut = tmp_path / "cut.wav"
+    sf.write(cut, 0.1 * np.ones(96000, np.float32), 48000, subtype="PCM_16")
+    os.truncate(cut, 44 + 2 * 24000)  # the header's 2 s, half a second of samples
+    (tmp_path / "out").mkdir()
+    request = _request(scene_video, tmp_path / "out", existing_mix=str(cut), caption="rain falling")
+    with pytest.raises(AudioError, match=r"holds 0\.500 s, but the region is 2\.000 s on the timeline"):
+        _serve(FoleyService(tiny), request)
+    assert os.listdir(tmp_path / "out") == []
+    rounded = tmp_path / "rounded.wav"
+    sf.write(rounded, 0.1 * np.ones(95999, np.float32), 48000)
+    assert _serve(FoleyService(tiny), {**request, "existing_mix": str(rounded)})["metadata"]["method_used"] == "nag"
 
 
 def test_service_reports_a_file_that_vanished_after_the_request_was_checked(tiny, scene_video, tmp_path):

@@ -141,6 +141,26 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
     return {k: v for k, v in request.items() if v is not None}
 
 
+# The request's fields (and the DAW's words) that a message about these arguments may name, as
+# the command line calls them: the protocol's rules are checked once, for both.
+_COMMAND_WORDS = (("region.file_in", "START"), ("region.file_out", "END"), ("project_start", "START"),
+                  ("project_end", "END"), ("picture_region_time", "--region-time"), ("picture_region", "--region"),
+                  ("take_offset", "--take-offset"), ("regenerate", "--regenerate"),
+                  ("loudness_curve", "--loudness-curve"), ("negative_caption", "--negative-caption"),
+                  ("reference_audio", "--reference"), ("sample_rate", "--sample-rate"),
+                  ("time selection", "START to END"))
+
+
+def in_command_words(message: str) -> str:
+    """A request's message with the names it uses that the command line does not, translated
+    after it: (here: region.file_in is START, ...)."""
+    import re
+
+    named = [f"{field} is {option}" for field, option in _COMMAND_WORDS
+             if re.search(rf"(?<![\w.-]){re.escape(field)}(?![\w-])", message)]
+    return f"{message} (here: {'; '.join(named)})" if named else message
+
+
 def _numbers(text: str | None, option: str, count: int, example: str) -> list[float] | None:
     from stepfoley.request import RequestError
 
@@ -180,6 +200,8 @@ class Checked:
 def check_arguments(args: argparse.Namespace) -> Checked:
     """Every check that needs no model, in the order a user would fix them. Raises RequestError
     or StepFoleyError with a message for the user."""
+    import sys
+
     from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
@@ -224,6 +246,12 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         audio_io.read_input_audio(args.reference, region.duration)  # looped or trimmed to the picture's region
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
     existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
+    for path, (samples, rate) in zip(args.existing, existing):
+        held = audio_io.seconds_short_of(samples, rate, region.project_duration)
+        if held is not None:  # heard as it lies: from START, silent after (a stem of part of the region)
+            print(f"note: --existing {path} holds {held:.3f} s of the {region.project_duration:.3f} s region: it "
+                  "is heard from START and is silent after (if the file was cut short, give the whole stem).",
+                  file=sys.stderr)
     return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
 
 
@@ -266,7 +294,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         checked = check_arguments(args)
-    except (RequestError, StepFoleyError) as e:
+    except RequestError as e:
+        print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
+        return 2
+    except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2
     try:
@@ -298,19 +329,19 @@ def run(args: argparse.Namespace) -> int:
 
             stems = [(rename_file(stems[0][0], checked.output.file, replace=args.force), stems[0][1])]
     except RequestError as e:
-        print(f"stepfoley: {e.message}", file=sys.stderr)
+        print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
         return 2
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
     for path, meta in stems:
-        rank = f", rank {meta['rank']}" if "rank" in meta else ""
+        rank = f", rank {meta['rank']}" if "rank" in meta and len(stems) > 1 else ""  # one take: nothing ranked
         print(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
               f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
             print(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
                   f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", file=sys.stderr)
-    if "ranking" in result:
+    if "ranking" in result and len(stems) > 1:
         print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     if args.metadata is not None:
         return _write_metadata(args.metadata, stems, result.get("ranking"), args.force)
