@@ -35,6 +35,23 @@ def test_every_package_folder_is_listed_and_mapped_under_stepfoley():
     assert found == set(table["packages"])
 
 
+def test_the_source_tree_finds_its_mapped_folders_without_an_editable_install():
+    """`python -m pytest` in an unpacked sdist puts its folder first on sys.path; with a
+    non-editable install, that folder's stepfoley/ (which has no engine/ or bridge/) hid the
+    installed package, and no test could be collected. Here: no site packages (-S), so no
+    editable finder, the source tree alone."""
+    from stepfoley import SOURCE_FOLDERS
+
+    mapping = _setuptools_table()["package-dir"]
+    assert {f"stepfoley.{name}": folder for name, folder in SOURCE_FOLDERS.items()} == {
+        name: folder for name, folder in mapping.items() if name != "stepfoley"}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import stepfoley.engine.codec, stepfoley.bridge, "
+            "stepfoley.bench, stepfoley.lab.evaluation; print(stepfoley.bench.__file__)")
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == REPO / "benchmarks" / "__init__.py"
+
+
 def test_the_old_top_level_names_are_not_importable_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for name in ("engine", "bridge", "benchmarks", "lab"):
