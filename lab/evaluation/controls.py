@@ -60,7 +60,9 @@ DEFINITIONS = {
     "extend.kept_max_abs_diff": "largest |stem - take| over the samples the request keeps, every scene and take, "
                                 "at the take's rate (0: the kept audio comes back untouched)",
     "extend.seam_flux_ratio": "spectral flux across the seam (mean absolute change of the log-mel, floored at "
-                              f"{FLUX_FLOOR_DB:g} dB, between 16 ms frames within {SEAM_REACH_S * 1000:g} ms of it) over "
+                              f"{FLUX_FLOOR_DB:g} dB, between 16 ms frames, over the frame pairs whose midpoints lie within "
+                              f"{SEAM_REACH_S * 1000 + 500 / FRAMES_PER_SECOND:g} ms of it: {SEAM_REACH_S * 1000:g} ms and "
+                              "half a frame) over "
                               "the ground truth's flux at random points (its mean over every frame pair); 1 = a seam "
                               "as smooth as the sound itself",
     "extend.seam_flux_ratio_to_own": "flux across the seam over the extended stem's own flux at random points: "

@@ -28,8 +28,9 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], resam
     """The mean paired difference a − b over scenes and its percentile bootstrap interval:
     scenes are drawn with replacement `resamples` times, the mean difference of each draw is
     taken, and the interval runs between the (1 − confidence)/2 and (1 + confidence)/2
-    quantiles of those means. `a[i]` and `b[i]` are the same scene; a scene with no finite
-    value on either side is left out. Returns {"mean_diff", "ci95": [lo, hi], "n": scenes}
+    quantiles of those means. `a[i]` and `b[i]` are the same scene; a scene whose value is
+    missing or not finite on either side (or both) is left out of every pair, and `n` counts the
+    pairs (metrics.summarize drops a missing value from its own row only). Returns {"mean_diff", "ci95": [lo, hi], "n": scenes}
     (None and [None, None] with no scene; [None, None] with one: resampling one scene says
     nothing about the next, so it gets no interval, and nothing is called significant)."""
     if len(a) != len(b):
