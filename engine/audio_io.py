@@ -239,11 +239,25 @@ def _write_wav(file, frames: np.ndarray, sample_rate: int, subtype: str) -> None
         raise OSError("the file came out shorter than its samples") from None
 
 
+# Letters that no Unicode decomposition takes to ASCII, spelled as their languages' own
+# transliterations (German, Nordic, Polish, Croatian, Icelandic, French; Cyrillic: the
+# Russian and Ukrainian letters, as passports spell them).
+_LATIN = {"ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D",
+          "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "œ": "oe", "Œ": "OE", "ı": "i"}
+_CYRILLIC = dict(zip("абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґ",
+                     ["a", "b", "v", "g", "d", "e", "e", "zh", "z", "i", "y", "k", "l", "m", "n", "o", "p", "r", "s",
+                      "t", "u", "f", "kh", "ts", "ch", "sh", "shch", "", "y", "", "e", "yu", "ya", "i", "yi", "ye",
+                      "g"]))
+_TRANSLITERATION = str.maketrans({**_LATIN, **_CYRILLIC,
+                                  **{k.upper(): v.capitalize() for k, v in _CYRILLIC.items()}})
+
+
 def sanitize_stem_name(name_hint: str | None) -> str:
     """A filesystem-safe base name from a human hint: 'Footsteps on gravel!' -> 'Footsteps_on_gravel'."""
-    decomposed = unicodedata.normalize("NFKD", name_hint or "")
-    # Accented letters keep their base letter (café -> cafe); other scripts are dropped
-    # because some DAWs and file shares still mangle non-ASCII names.
+    spelled = unicodedata.normalize("NFC", name_hint or "").translate(_TRANSLITERATION)
+    decomposed = unicodedata.normalize("NFKD", spelled)
+    # Accented letters keep their base letter (café -> cafe), ß, ł, ø and Cyrillic are spelled
+    # out; other scripts are dropped because some DAWs and file shares still mangle non-ASCII names.
     ascii_text = decomposed.encode("ascii", "ignore").decode("ascii")
     words = re.sub(r"\s+", "_", ascii_text.strip())
     safe = re.sub(r"[^A-Za-z0-9_-]+", "", words)
