@@ -1,10 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.13
+-- @version 0.5.14
 -- @changelog
---   A video item that loops its source is followed: past the film's end it plays again from its start, and a time selection there is that part of the film (the picture on the track below was sent instead, or "no video item" was said). A selection across the loop point is made up to it; the console says so, for a second pass.
---   Extend and the repair refuse an item that loops its audio past its take's end, instead of making the repeat you hear new without a word.
---   Times in messages are the ruler's, with the project start time of Project settings (01:00:00:00 is common in post).
+--   Numbers go to the engine with a decimal point whatever the number locale REAPER's process runs under (under a German one every request held "4,5" and was not JSON).
+--   A number is read in one form: "4,5" is refused with a word on writing 4.5, and a whole number written in groups ("10.000") is refused instead of read as 10.
+--   Spaces outside ASCII around a field (Option+Space on a Mac types a no-break space) are trimmed.
+--   Settings takes the program path as the docs write it: ~/... and, on Windows, %USERPROFILE%\...
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

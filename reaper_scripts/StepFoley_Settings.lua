@@ -27,19 +27,19 @@ local function read_fields(given)
   for i, f in ipairs(FIELDS) do
     local text = given[i] or ""
     if f.min then
-      local x = tonumber(text)
+      local x, hint = SF.parse_number(text, f.integer)
       if not x or x < f.min or x > f.max or (f.integer and x ~= math.floor(x)) then
-        return nil, string.format("%s must be %s between %s and %s, got \"%s\". Nothing was changed.",
-          f.caption, f.integer and "a whole number" or "a number", f.min, f.max, text)
+        return nil, string.format("%s must be %s between %s and %s, got \"%s\".%s Nothing was changed.",
+          f.caption, f.integer and "a whole number" or "a number", f.min, f.max, text, hint or "")
       end
       new[f.key] = math.tointeger(x) or x
     elseif f.choices then
-      new[f.key] = text:lower()
+      new[f.key] = SF.lower_ascii(text)
       if not f.choices[new[f.key]] then
         return nil, string.format("%s: \"%s\" is not one of the choices. Nothing was changed.", f.caption, text)
       end
     elseif f.key == "client" then
-      new[f.key] = text:match('^"(.*)"$') or text  -- Windows' "Copy as path" quotes the path
+      new[f.key] = SF.expand_home(text:match('^"(.*)"$') or text)  -- Windows' "Copy as path" quotes the path
     else
       new[f.key] = text
     end

@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.13"
+M.VERSION = "0.5.14"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -48,17 +48,80 @@ M.CLIENT_REPORT_GRACE_S = 10
 M.SPACE = " \t\n\v\f\r"           -- the C locale's %s, for inside [...]
 local ESCAPED = '[\0-\31\127"\\]'   -- the C locale's %c, quote and backslash
 
--- Whether the text is empty or spaces only.
-function M.is_blank(s)
-  return not s:find("[^" .. M.SPACE .. "]")
+local SPACE_BYTE = {}
+for c in M.SPACE:gmatch(".") do SPACE_BYTE[c:byte()] = true end
+-- Spaces outside ASCII that keyboards type: no-break (macOS Option+Space), narrow no-break (a
+-- French keyboard before : and ;), figure, ideographic.
+local WIDE_SPACES = { "\u{A0}", "\u{202F}", "\u{2007}", "\u{3000}" }
+
+-- The length in bytes of the space starting at byte i of s (ending there when `backward`), or 0.
+local function space_at(s, i, backward)
+  if SPACE_BYTE[s:byte(i)] then return 1 end
+  for _, w in ipairs(WIDE_SPACES) do
+    local a = backward and i - #w + 1 or i
+    if a >= 1 and s:sub(a, a + #w - 1) == w then return #w end
+  end
+  return 0
 end
 
--- Text without the spaces around it ("" for nil). Two steps, because one pattern that ends in
--- "[spaces]*$" rescans each run of spaces inside the text: seconds for a long one.
+-- Text without the spaces around it ("" for nil), walked byte by byte from each end: linear
+-- however long a run of spaces.
 function M.trim(s)
   s = s or ""
-  if M.is_blank(s) then return "" end
-  return (s:match("^[" .. M.SPACE .. "]*(.*[^" .. M.SPACE .. "])"))
+  local a, b = 1, #s
+  while a <= b do
+    local n = space_at(s, a)
+    if n == 0 then break end
+    a = a + n
+  end
+  while b >= a do
+    local n = space_at(s, b, true)
+    if n == 0 then break end
+    b = b - n
+  end
+  return s:sub(a, b)
+end
+
+-- Whether the text is empty or spaces only.
+function M.is_blank(s)
+  return M.trim(s) == ""
+end
+
+-- string.format's %f and %g and tostring write the C library's decimal point, which follows
+-- LC_NUMERIC (under a German one 4.5 is "4,5"): what a program reads (JSON, a command line)
+-- gets a dot whatever the host's locale.
+function M.with_dot(text)
+  local point = string.format("%.1f", 0.5):match("^0(.+)5$") or "."
+  local at = point ~= "." and text:find(point, 1, true)
+  if not at then return text end
+  return text:sub(1, at - 1) .. "." .. text:sub(at + #point)
+end
+
+--[[
+A number as the user typed it, or nil and why not, for the message. Only the C form is read,
+whatever REAPER's locale: a decimal comma (4,5) is not a number (REAPER writes a dot in its own
+fields) and a whole number takes digits only (10.000 is not ten thousand, nor ten).
+]]
+function M.parse_number(text, integer)
+  local form = integer and "^[+-]?%d+$" or "^[+-]?[%d.]+[eE]?[+-]?%d*$"
+  local x = text:match(form) and tonumber(text) or nil
+  if x then return x end
+  if not integer and text:find(",") and tonumber((text:gsub(",", "."))) then
+    return nil, " Write the decimal point as a dot (" .. text:gsub(",", ".") .. ")."
+  end
+  if integer and M.digits_in_groups(text) then return nil, " Give the digits only, without separators." end
+  return nil, ""
+end
+
+-- Whether the text is a whole number written in groups of three digits (10.000, 1,000, 1'000).
+function M.digits_in_groups(text)
+  local rest = text:match("^%d%d?%d?(.*)$")
+  if not rest or rest == "" then return false end
+  while rest ~= "" do
+    rest = rest:match("^[.,']%d%d%d(.*)$")
+    if not rest then return false end
+  end
+  return true
 end
 
 -- string.lower for A-Z only: string.lower follows the locale too, and under a Latin-1 one
@@ -104,13 +167,13 @@ local function encode_number(x)
     error("JSON cannot hold the number " .. tostring(x))
   end
   if math.type(x) == "integer" then return string.format("%d", x) end
-  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then return string.format("%.1f", x) end
+  if x == math.floor(x) and math.abs(x) < 2 ^ 53 then return M.with_dot(string.format("%.1f", x)) end
   -- shortest form that reads back as the same double
   for digits = 15, 17 do
-    local s = string.format("%." .. digits .. "g", x)
+    local s = M.with_dot(string.format("%." .. digits .. "g", x))
     if tonumber(s) == x then return s end
   end
-  return string.format("%.17g", x)
+  return M.with_dot(string.format("%.17g", x))
 end
 
 local function encode(v, out)

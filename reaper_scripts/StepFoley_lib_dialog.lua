@@ -143,13 +143,13 @@ local trim = M.trim
 local function number_field(text, name, low, high, integer)
   text = trim(text)
   if text == "" then return nil end
-  local x = tonumber(text)
+  local x, hint = M.parse_number(text, integer)
   local whole = x ~= nil and x == math.floor(x) and math.abs(x) < 2 ^ 63
   local finite = x ~= nil and x == x and math.abs(x) ~= math.huge
   if not finite or (low and x < low) or (high and x > high) or (integer and not whole) then
     local range = (low and high) and string.format(" between %s and %s", number_text(low), number_text(high)) or ""
-    error({ msg = string.format("%s must be %s%s, got \"%s\".", name, integer and "a whole number" or "a number",
-      range, text) }, 0)
+    error({ msg = string.format("%s must be %s%s, got \"%s\".%s", name, integer and "a whole number" or "a number",
+      range, text, hint or "") }, 0)
   end
   if integer then return math.tointeger(x) or math.floor(x) end
   return x + 0.0

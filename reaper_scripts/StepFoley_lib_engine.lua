@@ -37,6 +37,23 @@ are searched too: the venv docs/reaper.md installs (~/stepfoley-venv), pip --use
 installer (%LOCALAPPDATA%\Programs\Python\Python3*). Pure apart from `getenv(name)` and
 `subdirs(path)` (a list of folder names), which the caller gives.
 ]]
+--[[
+A path as a shell would read it (docs/reaper.md writes ~/stepfoley-venv/... and
+%USERPROFILE%\...): a leading ~ is the home folder (HOME; USERPROFILE on Windows) and, on
+Windows, %NAME% the variable's value. A name that is not set is left as typed. Pure apart from
+`getenv(name)`, which the caller gives (os.getenv).
+]]
+function M.expand_home(path, windows, getenv)
+  getenv = getenv or os.getenv
+  if windows == nil then windows = M.is_windows() end
+  local home = getenv(windows and "USERPROFILE" or "HOME") or getenv("HOME")
+  if home and (path == "~" or path:match("^~[/\\]")) then path = home .. path:sub(2) end
+  if windows then
+    path = path:gsub("%%([%w_()]+)%%", function(name) return getenv(name) end)
+  end
+  return path
+end
+
 function M.client_candidates(windows, getenv, subdirs)
   local list = {}
   local sep = windows and "\\" or "/"
@@ -207,7 +224,7 @@ function M.command_line(argv)
 end
 
 local function number_arg(x)
-  return tostring(math.tointeger(x) or x)
+  return M.with_dot(tostring(math.tointeger(x) or x))
 end
 
 local function concat(a, b)

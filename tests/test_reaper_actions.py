@@ -1259,6 +1259,22 @@ def test_settings_take_a_client_path_pasted_with_its_quotes(world):
     assert result["messages"] == [] and result["extstate"]["StepFoley"]["client"] == str(world["client"])
 
 
+def test_settings_take_the_home_relative_path_the_docs_write_and_a_number_in_one_form(world):
+    """docs/reaper.md says ~/stepfoley-venv/bin/stepfoley; it was refused as 'No file at "~/..."'.
+    "180,5" (a decimal comma) was read as 180.5 under a German number locale only, and
+    refused elsewhere without a word on why."""
+    home = Path(world["client"]).parent.parent
+    relative = "~/" + str(Path(world["client"]).relative_to(home))
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", relative, "60", "15", "takes", "1", "30"]}],
+                  actions=[{"script": h.SETTINGS}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"HOME": str(home)})
+    assert result["messages"] == [] and result["extstate"]["StepFoley"]["client"] == str(world["client"])
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", "", "180,5", "15", "takes", "1", "30"]}],
+                  actions=[{"script": h.SETTINGS}])
+    [message] = h.run_scenario(world["tmp"], sc)["messages"]
+    assert 'got "180,5". Write the decimal point as a dot (180.5). Nothing was changed.' in message["message"]
+
+
 @pytest.mark.parametrize("folder", ["O'Neil tools", "Jane\u2019s tools", "tools (old"])
 def test_settings_confirmed_unchanged_keep_a_client_path_with_quotes_or_a_parenthesis(world, folder):
     """A saved client path with an apostrophe (shown as a look-alike, REAPER's rules would move

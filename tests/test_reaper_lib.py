@@ -106,6 +106,78 @@ def test_the_dialogs_messages_quote_utf8_text_intact_under_a_latin1_locale(latin
     assert negatives == 'Negatives must be layers, selection or none, got "Всё".'
 
 
+@pytest.fixture(scope="module")
+def german_locale(tmp_path_factory):
+    """A German locale (LOCPATH, name), whose LC_NUMERIC writes and reads a decimal comma: what
+    REAPER's Lua would see if anything in the process (a plugin) called setlocale."""
+    import os
+    import shutil
+
+    localedef = shutil.which("localedef")
+    if localedef is None:
+        pytest.skip("localedef is not installed (glibc's locale compiler)")
+    folder = tmp_path_factory.mktemp("locales")
+    made = subprocess.run([localedef, "-i", "de_DE", "-f", "UTF-8", str(folder / "de_DE.UTF-8")],
+                          capture_output=True, timeout=60)
+    if not (folder / "de_DE.UTF-8").exists():
+        pytest.skip(f"localedef could not make a German locale: {made.stderr.decode(errors='replace')[-200:]}")
+    return {**os.environ, "LOCPATH": str(folder)}, "de_DE.UTF-8"
+
+
+def test_numbers_go_out_with_a_dot_and_a_comma_is_never_read_under_a_german_locale(german_locale):
+    """string.format and tostring follow LC_NUMERIC: {"alpha":4,5,...} was sent (not JSON) and
+    --timeout "180,5" put on the command line; tonumber read "4,5" as 4.5 there and not elsewhere."""
+    env, name = german_locale
+    code = (f"reaper = {{GetOS = function() return 'Other' end}}; SF = dofile({json.dumps(str(LIB))}); "
+            f"assert(os.setlocale({json.dumps(name)}, 'numeric')); assert(string.format('%.1f', 4.5) == '4,5'); "
+            "io.write(SF.json_encode({alpha = 4.5, file_in = 1.0, curve = {{0.25, -23.5}}, tiny = 1e-7}), '|', "
+            "SF.with_dot(tostring(180.5)), '|', tostring(SF.parse_number('4.5') == 4.5), '|', "
+            "tostring(SF.parse_number('4,5')), '|', select(2, SF.parse_number('4,5')))")
+    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    encoded, timeout, dot, comma, hint = done.stdout.decode("utf-8").split("|")
+    assert json.loads(encoded) == {"alpha": 4.5, "file_in": 1.0, "curve": [[0.25, -23.5]], "tiny": 1e-7}
+    assert (timeout, dot, comma) == ("180.5", "true", "nil")
+    assert hint == " Write the decimal point as a dot (4.5)."
+
+
+@pytest.mark.parametrize("text, integer, value, hint", [
+    ("4.5", False, 4.5, None), ("-0.25", False, -0.25, None), ("1e-3", False, 0.001, None), ("12", True, 12, None),
+    ("4,5", False, None, " Write the decimal point as a dot (4.5)."),
+    ("10.000", True, None, " Give the digits only, without separators."),  # a German ten thousand, not ten
+    ("1'000", True, None, " Give the digits only, without separators."),
+    ("0x10", False, None, ""), ("inf", False, None, ""), ("12.5", True, None, ""), ("1.000.000", True, None,
+                                                                                 " Give the digits only, without separators."),
+])
+def test_a_number_is_read_in_one_form_whatever_the_locale(text, integer, value, hint):
+    out = lua(f"local x, why = SF.parse_number({json.dumps(text)}, {str(integer).lower()}); "
+              "io.write(tostring(x), '|', tostring(why))")
+    assert out == f"{value if value is not None else 'nil'}|{hint if hint is not None else 'nil'}"
+
+
+def test_trim_takes_the_spaces_keyboards_type_outside_ascii_and_stays_linear():
+    # Option+Space on a Mac types U+00A0: "nag\u00a0" was "not a method name"
+    out = lua("io.write(SF.trim('\\u{A0} nag\\u{A0}\\u{202F}'), '|', SF.trim('\\u{3000}'), '|', "
+              "tostring(SF.is_blank('\\u{A0}\t')), '|', SF.trim(' a\\u{A0}b '), '|', "
+              "#SF.trim(string.rep('\\u{A0}', 20000) .. 'x' .. string.rep(' ', 20000)))")
+    assert out == "nag||true|a\u00a0b|1"
+
+
+@pytest.mark.parametrize("path, windows, expected", [
+    ("~/stepfoley-venv/bin/stepfoley", False, "/home/ana/stepfoley-venv/bin/stepfoley"),
+    ("~", False, "/home/ana"),
+    ("/opt/~x/stepfoley", False, "/opt/~x/stepfoley"),
+    ("%USERPROFILE%\\stepfoley-venv\\Scripts\\stepfoley.exe", True, "C:\\Users\\Ana\\stepfoley-venv\\Scripts\\stepfoley.exe"),
+    ("%NOT_SET%\\x.exe", True, "%NOT_SET%\\x.exe"),
+    ("%USERPROFILE%/x", False, "%USERPROFILE%/x"),  # not a Windows form elsewhere
+])
+def test_the_paths_the_docs_write_are_expanded_as_a_shell_would(path, windows, expected):
+    env = "{HOME = '/home/ana', USERPROFILE = 'C:\\\\Users\\\\Ana'}"
+    out = lua(f"local env = {env}; io.write(SF.expand_home({json.dumps(path)}, {str(windows).lower()}, "
+              "function(name) return env[name] end))")
+    assert out == expected
+
+
 @pytest.mark.parametrize("bad", ['{"a":', '[1,2', '{"a" 1}', '"\\q"', "tru", "[1] x"])
 def test_json_decode_rejects_malformed(bad):
     out = lua("local v, err = SF.json_decode(io.read('a')); io.write(tostring(v), '|', tostring(err))", bad)
