@@ -279,3 +279,21 @@ def test_windows_command_line_with_a_non_ascii_project(world):
     assert argv[1:5] == ["--request", str(status).replace("status.json", "request.json"), "--status", str(status)]
     [track] = h.new_tracks(result)
     assert track["items"][0]["takes"][0]["source_file"].startswith(str(proj) + "\\StepFoley")
+
+
+def test_the_stand_in_says_a_file_that_is_not_a_request_as_the_real_client_does(tmp_path):
+    """The scripts read what the client writes: the stand-in crashed on such a file (no status,
+    so the scripts said the client did not start) where `stepfoley send` writes bad_request_file."""
+    import subprocess
+
+    request = tmp_path / "request.json"
+    request.write_text('{"alpha":4,5}')  # what a German number locale made of a request
+    said = {}
+    for name, command in (("stand-in", [str(h.make_standin_client(tmp_path / "bin"))]),
+                          ("real", [sys.executable, "-m", "stepfoley.cli"])):
+        status = tmp_path / f"{name}.json"
+        done = subprocess.run([*command, "send", "--request", str(request), "--status", str(status), "--port", "9"],
+                              capture_output=True, timeout=60)
+        written = json.loads(status.read_text())
+        said[name] = (done.returncode, written["state"], written["error"]["code"])
+    assert said["stand-in"] == said["real"] == (2, "error", "bad_request_file")

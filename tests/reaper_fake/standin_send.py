@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.client import not_running_message, request_payload, too_large_message
+from stepfoley.bridge.client import EXIT_USAGE, not_running_message, request_payload, too_large_message
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.commands.send import remove_stale_cancel
 from stepfoley.engine.guidance import public_methods
@@ -183,8 +183,13 @@ def main() -> int:
         write_status(status, state="error", exit_code=3, error={"code": "engine_not_running",
                      "message": not_running_message("127.0.0.1", args.port)})
         return 3
-    try:
+    try:  # as the real client (stepfoley send): a file that is not a request is said in the status
         raw = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        write_status(status, state="error", exit_code=EXIT_USAGE, error={
+            "code": "bad_request_file", "message": f"Cannot read the request file '{args.request}': {e}"})
+        return EXIT_USAGE
+    try:
         if raw.get("protocol", 1) > newest_protocol():
             raise RequestError(f"This engine speaks protocol 1, the request says {raw['protocol']}.")
         typed = parse_request(raw, capabilities())
