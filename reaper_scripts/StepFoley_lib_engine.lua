@@ -29,15 +29,6 @@ local function add(list, path, kind, where)
 end
 
 --[[
-Where `stepfoley` (kind "exe") or a Python that may have StepFoley (kind "python") is looked
-for, in order, for REAPER on Windows or elsewhere. REAPER started from the macOS Dock or the
-Windows Start menu has a short PATH (/usr/bin:/bin on macOS), so the usual install places
-are searched too: the venv docs/reaper.md installs (~/stepfoley-venv), pip --user and pipx
-(~/.local/bin, %APPDATA%\Python\Python3*\Scripts), Homebrew and /usr/local, python.org's
-installer (%LOCALAPPDATA%\Programs\Python\Python3*). Pure apart from `getenv(name)` and
-`subdirs(path)` (a list of folder names), which the caller gives.
-]]
---[[
 A path as a shell would read it (docs/reaper.md writes ~/stepfoley-venv/... and
 %USERPROFILE%\...): a leading ~ is the home folder (HOME; USERPROFILE on Windows) and, on
 Windows, %NAME% the variable's value. A name that is not set is left as typed. Pure apart from
@@ -54,6 +45,15 @@ function M.expand_home(path, windows, getenv)
   return path
 end
 
+--[[
+Where `stepfoley` (kind "exe") or a Python that may have StepFoley (kind "python") is looked
+for, in order, for REAPER on Windows or elsewhere. REAPER started from the macOS Dock or the
+Windows Start menu has a short PATH (/usr/bin:/bin on macOS), so the usual install places
+are searched too: the venv docs/reaper.md installs (~/stepfoley-venv), pip --user and pipx
+(~/.local/bin, %APPDATA%\Python\Python3*\Scripts), Homebrew and /usr/local, python.org's
+installer (%LOCALAPPDATA%\Programs\Python\Python3*). Pure apart from `getenv(name)` and
+`subdirs(path)` (a list of folder names), which the caller gives.
+]]
 function M.client_candidates(windows, getenv, subdirs)
   local list = {}
   local sep = windows and "\\" or "/"
