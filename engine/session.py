@@ -341,7 +341,7 @@ class StepSession:
         steps = first.steps
         grid = time_grid(steps)
         total = steps * len(self.windows)
-        latents, silent_windows = [], []
+        latents, silent_windows, method_without_audio = [], [], None
         for w, ((w_start, w_end), (clip_f, sync_f)) in enumerate(zip(self.windows, features)):
             a, b = self._samples(w_start), self._samples(w_end)
             window_method, heard = method, None
@@ -350,6 +350,7 @@ class StepSession:
                                                           has_negative)
                 if heard is None:
                     silent_windows.append(w + 1)
+                    method_without_audio = window_method.name
             t0 = time.perf_counter()
             latents.append(self._sample_window(
                 window_method, first.weights, w_end - w_start, clip_f, sync_f, text_f, negative_text, heard,
@@ -392,8 +393,10 @@ class StepSession:
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
-            # windows over which the audio condition was silent, made as a first track is
+            # windows over which the audio condition was silent, made as a first track is, and
+            # the computation that made them (method_used is the other windows')
             "windows_without_audio": silent_windows,
+            "method_without_audio": method_without_audio,
             "track_index": None,  # a place on the stack: next_track sets it
             "takes_in_batch": len(settings),
             # how far guided steps were held to the conditional branch's level (0: not at all)

@@ -156,7 +156,9 @@ def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_
     track = session.next_track(TrackSettings("rain falling", method="nag", seed=5, steps=2))
     first = StepSession(trained, Region(video, 0.0, 10.0)).next_track(TrackSettings("rain falling", seed=5, steps=2))
     assert track.metadata["method_used"] == "nag_conditional" and track.metadata["windows_without_audio"] == [2]
-    assert first.metadata["windows_without_audio"] == []
+    # window 2's own computation: method_used named only the region's
+    assert track.metadata["method_without_audio"] == "conditional"
+    assert first.metadata["windows_without_audio"] == [] and first.metadata["method_without_audio"] is None
     after = slice(int(5.5 * 16000), None)
     assert np.corrcoef(track.samples[after], first.samples[after])[0, 1] > 0.998
     assert np.corrcoef(track.samples[:64000], first.samples[:64000])[0, 1] < 0.99  # the first window heard it
@@ -170,6 +172,7 @@ def test_a_reference_silent_over_a_window_makes_that_window_without_it(tiny, tmp
     track = StepSession(tiny, Region(video, 0.0, 10.0)).next_track(
         TrackSettings("a door slams", method="reference", seed=1, steps=1), reference=(one_shot, 16000))
     assert track.metadata["method_used"] == "reference" and track.metadata["windows_without_audio"] == [2]
+    assert track.metadata["method_without_audio"] == "independent"
 
 
 def test_audio_the_decoder_overflows_on_is_a_failed_generation_not_a_bad_file(tiny, scene_video, monkeypatch):
