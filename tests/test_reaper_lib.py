@@ -56,22 +56,28 @@ def test_json_escapes_control_characters_only():
     assert json.loads(out)["s"] == 'a\x01b"c\\d é'
 
 
-@pytest.fixture(scope="module")
-def latin1_locale(tmp_path_factory):
-    """A Latin-1 C locale (LOCPATH, name): the kind a host program may set for its Lua, under
-    which the C library counts bytes 0x80-0x9F as control characters."""
+def compiled_locale(tmp_path_factory, source: str, charmap: str, what: str) -> tuple[dict, str]:
+    """A locale compiled with glibc's localedef into a temporary folder: (environment with
+    LOCPATH, name). Skips the test where it cannot be made."""
     import os
     import shutil
 
     localedef = shutil.which("localedef")
     if localedef is None:
         pytest.skip("localedef is not installed (glibc's locale compiler)")
+    name = f"{source}.{charmap}"
     folder = tmp_path_factory.mktemp("locales")
-    made = subprocess.run([localedef, "-i", "en_US", "-f", "ISO-8859-1", str(folder / "en_US.ISO-8859-1")],
-                          capture_output=True, timeout=60)
-    if not (folder / "en_US.ISO-8859-1").exists():
-        pytest.skip(f"localedef could not make a Latin-1 locale: {made.stderr.decode(errors='replace')[-200:]}")
-    return {**os.environ, "LOCPATH": str(folder)}, "en_US.ISO-8859-1"
+    made = subprocess.run([localedef, "-i", source, "-f", charmap, str(folder / name)], capture_output=True, timeout=60)
+    if not (folder / name).exists():
+        pytest.skip(f"localedef could not make {what}: {made.stderr.decode(errors='replace')[-200:]}")
+    return {**os.environ, "LOCPATH": str(folder)}, name
+
+
+@pytest.fixture(scope="module")
+def latin1_locale(tmp_path_factory):
+    """A Latin-1 C locale: the kind a host program may set for its Lua, under which the C library
+    counts bytes 0x80-0x9F as control characters."""
+    return compiled_locale(tmp_path_factory, "en_US", "ISO-8859-1", "a Latin-1 locale")
 
 
 def test_utf8_text_passes_untouched_under_a_latin1_locale(latin1_locale):
@@ -108,20 +114,9 @@ def test_the_dialogs_messages_quote_utf8_text_intact_under_a_latin1_locale(latin
 
 @pytest.fixture(scope="module")
 def german_locale(tmp_path_factory):
-    """A German locale (LOCPATH, name), whose LC_NUMERIC writes and reads a decimal comma: what
-    REAPER's Lua would see if anything in the process (a plugin) called setlocale."""
-    import os
-    import shutil
-
-    localedef = shutil.which("localedef")
-    if localedef is None:
-        pytest.skip("localedef is not installed (glibc's locale compiler)")
-    folder = tmp_path_factory.mktemp("locales")
-    made = subprocess.run([localedef, "-i", "de_DE", "-f", "UTF-8", str(folder / "de_DE.UTF-8")],
-                          capture_output=True, timeout=60)
-    if not (folder / "de_DE.UTF-8").exists():
-        pytest.skip(f"localedef could not make a German locale: {made.stderr.decode(errors='replace')[-200:]}")
-    return {**os.environ, "LOCPATH": str(folder)}, "de_DE.UTF-8"
+    """A German locale, whose LC_NUMERIC writes and reads a decimal comma: what REAPER's Lua
+    would see if anything in the process (a plugin) called setlocale."""
+    return compiled_locale(tmp_path_factory, "de_DE", "UTF-8", "a German locale")
 
 
 def test_numbers_go_out_with_a_dot_and_a_comma_is_never_read_under_a_german_locale(german_locale):
