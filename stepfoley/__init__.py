@@ -14,27 +14,28 @@ def _find_mapped_folders_in_the_source_tree() -> None:
     """Where this package was imported from a source tree (a checkout or an unpacked sdist), as
     `python -m pytest` there does through the current folder, `stepfoley.engine` and the others
     are found in their top-level folders. An installed copy holds them inside this folder; an
-    editable install has a finder of its own, which comes first."""
-    import importlib.abc
-    import importlib.util
+    editable install has a finder of its own, which comes first. Every command imports this
+    package (`send` in a DAW must start fast): only os.path until a source tree is found."""
+    import os.path
     import sys
-    from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    root = here.parent
-    if (here / "engine").is_dir() or not (root / "pyproject.toml").is_file():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if os.path.isdir(os.path.join(here, "engine")) or not os.path.isfile(os.path.join(root, "pyproject.toml")):
         return
 
-    class SourceTreeFinder(importlib.abc.MetaPathFinder):
+    class SourceTreeFinder:  # a meta path finder needs find_spec only
         def find_spec(self, name, path=None, target=None):
+            import importlib.util
+
             package, _, folder = name.partition(".")
             if package != __name__ or folder not in SOURCE_FOLDERS:
                 return None  # its subpackages are found through its own __path__
-            location = root / SOURCE_FOLDERS[folder]
-            if not (location / "__init__.py").is_file():
+            init = os.path.join(root, SOURCE_FOLDERS[folder], "__init__.py")
+            if not os.path.isfile(init):
                 return None
-            return importlib.util.spec_from_file_location(name, location / "__init__.py",
-                                                          submodule_search_locations=[str(location)])
+            return importlib.util.spec_from_file_location(name, init,
+                                                          submodule_search_locations=[os.path.dirname(init)])
 
     if not any(type(f).__name__ == "SourceTreeFinder" for f in sys.meta_path):
         sys.meta_path.append(SourceTreeFinder())
