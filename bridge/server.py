@@ -43,6 +43,7 @@ MAX_ERROR_MESSAGE_CHARS = 1000
 DRAIN_BATCH = 256
 FLOOD_RATE = 2000
 FLOOD_LOG_INTERVAL_S = 10.0  # a flood is logged once, not once a batch
+_CANCEL_ADDRESS = protocol.CANCEL.encode("ascii") + b"\0"  # how an OSC /cancel datagram begins
 # MSG_DONTWAIT reads without waiting on a blocking socket (replies stay blocking sends);
 # Windows has no such flag, so there the loop asks the selector before each further read.
 _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -278,7 +279,11 @@ class EngineServer:
         if now - self._second_began >= 1.0:
             self._second_began, self._per_sender = now, collections.Counter()
         flooder = None
-        for data, sender in batch:
+        # A job starts as soon as its /accepted is out, not once the rest of the batch is
+        # handled; but a /cancel already waiting behind it is read first, so that a request its
+        # client gave up on while the engine stalled is withdrawn before it runs.
+        last_cancel = max((i for i, (data, _) in enumerate(batch) if data.startswith(_CANCEL_ADDRESS)), default=-1)
+        for i, (data, sender) in enumerate(batch):
             self._per_sender[sender] += 1
             if backlog and self._per_sender[sender] > self.flood_rate:
                 self.dropped_datagrams += 1
@@ -294,7 +299,9 @@ class EngineServer:
                 self.dropped_datagrams += 1
             for datagram, address in replies:
                 self._send(datagram, address)
-            self.jobs.replies_sent()  # a job starts now, not once the rest of the batch is handled
+            if i >= last_cancel:
+                self.jobs.replies_sent()
+        self.jobs.replies_sent()  # the batch's last datagrams may have been dropped unread
         if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
             self._flood_logged_at = now
             log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second is dropped "

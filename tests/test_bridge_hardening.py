@@ -833,6 +833,34 @@ def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path, m
     assert [kind for kind, _ in replies][:1] == [protocol.ACCEPTED]
 
 
+def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, monkeypatch):
+    # What a client that gave up on a stalled engine leaves in its socket: the request, a
+    # /status, then its cancel by request_id. The /status is handled only once the job has
+    # finished (or 2 s have passed), so a job started before the cancel is read makes its stem.
+    from stepfoley.bridge import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 10.0)
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    p = RawPeer(srv.address[1])
+    p.generate(make_request(tmp_path, steps=1), "job")
+    p.send(protocol.STATUS, p.port, "s", "")
+    p.send(protocol.CANCEL, p.port, "job", "", "")
+    handle = srv.dispatcher.handle_datagram
+
+    def status_after_the_job(data, sender):
+        if data.startswith(protocol.STATUS.encode()):
+            deadline = time.monotonic() + 2.0
+            while srv.jobs.jobs_finished == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return handle(data, sender)
+
+    srv.dispatcher.handle_datagram = status_after_the_job
+    with srv.start():
+        replies = p.receive_until({protocol.CANCELLED, protocol.DONE}, timeout=20.0)
+    assert [kind for kind, _ in replies if kind in protocol.FINAL_REPLIES] == [protocol.CANCELLED]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_without_a_backlog_a_sender_past_the_rate_loses_nothing():
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     srv.drain_batch, srv.flood_rate = 8, 5
