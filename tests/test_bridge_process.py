@@ -133,33 +133,56 @@ def test_the_next_engine_removes_what_a_killed_one_left(tmp_path):
         proc.communicate(timeout=30)
 
 
-def test_a_signal_while_the_engine_starts_is_a_clean_stop(tmp_path):
-    """SIGTERM as soon as the engine answers (it listens before it imports torch and loads the
-    model): a stop while loading, exit 0, as the docs say; it used to end 130 when the signal
-    came while the engine's modules were still being imported."""
+# A `torch` found before the real one whose import does not end: the engine is held where
+# it imports torch, for as long as a test needs.
+HELD_TORCH = """
+import time
+print("importing torch", flush=True)
+while True:
+    time.sleep(0.01)
+"""
+
+
+def _killed(proc: subprocess.Popen) -> tuple[str, str]:
+    """What a process that failed a test printed (stopped first, if it still runs)."""
+    proc.kill()
+    return proc.communicate()
+
+
+def test_the_engine_answers_while_torch_imports_and_a_signal_then_is_a_clean_stop(tmp_path):
+    """The engine listens before anything imports torch (seconds; far more from a cold disk),
+    so a DAW hears "loading" instead of "not running". It used to check --device and --threads
+    with torch first. SIGTERM then is a stop while loading, exit 0, as the docs say; it used to
+    end 130 when the signal came while the engine's modules were still being imported."""
     import socket
 
+    held = tmp_path / "held"
+    (held / "torch").mkdir(parents=True)
+    (held / "torch" / "__init__.py").write_text(HELD_TORCH)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(held), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
                              "--feature-cache", "off"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=tmp_path)
     peer = RawPeer(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # the first answer: the engine is up and loading
+        assert proc.stdout.readline() == "importing torch\n", _killed(proc)
+        deadline = time.monotonic() + 60
+        while True:  # torch's import is held: an answer now came before it
             peer.send(protocol.STATUS, peer.port, "s", "")
             try:
-                address, _ = peer.receive(timeout=0.05)
+                address, args = peer.receive(timeout=0.2)
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                assert time.monotonic() < deadline and proc.poll() is None, _killed(proc)
+        assert address == protocol.STATUS_REPLY and json.loads(args[1])["model"] == "loading"
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
-        assert "Traceback" not in err
+        assert "Engine stopped while loading the model." in err and "Traceback" not in err
     finally:
         peer.close()
         if proc.poll() is None:

@@ -119,7 +119,7 @@ def test_thread_counts_beyond_four_per_core_are_refused_before_torch_sees_them(m
         with pytest.raises(InvalidInputError, match=r"\(--threads\) must be 1 to 8 \(4 per core; this process may use 2\)"):
             devices.share_cpu(threads)
     assert torch.get_num_threads() == before
-    assert main(["serve", "--port", "0", "--threads", "100000"]) == 2  # before it listens or loads anything
+    assert main(["serve", "--port", "0", "--threads", "100000"]) == 2  # before it loads anything
     assert "must be 1 to 8" in capsys.readouterr().err
 
 

@@ -568,7 +568,7 @@ def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
     assert main(["serve", "--port", "0", "--feature-cache", "off"]) == 1
     assert given[1].cache_dir is None
     (tmp_path / "a-file").write_text("x")
-    assert main(["serve", "--port", "0", "--feature-cache", str(tmp_path / "a-file")]) == 2  # before listening
+    assert main(["serve", "--port", "0", "--feature-cache", str(tmp_path / "a-file")]) == 2  # before loading
     assert len(given) == 2 and "feature cache folder" in capsys.readouterr().err
 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", stop_after_recording)

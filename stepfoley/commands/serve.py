@@ -50,14 +50,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"Refusing to listen on {args.host} without a token: other machines could use the engine. "
               "Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
         return 2
-    from stepfoley.commands.runtime import check_runtime_arguments
-    from stepfoley.engine.errors import InvalidInputError
-
-    try:
-        check_runtime_arguments(args)
-    except InvalidInputError as e:
-        print(str(e), file=sys.stderr)
-        return 2
     if not 0 <= args.port <= 65535:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
         return 2
@@ -65,25 +57,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"--max-queue must be at least 1 (got {args.max_queue}).", file=sys.stderr)
         return 2
 
-    from stepfoley.commands.runtime import feature_cache_from_arguments
-
-    try:
-        feature_cache = feature_cache_from_arguments(args)
-    except InvalidInputError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
-    # Listen before loading the model: a second engine on the same port fails in a second,
-    # and DAW scripts hear "engine_loading" instead of silence while the weights load.
+    # Listen before anything imports torch (seconds, far more from a cold disk) or loads the
+    # model: a second engine on the same port fails at once, and DAW scripts hear
+    # "engine_loading" instead of silence meanwhile. The options that need torch to be checked
+    # (--device, --threads, the feature cache's) are checked next, before any weights load.
     try:
         server = EngineServer(None, ServerConfig(host=args.host, port=args.port, token=args.token,
                                                  max_queue=args.max_queue, model="loading", device=args.device))
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 3
-    from stepfoley.engine.errors import StepFoleyError  # no torch: named by an except clause below
+    from stepfoley.engine.errors import InvalidInputError, StepFoleyError  # no torch: named by except clauses below
 
     loaded = threading.Event()
 
@@ -103,6 +89,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.start()  # inside: its thread answers at once, and a signal may come before start() returns
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
+        from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
+
+        try:
+            check_runtime_arguments(args)
+            feature_cache = feature_cache_from_arguments(args)
+        except InvalidInputError as e:
+            server.stop()
+            print(str(e), file=sys.stderr)
+            return 2
         from stepfoley.engine import output_folders
         from stepfoley.engine.devices import share_cpu
         from stepfoley.engine.service import build_service
