@@ -51,7 +51,8 @@ def make_video(path: Path, seconds: float = 10.0, fps: int = 8) -> None:
 def engine(tmp_path_factory):
     log = tmp_path_factory.mktemp("engine") / "serve.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([STEPFOLEY, "serve", "--port", "0", "--model", "tiny-random", "--device", "cpu"],
+        proc = subprocess.Popen([STEPFOLEY, "serve", "--port", "0", "--model", "tiny-random", "--device", "cpu",
+                                 "--threads", "1", "--nice", "0"],
                                 stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     port = None
     deadline = time.time() + 180
@@ -66,7 +67,7 @@ def engine(tmp_path_factory):
         pytest.fail("stepfoley serve did not start:\n" + log.read_text()[-3000:])
     yield port
     proc.terminate()
-    proc.wait(timeout=30)
+    proc.wait(timeout=180)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def other_tab_untouched(result):
     assert [len(t["items"]) for t in other["tracks"]] == [1, 0]
 
 
-def wait_for_state(path: Path, state: str, seconds: float = 10.0) -> dict:
+def wait_for_state(path: Path, state: str, seconds: float = 60.0) -> dict:
     """The stand-in runs on after the driver ends; wait for it to reach `state`."""
     end = time.time() + seconds
     while True:
