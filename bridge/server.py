@@ -49,6 +49,11 @@ _CANCEL_ADDRESS = protocol.CANCEL.encode("ascii") + b"\0"  # how an OSC /cancel 
 _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
+def _may_hold_a_cancel(datagram: bytes) -> bool:
+    """A /cancel, or a bundle with one somewhere inside (a cheap look, no parsing)."""
+    return datagram.startswith(_CANCEL_ADDRESS) or (datagram.startswith(b"#bundle\0") and _CANCEL_ADDRESS in datagram)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = protocol.DEFAULT_HOST
@@ -282,7 +287,7 @@ class EngineServer:
         # A job starts as soon as its /accepted is out, not once the rest of the batch is
         # handled; but a /cancel already waiting behind it is read first, so that a request its
         # client gave up on while the engine stalled is withdrawn before it runs.
-        last_cancel = max((i for i, (data, _) in enumerate(batch) if data.startswith(_CANCEL_ADDRESS)), default=-1)
+        last_cancel = max((i for i, (data, _) in enumerate(batch) if _may_hold_a_cancel(data)), default=-1)
         for i, (data, sender) in enumerate(batch):
             self._per_sender[sender] += 1
             if backlog and self._per_sender[sender] > self.flood_rate:

@@ -841,10 +841,13 @@ def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path, m
     assert [kind for kind, _ in replies][:1] == [protocol.ACCEPTED]
 
 
-def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("in_a_bundle", [False, True], ids=["message", "bundle"])
+def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, monkeypatch,
+                                                                                   in_a_bundle):
     # What a client that gave up on a stalled engine leaves in its socket: the request, a
-    # /status, then its cancel by request_id. The /status is handled only once the job has
-    # finished (or 2 s have passed), so a job started before the cancel is read makes its stem.
+    # /status, then its cancel by request_id (as a message, or in a bundle). The /status is handled
+    # only once the job has finished (or 2 s have passed), so a job started before the cancel is
+    # read makes its stem.
     from stepfoley.bridge import jobs as jobs_module
 
     monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 10.0)
@@ -852,7 +855,8 @@ def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_r
     p = RawPeer(srv.address[1])
     p.generate(make_request(tmp_path, steps=1), "job")
     p.send(protocol.STATUS, p.port, "s", "")
-    p.send(protocol.CANCEL, p.port, "job", "", "")
+    cancel = osc.encode(protocol.CANCEL, p.port, "job", "", "")
+    p.send_bytes(BUNDLE + element(osc.encode(protocol.PING, p.port, "p", "")) + element(cancel) if in_a_bundle else cancel)
     handle = srv.dispatcher.handle_datagram
 
     def status_after_the_job(data, sender):
