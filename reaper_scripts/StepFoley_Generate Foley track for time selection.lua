@@ -1,11 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.14
+-- @version 0.5.15
 -- @changelog
---   Numbers go to the engine with a decimal point whatever the number locale REAPER's process runs under (under a German one every request held "4,5" and was not JSON).
---   A number is read in one form: "4,5" is refused with a word on writing 4.5, and a whole number written in groups ("10.000") is refused instead of read as 10.
---   Spaces outside ASCII around a field (Option+Space on a Mac types a no-break space) are trimmed.
---   Settings takes the program path as the docs write it: ~/... and, on Windows, %USERPROFILE%\...
+--   Settings are written with a decimal point whatever the number locale: under a German one 0.5.14 stored "180,5", which the Settings dialog then showed and refused, and which another locale read as no number. A value stored so is now read.
+--   A StepFoley file of another release left among this one's (a manual install that kept an old file) is named in a message, instead of failing with a bare Lua error.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -44,6 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
+assert(SF.VERSION == "0.5.15", SF.mixed_versions and SF.mixed_versions("this action", "0.5.15")
+  or "StepFoley_lib.lua is older than this action (0.5.15). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

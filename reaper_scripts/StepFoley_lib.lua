@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.14"
+M.VERSION = "0.5.15"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -95,6 +95,12 @@ function M.with_dot(text)
   local at = point ~= "." and text:find(point, 1, true)
   if not at then return text end
   return text:sub(1, at - 1) .. "." .. text:sub(at + #point)
+end
+
+-- A number as the engine's requests, the command line and the settings write it: a dot,
+-- whatever the locale, and no ".0" on a whole number.
+function M.number_text(x)
+  return M.with_dot(tostring(math.tointeger(x) or x))
 end
 
 --[[
@@ -458,7 +464,8 @@ function M.load_settings()
   for key, default in pairs(M.DEFAULT_SETTINGS) do
     local stored = reaper.GetExtState(M.SECTION, key)
     if stored ~= nil and stored ~= "" then
-      s[key] = NUMERIC_SETTINGS[key] and (tonumber(stored) or default) or stored
+      -- a comma: written by 0.5.14 or earlier under a number locale with a decimal comma
+      s[key] = NUMERIC_SETTINGS[key] and (tonumber((stored:gsub(",", "."))) or default) or stored
     else
       s[key] = default
     end
@@ -468,7 +475,9 @@ end
 
 function M.save_settings(s)
   for key in pairs(M.DEFAULT_SETTINGS) do
-    if s[key] ~= nil then reaper.SetExtState(M.SECTION, key, tostring(s[key]), true) end
+    if s[key] ~= nil then
+      reaper.SetExtState(M.SECTION, key, NUMERIC_SETTINGS[key] and M.number_text(s[key]) or tostring(s[key]), true)
+    end
   end
 end
 
@@ -502,8 +511,26 @@ end
 
 M.DIR = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 M.PARTS = { "engine", "project", "bounce", "dialog", "controls", "results" }
+
+-- What a user who copied only some of a release's files is told (REAPER shows it as the
+-- action's error): which file is of which version, and what to do.
+function M.mixed_versions(file, version)
+  return string.format("StepFoley's files are from different versions: %s is %s, StepFoley_lib.lua is %s. "
+    .. "Install every StepFoley_*.lua file of one release into one folder (ReaPack does this), then run "
+    .. "the action again.", file, version or "of an older version", M.VERSION)
+end
+
 for _, part in ipairs(M.PARTS) do
-  dofile(M.DIR .. "StepFoley_lib_" .. part .. ".lua")(M)
+  local file = "StepFoley_lib_" .. part .. ".lua"
+  local loaded, install = pcall(dofile, M.DIR .. file)
+  if not loaded or type(install) ~= "function" then
+    error(file .. " could not be loaded (" .. tostring(install) .. "). Install every StepFoley_*.lua file "
+      .. "of one release into one folder (ReaPack does this).", 0)
+  end
+  local version = install(M)  -- nil from a part older than 0.5.15
+  if version ~= M.VERSION then
+    error(M.mixed_versions(file, type(version) == "string" and version or nil), 0)
+  end
 end
 
 return M

@@ -4,6 +4,9 @@ StepFoley library, part "bounce": what the user hears of the chosen layers over 
 one WAV for the engine. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 --[[
@@ -239,4 +242,5 @@ function M.wav_info(path)
   return info
 end
 
+return VERSION
 end

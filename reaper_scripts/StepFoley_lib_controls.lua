@@ -6,6 +6,9 @@ of the picture the sound comes from, typed as words or percentages. Loaded by
 StepFoley_lib.lua; adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 ------------------------------------------------------------------------------------------
@@ -329,4 +332,5 @@ function M.continuation_job_fields(item, meta, a, b)
   return extra_fields, stored
 end
 
+return VERSION
 end

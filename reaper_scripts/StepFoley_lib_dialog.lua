@@ -14,6 +14,9 @@ user typed are remembered (last_params), never a default.
 Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 local HISTORY_KEY, LAST_KEY = "caption_history", "last_params"
@@ -530,4 +533,5 @@ function M.ask_params(spec, on_answer)
   return M.ask_plain(spec, on_answer)
 end
 
+return VERSION
 end

@@ -5,6 +5,9 @@ asking the engine what it offers (non-blocking), running generation jobs and fol
 status files from reaper.defer. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 ------------------------------------------------------------------------------------------
@@ -223,10 +226,6 @@ function M.command_line(argv)
   return table.concat(parts, " ")
 end
 
-local function number_arg(x)
-  return M.with_dot(tostring(math.tointeger(x) or x))
-end
-
 local function concat(a, b)
   local out = {}
   for _, x in ipairs(a) do out[#out + 1] = x end
@@ -239,7 +238,7 @@ end
 -- No --token: `send` reads the user's token ($STEPFOLEY_TOKEN) itself.
 function M.send_argv(prefix, settings, request_path, status_path)
   return concat(prefix, { "send", "--request", request_path, "--status", status_path,
-    "--port", number_arg(settings.port), "--timeout", number_arg(settings.watchdog_s) })
+    "--port", M.number_text(settings.port), "--timeout", M.number_text(settings.watchdog_s) })
 end
 
 local UNSAFE_PROGRAM = "The StepFoley program path cannot be put on a command line (it contains \" ` $ %% or " ..
@@ -444,7 +443,7 @@ function M.query_engine(settings, prefix, on_done)
   if not dir then return on_done({ ok = false, client_ok = false, state = "no_client", message = dir_err }) end
   local path = M.join(dir, "engine-" .. M.new_job_id() .. ".json")
   local ok, cmd = pcall(M.command_line, concat(prefix, { "send", "--engine-status", "--status", path,
-    "--port", number_arg(settings.port) }))
+    "--port", M.number_text(settings.port) }))
   if not ok then
     return on_done({ ok = false, client_ok = false, state = "no_client", message = string.format(UNSAFE_PROGRAM, prefix[1]) })
   end
@@ -506,7 +505,7 @@ end
 ------------------------------------------------------------------------------------------
 
 local function timed_out_message(settings, engine_message)
-  return (engine_message or string.format("The engine showed no progress for %s s.", number_arg(settings.watchdog_s))) ..
+  return (engine_message or string.format("The engine showed no progress for %s s.", M.number_text(settings.watchdog_s))) ..
     "\n\nIf the engine is only slow (on a CPU the first track of a region spends minutes reading the " ..
     "picture), raise \"Give up after no progress for (s)\" in \"StepFoley: Settings\". Otherwise check " ..
     "the engine window or run \"StepFoley: Engine status\"."
@@ -692,4 +691,5 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   reaper.defer(poll)
 end
 
+return VERSION
 end

@@ -6,6 +6,9 @@ count as negatives (what the next generation must complement). Loaded by StepFol
 adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 ------------------------------------------------------------------------------------------
@@ -609,4 +612,5 @@ function M.folders(proj, job_id, settings)
   return { output_dir = output_dir, job_dir = job_dir }
 end
 
+return VERSION
 end

@@ -6,6 +6,9 @@ variations as fixed lanes (REAPER 7) or takes, a new take of an item; the seed a
 marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
+-- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
+local VERSION = "0.5.15"
+
 return function(M)
 
 ------------------------------------------------------------------------------------------
@@ -815,4 +818,5 @@ function M.generate(job)
   end)
 end
 
+return VERSION
 end

@@ -7,6 +7,7 @@ tests/test_reaper_engine.py."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -1247,6 +1248,38 @@ def test_settings_saved_and_checked(world):
     result = h.run_scenario(world["tmp"], bad)
     assert "Engine port" in result["messages"][0]["message"]
     assert "port" not in result["extstate"]["StepFoley"]
+
+
+@pytest.mark.parametrize("older, said", [
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.15)"),
+    ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
+                                 "older version, StepFoley_lib.lua is 0.5.15."),
+])
+def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
+    """A manual install that kept one file of 0.5.14: the library of that release called
+    functions the new actions need and did not have (a bare "attempt to call a nil value"), and an
+    older part was loaded as if it belonged."""
+    import shutil
+    import subprocess
+
+    done = subprocess.run(["git", "show", f"f270463:reaper_scripts/{older}"], cwd=h.REPO, capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("needs the repository's history (0.5.14's files)")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(h.SCRIPTS, mixed)
+    (mixed / older).write_bytes(done.stdout)
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "60", "15", "takes", "1", "30"]}],
+                  actions=[{"script": h.SETTINGS}])
+    sc["scripts_dir"] = str(mixed)
+    (tmp_path / "scenario.json").write_text(json.dumps({**sc, "exec_log": str(tmp_path / "client.log"),
+                                                        "resource_path": str(tmp_path / "res")}), encoding="utf-8")
+    ran = h.run_lua_file(h.DRIVER, str(tmp_path / "scenario.json"), str(tmp_path / "result.json"),
+                         env=dict(os.environ, STEPFOLEY_FAKE_CLOCK=str(tmp_path / "clock")))
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
+    [error] = result["script_errors"]
+    assert said in error and "Install every StepFoley_*.lua file of one release into one folder" in error
+    assert "port" not in result["extstate"].get("StepFoley", {})
 
 
 def test_settings_take_a_client_path_pasted_with_its_quotes(world):

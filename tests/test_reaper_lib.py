@@ -136,6 +136,26 @@ def test_numbers_go_out_with_a_dot_and_a_comma_is_never_read_under_a_german_loca
     assert hint == " Write the decimal point as a dot (4.5)."
 
 
+def test_settings_are_written_with_a_dot_and_a_comma_an_older_version_wrote_is_read(german_locale):
+    """0.5.14 wrote a fractional setting with tostring: "180,5" under a German LC_NUMERIC, which
+    the Settings dialog then refused as shown, and which a C locale read as no number (the
+    default came back without a word)."""
+    env, name = german_locale
+    fake = ("local store = {}; reaper = {GetOS = function() return 'Other' end, "
+            "GetExtState = function(s, k) return store[k] or '' end, HasExtState = function(s, k) return store[k] ~= nil end, "
+            "SetExtState = function(s, k, v) store[k] = v end, DeleteExtState = function(s, k) store[k] = nil end}; "
+            f"SF = dofile({json.dumps(str(LIB))}); ")
+    for locale in (name, "C"):
+        code = (fake + f"assert(os.setlocale({json.dumps(locale)}, 'numeric')); "
+                "local s = SF.load_settings(); s.watchdog_s, s.port = 180.5, 9017; SF.save_settings(s); "
+                "local written = store.watchdog_s .. '|' .. store.port; "
+                "store.watchdog_s = '240,25'; local read = SF.load_settings().watchdog_s; "
+                "io.write(written, '|', SF.number_text(read), '|', SF.number_text(7))")
+        done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        assert done.stdout.decode() == "180.5|9017|240.25|7", locale
+
+
 @pytest.mark.parametrize("text, integer, value, hint", [
     ("4.5", False, 4.5, None), ("-0.25", False, -0.25, None), ("1e-3", False, 0.001, None), ("12", True, 12, None),
     ("4,5", False, None, " Write the decimal point as a dot (4.5)."),

@@ -105,6 +105,13 @@ def test_headers_versions_and_descriptions():
     assert TAGS["description"].startswith("StepFoley: ")
     lib_version = re.search(r'M\.VERSION = "([^"]+)"', (SCRIPTS / "StepFoley_lib.lua").read_text()).group(1)
     assert TAGS["version"] == lib_version
+    # the library's parts and every action say which release they belong to: all the same one
+    for name in script_files() - {"StepFoley_lib.lua"}:
+        text = (SCRIPTS / name).read_text(encoding="utf-8")
+        declared = re.findall(r'^local VERSION = "([^"]+)"$', text, flags=re.M) if name.startswith("StepFoley_lib_") \
+            else re.findall(r'^assert\(SF\.VERSION == "([^"]+)", SF\.mixed_versions and SF\.mixed_versions\("this action", "([^"]+)"\)',
+                            text, flags=re.M)
+        assert declared in ([lib_version], [(lib_version, lib_version)]), name
     assert {name for _, name in make_index.provided(TAGS)} | {make_index.PACKAGE} == script_files()
     for name in script_files() - {make_index.PACKAGE}:
         tags = make_index.read_header(SCRIPTS / name)
