@@ -71,14 +71,20 @@ def run(args: argparse.Namespace) -> int:
         return 3
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError  # no torch: named by except clauses below
 
-    loaded = threading.Event()
+    loaded, checking, stop_asked = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum, frame):
         # while loading, unwind the load (exit 0, not killed by the signal); once loaded, end the
-        # serving loop as serve_until_signalled's own handlers do, whenever the signal lands
-        if not loaded.is_set():
+        # serving loop as serve_until_signalled's own handlers do, whenever the signal lands.
+        # During the option checks the stop waits for them to end: a KeyboardInterrupt raised
+        # inside torch's device queries made the process end killed by SIGINT (-2) after its
+        # clean stop (reproduced under load; the cause inside torch was not traced).
+        if checking.is_set():
+            stop_asked.set()
+        elif not loaded.is_set():
             raise KeyboardInterrupt
-        server.shutdown()
+        else:
+            server.shutdown()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -91,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
         from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
 
+        import stepfoley.engine.devices  # noqa: F401  torch's import (seconds) stays interruptible
+        import stepfoley.engine.features.cache  # noqa: F401
+
+        checking.set()
         try:
             check_runtime_arguments(args)
             feature_cache = feature_cache_from_arguments(args)
@@ -98,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
             print(str(e), file=sys.stderr)
             return 2
+        finally:
+            checking.clear()
+        if stop_asked.is_set():
+            raise KeyboardInterrupt
         from stepfoley.engine import output_folders
         from stepfoley.engine.devices import share_cpu
         from stepfoley.engine.service import build_service
