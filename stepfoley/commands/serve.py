@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         server.start()  # inside: its thread answers at once, and a signal may come before start() returns
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
         from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
-
-        import stepfoley.engine.devices  # noqa: F401  torch's import (seconds) stays interruptible
-        import stepfoley.engine.features.cache  # noqa: F401
+        from stepfoley.engine import output_folders
+        from stepfoley.engine.devices import share_cpu  # torch's import (seconds) stays interruptible
+        from stepfoley.engine.service import build_service
 
         checking.set()
         try:
@@ -112,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
             checking.clear()
         if stop_asked.is_set():
             raise KeyboardInterrupt
-        from stepfoley.engine import output_folders
-        from stepfoley.engine.devices import share_cpu
-        from stepfoley.engine.service import build_service
 
         # temp files a killed engine left in the folders it wrote to lately
         for path in output_folders.sweep():
