@@ -67,13 +67,18 @@ def test_switching_tabs_while_generating(world, missing_api):
 
 
 def slow_to_answer_client(world, seconds: float = 2.0) -> Path:
-    """The stand-in client, taking `seconds` to answer --engine-status (a slow Python start)."""
+    """The stand-in client, taking `seconds` of the fake REAPER's clock to answer --engine-status
+    (a slow Python start). That clock, not the machine's, so the scenario's timed actions
+    happen before the answer however loaded the machine is (a wall-clock wait of 2 s could
+    end before a busy driver's 0.8 s); two minutes of the machine's clock end it regardless."""
     import os
     import stat
 
     exe = world["tmp"] / "slow bin" / "stepfoley"
     exe.parent.mkdir()
-    exe.write_text(f'#!/bin/sh\ncase " $* " in *" --engine-status "*) sleep {seconds};; esac\n'
+    wait = (f'n=0; until awk -v at={seconds} \'{{exit !($1 >= at)}}\' "$STEPFOLEY_FAKE_CLOCK" 2>/dev/null'
+            ' || [ $n -ge 6000 ]; do sleep 0.02; n=$((n + 1)); done')
+    exe.write_text(f'#!/bin/sh\ncase " $* " in *" --engine-status "*) {wait};; esac\n'
                    f'exec "{world["client"]}" "$@"\n')
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     assert os.access(exe, os.X_OK)
