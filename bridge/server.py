@@ -221,7 +221,7 @@ class EngineServer:
                 "give a shared --token (every client must send it) or use 127.0.0.1."
             )
         self.config = config
-        self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue)
+        self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue, announced_by_caller=True)
         self.dispatcher = Dispatcher(config, self.jobs, capabilities)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -288,25 +288,29 @@ class EngineServer:
         # handled; but a /cancel already waiting behind it is read first, so that a request its
         # client gave up on while the engine stalled is withdrawn before it runs.
         last_cancel = max((i for i, (data, _) in enumerate(batch) if _may_hold_a_cancel(data)), default=-1)
-        for i, (data, sender) in enumerate(batch):
-            self._per_sender[sender] += 1
-            if backlog and self._per_sender[sender] > self.flood_rate:
-                self.dropped_datagrams += 1
-                self.flood_dropped += 1
-                flooder = sender
-                continue
-            try:
-                replies = self.dispatcher.handle_datagram(data, sender)
-            except Exception:  # handle_datagram answers its own errors; this is the last line of defence
-                log.exception("internal error on a datagram from %s", sender[0])
-                replies = []
-            if not replies:
-                self.dropped_datagrams += 1
-            for datagram, address in replies:
-                self._send(datagram, address)
-            if i >= last_cancel:
-                self.jobs.replies_sent()
-        self.jobs.replies_sent()  # the batch's last datagrams may have been dropped unread
+        try:
+            for i, (data, sender) in enumerate(batch):
+                self._per_sender[sender] += 1
+                if backlog and self._per_sender[sender] > self.flood_rate:
+                    self.dropped_datagrams += 1
+                    self.flood_dropped += 1
+                    flooder = sender
+                    continue
+                try:
+                    replies = self.dispatcher.handle_datagram(data, sender)
+                except Exception:  # handle_datagram answers its own errors; this is the last line of defence
+                    log.exception("internal error on a datagram from %s", sender[0])
+                    replies = []
+                if not replies:
+                    self.dropped_datagrams += 1
+                for datagram, address in replies:
+                    self._send(datagram, address)
+                if i >= last_cancel:
+                    self.jobs.replies_sent()
+        finally:
+            # the batch's last datagrams may have been dropped unread; and the jobs book waits for
+            # this word however long a batch takes, so it is given whatever happened
+            self.jobs.replies_sent()
         if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
             self._flood_logged_at = now
             log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second is dropped "

@@ -814,13 +814,10 @@ def test_a_flooding_sender_is_cut_to_its_rate_in_a_backlog_and_the_others_are_an
         "while this lasts")
 
 
-def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path, monkeypatch):
+def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path):
     # /generate then three /status wait in the socket, so the loop reads them as one batch; each
     # /status is handled only once the job has started (or 4 s have passed). The job used to wait
-    # for the whole batch (or ANNOUNCE_WAIT_S, here longer) before its first step.
-    from stepfoley.bridge import jobs as jobs_module
-
-    monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 10.0)
+    # for the whole batch before its first step.
     started = threading.Event()
     srv = EngineServer(SineRunner(before_step=lambda step: started.set()), ServerConfig(port=0))
     p = RawPeer(srv.address[1])
@@ -842,15 +839,14 @@ def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path, m
 
 
 @pytest.mark.parametrize("in_a_bundle", [False, True], ids=["message", "bundle"])
-def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, monkeypatch,
-                                                                                   in_a_bundle):
+def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, in_a_bundle):
     # What a client that gave up on a stalled engine leaves in its socket: the request, a
     # /status, then its cancel by request_id (as a message, or in a bundle). The /status is handled
-    # only once the job has finished (or 2 s have passed), so a job started before the cancel is
-    # read makes its stem.
-    from stepfoley.bridge import jobs as jobs_module
+    # only once the job has finished, or after twice the jobs book's own fallback wait
+    # (ANNOUNCE_WAIT_S: a batch this slow used to let the job start), so a job started before the
+    # cancel is read makes its stem.
+    from stepfoley.bridge.jobs import ANNOUNCE_WAIT_S
 
-    monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 10.0)
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     p = RawPeer(srv.address[1])
     p.generate(make_request(tmp_path, steps=1), "job")
@@ -861,7 +857,7 @@ def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_r
 
     def status_after_the_job(data, sender):
         if data.startswith(protocol.STATUS.encode()):
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 2 * ANNOUNCE_WAIT_S
             while srv.jobs.jobs_finished == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
         return handle(data, sender)

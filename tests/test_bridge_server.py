@@ -520,13 +520,10 @@ def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(
     p.close()
 
 
-def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path, monkeypatch):
+def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path):
     """A job that fails at once (its video is missing) while the dispatch loop is slow to send
     its /accepted (descheduled on a busy machine): the worker's replies must not overtake it, or
     a client written to the protocol document would wait for ever."""
-    from stepfoley.bridge import jobs as jobs_module
-
-    monkeypatch.setattr(jobs_module, "ANNOUNCE_WAIT_S", 30.0)  # the fallback's second is not what is tested
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     send = srv._send
 
@@ -657,3 +654,25 @@ def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp
     assert replies[-1][0] == protocol.CANCELLED and os.listdir(tmp_path / "out") == []
     p.close()
     srv.stop()
+
+
+def test_a_job_held_for_its_batch_is_let_go_by_a_stop(tmp_path):
+    # A server's jobs book holds a job until the server says its batch's replies are out, however
+    # long that takes. A stop that comes first must not leave the worker holding it for ever:
+    # the job ends at its first step, and the stop returns at once.
+    from stepfoley.bridge.jobs import CANCELLED, ERROR, RUNNING, JobBook
+    from stepfoley.request import parse_request
+
+    told, runner = [], SineRunner()
+    book = JobBook(runner, lambda job, kind: told.append(kind), announced_by_caller=True)
+    book.start()
+    job, _ = book.submit("held", parse_request(make_request(tmp_path, steps=3)), ("127.0.0.1", 9))
+    deadline = time.monotonic() + 60
+    while job.state != RUNNING and time.monotonic() < deadline:  # the worker has it; no replies_sent() comes
+        time.sleep(0.01)
+    assert runner.started == [] and told == []
+    started = time.monotonic()
+    book.stop(timeout=60)
+    assert time.monotonic() - started < 30 and not book._worker.is_alive()
+    assert job.state in (CANCELLED, ERROR) and told[-1] in protocol.FINAL_REPLIES
+    assert os.listdir(tmp_path / "out") == []
