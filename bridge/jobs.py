@@ -38,11 +38,6 @@ QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", 
 FINISHED_STATES = (DONE, ERROR, CANCELLED)
 MAX_MESSAGE_CHARS = 2000
 ENGINE_STOPPED_RUNNING = "The engine was stopped while this job ran. Start it again and resend."
-# How long the worker holds a job's first reply for its /accepted to go out, in a JobBook used
-# without a server (which never says so). A server's book waits for the server's word however
-# long its receive batch takes: a batch slower than this used to let a job start before a
-# /cancel behind it in the batch was read.
-ANNOUNCE_WAIT_S = 1.0
 
 
 @dataclass(eq=False)  # a job is itself: finding it in the queue compares identities, not every field
@@ -97,13 +92,12 @@ class JobBook:
     """Owns the queue and the worker. Thread-safe: the dispatch thread submits, cancels and
     queries; the worker thread runs jobs. Generation never runs on the dispatch thread."""
 
-    def __init__(self, runner: Runner | None, notify: Notify, max_queue: int = 256, keep_finished: int = 1024,
-                 announced_by_caller: bool = False):
-        """`announced_by_caller`: the caller calls `replies_sent()` after every submit (a server,
-        once a receive batch's /accepted replies and any /cancel in it are handled), so a job
-        waits for that however long it takes; otherwise it waits at most ANNOUNCE_WAIT_S."""
+    def __init__(self, runner: Runner | None, notify: Notify, max_queue: int = 256, keep_finished: int = 1024):
+        """Whoever submits calls `replies_sent()` once its answers to the submits are out (the
+        server: once a receive batch's /accepted replies, and any /cancel in the batch, are
+        handled); a job waits for that however long it takes. (A fixed 1 s wait instead let a job
+        start before a /cancel behind it in a slow batch was read.)"""
         self.runner = runner
-        self._announced_by_caller = announced_by_caller
         self._notify = notify
         self.max_queue = max_queue
         self._keep_finished = keep_finished
@@ -210,9 +204,7 @@ class JobBook:
         """Refuse new jobs, fail the queued ones, stop the running one at its next step."""
         with self._lock:
             self._stopping = True
-            for job in self._unannounced:  # the worker may be holding one back: it stops at its first step
-                job.announced.set()
-            self._unannounced.clear()
+            self.replies_sent()  # the worker may be holding one back: it stops at its first step
             dropped = list(self._queue)
             self._queue.clear()
             for job in dropped:
@@ -252,8 +244,7 @@ class JobBook:
                 job = self._queue.popleft()
                 job.state, job.phase = RUNNING, "starting"
                 self._current = job
-            # a reply sent before /accepted could reach a client first
-            job.announced.wait(None if self._announced_by_caller else ANNOUNCE_WAIT_S)
+            job.announced.wait()  # a reply sent before /accepted could reach a client first
             self._tell(job, protocol.PROGRESS)  # step 0: the client learns it started
             existing = _names_in(job.request.output_dir)
             kind, result = self._run(job, existing)

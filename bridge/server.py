@@ -221,7 +221,7 @@ class EngineServer:
                 "give a shared --token (every client must send it) or use 127.0.0.1."
             )
         self.config = config
-        self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue, announced_by_caller=True)
+        self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue)
         self.dispatcher = Dispatcher(config, self.jobs, capabilities)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)

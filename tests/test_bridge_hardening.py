@@ -842,11 +842,8 @@ def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path):
 def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_runs(tmp_path, in_a_bundle):
     # What a client that gave up on a stalled engine leaves in its socket: the request, a
     # /status, then its cancel by request_id (as a message, or in a bundle). The /status is handled
-    # only once the job has finished, or after twice the jobs book's own fallback wait
-    # (ANNOUNCE_WAIT_S: a batch this slow used to let the job start), so a job started before the
-    # cancel is read makes its stem.
-    from stepfoley.bridge.jobs import ANNOUNCE_WAIT_S
-
+    # only once the job has finished, or after 2 s (twice the 1 s the jobs book used to wait before
+    # starting a job anyway), so a job started before the cancel is read makes its stem.
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     p = RawPeer(srv.address[1])
     p.generate(make_request(tmp_path, steps=1), "job")
@@ -857,7 +854,7 @@ def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_r
 
     def status_after_the_job(data, sender):
         if data.startswith(protocol.STATUS.encode()):
-            deadline = time.monotonic() + 2 * ANNOUNCE_WAIT_S
+            deadline = time.monotonic() + 2.0
             while srv.jobs.jobs_finished == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
         return handle(data, sender)

@@ -657,14 +657,14 @@ def test_a_cancel_answered_stopping_ends_cancelled_even_after_the_last_check(tmp
 
 
 def test_a_job_held_for_its_batch_is_let_go_by_a_stop(tmp_path):
-    # A server's jobs book holds a job until the server says its batch's replies are out, however
-    # long that takes. A stop that comes first must not leave the worker holding it for ever:
+    # The jobs book holds a job until its submitter says the replies to it are out, however long
+    # that takes. A stop that comes first must not leave the worker holding it for ever:
     # the job ends at its first step, and the stop returns at once.
     from stepfoley.bridge.jobs import CANCELLED, ERROR, RUNNING, JobBook
     from stepfoley.request import parse_request
 
     told, runner = [], SineRunner()
-    book = JobBook(runner, lambda job, kind: told.append(kind), announced_by_caller=True)
+    book = JobBook(runner, lambda job, kind: told.append(kind))
     book.start()
     job, _ = book.submit("held", parse_request(make_request(tmp_path, steps=3)), ("127.0.0.1", 9))
     deadline = time.monotonic() + 60
