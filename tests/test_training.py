@@ -1,6 +1,7 @@
 """Training: schedule, post-hoc EMA, objectives, and the real trainer at tiny scale (one process
 and a 2-process DistributedDataParallel run on the CPU with gloo)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -248,6 +249,12 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["controlnet", "--weights", "w", "--data", "d.jsonl", "--checkpoint-every", "0"], "--checkpoint-every 0"),
     (["embedded", "--checkpoint-every", "0"], "--checkpoint-every 0: give at least 1 (steps)"),
     (["loudness", "--checkpoint-every", "-5"], "--checkpoint-every -5: give at least 1 (steps)"),
+    (["embedded", "--background-db", "18"], "--background-db '18': give two numbers of dB, LO,HI"),
+    (["embedded", "--background-db", "6,5,18,5"], "Write decimals with a point"),
+    (["embedded", "--background-db", "30,18"], "give 0 <= LO <= HI <= 60 dB"),
+    (["embedded", "--background-db=-6,18"], "give 0 <= LO <= HI <= 60 dB"),
+    (["embedded", "--background-db", "18,nan"], "give 0 <= LO <= HI <= 60 dB"),
+    (["loudness", "--background-db", "18,61"], "give 0 <= LO <= HI <= 60 dB"),
 ])
 def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, capsys, argv, words):
     from stepfoley.cli import main
@@ -293,17 +300,23 @@ def test_checkpoint_every_reaches_the_recipe(tmp_path, monkeypatch, what):
     assert main(command + ["--checkpoint-every", "37"]) == 0
     assert main(command) == 0
     assert [recipe.checkpoint_every for recipe in received] == [37, training.EmbeddedRecipe().checkpoint_every]
+    # the mixtures' background, for weights trained on cleaner targets (README, "cleaner targets")
+    assert main(command + ["--background-db", "18,30.5"]) == 0
+    assert received[-1].data.dominance_db == (18.0, 30.5)
+    assert received[1].data.dominance_db == training.EmbeddedRecipe().data.dominance_db == (6.0, 18.0)  # its help
 
 
 @pytest.mark.slow
 def test_train_embedded_tiny_then_load(tmp_path):
     from stepfoley.engine.embedded.codec import MelCodecConfig
-    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.embedded.model import _read_weights, build_embedded_model
     from stepfoley.cli import main
 
     out = tmp_path / "mini.safetensors"
-    assert main(["train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY]) == 0
+    assert main(["train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY,
+                 "--background-db", "18,30"]) == 0
     model = build_embedded_model(weights_path=out)
+    assert json.loads(_read_weights(out)[1]["recipe"])["data"]["dominance_db"] == [18.0, 30.0]
     assert model.controlnet is not None and model.note == ""
     assert model.codec.config == MelCodecConfig()  # the latent it was trained in, read from the file
     log = (tmp_path / "work" / "train.log").read_text()

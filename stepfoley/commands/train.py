@@ -12,6 +12,12 @@ from __future__ import annotations
 import argparse
 
 
+_BACKGROUND_HELP = ("how far under the captioned source the other sources play in the training mixtures, "
+                    "in dB, each mixture's drawn between LO and HI")
+# 60 dB under a target (-26 to -16 LUFS) the other sources are inaudible: further says nothing more.
+BACKGROUND_DB_MOST = 60.0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
@@ -30,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
+    e.add_argument("--background-db", default=None, metavar="LO,HI", help=_BACKGROUND_HELP + " (default 6,18)")
     e.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints a killed run resumes from (default 500; each phase's last step too)")
     e.add_argument("--device", default="auto")
@@ -43,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--steps", type=int, default=None, help="default 1500")
     lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
     lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
+    lo.add_argument("--background-db", default=None, metavar="LO,HI",
+                    help=_BACKGROUND_HELP + ": give what the weights were trained with (default 6,18; the log "
+                         "notes a difference)")
     lo.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints a killed run resumes from (default 500; the last step too)")
     lo.add_argument("--device", default="auto")
@@ -89,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             recipe = EmbeddedRecipe()
             given = lambda overrides: {k: v for k, v in overrides.items() if v is not None}  # noqa: E731
             data = replace(recipe.data, **given({"scenes": args.scenes, "held_out_scenes": args.held_out_scenes,
-                                                 "seed": args.data_seed}))
+                                                 "seed": args.data_seed,
+                                                 "dominance_db": background_db(args.background_db)}))
             recipe = replace(recipe, data=data, **given({
                 "base_steps": args.base_steps, "controlnet_steps": args.controlnet_steps,
                 "base_lr": args.base_lr, "controlnet_lr": args.controlnet_lr,
@@ -108,9 +119,12 @@ def run(args: argparse.Namespace) -> int:
             given = {k: v for k, v in {"loudness_steps": args.steps, "loudness_lr": args.lr,
                                        "data_workers": args.workers,
                                        "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+            recipe = replace(EmbeddedRecipe(), **given)
+            if args.background_db is not None:
+                recipe = replace(recipe, data=replace(recipe.data, dominance_db=background_db(args.background_db)))
             weights = Path(args.weights or WEIGHTS_PATH)
-            figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights),
-                                           replace(EmbeddedRecipe(), **given), device, replace=_may_replace_out(args))
+            figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights), recipe, device,
+                                           replace=_may_replace_out(args))
             if os.environ.get("RANK", "0") == "0":
                 print(_summary(figures))
             return 0
@@ -158,6 +172,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and 0 < value <= 1):
             raise InvalidInputError(f"{option(name)} {value}: a learning rate is above 0 and at most 1 (e.g. 1e-3).")
+    background_db(getattr(args, "background_db", None))
     cores = os.cpu_count() or 1
     if getattr(args, "workers", None) is not None and args.workers > cores:  # each renders scenes with its own models
         raise InvalidInputError(f"--workers {args.workers}: this machine has {cores} cores; give at most {cores}.")
@@ -180,6 +195,27 @@ def _check_numbers(args: argparse.Namespace) -> None:
                 f"--data-seed {seed} with {scenes} scenes reaches past the training scenes' seeds "
                 f"({TRAINING_SEED_RANGE[0]}-{TRAINING_SEED_RANGE[1] - 1}) into those the evaluation keeps unseen; "
                 f"give at most {most}.")
+
+
+def background_db(text: str | None) -> tuple[float, float] | None:
+    """--background-db "LO,HI" as (LO, HI) in dB; None when not given. Raises InvalidInputError
+    unless it is two numbers with 0 <= LO <= HI <= BACKGROUND_DB_MOST."""
+    import math
+
+    from stepfoley.engine.errors import InvalidInputError
+
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        hint = " Write decimals with a point (e.g. 18.5,30)." if len(parts) > 2 else ""
+        raise InvalidInputError(f"--background-db {text!r}: give two numbers of dB, LO,HI (e.g. 18,30).{hint}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= BACKGROUND_DB_MOST):
+        raise InvalidInputError(f"--background-db {text!r}: give 0 <= LO <= HI <= {BACKGROUND_DB_MOST:g} dB "
+                                "(how far under the captioned source the others play, e.g. 18,30).")
+    return low, high
 
 
 def _check_folders(args: argparse.Namespace) -> None:
