@@ -254,7 +254,7 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--background-db", "30,18"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db=-6,18"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db", "18,nan"], "give 0 <= LO <= HI <= 60 dB"),
-    (["loudness", "--background-db", "18,61"], "give 0 <= LO <= HI <= 60 dB"),
+    (["embedded", "--background-db", "18,61"], "give 0 <= LO <= HI <= 60 dB"),
 ])
 def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, capsys, argv, words):
     from stepfoley.cli import main
@@ -283,27 +283,77 @@ def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsy
     assert _is_default_out(args)
 
 
-@pytest.mark.parametrize("what", ["embedded", "loudness"])
-def test_checkpoint_every_reaches_the_recipe(tmp_path, monkeypatch, what):
-    # hours of training on a machine that may be taken away: how much a killed run redoes is the user's choice
-    from stepfoley.cli import main
+def _weights_trained_on(path, recorded=True, **data):
+    """Embedded weights (random) whose record says their base learned from the default data
+    recipe changed by `data` (a JSON object's values); no recipe at all unless `recorded`."""
+    from dataclasses import asdict
+
+    from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
+    from stepfoley.lab.training.miniworld_data import DataRecipe
+
+    model = build_embedded_model(random_weights=True)
+    recipe = {"data": {**asdict(DataRecipe()), **data}}
+    return save_embedded_weights(path, model.net, model.controlnet, model.codec,
+                                 metadata={"recipe": json.dumps(recipe)} if recorded else {})
+
+
+def _received_recipes(monkeypatch, what):
+    """The recipes `stepfoley train WHAT` hands its training (which is not run)."""
     from stepfoley.lab.training import embedded as training
 
     received = []
     monkeypatch.setattr(training, "train_embedded" if what == "embedded" else "extend_with_loudness",
                         lambda work, *args, **kwargs: received.append(args[-2]) or
                         {"data_seconds": 0, "total_seconds": 0, "processes": 1, "threads": 1})
-    weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"read by the training, not by the command")
+    return received
+
+
+@pytest.mark.parametrize("what", ["embedded", "loudness"])
+def test_checkpoint_every_reaches_the_recipe(tmp_path, monkeypatch, what):
+    # hours of training on a machine that may be taken away: how much a killed run redoes is the user's choice
+    from stepfoley.cli import main
+    from stepfoley.lab.training import embedded as training
+
+    received = _received_recipes(monkeypatch, what)
     command = ["train", what, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors"),
-               "--device", "cpu"] + (["--weights", str(weights)] if what == "loudness" else [])
+               "--device", "cpu"]
+    if what == "loudness":
+        command += ["--weights", str(_weights_trained_on(tmp_path / "w.safetensors"))]
     assert main(command + ["--checkpoint-every", "37"]) == 0
     assert main(command) == 0
     assert [recipe.checkpoint_every for recipe in received] == [37, training.EmbeddedRecipe().checkpoint_every]
-    # the mixtures' background, for weights trained on cleaner targets (README, "cleaner targets")
-    assert main(command + ["--background-db", "18,30.5"]) == 0
-    assert received[-1].data.dominance_db == (18.0, 30.5)
-    assert received[1].data.dominance_db == training.EmbeddedRecipe().data.dominance_db == (6.0, 18.0)  # its help
+
+
+def test_background_db_reaches_the_data_and_train_loudness_reads_it_from_the_weights(tmp_path, monkeypatch):
+    # cleaner training targets (README, "cleaner targets"): the base learns from them, and the
+    # loudness ControlNet added to it later from the same mixtures, without being told again
+    from stepfoley.cli import main
+    from stepfoley.lab.training.miniworld_data import DataRecipe
+
+    received = _received_recipes(monkeypatch, "embedded")
+    work = ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors"), "--device", "cpu"]
+    assert main(["train", "embedded", *work, "--background-db", "18,30.5"]) == 0
+    assert main(["train", "embedded", *work]) == 0
+    assert [r.data.dominance_db for r in received] == [(18.0, 30.5), (6.0, 18.0)]  # the default its help gives
+    assert DataRecipe().dominance_db == (6.0, 18.0)
+
+    received = _received_recipes(monkeypatch, "loudness")
+    cleaner = _weights_trained_on(tmp_path / "cleaner.safetensors", dominance_db=[18, 30], scenes=96,
+                                  shaped_prob=0.1)
+    older = _weights_trained_on(tmp_path / "older.safetensors", recorded=False)
+    assert main(["train", "loudness", *work, "--weights", str(cleaner)]) == 0
+    assert main(["train", "loudness", *work, "--weights", str(older)]) == 0
+    assert received[0].data == DataRecipe(dominance_db=(18.0, 30.0), scenes=96)  # its own shaping, not theirs
+    assert received[1].data == DataRecipe()
+
+
+@pytest.mark.parametrize("data", [{"dominance_db": [18]}, {"dominance_db": "18,30"}, {"scenes": 96.5},
+                                  {"scenes": True}, {"renamed_since": 1}])
+def test_a_data_recipe_the_weights_record_oddly_is_not_read(tmp_path, data):
+    from stepfoley.lab.training.embedded import recorded_data_recipe
+
+    assert recorded_data_recipe(_weights_trained_on(tmp_path / "w.safetensors", **data)) is None
+    assert recorded_data_recipe(_weights_trained_on(tmp_path / "ok.safetensors", scenes=96)).scenes == 96
 
 
 @pytest.mark.slow

@@ -190,6 +190,41 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     return figures
 
 
+def recorded_data_recipe(weights_path: Path) -> DataRecipe | None:
+    """The data recipe the weights' base was trained on, as their record holds it, with this
+    version's shaping of phase 3's targets (that phase's own); None where the record holds no
+    complete one (weights of an older version, or made elsewhere). Why: the loudness ControlNet
+    learns beside that base, from the same mixtures (`train embedded --background-db`, say)."""
+    from stepfoley.engine.embedded.model import _read_weights
+
+    try:
+        stored = json.loads(_read_weights(weights_path)[1].get("recipe", "{}")).get("data")
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+    if not isinstance(stored, dict):
+        return None
+    stored, wanted = _split_shaping(stored)[0], _split_shaping(asdict(DataRecipe()))[0]
+    if set(stored) != set(wanted):
+        return None
+    try:
+        return DataRecipe(**{name: _as_typed_like(wanted[name], value) for name, value in stored.items()})
+    except TypeError:
+        return None
+
+
+def _as_typed_like(default, value):
+    """A value read from JSON as the type of the recipe's default (a tuple of numbers, a float,
+    an int); TypeError when it is not one."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise TypeError(value)
+        return tuple(_as_typed_like(d, v) for d, v in zip(default, value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(default, int) and not isinstance(value, int)):
+        raise TypeError(value)
+    return type(default)(value)
+
+
 def _split_shaping(data_recipe: dict) -> tuple[dict, dict]:
     """A stored data recipe as (what every phase learns from, how phase 3 shapes its targets)."""
     shaping = {k: v for k, v in data_recipe.items() if k.startswith("shaped_")}

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 
 
-_BACKGROUND_HELP = ("how far under the captioned source the other sources play in the training mixtures, "
-                    "in dB, each mixture's drawn between LO and HI")
 # 60 dB under a target (-26 to -16 LUFS) the other sources are inaudible: further says nothing more.
 BACKGROUND_DB_MOST = 60.0
 
@@ -36,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
     e.add_argument("--warmup-steps", type=int, default=None)
     e.add_argument("--data-seed", type=int, default=None)
-    e.add_argument("--background-db", default=None, metavar="LO,HI", help=_BACKGROUND_HELP + " (default 6,18)")
+    e.add_argument("--background-db", default=None, metavar="LO,HI",
+                   help="how far under the captioned source the other sources play in the training mixtures, in "
+                        "dB, each mixture's drawn between LO and HI (default 6,18; `train loudness` reads it from "
+                        "the weights)")
     e.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints a killed run resumes from (default 500; each phase's last step too)")
     e.add_argument("--device", default="auto")
@@ -50,9 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--steps", type=int, default=None, help="default 1500")
     lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
     lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
-    lo.add_argument("--background-db", default=None, metavar="LO,HI",
-                    help=_BACKGROUND_HELP + ": give what the weights were trained with (default 6,18; the log "
-                         "notes a difference)")
     lo.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints a killed run resumes from (default 500; the last step too)")
     lo.add_argument("--device", default="auto")
@@ -114,15 +112,16 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.what == "loudness":
             from stepfoley.engine.embedded.model import WEIGHTS_PATH
-            from stepfoley.lab.training.embedded import EmbeddedRecipe, extend_with_loudness
+            from stepfoley.lab.training.embedded import EmbeddedRecipe, extend_with_loudness, recorded_data_recipe
 
             given = {k: v for k, v in {"loudness_steps": args.steps, "loudness_lr": args.lr,
                                        "data_workers": args.workers,
                                        "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-            recipe = replace(EmbeddedRecipe(), **given)
-            if args.background_db is not None:
-                recipe = replace(recipe, data=replace(recipe.data, dominance_db=background_db(args.background_db)))
             weights = Path(args.weights or WEIGHTS_PATH)
+            recipe = replace(EmbeddedRecipe(), **given)
+            trained_on = recorded_data_recipe(weights)  # the mixtures the base learned from, --background-db's
+            if trained_on is not None:
+                recipe = replace(recipe, data=trained_on)
             figures = extend_with_loudness(weights, Path(args.work), Path(args.out or weights), recipe, device,
                                            replace=_may_replace_out(args))
             if os.environ.get("RANK", "0") == "0":
