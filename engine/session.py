@@ -37,6 +37,7 @@ from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condit
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, is_guided,
                                       known_latent, time_grid)
+from stepfoley.engine.tone_match import apply_tone_gains, tone_match_gains
 from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
@@ -549,11 +550,12 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
 
 
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
-    """The model's audio over the region (S,) made ready to splice into the take: brought to the
-    take's level (the gain that makes the new audio within LEVEL_MATCH_S inside the seams as loud
-    as the take within LEVEL_MATCH_S outside them, each by `gated_power`; where the take is
-    silent there, as loud as the kept take as a whole), then true-peak limited; only the new part
-    is measured, and the kept audio is never touched. Returns ((1, S), levels)."""
+    """The model's audio over the region (S,) made ready to splice into the take: matched to the
+    take in tone (engine.tone_match: the balance of its bands within LEVEL_MATCH_S inside the
+    seams made the take's within LEVEL_MATCH_S outside them), then brought to the take's level
+    (the gain that makes that new audio as loud as that take, each by `gated_power`; where the
+    take is silent there, both matched to the kept take as a whole), then true-peak limited;
+    only the new part is measured, and the kept audio is never touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
@@ -567,10 +569,16 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     # the take's level whatever level the model makes the new audio at, so a quiet take got an
     # extension at the model's own level, 20 dB or more above it.
     power = known.samples ** 2 if known.power is None else known.power
-    take_power, matched_to = gated_power(power[outside], sample_rate), "the take next to the seams"
+    take_side, matched_to = outside, "the take next to the seams"
+    take_power = gated_power(power[take_side], sample_rate)
     if take_power <= LEVEL_MATCH_FLOOR ** 2:
-        take_power, matched_to = gated_power(power[known.keep], sample_rate), \
-            "the whole kept take (silent next to the seams)"
+        take_side, matched_to = known.keep, "the whole kept take (silent next to the seams)"
+        take_power = gated_power(power[take_side], sample_rate)
+    tone_db = None
+    if take_power > LEVEL_MATCH_FLOOR ** 2:
+        tone_db = tone_match_gains(known.samples, take_side, audio, inside, sample_rate)
+        if tone_db is not None:
+            audio = apply_tone_gains(audio, tone_db, sample_rate)
     new_power = gated_power(audio[inside] ** 2, sample_rate)
     gain_db = 0.0
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
@@ -582,6 +590,9 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     part = matched[:, new]
     levels = {"level_match_gain_db": gain_db,
               "level_matched_to": matched_to,
+              # the match EQ's deepest cut and highest boost over its bands; null: not matched in tone
+              "tone_match_db": None if tone_db is None else [round(float(tone_db.min()), 1),
+                                                            round(float(tone_db.max()), 1)],
               "new_part_lufs": mixing.reported_lufs(part, sample_rate)
               if part.shape[-1] >= sample_rate // 2 else None,
               "new_part_seconds": float(new.sum()) / sample_rate,

@@ -1,0 +1,84 @@
+"""Match EQ for an extended or repaired take: the new part's balance of frequencies brought to
+the take's next to the seams, as a Foley editor matches a pickup to the take it continues.
+
+Why: a model makes its sound with whatever else it hears in the picture (the embedded model
+its background too), so the continuation of a clean take can hold energy in bands where the
+take has almost none, and the seam reads as a change of sound. One static, zero-phase filter
+over the model's audio: per mel-spaced band, the take's share of its power over the new
+audio's share, within TONE_MATCH_DB. Shares, not powers: the level is set afterwards, as it
+was before (engine.session.finish_new_part). Measured in the README ("The new part matched in
+tone").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import fftconvolve, firwin2
+
+TONE_BANDS = 24
+# Cuts go deep enough to take out a background the take does not have; boosts stay small, as
+# raising a band the model left nearly empty raises its noise.
+TONE_MATCH_DB = (-24.0, 6.0)
+ANALYSIS_S = 0.064  # the spectrum's frame (a power of two of samples near this), hop a quarter of it
+FILTER_S = 0.064    # the filter's length: its resolution (about 16 Hz) is far finer than a band
+
+
+def band_edges(sample_rate: int, bands: int = TONE_BANDS) -> np.ndarray:
+    """(bands + 1,) Hz: edges evenly spaced in mel from 0 to the Nyquist frequency."""
+    top = 2595.0 * np.log10(1.0 + (sample_rate / 2) / 700.0)
+    return 700.0 * (10.0 ** (np.linspace(0.0, top, bands + 1) / 2595.0) - 1.0)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, end) sample ranges where mask (S,) is True."""
+    flags = np.concatenate([[0], mask.astype(np.int8), [0]])
+    return list(zip(np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)))
+
+
+def band_power(samples: np.ndarray, where: np.ndarray, sample_rate: int, edges: np.ndarray) -> np.ndarray | None:
+    """Mean power per frame of mono `samples` (S,) in each band between `edges`, over the frames
+    lying wholly where `where` (S,) is True, (bands,); None when no frame fits there."""
+    n = 1 << int(round(np.log2(ANALYSIS_S * sample_rate)))
+    hop = n // 4
+    window = np.hanning(n)
+    bins = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    band = np.clip(np.searchsorted(edges, bins, side="right") - 1, 0, len(edges) - 2)   # (F,) band of each bin
+    total, frames = np.zeros(len(edges) - 1), 0
+    for start, end in _runs(where):
+        if end - start < n:
+            continue
+        chunk = np.lib.stride_tricks.sliding_window_view(samples[start:end].astype(np.float64), n)[::hop]
+        power = (np.abs(np.fft.rfft(chunk * window, axis=-1)) ** 2).sum(axis=0)         # (F,)
+        total += np.bincount(band, weights=power, minlength=len(edges) - 1)
+        frames += chunk.shape[0]
+    return total / frames if frames else None
+
+
+def tone_match_gains(take: np.ndarray, take_side: np.ndarray, new: np.ndarray, new_side: np.ndarray,
+                     sample_rate: int) -> np.ndarray | None:
+    """Per band (TONE_BANDS), the gain in dB that gives `new`'s audio where `new_side` is True the
+    balance of bands of `take` where `take_side` is True, within TONE_MATCH_DB; None when either
+    side is silent or too short to measure (nothing to match)."""
+    # take, new: (S,) mono; take_side, new_side: (S,) bool
+    edges = band_edges(sample_rate)
+    take_power = band_power(take, take_side, sample_rate, edges)
+    new_power = band_power(new, new_side, sample_rate, edges)
+    if take_power is None or new_power is None or take_power.sum() <= 0 or new_power.sum() <= 0:
+        return None
+    tiny = 1e-12  # a band empty on one side: the clip below sets its gain
+    ratio = (take_power / take_power.sum() + tiny) / (new_power / new_power.sum() + tiny)
+    return np.clip(10.0 * np.log10(ratio), *TONE_MATCH_DB)
+
+
+def apply_tone_gains(audio: np.ndarray, gains_db: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono `audio` (S,) through the zero-phase filter whose response passes through `gains_db`
+    at the centres of the bands (straight lines between them, level beyond the first and last),
+    float32. The ends are mirrored before filtering, so the audio does not fade in or out there."""
+    edges = band_edges(sample_rate, len(gains_db))
+    centres = (edges[:-1] + edges[1:]) / 2
+    points = np.concatenate([[0.0], centres, [sample_rate / 2]]) / (sample_rate / 2)
+    gains = 10.0 ** (np.concatenate([gains_db[:1], gains_db, gains_db[-1:]]) / 20.0)
+    taps = firwin2(int(FILTER_S * sample_rate) | 1, points, gains)        # odd, symmetric: no delay
+    half = len(taps) // 2
+    padded = np.pad(audio.astype(np.float64), half, mode="reflect" if len(audio) > half else "constant")
+    return fftconvolve(padded, taps, mode="valid").astype(np.float32)

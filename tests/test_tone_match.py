@@ -1,0 +1,65 @@
+"""The match EQ of an extended or repaired take (engine.tone_match), on noise made by the test."""
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfilt
+
+from stepfoley.engine.session import KnownAudio, finish_new_part
+from stepfoley.engine.tone_match import TONE_MATCH_DB, apply_tone_gains, band_edges, tone_match_gains
+
+RATE = 16000
+
+
+def _noise(seed: int, seconds: float, low_pass_hz: float | None = None) -> np.ndarray:
+    wave = 0.05 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))
+    if low_pass_hz is not None:
+        wave = sosfilt(butter(8, low_pass_hz, fs=RATE, output="sos"), wave)
+    return wave.astype(np.float32)
+
+
+def _share_above(wave: np.ndarray, hz: float) -> float:
+    """The share of the wave's power above `hz`, in dB."""
+    power = np.abs(np.fft.rfft(wave.astype(np.float64))) ** 2
+    return 10 * np.log10(power[np.fft.rfftfreq(len(wave), 1 / RATE) > hz].sum() / power.sum())
+
+
+def test_the_new_part_loses_what_the_take_does_not_have_and_keeps_the_takes_level():
+    # a take of noise under 1.5 kHz extended by the model's broadband noise: above 3 kHz the
+    # take has nothing, so the new part is cut there as far as the match goes
+    take = _noise(1, 4.0, low_pass_hz=1500)
+    keep = np.arange(len(take)) < 2 * RATE
+    audio = take.copy()
+    audio[~keep] = 4 * _noise(2, 2.0)                       # the new part, 12 dB over the take
+    matched, levels = finish_new_part(audio, KnownAudio(take, keep), RATE)
+    before, after = _share_above(audio[~keep], 3000), _share_above(matched[0, ~keep], 3000)
+    assert before > -3 and after - before < -18
+    assert levels["tone_match_db"][0] == TONE_MATCH_DB[0] and levels["tone_match_db"][1] <= TONE_MATCH_DB[1]
+    # the level is matched after the tone, by the take's own measure
+    rms = lambda w: np.sqrt(np.mean(w.astype(np.float64) ** 2))  # noqa: E731
+    assert 20 * np.log10(rms(matched[0, ~keep][: RATE]) / rms(take[keep][-RATE:])) == pytest.approx(0.0, abs=0.5)
+
+
+def test_a_new_part_of_the_takes_own_balance_is_left_nearly_as_it_is():
+    take = _noise(3, 4.0, low_pass_hz=4000)
+    keep = np.arange(len(take)) < 2 * RATE
+    gains = tone_match_gains(take, keep, _noise(4, 4.0, low_pass_hz=4000), ~keep, RATE)
+    audible = (band_edges(RATE)[1:] < 3500)  # above the cutoff both are at the filter's floor
+    assert np.abs(gains[audible]).max() < 1.0
+
+
+def test_flat_gains_leave_the_audio_as_it_is_to_its_ends_without_delay():
+    audio = _noise(5, 1.0)
+    np.testing.assert_allclose(apply_tone_gains(audio, np.zeros(24), RATE), audio, atol=2e-4)
+    click = np.zeros(RATE, np.float32)
+    click[RATE // 2] = 1.0
+    cut = apply_tone_gains(click, np.linspace(0.0, -20.0, 24), RATE)
+    assert len(cut) == RATE and int(np.argmax(np.abs(cut))) == RATE // 2  # zero phase: no shift
+
+
+def test_nothing_to_match_against_leaves_the_tone_alone():
+    audio = _noise(6, 4.0)
+    keep = np.arange(len(audio)) < 2 * RATE
+    _, levels = finish_new_part(audio, KnownAudio(np.zeros_like(audio), keep), RATE)
+    assert levels["tone_match_db"] is None
+    # too short a side to measure a spectrum (under one analysis frame)
+    assert tone_match_gains(audio, np.arange(len(audio)) < 500, audio, ~keep, RATE) is None
