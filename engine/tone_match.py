@@ -13,7 +13,7 @@ tone").
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import fftconvolve, firwin2
+from scipy.signal import firwin2, oaconvolve
 
 TONE_BANDS = 24
 # Cuts go deep enough to take out a background the take does not have; boosts stay small, as
@@ -80,5 +80,5 @@ def apply_tone_gains(audio: np.ndarray, gains_db: np.ndarray, sample_rate: int) 
     gains = 10.0 ** (np.concatenate([gains_db[:1], gains_db, gains_db[-1:]]) / 20.0)
     taps = firwin2(int(FILTER_S * sample_rate) | 1, points, gains)        # odd, symmetric: no delay
     half = len(taps) // 2
-    padded = np.pad(audio.astype(np.float64), half, mode="reflect" if len(audio) > half else "constant")
-    return fftconvolve(padded, taps, mode="valid").astype(np.float32)
+    padded = np.pad(audio.astype(np.float32), half, mode="reflect" if len(audio) > half else "constant")
+    return oaconvolve(padded, taps.astype(np.float32), mode="valid").astype(np.float32, copy=False)
