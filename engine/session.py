@@ -9,9 +9,10 @@ opposite sign: the audio condition is a reference recording, looped or trimmed t
 and normalized like x̃, and beta pulls the new track toward it.
 
 Regions longer than the network's 8 s window are generated window by window (same seed,
-offset per window) and joined with a 1 s equal-power crossfade in the middle of each overlap;
-each window gets the matching slice of x̃, so NAG sees exactly the sounds under that stretch of
-picture.
+offset per window) and joined with a 1 s equal-power crossfade in the middle of each overlap,
+each later window matched in tone and level to the one before it through the crossfade
+(ease_handovers); each window gets the matching slice of x̃, so NAG sees exactly the sounds
+under that stretch of picture.
 
 Every generated track leaves through engine.mixing.finish_stem (measured as decoded, brought to
 STEM_LUFS, true-peak limited); its measurements are in the track's metadata. `generate_takes`
@@ -43,6 +44,10 @@ from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guida
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
 WINDOW_FADE_S = 1.0  # consecutive windows are crossfaded over this (at most their overlap)
+# The later window is matched in tone and level to the earlier over their overlap through the
+# crossfade, and eases back to its own over this after it (README, "Regions longer than 8 s").
+HANDOVER_EASE_S = 2.0
+HANDOVER_LEVEL_DB = 12.0  # more apart over the same stretch: one side is as good as silent there
 # Extend and repair: a crossfade this long at each seam, inside the new part (the kept audio
 # stays as it was); the latent frames within it of a seam are sampled, not held, so the new
 # audio under the crossfade was made to continue the kept audio.
@@ -157,17 +162,56 @@ def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP
     return [(s, s + window) for s in starts]
 
 
+def _handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> list[tuple[int, int, int]]:
+    """Per pair of consecutive pieces: (first sample of the crossfade, its length, the overlap's)."""
+    handovers = []
+    for (a, earlier), (b, _) in zip(pieces, pieces[1:]):
+        overlap = max(0, min(a + len(earlier), length) - b)
+        n = min(fade, overlap)
+        handovers.append((b + (overlap - n) // 2, n, overlap))
+    return handovers
+
+
+def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
+                   sample_rate: int) -> list[tuple[int, np.ndarray]]:
+    """The pieces of `crossfade_join` with each later one matched to the one before it, as that
+    one was made, over their overlap: in tone (engine.tone_match) and in mean power (within
+    HANDOVER_LEVEL_DB), fully up to the end of their crossfade, then easing back to its own tone
+    and level over HANDOVER_EASE_S. Why: two generations of the same stretch of picture differ
+    in balance and level, and a 1 s crossfade makes that a jump; eased, a window still sounds as
+    it was made everywhere else, and no correction builds on another (a chain of them would
+    drift over a long region's dozens of windows)."""
+    # pieces: (offset, samples (S_i,)) in order of offset
+    eased = list(pieces[:1])
+    ease = max(1, int(round(HANDOVER_EASE_S * sample_rate)))
+    for (a, earlier), (b, piece), (at, n, overlap) in zip(pieces, pieces[1:], _handovers(pieces, length, fade)):
+        if overlap > 0:
+            earlier_side = np.zeros(len(earlier), bool)
+            earlier_side[b - a: b - a + overlap] = True
+            side = np.zeros(len(piece), bool)
+            side[:overlap] = True
+            reference = float(np.mean(earlier[earlier_side].astype(np.float64) ** 2))
+            own = float(np.mean(piece[side].astype(np.float64) ** 2))
+            if reference > LEVEL_MATCH_FLOOR ** 2 and own > LEVEL_MATCH_FLOOR ** 2:  # else nothing to match
+                gains = tone_match_gains(earlier, earlier_side, piece, side, sample_rate)
+                matched = piece if gains is None else apply_tone_gains(piece, gains, sample_rate)
+                own = float(np.mean(matched[side].astype(np.float64) ** 2))
+                level_db = float(np.clip(10 * math.log10(reference / own), -HANDOVER_LEVEL_DB, HANDOVER_LEVEL_DB))
+                matched = matched * np.float32(10 ** (level_db / 20))
+                after = np.arange(len(piece)) - (at + n - b)  # samples after the crossfade ends
+                weight = np.clip(1.0 - after / ease, 0.0, 1.0).astype(np.float32)
+                piece = (weight * matched + (1 - weight) * piece).astype(np.float32)
+        eased.append((b, piece))
+    return eased
+
+
 def crossfade_join(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> np.ndarray:
     """Join (offset, samples (S_i,)) pieces, in order of offset, into `length` samples. Where
     two overlap, the earlier plays until an equal-power crossfade of `fade` samples (at most the
     overlap) centred in the overlap, then the later one: two independent generations are never
     heard blended for longer than the fade, and the power of uncorrelated pieces holds through
     it. A window pushed back to end with the region can overlap the one before it by seconds."""
-    handovers = []  # per pair of consecutive pieces: (first sample of the fade, its length)
-    for (a, earlier), (b, _) in zip(pieces, pieces[1:]):
-        overlap = max(0, min(a + len(earlier), length) - b)
-        n = min(fade, overlap)
-        handovers.append((b + (overlap - n) // 2, n))
+    handovers = [(at, n) for at, n, _ in _handovers(pieces, length, fade)]
     out = np.zeros(length, np.float32)
     for i, (offset, piece) in enumerate(pieces):
         n = min(len(piece), length - offset)
@@ -376,7 +420,8 @@ class StepSession:
 
         t0 = time.perf_counter()
         fade = self._samples(WINDOW_FADE_S)
-        joined = [crossfade_join([(a, wave[i]) for a, wave in pieces], self.length, fade)
+        joined = [crossfade_join(ease_handovers([(a, wave[i]) for a, wave in pieces], self.length, fade,
+                                                model.sample_rate), self.length, fade)
                   for i in range(len(settings))]
         if known is None:
             finished = [mixing.finish_stem(audio, model.sample_rate) if s.loudness_curve is None

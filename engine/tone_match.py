@@ -1,5 +1,7 @@
 """Match EQ for an extended or repaired take: the new part's balance of frequencies brought to
-the take's next to the seams, as a Foley editor matches a pickup to the take it continues.
+the take's next to the seams, as a Foley editor matches a pickup to the take it continues (and
+for a long region's windows, each to the one before it through their handover:
+engine.session.ease_handovers).
 
 Why: a model makes its sound with whatever else it hears in the picture (the embedded model
 its background too), so the continuation of a clean take can hold energy in bands where the
