@@ -47,7 +47,9 @@ WINDOW_FADE_S = 1.0  # consecutive windows are crossfaded over this (at most the
 # The later window is matched in tone and level to the earlier over their overlap through the
 # crossfade, and eases back to its own over this after it (README, "Regions longer than 8 s").
 HANDOVER_EASE_S = 2.0
-HANDOVER_LEVEL_DB = 12.0  # more apart over the same stretch: one side is as good as silent there
+# Further apart than this over the same stretch of picture, the two windows hold different
+# sounds there (an event in one only), not one sound at two levels: their levels are left alone.
+HANDOVER_LEVEL_DB = 12.0
 # Extend and repair: a crossfade this long at each seam, inside the new part (the kept audio
 # stays as it was); the latent frames within it of a seam are sampled, not held, so the new
 # audio under the crossfade was made to continue the kept audio.
@@ -164,6 +166,7 @@ def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP
 
 def _handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> list[tuple[int, int, int]]:
     """Per pair of consecutive pieces: (first sample of the crossfade, its length, the overlap's)."""
+    # pieces: (offset, samples (S_i,)) in order of offset; length, fade: samples
     handovers = []
     for (a, earlier), (b, _) in zip(pieces, pieces[1:]):
         overlap = max(0, min(a + len(earlier), length) - b)
@@ -175,9 +178,9 @@ def _handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> 
 def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
                    sample_rate: int) -> list[tuple[int, np.ndarray]]:
     """The pieces of `crossfade_join` with each later one matched to the one before it, as that
-    one was made, over their overlap: in tone (engine.tone_match) and in mean power (within
-    HANDOVER_LEVEL_DB), fully up to the end of their crossfade, then easing back to its own tone
-    and level over HANDOVER_EASE_S. Why: two generations of the same stretch of picture differ
+    one was made, over their overlap: in tone (engine.tone_match) and in level (`gated_power`,
+    where the two are within HANDOVER_LEVEL_DB), fully up to the end of their crossfade, then
+    easing back to its own tone and level over HANDOVER_EASE_S. Why: two generations of the same stretch of picture differ
     in balance and level, and a 1 s crossfade makes that a jump; eased, a window still sounds as
     it was made everywhere else, and no correction builds on another (a chain of them would
     drift over a long region's dozens of windows)."""
@@ -190,14 +193,15 @@ def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
             earlier_side[b - a: b - a + overlap] = True
             side = np.zeros(len(piece), bool)
             side[:overlap] = True
-            reference = float(np.mean(earlier[earlier_side].astype(np.float64) ** 2))
-            own = float(np.mean(piece[side].astype(np.float64) ** 2))
+            reference = gated_power(earlier[earlier_side].astype(np.float64) ** 2, sample_rate)
+            own = gated_power(piece[side].astype(np.float64) ** 2, sample_rate)
             if reference > LEVEL_MATCH_FLOOR ** 2 and own > LEVEL_MATCH_FLOOR ** 2:  # else nothing to match
                 gains = tone_match_gains(earlier, earlier_side, piece, side, sample_rate)
                 matched = piece if gains is None else apply_tone_gains(piece, gains, sample_rate)
-                own = float(np.mean(matched[side].astype(np.float64) ** 2))
-                level_db = float(np.clip(10 * math.log10(reference / own), -HANDOVER_LEVEL_DB, HANDOVER_LEVEL_DB))
-                matched = matched * np.float32(10 ** (level_db / 20))
+                matched_power = max(gated_power(matched[side].astype(np.float64) ** 2, sample_rate), 1e-30)
+                level_db = 10 * math.log10(reference / matched_power)
+                if abs(level_db) <= HANDOVER_LEVEL_DB:
+                    matched = matched * np.float32(10 ** (level_db / 20))
                 after = np.arange(len(piece)) - (at + n - b)  # samples after the crossfade ends
                 weight = np.clip(1.0 - after / ease, 0.0, 1.0).astype(np.float32)
                 piece = (weight * matched + (1 - weight) * piece).astype(np.float32)
@@ -620,7 +624,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         take_side, matched_to = known.keep, "the whole kept take (silent next to the seams)"
         take_power = gated_power(power[take_side], sample_rate)
     tone_db = None
-    if take_power > LEVEL_MATCH_FLOOR ** 2:
+    if take_power > LEVEL_MATCH_FLOOR ** 2 and gated_power(audio[inside] ** 2, sample_rate) > LEVEL_MATCH_FLOOR ** 2:
         tone_db = tone_match_gains(known.samples, take_side, audio, inside, sample_rate)
         if tone_db is not None:
             audio = apply_tone_gains(audio, tone_db, sample_rate)

@@ -89,6 +89,26 @@ def test_a_later_window_takes_the_earlier_ones_tone_and_level_through_the_handov
     assert np.array_equal(kept, later)
 
 
+def test_each_window_is_matched_to_the_one_before_it_as_made_and_not_to_one_event():
+    rate, rng = 16000, np.random.default_rng(8)
+    windows = [(0.02 * (1 + k) * rng.standard_normal(8 * rate)).astype(np.float32) for k in range(3)]
+    # 16 s: 0-8, 7-15 and the last pushed back to 8-16 (a 7 s overlap, its crossfade at 11-12 s)
+    pieces = [(0, windows[0]), (7 * rate, windows[1]), (8 * rate, windows[2])]
+    eased = ease_handovers(pieces, 16 * rate, rate, rate)
+    # the third is matched to the second as it was made, not as it was eased: no chain of corrections
+    alone = ease_handovers(pieces[1:], 16 * rate, rate, rate)
+    assert np.array_equal(eased[2][1], alone[1][1])
+    assert not np.array_equal(eased[2][1], windows[2])
+    # a footstep in the earlier window's overlap alone: two different sounds there, not one at
+    # two levels, so the later window's level is left alone (it moved 11.6 dB when it was not)
+    background = (0.001 * rng.standard_normal(8 * rate)).astype(np.float32)
+    step = background.copy()
+    step[7 * rate + 8000: 7 * rate + 8800] += 0.5 * rng.standard_normal(800).astype(np.float32)
+    (_, _), (_, level) = ease_handovers([(0, step), (7 * rate, background)], 15 * rate, rate, rate)
+    ratio = np.sqrt(np.mean(level[:rate].astype(np.float64) ** 2) / np.mean(background[:rate].astype(np.float64) ** 2))
+    assert abs(20 * np.log10(ratio)) < 1.0
+
+
 def test_track_one_is_cfg_then_nag_uses_the_mix(tiny, scene_video):
     session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
     first = session.next_track(TrackSettings("a ball bounces", seed=3, steps=2))

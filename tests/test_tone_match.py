@@ -29,7 +29,7 @@ def test_the_new_part_loses_what_the_take_does_not_have_and_keeps_the_takes_leve
     take = _noise(1, 4.0, low_pass_hz=1500)
     keep = np.arange(len(take)) < 2 * RATE
     audio = take.copy()
-    audio[~keep] = 4 * _noise(2, 2.0)                       # the new part, 12 dB over the take
+    audio[~keep] = 4 * _noise(2, 2.0)                       # the new part: broadband, and louder
     matched, levels = finish_new_part(audio, KnownAudio(take, keep), RATE)
     before, after = _share_above(audio[~keep], 3000), _share_above(matched[0, ~keep], 3000)
     assert before > -3 and after - before < -18
@@ -47,13 +47,29 @@ def test_a_new_part_of_the_takes_own_balance_is_left_nearly_as_it_is():
     assert np.abs(gains[audible]).max() < 1.0
 
 
-def test_flat_gains_leave_the_audio_as_it_is_to_its_ends_without_delay():
+def test_the_filter_neither_delays_nor_fades_the_audio_at_its_ends():
     audio = _noise(5, 1.0)
     np.testing.assert_allclose(apply_tone_gains(audio, np.zeros(24), RATE), audio, atol=2e-4)
     click = np.zeros(RATE, np.float32)
     click[RATE // 2] = 1.0
     cut = apply_tone_gains(click, np.linspace(0.0, -20.0, 24), RATE)
     assert len(cut) == RATE and int(np.argmax(np.abs(cut))) == RATE // 2  # zero phase: no shift
+    # a steady tone through a cut keeps one level to its first and last samples (padded with
+    # silence, its ends came out about 6 dB down)
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
+    shaped = apply_tone_gains(tone, np.linspace(-6.0, -20.0, 24), RATE)
+    rms = [np.sqrt(np.mean(shaped[a:a + 160] ** 2)) for a in (0, RATE // 2, RATE - 160)]
+    assert 20 * np.log10(rms[0] / rms[1]) == pytest.approx(0.0, abs=0.5)
+    assert 20 * np.log10(rms[2] / rms[1]) == pytest.approx(0.0, abs=0.5)
+    assert len(apply_tone_gains(np.zeros(0, np.float32), np.zeros(24), RATE)) == 0
+
+
+def test_an_offset_is_not_heard_as_low_end():
+    # a DC offset in the take alone used to raise the lowest band to the boost's limit
+    take = _noise(7, 4.0, low_pass_hz=4000) + np.float32(0.01)
+    keep = np.arange(len(take)) < 2 * RATE
+    gains = tone_match_gains(take, keep, _noise(8, 4.0, low_pass_hz=4000), ~keep, RATE)
+    assert abs(gains[0]) < 1.5
 
 
 def test_nothing_to_match_against_leaves_the_tone_alone():

@@ -250,7 +250,7 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--checkpoint-every", "0"], "--checkpoint-every 0: give at least 1 (steps)"),
     (["loudness", "--checkpoint-every", "-5"], "--checkpoint-every -5: give at least 1 (steps)"),
     (["embedded", "--background-db", "18"], "--background-db '18': give two numbers of dB, LO,HI"),
-    (["embedded", "--background-db", "6,5,18,5"], "Write decimals with a point"),
+    (["embedded", "--background-db", "6,5,18,5"], "If you wrote decimals with a comma, write them with a point"),
     (["embedded", "--background-db", "30,18"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db=-6,18"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db", "18,nan"], "give 0 <= LO <= HI <= 60 dB"),
@@ -283,9 +283,10 @@ def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsy
     assert _is_default_out(args)
 
 
-def _weights_trained_on(path, recorded=True, **data):
+def _weights_trained_on(path, recorded=True, raw=None, **data):
     """Embedded weights (random) whose record says their base learned from the default data
-    recipe changed by `data` (a JSON object's values); no recipe at all unless `recorded`."""
+    recipe changed by `data` (a JSON object's values); no recipe at all unless `recorded`; `raw`:
+    the record's recipe as this text instead."""
     from dataclasses import asdict
 
     from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
@@ -293,8 +294,8 @@ def _weights_trained_on(path, recorded=True, **data):
 
     model = build_embedded_model(random_weights=True)
     recipe = {"data": {**asdict(DataRecipe()), **data}}
-    return save_embedded_weights(path, model.net, model.controlnet, model.codec,
-                                 metadata={"recipe": json.dumps(recipe)} if recorded else {})
+    metadata = {"recipe": json.dumps(recipe) if raw is None else raw} if recorded else {}
+    return save_embedded_weights(path, model.net, model.controlnet, model.codec, metadata=metadata)
 
 
 def _received_recipes(monkeypatch, what):
@@ -347,13 +348,29 @@ def test_background_db_reaches_the_data_and_train_loudness_reads_it_from_the_wei
     assert received[1].data == DataRecipe()
 
 
-@pytest.mark.parametrize("data", [{"dominance_db": [18]}, {"dominance_db": "18,30"}, {"scenes": 96.5},
-                                  {"scenes": True}, {"renamed_since": 1}])
+@pytest.mark.parametrize("data", [
+    {"dominance_db": [18]}, {"dominance_db": "18,30"}, {"scenes": 96.5}, {"scenes": True}, {"renamed_since": 1},
+    # what `train embedded` itself refuses: no number, held-out scenes past the rest, seeds of the
+    # evaluation's unseen scenes, a range upside down or past 60 dB, a length past any float
+    {"dominance_db": [float("nan"), 18]}, {"held_out_scenes": 480}, {"seed": 10}, {"dominance_db": [30, 18]},
+    {"dominance_db": [18, 61]}, {"scene_seconds": 10 ** 400}, {"fused_prob": 1.5},
+    {"raw": "not JSON"}, {"raw": "[1, 2]"}, {"raw": '{"data": "6,18"}'}, {"raw": "[" * 100_000}])
 def test_a_data_recipe_the_weights_record_oddly_is_not_read(tmp_path, data):
     from stepfoley.lab.training.embedded import recorded_data_recipe
 
     assert recorded_data_recipe(_weights_trained_on(tmp_path / "w.safetensors", **data)) is None
     assert recorded_data_recipe(_weights_trained_on(tmp_path / "ok.safetensors", scenes=96)).scenes == 96
+
+
+def test_train_loudness_reads_a_damaged_training_record_as_none():
+    # the weights' record is rewritten with the loudness phase's own; a damaged one is not a traceback
+    from stepfoley.lab.training.embedded import _recorded_recipe
+
+    for raw in ("not JSON", "[1]", '{"data": 3}', "[" * 100_000):
+        assert _recorded_recipe({"recipe": raw}) == {"data": {}}
+    assert _recorded_recipe({}) == {"data": {}}
+    assert _recorded_recipe({"recipe": '{"base_steps": 8000, "data": {"scenes": 4}}'}) == {
+        "base_steps": 8000, "data": {"scenes": 4}}
 
 
 @pytest.mark.slow

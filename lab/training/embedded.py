@@ -20,6 +20,7 @@ recipe, the shipped base and NAG ControlNet untouched.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.lab.training.miniworld_data import (DataRecipe, EmbeddedData, StaleFeaturesError,
+from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData, StaleFeaturesError,
                                                    base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
@@ -162,9 +163,9 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     log = _log_to(work_dir / "train.log" if rank == 0 else None)
     work_dir.mkdir(parents=True, exist_ok=True)
     _, meta = _read_weights(weights_path)
-    shipped = json.loads(meta.get("recipe", "{}"))
+    shipped = _recorded_recipe(meta)
     data_recipe = json.loads(json.dumps(asdict(recipe.data)))  # as stored: tuples are lists
-    if _split_shaping(shipped.get("data", {}))[0] != _split_shaping(data_recipe)[0]:
+    if _split_shaping(shipped["data"])[0] != _split_shaping(data_recipe)[0]:
         log("note: the weights were trained on another data recipe than the one the loudness ControlNet learns from")
     model = build_embedded_model(weights_path=weights_path, device=device)
     net = model.net
@@ -180,7 +181,7 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
         trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
                                "total_seconds": round(figures["total_seconds"], 1)}
         shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
-        shipped["data"] = {**_split_shaping(shipped.get("data", {}))[0], **_split_shaping(data_recipe)[1]}
+        shipped["data"] = {**_split_shaping(shipped["data"])[0], **_split_shaping(data_recipe)[1]}
         record = {**{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
                   "recipe": json.dumps(shipped), "figures": json.dumps(trained),
                   "loudness_training_command": _command("loudness")}
@@ -190,31 +191,41 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     return figures
 
 
+def _recorded_recipe(meta: dict[str, str]) -> dict:
+    """The training recipe a weights file records, as a JSON object whose "data" is an object;
+    empty ones where it records none or something else (made elsewhere, or damaged)."""
+    try:
+        recipe = json.loads(meta.get("recipe", "{}"))
+    except (ValueError, RecursionError):
+        recipe = {}
+    recipe = recipe if isinstance(recipe, dict) else {}
+    if not isinstance(recipe.get("data"), dict):
+        recipe["data"] = {}
+    return recipe
+
+
 def recorded_data_recipe(weights_path: Path) -> DataRecipe | None:
     """The data recipe the weights' base was trained on, as their record holds it, with this
     version's shaping of phase 3's targets (that phase's own); None where the record holds no
-    complete one (weights of an older version, or made elsewhere). Why: the loudness ControlNet
-    learns beside that base, from the same mixtures (`train embedded --background-db`, say)."""
+    complete one that could be trained from (weights of an older version, made elsewhere, or
+    damaged). Why: the loudness ControlNet learns beside that base, from the same mixtures
+    (`train embedded --background-db`, say)."""
     from stepfoley.engine.embedded.model import _read_weights
 
-    try:
-        stored = json.loads(_read_weights(weights_path)[1].get("recipe", "{}")).get("data")
-    except (ValueError, AttributeError):  # not JSON, or not an object
-        return None
-    if not isinstance(stored, dict):
-        return None
-    stored, wanted = _split_shaping(stored)[0], _split_shaping(asdict(DataRecipe()))[0]
+    stored = _split_shaping(_recorded_recipe(_read_weights(weights_path)[1])["data"])[0]
+    wanted = _split_shaping(asdict(DataRecipe()))[0]
     if set(stored) != set(wanted):
         return None
     try:
-        return DataRecipe(**{name: _as_typed_like(wanted[name], value) for name, value in stored.items()})
-    except TypeError:
+        recipe = DataRecipe(**{name: _as_typed_like(wanted[name], value) for name, value in stored.items()})
+    except (TypeError, OverflowError):
         return None
+    return recipe if _trainable(recipe) else None
 
 
 def _as_typed_like(default, value):
-    """A value read from JSON as the type of the recipe's default (a tuple of numbers, a float,
-    an int); TypeError when it is not one."""
+    """A value read from JSON as the type of the recipe's default (a tuple of numbers, a finite
+    float, an int); TypeError when it is not one."""
     if isinstance(default, tuple):
         if not isinstance(value, list) or len(value) != len(default):
             raise TypeError(value)
@@ -222,7 +233,23 @@ def _as_typed_like(default, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(default, int) and not isinstance(value, int)):
         raise TypeError(value)
-    return type(default)(value)
+    value = type(default)(value)
+    if not math.isfinite(value):
+        raise TypeError(value)
+    return value
+
+
+def _trainable(data: DataRecipe) -> bool:
+    """Whether a recorded data recipe holds what `train embedded` itself would accept: enough
+    scenes, some held out, seeds inside the training range (never the evaluation's unseen
+    scenes), ranges in order, probabilities."""
+    ranges = (data.dominance_db, data.target_lufs)
+    return (2 <= data.held_out_scenes < data.scenes and data.seed >= 0
+            and first_training_seed(data.seed) + data.scenes <= TRAINING_SEED_RANGE[1]
+            and data.windows_per_scene >= 2 and data.scene_seconds >= 2 * WINDOW_S
+            and all(low <= high for low, high in ranges)
+            and 0 <= data.dominance_db[0] and data.dominance_db[1] <= DOMINANCE_DB_MOST
+            and all(0 <= p <= 1 for p in (data.fused_prob, data.stem_alone_prob, data.generic_caption_prob)))
 
 
 def _split_shaping(data_recipe: dict) -> tuple[dict, dict]:

@@ -45,6 +45,8 @@ WINDOW_S = 8.0
 OFFSET_GRID_S = 0.16
 CONDITION_LUFS = -20.0
 AUDIBLE_DBFS = -50.0  # a source quieter than this (RMS) over a window is not in it
+# 60 dB under a target (-26 to -16 LUFS) the other sources are inaudible: further says nothing more.
+DOMINANCE_DB_MOST = 60.0
 
 
 @dataclass(frozen=True)

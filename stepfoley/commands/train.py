@@ -12,10 +12,6 @@ from __future__ import annotations
 import argparse
 
 
-# 60 dB under a target (-26 to -16 LUFS) the other sources are inaudible: further says nothing more.
-BACKGROUND_DB_MOST = 60.0
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
@@ -198,21 +194,23 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def background_db(text: str | None) -> tuple[float, float] | None:
     """--background-db "LO,HI" as (LO, HI) in dB; None when not given. Raises InvalidInputError
-    unless it is two numbers with 0 <= LO <= HI <= BACKGROUND_DB_MOST."""
+    unless it is two numbers with 0 <= LO <= HI <= DOMINANCE_DB_MOST."""
     import math
 
     from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.training.miniworld_data import DOMINANCE_DB_MOST
 
     if text is None:
         return None
+    shown = text if len(text) <= 40 else text[:40] + "..."
     parts = text.split(",")
     try:
         low, high = (float(part) for part in parts)
     except ValueError:
-        hint = " Write decimals with a point (e.g. 18.5,30)." if len(parts) > 2 else ""
-        raise InvalidInputError(f"--background-db {text!r}: give two numbers of dB, LO,HI (e.g. 18,30).{hint}") from None
-    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= BACKGROUND_DB_MOST):
-        raise InvalidInputError(f"--background-db {text!r}: give 0 <= LO <= HI <= {BACKGROUND_DB_MOST:g} dB "
+        hint = " If you wrote decimals with a comma, write them with a point (e.g. 18.5,30)." if len(parts) > 2 else ""
+        raise InvalidInputError(f"--background-db {shown!r}: give two numbers of dB, LO,HI (e.g. 18,30).{hint}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= DOMINANCE_DB_MOST):
+        raise InvalidInputError(f"--background-db {shown!r}: give 0 <= LO <= HI <= {DOMINANCE_DB_MOST:g} dB "
                                 "(how far under the captioned source the others play, e.g. 18,30).")
     return low, high
 
