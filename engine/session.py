@@ -180,10 +180,10 @@ def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
     """The pieces of `crossfade_join` with each later one matched to the one before it, as that
     one was made, over their overlap: in tone (engine.tone_match) and in level (`gated_power`,
     where the two are within HANDOVER_LEVEL_DB), fully up to the end of their crossfade, then
-    easing back to its own tone and level over HANDOVER_EASE_S. Why: two generations of the same stretch of picture differ
-    in balance and level, and a 1 s crossfade makes that a jump; eased, a window still sounds as
-    it was made everywhere else, and no correction builds on another (a chain of them would
-    drift over a long region's dozens of windows)."""
+    easing back to its own tone and level over HANDOVER_EASE_S. Why: two generations of the same
+    stretch of picture differ in balance and level, and a 1 s crossfade makes that a jump;
+    eased, a window still sounds as it was made everywhere else, and no correction builds on
+    another (a chain of them would drift over a long region's dozens of windows)."""
     # pieces: (offset, samples (S_i,)) in order of offset
     eased = list(pieces[:1])
     ease = max(1, int(round(HANDOVER_EASE_S * sample_rate)))
@@ -624,11 +624,12 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         take_side, matched_to = known.keep, "the whole kept take (silent next to the seams)"
         take_power = gated_power(power[take_side], sample_rate)
     tone_db = None
-    if take_power > LEVEL_MATCH_FLOOR ** 2 and gated_power(audio[inside] ** 2, sample_rate) > LEVEL_MATCH_FLOOR ** 2:
+    new_power = gated_power(audio[inside] ** 2, sample_rate)
+    if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
         tone_db = tone_match_gains(known.samples, take_side, audio, inside, sample_rate)
         if tone_db is not None:
             audio = apply_tone_gains(audio, tone_db, sample_rate)
-    new_power = gated_power(audio[inside] ** 2, sample_rate)
+            new_power = gated_power(audio[inside] ** 2, sample_rate)
     gain_db = 0.0
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
         gain_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))

@@ -87,8 +87,9 @@ def tone_match_gains(take: np.ndarray, take_side: np.ndarray, new: np.ndarray, n
 def apply_tone_gains(audio: np.ndarray, gains_db: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono `audio` (S,) through the zero-phase filter whose response passes through `gains_db`
     at the centres of the bands (straight lines between them, level beyond the first and last),
-    float32. The ends are mirrored before filtering, so the audio does not fade in or out there
-    (audio shorter than half the filter, 32 ms, is padded with silence instead)."""
+    float32, as long as `audio`. The ends are mirrored before filtering (audio shorter than half
+    the filter, 32 ms, is padded with silence instead); with gains this smooth the filter's
+    response is short, so padding with silence would dim the ends by well under 1 dB too."""
     # audio: (S,); gains_db: (bands,)
     if len(audio) == 0:
         return np.zeros(0, np.float32)

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData, StaleFeaturesError,
-                                                   base_batches, build_embedded_data, controlnet_batches,
+from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData,
+                                                   StaleFeaturesError, base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train

@@ -207,8 +207,10 @@ def background_db(text: str | None) -> tuple[float, float] | None:
     try:
         low, high = (float(part) for part in parts)
     except ValueError:
-        hint = " If you wrote decimals with a comma, write them with a point (e.g. 18.5,30)." if len(parts) > 2 else ""
-        raise InvalidInputError(f"--background-db {shown!r}: give two numbers of dB, LO,HI (e.g. 18,30).{hint}") from None
+        hint = (" If you wrote decimals with a comma, write them with a point (e.g. 18.5,30)."
+                if len(parts) > 2 else "")
+        raise InvalidInputError(
+            f"--background-db {shown!r}: give two numbers of dB, LO,HI (e.g. 18,30).{hint}") from None
     if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high <= DOMINANCE_DB_MOST):
         raise InvalidInputError(f"--background-db {shown!r}: give 0 <= LO <= HI <= {DOMINANCE_DB_MOST:g} dB "
                                 "(how far under the captioned source the others play, e.g. 18,30).")
