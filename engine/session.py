@@ -38,7 +38,7 @@ from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condit
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, is_guided,
                                       known_latent, time_grid)
-from stepfoley.engine.tone_match import apply_tone_gains, tone_match_gains
+from stepfoley.engine.tone_match import apply_tone_gains, tone_match_gains, true_runs
 from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
@@ -669,9 +669,7 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
     gap = ~keep
     out[:, gap] = new[:, gap]
-    flags = np.concatenate([[0], gap.astype(np.int8), [0]])
-    starts, ends = np.flatnonzero(np.diff(flags) == 1), np.flatnonzero(np.diff(flags) == -1)
-    for a, b in zip(starts, ends):
+    for a, b in true_runs(gap):
         # into the gap from the take before it, over the take's samples in the gap
         n = max(0, min(seam, (b - a) // 2, length - a)) if a > 0 else 0
         if n:

@@ -34,8 +34,8 @@ def band_edges(sample_rate: int, bands: int = TONE_BANDS) -> np.ndarray:
     return 700.0 * (10.0 ** (np.linspace(0.0, top, bands + 1) / 2595.0) - 1.0)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """The [start, end) sample ranges where mask (S,) is True."""
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, end) sample ranges where mask (S,) is True, in order."""
     flags = np.zeros(len(mask) + 2, np.int8)  # int8 throughout: a 10 min mask stays 26 MB
     flags[1:-1] = mask
     change = np.diff(flags)
@@ -54,7 +54,7 @@ def band_power(samples: np.ndarray, where: np.ndarray, sample_rate: int, edges: 
     bins = np.fft.rfftfreq(frame, 1.0 / sample_rate)
     band = np.clip(np.searchsorted(edges, bins, side="right") - 1, 0, len(edges) - 2)   # (F,) band of each bin
     total, frames = np.zeros(len(edges) - 1), 0
-    for start, end in _runs(where):
+    for start, end in true_runs(where):
         if end - start < frame:
             continue
         chunks = np.lib.stride_tricks.sliding_window_view(samples[start:end].astype(np.float32, copy=False),

@@ -5,7 +5,7 @@ import pytest
 from scipy.signal import butter, sosfilt
 
 from stepfoley.engine.session import KnownAudio, finish_new_part
-from stepfoley.engine.tone_match import TONE_MATCH_DB, apply_tone_gains, band_edges, tone_match_gains
+from stepfoley.engine.tone_match import TONE_MATCH_DB, apply_tone_gains, band_edges, tone_match_gains, true_runs
 
 RATE = 16000
 
@@ -79,3 +79,10 @@ def test_nothing_to_match_against_leaves_the_tone_alone():
     assert levels["tone_match_db"] is None
     # too short a side to measure a spectrum (under one analysis frame)
     assert tone_match_gains(audio, np.arange(len(audio)) < 500, audio, ~keep, RATE) is None
+
+
+def test_true_runs_finds_runs_touching_either_end():
+    mask = np.array([1, 1, 0, 0, 1, 0, 1, 1], bool)
+    assert [(int(a), int(b)) for a, b in true_runs(mask)] == [(0, 2), (4, 5), (6, 8)]
+    assert true_runs(np.zeros(5, bool)) == []
+    assert [(int(a), int(b)) for a, b in true_runs(np.ones(3, bool))] == [(0, 3)]
