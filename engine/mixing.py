@@ -1,7 +1,7 @@
 """Loudness, summing, true-peak limiting, resampling and channel handling for stems.
 
 Every function here takes and returns numpy float32 arrays shaped (channels, samples),
-the layout pedalboard uses; a 1-D array is accepted as mono (1, samples). Nothing here
+the layout of most audio libraries; a 1-D array is accepted as mono (1, samples). Nothing here
 touches torch: stems arrive here already decoded to waveforms.
 
 The composite follows the paper (Sec. 5.1): sum the tracks without weighting, then
@@ -14,6 +14,7 @@ brought to STEM_LUFS, then true-peak limited, like a stem from a sound library.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,9 +22,9 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-import pedalboard
 import pyloudnorm
-from scipy.signal import firwin, resample_poly
+from scipy.linalg import solve_toeplitz
+from scipy.signal import firwin, lfilter, lfiltic, resample_poly
 
 from stepfoley.engine.errors import AudioError, InvalidInputError
 
@@ -63,6 +64,15 @@ SAFETY_MARGIN_DB = 0.001
 # stem sits where a library effect would, and three of them sum to about -18 LUFS.
 STEM_LUFS = -23.0
 STEM_CEILING_DBTP = -1.0
+# The true-peak limiter (lookahead_gain): how fast its gain falls before a peak and rises after
+# it, and the step it is worked out on.
+LIMITER_ATTACK_MS = 2.0
+LIMITER_RELEASE_MS = 100.0
+LIMITER_BLOCK_MS = 0.5
+# How much harder the limiter may be driven to bring a peaky stem to STEM_LUFS (finish_stem),
+# and how close to it is close enough.
+MAX_LIMITER_DRIVE_DB = 6.0
+LOUDNESS_TOLERANCE_LU = 0.01
 # Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
 # (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
 SILENCE_BLOCK_S = 0.05
@@ -157,37 +167,52 @@ def true_peak(samples: np.ndarray, sample_rate: int) -> float:
     if audio.size == 0:
         return -math.inf
     _check_finite(audio, "The audio")
-    # Block by block, each with the context the interpolation filter reaches, so a long stem at
-    # a high rate never has its 4x float64 copy in memory; the peak is the same as in one piece.
-    length, peak = audio.shape[1], 0.0
-    for start in range(0, length, TRUE_PEAK_BLOCK):
-        end = min(length, start + TRUE_PEAK_BLOCK)
-        before, after = min(start, TRUE_PEAK_CONTEXT), min(length - end, TRUE_PEAK_CONTEXT)
-        oversampled = resample_poly(
-            audio[:, start - before:end + after].astype(np.float64), TRUE_PEAK_OVERSAMPLING, 1, axis=-1,
-            window=TRUE_PEAK_WINDOW,
-        )[:, before * TRUE_PEAK_OVERSAMPLING:(before + end - start) * TRUE_PEAK_OVERSAMPLING]
-        peak = max(peak, float(np.max(np.abs(oversampled))))
+    peak = max(float(np.max(np.abs(oversampled))) for _, _, oversampled in _oversampled_blocks(audio))
     # The interpolation filter can never remove a sample peak, so both are taken.
     peak = max(peak, float(np.max(np.abs(audio))))
     return 20.0 * math.log10(peak) if peak > 0.0 else -math.inf
+
+
+def true_peak_envelope(samples: np.ndarray) -> np.ndarray:
+    """Per sample of (C, S) audio, the largest magnitude over its channels of the sample itself
+    and of the 4x oversampled signal from it to the next, (S,) float32."""
+    audio = as_channels_first(samples)
+    envelope = np.abs(audio).max(axis=0).astype(np.float32)
+    for start, end, oversampled in _oversampled_blocks(audio):
+        between = np.abs(oversampled).max(axis=0).reshape(end - start, TRUE_PEAK_OVERSAMPLING).max(axis=1)
+        np.maximum(envelope[start:end], between, out=envelope[start:end])
+    return envelope
+
+
+def _oversampled_blocks(audio: np.ndarray):
+    """(start, end, the 4x oversampled (C, 4 * (end - start)) float64) over (C, S) audio, block
+    by block, each with the context the interpolation filter reaches: a long stem at a high rate
+    never has its 4x float64 copy in memory, and each block is as it would be in one piece."""
+    length = audio.shape[1]
+    for start in range(0, length, TRUE_PEAK_BLOCK):
+        end = min(length, start + TRUE_PEAK_BLOCK)
+        before, after = min(start, TRUE_PEAK_CONTEXT), min(length - end, TRUE_PEAK_CONTEXT)
+        yield start, end, resample_poly(
+            audio[:, start - before:end + after].astype(np.float64), TRUE_PEAK_OVERSAMPLING, 1, axis=-1,
+            window=TRUE_PEAK_WINDOW,
+        )[:, before * TRUE_PEAK_OVERSAMPLING:(before + end - start) * TRUE_PEAK_OVERSAMPLING]
 
 
 def limit_true_peak(
     samples: np.ndarray,
     sample_rate: int,
     ceiling_dbtp: float = -1.0,
-    release_ms: float = 100.0,
+    release_ms: float = LIMITER_RELEASE_MS,
     gain_up_to_db: float = 0.0,
 ) -> np.ndarray:
     """Keep the true peak at or below `ceiling_dbtp`.
 
     Audio already under the ceiling is returned unchanged. Audio at most `gain_up_to_db` over
-    it is turned down by one gain: the Limiter's 4:1 stage above -10 dBFS costs a finished stem
-    more loudness than that (about 0.8-1.8 LU for a peak 0.1 dB over; one gain costs 0.1), and
-    resampling a finished stem to the project's rate leaves its peak a few tenths over. Hotter
-    audio goes through pedalboard's Limiter, then a final gain measured on the result guarantees
-    the ceiling (the Limiter has no look-ahead, so fast transients overshoot it slightly).
+    it is turned down by one gain (resampling a finished stem to the project's rate leaves its
+    peak a few tenths over, and one gain changes nothing of its sound). Hotter audio goes
+    through `lookahead_gain`: the gain falls ahead of each peak as far as it must and rises
+    again over `release_ms`, the same for every channel; a final gain measured on the result
+    guarantees the ceiling (the gain's own movement can shift a peak between samples).
     """
     # samples: (C, S)
     audio = as_channels_first(samples)
@@ -201,28 +226,43 @@ def limit_true_peak(
         return audio.copy()
     if peak_dbtp - ceiling_dbtp <= gain_up_to_db:
         return _gain_db(audio, ceiling_dbtp - SAFETY_MARGIN_DB - peak_dbtp)
-
-    limiter = pedalboard.Limiter(threshold_db=ceiling_dbtp, release_ms=release_ms)
-    # JUCE's Limiter (which pedalboard wraps) compresses 4:1 above -10 dBFS, limits at the
-    # threshold and then adds make-up gain to everything (3.75 dB - threshold in pedalboard
-    # 0.9); taking that gain back leaves the audio under the peaks at its own level.
-    limited = _gain_db(limiter(audio, sample_rate), -_limiter_makeup_db(ceiling_dbtp, release_ms, sample_rate))
-
+    ceiling = 10.0 ** ((ceiling_dbtp - SAFETY_MARGIN_DB) / 20.0)
+    gain = lookahead_gain(true_peak_envelope(audio), ceiling, sample_rate, release_ms)
+    limited = (audio * gain).astype(np.float32)
     limited_peak_dbtp = true_peak(limited, sample_rate)
     if limited_peak_dbtp > ceiling_dbtp - SAFETY_MARGIN_DB:
         limited = _gain_db(limited, ceiling_dbtp - SAFETY_MARGIN_DB - limited_peak_dbtp)
     return limited
 
 
-@lru_cache(maxsize=32)
-def _limiter_makeup_db(threshold_db: float, release_ms: float, sample_rate: int) -> float:
-    """The gain pedalboard's Limiter gives audio far below its threshold, measured on a quiet
-    tone (so a pedalboard that computes its make-up otherwise is still undone exactly)."""
-    t = np.arange(sample_rate // 2) / sample_rate
-    probe = (0.001 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)[None]
-    out = pedalboard.Limiter(threshold_db=threshold_db, release_ms=release_ms)(probe, sample_rate)
-    settled = slice(probe.shape[1] // 2, None)  # past the output gain's smoothing
-    return 20.0 * math.log10(float(np.max(np.abs(out[:, settled]))) / float(np.max(np.abs(probe[:, settled]))))
+def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
+                   release_ms: float = LIMITER_RELEASE_MS) -> np.ndarray:
+    """The gain (S,) float32 that keeps `envelope` (S,) (peak magnitudes) at or below `ceiling`,
+    moving smoothly: it falls over about LIMITER_ATTACK_MS before a peak (the whole stem is at
+    hand, so it looks ahead without delaying anything) and rises back over about `release_ms`
+    after it. Worked out on blocks of LIMITER_BLOCK_MS, each asking the least gain of itself and
+    its two neighbours, so the straight lines between block centres never exceed what any
+    sample needs. Why not pedalboard's Limiter: it has no look-ahead, and it clips at full scale
+    after its make-up gain, which flattened every peak it missed at -4.75 dBFS."""
+    # envelope: (S,)
+    length = len(envelope)
+    block = max(1, int(round(LIMITER_BLOCK_MS * sample_rate / 1000)))
+    count = -(-length // block)
+    padded = np.full(count * block, np.float32(0.0))
+    padded[:length] = envelope
+    loudest = padded.reshape(count, block).max(axis=1).astype(np.float64)        # (K,)
+    loudest = np.maximum(loudest, np.maximum(np.r_[loudest[1:], 0.0], np.r_[0.0, loudest[:-1]]))
+    need_db = np.minimum(0.0, 20.0 * np.log10(ceiling / np.maximum(loudest, 1e-30)))
+    seconds = block / sample_rate
+    attack = math.exp(-seconds / (LIMITER_ATTACK_MS / 1000.0))
+    release = math.exp(-seconds / (max(release_ms, LIMITER_BLOCK_MS) / 1000.0))
+    # back in time from each peak the gain returns toward 0 dB at the attack's pace, forward
+    # in time at the release's; each pass only ever lowers it, so it stays within what is needed
+    ahead = list(itertools.accumulate(need_db[::-1], lambda later, now: min(now, later * attack)))[::-1]
+    gain_db = np.fromiter(itertools.accumulate(ahead, lambda earlier, now: min(now, earlier * release)),
+                          np.float64, count)
+    centres = (np.arange(count) + 0.5) * block - 0.5
+    return np.interp(np.arange(length), centres, 10.0 ** (gain_db / 20.0)).astype(np.float32)
 
 
 def _resample_ratio(exact: Fraction) -> tuple[int, int]:
@@ -312,6 +352,40 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     return padded
 
 
+PREDICTION_ORDER = 32
+
+
+def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.ndarray:
+    """`count` samples that carry on each channel of (C, S) audio past its end, (C, count)
+    float32: linear prediction from its last `context` samples, driven by that context's own
+    prediction error played backwards, so a hum carries on in phase and noise carries on as
+    noise of its level and colour. Why: a take extended from its very end has nothing of its own
+    past the seam to crossfade from, and a cut straight into new audio clicks. Stable by
+    construction (the autocorrelation method on a windowed context), and never louder than that
+    context's peak."""
+    # samples: (C, S)
+    audio = as_channels_first(samples)
+    out = np.zeros((audio.shape[0], max(0, int(count))), np.float32)
+    context = audio[:, -max(1, int(context)):].astype(np.float64)
+    order = min(PREDICTION_ORDER, context.shape[1] // 4)
+    if order < 1 or count <= 0:
+        return out
+    window = np.hanning(context.shape[1] + 2)[1:-1]
+    for c, channel in enumerate(context):
+        tapered = channel * window
+        lags = np.array([np.dot(tapered[: len(tapered) - k], tapered[k:]) for k in range(order + 1)])
+        if not lags[0] > 0:
+            continue  # a silent context carries on as silence
+        lags[0] *= 1.0 + 1e-6  # a touch of white noise keeps the system well posed
+        predictor = np.concatenate([[1.0], -solve_toeplitz(lags[:-1], lags[1:])])  # y[n] = sum a_k y[n-k] + e[n]
+        error = lfilter(predictor, [1.0], channel)[order:]          # past the filter's start-up
+        drive = np.resize(error[::-1], out.shape[1])                  # the newest first, as a mirror would
+        state = lfiltic([1.0], predictor, channel[::-1][:order])     # the last samples, newest first
+        carried, _ = lfilter([1.0], predictor, drive, zi=state)
+        peak = float(np.max(np.abs(channel)))
+        out[c] = np.clip(np.nan_to_num(carried), -peak, peak)
+    return out
+
 def mix_tracks(
     tracks: Sequence[tuple[np.ndarray, int]],
     sample_rate: int,
@@ -385,10 +459,10 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
                 ceiling_dbtp: float = STEM_CEILING_DBTP) -> tuple[np.ndarray, StemLevels]:
     """A generated track made ready to leave the engine: measured as decoded (loudness, peak,
     samples beyond full scale), loudness-normalized to `target_lufs`, then true-peak limited to
-    `ceiling_dbtp`; where the limiter took more than the peaks needed, a gain brings it back
-    toward `target_lufs` as far as the ceiling allows. So a stem leaves at `target_lufs` unless
-    its peaks forbid it, and never above. Silence (under the absolute gate) is left at its
-    level. Returns the finished (C, S) float32 samples and the measurements."""
+    `ceiling_dbtp`; where limiting took loudness too, the limiter is driven harder (up to
+    MAX_LIMITER_DRIVE_DB) until the stem is at `target_lufs`. So a stem leaves at `target_lufs`
+    unless its peaks would need more than that, and never above. Silence (under the absolute
+    gate) is left at its level. Returns the finished (C, S) float32 samples and the measurements."""
     # samples: (C, S), any level (a decoder that does not clamp may exceed full scale)
     audio = as_channels_first(samples)
     _check_finite(audio, "The generated track")
@@ -399,13 +473,17 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     limiter_input = true_peak(normalized, sample_rate)
     finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp)
     lufs = integrated_loudness(finished, sample_rate)
-    if limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs:
-        # The limiter compresses more than the peaks need: back toward the target, under the ceiling.
-        headroom = ceiling_dbtp - SAFETY_MARGIN_DB - true_peak(finished, sample_rate)
-        makeup = min(target_lufs - lufs, headroom)
-        if makeup > 0:
-            finished = _gain_db(finished, makeup)
-            lufs = integrated_loudness(finished, sample_rate)
+    drive = 0.0
+    while limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs - LOUDNESS_TOLERANCE_LU:
+        # Limiting took loudness with the peaks: the limiter is driven harder, as a mastering
+        # engineer would, until the stem is at the target (a peaky track, such as footsteps,
+        # can ask for a few dB; past MAX_LIMITER_DRIVE_DB it stays under the target instead).
+        step = min(target_lufs - lufs, MAX_LIMITER_DRIVE_DB - drive)
+        if step <= LOUDNESS_TOLERANCE_LU:
+            break
+        drive += step
+        finished = limit_true_peak(_gain_db(normalized, drive), sample_rate, ceiling_dbtp)
+        lufs = integrated_loudness(finished, sample_rate)
     levels = StemLevels(
         decoded_lufs=finite_or_none(decoded_lufs),
         decoded_peak_dbfs=finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),

@@ -22,8 +22,8 @@ from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import AudioError, InvalidInputError, StepFoleyError, stop_if_cancelled
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
-from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, limit_new_part,
-                                      splice)
+from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, kept_power,
+                                      limit_new_part, splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
                                Capabilities, GenerationRequest, take_length_problem)
 
@@ -204,8 +204,8 @@ class _Take:
         start, end = request.regenerate
         model_rate = session.model.sample_rate
         channels = mixing.fit_length(mixing.resample(samples, rate, model_rate), session.length)   # (C, S)
-        self.known = KnownAudio(channels.mean(axis=0), _kept(session.length, model_rate, start, end),
-                                power=(channels.astype(np.float64) ** 2).mean(axis=0))
+        keep = _kept(session.length, model_rate, start, end)
+        self.known = KnownAudio(channels.mean(axis=0), keep, power=kept_power(channels, keep))
 
     @classmethod
     def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":

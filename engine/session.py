@@ -68,8 +68,9 @@ LEVEL_MATCH_FLOOR = 1e-5  # an RMS at or below this (-100 dBFS) is silence: noth
 class KnownAudio:
     """The take being extended or repaired, as the model hears it: samples (S,) mono at the
     model's rate over the region, keep (S,) bool, True where the take is kept, and power (S,),
-    the take's mean square over its channels there, what the new part's level is matched to
-    (a downmix of wide stereo is quieter than each channel); None: the samples' own."""
+    the take's mean square over its channels there without their offsets (`kept_power`), what
+    the new part's level is matched to (a downmix of wide stereo is quieter than each channel);
+    None: the samples' own."""
 
     samples: np.ndarray
     keep: np.ndarray
@@ -178,8 +179,9 @@ def _handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> 
 def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
                    sample_rate: int) -> list[tuple[int, np.ndarray]]:
     """The pieces of `crossfade_join` with each later one matched to the one before it, as that
-    one was made, over their overlap: in tone (engine.tone_match) and in level (`gated_power`,
-    where the two are within HANDOVER_LEVEL_DB), fully up to the end of their crossfade, then
+    one was made, over their overlap: in tone (engine.tone_match) and in level (`gated_power`),
+    where the two are within HANDOVER_LEVEL_DB of each other (further apart, the later one is
+    left as it was made), fully up to the end of their crossfade, then
     easing back to its own tone and level over HANDOVER_EASE_S. Why: two generations of the same
     stretch of picture differ in balance and level, and a 1 s crossfade makes that a jump;
     eased, a window still sounds as it was made everywhere else, and no correction builds on
@@ -195,13 +197,15 @@ def ease_handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int,
             side[:overlap] = True
             reference = gated_power(earlier[earlier_side].astype(np.float64) ** 2, sample_rate)
             own = gated_power(piece[side].astype(np.float64) ** 2, sample_rate)
-            if reference > LEVEL_MATCH_FLOOR ** 2 and own > LEVEL_MATCH_FLOOR ** 2:  # else nothing to match
+            # silent on either side: nothing to match; too far apart: an event in one window only,
+            # which neither its tone nor its level should be fitted to
+            if (reference > LEVEL_MATCH_FLOOR ** 2 and own > LEVEL_MATCH_FLOOR ** 2
+                    and abs(10 * math.log10(reference / own)) <= HANDOVER_LEVEL_DB):
                 gains = tone_match_gains(earlier, earlier_side, piece, side, sample_rate)
                 matched = piece if gains is None else apply_tone_gains(piece, gains, sample_rate)
+                # the level after the match EQ, which may have taken out most of the window's power
                 matched_power = max(gated_power(matched[side].astype(np.float64) ** 2, sample_rate), 1e-30)
-                level_db = 10 * math.log10(reference / matched_power)
-                if abs(level_db) <= HANDOVER_LEVEL_DB:
-                    matched = matched * np.float32(10 ** (level_db / 20))
+                matched = matched * np.float32(math.sqrt(reference / matched_power))
                 after = np.arange(len(piece)) - (at + n - b)  # samples after the crossfade ends
                 weight = np.clip(1.0 - after / ease, 0.0, 1.0).astype(np.float32)
                 piece = (weight * matched + (1 - weight) * piece).astype(np.float32)
@@ -598,12 +602,23 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
     return float(sounding.mean()) if sounding.size else 0.0
 
 
+def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The mean square over the channels of (C, S) audio, (S,) float64, each channel's offset
+    over the `keep` (S,) samples taken out first: a recorder's DC offset is not loudness (0.05 of
+    it under a -40 dBFS take made its repair 14 dB too loud)."""
+    # channels: (C, S); keep: (S,) bool
+    kept = max(int(np.count_nonzero(keep)), 1)
+    offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
+    return ((channels.astype(np.float64) - offset[:, None]) ** 2).mean(axis=0)
+
+
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
     """The model's audio over the region (S,) made ready to splice into the take: matched to the
     take in tone (engine.tone_match: the balance of its bands within LEVEL_MATCH_S inside the
     seams made the take's within LEVEL_MATCH_S outside them), then brought to the take's level
-    (the gain that makes that new audio as loud as that take, each by `gated_power`; where the
-    take is silent there, both matched to the kept take as a whole), then true-peak limited;
+    (the gain that makes that new audio as loud as that take, each by `gated_power`, within
+    LEVEL_MATCH_DB; where the take is silent there, both matched to the kept take as a whole),
+    then true-peak limited;
     only the new part is measured, and the kept audio is never touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
@@ -617,7 +632,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     # Why not the model's reproduction of the kept audio: held to the take's latent, it follows
     # the take's level whatever level the model makes the new audio at, so a quiet take got an
     # extension at the model's own level, 20 dB or more above it.
-    power = known.samples ** 2 if known.power is None else known.power
+    power = kept_power(known.samples[None], known.keep) if known.power is None else known.power
     take_side, matched_to = outside, "the take next to the seams"
     take_power = gated_power(power[take_side], sample_rate)
     if take_power <= LEVEL_MATCH_FLOOR ** 2:
@@ -628,14 +643,18 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
         tone_db = tone_match_gains(known.samples, take_side, audio, inside, sample_rate)
         if tone_db is not None:
-            audio = apply_tone_gains(audio, tone_db, sample_rate)
+            audio = apply_tone_gains(audio, tone_db, sample_rate, needed=new)
             new_power = gated_power(audio[inside] ** 2, sample_rate)
     gain_db = 0.0
+    # LEVEL_MATCH_DB bounds the whole gain after the match EQ, which is what raises the noise: a
+    # new part whose power the EQ mostly took out can stay under the take by what exceeds it
+    # (made up instead, it measured rougher seams: README, "The new part matched in tone")
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
         gain_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
     else:
         matched_to = "nothing (the take or the new audio is silent): the model's own level"
-    matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
+    gain = 10 ** (gain_db / 20)
+    matched = (audio * gain)[None].astype(np.float32)
     matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]
     levels = {"level_match_gain_db": gain_db,
@@ -647,7 +666,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
               if part.shape[-1] >= sample_rate // 2 else None,
               "new_part_seconds": float(new.sum()) / sample_rate,
               "kept_seconds": float(known.keep.sum()) / sample_rate,
-              "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None, new] * 10 ** (gain_db / 20))}
+              "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None, new] * gain)}
     return matched, levels
 
 
@@ -663,18 +682,25 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     and an equal-gain crossfade of up to `seam` samples from the take into the new audio at
     each seam, always on the new side: where keep is True the result is the take, sample for
     sample. `take_length`: how many samples the take really has (extending past its end): a
-    fade needs the take's own samples, so past them the new audio stands alone."""
+    fade into new audio past them starts from the take carried on by prediction
+    (mixing.predict_continuation), since a cut from its last sample into the new audio clicks."""
     out = take.astype(np.float32, copy=True)
     new = np.broadcast_to(new, out.shape)
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
     gap = ~keep
     out[:, gap] = new[:, gap]
+    carried = None  # the take past its end, made once if a fade needs it
     for a, b in true_runs(gap):
-        # into the gap from the take before it, over the take's samples in the gap
-        n = max(0, min(seam, (b - a) // 2, length - a)) if a > 0 else 0
+        # into the gap from the take before it: its own samples in the gap, then carried on
+        n = min(seam, (b - a) // 2) if 0 < a <= length else 0
         if n:
             w = _seam_fade(n)
-            out[:, a:a + n] = (1 - w) * take[:, a:a + n] + w * new[:, a:a + n]
+            before = take[:, a:min(a + n, length)]
+            if before.shape[-1] < n:
+                if carried is None:
+                    carried = mixing.predict_continuation(take[:, :length], seam, 2 * seam)
+                before = np.concatenate([before, carried[:, :n - before.shape[-1]]], axis=-1)
+            out[:, a:a + n] = (1 - w) * before + w * new[:, a:a + n]
         # out of the gap into the take after it
         n = min(seam, (b - a) // 2) if b < length else 0
         if n:

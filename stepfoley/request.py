@@ -707,7 +707,9 @@ def take_length_problem(request: "GenerationRequest", frames_after_offset: int, 
     seconds = frames_after_offset / rate
     needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
     if seconds < needed - 1e-3:
-        return (f"The take '{printable(request.take)}' is {seconds:.3f} s long, but the stem keeps it up to "
+        held = (f"is {seconds:.3f} s long" if request.take_offset == 0 else
+                f"holds {seconds:.3f} s after its take_offset of {request.take_offset:g} s")
+        return (f"The take '{printable(request.take)}' {held}, but the stem keeps it up to "
                 f"{needed:.3f} s from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a "
                 "longer take.")
     return None

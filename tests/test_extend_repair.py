@@ -13,7 +13,7 @@ import torch
 from stepfoley.engine import mixing
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
-from stepfoley.engine.session import KnownAudio, finish_new_part, held_frames, splice
+from stepfoley.engine.session import KnownAudio, finish_new_part, held_frames, kept_power, splice
 from stepfoley.request import RequestError, parse_request
 from test_bridge_kit import make_request
 
@@ -66,10 +66,34 @@ def test_splice_keeps_the_take_and_fades_only_on_the_new_side():
     assert not np.array_equal(out[:, 400:450], take[:, 400:450]) and not np.allclose(out[:, 400:450], 0.25)
     constant = splice(np.full((1, 1000), 0.5, np.float32), np.full((1, 1000), 0.5, np.float32), keep, 50)
     np.testing.assert_allclose(constant, 0.5, atol=1e-6)  # equal gain: the weights sum to one
-    # extending past the take's end: no take to fade from, the new audio alone
+    # extending from the take's very end: the fade starts from the take carried on past it
     keep_start = np.arange(1000) < 700
     extended = splice(np.pad(take[:, :700], ((0, 0), (0, 300))), new, keep_start, 50, take_length=700)
-    assert np.array_equal(extended[:, :700], take[:, :700]) and np.all(extended[:, 700:] == 0.25)
+    assert np.array_equal(extended[:, :700], take[:, :700]) and np.all(extended[:, 750:] == 0.25)
+    assert not np.allclose(extended[:, 700:750], 0.25)
+
+
+def test_a_take_extended_from_its_very_end_carries_on_into_the_new_audio_without_a_click():
+    # a 120 Hz hum, 3 s at 48 kHz, extended by new hum of another phase: cut at the take's last
+    # sample, the stem jumped 0.16 in one sample, ten times the hum's largest step
+    rate, hum_hz = 48000, 120.25
+    t = np.arange(6 * rate) / rate
+    take = (0.3 * np.sin(2 * np.pi * hum_hz * t + 0.4)).astype(np.float32)[None]
+    take[:, 3 * rate:] = 0.0
+    new = (0.3 * np.sin(2 * np.pi * hum_hz * t + 2.5)).astype(np.float32)[None]
+    keep = np.arange(6 * rate) < 3 * rate
+    stem = splice(take, new, keep, int(0.05 * rate), take_length=3 * rate)
+    steps = np.abs(np.diff(stem[0]))
+    hum_step = 0.3 * 2 * np.pi * hum_hz / rate
+    assert steps.max() < 1.5 * hum_step
+    assert np.array_equal(stem[:, :3 * rate], take[:, :3 * rate])
+    # noise carries on as noise of its level: no dip into the fade
+    noise = (0.1 * np.random.default_rng(4).standard_normal((1, 6 * rate))).astype(np.float32)
+    noise[:, 3 * rate:] = 0.0
+    other = (0.1 * np.random.default_rng(5).standard_normal((1, 6 * rate))).astype(np.float32)
+    stem = splice(noise, other, keep, int(0.05 * rate), take_length=3 * rate)
+    first_ms = stem[0, 3 * rate: 3 * rate + rate // 200]
+    assert np.sqrt(np.mean(first_ms ** 2)) > 0.07
 
 
 def test_an_over_in_the_discarded_reproduction_leaves_the_new_part_alone():
@@ -187,6 +211,9 @@ def test_a_take_too_short_for_what_is_kept_is_refused_from_its_header(tmp_path):
         parse_request(request, check_paths=True)
     with pytest.raises(RequestError, match=r"ends before take_offset \(0.6 s\)"):
         parse_request({**request, "take_offset": 0.6}, check_paths=True)
+    # what is left after the offset, said as such: not the file's own length
+    with pytest.raises(RequestError, match=r"holds 0.300 s after its take_offset of 0.2 s, but the stem keeps"):
+        parse_request({**request, "take_offset": 0.2}, check_paths=True)
     ok = parse_request({**request, "regenerate": [0.5, 2.0]}, check_paths=True)       # extend from its end
     assert ok.regenerate == (0.5, 2.0)
 
@@ -295,3 +322,18 @@ def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_n
     assert levels["level_matched_to"].startswith("the whole kept take")
     _, levels = finish_new_part(audio, KnownAudio(np.zeros(80000, np.float32), keep), 16000)
     assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
+
+
+def test_a_takes_dc_offset_is_not_counted_as_its_loudness():
+    # a -40 dBFS take with an offset of 0.05 (a recorder's): its repair came out 14 dB too loud
+    rng = np.random.default_rng(9)
+    take = (0.01 * rng.standard_normal(80000)).astype(np.float32)
+    keep = np.ones(80000, bool)
+    keep[32000:48000] = False
+    audio = (0.05 * rng.standard_normal(80000)).astype(np.float32)
+    plain = finish_new_part(audio, KnownAudio(take, keep), 16000)[1]["level_match_gain_db"]
+    offset = finish_new_part(audio, KnownAudio(take + np.float32(0.05), keep), 16000)[1]["level_match_gain_db"]
+    assert plain == pytest.approx(-14.0, abs=1.0) and offset == pytest.approx(plain, abs=0.1)
+    channels = np.stack([take + np.float32(0.05), take - np.float32(0.02)])
+    centred = take.astype(np.float64) - take[keep].mean(dtype=np.float64)
+    np.testing.assert_allclose(kept_power(channels, keep), centred ** 2, rtol=0, atol=1e-7)

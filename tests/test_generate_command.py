@@ -227,6 +227,8 @@ def test_variations_need_a_folder_and_stay_within_bounds(video, tmp_path, capsys
     assert "give --out a folder, not the file" in capsys.readouterr().err
     assert generate(video, "--out", tmp_path, "--variations", 9) == 2
     assert "variations = 9 is outside 1 .. 8" in capsys.readouterr().err
+    assert generate(video, "--out", tmp_path / "take.wav", "--variations", -1) == 2   # the range first
+    assert "variations = -1 is outside 1 .. 8" in capsys.readouterr().err
     assert wavs(tmp_path) == []
 
 

@@ -117,7 +117,7 @@ def test_limiter_keeps_the_audio_under_the_peaks_at_its_own_level():
 
 
 def test_a_peak_barely_over_the_ceiling_is_taken_off_by_one_gain():
-    # steady noise 0.3 dB over: the limiter's 4:1 stage would cost it about 2 LU, one gain 0.3
+    # steady noise 0.3 dB over: one gain leaves its sound as it was, only 0.3 dB quieter
     rng = np.random.default_rng(1)
     noise = (0.2 * rng.standard_normal((1, 4 * 48000))).astype(np.float32)
     over = noise * np.float32(10 ** ((-0.7 - mixing.true_peak(noise, 48000)) / 20))
@@ -125,8 +125,10 @@ def test_a_peak_barely_over_the_ceiling_is_taken_off_by_one_gain():
     gained = mixing.limit_true_peak(over, 48000, -1.0, gain_up_to_db=1.0)
     assert mixing.true_peak(gained, 48000) <= -1.0
     assert before - mixing.integrated_loudness(gained, 48000) == pytest.approx(0.301, abs=0.01)
-    limited = mixing.limit_true_peak(over, 48000, -1.0)
-    assert before - mixing.integrated_loudness(limited, 48000) > 1.0
+    np.testing.assert_allclose(gained, over * np.float32(gained[0, 0] / over[0, 0]), rtol=1e-5, atol=1e-7)
+    limited = mixing.limit_true_peak(over, 48000, -1.0)   # the limiter moves its gain around the peaks
+    assert mixing.true_peak(limited, 48000) <= -1.0
+    assert not np.allclose(limited, over * np.float32(limited[0, 0] / over[0, 0]), rtol=1e-3, atol=1e-6)
     # past the bound, the limiter as before
     hot = over * np.float32(10 ** (2 / 20))
     np.testing.assert_array_equal(mixing.limit_true_peak(hot, 48000, -1.0, gain_up_to_db=1.0),
@@ -363,3 +365,35 @@ def test_silence_fraction_counts_quiet_blocks():
     assert mixing.silence_fraction(tone[:30], rate) == 0.0  # shorter than a block: one block
     assert mixing.silence_fraction(np.zeros(0, np.float32), rate) == 1.0
     assert mixing.clipped_fraction(np.array([0.5, -1.5, 1.0, 2.0], np.float32)) == 0.5
+
+
+@pytest.mark.parametrize("over_db", [0.5, 6.0, 12.0])
+def test_the_limiter_turns_peaks_down_and_never_flattens_them(over_db):
+    # four decaying 200 Hz hits: pedalboard's Limiter, without look-ahead, let their attacks
+    # through and then clipped them at full scale after its make-up gain, so each came back
+    # flat-topped at -4.75 dBFS (116 flat samples at +12 dB)
+    rate = 16000
+    t = np.arange(2 * rate) / rate
+    hits = (10 ** (over_db / 20) * np.exp(-(t % 0.5) / 0.05) * np.sin(2 * np.pi * 200 * t)).astype(np.float32)[None]
+    limited = mixing.limit_true_peak(hits, rate, -1.0)
+    assert -1.1 < mixing.true_peak(limited, rate) <= -1.0
+    top = np.abs(limited).max()
+    assert np.count_nonzero(np.abs(limited) >= 0.999 * top) <= 4           # one crest per hit at most
+    gain = limited[0, np.abs(hits[0]) > 0.05] / hits[0, np.abs(hits[0]) > 0.05]
+    assert np.all(gain > 0) and np.all(gain <= 1.0 + 1e-6)                   # a gain, never a clip
+    # the gain is already down at the hit's first crest (it looks ahead) and back up 0.4 s later
+    first = slice(0, int(0.004 * rate))
+    assert np.abs(limited[0, first]).max() < 10 ** (-1 / 20) * 1.001
+    late = slice(int(0.45 * rate), int(0.5 * rate))
+    np.testing.assert_allclose(limited[0, late], hits[0, late], rtol=0.02, atol=1e-4)
+
+
+def test_lookahead_gain_keeps_every_sample_under_the_ceiling():
+    rng = np.random.default_rng(11)
+    envelope = np.abs(rng.standard_normal(48000)).astype(np.float32) * 0.1   # under 0.6
+    envelope[1000], envelope[30000:30100] = 4.0, 2.0
+    gain = mixing.lookahead_gain(envelope, 0.8, 48000)
+    assert gain.shape == envelope.shape and np.all(envelope * gain <= 0.8 * (1 + 1e-6))
+    assert gain[1000] == pytest.approx(0.2, rel=1e-3) and gain[30050] == pytest.approx(0.4, rel=1e-3)
+    # back up 400 ms after the first (a 100 ms release), and not yet down 20 ms before the second
+    assert 0.95 < gain[20000] < gain[29000] and gain[29000] > 0.99

@@ -206,7 +206,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import SAMPLE_RATES, parse_request
+    from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, parse_request
 
     _check_file_names(args)
     if args.method == "negative_prompt" and not args.negative_caption:
@@ -233,7 +233,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
         # kept sample for sample: at the take's own rate unless told otherwise
         sample_rate = take_rate if args.sample_rate is None and take_rate in SAMPLE_RATES else None
-    if output.file and args.variations != 1:
+    if output.file and 1 < args.variations <= MAX_VARIATIONS:  # out of range: the request's own message
         raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
                                 f"name: give --out a folder, not the file '{args.out}'.")
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
