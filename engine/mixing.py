@@ -204,8 +204,11 @@ def limit_true_peak(
     ceiling_dbtp: float = -1.0,
     release_ms: float = LIMITER_RELEASE_MS,
     gain_up_to_db: float = 0.0,
+    envelope: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep the true peak at or below `ceiling_dbtp`.
+    """Keep the true peak at or below `ceiling_dbtp`. `envelope`: the audio's
+    `true_peak_envelope`, where the caller has it already (finish_stem limits one stem at
+    several drives).
 
     Audio already under the ceiling is returned unchanged. Audio at most `gain_up_to_db` over
     it is turned down by one gain (resampling a finished stem to the project's rate leaves its
@@ -221,18 +224,27 @@ def limit_true_peak(
         raise InvalidInputError(
             f"The true-peak ceiling must be a number of dBTP at or below 0, got {ceiling_dbtp!r}."
         )
-    peak_dbtp = true_peak(audio, sample_rate)
+    if envelope is None:
+        _check_finite(audio, "The audio")
+        envelope = true_peak_envelope(audio)
+    peak_dbtp = _envelope_dbtp(envelope)
     if peak_dbtp <= ceiling_dbtp:
         return audio.copy()
     if peak_dbtp - ceiling_dbtp <= gain_up_to_db:
         return _gain_db(audio, ceiling_dbtp - SAFETY_MARGIN_DB - peak_dbtp)
     ceiling = 10.0 ** ((ceiling_dbtp - SAFETY_MARGIN_DB) / 20.0)
-    gain = lookahead_gain(true_peak_envelope(audio), ceiling, sample_rate, release_ms)
+    gain = lookahead_gain(envelope, ceiling, sample_rate, release_ms)
     limited = (audio * gain).astype(np.float32)
     limited_peak_dbtp = true_peak(limited, sample_rate)
     if limited_peak_dbtp > ceiling_dbtp - SAFETY_MARGIN_DB:
         limited = _gain_db(limited, ceiling_dbtp - SAFETY_MARGIN_DB - limited_peak_dbtp)
     return limited
+
+
+def _envelope_dbtp(envelope: np.ndarray) -> float:
+    """The true peak in dBTP that a `true_peak_envelope` holds (-inf if silent or empty)."""
+    peak = float(envelope.max()) if envelope.size else 0.0
+    return 20.0 * math.log10(peak) if peak > 0.0 else -math.inf
 
 
 def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
@@ -470,8 +482,9 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     gain_db = target_lufs - decoded_lufs if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
     normalized = _gain_db(audio, gain_db)
-    limiter_input = true_peak(normalized, sample_rate)
-    finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp)
+    envelope = true_peak_envelope(normalized)
+    limiter_input = _envelope_dbtp(envelope)
+    finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp, envelope=envelope)
     lufs = integrated_loudness(finished, sample_rate)
     drive = 0.0
     while limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs - LOUDNESS_TOLERANCE_LU:
@@ -482,7 +495,8 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
         if step <= LOUDNESS_TOLERANCE_LU:
             break
         drive += step
-        finished = limit_true_peak(_gain_db(normalized, drive), sample_rate, ceiling_dbtp)
+        finished = limit_true_peak(_gain_db(normalized, drive), sample_rate, ceiling_dbtp,
+                                   envelope=envelope * np.float32(10.0 ** (drive / 20.0)))
         lufs = integrated_loudness(finished, sample_rate)
     levels = StemLevels(
         decoded_lufs=finite_or_none(decoded_lufs),
