@@ -64,15 +64,19 @@ SAFETY_MARGIN_DB = 0.001
 # stem sits where a library effect would, and three of them sum to about -18 LUFS.
 STEM_LUFS = -23.0
 STEM_CEILING_DBTP = -1.0
-# The true-peak limiter (lookahead_gain): how fast its gain falls before a peak and rises after
-# it, and the step it is worked out on.
+# The true-peak limiter (lookahead_gain): how fast its gain falls before a peak, how long it
+# holds after it (a cycle of a 50 Hz tone's magnitude is 10 ms) and how fast it rises again,
+# and the step it is worked out on.
 LIMITER_ATTACK_MS = 2.0
+LIMITER_HOLD_MS = 20.0
 LIMITER_RELEASE_MS = 100.0
 LIMITER_BLOCK_MS = 0.5
 # How much harder the limiter may be driven to bring a peaky stem to STEM_LUFS (finish_stem),
-# and how close to it is close enough.
+# how close to it is close enough, and how many limiter passes that may take.
 MAX_LIMITER_DRIVE_DB = 6.0
-LOUDNESS_TOLERANCE_LU = 0.01
+LOUDNESS_TOLERANCE_LU = 0.05
+MAX_DRIVE_PASSES = 6
+MIN_DRIVE_GAIN = 0.1  # LU per dB of drive, below which a pass is not kept
 # Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
 # (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
 SILENCE_BLOCK_S = 0.05
@@ -250,12 +254,14 @@ def _envelope_dbtp(envelope: np.ndarray) -> float:
 def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
                    release_ms: float = LIMITER_RELEASE_MS) -> np.ndarray:
     """The gain (S,) float32 that keeps `envelope` (S,) (peak magnitudes) at or below `ceiling`,
-    moving smoothly: it falls over about LIMITER_ATTACK_MS before a peak (the whole stem is at
-    hand, so it looks ahead without delaying anything) and rises back over about `release_ms`
-    after it. Worked out on blocks of LIMITER_BLOCK_MS, each asking the least gain of itself and
-    its two neighbours, so the straight lines between block centres never exceed what any
-    sample needs. Why not pedalboard's Limiter: it has no look-ahead, and it clips at full scale
-    after its make-up gain, which flattened every peak it missed at -4.75 dBFS."""
+    moving smoothly: ahead of a peak it falls with a time constant of LIMITER_ATTACK_MS (the
+    whole stem is at hand, so it looks ahead without delaying anything), holds for
+    LIMITER_HOLD_MS after it (so it does not ripple with the cycles of a low tone, which
+    distorts it), then rises back with a time constant of `release_ms`. Worked out on blocks of
+    LIMITER_BLOCK_MS, each asking the least gain of itself and its two neighbours, so the
+    straight lines between block centres never exceed what any sample needs. Why not
+    pedalboard's Limiter: it has no look-ahead, and it clips at full scale after its make-up
+    gain, which flattened every peak it missed at -4.75 dBFS."""
     # envelope: (S,)
     length = len(envelope)
     block = max(1, int(round(LIMITER_BLOCK_MS * sample_rate / 1000)))
@@ -264,6 +270,8 @@ def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
     padded[:length] = envelope
     loudest = padded.reshape(count, block).max(axis=1).astype(np.float64)        # (K,)
     loudest = np.maximum(loudest, np.maximum(np.r_[loudest[1:], 0.0], np.r_[0.0, loudest[:-1]]))
+    hold = int(round(LIMITER_HOLD_MS / LIMITER_BLOCK_MS))
+    loudest = np.lib.stride_tricks.sliding_window_view(np.r_[np.zeros(hold), loudest], hold + 1).max(axis=1)
     need_db = np.minimum(0.0, 20.0 * np.log10(ceiling / np.maximum(loudest, 1e-30)))
     seconds = block / sample_rate
     attack = math.exp(-seconds / (LIMITER_ATTACK_MS / 1000.0))
@@ -274,7 +282,12 @@ def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
     gain_db = np.fromiter(itertools.accumulate(ahead, lambda earlier, now: min(now, earlier * release)),
                           np.float64, count)
     centres = (np.arange(count) + 0.5) * block - 0.5
-    return np.interp(np.arange(length), centres, 10.0 ** (gain_db / 20.0)).astype(np.float32)
+    gains = 10.0 ** (gain_db / 20.0)
+    out = np.empty(length, np.float32)
+    for start in range(0, length, TRUE_PEAK_BLOCK):  # a long stem's sample grid never whole in float64
+        end = min(length, start + TRUE_PEAK_BLOCK)
+        out[start:end] = np.interp(np.arange(start, end), centres, gains)
+    return out
 
 
 def _resample_ratio(exact: Fraction) -> tuple[int, int]:
@@ -370,8 +383,9 @@ PREDICTION_ORDER = 32
 def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.ndarray:
     """`count` samples that carry on each channel of (C, S) audio past its end, (C, count)
     float32: linear prediction from its last `context` samples, driven by that context's own
-    prediction error played backwards, so a hum carries on in phase and noise carries on as
-    noise of its level and colour. Why: a take extended from its very end has nothing of its own
+    prediction error played backwards (its transients clipped to its steady level), so a hum
+    carries on in phase and noise carries on as noise of its level and colour, and a click just
+    before the end is not heard again. Why: a take extended from its very end has nothing of its own
     past the seam to crossfade from, and a cut straight into new audio clicks. Stable by
     construction (the autocorrelation method on a windowed context), and never louder than that
     context's peak."""
@@ -391,6 +405,10 @@ def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.nd
         lags[0] *= 1.0 + 1e-6  # a touch of white noise keeps the system well posed
         predictor = np.concatenate([[1.0], -solve_toeplitz(lags[:-1], lags[1:])])  # y[n] = sum a_k y[n-k] + e[n]
         error = lfilter(predictor, [1.0], channel)[order:]          # past the filter's start-up
+        # the error's transients (a footstep just before the end) clipped to its steady level, or
+        # played back they came again just after the seam: a doubled step
+        spread = 1.4826 * float(np.median(np.abs(error - np.median(error))))
+        error = np.clip(error, -3.0 * spread, 3.0 * spread)
         drive = np.resize(error[::-1], out.shape[1])                  # the newest first, as a mirror would
         state = lfiltic([1.0], predictor, channel[::-1][:order])     # the last samples, newest first
         carried, _ = lfilter([1.0], predictor, drive, zi=state)
@@ -486,18 +504,28 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     limiter_input = _envelope_dbtp(envelope)
     finished = limit_true_peak(normalized, sample_rate, ceiling_dbtp, envelope=envelope)
     lufs = integrated_loudness(finished, sample_rate)
-    drive = 0.0
-    while limiter_input > ceiling_dbtp and math.isfinite(lufs) and lufs < target_lufs - LOUDNESS_TOLERANCE_LU:
-        # Limiting took loudness with the peaks: the limiter is driven harder, as a mastering
-        # engineer would, until the stem is at the target (a peaky track, such as footsteps,
-        # can ask for a few dB; past MAX_LIMITER_DRIVE_DB it stays under the target instead).
-        step = min(target_lufs - lufs, MAX_LIMITER_DRIVE_DB - drive)
-        if step <= LOUDNESS_TOLERANCE_LU:
+    # Limiting took loudness with the peaks: the limiter is driven harder, as a mastering
+    # engineer would, until the stem is at the target (a peaky track, such as footsteps, can ask
+    # for a few dB; past MAX_LIMITER_DRIVE_DB it stays under the target instead). The drive is
+    # found by false position between the best drive under the target and the least over it,
+    # and a drive that lands over the target is never kept.
+    under, over = (0.0, lufs), None                               # (drive dB, LUFS)
+    for _ in range(MAX_DRIVE_PASSES if limiter_input > ceiling_dbtp and math.isfinite(lufs) else 0):
+        if target_lufs - under[1] <= LOUDNESS_TOLERANCE_LU or under[0] >= MAX_LIMITER_DRIVE_DB:
             break
-        drive += step
-        finished = limit_true_peak(_gain_db(normalized, drive), sample_rate, ceiling_dbtp,
-                                   envelope=envelope * np.float32(10.0 ** (drive / 20.0)))
-        lufs = integrated_loudness(finished, sample_rate)
+        if over is None:  # as if each dB of drive gave a dB of loudness: limiting can only give less
+            drive = min(under[0] + target_lufs - under[1], MAX_LIMITER_DRIVE_DB)
+        else:
+            drive = under[0] + (target_lufs - under[1]) * (over[0] - under[0]) / (over[1] - under[1])
+        driven = limit_true_peak(_gain_db(normalized, drive), sample_rate, ceiling_dbtp,
+                                 envelope=envelope * np.float32(10.0 ** (drive / 20.0)))
+        driven_lufs = integrated_loudness(driven, sample_rate)
+        if driven_lufs > target_lufs + LOUDNESS_TOLERANCE_LU:
+            over = (drive, driven_lufs)
+        elif (driven_lufs - under[1]) / (drive - under[0]) < MIN_DRIVE_GAIN:
+            break  # the peaks take nearly every dB back: driving harder is no use
+        else:
+            under, finished, lufs = (drive, driven_lufs), driven, driven_lufs
     levels = StemLevels(
         decoded_lufs=finite_or_none(decoded_lufs),
         decoded_peak_dbfs=finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),

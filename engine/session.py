@@ -689,17 +689,18 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
     gap = ~keep
     out[:, gap] = new[:, gap]
-    carried = None  # the take past its end, made once if a fade needs it
     for a, b in true_runs(gap):
         # into the gap from the take before it: its own samples in the gap, then carried on
-        n = min(seam, (b - a) // 2) if 0 < a <= length else 0
+        n = min(seam, (b - a) // 2) if a > 0 else 0
         if n:
             w = _seam_fade(n)
             before = take[:, a:min(a + n, length)]
             if before.shape[-1] < n:
-                if carried is None:
-                    carried = mixing.predict_continuation(take[:, :length], seam, 2 * seam)
-                before = np.concatenate([before, carried[:, :n - before.shape[-1]]], axis=-1)
+                # only the last gap reaches past the take's end; a take up to a millisecond short
+                # of it (the request's tolerance) has its kept samples there carried on too
+                carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
+                out[:, length:a] = carried[:, :max(0, a - length)]
+                before = np.concatenate([before, carried[:, max(0, a - length):]], axis=-1)
             out[:, a:a + n] = (1 - w) * before + w * new[:, a:a + n]
         # out of the gap into the take after it
         n = min(seam, (b - a) // 2) if b < length else 0

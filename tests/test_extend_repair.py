@@ -337,3 +337,17 @@ def test_a_takes_dc_offset_is_not_counted_as_its_loudness():
     channels = np.stack([take + np.float32(0.05), take - np.float32(0.02)])
     centred = take.astype(np.float64) - take[keep].mean(dtype=np.float64)
     np.testing.assert_allclose(kept_power(channels, keep), centred ** 2, rtol=0, atol=1e-7)
+
+
+def test_a_take_a_millisecond_short_of_the_span_is_carried_on_to_it():
+    # the request lets a take end up to 1 ms before the span starts: those kept samples were
+    # silence, then a cut into the new audio
+    rate, hum_hz = 48000, 120.25
+    t = np.arange(4 * rate) / rate
+    take = (0.3 * np.sin(2 * np.pi * hum_hz * t)).astype(np.float32)[None]
+    new = (0.3 * np.sin(2 * np.pi * hum_hz * t + 2.0)).astype(np.float32)[None]
+    keep = np.arange(4 * rate) < 2 * rate
+    short = 2 * rate - 40                                              # 0.83 ms short
+    stem = splice(np.where(np.arange(4 * rate) < short, take, 0), new, keep, int(0.05 * rate), take_length=short)
+    assert np.abs(np.diff(stem[0])).max() < 1.5 * 0.3 * 2 * np.pi * hum_hz / rate
+    assert np.array_equal(stem[:, :short], take[:, :short])
