@@ -513,7 +513,7 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     for _ in range(MAX_DRIVE_PASSES if limiter_input > ceiling_dbtp and math.isfinite(lufs) else 0):
         if target_lufs - under[1] <= LOUDNESS_TOLERANCE_LU or under[0] >= MAX_LIMITER_DRIVE_DB:
             break
-        if over is None:  # as if each dB of drive gave a dB of loudness: limiting can only give less
+        if over is None:  # a first guess: each dB of drive a dB of loudness
             drive = min(under[0] + target_lufs - under[1], MAX_LIMITER_DRIVE_DB)
         else:
             drive = under[0] + (target_lufs - under[1]) * (over[0] - under[0]) / (over[1] - under[1])
