@@ -36,12 +36,17 @@ _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_ERROR_MESSAGE_CHARS = 1000
 # A local client that floods the engine (a script polling /status in a tight loop) must not
 # make it deaf to the others. The loop reads what is waiting in batches of up to DRAIN_BATCH; a
-# full batch means a backlog, and then a sender past FLOOD_RATE datagrams in the current second
-# has the rest dropped unread, a few microseconds each, so the socket drains faster than one
-# sender can fill it and the other clients' datagrams find room. Without a backlog nothing is
-# dropped: a burst (a project's worth of requests) waits in the socket's buffer and is answered.
+# full batch means a backlog, and then a sender past FLOOD_RATE datagrams, or past FLOOD_BUSY_S
+# of the loop's time, in the current second has the rest dropped unread, a few microseconds
+# each, so the socket drains faster than one sender can fill it and the other clients'
+# datagrams find room. The time budget matters once answers are dear (a /status over a long
+# queue takes milliseconds): counted in datagrams alone, a flood then never reached the rate
+# within a second of the loop's time and was answered at the others' expense. Without a backlog
+# nothing is dropped: a burst (a project's worth of requests) waits in the socket's buffer and
+# is answered.
 DRAIN_BATCH = 256
 FLOOD_RATE = 2000
+FLOOD_BUSY_S = 0.25
 FLOOD_LOG_INTERVAL_S = 10.0  # a flood is logged once, not once a batch
 _CANCEL_ADDRESS = protocol.CANCEL.encode("ascii") + b"\0"  # how an OSC /cancel datagram begins
 # MSG_DONTWAIT reads without waiting on a blocking socket (replies stay blocking sends);
@@ -244,8 +249,9 @@ class EngineServer:
         self._thread: threading.Thread | None = None
         self.dropped_datagrams = 0
         self.flood_dropped = 0  # of those, dropped unread from a sender past flood_rate in a backlog
-        self.drain_batch, self.flood_rate = DRAIN_BATCH, FLOOD_RATE
+        self.drain_batch, self.flood_rate, self.flood_busy_s = DRAIN_BATCH, FLOOD_RATE, FLOOD_BUSY_S
         self._second_began, self._per_sender = time.monotonic(), collections.Counter()
+        self._busy_per_sender: collections.Counter = collections.Counter()  # seconds of handling
         self._flood_logged_at = -FLOOD_LOG_INTERVAL_S
 
     def attach(self, runner: Runner, model: str, device: str, capabilities: Capabilities,
@@ -283,6 +289,7 @@ class EngineServer:
         now = time.monotonic()
         if now - self._second_began >= 1.0:
             self._second_began, self._per_sender = now, collections.Counter()
+            self._busy_per_sender = collections.Counter()
         flooder = None
         # A job starts as soon as its /accepted is out, not once the rest of the batch is
         # handled; but a /cancel already waiting behind it is read first, so that a request its
@@ -291,16 +298,19 @@ class EngineServer:
         try:
             for i, (data, sender) in enumerate(batch):
                 self._per_sender[sender] += 1
-                if backlog and self._per_sender[sender] > self.flood_rate:
+                if backlog and (self._per_sender[sender] > self.flood_rate
+                                or self._busy_per_sender[sender] > self.flood_busy_s):
                     self.dropped_datagrams += 1
                     self.flood_dropped += 1
                     flooder = sender
                     continue
+                began = time.monotonic()
                 try:
                     replies = self.dispatcher.handle_datagram(data, sender)
                 except Exception:  # handle_datagram answers its own errors; this is the last line of defence
                     log.exception("internal error on a datagram from %s", sender[0])
                     replies = []
+                self._busy_per_sender[sender] += time.monotonic() - began
                 if not replies:
                     self.dropped_datagrams += 1
                 for datagram, address in replies:
@@ -313,8 +323,9 @@ class EngineServer:
             self.jobs.replies_sent()
         if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
             self._flood_logged_at = now
-            log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second is dropped "
-                        "while this lasts", *flooder, self.flood_rate)
+            log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second, or over "
+                        "%g s of the engine's time a second, is dropped while this lasts",
+                        *flooder, self.flood_rate, self.flood_busy_s)
 
     def _drain(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Up to `drain_batch` datagrams that are waiting (at least one: the selector said so)."""

@@ -810,8 +810,35 @@ def test_a_flooding_sender_is_cut_to_its_rate_in_a_backlog_and_the_others_are_an
     # one line for the flood (the shared log budget may append a count of earlier records)
     floods = [r.getMessage() for r in caplog.records if "sends more than the engine can answer" in r.getMessage()]
     assert len(floods) == 1 and floods[0].startswith(
-        f"127.0.0.1:{flooder.port} sends more than the engine can answer; what it sends over 5 a second is dropped "
-        "while this lasts")
+        f"127.0.0.1:{flooder.port} sends more than the engine can answer; what it sends over 5 a second, or over "
+        "0.25 s of the engine's time a second, is dropped while this lasts")
+
+
+def test_a_flooding_sender_whose_answers_are_dear_is_cut_to_its_share_of_the_engines_time():
+    # Each /status takes 50 ms to answer (as over a long queue), so in a second of the loop's time
+    # the flooder never reaches its datagram rate: its budget of the engine's time cuts it
+    # instead. 20 /status then a ping from another client, batches of 8, 0.12 s a second each.
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    srv.drain_batch, srv.flood_rate, srv.flood_busy_s = 8, 1000, 0.12
+    handle = srv.dispatcher.handle_datagram
+
+    def dear_status(data, sender):
+        if data.startswith(protocol.STATUS.encode()):
+            time.sleep(0.05)
+        return handle(data, sender)
+
+    srv.dispatcher.handle_datagram = dear_status
+    flooder, other = RawPeer(srv.address[1]), RawPeer(srv.address[1])
+    for i in range(20):
+        flooder.send(protocol.STATUS, flooder.port, f"s{i}", "")
+    other.send(protocol.PING, other.port, "still-heard", "")
+    with srv.start():
+        assert other.receive()[:2] == (protocol.PONG, ["still-heard", protocol.PROTOCOL_VERSION, "unknown", "unknown"])
+        answered = [args[0] for _, args in _replies(flooder)]
+    # batch 1 (full): s0-s2 take 0.15 s, past the budget, so s3-s7 are dropped unread (a machine
+    # slow enough to start another second before batch 2 may answer some of s8-s15 again)
+    assert answered[:3] == ["s0", "s1", "s2"] and not {"s3", "s4", "s5", "s6", "s7"} & set(answered)
+    assert srv.flood_dropped >= 5
 
 
 def test_a_job_starts_while_the_rest_of_its_receive_batch_is_handled(tmp_path):
