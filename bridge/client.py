@@ -489,8 +489,8 @@ def send_request(
     on_update: Callable[[dict], None] | None = None,
 ) -> tuple[int, dict]:
     """Send one request and follow it to the end, keeping `status_path` up to date.
-    Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job.
-    A status file that cannot be written before the request is sent ends it there (usage
+    Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job, as
+    does Ctrl-C while it is followed. A status file that cannot be written before the request is sent ends it there (usage
     error, bad_status_file); one that takes no write for STATUS_WRITE_GRACE_S later on
     cancels the job (the same error, state cancelled). Returns (exit code, final status)."""
     if cancel_path is None and status_path is not None:
@@ -531,7 +531,14 @@ def send_request(
         return EXIT_NOT_RUNNING, status
     with client:
         job = client.submit(request, timeout=timeout, connect_timeout=connect_timeout)
-        status = job.wait(on_update=update, should_cancel=should_cancel)
+        try:
+            status = job.wait(on_update=update, should_cancel=should_cancel)
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM, which `send` takes as Ctrl-C): nobody will collect the stem,
+            # so the job is cancelled, as the watchdog does, and the file is given that end; a
+            # second Ctrl-C leaves at once
+            job.cancel()
+            status = job.wait(on_update=update)
     if status_file.gave_up and status["state"] == "cancelled":
         status = _bad_status_file(status, status_path, f"took no write for {STATUS_WRITE_GRACE_S:g} s "
                                   f"({_describe(status_file.error)}), so the job was cancelled")

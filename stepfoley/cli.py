@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands that work for minutes to hours: SIGTERM (timeout, docker stop, a batch scheduler)
 # stops them as Ctrl-C does, removing their temporary files and worker processes, where it used
-# to kill them outright. `serve` has its own handling; `send` is stopped through its cancel file.
-STOPPED_BY_SIGTERM_AS_BY_CTRL_C = ("generate", "demo", "train", "eval", "bench")
+# to kill them outright; `send` then cancels its job. `serve` has its own handling.
+STOPPED_BY_SIGTERM_AS_BY_CTRL_C = ("generate", "demo", "train", "eval", "bench", "send")
 
 
 def _stop_on_sigterm_as_on_ctrl_c(terminated: list):

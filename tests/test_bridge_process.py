@@ -244,3 +244,42 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_send_cancels_its_job_and_gives_the_status_file_that_end(tmp_path, signum):
+    # `stepfoley send` following a long job is stopped: the engine must not go on to write a
+    # stem nobody collects, and the status file must not stay "running" for ever
+    proc, port = start_engine(step_s=0.2)
+    request, status = tmp_path / "request.json", tmp_path / "status.json"
+    request.write_text(json.dumps(make_request(tmp_path, steps=200)))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    send = subprocess.Popen([sys.executable, "-m", "stepfoley", "send", "--request", str(request), "--status",
+                             str(status), "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if status.exists() and json.loads(status.read_text())["state"] == "running":
+                break
+            time.sleep(0.05)
+        assert json.loads(status.read_text())["state"] == "running"
+        send.send_signal(signum)
+        out, err = send.communicate(timeout=60)
+        final = json.loads(status.read_text())
+        assert (send.returncode, final["state"], final["exit_code"]) == (6, "cancelled", 6), err
+        assert json.loads(out.splitlines()[-1])["state"] == "cancelled"
+        assert os.listdir(tmp_path / "out") == []
+        peer = RawPeer(port)
+        try:
+            peer.send(protocol.STATUS, peer.port, "s", "")
+            engine = json.loads(peer.receive()[1][1])
+        finally:
+            peer.close()
+        assert engine["state"] == "idle", engine  # not still running the 40 s job
+    finally:
+        for p in (send, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
