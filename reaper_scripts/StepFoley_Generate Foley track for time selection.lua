@@ -1,9 +1,10 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.15
+-- @version 0.5.16
 -- @changelog
---   Settings are written with a decimal point whatever the number locale: under a German one 0.5.14 stored "180,5", which the Settings dialog then showed and refused, and which another locale read as no number. A value stored so is now read.
---   A StepFoley file of another release left among this one's (a manual install that kept an old file) is named in a message, instead of failing with a bare Lua error.
+--   A new layer never goes inside a muted folder, at any depth: with old layers archived in a muted folder whose last track was not a layer, or in a folder inside a muted one, it went in there, unheard, and never counted as a negative.
+--   Replace this layer: a take made to sound like a reference no longer carries that reference's pull over as the weight of the layers it negates.
+--   Make selected item sound like this: the lock is checked on the item that gets the new take, the one chosen when two StepFoley items are selected.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +43,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.15", SF.mixed_versions and SF.mixed_versions("this action", "0.5.15")
-  or "StepFoley_lib.lua is older than this action (0.5.15). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.16", SF.mixed_versions and SF.mixed_versions("this action", "0.5.16")
+  or "StepFoley_lib.lua is older than this action (0.5.16). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -12,8 +12,8 @@ new, active take of the item, aligned with the picture. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.15", SF.mixed_versions and SF.mixed_versions("this action", "0.5.15")
-  or "StepFoley_lib.lua is older than this action (0.5.15). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.16", SF.mixed_versions and SF.mixed_versions("this action", "0.5.16")
+  or "StepFoley_lib.lua is older than this action (0.5.16). Install every StepFoley_*.lua file of one release into one folder.")
 
 -- The selected items other than `target`.
 local function other_selected(proj, target)
@@ -56,7 +56,8 @@ end
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
-  local item, meta = SF.selected_stepfoley_item(proj, "it is generated again to sound like a reference.")
+  -- the lock matters only for the item that gets the new take, known after choose_target
+  local item, meta = SF.selected_stepfoley_item(proj, "it is generated again to sound like a reference.", true)
   if not item then return end
   local others = other_selected(proj, item)
   if #others > 1 then
@@ -67,6 +68,9 @@ local function main()
   if reference then
     item, meta, reference = choose_target(item, meta, reference)
     if not item then return end
+  end
+  if SF.refuse_locked(item) then return end
+  if reference then
     -- what is heard of it is rendered: a muted one would be sent as silence
     if not (SF.item_plays(reference) and SF.track_is_heard(reaper.GetMediaItem_Track(reference))) then
       SF.alert("The reference item \"" .. reference_name(reference) .. "\" is not heard: it is muted, its track " ..

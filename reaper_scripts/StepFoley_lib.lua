@@ -24,7 +24,7 @@ io.popen (a shell would mangle quotes and open console windows on Windows).
 
 local M = {}
 
-M.VERSION = "0.5.15"
+M.VERSION = "0.5.16"
 M.SECTION = "StepFoley"            -- ExtState section
 M.TRACK_MARK = "P_EXT:stepfoley"   -- set to "1" on tracks StepFoley created
 M.TAKE_META = "P_EXT:stepfoley_metadata"
@@ -527,7 +527,7 @@ for _, part in ipairs(M.PARTS) do
     error(file .. " could not be loaded (" .. tostring(install) .. "). Install every StepFoley_*.lua file "
       .. "of one release into one folder (ReaPack does this).", 0)
   end
-  local version = install(M)  -- nil from a part older than 0.5.15
+  local version = install(M)  -- nil from a part older than 0.5.16
   if version ~= M.VERSION then
     error(M.mixed_versions(file, type(version) == "string" and version or nil), 0)
   end

@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.15"
+local VERSION = "0.5.16"
 
 return function(M)
 
@@ -491,17 +491,26 @@ function M.take_meta(take)
   return nil
 end
 
--- The selected item made by StepFoley and its metadata, or nil after telling the user.
-function M.selected_stepfoley_item(proj, what)
+-- Whether `item` is locked (C_LOCK), after telling the user: the actions that give an item a
+-- new take leave a locked one as it is.
+function M.refuse_locked(item)
+  if reaper.GetMediaItemInfo_Value(item, "C_LOCK") % 2 ~= 1 then return false end
+  M.alert("The selected StepFoley item is locked, and this action gives it a new take (Extend also makes it " ..
+    "longer). Unlock it first (Item properties > Locked).")
+  return true
+end
+
+-- The selected item made by StepFoley and its metadata, or nil after telling the user. With
+-- `lock_checked_later` a locked one is returned too: the caller may still pick another item
+-- to change, and checks the lock of the one it picks (M.refuse_locked).
+function M.selected_stepfoley_item(proj, what, lock_checked_later)
   for i = 0, reaper.CountSelectedMediaItems(proj) - 1 do
     local item = reaper.GetSelectedMediaItem(proj, i)
     local meta = M.take_meta(reaper.GetActiveTake(item))
-    if meta and reaper.GetMediaItemInfo_Value(item, "C_LOCK") % 2 == 1 then
-      M.alert("The selected StepFoley item is locked, and this action gives it a new take (Extend also makes it " ..
-        "longer). Unlock it first (Item properties > Locked).")
-      return nil
+    if meta then
+      if not lock_checked_later and M.refuse_locked(item) then return nil end
+      return item, meta
     end
-    if meta then return item, meta end
   end
   M.alert("Select an item made by StepFoley first (its active take holds StepFoley's metadata): " .. what)
   return nil

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.15"
+local VERSION = "0.5.16"
 
 return function(M)
 
@@ -113,11 +113,46 @@ local function copy_take_sound(from, to)
   for fx = 0, reaper.TakeFX_GetCount(from) - 1 do reaper.TakeFX_CopyToTake(from, fx, to, fx, false) end
 end
 
--- The index after the last StepFoley track (or the end), so new tracks stack in order.
+-- The indexes of the folder tracks a track inserted at `index` would be inside, outermost first.
+local function folders_around(proj, index)
+  local open = {}
+  for i = 0, index - 1 do
+    local depth = reaper.GetMediaTrackInfo_Value(reaper.GetTrack(proj, i), "I_FOLDERDEPTH")
+    if depth > 0 then
+      open[#open + 1] = i
+    elseif depth < 0 then
+      for _ = 1, -depth do open[#open] = nil end
+    end
+  end
+  return open
+end
+
+-- The index after the last track of the folder whose folder track is at `folder`, or nil when
+-- the folder runs to the end of the project.
+local function after_folder(proj, folder)
+  local level = 0
+  for i = folder, reaper.CountTracks(proj) - 1 do
+    level = level + reaper.GetMediaTrackInfo_Value(reaper.GetTrack(proj, i), "I_FOLDERDEPTH")
+    if level <= 0 then return i + 1 end
+  end
+  return nil
+end
+
+--[[
+The index after the last StepFoley track (or the end), so new tracks stack in order. Never
+inside a muted folder, at any depth: old layers archived in one would make the new layer
+silent, and a silent layer never counts as a negative. The layer then goes after the end of
+the outermost muted folder around that place (before it, when it runs to the project's end).
+]]
 local function new_track_index(proj)
   local index = reaper.CountTracks(proj)
   for i = 0, reaper.CountTracks(proj) - 1 do
     if M.is_stepfoley_track(reaper.GetTrack(proj, i)) then index = i + 1 end
+  end
+  for _, folder in ipairs(folders_around(proj, index)) do
+    if reaper.GetMediaTrackInfo_Value(reaper.GetTrack(proj, folder), "B_MUTE") ~= 0 then
+      return after_folder(proj, folder) or folder
+    end
   end
   return index
 end

@@ -531,6 +531,40 @@ def test_a_new_layer_never_joins_a_muted_folder(world):
     assert [(t["name"], t["folderdepth"]) for t in result["tracks"]][-2:] == [("old layer", -1), (h.CAPTION, 0)]
 
 
+def muted_archive_tracks(world, nested):
+    """Old layers in a muted "Archive" folder whose last track is not a layer ("notes"), or
+    (nested) a layer that closes an inner folder of the muted "Archive" still open after it."""
+    tracks = [{"name": "Archive", "folderdepth": 1, "mute": True, "items": []}]
+    if nested:
+        tracks.append({"name": "Inner", "folderdepth": 1, "items": []})
+    tracks.append(stepfoley_layer(world, "old layer A", {"caption": "old layer A", "seed": 1}))
+    tracks.append(stepfoley_layer(world, "old layer B", {"caption": "old layer B", "seed": 2}))
+    tracks[-1]["folderdepth"] = -1 if nested else 0
+    tracks.append({"name": "notes", "folderdepth": -1, "items": []})
+    return tracks
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["last-track-not-a-layer", "nested-folders"])
+def test_a_new_layer_never_goes_inside_a_muted_folder_at_any_depth(world, nested):
+    """The last layer is in a muted folder that it does not close (or closes only an inner
+    folder of it): the new layer goes after the end of the muted folder, where it is heard."""
+    sc = scenario(world, extra_tracks=[*muted_archive_tracks(world, nested), {"name": "Music", "items": []}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    names = [(t["name"], t["folderdepth"]) for t in result["tracks"]]
+    assert names[-3:] == [("notes", -1), (h.CAPTION, 0), ("Music", 0)]
+    assert sum(depth for _, depth in names[:-2]) == 0  # the archive is closed before the new layer
+
+
+def test_a_new_layer_goes_before_a_muted_folder_that_runs_to_the_end(world):
+    sc = scenario(world)
+    sc["tracks"].append({"name": "Rejected", "folderdepth": 1, "mute": True, "items": []})
+    sc["tracks"].append(stepfoley_layer(world, "old layer", {"caption": "old layer", "seed": 1}))
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert [t["name"] for t in result["tracks"]][-3:] == [h.CAPTION, "Rejected", "old layer"]
+
+
 def test_a_cancelled_generation_leaves_no_job_files(world):
     """Cancel is the artist's choice, not a failure to keep for support: the job's folder (its
     request, status and the layers' bounce, up to hundreds of MB) goes, as after a success."""
@@ -1162,6 +1196,22 @@ def test_replace_a_layer_made_with_the_default_method(world):
     assert request["previous_captions"] == ["wind in the trees"] and request["seed"] == 9
 
 
+def test_replace_a_layer_made_to_sound_like_a_reference_drops_the_pull_toward_it(world):
+    """A take made by "Make selected item sound like this" stored the reference method and, as
+    beta, the pull toward that recording: Replace leaves both to the engine (as Regenerate does)
+    and keeps the caption, alpha and seed."""
+    meta = {"caption": "steps", "method": "reference", "alpha": 5.0, "beta": 6.0, "seed": 9,
+            "reference": "my recording.wav", "negatives": {"mode": "none", "tracks": []}}
+    first = stepfoley_layer(world, "steps", meta, selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[], extra_tracks=[first],
+                                                   actions=[{"script": h.REPLACE}]))
+    assert result["messages"] == []
+    request = job_request(result)
+    assert request["method"] == h.STANDIN_DEFAULTS["method"] == "nag" and "beta" not in request
+    assert request["alpha"] == 5.0 and request["seed"] == 9 and request["caption"] == "steps"
+    assert "reference_audio" not in request
+
+
 def test_replace_needs_a_method_that_hears_the_layers(world):
     first = stepfoley_layer(world, "steps", {"caption": "steps"}, selected=True)
     result = h.run_scenario(world["tmp"], scenario(world, extra_tracks=[first], actions=[{"script": h.REPLACE}]),
@@ -1234,6 +1284,44 @@ def test_make_like_this_with_two_stepfoley_items_asks_which_changes(world, answe
     assert result["undo"] == [f'StepFoley: make "{caption[changed]}" sound like {reference}']
 
 
+@pytest.mark.parametrize("locked, answer, changed", [("gravel", 7, None), ("gravel", 6, "steps"),
+                                                     ("steps", 7, "gravel"), ("steps", 6, None)])
+def test_make_like_this_checks_the_lock_of_the_item_that_changes(world, locked, answer, changed):
+    """Of two selected StepFoley layers, one locked: the lock refuses only when the user picks
+    the locked one to change (Yes: the upper one, "steps"; No: "gravel"), never the other."""
+    steps = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)
+    gravel = stepfoley_layer(world, "gravel", {"caption": "steps on gravel", "seed": 4}, position=6.0, selected=True)
+    {"steps": steps, "gravel": gravel}[locked]["items"][0]["lock"] = 1
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[steps, gravel], message_answers=[answer],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    question, *refusal = result["messages"]
+    assert question["type"] == 3
+    takes = {t["name"]: len(t["items"][0]["takes"]) for t in result["tracks"] if t["name"] in ("steps", "gravel")}
+    if changed is None:
+        [message] = refusal
+        assert "The selected StepFoley item is locked" in message["message"]
+        assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+        assert takes == {"steps": 1, "gravel": 1}
+        return
+    assert refusal == [] and job_request(result)["method"] == "reference"
+    assert takes == {changed: 2, locked: 1}
+
+
+def test_make_like_a_recording_leaves_a_locked_item_as_it_is(world):
+    ref = world["tmp"] / "reference.wav"
+    h.write_foley_wav(ref, 3.0, SR, seed=40)
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True, lock=1)
+    reference = {"name": "Recordings", "items": [{"position": 7.0, "length": 2.0, "selected": True,
+                                                  "takes": [{"file": str(ref)}]}]}
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target, reference],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "The selected StepFoley item is locked" in message["message"]
+    assert result["dialogs"] == [] and result["renders"] == [] and h.generation_commands(result) == []
+
+
 def test_settings_saved_and_checked(world):
     sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "60", "15", "takes", "1",
                                                          "30"]}],
@@ -1251,9 +1339,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.15)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.16)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.15."),
+                                 "older version, StepFoley_lib.lua is 0.5.16."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called
