@@ -26,7 +26,7 @@ from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.auth import TokenError, check_token
 from stepfoley.bridge.jobs import Job, JobBook, Runner
 from stepfoley.bridge.logs import bridge_logger
-from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request, printable
+from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request, printable, request_json
 
 log = bridge_logger()
 
@@ -169,7 +169,7 @@ class Dispatcher:
         if self.jobs.runner is None:
             raise protocol.ProtocolError("engine_loading", "The engine is still loading its model; send again in a moment.")
         try:
-            payload = json.loads(rest[0])
+            payload = request_json(rest[0])
         except ValueError as e:
             raise protocol.ProtocolError("invalid_request", f"The request is not valid JSON: {e}.") from None
         except RecursionError:

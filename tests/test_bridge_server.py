@@ -676,3 +676,17 @@ def test_a_job_held_for_its_batch_is_let_go_by_a_stop(tmp_path):
     assert time.monotonic() - started < 30 and not book._worker.is_alive()
     assert job.state in (CANCELLED, ERROR) and told[-1] in protocol.FINAL_REPLIES
     assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("text, said", [
+    # json.loads keeps the last of two equal keys: the first output_dir would be silently dropped
+    (lambda good: good[:-1] + ', "output_dir": "/elsewhere"}', "the field 'output_dir' is given twice"),
+    (lambda good: good.replace('"seed": 1', '"seed": ' + "9" * 5000), "a number has more than 4000 digits"),
+], ids=["a field twice", "a number of 5000 digits"])
+def test_a_request_that_does_not_say_one_thing_is_refused_with_the_reason(peer, tmp_path, text, said):
+    good = json.dumps(make_request(tmp_path))
+    peer.send(protocol.GENERATE, peer.port, "twice", "", text(good))
+    address, args = peer.receive()
+    assert (address, args[0], args[2]) == (protocol.ERROR, "twice", "invalid_request")
+    assert args[3] == f"The request is not valid JSON: {said}."
+    assert list((tmp_path / "out").iterdir()) == []

@@ -133,7 +133,9 @@ def _read_request_file(path: str):
     if len(data) > most:
         raise ValueError(f"it is larger than {most // 1024} KiB, far more than one request can hold "
                          f"({MAX_REQUEST_BYTES // 1024} KiB on the wire)")
-    return json.loads(data.decode("utf-8"))
+    from stepfoley.request import request_json
+
+    return request_json(data.decode("utf-8"))
 
 
 def _send(args, client) -> int:
