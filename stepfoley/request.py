@@ -327,8 +327,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               "CPU generator); from 2^32 on, numpy's PCG64 seeded with all 64 bits, so every seed is its own"),
     FieldSpec("steps", "int", "the model's", f"1-{MAX_STEPS} sampling steps"),
     FieldSpec("negative_caption", "string", '`""`',
-              f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from (every method); `negative_prompt` "
-              "uses the previous captions, joined with \", \", when it is empty"),
+              f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from: heard by `negative_prompt` at any α, "
+              "by the other methods only at α above 1 (w1 for `dual`; the metadata's `negative_caption_heard` "
+              "says); `negative_prompt` uses the previous captions, joined with \", \", when it is empty"),
     FieldSpec("previous_captions", "list of strings", "`[]`",
               f"at most {MAX_PREVIOUS_CAPTIONS}, each ≤ {MAX_CAPTION_CHARS} characters: the captions of the "
               "layers already on the timeline (those in `existing_mix`, which a method that hears no audio, "

@@ -278,3 +278,13 @@ def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, 
     assert generate(video, "--out", tmp_path, "--take", take, "--regenerate", "0.5,1") == 0         # repair
     repaired = sf.read(tmp_path / "rain_falling_001.wav", dtype="float32")[0]
     assert np.array_equal(repaired[:8000], kept[:8000]) and np.array_equal(repaired[16000:], kept[16000:])
+
+
+def test_a_negative_caption_that_has_no_weight_is_said_to_have_had_no_effect(video, tmp_path, capsys):
+    # at alpha 1 (the embedded model's) the unconditional branch, which carries it, weighs 0:
+    # the take is the same as without it, and only the metadata used to say so
+    assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--alpha", "1") == 0
+    assert ("note: --negative-caption had no effect: method conditional at alpha 1 gives it no weight"
+            in capsys.readouterr().err)
+    assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--alpha", "4.5") == 0
+    assert "--negative-caption" not in capsys.readouterr().err
