@@ -588,3 +588,19 @@ def test_a_recipe_starts_its_networks_from_the_same_weights_whatever_ran_before(
                                     torch.device("cpu"))
     first, again = first_weights
     assert all(torch.equal(first[name], again[name]) for name in first)
+
+
+def test_train_refuses_weights_it_could_not_write_before_any_work(tmp_path, capsys, monkeypatch):
+    # the packaged weights in a read-only install (here a kernel folder, which takes no file even
+    # for root): the refusal came after the whole training, about 53 minutes of it
+    from pathlib import Path
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded import model as embedded_model
+
+    monkeypatch.setattr(embedded_model, "WEIGHTS_PATH", Path("/proc/stepfoley_mini.safetensors"))
+    for out in ([], ["--out", "/proc/mine.safetensors"]):
+        assert main(["train", "embedded", "--work", str(tmp_path / "w"), "--device", "cpu", *out]) == 2
+        err = capsys.readouterr().err
+        assert "in a folder where no file can be made" in err and "give --out FILE" in err, err
+    assert not (tmp_path / "w").exists()

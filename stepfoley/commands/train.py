@@ -222,6 +222,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     --force), before hours of training and not after."""
     import os
 
+    from stepfoley.atomic import can_make_file_in
     from stepfoley.commands.runtime import check_input_file
     from stepfoley.engine.errors import InvalidInputError
 
@@ -234,11 +235,24 @@ def _check_folders(args: argparse.Namespace) -> None:
     if args.out is not None and os.path.lexists(args.out) and not args.force and not _is_default_out(args):
         raise InvalidInputError(f"--out '{args.out}' already exists; choose another file, or add --force to "
                                 "replace it.")
+    # the packaged weights by default: a read-only install refused them only after the training
+    target = args.out or (args.weights if args.what == "loudness" else _packaged_weights() if args.what == "embedded"
+                          else None)
+    folder = os.path.dirname(os.path.abspath(target)) if target else None
+    if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
+        raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
+                                "made (read-only, or another user's); give --out FILE in a folder you can write to.")
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
+
+
+def _packaged_weights() -> str:
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    return str(WEIGHTS_PATH)
 
 
 def _may_replace_out(args: argparse.Namespace) -> bool:
