@@ -246,6 +246,14 @@ def test_a_picture_region_and_a_loudness_curve_make_one_protocol_2_job(video, tm
     assert wavs(tmp_path) == ["shaped.wav"] and f"wrote {take}" in capsys.readouterr().out
 
 
+def test_the_metadata_file_holds_the_loudness_curve_itself(video, tmp_path):
+    # a reply's datagram has room only for "3 points"; the command's own file can reproduce the curve
+    assert generate(video, "--out", tmp_path / "shaped.wav", "--loudness-curve", "0:-40,1:-20,2:-30",
+                    "--metadata", tmp_path / "shaped.json") == 0
+    (stem,) = json.loads((tmp_path / "shaped.json").read_text())["stems"]
+    assert stem["metadata"]["loudness_curve"] == [[0.0, -40.0], [1.0, -20.0], [2.0, -30.0]]
+
+
 def test_a_take_is_kept_at_its_own_rate_unless_told_otherwise(video, tmp_path, capsys):
     """The model makes 16 kHz audio; a 48 kHz take stays a 48 kHz take, its kept part bit for bit."""
     take = tmp_path / "take48.wav"

@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=float, default=None,
                        help=f"{field_rule(name)} (default: the model's)" if name in ("alpha", "beta")
                        else field_rule(name))
-    p.add_argument("--seed", type=int, default=0, help=field_rule("seed"))
+    p.add_argument("--seed", type=int, default=0,
+                   help=field_rule("seed") + "; default 0, so the same command makes the same take again: give "
+                   "another seed for another take")
     p.add_argument("--variations", type=int, default=1, metavar="N",
                    help=field_rule("variations") + "; --out must then be a folder")
     p.add_argument("--steps", type=int, default=None, help=f"{field_rule('steps')} (default: the model's)")
@@ -348,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
     if "ranking" in result and len(stems) > 1:
         print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     if args.metadata is not None:
+        if request.loudness_curve is not None:  # a reply's datagram holds only a count; this file has room
+            stems = [(path, {**meta, "loudness_curve": [list(point) for point in request.loudness_curve]})
+                     for path, meta in stems]
         return _write_metadata(args.metadata, stems, result.get("ranking"), args.force)
     return 0
 
