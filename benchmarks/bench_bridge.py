@@ -119,7 +119,7 @@ def pings_under_flood(limited: bool, pings: int) -> tuple[int, float, int]:
     """(pings answered, the flood's rate in datagrams a second, datagrams dropped as flood)."""
     with EngineServer(TimedRunner(), ServerConfig(port=0)).start() as srv:
         if not limited:
-            srv.flood_rate = float("inf")
+            srv.flood_rate = srv.flood_busy_s = float("inf")
         seconds = 1.0 + pings * 0.5 + 0.5  # a second to build the backlog, at most 0.5 s a ping
         flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(srv.address[1]), str(seconds)],
                                    stdout=subprocess.PIPE, text=True)

@@ -33,7 +33,11 @@ class LogBudget(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         # one record, one line: a client's text (a path with a newline) cannot forge another
-        text = printable(record.getMessage(), MAX_RECORD_CHARS).translate(_CONTROL_ESCAPES)
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format: logged as given, never raised
+            message = f"{record.msg!s} {record.args!r}"
+        text = printable(message, MAX_RECORD_CHARS).translate(_CONTROL_ESCAPES)
         if record.exc_info:  # its end, as shown: the frame that failed and the error itself
             trace = logging.Formatter().formatException(record.exc_info)
             # every line indented under the record: a client's newline inside the error's message

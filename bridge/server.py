@@ -323,7 +323,7 @@ class EngineServer:
             self.jobs.replies_sent()
         if flooder and now - self._flood_logged_at >= FLOOD_LOG_INTERVAL_S:
             self._flood_logged_at = now
-            log.warning("%s:%d sends more than the engine can answer; what it sends over %d a second, or over "
+            log.warning("%s:%d sends more than the engine can answer; what it sends over %g a second, or over "
                         "%g s of the engine's time a second, is dropped while this lasts",
                         *flooder, self.flood_rate, self.flood_busy_s)
 

@@ -210,6 +210,14 @@ def test_the_log_budget_holds_back_and_then_says_how_much():
     assert "\\ud800" in records[0].msg and records[0].msg.encode("utf-8")
 
 
+def test_a_record_whose_arguments_do_not_fit_its_format_is_logged_not_raised():
+    # the flood warning once formatted an infinite rate with %d: the OverflowError, raised in
+    # this filter, ended the engine's dispatch thread
+    log = logging.getLogger("test.budget")
+    record = log.makeRecord(log.name, logging.WARNING, __file__, 1, "over %d a second", (float("inf"),), None)
+    assert logs.LogBudget().filter(record) and record.msg == "over %d a second (inf,)"
+
+
 # --- 5: limits stated by the request model and enforced before work ---------------------------
 
 @pytest.mark.parametrize("change, words", [
