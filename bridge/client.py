@@ -490,9 +490,10 @@ def send_request(
 ) -> tuple[int, dict]:
     """Send one request and follow it to the end, keeping `status_path` up to date.
     Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job, as
-    does Ctrl-C while it is followed. A status file that cannot be written before the request is sent ends it there (usage
-    error, bad_status_file); one that takes no write for STATUS_WRITE_GRACE_S later on
-    cancels the job (the same error, state cancelled). Returns (exit code, final status)."""
+    does Ctrl-C while it is followed. A status file that cannot be written before the request
+    is sent ends it there (usage error, bad_status_file); one that takes no write for
+    STATUS_WRITE_GRACE_S later on cancels the job (the same error, state cancelled). Returns
+    (exit code, final status)."""
     if cancel_path is None and status_path is not None:
         cancel_path = status_path + ".cancel"
     # Written before anything is sent, so a status file that cannot be written stops here and
