@@ -599,8 +599,9 @@ def test_train_refuses_weights_it_could_not_write_before_any_work(tmp_path, caps
     from stepfoley.engine.embedded import model as embedded_model
 
     monkeypatch.setattr(embedded_model, "WEIGHTS_PATH", Path("/proc/stepfoley_mini.safetensors"))
-    for out in ([], ["--out", "/proc/mine.safetensors"]):
-        assert main(["train", "embedded", "--work", str(tmp_path / "w"), "--device", "cpu", *out]) == 2
+    for what, out in ((["embedded"], []), (["embedded"], ["--out", "/proc/mine.safetensors"]),
+                      (["loudness"], [])):  # loudness: its --weights, the packaged ones when not given
+        assert main(["train", *what, "--work", str(tmp_path / "w"), "--device", "cpu", *out]) == 2
         err = capsys.readouterr().err
         assert "in a folder where no file can be made" in err and "give --out FILE" in err, err
     assert not (tmp_path / "w").exists()

@@ -236,8 +236,7 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"--out '{args.out}' already exists; choose another file, or add --force to "
                                 "replace it.")
     # the packaged weights by default: a read-only install refused them only after the training
-    target = args.out or (args.weights if args.what == "loudness" else _packaged_weights() if args.what == "embedded"
-                          else None)
+    target = args.out or _default_out(args)
     folder = os.path.dirname(os.path.abspath(target)) if target else None
     if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
         raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
@@ -249,29 +248,30 @@ def _check_folders(args: argparse.Namespace) -> None:
                                 "choose a folder, or a place where one can be made.") from None
 
 
-def _packaged_weights() -> str:
-    from stepfoley.engine.embedded.model import WEIGHTS_PATH
-
-    return str(WEIGHTS_PATH)
-
-
 def _may_replace_out(args: argparse.Namespace) -> bool:
     """Whether the weights may replace a file at --out when they are written: checked again
     then, since a file (another run's) may have appeared there during hours of training."""
     return args.out is None or args.force or _is_default_out(args)
 
 
-def _is_default_out(args: argparse.Namespace) -> bool:
-    """Whether --out names the file the command writes without it (the packaged weights, or
-    `train loudness`'s --weights): retraining in place is what that file is for."""
-    import os
-
+def _default_out(args: argparse.Namespace) -> str | None:
+    """The file the command writes without --out: the packaged weights, or `train loudness`'s
+    --weights (the packaged ones when not given); None for `train controlnet`, whose default
+    folder is made only when it writes."""
     if args.what == "controlnet":
-        return False
+        return None
     from stepfoley.engine.embedded.model import WEIGHTS_PATH
 
-    default = (args.weights if args.what == "loudness" else None) or WEIGHTS_PATH
-    return os.path.realpath(args.out) == os.path.realpath(default)
+    return str((args.weights if args.what == "loudness" else None) or WEIGHTS_PATH)
+
+
+def _is_default_out(args: argparse.Namespace) -> bool:
+    """Whether --out names the file the command writes without it: retraining in place is what
+    that file is for."""
+    import os
+
+    default = _default_out(args)
+    return default is not None and os.path.realpath(args.out) == os.path.realpath(default)
 
 
 def _summary(figures: dict) -> str:
