@@ -343,10 +343,10 @@ def run(args: argparse.Namespace) -> int:
         if meta.get("kept_untouched") is False:
             print(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
                   f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", file=sys.stderr)
-    if stems[0][1].get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
-        print(f"note: --negative-caption had no effect: method {stems[0][1]['method_used']} at alpha "
-              f"{stems[0][1]['alpha']:g} gives it no weight (it is heard with --method negative_prompt, or at "
-              "--alpha above 1)", file=sys.stderr)
+    first = stems[0][1]
+    if first.get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
+        print(f"note: --negative-caption had no effect: method {first['method_used']} at alpha {first['alpha']:g} "
+              "gives it no weight (it is heard with --method negative_prompt, or at --alpha above 1)", file=sys.stderr)
     if "ranking" in result and len(stems) > 1:
         print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     if args.metadata is not None:
