@@ -682,7 +682,9 @@ def test_a_job_held_for_its_batch_is_let_go_by_a_stop(tmp_path):
     # json.loads keeps the last of two equal keys: the first output_dir would be silently dropped
     (lambda good: good[:-1] + ', "output_dir": "/elsewhere"}', "the field 'output_dir' is given twice"),
     (lambda good: good.replace('"seed": 1', '"seed": ' + "9" * 5000), "a number has more than 4000 digits"),
-], ids=["a field twice", "a number of 5000 digits"])
+    # a lone surrogate in the name comes back escaped: the reply cannot fail to encode
+    (lambda good: good[:-1] + ', "\\ud800": 1, "\\ud800": 2}', "the field '\\ud800' is given twice"),
+], ids=["a field twice", "a number of 5000 digits", "a lone surrogate twice"])
 def test_a_request_that_does_not_say_one_thing_is_refused_with_the_reason(peer, tmp_path, text, said):
     good = json.dumps(make_request(tmp_path))
     peer.send(protocol.GENERATE, peer.port, "twice", "", text(good))
