@@ -1,18 +1,21 @@
-"""Sampler speed on the full small_16k network (random weights, CPU), side by side in one run.
+"""Sampler speed on the full small_16k network (random weights), side by side in one run.
 
 (a) our CFG sampling (both branches in one batched forward per step, sharing the audio input
     projection of x) vs an MMAudio-style loop (two separate forwards per step, conditions
     cached): ratio, target <= 0.85;
 (b) our NAG step (three branches in one forward + a 4-block ControlNet) vs our CFG step:
     ratio, target <= 1.45;
-(c) peak resident memory of the process.
+(c) peak resident memory of the process (and on a GPU, the peak of its allocated memory).
 
 Both sides run under torch.inference_mode (as MMAudio's `generate` does); measurements are
 interleaved (A, B, A, B, ...) after a warm-up so that load from other processes hits both alike,
 and the median is reported. `--precision bf16` runs both sides under bf16 autocast (MMAudio's own
-default precision; fast on CPUs with native bf16).
+default precision; fast on CPUs with native bf16). On a GPU every timing waits for the
+device to finish (torch.cuda.synchronize), and `--compile` compiles the base network's per-step
+path for both sides, what `stepfoley serve --compile` compiles (the warm-up pays for compiling).
 
     stepfoley bench sampler --steps 2 --repeats 5 --threads 1 [--precision bf16]
+    stepfoley bench sampler --device cuda --steps 25 --repeats 5 [--precision bf16] [--compile]
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import time
 import torch
 
 from stepfoley.engine.controlnet import AudioControlNet
-from stepfoley.engine.devices import autocast_context, check_threads
+from stepfoley.engine.devices import autocast_context, check_threads, choose_device
 from stepfoley.engine.guidance import BRANCHES, GUIDANCE_METHODS, GuidanceWeights, classifier_free_guidance
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.sampler import branch_conditions, euler_sample, guided_velocity, initial_noise, time_grid
@@ -43,25 +46,33 @@ def _repeat(x, groups: int):
     return torch.cat([x] * groups)
 
 
-def timed(fn) -> float:
+def _wait_for(device: torch.device) -> None:
+    # a GPU runs kernels asynchronously: the clock means nothing until the queue is empty
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device = torch.device("cpu")) -> float:
+    _wait_for(device)
     start = time.perf_counter()
     fn()
+    _wait_for(device)
     return time.perf_counter() - start
 
 
-def interleaved_times(candidates: dict, repeats: int) -> dict:
+def interleaved_times(candidates: dict, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
     """name -> list of seconds, measured A, B, C, A, B, C, ... after one warm-up call each."""
-    for fn in candidates.values():  # warm-up: allocator, oneDNN primitive caches, rope tables
+    for fn in candidates.values():  # warm-up: allocator, oneDNN primitive caches, rope tables, compilation
         fn()
     times = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
-            times[name].append(timed(fn))
+            times[name].append(timed(fn, device))
     return times
 
 
-def median_times(candidates: dict, repeats: int) -> dict:
-    return {k: statistics.median(v) for k, v in interleaved_times(candidates, repeats).items()}
+def median_times(candidates: dict, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
+    return {k: statistics.median(v) for k, v in interleaved_times(candidates, repeats, device).items()}
 
 
 def main(argv=None) -> None:
@@ -76,10 +87,16 @@ def main(argv=None) -> None:
                         help="torch threads; 1 by default because on a shared CPU a descheduled "
                              "worker thread stalls every parallel region and swamps the figures")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the networks (CUDA only, as in stepfoley serve --compile)")
     args = parser.parse_args(argv)
     for option in ("steps", "repeats", "batch", "controlnet_depth"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    device = choose_device(args.device)
+    if args.compile and device.type != "cuda":
+        parser.error("--compile runs on CUDA only (compiling on a CPU costs minutes for little gain)")
     torch.set_num_threads(check_threads(args.threads))
 
     torch.manual_seed(0)
@@ -89,21 +106,29 @@ def main(argv=None) -> None:
         net.latent_mean.zero_()
         net.latent_std.fill_(1.0)
     controlnet = AudioControlNet.from_base(net, depth=args.controlnet_depth).eval()
+    net.to(device)
+    controlnet.to(device)
+    if args.compile:
+        # what load_runtime_model compiles for `serve --compile`: the base network's per-step path
+        net.predict_flow = torch.compile(net.predict_flow)
     B, N, C = args.batch, config.latent_seq_len, config.latent_dim
     print(f"network: {config.describe()}, {sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters")
     print(f"ControlNet: depth {args.controlnet_depth}, "
           f"{sum(p.numel() for p in controlnet.parameters()) / 1e6:.1f} M parameters")
-    print(f"device: cpu, {args.precision}, torch {torch.__version__}, {torch.get_num_threads()} threads; batch {B}, "
-          f"{args.steps} Euler steps per sample (reduced from 25), {args.repeats} repeats after warm-up, median")
+    where = (f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+             else f"{device.type}, {torch.get_num_threads()} threads")
+    print(f"device: {where}, {args.precision}{', compiled' if args.compile else ''}, torch {torch.__version__}; "
+          f"batch {B}, {args.steps} Euler steps per sample{'' if args.steps == 25 else ' (25 in real use)'}, "
+          f"{args.repeats} repeats after warm-up, median")
 
-    with torch.inference_mode(), autocast_context("cpu", args.precision):
-        clip_f = torch.randn(1, config.clip_seq_len, config.clip_dim)
-        sync_f = torch.randn(1, config.sync_seq_len, config.sync_dim)
-        text_f = torch.randn(1, config.text_seq_len, config.text_dim)
+    with torch.inference_mode(), autocast_context(device, args.precision):
+        clip_f = torch.randn(1, config.clip_seq_len, config.clip_dim, device=device)
+        sync_f = torch.randn(1, config.sync_seq_len, config.sync_dim, device=device)
+        text_f = torch.randn(1, config.text_seq_len, config.text_dim, device=device)
         branches = branch_conditions(net, [b for b in BRANCHES if b != "negative"], clip_f, sync_f, text_f, N)
         conditions, empty = branches["cond"].expand(B), branches["uncond"].expand(B)
-        audio_latent = torch.randn(B, N, C)
-        x0 = initial_noise(list(range(B)), N, C)
+        audio_latent = torch.randn(B, N, C, device=device)
+        x0 = initial_noise(list(range(B)), N, C, device=device)
 
         weights = GuidanceWeights(alpha=4.5, beta=1.5)
         ours_cfg = guided_velocity(net, GUIDANCE_METHODS["independent"], weights, branches)
@@ -114,7 +139,7 @@ def main(argv=None) -> None:
         sample = lambda velocity: (lambda: euler_sample(velocity, x0, grid))  # noqa: E731
 
         runs = interleaved_times({"ours_cfg": sample(ours_cfg), "mmaudio_cfg": sample(theirs_cfg),
-                                  "ours_nag": sample(ours_nag)}, args.repeats)
+                                  "ours_nag": sample(ours_nag)}, args.repeats, device)
         medians = {k: statistics.median(v) for k, v in runs.items()}
         minima = {k: min(v) for k, v in runs.items()}
 
@@ -123,18 +148,18 @@ def main(argv=None) -> None:
         # nothing, i.e. a floor no NAG step that evaluates Eq. 9 exactly can go below.
         def shared_rows(groups: int):
             rows = _repeat(x0, groups)
-            t_rows = torch.full((groups * B,), 0.5)
+            t_rows = torch.full((groups * B,), 0.5, device=device)
             batched = conditions.cat(*[conditions] * (groups - 1))
             return lambda: net.predict_flow(rows, t_rows, batched,
                                             latent_embedding=_repeat(net.embed_latent(x0), groups))
-        t = torch.full((B,), 0.5)
+        t = torch.full((B,), 0.5, device=device)
         pieces = median_times({
             "base_forward_B_rows": lambda: net.predict_flow(x0, t, conditions),
             "audio_input_proj_B_rows": lambda: net.embed_latent(x0),
             "controlnet_B_rows": lambda: controlnet(x0, t, branches["audio"].expand(B), audio_latent, base=net),
             "shared_forward_2B_rows": shared_rows(2),
             "shared_forward_3B_rows": shared_rows(3),
-        }, args.repeats)
+        }, args.repeats, device)
 
     steps = args.steps
     cfg_step, ref_step, nag_step = (medians[k] / steps for k in ("ours_cfg", "mmaudio_cfg", "ours_nag"))
@@ -152,6 +177,8 @@ def main(argv=None) -> None:
           f"forward = {floor:.3f}")
     peak = peak_resident_mib()
     print("(c) peak resident memory: " + ("not measured on this system" if peak is None else f"{peak:.0f} MiB"))
+    if device.type == "cuda":
+        print(f"    peak GPU memory allocated: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
     sys.stdout.flush()
 
 
