@@ -48,6 +48,11 @@ def test_bench_variations_prints_the_ratio_and_finds_the_stems_equal(capsys):
     assert re.search(r"N=1: one job [\d.]+ s, 1 serial jobs [\d.]+ s, ratio [\d.]+x", out)
     assert re.search(r"N=3: one job [\d.]+ s, 3 serial jobs [\d.]+ s, ratio [\d.]+x; largest stem difference "
                      r"[\d.e+-]+ \(within 0.001\)", out)
+    # one take, in samples and in sound; two seeds are two takes
+    same, other = map(float, re.search(r"N=3: .*log-mel distance from the serial take ([\d.]+) dB "
+                                       r"\(two seeds' takes: ([\d.]+) dB\)", out).groups())
+    assert same <= 0.01 and other >= 1.0
+    assert re.search(r"N=1: .*log-mel distance from the serial take [\d.]+ dB; ranked by seed", out)
 
 
 def test_bench_variations_fails_when_the_stems_differ(capsys):
@@ -66,6 +71,8 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     (["variations", "--seconds", "0.5"], "--seconds must be from 1 to 600"),
     (["sampler", "--repeats", "0"], "--repeats must be at least 1"),
     (["sampler", "--threads", "0"], "thread count"),
+    (["sampler", "--compile"], "--compile runs on CUDA only"),  # the default device is the CPU
+    (["sampler", "--device", "nope"], "Unknown device"),
     (["features", "--seconds", "-1"], "--seconds must be from 1 to 600"),
     (["features", "--device", "nope"], "Unknown device"),
     (["bridge", "--pings", "0"], "--pings must be at least 1"),
