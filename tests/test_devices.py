@@ -150,11 +150,18 @@ def test_compile_on_the_cpu_runs_the_model_uncompiled():
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="--compile compiles only on CUDA (engine.devices.maybe_compile); this machine has no CUDA GPU")
-def test_compile_runs_the_real_model_on_a_gpu():
+def test_compile_runs_the_real_model_on_a_gpu(monkeypatch):
     """`stepfoley serve --compile` on a GPU: load_runtime_model(compile=True) puts torch.compile's
     wrapper in place of the network's predict_flow, and the compiled network computes the same
-    velocity as the plain one (within TF32/kernel differences)."""
+    velocity as the plain one. Both sides run in true fp32: PyTorch runs fp32 convolutions in
+    TF32 on a GPU by default (10-bit mantissa), where eager and compiled code may pick other
+    kernels and differ by far more than this tolerance. (On an H200 on 2026-12-04 the test
+    failed with TF32 left on; its message was not kept, so that this was the cause is a guess
+    not yet checked there. On this CPU the compiled velocity is within 3.1e-6 of the plain one.)"""
     from stepfoley.engine.service import load_runtime_model
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
     device = choose_device("auto")
     assert device.type == "cuda"
