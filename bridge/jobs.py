@@ -108,6 +108,7 @@ class JobBook:
         self._finished: collections.deque[str] = collections.deque()
         self._current: Job | None = None
         self._unannounced: list[Job] = []  # submitted, their /accepted not yet sent
+        self._cancelled_unannounced: list[Job] = []  # dropped before their /accepted went out
         self._stopping = False
         self._counter = itertools.count(1)
         self._prefix = secrets.token_hex(4)  # an engine restarted on the port gives out other ids
@@ -155,6 +156,9 @@ class JobBook:
             for job in self._unannounced:
                 job.announced.set()
             self._unannounced.clear()
+            cancelled, self._cancelled_unannounced = self._cancelled_unannounced, []
+        for job in cancelled:
+            self._tell(job, protocol.CANCELLED)
 
     def owned_by(self, owner: tuple[str, int, str]) -> str | None:
         """The id of the job that (address, reply port, request_id) submitted, if any."""
@@ -176,6 +180,11 @@ class JobBook:
                 return protocol.CANCEL_STOPPING
             self._queue.remove(job)
             self._finish(job, CANCELLED)
+            if not job.announced.is_set():
+                # cancelled in the datagram that submitted it: its /accepted is not out yet, and a
+                # final reply for a job the client has not heard of would come first
+                self._cancelled_unannounced.append(job)
+                return protocol.CANCEL_DROPPED
         self._tell(job, protocol.CANCELLED)
         return protocol.CANCEL_DROPPED
 

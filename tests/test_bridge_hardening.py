@@ -901,6 +901,28 @@ def test_a_cancel_waiting_behind_a_request_in_its_batch_is_read_before_the_job_r
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_a_request_cancelled_in_its_own_bundle_is_accepted_before_it_is_cancelled(tmp_path):
+    # A bundle of /generate and its /cancel by request_id, while another job runs: the client must
+    # hear of the job (/accepted) before its final reply. The queued job's /cancelled used to go
+    # out at once, while the bundle's own replies waited for the whole datagram, so it came first.
+    gate = threading.Event()
+    srv = EngineServer(SineRunner(before_step=lambda step: gate.wait(20.0)), ServerConfig(port=0))
+    p = RawPeer(srv.address[1])
+    generate = osc.encode(protocol.GENERATE, p.port, "job", "", json.dumps(make_request(tmp_path, steps=1)))
+    cancel = osc.encode(protocol.CANCEL, p.port, "job", "", "")
+    with srv.start():
+        p.generate(make_request(tmp_path, steps=1), "first")
+        p.receive_until({protocol.ACCEPTED}, timeout=20.0)
+        p.send_bytes(BUNDLE + element(generate) + element(cancel))
+        replies = p.receive_until({protocol.CANCELLED}, timeout=20.0)
+        gate.set()
+        replies += p.receive_until({protocol.DONE}, timeout=20.0)
+    kinds = [kind for kind, args in replies if args[0] == "job"]
+    assert kinds.index(protocol.ACCEPTED) < kinds.index(protocol.CANCELLED)
+    assert sorted(kinds) == sorted([protocol.ACCEPTED, protocol.CANCEL_REPLY, protocol.CANCELLED])
+    assert [args[2] for kind, args in replies if kind == protocol.CANCEL_REPLY] == [protocol.CANCEL_DROPPED]
+
+
 def test_without_a_backlog_a_sender_past_the_rate_loses_nothing():
     srv = EngineServer(SineRunner(), ServerConfig(port=0))
     srv.drain_batch, srv.flood_rate = 8, 5
