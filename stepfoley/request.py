@@ -706,7 +706,7 @@ def _check_output_dir(folder: str) -> None:
 
 def _check_input_file(path: str, name: str, max_bytes: int | None = None,
                       audio_of: GenerationRequest | None = None) -> None:
-    # A missing file is the job's error (bad_video, bad_audio), as when it vanishes later; a
+    # A missing file is the job's error (invalid_input, docs/osc-protocol.md), as when it vanishes later; a
     # pipe or a device would block or never end, and a giant file is refused before any work.
     try:
         info = os.stat(path)
