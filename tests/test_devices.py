@@ -148,6 +148,17 @@ def test_compile_on_the_cpu_runs_the_model_uncompiled():
     assert getattr(foley.net.predict_flow, "__func__", None) is type(foley.net).predict_flow  # no compiled wrapper
 
 
+@pytest.mark.parametrize("compile_asked", [True, False])
+def test_compile_off_cuda_is_said_not_silently_skipped(capsys, compile_asked):
+    from argparse import Namespace
+
+    from stepfoley.commands.runtime import check_runtime_arguments
+
+    check_runtime_arguments(Namespace(threads=None, device="cpu", weights=None, compile=compile_asked))
+    err = capsys.readouterr().err
+    assert ("--compile has no effect on cpu" in err) is compile_asked
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="--compile compiles only on CUDA (engine.devices.maybe_compile); this machine has no CUDA GPU")
 def test_compile_runs_the_real_model_on_a_gpu(monkeypatch):

@@ -5,6 +5,7 @@ where and how the networks run; and the check of a JSON file a command will writ
 from __future__ import annotations
 
 import argparse
+import sys
 
 # engine.devices.PRECISIONS and THREADS_PER_CORE, engine.features.cache.DEFAULT_MAX_DISK_GB and
 # MAX_DISK_GB, repeated so that `--help` needs no torch import.
@@ -30,12 +31,16 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
     from stepfoley.engine.weights import weights_folder
 
     check_threads(getattr(args, "threads", None))
-    choose_device(args.device)
+    device = choose_device(args.device)
     if getattr(args, "weights", None) is not None:
         try:
             weights_folder(args.weights)
         except CheckpointError as e:
             raise InvalidInputError(str(e)) from None
+    if getattr(args, "compile", False) and device.type != "cuda":
+        # accepted, so that one command line serves every machine, but never silently
+        print(f"note: --compile has no effect on {device.type}: the network is compiled on CUDA GPUs only",
+              file=sys.stderr)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on CUDA GPUs, fp32 elsewhere; bf16 is also much faster on CPUs with "
                         "native bf16 (AVX512-BF16 or AMX) at a slight change of the sound")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (CUDA only; the first job takes longer)")
+                   help="torch.compile the network (CUDA only; the first jobs of each batch size compile it "
+                        "again, for more than a minute: for a long-running engine)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the networks, 1 to "
                         f"{THREADS_PER_CORE}x the cores this process may use (default: every core but one, so a "
