@@ -24,11 +24,21 @@ SUBCOMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # what error() may point at
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
         # argparse takes "-1,2" for an option and says only that the value is missing
         if message.endswith("expected one argument"):
             message += (" (a value that starts with '-' reads as an option: join it with '=', e.g. "
                         "--regenerate=-1,2)")
+        # a list option (--existing a.wav b.wav) takes every word after it, the video and caption too
+        given = [option for action in self._actions if action.nargs in ("*", "+")
+                 for option in action.option_strings if option in getattr(self, "_words", ())]
+        if message.startswith("the following arguments are required") and given:
+            message += (f" ({given[0]} takes every word after it: give it after the caption, e.g. "
+                        f"VIDEO START END CAPTION {given[0]} a.wav b.wav)")
         super().error(message)
 
 

@@ -20,14 +20,41 @@ if TYPE_CHECKING:
     from stepfoley.engine.features.cache import FeatureCache
 
 
+def seconds(text: str) -> float:
+    """A time in the video file: seconds (12.5), or minutes:seconds (1:02.5) and
+    hours:minutes:seconds (0:01:02.5) as a DAW or a player shows it."""
+    import math
+
+    words = text.strip().split(":")
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: write seconds with a decimal point (1.5, not 1,5)")
+    if len(words) > 3 or any(not w.strip() for w in words):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)")
+    try:
+        parts = [float(w) for w in words]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)") from None
+    # only the seconds may have a fraction or reach 60; a minus sign only in front
+    if any(not math.isfinite(v) for v in parts) or any(v < 0 for v in parts[1:]) or (
+            len(parts) > 1 and (any(v != int(v) for v in parts[:-1]) or parts[-1] >= 60
+                                or any(v >= 60 for v in parts[1:-1]))):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)")
+    sign = -1.0 if words[0].strip().startswith("-") else 1.0
+    total = 0.0
+    for v in parts:
+        total = total * 60.0 + abs(v)
+    return sign * total
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from stepfoley.engine.guidance import public_methods
     from stepfoley.request import GUIDANCE_PARAMS, field_rule
 
     methods = public_methods()
     p.add_argument("video", help="the picture (mp4, mov, mkv, ...)")
-    p.add_argument("start", type=float, help="region start in the video file, seconds")
-    p.add_argument("end", type=float, help="region end in the video file, seconds")
+    p.add_argument("start", type=seconds, help="region start in the video file: seconds (12.5) or minutes:seconds (1:02.5)")
+    p.add_argument("end", type=seconds, help="region end in the video file, as start")
     p.add_argument("caption", help='the sound to make, e.g. "footsteps on gravel"')
     p.add_argument("--existing", nargs="*", default=[], metavar="WAV",
                    help="stems already made for this region (or one bounce of them); NAG steers away from them")
