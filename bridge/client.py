@@ -226,6 +226,7 @@ class RemoteJob:
         self._last_heard = now
         self._last_sign_of_life = now
         self._last_cancel_sent = -1.0
+        self._loading_heard: float | None = None  # when the engine last said it was still loading its model
         # Whatever goes wrong before the request is sent ends this job with a status (rejected),
         # so a DAW script polling the status file always sees an end, never a client that died.
         try:
@@ -272,6 +273,11 @@ class RemoteJob:
         """Ask the engine to cancel; the job ends in state "cancelled" (or "done" if it
         finished first). Before the engine accepted the request, the cancel waits for it."""
         self.cancel_wanted = True
+        if not self.accepted and self._loading_heard is not None and not self.finished:
+            # no job exists yet (each copy so far was refused): withdraw any copy still on its way
+            self._withdraw()
+            self._finish("cancelled", EXIT_CANCELLED)
+            return
         self._send_cancel()
 
     def poll(self, wait: float = 0.0) -> dict:
@@ -313,7 +319,13 @@ class RemoteJob:
     def _keep_alive(self) -> None:
         now = time.monotonic()
         if not self.accepted:
-            if now - self._first_sent > self.connect_timeout:
+            if self._loading_heard is not None and now - self._first_sent > self.timeout:
+                self._finish("error", EXIT_REJECTED, error=(
+                    "engine_loading", f"The engine was still loading its model after {self.timeout:g} s; wait "
+                                      "for it to say it is listening, then send again (or give a longer --timeout)."))
+                return
+            # an engine that says it is loading is there: it is given connect_timeout from its last word
+            if now - (self._loading_heard or self._first_sent) > self.connect_timeout:
                 self._withdraw()
                 raise EngineNotRunning(not_running_message(self._client.host, self._client.port))
             if now - self._last_sent >= RESEND_INTERVAL_S:
@@ -391,6 +403,11 @@ class RemoteJob:
         elif address == protocol.ERROR:
             if kind == "cancel":
                 return  # a cancel that came too late or twice changes nothing
+            if kind == "generate" and args[2] == "engine_loading" and not self.accepted:
+                # refused only for now ("send again shortly"): the request is resent until taken
+                self._loading_heard = time.monotonic()
+                self._update(phase="engine_loading")
+                return
             if kind == "result" and args[2] == "unknown_job":
                 self._finish("error", EXIT_FAILED, error=JOB_LOST)
                 return

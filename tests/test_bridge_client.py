@@ -131,6 +131,51 @@ def test_the_cancel_file_cancels_the_job(tmp_path):
     assert status["step"] < 200
 
 
+def test_send_waits_for_an_engine_still_loading_its_model(tmp_path):
+    # `stepfoley serve` listens before its model is loaded and refuses generation with
+    # engine_loading ("send again shortly"); send used to end there, exit 4, on a fresh engine.
+    from test_request import capabilities
+
+    phases = []
+    with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        loaded = threading.Timer(1.5, lambda: srv.attach(SineRunner(), model="test-sine", device="cpu",
+                                                         capabilities=capabilities()))
+        loaded.start()  # later than the client's connect timeout: the loading replies keep it waiting
+        try:
+            code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=20.0,
+                                           connect_timeout=0.5, on_update=lambda st: phases.append(st["phase"]))
+        finally:
+            loaded.cancel()
+    assert (code, status["state"]) == (bc.EXIT_DONE, "done")
+    assert "engine_loading" in phases
+
+
+def test_an_engine_loading_for_longer_than_the_timeout_ends_the_wait_in_words(tmp_path):
+    with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        began = time.monotonic()
+        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=1.0,
+                                       connect_timeout=0.5)
+    assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "engine_loading")
+    assert "still loading its model after 1 s" in status["error"]["message"]
+    assert time.monotonic() - began < 10.0
+
+
+def test_a_cancel_while_the_engine_loads_ends_at_once_and_withdraws_the_request(tmp_path):
+    from test_request import capabilities
+
+    with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        with bc.EngineClient(port=srv.address[1]) as c:
+            job = c.submit(make_request(tmp_path, steps=100), timeout=20.0, connect_timeout=0.5)
+            while job.status["phase"] != "engine_loading" and not job.finished:
+                job.poll(0.05)
+            assert not job.finished
+            job.cancel()
+            assert (job.status["state"], job.status["exit_code"]) == ("cancelled", bc.EXIT_CANCELLED)
+        srv.attach(SineRunner(), model="test-sine", device="cpu", capabilities=capabilities())
+        time.sleep(0.5)  # a copy still on its way would be a job now
+        assert srv.jobs.snapshot()["queue"] == [] and srv.jobs.snapshot()["current"] is None
+
+
 def test_cancel_before_acceptance_waits_for_the_job_id(tmp_path):
     with EngineServer(SineRunner(step_s=0.05), ServerConfig(port=0)).start() as srv:
         with bc.EngineClient(port=srv.address[1]) as c:
