@@ -320,9 +320,11 @@ class RemoteJob:
         now = time.monotonic()
         if not self.accepted:
             if self._loading_heard is not None and now - self._first_sent > self.timeout:
+                self._withdraw()  # the last copy may reach an engine that has just loaded
                 self._finish("error", EXIT_REJECTED, error=(
                     "engine_loading", f"The engine was still loading its model after {self.timeout:g} s; wait "
-                                      "for it to say it is listening, then send again (or give a longer --timeout)."))
+                                      "until it prints 'StepFoley engine ready', then send again (or give a "
+                                      "longer --timeout)."))
                 return
             # an engine that says it is loading is there: it is given connect_timeout from its last word
             if now - (self._loading_heard or self._first_sent) > self.connect_timeout:
@@ -385,7 +387,7 @@ class RemoteJob:
         if address == protocol.ACCEPTED:
             if not self.accepted:
                 self.accepted = True
-                self._update(job_id=args[1], queue_position=int(args[2]))
+                self._update(job_id=args[1], queue_position=int(args[2]), phase=self._phase_once_accepted())
                 if self.cancel_wanted:
                     self._send_cancel()
         elif address == protocol.PROGRESS:
@@ -403,10 +405,12 @@ class RemoteJob:
         elif address == protocol.ERROR:
             if kind == "cancel":
                 return  # a cancel that came too late or twice changes nothing
-            if kind == "generate" and args[2] == "engine_loading" and not self.accepted:
-                # refused only for now ("send again shortly"): the request is resent until taken
-                self._loading_heard = time.monotonic()
-                self._update(phase="engine_loading")
+            if kind == "generate" and args[2] == "engine_loading":
+                # refused only for now ("send again shortly"): the request is resent until taken; an
+                # answer to an earlier copy that arrives after /accepted says nothing
+                if not self.accepted:
+                    self._loading_heard = self._last_sign_of_life = time.monotonic()
+                    self._update(phase="engine_loading")
                 return
             if kind == "result" and args[2] == "unknown_job":
                 self._finish("error", EXIT_FAILED, error=JOB_LOST)
@@ -455,7 +459,10 @@ class RemoteJob:
         # the /accepted reply may have been lost while later replies arrived
         if not self.accepted and job_id:
             self.accepted = True
-            self._update(job_id=job_id)
+            self._update(job_id=job_id, phase=self._phase_once_accepted())
+
+    def _phase_once_accepted(self) -> str | None:
+        return None if self.status["phase"] == "engine_loading" else self.status["phase"]
 
     def _update(self, **changes: Any) -> None:
         if any(self.status.get(k) != v for k, v in changes.items()):

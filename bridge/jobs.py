@@ -153,12 +153,18 @@ class JobBook:
         """The server has sent the replies to everything submitted so far (their /accepted):
         the worker may now tell those jobs' clients about them."""
         with self._lock:
-            for job in self._unannounced:
-                job.announced.set()
-            self._unannounced.clear()
-            cancelled, self._cancelled_unannounced = self._cancelled_unannounced, []
+            cancelled = self._announce()
         for job in cancelled:
             self._tell(job, protocol.CANCELLED)
+
+    def _announce(self) -> list[Job]:
+        """Under the lock: every submitted job counts as announced; returns those cancelled before
+        their announcement, whose /cancelled is now due (sent outside the lock)."""
+        for job in self._unannounced:
+            job.announced.set()
+        self._unannounced.clear()
+        cancelled, self._cancelled_unannounced = self._cancelled_unannounced, []
+        return cancelled
 
     def owned_by(self, owner: tuple[str, int, str]) -> str | None:
         """The id of the job that (address, reply port, request_id) submitted, if any."""
@@ -213,7 +219,7 @@ class JobBook:
         """Refuse new jobs, fail the queued ones, stop the running one at its next step."""
         with self._lock:
             self._stopping = True
-            self.replies_sent()  # the worker may be holding one back: it stops at its first step
+            cancelled = self._announce()  # the worker may be holding one back: it stops at its first step
             dropped = list(self._queue)
             self._queue.clear()
             for job in dropped:
@@ -221,6 +227,8 @@ class JobBook:
                 self._finish(job, ERROR)
             # the running job sees is_cancelled() turn true through _stopping
             self._lock.notify_all()
+        for job in cancelled:
+            self._tell(job, protocol.CANCELLED)
         for job in dropped:
             self._tell(job, protocol.ERROR)
         if self._worker.is_alive() and threading.current_thread() is not self._worker:

@@ -134,46 +134,80 @@ def test_the_cancel_file_cancels_the_job(tmp_path):
 def test_send_waits_for_an_engine_still_loading_its_model(tmp_path):
     # `stepfoley serve` listens before its model is loaded and refuses generation with
     # engine_loading ("send again shortly"); send used to end there, exit 4, on a fresh engine.
+    # Meanwhile the status file keeps its heartbeat (a script takes a file that stops changing
+    # for a dead client).
     from test_request import capabilities
 
-    phases = []
+    loading_updates = []
     with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
-        loaded = threading.Timer(1.5, lambda: srv.attach(SineRunner(), model="test-sine", device="cpu",
+        loaded = threading.Timer(4.5, lambda: srv.attach(SineRunner(), model="test-sine", device="cpu",
                                                          capabilities=capabilities()))
         loaded.start()  # later than the client's connect timeout: the loading replies keep it waiting
         try:
-            code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=20.0,
-                                           connect_timeout=0.5, on_update=lambda st: phases.append(st["phase"]))
+            code, status = bc.send_request(
+                make_request(tmp_path), None, port=srv.address[1], timeout=30.0, connect_timeout=1.5,
+                on_update=lambda st: (st["phase"], st["job_id"]) == ("engine_loading", None)
+                and loading_updates.append(st["updated"]))
         finally:
             loaded.cancel()
     assert (code, status["state"]) == (bc.EXIT_DONE, "done")
-    assert "engine_loading" in phases
+    assert len(loading_updates) >= 2 and loading_updates == sorted(set(loading_updates))  # every 2 s
+    assert status["phase"] != "engine_loading"
 
 
 def test_an_engine_loading_for_longer_than_the_timeout_ends_the_wait_in_words(tmp_path):
     with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
         began = time.monotonic()
-        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=1.0,
-                                       connect_timeout=0.5)
+        code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=2.0,
+                                       connect_timeout=1.5)
     assert (code, status["error"]["code"]) == (bc.EXIT_REJECTED, "engine_loading")
-    assert "still loading its model after 1 s" in status["error"]["message"]
-    assert time.monotonic() - began < 10.0
+    assert "still loading its model after 2 s; wait until it prints 'StepFoley engine ready'" in \
+        status["error"]["message"]
+    assert time.monotonic() - began < 15.0
 
 
-def test_a_cancel_while_the_engine_loads_ends_at_once_and_withdraws_the_request(tmp_path):
+def test_a_cancel_while_the_engine_loads_withdraws_the_copy_it_reads_once_loaded(tmp_path):
+    # The model finishes loading while a copy of the request waits unread in the engine's socket:
+    # that copy becomes a job, which the client's withdrawal, read after it, must cancel before
+    # it writes a stem nobody collects.
     from test_request import capabilities
 
+    stalled, release, copies = threading.Event(), threading.Event(), []
     with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        handle = srv.dispatcher.handle_datagram
+
+        def held_once_loading_was_said(data, sender):
+            if data.startswith(protocol.GENERATE.encode()):
+                copies.append(data)
+                if len(copies) == 2:  # the first was answered engine_loading
+                    stalled.set()
+                    release.wait(10.0)
+            return handle(data, sender)
+
+        srv.dispatcher.handle_datagram = held_once_loading_was_said
         with bc.EngineClient(port=srv.address[1]) as c:
-            job = c.submit(make_request(tmp_path, steps=100), timeout=20.0, connect_timeout=0.5)
-            while job.status["phase"] != "engine_loading" and not job.finished:
+            job = c.submit(make_request(tmp_path, steps=100), timeout=20.0, connect_timeout=5.0)
+            while not stalled.is_set() and not job.finished:
                 job.poll(0.05)
-            assert not job.finished
             job.cancel()
             assert (job.status["state"], job.status["exit_code"]) == ("cancelled", bc.EXIT_CANCELLED)
-        srv.attach(SineRunner(), model="test-sine", device="cpu", capabilities=capabilities())
-        time.sleep(0.5)  # a copy still on its way would be a job now
-        assert srv.jobs.snapshot()["queue"] == [] and srv.jobs.snapshot()["current"] is None
+        srv.attach(SineRunner(step_s=0.05), model="test-sine", device="cpu", capabilities=capabilities())
+        release.set()
+        deadline = time.monotonic() + 20.0
+        while srv.jobs.snapshot()["jobs_finished"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.jobs.snapshot()["jobs_finished"] == 1  # the held copy did become a job
+    assert list((tmp_path / "out").iterdir()) == []  # ... and it was cancelled before its stem
+
+
+def test_an_engine_loading_answer_to_an_old_copy_does_not_end_an_accepted_job(server, tmp_path):
+    with bc.EngineClient(port=server.address[1]) as c:
+        job = c.submit(make_request(tmp_path, steps=5))
+        while not job.accepted:
+            job.poll(0.05)
+        job._on_reply(protocol.ERROR, [job.request_id, "", "engine_loading", "still loading"], "generate")
+        assert not job.finished
+        assert job.wait()["state"] == "done"
 
 
 def test_cancel_before_acceptance_waits_for_the_job_id(tmp_path):

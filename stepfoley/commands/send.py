@@ -152,7 +152,7 @@ def _send(args, client) -> int:
     def show(status: dict) -> None:
         if not args.quiet and status["exit_code"] is None:
             phase = f" {status['phase']}" if status.get("phase") else ""
-            step = f"{phase} {status['step']}/{status['total']}" if status["state"] == "running" else ""
+            step = f"{phase} {status['step']}/{status['total']}" if status["state"] == "running" else phase
             try:
                 print(f"{status['state']}{step}", file=sys.stderr, flush=True)
             except (OSError, ValueError):  # nobody reads stderr any more: the status file still tells
