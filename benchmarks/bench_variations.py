@@ -4,13 +4,16 @@
 For each N of --counts: a second layer over a first one (NAG, as in real use), made once as one
 protocol-2 job with `variations` N and once as N protocol-1 jobs with the seeds seed .. seed+N-1.
 The picture features are cached before the clock starts, so both sides time sampling, decoding,
-finishing, ranking and writing. Printed: both times, their ratio (serial / batched: on a GPU the
-batch should come close to N x; on a CPU it gains little), and the largest difference between a
-batched stem and the serial stem of its seed (32-bit float files), which must stay within
---tolerance (exit 1 otherwise). Where that is exceeded (bf16, where a batch's rounding is not a
-lone job's, or a GPU, whose kernels change with the batch size), whether the two are still one
-take is what the log-mel distance says: batched against serial stem of each seed, beside serial
-stems of two seeds (the distance between two takes).
+finishing, ranking and writing. Printed: both times, their ratio (serial / batched: batching the
+sampling is close to free on a GPU, so the ratio grows with N there, short of N by the work done
+per stem; on a CPU it gains little), the largest difference between a batched stem and the serial
+stem of its seed (32-bit float files), and their log-mel distance beside that of two seeds'
+serial stems (the distance between two takes).
+
+Each row must pass (exit 1 otherwise). In fp32 on a CPU, and for N = 1 anywhere, the stems must
+be equal within --tolerance. In bf16, or on a GPU, whose kernels change with the batch size, a
+batch does not round as a lone job does and 25 guided steps carry that on, so the stems differ
+by far more; there they must still be one take: a log-mel distance under a tenth of two seeds'.
 
     stepfoley bench variations [--counts 1,4,8] [--steps 25] [--seconds 8] [--model tiny-random]
 """
@@ -49,6 +52,9 @@ def spectral_distances(batched: dict, serial: dict) -> tuple[float, float | None
     return float(np.mean(same)), (float(np.mean(other)) if other else None)
 
 
+SAME_TAKE_FRACTION = 0.1  # of two seeds' log-mel distance: under it, a batched stem is its seed's take
+
+
 def _counts(text: str) -> list[int]:
     counts = [int(c) for c in text.split(",") if c.strip()]
     if not counts or any(not 1 <= c <= 8 for c in counts) or len(set(counts)) != len(counts):
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
     if not 0 <= args.seed <= MAX_SEED - 8:
         parser.error(f"--seed must be from 0 to {MAX_SEED - 8}")
 
-    from stepfoley.engine.devices import share_cpu
+    from stepfoley.engine.devices import resolve_precision, share_cpu
     from stepfoley.engine.features.cache import FeatureCache
     from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.engine.service import FoleyService, load_runtime_model
@@ -87,7 +93,9 @@ def main(argv=None) -> int:
     cpu = share_cpu(args.threads)
     model = load_runtime_model(args.weights, args.model, args.device, args.precision)
     service = FoleyService(model, feature_cache=FeatureCache())
-    worst = 0.0
+    precision = resolve_precision(model.device, model.precision)
+    exact = model.device.type == "cpu" and precision == "fp32"  # where a batch rounds as a lone job does
+    failed = []
     with tempfile.TemporaryDirectory(prefix="stepfoley-bench-variations-") as tmp:
         folder = Path(tmp)
         video = write_scene(make_scene(30_000_001, duration=args.seconds + 1.0), folder / "scene")["video"]
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
         warm.mkdir()
         job("rain falling", args.seed, warm, **layer)  # the second layer's path (NAG, ControlNet) before the clock
         print(f"model {model.model_id} on {model.device}, {args.seconds:g} s region, {args.steps} steps, "
-              f"second layer (method {model.defaults.method}), {cpu['threads']} of {cpu['cores']} cores")
+              f"second layer (method {model.defaults.method}), {precision}, {cpu['threads']} of {cpu['cores']} cores")
         for n in args.counts:
             out_batched, out_serial = folder / f"batched{n}", folder / f"serial{n}"
             out_batched.mkdir()
@@ -118,15 +126,25 @@ def main(argv=None) -> int:
             serial_s = time.perf_counter() - start
             by_seed = {s["metadata"]["seed"]: s["stem_path"] for s in batched["stems"]}
             diff = max(float(np.abs(sf.read(by_seed[seed])[0] - sf.read(path)[0]).max()) for seed, path in serial.items())
-            worst = max(worst, diff)
             same, other = spectral_distances(by_seed, serial)
+            if exact or n == 1 or other is None:
+                passed = diff <= args.tolerance
+                verdict = f"{'within' if passed else 'BEYOND'} {args.tolerance:g}"
+            else:
+                passed = same < SAME_TAKE_FRACTION * other
+                verdict = f"{'the same take' if passed else 'NOT the same take'} by log-mel distance"
+            if not passed:
+                failed.append(n)
             print(f"N={n}: one job {batched_s:.2f} s, {n} serial jobs {serial_s:.2f} s, "
-                  f"ratio {serial_s / batched_s:.2f}x; largest stem difference {diff:.2e} "
-                  f"({'within' if diff <= args.tolerance else 'BEYOND'} {args.tolerance:g}); "
+                  f"ratio {serial_s / batched_s:.2f}x; largest stem difference {diff:.2e}; "
                   f"log-mel distance from the serial take {same:.2f} dB"
                   + ("" if other is None else f" (two seeds' takes: {other:.2f} dB)")
-                  + f"; ranked by {batched['ranking']['ranked_by']}")
-    if worst > args.tolerance:
-        print(f"batched stems differ from serial ones by {worst:.2e}, more than {args.tolerance:g}", file=sys.stderr)
+                  + f" ({verdict}); ranked by {batched['ranking']['ranked_by']}")
+    if failed:
+        rule = (f"stems equal within {args.tolerance:g}" if exact else
+                f"stems equal within {args.tolerance:g} for N = 1, else a log-mel distance from the serial take "
+                f"under {SAME_TAKE_FRACTION:g} of two seeds'")
+        print(f"batched stems are not their seeds' own takes for N = {', '.join(map(str, failed))} ({rule})",
+              file=sys.stderr)
         return 1
     return 0

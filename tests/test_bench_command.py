@@ -44,15 +44,32 @@ def test_bench_variations_prints_the_ratio_and_finds_the_stems_equal(capsys):
     assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "1,3",
                  "--steps", "1", "--seconds", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "second layer (method nag), 1 of " in out  # the thread count it ran with
+    assert "second layer (method nag), fp32, 1 of " in out  # the thread count it ran with
     assert re.search(r"N=1: one job [\d.]+ s, 1 serial jobs [\d.]+ s, ratio [\d.]+x", out)
     assert re.search(r"N=3: one job [\d.]+ s, 3 serial jobs [\d.]+ s, ratio [\d.]+x; largest stem difference "
-                     r"[\d.e+-]+ \(within 0.001\)", out)
+                     r"[\d.e+-]+; .*\(within 0.001\)", out)
     # one take, in samples and in sound; two seeds are two takes
     same, other = map(float, re.search(r"N=3: .*log-mel distance from the serial take ([\d.]+) dB "
                                        r"\(two seeds' takes: ([\d.]+) dB\)", out).groups())
     assert same <= 0.01 and other >= 1.0
-    assert re.search(r"N=1: .*log-mel distance from the serial take [\d.]+ dB; ranked by seed", out)
+    assert re.search(r"N=1: .*log-mel distance from the serial take [\d.]+ dB \(within 0.001\); ranked by seed", out)
+
+
+def test_bench_variations_in_bf16_judges_one_take_by_its_sound(capsys, monkeypatch):
+    # bf16: a batch rounds otherwise than a lone job, so the samples differ far beyond 1e-3 (0.31 for
+    # the embedded model at 25 steps); the take must still be the same by its log-mel distance
+    from stepfoley.bench import bench_variations
+
+    argv = ["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--precision", "bf16",
+            "--counts", "2", "--steps", "2", "--seconds", "1", "--threads", "1"]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert ", bf16, 1 of " in out
+    assert code == 0 and re.search(r"N=2: .*two seeds' takes: [\d.]+ dB\) \(the same take by log-mel distance\)",
+                                   out), out
+    monkeypatch.setattr(bench_variations, "SAME_TAKE_FRACTION", 0.0)  # no distance is under none: it fails
+    assert main(argv) == 1
+    assert "(NOT the same take by log-mel distance)" in capsys.readouterr().out
 
 
 def test_bench_variations_fails_when_the_stems_differ(capsys):
