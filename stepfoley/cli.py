@@ -28,17 +28,33 @@ class _Parser(argparse.ArgumentParser):
         self._words = list(sys.argv[1:] if args is None else args)  # what error() may point at
         return super().parse_known_args(args, namespace)
 
+    def _swallowed_hint(self, missing: int) -> str:
+        """A list option (--existing a.wav b.wav) takes every word after it: given before the
+        positional arguments, it takes them too. Said when one took at least as many words as
+        are missing (an abbreviation counts; argparse takes those)."""
+        words = getattr(self, "_words", [])
+        for action in self._actions:
+            if action.nargs not in ("*", "+"):
+                continue
+            for i, word in enumerate(words):
+                if len(word) > 2 and any(option.startswith(word.split("=")[0]) for option in action.option_strings):
+                    taken = 0
+                    while i + 1 + taken < len(words) and not words[i + 1 + taken].startswith("-"):
+                        taken += 1
+                    if taken >= missing:
+                        option = action.option_strings[-1]
+                        positionals = " ".join(a.dest.upper() for a in self._actions if not a.option_strings)
+                        return (f" (if those were given after {option}, it took them as its own: it takes every "
+                                f"word after it, so give it after them, e.g. {positionals} {option} …)")
+        return ""
+
     def error(self, message: str):
         # argparse takes "-1,2" for an option and says only that the value is missing
         if message.endswith("expected one argument"):
             message += (" (a value that starts with '-' reads as an option: join it with '=', e.g. "
                         "--regenerate=-1,2)")
-        # a list option (--existing a.wav b.wav) takes every word after it, the video and caption too
-        given = [option for action in self._actions if action.nargs in ("*", "+")
-                 for option in action.option_strings if option in getattr(self, "_words", ())]
-        if message.startswith("the following arguments are required") and given:
-            message += (f" ({given[0]} takes every word after it: give it after the caption, e.g. "
-                        f"VIDEO START END CAPTION {given[0]} a.wav b.wav)")
+        if message.startswith("the following arguments are required"):
+            message += self._swallowed_hint(len(message.split(":", 1)[1].split(",")))
         super().error(message)
 
 

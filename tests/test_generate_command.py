@@ -193,11 +193,17 @@ def test_a_list_option_before_the_video_is_said_to_take_every_word(video, tmp_pa
         main(["generate", "--existing", "a.wav", "b.wav", str(video), "0", "2", "rain"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert ("the following arguments are required: video, start, end, caption (--existing takes every word after "
-            "it: give it after the caption, e.g. VIDEO START END CAPTION --existing a.wav b.wav)") in err
-    with pytest.raises(SystemExit):  # a caption simply missing gets no such hint
-        main(["generate", str(video), "0", "2"])
-    assert "takes every word" not in capsys.readouterr().err
+    assert ("the following arguments are required: video, start, end, caption (if those were given after "
+            "--existing, it took them as its own: it takes every word after it, so give it after them, e.g. "
+            "VIDEO START END CAPTION --existing …)") in err
+    for argv in (["generate", str(video), "0", "2"],  # a caption simply missing gets no such hint
+                 ["generate", "--existing", "a.wav", str(video), "0"]):  # nor do too few words after it
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "takes every word" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse takes an abbreviation: so does the hint
+        main(["generate", "--exist", "a.wav", str(video), "0", "2", "rain"])
+    assert "given after --existing" in capsys.readouterr().err
 
 
 def test_a_region_given_in_minutes_and_seconds_makes_its_take(video, tmp_path):
