@@ -38,6 +38,9 @@ EXIT_TIMED_OUT = 7
 DEFAULT_TIMEOUT_S = 120.0  # no sign of life from the engine for this long = timed out
 CONNECT_TIMEOUT_S = 3.0  # no answer to a request for this long = engine not running
 RESEND_INTERVAL_S = 0.25
+# the status file's phase while an engine still loading its model refuses the request (the
+# engine's own error code for it): the client sends it again until it is taken
+LOADING_PHASE = "engine_loading"
 QUIET_POLL_S = 1.0
 # A status file may refuse a write for a moment (a reader holding it on Windows); one that
 # refuses for this long has gone for good, and nobody can follow the job any more.
@@ -405,12 +408,12 @@ class RemoteJob:
         elif address == protocol.ERROR:
             if kind == "cancel":
                 return  # a cancel that came too late or twice changes nothing
-            if kind == "generate" and args[2] == "engine_loading":
+            if kind == "generate" and args[2] == LOADING_PHASE:
                 # refused only for now ("send again shortly"): the request is resent until taken; an
                 # answer to an earlier copy that arrives after /accepted says nothing
                 if not self.accepted:
                     self._loading_heard = self._last_sign_of_life = time.monotonic()
-                    self._update(phase="engine_loading")
+                    self._update(phase=LOADING_PHASE)
                 return
             if kind == "result" and args[2] == "unknown_job":
                 self._finish("error", EXIT_FAILED, error=JOB_LOST)
@@ -462,7 +465,7 @@ class RemoteJob:
             self._update(job_id=job_id, phase=self._phase_once_accepted())
 
     def _phase_once_accepted(self) -> str | None:
-        return None if self.status["phase"] == "engine_loading" else self.status["phase"]
+        return None if self.status["phase"] == LOADING_PHASE else self.status["phase"]
 
     def _update(self, **changes: Any) -> None:
         if any(self.status.get(k) != v for k, v in changes.items()):

@@ -1,10 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.16
+-- @version 0.5.17
 -- @changelog
---   A new layer never goes inside a muted folder, at any depth: with old layers archived in a muted folder whose last track was not a layer, or in a folder inside a muted one, it went in there, unheard, and never counted as a negative.
---   Replace this layer: a take made to sound like a reference no longer carries that reference's pull over as the weight of the layers it negates.
---   Make selected item sound like this: the lock is checked on the item that gets the new take, the one chosen when two StepFoley items are selected.
+--   While the engine is still loading its model, a generation waits for it (the progress window says so) instead of failing at once; this needs the StepFoley client of the same release.
+--   An engine check that gets no answer in time no longer leaves its query file behind in the queries folder.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -43,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.16", SF.mixed_versions and SF.mixed_versions("this action", "0.5.16")
-  or "StepFoley_lib.lua is older than this action (0.5.16). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.17", SF.mixed_versions and SF.mixed_versions("this action", "0.5.17")
+  or "StepFoley_lib.lua is older than this action (0.5.17). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

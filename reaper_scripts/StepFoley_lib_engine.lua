@@ -6,7 +6,7 @@ status files from reaper.defer. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.16"
+local VERSION = "0.5.17"
 
 return function(M)
 
@@ -309,7 +309,8 @@ end
 -- What the engine is doing, in words. Newer engines send `phase` ("features", "sampling",
 -- ...) with step/total counting within it; older ones send no phase and count sampling steps.
 M.PHASE_WORDS = { queued = "waiting for the engine", features = "reading the picture",
-  sampling = "generating", decoding = "decoding the audio" }
+  sampling = "generating", decoding = "decoding the audio",
+  engine_loading = "waiting for the engine to load its model" }
 
 -- One line for a status, and the fraction done of the current phase (nil when unknown).
 function M.describe_progress(status)
@@ -459,6 +460,7 @@ function M.query_engine(settings, prefix, on_done)
       return on_done(engine_info(status))
     end
     if now - started > settings.start_timeout_s then
+      os.remove(path) -- this query's own file, if the client got as far as writing it
       if window then window:close() end
       return on_done({ ok = false, client_ok = false, state = "no_client",
         message = M.diagnose_client(prefix, settings.start_timeout_s) })

@@ -358,6 +358,23 @@ def test_client_that_never_starts(world):
     assert new_tracks(result) == [] and result["dialogs"] == [] and result["renders"] == []
 
 
+def test_an_engine_query_given_up_on_leaves_no_file_behind(world):
+    # a client that writes a first status and is heard of no more: the query times out, and
+    # its status file (engine-*.json) used to stay in the queries folder for ever
+    record = world["tmp"] / "queries.txt"
+    _, result = run_with_client(world, "stepfoley", (
+        'while [ $# -gt 0 ]; do\n'
+        f'  if [ "$1" = "--status" ]; then echo "$2" >> "{record}"; '
+        "echo '{\"state\": \"queued\", \"exit_code\": null}' > \"$2\"; fi\n"
+        '  shift\n'
+        'done\n'
+        'exit 0\n'))
+    [msg] = result["messages"]
+    assert "did not start" in msg["message"]
+    queries = record.read_text().splitlines()
+    assert queries and all(Path(q).name.startswith("engine-") and not Path(q).exists() for q in queries)
+
+
 def test_a_client_that_fails_shows_its_own_error_before_any_bounce(world):
     # a Python without StepFoley: ExecProcess(-2) shows nothing, so its error must be fetched
     broken, result = run_with_client(world, "python3", "echo 'No module named stepfoley' >&2\nexit 1\n")
@@ -1339,9 +1356,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.16)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.17)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.16."),
+                                 "older version, StepFoley_lib.lua is 0.5.17."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -291,6 +291,8 @@ def test_fake_windows_splitter_follows_microsoft(line, argv):
     ({"state": "running", "phase": "warming up", "step": 1, "total": 2}, "warming up: 1 of 2", 0.5),
     ({"state": "running", "step": 7, "total": 25}, "step 7 of 25", 7 / 25),  # an engine without phases
     ({"state": "queued", "step": 0, "total": 0}, "queued", None),
+    ({"state": "queued", "phase": "engine_loading", "step": 0, "total": 0},  # send waits for the model
+     "waiting for the engine to load its model", None),
 ])
 def test_describe_progress(status, words, fraction):
     out = lua("local w, f = SF.describe_progress(SF.json_decode(io.read('a'))); io.write(SF.json_encode({w, f or -1}))",
@@ -578,7 +580,8 @@ def test_the_library_and_the_engine_agree_on_port_phases_and_exit_codes():
     port, phases = json.loads(lua("local w = {}; for k in pairs(SF.PHASE_WORDS) do w[#w + 1] = k end; "
                                   "table.sort(w); io.write(SF.json_encode({SF.DEFAULT_SETTINGS.port, w}))"))
     assert port == protocol.DEFAULT_PORT
-    assert set(phases) - {"queued"} <= set(protocol.PHASES)  # "queued" is the job's state before a phase
+    # "queued" is the job's state before a phase; the client's own phase while the model loads
+    assert client.LOADING_PHASE in phases and set(phases) - {"queued"} <= set(protocol.PHASES) | {client.LOADING_PHASE}
     engine_lua = (h.SCRIPTS / "StepFoley_lib_engine.lua").read_text(encoding="utf-8")
     codes = {int(c) for c in re.findall(r"exit_code == (\d+)", engine_lua)}
     assert codes == {client.EXIT_NOT_RUNNING}
