@@ -145,6 +145,25 @@ def release_freed_memory() -> bool:
     return True
 
 
+# The x86 feature flags (Linux's /proc/cpuinfo) of the instructions that make bf16 fast on a CPU.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): bf16 autocast is then
+    faster than fp32, and without them much slower. None where it cannot be told (no
+    /proc/cpuinfo: macOS, Windows; or no x86 flags line: an Arm CPU)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    except OSError:
+        return None
+    return None
+
+
 def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))

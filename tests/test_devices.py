@@ -159,6 +159,30 @@ def test_compile_off_cuda_is_said_not_silently_skipped(capsys, compile_asked):
     assert ("--compile has no effect on cpu" in err) is compile_asked
 
 
+@pytest.mark.parametrize("text, native", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n", True),
+    ("flags\t\t: fpu sse2 avx2 amx_bf16\n", True),
+    ("flags\t\t: fpu sse2 avx2 avx512f\n", False),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16\n", None),  # an Arm CPU: no x86 flags to read
+])
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path, text, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert devices.cpu_has_native_bf16(cpuinfo) is native
+    assert devices.cpu_has_native_bf16(tmp_path / "absent") is None  # macOS, Windows
+
+
+@pytest.mark.parametrize("native, said", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_native_bf16_is_said(capsys, monkeypatch, native, said):
+    from argparse import Namespace
+
+    from stepfoley.commands.runtime import check_runtime_arguments
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    check_runtime_arguments(Namespace(threads=None, device="cpu", weights=None, compile=False, precision="bf16"))
+    assert ("no native bf16" in capsys.readouterr().err) is said
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="--compile compiles only on CUDA (engine.devices.maybe_compile); this machine has no CUDA GPU")
 def test_compile_runs_the_real_model_on_a_gpu(monkeypatch):

@@ -26,7 +26,7 @@ def feature_cache_from_arguments(args: argparse.Namespace):
 def check_runtime_arguments(args: argparse.Namespace) -> None:
     """--threads, --device and --weights (a folder, when given), checked before anything loads
     or listens: a usage error (InvalidInputError) like any other bad option, not a failed load."""
-    from stepfoley.engine.devices import check_threads, choose_device
+    from stepfoley.engine.devices import check_threads, choose_device, cpu_has_native_bf16
     from stepfoley.engine.errors import CheckpointError, InvalidInputError
     from stepfoley.engine.weights import weights_folder
 
@@ -41,6 +41,9 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
         # accepted, so that one command line serves every machine, but never silently
         print(f"note: --compile has no effect on {device.type}: the network is compiled on CUDA GPUs only",
               file=sys.stderr)
+    if getattr(args, "precision", None) == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False:
+        print("note: this CPU has no native bf16 (AVX512-BF16 or AMX); --precision bf16 is faster than fp32 "
+              "only with it, and likely slower here", file=sys.stderr)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
