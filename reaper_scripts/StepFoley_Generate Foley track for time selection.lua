@@ -1,9 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.17
+-- @version 0.5.18
 -- @changelog
---   While the engine is still loading its model, a generation waits for it (the progress window says so) instead of failing at once; this needs the StepFoley client of the same release.
---   An engine check that gets no answer in time no longer leaves its query file behind in the queries folder.
+--   Generate Foley track following selected envelope works in every language: with a LangPack (German "Lautstärke" for Volume) a track's Volume, Volume (Pre-FX) or Trim Volume envelope was refused as if it were another envelope.
+--   An engine check whose answer comes after StepFoley stopped waiting (a slow client, or the action stopped meanwhile) no longer leaves that answer in the queries folder: the next engine check removes it, and only files StepFoley asked for.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.17", SF.mixed_versions and SF.mixed_versions("this action", "0.5.17")
-  or "StepFoley_lib.lua is older than this action (0.5.17). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.18", SF.mixed_versions and SF.mixed_versions("this action", "0.5.18")
+  or "StepFoley_lib.lua is older than this action (0.5.18). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

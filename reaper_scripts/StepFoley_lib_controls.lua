@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.17"
+local VERSION = "0.5.18"
 
 return function(M)
 
@@ -27,9 +27,22 @@ M.LOUDNESS_RANGE = { -70, 0 }
 M.CURVE_STEP_S = 0.05
 M.MAX_CURVE_READINGS = 12001
 M.CURVE_TOLERANCE_DB = 0.05
-M.VOLUME_ENVELOPES = { ["Volume"] = true, ["Volume (Pre-FX)"] = true, ["Trim Volume"] = true }
+-- A track's volume envelopes, by the names of their configuration chunks: Volume, Volume
+-- (Pre-FX) and Trim Volume. Their shown names are translated by a LangPack ("Lautstärke"),
+-- these are not.
+M.VOLUME_ENVELOPE_CHUNKS = { "<VOLENV2", "<VOLENV", "<VOLENV3" }
 
 local published = M.published
+
+-- Whether `env` is one of its track's volume envelopes (whatever REAPER's language).
+local function is_track_volume(env)
+  local track = reaper.Envelope_GetParentTrack(env)
+  if not track then return false end
+  for _, chunk in ipairs(M.VOLUME_ENVELOPE_CHUNKS) do
+    if reaper.GetTrackEnvelopeByChunkName(track, chunk) == env then return true end
+  end
+  return false
+end
 
 -- The selected track volume envelope, or nil and a message saying how to select one.
 function M.selected_volume_envelope(proj)
@@ -40,13 +53,13 @@ function M.selected_volume_envelope(proj)
       "click the envelope lane so that it is selected, and run this action again. 0 dB on the envelope is " ..
       M.LOUDNESS_AT_0DB .. " LUFS, the level of StepFoley's other tracks."
   end
-  local _, name = reaper.GetEnvelopeName(env)
-  if not M.VOLUME_ENVELOPES[name] then
-    return nil, "The selected envelope is \"" .. tostring(name) .. "\". StepFoley follows a track's Volume " ..
-      "(or Trim Volume) envelope: select one of those."
-  end
   if reaper.Envelope_GetParentTake(env) then
     return nil, "The selected envelope belongs to a take. Draw the loudness on a track's Volume envelope instead."
+  end
+  if not is_track_volume(env) then
+    local _, name = reaper.GetEnvelopeName(env) -- in REAPER's language, as the user sees it
+    return nil, "The selected envelope is \"" .. tostring(name) .. "\". StepFoley follows a track's Volume " ..
+      "(or Trim Volume) envelope: select one of those."
   end
   return env
 end

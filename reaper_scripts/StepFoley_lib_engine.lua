@@ -6,7 +6,7 @@ status files from reaper.defer. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.17"
+local VERSION = "0.5.18"
 
 return function(M)
 
@@ -376,6 +376,69 @@ local function queries_dir()
   return dir
 end
 
+-- Query files given up on: the client started for one may still write it after StepFoley
+-- stopped waiting (a slow start, or REAPER closed meanwhile), so each is listed here
+-- (persisted) and removed by a later query once it is there. Only names listed here are
+-- ever removed: other files in the folder are not StepFoley's to delete.
+local ABANDONED_KEY = "abandoned_queries"
+-- A client that has not written after this long never will (it asks the engine with a
+-- timeout of seconds); the list also stays short whatever happens.
+local ABANDONED_FOR_S = 24 * 3600
+local MAX_ABANDONED = 50
+
+local function abandoned_queries()
+  local list, out = M.get_json_state(ABANDONED_KEY), {}
+  if type(list) ~= "table" then return out end
+  for _, entry in ipairs(list) do
+    if type(entry) == "table" and type(entry.path) == "string" and type(entry.at) == "number" then
+      out[#out + 1] = entry
+    end
+  end
+  return out
+end
+
+local function save_abandoned(list)
+  local out = M.array({})
+  for i = math.max(1, #list - MAX_ABANDONED + 1), #list do out[#out + 1] = list[i] end
+  M.set_json_state(ABANDONED_KEY, out, true)
+end
+
+-- Removes the query files given up on that their client has written since, and forgets
+-- those that will not come any more.
+local function sweep_abandoned_queries()
+  local list = abandoned_queries()
+  if #list == 0 then return end
+  local keep, now = {}, os.time()
+  for _, entry in ipairs(list) do
+    if reaper.file_exists(entry.path) then
+      os.remove(entry.path)
+    elseif now - entry.at < ABANDONED_FOR_S then
+      keep[#keep + 1] = entry
+    end
+  end
+  save_abandoned(keep)
+end
+
+-- Stops waiting for a query: its file goes now if it is there, and is listed in case the
+-- client writes it later.
+local function give_up_query(path)
+  os.remove(path)
+  local list = abandoned_queries()
+  list[#list + 1] = { path = path, at = os.time() }
+  save_abandoned(list)
+end
+
+-- A name for a new query's file that no file has yet: one already there is not this
+-- query's, and StepFoley removes only its own.
+local function new_query_path(dir)
+  for _ = 1, 10 do
+    local path = M.join(dir, "engine-" .. M.new_job_id() .. ".json")
+    if not reaper.file_exists(path) then return path end
+  end
+  return nil, "Could not choose a new file name for the engine's answer in\n" .. dir ..
+    "\n\nRemove the old engine-*.json files there and try again."
+end
+
 local function last_lines(text, n)
   local lines = {}
   for line in (text or ""):gmatch("[^\r\n]+") do lines[#lines + 1] = line end
@@ -442,7 +505,9 @@ defer loop once it answered:
 function M.query_engine(settings, prefix, on_done)
   local dir, dir_err = queries_dir()
   if not dir then return on_done({ ok = false, client_ok = false, state = "no_client", message = dir_err }) end
-  local path = M.join(dir, "engine-" .. M.new_job_id() .. ".json")
+  sweep_abandoned_queries()
+  local path, path_err = new_query_path(dir)
+  if not path then return on_done({ ok = false, client_ok = false, state = "no_client", message = path_err }) end
   local ok, cmd = pcall(M.command_line, concat(prefix, { "send", "--engine-status", "--status", path,
     "--port", M.number_text(settings.port) }))
   if not ok then
@@ -450,19 +515,21 @@ function M.query_engine(settings, prefix, on_done)
   end
   local started = reaper.time_precise()
   local window
+  local finished = false
+  -- Every way out of the wait goes through here, so the query file never outlives it.
+  local function finish(info, answered)
+    finished = true
+    if answered then os.remove(path) else give_up_query(path) end
+    if window then window:close() end
+    return on_done(info)
+  end
   reaper.ExecProcess(cmd, -2)
   local function poll()
     local now = reaper.time_precise()
     local status = M.read_status(path)
-    if status and is_final(status) then
-      os.remove(path)
-      if window then window:close() end
-      return on_done(engine_info(status))
-    end
+    if status and is_final(status) then return finish(engine_info(status), true) end
     if now - started > settings.start_timeout_s then
-      os.remove(path) -- this query's own file, if the client got as far as writing it
-      if window then window:close() end
-      return on_done({ ok = false, client_ok = false, state = "no_client",
+      return finish({ ok = false, client_ok = false, state = "no_client",
         message = M.diagnose_client(prefix, settings.start_timeout_s) })
     end
     if now - started > 1 then -- a slow start: say what is going on
@@ -471,6 +538,14 @@ function M.query_engine(settings, prefix, on_done)
     end
     reaper.defer(poll)
   end
+  -- The script can also end while it waits (an error, the user terminating it, REAPER
+  -- closing): REAPER runs this then, and the client may still answer.
+  reaper.atexit(function()
+    if not finished then
+      finished = true
+      give_up_query(path)
+    end
+  end)
   reaper.defer(poll)
 end
 

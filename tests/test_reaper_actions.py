@@ -375,6 +375,52 @@ def test_an_engine_query_given_up_on_leaves_no_file_behind(world):
     assert queries and all(Path(q).name.startswith("engine-") and not Path(q).exists() for q in queries)
 
 
+LATE_CLIENT = """\
+status=""
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--status" ]; then status="$2"; fi
+  shift
+done
+[ -n "$status" ] || exit 0
+echo "$status" >> "{record}"
+if [ ! -e "{first}" ]; then
+  : > "{first}"
+  # the first query's answer comes once the action stopped waiting (2 s on REAPER's clock)
+  while [ "$(cut -d. -f1 "$STEPFOLEY_FAKE_CLOCK")" -lt 2 ]; do sleep 0.05; done
+fi
+echo '{{"state": "error", "exit_code": 3, "error": {{"code": "engine_not_running", "message": "No engine."}}}}' > "$status"
+echo "$status" >> "{written}"
+"""
+
+
+@pytest.mark.parametrize("how", ["given-up", "terminated"])
+def test_an_engine_answer_that_comes_too_late_is_removed_by_the_next_query(world, how):
+    """The client answers an engine check after the action stopped waiting for it (it gave up
+    after the start timeout, or the user terminated it): the file is written after the action
+    looked for it, and stayed in the queries folder for ever. The next engine check removes it,
+    and never a file StepFoley did not ask for."""
+    record, written, first = (world["tmp"] / name for name in ("queries.txt", "written.txt", "first"))
+    client = world["tmp"] / "stepfoley"
+    client.write_text("#!/bin/sh\n" + LATE_CLIENT.format(record=record, written=written, first=first))
+    client.chmod(0o755)
+    queries = world["tmp"] / "reaper resource" / "StepFoley" / "queries"
+    queries.mkdir(parents=True)
+    foreign = queries / "engine-20260101-000000-00000000.json"  # named like StepFoley's, not made by it
+    foreign.write_text("{}")
+    actions = [{"script": h.MAIN}, {"script": h.STATUS, "at_s": 3.0}]
+    if how == "terminated":
+        actions.insert(1, {"terminate": h.MAIN, "at_s": 0.5})
+    sc = scenario(world, actions=actions, extstate={"StepFoley": {"client": str(client), "start_timeout_s": "1"}})
+    result = h.run_scenario(world["tmp"], sc)
+    late, second = record.read_text().splitlines()
+    assert written.read_text().splitlines() == [late, second]  # the late answer was written
+    assert not Path(late).exists() and not Path(second).exists()
+    assert foreign.exists()
+    assert json.loads(result["extstate"]["StepFoley"]["abandoned_queries"]) == []
+    messages = [m["message"] for m in result["messages"]]
+    assert ("did not start" in messages[0]) == (how == "given-up")
+    assert "NOT answering" in messages[-1]
+
 def test_a_client_that_fails_shows_its_own_error_before_any_bounce(world):
     # a Python without StepFoley: ExecProcess(-2) shows nothing, so its error must be fetched
     broken, result = run_with_client(world, "python3", "echo 'No module named stepfoley' >&2\nexit 1\n")
@@ -1339,6 +1385,36 @@ def test_make_like_a_recording_leaves_a_locked_item_as_it_is(world):
     assert result["dialogs"] == [] and result["renders"] == [] and h.generation_commands(result) == []
 
 
+FOLLOW = "StepFoley_Generate Foley track following selected envelope.lua"
+
+
+def envelope_track(name, chunk):
+    """An empty track whose selected envelope REAPER shows as `name`: -6 dB at 3.0 s rising to 0 dB at 5.5 s."""
+    return {"name": "Loudness", "items": [], "envelopes": [{
+        "name": name, "chunk": chunk, "scaling_mode": 1, "selected": True,
+        "points": [[3.0, 10 ** (-6 / 20), 0], [5.5, 1.0, 0]]}]}
+
+
+@pytest.mark.parametrize("name, chunk", [("Lautst\u00e4rke", "<VOLENV2"), ("Lautst\u00e4rke (Pre-FX)", "<VOLENV"),
+                                         ("Trim-Lautst\u00e4rke", "<VOLENV3")], ids=["volume", "pre-fx", "trim"])
+def test_a_volume_envelope_is_followed_whatever_reapers_language(world, name, chunk):
+    """With a LangPack, REAPER shows a track's Volume envelope under a translated name (German:
+    "Lautst\u00e4rke"). It was refused as "not a Volume envelope"; it is one, whatever it is called."""
+    sc = scenario(world, actions=[{"script": FOLLOW}], extra_tracks=[envelope_track(name, chunk)])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    curve = job_request(result)["loudness_curve"]
+    assert curve[0][1] == pytest.approx(-29.0) and curve[-1][1] == pytest.approx(-23.0)
+    assert len(new_tracks(result, known=("Picture", "wind", "Loudness"))) == 1
+
+
+def test_a_translated_envelope_that_is_not_a_volume_is_refused_by_the_name_the_user_sees(world):
+    sc = scenario(world, actions=[{"script": FOLLOW}], extra_tracks=[envelope_track("Panorama", "<PANENV2")])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert 'The selected envelope is "Panorama"' in message["message"]
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
 def test_settings_saved_and_checked(world):
     sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(world["client"]), "60", "15", "takes", "1",
                                                          "30"]}],
@@ -1356,9 +1432,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.17)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.18)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.17."),
+                                 "older version, StepFoley_lib.lua is 0.5.18."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -35,7 +35,12 @@ Model:
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
-- track envelopes (TrackEnvelope*): a name ("Volume", "Pan", ...), points (time, value,
+- track envelopes (TrackEnvelope*): a name as REAPER shows it (GetEnvelopeName: "Volume",
+  "Pan", ..., or a LangPack's translation such as "Lautstärke"), the name of its
+  configuration chunk, which no language changes ("<VOLENV2" the track's Volume, "<VOLENV"
+  Volume (Pre-FX), "<VOLENV3" Trim Volume, "<PANENV2" Pan ...; GetTrackEnvelopeByChunkName
+  finds a track's envelope by it, nil when the track has none; a scenario that gives no chunk
+  name has REAPER's English names, from which it is known), points (time, value,
   shape 0 linear or 1 square; other shapes are refused), a scaling mode (1: fader scaling,
   as REAPER's volume envelopes have by default) and a value where it has no points; at most
   one selected (GetSelectedEnvelope). A point's value is stored as REAPER stores it, in the
@@ -240,9 +245,22 @@ local function from_envelope_mode(mode, value)
   return value
 end
 
--- points: {{time, value (amplitude for volume envelopes), shape}} in time order
-function fake.add_envelope(track, name, points, mode, default)
-  local env = { kind = "TrackEnvelope*", track = track, name = name, mode = mode or 0, selected = false, points = {} }
+-- The configuration chunk of each of REAPER's built-in track envelopes, by its English name
+-- (the names an English REAPER shows); a translated name is not in here, its chunk is given.
+local ENGLISH_ENVELOPE_CHUNKS = { ["Volume"] = "<VOLENV2", ["Volume (Pre-FX)"] = "<VOLENV",
+  ["Trim Volume"] = "<VOLENV3", ["Pan"] = "<PANENV2", ["Pan (Pre-FX)"] = "<PANENV", ["Width"] = "<WIDTHENV2",
+  ["Width (Pre-FX)"] = "<WIDTHENV", ["Mute"] = "<MUTEENV" }
+
+-- points: {{time, value (amplitude for volume envelopes), shape}} in time order; chunk: the
+-- envelope's configuration chunk name (default: from its English name)
+function fake.add_envelope(track, name, points, mode, default, chunk)
+  chunk = chunk or ENGLISH_ENVELOPE_CHUNKS[name]
+  assert(chunk, "fake reaper: give the chunk name of envelope " .. tostring(name))
+  for _, other in ipairs(track.envelopes) do
+    assert(other.chunk ~= chunk, "fake reaper: a track has one envelope of each kind: " .. chunk)
+  end
+  local env = { kind = "TrackEnvelope*", track = track, name = name, chunk = chunk, mode = mode or 0,
+    selected = false, points = {} }
   env.default = to_envelope_mode(env.mode, default or 1.0)
   for _, p in ipairs(points or {}) do
     local shape = p[3] or 0
@@ -745,6 +763,15 @@ function reaper.GetSelectedEnvelope(p)
   return nil
 end
 function reaper.GetEnvelopeName(env) check(env, "TrackEnvelope*", "GetEnvelopeName"); return true, env.name end
+-- By configuration chunk name ("<VOLENV2"); nil when the track has no such envelope. REAPER
+-- also takes an envelope's GUID here: the fake's envelopes have none, so that is refused.
+function reaper.GetTrackEnvelopeByChunkName(tr, chunk)
+  check(tr, "MediaTrack*", "GetTrackEnvelopeByChunkName")
+  assert(type(chunk) == "string" and chunk:match("^<%u[%u%d]*$"),
+    "fake reaper: GetTrackEnvelopeByChunkName takes a chunk name like \"<VOLENV2\": " .. tostring(chunk))
+  for _, env in ipairs(tr.envelopes) do if env.chunk == chunk then return env end end
+  return nil
+end
 function reaper.Envelope_GetParentTrack(env)
   check(env, "TrackEnvelope*", "Envelope_GetParentTrack"); return env.track, -1, -1
 end

@@ -25,8 +25,9 @@ vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on l
 which plays or not), hidden_lane (elsewhere: on a hidden lane of a track whose fixed lanes were
 switched off), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
 pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, envelopes (a count), fx [name], ext,
-name}]}], envelopes [{name,
-points (each {time, amplitude or value, shape}), scaling_mode, default, selected}]}.
+name}]}], envelopes [{name (as REAPER shows it), chunk (its configuration chunk name, e.g.
+"<VOLENV2"; needed where the name is not REAPER's English one), points (each {time, amplitude
+or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}, {close_project = n, at_s} (its ReaProject* is then
 refused by every API function, as a closed project's is).
@@ -74,7 +75,7 @@ local function build_tracks(project, list)
     if tr.freemode == 2 then tr.numlanes = math.max(1, #(t.items or {})) end
     for k, v in pairs(t.ext or {}) do tr.ext[k] = v end
     for _, e in ipairs(t.envelopes or {}) do
-      fake.add_envelope(tr, e.name, e.points, e.scaling_mode, e.default).selected = e.selected and true or false
+      fake.add_envelope(tr, e.name, e.points, e.scaling_mode, e.default, e.chunk).selected = e.selected and true or false
     end
     for n, i in ipairs(t.items or {}) do
       local item = fake.add_item(tr, i.position, i.length)
