@@ -12,8 +12,8 @@ selection's end. One undo point. Needs an engine of protocol 2.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.18", SF.mixed_versions and SF.mixed_versions("this action", "0.5.18")
-  or "StepFoley_lib.lua is older than this action (0.5.18). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.19", SF.mixed_versions and SF.mixed_versions("this action", "0.5.19")
+  or "StepFoley_lib.lua is older than this action (0.5.19). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -33,8 +33,8 @@ local function main()
   local over = SF.item_in_the_way(item, item_end, t1)
   if over then
     return SF.alert(string.format("Extended to %.3f s, the item would run over \"%s\" (from %.3f s) on the same " ..
-      "track, which it could not hear. End the time selection before it, or move that item.", SF.on_ruler(t1),
-      over.name, SF.on_ruler(over.start)))
+      "track, which it could not hear. End the time selection before it, or move that item.", SF.on_ruler(proj, t1),
+      over.name, SF.on_ruler(proj, over.start)))
   end
   local from = math.min(t0, item_end)
   local extra_fields, stored = SF.continuation_job_fields(item, meta, from, t1)

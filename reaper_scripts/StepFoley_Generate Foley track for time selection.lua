@@ -1,9 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.18
+-- @version 0.5.19
 -- @changelog
---   Generate Foley track following selected envelope works in every language: with a LangPack (German "Lautstärke" for Volume) a track's Volume, Volume (Pre-FX) or Trim Volume envelope was refused as if it were another envelope.
---   An engine check whose answer comes after StepFoley stopped waiting (a slow client, or the action stopped meanwhile) no longer leaves that answer in the queries folder: the next engine check removes it, and only files StepFoley asked for.
+--   Extend selected Foley item to time selection and Regenerate time selection inside selected item: the new take also keeps the old take's pan law and its take FX channel count, and a take with spectral edits is refused (glue it first) instead of losing them on the new take.
+--   Times in messages read the ruler of the generation's project, also when you switched to a project tab with another start time while the dialog was open.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.18", SF.mixed_versions and SF.mixed_versions("this action", "0.5.18")
-  or "StepFoley_lib.lua is older than this action (0.5.18). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.19", SF.mixed_versions and SF.mixed_versions("this action", "0.5.19")
+  or "StepFoley_lib.lua is older than this action (0.5.19). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -12,8 +12,8 @@ REAPER stays usable. The full report goes to the console, a summary to a message
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.18", SF.mixed_versions and SF.mixed_versions("this action", "0.5.18")
-  or "StepFoley_lib.lua is older than this action (0.5.18). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.19", SF.mixed_versions and SF.mixed_versions("this action", "0.5.19")
+  or "StepFoley_lib.lua is older than this action (0.5.19). Install every StepFoley_*.lua file of one release into one folder.")
 
 local lines, problems = {}, {}
 local function say(line) lines[#lines + 1] = line end
@@ -66,7 +66,7 @@ local function check_project(proj, settings)
   if not t0 then say("   No time selection yet (make one over the picture to generate).") return end
   local region, err = SF.region_for(proj, t0, t1)
   if region then
-    say(string.format("   Time selection %.3f-%.3f s: picture %s, file %.3f-%.3f s.", SF.on_ruler(t0), SF.on_ruler(t1),
+    say(string.format("   Time selection %.3f-%.3f s: picture %s, file %.3f-%.3f s.", SF.on_ruler(proj, t0), SF.on_ruler(proj, t1),
       SF.basename(region.video), region.file_in, region.file_out))
     local negatives = SF.choose_negatives(proj, region.project_start, region.project_end, {}, "layers")
     say("   Layers counted as negatives there: " .. (#negatives.names > 0 and table.concat(negatives.names, ", ") or "none"))

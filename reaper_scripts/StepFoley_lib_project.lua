@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.18"
+local VERSION = "0.5.19"
 
 return function(M)
 
@@ -15,11 +15,12 @@ return function(M)
 -- Time selection and picture
 ------------------------------------------------------------------------------------------
 
--- A project time as the ruler shows it, for messages: shifted by the project's start time
--- (Project settings), 01:00:00:00 in much post-production work. Every time sent or set is
--- project time; only what the user reads is the ruler's.
-function M.on_ruler(t)
-  return t + (reaper.GetProjectTimeOffset and reaper.GetProjectTimeOffset(0, false) or 0)
+-- A time of project `proj` as its ruler shows it, for messages: shifted by that project's
+-- start time (Project settings), 01:00:00:00 in much post-production work. Every time sent or
+-- set is project time; only what the user reads is the ruler's. `proj`, not the active tab:
+-- a message may come after the user switched to a project that starts elsewhere.
+function M.on_ruler(proj, t)
+  return t + (reaper.GetProjectTimeOffset and reaper.GetProjectTimeOffset(proj, false) or 0)
 end
 
 function M.time_selection(proj)
@@ -257,7 +258,7 @@ function M.region_for(proj, t0, t1)
   local item, stretch = M.find_video_item(proj, t0, t1)
   if not item then
     return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
-      "Put the picture on a track and make the time selection over it.", M.on_ruler(t0), M.on_ruler(t1))
+      "Put the picture on a track and make the time selection over it.", M.on_ruler(proj, t0), M.on_ruler(proj, t1))
   end
   local take = reaper.GetActiveTake(item)
   if reaper.GetTakeNumStretchMarkers(take) > 0 then

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.18"
+local VERSION = "0.5.19"
 
 return function(M)
 
@@ -99,10 +99,11 @@ function M.add_take(item, stem_path, meta, region)
   return take
 end
 
--- A take's own settings that change how its audio sounds (volume and polarity, pan, channel
--- mode, pitch and how it is shifted). A new take starts from REAPER's defaults, with no take
--- FX (copied too) and no take envelopes or stretch markers (a kept take with those is refused).
-M.TAKE_SOUND = { "D_VOL", "D_PAN", "I_CHANMODE", "D_PITCH", "B_PPITCH", "I_PITCHMODE" }
+-- A take's own settings that change how its audio sounds (volume and polarity, pan and pan
+-- law, channel mode, pitch and how it is shifted, the channels its take FX get). A new take
+-- starts from REAPER's defaults, with no take FX (copied too, after their channel count) and
+-- no take envelopes, stretch markers or spectral edits (a kept take with those is refused).
+M.TAKE_SOUND = { "D_VOL", "D_PAN", "D_PANLAW", "I_CHANMODE", "D_PITCH", "B_PPITCH", "I_PITCHMODE", "I_TAKEFX_NCH" }
 
 -- Gives `to` the sound settings and the take FX of `from`: a take that continues another
 -- holds its audio sample for sample, and the kept part must sound as it did.
@@ -642,6 +643,7 @@ it would be kept.
 M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 
 function M.continuation_fields(item, region, a, b)
+  local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0 -- for its ruler
   if math.abs(region.playrate - 1) > 1e-9 then -- the engine's rule, said before anything is bounced
     return nil, string.format("The video item plays at rate %g. StepFoley extends or repairs a take only under " ..
       "a picture at rate 1, so that the new part follows the picture the take was made for. Set the video " ..
@@ -652,9 +654,11 @@ function M.continuation_fields(item, region, a, b)
     return nil, "The selected item plays its take at another rate. StepFoley keeps the take sample for sample, " ..
       "so set the take's playrate to 1 or glue the item (Item > Glue items) first."
   end
-  if reaper.GetTakeNumStretchMarkers(take) > 0 or reaper.CountTakeEnvelopes(take) > 0 then
-    return nil, "The selected item's take has stretch markers or take envelopes, which a new take would not " ..
-      "have. Glue the item (Item > Glue items) first, so that StepFoley can keep it as it sounds."
+  -- spectral edits (REAPER 6.x+; an older REAPER reads the unknown key as 0)
+  if reaper.GetTakeNumStretchMarkers(take) > 0 or reaper.CountTakeEnvelopes(take) > 0
+      or reaper.GetMediaItemTakeInfo_Value(take, "IP_SPECEDIT:CNT") > 0 then
+    return nil, "The selected item's take has stretch markers, take envelopes or spectral edits, which a new " ..
+      "take would not have. Glue the item (Item > Glue items) first, so that StepFoley can keep it as it sounds."
   end
   if reaper.TakeFX_GetCount(take) > 0 and not reaper.TakeFX_CopyToTake then
     return nil, "The selected item's take has take FX, which this REAPER cannot copy to a new take. Glue the " ..
@@ -680,7 +684,7 @@ function M.continuation_fields(item, region, a, b)
     return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
       "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
       "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
-      M.on_ruler(uncovered_a), M.on_ruler(uncovered_b))
+      M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
   end
   local offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") + (region.project_start - pos)
   if offset < -1e-9 then
@@ -694,7 +698,7 @@ function M.continuation_fields(item, region, a, b)
   if M.loops_source(item) and audio_end < item_end - 1e-6 then -- and a repeat, heard, where it loops
     return nil, string.format("The selected item loops its source: from %.3f s on it plays its audio again, " ..
       "which a new take would not keep. Glue the item (Item > Glue items) first, so that StepFoley keeps it " ..
-      "as it sounds, or turn off Loop source in its item properties if the repeat is not wanted.", M.on_ruler(audio_end))
+      "as it sounds, or turn off Loop source in its item properties if the repeat is not wanted.", M.on_ruler(proj, audio_end))
   end
   if b >= region.project_end - 1e-6 then
     a = math.min(a, audio_end) -- the new part starts where the audio ends, covering the rest of the item too
@@ -703,7 +707,7 @@ function M.continuation_fields(item, region, a, b)
       "dragged out), so the part after the time selection cannot be kept from the take. " ..
       "Trim the item to its audio, or glue it (Item > Glue items), then make the part again; or extend the item " ..
       "from %.3f s with \"Extend selected Foley item to time selection\".", region.project_end - audio_end,
-      M.on_ruler(audio_end))
+      M.on_ruler(proj, audio_end))
   end
   if a <= region.project_start + 1e-6 and b >= region.project_end - 1e-6 then
     return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
@@ -711,7 +715,7 @@ function M.continuation_fields(item, region, a, b)
   end
   if b - a < M.MIN_REGENERATE_S - 1e-6 then -- as the engine rounds: 2.05 - 1.95 is 0.0999...
     return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
-      "picture. Make a longer time selection.", M.on_ruler(a), M.on_ruler(b), M.MIN_REGENERATE_S)
+      "picture. Make a longer time selection.", M.on_ruler(proj, a), M.on_ruler(proj, b), M.MIN_REGENERATE_S)
   end
   return { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""), take_offset = math.max(0, offset),
     regenerate = M.array({ a - region.project_start, b - region.project_start }) }
@@ -809,7 +813,7 @@ function M.generate(job)
       M.log(string.format("you see the video item %s over only %.3f s to %.3f s of the range (the rest has no " ..
         "picture, another video item shows, or the looped picture starts again: make a second pass there); " ..
         "generating that part.",
-        M.basename(region.video), M.on_ruler(region.project_start), M.on_ruler(region.project_end)))
+        M.basename(region.video), M.on_ruler(job.proj, region.project_start), M.on_ruler(job.proj, region.project_end)))
     end
     M.run_jobs(settings, prefix, jobs, "StepFoley: " .. params.caption, function(results)
       M.report(results, jobs)

@@ -1029,6 +1029,18 @@ def test_a_continuation_of_an_item_outside_the_picture_is_refused_before_the_tak
     assert len(layer["items"][0]["takes"]) == 1
 
 
+def test_a_continuation_refused_after_a_tab_switch_gives_times_on_its_projects_ruler(world):
+    """The take's project starts at 01:00:00:00; the user switched to a tab starting at 0 while
+    the dialog was open: the refusal (said after the dialog) reads the take's ruler."""
+    other = {"project_path": str(world["tmp"]), "time_offset": 0.0, "tracks": [{"name": "Other", "items": []}]}
+    sc = scenario(world, ts=(3.5, 4.0), dialog=[], actions=[{"script": h.REPAIR}], time_offset=3600.0,
+                  projects=[other], extra_tracks=[continuation_layer(world, position=1.0, length=5.0)],
+                  imgui=[{"switch_to_project": 2}, {"click": "Generate"}])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "reaches outside the picture: 3601.000 s to 3602.000 s has no video" in message["message"]
+
+
 def test_an_extension_past_the_pictures_end_of_an_item_inside_it_is_made_up_to_the_picture(world):
     # nothing of the take lies outside the picture (2-10 s): the new part stops where the picture does
     sc = scenario(world, ts=(7.0, 11.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
@@ -1076,14 +1088,17 @@ def test_extend_over_the_next_item_on_the_track_is_refused_before_the_dialog(wor
     assert result["dialogs"] == [] and h.generation_commands(result) == [] and result["undo"] == []
 
 
-TAKE_SOUND = {"vol": 0.5, "pan": -0.25, "chanmode": 3, "pitch": 2.0, "ppitch": 1, "pitchmode": 393219}
-DEFAULT_SOUND = {"vol": 1.0, "pan": 0.0, "chanmode": 0, "pitch": 0.0, "ppitch": 0, "pitchmode": -1}
+TAKE_SOUND = {"vol": 0.5, "pan": -0.25, "panlaw": 0.5, "chanmode": 3, "pitch": 2.0, "ppitch": 1, "pitchmode": 393219,
+              "takefx_nch": 4}
+DEFAULT_SOUND = {"vol": 1.0, "pan": 0.0, "panlaw": -1.0, "chanmode": 0, "pitch": 0.0, "ppitch": 0, "pitchmode": -1,
+                 "takefx_nch": 2}
 
 
 @pytest.mark.parametrize("script, ts", [(h.EXTEND, (4.0, 7.0)), (h.REPAIR, (3.5, 4.0))], ids=["extend", "repair"])
 def test_a_continued_take_sounds_like_the_take_it_keeps(world, script, ts):
     """The new take of Extend and Repair holds the old take's audio sample for sample, so it
-    plays with the old take's volume, pan, channel mode and pitch: the kept part sounds as before."""
+    plays with the old take's volume, pan and pan law, channel mode, pitch and take FX channels:
+    the kept part sounds as before."""
     sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
                   extra_tracks=[continuation_layer(world, **TAKE_SOUND)])
     result = h.run_scenario(world["tmp"], sc)
@@ -1147,11 +1162,12 @@ def test_regenerate_inside_keeps_the_rest_of_the_take(world):
     (h.REPAIR, (2.0, 4.0), {}, {}, "Make the time selection inside the selected item"),
     (h.REPAIR, (3.0, 5.5), {}, {}, "Nothing of the take would be kept"),
     (h.REPAIR, (3.5, 4.0), {"playrate": 2.0}, {}, "plays its take at another rate"),
-    (h.EXTEND, (4.0, 7.0), {"stretch_markers": 3}, {}, "stretch markers or take envelopes"),
-    (h.REPAIR, (3.5, 4.0), {"envelopes": 1}, {}, "stretch markers or take envelopes"),
+    (h.EXTEND, (4.0, 7.0), {"stretch_markers": 3}, {}, "stretch markers, take envelopes or spectral edits"),
+    (h.REPAIR, (3.5, 4.0), {"envelopes": 1}, {}, "stretch markers, take envelopes or spectral edits"),
+    (h.EXTEND, (4.0, 7.0), {"spectral_edits": 2}, {}, "stretch markers, take envelopes or spectral edits"),
     (h.REPAIR, (3.5, 4.0), {}, {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, "older than protocol 2"),
 ], ids=["extend-inside", "extend-all", "repair-outside", "repair-all", "playrate", "stretch-markers",
-        "take-envelope", "old-engine"])
+        "take-envelope", "spectral-edits", "old-engine"])
 def test_extend_and_repair_refuse_what_they_cannot_keep(world, script, ts, take, env, words):
     sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": script}],
                   extra_tracks=[continuation_layer(world, **take)])
@@ -1432,9 +1448,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.18)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.19)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.18."),
+                                 "older version, StepFoley_lib.lua is 0.5.19."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -114,6 +114,20 @@ def test_switching_tabs_while_the_dialog_is_open(world):
     h.assert_render_settings_restored(result)
 
 
+def test_times_said_after_a_tab_switch_are_on_the_generations_ruler(world):
+    """The generation's project starts at 01:00:00:00, the tab the user switched to while the
+    dialog was open at 0: the note that only part of the range has picture reads the
+    generation's ruler (it read the active tab's: 4.250 s for 3604.250 s)."""
+    video_item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 5.0,
+                                                                "startoffs": 1.0}]}
+    sc = h.scenario(world, ts=(4.25, 9.0), video_item=video_item, time_offset=3600.0, dialog=[],
+                    projects=[{**other_tab(world), "time_offset": 0.0}],
+                    imgui=[{"type": "caption", "text": "steps"}, {"switch_to_project": 2}, {"click": "Generate"}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and result["active_project"] == 2
+    assert "over only 3604.250 s to 3606.000 s of the range" in result["console"]
+
+
 # --- 3. stopping the script cancels its job --------------------------------------------------
 
 def test_stopping_the_script_cancels_its_job(world):

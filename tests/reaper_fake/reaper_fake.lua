@@ -28,10 +28,12 @@ Model:
   C_MUTE_SOLO), B_LOOPSRC, I_FIXEDLANE and C_LANEPLAYS (read-only: its lane's state), P_NOTES,
   takes, the active take, selection;
 - takes (MediaItem_Take*): P_NAME, P_EXT values, D_STARTOFFS (negative: silence before the
-  source starts, when the item does not loop), D_PLAYRATE, D_VOL, D_PAN, I_CHANMODE, D_PITCH,
-  B_PPITCH, I_PITCHMODE (a new take has REAPER's defaults: 0, 0 normal, 0, 0, -1 project
-  default; pan, channel mode and pitch are stored only: a render refuses a take that plays
-  with other values), take markers, stretch-marker count, MIDI flag, a source;
+  source starts, when the item does not loop), D_PLAYRATE, D_VOL, D_PAN, D_PANLAW, I_CHANMODE,
+  D_PITCH, B_PPITCH, I_PITCHMODE, I_TAKEFX_NCH (a new take has REAPER's defaults: 0, -1
+  project default, 0 normal, 0, 0, -1 project default, 2; pan, pan law, channel mode, pitch
+  and take FX channels are stored only: a render refuses a take that plays with other values),
+  IP_SPECEDIT:CNT (read-only: the count of spectral edits), take markers, stretch-marker
+  count, MIDI flag, a source;
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
@@ -283,7 +285,8 @@ end
 function fake.add_take(item, source, startoffs, playrate)
   local take = { kind = "MediaItem_Take*", item = item, source = source, startoffs = startoffs or 0,
     playrate = playrate or 1, name = "", ext = {}, stretch_markers = 0, midi = false, vol = 1.0, markers = {},
-    pan = 0.0, chanmode = 0, pitch = 0.0, ppitch = 0, pitchmode = -1, fx = {}, envelopes = 0 }
+    pan = 0.0, panlaw = -1.0, chanmode = 0, pitch = 0.0, ppitch = 0, pitchmode = -1, takefx_nch = 2, fx = {},
+    envelopes = 0, spectral_edits = 0 }
   item.takes[#item.takes + 1] = take
   item.active = item.active or take
   return take
@@ -823,6 +826,7 @@ function reaper.CountSelectedMediaItems(p)
   return n
 end
 function reaper.GetMediaItem_Track(item) check(item, "MediaItem*", "GetMediaItem_Track"); return item.track end
+function reaper.GetItemProjectContext(item) check(item, "MediaItem*", "GetItemProjectContext"); return item.track.project end
 function reaper.AddMediaItemToTrack(tr)
   check(tr, "MediaTrack*", "AddMediaItemToTrack")
   edit("AddMediaItemToTrack")
@@ -897,10 +901,12 @@ function reaper.TakeFX_CopyToTake(src, src_fx, dest, dest_fx, is_move)
   if is_move then table.remove(src.fx, src_fx + 1) end
 end
 local TAKE_VALUES = { D_STARTOFFS = "startoffs", D_PLAYRATE = "playrate", D_VOL = "vol", D_PAN = "pan",
-  I_CHANMODE = "chanmode", D_PITCH = "pitch", B_PPITCH = "ppitch", I_PITCHMODE = "pitchmode" }
+  D_PANLAW = "panlaw", I_CHANMODE = "chanmode", D_PITCH = "pitch", B_PPITCH = "ppitch", I_PITCHMODE = "pitchmode",
+  I_TAKEFX_NCH = "takefx_nch" }
+local TAKE_READ_ONLY = { ["IP_SPECEDIT:CNT"] = "spectral_edits" }
 function reaper.GetMediaItemTakeInfo_Value(take, key)
   check(take, "MediaItem_Take*", "GetMediaItemTakeInfo_Value")
-  return assert(take[TAKE_VALUES[key] or ""], "fake reaper: take value not modelled: " .. key)
+  return assert(take[TAKE_VALUES[key] or TAKE_READ_ONLY[key] or ""], "fake reaper: take value not modelled: " .. key)
 end
 function reaper.SetMediaItemTakeInfo_Value(take, key, v)
   check(take, "MediaItem_Take*", "SetMediaItemTakeInfo_Value")

@@ -24,8 +24,8 @@ freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute,
 vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
 which plays or not), hidden_lane (elsewhere: on a hidden lane of a track whose fixed lanes were
 switched off), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
-pan, chanmode, pitch, ppitch, pitchmode, stretch_markers, envelopes (a count), fx [name], ext,
-name}]}], envelopes [{name (as REAPER shows it), chunk (its configuration chunk name, e.g.
+pan, panlaw, chanmode, pitch, ppitch, pitchmode, takefx_nch, stretch_markers, envelopes (a count),
+spectral_edits (a count), fx [name], ext, name}]}], envelopes [{name (as REAPER shows it), chunk (its configuration chunk name, e.g.
 "<VOLENV2"; needed where the name is not REAPER's English one), points (each {time, amplitude
 or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
@@ -100,6 +100,8 @@ local function build_tracks(project, list)
         take.vol = tk.vol or 1.0
         take.pan, take.chanmode, take.pitch = tk.pan or 0.0, tk.chanmode or 0, tk.pitch or 0.0
         take.ppitch, take.pitchmode = tk.ppitch or 0, tk.pitchmode or -1
+        take.panlaw, take.takefx_nch = tk.panlaw or -1.0, tk.takefx_nch or 2
+        take.spectral_edits = tk.spectral_edits or 0
         for k, v in pairs(tk.ext or {}) do take.ext[k] = v end
       end
     end
@@ -208,7 +210,7 @@ local function take_out(take)
   for i, m in ipairs(take.markers) do markers[i] = { name = m.name, position = m.position } end
   return { name = take.name, ext = take.ext, startoffs = take.startoffs, playrate = take.playrate,
     vol = take.vol, pan = take.pan, chanmode = take.chanmode, pitch = take.pitch, ppitch = take.ppitch,
-    pitchmode = take.pitchmode, fx = json.array(take.fx), source_file = take.source and (take.source.file or "") or json.null, markers = markers }
+    pitchmode = take.pitchmode, panlaw = take.panlaw, takefx_nch = take.takefx_nch, fx = json.array(take.fx), source_file = take.source and (take.source.file or "") or json.null, markers = markers }
 end
 
 local function tracks_out(pr)
