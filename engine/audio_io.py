@@ -27,6 +27,7 @@ import numpy as np
 import soundfile
 
 from stepfoley import atomic
+from stepfoley.engine import mpeg_audio
 from stepfoley.engine.errors import AudioError, InvalidInputError
 from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_regular_input
 
@@ -37,13 +38,16 @@ FALLBACK_STEM_NAME = "stem"
 # well be shared with a Windows machine.
 WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)}
 BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
+# libsndfile's name for MP3's sample format, said the same whichever decoder read it
+MPEG_SUBTYPE = "MPEG_LAYER_III"
 # Samples (frames x channels) read at once; a block is downmixed before the next is read.
 READ_BLOCK_SAMPLES = 1 << 20
 
 
 def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
                max_bytes: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Read any file libsndfile understands: its first `max_seconds` (all of it when None),
+    """Read any file libsndfile understands (MPEG audio through FFmpeg instead: engine.mpeg_audio
+    says why): its first `max_seconds` (all of it when None),
     averaged to one channel when `mono`. Files over `max_bytes` or `max_rate` Hz are refused
     before any sample is read. Returns (samples (C, S) float32, sample_rate)."""
     samples, sample_rate, _ = read_audio_and_subtype(path, max_seconds, mono, max_bytes, max_rate)
@@ -70,11 +74,18 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                 raise AudioError(f"Audio file '{path}' is {size / 2**20:.0f} MiB; at most "
                                  f"{max_bytes / 2**20:g} MiB is read. Bounce only the region, or at a lower rate or "
                                  "with fewer channels.")
-            with soundfile.SoundFile(file) as sound:
-                if max_rate is not None and sound.samplerate > max_rate:
-                    raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
-                samples = _read_blocks(sound, max_seconds, mono)
-                sample_rate, subtype = sound.samplerate, sound.subtype
+            if mpeg_audio.is_mpeg_audio(file.peek(3)[:3]):
+                try:
+                    samples, sample_rate = mpeg_audio.read(file, max_seconds, mono, max_rate)
+                except mpeg_audio.RateTooHigh as high:
+                    raise AudioError(input_rate_message(f"Audio file '{path}'", high.rate, max_rate)) from None
+                subtype = MPEG_SUBTYPE
+            else:
+                with soundfile.SoundFile(file) as sound:
+                    if max_rate is not None and sound.samplerate > max_rate:
+                        raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
+                    samples = _read_blocks(sound, max_seconds, mono)
+                    sample_rate, subtype = sound.samplerate, sound.subtype
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
             f"Cannot read audio file '{path}': {_reason(error)}. "
