@@ -84,8 +84,10 @@ def frames(seconds: float, sr: int = 48000) -> int:
 
 SR = 48000
 CAPTION = 'glass "clink", then footsteps, on \\ gravel'
+# the user's own render settings: each left on would change the bounce (normalize, tail, dither)
+# or add it to the project, so the bounce must turn them off and give them back
 RENDER_NUMBERS = {"RENDER_SRATE": 44100, "RENDER_CHANNELS": 1, "RENDER_SETTINGS": 0, "RENDER_BOUNDSFLAG": 1,
-                  "RENDER_NORMALIZE": 1}
+                  "RENDER_NORMALIZE": 1, "RENDER_TAILFLAG": 1, "RENDER_DITHER": 1, "RENDER_ADDTOPROJ": 1}
 RENDER_STRINGS = {"RENDER_FILE": "/home/user/renders", "RENDER_PATTERN": "$project-final",
                   "RENDER_FORMAT": "bDNwbQ==", "RENDER_FORMAT2": ""}
 

@@ -71,7 +71,8 @@ Model:
   positive timeout it waits (at most that long) and returns "<exit code>\n<output>"; nil
   when the program cannot be started at all ("returns NULL on total failure");
 - action 42230 (render with the most recent settings) renders over custom bounds to
-  RENDER_FILE/RENDER_PATTERN as real WAV files (bit depth from RENDER_FORMAT "evaw" + bits):
+  RENDER_FILE/RENDER_PATTERN as real WAV files (bit depth from RENDER_FORMAT "evaw" + bits;
+  RENDER_NORMALIZE, RENDER_TAILFLAG, RENDER_DITHER and RENDER_ADDTOPROJ must be 0):
   * RENDER_SETTINGS 0, "master mix" (User Guide 21.5): ONE file, the master's output. A
     track's own media plays unless the track or a folder above it is muted; when any track
     is soloed, only soloed tracks, the tracks inside a soloed folder and unmuted
@@ -1079,6 +1080,11 @@ local function render(pr)
   assert(settings == 0 or settings == 128,
     "fake reaper: only master mix (0) and selected tracks via master (128) are modelled, got " .. tostring(settings))
   assert(n.RENDER_BOUNDSFLAG == 0, "fake reaper: only custom time bounds are modelled")
+  -- each would make the file other than the mix as heard (normalized or limited, a tail past
+  -- the bounds, dither noise) or add it to the project: only their "off" is modelled
+  for _, key in ipairs({ "RENDER_NORMALIZE", "RENDER_TAILFLAG", "RENDER_DITHER", "RENDER_ADDTOPROJ" }) do
+    assert(n[key] == 0, "fake reaper: " .. key .. " " .. tostring(n[key]) .. " is not modelled (only 0)")
+  end
   local format = pr.strings.RENDER_FORMAT
   local cfg = fake.base64_decode(format)
   assert(cfg:sub(1, 4) == "evaw", "fake reaper: only WAV render formats are modelled, got " .. format)
