@@ -612,14 +612,30 @@ def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return ((channels.astype(np.float64) - offset[:, None]) ** 2).mean(axis=0)
 
 
+def seam_gain_db(power: np.ndarray, audio: np.ndarray, keep: np.ndarray, edge: int, reach: int,
+                 sample_rate: int) -> float | None:
+    """The level match at one seam, `edge` the first sample after a change between kept and new:
+    the gain in dB that makes the new `audio` (S,) within `reach` samples inside the seam as loud
+    as the take (its `power` (S,)) within `reach` outside it, on this seam's side only, each by
+    `gated_power`, within LEVEL_MATCH_DB; None when either side is silent there."""
+    before, after = slice(max(0, edge - reach), edge), slice(edge, edge + reach)
+    take_side, new_side = (after, before) if keep[edge] else (before, after)
+    take_power = gated_power(power[take_side][keep[take_side]], sample_rate)
+    new_power = gated_power(audio[new_side][~keep[new_side]] ** 2, sample_rate)
+    if take_power <= LEVEL_MATCH_FLOOR ** 2 or new_power <= LEVEL_MATCH_FLOOR ** 2:
+        return None
+    return float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
+
+
 def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> tuple[np.ndarray, dict]:
     """The model's audio over the region (S,) made ready to splice into the take: matched to the
     take in tone (engine.tone_match: the balance of its bands within LEVEL_MATCH_S inside the
-    seams made the take's within LEVEL_MATCH_S outside them), then brought to the take's level
-    (the gain that makes that new audio as loud as that take, each by `gated_power`, within
-    LEVEL_MATCH_DB; where the take is silent there, both matched to the kept take as a whole),
-    then true-peak limited;
-    only the new part is measured, and the kept audio is never touched. Returns ((1, S), levels)."""
+    seams made the take's within LEVEL_MATCH_S outside them), then brought to the take's level at
+    each seam (`seam_gain_db`; a span between two seams goes from the one gain to the other in a
+    straight line in dB, so a repair between a loud and a quiet stretch meets each at its level;
+    where the take is silent next to both, the new audio is matched to the kept take as a
+    whole), then true-peak limited; only the new part is measured, and the kept audio is never
+    touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
@@ -645,19 +661,32 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         if tone_db is not None:
             audio = apply_tone_gains(audio, tone_db, sample_rate, needed=new)
             new_power = gated_power(audio[inside] ** 2, sample_rate)
-    gain_db = 0.0
     # LEVEL_MATCH_DB bounds the whole gain after the match EQ, which is what raises the noise: a
     # new part whose power the EQ mostly took out can stay under the take by what exceeds it
     # (made up instead, it measured rougher seams: README, "The new part matched in tone")
+    whole_db = 0.0  # where no seam can be matched: the take and the new audio as a whole
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
-        gain_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
+        whole_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
     else:
         matched_to = "nothing (the take or the new audio is silent): the model's own level"
-    gain = 10 ** (gain_db / 20)
-    matched = (audio * gain)[None].astype(np.float32)
+    gain_db = np.zeros(len(new))
+    ends = []  # (gain at the first new sample, at the last) per span
+    for a, b in true_runs(new):
+        at_start = seam_gain_db(power, audio, known.keep, a, reach, sample_rate) if a > 0 else None
+        at_end = seam_gain_db(power, audio, known.keep, b, reach, sample_rate) if b < len(new) else None
+        if at_start is None and at_end is None:
+            at_start = at_end = whole_db
+        at_start = at_end if at_start is None else at_start
+        at_end = at_start if at_end is None else at_end
+        gain_db[a:b] = np.linspace(at_start, at_end, b - a)
+        ends.append((at_start, at_end))
+    matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
+    pre_limiter = matched[:, new]
     matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]
-    levels = {"level_match_gain_db": gain_db,
+    levels = {"level_match_gain_db": ends[0][0] if ends else 0.0,
+              # where a repair meets a take at another level after it than before it
+              "level_match_gain_db_at_end": ends[-1][1] if ends else 0.0,
               "level_matched_to": matched_to,
               # the match EQ's deepest cut and highest boost over its bands; null: not matched in tone
               "tone_match_db": None if tone_db is None else [round(float(tone_db.min()), 1),
@@ -666,7 +695,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
               if part.shape[-1] >= sample_rate // 2 else None,
               "new_part_seconds": float(new.sum()) / sample_rate,
               "kept_seconds": float(known.keep.sum()) / sample_rate,
-              "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None, new] * gain)}
+              "pre_limiter_clipped_fraction": mixing.clipped_fraction(pre_limiter)}
     return matched, levels
 
 

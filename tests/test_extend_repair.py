@@ -324,6 +324,30 @@ def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_n
     assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
 
 
+def test_a_repair_between_a_loud_and_a_quiet_stretch_meets_each_at_its_level():
+    """A footstep's ring dying away: the take is 30 dB quieter after the repaired 0.5 s than
+    before it. Matched with one gain (the loud side's: the gate leaves the quiet one out), the
+    new part ran 30 dB too loud into the quiet take; it now goes from the one level to the other."""
+    rate = 16000
+    rng = np.random.default_rng(12)
+    take = (0.05 * rng.standard_normal(5 * rate)).astype(np.float32)
+    take[int(2.5 * rate):] *= np.float32(10 ** (-30 / 20))            # -30 dB after the gap
+    keep = np.ones(5 * rate, bool)
+    keep[2 * rate:int(2.5 * rate)] = False
+    audio = (0.02 * rng.standard_normal(5 * rate)).astype(np.float32)  # the model's, level throughout
+    matched, levels = finish_new_part(audio, KnownAudio(take, keep), rate)
+
+    def db(x):
+        return 10 * np.log10(np.mean(np.asarray(x, np.float64) ** 2))
+
+    # the first and last 10 ms of the new part (the ramp moves 0.6 dB within each)
+    first, last = matched[0, 2 * rate:2 * rate + 160], matched[0, int(2.5 * rate) - 160:int(2.5 * rate)]
+    assert db(first) == pytest.approx(db(take[rate:2 * rate]), abs=1.5)
+    assert db(last) == pytest.approx(db(take[int(2.5 * rate):int(3.5 * rate)]), abs=1.5)
+    assert levels["level_match_gain_db"] == pytest.approx(20 * np.log10(0.05 / 0.02), abs=0.5)
+    assert levels["level_match_gain_db_at_end"] == pytest.approx(levels["level_match_gain_db"] - 30, abs=0.5)
+
+
 def test_a_takes_dc_offset_is_not_counted_as_its_loudness():
     # a -40 dBFS take with an offset of 0.05 (a recorder's): its repair came out 14 dB too loud
     rng = np.random.default_rng(9)
