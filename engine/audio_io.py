@@ -74,7 +74,7 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                 raise AudioError(f"Audio file '{path}' is {size / 2**20:.0f} MiB; at most "
                                  f"{max_bytes / 2**20:g} MiB is read. Bounce only the region, or at a lower rate or "
                                  "with fewer channels.")
-            if mpeg_audio.is_mpeg_audio(file.peek(3)[:3]):
+            if mpeg_audio.is_mpeg_audio(file):
                 try:
                     samples, sample_rate = mpeg_audio.read(file, max_seconds, mono, max_rate)
                 except mpeg_audio.RateTooHigh as high:

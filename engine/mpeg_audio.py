@@ -15,10 +15,15 @@ from typing import BinaryIO
 import numpy as np
 
 ID3_TAG = b"ID3"
+ID3_HEADER_BYTES = 10
+MAX_ID3_TAGS = 16  # tags in a row before the audio; more is not a file any tool writes
+# Without a length asked for, a file is decoded to at most this: a damaged stream's refused frames
+# come back as silence, and a small crafted file can claim days of them.
+MAX_DECODED_SECONDS = 2 * 3600.0
 
 
 class MpegAudioError(RuntimeError):
-    """FFmpeg could not read the file as MPEG audio (its message, for engine.audio_io's words)."""
+    """FFmpeg could not read the file as MPEG audio (its words, for engine.audio_io's message)."""
 
 
 class RateTooHigh(Exception):
@@ -29,11 +34,39 @@ class RateTooHigh(Exception):
         self.rate = rate
 
 
-def is_mpeg_audio(head: bytes) -> bool:
-    """Whether a file starting with `head` (its first bytes, at least 3) is MPEG audio as
-    libsndfile would take it: an ID3v2 tag (most MP3 files) or a frame sync (11 set bits:
-    MPEG 1, 2 and 2.5) at its very start."""
-    return head[:3] == ID3_TAG or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+def _id3_tag_bytes(header: bytes) -> int | None:
+    """The length of the ID3v2 tag whose 10-byte header is `header` (header and footer
+    included), or None when it is not one."""
+    if len(header) < ID3_HEADER_BYTES or header[:3] != ID3_TAG or any(b & 0x80 for b in header[6:10]):
+        return None
+    size = header[6] << 21 | header[7] << 14 | header[8] << 7 | header[9]  # "syncsafe": 7 bits a byte
+    footer = ID3_HEADER_BYTES if header[5] & 0x10 else 0
+    return ID3_HEADER_BYTES + size + footer
+
+
+def is_mpeg_audio(file: BinaryIO) -> bool:
+    """Whether seekable binary `file`, at its start, is MPEG audio as libsndfile takes it: an
+    MPEG frame sync (11 set bits: MPEG 1, 2 and 2.5) at its start or right after its ID3v2
+    tags; libsndfile reads a WAV or FLAC file behind such a tag itself. `file` is left where it
+    was."""
+    start = file.tell()
+    try:
+        offset = 0
+        for _ in range(MAX_ID3_TAGS + 1):
+            file.seek(start + offset)
+            head = file.read(ID3_HEADER_BYTES)
+            tag = _id3_tag_bytes(head)
+            if tag is None:
+                return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+            offset += tag
+        return False
+    finally:
+        file.seek(start)
+
+
+def _words(error: Exception) -> str:
+    # FFmpeg's own words, without PyAV's errno number and the path the caller names anyway
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def _open(file: BinaryIO):
@@ -42,7 +75,7 @@ def _open(file: BinaryIO):
     try:
         container = av.open(file, mode="r", format="mp3")
     except (av.FFmpegError, ValueError, OSError) as error:
-        raise MpegAudioError(str(error) or type(error).__name__) from error
+        raise MpegAudioError(_words(error)) from error
     if not container.streams.audio:
         container.close()
         raise MpegAudioError("no audio stream")
@@ -59,12 +92,28 @@ def _float_channels(frame) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
+def header(file: BinaryIO) -> tuple[int, int]:
+    """(sample rate, channels) from the header of MPEG audio `file`, an open binary file at its
+    start; nothing is decoded."""
+    container = _open(file)
+    try:
+        context = container.streams.audio[0].codec_context
+        return int(context.sample_rate or 0), int(context.channels or 0)
+    finally:
+        container.close()
+
+
 def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | None) -> tuple[np.ndarray, int]:
-    """The first `max_seconds` (all when None) of MPEG audio `file` (an open binary file at its
-    start), float32 (C, S) or (1, S) averaged when `mono`, and its rate. The rate and channels
-    are the first frame's: frames with another channel count (files joined end to end) are
-    brought to it, another rate is refused. A rate over `max_rate` raises RateTooHigh before
-    anything is decoded."""
+    """The first `max_seconds` (None: all, up to MAX_DECODED_SECONDS) of MPEG audio `file` (an
+    open binary file at its start), float32 (C, S) or (1, S) averaged when `mono`, and its rate.
+    A frame the decoder refuses comes back as silence as long as it, so what follows keeps its
+    time, as libsndfile's decoder does; one the demuxer skips while finding the next header
+    leaves no trace in the times and is lost, as it mostly is there too (measured: a header
+    destroyed in frame 50 loses the same frame in both; in frame 1, libsndfile keeps its time
+    and this comes one frame early from there on). The rate and channels are the
+    first frame's: frames with another channel count (files joined end to end) are brought to
+    it, another rate is refused. A rate over `max_rate` raises RateTooHigh before anything is
+    decoded."""
     import av
 
     container = _open(file)
@@ -73,26 +122,36 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
         rate = int(stream.codec_context.sample_rate or 0)
         if max_rate is not None and rate > max_rate:
             raise RateTooHigh(rate)
-        blocks, held, wanted, first_pts, channels = [], 0, None, None, 0
+        seconds = MAX_DECODED_SECONDS if max_seconds is None else min(max_seconds, MAX_DECODED_SECONDS)
+        # times from the stream's start, where its first sample plays after the encoder's delay
+        # is skipped: a refused first frame is then silence too, not a shift of all that follows
+        origin = stream.start_time or 0
+        blocks, held, channels = [], 0, 0
+        wanted = math.ceil(seconds * rate) if rate > 0 else None  # the first frame's rate sets it again
         try:
             for packet in container.demux(stream):
+                if (wanted is not None and packet.pts is not None and packet.time_base is not None
+                        and float((packet.pts - origin) * packet.time_base) * rate >= wanted):
+                    # decodable or not, nothing from here on is wanted; refused frames before it
+                    # are silence up to there
+                    if channels and held < wanted:
+                        blocks.append(np.zeros((1 if mono else channels, wanted - held), np.float32))
+                        held = wanted
+                    break
                 try:
                     decoded = packet.decode()
                 except av.InvalidDataError:
-                    continue  # a damaged frame: left out, its time kept below
+                    continue  # its time is kept by the next frame that decodes
                 for frame in decoded:
                     if not channels:
-                        rate, first_pts, channels = frame.sample_rate, frame.pts, frame.layout.nb_channels
+                        rate, channels = frame.sample_rate, frame.layout.nb_channels
                         if max_rate is not None and rate > max_rate:
                             raise RateTooHigh(rate)
-                        wanted = None if max_seconds is None else math.ceil(max_seconds * rate)
+                        wanted = math.ceil(seconds * rate)
                     elif frame.sample_rate != rate:
                         raise MpegAudioError(f"its sample rate changes midway, from {rate} Hz to {frame.sample_rate} Hz")
-                    if frame.pts is not None and first_pts is not None and frame.time_base is not None:
-                        # a frame the decoder refused comes back as silence as long as it, so what
-                        # follows keeps its time; one the demuxer skipped while finding the next
-                        # header leaves no gap in the times and is lost, as it is with mpg123
-                        gap = round(float((frame.pts - first_pts) * frame.time_base) * rate) - held
+                    if frame.pts is not None and frame.time_base is not None:
+                        gap = min(round(float((frame.pts - origin) * frame.time_base) * rate), wanted) - held
                         if gap > 0:
                             blocks.append(np.zeros((1 if mono else channels, gap), np.float32))
                             held += gap
@@ -101,15 +160,14 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
                         block = block.mean(axis=0, dtype=np.float64, keepdims=True).astype(np.float32)
                     elif block.shape[0] != channels:  # a stream that switches mono/stereo keeps its first count
                         block = np.repeat(block.mean(axis=0, keepdims=True), channels, axis=0)
-                    blocks.append(block)
-                    held += block.shape[1]
+                    blocks.append(block[:, :max(0, wanted - held)])
+                    held += blocks[-1].shape[1]
                 if wanted is not None and held >= wanted:
                     break
         except (av.FFmpegError, ValueError, OSError) as error:
-            raise MpegAudioError(str(error) or type(error).__name__) from error
+            raise MpegAudioError(_words(error)) from error
     finally:
         container.close()
     if not blocks:
         return np.zeros((1, 0), np.float32), max(rate, 1)
-    samples = np.concatenate(blocks, axis=1)
-    return (samples if wanted is None else samples[:, :wanted]), rate
+    return np.concatenate(blocks, axis=1), rate

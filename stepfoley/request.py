@@ -777,6 +777,8 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     file soundfile cannot read stays the job's error (bad_audio), as when it is read later."""
     import soundfile  # here, not at the top: the client (inside a DAW) never checks paths
 
+    from stepfoley.engine import mpeg_audio
+
     try:  # checked again once open: the path may have become a pipe since it was looked at
         fd = open_input(path)
     except OSError:
@@ -784,8 +786,11 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     with os.fdopen(fd, "rb") as file:
         _check_regular(os.fstat(fd), path, name, max_bytes)
         try:
-            info = soundfile.info(file)
-            rate, channels, frames = int(info.samplerate), int(info.channels), int(info.frames)
+            if mpeg_audio.is_mpeg_audio(file):  # not libsndfile's mpg123, which writes to stderr
+                (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
+            else:
+                info = soundfile.info(file)
+                rate, channels, frames = int(info.samplerate), int(info.channels), int(info.frames)
         except Exception:  # soundfile raises several kinds (LibsndfileError, RuntimeError, TypeError, ...)
             return
     if rate > MAX_INPUT_SAMPLE_RATE:

@@ -1,8 +1,13 @@
 """engine.mpeg_audio: MP3 inputs read through FFmpeg, as libsndfile decodes them, without the
 line per damaged frame that libsndfile's mpg123 writes to the engine's standard error."""
 
+import io
+import json
+import os
 import subprocess
 import sys
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +17,21 @@ from stepfoley.engine import audio_io, mpeg_audio
 from stepfoley.engine.errors import AudioError
 
 RATE = 44100
+HERE = Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
+needs_mp3 = pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
+# an empty ID3v2.3 tag: its 10-byte header, a size of 10 (syncsafe), 10 bytes of padding
+ID3_TAG = b"ID3\x03\x00\x00\x00\x00\x00\x0a" + bytes(10)
+# an MPEG-2 layer III frame header: 24 kHz mono, 8 kbit/s, frames of 24 bytes and 576 samples
+SMALL_FRAME_HEADER = bytes([0xFF, 0xF3, 0x14, 0xC0])
 
 
-def write_mp3(path, seconds=6.0, channels=2, seed=0):
+def write_mp3(path, seconds=6.0, channels=2, seed=0, rate=RATE):
     rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
+    t = np.arange(int(seconds * rate)) / rate
     tone = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.5 * t))
     samples = np.stack([tone + 0.05 * rng.standard_normal(len(t)) for _ in range(channels)], axis=1)
-    sf.write(path, samples.astype(np.float32), RATE, format="MP3")
+    sf.write(path, samples.astype(np.float32), rate, format="MP3")
     return path
 
 
@@ -32,32 +42,62 @@ def frame_offsets(path) -> list[int]:
         return [p.pos for p in container.demux(container.streams.audio[0]) if p.size]
 
 
-def damaged_mp3(tmp_path):
-    """An MP3 whose Xing header claims an absurd length and with two frames' headers zeroed:
-    mpg123 writes a warning and three notes to stderr for it."""
+def damaged_mp3(tmp_path, frames=(100, 101), how="header"):
+    """An MP3 whose Xing header claims an absurd length (frames and bytes), with the given frames
+    damaged: their header zeroed, or their side information filled with 0xFF (a frame the
+    decoder refuses)."""
     path = write_mp3(tmp_path / "good.mp3")
     data = bytearray(path.read_bytes())
     xing = data.find(b"Xing") if b"Xing" in data else data.find(b"Info")
-    data[xing + 8:xing + 12] = b"\xff\xff\xff\xff"
-    for k in (100, 101):
-        start = frame_offsets(path)[k]
-        data[start:start + 8] = bytes(8)
-    damaged = tmp_path / "damaged.mp3"
+    data[xing + 8:xing + 16] = b"\xff\xff\xff\xff\x00\x00\x00\x10"
+    offsets = frame_offsets(path)
+    for k in frames:
+        if how == "header":
+            data[offsets[k]:offsets[k] + 8] = bytes(8)
+        else:
+            data[offsets[k] + 4:offsets[k] + 40] = b"\xff" * 36
+    damaged = tmp_path / f"damaged-{how}-{'-'.join(map(str, frames))}.mp3"
     damaged.write_bytes(bytes(data))
     return damaged
 
 
 def run_python(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, timeout=120)
+    # -W ignore: the engine's standard error is what is checked, not a library's import warnings
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    return subprocess.run([sys.executable, "-W", "ignore", "-c", code, *map(str, args)], capture_output=True,
+                          timeout=120, env=env)
 
 
 def test_the_sniff_names_mpeg_audio_and_nothing_libsndfile_reads_otherwise():
-    assert mpeg_audio.is_mpeg_audio(b"ID3\x04") and mpeg_audio.is_mpeg_audio(b"\xff\xfb\x90")
-    assert mpeg_audio.is_mpeg_audio(b"\xff\xe3\x18")  # MPEG 2.5
-    for head in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"\xff\x00\x00", b"", b"I"):
-        assert not mpeg_audio.is_mpeg_audio(head)
+    def sniff(data: bytes) -> bool:
+        file = io.BytesIO(data + bytes(64))
+        file.seek(0)
+        found = mpeg_audio.is_mpeg_audio(file)
+        assert file.tell() == 0  # left where it was
+        return found
+
+    assert sniff(b"\xff\xfb\x90\x00") and sniff(b"\xff\xe3\x18\x00") and sniff(SMALL_FRAME_HEADER)  # MPEG 1, 2.5, 2
+    assert sniff(ID3_TAG + b"\xff\xfb\x90\x00") and sniff(ID3_TAG + ID3_TAG + b"\xff\xfb\x90\x00")
+    for data in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"\xff\x00\x00", b"", b"ID3"):
+        assert not sniff(data)
+    for behind_a_tag in (b"RIFF", b"fLaC"):  # libsndfile reads these itself
+        assert not sniff(ID3_TAG + behind_a_tag)
 
 
+@pytest.mark.parametrize("form", ["WAV", "FLAC"])
+def test_a_wav_or_flac_behind_an_id3_tag_is_still_read_by_libsndfile(tmp_path, form):
+    samples = (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32)
+    plain = tmp_path / f"plain.{form.lower()}"
+    sf.write(plain, samples, 48000, format=form)
+    tagged = tmp_path / f"tagged.{form.lower()}"
+    tagged.write_bytes(ID3_TAG + plain.read_bytes())
+    ours, rate = audio_io.read_audio(tagged)
+    # libsndfile itself reads it: a WAV's last 10 samples (the tag's length in frames) go missing there
+    assert rate == 48000 and ours.shape[1] >= 47_990
+    np.testing.assert_allclose(ours[0, :47_990], samples[:47_990], atol=1e-4)
+
+
+@needs_mp3
 def test_an_mp3_reads_as_libsndfile_decodes_it(tmp_path):
     path = write_mp3(tmp_path / "steps.mp3")
     theirs, their_rate = sf.read(path, dtype="float32", always_2d=True)
@@ -69,6 +109,7 @@ def test_an_mp3_reads_as_libsndfile_decodes_it(tmp_path):
     np.testing.assert_allclose(mono[0], theirs[:int(2.5 * RATE)].mean(axis=1), atol=1e-4)
 
 
+@needs_mp3
 def test_a_damaged_mp3_is_read_without_a_word_on_stderr(tmp_path):
     """The engine's standard error is its log's: mpg123 wrote a line there per damaged header."""
     path = damaged_mp3(tmp_path)
@@ -80,9 +121,61 @@ def test_a_damaged_mp3_is_read_without_a_word_on_stderr(tmp_path):
     frames, rate = map(int, done.stdout.split())
     with sf.SoundFile(path) as sound:  # mpg123's decode, in this process: its words are not checked here
         theirs = sound.read(10 * RATE, dtype="float32")  # its header claims 4e12 frames
-    assert rate == RATE and frames == len(theirs)  # the refused frame kept as silence, as mpg123 does
+    assert rate == RATE and frames == len(theirs)
 
 
+@needs_mp3
+def test_the_header_check_before_accepting_a_job_is_silent_too(tmp_path):
+    """parse_request(check_paths=True) reads each audio input's header before /accepted; through
+    libsndfile that wrote mpg123's warning about the damaged length to stderr."""
+    path = damaged_mp3(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    request = {"region": {"video": "/v.mp4", "file_in": 2, "file_out": 6}, "caption": "rain",
+               "output_dir": str(out), "existing_mix": str(path)}
+    code = ("import json, sys; from stepfoley.request import parse_request; from test_request import capabilities; "
+            "r = parse_request(json.loads(sys.argv[1]), capabilities(), check_paths=True); print(r.existing_mix)")
+    done = run_python(code, json.dumps(request))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b"" and done.stdout.decode().strip() == str(path)
+
+
+@needs_mp3
+@pytest.mark.parametrize("frame", [0, 1, 50])
+def test_a_frame_the_decoder_refuses_keeps_the_time_of_what_follows(tmp_path, frame):
+    """Measured from the stream's start, not from the first frame that decodes: a refused first
+    frame shifted everything after it by 47 samples, a refused second one by 1,152."""
+    path = damaged_mp3(tmp_path, frames=(frame,), how="side information")
+    theirs, _ = sf.read(path, dtype="float32", always_2d=True, frames=10 * RATE)
+    ours, _ = audio_io.read_audio(path)
+    assert ours.shape == theirs.T.shape
+    np.testing.assert_allclose(ours[:, 2 * RATE:], theirs.T[:, 2 * RATE:], atol=1e-4)
+
+
+def test_a_small_file_of_refused_frames_is_not_decoded_past_what_is_asked(tmp_path):
+    """2.4 MB of frames the decoder refuses between good ones claim 40 minutes of silence: the
+    gap was allocated whole (hundreds of MB, 96 GiB a channel for a 1 GiB file) whatever was asked."""
+    good, refused = SMALL_FRAME_HEADER + bytes(20), SMALL_FRAME_HEADER + b"\xff" * 20
+    path = tmp_path / "crafted.mp3"
+    path.write_bytes(good * 3 + refused * 100_000 + good * 3)
+    tracemalloc.start()
+    try:
+        samples, rate = audio_io.read_audio(path, max_seconds=1.0, mono=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rate == 24000 and samples.shape == (1, 24000)  # the refused frames as silence, up to what was asked
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+@needs_mp3
+def test_the_header_gives_rate_and_channels(tmp_path):
+    path = write_mp3(tmp_path / "rain.mp3", seconds=3.0, channels=1)
+    with open(path, "rb") as file:
+        assert mpeg_audio.header(file) == (RATE, 1)
+
+
+@needs_mp3
 def test_an_mp3_over_the_rate_limit_is_refused_before_decoding(tmp_path):
     path = write_mp3(tmp_path / "wind.mp3", seconds=1.0)
     with pytest.raises(AudioError, match="is at 44100 Hz; at most 32000 Hz is read"):
@@ -91,11 +184,13 @@ def test_an_mp3_over_the_rate_limit_is_refused_before_decoding(tmp_path):
 
 def test_a_file_that_only_looks_like_mpeg_audio_is_refused_in_words(tmp_path):
     path = tmp_path / "notes.mp3"
-    path.write_bytes(b"ID3" + bytes(64) + b"not audio at all" * 8)
-    with pytest.raises(AudioError, match="Cannot read audio file .*export it again as WAV"):
+    path.write_bytes(b"\xff\xfb" + bytes(64) + b"not audio at all" * 8)
+    with pytest.raises(AudioError, match="Cannot read audio file .*export it again as WAV") as refused:
         audio_io.read_audio(path)
+    assert "Errno" not in str(refused.value) and str(refused.value).count(str(path)) == 1
 
 
+@needs_mp3
 def test_mp3_files_joined_end_to_end_keep_the_first_ones_channels(tmp_path):
     """A stereo file followed by a mono one (a crafted or naively joined stream) comes back as
     one stereo recording, the mono part on both channels; its length is both files'."""
@@ -107,6 +202,7 @@ def test_mp3_files_joined_end_to_end_keep_the_first_ones_channels(tmp_path):
     np.testing.assert_array_equal(samples[0, -RATE // 2:], samples[1, -RATE // 2:])  # the mono part
 
 
+@needs_mp3
 def test_an_mp3_whose_rate_changes_midway_is_refused_in_words(tmp_path):
     first = write_mp3(tmp_path / "a.mp3", 1.0, 1)
     data, _ = sf.read(first, dtype="float32")

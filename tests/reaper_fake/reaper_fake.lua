@@ -32,8 +32,8 @@ Model:
   D_PITCH, B_PPITCH, I_PITCHMODE, I_TAKEFX_NCH (a new take has REAPER's defaults: 0, -1
   project default, 0 normal, 0, 0, -1 project default, 2; pan, pan law, channel mode, pitch
   and take FX channels are stored only: a render refuses a take that plays with other values),
-  IP_SPECEDIT:CNT (read-only: the count of spectral edits), take markers, stretch-marker
-  count, MIDI flag, a source;
+  IP_SPECEDIT:CNT (read-only: the count of spectral edits; a render refuses a take with one),
+  take markers, stretch-marker count, MIDI flag, a source;
 - sources (PCM_source*): a file (WAV: sample rate, channels and length read from the
   header; video: length given by the scenario) or a section of a parent source (offset,
   length, reversed), as REAPER makes for trimmed/reversed takes;
@@ -1040,8 +1040,10 @@ local function mix_track_media(out, tr, gain, t0, frames, sr, channels)
   for _, item in ipairs(tr.items) do
     local take = item.active
     if item_plays(item) and item.position < t0 + frames / sr and item.position + item.length > t0 then
-      assert(take.pan == 0 and take.chanmode == 0 and take.pitch == 0,
-        "fake reaper: a take's pan, channel mode and pitch are not modelled in renders")
+      assert(take.pan == 0 and take.panlaw == -1 and take.chanmode == 0 and take.pitch == 0
+        and take.takefx_nch == 2 and take.spectral_edits == 0,
+        "fake reaper: a take's pan, pan law, channel mode, pitch, take FX channels and spectral edits are not " ..
+        "modelled in renders")
       local _, root = file_time(take, t0)
       local w = fake.wav_cache[root.file] or fake.read_wav(root.file)
       fake.wav_cache[root.file] = w
