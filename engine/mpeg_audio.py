@@ -17,8 +17,10 @@ import numpy as np
 ID3_TAG = b"ID3"
 ID3_HEADER_BYTES = 10
 MAX_ID3_TAGS = 16  # tags in a row before the audio; more is not a file any tool writes
-# Without a length asked for, a file is decoded to at most this: a damaged stream's refused frames
-# come back as silence, and a small crafted file can claim days of them.
+# how the formats libsndfile reads behind an ID3 tag begin (WAV, RF64, FLAC, Ogg, AIFF)
+LIBSNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM")
+# Without a length asked for, a file longer than this is refused: a damaged stream's refused
+# frames come back as silence, and a small crafted file can claim days of them.
 MAX_DECODED_SECONDS = 2 * 3600.0
 
 
@@ -45,21 +47,27 @@ def _id3_tag_bytes(header: bytes) -> int | None:
 
 
 def is_mpeg_audio(file: BinaryIO) -> bool:
-    """Whether seekable binary `file`, at its start, is MPEG audio as libsndfile takes it: an
-    MPEG frame sync (11 set bits: MPEG 1, 2 and 2.5) at its start or right after its ID3v2
-    tags; libsndfile reads a WAV or FLAC file behind such a tag itself. `file` is left where it
-    was."""
+    """Whether seekable binary `file`, at its start, is MPEG audio: an MPEG frame sync (11 set
+    bits: MPEG 1, 2 and 2.5) at its start, or an ID3v2 tag there and behind its tags anything
+    but the start of a format libsndfile reads itself (a WAV or FLAC file behind a tag; a
+    malformed tag or padding after it is MP3's, where mpg123 would talk). `file` is left
+    where it was."""
     start = file.tell()
     try:
+        head = file.read(ID3_HEADER_BYTES)
+        if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+            return True
+        if head[:3] != ID3_TAG:
+            return False
         offset = 0
-        for _ in range(MAX_ID3_TAGS + 1):
-            file.seek(start + offset)
-            head = file.read(ID3_HEADER_BYTES)
+        for _ in range(MAX_ID3_TAGS):
             tag = _id3_tag_bytes(head)
             if tag is None:
-                return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+                break
             offset += tag
-        return False
+            file.seek(start + offset)
+            head = file.read(ID3_HEADER_BYTES)
+        return head[:4] not in LIBSNDFILE_MAGIC
     finally:
         file.seek(start)
 
@@ -80,6 +88,10 @@ def _open(file: BinaryIO):
         container.close()
         raise MpegAudioError("no audio stream")
     return container
+
+
+def _too_long() -> MpegAudioError:
+    return MpegAudioError(f"it holds more than {MAX_DECODED_SECONDS / 3600:g} hours of audio")
 
 
 def _float_channels(frame) -> np.ndarray:
@@ -104,8 +116,9 @@ def header(file: BinaryIO) -> tuple[int, int]:
 
 
 def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | None) -> tuple[np.ndarray, int]:
-    """The first `max_seconds` (None: all, up to MAX_DECODED_SECONDS) of MPEG audio `file` (an
-    open binary file at its start), float32 (C, S) or (1, S) averaged when `mono`, and its rate.
+    """The first `max_seconds` of MPEG audio `file` (an open binary file at its start; None:
+    all of it, refused beyond MAX_DECODED_SECONDS), float32 (C, S) or (1, S) averaged when
+    `mono`, and its rate.
     A frame the decoder refuses comes back as silence as long as it, so what follows keeps its
     time, as libsndfile's decoder does; one the demuxer skips while finding the next header
     leaves no trace in the times and is lost, as it mostly is there too (measured: a header
@@ -134,6 +147,8 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
                         and float((packet.pts - origin) * packet.time_base) * rate >= wanted):
                     # decodable or not, nothing from here on is wanted; refused frames before it
                     # are silence up to there
+                    if max_seconds is None:
+                        raise _too_long()
                     if channels and held < wanted:
                         blocks.append(np.zeros((1 if mono else channels, wanted - held), np.float32))
                         held = wanted
@@ -163,11 +178,18 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
                     blocks.append(block[:, :max(0, wanted - held)])
                     held += blocks[-1].shape[1]
                 if wanted is not None and held >= wanted:
+                    if max_seconds is None:
+                        raise _too_long()
                     break
         except (av.FFmpegError, ValueError, OSError) as error:
             raise MpegAudioError(_words(error)) from error
+        except MemoryError:
+            raise MpegAudioError("it decodes to more audio than this computer's memory holds") from None
     finally:
         container.close()
     if not blocks:
         return np.zeros((1, 0), np.float32), max(rate, 1)
-    return np.concatenate(blocks, axis=1), rate
+    try:
+        return np.concatenate(blocks, axis=1), rate
+    except MemoryError:
+        raise MpegAudioError("it decodes to more audio than this computer's memory holds") from None

@@ -612,14 +612,22 @@ def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return ((channels.astype(np.float64) - offset[:, None]) ** 2).mean(axis=0)
 
 
-def seam_gain_db(power: np.ndarray, audio: np.ndarray, keep: np.ndarray, edge: int, reach: int,
+def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,
                  sample_rate: int) -> float | None:
     """The level match at one seam, `edge` the first sample after a change between kept and new:
-    the gain in dB that makes the new `audio` (S,) within `reach` samples inside the seam as loud
-    as the take (its `power` (S,)) within `reach` outside it, on this seam's side only, each by
-    `gated_power`, within LEVEL_MATCH_DB; None when either side is silent there."""
+    the gain in dB that makes the new `audio` (S,) within `new_reach` samples inside the seam as
+    loud as the take (its `power` (S,)) within `reach` outside it, each by `gated_power`, within
+    LEVEL_MATCH_DB; None when either side is silent there, the take's also when its samples are
+    (its power subtracts an offset measured over the whole take, which digital silence lacks)."""
+    keep = known.keep
     before, after = slice(max(0, edge - reach), edge), slice(edge, edge + reach)
-    take_side, new_side = (after, before) if keep[edge] else (before, after)
+    if keep[edge]:
+        take_side, new_side = after, slice(max(0, edge - new_reach), edge)
+    else:
+        take_side, new_side = before, slice(edge, edge + new_reach)
+    take_samples = known.samples[take_side][keep[take_side]]
+    if not take_samples.size or np.abs(take_samples).max() <= LEVEL_MATCH_FLOOR:
+        return None
     take_power = gated_power(power[take_side][keep[take_side]], sample_rate)
     new_power = gated_power(audio[new_side][~keep[new_side]] ** 2, sample_rate)
     if take_power <= LEVEL_MATCH_FLOOR ** 2 or new_power <= LEVEL_MATCH_FLOOR ** 2:
@@ -632,10 +640,11 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     take in tone (engine.tone_match: the balance of its bands within LEVEL_MATCH_S inside the
     seams made the take's within LEVEL_MATCH_S outside them), then brought to the take's level at
     each seam (`seam_gain_db`; a span between two seams goes from the one gain to the other in a
-    straight line in dB, so a repair between a loud and a quiet stretch meets each at its level;
-    where the take is silent next to both, the new audio is matched to the kept take as a
-    whole), then true-peak limited; only the new part is measured, and the kept audio is never
-    touched. Returns ((1, S), levels)."""
+    straight line in dB, each seam measuring the new audio on its half of the span, so a repair
+    between a loud and a quiet stretch meets each at its level; a seam where the take is silent
+    takes the other's gain, and where it is silent next to both, the new audio is matched to the
+    kept take as a whole), then true-peak limited; only the new part is measured, and the kept
+    audio is never touched. Returns ((1, S), levels)."""
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
@@ -669,18 +678,23 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         whole_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
     else:
         matched_to = "nothing (the take or the new audio is silent): the model's own level"
-    gain_db = np.zeros(len(new))
+    matched = np.array(audio, np.float32)[None]                                  # (1, S)
     ends = []  # (gain at the first new sample, at the last) per span
     for a, b in true_runs(new):
-        at_start = seam_gain_db(power, audio, known.keep, a, reach, sample_rate) if a > 0 else None
-        at_end = seam_gain_db(power, audio, known.keep, b, reach, sample_rate) if b < len(new) else None
+        # between two seams each measures the new audio on its own half: the model's may itself
+        # fade from the one side's level to the other's
+        new_reach = min(reach, max(1, (b - a) // 2)) if 0 < a and b < len(new) else reach
+        at_start = seam_gain_db(known, power, audio, a, reach, new_reach, sample_rate) if a > 0 else None
+        at_end = seam_gain_db(known, power, audio, b, reach, new_reach, sample_rate) if b < len(new) else None
         if at_start is None and at_end is None:
             at_start = at_end = whole_db
         at_start = at_end if at_start is None else at_start
         at_end = at_start if at_end is None else at_end
-        gain_db[a:b] = np.linspace(at_start, at_end, b - a)
+        if at_start == at_end:
+            matched[0, a:b] *= np.float32(10 ** (at_start / 20))
+        else:
+            matched[0, a:b] *= 10 ** (np.linspace(at_start, at_end, b - a, dtype=np.float32) / np.float32(20))
         ends.append((at_start, at_end))
-    matched = (audio * 10 ** (gain_db / 20))[None].astype(np.float32)
     pre_limiter = matched[:, new]
     matched = np.where(new, limit_new_part(matched, new, sample_rate), matched)
     part = matched[:, new]

@@ -348,6 +348,45 @@ def test_a_repair_between_a_loud_and_a_quiet_stretch_meets_each_at_its_level():
     assert levels["level_match_gain_db_at_end"] == pytest.approx(levels["level_match_gain_db"] - 30, abs=0.5)
 
 
+def test_between_two_seams_each_measures_the_new_audio_on_its_own_half():
+    """The model's audio may itself fade across the gap, here by 30 dB as the take does: measured
+    over the whole gap at both seams (its loud start dominating), the new part came out 30 dB
+    too quiet at the quiet seam; each seam now measures its own half of the gap."""
+    rate = 16000
+    rng = np.random.default_rng(13)
+    take = (0.05 * rng.standard_normal(5 * rate)).astype(np.float32)
+    take[3 * rate:] *= np.float32(10 ** (-30 / 20))
+    keep = np.ones(5 * rate, bool)
+    keep[2 * rate:3 * rate] = False                                     # a 1 s gap
+    audio = (0.02 * rng.standard_normal(5 * rate)).astype(np.float32)
+    audio[2 * rate:3 * rate] *= (10 ** (np.linspace(0, -30, rate) / 20)).astype(np.float32)
+    matched, _ = finish_new_part(audio, KnownAudio(take, keep), rate)
+
+    def db(x):
+        return 10 * np.log10(np.mean(np.asarray(x, np.float64) ** 2))
+
+    # each half's level is taken as flat, so part of the fade within it is left: the ends were
+    # 9.7 dB too loud and 20.8 dB too quiet with the whole gap measured at both seams
+    start_error = db(matched[0, 2 * rate:2 * rate + 160]) - db(take[rate:2 * rate])
+    end_error = db(matched[0, 3 * rate - 160:3 * rate]) - db(take[3 * rate:4 * rate])
+    assert 0.0 < start_error < 7.0 and -10.0 < end_error < 0.0
+
+
+def test_next_to_digital_silence_a_seam_takes_the_other_ones_gain():
+    """A take with a recorder's offset before the gap and digital silence after it: the offset,
+    measured over the whole take, made the silence sound, and the new part faded down toward
+    that offset's level instead of taking the other seam's gain, as a silent side does."""
+    rate = 16000
+    rng = np.random.default_rng(14)
+    take = (0.05 * rng.standard_normal(5 * rate) + 0.01).astype(np.float32)
+    take[int(2.5 * rate):] = 0.0
+    keep = np.ones(5 * rate, bool)
+    keep[2 * rate:int(2.5 * rate)] = False
+    audio = (0.02 * rng.standard_normal(5 * rate)).astype(np.float32)
+    _, levels = finish_new_part(audio, KnownAudio(take, keep), rate)
+    assert levels["level_match_gain_db_at_end"] == levels["level_match_gain_db"]
+
+
 def test_a_takes_dc_offset_is_not_counted_as_its_loudness():
     # a -40 dBFS take with an offset of 0.05 (a recorder's): its repair came out 14 dB too loud
     rng = np.random.default_rng(9)

@@ -78,10 +78,16 @@ def test_the_sniff_names_mpeg_audio_and_nothing_libsndfile_reads_otherwise():
 
     assert sniff(b"\xff\xfb\x90\x00") and sniff(b"\xff\xe3\x18\x00") and sniff(SMALL_FRAME_HEADER)  # MPEG 1, 2.5, 2
     assert sniff(ID3_TAG + b"\xff\xfb\x90\x00") and sniff(ID3_TAG + ID3_TAG + b"\xff\xfb\x90\x00")
-    for data in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"\xff\x00\x00", b"", b"ID3"):
+    for data in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"\xff\x00\x00", b"", b"I"):
         assert not sniff(data)
-    for behind_a_tag in (b"RIFF", b"fLaC"):  # libsndfile reads these itself
-        assert not sniff(ID3_TAG + behind_a_tag)
+    for behind_a_tag in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM"):  # libsndfile reads these itself
+        assert not sniff(ID3_TAG + behind_a_tag) and not sniff(ID3_TAG + ID3_TAG + behind_a_tag)
+    with_footer = b"ID3\x04\x00\x10\x00\x00\x00\x02" + bytes(2) + b"3DI\x04\x00\x10\x00\x00\x00\x02"  # v2.4
+    assert not sniff(with_footer + b"RIFF") and sniff(with_footer + b"\xff\xfb\x90\x00")
+    # anything else after "ID3" is MP3's: padding after the tag, a size that is not syncsafe
+    # (an old iTunes bug), a tag longer than the file, a bare "ID3"
+    assert sniff(ID3_TAG + bytes(1) + b"\xff\xfb\x90\x00") and sniff(b"ID3\x03\x00\x00\x00\x00\x00\x80")
+    assert sniff(b"ID3\x03\x00\x00\x7f\x7f\x7f\x7f") and sniff(b"ID3")
 
 
 @pytest.mark.parametrize("form", ["WAV", "FLAC"])
@@ -122,6 +128,20 @@ def test_a_damaged_mp3_is_read_without_a_word_on_stderr(tmp_path):
     with sf.SoundFile(path) as sound:  # mpg123's decode, in this process: its words are not checked here
         theirs = sound.read(10 * RATE, dtype="float32")  # its header claims 4e12 frames
     assert rate == RATE and frames == len(theirs)
+
+
+@needs_mp3
+def test_an_mp3_behind_a_malformed_tag_is_read_silently_too(tmp_path):
+    """A tag size that is not syncsafe (an old iTunes bug) sent the file to libsndfile, whose
+    mpg123 wrote "Bad tag length" and a line per damaged frame after it."""
+    path = damaged_mp3(tmp_path)
+    tagged = tmp_path / "itunes.mp3"
+    tagged.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x80" + bytes(128) + path.read_bytes())
+    code = ("import sys; from stepfoley.engine import audio_io; "
+            "x, r = audio_io.read_input_audio(sys.argv[1], 10.0); print(x.shape[1], r)")
+    done = run_python(code, tagged)
+    assert done.returncode == 0 and done.stderr == b"", done.stderr
+    assert done.stdout.split()[1] == str(RATE).encode()
 
 
 @needs_mp3
@@ -212,3 +232,13 @@ def test_an_mp3_whose_rate_changes_midway_is_refused_in_words(tmp_path):
     joined.write_bytes(first.read_bytes() + other.read_bytes())
     with pytest.raises(AudioError, match="its sample rate changes midway"):
         audio_io.read_audio(joined)
+
+
+@needs_mp3
+def test_without_a_length_an_mp3_past_the_bound_is_refused_not_cut(tmp_path, monkeypatch):
+    path = write_mp3(tmp_path / "long.mp3", seconds=3.0, channels=1)
+    monkeypatch.setattr(mpeg_audio, "MAX_DECODED_SECONDS", 1.0)  # 2 hours in use
+    with pytest.raises(AudioError, match="it holds more than 0.000277778 hours of audio"):
+        audio_io.read_audio(path)
+    samples, _ = audio_io.read_audio(path, max_seconds=0.5)  # a length asked for is read as ever
+    assert samples.shape == (1, RATE // 2)
