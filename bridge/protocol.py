@@ -76,6 +76,7 @@ CLIENT_MESSAGES: dict[str, tuple[tuple[str, type], ...]] = {
     CANCEL: (("job_id", str),),
     RESULT: (("job_id", str),),
 }
+JSON_ARGUMENTS = ("request_json",)
 FINAL_REPLIES = (DONE, DONE_STEMS, ERROR, CANCELLED)
 
 # Outcomes of /cancel, in /cancel_reply.
@@ -119,6 +120,11 @@ def parse_header(address: str, args: list[Any]) -> tuple[Header, list[Any]]:
                 f"{address}: argument '{name}' must be an OSC {_osc_type_name(kind)}, "
                 f"got {type(value).__name__}.",
             )
+        # a string whose bytes were not UTF-8 arrives escaped (osc._arguments); the request's
+        # JSON is parsed on, to name the field that holds them
+        if kind is str and name not in JSON_ARGUMENTS and not _is_utf8(value):
+            raise ProtocolError("bad_arguments", f"{address}: argument '{name}' holds bytes that are not UTF-8 text; "
+                                                 "send every string as UTF-8.")
     reply_port, request_id, token = args[0], args[1], args[2]
     if not 1 <= reply_port <= 65535:
         raise ProtocolError("bad_arguments", f"reply_port {reply_port} is not a UDP port (1-65535).")
@@ -243,6 +249,14 @@ def _shorten(value: Any, limit: int) -> Any:
     if isinstance(value, dict):
         return {k: _shorten(v, limit) for k, v in value.items()}
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_type(value: Any, kind: type) -> bool:

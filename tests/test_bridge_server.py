@@ -240,6 +240,18 @@ def test_a_string_that_is_not_utf8_gets_an_error_reply_not_silence(peer, tmp_pat
     assert address == protocol.ERROR and args[0] == "" and "request_id" in args[3]
 
 
+@pytest.mark.parametrize("address, extra", [(protocol.CANCEL, "jX"), (protocol.RESULT, "jX"), (protocol.PING, None)])
+def test_a_job_id_or_token_that_is_not_utf8_is_refused_as_such(peer, address, extra):
+    """A job id with a Latin-1 byte was answered "unknown job", and a token with one was taken
+    by an engine without a token; each is refused naming the argument."""
+    args = (peer.port, "r-bytes", "tX") if extra is None else (peer.port, "r-bytes", "", extra)
+    peer.send_bytes(osc.encode(address, *args).replace(b"X\x00", b"\xe9\x00"))
+    reply, answer = peer.receive()
+    name = "token" if extra is None else "job_id"
+    assert reply == protocol.ERROR and answer[:3] == ["r-bytes", "", "bad_arguments"]
+    assert f"argument '{name}' holds bytes that are not UTF-8 text" in answer[3]
+
+
 def test_a_lost_final_reply_can_be_fetched_by_job_id(peer, client, tmp_path):
     job = client.submit(make_request(tmp_path, seed=3))
     final = job.wait()
