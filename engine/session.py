@@ -654,8 +654,9 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     # audio: (S,) at sample_rate, as decoded
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
+    runs = true_runs(new)
     inside, outside = np.zeros_like(new), np.zeros_like(new)
-    for edge in np.flatnonzero(np.diff(new.astype(np.int8))) + 1:  # first sample after each change
+    for edge in (e for a, b in runs for e in (a, b) if 0 < e < len(new)):  # first sample after each change
         side = np.zeros_like(new)
         side[max(0, edge - reach): edge + reach] = True
         inside |= side & new
@@ -686,7 +687,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         matched_to = "nothing (the take or the new audio is silent): the model's own level"
     matched = np.array(audio, np.float32)[None]                                  # (1, S)
     ends = []  # (gain at the first new sample, at the last) per span
-    for a, b in true_runs(new):
+    for a, b in runs:
         # between two seams each measures the new audio on its own half: the model's may itself
         # fade from the one side's level to the other's
         new_reach = min(reach, max(1, (b - a) // 2)) if 0 < a and b < len(new) else reach
