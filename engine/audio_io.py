@@ -154,24 +154,6 @@ def _validated_samples(samples: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def rename_file(source: str | os.PathLike, target: str | os.PathLike, replace: bool = False) -> Path:
-    """Give a finished file another name in the same folder, atomically: an existing `target` is
-    replaced only when `replace` is true, else refused (AudioError) and `source` is kept."""
-    source, target = Path(source), Path(target)
-    try:
-        if replace:
-            os.replace(source, target)
-        else:
-            atomic.publish_exclusively(source, target)
-    except FileExistsError:
-        raise AudioError(f"'{target}' already exists and was left untouched; the new file is "
-                         f"'{source}'.") from None
-    except OSError as error:
-        raise AudioError(f"Could not rename '{source}' to '{target}': {error}. The new file stays "
-                         f"'{source}'.") from None
-    return target
-
-
 def write_wav_atomic(
     path: str | os.PathLike,
     samples: np.ndarray,
@@ -309,14 +291,30 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
 
 
 def write_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: np.ndarray, sample_rate: int,
-                  subtype: str = "PCM_24", max_bytes: int | None = None) -> Path:
+                  subtype: str = "PCM_24", max_bytes: int | None = None, stem_file: str | os.PathLike | None = None,
+                  replace: bool = False) -> Path:
     """Write a new take under the first free `<name>_NNN.wav` (stage_new_wav, then
-    publish_new_wav); a writer that takes the name first only moves this one on to the next number."""
+    publish_stem); a writer that takes the name first only moves this one on to the next number.
+    `stem_file`, `replace`: publish_stem's."""
     staged = stage_new_wav(directory, name_hint, samples, sample_rate, subtype, max_bytes)
     try:
-        return publish_new_wav(staged, directory, name_hint)
+        return publish_stem(staged, directory, name_hint, stem_file, replace)
     finally:
         staged.discard()
+
+
+def publish_stem(staged: atomic.StagedFile, directory: str | os.PathLike, name_hint: str | None,
+                 stem_file: str | os.PathLike | None = None, replace: bool = False) -> Path:
+    """Name a staged take: `stem_file` when given (a name in `directory` the user chose; an
+    existing file there replaced only when `replace`, else the take gets a numbered name, which
+    the caller tells from the path returned), otherwise publish_new_wav's numbered name. Straight
+    from the temporary file either way: no other name is ever seen."""
+    if stem_file is not None:
+        try:
+            return staged.publish(Path(directory) / Path(stem_file).name, replace=replace)
+        except FileExistsError:
+            pass
+    return publish_new_wav(staged, directory, name_hint)
 
 
 def stage_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: np.ndarray, sample_rate: int,

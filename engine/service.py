@@ -12,6 +12,7 @@ runs before the write, so a failed job leaves no stem.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -58,6 +59,15 @@ def _in_picture_time(samples: np.ndarray, sample_rate: int, region) -> np.ndarra
     return mixing.resample_to_length(on_timeline, sample_rate, sample_rate, int(round(region.duration * sample_rate)))
 
 
+@dataclass(frozen=True)
+class _StemName:
+    """The name a job's one stem is given in its output folder (audio_io.publish_stem): None for
+    the usual numbered one."""
+
+    file: str | os.PathLike | None = None
+    replace: bool = False
+
+
 class FoleyService:
     """A runner for bridge.server: `service(request, on_progress, is_cancelled) -> result`."""
 
@@ -73,16 +83,21 @@ class FoleyService:
 
     def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
-                 existing_tracks: Sequence[tuple[np.ndarray, int]] = ()) -> dict:
+                 existing_tracks: Sequence[tuple[np.ndarray, int]] = (),
+                 stem_file: str | os.PathLike | None = None, replace: bool = False) -> dict:
         """`existing_tracks`: (samples, sample_rate) of stems already in memory, heard like the
-        request's existing_mix (stepfoley generate --existing: no bounce file)."""
+        request's existing_mix (stepfoley generate --existing: no bounce file). `stem_file`: the
+        name, in request.output_dir, of a job's one stem (stepfoley generate --out FILE.wav),
+        given to it straight from its temporary file (audio_io.publish_stem, with `replace`); a
+        file already there and not `replace`: the usual numbered name."""
         try:
-            return self._generate(request, on_progress, is_cancelled, existing_tracks)
+            return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 
     def _generate(self, request: GenerationRequest, on_progress: ProgressFn | None,
-                  is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int]]) -> dict:
+                  is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int]],
+                  name: _StemName) -> dict:
         region = request.region
         video = _existing_file(region.video, "The video")
         if not os.path.isdir(request.output_dir):
@@ -114,8 +129,8 @@ class FoleyService:
                                        reference=reference)
             stop_if_cancelled(is_cancelled, "before the stem was written")
             stem, metadata = self._finished_stem(request, track)
-            return {"stem_path": os.fspath(self._write(request, stem)), "metadata": metadata}
-        return self._variations(request, session, settings, on_progress, is_cancelled, reference)
+            return {"stem_path": os.fspath(self._write(request, stem, name)), "metadata": metadata}
+        return self._variations(request, session, settings, on_progress, is_cancelled, reference, name)
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         region = request.region
@@ -137,17 +152,18 @@ class FoleyService:
         }
         return stem, metadata
 
-    def _write(self, request: GenerationRequest, stem: np.ndarray) -> Path:
+    def _write(self, request: GenerationRequest, stem: np.ndarray, name: _StemName) -> Path:
         output_folders.remember(request.output_dir)
         return audio_io.write_new_wav(request.output_dir, self._name_hint(request), stem, request.sample_rate,
-                                      FORMATS[request.format], max_bytes=MAX_STEM_BYTES)
+                                      FORMATS[request.format], max_bytes=MAX_STEM_BYTES,
+                                      stem_file=name.file, replace=name.replace)
 
     @staticmethod
     def _name_hint(request: GenerationRequest) -> str:
         return request.name_hint or request.caption
 
     def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
-                    on_progress, is_cancelled, reference) -> dict:
+                    on_progress, is_cancelled, reference, name: _StemName) -> dict:
         """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
         Stems are finished and staged one at a time (one stem's worth of memory) under hidden
         temporary names, and named only when all are on the disk: a job that fails, is stopped
@@ -157,8 +173,9 @@ class FoleyService:
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
                                         known=None if take is None else take.known)
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
-        ranking = rank_takes([t.samples for t in takes], self.model.sample_rate, request.caption, earlier,
-                             judge, why_not)
+        # judged as the stems will sound: a continuation's kept part is the take's, not the model's
+        heard = [t.samples if take is None else take.as_heard(t) for t in takes]
+        ranking = rank_takes(heard, self.model.sample_rate, request.caption, earlier, judge, why_not)
         staged, metadatas, published = [], [], []
         output_folders.remember(request.output_dir)  # before any temp file: a killed job's are swept at start
         try:
@@ -174,7 +191,8 @@ class FoleyService:
                 metadatas.append({**metadata, "rank": rank + 1, "ranking": ranking.figures[index]})
             stop_if_cancelled(is_cancelled, f"before the {len(takes)} stems were named")
             for file in staged:
-                published.append(audio_io.publish_new_wav(file, request.output_dir, self._name_hint(request)))
+                published.append(audio_io.publish_stem(file, request.output_dir, self._name_hint(request),
+                                                       name.file if len(staged) == 1 else None, name.replace))
         except BaseException:
             for path in published:
                 path.unlink(missing_ok=True)
@@ -222,6 +240,13 @@ class _Take:
             raise InvalidInputError(problem)
         # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
         return cls(samples, rate, request, session, read_exactly=subtype not in ("PCM_32", "DOUBLE"))
+
+    def as_heard(self, track) -> np.ndarray:
+        """The stem `track` makes, as the model hears the take: mono (S,) at the model's rate,
+        the take where it is kept and the track where it is new, spliced as `spliced` does."""
+        known = self.known
+        return splice(known.samples[None], track.samples[None], known.keep,
+                      int(round(SEAM_S * track.sample_rate)))[0]
 
     def spliced(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         """The stem: the take at the request's rate, the track where it is new, crossfaded at

@@ -157,6 +157,27 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     assert json.loads(json.dumps(meta))  # goes on the wire
 
 
+def test_takes_of_a_repair_are_ranked_as_their_stems_sound(tiny, scene_video, tmp_path, monkeypatch):
+    """The ranking judged the model's audio over the whole region, whose copy of the kept part
+    the splice throws away (up to 0.77 from the take there): it now judges the take where kept."""
+    import stepfoley.engine.service as service_module
+
+    judged = []
+    real = service_module.rank_takes
+    monkeypatch.setattr(service_module, "rank_takes", lambda takes, *a, **k: judged.extend(takes) or real(takes, *a, **k))
+    take = (0.1 * np.random.default_rng(3).standard_normal(96000)).astype(np.float32)
+    sf.write(tmp_path / "take.wav", take, 48000, subtype="FLOAT")
+    stems = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3],
+                                                variations=2))["stems"]
+    assert len(stems) == 2 and len(judged) == 2
+    heard = mixing.resample(take[None], 48000, tiny.sample_rate)[0]               # the take at the model's rate
+    rate = tiny.sample_rate
+    for audio in judged:
+        assert len(audio) == 2 * rate
+        np.testing.assert_array_equal(audio[:int(0.8 * rate)], heard[:int(0.8 * rate)])
+        np.testing.assert_array_equal(audio[int(1.3 * rate):], heard[int(1.3 * rate):2 * rate])
+
+
 def test_a_surround_take_is_extended_with_every_channel(tiny, scene_video, tmp_path):
     """A 5.1 take (six channels; BS.1770 weighs five): the stem keeps all six, and its metadata
     says its loudness is not measured instead of failing the finished job."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def wavs(folder):
 def test_out_as_a_file_never_replaces_one_without_force(video, tmp_path, capsys):
     take = tmp_path / "take.wav"
     assert generate(video, "--out", take, "--seed", 1) == 0
-    assert wavs(tmp_path) == ["take.wav"]  # the numbered name it was written under is gone
+    assert wavs(tmp_path) == ["take.wav"]
     assert f"wrote {take}  (2.00 s, 16000 Hz" in capsys.readouterr().out
     first = take.read_bytes()
 
@@ -147,6 +148,8 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--existing", huge], "at most 1024 MiB is read"),
         ([video, "0", "2", "--reference", huge], "at most 1024 MiB is read"),
         ([video, "0", "2", "--existing", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
+        # each is read whole before the model loads: 500 took 609 MB
+        ([video, "0", "2", "--existing", *[tmp_path / "tone.wav"] * 17], "--existing names 17 stems; at most 16"),
         ([video, "0", "2", "--reference", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
         ([video, "0", "2", "--sample-rate", "0"], "sample_rate 0 is not supported"),
         ([video, "0", "2", "--method", "negative_prompt"], "give them with --negative-caption"),
@@ -238,18 +241,48 @@ def test_one_take_is_not_said_to_be_ranked(video, tmp_path, capsys):
     assert "seed 0)" in out and "rank" not in out
 
 
-def test_rename_file_replaces_only_when_told(tmp_path):
-    from stepfoley.engine.audio_io import rename_file
-    from stepfoley.engine.errors import AudioError
+def test_out_file_is_named_straight_from_its_temporary_file(video, tmp_path, monkeypatch):
+    """The stem used to be published as take_001.wav and renamed: a kill in between left a
+    stray numbered file, and a DAW watching the folder saw one come and go."""
+    from stepfoley import atomic
 
-    new, old = tmp_path / "take_001.wav", tmp_path / "take.wav"
-    new.write_bytes(b"new")
-    old.write_bytes(b"old")
-    with pytest.raises(AudioError, match="already exists and was left untouched; the new file is"):
-        rename_file(new, old)
-    assert new.read_bytes() == b"new" and old.read_bytes() == b"old"
-    assert rename_file(new, old, replace=True) == old
-    assert old.read_bytes() == b"new" and not new.exists()
+    named = []
+    real = atomic.StagedFile.publish
+    monkeypatch.setattr(atomic.StagedFile, "publish", lambda self, path, replace=False:
+                        named.append(Path(path).name) or real(self, path, replace))
+    take = tmp_path / "take.wav"
+    assert generate(video, "--out", take, "--seed", 2) == 0
+    assert [n for n in named if n.endswith(".wav")] == ["take.wav"] and wavs(tmp_path) == ["take.wav"]
+
+
+def test_a_take_at_a_rate_no_stem_is_written_at_keeps_all_of_it(video, tmp_path, capsys):
+    """A 64 kHz take came back at the model's 16 kHz, everything above 8 kHz gone without a word;
+    it now comes back at 88.2 kHz, the lowest stem rate above it, and the command says so."""
+    take = tmp_path / "take64.wav"
+    t = np.arange(2 * 64000) / 64000
+    sf.write(take, (0.1 * np.sin(2 * np.pi * 20000 * t)).astype(np.float32), 64000, subtype="PCM_24")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert generate(video, "--take", take, "--regenerate", "1.5,2", "--out", out) == 0
+    captured = capsys.readouterr()
+    assert "the take is at 64000 Hz, which a stem is not written at; the stem is at 88200 Hz" in captured.err
+    [stem] = out.iterdir()
+    samples, rate = sf.read(stem, dtype="float32")
+    assert rate == 88200 and len(samples) == 2 * 88200
+    kept = samples[: int(1.4 * 88200)]  # the 20 kHz tone, kept (resampled), not cut off
+    assert np.sqrt(np.mean(kept ** 2)) > 0.05
+
+
+def test_publish_stem_replaces_only_when_told(tmp_path):
+    from stepfoley.engine.audio_io import publish_stem, stage_new_wav
+
+    take = tmp_path / "take.wav"
+    take.write_bytes(b"old")
+    staged = stage_new_wav(tmp_path, "take", np.zeros((1, 100), np.float32), 8000)
+    assert publish_stem(staged, tmp_path, "take", take) == tmp_path / "take_001.wav"  # taken: left untouched
+    assert take.read_bytes() == b"old"
+    staged = stage_new_wav(tmp_path, "take", np.zeros((1, 100), np.float32), 8000)
+    assert publish_stem(staged, tmp_path, "take", take, replace=True) == take and take.read_bytes()[:4] == b"RIFF"
 
 
 def test_variations_write_every_take_in_one_job(video, tmp_path, capsys, monkeypatch):

@@ -245,6 +245,9 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     if args.reference and args.existing:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
                                 "leave out --existing.")
+    if len(args.existing) > MAX_EXISTING:  # each is read whole, at its own rate, before the model loads
+        raise InvalidInputError(f"--existing names {len(args.existing)} stems; at most {MAX_EXISTING} are read. "
+                                "Bounce them into fewer files (the new track hears their sum).")
     if args.method == "reference" and not args.reference:
         raise InvalidInputError("--method reference makes the track sound like a recording: give it with "
                                 "--reference FILE.wav.")
@@ -258,10 +261,17 @@ def check_arguments(args: argparse.Namespace) -> Checked:
             raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
                                     "replace the stem. Give the metadata its own name (e.g. take.json).")
     sample_rate = None
-    if args.take:  # a take that cannot be read fails now, not after loading
+    if args.take and args.sample_rate is None:  # a take that cannot be read fails now, not after loading
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
-        # kept sample for sample: at the take's own rate unless told otherwise
-        sample_rate = take_rate if args.sample_rate is None and take_rate in SAMPLE_RATES else None
+        # kept sample for sample: at the take's own rate, else the lowest stem rate above it (all
+        # of the take is kept, resampled)
+        sample_rate = min((r for r in SAMPLE_RATES if r >= take_rate), default=max(SAMPLE_RATES))
+        if sample_rate != take_rate:
+            print(f"note: the take is at {take_rate} Hz, which a stem is not written at; the stem is at "
+                  f"{sample_rate} Hz, the take resampled to it (give --sample-rate to choose another)",
+                  file=sys.stderr)
+    elif args.take:
+        audio_io.read_audio(args.take, max_seconds=0.1)
     if output.file and 1 < args.variations <= MAX_VARIATIONS:  # out of range: the request's own message
         raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
                                 f"name: give --out a folder, not the file '{args.out}'.")
@@ -282,6 +292,9 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                   "is heard from START and is silent after (if the file was cut short, give the whole stem).",
                   file=sys.stderr)
     return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
+
+
+MAX_EXISTING = 16  # --existing stems: a session's Foley layers, or a bounce of more
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -317,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from stepfoley.engine.devices import share_cpu
-    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.errors import AudioError, StepFoleyError
     from stepfoley.engine.service import build_service
     from stepfoley.request import RequestError, parse_request
 
@@ -348,15 +361,17 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
 
         try:
-            result = service(request, progress, lambda: False, existing_tracks=checked.existing)
+            # --out FILE.wav: one stem (several need a folder, checked before the model loaded),
+            # named so straight from its temporary file
+            result = service(request, progress, lambda: False, existing_tracks=checked.existing,
+                             stem_file=checked.output.file, replace=args.force)
         finally:
             bar.close()
         stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
                  [(s["stem_path"], s["metadata"]) for s in result["stems"]])
-        if checked.output.file:  # one stem: several need a folder, checked before the model loaded
-            from stepfoley.engine.audio_io import rename_file
-
-            stems = [(rename_file(stems[0][0], checked.output.file, replace=args.force), stems[0][1])]
+        if checked.output.file and not _same_file(stems[0][0], checked.output.file):
+            raise AudioError(f"'{checked.output.file}' already exists and was left untouched; the new file is "
+                             f"'{stems[0][0]}'.")
     except RequestError as e:
         print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
         return 2
