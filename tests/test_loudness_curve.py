@@ -6,6 +6,7 @@ varispeeded to the stem's length."""
 import json
 
 import numpy as np
+import pytest
 
 from stepfoley.engine import mixing
 from stepfoley.engine.loudness_curve import APPLIED_AS, curve_at, follow_curve, loudness_over_time
@@ -84,3 +85,31 @@ def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path)
                          "project_end": 6.0}
     settings = TrackSettings.from_request(parse_request(request))
     assert settings.loudness_curve == ((0.0, -45.0), (2.0, -20.0))
+
+
+def test_a_varispeeded_or_lower_rate_stem_is_on_the_curve_where_it_is_heard(tmp_path):
+    """Varispeed moves the track's spectrum and a lower rate cuts its top, and K-weighted
+    loudness moves with both: a flat -30 LUFS curve came out at -35.7 LUFS at playrate 0.1, and
+    the metadata, measured before, said it was on the curve. The stem is brought onto it again."""
+    import soundfile as sf
+
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.service import FoleyService
+    from stepfoley.lab.miniworld import make_scene, write_scene
+
+    video = write_scene(make_scene(20_000_005, n_sources=2), tmp_path / "scene")["video"]
+    service = FoleyService(build_embedded_model(random_weights=True))
+    for playrate, rate in ((0.25, 48000), (1.0, 8000)):
+        seconds = 2.0 / playrate
+        request = make_request(tmp_path, protocol=2, loudness_curve=[[0, -30], [seconds, -30]],
+                               method="independent", steps=2, sample_rate=rate, format="wav32f")
+        request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0, "playrate": playrate}
+        (stem,) = service(parse_request(request, service.capabilities(), check_paths=True))["stems"]
+        samples, got_rate = sf.read(stem["stem_path"], dtype="float32")
+        times, loudness = loudness_over_time(samples, got_rate)
+        heard = loudness > -70
+        error = float(np.median(np.abs(loudness[heard] + 30)))
+        assert error < 1.0, (playrate, rate, error)  # 3.1 dB at playrate 0.25 before
+        meta = stem["metadata"]
+        assert meta["loudness_curve_error_db"] == pytest.approx(error, abs=0.05)  # the stem's own, as written
+        assert len(meta["loudness_curve_output_correction_db"]) == 2
