@@ -140,6 +140,33 @@ def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int
                              target_lufs=CONDITION_LUFS)[0]
 
 
+MIN_REFERENCE_S = 0.1  # looped to the region, anything shorter is a buzz at its own repeat rate
+
+
+def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
+    """Mono (S,) audio repeated, or cut, to `length` samples, (length,)."""
+    return np.tile(samples, math.ceil(length / samples.shape[-1]))[:length]
+
+
+def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> None:
+    """Refuse, in words, a reference recording (any channel layout) that cannot be heard as one
+    over a region of `seconds`: shorter than MIN_REFERENCE_S, or, looped over the region, under
+    the loudness gate (-70 LUFS), which loudness normalization leaves as it is, so the track
+    would be pulled toward near-silence. Said before the model loads by `stepfoley generate`."""
+    audio = mixing.as_channels_first(np.asarray(samples, np.float32))
+    held = audio.shape[-1] / sample_rate
+    if held == 0:
+        raise InvalidInputError("The reference sound is empty (zero length); choose another recording.")
+    if held < MIN_REFERENCE_S:
+        raise InvalidInputError(f"The reference sound is {held * 1000:.3g} ms long; it is looped over the region, so "
+                                f"give at least {MIN_REFERENCE_S * 1000:.0f} ms of the sound you want.")
+    mono = audio.mean(axis=0)
+    loudness = mixing.integrated_loudness(looped_to(mono, max(1, round(seconds * sample_rate)))[None], sample_rate)
+    if not loudness >= mixing.SILENCE_GATE_LUFS:
+        raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region); "
+                                "choose a recording of the sound you want, or raise its level.")
+
+
 def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
     """What the audio branch hears over one window of a region made in several: each row of
     `slices` (B, S_w), the audio condition over the window, loudness-normalized and limited
@@ -291,12 +318,9 @@ class StepSession:
     def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """A reference recording as an audio condition (S,): mono at the model's rate, looped or
         trimmed to the region, normalized and limited as x̃ is."""
-        mono = self._mono_at_model_rate(
-            samples, sample_rate, "The reference sound is empty (zero length); choose another recording.")
-        if not np.any(mono):
-            raise InvalidInputError("The reference sound is silent; choose a recording of the sound you want.")
-        looped = np.tile(mono, (1, math.ceil(self.length / mono.shape[-1])))[:, : self.length]
-        return conditioning_mix([looped[0]], self.model.sample_rate, self.length)
+        check_reference(samples, sample_rate, self.length / self.model.sample_rate)
+        mono = self._mono_at_model_rate(samples, sample_rate, "")
+        return conditioning_mix([looped_to(mono[0], self.length)], self.model.sample_rate, self.length)
 
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
                    is_cancelled: CancelFn | None = None,

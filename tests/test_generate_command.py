@@ -100,6 +100,8 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "tone.wav", 0.1 * np.sin(np.arange(48000) * 0.1), 16000)
     sf.write(tmp_path / "fast.wav", np.zeros(1000), 384000)
     sf.write(tmp_path / "short.wav", np.zeros(8000), 16000)
+    sf.write(tmp_path / "one.wav", np.array([0.5]), 48000)
+    sf.write(tmp_path / "whisper.wav", 1e-5 * np.random.default_rng(0).standard_normal(16000), 16000)  # -100 dBFS
     huge = tmp_path / "huge.wav"  # a valid header, then 1 GiB (sparse: no disk used)
     sf.write(huge, np.zeros(1000), 16000)
     os.truncate(huge, 2**30 + 1)
@@ -113,6 +115,9 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--existing", gone], "gone.wav"),
         ([video, "0", "2", "--existing", tmp_path / "silent.wav"], "is empty"),
         ([video, "0", "2", "--reference", gone], "gone.wav"),
+        # looped over the region: a sample of it is a buzz, and one under the gate pulls toward silence
+        ([video, "0", "2", "--reference", tmp_path / "one.wav"], "The reference sound is 0.0208 ms long"),
+        ([video, "0", "2", "--reference", tmp_path / "whisper.wav"], "silent or too quiet to hear"),
         ([video, "0", "2", "--existing", tmp_path / "silent.wav", "--reference", tmp_path / "silent.wav"],
          "leave out --existing"),
         ([video, "0", "2", "--out", tmp_path / "no-such-folder"], "does not exist. Create it, or give a file name"),

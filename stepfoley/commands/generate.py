@@ -281,8 +281,10 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     region = parse_request(request_from_arguments(args, output, rate), check_paths=True).region
     check_video_region(args.video, args.start, args.end)
 
-    if args.reference:  # as an OSC request's input audio is read
-        audio_io.read_input_audio(args.reference, region.duration)  # looped or trimmed to the picture's region
+    if args.reference:  # as an OSC request's input audio is read: looped or trimmed to the picture's region
+        from stepfoley.engine.session import check_reference
+
+        check_reference(*audio_io.read_input_audio(args.reference, region.duration), region.duration)
     # as on the timeline (the service varispeeds them to the picture's time): the stem's length
     existing = [audio_io.read_input_audio(path, region.project_duration) for path in args.existing]
     for path, (samples, rate) in zip(args.existing, existing):
