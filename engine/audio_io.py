@@ -40,6 +40,8 @@ WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port i
 BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
 # libsndfile's name for MP3's sample format, said the same whichever decoder read it
 MPEG_SUBTYPE = "MPEG_LAYER_III"
+# A float file may hold overs, but not this (+120 dBFS): no recording does.
+MAX_INPUT_PEAK = 1e6
 # Samples (frames x channels) read at once; a block is downmixed before the next is read.
 READ_BLOCK_SAMPLES = 1 << 20
 
@@ -97,6 +99,10 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
         raise AudioError(
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
+    peak = float(np.abs(samples).max())
+    if peak > MAX_INPUT_PEAK:  # squared and summed, such samples overflow: the job failed blaming the guidance
+        raise AudioError(f"Audio file '{path}' holds samples up to {peak:.3g} times full scale, far beyond any "
+                         "recording (a damaged float file?). Re-render it from your DAW.")
     return samples, int(sample_rate), subtype
 
 

@@ -385,3 +385,15 @@ def test_a_link_swapped_in_at_the_last_moment_is_never_published(tmp_path, monke
         write_wav_atomic(out / "rain.wav", noise(1, 1000), 16000)
     assert victim.read_text() == "the only copy"
     assert not (out / "rain.wav").is_symlink() and not (out / "rain.wav").exists()
+
+
+def test_samples_far_beyond_full_scale_are_refused_as_damaged(tmp_path):
+    """A float file of +-3e38: the job failed saying the latent became NaN (lower the guidance),
+    or that the stem held NaN, blaming the wrong thing."""
+    from stepfoley.engine.audio_io import read_audio
+
+    soundfile.write(tmp_path / "hot.wav", np.full(16000, 3e38, np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="holds samples up to 3e\\+38 times full scale"):
+        read_audio(tmp_path / "hot.wav")
+    soundfile.write(tmp_path / "over.wav", np.full(16000, 4.0, np.float32), 16000, subtype="FLOAT")  # an over: kept
+    assert read_audio(tmp_path / "over.wav")[0].max() == 4.0
