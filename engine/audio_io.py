@@ -40,8 +40,9 @@ WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{port}{n}" for port i
 BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}
 # libsndfile's name for MP3's sample format, said the same whichever decoder read it
 MPEG_SUBTYPE = "MPEG_LAYER_III"
-# A float file may hold overs, but not this (+120 dBFS): no recording does.
-MAX_INPUT_PEAK = 1e6
+# A float file may hold overs, and old editors wrote floats scaled to 24- or 32-bit integers
+# (up to 2.1e9), but nothing beyond this (+200 dBFS), whose squares overflow float32 sums.
+MAX_INPUT_PEAK = 1e10
 # Samples (frames x channels) read at once; a block is downmixed before the next is read.
 READ_BLOCK_SAMPLES = 1 << 20
 
@@ -99,7 +100,7 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
         raise AudioError(
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
-    peak = float(np.abs(samples).max())
+    peak = float(max(samples.max(), -samples.min()))  # no |samples| copy: a take may fill 1 GiB
     if peak > MAX_INPUT_PEAK:  # squared and summed, such samples overflow: the job failed blaming the guidance
         raise AudioError(f"Audio file '{path}' holds samples up to {peak:.3g} times full scale, far beyond any "
                          "recording (a damaged float file?). Re-render it from your DAW.")
@@ -312,13 +313,15 @@ def write_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: 
 def publish_stem(staged: atomic.StagedFile, directory: str | os.PathLike, name_hint: str | None,
                  stem_file: str | os.PathLike | None = None, replace: bool = False) -> Path:
     """Name a staged take: `stem_file` when given (a name in `directory` the user chose; an
-    existing file there replaced only when `replace`, else the take gets a numbered name, which
-    the caller tells from the path returned), otherwise publish_new_wav's numbered name. Straight
-    from the temporary file either way: no other name is ever seen."""
+    existing file there replaced only when `replace`), otherwise publish_new_wav's numbered name.
+    Straight from the temporary file either way: no other name is ever seen. When `stem_file`
+    cannot be taken (it exists and not `replace`, or it cannot be replaced: a folder now, or
+    held open by another program on Windows) the take gets a numbered name all the same, never
+    lost; the caller tells from the path returned."""
     if stem_file is not None:
         try:
             return staged.publish(Path(directory) / Path(stem_file).name, replace=replace)
-        except FileExistsError:
+        except OSError:
             pass
     return publish_new_wav(staged, directory, name_hint)
 

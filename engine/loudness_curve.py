@@ -107,11 +107,12 @@ def _smooth(values: np.ndarray) -> np.ndarray:
 
 
 def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[float, float]],
-                 ceiling_dbtp: float = mixing.STEM_CEILING_DBTP) -> tuple[np.ndarray, dict]:
+                 ceiling_dbtp: float = mixing.STEM_CEILING_DBTP, max_boost_db: float = MAX_BOOST_DB,
+                 max_cut_db: float = MAX_CUT_DB) -> tuple[np.ndarray, dict]:
     """A generated track (S,) as decoded, brought onto `curve` (seconds from its start, LUFS)
-    by gain automation, then true-peak limited. Returns ((1, S) float32, levels): the decoded
-    measurements finish_stem also records, the automation's range and how far the result is
-    from the curve."""
+    by gain automation (at most `max_boost_db` up and `max_cut_db` down), then true-peak
+    limited. Returns ((1, S) float32, levels): the decoded measurements finish_stem also
+    records, the automation's range and how far the result is from the curve."""
     audio = np.asarray(samples, np.float64)
     mixing._check_finite(audio[None], "The generated track")
     times = frame_times(len(audio), sample_rate)
@@ -122,7 +123,7 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
         _, measured = loudness_over_time(audio * 10 ** (np.interp(positions, times, gain_db) / 20), sample_rate)
         # where nothing is left to measure (digital silence) no gain reaches the curve: hold it
         correction = np.where(measured > FLOOR_LUFS, target - measured, 0.0)
-        gain_db = _smooth(np.clip(gain_db + correction, -MAX_CUT_DB, MAX_BOOST_DB))
+        gain_db = _smooth(np.clip(gain_db + correction, -max_cut_db, max_boost_db))
     shaped = (audio * 10 ** (np.interp(positions, times, gain_db) / 20)).astype(np.float32)[None]
     limiter_input = mixing.true_peak(shaped, sample_rate)
     finished = mixing.limit_true_peak(shaped, sample_rate, ceiling_dbtp)

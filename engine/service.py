@@ -21,7 +21,7 @@ import numpy as np
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import AudioError, InvalidInputError, StepFoleyError, stop_if_cancelled
-from stepfoley.engine.loudness_curve import follow_curve
+from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, kept_power,
@@ -140,11 +140,16 @@ class FoleyService:
         length = int(round(region.project_duration * request.sample_rate))
         stem = mixing.resample_to_length(track.samples[None], track.sample_rate, request.sample_rate, length)
         following = {}
-        if request.loudness_curve is not None and (region.playrate != 1 or request.sample_rate < track.sample_rate):
+        varispeeded = abs(region.project_duration - region.duration) > REGION_TOLERANCE_S
+        if request.loudness_curve is not None and (varispeeded or request.sample_rate < track.sample_rate):
             # varispeed moves the track's spectrum and a lower rate cuts its top, and K-weighted
             # loudness moves with both (a flat -30 LUFS curve came out at -35.7 at playrate 0.1):
-            # the stem is brought onto the curve again where it is heard, in the timeline's time
-            stem, again = follow_curve(stem[0], request.sample_rate, request.loudness_curve)
+            # the stem is brought onto the curve again where it is heard, in the timeline's time,
+            # within the room the automation's bounds leave after the first pass
+            lowest, highest = track.metadata["loudness_curve_gain_db"]
+            stem, again = follow_curve(stem[0], request.sample_rate, request.loudness_curve,
+                                       max_boost_db=max(0.0, MAX_BOOST_DB - highest),
+                                       max_cut_db=max(0.0, MAX_CUT_DB + lowest))
             following = {"loudness_curve_error_db": again["loudness_curve_error_db"],
                          "loudness_curve_output_correction_db": again["loudness_curve_gain_db"]}
         else:

@@ -150,9 +150,10 @@ def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
 
 def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> None:
     """Refuse, in words, a reference recording (any channel layout) that cannot be heard as one
-    over a region of `seconds`: shorter than MIN_REFERENCE_S, or, looped over the region, under
-    the loudness gate (-70 LUFS), which loudness normalization leaves as it is, so the track
-    would be pulled toward near-silence. Said before the model loads by `stepfoley generate`."""
+    over a region of `seconds`: shorter than MIN_REFERENCE_S, or, looped, under the loudness
+    gate (-70 LUFS), which loudness normalization leaves as it is, so the track would be pulled
+    toward near-silence (measured over one pass of the loop and a 400 ms block more, what the
+    whole region's loop measures). Said before the model loads by `stepfoley generate`."""
     audio = mixing.as_channels_first(np.asarray(samples, np.float32))
     held = audio.shape[-1] / sample_rate
     if held == 0:
@@ -160,11 +161,13 @@ def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> No
     if held < MIN_REFERENCE_S:
         raise InvalidInputError(f"The reference sound is {held * 1000:.3g} ms long; it is looped over the region, so "
                                 f"give at least {MIN_REFERENCE_S * 1000:.0f} ms of the sound you want.")
+    measured = min(seconds, held + 0.4)
     mono = audio.mean(axis=0)
-    loudness = mixing.integrated_loudness(looped_to(mono, max(1, round(seconds * sample_rate)))[None], sample_rate)
+    loudness = mixing.integrated_loudness(looped_to(mono, max(1, round(measured * sample_rate)))[None], sample_rate)
     if not loudness >= mixing.SILENCE_GATE_LUFS:
-        raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region); "
-                                "choose a recording of the sound you want, or raise its level.")
+        raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region, "
+                                "in the model's band, its channels mixed: opposite channels cancel); choose a "
+                                "recording of the sound you want, or raise its level.")
 
 
 def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
@@ -318,8 +321,10 @@ class StepSession:
     def reference_condition(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """A reference recording as an audio condition (S,): mono at the model's rate, looped or
         trimmed to the region, normalized and limited as x̃ is."""
-        check_reference(samples, sample_rate, self.length / self.model.sample_rate)
+        seconds = self.length / self.model.sample_rate
+        check_reference(samples, sample_rate, seconds)
         mono = self._mono_at_model_rate(samples, sample_rate, "")
+        check_reference(mono, self.model.sample_rate, seconds)  # as the model hears it: a 20 kHz tone is not
         return conditioning_mix([looped_to(mono[0], self.length)], self.model.sample_rate, self.length)
 
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
@@ -600,7 +605,7 @@ class StepSession:
             # one take at a time on a CPU: the embedded codec's Griffin-Lim over 8 takes at once
             # outgrows the caches and took 1.7x as long as 8 one by one (`bench variations`); a
             # codec decodes each take of a batch as it would alone
-            return np.concatenate([codec.decode(net.unnormalize(take[None].float())).float().numpy()
+            return np.concatenate([codec.decode(net.unnormalize(take[None].float())).float().cpu().numpy()
                                    for take in latent])
         return codec.decode(net.unnormalize(latent.float())).float().cpu().numpy()
 

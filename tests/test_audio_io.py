@@ -397,3 +397,6 @@ def test_samples_far_beyond_full_scale_are_refused_as_damaged(tmp_path):
         read_audio(tmp_path / "hot.wav")
     soundfile.write(tmp_path / "over.wav", np.full(16000, 4.0, np.float32), 16000, subtype="FLOAT")  # an over: kept
     assert read_audio(tmp_path / "over.wav")[0].max() == 4.0
+    scaled = tmp_path / "scaled.wav"  # floats scaled to 32-bit integers, as old editors wrote them
+    soundfile.write(scaled, np.full(16000, 2.1e9, np.float32), 16000, subtype="FLOAT")
+    assert read_audio(scaled)[0].max() == np.float32(2.1e9)

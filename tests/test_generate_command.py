@@ -288,6 +288,11 @@ def test_publish_stem_replaces_only_when_told(tmp_path):
     assert take.read_bytes() == b"old"
     staged = stage_new_wav(tmp_path, "take", np.zeros((1, 100), np.float32), 8000)
     assert publish_stem(staged, tmp_path, "take", take, replace=True) == take and take.read_bytes()[:4] == b"RIFF"
+    # a name that cannot be replaced (a folder now; a file another program holds, on Windows):
+    # the stem is kept under a numbered name, not lost with its temporary file
+    (tmp_path / "folder.wav").mkdir()
+    staged = stage_new_wav(tmp_path, "take", np.zeros((1, 100), np.float32), 8000)
+    assert publish_stem(staged, tmp_path, "take", tmp_path / "folder.wav", replace=True) == tmp_path / "take_002.wav"
 
 
 def test_variations_write_every_take_in_one_job(video, tmp_path, capsys, monkeypatch):

@@ -99,17 +99,29 @@ def test_a_varispeeded_or_lower_rate_stem_is_on_the_curve_where_it_is_heard(tmp_
 
     video = write_scene(make_scene(20_000_005, n_sources=2), tmp_path / "scene")["video"]
     service = FoleyService(build_embedded_model(random_weights=True))
-    for playrate, rate in ((0.25, 48000), (1.0, 8000)):
-        seconds = 2.0 / playrate
+    regions = ({"playrate": 0.25}, {"project_start": 1.0, "project_end": 9.0}, {})  # the last two: playrate 1
+    for stretch, rate in zip(regions, (48000, 48000, 8000)):
+        region = {"video": str(video), "file_in": 0.0, "file_out": 2.0, **stretch}
+        seconds = 8.0 if stretch else 2.0
         request = make_request(tmp_path, protocol=2, loudness_curve=[[0, -30], [seconds, -30]],
                                method="independent", steps=2, sample_rate=rate, format="wav32f")
-        request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0, "playrate": playrate}
+        request["region"] = region
         (stem,) = service(parse_request(request, service.capabilities(), check_paths=True))["stems"]
         samples, got_rate = sf.read(stem["stem_path"], dtype="float32")
         times, loudness = loudness_over_time(samples, got_rate)
         heard = loudness > -70
         error = float(np.median(np.abs(loudness[heard] + 30)))
-        assert error < 1.0, (playrate, rate, error)  # 3.1 dB at playrate 0.25 before
+        assert error < 1.0, (stretch, rate, error)  # 3.1 dB for the stretched ones before
         meta = stem["metadata"]
         assert meta["loudness_curve_error_db"] == pytest.approx(error, abs=0.05)  # the stem's own, as written
         assert len(meta["loudness_curve_output_correction_db"]) == 2
+
+
+def test_the_automation_stays_within_the_bounds_it_is_given():
+    """The stem's second pass (engine.service) gets what the first left of the +30 dB bound: a
+    track 45 dB under the curve was raised 30 dB, then 11.5 dB more."""
+    quiet = _noise(level=0.1 * 10 ** (-45 / 20))  # about -65 LUFS: heard, and 45 dB under the curve
+    _, levels = follow_curve(quiet, SR, ((0.0, -20.0), (4.0, -20.0)))
+    assert levels["loudness_curve_gain_db"][1] == pytest.approx(30.0, abs=0.01)
+    _, levels = follow_curve(quiet, SR, ((0.0, -20.0), (4.0, -20.0)), max_boost_db=0.0)
+    assert levels["loudness_curve_gain_db"][1] <= 1e-9

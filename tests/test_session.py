@@ -442,6 +442,10 @@ def test_reference_needs_its_method_and_a_sound(tiny, scene_video):
     with pytest.raises(InvalidInputError, match="empty"):
         session.next_track(TrackSettings("rain", method="reference", steps=1),
                            reference=(np.zeros(0, np.float32), 16000))
+    # heard as the model hears it: a 20 kHz tone at 48 kHz is above the 16 kHz model's band
+    high = (0.05 * np.sin(2 * np.pi * 20000 * np.arange(48000) / 48000)).astype(np.float32)  # -27 LUFS at 48 kHz
+    with pytest.raises(InvalidInputError, match="too quiet to hear .*in the model's band"):
+        session.next_track(TrackSettings("rain", method="reference", steps=1), reference=(high, 48000))
     assert session.tracks == []
 
 

@@ -106,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Output:
-    """Where the new stem goes: a new unique name in `folder`, then renamed to `file` if given."""
+    """Where the new stem goes: `file` in `folder` if given, else a new unique name there."""
 
     folder: str
     file: str | None = None
@@ -150,7 +150,7 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
         "negative_caption": args.negative_caption,
         "reference_audio": os.path.abspath(args.reference) if args.reference else None,
         "output_dir": output.folder, "sample_rate": sample_rate, "format": args.format,
-        # a file name: the stem is written under it (numbered), then renamed to it
+        # a file name: what the stem is called should it have to take a numbered name instead
         "name_hint": os.path.splitext(os.path.basename(output.file))[0][:MAX_NAME_HINT_CHARS] if output.file else None,
     }
     for name in (*GUIDANCE_PARAMS, "steps"):
@@ -266,7 +266,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         # kept sample for sample: at the take's own rate, else the lowest stem rate above it (all
         # of the take is kept, resampled)
         sample_rate = min((r for r in SAMPLE_RATES if r >= take_rate), default=max(SAMPLE_RATES))
-        if sample_rate != take_rate:
+        if sample_rate != take_rate and take_rate <= max(SAMPLE_RATES):  # beyond: refused below
             print(f"note: the take is at {take_rate} Hz, which a stem is not written at; the stem is at "
                   f"{sample_rate} Hz, the take resampled to it (give --sample-rate to choose another)",
                   file=sys.stderr)
@@ -372,8 +372,8 @@ def run(args: argparse.Namespace) -> int:
         stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
                  [(s["stem_path"], s["metadata"]) for s in result["stems"]])
         if checked.output.file and not _same_file(stems[0][0], checked.output.file):
-            raise AudioError(f"'{checked.output.file}' already exists and was left untouched; the new file is "
-                             f"'{stems[0][0]}'.")
+            raise AudioError(f"'{checked.output.file}' was left untouched (it exists, or it could not be replaced); "
+                             f"the new file is '{stems[0][0]}'.")
     except RequestError as e:
         print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
         return 2
