@@ -340,8 +340,10 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
               "as for a mix silent over the region (below -70 LUFS)"),
     FieldSpec("reference_audio", "string or null", "null",
-              "absolute path of a WAV to sound like (any rate, channels and length; looped or trimmed to the "
-              f"region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, refused by the others"),
+              "absolute path of a WAV to sound like (any rate and channels, at least 0.1 s long, and heard: above "
+              "−70 LUFS looped, at its rate and at the model's, else the job fails with `invalid_input`; looped or "
+              f"trimmed to the region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, "
+              "refused by the others"),
     FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),
     FieldSpec("sample_rate", "int", "48000",
               "the project's rate: one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
