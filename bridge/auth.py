@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from stepfoley.bridge.protocol import MAX_TOKEN_CHARS
+from stepfoley.request import is_utf8
 
 ENV_TOKEN = "STEPFOLEY_TOKEN"
 ENV_TOKEN_FILE = "STEPFOLEY_TOKEN_FILE"
@@ -43,13 +44,7 @@ class TokenError(Exception):
 
 def is_valid_token(token: str) -> bool:
     """1-MAX_TOKEN_CHARS characters of text: what every message can carry and the engine accepts."""
-    if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN_CHARS or "\x00" in token:
-        return False
-    try:
-        token.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(token, str) and 1 <= len(token) <= MAX_TOKEN_CHARS and "\x00" not in token and is_utf8(token)
 
 
 def check_token(token: str, source: str | None = None) -> str:

@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from stepfoley.request import PROTOCOL_VERSION, is_whole  # noqa: F401  (PROTOCOL_VERSION re-exported: protocol.PROTOCOL_VERSION)
+from stepfoley.request import PROTOCOL_VERSION, is_utf8, is_whole  # noqa: F401  (PROTOCOL_VERSION re-exported: protocol.PROTOCOL_VERSION)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9017
@@ -122,7 +122,7 @@ def parse_header(address: str, args: list[Any]) -> tuple[Header, list[Any]]:
             )
         # a string whose bytes were not UTF-8 arrives escaped (osc._arguments); the request's
         # JSON is parsed on, to name the field that holds them
-        if kind is str and name not in JSON_ARGUMENTS and not _is_utf8(value):
+        if kind is str and name not in JSON_ARGUMENTS and not is_utf8(value):
             raise ProtocolError("bad_arguments", f"{address}: argument '{name}' holds bytes that are not UTF-8 text; "
                                                  "send every string as UTF-8.")
     reply_port, request_id, token = args[0], args[1], args[2]
@@ -249,14 +249,6 @@ def _shorten(value: Any, limit: int) -> Any:
     if isinstance(value, dict):
         return {k: _shorten(v, limit) for k, v in value.items()}
     return value
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_type(value: Any, kind: type) -> bool:

@@ -655,15 +655,15 @@ def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: 
     LEVEL_MATCH_DB; None when either side is silent there, the take's also when its samples are
     (its power subtracts an offset measured over the whole take, which digital silence lacks)."""
     keep = known.keep
-    before, after = slice(max(0, edge - reach), edge), slice(edge, edge + reach)
-    if keep[edge]:
-        take_side, new_side = after, slice(max(0, edge - new_reach), edge)
+    if keep[edge]:  # new audio before the seam, the take after it
+        take_side, new_side = slice(edge, edge + reach), slice(max(0, edge - new_reach), edge)
     else:
-        take_side, new_side = before, slice(edge, edge + new_reach)
-    take_samples = known.samples[take_side][keep[take_side]]
+        take_side, new_side = slice(max(0, edge - reach), edge), slice(edge, edge + new_reach)
+    kept = keep[take_side]
+    take_samples = known.samples[take_side][kept]
     if not take_samples.size or np.abs(take_samples).max() <= LEVEL_MATCH_FLOOR:
         return None
-    take_power = gated_power(power[take_side][keep[take_side]], sample_rate)
+    take_power = gated_power(power[take_side][kept], sample_rate)
     new_power = gated_power(audio[new_side][~keep[new_side]] ** 2, sample_rate)
     if take_power <= LEVEL_MATCH_FLOOR ** 2 or new_power <= LEVEL_MATCH_FLOOR ** 2:
         return None

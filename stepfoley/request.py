@@ -911,11 +911,19 @@ def _choice(value: Any, name: str, choices: tuple, what: str):
     return value
 
 
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be sent as UTF-8: no lone surrogate (JSON's \\ud800, or a byte that was
+    not UTF-8 kept escaped by a decoder's surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _unicode(value: str, name: str) -> str:
     # JSON can spell a lone UTF-16 surrogate (\\ud800); no reply or file name can carry one.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(value):
         _invalid(f"{name} '{printable(value)}' holds bytes that are not UTF-8 text (or a lone UTF-16 surrogate); "
                  "send it as UTF-8.")
     return value

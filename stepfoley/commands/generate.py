@@ -261,8 +261,9 @@ def check_arguments(args: argparse.Namespace) -> Checked:
             raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
                                     "replace the stem. Give the metadata its own name (e.g. take.json).")
     sample_rate = None
-    if args.take and args.sample_rate is None:  # a take that cannot be read fails now, not after loading
+    if args.take:  # a take that cannot be read fails now, not after loading
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]
+    if args.take and args.sample_rate is None:
         # kept sample for sample: at the take's own rate, else the lowest stem rate above it (all
         # of the take is kept, resampled)
         sample_rate = min((r for r in SAMPLE_RATES if r >= take_rate), default=max(SAMPLE_RATES))
@@ -270,8 +271,6 @@ def check_arguments(args: argparse.Namespace) -> Checked:
             print(f"note: the take is at {take_rate} Hz, which a stem is not written at; the stem is at "
                   f"{sample_rate} Hz, the take resampled to it (give --sample-rate to choose another)",
                   file=sys.stderr)
-    elif args.take:
-        audio_io.read_audio(args.take, max_seconds=0.1)
     if output.file and 1 < args.variations <= MAX_VARIATIONS:  # out of range: the request's own message
         raise InvalidInputError(f"--variations {args.variations} writes {args.variations} stems, each under a new "
                                 f"name: give --out a folder, not the file '{args.out}'.")
