@@ -1,9 +1,10 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.19
+-- @version 0.5.20
 -- @changelog
---   Extend selected Foley item to time selection and Regenerate time selection inside selected item: the new take also keeps the old take's pan law and its take FX channel count, and a take with spectral edits is refused (glue it first) instead of losing them on the new take.
---   Times in messages read the ruler of the generation's project, also when you switched to a project tab with another start time while the dialog was open.
+--   A picture moved while the engine works (dragged, rippled or slipped in its item) takes its new Foley with it: the track lands where the picture's frames now play. If the video item was deleted, another project was opened in its tab, or a kept take and its picture were moved apart, nothing is added and you are told where the stems are.
+--   New Foley items keep time as the picture does (its item's or track's timebase), so a tempo edit does not move them off a picture kept in Time.
+--   The dialog shows the model's defaults and a regenerated item's values with a decimal point under every number locale (a comma there split the dialog's labels and was refused when the value came back).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +43,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.19", SF.mixed_versions and SF.mixed_versions("this action", "0.5.19")
-  or "StepFoley_lib.lua is older than this action (0.5.19). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.20", SF.mixed_versions and SF.mixed_versions("this action", "0.5.20")
+  or "StepFoley_lib.lua is older than this action (0.5.20). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

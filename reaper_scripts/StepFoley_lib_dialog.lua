@@ -15,7 +15,7 @@ Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.19"
+local VERSION = "0.5.20"
 
 return function(M)
 
@@ -44,10 +44,8 @@ local function method_info(caps, name)
 end
 M.method_info = method_info
 
-local function number_text(x)
-  if math.type(x) == "integer" then return tostring(x) end
-  return (string.format("%.6g", x))
-end
+-- shown in the dialog and given back to parse_form as typed: a dot whatever LC_NUMERIC says
+local function number_text(x) return M.number_text(x) end
 
 -- The model's default for a field, as text, or nil when the engine did not say.
 function M.default_text(caps, key)

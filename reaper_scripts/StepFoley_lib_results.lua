@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.19"
+local VERSION = "0.5.20"
 
 return function(M)
 
@@ -210,12 +210,18 @@ local function insert_track_in(proj, index)
 end
 
 -- An item for the region, not looping (REAPER loops new items' sources by default): a stem
--- a fraction of a sample short of the item would wrap its start around.
-local function new_item(track, region)
+-- a fraction of a sample short of the item would wrap its start around. It keeps time as the
+-- picture does (`timebase`, M.picture_placement's): a new item follows the project's default,
+-- Beats unless changed, and a tempo edit would move it off a picture kept in Time.
+local function new_item(track, region, timebase)
   local item = reaper.AddMediaItemToTrack(track)
   reaper.SetMediaItemInfo_Value(item, "D_POSITION", region.project_start)
   reaper.SetMediaItemInfo_Value(item, "D_LENGTH", region.project_end - region.project_start)
   reaper.SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)
+  if timebase and timebase.mode ~= -1 then
+    reaper.SetMediaItemInfo_Value(item, "C_BEATATTACHMODE", timebase.mode)
+    reaper.SetMediaItemInfo_Value(item, "C_AUTOSTRETCH", timebase.autostretch)
+  end
   return item
 end
 
@@ -230,9 +236,9 @@ end
 One new StepFoley track named after the caption over the region, with the results `takes`
 ({stem_path, meta} each): as takes of one item, or with `lanes` as one item per fixed lane
 (REAPER 7; the first lane plays, the others are there to audition and comp, each lane named
-after its seed).
+after its seed). `timebase`: optional, the picture's (M.picture_placement).
 ]]
-function M.insert_track(proj, region, takes, lanes)
+function M.insert_track(proj, region, takes, lanes, timebase)
   local index = new_track_index(proj)
   local track = insert_track_in(proj, index)
   -- after the last layer, inside a folder (a Foley bus): the new layer joins it, so the
@@ -249,7 +255,7 @@ function M.insert_track(proj, region, takes, lanes)
     reaper.SetMediaTrackInfo_Value(track, "I_FREEMODE", 2)
     reaper.SetMediaTrackInfo_Value(track, "I_NUMFIXEDLANES", #takes)
     for i, t in ipairs(takes) do
-      local item = new_item(track, region)
+      local item = new_item(track, region, timebase)
       reaper.SetMediaItemInfo_Value(item, "I_FIXEDLANE", i - 1)
       M.add_take(item, t.stem_path, t.meta, region)
       reaper.GetSetMediaItemInfo_String(item, "P_NOTES", M.describe(t.meta), true)
@@ -259,7 +265,7 @@ function M.insert_track(proj, region, takes, lanes)
     reaper.UpdateTimeline()
     return track
   end
-  local item = new_item(track, region)
+  local item = new_item(track, region, timebase)
   local first
   for _, t in ipairs(takes) do
     local take = M.add_take(item, t.stem_path, t.meta, region)
@@ -466,6 +472,61 @@ local function still_there(job)
   return M.project_is_open(job.proj) and (job.item == nil or reaper.ValidatePtr2(job.proj, job.item, "MediaItem*"))
 end
 
+-- Where the video item plays its picture, when the region is taken: what tells later whether
+-- the picture has moved, and the time base the new items keep (the item's, else its track's;
+-- -1 for both: the project's default, which a new item follows anyway).
+function M.picture_placement(item)
+  local take = reaper.GetActiveTake(item)
+  local timebase = { mode = reaper.GetMediaItemInfo_Value(item, "C_BEATATTACHMODE"),
+    autostretch = reaper.GetMediaItemInfo_Value(item, "C_AUTOSTRETCH") }
+  if timebase.mode == -1 then
+    timebase = { mode = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "C_BEATATTACHMODE"),
+      autostretch = 0 }
+  end
+  return { item = item, take = take, position = reaper.GetMediaItemInfo_Value(item, "D_POSITION"),
+    startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+    playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"), loops = M.loops_source(item),
+    timebase = timebase }
+end
+
+-- How far the job's picture has moved on the timeline since its region was taken (REAPER stays
+-- usable while the engine works: a ripple edit, a dragged or slipped video item): seconds, 0
+-- when it has not; nil and why when the region can no longer be placed by it. A kept take
+-- (Extend, Repair) must have moved with the picture: its new part was made for the old sync.
+local function picture_moved(job)
+  local was = job.picture
+  if not reaper.ValidatePtr2(job.proj, was.item, "MediaItem*") then
+    return nil, "the video item was deleted, or another project was opened in its tab"
+  end
+  local now = M.picture_placement(was.item)
+  if now.take ~= was.take or math.abs(now.playrate - was.playrate) > 1e-9 or now.loops ~= was.loops then
+    return nil, "the video item now plays another take, at another rate, or loops otherwise"
+  end
+  local shift = (now.position - was.position) - (now.startoffs - was.startoffs) / was.playrate
+  if math.abs(shift) < 1e-9 then shift = 0 end
+  if job.kept_take then
+    local moved = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") - job.item_position
+    if math.abs(moved - shift) > 1e-6 then return nil, "the video item and the selected item were moved apart" end
+  end
+  return shift
+end
+
+-- `region` and the takes' metadata moved by `shift` seconds of the timeline.
+local function shifted(region, takes, shift)
+  local moved = {}
+  for k, v in pairs(region) do moved[k] = v end
+  moved.project_start, moved.project_end = region.project_start + shift, region.project_end + shift
+  for _, t in ipairs(takes) do
+    if type(t.meta.region) == "table" then
+      local r = {}
+      for k, v in pairs(t.meta.region) do r[k] = v end
+      r.project_start, r.project_end = moved.project_start, moved.project_end
+      t.meta.region = r
+    end
+  end
+  return moved
+end
+
 local function apply_roles(proj, roles)
   if #roles == 0 then return end
   M.undoable_edit(proj, "StepFoley: choose negative layers", function()
@@ -614,6 +675,16 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
       " while generating; the stems are in\n" .. jobs[1].folders.output_dir)
     return
   end
+  local shift, why = picture_moved(job)
+  if not shift then
+    return M.alert("Nothing was added: " .. why .. " while generating, so StepFoley cannot tell where the new " ..
+      "audio lines up with the picture. The stems are in\n" .. jobs[1].folders.output_dir)
+  end
+  if shift ~= 0 then
+    region = shifted(region, takes, shift)
+    M.log(string.format("the picture moved %+.3f s while generating; the new audio follows it, from %.3f s.",
+      shift, M.on_ruler(proj, region.project_start)))
+  end
   M.undoable_edit(proj, job.undo(params, #takes), function()
     if job.item then
       local take = M.add_take(job.item, takes[1].stem_path, takes[1].meta, region)
@@ -628,7 +699,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
       reaper.GetSetMediaItemInfo_String(job.item, "P_NOTES", M.notes_with(notes, M.describe(takes[1].meta)), true)
     else
       local lanes = #takes > 1 and settings.variations_as == "lanes" and M.has_fixed_lanes()
-      M.insert_track(proj, region, takes, lanes)
+      M.insert_track(proj, region, takes, lanes, job.picture.timebase)
     end
   end)
 end
@@ -799,6 +870,8 @@ function M.generate(job)
   if not region then return M.alert(region_err) end
   job.exclude = job.exclude or {}
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
+  job.picture = M.picture_placement(video_item)
+  job.item_position = job.item and reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
   local settings = M.load_settings()
   local prefix, found = M.client_prefix(settings)
   if not prefix then return M.alert(found) end
@@ -806,6 +879,11 @@ function M.generate(job)
   local function run(engine, params)
     if not still_there(job) then
       return M.alert("The " .. (job.item and "item" or "project") .. " is gone; nothing was generated.")
+    end
+    local shift, why = picture_moved(job)
+    if shift ~= 0 then -- the layers to negate and the region were read where the picture was
+      return M.alert("Nothing was generated: " .. (why or "the picture moved") .. " while the dialog was open. " ..
+        "Run the action again.")
     end
     local jobs, negatives = prepare_jobs(job, settings, engine, params, region)
     if not jobs then return M.alert(negatives) end

@@ -965,6 +965,30 @@ def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
     assert result["undo"] == ['StepFoley: extend "door creak"']
 
 
+@pytest.mark.parametrize("moves, added", [([(1, 1.0), (3, 1.0)], True), ([(1, 1.0)], False)],
+                         ids=["rippled together", "picture alone"])
+def test_an_extension_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(world, moves, added):
+    """The take's new part was made for the picture at the take's side. Moved together while
+    generating (a ripple edit), the new take goes where both are now; the picture moved alone
+    leaves nothing to line the kept take up with, so nothing is added and the user is told."""
+    actions = [{"script": h.EXTEND}] + [{"move_item": {"track": track, "item": 1, "by": by}, "when_running": True}
+                                        for track, by in moves]
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=actions,
+                  extra_tracks=[continuation_layer(world, startoffs=1.5)])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    if added:
+        assert result["messages"] == []
+        assert_exact_placement(item, 4.0, 8.0)
+        assert item["active_take"] == 2 and item["takes"][1]["startoffs"] == 0
+        assert h.take_meta(item["takes"][1])["region"]["project_start"] == 4.0
+    else:
+        [message] = result["messages"]
+        assert "the video item and the selected item were moved apart while generating" in message["message"]
+        assert len(item["takes"]) == 1 and result["undo"] == []
+
+
 def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_ends(world):
     """Item 3.0-5.5 s whose take (the 12 s file from 10.5 s) ends at 4.5 s: the edge was dragged
     out. Extending from 5.0 s makes the silent 4.5-5.0 s new too, instead of asking the engine
@@ -1448,9 +1472,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.19)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.20)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.19."),
+                                 "older version, StepFoley_lib.lua is 0.5.20."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -128,6 +128,53 @@ def test_times_said_after_a_tab_switch_are_on_the_generations_ruler(world):
     assert "over only 3604.250 s to 3606.000 s of the range" in result["console"]
 
 
+@pytest.mark.parametrize("move, shift", [({"by": 1.5}, 1.5), ({"slip": 0.5}, -0.5), ({"by": 1.0, "slip": 0.25}, 0.75)])
+def test_the_new_track_follows_the_picture_moved_while_generating(world, move, shift):
+    """REAPER stays usable while the engine works: the editor drags the picture (a ripple edit)
+    or slips it in its item. The stem was made for the picture's frames, so it goes where those
+    frames play now (it went to the old place, off picture by the move)."""
+    sc = h.scenario(world, dialog=h.answers(steps="6"), actions=[
+        {"script": h.MAIN}, {"move_item": {"track": 1, "item": 1, **move}, "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert result["messages"] == []
+    region = h.job_request(result)["region"]
+    [item] = h.new_tracks(result)[0]["items"]
+    assert item["position"] == pytest.approx(region["project_start"] + shift)
+    assert item["length"] == pytest.approx(region["project_end"] - region["project_start"])
+    meta = h.take_meta(item["takes"][0])["region"]
+    assert meta["project_start"] == pytest.approx(region["project_start"] + shift)
+    assert meta["file_in"] == region["file_in"]
+    assert f"the picture moved {shift:+.3f} s while generating" in result["console"]
+
+
+def test_another_project_opened_in_the_tab_while_generating_gets_nothing(world):
+    """File > Open project in the generation's tab: REAPER keeps the tab's ReaProject*, so the
+    project looked open still and the stem went into the other project at the first one's times."""
+    sc = h.scenario(world, dialog=h.answers(steps="6"), actions=[
+        {"script": h.MAIN}, {"open_project": other_tab(world), "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert [t["name"] for t in result["tracks"]] == ["Other A", "Other B"]
+    [message] = result["messages"]
+    assert "Nothing was added: the video item was deleted, or another project was opened in its tab" in message["message"]
+    assert str(world["proj"]) in message["message"]  # where the stems are
+    assert result["undo"] == []
+
+
+@pytest.mark.parametrize("item_mode, track_mode, expected", [(0, -1, 0), (-1, 2, 2), (-1, -1, -1), (1, 0, 1)])
+def test_the_new_item_keeps_time_as_the_picture_does(world, item_mode, track_mode, expected):
+    """A new item follows the project's timebase, Beats unless changed: a picture kept in Time
+    stayed put through a tempo edit while its Foley moved. The new item takes the picture's."""
+    video_item = {"position": 2.0, "length": 8.0, "timebase": item_mode, "autostretch": 1 if item_mode == 1 else 0,
+                  "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    sc = h.scenario(world, dialog=h.answers(steps="6"), video_item=video_item)
+    sc["tracks"][0]["timebase"] = track_mode
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    [item] = h.new_tracks(result)[0]["items"]
+    assert item["timebase"] == expected
+    assert item["autostretch"] == (1 if item_mode == 1 else 0)
+
+
 # --- 3. stopping the script cancels its job --------------------------------------------------
 
 def test_stopping_the_script_cancels_its_job(world):

@@ -156,6 +156,22 @@ def test_settings_are_written_with_a_dot_and_a_comma_an_older_version_wrote_is_r
         assert done.stdout.decode() == "180.5|9017|240.25|7", locale
 
 
+def test_the_dialog_shows_and_prefills_numbers_with_a_dot_under_a_german_locale(german_locale):
+    """The dialog wrote its defaults and a regenerated item's values with string.format: "4,5",
+    which parse_form then refused ("Write the decimal point as a dot"), and whose comma split
+    the plain dialog's captions, moving every label after it down a field."""
+    env, name = german_locale
+    code = (f"reaper = {{GetOS = function() return 'Other' end, GetExtState = function() return '' end}}; "
+            f"SF = dofile({json.dumps(str(LIB))}); assert(os.setlocale({json.dumps(name)}, 'numeric')); "
+            "local v = SF.values_from_meta({caption = 'steps', alpha = 4.5, beta = 1.5, steps = 25}); "
+            "local p, err = SF.parse_form(v, {engine = {capabilities = {bounds = {alpha = {0, 20}, beta = {0, 20}}}}}); "
+            "io.write(v.alpha, '|', v.beta, '|', p and SF.number_text(p.alpha) or 'nil', '|', tostring(err), '|', "
+            "SF.default_text({defaults = {alpha = 4.5}}, 'alpha'))")
+    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.decode() == "4.5|1.5|4.5|nil|4.5"
+
+
 @pytest.mark.parametrize("text, integer, value, hint", [
     ("4.5", False, 4.5, None), ("-0.25", False, -0.25, None), ("1e-3", False, 0.001, None), ("12", True, 12, None),
     ("4,5", False, None, " Write the decimal point as a dot (4.5)."),

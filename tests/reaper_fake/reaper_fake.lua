@@ -204,7 +204,7 @@ end
 local function new_track(project, name)
   return { kind = "MediaTrack*", project = project, name = name or "", selected = false, ext = {}, items = {},
     fxen = 1, fx_gain = 1.0, mute = false, solo = 0, solo_defeat = false, vol = 1.0, folderdepth = 0, freemode = 0,
-    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "", envelopes = {} }
+    numlanes = 1, lane_plays = { [0] = 1 }, lane_names = {}, razor = "", envelopes = {}, timebase = -1 }
 end
 
 local function render_defaults()
@@ -278,7 +278,7 @@ end
 function fake.add_item(track, position, length)
   local item = { kind = "MediaItem*", track = track, position = position, length = length, notes = "", takes = {},
     active = nil, selected = false, mute = false, mute_solo = 0, vol = 1.0, fadein = 0.0, fadeout = 0.0,
-    fadein_shape = 0, fadeout_shape = 0, fixedlane = 0, loopsrc = 0 }
+    fadein_shape = 0, fadeout_shape = 0, fixedlane = 0, loopsrc = 0, timebase = -1, autostretch = 0 }
   track.items[#track.items + 1] = item
   return item
 end
@@ -692,6 +692,8 @@ local TRACK_VALUES = {
   D_VOL = { function(tr) return tr.vol end, function(tr, v) tr.vol = v end },
   I_FOLDERDEPTH = { function(tr) return tr.folderdepth end, function(tr, v) tr.folderdepth = math.tointeger(v) or v end },
   I_FREEMODE = { function(tr) return tr.freemode end, function(tr, v) tr.freemode = math.tointeger(v) or v end },
+  -- timebase: -1 the project's default, 0 time, 1 beats (position, length, rate), 2 beats (position only)
+  C_BEATATTACHMODE = { function(tr) return tr.timebase end, function(tr, v) tr.timebase = math.tointeger(v) or v end },
   I_NUMFIXEDLANES = { function(tr) return tr.numlanes end, function(tr, v)
     tr.numlanes = math.tointeger(v)
     for lane = 0, tr.numlanes - 1 do tr.lane_plays[lane] = tr.lane_plays[lane] or 0 end
@@ -840,6 +842,8 @@ local ITEM_VALUES = {
   D_FADEINLEN = { "fadein", true }, D_FADEOUTLEN = { "fadeout", true },
   C_FADEINSHAPE = { "fadein_shape", true }, C_FADEOUTSHAPE = { "fadeout_shape", true },
   C_MUTE_SOLO = { "mute_solo", true }, B_LOOPSRC = { "loopsrc", true }, C_LOCK = { "lock", true },
+  -- -1: the track's timebase (or the project's), else as the track's C_BEATATTACHMODE
+  C_BEATATTACHMODE = { "timebase", true }, C_AUTOSTRETCH = { "autostretch", true },
 }
 function reaper.GetMediaItemInfo_Value(item, key)
   check(item, "MediaItem*", "GetMediaItemInfo_Value")

@@ -20,8 +20,8 @@ tracks [TRACK] (the first project tab), projects [{project_path, time_selection,
 [TRACK]}] (more tabs), active_project (1-based), actions [ACTION], gfx_key_when_running,
 max_s, tick_s, clock_rate.
 TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folderdepth,
-freemode, razor (P_RAZOREDITS), items [{position, length, selected, notes, mute, mute_solo,
-vol, fadein, fadeout, loopsrc, lane_plays (on a freemode 2 track: item k is on lane k-1,
+freemode, razor (P_RAZOREDITS), timebase (C_BEATATTACHMODE), items [{position, length, selected,
+notes, mute, mute_solo, vol, fadein, fadeout, loopsrc, timebase, autostretch, lane_plays (on a freemode 2 track: item k is on lane k-1,
 which plays or not), hidden_lane (elsewhere: on a hidden lane of a track whose fixed lanes were
 switched off), takes [{file, length, section {offs,len,rev}, startoffs, playrate, vol,
 pan, panlaw, chanmode, pitch, ppitch, pitchmode, takefx_nch, stretch_markers, envelopes (a count),
@@ -30,7 +30,10 @@ spectral_edits (a count), fx [name], ext, name}]}], envelopes [{name (as REAPER 
 or value, shape}), scaling_mode, default, selected}]}.
 ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_running},
 {switch_to_project = n, when_running}, {close_project = n, at_s} (its ReaProject* is then
-refused by every API function, as a closed project's is).
+refused by every API function, as a closed project's is), {open_project = {tracks, ...},
+when_running} (another project opened in the active tab: the same ReaProject*, none of its
+items), {move_item = {track, item, by (s), slip (s of the active take's start offset)},
+when_running} (1-based, in the active tab).
 ]]
 
 local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
@@ -72,6 +75,7 @@ local function build_tracks(project, list)
     tr.folderdepth = t.folderdepth or 0
     tr.freemode = t.freemode or 0
     tr.razor = t.razor or ""
+    tr.timebase = t.timebase or -1
     if tr.freemode == 2 then tr.numlanes = math.max(1, #(t.items or {})) end
     for k, v in pairs(t.ext or {}) do tr.ext[k] = v end
     for _, e in ipairs(t.envelopes or {}) do
@@ -85,6 +89,7 @@ local function build_tracks(project, list)
       item.mute_solo = i.mute_solo or 0
       item.loopsrc = i.loopsrc or 0
       item.lock = i.lock or 0
+      item.timebase, item.autostretch = i.timebase or -1, i.autostretch or 0
       item.hidden_lane = i.hidden_lane and true or false
       if tr.freemode == 2 then item.fixedlane, tr.lane_plays[n - 1] = n - 1, i.lane_plays or 0 end
       item.vol = i.vol or 1.0
@@ -163,6 +168,15 @@ local function perform(a)
   elseif a.close_project then -- the user closes that tab; REAPER shows the first one left
     table.remove(fake.projects, a.close_project)
     fake.active = 1
+  elseif a.open_project then -- File > Open project in the active tab: REAPER keeps its ReaProject*
+    local pr = fake.projects[fake.active]
+    pr.tracks = {}
+    setup_project(pr, a.open_project)
+  elseif a.move_item then -- the user drags (by) or slips (slip: the active take's start offset) an item
+    local m = a.move_item
+    local item = fake.projects[fake.active].tracks[m.track].items[m.item]
+    item.position = item.position + (m.by or 0)
+    item.active.startoffs = item.active.startoffs + (m.slip or 0)
   else error("driver: unknown action " .. json.encode(a)) end
 end
 
@@ -227,7 +241,8 @@ local function tracks_out(pr)
     end
     for _, item in ipairs(tr.items) do
       local i = { position = item.position, length = item.length, notes = item.notes, mute = item.mute,
-        mute_solo = item.mute_solo, loopsrc = item.loopsrc, fixedlane = item.fixedlane, takes = json.array({}) }
+        mute_solo = item.mute_solo, loopsrc = item.loopsrc, fixedlane = item.fixedlane, timebase = item.timebase,
+        autostretch = item.autostretch, takes = json.array({}) }
       for k, take in ipairs(item.takes) do
         i.takes[#i.takes + 1] = take_out(take)
         if item.active == take then i.active_take = k end
