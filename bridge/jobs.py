@@ -122,18 +122,28 @@ class JobBook:
     def start(self) -> None:
         self._worker.start()
 
-    def submit(self, request_id: str, request: GenerationRequest, reply_to: tuple[str, int]) -> tuple[Job, int]:
-        """Queue a validated request; a retransmitted request (same address, reply port and
-        request_id) gets its existing job back instead of a second one. Returns (job, queue_position)."""
+    def resent(self, request_id: str, request: GenerationRequest, reply_to: tuple[str, int]) -> tuple[Job, int] | None:
+        """The job this request already has, when it is a retransmission (same address, reply port
+        and request_id, the same request): (job, queue_position); None for a new request. The same
+        request_id with another request is refused."""
         with self._lock:
             existing = self._by_owner.get((*reply_to, request_id))
-            if existing and existing in self._jobs:
-                job = self._jobs[existing]
-                if job.request != request:  # not a retransmission: a client that numbers its requests anew
-                    raise protocol.ProtocolError(
-                        "invalid_request", f"request_id '{request_id}' was already used for another request from "
-                        f"this reply port (job {job.job_id}); give each request a request_id of its own.")
-                return job, self._position(job)
+            if not existing or existing not in self._jobs:
+                return None
+            job = self._jobs[existing]
+            if job.request != request:  # not a retransmission: a client that numbers its requests anew
+                raise protocol.ProtocolError(
+                    "invalid_request", f"request_id '{request_id}' was already used for another request from "
+                    f"this reply port (job {job.job_id}); give each request a request_id of its own.")
+            return job, self._position(job)
+
+    def submit(self, request_id: str, request: GenerationRequest, reply_to: tuple[str, int]) -> tuple[Job, int]:
+        """Queue a validated request; a retransmitted request gets its existing job back
+        instead of a second one (`resent`). Returns (job, queue_position)."""
+        with self._lock:  # a Condition's lock is reentrant
+            again = self.resent(request_id, request, reply_to)
+            if again is not None:
+                return again
             if self._stopping:
                 raise protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")
             if len(self._queue) >= self.max_queue:

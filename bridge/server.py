@@ -26,7 +26,8 @@ from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.auth import TokenError, check_token
 from stepfoley.bridge.jobs import Job, JobBook, Runner
 from stepfoley.bridge.logs import bridge_logger
-from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request, printable, request_json
+from stepfoley.request import (SUPPORTED_PROTOCOLS, Capabilities, RequestError, check_request_paths, parse_request,
+                               printable, request_json)
 
 log = bridge_logger()
 
@@ -174,11 +175,17 @@ class Dispatcher:
             raise protocol.ProtocolError("invalid_request", f"The request is not valid JSON: {e}.") from None
         except RecursionError:
             raise protocol.ProtocolError("invalid_request", "The request JSON is nested too deeply.") from None
+        reply_to = (sender[0], header.reply_port)
         try:
-            request = parse_request(payload, self.capabilities, check_paths=True)
+            request = parse_request(payload, self.capabilities)
+            # a client resends until it hears /accepted: a copy gets its job back at once, not
+            # its files read again on this thread, which answers every client
+            again = self.jobs.resent(header.request_id, request, reply_to)
+            if again is None:
+                check_request_paths(request)
         except RequestError as e:
             raise protocol.ProtocolError(e.code, e.message) from None
-        job, position = self.jobs.submit(header.request_id, request, (sender[0], header.reply_port))
+        job, position = again or self.jobs.submit(header.request_id, request, reply_to)
         return osc.encode(protocol.ACCEPTED, header.request_id, job.job_id, position)
 
     def _cancel(self, header: protocol.Header, rest: list, sender) -> bytes:
@@ -247,6 +254,8 @@ class EngineServer:
         self._closed = False
         self._stop_timeout = 10.0  # how long a stop waits for the running job (stop() sets it)
         self._thread: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None  # whichever thread runs serve_forever
+        self._loop_ended = threading.Event()
         self.dropped_datagrams = 0
         self.flood_dropped = 0  # of those, dropped unread from a sender past flood_rate in a backlog
         self.drain_batch, self.flood_rate, self.flood_busy_s = DRAIN_BATCH, FLOOD_RATE, FLOOD_BUSY_S
@@ -270,18 +279,22 @@ class EngineServer:
     def serve_forever(self) -> None:
         """Serve until `shutdown()`; then fail queued jobs, stop the running one at its next
         step, and close the socket."""
-        self.jobs.start()
-        selector = selectors.DefaultSelector()
-        selector.register(self._sock, selectors.EVENT_READ)
-        selector.register(self._wake_r, selectors.EVENT_READ)
+        self._loop_thread = threading.current_thread()
         try:
-            while not self._stop.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is self._sock:
-                        self._receive_batch()
+            self.jobs.start()
+            selector = selectors.DefaultSelector()
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            try:
+                while not self._stop.is_set():
+                    for key, _ in selector.select():
+                        if key.fileobj is self._sock:
+                            self._receive_batch()
+            finally:
+                selector.close()
+                self._close(self._stop_timeout)
         finally:
-            selector.close()
-            self._close(self._stop_timeout)
+            self._loop_ended.set()
 
     def _receive_batch(self) -> None:
         batch = self._drain()
@@ -388,6 +401,11 @@ class EngineServer:
                 return
         except RuntimeError:  # never started: a signal ended start() before the thread ran
             pass
+        loop = self._loop_thread
+        if loop is not None:  # serve_forever runs in a caller's thread: it closes when its batch is answered
+            if loop is not threading.current_thread():
+                self._loop_ended.wait(timeout + 5.0)
+            return
         self._close(timeout)
 
     def _close(self, timeout: float = 10.0) -> None:

@@ -9,6 +9,7 @@ with libsndfile (engine.audio_io); this module is asked only for files `is_mpeg_
 
 from __future__ import annotations
 
+import io
 import math
 from typing import BinaryIO
 
@@ -19,6 +20,10 @@ ID3_HEADER_BYTES = 10
 MAX_ID3_TAGS = 16  # tags in a row before the audio; more is not a file any tool writes
 # how the formats libsndfile reads behind an ID3 tag begin (WAV, RF64, FLAC, Ogg, AIFF)
 LIBSNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM")
+# How far past its ID3 tags a file is searched for the first frame when only its header is asked
+# for: FFmpeg would search all of it, 11 s a GiB of garbage behind a frame sync, on the thread
+# that answers every client before a job is accepted.
+HEADER_SEARCH_BYTES = 1 << 20
 # Without a length asked for, a file longer than this is refused: a damaged stream's refused
 # frames come back as silence, and a small crafted file can claim days of them.
 MAX_DECODED_SECONDS = 2 * 3600.0
@@ -46,6 +51,20 @@ def _id3_tag_bytes(header: bytes) -> int | None:
     return ID3_HEADER_BYTES + size + footer
 
 
+def _audio_start(file: BinaryIO, start: int) -> tuple[int, bytes]:
+    """(offset from `start` past the ID3v2 tags there, the 10 bytes found at that offset)."""
+    file.seek(start)
+    head, offset = file.read(ID3_HEADER_BYTES), 0
+    for _ in range(MAX_ID3_TAGS):
+        tag = _id3_tag_bytes(head)
+        if tag is None:
+            break
+        offset += tag
+        file.seek(start + offset)
+        head = file.read(ID3_HEADER_BYTES)
+    return offset, head
+
+
 def is_mpeg_audio(file: BinaryIO) -> bool:
     """Whether seekable binary `file`, at its start, is MPEG audio: an MPEG frame sync (11 set
     bits: MPEG 1, 2 and 2.5) at its start, or an ID3v2 tag there and behind its tags anything
@@ -59,17 +78,41 @@ def is_mpeg_audio(file: BinaryIO) -> bool:
             return True
         if head[:3] != ID3_TAG:
             return False
-        offset = 0
-        for _ in range(MAX_ID3_TAGS):
-            tag = _id3_tag_bytes(head)
-            if tag is None:
-                break
-            offset += tag
-            file.seek(start + offset)
-            head = file.read(ID3_HEADER_BYTES)
-        return head[:4] not in LIBSNDFILE_MAGIC
+        return _audio_start(file, start)[1][:4] not in LIBSNDFILE_MAGIC
     finally:
         file.seek(start)
+
+
+class _Window(io.RawIOBase):
+    """`length` bytes of seekable binary `file` from `start`, read-only, as a file of their own."""
+
+    def __init__(self, file: BinaryIO, start: int, length: int):
+        super().__init__()
+        self._file, self._start, self._length, self._position = file, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._length - self._position)
+        if wanted <= 0:
+            return 0
+        self._file.seek(self._start + self._position)
+        data = self._file.read(wanted)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
 
 def _words(error: Exception) -> str:
@@ -105,9 +148,12 @@ def _float_channels(frame) -> np.ndarray:
 
 
 def header(file: BinaryIO) -> tuple[int, int]:
-    """(sample rate, channels) from the header of MPEG audio `file`, an open binary file at its
-    start; nothing is decoded."""
-    container = _open(file)
+    """(sample rate, channels) from the first frame header of MPEG audio `file`, an open binary
+    file at its start, searched for within HEADER_SEARCH_BYTES past its ID3 tags (MpegAudioError
+    when none is there); nothing is decoded."""
+    start = file.tell()
+    offset, _ = _audio_start(file, start)
+    container = _open(_Window(file, start + offset, HEADER_SEARCH_BYTES))
     try:
         context = container.streams.audio[0].codec_context
         return int(context.sample_rate or 0), int(context.channels or 0)

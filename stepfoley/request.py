@@ -510,12 +510,18 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
                  f"from it to at most {MAX_SEED}); choose a smaller seed.")
     _check_stem_size(request)
     if check_paths:
-        _check_output_dir(request.output_dir)
-        _check_input_file(request.region.video, "region.video")
-        for name in ("existing_mix", "reference_audio", "take"):
-            if getattr(request, name) is not None:
-                _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES, request)
+        check_request_paths(request)
     return request
+
+
+def check_request_paths(request: GenerationRequest) -> None:
+    """parse_request's `check_paths`, for a request parsed without them (the engine looks a
+    retransmission up first: its files were checked when it was accepted)."""
+    _check_output_dir(request.output_dir)
+    _check_input_file(request.region.video, "region.video")
+    for name in ("existing_mix", "reference_audio", "take"):
+        if getattr(request, name) is not None:
+            _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES, request)
 
 
 def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | None = None) -> None:

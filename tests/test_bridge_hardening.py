@@ -959,3 +959,52 @@ def test_a_status_flood_at_full_speed_leaves_pings_answered(tmp_path):
             flooder.wait(10)
         assert srv.flood_dropped > 0, "the flood never built a backlog: the test proves nothing"
     assert answered >= 8
+
+
+# --- review of 2026-12-04: what a request's files can cost the thread that answers everyone ----
+
+
+def test_a_resent_request_gets_its_job_back_without_its_files_looked_at_again(tmp_path, server, peer):
+    """A client resends /generate until it hears /accepted, and the engine read every copy's files
+    again on the thread that answers every client before finding the copy's job: a damaged MP3 of
+    200 MB took seconds a copy. A copy is now looked up first: here its output folder is gone
+    since, and the copy still gets its job (the job itself says what became of the folder)."""
+    request = make_request(tmp_path, steps=40)
+    peer.generate(request, "again")
+    address, args = peer.receive()
+    assert address == protocol.ACCEPTED
+    (tmp_path / "out").rename(tmp_path / "moved")
+    peer.generate(request, "again")
+    assert peer.receive_until([protocol.ACCEPTED, protocol.ERROR])[-1] == (protocol.ACCEPTED, args)
+    peer.generate(request, "new")  # a new request is checked as before
+    address, args = peer.receive_until([protocol.ACCEPTED, protocol.ERROR])[-1]
+    assert address == protocol.ERROR and args[2] == "invalid_request" and "output_dir" in args[3]
+
+
+def test_stop_waits_for_a_loop_run_in_the_callers_own_thread(tmp_path, monkeypatch):
+    """serve_forever run in a thread of the caller's (not start()'s): stop() closed the socket
+    under a batch still being handled, and its replies were lost. It now waits for the loop."""
+    srv = EngineServer(SineRunner(), ServerConfig(port=0))
+    handling, release = threading.Event(), threading.Event()
+    handle = srv.dispatcher.handle_datagram
+
+    def held(data, sender):
+        handling.set()
+        release.wait(30.0)
+        return handle(data, sender)
+
+    monkeypatch.setattr(srv.dispatcher, "handle_datagram", held)
+    loop = threading.Thread(target=srv.serve_forever, daemon=True)
+    loop.start()
+    p = RawPeer(srv.address[1])
+    p.send(protocol.PING, p.port, "held", "")
+    assert handling.wait(30.0)
+    stopping = threading.Thread(target=srv.stop, daemon=True)
+    stopping.start()
+    stopping.join(0.5)
+    assert stopping.is_alive()  # still waiting for the batch
+    release.set()
+    assert p.receive()[0] == protocol.PONG
+    stopping.join(30.0)
+    assert not stopping.is_alive() and not loop.is_alive()
+    p.close()

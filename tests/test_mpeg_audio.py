@@ -242,3 +242,47 @@ def test_without_a_length_an_mp3_past_the_bound_is_refused_not_cut(tmp_path, mon
         audio_io.read_audio(path)
     samples, _ = audio_io.read_audio(path, max_seconds=0.5)  # a length asked for is read as ever
     assert samples.shape == (1, RATE // 2)
+
+
+class CountingReader(io.RawIOBase):
+    """A file's bytes, counting how many are read."""
+
+    def __init__(self, data: bytes):
+        super().__init__()
+        self.inner, self.read_bytes = io.BytesIO(data), 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.inner.read(len(buffer))
+        buffer[:len(data)] = data
+        self.read_bytes += len(data)
+        return len(data)
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self.inner.seek(offset, whence)
+
+    def tell(self):
+        return self.inner.tell()
+
+
+def test_the_header_is_looked_for_near_the_start_only(tmp_path):
+    """A frame sync followed by nothing a decoder can use (a cut download, a placeholder): FFmpeg
+    searched the whole file for a frame, 11 s a GiB, on the engine's thread that answers every
+    client before a job is accepted. Only HEADER_SEARCH_BYTES past the tags are searched now."""
+    junk = CountingReader(SMALL_FRAME_HEADER[:2] + bytes(32 * 2**20))
+    try:
+        assert mpeg_audio.header(junk) == (0, 0)  # nothing to check: the job reads it and says so
+    except mpeg_audio.MpegAudioError:
+        pass
+    assert junk.read_bytes <= 2 * mpeg_audio.HEADER_SEARCH_BYTES  # FFmpeg reads its probe twice
+    # a real file behind a tag as long as the search is still found: the search starts after the tags
+    size = mpeg_audio.HEADER_SEARCH_BYTES + 1000
+    tag = b"ID3\x03\x00\x00" + bytes([(size >> s) & 0x7F for s in (21, 14, 7, 0)]) + bytes(size)
+    tagged = CountingReader(tag + write_mp3(tmp_path / "tone.mp3", seconds=1.0, channels=1).read_bytes())
+    assert mpeg_audio.header(tagged) == (RATE, 1)
+    assert tagged.read_bytes < mpeg_audio.HEADER_SEARCH_BYTES
