@@ -76,20 +76,23 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     left, right = 0.1 * rng.standard_normal((2, 4 * 48000))
     sf.write(stems / "a.wav", np.stack([left, right], axis=1), 48000)  # stereo at 48 kHz, 4 s
     sf.write(stems / "b.wav", 0.1 * rng.standard_normal(20000), 16000)  # shorter than the region
+    other = 0.1 * rng.standard_normal(3 * 48000)
+    sf.write(stems / "c.wav", other, 48000)
     heard = []
     add_track = stepfoley.engine.session.StepSession.add_track
     monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a: (
         heard.append((samples, sr)) or add_track(self, samples, sr, *a)))
-    assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav") == 0
+    assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav", stems / "c.wav") == 0
     said = capsys.readouterr()
     assert "method nag" in said.out
     # b.wav covers part of the region only: heard from START as it lies, and said
     assert f"note: --existing {stems / 'b.wav'} holds 1.250 s of the 2.000 s region" in said.err
     assert "a.wav holds" not in said.err
-    # as an OSC request's input audio is read: mono, the region's 2 s only (the stem's length)
+    # as an OSC request's input audio is read: mono, the region's 2 s only (the stem's length);
+    # the session hears their sum, and the stems of one rate are summed as they are read
     assert [(samples.shape, sr) for samples, sr in heard] == [((1, 96000), 48000), ((1, 20000), 16000)]
-    assert np.allclose(heard[0][0][0], ((left + right) / 2)[:96000], atol=1e-4)
-    assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav"]  # no bounce file
+    assert np.allclose(heard[0][0][0], ((left + right) / 2)[:96000] + other[:96000], atol=1e-4)
+    assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav", "c.wav"]  # no bounce file
 
 
 def bad_arguments(video, tmp_path):
