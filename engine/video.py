@@ -10,7 +10,9 @@ Frame k of a region is the frame on screen at `start + k/fps`: the latest decode
 presentation time is <= that instant (variable frame rate is handled through pts, never
 through frame indices). MMAudio's own reader instead takes the first frame at or after each
 instant; the two agree whenever source and target frames share timestamps and otherwise
-differ by at most one source frame.
+differ by at most one source frame. A region may show the picture's first or last frame held
+for a few tenths of a second beyond the picture (_HOLD_TOLERANCE_S), never a region with no
+picture under it; pictures up to 8K (8192x4320) are read.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ _END_TOLERANCE_S = 1e-3
 _TIME_EPS_S = 1e-6
 # Frames resized per interpolate call: bounds the float32 working memory for 4K sources.
 _RESIZE_CHUNK = 8
+# The largest picture read: 8K (DCI 8192x4320, UHD 7680x4320). Each frame is converted to RGB and
+# float32 at full size before resizing, and the Synchformer crop scales the short side to 224:
+# past these bounds one frame costs gigabytes (a strip 100000x2 asks for 30 GB), whatever the
+# file's size on disk.
+_MAX_SIDE = 8192
+_MAX_PIXELS = _MAX_SIDE * 4320
+_MAX_ASPECT = 10
+# A region may run past the picture's last frame, or start before its first, by this much (or
+# by this many frames of a slow picture) and see the nearest frame held: a selection snapped to
+# the sound's end, not a region with no picture under it.
+_HOLD_TOLERANCE_S = 0.5
+_HOLD_TOLERANCE_FRAMES = 2
 
 Fit = Literal["stretch", "crop"]
 
@@ -61,6 +75,7 @@ class VideoInfo:
     height: int
     rotation: int  # degrees counter-clockwise the picture is turned for display (0/90/180/270)
     has_video: bool
+    start: float = 0.0  # seconds on the file's timeline where the picture's first frame is due
 
 
 @dataclass(frozen=True)
@@ -203,24 +218,84 @@ def _frame_rate(stream) -> float:
     return float(rate) if rate else 0.0
 
 
+def _frame_period_s(fps: float) -> float:
+    return 1.0 / fps if fps > 0 else 0.0
+
+
 def _normalize_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
 
+def _cannot_decode(path: Path, codec: str | None) -> VideoError:
+    named = f" ({codec})" if codec else ""
+    return VideoError(
+        f"{path.name} uses a video codec this engine cannot decode{named}. Export an H.264 or ProRes "
+        "proxy of the video and use that.")
+
+
+def _decodable(path: Path, stream) -> None:
+    """PyAV gives a stream no codec context when FFmpeg has no decoder for it; the codec's name
+    and size are then unreadable too."""
+    if stream.codec_context is None:
+        raise _cannot_decode(path, None)
+
+
+def _check_picture_size(path: Path, width: int, height: int) -> None:
+    """Refuses a picture past _MAX_SIDE, _MAX_PIXELS or _MAX_ASPECT. A side of 0 is a size the
+    file does not state: the decoded frames are checked instead."""
+    if width <= 0 or height <= 0:
+        return
+    if max(width, height) > _MAX_SIDE or width * height > _MAX_PIXELS:
+        raise VideoError(
+            f"The picture of {path.name} is {width}x{height} pixels, larger than this engine reads (8K: at "
+            f"most {_MAX_SIDE} pixels a side, {_MAX_SIDE}x4320 in all). Re-export the video at 4K or less, "
+            "for example as a 1920x1080 H.264 proxy.")
+    if max(width, height) > _MAX_ASPECT * min(width, height):
+        long_side, short_side = ("wide", "tall") if width > height else ("tall", "wide")
+        raise VideoError(
+            f"The picture of {path.name} is {width}x{height} pixels, more than {_MAX_ASPECT} times as "
+            f"{long_side} as it is {short_side}: no film frame this engine can read. Re-export the video at "
+            "its real picture size, at 4K or less.")
+
+
+@contextmanager
+def _out_of_memory_is_a_video_error(path: Path, width: int, height: int):
+    """Memory running out while frames are read (numpy's and FFmpeg's MemoryError, torch's
+    allocator failing with a RuntimeError) says what to do, not where in the code it happened."""
+    try:
+        yield
+    except MemoryError:
+        pass
+    except RuntimeError as exc:
+        if "can't allocate memory" not in str(exc) and "DefaultCPUAllocator" not in str(exc):
+            raise
+    else:
+        return
+    raise VideoError(
+        f"Reading the picture of {path.name} ({width}x{height} pixels) ran out of memory. Close other "
+        "programs, or re-export the video at 4K or less (for example as a 1920x1080 H.264 proxy), and "
+        "try again.") from None
+
+
 def probe(path: str | Path) -> VideoInfo:
+    """What a file holds. Raises VideoError for a picture this engine cannot read: a codec it has
+    no decoder for, or a size past its bounds (checked before any frame is decoded)."""
     path = Path(path)
     with _open(path) as container:
         stream = _video_stream(container)
         if stream is None:
             duration = container.duration / av.time_base if container.duration else 0.0
             return VideoInfo(duration, 0.0, 0, 0, 0, has_video=False)
+        _decodable(path, stream)
         fps = _frame_rate(stream)
         width, height = stream.codec_context.width, stream.codec_context.height
+        _check_picture_size(path, width, height)
         duration = _duration_s(container, stream)
+        start = _picture_start_s(container, stream)
         rotation = _stream_rotation(container, stream)
     if rotation in (90, 270):
         width, height = height, width
-    return VideoInfo(duration, fps, width, height, rotation, has_video=True)
+    return VideoInfo(duration, fps, width, height, rotation, has_video=True, start=start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,8 +343,36 @@ def fit_frames(frames: np.ndarray, size: int, fit: Fit) -> torch.Tensor:
 # decoding
 
 
-def _check_region(path: Path, start_s: float, end_s: float, duration: float | None) -> None:
-    """duration None (the file does not say): the end is checked while decoding."""
+def _hold_tolerance_s(frame_s: float) -> float:
+    """How far a region may reach past the picture's last frame or before its first, for frames
+    of frame_s seconds (0: unknown)."""
+    return max(_HOLD_TOLERANCE_S, _HOLD_TOLERANCE_FRAMES * frame_s)
+
+
+def _before_the_picture(path: Path, start_s: float, end_s: float, picture_start: float) -> VideoError:
+    return VideoError(
+        f"The region {start_s:.3f}-{end_s:.3f} s starts before the picture of {path.name} (the picture "
+        f"starts at {picture_start:.3f} s). Move the time selection onto the picture.")
+
+
+def _past_the_picture(path: Path, start_s: float, end_s: float, picture_end: float) -> VideoError:
+    return VideoError(
+        f"The region {start_s:.3f}-{end_s:.3f} s runs past the end of the picture of {path.name} (its "
+        f"last frame ends at {picture_end:.3f} s). Shorten the time selection or use a longer video.")
+
+
+def _starts_before_the_picture(start_s: float, end_s: float, picture_start: float, frame_s: float) -> bool:
+    """The region holds no picture (it ends before the first frame), or would show the first
+    frame held for longer than _hold_tolerance_s."""
+    return end_s <= picture_start + _TIME_EPS_S or \
+        start_s < picture_start - _hold_tolerance_s(frame_s) - _TIME_EPS_S
+
+
+def _check_region(path: Path, start_s: float, end_s: float, duration: float | None,
+                  picture_start: float = 0.0, frame_s: float = 0.0) -> None:
+    """duration None (the file does not say): the end is checked while decoding. picture_start:
+    where the file says the picture's first frame is; frame_s: how long a frame lasts (0:
+    unknown)."""
     if not (math.isfinite(start_s) and math.isfinite(end_s)):
         raise VideoError(f"The region {start_s}-{end_s} s of {path.name} is not a valid time range.")
     if start_s < 0:
@@ -280,6 +383,8 @@ def _check_region(path: Path, start_s: float, end_s: float, duration: float | No
         raise VideoError(
             f"The region {start_s:.1f}-{end_s:.1f} s of {path.name} is empty: its start must be "
             "before its end. Make a time selection over the picture.")
+    if _starts_before_the_picture(start_s, end_s, picture_start, frame_s):
+        raise _before_the_picture(path, start_s, end_s, picture_start)
     if duration is not None and end_s > duration + _END_TOLERANCE_S:
         raise VideoError(
             f"The region {start_s:.3f}-{end_s:.3f} s runs past the end of {path.name} "
@@ -299,7 +404,7 @@ def check_video_region(path: str | Path, start_s: float, end_s: float) -> VideoI
     info = probe(path)
     if not info.has_video:
         raise _no_picture(path)
-    _check_region(path, start_s, end_s, info.duration)
+    _check_region(path, start_s, end_s, info.duration, info.start, _frame_period_s(info.fps))
     return info
 
 
@@ -317,18 +422,20 @@ class _CannotSeek(Exception):
     has been shown."""
 
 
-def _decode_shown(container, stream, path: Path, times: np.ndarray,
+def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float,
                   on_shown: Callable[[np.ndarray, np.ndarray], None], seek_s: float | None) -> None:
     """Decode the picture from near `seek_s` (None: from where the container stands, its
-    beginning); for each frame on screen at some of the sorted `times`, call on_shown(rgb
-    (H, W, 3) uint8 as displayed, indices into times). Frames that no sample shows are never
-    converted to RGB.
+    beginning); for each frame on screen at some of the sorted `times` (samples of a region that
+    ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times). Frames
+    that no sample shows are never converted to RGB.
 
     With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
     frame the decoder had to drop, with everything up to the next keyframe (MPEG-TS/PS); raises
     _CannotSeek when the demuxer refuses the seek. Raises VideoError when the region starts
-    after the last frame has left the screen."""
+    after the last frame has left the screen, or reaches further than _hold_tolerance_s before
+    the first frame or past the last (a file that does not state where its picture starts or
+    ends is only found out here)."""
     origin = _origin_s(container, stream)
     picture_start = _picture_start_s(container, stream)
     region_start = float(times[0])
@@ -342,6 +449,8 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
         while stop < len(times) and times[stop] < limit_s - _TIME_EPS_S:
             stop += 1
         if stop > next_i:
+            # a stream may change size after its header (a new sequence header mid-file)
+            _check_picture_size(path, av_frame.width, av_frame.height)
             rgb = av_frame.to_ndarray(format="rgb24")
             rgb = _rotate_for_display(rgb, _normalize_rotation(av_frame.rotation))
             on_shown(rgb, np.arange(next_i, stop))
@@ -377,10 +486,16 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
                 show_until(t, prev)
             elif t > times[0] + _TIME_EPS_S:
                 # the picture starts after the region start: hold the first frame until then
+                if _starts_before_the_picture(region_start, end_s, t, _frame_duration_s(av_frame, stream)):
+                    raise _before_the_picture(path, region_start, end_s, t)
                 show_until(t, av_frame)
             prev, prev_t = av_frame, t
             if next_i >= len(times):
                 return
+    except MemoryError:
+        raise  # FFmpeg running out of memory (an FFmpegError too) is no damage to the file
+    except av.error.DecoderNotFoundError:
+        raise _cannot_decode(path, stream.codec_context.name if stream.codec_context else None) from None
     except av.error.FFmpegError as exc:
         raise VideoError(
             f"{path.name} is damaged near {region_start:.1f} s and could not be decoded ({exc}). "
@@ -411,6 +526,8 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray,
         raise VideoError(
             f"The picture of {path.name} stops at {picture_end:.1f} s, though the file says it lasts "
             f"{stated:.1f} s: the file is cut short or damaged. Copy or export the video again.")
+    if end_s > picture_end + _hold_tolerance_s(last_frame_s) + _TIME_EPS_S:
+        raise _past_the_picture(path, region_start, end_s, picture_end)
     show_until(math.inf, prev)  # the last frame stays on screen until the end of picture
 
 
@@ -442,11 +559,10 @@ def _frame_duration_s(av_frame, stream) -> float:
     ticks = av_frame.duration
     if ticks and av_frame.time_base is not None:
         return float(ticks * av_frame.time_base)
-    fps = _frame_rate(stream)
-    return 1.0 / fps if fps > 0 else 0.0
+    return _frame_period_s(_frame_rate(stream))
 
 
-def _decode_region(container, stream, path: Path, times: np.ndarray,
+def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: float,
                    on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
     """_decode_shown from the keyframe before times[0]. When a seek misses (it lands past the
     start, or on a frame the decoder drops up to a keyframe after the start), seek 1, 2, 4, 8...
@@ -454,12 +570,12 @@ def _decode_region(container, stream, path: Path, times: np.ndarray,
     no seek landed before the region: the caller then decodes the file from its beginning."""
     start_s = float(times[0])
     if start_s <= 0 or stream.time_base is None:
-        _decode_shown(container, stream, path, times, on_shown, None)
+        _decode_shown(container, stream, path, times, end_s, on_shown, None)
         return
     back = 0.0
     while start_s - back > 0:
         try:
-            _decode_shown(container, stream, path, times, on_shown, start_s - back)
+            _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back)
             return
         except _SeekedTooFar:
             back = back * 2 if back else 1.0
@@ -511,12 +627,17 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         stream = _video_stream(container)
         if stream is None:
             raise _no_picture(path)
+        _decodable(path, stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_picture_size(path, width, height)
         stream.thread_type = "AUTO"
-        _check_region(path, start_s, end_s, _duration_s(container, stream))
+        _check_region(path, start_s, end_s, _duration_s(container, stream), _picture_start_s(container, stream),
+                      _frame_period_s(_frame_rate(stream)))
         if len(sorted_times) == 0:
             return outputs
         try:
-            _decode_region(container, stream, path, sorted_times, on_shown)
+            with _out_of_memory_is_a_video_error(path, width, height):
+                _decode_region(container, stream, path, sorted_times, end_s, on_shown)
             return outputs
         except _CannotSeek:
             pass
@@ -525,7 +646,8 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
     with _open(path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
-        _decode_shown(container, stream, path, sorted_times, on_shown, None)
+        with _out_of_memory_is_a_video_error(path, width, height):
+            _decode_shown(container, stream, path, sorted_times, end_s, on_shown, None)
     return outputs
 
 

@@ -386,3 +386,139 @@ def test_a_file_ffmpeg_cannot_read_is_named_by_its_path(tmp_path):
     broken.write_bytes(b"x" * 1000)
     with pytest.raises(VideoError, match=f"Could not read broken.mp4 as a video .*'{re.escape(str(broken))}'"):
         probe(broken)
+
+
+# --- files from the review of 2026-12-04 ------------------------------------------------------
+
+
+def write_one_size(path: Path, width: int, height: int, frames: int = 3) -> Path:
+    """A flat H.264 picture of any size: a few kilobytes on disk whatever its width and height."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        planes = np.full((height * 3 // 2, width), 100, np.uint8)  # yuv420p: no RGB conversion to write
+        mux_frames(container, stream, (av.VideoFrame.from_ndarray(planes, format="yuv420p") for _ in range(frames)))
+    return path
+
+
+@pytest.mark.skipif(not has_encoder("libx264"), reason="needs libx264")
+@pytest.mark.parametrize("name,width,height,words", [
+    ("wide.mp4", 9000, 16, r"is 9000x16 pixels, larger than this engine reads \(8K: at most 8192 pixels a "
+                           r"side, 8192x4320 in all\)\. Re-export the video at 4K or less"),
+    ("tall.mkv", 64, 2000, r"is 64x2000 pixels, more than 10 times as tall as it is wide: .* at 4K or less"),
+])
+def test_a_picture_past_8k_or_a_thin_strip_is_refused_before_a_frame_is_decoded(tmp_path, monkeypatch, name,
+                                                                               width, height, words):
+    """A few kilobytes on disk can state a picture whose every frame, turned to RGB and float32
+    at full size, costs gigabytes (16000x16000: 5 s and 6 GiB a frame)."""
+    path = write_one_size(tmp_path / name, width, height)
+    decoded = [0]
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda p: CountingDecodes(real_open(p), decoded))
+    for check in (lambda: check_video_region(path, 0.0, 0.1), lambda: read_region(path, 0.0, 0.1, 25, 224, "crop")):
+        with pytest.raises(VideoError, match=rf"The picture of {re.escape(name)} {words}"):
+            check()
+    assert decoded[0] == 0
+
+
+@pytest.mark.skipif(not has_encoder("libx264"), reason="needs libx264")
+def test_8k_is_the_largest_picture_read(tmp_path):
+    path = write_one_size(tmp_path / "dci8k.mp4", 8192, 4320, frames=2)
+    info = check_video_region(path, 0.0, 0.04)
+    assert (info.width, info.height) == (8192, 4320)
+    assert read_region(path, 0.0, 0.04, 25, 16).shape == (1, 3, 16, 16)
+    for width, height in ((7680, 4320), (4320, 8192), (1000, 100), (100, 1000)):
+        video._check_picture_size(Path("ok.mov"), width, height)
+    for width, height, words in ((8193, 1000, "larger than"), (1000, 8193, "larger than"),
+                                 (8000, 4500, "larger than"), (1001, 100, "10 times as wide"),
+                                 (100, 1001, "10 times as tall")):
+        with pytest.raises(VideoError, match=rf"big\.mov is {width}x{height} pixels, .*{words}"):
+            video._check_picture_size(Path("big.mov"), width, height)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 30000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+    av.error.MemoryError(12, "Cannot allocate memory"),
+], ids=["torch", "numpy", "ffmpeg"])
+def test_running_out_of_memory_while_frames_are_read_is_said_in_words(tmp_path, monkeypatch, error):
+    path = write_video(tmp_path / "clip.mp4", cfr_pts(25))
+    raised = [error]
+
+    def fails(*args):
+        raise raised[0]
+
+    monkeypatch.setattr(video, "fit_frames", fails)
+    with pytest.raises(VideoError, match=r"^Reading the picture of clip\.mp4 \(64x48 pixels\) ran out of memory\. "
+                                         r"Close other programs, or re-export the video at 4K or less"):
+        read_region(path, 0.2, 0.6, 25, 16)
+    raised[0] = RuntimeError("shape mismatch")  # a fault in this code is not the user's memory
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        read_region(path, 0.2, 0.6, 25, 16)
+
+
+@pytest.mark.skipif(not has_encoder("libx264"), reason="needs libx264")
+def test_a_video_codec_ffmpeg_has_no_decoder_for_is_refused_in_words(tmp_path):
+    path = write_video(tmp_path / "future.mov", cfr_pts(25))
+    data = path.read_bytes()
+    assert data.count(b"avc1") == 1
+    path.write_bytes(data.replace(b"avc1", b"evc1"))  # a codec tag FFmpeg knows no decoder for
+    words = r"future\.mov uses a video codec this engine cannot decode\. Export an H\.264 or ProRes proxy"
+    for check in (lambda: probe(path), lambda: check_video_region(path, 0.0, 0.5),
+                  lambda: read_region(path, 0.0, 0.5, 25, 16)):
+        with pytest.raises(VideoError, match=words):
+            check()
+
+
+class DecoderNotFound(CountingDecodes):
+    """A container whose decoder FFmpeg reports missing once decoding begins."""
+
+    def decode(self, *streams):
+        raise av.error.DecoderNotFoundError(-1128613112, "Decoder not found")
+        yield
+
+
+def test_a_decoder_missing_while_decoding_is_not_called_damage(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "clip.mp4", cfr_pts(25))
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda p: DecoderNotFound(real_open(p), [0]))
+    with pytest.raises(VideoError, match=r"^clip\.mp4 uses a video codec this engine cannot decode \((h264|mpeg4)\)\."):
+        read_region(path, 0.2, 0.6, 25, 16)
+
+
+def test_a_region_past_the_picture_of_a_file_that_does_not_state_its_length_is_refused(tmp_path):
+    """Found out once decoding reaches the last frame; a few tenths of a second of it held stay
+    allowed (1.9-2.3 s of this 2 s recording)."""
+    path = write_unsized_webm(tmp_path / "recording.webm", cfr_pts(50))
+    check_video_region(path, 0.5, 300.0)  # nothing to check the end against before decoding
+    with pytest.raises(VideoError, match=r"^The region 0\.500-300\.000 s runs past the end of the picture of "
+                                         r"recording\.webm \(its last frame ends at 2\.000 s\)\. Shorten the time "
+                                         r"selection or use a longer video\.$"):
+        read_region(path, 0.5, 300.0, fps=8, size=16)
+    with pytest.raises(VideoError, match=r"1\.000-2\.600 s runs past the end of the picture"):
+        read_region(path, 1.0, 2.6, fps=25, size=16)
+    assert decoded_index(read_region(path, 1.9, 2.4, fps=25, size=16)) == expected(cfr_pts(50), 1.9, 2.4)
+    raw = write_raw_h264(tmp_path / "camera.h264", 50)
+    with pytest.raises(VideoError, match=r"1\.000-3\.000 s runs past the end of the picture of camera\.h264 "
+                                         r"\(its last frame ends at 2\.000 s\)"):
+        read_region(raw, 1.0, 3.0, fps=25, size=16)
+
+
+def test_a_region_before_a_picture_that_starts_late_is_refused(tmp_path, monkeypatch):
+    pts = [3000 + t for t in cfr_pts(25)]  # the picture from 3 s to 4 s, the sound from 0 to 5 s
+    path = write_with_sound(tmp_path / "late.mp4", pts, sound_s=5.0)
+    for start, end in ((0.5, 2.0), (1.0, 3.5)):  # no picture under it; 2 s of the first frame held
+        words = rf"^The region {start:.3f}-{end:.3f} s starts before the picture of late\.mp4 \(the picture " \
+                r"starts at 3\.000 s\)\. Move the time selection onto the picture\.$"
+        for check in (lambda: check_video_region(path, start, end), lambda: read_region(path, start, end, 25, 16)):
+            with pytest.raises(VideoError, match=words):
+                check()
+    assert decoded_index(read_region(path, 2.6, 3.5, 25, 16)) == expected(pts, 2.6, 3.5)  # 0.4 s held: allowed
+    # where the checks before decoding take the picture to start at 0 s, decoding finds it out
+    check_region = video._check_region
+    monkeypatch.setattr(video, "_check_region", lambda path, start, end, duration, *unstated:
+                        check_region(path, start, end, duration))
+    with pytest.raises(VideoError, match=r"0\.500-2\.000 s starts before the picture of late\.mp4 \(the picture "
+                                         r"starts at 3\.000 s\)"):
+        read_region(path, 0.5, 2.0, 25, 16)
