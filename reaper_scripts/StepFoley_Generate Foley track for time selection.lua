@@ -1,10 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.20
+-- @version 0.5.21
 -- @changelog
---   A picture moved while the engine works (dragged, rippled or slipped in its item) takes its new Foley with it: the track lands where the picture's frames now play. If the video item was deleted, another project was opened in its tab, or a kept take and its picture were moved apart, nothing is added and you are told where the stems are.
---   New Foley items keep time as the picture does (its item's or track's timebase), so a tempo edit does not move them off a picture kept in Time.
---   The dialog shows the model's defaults and a regenerated item's values with a decimal point under every number locale (a comma there split the dialog's labels and was refused when the value came back).
+--   Regenerate selected Foley item and Make selected item sound like this: when the picture moves while the engine works, the new take follows it only if the item moved with it (a ripple edit); the picture moved alone, nothing is added and you are told where the stems are (the take started inside the item and its end went unheard).
+--   Extend and Regenerate time selection inside selected item: trimming the item's start while the engine works is no longer taken for moving it away from the picture; slipping the kept take in its item is.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -43,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.20", SF.mixed_versions and SF.mixed_versions("this action", "0.5.20")
-  or "StepFoley_lib.lua is older than this action (0.5.20). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.21", SF.mixed_versions and SF.mixed_versions("this action", "0.5.21")
+  or "StepFoley_lib.lua is older than this action (0.5.21). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

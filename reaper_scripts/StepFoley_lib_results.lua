@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.20"
+local VERSION = "0.5.21"
 
 return function(M)
 
@@ -489,10 +489,22 @@ function M.picture_placement(item)
     timebase = timebase }
 end
 
+-- Where the audio of `item`'s `take` (its active one by default) starts on the timeline: a trim
+-- of the item's edge moves neither it nor the take's sound; a drag or a slip moves it.
+local function audio_origin(item, take)
+  take = take or reaper.GetActiveTake(item)
+  local pos = reaper.GetMediaItemInfo_Value(item, "D_POSITION")
+  if not take then return pos end
+  local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+  return pos - startoffs / reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+end
+
 -- How far the job's picture has moved on the timeline since its region was taken (REAPER stays
 -- usable while the engine works: a ripple edit, a dragged or slipped video item): seconds, 0
--- when it has not; nil and why when the region can no longer be placed by it. A kept take
--- (Extend, Repair) must have moved with the picture: its new part was made for the old sync.
+-- when it has not; nil and why when the region can no longer be placed by it. The selected
+-- item must have moved with it: a kept take's sound (Extend, Repair), since the new part was
+-- made for the old sync; an item given a new take (Regenerate), since the take would start
+-- or end where the item does not play it.
 local function picture_moved(job)
   local was = job.picture
   if not reaper.ValidatePtr2(job.proj, was.item, "MediaItem*") then
@@ -504,9 +516,14 @@ local function picture_moved(job)
   end
   local shift = (now.position - was.position) - (now.startoffs - was.startoffs) / was.playrate
   if math.abs(shift) < 1e-9 then shift = 0 end
-  if job.kept_take then
-    local moved = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") - job.item_position
-    if math.abs(moved - shift) > 1e-6 then return nil, "the video item and the selected item were moved apart" end
+  local moved
+  if job.kept_take and reaper.ValidatePtr2(job.proj, job.kept_take, "MediaItem_Take*") then
+    moved = audio_origin(job.item, job.kept_take) - job.item_origin
+  elseif job.item and shift ~= 0 then
+    moved = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") - job.item_position
+  end
+  if moved and math.abs(moved - shift) > 1e-6 then
+    return nil, "the video item and the selected item were moved apart"
   end
   return shift
 end
@@ -872,6 +889,7 @@ function M.generate(job)
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
   job.picture = M.picture_placement(video_item)
   job.item_position = job.item and reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
+  job.item_origin = job.item and audio_origin(job.item)
   local settings = M.load_settings()
   local prefix, found = M.client_prefix(settings)
   if not prefix then return M.alert(found) end
@@ -882,7 +900,7 @@ function M.generate(job)
     end
     local shift, why = picture_moved(job)
     if shift ~= 0 then -- the layers to negate and the region were read where the picture was
-      return M.alert("Nothing was generated: " .. (why or "the picture moved") .. " while the dialog was open. " ..
+      return M.alert("Nothing was generated: " .. (why or "the picture moved") .. " before generating began. " ..
         "Run the action again.")
     end
     local jobs, negatives = prepare_jobs(job, settings, engine, params, region)

@@ -933,6 +933,29 @@ def test_regenerate_where_the_picture_covers_part_of_the_item(world):
     np.testing.assert_allclose(mix[:, 0], stem, atol=1 / 2**22)
 
 
+@pytest.mark.parametrize("tracks_moved, added", [((1, 3), True), ((1,), False)], ids=["rippled together",
+                                                                                     "picture alone"])
+def test_a_regenerated_take_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(world, tracks_moved, added):
+    """Regenerate puts the new take in the selected item: moved with the picture, the take goes
+    where both are now; the picture moved alone, the take would start 1.5 s into the item and
+    its end lie past the item's, unheard, so nothing is added and the user is told."""
+    meta = {"caption": "door slam", "method": "independent", "seed": 11, "negatives": {"mode": "none", "tracks": []}}
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[
+        stepfoley_layer(world, "door slam", meta, selected=True)],
+        actions=[{"script": h.REGENERATE}] + [{"move_item": {"track": track, "item": 1, "by": 1.5}, "when_running": True}
+                                             for track in tracks_moved])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    [it] = [t for t in result["tracks"] if t["name"] == "door slam"][0]["items"]
+    if added:
+        assert result["messages"] == []
+        assert_exact_placement(it, 4.5, 7.0)
+        assert it["active_take"] == 2 and it["takes"][1]["startoffs"] == 0
+    else:
+        [message] = result["messages"]
+        assert "the video item and the selected item were moved apart while generating" in message["message"]
+        assert len(it["takes"]) == 1 and result["undo"] == []
+
+
 def test_regenerate_needs_a_stepfoley_item(world):
     result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.REGENERATE}]))
     assert "Select an item made by StepFoley" in result["messages"][0]["message"]
@@ -965,14 +988,17 @@ def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
     assert result["undo"] == ['StepFoley: extend "door creak"']
 
 
-@pytest.mark.parametrize("moves, added", [([(1, 1.0), (3, 1.0)], True), ([(1, 1.0)], False)],
-                         ids=["rippled together", "picture alone"])
+@pytest.mark.parametrize("moves, added", [
+    ([(1, 1.0, 0.0), (3, 1.0, 0.0)], True), ([(1, 1.0, 0.0)], False),
+    ([(3, 0.5, 0.5)], True), ([(3, 0.0, 0.5)], False)],
+    ids=["rippled together", "picture alone", "item trimmed", "take slipped"])
 def test_an_extension_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(world, moves, added):
     """The take's new part was made for the picture at the take's side. Moved together while
-    generating (a ripple edit), the new take goes where both are now; the picture moved alone
-    leaves nothing to line the kept take up with, so nothing is added and the user is told."""
-    actions = [{"script": h.EXTEND}] + [{"move_item": {"track": track, "item": 1, "by": by}, "when_running": True}
-                                        for track, by in moves]
+    generating (a ripple edit), the new take goes where both are now; the picture moved alone,
+    or the take slipped in its item, leaves nothing to line the kept take up with, so nothing
+    is added and the user is told. Trimming the item's start moves neither's sound."""
+    actions = [{"script": h.EXTEND}] + [{"move_item": {"track": track, "item": 1, "by": by, "slip": slip},
+                                         "when_running": True} for track, by, slip in moves]
     sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=actions,
                   extra_tracks=[continuation_layer(world, startoffs=1.5)])
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
@@ -980,9 +1006,12 @@ def test_an_extension_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(wo
     [item] = layer["items"]
     if added:
         assert result["messages"] == []
-        assert_exact_placement(item, 4.0, 8.0)
-        assert item["active_take"] == 2 and item["takes"][1]["startoffs"] == 0
-        assert h.take_meta(item["takes"][1])["region"]["project_start"] == 4.0
+        moved = moves[0][1] if len(moves) == 2 else 0.0
+        assert item["position"] + item["length"] == pytest.approx(7.0 + moved)
+        assert item["active_take"] == 2
+        new_take_starts = item["position"] - item["takes"][1]["startoffs"]
+        assert new_take_starts == pytest.approx(3.0 + moved)
+        assert h.take_meta(item["takes"][1])["region"]["project_start"] == pytest.approx(3.0 + moved)
     else:
         [message] = result["messages"]
         assert "the video item and the selected item were moved apart while generating" in message["message"]
@@ -1472,9 +1501,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.20)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.21)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.20."),
+                                 "older version, StepFoley_lib.lua is 0.5.21."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called
