@@ -433,9 +433,8 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
     frame the decoder had to drop, with everything up to the next keyframe (MPEG-TS/PS); raises
     _CannotSeek when the demuxer refuses the seek. Raises VideoError when the region starts
-    after the last frame has left the screen, or reaches further than _hold_tolerance_s before
-    the first frame or past the last (a file that does not state where its picture starts or
-    ends is only found out here)."""
+    after the last frame has left the screen, or reaches further than _hold_tolerance_s past
+    the last frame (a file that does not state where its picture ends is only found out here)."""
     origin = _origin_s(container, stream)
     picture_start = _picture_start_s(container, stream)
     region_start = float(times[0])
@@ -485,9 +484,10 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             if prev is not None:
                 show_until(t, prev)
             elif t > times[0] + _TIME_EPS_S:
-                # the picture starts after the region start: hold the first frame until then
-                if _starts_before_the_picture(region_start, end_s, t, _frame_duration_s(av_frame, stream)):
-                    raise _before_the_picture(path, region_start, end_s, t)
+                # the picture starts after the region start: hold the first frame until then.
+                # Where the file says its picture starts was checked before decoding; a first
+                # frame later than that is one the decoder could not show (a stream cut before
+                # a keyframe), not a region without picture
                 show_until(t, av_frame)
             prev, prev_t = av_frame, t
             if next_i >= len(times):

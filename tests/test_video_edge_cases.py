@@ -515,10 +515,32 @@ def test_a_region_before_a_picture_that_starts_late_is_refused(tmp_path, monkeyp
             with pytest.raises(VideoError, match=words):
                 check()
     assert decoded_index(read_region(path, 2.6, 3.5, 25, 16)) == expected(pts, 2.6, 3.5)  # 0.4 s held: allowed
-    # where the checks before decoding take the picture to start at 0 s, decoding finds it out
-    check_region = video._check_region
-    monkeypatch.setattr(video, "_check_region", lambda path, start, end, duration, *unstated:
-                        check_region(path, start, end, duration))
-    with pytest.raises(VideoError, match=r"0\.500-2\.000 s starts before the picture of late\.mp4 \(the picture "
-                                         r"starts at 3\.000 s\)"):
-        read_region(path, 0.5, 2.0, 25, 16)
+
+
+def test_a_stream_cut_before_a_keyframe_holds_its_first_decodable_frame(tmp_path):
+    """A transport stream cut mid-GOP (a broadcast recording, a trimmed .ts): it says its picture
+    starts at 0.3 s, and the decoder drops frames until the keyframe at 1 s. Where the file says
+    the picture starts is what is checked; the first frame the decoder can show is held before
+    it, as it was, not refused as a picture starting at 1.064 s."""
+    whole = tmp_path / "whole.ts"
+    with av.open(str(whole), "w") as container:
+        picture = container.add_stream("libx264", rate=25)
+        picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        picture.codec_context.gop_size = 25
+        picture.time_base = picture.codec_context.time_base = Fraction(1, TICKS)
+        sound = container.add_stream("aac", rate=16000)
+        mux_frames(container, picture, (picture_frame(i, pts) for i, pts in enumerate(cfr_pts(75))))
+        add_silence(container, sound, 3.0)
+    cut = tmp_path / "cut.ts"
+    with av.open(str(whole)) as source, av.open(str(cut), "w", format="mpegts") as out:
+        streams = {s: out.add_stream_from_template(s) for s in source.streams}
+        first = source.streams.video[0].start_time
+        for packet in source.demux():
+            video_packet = packet.stream.type == "video"
+            if packet.dts is None or video_packet and (packet.pts - first) * packet.time_base < 0.3:
+                continue
+            packet.stream = streams[packet.stream]
+            out.mux(packet)
+    check_video_region(cut, 0.0, 2.9)
+    shown = decoded_index(read_region(cut, 0.0, 2.9, 8, 16))
+    assert shown[:9] == [25] * 9 and 25 < shown[9] < shown[10]  # the keyframe at 1 s held before it
