@@ -84,10 +84,10 @@ class FoleyService:
 
     def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
-                 existing_tracks: Sequence[tuple[np.ndarray, int]] = (),
+                 existing_tracks: Sequence[tuple[np.ndarray, int, int]] = (),
                  stem_file: str | os.PathLike | None = None, replace: bool = False) -> dict:
-        """`existing_tracks`: (samples, sample_rate) of stems already in memory, heard like the
-        request's existing_mix (stepfoley generate --existing: no bounce file). `stem_file`: the
+        """`existing_tracks`: (samples, sample_rate, how many stems they sum) of stems already in
+        memory, heard like the request's existing_mix (stepfoley generate --existing: no bounce file). `stem_file`: the
         name, in request.output_dir, of a job's one stem (stepfoley generate --out FILE.wav),
         given to it straight from its temporary file (audio_io.publish_stem, with `replace`); a
         file already there and not `replace`: the usual numbered name."""
@@ -97,7 +97,7 @@ class FoleyService:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 
     def _generate(self, request: GenerationRequest, on_progress: ProgressFn | None,
-                  is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int]],
+                  is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int, int]],
                   name: _StemName) -> dict:
         region = request.region
         video = _existing_file(region.video, "The video")
@@ -105,8 +105,8 @@ class FoleyService:
             raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
         session = StepSession(self.model, Region(video, region.file_in, region.file_out,
                                                  PictureFocus.from_request(request)), self.feature_cache)
-        for samples, sample_rate in existing_tracks:
-            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate)
+        for samples, sample_rate, layers in existing_tracks:
+            session.add_track(_in_picture_time(samples, sample_rate, region), sample_rate, layers=layers)
         reference = None
         if request.reference_audio is not None:
             # looped or trimmed to the region's picture: more than that is never heard

@@ -126,6 +126,7 @@ class Track:
     sample_rate: int
     metadata: dict = field(default_factory=dict)
     captions: tuple[str, ...] = ()  # what it holds: one caption, or those of a bounce of several
+    layers: int = 1  # how many stems it sums (generate --existing sums the stems of one rate)
 
 
 # on_progress(phase, done, total): phase "features", "sampling" or "decoding", counted within it
@@ -284,13 +285,17 @@ class StepSession:
 
     # -- the stack of existing tracks --
 
-    def add_track(self, samples: np.ndarray, sample_rate: int, captions: tuple[str, ...] | list[str] = ()) -> None:
+    def add_track(self, samples: np.ndarray, sample_rate: int, captions: tuple[str, ...] | list[str] = (),
+                  layers: int = 1) -> None:
         """Add an existing track (a generated stem, or the DAW's bounce of several, with the
-        captions of what it holds) to the stack."""
+        captions of what it holds; `layers`: the stems summed in it, where known) to the stack."""
         mono = self._mono_at_model_rate(
             samples, sample_rate, "The existing track is empty (zero length): bounce the Foley tracks again.")
         self.tracks.append(Track(mixing.fit_length(mono, self.length)[0], self.model.sample_rate,
-                                 captions=tuple(c for c in captions if c)))
+                                 captions=tuple(c for c in captions if c), layers=layers))
+
+    def _next_index(self) -> int:
+        return sum(t.layers for t in self.tracks) + 1
 
     def _mono_at_model_rate(self, samples: np.ndarray, sample_rate: int, if_empty: str) -> np.ndarray:
         # samples: any channel layout -> (1, S') mono at the model's rate
@@ -334,7 +339,7 @@ class StepSession:
         that a method whose audio branch hears a reference (method "reference") pulls toward; the
         others take none."""
         track = self.next_variations(settings, 1, on_progress, is_cancelled, reference)[0]
-        track.metadata["track_index"] = len(self.tracks) + 1
+        track.metadata["track_index"] = self._next_index()
         self.tracks.append(track)
         return track
 
@@ -363,7 +368,7 @@ class StepSession:
         takes = [replace(settings, seed=settings.seed + i) for i in range(count)]
         tracks = self.generate_takes(takes, [condition] * count, on_progress, is_cancelled, known)
         for track in tracks:
-            track.metadata["track_index"] = len(self.tracks) + 1  # the place any of them would take
+            track.metadata["track_index"] = self._next_index()  # the place any of them would take
         return tracks
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],

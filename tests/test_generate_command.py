@@ -80,9 +80,10 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     sf.write(stems / "c.wav", other, 48000)
     heard = []
     add_track = stepfoley.engine.session.StepSession.add_track
-    monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a: (
-        heard.append((samples, sr)) or add_track(self, samples, sr, *a)))
-    assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav", stems / "c.wav") == 0
+    monkeypatch.setattr(stepfoley.engine.session.StepSession, "add_track", lambda self, samples, sr, *a, **k: (
+        heard.append((samples, sr)) or add_track(self, samples, sr, *a, **k)))
+    assert generate(video, "--out", out, "--existing", stems / "a.wav", stems / "b.wav", stems / "c.wav",
+                    "--metadata", tmp_path / "made.json") == 0
     said = capsys.readouterr()
     assert "method nag" in said.out
     # b.wav covers part of the region only: heard from START as it lies, and said
@@ -92,6 +93,8 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     # the session hears their sum, and the stems of one rate are summed as they are read
     assert [(samples.shape, sr) for samples, sr in heard] == [((1, 96000), 48000), ((1, 20000), 16000)]
     assert np.allclose(heard[0][0][0], ((left + right) / 2)[:96000] + other[:96000], atol=1e-4)
+    (made,) = json.loads((tmp_path / "made.json").read_text())["stems"]
+    assert made["metadata"]["track_index"] == 4  # three stems below it, however they were summed
     assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav", "c.wav"]  # no bounce file
 
 

@@ -221,7 +221,7 @@ class Checked:
     """The arguments, checked: what the run needs once the model is loaded."""
 
     output: Output
-    existing: list[tuple[np.ndarray, int]]  # the --existing stems summed: (samples (1, S), rate) a sample rate
+    existing: list[tuple[np.ndarray, int, int]]  # the --existing stems summed: (samples (1, S), rate, stems) a rate
     feature_cache: FeatureCache
     sample_rate: int | None = None  # the stem's rate when --sample-rate is not given: the take's, or the model's (None)
 
@@ -288,6 +288,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # The session hears their sum, so the stems of one rate are summed as they are read: sixteen
     # 600 s stems at 192 kHz held apart until the model loaded took 7 GiB.
     sums: dict[int, np.ndarray] = {}
+    layers: dict[int, int] = {}
     for path in args.existing:
         samples, rate = audio_io.read_input_audio(path, region.project_duration)
         held = audio_io.seconds_short_of(samples, rate, region.project_duration)
@@ -296,7 +297,8 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                   "is heard from START and is silent after (if the file was cut short, give the whole stem).",
                   file=sys.stderr)
         sums[rate] = samples if rate not in sums else _summed(sums[rate], samples)
-    existing = [(samples, rate) for rate, samples in sums.items()]
+        layers[rate] = layers.get(rate, 0) + 1
+    existing = [(samples, rate, layers[rate]) for rate, samples in sums.items()]
     return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
 
 
