@@ -642,14 +642,39 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
     return float(sounding.mean()) if sounding.size else 0.0
 
 
+def _centred_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    # channels: (C, S); keep: (S,) bool -> (C, S) float64 squares, each channel's offset over keep out
+    kept = max(int(np.count_nonzero(keep)), 1)
+    offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
+    return (channels.astype(np.float64) - offset[:, None]) ** 2
+
+
 def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The mean square over the channels of (C, S) audio, (S,) float64, each channel's offset
     over the `keep` (S,) samples taken out first: a recorder's DC offset is not loudness (0.05 of
     it under a -40 dBFS take made its repair 14 dB too loud)."""
-    # channels: (C, S); keep: (S,) bool
-    kept = max(int(np.count_nonzero(keep)), 1)
-    offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
-    return ((channels.astype(np.float64) - offset[:, None]) ** 2).mean(axis=0)
+    return _centred_power(channels, keep).mean(axis=0)
+
+
+def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(C, 1) float32 gains that give the model's mono new part each channel's share of the kept
+    take's power within LEVEL_MATCH_S outside the seams (of the whole kept take where it is silent
+    there), their mean square 1, so the level the session matched is kept: a take panned hard
+    left, or a 5.1 take with sound in its centre only, was repaired with the same audio in every
+    channel, its surrounds and LFE included. A silent take: every channel alike."""
+    # channels: (C, S) at sample_rate; keep: (S,) bool
+    reach = int(round(LEVEL_MATCH_S * sample_rate))
+    near = np.zeros_like(keep)
+    for a, b in true_runs(~keep):
+        near[max(0, a - reach):a] = True
+        near[b:b + reach] = True
+    near &= keep
+    power = _centred_power(channels, keep)
+    per_channel = power[:, near].mean(axis=-1) if near.any() else power[:, keep].mean(axis=-1)
+    mean = float(per_channel.mean()) if per_channel.size else 0.0
+    if not mean > LEVEL_MATCH_FLOOR ** 2:
+        return np.ones((channels.shape[0], 1), np.float32)
+    return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
 
 
 def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,
@@ -717,8 +742,17 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     whole_db = 0.0  # where no seam can be matched: the take and the new audio as a whole
     if take_power > LEVEL_MATCH_FLOOR ** 2 and new_power > LEVEL_MATCH_FLOOR ** 2:
         whole_db = float(np.clip(10 * math.log10(take_power / new_power), *LEVEL_MATCH_DB))
+    elif take_power > LEVEL_MATCH_FLOOR ** 2 or new_power <= LEVEL_MATCH_FLOOR ** 2:
+        matched_to = "nothing (the new audio is silent): the model's own level"
     else:
-        matched_to = "nothing (the take or the new audio is silent): the model's own level"
+        # a take of digital silence: the new part at a stem's level, as a new track is made (the
+        # model's own level, decoded hot, met the limiter 14 dB over full scale and was squashed)
+        lufs = mixing.integrated_loudness(audio[new][None], sample_rate)
+        if math.isfinite(lufs):
+            whole_db = float(np.clip(mixing.STEM_LUFS - lufs, *LEVEL_MATCH_DB))
+            matched_to = f"a stem's loudness ({mixing.STEM_LUFS:g} LUFS): the take is silent"
+        else:  # under a loudness block
+            matched_to = "nothing (the take is silent, the new part too short to measure): the model's own level"
     matched = np.array(audio, np.float32)[None]                                  # (1, S)
     ends = []  # (gain at the first new sample, at the last) per span
     for a, b in runs:
@@ -765,32 +799,40 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     """The take (C, S) with its samples where `keep` (S,) is False replaced by `new` ((C or 1, S)),
     and an equal-gain crossfade of up to `seam` samples from the take into the new audio at
     each seam, always on the new side: where keep is True the result is the take, sample for
-    sample. `take_length`: how many samples the take really has (extending past its end): a
-    fade into new audio past them starts from the take carried on by prediction
-    (mixing.predict_continuation), since a cut from its last sample into the new audio clicks."""
+    sample. A repair (a gap the take goes on after) fades from the kept audio on each side
+    carried into the gap by prediction (mixing.predict_continuation; backwards from the take
+    after it), never from the gap's own samples: what is repaired is often a click, and one
+    within a fade's length of the span's edge stayed. An extension fades from the take's own
+    samples past the seam, carried on by prediction past its end (`take_length`: how many
+    samples the take really has), since a cut from its last sample into the new audio clicks."""
     out = take.astype(np.float32, copy=True)
     new = np.broadcast_to(new, out.shape)
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
     gap = ~keep
     out[:, gap] = new[:, gap]
     for a, b in true_runs(gap):
-        # into the gap from the take before it: its own samples in the gap, then carried on
+        repair = b < length
+        # into the gap from the take before it
         n = min(seam, (b - a) // 2) if a > 0 else 0
         if n:
             w = _seam_fade(n)
-            before = take[:, a:min(a + n, length)]
-            if before.shape[-1] < n:
-                # only the last gap reaches past the take's end; a take up to a millisecond short
-                # of it (the request's tolerance) has its kept samples there carried on too
-                carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
-                out[:, length:a] = carried[:, :max(0, a - length)]
-                before = np.concatenate([before, carried[:, max(0, a - length):]], axis=-1)
+            if repair:
+                before = mixing.predict_continuation(take[:, :a], n, 2 * seam)
+            else:
+                before = take[:, a:min(a + n, length)]
+                if before.shape[-1] < n:
+                    # only the last gap reaches past the take's end; a take up to a millisecond
+                    # short of it (the request's tolerance) has its kept samples there carried on too
+                    carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
+                    out[:, length:a] = carried[:, :max(0, a - length)]
+                    before = np.concatenate([before, carried[:, max(0, a - length):]], axis=-1)
             out[:, a:a + n] = (1 - w) * before + w * new[:, a:a + n]
         # out of the gap into the take after it
-        n = min(seam, (b - a) // 2) if b < length else 0
+        n = min(seam, (b - a) // 2) if repair else 0
         if n:
             w = _seam_fade(n)[::-1]
-            out[:, b - n:b] = (1 - w) * take[:, b - n:b] + w * new[:, b - n:b]
+            after = mixing.predict_continuation(take[:, b:length][:, ::-1], n, 2 * seam)[:, ::-1]
+            out[:, b - n:b] = (1 - w) * after + w * new[:, b - n:b]
     return out
 
 

@@ -64,13 +64,33 @@ def test_splice_keeps_the_take_and_fades_only_on_the_new_side():
     assert np.array_equal(out[:, keep], take[:, keep])
     assert np.array_equal(out[:, 450:550], np.broadcast_to(new, (2, 1000))[:, 450:550])
     assert not np.array_equal(out[:, 400:450], take[:, 400:450]) and not np.allclose(out[:, 400:450], 0.25)
-    constant = splice(np.full((1, 1000), 0.5, np.float32), np.full((1, 1000), 0.5, np.float32), keep, 50)
+    extend = np.arange(1000) < 700  # an extension fades from the take's own samples past the seam
+    constant = splice(np.full((1, 1000), 0.5, np.float32), np.full((1, 1000), 0.5, np.float32), extend, 50)
     np.testing.assert_allclose(constant, 0.5, atol=1e-6)  # equal gain: the weights sum to one
     # extending from the take's very end: the fade starts from the take carried on past it
     keep_start = np.arange(1000) < 700
     extended = splice(np.pad(take[:, :700], ((0, 0), (0, 300))), new, keep_start, 50, take_length=700)
     assert np.array_equal(extended[:, :700], take[:, :700]) and np.all(extended[:, 750:] == 0.25)
     assert not np.allclose(extended[:, 700:750], 0.25)
+
+
+def test_a_click_at_the_edge_of_a_repaired_span_is_gone():
+    """Repairing a click is what a span inside a take is for. Each seam used to fade from the
+    take's own samples inside the span, so a click within the fade's 50 ms of either edge stayed
+    at nearly its level (0.78 of 0.80, 5 ms in); the fades now start from the kept audio carried
+    into the span by prediction, from before it and, backwards, from after it."""
+    rate = 48000
+    rng = np.random.default_rng(7)
+    take = (0.01 * rng.standard_normal((2, 2 * rate))).astype(np.float32)
+    a, b = int(0.5 * rate), int(0.7 * rate)
+    for at in (a + 240, (a + b) // 2, b - 240):             # 5 ms inside each edge, and the middle
+        take[:, at:at + 48] = 0.8
+    new = (0.01 * rng.standard_normal((1, 2 * rate))).astype(np.float32)
+    keep = np.ones(2 * rate, bool)
+    keep[a:b] = False
+    stem = splice(take, new, keep, int(0.05 * rate))
+    assert np.abs(stem[:, a:b]).max() < 0.1
+    assert np.array_equal(stem[:, keep], take[:, keep])
 
 
 def test_a_take_extended_from_its_very_end_carries_on_into_the_new_audio_without_a_click():
@@ -155,6 +175,21 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     assert meta["lufs"] == pytest.approx(mixing.integrated_loudness(out.T, 48000), abs=0.01)
     assert meta["new_part_lufs"] is not None
     assert json.loads(json.dumps(meta))  # goes on the wire
+
+
+def test_a_repair_keeps_the_takes_balance_between_its_channels(tiny, scene_video, tmp_path):
+    """The model makes mono: a take panned hard left, or a 5.1 take with sound in its centre only,
+    was repaired with the same audio in every channel (the surrounds and the LFE included). The
+    new part now gets each channel's share of the take's power next to the seams."""
+    rng = np.random.default_rng(8)
+    for name, loud in (("left.wav", [1.0, 0.0]), ("centre.wav", [0.0, 0.0, 1.0, 0.0, 0.0, 0.0])):
+        take = (0.1 * rng.standard_normal((96000, 1)) * np.array(loud)).astype(np.float32)
+        sf.write(tmp_path / name, take, 48000, subtype="FLOAT")
+        [stem] = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / name, [0.8, 1.3]))["stems"]
+        out, _ = sf.read(stem["stem_path"], dtype="float32")
+        new = out[int(0.8 * 48000) + 2400:int(1.3 * 48000) - 2400]               # past the crossfades
+        assert np.abs(new[:, np.array(loud) == 0]).max() == 0, name               # silent channels stay so
+        assert np.sqrt(np.mean(new[:, np.argmax(loud)] ** 2)) > 1e-3, name
 
 
 def test_takes_of_a_repair_are_ranked_as_their_stems_sound(tiny, scene_video, tmp_path, monkeypatch):
@@ -341,7 +376,12 @@ def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_n
     # the pause is gated out: the take as loud as where it sounds
     assert levels["level_match_gain_db"] == pytest.approx(-20.0, abs=1.0)
     assert levels["level_matched_to"].startswith("the whole kept take")
+    # a take of digital silence: the new part at a new track's loudness (the model's own level
+    # met the limiter 14 dB over full scale); silent new audio is left as it is
     _, levels = finish_new_part(audio, KnownAudio(np.zeros(80000, np.float32), keep), 16000)
+    assert levels["level_matched_to"].startswith("a stem's loudness (-23 LUFS)")
+    assert levels["new_part_lufs"] == pytest.approx(mixing.STEM_LUFS, abs=0.5)
+    _, levels = finish_new_part(np.zeros(80000, np.float32), KnownAudio(take, keep), 16000)
     assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
 
 
