@@ -216,11 +216,15 @@ def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"Cannot read the weights manifest {manifest_path}: {exc}") from exc
     found = {k: _shape(v) for k, v in state_dict_or_shapes.items()}
-    droppable = set(manifest.get("keys_dropped_or_ignored_on_load", ()))
-    expected = {item["key"]: tuple(item["shape"]) for item in manifest["state_dict"]}
-    # A legacy name stands for its key when the file does not also hold the key itself.
-    legacy = {item["legacy_key"]: item["key"] for item in manifest["state_dict"]
-              if item.get("legacy_key") and item["key"] not in found and item["legacy_key"] in found}
+    try:
+        droppable = set(manifest.get("keys_dropped_or_ignored_on_load", ()))
+        expected = {item["key"]: tuple(item["shape"]) for item in manifest["state_dict"]}
+        # A legacy name stands for its key when the file does not also hold the key itself.
+        legacy = {item["legacy_key"]: item["key"] for item in manifest["state_dict"]
+                  if item.get("legacy_key") and item["key"] not in found and item["legacy_key"] in found}
+    except (AttributeError, KeyError, TypeError) as exc:  # JSON, but not a manifest's layout
+        raise CheckpointError(f"The weights manifest {manifest_path} is not one StepFoley wrote "
+                              f"({type(exc).__name__}: {exc}); give the folder of its manifests.") from None
     as_named = {legacy.get(k, k): shape for k, shape in found.items()}
     ignored = tuple(k for k in as_named if k not in expected and k in droppable)
     mismatch = compare_keys({k: v for k, v in as_named.items() if k not in ignored}, expected)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -482,6 +483,10 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
                          + (" (`stepfoley weights convert` makes it again from the .pth)" if checkpoint.is_file()
                             else ""))
         problems += wrong
+    if verify and spec.name == "bigvgan_v2_44k" and (location / "config.json").is_file():
+        from stepfoley.engine.codec.bigvgan_v2 import config_problems
+
+        problems += config_problems(location)
     notes = ()
     if source == checkpoint and safetensors_copy(checkpoint).is_file():  # file_to_read passed over a stale copy
         notes = (f"{safetensors_copy(checkpoint).name} was made from another {checkpoint.name}, so "
@@ -499,6 +504,8 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
 
 def weights_folder(root: str | Path) -> Path:
     """The weights folder, resolved; CheckpointError for one that cannot be used."""
+    if not str(root).strip():  # an unset shell variable: not the current folder, as Path("") is
+        raise CheckpointError("The weights folder is empty: give the folder that holds weights/ and ext_weights/.")
     try:
         path = Path(root).expanduser().resolve()
         is_file, is_dir = path.is_file(), path.is_dir()
@@ -509,6 +516,14 @@ def weights_folder(root: str | Path) -> Path:
     if not is_dir:
         raise CheckpointError(f"The weights folder {path} does not exist. Create it and put the files of "
                               "docs/weights.md in it.")
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        # PyTorch's mapped loading and safetensors take paths as UTF-8 only: every intact file
+        # there was reported damaged, with the advice to download it again
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise CheckpointError(f"The weights folder {shown} has a name that is not UTF-8 text, which the weight "
+                              "readers cannot open; rename it (or the folders above it) with plain letters.") from None
     return path
 
 
@@ -660,8 +675,11 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
         return Conversion(source, target, False, f"not converted: {error}", refused=True)
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
-    save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},
-                            overwrite=stale)
+    try:
+        save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},
+                                overwrite=stale)
+    except CheckpointError as error:  # a folder not writable, a full disk: the other folders still convert
+        return Conversion(source, target, False, f"not converted: {error}", refused=True)
     note = (("made again: the copy was from another file" if stale else "written")
             + f" ({len(tensors)} tensor{'' if len(tensors) == 1 else 's'})")
     return Conversion(source, target, True, note)

@@ -6,6 +6,7 @@ is a few kB and is checked exactly like the real one."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
+from stepfoley.engine.codec.bigvgan import BigVGANConfig
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.weights import (
     FILES,
@@ -25,6 +27,7 @@ from stepfoley.engine.weights import (
     convert_weights_dir,
     file_to_read,
     manifest_path,
+    weights_folder,
 )
 from stepfoley.cli import main as cli_main
 
@@ -46,6 +49,11 @@ def clip_shaped():
 def save(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
+
+
+
+# the 44.1 kHz BigVGAN-v2's config.json, as nvidia/bigvgan_v2_44khz_128band_512x ships its sizes
+V2_CONFIG = json.dumps(dataclasses.asdict(BigVGANConfig.preset("v2_44k_512x")))
 
 
 @pytest.fixture
@@ -199,7 +207,7 @@ def test_cli_check_and_convert(weights_dir, capsys):
     out = capsys.readouterr().out
     assert "WRONG" in out and "latent_mean" in out
     (weights_dir / "weights" / "mmaudio_small_16k.pth").unlink()
-    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text("{}")
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(V2_CONFIG)
     assert cli_main(["weights", "check", str(weights_dir)]) == 0
     assert cli_main(["weights", "check", "--quick", "--model", "small_16k", str(weights_dir)]) == 1
     capsys.readouterr()
@@ -271,14 +279,17 @@ def test_a_file_under_an_official_name_that_is_not_a_dictionary_is_wrong_not_a_c
 def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_path):
     """`weights convert` where the disk takes no 64 kB file (a file size limit stands in for a full
     disk, in a child process): a message naming the file, its folder and what to do; no traceback,
-    no half copy, no temporary file."""
+    no half copy, no temporary file; and the other files still converted (the first write that
+    failed ended the command)."""
     import resource
     import signal
     import subprocess
     import sys
 
     save({"a": torch.randn(128, 256)}, tmp_path / "ext_weights" / "v1-16.pth")  # 128 kB
-    manifests = small_manifests(tmp_path / "manifests", {"vae_16k": {"a": torch.zeros(128, 256)}})
+    save({"generator": {"b": torch.randn(32, 32)}}, tmp_path / "ext_weights" / "best_netG.pt")  # 4 kB, after it
+    manifests = small_manifests(tmp_path / "manifests", {"vae_16k": {"a": torch.zeros(128, 256)},
+                                                         "bigvgan_16k": {"b": torch.zeros(32, 32)}})
     before = sorted(os.listdir(tmp_path / "ext_weights"))
 
     def limited():
@@ -290,9 +301,9 @@ def test_convert_on_a_disk_that_takes_no_more_says_so_and_leaves_nothing(tmp_pat
                           capture_output=True, text=True, preexec_fn=limited, timeout=300)
     target = tmp_path / "ext_weights" / "v1-16.safetensors"
     assert done.returncode == 1, done.stderr
-    assert f"Cannot write the weights file {target}" in done.stderr and "nothing was written" in done.stderr
-    assert f"Free some space in {target.parent}" in done.stderr and "Traceback" not in done.stderr
-    assert sorted(os.listdir(tmp_path / "ext_weights")) == before
+    assert f"Cannot write the weights file {target}" in done.stdout and "nothing was written" in done.stdout
+    assert f"Free some space in {target.parent}" in done.stdout and "Traceback" not in done.stderr
+    assert sorted(os.listdir(tmp_path / "ext_weights")) == sorted(before + ["best_netG.safetensors"])
 
 
 
@@ -458,7 +469,7 @@ def test_a_controlnet_for_another_model_is_not_called_ready(weights_dir, capsys,
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 
     save(manifest_shaped("flow_small_16k"), weights_dir / "weights" / "mmaudio_small_16k.pth")
-    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text("{}")
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(V2_CONFIG)
     assert cli_main(["weights", "check", "--model", "small_16k", str(weights_dir)]) == 0
     tiny = MMAudioConfig(latent_dim=20, clip_dim=1024, sync_dim=768, text_dim=1024, hidden_dim=64, depth=2,
                          fused_depth=1, num_heads=2, name="tiny")
@@ -491,7 +502,7 @@ def test_weights_under_another_name_or_in_another_folder_are_named_with_what_to_
     flow.rename(weights_dir / "weights" / "mmaudio_small_16k (1).pth")
     (weights_dir / "ext_weights" / "v1-16.pth").rename(weights_dir / "v1-16.pth")
     (weights_dir / "ext_weights" / "notes.bin").write_bytes(b"x")
-    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text("{}")
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(V2_CONFIG)
     assert cli_main(["weights", "check", str(weights_dir)]) == 0  # nothing present is wrong
     out = capsys.readouterr().out
     assert "not read: weights/mmaudio_small_16k (1).pth: rename or move it to weights/mmaudio_small_16k.pth" in out
@@ -570,3 +581,43 @@ def test_every_mmaudio_file_carries_its_published_md5_and_the_hub_files_none():
     published = {name for name, spec in FILES.items() if spec.md5}
     assert published == set(FILES) - {"bigvgan_v2_44k"}
     assert all(len(FILES[n].md5) == 32 and int(FILES[n].md5, 16) >= 0 for n in published)
+
+
+@pytest.mark.parametrize("config, words", [
+    ("<!DOCTYPE html>", "config.json is not readable JSON"),
+    (json.dumps({**json.loads(V2_CONFIG), "use_bias_at_final": True}),
+     "config.json describes another BigVGAN (use_bias_at_final True, not False)"),
+    (json.dumps({"num_mels": 128}), "lacks upsample_rates"),
+], ids=["html", "another-bigvgan", "incomplete"])
+def test_a_vocoder_config_that_cannot_serve_is_said_before_anything_loads(weights_dir, capsys, config, words):
+    """config.json was first read after the flow network had loaded, and one of another BigVGAN
+    was blamed on the vocoder's weights file; `weights check` called such a folder ready."""
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(config)
+    report = check_weights_dir(weights_dir)
+    [problem] = report.files["bigvgan_v2_44k"].problems
+    assert words in problem
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(V2_CONFIG)
+    assert check_weights_dir(weights_dir).files["bigvgan_v2_44k"].problems == ()
+
+
+def test_a_folder_named_outside_utf8_or_left_empty_is_said_so(tmp_path, capsys):
+    """PyTorch's mapped loading and safetensors take UTF-8 paths only: under a folder named in
+    Latin-1 every intact file was reported damaged, to be downloaded again. An empty --weights
+    (an unset shell variable) checked the current folder."""
+    latin1 = os.fsdecode(os.fsencode(tmp_path) + b"/Gew\xe9chte")
+    os.mkdir(latin1)
+    with pytest.raises(CheckpointError, match=r"Gew\\xe9chte has a name that is not UTF-8 text"):
+        weights_folder(latin1)
+    assert cli_main(["weights", "check", ""]) == 2
+    assert "The weights folder is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("manifest", ['{"state_dict": 5}', "[1, 2]", '{"state_dict": [{"shape": [1]}]}'])
+def test_a_manifest_of_another_layout_is_said_not_raised(weights_dir, tmp_path, capsys, manifest):
+    """A manifest folder holding JSON of another layout raised TypeError through `weights check`."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "vae_16k.json").write_text(manifest)
+    assert cli_main(["weights", "check", str(weights_dir), "--manifests", str(folder)]) == 1
+    said = capsys.readouterr()
+    assert "vae_16k.json is not one StepFoley wrote" in said.out + said.err and "Traceback" not in said.err

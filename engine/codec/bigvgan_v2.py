@@ -12,6 +12,7 @@ pesq, auraloss, tensorboard and matplotlib for what is, at inference, this one m
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,26 @@ def read_config(directory: Path) -> tuple[BigVGANConfig, dict]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not readable JSON ({e}); download it again.") from None
     return BigVGANConfig.from_dict(raw), raw
+
+
+def config_problems(directory: Path) -> list[str]:
+    """What is wrong with the config.json of a BigVGAN-v2 folder for MMAudio's 44.1 kHz models:
+    unreadable, or describing another vocoder than nvidia/bigvgan_v2_44khz_128band_512x. Said
+    before anything loads (it was read only after the flow network had, and a config of another
+    BigVGAN was blamed on its weights file)."""
+    try:
+        config, _ = read_config(Path(directory))
+    except CheckpointError as e:
+        return [str(e)]
+    except (TypeError, ValueError) as e:  # a field of the wrong kind: BigVGANConfig.from_dict
+        return [f"{CONFIG_FILE} is not a BigVGAN config ({e}); download it again"]
+    official = BigVGANConfig.preset("v2_44k_512x")
+    differs = [f"{f.name} {getattr(config, f.name)}, not {getattr(official, f.name)}" for f in fields(BigVGANConfig)
+               if getattr(config, f.name) != getattr(official, f.name)]
+    if not differs:
+        return []
+    return [f"{CONFIG_FILE} describes another BigVGAN ({'; '.join(differs)}): download the config.json of "
+            "nvidia/bigvgan_v2_44khz_128band_512x again"]
 
 
 def load_bigvgan_v2(directory: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         results = convert_weights_dir(args.dir, manifests_dir=args.manifests)
         if any(r.written for r in results):
             print("How much faster the copies load depends on the disk and the file: "
-                  f"`stepfoley bench weights-load --dir {args.dir}` measures it.")
+                  f"`stepfoley bench weights-load --dir {shlex.quote(str(args.dir))}` measures it.")
         return 1 if any(r.refused for r in results) else 0
     except StepFoleyError as e:
         print(f"error: {e}", file=sys.stderr)
