@@ -73,6 +73,8 @@ def token_file_path() -> Path:
 
 def read_token_file(path: str | os.PathLike) -> str:
     """The token in `path`; raises TokenError if the file is missing, shared or malformed."""
+    if not str(path).strip():  # an unset shell variable: not the current folder, as Path("") is
+        raise TokenError("The token file name is empty: give the file that holds the token.")
     path = Path(path)
     try:
         info = path.stat()

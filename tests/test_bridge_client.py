@@ -300,6 +300,13 @@ def test_stepfoley_send_cli(server, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"]["state"] == "idle"
     assert main(["send", "--cancel", "unknown", "--port", port]) == bc.EXIT_REJECTED
 
+    # a byte-order mark before UTF-8, as PowerShell and .NET write it, is read past; UTF-16 is named
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + Path(request_file).read_bytes())
+    assert main(["send", "--request", str(bom), "--status", status_path, "--port", port, "-q"]) == 0
+    bom.write_bytes(Path(request_file).read_text().encode("utf-16"))
+    assert main(["send", "--request", str(bom), "--status", status_path, "--port", port]) == 2
+    assert "it is saved as UTF-16" in read_status(status_path)["error"]["message"]
     (tmp_path / "broken.json").write_text("{ not json")
     assert main(["send", "--request", str(tmp_path / "broken.json"), "--status", status_path, "--port", port]) == 2
     assert read_status(status_path)["error"]["code"] == "bad_request_file"

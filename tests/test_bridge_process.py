@@ -283,3 +283,24 @@ def test_stopping_send_cancels_its_job_and_gives_the_status_file_that_end(tmp_pa
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_reader_that_has_gone_leaves_sends_exit_code_the_status_files(tmp_path):
+    """`stepfoley send` into a pipe whose reader has gone (`| head`, a wrapper that stops
+    reading): the job was done and the status file said exit 0, but printing the final JSON
+    raised BrokenPipeError, a traceback and exit 1."""
+    proc, port = start_engine(step_s=0.0)
+    request, status = tmp_path / "request.json", tmp_path / "status.json"
+    request.write_text(json.dumps(make_request(tmp_path, steps=2)))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        send = subprocess.Popen([sys.executable, "-m", "stepfoley", "send", "--request", str(request), "--status",
+                                 str(status), "--port", str(port), "--quiet"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        send.stdout.close()
+        err = send.stderr.read().decode()
+        assert send.wait(timeout=60) == 0 and json.loads(status.read_text())["exit_code"] == 0, err
+        assert "Traceback" not in err and "Exception ignored" not in err
+    finally:
+        proc.kill()
+        proc.wait()

@@ -404,6 +404,14 @@ def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
     for size in ("0", "-3"):  # it would refuse every job as "queue full"
         assert main(["serve", "--port", "0", "--max-queue", size]) == 2
         assert "--max-queue must be at least 1" in capsys.readouterr().err
+    # past a C int os.nice raised OverflowError, after the port was bound; below 0 it was ignored
+    for nice in ("99999999999", "20", "-5"):
+        assert main(["serve", "--port", "0", "--nice", nice]) == 2
+        assert f"--nice must be from 0 (priority unchanged) to 19 steps below normal (got {nice})" in \
+            capsys.readouterr().err
+    # an unset shell variable: not the current folder's name
+    assert main(["serve", "--port", "0", "--token-file", ""]) == 2
+    assert "The token file name is empty" in capsys.readouterr().err
 
 
 def test_a_request_the_model_cannot_run_is_refused_before_accepted(tmp_path):

@@ -135,7 +135,10 @@ def _read_request_file(path: str):
                          f"({MAX_REQUEST_BYTES // 1024} KiB on the wire)")
     from stepfoley.request import request_json
 
-    return request_json(data.decode("utf-8"))
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError("it is saved as UTF-16 (PowerShell 5's > and Out-File do that); save it as UTF-8")
+    # utf-8-sig: PowerShell and .NET write a byte-order mark before UTF-8 unless told not to
+    return request_json(data.decode("utf-8-sig"))
 
 
 def _send(args, client) -> int:
@@ -160,9 +163,7 @@ def _send(args, client) -> int:
 
     code, status = client.send_request(request, args.status, host=args.host, port=args.port, token=args.token,
                                        timeout=args.timeout, on_update=show)
-    print(json.dumps(status))
-    if status.get("error") and not args.quiet:
-        print(f"{status['error']['code']}: {status['error']['message']}", file=sys.stderr)
+    _say_final(args, status)
     return code
 
 
@@ -194,10 +195,25 @@ def _finish(args, client, status: dict) -> int:
         except OSError as e:
             status = client.failure_status("bad_status_file", f"Cannot write the status file '{args.status}': {e}. "
                                            "Choose a file in a folder you can write to.", client.EXIT_USAGE)
-    print(json.dumps(status))
-    if status.get("error") and not args.quiet:
-        print(f"{status['error']['code']}: {status['error']['message']}", file=sys.stderr)
+    _say_final(args, status)
     return status["exit_code"]
+
+
+def _say_final(args, status: dict) -> None:
+    """The final status on stdout (and its error in words on stderr), as far as anyone reads
+    them: a reader that has gone (a pipe into `head`) made the job's end a traceback and exit 1,
+    while the status file said it was done."""
+    lines = [(json.dumps(status), sys.stdout)]
+    if status.get("error") and not args.quiet:
+        lines.append((f"{status['error']['code']}: {status['error']['message']}", sys.stderr))
+    for text, stream in lines:
+        try:
+            print(text, file=stream, flush=True)
+        except (OSError, ValueError):
+            try:  # what is still buffered would fail again at exit, as "Exception ignored"
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass
 
 
 def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:

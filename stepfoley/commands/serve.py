@@ -11,6 +11,8 @@ import threading
 from stepfoley.bridge import protocol
 from stepfoley.commands.runtime import add_runtime_arguments
 
+MAX_NICE = 19  # the lowest priority a Unix process can have is niceness 19
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=protocol.DEFAULT_HOST,
@@ -28,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model variant inside --weights (for example small_16k)")
     parser.add_argument("--max-queue", type=int, default=256, help="jobs that may wait at once (default 256)")
     parser.add_argument("--nice", type=int, default=10,
-                        help="run this many steps below normal CPU priority (default 10; 0 keeps it), so the "
-                             "DAW's audio comes first")
+                        help=f"run this many steps below normal CPU priority (default 10; 0 keeps it; at most "
+                             f"{MAX_NICE}), so the DAW's audio comes first")
     add_runtime_arguments(parser)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
 
@@ -56,9 +58,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_queue < 1:  # an engine that refuses every job as "queue full" is no engine
         print(f"--max-queue must be at least 1 (got {args.max_queue}).", file=sys.stderr)
         return 2
+    if not 0 <= args.nice <= MAX_NICE:  # os.nice raised OverflowError past a C int, after the port was bound
+        print(f"--nice must be from 0 (priority unchanged) to {MAX_NICE} steps below normal (got {args.nice}).",
+              file=sys.stderr)
+        return 2
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    # the engine's own messages at INFO; the libraries' (torch's cache statistics at exit) only
+    # when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("stepfoley").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # Listen before anything imports torch (seconds, far more from a cold disk) or loads the
     # model: a second engine on the same port fails at once, and DAW scripts hear
     # "engine_loading" instead of silence meanwhile. The options that need torch to be checked
