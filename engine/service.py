@@ -87,10 +87,11 @@ class FoleyService:
                  existing_tracks: Sequence[tuple[np.ndarray, int, int]] = (),
                  stem_file: str | os.PathLike | None = None, replace: bool = False) -> dict:
         """`existing_tracks`: (samples, sample_rate, how many stems they sum) of stems already in
-        memory, heard like the request's existing_mix (stepfoley generate --existing: no bounce file). `stem_file`: the
-        name, in request.output_dir, of a job's one stem (stepfoley generate --out FILE.wav),
-        given to it straight from its temporary file (audio_io.publish_stem, with `replace`); a
-        file already there and not `replace`: the usual numbered name."""
+        memory, heard like the request's existing_mix (stepfoley generate --existing: no bounce
+        file). `stem_file`: the name, in request.output_dir, of a job's one stem (stepfoley
+        generate --out FILE.wav), given to it straight from its temporary file
+        (audio_io.publish_stem, with `replace`); a file already there and not `replace`: the
+        usual numbered name."""
         try:
             return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
         finally:
