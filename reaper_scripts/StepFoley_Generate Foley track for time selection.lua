@@ -1,9 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.21
+-- @version 0.5.22
 -- @changelog
---   Regenerate selected Foley item and Make selected item sound like this: when the picture moves while the engine works, the new take follows it only if the item moved with it (a ripple edit); the picture moved alone, nothing is added and you are told where the stems are (the take started inside the item and its end went unheard).
---   Extend and Regenerate time selection inside selected item: trimming the item's start while the engine works is no longer taken for moving it away from the picture; slipping the kept take in its item is.
+--   A video item whose takes were all deleted while the engine worked is refused in words (it ended the script with an error), and you are told where the stems are.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.21", SF.mixed_versions and SF.mixed_versions("this action", "0.5.21")
-  or "StepFoley_lib.lua is older than this action (0.5.21). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.22", SF.mixed_versions and SF.mixed_versions("this action", "0.5.22")
+  or "StepFoley_lib.lua is older than this action (0.5.22). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.21"
+local VERSION = "0.5.22"
 
 return function(M)
 

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.21"
+local VERSION = "0.5.22"
 
 return function(M)
 
@@ -484,8 +484,9 @@ function M.picture_placement(item)
       autostretch = 0 }
   end
   return { item = item, take = take, position = reaper.GetMediaItemInfo_Value(item, "D_POSITION"),
-    startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
-    playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"), loops = M.loops_source(item),
+    -- no take: its takes deleted while generating, refused as another take
+    startoffs = take and reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") or 0,
+    playrate = take and reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") or 1, loops = M.loops_source(item),
     timebase = timebase }
 end
 

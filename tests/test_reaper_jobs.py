@@ -147,6 +147,16 @@ def test_the_new_track_follows_the_picture_moved_while_generating(world, move, s
     assert f"the picture moved {shift:+.3f} s while generating" in result["console"]
 
 
+def test_a_picture_whose_takes_were_deleted_while_generating_gets_nothing(world):
+    sc = h.scenario(world, dialog=h.answers(steps="6"), actions=[
+        {"script": h.MAIN}, {"move_item": {"track": 1, "item": 1, "delete_takes": True}, "when_running": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert result["script_errors"] == []
+    [message] = result["messages"]
+    assert "Nothing was added: the video item now plays another take" in message["message"]
+    assert [t["name"] for t in result["tracks"]] == ["Picture", "wind"]
+
+
 def test_another_project_opened_in_the_tab_while_generating_gets_nothing(world):
     """File > Open project in the generation's tab: REAPER keeps the tab's ReaProject*, so the
     project looked open still and the stem went into the other project at the first one's times."""

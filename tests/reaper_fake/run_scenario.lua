@@ -32,7 +32,8 @@ ACTION: {script, at_s | when_running | after_idle}, {terminate = script, when_ru
 {switch_to_project = n, when_running}, {close_project = n, at_s} (its ReaProject* is then
 refused by every API function, as a closed project's is), {open_project = {tracks, ...},
 when_running} (another project opened in the active tab: the same ReaProject*, none of its
-items), {move_item = {track, item, by (s), slip (s of the active take's start offset)},
+items), {move_item = {track, item, by (s), slip (s of the active take's start offset),
+delete_takes (every take of the item)},
 when_running} (1-based, in the active tab).
 ]]
 
@@ -177,6 +178,7 @@ local function perform(a)
     local item = fake.projects[fake.active].tracks[m.track].items[m.item]
     item.position = item.position + (m.by or 0)
     item.active.startoffs = item.active.startoffs + (m.slip or 0)
+    if m.delete_takes then item.takes, item.active = {}, nil end
   else error("driver: unknown action " .. json.encode(a)) end
 end
 
