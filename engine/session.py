@@ -677,6 +677,30 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
     return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
 
 
+def carried_offset(channels: np.ndarray, keep: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(C, S) float32: the take's DC offset, per channel, over each new span (where `keep` (S,) is
+    False), as the kept take holds it within LEVEL_MATCH_S outside the span: a straight line from
+    the offset before it to the one after it (the one before it where the take does not go on,
+    and 0 where nothing is kept next to it). The model's audio has none, so a take with an
+    offset stepped to 0 and back across a repair, a thump on a system with subwoofers."""
+    # channels: (C, S) at sample_rate; keep: (S,) bool
+    reach = int(round(LEVEL_MATCH_S * sample_rate))
+    out = np.zeros(channels.shape, np.float32)
+    length = channels.shape[-1]
+    for a, b in true_runs(~keep):
+        before = channels[:, max(0, a - reach):a][:, keep[max(0, a - reach):a]]
+        after = channels[:, b:b + reach][:, keep[b:b + reach]]
+        start = before.mean(axis=-1, dtype=np.float64) if before.shape[-1] else None
+        end = after.mean(axis=-1, dtype=np.float64) if after.shape[-1] and b < length else None
+        start = end if start is None else start
+        end = start if end is None else end
+        if start is None:
+            continue
+        ramp = np.linspace(0.0, 1.0, b - a)
+        out[:, a:b] = (start[:, None] * (1 - ramp) + end[:, None] * ramp).astype(np.float32)
+    return out
+
+
 def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,
                  sample_rate: int) -> float | None:
     """The level match at one seam, `edge` the first sample after a change between kept and new:
