@@ -1,8 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.22
+-- @version 0.5.23
 -- @changelog
---   A video item whose takes were all deleted while the engine worked is refused in words (it ended the script with an error), and you are told where the stems are.
+--   Make selected item sound like this: a long reference item (the production sound of a scene) is rendered for as long as the picture lasts, the part under the picture where it lies under it, else its start; the whole item was rendered, and the engine heard only its first seconds.
+--   The bounce of the negatives silences a folder parent's own items above a chosen layer, in case REAPER plays them when only a track inside is soloed.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -41,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.22", SF.mixed_versions and SF.mixed_versions("this action", "0.5.22")
-  or "StepFoley_lib.lua is older than this action (0.5.22). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.23", SF.mixed_versions and SF.mixed_versions("this action", "0.5.23")
+  or "StepFoley_lib.lua is older than this action (0.5.23). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -5,7 +5,7 @@ one WAV for the engine. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.22"
+local VERSION = "0.5.23"
 
 return function(M)
 
@@ -54,14 +54,23 @@ end
 
 -- The items over [t0, t1] that must be silent for the render: on `tracks`, all but `items`
 -- (when given); on a track inside a chosen folder that is not chosen itself, all of them, as
--- soloing a folder parent makes every track inside it heard.
+-- soloing a folder parent makes every track inside it heard; and on a folder parent above a
+-- chosen track, not chosen itself, its own: whether REAPER plays those when only a track
+-- inside is soloed is not documented, and silencing them costs nothing if it does not.
 local function items_to_silence(proj, tracks, items, t0, t1)
-  local chosen, keep, list = {}, {}, {}
+  local chosen, keep, above, list = {}, {}, {}, {}
   for _, tr in ipairs(tracks) do chosen[tr] = true end
   for _, it in ipairs(items or {}) do keep[it] = true end
+  for _, tr in ipairs(tracks) do
+    local parent = reaper.GetParentTrack(tr)
+    while parent do
+      above[parent] = true
+      parent = reaper.GetParentTrack(parent)
+    end
+  end
   for t = 0, reaper.CountTracks(proj) - 1 do
     local tr = reaper.GetTrack(proj, t)
-    if (chosen[tr] and items) or (not chosen[tr] and inside_chosen(tr, chosen)) then
+    if (chosen[tr] and items) or (not chosen[tr] and (inside_chosen(tr, chosen) or above[tr])) then
       for i = 0, reaper.CountTrackMediaItems(tr) - 1 do
         local item = reaper.GetTrackMediaItem(tr, i)
         local a, b = M.item_range(item)

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.22"
+local VERSION = "0.5.23"
 
 return function(M)
 
@@ -608,7 +608,7 @@ local function prepare_jobs(job, settings, engine, params, region)
   local negatives, err = negatives_for(job, settings, engine, params, region, folders, sample_rate)
   if not negatives then return nil, err end
   if job.make_reference then
-    local path, ref_err = job.make_reference(folders, sample_rate)
+    local path, ref_err = job.make_reference(folders, sample_rate, region)
     if not path then return nil, ref_err end
     params.reference_audio = path
   end
@@ -877,7 +877,7 @@ One generating action, from the engine check to the new media. `job`:
   params            fixed parameters (M.parse_form's result);
   params_for        optional function(engine) -> params or nil, message: when the parameters
                     depend on what the engine offers;
-  make_reference    optional function(folders, sample_rate) -> path or nil, message;
+  make_reference    optional function(folders, sample_rate, region) -> path or nil, message;
   reference_label   what the reference was, for the metadata;
   undo              function(params, n) -> the undo point's name.
 Everything that can wait for something (the engine, the dialog, the jobs) runs from

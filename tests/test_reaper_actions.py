@@ -1380,6 +1380,27 @@ def test_make_selected_item_sound_like_another_item(world):
     assert result["undo"] == ['StepFoley: make "steps on wood" sound like reference.wav']
 
 
+@pytest.mark.parametrize("position, heard_from", [(0.0, 3.0), (30.0, 0.0)], ids=["under the picture", "elsewhere"])
+def test_a_long_reference_item_is_rendered_for_as_long_as_the_picture(world, position, heard_from):
+    """The production sound of a whole scene as the reference: the engine hears as much of it as
+    the picture lasts, from its start, and the whole item was rendered (minutes for a reel, a
+    file the engine then refused past 1 GiB) and the sound from its start sent, not the part under
+    the picture. An item under the picture now gives that part, another one its start."""
+    ref = world["tmp"] / "production.wav"
+    ref_samples = h.write_foley_wav(ref, 20.0, SR, seed=41)
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)  # 3.0-5.5 s
+    reference = {"name": "Production", "items": [{"position": position, "length": 20.0, "selected": True,
+                                                  "takes": [{"file": str(ref)}]}]}
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target, reference],
+                  actions=[{"script": h.SOUND_LIKE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    heard, _ = sf.read(job_request(result)["reference_audio"])
+    assert len(heard) == h.frames(2.5)
+    np.testing.assert_allclose(heard[:, 0], ref_samples[h.frames(heard_from):h.frames(heard_from + 2.5)],
+                               atol=1 / 2**22)
+
+
 def test_make_selected_item_sound_like_a_file(world):
     ref = world["tmp"] / "my reference.wav"
     h.write_foley_wav(ref, 3.0, SR, seed=40)
@@ -1501,9 +1522,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.22)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.23)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.22."),
+                                 "older version, StepFoley_lib.lua is 0.5.23."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

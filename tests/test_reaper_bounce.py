@@ -226,6 +226,28 @@ def test_a_chosen_folder_does_not_let_the_unchosen_tracks_inside_it_into_the_bou
     _assert_mutes_restored(result, "Child dialogue")
 
 
+@pytest.mark.parametrize("parent_plays", [False, True], ids=["parent silent", "parent heard"])
+def test_a_folder_parents_own_audio_stays_out_of_a_bounce_of_a_layer_inside_it(world, parent_plays):
+    """Production dialogue on a folder track, a Foley layer inside it: the bounce solos the layer.
+    Whether REAPER then plays the folder parent's own items is not documented; where it does,
+    the dialogue was bounced as a negative. They are now silenced for the render either way."""
+    tmp = world["tmp"]
+    dialogue = h.write_foley_wav(tmp / "dialogue.wav", 12.0, SR, seed=12)
+    steps = h.write_foley_wav(tmp / "steps.wav", 12.0, SR, seed=13)
+    parent = {"name": "DX", "folderdepth": 1,
+              "items": [{"position": 0.0, "length": 12.0, "takes": [{"file": str(tmp / "dialogue.wav")}]}]}
+    child = h.foley_track("steps", tmp / "steps.wav", "footsteps on gravel")
+    child["folderdepth"] = -1
+    sc = h.scenario(world, parent_plays_with_soloed_child=parent_plays)
+    sc["tracks"] = [sc["tracks"][0], parent, child]
+    result = h.run_scenario(tmp, sc)
+    assert h.job_request(result)["previous_captions"] == ["footsteps on gravel"]
+    mix, a, b = _bounced(result)
+    np.testing.assert_allclose(mix, steps[a:b], rtol=0, atol=LSB24)
+    assert np.abs(dialogue[a:b]).max() > 0.1
+    _assert_mutes_restored(result, "DX")
+
+
 def test_replacing_a_layer_inside_a_layers_folder_leaves_it_out_of_its_own_negatives(world):
     tmp = world["tmp"]
     h.write_foley_wav(tmp / "steps.wav", 12.0, SR, seed=11)

@@ -89,7 +89,8 @@ Model:
   is selected; a scenario can have the user cancel the render (nothing is written).
   Assumptions (not confirmed by the API text): a master-mix render with custom bounds writes
   a file even when nothing plays (silence); a folder parent's own media stays silent when
-  only a track inside it is soloed; stem files are named RENDER_PATTERN, RENDER_PATTERN-001,
+  only a track inside it is soloed (fake.parent_plays_with_soloed_child: it plays, the other
+  reading, which the scripts must survive too); stem files are named RENDER_PATTERN, RENDER_PATTERN-001,
   ... unless the pattern contains $track; WAV sources are read by nearest sample, no
   resampling filter; a mono source plays at full level on both channels; an item made by
   AddMediaItemToTrack loops its source (B_LOOPSRC 1, REAPER's default for new items) and its
@@ -1032,6 +1033,17 @@ local function solo_factor(pr, tr)
   while p do
     if p.solo ~= 0 then return 1.0 end -- soloed, or inside a soloed folder
     p = parent_of(p)
+  end
+  if fake.parent_plays_with_soloed_child then -- the other reading of REAPER (see the header)
+    for _, t in ipairs(pr.tracks) do
+      if t.solo ~= 0 then
+        local up = parent_of(t)
+        while up do
+          if up == tr then return 1.0 end
+          up = parent_of(up)
+        end
+      end
+    end
   end
   if tr.solo_defeat and not tr.mute then return 1.0 end
   if fake.toggles[40745] == 1 then return fake.SOLO_IN_FRONT_DIM end

@@ -18,7 +18,7 @@ dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), mes
 the ReaImGui stand-in; its value is the list of user actions, tests/reaper_fake/imgui/imgui.lua),
 tracks [TRACK] (the first project tab), projects [{project_path, time_selection, tracks
 [TRACK]}] (more tabs), active_project (1-based), actions [ACTION], gfx_key_when_running,
-max_s, tick_s, clock_rate.
+max_s, tick_s, clock_rate, parent_plays_with_soloed_child.
 TRACK: {name, selected, ext, fxen, fx_gain, vol, mute, solo, solo_defeat, folderdepth,
 freemode, razor (P_RAZOREDITS), timebase (C_BEATATTACHMODE), items [{position, length, selected,
 notes, mute, mute_solo, vol, fadein, fadeout, loopsrc, timebase, autostretch, lane_plays (on a freemode 2 track: item k is on lane k-1,
@@ -62,6 +62,7 @@ if scenario.imgui then
   function reaper.ImGui_GetBuiltinPath() return here .. "imgui" end
 end
 fake.render_cancelled = scenario.render_cancelled or false
+fake.parent_plays_with_soloed_child = scenario.parent_plays_with_soloed_child or false
 
 local function build_tracks(project, list)
   for _, t in ipairs(list or {}) do
