@@ -278,7 +278,7 @@ class _Take:
         take = mixing.fit_length(take, length)
         new = new * channel_balance(take[:, :take_length], keep[:take_length], rate)          # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
-        new = new + carried_offset(take, keep, rate)  # after the limiter, which is for the sound
+        new = new + carried_offset(take, keep)  # after the limiter, which is for the sound
         stem = splice(take, new, keep, int(round(SEAM_S * rate)), take_length)
         metadata = {
             **track.metadata,

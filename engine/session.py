@@ -642,11 +642,15 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
     return float(sounding.mean()) if sounding.size else 0.0
 
 
+def _kept_offset(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    # channels: (C, S); keep: (S,) bool -> (C,) float64, each channel's mean over the kept samples
+    kept = max(int(np.count_nonzero(keep)), 1)
+    return channels.sum(axis=-1, where=keep, dtype=np.float64) / kept
+
+
 def _centred_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     # channels: (C, S); keep: (S,) bool -> (C, S) float64 squares, each channel's offset over keep out
-    kept = max(int(np.count_nonzero(keep)), 1)
-    offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
-    return (channels.astype(np.float64) - offset[:, None]) ** 2
+    return (channels.astype(np.float64) - _kept_offset(channels, keep)[:, None]) ** 2
 
 
 def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -677,28 +681,15 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
     return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
 
 
-def carried_offset(channels: np.ndarray, keep: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(C, S) float32: the take's DC offset, per channel, over each new span (where `keep` (S,) is
-    False), as the kept take holds it within LEVEL_MATCH_S outside the span: a straight line from
-    the offset before it to the one after it (the one before it where the take does not go on,
-    and 0 where nothing is kept next to it). The model's audio has none, so a take with an
-    offset stepped to 0 and back across a repair, a thump on a system with subwoofers."""
-    # channels: (C, S) at sample_rate; keep: (S,) bool
-    reach = int(round(LEVEL_MATCH_S * sample_rate))
-    out = np.zeros(channels.shape, np.float32)
-    length = channels.shape[-1]
-    for a, b in true_runs(~keep):
-        before = channels[:, max(0, a - reach):a][:, keep[max(0, a - reach):a]]
-        after = channels[:, b:b + reach][:, keep[b:b + reach]]
-        start = before.mean(axis=-1, dtype=np.float64) if before.shape[-1] else None
-        end = after.mean(axis=-1, dtype=np.float64) if after.shape[-1] and b < length else None
-        start = end if start is None else start
-        end = start if end is None else end
-        if start is None:
-            continue
-        ramp = np.linspace(0.0, 1.0, b - a)
-        out[:, a:b] = (start[:, None] * (1 - ramp) + end[:, None] * ramp).astype(np.float32)
-    return out
+def carried_offset(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """(C, S) float32: the take's DC offset, per channel (its mean over the kept samples, as
+    `kept_power` takes it out), over each new span (where `keep` (S,) is False), 0 elsewhere. The
+    model's audio has none, so a take with an offset stepped to 0 and back across a repair, a
+    thump on a system with subwoofers. The mean of the whole kept take, not of the audio next to
+    a seam: over a few seconds a sound's own low end has a mean too, which is no offset (taken
+    as one, it moved the continued part's text fidelity by up to 0.05 in the evaluation)."""
+    # channels: (C, S); keep: (S,) bool
+    return np.where(keep, np.float32(0), _kept_offset(channels, keep).astype(np.float32)[:, None])
 
 
 def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,
