@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import golden_files
 from stepfoley.engine.codec.bigvgan import BigVGAN, BigVGANConfig, load_generator, to_parametrization_keys
-from stepfoley.engine.codec.bigvgan_v2 import load_bigvgan_v2
+from stepfoley.engine.codec.bigvgan_v2 import config_problems, load_bigvgan_v2
 from stepfoley.engine.codec.mel import MelConfig, MelConverter
 from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
 from stepfoley.engine.codec.vae import VAE, VAEConfig, load_vae
@@ -157,6 +157,17 @@ def test_bigvgan_full_size_preset_has_manifest_layout(golden):
 
 
 # --- BigVGAN-v2 44.1 kHz (README "BigVGAN-v2, 44.1 kHz": bigvgan2_44k.safetensors) -------
+
+
+def test_the_official_bigvgan_v2_config_passes_the_weights_check(golden, tmp_path):
+    # bigvgan2_44k.safetensors records the official config.json (its width as
+    # official_upsample_initial_channel): `weights check` must call that one right
+    _, cfg, _ = fixture(golden / "bigvgan2_44k.safetensors")
+    official = {**cfg, "upsample_initial_channel": cfg["official_upsample_initial_channel"]}
+    (tmp_path / "config.json").write_text(json.dumps(official))
+    assert config_problems(tmp_path) == []
+    (tmp_path / "config.json").write_text(json.dumps(cfg))  # the fixture's reduced width is another BigVGAN
+    assert "upsample_initial_channel 64, not 1536" in config_problems(tmp_path)[0]
 
 
 def test_bigvgan_v2_folder_matches_bigvgan2_44k_fixture(golden, tmp_path):
