@@ -387,8 +387,8 @@ def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.nd
     carries on in phase and noise carries on as noise of its level and colour, and a click just
     before the end is not heard again. Why: a take extended from its very end has nothing of its own
     past the seam to crossfade from, and a cut straight into new audio clicks. Stable by
-    construction (the autocorrelation method on a windowed context), and never louder than that
-    context's peak."""
+    construction (the autocorrelation method on a windowed context), and never further from the
+    context's mean (its offset, carried on as it is) than the context is."""
     # samples: (C, S)
     audio = as_channels_first(samples)
     out = np.zeros((audio.shape[0], max(0, int(count))), np.float32)
@@ -397,11 +397,16 @@ def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.nd
     if order < 1 or count <= 0:
         return out
     window = np.hanning(context.shape[1] + 2)[1:-1]
-    for c, channel in enumerate(context):
+    for c, raw in enumerate(context):
+        # centred: an offset is no sound to carry on, and undriven (a channel that is offset
+        # alone) the prediction of it decayed, a dip of a fifth of the offset across a seam
+        offset = float(raw.mean())
+        channel = raw - offset
+        out[c] = offset
         tapered = channel * window
         lags = np.array([np.dot(tapered[: len(tapered) - k], tapered[k:]) for k in range(order + 1)])
         if not lags[0] > 0:
-            continue  # a silent context carries on as silence
+            continue  # a silent (or constant) context carries on as it is
         lags[0] *= 1.0 + 1e-6  # a touch of white noise keeps the system well posed
         predictor = np.concatenate([[1.0], -solve_toeplitz(lags[:-1], lags[1:])])  # y[n] = sum a_k y[n-k] + e[n]
         error = lfilter(predictor, [1.0], channel)[order:]          # past the filter's start-up
@@ -413,8 +418,9 @@ def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.nd
         state = lfiltic([1.0], predictor, channel[::-1][:order])     # the last samples, newest first
         carried, _ = lfilter([1.0], predictor, drive, zi=state)
         peak = float(np.max(np.abs(channel)))
-        out[c] = np.clip(np.nan_to_num(carried), -peak, peak)
+        out[c] = np.clip(np.nan_to_num(carried), -peak, peak) + offset
     return out
+
 
 def mix_tracks(
     tracks: Sequence[tuple[np.ndarray, int]],

@@ -674,11 +674,12 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
         near[b:b + reach] = True
     near &= keep
     power = _centred_power(channels, keep)
-    per_channel = power[:, near].mean(axis=-1) if near.any() else power[:, keep].mean(axis=-1)
-    mean = float(per_channel.mean()) if per_channel.size else 0.0
-    if not mean > LEVEL_MATCH_FLOOR ** 2:
-        return np.ones((channels.shape[0], 1), np.float32)
-    return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
+    for where in (near, keep):  # next to the seams, else (silent there: a pause) the whole kept take
+        per_channel = power[:, where].mean(axis=-1) if where.any() else np.zeros(channels.shape[0])
+        mean = float(per_channel.mean()) if per_channel.size else 0.0
+        if mean > LEVEL_MATCH_FLOOR ** 2:
+            return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
+    return np.ones((channels.shape[0], 1), np.float32)
 
 
 def carried_offset(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -487,7 +487,9 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
                 # the picture starts after the region start: hold the first frame until then.
                 # Where the file says its picture starts was checked before decoding; a first
                 # frame later than that is one the decoder could not show (a stream cut before
-                # a keyframe), not a region without picture
+                # a keyframe), not a region without picture, unless the region ends before it
+                if end_s <= t + _TIME_EPS_S:
+                    raise _before_the_picture(path, region_start, end_s, t)
                 show_until(t, av_frame)
             prev, prev_t = av_frame, t
             if next_i >= len(times):

@@ -13,7 +13,7 @@ import torch
 from stepfoley.engine import mixing
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
-from stepfoley.engine.session import KnownAudio, finish_new_part, held_frames, kept_power, splice
+from stepfoley.engine.session import KnownAudio, channel_balance, finish_new_part, held_frames, kept_power, splice
 from stepfoley.request import RequestError, parse_request
 from test_bridge_kit import make_request
 
@@ -91,6 +91,17 @@ def test_a_click_at_the_edge_of_a_repaired_span_is_gone():
     stem = splice(take, new, keep, int(0.05 * rate))
     assert np.abs(stem[:, a:b]).max() < 0.1
     assert np.array_equal(stem[:, keep], take[:, keep])
+
+
+def test_a_repair_of_a_take_with_an_offset_holds_it_through_the_seams():
+    """The seams' fades start from the take carried into the span by prediction; an offset alone
+    drives no prediction error, and the carried offset decayed: a dip of a fifth of it at each
+    seam. The offset is now taken out before predicting and put back after."""
+    take = np.full((1, 48000), 0.05, np.float32)
+    keep = np.ones(48000, bool)
+    keep[20000:30000] = False
+    stem = splice(take, np.full((1, 48000), 0.05, np.float32), keep, 2400)
+    np.testing.assert_allclose(stem, 0.05, atol=1e-6)
 
 
 def test_a_take_extended_from_its_very_end_carries_on_into_the_new_audio_without_a_click():
@@ -190,6 +201,20 @@ def test_a_repair_keeps_the_takes_balance_between_its_channels(tiny, scene_video
         new = out[int(0.8 * 48000) + 2400:int(1.3 * 48000) - 2400]               # past the crossfades
         assert np.abs(new[:, np.array(loud) == 0]).max() == 0, name               # silent channels stay so
         assert np.sqrt(np.mean(new[:, np.argmax(loud)] ** 2)) > 1e-3, name
+
+
+def test_a_repair_inside_a_pause_keeps_the_balance_of_the_take_as_a_whole():
+    """Silent within 2 s of both seams (a pause in a take panned left): the balance came out even,
+    the new part centred; it is now the kept take's as a whole, as its level is."""
+    rate = 16000
+    take = np.zeros((2, 20 * rate), np.float32)
+    take[0] = 0.1 * np.random.default_rng(10).standard_normal(20 * rate)
+    take[0, 5 * rate:15 * rate] = 0.0
+    keep = np.ones(20 * rate, bool)
+    keep[9 * rate:11 * rate] = False
+    sounding = take[0] != 0
+    take[0, sounding] -= take[0, keep].sum(dtype=np.float64) / sounding.sum()  # no offset: the pause is silent
+    np.testing.assert_allclose(channel_balance(take, keep, rate)[:, 0], [np.sqrt(2), 0.0], rtol=1e-5)
 
 
 def test_a_takes_offset_is_carried_across_a_repair(tiny, scene_video, tmp_path):

@@ -544,3 +544,6 @@ def test_a_stream_cut_before_a_keyframe_holds_its_first_decodable_frame(tmp_path
     check_video_region(cut, 0.0, 2.9)
     shown = decoded_index(read_region(cut, 0.0, 2.9, 8, 16))
     assert shown[:9] == [25] * 9 and 25 < shown[9] < shown[10]  # the keyframe at 1 s held before it
+    # a region that ends before the first frame the decoder can show holds no picture of its own
+    with pytest.raises(VideoError, match=r"starts before the picture of cut\.ts"):
+        read_region(cut, 0.0, 0.9, 8, 16)
