@@ -1,9 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.23
+-- @version 0.5.24
 -- @changelog
---   Make selected item sound like this: a long reference item (the production sound of a scene) is rendered for as long as the picture lasts, the part under the picture where it lies under it, else its start; the whole item was rendered, and the engine heard only its first seconds.
---   The bounce of the negatives silences a folder parent's own items above a chosen layer, in case REAPER plays them when only a track inside is soloed.
+--   Make selected item sound like this: the reference is a window as long as the picture within the reference item, over the picture as far as the item lets it (0.5.23 sent only the overlap, 50 ms for an item overlapping the picture by that much, which the engine refuses).
+--   Extend and Regenerate time selection inside selected item: switching or slipping the kept take, or moving the item, while the dialog is open is no longer taken for a move away from the picture when the job ends.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.23", SF.mixed_versions and SF.mixed_versions("this action", "0.5.23")
-  or "StepFoley_lib.lua is older than this action (0.5.23). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.24", SF.mixed_versions and SF.mixed_versions("this action", "0.5.24")
+  or "StepFoley_lib.lua is older than this action (0.5.24). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

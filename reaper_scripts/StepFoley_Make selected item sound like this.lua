@@ -12,8 +12,8 @@ new, active take of the item, aligned with the picture. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.23", SF.mixed_versions and SF.mixed_versions("this action", "0.5.23")
-  or "StepFoley_lib.lua is older than this action (0.5.23). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.24", SF.mixed_versions and SF.mixed_versions("this action", "0.5.24")
+  or "StepFoley_lib.lua is older than this action (0.5.24). Install every StepFoley_*.lua file of one release into one folder.")
 
 -- The selected items other than `target`.
 local function other_selected(proj, target)
@@ -87,12 +87,14 @@ local function main()
   if reference then
     job.reference_label = reference_name(reference)
     -- the engine hears as much of the reference as the picture lasts, from its start: a
-    -- production-sound item under the picture gives the part under it, another item its start
+    -- window that long within the item, over the picture as far as the item lets it (a
+    -- production-sound item under the picture gives the part under it), else the item's start
     -- (the whole of a reel's item took minutes to render, and the engine heard its first seconds)
     job.make_reference = function(folders, sample_rate, region)
       local a, b = SF.item_range(reference)
-      local from, to = math.max(a, region.project_start), math.min(b, region.project_end)
-      if to <= from then from, to = a, math.min(b, a + (region.file_out - region.file_in)) end
+      local length = region.file_out - region.file_in
+      local from = math.max(a, math.min(region.project_start, b - length))
+      local to = math.min(b, from + length)
       return SF.bounce(proj, { reaper.GetMediaItem_Track(reference) }, from, to, folders.job_dir, "reference",
         sample_rate, { reference })
     end

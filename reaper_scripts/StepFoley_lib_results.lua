@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.23"
+local VERSION = "0.5.24"
 
 return function(M)
 
@@ -589,6 +589,9 @@ one, one request per seed. Returns jobs, negatives or nil, message.
 ]]
 local function prepare_jobs(job, settings, engine, params, region)
   local proj = job.proj
+  -- where the item is as the job starts (run() checked the picture until now): moved during
+  -- the dialog is no move away from the picture
+  if job.item then job.item_position = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") end
   local extra
   if job.extra_fields then -- checked before anything is bounced
     local err
@@ -596,7 +599,10 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not extra then return nil, err end
     -- a continuation keeps the item's active take: the one it is now, whatever the user
     -- activates while the engine works
-    if extra.take and job.item then job.kept_take = reaper.GetActiveTake(job.item) end
+    if extra.take and job.item then
+      job.kept_take = reaper.GetActiveTake(job.item)
+      job.item_origin = audio_origin(job.item, job.kept_take) -- as item_position, and switched or slipped too
+    end
     if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
       return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
         "and restart `stepfoley serve`."
@@ -890,7 +896,6 @@ function M.generate(job)
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
   job.picture = M.picture_placement(video_item)
   job.item_position = job.item and reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
-  job.item_origin = job.item and audio_origin(job.item)
   local settings = M.load_settings()
   local prefix, found = M.client_prefix(settings)
   if not prefix then return M.alert(found) end

@@ -1082,6 +1082,19 @@ def test_a_continuation_of_an_item_outside_the_picture_is_refused_before_the_tak
     assert len(layer["items"][0]["takes"]) == 1
 
 
+def test_a_take_switched_or_slipped_while_the_dialog_is_open_is_no_move_away_from_the_picture(world):
+    """The kept take is the item's active one as the job starts; where its sound started was read
+    before the dialog, so a slip while it was open threw the finished job away as "moved apart"."""
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, startoffs=1.5)],
+                  imgui=[{"move_item": {"track": 3, "item": 1, "slip": 0.25}}, {"click": "Generate"}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert h.job_request(result)["take_offset"] == pytest.approx(1.75)
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    assert layer["items"][0]["active_take"] == 2
+
+
 def test_a_continuation_refused_after_a_tab_switch_gives_times_on_its_projects_ruler(world):
     """The take's project starts at 01:00:00:00; the user switched to a tab starting at 0 while
     the dialog was open: the refusal (said after the dialog) reads the take's ruler."""
@@ -1380,16 +1393,19 @@ def test_make_selected_item_sound_like_another_item(world):
     assert result["undo"] == ['StepFoley: make "steps on wood" sound like reference.wav']
 
 
-@pytest.mark.parametrize("position, heard_from", [(0.0, 3.0), (30.0, 0.0)], ids=["under the picture", "elsewhere"])
-def test_a_long_reference_item_is_rendered_for_as_long_as_the_picture(world, position, heard_from):
+@pytest.mark.parametrize("position, length, heard_from", [
+    (0.0, 20.0, 3.0), (30.0, 20.0, 0.0), (5.45, 20.0, 0.0), (0.0, 4.0, 1.5)],
+    ids=["under the picture", "elsewhere", "overlapping by 50 ms", "ending inside the picture"])
+def test_a_long_reference_item_is_rendered_for_as_long_as_the_picture(world, position, length, heard_from):
     """The production sound of a whole scene as the reference: the engine hears as much of it as
     the picture lasts, from its start, and the whole item was rendered (minutes for a reel, a
     file the engine then refused past 1 GiB) and the sound from its start sent, not the part under
-    the picture. An item under the picture now gives that part, another one its start."""
+    the picture. A window as long as the picture is now taken within the item, over the picture
+    as far as the item lets it (an overlap alone sent 50 ms, which the engine refuses)."""
     ref = world["tmp"] / "production.wav"
     ref_samples = h.write_foley_wav(ref, 20.0, SR, seed=41)
     target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)  # 3.0-5.5 s
-    reference = {"name": "Production", "items": [{"position": position, "length": 20.0, "selected": True,
+    reference = {"name": "Production", "items": [{"position": position, "length": length, "selected": True,
                                                   "takes": [{"file": str(ref)}]}]}
     sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target, reference],
                   actions=[{"script": h.SOUND_LIKE}])
@@ -1522,9 +1538,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.23)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.24)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.23."),
+                                 "older version, StepFoley_lib.lua is 0.5.24."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

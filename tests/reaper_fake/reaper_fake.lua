@@ -294,6 +294,15 @@ function fake.add_take(item, source, startoffs, playrate)
   return take
 end
 
+-- The user drags an item (`by` s), slips its active take (`slip` s of its start offset) or
+-- deletes its takes, in the active tab: {track, item} 1-based.
+function fake.move_item(m)
+  local item = fake.projects[fake.active].tracks[m.track].items[m.item]
+  item.position = item.position + (m.by or 0)
+  item.active.startoffs = item.active.startoffs + (m.slip or 0)
+  if m.delete_takes then item.takes, item.active = {}, nil end
+end
+
 -- REAPER's item mute: the item-solo override wins over the item's own mute.
 local function item_muted(item)
   if item.mute_solo == -1 then return false end

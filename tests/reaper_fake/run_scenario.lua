@@ -174,12 +174,7 @@ local function perform(a)
     local pr = fake.projects[fake.active]
     pr.tracks = {}
     setup_project(pr, a.open_project)
-  elseif a.move_item then -- the user drags (by) or slips (slip: the active take's start offset) an item
-    local m = a.move_item
-    local item = fake.projects[fake.active].tracks[m.track].items[m.item]
-    item.position = item.position + (m.by or 0)
-    item.active.startoffs = item.active.startoffs + (m.slip or 0)
-    if m.delete_takes then item.takes, item.active = {}, nil end
+  elseif a.move_item then fake.move_item(a.move_item)
   else error("driver: unknown action " .. json.encode(a)) end
 end
 

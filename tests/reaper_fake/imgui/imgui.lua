@@ -29,6 +29,7 @@ Labels follow Dear ImGui: "visible text##id". What the user does comes from the 
   {close = true}    the window's close button (Begin returns p_open = false)
   {switch_to_project = N}  the user clicks project tab N (the window is not modal, so REAPER
                     stays usable); nothing else happens in that frame
+  {move_item = {...}}  the user drags, slips or strips an item meanwhile (fake.move_item)
 When the list is used up the user closes the window. Every frame's widgets are recorded in
 fake.imgui_frames ({kind, label, value, hint}) for the tests to read.
 ]]
@@ -75,6 +76,7 @@ return function(version)
     action = table.remove(fake.imgui_actions, 1)
     if action == nil or action.close then return false, false end
     if action.switch_to_project then fake.active = action.switch_to_project end
+    if action.move_item then fake.move_item(action.move_item) end
     in_window = true
     return true, p_open
   end
