@@ -24,8 +24,8 @@ from stepfoley.engine.errors import AudioError, InvalidInputError, StepFoleyErro
 from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
-from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, carried_offset,
-                                      channel_balance, kept_power, limit_new_part, splice)
+from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, channel_balance,
+                                      kept_power, limit_new_part, splice)
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
                                Capabilities, GenerationRequest, take_length_problem)
 
@@ -278,7 +278,6 @@ class _Take:
         take = mixing.fit_length(take, length)
         new = new * channel_balance(take[:, :take_length], keep[:take_length], rate)          # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
-        new = new + carried_offset(take, keep)  # after the limiter, which is for the sound
         stem = splice(take, new, keep, int(round(SEAM_S * rate)), take_length)
         metadata = {
             **track.metadata,

@@ -642,15 +642,11 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
     return float(sounding.mean()) if sounding.size else 0.0
 
 
-def _kept_offset(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    # channels: (C, S); keep: (S,) bool -> (C,) float64, each channel's mean over the kept samples
-    kept = max(int(np.count_nonzero(keep)), 1)
-    return channels.sum(axis=-1, where=keep, dtype=np.float64) / kept
-
-
 def _centred_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     # channels: (C, S); keep: (S,) bool -> (C, S) float64 squares, each channel's offset over keep out
-    return (channels.astype(np.float64) - _kept_offset(channels, keep)[:, None]) ** 2
+    kept = max(int(np.count_nonzero(keep)), 1)
+    offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
+    return (channels.astype(np.float64) - offset[:, None]) ** 2
 
 
 def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -680,17 +676,6 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
         if mean > LEVEL_MATCH_FLOOR ** 2:
             return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
     return np.ones((channels.shape[0], 1), np.float32)
-
-
-def carried_offset(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """(C, S) float32: the take's DC offset, per channel (its mean over the kept samples, as
-    `kept_power` takes it out), over each new span (where `keep` (S,) is False), 0 elsewhere. The
-    model's audio has none, so a take with an offset stepped to 0 and back across a repair, a
-    thump on a system with subwoofers. The mean of the whole kept take, not of the audio next to
-    a seam: over a few seconds a sound's own low end has a mean too, which is no offset (taken
-    as one, it moved the continued part's text fidelity by up to 0.05 in the evaluation)."""
-    # channels: (C, S); keep: (S,) bool
-    return np.where(keep, np.float32(0), _kept_offset(channels, keep).astype(np.float32)[:, None])
 
 
 def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,

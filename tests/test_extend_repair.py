@@ -217,21 +217,6 @@ def test_a_repair_inside_a_pause_keeps_the_balance_of_the_take_as_a_whole():
     np.testing.assert_allclose(channel_balance(take, keep, rate)[:, 0], [np.sqrt(2), 0.0], rtol=1e-5)
 
 
-def test_a_takes_offset_is_carried_across_a_repair(tiny, scene_video, tmp_path):
-    """A recorder's DC offset (0.05 on the left channel): the model's audio has none, so the stem
-    stepped to 0 and back across the repair, a subsonic thump. The new part now carries it."""
-    rng = np.random.default_rng(9)
-    take = (0.003 * rng.standard_normal((96000, 2))).astype(np.float32)
-    take[:, 0] += np.float32(0.05)
-    sf.write(tmp_path / "offset.wav", take, 48000, subtype="FLOAT")
-    [stem] = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "offset.wav", [0.8, 1.3]))["stems"]
-    out, _ = sf.read(stem["stem_path"], dtype="float32")
-    new = out[int(0.8 * 48000):int(1.3 * 48000)]
-    first, last = new[:4800].mean(axis=0), new[-4800:].mean(axis=0)                  # 100 ms at each end
-    assert first[0] == pytest.approx(0.05, abs=0.01) and last[0] == pytest.approx(0.05, abs=0.01)
-    assert abs(first[1]) < 0.01 and abs(last[1]) < 0.01
-
-
 def test_takes_of_a_repair_are_ranked_as_their_stems_sound(tiny, scene_video, tmp_path, monkeypatch):
     """The ranking judged the model's audio over the whole region, whose copy of the kept part
     the splice throws away (up to 0.77 from the take there): it now judges the take where kept."""
