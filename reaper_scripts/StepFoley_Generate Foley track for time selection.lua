@@ -1,9 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.24
+-- @version 0.5.25
 -- @changelog
---   Make selected item sound like this: the reference is a window as long as the picture within the reference item, over the picture as far as the item lets it (0.5.23 sent only the overlap, 50 ms for an item overlapping the picture by that much, which the engine refuses).
---   Extend and Regenerate time selection inside selected item: switching or slipping the kept take, or moving the item, while the dialog is open is no longer taken for a move away from the picture when the job ends.
+--   Regenerate, Replace this layer, Extend and Regenerate time selection refuse when two or more StepFoley items are selected (the first was changed without a word about the others).
+--   Toggle selected tracks as negatives says when a track toggled on is muted, and so not negated until unmuted.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.24", SF.mixed_versions and SF.mixed_versions("this action", "0.5.24")
-  or "StepFoley_lib.lua is older than this action (0.5.24). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.25", SF.mixed_versions and SF.mixed_versions("this action", "0.5.25")
+  or "StepFoley_lib.lua is older than this action (0.5.25). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -11,8 +11,8 @@ project. The console lists the result. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.24", SF.mixed_versions and SF.mixed_versions("this action", "0.5.24")
-  or "StepFoley_lib.lua is older than this action (0.5.24). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.25", SF.mixed_versions and SF.mixed_versions("this action", "0.5.25")
+  or "StepFoley_lib.lua is older than this action (0.5.25). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -31,7 +31,10 @@ local function main()
       local folder = reaper.GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") > 0
       lines[#lines + 1] = SF.track_name(track) .. (want and ": a negative" or ": not a negative") ..
         -- a folder's own items count, its children each by their own choice
-        ((want and folder) and " (its own items only: select its child tracks to make them negatives too)" or "")
+        ((want and folder) and " (its own items only: select its child tracks to make them negatives too)" or "") ..
+        -- only what is heard is bounced as a negative
+        ((want and not SF.track_is_heard(track)) and " (muted, or in a muted folder: not heard, so not negated " ..
+          "until unmuted)" or "")
     end
   end)
   SF.log("negatives now:\n  " .. table.concat(lines, "\n  "))

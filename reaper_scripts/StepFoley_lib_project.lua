@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.24"
+local VERSION = "0.5.25"
 
 return function(M)
 
@@ -504,17 +504,29 @@ end
 -- The selected item made by StepFoley and its metadata, or nil after telling the user. With
 -- `lock_checked_later` a locked one is returned too: the caller may still pick another item
 -- to change, and checks the lock of the one it picks (M.refuse_locked).
+-- Without `lock_checked_later` one such item must be selected: with two, the first was
+-- changed without a word about the other.
 function M.selected_stepfoley_item(proj, what, lock_checked_later)
+  local found, found_meta, count = nil, nil, 0
   for i = 0, reaper.CountSelectedMediaItems(proj) - 1 do
     local item = reaper.GetSelectedMediaItem(proj, i)
     local meta = M.take_meta(reaper.GetActiveTake(item))
     if meta then
-      if not lock_checked_later and M.refuse_locked(item) then return nil end
-      return item, meta
+      count = count + 1
+      if not found then found, found_meta = item, meta end
+      if lock_checked_later then break end
     end
   end
-  M.alert("Select an item made by StepFoley first (its active take holds StepFoley's metadata): " .. what)
-  return nil
+  if count > 1 then
+    M.alert(string.format("%d items made by StepFoley are selected; select only the one to change: %s", count, what))
+    return nil
+  end
+  if not found then
+    M.alert("Select an item made by StepFoley first (its active take holds StepFoley's metadata): " .. what)
+    return nil
+  end
+  if not lock_checked_later and M.refuse_locked(found) then return nil end
+  return found, found_meta
 end
 
 ------------------------------------------------------------------------------------------

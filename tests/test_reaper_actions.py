@@ -747,6 +747,30 @@ def test_toggle_selected_tracks_as_negatives(world):
     assert {t["name"]: t["ext"] for t in result["tracks"]}["Music"] == {"stepfoley_negative": ""}
 
 
+def test_toggling_a_muted_track_says_it_is_not_heard(world):
+    """Only what is heard is bounced as a negative: a muted track toggled on was reported as a
+    negative, though it never counted."""
+    music, _ = music_track(world, selected=True)
+    sc = scenario(world, extra_tracks=[dict(music, mute=True)], actions=[{"script": h.TOGGLE}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert "Music: a negative (muted, or in a muted folder: not heard, so not negated until unmuted)" in \
+        result["console"]
+
+
+@pytest.mark.parametrize("script", ["REGENERATE", "REPLACE"])
+def test_two_stepfoley_items_selected_are_refused_by_an_action_that_changes_one(world, script):
+    """With two StepFoley items selected, Regenerate and Replace changed the first and said nothing
+    of the other."""
+    first = stepfoley_layer(world, "door", {"caption": "door", "seed": 3}, selected=True)
+    second = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 4}, selected=True)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[first, second],
+                  actions=[{"script": getattr(h, script)}])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert message["message"].startswith("2 items made by StepFoley are selected; select only the one to change")
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
+
 def test_first_track_has_no_existing_mix(world):
     sc = scenario(world)
     sc["tracks"] = sc["tracks"][:1]
@@ -1538,9 +1562,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.24)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.25)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.24."),
+                                 "older version, StepFoley_lib.lua is 0.5.25."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called
