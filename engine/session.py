@@ -642,6 +642,18 @@ def gated_power(power: np.ndarray, sample_rate: int) -> float:
     return float(sounding.mean()) if sounding.size else 0.0
 
 
+def seam_sides(new: np.ndarray, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, outside), (S,) bool each: the new samples (`new` (S,) True) and the kept ones
+    within `reach` samples of a seam, where the new part's tone and level are matched to the take."""
+    inside, outside = np.zeros_like(new), np.zeros_like(new)
+    for edge in (e for a, b in true_runs(new) for e in (a, b) if 0 < e < len(new)):  # first sample after a change
+        side = np.zeros_like(new)
+        side[max(0, edge - reach): edge + reach] = True
+        inside |= side & new
+        outside |= side & ~new
+    return inside, outside
+
+
 def _centred_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     # channels: (C, S); keep: (S,) bool -> (C, S) float64 squares, each channel's offset over keep out
     kept = max(int(np.count_nonzero(keep)), 1)
@@ -663,12 +675,7 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
     left, or a 5.1 take with sound in its centre only, was repaired with the same audio in every
     channel, its surrounds and LFE included. A silent take: every channel alike."""
     # channels: (C, S) at sample_rate; keep: (S,) bool
-    reach = int(round(LEVEL_MATCH_S * sample_rate))
-    near = np.zeros_like(keep)
-    for a, b in true_runs(~keep):
-        near[max(0, a - reach):a] = True
-        near[b:b + reach] = True
-    near &= keep
+    _, near = seam_sides(~keep, int(round(LEVEL_MATCH_S * sample_rate)))
     power = _centred_power(channels, keep)
     for where in (near, keep):  # next to the seams, else (silent there: a pause) the whole kept take
         per_channel = power[:, where].mean(axis=-1) if where.any() else np.zeros(channels.shape[0])
@@ -715,12 +722,7 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     new = known.new_part()
     reach = int(round(LEVEL_MATCH_S * sample_rate))
     runs = true_runs(new)
-    inside, outside = np.zeros_like(new), np.zeros_like(new)
-    for edge in (e for a, b in runs for e in (a, b) if 0 < e < len(new)):  # first sample after each change
-        side = np.zeros_like(new)
-        side[max(0, edge - reach): edge + reach] = True
-        inside |= side & new
-        outside |= side & known.keep
+    inside, outside = seam_sides(new, reach)
     # Why not the model's reproduction of the kept audio: held to the take's latent, it follows
     # the take's level whatever level the model makes the new audio at, so a quiet take got an
     # extension at the model's own level, 20 dB or more above it.

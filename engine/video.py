@@ -233,11 +233,15 @@ def _cannot_decode(path: Path, codec: str | None) -> VideoError:
         "proxy of the video and use that.")
 
 
-def _decodable(path: Path, stream) -> None:
-    """PyAV gives a stream no codec context when FFmpeg has no decoder for it; the codec's name
-    and size are then unreadable too."""
+def _readable_size(path: Path, stream) -> tuple[int, int]:
+    """The picture's stored (width, height), after refusing a stream this engine cannot read:
+    one FFmpeg has no decoder for (PyAV then gives it no codec context, so its codec's name and
+    size are unreadable too), or one past the size bounds (_check_picture_size)."""
     if stream.codec_context is None:
         raise _cannot_decode(path, None)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    _check_picture_size(path, width, height)
+    return width, height
 
 
 def _check_picture_size(path: Path, width: int, height: int) -> None:
@@ -286,10 +290,8 @@ def probe(path: str | Path) -> VideoInfo:
         if stream is None:
             duration = container.duration / av.time_base if container.duration else 0.0
             return VideoInfo(duration, 0.0, 0, 0, 0, has_video=False)
-        _decodable(path, stream)
+        width, height = _readable_size(path, stream)
         fps = _frame_rate(stream)
-        width, height = stream.codec_context.width, stream.codec_context.height
-        _check_picture_size(path, width, height)
         duration = _duration_s(container, stream)
         start = _picture_start_s(container, stream)
         rotation = _stream_rotation(container, stream)
@@ -629,9 +631,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         stream = _video_stream(container)
         if stream is None:
             raise _no_picture(path)
-        _decodable(path, stream)
-        width, height = stream.codec_context.width, stream.codec_context.height
-        _check_picture_size(path, width, height)
+        width, height = _readable_size(path, stream)
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream), _picture_start_s(container, stream),
                       _frame_period_s(_frame_rate(stream)))
