@@ -1,9 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.25
+-- @version 0.5.26
 -- @changelog
---   Regenerate, Replace this layer, Extend and Regenerate time selection refuse when two or more StepFoley items are selected (the first was changed without a word about the others).
---   Toggle selected tracks as negatives says when a track toggled on is muted, and so not negated until unmuted.
+--   No change in behaviour: where a moved picture's source starts is worked out in one place, and the folders above a track are walked in one place.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.25", SF.mixed_versions and SF.mixed_versions("this action", "0.5.25")
-  or "StepFoley_lib.lua is older than this action (0.5.25). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.26", SF.mixed_versions and SF.mixed_versions("this action", "0.5.26")
+  or "StepFoley_lib.lua is older than this action (0.5.26). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -5,7 +5,7 @@ one WAV for the engine. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.25"
+local VERSION = "0.5.26"
 
 return function(M)
 
@@ -44,10 +44,8 @@ end
 
 -- Whether a folder above `tr` is one of the `chosen` tracks.
 local function inside_chosen(tr, chosen)
-  local parent = reaper.GetParentTrack(tr)
-  while parent do
-    if chosen[parent] then return true end
-    parent = reaper.GetParentTrack(parent)
+  for folder in M.folders_above(tr) do
+    if chosen[folder] then return true end
   end
   return false
 end
@@ -62,11 +60,7 @@ local function items_to_silence(proj, tracks, items, t0, t1)
   for _, tr in ipairs(tracks) do chosen[tr] = true end
   for _, it in ipairs(items or {}) do keep[it] = true end
   for _, tr in ipairs(tracks) do
-    local parent = reaper.GetParentTrack(tr)
-    while parent do
-      above[parent] = true
-      parent = reaper.GetParentTrack(parent)
-    end
+    for folder in M.folders_above(tr) do above[folder] = true end
   end
   for t = 0, reaper.CountTracks(proj) - 1 do
     local tr = reaper.GetTrack(proj, t)

@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.25"
+local VERSION = "0.5.26"
 
 return function(M)
 
@@ -333,12 +333,20 @@ function M.counts_as_negative(track)
   return role == "include"
 end
 
+-- The folder tracks above `track`, nearest first: `for folder in M.folders_above(track) do`.
+function M.folders_above(track)
+  local t = track
+  return function()
+    t = reaper.GetParentTrack(t)
+    return t
+  end
+end
+
 -- Whether the track is heard at all: neither it nor a folder above it is muted.
 function M.track_is_heard(track)
-  local t = track
-  while t do
-    if reaper.GetMediaTrackInfo_Value(t, "B_MUTE") ~= 0 then return false end
-    t = reaper.GetParentTrack(t)
+  if reaper.GetMediaTrackInfo_Value(track, "B_MUTE") ~= 0 then return false end
+  for folder in M.folders_above(track) do
+    if reaper.GetMediaTrackInfo_Value(folder, "B_MUTE") ~= 0 then return false end
   end
   return true
 end

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.25"
+local VERSION = "0.5.26"
 
 return function(M)
 
@@ -472,24 +472,6 @@ local function still_there(job)
   return M.project_is_open(job.proj) and (job.item == nil or reaper.ValidatePtr2(job.proj, job.item, "MediaItem*"))
 end
 
--- Where the video item plays its picture, when the region is taken: what tells later whether
--- the picture has moved, and the time base the new items keep (the item's, else its track's;
--- -1 for both: the project's default, which a new item follows anyway).
-function M.picture_placement(item)
-  local take = reaper.GetActiveTake(item)
-  local timebase = { mode = reaper.GetMediaItemInfo_Value(item, "C_BEATATTACHMODE"),
-    autostretch = reaper.GetMediaItemInfo_Value(item, "C_AUTOSTRETCH") }
-  if timebase.mode == -1 then
-    timebase = { mode = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "C_BEATATTACHMODE"),
-      autostretch = 0 }
-  end
-  return { item = item, take = take, position = reaper.GetMediaItemInfo_Value(item, "D_POSITION"),
-    -- no take: its takes deleted while generating, refused as another take
-    startoffs = take and reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") or 0,
-    playrate = take and reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") or 1, loops = M.loops_source(item),
-    timebase = timebase }
-end
-
 -- Where the audio of `item`'s `take` (its active one by default) starts on the timeline: a trim
 -- of the item's edge moves neither it nor the take's sound; a drag or a slip moves it.
 local function audio_origin(item, take)
@@ -498,6 +480,23 @@ local function audio_origin(item, take)
   if not take then return pos end
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
   return pos - startoffs / reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+end
+
+-- Where the video item plays its picture, when the region is taken: what tells later whether
+-- the picture has moved (where its source starts on the timeline, at what rate), and the time
+-- base the new items keep (the item's, else its track's; -1 for both: the project's default,
+-- which a new item follows anyway).
+function M.picture_placement(item)
+  local take = reaper.GetActiveTake(item)
+  local timebase = { mode = reaper.GetMediaItemInfo_Value(item, "C_BEATATTACHMODE"),
+    autostretch = reaper.GetMediaItemInfo_Value(item, "C_AUTOSTRETCH") }
+  if timebase.mode == -1 then
+    timebase = { mode = reaper.GetMediaTrackInfo_Value(reaper.GetMediaItem_Track(item), "C_BEATATTACHMODE"),
+      autostretch = 0 }
+  end
+  -- no take: its takes deleted while generating, refused as another take
+  return { item = item, take = take, origin = audio_origin(item, take), loops = M.loops_source(item),
+    playrate = take and reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") or 1, timebase = timebase }
 end
 
 -- How far the job's picture has moved on the timeline since its region was taken (REAPER stays
@@ -515,7 +514,7 @@ local function picture_moved(job)
   if now.take ~= was.take or math.abs(now.playrate - was.playrate) > 1e-9 or now.loops ~= was.loops then
     return nil, "the video item now plays another take, at another rate, or loops otherwise"
   end
-  local shift = (now.position - was.position) - (now.startoffs - was.startoffs) / was.playrate
+  local shift = now.origin - was.origin
   if math.abs(shift) < 1e-9 then shift = 0 end
   local moved
   if job.kept_take and reaper.ValidatePtr2(job.proj, job.kept_take, "MediaItem_Take*") then
@@ -529,19 +528,12 @@ local function picture_moved(job)
   return shift
 end
 
--- `region` and the takes' metadata moved by `shift` seconds of the timeline.
-local function shifted(region, takes, shift)
+-- A copy of `region` (a request's, or the one a take's metadata keeps) `shift` seconds later
+-- on the timeline.
+local function shifted(region, shift)
   local moved = {}
   for k, v in pairs(region) do moved[k] = v end
   moved.project_start, moved.project_end = region.project_start + shift, region.project_end + shift
-  for _, t in ipairs(takes) do
-    if type(t.meta.region) == "table" then
-      local r = {}
-      for k, v in pairs(t.meta.region) do r[k] = v end
-      r.project_start, r.project_end = moved.project_start, moved.project_end
-      t.meta.region = r
-    end
-  end
   return moved
 end
 
@@ -705,7 +697,10 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
       "audio lines up with the picture. The stems are in\n" .. jobs[1].folders.output_dir)
   end
   if shift ~= 0 then
-    region = shifted(region, takes, shift)
+    region = shifted(region, shift)
+    for _, t in ipairs(takes) do
+      if type(t.meta.region) == "table" then t.meta.region = shifted(t.meta.region, shift) end
+    end
     M.log(string.format("the picture moved %+.3f s while generating; the new audio follows it, from %.3f s.",
       shift, M.on_ruler(proj, region.project_start)))
   end
