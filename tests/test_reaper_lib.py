@@ -19,12 +19,17 @@ pytestmark = pytest.mark.skipif(h.LUA is None, reason="lua5.4 is not installed (
 LIB = h.SCRIPTS / "StepFoley_lib.lua"
 
 
+def run_lua(code: str, stdin: bytes = b"", env: dict | None = None) -> str:
+    """What Lua 5.4 writes running `code` (its own prelude), in the environment `env` (a locale)."""
+    # bytes, not text mode: text mode would turn a decoded "\r" into "\n"
+    done = subprocess.run([h.LUA, "-e", code], input=stdin, capture_output=True, timeout=20, env=env)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout.decode("utf-8")
+
+
 def lua(code: str, stdin: str = "") -> str:
     prelude = f"reaper = {{GetOS = function() return 'Other' end}}; SF = dofile({json.dumps(str(LIB))}); "
-    # bytes, not text mode: text mode would turn a decoded "\r" into "\n"
-    done = subprocess.run([h.LUA, "-e", prelude + code], input=stdin.encode(), capture_output=True, timeout=20)
-    assert done.returncode == 0, done.stderr.decode()
-    return done.stdout.decode("utf-8")
+    return run_lua(prelude + code, stdin.encode())
 
 
 TRICKY = {
@@ -89,10 +94,8 @@ def test_utf8_text_passes_untouched_under_a_latin1_locale(latin1_locale):
                f"assert(os.setlocale({json.dumps(name)}, 'ctype')); assert(('\\130'):find('%c')); ")
     code = ("local v = SF.json_decode(io.read('a')); "
             "io.write(SF.json_encode({s = v.s}), '|', SF.trim(' \\t' .. v.s .. ' \\n'), '|', v.s)")
-    done = subprocess.run([h.LUA, "-e", prelude + code], input=json.dumps({"s": text}, ensure_ascii=False).encode(),
-                          capture_output=True, timeout=20, env=env)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    encoded, trimmed, decoded = done.stdout.decode("utf-8").split("|")
+    out = run_lua(prelude + code, json.dumps({"s": text}, ensure_ascii=False).encode(), env)
+    encoded, trimmed, decoded = out.split("|")
     assert encoded == json.dumps({"s": text}, ensure_ascii=False, separators=(",", ":"))
     assert trimmed == decoded == text
 
@@ -105,9 +108,7 @@ def test_the_dialogs_messages_quote_utf8_text_intact_under_a_latin1_locale(latin
             "local _, a = SF.parse_form({caption = 'steps', method = 'Éclat'}, {engine = {}}); "
             "local _, b = SF.parse_form({caption = 'steps', negatives = 'Всё'}, {engine = {}, negatives = true}); "
             "io.write(a, '|', b)")
-    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    method, negatives = done.stdout.decode("utf-8").split("|")
+    method, negatives = run_lua(code, env=env).split("|")
     assert method == '"Éclat" is not a method name.'
     assert negatives == 'Negatives must be layers, selection or none, got "Всё".'
 
@@ -128,9 +129,7 @@ def test_numbers_go_out_with_a_dot_and_a_comma_is_never_read_under_a_german_loca
             "io.write(SF.json_encode({alpha = 4.5, file_in = 1.0, curve = {{0.25, -23.5}}, tiny = 1e-7}), '|', "
             "SF.with_dot(tostring(180.5)), '|', tostring(SF.parse_number('4.5') == 4.5), '|', "
             "tostring(SF.parse_number('4,5')), '|', select(2, SF.parse_number('4,5')))")
-    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    encoded, timeout, dot, comma, hint = done.stdout.decode("utf-8").split("|")
+    encoded, timeout, dot, comma, hint = run_lua(code, env=env).split("|")
     assert json.loads(encoded) == {"alpha": 4.5, "file_in": 1.0, "curve": [[0.25, -23.5]], "tiny": 1e-7}
     assert (timeout, dot, comma) == ("180.5", "true", "nil")
     assert hint == " Write the decimal point as a dot (4.5)."
@@ -151,9 +150,7 @@ def test_settings_are_written_with_a_dot_and_a_comma_an_older_version_wrote_is_r
                 "local written = store.watchdog_s .. '|' .. store.port; "
                 "store.watchdog_s = '240,25'; local read = SF.load_settings().watchdog_s; "
                 "io.write(written, '|', SF.number_text(read), '|', SF.number_text(7))")
-        done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
-        assert done.returncode == 0, done.stderr.decode(errors="replace")
-        assert done.stdout.decode() == "180.5|9017|240.25|7", locale
+        assert run_lua(code, env=env) == "180.5|9017|240.25|7", locale
 
 
 def test_the_dialog_shows_and_prefills_numbers_with_a_dot_under_a_german_locale(german_locale):
@@ -167,9 +164,7 @@ def test_the_dialog_shows_and_prefills_numbers_with_a_dot_under_a_german_locale(
             "local p, err = SF.parse_form(v, {engine = {capabilities = {bounds = {alpha = {0, 20}, beta = {0, 20}}}}}); "
             "io.write(v.alpha, '|', v.beta, '|', p and SF.number_text(p.alpha) or 'nil', '|', tostring(err), '|', "
             "SF.default_text({defaults = {alpha = 4.5}}, 'alpha'))")
-    done = subprocess.run([h.LUA, "-e", code], capture_output=True, timeout=20, env=env)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    assert done.stdout.decode() == "4.5|1.5|4.5|nil|4.5"
+    assert run_lua(code, env=env) == "4.5|1.5|4.5|nil|4.5"
 
 
 @pytest.mark.parametrize("text, integer, value, hint", [
@@ -280,9 +275,7 @@ def test_command_line_splits_back_into_the_same_arguments(argv, windows):
     code = (f"fake = dofile({json.dumps(str(FAKE))}); SF = dofile({json.dumps(str(LIB))}); "
             "local argv = SF.json_decode(io.read('a')); "
             f"io.write(SF.json_encode(fake.split_command_line(SF.command_line(argv), {str(windows).lower()})))")
-    done = subprocess.run([h.LUA, "-e", code], input=json.dumps(argv).encode(), capture_output=True, timeout=20)
-    assert done.returncode == 0, done.stderr.decode()
-    assert json.loads(done.stdout.decode("utf-8")) == argv
+    assert json.loads(run_lua(code, json.dumps(argv).encode())) == argv
 
 
 @pytest.mark.parametrize("line,argv", [
@@ -295,9 +288,7 @@ def test_command_line_splits_back_into_the_same_arguments(argv, windows):
 ])
 def test_fake_windows_splitter_follows_microsoft(line, argv):
     code = f"fake = dofile({json.dumps(str(FAKE))}); io.write(table.concat(fake.split_command_line(io.read('a'), true), '|'))"
-    done = subprocess.run([h.LUA, "-e", code], input=line.encode(), capture_output=True, timeout=20)
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode() == "|".join(argv)
+    assert run_lua(code, line.encode()) == "|".join(argv)
 
 
 @pytest.mark.parametrize("status,words,fraction", [
