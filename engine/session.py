@@ -673,7 +673,9 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
     take's power within LEVEL_MATCH_S outside the seams (of the whole kept take where it is silent
     there), their mean square 1, so the level the session matched is kept: a take panned hard
     left, or a 5.1 take with sound in its centre only, was repaired with the same audio in every
-    channel, its surrounds and LFE included. A silent take: every channel alike."""
+    channel, its surrounds and LFE included. A silent take: every channel alike, each with an equal
+    share of the power (the session brought the mono new part to a stem's loudness; at that level
+    in both channels of a stereo take it measured 3 dB over it)."""
     # channels: (C, S) at sample_rate; keep: (S,) bool
     _, near = seam_sides(~keep, int(round(LEVEL_MATCH_S * sample_rate)))
     power = _centred_power(channels, keep)
@@ -682,7 +684,7 @@ def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) ->
         mean = float(per_channel.mean()) if per_channel.size else 0.0
         if mean > LEVEL_MATCH_FLOOR ** 2:
             return np.sqrt(per_channel / mean).astype(np.float32)[:, None]
-    return np.ones((channels.shape[0], 1), np.float32)
+    return np.full((channels.shape[0], 1), 1 / math.sqrt(channels.shape[0]), np.float32)
 
 
 def seam_gain_db(known: KnownAudio, power: np.ndarray, audio: np.ndarray, edge: int, reach: int, new_reach: int,

@@ -251,6 +251,17 @@ def test_a_surround_take_is_extended_with_every_channel(tiny, scene_video, tmp_p
     assert stem["metadata"]["lufs"] is None and stem["metadata"]["channels"] == 6
 
 
+def test_a_silent_stereo_take_is_extended_at_a_stems_loudness(tiny, scene_video, tmp_path):
+    """The mono new part at a stem's loudness, shared evenly between the channels: at that
+    level in each of them the stem measured 3 dB over it."""
+    sf.write(tmp_path / "silent.wav", np.zeros((48000, 2), np.float32), 48000, subtype="FLOAT")
+    [stem] = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "silent.wav", [1.0, 2.0]))["stems"]
+    out, rate = sf.read(stem["stem_path"], dtype="float32")
+    assert np.array_equal(out[:, 0], out[:, 1]) and not out[:48000].any()
+    # the silent kept second is under the absolute gate: the new part's loudness
+    assert mixing.integrated_loudness(out.T, rate) == pytest.approx(mixing.STEM_LUFS, abs=0.5)
+
+
 @pytest.mark.parametrize("subtype, level, stem_format, untouched", [
     ("PCM_24", 0.1, "wav24", True), ("FLOAT", 0.1, "wav32f", True), ("FLOAT", 0.5, "wav24", False),
     ("PCM_32", 0.1, "wav32f", False)], ids=["pcm24-wav24", "float-wav32f", "float-overs-wav24", "pcm32-wav32f"])
