@@ -166,7 +166,7 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
     all of it, refused beyond MAX_DECODED_SECONDS), float32 (C, S) or (1, S) averaged when
     `mono`, and its rate.
     A frame the decoder refuses comes back as silence as long as it, so what follows keeps its
-    time, as libsndfile's decoder does; one the demuxer skips while finding the next header
+    time (at the file's end, up to the length its header states), as libsndfile's decoder does; one the demuxer skips while finding the next header
     leaves no trace in the times and is lost, as it mostly is there too (measured: a header
     destroyed in frame 50 loses the same frame in both; in frame 1, libsndfile keeps its time
     and this comes one frame early from there on). The rate and channels are the
@@ -185,7 +185,12 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
         # times from the stream's start, where its first sample plays after the encoder's delay
         # is skipped: a refused first frame is then silence too, not a shift of all that follows
         origin = stream.start_time or 0
+        # the stream's length as its header states it (an encoder's padding at the end taken out),
+        # else FFmpeg's estimate from the file's size, which a damaged header can put short
+        stated_end = (round(float(stream.duration * stream.time_base) * rate)
+                      if stream.duration and stream.time_base is not None and rate > 0 else None)
         blocks, held, channels = [], 0, 0
+        refused_end = 0  # where the last frame the decoder refused ends, in samples
         wanted = math.ceil(seconds * rate) if rate > 0 else None  # the first frame's rate sets it again
         try:
             for packet in container.demux(stream):
@@ -201,8 +206,11 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
                     break
                 try:
                     decoded = packet.decode()
-                except av.InvalidDataError:
-                    continue  # its time is kept by the next frame that decodes
+                except av.InvalidDataError:  # its time is kept by the next frame that decodes, or below
+                    if packet.pts is not None and packet.duration and packet.time_base is not None:
+                        refused_end = max(refused_end, round(
+                            float((packet.pts - origin + packet.duration) * packet.time_base) * rate))
+                    continue
                 for frame in decoded:
                     if not channels:
                         rate, channels = frame.sample_rate, frame.layout.nb_channels
@@ -227,6 +235,13 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
                     if max_seconds is None:
                         raise _too_long()
                     break
+            else:
+                # frames refused at the end are silence too, up to the stated length where it
+                # is not evidently short (the decoded audio already past it)
+                end = refused_end if stated_end is None or stated_end < held else min(refused_end, stated_end)
+                if channels and min(end, wanted) > held:
+                    blocks.append(np.zeros((1 if mono else channels, min(end, wanted) - held), np.float32))
+                    held = min(end, wanted)
         except (av.FFmpegError, ValueError, OSError) as error:
             raise MpegAudioError(_words(error)) from error
         except MemoryError:

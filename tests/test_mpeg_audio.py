@@ -172,6 +172,29 @@ def test_a_frame_the_decoder_refuses_keeps_the_time_of_what_follows(tmp_path, fr
     np.testing.assert_allclose(ours[:, 2 * RATE:], theirs.T[:, 2 * RATE:], atol=1e-4)
 
 
+@needs_mp3
+@pytest.mark.parametrize("header", ["stated", "damaged"])
+def test_frames_the_decoder_refuses_at_the_end_are_silence_as_long_as_libsndfiles(tmp_path, header):
+    """The file's last two frames refused: they were lost, so the audio came back 2,304 samples
+    short (a take refused as too short for what it keeps). With its length stated in the header
+    (the encoder's padding taken out), up to that; with that header damaged, to the frames' end."""
+    if header == "stated":
+        path = write_mp3(tmp_path / "good.mp3")
+        last = len(frame_offsets(path)) - 1
+        data = bytearray(path.read_bytes())
+        for k in (last - 1, last):
+            data[frame_offsets(path)[k] + 4:frame_offsets(path)[k] + 40] = b"\xff" * 36
+        path.write_bytes(bytes(data))
+    else:
+        last = len(frame_offsets(write_mp3(tmp_path / "good.mp3"))) - 1
+        path = damaged_mp3(tmp_path, frames=(last - 1, last), how="side information")
+    theirs, _ = sf.read(path, dtype="float32", always_2d=True, frames=10 * RATE)
+    ours, _ = audio_io.read_audio(path)
+    assert ours.shape == theirs.T.shape
+    assert not ours[:, -1152:].any()
+    np.testing.assert_allclose(ours[:, 2 * RATE:-3 * 1152], theirs.T[:, 2 * RATE:-3 * 1152], atol=1e-4)
+
+
 def test_a_small_file_of_refused_frames_is_not_decoded_past_what_is_asked(tmp_path):
     """2.4 MB of frames the decoder refuses between good ones claim 40 minutes of silence: the
     gap was allocated whole (hundreds of MB, 96 GiB a channel for a 1 GiB file) whatever was asked."""
