@@ -166,11 +166,11 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
     all of it, refused beyond MAX_DECODED_SECONDS), float32 (C, S) or (1, S) averaged when
     `mono`, and its rate.
     A frame the decoder refuses comes back as silence as long as it, so what follows keeps its
-    time (at the file's end, up to the length its header states), as libsndfile's decoder does; one the demuxer skips while finding the next header
-    leaves no trace in the times and is lost, as it mostly is there too (measured: a header
-    destroyed in frame 50 loses the same frame in both; in frame 1, libsndfile keeps its time
-    and this comes one frame early from there on). The rate and channels are the
-    first frame's: frames with another channel count (files joined end to end) are brought to
+    time (at the file's end, up to the length its header states), as libsndfile's decoder does;
+    one the demuxer skips while finding the next header leaves no trace in the times and is
+    lost, as it mostly is there too (measured: a header destroyed in frame 50 loses the same
+    frame in both; in frame 1, libsndfile keeps its time and this comes one frame early from
+    there on). The rate and channels are the first frame's: frames with another channel count (files joined end to end) are brought to
     it, another rate is refused. A rate over `max_rate` raises RateTooHigh before anything is
     decoded."""
     import av
