@@ -4,8 +4,9 @@
 folder, flushes it to the disk, then gives it the final name (`stage_file` and
 `StagedFile.publish` are its two halves, for a writer that publishes several files together):
 - `replace=False`: with an exclusive hard link, so an existing file is never replaced and two
-  writers racing for one name cannot clobber each other (on filesystems without hard links the
-  name is reserved with an exclusive create first);
+  writers racing for one name cannot clobber each other (on filesystems without hard links,
+  with a rename that never replaces, or where the system has none, the name reserved with an
+  exclusive create first, which a writer killed in that instant leaves behind, empty);
 - `replace=True`: with os.replace, so a reader sees the old file or the new one, never half.
   On Windows the replace fails with PermissionError while a reader (a REAPER script polling a
   status file) has the target open, so it is retried for about a second.
@@ -29,6 +30,7 @@ Pure Python (no torch, no numpy): the bridge writes its status files with it too
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -306,6 +308,40 @@ def _replace(temp: Path, path: Path) -> None:
 _LINK_NOT_FOLLOWING = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
 
 
+_AT_FDCWD = -100  # Linux: paths taken as they are, relative ones from the working folder
+_RENAME_NOREPLACE = 1  # Linux renameat2
+_RENAME_EXCL = 0x4  # macOS renamex_np
+
+
+def _rename_no_replace(temp: Path, path: Path) -> bool:
+    """Rename `temp` to `path` atomically, raising FileExistsError if `path` exists; False where
+    the system or the file system offers no such rename (nothing is done then)."""
+    if _WINDOWS:
+        os.rename(temp, path)  # MoveFileEx without MOVEFILE_REPLACE_EXISTING: never replaces
+        return True
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        source, target = os.fsencode(temp), os.fsencode(path)
+        if hasattr(libc, "renameat2"):  # glibc 2.28+, musl 1.2.3+
+            done = libc.renameat2(_AT_FDCWD, source, _AT_FDCWD, target, _RENAME_NOREPLACE)
+        elif hasattr(libc, "renamex_np"):  # macOS 10.12+
+            done = libc.renamex_np(source, target, _RENAME_EXCL)
+        else:
+            return False
+    except OSError:  # no C library to load
+        return False
+    if done == 0:
+        return True
+    error = ctypes.get_errno()
+    if error == errno.EEXIST:
+        raise FileExistsError(error, os.strerror(error), str(path))
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # not on this file system
+        return False
+    raise OSError(error, os.strerror(error), str(temp), None, str(path))
+
+
 def _publish_exclusively(temp: Path, path: Path) -> None:
     """Give the finished temp file its final name, failing if that name already exists."""
     try:
@@ -317,9 +353,12 @@ def _publish_exclusively(temp: Path, path: Path) -> None:
     except OSError:
         # File systems without hard links (exFAT, FAT32, some network shares) say so in many
         # ways: EPERM or ENOTSUP on Linux, EINVAL on Windows (ERROR_INVALID_FUNCTION). Whatever
-        # the reason, reserving the name with an exclusive create is as safe (it never replaces
-        # a file) and fails on its own if the folder itself is the problem; then the finished
-        # file moves over our own placeholder.
+        # the reason, a rename that never replaces is as safe; where the system has none,
+        # reserving the name with an exclusive create is (it never replaces a file, and fails
+        # on its own if the folder itself is the problem), then the finished file moves over
+        # our own placeholder, which a writer killed in between leaves behind, empty.
+        if _rename_no_replace(temp, path):
+            return
         placeholder = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.close(placeholder)
         try:

@@ -153,14 +153,19 @@ def test_a_temp_folder_is_kept_while_its_writer_works_and_swept_after(tmp_path):
 
 
 @pytest.mark.parametrize("error", [errno.EPERM, errno.EINVAL], ids=["EPERM (Linux, exFAT)", "EINVAL (Windows, exFAT)"])
-def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_one(tmp_path, monkeypatch, error):
+@pytest.mark.parametrize("no_replace_rename", [True, False], ids=["rename", "placeholder"])
+def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_one(tmp_path, monkeypatch, error,
+                                                                                  no_replace_rename):
     """exFAT or FAT32 (drives shared between a Mac and a PC) refuse the hard link that publishes
     a file: Linux says EPERM, Windows ERROR_INVALID_FUNCTION, which Python reads as EINVAL.
-    The file is published by an exclusive create instead, and an existing file is still kept."""
+    The file is published by a rename that never replaces instead, or where the system has none
+    by an exclusive create, and an existing file is still kept."""
     def no_hard_links(source, target, **options):
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(atomic.os, "link", no_hard_links)
+    if not no_replace_rename:
+        monkeypatch.setattr(atomic, "_rename_no_replace", lambda source, target: False)
     source, target = tmp_path / "a.part", tmp_path / "a.wav"
     source.write_bytes(b"new")
     atomic.publish_exclusively(source, target)
@@ -270,12 +275,37 @@ def test_a_failed_publish_without_hard_links_leaves_nothing_under_the_final_name
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "link", no_hard_links)
+    monkeypatch.setattr(atomic, "_rename_no_replace", lambda source, target: False)  # a system without it
     monkeypatch.setattr(atomic.os, "replace", no_room)
     source, target = tmp_path / "a.part", tmp_path / "take.wav"
     source.write_bytes(b"finished")
     with pytest.raises(OSError, match="No space left"):
         atomic.publish_exclusively(source, target)
     assert not target.exists() and source.read_bytes() == b"finished"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the writer is killed in a forked process")
+def test_a_writer_killed_while_publishing_without_hard_links_leaves_no_empty_file(tmp_path):
+    """Where the hard link is refused (exFAT), the name used to be reserved with an empty file
+    first: a writer killed before the finished file moved over it left an empty take.wav, which
+    REAPER cannot read and which took the take's number. Killed there now (where os.replace
+    would run), nothing is under the final name, and the finished file is published whole."""
+    target = tmp_path / "take.wav"
+    pid = os.fork()
+    if pid == 0:  # the writer
+        try:
+            def no_hard_links(source, target, **options):
+                raise OSError(errno.EPERM, "Operation not permitted")
+
+            atomic.os.link = no_hard_links
+            atomic.os.replace = lambda source, target: os._exit(3)  # killed before the move
+            (tmp_path / "a.part").write_bytes(b"finished")
+            atomic.publish_exclusively(tmp_path / "a.part", target)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert not target.exists() or target.read_bytes() == b"finished"
+    assert target.exists(), "this system has a rename that never replaces: the file is published"
 
 
 def test_a_temp_file_of_another_users_live_writer_is_kept(tmp_path, monkeypatch):

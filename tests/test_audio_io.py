@@ -117,6 +117,7 @@ def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
 
     # the hard link fails, then so does the exclusive create's move that stands in for it
     monkeypatch.setattr(audio_io.os, "link", no_space)
+    monkeypatch.setattr(atomic, "_rename_no_replace", no_space)
     monkeypatch.setattr(audio_io.os, "replace", no_space)
     with pytest.raises(AudioError, match="No space"):
         write_wav_atomic(tmp_path / "take.wav", noise(1, 100), 8000)
