@@ -57,6 +57,10 @@ RESAMPLE_KAISER_BETA = 10.0
 RESAMPLE_CUTOFF = 0.96  # of the lower Nyquist frequency
 # pyloudnorm's channel weights only cover up to five channels (L, R, C, Ls, Rs).
 MAX_LOUDNESS_CHANNELS = 5
+# Audio at a lower rate is measured upsampled to it: the K-weighting's 1.5 kHz shelf lies past the
+# top of such a file, and its filters blew up (a loud 2 kHz file read as silence, a 10 Hz one
+# +479 LUFS).
+MIN_METER_RATE = 8000
 # Headroom left below the ceiling by the final safety gain, so float32 rounding of the
 # scaled samples cannot land a hair above it.
 SAFETY_MARGIN_DB = 0.001
@@ -136,6 +140,8 @@ def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     _check_finite(audio, "The audio")
     if length < math.ceil(LOUDNESS_BLOCK_S * sample_rate) or not np.any(audio):
         return -math.inf
+    if sample_rate < MIN_METER_RATE:
+        audio, sample_rate = resample(audio, sample_rate, MIN_METER_RATE), MIN_METER_RATE
     meter = pyloudnorm.Meter(sample_rate, block_size=LOUDNESS_BLOCK_S)
     loudness = float(meter.integrated_loudness(audio.T.astype(np.float64)))
     # pyloudnorm yields -inf (or NaN from an empty gate) when every block is below -70 LUFS.
