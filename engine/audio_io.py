@@ -45,6 +45,8 @@ MPEG_SUBTYPE = "MPEG_LAYER_III"
 MAX_INPUT_PEAK = 1e10
 # Samples (frames x channels) read at once; a block is downmixed before the next is read.
 READ_BLOCK_SAMPLES = 1 << 20
+# libsndfile's frame count for a stream whose header does not give its length (SF_COUNT_MAX)
+UNKNOWN_FRAMES = 2 ** 63 - 1
 
 
 def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
@@ -130,15 +132,24 @@ def seconds_short_of(samples: np.ndarray, sample_rate: int, seconds: float) -> f
 def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool) -> np.ndarray:
     # -> (C or 1, S) float32; never more than `max_seconds` nor one block of all channels at once
     wanted = sound.frames if max_seconds is None else min(sound.frames, math.ceil(max_seconds * sound.samplerate))
-    out = np.empty((1 if mono else sound.channels, max(wanted, 0)), np.float32)
     block = max(1, READ_BLOCK_SAMPLES // sound.channels)
-    done = 0
-    while done < wanted:
-        frames = sound.read(min(block, wanted - done), dtype="float32", always_2d=True)  # (S, C)
-        if len(frames) == 0:
-            break
-        out[:, done:done + len(frames)] = frames.mean(axis=1, dtype=np.float64) if mono else frames.T
-        done += len(frames)
+    # a length the header does not give (a FLAC written to a pipe says so with the largest
+    # count there is) is found by reading: the buffer then grows as it fills
+    unknown = sound.frames >= UNKNOWN_FRAMES
+    try:
+        out = np.empty((1 if mono else sound.channels, block if unknown else max(wanted, 0)), np.float32)
+        done = 0
+        while done < wanted:
+            frames = sound.read(min(block, wanted - done), dtype="float32", always_2d=True)  # (S, C)
+            if len(frames) == 0:
+                break
+            if done + len(frames) > out.shape[1]:
+                out = np.concatenate([out[:, :done], np.empty((out.shape[0], max(done, block)), np.float32)], axis=1)
+            out[:, done:done + len(frames)] = frames.mean(axis=1, dtype=np.float64) if mono else frames.T
+            done += len(frames)
+    except MemoryError:
+        raise AudioError(f"Audio file '{sound.name}' holds more audio than this computer's memory, or its header "
+                         "says it does. Bounce only the region, or export it again.") from None
     return out[:, :done]
 
 

@@ -283,6 +283,28 @@ def test_read_audio_reads_only_what_is_asked_and_downmixes_as_it_goes(tmp_path, 
     assert read_audio(tmp_path / "long.wav", max_seconds=60)[0].shape == (4, 80000)  # a shorter file: all of it
 
 
+def test_a_file_whose_header_does_not_give_its_length_is_read_into_a_growing_buffer(tmp_path, monkeypatch):
+    """A FLAC written to a pipe says "length unknown", which libsndfile gives as 2**63 - 1
+    frames: read whole, that many were allocated up front (a bare ValueError)."""
+    path = tmp_path / "piped.flac"
+    soundfile.write(str(path), 0.5 * np.sin(np.arange(48000) / 10), 48000, format="FLAC")
+    data = bytearray(path.read_bytes())
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total sample count: 0, unknown
+    data[22:26] = bytes(4)
+    path.write_bytes(bytes(data))
+    assert soundfile.info(str(path)).frames == audio_io.UNKNOWN_FRAMES
+    assert read_audio(path, max_seconds=0.5)[0].shape == (1, 24000)
+    with pytest.raises(AudioError, match="Cannot read audio file"):  # libsndfile's own seek at its end fails
+        read_audio(path)
+    # the growing buffer, on a file whose length is known (taken as unknown here)
+    samples = noise(2, 8000 * 3)
+    soundfile.write(str(tmp_path / "known.wav"), samples.T, 8000, subtype="FLOAT")
+    monkeypatch.setattr(audio_io, "UNKNOWN_FRAMES", 1)
+    monkeypatch.setattr(audio_io, "READ_BLOCK_SAMPLES", 2 * 1000)
+    back, _ = read_audio(tmp_path / "known.wav")
+    np.testing.assert_array_equal(back, samples)
+
+
 def test_read_audio_refuses_big_files_and_high_rates_before_reading(tmp_path):
     soundfile.write(str(tmp_path / "hi.wav"), noise(1, 600_000).T, 384000, subtype="FLOAT")
     with pytest.raises(AudioError, match="384000 Hz; at most 192000 Hz"):
