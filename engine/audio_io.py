@@ -218,7 +218,11 @@ def _wav_frames(path: Path, samples: np.ndarray, sample_rate: int, subtype: str,
         raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
-    return np.ascontiguousarray(array.T, dtype=np.float32)
+    frames = np.ascontiguousarray(array.T, dtype=np.float32)
+    if array.dtype != np.float32 and not np.all(np.isfinite(frames)):  # beyond float32's range: inf
+        raise AudioError(f"Refusing to write '{path}': the audio holds samples beyond what a 32-bit float WAV "
+                         "can store (over 3.4e38).")
+    return frames
 
 
 def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> atomic.StagedFile:

@@ -400,7 +400,10 @@ def predict_continuation(samples: np.ndarray, count: int, context: int) -> np.nd
     out = np.zeros((audio.shape[0], max(0, int(count))), np.float32)
     context = audio[:, -max(1, int(context)):].astype(np.float64)
     order = min(PREDICTION_ORDER, context.shape[1] // 4)
-    if order < 1 or count <= 0:
+    if count <= 0 or not context.shape[1]:
+        return out
+    if order < 1:  # too short to predict from: its offset alone carries on
+        out[:] = context.mean(axis=1, keepdims=True)
         return out
     window = np.hanning(context.shape[1] + 2)[1:-1]
     for c, raw in enumerate(context):

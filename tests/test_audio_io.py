@@ -72,6 +72,8 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
         write_wav_atomic(tmp_path / "a.wav", np.full((1, 4), np.nan, np.float32), 8000)
     with pytest.raises(AudioError, match="no samples"):
         write_wav_atomic(tmp_path / "a.wav", np.zeros((1, 0), np.float32), 8000)
+    with pytest.raises(AudioError, match="beyond what a 32-bit float"):  # finite as float64: inf once written
+        write_wav_atomic(tmp_path / "a.wav", np.array([[0.5, 1e39, -1e39]]), 8000, subtype="FLOAT")
     assert os.listdir(tmp_path) == []
 
 

@@ -446,3 +446,10 @@ def test_a_click_just_before_the_end_is_not_carried_on():
     take[0, -480:-476] = 0.8                                         # 10 ms before the end
     carried = mixing.predict_continuation(take, 2400, 4800)
     assert np.abs(carried).max() < 0.05                              # it came back at 0.74
+
+
+def test_a_context_too_short_to_predict_from_carries_on_its_offset():
+    """A repair starting 1-3 samples into a take: its offset used to come back as 0, a step."""
+    carried = mixing.predict_continuation(np.array([[0.5, 0.5, 0.5], [-0.2, -0.2, -0.2]], np.float32), 4, 100)
+    np.testing.assert_array_equal(carried, np.array([[0.5] * 4, [-0.2] * 4], np.float32))
+    assert mixing.predict_continuation(np.zeros((1, 0), np.float32), 4, 100).tolist() == [[0.0] * 4]
