@@ -71,6 +71,9 @@ MAX_VARIATIONS = 8
 # Extend and repair: the span made new is at least this long (a seam's crossfade each side
 # needs room), and the take must keep something (else it is a plain generation).
 MIN_REGENERATE_SECONDS = 0.1
+# What the take keeps, before and after the span together, at least: less rounds to no sample
+# at some rate (a selection one 96 kHz sample into an item replaced the whole take).
+MIN_KEPT_SECONDS = 0.001
 # Picture region: each side at least this fraction of the picture (3 pixels of the embedded
 # model's 64-pixel frames); anything smaller leaves no picture to follow.
 MIN_PICTURE_REGION = 0.05
@@ -368,8 +371,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               "its source file); only with `take`", since=2),
     FieldSpec("regenerate", "[start, end] or null", "null",
               "seconds from `project_start`: the span of `take` made new, continuing the audio around it and "
-              f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it "
-              "(past the take's end: extend; inside it: repair); only with `take`", since=2),
+              f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it: "
+              f"at least {MIN_KEPT_SECONDS * 1000:g} ms of the take kept, before and after it together (past the "
+              "take's end: extend; inside it: repair); only with `take`", since=2),
     FieldSpec("picture_region", "[x0, y0, x1, y1] or null", "null",
               "the part of the picture the sound comes from, as fractions of its width and height (0, 0 = top "
               f"left; each side at least {MIN_PICTURE_REGION:g}): the video features see only it (MMAudio's CLIP "
@@ -563,9 +567,12 @@ def _check_continuation(request: GenerationRequest) -> None:
     if end - start < MIN_REGENERATE_SECONDS - REGION_TOLERANCE_S:  # 2.05 - 1.95 is 0.09999999999999987
         _invalid(f"regenerate is {_beside(end - start, MIN_REGENERATE_SECONDS, 3)} s long; make at least "
                  f"{MIN_REGENERATE_SECONDS:g} s new.")
-    if start <= REGION_TOLERANCE_S and end >= length - REGION_TOLERANCE_S:
-        _invalid("regenerate covers the whole stem, so nothing of the take is kept; leave out take and regenerate "
-                 "to make a new track.")
+    kept = max(0.0, start) + max(0.0, length - end)
+    if kept < MIN_KEPT_SECONDS:
+        what = ("covers the whole stem" if kept <= REGION_TOLERANCE_S else
+                f"leaves {kept * 1000:.3f} ms of the take, less than {MIN_KEPT_SECONDS * 1000:g} ms")
+        _invalid(f"regenerate {what}, so nothing of the take is kept; leave out take and regenerate to make a new "
+                 "track, or keep more of the take.")
 
 
 def _beside(value: float, limit: float, decimals: int | None = None) -> str:

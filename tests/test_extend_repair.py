@@ -330,6 +330,9 @@ def test_a_tenth_of_a_second_is_enough_to_regenerate_whatever_the_rounding(tmp_p
     ({"regenerate": [0.1, 0.5]}, "take and regenerate go together"),
     ({"take": "/t.wav", "regenerate": [0.5, 0.1]}, "regenerate end (0.1 s) must be after its start"),
     ({"take": "/t.wav", "regenerate": [0.0, 1.0]}, "covers the whole stem"),
+    # one 96 kHz sample kept, none at 48 kHz or 16 kHz: the whole take was replaced
+    ({"take": "/t.wav", "regenerate": [1e-5, 1.0]}, "leaves 0.010 ms of the take, less than 1 ms"),
+    ({"take": "/t.wav", "regenerate": [0.0, 1.0 - 5e-6]}, "leaves 0.005 ms of the take"),
     ({"take": "/t.wav", "regenerate": [0.5, 1.5]}, "after the stem's end"),
     ({"take": "/t.wav", "regenerate": [0.5, 0.55]}, "make at least 0.1 s new"),
     ({"take": "/t.wav", "regenerate": "0.5-0.9"}, "regenerate must be [start, end]"),
