@@ -74,6 +74,9 @@ MIN_REGENERATE_SECONDS = 0.1
 # What the take keeps, before and after the span together, at least: less rounds to no sample
 # at some rate (a selection one 96 kHz sample into an item replaced the whole take).
 MIN_KEPT_SECONDS = 0.001
+# Picture region: when it applies, at least one frame of the slowest picture features (8 fps:
+# MMAudio's CLIP, the embedded model's appearance), or no frame is seen cropped.
+MIN_PICTURE_REGION_SECONDS = 0.125
 # Picture region: each side at least this fraction of the picture (3 pixels of the embedded
 # model's 64-pixel frames); anything smaller leaves no picture to follow.
 MIN_PICTURE_REGION = 0.05
@@ -256,6 +259,7 @@ BOUNDS = {
     "w1": [-MAX_WEIGHT, MAX_WEIGHT], "w2": [-MAX_WEIGHT, MAX_WEIGHT], "w3": [-MAX_WEIGHT, MAX_WEIGHT],
     "steps": [1, MAX_STEPS], "seed": [0, MAX_SEED], "variations": [1, MAX_VARIATIONS],
     "regenerate_seconds": MIN_REGENERATE_SECONDS, "picture_region_size": MIN_PICTURE_REGION,
+    "picture_region_seconds": MIN_PICTURE_REGION_SECONDS,
     "loudness_curve_points": MAX_LOUDNESS_POINTS, "loudness_curve_db": [MIN_CURVE_LUFS, MAX_CURVE_LUFS],
     "caption_chars": MAX_CAPTION_CHARS, "previous_captions": MAX_PREVIOUS_CAPTIONS,
     "path_chars": MAX_PATH_CHARS, "name_hint_chars": MAX_NAME_HINT_CHARS,
@@ -379,8 +383,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"left; each side at least {MIN_PICTURE_REGION:g}): the video features see only it (MMAudio's CLIP "
               "and Synchformer, and the embedded model's features, see the picture cropped to it)", since=2),
     FieldSpec("picture_region_time", "[start, end] or null", "null (throughout)",
-              "seconds from `project_start`, within the stem: when `picture_region` applies; the rest of the "
-              "picture is seen whole; only with `picture_region`", since=2),
+              f"seconds from `project_start`, within the stem, at least {MIN_PICTURE_REGION_SECONDS:g} s (a frame of "
+              "8 fps features): when `picture_region` applies; the rest of the picture is seen whole; only with "
+              "`picture_region`", since=2),
     FieldSpec("loudness_curve", "list of [seconds, dB] or null", "null",
               f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
               f"momentary loudness (400 ms) in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
@@ -595,6 +600,11 @@ def _check_shaping(request: GenerationRequest) -> None:
         if request.picture_region_time[1] > length + REGION_TOLERANCE_S:
             _invalid(f"picture_region_time ends at {_beside(request.picture_region_time[1], length)} s, after "
                      f"the stem's end ({length:.3f} s from project_start).")
+        start, end = request.picture_region_time
+        if end - start < MIN_PICTURE_REGION_SECONDS - REGION_TOLERANCE_S:
+            _invalid(f"picture_region_time is {_beside(end - start, MIN_PICTURE_REGION_SECONDS, 3)} s long; the part "
+                     f"of the picture must apply for at least {MIN_PICTURE_REGION_SECONDS:g} s (one frame of the "
+                     "picture features), or no frame is seen cropped.")
     if request.loudness_curve is not None:
         if request.take is not None:
             _invalid("A loudness curve cannot shape a take being extended or repaired: the new part follows the "

@@ -172,6 +172,9 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "picture_region": [0, 0, 1]}, "picture_region must be [x0, y0, x1, y1]"),
         ({"protocol": 2, "picture_region_time": [0, 1]}, "it needs picture_region"),
         ({"protocol": 2, "picture_region": [0, 0, 1, 1], "picture_region_time": [0.5, 1.5]}, "after the stem's end"),
+        # shorter than a frame of 8 fps features: no frame was seen cropped, the metadata said it was
+        ({"protocol": 2, "picture_region": [0, 0, 0.5, 0.5], "picture_region_time": [0.51, 0.53]},
+         "picture_region_time is 0.020 s long; the part of the picture must apply for at least 0.125 s"),
         ({"protocol": 2, "loudness_curve": []}, "list of 1 to 128 [seconds, dB] points, got 0 points"),
         ({"protocol": 2, "loudness_curve": [[0, -20]] * 129}, "got 129 points. Thin the envelope's points"),
         ({"protocol": 2, "loudness_curve": [[0, -20], [0, -10]]}, "loudness_curve[1] is at 0 s, not after"),
