@@ -468,12 +468,18 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     given = [name for name, value in weights.items() if value is not None]
     # which methods read a weight is the registry's (the capabilities); without them, the one
     # method the protocol documents with these weights
-    readers = ([m.name for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
-               else ["dual"])
-    if given and (info.name if info is not None else method) not in readers:  # info: the method the model runs
-        choice = " or ".join(f"'{name}'" for name in readers) or "none of this model's"
-        _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; "
-                 f"leave them out{' or choose that method' if readers else ''}.")
+    readers = ([m for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
+               else [MethodInfo("dual", "", ("w1", "w2", "w3"))])
+    if given and (info.name if info is not None else method) not in [m.name for m in readers]:  # info: what runs
+        runnable = [m.name for m in readers if m.available]
+        choice = " or ".join(f"'{name}'" for name in runnable)
+        if runnable:
+            _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; leave them out "
+                     "or choose that method.")
+        why = "; ".join(f"'{m.name}' is not available ({m.unavailable_reason or 'not with this model'})"
+                        for m in readers)
+        _invalid(f"{', '.join(given)} are weights of Eq. A6, which no method this model runs reads"
+                 f"{': ' + why if why else ''}; leave them out.")
 
     reference = _optional(data, "reference_audio", _path)
     wants_reference = info is not None and info.audio == "reference"

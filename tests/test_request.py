@@ -296,6 +296,11 @@ def test_a_method_the_model_cannot_run_is_refused_with_the_reason(tmp_path):
     with pytest.raises(RequestError, match="not available"):  # the model's default method counts too
         parse_request({k: v for k, v in make_request(tmp_path).items() if k != "method"}, no_controlnet)
     assert parse_request(make_request(tmp_path, method="text_boost"), no_controlnet).method == "text_boost"
+    # Eq. A6's weights are dual's, which this model cannot run: not "or choose that method"
+    with pytest.raises(RequestError) as e:
+        parse_request(make_request(tmp_path, method="text_boost", w1=2.0), no_controlnet)
+    assert e.value.message == ("w1 are weights of Eq. A6, which no method this model runs reads: 'dual' is not "
+                               "available (no NAG ControlNet); leave them out.")
 
 
 def test_messages_quoting_user_text_are_always_encodable(tmp_path):
