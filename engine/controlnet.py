@@ -57,12 +57,14 @@ class ControlNetConfig:
     condition_dim: int | None = None
 
     def __post_init__(self):
-        if self.depth < 1:
-            raise InvalidInputError(f"A ControlNet needs at least one block, got depth {self.depth}.")
-        for name in ("hidden_dim", "num_heads", "latent_dim"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InvalidInputError(f"ControlNet {name} must be a whole number of at least 1, "
-                                        f"got {getattr(self, name)!r}.")
+        for name in ("depth", "hidden_dim", "num_heads", "latent_dim", "condition_dim"):
+            value = getattr(self, name)
+            if name == "condition_dim" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"ControlNet {name} must be a whole number of at least 1, got {value!r}.")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
+            raise InvalidInputError(f"ControlNet mlp_ratio must be a number above 0, got {self.mlp_ratio!r}.")
         if self.hidden_dim % self.num_heads:
             raise InvalidInputError(
                 f"ControlNet hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}."
@@ -255,7 +257,7 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
             f"{path} is not a StepFoley NAG ControlNet (its metadata has no "
             f"'format: {FORMAT}'). Export it with engine.controlnet.save_controlnet."
         )
-    try:
+    try:  # InvalidInputError is a ValueError: a stored size out of range
         config = ControlNetConfig(**json.loads(metadata["config"]))
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"The configuration stored in {path} is unreadable ({error}).") from None
@@ -266,6 +268,17 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
             f"({config.base_config}), not for {base_config.describe()}. Load the ControlNet "
             "that belongs to this model."
         )
+    # the base's identifier alone says nothing of the ControlNet's own sizes: one that does not
+    # fit the base failed every job (or was built, a billion parameters, before being refused)
+    shaped = ControlNetConfig.for_base(base_config, min(config.depth, base_config.depth), config.condition_dim)
+    if config.depth > base_config.depth or config != shaped:
+        differ = [f"{name} {getattr(config, name)!r} (the base's {getattr(shaped, name)!r})"
+                  for name in ("hidden_dim", "num_heads", "mlp_ratio", "latent_dim")
+                  if getattr(config, name) != getattr(shaped, name)]
+        if config.depth > base_config.depth:
+            differ.append(f"depth {config.depth} (the base has {base_config.depth} blocks)")
+        raise CheckpointError(f"The ControlNet {path.name} does not fit its base model: {', '.join(differ)}. The file "
+                              "is damaged or was edited; export or download it again.")
     return config
 
 

@@ -13,6 +13,7 @@ from stepfoley.engine.controlnet import (
     ControlNetConfig,
     base_config_id,
     load_controlnet,
+    read_controlnet_config,
     save_controlnet,
 )
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
@@ -225,3 +226,28 @@ def test_load_refuses_a_file_whose_tensors_do_not_match_its_config(tmp_path):
     save_file(tensors, str(damaged), metadata=metadata)
     with pytest.raises(CheckpointError, match="damaged"):
         load_controlnet(damaged, TINY)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"depth": 2.5}, "depth must be a whole number of at least 1, got 2.5"),
+    ({"depth": True}, "depth must be a whole number"),
+    ({"mlp_ratio": "4"}, "mlp_ratio must be a number above 0, got '4'"),
+    ({"condition_dim": -3}, "condition_dim must be a whole number of at least 1, got -3"),
+    # sizes that fit no block of this base: every NAG job failed as a bad request, or a
+    # billion-parameter network was built before the file was refused
+    ({"depth": 8}, "does not fit its base model: depth 8 (the base has 4 blocks)"),
+    ({"depth": 20000}, "depth 20000 (the base has 4 blocks)"),
+    ({"hidden_dim": 64, "num_heads": 4}, "hidden_dim 64 (the base's 32), num_heads 4 (the base's 2)"),
+    ({"mlp_ratio": 2.0}, "mlp_ratio 2.0 (the base's 4.0)"),
+])
+def test_a_stored_configuration_that_cannot_run_on_the_base_is_refused_from_the_header(tmp_path, change, words):
+    path = save_controlnet(tmp_path / "nag.safetensors", trained_looking())
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata["config"] = json.dumps({**json.loads(metadata["config"]), **change})
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata=metadata)
+    with pytest.raises(CheckpointError) as info:
+        read_controlnet_config(edited, TINY)
+    assert words in str(info.value)
