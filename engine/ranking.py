@@ -4,7 +4,7 @@ A sound designer auditions the first take; the ranking puts first the take that 
 caption most clearly and repeats the earlier layers least. Both are judged in one audio-text
 embedding (a CLAP): text fidelity is the cosine between the take and its caption, similarity to
 the earlier layers the cosine between the take and their mix (x̃). A take's score is the first
-minus the second (only the first on a first layer).
+minus the second (only the first where no earlier layer is heard).
 
 The only embedding shipped is the mini-world's (engine/audio_embedding.py), trained against
 the embedded model's own text encoder: it judges the embedded model's sounds and nothing else.
@@ -65,7 +65,8 @@ def rank_takes(takes: Sequence[np.ndarray], sample_rate: int, caption: str, earl
                      "similarity_to_earlier": None if similarity is None else float(similarity[i]),
                      "score": float(score[i])} for i in range(len(takes)))
     reason = ("text fidelity minus similarity to the earlier layers, in the mini-world's audio-text embedding"
-              if similarity is not None else "text fidelity in the mini-world's audio-text embedding (a first layer)")
+              if similarity is not None else "text fidelity in the mini-world's audio-text embedding (no earlier layer heard: "
+              "a first layer, or none of their audio sent, or it is silent here)")
     return Ranking(order, RANKED_BY_EMBEDDING, reason, figures)
 
 

@@ -282,6 +282,9 @@ class StepSession:
         self.windows = plan_windows(region.duration, model.max_duration)
         self._features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the region's, once
         self._text_features: dict[str, torch.Tensor] = {}  # caption -> (1, Lt, Dt)
+        # x̃ and the tracks it was mixed from (held: compared by identity): a job asks for it to
+        # rank its takes as well as to guide them, and a 600 s mix takes seconds
+        self._mix: tuple[tuple[Track, ...], np.ndarray | None] = ((), None)
 
     # -- the stack of existing tracks --
 
@@ -311,8 +314,12 @@ class StepSession:
         was not trained to hear."""
         if not self.tracks:
             return None
-        mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
-        return mix if np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
+        mixed_from, mix = self._mix
+        if len(mixed_from) != len(self.tracks) or any(a is not b for a, b in zip(mixed_from, self.tracks)):
+            mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
+            mix = mix if np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
+            self._mix = (tuple(self.tracks), mix)
+        return mix
 
     def add_captions(self, captions: tuple[str, ...] | list[str]) -> None:
         """Captions of layers already on the timeline, without their audio."""

@@ -89,6 +89,24 @@ def test_one_variation_in_version_2_and_a_first_layer(tiny, scene_video, tmp_pat
     first_layer = _serve(service, _request(scene_video, tmp_path, protocol=2, variations=2))
     assert first_layer["ranking"]["reason"].startswith("text fidelity in")
     assert all(s["metadata"]["ranking"]["similarity_to_earlier"] is None for s in first_layer["stems"])
+    # a third layer whose method hears no audio (no bounce sent): not called "a first layer" alone
+    unheard = _serve(service, _request(scene_video, tmp_path, protocol=2, variations=2, method="negative_prompt",
+                                       previous_captions=["a bell rings", "footsteps on gravel"]))
+    assert "no earlier layer heard: a first layer, or none of their audio sent" in unheard["ranking"]["reason"]
+
+
+def test_a_job_mixes_the_earlier_layers_once(tiny, scene_video, tmp_path, monkeypatch):
+    """x̃ guides the takes and ranks them: it was mixed twice, seconds of work on a long region."""
+    from stepfoley.engine import session as session_module
+
+    service = FoleyService(tiny)
+    first = _serve(service, _request(scene_video, tmp_path, caption="a bell rings", seed=1))
+    mixes = []
+    real = session_module.conditioning_mix
+    monkeypatch.setattr(session_module, "conditioning_mix", lambda *a, **k: mixes.append(1) or real(*a, **k))
+    _serve(service, _request(scene_video, tmp_path, existing_mix=first["stem_path"], protocol=2, variations=2,
+                             previous_captions=["a bell rings"]))
+    assert len(mixes) == 1
 
 
 def _files(folder) -> list[str]:
