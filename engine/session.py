@@ -196,6 +196,18 @@ def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP
     return [(s, s + window) for s in starts]
 
 
+def windows_needed(spans: list[tuple[int, int]], new: np.ndarray | None) -> list[bool]:
+    """Per window (its [a, b) samples), whether it is sampled: every one for a new track; for an
+    extend or repair (`new` (S,) True where the take is made new), the windows over a new sample
+    and the one before each (its handover is matched to that one as made, `ease_handovers`).
+    The others hold kept audio only, which the splice throws away: repairing a click at the end
+    of a 10 min take sampled all 86 windows."""
+    if new is None:
+        return [True] * len(spans)
+    over_new = [bool(new[a:b].any()) for a, b in spans]
+    return [over_new[w] or (w + 1 < len(spans) and over_new[w + 1]) for w in range(len(spans))]
+
+
 def _handovers(pieces: list[tuple[int, np.ndarray]], length: int, fade: int) -> list[tuple[int, int, int]]:
     """Per pair of consecutive pieces: (first sample of the crossfade, its length, the overlap's)."""
     # pieces: (offset, samples (S_i,)) in order of offset; length, fade: samples
@@ -280,7 +292,7 @@ class StepSession:
         self.unheard_captions: list[str] = []
         self.length = int(round(region.duration * model.sample_rate))
         self.windows = plan_windows(region.duration, model.max_duration)
-        self._features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the region's, once
+        self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window -> its picture's, once
         self._text_features: dict[str, torch.Tensor] = {}  # caption -> (1, Lt, Dt)
         # x̃ and the tracks it was mixed from (held: compared by identity): a job asks for it to
         # rank its takes as well as to guide them, and a 600 s mix takes seconds
@@ -428,16 +440,22 @@ class StepSession:
 
         # Picture features of every window first: on a CPU with MMAudio's encoders they take
         # minutes, and the DAW hears their progress as its own phase.
+        spans = [(self._samples(w_start), self._samples(w_end)) for w_start, w_end in self.windows]
+        needed = windows_needed(spans, None if known is None else known.new_part())
         t0 = time.perf_counter()
-        features = self._window_features(report, is_cancelled)
+        features = self._window_features(report, is_cancelled, needed)
         timings["video_features"] = time.perf_counter() - t0
 
         steps = first.steps
         grid = time_grid(steps)
-        total = steps * len(self.windows)
+        total = steps * sum(needed)
         latents, silent_windows, method_without_audio = [], [], None
-        for w, ((w_start, w_end), (clip_f, sync_f)) in enumerate(zip(self.windows, features)):
-            a, b = self._samples(w_start), self._samples(w_end)
+        for w, ((w_start, w_end), (a, b), features_w) in enumerate(zip(self.windows, spans, features)):
+            if not needed[w]:
+                latents.append(None)
+                continue
+            clip_f, sync_f = features_w
+            done_before = steps * sum(needed[:w])
             window_method, heard = method, None
             if method.needs_controlnet:
                 window_method, heard = self._window_audio(method, first, np.stack([c[a:b] for c in conditions]),
@@ -451,20 +469,22 @@ class StepSession:
                 seeds=[s.seed for s in settings], window=w, grid=grid,
                 known=None if known is None else (known.samples[a:b], known.keep[a:b]),
                 loudness=[s.loudness_curve for s in settings] if learned_loudness else None, window_start=w_start,
-                on_step=lambda step, _steps, w=w: report("sampling", w * steps + step, total),
+                on_step=lambda step, _steps, done_before=done_before: report("sampling", done_before + step, total),
                 is_cancelled=is_cancelled))
             timings["sampling"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        pieces = []  # per window: (offset, (B, S_w))
-        for w, ((w_start, w_end), latent) in enumerate(zip(self.windows, latents)):
-            report("decoding", w, len(self.windows))
+        pieces = []  # per window: (offset, (B, S_w)); a window not sampled is silent (never heard)
+        for w, ((a, b), latent) in enumerate(zip(spans, latents)):
+            if latent is None:
+                pieces.append((a, np.zeros((len(settings), b - a), np.float32)))
+                continue
+            report("decoding", sum(needed[:w]), sum(needed))
             stop_if_cancelled(is_cancelled, f"while decoding window {w + 1} of {len(self.windows)}")
-            a, b = self._samples(w_start), self._samples(w_end)
             wave = self._decode(latent)[:, : b - a]                                     # (B, S_w)
             if not np.isfinite(wave).all():  # a finite latent the decoder still overflows on
                 raise not_finite(f"while decoding window {w + 1} of {len(self.windows)}", "the decoded audio")
             pieces.append((a, wave))
-        report("decoding", len(self.windows), len(self.windows))
+        report("decoding", sum(needed), sum(needed))
         timings["decoding"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -488,6 +508,7 @@ class StepSession:
             "sample_rate": model.sample_rate,
             "duration": self.length / model.sample_rate,
             "windows": len(self.windows),
+            "windows_sampled": sum(needed),  # fewer for an extend or repair: those that reach its new part
             # windows over which the audio condition was silent, made as a first track is, and
             # the computation that made them (method_used is the other windows')
             "windows_without_audio": silent_windows,
@@ -537,29 +558,25 @@ class StepSession:
     def _samples(self, seconds: float) -> int:
         return int(round(seconds * self.model.sample_rate))
 
-    def _window_features(self, report: ProgressFn,
-                         is_cancelled: CancelFn | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(clip_f, sync_f) of every window, once per session, through the feature cache; progress
-        counts the encoder's own units (frames, segments) over all windows, and a cancel lands at
-        the next of them (on a CPU, MMAudio's encoders take minutes)."""
-        if self._features is None:
-            self._features = self._encode_windows(report, is_cancelled)
-        return self._features
-
-    def _encode_windows(self, report: ProgressFn,
-                        is_cancelled: CancelFn | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _window_features(self, report: ProgressFn, is_cancelled: CancelFn | None = None,
+                         needed: Sequence[bool] | None = None) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """(clip_f, sync_f) of every window `needed` (all: None), None for the others; each window's
+        once per session, through the feature cache. Progress counts the encoder's own units
+        (frames, segments) over the windows still to read, and a cancel lands at the next of them
+        (on a CPU, MMAudio's encoders take minutes)."""
+        needed = [True] * len(self.windows) if needed is None else list(needed)
+        missing = [w for w, want in enumerate(needed) if want and w not in self._features]
         encoder = self.model.video_encoder
         focus = self.region.focus
         # an encoder that knows nothing of a focus is never handed one
         extra = {} if focus is None else {"focus": focus}
         encoder_id = encoder.encoder_id if focus is None else f"{encoder.encoder_id}|{focus.key()}"
-        out, done_before = [], 0
-        for w, (w_start, w_end) in enumerate(self.windows):
-            start, end = self.region.start + w_start, self.region.start + w_end
-            units = encoder.progress_units(end - start)
-            total = units * len(self.windows)
+        units = [encoder.progress_units(self.windows[w][1] - self.windows[w][0]) for w in missing]
+        total, done_before = sum(units), 0
+        for w, count in zip(missing, units):
+            start, end = (self.region.start + t for t in self.windows[w])
 
-            def progress(done, done_before=done_before, total=total):
+            def progress(done, done_before=done_before):
                 stop_if_cancelled(is_cancelled, "while reading the picture")
                 report("features", done_before + done, total)
 
@@ -571,10 +588,10 @@ class StepSession:
             else:
                 features = self.feature_cache.get_or_compute_region(
                     self.region.video, start, end, encoder_id, compute)
-            done_before += units
+            done_before += count
             report("features", done_before, total)
-            out.append(tuple(f.to(self.model.device) for f in features))
-        return out
+            self._features[w] = tuple(f.to(self.model.device) for f in features)
+        return [self._features[w] if want else None for w, want in enumerate(needed)]
 
     @torch.inference_mode()
     def _sample_window(self, method, weights, duration, clip_f, sync_f, text_f, negative_text, cond_audio,

@@ -580,3 +580,31 @@ def test_the_model_level_anchor_reaches_guided_tracks_only(tiny, scene_video):
     plain_held, plain_free = make(held, alpha=1.0), make(free, alpha=1.0)  # the conditional flow alone
     assert plain_held.metadata["level_anchor"] == 0.0
     assert np.array_equal(plain_held.samples, plain_free.samples)
+
+
+def test_a_repair_samples_only_the_windows_that_reach_its_new_part(tiny, tmp_path, monkeypatch):
+    """A 20 s region is made in windows 0-8, 7-15 and 12-20 s; a repair at 18.5-19 s needs the
+    last window and the one before it (the handover between them is matched to it). Every window
+    used to be sampled and decoded: a click at the end of a 10 min take cost the whole take's."""
+    from stepfoley.engine import session as session_module
+    from stepfoley.engine.session import KnownAudio
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    video = write_scene(make_scene(20_000_003, duration=20.0), tmp_path)["video"]
+    take = (0.1 * np.random.default_rng(4).standard_normal(20 * 16000)).astype(np.float32)
+    keep = np.ones(20 * 16000, bool)
+    keep[int(18.5 * 16000):19 * 16000] = False
+    sampled, sample_window = [], StepSession._sample_window
+
+    def spy(self, *args, **kwargs):
+        sampled.append(kwargs["window"])
+        return sample_window(self, *args, **kwargs)
+
+    monkeypatch.setattr(StepSession, "_sample_window", spy)
+    settings = TrackSettings("rain falling", steps=1, seed=3)
+    [repaired] = StepSession(tiny, Region(video, 0.0, 20.0)).next_variations(settings, 1, known=KnownAudio(take, keep))
+    assert sampled == [1, 2]
+    assert repaired.metadata["windows"] == 3 and repaired.metadata["windows_sampled"] == 2
+    monkeypatch.setattr(session_module, "windows_needed", lambda spans, new: [True] * len(spans))
+    [every] = StepSession(tiny, Region(video, 0.0, 20.0)).next_variations(settings, 1, known=KnownAudio(take, keep))
+    assert sampled[2:] == [0, 1, 2]
+    np.testing.assert_array_equal(repaired.samples[~keep], every.samples[~keep])
