@@ -293,6 +293,8 @@ class _Take:
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
             # the whole stem's, the take's level for the most part (the new part's: new_part_lufs)
             "lufs": mixing.reported_lufs(stem, rate),
+            # in the take's channels, as the stem's: the session measured the model's mono part
+            "new_part_lufs": mixing.reported_lufs(stem[:, ~keep], rate) if (~keep).sum() >= rate // 2 else None,
         }
         return stem, metadata
 

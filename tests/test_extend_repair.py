@@ -184,7 +184,8 @@ def test_the_kept_audio_comes_back_sample_for_sample(tiny, scene_video, tmp_path
     assert meta["new_part_seconds"] == pytest.approx(regenerate[1] - regenerate[0], abs=1e-3)
     # the stem's own loudness, as for any stem (the part made new has its own: new_part_lufs)
     assert meta["lufs"] == pytest.approx(mixing.integrated_loudness(out.T, 48000), abs=0.01)
-    assert meta["new_part_lufs"] is not None
+    # in the stem's channels: the model's mono part, measured before it went into both, read 3 dB low
+    assert meta["new_part_lufs"] == pytest.approx(mixing.integrated_loudness(out[~kept].T, 48000), abs=0.01)
     assert json.loads(json.dumps(meta))  # goes on the wire
 
 
