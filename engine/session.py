@@ -185,10 +185,13 @@ def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
     return np.stack([row if row is not None else quiet for row, quiet in zip(rows, slices)])
 
 
-def plan_windows(duration: float, window: float, overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
+def plan_windows(duration: float, window: float, sample_rate: int,
+                 overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
     """(start, end) offsets covering [0, duration] with windows of at most `window` seconds;
-    consecutive windows overlap by at least `overlap` so they can be crossfaded."""
-    if duration <= window + 1e-9:
+    consecutive windows overlap by at least `overlap` so they can be crossfaded. A region fits
+    one window when its samples at the model's `sample_rate` do (in seconds, 8 s and a 44.1 kHz
+    sample was made as two full windows of the same 128,000 samples at 16 kHz)."""
+    if round(duration * sample_rate) <= round(window * sample_rate):
         return [(0.0, duration)]
     hop = window - overlap
     count = math.ceil((duration - overlap) / hop)
@@ -291,7 +294,7 @@ class StepSession:
         # no bounce for a method that hears none, e.g. negative_prompt)
         self.unheard_captions: list[str] = []
         self.length = int(round(region.duration * model.sample_rate))
-        self.windows = plan_windows(region.duration, model.max_duration)
+        self.windows = plan_windows(region.duration, model.max_duration, model.sample_rate)
         self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window -> its picture's, once
         self._text_features: dict[str, torch.Tensor] = {}  # caption -> (1, Lt, Dt)
         # x̃ and the tracks it was mixed from (held: compared by identity): a job asks for it to

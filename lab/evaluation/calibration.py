@@ -105,7 +105,7 @@ def choose_alpha(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, takes: int
     # α is chosen from CFG as the network makes it; the level anchor is chosen after it, for it
     model = replace(model, defaults=replace(model.defaults, level_anchor=0.0))
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration))
+    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
     progress = StepProgress(sum(tracks_per_scene(seeds, k, duration)) * len(alphas) * takes * steps * windows,
                             on_progress)
     per_scene: dict[float, dict[str, list]] = {a: {f: [] for f in FIGURES} for a in alphas}
@@ -202,7 +202,7 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
     first_per_strength = is_guided(resolve_method("independent", GuidanceWeights(alpha=alpha), has_audio=False))
     firsts = len(strengths) if first_per_strength else 1
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration))
+    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
     progress = StepProgress(sum((n - 1) * len(strengths) + firsts for n in tracks_per_scene(seeds, k, duration))
                             * takes * steps * windows, on_progress)
     per_scene: dict[float, dict[str, list]] = {a: {f: [] for f in LEVEL_FIGURES} for a in strengths}

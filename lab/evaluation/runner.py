@@ -367,7 +367,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     steps = defaults.steps if steps is None else steps
     seeds = [scene_seed(seed, i) for i in range(scenes)]
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration))
+    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
     progress = StepProgress(sum(takes * (1 + len(rows) * (n - 1)) for n in tracks_per_scene(seeds, k, duration))
                             * steps * windows, on_progress)
     per_scene = {name: {} for name in [r.name for r in rows] + ["ground_truth", "track1", "ground_truth_track1"]}
