@@ -295,6 +295,22 @@ def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_pat
     assert mixing.true_peak(data[None].astype(np.float32), 48000) <= -1.0 + 1e-3
 
 
+@pytest.mark.parametrize("playrate, sample_rate", [(0.25, 48000), (1.0, 8000)], ids=["slow motion", "8 kHz"])
+def test_a_varispeeded_or_lower_rate_stem_still_leaves_at_a_stems_loudness(scene_video, tmp_path, playrate,
+                                                                           sample_rate):
+    """K-weighted loudness moves with the spectrum: a stem at playrate 0.25 or at 8 kHz came out
+    2-4.5 dB under -23 LUFS, its peaks leaving room (the trained model, as a user hears it)."""
+    from stepfoley.engine.embedded.model import build_embedded_model
+    request = _request(scene_video, tmp_path, caption="rain falling", steps=4, sample_rate=sample_rate,
+                       format="wav32f")
+    request["region"]["playrate"] = playrate
+    stem = _serve(FoleyService(build_embedded_model()), request)
+    data, rate = sf.read(stem["stem_path"], dtype="float32")
+    assert rate == sample_rate and len(data) == round(2.0 / playrate * sample_rate)
+    assert mixing.integrated_loudness(data[None], rate) == pytest.approx(mixing.STEM_LUFS, abs=0.3)
+    assert mixing.true_peak(data[None], rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+
+
 def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     request = _request(scene_video, tmp_path, format="wav32f")
     request["region"]["playrate"] = 2.0  # 2 s of file play in 1 s of project
