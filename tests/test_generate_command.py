@@ -108,6 +108,9 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "short.wav", np.zeros(8000), 16000)
     sf.write(tmp_path / "one.wav", np.array([0.5]), 48000)
     sf.write(tmp_path / "whisper.wav", 1e-5 * np.random.default_rng(0).standard_normal(16000), 16000)  # -100 dBFS
+    if not (tmp_path / "pipe.json").exists():
+        os.mkfifo(tmp_path / "pipe.json")
+        os.mkfifo(tmp_path / "pipe.wav")
     huge = tmp_path / "huge.wav"  # a valid header, then 1 GiB (sparse: no disk used)
     sf.write(huge, np.zeros(1000), 16000)
     os.truncate(huge, 2**30 + 1)
@@ -172,6 +175,13 @@ def bad_arguments(video, tmp_path):
         # the metadata over the stem it describes, even with --force
         ([video, "0", "2", "--out", tmp_path / "take.wav", "--metadata", tmp_path / "take.wav", "--force"],
          "--metadata and --out name the same file"),
+        # an input the run reads, or a pipe or device: replaced by the metadata with --force (run as
+        # root, --metadata /dev/null made /dev/null a file)
+        ([video, "0", "2", "--metadata", video, "--force"], "is the video, which the run reads"),
+        ([video, "0", "2", "--existing", tmp_path / "tone.wav", "--metadata", tmp_path / "tone.wav", "--force"],
+         "is --existing, which the run reads"),
+        ([video, "0", "2", "--metadata", tmp_path / "pipe.json", "--force"], "is not a regular file (a device or"),
+        ([video, "0", "2", "--out", tmp_path / "pipe.wav", "--force"], "is not a regular file (a device or"),
         # names longer than the file system takes: found before the model, not after it
         ([video, "0", "2", "--out", tmp_path / ("a" * 300 + ".wav")], "--out: the file name"),
         ([video, "0", "2", "--metadata", tmp_path / ("m" * 300 + ".json")], "--metadata: the file name"),

@@ -274,6 +274,10 @@ def test_train_never_replaces_an_existing_out_file_without_force(tmp_path, capsy
         assert main(["train", *what, "--work", str(tmp_path / "w"), "--out", str(precious), "--device", "cpu"]) == 2
         assert "already exists; choose another file, or add --force" in capsys.readouterr().err
     assert precious.read_text() == "my own weights"
+    os.mkfifo(tmp_path / "pipe.safetensors")  # with --force it was replaced by the weights
+    assert main(["train", "embedded", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "pipe.safetensors"),
+                 "--force", "--device", "cpu"]) == 2
+    assert "is not a regular file (a device or a pipe)" in capsys.readouterr().err
     # the in-place form its usage shows: --out naming the file it writes anyway is no surprise
     from stepfoley.commands.train import _is_default_out
     from stepfoley.cli import build_parser

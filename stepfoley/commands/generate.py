@@ -118,6 +118,7 @@ def resolve_output(out: str, force: bool) -> Output:
     import os
 
     from stepfoley.atomic import name_too_long
+    from stepfoley.commands.runtime import is_special_file
     from stepfoley.engine.errors import InvalidInputError
 
     path = os.path.abspath(out)
@@ -132,6 +133,8 @@ def resolve_output(out: str, force: bool) -> Output:
     too_long = name_too_long(path)
     if too_long:
         raise InvalidInputError(f"--out: {too_long}")
+    if is_special_file(path):
+        raise InvalidInputError(f"'{out}' is not a regular file (a device or a pipe); name a .wav file to write.")
     if os.path.lexists(path) and not force:
         raise InvalidInputError(f"'{out}' already exists. Pass --force to replace it, or choose another name.")
     return Output(folder, path)
@@ -260,6 +263,13 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         if output.file and _same_file(args.metadata, output.file):
             raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
                                     "replace the stem. Give the metadata its own name (e.g. take.json).")
+        inputs = [("the video", args.video), ("--reference", args.reference), ("--take", args.take),
+                  *(("--existing", path) for path in args.existing)]
+        for what, path in inputs:
+            if path and _same_file(args.metadata, path):
+                raise InvalidInputError(f"--metadata {args.metadata} is {what}, which the run reads: with --force "
+                                        "the metadata would replace it. Give the metadata its own name "
+                                        "(e.g. take.json).")
     sample_rate = None
     if args.take:  # a take that cannot be read fails now, not after loading
         take_rate = audio_io.read_audio(args.take, max_seconds=0.1)[1]

@@ -83,6 +83,19 @@ def check_input_file(path, option: str, what: str) -> None:
         raise InvalidInputError(f"{option} {path} is {found}; give {what}.")
 
 
+def is_special_file(path) -> bool:
+    """Whether `path` is there and is neither a regular file nor a link: a device or a pipe,
+    which a file written "with --force" replaced (run as root, /dev/null was a file after)."""
+    import os
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode))
+
+
 def check_json_path(path, force: bool, option: str = "--json", example: str = "eval.json",
                     folder_made: bool = False) -> None:
     """Refuse a --json PATH (or another `option`'s file) that could not be written to, before
@@ -111,5 +124,8 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
         raise InvalidInputError(f"{option}: {too_long}")
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder; give a file name for {option} (e.g. {path / example}).")
+    if is_special_file(path):
+        raise InvalidInputError(f"{path} is not a regular file (a device or a pipe), which {option} would replace "
+                                "with a file; name a file to write.")
     if os.path.lexists(path) and not force:
         raise InvalidInputError(f"{path} already exists; choose another {option} path or add --force to replace it.")

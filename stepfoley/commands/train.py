@@ -223,7 +223,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     import os
 
     from stepfoley.atomic import can_make_file_in
-    from stepfoley.commands.runtime import check_input_file
+    from stepfoley.commands.runtime import check_input_file, is_special_file
     from stepfoley.engine.errors import InvalidInputError
 
     if args.what == "loudness":
@@ -232,6 +232,9 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
+    if args.out is not None and is_special_file(args.out):
+        raise InvalidInputError(f"--out '{args.out}' is not a regular file (a device or a pipe); name the weights "
+                                "file to write.")
     if args.out is not None and os.path.lexists(args.out) and not args.force and not _is_default_out(args):
         raise InvalidInputError(f"--out '{args.out}' already exists; choose another file, or add --force to "
                                 "replace it.")
