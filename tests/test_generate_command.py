@@ -62,6 +62,30 @@ def test_metadata_goes_to_a_new_json_file_beside_the_stems(video, tmp_path, caps
     assert "already exists" in capsys.readouterr().err and len(wavs(tmp_path)) == 3  # 2 stems and the json
 
 
+def test_a_reader_gone_from_stdout_neither_fails_the_job_nor_loses_the_metadata(video, tmp_path):
+    """`stepfoley generate ... | head -1`: the first line read, the pipe closed; the job ended in
+    a BrokenPipeError traceback and exit 1, and with the pipe closed from the start the
+    metadata file was never written."""
+    import subprocess
+    import sys
+
+    for closed_first in (False, True):
+        out = tmp_path / f"run{int(closed_first)}"
+        out.mkdir()
+        command = [sys.executable, "-m", "stepfoley", "generate", str(video), "0.5", "2.5", "rain", "--model",
+                   "tiny-random", "--device", "cpu", "--steps", "1", "--feature-cache", "off", "--out", str(out),
+                   "--variations", "3", "--metadata", str(out / "takes.json")]
+        reader_r, reader_w = os.pipe()
+        if closed_first:
+            os.close(reader_r)
+        done = subprocess.run(command, stdout=reader_w, stderr=subprocess.PIPE, timeout=300)
+        os.close(reader_w)
+        if not closed_first:
+            os.close(reader_r)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
+        assert len(json.loads((out / "takes.json").read_text())["stems"]) == 3
+
+
 def test_out_as_a_folder_gets_a_new_name_each_time(video, tmp_path):
     for _ in range(2):
         assert generate(video, "--out", tmp_path) == 0

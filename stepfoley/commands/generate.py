@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from stepfoley.commands.runtime import add_runtime_arguments
+from stepfoley.commands.runtime import add_runtime_arguments, say
 
 if TYPE_CHECKING:
     import numpy as np
@@ -404,25 +404,29 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 1
+    # the metadata first: what is said after it may meet a reader that has gone
+    written = 0
+    if args.metadata is not None:
+        described = stems if request.loudness_curve is None else [  # a reply's datagram holds only a count
+            (path, {**meta, "loudness_curve": [list(point) for point in request.loudness_curve]})
+            for path, meta in stems]
+        written = _write_metadata(args.metadata, described, result.get("ranking"), args.force)
     for path, meta in stems:
         rank = f", rank {meta['rank']}" if "rank" in meta and len(stems) > 1 else ""  # one take: nothing ranked
-        print(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
-              f"method {meta['method_used']}, seed {meta['seed']}{rank})")
+        say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
+            f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
-            print(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
-                  f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", file=sys.stderr)
+            say(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
+                f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", sys.stderr)
     first = stems[0][1]
     if first.get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
-        print(f"note: --negative-caption had no effect: method {first['method_used']} at alpha {first['alpha']:g} "
-              "gives it no weight (it is heard with --method negative_prompt, or at --alpha above 1)", file=sys.stderr)
+        say(f"note: --negative-caption had no effect: method {first['method_used']} at alpha {first['alpha']:g} "
+            "gives it no weight (it is heard with --method negative_prompt, or at --alpha above 1)", sys.stderr)
     if "ranking" in result and len(stems) > 1:
-        print(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
-    if args.metadata is not None:
-        if request.loudness_curve is not None:  # a reply's datagram holds only a count; this file has room
-            stems = [(path, {**meta, "loudness_curve": [list(point) for point in request.loudness_curve]})
-                     for path, meta in stems]
-        return _write_metadata(args.metadata, stems, result.get("ranking"), args.force)
-    return 0
+        say(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
+    if args.metadata is not None and written == 0:
+        say(f"wrote {args.metadata}")
+    return written
 
 
 def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -> int:
@@ -438,8 +442,6 @@ def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -
     try:
         write_text_atomically(path, text, replace=force)
     except OSError as e:  # the stems are written; only the sidecar is missing
-        print(f"stepfoley: the stems are written, but not the metadata file '{path}' ({e.strerror or e}).",
-              file=sys.stderr)
+        say(f"stepfoley: the stems are written, but not the metadata file '{path}' ({e.strerror or e}).", sys.stderr)
         return 1
-    print(f"wrote {path}")
     return 0

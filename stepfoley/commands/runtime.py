@@ -83,6 +83,22 @@ def check_input_file(path, option: str, what: str) -> None:
         raise InvalidInputError(f"{option} {path} is {found}; give {what}.")
 
 
+def say(text: str, stream=None) -> None:
+    """print(text) to `stream` (stdout), as far as anyone reads it: a reader that has gone (a pipe
+    into `head`) made a finished job's end a traceback and exit 1."""
+    import os
+    import sys
+
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        try:  # what is still buffered would fail again at exit, as "Exception ignored"
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 def is_special_file(path) -> bool:
     """Whether `path` is there and is neither a regular file nor a link: a device or a pipe,
     which a file written "with --force" replaced (run as root, /dev/null was a file after)."""

@@ -11,6 +11,7 @@ import stat
 import sys
 
 from stepfoley.bridge import protocol
+from stepfoley.commands.runtime import say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,17 +204,9 @@ def _say_final(args, status: dict) -> None:
     """The final status on stdout (and its error in words on stderr), as far as anyone reads
     them: a reader that has gone (a pipe into `head`) made the job's end a traceback and exit 1,
     while the status file said it was done."""
-    lines = [(json.dumps(status), sys.stdout)]
+    say(json.dumps(status))
     if status.get("error") and not args.quiet:
-        lines.append((f"{status['error']['code']}: {status['error']['message']}", sys.stderr))
-    for text, stream in lines:
-        try:
-            print(text, file=stream, flush=True)
-        except (OSError, ValueError):
-            try:  # what is still buffered would fail again at exit, as "Exception ignored"
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-            except (OSError, ValueError):
-                pass
+        say(f"{status['error']['code']}: {status['error']['message']}", sys.stderr)
 
 
 def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
