@@ -355,11 +355,17 @@ def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
     silent engine forever. Refused at once, before anything is sent."""
     port = str(server.address[1])
     request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    status_file = tmp_path / "status.json"
     for timeout in ("nan", "inf", "-inf", "0", "-1"):
         started = time.monotonic()
-        assert main(["send", "--request", request_file, "--port", port, f"--timeout={timeout}", "-q"]) == bc.EXIT_USAGE
+        assert main(["send", "--request", request_file, "--port", port, f"--timeout={timeout}", "-q",
+                     "--status", str(status_file)]) == bc.EXIT_USAGE
         assert time.monotonic() - started < 60  # refused, not sent to wait on a silent engine
-        assert "--timeout must be a number of seconds above 0" in capsys.readouterr().err
+        # a final status on stdout and in the status file, as every other ending (it had neither)
+        said = json.loads(capsys.readouterr().out)
+        assert said["error"]["code"] == "bad_option" and json.loads(status_file.read_text()) == said
+        assert "--timeout must be a number of seconds above 0" in said["error"]["message"]
+        status_file.unlink()
     with bc.EngineClient(port=server.address[1]) as c:
         assert c.engine_status()["jobs_finished"] == 0  # nothing was sent
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -40,18 +40,16 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge import client
     from stepfoley.bridge.auth import TokenError, resolve_token
 
-    # not `timeout <= 0`: nan passes that, and a nan watchdog never fires
-    if not (math.isfinite(args.timeout) and args.timeout > 0) or not 1 <= args.port <= 65535:
-        print(f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP port "
-              f"(1-65535, got {args.port}).", file=sys.stderr)
-        return client.EXIT_USAGE
     problem = _status_file_problem(args.status, args.request)
     if problem:  # said on stdout as a final status, as every other ending (the file cannot take it)
-        status = client.failure_status("bad_status_file", problem, client.EXIT_USAGE)
-        print(json.dumps(status))
-        if not args.quiet:
-            print(f"bad_status_file: {problem}", file=sys.stderr)
+        _say_final(args, client.failure_status("bad_status_file", problem, client.EXIT_USAGE))
         return client.EXIT_USAGE
+    # not `timeout <= 0`: nan passes that, and a nan watchdog never fires
+    if not (math.isfinite(args.timeout) and args.timeout > 0) or not 1 <= args.port <= 65535:
+        # a final status too (a DAW script reads the outcome from the file alone)
+        return _finish(args, client, client.failure_status(
+            "bad_option", f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP "
+            f"port (1-65535, got {args.port}).", client.EXIT_USAGE))
     try:
         args.token = resolve_token(args.token, args.token_file)
     except TokenError as e:
