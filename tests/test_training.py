@@ -255,6 +255,11 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
     (["embedded", "--background-db=-6,18"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db", "18,nan"], "give 0 <= LO <= HI <= 60 dB"),
     (["embedded", "--background-db", "18,61"], "give 0 <= LO <= HI <= 60 dB"),
+    # trained through the data, then a traceback from the allocator
+    (["embedded", "--batch-size", "100000000000"], "--batch-size 100000000000: give at most 4096"),
+    (["controlnet", "--weights", "w", "--data", "d.jsonl", "--batch-size", "5000"], "give at most 4096"),
+    # a weights folder that is not there: exit 1 after the work folder was made
+    (["controlnet", "--weights", "/nonexistent-weights", "--data", "d.jsonl"], "/nonexistent-weights does not exist"),
 ])
 def test_train_refuses_numbers_it_cannot_train_with_before_any_work(tmp_path, capsys, argv, words):
     from stepfoley.cli import main
@@ -510,6 +515,12 @@ def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
                                     warmup_steps=0, checkpoint_every=0, device=torch.device("cpu"),
                                     model=build_embedded_model(random_weights=True))
     assert out.read_text() == "my ControlNet"
+    # more blocks than the base: refused before the data's features are made (the run's long part)
+    with pytest.raises(InvalidInputError, match="A ControlNet of depth 999 has more blocks than the base"):
+        train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work", tmp_path / "new.safetensors", depth=999,
+                                    steps=1, batch_size=1, warmup_steps=0, checkpoint_every=0,
+                                    device=torch.device("cpu"), model=build_embedded_model(random_weights=True))
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from stepfoley.engine.controlnet import AudioControlNet, save_controlnet
+from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loading import load_foley_model
 from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, entries_digest, extract_features,
@@ -26,13 +26,14 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     ControlNet file (`out_path`, or the variant's in WEIGHTS/controlnets/) is refused before any
     training unless `replace`."""
     rank, world = distributed_context()
-    work_dir.mkdir(parents=True, exist_ok=True)
     model = model or load_foley_model(weights_dir, variant, device)
     variant = variant or model.model_id.removeprefix("mmaudio-").removesuffix("+nag")
     out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
     if out.exists() and not replace:
         raise InvalidInputError(f"{out} already exists; choose another --out, or add --force to replace it "
                                 "(nothing was trained).")
+    ControlNetConfig.for_base(model.net.config, depth=depth)  # a depth past the base's blocks: before the features
+    work_dir.mkdir(parents=True, exist_ok=True)
     net = model.net.requires_grad_(False).eval()
     features = work_dir / "features.safetensors"
     entries = read_dataset_list(data_list)

@@ -135,8 +135,20 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("stepfoley train: this computer's memory ran out; give a smaller --batch-size.", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # torch's allocators say so in words of their own
+        if not any(words in str(e) for words in ("out of memory", "can't allocate memory")):
+            raise
+        print(f"stepfoley train: the {'GPU' if 'CUDA' in str(e) else 'computer'}'s memory ran out; give a smaller "
+              "--batch-size.", file=sys.stderr)
+        return 1
 
 
+# The largest batch a run takes: far past what any machine here holds of 8 s clips (a typo of a
+# few more digits trained through minutes of data, then failed in the allocator).
+MAX_BATCH_SIZE = 4096
 # option -> (smallest allowed, what it counts); None values keep the recipe's default
 _AT_LEAST = {
     "scenes": (2, "scenes"), "held_out_scenes": (2, "held-out scenes: their losses pair clips of two scenes"),
@@ -163,6 +175,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < least:
             raise InvalidInputError(f"{option(name)} {value}: give at least {least} ({what}).")
+    if getattr(args, "batch_size", None) is not None and args.batch_size > MAX_BATCH_SIZE:
+        raise InvalidInputError(f"--batch-size {args.batch_size}: give at most {MAX_BATCH_SIZE} (examples per batch).")
     for name in _RATES:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and 0 < value <= 1):
@@ -244,6 +258,10 @@ def _check_folders(args: argparse.Namespace) -> None:
     if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
         raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
+    if args.what == "controlnet":
+        from stepfoley.engine.weights import weights_folder
+
+        weights_folder(args.weights)  # a folder given wrong is a usage error, and leaves no --work behind
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
