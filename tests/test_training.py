@@ -176,6 +176,35 @@ def test_a_checkpoint_beside_another_frozen_base_or_of_another_network_is_not_re
         toy_training(tmp_path / "w", init_seed=0, **changed)
 
 
+def test_every_phase_of_another_recipe_is_refused_before_the_data_is_made(tmp_path, monkeypatch):
+    """A work folder of a run with another data seed: its base checkpoint was refused only once
+    the data was rendered again (its features replaced), the NAG ControlNet's only once the base
+    had trained again; all of them are now named at once, before any work."""
+    from dataclasses import replace
+
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.lab.training import embedded as training, trainer
+
+    before = training.EmbeddedRecipe()
+    for name, config in training.phase_configs(before).items():  # a checkpoint as train() writes it
+        (tmp_path / "work" / name).mkdir(parents=True)
+        torch.save({"config": {**trainer._settings(config), "network layout": "x", "frozen base": "y"}, "step": 1},
+                   tmp_path / "work" / name / "last.pt")
+    monkeypatch.setattr(training, "_training_data", lambda *a, **k: pytest.fail("the data was made"))
+    now = replace(before, data=replace(before.data, seed=before.data.seed + 1))
+    with pytest.raises(CheckpointError) as refused:
+        training.train_embedded(tmp_path / "work", tmp_path / "out.safetensors", now, torch.device("cpu"))
+    message = str(refused.value)
+    assert all(f"{tmp_path / 'work' / name / 'last.pt'} (data, seed)" in message
+               for name in ("base", "controlnet", "loudness")), message
+    with pytest.raises(CheckpointError, match=r"loudness/last.pt \(data, seed\)"):  # train loudness, phase 3 alone
+        training.extend_with_loudness(tmp_path / "weights.safetensors", tmp_path / "work", tmp_path / "out.safetensors",
+                                      now, torch.device("cpu"))
+    # the same recipe goes on (to the data, here)
+    with pytest.raises(pytest.fail.Exception, match="the data was made"):
+        training.train_embedded(tmp_path / "work", tmp_path / "out.safetensors", before, torch.device("cpu"))
+
+
 def test_a_checkpoint_of_an_older_stepfoley_names_what_it_did_not_record(tmp_path):
     from stepfoley.engine.errors import CheckpointError
 

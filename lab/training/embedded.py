@@ -30,11 +30,13 @@ from pathlib import Path
 import torch
 
 from stepfoley.atomic import sweep_stale_parts
+from stepfoley.engine.errors import CheckpointError
 from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData,
                                                    StaleFeaturesError, base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
-from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
+from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
+                                           settings_changed, train)
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -77,12 +79,41 @@ def _log_to(path: Path | None):
     return log
 
 
+def phase_configs(recipe: EmbeddedRecipe) -> dict[str, TrainConfig]:
+    """Each phase's training settings, by its folder in the work folder: the base, the NAG
+    ControlNet and the loudness ControlNet, each with a seed of its own."""
+    def phase(steps: int, lr: float, seed_offset: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=recipe.batch_size, lr=lr, warmup_steps=recipe.warmup_steps,
+                           seed=recipe.data.seed + seed_offset, checkpoint_every=recipe.checkpoint_every,
+                           data=json.dumps(asdict(recipe.data)))
+
+    return {"base": phase(recipe.base_steps, recipe.base_lr, 0),
+            "controlnet": phase(recipe.controlnet_steps, recipe.controlnet_lr, 1),
+            "loudness": phase(recipe.loudness_steps, recipe.loudness_lr, 2)}
+
+
+def check_checkpoints(work_dir: Path, phases: dict[str, TrainConfig]) -> None:
+    """Every phase's checkpoint in `work_dir` against its settings, before any work: one of
+    another recipe was found only once the data was rendered again and the phases before it
+    were trained. Raises CheckpointError naming every stale one."""
+    stale = [(name, changed) for name, config in phases.items()
+             if (changed := settings_changed(work_dir / name, config))]
+    if stale:
+        raise CheckpointError(
+            "The work folder holds checkpoints of a run with other settings: " + "; ".join(
+                f"{work_dir / name / 'last.pt'} ({', '.join(changed)})" for name, changed in stale)
+            + ". Resuming would mix the two: delete them (or the whole work folder) to start this training over, "
+            "or choose another --work folder.")
+
+
 def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, device: torch.device,
                    replace: bool = True) -> dict:
     from stepfoley.engine.controlnet import AudioControlNet
     from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights
 
     rank, world = distributed_context()
+    phases = phase_configs(recipe)
+    check_checkpoints(work_dir, phases)
     log = _log_to(work_dir / "train.log" if rank == 0 else None)
     work_dir.mkdir(parents=True, exist_ok=True)
     figures: dict = {"recipe": asdict(recipe), "threads": torch.get_num_threads(), "processes": world}
@@ -109,12 +140,9 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     net.latent_std.requires_grad_(False)
 
     # Phase 1: the base network.
-    base_cfg = TrainConfig(steps=recipe.base_steps, batch_size=recipe.batch_size,
-                           lr=recipe.base_lr, warmup_steps=recipe.warmup_steps, seed=recipe.data.seed,
-                           checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
     loss = LossModule({"net": net}, lambda parts, batch, g: base_flow_loss(parts["net"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed, rank, world)
-    result = train(loss, net, batches, base_cfg, device, work_dir / "base", log)
+    result = train(loss, net, batches, phases["base"], device, work_dir / "base", log)
     load_trained(net, result.params)
     figures["base"] = _phase_figures(result)
 
@@ -122,13 +150,10 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     net.requires_grad_(False).eval()
     torch.manual_seed(recipe.data.seed + 1)
     controlnet = AudioControlNet.from_base(net, depth=recipe.controlnet_depth).to(device)
-    cn_cfg = TrainConfig(steps=recipe.controlnet_steps, batch_size=recipe.batch_size,
-                         lr=recipe.controlnet_lr, warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 1,
-                         checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
     loss = LossModule({"net": net, "controlnet": controlnet},
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
     batches = controlnet_batches(data, net.normalize, recipe.batch_size, recipe.data.seed, rank, world)
-    result = train(loss, controlnet, batches, cn_cfg, device, work_dir / "controlnet", log)
+    result = train(loss, controlnet, batches, phases["controlnet"], device, work_dir / "controlnet", log)
     load_trained(controlnet, result.params)
     figures["controlnet"] = _phase_figures(result)
     figures["controlnet"]["held_out_loss"] = {
@@ -160,6 +185,7 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     from stepfoley.engine.embedded.model import _read_weights, build_embedded_model, save_embedded_weights
 
     rank, world = distributed_context()
+    check_checkpoints(work_dir, {"loudness": phase_configs(recipe)["loudness"]})
     log = _log_to(work_dir / "train.log" if rank == 0 else None)
     work_dir.mkdir(parents=True, exist_ok=True)
     _, meta = _read_weights(weights_path)
@@ -291,9 +317,7 @@ def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, wor
     torch.manual_seed(recipe.data.seed + 2)
     loudness = AudioControlNet.from_base(net, depth=recipe.loudness_depth, condition_dim=1).to(device)
     # (a resume checks the frozen base it learns beside: trainer._resumable)
-    cfg = TrainConfig(steps=recipe.loudness_steps, batch_size=recipe.batch_size, lr=recipe.loudness_lr,
-                      warmup_steps=recipe.warmup_steps, seed=recipe.data.seed + 2,
-                      checkpoint_every=recipe.checkpoint_every, data=json.dumps(asdict(recipe.data)))
+    cfg = phase_configs(recipe)["loudness"]
     loss = LossModule({"net": net, "loudness": loudness},
                       lambda parts, batch, g: loudness_flow_loss(parts["net"], parts["loudness"], batch, 0.1, g))
     batches = base_batches(data, net.normalize, recipe.batch_size, recipe.data.seed + 2, rank, world, shaped=True)

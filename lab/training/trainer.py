@@ -74,9 +74,33 @@ def _resumable(config: TrainConfig, loss_module: torch.nn.Module, trainable: tor
             frozen.update(name.encode())
             frozen.update(tensor.detach().float().cpu().numpy().tobytes())
     layout = sorted((name, tuple(t.shape)) for name, t in trainable.state_dict().items())
-    return {**{k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")},
+    return {**_settings(config),
             "network layout": hashlib.sha256(repr(layout).encode()).hexdigest()[:16],
             "frozen base": frozen.hexdigest()[:16]}
+
+
+def _settings(config: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
+
+
+def read_checkpoint(last: Path) -> dict:
+    """A run's last.pt; CheckpointError where it cannot be resumed from."""
+    try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
+        return torch.load(last, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
+                              "over, or choose another --work folder.") from None
+
+
+def settings_changed(checkpoint_dir: Path, config: TrainConfig) -> list[str]:
+    """The settings (data, seed, steps, rates ...) a checkpoint in `checkpoint_dir` was made
+    with that `config` changes, [] without one; what train() refuses to resume, found before
+    the run's earlier phases (its frozen base's values are known only once that base is trained)."""
+    last = checkpoint_dir / "last.pt"
+    if not last.exists():
+        return []
+    recorded, wanted = read_checkpoint(last).get("config") or {}, _settings(config)
+    return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
 
 
 def _generator_states(generator: torch.Generator, world: int) -> list[torch.Tensor]:
@@ -152,11 +176,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     losses: list[float] = []
     seconds_before, samples = 0.0, 0
     if last is not None and last.exists():
-        try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
-            state = torch.load(last, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
-                                  "over, or choose another --work folder.") from None
+        state = read_checkpoint(last)
         recorded, wanted = state.get("config"), identity
         if recorded is not None and recorded != wanted:
             # keys either side: a checkpoint of an older StepFoley lacks some (the frozen base's)
