@@ -218,7 +218,8 @@ def _wav_frames(path: Path, samples: np.ndarray, sample_rate: int, subtype: str,
         raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
-    frames = np.ascontiguousarray(array.T, dtype=np.float32)
+    with np.errstate(over="ignore"):  # found below, in words
+        frames = np.ascontiguousarray(array.T, dtype=np.float32)
     if array.dtype != np.float32 and not np.all(np.isfinite(frames)):  # beyond float32's range: inf
         raise AudioError(f"Refusing to write '{path}': the audio holds samples beyond what a 32-bit float WAV "
                          "can store (over 3.4e38).")
@@ -245,9 +246,13 @@ def _reason(error: Exception) -> str:
 
 
 def _write_wav(file, frames: np.ndarray, sample_rate: int, subtype: str) -> None:
-    # into an open binary file (also spares libsndfile paths, which it opens only up to 1023 bytes)
+    # into an open binary file (also spares libsndfile paths, which it opens only up to 1023 bytes),
+    # by its descriptor where libsndfile takes one: through a file object it writes by Python
+    # callbacks, and a Ctrl-C landing in one was swallowed ("Exception ignored from cffi
+    # callback"): the write came out short, said as a full disk, or the stop was lost
+    target = file if os.name == "nt" else file.fileno()  # Windows: the C runtimes' descriptors differ
     try:
-        soundfile.write(file, frames, sample_rate, subtype=subtype, format="WAV")
+        soundfile.write(target, frames, sample_rate, subtype=subtype, format="WAV", closefd=False)
     except AssertionError:
         # soundfile writes through callbacks that swallow the file's OSError (a full disk):
         # libsndfile then writes short, and soundfile asserts on the count

@@ -126,6 +126,35 @@ def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.skipif(os.name == "nt", reason="libsndfile is handed the descriptor on POSIX only")
+def test_ctrl_c_while_a_stem_is_written_stops_it_as_a_stop_not_as_a_full_disk(tmp_path):
+    """Through soundfile's Python callbacks, a Ctrl-C landing in one was swallowed ("Exception
+    ignored from cffi callback"): the write came out short and was said as a full disk."""
+    script = """
+import os, signal, sys, threading, time
+import numpy as np
+from pathlib import Path
+from stepfoley.engine import audio_io
+folder = Path(sys.argv[1])
+def press_ctrl_c_once_it_is_being_written():
+    while not any(p.name.endswith(".part") and p.stat().st_size > 8 << 20 for p in folder.iterdir()):
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=press_ctrl_c_once_it_is_being_written, daemon=True).start()
+try:
+    audio_io.write_wav_atomic(folder / "take.wav", np.zeros((2, 12_000_000), np.float32), 48000, "FLOAT")
+    print("completed")
+except KeyboardInterrupt:
+    print("stopped")
+except audio_io.AudioError as e:
+    print(e)
+"""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "stopped", done.stdout + done.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_writer_that_wins_the_race_is_not_clobbered(tmp_path, monkeypatch):
     target = tmp_path / "take.wav"
     real_write = soundfile.write
