@@ -9,6 +9,7 @@ datagram, and with a token set a datagram without it gets no reply at all."""
 from __future__ import annotations
 
 import collections
+import errno
 import hmac
 import ipaddress
 import json
@@ -244,10 +245,12 @@ class EngineServer:
             self._address = tuple(self._sock.getsockname()[:2])  # kept: asked for after a stop closed the socket too
         except OSError as e:
             self._sock.close()
-            raise ConfigError(
-                f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). "
-                "Is another engine already running? Pick another --port."
-            ) from None
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                advice = ("This computer has no such address: give --host 127.0.0.1 (this computer only), or one "
+                          "of its own network addresses.")
+            else:
+                advice = "Is another engine already running? Pick another --port."
+            raise ConfigError(f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). {advice}") from None
         self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()

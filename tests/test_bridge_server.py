@@ -329,6 +329,14 @@ def test_a_busy_port_is_a_clear_error(server):
         EngineServer(SineRunner(), ServerConfig(port=server.address[1]))
 
 
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])  # TEST-NET-1: never this machine's
+def test_an_address_this_computer_does_not_have_is_said_as_such(host):
+    """It was said as a busy port: "Is another engine already running? Pick another --port." """
+    with pytest.raises(ConfigError) as refused:
+        EngineServer(SineRunner(), ServerConfig(host=host, port=0, token="t"))
+    assert "This computer has no such address" in str(refused.value) and "--port" not in str(refused.value)
+
+
 def test_queue_limit(tmp_path):
     gate, running = threading.Event(), threading.Event()
 
