@@ -1,8 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.26
+-- @version 0.5.27
 -- @changelog
---   No change in behaviour: where a moved picture's source starts is worked out in one place, and the folders above a track are walked in one place.
+--   Toggle selected tracks as negatives says when a track holds video: while that is the picture under the time selection, the track is not negated.
+--   Generate Foley track for part of the picture asks again for a time shorter than 0.125 s (a frame of the picture features), which cropped no frame.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -41,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.26", SF.mixed_versions and SF.mixed_versions("this action", "0.5.26")
-  or "StepFoley_lib.lua is older than this action (0.5.26). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.27", SF.mixed_versions and SF.mixed_versions("this action", "0.5.27")
+  or "StepFoley_lib.lua is older than this action (0.5.27). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

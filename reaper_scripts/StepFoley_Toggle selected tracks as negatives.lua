@@ -11,8 +11,8 @@ project. The console lists the result. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.26", SF.mixed_versions and SF.mixed_versions("this action", "0.5.26")
-  or "StepFoley_lib.lua is older than this action (0.5.26). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.27", SF.mixed_versions and SF.mixed_versions("this action", "0.5.27")
+  or "StepFoley_lib.lua is older than this action (0.5.27). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -34,7 +34,10 @@ local function main()
         ((want and folder) and " (its own items only: select its child tracks to make them negatives too)" or "") ..
         -- only what is heard is bounced as a negative
         ((want and not SF.track_is_heard(track)) and " (muted, or in a muted folder: not heard, so not negated " ..
-          "until unmuted)" or "")
+          "until unmuted)" or "") ..
+        -- the picture's track is never bounced as a layer
+        ((want and SF.holds_video(track)) and " (it holds video: while that is the picture under the time " ..
+          "selection, this track is not negated)" or "")
     end
   end)
   SF.log("negatives now:\n  " .. table.concat(lines, "\n  "))

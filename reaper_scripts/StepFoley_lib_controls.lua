@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.26"
+local VERSION = "0.5.27"
 
 return function(M)
 
@@ -151,6 +151,7 @@ end
 ------------------------------------------------------------------------------------------
 
 M.MIN_PICTURE_REGION = 0.05 -- stepfoley.request.MIN_PICTURE_REGION, when the engine does not say
+M.MIN_PICTURE_REGION_SECONDS = 0.125 -- stepfoley.request.MIN_PICTURE_REGION_SECONDS, likewise
 M.PICTURE_PARTS = {
   ["left"] = { 0, 0, 0.5, 1 }, ["right"] = { 0.5, 0, 1, 1 }, ["top"] = { 0, 0, 1, 0.5 }, ["bottom"] = { 0, 0.5, 1, 1 },
   ["top left"] = { 0, 0, 0.5, 0.5 }, ["top right"] = { 0.5, 0, 1, 0.5 },
@@ -200,7 +201,7 @@ When the picture region applies, typed as "start-end" in seconds from the time s
 start (empty: throughout). Returns {start, end} in seconds from the selection start, false for
 "throughout", or nil and a message.
 ]]
-function M.parse_picture_time(text, length)
+function M.parse_picture_time(text, length, caps)
   local t = M.trim(text)
   if t == "" then return false end
   local space = "[" .. M.SPACE .. "]"
@@ -214,6 +215,11 @@ function M.parse_picture_time(text, length)
   if a >= length then
     return nil, string.format("The picture region starts at %g s, after the time selection ends (%.3f s long).",
       a, length)
+  end
+  local shortest = published(caps, "picture_region_seconds", M.MIN_PICTURE_REGION_SECONDS)
+  if math.min(b, length) - a < shortest - 1e-9 then
+    return nil, string.format("The picture region must apply for at least %g s (a frame of the picture features), " ..
+      "or no frame is seen cropped.", shortest)
   end
   return { a, math.min(b, length) }
 end
@@ -237,7 +243,7 @@ function M.ask_picture_region(length, caps)
     local rect, err
     if answer then rect, err = M.parse_picture_region(values[1], caps) else err = cut end
     local when
-    if rect then when, err = M.parse_picture_time(values[2], length) end
+    if rect then when, err = M.parse_picture_time(values[2], length, caps) end
     if rect and when ~= nil then
       M.set_json_state(M.PICTURE_STATE, { part = values[1] or "", when = values[2] or "" }, true)
       return { region = rect, time = when }

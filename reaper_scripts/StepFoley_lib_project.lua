@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.26"
+local VERSION = "0.5.27"
 
 return function(M)
 
@@ -118,6 +118,16 @@ function M.map_interval(t0, t1, item_pos, startoffs, playrate, levels)
     end
   end
   return a, b, reversed
+end
+
+-- Whether the track holds a video item: while one is the picture under the time selection, the
+-- track is left out of what is negated (its sound is the picture's, not a layer).
+function M.holds_video(track)
+  for i = 0, reaper.CountTrackMediaItems(track) - 1 do
+    local take = reaper.GetActiveTake(reaper.GetTrackMediaItem(track, i))
+    if take and M.is_video_source(reaper.GetMediaItemTake_Source(take)) then return true end
+  end
+  return false
 end
 
 -- Whether a video item is the picture the user sees: it plays (M.item_plays) on a heard track.

@@ -757,6 +757,15 @@ def test_toggling_a_muted_track_says_it_is_not_heard(world):
         result["console"]
 
 
+def test_toggling_the_pictures_track_says_it_is_not_negated_while_it_is_the_picture(world):
+    """The picture's track is left out of the bounce: toggled on, it was reported as a negative."""
+    sc = scenario(world, actions=[{"script": h.TOGGLE}])
+    sc["tracks"][0]["selected"] = True  # Picture: the video item
+    result = h.run_scenario(world["tmp"], sc)
+    assert ("Picture: a negative (it holds video: while that is the picture under the time selection, this track "
+            "is not negated)") in result["console"]
+
+
 @pytest.mark.parametrize("script", ["REGENERATE", "REPLACE"])
 def test_two_stepfoley_items_selected_are_refused_by_an_action_that_changes_one(world, script):
     """With two StepFoley items selected, Regenerate and Replace changed the first and said nothing
@@ -1562,9 +1571,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.26)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.27)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.26."),
+                                 "older version, StepFoley_lib.lua is 0.5.27."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -543,6 +543,8 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
     assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS
+    picture = json.loads(lua("io.write(SF.json_encode({SF.MIN_PICTURE_REGION, SF.MIN_PICTURE_REGION_SECONDS}))"))
+    assert picture == [request.BOUNDS["picture_region_size"], request.BOUNDS["picture_region_seconds"]]
     # the envelope readings cover the longest stem at the reading step, both ends included
     step, readings = json.loads(lua("io.write(SF.json_encode({SF.CURVE_STEP_S, SF.MAX_CURVE_READINGS}))"))
     assert readings == round(request.MAX_STEM_SECONDS / step) + 1
@@ -608,3 +610,14 @@ BLOCK = "StepFoley: rain\nmethod nag\nstem: /p/rain_002.wav"
 def test_item_notes_keep_the_artists_text_and_replace_only_stepfoleys_block(notes, expected):
     out = lua("io.write(SF.notes_with(io.read('a'), " + json.dumps(BLOCK) + "))", notes)
     assert out == expected
+
+
+def test_a_picture_region_time_shorter_than_a_frame_of_the_features_is_asked_again():
+    """The engine crops no frame for a shorter span (and refuses it): said in the dialog, where
+    it can be typed again, and by the engine's own bound where it publishes one."""
+    out = lua("local a, b = SF.parse_picture_time('1.01-1.03', 4); local c = SF.parse_picture_time('1-1.2', 4); "
+              "local d, e = SF.parse_picture_time('1-1.2', 4, {bounds = {picture_region_seconds = 0.5}}); "
+              "io.write(SF.json_encode({a == nil, b, c, d == nil, e}))")
+    short, said, ok, published_short, published_said = json.loads(out)
+    assert short and said.startswith("The picture region must apply for at least 0.125 s")
+    assert ok == [1, 1.2] and published_short and "at least 0.5 s" in published_said
