@@ -11,6 +11,7 @@ runs before the write, so a failed job leaves no stem.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +154,15 @@ class FoleyService:
                                        max_cut_db=max(0.0, MAX_CUT_DB + lowest))
             following = {"loudness_curve_error_db": again["loudness_curve_error_db"],
                          "loudness_curve_output_correction_db": again["loudness_curve_gain_db"]}
-        elif varispeeded or request.sample_rate < track.sample_rate:
-            # the same for a stem's loudness: at playrate 0.25 or at 8 kHz a stem came out 2-4.5 dB
-            # under it, with its peaks leaving room; finished again where it is heard
-            stem, _ = mixing.finish_stem(stem, request.sample_rate)
         else:
+            if varispeeded or request.sample_rate < track.sample_rate:
+                # the same for a stem's loudness (at playrate 0.25 or at 8 kHz one came out 2-6 dB under
+                # it): brought back to the loudness it was finished at, as far as its peaks leave room,
+                # so never limited harder than there (a peaky take the limiter could not bring to a
+                # stem's loudness stays where it was)
+                made_up = resampled_loudness_gain_db(track, stem, request.sample_rate)
+                stem = (stem * np.float32(10 ** (made_up / 20))).astype(np.float32)
+                following = {"resampled_loudness_gain_db": round(made_up, 2)}
             stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP,
                                           gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         metadata = {
@@ -322,6 +327,17 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
     # (length,) bool: True outside [start, end) seconds
     index = np.arange(length)
     return (index < round(start * rate)) | (index >= round(end * rate))
+
+
+def resampled_loudness_gain_db(track, stem: np.ndarray, sample_rate: int) -> float:
+    """The gain that brings `stem` ((C, S) at `sample_rate`, the track varispeeded or resampled)
+    back to the track's own loudness, at most up to the true-peak ceiling; 0 for silence."""
+    before = mixing.integrated_loudness(track.samples[None], track.sample_rate)
+    after = mixing.integrated_loudness(stem, sample_rate)
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return 0.0
+    headroom = STEM_CEILING_DBTP - mixing.true_peak(stem, sample_rate)
+    return float(min(before - after, max(headroom, 0.0)))
 
 
 def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str | None = None,

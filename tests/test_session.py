@@ -311,6 +311,32 @@ def test_a_varispeeded_or_lower_rate_stem_still_leaves_at_a_stems_loudness(scene
     assert mixing.true_peak(data[None], rate) <= mixing.STEM_CEILING_DBTP + 1e-3
 
 
+def test_a_peaky_stem_the_limiter_left_under_a_stems_loudness_is_not_limited_harder_when_varispeeded(tmp_path):
+    """Sparse footsteps the session could not bring to -23 LUFS within the limiter's drive: finished
+    again at playrate 0.999, a second limiter pass squashed them 2 dB more than at playrate 1. Only
+    what the varispeed moved is made up, and only as far as the peaks leave room."""
+    from stepfoley.engine.session import Track
+
+    rng = np.random.default_rng(1)
+    steps = (0.02 * rng.standard_normal(8 * 16000)).astype(np.float32)
+    for t in np.arange(0.5, 7.5, 0.5):
+        i = int(t * 16000)
+        steps[i:i + 160] += (0.9 * rng.standard_normal(160) * np.exp(-np.arange(160) / 30)).astype(np.float32)
+    finished, levels = mixing.finish_stem(steps[None], 16000)
+    assert levels.lufs < mixing.STEM_LUFS - 1  # the limiter's drive ran out
+    track = Track(finished[0], 16000, {"lufs": levels.lufs})
+    loudness = {}
+    for playrate in (1.0, 0.999, 0.5):
+        request = parse_request({"region": {"video": str(tmp_path / "v.mp4"), "file_in": 1.0, "file_out": 9.0,
+                                            "playrate": playrate}, "caption": "footsteps", "output_dir": str(tmp_path),
+                                 "sample_rate": 48000, "format": "wav32f"})
+        stem, meta = FoleyService._finished_stem(None, request, track)
+        loudness[playrate] = mixing.integrated_loudness(stem, 48000)
+        assert mixing.true_peak(stem, 48000) <= mixing.STEM_CEILING_DBTP + 1e-3
+    assert loudness[0.999] == pytest.approx(loudness[1.0], abs=0.05)
+    assert loudness[0.5] <= loudness[1.0] + 0.05 and meta["resampled_loudness_gain_db"] == 0.0  # no room
+
+
 def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     request = _request(scene_video, tmp_path, format="wav32f")
     request["region"]["playrate"] = 2.0  # 2 s of file play in 1 s of project
