@@ -1,9 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.27
+-- @version 0.5.28
 -- @changelog
---   Toggle selected tracks as negatives says when a track holds video: while that is the picture under the time selection, the track is not negated.
---   Generate Foley track for part of the picture asks again for a time shorter than 0.125 s (a frame of the picture features), which cropped no frame.
+--   Generate Foley track for part of the picture: the shortest time it takes is 0.16 s (0.125 s could fall between the frames the picture features read).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -42,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.27", SF.mixed_versions and SF.mixed_versions("this action", "0.5.27")
-  or "StepFoley_lib.lua is older than this action (0.5.27). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.28", SF.mixed_versions and SF.mixed_versions("this action", "0.5.28")
+  or "StepFoley_lib.lua is older than this action (0.5.28). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.27"
+local VERSION = "0.5.28"
 
 return function(M)
 
@@ -151,7 +151,7 @@ end
 ------------------------------------------------------------------------------------------
 
 M.MIN_PICTURE_REGION = 0.05 -- stepfoley.request.MIN_PICTURE_REGION, when the engine does not say
-M.MIN_PICTURE_REGION_SECONDS = 0.125 -- stepfoley.request.MIN_PICTURE_REGION_SECONDS, likewise
+M.MIN_PICTURE_REGION_SECONDS = 0.16 -- stepfoley.request.MIN_PICTURE_REGION_SECONDS, likewise
 M.PICTURE_PARTS = {
   ["left"] = { 0, 0, 0.5, 1 }, ["right"] = { 0.5, 0, 1, 1 }, ["top"] = { 0, 0, 1, 0.5 }, ["bottom"] = { 0, 0.5, 1, 1 },
   ["top left"] = { 0, 0, 0.5, 0.5 }, ["top right"] = { 0.5, 0, 1, 0.5 },
@@ -218,8 +218,8 @@ function M.parse_picture_time(text, length, caps)
   end
   local shortest = published(caps, "picture_region_seconds", M.MIN_PICTURE_REGION_SECONDS)
   if math.min(b, length) - a < shortest - 1e-9 then
-    return nil, string.format("The picture region must apply for at least %g s (a frame of the picture features), " ..
-      "or no frame is seen cropped.", shortest)
+    return nil, string.format("The picture region must apply for at least %g s (a frame of the picture features, " ..
+      "at the picture's own speed), or no frame is seen cropped.", shortest)
   end
   return { a, math.min(b, length) }
 end

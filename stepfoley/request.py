@@ -74,9 +74,10 @@ MIN_REGENERATE_SECONDS = 0.1
 # What the take keeps, before and after the span together, at least: less rounds to no sample
 # at some rate (a selection one 96 kHz sample into an item replaced the whole take).
 MIN_KEPT_SECONDS = 0.001
-# Picture region: when it applies, at least one frame of the slowest picture features (8 fps:
-# MMAudio's CLIP, the embedded model's appearance), or no frame is seen cropped.
-MIN_PICTURE_REGION_SECONDS = 0.125
+# Picture region: when it applies, in seconds of picture, at least the longest gap between the
+# frames the slowest picture features read (8 fps: MMAudio's CLIP; the embedded model's
+# appearance takes them from 25 fps frames, up to 4 frames apart), or no frame is seen cropped.
+MIN_PICTURE_REGION_SECONDS = 0.16
 # Picture region: each side at least this fraction of the picture (3 pixels of the embedded
 # model's 64-pixel frames); anything smaller leaves no picture to follow.
 MIN_PICTURE_REGION = 0.05
@@ -383,9 +384,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"left; each side at least {MIN_PICTURE_REGION:g}): the video features see only it (MMAudio's CLIP "
               "and Synchformer, and the embedded model's features, see the picture cropped to it)", since=2),
     FieldSpec("picture_region_time", "[start, end] or null", "null (throughout)",
-              f"seconds from `project_start`, within the stem, at least {MIN_PICTURE_REGION_SECONDS:g} s (a frame of "
-              "8 fps features): when `picture_region` applies; the rest of the picture is seen whole; only with "
-              "`picture_region`", since=2),
+              f"seconds from `project_start`, within the stem, covering at least {MIN_PICTURE_REGION_SECONDS:g} s of "
+              "picture (a frame of 8 fps features): when `picture_region` applies; the rest of the picture is seen "
+              "whole; only with `picture_region`", since=2),
     FieldSpec("loudness_curve", "list of [seconds, dB] or null", "null",
               f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
               f"momentary loudness (400 ms) in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
@@ -607,10 +608,15 @@ def _check_shaping(request: GenerationRequest) -> None:
             _invalid(f"picture_region_time ends at {_beside(request.picture_region_time[1], length)} s, after "
                      f"the stem's end ({length:.3f} s from project_start).")
         start, end = request.picture_region_time
-        if end - start < MIN_PICTURE_REGION_SECONDS - REGION_TOLERANCE_S:
-            _invalid(f"picture_region_time is {_beside(end - start, MIN_PICTURE_REGION_SECONDS, 3)} s long; the part "
-                     f"of the picture must apply for at least {MIN_PICTURE_REGION_SECONDS:g} s (one frame of the "
-                     "picture features), or no frame is seen cropped.")
+        # in the picture's own time: the stem is the picture varispeeded to project_end - project_start
+        picture = (end - start) * request.region.duration / length
+        if picture < MIN_PICTURE_REGION_SECONDS - REGION_TOLERANCE_S:
+            where = (f"{_beside(picture, MIN_PICTURE_REGION_SECONDS, 3)} s long" if abs(picture - (end - start)) < 1e-9
+                     else f"{end - start:.3f} s of the stem, {_beside(picture, MIN_PICTURE_REGION_SECONDS, 3)} s of the "
+                          "picture, which plays at another speed")
+            _invalid(f"picture_region_time is {where}; the part of the picture must apply for at least "
+                     f"{MIN_PICTURE_REGION_SECONDS:g} s of picture (a frame of the picture features), or no frame is "
+                     "seen cropped.")
     if request.loudness_curve is not None:
         if request.take is not None:
             _invalid("A loudness curve cannot shape a take being extended or repaired: the new part follows the "

@@ -619,5 +619,5 @@ def test_a_picture_region_time_shorter_than_a_frame_of_the_features_is_asked_aga
               "local d, e = SF.parse_picture_time('1-1.2', 4, {bounds = {picture_region_seconds = 0.5}}); "
               "io.write(SF.json_encode({a == nil, b, c, d == nil, e}))")
     short, said, ok, published_short, published_said = json.loads(out)
-    assert short and said.startswith("The picture region must apply for at least 0.125 s")
+    assert short and said.startswith("The picture region must apply for at least 0.16 s")
     assert ok == [1, 1.2] and published_short and "at least 0.5 s" in published_said

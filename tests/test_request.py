@@ -174,7 +174,10 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "picture_region": [0, 0, 1, 1], "picture_region_time": [0.5, 1.5]}, "after the stem's end"),
         # shorter than a frame of 8 fps features: no frame was seen cropped, the metadata said it was
         ({"protocol": 2, "picture_region": [0, 0, 0.5, 0.5], "picture_region_time": [0.51, 0.53]},
-         "picture_region_time is 0.020 s long; the part of the picture must apply for at least 0.125 s"),
+         "picture_region_time is 0.020 s long; the part of the picture must apply for at least 0.16 s of picture"),
+        # 0.85-0.98 s fell between the embedded model's appearance frames (25 fps frames 21 and 25)
+        ({"protocol": 2, "picture_region": [0, 0, 0.5, 0.5], "picture_region_time": [0.85, 0.98]},
+         "picture_region_time is 0.130 s long"),
         ({"protocol": 2, "loudness_curve": []}, "list of 1 to 128 [seconds, dB] points, got 0 points"),
         ({"protocol": 2, "loudness_curve": [[0, -20]] * 129}, "got 129 points. Thin the envelope's points"),
         ({"protocol": 2, "loudness_curve": [[0, -20], [0, -10]]}, "loudness_curve[1] is at 0 s, not after"),
@@ -505,3 +508,15 @@ def test_times_are_bounded_so_the_stem_cannot_round_away(tmp_path, region, words
     assert words in e.value.message
     request["region"] = {"video": "/v.mp4", "file_in": 604796.0, "file_out": 604800.0, "project_start": 604796.0}
     assert parse_request(request).region.project_duration == 4.0
+
+
+def test_a_picture_region_time_is_long_enough_in_the_pictures_own_time(tmp_path):
+    """At playrate 0.25 a span of 0.3 s of the stem is 0.075 s of picture, which no frame of the
+    8 fps features fell in: it was accepted, and the picture region applied to nothing."""
+    request = make_request(tmp_path, protocol=2, picture_region=[0, 0, 0.5, 0.5], picture_region_time=[1.0, 1.3])
+    request["region"].update(playrate=0.25, project_end=34.0)  # 1 s of picture over 4 s of timeline
+    with pytest.raises(RequestError) as refused:
+        parse_request(request)
+    assert "picture_region_time is 0.300 s of the stem, 0.075 s of the picture, which plays at another speed" in \
+        refused.value.message
+    assert parse_request({**request, "picture_region_time": [1.0, 1.7]}).picture_region_time == (1.0, 1.7)
