@@ -4,7 +4,10 @@
 For each N of --counts: a second layer over a first one (NAG, as in real use), made once as one
 protocol-2 job with `variations` N and once as N protocol-1 jobs with the seeds seed .. seed+N-1.
 The picture features are cached before the clock starts, so both sides time sampling, decoding,
-finishing, ranking and writing. Printed: both times, their ratio (serial / batched: batching the
+finishing, ranking and writing; the two sides run --repeats times, in turns that alternate which
+goes first (run once each in a fixed order, the second ran warmer: at N = 1, where both do the same
+work, the ratio read 1.4-1.5x one way round and 0.8-1.1x the other), and each time is the median
+of its side's. Printed: both times, their ratio (serial / batched: batching the
 sampling is close to free on a GPU, so the ratio grows with N there, short of N by the work done
 per stem; on a CPU it gains little), the largest difference between a batched stem and the serial
 stem of its seed (32-bit float files), and their log-mel distance beside that of two seeds'
@@ -19,12 +22,13 @@ that into about 5e-4 in the waveform, more after 25 guided steps (on a GPU, and 
 still), so no sample tolerance holds; each stem must still be its seed's take: a log-mel distance
 from it under a tenth of two seeds'.
 
-    stepfoley bench variations [--counts 1,4,8] [--steps 25] [--seconds 8] [--model tiny-random]
+    stepfoley bench variations [--counts 1,4,8] [--steps 25] [--seconds 8] [--repeats 3] [--model tiny-random]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -68,6 +72,11 @@ def phase_seconds(metadata: list[dict], wall_s: float) -> dict:
     return out
 
 
+def median_phases(runs: list[dict]) -> dict:
+    """Each phase's median over the repeats of one side (phase_seconds each)."""
+    return {phase: float(np.median([run[phase] for run in runs])) for phase in runs[0]}
+
+
 def _phases_text(seconds: dict) -> str:
     return ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
 
@@ -92,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="default: every core but one")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed sample difference")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of both sides, alternating which goes first")
     args = parser.parse_args(argv)
     # refused before the model loads: these fail only after a long wait otherwise
     if not 1 <= args.steps <= MAX_STEPS:
@@ -100,6 +110,10 @@ def main(argv=None) -> int:
         parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
     if not 0 <= args.seed <= MAX_SEED - 8:
         parser.error(f"--seed must be from 0 to {MAX_SEED - 8}")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):  # nan failed every stem, blaming them
+        parser.error(f"--tolerance must be a number of 0 or more, got {args.tolerance:g}")
+    if not 1 <= args.repeats <= 100:
+        parser.error("--repeats must be from 1 to 100")
 
     from stepfoley.engine.devices import resolve_precision, share_cpu
     from stepfoley.engine.features.cache import FeatureCache
@@ -130,15 +144,24 @@ def main(argv=None) -> int:
         print(f"model {model.model_id} on {model.device}, {args.seconds:g} s region, {args.steps} steps, "
               f"second layer (method {model.defaults.method}), {precision}, {cpu['threads']} of {cpu['cores']} cores")
         for n in args.counts:
-            out_batched, out_serial = folder / f"batched{n}", folder / f"serial{n}"
-            out_batched.mkdir()
-            out_serial.mkdir()
-            start = time.perf_counter()
-            batched = job("rain falling", args.seed, out_batched, protocol=2, variations=n, **layer)
-            batched_s = time.perf_counter() - start
-            start = time.perf_counter()
-            serial_jobs = [job("rain falling", args.seed + i, out_serial, **layer) for i in range(n)]
-            serial_s = time.perf_counter() - start
+            turns: dict[str, list] = {"batched": [], "serial": []}  # (seconds, result) per repeat
+
+            def run_side(side: str, turn: int) -> None:
+                out = folder / f"{side}{n}-{turn}"
+                out.mkdir()
+                start = time.perf_counter()
+                if side == "batched":
+                    done = job("rain falling", args.seed, out, protocol=2, variations=n, **layer)
+                else:
+                    done = [job("rain falling", args.seed + i, out, **layer) for i in range(n)]
+                turns[side].append((time.perf_counter() - start, done))
+
+            for turn in range(args.repeats):
+                for side in (("batched", "serial") if turn % 2 == 0 else ("serial", "batched")):
+                    run_side(side, turn)
+            batched_s = float(np.median([seconds for seconds, _ in turns["batched"]]))
+            serial_s = float(np.median([seconds for seconds, _ in turns["serial"]]))
+            batched, serial_jobs = turns["batched"][0][1], turns["serial"][0][1]
             serial = {args.seed + i: done["stem_path"] for i, done in enumerate(serial_jobs)}
             by_seed = {s["metadata"]["seed"]: s["stem_path"] for s in batched["stems"]}
             diff = max(float(np.abs(sf.read(by_seed[seed])[0] - sf.read(path)[0]).max()) for seed, path in serial.items())
@@ -156,8 +179,12 @@ def main(argv=None) -> int:
                   f"log-mel distance from the serial take {same:.2f} dB"
                   + ("" if other is None else f" (two seeds' takes: {other:.2f} dB)")
                   + f" ({verdict}); ranked by {batched['ranking']['ranked_by']}")
-            print(f"  one job: {_phases_text(phase_seconds([batched['stems'][0]['metadata']], batched_s))}; "
-                  f"{n} jobs: {_phases_text(phase_seconds([d['metadata'] for d in serial_jobs], serial_s))}")
+            one_job = median_phases([phase_seconds([done["stems"][0]["metadata"]], seconds)
+                                     for seconds, done in turns["batched"]])
+            n_jobs = median_phases([phase_seconds([d["metadata"] for d in done], seconds)
+                                    for seconds, done in turns["serial"]])
+            print(f"  one job: {_phases_text(one_job)}; {n} jobs: {_phases_text(n_jobs)} "
+                  f"(medians of {args.repeats})")
     if failed:
         rule = (f"stems equal within {args.tolerance:g} for N = 1, else a log-mel distance from the serial take "
                 f"under {SAME_TAKE_FRACTION:g} of two seeds'")

@@ -82,11 +82,14 @@ def test_bench_variations_in_bf16_judges_one_take_by_its_sound(capsys, monkeypat
     assert "(NOT the same take by log-mel distance)" in capsys.readouterr().out
 
 
-def test_bench_variations_fails_when_the_stems_differ(capsys):
-    # a tolerance no float computation meets: the comparison of a batch of one really runs
-    assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "1",
-                 "--steps", "1", "--seconds", "1", "--threads", "1", "--tolerance", "-1"]) == 1
-    assert "BEYOND" in capsys.readouterr().out
+def test_bench_variations_fails_when_the_stems_differ(capsys, monkeypatch):
+    # a bound no two takes meet: the comparison of a batch really runs
+    from stepfoley.bench import bench_variations
+
+    monkeypatch.setattr(bench_variations, "SAME_TAKE_FRACTION", 0.0)
+    assert main(["bench", "variations", "--model", "tiny-random", "--device", "cpu", "--counts", "2",
+                 "--steps", "1", "--seconds", "1", "--threads", "1", "--repeats", "1"]) == 1
+    assert "NOT the same take" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -96,6 +99,9 @@ def test_bench_variations_fails_when_the_stems_differ(capsys):
     (["weights-load", "--codec", "16k"], "give it with --dir"),
     (["variations", "--steps", "0"], "--steps must be from 1 to 200"),
     (["variations", "--seconds", "0.5"], "--seconds must be from 1 to 600"),
+    # nan failed every stem, blaming them
+    (["variations", "--tolerance", "nan"], "--tolerance must be a number of 0 or more"),
+    (["variations", "--repeats", "0"], "--repeats must be from 1 to 100"),
     (["sampler", "--repeats", "0"], "--repeats must be at least 1"),
     (["sampler", "--threads", "0"], "thread count"),
     (["sampler", "--compile"], "--compile runs on CUDA only"),  # the default device is the CPU

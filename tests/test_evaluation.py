@@ -374,7 +374,7 @@ def test_beta_sweep_rows_are_nag_at_each_beta(quick_embedding, quick_classifier,
 def test_evaluate_refuses_bad_settings_before_any_work():
     from stepfoley.lab.evaluation.runner import MAX_SEED, Row, evaluate
 
-    with pytest.raises(InvalidInputError, match="at least 2"):
+    with pytest.raises(InvalidInputError, match="--tracks must be from 2"):
         evaluate(None, 1, 0, k=1, embedding=object(), presence=object())
     with pytest.raises(InvalidInputError, match="Unknown method"):
         evaluate(None, 1, 0, rows=(Row("x", "cfg++"),), embedding=object(), presence=object())
@@ -543,8 +543,19 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--choose-alpha", "--alphas", "x"], "--alphas takes numbers"),
              (["--choose-level-anchor", "--anchors", ","], "--anchors takes numbers"),
              (["--choose-level-anchor", "--anchors", "2"], "Level anchors are numbers from 0 to 1"),
-             (["--choose-alpha", "--alphas", "-1"], "--alpha must be a number from 0 to 100"),
-             (["--choose-alpha", "--scenes", "0"], "Choosing the α needs at least one scene"),
+             (["--choose-alpha", "--alphas", "-1"], "--alphas must be a number from 0 to 100"),
+             (["--choose-alpha", "--scenes", "0"], "Choosing the α takes 1 to 1000 scenes (--scenes)"),
+             # ran its scenes' list up front with no progress: 10^8 scenes
+             (["--choose-alpha", "--scenes", "100000000"], "Choosing the α takes 1 to 1000 scenes (--scenes)"),
+             # repeated β: "Give at least one row, each with its own name"; β nan: named --beta
+             (["--beta-sweep", "1,1,1"], "--beta-sweep lists β 1 more than once"),
+             (["--beta-sweep", "0.1234561,0.1234562"], "--beta-sweep lists β 0.123456 more than once"),
+             (["--beta-sweep", "1,nan"], "--beta-sweep must be a number from 0 to 100"),
+             # a scene holds at most 4 sources: 9 was run as 3 and recorded as 9
+             (["--tracks", "9"], "--tracks must be from 2 (separability and leakage compare tracks) to 4"),
+             # the controls' α was not checked: a traceback after the model loaded
+             (["--controls", "--alpha", "1e30"], "--alpha must be a number from 0 to 100"),
+             (["--controls", "--alpha", "nan"], "--alpha must be a number from 0 to 100"),
              (["--choose-level-anchor", "--takes", "0"], "--takes must be a whole number from 1 to 10"),
              (["--choose-alpha", "--takes", "11"], "--takes must be a whole number from 1 to 10"),  # seeds would repeat
              (["--choose-level-anchor", "--tracks", "1"], "--tracks must be at least 2 to choose the level anchor"),
@@ -561,7 +572,7 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--steps", "100000000"], "--steps must be a whole number from 1 to 200"),
              (["--alpha", "1e30"], "--alpha must be a number from 0 to 100"),
              (["--beta", "101"], "--beta must be a number from 0 to 100"),
-             (["--tracks", "1"], "--tracks must be at least 2"),
+             (["--tracks", "1"], "--tracks must be from 2"),
              (["--controls", "--scenes", "0"], "--scenes must be a whole number from 1"),
              (["--controls", "--steps", "0"], "--steps must be a whole number from 1 to 200"),
              (["--alphas", "1,2"], "--alphas is the grid --choose-alpha goes over"),
@@ -585,6 +596,13 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
         assert main(["eval", option, str(tmp_path / "a-file")]) == 2
         assert "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    for option in ("--train-embedding", "--train-classifier"):  # "": ignored, the whole evaluation ran instead
+        assert main(["eval", option, "", "--json", out]) == 2
+        assert f"{option} is empty" in capsys.readouterr().err
+    # each seed draws its own clips: 2000 was the classifier's seed 0's, -7000 the base's training scenes
+    for seed in ("2000", "-7000"):
+        assert main(["eval", "--train-classifier", str(tmp_path / "c.safetensors"), "--seed", seed]) == 2
+        assert "--seed must be from 0 to 1999 for a network" in capsys.readouterr().err
     # a folder the training makes is fine: the check passes and training starts (stopped here)
     import stepfoley.lab.evaluation.embedding as embedding
     from stepfoley.engine.errors import InvalidInputError
@@ -678,3 +696,16 @@ def test_the_oracle_hears_the_true_stems_as_finished_tracks_not_at_their_raw_bal
     run.stems = run.stems * np.array([1.0, 0.03, 1.0], np.float32)[:, None]  # the second stem 30 dB quieter
     assert np.allclose(run.truth_mix(2), heard, atol=1e-5)
     assert not np.allclose(run.truth_mix(2), run.truth_mix(1), atol=1e-3)  # the second stem is heard
+
+
+def test_a_figure_that_is_not_a_number_is_written_as_null_not_lost_with_the_report(tmp_path):
+    """A network's report holding NaN made the JSON writer raise at the end of the run: neither
+    the file nor the copy beside it was written."""
+    import json
+
+    from stepfoley.commands.eval import write_json_atomic
+
+    write_json_atomic(tmp_path / "e.json", {"classifier": {"faint_rejected": float("nan")},
+                                            "figures": [1.5, float("inf"), (2.0, float("-inf"))]}, force=False)
+    assert json.loads((tmp_path / "e.json").read_text()) == {"classifier": {"faint_rejected": None},
+                                                            "figures": [1.5, None, [2.0, None]]}

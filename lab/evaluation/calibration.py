@@ -38,8 +38,9 @@ import torch
 
 from stepfoley.lab.evaluation import metrics, stats
 from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, MAX_TAKES, SCENE_SECONDS,
-                                                PhaseClock, Row, SceneRun, StepProgress, check_number, check_steps,
-                                                default_presence, generate_batch, row_tracks, tracks_per_scene)
+                                                SCENES_PER_SEED, PhaseClock, Row, SceneRun, StepProgress, check_number,
+                                                check_steps, default_presence, generate_batch, row_tracks,
+                                                tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GuidanceWeights, resolve_method
 from stepfoley.engine.sampler import is_guided
@@ -78,9 +79,9 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k)
     if what == "level anchor" and any(not 0.0 <= a <= 1.0 for a in values):
         raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
     for a in values:
-        check_number("alpha", a)
-    if not isinstance(scenes, int) or scenes < 1:
-        raise InvalidInputError(f"Choosing the {what} needs at least one scene, got {scenes!r}.")
+        check_number("alphas" if what == "α" else "anchors", a)
+    if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
+        raise InvalidInputError(f"Choosing the {what} takes 1 to {SCENES_PER_SEED} scenes (--scenes), got {scenes!r}.")
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
         raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
     least = 2 if what == "level anchor" else 1  # the level anchor is judged on the NAG tracks, 2 on

@@ -51,6 +51,7 @@ from stepfoley.lab.evaluation import metrics, stats
 from stepfoley.lab.evaluation.spectra import SAMPLE_RATE, to_eval_rate
 from stepfoley.engine.guidance import GUIDANCE_METHODS
 from stepfoley.lab.miniworld import make_scene, write_scene
+from stepfoley.lab.miniworld.scene import MAX_SOURCES
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.request import MAX_GUIDANCE, MAX_STEPS
 from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, plan_windows
@@ -106,8 +107,16 @@ MAIN_ROWS = (
 
 
 def beta_sweep_rows(betas: Sequence[float]) -> tuple[Row, ...]:
-    """NAG at each β against its own earlier tracks (β = 0 is independent generation)."""
-    return tuple(Row(f"beta_{b:g}", "nag", beta=float(b), hears="generated") for b in betas)
+    """NAG at each β against its own earlier tracks (β = 0 is independent generation); each row
+    named by its β to 6 digits, so two β the same to 6 digits are refused (InvalidInputError)."""
+    for b in betas:
+        check_number("beta-sweep", b)
+    names = [f"beta_{b:g}" for b in betas]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InvalidInputError(f"--beta-sweep lists β {', '.join(n.removeprefix('beta_') for n in twice)} more than "
+                                "once (each β is a row, named to 6 digits); give each once.")
+    return tuple(Row(name, "nag", beta=float(b), hears="generated") for name, b in zip(names, betas))
 
 
 def scene_seed(seed: int, index: int) -> int:
@@ -157,8 +166,9 @@ def check_run(scenes, seed, takes, steps) -> None:
 def check_evaluation(scenes, seed, k, takes, steps, alpha, rows) -> None:
     """evaluate's arguments (InvalidInputError); `stepfoley eval` checks them before the model loads."""
     check_run(scenes, seed, takes, steps)
-    if not isinstance(k, int) or k < 2:
-        raise InvalidInputError(f"--tracks must be at least 2 (separability and leakage compare tracks), got {k!r}.")
+    if not isinstance(k, int) or not 2 <= k <= MAX_SOURCES:
+        raise InvalidInputError(f"--tracks must be from 2 (separability and leakage compare tracks) to {MAX_SOURCES} "
+                                f"(a scene holds at most {MAX_SOURCES} sources), got {k!r}.")
     check_number("alpha", alpha)
     if not rows or len({r.name for r in rows}) != len(rows):
         raise InvalidInputError("Give at least one row, each with its own name.")

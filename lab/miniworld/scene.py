@@ -22,6 +22,7 @@ from .synth import gate_to_samples
 FPS = 25
 SAMPLE_RATE = 16000
 FRAME_SIZE = 64
+MAX_SOURCES = 4  # a drawn scene holds 2 to this many sources
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _choose_kinds(rng, kinds, n_sources) -> tuple[str, ...]:
         if n_sources is not None and n_sources != len(kinds):
             raise InvalidInputError(f"n_sources={n_sources} but {len(kinds)} kinds were given; give one or match them.")
     else:
-        n = int(rng.integers(2, 5)) if n_sources is None else int(n_sources)
+        n = int(rng.integers(2, MAX_SOURCES + 1)) if n_sources is None else int(n_sources)
         if not 1 <= n <= 4:
             raise InvalidInputError(f"n_sources={n_sources} is out of range; a scene holds 1 to 4 sources.")
         kinds = tuple(str(k) for k in rng.choice(sorted(SOURCE_KINDS), size=n, replace=False))

@@ -171,7 +171,9 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
     from stepfoley.atomic import write_text_atomically
     from stepfoley.engine.errors import InvalidInputError
 
-    text = json.dumps(report, indent=1, allow_nan=False) + "\n"
+    # a figure that is not a number (a network's report may hold one) is null, as JSON has none:
+    # the whole report was lost to the error, after hours of work
+    text = json.dumps(_finite_or_null(report), indent=1, allow_nan=False) + "\n"
     try:
         check_json_path(path, force)  # again: the folder or the file may have changed during the run
         # without --force a file that appeared meanwhile is not replaced either
@@ -180,6 +182,19 @@ def write_json_atomic(path, report: dict, force: bool) -> None:
         problem = str(e) if isinstance(e, InvalidInputError) else f"{path} appeared while evaluating"
         saved = _saved_beside(Path(path), text)  # minutes to hours of figures are not thrown away
         raise InvalidInputError(problem + (f" The report was saved as {saved} instead." if saved else "")) from None
+
+
+def _finite_or_null(value):
+    """`value` (a JSON-ready report) with every float that is not finite as None."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _saved_beside(path, text: str):
@@ -282,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2
-    if args.train_embedding or args.train_classifier:
+    if args.train_embedding is not None or args.train_classifier is not None:  # "" too: refused by name
         return _train(args)
     if not args.json:
         print("stepfoley: say where to write the figures with --json PATH (e.g. --json eval.json).",
@@ -445,7 +460,7 @@ def _checked_grid(args: argparse.Namespace):
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.lab.evaluation.calibration import (ALPHA_GRID, DEVELOPMENT_SCENES, LEVEL_ANCHOR_GRID,
                                                       check_calibration)
-    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation, check_run
+    from stepfoley.lab.evaluation.runner import MAIN_ROWS, beta_sweep_rows, check_evaluation, check_number, check_run
 
     if args.alphas and not args.choose_alpha:
         raise InvalidInputError("--alphas is the grid --choose-alpha goes over; add --choose-alpha, or leave it out.")
@@ -474,6 +489,7 @@ def _checked_grid(args: argparse.Namespace):
             raise InvalidInputError("--controls measures each control with its own tracks and guidance, and prints "
                                     "its table as text: leave --beta, --tracks and --markdown out.")
         check_run(48 if args.scenes is None else args.scenes, args.seed, args.takes, args.steps)
+        check_number("alpha", args.alpha)  # 1e30 ended in a traceback after the model loaded
         return None
     if args.beta_sweep is not None:
         if args.beta is not None:
@@ -552,25 +568,37 @@ def _record_choice(args, report: dict, path, defaults, provenance: dict, default
     print(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
 
 
+# The networks' clip seeds: the embedding's from 500,000,000 + seed x 100,000, the classifier's
+# from 700,000,000: seeds up to this keep the two apart and clear of every scene seed below.
+MAX_NETWORK_SEED = 1999
+
+
 def _train(args: argparse.Namespace) -> int:
     import sys
 
     from stepfoley.engine.errors import StepFoleyError
 
-    path = args.train_embedding or args.train_classifier
-    if args.train_embedding and args.train_classifier:
+    embedding = args.train_embedding is not None
+    path = args.train_embedding if embedding else args.train_classifier
+    if embedding and args.train_classifier is not None:
         print("stepfoley: train one network at a time (--train-embedding or --train-classifier).", file=sys.stderr)
         return 2
+    if not 0 <= args.seed <= MAX_NETWORK_SEED:
+        # each seed draws its own clips: past this, the embedding's are the classifier's seed 0's,
+        # and below 0 the classifier's are the base model's training scenes
+        print(f"stepfoley: --seed must be from 0 to {MAX_NETWORK_SEED} for a network, got {args.seed}.",
+              file=sys.stderr)
+        return 2
     try:  # before minutes of training, not after
-        check_json_path(path, args.force, "--train-embedding" if args.train_embedding else "--train-classifier",
+        check_json_path(path, args.force, "--train-embedding" if embedding else "--train-classifier",
                         "network.safetensors", folder_made=True)  # store.save_with_report makes the folder
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2
-    what = "evaluation embedding" if args.train_embedding else "source-presence classifier"
+    what = "evaluation embedding" if embedding else "source-presence classifier"
     bar = _Bar(f"training the {what}")
     try:
-        if args.train_embedding:
+        if embedding:
             from stepfoley.lab.evaluation.embedding import train_audio_embedding as train
         else:
             from stepfoley.lab.evaluation.presence import train_source_presence as train
