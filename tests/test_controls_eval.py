@@ -62,8 +62,8 @@ def test_curve_following_is_measured_where_the_track_is_heard():
 
 
 def test_bootstrap_mean_is_the_mean_with_an_interval_around_it_and_skips_missing_scenes():
-    result = stats.bootstrap_mean([1.0, None, 2.0, 3.0, float("nan")])
-    assert result["n"] == 3 and result["mean"] == pytest.approx(2.0)
+    result = stats.bootstrap_mean([1.0, None, 2.0, 3.0, float("nan")] + [1.0, 2.0, 3.0] * 3)
+    assert result["n"] == 12 and result["mean"] == pytest.approx(2.0)
     assert 1.0 <= result["ci95"][0] < 2.0 < result["ci95"][1] <= 3.0
     assert stats.bootstrap_mean([None]) == {"mean": None, "ci95": [None, None], "n": 0}
 

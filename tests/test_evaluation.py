@@ -177,10 +177,23 @@ def test_default_embedding_prefers_the_shipped_file_then_the_cache(quick_embeddi
 def test_a_constant_difference_has_a_zero_width_interval_at_that_difference():
     from stepfoley.lab.evaluation.stats import paired_bootstrap
 
-    a = [0.5, 0.7, 0.2, 0.9]
+    a = [0.5, 0.7, 0.2, 0.9, 0.4, 0.3, 0.8, 0.6, 0.1, 1.0]
     result = paired_bootstrap(a, [x - 0.1 for x in a])
     assert result["mean_diff"] == pytest.approx(0.1)
-    assert result["ci95"] == pytest.approx([0.1, 0.1]) and result["n"] == 4
+    assert result["ci95"] == pytest.approx([0.1, 0.1]) and result["n"] == 10
+
+
+def test_too_few_scenes_get_no_interval_and_nothing_is_called_significant():
+    """Over 2 scenes the percentile bootstrap's 95 % interval left out 0 for half the comparisons
+    with no true difference (the star on a quick run's table)."""
+    from stepfoley.lab.evaluation.stats import excludes_zero, paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    starred = [excludes_zero(paired_bootstrap(list(rng.normal(size=2)), [0.0, 0.0], resamples=200))
+               for _ in range(50)]
+    assert not any(starred)
+    few = paired_bootstrap([1.0, 1.2, 1.1], [0.0, 0.0, 0.0])
+    assert few["ci95"] == [None, None] and few["mean_diff"] == pytest.approx(1.1) and few["n"] == 3
 
 
 def test_bootstrap_interval_matches_the_normal_one_for_many_scenes_and_is_reproducible():

@@ -15,6 +15,11 @@ import numpy as np
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same figures give the same interval on every run
 CONFIDENCE = 0.95
+# Fewer scenes get no interval. A percentile bootstrap's interval is too narrow over few scenes:
+# with no true difference (normal differences, 1,000-2,000 trials each), its 95 % interval left
+# out 0 for 52 % of comparisons over 2 scenes, 17 % over 5, 10 % over 10, 8.9 % over 12, 7.9 % over
+# 24 and 6.7 % over 48, against 5 % (a Student-t interval: 5 % from 2 scenes on).
+MIN_INTERVAL_SCENES = 10
 
 
 def finite_mean(values: Sequence[float | None]) -> float | None:
@@ -31,14 +36,15 @@ def paired_bootstrap(a: Sequence[float | None], b: Sequence[float | None], resam
     quantiles of those means. `a[i]` and `b[i]` are the same scene; a scene whose value is
     missing or not finite on either side (or both) is left out of every pair, and `n` counts the
     pairs (metrics.summarize drops a missing value from its own row only). Returns {"mean_diff", "ci95": [lo, hi], "n": scenes}
-    (None and [None, None] with no scene; [None, None] with one: resampling one scene says
-    nothing about the next, so it gets no interval, and nothing is called significant)."""
+    (None and [None, None] with no scene; [None, None] under MIN_INTERVAL_SCENES: resampling
+    one scene says nothing about the next, and a few scenes give an interval far too narrow, so
+    nothing is called significant there)."""
     if len(a) != len(b):
         raise ValueError(f"paired_bootstrap needs one value per scene on both sides, got {len(a)} and {len(b)}.")
     differences = np.asarray([float(x) - float(y) for x, y in zip(a, b)
                               if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)])
     n = int(differences.size)
-    if n < 2:
+    if n < MIN_INTERVAL_SCENES:
         return {"mean_diff": float(differences.mean()) if n else None, "ci95": [None, None], "n": n}
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     means = differences[draws].mean(axis=1)
