@@ -81,7 +81,8 @@ DEFINITIONS = {
                                     "any limiter or clamp",
     "silence_fraction": "fraction of the finished track's 50 ms blocks under -60 dBFS RMS",
     "composite_distance": "log-mel distance (dB) of the -20 LUFS composite of tracks 1..k, each as finished "
-                          "(at -23 LUFS), to the sum of the true stems 1..k",
+                          "(at -23 LUFS), true-peak limited as a composite is made, to the sum of the true stems "
+                          "1..k, which is not (the true stems through the same path score the reference row's)",
 }
 
 
