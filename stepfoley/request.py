@@ -385,8 +385,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               "and Synchformer, and the embedded model's features, see the picture cropped to it)", since=2),
     FieldSpec("picture_region_time", "[start, end] or null", "null (throughout)",
               f"seconds from `project_start`, within the stem, covering at least {MIN_PICTURE_REGION_SECONDS:g} s of "
-              "picture (a frame of 8 fps features): when `picture_region` applies; the rest of the picture is seen "
-              "whole; only with `picture_region`", since=2),
+              "picture (the longest gap between the frames the picture features read, so that one is seen cropped): "
+              "when `picture_region` applies; the rest of the picture is seen whole; only with `picture_region`",
+              since=2),
     FieldSpec("loudness_curve", "list of [seconds, dB] or null", "null",
               f"1-{MAX_LOUDNESS_POINTS} points, seconds from `project_start` (increasing, within the stem) and "
               f"momentary loudness (400 ms) in dB LUFS ({MIN_CURVE_LUFS:g} to {MAX_CURVE_LUFS:g}), straight lines between "
@@ -615,8 +616,8 @@ def _check_shaping(request: GenerationRequest) -> None:
                      else f"{end - start:.3f} s of the stem, {_beside(picture, MIN_PICTURE_REGION_SECONDS, 3)} s of the "
                           "picture, which plays at another speed")
             _invalid(f"picture_region_time is {where}; the part of the picture must apply for at least "
-                     f"{MIN_PICTURE_REGION_SECONDS:g} s of picture (a frame of the picture features), or no frame is "
-                     "seen cropped.")
+                     f"{MIN_PICTURE_REGION_SECONDS:g} s of picture (the longest gap between the frames the picture "
+                     "features read), or no frame may be seen cropped.")
     if request.loudness_curve is not None:
         if request.take is not None:
             _invalid("A loudness curve cannot shape a take being extended or repaired: the new part follows the "

@@ -356,7 +356,7 @@ def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
     port = str(server.address[1])
     request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
     status_file = tmp_path / "status.json"
-    for timeout in ("nan", "inf", "-inf", "0", "-1"):
+    for timeout in ("nan", "inf", "-inf", "0", "-1", "2m"):  # "2m": argparse's refusal wrote no status
         started = time.monotonic()
         assert main(["send", "--request", request_file, "--port", port, f"--timeout={timeout}", "-q",
                      "--status", str(status_file)]) == bc.EXIT_USAGE

@@ -23,14 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", metavar="FILE",
                         help="JSON status file kept up to date (atomically); creating FILE.cancel cancels the job")
     parser.add_argument("--host", default=protocol.DEFAULT_HOST, help=f"engine address (default {protocol.DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help=f"engine UDP port (default {protocol.DEFAULT_PORT})")
+    # read as text and checked in run(): argparse's own refusal gave no final status (a DAW script
+    # reading the status file alone waited for one)
+    parser.add_argument("--port", default=str(protocol.DEFAULT_PORT), help=f"engine UDP port (default {protocol.DEFAULT_PORT})")
     parser.add_argument("--token", default=None,
                         help="the engine's shared token (visible to other users in `ps`; default: $STEPFOLEY_TOKEN, "
                              "else the token file, see --token-file)")
     parser.add_argument("--token-file", metavar="FILE", default=None,
                         help="read the token from FILE (mode 600; default $STEPFOLEY_TOKEN_FILE or "
                              "$XDG_CONFIG_HOME/stepfoley/token (~/.config/stepfoley/token) when it exists)")
-    parser.add_argument("--timeout", type=float, default=120.0,
+    parser.add_argument("--timeout", default="120",
                         help="give up after this many seconds without any progress from the engine (a number "
                              "above 0; default 120)")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but the final JSON")
@@ -44,12 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if problem:  # said on stdout as a final status, as every other ending (the file cannot take it)
         _say_final(args, client.failure_status("bad_status_file", problem, client.EXIT_USAGE))
         return client.EXIT_USAGE
+    given_timeout, given_port = args.timeout, args.port
+    try:
+        args.timeout, args.port = float(args.timeout), int(args.port)
+    except (TypeError, ValueError):
+        args.timeout, args.port = math.nan, 0
     # not `timeout <= 0`: nan passes that, and a nan watchdog never fires
     if not (math.isfinite(args.timeout) and args.timeout > 0) or not 1 <= args.port <= 65535:
         # a final status too (a DAW script reads the outcome from the file alone)
         return _finish(args, client, client.failure_status(
-            "bad_option", f"--timeout must be a number of seconds above 0 (got {args.timeout:g}) and --port a UDP "
-            f"port (1-65535, got {args.port}).", client.EXIT_USAGE))
+            "bad_option", f"--timeout must be a number of seconds above 0 (got {given_timeout}) and --port a UDP "
+            f"port (1-65535, got {given_port}).", client.EXIT_USAGE))
     try:
         args.token = resolve_token(args.token, args.token_file)
     except TokenError as e:
