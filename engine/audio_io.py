@@ -253,10 +253,23 @@ def _write_wav(file, frames: np.ndarray, sample_rate: int, subtype: str) -> None
     target = file if os.name == "nt" else file.fileno()  # Windows: the C runtimes' descriptors differ
     try:
         soundfile.write(target, frames, sample_rate, subtype=subtype, format="WAV", closefd=False)
-    except AssertionError:
-        # soundfile writes through callbacks that swallow the file's OSError (a full disk):
-        # libsndfile then writes short, and soundfile asserts on the count
-        raise OSError("the file came out shorter than its samples") from None
+    except (AssertionError, soundfile.SoundFileError, RuntimeError) as error:
+        # libsndfile says only "System error" for a full disk (through callbacks, soundfile
+        # asserted on a short count): the disk is asked
+        if _disk_full(file.fileno(), frames.size * BYTES_PER_SAMPLE.get(subtype, 4)):
+            raise OSError("the disk is full") from None
+        if isinstance(error, AssertionError):
+            raise OSError("the file came out shorter than its samples") from None
+        raise
+
+
+def _disk_full(fd: int, wanted_bytes: int) -> bool:
+    """Whether the file system of `fd` has less room left than `wanted_bytes` (False where it does not say)."""
+    try:
+        room = os.fstatvfs(fd)
+    except (AttributeError, OSError):  # Windows has no statvfs
+        return False
+    return room.f_bavail * room.f_frsize < wanted_bytes
 
 
 # Letters that no Unicode decomposition takes to ASCII, spelled as their languages' own

@@ -11,8 +11,8 @@ protocol 2.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.28", SF.mixed_versions and SF.mixed_versions("this action", "0.5.28")
-  or "StepFoley_lib.lua is older than this action (0.5.28). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.29", SF.mixed_versions and SF.mixed_versions("this action", "0.5.29")
+  or "StepFoley_lib.lua is older than this action (0.5.29). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -24,7 +24,7 @@ local function main()
   dialog.values = SF.initial_values(dialog)
   SF.generate({ proj = proj, t0 = t0, t1 = t1, title = "StepFoley: Foley track for part of the picture",
     dialog = dialog, feature = "focus on part of the picture",
-    extra_fields = function(region) return SF.picture_fields(choice, t0, region) end,
+    extra_fields = function(region, caps) return SF.picture_fields(choice, t0, region, caps) end,
     undo = function(params) return "StepFoley: add Foley track \"" .. params.caption .. "\" for part of the picture" end })
 end
 

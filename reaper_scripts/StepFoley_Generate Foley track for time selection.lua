@@ -1,8 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.28
+-- @version 0.5.29
 -- @changelog
---   Generate Foley track for part of the picture: the shortest time it takes is 0.16 s (0.125 s could fall between the frames the picture features read).
+--   Generate Foley track for part of the picture: the time it applies for is checked in seconds of picture, where the picture plays at another speed too (0.3 s of a selection over picture at playrate 0.25 got past the dialog and was refused by the engine).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -41,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.28", SF.mixed_versions and SF.mixed_versions("this action", "0.5.28")
-  or "StepFoley_lib.lua is older than this action (0.5.28). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.29", SF.mixed_versions and SF.mixed_versions("this action", "0.5.29")
+  or "StepFoley_lib.lua is older than this action (0.5.29). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

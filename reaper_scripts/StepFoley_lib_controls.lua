@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.28"
+local VERSION = "0.5.29"
 
 return function(M)
 
@@ -217,9 +217,9 @@ function M.parse_picture_time(text, length, caps)
       a, length)
   end
   local shortest = published(caps, "picture_region_seconds", M.MIN_PICTURE_REGION_SECONDS)
-  if math.min(b, length) - a < shortest - 1e-9 then
-    return nil, string.format("The picture region must apply for at least %g s (a frame of the picture features, " ..
-      "at the picture's own speed), or no frame is seen cropped.", shortest)
+  if math.min(b, length) - a < shortest - 1e-9 then -- of picture playing at its own speed (picture_fields: any)
+    return nil, string.format("The picture region must apply for at least %g s (the longest gap between the " ..
+      "frames the picture features read), or no frame may be seen cropped.", shortest)
   end
   return { a, math.min(b, length) }
 end
@@ -257,7 +257,7 @@ The request fields of a picture region chosen over the time selection starting a
 region that starts at region.project_start (later than t0 when the picture starts later).
 nil and a message when the chosen time falls outside the picture.
 ]]
-function M.picture_fields(choice, t0, region)
+function M.picture_fields(choice, t0, region, caps)
   local fields = { protocol = 2, picture_region = choice.region }
   if choice.time then
     local length = region.project_end - region.project_start
@@ -265,6 +265,16 @@ function M.picture_fields(choice, t0, region)
     local b = math.min(length, t0 + choice.time[2] - region.project_start)
     if b - a <= 0 then
       return nil, "The time the picture region applies to is outside the picture under the time selection."
+    end
+    -- the engine's bound is in seconds of picture: a picture that plays slower covers less of
+    -- itself in the same stretch of timeline (the dialog asked in timeline seconds)
+    local shortest = published(caps, "picture_region_seconds", M.MIN_PICTURE_REGION_SECONDS)
+    local speed = (region.file_out - region.file_in) / length
+    if (b - a) * speed < shortest - 1e-9 then
+      return nil, string.format("The picture region applies for %.3f s of the time selection, which is %.3f s of " ..
+        "the picture at the speed it plays here; make it at least %.3f s of the selection (%g s of picture, the " ..
+        "longest gap between the frames the picture features read).", b - a, (b - a) * speed, shortest / speed,
+        shortest)
     end
     fields.picture_region_time = M.array({ a, b })
   end

@@ -108,8 +108,8 @@ def test_a_disk_that_fills_while_a_stem_is_written_is_an_audio_error(small_disk)
     """soundfile writes through callbacks that swallow the OSError of a full disk, then asserts
     on the count: the stem's writer says the file could not be written, with what to check, and
     leaves nothing."""
-    with pytest.raises(AudioError, match="Could not write .*take.wav.* Check free disk space"):
-        write_wav_atomic(small_disk / "take.wav", noise(2, 192000), 192000)
+    with pytest.raises(AudioError, match="Could not write .*take.wav.*: the disk is full. Check free disk space"):
+        write_wav_atomic(small_disk / "take.wav", noise(2, 192000), 192000)  # libsndfile says "System error"
     assert os.listdir(small_disk) == []
 
 

@@ -564,6 +564,8 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--beta-sweep", "1,1,1"], "--beta-sweep lists β 1 more than once"),
              (["--beta-sweep", "0.1234561,0.1234562"], "--beta-sweep lists β 0.123456 more than once"),
              (["--beta-sweep", "1,nan"], "--beta-sweep must be a number from 0 to 100"),
+             (["--choose-alpha", "--alphas", "1,1.0000001,2"], "--alphas lists α 1 more than once"),
+             (["--choose-level-anchor", "--anchors", "0.5,0.50000001"], "--anchors lists level anchor 0.5 more"),
              # a scene holds at most 4 sources: 9 was run as 3 and recorded as 9
              (["--tracks", "9"], "--tracks must be from 2 (separability and leakage compare tracks) to 4"),
              # the controls' α was not checked: a traceback after the model loaded
@@ -722,3 +724,16 @@ def test_a_figure_that_is_not_a_number_is_written_as_null_not_lost_with_the_repo
                                             "figures": [1.5, float("inf"), (2.0, float("-inf"))]}, force=False)
     assert json.loads((tmp_path / "e.json").read_text()) == {"classifier": {"faint_rejected": None},
                                                             "figures": [1.5, None, [2.0, None]]}
+
+
+def test_a_comparison_without_an_interval_says_how_many_scenes_it_rests_on():
+    """Under 10 scenes there is no interval: every such comparison read "[n = 1]"."""
+    from stepfoley.commands.eval import _interval
+    from stepfoley.lab.evaluation import controls
+    from stepfoley.lab.evaluation.stats import bootstrap_mean, paired_bootstrap
+
+    assert _interval(paired_bootstrap([1.0, 2.0, 3.0, 4.0, 5.0], [0.5] * 5)) == "+2.500 [n = 5: no interval]"
+    report = {"controls": {"region": {"leakage_other_vs_without": paired_bootstrap([0.1, 0.3], [0.2, 0.6]),
+                                      "text_fidelity": {"with_vs_without": paired_bootstrap([0.5, 0.7], [0.4, 0.6])}}}}
+    assert "-0.200 [n = 2: no interval]" in controls.format_controls(report)
+    assert bootstrap_mean([1.0, 2.0])["ci95"] == [None, None]

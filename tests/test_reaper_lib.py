@@ -621,3 +621,19 @@ def test_a_picture_region_time_shorter_than_a_frame_of_the_features_is_asked_aga
     short, said, ok, published_short, published_said = json.loads(out)
     assert short and said.startswith("The picture region must apply for at least 0.16 s")
     assert ok == [1, 1.2] and published_short and "at least 0.5 s" in published_said
+
+
+def test_the_picture_region_time_is_checked_in_seconds_of_picture_where_the_region_is_known():
+    """The engine's bound is in seconds of picture: at playrate 0.25 a 0.3 s stretch of the
+    selection is 0.075 s of picture, which the dialog let through and the engine refused after
+    the whole generate dialog."""
+    out = lua("local slow = {project_start = 10, project_end = 14, file_in = 1, file_out = 2}; "
+              "local fast = {project_start = 0, project_end = 1, file_in = 0, file_out = 4}; "
+              "local a, why = SF.picture_fields({region = {0, 0, 1, 1}, time = {1, 1.3}}, 10, slow); "
+              "local b = SF.picture_fields({region = {0, 0, 1, 1}, time = {1, 2}}, 10, slow); "
+              "local c = SF.picture_fields({region = {0, 0, 1, 1}, time = {0.1, 0.2}}, 0, fast); "
+              "io.write(SF.json_encode({a == nil, why, b.picture_region_time, c.picture_region_time}))")
+    refused, why, slow_ok, fast_ok = json.loads(out)
+    assert refused and why.startswith("The picture region applies for 0.300 s of the time selection, which is "
+                                      "0.075 s of the picture at the speed it plays here; make it at least 0.640 s")
+    assert slow_ok == [1, 2] and fast_ok == pytest.approx([0.1, 0.2])

@@ -78,8 +78,14 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k)
         raise InvalidInputError(f"Give at least one {what} to choose from.")
     if what == "level anchor" and any(not 0.0 <= a <= 1.0 for a in values):
         raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
+    option = "alphas" if what == "α" else "anchors"
     for a in values:
-        check_number("alphas" if what == "α" else "anchors", a)
+        check_number(option, a)
+    names = [f"{a:g}" for a in values]  # the report's keys: two the same to 6 digits were one row
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InvalidInputError(f"--{option} lists {what} {', '.join(twice)} more than once (each is named to 6 "
+                                "digits); give each once.")
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"Choosing the {what} takes 1 to {SCENES_PER_SEED} scenes (--scenes), got {scenes!r}.")
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:

@@ -389,7 +389,9 @@ def format_controls(report: dict) -> str:
         value, (low, high) = figure[key], figure["ci95"]
         if value is None:
             return "-"
-        return f"{value:+.3f} [n = 1]" if low is None else f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+        if low is None:  # too few scenes for an interval (stats.MIN_INTERVAL_SCENES)
+            return f"{value:+.3f} [n = {figure['n']}: no interval]"
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
 
     lines = []
     extend = report["controls"].get("extend")

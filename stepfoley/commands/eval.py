@@ -89,8 +89,8 @@ def _interval(comparison: dict, scale: float = 1.0, markdown: bool = False) -> s
 
     if comparison["mean_diff"] is None:
         return "-"
-    if comparison["ci95"][0] is None:  # one scene: no interval
-        return f"{scale * comparison['mean_diff']:+.3f} [n = 1]"
+    if comparison["ci95"][0] is None:  # too few scenes for an interval (stats.MIN_INTERVAL_SCENES)
+        return f"{scale * comparison['mean_diff']:+.3f} [n = {comparison['n']}: no interval]"
     low, high = (scale * v for v in comparison["ci95"])
     mark = ("**" if markdown else "*") if excludes_zero(comparison) else ""
     text = f"{scale * comparison['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
