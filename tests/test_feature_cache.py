@@ -377,6 +377,29 @@ def test_someone_elses_file_does_not_count_toward_the_caches_size(tmp_path):
     assert theirs.exists() and len([p for p in entries(folder) if p != theirs]) == 2
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe")
+def test_a_pipe_named_like_an_entry_is_never_opened_when_the_cache_is_over_its_cap(tmp_path):
+    """Eviction opened every file named like an entry by name: a pipe blocked the open while
+    holding the interpreter's lock, and the whole engine froze (no ping, SIGTERM ignored)."""
+    import subprocess
+    import sys
+
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    folder.mkdir()
+    os.mkfifo(folder / ("0" * 64 + ".safetensors"))
+    script = ("import sys, torch; from stepfoley.engine.features.cache import FeatureCache\n"
+              "cache = FeatureCache(cache_dir=sys.argv[1], max_disk_bytes=3000)\n"
+              "for i in range(3):\n"
+              "    cache.get_or_compute_region(sys.argv[2], i, i + 1, 'enc', lambda: {'x': torch.ones(500)})\n"
+              "print('done')")
+    done = subprocess.run([sys.executable, "-c", script, str(folder), str(video)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "done", done.stderr
+    assert (folder / ("0" * 64 + ".safetensors")).exists()  # not the cache's: left where it is
+
+
 def test_entries_of_another_version_of_the_format_count_and_go_first(tmp_path):
     # the day DISK_FORMAT changes, the old entries must not stay for good as someone else's files
     video = tmp_path / "picture.mp4"

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors, save_file
 
 from stepfoley.atomic import can_make_file_in, temp_target, write_atomically
@@ -162,10 +162,18 @@ def _is_own_entry(path: Path) -> bool:
     """Whether the file named like an entry really is one of this cache's: a format of this
     cache (this one or another version's, which only eviction ever removes), and the key its
     name is the hash of. A damaged entry is not (it goes when its key is next read)."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except _UNREADABLE:
+    try:  # its header alone, through one descriptor as an entry is read: opened by name, a pipe
+        # named like an entry blocked the open, holding the interpreter's lock (the whole engine froze)
+        with os.fdopen(os.open(path, _OPEN_ENTRY), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return False
+            size = int.from_bytes(file.read(8), "little")
+            if not 0 < size <= _HEADER_ROOM_BYTES:
+                return False
+            meta = json.loads(file.read(size)).get("__metadata__") or {}
+    except (*_UNREADABLE, AttributeError):  # AttributeError: a header that is not a JSON object
+        return False
+    if not isinstance(meta, dict):
         return False
     key, kind = meta.get("key"), meta.get("format")
     return (isinstance(kind, str) and _ANY_DISK_FORMAT.fullmatch(kind) is not None and isinstance(key, str)
@@ -319,6 +327,8 @@ class FeatureCache:
                 continue  # removed meanwhile
             if _written_by_someone_else(info):
                 continue  # another user's: neither counted nor removed
+            if not stat.S_ISREG(info.st_mode):
+                continue  # a folder, link, pipe or device named like one: never an entry, never opened
             if _ENTRY_NAME.fullmatch(entry.name):
                 entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
             elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and now - info.st_mtime > _STALE_TEMP_S:
