@@ -214,8 +214,7 @@ def _wav_frames(path: Path, samples: np.ndarray, sample_rate: int, subtype: str,
     if max_bytes is not None and array.size * BYTES_PER_SAMPLE[subtype] > max_bytes:
         raise AudioError(f"Refusing to write '{path}': {array.size * BYTES_PER_SAMPLE[subtype] / 2**20:.0f} MiB "
                          f"is more than the {max_bytes / 2**20:g} MiB a stem may have.")
-    if not path.parent.is_dir():
-        raise AudioError(f"Cannot write '{path}': the folder '{path.parent}' does not exist. Create it first.")
+    check_output_folder(path.parent)
     if subtype != "FLOAT":
         array = np.clip(array, -1.0, 1.0)
     with np.errstate(over="ignore"):  # found below, in words
@@ -302,6 +301,14 @@ def sanitize_stem_name(name_hint: str | None) -> str:
     return safe
 
 
+def check_output_folder(directory: Path) -> None:
+    """InvalidInputError unless `directory` is a folder: a request's field, as when it is checked
+    before the job (the same code whether it went before or while the job ran)."""
+    if not directory.is_dir():
+        what = "is not a folder" if os.path.lexists(directory) else "does not exist"
+        raise InvalidInputError(f"The output folder '{directory}' {what}. Create it or choose another folder.")
+
+
 def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = ".wav") -> Path:
     """The first `<name>_NNN<ext>` in `directory` that does not exist yet (NNN from 001).
 
@@ -312,8 +319,7 @@ def unique_path(directory: str | os.PathLike, stem_name: str | None, ext: str = 
     overwrites, so publish_new_wav calls this again if that happens.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise AudioError(f"The output folder '{directory}' does not exist. Create it or choose another folder.")
+    check_output_folder(directory)
     if not re.fullmatch(r"\.?[A-Za-z0-9]+", ext):
         raise InvalidInputError(f"File extension {ext!r} is not valid; use something like '.wav'.")
     ext = ext if ext.startswith(".") else f".{ext}"
@@ -365,8 +371,7 @@ def stage_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: 
     named: publish_new_wav names it, `discard()` drops it. A job of several takes stages every
     one before it names any, so a job stopped or killed part way leaves none of its takes."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise AudioError(f"The output folder '{directory}' does not exist. Create it or choose another folder.")
+    check_output_folder(directory)
     path = directory / f"{sanitize_stem_name(name_hint)}.wav"  # names only the temp file
     return _stage_wav(path, _wav_frames(path, samples, sample_rate, subtype, max_bytes), int(sample_rate), subtype)
 

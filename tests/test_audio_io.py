@@ -10,7 +10,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine import audio_io
-from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_wav_atomic
+from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_new_wav, write_wav_atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
 
 
@@ -59,8 +59,13 @@ def test_refuses_to_overwrite_and_leaves_the_old_file_intact(tmp_path):
 
 
 def test_missing_folder_is_reported(tmp_path):
-    with pytest.raises(AudioError, match="does not exist"):
+    # a request's field, whenever it is found: it was bad_audio when the folder went while the
+    # job ran, invalid_input when before it
+    with pytest.raises(InvalidInputError, match="The output folder '.*nowhere' does not exist"):
         write_wav_atomic(tmp_path / "nowhere" / "x.wav", noise(1, 10), 8000)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(InvalidInputError, match="The output folder '.*a-file' is not a folder"):
+        write_new_wav(tmp_path / "a-file", "rain", noise(1, 10), 8000)
 
 
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
@@ -289,7 +294,7 @@ def test_unique_path_then_atomic_write(tmp_path):
 
 
 def test_unique_path_needs_an_existing_folder(tmp_path):
-    with pytest.raises(AudioError, match="does not exist"):
+    with pytest.raises(InvalidInputError, match="does not exist"):
         unique_path(tmp_path / "missing", "rain")
     with pytest.raises(InvalidInputError, match="extension"):
         unique_path(tmp_path, "rain", ext="/../x")
