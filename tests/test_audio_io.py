@@ -141,9 +141,14 @@ import numpy as np
 from pathlib import Path
 from stepfoley.engine import audio_io
 folder = Path(sys.argv[1])
+def being_written():
+    try:  # a loaded machine may see the stem only once it is named (the temp name gone meanwhile)
+        return any((p.name.endswith(".part") and p.stat().st_size > 8 << 20) or p.name == "take.wav"
+                   for p in folder.iterdir())
+    except FileNotFoundError:
+        return True
 def press_ctrl_c_once_it_is_being_written():
-    while not any((p.name.endswith(".part") and p.stat().st_size > 8 << 20) or p.name == "take.wav"
-                  for p in folder.iterdir()):  # a loaded machine may see the stem only once it is named
+    while not being_written():
         time.sleep(0.0005)
     os.kill(os.getpid(), signal.SIGINT)
 threading.Thread(target=press_ctrl_c_once_it_is_being_written, daemon=True).start()
