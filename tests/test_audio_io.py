@@ -141,6 +141,8 @@ import numpy as np
 from pathlib import Path
 from stepfoley.engine import audio_io
 folder = Path(sys.argv[1])
+# as in a terminal: a run started in the background (nohup, CI) inherits SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def being_written():
     try:  # a loaded machine may see the stem only once it is named (the temp name gone meanwhile)
         return any((p.name.endswith(".part") and p.stat().st_size > 8 << 20) or p.name == "take.wav"
