@@ -38,7 +38,7 @@ import torch
 
 from stepfoley.lab.evaluation import metrics, stats
 from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, MAX_TAKES, SCENE_SECONDS,
-                                                SCENES_PER_SEED, PhaseClock, Row, SceneRun, StepProgress, check_number,
+                                                SCENES_PER_SEED, PhaseClock, Row, SceneRun, StepProgress, check_grid,
                                                 check_steps, default_presence, generate_batch, row_tracks,
                                                 tracks_per_scene)
 from stepfoley.engine.errors import InvalidInputError
@@ -78,14 +78,7 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k)
         raise InvalidInputError(f"Give at least one {what} to choose from.")
     if what == "level anchor" and any(not 0.0 <= a <= 1.0 for a in values):
         raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
-    option = "alphas" if what == "α" else "anchors"
-    for a in values:
-        check_number(option, a)
-    names = [f"{a:g}" for a in values]  # the report's keys: two the same to 6 digits were one row
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise InvalidInputError(f"--{option} lists {what} {', '.join(twice)} more than once (each is named to 6 "
-                                "digits); give each once.")
+    check_grid(values, "alphas" if what == "α" else "anchors", what)
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"Choosing the {what} takes 1 to {SCENES_PER_SEED} scenes (--scenes), got {scenes!r}.")
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:

@@ -107,17 +107,25 @@ MAIN_ROWS = (
 )
 
 
-def beta_sweep_rows(betas: Sequence[float]) -> tuple[Row, ...]:
-    """NAG at each β against its own earlier tracks (β = 0 is independent generation); each row
-    named by its β to 6 digits, so two β the same to 6 digits are refused (InvalidInputError)."""
-    for b in betas:
-        check_number("beta-sweep", b)
-    names = [f"beta_{b:g}" for b in betas]
+def check_grid(values: Sequence[float], option: str, what: str) -> list[str]:
+    """The names in the report (to 6 digits) of a grid option's values (--beta-sweep, --alphas,
+    --anchors), each a guidance weight and each name its own: two values the same to 6 digits
+    were one row, the other's figures lost. InvalidInputError otherwise."""
+    for value in values:
+        check_number(option, value)
+    names = [f"{value:g}" for value in values]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise InvalidInputError(f"--beta-sweep lists β {', '.join(n.removeprefix('beta_') for n in twice)} more than "
-                                "once (each β is a row, named to 6 digits); give each once.")
-    return tuple(Row(name, "nag", beta=float(b), hears="generated") for name, b in zip(names, betas))
+        raise InvalidInputError(f"--{option} lists {what} {', '.join(twice)} more than once (each is named to 6 "
+                                "digits); give each once.")
+    return names
+
+
+def beta_sweep_rows(betas: Sequence[float]) -> tuple[Row, ...]:
+    """NAG at each β against its own earlier tracks (β = 0 is independent generation), each row
+    named by its β (check_grid)."""
+    names = check_grid(betas, "beta-sweep", "β")
+    return tuple(Row(f"beta_{name}", "nag", beta=float(b), hears="generated") for name, b in zip(names, betas))
 
 
 def scene_seed(seed: int, index: int) -> int:
