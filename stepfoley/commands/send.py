@@ -7,11 +7,10 @@ import argparse
 import json
 import math
 import os
-import stat
 import sys
 
 from stepfoley.bridge import protocol
-from stepfoley.commands.runtime import say
+from stepfoley.commands.runtime import is_special_file, say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,11 +74,9 @@ def _status_file_problem(path: str | None, request: str | None = None) -> str | 
         return f"The folder of the status file '{path}' does not exist; create it first."
     if os.path.isdir(path):
         return f"The status file '{path}' is a folder; name a file inside it."
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
+    if not os.path.lexists(path):
         return None  # not there yet
-    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):  # the file is replaced: never a device or a pipe
+    if is_special_file(path):  # the file is replaced: never a device or a pipe
         return f"The status file '{path}' is not a regular file (a device or a pipe); name a file to write."
     if request is not None and _same_file(path, request):
         return f"The status file '{path}' is the request file; name another file for the status."
