@@ -54,6 +54,9 @@ _CANCEL_ADDRESS = protocol.CANCEL.encode("ascii") + b"\0"  # how an OSC /cancel 
 # MSG_DONTWAIT reads without waiting on a blocking socket (replies stay blocking sends);
 # Windows has no such flag, so there the loop asks the selector before each further read.
 _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# What stops a serving engine cleanly: Ctrl-C, SIGTERM, and SIGHUP where there is one (the
+# terminal it runs in was closed: by default that killed it mid-job, leaving a .part file).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _may_hold_a_cancel(datagram: bytes) -> bool:
@@ -428,15 +431,19 @@ class EngineServer:
 
 
 def serve_until_signalled(server: EngineServer) -> None:
-    """Serve (or, after `start()`, wait for the serving thread) in the main thread until SIGINT (Ctrl-C) or SIGTERM, then shut down cleanly:
+    """Serve (or, after `start()`, wait for the serving thread) in the main thread until one of
+    STOP_SIGNALS (Ctrl-C, SIGTERM, SIGHUP), then shut down cleanly:
     queued jobs fail with "engine_stopped", the running one stops at its next step."""
 
     def on_signal(signum, frame):
-        print(f"{signal.Signals(signum).name}: stopping; the running job stops at its next step.",
-              file=sys.stderr, flush=True)
+        try:  # after SIGHUP the terminal may be gone: the stop must not depend on telling it
+            print(f"{signal.Signals(signum).name}: stopping; the running job stops at its next step.",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
         server.shutdown()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
         if server._thread is None:
             server.serve_forever()

@@ -45,7 +45,7 @@ def start_engine(step_s: float, write_s: float = 0.0) -> tuple[subprocess.Popen,
     return proc, port
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_the_engine_cleanly(tmp_path, signum):
     proc, port = start_engine(step_s=0.05)
     peer = RawPeer(port)
@@ -239,6 +239,40 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
         _, err = proc.communicate(timeout=120)
         assert (proc.returncode, "Traceback" in err, "(Ctrl-C)" in err) == (0, False, False), err
         assert said in err
+    finally:
+        peer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
+    """Closing the terminal `stepfoley serve` runs in sends it SIGHUP, and its stderr is gone
+    with the terminal: by default SIGHUP killed it mid-job; it is now a clean stop (exit 0)
+    whose last words, which nobody can read, cannot turn it into a traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+                             "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    peer = RawPeer(port)
+    try:
+        deadline = time.monotonic() + 300  # a hang guard: loading on a loaded machine
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+            peer.send(protocol.STATUS, peer.port, "s", "")
+            try:
+                address, args = peer.receive(timeout=0.05)
+            except OSError:
+                continue
+            if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
+                break
+        proc.stderr.close()  # the terminal has gone: what the engine prints now fails
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 0
     finally:
         peer.close()
         if proc.poll() is None:

@@ -1,4 +1,4 @@
-"""`stepfoley serve`: load the model once and answer OSC requests until Ctrl-C / SIGTERM."""
+"""`stepfoley serve`: load the model once and answer OSC requests until Ctrl-C, SIGTERM or SIGHUP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import threading
 
 from stepfoley.bridge import protocol
-from stepfoley.commands.runtime import add_runtime_arguments
+from stepfoley.commands.runtime import add_runtime_arguments, say
 
 MAX_NICE = 19  # the lowest priority a Unix process can have is niceness 19
 
@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge.auth import TokenError, resolve_token
-    from stepfoley.bridge.server import ConfigError, EngineServer, ServerConfig, is_loopback, serve_until_signalled
+    from stepfoley.bridge.server import (STOP_SIGNALS, ConfigError, EngineServer, ServerConfig, is_loopback,
+                                         serve_until_signalled)
 
     if args.token is not None:
         print("warning: --token is visible to every user of this machine (ps); use $STEPFOLEY_TOKEN or a "
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             server.shutdown()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
 
     def restore_handlers():
         for s, handler in previous.items():
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         server.stop()
-        print("Engine stopped while loading the model.", file=sys.stderr)
+        say("Engine stopped while loading the model.", sys.stderr)  # after SIGHUP, maybe to no terminal
         return 0
     except Exception:
         server.stop()
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if server.stopping:  # a signal since the model loaded
         server.stop()
         restore_handlers()
-        print("Engine stopped.", file=sys.stderr)
+        say("Engine stopped.", sys.stderr)
         return 0
     host, port = server.address
     print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
@@ -163,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
               f"{token_file_path()} (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
     serve_until_signalled(server)  # its own handlers from here on
     restore_handlers()
-    print("Engine stopped.", file=sys.stderr)
+    say("Engine stopped.", sys.stderr)
     return 0
 
