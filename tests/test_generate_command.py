@@ -133,6 +133,7 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "one.wav", np.array([0.5]), 48000)
     sf.write(tmp_path / "whisper.wav", 1e-5 * np.random.default_rng(0).standard_normal(16000), 16000)  # -100 dBFS
     if not (tmp_path / "pipe.json").exists():
+        os.link(tmp_path / "tone.wav", tmp_path / "tone-link.json")
         os.mkfifo(tmp_path / "pipe.json")
         os.mkfifo(tmp_path / "pipe.wav")
     huge = tmp_path / "huge.wav"  # a valid header, then 1 GiB (sparse: no disk used)
@@ -203,6 +204,9 @@ def bad_arguments(video, tmp_path):
         # root, --metadata /dev/null made /dev/null a file)
         ([video, "0", "2", "--metadata", video, "--force"], "is the video, which the run reads"),
         ([video, "0", "2", "--existing", tmp_path / "tone.wav", "--metadata", tmp_path / "tone.wav", "--force"],
+         "is --existing, which the run reads"),
+        # a hard link is the same file by another name
+        ([video, "0", "2", "--existing", tmp_path / "tone.wav", "--metadata", tmp_path / "tone-link.json", "--force"],
          "is --existing, which the run reads"),
         ([video, "0", "2", "--metadata", tmp_path / "pipe.json", "--force"], "is not a regular file (a device or"),
         ([video, "0", "2", "--out", tmp_path / "pipe.wav", "--force"], "is not a regular file (a device or"),

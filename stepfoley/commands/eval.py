@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from stepfoley.commands.runtime import check_input_file, check_json_path
+from stepfoley.commands.runtime import check_input_file, check_json_path, same_file
 
 FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("separability", "A-A sim", "lower", 1.0),
@@ -430,18 +430,12 @@ def _check_input_files(args: argparse.Namespace) -> None:
 def _check_json_is_no_input(args: argparse.Namespace) -> None:
     """--json must not name a file the run reads: with --force the report replaced the weights it
     had just measured."""
-    import os
-
     from stepfoley.engine.errors import InvalidInputError
 
     inputs = {"--embedded-weights": _embedded_weights_file(args), "--embedding": args.embedding,
               "--classifier": args.classifier}
     for option, path in inputs.items():
-        try:
-            same = path is not None and os.path.samefile(args.json, path)
-        except OSError:  # one of them is not there: not the same file
-            same = False
-        if same:
+        if path is not None and same_file(args.json, path):
             raise InvalidInputError(f"--json {args.json} is the file the run reads ({option}); write the report "
                                     "to another file.")
 

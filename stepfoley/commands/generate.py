@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from stepfoley.commands.runtime import add_runtime_arguments, say
+from stepfoley.commands.runtime import add_runtime_arguments, same_file, say
 
 if TYPE_CHECKING:
     import numpy as np
@@ -260,13 +260,13 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         from stepfoley.commands.runtime import check_json_path
 
         check_json_path(args.metadata, args.force, "--metadata", "take.json")
-        if output.file and _same_file(args.metadata, output.file):
+        if output.file and same_file(args.metadata, output.file):
             raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
                                     "replace the stem. Give the metadata its own name (e.g. take.json).")
         inputs = [("the video", args.video), ("--reference", args.reference), ("--take", args.take),
                   *(("--existing", path) for path in args.existing)]
         for what, path in inputs:
-            if path and _same_file(args.metadata, path):
+            if path and same_file(args.metadata, path):
                 raise InvalidInputError(f"--metadata {args.metadata} is {what}, which the run reads: with --force "
                                         "the metadata would replace it. Give the metadata its own name "
                                         "(e.g. take.json).")
@@ -321,13 +321,6 @@ def _summed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 MAX_EXISTING = 16  # --existing stems: a session's Foley layers, or a bounce of more
-
-
-def _same_file(a: str, b: str) -> bool:
-    import os
-
-    # through links, and as a case-insensitive file system compares names
-    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
 
 
 def _check_file_names(args: argparse.Namespace) -> None:
@@ -395,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
         stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
                  [(s["stem_path"], s["metadata"]) for s in result["stems"]])
-        if checked.output.file and not _same_file(stems[0][0], checked.output.file):
+        if checked.output.file and not same_file(stems[0][0], checked.output.file):
             raise AudioError(f"'{checked.output.file}' was left untouched (it exists, or it could not be replaced); "
                              f"the new file is '{stems[0][0]}'.")
     except RequestError as e:

@@ -99,6 +99,22 @@ def say(text: str, stream=None) -> None:
             pass
 
 
+def same_file(a, b) -> bool:
+    """Whether paths `a` and `b` name one file: the same file on disk where both exist (through
+    links, and as a case-insensitive file system compares names), else the same path once
+    resolved (one of them not written yet)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+    except (OSError, ValueError):
+        return False
+
+
 def is_special_file(path) -> bool:
     """Whether `path` is there and is neither a regular file nor a link: a device or a pipe,
     which a file written "with --force" replaced (run as root, /dev/null was a file after)."""

@@ -10,7 +10,7 @@ import os
 import sys
 
 from stepfoley.bridge import protocol
-from stepfoley.commands.runtime import is_special_file, say
+from stepfoley.commands.runtime import is_special_file, same_file, say
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def _status_file_problem(path: str | None, request: str | None = None) -> str | 
         return None  # not there yet
     if is_special_file(path):  # the file is replaced: never a device or a pipe
         return f"The status file '{path}' is not a regular file (a device or a pipe); name a file to write."
-    if request is not None and _same_file(path, request):
+    if request is not None and same_file(path, request):
         return f"The status file '{path}' is the request file; name another file for the status."
     if not _is_status_file(path):
         return (f"'{path}' already exists and is not a status file of StepFoley's; it is left as it is. Name a "
@@ -112,13 +112,6 @@ def _is_status_file(path: str) -> bool:
     except (ValueError, RecursionError):
         return False
     return isinstance(status, dict) and "state" in status and "exit_code" in status
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 # A request file may be indented and escape every character; its request, packed, must fit a datagram.
