@@ -737,3 +737,18 @@ def test_a_comparison_without_an_interval_says_how_many_scenes_it_rests_on():
                                       "text_fidelity": {"with_vs_without": paired_bootstrap([0.5, 0.7], [0.4, 0.6])}}}}
     assert "-0.200 [n = 2: no interval]" in controls.format_controls(report)
     assert bootstrap_mean([1.0, 2.0])["ci95"] == [None, None]
+
+
+def test_the_network_seed_bound_keeps_the_embedding_s_clips_below_the_classifier_s():
+    """eval's MAX_NETWORK_SEED is a literal (its --help imports no torch): it must be the last
+    seed whose clips, every kind's, stay below the classifier's first clip seed."""
+    from stepfoley.commands.eval import MAX_NETWORK_SEED
+    from stepfoley.lab.evaluation import embedding, presence, store
+    from stepfoley.lab.miniworld import SOURCE_KINDS
+
+    def last_clip(seed: int) -> int:
+        return store.first_clip_seed(embedding.CLIP_SEED_BASE, seed, len(SOURCE_KINDS) - 1, store.CLIP_SEEDS_PER_KIND - 1)
+
+    assert len(SOURCE_KINDS) * store.CLIP_SEEDS_PER_KIND <= store.CLIP_SEEDS_PER_NETWORK_SEED
+    assert last_clip(MAX_NETWORK_SEED) < presence.CLIP_SEED_BASE
+    assert store.first_clip_seed(embedding.CLIP_SEED_BASE, MAX_NETWORK_SEED + 1, 0, 0) >= presence.CLIP_SEED_BASE

@@ -386,12 +386,7 @@ def _shown(summary: dict) -> str:
 def format_controls(report: dict) -> str:
     """The controls' figures as lines of text: means [95 % interval] over scenes."""
     def interval(figure: dict, key: str = "mean") -> str:
-        value, (low, high) = figure[key], figure["ci95"]
-        if value is None:
-            return "-"
-        if low is None:  # too few scenes for an interval (stats.MIN_INTERVAL_SCENES)
-            return f"{value:+.3f} [n = {figure['n']}: no interval]"
-        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+        return stats.shown_interval(figure[key], figure["ci95"], figure["n"])
 
     lines = []
     extend = report["controls"].get("extend")

@@ -54,7 +54,7 @@ def _clip_pool(config: TrainingConfig, kinds: tuple, first: int, count: int) -> 
     """Log-mel of `count` single-source clips per kind: (n_kinds, count, 1, M, T)."""
     per_kind = []
     for k, kind in enumerate(kinds):
-        first_seed = CLIP_SEED_BASE + config.seed * 100_000 + k * 1000 + first
+        first_seed = store.first_clip_seed(CLIP_SEED_BASE, config.seed, k, first)
         waves = np.stack([single_source_clip(first_seed + i, kind, config.clip_seconds).mixture
                           for i in range(count)])
         per_kind.append(normalized_log_mel(mel_power_torch(torch.from_numpy(waves))))

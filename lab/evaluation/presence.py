@@ -114,7 +114,7 @@ def _clip_pool(training: PresenceTraining, kinds: tuple, first: int, count: int,
     """(2, n_kinds, count, S) float32 clips at unit RMS: [0] as made, [1] through the codec."""
     clips = []
     for k, kind in enumerate(kinds):
-        first_seed = CLIP_SEED_BASE + training.seed * 100_000 + k * 1000 + first
+        first_seed = store.first_clip_seed(CLIP_SEED_BASE, training.seed, k, first)
         for i in range(count):
             wave = single_source_clip(first_seed + i, kind, training.clip_seconds).mixture
             clips.append(wave / max(float(np.sqrt(np.mean(wave.astype(np.float64) ** 2))), 1e-9))

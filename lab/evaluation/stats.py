@@ -67,3 +67,14 @@ def excludes_zero(comparison: dict) -> bool:
     """Whether an interval from `paired_bootstrap` lies entirely on one side of 0."""
     low, high = comparison["ci95"]
     return low is not None and (low > 0.0 or high < 0.0)
+
+
+def shown_interval(mean: float | None, ci95, n: int) -> str:
+    """A figure as a table shows it: "+0.123 [+0.100, +0.150]", "+0.123 [n = 5: no interval]"
+    under MIN_INTERVAL_SCENES, "-" without a value."""
+    if mean is None:
+        return "-"
+    low, high = ci95
+    if low is None:
+        return f"{mean:+.3f} [n = {n}: no interval]"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"

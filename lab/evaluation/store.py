@@ -22,6 +22,16 @@ from stepfoley.lab.miniworld import SOURCE_KINDS
 
 Module = TypeVar("Module", bound=nn.Module)
 
+# The seeds of a network's training clips: from its clip base (embedding and presence have their
+# own, far apart), a block per network seed and, within it, one per source kind.
+CLIP_SEEDS_PER_NETWORK_SEED = 100_000
+CLIP_SEEDS_PER_KIND = 1000
+
+
+def first_clip_seed(clip_seed_base: int, network_seed: int, kind_index: int, first: int) -> int:
+    """The seed of clip number `first` of kind `kind_index` for a network trained from `network_seed`."""
+    return clip_seed_base + network_seed * CLIP_SEEDS_PER_NETWORK_SEED + kind_index * CLIP_SEEDS_PER_KIND + first
+
 
 def fit(model: nn.Module, batch_loss: Callable[[], torch.Tensor], steps: int, learning_rate: float,
         minutes: float, on_progress: Callable[[int, int], None] | None = None) -> tuple[int, float]:

@@ -85,15 +85,11 @@ def _cell(value: dict | None, scale: float = 1.0) -> str:
 
 
 def _interval(comparison: dict, scale: float = 1.0, markdown: bool = False) -> str:
-    from stepfoley.lab.evaluation.stats import excludes_zero
+    from stepfoley.lab.evaluation.stats import excludes_zero, shown_interval
 
-    if comparison["mean_diff"] is None:
-        return "-"
-    if comparison["ci95"][0] is None:  # too few scenes for an interval (stats.MIN_INTERVAL_SCENES)
-        return f"{scale * comparison['mean_diff']:+.3f} [n = {comparison['n']}: no interval]"
-    low, high = (scale * v for v in comparison["ci95"])
+    mean = None if comparison["mean_diff"] is None else scale * comparison["mean_diff"]
+    text = shown_interval(mean, [None if v is None else scale * v for v in comparison["ci95"]], comparison["n"])
     mark = ("**" if markdown else "*") if excludes_zero(comparison) else ""
-    text = f"{scale * comparison['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}]"
     return f"{mark}{text}{mark}" if markdown else f"{text}{mark}"
 
 
@@ -562,8 +558,9 @@ def _record_choice(args, report: dict, path, defaults, provenance: dict, default
     print(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
 
 
-# The networks' clip seeds: the embedding's from 500,000,000 + seed x 100,000, the classifier's
-# from 700,000,000: seeds up to this keep the two apart and clear of every scene seed below.
+# The networks' clip seeds (evaluation.store.first_clip_seed): the embedding's from 500,000,000 +
+# seed x 100,000, the classifier's from 700,000,000: seeds up to this keep the two apart and clear
+# of every scene seed below (a test derives it from those constants; here --help needs no torch).
 MAX_NETWORK_SEED = 1999
 
 
