@@ -92,6 +92,7 @@ function M.mix_state(proj, silenced)
   local master = reaper.GetMasterTrack(proj)
   saved.master_fx = reaper.GetMediaTrackInfo_Value(master, "I_FXEN")
   saved.master_mute = reaper.GetMediaTrackInfo_Value(master, "B_MUTE")
+  saved.master_vol = reaper.GetMediaTrackInfo_Value(master, "D_VOL")
   saved.solo_in_front = reaper.GetToggleCommandStateEx(0, M.SOLO_IN_FRONT) == 1
   saved.items = {}
   for _, item in ipairs(silenced or {}) do
@@ -125,6 +126,7 @@ local function restore_mix_state(proj, saved)
   try("master", function()
     set_track_value(master, "I_FXEN", saved.master_fx)
     set_track_value(master, "B_MUTE", saved.master_mute)
+    set_track_value(master, "D_VOL", saved.master_vol)
   end)
   for _, it in ipairs(saved.items) do
     try("item mute", function()
@@ -140,6 +142,8 @@ local function restore_mix_state(proj, saved)
   return problems
 end
 
+M.SILENT_MASTER_FADER = 0.01 -- -40 dB: a master fader below this is taken as pulled down to silence
+
 local function solo_only(proj, tracks, silenced)
   local chosen = {}
   for _, tr in ipairs(tracks) do chosen[tr] = true end
@@ -152,6 +156,10 @@ local function solo_only(proj, tracks, silenced)
   local master = reaper.GetMasterTrack(proj)
   set_track_value(master, "I_FXEN", 0)
   set_track_value(master, "B_MUTE", 0)
+  -- the engine hears the layers at its own level, so the fader matters only pulled all the way
+  -- down, where it silenced them and the track was made negating nothing; above that it stays,
+  -- as a master turned down to keep the sum from clipping must stay for the 24-bit render
+  if reaper.GetMediaTrackInfo_Value(master, "D_VOL") < M.SILENT_MASTER_FADER then set_track_value(master, "D_VOL", 1) end
   for _, item in ipairs(silenced) do
     set_item_value(item, "C_MUTE_SOLO", 0)
     set_item_value(item, "B_MUTE_ACTUAL", 1)

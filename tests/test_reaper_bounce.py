@@ -133,6 +133,32 @@ def test_the_mix_is_what_the_user_hears(world):
     h.assert_project_untouched(result)
 
 
+def test_a_master_fader_pulled_down_to_silence_does_not_silence_the_layers(world):
+    """The master fader at -inf made the layers' bounce silent, and the track was made negating
+    nothing, without a word. For the bounce it now stands at unity (the engine hears the layers at
+    its own level) and comes back; a fader above -40 dB stays (test_the_mix_is_what_the_user_hears)."""
+    result = h.run_scenario(world["tmp"], h.scenario(world, master={"vol": 0.0}))
+    assert result["messages"] == []
+    assert_mix(h.job_request(result)["existing_mix"], region(world["foley_samples"]))
+    assert result["master"]["vol"] == 0.0
+    assert "were silent in their bounce" not in result["console"]
+    h.assert_project_untouched(result)
+
+
+def test_layers_silent_in_their_bounce_are_said_to_be(world):
+    """Layers that play but are silent over the region (automation or an FX can do that where the
+    bounce cannot see it): the engine makes the track as a first track and says so in its
+    metadata, and the user is told why nothing was negated."""
+    silent = world["tmp"] / "silent.wav"
+    sf.write(silent, np.zeros(h.frames(12.0)), SR, subtype="PCM_24")
+    sc = h.scenario(world)
+    sc["tracks"][1] = h.foley_track("wind", silent, "wind in the trees")
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and "existing_mix" in h.job_request(result)
+    assert "the layers to negate were silent in their bounce" in result["console"]
+    assert len(h.new_tracks(result)) == 1
+
+
 def test_muted_layers_are_neither_bounced_nor_named(world):
     extra = [h.foley_track("steps", world["foley"], "muted steps", mute=True)]
     sc = h.scenario(world, extra_tracks=extra)

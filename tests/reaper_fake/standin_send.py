@@ -54,6 +54,7 @@ import soundfile as sf
 from stepfoley.bridge.client import EXIT_USAGE, not_running_message, request_payload, too_large_message
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.commands.send import remove_stale_cancel
+from stepfoley.engine import mixing
 from stepfoley.engine.guidance import public_methods
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED
 from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
@@ -159,7 +160,17 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
     return {"stem_path": str(stem),
             "metadata": {"model": "standin", "seed": seed, "frequency_hz": freq, "caption": caption,
                          "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
-                         "steps": used["steps"]}}
+                         "steps": used["steps"], "windows_sampled": 1,
+                         "windows_without_audio": [1] if silent_mix(request.get("existing_mix")) else []}}
+
+
+def silent_mix(path) -> bool:
+    """Whether the layers' bounce is there and silent as the engine gates it (below -70 LUFS):
+    its window is then made as a first track is, and its metadata lists it."""
+    if not path:
+        return False
+    mix, sr = sf.read(path, always_2d=True)
+    return mixing.integrated_loudness(mix.T, sr) < mixing.SILENCE_GATE_LUFS
 
 
 def main() -> int:
