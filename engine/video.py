@@ -100,6 +100,9 @@ def region_frame_count(start_s: float, end_s: float, fps: float) -> int:
 # probing
 
 
+NESTED_OPEN_OPTIONS = {"protocol_whitelist": "data"}
+
+
 @contextmanager
 def _open(path: Path):
     """The container of the video at `path`, read through a descriptor opened without waiting
@@ -116,8 +119,11 @@ def _open(path: Path):
     with file:
         try:
             # a tag in another encoding (Latin-1 titles in old AVI and MOV files) is no reason to
-            # refuse a picture that decodes
-            container = av.open(file, metadata_errors="replace")
+            # refuse a picture that decodes. FFmpeg picks the demuxer by content, and a playlist
+            # or concat script (whatever its name) opens the files it lists by name, past the
+            # check above: a pipe listed there blocked the worker for good. Only inline data
+            # may be opened from inside the file.
+            container = av.open(file, metadata_errors="replace", options=NESTED_OPEN_OPTIONS)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             raise VideoError(
                 f"Could not read {path.name} as a video ({exc}). Re-export it as MP4 (H.264) or MOV."

@@ -233,3 +233,20 @@ def test_unreadable_and_missing_files_name_the_file(tmp_path):
 def test_frame_request_constants_match_mmaudio():
     assert CLIP_REQUEST == FrameRequest(8, 384, "stretch")
     assert SYNC_REQUEST == FrameRequest(25, 224, "crop")
+
+
+@pytest.mark.parametrize("script, name", [
+    ("ffconcat version 1.0\nfile 'film.ts'\n", "scene.mp4"),
+    ("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nfilm.ts\n#EXT-X-ENDLIST\n", "scene.m3u8"),
+], ids=["concat", "hls"])
+def test_a_playlist_given_as_the_video_opens_nothing_it_lists(tmp_path, script, name):
+    """FFmpeg picks the demuxer by content: a concat script or playlist, whatever its name, made
+    it open the files listed by name, past the check that the video is a regular file (a pipe
+    listed there blocked the engine's worker for good). A real film is listed, which was read
+    as if it were the video."""
+    write_video(tmp_path / "film.ts", cfr_pts(50))
+    (tmp_path / name).write_text(script)
+    with pytest.raises(VideoError, match=name):
+        probe(tmp_path / name)
+    with pytest.raises(VideoError, match=name):
+        read_region(tmp_path / name, 0, 1, fps=8, size=16)
