@@ -317,6 +317,39 @@ def test_a_memory_hit_keeps_the_file_recently_used(tmp_path):
     assert cache.stats.memory_hits == 1 and path.stat().st_mtime > 1_000
 
 
+def test_a_memory_hit_does_not_touch_what_a_link_under_the_entry_s_name_points_to(tmp_path):
+    """An entry replaced by a link after it was written (another user of a shared folder can
+    plant one: the name is no secret): every memory hit used to set the link's target's time,
+    any file of this user's, the video itself included (whose time is part of its key)."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    cache = FeatureCache(cache_dir=tmp_path / "features")
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    path = cache._disk_path(region_key(video, 0.0, 1.0, "enc"))
+    victim = tmp_path / "victim.wav"
+    victim.write_bytes(b"a user's file")
+    os.utime(victim, (1_000, 1_000))
+    path.unlink()
+    path.symlink_to(victim)
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert cache.stats.memory_hits == 1 and victim.stat().st_mtime == 1_000
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX rights")
+def test_a_cache_folder_removed_while_serving_comes_back_private(tmp_path):
+    """open_feature_cache makes the folder 0700 (its entries name the user's videos); removed
+    by a cache cleaner while the engine runs, the next write made it again 0755."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    cache = open_feature_cache(folder)
+    for entry in entries(folder):
+        entry.unlink()
+    folder.rmdir()
+    cache.get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    assert len(entries(folder)) == 1 and folder.stat().st_mode & 0o077 == 0
+
+
 def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     video = tmp_path / "picture.mp4"
     video.write_bytes(b"x")

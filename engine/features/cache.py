@@ -261,8 +261,11 @@ class FeatureCache:
         """Mark an entry as just used, for the least-recently-used order on disk."""
         path = self._disk_path(key)
         if path is not None:
-            try:
-                os.utime(path)
+            try:  # a link planted under an entry's name (the name is no secret) leads nowhere
+                if os.utime in os.supports_follow_symlinks:
+                    os.utime(path, follow_symlinks=False)
+                elif not path.is_symlink():
+                    os.utime(path)
             except OSError:
                 pass  # evicted meanwhile by another engine: written again on its next miss
 
@@ -297,7 +300,8 @@ class FeatureCache:
         metadata = {"format": DISK_FORMAT, "key": _key_text(key), "names": json.dumps(sorted(features)),
                     "shapes": _shapes_text(features)}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # made again if it went meanwhile (a cache cleaner): private, as open_feature_cache made it
+            make_private_dir(path.parent, ours=False)
             if _written_by_someone_else(os.lstat(path)):
                 return  # theirs stays (see the module's docstring); this one is kept in memory
         except FileNotFoundError:
