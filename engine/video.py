@@ -514,10 +514,21 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
         if checked_seek:
             raise _SeekedTooFar
         raise VideoError(f"{path.name} has a video stream but no picture could be decoded from it.")
-    # a file that does not state its duration is checked here: the region must start while the
-    # last frame is still on screen (at its instant, when how long it lasts is unknown)
     last_frame_s = _frame_duration_s(prev, stream)
     picture_end = prev_t + last_frame_s
+    # a file cut short (a copy or download that stopped) still states its picture's whole
+    # length: its last frame would be held over the missing picture (a container's length alone
+    # may count sound that runs past the picture: that is no sign of damage). Checked first: a
+    # region past the cut lies within the picture the file states, so it is the file to fix,
+    # not the time selection.
+    stated = _picture_stated_end_s(container, stream)
+    if stated is not None and last_frame_s > 0 and \
+            picture_end < min(stated, float(times[-1])) - _TRUNCATED_TOLERANCE_S:
+        raise VideoError(
+            f"The picture of {path.name} stops at {picture_end:.1f} s, though the file says it lasts "
+            f"{stated:.1f} s: the file is cut short or damaged. Copy or export the video again.")
+    # a file that does not state its duration is checked here: the region must start while the
+    # last frame is still on screen (at its instant, when how long it lasts is unknown)
     if last_frame_s > 0:
         past_the_end = region_start >= picture_end - _TIME_EPS_S
     else:
@@ -527,15 +538,6 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             f"The region starting at {region_start:.1f} s is past the end of the picture of "
             f"{path.name} (its last frame ends at {picture_end:.1f} s). Move the time selection "
             "onto the picture.")
-    # a file cut short (a copy or download that stopped) still states its picture's whole
-    # length: its last frame would be held over the missing picture (a container's length alone
-    # may count sound that runs past the picture: that is no sign of damage)
-    stated = _picture_stated_end_s(container, stream)
-    if stated is not None and last_frame_s > 0 and \
-            picture_end < min(stated, float(times[-1])) - _TRUNCATED_TOLERANCE_S:
-        raise VideoError(
-            f"The picture of {path.name} stops at {picture_end:.1f} s, though the file says it lasts "
-            f"{stated:.1f} s: the file is cut short or damaged. Copy or export the video again.")
     if end_s > picture_end + _hold_tolerance_s(last_frame_s) + _TIME_EPS_S:
         raise _past_the_picture(path, region_start, end_s, picture_end)
     show_until(math.inf, prev)  # the last frame stays on screen until the end of picture

@@ -287,6 +287,10 @@ def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
     assert 1.0 < ends < 6.0
     with pytest.raises(VideoError, match=rf"cut\.mp4 stops at {ends:.1f} s, though the file says it lasts 10\.0 s"):
         read_region(cut, ends - 0.5, ends + 3.0, 25, 32)  # straddling the point where it stops
+    # wholly after it: the time selection is on the picture the file states (it was told to
+    # move onto the picture, as if past its end)
+    with pytest.raises(VideoError, match=rf"cut\.mp4 stops at {ends:.1f} s, though the file says it lasts 10\.0 s"):
+        read_region(cut, ends + 1.0, ends + 3.0, 25, 32)
     # what is there is still read
     assert decoded_index(read_region(cut, 0.0, 1.0, 25, 32)) == expected(cfr_pts(250), 0.0, 1.0)
 
