@@ -75,6 +75,10 @@ def not_running_message(host: str, port: int) -> str:
     )
 
 
+def _network_words(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
 def request_payload(request: dict) -> str:
     """A request's JSON as it is sent: compact, in UTF-8 (a caption in another script costs its
     UTF-8 bytes, not six per character), at most protocol.MAX_REQUEST_BYTES of it."""
@@ -112,6 +116,9 @@ class EngineClient:
             self._sock.connect(self._target)
         self._answers: dict[str, tuple[str, list]] = {}
         self._routes: dict[str, tuple["RemoteJob", str]] = {}
+        # the last error the network gave (no route, a dropped link, a refused address); each is
+        # taken as a lost datagram, so the timeouts decide, and their messages name it
+        self.network_error: str | None = None
 
     @property
     def reply_port(self) -> int:
@@ -161,7 +168,14 @@ class EngineClient:
             else:
                 self._sock.sendto(datagram, self._target)
         except NOBODY_LISTENING:
-            raise EngineNotRunning(not_running_message(self.host, self.port)) from None
+            raise EngineNotRunning(self.not_running()) from None
+        except OSError as e:  # maybe for a moment (a link down, Wi-Fi roaming): as if lost
+            self.network_error = _network_words(e)
+
+    def not_running(self) -> str:
+        """What to tell a user no engine answered: not_running_message, and the network's last error."""
+        told = not_running_message(self.host, self.port)
+        return f"{told} The network said: {self.network_error}." if self.network_error else told
 
     def _call(self, address: str, args: tuple, timeout: float) -> tuple[str, list]:
         request_id = new_request_id()
@@ -177,18 +191,24 @@ class EngineClient:
                         raise RequestRejected(reply_args[2], reply_args[3])
                     return reply_address, reply_args
             if time.monotonic() >= give_up:
-                raise EngineNotRunning(not_running_message(self.host, self.port))
+                raise EngineNotRunning(self.not_running())
 
     def _pump(self, wait: float) -> None:
         """Route every datagram that arrives within `wait` seconds (then all that are queued)."""
         self._sock.settimeout(max(wait, 0.0))
+        until = time.monotonic() + max(wait, 0.0)
         while True:
             try:
                 data = self._sock.recv(65536)
             except (TimeoutError, BlockingIOError, socket.timeout):
                 return
             except NOBODY_LISTENING:
-                raise EngineNotRunning(not_running_message(self.host, self.port)) from None
+                raise EngineNotRunning(self.not_running()) from None
+            except OSError as e:  # an ICMP error of the network's, as in _send
+                self.network_error = _network_words(e)
+                time.sleep(max(until - time.monotonic(), 0.0))  # nothing comes now: wait, not spin
+                return
+            self.network_error = None  # something came through: the network works again
             self._sock.settimeout(0.0)
             try:
                 messages = osc.decode(data)
@@ -332,16 +352,18 @@ class RemoteJob:
             # an engine that says it is loading is there: it is given connect_timeout from its last word
             if now - (self._loading_heard or self._first_sent) > self.connect_timeout:
                 self._withdraw()
-                raise EngineNotRunning(not_running_message(self._client.host, self._client.port))
+                raise EngineNotRunning(self._client.not_running())
             if now - self._last_sent >= RESEND_INTERVAL_S:
                 self._send_request()
             return
         if now - self._last_sign_of_life > self.timeout:
             self._send_cancel()  # nobody will collect the job once this client has gone: free the engine
             if not self.finished:
+                network = self._client.network_error
                 self._finish("error", EXIT_TIMED_OUT, error=(
                     "timed_out", f"The engine showed no progress for {self.timeout:g} s; the job was asked to "
-                                 "cancel, so that it does not hold the engine or leave a stem nobody collects."))
+                                 "cancel, so that it does not hold the engine or leave a stem nobody collects."
+                                 + (f" The network said: {network}." if network else "")))
             return
         # ask often enough that a short watchdog still sees the engine's heartbeat
         quiet = min(QUIET_POLL_S, self.timeout / 4)

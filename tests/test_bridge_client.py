@@ -1,5 +1,6 @@
 """The client library and `stepfoley send`: status files, exit codes, watchdog, cancel file."""
 
+import errno
 import json
 import os
 import socket
@@ -92,6 +93,64 @@ def test_engine_not_running_is_reported_as_windows_says_it_too(tmp_path, monkeyp
     code, _ = bc.send_request(make_request(tmp_path), status_path, port=free_udp_port())
     assert code == bc.EXIT_NOT_RUNNING
     assert read_status(status_path)["error"]["code"] == "engine_not_running"
+
+
+class BreakableNetworkSocket(socket.socket):
+    """A real UDP socket whose network can be cut: while `down`, every send and receive fails as
+    a link that has gone does (EHOSTUNREACH), where the engine is still there."""
+    down = False
+
+    def _over_the_network(self, call, *args):
+        if BreakableNetworkSocket.down:
+            raise OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH))
+        return call(*args)
+
+    def recv(self, *args):
+        return self._over_the_network(super().recv, *args)
+
+    def send(self, *args):
+        return self._over_the_network(super().send, *args)
+
+    def sendto(self, *args):
+        return self._over_the_network(super().sendto, *args)
+
+
+@pytest.mark.parametrize("outage_s, outcome", [(0.6, "done"), (None, "timed_out")], ids=["brief", "lasting"])
+def test_a_network_error_while_following_a_job_is_a_lost_datagram(tmp_path, monkeypatch, outage_s, outcome):
+    """A link that goes down while a job is followed (no route to the engine's machine): the
+    error escaped `send` as a traceback and the status file stayed "running" for ever. It is
+    now a lost datagram: a brief outage is ridden out, a lasting one ends at the watchdog, in
+    the status file, naming what the network said."""
+    monkeypatch.setattr(BreakableNetworkSocket, "down", False)
+    status_path = str(tmp_path / "status.json")
+    cut = []
+
+    def on_update(status):
+        if status["state"] == "running" and not cut:
+            cut.append(time.monotonic())
+            BreakableNetworkSocket.down = True
+            if outage_s is not None:
+                threading.Timer(outage_s, lambda: setattr(BreakableNetworkSocket, "down", False)).start()
+
+    with EngineServer(SineRunner(step_s=0.1), ServerConfig(port=0)).start() as srv:
+        monkeypatch.setattr(bc.socket, "socket", BreakableNetworkSocket)  # the client's network, not the engine's
+        code, status = bc.send_request(make_request(tmp_path, steps=20), status_path, port=srv.address[1],
+                                       timeout=2.0, on_update=on_update)
+    assert cut and status["state"] == ("done" if outcome == "done" else "error")
+    assert read_status(status_path)["exit_code"] == code
+    if outcome == "timed_out":
+        assert (code, status["error"]["code"]) == (bc.EXIT_TIMED_OUT, "timed_out")
+        assert "The network said: No route to host." in status["error"]["message"]
+
+
+def test_an_address_the_network_refuses_ends_in_words_not_a_traceback(tmp_path):
+    """Sending to a broadcast address without leave to (EACCES) escaped as a traceback."""
+    status_path = str(tmp_path / "status.json")
+    code, status = bc.send_request(make_request(tmp_path), status_path, host="255.255.255.255", port=9,
+                                   connect_timeout=0.5)
+    assert (code, status["error"]["code"]) == (bc.EXIT_NOT_RUNNING, "engine_not_running")
+    assert "The network said: Permission denied." in status["error"]["message"]
+    assert read_status(status_path)["exit_code"] == bc.EXIT_NOT_RUNNING
 
 
 def test_a_silent_engine_counts_as_not_running(tmp_path):
