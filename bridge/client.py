@@ -13,6 +13,7 @@ result whose /done reply was lost. Imports no torch: this starts in milliseconds
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import math
@@ -42,6 +43,7 @@ RESEND_INTERVAL_S = 0.25
 # engine's own error code for it): the client sends it again until it is taken
 LOADING_PHASE = "engine_loading"
 QUIET_POLL_S = 1.0
+ROUTES_KEPT = 8  # a job's "result" (or "cancel") queries answered: an answer up to 8 polls late
 # A status file may refuse a write for a moment (a reader holding it on Windows); one that
 # refuses for this long has gone for good, and nobody can follow the job any more.
 STATUS_WRITE_GRACE_S = 5.0
@@ -249,6 +251,7 @@ class RemoteJob:
         self._last_heard = now
         self._last_sign_of_life = now
         self._last_cancel_sent = -1.0
+        self._recent_routes: dict[str, collections.deque] = {}  # kind -> its last request ids
         self._loading_heard: float | None = None  # when the engine last said it was still loading its model
         # Whatever goes wrong before the request is sent ends this job with a status (rejected),
         # so a DAW script polling the status file always sees an end, never a client that died.
@@ -368,12 +371,24 @@ class RemoteJob:
         # ask often enough that a short watchdog still sees the engine's heartbeat
         quiet = min(QUIET_POLL_S, self.timeout / 4)
         if now - self._last_heard > quiet and now - self._last_sent > quiet:
-            rid = new_request_id()
-            self._client._routes[rid] = (self, "result")
+            rid = self._new_route("result")
             self._last_sent = now
             self._client._send(protocol.RESULT, rid, self.job_id)
         if self.cancel_wanted and now - self._last_cancel_sent > QUIET_POLL_S:
             self._send_cancel()
+
+    def _new_route(self, kind: str) -> str:
+        """A request id for this job's next "result" or "cancel" query. Only the last
+        ROUTES_KEPT of each kind are answered: one was kept per quiet second for the job's
+        whole life (3,600 an hour of waiting); an answer later than that says no more than a
+        newer one."""
+        kept = self._recent_routes.setdefault(kind, collections.deque())
+        if len(kept) == ROUTES_KEPT:
+            self._client._routes.pop(kept.popleft(), None)
+        rid = new_request_id()
+        kept.append(rid)
+        self._client._routes[rid] = (self, kind)
+        return rid
 
     def _withdraw(self) -> None:
         """Giving up on an engine that never answered: it may only be stalled, with our request
@@ -391,8 +406,7 @@ class RemoteJob:
     def _send_cancel(self) -> None:
         if self.finished or not self.accepted:
             return
-        rid = new_request_id()
-        self._client._routes[rid] = (self, "cancel")
+        rid = self._new_route("cancel")
         self._last_cancel_sent = time.monotonic()
         try:
             self._client._send(protocol.CANCEL, rid, self.job_id)

@@ -735,3 +735,23 @@ def test_a_job_the_watchdog_gives_up_on_is_cancelled_on_the_engine(tmp_path):
         code, status = bc.send_request(make_request(tmp_path), None, port=srv.address[1], timeout=1.0)
         assert (code, status["error"]["code"]) == (bc.EXIT_TIMED_OUT, "timed_out")
         assert seen_cancel.wait(5)
+
+
+def test_a_long_wait_keeps_a_bounded_number_of_query_routes(tmp_path, monkeypatch):
+    """Each quiet poll of a waiting job added a request id the client kept until the job ended:
+    3,600 an hour, each scanned at the end. Only the last ROUTES_KEPT are kept, and the job still
+    hears its end."""
+    monkeypatch.setattr(bc, "QUIET_POLL_S", 0.01)
+    release = threading.Event()
+    with EngineServer(SineRunner(before_step=lambda s: release.wait(30)), ServerConfig(port=0)).start() as srv:
+        with bc.EngineClient(port=srv.address[1]) as c:
+            first = c.submit(make_request(tmp_path, caption="long job", steps=1))
+            waiting = c.submit(make_request(tmp_path, caption="waiting job", steps=1), timeout=1e6)
+            polls_until = time.monotonic() + 1.0
+            while time.monotonic() < polls_until:  # about 100 quiet polls each
+                waiting.poll(0.005)
+                first.poll(0)
+            assert len(c._routes) <= 2 * (1 + bc.ROUTES_KEPT)
+            release.set()
+            assert waiting.wait()["state"] == first.wait()["state"] == "done"
+            assert c._routes == {}
