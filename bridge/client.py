@@ -106,7 +106,8 @@ class EngineClient:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_UDP)
         # "localhost" may resolve to ::1 first while the engine listens on 127.0.0.1 (its default)
         info = min(infos, key=lambda i: i[0] != socket.AF_INET)
-        family, self._target = info[0], info[4][:2]
+        # the whole sockaddr: an IPv6 link-local address keeps its interface (scope id)
+        family, self._target = info[0], info[4]
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         protocol.make_room_for_datagrams(self._sock)
         loopback = ipaddress.ip_address(self._target[0]).is_loopback

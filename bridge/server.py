@@ -79,6 +79,16 @@ class ConfigError(ValueError):
     """A server configuration that would be unsafe or cannot work."""
 
 
+def sender_address(sockaddr: tuple) -> tuple[str, int]:
+    """(host, port) of a datagram's sender. An IPv6 link-local sender's interface (its scope id,
+    only in the sockaddr's 4th item) goes into the host ("fe80::1%4"), as replies to it must
+    leave by that interface: without it, on a machine with several (Docker, a VPN), they left
+    by the first and were lost. Its jobs and flood counts are that address's too."""
+    if len(sockaddr) == 4 and sockaddr[3]:
+        return f"{sockaddr[0]}%{sockaddr[3]}", sockaddr[1]
+    return sockaddr[0], sockaddr[1]
+
+
 def is_loopback(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
@@ -361,7 +371,7 @@ class EngineServer:
                 # an ICMP error reported on the socket (Windows' WSAECONNRESET after a reply to a
                 # client that has gone away); the next datagram is fine
                 continue
-            batch.append((data, sender[:2]))
+            batch.append((data, sender_address(sender)))
         return batch
 
     def _waiting(self) -> bool:

@@ -720,3 +720,37 @@ def test_a_request_that_does_not_say_one_thing_is_refused_with_the_reason(peer, 
     assert (address, args[0], args[2]) == (protocol.ERROR, "twice", "invalid_request")
     assert args[3] == f"The request is not valid JSON: {said}."
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _has_ipv6() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 on this machine")
+def test_an_ipv6_link_local_address_keeps_its_interface_both_ways():
+    """Python gives an IPv6 sender's interface (scope id) only as the sockaddr's 4th item, and
+    both sides kept the first two: with several interfaces (Docker, a VPN), replies to a
+    link-local client, and its requests, could leave by the wrong one and be lost."""
+    import socket
+
+    from stepfoley.bridge.server import sender_address
+
+    assert sender_address(("fe80::1", 5000, 0, 4)) == ("fe80::1%4", 5000)
+    assert sender_address(("2001:db8::1", 5000, 0, 0)) == ("2001:db8::1", 5000)
+    assert sender_address(("127.0.0.1", 5000)) == ("127.0.0.1", 5000)
+    with EngineClient(host="fe80::1%lo", port=9, token="secret") as c:
+        assert c._target == ("fe80::1", 9, 0, socket.if_nametoindex("lo"))
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 on this machine")
+def test_an_engine_on_ipv6_loopback_answers():
+    with EngineServer(SineRunner(), ServerConfig(host="::1", port=0)).start() as srv:
+        with EngineClient(host="::1", port=srv.address[1]) as c:
+            assert c.ping()["protocol"] == protocol.PROTOCOL_VERSION
