@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Optional, Sequence, TypeVar, Union
 import torch
 
 from stepfoley.atomic import write_atomically
-from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError, OutOfMemory, is_out_of_memory
 
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -61,6 +61,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except PermissionError:
         raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
+        if is_out_of_memory(exc):
+            raise memory_error(path) from exc
         raise git_lfs_pointer_error(path) or CheckpointError(  # the library's words are chained for a log
             f"Weights file {path} is damaged or not a safetensors file (it ends early or its header is garbled). "
             f"Download or export it again.") from exc
@@ -91,6 +93,17 @@ def unreadable_error(path: Path) -> CheckpointError:
                            f"(e.g. chmod a+r '{path}').")
 
 
+def memory_error(path: Path) -> OutOfMemory:
+    """A weights file that did not fit in memory: said so, not called damaged (downloading
+    gigabytes again would not help)."""
+    try:
+        size = f" ({path.stat().st_size / 1e9:.1f} GB)"
+    except OSError:
+        size = ""
+    return OutOfMemory(f"There is not enough memory to load the weights file {path}{size}. Close other programs, "
+                       "or choose a smaller model, and try again.")
+
+
 def torch_load_reason(exc: BaseException) -> str:
     """Why torch.load(weights_only=True) refused a file, in words for a user: never torch's advice
     to load the file unsafely, nor the names of its internals (the error is chained for a log)."""
@@ -106,12 +119,21 @@ def _read_pth(path: Path):
     except PermissionError:
         raise unreadable_error(path) from None
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
+        if is_out_of_memory(exc):
+            raise memory_error(path) from exc
         raise git_lfs_pointer_error(path) or CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
             f"({torch_load_reason(exc)}). Download it again.") from exc
 
 
 def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
+    check_only_tensors(state, path)
+    return dict(state)
+
+
+def check_only_tensors(state, path: Path) -> None:
+    """CheckpointError unless `state`, read from the file at `path`, is a dictionary of tensors
+    (a training checkpoint holds more): the loader's rule, which `stepfoley weights check` applies too."""
     if not isinstance(state, Mapping):
         raise CheckpointError(f"Weights file {path} does not hold a dictionary of tensors "
                               f"(found {type(state).__name__}).")
@@ -121,7 +143,6 @@ def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
             f"Weights file {path} holds more than the network's weights (entries {', '.join(not_tensors[:5])} "
             "are not tensors): it looks like a training checkpoint, not the published weights file. Use the "
             "file the model's page publishes under this name.")
-    return dict(state)
 
 
 @dataclass(frozen=True)
@@ -168,11 +189,22 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     shapes so that a foreign file raises CheckpointError "{what}: {n} missing: ...; {n} unexpected:
     ...; {n} wrong shape: k is [..] in the file but [..] in the network. {advice}". `labels` names
     the three kinds of mismatch; `advice` may be a callable, called only when the weights do not fit."""
-    mismatch = compare_keys(state_dict, module.state_dict())
+    own = module.state_dict()
+    mismatch = compare_keys(state_dict, own)
     if not mismatch.ok:
         detail = "; ".join(mismatch.problems(limit, labels))
         raise CheckpointError(f"{what}: {detail}. {advice() if callable(advice) else advice}".rstrip())
-    module.load_state_dict(state_dict, strict=True, assign=assign)
+    # whole numbers where the network holds real ones (torch refused them in words of its own)
+    not_real = [k for k, v in state_dict.items() if own[k].is_floating_point() and not v.is_floating_point()]
+    if not_real:
+        found = ", ".join(f"{k} ({str(state_dict[k].dtype).removeprefix('torch.')})" for k in not_real[:limit])
+        raise CheckpointError(f"{what}: {len(not_real)} weights hold whole numbers where the network's are real "
+                              f"numbers: {found}. {advice() if callable(advice) else advice}".rstrip())
+    try:
+        module.load_state_dict(state_dict, strict=True, assign=assign)
+    except RuntimeError as exc:  # whatever else torch refuses: said as the file's fault, not as a crash
+        raise CheckpointError(f"{what}: the weights cannot be put into the network ({str(exc).splitlines()[0]}). "
+                              f"{advice() if callable(advice) else advice}".rstrip()) from exc
 
 
 @dataclass(frozen=True)

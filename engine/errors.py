@@ -38,6 +38,29 @@ class GenerationError(StepFoleyError):
     code = "generation_failed"
 
 
+class OutOfMemory(StepFoleyError):
+    """The computer's or the GPU's memory ran out: not a damaged file nor a bug, and the same
+    request may succeed with more memory free or asking less."""
+
+    code = "out_of_memory"
+
+
+# How the allocators say it in words of their own: torch's CPU allocator ("DefaultCPUAllocator:
+# can't allocate memory"), CUDA's and MPS's ("... out of memory ..."), as RuntimeErrors.
+_OUT_OF_MEMORY_WORDS = ("can't allocate memory", "out of memory", "DefaultCPUAllocator")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error`, or the error it was raised from, is memory running out (a MemoryError,
+    torch's OutOfMemoryError, or an allocator's RuntimeError)."""
+    for e in (error, error.__cause__):
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+            return True
+        if isinstance(e, RuntimeError) and any(words in str(e) for words in _OUT_OF_MEMORY_WORDS):
+            return True
+    return False
+
+
 class GenerationCancelled(StepFoleyError):
     """The user cancelled the job (or the engine is stopping); raised between sampling steps,
     picture windows, decoded windows and written stems."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stepfoley.engine.errors import VideoError
+from stepfoley.engine.errors import OutOfMemory, VideoError, is_out_of_memory
 from stepfoley.engine.pipeline import PictureFocus
 from stepfoley.request import open_regular_input
 
@@ -274,14 +274,12 @@ def _out_of_memory_is_a_video_error(path: Path, width: int, height: int):
     allocator failing with a RuntimeError) says what to do, not where in the code it happened."""
     try:
         yield
-    except MemoryError:
-        pass
-    except RuntimeError as exc:
-        if "can't allocate memory" not in str(exc) and "DefaultCPUAllocator" not in str(exc):
+    except Exception as exc:
+        if not is_out_of_memory(exc):
             raise
     else:
         return
-    raise VideoError(
+    raise OutOfMemory(
         f"Reading the picture of {path.name} ({width}x{height} pixels) ran out of memory. Close other "
         "programs, or re-export the video at 4K or less (for example as a 1920x1080 H.264 proxy), and "
         "try again.") from None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError, is_out_of_memory
 
 MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
 
@@ -218,7 +218,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
     import torch
 
-    from stepfoley.engine.checkpoints import git_lfs_pointer_error, unreadable_error
+    from stepfoley.engine.checkpoints import check_only_tensors, git_lfs_pointer_error, memory_error, unreadable_error
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -230,6 +230,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         except PermissionError:
             raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
+            if is_out_of_memory(e):
+                raise memory_error(path) from e
             raise git_lfs_pointer_error(path) or CheckpointError(
                 f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
                 "convert or download it again.") from e
@@ -243,9 +245,13 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     except Exception as e:
         from stepfoley.engine.checkpoints import torch_load_reason
 
+        if is_out_of_memory(e):  # a legacy file, read whole
+            raise memory_error(path) from e
         raise git_lfs_pointer_error(path) or CheckpointError(
             f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); download it again.") from e
-    return {k: tuple(v.shape) for k, v in _take_entry(loaded, entry, path).items() if hasattr(v, "shape")}
+    state = _take_entry(loaded, entry, path)
+    check_only_tensors(state, path)  # as the loader will: a training checkpoint is refused now, not after the rest loaded
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def manifest_path(name: str, manifests_dir: Path | None = None) -> Path:

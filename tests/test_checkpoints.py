@@ -238,3 +238,50 @@ def test_a_git_lfs_pointer_is_named_as_one_with_what_to_do(tmp_path, name):
     path.write_bytes(b"version 1\n" + os.urandom(64))  # other text: damaged, as before
     with pytest.raises(CheckpointError, match="damaged|cannot be read|not a readable"):
         load_state_dict_file(path)
+
+
+OUT_OF_MEMORY_LOAD = """
+import os, resource, sys
+from stepfoley.engine.checkpoints import load_state_dict_file
+from stepfoley.engine.errors import StepFoleyError
+def mapped():
+    return int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (mapped() + 16 * 2**20, resource.RLIM_INFINITY))  # less than the file
+try:
+    load_state_dict_file(sys.argv[1])
+    print("loaded")
+except StepFoleyError as e:
+    print(type(e).__name__, e.code, e)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads its address space from Linux's /proc")
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_file_that_does_not_fit_in_memory_is_not_called_damaged(tmp_path, suffix):
+    """An intact file read with too little memory free was "damaged ... Download it again": gigabytes
+    downloaded for nothing on a machine without overcommit (Windows). Memory really runs out here:
+    the child's address space is capped below what the 48 MB file needs."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"big{suffix}"
+    weights = {"w": torch.zeros(12 * 2**20)}
+    torch.save(weights, path) if suffix == ".pth" else save_file(weights, str(path))
+    run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_LOAD, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.startswith("OutOfMemory out_of_memory There is not enough memory to load the weights file"), \
+        run.stdout + run.stderr
+    assert "(0.1 GB)" in run.stdout and "download" not in run.stdout.lower()
+
+
+def test_whole_numbers_where_the_network_holds_real_ones_are_a_checkpoint_error():
+    """An integer tensor where the network has a float one ended in torch's own RuntimeError."""
+    from stepfoley.engine.checkpoints import load_strict
+
+    net = torch.nn.Linear(2, 3)
+    state = {"weight": torch.zeros(3, 2, dtype=torch.int64), "bias": torch.zeros(3)}
+    for assign in (False, True):
+        with pytest.raises(CheckpointError, match=r"1 weights hold whole numbers .*: weight \(int64\)\. get another"):
+            load_strict(net, state, "the test network", "get another", assign=assign)

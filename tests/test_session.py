@@ -282,6 +282,33 @@ def _serve(service, request: dict) -> dict:
     return service(parse_request(request, service.capabilities(), check_paths=True))
 
 
+def test_memory_running_out_in_a_job_is_said_so_not_called_a_bug(tiny, scene_video, tmp_path, monkeypatch):
+    """torch's allocator failing (a real one here: 16 TB asked for while decoding) reached the
+    DAW as internal_error, "please report it"; it is the machine's memory, and the next job may fit."""
+    import torch
+
+    from stepfoley.engine.errors import OutOfMemory
+
+    monkeypatch.setattr(StepSession, "_decode", lambda self, latent: torch.empty(2**42))
+    with pytest.raises(OutOfMemory, match=r"^The computer ran out of memory while making this track \(2\.0 s, "
+                                          r"3 variations\)\. Close other programs, or ask for fewer variations"):
+        _serve(FoleyService(tiny), _request(scene_video, tmp_path, protocol=2, variations=3))
+    assert OutOfMemory.code == "out_of_memory" and os.listdir(tmp_path) == []
+
+
+def test_a_model_too_large_for_the_memory_is_said_so(monkeypatch):
+    import torch
+
+    from stepfoley.engine import loading
+    from stepfoley.engine.errors import OutOfMemory
+    from stepfoley.engine.service import load_runtime_model
+
+    monkeypatch.setattr(loading, "load_foley_model", lambda **kwargs: torch.empty(2**42))
+    with pytest.raises(OutOfMemory, match=r"^The model does not fit in the computer's memory\. Close other programs, "
+                                          r"or choose a smaller model \(--model\)\.$"):
+        load_runtime_model(model="tiny-random", device="cpu")
+
+
 def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_path):
     service = FoleyService(tiny)
     first = _serve(service, _request(scene_video, tmp_path))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import stepfoley.engine.video as video
-from stepfoley.engine.errors import VideoError
+from stepfoley.engine.errors import OutOfMemory, VideoError
 from stepfoley.engine.video import check_video_region, probe, read_region
 from test_video import TICKS, cfr_pts, decoded_index, frame_image, has_encoder, shown_at, write_video
 
@@ -454,7 +454,7 @@ def test_running_out_of_memory_while_frames_are_read_is_said_in_words(tmp_path, 
         raise raised[0]
 
     monkeypatch.setattr(video, "fit_frames", fails)
-    with pytest.raises(VideoError, match=r"^Reading the picture of clip\.mp4 \(64x48 pixels\) ran out of memory\. "
+    with pytest.raises(OutOfMemory, match=r"^Reading the picture of clip\.mp4 \(64x48 pixels\) ran out of memory\. "
                                          r"Close other programs, or re-export the video at 4K or less"):
         read_region(path, 0.2, 0.6, 25, 16)
     raised[0] = RuntimeError("shape mismatch")  # a fault in this code is not the user's memory

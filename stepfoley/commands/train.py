@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stepfoley.engine.devices import choose_device
     from stepfoley.lab.training.trainer import process_device
-    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.engine.errors import StepFoleyError, is_out_of_memory
 
     try:
         _check_numbers(args)
@@ -135,11 +135,8 @@ def run(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 1
-    except MemoryError:
-        print("stepfoley train: this computer's memory ran out; give a smaller --batch-size.", file=sys.stderr)
-        return 1
-    except RuntimeError as e:  # torch's allocators say so in words of their own
-        if not any(words in str(e) for words in ("out of memory", "can't allocate memory")):
+    except Exception as e:  # torch's allocators say so in words of their own
+        if not is_out_of_memory(e):
             raise
         print(f"stepfoley train: the {'GPU' if 'CUDA' in str(e) else 'computer'}'s memory ran out; give a smaller "
               "--batch-size.", file=sys.stderr)
