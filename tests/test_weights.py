@@ -621,3 +621,20 @@ def test_a_manifest_of_another_layout_is_said_not_raised(weights_dir, tmp_path, 
     assert cli_main(["weights", "check", str(weights_dir), "--manifests", str(folder)]) == 1
     said = capsys.readouterr()
     assert "vae_16k.json is not one StepFoley wrote" in said.out + said.err and "Traceback" not in said.err
+
+
+def test_checking_a_training_checkpoint_says_what_loading_it_would():
+    """A .pth with entries that are not tensors (an epoch, a config) was "ok" to `weights check`
+    (non-tensors were skipped) and refused by the loader, after every other network had loaded."""
+    import tempfile
+    from pathlib import Path
+
+    from stepfoley.engine.checkpoints import load_state_dict_file
+    from stepfoley.engine.weights import tensor_shapes
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "synchformer_state_dict.pth"
+        torch.save({"vfeat_extractor.w": torch.ones(2), "epoch": 12}, path)
+        for read in (load_state_dict_file, tensor_shapes):
+            with pytest.raises(CheckpointError, match=r"entries epoch are not tensors\): it looks like a training"):
+                read(path)
