@@ -82,13 +82,13 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
     # Every file the variant needs is looked for first: a missing CLIP is said in a second, not
     # after gigabytes of flow network and VAE have loaded.
     report = check_weights_dir(weights_dir, verify=False)
-    weights_dir = report.root
+    weights_dir, misplaced = report.root, report.misplaced
     if variant is None:
         present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
         if not present:
             raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
                                   f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())})."
-                                  + "".join(f" Not read: {advice}." for advice in report.misplaced))
+                                  + "".join(f" Not read: {advice}." for advice in misplaced))
         variant = next((v for v in present if report.ready(v)), present[0])
     if configs is None:
         # The chosen model's files are read as far as their headers (seconds, even for a
@@ -100,7 +100,8 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: " + "; ".join(
             f"{report.files[n].path.relative_to(weights_dir)} ({report.files[n].what}) "
             + ("; ".join(report.files[n].problems) if report.files[n].present else "is missing") for n in missing)
-            + ". See docs/weights.md; `stepfoley weights check` lists every file.")
+            + "." + "".join(f" Not read: {advice}." for advice in misplaced)
+            + " See docs/weights.md; `stepfoley weights check` lists every file.")
     with readable_weights(weights_dir):
         return _load_mmaudio_stack(weights_dir, variant, device, configs)
 

@@ -520,6 +520,10 @@ def test_weights_under_another_name_or_in_another_folder_are_named_with_what_to_
     with pytest.raises(CheckpointError, match=r"No MMAudio flow network found .* Not read: weights/mmaudio_small_16k "
                                               r"\(1\)\.pth: rename or move it to weights/mmaudio_small_16k\.pth"):
         load_foley_model(weights_dir)
+    # with the model named too (--model): said as well, after what that model lacks
+    with pytest.raises(CheckpointError, match=r"cannot run small_16k: .* is missing\. Not read: .*weights/mmaudio_small_16k "
+                                              r"\(1\)\.pth: rename or move it to weights/mmaudio_small_16k\.pth"):
+        load_foley_model(weights_dir, "small_16k")
     assert cli_main(["weights", "check", str(weights_dir / "weights")]) == 0
     assert f"this looks like the weights/ folder itself: give the folder that holds it, {weights_dir}" in \
         capsys.readouterr().out
