@@ -99,7 +99,8 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
     if missing:
         raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: " + "; ".join(
             f"{report.files[n].path.relative_to(weights_dir)} ({report.files[n].what}) "
-            + ("; ".join(report.files[n].problems) if report.files[n].present else "is missing") for n in missing)
+            + ("; ".join(report.files[n].problems) if report.files[n].present else
+               "is missing" + "".join(f": it {why}" for why in report.files[n].problems)) for n in missing)
             + "." + "".join(f" Not read: {advice}." for advice in misplaced)
             + " See docs/weights.md; `stepfoley weights check` lists every file.")
     with readable_weights(weights_dir):

@@ -343,7 +343,7 @@ class WeightsReport:
         lines = [f"Weights folder: {self.root}"]
         for r in self.files.values():
             if not r.present:
-                status = "missing"
+                status = "missing" + "".join(f": it {why}" for why in r.problems)
             elif r.problems:
                 status = "WRONG: " + "; ".join(r.problems)
             else:
@@ -366,6 +366,19 @@ def clip_folder(root: Path) -> Path | None:
     return next((f for f in (root / CLIP_NAME, root / CLIP_DIR) if f.is_dir()), None)
 
 
+def not_there_because(path: Path, folder: bool) -> str | None:
+    """Why something at an official `path` is not the file (or, with `folder`, the folder)
+    expected, where something is there: "missing" alone sent users looking for a name that
+    was there (a zip not unpacked under the folder's name, a link left dangling)."""
+    if path.is_symlink() and not path.exists():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    if folder and path.exists() and not path.is_dir():
+        return "is a file, where a folder is expected (a download to unpack?)"
+    if not folder and path.is_dir():
+        return "is a folder, where a file is expected"
+    return None
+
+
 def _check_clip(root: Path, verify: bool = True) -> FileReport:
     # its open_clip_config.json is optional (the DFN5B sizes are the defaults)
     from stepfoley.engine.features.clip import WEIGHT_FILES
@@ -373,7 +386,8 @@ def _check_clip(root: Path, verify: bool = True) -> FileReport:
     what = "CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip format)"
     folder = clip_folder(root)
     if folder is None:
-        return FileReport("clip", what, root / CLIP_DIR, present=False)
+        why = next(filter(None, (not_there_because(f, folder=True) for f in (root / CLIP_NAME, root / CLIP_DIR))), None)
+        return FileReport("clip", what, root / CLIP_DIR, present=False, problems=(why,) if why else ())
     weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
     if not weights:
         return FileReport("clip", what, folder, present=True,
@@ -470,7 +484,8 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
     if source is None:
         if spec.directory_file and folder_present:
             return FileReport(spec.name, spec.what, location, True, problems=(f"{spec.directory_file} is missing in the folder",))
-        return FileReport(spec.name, spec.what, location, present=False)
+        why = not_there_because(location, folder=spec.directory_file is not None)
+        return FileReport(spec.name, spec.what, location, present=False, problems=(why,) if why else ())
     problems = [f"{extra} is missing in the folder" for extra in spec.directory_extra if not (location / extra).is_file()]
     verified = False
     manifest_file = manifest_path(spec.name, manifests_dir)

@@ -642,3 +642,25 @@ def test_checking_a_training_checkpoint_says_what_loading_it_would():
         for read in (load_state_dict_file, tensor_shapes):
             with pytest.raises(CheckpointError, match=r"entries epoch are not tensors\): it looks like a training"):
                 read(path)
+
+
+def test_something_there_under_an_official_name_but_not_that_file_is_said_to_be(weights_dir):
+    """A zip not unpacked under BigVGAN's or CLIP's folder name, a link left dangling, a folder
+    under a file's name: each was "missing", and the user looked for a name that was there."""
+    import shutil
+
+    ext = weights_dir / "ext_weights"
+    for folder in ("bigvgan_v2_44khz_128band_512x", "DFN5B-CLIP-ViT-H-14-384", "../DFN5B-CLIP-ViT-H-14-384"):
+        shutil.rmtree(ext / folder, ignore_errors=True)
+        if folder[0] != ".":
+            (ext / folder).write_bytes(b"PK\x03\x04 a zip")
+    (ext / "v1-44.pth").unlink(missing_ok=True)
+    (ext / "v1-44.pth").mkdir()
+    (ext / "synchformer_state_dict.pth").unlink()
+    (ext / "synchformer_state_dict.pth").symlink_to(weights_dir / "gone.pth")
+    text = check_weights_dir(weights_dir).text()
+    assert "ext_weights/v1-44.pth  [44.1 kHz mel VAE (audio <-> latent)]: missing: it is a folder, where a file is " \
+           "expected" in text
+    assert "missing: it is a file, where a folder is expected (a download to unpack?)" in text
+    assert f"missing: it is a link to {weights_dir / 'gone.pth'}, which does not exist" in text
+    assert text.count("where a folder is expected") == 2  # BigVGAN's and CLIP's
