@@ -132,6 +132,32 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path):
         assert torch.equal(resumed.params[name], value), name
 
 
+def test_ema_averages_read_from_a_checkpoint_go_to_the_training_device():
+    """A checkpoint is read onto the CPU; the averages stayed there, and the first update after a
+    resume on a GPU failed (tensors on two devices). The meta device stands in for the GPU."""
+    from stepfoley.lab.training.ema import PowerEMA
+
+    saved = PowerEMA(torch.nn.Linear(2, 2)).state_dict()
+    net = torch.nn.Linear(2, 2, device="meta")
+    ema = PowerEMA(net)
+    ema.load_state_dict(saved)
+    ema.update(net)
+    assert {t.device.type for average in ema.averages for t in average.values()} == {"meta"}
+
+
+def test_each_logged_learning_rate_is_the_one_its_step_ran_at(tmp_path):
+    """The log read the scheduler after it had moved on: each line showed the next step's rate."""
+    from stepfoley.lab.training.schedule import lr_multiplier
+    from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
+
+    net, lines = torch.nn.Linear(3, 2), []
+    loss = LossModule({"net": net}, lambda parts, b, g: ((parts["net"](b.latent) - b.target) ** 2).mean())
+    config = TrainConfig(steps=12, batch_size=4, lr=0.1, warmup_steps=4, log_every=1)
+    train(loss, net, toy_batches(0), config, torch.device("cpu"), None, log=lines.append)
+    logged = [float(line.split("lr ")[1].split()[0]) for line in lines if line.startswith("step ")]
+    assert logged == [float(f"{0.1 * lr_multiplier(s, 12, 4):.2e}") for s in range(12)]
+
+
 def test_a_phase_that_ends_between_checkpoints_ends_with_one(tmp_path):
     # 10 steps, a checkpoint every 6: the last 4 were done again by a run killed in a later phase
     straight, _ = toy_training(tmp_path / "w", init_seed=0, steps=10)
@@ -255,6 +281,9 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
             assert main(["train", *what, *folders, "--device", "cpu"]) == 2
             err = capsys.readouterr().err
             assert words in err and "Traceback" not in err
+    # --work is made only once the checks pass: the weights found it in their way after the training
+    assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "new"), "--out", str(tmp_path / "new")]) == 2
+    assert "is the --work folder; name the weights file to write" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -218,6 +218,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # this step's: after scheduler.step() it is the next one's
         scheduler.step()
         ema.update(trainable)
         losses.append(float(loss.detach()))
@@ -229,7 +230,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             recent = losses[-config.log_every:]
             rate = samples / max(seconds_before + time.perf_counter() - t0, 1e-9)
             log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
-                f"lr {scheduler.get_last_lr()[0]:.2e}  {rate:.1f} samples/s")
+                f"lr {lr:.2e}  {rate:.1f} samples/s")
         # and at the end: a later phase killed would otherwise redo the steps after the last one
         if last is not None and config.checkpoint_every and (done % config.checkpoint_every == 0
                                                              or done == config.steps):

@@ -243,6 +243,10 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
+    if args.out is not None and os.path.realpath(args.out) == os.path.realpath(args.work):
+        # not yet a folder now: --work is made below, and the weights found it there after hours of training
+        raise InvalidInputError(f"--out '{args.out}' is the --work folder; name the weights file to write (for "
+                                f"example {os.path.join(args.work, 'stepfoley_mini.safetensors')}).")
     if args.out is not None and is_special_file(args.out):
         raise InvalidInputError(f"--out '{args.out}' is not a regular file (a device or a pipe); name the weights "
                                 "file to write.")
