@@ -55,8 +55,10 @@ MAX_RESAMPLE_TERM = 100_000
 RESAMPLE_ZERO_CROSSINGS = 24
 RESAMPLE_KAISER_BETA = 10.0
 RESAMPLE_CUTOFF = 0.96  # of the lower Nyquist frequency
-# pyloudnorm's channel weights only cover up to five channels (L, R, C, Ls, Rs).
-MAX_LOUDNESS_CHANNELS = 5
+# BS.1770 weighs the channels of mono, stereo, L R C, quad (L R Ls Rs: WAV's order), L R C Ls Rs
+# and 5.1 (L R C LFE Ls Rs, the LFE left out); pyloudnorm weighs by position as L R C Ls Rs.
+MAX_LOUDNESS_CHANNELS = 6
+LOUDNESS_HOP_S = 0.1  # gating blocks overlap by 75 %
 # Audio at a lower rate is measured upsampled to it: the K-weighting's 1.5 kHz shelf lies past the
 # top of such a file, and its filters blew up (a loud 2 kHz file read as silence, a 10 Hz one
 # +479 LUFS).
@@ -143,9 +145,29 @@ def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     if sample_rate < MIN_METER_RATE:
         audio, sample_rate = resample(audio, sample_rate, MIN_METER_RATE), MIN_METER_RATE
     meter = pyloudnorm.Meter(sample_rate, block_size=LOUDNESS_BLOCK_S)
-    loudness = float(meter.integrated_loudness(audio.T.astype(np.float64)))
+    loudness = float(meter.integrated_loudness(_whole_blocks(_in_bs1770_order(audio), sample_rate).T.astype(np.float64)))
     # pyloudnorm yields -inf (or NaN from an empty gate) when every block is below -70 LUFS.
     return loudness if math.isfinite(loudness) else -math.inf
+
+
+def _in_bs1770_order(audio: np.ndarray) -> np.ndarray:
+    """(C, S) audio as pyloudnorm weighs it, L R C Ls Rs by position: quad gets a silent centre
+    (its surrounds were weighed as a centre and one surround), 5.1 loses its LFE."""
+    channels = audio.shape[0]
+    if channels == 4:
+        return np.concatenate([audio[:2], np.zeros_like(audio[:1]), audio[2:]])
+    if channels == 6:
+        return np.delete(audio, 3, axis=0)
+    return audio
+
+
+def _whole_blocks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(C, S) audio up to the end of its last whole gating block: pyloudnorm counted a last
+    partial block as a whole one, read quieter (0.46 s of noise measured 0.24 dB low), where
+    BS.1770 gates whole blocks only."""
+    blocks = math.floor((audio.shape[1] / sample_rate - LOUDNESS_BLOCK_S) / LOUDNESS_HOP_S + 1e-6) + 1
+    # the end of the last block as pyloudnorm places it
+    return audio[:, :int(LOUDNESS_BLOCK_S * ((blocks - 1) * LOUDNESS_HOP_S / LOUDNESS_BLOCK_S + 1) * sample_rate)]
 
 
 def loudness_normalize(
@@ -557,7 +579,7 @@ def finite_or_none(value: float) -> float | None:
 
 def reported_lufs(samples: np.ndarray, sample_rate: int) -> float | None:
     """A stem's integrated loudness for its metadata: None for silence or audio under 400 ms,
-    and for more channels than BS.1770 weighs (a 5.1 or 7.1 take extended keeps its channels)."""
+    and for more channels than BS.1770 weighs (a 7.1 take extended keeps its channels)."""
     # samples: (C, S)
     if as_channels_first(samples).shape[0] > MAX_LOUDNESS_CHANNELS:
         return None

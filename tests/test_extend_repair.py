@@ -239,17 +239,22 @@ def test_takes_of_a_repair_are_ranked_as_their_stems_sound(tiny, scene_video, tm
         np.testing.assert_array_equal(audio[int(1.3 * rate):], heard[int(1.3 * rate):2 * rate])
 
 
-def test_a_surround_take_is_extended_with_every_channel(tiny, scene_video, tmp_path):
-    """A 5.1 take (six channels; BS.1770 weighs five): the stem keeps all six, and its metadata
-    says its loudness is not measured instead of failing the finished job."""
-    take = (0.1 * np.random.default_rng(2).standard_normal((72000, 6))).astype(np.float32)
+@pytest.mark.parametrize("channels", [6, 8], ids=["5.1", "7.1"])
+def test_a_surround_take_is_extended_with_every_channel(tiny, scene_video, tmp_path, channels):
+    """A 5.1 or 7.1 take: the stem keeps every channel, and its metadata gives its loudness where
+    BS.1770 weighs the layout (5.1, its LFE left out) and says it is not measured for 7.1, instead
+    of failing the finished job."""
+    take = (0.1 * np.random.default_rng(2).standard_normal((72000, channels))).astype(np.float32)
     sf.write(tmp_path / "surround.wav", take, 48000, subtype="PCM_24")
     [stem] = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "surround.wav", [1.5, 2.0],
                                                  format="wav24"))["stems"]
     out, _ = sf.read(stem["stem_path"], dtype="float32")
-    assert out.shape == (96000, 6) and np.array_equal(out[:72000], sf.read(tmp_path / "surround.wav",
-                                                                             dtype="float32")[0])
-    assert stem["metadata"]["lufs"] is None and stem["metadata"]["channels"] == 6
+    assert out.shape == (96000, channels) and np.array_equal(out[:72000], sf.read(tmp_path / "surround.wav",
+                                                                                    dtype="float32")[0])
+    lufs = stem["metadata"]["lufs"]
+    assert (lufs is None) == (channels == 8) and stem["metadata"]["channels"] == channels
+    if channels == 6:
+        assert lufs == pytest.approx(mixing.integrated_loudness(out.T, 48000))
 
 
 def test_a_silent_stereo_take_is_extended_at_a_stems_loudness(tiny, scene_video, tmp_path):

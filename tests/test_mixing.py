@@ -45,6 +45,27 @@ def test_audio_at_a_rate_under_8_khz_is_measured_as_upsampled(rate):
     assert measured == pytest.approx(mixing.integrated_loudness(sine(200, 48000, 2.0, amplitude=0.3), 48000), abs=0.1)
 
 
+@pytest.mark.parametrize("channels, heard, weight", [(4, 2, 1.41), (4, 1, 1.0), (6, 4, 1.41), (6, 2, 1.0), (6, 3, 0.0)],
+                         ids=["quad Ls", "quad R", "5.1 Ls", "5.1 C", "5.1 LFE"])
+def test_channels_are_weighed_as_bs1770_lays_them_out(channels, heard, weight):
+    """Weighed by position as L R C Ls Rs, a quad take's left surround counted as a centre (1.0,
+    not 1.41), and 5.1 had no loudness at all; its LFE is not counted."""
+    rng = np.random.default_rng(0)
+    noise = (0.1 * rng.standard_normal(48000 * 2)).astype(np.float32)
+    take = np.zeros((channels, noise.size), np.float32)
+    take[heard] = noise
+    alone = mixing.integrated_loudness(noise[None], 48000)
+    expected = alone + 10 * np.log10(weight) if weight else -np.inf
+    assert mixing.integrated_loudness(take, 48000) == pytest.approx(expected, abs=1e-9)
+
+
+def test_only_whole_gating_blocks_are_measured():
+    """0.46 s holds one whole 400 ms block; its last 60 ms were counted as a second whole block,
+    read quieter (0.24 dB low on noise): BS.1770 gates whole blocks only."""
+    noise = (0.1 * np.random.default_rng(1).standard_normal(int(0.46 * 48000))).astype(np.float32)
+    assert mixing.integrated_loudness(noise[None], 48000) == mixing.integrated_loudness(noise[None, :19200], 48000)
+
+
 def test_silence_stays_silence_without_nan():
     silence = np.zeros((2, 16000), dtype=np.float32)
     assert mixing.integrated_loudness(silence, 16000) == -math.inf
