@@ -1,8 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.29
+-- @version 0.5.30
 -- @changelog
---   Generate Foley track for part of the picture: the time it applies for is checked in seconds of picture, where the picture plays at another speed too (0.3 s of a selection over picture at playrate 0.25 got past the dialog and was refused by the engine).
+--   Bounce of the layers to negate: a master fader pulled down to silence (below -40 dB) stands at 0 dB for the bounce (the layers reached the engine silent and nothing was negated), and is put back after.
+--   Layers still silent in their bounce over the region (master volume automation, an FX) are said to be in the console: the new audio was made without negating them.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -41,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.29", SF.mixed_versions and SF.mixed_versions("this action", "0.5.29")
-  or "StepFoley_lib.lua is older than this action (0.5.29). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.30", SF.mixed_versions and SF.mixed_versions("this action", "0.5.30")
+  or "StepFoley_lib.lua is older than this action (0.5.30). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
