@@ -84,8 +84,27 @@ def toy_batches(seed: int, crash_after: int | None = None):
         yield ToyBatch(x, x @ weight)
 
 
+def resumable_toy_batches(seed: int, crash_after: int | None = None, made: list | None = None):
+    """toy_batches as lab.training.features.controlnet_batches makes its batches: resumable by
+    their generator's state. `made` counts the batches made."""
+    from stepfoley.lab.training.trainer import ResumableBatches
+
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(3, 2, generator=g)
+
+    def make(generator):
+        if crash_after is not None and len(made) == crash_after:
+            raise RuntimeError("killed")
+        made.append(1)
+        x = torch.randn(4, 3, generator=generator)
+        return ToyBatch(x, x @ weight)
+
+    made = [] if made is None else made
+    return ResumableBatches(make, g)
+
+
 def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2, base_seed: int = 5,
-                 hidden: int = 0, steps: int = 12):
+                 hidden: int = 0, steps: int = 12, batches=None):
     """A linear net (with a hidden layer of `hidden` units, or none) trained beside a frozen
     "base" drawn from `base_seed`, as a ControlNet beside its base."""
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
@@ -102,7 +121,8 @@ def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float
     loss = LossModule({"net": net, "base": base}, loss_fn)
     config = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
                          log_every=100)
-    result = train(loss, net, toy_batches(0, crash_after), config, torch.device("cpu"), work, log=lambda line: None)
+    batches = toy_batches(0, crash_after) if batches is None else batches
+    result = train(loss, net, batches, config, torch.device("cpu"), work, log=lambda line: None)
     return result, net
 
 
@@ -156,6 +176,23 @@ def test_each_logged_learning_rate_is_the_one_its_step_ran_at(tmp_path):
     train(loss, net, toy_batches(0), config, torch.device("cpu"), None, log=lines.append)
     logged = [float(line.split("lr ")[1].split()[0]) for line in lines if line.startswith("step ")]
     assert logged == [float(f"{0.1 * lr_multiplier(s, 12, 4):.2e}") for s in range(12)]
+
+
+def test_resumable_batches_resume_where_they_stopped_without_being_made_again(tmp_path):
+    """Resuming made every earlier batch again to reach the data's place: two hours of an MMAudio
+    ControlNet's run at its end. Batches resumable by their generator's state (the ControlNet's)
+    are set there: the same run, to the bit, making only the batches still to come."""
+    straight, straight_net = toy_training(tmp_path / "straight", init_seed=0, batches=resumable_toy_batches(0))
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "resumed", init_seed=0, batches=resumable_toy_batches(0, crash_after=6))
+    made = []
+    resumed, resumed_net = toy_training(tmp_path / "resumed", init_seed=1, batches=resumable_toy_batches(0, made=made))
+    assert len(made) == 6 and resumed.losses == straight.losses
+    for name, value in straight.params.items():
+        assert torch.equal(resumed.params[name], value), name
+    # and they are the batches the generator-function form makes, in the same order
+    plain = toy_batches(0)
+    assert all(torch.equal(next(plain).latent, b.latent) for b, _ in zip(resumable_toy_batches(0), range(5)))
 
 
 def test_a_phase_that_ends_between_checkpoints_ends_with_one(tmp_path):

@@ -28,6 +28,7 @@ from stepfoley.atomic import write_atomically
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.lab.training.objectives import Batch
+from stepfoley.lab.training.trainer import ResumableBatches
 
 
 def read_dataset_list(path: str | Path) -> list[dict]:
@@ -184,10 +185,10 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
     if data.half_latent is None:
         raise InvalidInputError("These features were made by an older StepFoley, without each half encoded apart; "
                                 "delete features.safetensors in the work folder so that they are made again.")
-    g = torch.Generator().manual_seed(seed * 7919 + 17 + rank)
     own = torch.arange(rank, len(data), world)
     n, lc, ls = data.latent.shape[1] // 2, data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
-    while True:
+
+    def batch(g: torch.Generator) -> Batch:
         idx = own[torch.randint(len(own), (batch_size,), generator=g)]
         first = torch.rand(batch_size, generator=g) < 0.5  # which half is the target
         lat = data.latent[idx]
@@ -198,5 +199,8 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
         (l0, l1), (c0, c1), (s0, s1) = halves(lat, n), halves(data.clip[idx], lc), halves(data.sync[idx], ls)
         pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
         apart = normalize(data.half_latent[idx].flatten(0, 1)).view(data.half_latent[idx].shape)
-        yield Batch(latent=pick(l0, l1), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
-                    has_video=data.has_video[idx], cond_latent=pick(apart[:, 1], apart[:, 0]))
+        return Batch(latent=pick(l0, l1), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
+                     has_video=data.has_video[idx], cond_latent=pick(apart[:, 1], apart[:, 0]))
+
+    return ResumableBatches(batch, torch.Generator().manual_seed(seed * 7919 + 17 + rank))
+
