@@ -97,12 +97,16 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         report = check_weights_dir(weights_dir, only=[*VARIANTS[variant], controlnet_name(variant)])
     missing = report.unusable(variant)
     if missing:
-        raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: " + "; ".join(
-            f"{report.files[n].path.relative_to(weights_dir)} ({report.files[n].what}) "
-            + ("; ".join(report.files[n].problems) if report.files[n].present else
-               "is missing" + "".join(f": it {why}" for why in report.files[n].problems)) for n in missing)
-            + "." + "".join(f" Not read: {advice}." for advice in misplaced)
-            + " See docs/weights.md; `stepfoley weights check` lists every file.")
+        def said(r) -> str:  # each problem is a sentence of its own, ended here
+            named = f"{r.path.relative_to(weights_dir)} ({r.what})"
+            if not r.present:
+                return named + " is missing" + "".join(f": it {why}" for why in r.problems)
+            return named + ": " + "; ".join(p.rstrip(".") for p in r.problems)
+
+        raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: "
+                              + "; ".join(said(report.files[n]) for n in missing)
+                              + "." + "".join(f" Not read: {advice}." for advice in misplaced)
+                              + " See docs/weights.md; `stepfoley weights check` lists every file.")
     with readable_weights(weights_dir):
         return _load_mmaudio_stack(weights_dir, variant, device, configs)
 

@@ -444,8 +444,11 @@ def test_a_damaged_file_of_the_chosen_model_is_said_before_anything_loads(weight
     save(manifest_shaped("flow_small_16k"), weights_dir / "weights" / "mmaudio_small_16k.pth")
     (weights_dir / "ext_weights" / "best_netG.pt").write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1\n")
-    with pytest.raises(CheckpointError, match=r"cannot run small_16k: ext_weights/best_netG.pt .*Git LFS pointer"):
+    # each problem said once, after the file it is about ("...download it again.." ran on before)
+    with pytest.raises(CheckpointError, match=r"cannot run small_16k: ext_weights/best_netG.pt \(16 kHz BigVGAN vocoder "
+                                              r"\(mel -> audio\)\): Weights file .*Git LFS pointer") as refused:
         load_foley_model(weights_dir, "small_16k")
+    assert ".." not in str(refused.value) and "the file itself. See docs/weights.md" in str(refused.value)
 
 
 def test_a_clip_of_another_size_is_not_called_ready(weights_dir, capsys):
