@@ -59,6 +59,13 @@ _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+def stop_signals() -> tuple:
+    """STOP_SIGNALS but SIGHUP where this process was started ignoring it: `nohup stepfoley
+    serve` asks to outlive its terminal."""
+    hangup = getattr(signal, "SIGHUP", None)
+    return tuple(s for s in STOP_SIGNALS if s != hangup or signal.getsignal(s) is not signal.SIG_IGN)
+
+
 def _may_hold_a_cancel(datagram: bytes) -> bool:
     """A /cancel, or a bundle with one somewhere inside (a cheap look, no parsing)."""
     return datagram.startswith(_CANCEL_ADDRESS) or (datagram.startswith(b"#bundle\0") and _CANCEL_ADDRESS in datagram)
@@ -442,7 +449,7 @@ class EngineServer:
 
 def serve_until_signalled(server: EngineServer) -> None:
     """Serve (or, after `start()`, wait for the serving thread) in the main thread until one of
-    STOP_SIGNALS (Ctrl-C, SIGTERM, SIGHUP), then shut down cleanly:
+    stop_signals() (Ctrl-C, SIGTERM, SIGHUP unless started under nohup), then shut down cleanly:
     queued jobs fail with "engine_stopped", the running one stops at its next step."""
 
     def on_signal(signum, frame):
@@ -453,7 +460,7 @@ def serve_until_signalled(server: EngineServer) -> None:
             pass
         server.shutdown()
 
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, on_signal) for s in stop_signals()}
     try:
         if server._thread is None:
             server.serve_forever()

@@ -389,8 +389,12 @@ class StepSession:
             settings = replace(settings, negative_caption=", ".join(self.previous_captions()))
         takes = [replace(settings, seed=settings.seed + i) for i in range(count)]
         tracks = self.generate_takes(takes, [condition] * count, on_progress, is_cancelled, known)
+        # layers were given to negate and are silent over the whole region: the track was made as
+        # a first track is, and a DAW says so (the user may not know their bounce came out silent)
+        silent = requested.audio == "existing" and bool(self.tracks) and condition is None
         for track in tracks:
             track.metadata["track_index"] = self._next_index()  # the place any of them would take
+            track.metadata["earlier_layers_silent"] = silent
         return tracks
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],

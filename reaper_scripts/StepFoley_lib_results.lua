@@ -664,15 +664,13 @@ function M.rank_across_jobs(takes)
   end
 end
 
--- The layers' bounce reached the engine silent over every window it made (master volume
--- automation down over the region, an FX silencing the layers): the track was made as a first
--- track is, negating nothing. Said, never silently.
+-- The layers' bounce reached the engine silent over the region (master volume automation down
+-- there, an FX silencing the layers): the track was made as a first track is, negating nothing
+-- (the engine's metadata earlier_layers_silent). Said, never silently.
 local function say_if_layers_were_silent(takes, negatives)
   if not (negatives and negatives.mix) then return end
   for _, t in ipairs(takes) do
-    local engine = type(t.meta.engine) == "table" and t.meta.engine or {}
-    local silent = engine.windows_without_audio
-    if type(silent) == "table" and #silent > 0 and #silent == engine.windows_sampled then
+    if type(t.meta.engine) == "table" and t.meta.engine.earlier_layers_silent == true then
       return M.log("the layers to negate were silent in their bounce over the region (master volume automation " ..
         "down there, or an FX silencing them?), so the new audio was made without negating them.")
     end

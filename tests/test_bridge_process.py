@@ -246,10 +246,8 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
             proc.wait()
 
 
-def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
-    """Closing the terminal `stepfoley serve` runs in sends it SIGHUP, and its stderr is gone
-    with the terminal: by default SIGHUP killed it mid-job; it is now a clean stop (exit 0)
-    whose last words, which nobody can read, cannot turn it into a traceback."""
+def start_serve(tmp_path, **popen) -> tuple[subprocess.Popen, RawPeer]:
+    """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -257,21 +255,48 @@ def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
                              "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path,
+                            **popen)
     peer = RawPeer(port)
+    deadline = time.monotonic() + 300  # a hang guard: loading on a loaded machine
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        peer.send(protocol.STATUS, peer.port, "s", "")
+        try:
+            address, args = peer.receive(timeout=0.05)
+        except OSError:
+            continue
+        if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
+            return proc, peer
+
+
+def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
+    """Closing the terminal `stepfoley serve` runs in sends it SIGHUP, and its stderr is gone
+    with the terminal: by default SIGHUP killed it mid-job; it is now a clean stop (exit 0)
+    whose last words, which nobody can read, cannot turn it into a traceback."""
+    proc, peer = start_serve(tmp_path)
     try:
-        deadline = time.monotonic() + 300  # a hang guard: loading on a loaded machine
-        while True:
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-            peer.send(protocol.STATUS, peer.port, "s", "")
-            try:
-                address, args = peer.receive(timeout=0.05)
-            except OSError:
-                continue
-            if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
-                break
         proc.stderr.close()  # the terminal has gone: what the engine prints now fails
         proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        peer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_under_nohup_outlives_its_terminal(tmp_path):
+    """`nohup stepfoley serve &` starts it ignoring SIGHUP, to go on serving when the terminal
+    closes: the stop on SIGHUP must not take that back."""
+    proc, peer = start_serve(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        peer.send(protocol.PING, peer.port, "p", "")
+        peer.receive_until({protocol.PONG})  # (status replies of the wait for idle may come first)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
         peer.close()

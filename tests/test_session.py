@@ -201,6 +201,11 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
         track = session.next_track(TrackSettings("rain falling", seed=3, steps=2))
         assert track.metadata["method_used"] == alone.metadata["method_used"] == "independent"
         np.testing.assert_array_equal(track.samples, alone.samples)
+        # and it says so, as a first track does not: the user's bounce may have come out silent
+        assert (track.metadata["earlier_layers_silent"], alone.metadata["earlier_layers_silent"]) == (True, False)
+    heard = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    heard.add_track(alone.samples, alone.sample_rate)
+    assert heard.next_track(TrackSettings("wind", seed=3, steps=2)).metadata["earlier_layers_silent"] is False
 
 
 def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_trained_loudness():

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge.auth import TokenError, resolve_token
-    from stepfoley.bridge.server import (STOP_SIGNALS, ConfigError, EngineServer, ServerConfig, is_loopback,
-                                         serve_until_signalled)
+    from stepfoley.bridge.server import (ConfigError, EngineServer, ServerConfig, is_loopback,
+                                         serve_until_signalled, stop_signals)
 
     if args.token is not None:
         print("warning: --token is visible to every user of this machine (ps); use $STEPFOLEY_TOKEN or a "
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             server.shutdown()
 
-    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, on_signal) for s in stop_signals()}
 
     def restore_handlers():
         for s, handler in previous.items():

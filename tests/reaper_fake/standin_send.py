@@ -160,13 +160,13 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
     return {"stem_path": str(stem),
             "metadata": {"model": "standin", "seed": seed, "frequency_hz": freq, "caption": caption,
                          "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
-                         "steps": used["steps"], "windows_sampled": 1,
-                         "windows_without_audio": [1] if silent_mix(request.get("existing_mix")) else []}}
+                         "steps": used["steps"],
+                         "earlier_layers_silent": silent_mix(request.get("existing_mix"))}}
 
 
 def silent_mix(path) -> bool:
     """Whether the layers' bounce is there and silent as the engine gates it (below -70 LUFS):
-    its window is then made as a first track is, and its metadata lists it."""
+    the track is then made as a first track is, and its metadata says so (engine/session.py)."""
     if not path:
         return False
     mix, sr = sf.read(path, always_2d=True)
