@@ -203,6 +203,8 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     try:
         module.load_state_dict(state_dict, strict=True, assign=assign)
     except RuntimeError as exc:  # whatever else torch refuses: said as the file's fault, not as a crash
+        if is_out_of_memory(exc):
+            raise  # a GPU's OutOfMemoryError is a RuntimeError too, and no fault of the file
         raise CheckpointError(f"{what}: the weights cannot be put into the network ({str(exc).splitlines()[0]}). "
                               f"{advice() if callable(advice) else advice}".rstrip()) from exc
 

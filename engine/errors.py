@@ -61,6 +61,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     return False
 
 
+def memory_that_ran_out(error: BaseException) -> str:
+    """"GPU" or "computer": whose memory an out-of-memory `error` says ran out (a GPU engine
+    also runs out of the computer's, mixing or writing a stem)."""
+    for e in (error, error.__cause__):
+        if e is not None and any(backend in str(e) for backend in ("CUDA", "MPS", "HIP", "XPU")):  # torch's words
+            return "GPU"
+    return "computer"
+
+
 class GenerationCancelled(StepFoleyError):
     """The user cancelled the job (or the engine is stopping); raised between sampling steps,
     picture windows, decoded windows and written stems."""

@@ -22,7 +22,7 @@ import numpy as np
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import (AudioError, InvalidInputError, OutOfMemory, StepFoleyError, is_out_of_memory,
-                                     stop_if_cancelled)
+                                     memory_that_ran_out, stop_if_cancelled)
 from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
@@ -97,14 +97,14 @@ class FoleyService:
         try:
             return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
         except Exception as e:
-            if not is_out_of_memory(e):
+            if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
                 raise
             # said as what it is (it was an internal error, "please report it"): the next job may fit
             asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations" if request.variations > 1
                                                          else "")
-            raise OutOfMemory(f"The {memory_of(self.model.device)} ran out of memory while making this track ({asked}). "
+            raise OutOfMemory(f"The {memory_that_ran_out(e)} ran out of memory while making this track ({asked}). "
                               "Close other programs, or ask for fewer variations or a shorter time selection, and "
-                              "try again.") from None
+                              "try again.") from e
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 
@@ -350,11 +350,6 @@ def resampled_loudness_gain_db(track, stem: np.ndarray, sample_rate: int) -> flo
     return float(min(before - after, max(headroom, 0.0)))
 
 
-def memory_of(device) -> str:
-    """Whose memory runs out on `device`, in a user's words."""
-    return "computer" if str(device).split(":")[0] == "cpu" else "GPU"
-
-
 def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str | None = None,
                        device: str = "auto", precision: str = "auto", compile: bool = False):
     """The FoleyModel on the chosen device and precision. weights_dir None: the embedded
@@ -367,12 +362,13 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
     chosen = choose_device(device)
     try:
         foley = load_foley_model(weights_dir=weights_dir, variant=model, device=chosen)
-    except Exception as e:  # a weights file too large to read is said so where it is read
-        if not is_out_of_memory(e):
-            raise
-        raise OutOfMemory(f"The model does not fit in the {memory_of(chosen)}'s memory. Close other programs, or choose "
-                          "a smaller model (--model)" + (", or run it on the CPU (--device cpu)" if memory_of(chosen) == "GPU"
-                                                          else "") + ".") from None
+    except Exception as e:
+        if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
+            raise  # a weights file too large to read was said so where it was read
+        where = memory_that_ran_out(e)
+        raise OutOfMemory(f"The model does not fit in the {where}'s memory. Close other programs, or choose a smaller "
+                          "model (--model)" + (", or run it on the CPU (--device cpu)" if where == "GPU" else "")
+                          + ".") from e
     foley.precision = precision
     if compile:
         foley.net.predict_flow = maybe_compile(foley.net.predict_flow, True, foley.device)

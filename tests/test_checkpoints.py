@@ -285,3 +285,18 @@ def test_whole_numbers_where_the_network_holds_real_ones_are_a_checkpoint_error(
     for assign in (False, True):
         with pytest.raises(CheckpointError, match=r"1 weights hold whole numbers .*: weight \(int64\)\. get another"):
             load_strict(net, state, "the test network", "get another", assign=assign)
+
+
+def test_a_gpu_running_out_of_memory_while_weights_go_in_is_not_called_the_files_fault(monkeypatch):
+    """torch's OutOfMemoryError is a RuntimeError, which load_strict turns into "the weights
+    cannot be put into the network" with advice about the file. (Its error stands in for a GPU.)"""
+    from stepfoley.engine.checkpoints import load_strict
+
+    net = torch.nn.Linear(2, 3)
+
+    def gpu_full(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(net, "load_state_dict", gpu_full)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        load_strict(net, {"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, "the test network", "get another")

@@ -313,6 +313,22 @@ def test_a_model_too_large_for_the_memory_is_said_so(monkeypatch):
                                           r"or choose a smaller model \(--model\)\.$"):
         load_runtime_model(model="tiny-random", device="cpu")
 
+    # the GPU's (its error stands in here: there is no GPU), with the CPU to fall back on
+    def gpu_full(**kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loading, "load_foley_model", gpu_full)
+    with pytest.raises(OutOfMemory, match=r"in the GPU's memory\. .*, or run it on the CPU \(--device cpu\)\.$"):
+        load_runtime_model(model="tiny-random", device="cpu")
+
+    # said where a weights file was read: passed on as it is, not said again in other words
+    def file_too_large(**kwargs):
+        raise OutOfMemory("There is not enough memory to load the weights file w.pth (4.1 GB).") from MemoryError()
+
+    monkeypatch.setattr(loading, "load_foley_model", file_too_large)
+    with pytest.raises(OutOfMemory, match=r"^There is not enough memory to load the weights file w\.pth"):
+        load_runtime_model(model="tiny-random", device="cpu")
+
 
 def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_path):
     service = FoleyService(tiny)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stepfoley.engine.devices import choose_device
     from stepfoley.lab.training.trainer import process_device
-    from stepfoley.engine.errors import StepFoleyError, is_out_of_memory
+    from stepfoley.engine.errors import StepFoleyError, is_out_of_memory, memory_that_ran_out
 
     try:
         _check_numbers(args)
@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # torch's allocators say so in words of their own
         if not is_out_of_memory(e):
             raise
-        print(f"stepfoley train: the {'GPU' if 'CUDA' in str(e) else 'computer'}'s memory ran out; give a smaller "
-              "--batch-size.", file=sys.stderr)
+        print(f"stepfoley train: the {memory_that_ran_out(e)}'s memory ran out; give a smaller --batch-size.",
+              file=sys.stderr)
         return 1
 
 
