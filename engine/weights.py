@@ -385,9 +385,10 @@ def _check_clip(root: Path, verify: bool = True) -> FileReport:
 
     what = "CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip format)"
     folder = clip_folder(root)
-    if folder is None:
-        why = next(filter(None, (not_there_because(f, folder=True) for f in (root / CLIP_NAME, root / CLIP_DIR))), None)
-        return FileReport("clip", what, root / CLIP_DIR, present=False, problems=(why,) if why else ())
+    if folder is None:  # of its two places, the one where something else stands, else the official one
+        where, why = next(((f, why) for f in (root / CLIP_DIR, root / CLIP_NAME)
+                           if (why := not_there_because(f, folder=True))), (root / CLIP_DIR, None))
+        return FileReport("clip", what, where, present=False, problems=(why,) if why else ())
     weights = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
     if not weights:
         return FileReport("clip", what, folder, present=True,

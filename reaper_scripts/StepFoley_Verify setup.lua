@@ -83,7 +83,10 @@ local function differences(before, after)
     local a = after.tracks[i]
     if not a or a.solo ~= t.solo or a.solo_defeat ~= t.solo_defeat then changed[#changed + 1] = "track solo" end
   end
-  if before.master_fx ~= after.master_fx or before.master_mute ~= after.master_mute then changed[#changed + 1] = "master" end
+  if before.master_fx ~= after.master_fx or before.master_mute ~= after.master_mute
+      or before.master_vol ~= after.master_vol then
+    changed[#changed + 1] = "master"
+  end
   if before.solo_in_front ~= after.solo_in_front then changed[#changed + 1] = "solo in front" end
   return changed
 end

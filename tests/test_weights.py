@@ -667,3 +667,8 @@ def test_something_there_under_an_official_name_but_not_that_file_is_said_to_be(
     assert "missing: it is a file, where a folder is expected (a download to unpack?)" in text
     assert f"missing: it is a link to {weights_dir / 'gone.pth'}, which does not exist" in text
     assert text.count("where a folder is expected") == 2  # BigVGAN's and CLIP's
+    # CLIP's zip left beside weights/ instead: named where it is
+    (ext / "DFN5B-CLIP-ViT-H-14-384").unlink()
+    (weights_dir / "DFN5B-CLIP-ViT-H-14-384").write_bytes(b"PK\x03\x04 a zip")
+    assert ("\n  DFN5B-CLIP-ViT-H-14-384  [CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip "
+            "format)]: missing: it is a file, where a folder") in check_weights_dir(weights_dir).text()

@@ -234,7 +234,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     import os
 
     from stepfoley.atomic import can_make_file_in
-    from stepfoley.commands.runtime import check_input_file, is_special_file
+    from stepfoley.commands.runtime import check_input_file, is_special_file, same_file
     from stepfoley.engine.errors import InvalidInputError
 
     if args.what == "loudness":
@@ -243,7 +243,7 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
-    if args.out is not None and os.path.realpath(args.out) == os.path.realpath(args.work):
+    if args.out is not None and same_file(args.out, args.work):
         # not yet a folder now: --work is made below, and the weights found it there after hours of training
         raise InvalidInputError(f"--out '{args.out}' is the --work folder; name the weights file to write (for "
                                 f"example {os.path.join(args.work, 'stepfoley_mini.safetensors')}).")
