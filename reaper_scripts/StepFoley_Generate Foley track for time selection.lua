@@ -2,8 +2,8 @@
 -- @author StepFoley
 -- @version 0.5.30
 -- @changelog
---   Bounce of the layers to negate: a master fader pulled down to silence (below -40 dB) stands at 0 dB for the bounce (the layers reached the engine silent and nothing was negated), and is put back after.
---   Layers still silent in their bounce over the region (master volume automation, an FX) are said to be in the console: the new audio was made without negating them.
+--   Bounce of the layers to negate: a master fader pulled down to silence (below -40 dB) stands at 0 dB for the bounce (the layers reached the engine silent and nothing was negated), and is put back after; Verify setup checks that it came back.
+--   Layers silent in their bounce over the region (master volume automation, an FX) are said to be in the console, from the engine's metadata (earlier_layers_silent): the new audio was made without negating them.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
