@@ -185,6 +185,30 @@ def test_tokenizer_cleans_as_ftfy_does_for_correct_text(typed, plain):
     assert ClipTokenizer.clean(typed) == ClipTokenizer.clean(plain)
 
 
+def test_the_pre_tokenizer_splits_numbers_as_the_references_unicode_classes_do():
+    """The reference splits text into \\p{L}+ runs and single \\p{N} characters. `re` counts ² ½ ①
+    Ⅻ (categories No and Nl) as word characters, which joined them to the letters beside them:
+    "x²" was one token, where MMAudio's text features were made from two."""
+    import sys
+    import unicodedata
+
+    from stepfoley.engine.features.clip import token_pattern
+
+    assert token_pattern().findall("footsteps in a 10m\u00b2 room") == ["footsteps", "in", "a", "1", "0", "m", "\u00b2",
+                                                                     "room"]
+    for number in (chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)) in ("Nl", "No")):
+        assert token_pattern().findall(f"ab{number}cd") == ["ab", number, "cd"], hex(ord(number))
+    assert token_pattern().findall("caf\u00e9 \u4e00\u4e8c") == ["caf\u00e9", "\u4e00\u4e8c"]  # letters stay letters
+
+
+def test_the_cleaning_keeps_what_ftfy_keeps():
+    """ftfy removes control characters but keeps the tag characters (they spell England's,
+    Scotland's and Wales' flags in emoji) and the musical notation controls."""
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    assert ClipTokenizer.clean(f"{england} bagpipes") == f"{england} bagpipes"
+    assert ClipTokenizer.clean("\U0001d173drum\U0001d17a") == "\U0001d173drum\U0001d17a"
+
+
 def test_tokenizer_pads_and_truncates_to_77(tokenizer):
     tokens = tokenizer(["the cat", "dog " * 100])
     assert tokens.shape == (2, 77) and tokens.dtype == torch.long

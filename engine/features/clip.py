@@ -18,6 +18,7 @@ import gzip
 import html
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -52,8 +53,10 @@ def _ftfy_map() -> dict[int, str | None]:
         except UnicodeDecodeError:  # five bytes Windows-1252 leaves undefined stay as they are
             continue
         table[i] = quotes.get(windows, windows)
+    # (ftfy keeps the musical notation controls and the tag characters: tags spell the flags of
+    # England, Scotland and Wales in emoji)
     controls = [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
-                *range(0xFFF9, 0xFFFD), *range(0x1D173, 0x1D17B), *range(0xE0000, 0xE0080)]
+                *range(0xFFF9, 0xFFFD)]
     table.update(dict.fromkeys(controls))
     return table
 
@@ -323,11 +326,16 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-# The reference pattern uses \p{L} / \p{N} (the `regex` module); this is the `re` equivalent:
-# letters = word characters that are not digits or "_", numbers = decimal digits.
-_TOKEN_PATTERN = re.compile(
-    r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+",
-    re.IGNORECASE)
+@lru_cache(maxsize=1)
+def token_pattern() -> re.Pattern:
+    """The reference's pre-tokenizer pattern, which uses \\p{L} / \\p{N} (the `regex` module), in
+    `re`: letters are word characters that are neither numbers nor "_", numbers are decimal
+    digits and the other numbers (² ½ ① Ⅻ: categories Nl and No, word characters to `re`, which
+    joined them to the letters beside them)."""
+    other_numbers = "".join(re.escape(chr(i)) for i in range(sys.maxunicode + 1)
+                            if unicodedata.category(chr(i)) in ("Nl", "No"))
+    return re.compile(r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|"
+                      rf"[^\W\d_{other_numbers}]+|[\d{other_numbers}]|(?:[^\s\w]|_)+", re.IGNORECASE)
 _MAX_MERGES = 49152 - 256 - 2
 
 
@@ -404,7 +412,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids = []
-        for token in _TOKEN_PATTERN.findall(self.clean(text)):
+        for token in token_pattern().findall(self.clean(text)):
             token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
             ids.extend(self.encoder[piece] for piece in self.bpe(token))
         return ids
