@@ -126,7 +126,12 @@ class VideoEncoder(Protocol):
 
 
 class TextEncoder(Protocol):
+    max_caption_tokens: int  # what a caption's tokens are cut to (both encoders: 77 less start and end)
+
     def encode(self, captions: list[str]) -> torch.Tensor:  # (B, 77, Dt)
+        ...
+
+    def token_count(self, caption: str) -> int:  # its tokens before any cut
         ...
 
 

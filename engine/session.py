@@ -385,8 +385,10 @@ class StepSession:
             condition = self.reference_condition(*reference)
         else:
             condition = self.conditioning_mix() if requested.audio == "existing" else None
+        left_out = 0
         if requested.negative_from_previous and not settings.negative_caption:
-            settings = replace(settings, negative_caption=", ".join(self.previous_captions()))
+            negative, left_out = self.previous_as_negative()
+            settings = replace(settings, negative_caption=negative)
         takes = [replace(settings, seed=settings.seed + i) for i in range(count)]
         tracks = self.generate_takes(takes, [condition] * count, on_progress, is_cancelled, known)
         # layers were given to negate and are silent over the whole region: the track was made as
@@ -395,7 +397,21 @@ class StepSession:
         for track in tracks:
             track.metadata["track_index"] = self._next_index()  # the place any of them would take
             track.metadata["earlier_layers_silent"] = silent
+            if requested.negative_from_previous:
+                track.metadata["previous_captions_left_out"] = left_out
         return tracks
+
+    def previous_as_negative(self) -> tuple[str, int]:
+        """The previous captions as one negative caption the text encoder hears whole: each once,
+        in order, joined with ", ", as many as fit its tokens (joined all, the encoder cut them
+        at its 75th token and the newest layers went unheard, said nowhere); and how many
+        distinct captions were left out. A first caption longer than that is kept, cut."""
+        encoder, kept = self.model.text_encoder, []
+        captions = list(dict.fromkeys(self.previous_captions()))
+        for caption in captions:
+            if not kept or encoder.token_count(", ".join([*kept, caption])) <= encoder.max_caption_tokens:
+                kept.append(caption)
+        return ", ".join(kept), len(captions) - len(kept)
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],
                        on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None,

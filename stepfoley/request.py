@@ -19,6 +19,7 @@ import os
 import re
 import reprlib
 import stat
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -323,7 +324,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               f"picture is varispeeded to it, at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} times its speed, as `playrate` "
               f"allows), at most {MAX_STEM_SECONDS:g} s; with `take`, as long as the picture "
               f"(`file_out - file_in`, ±{REGION_TOLERANCE_S:g} s)"),
-    FieldSpec("caption", "string", "required", f"the sound to make; not blank, ≤ {MAX_CAPTION_CHARS} characters"),
+    FieldSpec("caption", "string", "required", f"the sound to make; not blank (only spaces and invisible characters "
+              f"are), ≤ {MAX_CAPTION_CHARS} characters"),
     FieldSpec("method", "string", "the model's", "a guidance method the engine lists in `capabilities.methods`"),
     FieldSpec("alpha", "number", "the model's", f"{_range(0, MAX_GUIDANCE)}, the CFG scale (α of Eq. 9)"),
     FieldSpec("beta", "number", "the model's",
@@ -337,7 +339,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("negative_caption", "string", '`""`',
               f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from: heard by `negative_prompt` at any α, "
               "by the other methods only at α above 1 (w1 for `dual`; the metadata's `negative_caption_heard` "
-              "says); `negative_prompt` uses the previous captions, joined with \", \", when it is empty"),
+              "says); `negative_prompt` uses the previous captions, joined with \", \", when it is empty or blank: "
+              "each once, in order, as many as the text encoder hears whole (75 tokens; the metadata's "
+              "`previous_captions_left_out` counts the others)"),
     FieldSpec("previous_captions", "list of strings", "`[]`",
               f"at most {MAX_PREVIOUS_CAPTIONS}, each ≤ {MAX_CAPTION_CHARS} characters: the captions of the "
               "layers already on the timeline (those in `existing_mix`, which a method that hears no audio, "
@@ -504,8 +508,10 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         **weights,
         seed=_integer(data.get("seed", 0), "seed", 0, MAX_SEED),
         steps=_optional(data, "steps", lambda v, n: _integer(v, n, 1, MAX_STEPS)),
-        negative_caption=_text(data.get("negative_caption", ""), "negative_caption", MAX_CAPTION_CHARS),
-        previous_captions=tuple(_text(c, "previous_captions[]", MAX_CAPTION_CHARS) for c in previous),
+        negative_caption=_caption_or_nothing(_text(data.get("negative_caption", ""), "negative_caption",
+                                                   MAX_CAPTION_CHARS)),
+        previous_captions=tuple(_caption_or_nothing(_text(c, "previous_captions[]", MAX_CAPTION_CHARS))
+                                for c in previous),
         existing_mix=_optional(data, "existing_mix", _path),
         reference_audio=reference,
         sample_rate=_choice(data.get("sample_rate", 48000), "sample_rate", SAMPLE_RATES,
@@ -965,12 +971,25 @@ def _unicode(value: str, name: str) -> str:
     return value
 
 
+def is_blank(text: str) -> bool:
+    """Whether `text` says nothing to a text encoder: only spaces, control characters and
+    invisible format characters (a byte-order mark, a zero-width space, a soft hyphen), which
+    both encoders drop before reading."""
+    return not "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
+
+
+def _caption_or_nothing(text: str) -> str:
+    """A caption that may be left out, as "" when it is blank (is_blank): an invisible negative
+    caption counted as given and turned off the previous captions' fallback."""
+    return "" if is_blank(text) else text
+
+
 def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
     if not isinstance(value, str):
         _invalid(f"{name} must be text (a JSON string), got {_show(value)}.")
     _unicode(value, name)
-    if not blank_ok and not value.strip():
-        _invalid(f"{name} is empty; describe the sound to generate.")
+    if not blank_ok and is_blank(value):
+        _invalid(f"{name} is empty (or only spaces and invisible characters); describe the sound to generate.")
     if len(value) > max_chars:
         _invalid(f"{name} is longer than {max_chars} characters.")
     return value

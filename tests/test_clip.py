@@ -236,3 +236,6 @@ def test_text_encoder_from_an_mmaudio_weights_dir(tmp_path, tokenizer):
     torch.testing.assert_close(features, expected)
     with pytest.raises(InvalidInputError, match="list of captions"):
         encoder.encode("the cat")
+    # what a negative caption of previous captions is fitted to (session.previous_as_negative)
+    assert encoder.max_caption_tokens == 75 and encoder.token_count("the cat") == 2
+    assert encoder.token_count("dog " * 100) == 100  # uncut, where encode cuts at 75

@@ -119,6 +119,9 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "variations": 2.0}, "variations must be a whole number"),
         ({"protocol": 2, "variations": 3, "seed": 2**63 - 2}, "leaves no room for 3 variations"),
         ({"caption": "  "}, "caption is empty"),
+        # invisible to both text encoders, which read it as the empty caption
+        *(({"caption": blank}, "caption is empty (or only spaces and invisible characters)")
+          for blank in ("\ufeff", "\u200b", "\u00ad", "\u200e\u200f", "\x01\x02", " \u2060 ")),
         ({"caption": 5}, "caption must be text (a JSON string)"),
         ({"method": "magic"}, "method 'magic' is unknown to the model 'test-model'"),
         ({"method": "Bad Name"}, "is not a method name"),
@@ -520,3 +523,11 @@ def test_a_picture_region_time_is_long_enough_in_the_pictures_own_time(tmp_path)
     assert "picture_region_time is 0.300 s of the stem, 0.075 s of the picture, which plays at another speed" in \
         refused.value.message
     assert parse_request({**request, "picture_region_time": [1.0, 1.7]}).picture_region_time == (1.0, 1.7)
+
+
+def test_an_invisible_negative_or_previous_caption_counts_as_none(tmp_path):
+    """A negative caption of only invisible characters counted as given: it turned off the
+    previous captions' fallback, and the track was steered away from the empty caption."""
+    request = parse_request({**make_request(tmp_path), "negative_caption": "\u200b ",
+                             "previous_captions": ["rain", "\ufeff", "wind\u200b"]})
+    assert request.negative_caption == "" and request.previous_captions == ("rain", "", "wind\u200b")

@@ -636,6 +636,28 @@ def test_the_negative_prompt_is_the_papers_baseline(tiny, scene_video):
         session.generate_takes(mixed, [None, None])
 
 
+def test_the_previous_captions_as_a_negative_are_those_the_text_encoder_hears_whole(tiny, scene_video):
+    """Joined all, the previous captions were cut at the text encoder's 75th token: the newest
+    layers went unheard, and the metadata said they were heard. Each caption now goes in once
+    and whole while there is room, and the metadata counts those left out."""
+    session = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    layers = [f"layer {n} of distant church bells ringing over a windy hill" for n in range(12)]
+    session.add_captions(layers + layers[:3])  # a split layer names its caption more than once
+    negative, left_out = session.previous_as_negative()
+    kept = negative.split(", ")
+    encoder = tiny.text_encoder
+    assert kept == layers[:len(kept)] and left_out == len(layers) - len(kept) > 0
+    assert encoder.token_count(negative) <= encoder.max_caption_tokens
+    assert encoder.token_count(", ".join(layers[:len(kept) + 1])) > encoder.max_caption_tokens
+    track = session.next_track(TrackSettings("rain", method="negative_prompt", seed=3, steps=1))
+    assert (track.metadata["negative_caption"], track.metadata["previous_captions_left_out"]) == (negative, left_out)
+    assert "previous_captions_left_out" not in session.next_track(TrackSettings("rain", steps=1)).metadata
+    # a first caption longer than the encoder hears is kept, cut as it would be alone
+    long = StepSession(tiny, Region(scene_video, 0.0, 2.0))
+    long.add_captions([" ".join(["thunder"] * 90), "rain"])
+    assert long.previous_as_negative() == (" ".join(["thunder"] * 90), 1)
+
+
 def test_every_track_leaves_finished_with_its_levels_in_the_metadata(tiny, scene_video):
     track = StepSession(tiny, Region(scene_video, 0.0, 2.0)).next_track(TrackSettings("rain", seed=2, steps=2))
     meta = track.metadata

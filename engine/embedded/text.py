@@ -117,10 +117,13 @@ class WordPieceTokenizer:
             start = end
         return ids
 
+    def content_ids(self, text: str) -> list[int]:
+        """The tokens of `text`, uncut, without [CLS] and [SEP]."""
+        return [i for word in basic_split(text) for i in self.word_ids(word)]
+
     def encode(self, text: str, max_length: int = TEXT_SEQ_LEN) -> list[int]:
         """[CLS] tokens [SEP], tokens cut so the whole fits in max_length."""
-        ids = [i for word in basic_split(text) for i in self.word_ids(word)]
-        return [self.cls_id] + ids[:max_length - 2] + [self.sep_id]
+        return [self.cls_id] + self.content_ids(text)[:max_length - 2] + [self.sep_id]
 
 
 # --- network --------------------------------------------------------------------------------------
@@ -206,6 +209,7 @@ class EmbeddedTextEncoder:
     """Captions -> (B, 77, 384) token features; satisfies engine.pipeline.TextEncoder."""
 
     text_dim = 384
+    max_caption_tokens = TEXT_SEQ_LEN - 2  # [CLS] and [SEP]
 
     def __init__(self, model_dir: str | Path | None = None, device: str | torch.device = "cpu"):
         from safetensors.torch import load_file
@@ -233,6 +237,9 @@ class EmbeddedTextEncoder:
     def to(self, device) -> "EmbeddedTextEncoder":
         self.net.to(device)
         return self
+
+    def token_count(self, caption: str) -> int:
+        return len(self.tokenizer.content_ids(caption))
 
     def tokenize(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 77) token ids padded with [PAD], and the (B, 77) mask of real tokens."""

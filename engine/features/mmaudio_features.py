@@ -146,6 +146,10 @@ class MMAudioTextEncoder:
     def __init__(self, clip: ClipModel, tokenizer: ClipTokenizer):
         self.clip = clip.eval()
         self.tokenizer = tokenizer
+        self.max_caption_tokens = tokenizer.context_length - 2  # <start_of_text> and <end_of_text>
+
+    def token_count(self, caption: str) -> int:
+        return len(self.tokenizer.encode(caption))
 
     @classmethod
     def from_weights_dir(cls, weights_dir: str | Path, clip: ClipModel | None = None,
