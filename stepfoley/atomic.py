@@ -50,7 +50,18 @@ MAX_NAME_BYTES = 255  # what ext4, APFS and NTFS take; a temporary name is kept 
 REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
 
 _WINDOWS = os.name == "nt"
-_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
+def _process_world() -> str:
+    """Where this process's ids mean something: its host name and, on Linux, its process-id
+    namespace (a container sharing the host's name and network numbers its processes anew: the
+    sweep took its live writer's pid for a dead one of ours, and removed its temp file)."""
+    try:
+        namespace = f"|pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname() + namespace
+
+
+_HOST = hashlib.sha256(_process_world().encode("utf-8", "backslashreplace")).hexdigest()[:8]
 _PART_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
 _WRITING: set[str] = set()  # temp names this process is writing now
 _LOCK = threading.Lock()
@@ -170,9 +181,10 @@ class StagedFile:
     killed part way, it leaves only temporary files, which sweep_stale_parts removes, never
     some of the set under their final names."""
 
-    def __init__(self, temp: Path, identity: tuple[int, int] | None = None):
+    def __init__(self, temp: Path, identity: tuple[int, int] | None = None, folder: Path | None = None):
         self.temp = temp
         self.identity = identity  # (st_dev, st_ino) of the file created; None: not checked
+        self.folder = folder  # the private folder `temp` was written in (stage_file), or None
 
     def _check_still_ours(self, name: Path, final: Path, same_file: bool = True) -> None:
         """OSError unless `name` is a regular file (not a link) and, with `same_file`, the very
@@ -193,9 +205,11 @@ class StagedFile:
         self._check_still_ours(self.temp, path)
         if replace:
             try:
-                os.chmod(self.temp, stat.S_IMODE(os.stat(path).st_mode))  # a replaced file keeps its rights
+                replaced = os.lstat(path)
             except FileNotFoundError:
-                pass
+                replaced = None
+            if replaced is not None and stat.S_ISREG(replaced.st_mode):  # a replaced file keeps its rights
+                self._set_mode(stat.S_IMODE(replaced.st_mode) & 0o777)  # (never a setuid bit)
             _replace(self.temp, path)
         else:
             _publish_exclusively(self.temp, path)
@@ -210,19 +224,42 @@ class StagedFile:
             raise
         return path
 
+    def _set_mode(self, mode: int) -> None:
+        """Give the temporary file `mode`, through its own descriptor: by name, a link put in its
+        place would pass the mode to what it points to. Best effort: a file system without
+        rights (FAT through FUSE, some shares) keeps what it has."""
+        try:
+            handle = os.open(self.temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        except OSError:
+            return  # gone or a link: publishing checks the name and says so
+        try:
+            found = os.fstat(handle)
+            if self.identity is None or (found.st_dev, found.st_ino) == self.identity:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(handle, mode)
+                else:  # Windows: no links from other users in the way, and only the read-only bit
+                    os.chmod(self.temp, mode)
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
+
     def discard(self) -> None:
-        """Remove the temporary file if it was not published; never raises."""
+        """Remove the temporary file (and its private folder) if it was not published; never raises."""
         try:
             os.unlink(self.temp)
         except OSError:  # published (the temp name is gone), or even removing it failed: swept later
             pass
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)  # and what a writer left in it
         with _LOCK:
-            _WRITING.discard(self.temp.name)
+            _WRITING.discard((self.folder or self.temp).name)
 
 
 def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> StagedFile:
-    """Call `write(temp)` to fill a new, empty temporary file named for `path` in its folder,
-    which must exist, and flush it to the disk; `StagedFile.publish` names it. Until it is
+    """Call `write(temp)` to fill a new, empty temporary file, in a private temporary folder
+    named for `path` in its folder (which must exist), and flush it to the disk;
+    `StagedFile.publish` names it. Until it is
     published or discarded, sweep_stale_parts leaves it alone. Raises what `write` or the
     filesystem raises, and then leaves no temporary file."""
     return _stage(Path(path), write, None)
@@ -256,42 +293,61 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
     target = path.name
     while len(os.fsencode(f".{target}{suffix}")) > MAX_NAME_BYTES:  # a long name: its temp name shortened
         target = target[:-1]
+    if write is not None:
+        return _stage_by_name(path.parent / f".{target}{suffix}", write)
     staged = StagedFile(path.parent / f".{target}{suffix}")
     with _LOCK:
         _WRITING.add(staged.temp.name)
     try:
         handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_BINARY", 0), 0o666)
         try:
-            created = os.fstat(handle)
-            if write_to is not None:
-                with os.fdopen(handle, "r+b", closefd=False) as file:
-                    write_to(file)
-                os.fsync(handle)
-                # taken once written: macOS numbers an empty FAT file otherwise than a full one
-                written = os.fstat(handle)
-                staged.identity = (written.st_dev, written.st_ino)
-                return staged
+            with os.fdopen(handle, "r+b", closefd=False) as file:
+                write_to(file)
+            os.fsync(handle)
+            # taken once written: macOS numbers an empty FAT file otherwise than a full one
+            written = os.fstat(handle)
+            staged.identity = (written.st_dev, written.st_ino)
+            return staged
         finally:
             os.close(handle)
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def _stage_by_name(folder: Path, write: Callable[[Path], None]) -> StagedFile:
+    """stage_file's writer, which can only write a file by name (safetensors' save_file), writes
+    in a new folder only this user may enter: in a folder other users write to, one could put a
+    link in its way; and what the writer leaves when killed (safetensors' own temporary copy, as
+    large as the file) goes with the folder, which the sweep removes whole once its writer has
+    gone (left beside the file, nothing ever removed it)."""
+    staged = StagedFile(folder / "file", folder=folder)
+    with _LOCK:
+        _WRITING.add(folder.name)
+    try:
+        folder.mkdir(mode=0o700)
+        # the rights a plain open() gives, 0o666 less the umask (read from a created file, not
+        # with os.umask, which would change it for every thread for a moment): `write` may make
+        # the file anew with rights of its own (safetensors: 0600)
+        handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        created = stat.S_IMODE(os.fstat(handle).st_mode)
+        os.close(handle)
         write(staged.temp)
-        # `write` may have made the file anew with rights of its own (safetensors: 0600); what a
-        # plain open() gives is 0o666 less the umask (read from the created file, not with
-        # os.umask, which would change it for every thread for a moment)
-        os.chmod(staged.temp, stat.S_IMODE(created.st_mode))
-        _flush_to_disk(staged.temp)
+        handle = os.open(staged.temp, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        try:
+            written = os.fstat(handle)
+            if not stat.S_ISREG(written.st_mode):
+                raise OSError(f"the new {folder.name} is not a regular file")
+            staged.identity = (written.st_dev, written.st_ino)
+            # renamed before its data reaches the disk, a file could read back empty after a power cut
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+        staged._set_mode(created)
     except BaseException:
         staged.discard()
         raise
     return staged
-
-
-def _flush_to_disk(temp: Path) -> None:
-    # Renamed before its data reaches the disk, a file could read back empty after a power cut.
-    handle = os.open(temp, os.O_RDWR | getattr(os, "O_BINARY", 0))
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _replace(temp: Path, path: Path) -> None:

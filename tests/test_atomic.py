@@ -39,8 +39,12 @@ def test_a_writer_that_fails_half_way_leaves_the_old_file_and_no_temp_file(tmp_p
     (tmp_path / "old.json").write_text("old")
 
     def half_then_fail(temp):
-        assert atomic.is_temp_name(temp.name) and temp.parent == tmp_path
+        # written by name in a private temporary folder of its own (as safetensors' save_file
+        # writes, with a temporary copy of its own beside the file)
+        assert atomic.is_temp_name(temp.parent.name) and temp.parent.parent == tmp_path
+        assert temp.parent.stat().st_mode & 0o777 == 0o700
         temp.write_text("ha")
+        (temp.parent / ".tmp8cohcu").write_text("the writer's own copy")
         raise RuntimeError("disk full")
 
     for name in ("old.json", "new.json"):
@@ -126,7 +130,7 @@ def test_a_replaced_file_keeps_its_own_rights(tmp_path):
 
 def test_temp_target_names_the_file_a_temp_file_is_for(tmp_path):
     seen = []
-    atomic.write_atomically(tmp_path / "a.json", lambda temp: seen.append(atomic.temp_target(temp.name)))
+    atomic.write_atomically(tmp_path / "a.json", lambda temp: seen.append(atomic.temp_target(temp.parent.name)))
     assert seen == ["a.json"]
     assert atomic.temp_target(".notes.part") is None and atomic.temp_target("a.json") is None
 
@@ -377,3 +381,95 @@ def test_a_text_file_swapped_for_a_link_while_written_never_writes_through_it(tm
     monkeypatch.undo()
     assert victim.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
+
+
+KILLED_BY_NAME_WRITER = """
+import os, signal, sys
+from stepfoley import atomic
+def write(temp):
+    (temp.parent / ".tmpx1y2z3").write_bytes(b"x" * 4096)  # safetensors' own temporary copy, half written
+    os.kill(os.getpid(), signal.SIGKILL)
+atomic.write_atomically(sys.argv[1], write)
+"""
+
+
+def test_what_a_killed_by_name_writer_leaves_goes_with_its_folder(tmp_path):
+    """safetensors' save_file writes its own hidden copy and renames it onto the name it is
+    given: a writer killed part way left that copy (as large as the file) beside the target, and
+    nothing ever removed it. It is now inside the write's private folder, swept whole."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", KILLED_BY_NAME_WRITER, str(tmp_path / "model.safetensors")])
+    assert run.returncode == -9
+    [left] = os.listdir(tmp_path)
+    assert atomic.is_temp_name(left) and sorted(os.listdir(tmp_path / left)) == [".tmpx1y2z3", "file"]
+    assert atomic.sweep_stale_parts(tmp_path) == [left] and os.listdir(tmp_path) == []
+
+
+def test_replacing_takes_the_rights_of_a_file_only(tmp_path):
+    """publish(replace=True) gave the new file the rights of whatever held the name: a link's
+    target's (setuid bits included), a folder's (0777) even when the replace then failed."""
+    default = atomic.write_text_atomically(tmp_path / "plain.json", "x").stat().st_mode & 0o777
+    (tmp_path / "target.sh").write_text("#!/bin/sh")
+    os.chmod(tmp_path / "target.sh", 0o4777)
+    (tmp_path / "linked.json").symlink_to(tmp_path / "target.sh")
+    assert (atomic.write_text_atomically(tmp_path / "linked.json", "y", replace=True).lstat().st_mode & 0o7777) == default
+    (tmp_path / "kept.json").write_text("old")
+    os.chmod(tmp_path / "kept.json", 0o600)
+    assert atomic.write_text_atomically(tmp_path / "kept.json", "new", replace=True).stat().st_mode & 0o777 == 0o600
+    (tmp_path / "folder.json").mkdir()
+    os.chmod(tmp_path / "folder.json", 0o777)
+    staged = atomic.stage_stream(tmp_path / "folder.json", lambda f: f.write(b"z"))
+    try:
+        with pytest.raises(OSError):
+            staged.publish(tmp_path / "folder.json", replace=True)
+        assert staged.temp.stat().st_mode & 0o777 == default
+    finally:
+        staged.discard()
+
+
+UNSHARED_WRITER = """
+import os, sys, time
+from stepfoley.atomic import stage_stream
+def slow(f):
+    f.write(b"half"); print("writing", os.getpid(), flush=True); time.sleep(3); f.write(b" of a stem")
+staged = stage_stream(sys.argv[1], slow)
+try:
+    staged.publish(sys.argv[1]); print("published", flush=True)
+finally:
+    staged.discard()
+"""
+
+
+def test_a_live_writer_in_another_process_namespace_is_not_swept(tmp_path):
+    """A container sharing the host's name numbers its processes anew: the sweep took its live
+    writer's pid for a dead process of this machine and removed its temp file (a lost stem)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root to make a process namespace")
+    # the writer's pid in its namespace past the first few, which live processes hold here too
+    # (a last command after it, so that bash does not run it in its own place, as pid 1)
+    script = (f"for i in $(seq 300); do /bin/true; done; {sys.executable} -c '{UNSHARED_WRITER}' "
+              f"{tmp_path / 'take.wav'}; exit $?")
+    writer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c", script],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        said = writer.stdout.readline().split()
+        if not said or said[0] != "writing":
+            pytest.skip("no process namespace could be made here")
+        try:
+            os.kill(int(said[1]), 0)
+            pytest.skip("the writer's pid in its namespace is a live process's here too")
+        except ProcessLookupError:
+            pass  # as a killed writer of this machine's would be
+        assert atomic.sweep_stale_parts(tmp_path) == []
+        assert writer.stdout.read().strip() == "published" and writer.wait(30) == 0
+        assert (tmp_path / "take.wav").read_bytes() == b"half of a stem"
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()

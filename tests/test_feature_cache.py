@@ -356,12 +356,17 @@ def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     folder = tmp_path / "features"
     folder.mkdir()
     # another machine's engines share the folder: their writers' ids say nothing here, age does
-    stale, fresh = (folder / f".{c * 64}.safetensors.0a1b2c3d-{pid}-0123abcd.part" for c, pid in (("a", 17), ("b", 18)))
+    stale, fresh, stale_folder = (folder / f".{c * 64}.safetensors.0a1b2c3d-{pid}-0123abcd.part"
+                                  for c, pid in (("a", 17), ("b", 18), ("c", 19)))
     for path in (stale, fresh):
         path.write_bytes(b"half")
-    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    # an entry is written in a private folder of its own (atomic.stage_file), with the writer's copy
+    stale_folder.mkdir()
+    (stale_folder / ".tmp8cohcu").write_bytes(b"half")
+    for old in (stale, stale_folder):
+        os.utime(old, (time.time() - 2 * 3600,) * 2)
     FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and fresh.exists() and not stale_folder.exists()
 
 
 def test_only_the_caches_own_files_are_ever_removed(tmp_path):

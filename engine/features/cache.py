@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import re
 import stat
 import threading
@@ -331,6 +332,10 @@ class FeatureCache:
                 continue  # removed meanwhile
             if _written_by_someone_else(info):
                 continue  # another user's: neither counted nor removed
+            if stat.S_ISDIR(info.st_mode) and _ENTRY_NAME.fullmatch(temp_target(entry.name) or ""):
+                if now - info.st_mtime > _STALE_TEMP_S:  # an entry's private temporary folder (atomic)
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                continue
             if not stat.S_ISREG(info.st_mode):
                 continue  # a folder, link, pipe or device named like one: never an entry, never opened
             if _ENTRY_NAME.fullmatch(entry.name):
