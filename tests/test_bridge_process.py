@@ -2,6 +2,7 @@
 leaves no stem (nothing under a .wav name) behind, even when killed mid-write; its temp file
 goes with the next engine's start or the next write into that folder."""
 
+import contextlib
 import json
 import os
 import signal
@@ -246,8 +247,10 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
             proc.wait()
 
 
-def start_serve(tmp_path, **popen) -> tuple[subprocess.Popen, RawPeer]:
-    """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it."""
+@contextlib.contextmanager
+def serving(tmp_path, **popen):
+    """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it;
+    killed after, should it still run."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -267,18 +270,9 @@ def start_serve(tmp_path, **popen) -> tuple[subprocess.Popen, RawPeer]:
         except OSError:
             continue
         if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
-            return proc, peer
-
-
-def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
-    """Closing the terminal `stepfoley serve` runs in sends it SIGHUP, and its stderr is gone
-    with the terminal: by default SIGHUP killed it mid-job; it is now a clean stop (exit 0)
-    whose last words, which nobody can read, cannot turn it into a traceback."""
-    proc, peer = start_serve(tmp_path)
+            break
     try:
-        proc.stderr.close()  # the terminal has gone: what the engine prints now fails
-        proc.send_signal(signal.SIGHUP)
-        assert proc.wait(timeout=120) == 0
+        yield proc, peer
     finally:
         peer.close()
         if proc.poll() is None:
@@ -286,11 +280,20 @@ def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
             proc.wait()
 
 
+def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
+    """Closing the terminal `stepfoley serve` runs in sends it SIGHUP, and its stderr is gone
+    with the terminal: by default SIGHUP killed it mid-job; it is now a clean stop (exit 0)
+    whose last words, which nobody can read, cannot turn it into a traceback."""
+    with serving(tmp_path) as (proc, _):
+        proc.stderr.close()  # the terminal has gone: what the engine prints now fails
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 0
+
+
 def test_serve_under_nohup_outlives_its_terminal(tmp_path):
     """`nohup stepfoley serve &` starts it ignoring SIGHUP, to go on serving when the terminal
     closes: the stop on SIGHUP must not take that back."""
-    proc, peer = start_serve(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
+    with serving(tmp_path, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) as (proc, peer):
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         peer.send(protocol.PING, peer.port, "p", "")
@@ -298,11 +301,6 @@ def test_serve_under_nohup_outlives_its_terminal(tmp_path):
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
-    finally:
-        peer.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
