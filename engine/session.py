@@ -385,7 +385,7 @@ class StepSession:
             condition = self.reference_condition(*reference)
         else:
             condition = self.conditioning_mix() if requested.audio == "existing" else None
-        left_out = 0
+        left_out = None  # the previous captions are not the negative caption
         if requested.negative_from_previous and not settings.negative_caption:
             negative, left_out = self.previous_as_negative()
             settings = replace(settings, negative_caption=negative)
@@ -397,7 +397,7 @@ class StepSession:
         for track in tracks:
             track.metadata["track_index"] = self._next_index()  # the place any of them would take
             track.metadata["earlier_layers_silent"] = silent
-            if requested.negative_from_previous:
+            if left_out is not None:
                 track.metadata["previous_captions_left_out"] = left_out
         return tracks
 

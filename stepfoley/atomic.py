@@ -50,18 +50,7 @@ MAX_NAME_BYTES = 255  # what ext4, APFS and NTFS take; a temporary name is kept 
 REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
 
 _WINDOWS = os.name == "nt"
-def _process_world() -> str:
-    """Where this process's ids mean something: its host name and, on Linux, its process-id
-    namespace (a container sharing the host's name and network numbers its processes anew: the
-    sweep took its live writer's pid for a dead one of ours, and removed its temp file)."""
-    try:
-        namespace = f"|pidns:{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        namespace = ""
-    return socket.gethostname() + namespace
-
-
-_HOST = hashlib.sha256(_process_world().encode("utf-8", "backslashreplace")).hexdigest()[:8]
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
 _PART_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
 _WRITING: set[str] = set()  # temp names this process is writing now
 _LOCK = threading.Lock()
@@ -129,10 +118,16 @@ def windows_path_limit() -> int | None:
     return _WINDOWS_MAX_PATH
 
 
+# What a by-name writer adds below the temporary name (_stage_by_name): "/file", or the writer's
+# own temporary copy beside it (safetensors: "/.tmpXXXXXX").
+INNER_PATH_BYTES = len("/.tmpXXXXXX")
+
+
 def temp_name_bytes(name: str) -> int:
-    """The length of stage_file's temporary name for `name` (".NAME.<host>-<pid>-<random>.part",
-    the pid up to 10 digits), in bytes: the longest name written for it."""
-    return min(MAX_NAME_BYTES, len(os.fsencode(name)) + len(f"..{_HOST}-{'9' * 10}-{'0' * 8}{TEMP_SUFFIX}"))
+    """The length of stage_file's temporary path for `name` (".NAME.<host>-<pid>-<random>.part",
+    the pid up to 10 digits, and what is written inside it), in bytes: the longest written for it."""
+    return min(MAX_NAME_BYTES, len(os.fsencode(name)) + len(f"..{_HOST}-{'9' * 10}-{'0' * 8}{TEMP_SUFFIX}")) \
+        + INNER_PATH_BYTES
 
 
 def is_temp_name(name: str) -> bool:
@@ -229,7 +224,7 @@ class StagedFile:
         place would pass the mode to what it points to. Best effort: a file system without
         rights (FAT through FUSE, some shares) keeps what it has."""
         try:
-            handle = os.open(self.temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+            handle = os.open(self.temp, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
         except OSError:
             return  # gone or a link: publishing checks the name and says so
         try:
@@ -321,11 +316,19 @@ def _stage_by_name(folder: Path, write: Callable[[Path], None]) -> StagedFile:
     link in its way; and what the writer leaves when killed (safetensors' own temporary copy, as
     large as the file) goes with the folder, which the sweep removes whole once its writer has
     gone (left beside the file, nothing ever removed it)."""
-    staged = StagedFile(folder / "file", folder=folder)
     with _LOCK:
         _WRITING.add(folder.name)
     try:
-        folder.mkdir(mode=0o700)
+        # on Windows, 0o700 would give the file a protected ACL of its own, kept when it is
+        # renamed, in place of the folder's it is published in (and no other user of a
+        # Windows machine can put a link in a folder of someone else's)
+        folder.mkdir(**({} if _WINDOWS else {"mode": 0o700}))
+    except BaseException:
+        with _LOCK:
+            _WRITING.discard(folder.name)
+        raise
+    staged = StagedFile(folder / "file", folder=folder)
+    try:
         # the rights a plain open() gives, 0o666 less the umask (read from a created file, not
         # with os.umask, which would change it for every thread for a moment): `write` may make
         # the file anew with rights of its own (safetensors: 0600)

@@ -972,9 +972,9 @@ def _unicode(value: str, name: str) -> str:
 
 
 def is_blank(text: str) -> bool:
-    """Whether `text` says nothing to a text encoder: only spaces, control characters and
-    invisible format characters (a byte-order mark, a zero-width space, a soft hyphen), which
-    both encoders drop before reading."""
+    """Whether `text` has nothing visible to describe a sound with: only spaces, control
+    characters and invisible format characters (a byte-order mark, a zero-width space, a soft
+    hyphen), which the embedded text encoder reads as the empty caption."""
     return not "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
 
 

@@ -192,6 +192,8 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--reference", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
         ([video, "0", "2", "--sample-rate", "0"], "sample_rate 0 is not supported"),
         ([video, "0", "2", "--method", "negative_prompt"], "give them with --negative-caption"),
+        ([video, "0", "2", "--method", "negative_prompt", "--negative-caption", " \u200b"],
+         "give them with --negative-caption"),  # blank: the request would have none, and plain CFG ran
         # a Latin-1 name, legal on Linux: refused in the user's words, not as a protocol field
         ([video, "0", "2", "--out", os.fsdecode(bytes(tmp_path) + b"/n\xe9w.wav")],
          "n\ufffdw.wav': the file or folder name is not UTF-8 text"),

@@ -652,6 +652,8 @@ def test_the_previous_captions_as_a_negative_are_those_the_text_encoder_hears_wh
     track = session.next_track(TrackSettings("rain", method="negative_prompt", seed=3, steps=1))
     assert (track.metadata["negative_caption"], track.metadata["previous_captions_left_out"]) == (negative, left_out)
     assert "previous_captions_left_out" not in session.next_track(TrackSettings("rain", steps=1)).metadata
+    given = TrackSettings("rain", method="negative_prompt", seed=3, steps=1, negative_caption="a bell")
+    assert "previous_captions_left_out" not in session.next_track(given).metadata  # its own negative: none used
     # a first caption longer than the encoder hears is kept, cut as it would be alone
     long = StepSession(tiny, Region(scene_video, 0.0, 2.0))
     long.add_captions([" ".join(["thunder"] * 90), "rain"])

@@ -238,10 +238,10 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, parse_request
+    from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, is_blank, parse_request
 
     _check_file_names(args)
-    if args.method == "negative_prompt" and not args.negative_caption:
+    if args.method == "negative_prompt" and is_blank(args.negative_caption):
         raise InvalidInputError("--method negative_prompt steers away from the captions of the earlier layers, "
                                 "which the command line is not told: give them with --negative-caption "
                                 "(e.g. --negative-caption \"footsteps on gravel, rain\").")
