@@ -134,6 +134,18 @@ ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 
 
+def fit_captions(captions: Sequence[str], token_count: Callable[[str], int], most_tokens: int) -> tuple[str, int]:
+    """Captions as one text a text encoder hears whole: each once, in order, joined with ", ",
+    as many as fit `most_tokens` (joined all, the encoder cut them at its last token and the
+    newest layers went unheard, said nowhere); and how many distinct captions were left out.
+    A first caption longer than that is kept, cut by the encoder as it would be alone."""
+    kept, distinct = [], list(dict.fromkeys(captions))
+    for caption in distinct:
+        if not kept or token_count(", ".join([*kept, caption])) <= most_tokens:
+            kept.append(caption)
+    return ", ".join(kept), len(distinct) - len(kept)
+
+
 def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int) -> np.ndarray:
     """x̃ of the paper: the sum of mono tracks (each (S,)) fitted to `length` samples and
     loudness-normalized to CONDITION_LUFS, (length,)."""
@@ -402,16 +414,10 @@ class StepSession:
         return tracks
 
     def previous_as_negative(self) -> tuple[str, int]:
-        """The previous captions as one negative caption the text encoder hears whole: each once,
-        in order, joined with ", ", as many as fit its tokens (joined all, the encoder cut them
-        at its 75th token and the newest layers went unheard, said nowhere); and how many
-        distinct captions were left out. A first caption longer than that is kept, cut."""
-        encoder, kept = self.model.text_encoder, []
-        captions = list(dict.fromkeys(self.previous_captions()))
-        for caption in captions:
-            if not kept or encoder.token_count(", ".join([*kept, caption])) <= encoder.max_caption_tokens:
-                kept.append(caption)
-        return ", ".join(kept), len(captions) - len(kept)
+        """The previous captions as one negative caption the text encoder hears whole, and how
+        many were left out (fit_captions)."""
+        encoder = self.model.text_encoder
+        return fit_captions(self.previous_captions(), encoder.token_count, encoder.max_caption_tokens)
 
     def generate_takes(self, settings: Sequence[TrackSettings], conditions: Sequence[np.ndarray | None],
                        on_progress: ProgressFn | None = None, is_cancelled: CancelFn | None = None,

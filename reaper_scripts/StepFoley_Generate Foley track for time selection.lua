@@ -4,6 +4,7 @@
 -- @changelog
 --   Bounce of the layers to negate: a master fader pulled down to silence (below -40 dB) stands at 0 dB for the bounce (the layers reached the engine silent and nothing was negated), and is put back after; Verify setup checks that it came back.
 --   Layers silent in their bounce over the region (master volume automation, an FX) are said to be in the console, from the engine's metadata (earlier_layers_silent): the new audio was made without negating them.
+--   negative_prompt: the earlier layers' captions that did not fit in what the text encoder reads (75 tokens) are counted in the console (the engine now steers away from those that fit, whole, and counts the others).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -677,6 +677,18 @@ local function say_if_layers_were_silent(takes, negatives)
   end
 end
 
+-- negative_prompt steers away from the layers' captions, as many as its text encoder hears
+-- whole (the engine's metadata previous_captions_left_out counts the others). Said, never silently.
+local function say_if_captions_were_left_out(takes)
+  local engine = type(takes[1].meta.engine) == "table" and takes[1].meta.engine or {}
+  local left_out = math.tointeger(engine.previous_captions_left_out)
+  if left_out and left_out > 0 then
+    M.log(string.format("%d of the earlier layers' captions did not fit in what the text encoder reads (75 " ..
+      "tokens), so the new audio was not steered away from them; shorten those captions, or choose fewer " ..
+      "layers to negate.", left_out))
+  end
+end
+
 -- Puts the finished results into the project, in one undo point.
 local function insert_results(job, settings, region, jobs, results, negatives, params)
   local takes = {}
@@ -698,6 +710,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
   end
   if #takes == 0 then return end
   say_if_layers_were_silent(takes, negatives)
+  say_if_captions_were_left_out(takes)
   if #jobs > 1 then M.rank_across_jobs(takes) end
   local proj = job.proj
   if not still_there(job) then

@@ -201,6 +201,25 @@ def test_previous_captions_stop_at_the_engines_limit(world):
     assert len(h.new_tracks(result, known=("Picture", "wind", "many", "more"))) == 1
 
 
+def test_captions_the_text_encoder_cannot_hear_are_said_to_be_left_out(world):
+    """negative_prompt steers away from the layers' captions, as many as its text encoder hears
+    whole (75 tokens); the engine counts the others in its metadata, and the user is told."""
+    from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, WordPieceTokenizer, packaged_model_dir
+    from stepfoley.engine.session import fit_captions
+
+    captions = [f"layer {k} of distant church bells ringing over a windy hill" for k in range(12)]
+    dialog = h.answers(method="negative_prompt")
+    result = h.run_scenario(world["tmp"], h.scenario(world, dialog=dialog, extra_tracks=[pieces(world, "bells",
+                                                                                               captions)]))
+    assert result["messages"] == []
+    sent = h.job_request(result)["previous_captions"]
+    assert sent == ["wind in the trees", *captions]
+    tokenizer = WordPieceTokenizer(packaged_model_dir() / "vocab.txt")
+    _, left_out = fit_captions(sent, lambda text: len(tokenizer.content_ids(text)), TEXT_SEQ_LEN - 2)
+    assert left_out > 0
+    assert f"{left_out} of the earlier layers' captions did not fit in what the text encoder reads" in result["console"]
+
+
 def test_a_failing_render_restores_everything(world):
     # the user cancels REAPER's render window: nothing is written; StepFoley must say so and
     # still put back every setting it changed

@@ -161,7 +161,23 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
             "metadata": {"model": "standin", "seed": seed, "frequency_hz": freq, "caption": caption,
                          "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
                          "steps": used["steps"],
-                         "earlier_layers_silent": silent_mix(request.get("existing_mix"))}}
+                         "earlier_layers_silent": silent_mix(request.get("existing_mix")),
+                         **captions_left_out(request, used["method"])}}
+
+
+def captions_left_out(request: dict, method: str) -> dict:
+    """negative_prompt without a negative caption of its own steers away from the previous
+    captions, as many as the text encoder hears whole: the engine's rule (session.fit_captions)
+    with the embedded model's own tokenizer, and its metadata's count of those left out."""
+    if method != "negative_prompt" or request.get("negative_caption", "").strip():
+        return {}
+    from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, WordPieceTokenizer, packaged_model_dir
+    from stepfoley.engine.session import fit_captions
+
+    tokenizer = WordPieceTokenizer(packaged_model_dir() / "vocab.txt")
+    _, left_out = fit_captions(request.get("previous_captions", []), lambda text: len(tokenizer.content_ids(text)),
+                               TEXT_SEQ_LEN - 2)
+    return {"previous_captions_left_out": left_out}
 
 
 def silent_mix(path) -> bool:
