@@ -282,15 +282,21 @@ def can_make_file_in(folder: str | os.PathLike) -> bool:
     return True
 
 
-def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None) -> StagedFile:
-    # Taken at write time, not import time: a forked child is another writer.
+def _temp_path(path: Path) -> Path:
+    """A new temporary name for `path` in its folder, ".NAME.<host>-<pid>-<random>.part", NAME
+    shortened to keep it within MAX_NAME_BYTES. Taken at write time, not import time: a forked
+    child is another writer."""
     suffix = f".{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
     target = path.name
-    while len(os.fsencode(f".{target}{suffix}")) > MAX_NAME_BYTES:  # a long name: its temp name shortened
+    while len(os.fsencode(f".{target}{suffix}")) > MAX_NAME_BYTES:
         target = target[:-1]
+    return path.parent / f".{target}{suffix}"
+
+
+def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None) -> StagedFile:
     if write is not None:
-        return _stage_by_name(path.parent / f".{target}{suffix}", write)
-    staged = StagedFile(path.parent / f".{target}{suffix}")
+        return _stage_by_name(make_temp_folder(path, private=True), write)
+    staged = StagedFile(_temp_path(path))
     with _LOCK:
         _WRITING.add(staged.temp.name)
     try:
@@ -312,21 +318,10 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
 
 def _stage_by_name(folder: Path, write: Callable[[Path], None]) -> StagedFile:
     """stage_file's writer, which can only write a file by name (safetensors' save_file), writes
-    in a new folder only this user may enter: in a folder other users write to, one could put a
-    link in its way; and what the writer leaves when killed (safetensors' own temporary copy, as
-    large as the file) goes with the folder, which the sweep removes whole once its writer has
-    gone (left beside the file, nothing ever removed it)."""
-    with _LOCK:
-        _WRITING.add(folder.name)
-    try:
-        # on Windows, 0o700 would give the file a protected ACL of its own, kept when it is
-        # renamed, in place of the folder's it is published in (and no other user of a
-        # Windows machine can put a link in a folder of someone else's)
-        folder.mkdir(**({} if _WINDOWS else {"mode": 0o700}))
-    except BaseException:
-        with _LOCK:
-            _WRITING.discard(folder.name)
-        raise
+    in `folder`, new and private (make_temp_folder): in a folder other users write to, one could
+    put a link in its way; and what the writer leaves when killed (safetensors' own temporary
+    copy, as large as the file) goes with the folder, which the sweep removes whole once its
+    writer has gone (left beside the file, nothing ever removed it)."""
     staged = StagedFile(folder / "file", folder=folder)
     try:
         # the rights a plain open() gives, 0o666 less the umask (read from a created file, not
@@ -437,17 +432,20 @@ def publish_exclusively(source: str | os.PathLike, target: str | os.PathLike) ->
 
 # --- what killed writers leave ----------------------------------------------------------------
 
-def make_temp_folder(path: str | os.PathLike) -> Path:
-    """A new, empty hidden folder named for `path` in its folder, as stage_file names a temporary
-    file: a writer fills it, then renames it to its final name. sweep_stale_parts leaves it
-    alone until release_temp_folder, and removes it, whole, once its writer no longer runs."""
+def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:
+    """A new, empty hidden folder named for `path` in its folder, as a temporary file is named:
+    a writer fills it, then renames it to its final name. sweep_stale_parts leaves it alone
+    until release_temp_folder, and removes it, whole, once its writer no longer runs.
+    `private`: only this user may enter it (POSIX; on Windows 0o700 would give what is made in
+    it a protected ACL of its own, kept when it is renamed out, and no other user of a Windows
+    machine can put a link in someone else's folder)."""
     path = Path(path)
     while True:
-        temp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        temp = _temp_path(path)
         with _LOCK:
             _WRITING.add(temp.name)
         try:
-            temp.mkdir()
+            temp.mkdir(**({"mode": 0o700} if private and not _WINDOWS else {}))
             return temp
         except BaseException as error:
             with _LOCK:

@@ -37,8 +37,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import re
+import shutil
 import stat
 import threading
 import time
