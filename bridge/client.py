@@ -177,8 +177,11 @@ class EngineClient:
 
     def not_running(self) -> str:
         """What to tell a user no engine answered: not_running_message, and the network's last error."""
-        told = not_running_message(self.host, self.port)
-        return f"{told} The network said: {self.network_error}." if self.network_error else told
+        return not_running_message(self.host, self.port) + self.network_said()
+
+    def network_said(self) -> str:
+        """" The network said: ...", its last error, to end a message with; "" while it gave none."""
+        return f" The network said: {self.network_error}." if self.network_error else ""
 
     def _call(self, address: str, args: tuple, timeout: float) -> tuple[str, list]:
         request_id = new_request_id()
@@ -363,11 +366,10 @@ class RemoteJob:
         if now - self._last_sign_of_life > self.timeout:
             self._send_cancel()  # nobody will collect the job once this client has gone: free the engine
             if not self.finished:
-                network = self._client.network_error
                 self._finish("error", EXIT_TIMED_OUT, error=(
                     "timed_out", f"The engine showed no progress for {self.timeout:g} s; the job was asked to "
                                  "cancel, so that it does not hold the engine or leave a stem nobody collects."
-                                 + (f" The network said: {network}." if network else "")))
+                                 + self._client.network_said()))
             return
         # ask often enough that a short watchdog still sees the engine's heartbeat
         quiet = min(QUIET_POLL_S, self.timeout / 4)
