@@ -100,7 +100,7 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         def said(r) -> str:  # each problem is a sentence of its own, ended here
             named = f"{r.path.relative_to(weights_dir)} ({r.what})"
             if not r.present:
-                return named + " is missing" + "".join(f": it {why}" for why in r.problems)
+                return f"{named} is {r.missing}"
             return named + ": " + "; ".join(p.rstrip(".") for p in r.problems)
 
         raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: "

@@ -317,6 +317,11 @@ class FileReport:
     def ok(self) -> bool:
         return self.present and not self.problems
 
+    @property
+    def missing(self) -> str:
+        """"missing", and what stands in its place where something does (not_there_because)."""
+        return "missing" + "".join(f": it {why}" for why in self.problems)
+
 
 @dataclass(frozen=True)
 class WeightsReport:
@@ -343,7 +348,7 @@ class WeightsReport:
         lines = [f"Weights folder: {self.root}"]
         for r in self.files.values():
             if not r.present:
-                status = "missing" + "".join(f": it {why}" for why in r.problems)
+                status = r.missing
             elif r.problems:
                 status = "WRONG: " + "; ".join(r.problems)
             else:
