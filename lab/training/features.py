@@ -203,4 +203,3 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
                      has_video=data.has_video[idx], cond_latent=pick(apart[:, 1], apart[:, 0]))
 
     return ResumableBatches(batch, torch.Generator().manual_seed(seed * 7919 + 17 + rank))
-

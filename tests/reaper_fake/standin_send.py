@@ -57,7 +57,8 @@ from stepfoley.commands.send import remove_stale_cancel
 from stepfoley.engine import mixing
 from stepfoley.engine.guidance import public_methods
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED
-from stepfoley.request import Capabilities, GuidanceDefaults, MethodInfo, RequestError, parse_request, resolve_guidance
+from stepfoley.request import (Capabilities, GuidanceDefaults, MethodInfo, RequestError, is_blank, parse_request,
+                               resolve_guidance)
 
 DEFAULTS = GuidanceDefaults(method="nag", alpha=3.0, beta=2.0, steps=3)
 
@@ -169,7 +170,7 @@ def captions_left_out(request: dict, method: str) -> dict:
     """negative_prompt without a negative caption of its own steers away from the previous
     captions, as many as the text encoder hears whole: the engine's rule (session.fit_captions)
     with the embedded model's own tokenizer, and its metadata's count of those left out."""
-    if method != "negative_prompt" or request.get("negative_caption", "").strip():
+    if method != "negative_prompt" or not is_blank(request.get("negative_caption", "")):
         return {}
     from stepfoley.engine.embedded.text import TEXT_SEQ_LEN, WordPieceTokenizer, packaged_model_dir
     from stepfoley.engine.session import fit_captions
