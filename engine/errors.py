@@ -1,6 +1,9 @@
 """Typed errors. Every message is written for the person at the DAW, not for a programmer:
 say what was wrong, with which file or value, and what to do about it."""
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class StepFoleyError(Exception):
     """Base class. `code` is a short stable identifier carried over the OSC protocol."""
@@ -68,6 +71,19 @@ def memory_that_ran_out(error: BaseException) -> str:
         if e is not None and any(backend in str(e) for backend in ("CUDA", "MPS", "HIP", "XPU")):  # torch's words
             return "GPU"
     return "computer"
+
+
+@contextmanager
+def out_of_memory_said(message: Callable[[str], str]) -> Iterator[None]:
+    """Memory running out in the block is raised as OutOfMemory(message(whose)), `whose` being
+    "GPU" or "computer": said as what it is and what to do, not as an internal error. An
+    OutOfMemory already said, and every other error, pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(message(memory_that_ran_out(e))) from e
 
 
 class GenerationCancelled(StepFoleyError):

@@ -21,8 +21,8 @@ import numpy as np
 
 from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
-from stepfoley.engine.errors import (AudioError, InvalidInputError, OutOfMemory, StepFoleyError, is_out_of_memory,
-                                     memory_that_ran_out, stop_if_cancelled)
+from stepfoley.engine.errors import (AudioError, InvalidInputError, StepFoleyError, out_of_memory_said,
+                                     stop_if_cancelled)
 from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
@@ -94,17 +94,14 @@ class FoleyService:
         generate --out FILE.wav), given to it straight from its temporary file
         (audio_io.publish_stem, with `replace`); a file already there and not `replace`: the
         usual numbered name."""
+        # said as what it is (it was an internal error, "please report it"): the next job may fit
+        asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations" if request.variations > 1
+                                                     else "")
         try:
-            return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
-        except Exception as e:
-            if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
-                raise
-            # said as what it is (it was an internal error, "please report it"): the next job may fit
-            asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations" if request.variations > 1
-                                                         else "")
-            raise OutOfMemory(f"The {memory_that_ran_out(e)} ran out of memory while making this track ({asked}). "
-                              "Close other programs, or ask for fewer variations or a shorter time selection, and "
-                              "try again.") from e
+            with out_of_memory_said(lambda whose: f"The {whose} ran out of memory while making this track ({asked}). "
+                                    "Close other programs, or ask for fewer variations or a shorter time selection, "
+                                    "and try again."):
+                return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 
@@ -360,15 +357,11 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
 
     precision = check_precision(precision)
     chosen = choose_device(device)
-    try:
+    # a weights file too large to read was said so where it was read
+    with out_of_memory_said(lambda whose: f"The model does not fit in the {whose}'s memory. Close other programs, or "
+                            "choose a smaller model (--model)"
+                            + (", or run it on the CPU (--device cpu)" if whose == "GPU" else "") + "."):
         foley = load_foley_model(weights_dir=weights_dir, variant=model, device=chosen)
-    except Exception as e:
-        if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
-            raise  # a weights file too large to read was said so where it was read
-        where = memory_that_ran_out(e)
-        raise OutOfMemory(f"The model does not fit in the {where}'s memory. Close other programs, or choose a smaller "
-                          "model (--model)" + (", or run it on the CPU (--device cpu)" if where == "GPU" else "")
-                          + ".") from e
     foley.precision = precision
     if compile:
         foley.net.predict_flow = maybe_compile(foley.net.predict_flow, True, foley.device)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stepfoley.engine.errors import OutOfMemory, VideoError, is_out_of_memory
+from stepfoley.engine.errors import VideoError, out_of_memory_said
 from stepfoley.engine.pipeline import PictureFocus
 from stepfoley.request import open_regular_input
 
@@ -268,21 +268,13 @@ def _check_picture_size(path: Path, width: int, height: int) -> None:
             "its real picture size, at 4K or less.")
 
 
-@contextmanager
 def _out_of_memory_is_a_video_error(path: Path, width: int, height: int):
     """Memory running out while frames are read (numpy's and FFmpeg's MemoryError, torch's
     allocator failing with a RuntimeError) says what to do, not where in the code it happened."""
-    try:
-        yield
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-    else:
-        return
-    raise OutOfMemory(
+    return out_of_memory_said(lambda whose: (
         f"Reading the picture of {path.name} ({width}x{height} pixels) ran out of memory. Close other "
         "programs, or re-export the video at 4K or less (for example as a 1920x1080 H.264 proxy), and "
-        "try again.") from None
+        "try again."))
 
 
 def probe(path: str | Path) -> VideoInfo:
