@@ -715,3 +715,23 @@ def test_train_refuses_weights_it_could_not_write_before_any_work(tmp_path, caps
         err = capsys.readouterr().err
         assert "in a folder where no file can be made" in err and "give --out FILE" in err, err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("what, shorter", [(["embedded"], ["--base-steps", "2"]), (["embedded"], ["--scenes", "40"]),
+                                           (["loudness"], ["--steps", "3"])])
+def test_a_trial_replaces_the_packaged_weights_only_with_force(tmp_path, capsys, monkeypatch, what, shorter):
+    # `train embedded --work w --base-steps 2`, a trial, replaced the weights demo, generate and
+    # serve use by default, with two steps' worth of training
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    received = _received_recipes(monkeypatch, what[0])
+    work = ["--work", str(tmp_path / "w"), "--device", "cpu"]
+    for out in ([], ["--out", str(WEIGHTS_PATH)]):
+        assert main(["train", *what, *work, *shorter, *out]) == 2
+        err = capsys.readouterr().err
+        assert f"{' '.join(shorter)} of the recipe's" in err and "--out FILE for a trial" in err, err
+    assert received == [] and not (tmp_path / "w").exists()
+    assert main(["train", *what, *work, *shorter, "--out", str(tmp_path / "trial.safetensors")]) == 0
+    assert main(["train", *what, *work, *shorter, "--force"]) == 0  # asked for
+    assert len(received) == 2

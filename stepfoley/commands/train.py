@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
     e.add_argument("--work", required=True, help="folder for the data, features, checkpoints and log")
-    e.add_argument("--out", default=None, help="weights file to write (default: the packaged one)")
+    e.add_argument("--out", default=None, help="weights file to write (default: the packaged one; a run shorter "
+                                               "than the recipe replaces that only with --force)")
     e.add_argument("--scenes", type=int, default=None, help="long mini-world scenes to render (default 480)")
     e.add_argument("--held-out-scenes", type=int, default=None,
                    help="of those, kept out of training to measure held-out losses (default 24)")
@@ -259,6 +260,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
         raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
+    _check_trial_keeps_packaged_weights(args)
     if args.what == "controlnet":
         from stepfoley.engine.weights import weights_folder
 
@@ -268,6 +270,32 @@ def _check_folders(args: argparse.Namespace) -> None:
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
+
+
+def _check_trial_keeps_packaged_weights(args: argparse.Namespace) -> None:
+    """A run shorter than the recipe (a trial of a few steps) replaces the packaged weights,
+    which every `stepfoley demo`, `generate` and `serve` uses by default, only with --force."""
+    from stepfoley.commands.runtime import same_file
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.training.embedded import EmbeddedRecipe
+    from stepfoley.lab.training.miniworld_data import DataRecipe
+
+    target = args.out or _default_out(args)
+    if args.force or target is None or not same_file(target, WEIGHTS_PATH):
+        return
+    recipe = EmbeddedRecipe()
+    # option -> the recipe's own number; fewer is a trial
+    full = ({"scenes": DataRecipe.scenes, "base_steps": recipe.base_steps, "controlnet_steps": recipe.controlnet_steps,
+             "loudness_steps": recipe.loudness_steps} if args.what == "embedded"
+            else {"steps": recipe.loudness_steps})
+    shorter = [f"--{name.replace('_', '-')} {getattr(args, name)} of the recipe's {least}" for name, least in full.items()
+               if getattr(args, name, None) is not None and getattr(args, name) < least]
+    if shorter:
+        raise InvalidInputError(
+            f"This run is shorter than the recipe ({', '.join(shorter)}), and would replace the packaged weights "
+            f"that the engine uses by default ({WEIGHTS_PATH}). Give "
+            "--out FILE for a trial, or add --force to replace them.")
 
 
 def _may_replace_out(args: argparse.Namespace) -> bool:
