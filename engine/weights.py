@@ -473,6 +473,11 @@ def _md5_check(spec: WeightFile, checkpoint: Path) -> tuple[bool, tuple[str, ...
         return False, (), (f"only its .safetensors copy is here, and MMAudio publishes the MD5 of "
                            f"{checkpoint.name}, so its bytes were not compared",)
     found = file_md5(checkpoint)
+    other = next((f for f in FILES.values() if f.md5 == found and f is not spec), None)
+    if other is not None:  # large_44k's file saved as large_44k_v2's, say: whole, under another name
+        own = Path(other.relpath).name
+        return False, (f"its bytes are the official {own}, the {other.what}, not {checkpoint.name}: give it its own "
+                       f"name, {other.relpath}, and download {checkpoint.name}",), ()
     if found != spec.md5:
         return False, (f"its bytes are not the official file's (MD5 {found}, published {spec.md5}): a download "
                        "cut short or changed on the way; download it again",), ()

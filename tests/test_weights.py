@@ -584,6 +584,21 @@ def test_hash_says_a_lone_safetensors_copy_cannot_be_compared(tmp_path, monkeypa
                             "bytes were not compared",)
 
 
+def test_hash_names_the_official_file_whose_bytes_another_name_holds(weights_dir, monkeypatch):
+    # mmaudio_large_44k.pth saved as mmaudio_large_44k_v2.pth fits the v2 model's keys and shapes;
+    # its MD5 is told as the other official file's, not as a download to make again
+    import dataclasses
+    import hashlib
+
+    vae = weights_dir / "ext_weights" / "v1-16.pth"
+    monkeypatch.setitem(FILES, "vae_44k", dataclasses.replace(FILES["vae_44k"],
+                                                              md5=hashlib.md5(vae.read_bytes()).hexdigest()))
+    found = check_weights_dir(weights_dir, md5=True).files["vae_16k"]
+    assert not found.ok and not found.md5_matches
+    assert found.problems == ("its bytes are the official v1-44.pth, the 44.1 kHz mel VAE (audio <-> latent), not "
+                              "v1-16.pth: give it its own name, ext_weights/v1-44.pth, and download v1-16.pth",)
+
+
 def test_every_mmaudio_file_carries_its_published_md5_and_the_hub_files_none():
     published = {name for name, spec in FILES.items() if spec.md5}
     assert published == set(FILES) - {"bigvgan_v2_44k"}
