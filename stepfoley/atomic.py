@@ -11,8 +11,10 @@ folder, flushes it to the disk, then gives it the final name (`stage_file` and
   On Windows the replace fails with PermissionError while a reader (a REAPER script polling a
   status file) has the target open, so it is retried for about a second.
 A crash leaves nothing under the final name. The temporary name says which process on which
-machine writes it (`.NAME.<host>-<pid>-<random>.part`), so `sweep_stale_parts` can remove what a
-killed writer left without touching a live writer's file. A new file gets the rights a plain
+machine writes it (`.NAME.<host>-<pid>-<random>.part`), and the writer holds a lock on it (flock,
+POSIX) until it is published or discarded, so `sweep_stale_parts` can remove what a killed
+writer left without touching a live writer's file, even one whose process id means another
+process here (a container's engine writing into a shared folder under the same host name). A new file gets the rights a plain
 open() gives (0o666 less the user's umask: 0644 by default), like any other program's, and a
 replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
 one, writes 0600).
@@ -52,8 +54,43 @@ REPLACE_RETRY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
 _WINDOWS = os.name == "nt"
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "backslashreplace")).hexdigest()[:8]
 _PART_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part")
-_WRITING: set[str] = set()  # temp names this process is writing now
+_WRITING: dict[str, int | None] = {}  # temp names this process writes now -> the descriptor holding its lock
 _LOCK = threading.Lock()
+
+try:
+    import fcntl
+except ImportError:  # Windows: no pid namespaces; the process id alone tells
+    fcntl = None
+
+
+def _writing(name: str) -> None:
+    with _LOCK:
+        _WRITING[name] = None
+
+
+def _hold_lock(name: str, handle: int) -> None:
+    """Keep `handle` (the new temp file or folder `name`, open) with an exclusive flock on it
+    until _done_writing: what a sweep in another pid namespace asks. Best effort: a file system
+    without locks keeps the process id alone."""
+    try:
+        if fcntl is None:
+            raise OSError
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        return
+    with _LOCK:
+        if name in _WRITING:
+            _WRITING[name], handle = handle, _WRITING[name]
+    if handle is not None:  # done with meanwhile, or held twice
+        os.close(handle)
+
+
+def _done_writing(name: str) -> None:
+    with _LOCK:
+        handle = _WRITING.pop(name, None)
+    if handle is not None:
+        os.close(handle)
 
 
 def nearest_existing(path: str | os.PathLike) -> Path:
@@ -247,8 +284,7 @@ class StagedFile:
             pass
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)  # and what a writer left in it
-        with _LOCK:
-            _WRITING.discard((self.folder or self.temp).name)
+        _done_writing((self.folder or self.temp).name)
 
 
 def stage_file(path: str | os.PathLike, write: Callable[[Path], None]) -> StagedFile:
@@ -297,11 +333,11 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
     if write is not None:
         return _stage_by_name(make_temp_folder(path, private=True), write)
     staged = StagedFile(_temp_path(path))
-    with _LOCK:
-        _WRITING.add(staged.temp.name)
+    _writing(staged.temp.name)
     try:
         handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_BINARY", 0), 0o666)
         try:
+            _hold_lock(staged.temp.name, os.dup(handle))
             with os.fdopen(handle, "r+b", closefd=False) as file:
                 write_to(file)
             os.fsync(handle)
@@ -442,22 +478,25 @@ def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:
     path = Path(path)
     while True:
         temp = _temp_path(path)
-        with _LOCK:
-            _WRITING.add(temp.name)
+        _writing(temp.name)
         try:
             temp.mkdir(**({"mode": 0o700} if private and not _WINDOWS else {}))
-            return temp
         except BaseException as error:
-            with _LOCK:
-                _WRITING.discard(temp.name)
+            _done_writing(temp.name)
             if not isinstance(error, FileExistsError):
                 raise
+            continue
+        try:
+            _hold_lock(temp.name, os.open(temp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                                          | getattr(os, "O_NOFOLLOW", 0)))
+        except OSError:
+            pass  # a folder that cannot be opened (Windows): its process id alone tells
+        return temp
 
 
 def release_temp_folder(temp: Path) -> None:
     """The folder `temp` of make_temp_folder was renamed or removed: forget it."""
-    with _LOCK:
-        _WRITING.discard(temp.name)
+    _done_writing(temp.name)
 
 
 def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
@@ -473,15 +512,46 @@ def sweep_stale_parts(folder: str | os.PathLike) -> list[str]:
         match = _PART_NAME.fullmatch(name)
         if match is None or match["host"] != _HOST or not _writer_is_gone(int(match["pid"]), name):
             continue
+        path = os.path.join(folder, name)
+        lock = _lock_of_a_gone_writer(path, is_folder)
+        if lock is False:
+            continue  # its writer still holds it: a process whose id means another process here
         try:
             if is_folder:
-                shutil.rmtree(os.path.join(folder, name))
+                shutil.rmtree(path)
             else:
-                os.unlink(os.path.join(folder, name))
+                os.unlink(path)
             removed.append(name)
         except OSError:
             pass
+        finally:
+            if lock is not None:
+                os.close(lock)
     return removed
+
+
+def _lock_of_a_gone_writer(path: str, is_folder: bool) -> int | bool | None:
+    """The temp file or folder at `path`, open and locked by this process now (its writer
+    let go); False while its writer holds it; None where that cannot be asked (no flock on this
+    system or file system, or a file this user may not open): its process id alone tells."""
+    if fcntl is None:
+        return None
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode) and not is_folder:
+            return None  # never opened: a device node's open may act
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | (getattr(os, "O_DIRECTORY", 0) if is_folder else getattr(os, "O_NONBLOCK", 0)))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return handle
+    except BlockingIOError:
+        os.close(handle)
+        return False
+    except OSError:
+        os.close(handle)
+        return None
 
 
 def _writer_is_gone(pid: int, name: str) -> bool:

@@ -427,3 +427,56 @@ def test_replacing_takes_the_rights_of_a_file_only(tmp_path):
         assert staged.temp.stat().st_mode & 0o777 == default
     finally:
         staged.discard()
+
+
+WRITER_IN_ANOTHER_PID_NAMESPACE = """
+import os, sys
+from stepfoley import atomic
+os.getpid = lambda: int(sys.argv[2])  # its id in a container's own namespace: here, no process's
+staged = atomic.stage_stream(os.path.join(sys.argv[1], "take.wav"), lambda file: file.write(b"RIFF"))
+folder = atomic.make_temp_folder(os.path.join(sys.argv[1], "run"))
+print("staged", flush=True)
+sys.stdin.read()
+os._exit(0)  # killed before it publishes: both stay behind
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock: POSIX")
+def test_a_live_writer_whose_process_id_means_no_process_here_is_not_swept(tmp_path):
+    # an engine in a container with the same host name, writing into a shared folder: its
+    # process id, looked up here, is no process, and the sweep removed its file mid-write
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER_IN_ANOTHER_PID_NAMESPACE, str(tmp_path), str(gone.pid)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "staged\n"
+        left = sorted(os.listdir(tmp_path))
+        assert len(left) == 2 and all(f"-{gone.pid}-" in name for name in left)
+        assert atomic.sweep_stale_parts(tmp_path) == [] and sorted(os.listdir(tmp_path)) == left
+    finally:
+        writer.communicate("")
+    assert sorted(atomic.sweep_stale_parts(tmp_path)) == left and os.listdir(tmp_path) == []
+
+
+def test_a_staged_file_holds_its_lock_until_it_is_published_and_discarded(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+
+    def locked(path):
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(handle)
+
+    staged = atomic.stage_stream(tmp_path / "a.json", lambda file: file.write(b"{}"))
+    assert locked(staged.temp)
+    published = staged.publish(tmp_path / "a.json")
+    staged.discard()
+    assert not locked(published) and atomic._WRITING == {}
