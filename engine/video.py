@@ -415,6 +415,11 @@ class _SeekedTooFar(Exception):
     pass
 
 
+class _NothingAfterSeek(_SeekedTooFar):
+    """No frame at all came after the seek: the picture stops before it (a file cut short), or
+    (MPEG-TS/PS) no keyframe follows it."""
+
+
 class _CannotSeek(Exception):
     """The demuxer refused the seek (a raw stream), or no seek landed before the region: nothing
     has been shown."""
@@ -502,7 +507,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             "Re-export the video.") from None
     if prev is None:
         if checked_seek:
-            raise _SeekedTooFar
+            raise _NothingAfterSeek
         raise VideoError(f"{path.name} has a video stream but no picture could be decoded from it.")
     last_frame_s = _frame_duration_s(prev, stream)
     picture_end = prev_t + last_frame_s
@@ -579,10 +584,54 @@ def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: floa
         try:
             _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back)
             return
+        except _NothingAfterSeek:
+            # far past where a long file was cut short, seeking 1, 2, 4 ... s back and then
+            # decoding from its start took a minute: find where its frames stop by seeking alone
+            seek_s = _last_seek_with_frames(container, stream, start_s - back)
+            if seek_s is not None:
+                try:
+                    _decode_shown(container, stream, path, times, end_s, on_shown, seek_s)
+                    return
+                except _SeekedTooFar:
+                    pass
+            break
         except _SeekedTooFar:
             back = back * 2 if back else 1.0
     # not a seek to 0: where an MPEG-TS clock wraps, the file starts before 0 on the unwrapped clock
     raise _CannotSeek
+
+
+# How close the search for where a picture stops comes to it before decoding from there.
+_STOP_SEARCH_PRECISION_S = 2.0
+
+
+def _has_frame_after(container, stream, seek_s: float) -> bool:
+    """Whether a frame comes out of a seek to seek_s (decoding up to the first one)."""
+    try:
+        container.seek(int((seek_s + _origin_s(container, stream)) / stream.time_base), stream=stream,
+                       backward=True)
+        for _ in container.decode(stream):
+            return True
+    except MemoryError:
+        raise
+    except av.error.FFmpegError:
+        pass
+    return False
+
+
+def _last_seek_with_frames(container, stream, nothing_after_s: float) -> float | None:
+    """A seek point within _STOP_SEARCH_PRECISION_S before the last one that yields a frame,
+    below `nothing_after_s`, which yields none; by bisection, each step decoding one frame at
+    most. None when none does after 0 (decode from the beginning). Decoding on from it finds
+    every frame that is there, whatever the search assumed."""
+    has, has_not = 0.0, nothing_after_s
+    while has_not - has > _STOP_SEARCH_PRECISION_S:
+        middle = (has + has_not) / 2
+        if _has_frame_after(container, stream, middle):
+            has = middle
+        else:
+            has_not = middle
+    return has if has > 0 else None
 
 
 def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:

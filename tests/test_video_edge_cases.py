@@ -295,6 +295,52 @@ def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
     assert decoded_index(read_region(cut, 0.0, 1.0, 25, 32)) == expected(cfr_pts(250), 0.0, 1.0)
 
 
+class _CountingContainer:
+    """A container that counts the frames decoded from it."""
+
+    decoded = 0
+
+    def __init__(self, container):
+        self._container = container
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            _CountingContainer.decoded += 1
+            yield frame
+
+
+def test_a_region_far_past_where_a_long_file_is_cut_short_is_refused_decoding_little(tmp_path, monkeypatch):
+    # seeking 1, 2, 4 ... s back from the region, all past the cut, then decoding the file from
+    # its start: a minute for a long 1080p file, here every frame up to the cut
+    whole = write_video(tmp_path / "whole.mp4", cfr_pts(1500), gop=25)
+    with av.open(str(whole)) as source, av.open(str(tmp_path / "fast.mp4"), "w",
+                                                 options={"movflags": "faststart"}) as fast:
+        stream = fast.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                fast.mux(packet)
+    data = (tmp_path / "fast.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    opened = av.open
+    monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: _CountingContainer(opened(*args, **kwargs)))
+    _CountingContainer.decoded = 0
+    with pytest.raises(VideoError, match=r"cut\.mp4 stops at \d+\.\d s, though the file says it lasts 60\.0 s"):
+        read_region(cut, 55.0, 57.0, 25, 32)
+    assert _CountingContainer.decoded < 150, _CountingContainer.decoded  # the cut is near 18 s: 440 frames before it
+    assert decoded_index(read_region(cut, 10.0, 11.0, 25, 32)) == expected(cfr_pts(1500), 10.0, 11.0)
+
+
 def test_a_picture_only_flv_cut_short_is_refused_by_its_containers_length(tmp_path):
     """FLV states no length per stream; with no sound the container's length is the picture's."""
     whole = write_video(tmp_path / "whole.flv", cfr_pts(250), gop=25)
