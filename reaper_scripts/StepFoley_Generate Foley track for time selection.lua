@@ -1,10 +1,9 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.30
+-- @version 0.5.31
 -- @changelog
---   Bounce of the layers to negate: a master fader pulled down to silence (below -40 dB) stands at 0 dB for the bounce (the layers reached the engine silent and nothing was negated), and is put back after; Verify setup checks that it came back.
---   Layers silent in their bounce over the region (master volume automation, an FX) are said to be in the console, from the engine's metadata (earlier_layers_silent): the new audio was made without negating them.
---   negative_prompt: the earlier layers' captions that did not fit in what the text encoder reads (75 tokens) are counted in the console (the engine now steers away from those that fit, whole, and counts the others).
+--   Extend and Regenerate time selection inside selected item ask for the take's own sample rate: in a project whose rate is not set (taken as 48 kHz), a take glued at 44.1 kHz came back resampled, not sample for sample. A take at a rate StepFoley does not write is said in the console.
+--   Extending across a cut to another video file names both files (it was told that the kept part "has no video under it").
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -43,8 +42,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.30", SF.mixed_versions and SF.mixed_versions("this action", "0.5.30")
-  or "StepFoley_lib.lua is older than this action (0.5.30). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.31", SF.mixed_versions and SF.mixed_versions("this action", "0.5.31")
+  or "StepFoley_lib.lua is older than this action (0.5.31). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

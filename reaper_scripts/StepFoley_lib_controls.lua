@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.30"
+local VERSION = "0.5.31"
 
 return function(M)
 
@@ -350,8 +350,8 @@ continuation's own (M.continuation_fields) and the take's controls (M.continued_
 ]]
 function M.continuation_job_fields(item, meta, a, b)
   local stored = {}
-  local function extra_fields(region)
-    local fields, err = M.continuation_fields(item, region, a, b)
+  local function extra_fields(region, caps)
+    local fields, err = M.continuation_fields(item, region, a, b, caps)
     if not fields then return nil, err end
     local sent, keep = M.continued_controls(meta, region)
     for k, v in pairs(sent) do fields[k] = v end

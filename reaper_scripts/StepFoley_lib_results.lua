@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.30"
+local VERSION = "0.5.31"
 
 return function(M)
 
@@ -759,7 +759,7 @@ it would be kept.
 ]]
 M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 
-function M.continuation_fields(item, region, a, b)
+function M.continuation_fields(item, region, a, b, caps)
   local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0 -- for its ruler
   if math.abs(region.playrate - 1) > 1e-9 then -- the engine's rule, said before anything is bounced
     return nil, string.format("The video item plays at rate %g. StepFoley extends or repairs a take only under " ..
@@ -798,6 +798,17 @@ function M.continuation_fields(item, region, a, b)
     uncovered_a = nil
   end
   if uncovered_a then
+    -- the picture may go on in another file (a cut between shots): one generation follows one file
+    local other = M.find_video_item(proj, uncovered_a, uncovered_b)
+    local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
+    local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
+    if shown and shown ~= "" and shown ~= region.video then
+      return nil, string.format("The picture under the selected item changes to another video file: %s shows " ..
+        "from %.3f s to %.3f s, and %s over the rest. StepFoley follows one video file per generation, so the " ..
+        "take would be lost where the other plays. Render the picture of this stretch into one file, or trim the " ..
+        "item (and the time selection) to one shot, then try again.", M.basename(shown),
+        M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b), M.basename(region.video))
+    end
     return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
       "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
       "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
@@ -834,8 +845,30 @@ function M.continuation_fields(item, region, a, b)
     return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
       "picture. Make a longer time selection.", M.on_ruler(proj, a), M.on_ruler(proj, b), M.MIN_REGENERATE_S)
   end
-  return { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""), take_offset = math.max(0, offset),
-    regenerate = M.array({ a - region.project_start, b - region.project_start }) }
+  local fields = { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""),
+    take_offset = math.max(0, offset), regenerate = M.array({ a - region.project_start, b - region.project_start }) }
+  -- at the take's own rate: at the project's (48 kHz when it is not set; a glue follows the
+  -- audio device's), the kept part would come back resampled, not sample for sample
+  local rate = math.floor(reaper.GetMediaSourceSampleRate(levels[1].src) + 0.5)
+  if M.writes_rate(caps, rate) then
+    fields.sample_rate = rate
+  else
+    M.log(string.format("the take is at %d Hz, a rate StepFoley does not write: the new take comes at the " ..
+      "project's rate, and its kept part is resampled to it.", rate))
+  end
+  return fields
+end
+
+-- Whether the engine writes stems at `rate` Hz: its published sample_rates, else this copy of
+-- stepfoley.request.SAMPLE_RATES.
+M.SAMPLE_RATES = { 8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400, 192000 }
+
+function M.writes_rate(caps, rate)
+  local rates = M.published(caps, "sample_rates", M.SAMPLE_RATES)
+  for _, r in ipairs(type(rates) == "table" and rates or M.SAMPLE_RATES) do
+    if r == rate then return true end
+  end
+  return false
 end
 
 -- A job whose result becomes a new take of `item`: over the item's range, never negating the

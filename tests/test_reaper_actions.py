@@ -1051,6 +1051,40 @@ def test_an_extension_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(wo
         assert len(item["takes"]) == 1 and result["undo"] == []
 
 
+@pytest.mark.parametrize("take_rate, sent_rate", [(44100, 44100), (50000, 48000)])
+def test_extend_asks_for_the_takes_own_rate_so_its_kept_part_comes_back_sample_for_sample(world, take_rate,
+                                                                                          sent_rate):
+    # a glued take follows the audio device's rate (44.1 kHz) in a project whose rate is not set,
+    # which the scripts take as 48 kHz: the kept part came back resampled, not as it was
+    take = world["tmp"] / "glued.wav"
+    h.write_foley_wav(take, 6.0, take_rate, seed=5)
+    sc = scenario(world, ts=(4.0, 7.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, file=str(take))])
+    sc["render"]["numbers"]["PROJECT_SRATE_USE"] = 0
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert request["take"] == str(take) and request["sample_rate"] == sent_rate
+    said = f"the take is at {take_rate} Hz, a rate StepFoley does not write"
+    assert (said in result["console"]) == (take_rate != sent_rate)
+
+
+def test_extend_across_a_cut_to_another_video_file_names_both_files(world):
+    # item 3.0-5.5 s over shot A (picture.mp4, 2-6 s), extended to 12 s over shot B (6-12 s), seen
+    # longer: the user was told 3-6 s "has no video under it", with shot A right there
+    shot_b = world["tmp"] / "shot_b.mp4"
+    shot_b.write_bytes(b"x")
+    shot_a = {"position": 2.0, "length": 4.0, "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    sc = scenario(world, ts=(5.0, 12.0), video_item=shot_a, dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": h.EXTEND}], extra_tracks=[continuation_layer(world)])
+    sc["tracks"][0]["items"].append({"position": 6.0, "length": 6.0, "takes": [{"file": str(shot_b), "length": 6.0}]})
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = [m["message"] for m in result["messages"]]
+    assert message.startswith("The picture under the selected item changes to another video file: picture.mp4 "
+                              "shows from 3.000 s to 6.000 s, and shot_b.mp4 over the rest."), message
+    assert h.generation_commands(result) == []
+
+
 def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_ends(world):
     """Item 3.0-5.5 s whose take (the 12 s file from 10.5 s) ends at 4.5 s: the edge was dragged
     out. Extending from 5.0 s makes the silent 4.5-5.0 s new too, instead of asking the engine
@@ -1571,9 +1605,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.30)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.31)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.30."),
+                                 "older version, StepFoley_lib.lua is 0.5.31."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

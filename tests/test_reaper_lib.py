@@ -535,10 +535,12 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     from stepfoley.bridge import protocol
 
     out = lua("io.write(SF.json_encode({SF.MAX_NAME_HINT_CHARS, SF.MAX_PREVIOUS_CAPTIONS, SF.MAX_LOUDNESS_POINTS, "
-              "SF.MAX_REQUEST_BYTES, SF.variations_per_job(nil), SF.REGION_SECONDS, SF.STEM_SECONDS, SF.STEM_BYTES}))")
+              "SF.MAX_REQUEST_BYTES, SF.variations_per_job(nil), SF.REGION_SECONDS, SF.STEM_SECONDS, SF.STEM_BYTES, "
+              "SF.SAMPLE_RATES}))")
     assert json.loads(out) == [request.MAX_NAME_HINT_CHARS, request.MAX_PREVIOUS_CAPTIONS,
                                request.MAX_LOUDNESS_POINTS, protocol.MAX_REQUEST_BYTES, request.MAX_VARIATIONS,
-                               request.BOUNDS["region_seconds"], request.MAX_STEM_SECONDS, request.MAX_STEM_BYTES]
+                               request.BOUNDS["region_seconds"], request.MAX_STEM_SECONDS, request.MAX_STEM_BYTES,
+                               list(request.SAMPLE_RATES)]
     assert request.BOUNDS["variations"] == [1, request.MAX_VARIATIONS]
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS

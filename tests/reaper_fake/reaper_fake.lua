@@ -973,6 +973,11 @@ end
 function reaper.GetMediaSourceParent(src) check(src, "PCM_source*", "GetMediaSourceParent"); return src.parent end
 function reaper.GetMediaSourceType(src, _) check(src, "PCM_source*", "GetMediaSourceType"); return src.type end
 function reaper.GetMediaSourceFileName(src, _) check(src, "PCM_source*", "GetMediaSourceFileName"); return src.file or "" end
+-- 0 for a source without audio (assumption: as for a video file with no sound)
+function reaper.GetMediaSourceSampleRate(src)
+  check(src, "PCM_source*", "GetMediaSourceSampleRate")
+  return (src.parent or src).sr or 0
+end
 function reaper.GetMediaSourceLength(src) check(src, "PCM_source*", "GetMediaSourceLength"); return src.length, false end
 function reaper.PCM_Source_GetSectionInfo(src)
   check(src, "PCM_source*", "PCM_Source_GetSectionInfo")
