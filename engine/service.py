@@ -292,7 +292,7 @@ class _Take:
         keep = _kept(length, rate, *request.regenerate)
         new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
         take = mixing.fit_length(take, length)
-        new = new * channel_balance(take[:, :take_length], keep[:take_length], rate)          # (C, S)
+        new = new * channel_balance(take, keep, rate, take_length)                             # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         stem = splice(take, new, keep, int(round(SEAM_S * rate)), take_length)
         metadata = {

@@ -721,16 +721,21 @@ def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return _centred_power(channels, keep).mean(axis=0)
 
 
-def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int) -> np.ndarray:
+def channel_balance(channels: np.ndarray, keep: np.ndarray, sample_rate: int, length: int | None = None) -> np.ndarray:
     """(C, 1) float32 gains that give the model's mono new part each channel's share of the kept
     take's power within LEVEL_MATCH_S outside the seams (of the whole kept take where it is silent
     there), their mean square 1, so the level the session matched is kept: a take panned hard
     left, or a 5.1 take with sound in its centre only, was repaired with the same audio in every
     channel, its surrounds and LFE included. A silent take: every channel alike, each with an equal
     share of the power (the session brought the mono new part to a stem's loudness; at that level
-    in both channels of a stereo take it measured 3 dB over it)."""
+    in both channels of a stereo take it measured 3 dB over it). `length`: how many samples the
+    take really has (the rest padding, past a seam at its end that still counts)."""
     # channels: (C, S) at sample_rate; keep: (S,) bool
     _, near = seam_sides(~keep, int(round(LEVEL_MATCH_S * sample_rate)))
+    if length is not None and length < len(keep):
+        keep = keep.copy()
+        keep[length:] = False
+        near = near & keep
     power = _centred_power(channels, keep)
     for where in (near, keep):  # next to the seams, else (silent there: a pause) the whole kept take
         per_channel = power[:, where].mean(axis=-1) if where.any() else np.zeros(channels.shape[0])
@@ -857,33 +862,32 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     """The take (C, S) with its samples where `keep` (S,) is False replaced by `new` ((C or 1, S)),
     and an equal-gain crossfade of up to `seam` samples from the take into the new audio at
     each seam, always on the new side: where keep is True the result is the take, sample for
-    sample. A repair (a gap the take goes on after) fades from the kept audio on each side
-    carried into the gap by prediction (mixing.predict_continuation; backwards from the take
-    after it), never from the gap's own samples: what is repaired is often a click, and one
-    within a fade's length of the span's edge stayed. An extension fades from the take's own
-    samples past the seam, carried on by prediction past its end (`take_length`: how many
-    samples the take really has), since a cut from its last sample into the new audio clicks."""
+    sample. Each fade starts from the kept audio carried into the gap by prediction
+    (mixing.predict_continuation; backwards from the take after it), never from the gap's own
+    samples, whether the take goes on after the gap (a repair) or the gap runs to the stem's end
+    (an extension from inside the take): what is made new is often a click, and one within a
+    fade's length of the span's edge stayed. Past the take's end (`take_length`: how many samples
+    it really has; up to a millisecond short of the stem, the request's tolerance) its kept
+    samples are carried on by prediction too, since a cut from its last sample to zero clicks."""
     out = take.astype(np.float32, copy=True)
     new = np.broadcast_to(new, out.shape)
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
     gap = ~keep
     out[:, gap] = new[:, gap]
+    if 0 < length < out.shape[-1] and keep[length:].all():
+        out[:, length:] = mixing.predict_continuation(take[:, :length], out.shape[-1] - length, 2 * seam)
     for a, b in true_runs(gap):
         repair = b < length
         # into the gap from the take before it
         n = min(seam, (b - a) // 2) if a > 0 else 0
         if n:
             w = _seam_fade(n)
-            if repair:
+            if a < length:
                 before = mixing.predict_continuation(take[:, :a], n, 2 * seam)
-            else:
-                before = take[:, a:min(a + n, length)]
-                if before.shape[-1] < n:
-                    # only the last gap reaches past the take's end; a take up to a millisecond
-                    # short of it (the request's tolerance) has its kept samples there carried on too
-                    carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
-                    out[:, length:a] = carried[:, :max(0, a - length)]
-                    before = np.concatenate([before, carried[:, max(0, a - length):]], axis=-1)
+            else:  # the take ends before the gap (by up to a millisecond): carried on up to it too
+                carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
+                out[:, length:a] = carried[:, :a - length]
+                before = carried[:, a - length:]
             out[:, a:a + n] = (1 - w) * before + w * new[:, a:a + n]
         # out of the gap into the take after it
         n = min(seam, (b - a) // 2) if repair else 0

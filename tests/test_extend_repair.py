@@ -93,6 +93,51 @@ def test_a_click_at_the_edge_of_a_repaired_span_is_gone():
     assert np.array_equal(stem[:, keep], take[:, keep])
 
 
+def test_a_click_at_the_start_of_a_span_that_runs_to_the_stems_end_is_gone():
+    # "Regenerate time selection inside selected item" up to the item's end, or an extension from
+    # inside the take: the span was taken for an extension, faded in from its own samples, and a
+    # click 5 ms into it stayed at 0.78 of 0.80
+    rate = 48000
+    rng = np.random.default_rng(8)
+    take = (0.01 * rng.standard_normal((2, 2 * rate))).astype(np.float32)
+    a = int(1.5 * rate)
+    take[:, a + 240:a + 288] = 0.8
+    new = (0.01 * rng.standard_normal((1, 2 * rate))).astype(np.float32)
+    keep = np.arange(2 * rate) < a
+    for take_length in (None, 2 * rate - 40, a + 100):       # the take reaching the stem's end, or not quite
+        stem = splice(take, new, keep, int(0.05 * rate), take_length)
+        assert np.abs(stem[:, a:]).max() < 0.1, take_length
+        assert np.array_equal(stem[:, keep], take[:, keep])
+
+
+def test_a_repair_of_a_take_a_little_short_of_the_stem_carries_its_end_on_not_to_zero():
+    # a take 40 samples short of the stem (within the request's millisecond): a repair cut its
+    # end to digital zero, a click at the item's end
+    rate = 48000
+    t = np.arange(8 * rate) / rate
+    take = (0.3 * np.sin(2 * np.pi * 110 * t)).astype(np.float32)[None]
+    take[:, -40:] = 0.0
+    keep = np.ones(8 * rate, bool)
+    keep[3 * rate:4 * rate] = False
+    stem = splice(take, np.zeros((1, 8 * rate), np.float32), keep, int(0.05 * rate), take_length=8 * rate - 40)
+    assert np.array_equal(stem[:, :8 * rate - 40][:, keep[:-40]], take[:, :8 * rate - 40][:, keep[:-40]])
+    np.testing.assert_allclose(stem[0, -40:], 0.3 * np.sin(2 * np.pi * 110 * t[-40:]), atol=0.01)
+
+
+def test_an_extension_from_the_takes_end_takes_the_channel_balance_next_to_it():
+    # a stereo take, right only for 3 s then left only for 2 s, extended from its last sample:
+    # the seam at the array's edge did not count, and the balance was the whole take's (louder
+    # on the right, where the take had gone silent)
+    rate = 8000
+    rng = np.random.default_rng(3)
+    take = np.zeros((2, 8 * rate), np.float32)
+    take[1, :3 * rate] = 0.1 * rng.standard_normal(3 * rate)
+    take[0, 3 * rate:5 * rate] = 0.1 * rng.standard_normal(2 * rate)
+    keep = np.arange(8 * rate) < 5 * rate
+    left, right = channel_balance(take, keep, rate, length=5 * rate)[:, 0]
+    assert left > 10 * right
+
+
 def test_a_repair_of_a_take_with_an_offset_holds_it_through_the_seams():
     """The seams' fades start from the take carried into the span by prediction; an offset alone
     drives no prediction error, and the carried offset decayed: a dip of a fifth of it at each
