@@ -5,6 +5,7 @@ and MMAudioCodec.from_directory on small checkpoints written in the official lay
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -304,6 +305,9 @@ def test_codec_from_directory_decodes_and_encodes(golden, tmp_path, mode):
     assert codec.sample_rate == (16_000 if mode == "16k" else 44_100)
     assert codec.latent_dim == vae_config.embed_dim
     assert codec.latent_length(8.0) == codec.latent_length(16.03 - 8.03) == (250 if mode == "16k" else 345)
+    # MMAudio's SequenceConfig: ceil(duration * rate / hop / 2), a part of a sample included
+    for duration in (1.161, 2.322, 5.805, 7.4, 1.0):
+        assert codec.latent_length(duration) == math.ceil(duration * codec.sample_rate / codec.samples_per_latent)
 
     # decode: channels-last latent -> the fixture's VAE decode (golden) -> the vocoder.
     z = g_vae["inputs"]["z"]  # (B, C, N) channels-first

@@ -63,10 +63,11 @@ class MMAudioCodec(nn.Module):
 
     def latent_length(self, duration_s: float) -> int:
         """Latents for a clip: 250 for 8 s at 16 kHz, 345 for 8 s at 44.1 kHz (MMAudio's
-        sequence lengths, rounded up like the reference). Counted from whole samples, so a
-        duration off by a float's last bit (16.03 - 8.03 = 8.000000000000002) does not round up
-        to a 251st latent the network was not trained with."""
-        return int(math.ceil(round(duration_s * self.sample_rate) / self.samples_per_latent))
+        sequence lengths, rounded up like the reference). Rounded to a millionth of a sample
+        first, so a duration off by a float's last bit (16.03 - 8.03 = 8.000000000000002) does
+        not round up to a 251st latent the network was not trained with, and a part of a sample
+        still counts as the reference counts it (1.161 s at 44.1 kHz, 51,200.1 samples: 51)."""
+        return int(math.ceil(round(duration_s * self.sample_rate, 6) / self.samples_per_latent))
 
     @torch.no_grad()
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
