@@ -735,3 +735,29 @@ def test_a_trial_replaces_the_packaged_weights_only_with_force(tmp_path, capsys,
     assert main(["train", *what, *work, *shorter, "--out", str(tmp_path / "trial.safetensors")]) == 0
     assert main(["train", *what, *work, *shorter, "--force"]) == 0  # asked for
     assert len(received) == 2
+
+
+def test_the_weights_of_an_installed_package_are_replaced_only_with_force(tmp_path, capsys, monkeypatch):
+    # pip-installed: `train embedded --work w` (the README's command) replaced the model inside
+    # site-packages for every user of that Python, and `eval --choose-alpha --write` wrote there too
+    import shutil
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded import model as embedded_model
+
+    installed = tmp_path / "lib" / "python3.12" / "site-packages" / "stepfoley" / "stepfoley_mini.safetensors"
+    installed.parent.mkdir(parents=True)
+    shutil.copyfile(embedded_model.WEIGHTS_PATH, installed)
+    monkeypatch.setattr(embedded_model, "WEIGHTS_PATH", installed)
+    received = _received_recipes(monkeypatch, "embedded")
+    work = ["--work", str(tmp_path / "w"), "--device", "cpu"]
+    assert main(["train", "embedded", *work]) == 2
+    err = capsys.readouterr().err
+    assert f"inside the installed stepfoley package ({installed})" in err and "--force" in err, err
+    assert main(["train", "embedded", *work, "--out", str(tmp_path / "mine.safetensors")]) == 0
+    assert main(["train", "embedded", *work, "--force"]) == 0
+    assert len(received) == 2
+    assert main(["eval", "--choose-alpha", "--write", "--json", str(tmp_path / "alpha.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--write would record the choice in the weights inside the installed stepfoley package" in err, err
+    assert not (tmp_path / "alpha.json").exists()

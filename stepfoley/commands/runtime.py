@@ -115,6 +115,16 @@ def same_file(a, b) -> bool:
         return False
 
 
+def in_an_installed_package(path) -> bool:
+    """Whether `path` lies in a folder pip manages (site-packages, dist-packages): a file there
+    belongs to the installation, which every user of that Python runs and a reinstall puts back
+    (in a source checkout, the packaged weights are the project's own to retrain)."""
+    import os
+    from pathlib import Path
+
+    return any(part in ("site-packages", "dist-packages") for part in Path(os.path.realpath(path)).parts)
+
+
 def is_special_file(path) -> bool:
     """Whether `path` is there and is neither a regular file nor a link: a device or a pipe,
     which a file written "with --force" replaced (run as root, /dev/null was a file after)."""

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("embedded", help="train the embedded default model on the mini-world")
     e.add_argument("--work", required=True, help="folder for the data, features, checkpoints and log")
     e.add_argument("--out", default=None, help="weights file to write (default: the packaged one; a run shorter "
-                                               "than the recipe replaces that only with --force)")
+                                               "than the recipe, or an installed package's, replaced only with "
+                                               "--force)")
     e.add_argument("--scenes", type=int, default=None, help="long mini-world scenes to render (default 480)")
     e.add_argument("--held-out-scenes", type=int, default=None,
                    help="of those, kept out of training to measure held-out losses (default 24)")
@@ -260,7 +261,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
         raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
-    _check_trial_keeps_packaged_weights(args)
+    _check_packaged_weights_kept(args)
     if args.what == "controlnet":
         from stepfoley.engine.weights import weights_folder
 
@@ -272,10 +273,11 @@ def _check_folders(args: argparse.Namespace) -> None:
                                 "choose a folder, or a place where one can be made.") from None
 
 
-def _check_trial_keeps_packaged_weights(args: argparse.Namespace) -> None:
-    """A run shorter than the recipe (a trial of a few steps) replaces the packaged weights,
-    which every `stepfoley demo`, `generate` and `serve` uses by default, only with --force."""
-    from stepfoley.commands.runtime import same_file
+def _check_packaged_weights_kept(args: argparse.Namespace) -> None:
+    """The packaged weights, which every `stepfoley demo`, `generate` and `serve` uses by
+    default, are replaced only with --force by a run shorter than the recipe (a trial of a few
+    steps), and by any run where they lie in an installed package."""
+    from stepfoley.commands.runtime import in_an_installed_package, same_file
     from stepfoley.engine.embedded.model import WEIGHTS_PATH
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.lab.training.embedded import EmbeddedRecipe
@@ -284,6 +286,11 @@ def _check_trial_keeps_packaged_weights(args: argparse.Namespace) -> None:
     target = args.out or _default_out(args)
     if args.force or target is None or not same_file(target, WEIGHTS_PATH):
         return
+    if in_an_installed_package(WEIGHTS_PATH):
+        raise InvalidInputError(
+            f"Without --out this would replace the weights inside the installed stepfoley package ({WEIGHTS_PATH}), "
+            "which every user of this Python runs and a reinstall puts back. Give --out FILE (`stepfoley eval "
+            "--embedded-weights FILE` measures it), or add --force to replace them there.")
     recipe = EmbeddedRecipe()
     # option -> the recipe's own number; fewer is a trial
     full = ({"scenes": DataRecipe.scenes, "base_steps": recipe.base_steps, "controlnet_steps": recipe.controlnet_steps,
