@@ -124,20 +124,6 @@ def test_a_repair_of_a_take_a_little_short_of_the_stem_carries_its_end_on_not_to
     np.testing.assert_allclose(stem[0, -40:], 0.3 * np.sin(2 * np.pi * 110 * t[-40:]), atol=0.01)
 
 
-def test_an_extension_from_the_takes_end_takes_the_channel_balance_next_to_it():
-    # a stereo take, right only for 3 s then left only for 2 s, extended from its last sample:
-    # the seam at the array's edge did not count, and the balance was the whole take's (louder
-    # on the right, where the take had gone silent)
-    rate = 8000
-    rng = np.random.default_rng(3)
-    take = np.zeros((2, 8 * rate), np.float32)
-    take[1, :3 * rate] = 0.1 * rng.standard_normal(3 * rate)
-    take[0, 3 * rate:5 * rate] = 0.1 * rng.standard_normal(2 * rate)
-    keep = np.arange(8 * rate) < 5 * rate
-    left, right = channel_balance(take, keep, rate, length=5 * rate)[:, 0]
-    assert left > 10 * right
-
-
 def test_a_repair_of_a_take_with_an_offset_holds_it_through_the_seams():
     """The seams' fades start from the take carried into the span by prediction; an offset alone
     drives no prediction error, and the carried offset decayed: a dip of a fifth of it at each
@@ -247,6 +233,22 @@ def test_a_repair_keeps_the_takes_balance_between_its_channels(tiny, scene_video
         new = out[int(0.8 * 48000) + 2400:int(1.3 * 48000) - 2400]               # past the crossfades
         assert np.abs(new[:, np.array(loud) == 0]).max() == 0, name               # silent channels stay so
         assert np.sqrt(np.mean(new[:, np.argmax(loud)] ** 2)) > 1e-3, name
+
+
+def test_an_extension_from_the_takes_end_keeps_the_balance_next_to_it(tiny, scene_video, tmp_path):
+    # right only for 3 s, then left only for 2 s, extended from its last sample: the seam at the
+    # take's end did not count, and the new part took the whole take's balance, louder right
+    rng = np.random.default_rng(9)
+    take = np.zeros((5 * 48000, 2), np.float32)
+    take[:3 * 48000, 1] = 0.1 * rng.standard_normal(3 * 48000)
+    take[3 * 48000:, 0] = 0.1 * rng.standard_normal(2 * 48000)
+    sf.write(tmp_path / "take.wav", take, 48000, subtype="FLOAT")
+    request = _request(scene_video, tmp_path, tmp_path / "take.wav", [5.0, 8.0])
+    request["region"].update(file_in=0.0, file_out=8.0)
+    [stem] = _serve(FoleyService(tiny), request)["stems"]
+    out, _ = sf.read(stem["stem_path"], dtype="float32")
+    left, right = np.sqrt(np.mean(out[5 * 48000 + 2400:] ** 2, axis=0))
+    assert left > 10 * right
 
 
 def test_a_repair_inside_a_pause_keeps_the_balance_of_the_take_as_a_whole():

@@ -760,4 +760,6 @@ def test_the_weights_of_an_installed_package_are_replaced_only_with_force(tmp_pa
     assert main(["eval", "--choose-alpha", "--write", "--json", str(tmp_path / "alpha.json")]) == 2
     err = capsys.readouterr().err
     assert "--write would record the choice in the weights inside the installed stepfoley package" in err, err
-    assert not (tmp_path / "alpha.json").exists()
+    (tmp_path / "alpha.json").write_text("{}")  # a rerun: --force, which the JSON asks for, is not consent
+    assert main(["eval", "--choose-alpha", "--write", "--force", "--json", str(tmp_path / "alpha.json")]) == 2
+    assert "inside the installed stepfoley package" in capsys.readouterr().err

@@ -33,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="picks the scenes: 10000000 + seed*1000 + i")
     p.add_argument("--takes", type=int, default=2, help="seeds per scene (default 2), sampled in one batch")
     p.add_argument("--json", metavar="PATH", help="where to write the figures (JSON); required")
-    p.add_argument("--force", action="store_true",
-                   help="replace PATH if it already exists; with --write, record in the weights of an installed "
-                        "package too")
+    p.add_argument("--force", action="store_true", help="replace PATH if it already exists")
     p.add_argument("--tracks", type=int, default=None,
                    help=f"tracks per scene, step by step (at most its sources; default {DEFAULT_TRACKS})")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per track (default: the model's)")
@@ -321,12 +319,12 @@ def run(args: argparse.Namespace) -> int:
         if args.write and (args.weights or args.model):
             raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
                                     "without --weights and --model.")
-        if args.write and not args.embedded_weights and not args.force and in_an_installed_package(
-                _embedded_weights_file(args)):
+        if args.write and not args.embedded_weights and in_an_installed_package(_embedded_weights_file(args)):
             raise InvalidInputError(
                 f"--write would record the choice in the weights inside the installed stepfoley package "
                 f"({_embedded_weights_file(args)}), which every user of this Python runs and a reinstall puts back. "
-                "Give --embedded-weights FILE (a copy of them), or add --force to record it there.")
+                "Give --embedded-weights FILE (a copy of them), or name that very file with --embedded-weights to "
+                "record it there.")
         grid = _checked_grid(args)
     except InvalidInputError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
