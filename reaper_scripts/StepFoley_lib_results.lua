@@ -591,6 +591,10 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not extra then return nil, err end
     -- a continuation keeps the item's active take: the one it is now, whatever the user
     -- activates while the engine works
+    if extra.sample_rate then -- the take's own rate, checked as the project's was before the dialog
+      local problem = M.region_length_problem(region, false, engine.capabilities, extra.sample_rate, "the take's")
+      if problem then return nil, problem end
+    end
     if extra.take and job.item then
       job.kept_take = reaper.GetActiveTake(job.item)
       job.item_origin = audio_origin(job.item, job.kept_take) -- as item_position, and switched or slipped too
@@ -802,12 +806,15 @@ function M.continuation_fields(item, region, a, b, caps)
     local other = M.find_video_item(proj, uncovered_a, uncovered_b)
     local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
     local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
-    if shown and shown ~= "" and shown ~= region.video then
-      return nil, string.format("The picture under the selected item changes to another video file: %s shows " ..
-        "from %.3f s to %.3f s, and %s over the rest. StepFoley follows one video file per generation, so the " ..
-        "take would be lost where the other plays. Render the picture of this stretch into one file, or trim the " ..
-        "item (and the time selection) to one shot, then try again.", M.basename(shown),
-        M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b), M.basename(region.video))
+    if shown and shown ~= "" then
+      local what = shown ~= region.video
+        and string.format("changes to another video file: %s shows from %.3f s to %.3f s, and %s over the rest",
+          M.basename(shown), M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b), M.basename(region.video))
+        or string.format("cuts within %s: another video item of it shows from %.3f s to %.3f s", M.basename(shown),
+          M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
+      return nil, "The picture under the selected item " .. what .. ". StepFoley follows one stretch of one " ..
+        "video file per generation, so the take would be lost where the other plays. Render the picture of this " ..
+        "stretch into one file, or trim the item (and the time selection) to one shot, then try again."
     end
     return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
       "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
@@ -891,8 +898,8 @@ local WAV_HEADER_BYTES, WAV24_BYTES = 4096, 3
 -- Why the region is too short or too long for the engine (said before the dialog and any
 -- bounce), or nil: its picture, its length on the timeline (the picture may play at another
 -- rate) and its new track's file at `sample_rate`. `clipped`: the picture covers only part of
--- the selection.
-function M.region_length_problem(region, clipped, caps, sample_rate)
+-- the selection. `whose`: whose rate sample_rate is ("this project's" when nil).
+function M.region_length_problem(region, clipped, caps, sample_rate, whose)
   local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
   if type(bound) ~= "table" then bound = M.REGION_SECONDS end
   local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
@@ -911,8 +918,8 @@ function M.region_length_problem(region, clipped, caps, sample_rate)
   local longest = math.min(most_s, (most_bytes - WAV_HEADER_BYTES) / (WAV24_BYTES * sample_rate))
   if timeline > longest + 1e-6 then
     return string.format("The new item would last %.1f s on the timeline; at most %.1f s can be made at once at " ..
-      "this project's %d Hz. Select a shorter range and make the rest in a second pass.", timeline,
-      math.floor(longest * 10) / 10, sample_rate)
+      "%s %d Hz. Select a shorter range and make the rest in a second pass.", timeline,
+      math.floor(longest * 10) / 10, whose or "this project's", sample_rate)
   end
   return nil
 end

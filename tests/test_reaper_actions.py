@@ -1083,6 +1083,12 @@ def test_extend_across_a_cut_to_another_video_file_names_both_files(world):
     assert message.startswith("The picture under the selected item changes to another video file: picture.mp4 "
                               "shows from 3.000 s to 6.000 s, and shot_b.mp4 over the rest."), message
     assert h.generation_commands(result) == []
+    # a jump cut within one file: picture.mp4 again from 8 s into it
+    sc["tracks"][0]["items"][1]["takes"][0].update(file=str(world["video"]), startoffs=8.0, length=16.0)
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = [m["message"] for m in result["messages"]]
+    assert message.startswith("The picture under the selected item cuts within picture.mp4: another video item "
+                              "of it shows from 3.000 s to 6.000 s."), message
 
 
 def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_ends(world):

@@ -527,6 +527,14 @@ def test_a_path_that_is_not_utf8_is_refused_naming_it():
     assert fit_request(request, r"r.region.video = '/media/café.mp4'")[1] is False  # UTF-8: fine
 
 
+def test_a_stem_too_long_at_the_takes_rate_says_whose_rate_it_is():
+    # extend and repair are made at the take's own rate (96 kHz in a 48 kHz project, say): the
+    # length is checked at that rate again, and said as the take's
+    out = lua("io.write(SF.region_length_problem({file_in = 0, file_out = 250, project_start = 0, project_end = 250}, "
+              "false, nil, 192000, \"the take's\"))")
+    assert "at most 233.0 s can be made at once at the take's 192000 Hz" in out, out
+
+
 def test_the_librarys_fallback_bounds_are_the_protocols():
     """Where an engine publishes no bounds, the library uses its own copies: they must be
     stepfoley.request's (read from both sides, no value copied into this test)."""
