@@ -245,9 +245,19 @@ function M.insert_track(proj, region, takes, lanes, timebase)
   -- folder's end moves from that layer to the new one (a new track after it would be outside)
   local before = index > 0 and reaper.GetTrack(proj, index - 1)
   local depth = before and reaper.GetMediaTrackInfo_Value(before, "I_FOLDERDEPTH") or 0
-  if depth < 0 and M.is_stepfoley_track(before) and M.track_is_heard(before) then -- not into a muted archive
-    reaper.SetMediaTrackInfo_Value(before, "I_FOLDERDEPTH", 0)
-    reaper.SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", depth)
+  if depth < 0 and M.is_stepfoley_track(before) then
+    -- of the folders `before` closes (innermost first) it keeps closing those up to the outermost
+    -- muted one (a new layer never goes into a muted archive); the new layer closes the heard
+    -- ones. Its own mute is no matter: the artist may have muted the last layer to audition.
+    local keep, folder = 0, before
+    for i = 1, -depth do
+      folder = folder and reaper.GetParentTrack(folder)
+      if folder and reaper.GetMediaTrackInfo_Value(folder, "B_MUTE") ~= 0 then keep = i end
+    end
+    if keep < -depth then
+      reaper.SetMediaTrackInfo_Value(before, "I_FOLDERDEPTH", -keep)
+      reaper.SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", depth + keep)
+    end
   end
   reaper.GetSetMediaTrackInfo_String(track, "P_NAME", takes[1].meta.caption, true)
   reaper.GetSetMediaTrackInfo_String(track, M.TRACK_MARK, "1", true)

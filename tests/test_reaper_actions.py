@@ -521,6 +521,25 @@ def test_a_new_layer_joins_the_folder_its_earlier_layers_are_in(world):
     assert names == [("Picture", 0), ("FOLEY bus", 1), ("wind", 0), (h.CAPTION, -1), ("Music", 0)]
 
 
+@pytest.mark.parametrize("archive", [False, True], ids=["last-layer-muted", "muted-archive-inside-the-bus"])
+def test_a_new_layer_stays_in_the_bus_when_the_last_layer_is_muted_or_ends_a_muted_archive(world, archive):
+    # the artist muted the last layer to audition the others, or the bus ends with a muted
+    # archive folder: the new layer landed outside the bus, its FX and fader
+    sc = scenario(world)
+    wind = next(t for t in sc["tracks"] if t["name"] == "wind")
+    sc["tracks"].insert(sc["tracks"].index(wind), {"name": "FOLEY bus", "folderdepth": 1, "items": []})
+    if archive:
+        sc["tracks"].append({"name": "Archive", "folderdepth": 1, "mute": True, "items": []})
+    last = stepfoley_layer(world, "old layer", {"caption": "old layer", "seed": 1})
+    last.update(folderdepth=-2 if archive else -1, mute=not archive)
+    sc["tracks"].append(last)
+    sc["tracks"].append({"name": "Music", "items": []})
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    names = [(t["name"], t["folderdepth"]) for t in result["tracks"]]
+    assert names[-3:] == [("old layer", -1 if archive else 0), (h.CAPTION, -1), ("Music", 0)]
+
+
 def test_toggling_a_folder_says_its_children_are_chosen_apart(world):
     sc = scenario(world, actions=[{"script": h.TOGGLE}])
     sc["tracks"].append({"name": "Production sound", "folderdepth": 1, "selected": True, "items": []})
