@@ -49,6 +49,8 @@ local function read_fields(given)
   if new.client ~= "" and not reaper.file_exists(new.client) then
     return nil, "No file at \"" .. new.client .. "\". Enter the full path of `stepfoley` (or of Python). Nothing was changed."
   end
+  local problem = new.client ~= "" and SF.client_problem(new.client)
+  if problem then return nil, problem .. "\n\nNothing was changed." end
   return new
 end
 

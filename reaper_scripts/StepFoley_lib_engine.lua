@@ -244,6 +244,17 @@ end
 local UNSAFE_PROGRAM = "The StepFoley program path cannot be put on a command line (it contains \" ` $ %% or " ..
   "control characters): %s\nMove it to a folder without such characters and update Settings."
 
+-- Why the program `path` (Settings' client, not empty) cannot start StepFoley, or nil: said
+-- when it is set, not at the next generation.
+function M.client_problem(path)
+  local prefix, why = M.client_prefix({ client = path })
+  if not prefix then return why end
+  for _, part in ipairs(prefix) do
+    if not M.is_command_line_safe(part) then return string.format(UNSAFE_PROGRAM, prefix[1]) end
+  end
+  return nil
+end
+
 ------------------------------------------------------------------------------------------
 -- Status files
 ------------------------------------------------------------------------------------------

@@ -1661,6 +1661,23 @@ def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, old
     assert "port" not in result["extstate"].get("StepFoley", {})
 
 
+@pytest.mark.parametrize("name", ["Pro$ Tools/stepfoley", "tools/stepfoley.bat"])
+def test_settings_refuse_a_client_path_the_actions_could_not_start(world, name):
+    # saved with only a console line, then every Generate, Engine status and Verify refused it
+    import shutil
+
+    client = world["tmp"] / name
+    client.parent.mkdir()
+    shutil.copy2(world["client"], client)
+    sc = scenario(world, dialog=[{"ok": True, "values": ["9100", str(client), "60", "15", "takes", "1", "30"]}],
+                  actions=[{"script": h.SETTINGS}])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    said = "cannot be put on a command line" if "$" in name else "is a batch file (.bat or .cmd)"
+    assert said in message["message"] and message["message"].endswith("Nothing was changed."), message
+    assert "port" not in result["extstate"].get("StepFoley", {})
+
+
 def test_settings_take_a_client_path_pasted_with_its_quotes(world):
     # Windows Explorer's "Copy as path" gives "C:\...\stepfoley.exe" with the quotes; it was
     # refused as: No file at ""...stepfoley"", the doubled quotes hiding why
