@@ -358,7 +358,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "refused by the others"),
     FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),
     FieldSpec("sample_rate", "int", "48000",
-              "the project's rate: one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
+              "the project's rate (the REAPER actions send the take's own for extend and repair, so that "
+              "its kept part comes back sample for sample): one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
     FieldSpec("format", "string", "`wav24`",
               f"`wav24` (24-bit PCM) or `wav32f` (32-bit float); the stem file is at most {_mib(MAX_STEM_BYTES)} "
               f"({_stem_capacity()})"),
