@@ -68,22 +68,34 @@ def _writing(name: str) -> None:
         _WRITING[name] = None
 
 
-def _hold_lock(name: str, handle: int) -> None:
-    """Keep `handle` (the new temp file or folder `name`, open) with an exclusive flock on it
-    until _done_writing: what a sweep in another pid namespace asks. Best effort: a file system
-    without locks keeps the process id alone."""
+def _hold_lock(path: Path, handle: int) -> bool:
+    """Keep `handle` (the new temp file or folder at `path`, open) with an exclusive flock on it
+    until _done_writing: what a sweep in another pid namespace asks. False when such a sweep
+    removed it between its creation and the lock (`handle` closed; the caller makes another).
+    Best effort: a file system without locks keeps the process id alone (and NFS, where
+    closing any descriptor of the file lets go of the lock, the process id after the write)."""
+    name = path.name
     try:
         if fcntl is None:
             raise OSError
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # blocking: of a file or folder just made, only a sweep removing it can hold the lock, briefly
+        fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:
         os.close(handle)
-        return
+        return True
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        os.close(handle)
+        return False
+    except OSError:
+        pass  # something else under its name is for publishing to find (_check_still_ours)
     with _LOCK:
         if name in _WRITING:
             _WRITING[name], handle = handle, _WRITING[name]
     if handle is not None:  # done with meanwhile, or held twice
         os.close(handle)
+    return True
 
 
 def _done_writing(name: str) -> None:
@@ -329,7 +341,8 @@ def _temp_path(path: Path) -> Path:
     return path.parent / f".{target}{suffix}"
 
 
-def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None) -> StagedFile:
+def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[[BinaryIO], None] | None,
+           swept: int = 0) -> StagedFile:
     if write is not None:
         return _stage_by_name(make_temp_folder(path, private=True), write)
     staged = StagedFile(_temp_path(path))
@@ -337,7 +350,8 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
     try:
         handle = os.open(staged.temp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_BINARY", 0), 0o666)
         try:
-            _hold_lock(staged.temp.name, os.dup(handle))
+            if not _hold_lock(staged.temp, os.dup(handle)):
+                raise _SweptAway
             with os.fdopen(handle, "r+b", closefd=False) as file:
                 write_to(file)
             os.fsync(handle)
@@ -347,9 +361,19 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
             return staged
         finally:
             os.close(handle)
+    except _SweptAway:
+        staged.discard()
+        if swept >= 3:
+            raise OSError(f"the new {path.name} was removed while it was made, again and again (is the folder "
+                          "shared with another machine's engine?)") from None
+        return _stage(path, None, write_to, swept + 1)  # nothing was written yet: under another name
     except BaseException:
         staged.discard()
         raise
+
+
+class _SweptAway(Exception):
+    """A new temp file was removed by a sweep before its writer held its lock."""
 
 
 def _stage_by_name(folder: Path, write: Callable[[Path], None]) -> StagedFile:
@@ -476,6 +500,7 @@ def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:
     it a protected ACL of its own, kept when it is renamed out, and no other user of a Windows
     machine can put a link in someone else's folder)."""
     path = Path(path)
+    swept = 0
     while True:
         temp = _temp_path(path)
         _writing(temp.name)
@@ -487,11 +512,18 @@ def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:
                 raise
             continue
         try:
-            _hold_lock(temp.name, os.open(temp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-                                          | getattr(os, "O_NOFOLLOW", 0)))
+            handle = os.open(temp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            handle = None
         except OSError:
-            pass  # a folder that cannot be opened (Windows): its process id alone tells
-        return temp
+            return temp  # a folder that cannot be opened (Windows): its process id alone tells
+        if handle is not None and _hold_lock(temp, handle):
+            return temp
+        _done_writing(temp.name)  # swept away before it was locked: another name
+        swept += 1
+        if swept > 3:
+            raise OSError(f"the new folder for {path.name} was removed while it was made, again and again (is the "
+                          "folder shared with another machine's engine?)")
 
 
 def release_temp_folder(temp: Path) -> None:

@@ -480,3 +480,32 @@ def test_a_staged_file_holds_its_lock_until_it_is_published_and_discarded(tmp_pa
     published = staged.publish(tmp_path / "a.json")
     staged.discard()
     assert not locked(published) and atomic._WRITING == {}
+
+
+def test_a_temp_file_or_folder_swept_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
+    # a sweep in another pid namespace can take a temp file or folder in the instant between
+    # its creation and its lock: the write failed with FileNotFoundError
+    real_open, real_mkdir = os.open, atomic.Path.mkdir
+    swept = []
+
+    def open_then_sweep(path, flags, *args, **kwargs):
+        handle = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_EXCL and str(path).endswith(atomic.TEMP_SUFFIX) and not swept:
+            swept.append(os.path.basename(path))
+            os.unlink(path)
+        return handle
+
+    def mkdir_then_sweep(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)
+        if self.name.endswith(atomic.TEMP_SUFFIX) and len(swept) < 2:
+            swept.append(self.name)
+            os.rmdir(self)
+
+    monkeypatch.setattr(atomic.os, "open", open_then_sweep)
+    monkeypatch.setattr(atomic.Path, "mkdir", mkdir_then_sweep)
+    assert atomic.write_text_atomically(tmp_path / "status.json", "{}").read_text() == "{}"
+    folder = atomic.make_temp_folder(tmp_path / "run")
+    assert folder.is_dir() and folder.name != swept[1] and len(swept) == 2
+    atomic.release_temp_folder(folder)
+    folder.rmdir()
+    assert sorted(os.listdir(tmp_path)) == ["status.json"]
