@@ -144,6 +144,18 @@ def _video_stream(container):
     return best if best in pictures else pictures[0]
 
 
+def _is_still_image(container) -> bool:
+    """Whether FFmpeg read the file as a single picture (PNG, JPEG, WebP...: its image demuxers),
+    not a film: REAPER takes a still as a video item, and it has no motion to follow."""
+    names = (container.format.name or "").split(",")
+    return any(name.endswith("_pipe") or name == "image2" for name in names)
+
+
+def _still_image(path: Path) -> VideoError:
+    return VideoError(f"{path.name} is a still image, not a video: StepFoley follows what moves in the picture. "
+                      "Put the film's video file under the time selection.")
+
+
 def _stream_start_s(stream) -> float:
     if stream.start_time is None or stream.time_base is None:
         return 0.0
@@ -286,6 +298,8 @@ def probe(path: str | Path) -> VideoInfo:
         if stream is None:
             duration = container.duration / av.time_base if container.duration else 0.0
             return VideoInfo(duration, 0.0, 0, 0, 0, has_video=False)
+        if _is_still_image(container):
+            raise _still_image(path)
         width, height = _readable_size(path, stream)
         fps = _frame_rate(stream)
         duration = _duration_s(container, stream)
@@ -678,6 +692,8 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         stream = _video_stream(container)
         if stream is None:
             raise _no_picture(path)
+        if _is_still_image(container):
+            raise _still_image(path)
         width, height = _readable_size(path, stream)
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream), _picture_start_s(container, stream),

@@ -597,3 +597,16 @@ def test_a_stream_cut_before_a_keyframe_holds_its_first_decodable_frame(tmp_path
     # a region that ends before the first frame the decoder can show holds no picture of its own
     with pytest.raises(VideoError, match=r"starts before the picture of cut\.ts"):
         read_region(cut, 0.0, 0.9, 8, 16)
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg", "webp"])
+def test_a_still_image_given_as_the_video_is_refused_before_the_model_loads(tmp_path, suffix):
+    # REAPER takes a PNG or JPEG as a video item: the check passed it (no length), the model
+    # loaded, and reading then said the region "runs past the end of the picture ... (0.040 s)"
+    from PIL import Image
+
+    still = tmp_path / f"still.{suffix}"
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(still)
+    for read in (lambda: video.check_video_region(still, 0.0, 4.0), lambda: read_region(still, 0.0, 4.0, 25, 32)):
+        with pytest.raises(VideoError, match=rf"still\.{suffix} is a still image, not a video"):
+            read()
