@@ -2,7 +2,11 @@
 second track is a cache hit and should cost ~nothing. Random-weight, reduced-size networks
 (the config is printed); run with --full for the official sizes (slow on CPU).
 
-    stepfoley bench features [--seconds 8] [--full] [--device cpu]
+    stepfoley bench features [--seconds 8] [--full] [--device cpu] [--picture 3840x2160]
+
+Then the picture alone at --picture's size, read for the embedded model (64 px) and for MMAudio
+(CLIP and Synchformer), with frames scaled down while they are converted to RGB
+(engine.video.PRESCALE_FACTOR) against converted whole, side by side.
 """
 
 import argparse
@@ -46,7 +50,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--full", action="store_true", help="official network sizes")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--picture", default="3840x2160", metavar="WxH",
+                        help="size of the picture whose reading is timed both ways (default 4K UHD)")
     args = parser.parse_args(argv)
+    try:
+        picture = tuple(int(v) for v in args.picture.lower().split("x"))
+        if len(picture) != 2 or not all(16 <= v <= 8192 for v in picture):
+            raise ValueError
+    except ValueError:
+        parser.error("--picture is WIDTHxHEIGHT, each 16 to 8192 (e.g. 3840x2160)")
     if not MIN_REGION_SECONDS <= args.seconds <= MAX_REGION_SECONDS:
         parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
     device = choose_device(args.device)
@@ -84,6 +96,30 @@ def main(argv=None) -> None:
             print(f"{track:>5} {t['decode_s']:>9.3f} {t['clip_s']:>8.3f} {t['sync_s']:>8.3f} "
                   f"{total:>8.3f}  {tuple(clip_f.shape)} {tuple(sync_f.shape)}")
         print(f"cache: {cache.stats}")
+        _time_picture_reading(write_test_video(Path(tmp) / "large.mp4", 2.5, *picture), picture)
+
+
+def _time_picture_reading(video: Path, picture: tuple[int, int]) -> None:
+    from stepfoley.engine import video as reader
+    from stepfoley.engine.embedded.encoders import FRAME_SIZE
+
+    asks = {"embedded (64 px)": [reader.FrameRequest(reader.SYNC_FPS, FRAME_SIZE, "stretch")],
+            "MMAudio (CLIP + Synchformer)": [reader.CLIP_REQUEST, reader.SYNC_REQUEST]}
+    factor = reader.PRESCALE_FACTOR
+    print(f"reading 2.0 s of a {picture[0]}x{picture[1]} H.264 file, {torch.get_num_threads()} thread(s):")
+    print(f"{'for':>30} {'scaled s':>9} {'whole s':>9} {'ratio':>6} {'mean |diff|':>12}")
+    try:
+        for name, requests in asks.items():
+            took, frames = [], []
+            for prescale in (factor, float("inf")):
+                reader.PRESCALE_FACTOR = prescale
+                t0 = time.perf_counter()
+                frames.append(reader.read_regions(video, 0.0, 2.0, requests))
+                took.append(time.perf_counter() - t0)
+            diff = max(float((a.float() - b.float()).abs().mean()) for a, b in zip(*frames))
+            print(f"{name:>30} {took[0]:>9.2f} {took[1]:>9.2f} {took[1] / took[0]:>5.1f}x {diff:>12.2f}")
+    finally:
+        reader.PRESCALE_FACTOR = factor
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ _END_TOLERANCE_S = 1e-3
 _TIME_EPS_S = 1e-6
 # Frames resized per interpolate call: bounds the float32 working memory for 4K sources.
 _RESIZE_CHUNK = 8
+# A picture whose short side (or its focus rectangle's) is past this many times the largest
+# request's size is scaled down to it by swscale while converted to RGB, and the antialiased
+# bicubic resize does the rest: on a 4K file converting and resizing every frame whole cost
+# ten times the decoding.
+PRESCALE_FACTOR = 3
 # The largest picture read: 8K (DCI 8192x4320, UHD 7680x4320). Each frame is converted to RGB and
 # float32 at full size before resizing, and the Synchformer crop scales the short side to 224:
 # past these bounds one frame costs gigabytes (a strip 100000x2 asks for 30 GB), whatever the
@@ -329,14 +334,15 @@ def _resized_shape(height: int, width: int, size: int, fit: Fit) -> tuple[int, i
     return int(size * height / width), size
 
 
-def fit_frames(frames: np.ndarray, size: int, fit: Fit) -> torch.Tensor:
+def fit_frames(frames: np.ndarray, size: int, fit: Fit, shape: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> uint8 (T, 3, size, size), antialiased bicubic.
 
     "stretch" squashes to size x size (MMAudio's CLIP transform); "crop" scales the short
-    side to `size` and centre-crops (its Synchformer transform)."""
+    side to `size` and centre-crops (its Synchformer transform). `shape`: (height, width) of
+    the picture the frames show scaled down (PRESCALE_FACTOR), whose geometry the fit follows."""
     # frames: (T, H, W, 3) uint8
     t, h, w, _ = frames.shape
-    out_h, out_w = _resized_shape(h, w, size, fit)
+    out_h, out_w = _resized_shape(*(shape or (h, w)), size, fit)
     top = int(round((out_h - size) / 2.0))
     left = int(round((out_w - size) / 2.0))
     out = torch.empty(t, 3, size, size, dtype=torch.uint8)
@@ -440,11 +446,13 @@ class _CannotSeek(Exception):
 
 
 def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float,
-                  on_shown: Callable[[np.ndarray, np.ndarray], None], seek_s: float | None) -> None:
+                  on_shown: Callable[[np.ndarray, np.ndarray], None], seek_s: float | None,
+                  scale: float = 1.0) -> None:
     """Decode the picture from near `seek_s` (None: from where the container stands, its
     beginning); for each frame on screen at some of the sorted `times` (samples of a region that
-    ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times). Frames
-    that no sample shows are never converted to RGB.
+    ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times,
+    (height, width) of the picture as displayed before `scale`). Frames that no sample shows
+    are never converted to RGB.
 
     With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
@@ -467,9 +475,11 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
         if stop > next_i:
             # a stream may change size after its header (a new sequence header mid-file)
             _check_picture_size(path, av_frame.width, av_frame.height)
-            rgb = av_frame.to_ndarray(format="rgb24")
-            rgb = _rotate_for_display(rgb, _normalize_rotation(av_frame.rotation))
-            on_shown(rgb, np.arange(next_i, stop))
+            rgb = _frame_rgb(av_frame, scale)
+            rotation = _normalize_rotation(av_frame.rotation)
+            rgb = _rotate_for_display(rgb, rotation)
+            shown = (av_frame.width, av_frame.height) if rotation in (90, 270) else (av_frame.height, av_frame.width)
+            on_shown(rgb, np.arange(next_i, stop), shown)
             next_i = stop
 
     checked_seek = seek_s is not None
@@ -584,19 +594,19 @@ def _frame_duration_s(av_frame, stream) -> float:
 
 
 def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: float,
-                   on_shown: Callable[[np.ndarray, np.ndarray], None]) -> None:
+                   on_shown: Callable[[np.ndarray, np.ndarray], None], scale: float = 1.0) -> None:
     """_decode_shown from the keyframe before times[0]. When a seek misses (it lands past the
     start, or on a frame the decoder drops up to a keyframe after the start), seek 1, 2, 4, 8...
     s further back. Raises _CannotSeek, having shown nothing, when the demuxer refuses to seek or
     no seek landed before the region: the caller then decodes the file from its beginning."""
     start_s = float(times[0])
     if start_s <= 0 or stream.time_base is None:
-        _decode_shown(container, stream, path, times, end_s, on_shown, None)
+        _decode_shown(container, stream, path, times, end_s, on_shown, None, scale)
         return
     back = 0.0
     while start_s - back > 0:
         try:
-            _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back)
+            _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back, scale)
             return
         except _NothingAfterSeek:
             # far past where a long file was cut short, seeking 1, 2, 4 ... s back and then
@@ -604,7 +614,7 @@ def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: floa
             seek_s = _last_seek_with_frames(container, stream, start_s - back)
             if seek_s is not None:
                 try:
-                    _decode_shown(container, stream, path, times, end_s, on_shown, seek_s)
+                    _decode_shown(container, stream, path, times, end_s, on_shown, seek_s, scale)
                     return
                 except _SeekedTooFar:
                     pass
@@ -648,6 +658,23 @@ def _last_seek_with_frames(container, stream, nothing_after_s: float) -> float |
     return has if has > 0 else None
 
 
+def _prescale(width: int, height: int, requests: Sequence[FrameRequest], focus: PictureFocus | None) -> float:
+    """The factor (at most 1) frames of `width` x `height` stored pixels are scaled by as they
+    are converted to RGB: their short side kept at PRESCALE_FACTOR times the largest request's
+    size or more. 1 with a focus, whose rectangle is cut in whole pixels of the picture."""
+    if not requests or focus is not None:
+        return 1.0
+    return min(1.0, PRESCALE_FACTOR * max(r.size for r in requests) / max(min(width, height), 1))
+
+
+def _frame_rgb(av_frame, scale: float) -> np.ndarray:
+    # -> (H, W, 3) uint8 as stored (before rotation), scaled by `scale` with swscale's area filter
+    if scale >= 1.0:
+        return av_frame.to_ndarray(format="rgb24")
+    return av_frame.to_ndarray(format="rgb24", width=max(1, round(av_frame.width * scale)),
+                               height=max(1, round(av_frame.height * scale)), interpolation="AREA")
+
+
 def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:
     """A decoded frame (H, W, 3) cropped to a picture focus's rectangle; each request's fit then
     scales it to its encoder's size, as it would a whole frame."""
@@ -674,7 +701,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
     outputs = [torch.empty(len(t), 3, r.size, r.size, dtype=torch.uint8)
                for r, t in zip(requests, all_times)]
 
-    def on_shown(rgb: np.ndarray, sorted_indices: np.ndarray) -> None:
+    def on_shown(rgb: np.ndarray, sorted_indices: np.ndarray, whole: tuple[int, int]) -> None:
         shown = order[sorted_indices]
         # one decoded frame may stay on screen across the start or end of the focus's time
         inside = focus.applies(merged[shown]) if focus is not None else np.zeros(len(shown), bool)
@@ -684,7 +711,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             picture = focus_frame(rgb, focus) if picture is None else picture
             for request_index in np.unique(owner[samples]):
                 request = requests[request_index]
-                resized = fit_frames(picture[None], request.size, request.fit)[0]
+                resized = fit_frames(picture[None], request.size, request.fit, whole if picture is rgb else None)[0]
                 mine = slot[samples[owner[samples] == request_index]]
                 outputs[request_index][torch.from_numpy(mine)] = resized
 
@@ -695,6 +722,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         if _is_still_image(container):
             raise _still_image(path)
         width, height = _readable_size(path, stream)
+        scale = _prescale(width, height, requests, focus)
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream), _picture_start_s(container, stream),
                       _frame_period_s(_frame_rate(stream)))
@@ -702,7 +730,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             return outputs
         try:
             with _out_of_memory_is_a_video_error(path, width, height):
-                _decode_region(container, stream, path, sorted_times, end_s, on_shown)
+                _decode_region(container, stream, path, sorted_times, end_s, on_shown, scale)
             return outputs
         except _CannotSeek:
             pass
@@ -712,7 +740,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         with _out_of_memory_is_a_video_error(path, width, height):
-            _decode_shown(container, stream, path, sorted_times, end_s, on_shown, None)
+            _decode_shown(container, stream, path, sorted_times, end_s, on_shown, None, scale)
     return outputs
 
 

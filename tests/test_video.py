@@ -250,3 +250,32 @@ def test_a_playlist_given_as_the_video_opens_nothing_it_lists(tmp_path, script, 
         probe(tmp_path / name)
     with pytest.raises(VideoError, match=name):
         read_region(tmp_path / name, 0, 1, fps=8, size=16)
+
+
+def test_a_large_picture_is_scaled_down_while_converted_and_reads_as_it_did_whole(tmp_path, monkeypatch):
+    # 4K: converting each frame whole to RGB and resizing it in float cost ten times the
+    # decoding; swscale now takes it near the size asked first, and the fit keeps the whole
+    # picture's geometry (a crop's width truncated from the scaled size moved it a pixel)
+    import stepfoley.engine.video as video
+    from scipy.ndimage import gaussian_filter
+
+    from stepfoley.engine.pipeline import PictureFocus
+
+    picture = gaussian_filter(np.random.default_rng(0).uniform(0, 255, (720, 1280, 3)), (6, 6, 0))
+    picture = ((picture - picture.min()) / np.ptp(picture) * 255).astype(np.uint8)  # texture of a natural scale
+    path = write_video(tmp_path / "big.mp4", cfr_pts(10), width=1280, height=720,
+                       image=lambda i, width, height: np.roll(picture, 3 * i, axis=1))
+    converted = []
+    real = video._frame_rgb
+    monkeypatch.setattr(video, "_frame_rgb", lambda frame, scale: converted.append(real(frame, scale).shape) or
+                        real(frame, scale))
+    focus = PictureFocus((0.5, 0.25, 0.75, 0.75))  # cut in whole pixels of the picture: not scaled
+    for fit, focus_or_none, rows in (("stretch", None, 192), ("crop", None, 192), ("crop", focus, 720)):
+        converted.clear()
+        scaled = read_region(path, 0.0, 0.2, 25, 64, fit, focus_or_none)
+        assert {shape[0] for shape in converted} == {rows}
+        monkeypatch.setattr(video, "PRESCALE_FACTOR", 10_000)
+        whole = read_region(path, 0.0, 0.2, 25, 64, fit, focus_or_none)
+        monkeypatch.setattr(video, "PRESCALE_FACTOR", 3)
+        # of 255: swscale converts a scaled frame with roundings of its own
+        assert (scaled.float() - whole.float()).abs().mean() < 2.0, (fit, focus_or_none)
