@@ -94,13 +94,14 @@ class FoleyService:
         generate --out FILE.wav), given to it straight from its temporary file
         (audio_io.publish_stem, with `replace`); a file already there and not `replace`: the
         usual numbered name."""
-        # said as what it is (it was an internal error, "please report it"): the next job may fit
-        asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations" if request.variations > 1
-                                                     else "")
+        def said(whose: str) -> str:  # said as what it is (it was an internal error, "please report it")
+            asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations"
+                                                         if request.variations > 1 else "")
+            return (f"The {whose} ran out of memory while making this track ({asked}). Close other programs, or ask "
+                    "for fewer variations or a shorter time selection, and try again.")
+
         try:
-            with out_of_memory_said(lambda whose: f"The {whose} ran out of memory while making this track ({asked}). "
-                                    "Close other programs, or ask for fewer variations or a shorter time selection, "
-                                    "and try again."):
+            with out_of_memory_said(said):
                 return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system

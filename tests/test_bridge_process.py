@@ -248,15 +248,15 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
 
 
 @contextlib.contextmanager
-def serving(tmp_path, **popen):
+def serving(tmp_path, launcher=("-m", "stepfoley"), **popen):
     """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it;
-    killed after, should it still run."""
+    killed after, should it still run. `launcher`: what runs it, after the Python executable."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, *launcher, "serve", "--model", "tiny-random", "--port", str(port),
                              "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path,
                             **popen)
@@ -286,6 +286,20 @@ def test_serve_stops_cleanly_when_its_terminal_closes(tmp_path):
     whose last words, which nobody can read, cannot turn it into a traceback."""
     with serving(tmp_path) as (proc, _):
         proc.stderr.close()  # the terminal has gone: what the engine prints now fails
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 0
+
+
+# stderr open for reading only, so every write to it fails (EBADF), as to a terminal that has
+# closed (EIO), from before the engine prints anything
+TERMINAL_GONE = ("-c", "import os, sys; os.dup2(os.open(os.devnull, os.O_RDONLY), 2); "
+                       "from stepfoley.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_serve_whose_terminal_closed_as_it_started_still_serves_and_stops_cleanly(tmp_path):
+    # the terminal gone before "Loading the model..." or "ready" was printed: the print failed,
+    # and the engine ended in a traceback (exit 1) instead of serving
+    with serving(tmp_path, launcher=TERMINAL_GONE) as (proc, _):
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=120) == 0
 

@@ -123,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
 
         # temp files a killed engine left in the folders it wrote to lately
+        # said as far as anyone reads it: the terminal may close at any time (SIGHUP stops cleanly)
         for path in output_folders.sweep():
-            print(f"Removed an unfinished stem left by a stopped engine: {path}", file=sys.stderr)
-        print("Loading the model...", file=sys.stderr, flush=True)
+            say(f"Removed an unfinished stem left by a stopped engine: {path}", sys.stderr)
+        say("Loading the model...", sys.stderr)
         cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
                                 precision=args.precision, compile=args.compile, feature_cache=feature_cache)
@@ -154,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
         say("Engine stopped.", sys.stderr)
         return 0
     host, port = server.address
-    print(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
-          f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
-          f"cores at {cpu['priority']}). Ctrl-C stops it.", file=sys.stderr, flush=True)
+    say(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
+        f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
+        f"cores at {cpu['priority']}). Ctrl-C stops it.", sys.stderr)
     if not args.token:  # loopback keeps other machines out, not the other users of this one
         from stepfoley.bridge.auth import token_file_path
 
-        print(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
-              f"{token_file_path()} (docs/osc-protocol.md, Security).", file=sys.stderr, flush=True)
+        say(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
+            f"{token_file_path()} (docs/osc-protocol.md, Security).", sys.stderr)
     serve_until_signalled(server)  # its own handlers from here on
     restore_handlers()
     say("Engine stopped.", sys.stderr)
