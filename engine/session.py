@@ -862,13 +862,16 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     """The take (C, S) with its samples where `keep` (S,) is False replaced by `new` ((C or 1, S)),
     and an equal-gain crossfade of up to `seam` samples from the take into the new audio at
     each seam, always on the new side: where keep is True the result is the take, sample for
-    sample. Each fade starts from the kept audio carried into the gap by prediction
-    (mixing.predict_continuation; backwards from the take after it), never from the gap's own
-    samples, whether the take goes on after the gap (a repair) or the gap runs to the stem's end
-    (an extension from inside the take): what is made new is often a click, and one within a
-    fade's length of the span's edge stayed. Past the take's end (`take_length`: how many samples
-    it really has; up to a millisecond short of the stem, the request's tolerance) its kept
-    samples are carried on by prediction too, since a cut from its last sample to zero clicks."""
+    sample. A repair (a gap the take goes on after) fades from the kept audio on each side
+    carried into the gap by prediction (mixing.predict_continuation; backwards from the take
+    after it), never from the gap's own samples: what is repaired is often a click, and one
+    within a fade's length of the span's edge stayed. An extension from inside the take fades
+    from the take's own samples past the seam, as an editor's crossfade does, unless they hold
+    a transient (a peak more than TRANSIENT_RATIO over the kept audio's just before the seam:
+    a click the span was chosen to lose), then from the prediction too. Past the take's end
+    (`take_length`: how many samples it really has; up to a millisecond short of the stem, the
+    request's tolerance) its kept samples are carried on by prediction, since a cut from its
+    last sample to zero clicks."""
     out = take.astype(np.float32, copy=True)
     new = np.broadcast_to(new, out.shape)
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
@@ -882,12 +885,15 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
         n = min(seam, (b - a) // 2) if a > 0 else 0
         if n:
             w = _seam_fade(n)
-            if a < length:
+            own = take[:, a:min(a + n, length)]
+            if a < length and (repair or _holds_a_transient(own, take[:, max(0, a - 2 * seam):a])):
                 before = mixing.predict_continuation(take[:, :a], n, 2 * seam)
-            else:  # the take ends before the gap (by up to a millisecond): carried on up to it too
+            elif own.shape[-1] == n:
+                before = own
+            else:  # the take ends within the fade, or before the gap (by up to a millisecond): carried on
                 carried = mixing.predict_continuation(take[:, :length], a + n - length, 2 * seam)
-                out[:, length:a] = carried[:, :a - length]
-                before = carried[:, a - length:]
+                out[:, length:a] = carried[:, :max(0, a - length)]
+                before = np.concatenate([own, carried[:, max(0, a - length):]], axis=-1)
             out[:, a:a + n] = (1 - w) * before + w * new[:, a:a + n]
         # out of the gap into the take after it
         n = min(seam, (b - a) // 2) if repair else 0
@@ -896,6 +902,19 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
             after = mixing.predict_continuation(take[:, b:length][:, ::-1], n, 2 * seam)[:, ::-1]
             out[:, b - n:b] = (1 - w) * after + w * new[:, b - n:b]
     return out
+
+
+# How far over the kept audio's peak just before a seam an extension's own samples may peak
+# before its fade starts from the prediction instead (6 dB).
+TRANSIENT_RATIO = 2.0
+
+
+def _holds_a_transient(own: np.ndarray, before: np.ndarray) -> bool:
+    # own: (C, n) the take's samples past an extension's seam; before: (C, m) the kept ones before it
+    if own.size == 0:
+        return False
+    return float(np.abs(own).max()) > TRANSIENT_RATIO * max(float(np.abs(before).max()) if before.size else 0.0,
+                                                            LEVEL_MATCH_FLOOR)
 
 
 def _equal_power(n: int) -> np.ndarray:
