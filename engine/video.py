@@ -18,6 +18,7 @@ picture under it; pictures up to 8K (8192x4320) are read.
 from __future__ import annotations
 
 import math
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,10 +320,36 @@ def probe(path: str | Path) -> VideoInfo:
 # geometry
 
 
-def _rotate_for_display(rgb: np.ndarray, rotation: int) -> np.ndarray:
-    # rgb: (H, W, 3); rotation is counter-clockwise, as np.rot90 turns for positive k
-    k = rotation // 90
-    return np.ascontiguousarray(np.rot90(rgb, k=k)) if k else rgb
+# (transpose, flip rows, flip columns) of a turn counter-clockwise by 0, 90, 180, 270 degrees, as np.rot90 turns
+_QUARTER_TURNS = ((False, False, False), (True, True, False), (False, True, True), (True, False, True))
+
+
+def _display_orientation(av_frame) -> tuple[bool, bool, bool]:
+    """(transpose, flip rows, flip columns) that turn a frame as stored into the picture as
+    displayed: from its display matrix where that is a quarter turn or a mirror (QuickTime's
+    Flip Horizontal and Vertical are saved there without re-encoding, and the angle alone
+    cannot hold a flip), else from its rotation angle, to the nearest quarter turn."""
+    for side in getattr(av_frame, "side_data", ()):
+        if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX and len(bytes(side)) == 36:
+            a, b, _, c, d, *_ = struct.unpack("<9i", bytes(side))  # 16.16 fixed point: x' = a x + c y, y' = b x + d y
+            a, b, c, d = (0 if abs(v) < 0x8000 else (1 if v > 0 else -1) for v in (a, b, c, d))
+            if b == c == 0 and a and d:
+                return False, d < 0, a < 0
+            if a == d == 0 and b and c:
+                return True, b < 0, c < 0
+    return _QUARTER_TURNS[_normalize_rotation(av_frame.rotation) // 90]
+
+
+def _orient_for_display(rgb: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
+    # rgb: (H, W, 3) as stored -> as displayed
+    transpose, flip_rows, flip_columns = orientation
+    if transpose:
+        rgb = rgb.transpose(1, 0, 2)
+    if flip_rows:
+        rgb = rgb[::-1]
+    if flip_columns:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb) if any(orientation) else rgb
 
 
 def _resized_shape(height: int, width: int, size: int, fit: Fit) -> tuple[int, int]:
@@ -476,9 +503,9 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             # a stream may change size after its header (a new sequence header mid-file)
             _check_picture_size(path, av_frame.width, av_frame.height)
             rgb = _frame_rgb(av_frame, scale)
-            rotation = _normalize_rotation(av_frame.rotation)
-            rgb = _rotate_for_display(rgb, rotation)
-            shown = (av_frame.width, av_frame.height) if rotation in (90, 270) else (av_frame.height, av_frame.width)
+            orientation = _display_orientation(av_frame)
+            rgb = _orient_for_display(rgb, orientation)
+            shown = (av_frame.width, av_frame.height) if orientation[0] else (av_frame.height, av_frame.width)
             on_shown(rgb, np.arange(next_i, stop), shown)
             next_i = stop
 

@@ -610,3 +610,36 @@ def test_a_still_image_given_as_the_video_is_refused_before_the_model_loads(tmp_
     for read in (lambda: video.check_video_region(still, 0.0, 4.0), lambda: read_region(still, 0.0, 4.0, 25, 32)):
         with pytest.raises(VideoError, match=rf"still\.{suffix} is a still image, not a video"):
             read()
+
+
+@pytest.mark.parametrize("matrix, corner", [
+    ((-1, 0, 0, 1), "top right"),    # QuickTime's Flip Horizontal
+    ((1, 0, 0, -1), "bottom left"),  # Flip Vertical
+    ((0, 1, 1, 0), "top left"),      # a transpose: a quarter turn and a flip
+], ids=["hflip", "vflip", "transpose"])
+def test_a_picture_mirrored_by_its_display_matrix_is_read_as_a_player_shows_it(tmp_path, matrix, corner):
+    # the flip is saved in the track's matrix, without re-encoding; read by its angle alone, a
+    # horizontal flip came out upside down and a vertical one unflipped
+    import struct
+
+    def marker(i, width, height):
+        image = np.full((height, width, 3), 20, np.uint8)
+        image[: height // 3, : width // 3] = 235  # top left, as stored
+        return image
+
+    source = write_video(tmp_path / "source.mov", cfr_pts(10), width=64, height=48, image=marker)
+    data = bytearray(source.read_bytes())
+    box = data.find(b"tkhd") - 4
+    at = box + 8 + (40 if data[box + 8] == 0 else 52)
+    a, b, c, d = (v * 0x10000 for v in matrix)
+    width, height = (48, 64) if matrix[0] == 0 else (64, 48)
+    struct.pack_into(">9i", data, at, a, b, 0, c, d, 0, (64 * 0x10000 if a < 0 else 0),
+                     (48 * 0x10000 if d < 0 else 0), 0x40000000)
+    flipped = tmp_path / "flipped.mov"
+    flipped.write_bytes(bytes(data))
+    frame = read_region(flipped, 0.0, 0.2, 5, 32, "stretch")[0].float().mean(0)   # (32, 32)
+    corners = {"top left": frame[:8, :8], "top right": frame[:8, -8:], "bottom left": frame[-8:, :8],
+               "bottom right": frame[-8:, -8:]}
+    assert max(corners, key=lambda k: float(corners[k].mean())) == corner
+    info = video.probe(flipped)
+    assert (info.width, info.height) == (width, height)
