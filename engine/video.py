@@ -696,10 +696,14 @@ def _prescale(width: int, height: int, requests: Sequence[FrameRequest], focus: 
 
 def _frame_rgb(av_frame, scale: float) -> np.ndarray:
     # -> (H, W, 3) uint8 as stored (before rotation), scaled by `scale` with swscale's area filter
-    if scale >= 1.0:
-        return av_frame.to_ndarray(format="rgb24")
-    return av_frame.to_ndarray(format="rgb24", width=max(1, round(av_frame.width * scale)),
-                               height=max(1, round(av_frame.height * scale)), interpolation="AREA")
+    size = {} if scale >= 1.0 else {"width": max(1, round(av_frame.width * scale)),
+                                    "height": max(1, round(av_frame.height * scale)), "interpolation": "AREA"}
+    if not any(component.is_alpha for component in av_frame.format.components):
+        return av_frame.to_ndarray(format="rgb24", **size)
+    # a picture with transparency (PNG, QuickTime Animation, ProRes 4444 ...) over black, as a
+    # player shows it: what a transparent pixel keeps underneath is never seen
+    rgba = av_frame.to_ndarray(format="rgba", **size).astype(np.uint16)
+    return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
 
 
 def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:

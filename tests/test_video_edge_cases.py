@@ -643,3 +643,30 @@ def test_a_picture_mirrored_by_its_display_matrix_is_read_as_a_player_shows_it(t
     assert max(corners, key=lambda k: float(corners[k].mean())) == corner
     info = video.probe(flipped)
     assert (info.width, info.height) == (width, height)
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("png", "rgba"), ("qtrle", "argb")])
+def test_a_transparent_picture_is_read_over_black_as_a_player_shows_it(tmp_path, codec, pix_fmt):
+    # transparent pixels keep a colour underneath (white here) that no player shows: it was read
+    # as the picture
+    from fractions import Fraction
+
+    path = tmp_path / f"alpha_{codec}.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for i in range(10):
+            image = np.zeros((48, 64, 4), np.uint8)
+            image[..., :3] = 255                               # transparent, white underneath
+            image[12:36, 16:48] = (40, 40, 40, 255)            # an opaque dark square
+            image[0:8, 56:64] = (200, 100, 50, 128)            # half transparent
+            frame = av.VideoFrame.from_ndarray(image, format="rgba")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frame = read_region(path, 0.0, 0.2, 5, 64, "stretch")[0].float()     # (3, 64, 64)
+    assert float(frame[:, 40:, :8].max()) == 0                            # transparent: black
+    assert float(frame[:, 24:40, 24:40].mean()) == pytest.approx(40, abs=1)
+    assert frame[:, :6, 58:].mean(dim=(1, 2)).tolist() == pytest.approx([100, 50, 25], abs=2)
