@@ -17,6 +17,7 @@ picture under it; pictures up to 8K (8192x4320) are read.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from contextlib import contextmanager
@@ -694,10 +695,51 @@ def _prescale(width: int, height: int, requests: Sequence[FrameRequest], focus: 
     return min(1.0, PRESCALE_FACTOR * max(r.size for r in requests) / max(min(width, height), 1))
 
 
+# HDR pictures (a phone's HLG video, PQ masters), as AVColorTransferCharacteristic and
+# AVColorPrimaries number them: read as SDR code values they came out dim and washed out.
+_HLG, _PQ, _BT2020 = 18, 16, 9
+# The HLG scene light of its reference white (a 75 % signal, BT.2408), and the PQ luminance of
+# graphics white in nits (BT.2408): SDR white, 1.0 in linear light.
+_HLG_WHITE = (math.exp((0.75 - 0.55991073) / 0.17883277) + 0.28466892) / 12
+_PQ_WHITE_NITS = 203.0
+# BT.2020 linear RGB to BT.709 (the inverse of BT.2087's BT.709 to BT.2020)
+_BT2020_TO_709 = np.linalg.inv(np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114],
+                                         [0.0164, 0.0880, 0.8956]])).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _hdr_linear(trc: int) -> np.ndarray:
+    """(65536,) float32: a 16-bit HLG or PQ code value's linear light, SDR white 1.0."""
+    v = np.arange(65536, dtype=np.float64) / 65535
+    if trc == _HLG:  # the inverse of BT.2100's HLG OETF: scene light
+        a, b, c = 0.17883277, 0.28466892, 0.55991073
+        light = np.where(v <= 0.5, v * v / 3, (np.exp((v - c) / a) + b) / 12) / _HLG_WHITE
+    else:  # BT.2100's PQ EOTF: nits
+        m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+        p = v ** (1 / m2)
+        light = 10000 * (np.maximum(p - c1, 0) / (c2 - c3 * p)) ** (1 / m1) / _PQ_WHITE_NITS
+    return light.astype(np.float32)
+
+
+_SDR_CODES = np.round(255 * (np.arange(4096) / 4095) ** (1 / 2.4)).astype(np.uint8)  # BT.1886's display
+
+
+def _hdr_to_sdr(rgb16: np.ndarray, trc: int, bt2020: bool) -> np.ndarray:
+    """(H, W, 3) uint16 R'G'B' of an HLG or PQ picture -> (H, W, 3) uint8 SDR BT.709 as a
+    display shows SDR: its reference white at SDR white, highlights above clipped."""
+    light = _hdr_linear(trc)[rgb16]                                            # (H, W, 3) linear
+    if bt2020:
+        light = light @ _BT2020_TO_709.T
+    return _SDR_CODES[np.round(np.clip(light, 0.0, 1.0) * 4095).astype(np.int32)]
+
+
 def _frame_rgb(av_frame, scale: float) -> np.ndarray:
     # -> (H, W, 3) uint8 as stored (before rotation), scaled by `scale` with swscale's area filter
     size = {} if scale >= 1.0 else {"width": max(1, round(av_frame.width * scale)),
                                     "height": max(1, round(av_frame.height * scale)), "interpolation": "AREA"}
+    if getattr(av_frame, "color_trc", None) in (_HLG, _PQ):
+        return _hdr_to_sdr(av_frame.to_ndarray(format="rgb48le", **size), av_frame.color_trc,
+                           av_frame.color_primaries == _BT2020)
     if not any(component.is_alpha for component in av_frame.format.components):
         return av_frame.to_ndarray(format="rgb24", **size)
     # a picture with transparency (PNG, QuickTime Animation, ProRes 4444 ...) over black, as a

@@ -670,3 +670,45 @@ def test_a_transparent_picture_is_read_over_black_as_a_player_shows_it(tmp_path,
     assert float(frame[:, 40:, :8].max()) == 0                            # transparent: black
     assert float(frame[:, 24:40, 24:40].mean()) == pytest.approx(40, abs=1)
     assert frame[:, :6, 58:].mean(dim=(1, 2)).tolist() == pytest.approx([100, 50, 25], abs=2)
+
+
+@pytest.mark.skipif(not has_encoder("libx265"), reason="needs libx265")
+@pytest.mark.parametrize("transfer", ["hlg", "pq"])
+def test_an_hdr_picture_is_read_as_an_sdr_display_shows_it(tmp_path, transfer):
+    # a phone's HLG video (HEVC 10-bit, BT.2020) came back as its code values read as SDR BT.709:
+    # white at 187 of 255, red (200, 30, 30) as (131, 46, 26)
+    from fractions import Fraction
+
+    sdr = np.array([[255, 255, 255], [200, 30, 30], [30, 160, 40], [40, 60, 200], [128, 128, 128], [20, 20, 20]])
+    to_2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+    light = ((sdr / 255) ** 2.4) @ to_2020.T                     # linear BT.2020, SDR white 1.0
+    if transfer == "hlg":  # BT.2100's OETF of scene light, SDR white at the reference 75 %
+        a, b, c = 0.17883277, 0.28466892, 0.55991073
+        scene = light * (np.exp((0.75 - c) / a) + b) / 12
+        code = np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+    else:  # BT.2100's inverse PQ EOTF, SDR white at 203 nits
+        m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+        y = (light * 203 / 10000) ** m1
+        code = ((c1 + c2 * y) / (1 + c3 * y)) ** m2
+    image = np.zeros((32, 16 * len(sdr), 3), np.uint8)
+    for k, colour in enumerate(np.round(code * 255).astype(np.uint8)):
+        image[:, 16 * k:16 * (k + 1)] = colour
+    trc = 18 if transfer == "hlg" else 16
+    path = tmp_path / f"{transfer}.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=25)
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], 32, "yuv420p10le"
+        stream.options = {"x265-params": "log-level=error"}
+        context = stream.codec_context
+        context.colorspace, context.color_primaries, context.color_trc, context.color_range = 9, 9, trc, 1
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+                format="yuv420p10le", dst_colorspace="BT2020", dst_color_range="MPEG")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frame = read_region(path, 0.0, 0.2, 5, image.shape[1], "stretch")[0]      # (3, 96, 96)
+    read = np.array([frame[:, 48, 16 * k + 8].numpy() for k in range(len(sdr))], float)
+    assert np.abs(read - sdr).mean() < 5, read.astype(int).tolist()
