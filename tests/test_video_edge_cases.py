@@ -262,20 +262,27 @@ def test_a_raw_h264_stream_is_read_from_its_beginning(tmp_path):
 # --- files from the review of 2026-12-02 ------------------------------------------------------
 
 
-def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
-    """A faststart MP4 whose copy stopped at 60 %: the header still says 10 s, so the region
-    passes the length check, and its last decodable frame would stand in for the rest."""
-    whole = write_video(tmp_path / "whole.mp4", cfr_pts(250), gop=25)
-    with av.open(str(whole)) as source, av.open(str(tmp_path / "fast.mp4"), "w",
+def faststart_cut_short(whole, folder):
+    """`whole` remuxed as a faststart MP4 (its index first), then cut after 60 % of its bytes,
+    as a copy or download that stopped: cut.mp4 in `folder`."""
+    with av.open(str(whole)) as source, av.open(str(folder / "fast.mp4"), "w",
                                                  options={"movflags": "faststart"}) as fast:
         stream = fast.add_stream_from_template(source.streams.video[0])
         for packet in source.demux(source.streams.video[0]):
             if packet.dts is not None:
                 packet.stream = stream
                 fast.mux(packet)
-    data = (tmp_path / "fast.mp4").read_bytes()
-    cut = tmp_path / "cut.mp4"
+    data = (folder / "fast.mp4").read_bytes()
+    cut = folder / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])
+    return cut
+
+
+def test_a_file_cut_short_is_refused_not_frozen_on_its_last_frame(tmp_path):
+    """A faststart MP4 whose copy stopped at 60 %: the header still says 10 s, so the region
+    passes the length check, and its last decodable frame would stand in for the rest."""
+    whole = write_video(tmp_path / "whole.mp4", cfr_pts(250), gop=25)
+    cut = faststart_cut_short(whole, tmp_path)
     assert probe(cut).duration == pytest.approx(10.0, abs=0.05)
     ends = None
     with av.open(str(cut)) as container:
@@ -322,16 +329,7 @@ def test_a_region_far_past_where_a_long_file_is_cut_short_is_refused_decoding_li
     # seeking 1, 2, 4 ... s back from the region, all past the cut, then decoding the file from
     # its start: a minute for a long 1080p file, here every frame up to the cut
     whole = write_video(tmp_path / "whole.mp4", cfr_pts(1500), gop=25)
-    with av.open(str(whole)) as source, av.open(str(tmp_path / "fast.mp4"), "w",
-                                                 options={"movflags": "faststart"}) as fast:
-        stream = fast.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                fast.mux(packet)
-    data = (tmp_path / "fast.mp4").read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: int(len(data) * 0.6)])
+    cut = faststart_cut_short(whole, tmp_path)
     opened = av.open
     monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: _CountingContainer(opened(*args, **kwargs)))
     _CountingContainer.decoded = 0
