@@ -475,11 +475,12 @@ class _CannotSeek(Exception):
 
 def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float,
                   on_shown: Callable[[np.ndarray, np.ndarray], None], seek_s: float | None,
-                  scale: float = 1.0) -> None:
+                  short_side: int | None = None) -> None:
     """Decode the picture from near `seek_s` (None: from where the container stands, its
     beginning); for each frame on screen at some of the sorted `times` (samples of a region that
     ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times,
-    (height, width) of the picture as displayed before `scale`). Frames that no sample shows
+    (height, width) of the picture as displayed before it was scaled down to `short_side`, see
+    _frame_rgb). Frames that no sample shows
     are never converted to RGB.
 
     With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
@@ -503,7 +504,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
         if stop > next_i:
             # a stream may change size after its header (a new sequence header mid-file)
             _check_picture_size(path, av_frame.width, av_frame.height)
-            rgb = _frame_rgb(av_frame, scale)
+            rgb = _frame_rgb(av_frame, short_side)
             orientation = _display_orientation(av_frame)
             rgb = _orient_for_display(rgb, orientation)
             shown = (av_frame.width, av_frame.height) if orientation[0] else (av_frame.height, av_frame.width)
@@ -622,19 +623,19 @@ def _frame_duration_s(av_frame, stream) -> float:
 
 
 def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: float,
-                   on_shown: Callable[[np.ndarray, np.ndarray], None], scale: float = 1.0) -> None:
+                   on_shown: Callable[[np.ndarray, np.ndarray], None], short_side: int | None = None) -> None:
     """_decode_shown from the keyframe before times[0]. When a seek misses (it lands past the
     start, or on a frame the decoder drops up to a keyframe after the start), seek 1, 2, 4, 8...
     s further back. Raises _CannotSeek, having shown nothing, when the demuxer refuses to seek or
     no seek landed before the region: the caller then decodes the file from its beginning."""
     start_s = float(times[0])
     if start_s <= 0 or stream.time_base is None:
-        _decode_shown(container, stream, path, times, end_s, on_shown, None, scale)
+        _decode_shown(container, stream, path, times, end_s, on_shown, None, short_side)
         return
     back = 0.0
     while start_s - back > 0:
         try:
-            _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back, scale)
+            _decode_shown(container, stream, path, times, end_s, on_shown, start_s - back, short_side)
             return
         except _NothingAfterSeek:
             # far past where a long file was cut short, seeking 1, 2, 4 ... s back and then
@@ -642,7 +643,7 @@ def _decode_region(container, stream, path: Path, times: np.ndarray, end_s: floa
             seek_s = _last_seek_with_frames(container, stream, start_s - back)
             if seek_s is not None:
                 try:
-                    _decode_shown(container, stream, path, times, end_s, on_shown, seek_s, scale)
+                    _decode_shown(container, stream, path, times, end_s, on_shown, seek_s, short_side)
                     return
                 except _SeekedTooFar:
                     pass
@@ -686,13 +687,13 @@ def _last_seek_with_frames(container, stream, nothing_after_s: float) -> float |
     return has if has > 0 else None
 
 
-def _prescale(width: int, height: int, requests: Sequence[FrameRequest], focus: PictureFocus | None) -> float:
-    """The factor (at most 1) frames of `width` x `height` stored pixels are scaled by as they
-    are converted to RGB: their short side kept at PRESCALE_FACTOR times the largest request's
-    size or more. 1 with a focus, whose rectangle is cut in whole pixels of the picture."""
+def _prescaled_short_side(requests: Sequence[FrameRequest], focus: PictureFocus | None) -> int | None:
+    """The short side a larger frame is scaled down to as it is converted to RGB: PRESCALE_FACTOR
+    times the largest request's size. None with a focus, whose rectangle is cut in whole pixels
+    of the picture."""
     if not requests or focus is not None:
-        return 1.0
-    return min(1.0, PRESCALE_FACTOR * max(r.size for r in requests) / max(min(width, height), 1))
+        return None
+    return PRESCALE_FACTOR * max(r.size for r in requests)
 
 
 # HDR pictures (a phone's HLG video, PQ masters), as AVColorTransferCharacteristic and
@@ -733,8 +734,11 @@ def _hdr_to_sdr(rgb16: np.ndarray, trc: int, bt2020: bool) -> np.ndarray:
     return _SDR_CODES[np.round(np.clip(light, 0.0, 1.0) * 4095).astype(np.int32)]
 
 
-def _frame_rgb(av_frame, scale: float) -> np.ndarray:
-    # -> (H, W, 3) uint8 as stored (before rotation), scaled by `scale` with swscale's area filter
+def _frame_rgb(av_frame, short_side: int | None) -> np.ndarray:
+    # -> (H, W, 3) uint8 as stored (before rotation); a frame whose short side is past
+    # `short_side` scaled down to it with swscale's area filter (the factor taken per frame: a
+    # stream may change size after its header)
+    scale = short_side / min(av_frame.width, av_frame.height) if short_side else 1.0
     size = {} if scale >= 1.0 else {"width": max(1, round(av_frame.width * scale)),
                                     "height": max(1, round(av_frame.height * scale)), "interpolation": "AREA"}
     if getattr(av_frame, "color_trc", None) in (_HLG, _PQ):
@@ -743,8 +747,9 @@ def _frame_rgb(av_frame, scale: float) -> np.ndarray:
     if not any(component.is_alpha for component in av_frame.format.components):
         return av_frame.to_ndarray(format="rgb24", **size)
     # a picture with transparency (PNG, QuickTime Animation, ProRes 4444 ...) over black, as a
-    # player shows it: what a transparent pixel keeps underneath is never seen
-    rgba = av_frame.to_ndarray(format="rgba", **size).astype(np.uint16)
+    # player shows it: what a transparent pixel keeps underneath is never seen (so never scaled
+    # first: averaged with its neighbours, it would be)
+    rgba = av_frame.to_ndarray(format="rgba").astype(np.uint16)
     return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
 
 
@@ -795,7 +800,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         if _is_still_image(container):
             raise _still_image(path)
         width, height = _readable_size(path, stream)
-        scale = _prescale(width, height, requests, focus)
+        short_side = _prescaled_short_side(requests, focus)
         stream.thread_type = "AUTO"
         _check_region(path, start_s, end_s, _duration_s(container, stream), _picture_start_s(container, stream),
                       _frame_period_s(_frame_rate(stream)))
@@ -803,7 +808,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             return outputs
         try:
             with _out_of_memory_is_a_video_error(path, width, height):
-                _decode_region(container, stream, path, sorted_times, end_s, on_shown, scale)
+                _decode_region(container, stream, path, sorted_times, end_s, on_shown, short_side)
             return outputs
         except _CannotSeek:
             pass
@@ -813,7 +818,7 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         with _out_of_memory_is_a_video_error(path, width, height):
-            _decode_shown(container, stream, path, sorted_times, end_s, on_shown, None, scale)
+            _decode_shown(container, stream, path, sorted_times, end_s, on_shown, None, short_side)
     return outputs
 
 

@@ -75,14 +75,22 @@ def _hold_lock(path: Path, handle: int) -> bool:
     Best effort: a file system without locks keeps the process id alone (and NFS, where
     closing any descriptor of the file lets go of the lock, the process id after the write)."""
     name = path.name
-    try:
-        if fcntl is None:
-            raise OSError
-        # blocking: of a file or folder just made, only a sweep removing it can hold the lock, briefly
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    except OSError:
-        os.close(handle)
-        return True
+    # of a file or folder just made, only a sweep removing it can hold the lock, for a moment:
+    # still held after a second (a sweeper stopped mid-way), it is that sweep's to remove
+    for pause in (0.01,) * 100 + (None,):
+        try:
+            if fcntl is None:
+                raise OSError
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if pause is None:
+                os.close(handle)
+                return False
+            time.sleep(pause)
+        except OSError:
+            os.close(handle)
+            return True
     try:
         os.lstat(path)
     except FileNotFoundError:

@@ -261,14 +261,16 @@ def test_a_large_picture_is_scaled_down_while_converted_and_reads_as_it_did_whol
 
     from stepfoley.engine.pipeline import PictureFocus
 
-    picture = gaussian_filter(np.random.default_rng(0).uniform(0, 255, (720, 1280, 3)), (6, 6, 0))
+    picture = gaussian_filter(np.random.default_rng(0).uniform(0, 255, (720, 1000, 3)), (6, 6, 0))
     picture = ((picture - picture.min()) / np.ptp(picture) * 255).astype(np.uint8)  # texture of a natural scale
-    path = write_video(tmp_path / "big.mp4", cfr_pts(10), width=1280, height=720,
+    # 1000 x 720: its crop's width, truncated, is 88 px of the whole picture and 89 of the
+    # 267 x 192 it is scaled down to
+    path = write_video(tmp_path / "big.mp4", cfr_pts(10), width=1000, height=720,
                        image=lambda i, width, height: np.roll(picture, 3 * i, axis=1))
     converted = []
     real = video._frame_rgb
-    monkeypatch.setattr(video, "_frame_rgb", lambda frame, scale: converted.append(real(frame, scale).shape) or
-                        real(frame, scale))
+    monkeypatch.setattr(video, "_frame_rgb", lambda frame, short: converted.append(real(frame, short).shape) or
+                        real(frame, short))
     focus = PictureFocus((0.5, 0.25, 0.75, 0.75))  # cut in whole pixels of the picture: not scaled
     for fit, focus_or_none, rows in (("stretch", None, 192), ("crop", None, 192), ("crop", focus, 720)):
         converted.clear()

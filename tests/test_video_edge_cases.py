@@ -710,3 +710,25 @@ def test_an_hdr_picture_is_read_as_an_sdr_display_shows_it(tmp_path, transfer):
     frame = read_region(path, 0.0, 0.2, 5, image.shape[1], "stretch")[0]      # (3, 96, 96)
     read = np.array([frame[:, 48, 16 * k + 8].numpy() for k in range(len(sdr))], float)
     assert np.abs(read - sdr).mean() < 5, read.astype(int).tolist()
+
+
+def test_a_large_transparent_picture_is_not_scaled_before_it_is_put_over_black(tmp_path):
+    # scaled down first, the colour under transparent pixels was averaged into the opaque ones
+    # beside them (a mean of 64 of 255 where a player shows black)
+    from fractions import Fraction
+
+    path = tmp_path / "columns.mov"
+    image = np.zeros((720, 1280, 4), np.uint8)
+    image[:, 1::2] = (255, 255, 255, 0)                       # transparent white between
+    image[:, 0::2] = (0, 0, 0, 255)                           # opaque black columns
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "rgba"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(image, format="rgba")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert float(read_region(path, 0.0, 0.08, 25, 64, "stretch").float().max()) == 0
