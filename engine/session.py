@@ -867,8 +867,8 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     after it), never from the gap's own samples: what is repaired is often a click, and one
     within a fade's length of the span's edge stayed. An extension from inside the take fades
     from the take's own samples past the seam, as an editor's crossfade does, unless they hold
-    a transient (a peak more than TRANSIENT_RATIO over the kept audio's just before the seam:
-    a click the span was chosen to lose), then from the prediction too. Past the take's end
+    a transient (a peak more than TRANSIENT_CREST times the RMS of the kept audio just before
+    the seam: a click the span was chosen to lose), then from the prediction too. Past the take's end
     (`take_length`: how many samples it really has; up to a millisecond short of the stem, the
     request's tolerance) its kept samples are carried on by prediction, since a cut from its
     last sample to zero clicks."""
@@ -904,17 +904,18 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     return out
 
 
-# How far over the kept audio's peak just before a seam an extension's own samples may peak
-# before its fade starts from the prediction instead (6 dB).
-TRANSIENT_RATIO = 2.0
+# How far over the RMS of the kept audio just before a seam an extension's own samples may
+# peak before its fade starts from the prediction instead: 15.6 dB, past the peaks of noise
+# (about 4 times its RMS in a fade's 50 ms) and of a steady tone (1.4 times).
+TRANSIENT_CREST = 6.0
 
 
 def _holds_a_transient(own: np.ndarray, before: np.ndarray) -> bool:
     # own: (C, n) the take's samples past an extension's seam; before: (C, m) the kept ones before it
     if own.size == 0:
         return False
-    return float(np.abs(own).max()) > TRANSIENT_RATIO * max(float(np.abs(before).max()) if before.size else 0.0,
-                                                            LEVEL_MATCH_FLOOR)
+    level = float(np.sqrt(np.mean(np.square(before, dtype=np.float64)))) if before.size else 0.0
+    return float(np.abs(own).max()) > TRANSIENT_CREST * max(level, LEVEL_MATCH_FLOOR)
 
 
 def _equal_power(n: int) -> np.ndarray:
