@@ -2,8 +2,10 @@
 -- @author StepFoley
 -- @version 0.5.31
 -- @changelog
---   Extend and Regenerate time selection inside selected item ask for the take's own sample rate: in a project whose rate is not set (taken as 48 kHz), a take glued at 44.1 kHz came back resampled, not sample for sample. A take at a rate StepFoley does not write is said in the console.
---   Extending across a cut to another video file names both files (it was told that the kept part "has no video under it").
+--   Extend and Regenerate time selection inside selected item ask for the take's own sample rate: in a project whose rate is not set (taken as 48 kHz), a take glued at 44.1 kHz came back resampled, not sample for sample. A take at a rate StepFoley does not write is said in the console. The stem's length is checked at the take's rate and channels before the bounce.
+--   Extending or repairing across a cut to another video file, a jump cut within one file, or where a looped picture starts again, says which (it was told that part "has no video under it").
+--   A new layer stays in its Foley bus folder when the last layer is muted (to audition the others) or ends a muted archive folder inside the bus.
+--   Settings refuse a client path the actions could not start (a shell character, a batch file, the Store's python alias) when it is set, not at the next generation.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

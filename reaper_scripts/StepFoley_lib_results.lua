@@ -601,8 +601,11 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not extra then return nil, err end
     -- a continuation keeps the item's active take: the one it is now, whatever the user
     -- activates while the engine works
-    if extra.sample_rate then -- the take's own rate, checked as the project's was before the dialog
-      local problem = M.region_length_problem(region, false, engine.capabilities, extra.sample_rate, "the take's")
+    if extra.sample_rate and job.item then -- the take's own rate and channels, as the project's were checked
+      local levels = M.source_chain(reaper.GetActiveTake(job.item))
+      local channels = #levels > 0 and math.tointeger(reaper.GetMediaSourceNumChannels(levels[1].src)) or 1
+      local problem = M.region_length_problem(region, false, engine.capabilities, extra.sample_rate, "the take's",
+        math.max(channels, 1))
       if problem then return nil, problem end
     end
     if extra.take and job.item then
@@ -816,6 +819,12 @@ function M.continuation_fields(item, region, a, b, caps)
     local other = M.find_video_item(proj, uncovered_a, uncovered_b)
     local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
     local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
+    if other and other == M.find_video_item(proj, region.project_start, region.project_end) then
+      return nil, string.format("The video item under the selected item loops its source, and starts it again " ..
+        "from %.3f s to %.3f s. StepFoley follows one pass of the picture per generation, so the take would be " ..
+        "lost there. Trim the item (and the time selection) to one pass, or render the looped picture into one " ..
+        "file, then try again.", M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
+    end
     if shown and shown ~= "" then
       local what = shown ~= region.video
         and string.format("changes to another video file: %s shows from %.3f s to %.3f s, and %s over the rest",
@@ -908,8 +917,9 @@ local WAV_HEADER_BYTES, WAV24_BYTES = 4096, 3
 -- Why the region is too short or too long for the engine (said before the dialog and any
 -- bounce), or nil: its picture, its length on the timeline (the picture may play at another
 -- rate) and its new track's file at `sample_rate`. `clipped`: the picture covers only part of
--- the selection. `whose`: whose rate sample_rate is ("this project's" when nil).
-function M.region_length_problem(region, clipped, caps, sample_rate, whose)
+-- the selection. `whose`: whose rate sample_rate is ("this project's" when nil); `channels`:
+-- the stem's (1 when nil: a new track is mono; a continuation has its take's).
+function M.region_length_problem(region, clipped, caps, sample_rate, whose, channels)
   local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
   if type(bound) ~= "table" then bound = M.REGION_SECONDS end
   local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
@@ -925,11 +935,13 @@ function M.region_length_problem(region, clipped, caps, sample_rate, whose)
   local timeline = region.project_end - region.project_start
   local most_s = tonumber(M.published(caps, "stem_seconds", M.STEM_SECONDS)) or M.STEM_SECONDS
   local most_bytes = tonumber(M.published(caps, "stem_bytes", M.STEM_BYTES)) or M.STEM_BYTES
-  local longest = math.min(most_s, (most_bytes - WAV_HEADER_BYTES) / (WAV24_BYTES * sample_rate))
+  channels = channels or 1
+  local longest = math.min(most_s, (most_bytes - WAV_HEADER_BYTES) / (WAV24_BYTES * sample_rate * channels))
   if timeline > longest + 1e-6 then
     return string.format("The new item would last %.1f s on the timeline; at most %.1f s can be made at once at " ..
-      "%s %d Hz. Select a shorter range and make the rest in a second pass.", timeline,
-      math.floor(longest * 10) / 10, whose or "this project's", sample_rate)
+      "%s %d Hz%s. Select a shorter range and make the rest in a second pass.", timeline,
+      math.floor(longest * 10) / 10, whose or "this project's", sample_rate,
+      channels > 1 and string.format(" in %d channels", channels) or "")
   end
   return nil
 end

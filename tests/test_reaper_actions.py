@@ -1110,6 +1110,19 @@ def test_extend_across_a_cut_to_another_video_file_names_both_files(world):
                               "of it shows from 3.000 s to 6.000 s."), message
 
 
+def test_a_repair_over_where_a_looped_picture_starts_again_says_so(world):
+    # an item outlasting one pass of a looping video item: the same item, starting its loop
+    # again, was called "another video item of it"
+    looped = {"position": 0.0, "length": 20.0, "loopsrc": 1, "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    sc = scenario(world, ts=(8.5, 9.0), video_item=looped, dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": h.REPAIR}], extra_tracks=[continuation_layer(world, position=8.0, length=4.0)])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = [m["message"] for m in result["messages"]]
+    assert message.startswith("The video item under the selected item loops its source, and starts it again from "
+                              "10.000 s to 12.000 s."), message
+    assert h.generation_commands(result) == []
+
+
 def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_ends(world):
     """Item 3.0-5.5 s whose take (the 12 s file from 10.5 s) ends at 4.5 s: the edge was dragged
     out. Extending from 5.0 s makes the silent 4.5-5.0 s new too, instead of asking the engine

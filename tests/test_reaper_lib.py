@@ -532,7 +532,11 @@ def test_a_stem_too_long_at_the_takes_rate_says_whose_rate_it_is():
     # length is checked at that rate again, and said as the take's
     out = lua("io.write(SF.region_length_problem({file_in = 0, file_out = 250, project_start = 0, project_end = 250}, "
               "false, nil, 192000, \"the take's\"))")
-    assert "at most 233.0 s can be made at once at the take's 192000 Hz" in out, out
+    assert "at most 233.0 s can be made at once at the take's 192000 Hz." in out, out
+    # a stereo take's stem has two channels: half as long (the engine counts them too)
+    out = lua("io.write(SF.region_length_problem({file_in = 0, file_out = 150, project_start = 0, project_end = 150}, "
+              "false, nil, 192000, \"the take's\", 2))")
+    assert "at most 116.5 s can be made at once at the take's 192000 Hz in 2 channels." in out, out
 
 
 def test_the_librarys_fallback_bounds_are_the_protocols():

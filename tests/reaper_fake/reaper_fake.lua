@@ -978,6 +978,11 @@ function reaper.GetMediaSourceSampleRate(src)
   check(src, "PCM_source*", "GetMediaSourceSampleRate")
   return (src.parent or src).sr or 0
 end
+-- 0 for a source without audio, as GetMediaSourceSampleRate
+function reaper.GetMediaSourceNumChannels(src)
+  check(src, "PCM_source*", "GetMediaSourceNumChannels")
+  return (src.parent or src).channels or 0
+end
 function reaper.GetMediaSourceLength(src) check(src, "PCM_source*", "GetMediaSourceLength"); return src.length, false end
 function reaper.PCM_Source_GetSectionInfo(src)
   check(src, "PCM_source*", "PCM_Source_GetSectionInfo")
