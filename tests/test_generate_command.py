@@ -210,6 +210,11 @@ def bad_arguments(video, tmp_path):
         # a hard link is the same file by another name
         ([video, "0", "2", "--existing", tmp_path / "tone.wav", "--metadata", tmp_path / "tone-link.json", "--force"],
          "is --existing, which the run reads"),
+        # the stem over an input the run reads: an earlier layer (or the reference, the take) was lost
+        ([video, "0", "2", "--existing", tmp_path / "tone.wav", "--out", tmp_path / "tone.wav", "--force"],
+         "--out " + str(tmp_path / "tone.wav") + " is --existing, which the run reads"),
+        ([video, "0", "2", "--reference", tmp_path / "tone.wav", "--out", tmp_path / "tone.wav", "--force"],
+         "is --reference, which the run reads"),
         ([video, "0", "2", "--metadata", tmp_path / "pipe.json", "--force"], "is not a regular file (a device or"),
         ([video, "0", "2", "--out", tmp_path / "pipe.wav", "--force"], "is not a regular file (a device or"),
         # names longer than the file system takes: found before the model, not after it

@@ -256,6 +256,13 @@ def check_arguments(args: argparse.Namespace) -> Checked:
                                 "--reference FILE.wav.")
     check_runtime_arguments(args)
     output = resolve_output(args.out, args.force)
+    inputs = [("the video", args.video), ("--reference", args.reference), ("--take", args.take),
+              *(("--existing", path) for path in args.existing)]
+    for what, path in inputs:
+        if output.file and path and same_file(output.file, path):
+            raise InvalidInputError(f"--out {args.out} is {what}, which the run reads: with --force the new stem "
+                                    "would replace it, and an earlier layer or take is lost. Give the stem its own "
+                                    "name (e.g. layer_2.wav).")
     if args.metadata is not None:
         from stepfoley.commands.runtime import check_json_path
 
@@ -263,8 +270,6 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         if output.file and same_file(args.metadata, output.file):
             raise InvalidInputError(f"--metadata and --out name the same file, '{args.out}': the metadata would "
                                     "replace the stem. Give the metadata its own name (e.g. take.json).")
-        inputs = [("the video", args.video), ("--reference", args.reference), ("--take", args.take),
-                  *(("--existing", path) for path in args.existing)]
         for what, path in inputs:
             if path and same_file(args.metadata, path):
                 raise InvalidInputError(f"--metadata {args.metadata} is {what}, which the run reads: with --force "
