@@ -296,6 +296,9 @@ class _Take:
         new = new * channel_balance(take, keep, rate, take_length)                             # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         stem = splice(take, new, keep, int(round(SEAM_S * rate)), take_length)
+        clipped = float((np.abs(stem) > 1.0).mean()) if FORMATS[request.format] != "FLOAT" else 0.0
+        if clipped:  # a float take with overs, in a format that clips them: measured as written
+            stem = np.clip(stem, -1.0, 1.0)
         metadata = {
             **track.metadata,
             "sample_rate": rate,
@@ -308,6 +311,8 @@ class _Take:
             "take": request.take,
             "regenerate": list(request.regenerate),
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
+            # of the stem's samples, those past full scale (a float take's overs) that `format` clips
+            "format_clipped_fraction": clipped,
             # the whole stem's, the take's level for the most part (the new part's: new_part_lufs)
             "lufs": mixing.reported_lufs(stem, rate),
             # in the take's channels, as the stem's: the session measured the model's mono part

@@ -345,6 +345,13 @@ def test_kept_untouched_says_whether_the_file_holds_the_take_exactly(tiny, scene
     assert stem["metadata"]["kept_untouched"] is untouched
     written = sf.read(stem["stem_path"], dtype="float32")[0][:72000]
     assert np.array_equal(written, sf.read(path, dtype="float32")[0][:72000]) is (untouched or subtype == "PCM_32")
+    # the levels are the written file's: a float take with overs measured as if unclipped
+    # (floats scaled to 24-bit integers: +128.8 LUFS said, -0.9 written)
+    whole = sf.read(stem["stem_path"], dtype="float32")[0]
+    assert stem["metadata"]["lufs"] == pytest.approx(mixing.integrated_loudness(whole, 48000), abs=0.01)
+    clipped = stem["metadata"]["format_clipped_fraction"]
+    assert (clipped > 0) is (stem_format == "wav24" and level > 0.3) and clipped == pytest.approx(
+        float((np.abs(take[:72000]) > 1).sum()) / 96000, abs=0.01)
 
 
 def test_nag_still_negates_the_earlier_layers(tiny, scene_video, tmp_path):

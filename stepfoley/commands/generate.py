@@ -413,7 +413,11 @@ def run(args: argparse.Namespace) -> int:
         rank = f", rank {meta['rank']}" if "rank" in meta and len(stems) > 1 else ""  # one take: nothing ranked
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
-        if meta.get("kept_untouched") is False:
+        if meta.get("format_clipped_fraction"):
+            say(f"note: the take has samples over full scale, which {args.format} clips: "
+                f"{100 * meta['format_clipped_fraction']:.1f} % of the stem's samples were clipped; ask for "
+                "--format wav32f to keep them", sys.stderr)
+        elif meta.get("kept_untouched") is False:
             say(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
                 f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", sys.stderr)
     first = stems[0][1]
