@@ -176,8 +176,7 @@ def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> No
                                 f"give at least {MIN_REFERENCE_S * 1000:.0f} ms of the sound you want.")
     measured = min(seconds, held + 0.4)
     mono = audio.mean(axis=0)
-    loudness = mixing.integrated_loudness(looped_to(mono, max(1, round(measured * sample_rate)))[None], sample_rate)
-    if not loudness >= mixing.SILENCE_GATE_LUFS:
+    if not mixing.is_heard(looped_to(mono, max(1, round(measured * sample_rate)))[None], sample_rate):
         raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region, "
                                 "in the model's band, its channels mixed: opposite channels cancel); choose a "
                                 "recording of the sound you want, or raise its level.")
@@ -190,8 +189,8 @@ def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
     CONDITION_LUFS; None when every row is silent there (below the -70 LUFS gate), so the
     window is made as a first track is. A row silent where the others are not (takes with
     different stacks, made together by the evaluation) hears its silence."""
-    rows = [conditioning_mix([row], sample_rate, len(row))
-            if np.isfinite(mixing.integrated_loudness(row[None], sample_rate)) else None for row in slices]
+    rows = [conditioning_mix([row], sample_rate, len(row)) if mixing.is_heard(row[None], sample_rate) else None
+            for row in slices]
     if all(row is None for row in rows):
         return None
     return np.stack([row if row is not None else quiet for row, quiet in zip(rows, slices)])
@@ -343,8 +342,11 @@ class StepSession:
             return None
         mixed_from, mix = self._mix
         if len(mixed_from) != len(self.tracks) or any(a is not b for a, b in zip(mixed_from, self.tracks)):
+            # heard as they are, before the mix is brought to CONDITION_LUFS (which raised an
+            # offset's onset, and whatever hiss rode on it, into a sound)
+            heard = any(mixing.is_heard(t.samples[None], self.model.sample_rate) for t in self.tracks)
             mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
-            mix = mix if np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
+            mix = mix if heard and np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
             self._mix = (tuple(self.tracks), mix)
         return mix
 

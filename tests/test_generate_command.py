@@ -132,6 +132,7 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "short.wav", np.zeros(8000), 16000)
     sf.write(tmp_path / "one.wav", np.array([0.5]), 48000)
     sf.write(tmp_path / "whisper.wav", 1e-5 * np.random.default_rng(0).standard_normal(16000), 16000)  # -100 dBFS
+    sf.write(tmp_path / "offset.wav", np.full(16000, 0.01), 16000)  # an offset alone: no sound
     if not (tmp_path / "pipe.json").exists():
         os.link(tmp_path / "tone.wav", tmp_path / "tone-link.json")
         os.mkfifo(tmp_path / "pipe.json")
@@ -152,6 +153,7 @@ def bad_arguments(video, tmp_path):
         # looped over the region: a sample of it is a buzz, and one under the gate pulls toward silence
         ([video, "0", "2", "--reference", tmp_path / "one.wav"], "The reference sound is 0.0208 ms long"),
         ([video, "0", "2", "--reference", tmp_path / "whisper.wav"], "silent or too quiet to hear"),
+        ([video, "0", "2", "--reference", tmp_path / "offset.wav"], "silent or too quiet to hear"),
         ([video, "0", "2", "--existing", tmp_path / "silent.wav", "--reference", tmp_path / "silent.wav"],
          "leave out --existing"),
         ([video, "0", "2", "--out", tmp_path / "no-such-folder"], "does not exist. Create it, or give a file name"),

@@ -194,9 +194,12 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
     """A bounce of layers that play nothing here (or only below the -70 LUFS gate) is not an
     audio condition: the track is made as the first one is, the same sound for the same seed."""
     alone = StepSession(tiny, Region(scene_video, 1.0, 5.0)).next_track(TrackSettings("rain falling", seed=3, steps=2))
-    for level in (0.0, 1e-5):  # digital silence; a hiss at about -100 LUFS
+    quiet = 1e-5 * np.random.default_rng(0).standard_normal(4 * 16000).astype(np.float32)
+    # digital silence; a hiss at about -100 LUFS; an offset alone (a silent track on a hardware
+    # chain), whose onset the K-weighting read as a click over the gate
+    for layer in (0 * quiet, quiet, np.full_like(quiet, 0.01), quiet + 0.5):
         session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
-        session.add_track(level * np.random.default_rng(0).standard_normal(4 * 16000).astype(np.float32), 16000)
+        session.add_track(layer, 16000)
         assert session.conditioning_mix() is None
         track = session.next_track(TrackSettings("rain falling", seed=3, steps=2))
         assert track.metadata["method_used"] == alone.metadata["method_used"] == "independent"
@@ -216,6 +219,7 @@ def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_tr
     assert mixing.integrated_loudness(heard[:1], 16000) == pytest.approx(-20.0, abs=0.05)
     assert not heard[1].any()  # a take whose stack is silent here hears its silence
     assert window_condition(np.stack([silent, 1e-6 * quiet]).astype(np.float32), 16000) is None
+    assert window_condition(np.stack([silent + 0.01, silent]).astype(np.float32), 16000) is None  # an offset
 
 
 def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_path):
