@@ -350,10 +350,10 @@ FIELDS: tuple[FieldSpec, ...] = (
               "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
               f"`project_start` and as long as the stem (a job given less fails: `bad_audio`; any rate and channel "
               f"count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
-              "as for a mix silent over the region (below -70 LUFS)"),
+              "as for a mix silent over the region (below -70 LUFS, its offset taken out)"),
     FieldSpec("reference_audio", "string or null", "null",
               "absolute path of a WAV to sound like (any rate and channels, at least 0.1 s long, and heard: above "
-              "−70 LUFS looped, at its rate and at the model's, else the job fails with `invalid_input`; looped or "
+              "−70 LUFS looped, its offset taken out, at its rate and at the model's, else the job fails with `invalid_input`; looped or "
               f"trimmed to the region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, "
               "refused by the others"),
     FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),
