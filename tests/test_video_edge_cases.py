@@ -643,27 +643,32 @@ def test_a_picture_mirrored_by_its_display_matrix_is_read_as_a_player_shows_it(t
     assert (info.width, info.height) == (width, height)
 
 
-@pytest.mark.parametrize("codec, pix_fmt", [("png", "rgba"), ("qtrle", "argb")])
-def test_a_transparent_picture_is_read_over_black_as_a_player_shows_it(tmp_path, codec, pix_fmt):
-    # transparent pixels keep a colour underneath (white here) that no player shows: it was read
-    # as the picture
+def write_rgba_video(path, image, frames, codec, pix_fmt):
+    """`frames` frames of one (H, W, 4) RGBA image at 25 fps, with its transparency."""
     from fractions import Fraction
 
-    path = tmp_path / f"alpha_{codec}.mov"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
-        for i in range(10):
-            image = np.zeros((48, 64, 4), np.uint8)
-            image[..., :3] = 255                               # transparent, white underneath
-            image[12:36, 16:48] = (40, 40, 40, 255)            # an opaque dark square
-            image[0:8, 56:64] = (200, 100, 50, 128)            # half transparent
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], pix_fmt
+        for i in range(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgba")
             frame.pts, frame.time_base = i, Fraction(1, 25)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec, pix_fmt", [("png", "rgba"), ("qtrle", "argb")])
+def test_a_transparent_picture_is_read_over_black_as_a_player_shows_it(tmp_path, codec, pix_fmt):
+    # transparent pixels keep a colour underneath (white here) that no player shows: it was read
+    # as the picture
+    image = np.zeros((48, 64, 4), np.uint8)
+    image[..., :3] = 255                               # transparent, white underneath
+    image[12:36, 16:48] = (40, 40, 40, 255)            # an opaque dark square
+    image[0:8, 56:64] = (200, 100, 50, 128)            # half transparent
+    path = write_rgba_video(tmp_path / f"alpha_{codec}.mov", image, 10, codec, pix_fmt)
     frame = read_region(path, 0.0, 0.2, 5, 64, "stretch")[0].float()     # (3, 64, 64)
     assert float(frame[:, 40:, :8].max()) == 0                            # transparent: black
     assert float(frame[:, 24:40, 24:40].mean()) == pytest.approx(40, abs=1)
@@ -715,20 +720,8 @@ def test_an_hdr_picture_is_read_as_an_sdr_display_shows_it(tmp_path, transfer):
 def test_a_large_transparent_picture_is_not_scaled_before_it_is_put_over_black(tmp_path):
     # scaled down first, the colour under transparent pixels was averaged into the opaque ones
     # beside them (a mean of 64 of 255 where a player shows black)
-    from fractions import Fraction
-
-    path = tmp_path / "columns.mov"
     image = np.zeros((720, 1280, 4), np.uint8)
     image[:, 1::2] = (255, 255, 255, 0)                       # transparent white between
     image[:, 0::2] = (0, 0, 0, 255)                           # opaque black columns
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("png", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "rgba"
-        for i in range(3):
-            frame = av.VideoFrame.from_ndarray(image, format="rgba")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_rgba_video(tmp_path / "columns.mov", image, 3, "png", "rgba")
     assert float(read_region(path, 0.0, 0.08, 25, 64, "stretch").float().max()) == 0
