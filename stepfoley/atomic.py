@@ -14,9 +14,9 @@ A crash leaves nothing under the final name. The temporary name says which proce
 machine writes it (`.NAME.<host>-<pid>-<random>.part`), and the writer holds a lock on it (flock,
 POSIX) until it is published or discarded, so `sweep_stale_parts` can remove what a killed
 writer left without touching a live writer's file, even one whose process id means another
-process here (a container's engine writing into a shared folder under the same host name). A new file gets the rights a plain
-open() gives (0o666 less the user's umask: 0644 by default), like any other program's, and a
-replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
+process here (a container's engine writing into a shared folder under the same host name). A
+new file gets the rights a plain open() gives (0o666 less the user's umask: 0644 by default),
+like any other program's, and a replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
 one, writes 0600).
 
 In a folder other users can write to, a temporary name could be swapped for a link to some
