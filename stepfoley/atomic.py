@@ -16,8 +16,8 @@ POSIX) until it is published or discarded, so `sweep_stale_parts` can remove wha
 writer left without touching a live writer's file, even one whose process id means another
 process here (a container's engine writing into a shared folder under the same host name). A
 new file gets the rights a plain open() gives (0o666 less the user's umask: 0644 by default),
-like any other program's, and a replaced file keeps its own, whatever rights `write` gave the temporary file (safetensors, for
-one, writes 0600).
+like any other program's, and a replaced file keeps its own, whatever rights `write` gave the
+temporary file (safetensors, for one, writes 0600).
 
 In a folder other users can write to, a temporary name could be swapped for a link to some
 other file while it is written: `stage_stream` hands its writer the new file itself (the
