@@ -102,7 +102,8 @@ class FoleyService:
 
         try:
             with out_of_memory_said(said):
-                return self._generate(request, on_progress, is_cancelled, existing_tracks, _StemName(stem_file, replace))
+                return self._generate(request, on_progress, is_cancelled, existing_tracks,
+                                      _StemName(stem_file, replace))
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 

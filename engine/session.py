@@ -870,10 +870,10 @@ def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_
     within a fade's length of the span's edge stayed. An extension from inside the take fades
     from the take's own samples past the seam, as an editor's crossfade does, unless they hold
     a transient (a peak more than TRANSIENT_CREST times the RMS of the kept audio just before
-    the seam: a click the span was chosen to lose), then from the prediction too. Past the take's end
-    (`take_length`: how many samples it really has; up to a millisecond short of the stem, the
-    request's tolerance) its kept samples are carried on by prediction, since a cut from its
-    last sample to zero clicks."""
+    the seam: a click the span was chosen to lose), then from the prediction too. Past the
+    take's end (`take_length`: how many samples it really has; up to a millisecond short of the
+    stem, the request's tolerance) its kept samples are carried on by prediction, since a cut
+    from its last sample to zero clicks."""
     out = take.astype(np.float32, copy=True)
     new = np.broadcast_to(new, out.shape)
     length = out.shape[-1] if take_length is None else min(take_length, out.shape[-1])
