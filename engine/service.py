@@ -298,7 +298,7 @@ class _Take:
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
         stem = splice(take, new, keep, int(round(SEAM_S * rate)), take_length)
         clipped = float((np.abs(stem) > 1.0).mean()) if FORMATS[request.format] != "FLOAT" else 0.0
-        if clipped:  # a float take with overs, in a format that clips them: measured as written
+        if clipped:  # measured as written
             stem = np.clip(stem, -1.0, 1.0)
         metadata = {
             **track.metadata,
@@ -312,7 +312,8 @@ class _Take:
             "take": request.take,
             "regenerate": list(request.regenerate),
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
-            # of the stem's samples, those past full scale (a float take's overs) that `format` clips
+            # of the stem's samples, those past full scale that `format` clips (a float take's overs,
+            # or a take near full scale resampled: resampling raises peaks)
             "format_clipped_fraction": clipped,
             # the whole stem's, the take's level for the most part (the new part's: new_part_lufs)
             "lufs": mixing.reported_lufs(stem, rate),

@@ -342,11 +342,12 @@ class StepSession:
             return None
         mixed_from, mix = self._mix
         if len(mixed_from) != len(self.tracks) or any(a is not b for a, b in zip(mixed_from, self.tracks)):
-            # heard as they are, before the mix is brought to CONDITION_LUFS (which raised an
-            # offset's onset, and whatever hiss rode on it, into a sound)
-            heard = any(mixing.is_heard(t.samples[None], self.model.sample_rate) for t in self.tracks)
-            mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length)
-            mix = mix if heard and np.isfinite(mixing.integrated_loudness(mix[None], self.model.sample_rate)) else None
+            # their sum heard as it is, before the mix is brought to CONDITION_LUFS (which raised
+            # an offset's onset, and whatever hiss rode on it, into a sound)
+            summed = sum(mixing.fit_length(t.samples[None], self.length) for t in self.tracks)
+            heard = mixing.is_heard(summed, self.model.sample_rate)
+            mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length) if heard \
+                else None
             self._mix = (tuple(self.tracks), mix)
         return mix
 

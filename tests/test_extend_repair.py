@@ -350,8 +350,9 @@ def test_kept_untouched_says_whether_the_file_holds_the_take_exactly(tiny, scene
     whole = sf.read(stem["stem_path"], dtype="float32")[0]
     assert stem["metadata"]["lufs"] == pytest.approx(mixing.integrated_loudness(whole, 48000), abs=0.01)
     clipped = stem["metadata"]["format_clipped_fraction"]
+    # the kept 1.5 s and the seam's fade from the take's own samples; the new part is limited
     assert (clipped > 0) is (stem_format == "wav24" and level > 0.3) and clipped == pytest.approx(
-        float((np.abs(take[:72000]) > 1).sum()) / 96000, abs=0.01)
+        float((np.abs(take[:72000]) > 1).sum()) / 96000, rel=0.05)
 
 
 def test_nag_still_negates_the_earlier_layers(tiny, scene_video, tmp_path):

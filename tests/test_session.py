@@ -197,9 +197,11 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
     quiet = 1e-5 * np.random.default_rng(0).standard_normal(4 * 16000).astype(np.float32)
     # digital silence; a hiss at about -100 LUFS; an offset alone (a silent track on a hardware
     # chain), whose onset the K-weighting read as a click over the gate
-    for layer in (0 * quiet, quiet, np.full_like(quiet, 0.01), quiet + 0.5):
+    for layers in ([0 * quiet], [quiet], [np.full_like(quiet, 0.01)], [quiet + 0.5],
+                   [1e4 * quiet + 0.01, -1e4 * quiet]):  # a heard layer and one that cancels it: an offset
         session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
-        session.add_track(layer, 16000)
+        for layer in layers:
+            session.add_track(layer, 16000)
         assert session.conditioning_mix() is None
         track = session.next_track(TrackSettings("rain falling", seed=3, steps=2))
         assert track.metadata["method_used"] == alone.metadata["method_used"] == "independent"
@@ -209,6 +211,11 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
     heard = StepSession(tiny, Region(scene_video, 1.0, 5.0))
     heard.add_track(alone.samples, alone.sample_rate)
     assert heard.next_track(TrackSettings("wind", seed=3, steps=2)).metadata["earlier_layers_silent"] is False
+    # two layers each under the gate, over it together: heard, as their sum is what plays
+    together = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    for _ in range(2):
+        together.add_track(20 * quiet, 16000)
+    assert not mixing.is_heard(20 * quiet[None], 16000) and together.conditioning_mix() is not None
 
 
 def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_trained_loudness():

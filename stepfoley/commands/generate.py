@@ -413,13 +413,13 @@ def run(args: argparse.Namespace) -> int:
         rank = f", rank {meta['rank']}" if "rank" in meta and len(stems) > 1 else ""  # one take: nothing ranked
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
-        if meta.get("format_clipped_fraction"):
-            say(f"note: the take has samples over full scale, which {args.format} clips: "
-                f"{100 * meta['format_clipped_fraction']:.1f} % of the stem's samples were clipped; ask for "
-                "--format wav32f to keep them", sys.stderr)
-        elif meta.get("kept_untouched") is False:
+        if meta.get("kept_untouched") is False:
             say(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
                 f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", sys.stderr)
+        if meta.get("format_clipped_fraction"):
+            say(f"note: the stem (the take, resampled where it was) had samples over full scale, which "
+                f"{args.format} clips: {100 * meta['format_clipped_fraction']:.2g} % of its samples; ask for "
+                "--format wav32f to keep them", sys.stderr)
     first = stems[0][1]
     if first.get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
         say(f"note: --negative-caption had no effect: method {first['method_used']} at alpha {first['alpha']:g} "
