@@ -51,15 +51,15 @@ _END_TOLERANCE_S = 1e-3
 _TIME_EPS_S = 1e-6
 # Frames resized per interpolate call: bounds the float32 working memory for 4K sources.
 _RESIZE_CHUNK = 8
-# A picture whose short side (or its focus rectangle's) is past this many times the largest
-# request's size is scaled down to it by swscale while converted to RGB, and the antialiased
-# bicubic resize does the rest: on a 4K file converting and resizing every frame whole cost
-# ten times the decoding.
+# A picture whose short side is past this many times the largest request's size is scaled down
+# to it by swscale while converted to RGB (not where a focus rectangle is cut from it), and the
+# antialiased bicubic resize does the rest: on a 4K file converting and resizing every frame
+# whole cost ten times the decoding.
 PRESCALE_FACTOR = 3
-# The largest picture read: 8K (DCI 8192x4320, UHD 7680x4320). Each frame is converted to RGB and
-# float32 at full size before resizing, and the Synchformer crop scales the short side to 224:
-# past these bounds one frame costs gigabytes (a strip 100000x2 asks for 30 GB), whatever the
-# file's size on disk.
+# The largest picture read: 8K (DCI 8192x4320, UHD 7680x4320). Each frame is decoded at full size
+# (and converted to RGB and float32 at full size where a focus rectangle is cut from it, or its
+# short side is small), and the Synchformer crop scales the short side to 224: past these bounds
+# one frame costs gigabytes (a strip 100000x2 asks for 30 GB), whatever the file's size on disk.
 _MAX_SIDE = 8192
 _MAX_PIXELS = _MAX_SIDE * 4320
 _MAX_ASPECT = 10
@@ -480,8 +480,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
     beginning); for each frame on screen at some of the sorted `times` (samples of a region that
     ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times,
     (height, width) of the picture as displayed before it was scaled down to `short_side`, see
-    _frame_rgb). Frames that no sample shows
-    are never converted to RGB.
+    _frame_rgb). Frames that no sample shows are never converted to RGB.
 
     With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
