@@ -371,9 +371,7 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
             os.close(handle)
     except _SweptAway:
         staged.discard()
-        if swept >= 3:
-            raise OSError(f"the new {path.name} was removed while it was made, again and again (is the folder "
-                          "shared with another machine's engine?)") from None
+        _check_sweeps(swept + 1, path.name)
         return _stage(path, None, write_to, swept + 1)  # nothing was written yet: under another name
     except BaseException:
         staged.discard()
@@ -382,6 +380,17 @@ def _stage(path: Path, write: Callable[[Path], None] | None, write_to: Callable[
 
 class _SweptAway(Exception):
     """A new temp file was removed by a sweep before its writer held its lock."""
+
+
+# How many times a new temp file or folder may be swept away before its writer locks it: once more fails.
+MAX_SWEPT = 3
+
+
+def _check_sweeps(swept: int, name: str) -> None:
+    # `swept` times so far: past MAX_SWEPT, an OSError (made again under another name until then)
+    if swept > MAX_SWEPT:
+        raise OSError(f"the new temporary file for {name} was removed while it was made, again and again (is the "
+                      "folder shared with another machine's engine?)")
 
 
 def _stage_by_name(folder: Path, write: Callable[[Path], None]) -> StagedFile:
@@ -529,9 +538,7 @@ def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:
             return temp
         _done_writing(temp.name)  # swept away before it was locked: another name
         swept += 1
-        if swept > 3:
-            raise OSError(f"the new folder for {path.name} was removed while it was made, again and again (is the "
-                          "folder shared with another machine's engine?)")
+        _check_sweeps(swept, path.name)
 
 
 def release_temp_folder(temp: Path) -> None:
