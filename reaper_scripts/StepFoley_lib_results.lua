@@ -601,13 +601,6 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not extra then return nil, err end
     -- a continuation keeps the item's active take: the one it is now, whatever the user
     -- activates while the engine works
-    if extra.sample_rate and job.item then -- the take's own rate and channels, as the project's were checked
-      local levels = M.source_chain(reaper.GetActiveTake(job.item))
-      local channels = #levels > 0 and math.tointeger(reaper.GetMediaSourceNumChannels(levels[1].src)) or 1
-      local problem = M.region_length_problem(region, false, engine.capabilities, extra.sample_rate, "the take's",
-        math.max(channels, 1))
-      if problem then return nil, problem end
-    end
     if extra.take and job.item then
       job.kept_take = reaper.GetActiveTake(job.item)
       job.item_origin = audio_origin(job.item, job.kept_take) -- as item_position, and switched or slipped too
@@ -817,14 +810,14 @@ function M.continuation_fields(item, region, a, b, caps)
   if uncovered_a then
     -- the picture may go on in another file (a cut between shots): one generation follows one file
     local other = M.find_video_item(proj, uncovered_a, uncovered_b)
-    local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
-    local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
     if other and other == M.find_video_item(proj, region.project_start, region.project_end) then
       return nil, string.format("The video item under the selected item loops its source, and starts it again " ..
         "from %.3f s to %.3f s. StepFoley follows one pass of the picture per generation, so the take would be " ..
         "lost there. Trim the item (and the time selection) to one pass, or render the looped picture into one " ..
         "file, then try again.", M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
     end
+    local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
+    local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
     if shown and shown ~= "" then
       local what = shown ~= region.video
         and string.format("changes to another video file: %s shows from %.3f s to %.3f s, and %s over the rest",
@@ -878,6 +871,10 @@ function M.continuation_fields(item, region, a, b, caps)
   local rate = math.floor(reaper.GetMediaSourceSampleRate(levels[1].src) + 0.5)
   if M.writes_rate(caps, rate) then
     fields.sample_rate = rate
+    -- the stem's length at the take's rate and channels, as the project's was checked
+    local channels = math.max(math.tointeger(reaper.GetMediaSourceNumChannels(levels[1].src)) or 1, 1)
+    local problem = M.region_length_problem(region, false, caps, rate, "the take's", channels)
+    if problem then return nil, problem end
   else
     M.log(string.format("the take is at %d Hz, a rate StepFoley does not write: the new take comes at the " ..
       "project's rate, and its kept part is resampled to it.", rate))
