@@ -353,7 +353,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "as for a mix silent over the region (below -70 LUFS, its offset taken out)"),
     FieldSpec("reference_audio", "string or null", "null",
               "absolute path of a WAV to sound like (any rate and channels, at least 0.1 s long, and heard: above "
-              "−70 LUFS looped, its offset taken out, at its rate and at the model's, else the job fails with `invalid_input`; looped or "
+              "−70 LUFS looped, its offset taken out, at its rate and at the model's, else the job fails with "
+              "`invalid_input`; looped or "
               f"trimmed to the region; {_INPUT_AUDIO_RULE}); required by the methods whose `audio` is `reference`, "
               "refused by the others"),
     FieldSpec("output_dir", "string", "required", "absolute path of an **existing, writable folder**"),

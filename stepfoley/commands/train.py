@@ -296,13 +296,13 @@ def _check_packaged_weights_kept(args: argparse.Namespace) -> None:
     full = ({"scenes": DataRecipe.scenes, "base_steps": recipe.base_steps, "controlnet_steps": recipe.controlnet_steps,
              "loudness_steps": recipe.loudness_steps} if args.what == "embedded"
             else {"steps": recipe.loudness_steps})
-    shorter = [f"--{name.replace('_', '-')} {getattr(args, name)} of the recipe's {least}" for name, least in full.items()
-               if getattr(args, name, None) is not None and getattr(args, name) < least]
+    shorter = [f"--{name.replace('_', '-')} {getattr(args, name)} of the recipe's {least}"
+               for name, least in full.items() if getattr(args, name, None) is not None and getattr(args, name) < least]
     if shorter:
         raise InvalidInputError(
             f"This run is shorter than the recipe ({', '.join(shorter)}), and would replace the packaged weights "
-            f"that the engine uses by default ({WEIGHTS_PATH}). Give "
-            "--out FILE for a trial, or add --force to replace them.")
+            f"that the engine uses by default ({WEIGHTS_PATH}). Give --out FILE for a trial, or add --force to "
+            "replace them.")
 
 
 def _may_replace_out(args: argparse.Namespace) -> bool:
