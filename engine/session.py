@@ -320,6 +320,9 @@ class StepSession:
         captions of what it holds; `layers`: the stems summed in it, where known) to the stack."""
         mono = self._mono_at_model_rate(
             samples, sample_rate, "The existing track is empty (zero length): bounce the Foley tracks again.")
+        # a recording chain's offset is no sound, and a stem shorter than the region, padded with
+        # silence, would end it in a step that the gate hears as a click
+        mono = mono - mono.mean(axis=-1, keepdims=True)
         self.tracks.append(Track(mixing.fit_length(mono, self.length)[0], self.model.sample_rate,
                                  captions=tuple(c for c in captions if c), layers=layers))
 

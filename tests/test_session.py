@@ -198,7 +198,8 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
     # digital silence; a hiss at about -100 LUFS; an offset alone (a silent track on a hardware
     # chain), whose onset the K-weighting read as a click over the gate
     for layers in ([0 * quiet], [quiet], [np.full_like(quiet, 0.01)], [quiet + 0.5],
-                   [1e4 * quiet + 0.01, -1e4 * quiet]):  # a heard layer and one that cancels it: an offset
+                   [1e4 * quiet + 0.01, -1e4 * quiet],  # a heard layer and one that cancels it: an offset
+                   [np.full_like(quiet[:16000], 0.01)]):  # a stem of 1 s, padded: its offset's end was a step
         session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
         for layer in layers:
             session.add_track(layer, 16000)
