@@ -1,11 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.31
+-- @version 0.5.32
 -- @changelog
---   Extend and Regenerate time selection inside selected item ask for the take's own sample rate: in a project whose rate is not set (taken as 48 kHz), a take glued at 44.1 kHz came back resampled, not sample for sample. A take at a rate StepFoley does not write is said in the console. The stem's length is checked at the take's rate and channels before the bounce.
---   Extending or repairing across a cut to another video file, a jump cut within one file, or where a looped picture starts again, says which (it was told that part "has no video under it").
---   A new layer stays in its Foley bus folder when the last layer is muted (to audition the others) or ends a muted archive folder inside the bus.
---   Settings refuse a client path the actions could not start (a shell character, a batch file, the Store's python alias) when it is set, not at the next generation.
+--   A picture split into pieces with "Loop source" on (REAPER's default for imported media) is one picture, as with it off: each piece was taken for a looped one, so a selection over a split was cut short, and Extend or Regenerate time selection across it was refused.
+--   A ripple edit (or any move) of a later piece of a split picture while generating is noticed: nothing is added, and the stems are kept, where the new audio went in 1 s off the picture after the cut.
+--   Regenerate, Replace and Make like keep a take's loudness curve and part of the picture while the item sits over the same stretch of picture, wherever a ripple edit has since moved both; a picture moved alone under the item drops them (it was the other way round).
+--   Verify setup leaves out the picture's track from the layers it counts and its test bounce, as Generate does.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -44,8 +44,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.31", SF.mixed_versions and SF.mixed_versions("this action", "0.5.31")
-  or "StepFoley_lib.lua is older than this action (0.5.31). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.32", SF.mixed_versions and SF.mixed_versions("this action", "0.5.32")
+  or "StepFoley_lib.lua is older than this action (0.5.32). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

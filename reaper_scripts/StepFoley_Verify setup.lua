@@ -12,8 +12,8 @@ REAPER stays usable. The full report goes to the console, a summary to a message
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.31", SF.mixed_versions and SF.mixed_versions("this action", "0.5.31")
-  or "StepFoley_lib.lua is older than this action (0.5.31). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.32", SF.mixed_versions and SF.mixed_versions("this action", "0.5.32")
+  or "StepFoley_lib.lua is older than this action (0.5.32). Install every StepFoley_*.lua file of one release into one folder.")
 
 local lines, problems = {}, {}
 local function say(line) lines[#lines + 1] = line end
@@ -49,6 +49,13 @@ local function check_engine(settings, engine)
   end
 end
 
+-- The tracks a generation over [a, b] leaves out of the negatives: the picture's, whose sound
+-- is the production sound, not a layer.
+local function picture_track(proj, a, b)
+  local item = SF.find_video_item(proj, a, b)
+  return item and { [reaper.GetMediaItem_Track(item)] = true } or {}
+end
+
 local function check_project(proj, settings)
   say("3. The project")
   local folder = SF.project_folder(proj)
@@ -68,7 +75,8 @@ local function check_project(proj, settings)
   if region then
     say(string.format("   Time selection %.3f-%.3f s: picture %s, file %.3f-%.3f s.", SF.on_ruler(proj, t0), SF.on_ruler(proj, t1),
       SF.basename(region.video), region.file_in, region.file_out))
-    local negatives = SF.choose_negatives(proj, region.project_start, region.project_end, {}, "layers")
+    local negatives = SF.choose_negatives(proj, region.project_start, region.project_end,
+      picture_track(proj, region.project_start, region.project_end), "layers")
     say("   Layers counted as negatives there: " .. (#negatives.names > 0 and table.concat(negatives.names, ", ") or "none"))
   else
     say("   Time selection: " .. err:gsub("\n", " "))
@@ -97,7 +105,7 @@ local function check_bounce(proj)
   local sample_rate = SF.project_sample_rate(proj)
   local folder = SF.join(SF.join(SF.join(reaper.GetResourcePath(), "StepFoley"), "queries"), "verify-" .. SF.new_job_id())
   reaper.RecursiveCreateDirectory(folder, 0)
-  local tracks = SF.choose_negatives(proj, t0, t0 + 1, {}, "layers").tracks
+  local tracks = SF.choose_negatives(proj, t0, t0 + 1, picture_track(proj, t0, t0 + 1), "layers").tracks
   local before = SF.mix_state(proj)
   local path, err = SF.bounce(proj, tracks, t0, t0 + 1, folder, "test_bounce", sample_rate)
   local changed = differences(before, SF.mix_state(proj))

@@ -7,7 +7,7 @@ StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.31"
+local VERSION = "0.5.32"
 
 return function(M)
 
@@ -287,21 +287,29 @@ end
 
 M.CONTROL_FIELDS = { "loudness_curve", "picture_region", "picture_region_time" }
 
+-- Whether `region` starts (and with `whole`, ends too) at the moment of the same video file, played
+-- at the same rate, as `was` (a take's stored region): the controls' times count from there. It is
+-- the picture that counts, not the timeline: a ripple edit moves the picture and its layers together.
+local function same_picture(was, region, whole)
+  local function near(key, tolerance)
+    return type(was[key]) == "number" and math.abs(was[key] - region[key]) <= tolerance
+  end
+  return was.video == region.video and near("file_in", 1e-6) and near("playrate", 1e-9)
+    and (not whole or near("file_out", 1e-6))
+end
+
 --[[
 The loudness curve and picture region a take was made with (its metadata), for making it again
-over `region`: kept when the region is the one the take was made for (their times count from
-its start), else left out with a note in the console. {} when the take had none.
+over `region`: kept when the region is over the picture the take was made for (their times count
+from its start), else left out with a note in the console. {} when the take had none.
 ]]
 function M.stored_controls(meta, region)
   local fields = {}
   for _, key in ipairs(M.CONTROL_FIELDS) do fields[key] = meta[key] end
   if next(fields) == nil then return fields end
-  local was = type(meta.region) == "table" and meta.region or {}
-  local same = type(was.project_start) == "number" and type(was.project_end) == "number" and
-    math.abs(was.project_start - region.project_start) < 1e-6 and math.abs(was.project_end - region.project_end) < 1e-6
-  if not same then
-    M.log("the item no longer covers the time its loudness curve and part of the picture were drawn for; " ..
-      "generating without them.")
+  if not same_picture(type(meta.region) == "table" and meta.region or {}, region, true) then
+    M.log("the item no longer sits over the stretch of picture its loudness curve and part of the picture were " ..
+      "drawn for; generating without them.")
     return {}
   end
   fields.protocol = 2
@@ -320,18 +328,17 @@ left out is said in the console.
 function M.continued_controls(meta, region)
   local sent, stored = {}, {}
   local was = type(meta.region) == "table" and meta.region or {}
-  local same_start = type(was.project_start) == "number" and math.abs(was.project_start - region.project_start) < 1e-6
-  local same_end = type(was.project_end) == "number" and math.abs(was.project_end - region.project_end) < 1e-6
   if meta.picture_region ~= nil then
     local when = type(meta.picture_region_time) == "table" and tonumber(meta.picture_region_time[2]) or 0
-    if same_start and when <= region.project_end - region.project_start + 1e-6 then
+    if same_picture(was, region, false) and when <= region.project_end - region.project_start + 1e-6 then
       sent.picture_region, sent.picture_region_time = meta.picture_region, meta.picture_region_time
     else
-      M.log("the item no longer covers the time its part of the picture was chosen for; continuing it without it.")
+      M.log("the item no longer sits over the stretch of picture its part of the picture was chosen for; " ..
+        "continuing it without it.")
     end
   end
   if meta.loudness_curve ~= nil then
-    if same_start and same_end then
+    if same_picture(was, region, true) then
       stored.loudness_curve = meta.loudness_curve
       M.log("the new part keeps the take's level, not the loudness curve; the curve stays with the new take " ..
         "for a later \"Regenerate selected Foley item\".")

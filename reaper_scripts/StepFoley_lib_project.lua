@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.31"
+local VERSION = "0.5.32"
 
 return function(M)
 
@@ -153,11 +153,26 @@ function M.loops_source(item)
   return reaper.GetMediaItemInfo_Value(item, "B_LOOPSRC") ~= 0
 end
 
+-- Whether the item loops its source and plays it again: "Loop source" is on (REAPER's default
+-- for imported media) and the item reaches before its take's source starts or past where it
+-- ends. An item within one pass, such as each piece of a split picture, plays as one that
+-- does not loop.
+function M.wraps_source(item)
+  if not M.loops_source(item) then return false end
+  local take = reaper.GetActiveTake(item)
+  local levels = take and M.source_chain(take)
+  if not levels or #levels == 0 then return true end
+  local pos, item_end = M.item_range(item)
+  local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
+  local source_end = startoffs + (item_end - pos) * reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
+  return startoffs < -1e-6 or source_end > reaper.GetMediaSourceLength(levels[1].src) + 1e-6
+end
+
 -- Where a video item shows picture in project time: the item, within its take's source (no
--- frames before the source's start or after its end) unless it loops its source.
+-- frames before the source's start or after its end) unless it plays its source again.
 local function picture_span(item)
   local pos, item_end = M.item_range(item)
-  if M.loops_source(item) then return pos, item_end end
+  if M.wraps_source(item) then return pos, item_end end
   local take = reaper.GetActiveTake(item)
   local levels = M.source_chain(take)
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
@@ -234,7 +249,7 @@ function M.find_video_item(proj, t0, t1)
             file = reaper.GetMediaSourceFileName(levels[#levels].src, ""), pos = M.item_range(item),
             startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
             playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
-            plain = #levels == 1 and reaper.GetTakeNumStretchMarkers(take) == 0, loops = M.loops_source(item) }
+            plain = #levels == 1 and reaper.GetTakeNumStretchMarkers(take) == 0, loops = M.wraps_source(item) }
         end
       end
     end
@@ -281,7 +296,7 @@ function M.region_for(proj, t0, t1)
   local startoffs = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS")
   local playrate = reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE")
   local a, b = stretch[1], stretch[2]
-  if M.loops_source(item) then -- one pass of the loop: the film does not go on where it starts again
+  if M.wraps_source(item) then -- one pass of the loop: the film does not go on where it starts again
     local pass_end
     startoffs, pass_end = M.loop_pass(a, pos, startoffs, playrate, reaper.GetMediaSourceLength(levels[1].src))
     b = math.min(b, pass_end)

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.31"
+local VERSION = "0.5.32"
 
 return function(M)
 
@@ -505,7 +505,7 @@ function M.picture_placement(item)
       autostretch = 0 }
   end
   -- no take: its takes deleted while generating, refused as another take
-  return { item = item, take = take, origin = audio_origin(item, take), loops = M.loops_source(item),
+  return { item = item, take = take, origin = audio_origin(item, take), loops = M.wraps_source(item),
     playrate = take and reaper.GetMediaItemTakeInfo_Value(take, "D_PLAYRATE") or 1, timebase = timebase }
 end
 
@@ -514,8 +514,10 @@ end
 -- when it has not; nil and why when the region can no longer be placed by it. The selected
 -- item must have moved with it: a kept take's sound (Extend, Repair), since the new part was
 -- made for the old sync; an item given a new take (Regenerate), since the take would start
--- or end where the item does not play it.
-local function picture_moved(job)
+-- or end where the item does not play it. The whole picture under `region` must still show the
+-- same frames there, moved by as much: a picture in pieces (split at a cut) is followed by its
+-- first piece, and a ripple edit at a later cut moves only what lies after it.
+local function picture_moved(job, region)
   local was = job.picture
   if not reaper.ValidatePtr2(job.proj, was.item, "MediaItem*") then
     return nil, "the video item was deleted, or another project was opened in its tab"
@@ -534,6 +536,11 @@ local function picture_moved(job)
   end
   if moved and math.abs(moved - shift) > 1e-6 then
     return nil, "the video item and the selected item were moved apart"
+  end
+  local now_region = M.region_for(job.proj, region.project_start + shift, region.project_end + shift)
+  if not now_region or now_region.video ~= region.video or math.abs(now_region.file_in - region.file_in) > 1e-6
+      or math.abs(now_region.file_out - region.file_out) > 1e-6 then
+    return nil, "the picture under the time selection was cut, moved in part or covered by another video item"
   end
   return shift
 end
@@ -728,7 +735,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
       " while generating; the stems are in\n" .. jobs[1].folders.output_dir)
     return
   end
-  local shift, why = picture_moved(job)
+  local shift, why = picture_moved(job, region)
   if not shift then
     return M.alert("Nothing was added: " .. why .. " while generating, so StepFoley cannot tell where the new " ..
       "audio lines up with the picture. The stems are in\n" .. jobs[1].folders.output_dir)
@@ -985,7 +992,7 @@ function M.generate(job)
     if not still_there(job) then
       return M.alert("The " .. (job.item and "item" or "project") .. " is gone; nothing was generated.")
     end
-    local shift, why = picture_moved(job)
+    local shift, why = picture_moved(job, region)
     if shift ~= 0 then -- the layers to negate and the region were read where the picture was
       return M.alert("Nothing was generated: " .. (why or "the picture moved") .. " before generating began. " ..
         "Run the action again.")

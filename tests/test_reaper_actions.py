@@ -562,21 +562,24 @@ def test_the_picture_is_only_where_it_is_seen(world):
     assert region["video"] == str(world["video"]) and (region["project_start"], region["project_end"]) == (3.5, 5.5)
 
 
-def split_picture(world, first_end, second_start, second_offset):
+def split_picture(world, first_end, second_start, second_offset, loopsrc=0):
     """The default scenario with its picture (at 2 s, the file from 0 s) split into two items:
-    2 s to `first_end`, and `second_start` to 10 s playing the file from `second_offset`."""
+    2 s to `first_end`, and `second_start` to 10 s playing the file from `second_offset`; both
+    with "Loop source" as given."""
     take = {"file": str(world["video"]), "length": 10.0}
-    sc = scenario(world, video_item={"position": 2.0, "length": first_end - 2.0, "takes": [take]})
-    sc["tracks"][0]["items"].append({"position": second_start, "length": 10.0 - second_start,
+    sc = scenario(world, video_item={"position": 2.0, "length": first_end - 2.0, "loopsrc": loopsrc, "takes": [take]})
+    sc["tracks"][0]["items"].append({"position": second_start, "length": 10.0 - second_start, "loopsrc": loopsrc,
                                      "takes": [{**take, "startoffs": second_offset}]})
     return sc
 
 
+@pytest.mark.parametrize("loopsrc", [0, 1], ids=["", "loop-source"])
 @pytest.mark.parametrize("first_end", [4.0, 4.01], ids=["cut", "crossfaded"])
-def test_a_picture_split_into_pieces_is_one_picture(world, first_end):
+def test_a_picture_split_into_pieces_is_one_picture(world, first_end, loopsrc):
     """The picture split at 4 s (REAPER's split, with or without its crossfade): the 3.0-5.5 s
-    selection is one region over both pieces, as if the item were whole."""
-    sc = split_picture(world, first_end, 4.0, 2.0)
+    selection is one region over both pieces, as if the item were whole. With "Loop source" on
+    (REAPER's default for imported media) too: neither piece plays its file again."""
+    sc = split_picture(world, first_end, 4.0, 2.0, loopsrc)
     result = h.run_scenario(world["tmp"], sc)
     assert result["messages"] == []
     region = h.job_request(result)["region"]
@@ -1643,9 +1646,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.31)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.32)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.31."),
+                                 "older version, StepFoley_lib.lua is 0.5.32."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -192,13 +192,16 @@ def test_impossible_parts_and_times_are_refused(world, part, when, words):
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
-def controlled_layer(world, region_start=3.0, region_end=5.5):
+def controlled_layer(world, region_start=3.0, region_end=5.5, position=3.0):
+    """A bird layer at `position` made over `region_start`-`region_end` of the default picture (at
+    2 s, the file from 0 s) with a loudness curve and a part of the picture."""
     meta = {"caption": "bird", "seed": 3, "negatives": {"mode": "none", "tracks": []},
-            "region": {"video": str(world["video"]), "project_start": region_start, "project_end": region_end},
+            "region": {"video": str(world["video"]), "project_start": region_start, "project_end": region_end,
+                       "file_in": region_start - 2.0, "file_out": region_end - 2.0, "playrate": 1.0},
             "loudness_curve": [[0, -30], [2.5, -20]], "picture_region": [0, 0, 0.5, 1]}
     take = {"file": str(world["foley"]), "ext": {"stepfoley_metadata": json.dumps(meta)}, "name": "bird"}
     return {"name": "bird", "ext": {"stepfoley": "1"},
-            "items": [{"position": 3.0, "length": 2.5, "takes": [take], "selected": True}]}
+            "items": [{"position": position, "length": 2.5, "takes": [take], "selected": True}]}
 
 
 def test_regenerate_keeps_the_curve_and_the_part_of_the_picture(world):
@@ -216,6 +219,23 @@ def test_regenerate_over_another_time_leaves_them_out_and_says_so(world):
     request = h.job_request(result)
     assert "loudness_curve" not in request and "picture_region" not in request
     assert "generating without them" in result["console"]
+
+
+@pytest.mark.parametrize("picture_at, layer_at, kept", [(4.0, 5.0, True), (1.5, 3.0, False)],
+                         ids=["rippled-together", "picture-moved-alone"])
+def test_regenerate_keeps_them_over_the_same_picture_wherever_it_now_is(world, picture_at, layer_at, kept):
+    """The curve and the part of the picture count from a moment of the picture: a ripple edit that
+    moved the picture and the layer 2 s later keeps them (they were dropped, the layer no longer at
+    its old time); the picture alone moved 0.5 s earlier puts the layer over other frames, which
+    drops them (they were kept, the layer at its old time)."""
+    video_item = {"position": picture_at, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    sc = h.scenario(world, video_item=video_item, dialog=[{"ok": True, "values": []}],
+                    actions=[{"script": h.REGENERATE}], extra_tracks=[controlled_layer(world, position=layer_at)])
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert request["region"]["file_in"] == (1.0 if kept else 1.5)
+    assert ("loudness_curve" in request, "picture_region" in request) == (kept, kept)
+    assert ("generating without them" in result["console"]) == (not kept)
 
 
 @pytest.mark.parametrize("script", [h.REPLACE, h.SOUND_LIKE])

@@ -147,6 +147,22 @@ def test_the_new_track_follows_the_picture_moved_while_generating(world, move, s
     assert f"the picture moved {shift:+.3f} s while generating" in result["console"]
 
 
+def test_a_ripple_edit_at_a_cut_inside_the_region_while_generating_gets_nothing(world):
+    """The picture split at 4 s (one shot, one region over both pieces); while the engine works, the
+    editor ripple-inserts 1 s at the cut, moving only the second piece: the stem, made for the
+    picture as it ran on, would play its second part 1 s early over no picture (it was added
+    with nothing said)."""
+    take = {"file": str(world["video"]), "length": 10.0}
+    sc = h.scenario(world, dialog=h.answers(steps="6"), video_item={"position": 2.0, "length": 2.0, "takes": [take]},
+                    actions=[{"script": h.MAIN}, {"move_item": {"track": 1, "item": 2, "by": 1.0}, "when_running": True}])
+    sc["tracks"][0]["items"].append({"position": 4.0, "length": 6.0, "takes": [{**take, "startoffs": 2.0}]})
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    assert h.job_request(result)["region"]["file_out"] == 3.5  # over both pieces
+    [message] = result["messages"]
+    assert "Nothing was added: the picture under the time selection was cut, moved in part" in message["message"]
+    assert h.new_tracks(result) == []
+
+
 def test_a_picture_whose_takes_were_deleted_while_generating_gets_nothing(world):
     sc = h.scenario(world, dialog=h.answers(steps="6"), actions=[
         {"script": h.MAIN}, {"move_item": {"track": 1, "item": 1, "delete_takes": True}, "when_running": True}])

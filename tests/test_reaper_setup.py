@@ -57,6 +57,16 @@ def test_verify_setup_reports_what_it_found(world):
     h.assert_project_untouched(result)
 
 
+def test_verify_setup_leaves_out_the_pictures_track_as_generate_does(world):
+    """The picture's track toggled as a negative (its production sound): Generate leaves it out
+    while it is the picture, so the check and the test bounce do too (they counted it)."""
+    sc = h.scenario(world, actions=[{"script": h.VERIFY}])
+    sc["tracks"][0]["ext"] = {"stepfoley_negative": "1"}
+    console = h.run_scenario(world["tmp"], sc)["console"]
+    assert "Layers counted as negatives there: wind" in console
+    assert "1 layer(s)." in console
+
+
 def test_verify_setup_says_what_to_do(world):
     sc = h.scenario(world, project_file="", record_path=str(world["tmp"]), actions=[{"script": h.VERIFY}])
     result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "down"})
