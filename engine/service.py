@@ -28,6 +28,7 @@ from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, channel_balance,
                                       kept_power, limit_new_part, splice)
+from stepfoley.engine.video import check_video_region
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
                                Capabilities, GenerationRequest, take_length_problem)
 
@@ -112,6 +113,9 @@ class FoleyService:
                   name: _StemName) -> dict:
         region = request.region
         video = _existing_file(region.video, "The video")
+        # the region as asked, from what the file says, before any work: a region made in several
+        # windows was refused at its last one, named by that window's times
+        check_video_region(video, region.file_in, region.file_out)
         if not os.path.isdir(request.output_dir):
             raise InvalidInputError(f"The output folder '{request.output_dir}' does not exist; create it first.")
         session = StepSession(self.model, Region(video, region.file_in, region.file_out,

@@ -342,6 +342,20 @@ def test_a_model_too_large_for_the_memory_is_said_so(monkeypatch):
         load_runtime_model(model="tiny-random", device="cpu")
 
 
+def test_a_region_past_the_end_of_the_video_is_refused_in_its_own_times_before_any_work(tiny, scene_video, tmp_path):
+    """A region made in several windows, past the end of the 8 s video: refused as the region
+    the DAW asked for, before any picture is read (its last window was named, "4.000-12.000 s",
+    after the picture features of the others)."""
+    from stepfoley.engine.video import VideoError
+    progress = []
+    request = parse_request(_request(scene_video, tmp_path, region={"video": str(scene_video), "file_in": 0.5,
+                                                                    "file_out": 12.0, "playrate": 1.0}),
+                            FoleyService(tiny).capabilities(), check_paths=True)
+    with pytest.raises(VideoError, match=r"^The region 0\.500-12\.000 s runs past the end of "):
+        FoleyService(tiny)(request, on_progress=lambda *p: progress.append(p))
+    assert progress == []
+
+
 def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_path):
     service = FoleyService(tiny)
     first = _serve(service, _request(scene_video, tmp_path))
