@@ -737,6 +737,31 @@ def test_a_trial_replaces_the_packaged_weights_only_with_force(tmp_path, capsys,
     assert len(received) == 2
 
 
+def test_a_trial_replaces_the_weights_train_loudness_extends_only_with_force(tmp_path, capsys, monkeypatch):
+    # `train loudness --weights mine.safetensors --steps 3` replaced a user's own retrained
+    # weights (about 55 minutes of training) with a three-step trial, where the packaged ones
+    # were kept from that
+    import shutil
+
+    from stepfoley.cli import main
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    mine = tmp_path / "mine.safetensors"
+    shutil.copyfile(WEIGHTS_PATH, mine)
+    received = _received_recipes(monkeypatch, "loudness")
+    command = ["train", "loudness", "--work", str(tmp_path / "w"), "--device", "cpu", "--weights", str(mine),
+               "--steps", "3"]
+    for out in ([], ["--out", str(mine)]):
+        assert main(command + out) == 2
+        err = capsys.readouterr().err
+        assert f"would replace the weights it extends ({mine})" in err and "--out FILE for a trial" in err, err
+    assert received == [] and not (tmp_path / "w").exists()
+    assert main(command + ["--out", str(tmp_path / "trial.safetensors")]) == 0
+    assert main(command + ["--force"]) == 0  # asked for
+    assert main(command[:-2]) == 0  # the recipe's run retrains them in place, as that file is for
+    assert len(received) == 3
+
+
 def test_the_weights_of_an_installed_package_are_replaced_only_with_force(tmp_path, capsys, monkeypatch):
     # pip-installed: `train embedded --work w` (the README's command) replaced the model inside
     # site-packages for every user of that Python, and `eval --choose-alpha --write` wrote there too

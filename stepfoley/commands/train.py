@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints a killed run resumes from (default 500; each phase's last step too)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--force", action="store_true", help="replace an existing --out file")
+    e.add_argument("--force", action="store_true",
+                   help="replace an existing --out file, or the packaged weights by a run shorter than the recipe")
 
     lo = sub.add_parser("loudness", help="add the loudness ControlNet to embedded weights trained without one "
                                          "(their base and NAG ControlNet are kept as they are)")
@@ -52,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints a killed run resumes from (default 500; the last step too)")
     lo.add_argument("--device", default="auto")
-    lo.add_argument("--force", action="store_true", help="replace an existing --out file")
+    lo.add_argument("--force", action="store_true",
+                    help="replace an existing --out file, or the --weights file by a run shorter than the recipe")
 
     c = sub.add_parser("controlnet", help="train a NAG ControlNet on top of official MMAudio weights")
     c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
@@ -261,7 +263,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     if folder is not None and os.path.isdir(folder) and not can_make_file_in(folder):
         raise InvalidInputError(f"The weights would be written to '{target}', in a folder where no file can be "
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
-    _check_packaged_weights_kept(args)
+    _check_weights_kept(args)
     if args.what == "controlnet":
         from stepfoley.engine.weights import weights_folder
 
@@ -273,10 +275,13 @@ def _check_folders(args: argparse.Namespace) -> None:
                                 "choose a folder, or a place where one can be made.") from None
 
 
-def _check_packaged_weights_kept(args: argparse.Namespace) -> None:
-    """The packaged weights, which every `stepfoley demo`, `generate` and `serve` uses by
-    default, are replaced only with --force by a run shorter than the recipe (a trial of a few
-    steps), and by any run where they lie in an installed package."""
+def _check_weights_kept(args: argparse.Namespace) -> None:
+    """Weights retrained in place are replaced only with --force by a run shorter than the recipe
+    (a trial of a few steps): the packaged ones, which every `stepfoley demo`, `generate` and
+    `serve` uses by default (and by any run where they lie in an installed package), and the
+    --weights file `train loudness` extends, a user's own hours of training."""
+    import os
+
     from stepfoley.commands.runtime import in_an_installed_package, same_file
     from stepfoley.engine.embedded.model import WEIGHTS_PATH
     from stepfoley.engine.errors import InvalidInputError
@@ -284,9 +289,13 @@ def _check_packaged_weights_kept(args: argparse.Namespace) -> None:
     from stepfoley.lab.training.miniworld_data import DataRecipe
 
     target = args.out or _default_out(args)
-    if args.force or target is None or not same_file(target, WEIGHTS_PATH):
+    if args.force or target is None:
         return
-    if in_an_installed_package(WEIGHTS_PATH):
+    packaged = same_file(target, WEIGHTS_PATH)
+    if not packaged and not (args.what == "loudness" and os.path.lexists(target)
+                             and (args.out is None or _is_default_out(args))):
+        return
+    if packaged and in_an_installed_package(WEIGHTS_PATH):
         raise InvalidInputError(
             f"Without --out this would replace the weights inside the installed stepfoley package ({WEIGHTS_PATH}), "
             "which every user of this Python runs and a reinstall puts back. Give --out FILE (`stepfoley eval "
@@ -299,10 +308,10 @@ def _check_packaged_weights_kept(args: argparse.Namespace) -> None:
     shorter = [f"--{name.replace('_', '-')} {getattr(args, name)} of the recipe's {least}"
                for name, least in full.items() if getattr(args, name, None) is not None and getattr(args, name) < least]
     if shorter:
-        raise InvalidInputError(
-            f"This run is shorter than the recipe ({', '.join(shorter)}), and would replace the packaged weights "
-            f"that the engine uses by default ({WEIGHTS_PATH}). Give --out FILE for a trial, or add --force to "
-            "replace them.")
+        replaced = (f"the packaged weights that the engine uses by default ({WEIGHTS_PATH})" if packaged
+                    else f"the weights it extends ({target})")
+        raise InvalidInputError(f"This run is shorter than the recipe ({', '.join(shorter)}), and would replace "
+                                f"{replaced}. Give --out FILE for a trial, or add --force to replace them.")
 
 
 def _may_replace_out(args: argparse.Namespace) -> bool:
