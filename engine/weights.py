@@ -531,6 +531,11 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
         if md5_matches and source != checkpoint:  # the copy is what loads, and no MD5 is published for it
             notes += (f"the MD5 is {checkpoint.name}'s; {source.name}, which is what loads, was not compared "
                       "(delete it and `stepfoley weights convert` makes it again from the checked file)",)
+        elif wrong and source != checkpoint:
+            # the copy tells a new file from its own by size and first and last MiB only: a new
+            # download of the same size left the copy of the damaged bytes loading
+            problems.append(f"{source.name}, made from a {checkpoint.name} and read instead of it, is what loads: "
+                            "delete it too, and run `stepfoley weights convert` once the new file is there")
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes, md5_matches)
 
 

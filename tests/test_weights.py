@@ -568,6 +568,12 @@ def test_hash_finds_a_file_whose_bytes_are_not_the_official_ones_though_its_tens
     assert with_copy.md5_matches and with_copy.read_from.name == "v1-16.safetensors"
     assert with_copy.notes == ("the MD5 is v1-16.pth's; v1-16.safetensors, which is what loads, was not compared "
                                "(delete it and `stepfoley weights convert` makes it again from the checked file)",)
+    # wrong bytes with a copy beside them: downloading the file again leaves the copy loading
+    monkeypatch.setitem(FILES, "vae_16k", dataclasses.replace(FILES["vae_16k"], md5="0" * 32))
+    wrong_with_copy = check_weights_dir(weights_dir, md5=True).files["vae_16k"]
+    assert not wrong_with_copy.ok and wrong_with_copy.problems[-1] == (
+        "v1-16.safetensors, made from a v1-16.pth and read instead of it, is what loads: delete it too, and run "
+        "`stepfoley weights convert` once the new file is there")
 
 
 def test_hash_says_a_lone_safetensors_copy_cannot_be_compared(tmp_path, monkeypatch):
