@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the loaders themselves are imported lazily, when a stack is
     from stepfoley.engine.features.clip import ClipConfig
     from stepfoley.engine.features.synchformer import SynchformerConfig
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
+    from stepfoley.engine.weights import WeightsReport
 
 MMAUDIO_VARIANTS = {
     # variant: (flow checkpoint, codec mode)
@@ -73,23 +74,31 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], sour
     net.load_weights(state_dict, advice, assign=assign)
 
 
+def chosen_variant(report: WeightsReport, variant: str | None) -> str:
+    """The variant to load from a weights folder (`report`, check_weights_dir's): `variant`,
+    else the first whose flow network is there, one with every file it needs first.
+    CheckpointError when none is."""
+    if variant is not None and variant not in MMAUDIO_VARIANTS:
+        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
+    if variant is not None:
+        return variant
+    present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
+    if not present:
+        raise CheckpointError(f"No MMAudio flow network found in {report.root}/weights "
+                              f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())})."
+                              + "".join(f" Not read: {advice}." for advice in report.misplaced))
+    return next((v for v in present if report.ready(v)), present[0])
+
+
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
     from stepfoley.engine.weights import VARIANTS, check_weights_dir, controlnet_name, readable_weights
 
-    if variant is not None and variant not in MMAUDIO_VARIANTS:
-        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
     # Every file the variant needs is looked for first: a missing CLIP is said in a second, not
     # after gigabytes of flow network and VAE have loaded.
     report = check_weights_dir(weights_dir, verify=False)
     weights_dir, misplaced = report.root, report.misplaced
-    if variant is None:
-        present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
-        if not present:
-            raise CheckpointError(f"No MMAudio flow network found in {weights_dir}/weights "
-                                  f"(expected one of {', '.join(s + '.pth' for s, _ in MMAUDIO_VARIANTS.values())})."
-                                  + "".join(f" Not read: {advice}." for advice in misplaced))
-        variant = next((v for v in present if report.ready(v)), present[0])
+    variant = chosen_variant(report, variant)
     if configs is None:
         # The chosen model's files are read as far as their headers (seconds, even for a
         # multi-GB file): a damaged vocoder or a CLIP of the wrong size is said before the flow

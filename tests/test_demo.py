@@ -70,6 +70,9 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", never)
     (tmp_path / "a-file").write_text("mine")
+    weights = tmp_path / "mmaudio"  # a flow network and no ControlNet
+    (weights / "weights").mkdir(parents=True)
+    (weights / "weights" / "mmaudio_small_16k.pth").write_bytes(b"")
     out = tmp_path / "demo"
     cases = [(["--tracks", "0"], "--tracks 0: give 1 to 4"), (["--tracks", "5"], "--tracks 5: give 1 to 4"),
              (["--steps", "0"], "--steps 0: give 1 to 200"), (["--steps", "201"], "--steps 201: give 1 to 200"),
@@ -78,18 +81,20 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--out", str(tmp_path / "a-file")], "is a file, not a folder"),
              (["--out", str(tmp_path / "a-file" / "runs" / "demo")], "a-file is not a folder you can write to"),
              (["--weights", str(tmp_path / "a-file")], "is a file: give the folder"),
-             (["--weights", str(tmp_path)], "No NAG ControlNet in"),
+             (["--weights", str(tmp_path)], "No MMAudio flow network found in"),  # not "train a ControlNet"
+             (["--weights", str(weights)], "No NAG ControlNet in"),
              (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),
              (["--threads", "100000"], "thread count (--threads) must be 1 to"),
              (["--feature-cache", ""], "(--feature-cache) is empty")]
     if os.path.isdir("/proc"):  # root passes its permission bits (the CI's user); only making a file tells
         cases.append((["--out", "/proc/stepfoley-demo"], "/proc is not a folder you can write to"))
     for extra, words in cases:
-        argv = ["demo", "--out", str(out), "--model", "tiny-random", "--device", "cpu", *extra]
+        model = [] if "--weights" in extra else ["--model", "tiny-random"]  # a folder: the variants it holds
+        argv = ["demo", "--out", str(out), *model, "--device", "cpu", *extra]
         assert main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (extra, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mmaudio"] and (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_a_model_without_a_controlnet_is_refused_before_the_demo_runs(tmp_path, capsys, monkeypatch):

@@ -83,13 +83,17 @@ NEEDS_CONTROLNET = ("The demo sets NAG beside independent generation, and NAG ne
 
 
 def _check_controlnet(weights: str | None, variant: str | None) -> None:
-    """With official weights, a NAG ControlNet file is there (for the variant, when given)."""
+    """With official weights, a NAG ControlNet file is there (for the variant, when given), after
+    a flow network: the wrong folder given was told to train a ControlNet."""
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.engine.weights import weights_folder
+    from stepfoley.engine.loading import chosen_variant
+    from stepfoley.engine.weights import check_weights_dir
 
     if weights is None:
         return
-    folder = weights_folder(weights) / "controlnets"
+    report = check_weights_dir(weights, verify=False)
+    chosen_variant(report, variant)
+    folder = report.root / "controlnets"
     wanted = [folder / f"{variant}.safetensors"] if variant else list(folder.glob("*.safetensors"))
     if not any(p.is_file() for p in wanted):
         raise InvalidInputError(f"No NAG ControlNet in {folder}{f' for {variant}' if variant else ''}. "
