@@ -423,8 +423,12 @@ def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
         # a final status on stdout and in the status file, as every other ending (it had neither)
         said = json.loads(capsys.readouterr().out)
         assert said["error"]["code"] == "bad_option" and json.loads(status_file.read_text()) == said
-        assert "--timeout must be a number of seconds above 0" in said["error"]["message"]
-        status_file.unlink()
+        assert said["error"]["message"] == f"--timeout must be a number of seconds above 0 (got {timeout})."
+        status_file.unlink()  # (the port, which is right, was named as wrong too)
+    assert main(["send", "--request", request_file, "--port", "70000", "--timeout=5", "-q",
+                 "--status", str(status_file)]) == bc.EXIT_USAGE
+    assert json.loads(capsys.readouterr().out)["error"]["message"] == "--port must be a UDP port, 1-65535 (got 70000)."
+    status_file.unlink()
     with bc.EngineClient(port=server.address[1]) as c:
         assert c.engine_status()["jobs_finished"] == 0  # nothing was sent
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

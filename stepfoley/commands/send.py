@@ -47,15 +47,21 @@ def run(args: argparse.Namespace) -> int:
         return client.EXIT_USAGE
     given_timeout, given_port = args.timeout, args.port
     try:
-        args.timeout, args.port = float(args.timeout), int(args.port)
+        args.timeout = float(args.timeout)
     except (TypeError, ValueError):
-        args.timeout, args.port = math.nan, 0
+        args.timeout = math.nan
+    try:
+        args.port = int(args.port)
+    except (TypeError, ValueError):
+        args.port = 0
+    wrong = []  # each option wrong, named alone
     # not `timeout <= 0`: nan passes that, and a nan watchdog never fires
-    if not (math.isfinite(args.timeout) and args.timeout > 0) or not 1 <= args.port <= 65535:
-        # a final status too (a DAW script reads the outcome from the file alone)
-        return _finish(args, client, client.failure_status(
-            "bad_option", f"--timeout must be a number of seconds above 0 (got {given_timeout}) and --port a UDP "
-            f"port (1-65535, got {given_port}).", client.EXIT_USAGE))
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        wrong.append(f"--timeout must be a number of seconds above 0 (got {given_timeout})")
+    if not 1 <= args.port <= 65535:
+        wrong.append(f"--port must be a UDP port, 1-65535 (got {given_port})")
+    if wrong:  # a final status too (a DAW script reads the outcome from the file alone)
+        return _finish(args, client, client.failure_status("bad_option", "; ".join(wrong) + ".", client.EXIT_USAGE))
     try:
         args.token = resolve_token(args.token, args.token_file)
     except TokenError as e:
