@@ -19,7 +19,7 @@ import av
 import numpy as np
 import torch
 
-from stepfoley.engine.devices import choose_device
+from stepfoley.engine.devices import check_threads, choose_device
 from stepfoley.engine.features.cache import FeatureCache
 from stepfoley.engine.features.clip import ClipConfig, ClipModel
 from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
@@ -50,6 +50,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--full", action="store_true", help="official network sizes")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: figures that other work beside them moves least)")
     parser.add_argument("--picture", default="3840x2160", metavar="WxH",
                         help="size of the picture whose reading is timed both ways (default 4K UHD)")
     args = parser.parse_args(argv)
@@ -62,6 +64,7 @@ def main(argv=None) -> None:
     if not MIN_REGION_SECONDS <= args.seconds <= MAX_REGION_SECONDS:
         parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
     device = choose_device(args.device)
+    torch.set_num_threads(check_threads(args.threads))
 
     if args.full:
         clip_cfg, sync_cfg = ClipConfig(), SynchformerConfig()

@@ -60,13 +60,17 @@ def synthetic(mb: int, repeat: int) -> None:
 def real_dir(root: Path, repeat: int, codec_mode: str | None) -> None:
     from stepfoley.engine.weights import FILES, safetensors_copy
 
+    found = 0
     for spec in FILES.values():
         pth = root / spec.checkpoint_relpath()
         copy = safetensors_copy(pth)
+        found += pth.is_file()
         if pth.is_file() and copy.is_file():
             compare(pth, copy, spec.entry, repeat)
         elif pth.is_file():
             print(f"{pth.name:34s} no .safetensors copy (run `stepfoley weights convert {root}`)")
+    if not found:  # said, not an empty table: the wrong folder given
+        print(f"no official MMAudio .pth file in {root} (docs/weights.md says where each goes): nothing to time")
     if codec_mode:
         from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
 

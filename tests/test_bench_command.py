@@ -33,6 +33,12 @@ def test_bench_weights_load_prints_its_figures(capsys):
     assert ".pth" in out and ".safetensors" in out
 
 
+def test_bench_weights_load_on_a_folder_without_weights_says_so(capsys, tmp_path):
+    assert main(["bench", "weights-load", "--dir", str(tmp_path)]) == 0  # it printed nothing at all
+    assert capsys.readouterr().out == f"no official MMAudio .pth file in {tmp_path} (docs/weights.md says where " \
+                                      "each goes): nothing to time\n"
+
+
 def test_unknown_benchmark_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "gpu-magic"])
@@ -108,6 +114,7 @@ def test_bench_variations_fails_when_the_stems_differ(capsys, monkeypatch):
     (["sampler", "--device", "nope"], "Unknown device"),
     (["features", "--seconds", "-1"], "--seconds must be from 1 to 600"),
     (["features", "--device", "nope"], "Unknown device"),
+    (["features", "--threads", "0"], "thread count"),  # the README's figures are at 1 thread: it had no option
     (["bridge", "--pings", "0"], "--pings must be at least 1"),
     (["bridge", "--flood-pings", "0"], "--flood-pings must be at least 1"),
     (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
