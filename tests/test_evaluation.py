@@ -739,6 +739,27 @@ def test_a_comparison_without_an_interval_says_how_many_scenes_it_rests_on():
     assert bootstrap_mean([1.0, 2.0])["ci95"] == [None, None]
 
 
+def test_every_set_of_scenes_and_clips_is_apart_from_every_other():
+    """The claims rest on scenes the model never saw: the training scenes, the test scenes of
+    every --seed, the development scenes α is chosen on, and the clips of the two judges (every
+    network seed) are seeds in ranges that do not meet."""
+    from stepfoley.commands.eval import MAX_NETWORK_SEED
+    from stepfoley.lab.evaluation import calibration, embedding, presence, runner, store
+    from stepfoley.lab.miniworld import SOURCE_KINDS
+    from stepfoley.lab.training.embedded import TRAINING_SEED_RANGE
+
+    def clips(base: int) -> tuple[int, int]:
+        last = store.first_clip_seed(base, MAX_NETWORK_SEED, len(SOURCE_KINDS) - 1, store.CLIP_SEEDS_PER_KIND - 1)
+        return base, last + 1
+
+    ranges = sorted([TRAINING_SEED_RANGE,
+                     (runner.scene_seed(0, 0), runner.scene_seed(runner.MAX_SEED, runner.SCENES_PER_SEED - 1) + 1),
+                     (calibration.development_scene_seed(0),
+                      calibration.development_scene_seed(runner.SCENES_PER_SEED - 1) + 1),
+                     clips(embedding.CLIP_SEED_BASE), clips(presence.CLIP_SEED_BASE)])
+    assert all(end <= start for (_, end), (start, _) in zip(ranges, ranges[1:])), ranges
+
+
 def test_the_network_seed_bound_keeps_the_embedding_s_clips_below_the_classifier_s():
     """eval's MAX_NETWORK_SEED is a literal (its --help imports no torch): it must be the last
     seed whose clips, every kind's, stay below the classifier's first clip seed."""
