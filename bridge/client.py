@@ -324,18 +324,23 @@ class RemoteJob:
         return self.status
 
     def wait(self, on_update: Callable[[dict], None] | None = None, should_cancel: Callable[[], bool] | None = None) -> dict:
-        """Poll until the job ends; `on_update(status)` after each change, and with a new
-        `updated` at least every HEARTBEAT_S while the engine shows signs of life (a job
-        waiting behind a long one changes nothing else, and a reader would think it dead)."""
-        last, told = None, -math.inf
+        """Poll until the job ends; `on_update(status)` after each change, and at least every
+        HEARTBEAT_S with a new `client_alive` (this client is there: one that died or was
+        closed is told in seconds, not after the engine's watchdog) and, while the engine shows
+        signs of life, a new `updated` (a job waiting behind a long one changes nothing else)."""
+        last, told, told_alive = None, -math.inf, -math.inf
         while True:
             status = self.status
-            snapshot = {k: v for k, v in status.items() if k != "updated"}
-            alive = self._last_sign_of_life > told and time.monotonic() - told >= HEARTBEAT_S
-            if on_update is not None and (snapshot != last or alive):
-                if snapshot == last:
+            snapshot = {k: v for k, v in status.items() if k not in ("updated", "client_alive")}
+            now = time.monotonic()
+            alive = self._last_sign_of_life > told_alive and now - told_alive >= HEARTBEAT_S
+            if on_update is not None and (snapshot != last or alive or now - told >= HEARTBEAT_S):
+                if snapshot == last and alive:
                     status["updated"] = time.time()
-                told = time.monotonic()
+                if snapshot != last or alive:
+                    told_alive = now
+                status["client_alive"] = time.time()
+                told = now
                 on_update(status)  # the first call comes before any wait, so a status file exists at once
             last = snapshot
             if self.finished:

@@ -42,6 +42,9 @@ M.POLL_INTERVAL_S = 0.3
 -- engine goes silent; REAPER's own watchdog waits this much longer, so that it only fires
 -- when the client itself is gone or hung (its status file no longer changes).
 M.CLIENT_REPORT_GRACE_S = 10
+-- A client that writes `client_alive` rewrites its status file every 2 s, whatever the engine
+-- does: silent this long, it died or was closed, and the job is cancelled in the engine.
+M.CLIENT_SILENCE_S = 30
 -- Bytes for patterns, spelled out: Lua's %s and %c ask the C library, which follows the
 -- host's locale. Under a Latin-1 one %c also matches 0x80-0x9F, bytes inside UTF-8 characters
 -- (ł, ’, Cyrillic, kana); a Windows code page counts 0xA0, the end of à, as a space.

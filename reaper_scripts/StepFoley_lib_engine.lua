@@ -241,6 +241,13 @@ function M.send_argv(prefix, settings, request_path, status_path)
     "--port", M.number_text(settings.port), "--timeout", M.number_text(settings.watchdog_s) })
 end
 
+-- The argv that asks the engine itself to cancel job `job_id`, for a job whose client is gone
+-- (nothing else would: the cancel file is read by the client only).
+function M.cancel_argv(prefix, settings, job_id)
+  return concat(prefix, { "send", "--cancel", job_id, "--port", M.number_text(settings.port),
+    "--timeout", M.number_text(settings.watchdog_s) })
+end
+
 local UNSAFE_PROGRAM = "The StepFoley program path cannot be put on a command line (it contains \" ` $ %% or " ..
   "control characters): %s\nMove it to a folder without such characters and update Settings."
 
@@ -599,6 +606,17 @@ local function timed_out_message(settings, engine_message)
     "the engine window or run \"StepFoley: Engine status\"."
 end
 
+-- What a REAPER user is told when the engine went away during a job the engine had taken
+-- (engine_not_running then: it answered before).
+local ENGINE_GONE = {
+  engine_not_running = "The engine stopped answering while it worked on this job (its window was closed, or it " ..
+    "crashed); nothing was made. Start it again (`stepfoley serve`), then run the action again.",
+  job_lost = "The engine was restarted while it worked on this job and no longer knows it; nothing was made. " ..
+    "Run the action again.",
+  engine_stopped = "The engine was stopped while this job waited or ran; nothing was made. Start it again " ..
+    "(`stepfoley serve`), then run the action again.",
+}
+
 -- The job's result from a status in a final state.
 local function final_result(status, settings)
   if status.state == "done" then
@@ -626,7 +644,15 @@ local function final_result(status, settings)
   end
   local e = type(status.error) == "table" and status.error or {}
   local message = e.message or "The engine reported an error."
-  if e.code == "timed_out" then message = timed_out_message(settings, e.message) end
+  if e.code == "timed_out" then
+    message = timed_out_message(settings, e.message)
+  elseif ENGINE_GONE[e.code] and (e.code ~= "engine_not_running" or type(status.job_id) == "string") then
+    message = ENGINE_GONE[e.code] -- the client's words are a command line's ("resend the request")
+  elseif e.code == "engine_loading" then
+    message = string.format("The engine was still loading its model after %s s; nothing was made. Wait until its " ..
+      "window says \"StepFoley engine ready\", then run the action again (or raise \"Give up after no progress " ..
+      "for (s)\" in \"StepFoley: Settings\").", M.number_text(settings.watchdog_s))
+  end
   return { state = "error", code = e.code, message = message }
 end
 
@@ -639,10 +665,11 @@ Settings keep job files); a failed batch keeps it, for support.
 
 Watchdogs, all measured as silence: before the status file was ever read, the client must
 write it within settings.start_timeout_s; after that, the job is given up only when the
-status file has not changed for settings.watchdog_s + CLIENT_REPORT_GRACE_S (any change,
-including `updated`, is a sign of life; an unreadable or half-written read is not a change
-and not a failure either). The client itself stops after settings.watchdog_s without a sign
-of life from the engine and says so in the status file.
+status file has not changed for CLIENT_SILENCE_S where the client writes `client_alive`, else
+for settings.watchdog_s + CLIENT_REPORT_GRACE_S (any change, including `updated`, is a sign of
+life; an unreadable or half-written read is not a change and not a failure either), and the
+engine is then asked to cancel the job itself. The client itself stops after
+settings.watchdog_s without a sign of life from the engine and says so in the status file.
 ]]
 function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local results = {}
@@ -694,6 +721,16 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
     job.cancel_asked = job.cancel_asked or reaper.time_precise()
   end
 
+  -- A client that is gone reads no cancel file: the engine is asked itself (in the background),
+  -- so that it does not go on with a job nobody collects while other jobs wait behind it.
+  local function cancel_in_engine()
+    local id = job.last_status and job.last_status.job_id
+    if job.engine_cancelled or type(id) ~= "string" or not id:match("^[%w%-_]+$") then return end
+    job.engine_cancelled = true
+    local ok, cmd = pcall(M.command_line, M.cancel_argv(prefix, settings, id))
+    if ok then reaper.ExecProcess(cmd, -2) end
+  end
+
   -- Gives up on a job whose client went silent; true when it did.
   local function check_silence(now)
     local problem = job.read_problem and (" (the status file " .. job.read_problem .. ")") or ""
@@ -706,13 +743,18 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
         math.floor(settings.start_timeout_s), problem, job.command) })
       return true
     end
-    local limit = settings.watchdog_s + M.CLIENT_REPORT_GRACE_S
+    -- a client that says it is alive every 2 s is gone once it stops; an older one only
+    -- writes while the engine works, and times the engine out itself after watchdog_s
+    local beats = job.last_status ~= nil and job.last_status.client_alive ~= nil
+    local limit = beats and M.CLIENT_SILENCE_S or settings.watchdog_s + M.CLIENT_REPORT_GRACE_S
     if now - job.last_change <= limit then return false end
     cancel_job()
+    cancel_in_engine()
     end_job({ state = "error", message = string.format(
-      "No sign of life from the StepFoley client for %d s: its status file did not change%s, so StepFoley " ..
-      "stopped waiting (and asked it to cancel).\n\nCheck the engine window or run \"StepFoley: Engine status\".",
-      math.floor(limit), problem) })
+      "No sign of life from the StepFoley client for %d s: its status file did not change%s (was its window " ..
+      "closed?), so StepFoley stopped waiting and asked the engine to cancel the job. Should the engine finish it " ..
+      "all the same, its stem goes to\n%s\n\nCheck the engine window or run \"StepFoley: Engine status\".",
+      math.floor(limit), problem, job.spec.folders.output_dir) })
     return true
   end
 
@@ -757,6 +799,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
       end
       if job then check_silence(now) end
       if job and job.cancel_asked and now - job.cancel_asked > 15 then
+        cancel_in_engine() -- the client may be gone
         end_job({ state = "cancelled", unconfirmed = true,
           message = "Cancelled (the client did not confirm; it may still be stopping)." })
       end

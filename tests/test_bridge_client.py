@@ -525,9 +525,31 @@ def test_a_job_waiting_behind_a_long_one_keeps_its_status_file_alive(tmp_path, m
                                   port=srv.address[1], on_update=lambda st: seen.append(dict(st)))
         ahead.close()
     assert code == bc.EXIT_DONE
-    queued = [st["updated"] for st in seen if st["state"] == "queued" and st["job_id"]]
+    queued = [st for st in seen if st["state"] == "queued" and st["job_id"]]
     # about 6 s waiting; the client hears the engine's step counter about once a second
-    assert len(queued) >= 3 and len(set(queued)) == len(queued)
+    assert len({st["updated"] for st in queued}) >= 3
+    assert len({st["client_alive"] for st in queued}) == len(queued)  # every write says the client is there
+
+
+def test_the_client_says_it_is_alive_while_the_engine_is_silent(tmp_path, monkeypatch):
+    """The engine holds still in a step (nothing of the job moves): `updated` stays, as the
+    engine shows no progress, but `client_alive` goes on, so a DAW script tells a client that
+    died (closed, crashed), which leaves the job running in the engine, from a slow engine in
+    seconds; it waited for the engine's watchdog and more (190 s by default)."""
+    monkeypatch.setattr(bc, "HEARTBEAT_S", 0.1)
+    release, seen = threading.Event(), []
+    runner = SineRunner(step_s=0.01, before_step=lambda step: step < 2 or release.wait(60))
+    with EngineServer(runner, ServerConfig(port=0)).start() as srv:
+        def let_go(status):
+            seen.append(dict(status))
+            if status["step"] == 1 and len([st for st in seen if st["step"] == 1]) >= 15:
+                release.set()
+        code, _ = bc.send_request(make_request(tmp_path, steps=3), str(tmp_path / "st.json"), port=srv.address[1],
+                                  timeout=30, on_update=let_go)
+    assert code == bc.EXIT_DONE
+    stalled = [st for st in seen if st["step"] == 1]
+    assert len(stalled) >= 15 and len({st["client_alive"] for st in stalled}) == len(stalled)
+    assert len({st["updated"] for st in stalled}) < len(stalled) / 2
 
 
 def test_a_refused_write_is_tried_again_and_the_final_status_always_lands(tmp_path, monkeypatch):

@@ -276,15 +276,55 @@ def test_silent_engine_is_reported_by_the_client(world):
 
 
 def test_hung_client_is_given_up_after_the_grace(world):
-    # the silence after the start is tested: the stand-in, a real process, may start late
+    # a client from before `client_alive`: it writes only while the engine shows life, so its
+    # silence counts only past the engine's watchdog (the silence after the start is tested:
+    # the stand-in, a real process, may start late)
     extstate = h.extstate(world, watchdog_s="1", start_timeout_s="600")
     sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
-    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "hung"})
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "hung", "STEPFOLEY_STANDIN_CLIENT": "old"})
     [msg] = result["messages"]
     assert "No sign of life from the StepFoley client for 11 s" in msg["message"]
     assert h.new_tracks(result) == []
     assert result["elapsed_s"] > 11
     assert (h.status_path(result).parent / "status.json.cancel").exists()
+
+
+def test_a_client_gone_mid_job_is_told_in_seconds_and_its_job_cancelled_in_the_engine(world):
+    """A client that says it is alive every 2 s (its window closed, a crash) stops: the job went
+    on in the engine, which nobody asked to stop (the cancel file is the client's), and REAPER
+    waited for the engine's watchdog and more, 190 s by default, then named no folder where the
+    stem the engine made anyway went."""
+    extstate = h.extstate(world, start_timeout_s="600")  # the default watchdog, 180 s
+    sc = h.scenario(world, extstate=extstate, clock_rate=10, max_s=600)
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "hung"})
+    [msg] = result["messages"]
+    assert "No sign of life from the StepFoley client for 30 s" in msg["message"]
+    assert "asked the engine to cancel the job" in msg["message"]
+    assert str(world["proj"] / "StepFoley") in msg["message"]  # where a stem finished anyway goes
+    assert 30 < result["elapsed_s"] < 120 and h.new_tracks(result) == []  # the old limit was 190 s
+    status = json.loads(h.status_path(result).read_text())
+    cancels = world["tmp"] / "engine_cancels.txt"
+    for _ in range(200):  # `send --cancel` runs in the background, as REAPER's ExecProcess(-2) leaves it
+        if cancels.exists() and cancels.read_text().endswith("\n"):
+            break
+        time.sleep(0.05)
+    assert cancels.read_text() == status["job_id"] + "\n"
+
+
+@pytest.mark.parametrize("mode, words", [
+    ("lost", "The engine was restarted while it worked on this job and no longer knows it; nothing was made."),
+    ("stopped", "The engine was stopped while this job waited or ran; nothing was made."),
+    ("gone", "The engine stopped answering while it worked on this job (its window was closed, or it crashed)"),
+    ("loading", "raise \"Give up after no progress for (s)\" in \"StepFoley: Settings\""),  # not "--timeout"
+])
+def test_an_engine_gone_mid_job_is_said_in_reaper_s_words(world, mode, words):
+    """The client's words are a command line's: "Resend the request", "check that host, port and
+    token match" (the engine had taken the job at that port)."""
+    result = h.run_scenario(world["tmp"], h.scenario(world), env_extra={"STEPFOLEY_STANDIN": mode})
+    [msg] = result["messages"]
+    assert words in msg["message"] and "run the action again" in msg["message"].lower()
+    assert "Resend" not in msg["message"] and "host, port" not in msg["message"] and "--timeout" not in msg["message"]
+    assert h.new_tracks(result) == []
 
 
 # --- 5. a status read that fails for a moment is not a failure ------------------------------

@@ -28,7 +28,14 @@ Behaviour from $STEPFOLEY_STANDIN:
   then all is well;
 - "garbled": 2 s after the start, the status file is half-written until the cancel file appears;
 - "badstem": finishes with a stem that is not a WAV file;
-- "late": as "slow", but a cancel comes too late: the engine finishes the job anyway (done).
+- "late": as "slow", but a cancel comes too late: the engine finishes the job anyway (done);
+- "loading": the engine was still loading its model past --timeout (engine_loading);
+- "lost", "stopped", "gone": after step 1 the engine went away as the real client tells it: restarted
+  (job_lost), stopped (engine_stopped), or no longer answering (engine_not_running), the job id known.
+
+Its statuses say `client_alive`, as the real client's do, unless $STEPFOLEY_STANDIN_CLIENT is
+"old" (a client from before it). `--cancel JOB_ID` (the engine asked to cancel a job itself)
+answers done and appends the id to engine_cancels.txt beside the fake clock's file.
 
 A protocol-2 request gets `variations` stems and a status with `stems` (best first: the stand-in
 scores each take by its seed, as the engine's embedding scores takes, so higher seeds rank first
@@ -51,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.client import EXIT_USAGE, not_running_message, request_payload, too_large_message
+from stepfoley.bridge.client import EXIT_USAGE, JOB_LOST, not_running_message, request_payload, too_large_message
+from stepfoley.bridge.jobs import ENGINE_STOPPED_RUNNING
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.commands.send import remove_stale_cancel
 from stepfoley.engine import mixing
@@ -73,9 +81,16 @@ def capabilities() -> Capabilities:
 
 def write_status(path: Path, **fields) -> None:
     fields["updated"] = time.time()
+    if os.environ.get("STEPFOLEY_STANDIN_CLIENT") != "old":
+        fields["client_alive"] = fields["updated"]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(fields), encoding="utf-8")
     os.replace(tmp, path)
+
+
+# the engine gone mid-job, in the real client's words
+GONE = {"lost": lambda port: JOB_LOST, "stopped": lambda port: ("engine_stopped", ENGINE_STOPPED_RUNNING),
+        "gone": lambda port: ("engine_not_running", not_running_message("127.0.0.1", port))}
 
 
 def write_half(path: Path) -> None:
@@ -196,6 +211,7 @@ def main() -> int:
     p.add_argument("--request")
     p.add_argument("--ping", action="store_true")
     p.add_argument("--engine-status", action="store_true")
+    p.add_argument("--cancel")
     p.add_argument("--status")
     p.add_argument("--port", type=int, default=9017)
     p.add_argument("--timeout", type=float, default=120.0)
@@ -203,6 +219,11 @@ def main() -> int:
     mode = os.environ.get("STEPFOLEY_STANDIN", "ok")
     if args.ping or args.engine_status:
         return query(args, mode)
+    if args.cancel is not None:
+        with open(Path(FAKE_CLOCK or ".").parent / "engine_cancels.txt", "a", encoding="utf-8") as log:
+            log.write(args.cancel + "\n")
+        print(json.dumps({"state": "done", "exit_code": 0, "error": None, "answer": {"cancelled": args.cancel}}))
+        return 0
     status = Path(args.status)
     cancel = Path(args.status + ".cancel")
     status.with_name("standin_argv.json").write_text(json.dumps(sys.argv[1:], ensure_ascii=False), encoding="utf-8")
@@ -233,6 +254,11 @@ def main() -> int:
     used = resolve_guidance(DEFAULTS, typed.method, typed.alpha, typed.beta, steps=typed.steps)
     job_id = "standin-%d" % os.getpid()
     total = used["steps"]
+    if mode == "loading":  # the real client's words after --timeout of an engine loading its model
+        write_status(status, state="error", exit_code=4, error={"code": "engine_loading", "message": (
+            f"The engine was still loading its model after {args.timeout:g} s; wait until it prints 'StepFoley "
+            "engine ready', then send again (or give a longer --timeout).")})
+        return 4
     write_status(status, state="queued", job_id=job_id, step=0, total=total)
     if mode == "queue":
         for ahead in range(6, 0, -1):
@@ -268,6 +294,11 @@ def main() -> int:
         if mode == "hung":
             wait_for(cancel, 600)
             return 1
+        if mode in GONE:
+            code, message = GONE[mode](args.port)
+            write_status(status, state="error", job_id=job_id, step=step, total=total, exit_code=5 if mode != "gone" else 3,
+                         error={"code": code, "message": message})
+            return 5 if mode != "gone" else 3
     stems = [make_stem(request, typed.caption, used, request["seed"] + i, mode) for i in range(typed.variations)]
     if typed.protocol >= 2:
         stems.reverse()
