@@ -572,7 +572,8 @@ function M.describe_engine(engine, settings)
   if not engine.client_ok then return "Engine: unknown: the client did not run.\n" .. engine.message end
   if not engine.ok then
     return "Engine: NOT answering. " .. tostring(engine.message) ..
-      string.format("\nStart it in a terminal with: stepfoley serve --port %d", math.floor(settings.port))
+      string.format("\nStart it in a terminal with: stepfoley serve --port %d (an engine window that is open " ..
+        "but does not answer is hung or paused: close it, then start it again)", math.floor(settings.port))
   end
   local a = engine.answer
   local lines = { string.format("Engine: %s. Model %s on %s; %d job(s) waiting, %s finished.",
