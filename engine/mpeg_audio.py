@@ -83,7 +83,7 @@ def is_mpeg_audio(file: BinaryIO) -> bool:
         file.seek(start)
 
 
-class _Window(io.RawIOBase):
+class Window(io.RawIOBase):
     """`length` bytes of seekable binary `file` from `start`, read-only, as a file of their own."""
 
     def __init__(self, file: BinaryIO, start: int, length: int):
@@ -153,7 +153,7 @@ def header(file: BinaryIO) -> tuple[int, int]:
     when none is there); nothing is decoded."""
     start = file.tell()
     offset, _ = _audio_start(file, start)
-    container = _open(_Window(file, start + offset, HEADER_SEARCH_BYTES))
+    container = _open(Window(file, start + offset, HEADER_SEARCH_BYTES))
     try:
         context = container.streams.audio[0].codec_context
         return int(context.sample_rate or 0), int(context.channels or 0)

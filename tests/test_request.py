@@ -446,6 +446,43 @@ def test_an_audio_input_above_the_highest_rate_is_refused_before_accepted(tmp_pa
         parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities())
 
 
+def test_an_ogg_input_s_header_is_read_from_its_start_only(tmp_path, monkeypatch):
+    """libsndfile finds an Ogg file's length by searching it from its end: a tail of false page
+    headers held the thread that answers every client 0.3 s a MiB (11 s for 32 MiB, about 5
+    minutes at the 1 GiB an input may have) before /accepted. Its rate and channels are still
+    checked; its length is the job's to find, as an MP3's."""
+    import io
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    import stepfoley.request as request_module
+    from stepfoley.engine import mpeg_audio
+
+    header = io.BytesIO()
+    sf.write(header, np.zeros((4000, 2), np.float32), 44100, format="OGG", subtype="VORBIS")
+    tail = bytearray(os.urandom(2 * mpeg_audio.HEADER_SEARCH_BYTES))
+    for k in range(0, len(tail) - 5, 28):
+        tail[k:k + 5] = b"OggS\0"
+    crafted = tmp_path / "crafted.ogg"
+    crafted.write_bytes(header.getvalue() + bytes(tail))
+    read, real_info = [], sf.info
+
+    def info(file, *args, **kwargs):
+        read.append(file.seek(0, io.SEEK_END))  # how much of the file libsndfile was given
+        file.seek(0)
+        return real_info(file, *args, **kwargs)
+
+    monkeypatch.setattr(sf, "info", info)
+    for name, extra in (("existing_mix", {}), ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
+        parse_request(make_request(tmp_path, **{name: str(crafted), **extra}), capabilities(), check_paths=True)
+    assert read and max(read) <= mpeg_audio.HEADER_SEARCH_BYTES
+    monkeypatch.setattr(request_module, "MAX_INPUT_SAMPLE_RATE", 32000)  # the rate is still read from its start
+    with pytest.raises(RequestError, match="is at 44100 Hz; at most "):
+        parse_request(make_request(tmp_path, existing_mix=str(crafted)), capabilities(), check_paths=True)
+
+
 def test_an_audio_input_soundfile_cannot_read_stays_the_jobs_error(tmp_path):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF not a wave at all" * 10)
