@@ -287,6 +287,16 @@ def _check_picture_size(path: Path, width: int, height: int) -> None:
             "its real picture size, at 4K or less.")
 
 
+def _could_not_allocate(path: Path, at_s: float) -> VideoError:
+    """FFmpeg refusing an allocation (ENOMEM) while reading: what a damaged sample table does,
+    a frame said to be hundreds of MB in a small file (a 64x64 picture was told to close other
+    programs); only rarely memory that is full, as numpy's MemoryError is."""
+    return VideoError(
+        f"{path.name} could not be read near {at_s:.1f} s: FFmpeg could not allocate the memory one of its "
+        "frames claims, which most often means the file is damaged (a frame said to be larger than it can be). "
+        "Re-export the video; if it plays elsewhere, close other programs and try again.")
+
+
 def _out_of_memory_is_a_video_error(path: Path, width: int, height: int):
     """Memory running out while frames are read (numpy's and FFmpeg's MemoryError, torch's
     allocator failing with a RuntimeError) says what to do, not where in the code it happened."""
@@ -549,8 +559,10 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             prev, prev_t = av_frame, t
             if next_i >= len(times):
                 return
+    except av.error.MemoryError:
+        raise _could_not_allocate(path, region_start) from None
     except MemoryError:
-        raise  # FFmpeg running out of memory (an FFmpegError too) is no damage to the file
+        raise  # numpy's: memory running out, said as such by the caller
     except av.error.DecoderNotFoundError:
         raise _cannot_decode(path, stream.codec_context.name if stream.codec_context else None) from None
     except av.error.FFmpegError as exc:
@@ -664,6 +676,8 @@ def _has_frame_after(container, stream, seek_s: float) -> bool:
                        backward=True)
         for _ in container.decode(stream):
             return True
+    except av.error.MemoryError:
+        raise _could_not_allocate(Path(container.name), seek_s) from None
     except MemoryError:
         raise
     except av.error.FFmpegError:
