@@ -483,6 +483,20 @@ def test_an_ogg_input_s_header_is_read_from_its_start_only(tmp_path, monkeypatch
         parse_request(make_request(tmp_path, existing_mix=str(crafted)), capabilities(), check_paths=True)
 
 
+def test_an_output_dir_that_leads_to_a_folder_named_in_no_utf8_is_refused(tmp_path):
+    """`lnk/..` with lnk a link into a folder named in Latin-1: the text is UTF-8, the folder the
+    stems went to is not, and the job reported done with a stem path that does not exist."""
+    import os
+
+    latin = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.makedirs(latin + b"/sub")
+    os.symlink(latin + b"/sub", tmp_path / "lnk")
+    with pytest.raises(RequestError, match=r"leads to the folder '.*caf\\udce9', whose name is not UTF-8 text"):
+        parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk" / "..")), capabilities(), check_paths=True)
+    # the link itself is named in the client's words, which lead there: taken
+    assert parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk")), capabilities(), check_paths=True)
+
+
 def test_an_audio_input_soundfile_cannot_read_stays_the_jobs_error(tmp_path):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF not a wave at all" * 10)
