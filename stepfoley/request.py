@@ -589,9 +589,10 @@ def _check_continuation(request: GenerationRequest) -> None:
         _invalid(f"regenerate is {_beside(end - start, MIN_REGENERATE_SECONDS, 3)} s long; make at least "
                  f"{MIN_REGENERATE_SECONDS:g} s new.")
     kept = max(0.0, start) + max(0.0, length - end)
-    if kept < MIN_KEPT_SECONDS:
+    if kept < MIN_KEPT_SECONDS - REGION_TOLERANCE_S:  # a DAW's 2.099 - 0.1 keeps 0.000999... s
         what = ("covers the whole stem" if kept <= REGION_TOLERANCE_S else
-                f"leaves {kept * 1000:.3f} ms of the take, less than {MIN_KEPT_SECONDS * 1000:g} ms")
+                f"leaves {_beside(kept * 1000, MIN_KEPT_SECONDS * 1000, 3)} ms of the take, less than "
+                f"{MIN_KEPT_SECONDS * 1000:g} ms")
         _invalid(f"regenerate {what}, so nothing of the take is kept; leave out take and regenerate to make a new "
                  "track, or keep more of the take.")
 

@@ -403,6 +403,15 @@ def test_a_tenth_of_a_second_is_enough_to_regenerate_whatever_the_rounding(tmp_p
     assert 0.95 - 0.85 < 0.1 and parse_request(request).regenerate == (0.85, 0.95)
 
 
+def test_a_millisecond_kept_is_enough_whatever_the_rounding(tmp_path):
+    # a DAW's times: the stem 0.1-2.1 s, the span to 2.099 s, so 0.000999... s kept; it was
+    # refused as "1.000 ms of the take, less than 1 ms"
+    request = make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.0, 2.099 - 0.1])
+    request["region"].update(file_in=0.1, file_out=2.1, project_start=0.1, project_end=2.1)
+    length = 2.1 - 0.1
+    assert length - (2.099 - 0.1) < 0.001 and parse_request(request).regenerate == (0.0, 2.099 - 0.1)
+
+
 @pytest.mark.parametrize("change, words", [
     ({"take": "/t.wav"}, "take and regenerate go together"),
     ({"regenerate": [0.1, 0.5]}, "take and regenerate go together"),
