@@ -298,8 +298,9 @@ def _could_not_allocate(path: Path, at_s: float) -> VideoError:
 
 
 def _out_of_memory_is_a_video_error(path: Path, width: int, height: int):
-    """Memory running out while frames are read (numpy's and FFmpeg's MemoryError, torch's
-    allocator failing with a RuntimeError) says what to do, not where in the code it happened."""
+    """Memory running out while frames are read (numpy's MemoryError, torch's allocator failing
+    with a RuntimeError; FFmpeg refusing one is _could_not_allocate's) says what to do, not where
+    in the code it happened."""
     return out_of_memory_said(lambda whose: (
         f"Reading the picture of {path.name} ({width}x{height} pixels) ran out of memory. Close other "
         "programs, or re-export the video at 4K or less (for example as a 1920x1080 H.264 proxy), and "
