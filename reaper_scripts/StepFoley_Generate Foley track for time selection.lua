@@ -6,8 +6,8 @@
 --   A ripple edit (or any move) of a later piece of a split picture while generating is noticed: nothing is added, and the stems are kept, where the new audio went in 1 s off the picture after the cut.
 --   Regenerate, Replace and Make like keep a take's loudness curve and part of the picture while the item sits over the same stretch of picture, wherever a ripple edit has since moved both; a picture moved alone under the item drops them (it was the other way round).
 --   Verify setup leaves out the picture's track from the layers it counts and its test bounce, as Generate does.
---   A client that stops mid-job (its window closed, a crash) is noticed after 30 s, not the engine's watchdog and more (190 s by default), with a stepfoley that says it is alive; the engine is then asked to cancel the job itself (it went on with it, and Cancel could not reach it), and the message names the folder a stem it finishes anyway goes to.
---   An engine stopped, restarted or still loading during a job is said in REAPER's words (it said "resend the request" or "give a longer --timeout"). Engine status says that an engine window open but not answering is hung or paused.
+--   A client that stops mid-job (its window closed, a crash) is noticed after 30 s (or the watchdog and 10 s, when shorter), not the engine's watchdog and more (190 s by default), with a stepfoley that says it is alive; the engine is then asked to cancel the job itself (it went on with it, and Cancel could not reach it), and the message names the folder a stem it finishes anyway goes to.
+--   An engine stopped, restarted or still loading during a job is said in REAPER's words (it said "resend the request" or "give a longer --timeout"). Engine status, for an engine not answering, says to check an open engine window's port and token, and that one showing no activity may be hung or paused.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -43,7 +43,8 @@ M.POLL_INTERVAL_S = 0.3
 -- when the client itself is gone or hung (its status file no longer changes).
 M.CLIENT_REPORT_GRACE_S = 10
 -- A client that writes `client_alive` rewrites its status file every 2 s, whatever the engine
--- does: silent this long, it died or was closed, and the job is cancelled in the engine.
+-- does: silent this long (or the usual limit, when shorter), it died or was closed, and the job
+-- is cancelled in the engine.
 M.CLIENT_SILENCE_S = 30
 -- Bytes for patterns, spelled out: Lua's %s and %c ask the C library, which follows the
 -- host's locale. Under a Latin-1 one %c also matches 0x80-0x9F, bytes inside UTF-8 characters

@@ -290,12 +290,13 @@ M.CONTROL_FIELDS = { "loudness_curve", "picture_region", "picture_region_time" }
 -- Whether `region` starts (and with `whole`, ends too) at the moment of the same video file, played
 -- at the same rate, as `was` (a take's stored region): the controls' times count from there. It is
 -- the picture that counts, not the timeline: a ripple edit moves the picture and its layers together.
+-- The file is known by its name: a project moved with its media to another drive stores the old path.
 local function same_picture(was, region, whole)
   local function near(key, tolerance)
     return type(was[key]) == "number" and math.abs(was[key] - region[key]) <= tolerance
   end
-  return was.video == region.video and near("file_in", 1e-6) and near("playrate", 1e-9)
-    and (not whole or near("file_out", 1e-6))
+  return type(was.video) == "string" and M.basename(was.video) == M.basename(region.video)
+    and near("file_in", 1e-6) and near("playrate", 1e-9) and (not whole or near("file_out", 1e-6))
 end
 
 --[[

@@ -572,8 +572,9 @@ function M.describe_engine(engine, settings)
   if not engine.client_ok then return "Engine: unknown: the client did not run.\n" .. engine.message end
   if not engine.ok then
     return "Engine: NOT answering. " .. tostring(engine.message) ..
-      string.format("\nStart it in a terminal with: stepfoley serve --port %d (an engine window that is open " ..
-        "but does not answer is hung or paused: close it, then start it again)", math.floor(settings.port))
+      string.format("\nStart it in a terminal with: stepfoley serve --port %d (if an engine window is open, check " ..
+        "its port and token; one that shows no activity may be hung or paused: close it, then start it again)",
+        math.floor(settings.port))
   end
   local a = engine.answer
   local lines = { string.format("Engine: %s. Model %s on %s; %d job(s) waiting, %s finished.",
@@ -724,12 +725,16 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
 
   -- A client that is gone reads no cancel file: the engine is asked itself (in the background),
   -- so that it does not go on with a job nobody collects while other jobs wait behind it.
+  -- True when the engine was asked (now or before): it knows the job by the id its status gave.
   local function cancel_in_engine()
     local id = job.last_status and job.last_status.job_id
-    if job.engine_cancelled or type(id) ~= "string" or not id:match("^[%w%-_]+$") then return end
-    job.engine_cancelled = true
+    if job.engine_cancelled then return true end
+    if type(id) ~= "string" or not id:match("^[%w%-_]+$") then return false end
     local ok, cmd = pcall(M.command_line, M.cancel_argv(prefix, settings, id))
-    if ok then reaper.ExecProcess(cmd, -2) end
+    if not ok then return false end
+    reaper.ExecProcess(cmd, -2)
+    job.engine_cancelled = true
+    return true
   end
 
   -- Gives up on a job whose client went silent; true when it did.
@@ -746,16 +751,19 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
     end
     -- a client that says it is alive every 2 s is gone once it stops; an older one only
     -- writes while the engine works, and times the engine out itself after watchdog_s
-    local beats = job.last_status ~= nil and job.last_status.client_alive ~= nil
-    local limit = beats and M.CLIENT_SILENCE_S or settings.watchdog_s + M.CLIENT_REPORT_GRACE_S
+    local limit = settings.watchdog_s + M.CLIENT_REPORT_GRACE_S
+    if job.last_status ~= nil and job.last_status.client_alive ~= nil then
+      limit = math.min(limit, M.CLIENT_SILENCE_S)
+    end
     if now - job.last_change <= limit then return false end
     cancel_job()
-    cancel_in_engine()
+    local asked = cancel_in_engine() and "asked the engine to cancel the job" or
+      "could not ask the engine to cancel the job (it had not named it yet)"
     end_job({ state = "error", message = string.format(
       "No sign of life from the StepFoley client for %d s: its status file did not change%s (was its window " ..
-      "closed?), so StepFoley stopped waiting and asked the engine to cancel the job. Should the engine finish it " ..
-      "all the same, its stem goes to\n%s\n\nCheck the engine window or run \"StepFoley: Engine status\".",
-      math.floor(limit), problem, job.spec.folders.output_dir) })
+      "closed?), so StepFoley stopped waiting and %s. Should the engine make it all the same, its stem goes " ..
+      "to\n%s\n\nCheck the engine window or run \"StepFoley: Engine status\".",
+      math.floor(limit), problem, asked, job.spec.folders.output_dir) })
     return true
   end
 

@@ -70,9 +70,11 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", never)
     (tmp_path / "a-file").write_text("mine")
-    weights = tmp_path / "mmaudio"  # a flow network and no ControlNet
+    weights = tmp_path / "mmaudio"  # a flow network, and a ControlNet for another one only
     (weights / "weights").mkdir(parents=True)
     (weights / "weights" / "mmaudio_small_16k.pth").write_bytes(b"")
+    (weights / "controlnets").mkdir()
+    (weights / "controlnets" / "large_44k_v2.safetensors").write_bytes(b"")
     out = tmp_path / "demo"
     cases = [(["--tracks", "0"], "--tracks 0: give 1 to 4"), (["--tracks", "5"], "--tracks 5: give 1 to 4"),
              (["--steps", "0"], "--steps 0: give 1 to 200"), (["--steps", "201"], "--steps 201: give 1 to 200"),
@@ -82,7 +84,7 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--out", str(tmp_path / "a-file" / "runs" / "demo")], "a-file is not a folder you can write to"),
              (["--weights", str(tmp_path / "a-file")], "is a file: give the folder"),
              (["--weights", str(tmp_path)], "No MMAudio flow network found in"),  # not "train a ControlNet"
-             (["--weights", str(weights)], "No NAG ControlNet in"),
+             (["--weights", str(weights)], "controlnets for small_16k. The demo sets"),  # what the loader loads
              (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),
              (["--threads", "100000"], "thread count (--threads) must be 1 to"),
              (["--feature-cache", ""], "(--feature-cache) is empty")]

@@ -1769,4 +1769,5 @@ def test_engine_status_when_engine_is_down(world):
     [status] = result["messages"]
     assert "NOT answering" in status["message"] and "stepfoley serve --port 9017" in status["message"]
     # a window still open is an engine hung or paused (SIGSTOP), where starting another fails
-    assert "an engine window that is open but does not answer is hung or paused" in status["message"]
+    assert "if an engine window is open, check its port and token; one that shows no activity may be hung" \
+        in status["message"]

@@ -221,6 +221,21 @@ def test_regenerate_over_another_time_leaves_them_out_and_says_so(world):
     assert "generating without them" in result["console"]
 
 
+def test_regenerate_keeps_them_in_a_project_moved_with_its_media(world):
+    """The project and its media moved to another drive: the take's metadata holds the old path
+    of the same video file, and the controls were dropped as if over another picture."""
+    layer = controlled_layer(world)
+    meta = json.loads(layer["items"][0]["takes"][0]["ext"]["stepfoley_metadata"])
+    meta["region"]["video"] = "/Volumes/OldDrive/project/" + world["video"].name
+    layer["items"][0]["takes"][0]["ext"]["stepfoley_metadata"] = json.dumps(meta)
+    sc = h.scenario(world, dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}],
+                    extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    request = h.job_request(result)
+    assert request["loudness_curve"] == [[0, -30], [2.5, -20]] and request["picture_region"] == [0, 0, 0.5, 1]
+    assert "generating without them" not in result["console"]
+
+
 @pytest.mark.parametrize("picture_at, layer_at, kept", [(4.0, 5.0, True), (1.5, 3.0, False)],
                          ids=["rippled-together", "picture-moved-alone"])
 def test_regenerate_keeps_them_over_the_same_picture_wherever_it_now_is(world, picture_at, layer_at, kept):

@@ -257,12 +257,15 @@ def test_progress_without_phase_counts_steps(world):
 
 def test_any_change_of_the_status_file_is_a_sign_of_life(world):
     # waiting in the engine's queue: only queue_position changes, every 4 s (fake time), for
-    # 24 s; the watchdog allows 2 s + the client's grace of 10 s of silence
+    # 24 s; the watchdog allows 2 s + the client's grace of 10 s of silence (a client without
+    # `client_alive`: with it, the limit is no longer than that either)
     extstate = h.extstate(world, watchdog_s="2")
     sc = h.scenario(world, extstate=extstate, clock_rate=4, max_s=240)
-    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "queue"})
-    assert result["messages"] == [] and len(h.new_tracks(result)) == 1
-    assert result["elapsed_s"] > 12  # longer than the whole watchdog
+    for client in ("old", "new"):
+        result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "queue",
+                                                             "STEPFOLEY_STANDIN_CLIENT": client})
+        assert result["messages"] == [] and len(h.new_tracks(result)) == 1, client
+        assert result["elapsed_s"] > 12  # longer than the whole watchdog
 
 
 def test_silent_engine_is_reported_by_the_client(world):

@@ -31,7 +31,8 @@ video takes. Scene seeds are SCENE_SEED_BASE + seed * SCENES_PER_SEED + i, below
 DEVELOPMENT_SCENE_BASE (the scenes α is chosen on, evaluation.calibration) and disjoint from
 the base model's training seeds [0, 100000) and the evaluation networks' clips. The README
 reports --seed 0 as the test scenes; the design choices it describes were measured on --seed 1
-(its "development scenes"), so a claim should never be checked there.
+(its "development scenes"; the exceptions it names were judged on the test scenes), so a claim
+should never be checked there.
 """
 
 from __future__ import annotations

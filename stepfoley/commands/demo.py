@@ -92,12 +92,10 @@ def _check_controlnet(weights: str | None, variant: str | None) -> None:
     if weights is None:
         return
     report = check_weights_dir(weights, verify=False)
-    chosen_variant(report, variant)
+    chosen = chosen_variant(report, variant)  # the variant the loader will load, and its ControlNet file
     folder = report.root / "controlnets"
-    wanted = [folder / f"{variant}.safetensors"] if variant else list(folder.glob("*.safetensors"))
-    if not any(p.is_file() for p in wanted):
-        raise InvalidInputError(f"No NAG ControlNet in {folder}{f' for {variant}' if variant else ''}. "
-                                + NEEDS_CONTROLNET)
+    if not (folder / f"{chosen}.safetensors").is_file():
+        raise InvalidInputError(f"No NAG ControlNet in {folder} for {chosen}. " + NEEDS_CONTROLNET)
 
 
 def track_table(tracks: list[dict]) -> str:
