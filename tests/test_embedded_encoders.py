@@ -284,6 +284,27 @@ def test_motion_features_peak_when_the_lamp_switches():
     assert min(at_switch) > 5 * max(steady) + 1e-6
 
 
+@pytest.mark.parametrize("n_frames", [119, 77, 200])
+def test_motion_lands_at_its_own_time_whatever_the_regions_length(n_frames):
+    """The network spreads the motion steps over the whole audio: a flash in a 4.76 s region (119
+    frames, of which MMAudio's windows cover 112) came out up to 0.26 s late toward its end, since
+    only the covered frames were sampled. Each flash now lands within a latent frame of its time
+    (an 8 s window, 200 frames, all the model was trained on, is covered whole either way)."""
+    from stepfoley.engine.mmaudio import sync_upsample_index
+
+    flashes = list(range(6, n_frames - 2, 12))
+    frames = torch.full((n_frames, 3, 64, 64), 40, dtype=torch.uint8)
+    frames[flashes] = 250
+    _, sync_f = EmbeddedVideoEncoder().encode_frames(frames)
+    seconds = n_frames / 25
+    latents = math.ceil(seconds * 16000 / 512)  # the embedded codec's grid: 32 ms a latent
+    energy = sync_f[0, sync_upsample_index(sync_f.shape[1], latents), 60].numpy()  # (latents,) |frame difference|
+    for flash in flashes:
+        near = slice(max(0, round(flash / 25 * latents / seconds) - 4), round(flash / 25 * latents / seconds) + 5)
+        peak = near.start + int(np.argmax(energy[near]))
+        assert abs((peak + 0.5) * seconds / latents - flash / 25) <= 0.032 + 0.04 + 1e-9, (flash, peak)
+
+
 def test_video_features_from_a_real_file_match_the_frames(tmp_path):
     scene = make_scene(13, duration=3.0)
     video = write_scene(scene, tmp_path / "s", mux_audio=False)["video"]

@@ -109,10 +109,14 @@ def motion_features(frames: torch.Tensor) -> torch.Tensor:
 
 def resample_to_sync_grid(per_frame: torch.Tensor, n_steps: int) -> torch.Tensor:
     # per_frame: (B, T, D) at 25 fps -> (B, n_steps, D): linear interpolation at the centres of
-    # n_steps equal slices of the frames the Synchformer windows cover.
+    # n_steps equal slices of all the frames. The network spreads the steps over the whole
+    # audio, so they must span the whole picture: MMAudio's Synchformer windows cover only
+    # (segments - 1) * 8 + 16 frames, up to 7 fewer than a region that is not 0.64 + 0.32 k s
+    # long, and sampling only those put picture time t at audio time t * frames / covered (a
+    # 4.76 s region's lamp blinked up to 0.26 s late by its end). An 8 s window, all the model
+    # was trained on, is covered whole: the same steps either way.
     n_frames = per_frame.shape[1]
-    covered = (n_steps // TOKENS_PER_SEGMENT - 1) * SEGMENT_STRIDE + SEGMENT_FRAMES
-    position = ((torch.arange(n_steps, dtype=torch.float64) + 0.5) * covered / n_steps - 0.5).clamp(0, n_frames - 1)
+    position = ((torch.arange(n_steps, dtype=torch.float64) + 0.5) * n_frames / n_steps - 0.5).clamp(0, n_frames - 1)
     left = position.floor().long()
     right = (left + 1).clamp(max=n_frames - 1)
     frac = (position - left).to(per_frame.dtype).to(per_frame.device)[None, :, None]
@@ -130,7 +134,7 @@ class EmbeddedVideoEncoder:
 
     clip_dim = CLIP_DIM
     sync_dim = SYNC_DIM
-    encoder_id = f"embedded-video-v1|clip{CLIP_DIM}@{CLIP_FPS}|sync{SYNC_DIM}@{SYNC_FPS}|{FRAME_SIZE}px"
+    encoder_id = f"embedded-video-v2|clip{CLIP_DIM}@{CLIP_FPS}|sync{SYNC_DIM}@{SYNC_FPS}|{FRAME_SIZE}px"
 
     def encode_frames(self, frames: torch.Tensor, duration_s: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # frames: (T, 3, H, W) or (B, T, 3, H, W) uint8 at 25 fps (engine.video.read_region's layout)
