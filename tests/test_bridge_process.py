@@ -247,6 +247,52 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
             proc.wait()
 
 
+HANG_SWEEP = """
+import threading
+from stepfoley.engine import output_folders
+def hangs():  # a remembered folder on a share that does not answer (a hard NFS mount)
+    threading.Event().wait()
+output_folders.sweep = hangs
+"""
+
+
+def test_a_remembered_folder_that_does_not_answer_does_not_hold_the_engine(tmp_path):
+    """The start-up sweep of the folders the engine wrote to lately ran before the model loaded:
+    a folder that did not answer held the engine there, "loading", deaf to a stop. It runs beside
+    the serving now: the engine loads, answers and stops cleanly while it hangs."""
+    import socket
+
+    (tmp_path / "sitecustomize.py").write_text(HANG_SWEEP)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+                             "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    peer = RawPeer(port)
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: loading on a loaded machine
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "never ready"
+            peer.send(protocol.STATUS, peer.port, "s", "")
+            try:
+                address, args = peer.receive(timeout=0.05)
+            except OSError:
+                continue
+            if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Engine stopped." in err and "Traceback" not in err, err
+    finally:
+        peer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def serving(tmp_path, launcher=("-m", "stepfoley"), **popen):
     """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it;

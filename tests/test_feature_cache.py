@@ -642,12 +642,25 @@ def test_the_cache_and_the_state_are_readable_by_this_user_only(tmp_path, monkey
     # their files name the user's videos and output folders (another user on the machine could list them)
     old_umask = os.umask(0o022)
     try:
-        monkeypatch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "cache"))
+        monkeypatch.delenv("STEPFOLEY_CACHE_DIR", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
         default_feature_cache_dir().mkdir(parents=True, mode=0o755)        # made readable by an earlier version
         assert open_feature_cache().cache_dir.stat().st_mode & 0o777 == 0o700
         assert open_feature_cache(tmp_path / "new" / "chosen").cache_dir.stat().st_mode & 0o777 == 0o700
         (tmp_path / "shared").mkdir(mode=0o755)                             # the user's own choice stays
         assert open_feature_cache(tmp_path / "shared").cache_dir.stat().st_mode & 0o777 == 0o755
+        # a team's cache, named by $STEPFOLEY_CACHE_DIR or linked in at the default place: its
+        # group's rights and setgid bit stay (they were taken away, and other users refused)
+        (tmp_path / "team" / "features").mkdir(parents=True)
+        for folder in (tmp_path / "team", tmp_path / "team" / "features"):
+            folder.chmod(0o2775)
+        monkeypatch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "team"))
+        assert open_feature_cache().cache_dir.stat().st_mode & 0o7777 == 0o2775
+        monkeypatch.delenv("STEPFOLEY_CACHE_DIR")
+        default_feature_cache_dir().rmdir()
+        default_feature_cache_dir().symlink_to(tmp_path / "team" / "features")
+        assert open_feature_cache().cache_dir.stat().st_mode & 0o7777 == 0o2775
         from stepfoley.engine import output_folders
 
         monkeypatch.delenv("STEPFOLEY_STATE_DIR", raising=False)

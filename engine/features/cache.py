@@ -373,7 +373,8 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
         return FeatureCache()
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
     try:
-        make_private_dir(directory, ours=folder is None)  # its entries name the user's videos
+        # its entries name the user's videos; $STEPFOLEY_CACHE_DIR is a folder the user chose
+        make_private_dir(directory, ours=folder is None and not os.environ.get("STEPFOLEY_CACHE_DIR"))
         usable = can_make_file_in(directory)
         reason = "it is not writable"
     except OSError as error:

@@ -36,6 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="log every dropped packet")
 
 
+def _sweep_in_background() -> None:
+    """Remove the temp files a killed engine left in the folders it wrote to lately, beside the
+    serving: a remembered folder that does not answer (a network share offline, a hard NFS mount)
+    held the engine before it loaded its model, deaf to a stop. Temp files of this engine's own
+    writers are held locked, and left (stepfoley.atomic)."""
+    from stepfoley.engine import output_folders
+
+    def sweep() -> None:
+        for path in output_folders.sweep():
+            # said as far as anyone reads it: the terminal may close at any time
+            say(f"Removed an unfinished stem left by a stopped engine: {path}", sys.stderr)
+
+    threading.Thread(target=sweep, name="stepfoley-sweep", daemon=True).start()
+
+
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge.auth import TokenError, resolve_token
     from stepfoley.bridge.server import (ConfigError, EngineServer, ServerConfig, is_loopback,
@@ -105,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
         server.start()  # inside: its thread answers at once, and a signal may come before start() returns
         # the engine's modules load torch (seconds): a signal meanwhile is a stop while loading too
         from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
-        from stepfoley.engine import output_folders
         from stepfoley.engine.devices import share_cpu  # torch's import (seconds) stays interruptible
         from stepfoley.engine.service import build_service
 
@@ -122,10 +136,6 @@ def run(args: argparse.Namespace) -> int:
         if stop_asked.is_set():
             raise KeyboardInterrupt
 
-        # temp files a killed engine left in the folders it wrote to lately
-        # said as far as anyone reads it: the terminal may close at any time (SIGHUP stops cleanly)
-        for path in output_folders.sweep():
-            say(f"Removed an unfinished stem left by a stopped engine: {path}", sys.stderr)
         say("Loading the model...", sys.stderr)
         cpu = share_cpu(args.threads, args.nice)
         service = build_service(weights_dir=args.weights, device=args.device, model=args.model,
@@ -163,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
         say(f"No token: any user of this machine can send it requests. On a shared machine, put one in "
             f"{token_file_path()} (docs/osc-protocol.md, Security).", sys.stderr)
+    _sweep_in_background()
     serve_until_signalled(server)  # its own handlers from here on
     restore_handlers()
     say("Engine stopped.", sys.stderr)
