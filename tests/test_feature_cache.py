@@ -236,7 +236,7 @@ def test_an_entry_name_that_is_a_link_is_not_followed(tmp_path):
     assert not path.is_symlink() and (elsewhere / path.name).is_file()  # the link replaced, its target kept
 
 
-@pytest.mark.parametrize("damage", ["name", "dtype", "nan", "shape"])
+@pytest.mark.parametrize("damage", ["name", "dtype", "nan", "shape", "value"])
 def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_path, damage):
     """One byte of a header can turn item0 into another name or float32 into int32, and damaged
     data can hold NaN: such an entry still loads, but is not what was written. An entry rewritten
@@ -255,6 +255,8 @@ def test_an_entry_damaged_inside_a_header_that_still_parses_is_recomputed(tmp_pa
         tensors["item0"] = tensors["item0"].to(torch.int32)
     elif damage == "nan":
         tensors["item0"][0, 0, 0] = float("nan")
+    elif damage == "value":  # a flipped bit or a zeroed block stays finite: it was read as features
+        tensors["item0"][0, 0, 0] = 0.0
     else:
         tensors["item0"] = tensors["item0"][:, :40]
     save_file(tensors, str(path), metadata=metadata)
@@ -304,6 +306,40 @@ def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):
     # an entry larger than the whole cap is not written at all
     FeatureCache(cache_dir=folder, max_disk_bytes=100).get_or_compute_region(video, 5.0, 6.0, "enc", fake_features(0))
     assert len(entries(folder)) == 2
+
+
+def test_entries_used_in_the_future_go_first(tmp_path):
+    """After the clock was set back, entries last used "in the future" sorted as the most recent
+    for good: they stayed, and the live ones pushed each other out, computed again each time."""
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    cache = FeatureCache(cache_dir=folder)
+    for start in (0.0, 1.0):
+        cache.get_or_compute_region(video, start, start + 1, "enc", fake_features(start))
+    ahead, live = (cache._disk_path(region_key(video, s, s + 1, "enc")) for s in (0.0, 1.0))
+    year = time.time() + 365 * 86400
+    os.utime(ahead, (year, year))
+    restarted = FeatureCache(cache_dir=folder, max_disk_bytes=int(2.5 * live.stat().st_size))
+    restarted.get_or_compute_region(video, 2.0, 3.0, "enc", fake_features(2.0))  # a third: one must go
+    assert live.exists() and not ahead.exists()
+
+
+def test_a_file_copied_over_the_video_with_its_times_is_another_picture(tmp_path):
+    """`cp -p`, `rsync -a` or a tool that stamps fixed times give a replacement its predecessor's
+    mtime, and its size may match: the old picture's features were used for the new one."""
+    import shutil
+
+    video, other = tmp_path / "picture.mp4", tmp_path / "other.mp4"
+    video.write_bytes(b"the first cut")
+    other.write_bytes(b"the final cut")  # the same size
+    os.utime(video, (1_000, 1_000))
+    os.utime(other, (1_000, 1_000))
+    before = region_key(video, 0.0, 1.0, "enc")
+    os.replace(tmp_path / shutil.copy2(other, tmp_path / "copy.mp4"), video)  # the same size and mtime
+    assert video.stat().st_size == len(b"the first cut") and video.stat().st_mtime == 1_000
+    assert region_key(video, 0.0, 1.0, "enc") != before
+    assert region_key(video, 0.0, 1.0, "enc") == region_key(video, 0.0, 1.0, "enc")
 
 
 def test_a_memory_hit_keeps_the_file_recently_used(tmp_path):

@@ -2,8 +2,9 @@
 first one over the same picture region skips decoding, CLIP and Synchformer, and so does an
 engine restarted later (with MMAudio's encoders on a CPU, one 8 s region costs minutes).
 
-One key, `region_key`: the video's resolved path, size and mtime_ns (re-exporting it under the
-same name changes its size or mtime and so misses), the region's start and end in whole
+One key, `region_key`: the video's resolved path, size, mtime_ns, ctime_ns, device and inode
+(re-exporting it under the same name, or copying another file over it with its times kept,
+misses), the region's start and end in whole
 microseconds (the same DAW selection sent twice must hit, float noise must not matter), the
 encoder's `encoder_id` (its weights and frame geometry), and FEATURES_VERSION (how frames are
 taken from a file: features from an older way are other features).
@@ -13,8 +14,8 @@ that survives restarts (`open_feature_cache` puts it under the user's cache fold
 - an entry is written under a temporary name and renamed, so a reader (this engine or
   another one sharing the folder) never sees half a file;
 - a file under the name of the entry being read that does not load, or that holds another
-  key or another format, or tensors other than the ones written or values that are not finite
-  (damaged, foreign), is removed and computed again;
+  key or another format, or tensors other than the ones written, values that are not finite
+  or bytes other than its digest's (damaged, foreign), is removed and computed again;
 - reading an entry refreshes its mtime; after each write the least recently used entries go
   until the folder holds at most `max_disk_bytes` of them;
 - the folder may be one the user also keeps other files in: only the cache's own files are
@@ -77,11 +78,14 @@ _TUPLE_PREFIX = "item"
 _HEADER_ROOM_BYTES = 2**20  # an entry's file: its tensors (at most the cap) and a header of names, shapes and key
 
 
-def file_identity(path: str | Path) -> tuple[str, int, int]:
-    """(resolved path, size, mtime_ns); raises OSError when the file cannot be stat'ed."""
+def file_identity(path: str | Path) -> tuple[str, int, int, int, int, int]:
+    """(resolved path, size, mtime_ns, ctime_ns, device, inode); raises OSError when the file
+    cannot be stat'ed. Size and mtime alone took another file for this one: `cp -p`, `rsync
+    -a` and tools that stamp fixed times give a replacement its predecessor's mtime, and its
+    size may match; no one sets a ctime, and a replaced file is another inode."""
     path = Path(path).resolve()
     stat = path.stat()
-    return (str(path), stat.st_size, stat.st_mtime_ns)
+    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_dev, stat.st_ino)
 
 
 def region_key(path: str | Path, start_s: float, end_s: float, encoder_id: str) -> tuple:
@@ -125,6 +129,17 @@ def _check_entry(features: Features, meta: dict) -> None:
     for t in features.values():
         if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
             raise ValueError("its values are damaged")
+    # a flipped bit or a zeroed block of a disk stays finite, and changed the audio unseen
+    if "sha256" in meta and meta["sha256"] != _digest(features):
+        raise ValueError("its values are not the ones written")
+
+
+def _digest(features: Features) -> str:
+    """sha256 of the tensors' bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(features):
+        digest.update(features[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _shapes_text(features: Features) -> str:
@@ -299,7 +314,7 @@ class FeatureCache:
         if path is None or _nbytes(features) > self.max_disk_bytes:
             return
         metadata = {"format": DISK_FORMAT, "key": _key_text(key), "names": json.dumps(sorted(features)),
-                    "shapes": _shapes_text(features)}
+                    "shapes": _shapes_text(features), "sha256": _digest(features)}
         try:
             # made again if it went meanwhile (a cache cleaner): private, as open_feature_cache made it
             make_private_dir(path.parent, ours=False)
@@ -321,6 +336,7 @@ class FeatureCache:
         temporary files of entries that killed engines left; nothing else (see the module's
         docstring)."""
         entries, now = [], time.time()
+        now_ns = time.time_ns()
         try:
             scan = list(os.scandir(self.cache_dir))
         except OSError:
@@ -333,14 +349,18 @@ class FeatureCache:
             if _written_by_someone_else(info):
                 continue  # another user's: neither counted nor removed
             if stat.S_ISDIR(info.st_mode) and _ENTRY_NAME.fullmatch(temp_target(entry.name) or ""):
-                if now - info.st_mtime > _STALE_TEMP_S:  # an entry's private temporary folder (atomic)
+                # an entry's private temporary folder (atomic); a time far ahead is a clock set back since
+                if abs(now - info.st_mtime) > _STALE_TEMP_S:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 continue
             if not stat.S_ISREG(info.st_mode):
                 continue  # a folder, link, pipe or device named like one: never an entry, never opened
             if _ENTRY_NAME.fullmatch(entry.name):
-                entries.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
-            elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and now - info.st_mtime > _STALE_TEMP_S:
+                # last used in the future: a clock set back since; such entries stayed, the most
+                # recent forever, and the live ones pushed each other out
+                used = info.st_mtime_ns if info.st_mtime_ns <= now_ns else 0
+                entries.append((used, info.st_size, Path(entry.path)))
+            elif _ENTRY_NAME.fullmatch(temp_target(entry.name) or "") and abs(now - info.st_mtime) > _STALE_TEMP_S:
                 _remove(Path(entry.path))
         if sum(size for _, size, _ in entries) <= self.max_disk_bytes:
             return
