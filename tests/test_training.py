@@ -3,6 +3,7 @@ and a 2-process DistributedDataParallel run on the CPU with gloo)."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -526,6 +527,59 @@ def test_weights_that_appeared_at_out_during_training_are_kept(tmp_path, monkeyp
     parse = build_parser().parse_args  # with --force, or no --out (the packaged weights), it is replaced
     assert _may_replace_out(parse(command[:-4] + command[-2:] + ["--out", str(out), "--force"]))
     assert _may_replace_out(parse(command[:-4] + command[-2:]))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "a folder", "a list", "no trainable"])
+def test_a_damaged_checkpoint_is_said_in_words(tmp_path, damage):
+    """Each was a traceback (OSError, IsADirectoryError, AttributeError, KeyError 'trainable');
+    a checkpoint cut short to a few bytes was already said."""
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.lab.training.trainer import read_checkpoint
+
+    last = tmp_path / "last.pt"
+    if damage == "cut short":
+        torch.save({"step": 1, "trainable": {"w": torch.zeros(4096)}}, last)
+        with open(last, "r+b") as f:
+            f.truncate(5000)
+    elif damage == "a folder":
+        last.mkdir()
+    elif damage == "a list":
+        torch.save([1, 2], last)
+    else:
+        torch.save({"step": 1}, last)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))} cannot be resumed from.*Delete it to start"):
+        read_checkpoint(last)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "a folder"])
+def test_a_damaged_features_file_is_rebuilt_or_said(tmp_path, monkeypatch, damage):
+    """A features file cut short raised SafetensorError's traceback; it is rebuilt, as an old one is.
+    One that cannot be removed (a folder under its name) is said in words."""
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.training import embedded as training
+
+    class Rebuilding(Exception):
+        pass
+
+    def rebuild(*args, **kwargs):
+        raise Rebuilding
+
+    monkeypatch.setattr(training, "build_embedded_data", rebuild)
+    features = tmp_path / "features.safetensors"
+    if damage == "cut short":
+        features.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    else:
+        (features / "inside").mkdir(parents=True)
+    said = []
+    with pytest.raises(Rebuilding if damage == "cut short" else InvalidInputError) as raised:
+        training._training_data(build_embedded_model(random_weights=True), training.EmbeddedRecipe(), tmp_path, 0, 1,
+                                said.append)
+    assert any(f"{features} cannot be read" in line and "Rebuilding it." in line for line in said), said
+    if damage == "cut short":
+        assert not features.exists()
+    else:
+        assert "cannot be removed" in str(raised.value) and features.is_dir()
 
 
 @pytest.mark.slow

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData,
                                                    StaleFeaturesError, base_batches, build_embedded_data, controlnet_batches,
                                                    held_out_controlnet_losses, held_out_loudness_losses)
@@ -284,6 +285,14 @@ def _split_shaping(data_recipe: dict) -> tuple[dict, dict]:
     return {k: v for k, v in data_recipe.items() if k not in shaping}, shaping
 
 
+def _remove_features(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as error:
+        raise InvalidInputError(f"{path}, which the training data is rebuilt into, cannot be removed "
+                                f"({error.strerror or error}); remove it, or choose another --work folder.") from None
+
+
 def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, world: int, log) -> EmbeddedData:
     """The recipe's features, read from work_dir/features.safetensors or rendered there first
     (again when the file is from an older recipe)."""
@@ -295,7 +304,10 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
                 EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
             except StaleFeaturesError as stale:
                 log(f"{stale} Rebuilding it.")
-                features_path.unlink()
+                _remove_features(features_path)
+            except (SafetensorError, OSError, ValueError) as error:  # cut short, damaged, a folder
+                log(f"{features_path} cannot be read ({error}). Rebuilding it.")
+                _remove_features(features_path)
         if not features_path.exists():
             data = build_embedded_data(model, recipe.data, first_training_seed(recipe.data.seed),
                                        workers=recipe.data_workers, log=log)

@@ -83,13 +83,25 @@ def _settings(config: TrainConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in ("checkpoint_every", "log_every")}
 
 
-def read_checkpoint(last: Path) -> dict:
-    """A run's last.pt; CheckpointError where it cannot be resumed from."""
+# what every checkpoint `train` writes holds
+_CHECKPOINT_KEYS = ("step", "trainable", "optimizer", "scheduler", "ema", "snapshots", "generator")
+
+
+def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> dict:
+    """A run's last.pt; CheckpointError where it cannot be resumed from: a file cut short or
+    damaged (torch raises several kinds), a folder, or a file that is no checkpoint of `train`
+    (each was a traceback): not a dictionary, or one without the `needed` entries."""
     try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
-        return torch.load(last, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
                               "over, or choose another --work folder.") from None
+    missing = ["anything"] if not isinstance(state, dict) else [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"{last} cannot be resumed from: it is no training checkpoint of StepFoley (it has no "
+                              f"{', '.join(missing)}). Delete it to start this training over, or choose another "
+                              "--work folder.")
+    return state
 
 
 def settings_changed(checkpoint_dir: Path, config: TrainConfig) -> list[str]:
@@ -99,7 +111,7 @@ def settings_changed(checkpoint_dir: Path, config: TrainConfig) -> list[str]:
     last = checkpoint_dir / "last.pt"
     if not last.exists():
         return []
-    recorded, wanted = read_checkpoint(last).get("config") or {}, _settings(config)
+    recorded, wanted = read_checkpoint(last, needed=()).get("config") or {}, _settings(config)
     return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
 
 
