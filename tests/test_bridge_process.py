@@ -191,6 +191,22 @@ def test_the_engine_answers_while_torch_imports_and_a_signal_then_is_a_clean_sto
             proc.wait()
 
 
+def serve_with(tmp_path, sitecustomize: str, **popen) -> tuple[subprocess.Popen, int]:
+    """`stepfoley serve` with the test model, `sitecustomize` run first in its Python; and its port."""
+    import socket
+
+    (tmp_path / "sitecustomize.py").write_text(sitecustomize)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
+                             "--feature-cache", "off", "--threads", "1", "--nice", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, **popen)
+    return proc, port
+
+
 HOLD_SERVE = """
 import time
 from stepfoley.bridge.server import EngineServer
@@ -213,17 +229,7 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
     """`stepfoley serve`'s main thread held (5 s, as a loaded machine may hold it) just after
     the server's thread starts, or just after the model is attached: a signal there used to end
     the command 130, "stopped (Ctrl-C)", outside the handling of either phase."""
-    import socket
-
-    (tmp_path / "sitecustomize.py").write_text(HOLD_SERVE.format(method=held_in))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
-                             "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    proc, port = serve_with(tmp_path, HOLD_SERVE.format(method=held_in), stdout=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     peer = RawPeer(port)
     try:
@@ -260,29 +266,10 @@ def test_a_remembered_folder_that_does_not_answer_does_not_hold_the_engine(tmp_p
     """The start-up sweep of the folders the engine wrote to lately ran before the model loaded:
     a folder that did not answer held the engine there, "loading", deaf to a stop. It runs beside
     the serving now: the engine loads, answers and stops cleanly while it hangs."""
-    import socket
-
-    (tmp_path / "sitecustomize.py").write_text(HANG_SWEEP)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "serve", "--model", "tiny-random", "--port", str(port),
-                             "--feature-cache", "off", "--threads", "1", "--nice", "0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc, port = serve_with(tmp_path, HANG_SWEEP, stdout=subprocess.DEVNULL)
     peer = RawPeer(port)
     try:
-        deadline = time.monotonic() + 120  # a hang guard: loading on a loaded machine
-        while True:
-            assert time.monotonic() < deadline and proc.poll() is None, "never ready"
-            peer.send(protocol.STATUS, peer.port, "s", "")
-            try:
-                address, args = peer.receive(timeout=0.05)
-            except OSError:
-                continue
-            if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
-                break
+        wait_until_idle(proc, peer, limit_s=120)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "Engine stopped." in err and "Traceback" not in err, err
@@ -291,6 +278,20 @@ def test_a_remembered_folder_that_does_not_answer_does_not_hold_the_engine(tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wait_until_idle(proc: subprocess.Popen, peer: RawPeer, limit_s: float = 300) -> None:
+    """Until the engine answers /status idle (its model loaded); `limit_s` guards a hang."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "not idle"
+        peer.send(protocol.STATUS, peer.port, "s", "")
+        try:
+            address, args = peer.receive(timeout=0.05)
+        except OSError:
+            continue
+        if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
+            return
 
 
 @contextlib.contextmanager
@@ -307,16 +308,7 @@ def serving(tmp_path, launcher=("-m", "stepfoley"), **popen):
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path,
                             **popen)
     peer = RawPeer(port)
-    deadline = time.monotonic() + 300  # a hang guard: loading on a loaded machine
-    while True:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-        peer.send(protocol.STATUS, peer.port, "s", "")
-        try:
-            address, args = peer.receive(timeout=0.05)
-        except OSError:
-            continue
-        if address == protocol.STATUS_REPLY and json.loads(args[1])["state"] == "idle":
-            break
+    wait_until_idle(proc, peer)
     try:
         yield proc, peer
     finally:

@@ -287,14 +287,19 @@ def test_a_folder_that_can_no_longer_be_read_is_a_miss(tmp_path, monkeypatch):
     assert calls == [1]
 
 
-def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):
+def two_entries_on_disk(tmp_path):
+    """(video, folder, the entries of its 0-1 s and 1-2 s) written by a cache in tmp_path/features."""
     video = tmp_path / "picture.mp4"
     video.write_bytes(b"x")
     folder = tmp_path / "features"
     cache = FeatureCache(cache_dir=folder)
     for start in (0.0, 1.0):
         cache.get_or_compute_region(video, start, start + 1, "enc", fake_features(start))
-    a, b = (cache._disk_path(region_key(video, s, s + 1, "enc")) for s in (0.0, 1.0))
+    return video, folder, [cache._disk_path(region_key(video, s, s + 1, "enc")) for s in (0.0, 1.0)]
+
+
+def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):
+    video, folder, (a, b) = two_entries_on_disk(tmp_path)
     size = a.stat().st_size
     os.utime(a, (1_000, 1_000))  # a is older than b ...
     os.utime(b, (2_000, 2_000))
@@ -311,13 +316,7 @@ def test_the_size_cap_removes_the_least_recently_used_files(tmp_path):
 def test_entries_used_in_the_future_go_first(tmp_path):
     """After the clock was set back, entries last used "in the future" sorted as the most recent
     for good: they stayed, and the live ones pushed each other out, computed again each time."""
-    video = tmp_path / "picture.mp4"
-    video.write_bytes(b"x")
-    folder = tmp_path / "features"
-    cache = FeatureCache(cache_dir=folder)
-    for start in (0.0, 1.0):
-        cache.get_or_compute_region(video, start, start + 1, "enc", fake_features(start))
-    ahead, live = (cache._disk_path(region_key(video, s, s + 1, "enc")) for s in (0.0, 1.0))
+    video, folder, (ahead, live) = two_entries_on_disk(tmp_path)
     year = time.time() + 365 * 86400
     os.utime(ahead, (year, year))
     restarted = FeatureCache(cache_dir=folder, max_disk_bytes=int(2.5 * live.stat().st_size))
