@@ -373,7 +373,8 @@ def test_service_writes_new_stems_at_the_project_rate(tiny, scene_video, tmp_pat
 def test_a_varispeeded_or_lower_rate_stem_still_leaves_at_a_stems_loudness(scene_video, tmp_path, playrate,
                                                                            sample_rate):
     """K-weighted loudness moves with the spectrum: a stem at playrate 0.25 or at 8 kHz came out
-    2-4.5 dB under -23 LUFS, its peaks leaving room (the trained model, as a user hears it)."""
+    2-4.5 dB under -23 LUFS, its peaks leaving room (the trained model, as a user hears it). It is
+    brought back where its peaks leave room: short of -23 LUFS only with them at the ceiling."""
     from stepfoley.engine.embedded.model import build_embedded_model
     request = _request(scene_video, tmp_path, caption="rain falling", steps=4, sample_rate=sample_rate,
                        format="wav32f")
@@ -381,8 +382,10 @@ def test_a_varispeeded_or_lower_rate_stem_still_leaves_at_a_stems_loudness(scene
     stem = _serve(FoleyService(build_embedded_model()), request)
     data, rate = sf.read(stem["stem_path"], dtype="float32")
     assert rate == sample_rate and len(data) == round(2.0 / playrate * sample_rate)
-    assert mixing.integrated_loudness(data[None], rate) == pytest.approx(mixing.STEM_LUFS, abs=0.3)
-    assert mixing.true_peak(data[None], rate) <= mixing.STEM_CEILING_DBTP + 1e-3
+    lufs, peak = mixing.integrated_loudness(data[None], rate), mixing.true_peak(data[None], rate)
+    assert lufs == pytest.approx(mixing.STEM_LUFS, abs=0.3) or (
+        lufs < mixing.STEM_LUFS and peak >= mixing.STEM_CEILING_DBTP - 0.05), (lufs, peak)
+    assert peak <= mixing.STEM_CEILING_DBTP + 1e-3
 
 
 def test_a_peaky_stem_the_limiter_left_under_a_stems_loudness_is_not_limited_harder_when_varispeeded(tmp_path):
