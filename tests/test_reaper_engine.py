@@ -142,8 +142,11 @@ FOLLOW = "StepFoley_Generate Foley track following selected envelope.lua"
 def test_the_envelope_action_shapes_the_stem_with_real_engine(engine, world):
     """A Volume envelope at -12 dB until 4.0 s, then 0 dB, over the selection 3.0-5.0 s: the
     stem the real engine returns is about 12 dB quieter in its first second than in its second,
-    and its metadata says how the curve was applied."""
+    and its metadata says how the curve was applied. No layer to negate: the test model's random
+    network, extrapolated by NAG, decodes tens of dB over full scale, past the automation's 60 dB
+    of cut, so the limiter, not the curve, would set its level (a property of random weights)."""
     sc = scenario(world, engine)
+    sc["tracks"] = sc["tracks"][:1]
     sc["actions"] = [{"script": FOLLOW}]
     sc["tracks"].append({"name": "Loudness", "items": [], "envelopes": [{
         "name": "Volume", "scaling_mode": 1, "selected": True,
