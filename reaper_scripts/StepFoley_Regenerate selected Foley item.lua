@@ -6,7 +6,8 @@ and the method and values you had chosen; a new random seed unless you type one)
 again over the picture under the item as it is now, and adds the result as a new, active take
 of the same item, aligned with the picture. The layers to negate are bounced again (never the
 item's own track), so the new take complements what is there now. A loudness curve or part of
-the picture the take was made with is kept while the item covers the same time. One undo point.
+the picture the take was made with is kept while the item sits over the same stretch of picture,
+wherever a ripple edit has since moved both. One undo point.
 ]]
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""

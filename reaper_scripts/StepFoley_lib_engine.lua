@@ -667,11 +667,12 @@ Settings keep job files); a failed batch keeps it, for support.
 
 Watchdogs, all measured as silence: before the status file was ever read, the client must
 write it within settings.start_timeout_s; after that, the job is given up only when the
-status file has not changed for CLIENT_SILENCE_S where the client writes `client_alive`, else
-for settings.watchdog_s + CLIENT_REPORT_GRACE_S (any change, including `updated`, is a sign of
-life; an unreadable or half-written read is not a change and not a failure either), and the
-engine is then asked to cancel the job itself. The client itself stops after
-settings.watchdog_s without a sign of life from the engine and says so in the status file.
+status file has not changed for settings.watchdog_s + CLIENT_REPORT_GRACE_S, or for
+CLIENT_SILENCE_S where the client writes `client_alive` and that is shorter (any change,
+including `updated`, is a sign of life; an unreadable or half-written read is not a change and
+not a failure either), and the engine is then asked to cancel the job itself. The client itself
+stops after settings.watchdog_s without a sign of life from the engine and says so in the
+status file.
 ]]
 function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local results = {}

@@ -58,7 +58,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from stepfoley.bridge.client import EXIT_USAGE, JOB_LOST, not_running_message, request_payload, too_large_message
+from stepfoley.bridge.client import (EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE, JOB_LOST, not_running_message,
+                                    request_payload, too_large_message)
 from stepfoley.bridge.jobs import ENGINE_STOPPED_RUNNING
 from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 from stepfoley.commands.send import remove_stale_cancel
@@ -296,9 +297,10 @@ def main() -> int:
             return 1
         if mode in GONE:
             code, message = GONE[mode](args.port)
-            write_status(status, state="error", job_id=job_id, step=step, total=total, exit_code=5 if mode != "gone" else 3,
+            exit_code = EXIT_NOT_RUNNING if code == "engine_not_running" else EXIT_FAILED
+            write_status(status, state="error", job_id=job_id, step=step, total=total, exit_code=exit_code,
                          error={"code": code, "message": message})
-            return 5 if mode != "gone" else 3
+            return exit_code
     stems = [make_stem(request, typed.caption, used, request["seed"] + i, mode) for i in range(typed.variations)]
     if typed.protocol >= 2:
         stems.reverse()
