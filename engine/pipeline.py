@@ -113,6 +113,11 @@ class VideoEncoder(Protocol):
 
     encoder_id: str
 
+    def conditioned_duration(self, duration_s: float) -> float:
+        """How long the audio is that the features of a region this long condition (at least
+        the region): the session samples that much and keeps the region's part."""
+        ...
+
     def progress_units(self, duration_s: float) -> int:
         """How many units (frames, segments) `encode_region` reports for a region this long."""
         ...

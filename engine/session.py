@@ -638,15 +638,19 @@ class StepSession:
         loudness: one curve per row for the model's loudness ControlNet (the window starts
         `window_start` seconds into the region), or None."""
         model, net, device = self.model, self.model.net, self.model.device
-        latent_len = model.codec.latent_length(duration)
+        # the audio the picture features condition, from the window's start: it may run past the
+        # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window
+        span = model.video_encoder.conditioned_duration(duration)
+        latent_len = model.codec.latent_length(span)
+        length = self._samples(span)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         audio_latent = None
         if cond_audio is not None:
-            wave = torch.from_numpy(np.ascontiguousarray(cond_audio, np.float32)).to(device)
+            wave = torch.from_numpy(np.ascontiguousarray(pad_after(cond_audio, length), np.float32)).to(device)
             audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
         loudness_condition = None
         if loudness is not None:
-            rows = [curve_condition(c, latent_len, duration / latent_len, window_start) for c in loudness]
+            rows = [curve_condition(c, latent_len, span / latent_len, window_start) for c in loudness]
             loudness_condition = torch.from_numpy(np.stack(rows)[..., None]).to(device)       # (B, N, 1)
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet, loudness=loudness_condition,
@@ -654,9 +658,9 @@ class StepSession:
         x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device, window=window)
         constrain = None
         if known is not None:
-            wave = torch.from_numpy(np.ascontiguousarray(known[0][None], np.float32)).to(device)
+            wave = torch.from_numpy(np.ascontiguousarray(pad_after(known[0], length)[None], np.float32)).to(device)
             known_latent_ = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))      # (1, N, C)
-            keep = torch.from_numpy(held_frames(known[1], latent_len, self._samples(SEAM_S)))
+            keep = torch.from_numpy(held_frames(pad_after(known[1], length), latent_len, self._samples(SEAM_S)))
             constrain = known_latent(known_latent_, keep.to(device, torch.float32)[None, :, None], x0)
         with autocast_context(device, model.precision):
             return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled, constrain=constrain)
@@ -938,6 +942,13 @@ def _seam_fade(n: int) -> np.ndarray:
     continue the take and its level matched to it, and equal gain measured the smoother seam
     (README, "Regions longer than 8 s")."""
     return _equal_power(n) ** 2
+
+
+def pad_after(x: np.ndarray, length: int) -> np.ndarray:
+    """x (..., S) -> (..., max(S, length)): zeros (False) after its end, past the window."""
+    if x.shape[-1] >= length:
+        return x
+    return np.concatenate([x, np.zeros((*x.shape[:-1], length - x.shape[-1]), x.dtype)], axis=-1)
 
 
 def _fit_latent(latent: torch.Tensor, length: int) -> torch.Tensor:

@@ -80,21 +80,21 @@ def entries(folder):
 def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     cache, encoder = FeatureCache(), nets.encoder()
-    clip_f, sync_f = features(cache, encoder, video, 0.1, 1.1)
-    assert clip_f.shape == (1, 8, 24)  # 1 s: 8 CLIP frames, 25 Synchformer frames = 2 windows of 8 features
+    clip_f, sync_f = features(cache, encoder, video, 0.1, 1.06)
+    assert clip_f.shape == (1, 7, 24)  # 0.96 s: 7 CLIP frames, 24 Synchformer frames = 2 windows of 8 features
     assert sync_f.shape == (1, 16, 16)
     assert nets.calls == {"clip": 1, "sync": 1}  # one batched forward each
 
-    again = features(cache, encoder, video, 0.1 + 1e-9, 1.1)  # float noise of the same selection
+    again = features(cache, encoder, video, 0.1 + 1e-9, 1.06)  # float noise of the same selection
     assert nets.calls == {"clip": 1, "sync": 1}
     assert torch.equal(again[0], clip_f) and torch.equal(again[1], sync_f)
     assert cache.stats.memory_hits == 1 and cache.stats.misses == 1
 
-    features(cache, encoder, video, 0.2, 1.1)  # another region is computed
+    features(cache, encoder, video, 0.2, 1.06)  # another region is computed
     assert nets.calls == {"clip": 2, "sync": 2}
 
     # the cached features are those of the uncached path
-    clip_frames, sync_frames = read_regions(video, 0.1, 1.1, encoder.requests)
+    clip_frames, sync_frames = read_regions(video, 0.1, 1.06, encoder.requests)
     torch.testing.assert_close(clip_f, encode_clip_frames(nets.clip, clip_frames))
     torch.testing.assert_close(sync_f, encode_sync_frames(nets.sync, sync_frames))
 
@@ -102,9 +102,9 @@ def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
 def test_a_re_exported_file_with_the_same_name_is_recomputed(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4", seed=1)
     cache, encoder = FeatureCache(), nets.encoder()
-    first = features(cache, encoder, video, 0.0, 1.0)
+    first = features(cache, encoder, video, 0.0, 0.96)
     write_video(tmp_path / "picture.mp4", seconds=1.16, seed=2)
-    second = features(cache, encoder, video, 0.0, 1.0)
+    second = features(cache, encoder, video, 0.0, 0.96)
     assert nets.calls == {"clip": 2, "sync": 2}
     assert not torch.equal(first[0], second[0])
 
@@ -112,28 +112,28 @@ def test_a_re_exported_file_with_the_same_name_is_recomputed(tmp_path, nets):
 def test_other_weights_do_not_share_entries(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     cache = FeatureCache()
-    features(cache, nets.encoder(), video, 0.0, 1.0)
+    features(cache, nets.encoder(), video, 0.0, 0.96)
     with torch.no_grad():
         nets.sync.norm.weight.mul_(2.0)  # retrained / other checkpoint -> other fingerprint
-    features(cache, nets.encoder(), video, 0.0, 1.0)
+    features(cache, nets.encoder(), video, 0.0, 0.96)
     assert nets.calls == {"clip": 2, "sync": 2}
-    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 1.0)
-    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 1.0)
+    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 0.96)
+    features(cache, nets.encoder(extractor_id="explicit"), video, 0.0, 0.96)
     assert nets.calls == {"clip": 3, "sync": 3}
 
 
 def test_memory_is_bounded_least_recently_used_goes_first(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     probe = FeatureCache()
-    features(probe, nets.encoder(), video, 0.0, 1.0)
+    features(probe, nets.encoder(), video, 0.0, 0.96)
     cache, encoder = FeatureCache(max_bytes=2 * probe._bytes), nets.encoder()
     for start in (0.0, 0.04, 0.08):  # three regions, room for two
-        features(cache, encoder, video, start, start + 1.0)
+        features(cache, encoder, video, start, start + 0.96)
     assert len(cache) == 2 and cache._bytes <= cache.max_bytes
     before = dict(nets.calls)
-    features(cache, encoder, video, 0.08, 1.08)  # newest: still cached
+    features(cache, encoder, video, 0.08, 1.04)  # newest: still cached
     assert nets.calls == before
-    features(cache, encoder, video, 0.0, 1.0)  # oldest: evicted, computed again
+    features(cache, encoder, video, 0.0, 0.96)  # oldest: evicted, computed again
     assert nets.calls["sync"] == before["sync"] + 1
 
 
@@ -149,12 +149,12 @@ def test_missing_video_is_a_video_error_not_a_cache_error(tmp_path, nets):
 def test_disk_cache_survives_a_restart_and_leaves_no_temp_files(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     cache_dir = tmp_path / "features"
-    first = features(FeatureCache(cache_dir=cache_dir), nets.encoder(), video, 0.0, 1.0)
+    first = features(FeatureCache(cache_dir=cache_dir), nets.encoder(), video, 0.0, 0.96)
     assert [p.name for p in cache_dir.iterdir()] == [p.name for p in entries(cache_dir)]  # no temp file
     assert len(entries(cache_dir)) == 1
 
     restarted = FeatureCache(cache_dir=cache_dir)  # empty memory, same folder
-    again = features(restarted, nets.encoder(), video, 0.0, 1.0)
+    again = features(restarted, nets.encoder(), video, 0.0, 0.96)
     assert nets.calls == {"clip": 1, "sync": 1} and restarted.stats.disk_hits == 1
     assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
 

@@ -322,6 +322,75 @@ def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
             ClipConfig.from_open_clip_json(tmp_path / "open_clip_config.json")
 
 
+@pytest.mark.parametrize("seconds, span", [(8.0, 8.0), (0.64, 0.64), (2.24, 2.24), (2.0, 2.24), (1.0, 1.28),
+                                           (4.76, 4.8), (7.99, 8.0), (2.2400001, 2.24), (2.2401, 2.56)])
+def test_synchformer_segments_cover_a_span_on_their_grid(seconds, span):
+    from stepfoley.engine.features.mmaudio_features import sync_grid_duration
+    assert sync_grid_duration(seconds) == pytest.approx(span, abs=1e-9)
+
+
+def test_the_motion_features_cover_exactly_the_audio_the_network_makes(stack, monkeypatch):
+    """A region off Synchformer's 0.32 s grid (2 s: its segments cover 1.92 s) is sampled over
+    the grid's span (2.24 s) and cut back: the network spreads the motion features over all the
+    audio it makes, so picture time t stays at audio time t. Over the region's own length the
+    picture at its end conditioned audio 80 ms later."""
+    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    seen = []
+    original = model.net.preprocess_conditions
+
+    def spy(clip_f, sync_f, text_f, *, latent_seq_len=None):
+        seen.append((clip_f.shape[1], sync_f.shape[1], latent_seq_len))
+        return original(clip_f, sync_f, text_f, latent_seq_len=latent_seq_len)
+
+    monkeypatch.setattr(model.net, "preprocess_conditions", spy)
+    track = StepSession(model, Region(stack["video"], *REGION)).next_track(TrackSettings("rain", steps=1, seed=3))
+    assert_audio(track, 16_000)
+    frame_s = 2 * 256 / 16_000  # a latent frame: hop 256, two mel frames per latent
+    for clip_len, sync_len, latent_len in seen:
+        segments = sync_len // 8
+        covered = (16 + 8 * (segments - 1)) / 25
+        assert covered == pytest.approx(2.24) and abs(latent_len * frame_s - covered) < frame_s
+        assert clip_len == int(covered * 8)
+
+
+def test_a_repair_holds_the_takes_frames_where_they_are_in_the_longer_span(stack, monkeypatch):
+    """Over the 2.24 s the network makes for a 2 s region, the take's kept frames are held at
+    their own times, and the 0.24 s past the region is made, not held."""
+    from stepfoley.engine import session as session_module
+    from stepfoley.engine.session import KnownAudio
+
+    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    held = []
+    original = session_module.known_latent
+    monkeypatch.setattr(session_module, "known_latent",
+                        lambda known, keep, noise: held.append(keep[0, :, 0].bool()) or original(known, keep, noise))
+    take = (0.1 * np.sin(np.arange(32_000) * 0.05)).astype(np.float32)
+    keep = np.ones(32_000, bool)
+    keep[12_800:19_200] = False  # 0.8-1.2 s made new
+    track = StepSession(model, Region(stack["video"], *REGION)).next_variations(
+        TrackSettings("rain", steps=1, seed=3), 1, known=KnownAudio(take, keep))[0]
+    assert_audio(track, 16_000)
+    frame_s = 2 * 256 / 16_000
+    starts = np.arange(len(held[0])) * frame_s
+    assert len(held[0]) * frame_s == pytest.approx(2.24, abs=frame_s)
+    expected = ((starts + frame_s <= 0.8 - 0.05) | ((starts >= 1.2 + 0.05) & (starts + frame_s <= 2.0 - 0.05)))
+    assert held[0].numpy().tolist() == expected.tolist()
+
+
+def test_past_the_region_its_last_frame_is_held_not_the_picture_after_it(stack, monkeypatch):
+    from stepfoley.engine.features import mmaudio_features
+
+    encoder = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"]).video_encoder
+    frames = []
+    monkeypatch.setattr(mmaudio_features, "encode_sync_frames",
+                        lambda model, f, *a, **k: frames.append(f) or torch.zeros(1, 8 * ((len(f) - 16) // 8 + 1), 32))
+    encoder.encode_region(stack["video"], 0.48, 2.48)  # to the end of the picture: 50 frames, held to 56
+    assert len(frames[0]) == 56
+    assert all(torch.equal(frame, frames[0][49]) for frame in frames[0][50:])
+    # the scene moves: held frames are not a still picture's
+    assert sum(not torch.equal(frame, frames[0][49]) for frame in frames[0][:49]) > 30
+
+
 def test_a_picture_region_reaches_clip_and_synchformer_as_a_crop(stack, monkeypatch):
     from stepfoley.engine import video as video_module
     from stepfoley.engine.features import mmaudio_features

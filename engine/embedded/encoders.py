@@ -156,6 +156,9 @@ class EmbeddedVideoEncoder:
         sync_f = resample_to_sync_grid(motion_features(x), sync_length(n_frames))
         return clip_f.float(), sync_f.float()
 
+    def conditioned_duration(self, duration_s: float) -> float:
+        return duration_s  # the motion features span every frame of the region (resample_to_sync_grid)
+
     def progress_units(self, duration_s: float) -> int:
         return 1  # one read and one cheap forward: nothing worth counting inside
 

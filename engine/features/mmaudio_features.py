@@ -29,12 +29,36 @@ from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer
                                   find_weight_file, load_clip)
 from stepfoley.engine.features.synchformer import (SynchformerConfig, SynchformerVisual, encode_sync_frames,
                                          load_synchformer)
-from stepfoley.engine.video import CLIP_FPS, CLIP_SIZE, SYNC_FPS, FrameRequest, read_regions
+from stepfoley.engine.video import (CLIP_FPS, CLIP_SIZE, SYNC_FPS, SYNC_SEGMENT_FRAMES, SYNC_SEGMENT_STEP, FrameRequest,
+                                   read_regions, region_frame_count)
 from stepfoley.engine.weights import CLIP_NAME, clip_folder, file_to_read
 
 CPU_CLIP_BATCH = 8  # frames
 CPU_SYNC_BATCH = 4  # segments
 SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
+# In the encoder id: features of a region off the segment grid cover the grid's span (the
+# region's last frame held), not the reference's shorter one.
+GEOMETRY = "sync-grid-held"
+
+
+def sync_grid_duration(duration_s: float) -> float:
+    """The shortest span of at least `duration_s` that Synchformer's segments (16 frames at
+    25 fps, one every 8) cover exactly: 0.64 + 0.32 k s. MMAudio's network spreads the motion
+    features over the whole audio it makes, so audio this long keeps picture time t at audio
+    time t; over the region's own length, segments cover up to 0.28 s less and the end lags."""
+    frames = max(region_frame_count(0.0, duration_s, SYNC_FPS), SYNC_SEGMENT_FRAMES)
+    # a region a hair over a whole frame (its length in float) counts that frame only
+    if frames < round(duration_s, 6) * SYNC_FPS - 1e-6:
+        frames += 1
+    steps = -(-(frames - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP)
+    return (SYNC_SEGMENT_FRAMES + steps * SYNC_SEGMENT_STEP) / SYNC_FPS
+
+
+def hold_last_frame(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """frames (T, 3, H, W) -> (count, 3, H, W): the last frame repeated after the region's own."""
+    if frames.shape[0] >= count or frames.shape[0] == 0:
+        return frames
+    return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])])
 
 
 def model_fingerprint(*models: torch.nn.Module) -> str:
@@ -80,7 +104,7 @@ class MMAudioVideoEncoder:
         self.requests = (FrameRequest(CLIP_FPS, clip_size, "stretch"),
                          FrameRequest(SYNC_FPS, synchformer.cfg.image_size, "crop"))
         self.extractor_id = extractor_id or model_fingerprint(clip.visual, synchformer)
-        self.extractor_id += f"|clip{clip_size}"
+        self.extractor_id += f"|clip{clip_size}|{GEOMETRY}"
         self.clip_batch, self.sync_batch = clip_batch, sync_batch
         self.last_timings: dict[str, float] = {}
 
@@ -107,9 +131,14 @@ class MMAudioVideoEncoder:
         """What engine.pipeline.VideoEncoder promises: identifies weights and frame geometry."""
         return self.extractor_id
 
+    def conditioned_duration(self, duration_s: float) -> float:
+        """How long the audio these features condition is, for a region this long (see
+        sync_grid_duration): the session makes that much and keeps the region's part."""
+        return sync_grid_duration(duration_s)
+
     def progress_units(self, duration_s: float) -> int:
         """CLIP frames plus Synchformer segments of a region this long."""
-        lengths = SequenceLengths.for_duration(duration_s, 16000, 256)
+        lengths = SequenceLengths.for_duration(self.conditioned_duration(duration_s), 16000, 256)
         return lengths.clip + lengths.sync // SYNC_FRAMES_PER_SEGMENT
 
     def _batches(self) -> tuple[int | None, int | None]:
@@ -123,13 +152,18 @@ class MMAudioVideoEncoder:
                       on_progress: Callable[[int], None] | None = None,
                       focus=None) -> tuple[torch.Tensor, torch.Tensor]:
         """`on_progress(units_done)` after each batch of CLIP frames and Synchformer segments;
-        `focus` (engine.pipeline.PictureFocus): both see only that part of the picture."""
+        `focus` (engine.pipeline.PictureFocus): both see only that part of the picture. The
+        features cover conditioned_duration(end_s - start_s) from start_s, the region's last
+        frame held past its end: only the selected picture conditions the audio."""
         report = on_progress or (lambda done: None)
         clip_batch, sync_batch = self._batches()
         t0 = time.perf_counter()
         # a focus crops the frames before both fits: CLIP and Synchformer were trained on every
         # framing footage has, so the region scaled up to their input is a picture they know
         clip_frames, sync_frames = read_regions(Path(video_path), start_s, end_s, self.requests, focus)
+        span = self.conditioned_duration(end_s - start_s)
+        clip_frames = hold_last_frame(clip_frames, SequenceLengths.for_duration(span, 16000, 256).clip)
+        sync_frames = hold_last_frame(sync_frames, region_frame_count(0.0, span, SYNC_FPS))
         t1 = time.perf_counter()
         clip_f = encode_clip_frames(self.clip, clip_frames, clip_batch, on_progress=report)
         t2 = time.perf_counter()
