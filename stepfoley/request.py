@@ -836,7 +836,7 @@ def open_regular_input(path: str | os.PathLike):
 OGG_PAGE = b"OggS"  # an Ogg page's capture pattern, the first bytes of an Ogg file (Vorbis, Opus, FLAC in Ogg)
 
 
-def _is_ogg(file) -> bool:
+def is_ogg(file) -> bool:
     """Whether seekable binary `file`, at its start, is an Ogg file; `file` is left at its start."""
     head = file.read(len(OGG_PAGE))
     file.seek(0)
@@ -860,7 +860,7 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
         try:
             if mpeg_audio.is_mpeg_audio(file):  # not libsndfile's mpg123, which writes to stderr
                 (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
-            elif _is_ogg(file):
+            elif is_ogg(file):
                 # libsndfile finds an Ogg file's length by searching it from its end for the last
                 # page: a tail of false page headers kept this thread, which answers every client,
                 # 0.3 s a MiB (5 minutes for 1 GiB); its header pages are at its start

@@ -475,3 +475,64 @@ def test_samples_far_beyond_full_scale_are_refused_as_damaged(tmp_path):
     scaled = tmp_path / "scaled.wav"  # floats scaled to 32-bit integers, as old editors wrote them
     soundfile.write(scaled, np.full(16000, 2.1e9, np.float32), 16000, subtype="FLOAT")
     assert read_audio(scaled)[0].max() == np.float32(2.1e9)
+
+
+# --- Ogg: whole pages end to end ---------------------------------------------------------------
+
+
+def ogg_bytes(subtype="VORBIS", seconds=2.0, rate=48000):
+    import io
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(5).standard_normal((int(seconds * rate), 2)).astype(np.float32) * 0.1
+    soundfile.write(buffer, noise, rate, format="OGG", subtype=subtype)
+    return buffer.getvalue()
+
+
+def page_starts(data: bytes) -> list[int]:
+    starts, position = [], 0
+    while position < len(data):
+        starts.append(position)
+        lacing = data[position + 27: position + 27 + data[position + 26]]
+        position += 27 + len(lacing) + sum(lacing)
+    return starts
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_the_ogg_page_checksum_is_the_one_libsndfile_writes(subtype):
+    data = ogg_bytes(subtype)
+    starts = page_starts(data)
+    assert len(starts) > 3
+    for a, b in zip(starts, starts[1:] + [len(data)]):
+        assert audio_io.ogg_checksum(data[a:b]) == int.from_bytes(data[a + 22:a + 26], "little")
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+def test_a_whole_ogg_file_or_one_whose_last_page_is_cut_short_is_read(tmp_path, subtype):
+    data = ogg_bytes(subtype)
+    for name, content in (("whole.ogg", data), ("cut.ogg", data[:-100])):
+        (tmp_path / name).write_bytes(content)
+        samples, rate = read_audio(tmp_path / name)
+        assert rate == 48000 and samples.shape[0] == 2 and samples.shape[1] > 48000
+
+
+def test_bytes_between_ogg_pages_are_named_before_libsndfile_searches_them(tmp_path):
+    """A tail of false page headers between an Ogg file's pages made libsndfile search every one
+    for the last page, 0.3 s a MiB: minutes for a 1 GiB input, in a job that could not be
+    cancelled. So are contiguous pages with wrong checksums, which libogg skips as damage."""
+    data = ogg_bytes()
+    last = page_starts(data)[-1]
+    junk = bytearray(np.random.default_rng(1).integers(0, 256, 256 * 1024, dtype=np.uint8).tobytes())
+    for k in range(0, len(junk) - 5, 28):
+        junk[k:k + 5] = b"OggS\0"
+    header = bytearray(data[last:last + 27])
+    header[26] = 1  # one lacing value: 255 bytes; the checksum is still the real page's
+    false_pages = (bytes(header) + bytes([255]) + bytes(255)) * 1000
+    for name, content in (("between.ogg", data[:last] + bytes(junk) + data[last:]),
+                          ("checksums.ogg", data[:last] + false_pages + data[last:])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AudioError, match=f"'.*{name}' is damaged: at byte {last:,} of its .* no whole Ogg page"):
+            read_audio(tmp_path / name)
+    # less than a page of other bytes after the last page is left to libsndfile, which reads the pages
+    (tmp_path / "trailing.ogg").write_bytes(data + bytes(junk[:4000]))
+    assert read_audio(tmp_path / "trailing.ogg")[0].shape[1] > 48000
