@@ -22,6 +22,7 @@ import math
 import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -364,7 +365,20 @@ def _orient_for_display(rgb: np.ndarray, orientation: tuple[bool, bool, bool]) -
     return np.ascontiguousarray(rgb) if any(orientation) else rgb
 
 
-def _resized_shape(height: int, width: int, size: int, fit: Fit) -> tuple[int, int]:
+def _displayed_width(width: int, height: int, pixel_aspect: Fraction | None) -> int | Fraction:
+    """A stored picture's width as displayed, in its own rows: `width` times the stream's sample
+    aspect ratio (SAR, how much wider than tall one stored pixel is shown: 64:45 for 16:9 PAL DV,
+    4:3 for HDV). `width` itself, the same int, for square pixels, an unstated SAR, or one that
+    would show the picture past _MAX_ASPECT (a damaged header, not a film frame)."""
+    if not pixel_aspect or pixel_aspect == 1 or pixel_aspect < 0:
+        return width
+    shown = width * pixel_aspect
+    if max(shown, height) > _MAX_ASPECT * min(shown, height):
+        return width
+    return shown
+
+
+def _resized_shape(height: int | Fraction, width: int | Fraction, size: int, fit: Fit) -> tuple[int, int]:
     if fit == "stretch":
         return size, size
     # torchvision Resize(int): the short side becomes `size`, the long side is truncated
@@ -373,12 +387,14 @@ def _resized_shape(height: int, width: int, size: int, fit: Fit) -> tuple[int, i
     return int(size * height / width), size
 
 
-def fit_frames(frames: np.ndarray, size: int, fit: Fit, shape: tuple[int, int] | None = None) -> torch.Tensor:
+def fit_frames(frames: np.ndarray, size: int, fit: Fit, shape: tuple | None = None) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> uint8 (T, 3, size, size), antialiased bicubic.
 
     "stretch" squashes to size x size (MMAudio's CLIP transform); "crop" scales the short
     side to `size` and centre-crops (its Synchformer transform). `shape`: (height, width) of
-    the picture the frames show scaled down (PRESCALE_FACTOR), whose geometry the fit follows."""
+    the picture the frames show, as displayed, whose geometry the fit follows: where the frames
+    are scaled down (PRESCALE_FACTOR) or their pixels are not square (a sample aspect ratio: one
+    side is then a Fraction), "crop" resizes them straight to the displayed picture's shape."""
     # frames: (T, H, W, 3) uint8
     t, h, w, _ = frames.shape
     out_h, out_w = _resized_shape(*(shape or (h, w)), size, fit)
@@ -489,9 +505,11 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
                   short_side: int | None = None) -> None:
     """Decode the picture from near `seek_s` (None: from where the container stands, its
     beginning); for each frame on screen at some of the sorted `times` (samples of a region that
-    ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 as displayed, indices into times,
-    (height, width) of the picture as displayed before it was scaled down to `short_side`, see
-    _frame_rgb). Frames that no sample shows are never converted to RGB.
+    ends at `end_s`), call on_shown(rgb (H, W, 3) uint8 turned as displayed, indices into times,
+    (height, width) of the picture as displayed before it was scaled down to `short_side` (see
+    _frame_rgb), one side a Fraction where the stream's pixels are not square: rgb keeps the
+    stored pixels, the fits follow the displayed shape). Frames that no sample shows are never
+    converted to RGB.
 
     With a seek_s (> 0), raises _SeekedTooFar before showing anything when the first decoded frame
     comes after times[0] (or none comes at all): the demuxer landed past the start, or on a
@@ -501,6 +519,7 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
     the last frame (a file that does not state where its picture ends is only found out here)."""
     origin = _origin_s(container, stream)
     picture_start = _picture_start_s(container, stream)
+    pixel_aspect = stream.sample_aspect_ratio  # av_guess_sample_aspect_ratio: the container's, else the codec's
     region_start = float(times[0])
     next_i = 0  # first sample time not yet assigned
     prev = None  # the latest decoded frame at or before times[next_i]
@@ -517,7 +536,9 @@ def _decode_shown(container, stream, path: Path, times: np.ndarray, end_s: float
             rgb = _frame_rgb(av_frame, short_side)
             orientation = _display_orientation(av_frame)
             rgb = _orient_for_display(rgb, orientation)
-            shown = (av_frame.width, av_frame.height) if orientation[0] else (av_frame.height, av_frame.width)
+            # the stored pixels take their displayed shape before the picture is turned
+            width = _displayed_width(av_frame.width, av_frame.height, pixel_aspect)
+            shown = (width, av_frame.height) if orientation[0] else (av_frame.height, width)
             on_shown(rgb, np.arange(next_i, stop), shown)
             next_i = stop
 
@@ -774,6 +795,16 @@ def focus_frame(rgb: np.ndarray, focus: PictureFocus) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:bottom, left:right])
 
 
+def _focus_shape(picture: np.ndarray, rgb: np.ndarray, whole: tuple) -> tuple | None:
+    """(height, width) as displayed of a focus rectangle `picture` cut from the full-size frame
+    `rgb` (a focus turns prescaling off) whose displayed shape is `whole`: None (its own) where
+    the pixels are square, else its sides stretched as the frame's are. The rectangle's fractions
+    are the same of the displayed picture as of the stored one: only its pixels' shape differs."""
+    if tuple(whole) == rgb.shape[:2]:
+        return None
+    return (picture.shape[0] * whole[0] / rgb.shape[0], picture.shape[1] * whole[1] / rgb.shape[1])
+
+
 def read_regions(path: str | Path, start_s: float, end_s: float,
                  requests: Sequence[FrameRequest], focus: PictureFocus | None = None) -> list[torch.Tensor]:
     """Decode [start_s, end_s) once and cut one uint8 (T, 3, size, size) tensor per request.
@@ -801,9 +832,10 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             if len(samples) == 0:
                 continue
             picture = focus_frame(rgb, focus) if picture is None else picture
+            shape = whole if picture is rgb else _focus_shape(picture, rgb, whole)
             for request_index in np.unique(owner[samples]):
                 request = requests[request_index]
-                resized = fit_frames(picture[None], request.size, request.fit, whole if picture is rgb else None)[0]
+                resized = fit_frames(picture[None], request.size, request.fit, shape)[0]
                 mine = slot[samples[owner[samples] == request_index]]
                 outputs[request_index][torch.from_numpy(mine)] = resized
 

@@ -15,6 +15,7 @@ import pytest
 
 import stepfoley.engine.video as video
 from stepfoley.engine.errors import OutOfMemory, VideoError
+from stepfoley.engine.pipeline import PictureFocus
 from stepfoley.engine.video import check_video_region, probe, read_region
 from test_video import TICKS, cfr_pts, decoded_index, frame_image, has_encoder, shown_at, write_video
 
@@ -738,3 +739,60 @@ def test_a_large_transparent_picture_is_not_scaled_before_it_is_put_over_black(t
     image[:, 0::2] = (0, 0, 0, 255)                           # opaque black columns
     path = write_rgba_video(tmp_path / "columns.mov", image, 3, "png", "rgba")
     assert float(read_region(path, 0.0, 0.08, 25, 64, "stretch").float().max()) == 0
+
+
+# --- non-square pixels: the Synchformer crop ("crop" fit) takes the centre of the picture as
+# displayed (stored width x SAR); CLIP's stretch is unchanged ---------------------------------
+
+
+def sar_gradient(path, width, height, sar, rotation=None):
+    """R = stored column / (width - 1), G = stored row / (height - 1); lossless."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        if sar:
+            stream.codec_context.sample_aspect_ratio = Fraction(*sar)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        img = np.zeros((height, width, 3), np.uint8)
+        img[..., 0] = np.round(np.linspace(0, 255, width))[None]
+        img[..., 1] = np.round(np.linspace(0, 255, height))[:, None]
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def stored_x_span(frames):
+    r = frames[0, 0].float() / 255
+    return r.min().item(), r.max().item()
+
+
+@pytest.mark.parametrize("width, height, sar", [(720, 576, (64, 45)), (1440, 1080, (4, 3))])
+def test_crop_takes_the_centre_of_the_displayed_16_9_picture(tmp_path, width, height, sar):
+    path = sar_gradient(tmp_path / "anamorphic.mp4", width, height, sar)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(*sar)  # what the fix reads
+    left, right = stored_x_span(video.read_region(path, 0, 0.2, 25, 224, "crop"))
+    # 16:9 displayed: the square crop keeps 9/16 of the width; storage pixels kept 80 % / 75 %
+    assert left == pytest.approx(0.5 - 9 / 32, abs=0.01) and right == pytest.approx(0.5 + 9 / 32, abs=0.01)
+
+
+def test_a_turned_anamorphic_picture_is_widened_then_turned(tmp_path):
+    path = sar_gradient(tmp_path / "turned.mp4", 720, 576, (64, 45), rotation=90)
+    low, high = stored_x_span(video.read_region(path, 0, 0.2, 25, 224, "crop"))  # stored x runs down the picture
+    assert low == pytest.approx(0.5 - 9 / 32, abs=0.01) and high == pytest.approx(0.5 + 9 / 32, abs=0.01)
+
+
+def test_a_focus_is_cropped_as_displayed(tmp_path):
+    path = sar_gradient(tmp_path / "anamorphic.mp4", 720, 576, (64, 45))
+    focus = PictureFocus((0.25, 0.25, 0.75, 0.75))  # 512x288 displayed, 360x288 stored
+    left, right = stored_x_span(video.read_region(path, 0, 0.2, 25, 224, "crop", focus=focus))
+    assert left == pytest.approx(0.5 - 0.5 * 9 / 32, abs=0.01) and right == pytest.approx(0.5 + 0.5 * 9 / 32, abs=0.01)
+
+
+def test_stretch_ignores_the_pixel_shape(tmp_path):
+    path = sar_gradient(tmp_path / "anamorphic.mp4", 720, 576, (64, 45))
+    assert stored_x_span(video.read_region(path, 0, 0.2, 8, 384, "stretch")) == pytest.approx((0, 1), abs=0.01)
