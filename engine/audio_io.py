@@ -52,6 +52,11 @@ UNKNOWN_FRAMES = 2 ** 63 - 1
 # An Ogg page: a 27-byte header, up to 255 lacing values, up to 255 x 255 bytes of data.
 OGG_HEADER_BYTES = 27
 OGG_MAX_PAGE_BYTES = OGG_HEADER_BYTES + 255 + 255 * 255
+# Encoders fill pages to kilobytes (Opus at 6 kbit/s still to about 750 bytes a second); past
+# its first pages (small headers), a file of smaller ones on average is refused: checking a
+# page costs microseconds, and a GiB of empty 27-byte pages took minutes.
+OGG_MIN_MEAN_PAGE_BYTES = 256
+OGG_PAGES_BEFORE_MEAN = 4096
 
 
 def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
@@ -91,6 +96,9 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                     raise AudioError(input_rate_message(f"Audio file '{path}'", high.rate, max_rate)) from None
                 subtype = MPEG_SUBTYPE
             else:
+                if mpeg_audio.is_ogg_behind_tags(file):
+                    raise AudioError(f"Audio file '{path}' is an Ogg file behind an ID3 tag, which cannot be read. "
+                                     "Export it again without tags (WAV is safest).")
                 if is_ogg(file):
                     check_ogg_pages(file, path)
                 with soundfile.SoundFile(file) as sound:
@@ -121,14 +129,19 @@ def check_ogg_pages(file, path: Path) -> None:
     bytes that are not one. libsndfile finds an Ogg file's length by searching for its last
     page, and bytes between pages that only look like pages made it search every one (0.3 s a
     MiB: minutes for an input's 1 GiB, in a job that cannot be cancelled meanwhile). This reads
-    the file once at checksum speed (a fifth of a second for 64 MiB). A last page cut short, or
+    the file once at checksum speed (a fifth of a second for 64 MiB), and refuses pages smaller
+    on average than any encoder writes (OGG_MIN_MEAN_PAGE_BYTES). A last page cut short, or
     less than a page of other bytes after the last one, is left to libsndfile, which reads the
     pages before it. `file` is left at its start."""
     size = os.fstat(file.fileno()).st_size
-    position = 0
+    position = pages = 0
     try:
         file.seek(0)
         while size - position >= OGG_HEADER_BYTES:
+            if pages > OGG_PAGES_BEFORE_MEAN and position < pages * OGG_MIN_MEAN_PAGE_BYTES:
+                raise AudioError(
+                    f"Audio file '{path}' holds Ogg pages of {position // pages} bytes on average, far smaller than "
+                    "any encoder writes (a damaged or crafted file). Export it again (WAV is safest).")
             page = file.read(OGG_HEADER_BYTES)
             whole = page[:4] == OGG_PAGE and page[4] == 0  # capture pattern, stream structure version 0
             if whole:
@@ -145,6 +158,7 @@ def check_ogg_pages(file, path: Path) -> None:
                     f"Audio file '{path}' is damaged: at byte {position:,} of its {size:,} there is no whole Ogg "
                     "page where the one before it ends. Export it again (WAV is safest).")
             position += len(page)
+            pages += 1
     finally:
         file.seek(0)
 

@@ -83,6 +83,17 @@ def is_mpeg_audio(file: BinaryIO) -> bool:
         file.seek(start)
 
 
+def is_ogg_behind_tags(file: BinaryIO) -> bool:
+    """Whether seekable binary `file`, at its start, is an Ogg file behind ID3v2 tags, which
+    libsndfile cannot read ("embedding not supported"), but only says so after searching the
+    whole file for its last page. `file` is left where it was."""
+    start = file.tell()
+    try:
+        return file.read(len(ID3_TAG)) == ID3_TAG and _audio_start(file, start)[1][:4] == b"OggS"
+    finally:
+        file.seek(start)
+
+
 class Window(io.RawIOBase):
     """`length` bytes of seekable binary `file` from `start`, read-only, as a file of their own."""
 

@@ -860,6 +860,8 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
         try:
             if mpeg_audio.is_mpeg_audio(file):  # not libsndfile's mpg123, which writes to stderr
                 (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
+            elif mpeg_audio.is_ogg_behind_tags(file):
+                return  # unreadable (the job says so), after a search of the whole file on this thread
             elif is_ogg(file):
                 # libsndfile finds an Ogg file's length by searching it from its end for the last
                 # page: a tail of false page headers kept this thread, which answers every client,

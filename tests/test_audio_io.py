@@ -536,3 +536,37 @@ def test_bytes_between_ogg_pages_are_named_before_libsndfile_searches_them(tmp_p
     # less than a page of other bytes after the last page is left to libsndfile, which reads the pages
     (tmp_path / "trailing.ogg").write_bytes(data + bytes(junk[:4000]))
     assert read_audio(tmp_path / "trailing.ogg")[0].shape[1] > 48000
+
+
+def test_an_ogg_file_of_tiny_pages_is_refused_before_they_are_all_checked(tmp_path):
+    """Each page costs microseconds to check: a GiB of valid empty 27-byte pages took minutes."""
+    import time
+
+    data = ogg_bytes()
+    empty = bytearray(data[:27])
+    empty[5], empty[26] = 0, 0  # a continued-nothing page with no segments
+    empty[22:26] = audio_io.ogg_checksum(bytes(empty)).to_bytes(4, "little")
+    (tmp_path / "tiny.ogg").write_bytes(data + bytes(empty) * 200_000)  # 5.4 MB
+    started = time.perf_counter()
+    with pytest.raises(AudioError, match="holds Ogg pages of .* bytes on average, far smaller than any encoder writes"):
+        read_audio(tmp_path / "tiny.ogg")
+    assert time.perf_counter() - started < 5  # 4,097 pages checked of 200,000 (a generous bound: no timing claim)
+
+
+def test_an_ogg_file_behind_an_id3_tag_is_refused_without_libsndfiles_search(tmp_path, monkeypatch):
+    """libsndfile cannot read one ("embedding not supported"), and said so only after searching
+    the whole file for its last page: minutes for a crafted GiB, on the thread that answers
+    every client (the request's check) and in the job."""
+    from stepfoley.request import parse_request
+    from test_bridge_kit import make_request
+    from test_request import capabilities
+
+    tag = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10)
+    (tmp_path / "tagged.ogg").write_bytes(tag + ogg_bytes())
+    opened = []
+    real_info = soundfile.info
+    monkeypatch.setattr(soundfile, "info", lambda file, *a, **k: opened.append(file) or real_info(file, *a, **k))
+    with pytest.raises(AudioError, match="'.*tagged.ogg' is an Ogg file behind an ID3 tag, which cannot be read"):
+        read_audio(tmp_path / "tagged.ogg")
+    parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "tagged.ogg")), capabilities(), check_paths=True)
+    assert opened == []
