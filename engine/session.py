@@ -639,9 +639,10 @@ class StepSession:
         `window_start` seconds into the region), or None."""
         model, net, device = self.model, self.model.net, self.model.device
         # the audio the picture features condition, from the window's start: it may run past the
-        # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window
+        # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window;
+        # a span a hair short of the window (under a millisecond) takes a latent more, not a hole
         span = model.video_encoder.conditioned_duration(duration)
-        latent_len = model.codec.latent_length(span)
+        latent_len = max(model.codec.latent_length(span), model.codec.latent_length(duration))
         length = self._samples(span)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         audio_latent = None

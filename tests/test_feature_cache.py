@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from stepfoley.engine.errors import InvalidInputError, VideoError
 from stepfoley.engine.features.cache import DISK_FORMAT, FeatureCache, open_feature_cache, region_key
 from stepfoley.engine.features.clip import ClipConfig, ClipModel, encode_clip_frames
-from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder
+from stepfoley.engine.features.mmaudio_features import MMAudioVideoEncoder, hold_last_frame
 from stepfoley.engine.features.synchformer import SynchformerConfig, SynchformerVisual, encode_sync_frames
 from stepfoley.engine.user_dirs import default_feature_cache_dir, user_cache_dir
 from stepfoley.engine.video import read_regions
@@ -81,7 +81,7 @@ def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
     video = write_video(tmp_path / "picture.mp4")
     cache, encoder = FeatureCache(), nets.encoder()
     clip_f, sync_f = features(cache, encoder, video, 0.1, 1.06)
-    assert clip_f.shape == (1, 7, 24)  # 0.96 s: 7 CLIP frames, 24 Synchformer frames = 2 windows of 8 features
+    assert clip_f.shape == (1, 8, 24)  # 0.96 s: 8 CLIP frames (7.68, the last held), 24 Synchformer frames = 2 windows of 8 features
     assert sync_f.shape == (1, 16, 16)
     assert nets.calls == {"clip": 1, "sync": 1}  # one batched forward each
 
@@ -95,7 +95,7 @@ def test_second_track_of_a_region_skips_both_extractors(tmp_path, nets):
 
     # the cached features are those of the uncached path
     clip_frames, sync_frames = read_regions(video, 0.1, 1.06, encoder.requests)
-    torch.testing.assert_close(clip_f, encode_clip_frames(nets.clip, clip_frames))
+    torch.testing.assert_close(clip_f, encode_clip_frames(nets.clip, hold_last_frame(clip_frames, 8)))
     torch.testing.assert_close(sync_f, encode_sync_frames(nets.sync, sync_frames))
 
 

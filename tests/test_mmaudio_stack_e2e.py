@@ -323,7 +323,8 @@ def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
 
 
 @pytest.mark.parametrize("seconds, span", [(8.0, 8.0), (0.64, 0.64), (2.24, 2.24), (2.0, 2.24), (1.0, 1.28),
-                                           (4.76, 4.8), (7.99, 8.0), (2.2400001, 2.24), (2.2401, 2.56)])
+                                           (4.76, 4.8), (7.99, 8.0), (2.2400001, 2.24), (2.2411, 2.56),
+                                           (8.0000208, 8.0)])  # 8 s and one 48 kHz sample: the 8 s the network knows
 def test_synchformer_segments_cover_a_span_on_their_grid(seconds, span):
     from stepfoley.engine.features.mmaudio_features import sync_grid_duration
     assert sync_grid_duration(seconds) == pytest.approx(span, abs=1e-9)
@@ -350,7 +351,21 @@ def test_the_motion_features_cover_exactly_the_audio_the_network_makes(stack, mo
         segments = sync_len // 8
         covered = (16 + 8 * (segments - 1)) / 25
         assert covered == pytest.approx(2.24) and abs(latent_len * frame_s - covered) < frame_s
-        assert clip_len == int(covered * 8)
+        assert clip_len == round(covered * 8)  # 18 frames over 2.24 s: the last within 10 ms of its time
+
+
+def test_a_region_a_little_past_the_grid_is_made_over_it(stack, monkeypatch):
+    """2.2405 s: the motion features cover 2.24 s (half a millisecond past a span is no reason
+    to make 0.32 s more), with latents enough for every sample of the region."""
+    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    seen = []
+    original = model.net.preprocess_conditions
+    monkeypatch.setattr(model.net, "preprocess_conditions", lambda clip_f, sync_f, text_f, *, latent_seq_len=None:
+                        seen.append((sync_f.shape[1], latent_seq_len)) or original(clip_f, sync_f, text_f,
+                                                                                   latent_seq_len=latent_seq_len))
+    track = StepSession(model, Region(stack["video"], 0.2, 2.4405)).next_track(TrackSettings("rain", steps=1, seed=3))
+    assert track.samples.shape == (round(2.2405 * 16_000),) and np.isfinite(track.samples).all()
+    assert set(seen) == {(6 * 8, 71)}  # 6 segments: 2.24 s; 71 latents of 32 ms: 2.272 s
 
 
 def test_a_repair_holds_the_takes_frames_where_they_are_in_the_longer_span(stack, monkeypatch):

@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 import torch
 
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
-from stepfoley.engine.mmaudio import SYNC_FRAMES_PER_SEGMENT, SequenceLengths
 from stepfoley.engine.features.cache import file_identity
 from stepfoley.engine.features.clip import (ClipConfig, ClipModel, ClipTokenizer, encode_clip_frames, find_bpe_vocab,
                                   find_weight_file, load_clip)
@@ -41,23 +40,35 @@ SYNCHFORMER_FILE = Path("ext_weights") / "synchformer_state_dict.pth"
 GEOMETRY = "sync-grid-held"
 
 
+# Less of a region than this past its last whole frame at 25 fps does not take another frame:
+# a DAW's selection of 8 s and a sample (8.00002 s) stays on the 8 s the network knows.
+PAST_LAST_FRAME_S = 1e-3
+
+
 def sync_grid_duration(duration_s: float) -> float:
-    """The shortest span of at least `duration_s` that Synchformer's segments (16 frames at
-    25 fps, one every 8) cover exactly: 0.64 + 0.32 k s. MMAudio's network spreads the motion
-    features over the whole audio it makes, so audio this long keeps picture time t at audio
-    time t; over the region's own length, segments cover up to 0.28 s less and the end lags."""
-    frames = max(region_frame_count(0.0, duration_s, SYNC_FPS), SYNC_SEGMENT_FRAMES)
-    # a region a hair over a whole frame (its length in float) counts that frame only
-    if frames < round(duration_s, 6) * SYNC_FPS - 1e-6:
+    """The shortest span that Synchformer's segments (16 frames at 25 fps, one every 8) cover
+    exactly, 0.64 + 0.32 k s, and that holds a region of `duration_s` (up to PAST_LAST_FRAME_S
+    less). MMAudio's network spreads the motion features over the whole audio it makes, so
+    audio this long keeps picture time t at audio time t; over the region's own length,
+    segments cover up to 0.28 s less and the end lags."""
+    frames = region_frame_count(0.0, duration_s, SYNC_FPS)
+    if duration_s - frames / SYNC_FPS >= PAST_LAST_FRAME_S:
         frames += 1
-    steps = -(-(frames - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP)
+    steps = -(-(max(frames, SYNC_SEGMENT_FRAMES) - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP)
     return (SYNC_SEGMENT_FRAMES + steps * SYNC_SEGMENT_STEP) / SYNC_FPS
+
+
+def grid_frame_counts(span_s: float) -> tuple[int, int]:
+    """(CLIP frames at 8 fps, Synchformer frames at 25 fps) over a span on the grid. CLIP's are
+    rounded, not cut: the network spreads them over the span too, and 17 frames over 2.24 s put
+    the last 0.1 s late (MMAudio's int() is exact at 8 s, where the two agree)."""
+    return round(span_s * CLIP_FPS), region_frame_count(0.0, span_s, SYNC_FPS)
 
 
 def hold_last_frame(frames: torch.Tensor, count: int) -> torch.Tensor:
     """frames (T, 3, H, W) -> (count, 3, H, W): the last frame repeated after the region's own."""
     if frames.shape[0] >= count or frames.shape[0] == 0:
-        return frames
+        return frames[:count]
     return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])])
 
 
@@ -138,8 +149,8 @@ class MMAudioVideoEncoder:
 
     def progress_units(self, duration_s: float) -> int:
         """CLIP frames plus Synchformer segments of a region this long."""
-        lengths = SequenceLengths.for_duration(self.conditioned_duration(duration_s), 16000, 256)
-        return lengths.clip + lengths.sync // SYNC_FRAMES_PER_SEGMENT
+        clip, sync = grid_frame_counts(self.conditioned_duration(duration_s))
+        return clip + (sync - SYNC_SEGMENT_FRAMES) // SYNC_SEGMENT_STEP + 1
 
     def _batches(self) -> tuple[int | None, int | None]:
         # On a CPU one region costs minutes (full-size CLIP about 6 s a frame): small batches let
@@ -161,9 +172,8 @@ class MMAudioVideoEncoder:
         # a focus crops the frames before both fits: CLIP and Synchformer were trained on every
         # framing footage has, so the region scaled up to their input is a picture they know
         clip_frames, sync_frames = read_regions(Path(video_path), start_s, end_s, self.requests, focus)
-        span = self.conditioned_duration(end_s - start_s)
-        clip_frames = hold_last_frame(clip_frames, SequenceLengths.for_duration(span, 16000, 256).clip)
-        sync_frames = hold_last_frame(sync_frames, region_frame_count(0.0, span, SYNC_FPS))
+        clip_count, sync_count = grid_frame_counts(self.conditioned_duration(end_s - start_s))
+        clip_frames, sync_frames = hold_last_frame(clip_frames, clip_count), hold_last_frame(sync_frames, sync_count)
         t1 = time.perf_counter()
         clip_f = encode_clip_frames(self.clip, clip_frames, clip_batch, on_progress=report)
         t2 = time.perf_counter()
