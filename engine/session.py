@@ -642,7 +642,8 @@ class StepSession:
         # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window;
         # a span a hair short of the window (under a millisecond) takes a latent more, not a hole
         span = model.video_encoder.conditioned_duration(duration)
-        latent_len = max(model.codec.latent_length(span), model.codec.latent_length(duration))
+        latent_len = max(model.codec.latent_length(span),
+                         model.codec.latent_length(self._samples(duration) / model.sample_rate))
         length = self._samples(span)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         audio_latent = None

@@ -100,8 +100,9 @@ SYNC_REQUEST = FrameRequest(SYNC_FPS, SYNC_SIZE, "crop")
 
 
 def region_frame_count(start_s: float, end_s: float, fps: float) -> int:
-    # Rounding the length to the microsecond removes subtraction noise (0.7 - 0.1 = 0.5999...).
-    return int(round(end_s - start_s, 6) * fps)
+    # Rounding the length to the microsecond removes subtraction noise (0.7 - 0.1 = 0.5999...),
+    # and the count's own rounding the product's (1.16 x 25 = 28.999...: 29 frames, not 28).
+    return math.floor(round(round(end_s - start_s, 6) * fps, 6))
 
 
 # ---------------------------------------------------------------------------------------------

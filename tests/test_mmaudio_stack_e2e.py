@@ -368,6 +368,24 @@ def test_a_region_a_little_past_the_grid_is_made_over_it(stack, monkeypatch):
     assert set(seen) == {(6 * 8, 71)}  # 6 segments: 2.24 s; 71 latents of 32 ms: 2.272 s
 
 
+def test_eight_seconds_and_a_48khz_sample_is_made_as_eight_seconds(stack, tmp_path, monkeypatch):
+    """A DAW's 8 s selection a sample long at 48 kHz: one window at 16 kHz (128,000 samples),
+    and the 250 latents and 8 s of features the network was trained with, not 8.32 s of them
+    or a 251st latent that spreads 8 s of picture over 8.032 s."""
+    from stepfoley.lab.miniworld import make_scene, write_scene
+
+    video = write_scene(make_scene(22, duration=8.5), tmp_path, mux_audio=False)["video"]
+    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    seen = []
+    original = model.net.preprocess_conditions
+    monkeypatch.setattr(model.net, "preprocess_conditions", lambda clip_f, sync_f, text_f, *, latent_seq_len=None:
+                        seen.append((clip_f.shape[1], sync_f.shape[1], latent_seq_len)) or
+                        original(clip_f, sync_f, text_f, latent_seq_len=latent_seq_len))
+    track = StepSession(model, Region(video, 0.2, 0.2 + 384_001 / 48_000)).next_track(
+        TrackSettings("rain", steps=1, seed=3))
+    assert track.samples.shape == (128_000,) and set(seen) == {(64, 192, 250)}
+
+
 def test_a_repair_holds_the_takes_frames_where_they_are_in_the_longer_span(stack, monkeypatch):
     """Over the 2.24 s the network makes for a 2 s region, the take's kept frames are held at
     their own times, and the 0.24 s past the region is made, not held."""

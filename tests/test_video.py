@@ -141,10 +141,20 @@ def test_sequence_lengths_follow_mmaudio_sequence_config():
 def test_sequence_lengths_count_the_frames_the_reader_takes():
     """A selection's length carries subtraction noise (1.16 - 0.16 = 0.9999999999999999 s): the
     announced CLIP and Synchformer counts are those of the frames engine.video reads."""
-    for start, end in [(0.16, 1.16), (0.1, 0.7), (2.03, 10.03), (0.0, 1.28)]:
+    for start, end in [(0.16, 1.16), (0.1, 0.7), (2.03, 10.03), (0.0, 1.28), (0.0, 1.16), (0.0, 9.28)]:
         lengths = SequenceLengths.for_duration(end - start, 16000, 256)
         assert lengths.clip == region_frame_count(start, end, 8)
         assert lengths.sync == ((region_frame_count(start, end, 25) - 16) // 8 + 1) * 8
+
+
+def test_a_length_whose_frame_count_is_a_floats_hair_under_a_whole_number_has_every_frame():
+    """1.16 x 25 is 28.999999999999996 in floats: the 29th frame (at 1.12 s) was not read, and
+    925 of the lengths k / 25 up to 600 s lost one so."""
+    assert region_frame_count(0.0, 1.16, 25) == 29 and region_frame_count(0.0, 2.32, 25) == 58
+    assert region_frame_count(3.0, 12.28, 25) == 232 and region_frame_count(0.0, 1.1599, 25) == 28
+    assert all(region_frame_count(0.0, k / 25, 25) == k for k in range(15_000))
+    assert all(region_frame_count(0.0, k / 8, 8) == k for k in range(4_800))
+    assert SequenceLengths.for_duration(1.16, 16000, 256).sync == 16 and SequenceLengths.for_duration(9.28, 16000, 256).sync == 224
 
 
 def corner_marker(index: int, width: int, height: int) -> np.ndarray:

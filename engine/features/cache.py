@@ -69,7 +69,9 @@ _ANY_DISK_FORMAT = re.compile(r"stepfoley-features-[0-9]+")  # this cache's entr
 # choice of frames, an encoder's arithmetic): entries of an older version then miss and age out.
 # 2: frames by best-effort timestamps, sound primed before 0 no longer moves the picture.
 # 3: a file whose clock starts before 0 (a wrapped MPEG-TS) is decoded from its beginning.
-# 4: a picture with non-square pixels (a sample aspect ratio) is centre-cropped as displayed.
+# 4: a picture with non-square pixels (a sample aspect ratio) is centre-cropped as displayed;
+#    a region whose length times the frame rate is a float's hair under a whole number (1.16 s
+#    at 25 fps) reads its last frame.
 FEATURES_VERSION = 4
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")

@@ -111,7 +111,7 @@ class SequenceLengths:
         # rounded to the microsecond, so 1.16 - 0.16 s is 8 CLIP frames, not 7.
         duration_s = round(duration_s, 6)
         latent = int(math.ceil(duration_s * sample_rate / hop_length / latent_downsample))
-        clip = int(duration_s * 8)
-        num_segments = max(0, (int(duration_s * 25) - 16) // 8 + 1)
+        clip = math.floor(round(duration_s * 8, 6))
+        num_segments = max(0, (math.floor(round(duration_s * 25, 6)) - 16) // 8 + 1)
         sync = num_segments * 8
         return cls(latent, clip, sync)
