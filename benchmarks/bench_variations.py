@@ -72,9 +72,11 @@ def phase_seconds(metadata: list[dict], wall_s: float) -> dict:
     return out
 
 
-def median_phases(runs: list[dict]) -> dict:
-    """Each phase's median over the repeats of one side (phase_seconds each)."""
-    return {phase: float(np.median([run[phase] for run in runs])) for phase in runs[0]}
+def median_run(runs: list[tuple[float, dict]]) -> dict:
+    """Of one side's repeats, (wall seconds, phase_seconds), the phases of the run whose wall
+    time is the median (the lower middle one of an even count): its parts add up to its wall
+    time, where each part's median need not add up to the median wall time."""
+    return sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2][1]
 
 
 def _phases_text(seconds: dict) -> str:
@@ -179,12 +181,12 @@ def main(argv=None) -> int:
                   f"log-mel distance from the serial take {same:.2f} dB"
                   + ("" if other is None else f" (two seeds' takes: {other:.2f} dB)")
                   + f" ({verdict}); ranked by {batched['ranking']['ranked_by']}")
-            one_job = median_phases([phase_seconds([done["stems"][0]["metadata"]], seconds)
-                                     for seconds, done in turns["batched"]])
-            n_jobs = median_phases([phase_seconds([d["metadata"] for d in done], seconds)
-                                    for seconds, done in turns["serial"]])
+            one_job = median_run([(seconds, phase_seconds([done["stems"][0]["metadata"]], seconds))
+                                  for seconds, done in turns["batched"]])
+            n_jobs = median_run([(seconds, phase_seconds([d["metadata"] for d in done], seconds))
+                                 for seconds, done in turns["serial"]])
             print(f"  one job: {_phases_text(one_job)}; {n} jobs: {_phases_text(n_jobs)} "
-                  f"(medians of {args.repeats})")
+                  f"(the median run of {args.repeats})")
     if failed:
         rule = (f"stems equal within {args.tolerance:g} for N = 1, else a log-mel distance from the serial take "
                 f"under {SAME_TAKE_FRACTION:g} of two seeds'")

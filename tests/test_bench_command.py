@@ -66,8 +66,9 @@ def test_bench_variations_prints_the_ratio_and_finds_the_stems_equal(capsys):
                      out)
     assert line, out
     wall_one, wall_serial, *parts = map(float, line.groups())
-    assert sum(parts[:5]) == pytest.approx(wall_one, abs=0.02)
-    assert sum(parts[5:]) == pytest.approx(wall_serial, abs=0.02)
+    # the median run's parts (3 repeats): within the rounding of six printed figures
+    assert sum(parts[:5]) == pytest.approx(wall_one, abs=0.031)
+    assert sum(parts[5:]) == pytest.approx(wall_serial, abs=0.031)
     assert all(p > 0 for p in parts[1:3] + parts[6:8]) and parts[4] >= 0 and parts[9] >= 0  # sampled and decoded
 
 
