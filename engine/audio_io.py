@@ -21,7 +21,6 @@ import math
 import os
 import re
 import unicodedata
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,8 @@ import soundfile
 from stepfoley import atomic
 from stepfoley.engine import mpeg_audio
 from stepfoley.engine.errors import AudioError, InvalidInputError
-from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, OGG_PAGE, input_rate_message, is_ogg,
-                               open_regular_input)
+from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_regular_input
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -49,14 +48,6 @@ MAX_INPUT_PEAK = 1e10
 READ_BLOCK_SAMPLES = 1 << 20
 # libsndfile's frame count for a stream whose header does not give its length (SF_COUNT_MAX)
 UNKNOWN_FRAMES = 2 ** 63 - 1
-# An Ogg page: a 27-byte header, up to 255 lacing values, up to 255 x 255 bytes of data.
-OGG_HEADER_BYTES = 27
-OGG_MAX_PAGE_BYTES = OGG_HEADER_BYTES + 255 + 255 * 255
-# Encoders fill pages to kilobytes (Opus at 6 kbit/s still to about 750 bytes a second); past
-# its first pages (small headers), a file of smaller ones on average is refused: checking a
-# page costs microseconds, and a GiB of empty 27-byte pages took minutes.
-OGG_MIN_MEAN_PAGE_BYTES = 256
-OGG_PAGES_BEFORE_MEAN = 4096
 
 
 def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
@@ -96,11 +87,9 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                     raise AudioError(input_rate_message(f"Audio file '{path}'", high.rate, max_rate)) from None
                 subtype = MPEG_SUBTYPE
             else:
-                if mpeg_audio.is_ogg_behind_tags(file):
-                    raise AudioError(f"Audio file '{path}' is an Ogg file behind an ID3 tag, which cannot be read. "
-                                     "Export it again without tags (WAV is safest).")
-                if is_ogg(file):
-                    check_ogg_pages(file, path)
+                problem = container_problem(file) or (ogg_pages_problem(file) if is_ogg(file) else None)
+                if problem:
+                    raise AudioError(f"Audio file '{path}' {problem}")
                 with soundfile.SoundFile(file) as sound:
                     if max_rate is not None and sound.samplerate > max_rate:
                         raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
@@ -122,58 +111,6 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
         raise AudioError(f"Audio file '{path}' holds samples up to {peak:.3g} times full scale, far beyond any "
                          "recording (a damaged float file?). Re-render it from your DAW.")
     return samples, int(sample_rate), subtype
-
-
-def check_ogg_pages(file, path: Path) -> None:
-    """An Ogg file is whole pages end to end, each with its checksum; raises AudioError at
-    bytes that are not one. libsndfile finds an Ogg file's length by searching for its last
-    page, and bytes between pages that only look like pages made it search every one (0.3 s a
-    MiB: minutes for an input's 1 GiB, in a job that cannot be cancelled meanwhile). This reads
-    the file once at checksum speed (a fifth of a second for 64 MiB), and refuses pages smaller
-    on average than any encoder writes (OGG_MIN_MEAN_PAGE_BYTES). A last page cut short, or
-    less than a page of other bytes after the last one, is left to libsndfile, which reads the
-    pages before it. `file` is left at its start."""
-    size = os.fstat(file.fileno()).st_size
-    position = pages = 0
-    try:
-        file.seek(0)
-        while size - position >= OGG_HEADER_BYTES:
-            if pages > OGG_PAGES_BEFORE_MEAN and position < pages * OGG_MIN_MEAN_PAGE_BYTES:
-                raise AudioError(
-                    f"Audio file '{path}' holds Ogg pages of {position // pages} bytes on average, far smaller than "
-                    "any encoder writes (a damaged or crafted file). Export it again (WAV is safest).")
-            page = file.read(OGG_HEADER_BYTES)
-            whole = page[:4] == OGG_PAGE and page[4] == 0  # capture pattern, stream structure version 0
-            if whole:
-                lacing = file.read(page[26])
-                body = file.read(sum(lacing))
-                if len(lacing) < page[26] or len(body) < sum(lacing):
-                    return  # the last page, cut short
-                page += lacing + body
-                whole = ogg_checksum(page) == int.from_bytes(page[22:26], "little")
-            if not whole:
-                if size - position < OGG_MAX_PAGE_BYTES:
-                    return
-                raise AudioError(
-                    f"Audio file '{path}' is damaged: at byte {position:,} of its {size:,} there is no whole Ogg "
-                    "page where the one before it ends. Export it again (WAV is safest).")
-            position += len(page)
-            pages += 1
-    finally:
-        file.seek(0)
-
-
-_BITS_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
-
-
-def ogg_checksum(page: bytes) -> int:
-    """The CRC an Ogg page carries (polynomial 0x04C11DB7, most significant bit first, no
-    initial value or final xor), over the page with its own CRC field as zeros; computed
-    through zlib's CRC-32, the same polynomial bit-reversed, at C speed. zlib starts and ends
-    with all ones: the CRC of as many zero bytes cancels both."""
-    data = page[:22] + bytes(4) + page[26:]
-    reflected = zlib.crc32(data.translate(_BITS_REVERSED)) ^ zlib.crc32(bytes(len(data)))
-    return int(f"{reflected:032b}"[::-1], 2)
 
 
 def read_input_audio(path: str | os.PathLike, seconds: float) -> tuple[np.ndarray, int]:

@@ -51,7 +51,7 @@ def _id3_tag_bytes(header: bytes) -> int | None:
     return ID3_HEADER_BYTES + size + footer
 
 
-def _audio_start(file: BinaryIO, start: int) -> tuple[int, bytes]:
+def audio_start(file: BinaryIO, start: int) -> tuple[int, bytes]:
     """(offset from `start` past the ID3v2 tags there, the 10 bytes found at that offset)."""
     file.seek(start)
     head, offset = file.read(ID3_HEADER_BYTES), 0
@@ -78,18 +78,7 @@ def is_mpeg_audio(file: BinaryIO) -> bool:
             return True
         if head[:3] != ID3_TAG:
             return False
-        return _audio_start(file, start)[1][:4] not in LIBSNDFILE_MAGIC
-    finally:
-        file.seek(start)
-
-
-def is_ogg_behind_tags(file: BinaryIO) -> bool:
-    """Whether seekable binary `file`, at its start, is an Ogg file behind ID3v2 tags, which
-    libsndfile cannot read ("embedding not supported"), but only says so after searching the
-    whole file for its last page. `file` is left where it was."""
-    start = file.tell()
-    try:
-        return file.read(len(ID3_TAG)) == ID3_TAG and _audio_start(file, start)[1][:4] == b"OggS"
+        return audio_start(file, start)[1][:4] not in LIBSNDFILE_MAGIC
     finally:
         file.seek(start)
 
@@ -163,7 +152,7 @@ def header(file: BinaryIO) -> tuple[int, int]:
     file at its start, searched for within HEADER_SEARCH_BYTES past its ID3 tags (MpegAudioError
     when none is there); nothing is decoded."""
     start = file.tell()
-    offset, _ = _audio_start(file, start)
+    offset, _ = audio_start(file, start)
     container = _open(Window(file, start + offset, HEADER_SEARCH_BYTES))
     try:
         context = container.streams.audio[0].codec_context

@@ -833,23 +833,13 @@ def open_regular_input(path: str | os.PathLike):
     return io.BufferedReader(raw)
 
 
-OGG_PAGE = b"OggS"  # an Ogg page's capture pattern, the first bytes of an Ogg file (Vorbis, Opus, FLAC in Ogg)
-
-
-def is_ogg(file) -> bool:
-    """Whether seekable binary `file`, at its start, is an Ogg file; `file` is left at its start."""
-    head = file.read(len(OGG_PAGE))
-    file.seek(0)
-    return head == OGG_PAGE
-
-
 def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
     """What the header of an audio input says, checked before /accepted: its rate, and for the
     take the stem its channels make and the memory reading it takes. Only the header is read; a
     file soundfile cannot read stays the job's error (bad_audio), as when it is read later."""
     import soundfile  # here, not at the top: the client (inside a DAW) never checks paths
 
-    from stepfoley.engine import mpeg_audio
+    from stepfoley.engine import audio_formats, mpeg_audio
 
     try:  # checked again once open: the path may have become a pipe since it was looked at
         fd = open_input(path)
@@ -860,9 +850,11 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
         try:
             if mpeg_audio.is_mpeg_audio(file):  # not libsndfile's mpg123, which writes to stderr
                 (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
-            elif mpeg_audio.is_ogg_behind_tags(file):
-                return  # unreadable (the job says so), after a search of the whole file on this thread
-            elif is_ogg(file):
+            elif audio_formats.container_problem(file):
+                # not to be opened by libsndfile, which could hold this thread for minutes or for
+                # ever (engine.audio_formats); the job says why
+                return
+            elif audio_formats.is_ogg(file):
                 # libsndfile finds an Ogg file's length by searching it from its end for the last
                 # page: a tail of false page headers kept this thread, which answers every client,
                 # 0.3 s a MiB (5 minutes for 1 GiB); its header pages are at its start

@@ -9,7 +9,7 @@ import pytest
 import soundfile
 
 from stepfoley import atomic
-from stepfoley.engine import audio_io
+from stepfoley.engine import audio_formats, audio_io
 from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_new_wav, write_wav_atomic
 from stepfoley.engine.errors import AudioError, InvalidInputError
 
@@ -139,7 +139,7 @@ def test_ctrl_c_while_a_stem_is_written_stops_it_as_a_stop_not_as_a_full_disk(tm
 import os, signal, sys, threading, time
 import numpy as np
 from pathlib import Path
-from stepfoley.engine import audio_io
+from stepfoley.engine import audio_formats, audio_io
 folder = Path(sys.argv[1])
 # as in a terminal: a run started in the background (nohup, CI) inherits SIGINT ignored
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -240,7 +240,8 @@ def test_read_unreadable_file_names_it(tmp_path):
     junk.write_bytes(b"this is not a riff header" * 20)
     with pytest.raises(AudioError) as e:
         read_audio(junk)
-    assert str(e.value).startswith(f"Cannot read audio file '{junk}': Format not recognised. It may be damaged")
+    assert str(e.value).startswith(f"Audio file '{junk}' is not in a format StepFoley reads (WAV, AIFF, FLAC, Ogg "
+                                   "Vorbis or Opus, CAF or MP3): it does not begin as any of them do (damaged, or")
 
 
 def test_read_empty_file_names_it(tmp_path):
@@ -504,7 +505,7 @@ def test_the_ogg_page_checksum_is_the_one_libsndfile_writes(subtype):
     starts = page_starts(data)
     assert len(starts) > 3
     for a, b in zip(starts, starts[1:] + [len(data)]):
-        assert audio_io.ogg_checksum(data[a:b]) == int.from_bytes(data[a + 22:a + 26], "little")
+        assert audio_formats.ogg_checksum(data[a:b]) == int.from_bytes(data[a + 22:a + 26], "little")
 
 
 @pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
@@ -545,7 +546,7 @@ def test_an_ogg_file_of_tiny_pages_is_refused_before_they_are_all_checked(tmp_pa
     data = ogg_bytes()
     empty = bytearray(data[:27])
     empty[5], empty[26] = 0, 0  # a continued-nothing page with no segments
-    empty[22:26] = audio_io.ogg_checksum(bytes(empty)).to_bytes(4, "little")
+    empty[22:26] = audio_formats.ogg_checksum(bytes(empty)).to_bytes(4, "little")
     (tmp_path / "tiny.ogg").write_bytes(data + bytes(empty) * 200_000)  # 5.4 MB
     started = time.perf_counter()
     with pytest.raises(AudioError, match="holds Ogg pages of .* bytes on average, far smaller than any encoder writes"):
@@ -570,3 +571,73 @@ def test_an_ogg_file_behind_an_id3_tag_is_refused_without_libsndfiles_search(tmp
         read_audio(tmp_path / "tagged.ogg")
     parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "tagged.ogg")), capabilities(), check_paths=True)
     assert opened == []
+
+
+# --- the containers libsndfile is let open (engine.audio_formats) ------------------------------
+
+
+def svx_of_empty_chunks(chunks: int) -> bytes:
+    """An Amiga 8SVX header and `chunks` empty chunks: past 8,100 of them libsndfile never returned."""
+    body = b"8SVX" + b"VHDR" + (20).to_bytes(4, "big") + bytes(12) + (8000).to_bytes(2, "big") + bytes(6)
+    body += b"ANNO" + bytes(4) + (b"ABCD" + bytes(4)) * chunks + b"BODY" + (4).to_bytes(4, "big") + bytes(4)
+    return b"FORM" + len(body).to_bytes(4, "big") + body
+
+
+def test_a_format_libsndfile_guesses_but_no_daw_bounces_is_refused_unopened(tmp_path, monkeypatch):
+    """An 8SVX file of 8,200 empty chunks kept libsndfile looping for ever (on the thread that
+    answers every client, through the request's header check); a MIDI sample dump printed two
+    lines for each packet. Only WAV, RF64, Wave64, AIFF, FLAC, Ogg, CAF (and MP3, FFmpeg's) are opened."""
+    from stepfoley.request import parse_request
+    from test_bridge_kit import make_request
+    from test_request import capabilities
+
+    (tmp_path / "loop.8svx").write_bytes(svx_of_empty_chunks(8_200))
+    soundfile.write(tmp_path / "voice.au", noise(1, 800), 8000, format="AU")
+    opened = []
+    monkeypatch.setattr(soundfile, "info", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(soundfile, "SoundFile", lambda *a, **k: opened.append(a))
+    for name in ("loop.8svx", "voice.au"):
+        with pytest.raises(AudioError, match=rf"'.*{name}' is not in a format StepFoley reads \(WAV, AIFF, FLAC, "):
+            read_audio(tmp_path / name)
+        parse_request(make_request(tmp_path, existing_mix=str(tmp_path / name)), capabilities(), check_paths=True)
+    assert opened == []
+
+
+@pytest.mark.parametrize("container, subtype", [("WAV", "PCM_16"), ("RF64", "PCM_24"), ("W64", "FLOAT"),
+                                                ("AIFF", "PCM_16"), ("FLAC", "PCM_16"), ("CAF", "ALAC_16"),
+                                                ("OGG", "OPUS")])
+def test_the_containers_a_daw_bounces_are_read(tmp_path, container, subtype):
+    path = tmp_path / f"bounce.{container.lower()}"
+    soundfile.write(path, noise(2, 48000).T, 48000, format=container, subtype=subtype)
+    samples, rate = read_audio(path)
+    assert rate == 48000 and samples.shape[0] == 2 and abs(samples.shape[1] - 48000) < 1000
+
+
+def caf_with_chunk(kind: bytes, size: int) -> bytes:
+    desc = b"desc" + (32).to_bytes(8, "big") + bytes(32)
+    return b"caff" + (1).to_bytes(2, "big") + bytes(2) + desc + kind + size.to_bytes(8, "big") + bytes(size) \
+        + b"data" + (-1).to_bytes(8, "big", signed=True) + bytes(4)
+
+
+def flac_with_blocks(count: int, kind: int = 1, size: int = 0) -> bytes:
+    info = bytes([0]) + (34).to_bytes(3, "big") + bytes(34)
+    return b"fLaC" + info + (bytes([kind]) + size.to_bytes(3, "big") + bytes(size)) * count \
+        + bytes([0x80 | 1]) + bytes(3)
+
+
+def test_chunks_and_blocks_libsndfile_decodes_whole_are_bounded_before_it_opens_them(tmp_path):
+    """A CAF `info` chunk cost 0.09 s a MiB on the answering thread, a `pakt` table 5 MiB of
+    memory a MiB; millions of empty FLAC metadata blocks, 20 ms a MiB."""
+    cases = {"info.caf": (caf_with_chunk(b"info", 70_000), "holds a info chunk of 70,000 bytes"),
+             "pakt.caf": (caf_with_chunk(b"pakt", 1_100_000), "holds a pakt chunk of 1,100,000 bytes"),
+             "blocks.flac": (flac_with_blocks(200), "holds over 128 metadata blocks"),
+             "tags.flac": (flac_with_blocks(2, kind=4, size=600_000), "holds over 1 MiB of tags")}
+    for name, (content, words) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AudioError, match=f"'.*{name}' {words}"):
+            read_audio(tmp_path / name)
+    # within the bounds, the file is libsndfile's to judge (these hold no audio it can read)
+    for name, content in (("small.caf", caf_with_chunk(b"info", 100)), ("few.flac", flac_with_blocks(5))):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AudioError, match=f"Cannot read audio file '.*{name}'"):
+            read_audio(tmp_path / name)
