@@ -5,7 +5,7 @@ than their file's size or never return on crafted headers: an Amiga 8SVX file of
 chunks kept it looping forever, MIDI sample dumps print to the process's output for every
 packet, a CAF `info` or `pakt` chunk is decoded whole (5 MiB of memory per MiB), millions of
 empty FLAC metadata blocks cost 20 ms a MiB, and bytes between Ogg pages made its length
-search crawl (0.3 s a MiB). Inputs reach it on the thread that answers every client (the
+search crawl (0.3 s a MiB); it skips an ID3 tag in front of any format by its own reckoning. Inputs reach it on the thread that answers every client (the
 request's header check) and in jobs that cannot be cancelled while it reads. So only the
 containers a DAW writes are let through (WAV, RF64, Wave64, AIFF, FLAC, Ogg, CAF; MP3 goes to
 FFmpeg, engine.mpeg_audio), and those with chunks or blocks libsndfile reads whole are walked
@@ -18,7 +18,7 @@ import os
 import zlib
 from typing import BinaryIO
 
-from stepfoley.engine.mpeg_audio import ID3_TAG, audio_start
+from stepfoley.engine.mpeg_audio import ID3_TAG
 
 OGG_PAGE = b"OggS"  # an Ogg page's capture pattern, the first bytes of an Ogg file (Vorbis, Opus, FLAC in Ogg)
 _WAVE64 = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"  # Sony Wave64's first GUID
@@ -45,9 +45,9 @@ OGG_PAGES_BEFORE_MEAN = 4096
 
 def is_ogg(file: BinaryIO) -> bool:
     """Whether seekable binary `file`, at its start, is an Ogg file; `file` is left at its start."""
-    head = file.read(len(OGG_PAGE))
+    head = file.read(16)
     file.seek(0)
-    return head == OGG_PAGE
+    return _container(head) == "ogg"
 
 
 def _container(head: bytes) -> str | None:
@@ -72,21 +72,39 @@ def container_problem(file: BinaryIO) -> str | None:
     asks first), as the rest of a sentence that begins "Audio file 'NAME' ", or None. Reads
     its first bytes, and the block or chunk headers of FLAC and CAF; `file` is left at its start."""
     try:
-        offset = audio_start(file, 0)[0] if file.read(len(ID3_TAG)) == ID3_TAG else 0
-        file.seek(offset)
-        kind = _container(file.read(16))
-        if kind == "ogg" and offset:
-            return "is an Ogg file behind an ID3 tag, which cannot be read. Export it again without tags (WAV is safest)."
+        head = file.read(16)
+        if head[:len(ID3_TAG)] == ID3_TAG:
+            flac_at = _flac_behind_tag(file, head)
+            if flac_at is None:
+                return ("has an ID3 tag in front of its audio, which only MP3 and FLAC files carry. Export it again "
+                        "without tags (WAV is safest).")
+            return _flac_problem(file, flac_at + 4)
+        kind = _container(head)
         if kind is None:
             return (f"is not in a format StepFoley reads ({FORMATS_READ}): it does not begin as any of them do "
                     "(damaged, or another format). Export it again as WAV.")
         if kind == "flac":
-            return _flac_problem(file, offset + 4)
+            return _flac_problem(file, 4)
         if kind == "caf":
             return _caf_problem(file)
         return None
     finally:
         file.seek(0)
+
+
+def _flac_behind_tag(file: BinaryIO, head: bytes) -> int | None:
+    """Where FLAC begins behind the one ID3 tag that starts `head` (a file's first 16 bytes),
+    None for anything else. libsndfile skips a tag by its own reckoning (versions 2-4, sizes
+    masked to 7 bits, no footer), and a file crafted where that differs from a careful walk
+    showed this check a WAV header and libsndfile an 8SVX file that made it loop for ever; so
+    only a tag both read alike, followed by FLAC, is let through. (A WAV behind a tag is not:
+    libsndfile drops the tag's length of audio from its end.)"""
+    version, flags, size = head[3], head[5], head[6:10]
+    if version not in (2, 3, 4) or flags & 0x10 or any(b & 0x80 for b in size):
+        return None
+    offset = 10 + ((size[0] << 21) | (size[1] << 14) | (size[2] << 7) | size[3])
+    file.seek(offset)
+    return offset if file.read(4) == b"fLaC" else None
 
 
 def _flac_problem(file: BinaryIO, position: int) -> str | None:
@@ -111,15 +129,18 @@ def _flac_problem(file: BinaryIO, position: int) -> str | None:
 
 
 def _caf_problem(file: BinaryIO) -> str | None:
-    # after the 8-byte file header, chunks: a 4-byte type, a signed 64-bit big-endian size
+    # after the 8-byte file header, chunks: a 4-byte type, a signed 64-bit big-endian size;
+    # libsndfile reads on past a sized `data` chunk, so the walk does too
     size = os.fstat(file.fileno()).st_size
     position = 8
     for _ in range(MAX_CAF_CHUNKS):
         file.seek(position)
         header = file.read(12)
-        if len(header) < 12 or header[:4] == b"data":
-            return None  # the audio (it may run to the end of the file unsized) or the file's end
+        if len(header) < 12:
+            return None  # the file's end
         length = int.from_bytes(header[4:12], "big", signed=True)
+        if header[:4] == b"data" and length == -1:
+            return None  # the audio, to the end of the file
         bound = {b"info": MAX_CAF_INFO_BYTES, b"pakt": MAX_CAF_PACKET_TABLE_BYTES}.get(header[:4])
         if bound is not None and length > bound:
             return (f"holds a {header[:4].decode()} chunk of {length:,} bytes, far more than any encoder writes "
@@ -127,8 +148,8 @@ def _caf_problem(file: BinaryIO) -> str | None:
         if length < 0 or position + 12 + length > size:
             return None  # libsndfile says what is wrong
         position += 12 + length
-    return (f"holds over {MAX_CAF_CHUNKS} chunks before its audio, far more than any encoder writes (a damaged or "
-            "crafted file). Export it again (WAV is safest).")
+    return (f"holds over {MAX_CAF_CHUNKS} chunks, far more than any encoder writes (a damaged or crafted file). "
+            "Export it again (WAV is safest).")
 
 
 def ogg_pages_problem(file: BinaryIO) -> str | None:

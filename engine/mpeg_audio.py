@@ -18,8 +18,9 @@ import numpy as np
 ID3_TAG = b"ID3"
 ID3_HEADER_BYTES = 10
 MAX_ID3_TAGS = 16  # tags in a row before the audio; more is not a file any tool writes
-# how the formats libsndfile reads behind an ID3 tag begin (WAV, RF64, FLAC, Ogg, AIFF)
-LIBSNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM")
+# how the formats that are not MP3 behind an ID3 tag begin (WAV, RF64, Wave64, FLAC, Ogg, AIFF,
+# CAF): engine.audio_formats refuses them with the tag named
+LIBSNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"riff", b"fLaC", b"OggS", b"FORM", b"caff")
 # How far past its ID3 tags a file is searched for the first frame when only its header is asked
 # for: FFmpeg would search all of it, 11 s a GiB of garbage behind a frame sync, on the thread
 # that answers every client before a job is accepted.
@@ -51,7 +52,7 @@ def _id3_tag_bytes(header: bytes) -> int | None:
     return ID3_HEADER_BYTES + size + footer
 
 
-def audio_start(file: BinaryIO, start: int) -> tuple[int, bytes]:
+def _audio_start(file: BinaryIO, start: int) -> tuple[int, bytes]:
     """(offset from `start` past the ID3v2 tags there, the 10 bytes found at that offset)."""
     file.seek(start)
     head, offset = file.read(ID3_HEADER_BYTES), 0
@@ -78,7 +79,7 @@ def is_mpeg_audio(file: BinaryIO) -> bool:
             return True
         if head[:3] != ID3_TAG:
             return False
-        return audio_start(file, start)[1][:4] not in LIBSNDFILE_MAGIC
+        return _audio_start(file, start)[1][:4] not in LIBSNDFILE_MAGIC
     finally:
         file.seek(start)
 
@@ -152,7 +153,7 @@ def header(file: BinaryIO) -> tuple[int, int]:
     file at its start, searched for within HEADER_SEARCH_BYTES past its ID3 tags (MpegAudioError
     when none is there); nothing is decoded."""
     start = file.tell()
-    offset, _ = audio_start(file, start)
+    offset, _ = _audio_start(file, start)
     container = _open(Window(file, start + offset, HEADER_SEARCH_BYTES))
     try:
         context = container.streams.audio[0].codec_context

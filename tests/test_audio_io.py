@@ -567,7 +567,7 @@ def test_an_ogg_file_behind_an_id3_tag_is_refused_without_libsndfiles_search(tmp
     opened = []
     real_info = soundfile.info
     monkeypatch.setattr(soundfile, "info", lambda file, *a, **k: opened.append(file) or real_info(file, *a, **k))
-    with pytest.raises(AudioError, match="'.*tagged.ogg' is an Ogg file behind an ID3 tag, which cannot be read"):
+    with pytest.raises(AudioError, match="'.*tagged.ogg' has an ID3 tag in front of its audio, which only MP3 and"):
         read_audio(tmp_path / "tagged.ogg")
     parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "tagged.ogg")), capabilities(), check_paths=True)
     assert opened == []
@@ -641,3 +641,44 @@ def test_chunks_and_blocks_libsndfile_decodes_whole_are_bounded_before_it_opens_
         (tmp_path / name).write_bytes(content)
         with pytest.raises(AudioError, match=f"Cannot read audio file '.*{name}'"):
             read_audio(tmp_path / name)
+
+
+def test_nothing_behind_an_id3_tag_but_mp3_or_flac_reaches_libsndfile(tmp_path, monkeypatch):
+    """libsndfile skips an ID3 tag by its own reckoning (no footer, sizes masked): a v2.4 tag
+    with a footer flag, a second tag header where the footer would be and a WAV header behind
+    it showed a WAV to a walk that counts the footer, and libsndfile the 8SVX file of empty
+    chunks behind them (for ever, on the answering thread too). A WAV behind a tag lost the
+    tag's length of audio at its end in libsndfile."""
+    from stepfoley.request import parse_request
+    from test_bridge_kit import make_request
+    from test_request import capabilities
+
+    def syncsafe(n):
+        return bytes([(n >> 21) & 127, (n >> 14) & 127, (n >> 7) & 127, n & 127])
+
+    footer_tag = b"ID3\x04\x00\x10" + syncsafe(20) + bytes(20)
+    wav_header = b"RIFF" + (36).to_bytes(4, "little") + b"WAVE" + b"fmt " + bytes(84)
+    (tmp_path / "bypass.wav").write_bytes(footer_tag + b"ID3\x04\x00\x00" + syncsafe(100) + wav_header
+                                          + svx_of_empty_chunks(8_200))
+    plain = tmp_path / "plain.wav"
+    soundfile.write(plain, noise(1, 4800).T, 48000)
+    (tmp_path / "tagged.wav").write_bytes(b"ID3\x04\x00\x00" + syncsafe(30) + bytes(30) + plain.read_bytes())
+    opened = []
+    monkeypatch.setattr(soundfile, "info", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(soundfile, "SoundFile", lambda *a, **k: opened.append(a))
+    for name in ("bypass.wav", "tagged.wav"):
+        with pytest.raises(AudioError, match=f"'.*{name}' has an ID3 tag in front of its audio, which only MP3 and FLAC"):
+            read_audio(tmp_path / name)
+        parse_request(make_request(tmp_path, existing_mix=str(tmp_path / name)), capabilities(), check_paths=True)
+    assert opened == []
+
+
+def test_a_caf_chunk_after_the_audio_is_bounded_as_one_before_it(tmp_path):
+    """libsndfile reads on past a sized `data` chunk: a 200 MB `info` chunk after the audio
+    took 18 s and 243 MB on the answering thread."""
+    desc = b"desc" + (32).to_bytes(8, "big") + bytes(32)
+    after = b"caff" + (1).to_bytes(2, "big") + bytes(2) + desc + b"data" + (8).to_bytes(8, "big") + bytes(8) \
+        + b"info" + (70_000).to_bytes(8, "big") + bytes(70_000)
+    (tmp_path / "after.caf").write_bytes(after)
+    with pytest.raises(AudioError, match="'.*after.caf' holds a info chunk of 70,000 bytes"):
+        read_audio(tmp_path / "after.caf")

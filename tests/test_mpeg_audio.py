@@ -90,17 +90,15 @@ def test_the_sniff_names_mpeg_audio_and_nothing_libsndfile_reads_otherwise():
     assert sniff(b"ID3\x03\x00\x00\x7f\x7f\x7f\x7f") and sniff(b"ID3")
 
 
-@pytest.mark.parametrize("form", ["WAV", "FLAC"])
-def test_a_wav_or_flac_behind_an_id3_tag_is_still_read_by_libsndfile(tmp_path, form):
+def test_a_flac_behind_an_id3_tag_is_still_read_by_libsndfile(tmp_path):
     samples = (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32)
-    plain = tmp_path / f"plain.{form.lower()}"
-    sf.write(plain, samples, 48000, format=form)
-    tagged = tmp_path / f"tagged.{form.lower()}"
+    plain = tmp_path / "plain.flac"
+    sf.write(plain, samples, 48000, format="FLAC")
+    tagged = tmp_path / "tagged.flac"
     tagged.write_bytes(ID3_TAG + plain.read_bytes())
     ours, rate = audio_io.read_audio(tagged)
-    # libsndfile itself reads it: a WAV's last 10 samples (the tag's length in frames) go missing there
-    assert rate == 48000 and ours.shape[1] >= 47_990
-    np.testing.assert_allclose(ours[0, :47_990], samples[:47_990], atol=1e-4)
+    assert rate == 48000 and ours.shape[1] == 48_000
+    np.testing.assert_allclose(ours[0], samples, atol=1e-4)
 
 
 @needs_mp3
