@@ -587,19 +587,26 @@ def test_a_format_libsndfile_guesses_but_no_daw_bounces_is_refused_unopened(tmp_
     """An 8SVX file of 8,200 empty chunks kept libsndfile looping for ever (on the thread that
     answers every client, through the request's header check); a MIDI sample dump printed two
     lines for each packet. Only WAV, RF64, Wave64, AIFF, FLAC, Ogg, CAF (and MP3, FFmpeg's) are opened."""
+    (tmp_path / "loop.8svx").write_bytes(svx_of_empty_chunks(8_200))
+    soundfile.write(tmp_path / "voice.au", noise(1, 800).T, 8000, format="AU")
+    assert_refused_unopened(tmp_path, monkeypatch, ("loop.8svx", "voice.au"),
+                            r"is not in a format StepFoley reads \(WAV, AIFF, FLAC, ")
+
+
+def assert_refused_unopened(folder, monkeypatch, names, words):
+    """Each file is refused with `words` by the job's read and left to the job by the request's
+    check (which answers every client), neither opening it with libsndfile."""
     from stepfoley.request import parse_request
     from test_bridge_kit import make_request
     from test_request import capabilities
 
-    (tmp_path / "loop.8svx").write_bytes(svx_of_empty_chunks(8_200))
-    soundfile.write(tmp_path / "voice.au", noise(1, 800), 8000, format="AU")
     opened = []
     monkeypatch.setattr(soundfile, "info", lambda *a, **k: opened.append(a))
     monkeypatch.setattr(soundfile, "SoundFile", lambda *a, **k: opened.append(a))
-    for name in ("loop.8svx", "voice.au"):
-        with pytest.raises(AudioError, match=rf"'.*{name}' is not in a format StepFoley reads \(WAV, AIFF, FLAC, "):
-            read_audio(tmp_path / name)
-        parse_request(make_request(tmp_path, existing_mix=str(tmp_path / name)), capabilities(), check_paths=True)
+    for name in names:
+        with pytest.raises(AudioError, match=f"'.*{name}' {words}"):
+            read_audio(folder / name)
+        parse_request(make_request(folder, existing_mix=str(folder / name)), capabilities(), check_paths=True)
     assert opened == []
 
 
@@ -649,10 +656,6 @@ def test_nothing_behind_an_id3_tag_but_mp3_or_flac_reaches_libsndfile(tmp_path, 
     it showed a WAV to a walk that counts the footer, and libsndfile the 8SVX file of empty
     chunks behind them (for ever, on the answering thread too). A WAV behind a tag lost the
     tag's length of audio at its end in libsndfile."""
-    from stepfoley.request import parse_request
-    from test_bridge_kit import make_request
-    from test_request import capabilities
-
     def syncsafe(n):
         return bytes([(n >> 21) & 127, (n >> 14) & 127, (n >> 7) & 127, n & 127])
 
@@ -663,14 +666,8 @@ def test_nothing_behind_an_id3_tag_but_mp3_or_flac_reaches_libsndfile(tmp_path, 
     plain = tmp_path / "plain.wav"
     soundfile.write(plain, noise(1, 4800).T, 48000)
     (tmp_path / "tagged.wav").write_bytes(b"ID3\x04\x00\x00" + syncsafe(30) + bytes(30) + plain.read_bytes())
-    opened = []
-    monkeypatch.setattr(soundfile, "info", lambda *a, **k: opened.append(a))
-    monkeypatch.setattr(soundfile, "SoundFile", lambda *a, **k: opened.append(a))
-    for name in ("bypass.wav", "tagged.wav"):
-        with pytest.raises(AudioError, match=f"'.*{name}' has an ID3 tag in front of its audio, which only MP3 and FLAC"):
-            read_audio(tmp_path / name)
-        parse_request(make_request(tmp_path, existing_mix=str(tmp_path / name)), capabilities(), check_paths=True)
-    assert opened == []
+    assert_refused_unopened(tmp_path, monkeypatch, ("bypass.wav", "tagged.wav"),
+                            "has an ID3 tag in front of its audio, which only MP3 and FLAC")
 
 
 def test_a_caf_chunk_after_the_audio_is_bounded_as_one_before_it(tmp_path):
