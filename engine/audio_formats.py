@@ -5,8 +5,9 @@ than their file's size or never return on crafted headers: an Amiga 8SVX file of
 chunks kept it looping forever, MIDI sample dumps print to the process's output for every
 packet, a CAF `info` or `pakt` chunk is decoded whole (5 MiB of memory per MiB), millions of
 empty FLAC metadata blocks cost 20 ms a MiB, and bytes between Ogg pages made its length
-search crawl (0.3 s a MiB); it skips an ID3 tag in front of any format by its own reckoning. Inputs reach it on the thread that answers every client (the
-request's header check) and in jobs that cannot be cancelled while it reads. So only the
+search crawl (0.3 s a MiB); it skips an ID3 tag in front of any format by its own reckoning.
+Inputs reach it on the thread that answers every client (the request's header check) and in
+jobs that cannot be cancelled while it reads. So only the
 containers a DAW writes are let through (WAV, RF64, Wave64, AIFF, FLAC, Ogg, CAF; MP3 goes to
 FFmpeg, engine.mpeg_audio), and those with chunks or blocks libsndfile reads whole are walked
 here first, reading headers only (Ogg: every page, at checksum speed, in the job).
@@ -110,7 +111,7 @@ def _flac_behind_tag(file: BinaryIO, head: bytes) -> int | None:
 def _flac_problem(file: BinaryIO, position: int) -> str | None:
     # metadata blocks: a byte (last-block flag, type), a 24-bit length, the block
     tag_bytes = 0
-    for count in range(1, MAX_FLAC_BLOCKS + 1):
+    for _ in range(MAX_FLAC_BLOCKS):
         file.seek(position)
         header = file.read(4)
         if len(header) < 4:

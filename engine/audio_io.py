@@ -54,8 +54,9 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
                max_bytes: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read a WAV, AIFF, FLAC, Ogg or CAF file with libsndfile (engine.audio_formats says which
     files it may open), or MPEG audio with FFmpeg (engine.mpeg_audio says why): its first
-    `max_seconds` (all of it when None), averaged to one channel when `mono`. Files over `max_bytes` or `max_rate` Hz are refused
-    before any sample is read. Returns (samples (C, S) float32, sample_rate)."""
+    `max_seconds` (all of it when None), averaged to one channel when `mono`. Files over
+    `max_bytes` or `max_rate` Hz are refused before any sample is read. Returns (samples (C, S)
+    float32, sample_rate)."""
     samples, sample_rate, _ = read_audio_and_subtype(path, max_seconds, mono, max_bytes, max_rate)
     return samples, sample_rate
 

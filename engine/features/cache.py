@@ -338,8 +338,8 @@ class FeatureCache:
         """Remove the least recently used entries until the folder fits `max_disk_bytes`, and
         temporary files of entries that killed engines left; nothing else (see the module's
         docstring)."""
-        entries, now = [], time.time()
-        now_ns = time.time_ns()
+        entries, now_ns = [], time.time_ns()
+        now = now_ns / 1e9
         try:
             scan = list(os.scandir(self.cache_dir))
         except OSError:
