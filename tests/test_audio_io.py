@@ -679,3 +679,15 @@ def test_a_caf_chunk_after_the_audio_is_bounded_as_one_before_it(tmp_path):
     (tmp_path / "after.caf").write_bytes(after)
     with pytest.raises(AudioError, match="'.*after.caf' holds a info chunk of 70,000 bytes"):
         read_audio(tmp_path / "after.caf")
+
+
+def test_a_caf_chunk_size_that_is_negative_or_past_the_end_is_left_to_libsndfile(tmp_path):
+    """The walk stops at a size it cannot follow (no huge seek, no loop); libsndfile refuses the file."""
+    desc = b"desc" + (32).to_bytes(8, "big") + bytes(32)
+    for name, size in (("negative.caf", -5), ("past.caf", 2**62)):
+        (tmp_path / name).write_bytes(b"caff" + (1).to_bytes(2, "big") + bytes(2) + desc + b"free"
+                                      + size.to_bytes(8, "big", signed=True) + bytes(16))
+        with open(tmp_path / name, "rb") as file:
+            assert audio_formats.container_problem(file) is None and file.tell() == 0
+        with pytest.raises(AudioError, match=f"Cannot read audio file '.*{name}'"):
+            read_audio(tmp_path / name)
