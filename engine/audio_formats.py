@@ -19,6 +19,8 @@ import os
 import zlib
 from typing import BinaryIO
 
+import soundfile
+
 from stepfoley.engine.mpeg_audio import ID3_TAG
 
 OGG_PAGE = b"OggS"  # an Ogg page's capture pattern, the first bytes of an Ogg file (Vorbis, Opus, FLAC in Ogg)
@@ -42,6 +44,20 @@ OGG_MAX_PAGE_BYTES = OGG_HEADER_BYTES + 255 + 255 * 255
 # page costs microseconds, and a GiB of empty 27-byte pages took minutes.
 OGG_MIN_MEAN_PAGE_BYTES = 256
 OGG_PAGES_BEFORE_MEAN = 4096
+
+
+def open_sound(file: BinaryIO) -> soundfile.SoundFile:
+    """libsndfile reading seekable binary `file` (one container_problem let through) from its
+    start, by its descriptor. Through a file object libsndfile reads by Python callbacks: a
+    crafted header's seek to an impossible offset raised in one, which Python printed to the
+    engine's output with a traceback at every open ("Exception ignored from cffi callback").
+    libsndfile takes the descriptor's offset for the file's start, so it is set to 0 first; on
+    Windows, where each C runtime has descriptors of its own, the file object is given."""
+    if os.name == "nt":
+        file.seek(0)
+        return soundfile.SoundFile(file)
+    os.lseek(file.fileno(), 0, os.SEEK_SET)
+    return soundfile.SoundFile(file.fileno(), closefd=False)
 
 
 def is_ogg(file: BinaryIO) -> bool:

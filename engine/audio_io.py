@@ -29,7 +29,7 @@ import soundfile
 from stepfoley import atomic
 from stepfoley.engine import mpeg_audio
 from stepfoley.engine.errors import AudioError, InvalidInputError
-from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem
+from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem, open_sound
 from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_regular_input
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
@@ -91,10 +91,10 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                 problem = container_problem(file) or (ogg_pages_problem(file) if is_ogg(file) else None)
                 if problem:
                     raise AudioError(f"Audio file '{path}' {problem}")
-                with soundfile.SoundFile(file) as sound:
+                with open_sound(file) as sound:
                     if max_rate is not None and sound.samplerate > max_rate:
                         raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
-                    samples = _read_blocks(sound, max_seconds, mono)
+                    samples = _read_blocks(sound, max_seconds, mono, path)
                     sample_rate, subtype = sound.samplerate, sound.subtype
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
@@ -134,7 +134,7 @@ def seconds_short_of(samples: np.ndarray, sample_rate: int, seconds: float) -> f
     return held if held < seconds - SHORT_INPUT_TOLERANCE_S else None
 
 
-def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool) -> np.ndarray:
+def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool, path: Path) -> np.ndarray:
     # -> (C or 1, S) float32; never more than `max_seconds` nor one block of all channels at once
     wanted = sound.frames if max_seconds is None else min(sound.frames, math.ceil(max_seconds * sound.samplerate))
     block = max(1, READ_BLOCK_SAMPLES // sound.channels)
@@ -153,7 +153,7 @@ def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bo
             out[:, done:done + len(frames)] = frames.mean(axis=1, dtype=np.float64) if mono else frames.T
             done += len(frames)
     except MemoryError:
-        raise AudioError(f"Audio file '{sound.name}' holds more audio than this computer's memory, or its header "
+        raise AudioError(f"Audio file '{path}' holds more audio than this computer's memory, or its header "
                          "says it does. Bounce only the region, or export it again.") from None
     return out[:, :done]
 

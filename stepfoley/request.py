@@ -861,8 +861,8 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
                 info = soundfile.info(mpeg_audio.Window(file, 0, mpeg_audio.HEADER_SEARCH_BYTES))
                 rate, channels, frames = int(info.samplerate), int(info.channels), math.inf
             else:
-                info = soundfile.info(file)
-                rate, channels, frames = int(info.samplerate), int(info.channels), int(info.frames)
+                with audio_formats.open_sound(file) as sound:
+                    rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
         except Exception:  # soundfile raises several kinds (LibsndfileError, RuntimeError, TypeError, ...)
             return
     if rate > MAX_INPUT_SAMPLE_RATE:

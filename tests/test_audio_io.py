@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -691,3 +692,24 @@ def test_a_caf_chunk_size_that_is_negative_or_past_the_end_is_left_to_libsndfile
             assert audio_formats.container_problem(file) is None and file.tell() == 0
         with pytest.raises(AudioError, match=f"Cannot read audio file '.*{name}'"):
             read_audio(tmp_path / name)
+
+
+def test_libsndfile_reads_by_descriptor_so_a_crafted_seek_prints_no_traceback(tmp_path, monkeypatch):
+    """An RF64 file whose ds64 chunk gives a data size of 2^63 made libsndfile seek past any
+    offset; through a file object the seek raised inside soundfile's callback and Python printed
+    "Exception ignored from cffi callback" and a traceback at every open, on the engine's output."""
+    from stepfoley.request import parse_request
+    from test_bridge_kit import make_request
+    from test_request import capabilities
+
+    ds64 = struct.pack("<QQQI", 0, 2**63 - 5, 0, 0)
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + b"ds64" + struct.pack("<I", len(ds64)) + ds64 + b"fmt " + struct.pack("<I", len(fmt)) + fmt \
+        + b"data" + struct.pack("<I", 0xFFFFFFFF) + struct.pack("<50h", *range(50))
+    (tmp_path / "crafted.wav").write_bytes(b"RF64" + struct.pack("<I", 0xFFFFFFFF) + body)
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    samples, rate = read_audio(tmp_path / "crafted.wav")
+    parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "crafted.wav")), capabilities(), check_paths=True)
+    assert ignored == []
+    assert rate == 16000 and np.array_equal(samples[0] * 32768, np.arange(50))
