@@ -108,8 +108,7 @@ FORMAT = "stepfoley-audio-embedding-1"
 TEXT_TOWER = "minilm-sentence+linear"
 SHIPPED_PATH = Path(__file__).resolve().parent / "embedded" / "audio_embedding.safetensors"
 WHAT = "evaluation embedding"
-HOW_TO_TRAIN = ("train one with stepfoley.lab.evaluation.embedding.train_audio_embedding, "
-                "or let `stepfoley eval` do it")
+HOW_TO_TRAIN = "train one with `stepfoley eval --train-embedding FILE`, or let `stepfoley eval` do it"
 
 
 @dataclass(frozen=True)

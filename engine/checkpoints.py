@@ -340,21 +340,22 @@ def load_with_report(path: Union[str, os.PathLike], file_format: str, what: str,
     from safetensors.torch import load_file
 
     path = Path(path)
+    a_what = f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
     if not path.is_file():
         raise CheckpointError(f"The {what} {path} does not exist; {how_to_train}.")
     try:
         report = read_report(path)
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"The {what} {path} cannot be read ({e}); give a {what} file, or {how_to_train}.")
+        raise CheckpointError(f"The {what} {path} cannot be read ({e}); give {a_what} file, or {how_to_train}.")
     if report.get("format") != file_format:
         raise CheckpointError(f"{path} is not a StepFoley {what} (format {report.get('format')!r}, "
-                              f"expected {file_format!r}); give a {what} file, or {how_to_train}.")
+                              f"expected {file_format!r}); give {a_what} file, or {how_to_train}.")
     module = build(report)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not match the {what}'s layout ({e}); give a {what} file made by this "
+        raise CheckpointError(f"{path} does not match the {what}'s layout ({e}); give {a_what} file made by this "
                               f"version, or {how_to_train}.")
     module.report, module.path = report, path
     return module.eval().requires_grad_(False)

@@ -314,6 +314,7 @@ class _Take:
             "playrate": request.region.playrate,
             "reference_audio": request.reference_audio,
             "take": request.take,
+            "take_sample_rate": self.rate,
             "regenerate": list(request.regenerate),
             "kept_untouched": None,  # known once the stem is written: came_back_untouched
             # of the stem's samples, those past full scale that `format` clips (a float take's overs,

@@ -48,11 +48,22 @@ class _Parser(argparse.ArgumentParser):
                                 f"word after it, so give it after them, e.g. {positionals} {option} …)")
         return ""
 
+    def _dash_value_hint(self, message: str) -> str:
+        """argparse takes a value such as "-1,2" for an option and says only that the value is
+        missing: said when the word after the option starts with '-', with that option's name."""
+        names = message.removeprefix("argument ").split(":", 1)[0].split("/")
+        words = getattr(self, "_words", [])
+        for i, word in enumerate(words[:-1]):
+            # an abbreviation counts: argparse takes those
+            given = word in names or (len(word) > 2 and word.startswith("--") and names[-1].startswith(word))
+            if given and words[i + 1].startswith("-"):
+                return (f" (a value that starts with '-' reads as an option: join it with '=', e.g. "
+                        f"{names[-1]}={words[i + 1]})")
+        return ""
+
     def error(self, message: str):
-        # argparse takes "-1,2" for an option and says only that the value is missing
         if message.endswith("expected one argument"):
-            message += (" (a value that starts with '-' reads as an option: join it with '=', e.g. "
-                        "--regenerate=-1,2)")
+            message += self._dash_value_hint(message)
         if message.startswith("the following arguments are required"):
             message += self._swallowed_hint(len(message.split(":", 1)[1].split(",")))
         super().error(message)

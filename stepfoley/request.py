@@ -461,6 +461,8 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     _reject_unknown(data, _TOP_FIELDS, "request")
     _require(data, ("region", "caption", "output_dir"), "request")
     protocol = data.get("protocol", 1)
+    if isinstance(protocol, float) and protocol in SUPPORTED_PROTOCOLS:
+        _invalid(_not_whole("protocol", protocol))
     if not is_whole(protocol) or protocol not in SUPPORTED_PROTOCOLS:
         _invalid(f"This engine speaks protocol {' and '.join(map(str, SUPPORTED_PROTOCOLS))}, the request says "
                  f"{_show(protocol)}. Update the REAPER scripts or the engine so they match.")
@@ -964,9 +966,17 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return number
 
 
+def _not_whole(name: str, value: Any) -> str:
+    """Why `value` is refused where a whole number goes. Some JSON writers put every number as a
+    float: 2.0 is told how to write it, not said to be another protocol or no whole number."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return f"{name} must be a whole number written without a decimal point ({int(value)}, not {_show(value)})."
+    return f"{name} must be a whole number, got {_show(value)}."
+
+
 def _integer(value: Any, name: str, low: int, high: int) -> int:
     if not is_whole(value):
-        _invalid(f"{name} must be a whole number, got {_show(value)}.")
+        _invalid(_not_whole(name, value))
     if not low <= value <= high:
         _invalid(f"{name} = {_show(value)} is outside {low} .. {high}.")
     return value
@@ -975,7 +985,7 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 def _choice(value: Any, name: str, choices: tuple, what: str):
     # of the choices' own type: 22050.0 is not the rate 22050 (it would reach the stem's metadata)
     if value in choices and not isinstance(value, bool) and not any(type(value) is type(c) for c in choices):
-        _invalid(f"{name} must be a whole number, got {_show(value)}.")
+        _invalid(_not_whole(name, value))
     if not any(type(value) is type(choice) and value == choice for choice in choices):
         _invalid(f"{name} {_show(value)} is not supported ({what}); use one of {', '.join(map(str, choices))}.")
     return value

@@ -151,7 +151,9 @@ def test_a_damaged_or_missing_embedding_file_is_a_checkpoint_error(tmp_path):
         load_audio_embedding(tmp_path / "missing.safetensors")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    # says the command that trains one (it named a Python function) in English ("a evaluation")
+    with pytest.raises(CheckpointError, match=r"cannot be read .*; give an evaluation embedding file, or train one "
+                                              r"with `stepfoley eval --train-embedding FILE`"):
         load_audio_embedding(broken)
 
 

@@ -240,12 +240,16 @@ def test_every_argument_is_checked_before_the_model_loads(video, tmp_path, capsy
 
 
 def test_a_value_that_reads_as_an_option_is_said_how_to_give(video, tmp_path, capsys):
-    """argparse takes "-1,2" for an option and said only "expected one argument"."""
+    """argparse takes "-1,2" for an option and said only "expected one argument". The example
+    is the option's own (it was always --regenerate's), and a value simply left out gets none."""
     with pytest.raises(SystemExit) as stopped:
         main(["generate", str(video), "0", "2", "rain", "--region", "0,0,1,1", "--region-time", "-1,2"])
     assert stopped.value.code == 2
     assert ("argument --region-time: expected one argument (a value that starts with '-' reads as an option: "
-            "join it with '=', e.g. --regenerate=-1,2)") in capsys.readouterr().err
+            "join it with '=', e.g. --region-time=-1,2)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", str(video), "0", "2", "rain", "--reference"])
+    assert capsys.readouterr().err.rstrip().endswith("argument --reference: expected one argument")
 
 
 def test_a_list_option_before_the_video_is_said_to_take_every_word(video, tmp_path, capsys):
@@ -394,6 +398,12 @@ def test_the_metadata_file_holds_the_loudness_curve_itself(video, tmp_path):
     assert stem["metadata"]["loudness_curve"] == [[0.0, -40.0], [1.0, -20.0], [2.0, -30.0]]
 
 
+def test_out_naming_an_existing_file_that_is_no_wav_says_so(video, tmp_path, capsys):
+    """It was said not to exist (the video given by mistake, /dev/null)."""
+    assert generate(video, "--out", video) == 2
+    assert f"'{video}' is a file, not a folder. Give a folder, or a file name ending in .wav." in capsys.readouterr().err
+
+
 def test_a_take_is_kept_at_its_own_rate_unless_told_otherwise(video, tmp_path, capsys):
     """The model makes 16 kHz audio; a 48 kHz take stays a 48 kHz take, its kept part bit for bit."""
     take = tmp_path / "take48.wav"
@@ -409,7 +419,12 @@ def test_a_take_is_kept_at_its_own_rate_unless_told_otherwise(video, tmp_path, c
     assert rate == 48000 and np.array_equal(written[:72000], samples[:72000])
     assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2", "--sample-rate", "16000") == 0
     captured = capsys.readouterr()
-    assert "16000 Hz" in captured.out and "not bit for bit the take's" in captured.err
+    assert "16000 Hz" in captured.out and ("not bit for bit the take's: it was resampled from the take's 48000 Hz "
+                                           "to 16000 Hz (--sample-rate 48000 keeps it)") in captured.err
+    # at the take's rate, a float take rounded to 24 bits: the cause is the format (resampling was named too)
+    assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2") == 0
+    assert ("not bit for bit the take's: its samples do not fit wav24 (--format wav32f keeps a float take's)"
+            in capsys.readouterr().err)
 
 
 def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, capsys):

@@ -136,7 +136,11 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"method": "dual", "w3": 101}, "w3 = 101 is outside"),
         ({"sample_rate": 12345}, "sample_rate 12345 is not supported"),
         ({"sample_rate": True}, "sample_rate True is not supported"),
-        ({"sample_rate": 22050.0}, "sample_rate must be a whole number, got 22050.0"),
+        ({"sample_rate": 22050.0}, "sample_rate must be a whole number written without a decimal point (22050, "
+                                   "not 22050.0)"),
+        # some JSON writers put every number as a float: 2.0 was said to be another protocol
+        ({"protocol": 2.0}, "protocol must be a whole number written without a decimal point (2, not 2.0)"),
+        ({"seed": 1.0}, "seed must be a whole number written without a decimal point (1, not 1.0)"),
         ({"format": "mp3"}, "format 'mp3' is not supported"),
         ({"output_dir": "relative/dir"}, "must be an absolute path"),
         ({"existing_mix": ""}, "existing_mix must be a file path"),

@@ -125,6 +125,8 @@ def resolve_output(out: str, force: bool) -> Output:
     if os.path.isdir(path):
         return Output(path)
     if not path.lower().endswith(".wav"):
+        if os.path.lexists(path):  # the video, /dev/null: it was said not to exist
+            raise InvalidInputError(f"'{out}' is a file, not a folder. Give a folder, or a file name ending in .wav.")
         raise InvalidInputError(f"The output folder '{out}' does not exist. Create it, or give a file name "
                                 "ending in .wav.")
     folder = os.path.dirname(path)
@@ -414,8 +416,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
-            say(f"note: the kept part of the take is not bit for bit the take's (it was resampled to "
-                f"{meta['sample_rate']} Hz, or its samples do not fit {args.format})", sys.stderr)
+            say(f"note: the kept part of the take is not bit for bit the take's: {_why_kept_changed(meta, args)}",
+                sys.stderr)
         if meta.get("format_clipped_fraction"):
             say(f"note: the stem (the take, resampled where it was) had samples over full scale, which "
                 f"{args.format} clips: {100 * meta['format_clipped_fraction']:.2g} % of its samples; ask for "
@@ -429,6 +431,18 @@ def run(args: argparse.Namespace) -> int:
     if args.metadata is not None and written == 0:
         say(f"wrote {args.metadata}")
     return written
+
+
+def _why_kept_changed(meta: dict, args: argparse.Namespace) -> str:
+    """Why a stem's kept part is not the take's own samples (its metadata's kept_untouched is
+    false), and what keeps them: one cause, not a list of maybes."""
+    take_rate = meta.get("take_sample_rate")
+    if take_rate is not None and take_rate != meta["sample_rate"]:
+        return (f"it was resampled from the take's {take_rate} Hz to {meta['sample_rate']} Hz "
+                f"(--sample-rate {take_rate} keeps it)")
+    if args.format != "wav32f":
+        return f"its samples do not fit {args.format} (--format wav32f keeps a float take's)"
+    return "the take holds 32-bit integer or 64-bit float samples, which no format StepFoley writes holds exactly"
 
 
 def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -> int:
