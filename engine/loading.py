@@ -164,8 +164,20 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
 
 def load_foley_model(weights_dir: str | Path | None = None, variant: str | None = None,
                      device: torch.device | None = None, configs: StackConfigs | None = None) -> FoleyModel:
-    """`configs` (reduced sizes for the MMAudio stack) needs a weights directory."""
+    """`weights_dir`: a folder of MMAudio's weights, or a file of the embedded model's (what
+    `stepfoley train embedded` writes), None for the packaged one. `configs` (reduced sizes for
+    the MMAudio stack) needs a weights directory."""
+    from stepfoley.engine.weights import is_weights_file
+
     device = device or torch.device("cpu")
+    if weights_dir is not None and is_weights_file(weights_dir):
+        if variant not in (None, "embedded") or configs is not None:
+            raise InvalidInputError(f"{weights_dir} is the embedded model's weights, one model: --model chooses "
+                                    "among MMAudio's variants in a weights folder. Leave --model out.")
+        from stepfoley.engine.embedded.model import build_embedded_model, check_weights_file
+
+        check_weights_file(weights_dir)
+        return build_embedded_model(device=device, weights_path=weights_dir)
     if weights_dir is not None:
         return load_mmaudio_model(weights_dir, variant, device, configs=configs)
     if configs is not None:

@@ -539,6 +539,15 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
     return FileReport(spec.name, spec.what, location, True, source, tuple(problems), verified, notes, md5_matches)
 
 
+def is_weights_file(path: str | Path) -> bool:
+    """Whether --weights names a file (the embedded model's weights, which `stepfoley train
+    embedded` writes) rather than a folder of MMAudio's."""
+    try:
+        return bool(str(path).strip()) and Path(path).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def weights_folder(root: str | Path) -> Path:
     """The weights folder, resolved; CheckpointError for one that cannot be used."""
     if not str(root).strip():  # an unset shell variable: not the current folder, as Path("") is

@@ -82,7 +82,8 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--seed", str(MAX_SEED)], f"give 0 to {MAX_SEED - 2} (track k uses the seed plus k - 1)"),
              (["--out", str(tmp_path / "a-file")], "is a file, not a folder"),
              (["--out", str(tmp_path / "a-file" / "runs" / "demo")], "a-file is not a folder you can write to"),
-             (["--weights", str(tmp_path / "a-file")], "is a file: give the folder"),
+             (["--weights", str(tmp_path / "a-file")], "a-file is not a file of the embedded model's weights (it "
+                                                       "cannot be read as one"),
              (["--weights", str(tmp_path)], "No MMAudio flow network found in"),  # not "train a ControlNet"
              (["--weights", str(weights)], "controlnets for small_16k. The demo sets"),  # what the loader loads
              (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),

@@ -398,6 +398,35 @@ def test_the_metadata_file_holds_the_loudness_curve_itself(video, tmp_path):
     assert stem["metadata"]["loudness_curve"] == [[0.0, -40.0], [1.0, -20.0], [2.0, -30.0]]
 
 
+def test_embedded_weights_retrained_by_train_embedded_are_given_as_weights(video, tmp_path, capsys):
+    """`train embedded --out FILE` wrote weights that only `eval --embedded-weights` could use:
+    --weights took MMAudio's folder alone. A file there is the embedded model's; one that holds
+    none of its weights (MMAudio's, converted) says what --weights takes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stepfoley.engine.embedded.model import build_embedded_model, save_embedded_weights, write_guidance_defaults
+    from stepfoley.request import GuidanceDefaults
+
+    model = build_embedded_model(random_weights=True)
+    path = save_embedded_weights(tmp_path / "retrained.safetensors", model.net, model.controlnet, model.codec,
+                                 metadata={})
+    write_guidance_defaults(path, GuidanceDefaults(alpha=2.5, beta=0.5, steps=1), {"rule": "test"})
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights", str(path), "--device", "cpu",
+                 "--out", str(out), "--metadata", str(tmp_path / "m.json")]) == 0
+    (stem,) = json.loads((tmp_path / "m.json").read_text())["stems"]
+    assert (stem["metadata"]["alpha"], stem["metadata"]["beta"], stem["metadata"]["steps"]) == (2.5, 0.5, 1)
+    capsys.readouterr()
+    save_file({"latent_mean": torch.zeros(4)}, str(tmp_path / "mmaudio.safetensors"))
+    assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights", str(tmp_path / "mmaudio.safetensors"),
+                 "--out", str(out)]) == 2  # checked before anything loads
+    assert ("mmaudio.safetensors is not a file of the embedded model's weights (it holds none of its network's "
+            "weights). --weights takes a folder of MMAudio's weights (the one that holds weights/ and ext_weights/), "
+            "or a file that `stepfoley train embedded` wrote.") in capsys.readouterr().err
+
+
 def test_out_naming_an_existing_file_that_is_no_wav_says_so(video, tmp_path, capsys):
     """It was said not to exist (the video given by mistake, /dev/null)."""
     assert generate(video, "--out", video) == 2

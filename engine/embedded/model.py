@@ -198,3 +198,19 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
     return tensors, meta
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """CheckpointError unless the file given as --weights holds the embedded model's network,
+    read from its header alone, so that a command line is checked before anything loads."""
+    why = None
+    try:
+        with safe_open(str(path), "pt") as f:
+            if not any(key.startswith("net.") for key in f.keys()):
+                why = "it holds none of its network's weights"
+    except Exception as e:  # safetensors raises several types for files that are not its own
+        why = f"it cannot be read as one: {e}"
+    if why:
+        raise CheckpointError(f"{path} is not a file of the embedded model's weights ({why}). --weights takes a "
+                              "folder of MMAudio's weights (the one that holds weights/ and ext_weights/), or a "
+                              "file that `stepfoley train embedded` wrote.")

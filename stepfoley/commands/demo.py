@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracks", type=int, default=3, help=f"tracks, 1 to {MAX_TRACKS} (default 3)")
     p.add_argument("--steps", type=int, default=25, help=f"sampling steps per track, 1 to {MAX_STEPS} (default 25)")
     p.add_argument("--model", default=None, help="'embedded' (default) or 'tiny-random' (tests)")
-    p.add_argument("--weights", default=None, metavar="DIR", help="an MMAudio weights directory instead")
+    p.add_argument("--weights", default=None, metavar="DIR|FILE",
+                   help="an MMAudio weights directory, or embedded weights retrained by "
+                        "`stepfoley train embedded` (default: the packaged embedded model)")
     add_runtime_arguments(p)
 
 
@@ -87,9 +89,9 @@ def _check_controlnet(weights: str | None, variant: str | None) -> None:
     a flow network: the wrong folder given was told to train a ControlNet."""
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.loading import chosen_variant
-    from stepfoley.engine.weights import check_weights_dir
+    from stepfoley.engine.weights import check_weights_dir, is_weights_file
 
-    if weights is None:
+    if weights is None or is_weights_file(weights):  # the embedded model's: said once loaded
         return
     report = check_weights_dir(weights, verify=False)
     chosen = chosen_variant(report, variant)  # the variant the loader will load, and its ControlNet file

@@ -58,8 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead of the main rows, the controls of a track: extend (kept samples, seam flux, "
                         "the continued part against a full generation), picture region and loudness curve")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (for the README)")
-    p.add_argument("--weights", default=None, metavar="DIR",
-                   help="a directory of official MMAudio weights (default: the embedded mini-world model)")
+    p.add_argument("--weights", default=None, metavar="DIR|FILE",
+                   help="a directory of official MMAudio weights, or embedded weights as --embedded-weights "
+                        "(default: the embedded mini-world model)")
     p.add_argument("--embedded-weights", default=None, metavar="FILE",
                    help="the embedded model's weights file (default: the packaged one), e.g. freshly retrained")
     p.add_argument("--model", default=None, help="model variant ('tiny-random' = random weights, for tests)")
@@ -416,8 +417,12 @@ def _embedded_weights_file(args: argparse.Namespace):
 
     from stepfoley.engine.embedded.model import WEIGHTS_PATH
 
+    from stepfoley.engine.weights import is_weights_file
+
     if args.embedded_weights:
         return Path(args.embedded_weights)
+    if args.weights and is_weights_file(args.weights):  # --weights FILE: the embedded model's, as everywhere
+        return Path(args.weights)
     return None if args.weights or args.model else WEIGHTS_PATH
 
 

@@ -87,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loudness-curve", default=None, metavar="T:DB,T:DB,...",
                    help="seconds from START and LUFS, e.g. 0:-40,4:-18,8:-30: " + field_rule("loudness_curve"))
     p.add_argument("--negative-caption", default="", help=field_rule("negative_caption"))
-    p.add_argument("--weights", default=None, metavar="DIR",
-                   help="a directory of official MMAudio weights (default: the embedded mini-world model)")
+    p.add_argument("--weights", default=None, metavar="DIR|FILE",
+                   help="a directory of official MMAudio weights, or embedded weights retrained by "
+                        "`stepfoley train embedded` (default: the packaged embedded mini-world model)")
     p.add_argument("--model", default=None,
                    help="model variant (small_16k, small_44k, ...; 'tiny-random' = random weights, for tests)")
     add_runtime_arguments(p)

@@ -24,17 +24,20 @@ def feature_cache_from_arguments(args: argparse.Namespace):
 
 
 def check_runtime_arguments(args: argparse.Namespace) -> None:
-    """--threads, --device and --weights (a folder, when given), checked before anything loads
-    or listens: a usage error (InvalidInputError) like any other bad option, not a failed load."""
+    """--threads, --device and --weights (a folder, or the embedded model's weights file, when
+    given), checked before anything loads or listens: a usage error (InvalidInputError) like any
+    other bad option, not a failed load."""
     from stepfoley.engine.devices import check_threads, choose_device, cpu_has_native_bf16
     from stepfoley.engine.errors import CheckpointError, InvalidInputError
-    from stepfoley.engine.weights import weights_folder
+    from stepfoley.engine.weights import is_weights_file, weights_folder
 
     check_threads(getattr(args, "threads", None))
     device = choose_device(args.device)
     if getattr(args, "weights", None) is not None:
+        from stepfoley.engine.embedded.model import check_weights_file
+
         try:
-            weights_folder(args.weights)
+            check_weights_file(args.weights) if is_weights_file(args.weights) else weights_folder(args.weights)
         except CheckpointError as e:
             raise InvalidInputError(str(e)) from None
     if getattr(args, "compile", False) and device.type != "cuda":

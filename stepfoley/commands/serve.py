@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(~/.config/stepfoley/token) when it exists; required off loopback")
     parser.add_argument("--token", default=None,
                         help="the shared secret itself (every local user can read it in `ps`: prefer the above)")
-    parser.add_argument("--weights", default=None, metavar="DIR",
-                        help="folder of MMAudio weights (default: the embedded mini-world model)")
+    parser.add_argument("--weights", default=None, metavar="DIR|FILE",
+                        help="a directory of official MMAudio weights, or embedded weights retrained by "
+                             "`stepfoley train embedded` (default: the packaged embedded mini-world model)")
     parser.add_argument("--model", default=None, help="model variant inside --weights (for example small_16k)")
     parser.add_argument("--max-queue", type=int, default=256, help="jobs that may wait at once (default 256)")
     parser.add_argument("--nice", type=int, default=10,
