@@ -12,8 +12,8 @@ selection's end. One undo point. Needs an engine of protocol 2.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.32", SF.mixed_versions and SF.mixed_versions("this action", "0.5.32")
-  or "StepFoley_lib.lua is older than this action (0.5.32). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.33", SF.mixed_versions and SF.mixed_versions("this action", "0.5.33")
+  or "StepFoley_lib.lua is older than this action (0.5.33). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -37,7 +37,19 @@ local function main()
       over.name, SF.on_ruler(proj, over.start)))
   end
   local from = math.min(t0, item_end)
-  local extra_fields, stored = SF.continuation_job_fields(item, meta, from, t1)
+  local continued, stored = SF.continuation_job_fields(item, meta, from, t1)
+  -- the region stops where its picture does: cut back to the item, the take's tail would be
+  -- made again and nothing extended
+  local function extra_fields(region, caps)
+    local fields, err = continued(region, caps)
+    if fields and region.project_end <= item_end + 1e-6 then
+      return nil, string.format("The picture ends at %.3f s, where the selected item ends (a cut to another " ..
+        "video file, or the end of the video), so there is no picture to extend the item over. StepFoley " ..
+        "follows one video file per generation: for the next shot, use \"Generate Foley track for time " ..
+        "selection\".", SF.on_ruler(proj, region.project_end))
+    end
+    return fields, err
+  end
   local job = SF.job_for_item(proj, item, { title = "StepFoley: extend",
     dialog = { negatives = true, remember = false, values = SF.values_from_meta(meta) },
     feature = "extend or repair a take",

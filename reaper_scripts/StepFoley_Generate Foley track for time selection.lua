@@ -1,13 +1,11 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.32
+-- @version 0.5.33
 -- @changelog
---   A picture split into pieces with "Loop source" on (REAPER's default for imported media) is one picture, as with it off: each piece was taken for a looped one, so a selection over a split was cut short, and Extend or Regenerate time selection across it was refused.
---   A ripple edit (or any move) of a later piece of a split picture while generating is noticed: nothing is added, and the stems are kept, where the new audio went in 1 s off the picture after the cut.
---   Regenerate, Replace and Make like keep a take's loudness curve and part of the picture while the item sits over the same stretch of picture, wherever a ripple edit has since moved both; a picture moved alone under the item drops them (it was the other way round).
---   Verify setup leaves out the picture's track from the layers it counts and its test bounce, as Generate does.
---   A client that stops mid-job (its window closed, a crash) is noticed after 30 s (or the watchdog and 10 s, when shorter), not the engine's watchdog and more (190 s by default), with a stepfoley that says it is alive; the engine is then asked to cancel the job itself (it went on with it, and Cancel could not reach it), and the message names the folder a stem it finishes anyway goes to.
---   An engine stopped, restarted or still loading during a job is said in REAPER's words (it said "resend the request" or "give a longer --timeout"). Engine status, for an engine not answering, says to check an open engine window's port and token, and that one showing no activity may be hung or paused.
+--   Regenerate, Replace and Make like refuse to add a take to an item moved while generating with its picture left where it was; the new take went in with the picture's sync and left the moved part of the item silent, without a word.
+--   Extend refuses where the picture ends with the item (a cut to another video file, or the video's end): the item did not grow, and its tail was made again under the name "extend".
+--   A stem REAPER cannot read is found before the project is touched: an empty take was left active in the item (silence), or a new track with an empty item, and the message began with the script's path.
+--   A bounce REAPER returns cut short (a full disk) is said as the render's fault before the engine is asked; it went to the engine, which refused it as a damaged file.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -46,8 +44,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.32", SF.mixed_versions and SF.mixed_versions("this action", "0.5.32")
-  or "StepFoley_lib.lua is older than this action (0.5.32). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.33", SF.mixed_versions and SF.mixed_versions("this action", "0.5.33")
+  or "StepFoley_lib.lua is older than this action (0.5.33). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -5,7 +5,7 @@ one WAV for the engine. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.32"
+local VERSION = "0.5.33"
 
 return function(M)
 
@@ -201,6 +201,10 @@ local function render_in(proj)
   if not ok then error(err, 0) end
 end
 
+-- How much shorter than asked a bounce may be: a render rounds its length to whole samples
+-- (stepfoley's engine allows its inputs as much, engine.audio_io.SHORT_INPUT_TOLERANCE_S).
+M.SHORT_BOUNCE_S = 0.01
+
 -- Renders what the user hears of `tracks` (only `items` of them, when given) over [t0, t1]
 -- to dir/name.wav (24-bit stereo). Returns the WAV path, or nil and a message. Every setting
 -- touched is restored.
@@ -218,8 +222,14 @@ function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
     local target = single_render_target(proj)
     os.remove(target) -- an existing file would open a modal overwrite prompt
     render_in(proj)
-    local data = M.read_file(target)
-    if not data or #data <= 44 then error("the render produced no file at " .. target, 0) end
+    -- REAPER may return before the file is whole (a full disk): the engine would refuse it as
+    -- cut short, in words about the file, not the render
+    local info = M.wav_info(target)
+    if not info then error("the render produced no WAV file at " .. target, 0) end
+    if info.seconds < t1 - t0 - M.SHORT_BOUNCE_S then
+      error(string.format("the render holds %.3f s of the %.3f s asked for (is the disk full?): %s", info.seconds,
+        t1 - t0, target), 0)
+    end
     return target
   end)
   local problems = restore_mix_state(proj, saved)

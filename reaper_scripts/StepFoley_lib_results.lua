@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.32"
+local VERSION = "0.5.33"
 
 return function(M)
 
@@ -79,10 +79,9 @@ end
 -- source" off (with it on, REAPER would wrap the stem around into the gap). Loop source is an
 -- item setting, so it is switched off only then: an item the stem fills keeps it, and its
 -- earlier takes keep looping. The seed is a take marker at the stem's start (REAPER 5.981+).
-function M.add_take(item, stem_path, meta, region)
+-- `src`: the stem's source, from stem_sources.
+function M.add_take(item, src, meta, region)
   local take = reaper.AddTakeToMediaItem(item)
-  local src = reaper.PCM_Source_CreateFromFile(stem_path)
-  if not src then error("REAPER cannot read the stem " .. stem_path) end
   reaper.SetMediaItemTake_Source(take, src)
   local item_pos, item_end = M.item_range(item)
   local outside = item_pos < region.project_start - 1e-9 or item_end > region.project_end + 1e-9
@@ -97,6 +96,21 @@ function M.add_take(item, stem_path, meta, region)
   reaper.GetSetMediaItemTakeInfo_String(take, M.TAKE_META, M.json_encode(meta), true)
   if reaper.SetTakeMarker then reaper.SetTakeMarker(take, -1, "seed " .. tostring(meta.seed), 0) end
   return take
+end
+
+-- The sources of the takes' stems, all made before anything is edited: a stem REAPER could
+-- not read had left an empty take active in the item (silence there) or a new track with an
+-- empty item. The message is the user's (level 0: no script path in front of it).
+local function stem_sources(takes)
+  local sources = {}
+  for i, t in ipairs(takes) do
+    sources[i] = reaper.PCM_Source_CreateFromFile(t.stem_path)
+    if not sources[i] then
+      for j = 1, i - 1 do reaper.PCM_Source_Destroy(sources[j]) end
+      error("REAPER cannot read the stem " .. t.stem_path .. "; nothing was changed in the project.", 0)
+    end
+  end
+  return sources
 end
 
 -- A take's own settings that change how its audio sounds (volume and polarity, pan and pan
@@ -239,6 +253,7 @@ One new StepFoley track named after the caption over the region, with the result
 after its seed). `timebase`: optional, the picture's (M.picture_placement).
 ]]
 function M.insert_track(proj, region, takes, lanes, timebase)
+  local sources = stem_sources(takes)
   local index = new_track_index(proj)
   local track = insert_track_in(proj, index)
   -- after the last layer, inside a folder (a Foley bus): the new layer joins it, so the
@@ -267,7 +282,7 @@ function M.insert_track(proj, region, takes, lanes, timebase)
     for i, t in ipairs(takes) do
       local item = new_item(track, region, timebase)
       reaper.SetMediaItemInfo_Value(item, "I_FIXEDLANE", i - 1)
-      M.add_take(item, t.stem_path, t.meta, region)
+      M.add_take(item, sources[i], t.meta, region)
       reaper.GetSetMediaItemInfo_String(item, "P_NOTES", M.describe(t.meta), true)
       reaper.GetSetMediaTrackInfo_String(track, "P_LANENAME:" .. (i - 1), "seed " .. tostring(t.meta.seed), true)
       reaper.SetMediaTrackInfo_Value(track, "C_LANEPLAYS:" .. (i - 1), i == 1 and 1 or 0)
@@ -277,8 +292,8 @@ function M.insert_track(proj, region, takes, lanes, timebase)
   end
   local item = new_item(track, region, timebase)
   local first
-  for _, t in ipairs(takes) do
-    local take = M.add_take(item, t.stem_path, t.meta, region)
+  for i, t in ipairs(takes) do
+    local take = M.add_take(item, sources[i], t.meta, region)
     first = first or take
   end
   reaper.SetActiveTake(first)
@@ -531,7 +546,7 @@ local function picture_moved(job, region)
   local moved
   if job.kept_take and reaper.ValidatePtr2(job.proj, job.kept_take, "MediaItem_Take*") then
     moved = audio_origin(job.item, job.kept_take) - job.item_origin
-  elseif job.item and shift ~= 0 then
+  elseif job.item then
     moved = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") - job.item_position
   end
   if moved and math.abs(moved - shift) > 1e-6 then
@@ -750,7 +765,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
   end
   M.undoable_edit(proj, job.undo(params, #takes), function()
     if job.item then
-      local take = M.add_take(job.item, takes[1].stem_path, takes[1].meta, region)
+      local take = M.add_take(job.item, stem_sources({ takes[1] })[1], takes[1].meta, region)
       local kept = job.kept_take -- gone if the user deleted it meanwhile
       if kept and reaper.ValidatePtr2(proj, kept, "MediaItem_Take*") then copy_take_sound(kept, take) end
       reaper.SetActiveTake(take)

@@ -988,12 +988,14 @@ def test_regenerate_where_the_picture_covers_part_of_the_item(world):
     np.testing.assert_allclose(mix[:, 0], stem, atol=1 / 2**22)
 
 
-@pytest.mark.parametrize("tracks_moved, added", [((1, 3), True), ((1,), False)], ids=["rippled together",
-                                                                                     "picture alone"])
+@pytest.mark.parametrize("tracks_moved, added", [((1, 3), True), ((1,), False), ((3,), False)],
+                         ids=["rippled together", "picture alone", "item alone"])
 def test_a_regenerated_take_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(world, tracks_moved, added):
     """Regenerate puts the new take in the selected item: moved with the picture, the take goes
     where both are now; the picture moved alone, the take would start 1.5 s into the item and
-    its end lie past the item's, unheard, so nothing is added and the user is told."""
+    its end lie past the item's, unheard, so nothing is added and the user is told. The item
+    moved alone, the take would keep the picture's sync and leave the item's last 1.5 s silent:
+    refused too (it was added, without a word)."""
     meta = {"caption": "door slam", "method": "independent", "seed": 11, "negatives": {"mode": "none", "tracks": []}}
     sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[
         stepfoley_layer(world, "door slam", meta, selected=True)],
@@ -1009,6 +1011,18 @@ def test_a_regenerated_take_follows_a_ripple_edit_and_refuses_a_picture_moved_al
         [message] = result["messages"]
         assert "the video item and the selected item were moved apart while generating" in message["message"]
         assert len(it["takes"]) == 1 and result["undo"] == []
+
+
+def test_a_stem_reaper_cannot_read_leaves_the_item_as_it_was(world):
+    """An empty take was added and made active first: the item went silent."""
+    meta = {"caption": "door slam", "method": "independent", "seed": 11, "negatives": {"mode": "none", "tracks": []}}
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[
+        stepfoley_layer(world, "door slam", meta, selected=True)], actions=[{"script": h.REGENERATE}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "badstem"})
+    [message] = result["messages"]
+    assert "REAPER cannot read the stem" in message["message"] and ".lua:" not in message["message"]
+    [item] = [t for t in result["tracks"] if t["name"] == "door slam"][0]["items"]
+    assert len(item["takes"]) == 1 and item["active_take"] == 1
 
 
 def test_regenerate_needs_a_stepfoley_item(world):
@@ -1041,6 +1055,25 @@ def test_extend_keeps_the_take_and_continues_it_to_the_selection_end(world):
     assert len(sf.read(item["takes"][1]["source_file"])[0]) == h.frames(4.0)
     assert h.take_meta(item["takes"][1])["regenerate"] == [1.0, 4.0]
     assert result["undo"] == ['StepFoley: extend "door creak"']
+
+
+@pytest.mark.parametrize("next_shot", [True, False], ids=["a cut to another file", "the end of the video"])
+def test_extend_refuses_where_the_picture_ends_with_the_item(world, next_shot):
+    """The picture (2-10 s) ends where the item (7.5-10 s) does: the region stopped there, so
+    the take's last 1 s was made again under the name "extend" and the item did not grow."""
+    sc = scenario(world, ts=(9.0, 12.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                  extra_tracks=[continuation_layer(world, position=7.5, length=2.5)], time_offset=3600.0)
+    if next_shot:
+        shot_b = world["tmp"] / "shot_b.mp4"
+        shot_b.write_bytes(b"x")
+        sc["tracks"][0]["items"].append({"position": 10.0, "length": 2.0,
+                                         "takes": [{"file": str(shot_b), "length": 5.0}]})
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert "The picture ends at 3610.000 s, where the selected item ends" in message["message"]
+    assert h.job_requests(result) == [] and result["undo"] == []
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    assert len(layer["items"][0]["takes"]) == 1
 
 
 @pytest.mark.parametrize("moves, added", [
@@ -1646,9 +1679,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.32)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.33)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.32."),
+                                 "older version, StepFoley_lib.lua is 0.5.33."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

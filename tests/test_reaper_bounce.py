@@ -238,6 +238,16 @@ def test_a_failing_render_restores_everything(world):
     h.assert_render_settings_restored(dict(result, modal_prompts=[]))
 
 
+def test_a_render_cut_short_is_said_as_the_renders_fault(world):
+    """REAPER may return before its file is whole (the scripting notes: check its length): the
+    half file went to the engine, which refused it in words about a file cut short."""
+    result = h.run_scenario(world["tmp"], dict(h.scenario(world), render_cut_short=0.5))
+    [msg] = result["messages"]
+    assert msg["message"].startswith("Could not bounce the layers to negate: the render holds 1.250 s of the 2.500 s")
+    assert h.generation_commands(result) == [] and h.new_tracks(result) == []
+    h.assert_render_settings_restored(result)
+
+
 def _assert_mutes_restored(result, track_name: str):
     # muted for the render (outside any undo block, as every bounce setting is), then put back
     h.assert_render_settings_restored(result)

@@ -146,10 +146,14 @@ def test_a_failed_job_keeps_its_folder(world):
 # --- an edit that fails ----------------------------------------------------------------------
 
 def test_a_failing_edit_closes_its_undo_block_and_restores_refresh(world):
+    """A stem REAPER cannot read is found before anything is edited: a new track with an empty
+    item was left behind, and the message began with the script's path and line."""
+    before = len(h.scenario(world)["tracks"])
     result = h.run_scenario(world["tmp"], h.scenario(world), env_extra={"STEPFOLEY_STANDIN": "badstem"})
     [msg] = result["messages"]
-    assert msg["message"].startswith(f'StepFoley could not complete "StepFoley: add Foley track "{h.CAPTION}"": ')
-    assert "cannot read the stem" in msg["message"]
+    assert msg["message"].startswith(f'StepFoley could not complete "StepFoley: add Foley track "{h.CAPTION}"": '
+                                     "REAPER cannot read the stem ")
+    assert ".lua:" not in msg["message"] and len(result["tracks"]) == before
     assert result["undo_depth"] == 0 and result["ui_refresh"] == 0
     assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}"']  # closed: one Ctrl+Z removes the rest
     assert result["edits_outside_undo"] == []

@@ -970,6 +970,7 @@ function reaper.PCM_Source_CreateFromFile(path)
   if ok then return src end
   return nil
 end
+function reaper.PCM_Source_Destroy(src) check(src, "PCM_source*", "PCM_Source_Destroy"); src.destroyed = true end
 function reaper.GetMediaSourceParent(src) check(src, "PCM_source*", "GetMediaSourceParent"); return src.parent end
 function reaper.GetMediaSourceType(src, _) check(src, "PCM_source*", "GetMediaSourceType"); return src.type end
 function reaper.GetMediaSourceFileName(src, _) check(src, "PCM_source*", "GetMediaSourceFileName"); return src.file or "" end
@@ -1143,6 +1144,7 @@ local function render(pr)
   end
   local t0, t1, sr, channels = n.RENDER_STARTPOS, n.RENDER_ENDPOS, math.floor(n.RENDER_SRATE), math.floor(n.RENDER_CHANNELS)
   local frames = math.floor((t1 - t0) * sr + 0.5)
+  if fake.render_cut_short then frames = math.floor(frames * fake.render_cut_short) end
   local mg = master_gain(pr)
   for _, target in ipairs(targets) do
     local out = {}

@@ -12,7 +12,8 @@ PROJECT_PATH/fake.rpp), record_path (GetProjectPathEx; default the project path)
 resource_path, exec_log, os_name, app_version, time_selection [t0,t1], time_offset (the ruler's
 start, Project settings > Project start time, in s), render (initial
 numbers/strings), master {vol, fxen, fx_gain, mute} (or the older master_fx_gain), toggles
-{command id: state}, missing_api [names], render_cancelled, extstate {section: {key: value}},
+{command id: state}, missing_api [names], render_cancelled, render_cut_short (the share of its
+frames a render writes before it returns, as REAPER may on a full disk), extstate {section: {key: value}},
 dialog_answers [{ok, values}], file_answers [path] (GetUserFileNameForRead), message_answers
 [code] (ShowMessageBox questions: 6 yes, 7 no, 2 cancel), imgui (install
 the ReaImGui stand-in; its value is the list of user actions, tests/reaper_fake/imgui/imgui.lua),
@@ -62,6 +63,7 @@ if scenario.imgui then
   function reaper.ImGui_GetBuiltinPath() return here .. "imgui" end
 end
 fake.render_cancelled = scenario.render_cancelled or false
+fake.render_cut_short = scenario.render_cut_short
 fake.parent_plays_with_soloed_child = scenario.parent_plays_with_soloed_child or false
 
 local function build_tracks(project, list)
