@@ -90,6 +90,25 @@ def chosen_variant(report: WeightsReport, variant: str | None) -> str:
     return next((v for v in present if report.ready(v)), present[0])
 
 
+def unusable_problem(report: WeightsReport, variant: str, misplaced: tuple = ()) -> str | None:
+    """Why the weights folder of `report` cannot run `variant` (its files missing or wrong, as
+    the report found them), None when it can. `misplaced`: the advice for files put elsewhere."""
+    missing = report.unusable(variant)
+    if not missing:
+        return None
+
+    def said(r) -> str:  # each problem is a sentence of its own, ended here
+        named = f"{r.path.relative_to(report.root)} ({r.what})"
+        if not r.present:
+            return f"{named} is {r.missing}"
+        return named + ": " + "; ".join(p.rstrip(".") for p in r.problems)
+
+    return (f"The weights folder {report.root} cannot run {variant}: "
+            + "; ".join(said(report.files[n]) for n in missing)
+            + "." + "".join(f" Not read: {advice}." for advice in misplaced)
+            + " See docs/weights.md; `stepfoley weights check` lists every file.")
+
+
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
                        configs: StackConfigs | None = None) -> FoleyModel:
     from stepfoley.engine.weights import VARIANTS, check_weights_dir, controlnet_name, readable_weights
@@ -104,18 +123,9 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         # multi-GB file): a damaged vocoder or a CLIP of the wrong size is said before the flow
         # network loads. Reduced test stacks have other sizes than the manifests.
         report = check_weights_dir(weights_dir, only=[*VARIANTS[variant], controlnet_name(variant)])
-    missing = report.unusable(variant)
-    if missing:
-        def said(r) -> str:  # each problem is a sentence of its own, ended here
-            named = f"{r.path.relative_to(weights_dir)} ({r.what})"
-            if not r.present:
-                return f"{named} is {r.missing}"
-            return named + ": " + "; ".join(p.rstrip(".") for p in r.problems)
-
-        raise CheckpointError(f"The weights folder {weights_dir} cannot run {variant}: "
-                              + "; ".join(said(report.files[n]) for n in missing)
-                              + "." + "".join(f" Not read: {advice}." for advice in misplaced)
-                              + " See docs/weights.md; `stepfoley weights check` lists every file.")
+    problem = unusable_problem(report, variant, misplaced)
+    if problem:
+        raise CheckpointError(problem)
     with readable_weights(weights_dir):
         return _load_mmaudio_stack(weights_dir, variant, device, configs)
 

@@ -70,11 +70,22 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
 
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", never)
     (tmp_path / "a-file").write_text("mine")
-    weights = tmp_path / "mmaudio"  # a flow network, and a ControlNet for another one only
-    (weights / "weights").mkdir(parents=True)
-    (weights / "weights" / "mmaudio_small_16k.pth").write_bytes(b"")
-    (weights / "controlnets").mkdir()
+    from stepfoley.engine.weights import check_weights_dir
+
+    weights = tmp_path / "mmaudio"  # every file small_16k needs, and a ControlNet for another variant only
+    weights.mkdir()
+    report = check_weights_dir(weights, verify=False)
+    for name in report.variants["small_16k"]:
+        path = report.files[name].path
+        if name == "clip":  # a folder, with its weights file
+            path, _ = path / "open_clip_model.safetensors", path.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (weights / "controlnets").mkdir(exist_ok=True)
     (weights / "controlnets" / "large_44k_v2.safetensors").write_bytes(b"")
+    flow_only = tmp_path / "flow-only"  # a ControlNet was asked for before the files the model cannot run without
+    (flow_only / "weights").mkdir(parents=True)
+    (flow_only / "weights" / "mmaudio_small_16k.pth").write_bytes(b"")
     out = tmp_path / "demo"
     cases = [(["--tracks", "0"], "--tracks 0: give 1 to 4"), (["--tracks", "5"], "--tracks 5: give 1 to 4"),
              (["--steps", "0"], "--steps 0: give 1 to 200"), (["--steps", "201"], "--steps 201: give 1 to 200"),
@@ -86,7 +97,8 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
                                                        "cannot be read as one"),
              (["--weights", str(tmp_path)], "No MMAudio flow network found in"),  # not "train a ControlNet"
              (["--weights", str(weights)], "controlnets for small_16k. The demo sets"),  # what the loader loads
-             (["--weights", str(tmp_path), "--model", "small_16k"], "for small_16k. The demo sets NAG beside"),
+             (["--weights", str(flow_only)], "flow-only cannot run small_16k: ext_weights/"),
+             (["--weights", str(tmp_path), "--model", "small_16k"], "cannot run small_16k: weights/mmaudio_small_16k"),
              (["--threads", "100000"], "thread count (--threads) must be 1 to"),
              (["--feature-cache", ""], "(--feature-cache) is empty")]
     if os.path.isdir("/proc"):  # root passes its permission bits (the CI's user); only making a file tells
@@ -97,7 +109,8 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
         assert main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (extra, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mmaudio"] and (tmp_path / "a-file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "flow-only", "mmaudio"]
+    assert (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_a_model_without_a_controlnet_is_refused_before_the_demo_runs(tmp_path, capsys, monkeypatch):

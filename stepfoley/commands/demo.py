@@ -86,15 +86,19 @@ NEEDS_CONTROLNET = ("The demo sets NAG beside independent generation, and NAG ne
 
 def _check_controlnet(weights: str | None, variant: str | None) -> None:
     """With official weights, a NAG ControlNet file is there (for the variant, when given), after
-    a flow network: the wrong folder given was told to train a ControlNet."""
+    a flow network and every other file the variant needs: the wrong folder given, or one with a
+    file missing, was told to train a ControlNet."""
     from stepfoley.engine.errors import InvalidInputError
-    from stepfoley.engine.loading import chosen_variant
+    from stepfoley.engine.loading import chosen_variant, unusable_problem
     from stepfoley.engine.weights import check_weights_dir, is_weights_file
 
     if weights is None or is_weights_file(weights):  # the embedded model's: said once loaded
         return
     report = check_weights_dir(weights, verify=False)
     chosen = chosen_variant(report, variant)  # the variant the loader will load, and its ControlNet file
+    problem = unusable_problem(report, chosen, report.misplaced)
+    if problem:
+        raise InvalidInputError(problem)
     folder = report.root / "controlnets"
     if not (folder / f"{chosen}.safetensors").is_file():
         raise InvalidInputError(f"No NAG ControlNet in {folder} for {chosen}. " + NEEDS_CONTROLNET)
