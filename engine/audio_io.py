@@ -62,9 +62,13 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None, mono: 
 
 
 def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = None, mono: bool = False,
-                           max_bytes: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int, str]:
+                           max_bytes: int | None = None, max_rate: int | None = None,
+                           start_seconds: float = 0.0) -> tuple[np.ndarray, int, str]:
     """read_audio, and the file's sample format ("PCM_24", "FLOAT", ...) from the same open:
-    whether float32 samples hold the file's exactly is a fact of the file that was read."""
+    whether float32 samples hold the file's exactly is a fact of the file that was read. With
+    `start_seconds`, the audio from that time on (its sample round(start * rate)) for
+    `max_seconds`, none when the file ends before it (the caller says what it lacks):
+    libsndfile's formats seek there, MPEG audio is decoded from its start."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"Audio file not found: '{path}'. Check that it was not moved or renamed.")
@@ -83,10 +87,11 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                                  "with fewer channels.")
             if mpeg_audio.is_mpeg_audio(file):
                 try:
-                    samples, sample_rate = mpeg_audio.read(file, max_seconds, mono, max_rate)
+                    samples, sample_rate = mpeg_audio.read(
+                        file, None if max_seconds is None else start_seconds + max_seconds, mono, max_rate)
                 except mpeg_audio.RateTooHigh as high:
                     raise AudioError(input_rate_message(f"Audio file '{path}'", high.rate, max_rate)) from None
-                subtype = MPEG_SUBTYPE
+                samples, subtype = samples[:, round(start_seconds * sample_rate):], MPEG_SUBTYPE
             else:
                 problem = container_problem(file) or (ogg_pages_problem(file) if is_ogg(file) else None)
                 if problem:
@@ -94,20 +99,21 @@ def read_audio_and_subtype(path: str | os.PathLike, max_seconds: float | None = 
                 with open_sound(file) as sound:
                     if max_rate is not None and sound.samplerate > max_rate:
                         raise AudioError(input_rate_message(f"Audio file '{path}'", sound.samplerate, max_rate))
-                    samples = _read_blocks(sound, max_seconds, mono, path)
+                    samples = _read_blocks(sound, max_seconds, mono, path, round(start_seconds * sound.samplerate))
                     sample_rate, subtype = sound.samplerate, sound.subtype
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(
             f"Cannot read audio file '{path}': {_reason(error)}. "
             "It may be damaged or in an unsupported format; export it again as WAV."
         ) from error
-    if samples.shape[1] == 0:
+    if samples.shape[1] == 0 and not start_seconds:
         raise AudioError(f"Audio file '{path}' is empty (it has no samples). Export it again or remove it.")
     if not np.all(np.isfinite(samples)):
         raise AudioError(
             f"Audio file '{path}' contains NaN or infinite samples. Re-render it from your DAW."
         )
-    peak = float(max(samples.max(), -samples.min()))  # no |samples| copy: a take may fill 1 GiB
+    # no |samples| copy: a take may fill 1 GiB; none at all past start_seconds
+    peak = float(max(samples.max(), -samples.min())) if samples.size else 0.0
     if peak > MAX_INPUT_PEAK:  # squared and summed, such samples overflow: the job failed blaming the guidance
         raise AudioError(f"Audio file '{path}' holds samples up to {peak:.3g} times full scale, far beyond any "
                          "recording (a damaged float file?). Re-render it from your DAW.")
@@ -134,13 +140,20 @@ def seconds_short_of(samples: np.ndarray, sample_rate: int, seconds: float) -> f
     return held if held < seconds - SHORT_INPUT_TOLERANCE_S else None
 
 
-def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool, path: Path) -> np.ndarray:
-    # -> (C or 1, S) float32; never more than `max_seconds` nor one block of all channels at once
-    wanted = sound.frames if max_seconds is None else min(sound.frames, math.ceil(max_seconds * sound.samplerate))
-    block = max(1, READ_BLOCK_SAMPLES // sound.channels)
+def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bool, path: Path,
+                 start: int = 0) -> np.ndarray:
+    # -> (C or 1, S) float32 from frame `start`; never more than `max_seconds` nor one block of
+    # all channels at once
     # a length the header does not give (a FLAC written to a pipe says so with the largest
     # count there is) is found by reading: the buffer then grows as it fills
     unknown = sound.frames >= UNKNOWN_FRAMES
+    if start >= sound.frames:
+        return np.empty((1 if mono else sound.channels, 0), np.float32)
+    if start:
+        sound.seek(start)
+    left = sound.frames - start
+    wanted = left if max_seconds is None else min(left, math.ceil(max_seconds * sound.samplerate))
+    block = max(1, READ_BLOCK_SAMPLES // sound.channels)
     try:
         out = np.empty((1 if mono else sound.channels, block if unknown else max(wanted, 0)), np.float32)
         done = 0

@@ -267,13 +267,12 @@ class _Take:
     @classmethod
     def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
         length = request.region.project_duration
-        # only what reaches the stem's end is read: take_offset (≤ MAX_STEM_SECONDS) plus the stem,
-        # and a millisecond more, since ceil((offset + length) * rate) in floats can fall one sample
-        # short of round(offset * rate) + round(length * rate), the stem's last kept sample
+        # only the stem's stretch is read, from take_offset (an item cut from an hour's recording
+        # reads its seconds, not the hour before them), and a millisecond more, since
+        # ceil(length * rate) in floats can fall one sample short of round(length * rate)
         samples, rate, subtype = audio_io.read_audio_and_subtype(
-            _existing_file(request.take, "The take"), max_seconds=request.take_offset + length + 1e-3,
-            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE)
-        samples = samples[:, round(request.take_offset * rate):]
+            _existing_file(request.take, "The take"), max_seconds=length + 1e-3, max_bytes=MAX_INPUT_AUDIO_BYTES,
+            max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=request.take_offset)
         problem = take_length_problem(request, samples.shape[-1], rate)  # the file may have changed since
         if problem:
             raise InvalidInputError(problem)

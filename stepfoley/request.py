@@ -58,8 +58,9 @@ WAV_HEADER_BYTES = 4096  # room for any header soundfile writes (44 bytes for wa
 # region's stretch is read (MAX_STEM_SECONDS at most), downmixed to mono as it is read.
 MAX_INPUT_AUDIO_BYTES = 2**30
 MAX_INPUT_SAMPLE_RATE = 192000
-# The take is read whole, every channel, as 32-bit floats, from its start to take_offset plus the
-# stem's length (engine.service._Take.read); this bounds that array (the engine's memory).
+# The take is read whole, every channel, as 32-bit floats, from take_offset for the stem's length
+# (MPEG audio from its start: it is decoded up to there; engine.service._Take.read); this bounds
+# that array (the engine's memory).
 MAX_TAKE_DECODED_BYTES = 2**30
 DECODED_BYTES_PER_SAMPLE = 4  # float32
 MAX_STEPS = 200
@@ -372,14 +373,14 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("take", "string or null", "null",
               "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
               f"and channel count; only read, at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and {MAX_INPUT_SAMPLE_RATE} Hz; "
-              "read from its start to `take_offset` + the stem's length, "
+              "read from `take_offset` for the stem's length (MP3 from its start), "
               f"every channel, at most {_mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
               "`regenerate` made new, the rest sample for sample (at the take's rate and channels when "
               "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate`, "
               "`region.playrate` 1 and a stem as long as the picture", since=2),
     FieldSpec("take_offset", "number (s)", "0.0",
-              f"0-{MAX_STEM_SECONDS:g}; where `project_start` falls in `take` (a DAW item's start offset into "
-              "its source file); only with `take`", since=2),
+              "0 to `timeline_seconds` (a week); where `project_start` falls in `take` (a DAW item's start offset "
+              "into its source file, an hour into a long recording as well); only with `take`", since=2),
     FieldSpec("regenerate", "[start, end] or null", "null",
               "seconds from `project_start`: the span of `take` made new, continuing the audio around it and "
               f"synced to the picture; at least {MIN_REGENERATE_SECONDS:g} s, within the stem, and not all of it: "
@@ -524,7 +525,7 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         name_hint=_text(data.get("name_hint", ""), "name_hint", MAX_NAME_HINT_CHARS),
         variations=_integer(data.get("variations", 1), "variations", 1, MAX_VARIATIONS),
         take=_optional(data, "take", _path),
-        take_offset=_number(data.get("take_offset", 0.0), "take_offset", 0.0, MAX_STEM_SECONDS),
+        take_offset=_number(data.get("take_offset", 0.0), "take_offset", 0.0, MAX_TIMELINE_SECONDS),
         regenerate=_optional(data, "regenerate", _span),
         picture_region=_optional(data, "picture_region", _rectangle),
         picture_region_time=_optional(data, "picture_region_time", _span),
@@ -850,7 +851,8 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     with os.fdopen(fd, "rb") as file:
         _check_regular(os.fstat(fd), path, name, max_bytes)
         try:
-            if mpeg_audio.is_mpeg_audio(file):  # not libsndfile's mpg123, which writes to stderr
+            mpeg = mpeg_audio.is_mpeg_audio(file)
+            if mpeg:  # not libsndfile's mpg123, which writes to stderr
                 (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
             elif audio_formats.container_problem(file):
                 # not to be opened by libsndfile, which could hold this thread for minutes or for
@@ -872,14 +874,18 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     if name != "take" or rate <= 0 or channels <= 0:
         return
     _check_stem_size(request, channels, path)
-    # engine.service._Take.read: every channel, from the start to take_offset + the stem's length
-    read = min(max(frames, 0), math.ceil((request.take_offset + request.region.project_duration) * rate))
+    # engine.service._Take.read: every channel, from take_offset for the stem's length (MPEG
+    # audio decoded from its start)
+    offset = round(request.take_offset * rate)
+    length = math.ceil(request.region.project_duration * rate)
+    read = min(max(frames, 0), offset + length) if mpeg else min(max(frames - offset, 0), length)
     decoded = read * channels * DECODED_BYTES_PER_SAMPLE
     if decoded > MAX_TAKE_DECODED_BYTES:
+        how = "from its start to take_offset + the stem's length" if mpeg else "from take_offset for the stem's length"
         _invalid(f"take '{printable(path)}' would fill {decoded / 2**20:.0f} MiB of memory ({read / rate:.1f} s of "
-                 f"{channels} channels at {rate} Hz as 32-bit floats: the engine reads it from its start to "
-                 f"take_offset + the stem's length); at most {_mib(MAX_TAKE_DECODED_BYTES)} is read. Bounce the take "
-                 "with fewer channels or at a lower rate, or trim its start and lower take_offset.")
+                 f"{channels} channels at {rate} Hz as 32-bit floats: the engine reads it {how}); at most "
+                 f"{_mib(MAX_TAKE_DECODED_BYTES)} is read. Bounce the take with fewer channels or at a lower rate"
+                 + (", or as WAV, whose audio is read from take_offset on." if mpeg else "."))
     problem = take_length_problem(request, frames - round(request.take_offset * rate), rate)
     if problem:
         _invalid(problem)

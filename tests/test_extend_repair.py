@@ -455,6 +455,22 @@ def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, t
         parse_request(make_request(tmp_path, protocol=2, take_offset=1.0))
 
 
+def test_an_item_an_hour_into_its_recording_is_kept_from_there(tiny, scene_video, tmp_path):
+    """An item cut from a long Foley pass: take_offset was capped at 600 s ("outside 0 .. 600"),
+    and what lay before it was read too. The take is read from take_offset, by seeking."""
+    rate = 8000
+    with sf.SoundFile(str(tmp_path / "pass.wav"), "w", rate, 1, "PCM_16") as f:
+        f.seek(3600 * rate)  # a sparse hour, then the item's 3 s
+        f.write((np.arange(3 * rate) % 2000 - 1000).astype(np.int16))
+    request = _request(scene_video, tmp_path, tmp_path / "pass.wav", [1.5, 2.0], take_offset=3600.0,
+                       sample_rate=rate)
+    assert parse_request(request, check_paths=True).take_offset == 3600.0
+    [stem] = _serve(FoleyService(tiny), request)["stems"]
+    out, _ = sf.read(stem["stem_path"], dtype="float32")
+    assert np.array_equal(out[:int(1.5 * rate)] * 32768, np.arange(int(1.5 * rate)) % 2000 - 1000)
+    assert stem["metadata"]["kept_untouched"]
+
+
 def test_the_last_kept_sample_is_read_whatever_the_float_rounding(tiny, scene_video, tmp_path):
     # 1.775 s into the take at 44.1 kHz, a 0.415-1.79 s item: ceil((1.775 + 1.375) * 44100) is
     # one sample less than round(1.775 * 44100) + round(1.375 * 44100), the stem's length
