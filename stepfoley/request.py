@@ -497,6 +497,10 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     if info is not None and wants_reference != (reference is not None):
         _invalid(f"method '{info.name}' needs reference_audio (the recording to sound like)." if wants_reference
                  else f"reference_audio is only used by a method that sounds like a recording, not by '{info.name}'.")
+    if wants_reference and data.get("existing_mix") is not None:
+        # its audio branch hears the reference: the bounce was dropped without a word (and never checked)
+        _invalid(f"method '{info.name}' hears reference_audio, not the earlier layers: leave existing_mix out, or "
+                 "negate them with a method that hears them (such as 'nag').")
 
     previous = data.get("previous_captions", [])
     if not isinstance(previous, list) or len(previous) > MAX_PREVIOUS_CAPTIONS:

@@ -147,6 +147,9 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"method": "reference"}, "method 'reference' needs reference_audio"),
         ({"reference_audio": "/ref.wav"}, "only used by a method that sounds like a recording, not by 'nag'"),
         ({"method": "reference", "reference_audio": "ref.wav"}, "must be an absolute path"),
+        # the bounce was dropped without a word, and a missing one was never noticed
+        ({"method": "reference", "reference_audio": "/ref.wav", "existing_mix": "/mix.wav"},
+         "method 'reference' hears reference_audio, not the earlier layers: leave existing_mix out"),
         ({"previous_captions": "rain"}, "previous_captions must be a list"),
         ({"previous_captions": ["rain"] * 65}, "previous_captions must be a list of at most 64 captions"),
         ({"name_hint": "x" * 201}, "name_hint is longer than 200"),
