@@ -66,7 +66,7 @@ def rank_takes(takes: Sequence[np.ndarray], sample_rate: int, caption: str, earl
                      "score": float(score[i])} for i in range(len(takes)))
     reason = ("text fidelity minus similarity to the earlier layers, in the mini-world's audio-text embedding"
               if similarity is not None else "text fidelity in the mini-world's audio-text embedding (no earlier layer heard: "
-              "a first layer, or none of their audio sent, or it is silent here)")
+              "a first layer, a method that hears none, none of their audio sent, or it is silent here)")
     return Ranking(order, RANKED_BY_EMBEDDING, reason, figures)
 
 

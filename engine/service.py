@@ -23,6 +23,7 @@ from stepfoley.engine import audio_io, mixing, output_folders
 from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import (AudioError, InvalidInputError, StepFoleyError, out_of_memory_said,
                                      stop_if_cancelled)
+from stepfoley.engine.guidance import GUIDANCE_METHODS
 from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
@@ -207,7 +208,10 @@ class FoleyService:
         Stems are finished and staged one at a time (one stem's worth of memory) under hidden
         temporary names, and named only when all are on the disk: a job that fails, is stopped
         or is killed before then leaves all its stems or none."""
-        earlier = session.conditioning_mix()
+        # the earlier layers count against a take only where its method hears them (a bounce sent
+        # with 'independent' is read, not heard)
+        hears = GUIDANCE_METHODS[settings.resolved(self.model.defaults).method].audio == "existing"
+        earlier = session.conditioning_mix() if hears else None
         take = _Take.read(request, session) if request.take is not None else None
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
                                         known=None if take is None else take.known)

@@ -92,7 +92,14 @@ def test_one_variation_in_version_2_and_a_first_layer(tiny, scene_video, tmp_pat
     # a third layer whose method hears no audio (no bounce sent): not called "a first layer" alone
     unheard = _serve(service, _request(scene_video, tmp_path, protocol=2, variations=2, method="negative_prompt",
                                        previous_captions=["a bell rings", "footsteps on gravel"]))
-    assert "no earlier layer heard: a first layer, or none of their audio sent" in unheard["ranking"]["reason"]
+    assert "no earlier layer heard: a first layer, a method that hears none, none of their audio sent" \
+        in unheard["ranking"]["reason"]
+    # a bounce sent with a method that does not hear it: ranked by text fidelity alone, as documented
+    # (it was subtracted all the same)
+    ignored = _serve(service, _request(scene_video, tmp_path, protocol=2, variations=2, method="independent",
+                                       existing_mix=first_layer["stems"][0]["stem_path"]))
+    assert all(s["metadata"]["ranking"]["similarity_to_earlier"] is None for s in ignored["stems"])
+    assert ignored["ranking"]["reason"].startswith("text fidelity in")
 
 
 def test_a_job_mixes_the_earlier_layers_once(tiny, scene_video, tmp_path, monkeypatch):
