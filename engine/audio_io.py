@@ -149,11 +149,20 @@ def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bo
     unknown = sound.frames >= UNKNOWN_FRAMES
     if start >= sound.frames:
         return np.empty((1 if mono else sound.channels, 0), np.float32)
-    if start:
+    block = max(1, READ_BLOCK_SAMPLES // sound.channels)
+    if start and sound.format == "OGG":
+        # libsndfile seeks a Vorbis file's last page to the wrong sample (48 samples late at
+        # 44.1 kHz): decoded from the start and dropped, block by block, as a full read has it
+        skipped = 0
+        while skipped < start:
+            read = len(sound.read(min(block, start - skipped), dtype="float32"))
+            if read == 0:
+                break
+            skipped += read
+    elif start:
         sound.seek(start)
     left = sound.frames - start
     wanted = left if max_seconds is None else min(left, math.ceil(max_seconds * sound.samplerate))
-    block = max(1, READ_BLOCK_SAMPLES // sound.channels)
     try:
         out = np.empty((1 if mono else sound.channels, block if unknown else max(wanted, 0)), np.float32)
         done = 0

@@ -181,6 +181,7 @@ def load_foley_model(weights_dir: str | Path | None = None, variant: str | None 
 
     device = device or torch.device("cpu")
     if weights_dir is not None and is_weights_file(weights_dir):
+        weights_dir = Path(weights_dir).expanduser()  # as a folder is: `--weights=~/w.safetensors` reaches here so
         if variant not in (None, "embedded") or configs is not None:
             raise InvalidInputError(f"{weights_dir} is the embedded model's weights, one model: --model chooses "
                                     "among MMAudio's variants in a weights folder. Leave --model out.")

@@ -595,7 +595,7 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--alphas", "1,2"], "--alphas is the grid --choose-alpha goes over"),
              (["--choose-alpha", "--anchors", "0.5"], "--anchors is the grid --choose-level-anchor goes over"),
              (["--device", "bogus"], "Unknown device 'bogus'"),
-             (["--weights", str(tmp_path / "a-file")], "is a file: give the folder"),
+             (["--weights", str(tmp_path / "a-file")], "is not a file of the embedded model's weights (it cannot"),
              (["--embedded-weights", str(tmp_path)], "is a folder; give the .safetensors file"),
              (["--classifier", str(tmp_path / "none.safetensors")], "is not there; give the .safetensors file")]
     for extra, words in cases:

@@ -398,7 +398,7 @@ def test_the_metadata_file_holds_the_loudness_curve_itself(video, tmp_path):
     assert stem["metadata"]["loudness_curve"] == [[0.0, -40.0], [1.0, -20.0], [2.0, -30.0]]
 
 
-def test_embedded_weights_retrained_by_train_embedded_are_given_as_weights(video, tmp_path, capsys):
+def test_embedded_weights_retrained_by_train_embedded_are_given_as_weights(video, tmp_path, capsys, monkeypatch):
     """`train embedded --out FILE` wrote weights that only `eval --embedded-weights` could use:
     --weights took MMAudio's folder alone. A file there is the embedded model's; one that holds
     none of its weights (MMAudio's, converted) says what --weights takes."""
@@ -418,6 +418,9 @@ def test_embedded_weights_retrained_by_train_embedded_are_given_as_weights(video
                  "--out", str(out), "--metadata", str(tmp_path / "m.json")]) == 0
     (stem,) = json.loads((tmp_path / "m.json").read_text())["stems"]
     assert (stem["metadata"]["alpha"], stem["metadata"]["beta"], stem["metadata"]["steps"]) == (2.5, 0.5, 1)
+    monkeypatch.setenv("HOME", str(tmp_path))  # `--weights=~/…`, which no shell expands: as a folder is
+    assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights=~/retrained.safetensors", "--device", "cpu",
+                 "--out", str(out)]) == 0
     capsys.readouterr()
     save_file({"latent_mean": torch.zeros(4)}, str(tmp_path / "mmaudio.safetensors"))
     assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights", str(tmp_path / "mmaudio.safetensors"),

@@ -205,7 +205,7 @@ def check_weights_file(path: str | os.PathLike) -> None:
     read from its header alone, so that a command line is checked before anything loads."""
     why = None
     try:
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(Path(path).expanduser()), "pt") as f:
             if not any(key.startswith("net.") for key in f.keys()):
                 why = "it holds none of its network's weights"
     except Exception as e:  # safetensors raises several types for files that are not its own

@@ -317,9 +317,11 @@ def run(args: argparse.Namespace) -> int:
         _check_json_is_no_input(args)
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
-        if args.write and (args.weights or args.model):
+        from stepfoley.engine.weights import is_weights_file
+
+        if args.write and ((args.weights and not is_weights_file(args.weights)) or args.model):
             raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
-                                    "without --weights and --model.")
+                                    "without an MMAudio --weights folder and --model.")
         if args.write and not args.embedded_weights and in_an_installed_package(_embedded_weights_file(args)):
             raise InvalidInputError(
                 f"--write would record the choice in the weights inside the installed stepfoley package "
