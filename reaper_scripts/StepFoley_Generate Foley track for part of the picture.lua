@@ -18,7 +18,9 @@ local function main()
   local proj = reaper.EnumProjects(-1, "")
   local t0, t1 = SF.require_time_selection(proj)
   if not t0 then return end
-  local choice = SF.ask_picture_region(t1 - t0)
+  local picture = SF.region_for(proj, t0, t1) -- how fast it plays: the shortest "When" is in its seconds
+  local speed = picture and (picture.file_out - picture.file_in) / (picture.project_end - picture.project_start)
+  local choice = SF.ask_picture_region(t1 - t0, nil, speed)
   if not choice then return end
   local dialog = { negatives = true }
   dialog.values = SF.initial_values(dialog)

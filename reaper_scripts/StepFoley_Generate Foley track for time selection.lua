@@ -6,6 +6,9 @@
 --   Extend refuses where the picture ends with the item (a cut to another video file, or the video's end): the item did not grow, and its tail was made again under the name "extend".
 --   A stem REAPER cannot read is found before the project is touched: an empty take was left active in the item (silence), or a new track with an empty item, and the message began with the script's path.
 --   A bounce REAPER returns cut short (a full disk) is said as the render's fault before the engine is asked; it went to the engine, which refused it as a damaged file.
+--   Following an envelope: its first and last readings are taken just inside the time selection, so the points REAPER adds at a selection's edges (or a step there) no longer pull the curve's end to the level beyond it, where the stem faded.
+--   Part of the picture: "When" is checked in seconds of picture (a picture playing at twice the speed needs half as long a span), and percentages typed with "%" are taken.
+--   The generate window stores the layers' ticks only when "layers" is the negatives mode: an untick made before switching to "none" had left that track out of every later generation, unseen.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -71,8 +71,13 @@ local function loudness_at(env, mode, t, low, high)
   return math.max(low, math.min(high, M.LOUDNESS_AT_0DB + db))
 end
 
+-- How far inside the selection its first and last readings are taken: an envelope that changes
+-- at an edge (a square point there, or the two points REAPER adds at a time selection's edges
+-- when a segment inside it is raised) gave the value beyond it, and the stem faded there.
+M.EDGE_READING_S = 1e-4
+
 -- The envelope over [0, length] seconds from `a`, read at most CURVE_STEP_S apart (evenly,
--- both ends included): {seconds from a, dB LUFS} each.
+-- both ends included, read EDGE_READING_S inside them): {seconds from a, dB LUFS} each.
 local function readings(env, a, length, low, high)
   local steps = math.max(1, math.ceil(length / M.CURVE_STEP_S - 1e-6))
   steps = math.min(steps, M.MAX_CURVE_READINGS - 1)
@@ -80,7 +85,8 @@ local function readings(env, a, length, low, high)
   local points = {}
   for i = 0, steps do
     local t = length * i / steps
-    points[i + 1] = { t, loudness_at(env, mode, a + t, low, high) }
+    local inside = math.max(math.min(t, length - M.EDGE_READING_S), M.EDGE_READING_S)
+    points[i + 1] = { t, loudness_at(env, mode, a + inside, low, high) }
   end
   return points
 end
@@ -162,7 +168,7 @@ M.PICTURE_PART_WORDS = "left, right, top, bottom, top left, top right, bottom le
 
 local function numbers_in(text)
   local out = {}
-  for word in text:gmatch("[^,;" .. M.SPACE .. "]+") do
+  for word in text:gmatch("[^,;%%" .. M.SPACE .. "]+") do -- "10%, 20%": the label asks for percent
     local x = tonumber(word)
     if not x then return nil end
     out[#out + 1] = x
@@ -198,10 +204,11 @@ end
 
 --[[
 When the picture region applies, typed as "start-end" in seconds from the time selection's
-start (empty: throughout). Returns {start, end} in seconds from the selection start, false for
-"throughout", or nil and a message.
+start (empty: throughout), over a picture that plays `speed` times as fast as the timeline
+(default 1). Returns {start, end} in seconds from the selection start, false for "throughout",
+or nil and a message.
 ]]
-function M.parse_picture_time(text, length, caps)
+function M.parse_picture_time(text, length, caps, speed)
   local t = M.trim(text)
   if t == "" then return false end
   local space = "[" .. M.SPACE .. "]"
@@ -216,10 +223,14 @@ function M.parse_picture_time(text, length, caps)
     return nil, string.format("The picture region starts at %g s, after the time selection ends (%.3f s long).",
       a, length)
   end
+  -- the engine's bound is in seconds of picture, which plays `speed` times as fast as the
+  -- timeline here (picture_fields checks again, at the rate the picture plays once generating)
   local shortest = published(caps, "picture_region_seconds", M.MIN_PICTURE_REGION_SECONDS)
-  if math.min(b, length) - a < shortest - 1e-9 then -- of picture playing at its own speed (picture_fields: any)
-    return nil, string.format("The picture region must apply for at least %g s (the longest gap between the " ..
-      "frames the picture features read), or no frame may be seen cropped.", shortest)
+  speed = speed or 1
+  if (math.min(b, length) - a) * speed < shortest - 1e-9 then
+    return nil, string.format("The picture region must apply for at least %g s of the time selection (%g s of " ..
+      "picture, the longest gap between the frames the picture features read), or no frame may be seen cropped.",
+      shortest / speed, shortest)
   end
   return { a, math.min(b, length) }
 end
@@ -229,8 +240,9 @@ M.PICTURE_STATE = "last_picture_region" -- ExtState: what the user typed last
 --[[
 Asks which part of the picture (and when) the sound comes from. Returns {region, time (false:
 throughout)} or nil when the user cancels; asks again, with what was typed, after a mistake.
+`speed`: how fast the picture under the selection plays (parse_picture_time).
 ]]
-function M.ask_picture_region(length, caps)
+function M.ask_picture_region(length, caps, speed)
   local last = M.get_json_state(M.PICTURE_STATE) or {}
   local values = { last.part or "left", last.when or "" }
   while true do
@@ -243,7 +255,7 @@ function M.ask_picture_region(length, caps)
     local rect, err
     if answer then rect, err = M.parse_picture_region(values[1], caps) else err = cut end
     local when
-    if rect then when, err = M.parse_picture_time(values[2], length, caps) end
+    if rect then when, err = M.parse_picture_time(values[2], length, caps, speed) end
     if rect and when ~= nil then
       M.set_json_state(M.PICTURE_STATE, { part = values[1] or "", when = values[2] or "" }, true)
       return { region = rect, time = when }

@@ -515,7 +515,10 @@ function M.ask_imgui(spec, on_answer)
       local params, err = M.parse_form(state.values, spec)
       if params then
         M.remember(state.values, spec)
-        return on_answer(params, M.roles_from_overrides(spec.candidates or {}, state.overrides))
+        -- the layers' ticks are the choice only in "layers" mode: switched to another, they are
+        -- hidden, and an untick stored then left that track out of every later generation
+        local roles = params.negatives == "layers" and M.roles_from_overrides(spec.candidates or {}, state.overrides)
+        return on_answer(params, roles or {})
       end
       state.error = err
     end

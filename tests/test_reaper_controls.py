@@ -115,6 +115,18 @@ def test_a_short_dip_in_a_long_selection_survives(world):
         assert curve_at(curve, t) == pytest.approx(AT_0DB, abs=0.01)
 
 
+@pytest.mark.parametrize("points, level", [
+    ([(1.0, 0.0, 0), (3.0, 0.0, 0), (3.0, 6.0, 0), (5.5, 6.0, 0), (5.5, 0.0, 0), (9.0, 0.0, 0)], 6.0),
+    ([(3.0, 0.0, 1), (5.5, -math.inf, 1)], 0.0)], ids=["edge points", "square to silence at the end"])
+def test_an_envelope_that_changes_at_the_selections_edges_is_read_inside_them(world, points, level):
+    """REAPER adds two points at each edge of a time selection when a segment inside it is
+    raised; a square point may sit at its end. The last reading was taken at the end itself,
+    beyond the step: the curve fell over the last 50 ms and the stem faded there."""
+    curve = h.job_request(run(world, (3.0, 5.5), points))["loudness_curve"]
+    assert curve[0][0] == 0.0 and curve[-1][0] == pytest.approx(2.5)
+    assert all(db == pytest.approx(AT_0DB + level) for _, db in curve), curve
+
+
 def test_silence_on_the_envelope_is_the_quietest_level_the_engine_takes(world):
     points = [(3.0, -math.inf, 1), (4.0, 0.0, 1)]
     curve = h.job_request(run(world, (3.0, 5.5), points))["loudness_curve"]
@@ -171,6 +183,28 @@ def test_a_mistyped_part_asks_again_with_what_was_typed(world):
     assert result["dialogs"][1]["defaults"].split("\n") == ["the bird", ""]
     request = h.job_request(result)
     assert request["picture_region"] == pytest.approx([0.1, 0.2, 0.6, 0.9]) and "picture_region_time" not in request
+
+
+def test_percentages_typed_with_their_sign_are_taken(world):
+    """The field asks for "left top right bottom in %": "10%, 20%, 60%, 90%" was asked again."""
+    result = run_picture(world, (3.0, 5.5), picture_answers("10%, 20%, 60%, 90%"))
+    assert result["messages"] == []
+    assert h.job_request(result)["picture_region"] == pytest.approx([0.1, 0.2, 0.6, 0.9])
+
+
+def test_when_is_checked_in_seconds_of_picture_in_the_dialog(world):
+    """A picture at playrate 2: 0.1 s of the selection is 0.2 s of picture, over the 0.16 s the
+    engine needs; the dialog refused it in timeline seconds. 0.05 s (0.1 s of picture) is
+    still asked again, in the dialog, with what the selection needs."""
+    video_item = {"position": 2.0, "length": 4.0,
+                  "takes": [{"file": str(world["video"]), "length": 10.0, "playrate": 2.0}]}
+    sc = h.scenario(world, ts=(3.0, 5.5), video_item=video_item, actions=[{"script": PICTURE}],
+                    dialog=[{"ok": True, "values": ["left", "0.5-0.55"]}, *picture_answers("left", "0.5-0.6")])
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = result["messages"]
+    assert message["message"].startswith("The picture region must apply for at least 0.08 s of the time selection "
+                                         "(0.16 s of picture")
+    assert h.job_request(result)["picture_region_time"] == pytest.approx([0.5, 0.6])
 
 
 def test_a_part_of_exactly_the_smallest_size_is_taken_whatever_the_rounding(world):

@@ -74,6 +74,18 @@ def test_layer_checkboxes_choose_and_remember_the_negatives(world):
     assert result["undo"] == ["StepFoley: choose negative layers", 'StepFoley: add Foley track "steps"']
 
 
+def test_ticks_made_before_switching_to_no_negatives_are_not_kept(world):
+    """Unticked, then "none" chosen: the hidden untick was stored, and that layer was left out
+    of every later generation without the artist seeing it."""
+    sc = h.scenario(world, dialog=[], imgui=[{"type": "caption", "text": "steps"}, {"check": "layer1"},
+                                             {"radio": "negatives-none"}, {"click": "Generate"}])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == [] and "existing_mix" not in h.job_request(result)
+    wind = next(t for t in result["tracks"] if t["name"] == "wind")
+    assert "stepfoley_negative" not in wind["ext"]
+    assert result["undo"] == ['StepFoley: add Foley track "steps"']
+
+
 def test_a_bad_value_is_explained_in_the_window(world):
     sc = h.scenario(world, dialog=[], imgui=[
         {"type": "caption", "text": "steps"}, {"type": "steps", "text": "500"}, {"click": "Generate"},
