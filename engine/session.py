@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -196,18 +197,38 @@ def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
     return np.stack([row if row is not None else quiet for row, quiet in zip(rows, slices)])
 
 
-def plan_windows(duration: float, window: float, sample_rate: int,
-                 overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
+def window_latents(model: FoleyModel, seconds: float) -> int:
+    """The latents a window of `seconds` is sampled with: enough for the picture span its video
+    encoder conditions (engine.mmaudio: Synchformer's grid, which may run past the window) and
+    for the window's whole samples (a span a hair short of the window, under a millisecond,
+    takes a latent more, not a hole)."""
+    span = model.video_encoder.conditioned_duration(seconds)
+    samples = round(seconds * model.sample_rate)
+    return max(model.codec.latent_length(span), model.codec.latent_length(samples / model.sample_rate))
+
+
+def plan_windows(duration: float, window: float, sample_rate: int, overlap: float = WINDOW_OVERLAP_S,
+                 latents: Callable[[float], int] | None = None) -> list[tuple[float, float]]:
     """(start, end) offsets covering [0, duration] with windows of at most `window` seconds;
     consecutive windows overlap by at least `overlap` so they can be crossfaded. A region fits
-    one window when its samples at the model's `sample_rate` do (in seconds, 8 s and a 44.1 kHz
-    sample was made as two full windows of the same 128,000 samples at 16 kHz)."""
-    if round(duration * sample_rate) <= round(window * sample_rate):
+    one window when it needs no more `latents` (seconds -> count: window_latents) than `window`
+    does, else when its samples at `sample_rate` fit. By seconds, 8 s and a 44.1 kHz sample was
+    made as two full windows of the same 128,000 samples at 16 kHz; by samples, 8 s and a 48 kHz
+    sample at 44.1 kHz was two, 21 µs apart, crossfaded at 4 s, where MMAudio's 345 latents
+    (353,280 samples) hold it."""
+    fits = (latents(duration) <= latents(window) if latents is not None
+            else round(duration * sample_rate) <= round(window * sample_rate))
+    if fits:
         return [(0.0, duration)]
     hop = window - overlap
     count = math.ceil((duration - overlap) / hop)
     starts = [min(i * hop, duration - window) for i in range(count)]
     return [(s, s + window) for s in starts]
+
+
+def windows_for(model: FoleyModel, duration: float) -> list[tuple[float, float]]:
+    """The windows a session of `model` samples a region of `duration` seconds in."""
+    return plan_windows(duration, model.max_duration, model.sample_rate, latents=partial(window_latents, model))
 
 
 def windows_needed(spans: list[tuple[int, int]], new: np.ndarray | None) -> list[bool]:
@@ -305,7 +326,7 @@ class StepSession:
         # no bounce for a method that hears none, e.g. negative_prompt)
         self.unheard_captions: list[str] = []
         self.length = int(round(region.duration * model.sample_rate))
-        self.windows = plan_windows(region.duration, model.max_duration, model.sample_rate)
+        self.windows = windows_for(model, region.duration)
         self._features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window -> its picture's, once
         self._text_features: dict[str, torch.Tensor] = {}  # caption -> (1, Lt, Dt)
         # x̃ and the tracks it was mixed from (held: compared by identity): a job asks for it to
@@ -642,8 +663,7 @@ class StepSession:
         # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window;
         # a span a hair short of the window (under a millisecond) takes a latent more, not a hole
         span = model.video_encoder.conditioned_duration(duration)
-        latent_len = max(model.codec.latent_length(span),
-                         model.codec.latent_length(self._samples(duration) / model.sample_rate))
+        latent_len = window_latents(model, duration)
         length = self._samples(span)
         conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         audio_latent = None

@@ -368,14 +368,17 @@ def test_a_region_a_little_past_the_grid_is_made_over_it(stack, monkeypatch):
     assert set(seen) == {(6 * 8, 71)}  # 6 segments: 2.24 s; 71 latents of 32 ms: 2.272 s
 
 
-def test_eight_seconds_and_a_48khz_sample_is_made_as_eight_seconds(stack, tmp_path, monkeypatch):
-    """A DAW's 8 s selection a sample long at 48 kHz: one window at 16 kHz (128,000 samples),
-    and the 250 latents and 8 s of features the network was trained with, not 8.32 s of them
-    or a 251st latent that spreads 8 s of picture over 8.032 s."""
+@pytest.mark.parametrize("variant, samples, latents", [("small_16k", 128_000, 250), ("small_44k", 352_801, 345)])
+def test_eight_seconds_and_a_48khz_sample_is_made_as_eight_seconds(stack, tmp_path, monkeypatch, variant, samples,
+                                                                   latents):
+    """A DAW's 8 s selection a sample long at 48 kHz: one window, with the latents and 8 s of
+    features the network was trained with, not 8.32 s of them or a latent more that spreads 8 s
+    of picture over 8.032 s. At 16 kHz it is 128,000 samples; at 44.1 kHz 352,801, which the
+    345 latents hold (353,280 samples): it was made as two windows 21 µs apart, crossfaded."""
     from stepfoley.lab.miniworld import make_scene, write_scene
 
     video = write_scene(make_scene(22, duration=8.5), tmp_path, mux_audio=False)["video"]
-    model = load_foley_model(stack["root"], "small_16k", configs=CONFIGS["small_16k"])
+    model = load_foley_model(stack["root"], variant, configs=CONFIGS[variant])
     seen = []
     original = model.net.preprocess_conditions
     monkeypatch.setattr(model.net, "preprocess_conditions", lambda clip_f, sync_f, text_f, *, latent_seq_len=None:
@@ -383,7 +386,8 @@ def test_eight_seconds_and_a_48khz_sample_is_made_as_eight_seconds(stack, tmp_pa
                         original(clip_f, sync_f, text_f, latent_seq_len=latent_seq_len))
     track = StepSession(model, Region(video, 0.2, 0.2 + 384_001 / 48_000)).next_track(
         TrackSettings("rain", steps=1, seed=3))
-    assert track.samples.shape == (128_000,) and set(seen) == {(64, 192, 250)}
+    assert track.samples.shape == (samples,) and seen == [(64, 192, latents)] * len(seen)
+    assert track.metadata["windows"] == 1
 
 
 def test_a_repair_holds_the_takes_frames_where_they_are_in_the_longer_span(stack, monkeypatch):

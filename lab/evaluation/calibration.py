@@ -45,7 +45,7 @@ from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.guidance import GuidanceWeights, resolve_method
 from stepfoley.engine.sampler import is_guided
 from stepfoley.engine.pipeline import FoleyModel
-from stepfoley.engine.session import plan_windows
+from stepfoley.engine.session import windows_for
 
 ALPHA_GRID = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.5)  # below 1, CFG is the conditional branch alone (MMAudio)
 DEVELOPMENT_SCENES = 12
@@ -105,7 +105,7 @@ def choose_alpha(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, takes: int
     # α is chosen from CFG as the network makes it; the level anchor is chosen after it, for it
     model = replace(model, defaults=replace(model.defaults, level_anchor=0.0))
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
+    windows = len(windows_for(model, duration))
     progress = StepProgress(sum(tracks_per_scene(seeds, k, duration)) * len(alphas) * takes * steps * windows,
                             on_progress)
     per_scene: dict[float, dict[str, list]] = {a: {f: [] for f in FIGURES} for a in alphas}
@@ -202,7 +202,7 @@ def choose_level_anchor(model: FoleyModel, scenes: int = DEVELOPMENT_SCENES, tak
     first_per_strength = is_guided(resolve_method("independent", GuidanceWeights(alpha=alpha), has_audio=False))
     firsts = len(strengths) if first_per_strength else 1
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
+    windows = len(windows_for(model, duration))
     progress = StepProgress(sum((n - 1) * len(strengths) + firsts for n in tracks_per_scene(seeds, k, duration))
                             * takes * steps * windows, on_progress)
     per_scene: dict[float, dict[str, list]] = {a: {f: [] for f in LEVEL_FIGURES} for a in strengths}

@@ -57,7 +57,7 @@ from stepfoley.lab.miniworld import make_scene, write_scene
 from stepfoley.lab.miniworld.scene import MAX_SOURCES
 from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.request import MAX_GUIDANCE, MAX_STEPS
-from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, plan_windows
+from stepfoley.engine.session import StepSession, Track, TrackSettings, conditioning_mix, windows_for
 
 SCENE_SEED_BASE = 10_000_000
 SCENES_PER_SEED = 1000  # scene seeds of consecutive --seed values must not overlap
@@ -389,7 +389,7 @@ def evaluate(model: FoleyModel, scenes: int, seed: int, k: int = 3, takes: int =
     steps = defaults.steps if steps is None else steps
     seeds = [scene_seed(seed, i) for i in range(scenes)]
     clock = PhaseClock()
-    windows = len(plan_windows(duration, model.max_duration, model.sample_rate))
+    windows = len(windows_for(model, duration))
     progress = StepProgress(sum(takes * (1 + len(rows) * (n - 1)) for n in tracks_per_scene(seeds, k, duration))
                             * steps * windows, on_progress)
     per_scene = {name: {} for name in [r.name for r in rows] + ["ground_truth", "track1", "ground_truth_track1"]}
