@@ -70,7 +70,7 @@ _MAX_ASPECT = 10
 _HOLD_TOLERANCE_S = 0.5
 _HOLD_TOLERANCE_FRAMES = 2
 
-Fit = Literal["stretch", "crop"]
+Fit = Literal["stretch", "crop", "pad"]
 
 
 @dataclass(frozen=True)
@@ -382,6 +382,10 @@ def _displayed_width(width: int, height: int, pixel_aspect: Fraction | None) -> 
 def _resized_shape(height: int | Fraction, width: int | Fraction, size: int, fit: Fit) -> tuple[int, int]:
     if fit == "stretch":
         return size, size
+    if fit == "pad":  # the long side becomes `size`
+        if height <= width:
+            return max(1, int(round(size * height / width))), size
+        return size, max(1, int(round(size * width / height)))
     # torchvision Resize(int): the short side becomes `size`, the long side is truncated
     if height <= width:
         return size, int(size * width / height)
@@ -392,7 +396,8 @@ def fit_frames(frames: np.ndarray, size: int, fit: Fit, shape: tuple | None = No
     """uint8 frames (T, H, W, 3) -> uint8 (T, 3, size, size), antialiased bicubic.
 
     "stretch" squashes to size x size (MMAudio's CLIP transform); "crop" scales the short
-    side to `size` and centre-crops (its Synchformer transform). `shape`: (height, width) of
+    side to `size` and centre-crops (its Synchformer transform); "pad" scales the long side to
+    `size` and centres the frame on black (all of it seen, in its shape). `shape`: (height, width) of
     the picture the frames show, as displayed, whose geometry the fit follows: where the frames
     are scaled down (PRESCALE_FACTOR) or their pixels are not square (a sample aspect ratio: one
     side is then a Fraction), "crop" resizes them straight to the displayed picture's shape."""
@@ -401,15 +406,19 @@ def fit_frames(frames: np.ndarray, size: int, fit: Fit, shape: tuple | None = No
     out_h, out_w = _resized_shape(*(shape or (h, w)), size, fit)
     top = int(round((out_h - size) / 2.0))
     left = int(round((out_w - size) / 2.0))
-    out = torch.empty(t, 3, size, size, dtype=torch.uint8)
+    # "pad": the frame goes inside the square, at (-top, -left)
+    out = (torch.zeros if fit == "pad" else torch.empty)(t, 3, size, size, dtype=torch.uint8)
     src = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
     for i in range(0, t, _RESIZE_CHUNK):
         chunk = src[i:i + _RESIZE_CHUNK].float()
         if (out_h, out_w) != (h, w):
             chunk = F.interpolate(chunk, size=(out_h, out_w), mode="bicubic",
                                   align_corners=False, antialias=True)
-        chunk = chunk[:, :, top:top + size, left:left + size]
-        out[i:i + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        chunk = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        if fit == "pad":
+            out[i:i + _RESIZE_CHUNK, :, -top:-top + out_h, -left:-left + out_w] = chunk
+        else:
+            out[i:i + _RESIZE_CHUNK] = chunk[:, :, top:top + size, left:left + size]
     return out
 
 
@@ -836,7 +845,10 @@ def read_regions(path: str | Path, start_s: float, end_s: float,
             shape = whole if picture is rgb else _focus_shape(picture, rgb, whole)
             for request_index in np.unique(owner[samples]):
                 request = requests[request_index]
-                resized = fit_frames(picture[None], request.size, request.fit, shape)[0]
+                # a focus is seen whole: centre-cropped to a square (Synchformer's transform), a
+                # strip along the bottom lost three quarters of itself, and its motion with them
+                fit = "pad" if picture is not rgb and request.fit == "crop" else request.fit
+                resized = fit_frames(picture[None], request.size, fit, shape)[0]
                 mine = slot[samples[owner[samples] == request_index]]
                 outputs[request_index][torch.from_numpy(mine)] = resized
 

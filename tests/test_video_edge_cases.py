@@ -786,11 +786,16 @@ def test_a_turned_anamorphic_picture_is_widened_then_turned(tmp_path):
     assert low == pytest.approx(0.5 - 9 / 32, abs=0.01) and high == pytest.approx(0.5 + 9 / 32, abs=0.01)
 
 
-def test_a_focus_is_cropped_as_displayed(tmp_path):
+def test_a_focus_is_seen_whole_in_its_displayed_shape(tmp_path):
+    """A centre-cropping request (Synchformer's) sees all of a focus, on black, in the shape it is
+    displayed: centre-cropped to a square, a wide one lost its sides (here 44 % of it)."""
     path = sar_gradient(tmp_path / "anamorphic.mp4", 720, 576, (64, 45))
     focus = PictureFocus((0.25, 0.25, 0.75, 0.75))  # 512x288 displayed, 360x288 stored
-    left, right = stored_x_span(video.read_region(path, 0, 0.2, 25, 224, "crop", focus=focus))
-    assert left == pytest.approx(0.5 - 0.5 * 9 / 32, abs=0.01) and right == pytest.approx(0.5 + 0.5 * 9 / 32, abs=0.01)
+    frames = video.read_region(path, 0, 0.2, 25, 224, "crop", focus=focus)
+    rows = (frames[0].int().sum(dim=(0, 2)) > 0).nonzero()[:, 0]
+    assert (rows.min().item(), rows.max().item()) == (49, 49 + 126 - 1)  # 224 x 126: 512 x 288 as displayed
+    assert stored_x_span(frames[:, :, 49:175]) == pytest.approx((0.25, 0.75), abs=0.01)
+    assert frames[:, :, :49].max() == 0 and frames[:, :, 175:].max() == 0
 
 
 def test_stretch_ignores_the_pixel_shape(tmp_path):

@@ -72,7 +72,8 @@ _ANY_DISK_FORMAT = re.compile(r"stepfoley-features-[0-9]+")  # this cache's entr
 # 4: a picture with non-square pixels (a sample aspect ratio) is centre-cropped as displayed;
 #    a region whose length times the frame rate is a float's hair under a whole number (1.16 s
 #    at 25 fps) reads its last frame.
-FEATURES_VERSION = 4
+# 5: a picture focus reaches a centre-cropping encoder (MMAudio's Synchformer) whole, on black.
+FEATURES_VERSION = 5
 OFF = "off"
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
