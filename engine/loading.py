@@ -177,23 +177,21 @@ def load_foley_model(weights_dir: str | Path | None = None, variant: str | None 
     """`weights_dir`: a folder of MMAudio's weights, or a file of the embedded model's (what
     `stepfoley train embedded` writes), None for the packaged one. `configs` (reduced sizes for
     the MMAudio stack) needs a weights directory."""
-    from stepfoley.engine.weights import is_weights_file
+    from stepfoley.engine.weights import check_no_variant, is_weights_file
 
     device = device or torch.device("cpu")
-    if weights_dir is not None and is_weights_file(weights_dir):
-        weights_dir = Path(weights_dir).expanduser()  # as a folder is: `--weights=~/w.safetensors` reaches here so
-        if variant not in (None, "embedded") or configs is not None:
-            raise InvalidInputError(f"{weights_dir} is the embedded model's weights, one model: --model chooses "
-                                    "among MMAudio's variants in a weights folder. Leave --model out.")
-        from stepfoley.engine.embedded.model import build_embedded_model, check_weights_file
-
-        check_weights_file(weights_dir)
-        return build_embedded_model(device=device, weights_path=weights_dir)
-    if weights_dir is not None:
+    weights_file = weights_dir is not None and is_weights_file(weights_dir)
+    if weights_dir is not None and not weights_file:
         return load_mmaudio_model(weights_dir, variant, device, configs=configs)
     if configs is not None:
         raise InvalidInputError("Reduced stack configs apply only to an MMAudio weights directory.")
-    from stepfoley.engine.embedded.model import load_embedded_model
+    from stepfoley.engine.embedded.model import build_embedded_model, check_weights_file, load_embedded_model
+
+    if weights_file:
+        weights_dir = Path(weights_dir).expanduser()  # as a folder is: `--weights=~/w.safetensors` reaches here so
+        check_no_variant(weights_dir, variant)
+        check_weights_file(weights_dir)
+        return build_embedded_model(device=device, weights_path=weights_dir)
 
     if variant in (None, "embedded"):
         return load_embedded_model(device=device)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.engine.errors import CheckpointError, is_out_of_memory
+from stepfoley.engine.errors import CheckpointError, InvalidInputError, is_out_of_memory
 
 MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
 
@@ -546,6 +546,13 @@ def is_weights_file(path: str | Path) -> bool:
         return bool(str(path).strip()) and Path(path).expanduser().is_file()
     except (OSError, ValueError):
         return False
+
+
+def check_no_variant(weights_file: str | Path, variant: str | None) -> None:
+    """InvalidInputError for a --model given with the embedded model's weights file: one model."""
+    if variant not in (None, "embedded"):
+        raise InvalidInputError(f"{weights_file} is the embedded model's weights, one model: --model chooses among "
+                                "MMAudio's variants in a weights folder. Leave --model out.")
 
 
 def weights_folder(root: str | Path) -> Path:

@@ -418,6 +418,9 @@ def test_embedded_weights_retrained_by_train_embedded_are_given_as_weights(video
                  "--out", str(out), "--metadata", str(tmp_path / "m.json")]) == 0
     (stem,) = json.loads((tmp_path / "m.json").read_text())["stems"]
     assert (stem["metadata"]["alpha"], stem["metadata"]["beta"], stem["metadata"]["steps"]) == (2.5, 0.5, 1)
+    assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights", str(path), "--model", "small_16k",
+                 "--out", str(out)]) == 2  # a usage error, before anything loads (it failed at load)
+    assert "is the embedded model's weights, one model: --model chooses" in capsys.readouterr().err
     monkeypatch.setenv("HOME", str(tmp_path))  # `--weights=~/…`, which no shell expands: as a folder is
     assert main(["generate", str(video), "0.5", "2.5", "rain", "--weights=~/retrained.safetensors", "--device", "cpu",
                  "--out", str(out)]) == 0

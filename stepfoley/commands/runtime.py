@@ -29,7 +29,7 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
     other bad option, not a failed load."""
     from stepfoley.engine.devices import check_threads, choose_device, cpu_has_native_bf16
     from stepfoley.engine.errors import CheckpointError, InvalidInputError
-    from stepfoley.engine.weights import is_weights_file, weights_folder
+    from stepfoley.engine.weights import check_no_variant, is_weights_file, weights_folder
 
     check_threads(getattr(args, "threads", None))
     device = choose_device(args.device)
@@ -40,6 +40,8 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
             check_weights_file(args.weights) if is_weights_file(args.weights) else weights_folder(args.weights)
         except CheckpointError as e:
             raise InvalidInputError(str(e)) from None
+        if is_weights_file(args.weights):
+            check_no_variant(args.weights, getattr(args, "model", None))
     if getattr(args, "compile", False) and device.type != "cuda":
         # accepted, so that one command line serves every machine, but never silently
         print(f"note: --compile has no effect on {device.type}: the network is compiled on CUDA GPUs only",
