@@ -660,8 +660,7 @@ class StepSession:
         `window_start` seconds into the region), or None."""
         model, net, device = self.model, self.model.net, self.model.device
         # the audio the picture features condition, from the window's start: it may run past the
-        # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window;
-        # a span a hair short of the window (under a millisecond) takes a latent more, not a hole
+        # window's end (MMAudio's motion segments), and the decoded audio is cut back to the window
         span = model.video_encoder.conditioned_duration(duration)
         latent_len = window_latents(model, duration)
         length = self._samples(span)

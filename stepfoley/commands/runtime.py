@@ -36,11 +36,15 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "weights", None) is not None:
         from stepfoley.engine.embedded.model import check_weights_file
 
+        weights_file = is_weights_file(args.weights)
         try:
-            check_weights_file(args.weights) if is_weights_file(args.weights) else weights_folder(args.weights)
+            if weights_file:
+                check_weights_file(args.weights)
+            else:
+                weights_folder(args.weights)
         except CheckpointError as e:
             raise InvalidInputError(str(e)) from None
-        if is_weights_file(args.weights):
+        if weights_file:
             check_no_variant(args.weights, getattr(args, "model", None))
     if getattr(args, "compile", False) and device.type != "cuda":
         # accepted, so that one command line serves every machine, but never silently
