@@ -117,6 +117,11 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"protocol": 2, "variations": 9}, "variations = 9 is outside 1 .. 8"),
         ({"protocol": 2, "variations": 0}, "variations = 0 is outside 1 .. 8"),
         ({"protocol": 2, "variations": 2.0}, "variations must be a whole number"),
+        # bounded by the timeline (a week), no longer by a stem's 600 s; never negative
+        ({"protocol": 2, "take": "/t.wav", "regenerate": [0.5, 1], "take_offset": -1},
+         "take_offset = -1 is outside 0 .. 604800"),
+        ({"protocol": 2, "take": "/t.wav", "regenerate": [0.5, 1], "take_offset": 604801},
+         "take_offset = 604801 is outside 0 .. 604800"),
         ({"protocol": 2, "variations": 3, "seed": 2**63 - 2}, "leaves no room for 3 variations"),
         ({"caption": "  "}, "caption is empty"),
         # invisible to both text encoders, which read it as the empty caption
