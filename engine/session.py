@@ -207,18 +207,15 @@ def window_latents(model: FoleyModel, seconds: float) -> int:
     return max(model.codec.latent_length(span), model.codec.latent_length(samples / model.sample_rate))
 
 
-def plan_windows(duration: float, window: float, sample_rate: int, overlap: float = WINDOW_OVERLAP_S,
-                 latents: Callable[[float], int] | None = None) -> list[tuple[float, float]]:
+def plan_windows(duration: float, window: float, latents: Callable[[float], int],
+                 overlap: float = WINDOW_OVERLAP_S) -> list[tuple[float, float]]:
     """(start, end) offsets covering [0, duration] with windows of at most `window` seconds;
     consecutive windows overlap by at least `overlap` so they can be crossfaded. A region fits
     one window when it needs no more `latents` (seconds -> count: window_latents) than `window`
-    does, else when its samples at `sample_rate` fit. By seconds, 8 s and a 44.1 kHz sample was
-    made as two full windows of the same 128,000 samples at 16 kHz; by samples, 8 s and a 48 kHz
-    sample at 44.1 kHz was two, 21 µs apart, crossfaded at 4 s, where MMAudio's 345 latents
-    (353,280 samples) hold it."""
-    fits = (latents(duration) <= latents(window) if latents is not None
-            else round(duration * sample_rate) <= round(window * sample_rate))
-    if fits:
+    does: by seconds, 8 s and a 44.1 kHz sample was made as two full windows of the same
+    128,000 samples at 16 kHz; by samples, 8 s and a 48 kHz sample at 44.1 kHz was two, 21 µs
+    apart, crossfaded at 4 s, where MMAudio's 345 latents (353,280 samples) hold it."""
+    if latents(duration) <= latents(window):
         return [(0.0, duration)]
     hop = window - overlap
     count = math.ceil((duration - overlap) / hop)
@@ -228,7 +225,7 @@ def plan_windows(duration: float, window: float, sample_rate: int, overlap: floa
 
 def windows_for(model: FoleyModel, duration: float) -> list[tuple[float, float]]:
     """The windows a session of `model` samples a region of `duration` seconds in."""
-    return plan_windows(duration, model.max_duration, model.sample_rate, latents=partial(window_latents, model))
+    return plan_windows(duration, model.max_duration, partial(window_latents, model))
 
 
 def windows_needed(spans: list[tuple[int, int]], new: np.ndarray | None) -> list[bool]:

@@ -1,6 +1,7 @@
 """The step-by-step session and the service, on the random-weight embedded model (same code
 path as the trained one) and real mini-world video files."""
 
+import math
 import os
 
 import numpy as np
@@ -31,11 +32,14 @@ def scene_video(tmp_path_factory):
 
 
 def test_plan_windows_single_and_overlapping():
-    assert plan_windows(5.0, 8.0, 16000) == [(0.0, 5.0)]
-    # 8 s and one 44.1 kHz sample: the same 128,000 samples at 16 kHz, one window (it was two)
-    assert plan_windows(8.0 + 1 / 44100, 8.0, 16000) == [(0.0, 8.0 + 1 / 44100)]
-    assert len(plan_windows(8.0 + 1 / 16000, 8.0, 16000)) == 2
-    windows = plan_windows(20.0, 8.0, 16000, overlap=1.0)
+    def latents(seconds):  # the embedded codec's grid: 512 samples a latent at 16 kHz
+        return math.ceil(round(seconds * 16000) / 512)
+
+    assert plan_windows(5.0, 8.0, latents) == [(0.0, 5.0)]
+    # 8 s and one 44.1 kHz sample: the same 250 latents, one window (by seconds it was two)
+    assert plan_windows(8.0 + 1 / 44100, 8.0, latents) == [(0.0, 8.0 + 1 / 44100)]
+    assert len(plan_windows(8.0 + 1 / 16000, 8.0, latents)) == 2
+    windows = plan_windows(20.0, 8.0, latents, overlap=1.0)
     assert windows[0][0] == 0.0 and windows[-1][1] == 20.0
     assert all(e - s == 8.0 for s, e in windows)
     assert all(prev[1] - nxt[0] >= 1.0 for prev, nxt in zip(windows, windows[1:]))
