@@ -150,20 +150,10 @@ def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bo
     if start >= sound.frames:
         return np.empty((1 if mono else sound.channels, 0), np.float32)
     block = max(1, READ_BLOCK_SAMPLES // sound.channels)
-    if start and sound.format == "OGG":
-        # libsndfile seeks a Vorbis file's last page to the wrong sample (48 samples late at
-        # 44.1 kHz): decoded from the start and dropped, block by block, as a full read has it
-        skipped = 0
-        while skipped < start:
-            read = len(sound.read(min(block, start - skipped), dtype="float32"))
-            if read == 0:
-                break
-            skipped += read
-    elif start:
-        sound.seek(start)
-    left = sound.frames - start
-    wanted = left if max_seconds is None else min(left, math.ceil(max_seconds * sound.samplerate))
     try:
+        _move_to(sound, start, block)
+        left = sound.frames - start
+        wanted = left if max_seconds is None else min(left, math.ceil(max_seconds * sound.samplerate))
         out = np.empty((1 if mono else sound.channels, block if unknown else max(wanted, 0)), np.float32)
         done = 0
         while done < wanted:
@@ -177,7 +167,30 @@ def _read_blocks(sound: soundfile.SoundFile, max_seconds: float | None, mono: bo
     except MemoryError:
         raise AudioError(f"Audio file '{path}' holds more audio than this computer's memory, or its header "
                          "says it does. Bounce only the region, or export it again.") from None
+    except (soundfile.SoundFileError, RuntimeError) as error:
+        if not unknown:
+            raise
+        # libsndfile seeks within such a FLAC by its length and fails some way before its end
+        # ("Internal psf_fseek() failed"): only a stretch well inside it can be read
+        raise AudioError(f"Audio file '{path}' does not say how long it is in its header (as a FLAC file "
+                         "written to a pipe does), and it cannot be read up to its end or from far into it. Export it again "
+                         "from your DAW, or as WAV.") from error
     return out[:, :done]
+
+
+def _move_to(sound: soundfile.SoundFile, start: int, block: int) -> None:
+    """Put `sound` at frame `start` (read `block` frames at a time where it cannot seek)."""
+    if start and sound.format == "OGG":
+        # libsndfile seeks a Vorbis file's last page to the wrong sample (48 samples late at
+        # 44.1 kHz): decoded from the start and dropped, block by block, as a full read has it
+        skipped = 0
+        while skipped < start:
+            read = len(sound.read(min(block, start - skipped), dtype="float32"))
+            if read == 0:
+                break
+            skipped += read
+    elif start:
+        sound.seek(start)
 
 
 def _validated_samples(samples: np.ndarray, path: Path) -> np.ndarray:
