@@ -83,6 +83,9 @@ MAX_LIMITER_DRIVE_DB = 6.0
 LOUDNESS_TOLERANCE_LU = 0.05
 MAX_DRIVE_PASSES = 6
 MIN_DRIVE_GAIN = 0.1  # LU per dB of drive, below which a pass is not kept
+# Measurements of a gain to a loudness target as the absolute gate's blocks change with it
+# (loudness_gain_db); a sparse stem 50 dB hot needs two.
+MAX_GATE_PASSES = 8
 # Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
 # (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
 SILENCE_BLOCK_S = 0.05
@@ -197,7 +200,25 @@ def loudness_normalize(
     loudness = integrated_loudness(audio, sample_rate)
     if not math.isfinite(loudness) or loudness < silence_gate_lufs:
         return audio.copy()
-    return _gain_db(audio, target_lufs - loudness)
+    return _gain_db(audio, loudness_gain_db(audio, sample_rate, target_lufs, loudness))
+
+
+def loudness_gain_db(audio: np.ndarray, sample_rate: int, target_lufs: float, loudness: float) -> float:
+    """The gain (dB) that brings (C, S) `audio`, measured at `loudness` LUFS (over the absolute
+    gate), to `target_lufs`. The difference of the two is not always it: BS.1770's -70 LUFS gate
+    sits at a fixed level, so the quiet blocks of a sparse track (a decaying tail, a faint floor)
+    that count at its own level fall under the gate once it is turned down a long way, and the
+    rest then measures louder (a clang decoded 50 dB hot left 0.9 LU over -23 LUFS); turned up,
+    blocks come over the gate instead. So the gain is measured again after each step until it
+    holds (the gate's blocks only change one way as it moves)."""
+    # audio: (C, S)
+    gain = target_lufs - loudness
+    for _ in range(MAX_GATE_PASSES):
+        measured = integrated_loudness(_gain_db(audio, gain), sample_rate)
+        if not math.isfinite(measured) or abs(measured - target_lufs) <= LOUDNESS_TOLERANCE_LU:
+            break
+        gain += target_lufs - measured
+    return gain
 
 
 def true_peak(samples: np.ndarray, sample_rate: int) -> float:
@@ -544,7 +565,8 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     _check_finite(audio, "The generated track")
     decoded_lufs = integrated_loudness(audio, sample_rate)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    gain_db = target_lufs - decoded_lufs if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
+    gain_db = loudness_gain_db(audio, sample_rate, target_lufs, decoded_lufs) if decoded_lufs >= SILENCE_GATE_LUFS \
+        else 0.0
     normalized = _gain_db(audio, gain_db)
     envelope = true_peak_envelope(normalized)
     limiter_input = _envelope_dbtp(envelope)

@@ -449,6 +449,24 @@ def test_finishing_drives_the_limiter_in_a_few_passes_and_never_past_the_target(
     assert mixing.true_peak(finished, rate) <= mixing.STEM_CEILING_DBTP
 
 
+@pytest.mark.parametrize("hot_db", [50.0, -30.0])
+def test_a_sparse_track_far_from_the_target_lands_on_it(hot_db):
+    # one clang with a long decaying tail over a faint floor: turned down 50 dB in one step (the
+    # embedded model decodes that hot) its quiet blocks fell under the -70 LUFS gate and the
+    # stem left at -21.8 LUFS, over the -23 it promises; turned up, blocks come over the gate
+    rate = 16000
+    rng = np.random.default_rng(0)
+    track = (1e-3 * rng.standard_normal(20 * rate)).astype(np.float32)
+    decay = np.exp(-2.5 * np.arange(4 * rate) / rate)
+    track[5 * rate:9 * rate] += (rng.standard_normal(4 * rate) * decay).astype(np.float32)
+    track *= np.float32(10 ** ((hot_db - mixing.integrated_loudness(track, rate) - 23.0) / 20))
+    finished, levels = mixing.finish_stem(track, rate)
+    assert levels.limiter_input_true_peak_dbtp < mixing.STEM_CEILING_DBTP  # the gain alone, no limiting
+    assert levels.lufs == pytest.approx(mixing.STEM_LUFS, abs=mixing.LOUDNESS_TOLERANCE_LU)
+    normalized = mixing.loudness_normalize(track, rate, -20.0)
+    assert mixing.integrated_loudness(normalized, rate) == pytest.approx(-20.0, abs=mixing.LOUDNESS_TOLERANCE_LU)
+
+
 def test_a_low_tone_over_the_ceiling_is_limited_without_distortion():
     # a gain that rose between the crests of a 40 Hz tone rippled with it: 1.9 % distortion
     rate = 48000
