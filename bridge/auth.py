@@ -8,7 +8,8 @@ client library and the REAPER actions alike, so it never has to appear on a comm
 4. the token file: $STEPFOLEY_TOKEN_FILE, else $XDG_CONFIG_HOME/stepfoley/token, else
    ~/.config/stepfoley/token (%APPDATA%\\stepfoley\\token on Windows), when it exists.
 
-A token file holds the token on its first line. On POSIX systems it must be a regular file
+A token file holds the token on its first line (any line break ends it, as str.splitlines
+has them); white space around the token is not part of it. On POSIX systems it must be a regular file
 owned by the user and readable by nobody else (chmod 600); otherwise it is refused. Whatever its
 source, a token is 1-MAX_TOKEN_CHARS characters of text (no NUL, which ends an OSC string; no
 byte that is not UTF-8): every message carries it, and the engine refuses a longer one, so a token
@@ -28,6 +29,9 @@ from stepfoley.request import is_utf8
 
 ENV_TOKEN = "STEPFOLEY_TOKEN"
 ENV_TOKEN_FILE = "STEPFOLEY_TOKEN_FILE"
+# What is read of a token file: its first line, white space around the token included (reading
+# MAX_TOKEN_CHARS + 2 took the end off a long token behind a few spaces, a different token)
+TOKEN_FILE_READ_CHARS = 4096
 
 
 class TokenError(Exception):
@@ -89,12 +93,15 @@ def read_token_file(path: str | os.PathLike) -> str:
         # utf-8-sig: Windows PowerShell 5.1 (Set-Content -Encoding UTF8) and Notepad before
         # Windows 10 1903 start the file with a byte-order mark, which is not part of the token
         with open(path, encoding="utf-8-sig") as f:
-            text = f.read(MAX_TOKEN_CHARS + 2)
+            text = f.read(TOKEN_FILE_READ_CHARS + 1)
     except OSError as e:
         raise TokenError(f"Cannot read the token file '{path}': {e.strerror or e}.") from None
     except UnicodeDecodeError:
         raise TokenError(f"The token file '{path}' is not UTF-8 text.") from None
-    token = text.splitlines()[0].strip() if text.strip() else ""
+    lines = text.splitlines()
+    token = lines[0].strip() if text.strip() else ""
+    if len(lines) == 1 and len(text) > TOKEN_FILE_READ_CHARS:  # its first line goes on past what was read
+        token = text
     if not is_valid_token(token):
         raise TokenError(f"The token file '{path}' must hold the token (1-{MAX_TOKEN_CHARS} characters of text, "
                          "no NUL) on its first line.")

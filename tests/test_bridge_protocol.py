@@ -101,6 +101,13 @@ def test_token_sources_in_order(tmp_path, monkeypatch):
     other.chmod(0o600)
     with pytest.raises(TokenError, match="first line"):
         read_token_file(other)
+    longest = "k" * protocol.MAX_TOKEN_CHARS
+    other.write_text("   " + longest + "\n")  # read as 258 characters, it was a shorter token
+    assert read_token_file(other) == longest
+    for long_line in (" " + longest + "k\n", " " * 5000 + longest):
+        other.write_text(long_line)
+        with pytest.raises(TokenError, match="1-256 characters"):
+            read_token_file(other)
     monkeypatch.delenv("STEPFOLEY_TOKEN")
     monkeypatch.setenv("STEPFOLEY_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(TokenError, match="Cannot read"):
