@@ -120,7 +120,7 @@ class VideoRegion:
     video: str  # absolute path, only read
     file_in: float  # seconds in the source file
     file_out: float
-    playrate: float = 1.0
+    playrate: float = 1.0  # the picture's speed on the timeline: duration / project_duration
     project_start: float = 0.0  # project seconds
     project_end: float = 0.0  # project seconds; the stem lasts project_end - project_start
 
@@ -317,7 +317,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("region.file_out", "number (s)", "required",
               f"source-file time where it ends; the region is {MIN_REGION_SECONDS:g}-{MAX_REGION_SECONDS:g} s "
               f"long (±{REGION_TOLERANCE_S:g} s)"),
-    FieldSpec("region.playrate", "number", "1.0", f"{_range(MIN_PLAYRATE, MAX_PLAYRATE)}; the item's playback rate"),
+    FieldSpec("region.playrate", "number", "1.0", f"{_range(MIN_PLAYRATE, MAX_PLAYRATE)}; the item's playback rate, which sets "
+              "`project_end` when that is left out (with it, the picture plays at the speed the two ends give, and "
+              "the stem's metadata `playrate` says that speed)"),
     FieldSpec("region.project_start", "number (s)", "0.0",
               f"project time where the stem is placed, 0-{MAX_TIMELINE_SECONDS:g} (7 days)"),
     FieldSpec("region.project_end", "number (s)", "`project_start + (file_out - file_in) / playrate`",
@@ -577,17 +579,15 @@ def _check_continuation(request: GenerationRequest) -> None:
         return
     start, end = request.regenerate
     length = request.region.project_duration
-    if abs(request.region.playrate - 1.0) > 1e-9:
-        _invalid(f"Extending or repairing a take needs the picture at playrate 1 (it is {request.region.playrate:g}): "
-                 "the take is kept sample for sample on the timeline.")
     picture = request.region.duration
     if abs(length - picture) > REGION_TOLERANCE_S:
         shown_length, shown_picture = _beside(length, picture, 3), _beside(picture, length, 3)
-        _invalid(f"Extending or repairing a take needs the stem as long as its picture: the time selection is "
-                 f"{shown_length} s on the timeline (project_end - project_start) but the picture is {shown_picture} s "
-                 "(file_out - file_in), so the take, kept sample for sample, and the new part, which follows the "
-                 "picture, would not line up. Select the same range on the timeline as on the picture, or leave out "
-                 "project_end.")
+        _invalid(f"Extending or repairing a take needs the picture at playrate 1, the stem as long as its picture: the "
+                 f"time selection is {shown_length} s on the timeline (project_end - project_start) but the picture is "
+                 f"{shown_picture} s (file_out - file_in), played at {request.region.playrate:g} times its speed, so "
+                 "the take, kept sample for sample, and the new part, which follows the picture, would not line up. "
+                 "Set the video item's playrate to 1 and select the same range on the timeline as on the picture, or "
+                 "leave out project_end.")
     if end > length + REGION_TOLERANCE_S:
         _invalid(f"regenerate ends at {_beside(end, length)} s, after the stem's end ({length:.3f} s from "
                  "project_start); "
@@ -738,6 +738,8 @@ def _region(region: Any) -> VideoRegion:
                      f"{_beside(speed, MIN_PLAYRATE if speed < MIN_PLAYRATE else MAX_PLAYRATE)} times its speed; "
                      f"the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
                      "times its speed, as with region.playrate.")
+        if abs(speed - playrate) > 1e-6 * playrate:  # the picture plays at the speed the stem's length gives
+            playrate = speed
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
         given = (f"region.project_end {end:g} - region.project_start {start:g}" if region.get("project_end") is not None
                  else f"{length:.2f} s of picture at playrate {playrate:g}")

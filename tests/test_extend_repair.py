@@ -441,6 +441,11 @@ def test_extend_and_repair_need_protocol_2_and_playrate_1(tmp_path):
         parse_request(request)
     ok = parse_request(make_request(tmp_path, protocol=2, take="/t.wav", regenerate=[0.2, 0.6]))
     assert ok.regenerate == (0.2, 0.6) and parse_request(json.loads(json.dumps(ok.to_json()))) == ok
+    # a playrate the stem's end overrules: the picture plays at 1 (it was refused as "it is 2")
+    region = ok.region
+    request["region"] = {"video": region.video, "file_in": region.file_in, "file_out": region.file_out,
+                         "playrate": 2.0, "project_start": region.project_start, "project_end": region.project_end}
+    assert parse_request(request).region.playrate == 1.0
 
 
 def test_take_offset_says_where_the_stem_starts_in_the_take(tiny, scene_video, tmp_path):

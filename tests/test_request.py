@@ -99,6 +99,18 @@ def test_project_end_follows_the_playrate(tmp_path):
     assert parse_request(request).region.project_end == 12.0
 
 
+def test_with_project_end_the_playrate_is_the_speed_the_two_ends_give(tmp_path):
+    # 3 s of picture over a 4 s stem plays at 0.75, whatever playrate said: the metadata said 0.5
+    request = make_request(tmp_path)
+    request["region"] = {"video": "/v.mp4", "file_in": 1.0, "file_out": 4.0, "playrate": 0.5,
+                         "project_start": 2.0, "project_end": 6.0}
+    assert parse_request(request).region.playrate == 0.75
+    # a DAW's ends that agree with its playrate to the last bits keep the playrate it sent
+    request["region"] = {"video": "/v.mp4", "file_in": 0.9, "file_out": 1.9, "playrate": 1.0,
+                         "project_start": 10.2, "project_end": 11.2}
+    assert parse_request(request).region.playrate == 1.0
+
+
 def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
     request = make_request(tmp_path)
     request["region"] = {"video": "/v.mp4", "file_in": 0.9, "file_out": 1.9}  # 0.9999999999999999 s
