@@ -178,6 +178,7 @@ class Dispatcher:
         status["capabilities"] = self.capabilities.to_json() if self.capabilities else None
         # The jobs get what the rest leaves of one datagram: long captions and a long queue are cut.
         jobs = {"current": status.pop("current"), "queue": status.pop("queue")}
+        status["queue_length"] = len(jobs["queue"])  # what a cut queue no longer shows
         room = protocol.MAX_REPLY_JSON_BYTES - len(json.dumps(status)) - 64
         fitted = json.loads(protocol.fit_json(jobs, room))
         status["current"], status["queue"] = fitted.get("current"), fitted.get("queue", [])

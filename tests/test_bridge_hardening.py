@@ -324,6 +324,13 @@ def test_finding_10_status_fits_a_datagram_with_a_long_non_ascii_queue(tmp_path)
             assert len(data) <= protocol.MAX_DATAGRAM_BYTES
             status = json.loads(osc.decode(data)[0][1][1])
             assert status["state"] == "busy" and status["jobs_truncated"] is True and len(status["queue"]) == 39
+            assert status["queue_length"] == 39 and "queue_truncated" not in status
+            for i in range(40, 120):  # a queue too long to list: how long it is still said
+                p.generate(make_request(tmp_path, caption="steps"), f"q{i}")
+                p.receive_until({protocol.ACCEPTED})
+            p.sock.sendto(osc.encode(protocol.STATUS, p.port, "st2", ""), p.server)
+            status = json.loads(osc.decode(p.sock.recv(65536))[0][1][1])
+            assert status["queue_truncated"] is True and len(status["queue"]) < 119 and status["queue_length"] == 119
             caption = status["queue"][0]["caption"]
             assert caption.startswith("足音") and caption.endswith("…") and len(caption) < 1000
             with EngineClient(port=srv.address[1]) as c:
