@@ -30,7 +30,8 @@ from stepfoley import atomic
 from stepfoley.engine import mpeg_audio
 from stepfoley.engine.errors import AudioError, InvalidInputError
 from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem, open_sound
-from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, input_rate_message, open_regular_input
+from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, SHORT_INPUT_TOLERANCE_S, input_rate_message,
+                               open_regular_input)
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48
@@ -126,11 +127,6 @@ def read_input_audio(path: str | os.PathLike, seconds: float) -> tuple[np.ndarra
     bounded rate, and only the stretch that is heard."""
     return read_audio(path, max_seconds=seconds, mono=True, max_bytes=MAX_INPUT_AUDIO_BYTES,
                       max_rate=MAX_INPUT_SAMPLE_RATE)
-
-
-# An input read for a stretch of the timeline may be this much shorter and still cover it: a
-# DAW's bounce rounds its length to whole samples.
-SHORT_INPUT_TOLERANCE_S = 0.01
 
 
 def seconds_short_of(samples: np.ndarray, sample_rate: int, seconds: float) -> float | None:

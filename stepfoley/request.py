@@ -57,6 +57,9 @@ WAV_HEADER_BYTES = 4096  # room for any header soundfile writes (44 bytes for wa
 # existing_mix and reference_audio: the file on disk, and the rate it may be read at. Only the
 # region's stretch is read (MAX_STEM_SECONDS at most), downmixed to mono as it is read.
 MAX_INPUT_AUDIO_BYTES = 2**30
+# An input read for a stretch of the timeline may be this much shorter and still cover it (the
+# rest is silence): a DAW's bounce rounds its length to whole samples.
+SHORT_INPUT_TOLERANCE_S = 0.01
 MAX_INPUT_SAMPLE_RATE = 192000
 # The take is read whole, every channel, as 32-bit floats, from take_offset for the stem's length
 # (MPEG audio from its start: it is decoded up to there; engine.service._Take.read); this bounds
@@ -351,7 +354,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "such as `negative_prompt`, does without)"),
     FieldSpec("existing_mix", "string or null", "null",
               "absolute path of a WAV of the tracks already on the timeline over the region, starting at "
-              f"`project_start` and as long as the stem (a job given less fails: `bad_audio`; any rate and channel "
+              f"`project_start` and as long as the stem (up to {SHORT_INPUT_TOLERANCE_S * 1000:g} ms shorter is taken, the rest "
+              "silence, as a bounce rounded to whole samples; a job given less fails: `bad_audio`; any rate and channel "
               f"count; {_INPUT_AUDIO_RULE}). Null for the first track: plain CFG, "
               "as for a mix silent over the region (below -70 LUFS, its offset taken out)"),
     FieldSpec("reference_audio", "string or null", "null",
