@@ -74,14 +74,19 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], sour
     net.load_weights(state_dict, advice, assign=assign)
 
 
+def check_variant(variant: str) -> str:
+    """`variant` when it names an MMAudio model; InvalidInputError otherwise."""
+    if variant not in MMAUDIO_VARIANTS:
+        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
+    return variant
+
+
 def chosen_variant(report: WeightsReport, variant: str | None) -> str:
     """The variant to load from a weights folder (`report`, check_weights_dir's): `variant`,
     else the first whose flow network is there, one with every file it needs first.
     CheckpointError when none is."""
-    if variant is not None and variant not in MMAUDIO_VARIANTS:
-        raise InvalidInputError(f"Unknown model variant '{variant}': use one of {', '.join(MMAUDIO_VARIANTS)}.")
     if variant is not None:
-        return variant
+        return check_variant(variant)
     present = [v for v in MMAUDIO_VARIANTS if report.files[f"flow_{v}"].present]
     if not present:
         raise CheckpointError(f"No MMAudio flow network found in {report.root}/weights "

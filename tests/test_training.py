@@ -306,7 +306,8 @@ TINY = ["--scenes", "4", "--held-out-scenes", "2", "--workers", "1", "--base-ste
         "--batch-size", "2", "--warmup-steps", "1", "--device", "cpu"]
 
 
-def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
+def test_train_checks_its_folders_before_it_starts(tmp_path, capsys, monkeypatch):
+    from stepfoley import atomic
     from stepfoley.cli import main
 
     (tmp_path / "a-file").write_text("x")
@@ -319,6 +320,12 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys):
             assert main(["train", *what, *folders, "--device", "cpu"]) == 2
             err = capsys.readouterr().err
             assert words in err and "Traceback" not in err
+    # a work folder no file can be made in: a PermissionError traceback at the log's first line
+    (tmp_path / "read-only").mkdir()
+    monkeypatch.setattr(atomic, "can_make_file_in", lambda folder: "read-only" not in str(folder))
+    assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "read-only"),
+                 "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "No file can be made in the work folder" in capsys.readouterr().err
     # --work is made only once the checks pass: the weights found it in their way after the training
     assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "new"), "--out", str(tmp_path / "new")]) == 2
     assert "is the --work folder; name the weights file to write" in capsys.readouterr().err
@@ -529,7 +536,7 @@ def test_weights_that_appeared_at_out_during_training_are_kept(tmp_path, monkeyp
     assert _may_replace_out(parse(command[:-4] + command[-2:]))
 
 
-@pytest.mark.parametrize("damage", ["cut short", "a folder", "a list", "no trainable"])
+@pytest.mark.parametrize("damage", ["cut short", "a folder", "a list", "no trainable", "text", "bytes"])
 def test_a_damaged_checkpoint_is_said_in_words(tmp_path, damage):
     """Each was a traceback (OSError, IsADirectoryError, AttributeError, KeyError 'trainable');
     a checkpoint cut short to a few bytes was already said."""
@@ -545,6 +552,10 @@ def test_a_damaged_checkpoint_is_said_in_words(tmp_path, damage):
         last.mkdir()
     elif damage == "a list":
         torch.save([1, 2], last)
+    elif damage == "text":  # KeyError 101
+        last.write_text("hello world, not a checkpoint\n")
+    elif damage == "bytes":  # struct.error
+        last.write_bytes(b"\x80\x02J\x01")
     else:
         torch.save({"step": 1}, last)
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))} cannot be resumed from.*Delete it to start"):
@@ -669,6 +680,32 @@ def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
         train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work", tmp_path / "new.safetensors", depth=999,
                                     steps=1, batch_size=1, warmup_steps=0, checkpoint_every=0,
                                     device=torch.device("cpu"), model=build_embedded_model(random_weights=True))
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("given, words", [
+    ("missing", "cannot be read (No such file or directory)"), ("folder", "is a folder"),
+    ("latin-1", "is not UTF-8 text"), ("clip missing", "line 1: the audio file"),
+    ("not an object", "line 1: each clip needs a caption"), ("start", "line 1: start must be"),
+    ("model", "Unknown model variant 'bogus'")])
+def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads(tmp_path, capsys, given, words):
+    """Each was a traceback once MMAudio had loaded (minutes), with --work left behind."""
+    from stepfoley.cli import main
+
+    (tmp_path / "weights").mkdir()
+    data = tmp_path / "list.jsonl"
+    (tmp_path / "a.wav").write_bytes(b"")
+    lines = {"latin-1": "{\"caption\": \"caf\xe9\", \"audio\": \"a.wav\"}", "clip missing": '{"caption": "x", "audio": "b.wav"}',
+             "not an object": "[1, 2]", "start": '{"caption": "x", "audio": "a.wav", "start": "0"}'}
+    if given == "folder":
+        data.mkdir()
+    elif given != "missing":
+        data.write_bytes(lines.get(given, '{"caption": "x", "audio": "a.wav"}').encode("latin-1"))
+    model = ["--model", "bogus"] if given == "model" else []
+    assert main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data), *model,
+                 "--work", str(tmp_path / "work"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
     assert not (tmp_path / "work").exists()
 
 

@@ -32,20 +32,38 @@ from stepfoley.lab.training.trainer import ResumableBatches
 
 
 def read_dataset_list(path: str | Path) -> list[dict]:
+    """The clips of the JSON Lines list at `path`, their files made absolute; InvalidInputError
+    for a list that cannot be read, a line that is not a clip, or a clip file that is not there
+    (before any model loads or feature is made)."""
     path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"The dataset list {path} is not UTF-8 text (JSON Lines, one clip a line).") from None
+    except OSError as e:
+        what = "is a folder" if path.is_dir() else f"cannot be read ({e.strerror or e})"
+        raise InvalidInputError(f"The dataset list {path} {what}; give the JSON Lines file of the clips.") from None
     entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
             raise InvalidInputError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
-        if not isinstance(entry.get("caption"), str) or not (entry.get("audio") or entry.get("video")):
+        if not isinstance(entry, dict) or not isinstance(entry.get("caption"), str) \
+                or not (entry.get("audio") or entry.get("video")):
             raise InvalidInputError(f"{path}, line {n}: each clip needs a caption and an audio or video file.")
+        start = entry.get("start", 0.0)
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < float("inf"):
+            raise InvalidInputError(f"{path}, line {n}: start must be the clip's first second, 0 or more.")
         for key in ("video", "audio"):
             if entry.get(key):
+                if not isinstance(entry[key], str):
+                    raise InvalidInputError(f"{path}, line {n}: {key} must be a file name.")
                 entry[key] = str((path.parent / entry[key]).resolve())
+                if not Path(entry[key]).is_file():
+                    raise InvalidInputError(f"{path}, line {n}: the {key} file {entry[key]} is not there.")
         entries.append(entry)
     if not entries:
         raise InvalidInputError(f"The dataset list {path} holds no clips.")

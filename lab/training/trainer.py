@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,8 +94,12 @@ def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> d
     (each was a traceback): not a dictionary, or one without the `needed` entries."""
     try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
         state = torch.load(last, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+            struct.error) as e:
+        # a text file read as an old-style checkpoint says only "KeyError: 101"
+        reason = e if isinstance(e, (pickle.UnpicklingError, RuntimeError, OSError, ValueError)) \
+            else "it is damaged, or no checkpoint"
+        raise CheckpointError(f"{last} cannot be resumed from ({reason}). Delete it to start this training "
                               "over, or choose another --work folder.") from None
     missing = ["anything"] if not isinstance(state, dict) else [k for k in needed if k not in state]
     if missing:

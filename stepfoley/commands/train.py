@@ -265,14 +265,23 @@ def _check_folders(args: argparse.Namespace) -> None:
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
     _check_weights_kept(args)
     if args.what == "controlnet":
+        from stepfoley.engine.loading import check_variant
         from stepfoley.engine.weights import weights_folder
+        from stepfoley.lab.training.features import read_dataset_list
 
-        weights_folder(args.weights)  # a folder given wrong is a usage error, and leaves no --work behind
+        # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
+        weights_folder(args.weights)
+        if args.model is not None:
+            check_variant(args.model)
+        read_dataset_list(args.data)
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
         raise InvalidInputError(f"The work folder '{args.work}' cannot be made ({e.strerror or e}); "
                                 "choose a folder, or a place where one can be made.") from None
+    if not can_make_file_in(args.work):  # its log, checkpoints and data: a traceback at the first line of the log
+        raise InvalidInputError(f"No file can be made in the work folder '{args.work}' (read-only, or another "
+                                "user's); choose a folder you can write to.")
 
 
 def _check_weights_kept(args: argparse.Namespace) -> None:
