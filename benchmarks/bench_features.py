@@ -57,10 +57,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         picture = tuple(int(v) for v in args.picture.lower().split("x"))
-        if len(picture) != 2 or not all(16 <= v <= 8192 for v in picture):
+        # even: the picture is written as H.264 in 4:2:0, which halves both (17x17 failed in libx264)
+        if len(picture) != 2 or not all(16 <= v <= 8192 and v % 2 == 0 for v in picture):
             raise ValueError
     except ValueError:
-        parser.error("--picture is WIDTHxHEIGHT, each 16 to 8192 (e.g. 3840x2160)")
+        parser.error("--picture is WIDTHxHEIGHT, each an even number from 16 to 8192 (e.g. 3840x2160)")
     if not MIN_REGION_SECONDS <= args.seconds <= MAX_REGION_SECONDS:
         parser.error(f"--seconds must be from {MIN_REGION_SECONDS:g} to {MAX_REGION_SECONDS:g}")
     device = choose_device(args.device)

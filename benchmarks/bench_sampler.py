@@ -75,6 +75,11 @@ def median_times(candidates: dict, repeats: int, device: torch.device = torch.de
     return {k: statistics.median(v) for k, v in interleaved_times(candidates, repeats, device).items()}
 
 
+# Far past what a job samples at once (8 variations; a GPU benchmark may ask for more): a typo
+# of a few more digits failed in the allocator with a traceback.
+MAX_BATCH = 256
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="stepfoley bench sampler", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +99,8 @@ def main(argv=None) -> None:
     for option in ("steps", "repeats", "batch", "controlnet_depth"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.batch > MAX_BATCH:
+        parser.error(f"--batch {args.batch}: at most {MAX_BATCH} (items sampled at once)")
     device = choose_device(args.device)
     if args.compile and device.type != "cuda":
         parser.error("--compile runs on CUDA only (compiling on a CPU costs minutes for little gain)")

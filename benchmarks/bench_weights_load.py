@@ -42,6 +42,11 @@ def compare(pth: Path, copy: Path, entry: str | None, repeat: int) -> None:
     print(f"{pth.name:34s} {size:9.1f} MB   .pth {t_pth:7.3f} s   .safetensors {t_st:7.3f} s   ratio {t_pth / t_st:5.1f}x")
 
 
+# The largest synthetic checkpoint: twice the largest official file (large_44k_v2's flow
+# network, about 4 GB); 10^8 MB filled the machine's memory until the kernel ended the run.
+MAX_SYNTHETIC_MB = 8192
+
+
 def synthetic(mb: int, repeat: int) -> None:
     import torch
 
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.mb < 1:
         parser.error("--repeat and --mb must be at least 1")
+    if args.mb > MAX_SYNTHETIC_MB:
+        parser.error(f"--mb {args.mb}: at most {MAX_SYNTHETIC_MB} (MB, held in memory while both files are written)")
     if args.codec and not args.dir:
         parser.error("--codec times the codec of a weights folder: give it with --dir")
     if args.dir and not args.dir.expanduser().is_dir():

@@ -121,6 +121,10 @@ def test_bench_variations_fails_when_the_stems_differ(capsys, monkeypatch):
     (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
     (["bridge", "--steps", "201"], "--steps must be at most 200"),  # the engine would refuse every request
     (["variations", "--counts", "1,1"], "each once"),
+    # memory filled until the kernel ended it; a traceback from the allocator; one from libx264
+    (["weights-load", "--mb", "100000000"], "--mb 100000000: at most 8192"),
+    (["sampler", "--batch", "100000000"], "--batch 100000000: at most 256"),
+    (["features", "--picture", "17x17"], "each an even number from 16 to 8192"),
 ])
 def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, words):
     try:
@@ -130,6 +134,18 @@ def test_a_benchmark_option_it_cannot_run_with_is_a_usage_error(capsys, argv, wo
     assert code == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_memory_running_out_in_a_benchmark_is_said_in_words(capsys, monkeypatch):
+    from stepfoley.bench import bench_sampler
+
+    def allocate(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1099511627776 bytes.")
+    monkeypatch.setattr(bench_sampler, "main", allocate)
+    assert main(["bench", "sampler"]) == 1
+    err = capsys.readouterr().err
+    assert "the computer's memory ran out; give smaller sizes" in err and "Traceback" not in err
 
 
 def test_bench_bridge_says_when_no_engine_answers(capsys):

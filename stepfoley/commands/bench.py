@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from stepfoley.bridge.client import EngineNotRunning
-    from stepfoley.engine.errors import InvalidInputError, StepFoleyError
+    from stepfoley.engine.errors import InvalidInputError, StepFoleyError, is_out_of_memory, memory_that_ran_out
     from stepfoley.request import RequestError
 
     module = importlib.import_module(f"stepfoley.bench.{BENCHMARKS[args.name][0]}")
@@ -38,4 +38,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (StepFoleyError, EngineNotRunning) as e:
         print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # torch's allocators say so in words of their own
+        if not is_out_of_memory(e):
+            raise
+        print(f"stepfoley bench {args.name}: the {memory_that_ran_out(e)}'s memory ran out; give smaller sizes "
+              "(--batch, --seconds, --mb ...).", file=sys.stderr)
         return 1
