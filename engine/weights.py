@@ -156,6 +156,10 @@ def stale_copy(path: Path) -> bool:
     return recorded != _identity(path)
 
 
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
 def file_to_read(path: Path) -> Path | None:
     """The file a loader should open for an official path: its .safetensors copy if there
     is one made from the file there now, else the file itself, else None."""
@@ -520,9 +524,13 @@ def check_file(root: Path, spec: WeightFile, manifests_dir: Path | None = None, 
 
         problems += config_problems(location)
     notes = ()
-    if source == checkpoint and safetensors_copy(checkpoint).is_file():  # file_to_read passed over a stale copy
-        notes = (f"{safetensors_copy(checkpoint).name} was made from another {checkpoint.name}, so "
+    copy = safetensors_copy(checkpoint)
+    if source == checkpoint and copy.is_file():  # file_to_read passed over a stale copy
+        notes = (f"{copy.name} was made from another {checkpoint.name}, so "
                  f"{checkpoint.name} is read instead; `stepfoley weights convert` makes the copy again",)
+    elif source == checkpoint and _broken_link(copy):
+        notes = (f"{copy.name} is a link to a file that is not there, so {checkpoint.name} is read instead; remove "
+                 "the link (`stepfoley weights convert` then makes the copy)",)
     md5_matches = False
     if md5 and spec.md5 and not problems:  # a file already wrong is to be replaced, not hashed
         md5_matches, wrong, md5_notes = _md5_check(spec, checkpoint)
@@ -715,6 +723,9 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
     target = safetensors_copy(source)
     sweep_stale_parts(target.parent)  # what a killed convert left: a hidden copy as big as the checkpoint
     stale = stale_copy(source)
+    if _broken_link(target):  # a copy made elsewhere, since moved: it would be said to have "appeared"
+        return Conversion(source, target, False, f"not converted: {target.name} is a link to a file that is not "
+                          f"there ({os.readlink(target)}); remove the link and convert again", refused=True)
     if target.exists() and not stale:
         return Conversion(source, target, False, f"{target.name} already exists; left as it is")
     manifest_file = manifest_path(spec.name, manifests_dir) if spec is not None else None

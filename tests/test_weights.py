@@ -358,6 +358,20 @@ def test_a_damaged_checkpoint_is_not_converted_and_the_others_are(weights_dir, c
     assert (weights_dir / "ext_weights" / "synchformer_state_dict.safetensors").is_file()
 
 
+def test_a_broken_link_at_a_copys_name_is_said_as_that(weights_dir, capsys):
+    """convert said the copy "appeared while it was being written"; check said nothing of it."""
+    link = weights_dir / "ext_weights" / "v1-16.safetensors"
+    link.symlink_to(weights_dir / "gone.safetensors")
+    cli_main(["weights", "check", str(weights_dir)])  # 1: the fixture's flow network is not the official one
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ext_weights/v1-16.pth ")]
+    assert "note: v1-16.safetensors is a link to a file that is not there, so v1-16.pth is read instead" in line
+    assert cli_main(["weights", "convert", str(weights_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "v1-16.safetensors: not converted: v1-16.safetensors is a link to a file that is not there" in out
+    assert "appeared" not in out and link.is_symlink()
+    assert (weights_dir / "ext_weights" / "synchformer_state_dict.safetensors").is_file()  # the others converted
+
+
 def test_what_a_killed_convert_left_is_swept_by_the_next(weights_dir):
     import subprocess
     import sys
