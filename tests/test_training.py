@@ -502,6 +502,14 @@ def test_train_embedded_tiny_then_load(tmp_path):
     assert "step 4/4" in log and "step 3/3" in log
     # the clips' features are kept for a rerun (resuming is proven by test_resumed_training_...)
     assert (tmp_path / "work" / "features.safetensors").exists()
+    # run again on the finished folder: the figures are still the whole run's (the data's were
+    # this run's 0.001 s of reading, and the total less than one of its phases)
+    first = json.loads(_read_weights(out)[1]["figures"])
+    assert main(["train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY,
+                 "--background-db", "18,30", "--force"]) == 0
+    again = json.loads(_read_weights(out)[1]["figures"])
+    assert again["data_seconds"] == pytest.approx(first["data_seconds"], abs=0.01) and first["data_seconds"] > 0.05
+    assert again["total_seconds"] >= again["data_seconds"] + again["base"]["seconds"]
 
 
 @pytest.mark.parametrize("what", ["embedded", "loudness"])

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from stepfoley.atomic import sweep_stale_parts
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
@@ -128,8 +128,9 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     net.empty_string_feat.requires_grad_(False)  # the text encoder's encoding of ""
 
     t0 = time.perf_counter()
-    data = _training_data(model, recipe, work_dir, rank, world, log)
-    figures["data_seconds"] = time.perf_counter() - t0
+    data, built_in = _training_data(model, recipe, work_dir, rank, world, log)
+    # a resumed run read the data an earlier one made: that one's time is the run's
+    figures["data_seconds"] = built_in if built_in is not None else time.perf_counter() - t0
     log(f"data: {len(data.latent)} examples over {len(data.clip)} windows, {len(data.texts)} captions, "
         f"{len(data.controlnet_pairs())} ControlNet pairs, in {figures['data_seconds']:.0f} s")
 
@@ -165,7 +166,10 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     # Phase 3: the loudness ControlNet, base frozen.
     loudness, figures["loudness"] = _train_loudness(net, data, recipe, device, work_dir, rank, world, log)
 
-    figures["total_seconds"] = time.perf_counter() - t0
+    # the data and each phase, over every run this one resumed (this run's own clock counts only
+    # what was left: a resumed total came out shorter than one of its phases)
+    figures["total_seconds"] = figures["data_seconds"] + sum(figures[p]["seconds"]
+                                                             for p in ("base", "controlnet", "loudness"))
     log(f"time: data {figures['data_seconds']:.0f} s, base {figures['base']['seconds']:.0f} s, "
         f"ControlNet {figures['controlnet']['seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
@@ -197,10 +201,11 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     model = build_embedded_model(weights_path=weights_path, device=device)
     net = model.net
     t0 = time.perf_counter()
-    data = _training_data(model, recipe, work_dir, rank, world, log)
-    figures = {"data_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "processes": world}
+    data, built_in = _training_data(model, recipe, work_dir, rank, world, log)
+    figures = {"data_seconds": built_in if built_in is not None else time.perf_counter() - t0,
+               "threads": torch.get_num_threads(), "processes": world}
     loudness, figures["loudness"] = _train_loudness(net, data, recipe, device, work_dir, rank, world, log)
-    figures["total_seconds"] = time.perf_counter() - t0
+    figures["total_seconds"] = figures["data_seconds"] + figures["loudness"]["seconds"]  # as train_embedded's
     log(f"time: data {figures['data_seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({world} process(es) x {figures['threads']} thread(s))")
     if rank == 0:
@@ -293,9 +298,11 @@ def _remove_features(path: Path) -> None:
                                 f"({error.strerror or error}); remove it, or choose another --work folder.") from None
 
 
-def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, world: int, log) -> EmbeddedData:
+def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, world: int,
+                   log) -> tuple[EmbeddedData, float | None]:
     """The recipe's features, read from work_dir/features.safetensors or rendered there first
-    (again when the file is from an older recipe)."""
+    (again when the file is from an older recipe), and the seconds their rendering took (None
+    for a file that does not record it)."""
     features_path = work_dir / "features.safetensors"
     if rank == 0:
         sweep_stale_parts(work_dir)  # the features' temporary copy a killed run left
@@ -309,13 +316,17 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
                 log(f"{features_path} cannot be read ({error}). Rebuilding it.")
                 _remove_features(features_path)
         if not features_path.exists():
+            t0 = time.perf_counter()
             data = build_embedded_data(model, recipe.data, first_training_seed(recipe.data.seed),
                                        workers=recipe.data_workers, log=log)
             data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
-                                      "codec_config": json.dumps(asdict(model.codec.config))})
+                                      "codec_config": json.dumps(asdict(model.codec.config)),
+                                      "build_seconds": f"{time.perf_counter() - t0:.3f}"})
     if world > 1:
         torch.distributed.barrier()
-    return EmbeddedData.load(features_path, model.codec.config)
+    with safe_open(str(features_path), "pt") as f:
+        built_in = (f.metadata() or {}).get("build_seconds")
+    return EmbeddedData.load(features_path, model.codec.config), float(built_in) if built_in else None
 
 
 def _train_loudness(net, data: EmbeddedData, recipe: EmbeddedRecipe, device, work_dir: Path, rank: int,
