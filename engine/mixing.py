@@ -86,6 +86,7 @@ MIN_DRIVE_GAIN = 0.1  # LU per dB of drive, below which a pass is not kept
 # Measurements of a gain to a loudness target as the absolute gate's blocks change with it
 # (loudness_gain_db); a sparse stem 50 dB hot needs two.
 MAX_GATE_PASSES = 8
+GATE_SETTLED_LU = 1e-4
 # Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
 # (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
 SILENCE_BLOCK_S = 0.05
@@ -215,7 +216,10 @@ def loudness_gain_db(audio: np.ndarray, sample_rate: int, target_lufs: float, lo
     gain = target_lufs - loudness
     for _ in range(MAX_GATE_PASSES):
         measured = integrated_loudness(_gain_db(audio, gain), sample_rate)
-        if not math.isfinite(measured) or abs(measured - target_lufs) <= LOUDNESS_TOLERANCE_LU:
+        # to where the gate's blocks stop changing (then it measures the target to float
+        # precision), not only within LOUDNESS_TOLERANCE_LU: two takes a float's width apart (one
+        # batched, one made alone) could otherwise stop a pass apart, up to 0.05 LU from each other
+        if not math.isfinite(measured) or abs(measured - target_lufs) <= GATE_SETTLED_LU:
             break
         gain += target_lufs - measured
     return gain
