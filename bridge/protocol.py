@@ -59,7 +59,7 @@ ACCEPTED = PREFIX + "/accepted"  # request_id, job_id, queue_position (int, 0 = 
 PROGRESS = PREFIX + "/progress"  # request_id, job_id, step (int), total (int), phase
 # Phases of a running job, in order; step and total count within the phase ("starting" is
 # the step-0 reply that tells a client its job left the queue).
-PHASES = ("starting", "features", "sampling", "decoding")
+PHASES = ("starting", "features", "sampling", "decoding", "finishing")
 DONE = PREFIX + "/done"  # request_id, job_id, stem_path, metadata_json (a protocol-1 request)
 DONE_STEMS = PREFIX + "/done_stems"  # request_id, job_id, folder, stems_json (a protocol-2 request)
 ERROR = PREFIX + "/error"  # request_id, job_id ("" before a job exists), code, message

@@ -145,6 +145,8 @@ class FoleyService:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
                                        reference=reference)
             stop_if_cancelled(is_cancelled, "before the stem was written")
+            if on_progress is not None:
+                on_progress("finishing", 0, 1)
             stem, metadata = self._finished_stem(request, track)
             return {"stem_path": os.fspath(self._write(request, stem, name)), "metadata": metadata}
         return self._variations(request, session, settings, on_progress, is_cancelled, reference, name)
@@ -215,6 +217,10 @@ class FoleyService:
         take = _Take.read(request, session) if request.take is not None else None
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
                                         known=None if take is None else take.known)
+        # ranked, then finished and written a stem at a time, each said: 8 stems of 600 s at 48 kHz
+        # took two minutes without a word, and a client's watchdog gave the job up
+        tell = on_progress or (lambda phase, done, total: None)
+        tell("finishing", 0, len(takes))
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         # judged as the stems will sound: a continuation's kept part is the take's, not the model's
         heard = [t.samples if take is None else take.as_heard(t) for t in takes]
@@ -232,6 +238,7 @@ class FoleyService:
                 if take is not None:
                     metadata["kept_untouched"] = take.came_back_untouched(staged[-1].temp, request)
                 metadatas.append({**metadata, "rank": rank + 1, "ranking": ranking.figures[index]})
+                tell("finishing", rank + 1, len(takes))
             stop_if_cancelled(is_cancelled, f"before the {len(takes)} stems were named")
             for file in staged:
                 published.append(audio_io.publish_stem(file, request.output_dir, self._name_hint(request),
