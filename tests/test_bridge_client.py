@@ -485,6 +485,17 @@ def test_send_never_replaces_a_file_that_is_not_a_status_file(server, tmp_path, 
         assert main(["send", "--ping", "--status", str(status), "--port", port]) == 0
         capsys.readouterr()
         assert read_status(status)["exit_code"] == 0
+    # a status another send is still writing: the two jobs' ends were lost to each other
+    running = {"state": "running", "job_id": "j1", "exit_code": None, "client_alive": time.time() - 1}
+    write_json(tmp_path / "running.json", running)
+    before = (tmp_path / "running.json").read_bytes()
+    for what in (["--request", request_file], ["--ping"]):
+        assert main(["send", *what, "--status", str(tmp_path / "running.json"), "--port", port]) == bc.EXIT_USAGE
+        assert "is being written by a `stepfoley send` that is still running" in capsys.readouterr().err
+    assert (tmp_path / "running.json").read_bytes() == before
+    write_json(tmp_path / "running.json", {**running, "client_alive": time.time() - 60})  # that send died
+    assert main(["send", "--ping", "--status", str(tmp_path / "running.json"), "--port", port]) == 0
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("refusals, outcome", [(1, "done"), (10**6, "cancelled")])

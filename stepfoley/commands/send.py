@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import time
 
 from stepfoley.bridge import protocol
 from stepfoley.commands.runtime import is_special_file, same_file, say
@@ -86,38 +87,48 @@ def _status_file_problem(path: str | None, request: str | None = None) -> str | 
         return f"The status file '{path}' is not a regular file (a device or a pipe); name a file to write."
     if request is not None and same_file(path, request):
         return f"The status file '{path}' is the request file; name another file for the status."
-    if not _is_status_file(path):
+    status = _earlier_status(path)
+    if status is None:
         return (f"'{path}' already exists and is not a status file of StepFoley's; it is left as it is. Name a "
                 "new file for the status (an earlier status file, or an empty one, may be reused).")
+    heard = status.get("client_alive")
+    if status["exit_code"] is None and isinstance(heard, (int, float)) and abs(time.time() - heard) <= LIVE_STATUS_S:
+        # two clients writing one file: each job's end was lost to the other's, and one cancel
+        # file stopped both
+        return (f"The status file '{path}' is being written by a `stepfoley send` that is still running (its last "
+                f"sign of life {max(0.0, time.time() - heard):.0f} s ago); give this job a status file of its own.")
     return None
 
 
 # A status file is a few KB (its metadata is cut to fit a datagram); a file far larger is not one.
 STATUS_FILE_MOST_BYTES = 2**20
+# A status whose send wrote `client_alive` this recently (it does every 2 s) is still followed.
+LIVE_STATUS_S = 10.0
 
 
-def _is_status_file(path: str) -> bool:
-    """Whether the file at `path` is empty or a status this command wrote (a JSON object with
-    `state` and `exit_code`): what `send` may replace."""
+def _earlier_status(path: str) -> dict | None:
+    """The status at `path` when the file is empty or one this command wrote (a JSON object with
+    `state` and `exit_code`; {"exit_code": None} read from an empty one), else None: what
+    `send` may replace."""
     from stepfoley.request import open_regular_input  # opened without waiting: a link may point at a pipe
 
     try:
         file = open_regular_input(path)
         if file is None:
-            return False
+            return None
         with file:
             data = file.read(STATUS_FILE_MOST_BYTES + 1)
     except FileNotFoundError:
-        return True  # a link to nothing: replacing the link loses nothing
+        return {"exit_code": None}  # a link to nothing: replacing the link loses nothing
     except OSError:
-        return False
+        return None
     if not data.strip():
-        return True
+        return {"exit_code": None}
     try:
         status = json.loads(data) if len(data) <= STATUS_FILE_MOST_BYTES else None
     except (ValueError, RecursionError):
-        return False
-    return isinstance(status, dict) and "state" in status and "exit_code" in status
+        return None
+    return status if isinstance(status, dict) and "state" in status and "exit_code" in status else None
 
 
 # A request file may be indented and escape every character; its request, packed, must fit a datagram.
