@@ -225,6 +225,11 @@ class JobBook:
                 "engine_steps": self.engine_steps,
             }
 
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() has begun: no job is taken any more."""
+        return self._stopping
+
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, fail the queued ones, stop the running one at its next step."""
         with self._lock:

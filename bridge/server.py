@@ -175,6 +175,8 @@ class Dispatcher:
         status.update(self.jobs.snapshot())
         if self.jobs.runner is None:
             status["state"] = "loading"
+        elif self.jobs.stopping:
+            status["state"] = "stopping"
         status["capabilities"] = self.capabilities.to_json() if self.capabilities else None
         # The jobs get what the rest leaves of one datagram: long captions and a long queue are cut.
         jobs = {"current": status.pop("current"), "queue": status.pop("queue")}
@@ -314,6 +316,16 @@ class EngineServer:
                     for key, _ in selector.select():
                         if key.fileobj is self._sock:
                             self._receive_batch()
+                # While the running job stops (up to the stop's timeout), messages are still
+                # answered: a ping by a pong, /status by "stopping", a request by engine_stopping.
+                # The engine held its port and said nothing: a client took it for not running.
+                selector.unregister(self._wake_r)
+                stopper = threading.Thread(target=self.jobs.stop, args=(self._stop_timeout,),
+                                           name="stepfoley-stop", daemon=True)
+                stopper.start()
+                while stopper.is_alive():
+                    if selector.select(timeout=0.05):
+                        self._receive_batch()
             finally:
                 selector.close()
                 self._close(self._stop_timeout)

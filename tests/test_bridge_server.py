@@ -548,6 +548,32 @@ def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(
     p.close()
 
 
+def test_a_stopping_engine_answers_while_its_running_job_stops(tmp_path):
+    """It held its port for up to 10 s and answered nothing: a ping said the engine was not
+    running, and a request was lost without a word."""
+    runner = _Unstoppable()
+    srv = EngineServer(runner, ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    try:
+        p.generate(make_request(tmp_path, caption="long step"), "long")
+        p.receive_until({protocol.PROGRESS})
+        stopping = threading.Thread(target=srv.stop, kwargs={"timeout": 30.0})
+        stopping.start()
+        p.sock.sendto(osc.encode(protocol.STATUS, p.port, "st", ""), p.server)
+        address, args = p.receive_until({protocol.STATUS_REPLY})[-1]
+        assert json.loads(args[1])["state"] == "stopping"
+        p.sock.sendto(osc.encode(protocol.PING, p.port, "pi", ""), p.server)
+        assert p.receive_until({protocol.PONG})[-1][1][0] == "pi"
+        p.generate(make_request(tmp_path, caption="after"), "after")
+        address, args = p.receive_until({protocol.ERROR})[-1]
+        assert (args[0], args[2]) == ("after", "engine_stopping")
+    finally:
+        runner.release.set()
+        stopping.join(60)
+        p.close()
+    assert not stopping.is_alive()
+
+
 def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path):
     """A job that fails at once (its video is missing) while the dispatch loop is slow to send
     its /accepted (descheduled on a busy machine): the worker's replies must not overtake it, or
