@@ -28,7 +28,7 @@ import soundfile
 
 from stepfoley import atomic
 from stepfoley.engine import mpeg_audio
-from stepfoley.engine.errors import AudioError, InvalidInputError
+from stepfoley.engine.errors import AudioError, InvalidInputError, OutputError
 from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem, open_sound
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, SHORT_INPUT_TOLERANCE_S, input_rate_message,
                                open_regular_input)
@@ -225,7 +225,7 @@ def write_wav_atomic(
     frames = _wav_frames(path, samples, sample_rate, subtype, max_bytes)
     if os.path.lexists(path):
         raise AudioError(f"'{path}' already exists and will not be overwritten. Choose another name.")
-    staged = _stage_wav(path, frames, int(sample_rate), subtype)
+    staged = _stage_wav(path, frames, int(sample_rate), subtype, f"'{path}'")
     try:
         staged.publish(path)
     except FileExistsError as error:
@@ -261,8 +261,8 @@ def _wav_frames(path: Path, samples: np.ndarray, sample_rate: int, subtype: str,
     return frames
 
 
-def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -> atomic.StagedFile:
-    # frames: (S, C)
+def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str, what: str) -> atomic.StagedFile:
+    # frames: (S, C); `what`: the file as a message names it (a stem's name is chosen only later)
     atomic.sweep_stale_parts(path.parent)
     # The temp name is hidden and does not end in .wav, so a DAW scanning the folder never picks
     # up an unfinished file; soundfile is told the format, since the name does not say it.
@@ -270,8 +270,8 @@ def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str) -
         # written into the file created, never reopened by name: the folder is the client's
         return atomic.stage_stream(path, lambda file: _write_wav(file, frames, sample_rate, subtype))
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-        raise AudioError(f"Could not write '{path}': {_reason(error)}. Check free disk space and folder "
-                         "permissions.") from error
+        raise OutputError(f"Could not write {what}: {_reason(error)}. Check free disk space and folder "
+                          "permissions.") from error
 
 
 def _reason(error: Exception) -> str:
@@ -409,7 +409,8 @@ def stage_new_wav(directory: str | os.PathLike, name_hint: str | None, samples: 
     directory = Path(directory)
     check_output_folder(directory)
     path = directory / f"{sanitize_stem_name(name_hint)}.wav"  # names only the temp file
-    return _stage_wav(path, _wav_frames(path, samples, sample_rate, subtype, max_bytes), int(sample_rate), subtype)
+    return _stage_wav(path, _wav_frames(path, samples, sample_rate, subtype, max_bytes), int(sample_rate), subtype,
+                      f"a new stem in '{directory}'")
 
 
 def publish_new_wav(staged: atomic.StagedFile, directory: str | os.PathLike, name_hint: str | None) -> Path:

@@ -35,6 +35,13 @@ class AudioError(StepFoleyError):
     code = "bad_audio"
 
 
+class OutputError(StepFoleyError):
+    """A file StepFoley makes (a stem, a report) could not be written: a full disk, a folder
+    whose rights changed while the job ran."""
+
+    code = "cannot_write"
+
+
 class GenerationError(StepFoleyError):
     """Sampling went wrong (for example the latent became NaN)."""
 

@@ -12,7 +12,7 @@ import soundfile
 from stepfoley import atomic
 from stepfoley.engine import audio_formats, audio_io
 from stepfoley.engine.audio_io import read_audio, sanitize_stem_name, unique_path, write_new_wav, write_wav_atomic
-from stepfoley.engine.errors import AudioError, InvalidInputError
+from stepfoley.engine.errors import AudioError, InvalidInputError, OutputError
 
 
 def noise(channels, length, seed=0, scale=0.5):
@@ -110,12 +110,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(folder)], capture_output=True)
 
 
-def test_a_disk_that_fills_while_a_stem_is_written_is_an_audio_error(small_disk):
+def test_a_disk_that_fills_while_a_stem_is_written_is_said_as_that(small_disk):
     """soundfile writes through callbacks that swallow the OSError of a full disk, then asserts
     on the count: the stem's writer says the file could not be written, with what to check, and
-    leaves nothing."""
-    with pytest.raises(AudioError, match="Could not write .*take.wav.*: the disk is full. Check free disk space"):
+    leaves nothing. A new stem is named by its folder (its name is chosen once it is written: the
+    message named '<caption>.wav', which never existed), and the code is not bad_audio."""
+    with pytest.raises(OutputError, match="Could not write .*take.wav.*: the disk is full. Check free disk space"):
         write_wav_atomic(small_disk / "take.wav", noise(2, 192000), 192000)  # libsndfile says "System error"
+    with pytest.raises(OutputError, match=f"Could not write a new stem in '{small_disk}': the disk is full") as e:
+        audio_io.stage_new_wav(small_disk, "steps", noise(2, 192000), 192000)
+    assert e.value.code == "cannot_write"
     assert os.listdir(small_disk) == []
 
 
