@@ -409,6 +409,15 @@ def test_a_cancel_made_before_send_starts_cancels_its_job_and_stays_that_jobs(tm
             bc.EXIT_DONE
 
 
+def test_send_cancel_with_an_empty_job_id_is_a_usage_error(server, capsys):
+    # an unset $JOB: the engine read "" as this client's own request, and said a random
+    # request id the user never saw was unknown (exit 4)
+    for job in ("", "  "):
+        assert main(["send", "--cancel", job, "--port", str(server.address[1])]) == bc.EXIT_USAGE
+        said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert said["error"]["code"] == "bad_option" and "--cancel needs the job id" in said["error"]["message"]
+
+
 def test_send_needs_a_finite_positive_timeout(server, tmp_path, capsys):
     """--timeout nan passed `timeout <= 0` and turned the watchdog off: send then waited for a
     silent engine forever. Refused at once, before anything is sent."""

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         wrong.append(f"--timeout must be a number of seconds above 0 (got {given_timeout})")
     if not 1 <= args.port <= 65535:
         wrong.append(f"--port must be a UDP port, 1-65535 (got {given_port})")
+    if args.cancel is not None and not args.cancel.strip():
+        # what an unset shell variable gives; "" on the wire means "this client's own request"
+        wrong.append("--cancel needs the job id to cancel (it is empty); `stepfoley send --engine-status` lists "
+                     "the jobs")
     if wrong:  # a final status too (a DAW script reads the outcome from the file alone)
         return _finish(args, client, client.failure_status("bad_option", "; ".join(wrong) + ".", client.EXIT_USAGE))
     try:
