@@ -567,6 +567,7 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--beta-sweep", "0.1234561,0.1234562"], "--beta-sweep lists β 0.123456 more than once"),
              (["--beta-sweep", "1,nan"], "--beta-sweep must be a number from 0 to 100"),
              (["--choose-alpha", "--alphas", "1,1.0000001,2"], "--alphas lists α 1 more than once"),
+             (["--choose-alpha", "--alphas", "2,1,1"], "--alphas lists α 1 more than once"),  # merged quietly
              (["--choose-level-anchor", "--anchors", "0.5,0.50000001"], "--anchors lists level anchor 0.5 more"),
              # a scene holds at most 4 sources: 9 was run as 3 and recorded as 9
              (["--tracks", "9"], "--tracks must be from 2 (separability and leakage compare tracks) to 4"),

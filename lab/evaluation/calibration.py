@@ -71,14 +71,15 @@ def pick_alpha(summaries: dict[float, dict], limit: float = CLIPPING_LIMIT) -> t
 
 def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k) -> list[float]:
     """choose_alpha's ("α") or choose_level_anchor's ("level anchor") arguments; the grid,
-    sorted and without repeats. InvalidInputError; `stepfoley eval` checks them before the
+    sorted (a value given twice is refused). InvalidInputError; `stepfoley eval` checks them before the
     model loads."""
-    values = sorted({float(a) for a in grid})
+    values = [float(a) for a in grid]
     if not values:
         raise InvalidInputError(f"Give at least one {what} to choose from.")
     if what == "level anchor" and any(not 0.0 <= a <= 1.0 for a in values):
         raise InvalidInputError(f"Level anchors are numbers from 0 to 1; got {values!r}.")
-    check_grid(values, "alphas" if what == "α" else "anchors", what)
+    check_grid(values, "alphas" if what == "α" else "anchors", what)  # a repeat refused, as --beta-sweep's
+    values = sorted(values)
     if not isinstance(scenes, int) or not 1 <= scenes <= SCENES_PER_SEED:
         raise InvalidInputError(f"Choosing the {what} takes 1 to {SCENES_PER_SEED} scenes (--scenes), got {scenes!r}.")
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
