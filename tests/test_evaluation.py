@@ -538,6 +538,14 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tm
     assert "is a folder" in capsys.readouterr().err
     assert main(["eval", "--json", str(tmp_path / "new.json"), "--write"]) == 2  # an argument error, as elsewhere
     assert "--write goes with --choose-alpha" in capsys.readouterr().err
+    # weights in a folder no file can be made in: --write failed after the whole run
+    from stepfoley import atomic
+    monkeypatch.setattr(atomic, "can_make_file_in", lambda folder: os.path.abspath(folder) != str(tmp_path))
+    (tmp_path / "a-file").unlink()
+    (tmp_path / "a-file").mkdir()  # the report's folder, which takes files
+    assert main(["eval", "--json", str(tmp_path / "a-file" / "alpha.json"), "--device", "cpu", "--choose-alpha",
+                 "--write", "--embedded-weights", str(weights)]) == 2
+    assert "in a folder where no file can be made" in capsys.readouterr().err
     assert weights.read_bytes() == before and (tmp_path / "theirs.json").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "mini.safetensors", "theirs.json"]
 

@@ -283,8 +283,10 @@ def _networks(args: argparse.Namespace, model):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import sys
 
+    from stepfoley.atomic import can_make_file_in
     from stepfoley.commands.runtime import check_runtime_arguments
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
@@ -328,6 +330,11 @@ def run(args: argparse.Namespace) -> int:
                 f"({_embedded_weights_file(args)}), which every user of this Python runs and a reinstall puts back. "
                 "Give --embedded-weights FILE (a copy of them), or name that very file with --embedded-weights to "
                 "record it there.")
+        if args.write and not can_make_file_in(os.path.dirname(os.path.abspath(_embedded_weights_file(args)))):
+            # the choice is written next to the weights file: found after the whole run, the report kept
+            raise InvalidInputError(f"--write records the choice in {_embedded_weights_file(args)}, in a folder where "
+                                    "no file can be made (read-only, or another user's); copy the weights somewhere "
+                                    "you can write and give that file with --embedded-weights.")
         grid = _checked_grid(args)
     except InvalidInputError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
