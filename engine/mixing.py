@@ -83,10 +83,6 @@ MAX_LIMITER_DRIVE_DB = 6.0
 LOUDNESS_TOLERANCE_LU = 0.05
 MAX_DRIVE_PASSES = 6
 MIN_DRIVE_GAIN = 0.1  # LU per dB of drive, below which a pass is not kept
-# Measurements of a gain to a loudness target as the absolute gate's blocks change with it
-# (loudness_gain_db); a sparse stem 50 dB hot needs two.
-MAX_GATE_PASSES = 8
-GATE_SETTLED_LU = 1e-4
 # Silence, for the figures: 50 ms blocks of a finished stem whose RMS is under -60 dBFS
 # (37 dB under STEM_LUFS: the gaps between events, not quiet sound).
 SILENCE_BLOCK_S = 0.05
@@ -133,6 +129,16 @@ def _gain_db(samples: np.ndarray, gain_db: float) -> np.ndarray:
 def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     """BS.1770 integrated loudness in LUFS, or -inf for silence or audio under 400 ms."""
     # samples: (C, S)
+    return _measured(samples, sample_rate)[0]
+
+
+def block_loudness(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The loudness (LUFS, K-weighted, channels weighed) of each 400 ms gating block of (C, S)
+    audio, (J,): what BS.1770's gates sort; empty for silence or audio under 400 ms."""
+    return _measured(samples, sample_rate)[1]
+
+
+def _measured(samples: np.ndarray, sample_rate: int) -> tuple[float, np.ndarray]:
     audio = as_channels_first(samples)
     sample_rate = _check_sample_rate(sample_rate)
     channels, length = audio.shape
@@ -145,13 +151,13 @@ def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     # shorter than one gating block is reported as unmeasurable rather than guessed.
     _check_finite(audio, "The audio")
     if length < math.ceil(LOUDNESS_BLOCK_S * sample_rate) or not np.any(audio):
-        return -math.inf
+        return -math.inf, np.empty(0)
     if sample_rate < MIN_METER_RATE:
         audio, sample_rate = resample(audio, sample_rate, MIN_METER_RATE), MIN_METER_RATE
     meter = pyloudnorm.Meter(sample_rate, block_size=LOUDNESS_BLOCK_S)
     loudness = float(meter.integrated_loudness(_whole_blocks(_in_bs1770_order(audio), sample_rate).T.astype(np.float64)))
     # pyloudnorm yields -inf (or NaN from an empty gate) when every block is below -70 LUFS.
-    return loudness if math.isfinite(loudness) else -math.inf
+    return (loudness if math.isfinite(loudness) else -math.inf), np.asarray(meter.blockwise_loudness, np.float64)
 
 
 def is_heard(samples: np.ndarray, sample_rate: int) -> bool:
@@ -198,31 +204,58 @@ def loudness_normalize(
     audio = as_channels_first(samples)
     if not math.isfinite(target_lufs):
         raise InvalidInputError(f"The loudness target must be a number of LUFS, got {target_lufs!r}.")
-    loudness = integrated_loudness(audio, sample_rate)
+    loudness, blocks = _measured(audio, sample_rate)
     if not math.isfinite(loudness) or loudness < silence_gate_lufs:
         return audio.copy()
-    return _gain_db(audio, loudness_gain_db(audio, sample_rate, target_lufs, loudness))
+    return _gain_db(audio, loudness_gain_db(blocks, target_lufs, loudness))
 
 
-def loudness_gain_db(audio: np.ndarray, sample_rate: int, target_lufs: float, loudness: float) -> float:
-    """The gain (dB) that brings (C, S) `audio`, measured at `loudness` LUFS (over the absolute
-    gate), to `target_lufs`. The difference of the two is not always it: BS.1770's -70 LUFS gate
-    sits at a fixed level, so the quiet blocks of a sparse track (a decaying tail, a faint floor)
-    that count at its own level fall under the gate once it is turned down a long way, and the
-    rest then measures louder (a clang decoded 50 dB hot left 0.9 LU over -23 LUFS); turned up,
-    blocks come over the gate instead. So the gain is measured again after each step until it
-    holds (the gate's blocks only change one way as it moves)."""
-    # audio: (C, S)
-    gain = target_lufs - loudness
-    for _ in range(MAX_GATE_PASSES):
-        measured = integrated_loudness(_gain_db(audio, gain), sample_rate)
-        # to where the gate's blocks stop changing (then it measures the target to float
-        # precision), not only within LOUDNESS_TOLERANCE_LU: two takes a float's width apart (one
-        # batched, one made alone) could otherwise stop a pass apart, up to 0.05 LU from each other
-        if not math.isfinite(measured) or abs(measured - target_lufs) <= GATE_SETTLED_LU:
-            break
-        gain += target_lufs - measured
-    return gain
+def gated_loudness(blocks: np.ndarray, gain_db: float = 0.0) -> float:
+    """BS.1770's integrated loudness of audio whose gating blocks measure `blocks` (LUFS, J,)
+    once turned up by `gain_db`: the absolute gate at -70 LUFS, then the relative one 10 LU
+    under the blocks that pass it (-inf when none does)."""
+    level = blocks + gain_db
+    power = 10.0 ** ((level + 0.691) / 10.0)
+    passed = level >= SILENCE_GATE_LUFS
+    if not passed.any():
+        return -math.inf
+    relative = -0.691 + 10.0 * math.log10(power[passed].mean()) - 10.0
+    kept = (level > relative) & (level > SILENCE_GATE_LUFS)
+    return -0.691 + 10.0 * math.log10(power[kept].mean()) if kept.any() else -math.inf
+
+
+def loudness_gain_db(blocks: np.ndarray, target_lufs: float, loudness: float) -> float:
+    """The gain (dB) that brings audio whose gating blocks measure `blocks` (LUFS, block_loudness;
+    `loudness` over them, over the absolute gate) to `target_lufs`. The difference of the two is
+    not always it: BS.1770's -70 LUFS gate sits at a fixed level, so blocks cross it as the gain
+    moves, and with them the relative gate (a clang decoded 50 dB hot, turned down by that
+    difference, lost its tail's quiet blocks under it and left at -21.8 LUFS). Nor does the
+    loudness rise with the gain everywhere: a sparse stem's faint floor falling under the gate
+    raises the relative gate over its whole mid-level tail, so stepping by what is missing
+    wandered and stopped 6 LU over. The gain is found on the blocks instead: between two gains
+    where a block crosses -70 LUFS the gated set is fixed and the loudness moves dB for dB, so
+    each such stretch holds at most one answer; of those that exist the one nearest the plain
+    difference is taken, and where none does (a jump over the target), the gain measuring
+    closest under it."""
+    naive = target_lufs - loudness
+    order = np.sort(blocks)[::-1]                                     # loudest first
+    power = 10.0 ** ((order + 0.691) / 10.0)
+    count = np.arange(1, len(order) + 1)
+    mean_passed = np.cumsum(power) / count                            # the k loudest over the absolute gate
+    # the relative gate is the passed blocks' mean power / 10 whatever the gain: those over it
+    # are the loudest ones, a count of them
+    kept = np.minimum(count, np.searchsorted(-power, -mean_passed / 10.0, side="left"))
+    kept = np.maximum(kept, 1)
+    gains = target_lufs + 0.691 - 10.0 * np.log10(np.cumsum(power)[kept - 1] / kept)
+    # the k loudest are the ones over -70 LUFS at that gain, and the next is not
+    below = np.append(order[1:], -np.inf)
+    exact = (order + gains >= SILENCE_GATE_LUFS) & (below + gains < SILENCE_GATE_LUFS)
+    if exact.any():
+        answers = gains[exact]
+        return float(answers[np.argmin(np.abs(answers - naive))])
+    measured = np.array([gated_loudness(blocks, g) for g in gains])
+    under = measured <= target_lufs
+    return float(gains[under][np.argmax(measured[under])]) if under.any() else naive
 
 
 def true_peak(samples: np.ndarray, sample_rate: int) -> float:
@@ -567,10 +600,9 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     # samples: (C, S), any level (a decoder that does not clamp may exceed full scale)
     audio = as_channels_first(samples)
     _check_finite(audio, "The generated track")
-    decoded_lufs = integrated_loudness(audio, sample_rate)
+    decoded_lufs, blocks = _measured(audio, sample_rate)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    gain_db = loudness_gain_db(audio, sample_rate, target_lufs, decoded_lufs) if decoded_lufs >= SILENCE_GATE_LUFS \
-        else 0.0
+    gain_db = loudness_gain_db(blocks, target_lufs, decoded_lufs) if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
     normalized = _gain_db(audio, gain_db)
     envelope = true_peak_envelope(normalized)
     limiter_input = _envelope_dbtp(envelope)
