@@ -1,14 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.33
+-- @version 0.5.34
 -- @changelog
---   Regenerate, Replace and Make like refuse to add a take to an item moved while generating with its picture left where it was; the new take went in with the picture's sync and left the moved part of the item silent, without a word.
---   Extend refuses where the picture ends with the item (a cut to another video file, or the video's end): the item did not grow, and its tail was made again under the name "extend".
---   A stem REAPER cannot read is found before the project is touched: an empty take was left active in the item (silence), or a new track with an empty item, and the message began with the script's path.
---   A bounce REAPER returns cut short (a full disk) is said as the render's fault before the engine is asked; it went to the engine, which refused it as a damaged file.
---   Following an envelope: its first and last readings are taken just inside the time selection, so the points REAPER adds at a selection's edges (or a step there) no longer pull the curve's end to the level beyond it, where the stem faded.
---   Part of the picture: "When" is checked in seconds of picture (a picture playing at twice the speed needs half as long a span), and percentages typed with "%" are taken.
---   The generate window stores the layers' ticks only when "layers" is the negatives mode: an untick made before switching to "none" had left that track out of every later generation, unseen.
+--   The progress line says "finishing the stems" while the engine ranks, levels and writes the stems (an engine from this version on reports that part); a long job spent minutes there under "decoding the audio".
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -47,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.33", SF.mixed_versions and SF.mixed_versions("this action", "0.5.33")
-  or "StepFoley_lib.lua is older than this action (0.5.33). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.34", SF.mixed_versions and SF.mixed_versions("this action", "0.5.34")
+  or "StepFoley_lib.lua is older than this action (0.5.34). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -6,7 +6,7 @@ status files from reaper.defer. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.33"
+local VERSION = "0.5.34"
 
 return function(M)
 
@@ -327,7 +327,7 @@ end
 -- What the engine is doing, in words. Newer engines send `phase` ("features", "sampling",
 -- ...) with step/total counting within it; older ones send no phase and count sampling steps.
 M.PHASE_WORDS = { queued = "waiting for the engine", features = "reading the picture",
-  sampling = "generating", decoding = "decoding the audio",
+  sampling = "generating", decoding = "decoding the audio", finishing = "finishing the stems",
   engine_loading = "waiting for the engine to load its model" }
 
 -- One line for a status, and the fraction done of the current phase (nil when unknown).
