@@ -110,6 +110,7 @@ class JobBook:
         self._unannounced: list[Job] = []  # submitted, their /accepted not yet sent
         self._cancelled_unannounced: list[Job] = []  # dropped before their /accepted went out
         self._stopping = False
+        self._refusing = False  # set by refuse_new(), before stop() runs: no lock taken there
         self._counter = itertools.count(1)
         self._prefix = secrets.token_hex(4)  # an engine restarted on the port gives out other ids
         # Counts sampling steps and finished jobs: clients use it as the engine's heartbeat.
@@ -144,7 +145,7 @@ class JobBook:
             again = self.resent(request_id, request, reply_to)
             if again is not None:
                 return again
-            if self._stopping:
+            if self.stopping:
                 raise protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")
             if len(self._queue) >= self.max_queue:
                 raise protocol.ProtocolError(
@@ -227,8 +228,12 @@ class JobBook:
 
     @property
     def stopping(self) -> bool:
-        """Whether stop() has begun: no job is taken any more."""
-        return self._stopping
+        """Whether the engine is stopping: no job is taken any more."""
+        return self._stopping or self._refusing
+
+    def refuse_new(self) -> None:
+        """Take no more jobs from now on (safe from a signal handler: no lock); stop() follows."""
+        self._refusing = True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new jobs, fail the queued ones, stop the running one at its next step."""

@@ -306,6 +306,7 @@ class EngineServer:
         """Serve until `shutdown()`; then fail queued jobs, stop the running one at its next
         step, and close the socket."""
         self._loop_thread = threading.current_thread()
+        waited = False
         try:
             self.jobs.start()
             selector = selectors.DefaultSelector()
@@ -326,9 +327,10 @@ class EngineServer:
                 while stopper.is_alive():
                     if selector.select(timeout=0.05):
                         self._receive_batch()
+                waited = True
             finally:
                 selector.close()
-                self._close(self._stop_timeout)
+                self._close(0.0 if waited else self._stop_timeout)  # the job was waited for once already
         finally:
             self._loop_ended.set()
 
@@ -420,6 +422,7 @@ class EngineServer:
 
     def shutdown(self) -> None:
         """Ask the loop to end. Safe from a signal handler or any thread."""
+        self.jobs.refuse_new()  # /status says "stopping" from now on, not once the stop has begun
         self._stop.set()
         try:
             self._wake_w.send(b"x")

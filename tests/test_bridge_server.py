@@ -2,6 +2,7 @@
 and the real engine (the embedded model's code path with random weights) behind the server."""
 
 import json
+import socket
 import sys
 import os
 import threading
@@ -559,6 +560,8 @@ def test_a_stopping_engine_answers_while_its_running_job_stops(tmp_path):
         p.receive_until({protocol.PROGRESS})
         stopping = threading.Thread(target=srv.stop, kwargs={"timeout": 30.0})
         stopping.start()
+        while not srv.stopping:  # the stop has been asked for (a /status before that says "busy")
+            time.sleep(0.001)
         p.sock.sendto(osc.encode(protocol.STATUS, p.port, "st", ""), p.server)
         address, args = p.receive_until({protocol.STATUS_REPLY})[-1]
         assert json.loads(args[1])["state"] == "stopping"
@@ -572,6 +575,26 @@ def test_a_stopping_engine_answers_while_its_running_job_stops(tmp_path):
         stopping.join(60)
         p.close()
     assert not stopping.is_alive()
+
+
+def test_a_job_outlasting_the_stop_is_waited_for_once(tmp_path):
+    runner = _Unstoppable()
+    srv = EngineServer(runner, ServerConfig(port=0)).start()
+    p = RawPeer(srv.address[1])
+    try:
+        p.generate(make_request(tmp_path, caption="long step"), "long")
+        p.receive_until({protocol.PROGRESS})
+        worker, waits = srv.jobs._worker, []
+        join = worker.join
+        worker.join = lambda timeout=None: waits.append(timeout) or join(timeout)
+        srv.stop(timeout=1.0)
+        # it waited the timeout, then the timeout again, holding the port and answering nothing
+        assert [t for t in waits if t] == [1.0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", srv.address[1]))  # the port is free once stop() returns
+    finally:
+        runner.release.set()
+        p.close()
 
 
 def test_accepted_always_comes_before_the_jobs_own_replies(tmp_path):
