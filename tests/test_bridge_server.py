@@ -366,6 +366,7 @@ def test_stop_fails_queued_jobs_and_stops_the_running_one(tmp_path):
     p.generate(make_request(tmp_path, caption="running", steps=200), "run")  # 100 s
     p.receive_until({protocol.PROGRESS})
     p.generate(make_request(tmp_path, caption="waiting"), "wait")
+    p.receive_until({protocol.ACCEPTED})  # queued before the stop (after it: refused, engine_stopping)
     started = time.monotonic()
     srv.stop(timeout=60)
     assert time.monotonic() - started < 30  # stopped at its next step, not waited for
