@@ -148,7 +148,10 @@ class FoleyService:
             if on_progress is not None:
                 on_progress("finishing", 0, 1)
             stem, metadata = self._finished_stem(request, track)
-            return {"stem_path": os.fspath(self._write(request, stem, name)), "metadata": metadata}
+            written = self._write(request, stem, name)
+            if on_progress is not None:
+                on_progress("finishing", 1, 1)
+            return {"stem_path": os.fspath(written), "metadata": metadata}
         return self._variations(request, session, settings, on_progress, is_cancelled, reference, name)
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:

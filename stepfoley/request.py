@@ -382,8 +382,8 @@ FIELDS: tuple[FieldSpec, ...] = (
               "read from `take_offset` for the stem's length (MP3 from its start), "
               f"every channel, at most {_mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
               "`regenerate` made new, the rest sample for sample (at the take's rate and channels when "
-              "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate`, "
-              "`region.playrate` 1 and a stem as long as the picture", since=2),
+              "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate` and a stem as "
+              "long as the picture (the picture at 1x on the timeline)", since=2),
     FieldSpec("take_offset", "number (s)", "0.0",
               "0 to `timeline_seconds` (a week); where `project_start` falls in `take` (a DAW item's start offset "
               "into its source file, an hour into a long recording as well); only with `take`", since=2),
