@@ -3,6 +3,7 @@
 -- @version 0.5.34
 -- @changelog
 --   The progress line says "finishing the stems" while the engine ranks, levels and writes the stems (an engine from this version on reports that part); a long job spent minutes there under "decoding the audio".
+--   Engine status says when the engine is shutting down; it said "running", and the next generation was refused.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

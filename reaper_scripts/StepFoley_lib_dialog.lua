@@ -63,6 +63,8 @@ function M.engine_words(engine)
     return "an older engine: its defaults are not shown"
   elseif engine.state == "loading" then
     return "the engine is loading: defaults unknown"
+  elseif engine.state == "stopping" then
+    return "the engine is shutting down: start it again once it has closed"
   elseif engine.state == "error" then
     return "the engine refused to answer: defaults unknown"
   end

@@ -492,8 +492,9 @@ local function engine_info(status)
   if status.state == "done" and type(status.answer) == "table" then
     local a = status.answer
     local caps = type(a.capabilities) == "table" and a.capabilities or nil
-    return { ok = true, client_ok = true, state = (a.state == "loading") and "loading" or "running",
-      model = a.model, device = a.device, capabilities = caps, answer = a }
+    local state = (a.state == "loading" or a.state == "stopping") and a.state or "running"
+    return { ok = true, client_ok = true, state = state, model = a.model, device = a.device, capabilities = caps,
+      answer = a }
   end
   local e = type(status.error) == "table" and status.error or {}
   local not_running = e.code == "engine_not_running" or status.exit_code == 3
@@ -515,7 +516,7 @@ end
 --[[
 Runs `stepfoley send --engine-status` in the background and calls on_done(info) from the
 defer loop once it answered:
-  {ok = true, client_ok = true, state = "running"|"loading", model, device, capabilities (the
+  {ok = true, client_ok = true, state = "running"|"loading"|"stopping", model, device, capabilities (the
    engine's, docs/osc-protocol.md; nil from an engine that publishes none), answer}
   {ok = false, client_ok = true, state = "not_running"|"error", message}
   {ok = false, client_ok = false, state = "no_client", message (with what the client said)}
@@ -577,8 +578,10 @@ function M.describe_engine(engine, settings)
         math.floor(settings.port))
   end
   local a = engine.answer
-  local lines = { string.format("Engine: %s. Model %s on %s; %d job(s) waiting, %s finished.",
-    engine.state == "loading" and "running, still loading its model" or "running", tostring(a.model),
+  local state = engine.state == "loading" and "running, still loading its model"
+    or engine.state == "stopping" and "shutting down (it takes no new job: start it again once it has closed)"
+    or "running"
+  local lines = { string.format("Engine: %s. Model %s on %s; %d job(s) waiting, %s finished.", state, tostring(a.model),
     tostring(a.device), type(a.queue) == "table" and #a.queue or 0, tostring(a.jobs_finished or 0)) }
   local caps = engine.capabilities
   if not caps then

@@ -1796,6 +1796,14 @@ def test_engine_status_and_cancel_with_nothing_running(world):
     assert "  reference: sound like a reference recording" in status["message"]
 
 
+def test_engine_status_of_an_engine_shutting_down(world):
+    # it said "Engine: running", and the next Generate failed with engine_stopping
+    result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.STATUS}]),
+                            env_extra={"STEPFOLEY_STANDIN": "stopping"})
+    [status] = result["messages"]
+    assert "Engine: shutting down (it takes no new job: start it again once it has closed)." in status["message"]
+
+
 def test_engine_status_when_engine_is_down(world):
     result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.STATUS}]),
                             env_extra={"STEPFOLEY_STANDIN": "down"})

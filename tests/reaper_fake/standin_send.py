@@ -30,6 +30,7 @@ Behaviour from $STEPFOLEY_STANDIN:
 - "badstem": finishes with a stem that is not a WAV file;
 - "late": as "slow", but a cancel comes too late: the engine finishes the job anyway (done);
 - "loading": the engine was still loading its model past --timeout (engine_loading);
+- "stopping": /status says the engine is shutting down (its running job stopping);
 - "lost", "stopped", "gone": after step 1 the engine went away as the real client tells it: restarted
   (job_lost), stopped (engine_stopped), or no longer answering (engine_not_running), the job id known.
 
@@ -146,7 +147,8 @@ def query(args, mode: str) -> int:
                  "answer": {"protocol": newest_protocol(), "model": "standin", "device": "cpu",
                             "round_trip_s": 0.001}}
     else:
-        answer = {"protocol": newest_protocol(), "model": "standin", "device": "cpu", "state": "idle", "current": None,
+        answer = {"protocol": newest_protocol(), "model": "standin", "device": "cpu",
+                  "state": "stopping" if mode == "stopping" else "idle", "current": None,
                   "queue": [], "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
         if newest_protocol() >= 2:
             answer["protocols"] = list(range(1, newest_protocol() + 1))
