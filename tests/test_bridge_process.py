@@ -54,6 +54,7 @@ def test_a_signal_stops_the_engine_cleanly(tmp_path, signum):
         peer.generate(make_request(tmp_path, steps=200), "long")
         peer.receive_until({protocol.PROGRESS})
         peer.generate(make_request(tmp_path, caption="queued"), "queued")
+        peer.receive_until({protocol.ACCEPTED})  # queued before the signal (after it: refused, engine_stopping)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "clean exit" in out, err
