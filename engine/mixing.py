@@ -210,6 +210,11 @@ def loudness_normalize(
     return _gain_db(audio, loudness_gain_db(blocks, target_lufs, loudness))
 
 
+# How far from the absolute gate a block must sit for a gain solved on the blocks to count it
+# (or leave it out) once the audio is scaled in float32: a millionth of the level's step.
+GATE_MARGIN_DB = 1e-5
+
+
 def gated_loudness(blocks: np.ndarray, gain_db: float = 0.0) -> float:
     """BS.1770's integrated loudness of audio whose gating blocks measure `blocks` (LUFS, J,)
     once turned up by `gain_db`: the absolute gate at -70 LUFS, then the relative one 10 LU
@@ -249,7 +254,16 @@ def loudness_gain_db(blocks: np.ndarray, target_lufs: float, loudness: float) ->
     gains = target_lufs + 0.691 - 10.0 * np.log10(np.cumsum(power)[kept - 1] / kept)
     # the k loudest are the ones over -70 LUFS at that gain, and the next is not
     below = np.append(order[1:], -np.inf)
-    exact = (order + gains >= SILENCE_GATE_LUFS) & (below + gains < SILENCE_GATE_LUFS)
+    last, next_ = order + gains - SILENCE_GATE_LUFS, below + gains - SILENCE_GATE_LUFS
+    exact = (last >= -GATE_MARGIN_DB) & (next_ < GATE_MARGIN_DB)  # on the gate to float precision, too
+    # ... each by a margin, an answer moved into its stretch by up to that much (as many
+    # millionths of an LU): with a block on the gate itself, the float32 rounding of the gain
+    # decided whether it counted, and with it the relative gate (a stem left 7.5 LU over)
+    with np.errstate(invalid="ignore"):  # silent blocks (-inf) in the stretches left out here
+        shift = np.maximum(GATE_MARGIN_DB - last, 0.0) - np.maximum(next_ + GATE_MARGIN_DB, 0.0)
+    gains = gains + np.where(exact, shift, 0.0)
+    exact &= (order + gains - SILENCE_GATE_LUFS >= GATE_MARGIN_DB / 2) \
+        & (below + gains - SILENCE_GATE_LUFS <= -GATE_MARGIN_DB / 2)
     if exact.any():
         answers = gains[exact]
         return float(answers[np.argmin(np.abs(answers - naive))])

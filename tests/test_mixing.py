@@ -483,6 +483,25 @@ def test_a_stem_whose_loudness_falls_and_rises_with_the_gain_still_lands_on_the_
     assert mixing.integrated_loudness(finished, rate) == pytest.approx(levels.lufs, abs=1e-6)
 
 
+def test_a_solved_gain_never_leaves_a_block_on_the_gate():
+    # a hit, a texture 25 dB under it and a long quiet stretch that the answer puts exactly on
+    # -70 LUFS: counted by the absolute gate, the stretch lowers the relative gate under the
+    # texture, so whether it counted (up to the float32 rounding of the gain) moved the loudness
+    # by the texture's share (a review's stem left 7.5 LU over). The answer is moved off the gate.
+    target, quiet = -23.0, -60.0
+    for _ in range(5):
+        blocks = np.array([0.0] * 5 + [-25.0] * 100 + [quiet] * 3000)
+        loudness = mixing.gated_loudness(blocks)
+        quiet = -70.0 - (target - loudness)
+    blocks = np.array([0.0] * 5 + [-25.0] * 100 + [quiet] * 3000)
+    loudness = mixing.gated_loudness(blocks)
+    gain = mixing.loudness_gain_db(blocks, target, loudness)
+    assert np.min(np.abs(blocks + gain - mixing.SILENCE_GATE_LUFS)) >= mixing.GATE_MARGIN_DB / 2
+    # the answer of the plain difference, moved off the gate by the margin (not one 13 dB away)
+    assert gain == pytest.approx(target - loudness, abs=2 * mixing.GATE_MARGIN_DB)
+    assert mixing.gated_loudness(blocks, gain) == pytest.approx(target, abs=2 * mixing.GATE_MARGIN_DB)
+
+
 def test_gated_loudness_is_the_meters_own():
     rng = np.random.default_rng(3)
     audio = (rng.standard_normal((2, 5 * 16000)) * np.linspace(1e-4, 0.5, 5 * 16000)).astype(np.float32)
