@@ -317,6 +317,8 @@ class JobBook:
 
         def on_progress(phase: str, step: int, total: int) -> None:
             with self._lock:
+                if job.state in FINISHED_STATES:  # given up by a stop: its client has had its final reply
+                    return
                 job.phase, job.step, job.total = phase, int(step), int(total)
                 self.engine_steps += 1
             self._tell(job, protocol.PROGRESS)

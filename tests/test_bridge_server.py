@@ -756,6 +756,33 @@ def test_a_job_held_for_its_batch_is_let_go_by_a_stop(tmp_path):
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_a_job_given_up_by_the_stop_says_nothing_after_its_final_reply(tmp_path):
+    # told engine_stopped, the runner went on and its progress still reached the client
+    from stepfoley.bridge.jobs import JobBook
+    from stepfoley.request import parse_request
+
+    release, told = threading.Event(), []
+
+    def unstoppable(request, on_progress, is_cancelled):
+        on_progress("sampling", 0, 1)
+        release.wait(60)
+        on_progress("finishing", 0, 1)
+        raise RuntimeError("stopped late")
+
+    book = JobBook(unstoppable, lambda job, kind: told.append(kind))
+    book.start()
+    book.submit("late", parse_request(make_request(tmp_path)), ("127.0.0.1", 9))
+    book.replies_sent()
+    deadline = time.monotonic() + 60
+    while protocol.PROGRESS not in told and time.monotonic() < deadline:
+        time.sleep(0.01)
+    book.stop(timeout=0.1)  # given up on: engine_stopped said
+    assert told[-1] == protocol.ERROR
+    release.set()
+    book._worker.join(60)
+    assert told[-1] == protocol.ERROR and told.count(protocol.ERROR) == 1
+
+
 @pytest.mark.parametrize("text, said", [
     # json.loads keeps the last of two equal keys: the first output_dir would be silently dropped
     (lambda good: good[:-1] + ', "output_dir": "/elsewhere"}', "the field 'output_dir' is given twice"),
