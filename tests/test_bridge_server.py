@@ -531,12 +531,18 @@ class _Unstoppable(SineRunner):
         return result
 
 
-def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(tmp_path):
+def _running_a_job_that_cannot_stop(tmp_path):
+    """An engine whose running job (request "long") has begun and ignores a stop: (runner, server, peer)."""
     runner = _Unstoppable()
     srv = EngineServer(runner, ServerConfig(port=0)).start()
     p = RawPeer(srv.address[1])
     p.generate(make_request(tmp_path, caption="long step"), "long")
     p.receive_until({protocol.PROGRESS})
+    return runner, srv, p
+
+
+def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(tmp_path):
+    runner, srv, p = _running_a_job_that_cannot_stop(tmp_path)
     started = time.monotonic()
     srv.stop(timeout=0.3)
     assert time.monotonic() - started < 30  # gave up on it after 0.3 s, not its 120 s step
@@ -553,12 +559,8 @@ def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(
 def test_a_stopping_engine_answers_while_its_running_job_stops(tmp_path):
     """It held its port for up to 10 s and answered nothing: a ping said the engine was not
     running, and a request was lost without a word."""
-    runner = _Unstoppable()
-    srv = EngineServer(runner, ServerConfig(port=0)).start()
-    p = RawPeer(srv.address[1])
+    runner, srv, p = _running_a_job_that_cannot_stop(tmp_path)
     try:
-        p.generate(make_request(tmp_path, caption="long step"), "long")
-        p.receive_until({protocol.PROGRESS})
         stopping = threading.Thread(target=srv.stop, kwargs={"timeout": 30.0})
         stopping.start()
         while not srv.stopping:  # the stop has been asked for (a /status before that says "busy")
@@ -579,12 +581,8 @@ def test_a_stopping_engine_answers_while_its_running_job_stops(tmp_path):
 
 
 def test_a_job_outlasting_the_stop_is_waited_for_once(tmp_path):
-    runner = _Unstoppable()
-    srv = EngineServer(runner, ServerConfig(port=0)).start()
-    p = RawPeer(srv.address[1])
+    runner, srv, p = _running_a_job_that_cannot_stop(tmp_path)
     try:
-        p.generate(make_request(tmp_path, caption="long step"), "long")
-        p.receive_until({protocol.PROGRESS})
         worker, waits = srv.jobs._worker, []
         join = worker.join
         worker.join = lambda timeout=None: waits.append(timeout) or join(timeout)
