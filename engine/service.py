@@ -145,12 +145,11 @@ class FoleyService:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
                                        reference=reference)
             stop_if_cancelled(is_cancelled, "before the stem was written")
-            if on_progress is not None:
-                on_progress("finishing", 0, 1)
+            tell = on_progress or _said_to_no_one
+            tell("finishing", 0, 1)
             stem, metadata = self._finished_stem(request, track)
             written = self._write(request, stem, name)
-            if on_progress is not None:
-                on_progress("finishing", 1, 1)
+            tell("finishing", 1, 1)
             return {"stem_path": os.fspath(written), "metadata": metadata}
         return self._variations(request, session, settings, on_progress, is_cancelled, reference, name)
 
@@ -222,7 +221,7 @@ class FoleyService:
                                         known=None if take is None else take.known)
         # ranked, then finished and written a stem at a time, each said: 8 stems of 600 s at 48 kHz
         # took two minutes without a word, and a client's watchdog gave the job up
-        tell = on_progress or (lambda phase, done, total: None)
+        tell = on_progress or _said_to_no_one
         tell("finishing", 0, len(takes))
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         # judged as the stems will sound: a continuation's kept part is the take's, not the model's
@@ -360,6 +359,10 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
     # (length,) bool: True outside [start, end) seconds
     index = np.arange(length)
     return (index < round(start * rate)) | (index >= round(end * rate))
+
+
+def _said_to_no_one(phase: str, done: int, total: int) -> None:
+    """The progress of a job run without a listener."""
 
 
 def resampled_loudness_gain_db(track, stem: np.ndarray, sample_rate: int) -> float:
