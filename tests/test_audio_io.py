@@ -91,7 +91,7 @@ def test_failure_mid_write_leaves_no_final_and_no_temp_file(tmp_path, monkeypatc
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(audio_io.soundfile, "write", write_half_then_fail)
-    with pytest.raises(AudioError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         write_wav_atomic(tmp_path / "take.wav", noise(2, 1000), 44100)
     assert os.listdir(tmp_path) == []
 
