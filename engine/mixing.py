@@ -129,16 +129,13 @@ def _gain_db(samples: np.ndarray, gain_db: float) -> np.ndarray:
 def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     """BS.1770 integrated loudness in LUFS, or -inf for silence or audio under 400 ms."""
     # samples: (C, S)
-    return _measured(samples, sample_rate)[0]
+    return loudness_and_blocks(samples, sample_rate)[0]
 
 
-def block_loudness(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The loudness (LUFS, K-weighted, channels weighed) of each 400 ms gating block of (C, S)
-    audio, (J,): what BS.1770's gates sort; empty for silence or audio under 400 ms."""
-    return _measured(samples, sample_rate)[1]
-
-
-def _measured(samples: np.ndarray, sample_rate: int) -> tuple[float, np.ndarray]:
+def loudness_and_blocks(samples: np.ndarray, sample_rate: int) -> tuple[float, np.ndarray]:
+    """integrated_loudness, and the loudness (LUFS, K-weighted, channels weighed) of each 400 ms
+    gating block, (J,): what BS.1770's gates sort; no blocks for silence or audio under 400 ms."""
+    # samples: (C, S)
     audio = as_channels_first(samples)
     sample_rate = _check_sample_rate(sample_rate)
     channels, length = audio.shape
@@ -204,7 +201,7 @@ def loudness_normalize(
     audio = as_channels_first(samples)
     if not math.isfinite(target_lufs):
         raise InvalidInputError(f"The loudness target must be a number of LUFS, got {target_lufs!r}.")
-    loudness, blocks = _measured(audio, sample_rate)
+    loudness, blocks = loudness_and_blocks(audio, sample_rate)
     if not math.isfinite(loudness) or loudness < silence_gate_lufs:
         return audio.copy()
     return _gain_db(audio, loudness_gain_db(blocks, target_lufs, loudness))
@@ -230,7 +227,7 @@ def gated_loudness(blocks: np.ndarray, gain_db: float = 0.0) -> float:
 
 
 def loudness_gain_db(blocks: np.ndarray, target_lufs: float, loudness: float) -> float:
-    """The gain (dB) that brings audio whose gating blocks measure `blocks` (LUFS, block_loudness;
+    """The gain (dB) that brings audio whose gating blocks measure `blocks` (LUFS, loudness_and_blocks;
     `loudness` over them, over the absolute gate) to `target_lufs`. The difference of the two is
     not always it: BS.1770's -70 LUFS gate sits at a fixed level, so blocks cross it as the gain
     moves, and with them the relative gate (a clang decoded 50 dB hot, turned down by that
@@ -246,12 +243,13 @@ def loudness_gain_db(blocks: np.ndarray, target_lufs: float, loudness: float) ->
     order = np.sort(blocks)[::-1]                                     # loudest first
     power = 10.0 ** ((order + 0.691) / 10.0)
     count = np.arange(1, len(order) + 1)
-    mean_passed = np.cumsum(power) / count                            # the k loudest over the absolute gate
+    summed = np.cumsum(power)
+    mean_passed = summed / count                                      # the k loudest over the absolute gate
     # the relative gate is the passed blocks' mean power / 10 whatever the gain: those over it
     # are the loudest ones, a count of them
     kept = np.minimum(count, np.searchsorted(-power, -mean_passed / 10.0, side="left"))
     kept = np.maximum(kept, 1)
-    gains = target_lufs + 0.691 - 10.0 * np.log10(np.cumsum(power)[kept - 1] / kept)
+    gains = target_lufs + 0.691 - 10.0 * np.log10(summed[kept - 1] / kept)
     # the k loudest are the ones over -70 LUFS at that gain, and the next is not
     below = np.append(order[1:], -np.inf)
     last, next_ = order + gains - SILENCE_GATE_LUFS, below + gains - SILENCE_GATE_LUFS
@@ -260,10 +258,9 @@ def loudness_gain_db(blocks: np.ndarray, target_lufs: float, loudness: float) ->
     # millionths of an LU): with a block on the gate itself, the float32 rounding of the gain
     # decided whether it counted, and with it the relative gate (a stem left 7.5 LU over)
     with np.errstate(invalid="ignore"):  # silent blocks (-inf) in the stretches left out here
-        shift = np.maximum(GATE_MARGIN_DB - last, 0.0) - np.maximum(next_ + GATE_MARGIN_DB, 0.0)
-    gains = gains + np.where(exact, shift, 0.0)
-    exact &= (order + gains - SILENCE_GATE_LUFS >= GATE_MARGIN_DB / 2) \
-        & (below + gains - SILENCE_GATE_LUFS <= -GATE_MARGIN_DB / 2)
+        shift = np.where(exact, np.maximum(GATE_MARGIN_DB - last, 0.0) - np.maximum(next_ + GATE_MARGIN_DB, 0.0), 0.0)
+    gains = gains + shift
+    exact &= (last + shift >= GATE_MARGIN_DB / 2) & (next_ + shift <= -GATE_MARGIN_DB / 2)
     if exact.any():
         answers = gains[exact]
         return float(answers[np.argmin(np.abs(answers - naive))])
@@ -614,7 +611,7 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     # samples: (C, S), any level (a decoder that does not clamp may exceed full scale)
     audio = as_channels_first(samples)
     _check_finite(audio, "The generated track")
-    decoded_lufs, blocks = _measured(audio, sample_rate)
+    decoded_lufs, blocks = loudness_and_blocks(audio, sample_rate)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     gain_db = loudness_gain_db(blocks, target_lufs, decoded_lufs) if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
     normalized = _gain_db(audio, gain_db)

@@ -505,7 +505,7 @@ def test_a_solved_gain_never_leaves_a_block_on_the_gate():
 def test_gated_loudness_is_the_meters_own():
     rng = np.random.default_rng(3)
     audio = (rng.standard_normal((2, 5 * 16000)) * np.linspace(1e-4, 0.5, 5 * 16000)).astype(np.float32)
-    loudness, blocks = mixing._measured(audio, 16000)
+    loudness, blocks = mixing.loudness_and_blocks(audio, 16000)
     assert mixing.gated_loudness(blocks) == pytest.approx(loudness, abs=1e-9)
     assert mixing.gated_loudness(blocks, -12.0) == pytest.approx(
         mixing.integrated_loudness(mixing._gain_db(audio, -12.0), 16000), abs=1e-4)
