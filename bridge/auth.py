@@ -100,9 +100,8 @@ def read_token_file(path: str | os.PathLike) -> str:
         raise TokenError(f"The token file '{path}' is not UTF-8 text.") from None
     lines = text.splitlines()
     token = lines[0].strip() if text.strip() else ""
-    if len(lines) == 1 and len(text) > TOKEN_FILE_READ_CHARS:  # its first line goes on past what was read
-        token = text
-    if not is_valid_token(token):
+    cut = len(lines) == 1 and len(text) > TOKEN_FILE_READ_CHARS  # its first line goes on past what was read
+    if cut or not is_valid_token(token):
         raise TokenError(f"The token file '{path}' must hold the token (1-{MAX_TOKEN_CHARS} characters of text, "
                          "no NUL) on its first line.")
     return token

@@ -324,15 +324,16 @@ def run(args: argparse.Namespace) -> int:
         if args.write and ((args.weights and not is_weights_file(args.weights)) or args.model):
             raise InvalidInputError("--write records the choice in the embedded model's weights file; it goes "
                                     "without an MMAudio --weights folder and --model.")
-        if args.write and not args.embedded_weights and in_an_installed_package(_embedded_weights_file(args)):
+        recorded_in = _embedded_weights_file(args) if args.write else None
+        if recorded_in is not None and not args.embedded_weights and in_an_installed_package(recorded_in):
             raise InvalidInputError(
                 f"--write would record the choice in the weights inside the installed stepfoley package "
-                f"({_embedded_weights_file(args)}), which every user of this Python runs and a reinstall puts back. "
+                f"({recorded_in}), which every user of this Python runs and a reinstall puts back. "
                 "Give --embedded-weights FILE (a copy of them), or name that very file with --embedded-weights to "
                 "record it there.")
-        if args.write and not can_make_file_in(os.path.dirname(os.path.abspath(_embedded_weights_file(args)))):
+        if recorded_in is not None and not can_make_file_in(os.path.dirname(os.path.abspath(recorded_in))):
             # the choice is written next to the weights file: found after the whole run, the report kept
-            raise InvalidInputError(f"--write records the choice in {_embedded_weights_file(args)}, in a folder where "
+            raise InvalidInputError(f"--write records the choice in {recorded_in}, in a folder where "
                                     "no file can be made (read-only, or another user's); copy the weights somewhere "
                                     "you can write and give that file with --embedded-weights.")
         grid = _checked_grid(args)
