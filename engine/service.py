@@ -369,11 +369,13 @@ def resampled_loudness_gain_db(track, stem: np.ndarray, sample_rate: int) -> flo
     """The gain that brings `stem` ((C, S) at `sample_rate`, the track varispeeded or resampled)
     back to the track's own loudness, at most up to the true-peak ceiling; 0 for silence."""
     before = mixing.integrated_loudness(track.samples[None], track.sample_rate)
-    after = mixing.integrated_loudness(stem, sample_rate)
+    after, blocks = mixing.loudness_and_blocks(stem, sample_rate)
     if not (math.isfinite(before) and math.isfinite(after)):
         return 0.0
     headroom = STEM_CEILING_DBTP - mixing.true_peak(stem, sample_rate)
-    return float(min(before - after, max(headroom, 0.0)))
+    # solved on the gating blocks, not the plain difference: blocks crossing the -70 LUFS gate
+    # move the relative gate with them (mixing.loudness_gain_db)
+    return float(min(mixing.loudness_gain_db(blocks, before, after), max(headroom, 0.0)))
 
 
 def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str | None = None,

@@ -838,9 +838,11 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
     else:
         # a take of digital silence: the new part at a stem's level, as a new track is made (the
         # model's own level, decoded hot, met the limiter 14 dB over full scale and was squashed)
-        lufs = mixing.integrated_loudness(audio[new][None], sample_rate)
+        lufs, blocks = mixing.loudness_and_blocks(audio[new][None], sample_rate)
         if math.isfinite(lufs):
-            whole_db = float(np.clip(mixing.STEM_LUFS - lufs, *LEVEL_MATCH_DB))
+            # solved on the gating blocks, as a stem's is (a decaying hit decoded hot and turned
+            # down by the plain difference lost its tail under the gate and left 0.8 LU over)
+            whole_db = float(np.clip(mixing.loudness_gain_db(blocks, mixing.STEM_LUFS, lufs), *LEVEL_MATCH_DB))
             matched_to = f"a stem's loudness ({mixing.STEM_LUFS:g} LUFS): the take is silent"
         else:  # under a loudness block
             matched_to = "nothing (the take is silent, the new part too short to measure): the model's own level"

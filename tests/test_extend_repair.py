@@ -532,6 +532,21 @@ def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_n
     assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
 
 
+def test_the_new_part_of_a_silent_take_reaches_a_stems_loudness_across_the_gate():
+    """A hit decoded hot with a decaying tail: turned down by the plain difference of its loudness
+    and -23 LUFS, the tail's quiet blocks fell under the -70 LUFS gate, the relative gate moved
+    with them and the new part was left up to 0.8 LU over -23."""
+    rate = 16000
+    time = np.arange(6 * rate) / rate
+    keep = time < 2.0
+    for decay_s, hot_db in ((0.2, 50), (0.3, 20), (0.5, 50)):
+        noise = np.random.default_rng(0).standard_normal(len(time))
+        audio = (10 ** (hot_db / 20) * 0.3 * noise * np.exp(-(time - 2.0) / decay_s) * ~keep).astype(np.float32)
+        matched, levels = finish_new_part(audio, KnownAudio(np.zeros(len(time), np.float32), keep), rate)
+        assert levels["level_matched_to"].startswith("a stem's loudness")
+        assert mixing.integrated_loudness(matched[:, ~keep], rate) == pytest.approx(mixing.STEM_LUFS, abs=0.01), decay_s
+
+
 def test_a_repair_between_a_loud_and_a_quiet_stretch_meets_each_at_its_level():
     """A footstep's ring dying away: the take is 30 dB quieter after the repaired 0.5 s than
     before it. Matched with one gain (the loud side's: the gate leaves the quiet one out), the

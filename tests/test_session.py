@@ -418,6 +418,24 @@ def test_a_peaky_stem_the_limiter_left_under_a_stems_loudness_is_not_limited_har
     assert loudness[0.5] <= loudness[1.0] + 0.05 and meta["resampled_loudness_gain_db"] == 0.0  # no room
 
 
+def test_the_make_up_gain_after_resampling_reaches_the_tracks_loudness_across_the_gate():
+    """A quiet decaying stem whose tail sits near BS.1770's -70 LUFS gate: made up by the plain
+    difference of the two loudnesses, its tail's blocks crossed the gate, moved the relative
+    gate and left it 0.6-0.9 LU under the loudness it was finished at."""
+    from stepfoley.engine.service import resampled_loudness_gain_db
+    from stepfoley.engine.session import Track
+
+    rate = 16000
+    time = np.arange(4 * rate) / rate
+    for decay_s in (0.2, 0.3, 0.8):
+        noise = np.random.default_rng(1).standard_normal(len(time))
+        stem = (0.01 * noise * np.exp(-time / decay_s)).astype(np.float32)[None]   # (1, S)
+        track = Track((10 * stem[0]).astype(np.float32), rate, {})
+        gain_db = resampled_loudness_gain_db(track, stem, rate)
+        reached = mixing.integrated_loudness(stem * np.float32(10 ** (gain_db / 20)), rate)
+        assert reached == pytest.approx(mixing.integrated_loudness(track.samples[None], rate), abs=0.01), decay_s
+
+
 def test_service_varispeeds_to_the_project_length(tiny, scene_video, tmp_path):
     request = _request(scene_video, tmp_path, format="wav32f")
     request["region"]["playrate"] = 2.0  # 2 s of file play in 1 s of project
