@@ -40,6 +40,10 @@ MAX_MESSAGE_CHARS = 2000
 ENGINE_STOPPED_RUNNING = "The engine was stopped while this job ran. Start it again and resend."
 
 
+def engine_stopping() -> protocol.ProtocolError:
+    return protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")
+
+
 @dataclass(eq=False)  # a job is itself: finding it in the queue compares identities, not every field
 class Job:
     job_id: str
@@ -146,7 +150,7 @@ class JobBook:
             if again is not None:
                 return again
             if self.stopping:
-                raise protocol.ProtocolError("engine_stopping", "The engine is shutting down. Start it again and resend.")
+                raise engine_stopping()
             if len(self._queue) >= self.max_queue:
                 raise protocol.ProtocolError(
                     "queue_full",

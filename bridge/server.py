@@ -25,7 +25,7 @@ from typing import Any
 
 from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.auth import TokenError, check_token
-from stepfoley.bridge.jobs import Job, JobBook, Runner
+from stepfoley.bridge.jobs import Job, JobBook, Runner, engine_stopping
 from stepfoley.bridge.logs import bridge_logger
 from stepfoley.request import (SUPPORTED_PROTOCOLS, Capabilities, RequestError, check_request_paths, parse_request,
                                printable, request_json)
@@ -173,10 +173,11 @@ class Dispatcher:
                   "model": self.config.model, "device": self.config.device,
                   "cpu": self.config.cpu}
         status.update(self.jobs.snapshot())
-        if self.jobs.runner is None:
-            status["state"] = "loading"
-        elif self.jobs.stopping:
+        # a stop asked for while the model loads is what a client must hear: it will not load
+        if self.jobs.stopping:
             status["state"] = "stopping"
+        elif self.jobs.runner is None:
+            status["state"] = "loading"
         status["capabilities"] = self.capabilities.to_json() if self.capabilities else None
         # The jobs get what the rest leaves of one datagram: long captions and a long queue are cut.
         jobs = {"current": status.pop("current"), "queue": status.pop("queue")}
@@ -191,6 +192,8 @@ class Dispatcher:
         return osc.encode(protocol.STATUS_REPLY, header.request_id, json.dumps(status))
 
     def _generate(self, header: protocol.Header, rest: list, sender) -> bytes:
+        if self.jobs.runner is None and self.jobs.stopping:  # it will not load: not "send again"
+            raise engine_stopping()
         if self.jobs.runner is None:
             raise protocol.ProtocolError("engine_loading", "The engine is still loading its model; send again in a moment.")
         try:

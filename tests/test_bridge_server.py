@@ -541,6 +541,20 @@ def _running_a_job_that_cannot_stop(tmp_path):
     return runner, srv, p
 
 
+def test_an_engine_stopped_while_loading_says_stopping_not_loading(tmp_path):
+    """It said "loading" and refused a request with "send again in a moment": an engine that
+    will not load."""
+    with EngineServer(None, ServerConfig(port=0, model="loading")).start() as srv:
+        p = RawPeer(srv.address[1])
+        srv.jobs.refuse_new()  # the first thing a stop does (EngineServer.shutdown)
+        p.send(protocol.STATUS, p.port, "s", "")
+        assert json.loads(p.receive()[1][1])["state"] == "stopping"
+        p.generate(make_request(tmp_path), "late")
+        address, args = p.receive()
+        assert (address, args[2]) == (protocol.ERROR, "engine_stopping")
+        p.close()
+
+
 def test_a_job_that_outlasts_the_stop_is_told_engine_stopped_and_leaves_no_stem(tmp_path):
     runner, srv, p = _running_a_job_that_cannot_stop(tmp_path)
     started = time.monotonic()
