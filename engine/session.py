@@ -338,8 +338,8 @@ class StepSession:
         captions of what it holds; `layers`: the stems summed in it, where known) to the stack."""
         mono = self._mono_at_model_rate(
             samples, sample_rate, "The existing track is empty (zero length): bounce the Foley tracks again.")
-        # a recording chain's offset is no sound, and a stem shorter than the region, padded with
-        # silence, would end it in a step that the gate hears as a click
+        # a stem shorter than the region, padded with silence, would end in a step that the gate
+        # hears as a click: what resampling left of an offset is taken out too
         mono = mono - mono.mean(axis=-1, keepdims=True)
         self.tracks.append(Track(mixing.fit_length(mono, self.length)[0], self.model.sample_rate,
                                  captions=tuple(c for c in captions if c), layers=layers))
@@ -352,6 +352,10 @@ class StepSession:
         samples = mixing.as_channels_first(np.asarray(samples, np.float32))
         if samples.shape[-1] == 0:
             raise InvalidInputError(if_empty)
+        # a recording chain's offset is no sound, and taken out before resampling: the resampler
+        # pads the ends with zeros, so an offset came back as a step at each end, a click that x̃
+        # held at 0.89 of full scale (a 48 kHz bounce of a 0.1 offset over hiss)
+        samples = (samples - samples.mean(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
         return mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
 
     def conditioning_mix(self) -> np.ndarray | None:

@@ -223,6 +223,25 @@ def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
     assert not mixing.is_heard(20 * quiet[None], 16000) and together.conditioning_mix() is not None
 
 
+@pytest.mark.parametrize("rate", [16000, 44100, 48000, 96000])
+def test_a_bounces_offset_is_no_sound_at_any_rate(tiny, scene_video, rate):
+    """The offset was taken out after resampling to the model's rate, whose zero padding had
+    turned it into a step at each end: a 48 kHz bounce of an offset alone was a layer to negate,
+    and under hiss x̃ began with a click at 0.89 of full scale (at 16 kHz, no resampling, 0.2)."""
+    hiss = 0.01 * np.random.default_rng(0).standard_normal(4 * rate).astype(np.float32)
+    silent = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    silent.add_track(np.full(4 * rate, 0.3, np.float32), rate)
+    assert silent.conditioning_mix() is None
+    heard = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    heard.add_track(hiss + 0.1, rate)
+    mix = heard.conditioning_mix()
+    edges = np.abs(np.concatenate([mix[:160], mix[-160:]])).max()   # the first and last 10 ms
+    assert edges < 6 * np.median(np.abs(mix)), (edges, np.median(np.abs(mix)))
+    # nor is a reference recording's: it came through as a mean of a quarter of full scale
+    reference = heard.reference_condition(hiss + 0.1, rate)
+    assert abs(float(reference.mean())) < 0.01 * float(np.abs(reference).mean())
+
+
 def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_trained_loudness():
     from stepfoley.engine.session import window_condition
     rng = np.random.default_rng(0)
