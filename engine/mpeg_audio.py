@@ -182,7 +182,9 @@ def read(file: BinaryIO, max_seconds: float | None, mono: bool, max_rate: int | 
         rate = int(stream.codec_context.sample_rate or 0)
         if max_rate is not None and rate > max_rate:
             raise RateTooHigh(rate)
-        seconds = MAX_DECODED_SECONDS if max_seconds is None else min(max_seconds, MAX_DECODED_SECONDS)
+        # a length asked for is read whole, past the bound too: the caller bounds it (a take read
+        # up to an offset 2 h 10 min into a long recording came back ending at 2 h, "before take_offset")
+        seconds = MAX_DECODED_SECONDS if max_seconds is None else max_seconds
         # times from the stream's start, where its first sample plays after the encoder's delay
         # is skipped: a refused first frame is then silence too, not a shift of all that follows
         origin = stream.start_time or 0

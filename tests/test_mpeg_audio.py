@@ -263,6 +263,12 @@ def test_without_a_length_an_mp3_past_the_bound_is_refused_not_cut(tmp_path, mon
         audio_io.read_audio(path)
     samples, _ = audio_io.read_audio(path, max_seconds=0.5)  # a length asked for is read as ever
     assert samples.shape == (1, RATE // 2)
+    # past the bound too (its caller bounds it): a take read from an offset past 2 hours came
+    # back empty, "ends before take_offset"
+    samples, _, _ = audio_io.read_audio_and_subtype(path, start_seconds=1.5, max_seconds=1.0)
+    whole, _ = audio_io.read_audio(path, max_seconds=3.0)
+    assert whole.shape == (1, 3 * RATE)
+    np.testing.assert_array_equal(samples, whole[:, round(1.5 * RATE):round(2.5 * RATE)])
 
 
 class CountingReader(io.RawIOBase):
