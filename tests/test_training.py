@@ -127,6 +127,26 @@ def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float
     return result, net
 
 
+@pytest.mark.parametrize("precision, eps", [("bf16", 1e-6), ("fp32", 1e-8)])
+def test_adams_epsilon_is_mmaudios_for_the_precision(monkeypatch, precision, eps):
+    """MMAudio trains with ε 1e-6 under bf16 autocast, 1e-8 in fp32; it was 1e-8 in both."""
+    from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
+
+    made = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    net = torch.nn.Linear(3, 2)
+    loss = LossModule({"net": net}, lambda parts, b, g: ((parts["net"](b.latent) - b.target) ** 2).mean())
+    config = TrainConfig(steps=1, batch_size=4, warmup_steps=0, snapshot_every=1, log_every=100, precision=precision)
+    train(loss, net, toy_batches(0), config, torch.device("cpu"), None, log=lambda line: None)
+    assert [o.param_groups[0]["eps"] for o in made] == [eps]
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     """12 steps straight, against 6 steps, a crash, and a new process that resumes from the
     checkpoint (with weights initialized differently) for the other 6: the same network and the
@@ -617,9 +637,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert "step 4/4" in log  # rank 0 logs; samples/s counts both processes
 
 
-def test_the_controlnet_condition_is_the_other_half_encoded_apart(tmp_path):
-    """A VAE that attends over the whole clip (MMAudio's) would put the target half's sound into
-    a condition cut from the whole clip's latent: the condition is its half encoded alone."""
+def test_the_controlnet_target_and_condition_are_each_their_half_encoded_apart(tmp_path):
+    """A VAE that attends over the whole clip (MMAudio's) puts each half's sound into the other's
+    part of the whole clip's latent: the condition cut from it would carry its target, and the
+    target cut from it its condition (paper Sec. 4.2: two segments that do not overlap)."""
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, entries_digest,
@@ -633,15 +654,17 @@ def test_the_controlnet_condition_is_the_other_half_encoded_apart(tmp_path):
     assert not features_match(features, [{**entries[0], "start": 0.5}], model.model_id)
     assert not features_match(features, entries, "another-model")
     data = FeatureSet.load(features)
-    n = data.latent.shape[1] // 2
+    n = data.half_latent.shape[2]
     wave = torch.from_numpy(read_clip_audio(entries[0]["audio"], model.sample_rate, 0.0, model.max_duration))
-    second = model.codec.encode(wave[None, wave.shape[0] // 2:])[0][:n]
-    torch.testing.assert_close(data.half_latent[0, 1], second)
-    batch = next(controlnet_batches(data, model.net.normalize, 8, seed=0))
-    for i in range(8):  # the condition is the other half, encoded alone, whichever half is the target
-        target_first = torch.equal(batch.latent[i], model.net.normalize(data.latent[:1, :n])[0])
-        other = data.half_latent[0, 1 if target_first else 0]
-        torch.testing.assert_close(batch.cond_latent[i], model.net.normalize(other[None])[0])
+    cut = wave.shape[0] // 2
+    alone = [model.net.normalize(model.codec.encode(part[None])[:, :n])[0] for part in (wave[:cut], wave[cut:])]
+    batch = next(controlnet_batches(data, model.net.normalize, 32, seed=0))
+    targets = set()
+    for i in range(32):  # whichever half is the target, it and the condition are each encoded alone
+        target = next(h for h in (0, 1) if torch.equal(batch.latent[i], alone[h]))
+        torch.testing.assert_close(batch.cond_latent[i], alone[1 - target])
+        targets.add(target)
+    assert targets == {0, 1}
     assert len(entries_digest(entries)) == 64
 
 
@@ -650,24 +673,21 @@ def test_with_a_vae_posterior_the_controlnet_targets_are_drawn_from_it():
     condition stays the other half's mean (deterministic, as at generation)."""
     from stepfoley.lab.training.features import FeatureSet, controlnet_batches
 
-    m, n, c = 4, 8, 3
+    m, n, c = 4, 4, 3
     g = torch.Generator().manual_seed(0)
-    mean, std = torch.randn(m, n, c, generator=g), torch.full((m, n, c), 0.5)
-    halves = torch.randn(m, 2, n // 2, c, generator=g)
-    data = FeatureSet(mean, torch.zeros(m, 2, 5), torch.zeros(m, 16, 4), torch.zeros(m, 77, 6),
-                      torch.ones(m, dtype=torch.bool), halves, std)
+    halves = torch.randn(m, 2, n, c, generator=g)
+    data = FeatureSet(halves, torch.zeros(m, 2, 5), torch.zeros(m, 16, 4), torch.zeros(m, 77, 6),
+                      torch.ones(m, dtype=torch.bool), torch.full((m, 2, n, c), 0.5))
     batch = next(controlnet_batches(data, lambda x: x, 4096, seed=0))
-    half = n // 2
-    targets = torch.stack([mean[:, :half], mean[:, half:]], 1)   # (M, 2, N/2, C): which clip and half
     noise = []
     for target, cond in zip(batch.latent, batch.cond_latent):
         clip, other = next((i, h) for i in range(m) for h in range(2) if torch.equal(cond, halves[i, h]))
-        noise.append((target - targets[clip, 1 - other]) / 0.5)
+        noise.append((target - halves[clip, 1 - other]) / 0.5)
     noise = torch.stack(noise)
     assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1.0) < 0.02  # ε ~ N(0, 1)
-    exact = FeatureSet(mean, data.clip, data.sync, data.text, data.has_video, halves)
+    exact = FeatureSet(halves, data.clip, data.sync, data.text, data.has_video)
     first = next(controlnet_batches(exact, lambda x: x, 8, seed=0)).latent  # the mel codec: its latents as they are
-    assert all(any(torch.equal(t, targets[i, h]) for i in range(m) for h in range(2)) for t in first)
+    assert all(any(torch.equal(t, halves[i, h]) for i in range(m) for h in range(2)) for t in first)
 
 
 def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):

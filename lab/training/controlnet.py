@@ -1,7 +1,7 @@
 """Training a NAG ControlNet on top of official MMAudio weights (the paper's Sec. 4.2 and
 App. D recipe): MMAudio frozen, VGGSound-style video clips plus audio-text clips, pairs of
-non-overlapping halves of each clip, AdamW 1e-4 (0.9, 0.95), wd 1e-6, 1k warm-up, x0.1 at 80%
-and 90%, bf16 on GPU, post-hoc EMA sigma_rel 0.05."""
+non-overlapping halves of each clip (each encoded apart), AdamW 1e-4 (0.9, 0.95), wd 1e-6, 1k
+warm-up, x0.1 at 80% and 90%, bf16 on GPU, post-hoc EMA sigma_rel 0.05."""
 
 from __future__ import annotations
 

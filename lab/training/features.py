@@ -97,15 +97,20 @@ def entries_digest(entries: list[dict]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+# 2: both halves encoded apart, the target's too (1 cut the target from the whole clip's latent)
+FEATURES_VERSION = "2"
+
+
 def features_match(path: Path, entries: list[dict], model_id: str, posterior: bool = False) -> bool:
     """Whether the features file at `path` was made from these entries by this model and this
-    version (with the halves encoded apart, and the posterior's std where the model's codec has
-    one, `posterior`): otherwise it is made again."""
+    version (with the posterior's std where the model's codec has one, `posterior`): otherwise it
+    is made again."""
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             return (meta.get("entries_sha256") == entries_digest(entries) and meta.get("model") == model_id
-                    and "half_latent" in f.keys() and ("latent_std" in f.keys()) == posterior)
+                    and meta.get("features_version") == FEATURES_VERSION
+                    and ("half_latent_std" in f.keys()) == posterior)
     except Exception:  # missing or unreadable
         return False
 
@@ -120,27 +125,33 @@ def _fit_frames(latent: torch.Tensor, frames: int) -> torch.Tensor:
 @torch.inference_mode()
 def extract_features(model, entries: list[dict], out_path: str | Path, log=print) -> Path:
     """Encode every clip with `model` (a FoleyModel) and save one safetensors file. Each clip's
-    two halves are also encoded apart (`half_latent`): MMAudio's VAE attends over the whole clip,
-    so a half cut from the whole clip's latent would carry the other half's sound, and the
-    ControlNet's condition would leak its target."""
+    two halves are encoded apart (`half_latent`), the ControlNet's target as well as its
+    condition: MMAudio's VAE attends over the whole clip, so a half cut from the whole clip's
+    latent carries the other half's sound (changing only the other half moved a random VAE's
+    latent 3.7 s from the cut), and the ControlNet would learn to find its condition in its
+    target (paper Sec. 4.2: two segments that do not overlap)."""
     duration, sr = model.max_duration, model.sample_rate
     posterior = getattr(model.codec, "encode_posterior", None)  # MMAudio's VAE; the mel codec has none
-    latents, stds, halves, clips, syncs, texts, has_video = [], [], [], [], [], [], []
+    stds, halves, clips, syncs, texts, has_video = [], [], [], [], [], []
     video_cache: dict[tuple, tuple] = {}
     text_cache: dict[str, torch.Tensor] = {}
     for i, e in enumerate(entries):
         start = float(e.get("start", 0.0))
         wave = read_clip_audio(e.get("audio") or e["video"], sr, start, duration)
-        audio = torch.from_numpy(wave)[None].to(model.device)
-        if posterior is not None:
-            mean, std = posterior(audio)
-            latents.append(mean[0].cpu())
-            stds.append(std[0].cpu())
-        else:
-            latents.append(model.codec.encode(audio)[0].cpu())
-        cut, frames = len(wave) // 2, latents[-1].shape[0] // 2
-        halves.append(torch.stack([_fit_frames(model.codec.encode(torch.from_numpy(part)[None].to(model.device))[0].cpu(),
-                                               frames) for part in (wave[:cut], wave[cut:])]))
+        cut = len(wave) // 2
+        means, spreads = [], []
+        for part in (wave[:cut], wave[cut:]):
+            audio = torch.from_numpy(part)[None].to(model.device)
+            if posterior is not None:
+                mean, std = posterior(audio)
+                spreads.append(std[0].cpu())
+            else:
+                mean = model.codec.encode(audio)
+            means.append(mean[0].cpu())
+        frames = means[0].shape[0]
+        halves.append(torch.stack([_fit_frames(m, frames) for m in means]))
+        if spreads:
+            stds.append(torch.stack([_fit_frames(s, frames) for s in spreads]))
         if e.get("video"):
             key = (e["video"], start)
             if key not in video_cache:
@@ -163,12 +174,12 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
         raise InvalidInputError("The dataset list has no video clips; at least one is needed to learn the video condition.")
     clips = [c if c is not None else torch.zeros_like(template[0]) for c in clips]
     syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
-    tensors = {"latent": torch.stack(latents), "half_latent": torch.stack(halves), "clip": torch.stack(clips),
+    tensors = {"half_latent": torch.stack(halves), "clip": torch.stack(clips),
                "sync": torch.stack(syncs), "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
     if stds:
-        tensors["latent_std"] = torch.stack(stds)
+        tensors["half_latent_std"] = torch.stack(stds)
     out_path = Path(out_path)
-    metadata = {"model": model.model_id, "clips": str(len(entries)),
+    metadata = {"model": model.model_id, "clips": str(len(entries)), "features_version": FEATURES_VERSION,
                 "captions": json.dumps([e["caption"] for e in entries]), "entries_sha256": entries_digest(entries)}
     return write_atomically(out_path, lambda temp: save_file({k: v.contiguous() for k, v in tensors.items()},
                                                              str(temp), metadata=metadata), replace=True)
@@ -176,48 +187,42 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
 
 @dataclass
 class FeatureSet:
-    latent: torch.Tensor  # (M, N, C) unnormalized
-    clip: torch.Tensor  # (M, Lc, Dc)
-    sync: torch.Tensor  # (M, Ls, Ds)
+    half_latent: torch.Tensor  # (M, 2, n, C) unnormalized: each half of the clip encoded apart (its mean)
+    clip: torch.Tensor  # (M, Lc, Dc) over the whole clip
+    sync: torch.Tensor  # (M, Ls, Ds) over the whole clip
     text: torch.Tensor  # (M, 77, Dt)
     has_video: torch.Tensor  # (M,) bool
-    half_latent: torch.Tensor | None = None  # (M, 2, N // 2, C): each half encoded apart; None in old files
-    latent_std: torch.Tensor | None = None  # (M, N, C): the VAE posterior's std (MMAudio); None for the mel codec
+    half_latent_std: torch.Tensor | None = None  # (M, 2, n, C): the VAE posterior's std (MMAudio); None for the mel codec
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
         t = load_file(str(path))
-        return cls(t["latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent"),
-                   t.get("latent_std"))
+        return cls(t["half_latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent_std"))
 
     def __len__(self) -> int:
-        return self.latent.shape[0]
+        return self.half_latent.shape[0]
 
 
 def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, rank: int = 0,
                        world: int = 1) -> Iterator[Batch]:
-    """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2): the target half with
-    its video (drawn from the VAE posterior where the features hold its std, as MMAudio's
-    training draws its targets), and the other half, encoded apart (its mean), as the audio
-    condition."""
-    if data.half_latent is None:
-        raise InvalidInputError("These features were made by an older StepFoley, without each half encoded apart; "
-                                "delete features.safetensors in the work folder so that they are made again.")
+    """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2), each encoded apart: the
+    target half with its video (drawn from the VAE posterior where the features hold its std, as
+    MMAudio's training draws its targets), and the other half (its mean) as the audio condition."""
     own = torch.arange(rank, len(data), world)
-    n, lc, ls = data.latent.shape[1] // 2, data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
+    lc, ls = data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
 
     def batch(g: torch.Generator) -> Batch:
         idx = own[torch.randint(len(own), (batch_size,), generator=g)]
         first = torch.rand(batch_size, generator=g) < 0.5  # which half is the target
-        lat = data.latent[idx]
-        if data.latent_std is not None:  # MMAudio's training targets: a draw from the VAE posterior
-            lat = lat + data.latent_std[idx] * torch.randn(lat.shape, generator=g)
-        lat = normalize(lat)
+        mean = data.half_latent[idx]                                    # (B, 2, n, C)
+        drawn = mean
+        if data.half_latent_std is not None:  # MMAudio's training targets: a draw from the VAE posterior
+            drawn = mean + data.half_latent_std[idx] * torch.randn(mean.shape, generator=g)
         halves = lambda x, h: (x[:, :h], x[:, h:2 * h])  # noqa: E731
-        (l0, l1), (c0, c1), (s0, s1) = halves(lat, n), halves(data.clip[idx], lc), halves(data.sync[idx], ls)
+        (c0, c1), (s0, s1) = halves(data.clip[idx], lc), halves(data.sync[idx], ls)
         pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
-        apart = normalize(data.half_latent[idx].flatten(0, 1)).view(data.half_latent[idx].shape)
-        return Batch(latent=pick(l0, l1), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
-                     has_video=data.has_video[idx], cond_latent=pick(apart[:, 1], apart[:, 0]))
+        drawn, mean = (normalize(x.flatten(0, 1)).view(x.shape) for x in (drawn, mean))
+        return Batch(latent=pick(drawn[:, 0], drawn[:, 1]), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
+                     has_video=data.has_video[idx], cond_latent=pick(mean[:, 1], mean[:, 0]))
 
     return ResumableBatches(batch, torch.Generator().manual_seed(seed * 7919 + 17 + rank))
