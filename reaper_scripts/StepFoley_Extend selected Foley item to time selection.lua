@@ -12,8 +12,8 @@ selection's end. One undo point. Needs an engine of protocol 2.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.34", SF.mixed_versions and SF.mixed_versions("this action", "0.5.34")
-  or "StepFoley_lib.lua is older than this action (0.5.34). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.35", SF.mixed_versions and SF.mixed_versions("this action", "0.5.35")
+  or "StepFoley_lib.lua is older than this action (0.5.35). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
@@ -30,10 +30,15 @@ local function main()
     return SF.alert("The time selection starts at or before the item's start, so nothing of the take would be " ..
       "kept. Start it where the take should go on.")
   end
-  local over = SF.item_in_the_way(item, item_end, t1)
+  -- the picture the item was made over, which the extension follows up to its end (a cut to
+  -- the next shot), even where the selection runs on over another one
+  local under = { start, item_end }
+  local picture = SF.region_for(proj, start, t1, under)
+  local reach = picture and math.min(t1, picture.project_end) or t1
+  local over = SF.item_in_the_way(item, item_end, reach)
   if over then
     return SF.alert(string.format("Extended to %.3f s, the item would run over \"%s\" (from %.3f s) on the same " ..
-      "track, which it could not hear. End the time selection before it, or move that item.", SF.on_ruler(proj, t1),
+      "track, which it could not hear. End the time selection before it, or move that item.", SF.on_ruler(proj, reach),
       over.name, SF.on_ruler(proj, over.start)))
   end
   local from = math.min(t0, item_end)
@@ -56,7 +61,7 @@ local function main()
     extra_fields = extra_fields, stored_fields = stored,
     extend_item = true,
     undo = function(params) return "StepFoley: extend \"" .. params.caption .. "\"" end })
-  job.t1 = t1
+  job.t1, job.picture_under = t1, under
   SF.generate(job)
 end
 

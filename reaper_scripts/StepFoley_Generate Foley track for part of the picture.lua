@@ -11,15 +11,17 @@ protocol 2.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.34", SF.mixed_versions and SF.mixed_versions("this action", "0.5.34")
-  or "StepFoley_lib.lua is older than this action (0.5.34). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.35", SF.mixed_versions and SF.mixed_versions("this action", "0.5.35")
+  or "StepFoley_lib.lua is older than this action (0.5.35). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
   local t0, t1 = SF.require_time_selection(proj)
   if not t0 then return end
-  local picture = SF.region_for(proj, t0, t1) -- how fast it plays: the shortest "When" is in its seconds
-  local speed = picture and (picture.file_out - picture.file_in) / (picture.project_end - picture.project_start)
+  -- no picture (or one StepFoley cannot follow) is said before the part of it is asked for
+  local picture, err = SF.region_for(proj, t0, t1)
+  if not picture then return SF.alert(err) end
+  local speed = (picture.file_out - picture.file_in) / (picture.project_end - picture.project_start) -- "When" is in its seconds
   local choice = SF.ask_picture_region(t1 - t0, nil, speed)
   if not choice then return end
   local dialog = { negatives = true }

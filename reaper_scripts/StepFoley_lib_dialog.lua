@@ -15,7 +15,7 @@ Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.34"
+local VERSION = "0.5.35"
 
 return function(M)
 
@@ -297,7 +297,11 @@ end
 -- The text fields that reproduce a stored generation (take metadata): what the user chose,
 -- empty where the model's default was used.
 function M.values_from_meta(meta)
-  local values = { caption = meta.caption or "", negatives = type(meta.negatives) == "table" and meta.negatives.mode or nil }
+  local mode = type(meta.negatives) == "table" and meta.negatives.mode or nil
+  -- a take that negated the items selected then: they cannot be selected again beside it (one
+  -- StepFoley item at a time), so the dialog opens on the layers, not on a selection of nothing
+  if mode == "selection" then mode = "layers" end
+  local values = { caption = meta.caption or "", negatives = mode }
   -- a reference's recording is not kept: regenerating such an item is a plain generation
   local keys = meta.reference and { "alpha", "steps" } or { "method", "alpha", "beta", "steps" }
   for _, key in ipairs(keys) do

@@ -7,7 +7,7 @@ adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.34"
+local VERSION = "0.5.35"
 
 return function(M)
 
@@ -231,9 +231,11 @@ track where several play at once, so an item counts only where no playing video 
 it shows picture at the same time (ties: the top track); its stretch is the longest of those.
 An old cut left muted, in a muted folder or on a lane that does not play loses to the one the
 user sees. Only when none plays, the one covering most of the others: a picture put on a muted
-track so that its sound stays out is still the picture.
+track so that its sound stays out is still the picture. `under` ({a, b} within [t0, t1], or
+nil): the one seen over most of that instead, and its stretch the one seen most over it (an
+item extended into the next shot keeps the picture it was made over).
 ]]
-function M.find_video_item(proj, t0, t1)
+function M.find_video_item(proj, t0, t1, under)
   local candidates = {}
   for i = 0, reaper.CountMediaItems(proj) - 1 do
     local item = reaper.GetMediaItem(proj, i)
@@ -261,10 +263,12 @@ function M.find_video_item(proj, t0, t1)
     for _, other in ipairs(candidates) do
       if c.plays and other.plays and other.track < c.track then above[#above + 1] = { other.a, other.b } end
     end
-    local seen, longest = 0, nil
+    local seen, longest, most = 0, nil, 0
     for _, stretch in ipairs(uncovered(c.a, c.b, above)) do
-      seen = seen + stretch[2] - stretch[1]
-      if not longest or stretch[2] - stretch[1] > longest[2] - longest[1] then longest = stretch end
+      local counts = stretch[2] - stretch[1]
+      if under then counts = math.max(0, math.min(stretch[2], under[2]) - math.max(stretch[1], under[1])) end
+      seen = seen + counts
+      if counts > most then longest, most = stretch, counts end
     end
     local better = (c.plays and not best_plays) or (c.plays == best_plays and (seen > best_seen + 1e-9
       or (math.abs(seen - best_seen) <= 1e-9 and c.track < best_track)))
@@ -276,11 +280,12 @@ function M.find_video_item(proj, t0, t1)
 end
 
 -- Turns a time selection into the request's region. Returns region, nil or nil, message.
--- The region is the part of [t0, t1] where the user sees the chosen picture; `clipped` says
--- whether it shrank (no picture there, another video item shows, or a looped picture starts
--- again).
-function M.region_for(proj, t0, t1)
-  local item, stretch = M.find_video_item(proj, t0, t1)
+-- The region is the part of [t0, t1] where the user sees the chosen picture (the one under
+-- `under`, when given: M.find_video_item); `clipped` says whether it shrank (no picture there,
+-- another video item shows, or a looped picture starts again).
+function M.region_for(proj, t0, t1, under)
+  local item, stretch = M.find_video_item(proj, t0, t1, under)
+  if not item and under then item, stretch = M.find_video_item(proj, t0, t1) end -- said where it lacks picture
   if not item then
     return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
       "Put the picture on a track and make the time selection over it.", M.on_ruler(proj, t0), M.on_ruler(proj, t1))

@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.34"
+local VERSION = "0.5.35"
 
 return function(M)
 
@@ -543,9 +543,11 @@ local function picture_moved(job, region)
   end
   local shift = now.origin - was.origin
   if math.abs(shift) < 1e-9 then shift = 0 end
+  -- where the item's sound sits, not its left edge: a trim during the job moves the edge alone,
+  -- and the new take is placed by the picture (it was refused as "moved apart")
   local moved
-  if job.kept_take and reaper.ValidatePtr2(job.proj, job.kept_take, "MediaItem_Take*") then
-    moved = audio_origin(job.item, job.kept_take) - job.item_origin
+  if job.item_take and reaper.ValidatePtr2(job.proj, job.item_take, "MediaItem_Take*") then
+    moved = audio_origin(job.item, job.item_take) - job.item_origin
   elseif job.item then
     moved = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") - job.item_position
   end
@@ -589,6 +591,9 @@ local function negatives_for(job, settings, engine, params, region, folders, sam
     local mix, err = M.bounce(job.proj, chosen.tracks, a, b, folders.job_dir, "existing_mix", sample_rate, chosen.items)
     if not mix then return nil, err end
     chosen.mix = mix
+  elseif hears_layers and params.negatives == "selection" then
+    M.log("no selected item or razor area of another layer plays over the region (Negatives: selection): " ..
+      "this track is generated from picture and caption only.")
   elseif hears_layers and params.negatives ~= "none" then
     M.log("nothing to negate over the region yet: this track is generated from picture and caption only.")
   end
@@ -615,18 +620,18 @@ local function prepare_jobs(job, settings, engine, params, region)
   local proj = job.proj
   -- where the item is as the job starts (run() checked the picture until now): moved during
   -- the dialog is no move away from the picture
-  if job.item then job.item_position = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION") end
+  if job.item then
+    job.item_position = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
+    -- the take active now: a continuation keeps it, whatever the user activates while the engine works
+    job.item_take = reaper.GetActiveTake(job.item)
+    job.item_origin = job.item_take and audio_origin(job.item, job.item_take) -- slipped or switched, too
+  end
   local extra
   if job.extra_fields then -- checked before anything is bounced
     local err
     extra, err = job.extra_fields(region, engine.capabilities)
     if not extra then return nil, err end
-    -- a continuation keeps the item's active take: the one it is now, whatever the user
-    -- activates while the engine works
-    if extra.take and job.item then
-      job.kept_take = reaper.GetActiveTake(job.item)
-      job.item_origin = audio_origin(job.item, job.kept_take) -- as item_position, and switched or slipped too
-    end
+    if extra.take and job.item then job.kept_take = job.item_take end
     if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
       return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
         "and restart `stepfoley serve`."
@@ -634,7 +639,11 @@ local function prepare_jobs(job, settings, engine, params, region)
   end
   local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
   if not folders then return nil, folder_err end
-  local sample_rate = M.project_sample_rate(proj)
+  local sample_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(proj))
+  if substituted then
+    M.log(string.format("the project runs at %d Hz, a rate StepFoley does not write: the new track comes at %d Hz, " ..
+      "which REAPER resamples as it plays.", M.project_sample_rate(proj), sample_rate))
+  end
   local negatives, err = negatives_for(job, settings, engine, params, region, folders, sample_rate)
   if not negatives then return nil, err end
   if job.make_reference then
@@ -916,6 +925,22 @@ function M.writes_rate(caps, rate)
   return false
 end
 
+-- The rate new stems are written at: the project's, or where the engine does not write that
+-- rate (a project set to 64 kHz), the lowest it writes above it, else its highest: REAPER plays
+-- a file of any rate in the project. Returns rate, whether it is not the project's.
+function M.stem_rate(caps, project_rate)
+  if M.writes_rate(caps, project_rate) then return project_rate, false end
+  local rates = M.published(caps, "sample_rates", M.SAMPLE_RATES)
+  local above, highest
+  for _, r in ipairs(type(rates) == "table" and rates or M.SAMPLE_RATES) do
+    if type(r) == "number" then
+      if r >= project_rate and (not above or r < above) then above = r end
+      if not highest or r > highest then highest = r end
+    end
+  end
+  return above or highest or 48000, true
+end
+
 -- A job whose result becomes a new take of `item`: over the item's range, never negating the
 -- item's own track. Fills in proj, item, t0, t1 and exclude of `job` (see M.generate).
 function M.job_for_item(proj, item, job)
@@ -993,7 +1018,7 @@ Everything that can wait for something (the engine, the dialog, the jobs) runs f
 reaper.defer: REAPER stays usable throughout.
 ]]
 function M.generate(job)
-  local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1)
+  local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
   if not region then return M.alert(region_err) end
   job.exclude = job.exclude or {}
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
@@ -1032,8 +1057,9 @@ function M.generate(job)
       return M.alert("The " .. (job.item and "item was deleted (or its project closed)" or "project was closed") ..
         " while StepFoley asked the engine; nothing was generated.")
     end
-    local length_problem = M.region_length_problem(region, clipped, engine.capabilities,
-      M.project_sample_rate(job.proj))
+    local stem_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(job.proj))
+    local length_problem = M.region_length_problem(region, clipped, engine.capabilities, stem_rate,
+      substituted and "the new track's" or nil)
     if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)

@@ -507,6 +507,22 @@ def test_a_stem_too_long_for_the_engine_is_said_before_the_dialog(world):
     assert result["dialogs"] == [] and h.generation_commands(result) == []
 
 
+@pytest.mark.parametrize("project_rate, stem_rate", [(64000, 88200), (352800, 192000), (96000, 96000)])
+def test_a_project_rate_the_engine_does_not_write_gets_the_next_rate_it_does(world, project_rate, stem_rate):
+    """A project at 64 kHz was refused by the engine after the dialog and the bounce: the stem now
+    comes at the lowest rate the engine writes above it (REAPER plays any rate), and that is said."""
+    sc = scenario(world)
+    sc["render"]["numbers"]["PROJECT_SRATE"] = project_rate
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert request["sample_rate"] == stem_rate
+    assert sf.info(request["existing_mix"]).samplerate == stem_rate
+    said = f"the project runs at {project_rate} Hz, a rate StepFoley does not write: the new track comes at {stem_rate} Hz"
+    assert (said in result["console"]) == (project_rate != stem_rate)
+    assert len(h.new_tracks(result)) == 1
+
+
 def test_a_new_layer_joins_the_folder_its_earlier_layers_are_in(world):
     """The layers sit in a "FOLEY bus" folder (its volume and FX): the new track goes after the
     last of them and inside the folder, which now ends with it."""
@@ -1106,6 +1122,44 @@ def test_an_extension_follows_a_ripple_edit_and_refuses_a_picture_moved_alone(wo
         assert len(item["takes"]) == 1 and result["undo"] == []
 
 
+@pytest.mark.parametrize("script", [h.REGENERATE, h.REPLACE])
+@pytest.mark.parametrize("by, slip, added", [(0.5, 0.5, True), (0.5, 0.0, False)], ids=["trimmed", "moved"])
+def test_a_new_take_follows_an_item_trimmed_while_generating_and_refuses_one_moved(world, script, by, slip, added):
+    """Trimming the item's start while the engine works moves its edge, not its sound, and the new
+    take is placed by the picture: it was thrown away as "moved apart", where Extend took it."""
+    sc = scenario(world, ts=(0.0, 0.0), dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": script}, {"move_item": {"track": 3, "item": 1, "by": by, "slip": slip},
+                                                "when_running": True}],
+                  extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "slow"})
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    [item] = layer["items"]
+    if added:
+        assert result["messages"] == []
+        assert (item["position"], item["active_take"]) == (pytest.approx(3.5), 2)
+        assert item["position"] - item["takes"][1]["startoffs"] == pytest.approx(3.0)  # where the region starts
+    else:
+        [message] = result["messages"]
+        assert "the video item and the selected item were moved apart while generating" in message["message"]
+        assert len(item["takes"]) == 1
+
+
+def test_a_regenerated_take_that_negated_a_selection_opens_on_the_layers(world):
+    """The other layers' items negated then cannot be selected beside the item again (one
+    StepFoley item at a time), so "selection" negated nothing: the dialog opens on the layers."""
+    layer = continuation_layer(world)
+    take = layer["items"][0]["takes"][0]
+    meta = json.loads(take["ext"]["stepfoley_metadata"])
+    take["ext"]["stepfoley_metadata"] = json.dumps({**meta, "negatives": {"mode": "selection", "tracks": ["wind"]}})
+    sc = scenario(world, ts=(0.0, 0.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REGENERATE}],
+                  extra_tracks=[layer])
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert result["dialogs"][0]["defaults"].split("\n")[-1] == "layers"
+    request = h.job_request(result)
+    assert request["existing_mix"] and request["previous_captions"] == ["wind in the trees"]  # the wind layer
+
+
 @pytest.mark.parametrize("take_rate, sent_rate", [(44100, 44100), (50000, 48000)])
 def test_extend_asks_for_the_takes_own_rate_so_its_kept_part_comes_back_sample_for_sample(world, take_rate,
                                                                                           sent_rate):
@@ -1124,26 +1178,41 @@ def test_extend_asks_for_the_takes_own_rate_so_its_kept_part_comes_back_sample_f
     assert (said in result["console"]) == (take_rate != sent_rate)
 
 
-def test_extend_across_a_cut_to_another_video_file_names_both_files(world):
-    # item 3.0-5.5 s over shot A (picture.mp4, 2-6 s), extended to 12 s over shot B (6-12 s), seen
-    # longer: the user was told 3-6 s "has no video under it", with shot A right there
+def test_extend_into_the_next_shot_stops_at_the_cut_and_an_item_over_the_cut_names_both_files(world):
+    """Item 3.0-5.5 s over shot A (picture.mp4, 2-6 s), selection to 12 s over shot B (6-12 s):
+    the picture was chosen by the selection, where shot B is seen longer, and the extension was
+    refused ("the take would be lost"), though up to 10 s it went to the cut. It now follows the
+    picture under the item up to the cut, past an item of the same track in the next shot. An
+    item that itself runs over the cut is refused, naming both files."""
     shot_b = world["tmp"] / "shot_b.mp4"
     shot_b.write_bytes(b"x")
     shot_a = {"position": 2.0, "length": 4.0, "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    layer = continuation_layer(world)
+    layer["items"].append({"position": 7.0, "length": 1.0, "takes": [{"file": str(world["foley"]), "name": "later"}]})
     sc = scenario(world, ts=(5.0, 12.0), video_item=shot_a, dialog=[{"ok": True, "values": []}],
-                  actions=[{"script": h.EXTEND}], extra_tracks=[continuation_layer(world)])
+                  actions=[{"script": h.EXTEND}], extra_tracks=[layer])
     sc["tracks"][0]["items"].append({"position": 6.0, "length": 6.0, "takes": [{"file": str(shot_b), "length": 6.0}]})
     result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    region = h.job_request(result)["region"]
+    assert (region["video"], region["project_start"], region["project_end"]) == (str(world["video"]), 3.0, 6.0)
+    assert "you see the video item picture.mp4 over only 3.000 s to 6.000 s of the range" in result["console"]
+    [layer] = [t for t in result["tracks"] if t["name"] == "door creak"]
+    assert layer["items"][0]["length"] == pytest.approx(3.0) and layer["items"][0]["active_take"] == 2
+    # an item over the cut: its take would be lost where the other file plays
+    sc["tracks"][-1] = continuation_layer(world, position=3.0, length=4.0)
+    sc["time_selection"] = [6.5, 12.0]
+    result = h.run_scenario(world["tmp"], sc)
     [message] = [m["message"] for m in result["messages"]]
-    assert message.startswith("The picture under the selected item changes to another video file: picture.mp4 "
-                              "shows from 3.000 s to 6.000 s, and shot_b.mp4 over the rest."), message
+    assert message.startswith("The picture under the selected item changes to another video file: shot_b.mp4 "
+                              "shows from 6.000 s to 7.000 s, and picture.mp4 over the rest."), message
     assert h.generation_commands(result) == []
     # a jump cut within one file: picture.mp4 again from 8 s into it
     sc["tracks"][0]["items"][1]["takes"][0].update(file=str(world["video"]), startoffs=8.0, length=16.0)
     result = h.run_scenario(world["tmp"], sc)
     [message] = [m["message"] for m in result["messages"]]
     assert message.startswith("The picture under the selected item cuts within picture.mp4: another video item "
-                              "of it shows from 3.000 s to 6.000 s."), message
+                              "of it shows from 6.000 s to 7.000 s."), message
 
 
 def test_a_repair_over_where_a_looped_picture_starts_again_says_so(world):
@@ -1679,9 +1748,9 @@ def test_settings_saved_and_checked(world):
 
 
 @pytest.mark.parametrize("older, said", [
-    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.34)"),
+    ("StepFoley_lib.lua", "StepFoley_lib.lua is older than this action (0.5.35)"),
     ("StepFoley_lib_engine.lua", "StepFoley's files are from different versions: StepFoley_lib_engine.lua is of an "
-                                 "older version, StepFoley_lib.lua is 0.5.34."),
+                                 "older version, StepFoley_lib.lua is 0.5.35."),
 ])
 def test_an_older_file_left_among_a_releases_files_is_named(world, tmp_path, older, said):
     """A manual install that kept one file of 0.5.14: the library of that release called

@@ -166,6 +166,14 @@ def test_part_of_the_picture_in_words_and_when(world):
     assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}" for part of the picture']
 
 
+def test_no_picture_under_the_selection_is_said_before_the_part_of_it_is_asked_for(world):
+    """The user answered which part of the picture, and when, before hearing there was none."""
+    result = run_picture(world, (10.5, 11.5), picture_answers("centre"))
+    [message] = result["messages"]
+    assert message["message"].startswith("There is no video item under the time selection (10.500 s to 11.500 s).")
+    assert result["dialogs"] == [] and h.generation_commands(result) == []
+
+
 def test_times_count_from_the_selection_even_where_the_picture_starts_later(world):
     """Selection 1.0-5.0 s, picture from 2.0 s: "1.5-2.5" s into the selection is 2.5-3.5 s of
     the project, 0.5-1.5 s into the region the engine gets."""
