@@ -155,6 +155,7 @@ def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int
 
 
 MIN_REFERENCE_S = 0.1  # looped to the region, anything shorter is a buzz at its own repeat rate
+RESAMPLED_ENDS_S = 0.005  # longer than the resampler's filter reaches at the model's rate
 
 
 def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
@@ -162,12 +163,13 @@ def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
     return np.tile(samples, math.ceil(length / samples.shape[-1]))[:length]
 
 
-def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> None:
+def check_reference(samples: np.ndarray, sample_rate: int, seconds: float, ends_s: float = 0.0) -> None:
     """Refuse, in words, a reference recording (any channel layout) that cannot be heard as one
     over a region of `seconds`: shorter than MIN_REFERENCE_S, or, looped, under the loudness
     gate (-70 LUFS), which loudness normalization leaves as it is, so the track would be pulled
     toward near-silence (measured over one pass of the loop and a 400 ms block more, what the
-    whole region's loop measures). Said before the model loads by `stepfoley generate`."""
+    whole region's loop measures), `ends_s` at each end left out of that measure. Said before the
+    model loads by `stepfoley generate`."""
     audio = mixing.as_channels_first(np.asarray(samples, np.float32))
     held = audio.shape[-1] / sample_rate
     if held == 0:
@@ -177,6 +179,8 @@ def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> No
                                 f"give at least {MIN_REFERENCE_S * 1000:.0f} ms of the sound you want.")
     measured = min(seconds, held + 0.4)
     mono = audio.mean(axis=0)
+    edge = min(round(ends_s * sample_rate), (len(mono) - 1) // 4)
+    mono = mono[edge:len(mono) - edge]
     if not mixing.is_heard(looped_to(mono, max(1, round(measured * sample_rate)))[None], sample_rate):
         raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region, "
                                 "in the model's band, its channels mixed: opposite channels cancel); choose a "
@@ -391,7 +395,10 @@ class StepSession:
         seconds = self.length / self.model.sample_rate
         check_reference(samples, sample_rate, seconds)
         mono = self._mono_at_model_rate(samples, sample_rate, "")
-        check_reference(mono, self.model.sample_rate, seconds)  # as the model hears it: a 20 kHz tone is not
+        # as the model hears it (a 20 kHz tone is not), without the ends: the resampler's zero
+        # padding makes a sound cut off there a click in every band, and a 12 kHz whistle, nothing
+        # of it in the model's band, passed on those clicks and was looped as a click train
+        check_reference(mono, self.model.sample_rate, seconds, ends_s=RESAMPLED_ENDS_S)
         return conditioning_mix([looped_to(mono[0], self.length)], self.model.sample_rate, self.length)
 
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
@@ -546,15 +553,21 @@ class StepSession:
 
         t0 = time.perf_counter()
         fade = self._samples(WINDOW_FADE_S)
-        joined = [crossfade_join(ease_handovers([(a, wave[i]) for a, wave in pieces], self.length, fade,
-                                                model.sample_rate), self.length, fade)
-                  for i in range(len(settings))]
-        if known is None:
-            finished = [mixing.finish_stem(audio, model.sample_rate) if s.loudness_curve is None
-                        else follow_curve(audio, model.sample_rate, s.loudness_curve)
-                        for s, audio in zip(settings, joined)]
-        else:
-            finished = [finish_new_part(audio, known, model.sample_rate) for audio in joined]
+        finished = []
+        for i, s in enumerate(settings):
+            # said, and a cancel heard, take by take: joining and levelling 8 takes of 600 s went
+            # 25-46 s without a word after the last window was decoded, a cancel waiting it out
+            # (the stems are counted as they are written: engine.service)
+            report("finishing", 0, len(settings))
+            stop_if_cancelled(is_cancelled, f"while take {i + 1} of {len(settings)} was joined and levelled")
+            audio = crossfade_join(ease_handovers([(a, wave[i]) for a, wave in pieces], self.length, fade,
+                                                  model.sample_rate), self.length, fade)
+            if known is not None:
+                finished.append(finish_new_part(audio, known, model.sample_rate))
+            elif s.loudness_curve is None:
+                finished.append(mixing.finish_stem(audio, model.sample_rate))
+            else:
+                finished.append(follow_curve(audio, model.sample_rate, s.loudness_curve))
         timings["finishing"] = time.perf_counter() - t0
         common = {
             "method_used": method.name,
@@ -584,7 +597,8 @@ class StepSession:
                        "negative_caption_heard": (method.negative_caption_weight(first.weights) < 0
                                                   if s.negative_caption else None),
                        # the points went out with the request; a stem's reply stays within its datagram
-                       "loudness_curve": None if s.loudness_curve is None else f"{len(s.loudness_curve)} points",
+                       "loudness_curve": None if s.loudness_curve is None
+                       else f"{len(s.loudness_curve)} point{'' if len(s.loudness_curve) == 1 else 's'}",
                        **(levels if isinstance(levels, dict) else asdict(levels)), "timings": dict(timings)},
                       captions=(s.caption,))
                 for s, (samples, levels) in zip(settings, finished)]
@@ -743,7 +757,10 @@ def _centred_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     # channels: (C, S); keep: (S,) bool -> (C, S) float64 squares, each channel's offset over keep out
     kept = max(int(np.count_nonzero(keep)), 1)
     offset = channels.sum(axis=-1, where=keep, dtype=np.float64) / kept         # (C,)
-    return (channels.astype(np.float64) - offset[:, None]) ** 2
+    # but for digital silence, which has no offset: a pause of zeros read as the offset's power
+    # (-54 dBFS) counted as sound next to a seam, and the new part was matched to it, 35-55 dB
+    # under the take, instead of to the whole kept take
+    return np.where(channels == 0, 0.0, (channels.astype(np.float64) - offset[:, None]) ** 2)
 
 
 def kept_power(channels: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -532,6 +532,26 @@ def test_a_take_silent_next_to_the_seam_is_matched_as_a_whole_and_a_silent_one_n
     assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_digital_silence_next_to_the_seam_has_no_offset_to_match(channels):
+    """The take's offset (here 0.002, -54 dBFS) was taken out of its digital silence too, which
+    then measured as sound next to the seam: the new part was matched to the offset, 35-55 dB
+    under the take (in a stereo take, into the channel with the offset alone)."""
+    rng = np.random.default_rng(6)
+    take = np.zeros((channels, 80000), np.float32)                      # 5 s at 16 kHz
+    take[:, :16000] = 0.2 * rng.standard_normal((channels, 16000)) + 0.002 * (np.arange(channels) == 0)[:, None]
+    keep = np.arange(80000) < 48000                                     # silent for the 2 s before the seam
+    known = KnownAudio(take.mean(axis=0), keep, kept_power(take, keep))
+    audio = (0.05 * rng.standard_normal(80000)).astype(np.float32)
+    matched, levels = finish_new_part(audio, known, 16000)
+    assert levels["level_matched_to"].startswith("the whole kept take")
+    take_db = 10 * np.log10(np.mean(known.power[:16000]))
+    new_db = 20 * np.log10(np.sqrt(np.mean(matched[0, 48000:] ** 2)))
+    assert new_db == pytest.approx(take_db, abs=1.0)
+    if channels == 2:  # each channel its share of the take's power: both alike
+        np.testing.assert_allclose(channel_balance(take, keep, 16000)[:, 0], [1.0, 1.0], atol=0.05)
+
+
 def test_the_new_part_of_a_silent_take_reaches_a_stems_loudness_across_the_gate():
     """A hit decoded hot with a decaying tail: turned down by the plain difference of its loudness
     and -23 LUFS, the tail's quiet blocks fell under the -70 LUFS gate, the relative gate moved

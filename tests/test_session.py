@@ -187,11 +187,26 @@ def test_long_region_is_windowed(tiny, tmp_path, monkeypatch):
     assert track.metadata["windows"] == 2
     assert sampled == [(0, 0.0), (1, 2.0)]  # the last window ends with the region: 2-10 s
     assert track.samples.shape == (160000,)
-    # the picture of both windows first, then every sampling step, then decoding
+    # the picture of both windows first, then every sampling step, decoding, and the take's finishing
     assert [p for p in progress if p[0] == "features"][-1] == ("features", 2, 2)
     assert [p for p in progress if p[0] == "sampling"] == [("sampling", 1, 2), ("sampling", 2, 2)]
-    assert progress[-1] == ("decoding", 2, 2)
-    assert [p[0] for p in progress] == sorted((p[0] for p in progress), key=("features", "sampling", "decoding").index)
+    assert progress[-2:] == [("decoding", 2, 2), ("finishing", 0, 1)]
+    phases = ("features", "sampling", "decoding", "finishing")
+    assert [p[0] for p in progress] == sorted((p[0] for p in progress), key=phases.index)
+
+
+def test_joining_and_levelling_the_takes_is_said_and_hears_a_cancel_take_by_take(tiny, scene_video):
+    """After the last window was decoded, 8 takes of 600 s were joined and levelled 25-46 s
+    without a word, and a cancel waited all of it out."""
+    said = []
+
+    def cancelled():  # asked for once the second take's finishing is said
+        return said.count(("finishing", 0, 3)) >= 2
+
+    session = StepSession(tiny, Region(scene_video, 1.0, 5.0))
+    with pytest.raises(GenerationCancelled, match="take 2 of 3"):
+        session.next_variations(TrackSettings("rain falling", steps=1), 3, lambda *p: said.append(p), cancelled)
+    assert said[-2:] == [("finishing", 0, 3)] * 2 and session.tracks == []
 
 
 def test_layers_silent_over_the_region_are_heard_as_no_layer(tiny, scene_video):
@@ -531,7 +546,7 @@ def test_a_bounce_that_falls_short_of_the_region_is_refused_and_one_sample_short
         _serve(FoleyService(tiny), request)
     assert os.listdir(tmp_path / "out") == []
     rounded = tmp_path / "rounded.wav"
-    sf.write(rounded, 0.1 * np.ones(95999, np.float32), 48000)
+    sf.write(rounded, 0.1 * np.sin(2 * np.pi * 440 * np.arange(95999) / 48000), 48000)  # a sound, not an offset
     assert _serve(FoleyService(tiny), {**request, "existing_mix": str(rounded)})["metadata"]["method_used"] == "nag"
 
 
@@ -609,6 +624,11 @@ def test_reference_needs_its_method_and_a_sound(tiny, scene_video):
     high = (0.05 * np.sin(2 * np.pi * 20000 * np.arange(48000) / 48000)).astype(np.float32)  # -27 LUFS at 48 kHz
     with pytest.raises(InvalidInputError, match="too quiet to hear .*in the model's band"):
         session.next_track(TrackSettings("rain", method="reference", steps=1), reference=(high, 48000))
+    # at -6 dBFS too: the resampler's clicks at its ends, where the whistle is cut off, were heard
+    for hz in (12000, 20000):
+        whistle = (0.5 * np.sin(2 * np.pi * hz * np.arange(48000) / 48000)).astype(np.float32)
+        with pytest.raises(InvalidInputError, match="too quiet to hear .*in the model's band"):
+            session.next_track(TrackSettings("rain", method="reference", steps=1), reference=(whistle, 48000))
     assert session.tracks == []
 
 
