@@ -661,9 +661,9 @@ def _rectangle(value: Any, name: str) -> tuple[float, float, float, float]:
 
 def _curve(value: Any, name: str) -> tuple[tuple[float, float], ...]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_LOUDNESS_POINTS:
-        _invalid(f"{name} must be a list of 1 to {MAX_LOUDNESS_POINTS} [seconds, dB] points, got "
-                 f"{len(value) if isinstance(value, list) else _show(value)}"
-                 f"{' points' if isinstance(value, list) else ''}. Thin the envelope's points.")
+        got = f"{len(value)} points" if isinstance(value, list) else _show(value)
+        too_many = " Thin the envelope's points." if isinstance(value, list) and value else ""
+        _invalid(f"{name} must be a list of 1 to {MAX_LOUDNESS_POINTS} [seconds, dB] points, got {got}.{too_many}")
     points = []
     for i, point in enumerate(value):
         if not isinstance(point, list) or len(point) != 2:

@@ -486,3 +486,9 @@ def test_a_negative_caption_that_has_no_weight_is_said_to_have_had_no_effect(vid
             in capsys.readouterr().err)
     assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--alpha", "4.5") == 0
     assert "--negative-caption" not in capsys.readouterr().err
+    # method dual weighs it by its own w1: naming alpha, which the user had raised, said nothing
+    assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--method", "dual", "--alpha", "3",
+                    "--w1", "1", "--w2", "3", "--w3", "0") == 0
+    said = capsys.readouterr().err
+    assert "method dual_text at w1 1 gives it no weight (it is heard with --method negative_prompt, or at --w1 " \
+           "above 1)" in said, said

@@ -238,6 +238,12 @@ def test_bad_requests_are_named_precisely(tmp_path, change, words):
     assert words in e.value.message
 
 
+def test_an_empty_loudness_curve_is_not_told_to_thin_its_points(tmp_path):
+    with pytest.raises(RequestError) as e:
+        parse_request({**make_request(tmp_path), "protocol": 2, "loudness_curve": []}, capabilities())
+    assert e.value.message.endswith("got 0 points.")
+
+
 def test_missing_required_fields(tmp_path):
     for field in ("region", "caption", "output_dir"):
         request = make_request(tmp_path)

@@ -420,13 +420,19 @@ def run(args: argparse.Namespace) -> int:
             say(f"note: the kept part of the take is not bit for bit the take's: {_why_kept_changed(meta, args)}",
                 sys.stderr)
         if meta.get("format_clipped_fraction"):
-            say(f"note: the stem (the take, resampled where it was) had samples over full scale, which "
+            say(f"note: the stem had samples over full scale (a take near it, where it was resampled or where "
+                f"the new part crosses into it), which "
                 f"{args.format} clips: {100 * meta['format_clipped_fraction']:.2g} % of its samples; ask for "
                 "--format wav32f to keep them", sys.stderr)
     first = stems[0][1]
     if first.get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
-        say(f"note: --negative-caption had no effect: method {first['method_used']} at alpha {first['alpha']:g} "
-            "gives it no weight (it is heard with --method negative_prompt, or at --alpha above 1)", sys.stderr)
+        from stepfoley.engine.guidance import GUIDANCE_METHODS
+
+        # the weight of the branch it replaces: w1 for the methods that take their own (dual), else alpha
+        method = GUIDANCE_METHODS.get(first["method_used"])
+        weight = "w1" if method is not None and "w1" in method.params else "alpha"
+        say(f"note: --negative-caption had no effect: method {first['method_used']} at {weight} {first[weight]:g} "
+            f"gives it no weight (it is heard with --method negative_prompt, or at --{weight} above 1)", sys.stderr)
     if "ranking" in result and len(stems) > 1:
         say(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
     if args.metadata is not None and written == 0:
