@@ -147,6 +147,33 @@ def test_adams_epsilon_is_mmaudios_for_the_precision(monkeypatch, precision, eps
     assert [o.param_groups[0]["eps"] for o in made] == [eps]
 
 
+def test_a_resumed_run_takes_adams_epsilon_of_its_own_precision(tmp_path):
+    """A checkpoint's optimizer state holds its epsilon: a run saved by an older StepFoley (1e-8
+    under bf16), or on a device of the other precision, went on with it."""
+    from stepfoley.lab.training.trainer import LossModule, TrainConfig, read_checkpoint, train
+
+    net = torch.nn.Linear(3, 2)
+    loss = LossModule({"net": net}, lambda parts, b, g: ((parts["net"](b.latent) - b.target) ** 2).mean())
+    config = TrainConfig(steps=4, batch_size=4, warmup_steps=0, snapshot_every=1, checkpoint_every=2,
+                         log_every=100, precision="bf16")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(loss, net, toy_batches(0, crash_after=3), config, torch.device("cpu"), tmp_path, log=lambda line: None)
+    state = read_checkpoint(tmp_path / "last.pt")
+    state["optimizer"]["param_groups"][0]["eps"] = 1e-8  # as an older StepFoley saved it
+    torch.save(state, tmp_path / "last.pt")
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["eps"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        train(loss, net, toy_batches(0), config, torch.device("cpu"), tmp_path, log=lambda line: None)
+    assert seen == [1e-6, 1e-6]
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     """12 steps straight, against 6 steps, a crash, and a new process that resumes from the
     checkpoint (with weights initialized differently) for the other 6: the same network and the

@@ -12,8 +12,8 @@ import torch
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loading import load_foley_model
-from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, entries_digest, extract_features,
-                                             features_match, read_dataset_list)
+from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, controlnet_batches, entries_digest,
+                                             extract_features, features_match, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
@@ -49,7 +49,9 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     loss = LossModule({"net": net, "controlnet": controlnet},
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
     config = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every, data=f"{model.model_id}|{entries_digest(entries)}")
+                         checkpoint_every=checkpoint_every,
+                         # the features' version too: a checkpoint trained on other targets is not resumed
+                         data=f"{model.model_id}|{entries_digest(entries)}|features {FEATURES_VERSION}")
     batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
     result = train(loss, controlnet, batches, config, device, work_dir)
     load_trained(controlnet, result.params)

@@ -231,6 +231,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                                   "mix the two. Delete it to start this training over, or choose another --work folder.")
         trainable.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the checkpoint's would stay: a run made before, or on another device
+            group["eps"] = eps
         scheduler.load_state_dict(state["scheduler"])
         ema.load_state_dict(state["ema"])
         snapshots = state["snapshots"]
