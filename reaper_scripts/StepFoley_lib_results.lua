@@ -554,7 +554,8 @@ local function picture_moved(job, region)
   if moved and math.abs(moved - shift) > 1e-6 then
     return nil, "the video item and the selected item were moved apart"
   end
-  local now_region = M.region_for(job.proj, region.project_start + shift, region.project_end + shift)
+  local under = job.picture_under and { job.picture_under[1] + shift, job.picture_under[2] + shift }
+  local now_region = M.region_for(job.proj, region.project_start + shift, region.project_end + shift, under)
   if not now_region or now_region.video ~= region.video or math.abs(now_region.file_in - region.file_in) > 1e-6
       or math.abs(now_region.file_out - region.file_out) > 1e-6 then
     return nil, "the picture under the time selection was cut, moved in part or covered by another video item"
@@ -908,7 +909,7 @@ function M.continuation_fields(item, region, a, b, caps)
     if problem then return nil, problem end
   else
     M.log(string.format("the take is at %d Hz, a rate StepFoley does not write: the new take comes at the " ..
-      "project's rate, and its kept part is resampled to it.", rate))
+      "rate of the project's new tracks, and its kept part is resampled to it.", rate))
   end
   return fields
 end
@@ -1059,7 +1060,7 @@ function M.generate(job)
     end
     local stem_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(job.proj))
     local length_problem = M.region_length_problem(region, clipped, engine.capabilities, stem_rate,
-      substituted and "the new track's" or nil)
+      substituted and (job.item and "the new take's" or "the new track's") or nil)
     if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)

@@ -1215,6 +1215,23 @@ def test_extend_into_the_next_shot_stops_at_the_cut_and_an_item_over_the_cut_nam
                               "of it shows from 6.000 s to 7.000 s."), message
 
 
+def test_extend_over_a_muted_picture_is_not_refused_as_moved_once_the_dialog_closes(world):
+    """The picture under the item is on a muted track (its sound unwanted) and the next shot plays
+    on another: the picture was chosen under the item, and chosen again, without the item, when
+    the job started; the other one then won and the job was refused as "moved"."""
+    shot_b = world["tmp"] / "shot_b.mp4"
+    shot_b.write_bytes(b"x")
+    shot_a = {"position": 2.0, "length": 8.0, "takes": [{"file": str(world["video"]), "length": 10.0}]}
+    sc = scenario(world, ts=(5.0, 8.0), video_item=shot_a, dialog=[{"ok": True, "values": []}],
+                  actions=[{"script": h.EXTEND}], extra_tracks=[continuation_layer(world)])
+    sc["tracks"][0]["mute"] = True
+    sc["tracks"].insert(1, {"name": "Shot B", "items": [
+        {"position": 6.0, "length": 6.0, "takes": [{"file": str(shot_b), "length": 6.0}]}]})
+    result = h.run_scenario(world["tmp"], sc)
+    assert result["messages"] == []
+    assert h.job_request(result)["region"]["video"] == str(world["video"])
+
+
 def test_a_repair_over_where_a_looped_picture_starts_again_says_so(world):
     # an item outlasting one pass of a looping video item: the same item, starting its loop
     # again, was called "another video item of it"
