@@ -1,9 +1,9 @@
 """The training loop shared by both phases (base network, NAG ControlNet).
 
-AdamW (lr 1e-4, betas 0.9/0.95, weight decay 1e-6, eps 1e-6 under bf16), linear warm-up then x0.1 at 80% and
-90% of the steps, bf16 autocast on CUDA, power-function EMAs snapshotted for post-hoc EMA
-(sigma_rel 0.05), checkpoints with resume, and DistributedDataParallel when launched by
-torchrun (NCCL on GPUs, gloo on CPUs).
+AdamW (lr 1e-4, betas 0.9/0.95, weight decay 1e-6, eps 1e-6 under bf16), linear warm-up then
+x0.1 at 80% and 90% of the steps, bf16 autocast on CUDA, power-function EMAs snapshotted for
+post-hoc EMA (sigma_rel 0.05), checkpoints with resume, and DistributedDataParallel when
+launched by torchrun (NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
