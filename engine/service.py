@@ -76,9 +76,13 @@ class _StemName:
 class FoleyService:
     """A runner for bridge.server: `service(request, on_progress, is_cancelled) -> result`."""
 
-    def __init__(self, model: FoleyModel, feature_cache=None):
+    def __init__(self, model: FoleyModel, feature_cache=None, remember_folders: bool = True):
+        """`remember_folders`: write each output folder into the list `serve` sweeps of a killed
+        engine's temp files (engine.output_folders); a run in temporary folders (the lab's
+        evaluation) leaves it out, since each would push out a user's project folder."""
         self.model = model
         self.feature_cache = feature_cache
+        self.remember_folders = remember_folders
 
     def describe(self) -> dict:
         return {"model": self.model.model_id, "device": str(self.model.device), "note": self.model.note}
@@ -197,7 +201,7 @@ class FoleyService:
         return stem, metadata
 
     def _write(self, request: GenerationRequest, stem: np.ndarray, name: _StemName) -> Path:
-        output_folders.remember(request.output_dir)
+        self._remember(request.output_dir)
         return audio_io.write_new_wav(request.output_dir, self._name_hint(request), stem, request.sample_rate,
                                       FORMATS[request.format], max_bytes=MAX_STEM_BYTES,
                                       stem_file=name.file, replace=name.replace)
@@ -228,7 +232,7 @@ class FoleyService:
         heard = [t.samples if take is None else take.as_heard(t) for t in takes]
         ranking = rank_takes(heard, self.model.sample_rate, request.caption, earlier, judge, why_not)
         staged, metadatas, published = [], [], []
-        output_folders.remember(request.output_dir)  # before any temp file: a killed job's are swept at start
+        self._remember(request.output_dir)  # before any temp file: a killed job's are swept at start
         try:
             for rank, index in enumerate(ranking.order):
                 stop_if_cancelled(is_cancelled, f"before stem {rank + 1} of {len(takes)} was written")
@@ -255,6 +259,10 @@ class FoleyService:
         return {"stems": [{"stem_path": os.fspath(path), "metadata": metadata}
                           for path, metadata in zip(published, metadatas)],
                 "ranking": ranking.to_json()}
+
+    def _remember(self, folder: str) -> None:
+        if self.remember_folders:
+            output_folders.remember(folder)
 
     def _judge(self):
         # loaded once per engine, on the first job that has takes to rank

@@ -3,6 +3,7 @@ end to end on one scene with the tiny-random model."""
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -68,9 +69,13 @@ def test_bootstrap_mean_is_the_mean_with_an_interval_around_it_and_skips_missing
     assert stats.bootstrap_mean([None]) == {"mean": None, "ci95": [None, None], "n": 0}
 
 
-def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys):
+def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys, monkeypatch):
     from stepfoley.cli import main
+    from stepfoley.engine import output_folders
 
+    # its temporary folders are not remembered for serve's sweep: each pushed out a project's
+    monkeypatch.setenv("STEPFOLEY_STATE_DIR", str(tmp_path / "state"))
+    output_folders.remember(tmp_path / "project")
     out = tmp_path / "controls.json"
     argv = ["eval", "--controls", "--model", "tiny-random", "--device", "cpu", "--scenes", "1", "--takes", "2",
             "--steps", "2", "--threads", "1", "--json", str(out)]
@@ -97,4 +102,5 @@ def test_stepfoley_eval_controls_on_one_scene(tmp_path, capsys):
     assert loudness["level_error_db"]["with"]["mean"] < loudness["level_error_db"]["without"]["mean"]
     assert report["config"]["takes"] == 2 and report["config"]["scene_seeds"] == [10_000_000]
     assert "seam flux ratio" in capsys.readouterr().out
+    assert output_folders.recent() == [os.path.realpath(tmp_path / "project")]
     assert main(argv + ["--choose-alpha"]) == 2

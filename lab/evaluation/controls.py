@@ -333,7 +333,7 @@ def evaluate_controls(model: FoleyModel, scenes: int, seed: int, takes: int = 1,
     presence = default_presence() if presence is None else presence
     alpha = model.defaults.alpha if alpha is None else float(alpha)
     steps = model.defaults.steps if steps is None else steps
-    service = FoleyService(model)
+    service = FoleyService(model, remember_folders=False)  # its folders are temporary
     clock = PhaseClock()
     seeds = [scene_seed(seed, i) for i in range(scenes)]
     per_scene: dict[str, list] = {"extend": [], "region": [], "loudness": []}
