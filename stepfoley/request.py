@@ -1051,7 +1051,11 @@ def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
 
 def _method_name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not _METHOD_NAME.fullmatch(value):
-        _invalid(f"method {_show(value)} is not a method name (lower-case letters, digits and _).")
+        # the likeliest slips ("NAG", "negative-prompt") named as what they would be
+        short = isinstance(value, str) and len(value) <= 64
+        guess = value.strip().lower().replace("-", "_").replace(" ", "_") if short else ""
+        hint = f": did you mean '{guess}'?" if guess and _METHOD_NAME.fullmatch(guess) else "."
+        _invalid(f"method {_show(value)} is not a method name (lower-case letters, digits and _){hint}")
     return value
 
 

@@ -159,6 +159,8 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--out", tmp_path / "no-such-folder"], "does not exist. Create it, or give a file name"),
         ([video, "0", "2", "--out", tmp_path / "nowhere" / "take.wav"], "does not exist. Create it first"),
         ([video, "0", "2", "--steps", "0"], "steps = 0 is outside"),
+        # a weights file mistyped is not a folder to create
+        ([video, "0", "2", "--weights", tmp_path / "nope.safetensors"], "The weights file "),
         ([video, "0", "2", "--feature-cache-max-gb", "0"], "gigabytes above 0"),
         ([video, "0", "2", "--region", "0,0,1"], "--region takes 4 numbers separated by commas"),
         ([video, "0", "2", "--region", "0,0,0.02,1"], "each side must be at least 0.05"),
@@ -492,3 +494,16 @@ def test_a_negative_caption_that_has_no_weight_is_said_to_have_had_no_effect(vid
     said = capsys.readouterr().err
     assert "method dual_text at w1 1 gives it no weight (it is heard with --method negative_prompt, or at --w1 " \
            "above 1)" in said, said
+
+
+def test_the_kept_part_note_offers_the_takes_rate_only_where_a_stem_can_have_it():
+    """A 12 kHz take was told "--sample-rate 12000 keeps it", a rate then refused."""
+    import argparse
+
+    from stepfoley.commands.generate import _why_kept_changed
+
+    args = argparse.Namespace(format="wav24")
+    said = _why_kept_changed({"take_sample_rate": 12000, "sample_rate": 16000}, args)
+    assert said == "it was resampled from the take's 12000 Hz to 16000 Hz (no stem is written at the take's rate)"
+    said = _why_kept_changed({"take_sample_rate": 44100, "sample_rate": 48000}, args)
+    assert said.endswith("(--sample-rate 44100 keeps it)")

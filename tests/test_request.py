@@ -142,6 +142,8 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"caption": 5}, "caption must be text (a JSON string)"),
         ({"method": "magic"}, "method 'magic' is unknown to the model 'test-model'"),
         ({"method": "Bad Name"}, "is not a method name"),
+        ({"method": "NAG"}, "method 'NAG' is not a method name (lower-case letters, digits and _): did you mean 'nag'?"),
+        ({"method": "negative-prompt"}, "did you mean 'negative_prompt'?"),
         ({"alpha": "4.5"}, "alpha must be a number"),
         ({"alpha": float("nan")}, "alpha must be a number"),
         ({"beta": -1}, "beta = -1 is outside"),

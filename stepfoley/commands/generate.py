@@ -443,10 +443,13 @@ def run(args: argparse.Namespace) -> int:
 def _why_kept_changed(meta: dict, args: argparse.Namespace) -> str:
     """Why a stem's kept part is not the take's own samples (its metadata's kept_untouched is
     false), and what keeps them: one cause, not a list of maybes."""
+    from stepfoley.request import SAMPLE_RATES
+
     take_rate = meta.get("take_sample_rate")
     if take_rate is not None and take_rate != meta["sample_rate"]:
-        return (f"it was resampled from the take's {take_rate} Hz to {meta['sample_rate']} Hz "
-                f"(--sample-rate {take_rate} keeps it)")
+        keeps = (f"--sample-rate {take_rate} keeps it" if take_rate in SAMPLE_RATES
+                 else "no stem is written at the take's rate")  # --sample-rate 12000 is refused
+        return f"it was resampled from the take's {take_rate} Hz to {meta['sample_rate']} Hz ({keeps})"
     if args.format != "wav32f":
         return f"its samples do not fit {args.format} (--format wav32f keeps a float take's)"
     return "the take holds 32-bit integer or 64-bit float samples, which no format StepFoley writes holds exactly"
