@@ -7,6 +7,7 @@
 --   A project at a rate the engine does not write (64 kHz) gets its stems at the next rate it does; it was refused after the dialog and the bounce.
 --   Regenerating a take that negated a selection opens on the layers; "selection" negated nothing there.
 --   "Part of the picture" says there is no picture before asking which part of it.
+--   Cancel running generation stops variations made as several jobs also between two of them; it found nothing running there, and the rest were made.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

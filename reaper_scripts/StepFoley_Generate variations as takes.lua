@@ -23,7 +23,9 @@ local function main()
   dialog.values = SF.initial_values(dialog)
   dialog.values.count = dialog.values.count or "4"
   SF.generate({ proj = proj, t0 = t0, t1 = t1, title = "StepFoley: generate variations", dialog = dialog,
-    undo = function(params, n) return string.format("StepFoley: add %d variations of \"%s\"", n, params.caption) end })
+    undo = function(params, n)
+      return string.format("StepFoley: add %d variation%s of \"%s\"", n, n == 1 and "" or "s", params.caption)
+    end })
 end
 
 main()

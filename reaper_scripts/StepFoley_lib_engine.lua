@@ -307,6 +307,19 @@ local function set_running(path, on)
   M.set_json_state(RUNNING_KEY, out, false)
 end
 
+-- The cancel files of the runs (M.run_jobs) still going, a run of several jobs included while
+-- one has ended and the next not begun, when no status file of it is running: a cancel then
+-- found nothing to stop, and the run went on with the rest.
+local BATCHES_KEY = "running_batches" -- non-persistent ExtState: JSON list
+local function set_batch(path, on)
+  local list, out = M.get_json_state(BATCHES_KEY), M.array({})
+  for _, p in ipairs(type(list) == "table" and list or {}) do
+    if type(p) == "string" and p ~= path then out[#out + 1] = p end
+  end
+  if on then out[#out + 1] = path end
+  M.set_json_state(BATCHES_KEY, out, false)
+end
+
 function M.request_cancel(status_path)
   local f = io.open(status_path .. ".cancel", "wb")
   if not f then return false end
@@ -315,13 +328,18 @@ function M.request_cancel(status_path)
   return true
 end
 
--- Asks every running generation to stop. Returns how many were asked.
+-- Asks every running generation to stop: each run's job that runs, and the run itself, which
+-- then starts no more. Returns how many runs were asked (or, of none listed, running jobs).
 function M.request_cancel_all()
-  local n = 0
+  local jobs, runs = 0, 0
   for _, status_path in ipairs(M.running_status_files()) do
-    if M.request_cancel(status_path) then n = n + 1 end
+    if M.request_cancel(status_path) then jobs = jobs + 1 end
   end
-  return n
+  local batches = M.get_json_state(BATCHES_KEY)
+  for _, path in ipairs(type(batches) == "table" and batches or {}) do
+    if type(path) == "string" and M.request_cancel(path) then runs = runs + 1 end
+  end
+  return math.max(runs, jobs)
 end
 
 -- What the engine is doing, in words. Newer engines send `phase` ("features", "sampling",
@@ -683,9 +701,14 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local index = 0
   local job -- the one running now
   local cancelled = false -- the batch: a cancel the running job finished before it could take
+  local batch = M.join(jobs[1].folders.job_dir, "run") -- its cancel file stops the run (set_batch)
+  os.remove(batch .. ".cancel")
+  set_batch(batch, true)
+  local function batch_cancelled() return reaper.file_exists(batch .. ".cancel") end
 
   local function finish()
     progress:close()
+    set_batch(batch, false)
     for i = #results + 1, #jobs do results[i] = { state = "not_started" } end
     -- a job's files (the request, its status, the bounce of the layers: up to hundreds of MB)
     -- are kept for support only where something failed, or a client may still be writing
@@ -783,6 +806,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
   local function poll()
     local now = reaper.time_precise()
     if job == nil then
+      cancelled = cancelled or batch_cancelled()
       if cancelled or #results >= #jobs or (results[#results] and results[#results].state ~= "done") then
         finish()
         return
@@ -804,7 +828,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
         job.last_status = status
         if is_final(status) then
           -- Esc here, or "Cancel running generation" (its cancel file), also stops the jobs after this one
-          cancelled = job.cancel_asked ~= nil or reaper.file_exists(job.status_path .. ".cancel")
+          cancelled = job.cancel_asked ~= nil or reaper.file_exists(job.status_path .. ".cancel") or batch_cancelled()
           end_job(final_result(status, settings))
         end
       elseif reaper.file_exists(job.status_path) or job.last_text ~= nil then
@@ -830,6 +854,7 @@ function M.run_jobs(settings, prefix, jobs, title, on_finished)
       set_running(job.status_path, false)
       job = nil
     end
+    set_batch(batch, false)
     progress:close()
   end)
   reaper.defer(poll)

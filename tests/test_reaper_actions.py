@@ -947,6 +947,21 @@ def test_a_cancel_the_running_job_finished_before_it_stops_the_batch(world):
     assert len(track["items"]) == 5 and len(result["undo"]) == 1
 
 
+def test_a_cancel_between_two_jobs_of_a_batch_stops_it(world):
+    """An engine of protocol 1 makes each variation a job. Between one job's end and the next's
+    start nothing was listed as running, so "Cancel running generation" said so and the batch
+    made all the rest."""
+    sc = scenario(world, dialog=answers(seed="20", count=3),
+                  actions=[{"script": h.VARIATIONS}, {"script": h.CANCEL, "when_between_jobs": True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_PROTOCOL": "1"})
+    assert [r["seed"] for r in h.job_requests(result)] == [20]
+    [message] = result["messages"]
+    assert message["message"] == "1 of 3 variations finished; Generation cancelled."
+    [track] = new_tracks(result)
+    assert len(track["items"]) == 1
+    assert result["undo"] == [f'StepFoley: add 1 variation of "{h.CAPTION}"']
+
+
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):
     """A StepFoley track whose one item plays `wav` (default: the wind) with `meta` in its take."""
     take = {"file": str(wav or world["foley"]), "ext": {"stepfoley_metadata": json.dumps(meta)}, "name": name}

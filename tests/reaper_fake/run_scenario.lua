@@ -165,6 +165,26 @@ local function any_running()
   return false
 end
 
+-- A job of a batch has ended (its status file final) and the next has not started (no job listed
+-- with a status file that is not final): the moment between two jobs of a variations run.
+local ended_seen = {}
+local function between_jobs()
+  local list = json.decode(reaper.GetExtState("StepFoley", "running_status_files") or "") or {}
+  for _, path in ipairs(list) do ended_seen[path] = true end
+  local ended, running = false, false
+  for path in pairs(ended_seen) do
+    local f = io.open(path, "rb")
+    if f then
+      local status = json.decode(f:read("a")) or {}
+      f:close()
+      local final = status.exit_code ~= nil or status.state == "done" or status.state == "error"
+        or status.state == "cancelled"
+      if final then ended = true else running = true end
+    end
+  end
+  return ended and not running
+end
+
 local function perform(a)
   if a.script then run_action(scenario.scripts_dir .. "/" .. a.script)
   elseif a.terminate then fake.terminate(a.terminate)
@@ -203,6 +223,7 @@ while true do
   for _, a in ipairs(pending) do
     local ready
     if a.when_running then ready = any_running()
+    elseif a.when_between_jobs then ready = between_jobs() and #fake.deferred > 0
     elseif a.after_idle then ready = not ran and #fake.deferred == 0 and #still == 0
     else ready = elapsed >= (a.at_s or 0) end
     if ready then perform(a); ran = true else still[#still + 1] = a end
