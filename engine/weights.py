@@ -574,9 +574,6 @@ def weights_folder(root: str | Path) -> Path:
         raise CheckpointError(f"The weights folder {root} cannot be opened ({e}).") from None
     if is_file:
         raise CheckpointError(f"{path} is a file: give the folder that holds weights/ and ext_weights/.")
-    if not is_dir and path.suffix.lower() == ".safetensors":  # a weights file mistyped: no folder to create
-        raise CheckpointError(f"The weights file {path} does not exist. Give the file that `stepfoley train "
-                              "embedded` wrote, or the folder that holds MMAudio's weights/ and ext_weights/.")
     if not is_dir:
         raise CheckpointError(f"The weights folder {path} does not exist. Create it and put the files of "
                               "docs/weights.md in it.")

@@ -1049,12 +1049,17 @@ def _text(value: Any, name: str, max_chars: int, blank_ok: bool = True) -> str:
     return value
 
 
+# The methods the protocol documents (engine.guidance's public ones; a test holds them equal),
+# what a name written another way is told it would be where no model's capabilities are at hand.
+DOCUMENTED_METHODS = ("independent", "negative_prompt", "nag", "text_boost", "dual", "reference")
+
+
 def _method_name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not _METHOD_NAME.fullmatch(value):
         # the likeliest slips ("NAG", "negative-prompt") named as what they would be
         short = isinstance(value, str) and len(value) <= 64
         guess = value.strip().lower().replace("-", "_").replace(" ", "_") if short else ""
-        hint = f": did you mean '{guess}'?" if guess and _METHOD_NAME.fullmatch(guess) else "."
+        hint = f": did you mean '{guess}'?" if guess in DOCUMENTED_METHODS else "."
         _invalid(f"method {_show(value)} is not a method name (lower-case letters, digits and _){hint}")
     return value
 

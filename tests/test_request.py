@@ -144,6 +144,7 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"method": "Bad Name"}, "is not a method name"),
         ({"method": "NAG"}, "method 'NAG' is not a method name (lower-case letters, digits and _): did you mean 'nag'?"),
         ({"method": "negative-prompt"}, "did you mean 'negative_prompt'?"),
+        ({"method": "CFG"}, "method 'CFG' is not a method name (lower-case letters, digits and _)."),  # no such method
         ({"alpha": "4.5"}, "alpha must be a number"),
         ({"alpha": float("nan")}, "alpha must be a number"),
         ({"beta": -1}, "beta = -1 is outside"),
@@ -612,3 +613,10 @@ def test_an_invisible_negative_or_previous_caption_counts_as_none(tmp_path):
     request = parse_request({**make_request(tmp_path), "negative_caption": "\u200b ",
                              "previous_captions": ["rain", "\ufeff", "wind\u200b"]})
     assert request.negative_caption == "" and request.previous_captions == ("rain", "", "wind\u200b")
+
+
+def test_the_documented_methods_are_the_registrys_public_ones():
+    from stepfoley.engine.guidance import public_methods
+    from stepfoley.request import DOCUMENTED_METHODS
+
+    assert DOCUMENTED_METHODS == tuple(m.name for m in public_methods())

@@ -5,7 +5,9 @@ where and how the networks run; and the check of a JSON file a command will writ
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 # engine.devices.PRECISIONS and THREADS_PER_CORE, engine.features.cache.DEFAULT_MAX_DISK_GB and
 # MAX_DISK_GB, repeated so that `--help` needs no torch import.
@@ -37,6 +39,11 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
         from stepfoley.engine.embedded.model import check_weights_file
 
         weights_file = is_weights_file(args.weights)
+        missing = Path(str(args.weights)).expanduser()
+        if missing.suffix.lower() == ".safetensors" and not os.path.lexists(missing):  # no folder to create
+            raise InvalidInputError(f"The weights file {missing} does not exist. Give the file that `stepfoley "
+                                    "train embedded` wrote, or the folder that holds MMAudio's weights/ and "
+                                    "ext_weights/.")
         try:
             if weights_file:
                 check_weights_file(args.weights)
