@@ -125,7 +125,7 @@ def main(argv=None) -> int:
 
     cpu = share_cpu(args.threads)
     model = load_runtime_model(args.weights, args.model, args.device, args.precision)
-    service = FoleyService(model, feature_cache=FeatureCache())
+    service = FoleyService(model, feature_cache=FeatureCache(), remember_folders=False)  # its folders are temporary
     precision = resolve_precision(model.device, model.precision)
     failed = []
     with tempfile.TemporaryDirectory(prefix="stepfoley-bench-variations-") as tmp:
