@@ -2,8 +2,9 @@
 -- @description StepFoley: Cancel running generation
 --[[
 Cancel running generation: asks every StepFoley generation started from this REAPER to stop
-(creates STATUS.json.cancel next to each job's status file; the client cancels the job in
-the engine, and the generating action ends without adding anything).
+(creates STATUS.json.cancel next to each running job's status file, which the client reads
+and cancels the job in the engine, and a cancel file of each run, which starts no more jobs;
+the generating action then adds only what had finished).
 ]]
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
