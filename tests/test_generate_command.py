@@ -480,7 +480,7 @@ def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, 
     assert np.array_equal(repaired[:8000], kept[:8000]) and np.array_equal(repaired[16000:], kept[16000:])
 
 
-def test_a_negative_caption_that_has_no_weight_is_said_to_have_had_no_effect(video, tmp_path, capsys):
+def test_a_negative_caption_or_beta_that_has_no_weight_is_said_to_have_had_no_effect(video, tmp_path, capsys):
     # at alpha 1 (the embedded model's) the unconditional branch, which carries it, weighs 0:
     # the take is the same as without it, and only the metadata used to say so
     assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--alpha", "1") == 0
@@ -488,6 +488,11 @@ def test_a_negative_caption_that_has_no_weight_is_said_to_have_had_no_effect(vid
             in capsys.readouterr().err)
     assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--alpha", "4.5") == 0
     assert "--negative-caption" not in capsys.readouterr().err
+    # --beta with a method that has none was taken without a word, and recorded as if it had counted
+    assert generate(video, "--out", tmp_path, "--method", "independent", "--beta", "3") == 0
+    assert "note: --beta has no effect with method independent" in capsys.readouterr().err
+    assert generate(video, "--out", tmp_path, "--method", "nag", "--beta", "3") == 0
+    assert "--beta has no effect" not in capsys.readouterr().err
     # method dual weighs it by its own w1: naming alpha, which the user had raised, said nothing
     assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--method", "dual", "--alpha", "3",
                     "--w1", "1", "--w2", "3", "--w3", "0") == 0

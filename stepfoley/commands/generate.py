@@ -379,6 +379,11 @@ def run(args: argparse.Namespace) -> int:
         rate = args.sample_rate if args.sample_rate is not None else checked.sample_rate or service.model.sample_rate
         request = parse_request(request_from_arguments(args, checked.output, rate),
                                 service.capabilities(), check_paths=True)
+        chosen = next((m for m in service.capabilities().methods if m.name == request.method), None)
+        if args.beta is not None and chosen is not None and "beta" not in chosen.params:
+            # taken, as a DAW's request with every weight is, but never as if it had counted
+            print(f"note: --beta has no effect with method {chosen.name}, which has no β (methods "
+                  "nag, text_boost and reference have)", file=sys.stderr)
         bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
 
         def progress(phase, step, total):
