@@ -133,6 +133,9 @@ def bad_arguments(video, tmp_path):
     sf.write(tmp_path / "one.wav", np.array([0.5]), 48000)
     sf.write(tmp_path / "whisper.wav", 1e-5 * np.random.default_rng(0).standard_normal(16000), 16000)  # -100 dBFS
     sf.write(tmp_path / "offset.wav", np.full(16000, 0.01), 16000)  # an offset alone: no sound
+    late_nan = np.full(48000, 0.1, np.float32)
+    late_nan[20000] = np.nan  # after the first 0.1 s, which was all that was read before the model loaded
+    sf.write(tmp_path / "late-nan.wav", late_nan, 16000, subtype="FLOAT")
     if not (tmp_path / "pipe.json").exists():
         os.link(tmp_path / "tone.wav", tmp_path / "tone-link.json")
         os.mkfifo(tmp_path / "pipe.json")
@@ -159,6 +162,7 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--out", tmp_path / "no-such-folder"], "does not exist. Create it, or give a file name"),
         ([video, "0", "2", "--out", tmp_path / "nowhere" / "take.wav"], "does not exist. Create it first"),
         ([video, "0", "2", "--steps", "0"], "steps = 0 is outside"),
+        ([video, "0", "2", "--take", tmp_path / "late-nan.wav", "--regenerate", "1,2"], "contains NaN or infinite"),
         # a weights file mistyped is not a folder to create
         ([video, "0", "2", "--weights", tmp_path / "nope.safetensors"], "The weights file "),
         ([video, "0", "2", "--feature-cache-max-gb", "0"], "gigabytes above 0"),

@@ -241,7 +241,8 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, is_blank, parse_request
+    from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_VARIATIONS, SAMPLE_RATES, is_blank,
+                                   parse_request)
 
     _check_file_names(args)
     if args.method == "negative_prompt" and is_blank(args.negative_caption):
@@ -296,6 +297,11 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # model's when not given: any supported rate stands in until the model is loaded.
     rate = args.sample_rate if args.sample_rate is not None else sample_rate or 48000
     region = parse_request(request_from_arguments(args, output, rate), check_paths=True).region
+    if args.take:  # all of the stem's stretch, as the job reads it (bounded by the check just made): a
+        # NaN after the first 0.1 s failed only once the model had loaded
+        audio_io.read_audio_and_subtype(args.take, max_seconds=region.project_duration + 1e-3,
+                                        max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE,
+                                        start_seconds=args.take_offset)
     check_video_region(args.video, args.start, args.end)
 
     if args.reference:  # as an OSC request's input audio is read: looped or trimmed to the picture's region
