@@ -156,7 +156,23 @@ def conditioning_mix(tracks: Sequence[np.ndarray], sample_rate: int, length: int
 
 
 MIN_REFERENCE_S = 0.1  # looped to the region, anything shorter is a buzz at its own repeat rate
-RESAMPLED_ENDS_S = 0.005  # longer than the resampler's filter reaches at the model's rate
+# Audio at another rate fades in and out over this much before it is resampled: the resampler
+# pads with zeros, so a sound cut off at an end became a click in every band there, and a 12 kHz
+# whistle, nothing of it in the model's band, was heard on those clicks (as a layer, it was
+# negated, x̃ two clicks at 0.89 of full scale; as a reference, looped as a click train). Longer
+# than the resampler's filter reaches (1.5 ms at the model's rate).
+RESAMPLED_FADE_S = 0.005
+
+
+def _faded_ends(samples: np.ndarray, length: int) -> np.ndarray:
+    """(C, S) audio faded in over its first `length` samples and out over its last (raised cosine)."""
+    if length <= 0:
+        return samples
+    fade = (0.5 - 0.5 * np.cos(np.pi * np.arange(length) / length)).astype(np.float32)
+    out = samples.copy()
+    out[:, :length] *= fade
+    out[:, -length:] *= fade[::-1]
+    return out
 
 
 def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
@@ -164,13 +180,12 @@ def looped_to(samples: np.ndarray, length: int) -> np.ndarray:
     return np.tile(samples, math.ceil(length / samples.shape[-1]))[:length]
 
 
-def check_reference(samples: np.ndarray, sample_rate: int, seconds: float, ends_s: float = 0.0) -> None:
+def check_reference(samples: np.ndarray, sample_rate: int, seconds: float) -> None:
     """Refuse, in words, a reference recording (any channel layout) that cannot be heard as one
     over a region of `seconds`: shorter than MIN_REFERENCE_S, or, looped, under the loudness
     gate (-70 LUFS), which loudness normalization leaves as it is, so the track would be pulled
     toward near-silence (measured over one pass of the loop and a 400 ms block more, what the
-    whole region's loop measures), `ends_s` at each end left out of that measure. Said before the
-    model loads by `stepfoley generate`."""
+    whole region's loop measures). Said before the model loads by `stepfoley generate`."""
     audio = mixing.as_channels_first(np.asarray(samples, np.float32))
     held = audio.shape[-1] / sample_rate
     if held == 0:
@@ -180,8 +195,6 @@ def check_reference(samples: np.ndarray, sample_rate: int, seconds: float, ends_
                                 f"give at least {MIN_REFERENCE_S * 1000:.0f} ms of the sound you want.")
     measured = min(seconds, held + 0.4)
     mono = audio.mean(axis=0)
-    edge = min(round(ends_s * sample_rate), (len(mono) - 1) // 4)
-    mono = mono[edge:len(mono) - edge]
     if not mixing.is_heard(looped_to(mono, max(1, round(measured * sample_rate)))[None], sample_rate):
         raise InvalidInputError("The reference sound is silent or too quiet to hear (under -70 LUFS over the region, "
                                 "in the model's band, its channels mixed: opposite channels cancel); choose a "
@@ -361,6 +374,8 @@ class StepSession:
         # pads the ends with zeros, so an offset came back as a step at each end, a click that x̃
         # held at 0.89 of full scale (a 48 kHz bounce of a 0.1 offset over hiss)
         samples = (samples - samples.mean(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+        if sample_rate != self.model.sample_rate:  # and no sound cut off at an end a click (RESAMPLED_FADE_S)
+            samples = _faded_ends(samples, min(round(RESAMPLED_FADE_S * sample_rate), samples.shape[-1] // 2))
         return mixing.match_channels(mixing.resample(samples, sample_rate, self.model.sample_rate), 1)
 
     def conditioning_mix(self) -> np.ndarray | None:
@@ -375,10 +390,7 @@ class StepSession:
             # their sum heard as it is, before the mix is brought to CONDITION_LUFS (which raised
             # an offset's onset, and whatever hiss rode on it, into a sound)
             summed = sum(mixing.fit_length(t.samples[None], self.length) for t in self.tracks)
-            # without the ends, as a reference is heard: a bounce with nothing in the model's band
-            # (a 12 kHz whistle at 48 kHz) was heard on the resampler's clicks there, and negated
-            edge = self._samples(RESAMPLED_ENDS_S)
-            heard = mixing.is_heard(summed[:, edge:max(edge, self.length - edge)], self.model.sample_rate)
+            heard = mixing.is_heard(summed, self.model.sample_rate)
             mix = conditioning_mix([t.samples for t in self.tracks], self.model.sample_rate, self.length) if heard \
                 else None
             self._mix = (tuple(self.tracks), mix)
@@ -399,10 +411,7 @@ class StepSession:
         seconds = self.length / self.model.sample_rate
         check_reference(samples, sample_rate, seconds)
         mono = self._mono_at_model_rate(samples, sample_rate, "")
-        # as the model hears it (a 20 kHz tone is not), without the ends: the resampler's zero
-        # padding makes a sound cut off there a click in every band, and a 12 kHz whistle, nothing
-        # of it in the model's band, passed on those clicks and was looped as a click train
-        check_reference(mono, self.model.sample_rate, seconds, ends_s=RESAMPLED_ENDS_S)
+        check_reference(mono, self.model.sample_rate, seconds)  # as the model hears it: a 20 kHz tone is not
         return conditioning_mix([looped_to(mono[0], self.length)], self.model.sample_rate, self.length)
 
     def next_track(self, settings: TrackSettings, on_progress: ProgressFn | None = None,
