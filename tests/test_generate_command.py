@@ -136,6 +136,7 @@ def bad_arguments(video, tmp_path):
     late_nan = np.full(48000, 0.1, np.float32)
     late_nan[20000] = np.nan  # after the first 0.1 s, which was all that was read before the model loaded
     sf.write(tmp_path / "late-nan.wav", late_nan, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "short.ogg", 0.1 * np.sin(np.arange(8000) * 0.1), 16000, format="OGG", subtype="VORBIS")
     if not (tmp_path / "pipe.json").exists():
         os.link(tmp_path / "tone.wav", tmp_path / "tone-link.json")
         os.mkfifo(tmp_path / "pipe.json")
@@ -163,6 +164,8 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--out", tmp_path / "nowhere" / "take.wav"], "does not exist. Create it first"),
         ([video, "0", "2", "--steps", "0"], "steps = 0 is outside"),
         ([video, "0", "2", "--take", tmp_path / "late-nan.wav", "--regenerate", "1,2"], "contains NaN or infinite"),
+        # an Ogg's header states no length: read, it is 0.5 s, and the stem keeps it up to 1 s
+        ([video, "0", "2", "--take", tmp_path / "short.ogg", "--regenerate", "1,2"], "but the stem keeps it up to"),
         # a weights file mistyped is not a folder to create
         ([video, "0", "2", "--weights", tmp_path / "nope.safetensors"], "The weights file "),
         ([video, "0", "2", "--feature-cache-max-gb", "0"], "gigabytes above 0"),
@@ -497,6 +500,11 @@ def test_a_negative_caption_or_beta_that_has_no_weight_is_said_to_have_had_no_ef
     assert "note: --beta has no effect with method independent" in capsys.readouterr().err
     assert generate(video, "--out", tmp_path, "--method", "nag", "--beta", "3") == 0
     assert "--beta has no effect" not in capsys.readouterr().err
+    # dual's w2 and w3 take it when not given (w2 = α + β, w3 = β), and not when both are
+    assert generate(video, "--out", tmp_path, "--method", "dual", "--beta", "3") == 0
+    assert "--beta has no effect" not in capsys.readouterr().err
+    assert generate(video, "--out", tmp_path, "--method", "dual", "--beta", "3", "--w2", "2", "--w3", "1") == 0
+    assert "note: --beta has no effect with method dual" in capsys.readouterr().err
     # method dual weighs it by its own w1: naming alpha, which the user had raised, said nothing
     assert generate(video, "--out", tmp_path, "--negative-caption", "music", "--method", "dual", "--alpha", "3",
                     "--w1", "1", "--w2", "3", "--w3", "0") == 0

@@ -242,7 +242,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
     from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_VARIATIONS, SAMPLE_RATES, is_blank,
-                                   parse_request)
+                                   parse_request, take_length_problem)
 
     _check_file_names(args)
     if args.method == "negative_prompt" and is_blank(args.negative_caption):
@@ -296,12 +296,18 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
     rate = args.sample_rate if args.sample_rate is not None else sample_rate or 48000
-    region = parse_request(request_from_arguments(args, output, rate), check_paths=True).region
+    request = parse_request(request_from_arguments(args, output, rate), check_paths=True)
+    region = request.region
     if args.take:  # all of the stem's stretch, as the job reads it (bounded by the check just made): a
-        # NaN after the first 0.1 s failed only once the model had loaded
-        audio_io.read_audio_and_subtype(args.take, max_seconds=region.project_duration + 1e-3,
-                                        max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE,
-                                        start_seconds=args.take_offset)
+        # NaN after the first 0.1 s, or an MP3 or Ogg take shorter than it keeps (their headers state
+        # no length), failed only once the model had loaded
+        samples, take_rate, _ = audio_io.read_audio_and_subtype(
+            args.take, max_seconds=region.project_duration + 1e-3, max_bytes=MAX_INPUT_AUDIO_BYTES,
+            max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=args.take_offset)
+        problem = take_length_problem(request, samples.shape[-1], take_rate)
+        if problem:
+            raise InvalidInputError(problem)
+        del samples
     check_video_region(args.video, args.start, args.end)
 
     if args.reference:  # as an OSC request's input audio is read: looped or trimmed to the picture's region
@@ -385,11 +391,16 @@ def run(args: argparse.Namespace) -> int:
         rate = args.sample_rate if args.sample_rate is not None else checked.sample_rate or service.model.sample_rate
         request = parse_request(request_from_arguments(args, checked.output, rate),
                                 service.capabilities(), check_paths=True)
-        chosen = next((m for m in service.capabilities().methods if m.name == request.method), None)
-        if args.beta is not None and chosen is not None and "beta" not in chosen.params:
+        capabilities = service.capabilities()
+        named = request.method or capabilities.defaults.method
+        chosen = next((m for m in capabilities.methods if m.name == named), None)
+        # β counts where the method weighs it, or fills in a w2 or w3 it reads that was not given (dual)
+        counts = chosen is None or "beta" in chosen.params or any(
+            w in chosen.params and getattr(args, w) is None for w in ("w2", "w3"))
+        if args.beta is not None and not counts:
             # taken, as a DAW's request with every weight is, but never as if it had counted
             print(f"note: --beta has no effect with method {chosen.name}, which has no β (methods "
-                  "nag, text_boost and reference have)", file=sys.stderr)
+                  "nag, text_boost and reference have; dual's w2 and w3 take it when not given)", file=sys.stderr)
         bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
 
         def progress(phase, step, total):

@@ -5,7 +5,6 @@ where and how the networks run; and the check of a JSON file a command will writ
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
 
         weights_file = is_weights_file(args.weights)
         missing = Path(str(args.weights)).expanduser()
-        if missing.suffix.lower() == ".safetensors" and not os.path.lexists(missing):  # no folder to create
+        if missing.suffix.lower() == ".safetensors" and not missing.exists():  # no folder to create (a broken link too)
             raise InvalidInputError(f"The weights file {missing} does not exist. Give the file that `stepfoley "
                                     "train embedded` wrote, or the folder that holds MMAudio's weights/ and "
                                     "ext_weights/.")
