@@ -713,8 +713,9 @@ local function say_if_layers_were_silent(takes, negatives)
   if not (negatives and negatives.mix) then return end
   for _, t in ipairs(takes) do
     if type(t.meta.engine) == "table" and t.meta.engine.earlier_layers_silent == true then
-      return M.log("the layers to negate were silent in their bounce over the region (master volume automation " ..
-        "down there, or an FX silencing them?), so the new audio was made without negating them.")
+      return M.log("the layers to negate were silent in their bounce over the region as the model hears them " ..
+        "(master volume automation down there, an FX silencing them, or only sound above the model's band?), so " ..
+        "the new audio was made without negating them.")
     end
   end
 end
