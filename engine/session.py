@@ -165,10 +165,11 @@ RESAMPLED_FADE_S = 0.005
 
 
 def _faded_ends(samples: np.ndarray, length: int) -> np.ndarray:
-    """(C, S) audio faded in over its first `length` samples and out over its last (raised cosine)."""
+    """(C, S) audio faded in over its first `length` samples and out over its last (a seam's
+    fade: raised cosine)."""
     if length <= 0:
         return samples
-    fade = (0.5 - 0.5 * np.cos(np.pi * np.arange(length) / length)).astype(np.float32)
+    fade = _seam_fade(length)
     out = samples.copy()
     out[:, :length] *= fade
     out[:, -length:] *= fade[::-1]
