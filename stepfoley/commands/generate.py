@@ -389,9 +389,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {service.model.note}", file=sys.stderr)
         # Parsed again for what only the model knows: its rate and the methods it offers.
         rate = args.sample_rate if args.sample_rate is not None else checked.sample_rate or service.model.sample_rate
-        request = parse_request(request_from_arguments(args, checked.output, rate),
-                                service.capabilities(), check_paths=True)
         capabilities = service.capabilities()
+        request = parse_request(request_from_arguments(args, checked.output, rate), capabilities, check_paths=True)
         named = request.method or capabilities.defaults.method
         chosen = next((m for m in capabilities.methods if m.name == named), None)
         # β counts where the method weighs it, or fills in a w2 or w3 it reads that was not given (dual)
