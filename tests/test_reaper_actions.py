@@ -934,32 +934,24 @@ def test_more_variations_than_one_job_holds_go_in_batches(world, count, jobs):
     assert len(result["undo"]) == 1
 
 
-def test_a_cancel_the_running_job_finished_before_it_stops_the_batch(world):
+@pytest.mark.parametrize("count, when, env, finished", [
+    (10, "when_running", {"STEPFOLEY_STANDIN": "late"}, 5),
+    (3, "when_between_jobs", {"STEPFOLEY_STANDIN_PROTOCOL": "1"}, 1)], ids=["too late for the job", "between jobs"])
+def test_a_cancel_at_the_end_of_a_batchs_job_stops_the_batch(world, count, when, env, finished):
     """Cancel while the first of two jobs runs, too late for that one (it ends done): the second
-    never starts, and the message counts variations, not jobs."""
-    sc = scenario(world, dialog=answers(seed="20", count=10),
-                  actions=[{"script": h.VARIATIONS}, {"script": h.CANCEL, "when_running": True}])
-    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN": "late"})
+    never starts, and the message counts variations, not jobs. An engine of protocol 1 makes each
+    variation a job: between one job's end and the next's start nothing was listed as running, so
+    "Cancel running generation" said so and the batch made all the rest."""
+    sc = scenario(world, dialog=answers(seed="20", count=count),
+                  actions=[{"script": h.VARIATIONS}, {"script": h.CANCEL, when: True}])
+    result = h.run_scenario(world["tmp"], sc, env_extra=env)
     assert [r["seed"] for r in h.job_requests(result)] == [20]
     [message] = result["messages"]
-    assert message["message"] == "5 of 10 variations finished; Generation cancelled."
+    assert message["message"] == f"{finished} of {count} variations finished; Generation cancelled."
     [track] = new_tracks(result)
-    assert len(track["items"]) == 5 and len(result["undo"]) == 1
-
-
-def test_a_cancel_between_two_jobs_of_a_batch_stops_it(world):
-    """An engine of protocol 1 makes each variation a job. Between one job's end and the next's
-    start nothing was listed as running, so "Cancel running generation" said so and the batch
-    made all the rest."""
-    sc = scenario(world, dialog=answers(seed="20", count=3),
-                  actions=[{"script": h.VARIATIONS}, {"script": h.CANCEL, "when_between_jobs": True}])
-    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_PROTOCOL": "1"})
-    assert [r["seed"] for r in h.job_requests(result)] == [20]
-    [message] = result["messages"]
-    assert message["message"] == "1 of 3 variations finished; Generation cancelled."
-    [track] = new_tracks(result)
-    assert len(track["items"]) == 1
-    assert result["undo"] == [f'StepFoley: add 1 variation of "{h.CAPTION}"']
+    assert len(track["items"]) == finished
+    variations = "variation" if finished == 1 else "variations"
+    assert result["undo"] == [f'StepFoley: add {finished} {variations} of "{h.CAPTION}"']
 
 
 def stepfoley_layer(world, name, meta, position=3.0, length=2.5, wav=None, **item):

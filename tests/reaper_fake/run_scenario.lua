@@ -152,15 +152,23 @@ local function run_action(script)
   fake.finish_idle_scripts()
 end
 
+local function listed_status_files()
+  return json.decode(reaper.GetExtState("StepFoley", "running_status_files") or "") or {}
+end
+
+-- A status file's content, {} when unreadable as JSON; nil when it is not there (yet).
+local function status_of(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local status = json.decode(f:read("a")) or {}
+  f:close()
+  return status
+end
+
 local function any_running()
-  local list = json.decode(reaper.GetExtState("StepFoley", "running_status_files") or "") or {}
-  for _, path in ipairs(list) do
-    local f = io.open(path, "rb")
-    if f then
-      local status = json.decode(f:read("a")) or {}
-      f:close()
-      if status.state == "running" and (status.step or 0) >= 1 then return true end
-    end
+  for _, path in ipairs(listed_status_files()) do
+    local status = status_of(path)
+    if status and status.state == "running" and (status.step or 0) >= 1 then return true end
   end
   return false
 end
@@ -169,14 +177,11 @@ end
 -- with a status file that is not final): the moment between two jobs of a variations run.
 local ended_seen = {}
 local function between_jobs()
-  local list = json.decode(reaper.GetExtState("StepFoley", "running_status_files") or "") or {}
-  for _, path in ipairs(list) do ended_seen[path] = true end
+  for _, path in ipairs(listed_status_files()) do ended_seen[path] = true end
   local ended, running = false, false
   for path in pairs(ended_seen) do
-    local f = io.open(path, "rb")
-    if f then
-      local status = json.decode(f:read("a")) or {}
-      f:close()
+    local status = status_of(path)
+    if status then
       local final = status.exit_code ~= nil or status.state == "done" or status.state == "error"
         or status.state == "cancelled"
       if final then ended = true else running = true end
