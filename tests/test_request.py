@@ -145,6 +145,10 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"method": "NAG"}, "method 'NAG' is not a method name (lower-case letters, digits and _): did you mean 'nag'?"),
         ({"method": "negative-prompt"}, "did you mean 'negative_prompt'?"),
         ({"method": "CFG"}, "method 'CFG' is not a method name (lower-case letters, digits and _)."),  # no such method
+        # the hint's guess never raises and is never made of a huge or odd value
+        ({"method": "NAG\ud800"}, "method 'NAG\\ud800' is not a method name (lower-case letters, digits and _)."),
+        ({"method": "N" * 10**6}, "is not a method name (lower-case letters, digits and _)."),
+        ({"method": -1}, "method -1 is not a method name (lower-case letters, digits and _)."),
         ({"alpha": "4.5"}, "alpha must be a number"),
         ({"alpha": float("nan")}, "alpha must be a number"),
         ({"beta": -1}, "beta = -1 is outside"),
