@@ -145,17 +145,16 @@ class FoleyService:
         # steers away from them and hears no audio, so a client sends it none)
         session.add_captions(request.previous_captions)
         settings = TrackSettings.from_request(request)
+        on_progress, stems_said = _finishing_in_two_halves(on_progress or _said_to_no_one)
         if request.protocol < 2:
             track = session.next_track(settings, on_progress=on_progress, is_cancelled=is_cancelled,
                                        reference=reference)
             stop_if_cancelled(is_cancelled, "before the stem was written")
-            tell = on_progress or _said_to_no_one
-            tell("finishing", 0, 1)
             stem, metadata = self._finished_stem(request, track)
             written = self._write(request, stem, name)
-            tell("finishing", 1, 1)
+            stems_said(1, 1)
             return {"stem_path": os.fspath(written), "metadata": metadata}
-        return self._variations(request, session, settings, on_progress, is_cancelled, reference, name)
+        return self._variations(request, session, settings, on_progress, stems_said, is_cancelled, reference, name)
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         region = request.region
@@ -211,7 +210,7 @@ class FoleyService:
         return request.name_hint or request.caption
 
     def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
-                    on_progress, is_cancelled, reference, name: _StemName) -> dict:
+                    on_progress, stems_said, is_cancelled, reference, name: _StemName) -> dict:
         """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
         Stems are finished and staged one at a time (one stem's worth of memory) under hidden
         temporary names, and named only when all are on the disk: a job that fails, is stopped
@@ -225,8 +224,7 @@ class FoleyService:
                                         known=None if take is None else take.known)
         # ranked, then finished and written a stem at a time, each said: 8 stems of 600 s at 48 kHz
         # took two minutes without a word, and a client's watchdog gave the job up
-        tell = on_progress or _said_to_no_one
-        tell("finishing", 0, len(takes))
+        stems_said(0, len(takes))
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         # judged as the stems will sound: a continuation's kept part is the take's, not the model's
         heard = [t.samples if take is None else take.as_heard(t) for t in takes]
@@ -244,7 +242,7 @@ class FoleyService:
                 if take is not None:
                     metadata["kept_untouched"] = take.came_back_untouched(staged[-1].temp, request)
                 metadatas.append({**metadata, "rank": rank + 1, "ranking": ranking.figures[index]})
-                tell("finishing", rank + 1, len(takes))
+                stems_said(rank + 1, len(takes))
             stop_if_cancelled(is_cancelled, f"before the {len(takes)} stems were named")
             for file in staged:
                 published.append(audio_io.publish_stem(file, request.output_dir, self._name_hint(request),
@@ -371,6 +369,20 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
 
 def _said_to_no_one(phase: str, done: int, total: int) -> None:
     """The progress of a job run without a listener."""
+
+
+def _finishing_in_two_halves(tell: ProgressFn) -> tuple[ProgressFn, Callable[[int, int], None]]:
+    """The session's progress, its "finishing" (the takes joined and levelled) the first half of
+    the job's, and `stems_said(done, stems)` for the second (each stem brought to the request's
+    rate and level, and written): one count, 2 per take, that only goes forward (it said 0 of N
+    before each take was joined, then counted the stems from 0 again)."""
+    def session_said(phase: str, done: int, total: int) -> None:
+        tell(phase, done, 2 * total if phase == "finishing" else total)
+
+    def stems_said(done: int, stems: int) -> None:
+        tell("finishing", stems + done, 2 * stems)
+
+    return session_said, stems_said
 
 
 def resampled_loudness_gain_db(track, stem: np.ndarray, sample_rate: int) -> float:

@@ -131,7 +131,7 @@ class Track:
 
 
 # on_progress(phase, done, total): phase "features", "sampling" or "decoding", counted within it,
-# then "finishing", 0 of the takes, said again before each take is joined and levelled
+# then "finishing", counted in takes joined and levelled
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -572,7 +572,7 @@ class StepSession:
             # said, and a cancel heard, take by take: joining and levelling 8 takes of 600 s went
             # 25-46 s without a word after the last window was decoded, a cancel waiting it out
             # (the stems are counted as they are written: engine.service)
-            report("finishing", 0, len(settings))
+            report("finishing", i, len(settings))
             stop_if_cancelled(is_cancelled, f"while take {i + 1} of {len(settings)} was joined and levelled")
             audio = crossfade_join(ease_handovers([(a, wave[i]) for a, wave in pieces], self.length, fade,
                                                   model.sample_rate), self.length, fade)
@@ -582,6 +582,7 @@ class StepSession:
                 finished.append(mixing.finish_stem(audio, model.sample_rate))
             else:
                 finished.append(follow_curve(audio, model.sample_rate, s.loudness_curve))
+        report("finishing", len(settings), len(settings))
         timings["finishing"] = time.perf_counter() - t0
         common = {
             "method_used": method.name,

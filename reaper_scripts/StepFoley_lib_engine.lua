@@ -344,6 +344,7 @@ end
 
 -- What the engine is doing, in words. Newer engines send `phase` ("features", "sampling",
 -- ...) with step/total counting within it; older ones send no phase and count sampling steps.
+-- Finishing counts two steps a stem (older engines: one), so it is shown by the bar alone.
 M.PHASE_WORDS = { queued = "waiting for the engine", features = "reading the picture",
   sampling = "generating", decoding = "decoding the audio", finishing = "finishing the stems",
   engine_loading = "waiting for the engine to load its model" }
@@ -354,6 +355,7 @@ function M.describe_progress(status)
   local counted = step ~= nil and total ~= nil and total > 0
   if type(status.phase) == "string" and status.phase ~= "" and not FINAL_STATES[status.state] then
     local words = M.PHASE_WORDS[status.phase] or status.phase
+    if counted and status.phase == "finishing" then return words, step / total end
     if counted then return string.format("%s: %d of %d", words, math.floor(step), math.floor(total)), step / total end
     return words, nil
   end

@@ -295,7 +295,7 @@ def test_fake_windows_splitter_follows_microsoft(line, argv):
     ({"state": "running", "phase": "features", "step": 12, "total": 64}, "reading the picture: 12 of 64", 12 / 64),
     ({"state": "running", "phase": "sampling", "step": 5, "total": 25}, "generating: 5 of 25", 0.2),
     ({"state": "running", "phase": "decoding"}, "decoding the audio", None),
-    ({"state": "running", "phase": "finishing", "step": 2, "total": 8}, "finishing the stems: 2 of 8", 0.25),
+    ({"state": "running", "phase": "finishing", "step": 2, "total": 8}, "finishing the stems", 0.25),
     ({"state": "running", "phase": "warming up", "step": 1, "total": 2}, "warming up: 1 of 2", 0.5),
     ({"state": "running", "step": 7, "total": 25}, "step 7 of 25", 7 / 25),  # an engine without phases
     ({"state": "queued", "step": 0, "total": 0}, "queued", None),

@@ -100,9 +100,17 @@ def test_ranking_and_each_stem_written_are_said_as_progress(tiny, scene_video, t
     service = FoleyService(tiny)
     service(parse_request(_request(scene_video, tmp_path, protocol=2, variations=3), service.capabilities(),
                           check_paths=True), on_progress=lambda *progress: said.append(progress))
-    # each take joined and levelled (said 0 of 3, a sign of life), the ranking, then each stem written
-    assert [p for p in said if p[0] == "finishing"] == [("finishing", 0, 3)] * 4 + [("finishing", i, 3) for i in (1, 2, 3)]
+    # counted forward, 2 per take: each take joined and levelled, the ranking (said again), each stem written
+    assert [p for p in said if p[0] == "finishing"] == [("finishing", i, 6) for i in (0, 1, 2, 3, 3, 4, 5, 6)]
     assert said[-1][0] == "finishing"
+
+
+def test_a_version_1_stem_is_finished_in_a_count_that_goes_forward(tiny, scene_video, tmp_path):
+    said = []
+    service = FoleyService(tiny)
+    service(parse_request(_request(scene_video, tmp_path), service.capabilities(), check_paths=True),
+            on_progress=lambda *progress: said.append(progress))
+    assert [p for p in said if p[0] == "finishing"] == [("finishing", 0, 2), ("finishing", 1, 2), ("finishing", 2, 2)]
 
 
 def test_one_variation_in_version_2_and_a_first_layer(tiny, scene_video, tmp_path):
