@@ -62,6 +62,9 @@ GATE_RELATIVE_DB = -10.0
 # Down as far as a quiet take needs (room tone sits 40 dB under the model's level); up only so
 # far, since raising the new audio raises its noise too.
 LEVEL_MATCH_DB = (-60.0, 24.0)
+# limit_new_part limits this much of the silence either side of the new part, past the reach of
+# the true-peak filter (mixing.TRUE_PEAK_CONTEXT samples), so none of the new part's peaks is cut off
+LIMITER_SPAN_MARGIN_S = 0.1
 LEVEL_MATCH_FLOOR = 1e-5  # an RMS at or below this (-100 dBFS) is silence: nothing to match
 
 
@@ -918,10 +921,25 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
 
 
 def limit_new_part(audio: np.ndarray, new: np.ndarray, sample_rate: int, gain_up_to_db: float = 0.0) -> np.ndarray:
-    """`audio` (C, S) true-peak limited as its new part (S,) bool alone would be: the model's
-    reproduction of the kept audio is thrown away at the splice, so an over there must not
-    push the new part through the limiter. `gain_up_to_db`: mixing.limit_true_peak's."""
-    return mixing.limit_true_peak(audio * new, sample_rate, mixing.STEM_CEILING_DBTP, gain_up_to_db=gain_up_to_db)
+    """`audio` (C, S) true-peak limited as its new part (S,) bool alone would be, and silent
+    elsewhere: the model's reproduction of the kept audio is thrown away at the splice, so an
+    over there must not push the new part through the limiter. `gain_up_to_db`:
+    mixing.limit_true_peak's."""
+    # audio: (C, S) -> (C, S)
+    out = np.zeros(audio.shape, np.float32)
+    where = np.flatnonzero(new)
+    if where.size == 0:
+        return out
+    # Only the span over the new part is limited, with a margin into the silence around it,
+    # starting on one of the limiter's blocks, so it comes out as limited whole: the whole of a
+    # 600 s take took 5 of the 10 s of finishing a repair near its end.
+    block = max(1, int(round(mixing.LIMITER_BLOCK_MS * sample_rate / 1000)))
+    margin = int(round(LIMITER_SPAN_MARGIN_S * sample_rate))
+    lo = max(0, int(where[0]) - margin) // block * block
+    hi = min(audio.shape[-1], int(where[-1]) + 1 + margin)
+    out[..., lo:hi] = mixing.limit_true_peak(audio[..., lo:hi] * new[lo:hi], sample_rate, mixing.STEM_CEILING_DBTP,
+                                             gain_up_to_db=gain_up_to_db)
+    return out
 
 
 def splice(take: np.ndarray, new: np.ndarray, keep: np.ndarray, seam: int, take_length: int | None = None) -> np.ndarray:

@@ -13,7 +13,8 @@ import torch
 from stepfoley.engine import mixing
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
-from stepfoley.engine.session import KnownAudio, channel_balance, finish_new_part, held_frames, kept_power, splice
+from stepfoley.engine.session import (KnownAudio, channel_balance, finish_new_part, held_frames, kept_power,
+                                      limit_new_part, splice)
 from stepfoley.request import RequestError, parse_request
 from test_bridge_kit import make_request
 
@@ -657,3 +658,23 @@ def test_a_take_a_millisecond_short_of_the_span_is_carried_on_to_it():
     stem = splice(np.where(np.arange(4 * rate) < short, take, 0), new, keep, int(0.05 * rate), take_length=short)
     assert np.abs(np.diff(stem[0])).max() < 1.5 * 0.3 * 2 * np.pi * hum_hz / rate
     assert np.array_equal(stem[:, :short], take[:, :short])
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000])
+@pytest.mark.parametrize("gain_up_to_db", [0.0, 12.0])
+def test_the_new_part_is_limited_as_it_would_be_with_the_whole_take_around_it(rate, gain_up_to_db):
+    # only the span over the new part is limited (the whole of a 600 s take took seconds); the
+    # new part's hottest peaks sit on its first and last samples, where the limiter's look-ahead,
+    # hold and the true-peak filter reach past it
+    rng = np.random.default_rng(rate)
+    audio = (rng.standard_normal((2, 6 * rate)) * 0.3).astype(np.float32)
+    new = np.zeros(6 * rate, bool)
+    new[int(2.3 * rate) + 7: int(2.9 * rate)] = True
+    new[int(4.1 * rate): int(4.6 * rate) + 3] = True
+    for edge in (np.flatnonzero(new)[0], np.flatnonzero(new)[-1]):
+        audio[:, edge] = [1.9, -1.7]
+    whole = mixing.limit_true_peak(audio * new, rate, mixing.STEM_CEILING_DBTP, gain_up_to_db=gain_up_to_db)
+    limited = limit_new_part(audio, new, rate, gain_up_to_db=gain_up_to_db)
+    assert np.array_equal(limited, whole)
+    assert not limited[:, ~new].any()
+    assert not limit_new_part(audio, np.zeros_like(new), rate).any()
