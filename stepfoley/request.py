@@ -566,11 +566,16 @@ def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | 
     size = stem_bytes(request.region.project_duration, request.sample_rate, request.format, channels)
     if size > MAX_STEM_BYTES:
         why = "" if take is None else f", {channels} channels like the take '{printable(take)}'"
+        # only what would help: a request already in wav24 was told to choose wav24
+        longest = (MAX_STEM_BYTES - WAV_HEADER_BYTES) // (BYTES_PER_SAMPLE[request.format] * channels) / request.sample_rate
+        choices = ["a lower sample_rate"] + (["wav24"] if request.format != "wav24" else []) + [
+            f"a region of at most {math.floor(longest * 10) / 10:.1f} s on the timeline"]
+        if take is not None:
+            choices.append("bounce the take with fewer channels")
         _invalid(f"The stem would be {_beside(size / 2**20, MAX_STEM_BYTES / 2**20, 0)} MiB "
                  f"({request.region.project_duration:.1f} s at "
                  f"{request.sample_rate} Hz in {request.format}{why}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
-                 "Choose a lower sample_rate, wav24, or a shorter region"
-                 f"{'' if take is None else ', or bounce the take with fewer channels'}.")
+                 f"Choose {', '.join(choices[:-1])}, or {choices[-1]}.")
 
 
 def _check_continuation(request: GenerationRequest) -> None:

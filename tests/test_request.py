@@ -194,7 +194,11 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 10, "playrate": 0.01}},
          "The stem would last 1000.0 s on the timeline (10.00 s of picture at playrate 0.01); at most 600 s"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 200}, "sample_rate": 192000, "format": "wav32f"},
-         "The stem would be 146 MiB (200.0 s at 192000 Hz in wav32f); a job writes at most 128 MiB"),
+         "The stem would be 146 MiB (200.0 s at 192000 Hz in wav32f); a job writes at most 128 MiB. Choose a lower "
+         "sample_rate, wav24, or a region of at most 174.7 s on the timeline."),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 300}, "sample_rate": 192000, "format": "wav24"},
+         "(300.0 s at 192000 Hz in wav24); a job writes at most 128 MiB. Choose a lower sample_rate, or a region of "
+         "at most 233.0 s on the timeline."),  # not told to choose the wav24 it asked for
         ({"caption": "rain \ud800"}, "caption 'rain \\ud800' holds bytes that are not UTF-8 text (or a lone UTF-16 surrogate)"),
         ({"existing_mix": "/mix\udcff.wav"}, "existing_mix '/mix\\udcff.wav' holds bytes that are not UTF-8 text (or a lone UTF-16 surrogate)"),
         ({"alpha": [[[[[[1]]]]]]}, "alpha must be a number, got [[[...]]]"),
@@ -553,7 +557,8 @@ def test_a_take_whose_channels_make_the_stem_too_big_is_refused(tmp_path):
     with pytest.raises(RequestError) as e:
         parse_request({**request, "take": three}, check_paths=True)
     assert ("The stem would be 176 MiB (80.0 s at 192000 Hz in wav32f, 3 channels like the take "
-            f"'{three}'); a job writes at most 128 MiB") in e.value.message
+            f"'{three}'); a job writes at most 128 MiB. Choose a lower sample_rate, wav24, a region of at most 58.2 s on the "
+            "timeline, or bounce the take with fewer channels.") in e.value.message
 
 
 def test_a_take_too_big_to_hold_in_memory_is_refused_by_the_part_that_is_read(tmp_path):
