@@ -7,7 +7,8 @@ The runner is any callable with the FoleyService contract:
         -> {"stems": [{"stem_path", "metadata"}, ...], "ranking"}   for a protocol-2 one (best first)
 It raises exceptions carrying `.code`; code "cancelled" means it stopped because asked to.
 `stem_path` (every `stems[].stem_path`) is a new file the job wrote: if the result is refused, the
-worker removes it.
+worker removes it, and where the result gives its `stem_identity` ((st_dev, st_ino) as written),
+only while that name still holds that file.
 
 The worker survives any failure of a job or of a reply, and every accepted job gets exactly
 one final reply. A job belongs to (address, reply port, request_id)."""
@@ -480,6 +481,13 @@ def _discard_stem(result: Any, output_dir: str, existing: dict[str, tuple[int, i
             if os.path.realpath(os.path.dirname(stem)) != os.path.realpath(output_dir):
                 continue  # the engine writes stems into output_dir itself, never below it
             name = os.path.basename(stem)
+            made = one.get("stem_identity")
+            if isinstance(made, (list, tuple)) and len(made) == 2:
+                # the very file the job wrote: a folder moved away or swapped for another during
+                # the job may hold a user's file of that name, new to its listing at the start
+                found = os.lstat(stem)
+                if (found.st_dev, found.st_ino) != tuple(made):
+                    continue
             if existing.get(name) != _identity_in(os.path.dirname(stem), name):
                 os.unlink(stem)
         except OSError as e:

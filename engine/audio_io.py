@@ -234,7 +234,7 @@ def write_wav_atomic(
             "it was left untouched. Choose another name."
         ) from error
     except OSError as error:
-        raise AudioError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
+        raise OutputError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
     finally:
         staged.discard()
     return path
@@ -423,5 +423,5 @@ def publish_new_wav(staged: atomic.StagedFile, directory: str | os.PathLike, nam
         except FileExistsError:
             continue
         except OSError as error:
-            raise AudioError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
-    raise AudioError(f"Could not find a free name for '{name_hint}' in '{directory}': other writers took 100 in a row.")
+            raise OutputError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
+    raise OutputError(f"Could not find a free name for '{name_hint}' in '{directory}': other writers took 100 in a row.")

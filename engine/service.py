@@ -153,7 +153,7 @@ class FoleyService:
             stem, metadata = self._finished_stem(request, track)
             written = self._write(request, stem, name)
             stems_said(1, 1)
-            return {"stem_path": os.fspath(written), "metadata": metadata}
+            return {"stem_path": os.fspath(written), "metadata": metadata, "stem_identity": _identity(written)}
         return self._variations(request, session, settings, on_progress, stems_said, is_cancelled, reference, name)
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
@@ -248,14 +248,17 @@ class FoleyService:
                 published.append(audio_io.publish_stem(file, request.output_dir, self._name_hint(request),
                                                        name.file if len(staged) == 1 else None, name.replace))
         except BaseException:
-            for path in published:
-                path.unlink(missing_ok=True)
+            # by what was published, not by name: a folder moved away (or its link pointed
+            # elsewhere) while the stems were named has a user's file of the same name there
+            for file in staged:
+                file.withdraw()
             raise
         finally:
             for file in staged:
                 file.discard()
-        return {"stems": [{"stem_path": os.fspath(path), "metadata": metadata}
-                          for path, metadata in zip(published, metadatas)],
+        return {"stems": [{"stem_path": os.fspath(path), "metadata": metadata,
+                           "stem_identity": file.published and file.published[1]}
+                          for path, metadata, file in zip(published, metadatas, staged)],
                 "ranking": ranking.to_json()}
 
     def _remember(self, folder: str) -> None:
@@ -365,6 +368,16 @@ def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
     # (length,) bool: True outside [start, end) seconds
     index = np.arange(length)
     return (index < round(start * rate)) | (index >= round(end * rate))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the stem just written, which the bridge removes only as that file
+    should it refuse the result; None where it cannot be told."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _said_to_no_one(phase: str, done: int, total: int) -> None:

@@ -237,6 +237,8 @@ class StagedFile:
         self.temp = temp
         self.identity = identity  # (st_dev, st_ino) of the file created; None: not checked
         self.folder = folder  # the private folder `temp` was written in (stage_file), or None
+        # (path, (st_dev, st_ino)) of the file once published, for `withdraw`; None: not published
+        self.published: tuple[Path, tuple[int, int]] | None = None
 
     def _check_still_ours(self, name: Path, final: Path, same_file: bool = True) -> None:
         """OSError unless `name` is a regular file (not a link) and, with `same_file`, the very
@@ -274,7 +276,27 @@ class StagedFile:
                 except OSError:
                     pass
             raise
+        try:
+            found = os.lstat(path)
+            self.published = (path, (found.st_dev, found.st_ino))
+        except OSError:  # gone already: there is nothing of ours to withdraw
+            pass
         return path
+
+    def withdraw(self) -> None:
+        """Remove the file `publish` named, if that name still holds that very file; never
+        raises. A folder moved away, or swapped for another, while its writer went on has some
+        other file under the name, perhaps a user's own of the same name, which stays."""
+        if self.published is None:
+            return
+        path, identity = self.published
+        self.published = None
+        try:
+            found = os.lstat(path)
+            if stat.S_ISREG(found.st_mode) and (found.st_dev, found.st_ino) == identity:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def _set_mode(self, mode: int) -> None:
         """Give the temporary file `mode`, through its own descriptor: by name, a link put in its

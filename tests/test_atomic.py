@@ -77,6 +77,29 @@ def test_a_staged_file_waits_unswept_for_its_name_and_a_taken_name_leaves_it_sta
     assert (tmp_path / "take_001.wav").read_text() == "theirs"
 
 
+def test_a_published_file_is_withdrawn_only_while_its_name_holds_it(tmp_path):
+    """A job that failed after naming some of its stems withdrew them by name: its folder moved
+    away and another put in its place, that name was a user's file of the same name."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    staged = atomic.stage_file(folder / "rain.wav", write_text("ours"))
+    staged.publish(folder / "rain_001.wav")
+    folder.rename(tmp_path / "moved")
+    folder.mkdir()
+    (folder / "rain_001.wav").write_text("the user's own")
+    staged.withdraw()
+    staged.discard()
+    assert (folder / "rain_001.wav").read_text() == "the user's own"
+    assert (tmp_path / "moved" / "rain_001.wav").read_text() == "ours"  # not found where it was
+
+    again = atomic.stage_file(folder / "rain.wav", write_text("ours"))
+    again.publish(folder / "rain_002.wav")
+    again.withdraw()
+    again.withdraw()  # twice is harmless
+    again.discard()
+    assert sorted(os.listdir(folder)) == ["rain_001.wav"]
+
+
 def test_a_discarded_staged_file_leaves_nothing_and_is_no_longer_a_live_writers(tmp_path):
     staged = atomic.stage_file(tmp_path / "a.json", write_text("{}"))
     staged.discard()

@@ -131,7 +131,7 @@ def test_failure_while_publishing_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_io.os, "link", no_space)
     monkeypatch.setattr(atomic, "_rename_no_replace", no_space)
     monkeypatch.setattr(audio_io.os, "replace", no_space)
-    with pytest.raises(AudioError, match="No space"):
+    with pytest.raises(OutputError, match="No space"):  # cannot_write, not a bad input
         write_wav_atomic(tmp_path / "take.wav", noise(1, 100), 8000)
     assert os.listdir(tmp_path) == []
 
@@ -443,7 +443,7 @@ def test_a_temp_name_swapped_for_a_link_cannot_redirect_the_stem(tmp_path, monke
         return result
 
     monkeypatch.setattr(atomic.os, "fstat", fstat_then_swap)
-    with pytest.raises(AudioError, match="was replaced by another file while it was written"):
+    with pytest.raises(OutputError, match="was replaced by another file while it was written"):
         write_wav_atomic(out / "rain.wav", noise(1, 1000), 16000)
     monkeypatch.undo()
     assert swapped and victim.read_text() == "the only copy" and oct(victim.stat().st_mode & 0o777) == "0o600"
@@ -465,7 +465,7 @@ def test_a_link_swapped_in_at_the_last_moment_is_never_published(tmp_path, monke
         real_publish(temp, path)
 
     monkeypatch.setattr(atomic, "_publish_exclusively", swap_then_publish)
-    with pytest.raises(AudioError, match="was replaced by another file while it was written"):
+    with pytest.raises(OutputError, match="was replaced by another file while it was written"):
         write_wav_atomic(out / "rain.wav", noise(1, 1000), 16000)
     assert victim.read_text() == "the only copy"
     assert not (out / "rain.wav").is_symlink() and not (out / "rain.wav").exists()

@@ -683,6 +683,22 @@ def test_a_late_cancels_stem_goes_whatever_clock_stamped_it(tmp_path):
     assert not mine.exists()
 
 
+def test_a_refused_stem_is_removed_only_as_the_file_the_job_wrote(tmp_path):
+    """A folder swapped for another during the job holds a user's file under the stem's name,
+    new to the listing taken at the start: removed by name, it was lost."""
+    from stepfoley.bridge.jobs import _discard_stem, _names_in
+
+    before = _names_in(str(tmp_path))
+    theirs = tmp_path / "rain_001.wav"
+    theirs.write_bytes(b"the user's own")
+    found = os.lstat(theirs)
+    _discard_stem({"stem_path": str(theirs), "stem_identity": (found.st_dev, found.st_ino + 1)}, str(tmp_path), before)
+    assert theirs.read_bytes() == b"the user's own"
+    _discard_stem({"stems": [{"stem_path": str(theirs), "stem_identity": (found.st_dev, found.st_ino)}]},
+                  str(tmp_path), before)
+    assert not theirs.exists()
+
+
 def test_a_file_that_was_there_is_kept_where_the_folder_listing_gives_no_inodes(tmp_path, monkeypatch):
     """Windows's folder listing (os.DirEntry.stat) reports every inode as 0 where os.stat gives
     the real one: compared across the two, a file that was there when the job began looked new

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from stepfoley.engine import audio_io
-from stepfoley.engine.errors import GenerationCancelled
+from stepfoley.engine.errors import GenerationCancelled, OutputError
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED, judge_for, rank_takes
 from stepfoley.engine.service import FoleyService
@@ -173,6 +173,28 @@ def test_a_failure_writing_or_naming_a_stem_leaves_none_of_the_jobs_stems(tiny, 
     with pytest.raises(audio_io.AudioError, match=message):
         _serve(FoleyService(tiny), _request(scene_video, tmp_path, protocol=2, variations=4))
     assert len(calls) == 3 and _files(tmp_path) == []
+
+
+def test_a_folder_swapped_while_the_stems_are_named_keeps_the_users_file_of_a_stems_name(tiny, scene_video, tmp_path,
+                                                                                        monkeypatch):
+    """The job withdrew the stems it had named by name: after its folder was moved away and
+    another put in its place, the name of its first stem was a user's file there, and went."""
+    out, real = tmp_path / "project", audio_io.publish_stem
+    out.mkdir()
+
+    def publish_then_swap(staged, directory, *args):
+        path = real(staged, directory, *args)
+        if not (tmp_path / "moved").exists():
+            out.rename(tmp_path / "moved")
+            out.mkdir()
+            (out / path.name).write_bytes(b"the user's own")
+        return path
+
+    monkeypatch.setattr(audio_io, "publish_stem", publish_then_swap)
+    with pytest.raises(OutputError):  # the second stem's temporary file is not in this folder
+        _serve(FoleyService(tiny), _request(scene_video, out, protocol=2, variations=2))
+    [name] = _files(out)
+    assert (out / name).read_bytes() == b"the user's own"
 
 
 def test_a_stop_after_sampling_lands_between_stems_and_leaves_none(tiny, scene_video, tmp_path, monkeypatch):
