@@ -4,6 +4,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -341,6 +343,33 @@ def test_client_queries(server, tmp_path):
             c.cancel("nope")
         assert e.value.code == "unknown_job"
         assert c.engine_status()["jobs_finished"] == 1
+
+
+def test_send_leaves_a_users_file_that_only_has_a_cancel_files_name(server, tmp_path, capsys):
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    notes = tmp_path / "notes.txt.cancel"  # --status notes.txt, a new file beside it
+    notes.write_text("my cancel notes")
+    os.utime(notes, ns=(os.stat(request_file).st_mtime_ns - 10**9,) * 2)
+    assert main(["send", "--request", request_file, "--status", str(tmp_path / "notes.txt"),
+                 "--port", str(server.address[1]), "-q"]) == 2
+    assert notes.read_text() == "my cancel notes" and "is not a cancel file" in capsys.readouterr().out
+    stale = tmp_path / "notes.txt.cancel"  # an earlier job's, as the REAPER actions write it: removed
+    stale.write_text("cancel\n")
+    os.utime(stale, ns=(os.stat(request_file).st_mtime_ns - 10**9,) * 2)
+    assert main(["send", "--request", request_file, "--status", str(tmp_path / "notes.txt"),
+                 "--port", str(server.address[1]), "-q"]) == 0
+    assert not stale.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_send_given_a_pipe_nobody_writes_to_as_its_request_says_so_at_once(tmp_path):
+    """It opened the pipe waiting for a writer: held for ever, with no status written."""
+    os.mkfifo(tmp_path / "request.json")
+    status = tmp_path / "status.json"
+    done = subprocess.run([sys.executable, "-m", "stepfoley", "send", "--request", str(tmp_path / "request.json"),
+                           "--status", str(status), "--port", "9"], capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert "it is empty (a pipe nobody writes to" in read_status(str(status))["error"]["message"]
 
 
 def test_stepfoley_send_cli(server, tmp_path, capsys):

@@ -85,6 +85,12 @@ def _status_file_problem(path: str | None, request: str | None = None) -> str | 
         return f"The folder of the status file '{path}' does not exist; create it first."
     if os.path.isdir(path):
         return f"The status file '{path}' is a folder; name a file inside it."
+    cancel = path + ".cancel"
+    if os.path.lexists(cancel) and not _is_a_cancel_file(cancel):
+        # a file of the user's that has the name (notes.txt.cancel beside a new status notes.txt)
+        # was removed unread, or would have cancelled the job at once
+        return (f"'{cancel}' already exists and is not a cancel file (one is empty, or says 'cancel'); it is left as "
+                "it is, and beside this status file it would cancel the job. Name another status file.")
     if not os.path.lexists(path):
         return None  # not there yet
     if is_special_file(path):  # the file is replaced: never a device or a pipe
@@ -144,13 +150,21 @@ def _read_request_file(path: str):
     may name an endless device or pipe). Raises OSError, ValueError or RecursionError."""
     from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
 
+    from stepfoley.request import open_input, request_json
+
     most = REQUEST_FILE_BYTES_PER_REQUEST_BYTE * MAX_REQUEST_BYTES
-    with open(path, "rb") as f:
+    # opened without waiting: a named pipe nobody writes to held `send` for ever, with no status
+    # written; read as it comes once open (a pipe's writer, `<(...)` in a shell, may be slow)
+    handle = open_input(path)
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(handle, True)
+    with open(handle, "rb") as f:
         data = f.read(most + 1)
     if len(data) > most:
         raise ValueError(f"it is larger than {most // 1024} KiB, far more than one request can hold "
                          f"({MAX_REQUEST_BYTES // 1024} KiB on the wire)")
-    from stepfoley.request import request_json
+    if not data:
+        raise ValueError("it is empty (a pipe nobody writes to reads as empty)")
 
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ValueError("it is saved as UTF-16 (PowerShell 5's > and Out-File do that); save it as UTF-8")
@@ -225,6 +239,25 @@ def _say_final(args, status: dict) -> None:
         say(f"{status['error']['code']}: {status['error']['message']}", sys.stderr)
 
 
+# A cancel file is empty (touch) or says "cancel" (the REAPER actions); what is larger is read no further.
+CANCEL_FILE_MOST_BYTES = 64
+
+
+def _is_a_cancel_file(path: str) -> bool:
+    """Whether `path` is a regular file that is empty or holds the word "cancel"."""
+    from stepfoley.request import open_regular_input
+
+    try:
+        f = open_regular_input(path)
+        if f is None:  # a pipe or a device
+            return False
+        with f:
+            text = f.read(CANCEL_FILE_MOST_BYTES + 1)
+    except OSError:
+        return False
+    return len(text) <= CANCEL_FILE_MOST_BYTES and text.strip().lower() in (b"", b"cancel")
+
+
 def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
     """Remove a cancel file an earlier job on the same status path left: any, when the status
     file there holds that job's end (a cancel may come in after it finished); else one written
@@ -241,6 +274,8 @@ def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
                 return
         except OSError:
             pass
+    if not _is_a_cancel_file(path):  # put there since the status file was checked: a user's
+        return
     try:
         os.remove(path)
     except FileNotFoundError:
