@@ -316,6 +316,24 @@ def test_every_phase_of_another_recipe_is_refused_before_the_data_is_made(tmp_pa
         training.train_embedded(tmp_path / "work", tmp_path / "out.safetensors", before, torch.device("cpu"))
 
 
+def test_a_checkpoint_trained_on_an_older_version_of_the_data_is_refused(tmp_path, monkeypatch):
+    """Features of an older data version are rebuilt; the checkpoints trained on them were
+    resumed over the new ones without a word (their latent statistics too)."""
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.lab.training import embedded as training, miniworld_data, trainer
+
+    recipe = training.EmbeddedRecipe()
+    monkeypatch.setattr(miniworld_data, "DATA_VERSION", "1")
+    monkeypatch.setattr(training, "DATA_VERSION", "1")
+    older = training.phase_configs(recipe)["base"]
+    monkeypatch.undo()
+    (tmp_path / "work" / "base").mkdir(parents=True)
+    torch.save({"config": {**trainer._settings(older), "network layout": "x", "frozen base": "y"}, "step": 1},
+               tmp_path / "work" / "base" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"base/last.pt \(data\)"):
+        training.check_checkpoints(tmp_path / "work", training.phase_configs(recipe))
+
+
 def test_a_checkpoint_of_an_older_stepfoley_names_what_it_did_not_record(tmp_path):
     from stepfoley.engine.errors import CheckpointError
 
@@ -715,6 +733,40 @@ def test_with_a_vae_posterior_the_controlnet_targets_are_drawn_from_it():
     exact = FeatureSet(halves, data.clip, data.sync, data.text, data.has_video)
     first = next(controlnet_batches(exact, lambda x: x, 8, seed=0)).latent  # the mel codec: its latents as they are
     assert all(any(torch.equal(t, halves[i, h]) for i in range(m) for h in range(2)) for t in first)
+
+
+def test_train_embedded_and_train_controlnet_leave_each_others_features_in_a_shared_work_folder(tmp_path):
+    """Both keep WORK/features.safetensors: `train embedded` deleted a ControlNet's (hours of
+    MMAudio's encoders) as stale, and `train controlnet` replaced an embedded run's unasked."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    from stepfoley.lab.training import embedded as training
+    from stepfoley.lab.training.controlnet import train_controlnet_on_mmaudio
+
+    model = build_embedded_model(random_weights=True)
+    features = tmp_path / "work" / "features.safetensors"
+    features.parent.mkdir()
+    save_file({"x": torch.zeros(1)}, str(features), metadata={"features_version": "2", "model": "mmaudio-small_16k"})
+    before = features.read_bytes()
+    with pytest.raises(InvalidInputError, match="holds the features of `stepfoley train controlnet`"):
+        training._training_data(model, training.EmbeddedRecipe(), features.parent, 0, 1, lambda line: None)
+    assert features.read_bytes() == before
+
+    save_file({"x": torch.zeros(1)}, str(features), metadata={"data_version": "2"})
+    before = features.read_bytes()
+    paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
+    data = tmp_path / "list.jsonl"
+    data.write_text(json.dumps({"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": "rain"}))
+    with pytest.raises(InvalidInputError, match="holds the training data of `stepfoley train embedded`"):
+        train_controlnet_on_mmaudio(tmp_path, None, data, features.parent, tmp_path / "new.safetensors", depth=1,
+                                    steps=1, batch_size=1, warmup_steps=0, checkpoint_every=0,
+                                    device=torch.device("cpu"), model=model)
+    assert features.read_bytes() == before
 
 
 def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):

@@ -13,7 +13,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loading import load_foley_model
 from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, controlnet_batches, entries_digest,
-                                             extract_features, features_match, read_dataset_list)
+                                             extract_features, features_match, features_metadata, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
 from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
 
@@ -39,6 +39,9 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     entries = read_dataset_list(data_list)
     posterior = hasattr(model.codec, "encode_posterior")
     if rank == 0 and not features_match(features, entries, model.model_id, posterior):  # another list, model, version
+        if "data_version" in features_metadata(features):  # replaced unasked, it took hours to render again
+            raise InvalidInputError(f"{features} holds the training data of `stepfoley train embedded`; it is left as "
+                                    "it is. Choose another --work folder for this ControlNet.")
         extract_features(model, entries, features)
     if world > 1:
         torch.distributed.barrier()

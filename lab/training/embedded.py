@@ -32,9 +32,11 @@ from safetensors import SafetensorError, safe_open
 
 from stepfoley.atomic import sweep_stale_parts
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
-from stepfoley.lab.training.miniworld_data import (DOMINANCE_DB_MOST, WINDOW_S, DataRecipe, EmbeddedData,
-                                                   StaleFeaturesError, base_batches, build_embedded_data, controlnet_batches,
-                                                   held_out_controlnet_losses, held_out_loudness_losses)
+from stepfoley.lab.training.miniworld_data import (DATA_VERSION, DOMINANCE_DB_MOST, WINDOW_S, DataRecipe,
+                                                   EmbeddedData, StaleFeaturesError, base_batches, build_embedded_data,
+                                                   controlnet_batches, held_out_controlnet_losses,
+                                                   held_out_loudness_losses)
+from stepfoley.lab.training.features import features_metadata
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
                                            settings_changed, train)
@@ -83,10 +85,14 @@ def _log_to(path: Path | None):
 def phase_configs(recipe: EmbeddedRecipe) -> dict[str, TrainConfig]:
     """Each phase's training settings, by its folder in the work folder: the base, the NAG
     ControlNet and the loudness ControlNet, each with a seed of its own."""
+    # the data's version too: features of an older one are rebuilt (_training_data), and a
+    # checkpoint trained on them was resumed over the new ones without a word
+    data = json.dumps({**asdict(recipe.data), "data_version": DATA_VERSION})
+
     def phase(steps: int, lr: float, seed_offset: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=recipe.batch_size, lr=lr, warmup_steps=recipe.warmup_steps,
                            seed=recipe.data.seed + seed_offset, checkpoint_every=recipe.checkpoint_every,
-                           data=json.dumps(asdict(recipe.data)))
+                           data=data)
 
     return {"base": phase(recipe.base_steps, recipe.base_lr, 0),
             "controlnet": phase(recipe.controlnet_steps, recipe.controlnet_lr, 1),
@@ -306,6 +312,9 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     features_path = work_dir / "features.safetensors"
     if rank == 0:
         sweep_stale_parts(work_dir)  # the features' temporary copy a killed run left
+        if "features_version" in features_metadata(features_path):  # deleted as stale, it took hours
+            raise InvalidInputError(f"{features_path} holds the features of `stepfoley train controlnet`; they are "
+                                    "left as they are. Choose another --work folder for the embedded model.")
         if features_path.exists():
             try:
                 EmbeddedData.check_current(features_path, model.codec.config, recipe.data)

@@ -101,6 +101,17 @@ def entries_digest(entries: list[dict]) -> str:
 FEATURES_VERSION = "2"
 
 
+def features_metadata(path: Path) -> dict:
+    """The header metadata of a features file (read alone: the file is hundreds of MB); {} for
+    one missing or unreadable. `train controlnet`'s hold "features_version", `train
+    embedded`'s (lab.training.miniworld_data) "data_version": both are WORK/features.safetensors."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception:
+        return {}
+
+
 def features_match(path: Path, entries: list[dict], model_id: str, posterior: bool = False) -> bool:
     """Whether the features file at `path` was made from these entries by this model and this
     version (with the posterior's std where the model's codec has one, `posterior`): otherwise it

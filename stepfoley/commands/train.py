@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--weights", required=True, help="the MMAudio weights directory (docs/weights.md)")
     c.add_argument("--model", default=None, help="variant: small_16k, small_44k, medium_44k, large_44k, ...")
     c.add_argument("--data", required=True, help="dataset list, JSON Lines (lab/training/features.py)")
-    c.add_argument("--work", required=True, help="folder for features, checkpoints and the log")
+    c.add_argument("--work", required=True, help="folder for the features and checkpoints (not one `train embedded` uses)")
     c.add_argument("--out", default=None,
                    help="ControlNet file to write (default: WEIGHTS/controlnets/<variant>.safetensors)")
     c.add_argument("--depth", type=int, default=4, help="ControlNet blocks")
