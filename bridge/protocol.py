@@ -204,18 +204,22 @@ def job_json(summary: dict) -> str:
 
 
 _ABSENT = object()
+STEM_OWN_KEYS = ("seed", "rank", "ranking")  # in each stem's own metadata, however many stems
 
 
 def stems_json(stems: list[tuple[str, dict]], ranking: dict) -> str:
     """The stems_json of /done_stems: {"stems": [{"file", "metadata"}, ...] best first,
     "ranking", "metadata"}, within MAX_STEMS_JSON_BYTES. `stems` are (file name, metadata) pairs;
     what every stem's metadata shares goes once under "metadata", each stem keeps what is its
-    own (a client merges the two). File names are never cut: ValueError when they alone leave
+    own and always its STEM_OWN_KEYS (a client merges the two). File names are never cut: ValueError when they alone leave
     no room."""
     shared = {}
     if stems:
         first = stems[0][1]
-        shared = {k: v for k, v in first.items() if all(m.get(k, _ABSENT) == v for _, m in stems[1:])}
+        # a stem's seed and place always its own: of one stem, everything counted as shared and
+        # its entry was empty, where the document has a client read them
+        shared = {k: v for k, v in first.items()
+                  if k not in STEM_OWN_KEYS and all(m.get(k, _ABSENT) == v for _, m in stems[1:])}
     entries = [{"file": name, "metadata": json.loads(fit_json({k: v for k, v in m.items() if k not in shared},
                                                                MAX_STEM_METADATA_JSON_BYTES))}
                for name, m in stems]

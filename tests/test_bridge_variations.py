@@ -29,6 +29,17 @@ def test_a_version_2_request_gets_every_stem_in_one_final_reply(peer, tmp_path):
     assert all(sf.info(s["stem_path"]).frames == 48000 for s in stems)
 
 
+def test_one_stem_keeps_its_seed_and_rank_in_its_own_metadata():
+    """Of one stem everything counted as shared, and its own metadata was empty."""
+    own = {"seed": 40, "rank": 1, "ranking": {"score": 0.5}}
+    reply = json.loads(protocol.stems_json([("rain_001.wav", {**own, "caption": "rain", "lufs": -23.0})], {}))
+    assert reply["stems"] == [{"file": "rain_001.wav", "metadata": own}]
+    assert reply["metadata"] == {"caption": "rain", "lufs": -23.0}
+    # of several, what differs is each stem's own as before
+    reply = json.loads(protocol.stems_json([("a.wav", {**own, "lufs": -23.0}), ("b.wav", {**own, "lufs": -22.0})], {}))
+    assert [e["metadata"]["lufs"] for e in reply["stems"]] == [-23.0, -22.0] and reply["metadata"] == {}
+
+
 def test_a_version_1_request_is_answered_as_before(peer, tmp_path):
     peer.generate(make_request(tmp_path, seed=5), "v1")
     address, args = peer.receive_until({protocol.DONE, protocol.DONE_STEMS, protocol.ERROR})[-1]
