@@ -342,7 +342,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("seed", "int", "0", f"0-{MAX_SEED}: below 2^32 the starting noise is MMAudio's for that seed (torch's "
               "CPU generator); from 2^32 on, numpy's PCG64 seeded with all 64 bits, so every seed is its own"),
     FieldSpec("steps", "int", "the model's", f"1-{MAX_STEPS} sampling steps"),
-    FieldSpec("negative_caption", "string", '`""`',
+    FieldSpec("negative_caption", "string or null", '`""`',
               f"≤ {MAX_CAPTION_CHARS} characters; sounds to steer away from: heard by `negative_prompt` at any α, "
               "by the other methods only at α above 1 (w1 for `dual`; the metadata's `negative_caption_heard` "
               "says); `negative_prompt` uses the previous captions, joined with \", \", when it is empty or blank: "
@@ -374,8 +374,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("name_hint", "string", '`""` (= caption)',
               f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
     FieldSpec("variations", "int", "1",
-              f"1-{MAX_VARIATIONS}: takes with seeds `seed`, `seed + 1`, ... sampled together in one job, "
-              "each written as its own stem and named in the one final reply, best first", since=2),
+              f"1-{MAX_VARIATIONS}: takes with seeds `seed`, `seed + 1`, ... (the last at most {MAX_SEED}) sampled "
+              "together in one job, each written as its own stem and named in the one final reply, best first",
+              since=2),
     FieldSpec("take", "string or null", "null",
               "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
               f"and channel count; only read, at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and {MAX_INPUT_SAMPLE_RATE} Hz; "
@@ -523,7 +524,8 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         **weights,
         seed=_integer(data.get("seed", 0), "seed", 0, MAX_SEED),
         steps=_optional(data, "steps", lambda v, n: _integer(v, n, 1, MAX_STEPS)),
-        negative_caption=_caption_or_nothing(_text(data.get("negative_caption", ""), "negative_caption",
+        # null as none: a stem's metadata says null for none, and a request made again from it was refused
+        negative_caption=_caption_or_nothing(_text(_null_as(data.get("negative_caption"), ""), "negative_caption",
                                                    MAX_CAPTION_CHARS)),
         previous_captions=tuple(_caption_or_nothing(_text(c, "previous_captions[]", MAX_CAPTION_CHARS))
                                 for c in previous),
@@ -1036,6 +1038,10 @@ def is_blank(text: str) -> bool:
     characters and invisible format characters (a byte-order mark, a zero-width space, a soft
     hyphen), which the embedded text encoder reads as the empty caption."""
     return not "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
+
+
+def _null_as(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _caption_or_nothing(text: str) -> str:

@@ -624,6 +624,13 @@ def test_an_invisible_negative_or_previous_caption_counts_as_none(tmp_path):
     assert request.negative_caption == "" and request.previous_captions == ("rain", "", "wind\u200b")
 
 
+def test_a_null_negative_caption_is_none_as_a_stems_metadata_says_it(tmp_path):
+    """A stem's metadata says "negative_caption": null for none; a request made again from it was refused."""
+    assert parse_request({**make_request(tmp_path), "negative_caption": None}).negative_caption == ""
+    with pytest.raises(RequestError, match="negative_caption must be text"):
+        parse_request({**make_request(tmp_path), "negative_caption": 0})
+
+
 def test_the_documented_methods_are_the_registrys_public_ones():
     from stepfoley.engine.guidance import public_methods
     from stepfoley.request import DOCUMENTED_METHODS
