@@ -183,7 +183,7 @@ _COMMAND_WORDS = (("region.file_in", "START"), ("region.file_out", "END"), ("pro
                   ("take_offset", "--take-offset"), ("regenerate", "--regenerate"),
                   ("loudness_curve", "--loudness-curve"), ("negative_caption", "--negative-caption"),
                   ("reference_audio", "--reference"), ("sample_rate", "--sample-rate"),
-                  ("time selection", "START to END"))
+                  ("time selection", "START to END"), ("video item", "the VIDEO file"))
 
 
 def in_command_words(message: str) -> str:
@@ -378,8 +378,8 @@ def run(args: argparse.Namespace) -> int:
     except RequestError as e:
         print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
         return 2
-    except StepFoleyError as e:
-        print(f"stepfoley: {e}", file=sys.stderr)
+    except StepFoleyError as e:  # the engine's words for a DAW too ("time selection", "video item")
+        print(f"stepfoley: {in_command_words(str(e))}", file=sys.stderr)
         return 2
     try:
         share_cpu(args.threads)
@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stepfoley: {in_command_words(e.message)}", file=sys.stderr)
         return 2
     except StepFoleyError as e:
-        print(f"stepfoley: {e}", file=sys.stderr)
+        print(f"stepfoley: {in_command_words(str(e))}", file=sys.stderr)
         return 1
     # the metadata first: what is said after it may meet a reader that has gone
     written = 0
