@@ -396,6 +396,23 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys, monkeypatch
     assert "is the --work folder; name the weights file to write" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(os.name == "nt", reason="flock")
+def test_a_second_training_in_a_work_folder_in_use_is_refused_before_any_work(tmp_path, capsys):
+    """Two at once replaced each other's checkpoints at every save, and one rebuilt the features
+    under the other."""
+    from stepfoley.cli import main
+    from stepfoley.lab.training.trainer import training_alone_in
+
+    (tmp_path / "w").mkdir()
+    with training_alone_in(tmp_path / "w"):  # the first, in its own process as far as flock goes
+        assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "w"),
+                     "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "Another training is running in the work folder" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "w")) == [".training.lock"]
+    with training_alone_in(tmp_path / "w"):  # let go of when the first ends
+        pass
+
+
 @pytest.mark.parametrize("argv, words", [
     (["embedded", "--base-steps", "-1"], "--base-steps -1: give at least 1 (steps)"),
     (["embedded", "--scenes", "-5"], "--scenes -5: give at least 2 (scenes)"),

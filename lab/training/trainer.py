@@ -14,15 +14,21 @@ import pickle
 import struct
 import time
 from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import CheckpointError
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
@@ -153,6 +159,28 @@ def _every_rank(state, world: int) -> list:
     states: list = [None] * world
     dist.all_gather_object(states, state)
     return states
+
+
+@contextmanager
+def training_alone_in(work_dir: Path) -> Iterator[None]:
+    """While a training runs in `work_dir`, an exclusive lock on its `.training.lock`: a second
+    training started there is refused before any work (two at once replaced each other's
+    checkpoints at every save, and one rebuilt the features under the other). The system lets
+    go of it when the process ends, killed too. Where there is no flock (Windows), nothing is held."""
+    if fcntl is None:
+        yield
+        return
+    handle = os.open(work_dir / ".training.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidInputError(f"Another training is running in the work folder {work_dir}; two at once "
+                                    "overwrite each other's checkpoints. Wait for it to end, or choose another "
+                                    "--work folder.") from None
+        yield
+    finally:
+        os.close(handle)
 
 
 def distributed_context() -> tuple[int, int]:

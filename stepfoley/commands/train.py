@@ -75,20 +75,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
-    from dataclasses import replace
+    from contextlib import ExitStack
     from pathlib import Path
 
     from stepfoley.engine.devices import choose_device
-    from stepfoley.lab.training.trainer import process_device
-    from stepfoley.engine.errors import StepFoleyError, is_out_of_memory, memory_that_ran_out
+    from stepfoley.engine.errors import StepFoleyError
+    from stepfoley.lab.training.trainer import process_device, training_alone_in
 
+    held = ExitStack()
     try:
         _check_numbers(args)
         device = process_device(choose_device(args.device))  # before _check_folders makes --work
         _check_folders(args)
+        if os.environ.get("RANK", "0") == "0":  # the processes of one torchrun share it
+            held.enter_context(training_alone_in(Path(args.work)))
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 2
+    with held:
+        return _train(args, device)
+
+
+def _train(args: argparse.Namespace, device) -> int:
+    import os
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from stepfoley.engine.errors import StepFoleyError, is_out_of_memory, memory_that_ran_out
+
     try:
         if args.what == "embedded":
             from stepfoley.engine.embedded.model import WEIGHTS_PATH
