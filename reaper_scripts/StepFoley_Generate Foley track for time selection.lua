@@ -1,13 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.35
+-- @version 0.5.36
 -- @changelog
---   Extend follows the picture under the item up to a cut to the next shot; a selection running on over that shot longer refused the extension.
---   Regenerate and Replace take an item trimmed while the engine works; the finished job was thrown away as "moved apart".
---   A project at a rate the engine does not write (64 kHz) gets its stems at the next rate it does; it was refused after the dialog and the bounce.
---   Regenerating a take that negated a selection opens on the layers; "selection" negated nothing there.
---   "Part of the picture" says there is no picture before asking which part of it.
---   Cancel running generation stops variations made as several jobs also between two of them; it found nothing running there, and the rest were made.
+--   The progress window shows finishing the stems by its bar alone: the engine now counts two steps a stem there.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -46,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.35", SF.mixed_versions and SF.mixed_versions("this action", "0.5.35")
-  or "StepFoley_lib.lua is older than this action (0.5.35). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.36", SF.mixed_versions and SF.mixed_versions("this action", "0.5.36")
+  or "StepFoley_lib.lua is older than this action (0.5.36). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
