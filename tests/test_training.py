@@ -381,7 +381,9 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys, monkeypatch
                                (["--work", str(tmp_path / "a-file" / "sub")], "cannot be made"),
                                (["--work", str(tmp_path / "w"), "--out", str(tmp_path / "no" / "m.safetensors")],
                                 "does not exist"),
-                               (["--work", str(tmp_path / "w"), "--out", str(tmp_path)], "is a folder")):
+                               (["--work", str(tmp_path / "w"), "--out", str(tmp_path)], "is a folder"),
+                               (["--work", str(tmp_path / "w"), "--out", str(tmp_path / "a-file" / "m.safetensors")],
+                                "which is a file, not a folder")):
             assert main(["train", *what, *folders, "--device", "cpu"]) == 2
             err = capsys.readouterr().err
             assert words in err and "Traceback" not in err
@@ -394,6 +396,31 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys, monkeypatch
     # --work is made only once the checks pass: the weights found it in their way after the training
     assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "new"), "--out", str(tmp_path / "new")]) == 2
     assert "is the --work folder; name the weights file to write" in capsys.readouterr().err
+
+
+def test_train_embeddeds_help_gives_the_recipes_defaults():
+    """Said by hand in the help (the command line imports no torch to show it): kept to the recipe."""
+    import argparse
+    import re
+
+    from stepfoley.commands.train import add_arguments
+    from stepfoley.lab.training.embedded import EmbeddedRecipe
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    [subcommands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {a.option_strings[0]: a.help for a in subcommands.choices["embedded"]._actions if a.option_strings}
+    recipe = EmbeddedRecipe()
+    expected = {"--scenes": recipe.data.scenes, "--held-out-scenes": recipe.data.held_out_scenes,
+                "--workers": recipe.data_workers, "--base-steps": recipe.base_steps,
+                "--controlnet-steps": recipe.controlnet_steps, "--base-lr": recipe.base_lr,
+                "--controlnet-lr": recipe.controlnet_lr, "--loudness-steps": recipe.loudness_steps,
+                "--loudness-lr": recipe.loudness_lr, "--batch-size": recipe.batch_size,
+                "--warmup-steps": recipe.warmup_steps, "--data-seed": recipe.data.seed,
+                "--checkpoint-every": recipe.checkpoint_every}
+    for option, value in expected.items():
+        said = re.search(r"default ([0-9.e-]+)", helps[option] or "")
+        assert said and float(said.group(1)) == value, (option, helps[option], value)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="flock")
@@ -517,6 +544,19 @@ def test_checkpoint_every_reaches_the_recipe(tmp_path, monkeypatch, what):
     assert main(command + ["--checkpoint-every", "37"]) == 0
     assert main(command) == 0
     assert [recipe.checkpoint_every for recipe in received] == [37, training.EmbeddedRecipe().checkpoint_every]
+
+
+def test_train_loudness_takes_the_batch_and_warm_up_a_work_folders_checkpoint_was_trained_with(tmp_path,
+                                                                                                monkeypatch):
+    """It always used the recipe's: the loudness checkpoint of a work folder trained with others
+    was refused, with no option to match it."""
+    from stepfoley.cli import main
+
+    received = _received_recipes(monkeypatch, "loudness")
+    assert main(["train", "loudness", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out.safetensors"),
+                 "--device", "cpu", "--weights", str(_weights_trained_on(tmp_path / "w.safetensors")),
+                 "--batch-size", "3", "--warmup-steps", "7"]) == 0
+    assert (received[0].batch_size, received[0].warmup_steps) == (3, 7)
 
 
 def test_background_db_reaches_the_data_and_train_loudness_reads_it_from_the_weights(tmp_path, monkeypatch):

@@ -23,15 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--held-out-scenes", type=int, default=None,
                    help="of those, kept out of training to measure held-out losses (default 24)")
     e.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
-    e.add_argument("--base-steps", type=int, default=None)
-    e.add_argument("--controlnet-steps", type=int, default=None)
+    e.add_argument("--base-steps", type=int, default=None, help="default 8000")
+    e.add_argument("--controlnet-steps", type=int, default=None, help="default 3500")
     e.add_argument("--base-lr", type=float, default=None, help="default 4e-4")
     e.add_argument("--controlnet-lr", type=float, default=None, help="default 1e-3")
     e.add_argument("--loudness-steps", type=int, default=None, help="default 1500")
     e.add_argument("--loudness-lr", type=float, default=None, help="default 1e-3")
     e.add_argument("--batch-size", type=int, default=None, help="per process (default 8)")
-    e.add_argument("--warmup-steps", type=int, default=None)
-    e.add_argument("--data-seed", type=int, default=None)
+    e.add_argument("--warmup-steps", type=int, default=None, help="default 200")
+    e.add_argument("--data-seed", type=int, default=None, help="default 0")
     e.add_argument("--background-db", default=None, metavar="LO,HI",
                    help="how far under the captioned source the other sources play in the training mixtures, in "
                         "dB, each mixture's drawn between LO and HI (default 6,18; `train loudness` reads it from "
@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lo.add_argument("--steps", type=int, default=None, help="default 1500")
     lo.add_argument("--lr", type=float, default=None, help="default 1e-3")
     lo.add_argument("--workers", type=int, default=None, help="processes rendering scenes (default 2)")
+    lo.add_argument("--batch-size", type=int, default=None,
+                    help="per process (default 8; a --work folder's loudness checkpoint resumes only with its own)")
+    lo.add_argument("--warmup-steps", type=int, default=None, help="default 200")
     lo.add_argument("--checkpoint-every", type=int, default=None,
                     help="steps between checkpoints a killed run resumes from (default 500; the last step too)")
     lo.add_argument("--device", default="auto")
@@ -130,7 +133,8 @@ def _train(args: argparse.Namespace, device) -> int:
             from stepfoley.lab.training.embedded import EmbeddedRecipe, extend_with_loudness, recorded_data_recipe
 
             given = {k: v for k, v in {"loudness_steps": args.steps, "loudness_lr": args.lr,
-                                       "data_workers": args.workers,
+                                       "data_workers": args.workers, "batch_size": args.batch_size,
+                                       "warmup_steps": args.warmup_steps,
                                        "checkpoint_every": args.checkpoint_every}.items() if v is not None}
             weights = Path(args.weights or WEIGHTS_PATH)
             recipe = replace(EmbeddedRecipe(), **given)
@@ -259,6 +263,10 @@ def _check_folders(args: argparse.Namespace) -> None:
     if args.what == "loudness":
         check_input_file(args.weights, "--weights", "the embedded model's .safetensors file")
     if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        above = os.path.dirname(os.path.abspath(args.out))
+        if os.path.lexists(above):  # a file named as if it were a folder
+            raise InvalidInputError(f"--out '{args.out}' is inside '{above}', which is a file, not a folder; name "
+                                    "the weights file to write in a folder.")
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
