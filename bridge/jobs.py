@@ -485,7 +485,10 @@ def _discard_stem(result: Any, output_dir: str, existing: dict[str, tuple[int, i
             if isinstance(made, (list, tuple)) and len(made) == 2:
                 # the very file the job wrote: a folder moved away or swapped for another during
                 # the job may hold a user's file of that name, new to its listing at the start
-                found = os.lstat(stem)
+                try:
+                    found = os.lstat(stem)
+                except FileNotFoundError:
+                    continue  # gone already
                 if (found.st_dev, found.st_ino) != tuple(made):
                     continue
             if existing.get(name) != _identity_in(os.path.dirname(stem), name):

@@ -357,6 +357,12 @@ def _envelope_dbtp(envelope: np.ndarray) -> float:
     return 20.0 * math.log10(peak) if peak > 0.0 else -math.inf
 
 
+def limiter_block(sample_rate: int) -> int:
+    """The samples in one of `lookahead_gain`'s blocks (LIMITER_BLOCK_MS), counted from the
+    first sample: a span limited alone comes out as within the whole when it starts on one."""
+    return max(1, int(round(LIMITER_BLOCK_MS * sample_rate / 1000)))
+
+
 def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
                    release_ms: float = LIMITER_RELEASE_MS) -> np.ndarray:
     """The gain (S,) float32 that keeps `envelope` (S,) (peak magnitudes) at or below `ceiling`,
@@ -370,7 +376,7 @@ def lookahead_gain(envelope: np.ndarray, ceiling: float, sample_rate: int,
     gain, which flattened every peak it missed at -4.75 dBFS."""
     # envelope: (S,)
     length = len(envelope)
-    block = max(1, int(round(LIMITER_BLOCK_MS * sample_rate / 1000)))
+    block = limiter_block(sample_rate)
     count = -(-length // block)
     padded = np.full(count * block, np.float32(0.0))
     padded[:length] = envelope

@@ -933,7 +933,7 @@ def limit_new_part(audio: np.ndarray, new: np.ndarray, sample_rate: int, gain_up
     # Only the span over the new part is limited, with a margin into the silence around it,
     # starting on one of the limiter's blocks, so it comes out as limited whole: the whole of a
     # 600 s take took 5 of the 10 s of finishing a repair near its end.
-    block = max(1, int(round(mixing.LIMITER_BLOCK_MS * sample_rate / 1000)))
+    block = mixing.limiter_block(sample_rate)
     margin = int(round(LIMITER_SPAN_MARGIN_S * sample_rate))
     lo = max(0, int(where[0]) - margin) // block * block
     hi = min(audio.shape[-1], int(where[-1]) + 1 + margin)

@@ -571,7 +571,8 @@ def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | 
         # only what would help: a request already in wav24 was told to choose wav24
         frames = (MAX_STEM_BYTES - WAV_HEADER_BYTES) // (BYTES_PER_SAMPLE[request.format] * channels)
         longest = frames / request.sample_rate
-        choices = ["a lower sample_rate"] + (["wav24"] if request.format != "wav24" else []) + [
+        choices = (["a lower sample_rate"] if request.sample_rate > min(SAMPLE_RATES) else []) + (
+            ["wav24"] if request.format != "wav24" else []) + [
             f"a region of at most {math.floor(longest * 10) / 10:.1f} s on the timeline"]
         if take is not None:
             choices.append("bounce the take with fewer channels")

@@ -361,6 +361,27 @@ def test_send_leaves_a_users_file_that_only_has_a_cancel_files_name(server, tmp_
     assert not stale.exists()
 
 
+def test_send_reads_its_request_where_the_system_opens_nothing_without_waiting(server, tmp_path, monkeypatch):
+    """Windows (no O_NONBLOCK) has os.set_blocking from Python 3.12 for pipes alone: called on a
+    request file, it failed every `send --request`."""
+    def pipes_only(handle, blocking):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.delattr(os, "O_NONBLOCK", raising=False)
+    monkeypatch.setattr(os, "set_blocking", pipes_only)
+    request_file = write_json(tmp_path / "req.json", make_request(tmp_path))
+    assert main(["send", "--request", request_file, "--status", str(tmp_path / "s.json"),
+                 "--port", str(server.address[1]), "-q"]) == 0
+
+
+def test_a_cancel_file_powershell_wrote_is_one(tmp_path):
+    from stepfoley.commands.send import _is_a_cancel_file
+
+    (tmp_path / "utf16").write_bytes("cancel\r\n".encode("utf-16"))  # `"cancel" > s.json.cancel`, PowerShell 5
+    (tmp_path / "notes").write_text("cancel the session tomorrow")
+    assert _is_a_cancel_file(str(tmp_path / "utf16")) and not _is_a_cancel_file(str(tmp_path / "notes"))
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
 def test_send_given_a_pipe_nobody_writes_to_as_its_request_says_so_at_once(tmp_path):
     """It opened the pipe waiting for a writer: held for ever, with no status written."""

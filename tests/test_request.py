@@ -556,6 +556,11 @@ def test_a_take_whose_channels_make_the_stem_too_big_is_refused(tmp_path):
     three = write_sound(tmp_path / "three.wav", 8000, 3, 80)
     with pytest.raises(RequestError) as e:
         parse_request({**request, "take": three}, check_paths=True)
+    # at the lowest rate there is no lower one to offer
+    seven = write_sound(tmp_path / "seven.wav", 8000, 7, 1)
+    low = {**request, "sample_rate": 8000, "region": {"video": "/v.mp4", "file_in": 0, "file_out": 600}}
+    with pytest.raises(RequestError, match="a job writes at most 128 MiB. Choose wav24, a region of at most"):
+        parse_request({**low, "take": seven}, check_paths=True)
     assert ("The stem would be 176 MiB (80.0 s at 192000 Hz in wav32f, 3 channels like the take "
             f"'{three}'); a job writes at most 128 MiB. Choose a lower sample_rate, wav24, a region of at most 58.2 s on the "
             "timeline, or bounce the take with fewer channels.") in e.value.message

@@ -319,6 +319,9 @@ def test_every_phase_of_another_recipe_is_refused_before_the_data_is_made(tmp_pa
 def test_a_checkpoint_trained_on_an_older_version_of_the_data_is_refused(tmp_path, monkeypatch):
     """Features of an older data version are rebuilt; the checkpoints trained on them were
     resumed over the new ones without a word (their latent statistics too)."""
+    import json
+    from dataclasses import asdict
+
     from stepfoley.engine.errors import CheckpointError
     from stepfoley.lab.training import embedded as training, miniworld_data, trainer
 
@@ -331,6 +334,12 @@ def test_a_checkpoint_trained_on_an_older_version_of_the_data_is_refused(tmp_pat
     torch.save({"config": {**trainer._settings(older), "network layout": "x", "frozen base": "y"}, "step": 1},
                tmp_path / "work" / "base" / "last.pt")
     with pytest.raises(CheckpointError, match=r"base/last.pt \(data\)"):
+        training.check_checkpoints(tmp_path / "work", training.phase_configs(recipe))
+    # one of a StepFoley that did not record the version: the same recipe, but which data cannot be told
+    unrecorded = {**trainer._settings(older), "data": json.dumps(asdict(recipe.data))}
+    torch.save({"config": {**unrecorded, "network layout": "x", "frozen base": "y"}, "step": 1},
+               tmp_path / "work" / "base" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"base/last.pt \(data: it does not record the training data's version"):
         training.check_checkpoints(tmp_path / "work", training.phase_configs(recipe))
 
 
@@ -438,6 +447,10 @@ def test_a_second_training_in_a_work_folder_in_use_is_refused_before_any_work(tm
     assert sorted(os.listdir(tmp_path / "w")) == [".training.lock"]
     with training_alone_in(tmp_path / "w"):  # let go of when the first ends
         pass
+    (tmp_path / "v" / ".training.lock").mkdir(parents=True)  # said, not a traceback
+    assert main(["train", "embedded", *TINY, "--work", str(tmp_path / "v"),
+                 "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "lock file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -8,13 +8,14 @@ launched by torchrun (NCCL on GPUs, gloo on CPUs).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
 import struct
 import time
-from dataclasses import asdict, dataclass, field
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -170,7 +171,12 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    handle = os.open(work_dir / ".training.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = work_dir / ".training.lock"
+    try:  # read-only: flock needs no more, and another user's lock file in a shared folder is 0644
+        handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise InvalidInputError(f"The work folder's lock file {path} cannot be made ({error.strerror or error}); "
+                                "remove what is there under that name, or choose another --work folder.") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,6 +184,11 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
             raise InvalidInputError(f"Another training is running in the work folder {work_dir}; two at once "
                                     "overwrite each other's checkpoints. Wait for it to end, or choose another "
                                     "--work folder.") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                raise InvalidInputError(f"The work folder's lock file {path} cannot be locked "
+                                        f"({error.strerror or error}); choose another --work folder.") from None
+            # a file system without locks (NFS without its lock daemon, some cluster mounts): as on Windows
         yield
     finally:
         os.close(handle)

@@ -156,9 +156,9 @@ def _read_request_file(path: str):
     # opened without waiting: a named pipe nobody writes to held `send` for ever, with no status
     # written; read as it comes once open (a pipe's writer, `<(...)` in a shell, may be slow)
     handle = open_input(path)
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(handle, True)
     with open(handle, "rb") as f:
+        if getattr(os, "O_NONBLOCK", 0):  # Windows opens none without waiting (and sets only a pipe's)
+            os.set_blocking(handle, True)
         data = f.read(most + 1)
     if len(data) > most:
         raise ValueError(f"it is larger than {most // 1024} KiB, far more than one request can hold "
@@ -255,7 +255,9 @@ def _is_a_cancel_file(path: str) -> bool:
             text = f.read(CANCEL_FILE_MOST_BYTES + 1)
     except OSError:
         return False
-    return len(text) <= CANCEL_FILE_MOST_BYTES and text.strip().lower() in (b"", b"cancel")
+    # PowerShell 5's `"cancel" > s.json.cancel` writes UTF-16 with a byte-order mark
+    words = text.lstrip(b"\xef\xbb\xbf\xff\xfe").replace(b"\x00", b"").strip().lower()
+    return len(text) <= CANCEL_FILE_MOST_BYTES and words in (b"", b"cancel")
 
 
 def remove_stale_cancel(path: str, request_path: str, status_path: str) -> None:
