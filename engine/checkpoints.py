@@ -104,6 +104,24 @@ def memory_error(path: Path) -> OutOfMemory:
                        "or choose a smaller model, and try again.")
 
 
+def check_pth_container(path: Path) -> None:
+    """CheckpointError for a PyTorch file whose zip records are compressed: torch.save never
+    compresses them, torch.load takes them, and mapped or not every one is unpacked whole
+    (an 8 MB file asked for 8.6 GB before a single shape was looked at)."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy format, or no PyTorch file at all: torch.load says
+        with zipfile.ZipFile(path) as archive:
+            packed = [info.filename for info in archive.infolist() if info.compress_type != zipfile.ZIP_STORED]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load says what is wrong with it
+    if packed:
+        raise CheckpointError(f"Weights file {path} holds compressed parts ({packed[0]}), which PyTorch never "
+                              "writes: it is not a weights file as published. Download it again.")
+
+
 def torch_load_reason(exc: BaseException) -> str:
     """Why torch.load(weights_only=True) refused a file, in words for a user: never torch's advice
     to load the file unsafely, nor the names of its internals (the error is chained for a log)."""
@@ -114,6 +132,7 @@ def torch_load_reason(exc: BaseException) -> str:
 
 
 def _read_pth(path: Path):
+    check_pth_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
@@ -137,7 +156,11 @@ def check_only_tensors(state, path: Path) -> None:
     if not isinstance(state, Mapping):
         raise CheckpointError(f"Weights file {path} does not hold a dictionary of tensors "
                               f"(found {type(state).__name__}).")
-    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    not_named = [repr(k)[:40] for k in state if not isinstance(k, str)]
+    if not_named:
+        raise CheckpointError(f"Weights file {path} names entries by other than text ({', '.join(not_named[:5])}): "
+                              "it is not a weights file as published. Download it again.")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(
             f"Weights file {path} holds more than the network's weights (entries {', '.join(not_tensors[:5])} "

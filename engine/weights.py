@@ -222,7 +222,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
     import torch
 
-    from stepfoley.engine.checkpoints import check_only_tensors, git_lfs_pointer_error, memory_error, unreadable_error
+    from stepfoley.engine.checkpoints import (check_only_tensors, check_pth_container, git_lfs_pointer_error,
+                                              memory_error, unreadable_error)
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -239,6 +240,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
             raise git_lfs_pointer_error(path) or CheckpointError(
                 f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
                 "convert or download it again.") from e
+    check_pth_container(path)
     try:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -300,3 +300,37 @@ def test_a_gpu_running_out_of_memory_while_weights_go_in_is_not_called_the_files
     monkeypatch.setattr(net, "load_state_dict", gpu_full)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         load_strict(net, {"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, "the test network", "get another")
+
+
+def _deflated(source, target):
+    """The PyTorch file `source` with each of its zip records compressed: torch.load takes it."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as given, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as packed:
+        for info in given.infolist():
+            packed.writestr(info.filename, given.read(info))
+    return target
+
+
+def test_a_pth_whose_records_are_compressed_is_refused_before_anything_is_unpacked(tmp_path):
+    """torch.save never compresses; an 8 MB file of compressed zeros asked for 8.6 GB in the
+    shape check that is meant to cost nothing."""
+    from stepfoley.engine.weights import tensor_shapes
+
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "plain.pth")
+    packed = _deflated(tmp_path / "plain.pth", tmp_path / "packed.pth")
+    assert torch.load(packed, weights_only=True)["w"].shape == (1000,)  # torch itself takes it
+    for read in (load_state_dict_file, tensor_shapes):
+        with pytest.raises(CheckpointError, match="holds compressed parts"):
+            read(packed)
+    assert load_state_dict_file(tmp_path / "plain.pth")["w"].shape == (1000,)
+
+
+def test_a_pth_whose_entries_are_not_named_by_text_is_refused_by_every_reader(tmp_path):
+    """Its names were joined into a message: a TypeError's traceback."""
+    from stepfoley.engine.weights import tensor_shapes
+
+    torch.save({7: torch.zeros(2)}, tmp_path / "forged.pth")
+    for read in (load_state_dict_file, tensor_shapes):
+        with pytest.raises(CheckpointError, match="names entries by other than text"):
+            read(tmp_path / "forged.pth")

@@ -679,7 +679,8 @@ def test_weights_that_appeared_at_out_during_training_are_kept(tmp_path, monkeyp
     assert _may_replace_out(parse(command[:-4] + command[-2:]))
 
 
-@pytest.mark.parametrize("damage", ["cut short", "a folder", "a list", "no trainable", "text", "bytes"])
+@pytest.mark.parametrize("damage", ["cut short", "a folder", "a list", "no trainable", "text", "bytes", "a pipe",
+                                    "code"])
 def test_a_damaged_checkpoint_is_said_in_words(tmp_path, damage):
     """Each was a traceback (OSError, IsADirectoryError, AttributeError, KeyError 'trainable');
     a checkpoint cut short to a few bytes was already said."""
@@ -699,10 +700,36 @@ def test_a_damaged_checkpoint_is_said_in_words(tmp_path, damage):
         last.write_text("hello world, not a checkpoint\n")
     elif damage == "bytes":  # struct.error
         last.write_bytes(b"\x80\x02J\x01")
+    elif damage == "a pipe":  # torch.load waited for a writer for ever
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("named pipes")
+        os.mkfifo(last)
+    elif damage == "code":  # refused by torch, whose words advised loading it unsafely
+        torch.save({"step": 1, "trainable": _RunsCode()}, last)
     else:
         torch.save({"step": 1}, last)
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))} cannot be resumed from.*Delete it to start"):
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(last))} cannot be resumed from.*Delete it to start"
+                       ) as refused:
         read_checkpoint(last)
+    assert "weights_only" not in str(refused.value)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("a checkpoint that runs code",))
+
+
+def test_another_networks_checkpoint_without_its_settings_is_said_in_words(tmp_path):
+    """One without a recorded config skipped the layout check: load_state_dict's traceback."""
+    from stepfoley.engine.errors import CheckpointError
+
+    toy_training(tmp_path / "other", init_seed=0, hidden=4)
+    state = torch.load(tmp_path / "other" / "last.pt", weights_only=True)
+    del state["config"]
+    (tmp_path / "w").mkdir()
+    torch.save(state, tmp_path / "w" / "last.pt")
+    with pytest.raises(CheckpointError, match="cannot be resumed from: what it holds does not fit this training"):
+        toy_training(tmp_path / "w", init_seed=0)
 
 
 @pytest.mark.parametrize("damage", ["cut short", "a folder"])

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import pickle
+import stat
 import struct
 import time
 from contextlib import contextmanager
@@ -99,13 +100,19 @@ def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> d
     """A run's last.pt; CheckpointError where it cannot be resumed from: a file cut short or
     damaged (torch raises several kinds), a folder, or a file that is no checkpoint of `train`
     (each was a traceback): not a dictionary, or one without the `needed` entries."""
-    try:  # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
+    from stepfoley.engine.checkpoints import torch_load_reason
+
+    try:
+        if not stat.S_ISREG(os.stat(last).st_mode):  # a pipe held the run waiting for ever
+            raise CheckpointError(f"{last} cannot be resumed from: it is not a file (a folder, a pipe or a device). "
+                                  "Delete it to start this training over, or choose another --work folder.")
+        # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
         state = torch.load(last, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError,
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             struct.error) as e:
-        # a text file read as an old-style checkpoint says only "KeyError: 101"
-        reason = e if isinstance(e, (pickle.UnpicklingError, RuntimeError, OSError, ValueError)) \
-            else "it is damaged, or no checkpoint"
+        # a text file read as an old-style checkpoint says only "KeyError: 101"; torch's own
+        # refusal advises loading it unsafely
+        reason = e if isinstance(e, (RuntimeError, OSError, ValueError)) else torch_load_reason(e)
         raise CheckpointError(f"{last} cannot be resumed from ({reason}). Delete it to start this training "
                               "over, or choose another --work folder.") from None
     missing = ["anything"] if not isinstance(state, dict) else [k for k in needed if k not in state]
@@ -268,22 +275,27 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
             raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
                                   "mix the two. Delete it to start this training over, or choose another --work folder.")
-        trainable.load_state_dict(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:  # one without its settings is another network's, or garbled: said, not a traceback
+            trainable.load_state_dict(state["trainable"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            ema.load_state_dict(state["ema"])
+            snapshots = list(state["snapshots"])
+            states = state["generator"]
+            if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
+                if rank < len(states):
+                    generator.set_state(states[rank])
+            else:  # written before every rank's state was kept: rank 0's
+                generator.set_state(states)
+            start_step = int(state["step"])
+            losses = list(state.get("losses", []))
+            seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
+        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"{last} cannot be resumed from: what it holds does not fit this training "
+                                  f"({type(e).__name__}: {str(e)[:200]}). Delete it to start this training over, or "
+                                  "choose another --work folder.") from None
         for group in optimizer.param_groups:  # the checkpoint's would stay: a run made before, or on another device
             group["eps"] = eps
-        scheduler.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        snapshots = state["snapshots"]
-        states = state["generator"]
-        if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
-            if rank < len(states):
-                generator.set_state(states[rank])
-        else:  # written before every rank's state was kept: rank 0's
-            generator.set_state(states)
-        start_step = state["step"]
-        losses = list(state.get("losses", []))
-        seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
         # the data goes on where the interrupted run stopped: set there where the batches can be
         # (ResumableBatches; a checkpoint of another world size has not every rank's place), else
         # made again up to there
