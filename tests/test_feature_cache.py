@@ -176,7 +176,8 @@ def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
     key = region_key(video, 0.0, 1.0, "enc")
     other = {"format": DISK_FORMAT, "key": repr(region_key(video, 0.0, 2.0, "enc"))}
     good = path.read_bytes()
-    for content in (b"damaged", b"", good[: len(good) // 2], None, other, {"key": str(key)}):
+    # also one longer than its header says: such a file of gigabytes was read whole first
+    for content in (b"damaged", b"", good[: len(good) // 2], good + bytes(4096), None, other, {"key": str(key)}):
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:  # a well-formed safetensors file that is not this entry
@@ -285,6 +286,33 @@ def test_a_folder_that_can_no_longer_be_read_is_a_miss(tmp_path, monkeypatch):
     FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc",
                                                          lambda: calls.append(1) or fake_features(2.0)())
     assert calls == [1]
+
+
+def test_an_entry_that_cannot_be_read_for_a_moment_is_kept(tmp_path, monkeypatch):
+    """No descriptors left (or a share's hiccup) removed a good entry, minutes of MMAudio's
+    encoders on a CPU to make again."""
+    import errno
+
+    video = tmp_path / "picture.mp4"
+    video.write_bytes(b"x")
+    folder = tmp_path / "features"
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(1.0))
+    (path,) = entries(folder)
+    real = os.open
+
+    def no_descriptors(name, *args, **kwargs):  # for its reading and for the write after the miss
+        if folder in Path(name).parents:
+            raise OSError(errno.EMFILE, "Too many open files", str(name))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_descriptors)
+    FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc", fake_features(2.0))
+    monkeypatch.setattr(os, "open", real)
+    assert path.exists()
+    calls = []
+    result = FeatureCache(cache_dir=folder).get_or_compute_region(video, 0.0, 1.0, "enc",
+                                                                  lambda: calls.append(1) or fake_features(3.0)())
+    assert calls == [] and torch.equal(result[0], torch.full((1, 64, 8), 1.0))
 
 
 def two_entries_on_disk(tmp_path):
@@ -607,7 +635,7 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
     assert chosen.cache_dir == tmp_path / "new" / "folder" and chosen.cache_dir.is_dir()
     assert chosen.max_disk_bytes == 500_000_000
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(InvalidInputError, match="a-file.*--feature-cache off"):
+    with pytest.raises(InvalidInputError, match=r"a-file' cannot be used \(it is a file, not a folder\).*--feature-cache off"):
         open_feature_cache(tmp_path / "a-file")
     if os.path.isdir("/proc"):  # root passes its permission bits (the CI's user); only making a file tells
         with pytest.raises(InvalidInputError, match="'/proc' cannot be used .*--feature-cache off"):
@@ -615,6 +643,20 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
     for size in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidInputError, match="gigabytes above 0"):
             open_feature_cache("off", size)
+
+
+def test_a_default_folder_that_cannot_be_used_keeps_features_in_memory(tmp_path, monkeypatch, caplog):
+    """A cache no one asked for stopped every generation from starting (a read-only home)."""
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.delenv("STEPFOLEY_CACHE_DIR", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    with caplog.at_level("WARNING"):
+        assert open_feature_cache().cache_dir is None
+    assert "picture features are kept in memory only" in caplog.text
+    monkeypatch.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "a-file" / "chosen"))  # one the user chose: said
+    with pytest.raises(InvalidInputError, match="--feature-cache off"):
+        open_feature_cache()
 
 
 def test_the_cli_default_size_is_the_engines():

@@ -34,8 +34,10 @@ that survives restarts (`open_feature_cache` puts it under the user's cache fold
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -75,6 +77,7 @@ _ANY_DISK_FORMAT = re.compile(r"stepfoley-features-[0-9]+")  # this cache's entr
 # 5: a picture focus reaches a centre-cropping encoder (MMAudio's Synchformer) whole, on black.
 FEATURES_VERSION = 5
 OFF = "off"
+log = logging.getLogger(__name__)
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
 _STALE_TEMP_S = 3600.0  # a temporary file this old was left by a killed engine
 _UNREADABLE = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
@@ -172,9 +175,23 @@ def _read_entry_file(path: Path, max_bytes: int) -> tuple[Features, dict] | None
             return None
         if info.st_size > max_bytes:
             raise ValueError("larger than the cache may hold")
-        data = file.read()
+        # its header first, and only a file as long as that says is read on: a file of gigabytes
+        # under an entry's name was read whole, and a job ran out of memory again at every try
+        start = file.read(8)
+        size = int.from_bytes(start, "little")
+        if len(start) < 8 or not 0 < size <= _HEADER_ROOM_BYTES:
+            raise ValueError("no entry's header")
+        head = file.read(size)
+        try:
+            header = json.loads(head)
+            length = max((int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"),
+                         default=0)
+        except (TypeError, AttributeError, IndexError) as error:
+            raise ValueError(f"no entry's header ({error})") from None
+        if 8 + size + length != info.st_size:
+            raise ValueError("its size is not the one its header gives")
+        data = start + head + file.read(length)
     features = load_tensors(data)  # validates the header, so the metadata below parses
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     return features, header.get("__metadata__") or {}
 
 
@@ -303,10 +320,15 @@ class FeatureCache:
             _check_entry(features, meta)
         except FileNotFoundError:
             return None
-        except _UNREADABLE:
+        except _UNREADABLE as error:
+            # damaged or foreign (a link under its name too): computed again and rewritten. A read
+            # that failed for a moment (no descriptors left, a share's hiccup) is a miss only: a
+            # good entry cost minutes of MMAudio's encoders on a CPU
+            if isinstance(error, OSError) and error.errno != errno.ELOOP:
+                return None
             try:
                 if path.exists():  # else evicted by another engine meanwhile
-                    _remove(path)  # damaged or foreign: computed again and rewritten
+                    _remove(path)
             except OSError:  # the folder cannot be read: nothing to remove
                 pass
             return None
@@ -384,7 +406,8 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
     (engine.user_dirs.default_feature_cache_dir); "off": in memory only; else that folder (an
     empty name is refused, like an empty --weights: it is not "the current folder"). `max_disk_gb`
     (default DEFAULT_MAX_DISK_GB, at most MAX_DISK_GB) caps the folder. The folder is created and
-    checked here, so a bad one is refused before any model loads."""
+    checked here, so a bad one is refused before any model loads; the default folder, when it
+    cannot be used, leaves the features in memory only (logged)."""
     gigabytes = DEFAULT_MAX_DISK_GB if max_disk_gb is None else max_disk_gb
     if isinstance(gigabytes, bool) or not isinstance(gigabytes, (int, float)) or not (
             math.isfinite(gigabytes) and 0 < gigabytes <= MAX_DISK_GB):
@@ -396,13 +419,23 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
     if folder is not None and os.fspath(folder) == OFF:
         return FeatureCache()
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
+    chosen = folder is not None or bool(os.environ.get("STEPFOLEY_CACHE_DIR"))  # else StepFoley's own
     try:
-        # its entries name the user's videos; $STEPFOLEY_CACHE_DIR is a folder the user chose
-        make_private_dir(directory, ours=folder is None and not os.environ.get("STEPFOLEY_CACHE_DIR"))
+        # its entries name the user's videos
+        make_private_dir(directory, ours=not chosen)
         usable = can_make_file_in(directory)
         reason = "it is not writable"
     except OSError as error:
         usable, reason = False, error.strerror or str(error)
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            reason = ("it is a link to a folder that is not there" if os.path.islink(directory)
+                      else "it is a file, not a folder")
+    if not usable and not chosen:
+        # a cache no one asked for (the disk is a convenience): a read-only home stopped every
+        # generation from starting
+        log.warning("The default feature cache folder '%s' cannot be used (%s); picture features are kept in "
+                    "memory only. Give --feature-cache DIR to keep them on disk.", directory, reason)
+        return FeatureCache()
     if not usable:
         raise InvalidInputError(
             f"The feature cache folder '{directory}' cannot be used ({reason}). Choose another one with "
