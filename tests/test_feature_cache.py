@@ -177,7 +177,9 @@ def test_damaged_and_foreign_files_are_removed_and_recomputed(tmp_path):
     other = {"format": DISK_FORMAT, "key": repr(region_key(video, 0.0, 2.0, "enc"))}
     good = path.read_bytes()
     # also one longer than its header says: such a file of gigabytes was read whole first
-    for content in (b"damaged", b"", good[: len(good) // 2], good + bytes(4096), None, other, {"key": str(key)}):
+    infinite = b'{"item0":{"dtype":"F32","shape":[1],"data_offsets":[0,1e400]}}'  # an OverflowError's traceback
+    for content in (b"damaged", b"", good[: len(good) // 2], good + bytes(4096), len(infinite).to_bytes(8, "little")
+                    + infinite, None, other, {"key": str(key)}):
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:  # a well-formed safetensors file that is not this entry

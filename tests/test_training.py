@@ -719,6 +719,22 @@ class _RunsCode:
         return (print, ("a checkpoint that runs code",))
 
 
+def test_a_gpu_running_out_of_memory_while_resuming_is_not_blamed_on_the_checkpoint(tmp_path, monkeypatch):
+    """It was said as a checkpoint that does not fit, to be deleted."""
+    from stepfoley.engine.errors import CheckpointError
+
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, crash_after=6)
+
+    def full(self, state):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "load_state_dict", full)
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        toy_training(tmp_path / "w", init_seed=0)
+    assert not isinstance(raised.value, CheckpointError)
+
+
 def test_another_networks_checkpoint_without_its_settings_is_said_in_words(tmp_path):
     """One without a recorded config skipped the layout check: load_state_dict's traceback."""
     from stepfoley.engine.errors import CheckpointError

@@ -177,22 +177,31 @@ def _read_entry_file(path: Path, max_bytes: int) -> tuple[Features, dict] | None
             raise ValueError("larger than the cache may hold")
         # its header first, and only a file as long as that says is read on: a file of gigabytes
         # under an entry's name was read whole, and a job ran out of memory again at every try
-        start = file.read(8)
-        size = int.from_bytes(start, "little")
-        if len(start) < 8 or not 0 < size <= _HEADER_ROOM_BYTES:
-            raise ValueError("no entry's header")
-        head = file.read(size)
+        start, head, header = _entry_header(file)
         try:
-            header = json.loads(head)
             length = max((int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"),
                          default=0)
-        except (TypeError, AttributeError, IndexError) as error:
+        except (TypeError, IndexError, OverflowError) as error:  # OverflowError: an offset of 1e400
             raise ValueError(f"no entry's header ({error})") from None
-        if 8 + size + length != info.st_size:
+        if len(start) + len(head) + length != info.st_size:
             raise ValueError("its size is not the one its header gives")
         data = start + head + file.read(length)
     features = load_tensors(data)  # validates the header, so the metadata below parses
     return features, header.get("__metadata__") or {}
+
+
+def _entry_header(file) -> tuple[bytes, bytes, dict]:
+    """(its length's 8 bytes, the header's bytes, the header) of an entry's file read from its
+    start. Raises ValueError where it has none (or another of _UNREADABLE)."""
+    start = file.read(8)
+    size = int.from_bytes(start, "little")
+    if len(start) < 8 or not 0 < size <= _HEADER_ROOM_BYTES:
+        raise ValueError("no entry's header")
+    head = file.read(size)
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("no entry's header (not a JSON object)")
+    return start, head, header
 
 
 def _is_own_entry(path: Path) -> bool:
@@ -204,11 +213,8 @@ def _is_own_entry(path: Path) -> bool:
         with os.fdopen(os.open(path, _OPEN_ENTRY), "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 return False
-            size = int.from_bytes(file.read(8), "little")
-            if not 0 < size <= _HEADER_ROOM_BYTES:
-                return False
-            meta = json.loads(file.read(size)).get("__metadata__") or {}
-    except (*_UNREADABLE, AttributeError):  # AttributeError: a header that is not a JSON object
+            meta = _entry_header(file)[2].get("__metadata__") or {}
+    except _UNREADABLE:
         return False
     if not isinstance(meta, dict):
         return False

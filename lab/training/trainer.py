@@ -30,7 +30,7 @@ except ImportError:  # Windows
 
 from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.errors import CheckpointError, InvalidInputError, is_out_of_memory
 from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
@@ -179,8 +179,11 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
         yield
         return
     path = work_dir / ".training.lock"
-    try:  # read-only: flock needs no more, and another user's lock file in a shared folder is 0644
-        handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:  # for writing: NFS turns flock into a byte-range lock, which an exclusive one needs
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # another user's 0644 lock file in a shared folder: flock needs no more
+            handle = os.open(path, os.O_RDONLY)
     except OSError as error:
         raise InvalidInputError(f"The work folder's lock file {path} cannot be made ({error.strerror or error}); "
                                 "remove what is there under that name, or choose another --work folder.") from None
@@ -192,10 +195,11 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
                                     "overwrite each other's checkpoints. Wait for it to end, or choose another "
                                     "--work folder.") from None
         except OSError as error:
-            if error.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+            if error.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EBADF):
                 raise InvalidInputError(f"The work folder's lock file {path} cannot be locked "
                                         f"({error.strerror or error}); choose another --work folder.") from None
-            # a file system without locks (NFS without its lock daemon, some cluster mounts): as on Windows
+            # a file system without locks (NFS without its lock daemon, some cluster mounts; NFS with
+            # the file open read-only only): as on Windows
         yield
     finally:
         os.close(handle)
@@ -291,6 +295,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             losses = list(state.get("losses", []))
             seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
         except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+            if is_out_of_memory(e):  # the optimizer's state moved onto a full GPU: not the checkpoint's fault
+                raise
             raise CheckpointError(f"{last} cannot be resumed from: what it holds does not fit this training "
                                   f"({type(e).__name__}: {str(e)[:200]}). Delete it to start this training over, or "
                                   "choose another --work folder.") from None
