@@ -441,6 +441,33 @@ def resample(samples: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
     return fit_length(resampled.astype(np.float32), target_length)
 
 
+def resample_span(samples: np.ndarray, from_sr: int, to_sr: int, length: int, first: int, end: int) -> np.ndarray:
+    """`fit_length(resample(samples, from_sr, to_sr), length)` over its samples [first, end) and
+    silent elsewhere, from the input that reaches them alone (starting on a whole period of the
+    polyphase filter, so each comes out as resampled whole): a 400 s take's few new seconds
+    took 3.5 s resampled whole."""
+    # samples: (C, S) -> (C, length)
+    audio = as_channels_first(samples)
+    out = np.zeros((audio.shape[0], length), np.float32)
+    end = min(end, length)
+    if first >= end:
+        return out
+    if _check_sample_rate(from_sr) == _check_sample_rate(to_sr):
+        out[:, first:end] = fit_length(audio, length)[:, first:end]
+        return out
+    up, down = _resample_ratio(Fraction(to_sr, from_sr))
+    reach = len(_resample_lowpass(max(up, down))) // up + 2  # input samples the filter reaches, with room
+    start = max(0, first * down // up - reach) // down * down
+    stop = min(audio.shape[1], end * down // up + reach + 1)
+    part = _resample_poly(audio[:, start:stop], up, down).astype(np.float32)                # (C, ~)
+    shift = start * up // down
+    whole = round(audio.shape[1] * to_sr / from_sr)  # `resample`'s length: past it, silence
+    last = min(end, whole, shift + part.shape[1])
+    if last > first:
+        out[:, first:last] = part[:, first - shift:last - shift]
+    return out
+
+
 def resample_to_length(samples: np.ndarray, from_sr: int, to_sr: int, length: int) -> np.ndarray:
     """Resample to `to_sr` with exactly `length` samples, in one band-limited pass. When `length`
     is not the resampled length (a picture that plays at another rate), the audio is varispeeded

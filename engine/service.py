@@ -317,7 +317,10 @@ class _Take:
         take = self.samples if self.rate == rate else mixing.resample(self.samples, self.rate, rate)
         take_length = min(take.shape[-1], length)
         keep = _kept(length, rate, *request.regenerate)
-        new = mixing.fit_length(mixing.resample(track.samples[None], track.sample_rate, rate), length)
+        made_new = np.flatnonzero(~keep)  # only the new part is ever heard of the model's audio
+        new = mixing.resample_span(track.samples[None], track.sample_rate, rate, length,
+                                   int(made_new[0]) if made_new.size else 0,
+                                   int(made_new[-1]) + 1 if made_new.size else 0)
         take = mixing.fit_length(take, length)
         new = new * channel_balance(take, keep, rate, take_length)                             # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)

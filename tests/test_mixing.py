@@ -212,6 +212,19 @@ def test_resampling_keeps_the_highs_and_adds_no_images(rates):
     assert 20 * np.log10(spectrum[~tone].max() / spectrum[tone].max()) < -90
 
 
+@pytest.mark.parametrize("from_sr, to_sr", [(16000, 48000), (16000, 44100), (44100, 48000), (48000, 44100),
+                                           (16000, 8000), (44100, 22050), (16000, 16000)])
+def test_a_span_resampled_alone_is_as_resampled_whole(from_sr, to_sr):
+    """An extend or repair resampled all of a long take's model audio for its few new seconds."""
+    audio = np.random.default_rng(from_sr + to_sr).standard_normal((2, 3 * from_sr)).astype(np.float32)
+    length = round(3 * to_sr) + 5  # past the resampled length: silence, as fit_length pads
+    whole = mixing.fit_length(mixing.resample(audio, from_sr, to_sr), length)
+    for first, end in ((0, 10), (length // 3, length // 2), (length - 100, length), (length - 3, length + 9)):
+        span = mixing.resample_span(audio, from_sr, to_sr, length, first, end)
+        assert np.array_equal(span[:, first:end], whole[:, first:end])
+        assert not span[:, :first].any() and not span[:, end:].any()
+
+
 def test_resample_same_rate_is_identity_copy():
     source = sine(440, 16000, 0.1)
     out = mixing.resample(source, 16000, 16000)
