@@ -317,10 +317,9 @@ class _Take:
         take = self.samples if self.rate == rate else mixing.resample(self.samples, self.rate, rate)
         take_length = min(take.shape[-1], length)
         keep = _kept(length, rate, *request.regenerate)
-        made_new = np.flatnonzero(~keep)  # only the new part is ever heard of the model's audio
+        # only the new part is ever heard of the model's audio: the span `_kept` leaves out
         new = mixing.resample_span(track.samples[None], track.sample_rate, rate, length,
-                                   int(made_new[0]) if made_new.size else 0,
-                                   int(made_new[-1]) + 1 if made_new.size else 0)
+                                   *(round(t * rate) for t in request.regenerate))
         take = mixing.fit_length(take, length)
         new = new * channel_balance(take, keep, rate, take_length)                             # (C, S)
         new = limit_new_part(new, ~keep, rate, gain_up_to_db=RESAMPLED_OVERSHOOT_DB)

@@ -525,8 +525,8 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
         seed=_integer(data.get("seed", 0), "seed", 0, MAX_SEED),
         steps=_optional(data, "steps", lambda v, n: _integer(v, n, 1, MAX_STEPS)),
         # null as none: a stem's metadata says null for none, and a request made again from it was refused
-        negative_caption=_caption_or_nothing(_text(_null_as(data.get("negative_caption"), ""), "negative_caption",
-                                                   MAX_CAPTION_CHARS)),
+        negative_caption=_optional(data, "negative_caption",
+                                   lambda v, n: _caption_or_nothing(_text(v, n, MAX_CAPTION_CHARS))) or "",
         previous_captions=tuple(_caption_or_nothing(_text(c, "previous_captions[]", MAX_CAPTION_CHARS))
                                 for c in previous),
         existing_mix=_optional(data, "existing_mix", _path),
@@ -1039,10 +1039,6 @@ def is_blank(text: str) -> bool:
     characters and invisible format characters (a byte-order mark, a zero-width space, a soft
     hyphen), which the embedded text encoder reads as the empty caption."""
     return not "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf")).strip()
-
-
-def _null_as(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def _caption_or_nothing(text: str) -> str:

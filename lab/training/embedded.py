@@ -39,7 +39,7 @@ from stepfoley.lab.training.miniworld_data import (DATA_VERSION, DOMINANCE_DB_MO
 from stepfoley.lab.training.features import features_metadata
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
-                                           read_checkpoint, settings_changed, train)
+                                           recorded_settings, settings_changed, train)
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -103,8 +103,9 @@ def check_checkpoints(work_dir: Path, phases: dict[str, TrainConfig]) -> None:
     """Every phase's checkpoint in `work_dir` against its settings, before any work: one of
     another recipe was found only once the data was rendered again and the phases before it
     were trained. Raises CheckpointError naming every stale one."""
-    stale = [(name, [_said(change, work_dir / name / "last.pt", config) for change in changed])
-             for name, config in phases.items() if (changed := settings_changed(work_dir / name, config))]
+    recorded = {name: recorded_settings(work_dir / name) for name in phases}
+    stale = [(name, [_said(change, recorded[name], config) for change in changed])
+             for name, config in phases.items() if (changed := settings_changed(recorded[name], config))]
     if stale:
         raise CheckpointError(
             "The work folder holds checkpoints of a run with other settings: " + "; ".join(
@@ -113,15 +114,14 @@ def check_checkpoints(work_dir: Path, phases: dict[str, TrainConfig]) -> None:
             "or choose another --work folder.")
 
 
-def _said(change: str, checkpoint: Path, config: TrainConfig) -> str:
-    """A setting a checkpoint was made with that `config` changes, in words: its data recipe
-    without the data's version is one written before the version was recorded, not one of
-    another recipe (its features may have been of an older version, which cannot be told)."""
+def _said(change: str, recorded: dict, config: TrainConfig) -> str:
+    """A setting a checkpoint was made with (`recorded`) that `config` changes, in words: its
+    data recipe without the data's version is one written before the version was recorded, not
+    one of another recipe (its features may have been of an older version, which cannot be told)."""
     if change != "data":
         return change
-    recorded = (read_checkpoint(checkpoint, needed=()).get("config") or {}).get("data")
     try:
-        recorded = json.loads(recorded)
+        recorded = json.loads(recorded.get("data"))
         same_otherwise = ("data_version" not in recorded
                           and {**recorded, "data_version": DATA_VERSION} == json.loads(config.data))
     except (TypeError, ValueError):

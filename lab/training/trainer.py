@@ -123,14 +123,20 @@ def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> d
     return state
 
 
-def settings_changed(checkpoint_dir: Path, config: TrainConfig) -> list[str]:
-    """The settings (data, seed, steps, rates ...) a checkpoint in `checkpoint_dir` was made
-    with that `config` changes, [] without one; what train() refuses to resume, found before
-    the run's earlier phases (its frozen base's values are known only once that base is trained)."""
+def recorded_settings(checkpoint_dir: Path) -> dict:
+    """The settings a checkpoint in `checkpoint_dir` was made with, {} without one (or without
+    a record of them)."""
     last = checkpoint_dir / "last.pt"
     if not last.exists():
-        return []
-    recorded, wanted = read_checkpoint(last, needed=()).get("config") or {}, _settings(config)
+        return {}
+    return read_checkpoint(last, needed=()).get("config") or {}
+
+
+def settings_changed(recorded: dict, config: TrainConfig) -> list[str]:
+    """The settings (data, seed, steps, rates ...) of `recorded` (recorded_settings) that
+    `config` changes; what train() refuses to resume, found before the run's earlier phases
+    (its frozen base's values are known only once that base is trained)."""
+    wanted = _settings(config)
     return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
 
 

@@ -149,7 +149,6 @@ def _read_request_file(path: str):
     """The request JSON in the file at `path`, read no further than a request can be (the path
     may name an endless device or pipe). Raises OSError, ValueError or RecursionError."""
     from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
-
     from stepfoley.request import open_input, request_json
 
     most = REQUEST_FILE_BYTES_PER_REQUEST_BYTE * MAX_REQUEST_BYTES

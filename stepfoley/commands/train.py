@@ -262,8 +262,8 @@ def _check_folders(args: argparse.Namespace) -> None:
 
     if args.what == "loudness":
         check_input_file(args.weights, "--weights", "the embedded model's .safetensors file")
-    if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        above = os.path.dirname(os.path.abspath(args.out))
+    above = os.path.dirname(os.path.abspath(args.out)) if args.out is not None else None
+    if above is not None and not os.path.isdir(above):
         if os.path.lexists(above):  # a file named as if it were a folder
             raise InvalidInputError(f"--out '{args.out}' is inside '{above}', which is a file, not a folder; name "
                                     "the weights file to write in a folder.")
