@@ -50,7 +50,9 @@ def load_state_dict_file(path: Union[str, os.PathLike], entry: Optional[str] = N
             found = ", ".join(sorted(map(str, state))[:8]) if isinstance(state, Mapping) else type(state).__name__
             raise CheckpointError(f"Weights file {path} has no '{entry}' entry (it holds: {found}).")
         state = state[entry]
-    return _as_state_dict(state, path)
+    state = _as_state_dict(state, path)
+    check_finite(state, path)
+    return state
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -148,6 +150,30 @@ def _read_pth(path: Path):
 def _as_state_dict(state, path: Path) -> dict[str, torch.Tensor]:
     check_only_tensors(state, path)
     return dict(state)
+
+
+NOT_NUMBERS_ADVICE = "The training that wrote it went wrong, or the file is damaged: download or train it again."
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: Union[str, os.PathLike],
+                 advice: str = NOT_NUMBERS_ADVICE) -> None:
+    """CheckpointError if a real-valued tensor read from `path` holds a NaN or an infinity: a
+    training that diverged wrote it, or the file was damaged, and every job would fail on it. A
+    tensor's sum (a twentieth of isfinite's cost on a CPU) is not finite whenever an element is
+    not; only then is it looked at element by element, since large finite weights can overflow it."""
+    found = []
+    for key, value in state.items():
+        if not value.is_floating_point() or value.numel() == 0:
+            continue
+        # a stride-0 view (torch's expand) repeats one element: its distinct elements suffice
+        distinct = value[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in value.stride())]
+        if not torch.isfinite(distinct.sum(dtype=torch.float32)) and not bool(torch.isfinite(distinct).all()):
+            found.append(key)
+    if found:
+        listed = ", ".join(found[:6]) + (f", ... ({len(found) - 6} more)" if len(found) > 6 else "")
+        raise CheckpointError(f"Weights file {path}: {len(found)} tensor{'s hold' if len(found) != 1 else ' holds'} "
+                              f"values that are not numbers (NaN or infinite), which no working network has "
+                              f"({listed}). {advice}")
 
 
 def check_only_tensors(state, path: Path) -> None:
@@ -374,6 +400,7 @@ def load_with_report(path: Union[str, os.PathLike], file_format: str, what: str,
     if report.get("format") != file_format:
         raise CheckpointError(f"{path} is not a StepFoley {what} (format {report.get('format')!r}, "
                               f"expected {file_format!r}); give {a_what} file, or {how_to_train}.")
+    check_finite(state, path, f"Give {a_what} file that works, or {how_to_train}.")
     module = build(report)
     try:
         module.load_state_dict(state, strict=True)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
@@ -298,6 +298,8 @@ def load_controlnet(
             f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
             "ControlNet. Download or export it again."
         ) from None
+    check_finite(tensors, path, "The training that wrote it went wrong, or the file is damaged; export or "
+                 "download it again.")
     controlnet = AudioControlNet(config)
     load_strict(controlnet, tensors, f"{path} does not match its own configuration",
                 "The file is damaged; export or download it again.", limit=4)

@@ -334,3 +334,55 @@ def test_a_pth_whose_entries_are_not_named_by_text_is_refused_by_every_reader(tm
     for read in (load_state_dict_file, tensor_shapes):
         with pytest.raises(CheckpointError, match="names entries by other than text"):
             read(tmp_path / "forged.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_that_hold_nan_or_infinity_are_refused_naming_them(tmp_path, suffix):
+    """A diverged training's weights loaded without a word, and every job on them failed later."""
+    from safetensors.torch import save_file
+
+    weights = {"fine": torch.ones(4), "nan": torch.tensor([1.0, float("nan")]),
+               "inf": torch.tensor([float("-inf")], dtype=torch.bfloat16), "steps": torch.tensor([7])}
+    path = tmp_path / f"w{suffix}"
+    torch.save(weights, path) if suffix == ".pth" else save_file(weights, str(path))
+    with pytest.raises(CheckpointError, match=r"w\.\w+: 2 tensors hold values that are not numbers \(NaN or infinite\)"
+                                              r", which no working network has \(nan, inf\)\. The training"):
+        load_state_dict_file(path)
+
+
+def test_large_finite_weights_are_not_taken_for_infinities():
+    """The quick test sums each tensor: weights whose sum overflows are still numbers."""
+    from stepfoley.engine.checkpoints import check_finite
+
+    check_finite({"big": torch.full((4,), 3e38), "half": torch.full((8,), 6e4, dtype=torch.float16)}, "w.pth")
+    with pytest.raises(CheckpointError, match=r"1 tensor holds .* \(view\)\. ask"):
+        check_finite({"view": torch.tensor([float("nan")]).expand(1000, 1000)}, "w.pth", "ask")
+
+
+def test_embedded_weights_holding_nan_are_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(WEIGHTS_PATH))
+    key = next(k for k in tensors if k.startswith("net.") and tensors[k].is_floating_point())
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    diverged = save_safetensors_atomic(tensors, tmp_path / "mini.safetensors", meta)
+    with pytest.raises(CheckpointError, match=rf"{key}\)\. The training that wrote them went wrong, or the file is "
+                                              r"damaged: reinstall StepFoley, or train them again"):
+        build_embedded_model(weights_path=diverged)
+
+
+def test_a_network_with_its_report_holding_nan_is_refused(tmp_path):
+    from stepfoley.engine.checkpoints import load_with_report
+    from stepfoley.lab.evaluation.store import save_with_report
+
+    net = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        net.bias.fill_(float("nan"))
+    path = save_with_report(net, tmp_path / "probe.safetensors", {"format": "probe-1"})
+    with pytest.raises(CheckpointError, match=r"probe\.safetensors: 1 tensor holds values that are not numbers .*"
+                                              r"\(bias\)\. Give a probe file that works, or train one\."):
+        load_with_report(path, "probe-1", "probe", "train one", lambda report: torch.nn.Linear(2, 2))

@@ -195,6 +195,16 @@ def test_save_keeps_an_existing_file_unless_told(tmp_path):
     assert load_controlnet(path, TINY).config.depth == 3
 
 
+def test_load_refuses_a_controlnet_holding_infinities(tmp_path):
+    controlnet = trained_looking()
+    with torch.no_grad():
+        next(controlnet.parameters()).fill_(float("inf"))
+    path = save_controlnet(tmp_path / "nag.safetensors", controlnet)
+    with pytest.raises(CheckpointError, match=r"nag\.safetensors: 1 tensor holds values that are not numbers .*"
+                                              r"export or download it again"):
+        load_controlnet(path, TINY)
+
+
 def test_load_refuses_a_controlnet_for_another_base(tmp_path):
     path = save_controlnet(tmp_path / "nag.safetensors", trained_looking())
     other = MMAudioConfig(**{**TINY.__dict__, "hidden_dim": 64})

@@ -22,7 +22,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -197,6 +197,8 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
+    check_finite(tensors, path, "The training that wrote them went wrong, or the file is damaged: reinstall "
+                 "StepFoley, or train them again (`stepfoley train embedded`).")
     return tensors, meta
 
 
