@@ -713,6 +713,12 @@ class Conversion:
     refused: bool = False  # not the official file: no copy made
 
 
+def _dropped_on_load(manifest_file: Path) -> set[str]:
+    """The keys a manifest says the loader drops (buffers it computes again); it has been read as a
+    manifest already (compare_with_manifest)."""
+    return set(json.loads(manifest_file.read_text()).get("keys_dropped_or_ignored_on_load", ()))
+
+
 def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
                  manifests_dir: Path | None = None) -> Conversion:
     """Write `<stem>.safetensors` beside a .pth/.pt (atomic; it replaces only a copy made from
@@ -739,7 +745,11 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
         state_dict = load_state_dict_file(source, entry=entry)
     except CheckpointError as error:  # damaged or unreadable: a folder's other files are still converted
         return Conversion(source, target, False, f"not converted: {error}", refused=True)
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    # only what the loader reads: a key it drops is checked for nothing, and a forged view there
+    # (one value repeated over terabytes) would be written out whole
+    dropped = _dropped_on_load(manifest_file) if manifest_file is not None and manifest_file.is_file() else set()
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and k not in dropped
+               and (spec is None or spec.keep_prefix is None or k.startswith(spec.keep_prefix))}
     origin = f"{source.name}[{entry!r}]" if entry else source.name
     try:
         save_safetensors_atomic(tensors, target, metadata={"converted_from": origin, **_identity(source)},

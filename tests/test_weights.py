@@ -185,6 +185,25 @@ def test_convert_writes_safetensors_copies_and_never_overwrites(tmp_path):
     assert not any(r.written for r in again)
 
 
+def test_convert_copies_only_what_the_loader_reads(tmp_path):
+    """A key the check ignores may hold anything: one value repeated over 2^24 (a forged view,
+    64 MB once written out; terabytes are as cheap to forge) was written out whole."""
+    root = tmp_path / "weights"
+    flow = {"latent_mean": torch.zeros(1, 1, 20)}
+    save(flow | {"t_embed.freqs": torch.zeros(()).expand(2**24)}, root / "weights" / "mmaudio_small_16k.pth")
+    sync = {"vfeat_extractor.w": torch.ones(3)}
+    save(sync | {"afeat_extractor.w": torch.zeros(()).expand(2**24)}, root / "ext_weights" / "synchformer_state_dict.pth")
+    manifests = small_manifests(tmp_path / "manifests", {"flow_small_16k": flow, "synchformer": sync, "vae_16k": {}})
+    manifest = manifests / "flow_small_16k.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"keys_dropped_or_ignored_on_load": ["t_embed.freqs"]}))
+
+    results = convert_weights_dir(root, log=lambda line: None, manifests_dir=manifests)
+    assert [r.written for r in results] == [True, True]
+    assert load_file(str(root / "weights" / "mmaudio_small_16k.safetensors")).keys() == flow.keys()
+    assert load_file(str(root / "ext_weights" / "synchformer_state_dict.safetensors")).keys() == sync.keys()
+    assert all(r.target.stat().st_size < 4096 for r in results)
+
+
 def test_a_wrong_copy_is_named_as_what_to_delete(weights_dir, capsys):
     from safetensors.torch import save_file
 
