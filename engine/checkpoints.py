@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, TypeVar, Union
@@ -16,7 +17,7 @@ from typing import Callable, Mapping, Optional, Sequence, TypeVar, Union
 import torch
 
 from stepfoley.atomic import write_atomically
-from stepfoley.engine.errors import CheckpointError, OutOfMemory, is_out_of_memory
+from stepfoley.engine.errors import CheckpointError, OutOfMemory, StepFoleyError, is_out_of_memory
 
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -64,7 +65,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
         if is_out_of_memory(exc):
-            raise memory_error(path) from exc
+            raise memory_error(path, exc) from exc
         raise git_lfs_pointer_error(path) or CheckpointError(  # the library's words are chained for a log
             f"Weights file {path} is damaged or not a safetensors file (it ends early or its header is garbled). "
             f"Download or export it again.") from exc
@@ -95,13 +96,20 @@ def unreadable_error(path: Path) -> CheckpointError:
                            f"(e.g. chmod a+r '{path}').")
 
 
-def memory_error(path: Path) -> OutOfMemory:
+def memory_error(path: Path, error: BaseException) -> StepFoleyError:
     """A weights file that did not fit in memory: said so, not called damaged (downloading
-    gigabytes again would not help)."""
+    gigabytes again would not help). Unless the allocation that failed (torch's allocator says
+    its size) was larger than the whole file: every tensor's bytes are in the file, so a file
+    asking for more declares tensors it does not hold, and is damaged."""
     try:
-        size = f" ({path.stat().st_size / 1e9:.1f} GB)"
+        file_size = path.stat().st_size
     except OSError:
-        size = ""
+        file_size = None
+    asked = re.search(r"tried to allocate (\d+) bytes", f"{error} {error.__cause__}")
+    if asked is not None and file_size is not None and int(asked.group(1)) > file_size:
+        return CheckpointError(f"Weights file {path} is damaged: it declares {int(asked.group(1)) / 1e9:,.1f} GB of "
+                               f"weights in a file of {file_size:,} bytes. Download it again.")
+    size = f" ({file_size / 1e9:.1f} GB)" if file_size is not None else ""
     return OutOfMemory(f"There is not enough memory to load the weights file {path}{size}. Close other programs, "
                        "or choose a smaller model, and try again.")
 
@@ -141,7 +149,7 @@ def _read_pth(path: Path):
         raise unreadable_error(path) from None
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
         if is_out_of_memory(exc):
-            raise memory_error(path) from exc
+            raise memory_error(path, exc) from exc
         raise git_lfs_pointer_error(path) or CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
             f"({torch_load_reason(exc)}). Download it again.") from exc

@@ -236,7 +236,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
             raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
             if is_out_of_memory(e):
-                raise memory_error(path) from e
+                raise memory_error(path, e) from e
             raise git_lfs_pointer_error(path) or CheckpointError(
                 f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
                 "convert or download it again.") from e
@@ -252,7 +252,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         from stepfoley.engine.checkpoints import torch_load_reason
 
         if is_out_of_memory(e):  # a legacy file, read whole
-            raise memory_error(path) from e
+            raise memory_error(path, e) from e
         raise git_lfs_pointer_error(path) or CheckpointError(
             f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); download it again.") from e
     state = _take_entry(loaded, entry, path)

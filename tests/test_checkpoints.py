@@ -276,6 +276,28 @@ def test_a_file_that_does_not_fit_in_memory_is_not_called_damaged(tmp_path, suff
     assert "(0.1 GB)" in run.stdout and "download" not in run.stdout.lower()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads its address space from Linux's /proc")
+def test_a_small_file_declaring_terabytes_is_called_damaged_not_too_big_for_memory(tmp_path):
+    """A legacy-format file of 383 bytes whose one storage claims 2^40 floats was "not enough
+    memory to load": no computer has enough, and the file holds none of it. (The child's address
+    space is capped, as above, so the allocation fails whatever the system's overcommit.)"""
+    import io
+    import subprocess
+    import sys
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(7)}, buffer, _use_new_zipfile_serialization=False)
+    legacy = buffer.getvalue()
+    numel = legacy.index(b"K\x07", legacy.index(b"cpu"))  # the storage's size in its pickled key, as BININT1
+    path = tmp_path / "forged.pth"
+    path.write_bytes(legacy[:numel] + b"\x8a\x06" + (2**40).to_bytes(6, "little") + legacy[numel + 2:])
+    run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_LOAD, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.stdout.startswith(f"CheckpointError bad_checkpoint Weights file {path} is damaged: it declares "
+                                 f"4,398.0 GB of weights in a file of {path.stat().st_size:,} bytes. Download it "
+                                 "again."), run.stdout + run.stderr
+
+
 def test_whole_numbers_where_the_network_holds_real_ones_are_a_checkpoint_error():
     """An integer tensor where the network has a float one ended in torch's own RuntimeError."""
     from stepfoley.engine.checkpoints import load_strict
