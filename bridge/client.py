@@ -540,6 +540,17 @@ def _describe(error: BaseException) -> str:
     return printable(f"{type(error).__name__}: {text}" if text else type(error).__name__, 300)
 
 
+def unwritable_status_file(path: str, error: OSError) -> dict:
+    """The final status of a job whose status file cannot be written (a usage error)."""
+    return failure_status("bad_status_file", f"Cannot write the status file '{path}': {_describe(error)}. "
+                          "Choose a file in a folder you can write to.", EXIT_USAGE)
+
+
+def unreachable_engine(host: str, port: int, error: BaseException) -> dict:
+    """The final status when the engine's address cannot be reached at all."""
+    return failure_status("engine_not_running", f"Cannot reach {host}:{port}: {_describe(error)}.", EXIT_NOT_RUNNING)
+
+
 def write_status(path: str, status: dict) -> None:
     """Replace the status file atomically (stepfoley.atomic): a reader sees the old or the new
     file, never half; a reader that holds it open on Windows delays the replace by about a
@@ -556,25 +567,22 @@ def send_request(
     token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     connect_timeout: float = CONNECT_TIMEOUT_S,
-    cancel_path: str | None = None,
     on_update: Callable[[dict], None] | None = None,
 ) -> tuple[int, dict]:
     """Send one request and follow it to the end, keeping `status_path` up to date.
-    Creating `cancel_path` (default STATUS.cancel next to the status file) cancels the job, as
+    Creating STATUS.cancel next to the status file cancels the job, as
     does Ctrl-C while it is followed. A status file that cannot be written before the request
     is sent ends it there (usage error, bad_status_file); one that takes no write for
     STATUS_WRITE_GRACE_S later on cancels the job (the same error, state cancelled). Returns
     (exit code, final status)."""
-    if cancel_path is None and status_path is not None:
-        cancel_path = status_path + ".cancel"
+    cancel_path = status_path + ".cancel" if status_path is not None else None
     # Written before anything is sent, so a status file that cannot be written stops here and
     # the engine makes nothing that no one would pick up.
     if status_path is not None:
         try:
             write_status(status_path, queued_status())
         except OSError as e:
-            status = failure_status("bad_status_file", f"Cannot write the status file '{status_path}': {_describe(e)}. "
-                                    "Choose a file in a folder you can write to.", EXIT_USAGE)
+            status = unwritable_status_file(status_path, e)
             if on_update is not None:
                 on_update(status)
             return EXIT_USAGE, status
@@ -598,7 +606,7 @@ def send_request(
         update(status)
         return EXIT_USAGE, status
     except (OSError, UnicodeError) as e:  # UnicodeError: a host name no resolver takes
-        status = failure_status("engine_not_running", f"Cannot reach {host}:{port}: {_describe(e)}.", EXIT_NOT_RUNNING)
+        status = unreachable_engine(host, port, e)
         update(status)
         return EXIT_NOT_RUNNING, status
     with client:

@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -62,7 +61,6 @@ class Job:
     error_code: str = ""
     error_message: str = ""
     cancel_requested: threading.Event = field(default_factory=threading.Event)
-    submitted_at: float = field(default_factory=time.monotonic)
     # set once the /accepted reply is out: the job's own replies never overtake it
     announced: threading.Event = field(default_factory=threading.Event)
 

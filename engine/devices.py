@@ -106,15 +106,13 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def maybe_compile(module: torch.nn.Module, enabled: bool, device: torch.device | str | None = None):
-    """torch.compile `module` when asked and it lives on CUDA; otherwise return it as is.
+def maybe_compile(module: torch.nn.Module, device: torch.device | str | None = None):
+    """torch.compile `module` when it lives on CUDA; otherwise return it as is.
 
     Compiling on CPU/MPS costs minutes of start-up for little gain, so it is skipped there.
     Note that a compiled module's state_dict keys gain an '_orig_mod.' prefix: save the
     original module's weights, not the compiled wrapper's.
     """
-    if not enabled:
-        return module
     target = torch.device(device) if device is not None else _module_device(module)
     if target.type != "cuda":
         return module

@@ -45,27 +45,14 @@ def classifier_free_guidance(v_cond: Tensor, v_uncond: Tensor, alpha: float) -> 
     return alpha * v_cond + (1.0 - alpha) * v_uncond
 
 
-def negative_text_guidance(v_cond: Tensor, v_negative: Tensor, alpha: float) -> Tensor:
-    """Negative-prompt CFG as MMAudio writes it:
-
-        ũ = u(∅, C_neg) + α (u(V, C) − u(∅, C_neg))
-
-    `v_negative` = u(∅, C_neg), the unconditional branch evaluated with the negative prompt's
-    text features in place of the empty text. Identical arithmetic to
-    `classifier_free_guidance`; a separate name so call sites say what they mean. At α = 1 it
-    is u(V, C): the negative text has no effect (the paper's baseline below keeps one).
-    """
-    return classifier_free_guidance(v_cond, v_negative, alpha)
-
-
 def negative_prompt_guidance(v_cond: Tensor, v_uncond: Tensor, v_negative: Tensor, w1: float) -> Tensor:
     """The paper's step-by-step baseline with negative prompts (Sec. 5.1, after Woolf 2022):
 
         ũ = u(∅, ∅) + w1 (u(V, C_k) − u(∅, C_k,neg))
 
     `v_uncond` = u(∅, ∅), `v_negative` = u(∅, C_k,neg) with C_k,neg the earlier tracks'
-    captions joined, `w1` = the CFG scale α. Unlike MMAudio's form (`negative_text_guidance`)
-    the empty branch stays, so the negative text is weighted −w1 at every scale, at 1 too.
+    captions joined, `w1` = the CFG scale α. Unlike MMAudio's form (classifier_free_guidance
+    with u(∅, C_neg) as its unconditional branch) the empty branch stays, so the negative text is weighted −w1 at every scale, at 1 too.
     With an empty negative caption it is CFG exactly.
     """
     return v_uncond + w1 * (v_cond - v_negative)

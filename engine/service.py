@@ -430,7 +430,7 @@ def load_runtime_model(weights_dir: str | os.PathLike | None = None, model: str 
         foley = load_foley_model(weights_dir=weights_dir, variant=model, device=chosen)
     foley.precision = precision
     if compile:
-        foley.net.predict_flow = maybe_compile(foley.net.predict_flow, True, foley.device)
+        foley.net.predict_flow = maybe_compile(foley.net.predict_flow, foley.device)
     return foley
 
 

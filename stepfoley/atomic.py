@@ -523,12 +523,6 @@ def _publish_exclusively(temp: Path, path: Path) -> None:
     os.unlink(temp)
 
 
-def publish_exclusively(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Give a finished file `target` as its name (same folder), atomically, failing with
-    FileExistsError if `target` exists; `source` is then gone."""
-    _publish_exclusively(Path(source), Path(target))
-
-
 # --- what killed writers leave ----------------------------------------------------------------
 
 def make_temp_folder(path: str | os.PathLike, private: bool = False) -> Path:

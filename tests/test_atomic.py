@@ -195,11 +195,11 @@ def test_a_file_system_without_hard_links_still_gets_the_file_and_never_loses_on
         monkeypatch.setattr(atomic, "_rename_no_replace", lambda source, target: False)
     source, target = tmp_path / "a.part", tmp_path / "a.wav"
     source.write_bytes(b"new")
-    atomic.publish_exclusively(source, target)
+    atomic._publish_exclusively(source, target)
     assert target.read_bytes() == b"new" and not source.exists()
     source.write_bytes(b"newer")
     with pytest.raises(FileExistsError):
-        atomic.publish_exclusively(source, target)
+        atomic._publish_exclusively(source, target)
     assert target.read_bytes() == b"new"
 
 
@@ -307,7 +307,7 @@ def test_a_failed_publish_without_hard_links_leaves_nothing_under_the_final_name
     source, target = tmp_path / "a.part", tmp_path / "take.wav"
     source.write_bytes(b"finished")
     with pytest.raises(OSError, match="No space left"):
-        atomic.publish_exclusively(source, target)
+        atomic._publish_exclusively(source, target)
     assert not target.exists() and source.read_bytes() == b"finished"
 
 
@@ -342,7 +342,7 @@ def test_a_writer_killed_while_publishing_without_hard_links_leaves_no_empty_fil
             atomic.os.link = no_hard_links
             atomic.os.replace = lambda source, target: os._exit(3)  # killed before the move
             (tmp_path / "a.part").write_bytes(b"finished")
-            atomic.publish_exclusively(tmp_path / "a.part", target)
+            atomic._publish_exclusively(tmp_path / "a.part", target)
             code = 0
         finally:
             os._exit(code)

@@ -90,9 +90,8 @@ def test_unknown_precision_is_refused():
 
 def test_compile_is_skipped_off_cuda():
     layer = torch.nn.Linear(2, 2)
-    assert maybe_compile(layer, enabled=True) is layer
-    assert maybe_compile(layer, enabled=False) is layer
-    assert maybe_compile(layer, enabled=True, device="cpu") is layer
+    assert maybe_compile(layer) is layer
+    assert maybe_compile(layer, device="cpu") is layer
 
 
 def test_maybe_compile_compiles_what_lives_on_cuda(monkeypatch):
@@ -101,9 +100,8 @@ def test_maybe_compile_compiles_what_lives_on_cuda(monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or "compiled")
     layer = torch.nn.Linear(2, 2)
-    assert maybe_compile(layer, enabled=True, device="cuda") == "compiled"
-    assert maybe_compile(layer, enabled=False, device="cuda") is layer
-    assert maybe_compile(layer, enabled=True, device="cpu") is layer
+    assert maybe_compile(layer, device="cuda") == "compiled"
+    assert maybe_compile(layer, device="cpu") is layer
     assert compiled == [layer]
 
 

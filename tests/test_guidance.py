@@ -16,7 +16,6 @@ from stepfoley.engine.guidance import (
     four_term_guidance,
     negative_audio_guidance,
     negative_prompt_guidance,
-    negative_text_guidance,
     reference_audio_guidance,
 )
 from stepfoley.engine.sampler import euler_sample, time_grid
@@ -53,14 +52,6 @@ def test_cfg_alpha_one_is_the_conditional_flow():
     torch.testing.assert_close(
         classifier_free_guidance(m_cond - x, m_uncond - x, 1.0), m_cond - x, rtol=0, atol=0
     )
-
-
-def test_negative_text_guidance_uses_the_negative_branch_as_unconditional():
-    m_cond, m_neg = _targets(2, seed=3)
-    x = _x()
-    guided = negative_text_guidance(m_cond - x, m_neg - x, 3.0)
-    expected = (m_neg - x) + 3.0 * ((m_cond - x) - (m_neg - x))
-    torch.testing.assert_close(guided, expected, rtol=0, atol=1e-12)
 
 
 def test_the_papers_negative_prompt_keeps_the_empty_branch_and_weighs_the_negative_text_at_every_scale():

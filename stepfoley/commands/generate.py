@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         capabilities = service.capabilities()
         request = parse_request(request_from_arguments(args, checked.output, rate), capabilities, check_paths=True)
         named = request.method or capabilities.defaults.method
-        chosen = next((m for m in capabilities.methods if m.name == named), None)
+        chosen = capabilities.method(named)
         # β counts where the method weighs it, or fills in a w2 or w3 it reads that was not given (dual)
         counts = chosen is None or "beta" in chosen.params or any(
             w in chosen.params and getattr(args, w) is None for w in ("w2", "w3"))

@@ -212,8 +212,7 @@ def _query(args, client) -> int:
     except client.RequestRejected as e:
         status = client.failure_status(e.code, e.message, client.EXIT_REJECTED)
     except (OSError, UnicodeError) as e:  # UnicodeError: a host name no resolver takes
-        status = client.failure_status("engine_not_running", f"Cannot reach {args.host}:{args.port}: {e}.",
-                                       client.EXIT_NOT_RUNNING)
+        status = client.unreachable_engine(args.host, args.port, e)
     return _finish(args, client, status)
 
 
@@ -223,8 +222,7 @@ def _finish(args, client, status: dict) -> int:
         try:
             client.write_status(args.status, status)
         except OSError as e:
-            status = client.failure_status("bad_status_file", f"Cannot write the status file '{args.status}': {e}. "
-                                           "Choose a file in a folder you can write to.", client.EXIT_USAGE)
+            status = client.unwritable_status_file(args.status, e)
     _say_final(args, status)
     return status["exit_code"]
 
