@@ -13,6 +13,7 @@ short-term window could follow), every 50 ms, floored at BS.1770's absolute gate
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -129,17 +130,11 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
     finished = mixing.limit_true_peak(shaped, sample_rate, ceiling_dbtp)
     _, reached = loudness_over_time(finished[0], sample_rate)
     heard = reached > FLOOR_LUFS  # silence is no distance from a curve: no gain could reach it
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    decoded_lufs = mixing.integrated_loudness(audio[None].astype(np.float32), sample_rate)
-    lufs = mixing.integrated_loudness(finished, sample_rate)
+    decoded = audio[None].astype(np.float32)
     levels = {
-        "decoded_lufs": mixing.finite_or_none(decoded_lufs),
-        "decoded_peak_dbfs": 20 * math.log10(peak) if peak > 0 else None,
-        "pre_limiter_clipped_fraction": mixing.clipped_fraction(audio[None]),
-        "gain_db": None,  # not one gain: the automation's range is below
-        "limiter_input_true_peak_dbtp": mixing.finite_or_none(limiter_input),
-        "lufs": mixing.finite_or_none(lufs),
-        "silence_fraction": mixing.silence_fraction(finished, sample_rate),
+        **asdict(mixing.measured_levels(decoded, finished, sample_rate, None, limiter_input,
+                                        mixing.integrated_loudness(decoded, sample_rate),
+                                        mixing.integrated_loudness(finished, sample_rate))),
         "loudness_curve_applied_as": APPLIED_AS,
         "loudness_normalized": False,
         "loudness_curve_gain_db": [float(gain_db.min()), float(gain_db.max())],

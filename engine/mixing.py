@@ -606,7 +606,7 @@ class StemLevels:
     decoded_lufs: float | None  # the track as the model made it, before any gain or limiter
     decoded_peak_dbfs: float | None  # its sample peak (above 0 dBFS: the model overloaded)
     pre_limiter_clipped_fraction: float  # its samples beyond full scale (|x| > 1), 0..1
-    gain_db: float  # the loudness-normalizing gain applied
+    gain_db: float | None  # the loudness-normalizing gain applied (None: not one gain, a curve's automation)
     limiter_input_true_peak_dbtp: float | None  # what the limiter saw (above the ceiling: it worked)
     lufs: float | None  # the finished stem
     silence_fraction: float  # of the finished stem's 50 ms blocks, under SILENCE_BLOCK_DBFS
@@ -645,7 +645,6 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
     audio = as_channels_first(samples)
     _check_finite(audio, "The generated track")
     decoded_lufs, blocks = loudness_and_blocks(audio, sample_rate)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     gain_db = loudness_gain_db(blocks, target_lufs, decoded_lufs) if decoded_lufs >= SILENCE_GATE_LUFS else 0.0
     normalized = _gain_db(audio, gain_db)
     envelope = true_peak_envelope(normalized)
@@ -674,13 +673,20 @@ def finish_stem(samples: np.ndarray, sample_rate: int, target_lufs: float = STEM
             break  # the peaks take nearly every dB back: driving harder is no use
         else:
             under, finished, lufs = (drive, driven_lufs), driven, driven_lufs
-    levels = StemLevels(
+    return finished, measured_levels(audio, finished, sample_rate, float(gain_db), limiter_input, decoded_lufs, lufs)
+
+
+def measured_levels(decoded: np.ndarray, finished: np.ndarray, sample_rate: int, gain_db: float | None,
+                    limiter_input_dbtp: float, decoded_lufs: float, lufs: float) -> StemLevels:
+    """StemLevels of a stem `finished` from `decoded` (both (C, S)), as every way of finishing
+    one records them."""
+    peak = float(np.max(np.abs(decoded))) if decoded.size else 0.0
+    return StemLevels(
         decoded_lufs=finite_or_none(decoded_lufs),
         decoded_peak_dbfs=finite_or_none(20.0 * math.log10(peak) if peak > 0 else -math.inf),
-        pre_limiter_clipped_fraction=clipped_fraction(audio), gain_db=float(gain_db),
-        limiter_input_true_peak_dbtp=finite_or_none(limiter_input), lufs=finite_or_none(lufs),
+        pre_limiter_clipped_fraction=clipped_fraction(decoded), gain_db=gain_db,
+        limiter_input_true_peak_dbtp=finite_or_none(limiter_input_dbtp), lufs=finite_or_none(lufs),
         silence_fraction=silence_fraction(finished, sample_rate))
-    return finished, levels
 
 
 def finite_or_none(value: float) -> float | None:
