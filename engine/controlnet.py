@@ -239,8 +239,6 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
     a file made for another base is refused before anything large loads."""
     from safetensors import SafetensorError, safe_open
 
-    from stepfoley.engine.checkpoints import git_lfs_pointer_error
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"The NAG ControlNet file {path} does not exist.")
@@ -248,10 +246,7 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
-        raise git_lfs_pointer_error(path) or CheckpointError(
-            f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
-            "ControlNet. Download or export it again."
-        ) from None
+        raise _unreadable(path, error) from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a StepFoley NAG ControlNet (its metadata has no "
@@ -282,10 +277,17 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
     return config
 
 
-def load_controlnet(
-    path: str | os.PathLike, base_config: MMAudioConfig, device: torch.device | str = "cpu"
-) -> AudioControlNet:
-    """Read a ControlNet saved by `save_controlnet`, refusing one made for another base."""
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    from stepfoley.engine.checkpoints import git_lfs_pointer_error
+
+    return git_lfs_pointer_error(path) or CheckpointError(
+        f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
+        "ControlNet. Download or export it again.")
+
+
+def load_controlnet(path: str | os.PathLike, base_config: MMAudioConfig) -> AudioControlNet:
+    """Read a ControlNet saved by `save_controlnet`, on the CPU in eval mode, refusing one made
+    for another base."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -294,13 +296,10 @@ def load_controlnet(
         with safe_open(str(path), "pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
-            "ControlNet. Download or export it again."
-        ) from None
+        raise _unreadable(path, error) from None
     check_finite(tensors, path, "The training that wrote it went wrong, or the file is damaged; export or "
                  "download it again.")
     controlnet = AudioControlNet(config)
     load_strict(controlnet, tensors, f"{path} does not match its own configuration",
                 "The file is damaged; export or download it again.", limit=4)
-    return controlnet.to(device).eval()
+    return controlnet.eval()

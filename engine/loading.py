@@ -158,7 +158,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     controlnet = None  # one for another model was refused by load_mmaudio_model's check, before anything loaded
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
     if cn_path.is_file():
-        controlnet = load_controlnet(cn_path, config).eval()
+        controlnet = load_controlnet(cn_path, config)
     codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,
                                         vocoder_config=configs.vocoder)
     # Encoders are built on `device` (FoleyModel.to cannot move them); one CLIP serves both.
