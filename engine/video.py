@@ -41,7 +41,6 @@ SYNC_FPS = 25
 SYNC_SIZE = 224
 SYNC_SEGMENT_FRAMES = 16
 SYNC_SEGMENT_STEP = 8
-SYNC_TOKENS_PER_SEGMENT = 8  # 16 frames / temporal tubelet of 2
 
 # A picture that stops this long before both the region's end and its stated length is a file
 # cut short, not a rounded duration.

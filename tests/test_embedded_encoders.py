@@ -394,3 +394,14 @@ def test_a_latent_driven_far_by_strong_guidance_stays_finite_through_the_codec()
     assert torch.equal(codec.mel_magnitude(wild)[0, 5, 3], torch.exp(torch.tensor(MAX_LATENT)) - 1e-3)
     ordinary = latent.clamp(max=8.4)  # α 4.5's largest latents, measured: untouched
     assert torch.equal(codec.mel_magnitude(ordinary), torch.clamp(torch.exp(ordinary) - 1e-3, min=0.0))
+
+
+def test_the_embedded_encoders_frame_grid_is_mmaudios():
+    """encoders.py writes MMAudio's grid again rather than import PyAV with engine.video."""
+    from stepfoley.engine import video
+    from stepfoley.engine.embedded import encoders
+    from stepfoley.engine.mmaudio.config import SYNC_FRAMES_PER_SEGMENT
+
+    assert (encoders.CLIP_FPS, encoders.SYNC_FPS, encoders.SEGMENT_FRAMES, encoders.SEGMENT_STRIDE,
+            encoders.TOKENS_PER_SEGMENT) == (video.CLIP_FPS, video.SYNC_FPS, video.SYNC_SEGMENT_FRAMES,
+                                             video.SYNC_SEGMENT_STEP, SYNC_FRAMES_PER_SEGMENT)

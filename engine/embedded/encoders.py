@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError
 
+# MMAudio's frame grid (engine.video's CLIP_FPS, SYNC_FPS, SYNC_SEGMENT_FRAMES, SYNC_SEGMENT_STEP
+# and mmaudio.config's SYNC_FRAMES_PER_SEGMENT), written here so that importing the embedded
+# model does not import PyAV; tests/test_embedded_encoders.py holds the two to the same values
 CLIP_FPS = 8
 SYNC_FPS = 25
 FRAME_SIZE = 64
