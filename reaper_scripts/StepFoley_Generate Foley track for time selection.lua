@@ -1,8 +1,8 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.36
+-- @version 0.5.37
 -- @changelog
---   The progress window shows finishing the stems by its bar alone: the engine now counts two steps a stem there.
+--   A take that could not follow the drawn loudness curve (an envelope far above 0 dB) is said in the console, with how far it stayed from it.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -41,8 +41,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.36", SF.mixed_versions and SF.mixed_versions("this action", "0.5.36")
-  or "StepFoley_lib.lua is older than this action (0.5.36). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.37", SF.mixed_versions and SF.mixed_versions("this action", "0.5.37")
+  or "StepFoley_lib.lua is older than this action (0.5.37). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

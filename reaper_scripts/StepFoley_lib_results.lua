@@ -7,7 +7,7 @@ marker; one undo point per edit. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.36"
+local VERSION = "0.5.37"
 
 return function(M)
 
@@ -732,6 +732,25 @@ local function say_if_captions_were_left_out(takes)
   end
 end
 
+-- A take further than this from the drawn loudness curve, as a median over where it is heard
+-- (the engine's metadata loudness_curve_error_db), did not follow it; a followed one is within 1 dB.
+M.CURVE_MISSED_DB = 3.0
+
+-- The curve asked for more than the engine's level automation gives (engine/loudness_curve.py:
+-- +30 dB, -60 dB, then the -1 dBTP limiter). Said, never silently: the take is still added.
+local function say_if_the_curve_was_missed(takes)
+  local worst
+  for _, t in ipairs(takes) do
+    local missed = type(t.meta.engine) == "table" and tonumber(t.meta.engine.loudness_curve_error_db)
+    if missed and missed > M.CURVE_MISSED_DB and (not worst or missed > worst) then worst = missed end
+  end
+  if worst then
+    M.log(string.format("the new audio is %.1f dB from the drawn loudness curve (median, where it is heard): the " ..
+      "curve asks for more than StepFoley's level automation gives (it lifts the model's sound at most 30 dB, cuts " ..
+      "it at most 60 dB, and keeps peaks under -1 dBTP). Draw the envelope lower, nearer 0 dB.", worst))
+  end
+end
+
 -- Puts the finished results into the project, in one undo point.
 local function insert_results(job, settings, region, jobs, results, negatives, params)
   local takes = {}
@@ -754,6 +773,7 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
   if #takes == 0 then return end
   say_if_layers_were_silent(takes, negatives)
   say_if_captions_were_left_out(takes)
+  say_if_the_curve_was_missed(takes)
   if #jobs > 1 then M.rank_across_jobs(takes) end
   local proj = job.proj
   if not still_there(job) then

@@ -79,6 +79,19 @@ def test_the_new_track_follows_the_selected_volume_envelope(world):
     meta = h.take_meta(track["items"][0]["takes"][0])
     assert meta["loudness_curve"] == curve
     assert result["undo"] == [f'StepFoley: add Foley track "{h.CAPTION}" following the envelope']
+    assert "from the drawn loudness curve" not in result["console"]  # followed (the stand-in's error: 0.0 dB)
+
+
+def test_a_curve_the_take_could_not_follow_is_said(world):
+    """An envelope raised to +23 dB asks for 0 LUFS, more than a stem under -1 dBTP reaches: the
+    engine's metadata said how far the take stayed from it, and REAPER said nothing."""
+    result = run(world, (3.0, 5.5), [(3.0, 23.0, 0), (5.5, 23.0, 0)])
+    assert result["messages"] == [] and h.job_request(result)["loudness_curve"][0][1] == 0.0
+    [track] = h.new_tracks(result, known=("Picture", "wind", "Loudness"))
+    missed = h.take_meta(track["items"][0]["takes"][0])["engine"]["loudness_curve_error_db"]
+    assert missed > 3.0  # the engine's own follow_curve, run by the stand-in on its stem
+    assert (f"the new audio is {missed:.1f} dB from the drawn loudness curve (median, where it is heard): the curve "
+            "asks for more than StepFoley's level automation gives") in result["console"]
 
 
 def test_a_stepped_envelope_becomes_a_few_points(world):

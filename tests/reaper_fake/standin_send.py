@@ -171,6 +171,13 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
     name = "".join(c if c.isalnum() else "_" for c in request["name_hint"])[:40] or "stem"
     stem = Path(request["output_dir"]) / f"{name}_{seed}.wav"
     tmp = stem.with_name(stem.name + ".tmp.wav")
+    followed = {}
+    if request.get("loudness_curve"):  # as every model does: gain automation onto the curve
+        from stepfoley.engine.loudness_curve import follow_curve
+
+        finished, levels = follow_curve(wave, sr, request["loudness_curve"])
+        wave = finished[0]
+        followed = {k: levels[k] for k in ("loudness_curve_applied_as", "loudness_curve_error_db")}
     if mode == "badstem":
         tmp.write_bytes(b"not audio")
     else:
@@ -181,7 +188,7 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
                          "method": used["method"], "alpha": used["alpha"], "beta": used["beta"],
                          "steps": used["steps"],
                          "earlier_layers_silent": silent_mix(request.get("existing_mix")),
-                         **captions_left_out(request, used["method"])}}
+                         **captions_left_out(request, used["method"]), **followed}}
 
 
 def captions_left_out(request: dict, method: str) -> dict:
