@@ -128,8 +128,6 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
     shaped = (audio * 10 ** (np.interp(positions, times, gain_db) / 20)).astype(np.float32)[None]
     limiter_input = mixing.true_peak(shaped, sample_rate)
     finished = mixing.limit_true_peak(shaped, sample_rate, ceiling_dbtp)
-    _, reached = loudness_over_time(finished[0], sample_rate)
-    heard = reached > FLOOR_LUFS  # silence is no distance from a curve: no gain could reach it
     decoded = audio[None].astype(np.float32)
     levels = {
         **asdict(mixing.measured_levels(decoded, finished, sample_rate, None, limiter_input,
@@ -138,6 +136,15 @@ def follow_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[fl
         "loudness_curve_applied_as": APPLIED_AS,
         "loudness_normalized": False,
         "loudness_curve_gain_db": [float(gain_db.min()), float(gain_db.max())],
-        "loudness_curve_error_db": float(np.median(np.abs(reached[heard] - target[heard]))) if heard.any() else None,
+        "loudness_curve_error_db": distance_from_curve(finished[0], sample_rate, curve),
     }
     return finished, levels
+
+
+def distance_from_curve(samples: np.ndarray, sample_rate: int, curve: Sequence[tuple[float, float]]) -> float | None:
+    """How far mono (S,) audio is from `curve` (seconds from its start, LUFS): the median in dB
+    over where it is heard; None where it never is (silence is no distance from a curve: no gain
+    could reach it)."""
+    times, reached = loudness_over_time(samples, sample_rate)
+    heard = reached > FLOOR_LUFS
+    return float(np.median(np.abs(reached[heard] - curve_at(curve, times)[heard]))) if heard.any() else None

@@ -24,7 +24,7 @@ from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import (AudioError, InvalidInputError, StepFoleyError, out_of_memory_said,
                                      stop_if_cancelled)
 from stepfoley.engine.guidance import GUIDANCE_METHODS
-from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, follow_curve
+from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, distance_from_curve, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
 from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSession, TrackSettings, channel_balance,
@@ -186,6 +186,9 @@ class FoleyService:
                 following = {"resampled_loudness_gain_db": round(made_up, 2)}
             stem = mixing.limit_true_peak(stem, request.sample_rate, STEM_CEILING_DBTP,
                                           gain_up_to_db=RESAMPLED_OVERSHOOT_DB)
+            if request.loudness_curve is not None:  # at a higher rate: measured on the stem as written
+                following["loudness_curve_error_db"] = distance_from_curve(stem[0], request.sample_rate,
+                                                                           request.loudness_curve)
         metadata = {
             **track.metadata,
             **following,

@@ -99,8 +99,8 @@ def test_a_varispeeded_or_lower_rate_stem_is_on_the_curve_where_it_is_heard(tmp_
 
     video = write_scene(make_scene(20_000_005, n_sources=2), tmp_path / "scene")["video"]
     service = FoleyService(build_embedded_model(random_weights=True))
-    regions = ({"playrate": 0.25}, {"project_start": 1.0, "project_end": 9.0}, {})  # the last two: playrate 1
-    for stretch, rate in zip(regions, (48000, 48000, 8000)):
+    regions = ({"playrate": 0.25}, {"project_start": 1.0, "project_end": 9.0}, {}, {})  # the last three: playrate 1
+    for stretch, rate in zip(regions, (48000, 48000, 8000, 48000)):
         region = {"video": str(video), "file_in": 0.0, "file_out": 2.0, **stretch}
         seconds = 8.0 if stretch else 2.0
         request = make_request(tmp_path, protocol=2, loudness_curve=[[0, -30], [seconds, -30]],
@@ -113,8 +113,10 @@ def test_a_varispeeded_or_lower_rate_stem_is_on_the_curve_where_it_is_heard(tmp_
         error = float(np.median(np.abs(loudness[heard] + 30)))
         assert error < 1.0, (stretch, rate, error)  # 3.1 dB for the stretched ones before
         meta = stem["metadata"]
-        assert meta["loudness_curve_error_db"] == pytest.approx(error, abs=0.05)  # the stem's own, as written
-        assert len(meta["loudness_curve_output_correction_db"]) == 2
+        # the stem's own, as written: at a higher rate too, where it is not brought onto the curve
+        # again (0.72 dB said of one 0.94 dB from it at 48 kHz)
+        assert meta["loudness_curve_error_db"] == pytest.approx(error, abs=0.01), (stretch, rate)
+        assert ("loudness_curve_output_correction_db" in meta) == (rate < 16000 or bool(stretch))
 
 
 def test_the_automation_stays_within_the_bounds_it_is_given():
