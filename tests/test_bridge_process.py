@@ -254,6 +254,40 @@ def test_a_signal_at_any_point_of_serve_s_start_is_a_clean_stop(tmp_path, signum
             proc.wait()
 
 
+# A library whose import turns an interrupt into an error of its own, as numpy's does ("cannot
+# load module more than once per process" and the like, then errors of the half-imported module)
+CONVERTS_INTERRUPT = """
+import sys, time
+from stepfoley.engine import service
+def build_service(**kwargs):
+    try:
+        print("loading", flush=True)
+        time.sleep(60)
+    except BaseException:
+        raise ImportError("cannot load module more than once per process")
+service.build_service = build_service
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_that_lands_inside_an_import_is_still_a_clean_stop(tmp_path, signum):
+    """A stop while the engine's libraries imported ended, one time in two, in "Could not load the
+    model (an internal error; please report it)", a traceback and exit 1: the interrupt raised
+    into the load became the library's own error (helper 194)."""
+    proc, port = serve_with(tmp_path, CONVERTS_INTERRUPT, stdout=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline() == "loading\n", _killed(proc)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, "Traceback" in err, "internal error" in err) == (0, False, False), err
+        assert "Engine stopped while loading the model." in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 HANG_SWEEP = """
 import threading
 from stepfoley.engine import output_folders

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -98,16 +99,27 @@ def run(args: argparse.Namespace) -> int:
 
     loaded, checking, stop_asked = threading.Event(), threading.Event(), threading.Event()
 
+    def stop_while_loading():
+        # The load is left where it is, not unwound: an exception raised into it could land inside
+        # a module's import (a half-imported numpy then failed the load as "an internal error",
+        # and the process could still end killed by SIGINT, -2, after its clean stop). Nothing it
+        # made needs to be kept: no job has run, and the system closes the port.
+        say("Engine stopped while loading the model.", sys.stderr)  # after SIGHUP, maybe to no terminal
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
+
     def on_signal(signum, frame):
-        # while loading, unwind the load (exit 0, not killed by the signal); once loaded, end the
-        # serving loop as serve_until_signalled's own handlers do, whenever the signal lands.
-        # During the option checks the stop waits for them to end: a KeyboardInterrupt raised
-        # inside torch's device queries made the process end killed by SIGINT (-2) after its
-        # clean stop (reproduced under load; the cause inside torch was not traced).
+        # while loading, stop there (exit 0); once loaded, end the serving loop as
+        # serve_until_signalled's own handlers do, whenever the signal lands. During the option
+        # checks the stop waits for them to end (they may write the feature cache's folder).
         if checking.is_set():
             stop_asked.set()
         elif not loaded.is_set():
-            raise KeyboardInterrupt
+            stop_while_loading()
         else:
             server.shutdown()
 
@@ -135,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             checking.clear()
         if stop_asked.is_set():
-            raise KeyboardInterrupt
+            server.stop()
+            stop_while_loading()
 
         say("Loading the model...", sys.stderr)
         cpu = share_cpu(args.threads, args.nice)
@@ -146,10 +159,6 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         print(f"Could not load the model: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        server.stop()
-        say("Engine stopped while loading the model.", sys.stderr)  # after SIGHUP, maybe to no terminal
-        return 0
     except Exception:
         server.stop()
         logging.exception("Could not load the model (an internal error; please report it with this log)")
