@@ -83,7 +83,12 @@ class ServerConfig:
 
 
 class ConfigError(ValueError):
-    """A server configuration that would be unsafe or cannot work."""
+    """A server configuration that would be unsafe or cannot work. `port_in_use`: its port is
+    taken (whoever holds it may be asked who it is)."""
+
+    def __init__(self, message: str, port_in_use: bool = False):
+        super().__init__(message)
+        self.port_in_use = port_in_use
 
 
 def sender_address(sockaddr: tuple) -> tuple[str, int]:
@@ -276,7 +281,8 @@ class EngineServer:
                           "of its own network addresses.")
             else:
                 advice = "Is another engine already running? Pick another --port."
-            raise ConfigError(f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). {advice}") from None
+            raise ConfigError(f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). {advice}",
+                              port_in_use=e.errno == errno.EADDRINUSE) from None
         self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()

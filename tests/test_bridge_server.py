@@ -404,13 +404,46 @@ def test_a_server_still_loading_its_model_answers_and_refuses_generation(tmp_pat
         p.close()
 
 
+def test_a_restart_while_the_engine_on_the_port_stops_is_told_to_wait_not_to_change_port(capsys):
+    """An engine lets go of its port only once its running job has stopped (up to 10 s): a
+    restart then was told "Is another engine already running? Pick another --port.", and a DAW
+    knows only its own port. Here a UDP socket answers /status as a stopping engine does."""
+    from stepfoley.cli import main
+
+    stopping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stopping.bind(("127.0.0.1", 0))
+    stopping.settimeout(10)
+
+    def answer_as_stopping():
+        try:
+            data, sender = stopping.recvfrom(65536)
+        except OSError:
+            return
+        [(address, args)] = osc.decode(data)
+        header, _ = protocol.parse_header(address, args)
+        status = {"state": "stopping", "model": "stepfoley-mini", "queue": [], "current": None}
+        stopping.sendto(osc.encode(protocol.STATUS_REPLY, header.request_id, json.dumps(status)),
+                        (sender[0], header.reply_port))
+
+    answering = threading.Thread(target=answer_as_stopping)
+    answering.start()
+    try:
+        assert main(["serve", "--port", str(stopping.getsockname()[1])]) == 3
+    finally:
+        answering.join()
+        stopping.close()
+    err = capsys.readouterr().err
+    assert "the engine there is still stopping" in err and "Start this one again in a moment." in err
+    assert "another --port" not in err
+
+
 def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
     from stepfoley.cli import main
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
     assert main(["serve", "--port", str(server.address[1])]) == 3
-    assert "already running" in capsys.readouterr().err
+    assert "a StepFoley engine is already running there (idle, model test-sine)" in capsys.readouterr().err
     for size in ("0", "-3"):  # it would refuse every job as "queue full"
         assert main(["serve", "--port", "0", "--max-queue", size]) == 2
         assert "--max-queue must be at least 1" in capsys.readouterr().err

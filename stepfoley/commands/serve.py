@@ -53,6 +53,28 @@ def _sweep_in_background() -> None:
     threading.Thread(target=sweep, name="stepfoley-sweep", daemon=True).start()
 
 
+def _who_holds_the_port(host: str, port: int, token: str | None) -> str | None:
+    """What to say of a port that could not be taken when a StepFoley engine answers on it: one
+    still stopping lets go of it within seconds (a restart right after a stop met it, told to pick
+    another port, which the DAW does not know); None when nothing answers as an engine."""
+    from stepfoley.bridge import client
+
+    asked = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # every address: this machine's
+    try:
+        with client.EngineClient(asked, port, token) as engine:
+            status = engine.engine_status(timeout=1.0)
+        state, model = str(status.get("state")), str(status.get("model"))
+    except client.RequestRejected:  # an engine, with another token
+        state, model = "running", "unknown"
+    except Exception:  # another program, or nothing that answers: the system's words are all there is
+        return None
+    if state == "stopping":
+        return (f"Cannot listen on {host}:{port}: the engine there is still stopping (it lets go of the port within "
+                "seconds, once its running job has stopped). Start this one again in a moment.")
+    return (f"Cannot listen on {host}:{port}: a StepFoley engine is already running there ({state}, model {model}). "
+            "Stop it first (Ctrl-C in its window), or pick another --port and set the same port in your DAW.")
+
+
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge.auth import TokenError, resolve_token
     from stepfoley.bridge.server import (ConfigError, EngineServer, ServerConfig, is_loopback,
@@ -93,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         server = EngineServer(None, ServerConfig(host=args.host, port=args.port, token=args.token,
                                                  max_queue=args.max_queue, model="loading", device=args.device))
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        print(_who_holds_the_port(args.host, args.port, args.token) or str(e) if e.port_in_use else str(e),
+              file=sys.stderr)
         return 3
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError  # no torch: named by except clauses below
 
