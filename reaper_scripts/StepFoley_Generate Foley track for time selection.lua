@@ -3,6 +3,7 @@
 -- @version 0.5.37
 -- @changelog
 --   A take that could not follow the drawn loudness curve (an envelope far above 0 dB) is said in the console, with how far it stayed from it.
+--   Engine status counts every waiting job (it counted only those the engine's reply lists, at most 64 of a long queue).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

@@ -598,11 +598,14 @@ function M.describe_engine(engine, settings)
         math.floor(settings.port))
   end
   local a = engine.answer
+  -- queue_length counts every waiting job; the listed queue is cut to fit one reply (an older
+  -- engine sends the count alone by the list)
+  local waiting = math.tointeger(a.queue_length) or (type(a.queue) == "table" and #a.queue) or 0
   local state = engine.state == "loading" and "running, still loading its model"
     or engine.state == "stopping" and "shutting down (it takes no new job: start it again once it has closed)"
     or "running"
   local lines = { string.format("Engine: %s. Model %s on %s; %d job(s) waiting, %s finished.", state, tostring(a.model),
-    tostring(a.device), type(a.queue) == "table" and #a.queue or 0, tostring(a.jobs_finished or 0)) }
+    tostring(a.device), waiting, tostring(a.jobs_finished or 0)) }
   local caps = engine.capabilities
   if not caps then
     lines[#lines + 1] = "It publishes no defaults or methods (an older engine, or still loading)."

@@ -1897,6 +1897,15 @@ def test_engine_status_of_an_engine_shutting_down(world):
     assert "Engine: shutting down (it takes no new job: start it again once it has closed)." in status["message"]
 
 
+def test_engine_status_counts_every_waiting_job_not_those_listed(world):
+    """200 waiting: the engine's list is cut to fit its reply (queue_length counts them all), and
+    the action said "64 job(s) waiting" (helper 194)."""
+    result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.STATUS}]),
+                            env_extra={"STEPFOLEY_STANDIN": "long_queue"})
+    [status] = result["messages"]
+    assert "Engine: running. Model standin on cpu; 200 job(s) waiting, 0 finished." in status["message"]
+
+
 def test_engine_status_when_engine_is_down(world):
     result = h.run_scenario(world["tmp"], scenario(world, actions=[{"script": h.STATUS}]),
                             env_extra={"STEPFOLEY_STANDIN": "down"})

@@ -149,7 +149,10 @@ def query(args, mode: str) -> int:
     else:
         answer = {"protocol": newest_protocol(), "model": "standin", "device": "cpu",
                   "state": "stopping" if mode == "stopping" else "idle", "current": None,
-                  "queue": [], "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
+                  "queue": [], "queue_length": 0, "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
+        if mode == "long_queue":  # as the engine answers 200 waiting jobs: the list cut to fit one datagram
+            answer.update(state="running", queue=[{"job_id": f"j{i}", "caption": "rain"} for i in range(64)],
+                          queue_length=200, queue_truncated=True)
         if newest_protocol() >= 2:
             answer["protocols"] = list(range(1, newest_protocol() + 1))
         if os.environ.get("STEPFOLEY_STANDIN_CAPS") != "none":
