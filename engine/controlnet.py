@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.mmaudio import ChannelLastConv1d, MMAudio, MMAudioConfig, SingleStreamBlock
 
@@ -297,9 +297,7 @@ def load_controlnet(path: str | os.PathLike, base_config: MMAudioConfig) -> Audi
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise _unreadable(path, error) from None
-    check_finite(tensors, path, "The training that wrote it went wrong, or the file is damaged; export or "
-                 "download it again.")
     controlnet = AudioControlNet(config)
     load_strict(controlnet, tensors, f"{path} does not match its own configuration",
-                "The file is damaged; export or download it again.", limit=4)
+                "The file is damaged; export or download it again.", limit=4, source=str(path))
     return controlnet.eval()

@@ -71,7 +71,7 @@ def load_flow_weights(net: MMAudio, state_dict: Mapping[str, torch.Tensor], sour
                 + "Check that the weights file belongs to the chosen model (for example "
                 "mmaudio_large_44k_v2.pth needs the large_44k_v2 model)."
                 + (f" These weights look like the '{other}' model." if other is not None else ""))
-    net.load_weights(state_dict, advice, assign=assign)
+    net.load_weights(state_dict, advice, assign=assign, source=source or "(in memory)")
 
 
 def check_variant(variant: str) -> str:

@@ -201,7 +201,7 @@ def test_load_refuses_a_controlnet_holding_infinities(tmp_path):
         next(controlnet.parameters()).fill_(float("inf"))
     path = save_controlnet(tmp_path / "nag.safetensors", controlnet)
     with pytest.raises(CheckpointError, match=r"nag\.safetensors: 1 tensor holds values that are not numbers .*"
-                                              r"export or download it again"):
+                                              r"download or train it again"):
         load_controlnet(path, TINY)
 
 

@@ -311,5 +311,5 @@ def load_generator(state_dict: dict[str, torch.Tensor], config: BigVGANConfig, s
         model.remove_weight_norm()  # a checkpoint saved after folding: plain `weight` keys
     load_strict(model, sd, f"{source} does not fit this BigVGAN ({config.num_mels} mels, "
                 f"{config.upsample_initial_channel} initial channels, upsampling "
-                f"{'x'.join(map(str, config.upsample_rates))})", "Check that the file is the vocoder of the chosen model.")
+                f"{'x'.join(map(str, config.upsample_rates))})", "Check that the file is the vocoder of the chosen model.", source=source)
     return model.remove_weight_norm().eval()

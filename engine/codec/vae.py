@@ -306,6 +306,6 @@ def load_vae(state_dict: dict[str, torch.Tensor], config: VAEConfig, source: str
         vae = VAE(config)
     load_strict(vae, state_dict, f"{source} does not fit the {config.data_dim}-mel VAE (hidden width "
                 f"{config.hidden_dim})", "Check that the file is the official v1-16.pth (16 kHz) or v1-44.pth "
-                "(44.1 kHz).", assign=True)
+                "(44.1 kHz).", assign=True, source=source)
     vae = vae.float().eval()
     return vae.remove_weight_norm()

@@ -22,7 +22,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -171,12 +171,12 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
         if differ:
             raise CheckpointError(f"{path} was trained with another {key.replace('_', ' ')} than this version "
                                   f"builds ({', '.join(differ)}). {advice}")
-    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice)
+    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice, source=str(path))
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
-                f"The ControlNet in {path} does not fit the embedded model's", advice)
+                f"The ControlNet in {path} does not fit the embedded model's", advice, source=str(path))
     if loudness_tensors:
         load_strict(loudness, loudness_tensors, f"The loudness ControlNet in {path} does not fit the embedded model's",
-                    advice)
+                    advice, source=str(path))
     try:
         defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
             else GuidanceDefaults()
@@ -197,8 +197,6 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for damaged files
         raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
-    check_finite(tensors, path, "The training that wrote them went wrong, or the file is damaged: reinstall "
-                 "StepFoley, or train them again (`stepfoley train embedded`).")
     return tensors, meta
 
 

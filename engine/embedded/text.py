@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoints import check_finite
 from ..errors import CheckpointError
 
 TEXT_SEQ_LEN = 77
@@ -223,6 +224,7 @@ class EmbeddedTextEncoder:
         self.net = MiniBert(BertConfig())
         try:
             state = convert_bert_state_dict(load_file(str(weights)), self.net.config)
+            check_finite(state, weights, f"Reinstall it with: {INSTALL_HINT}")
             self.net.load_state_dict(state, strict=True)
         except (KeyError, RuntimeError, OSError) as exc:
             raise CheckpointError(

@@ -258,7 +258,8 @@ def load_clip_weights(model: ClipModel, state_dict: Mapping[str, torch.Tensor],
                       source: str = "the CLIP checkpoint", assign: bool = False) -> None:
     weights = {k: v for k, v in state_dict.items() if k not in IGNORED_KEYS}
     load_strict(model, weights, f"{source} is not an open_clip DFN5B ViT-H/14 checkpoint",
-                "Download open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.", assign=assign)
+                "Download open_clip_pytorch_model.bin of apple/DFN5B-CLIP-ViT-H-14-384 again.", assign=assign,
+                source=source)
 
 
 def find_weight_file(clip_dir: Path) -> Path:

@@ -210,7 +210,7 @@ def load_synchformer_weights(model: SynchformerVisual, state_dict: Mapping[str, 
             f"{source} has no '{CHECKPOINT_PREFIX}.*' weights. Use MMAudio's "
             "ext_weights/synchformer_state_dict.pth.")
     load_strict(model, weights, f"{source} does not fit the Synchformer visual encoder",
-                "Download ext_weights/synchformer_state_dict.pth again.", assign=assign)
+                "Download ext_weights/synchformer_state_dict.pth again.", assign=assign, source=source)
 
 
 def load_synchformer(path: str | Path, cfg: SynchformerConfig = SynchformerConfig()) -> SynchformerVisual:
