@@ -64,14 +64,15 @@ def _who_holds_the_port(host: str, port: int, token: str | None) -> str | None:
         with client.EngineClient(asked, port, token) as engine:
             status = engine.engine_status(timeout=1.0)
         state, model = str(status.get("state")), str(status.get("model"))
-    except client.RequestRejected:  # an engine, with another token
-        state, model = "running", "unknown"
-    except Exception:  # another program, or nothing that answers: the system's words are all there is
+        known = f" ({state}" + (f", model {model})" if state != "loading" else ")")
+    except client.RequestRejected:  # an engine that answers, refusing the question (another version)
+        state, known = "", ""
+    except Exception:  # silent: another program, or an engine with another token (it drops such datagrams)
         return None
     if state == "stopping":
         return (f"Cannot listen on {host}:{port}: the engine there is still stopping (it lets go of the port within "
                 "seconds, once its running job has stopped). Start this one again in a moment.")
-    return (f"Cannot listen on {host}:{port}: a StepFoley engine is already running there ({state}, model {model}). "
+    return (f"Cannot listen on {host}:{port}: a StepFoley engine is already running there{known}. "
             "Stop it first (Ctrl-C in its window), or pick another --port and set the same port in your DAW.")
 
 
