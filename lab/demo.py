@@ -125,18 +125,15 @@ def demo_captions(scene, tracks: int) -> list[str]:
 
 
 def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: int = 3, steps: int = 25,
-             on_step: Callable[[int, int], None] | None = None,
-             feature_cache: FeatureCache | None = None) -> DemoResult:
-    """`feature_cache`: its memory size is used (its disk folder never: the clip is new every run);
-    None: the default size. Raises InvalidInputError for arguments
-    check_demo_arguments refuses, before any work."""
+             on_step: Callable[[int, int], None] | None = None) -> DemoResult:
+    """Raises InvalidInputError for arguments check_demo_arguments refuses, before any work."""
     check_demo_arguments(out_dir, seed, tracks, steps)
     t_start = time.perf_counter()
     scene = make_scene(seed, n_sources=max(tracks, 2))
     out_dir = Path(out_dir)
     work = new_work_folder(out_dir)
     try:
-        result, manifest = _make_run(model, scene, work, seed, tracks, steps, on_step, feature_cache, t_start)
+        result, manifest = _make_run(model, scene, work, seed, tracks, steps, on_step, t_start)
         folder = publish_run(work, out_dir, manifest)
     except BaseException as error:
         shutil.rmtree(work, ignore_errors=True)  # a failed run leaves nothing
@@ -153,8 +150,7 @@ def run_demo(model: FoleyModel, out_dir: Path, seed: int = DEMO_SEED, tracks: in
 
 
 def _make_run(model: FoleyModel, scene, folder: Path, seed: int, tracks: int, steps: int,
-              on_step: Callable[[int, int], None] | None, feature_cache: FeatureCache | None,
-              t_start: float) -> tuple[DemoResult, dict]:
+              on_step: Callable[[int, int], None] | None, t_start: float) -> tuple[DemoResult, dict]:
     """Every file of the run but run.json, in `folder`; returns the result and run.json's content."""
     from stepfoley.lab.evaluation.runner import default_embedding, default_presence, stems_at
 
@@ -165,7 +161,7 @@ def _make_run(model: FoleyModel, scene, folder: Path, seed: int, tracks: int, st
 
     # in memory only: the clip is rendered anew into a temporary folder on every run, so an entry
     # on disk, keyed by that path, could never be read again
-    cache = FeatureCache(feature_cache.max_bytes) if feature_cache is not None else FeatureCache()
+    cache = FeatureCache()
     sessions = {method: StepSession(model, Region(video, 0.0, scene.duration), cache) for method in METHODS}
     captions = demo_captions(scene, tracks)
     per_track = steps * len(sessions["nag"].windows)

@@ -179,3 +179,16 @@ def test_peak_memory_is_read_in_each_systems_unit(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_resource)
     assert bench_sampler.peak_resident_mib() is None
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`stepfoley bench ... | head -1`: the figures' reader gone ended a benchmark in a
+    BrokenPipeError traceback and exit 1 (helper 197). Here the pipe is closed before a line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "bench", "weights-load", "--mb", "1", "--repeat", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err, err

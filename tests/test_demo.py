@@ -14,10 +14,8 @@ from stepfoley.cli import main
 
 def test_demo_writes_both_soundtracks_and_never_reuses_a_run_folder(tmp_path, capsys):
     args = ["demo", "--out", str(tmp_path), "--model", "tiny-random", "--steps", "2", "--tracks", "3",
-            "--device", "cpu", "--feature-cache", str(tmp_path / "cache")]
+            "--device", "cpu"]
     assert main(args) == 0
-    # the clip is new every run: an entry on disk would be keyed by its temporary folder, never read again
-    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
     run = tmp_path / "run_001"
     names = {p.name for p in run.iterdir()}
     stems = ["track_1", "track_2_nag", "track_2_independent", "track_3_nag", "track_3_independent",
@@ -99,8 +97,7 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
              (["--weights", str(weights)], "controlnets for small_16k. The demo sets"),  # what the loader loads
              (["--weights", str(flow_only)], "flow-only cannot run small_16k: ext_weights/"),
              (["--weights", str(tmp_path), "--model", "small_16k"], "cannot run small_16k: weights/mmaudio_small_16k"),
-             (["--threads", "100000"], "thread count (--threads) must be 1 to"),
-             (["--feature-cache", ""], "(--feature-cache) is empty")]
+             (["--threads", "100000"], "thread count (--threads) must be 1 to")]
     if os.path.isdir("/proc"):  # root passes its permission bits (the CI's user); only making a file tells
         cases.append((["--out", "/proc/stepfoley-demo"], "/proc is not a folder you can write to"))
     for extra, words in cases:
@@ -109,6 +106,12 @@ def test_every_demo_argument_is_checked_before_anything_loads(tmp_path, capsys, 
         assert main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (extra, err)
+    # the clip is new every run: features on disk would be keyed by its temporary folder, never read
+    # again, and the options were taken and ignored (their folder made for nothing)
+    for extra in (["--feature-cache", str(tmp_path / "cache")], ["--feature-cache-max-gb", "1"]):
+        with pytest.raises(SystemExit) as refused:
+            main(["demo", "--out", str(out), "--model", "tiny-random", *extra])
+        assert refused.value.code == 2 and f"unrecognized arguments: {extra[0]}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "flow-only", "mmaudio"]
     assert (tmp_path / "a-file").read_text() == "mine"
 
@@ -256,3 +259,18 @@ def test_silence_draws_a_dark_plot_and_bad_audio_is_refused():
         spectrogram_image(np.zeros(0, np.float32), 16000)
     with pytest.raises(InvalidInputError):
         spectrogram_image(np.array([0.0, np.nan], np.float32), 16000)
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """`stepfoley demo | head -1`: the run was written whole, then its report ended in a
+    BrokenPipeError traceback and exit 1 (helper 197). Here the pipe is closed before a line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "stepfoley", "demo", "--out", str(tmp_path), "--model", "tiny-random",
+                             "--steps", "1", "--tracks", "1", "--device", "cpu", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0 and "Traceback" not in err, err
+    assert (tmp_path / "run_001" / "run.json").is_file()

@@ -505,6 +505,39 @@ def test_choose_level_anchor_writes_the_default_and_keeps_alpha_and_its_provenan
 
 # -- where the report goes, checked before any work; the report before the weights --
 
+def test_eval_refuses_before_the_model_loads_what_it_took_and_got_wrong(tmp_path, capsys, monkeypatch):
+    """Helper 197: --json DIR/ wrote a file named DIR; --force --json over the shipped classifier
+    replaced it, and every later eval failed; calibration took --tracks 100 and recorded it."""
+    import stepfoley.commands.eval as eval_command
+    from stepfoley.cli import main
+    from stepfoley.lab.evaluation import embedding, presence
+
+    def never(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(eval_command, "_load_model", never)
+    shipped = {p: p.read_bytes() for p in (presence.SHIPPED_PATH, embedding.SHIPPED_PATH) if p.is_file()}
+    (tmp_path / "e.safetensors").write_bytes(b"an embedding")
+    cases = [(["--json", str(tmp_path / "results") + os.sep], "names a folder; give a file in it"),
+             (["--json", str(presence.SHIPPED_PATH), "--force"], "is the file the run reads (--classifier)"),
+             (["--json", str(embedding.SHIPPED_PATH), "--force"], "is the file the run reads (--embedding)"),
+             (["--json", str(tmp_path / "a.json"), "--choose-alpha", "--alphas", "1,2", "--tracks", "100"],
+              "--tracks must be from 1 to 4"),
+             (["--json", str(tmp_path / "a.json"), "--choose-level-anchor", "--tracks", "5"],
+              "--tracks must be from 2 to 4"),
+             # taken, and read or trained for minutes, for nothing
+             (["--json", str(tmp_path / "a.json"), "--controls", "--embedding", str(tmp_path / "e.safetensors")],
+              "--embedding is read by the main evaluation only"),
+             (["--train-classifier", str(tmp_path / "c.safetensors"), "--controls", "--json", str(tmp_path / "a.json")],
+              "--train-classifier trains the network and runs nothing else; leave out --json, --controls")]
+    for argv, words in cases:
+        assert main(["eval", "--device", "cpu", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (argv, err)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
+    assert all(path.read_bytes() == data for path, data in shipped.items())
+
+
 def test_a_json_path_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -584,8 +617,8 @@ def test_every_eval_option_is_checked_before_the_model_loads(tmp_path, capsys, m
              (["--controls", "--alpha", "nan"], "--alpha must be a number from 0 to 100"),
              (["--choose-level-anchor", "--takes", "0"], "--takes must be a whole number from 1 to 10"),
              (["--choose-alpha", "--takes", "11"], "--takes must be a whole number from 1 to 10"),  # seeds would repeat
-             (["--choose-level-anchor", "--tracks", "1"], "--tracks must be at least 2 to choose the level anchor"),
-             (["--choose-alpha", "--tracks", "0"], "--tracks must be at least 1 to choose the α"),
+             (["--choose-level-anchor", "--tracks", "1"], "--tracks must be from 2 to 4 (a scene"),
+             (["--choose-alpha", "--tracks", "0"], "--tracks must be from 1 to 4 (a scene"),
              (["--choose-alpha", "--seed", "5"], "--seed picks the test scenes"),
              (["--controls", "--beta", "2"], "leave --beta, --tracks and --markdown out"),
              (["--controls", "--markdown"], "leave --beta, --tracks and --markdown out"),

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import torch
 
 from stepfoley.lab.evaluation import metrics, stats
-from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, MAX_TAKES, SCENE_SECONDS,
+from stepfoley.lab.evaluation.runner import (DEFAULT_TAKES, DEVELOPMENT_SCENE_BASE, MAX_SOURCES, MAX_TAKES, SCENE_SECONDS,
                                                 SCENES_PER_SEED, PhaseClock, Row, SceneRun, StepProgress, check_grid,
                                                 check_steps, default_presence, generate_batch, row_tracks,
                                                 tracks_per_scene)
@@ -85,8 +85,9 @@ def check_calibration(what: str, grid: Sequence[float], scenes, takes, steps, k)
     if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
         raise InvalidInputError(f"--takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}.")
     least = 2 if what == "level anchor" else 1  # the level anchor is judged on the NAG tracks, 2 on
-    if not isinstance(k, int) or k < least:
-        raise InvalidInputError(f"--tracks must be at least {least} to choose the {what}, got {k!r}.")
+    if not isinstance(k, int) or not least <= k <= MAX_SOURCES:  # more would be recorded, never made
+        raise InvalidInputError(f"--tracks must be from {least} to {MAX_SOURCES} (a scene holds at most "
+                                f"{MAX_SOURCES} sources) to choose the {what}, got {k!r}.")
     check_steps(steps)
     return values
 

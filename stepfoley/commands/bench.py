@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"stepfoley.bench.{BENCHMARKS[args.name][0]}")
     try:
         return int(module.main(args.options) or 0)
+    except BrokenPipeError:  # the reader of the figures has gone (a pipe into head): nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return 0
     except (InvalidInputError, RequestError) as e:  # an option the benchmark cannot run with
         print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)
         return 2

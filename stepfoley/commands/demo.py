@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from stepfoley.commands.runtime import add_runtime_arguments
+from stepfoley.commands.runtime import add_runtime_arguments, say
 from stepfoley.request import MAX_STEPS
 
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="DIR|FILE",
                    help="an MMAudio weights directory, or embedded weights retrained by "
                         "`stepfoley train embedded` (default: the packaged embedded model)")
-    add_runtime_arguments(p)
+    add_runtime_arguments(p, feature_cache=False)  # the clip is new every run: its features are kept in memory
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
+    from stepfoley.commands.runtime import check_runtime_arguments
     from stepfoley.lab.demo import DEMO_SEED, check_demo_arguments, run_demo
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import InvalidInputError, StepFoleyError
@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         check_demo_arguments(args.out, seed, args.tracks, args.steps)
         check_runtime_arguments(args)
         _check_controlnet(args.weights, args.model)
-        feature_cache = feature_cache_from_arguments(args)
     except StepFoleyError as e:
         print(f"stepfoley demo: {e}", file=sys.stderr)
         return 2
@@ -65,18 +64,16 @@ def run(args: argparse.Namespace) -> int:
                 bar.n = step
                 bar.refresh()
 
-            result = run_demo(model, Path(args.out), seed, args.tracks, args.steps, progress, feature_cache)
+            result = run_demo(model, Path(args.out), seed, args.tracks, args.steps, progress)
     except StepFoleyError as e:
         print(f"stepfoley demo: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {len(result.files)} files into {result.folder}:")
-    for path in result.files:
-        print(f"  {path.name}")
-    print(track_table(result.tracks))
+    say("\n".join([f"wrote {len(result.files)} files into {result.folder}:",
+                   *(f"  {path.name}" for path in result.files), track_table(result.tracks)]))
     t = result.timings
-    print(f"time: load {load_s:.1f} s, video features {t['video_features']:.1f} s, sampling "
-          f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, finishing {t['finishing']:.1f} s, "
-          f"scoring {t['scoring']:.1f} s, demo total {t['total']:.1f} s")
+    say(f"time: load {load_s:.1f} s, video features {t['video_features']:.1f} s, sampling "
+        f"{t['sampling']:.1f} s, decoding {t['decoding']:.1f} s, finishing {t['finishing']:.1f} s, "
+        f"scoring {t['scoring']:.1f} s, demo total {t['total']:.1f} s")
     return 0
 
 

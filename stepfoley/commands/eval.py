@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from stepfoley.commands.runtime import check_input_file, check_json_path, in_an_installed_package, same_file
+from stepfoley.commands.runtime import check_input_file, check_json_path, in_an_installed_package, same_file, say
 
 FIGURES = (  # (key, column title, which way is better, scale for printing)
     ("separability", "A-A sim", "lower", 1.0),
@@ -259,6 +259,12 @@ class _Bar:
             self.bar.close()
 
 
+def _embedding_unused(args: argparse.Namespace) -> bool:
+    """The evaluation embedding measures the main run's separability; the controls and the
+    calibrations judge by the source-presence classifier alone."""
+    return bool(args.controls or args.choose_alpha or args.choose_level_anchor)
+
+
 def _networks(args: argparse.Namespace, model):
     """The evaluation embedding and the source-presence classifier: given files, else the shipped
     ones (trained once into the cache if absent)."""
@@ -272,7 +278,8 @@ def _networks(args: argparse.Namespace, model):
 
     bars = [_Bar("training the evaluation embedding"), _Bar("training the source-presence classifier")]
     try:
-        embedding = (load_audio_embedding(args.embedding, model.text_encoder) if args.embedding else
+        embedding = (None if _embedding_unused(args) else
+                     load_audio_embedding(args.embedding, model.text_encoder) if args.embedding else
                      default_audio_embedding(model.text_encoder, on_message=note, on_progress=bars[0]))
         presence = (load_source_presence(args.classifier) if args.classifier else
                     default_source_presence(on_message=note, on_progress=bars[1]))
@@ -317,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
         check_json_path(args.json, args.force)
         _check_input_files(args)
         _check_json_is_no_input(args)
+        if args.embedding is not None and _embedding_unused(args):  # read, or trained for minutes, for nothing
+            raise InvalidInputError("--embedding is read by the main evaluation only; leave it out with --controls, "
+                                    "--choose-alpha and --choose-level-anchor.")
         if args.write and not (args.choose_alpha or args.choose_level_anchor):
             raise InvalidInputError("--write goes with --choose-alpha or --choose-level-anchor.")
         from stepfoley.engine.weights import is_weights_file
@@ -351,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
             elif args.choose_level_anchor:
                 report = _choose_level_anchor(args, model, presence, bar, grid)
             elif args.controls:
-                report = _controls(args, model, embedding, presence, bar)
+                report = _controls(args, model, presence, bar)
             else:
                 report = _evaluate(args, model, embedding, presence, bar, grid)
         finally:
@@ -368,27 +378,27 @@ def run(args: argparse.Namespace) -> int:
         return 1
     config = report["config"]
     validation = report["classifier"]["validation"]
-    print(f"model {config['model']}, {config['scenes']} scene(s) x {config['takes']} take(s), "
-          f"{config['tracks']} tracks, {config['steps']} steps"
-          + (f", alpha {config['alpha']:g}" if "alpha" in config else ""))
-    print(f"source-presence classifier: validation label accuracy {validation['label_accuracy']:.3f}, "
-          f"balanced {validation['balanced_accuracy']:.3f}")
+    say(f"model {config['model']}, {config['scenes']} scene(s) x {config['takes']} take(s), "
+        f"{config['tracks']} tracks, {config['steps']} steps"
+        + (f", alpha {config['alpha']:g}" if "alpha" in config else ""))
+    say(f"source-presence classifier: validation label accuracy {validation['label_accuracy']:.3f}, "
+        f"balanced {validation['balanced_accuracy']:.3f}")
     if args.choose_alpha:
-        print(format_alpha_table(report, args.markdown))
+        say(format_alpha_table(report, args.markdown))
     elif args.choose_level_anchor:
-        print(format_level_anchor_table(report, args.markdown))
+        say(format_level_anchor_table(report, args.markdown))
     elif args.controls:
         from stepfoley.lab.evaluation.controls import format_controls
 
-        print(format_controls(report))
+        say(format_controls(report))
     else:
-        print(format_tables(report))
+        say(format_tables(report))
         if args.markdown:
-            print("\n" + format_tables(report, markdown=True))
+            say("\n" + format_tables(report, markdown=True))
     for note in report.get("notes", []):
-        print(f"note: {note}")
-    print(format_timings(report))
-    print(f"wrote {args.json}")
+        say(f"note: {note}")
+    say(format_timings(report))
+    say(f"wrote {args.json}")
     return 0
 
 
@@ -449,8 +459,11 @@ def _check_json_is_no_input(args: argparse.Namespace) -> None:
     had just measured."""
     from stepfoley.engine.errors import InvalidInputError
 
-    inputs = {"--embedded-weights": _embedded_weights_file(args), "--embedding": args.embedding,
-              "--classifier": args.classifier}
+    from stepfoley.lab.evaluation import embedding, presence
+
+    inputs = {"--embedded-weights": _embedded_weights_file(args),
+              "--embedding": args.embedding or embedding.SHIPPED_PATH,
+              "--classifier": args.classifier or presence.SHIPPED_PATH}
     for option, path in inputs.items():
         if path is not None and same_file(args.json, path):
             raise InvalidInputError(f"--json {args.json} is the file the run reads ({option}); write the report "
@@ -521,7 +534,7 @@ def _evaluate(args, model, embedding, presence, bar, rows) -> dict:
                     on_progress=bar)
 
 
-def _controls(args, model, embedding, presence, bar) -> dict:
+def _controls(args, model, presence, bar) -> dict:
     from stepfoley.lab.evaluation.controls import evaluate_controls
 
     return evaluate_controls(model, 48 if args.scenes is None else args.scenes, args.seed, takes=args.takes,
@@ -576,7 +589,7 @@ def _record_choice(args, report: dict, path, defaults, provenance: dict, default
         report["not_written"] = {"path": str(path), "error": str(e)}
         write_json_atomic(args.json, report, force=True)
         raise
-    print(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
+    say(f"recorded {default.replace('_', ' ')} {report['chosen']:g} as the default of {path}")
 
 
 # The networks' clip seeds (evaluation.store.first_clip_seed): the embedding's from 500,000,000 +
@@ -607,6 +620,15 @@ def _train(args: argparse.Namespace) -> int:
     except StepFoleyError as e:
         print(f"stepfoley: {e}", file=sys.stderr)
         return 2
+    run_options = [name for name, given in (("--json", args.json), ("--controls", args.controls),
+                                            ("--choose-alpha", args.choose_alpha),
+                                            ("--choose-level-anchor", args.choose_level_anchor),
+                                            ("--beta-sweep", args.beta_sweep is not None), ("--write", args.write))
+                   if given]
+    if run_options:  # taken and ignored: minutes of training, then no evaluation
+        print(f"stepfoley: --train-{'embedding' if embedding else 'classifier'} trains the network and runs nothing "
+              f"else; leave out {', '.join(run_options)}, and evaluate with it afterwards.", file=sys.stderr)
+        return 2
     what = "evaluation embedding" if embedding else "source-presence classifier"
     bar = _Bar(f"training the {what}")
     try:
@@ -621,5 +643,5 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     checks = ", ".join(f"{k} {v:.3f}" for k, v in report["validation"].items() if isinstance(v, float))
-    print(f"wrote {path} ({report['steps_done']} steps, seed {args.seed}); held-out: {checks}")
+    say(f"wrote {path} ({report['steps_done']} steps, seed {args.seed}); held-out: {checks}")
     return 0

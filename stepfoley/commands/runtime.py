@@ -61,7 +61,7 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
               "only with it, and likely slower here", file=sys.stderr)
 
 
-def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+def add_feature_cache_arguments(p: argparse.ArgumentParser) -> None:
     from stepfoley.engine.user_dirs import default_feature_cache_dir
 
     p.add_argument("--feature-cache", default=None, metavar="DIR|off",
@@ -73,6 +73,13 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest size of that folder, above 0 and at most "
                         f"{FEATURE_CACHE_LIMIT_GB:.0f}; the least recently used features go first "
                         f"(default {FEATURE_CACHE_MAX_GB:g})")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, feature_cache: bool = True) -> None:
+    """The device, precision, compile and thread options, and with `feature_cache` the feature
+    cache's (a command whose picture is new every run keeps its features in memory only)."""
+    if feature_cache:
+        add_feature_cache_arguments(p)
     p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 on CUDA GPUs, fp32 elsewhere; bf16 is also much faster on CPUs with "
@@ -167,6 +174,9 @@ def check_json_path(path, force: bool, option: str = "--json", example: str = "e
 
     if not str(path).strip():
         raise InvalidInputError(f"{option} is empty; give the file to write to (e.g. {option} {example}).")
+    if str(path).endswith(tuple(filter(None, (os.sep, os.altsep)))):  # Path() drops it: results/ became a file
+        raise InvalidInputError(f"{option} {path} names a folder; give a file in it (e.g. {option} "
+                                f"{os.path.join(str(path), example)}).")
     path = Path(path).absolute()
     # with folder_made the writer makes the folder, inside the nearest one there
     folder = nearest_existing(path.parent) if folder_made else path.parent
