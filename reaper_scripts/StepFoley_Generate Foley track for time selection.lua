@@ -2,8 +2,10 @@
 -- @author StepFoley
 -- @version 0.5.37
 -- @changelog
---   A take that could not follow the drawn loudness curve (an envelope far above 0 dB) is said in the console, with how far it stayed from it.
+--   A take that could not follow the drawn loudness curve is said in the console, with how far it stayed from it and what to change.
 --   Engine status counts every waiting job (it counted only those the engine's reply lists, at most 64 of a long queue).
+--   Replace, Regenerate and Make like this refuse an item over a cut between shots before any work (its new take was silent over the second shot).
+--   Make like this says an empty reference item is empty (not muted), and says there is no picture before asking for the reference file.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

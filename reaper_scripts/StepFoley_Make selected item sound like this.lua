@@ -70,6 +70,11 @@ local function main()
     if not item then return end
   end
   if SF.refuse_locked(item) then return end
+  if reference and not reaper.GetActiveTake(reference) then -- an empty item: nothing to sound like
+    SF.alert("The other selected item is empty: it has no take, so there is nothing to sound like. Select an item " ..
+      "that plays the recording, or select only the StepFoley item and pick the recording as a WAV file.")
+    return
+  end
   if reference then
     -- what is heard of it is rendered: a muted one would be sent as silence
     if not (SF.item_plays(reference) and SF.track_is_heard(reaper.GetMediaItem_Track(reference))) then
@@ -99,6 +104,8 @@ local function main()
         sample_rate, { reference })
     end
   else
+    local problem = SF.picture_problem(job) -- said before the file is asked for, not after
+    if problem then return SF.alert(problem) end
     local ok, path = reaper.GetUserFileNameForRead("", "StepFoley: the recording it should sound like", "wav")
     if not ok or path == "" then return end
     job.reference_label = SF.basename(path)

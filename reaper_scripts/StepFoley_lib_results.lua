@@ -737,18 +737,27 @@ end
 M.CURVE_MISSED_DB = 3.0
 
 -- The curve asked for more than the engine's level automation gives (engine/loudness_curve.py:
--- +30 dB, -60 dB, then the -1 dBTP limiter). Said, never silently: the take is still added.
+-- +30 dB, -60 dB, then the -1 dBTP limiter); which bound held it, the automation's range
+-- (loudness_curve_gain_db) says. Said, never silently: the take is still added.
 local function say_if_the_curve_was_missed(takes)
   local worst
   for _, t in ipairs(takes) do
-    local missed = type(t.meta.engine) == "table" and tonumber(t.meta.engine.loudness_curve_error_db)
-    if missed and missed > M.CURVE_MISSED_DB and (not worst or missed > worst) then worst = missed end
+    local engine = type(t.meta.engine) == "table" and t.meta.engine or {}
+    local missed = tonumber(engine.loudness_curve_error_db)
+    if missed and missed > M.CURVE_MISSED_DB and (not worst or missed > worst.missed) then
+      worst = { missed = missed, gain = type(engine.loudness_curve_gain_db) == "table" and engine.loudness_curve_gain_db
+        or {} }
+    end
   end
-  if worst then
-    M.log(string.format("the new audio is %.1f dB from the drawn loudness curve (median, where it is heard): the " ..
-      "curve asks for more than StepFoley's level automation gives (it lifts the model's sound at most 30 dB, cuts " ..
-      "it at most 60 dB, and keeps peaks under -1 dBTP). Draw the envelope lower, nearer 0 dB.", worst))
-  end
+  if not worst then return end
+  local lowest, highest = tonumber(worst.gain[1]), tonumber(worst.gain[2])
+  local why = highest and highest >= 29.9 and "the model's sound was too faint to lift onto it (the level automation " ..
+    "lifts at most 30 dB): generate the take again, or draw the envelope lower"
+    or lowest and lowest <= -59.9 and "it asks for more than 60 dB under the model's sound, the most the level " ..
+    "automation cuts: draw the envelope higher"
+    or "it asks for louder than the stem's peaks allow (they stay under -1 dBTP): draw the envelope lower, nearer 0 dB"
+  M.log(string.format("the new audio is %.1f dB from the drawn loudness curve (median, where it is heard): %s.",
+    worst.missed, why))
 end
 
 -- Puts the finished results into the project, in one undo point.
@@ -814,14 +823,72 @@ local function insert_results(job, settings, region, jobs, results, negatives, p
 end
 
 --[[
+What plays under `item` outside `region` (one stretch of one video file): nil when the item lies
+within it; else what plays there and the span (a, b) it was looked for in: "none" (no picture),
+"loop" (the region's own video item starting its source again), or the file another video item
+shows (region.video itself at a cut within it). Only the span before the region is looked at
+when the item starts before it, as the new take starts there.
+]]
+function M.picture_beyond(item, region)
+  local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0
+  local a, b = M.item_range(item)
+  if region.project_start > a + 1e-6 then
+    b = region.project_start
+  elseif region.project_end < b - 1e-6 then
+    a = region.project_end
+  else
+    return nil
+  end
+  local other = M.find_video_item(proj, a, b)
+  if other and other == M.find_video_item(proj, region.project_start, region.project_end) then return "loop", a, b end
+  local levels = other and M.source_chain(reaper.GetActiveTake(other))
+  local shown = levels and #levels > 0 and reaper.GetMediaSourceFileName(levels[#levels].src, "")
+  if shown and shown ~= "" then return shown, a, b end
+  return "none", a, b
+end
+
+-- Why one generation cannot follow the picture under all of `item` (M.picture_beyond: a loop
+-- starting again, or another shot), said with what becomes of the item there (`lost`) and what to
+-- trim; nil where there is no other picture.
+function M.other_picture_problem(item, region, lost, trim)
+  local what, a, b = M.picture_beyond(item, region)
+  if what == nil or what == "none" then return nil end
+  local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0
+  if what == "loop" then
+    return string.format("The video item under the selected item loops its source, and starts it again from " ..
+      "%.3f s to %.3f s. StepFoley follows one pass of the picture per generation, so %s there. Trim %s to one " ..
+      "pass, or render the looped picture into one file, then try again.", M.on_ruler(proj, a), M.on_ruler(proj, b),
+      lost, trim)
+  end
+  local shows = what ~= region.video
+    and string.format("changes to another video file: %s shows from %.3f s to %.3f s, and %s over the rest",
+      M.basename(what), M.on_ruler(proj, a), M.on_ruler(proj, b), M.basename(region.video))
+    or string.format("cuts within %s: another video item of it shows from %.3f s to %.3f s", M.basename(what),
+      M.on_ruler(proj, a), M.on_ruler(proj, b))
+  return "The picture under the selected item " .. shows .. ". StepFoley follows one stretch of one video file " ..
+    "per generation, so " .. lost .. " where the other plays. Render the picture of this stretch into one file, " ..
+    "or trim " .. trim .. " to one shot, then try again."
+end
+
+M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
+
+-- Why `job` (M.generate's) cannot be made over its picture, said before anything is asked or
+-- bounced: no picture under its range, or, for an item's new take, which covers the picture of
+-- one shot, another shot under part of the item (the take would be silent there); nil when it can.
+function M.picture_problem(job)
+  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
+  if not region then return region_err end
+  return job.item and clipped and M.other_picture_problem(job.item, region, "the new take would be silent", "the item")
+    or nil
+end
+
+--[[
 The fields of a protocol-2 request that keeps the active take of `item` and makes the span
 a..b (project time) new: the take's source file, where region.project_start falls in it, and
 the span in seconds from region.project_start (clipped to the region, which may be clipped to
 the picture). nil and a message when the take cannot be kept sample for sample or nothing of
 it would be kept.
 ]]
-M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
-
 function M.continuation_fields(item, region, a, b, caps)
   local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0 -- for its ruler
   if math.abs(region.playrate - 1) > 1e-9 then -- the engine's rule, said before anything is bounced
@@ -852,39 +919,13 @@ function M.continuation_fields(item, region, a, b, caps)
   local pos, item_end = M.item_range(item)
   -- the stem covers the picture only: the item's take outside it would be silent in the new
   -- take (an extension past the picture's end is only cut short there: nothing of the take is lost)
-  local uncovered_a, uncovered_b = pos, item_end
-  if region.project_start > pos + 1e-6 then
-    uncovered_b = region.project_start
-  elseif region.project_end < item_end - 1e-6 then
-    uncovered_a = region.project_end
-  else
-    uncovered_a = nil
-  end
-  if uncovered_a then
-    -- the picture may go on in another file (a cut between shots): one generation follows one file
-    local other = M.find_video_item(proj, uncovered_a, uncovered_b)
-    if other and other == M.find_video_item(proj, region.project_start, region.project_end) then
-      return nil, string.format("The video item under the selected item loops its source, and starts it again " ..
-        "from %.3f s to %.3f s. StepFoley follows one pass of the picture per generation, so the take would be " ..
-        "lost there. Trim the item (and the time selection) to one pass, or render the looped picture into one " ..
-        "file, then try again.", M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
-    end
-    local levels_shown = other and M.source_chain(reaper.GetActiveTake(other))
-    local shown = levels_shown and #levels_shown > 0 and reaper.GetMediaSourceFileName(levels_shown[#levels_shown].src, "")
-    if shown and shown ~= "" then
-      local what = shown ~= region.video
-        and string.format("changes to another video file: %s shows from %.3f s to %.3f s, and %s over the rest",
-          M.basename(shown), M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b), M.basename(region.video))
-        or string.format("cuts within %s: another video item of it shows from %.3f s to %.3f s", M.basename(shown),
-          M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
-      return nil, "The picture under the selected item " .. what .. ". StepFoley follows one stretch of one " ..
-        "video file per generation, so the take would be lost where the other plays. Render the picture of this " ..
-        "stretch into one file, or trim the item (and the time selection) to one shot, then try again."
-    end
-    return nil, string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
-      "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
-      "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
-      M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
+  local what, uncovered_a, uncovered_b = M.picture_beyond(item, region)
+  if what then
+    return nil, M.other_picture_problem(item, region, "the take would be lost", "the item (and the time selection)")
+      or string.format("The selected item reaches outside the picture: %.3f s to %.3f s has no video " ..
+        "under it, and StepFoley makes the new take over the picture only, so the take would be lost there. Trim " ..
+        "the item (and the time selection) to the picture, or put the picture under all of it, then try again.",
+        M.on_ruler(proj, uncovered_a), M.on_ruler(proj, uncovered_b))
   end
   local offset = reaper.GetMediaItemTakeInfo_Value(take, "D_STARTOFFS") + (region.project_start - pos)
   if offset < -1e-9 then
@@ -1040,8 +1081,9 @@ Everything that can wait for something (the engine, the dialog, the jobs) runs f
 reaper.defer: REAPER stays usable throughout.
 ]]
 function M.generate(job)
-  local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
-  if not region then return M.alert(region_err) end
+  local problem = M.picture_problem(job)
+  if problem then return M.alert(problem) end
+  local region, _, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
   job.exclude = job.exclude or {}
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
   job.picture = M.picture_placement(video_item)

@@ -984,6 +984,27 @@ def test_regenerate_opens_the_dialog_with_the_stored_parameters(world):
     assert "last_params" not in result["extstate"]["StepFoley"]
 
 
+@pytest.mark.parametrize("script", [h.REPLACE, h.REGENERATE, h.SOUND_LIKE])
+def test_an_item_over_a_cut_is_refused_before_any_work(world, script):
+    """A 3 s item (3.0-6.0 s) over a jump cut at 4.5 s: the new active take was made for the first
+    shot alone and the item went silent over 4.5-6.0 s, where there is picture; the console's "make
+    a second pass there" cannot be done for an item (helper 199). Extend and repair refused it."""
+    layer = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9}, position=3.0, length=3.0, selected=True)
+    sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[layer], actions=[{"script": script}])
+    sc["tracks"][0]["items"] = [
+        {"position": 2.0, "length": 2.5, "takes": [{"file": str(world["video"]), "length": 20.0}]},
+        {"position": 4.5, "length": 5.5, "takes": [{"file": str(world["video"]), "length": 20.0, "startoffs": 6.0}]}]
+    result = h.run_scenario(world["tmp"], sc)
+    [message] = [m["message"] for m in result["messages"]]
+    assert message == ("The picture under the selected item cuts within picture.mp4: another video item of it shows "
+                       "from 4.500 s to 6.000 s. StepFoley follows one stretch of one video file per generation, so "
+                       "the new take would be silent where the other plays. Render the picture of this stretch into "
+                       "one file, or trim the item to one shot, then try again.")
+    assert result["renders"] == [] and h.generation_commands(result) == [] and result["undo"] == []
+    [item] = [t for t in result["tracks"] if t["name"] == "steps"][0]["items"]
+    assert len(item["takes"]) == 1
+
+
 def test_regenerate_where_the_picture_covers_part_of_the_item(world):
     """Item 1.0-5.5 s, picture from 2.0 s: the new take is generated for 2.0-5.5 s and must play
     from 2.0 s (it started 1 s early), with "loop source" off so nothing wraps into 1.0-2.0 s."""
@@ -1649,6 +1670,30 @@ def test_a_long_reference_item_is_rendered_for_as_long_as_the_picture(world, pos
     assert len(heard) == h.frames(2.5)
     np.testing.assert_allclose(heard[:, 0], ref_samples[h.frames(heard_from):h.frames(heard_from + 2.5)],
                                atol=1 / 2**22)
+
+
+def test_an_empty_item_as_the_reference_is_said_to_be_empty_not_muted(world):
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, selected=True)
+    empty = {"name": "Notes", "items": [{"position": 7.0, "length": 2.0, "selected": True, "takes": []}]}
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[{"ok": True, "values": []}],
+                                                   extra_tracks=[target, empty], actions=[{"script": h.SOUND_LIKE}]))
+    [message] = [m["message"] for m in result["messages"]]
+    assert message.startswith("The other selected item is empty: it has no take, so there is nothing to sound like.")
+    assert result["renders"] == [] and h.generation_commands(result) == []
+
+
+def test_no_picture_under_the_item_is_said_before_the_reference_file_is_asked_for(world):
+    """The file dialog came first; only after a file was picked was the artist told there is no
+    picture under the item (helper 199)."""
+    reference = world["tmp"] / "reference.wav"
+    h.write_foley_wav(reference, 3.0, SR, seed=40)
+    target = stepfoley_layer(world, "steps", {"caption": "steps on wood", "seed": 3}, position=10.5, length=1.0,
+                             selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[target],
+                                                   file_answers=[str(reference)], actions=[{"script": h.SOUND_LIKE}]))
+    [message] = [m["message"] for m in result["messages"]]
+    assert "There is no video item under" in message
+    assert not any(d.get("file_dialog") for d in result["dialogs"])
 
 
 def test_make_selected_item_sound_like_a_file(world):

@@ -90,8 +90,9 @@ def test_a_curve_the_take_could_not_follow_is_said(world):
     [track] = h.new_tracks(result, known=("Picture", "wind", "Loudness"))
     missed = h.take_meta(track["items"][0]["takes"][0])["engine"]["loudness_curve_error_db"]
     assert missed > 3.0  # the engine's own follow_curve, run by the stand-in on its stem
-    assert (f"the new audio is {missed:.1f} dB from the drawn loudness curve (median, where it is heard): the curve "
-            "asks for more than StepFoley's level automation gives") in result["console"]
+    assert (f"the new audio is {missed:.1f} dB from the drawn loudness curve (median, where it is heard): it asks for "
+            "louder than the stem's peaks allow (they stay under -1 dBTP): draw the envelope lower, nearer 0 dB.") \
+        in result["console"]
 
 
 def test_a_stepped_envelope_becomes_a_few_points(world):

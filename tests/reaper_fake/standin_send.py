@@ -151,7 +151,8 @@ def query(args, mode: str) -> int:
                   "state": "stopping" if mode == "stopping" else "idle", "current": None,
                   "queue": [], "queue_length": 0, "queue_limit": 256, "jobs_finished": 0, "engine_steps": 0}
         if mode == "long_queue":  # as the engine answers 200 waiting jobs: the list cut to fit one datagram
-            answer.update(state="running", queue=[{"job_id": f"j{i}", "caption": "rain"} for i in range(64)],
+            answer.update(state="busy", current={"job_id": "j0", "caption": "rain", "phase": "sampling"},
+                          queue=[{"job_id": f"j{i}", "caption": "rain"} for i in range(1, 65)],
                           queue_length=200, queue_truncated=True)
         if newest_protocol() >= 2:
             answer["protocols"] = list(range(1, newest_protocol() + 1))
@@ -180,7 +181,8 @@ def make_stem(request: dict, caption: str, used: dict, seed: int, mode: str) -> 
 
         finished, levels = follow_curve(wave, sr, request["loudness_curve"])
         wave = finished[0]
-        followed = {k: levels[k] for k in ("loudness_curve_applied_as", "loudness_curve_error_db")}
+        followed = {k: levels[k] for k in ("loudness_curve_applied_as", "loudness_curve_error_db",
+                                           "loudness_curve_gain_db")}
     if mode == "badstem":
         tmp.write_bytes(b"not audio")
     else:
