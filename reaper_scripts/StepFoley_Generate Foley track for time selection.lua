@@ -6,6 +6,8 @@
 --   Engine status counts every waiting job (it counted only those the engine's reply lists, at most 64 of a long queue).
 --   Replace, Regenerate and Make like this refuse an item over a cut between shots before any work (its new take was silent over the second shot).
 --   Make like this says an empty reference item is empty (not muted), and says there is no picture before asking for the reference file.
+--   Replace and Regenerate speak of the selected item, not of a time selection, when it is too short or off the picture.
+--   Replace reads the settings stored in the take as Regenerate does, before anything is bounced, and says which one cannot be used.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua

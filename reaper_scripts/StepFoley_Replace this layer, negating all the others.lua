@@ -36,8 +36,17 @@ local function main()
     params_for = function(engine)
       local method, err = SF.negating_method(engine.capabilities, values.method)
       if err then return nil, err end
-      return { caption = meta.caption, method = method, alpha = values.alpha, beta = values.beta, steps = values.steps,
-        seed = math.tointeger(meta.seed) or SF.random_seed(), negatives = "layers", count = 1 }
+      -- read as Regenerate's dialog reads them, before anything is bounced: a value edited by
+      -- hand in the take's metadata was found only by the engine, after the bounce
+      local function text(v) return v == nil and "" or type(v) == "number" and SF.number_text(v) or tostring(v) end
+      local params, why = SF.parse_form({ caption = text(meta.caption), alpha = text(values.alpha),
+        beta = text(values.beta), steps = text(values.steps), seed = text(meta.seed) },
+        { engine = engine, fixed_method = method })
+      if not params then
+        return nil, "The selected item's stored settings cannot be used: " .. why .. "\n\nRun \"StepFoley: " ..
+          "Regenerate selected Foley item\", which shows them to correct."
+      end
+      return params
     end,
     undo = function(params) return "StepFoley: replace layer \"" .. params.caption .. "\"" end }))
 end

@@ -107,6 +107,11 @@ function M.number_text(x)
   return M.with_dot(tostring(math.tointeger(x) or x))
 end
 
+-- Text that starts a sentence ("the selected item" -> "The selected item").
+function M.capitalized(text)
+  return text:sub(1, 1):upper() .. text:sub(2)
+end
+
 --[[
 A number as the user typed it, or nil and why not, for the message. Only the C form is read,
 whatever REAPER's locale: a decimal comma (4,5) is not a number (REAPER writes a dot in its own

@@ -279,16 +279,24 @@ function M.find_video_item(proj, t0, t1, under)
   return best, best_stretch
 end
 
+-- How a refusal names the range an action works on, and what to do with it: the time selection,
+-- or (M.ITEM_WORDS) the selected item whose new take is made.
+M.SELECTION_WORDS = { range = "the time selection", part = "the selection", place = "make the time selection over it",
+  longer = "Select a longer range", shorter = "Select a shorter range and make the rest in a second pass" }
+M.ITEM_WORDS = { range = "the selected item", part = "the selected item", place = "move the item over it",
+  longer = "Lengthen the item over the picture", shorter = "Trim the item shorter" }
+
 -- Turns a time selection into the request's region. Returns region, nil or nil, message.
 -- The region is the part of [t0, t1] where the user sees the chosen picture (the one under
 -- `under`, when given: M.find_video_item); `clipped` says whether it shrank (no picture there,
--- another video item shows, or a looped picture starts again).
-function M.region_for(proj, t0, t1, under)
+-- another video item shows, or a looped picture starts again). `words`: M.SELECTION_WORDS when nil.
+function M.region_for(proj, t0, t1, under, words)
+  words = words or M.SELECTION_WORDS
   local item, stretch = M.find_video_item(proj, t0, t1, under)
   if not item and under then item, stretch = M.find_video_item(proj, t0, t1) end -- said where it lacks picture
   if not item then
-    return nil, string.format("There is no video item under the time selection (%.3f s to %.3f s).\n\n" ..
-      "Put the picture on a track and make the time selection over it.", M.on_ruler(proj, t0), M.on_ruler(proj, t1))
+    return nil, string.format("There is no video item under %s (%.3f s to %.3f s).\n\n" ..
+      "Put the picture on a track and %s.", words.range, M.on_ruler(proj, t0), M.on_ruler(proj, t1), words.place)
   end
   local take = reaper.GetActiveTake(item)
   if reaper.GetTakeNumStretchMarkers(take) > 0 then
@@ -307,7 +315,7 @@ function M.region_for(proj, t0, t1, under)
     b = math.min(b, pass_end)
   end
   if b - a <= 1e-6 then
-    return nil, "The time selection does not overlap the picture of the video item (" ..
+    return nil, M.capitalized(words.range) .. " does not overlap the picture of the video item (" ..
       M.basename(file) .. ")."
   end
   local file_a, file_b, reversed = M.map_interval(a, b, pos, startoffs, playrate, levels)

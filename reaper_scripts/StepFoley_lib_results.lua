@@ -876,7 +876,8 @@ M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 -- bounced: no picture under its range, or, for an item's new take, which covers the picture of
 -- one shot, another shot under part of the item (the take would be silent there); nil when it can.
 function M.picture_problem(job)
-  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
+  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under,
+    job.item and M.ITEM_WORDS)
   if not region then return region_err end
   return job.item and clipped and M.other_picture_problem(job.item, region, "the new take would be silent", "the item")
     or nil
@@ -1025,19 +1026,20 @@ local WAV_HEADER_BYTES, WAV24_BYTES = 4096, 3
 -- bounce), or nil: its picture, its length on the timeline (the picture may play at another
 -- rate) and its new track's file at `sample_rate`. `clipped`: the picture covers only part of
 -- the selection. `whose`: whose rate sample_rate is ("this project's" when nil); `channels`:
--- the stem's (1 when nil: a new track is mono; a continuation has its take's).
-function M.region_length_problem(region, clipped, caps, sample_rate, whose, channels)
+-- the stem's (1 when nil: a new track is mono; a continuation has its take's); `words`: how the
+-- range is named (M.SELECTION_WORDS when nil).
+function M.region_length_problem(region, clipped, caps, sample_rate, whose, channels, words)
+  words = words or M.SELECTION_WORDS
   local bound = M.published(caps, "region_seconds", M.REGION_SECONDS)
   if type(bound) ~= "table" then bound = M.REGION_SECONDS end
   local low, high = tonumber(bound[1]) or M.REGION_SECONDS[1], tonumber(bound[2]) or M.REGION_SECONDS[2]
   local length = region.file_out - region.file_in
-  local what = clipped and string.format("Only %.2f s of the selection has picture under it", length)
-    or string.format("The selection covers %.2f s of picture", length)
+  local what = clipped and string.format("Only %.2f s of %s has picture under it", length, words.part)
+    or string.format("%s covers %.2f s of picture", M.capitalized(words.part), length)
   if length < low - 1e-6 then
-    return string.format("%s; StepFoley needs at least %g s to follow. Select a longer range.", what, low)
+    return string.format("%s; StepFoley needs at least %g s to follow. %s.", what, low, words.longer)
   elseif length > high + 1e-6 then
-    return string.format("%s; at most %g s can be made at once. Select a shorter range and make the rest in a " ..
-      "second pass.", what, high)
+    return string.format("%s; at most %g s can be made at once. %s.", what, high, words.shorter)
   end
   local timeline = region.project_end - region.project_start
   local most_s = tonumber(M.published(caps, "stem_seconds", M.STEM_SECONDS)) or M.STEM_SECONDS
@@ -1046,9 +1048,8 @@ function M.region_length_problem(region, clipped, caps, sample_rate, whose, chan
   local longest = math.min(most_s, (most_bytes - WAV_HEADER_BYTES) / (WAV24_BYTES * sample_rate * channels))
   if timeline > longest + 1e-6 then
     return string.format("The new item would last %.1f s on the timeline; at most %.1f s can be made at once at " ..
-      "%s %d Hz%s. Select a shorter range and make the rest in a second pass.", timeline,
-      math.floor(longest * 10) / 10, whose or "this project's", sample_rate,
-      channels > 1 and string.format(" in %d channels", channels) or "")
+      "%s %d Hz%s. %s.", timeline, math.floor(longest * 10) / 10, whose or "this project's", sample_rate,
+      channels > 1 and string.format(" in %d channels", channels) or "", words.shorter)
   end
   return nil
 end
@@ -1123,7 +1124,7 @@ function M.generate(job)
     end
     local stem_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(job.proj))
     local length_problem = M.region_length_problem(region, clipped, engine.capabilities, stem_rate,
-      substituted and (job.item and "the new take's" or "the new track's") or nil)
+      substituted and (job.item and "the new take's" or "the new track's") or nil, nil, job.item and M.ITEM_WORDS)
     if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)

@@ -1005,6 +1005,47 @@ def test_an_item_over_a_cut_is_refused_before_any_work(world, script):
     assert len(item["takes"]) == 1
 
 
+@pytest.mark.parametrize("script", [h.REPLACE, h.REGENERATE])
+@pytest.mark.parametrize("position, length, words", [
+    (3.0, 0.8, "The selected item covers 0.80 s of picture; StepFoley needs at least 1 s to follow. Lengthen the item "
+               "over the picture."),
+    (10.5, 1.0, "There is no video item under the selected item (10.500 s to 11.500 s).\n\nPut the picture on a "
+                "track and move the item over it.")], ids=["trimmed to 0.8 s", "moved off the picture"])
+def test_an_item_action_speaks_of_the_item_not_a_time_selection(world, script, position, length, words):
+    """A StepFoley item trimmed to a door click, or moved past the picture, was told to "Select a
+    longer range" or "make the time selection over it", which these actions do not read (helper 199)."""
+    layer = stepfoley_layer(world, "click", {"caption": "door click", "seed": 9}, position=position, length=length,
+                            selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, ts=(0, 0), dialog=[{"ok": True, "values": []}],
+                                                   extra_tracks=[layer], actions=[{"script": script}]))
+    [message] = [m["message"] for m in result["messages"]]
+    assert message == words and "selection" not in message
+
+
+@pytest.mark.parametrize("stored, words", [({"caption": "   "}, "The caption is empty"),
+                                           ({"seed": -5}, "Seed must be"), ({"alpha": "five"}, "Alpha")])
+def test_replace_reads_the_stored_settings_before_anything_is_bounced(world, stored, words):
+    """Values edited by hand in the take's metadata went into the request as they were: the layers
+    were bounced and a job started before the engine refused them in its field words (helper 199)."""
+    layer = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9, **stored}, selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[], extra_tracks=[layer],
+                                                   actions=[{"script": h.REPLACE}]))
+    [message] = [m["message"] for m in result["messages"]]
+    assert message.startswith("The selected item's stored settings cannot be used: ") and words in message, message
+    assert message.endswith('Run "StepFoley: Regenerate selected Foley item", which shows them to correct.')
+    assert result["renders"] == [] and h.generation_commands(result) == []
+
+
+def test_replace_takes_stored_numbers_as_regenerate_reads_them(world):
+    layer = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9.0, "steps": 25.0, "alpha": "5"},
+                            selected=True)
+    result = h.run_scenario(world["tmp"], scenario(world, dialog=[], extra_tracks=[layer],
+                                                   actions=[{"script": h.REPLACE}]))
+    assert result["messages"] == []
+    request = h.job_request(result)
+    assert (request["seed"], request["steps"], request["alpha"]) == (9, 25, 5)
+
+
 def test_regenerate_where_the_picture_covers_part_of_the_item(world):
     """Item 1.0-5.5 s, picture from 2.0 s: the new take is generated for 2.0-5.5 s and must play
     from 2.0 s (it started 1 s early), with "loop source" off so nothing wraps into 1.0-2.0 s."""
