@@ -113,7 +113,8 @@ def test_bench_variations_fails_when_the_stems_differ(capsys, monkeypatch):
     (["sampler", "--threads", "0"], "thread count"),
     (["sampler", "--compile"], "--compile runs on CUDA only"),  # the default device is the CPU
     (["sampler", "--device", "nope"], "Unknown device"),
-    (["features", "--seconds", "-1"], "--seconds must be from 1 to 600"),
+    (["features", "--seconds", "-1"], "--seconds must be from 1 to 64"),
+    (["features", "--seconds", "600"], "--seconds must be from 1 to 64"),  # in one piece: some 30 GB
     (["features", "--device", "nope"], "Unknown device"),
     (["features", "--threads", "0"], "thread count"),  # the README's figures are at 1 thread: it had no option
     (["bridge", "--pings", "0"], "--pings must be at least 1"),
