@@ -178,13 +178,16 @@ def check_finite(state: Mapping[str, torch.Tensor], path: Union[str, os.PathLike
 def _all_finite(value: torch.Tensor) -> bool:
     """Whether every element `value` reads is finite, in time bounded by the memory it reads, not
     by its shape: a view may repeat its storage (a stride-0 view, or strides that overlap) over far
-    more elements than the file holds. The sum (a twentieth of isfinite's cost for float32 on a
+    more elements than the file holds. (Overlapping strides are judged by the whole stretch of
+    storage they read from, elements between theirs too: no saved network has such a view.) The sum (a twentieth of isfinite's cost for float32 on a
     CPU) is not finite whenever an element is not; only then are the elements looked at, since
     large finite weights can overflow it."""
     if value.numel() == 0:
         return True
+    # a stride-0 view (torch's expand) repeats its elements: one of each suffices
+    value = value[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in value.stride())]
     span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
-    if value.numel() > span:  # each element read is in this stretch of the storage
+    if value.numel() > span:  # strides that overlap: each element read is in this stretch of the storage
         value = value.as_strided((span,), (1,), value.storage_offset())
     if torch.isfinite(value.sum(dtype=torch.float32)):
         return True

@@ -22,7 +22,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -171,6 +171,9 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
         if differ:
             raise CheckpointError(f"{path} was trained with another {key.replace('_', ' ')} than this version "
                                   f"builds ({', '.join(differ)}). {advice}")
+    # checked whole first: the three networks' keys without their prefixes would not say which holds it
+    check_finite(tensors, path, "The training that wrote them went wrong, or the file is damaged: reinstall "
+                 "StepFoley, or train them again (`stepfoley train embedded`).")
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice, source=str(path))
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
                 f"The ControlNet in {path} does not fit the embedded model's", advice, source=str(path))
