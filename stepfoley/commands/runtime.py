@@ -1,6 +1,6 @@
-"""The options `generate`, `serve` and `demo` share: where the video features are kept, and
-where and how the networks run; and the check of a JSON file a command will write (`eval
---json`, `generate --metadata`)."""
+"""The options `generate`, `serve` and `demo` share: where and how the networks run, and (for
+`generate` and `serve`) where the video features are kept; and the check of a JSON file a
+command will write (`eval --json`, `generate --metadata`)."""
 
 from __future__ import annotations
 
