@@ -62,6 +62,7 @@ local function main()
     extend_item = true,
     undo = function(params) return "StepFoley: extend \"" .. params.caption .. "\"" end })
   job.t1, job.picture_under = t1, under
+  job.words = SF.SELECTION_WORDS -- its range ends where the time selection does
   SF.generate(job)
 end
 

@@ -4,7 +4,7 @@
 -- @changelog
 --   A take that could not follow the drawn loudness curve is said in the console, with how far it stayed from it and what to change.
 --   Engine status counts every waiting job (it counted only those the engine's reply lists, at most 64 of a long queue).
---   Replace, Regenerate and Make like this refuse an item over a cut between shots before any work (its new take was silent over the second shot).
+--   Replace, Regenerate and Make like this refuse an item over a cut between shots before any work (its new take was silent over the second shot), also when the item starts before the picture.
 --   Make like this says an empty reference item is empty (not muted), and says there is no picture before asking for the reference file.
 --   Replace and Regenerate speak of the selected item, not of a time selection, when it is too short or off the picture.
 --   Replace reads the settings stored in the take as Regenerate does, before anything is bounced, and says which one cannot be used.

@@ -824,27 +824,27 @@ end
 
 --[[
 What plays under `item` outside `region` (one stretch of one video file): nil when the item lies
-within it; else what plays there and the span (a, b) it was looked for in: "none" (no picture),
-"loop" (the region's own video item starting its source again), or the file another video item
-shows (region.video itself at a cut within it). Only the span before the region is looked at
-when the item starts before it, as the new take starts there.
+within it; else what plays there and the span (a, b): "loop" (the region's own video item
+starting its source again) or the file another video item shows (region.video itself at a cut
+within it), before the region or after it, else "none" (no picture) and the first such span.
 ]]
 function M.picture_beyond(item, region)
   local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0
-  local a, b = M.item_range(item)
-  if region.project_start > a + 1e-6 then
-    b = region.project_start
-  elseif region.project_end < b - 1e-6 then
-    a = region.project_end
-  else
-    return nil
+  local pos, item_end = M.item_range(item)
+  local spans = {}
+  if region.project_start > pos + 1e-6 then spans[#spans + 1] = { pos, region.project_start } end
+  if region.project_end < item_end - 1e-6 then spans[#spans + 1] = { region.project_end, item_end } end
+  if #spans == 0 then return nil end
+  local own = M.find_video_item(proj, region.project_start, region.project_end)
+  for _, span in ipairs(spans) do
+    local a, b = span[1], span[2]
+    local other = M.find_video_item(proj, a, b)
+    if other and other == own then return "loop", a, b end
+    local levels = other and M.source_chain(reaper.GetActiveTake(other))
+    local shown = levels and #levels > 0 and reaper.GetMediaSourceFileName(levels[#levels].src, "")
+    if shown and shown ~= "" then return shown, a, b end
   end
-  local other = M.find_video_item(proj, a, b)
-  if other and other == M.find_video_item(proj, region.project_start, region.project_end) then return "loop", a, b end
-  local levels = other and M.source_chain(reaper.GetActiveTake(other))
-  local shown = levels and #levels > 0 and reaper.GetMediaSourceFileName(levels[#levels].src, "")
-  if shown and shown ~= "" then return shown, a, b end
-  return "none", a, b
+  return "none", spans[1][1], spans[1][2]
 end
 
 -- Why one generation cannot follow the picture under all of `item` (M.picture_beyond: a loop
@@ -873,14 +873,14 @@ end
 M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 
 -- Why `job` (M.generate's) cannot be made over its picture, said before anything is asked or
--- bounced: no picture under its range, or, for an item's new take, which covers the picture of
--- one shot, another shot under part of the item (the take would be silent there); nil when it can.
+-- bounced: no picture under its range, or, for a new take over the whole item (job.words is
+-- M.ITEM_WORDS), which covers the picture of one shot, another shot under part of the item (the
+-- take would be silent there; Extend says so of its own range, M.continuation_fields); nil when it can.
 function M.picture_problem(job)
-  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under,
-    job.item and M.ITEM_WORDS)
+  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under, job.words)
   if not region then return region_err end
-  return job.item and clipped and M.other_picture_problem(job.item, region, "the new take would be silent", "the item")
-    or nil
+  return job.words == M.ITEM_WORDS and clipped
+    and M.other_picture_problem(job.item, region, "the new take would be silent", "the item") or nil
 end
 
 --[[
@@ -1008,7 +1008,7 @@ end
 -- A job whose result becomes a new take of `item`: over the item's range, never negating the
 -- item's own track. Fills in proj, item, t0, t1 and exclude of `job` (see M.generate).
 function M.job_for_item(proj, item, job)
-  job.proj, job.item = proj, item
+  job.proj, job.item, job.words = proj, item, M.ITEM_WORDS
   job.t0, job.t1 = M.item_range(item)
   job.exclude = { [reaper.GetMediaItem_Track(item)] = true }
   return job
@@ -1061,6 +1061,7 @@ One generating action, from the engine check to the new media. `job`:
   exclude           tracks that are never negatives (the layer being replaced); the picture's
                     track is added;
   item              when set, the result becomes a new active take of this item; else a new track;
+  words             how refusals name the range (M.ITEM_WORDS from job_for_item; M.SELECTION_WORDS when nil);
                     a continuation's (extra_fields with `take`) gets the kept take's sound
                     settings (M.TAKE_SOUND);
   extra_fields      optional function(region, capabilities) -> request fields or nil, message:
@@ -1124,7 +1125,7 @@ function M.generate(job)
     end
     local stem_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(job.proj))
     local length_problem = M.region_length_problem(region, clipped, engine.capabilities, stem_rate,
-      substituted and (job.item and "the new take's" or "the new track's") or nil, nil, job.item and M.ITEM_WORDS)
+      substituted and (job.item and "the new take's" or "the new track's") or nil, nil, job.words)
     if length_problem then return M.alert(length_problem) end
     if not job.dialog then
       return with_running_engine(settings, prefix, engine, function(ready)

@@ -984,12 +984,15 @@ def test_regenerate_opens_the_dialog_with_the_stored_parameters(world):
     assert "last_params" not in result["extstate"]["StepFoley"]
 
 
+@pytest.mark.parametrize("position", [3.0, 1.0], ids=["on the picture", "from before it"])
 @pytest.mark.parametrize("script", [h.REPLACE, h.REGENERATE, h.SOUND_LIKE])
-def test_an_item_over_a_cut_is_refused_before_any_work(world, script):
-    """A 3 s item (3.0-6.0 s) over a jump cut at 4.5 s: the new active take was made for the first
-    shot alone and the item went silent over 4.5-6.0 s, where there is picture; the console's "make
-    a second pass there" cannot be done for an item (helper 199). Extend and repair refused it."""
-    layer = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9}, position=3.0, length=3.0, selected=True)
+def test_an_item_over_a_cut_is_refused_before_any_work(world, script, position):
+    """An item to 6.0 s over a jump cut at 4.5 s: the new active take was made for the first shot
+    alone and the item went silent over 4.5-6.0 s, where there is picture; the console's "make a
+    second pass there" cannot be done for an item (helper 199). Extend and repair refused it. An
+    item that also starts before the picture (no video over 1.0-2.0 s) was missed (review 200)."""
+    layer = stepfoley_layer(world, "steps", {"caption": "steps", "seed": 9}, position=position,
+                            length=6.0 - position, selected=True)
     sc = scenario(world, dialog=[{"ok": True, "values": []}], extra_tracks=[layer], actions=[{"script": script}])
     sc["tracks"][0]["items"] = [
         {"position": 2.0, "length": 2.5, "takes": [{"file": str(world["video"]), "length": 20.0}]},
@@ -1003,6 +1006,19 @@ def test_an_item_over_a_cut_is_refused_before_any_work(world, script):
     assert result["renders"] == [] and h.generation_commands(result) == [] and result["undo"] == []
     [item] = [t for t in result["tracks"] if t["name"] == "steps"][0]["items"]
     assert len(item["takes"]) == 1
+
+
+def test_extend_speaks_of_its_time_selection(world):
+    """Extend's range runs from the item to the end of the time selection: a selection too long
+    was blamed on the item, "Trim the item shorter" (review 200)."""
+    layer = stepfoley_layer(world, "door creak", {"caption": "door creak", "seed": 9, "method": "nag"}, selected=True)
+    video = {"position": 2.0, "length": 700.0, "takes": [{"file": str(world["video"]), "length": 700.0}]}
+    result = h.run_scenario(world["tmp"], scenario(world, ts=(4.0, 690.0), video_item=video,
+                                                   dialog=[{"ok": True, "values": []}], actions=[{"script": h.EXTEND}],
+                                                   extra_tracks=[layer]))
+    assert [m["message"] for m in result["messages"]] == [
+        "The selection covers 687.00 s of picture; at most 600 s can be made at once. Select a shorter range and make "
+        "the rest in a second pass."]
 
 
 @pytest.mark.parametrize("script", [h.REPLACE, h.REGENERATE])
