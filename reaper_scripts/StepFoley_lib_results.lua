@@ -1061,9 +1061,9 @@ One generating action, from the engine check to the new media. `job`:
   exclude           tracks that are never negatives (the layer being replaced); the picture's
                     track is added;
   item              when set, the result becomes a new active take of this item; else a new track;
-  words             how refusals name the range (M.ITEM_WORDS from job_for_item; M.SELECTION_WORDS when nil);
                     a continuation's (extra_fields with `take`) gets the kept take's sound
                     settings (M.TAKE_SOUND);
+  words             how refusals name the range (M.ITEM_WORDS from job_for_item; M.SELECTION_WORDS when nil);
   extra_fields      optional function(region, capabilities) -> request fields or nil, message:
                     what the action adds to the request (extend and repair: M.continuation_fields;
                     a loudness curve or a picture region: StepFoley_lib_controls.lua); with
