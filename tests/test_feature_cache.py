@@ -691,7 +691,7 @@ def test_a_restarted_engine_reuses_the_picture_features(tmp_path):
     assert calls == [0]
 
 
-def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
+def test_serve_takes_the_cache_options_and_demo_none(tmp_path, capsys, monkeypatch):
     import stepfoley.engine.service
     from stepfoley.cli import main
     from stepfoley.engine.errors import CheckpointError
@@ -711,9 +711,12 @@ def test_serve_and_demo_take_the_cache_options(tmp_path, capsys, monkeypatch):
     assert main(["serve", "--port", "0", "--feature-cache", str(tmp_path / "a-file")]) == 2  # before loading
     assert len(given) == 2 and "feature cache folder" in capsys.readouterr().err
 
+    # the demo's clip is new every run: its features are kept in memory, and it has no such options
     monkeypatch.setattr(stepfoley.engine.service, "load_runtime_model", stop_after_recording)
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "-1"]) == 2  # an argument
-    assert len(given) == 2 and "gigabytes above 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--out", str(tmp_path / "demo"), "--feature-cache-max-gb", "2"])
+    assert refused.value.code == 2 and len(given) == 2
+    assert "unrecognized arguments: --feature-cache-max-gb" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX rights")
