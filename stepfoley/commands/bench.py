@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return int(module.main(args.options) or 0)
     except BrokenPipeError:  # the reader of the figures has gone (a pipe into head): nothing more to say
-        import os
+        from stepfoley.commands.runtime import reader_gone
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        reader_gone(sys.stdout)
         return 0
     except (InvalidInputError, RequestError) as e:  # an option the benchmark cannot run with
         print(f"stepfoley bench {args.name}: {e}", file=sys.stderr)

@@ -108,17 +108,24 @@ def check_input_file(path, option: str, what: str) -> None:
 def say(text: str, stream=None) -> None:
     """print(text) to `stream` (stdout), as far as anyone reads it: a reader that has gone (a pipe
     into `head`) made a finished job's end a traceback and exit 1."""
-    import os
     import sys
 
     stream = sys.stdout if stream is None else stream
     try:
         print(text, file=stream, flush=True)
     except (OSError, ValueError):
-        try:  # what is still buffered would fail again at exit, as "Exception ignored"
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        except (OSError, ValueError):
-            pass
+        reader_gone(stream)
+
+
+def reader_gone(stream) -> None:
+    """What is written to `stream` from now on goes nowhere: its reader has gone, and what is still
+    buffered would fail again at exit, as "Exception ignored"."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def same_file(a, b) -> bool:
