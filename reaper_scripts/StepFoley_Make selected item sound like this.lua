@@ -104,8 +104,8 @@ local function main()
         sample_rate, { reference })
     end
   else
-    local problem = SF.picture_problem(job) -- said before the file is asked for, not after
-    if problem then return SF.alert(problem) end
+    local region, problem = SF.job_picture(job) -- said before the file is asked for, not after
+    if not region then return SF.alert(problem) end
     local ok, path = reaper.GetUserFileNameForRead("", "StepFoley: the recording it should sound like", "wav")
     if not ok or path == "" then return end
     job.reference_label = SF.basename(path)

@@ -872,15 +872,19 @@ end
 
 M.MIN_REGENERATE_S = 0.1 -- stepfoley.request.MIN_REGENERATE_SECONDS
 
--- Why `job` (M.generate's) cannot be made over its picture, said before anything is asked or
--- bounced: no picture under its range, or, for a new take over the whole item (job.words is
--- M.ITEM_WORDS), which covers the picture of one shot, another shot under part of the item (the
--- take would be silent there; Extend says so of its own range, M.continuation_fields); nil when it can.
-function M.picture_problem(job)
-  local region, region_err, clipped = M.region_for(job.proj, job.t0, job.t1, job.picture_under, job.words)
-  if not region then return region_err end
-  return job.words == M.ITEM_WORDS and clipped
-    and M.other_picture_problem(job.item, region, "the new take would be silent", "the item") or nil
+-- As M.region_for, for `job` (M.generate's): its region, nil, whether it was clipped and its video
+-- item; or nil and why it cannot be made over its picture, said before anything is asked or bounced:
+-- no picture under its range, or, for a new take over the whole item (job.words is M.ITEM_WORDS),
+-- which covers the picture of one shot, another shot under part of the item (the take would be
+-- silent there; Extend says so of its own range, M.continuation_fields).
+function M.job_picture(job)
+  local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under,
+    job.words)
+  if not region then return nil, region_err end
+  local other = job.words == M.ITEM_WORDS and clipped
+    and M.other_picture_problem(job.item, region, "the new take would be silent", "the item")
+  if other then return nil, other end
+  return region, nil, clipped, video_item
 end
 
 --[[
@@ -1083,9 +1087,8 @@ Everything that can wait for something (the engine, the dialog, the jobs) runs f
 reaper.defer: REAPER stays usable throughout.
 ]]
 function M.generate(job)
-  local problem = M.picture_problem(job)
-  if problem then return M.alert(problem) end
-  local region, _, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under)
+  local region, why, clipped, video_item = M.job_picture(job)
+  if not region then return M.alert(why) end
   job.exclude = job.exclude or {}
   job.exclude[reaper.GetMediaItem_Track(video_item)] = true
   job.picture = M.picture_placement(video_item)
