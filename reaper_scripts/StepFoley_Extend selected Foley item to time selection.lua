@@ -45,8 +45,8 @@ local function main()
   local continued, stored = SF.continuation_job_fields(item, meta, from, t1)
   -- the region stops where its picture does: cut back to the item, the take's tail would be
   -- made again and nothing extended
-  local function extra_fields(region, caps)
-    local fields, err = continued(region, caps)
+  local function extra_fields(region, caps, words)
+    local fields, err = continued(region, caps, words)
     if fields and region.project_end <= item_end + 1e-6 then
       return nil, string.format("The picture ends at %.3f s, where the selected item ends (a cut to another " ..
         "video file, or the end of the video), so there is no picture to extend the item over. StepFoley " ..

@@ -370,8 +370,8 @@ continuation's own (M.continuation_fields) and the take's controls (M.continued_
 ]]
 function M.continuation_job_fields(item, meta, a, b)
   local stored = {}
-  local function extra_fields(region, caps)
-    local fields, err = M.continuation_fields(item, region, a, b, caps)
+  local function extra_fields(region, caps, words)
+    local fields, err = M.continuation_fields(item, region, a, b, caps, words)
     if not fields then return nil, err end
     local sent, keep = M.continued_controls(meta, region)
     for k, v in pairs(sent) do fields[k] = v end

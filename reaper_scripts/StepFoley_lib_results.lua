@@ -630,7 +630,7 @@ local function prepare_jobs(job, settings, engine, params, region)
   local extra
   if job.extra_fields then -- checked before anything is bounced
     local err
-    extra, err = job.extra_fields(region, engine.capabilities)
+    extra, err = job.extra_fields(region, engine.capabilities, job.words)
     if not extra then return nil, err end
     if extra.take and job.item then job.kept_take = job.item_take end
     if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
@@ -737,27 +737,43 @@ end
 M.CURVE_MISSED_DB = 3.0
 
 -- The curve asked for more than the engine's level automation gives (engine/loudness_curve.py:
--- +30 dB, -60 dB, then the -1 dBTP limiter); which bound held it, the automation's range
--- (loudness_curve_gain_db) says. Said, never silently: the take is still added.
+-- +30 dB, -60 dB, then the -1 dBTP limiter). Which bound held it, from the automation's range
+-- (loudness_curve_gain_db) and, for a stem brought onto the curve again at its own rate and time
+-- (varispeed, a rate below the model's), that pass's range (loudness_curve_output_correction_db),
+-- bounded by what the first left: the two add up where the stem is heard.
+function M.why_the_curve_was_missed(engine)
+  local function range(key)
+    local r = type(engine[key]) == "table" and engine[key] or {}
+    return tonumber(r[1]), tonumber(r[2])
+  end
+  local lowest, highest = range("loudness_curve_gain_db")
+  local again_lowest, again_highest = range("loudness_curve_output_correction_db")
+  local boosted = highest and highest + math.max(again_highest or 0, 0)
+  local cut = lowest and lowest + math.min(again_lowest or 0, 0)
+  if boosted and boosted >= 29.9 then
+    return "the model's sound was too faint to lift onto it (the level automation lifts at most 30 dB): generate " ..
+      "the take again, or draw the envelope lower"
+  elseif cut and cut <= -59.9 then
+    return "it asks for more than 60 dB under the model's sound, the most the level automation cuts: draw the " ..
+      "envelope higher"
+  end
+  return "it asks for louder than the stem's peaks allow (they stay under -1 dBTP): draw the envelope lower, " ..
+    "nearer 0 dB"
+end
+
+-- Said, never silently: the take is still added.
 local function say_if_the_curve_was_missed(takes)
   local worst
   for _, t in ipairs(takes) do
     local engine = type(t.meta.engine) == "table" and t.meta.engine or {}
     local missed = tonumber(engine.loudness_curve_error_db)
     if missed and missed > M.CURVE_MISSED_DB and (not worst or missed > worst.missed) then
-      worst = { missed = missed, gain = type(engine.loudness_curve_gain_db) == "table" and engine.loudness_curve_gain_db
-        or {} }
+      worst = { missed = missed, engine = engine }
     end
   end
   if not worst then return end
-  local lowest, highest = tonumber(worst.gain[1]), tonumber(worst.gain[2])
-  local why = highest and highest >= 29.9 and "the model's sound was too faint to lift onto it (the level automation " ..
-    "lifts at most 30 dB): generate the take again, or draw the envelope lower"
-    or lowest and lowest <= -59.9 and "it asks for more than 60 dB under the model's sound, the most the level " ..
-    "automation cuts: draw the envelope higher"
-    or "it asks for louder than the stem's peaks allow (they stay under -1 dBTP): draw the envelope lower, nearer 0 dB"
   M.log(string.format("the new audio is %.1f dB from the drawn loudness curve (median, where it is heard): %s.",
-    worst.missed, why))
+    worst.missed, M.why_the_curve_was_missed(worst.engine)))
 end
 
 -- Puts the finished results into the project, in one undo point.
@@ -892,9 +908,9 @@ The fields of a protocol-2 request that keeps the active take of `item` and make
 a..b (project time) new: the take's source file, where region.project_start falls in it, and
 the span in seconds from region.project_start (clipped to the region, which may be clipped to
 the picture). nil and a message when the take cannot be kept sample for sample or nothing of
-it would be kept.
+it would be kept. `words`: how a refusal names the range (M.SELECTION_WORDS when nil).
 ]]
-function M.continuation_fields(item, region, a, b, caps)
+function M.continuation_fields(item, region, a, b, caps, words)
   local proj = reaper.GetItemProjectContext and reaper.GetItemProjectContext(item) or 0 -- for its ruler
   if math.abs(region.playrate - 1) > 1e-9 then -- the engine's rule, said before anything is bounced
     return nil, string.format("The video item plays at rate %g. StepFoley extends or repairs a take only under " ..
@@ -972,7 +988,7 @@ function M.continuation_fields(item, region, a, b, caps)
     fields.sample_rate = rate
     -- the stem's length at the take's rate and channels, as the project's was checked
     local channels = math.max(math.tointeger(reaper.GetMediaSourceNumChannels(levels[1].src)) or 1, 1)
-    local problem = M.region_length_problem(region, false, caps, rate, "the take's", channels)
+    local problem = M.region_length_problem(region, false, caps, rate, "the take's", channels, words)
     if problem then return nil, problem end
   else
     M.log(string.format("the take is at %d Hz, a rate StepFoley does not write: the new take comes at the " ..
@@ -1068,7 +1084,7 @@ One generating action, from the engine check to the new media. `job`:
                     a continuation's (extra_fields with `take`) gets the kept take's sound
                     settings (M.TAKE_SOUND);
   words             how refusals name the range (M.ITEM_WORDS from job_for_item; M.SELECTION_WORDS when nil);
-  extra_fields      optional function(region, capabilities) -> request fields or nil, message:
+  extra_fields      optional function(region, capabilities, words) -> request fields or nil, message:
                     what the action adds to the request (extend and repair: M.continuation_fields;
                     a loudness curve or a picture region: StepFoley_lib_controls.lua); with
                     protocol = 2 among them, feature says what an older engine cannot do;

@@ -1352,6 +1352,24 @@ def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers
     assert h.generation_commands(result) == [] and result["undo"] == []
 
 
+@pytest.mark.parametrize("script, ts, advice", [
+    ("EXTEND", (4.0, 7.0), "Select a shorter range and make the rest in a second pass."),  # its range ends with the selection
+    ("REPAIR", (3.5, 4.0), "Trim the item shorter."),  # its range is the item, whatever the selection inside it
+])
+def test_a_take_too_long_at_its_own_rate_is_refused_naming_what_to_shorten(world, script, ts, advice):
+    """A 192 kHz take: its continuation is made at the take's rate, where an engine publishing
+    864 kB per stem fits 1.5 s (6 s at the project's 48 kHz). A repair, whose stem is the whole
+    item, was told to select a shorter range, which changes nothing."""
+    take = world["tmp"] / "take_192k.wav"
+    sf.write(take, np.zeros(6 * 192000, np.float32), 192000, subtype="PCM_16")
+    sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": getattr(h, script)}],
+                  extra_tracks=[continuation_layer(world, file=str(take))])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_STEM_BYTES": str(3 * 192000 * 3 // 2)})
+    [message] = result["messages"]
+    assert "can be made at once at the take's 192000 Hz. " + advice in message["message"], message
+    assert h.generation_commands(result) == [] and result["undo"] == []
+
+
 @pytest.mark.parametrize("script, ts", [("EXTEND", (5.0, 7.0)), ("REPAIR", (3.5, 4.0))])
 def test_a_continuation_of_an_item_that_loops_its_audio_is_refused_before_the_repeat_is_lost(world, script, ts):
     """Item 3.0-5.5 s whose take ends at 4.5 s and loops: REAPER plays the audio again after

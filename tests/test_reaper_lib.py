@@ -540,6 +540,21 @@ def test_a_stem_too_long_at_the_takes_rate_says_whose_rate_it_is():
     assert "at most 116.5 s can be made at once at the take's 192000 Hz in 2 channels." in out, out
 
 
+@pytest.mark.parametrize("engine, reason", [
+    ("{loudness_curve_gain_db = {-20, 29.95}}", "too faint to lift onto it"),
+    ("{loudness_curve_gain_db = {-59.95, 3}}", "more than 60 dB under the model's sound"),
+    ("{loudness_curve_gain_db = {-20, 3}}", "louder than the stem's peaks allow"),
+    # a stem brought onto the curve again (varispeed, a rate below the model's), within what the
+    # first pass left of the bounds: that pass reached them
+    ("{loudness_curve_gain_db = {-50, 3}, loudness_curve_output_correction_db = {-10, 0}}", "more than 60 dB under"),
+    ("{loudness_curve_gain_db = {-5, 22}, loudness_curve_output_correction_db = {-2, 8}}", "too faint to lift"),
+    ("{loudness_curve_gain_db = {-50, 22}, loudness_curve_output_correction_db = {-4, 3}}", "louder than the stem's"),
+    ("{}", "louder than the stem's peaks allow"),  # an engine that sent no range
+])
+def test_a_missed_curve_is_blamed_on_the_bound_that_held_it(engine, reason):
+    assert reason in lua(f"io.write(SF.why_the_curve_was_missed({engine}))")
+
+
 def test_the_librarys_fallback_bounds_are_the_protocols():
     """Where an engine publishes no bounds, the library uses its own copies: they must be
     stepfoley.request's (read from both sides, no value copied into this test)."""
