@@ -798,15 +798,23 @@ def test_two_process_ddp_on_cpu(tmp_path):
 def test_the_controlnet_target_and_condition_are_each_their_half_encoded_apart(tmp_path):
     """A VAE that attends over the whole clip (MMAudio's) puts each half's sound into the other's
     part of the whole clip's latent: the condition cut from it would carry its target, and the
-    target cut from it its condition (paper Sec. 4.2: two segments that do not overlap)."""
+    target cut from it its condition (paper Sec. 4.2: two segments that do not overlap). The
+    condition is its half as the engine makes x̃ (-20 LUFS, limited), the target at its own
+    level: a condition at the clip's level taught the ControlNet levels it never hears."""
+    import soundfile as sf
+
     from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.session import conditioning_mix
     from stepfoley.lab.miniworld import make_scene, write_scene
     from stepfoley.lab.training.features import (FeatureSet, controlnet_batches, entries_digest,
                                                  extract_features, features_match, read_clip_audio)
 
     model = build_embedded_model(random_weights=True)
     paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
-    entries = [{"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": "rain", "start": 0.0}]
+    quiet = tmp_path / "quiet.wav"  # the scene's sound 16 dB down: far from x̃'s -20 LUFS
+    mixture, rate = sf.read(paths["mixture"], dtype="float32")
+    sf.write(quiet, mixture * 10 ** (-16 / 20), rate, subtype="FLOAT")
+    entries = [{"video": str(paths["video"]), "audio": str(quiet), "caption": "rain", "start": 0.0}]
     features = extract_features(model, entries, tmp_path / "features.safetensors", log=lambda m: None)
     assert features_match(features, entries, model.model_id)
     assert not features_match(features, [{**entries[0], "start": 0.5}], model.model_id)
@@ -815,12 +823,16 @@ def test_the_controlnet_target_and_condition_are_each_their_half_encoded_apart(t
     n = data.half_latent.shape[2]
     wave = torch.from_numpy(read_clip_audio(entries[0]["audio"], model.sample_rate, 0.0, model.max_duration))
     cut = wave.shape[0] // 2
-    alone = [model.net.normalize(model.codec.encode(part[None])[:, :n])[0] for part in (wave[:cut], wave[cut:])]
+    encoded = lambda audio: model.net.normalize(model.codec.encode(audio[None])[:, :n])[0]  # noqa: E731
+    alone = [encoded(part) for part in (wave[:cut], wave[cut:])]
+    heard = [encoded(torch.from_numpy(conditioning_mix([part.numpy()], model.sample_rate, len(part))))
+             for part in (wave[:cut], wave[cut:])]
     batch = next(controlnet_batches(data, model.net.normalize, 32, seed=0))
     targets = set()
     for i in range(32):  # whichever half is the target, it and the condition are each encoded alone
         target = next(h for h in (0, 1) if torch.equal(batch.latent[i], alone[h]))
-        torch.testing.assert_close(batch.cond_latent[i], alone[1 - target])
+        torch.testing.assert_close(batch.cond_latent[i], heard[1 - target])
+        assert not torch.allclose(batch.cond_latent[i], alone[1 - target], atol=0.1)
         targets.add(target)
     assert targets == {0, 1}
     assert len(entries_digest(entries)) == 64
@@ -834,7 +846,7 @@ def test_with_a_vae_posterior_the_controlnet_targets_are_drawn_from_it():
     m, n, c = 4, 4, 3
     g = torch.Generator().manual_seed(0)
     halves = torch.randn(m, 2, n, c, generator=g)
-    data = FeatureSet(halves, torch.zeros(m, 2, 5), torch.zeros(m, 16, 4), torch.zeros(m, 77, 6),
+    data = FeatureSet(halves, halves, torch.zeros(m, 2, 5), torch.zeros(m, 16, 4), torch.zeros(m, 77, 6),
                       torch.ones(m, dtype=torch.bool), torch.full((m, 2, n, c), 0.5))
     batch = next(controlnet_batches(data, lambda x: x, 4096, seed=0))
     noise = []
@@ -843,7 +855,7 @@ def test_with_a_vae_posterior_the_controlnet_targets_are_drawn_from_it():
         noise.append((target - halves[clip, 1 - other]) / 0.5)
     noise = torch.stack(noise)
     assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1.0) < 0.02  # ε ~ N(0, 1)
-    exact = FeatureSet(halves, data.clip, data.sync, data.text, data.has_video)
+    exact = FeatureSet(halves, halves, data.clip, data.sync, data.text, data.has_video)
     first = next(controlnet_batches(exact, lambda x: x, 8, seed=0)).latent  # the mel codec: its latents as they are
     assert all(any(torch.equal(t, halves[i, h]) for i in range(m) for h in range(2)) for t in first)
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from stepfoley.atomic import write_atomically
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
+from stepfoley.engine.session import conditioning_mix
 from stepfoley.lab.training.objectives import Batch
 from stepfoley.lab.training.trainer import ResumableBatches
 
@@ -97,8 +98,9 @@ def entries_digest(entries: list[dict]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-# 2: both halves encoded apart, the target's too (1 cut the target from the whole clip's latent)
-FEATURES_VERSION = "2"
+# 2: both halves encoded apart, the target's too (1 cut the target from the whole clip's latent);
+# 3: the condition encoded as x̃ (2 encoded it at the clip's own level)
+FEATURES_VERSION = "3"
 
 
 def features_metadata(path: Path) -> dict:
@@ -140,17 +142,20 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
     condition: MMAudio's VAE attends over the whole clip, so a half cut from the whole clip's
     latent carries the other half's sound (changing only the other half moved a random VAE's
     latent 3.7 s from the cut), and the ControlNet would learn to find its condition in its
-    target (paper Sec. 4.2: two segments that do not overlap)."""
+    target (paper Sec. 4.2: two segments that do not overlap). The condition is each half as the
+    engine hands the ControlNet its x̃ (`conditioning_mix`: -20 LUFS, true-peak limited), not at
+    the clip's own level: trained on a quiet clip's -36 LUFS, a ControlNet heard the earlier
+    layers 16 dB louder at generation than anything it had learned from."""
     duration, sr = model.max_duration, model.sample_rate
     posterior = getattr(model.codec, "encode_posterior", None)  # MMAudio's VAE; the mel codec has none
-    stds, halves, clips, syncs, texts, has_video = [], [], [], [], [], []
+    stds, halves, conditions, clips, syncs, texts, has_video = [], [], [], [], [], [], []
     video_cache: dict[tuple, tuple] = {}
     text_cache: dict[str, torch.Tensor] = {}
     for i, e in enumerate(entries):
         start = float(e.get("start", 0.0))
         wave = read_clip_audio(e.get("audio") or e["video"], sr, start, duration)
         cut = len(wave) // 2
-        means, spreads = [], []
+        means, spreads, heard = [], [], []
         for part in (wave[:cut], wave[cut:]):
             audio = torch.from_numpy(part)[None].to(model.device)
             if posterior is not None:
@@ -159,8 +164,11 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
             else:
                 mean = model.codec.encode(audio)
             means.append(mean[0].cpu())
+            as_condition = torch.from_numpy(conditioning_mix([part], sr, len(part)))[None].to(model.device)
+            heard.append(model.codec.encode(as_condition)[0].cpu())  # the posterior's mean, as at generation
         frames = means[0].shape[0]
         halves.append(torch.stack([_fit_frames(m, frames) for m in means]))
+        conditions.append(torch.stack([_fit_frames(m, frames) for m in heard]))
         if spreads:
             stds.append(torch.stack([_fit_frames(s, frames) for s in spreads]))
         if e.get("video"):
@@ -185,7 +193,7 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
         raise InvalidInputError("The dataset list has no video clips; at least one is needed to learn the video condition.")
     clips = [c if c is not None else torch.zeros_like(template[0]) for c in clips]
     syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
-    tensors = {"half_latent": torch.stack(halves), "clip": torch.stack(clips),
+    tensors = {"half_latent": torch.stack(halves), "half_condition": torch.stack(conditions), "clip": torch.stack(clips),
                "sync": torch.stack(syncs), "text": torch.stack(texts), "has_video": torch.tensor(has_video)}
     if stds:
         tensors["half_latent_std"] = torch.stack(stds)
@@ -199,6 +207,7 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
 @dataclass
 class FeatureSet:
     half_latent: torch.Tensor  # (M, 2, n, C) unnormalized: each half of the clip encoded apart (its mean)
+    half_condition: torch.Tensor  # (M, 2, n, C) the same, each half first made x̃ (conditioning_mix)
     clip: torch.Tensor  # (M, Lc, Dc) over the whole clip
     sync: torch.Tensor  # (M, Ls, Ds) over the whole clip
     text: torch.Tensor  # (M, 77, Dt)
@@ -208,7 +217,8 @@ class FeatureSet:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
         t = load_file(str(path))
-        return cls(t["half_latent"], t["clip"], t["sync"], t["text"], t["has_video"].bool(), t.get("half_latent_std"))
+        return cls(t["half_latent"], t["half_condition"], t["clip"], t["sync"], t["text"], t["has_video"].bool(),
+                   t.get("half_latent_std"))
 
     def __len__(self) -> int:
         return self.half_latent.shape[0]
@@ -218,7 +228,8 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
                        world: int = 1) -> Iterator[Batch]:
     """Pairs of non-overlapping halves of the same clip (paper Sec. 4.2), each encoded apart: the
     target half with its video (drawn from the VAE posterior where the features hold its std, as
-    MMAudio's training draws its targets), and the other half (its mean) as the audio condition."""
+    MMAudio's training draws its targets), and the other half, made x̃ as at generation (its
+    mean), as the audio condition."""
     own = torch.arange(rank, len(data), world)
     lc, ls = data.clip.shape[1] // 2, (data.sync.shape[1] // 16) * 8
 
@@ -232,8 +243,8 @@ def controlnet_batches(data: FeatureSet, normalize, batch_size: int, seed: int, 
         halves = lambda x, h: (x[:, :h], x[:, h:2 * h])  # noqa: E731
         (c0, c1), (s0, s1) = halves(data.clip[idx], lc), halves(data.sync[idx], ls)
         pick = lambda a, b: torch.where(first.view(-1, 1, 1), a, b)  # noqa: E731
-        drawn, mean = (normalize(x.flatten(0, 1)).view(x.shape) for x in (drawn, mean))
+        drawn, heard = (normalize(x.flatten(0, 1)).view(x.shape) for x in (drawn, data.half_condition[idx]))
         return Batch(latent=pick(drawn[:, 0], drawn[:, 1]), clip=pick(c0, c1), sync=pick(s0, s1), text=data.text[idx],
-                     has_video=data.has_video[idx], cond_latent=pick(mean[:, 1], mean[:, 0]))
+                     has_video=data.has_video[idx], cond_latent=pick(heard[:, 1], heard[:, 0]))
 
     return ResumableBatches(batch, torch.Generator().manual_seed(seed * 7919 + 17 + rank))

@@ -38,12 +38,12 @@ from safetensors.torch import load_file
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loudness_curve import measured_condition
+from stepfoley.engine.session import CONDITION_LUFS  # x̃'s level: what the ControlNet hears at generation
 from stepfoley.lab.training.objectives import Batch
 
 WINDOW_S = 8.0
 # Window offsets on a 0.16 s grid: a whole number of video frames (40 ms) and of latent frames (32 ms).
 OFFSET_GRID_S = 0.16
-CONDITION_LUFS = -20.0
 AUDIBLE_DBFS = -50.0  # a source quieter than this (RMS) over a window is not in it
 # 60 dB under a target (-26 to -16 LUFS) the other sources are inaudible: further says nothing more.
 DOMINANCE_DB_MOST = 60.0
