@@ -975,9 +975,10 @@ function M.continuation_fields(item, region, a, b, caps, words)
     return nil, "Nothing of the take would be kept: the time selection covers all of it. Use \"Regenerate " ..
       "selected Foley item\" to make it anew."
   end
-  if b - a < M.MIN_REGENERATE_S - 1e-6 then -- as the engine rounds: 2.05 - 1.95 is 0.0999...
+  local shortest = tonumber(M.published(caps, "regenerate_seconds", M.MIN_REGENERATE_S)) or M.MIN_REGENERATE_S
+  if b - a < shortest - 1e-6 then -- as the engine rounds: 2.05 - 1.95 is 0.0999...
     return nil, string.format("The part to make new (%.3f s to %.3f s) is shorter than %g s, or outside the " ..
-      "picture. Make a longer time selection.", M.on_ruler(proj, a), M.on_ruler(proj, b), M.MIN_REGENERATE_S)
+      "picture. Make a longer time selection.", M.on_ruler(proj, a), M.on_ruler(proj, b), shortest)
   end
   local fields = { protocol = 2, take = reaper.GetMediaSourceFileName(levels[1].src, ""),
     take_offset = math.max(0, offset), regenerate = M.array({ a - region.project_start, b - region.project_start }) }

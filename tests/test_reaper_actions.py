@@ -1342,6 +1342,22 @@ def test_extend_from_inside_an_items_empty_tail_starts_where_the_takes_audio_end
     assert request["regenerate"] == [1.5, 4.0] and request["take_offset"] == 10.5
 
 
+@pytest.mark.parametrize("shortest, refused", [(0.6, True), (0.4, False)])
+def test_the_shortest_part_to_make_new_is_the_engines(world, shortest, refused):
+    """A 0.5 s repair against an engine publishing regenerate_seconds: the library checked its
+    own copy (0.1 s), so the layers were bounced and the request sent for the engine to refuse."""
+    sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
+                  extra_tracks=[continuation_layer(world)])
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_BOUNDS": json.dumps(
+        {"regenerate_seconds": shortest})})
+    if refused:
+        [message] = result["messages"]
+        assert "The part to make new (3.500 s to 4.000 s) is shorter than 0.6 s" in message["message"], message
+        assert h.generation_commands(result) == []
+    else:
+        assert result["messages"] == [] and h.job_request(result)["regenerate"] == [0.5, 1.0]
+
+
 def test_a_repair_that_would_keep_audio_past_the_takes_end_is_refused_in_reapers_words(world):
     sc = scenario(world, ts=(3.5, 4.0), dialog=[{"ok": True, "values": []}], actions=[{"script": h.REPAIR}],
                   extra_tracks=[continuation_layer(world, startoffs=10.5)])
@@ -1364,7 +1380,7 @@ def test_a_take_too_long_at_its_own_rate_is_refused_naming_what_to_shorten(world
     sf.write(take, np.zeros(6 * 192000, np.float32), 192000, subtype="PCM_16")
     sc = scenario(world, ts=ts, dialog=[{"ok": True, "values": []}], actions=[{"script": getattr(h, script)}],
                   extra_tracks=[continuation_layer(world, file=str(take))])
-    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_STEM_BYTES": str(3 * 192000 * 3 // 2)})
+    result = h.run_scenario(world["tmp"], sc, env_extra={"STEPFOLEY_STANDIN_BOUNDS": json.dumps({"stem_bytes": 3 * 192000 * 3 // 2})})
     [message] = result["messages"]
     assert "can be made at once at the take's 192000 Hz. " + advice in message["message"], message
     assert h.generation_commands(result) == [] and result["undo"] == []

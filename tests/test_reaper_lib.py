@@ -573,8 +573,10 @@ def test_the_librarys_fallback_bounds_are_the_protocols():
     assert request.BOUNDS["name_hint_chars"] == request.MAX_NAME_HINT_CHARS
     assert request.BOUNDS["previous_captions"] == request.MAX_PREVIOUS_CAPTIONS
     assert request.BOUNDS["loudness_curve_points"] == request.MAX_LOUDNESS_POINTS
-    picture = json.loads(lua("io.write(SF.json_encode({SF.MIN_PICTURE_REGION, SF.MIN_PICTURE_REGION_SECONDS}))"))
-    assert picture == [request.BOUNDS["picture_region_size"], request.BOUNDS["picture_region_seconds"]]
+    picture = json.loads(lua("io.write(SF.json_encode({SF.MIN_PICTURE_REGION, SF.MIN_PICTURE_REGION_SECONDS, "
+                             "SF.MIN_REGENERATE_S}))"))
+    assert picture == [request.BOUNDS["picture_region_size"], request.BOUNDS["picture_region_seconds"],
+                       request.BOUNDS["regenerate_seconds"]]
     # the envelope readings cover the longest stem at the reading step, both ends included
     step, readings = json.loads(lua("io.write(SF.json_encode({SF.CURVE_STEP_S, SF.MAX_CURVE_READINGS}))"))
     assert readings == round(request.MAX_STEM_SECONDS / step) + 1

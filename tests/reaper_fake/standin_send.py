@@ -47,7 +47,7 @@ without `protocols`, and a protocol-2 request refused as such an engine refuses 
 $STEPFOLEY_STANDIN_CAPS: "full" (default); "none": an older engine whose status has no
 capabilities; "no_controlnet": a model without NAG ControlNet (methods that hear audio are
 listed as unavailable).
-$STEPFOLEY_STANDIN_STEM_BYTES: publish this `stem_bytes` bound instead of the protocol's."""
+$STEPFOLEY_STANDIN_BOUNDS: a JSON object of bounds published instead of the protocol's."""
 
 import argparse
 import json
@@ -159,9 +159,9 @@ def query(args, mode: str) -> int:
             answer["protocols"] = list(range(1, newest_protocol() + 1))
         if os.environ.get("STEPFOLEY_STANDIN_CAPS") != "none":
             answer["capabilities"] = capabilities().to_json()
-            if os.environ.get("STEPFOLEY_STANDIN_STEM_BYTES"):  # an engine publishing a lower bound
+            if os.environ.get("STEPFOLEY_STANDIN_BOUNDS"):  # an engine publishing other bounds
                 answer["capabilities"]["bounds"] = {**answer["capabilities"]["bounds"],
-                                                    "stem_bytes": int(os.environ["STEPFOLEY_STANDIN_STEM_BYTES"])}
+                                                    **json.loads(os.environ["STEPFOLEY_STANDIN_BOUNDS"])}
         final = {"state": "done", "exit_code": 0, "error": None, "answer": answer}
     if args.status:
         write_status(Path(args.status), **final)
