@@ -762,14 +762,6 @@ def _region(region: Any) -> VideoRegion:
     return VideoRegion(video, file_in, file_out, playrate, start, end)
 
 
-def _is_utf8(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:  # bytes that were not UTF-8, held as surrogate escapes
-        return False
-    return True
-
-
 def _check_output_dir(folder: str) -> None:
     if not os.path.isdir(folder):
         _invalid(f"output_dir '{printable(folder)}' does not exist or is not a folder. "
@@ -780,7 +772,7 @@ def _check_output_dir(folder: str) -> None:
     if too_deep:
         _invalid(f"output_dir '{printable(folder)}': {too_deep}")
     resolved = os.path.realpath(folder)
-    if os.path.realpath(os.path.abspath(folder)) != resolved and not _is_utf8(resolved):
+    if os.path.realpath(os.path.abspath(folder)) != resolved and not is_utf8(resolved):
         # the stems are named by the folder they are in where the text, read as text, does not lead
         # there (a `..` after a link goes up from its target): a name the client could not be told
         _invalid(f"output_dir '{printable(folder)}' leads to the folder '{printable(resolved)}', whose name is not "

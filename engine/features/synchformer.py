@@ -107,6 +107,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, L, dim) -> (B, L, dim)
         return self.fc2(F.gelu(self.fc1(x)))
 
 

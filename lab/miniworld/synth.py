@@ -79,9 +79,3 @@ def random_intervals(rng: np.random.Generator, n_frames: int, low: int, high: in
         if nxt >= n_frames:
             return np.asarray(frames, dtype=int)
         frames.append(nxt)
-
-
-def decay(sr: int, seconds: float, tau: float) -> np.ndarray:
-    """Exponential decay envelope exp(-t/tau) over `seconds`."""
-    t = np.arange(int(sr * seconds)) / sr
-    return np.exp(-t / tau)
