@@ -327,9 +327,10 @@ def sanitize_stem_name(name_hint: str | None) -> str:
     # Accented letters keep their base letter (café -> cafe), ß, ł, ø and Cyrillic are spelled
     # out; other scripts are dropped because some DAWs and file shares still mangle non-ASCII names.
     ascii_text = decomposed.encode("ascii", "ignore").decode("ascii")
-    words = re.sub(r"\s+", "_", ascii_text.strip())
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "", words)
-    safe = re.sub(r"_+", "_", safe)[:MAX_STEM_NAME_CHARS].strip("_-")
+    # other punctuation parts words ("Kick 1/2" read "Kick_12"); an apostrophe is inside a word
+    # (a typographic one is already gone with the other non-ASCII characters)
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text.replace("'", ""))
+    safe = re.sub(r"_+", "_", safe.strip("_-"))[:MAX_STEM_NAME_CHARS].strip("_-")
     if not safe:
         return FALLBACK_STEM_NAME
     if safe.upper() in WINDOWS_RESERVED_NAMES:

@@ -268,7 +268,10 @@ def test_read_zero_byte_file_is_an_audio_error(tmp_path):
         ("Footsteps on gravel", "Footsteps_on_gravel"),
         ("  door   slam!! (wet) ", "door_slam_wet"),
         ("café-crowd_02", "cafe-crowd_02"),
-        ("../../etc/passwd", "etcpasswd"),
+        ("../../etc/passwd", "etc_passwd"),
+        # punctuation parts words: "Kick 1/2" read "Kick_12"
+        ("Kick 1/2", "Kick_1_2"), ("glass+metal, wood", "glass_metal_wood"), ("dog's bark", "dogs_bark"),
+        ("dog’s bark", "dogs_bark"),
         ("雨", "stem"),
         # letters no decomposition reaches ASCII from were dropped ("Fuschritte", "yzka", all Cyrillic "stem")
         ("Fußschritte auf der Straße", "Fussschritte_auf_der_Strasse"),

@@ -113,6 +113,12 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     # b.wav covers part of the region only: heard from START as it lies, and said
     assert f"note: --existing {stems / 'b.wav'} holds 1.250 s of the 2.000 s region" in said.err
     assert "a.wav holds" not in said.err
+    # a.wav and c.wav go on after END: heard from their first sample, and said (a whole film's
+    # bounce was heard from its start at START without a word)
+    for longer in ("a.wav", "c.wav"):
+        assert (f"note: --existing {stems / longer} is longer than the 2.000 s region: it is heard from its first "
+                "sample at START") in said.err
+    assert "b.wav is longer" not in said.err and "silent over the region" not in said.err
     # as an OSC request's input audio is read: mono, the region's 2 s only (the stem's length);
     # the session hears their sum, and the stems of one rate are summed as they are read
     assert [(samples.shape, sr) for samples, sr in heard] == [((1, 96000), 48000), ((1, 20000), 16000)]
@@ -120,6 +126,19 @@ def test_existing_stems_are_heard_from_memory(video, tmp_path, capsys, monkeypat
     (made,) = json.loads((tmp_path / "made.json").read_text())["stems"]
     assert made["metadata"]["track_index"] == 4  # three stems below it, however they were summed
     assert wavs(out) == ["rain_falling_001.wav"] and wavs(stems) == ["a.wav", "b.wav", "c.wav"]  # no bounce file
+
+
+def test_existing_stems_silent_over_the_region_are_said(video, tmp_path, capsys):
+    """A whole film's bounce whose first 2 s are silent: heard at START, the layer was made as a
+    first track, NAG did nothing, and only `method conditional` hinted at it."""
+    film = tmp_path / "film.wav"
+    sf.write(film, np.concatenate([np.zeros(2 * 16000), 0.1 * np.random.default_rng(1).standard_normal(4 * 16000)]),
+             16000)
+    assert generate(video, "--out", tmp_path / "take.wav", "--existing", film) == 0
+    err = capsys.readouterr().err
+    assert "is longer than the 2.000 s region" in err
+    assert ("note: the --existing stems are silent over the region (each heard from its first sample at START), so "
+            "the track was made as a first one: nothing was negated") in err
 
 
 def bad_arguments(video, tmp_path):
@@ -470,6 +489,12 @@ def test_a_take_is_kept_at_its_own_rate_unless_told_otherwise(video, tmp_path, c
     assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2") == 0
     assert ("not bit for bit the take's: its samples do not fit wav24 (--format wav32f keeps a float take's)"
             in capsys.readouterr().err)
+    # a 32-bit integer take: no format keeps it, so wav32f is not advised (following that advice met a second note)
+    sf.write(take, samples, 48000, subtype="PCM_32")
+    assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2") == 0
+    err = capsys.readouterr().err
+    assert "not bit for bit the take's: the take holds 32-bit integer or 64-bit float samples" in err
+    assert "--format wav32f" not in err
 
 
 def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, capsys):
@@ -521,7 +546,7 @@ def test_the_kept_part_note_offers_the_takes_rate_only_where_a_stem_can_have_it(
     from stepfoley.commands.generate import _why_kept_changed
 
     args = argparse.Namespace(format="wav24")
-    said = _why_kept_changed({"take_sample_rate": 12000, "sample_rate": 16000}, args)
+    said = _why_kept_changed({"take_sample_rate": 12000, "sample_rate": 16000}, args, "PCM_24")
     assert said == "it was resampled from the take's 12000 Hz to 16000 Hz (no stem is written at the take's rate)"
-    said = _why_kept_changed({"take_sample_rate": 44100, "sample_rate": 48000}, args)
+    said = _why_kept_changed({"take_sample_rate": 44100, "sample_rate": 48000}, args, "PCM_24")
     assert said.endswith("(--sample-rate 44100 keeps it)")

@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("end", type=seconds, help="region end in the video file, as start")
     p.add_argument("caption", help='the sound to make, e.g. "footsteps on gravel"')
     p.add_argument("--existing", nargs="*", default=[], metavar="WAV",
-                   help="stems already made for this region (or one bounce of them); NAG steers away from them")
+                   help="stems already made for this region (or one bounce of them), each heard from its first "
+                        "sample at START; NAG steers away from them")
     p.add_argument("--reference", default=None, metavar="WAV",
                    help="a recording the new track should sound like (method 'reference'; beta is the pull)")
     p.add_argument("--method", choices=[m.name for m in methods], default=None,
@@ -230,19 +231,21 @@ class Checked:
     existing: list[tuple[np.ndarray, int, int]]  # the --existing stems summed: (samples (1, S), rate, stems) a rate
     feature_cache: FeatureCache
     sample_rate: int | None = None  # the stem's rate when --sample-rate is not given: the take's, or the model's (None)
+    take_subtype: str | None = None  # the --take file's sample format ("PCM_24", "FLOAT", ...)
 
 
 def check_arguments(args: argparse.Namespace) -> Checked:
     """Every check that needs no model, in the order a user would fix them. Raises RequestError
     or StepFoleyError with a message for the user."""
+    import math
     import sys
 
     from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_VARIATIONS, SAMPLE_RATES, is_blank,
-                                   parse_request, take_length_problem)
+    from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_VARIATIONS, SAMPLE_RATES,
+                                   SHORT_INPUT_TOLERANCE_S, is_blank, parse_request, take_length_problem)
 
     _check_file_names(args)
     if args.method == "negative_prompt" and is_blank(args.negative_caption):
@@ -301,7 +304,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     if args.take:  # all of the stem's stretch, as the job reads it (bounded by the check just made): a
         # NaN after the first 0.1 s, or an MP3 or Ogg take shorter than it keeps (their headers state
         # no length), failed only once the model had loaded
-        samples, take_rate, _ = audio_io.read_audio_and_subtype(
+        samples, take_rate, take_subtype = audio_io.read_audio_and_subtype(
             args.take, max_seconds=region.project_duration + 1e-3, max_bytes=MAX_INPUT_AUDIO_BYTES,
             max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=args.take_offset)
         problem = take_length_problem(request, samples.shape[-1], take_rate)
@@ -320,16 +323,25 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     sums: dict[int, np.ndarray] = {}
     layers: dict[int, int] = {}
     for path in args.existing:
-        samples, rate = audio_io.read_input_audio(path, region.project_duration)
+        # a little past the region: a file that goes on is said (a bounce of the whole film, read
+        # from its first sample, was heard at START and negated the wrong stretch without a word)
+        samples, rate = audio_io.read_input_audio(path, region.project_duration + EXISTING_LONGER_S)
         held = audio_io.seconds_short_of(samples, rate, region.project_duration)
         if held is not None:  # heard as it lies: from START, silent after (a stem of part of the region)
             print(f"note: --existing {path} holds {held:.3f} s of the {region.project_duration:.3f} s region: it "
                   "is heard from START and is silent after (if the file was cut short, give the whole stem).",
                   file=sys.stderr)
+        heard = math.ceil(round(region.project_duration * rate, 6))
+        if samples.shape[-1] > heard + round(SHORT_INPUT_TOLERANCE_S * rate):
+            print(f"note: --existing {path} is longer than the {region.project_duration:.3f} s region: it is heard "
+                  "from its first sample at START, and what follows is left out (for a bounce of the whole "
+                  "timeline, give its part from START to END).", file=sys.stderr)
+        samples = samples[..., :heard]
         sums[rate] = samples if rate not in sums else _summed(sums[rate], samples)
         layers[rate] = layers.get(rate, 0) + 1
     existing = [(samples, rate, layers[rate]) for rate, samples in sums.items()]
-    return Checked(output, existing, feature_cache_from_arguments(args), sample_rate)
+    return Checked(output, existing, feature_cache_from_arguments(args), sample_rate,
+                   take_subtype if args.take else None)
 
 
 def _summed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -341,6 +353,7 @@ def _summed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 MAX_EXISTING = 16  # --existing stems: a session's Foley layers, or a bounce of more
+EXISTING_LONGER_S = 0.5  # read past the region, to say that an --existing file goes on after it
 
 
 def _check_file_names(args: argparse.Namespace) -> None:
@@ -438,14 +451,17 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
-            say(f"note: the kept part of the take is not bit for bit the take's: {_why_kept_changed(meta, args)}",
-                sys.stderr)
+            why = _why_kept_changed(meta, args, checked.take_subtype)
+            say(f"note: the kept part of the take is not bit for bit the take's: {why}", sys.stderr)
         if meta.get("format_clipped_fraction"):
             say(f"note: the stem had samples over full scale (a take near it, where it was resampled or where "
                 f"the new part crosses into it), which "
                 f"{args.format} clips: {100 * meta['format_clipped_fraction']:.2g} % of its samples; ask for "
                 "--format wav32f to keep them", sys.stderr)
     first = stems[0][1]
+    if args.existing and first.get("earlier_layers_silent"):
+        say("note: the --existing stems are silent over the region (each heard from its first sample at START), so "
+            "the track was made as a first one: nothing was negated", sys.stderr)
     if first.get("negative_caption_heard") is False:  # a take that sounds no different must not surprise
         from stepfoley.engine.guidance import GUIDANCE_METHODS
 
@@ -461,9 +477,10 @@ def run(args: argparse.Namespace) -> int:
     return written
 
 
-def _why_kept_changed(meta: dict, args: argparse.Namespace) -> str:
+def _why_kept_changed(meta: dict, args: argparse.Namespace, take_subtype: str | None) -> str:
     """Why a stem's kept part is not the take's own samples (its metadata's kept_untouched is
-    false), and what keeps them: one cause, not a list of maybes."""
+    false), and what keeps them: one cause, not a list of maybes (`take_subtype`: the take
+    file's sample format, so that a format is not advised that cannot keep it either)."""
     from stepfoley.request import SAMPLE_RATES
 
     take_rate = meta.get("take_sample_rate")
@@ -471,7 +488,7 @@ def _why_kept_changed(meta: dict, args: argparse.Namespace) -> str:
         keeps = (f"--sample-rate {take_rate} keeps it" if take_rate in SAMPLE_RATES
                  else "no stem is written at the take's rate")  # --sample-rate 12000 is refused
         return f"it was resampled from the take's {take_rate} Hz to {meta['sample_rate']} Hz ({keeps})"
-    if args.format != "wav32f":
+    if args.format != "wav32f" and take_subtype not in ("PCM_32", "DOUBLE"):
         return f"its samples do not fit {args.format} (--format wav32f keeps a float take's)"
     return "the take holds 32-bit integer or 64-bit float samples, which no format StepFoley writes holds exactly"
 
