@@ -32,13 +32,14 @@ def default_feature_cache_dir() -> Path:
     return user_cache_dir() / "features"
 
 
-def make_private_dir(path: Path, ours: bool) -> None:
+def make_private_dir(path: Path, ours: bool, parents: bool = True) -> None:
     """Create `path` (and its parents) readable by this user only: its files name the user's
     videos and folders. `ours`: a folder StepFoley chose (the default cache, its state), whose
     rights are also tightened if an earlier version made it readable by others; a folder the
     user chose keeps the rights it has, and so does one the user linked in at StepFoley's place
-    (a team's shared cache: chmod follows the link). Raises OSError."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (a team's shared cache: chmod follows the link). `parents=False`: only `path` itself is
+    made (FileNotFoundError where its parent is not there). Raises OSError."""
+    path.mkdir(parents=parents, exist_ok=True, mode=0o700)
     if ours and sys.platform != "win32" and not path.is_symlink():
         info = path.stat()
         if info.st_uid == os.getuid() and info.st_mode & 0o077:

@@ -633,9 +633,14 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
     assert default.cache_dir == default_feature_cache_dir() and default.cache_dir.is_dir()
     assert default.max_disk_bytes == 5_000_000_000
     assert open_feature_cache("off").cache_dir is None
-    chosen = open_feature_cache(tmp_path / "new" / "folder", 0.5)
-    assert chosen.cache_dir == tmp_path / "new" / "folder" and chosen.cache_dir.is_dir()
+    chosen = open_feature_cache(tmp_path / "new", 0.5)
+    assert chosen.cache_dir == tmp_path / "new" and chosen.cache_dir.is_dir()
     assert chosen.max_disk_bytes == 500_000_000
+    # the folder is made, not the path to it: a mistyped team cache was made anew, parents and all
+    with pytest.raises(InvalidInputError, match=f"the folder it would be made in, '{tmp_path / 'typo'}', does not "
+                                                "exist; check the path"):
+        open_feature_cache(tmp_path / "typo" / "folder")
+    assert not (tmp_path / "typo").exists()
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(InvalidInputError, match=r"a-file' cannot be used \(it is a file, not a folder\).*--feature-cache off"):
         open_feature_cache(tmp_path / "a-file")
@@ -729,7 +734,7 @@ def test_the_cache_and_the_state_are_readable_by_this_user_only(tmp_path, monkey
         monkeypatch.setenv("HOME", str(tmp_path / "home"))
         default_feature_cache_dir().mkdir(parents=True, mode=0o755)        # made readable by an earlier version
         assert open_feature_cache().cache_dir.stat().st_mode & 0o777 == 0o700
-        assert open_feature_cache(tmp_path / "new" / "chosen").cache_dir.stat().st_mode & 0o777 == 0o700
+        assert open_feature_cache(tmp_path / "chosen").cache_dir.stat().st_mode & 0o777 == 0o700
         (tmp_path / "shared").mkdir(mode=0o755)                             # the user's own choice stays
         assert open_feature_cache(tmp_path / "shared").cache_dir.stat().st_mode & 0o777 == 0o755
         # a team's cache, named by $STEPFOLEY_CACHE_DIR or linked in at the default place: its
