@@ -195,6 +195,7 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--region-time", "0,1"], "(here: picture_region_time is --region-time; "
                                                      "picture_region is --region)"),
         ([video, "-1", "2"], "region.file_in = -1 is outside 0 .. 604800. (here: region.file_in is START)"),
+        ([tmp_path, "0", "2"], "point it to a file. (here: region.video is VIDEO)"),
         ([video, "0", "300"], "Shorten the time selection or use a longer video. (here: time selection is START to END)"),
         ([video, "0", "2", "--take-offset", "1"], "(here: project_start is START; take_offset is --take-offset; "
                                                    "regenerate is --regenerate)"),

@@ -179,7 +179,8 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
 
 # The request's fields (and the DAW's words) that a message about these arguments may name, as
 # the command line calls them: the protocol's rules are checked once, for both.
-_COMMAND_WORDS = (("region.file_in", "START"), ("region.file_out", "END"), ("project_start", "START"),
+_COMMAND_WORDS = (("region.video", "VIDEO"), ("region.file_in", "START"), ("region.file_out", "END"),
+                  ("project_start", "START"),
                   ("project_end", "END"), ("picture_region_time", "--region-time"), ("picture_region", "--region"),
                   ("take_offset", "--take-offset"), ("regenerate", "--regenerate"),
                   ("loudness_curve", "--loudness-curve"), ("negative_caption", "--negative-caption"),
