@@ -1,13 +1,10 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.37
+-- @version 0.5.38
 -- @changelog
---   A take that could not follow the drawn loudness curve is said in the console, with how far it stayed from it and what to change.
---   Engine status counts every waiting job (it counted only those the engine's reply lists, at most 64 of a long queue).
---   Replace, Regenerate and Make like this refuse an item over a cut between shots before any work (its new take was silent over the second shot), also when the item starts before the picture.
---   Make like this says an empty reference item is empty (not muted), and says there is no picture before asking for the reference file.
---   Replace and Regenerate speak of the selected item, not of a time selection, when it is too short or off the picture.
---   Replace reads the settings stored in the take as Regenerate does, before anything is bounced, and says which one cannot be used.
+--   A take that missed the drawn loudness curve names the bound that held it also where the engine brought it onto the curve a second time (varispeed, or a rate below the model's).
+--   Regenerate time selection inside selected item: a take too long to make at its own rate says to trim the item (it said to select a shorter range, which changes nothing).
+--   Extend and repair check the shortest part to make new against the engine's own bound (the library checked its copy, so the engine refused after the layers were bounced).
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -46,8 +43,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.37", SF.mixed_versions and SF.mixed_versions("this action", "0.5.37")
-  or "StepFoley_lib.lua is older than this action (0.5.37). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.38", SF.mixed_versions and SF.mixed_versions("this action", "0.5.38")
+  or "StepFoley_lib.lua is older than this action (0.5.38). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")
