@@ -40,7 +40,7 @@ from stepfoley.engine.pipeline import FoleyModel, Region
 from stepfoley.engine.sampler import (branch_conditions, euler_sample, guided_velocity, initial_noise, is_guided,
                                       known_latent, time_grid)
 from stepfoley.engine.tone_match import apply_tone_gains, tone_match_gains, true_runs
-from stepfoley.request import GenerationRequest, GuidanceDefaults, resolve_guidance
+from stepfoley.request import GUIDANCE_PARAMS, GenerationRequest, GuidanceDefaults, resolve_guidance
 
 CONDITION_LUFS = -20.0  # the paper's composite loudness, also used for x̃
 WINDOW_OVERLAP_S = 1.0
@@ -111,17 +111,17 @@ class TrackSettings:
         if curve is not None:  # the request's seconds are the stem's, the picture varispeeded to its length
             speed = region.duration / region.project_duration
             curve = tuple((t * speed, db) for t, db in curve)
-        return cls(caption=request.caption, method=request.method, alpha=request.alpha, beta=request.beta,
-                   w1=request.w1, w2=request.w2, w3=request.w3, seed=request.seed, steps=request.steps,
-                   negative_caption=request.negative_caption, loudness_curve=curve)
+        return cls(caption=request.caption, method=request.method, seed=request.seed, steps=request.steps,
+                   negative_caption=request.negative_caption, loudness_curve=curve,
+                   **{name: getattr(request, name) for name in GUIDANCE_PARAMS})
 
     def resolved(self, defaults: GuidanceDefaults) -> "TrackSettings":
-        return replace(self, **resolve_guidance(defaults, self.method, self.alpha, self.beta,
-                                                self.w1, self.w2, self.w3, self.steps))
+        return replace(self, **resolve_guidance(defaults, self.method, steps=self.steps,
+                                                **{name: getattr(self, name) for name in GUIDANCE_PARAMS}))
 
     @property
     def weights(self) -> GuidanceWeights:
-        return GuidanceWeights(self.alpha, self.beta, self.w1, self.w2, self.w3)
+        return GuidanceWeights(**{name: getattr(self, name) for name in GUIDANCE_PARAMS})
 
 
 @dataclass

@@ -273,3 +273,19 @@ def test_a_method_must_name_what_its_audio_branch_hears():
 ])
 def test_the_negative_caption_weight_says_where_a_negative_caption_acts(name, weights, expected):
     assert GUIDANCE_METHODS[name].negative_caption_weight(weights) == pytest.approx(expected)
+
+
+def test_the_requests_guidance_fields_are_the_weights_a_method_reads():
+    """The request, the track's settings and the combinations pass the strengths on by name:
+    one list, GUIDANCE_PARAMS, that must be GuidanceWeights' fields (in any order)."""
+    from dataclasses import fields
+
+    from stepfoley.engine.guidance import GuidanceWeights
+    from stepfoley.engine.session import TrackSettings
+    from stepfoley.request import GUIDANCE_PARAMS, GuidanceDefaults
+
+    assert {f.name for f in fields(GuidanceWeights)} == set(GUIDANCE_PARAMS)
+    settings = TrackSettings("rain", method="dual", alpha=1.0, beta=2.0, w1=3.0, w2=4.0, w3=5.0)
+    assert settings.resolved(GuidanceDefaults("nag", 4.5, 1.5, 25)).weights == GuidanceWeights(1.0, 2.0, 3.0, 4.0, 5.0)
+    filled = TrackSettings("rain", alpha=2.0, beta=0.5).resolved(GuidanceDefaults("nag", 4.5, 1.5, 25))
+    assert filled.weights == GuidanceWeights(2.0, 0.5, 2.0, 2.5, 0.5) and filled.method == "nag" and filled.steps == 25

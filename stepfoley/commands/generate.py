@@ -412,8 +412,9 @@ def run(args: argparse.Namespace) -> int:
             w in chosen.params and getattr(args, w) is None for w in ("w2", "w3"))
         if args.beta is not None and not counts:
             # taken, as a DAW's request with every weight is, but never as if it had counted
-            print(f"note: --beta has no effect with method {chosen.name}, which has no β (methods "
-                  "nag, text_boost and reference have; dual's w2 and w3 take it when not given)", file=sys.stderr)
+            weighing = ", ".join(m.name for m in capabilities.methods if "beta" in m.params)
+            print(f"note: --beta has no effect with method {chosen.name}, which has no β (methods {weighing} "
+                  "have; dual's w2 and w3 take it when not given)", file=sys.stderr)
         bar = tqdm(total=0, desc=args.caption[:40], unit="step", file=sys.stderr)
 
         def progress(phase, step, total):
