@@ -95,10 +95,14 @@ def chosen_variant(report: WeightsReport, variant: str | None) -> str:
     return next((v for v in present if report.ready(v)), present[0])
 
 
-def unusable_problem(report: WeightsReport, variant: str, misplaced: tuple = ()) -> str | None:
+def unusable_problem(report: WeightsReport, variant: str, misplaced: tuple = (),
+                     with_controlnet: bool = True) -> str | None:
     """Why the weights folder of `report` cannot run `variant` (its files missing or wrong, as
-    the report found them), None when it can. `misplaced`: the advice for files put elsewhere."""
-    missing = report.unusable(variant)
+    the report found them), None when it can. `misplaced`: the advice for files put elsewhere;
+    `with_controlnet=False`: its NAG ControlNet is not asked about."""
+    from stepfoley.engine.weights import controlnet_name
+
+    missing = [n for n in report.unusable(variant) if with_controlnet or n != controlnet_name(variant)]
     if not missing:
         return None
 
@@ -115,7 +119,9 @@ def unusable_problem(report: WeightsReport, variant: str, misplaced: tuple = ())
 
 
 def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: torch.device,
-                       configs: StackConfigs | None = None) -> FoleyModel:
+                       configs: StackConfigs | None = None, with_controlnet: bool = True) -> FoleyModel:
+    """`with_controlnet=False`: the base alone, whatever file controlnets/ holds (what training a
+    new one reads: one made for another network is what it replaces)."""
     from stepfoley.engine.weights import VARIANTS, check_weights_dir, controlnet_name, readable_weights
 
     # Every file the variant needs is looked for first: a missing CLIP is said in a second, not
@@ -127,16 +133,17 @@ def load_mmaudio_model(weights_dir: str | Path, variant: str | None, device: tor
         # The chosen model's files are read as far as their headers (seconds, even for a
         # multi-GB file): a damaged vocoder or a CLIP of the wrong size is said before the flow
         # network loads. Reduced test stacks have other sizes than the manifests.
-        report = check_weights_dir(weights_dir, only=[*VARIANTS[variant], controlnet_name(variant)])
-    problem = unusable_problem(report, variant, misplaced)
+        report = check_weights_dir(weights_dir, only=[*VARIANTS[variant],
+                                                      *([controlnet_name(variant)] if with_controlnet else [])])
+    problem = unusable_problem(report, variant, misplaced, with_controlnet)
     if problem:
         raise CheckpointError(problem)
     with readable_weights(weights_dir):
-        return _load_mmaudio_stack(weights_dir, variant, device, configs)
+        return _load_mmaudio_stack(weights_dir, variant, device, configs, with_controlnet)
 
 
 def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
-                        configs: StackConfigs | None) -> FoleyModel:
+                        configs: StackConfigs | None, with_controlnet: bool = True) -> FoleyModel:
     from stepfoley.engine.checkpoints import load_state_dict_file
     from stepfoley.engine.codec.mmaudio_codec import MMAudioCodec
     from stepfoley.engine.controlnet import load_controlnet
@@ -157,7 +164,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     net = net.float()  # a half-precision file's tensors, as the network computes
     controlnet = None  # one for another model was refused by load_mmaudio_model's check, before anything loaded
     cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
-    if cn_path.is_file():
+    if with_controlnet and cn_path.is_file():
         controlnet = load_controlnet(cn_path, config)
     codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,
                                         vocoder_config=configs.vocoder)

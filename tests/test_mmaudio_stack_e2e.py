@@ -312,6 +312,24 @@ def test_clip_beside_weights_and_as_safetensors_still_loads_and_its_config_is_op
     assert check_weights_dir(root, verify=False).ready("small_16k")
 
 
+def test_the_base_alone_loads_whatever_controlnet_the_folder_holds(stack, tmp_path):
+    """Training a ControlNet replaces the one in controlnets/: one made for another network (the
+    44 kHz model's under the 16 kHz name) refused the training meant to replace it."""
+    import shutil
+
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.engine.loading import load_mmaudio_model
+
+    root = tmp_path / "weights-copy"
+    shutil.copytree(stack["root"], root)
+    shutil.copy(root / "controlnets" / "small_44k.safetensors", root / "controlnets" / "small_16k.safetensors")
+    with pytest.raises(CheckpointError, match="was made for another base model"):
+        load_mmaudio_model(root, "small_16k", torch.device("cpu"), configs=CONFIGS["small_16k"])
+    base = load_mmaudio_model(root, "small_16k", torch.device("cpu"), configs=CONFIGS["small_16k"],
+                              with_controlnet=False)
+    assert base.controlnet is None and base.model_id == "mmaudio-small_16k"
+
+
 def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
     from stepfoley.engine.features.clip import ClipConfig
 

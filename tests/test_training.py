@@ -795,6 +795,48 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert "step 4/4" in log  # rank 0 logs; samples/s counts both processes
 
 
+TWO_RANKS = """
+import sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from test_training import toy_batches, toy_training
+import stepfoley.lab.training.trainer as trainer
+from stepfoley.lab.training.trainer import distributed_context, wait_for_rank_zero
+
+rank, world = distributed_context()
+made = []
+snapshot = trainer.PowerEMA.snapshot
+trainer.PowerEMA.snapshot = lambda self: made.append(1) or snapshot(self)
+result, _ = toy_training(None, init_seed=3 + rank)  # each rank's first weights differ: DDP takes rank 0's
+torch.save({"params": result.params, "snapshots": len(made)}, sys.argv[2] + f"/rank{rank}.pt")
+# the ranks above 0 wait for rank 0's file on the file system, not in a collective
+flag = sys.argv[2] + "/made"
+if rank == 0:
+    time.sleep(2)
+    open(flag, "w").close()
+wait_for_rank_zero(lambda: __import__("os").path.exists(flag), rank, world)
+assert __import__("os").path.exists(flag)
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_end_with_rank_zeros_average_and_only_it_keeps_snapshots(tmp_path):
+    """Every rank kept all post-hoc EMA snapshots (32 copies of the network, in each process's
+    memory); rank 0 alone does, and its average reaches every rank."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", port, str(script), os.path.dirname(__file__), str(tmp_path)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert zero["snapshots"] == 6 and one["snapshots"] == 0  # 12 steps, one every 2
+    assert zero["params"].keys() == one["params"].keys()
+    assert all(torch.equal(zero["params"][k], one["params"][k]) for k in zero["params"])
+
+
 def test_the_controlnet_target_and_condition_are_each_their_half_encoded_apart(tmp_path):
     """A VAE that attends over the whole clip (MMAudio's) puts each half's sound into the other's
     part of the whole clip's latent: the condition cut from it would carry its target, and the
@@ -915,13 +957,52 @@ def test_train_controlnet_refuses_an_existing_file_before_training(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+def test_train_controlnet_is_the_same_whatever_ran_before_and_refuses_a_stale_run_before_its_features(tmp_path):
+    """The layers a ControlNet adds were drawn from the process's generator: the same command
+    gave two ControlNets (a first run, which made the features, and a second, which found them).
+    A checkpoint of other features was refused only after every clip was encoded again."""
+    from safetensors.torch import load_file
+
+    from stepfoley.engine.embedded.model import build_embedded_model
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    from stepfoley.lab.training.controlnet import train_controlnet_on_mmaudio
+
+    model = build_embedded_model(random_weights=True)
+    paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
+    data = tmp_path / "list.jsonl"
+    data.write_text(json.dumps({"video": str(paths["video"]), "audio": str(paths["mixture"]), "caption": "rain"}))
+    made = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        out = tmp_path / f"cn{seed}.safetensors"
+        made.append(load_file(str(train_controlnet_on_mmaudio(
+            tmp_path, None, data, tmp_path / f"work{seed}", out, depth=1, steps=1, batch_size=2, warmup_steps=0,
+            checkpoint_every=1, device=torch.device("cpu"), model=model))))
+    assert made[0].keys() == made[1].keys() and all(torch.equal(made[0][k], made[1][k]) for k in made[0])
+
+    stale = tmp_path / "work1" / "last.pt"
+    state = torch.load(stale, weights_only=True)
+    state["config"]["data"] = state["config"]["data"].rsplit(" ", 1)[0] + " 2"
+    torch.save(state, stale)
+    (tmp_path / "work1" / "features.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"other settings: the training features' version \(2, now 3\)"):
+        train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work1", tmp_path / "cn3.safetensors", depth=1,
+                                    steps=1, batch_size=2, warmup_steps=0, checkpoint_every=1,
+                                    device=torch.device("cpu"), model=model)
+    assert not (tmp_path / "work1" / "features.safetensors").exists()  # refused before the features
+
+
 @pytest.mark.parametrize("given, words", [
     ("missing", "cannot be read (No such file or directory)"), ("folder", "is a folder"),
     ("latin-1", "is not UTF-8 text"), ("clip missing", "line 1: the audio file"),
     ("not an object", "line 1: each clip needs a caption"), ("start", "line 1: start must be"),
-    ("model", "Unknown model variant 'bogus'")])
+    ("model", "Unknown model variant 'bogus'"), ("audio only", "has no video clips"),
+    ("controlnet there", "controlnets/small_16k.safetensors already exists; choose another --out, or add --force")])
 def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads(tmp_path, capsys, given, words):
-    """Each was a traceback once MMAudio had loaded (minutes), with --work left behind."""
+    """Each was a traceback once MMAudio had loaded (minutes), with --work left behind; a list of
+    audio-text clips alone, and the variant's own ControlNet file there, were refused only once
+    the model had loaded (and every clip was encoded)."""
     from stepfoley.cli import main
 
     (tmp_path / "weights").mkdir()
@@ -933,7 +1014,10 @@ def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads
         data.mkdir()
     elif given != "missing":
         data.write_bytes(lines.get(given, '{"caption": "x", "audio": "a.wav"}').encode("latin-1"))
-    model = ["--model", "bogus"] if given == "model" else []
+    if given == "controlnet there":
+        (tmp_path / "weights" / "controlnets").mkdir()
+        (tmp_path / "weights" / "controlnets" / "small_16k.safetensors").write_text("mine")
+    model = {"model": ["--model", "bogus"], "controlnet there": ["--model", "small_16k"]}.get(given, [])
     assert main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data), *model,
                  "--work", str(tmp_path / "work"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err

@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
-from stepfoley.engine.errors import InvalidInputError
-from stepfoley.engine.loading import load_foley_model
+from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.loading import load_mmaudio_model
 from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, controlnet_batches, entries_digest,
                                              extract_features, features_match, features_metadata, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
-from stepfoley.lab.training.trainer import LossModule, TrainConfig, distributed_context, load_trained, train
+from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
+                                            recorded_settings, settings_changed, train, wait_for_rank_zero)
 
 
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
@@ -26,7 +27,9 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     ControlNet file (`out_path`, or the variant's in WEIGHTS/controlnets/) is refused before any
     training unless `replace`."""
     rank, world = distributed_context()
-    model = model or load_foley_model(weights_dir, variant, device)
+    # the base alone: a ControlNet already in controlnets/, even one made for another network,
+    # is what this training replaces (it was loaded, or refused, though nothing reads it)
+    model = model or load_mmaudio_model(weights_dir, variant, device, with_controlnet=False)
     variant = variant or model.model_id.removeprefix("mmaudio-").removesuffix("+nag")
     out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
     if out.exists() and not replace:
@@ -37,27 +40,49 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     net = model.net.requires_grad_(False).eval()
     features = work_dir / "features.safetensors"
     entries = read_dataset_list(data_list)
+    config = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
+                         checkpoint_every=checkpoint_every,
+                         # the features' version too: a checkpoint trained on other targets is not resumed
+                         data=f"{model.model_id}|{entries_digest(entries)}|features {FEATURES_VERSION}")
+    _check_checkpoint(work_dir, config)
     posterior = hasattr(model.codec, "encode_posterior")
     if rank == 0 and not features_match(features, entries, model.model_id, posterior):  # another list, model, version
         if "data_version" in features_metadata(features):  # replaced unasked, it took hours to render again
             raise InvalidInputError(f"{features} holds the training data of `stepfoley train embedded`; it is left as "
                                     "it is. Choose another --work folder for this ControlNet.")
         extract_features(model, entries, features)
-    if world > 1:
-        torch.distributed.barrier()
+    wait_for_rank_zero(lambda: features_match(features, entries, model.model_id, posterior), rank, world)
     data = FeatureSet.load(features)
-
-    # each block starts as a copy of the base's (ControlNet's "trainable copy"), as the embedded one does
+    # each block starts as a copy of the base's (ControlNet's "trainable copy"), as the embedded
+    # one does; the layers it adds are drawn from the run's seed (from the process's generator,
+    # one command run twice gave two ControlNets)
+    torch.manual_seed(config.seed)
     controlnet = AudioControlNet.from_base(net, depth=depth).to(device)
     loss = LossModule({"net": net, "controlnet": controlnet},
                       lambda parts, batch, g: controlnet_flow_loss(parts["net"], parts["controlnet"], batch, 0.1, g))
-    config = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=warmup_steps,
-                         checkpoint_every=checkpoint_every,
-                         # the features' version too: a checkpoint trained on other targets is not resumed
-                         data=f"{model.model_id}|{entries_digest(entries)}|features {FEATURES_VERSION}")
     batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
     result = train(loss, controlnet, batches, config, device, work_dir)
     load_trained(controlnet, result.params)
     if rank == 0:
         save_controlnet(out, controlnet, overwrite=replace)
     return out
+
+
+def _check_checkpoint(work_dir: Path, config: TrainConfig) -> None:
+    """A checkpoint in `work_dir` of a run with other settings, refused before the features are
+    made (hours for a large list; it was refused only after them). Raises CheckpointError."""
+    recorded = recorded_settings(work_dir)
+    changed = settings_changed(recorded, config)
+    if not changed:
+        return
+    said = []
+    for key in changed:
+        before, now = str(recorded[key]), str(getattr(config, key))
+        if key == "data" and before.rsplit("|", 1)[0] == now.rsplit("|", 1)[0]:  # the same clips and model
+            said.append(f"the training features' version ({before.rsplit(' ', 1)[-1]}, now {FEATURES_VERSION})")
+        elif key == "data":
+            said.append("the dataset list or the model")
+        else:
+            said.append(f"{key} {before}, now {now}")
+    raise CheckpointError(f"{work_dir / 'last.pt'} is a run with other settings: {'; '.join(said)}. Resuming it "
+                          "would mix the two: delete it to start this training over, or choose another --work folder.")

@@ -39,7 +39,7 @@ from stepfoley.lab.training.miniworld_data import (DATA_VERSION, DOMINANCE_DB_MO
 from stepfoley.lab.training.features import features_metadata
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
-                                           recorded_settings, settings_changed, train)
+                                            recorded_settings, settings_changed, train, wait_for_rank_zero)
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -348,8 +348,14 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
             data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
                                       "codec_config": json.dumps(asdict(model.codec.config)),
                                       "build_seconds": f"{time.perf_counter() - t0:.3f}"})
-    if world > 1:
-        torch.distributed.barrier()
+    def current() -> bool:
+        try:
+            EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
+            return True
+        except (StaleFeaturesError, SafetensorError, OSError, ValueError):
+            return False
+
+    wait_for_rank_zero(current, rank, world)
     with safe_open(str(features_path), "pt") as f:
         built_in = (f.metadata() or {}).get("build_seconds")
     return EmbeddedData.load(features_path, model.codec.config), float(built_in) if built_in else None

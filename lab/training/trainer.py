@@ -211,6 +211,22 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
         os.close(handle)
 
 
+# How often a rank above 0 looks whether rank 0 has made what every rank reads.
+RANK_ZERO_POLL_S = 5.0
+
+
+def wait_for_rank_zero(ready: Callable[[], bool], rank: int, world: int) -> None:
+    """Every rank past the point where rank 0 makes what they all read (the training data:
+    hours for a large list). Ranks above 0 wait on the file system until `ready()`, then all
+    meet: waiting in a collective ended the run after NCCL's timeout (10 minutes) with a
+    traceback on every other rank. torchrun stops them all if rank 0 fails."""
+    if world <= 1:
+        return
+    while rank > 0 and not ready():
+        time.sleep(RANK_ZERO_POLL_S)
+    dist.barrier()
+
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world size); initializes the process group when started by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -290,7 +306,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             ema.load_state_dict(state["ema"])
-            snapshots = list(state["snapshots"])
+            snapshots = list(state["snapshots"]) if rank == 0 else []
             states = state["generator"]
             if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
                 if rank < len(states):
@@ -342,7 +358,9 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         losses.append(float(loss.detach()))
         samples += batch.latent.shape[0] * world
         done = step + 1
-        if done % snapshot_every == 0 or done == config.steps:
+        if rank == 0 and (done % snapshot_every == 0 or done == config.steps):
+            # rank 0's alone (the ranks' averages are equal): each rank held every snapshot, 32
+            # copies of the network
             snapshots.extend(ema.snapshot())
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             recent = losses[-config.log_every:]
@@ -361,9 +379,13 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                               "config": identity, "losses": losses, "samples": samples,
                               "seconds": seconds_before + time.perf_counter() - t0}, last)
     seconds = seconds_before + time.perf_counter() - t0
-    final = posthoc_ema(snapshots, config.final_sigma_rel) if snapshots else {
-        n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
-    if world > 1:
+    final = {n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
+    if rank == 0 and snapshots:
+        final = posthoc_ema(snapshots, config.final_sigma_rel)
+    if world > 1:  # rank 0's average, on every rank: the next phase trains on it everywhere
+        for name in sorted(final):
+            final[name] = final[name].to(device).contiguous()
+            dist.broadcast(final[name], src=0)
         dist.barrier()
     return TrainResult(params=final, losses=losses, seconds=seconds,
                        samples_per_second=samples / max(seconds, 1e-9), steps=config.steps)

@@ -153,7 +153,8 @@ def _train(args: argparse.Namespace, device) -> int:
             work_dir=Path(args.work), out_path=Path(args.out) if args.out else None, depth=args.depth,
             steps=args.steps, batch_size=args.batch_size, warmup_steps=args.warmup_steps,
             checkpoint_every=args.checkpoint_every, device=device, replace=args.force)
-        print(f"wrote {out}")
+        if os.environ.get("RANK", "0") == "0":  # rank 0 alone writes it
+            print(f"wrote {out}")
         return 0
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
@@ -293,10 +294,18 @@ def _check_folders(args: argparse.Namespace) -> None:
         from stepfoley.lab.training.features import read_dataset_list
 
         # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
-        weights_folder(args.weights)
+        root = weights_folder(args.weights)
         if args.model is not None:
             check_variant(args.model)
-        read_dataset_list(args.data)
+            # the variant's own file, when no --out is given: refused after the model had loaded
+            default = os.path.join(root, "controlnets", f"{args.model}.safetensors")
+            if args.out is None and os.path.lexists(default) and not args.force:
+                raise InvalidInputError(f"{default} already exists; choose another --out, or add --force to replace "
+                                        "it (nothing was trained).")
+        if not any(entry.get("video") for entry in read_dataset_list(args.data)):
+            # said after the model had loaded and every clip was encoded: hours for an audio-text list
+            raise InvalidInputError(f"The dataset list {args.data} has no video clips; at least one is needed to "
+                                    "learn the video condition.")
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
