@@ -326,10 +326,12 @@ def sanitize_stem_name(name_hint: str | None) -> str:
     decomposed = unicodedata.normalize("NFKD", spelled)
     # Accented letters keep their base letter (café -> cafe), ß, ł, ø and Cyrillic are spelled
     # out; other scripts are dropped because some DAWs and file shares still mangle non-ASCII names.
-    ascii_text = decomposed.encode("ascii", "ignore").decode("ascii")
-    # other punctuation parts words ("Kick 1/2" read "Kick_12"); an apostrophe is inside a word
-    # (a typographic one is already gone with the other non-ASCII characters)
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text.replace("'", ""))
+    # punctuation parts words ("Kick 1/2" read "Kick_12", "door—slam" "doorslam"), and so do the
+    # other scripts' words; an apostrophe is inside a word, and an accent belongs to its letter
+    unspaced = decomposed.replace("'", "").replace("\u2019", "")
+    ascii_text = "".join(c if c.isascii() or unicodedata.category(c).startswith("M") else " " for c in unspaced)
+    ascii_text = ascii_text.encode("ascii", "ignore").decode("ascii")
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_text)
     safe = re.sub(r"_+", "_", safe.strip("_-"))[:MAX_STEM_NAME_CHARS].strip("_-")
     if not safe:
         return FALLBACK_STEM_NAME

@@ -271,7 +271,8 @@ def test_read_zero_byte_file_is_an_audio_error(tmp_path):
         ("../../etc/passwd", "etc_passwd"),
         # punctuation parts words: "Kick 1/2" read "Kick_12"
         ("Kick 1/2", "Kick_1_2"), ("glass+metal, wood", "glass_metal_wood"), ("dog's bark", "dogs_bark"),
-        ("dog’s bark", "dogs_bark"),
+        ("dog’s bark", "dogs_bark"), ("Kick 1–2", "Kick_1_2"), ("door—slam", "door_slam"), ("2×4 plank", "2_4_plank"),
+        ("glass·metal", "glass_metal"), ("rain 雨 wind", "rain_wind"),
         ("雨", "stem"),
         # letters no decomposition reaches ASCII from were dropped ("Fuschritte", "yzka", all Cyrillic "stem")
         ("Fußschritte auf der Straße", "Fussschritte_auf_der_Strasse"),

@@ -641,6 +641,14 @@ def test_open_feature_cache_default_off_folder_and_size(tmp_path):
                                                 "exist; check the path"):
         open_feature_cache(tmp_path / "typo" / "folder")
     assert not (tmp_path / "typo").exists()
+    # the same for $STEPFOLEY_CACHE_DIR: its features/ is made, not the folder the variable names
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STEPFOLEY_CACHE_DIR", str(tmp_path / "team-cahce"))
+        with pytest.raises(InvalidInputError, match=r"does not exist; check the path in \$STEPFOLEY_CACHE_DIR"):
+            open_feature_cache()
+        assert not (tmp_path / "team-cahce").exists()
+        (tmp_path / "team-cahce").mkdir()
+        assert open_feature_cache().cache_dir == tmp_path / "team-cahce" / "features"
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(InvalidInputError, match=r"a-file' cannot be used \(it is a file, not a folder\).*--feature-cache off"):
         open_feature_cache(tmp_path / "a-file")

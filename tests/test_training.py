@@ -802,12 +802,30 @@ from test_training import toy_batches, toy_training
 import stepfoley.lab.training.trainer as trainer
 from stepfoley.lab.training.trainer import distributed_context, wait_for_rank_zero
 
+import gc
+
 rank, world = distributed_context()
-made = []
-snapshot = trainer.PowerEMA.snapshot
+made, alive = [], []
+snapshot, update = trainer.PowerEMA.snapshot, trainer.PowerEMA.update
 trainer.PowerEMA.snapshot = lambda self: made.append(1) or snapshot(self)
+
+
+def counting(self, module):  # the snapshot records this process holds, at every step
+    update(self, module)
+    alive.append(sum(1 for o in gc.get_objects() if isinstance(o, dict) and "gamma" in o and "params" in o))
+
+
+trainer.PowerEMA.update = counting
 result, _ = toy_training(None, init_seed=3 + rank)  # each rank's first weights differ: DDP takes rank 0's
-torch.save({"params": result.params, "snapshots": len(made)}, sys.argv[2] + f"/rank{rank}.pt")
+work = __import__("pathlib").Path(sys.argv[2]) / "work"
+try:  # killed after the checkpoint at step 6, then resumed: the checkpoint's snapshots are rank 0's alone too
+    toy_training(work, init_seed=3, crash_after=7)
+except RuntimeError:
+    pass
+resumed = len(alive)
+toy_training(work, init_seed=3)
+torch.save({"params": result.params, "snapshots": len(made), "alive": max(alive[resumed:])},
+           sys.argv[2] + f"/rank{rank}.pt")
 # the ranks above 0 wait for rank 0's file on the file system, not in a collective
 flag = sys.argv[2] + "/made"
 if rank == 0:
@@ -821,7 +839,8 @@ assert __import__("os").path.exists(flag)
 @pytest.mark.slow
 def test_two_ranks_end_with_rank_zeros_average_and_only_it_keeps_snapshots(tmp_path):
     """Every rank kept all post-hoc EMA snapshots (32 copies of the network, in each process's
-    memory); rank 0 alone does, and its average reaches every rank."""
+    memory), and after a resume every rank held the checkpoint's; rank 0 alone does, and its
+    average reaches every rank."""
     script = tmp_path / "two_ranks.py"
     script.write_text(TWO_RANKS)
     with socket.socket() as s:
@@ -832,7 +851,8 @@ def test_two_ranks_end_with_rank_zeros_average_and_only_it_keeps_snapshots(tmp_p
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert zero["snapshots"] == 6 and one["snapshots"] == 0  # 12 steps, one every 2
+    assert zero["snapshots"] >= 6 and one["snapshots"] == 0  # 12 steps, one every 2
+    assert zero["alive"] >= 3 and one["alive"] == 0  # after the resume too (the checkpoint held them on every rank)
     assert zero["params"].keys() == one["params"].keys()
     assert all(torch.equal(zero["params"][k], one["params"][k]) for k in zero["params"])
 
@@ -983,14 +1003,21 @@ def test_train_controlnet_is_the_same_whatever_ran_before_and_refuses_a_stale_ru
 
     stale = tmp_path / "work1" / "last.pt"
     state = torch.load(stale, weights_only=True)
-    state["config"]["data"] = state["config"]["data"].rsplit(" ", 1)[0] + " 2"
-    torch.save(state, stale)
     (tmp_path / "work1" / "features.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"other settings: the training features' version \(2, now 3\)"):
-        train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work1", tmp_path / "cn3.safetensors", depth=1,
-                                    steps=1, batch_size=2, warmup_steps=0, checkpoint_every=1,
-                                    device=torch.device("cpu"), model=model)
-    assert not (tmp_path / "work1" / "features.safetensors").exists()  # refused before the features
+    data_now = state["config"]["data"].rsplit(" ", 1)[0] + " 3"
+    # a run of version 2; one from before the version was recorded, whose model's id also named
+    # the ControlNet then in controlnets/; one of another list
+    model_id, digest = data_now.split("|")[:2]
+    for recorded, words in ((data_now.replace(" 3", " 2"), "the training features' version (2, now 3)"),
+                            (f"{model_id}+nag|{digest}", "the training features' version (an older one, now 3)"),
+                            (f"{model_id}|another list|features 3", "the dataset list or the model")):
+        state["config"]["data"] = recorded
+        torch.save(state, stale)
+        with pytest.raises(CheckpointError, match=re.escape(f"other settings: {words}.")):
+            train_controlnet_on_mmaudio(tmp_path, None, data, tmp_path / "work1", tmp_path / "cn3.safetensors",
+                                        depth=1, steps=1, batch_size=2, warmup_steps=0, checkpoint_every=1,
+                                        device=torch.device("cpu"), model=model)
+        assert not (tmp_path / "work1" / "features.safetensors").exists()  # refused before the features
 
 
 @pytest.mark.parametrize("given, words", [
@@ -998,7 +1025,8 @@ def test_train_controlnet_is_the_same_whatever_ran_before_and_refuses_a_stale_ru
     ("latin-1", "is not UTF-8 text"), ("clip missing", "line 1: the audio file"),
     ("not an object", "line 1: each clip needs a caption"), ("start", "line 1: start must be"),
     ("model", "Unknown model variant 'bogus'"), ("audio only", "has no video clips"),
-    ("controlnet there", "controlnets/small_16k.safetensors already exists; choose another --out, or add --force")])
+    ("controlnet there", "controlnets/small_16k.safetensors already exists; choose another --out, or add --force"),
+    ("controlnet there, no --model", "controlnets/small_16k.safetensors already exists; choose another --out")])
 def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads(tmp_path, capsys, given, words):
     """Each was a traceback once MMAudio had loaded (minutes), with --work left behind; a list of
     audio-text clips alone, and the variant's own ControlNet file there, were refused only once
@@ -1014,9 +1042,11 @@ def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads
         data.mkdir()
     elif given != "missing":
         data.write_bytes(lines.get(given, '{"caption": "x", "audio": "a.wav"}').encode("latin-1"))
-    if given == "controlnet there":
+    if given.startswith("controlnet there"):
         (tmp_path / "weights" / "controlnets").mkdir()
         (tmp_path / "weights" / "controlnets" / "small_16k.safetensors").write_text("mine")
+        (tmp_path / "weights" / "weights").mkdir()  # the variant the loader would pick without --model
+        (tmp_path / "weights" / "weights" / "mmaudio_small_16k.pth").write_bytes(b"")
     model = {"model": ["--model", "bogus"], "controlnet there": ["--model", "small_16k"]}.get(given, [])
     assert main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data), *model,
                  "--work", str(tmp_path / "work"), "--device", "cpu"]) == 2

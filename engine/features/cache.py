@@ -427,16 +427,17 @@ def open_feature_cache(folder: str | os.PathLike | None = None, max_disk_gb: flo
     directory = Path(folder).expanduser() if folder is not None else default_feature_cache_dir()
     chosen = folder is not None or bool(os.environ.get("STEPFOLEY_CACHE_DIR"))  # else StepFoley's own
     try:
-        # its entries name the user's videos; a folder named with --feature-cache is made, not the path to it
+        # its entries name the user's videos; a folder the user named is made, not the path to it
         # (a mistyped team cache was made anew, parents and all, and its minutes of features
-        # computed again without a word)
-        make_private_dir(directory, ours=not chosen, parents=folder is None)
+        # computed again without a word): --feature-cache DIR itself, features/ in $STEPFOLEY_CACHE_DIR
+        make_private_dir(directory, ours=not chosen, parents=not chosen)
         usable = can_make_file_in(directory)
         reason = "it is not writable"
     except OSError as error:
         usable, reason = False, error.strerror or str(error)
         if isinstance(error, FileNotFoundError) and not os.path.isdir(directory.parent):
-            reason = f"the folder it would be made in, '{directory.parent}', does not exist; check the path"
+            reason = (f"the folder it would be made in, '{directory.parent}', does not exist; check the path"
+                      + (" in $STEPFOLEY_CACHE_DIR" if folder is None else ""))
         elif os.path.lexists(directory) and not os.path.isdir(directory):
             reason = ("it is a link to a folder that is not there" if os.path.islink(directory)
                       else "it is a file, not a folder")

@@ -75,11 +75,18 @@ def _check_checkpoint(work_dir: Path, config: TrainConfig) -> None:
     changed = settings_changed(recorded, config)
     if not changed:
         return
+    def clips_and_model(data: str) -> tuple[str, ...]:
+        # "model|list digest|features N"; before the version was recorded, "model|list digest",
+        # and the model's id named a ControlNet that lay in controlnets/ ("+nag")
+        model, *rest = data.split("|")
+        return (model.removesuffix("+nag"), *rest[:1])
+
     said = []
     for key in changed:
         before, now = str(recorded[key]), str(getattr(config, key))
-        if key == "data" and before.rsplit("|", 1)[0] == now.rsplit("|", 1)[0]:  # the same clips and model
-            said.append(f"the training features' version ({before.rsplit(' ', 1)[-1]}, now {FEATURES_VERSION})")
+        if key == "data" and clips_and_model(before) == clips_and_model(now):
+            version = before.split("|features ")[1] if "|features " in before else "an older one"
+            said.append(f"the training features' version ({version}, now {FEATURES_VERSION})")
         elif key == "data":
             said.append("the dataset list or the model")
         else:

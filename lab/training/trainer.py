@@ -328,6 +328,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         # (ResumableBatches; a checkpoint of another world size has not every rank's place), else
         # made again up to there
         places = state.get("batches")
+        del state  # its snapshots, optimizer and EMA copies, held for the whole run on every rank
         if isinstance(batches, ResumableBatches) and isinstance(places, list) and len(places) == world:
             batches.load_state_dict(places[rank])
         else:

@@ -295,13 +295,12 @@ def _check_folders(args: argparse.Namespace) -> None:
 
         # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
         root = weights_folder(args.weights)
-        if args.model is not None:
-            check_variant(args.model)
-            # the variant's own file, when no --out is given: refused after the model had loaded
-            default = os.path.join(root, "controlnets", f"{args.model}.safetensors")
-            if args.out is None and os.path.lexists(default) and not args.force:
-                raise InvalidInputError(f"{default} already exists; choose another --out, or add --force to replace "
-                                        "it (nothing was trained).")
+        variant = check_variant(args.model) if args.model is not None else _variant_found(root)
+        # the variant's own file, when no --out is given: refused after the model had loaded
+        default = os.path.join(root, "controlnets", f"{variant}.safetensors")
+        if variant is not None and args.out is None and os.path.lexists(default) and not args.force:
+            raise InvalidInputError(f"{default} already exists; choose another --out, or add --force to replace "
+                                    "it (nothing was trained).")
         if not any(entry.get("video") for entry in read_dataset_list(args.data)):
             # said after the model had loaded and every clip was encoded: hours for an audio-text list
             raise InvalidInputError(f"The dataset list {args.data} has no video clips; at least one is needed to "
@@ -314,6 +313,19 @@ def _check_folders(args: argparse.Namespace) -> None:
     if not can_make_file_in(args.work):  # its log, checkpoints and data: a traceback at the first line of the log
         raise InvalidInputError(f"No file can be made in the work folder '{args.work}' (read-only, or another "
                                 "user's); choose a folder you can write to.")
+
+
+def _variant_found(root) -> str | None:
+    """The MMAudio variant the loader picks in the weights folder `root` without --model (from
+    which files are there: seconds), None where it finds none (the loader says why)."""
+    from stepfoley.engine.errors import CheckpointError
+    from stepfoley.engine.loading import chosen_variant
+    from stepfoley.engine.weights import check_weights_dir
+
+    try:
+        return chosen_variant(check_weights_dir(root, verify=False), None)
+    except CheckpointError:
+        return None
 
 
 def _check_weights_kept(args: argparse.Namespace) -> None:
