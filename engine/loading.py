@@ -149,7 +149,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
     from stepfoley.engine.controlnet import load_controlnet
     from stepfoley.engine.features.mmaudio_features import MMAudioTextEncoder, MMAudioVideoEncoder
     from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
-    from stepfoley.engine.weights import described_source
+    from stepfoley.engine.weights import controlnet_path, described_source
 
     stem, mode = MMAUDIO_VARIANTS[variant]
     configs = configs or StackConfigs()
@@ -163,7 +163,7 @@ def _load_mmaudio_stack(weights_dir: Path, variant: str, device: torch.device,
                       assign=True)
     net = net.float()  # a half-precision file's tensors, as the network computes
     controlnet = None  # one for another model was refused by load_mmaudio_model's check, before anything loaded
-    cn_path = weights_dir / "controlnets" / f"{variant}.safetensors"
+    cn_path = controlnet_path(weights_dir, variant)
     if with_controlnet and cn_path.is_file():
         controlnet = load_controlnet(cn_path, config)
     codec = MMAudioCodec.from_directory(weights_dir, mode, vae_config=configs.vae,

@@ -634,7 +634,7 @@ def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool, onl
     files["clip"] = _check_clip(root, verifies("clip"))
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
     for variant in VARIANTS:
-        path = root / CONTROLNET_DIR / f"{variant}.safetensors"
+        path = controlnet_path(root, variant)
         if path.is_file():
             name = controlnet_name(variant)
             files[name] = _check_controlnet(name, variant, path, verifies(name))
@@ -684,6 +684,11 @@ def misplaced_files(root: Path) -> tuple[str, ...]:
 
 def controlnet_name(variant: str) -> str:
     return f"controlnet_{variant}"
+
+
+def controlnet_path(root: str | Path, variant: str) -> Path:
+    """Where a weights folder holds `variant`'s NAG ControlNet (the loader reads it, training writes it)."""
+    return Path(root) / CONTROLNET_DIR / f"{variant}.safetensors"
 
 
 def _check_controlnet(name: str, variant: str, path: Path, verify: bool) -> FileReport:

@@ -5,6 +5,7 @@ warm-up, x0.1 at 80% and 90%, bf16 on GPU, post-hoc EMA sigma_rel 0.05."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
 from stepfoley.engine.errors import CheckpointError, InvalidInputError
 from stepfoley.engine.loading import load_mmaudio_model
+from stepfoley.engine.weights import controlnet_path
 from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, controlnet_batches, entries_digest,
                                              extract_features, features_match, features_metadata, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
@@ -31,10 +33,8 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     # is what this training replaces (it was loaded, or refused, though nothing reads it)
     model = model or load_mmaudio_model(weights_dir, variant, device, with_controlnet=False)
     variant = variant or model.model_id.removeprefix("mmaudio-").removesuffix("+nag")
-    out = out_path or (weights_dir / "controlnets" / f"{variant}.safetensors")
-    if out.exists() and not replace:
-        raise InvalidInputError(f"{out} already exists; choose another --out, or add --force to replace it "
-                                "(nothing was trained).")
+    out = out_path or controlnet_path(weights_dir, variant)
+    refuse_to_replace(out, replace)
     ControlNetConfig.for_base(model.net.config, depth=depth)  # a depth past the base's blocks: before the features
     work_dir.mkdir(parents=True, exist_ok=True)
     net = model.net.requires_grad_(False).eval()
@@ -66,6 +66,13 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     if rank == 0:
         save_controlnet(out, controlnet, overwrite=replace)
     return out
+
+
+def refuse_to_replace(out: Path, replace: bool) -> None:
+    """InvalidInputError where the ControlNet file `out` is there and not to be replaced."""
+    if os.path.lexists(out) and not replace:
+        raise InvalidInputError(f"{out} already exists; choose another --out, or add --force to replace it "
+                                "(nothing was trained).")
 
 
 def _check_checkpoint(work_dir: Path, config: TrainConfig) -> None:

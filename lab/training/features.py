@@ -93,6 +93,15 @@ def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) 
     return mixing.fit_length(mono[None, a:], int(round(duration * sample_rate)))[0]
 
 
+def require_video_clips(entries: list[dict], list_path=None) -> None:
+    """InvalidInputError for a list without a video clip, before anything is encoded: the video
+    condition cannot be learned from audio-text clips alone (hours of them, for some lists)."""
+    if not any(entry.get("video") for entry in entries):
+        named = f" {list_path}" if list_path is not None else ""
+        raise InvalidInputError(f"The dataset list{named} has no video clips; at least one is needed to learn the "
+                                "video condition.")
+
+
 def entries_digest(entries: list[dict]) -> str:
     """What a features file was made from: a hash of the dataset list's entries."""
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
@@ -146,6 +155,7 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
     engine hands the ControlNet its x̃ (`conditioning_mix`: -20 LUFS, true-peak limited), not at
     the clip's own level: trained on a quiet clip's -36 LUFS, a ControlNet heard the earlier
     layers 16 dB louder at generation than anything it had learned from."""
+    require_video_clips(entries)
     duration, sr = model.max_duration, model.sample_rate
     posterior = getattr(model.codec, "encode_posterior", None)  # MMAudio's VAE; the mel codec has none
     stds, halves, conditions, clips, syncs, texts, has_video = [], [], [], [], [], [], []
@@ -188,9 +198,7 @@ def extract_features(model, entries: list[dict], out_path: str | Path, log=print
         texts.append(text_cache[e["caption"]])
         if (i + 1) % 100 == 0:
             log(f"features: {i + 1}/{len(entries)} clips")
-    template = next((c, s) for c, s in zip(clips, syncs) if c is not None) if any(has_video) else None
-    if template is None:
-        raise InvalidInputError("The dataset list has no video clips; at least one is needed to learn the video condition.")
+    template = next((c, s) for c, s in zip(clips, syncs) if c is not None)
     clips = [c if c is not None else torch.zeros_like(template[0]) for c in clips]
     syncs = [s if s is not None else torch.zeros_like(template[1]) for s in syncs]
     tensors = {"half_latent": torch.stack(halves), "half_condition": torch.stack(conditions), "clip": torch.stack(clips),

@@ -380,9 +380,9 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                               "config": identity, "losses": losses, "samples": samples,
                               "seconds": seconds_before + time.perf_counter() - t0}, last)
     seconds = seconds_before + time.perf_counter() - t0
-    final = {n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
-    if rank == 0 and snapshots:
-        final = posthoc_ema(snapshots, config.final_sigma_rel)
+    # the ranks above 0 hold no snapshots: their own weights, replaced by rank 0's average below
+    final = posthoc_ema(snapshots, config.final_sigma_rel) if rank == 0 and snapshots else {
+        n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
     if world > 1:  # rank 0's average, on every rank: the next phase trains on it everywhere
         for name in sorted(final):
             final[name] = final[name].to(device).contiguous()

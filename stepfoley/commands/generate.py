@@ -332,12 +332,11 @@ def check_arguments(args: argparse.Namespace) -> Checked:
             print(f"note: --existing {path} holds {held:.3f} s of the {region.project_duration:.3f} s region: it "
                   "is heard from START and is silent after (if the file was cut short, give the whole stem).",
                   file=sys.stderr)
-        heard = math.ceil(round(region.project_duration * rate, 6))
-        if samples.shape[-1] > heard + round(SHORT_INPUT_TOLERANCE_S * rate):
+        if samples.shape[-1] / rate > region.project_duration + SHORT_INPUT_TOLERANCE_S:
             print(f"note: --existing {path} is longer than the {region.project_duration:.3f} s region: it is heard "
                   "from its first sample at START, and what follows is left out (for a bounce of the whole "
                   "timeline, give its part from START to END).", file=sys.stderr)
-        samples = samples[..., :heard]
+        samples = samples[..., :math.ceil(region.project_duration * rate)]  # as much as read_input_audio reads
         sums[rate] = samples if rate not in sums else _summed(sums[rate], samples)
         layers[rate] = layers.get(rate, 0) + 1
     existing = [(samples, rate, layers[rate]) for rate, samples in sums.items()]

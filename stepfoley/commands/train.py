@@ -290,21 +290,16 @@ def _check_folders(args: argparse.Namespace) -> None:
     _check_weights_kept(args)
     if args.what == "controlnet":
         from stepfoley.engine.loading import check_variant
-        from stepfoley.engine.weights import weights_folder
-        from stepfoley.lab.training.features import read_dataset_list
+        from stepfoley.engine.weights import controlnet_path, weights_folder
+        from stepfoley.lab.training.controlnet import refuse_to_replace
+        from stepfoley.lab.training.features import read_dataset_list, require_video_clips
 
         # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
         root = weights_folder(args.weights)
         variant = check_variant(args.model) if args.model is not None else _variant_found(root)
-        # the variant's own file, when no --out is given: refused after the model had loaded
-        default = os.path.join(root, "controlnets", f"{variant}.safetensors")
-        if variant is not None and args.out is None and os.path.lexists(default) and not args.force:
-            raise InvalidInputError(f"{default} already exists; choose another --out, or add --force to replace "
-                                    "it (nothing was trained).")
-        if not any(entry.get("video") for entry in read_dataset_list(args.data)):
-            # said after the model had loaded and every clip was encoded: hours for an audio-text list
-            raise InvalidInputError(f"The dataset list {args.data} has no video clips; at least one is needed to "
-                                    "learn the video condition.")
+        if variant is not None and args.out is None:  # the variant's own file: refused once the model had loaded
+            refuse_to_replace(controlnet_path(root, variant), args.force)
+        require_video_clips(read_dataset_list(args.data), args.data)
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
