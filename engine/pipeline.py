@@ -156,6 +156,9 @@ class FoleyModel:
     precision: str = "auto"  # engine.devices.autocast_context: bf16 on CUDA, fp32 elsewhere
     note: str = ""  # shown to users, e.g. "random weights: for tests only"
     defaults: GuidanceDefaults = field(default_factory=GuidanceDefaults)  # the model's own α, β, steps
+    # sampled with context past each window's ends, cut off before decoding (engine.edge_context):
+    # the embedded network sounds a burst at the ends of what it samples
+    edge_context: bool = False
 
     @property
     def sample_rate(self) -> int:

@@ -33,6 +33,7 @@ import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
+from stepfoley.engine.edge_context import EdgeMargins, mirror_pad, with_margin_noise
 from stepfoley.engine.errors import InvalidInputError, not_finite, stop_if_cancelled
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceMethod, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
@@ -697,27 +698,36 @@ class StepSession:
         span = model.video_encoder.conditioned_duration(duration)
         latent_len = window_latents(model, duration)
         length = self._samples(span)
-        conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
+        frame_s = span / latent_len
+        margins = EdgeMargins.for_window(latent_len, clip_f.shape[1], sync_f.shape[1]) if model.edge_context else None
+        pad = 0 if margins is None else margins.latent
+        if margins is not None:
+            clip_f, sync_f = mirror_pad(clip_f, margins.clip), mirror_pad(sync_f, margins.sync)
+        conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len + 2 * pad,
+                                       negative_text)
         audio_latent = None
         if cond_audio is not None:
             wave = torch.from_numpy(np.ascontiguousarray(pad_after(cond_audio, length), np.float32)).to(device)
-            audio_latent = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))
+            audio_latent = mirror_pad(net.normalize(_fit_latent(model.codec.encode(wave), latent_len)), pad)
         loudness_condition = None
         if loudness is not None:
-            rows = [curve_condition(c, latent_len, span / latent_len, window_start) for c in loudness]
+            rows = [curve_condition(c, latent_len + 2 * pad, frame_s, window_start - pad * frame_s) for c in loudness]
             loudness_condition = torch.from_numpy(np.stack(rows)[..., None]).to(device)       # (B, N, 1)
         velocity = guided_velocity(net, method, weights, conditions, audio_latent=audio_latent,
                                    controlnet=model.controlnet, loudness=loudness_condition,
                                    loudness_control=model.loudness_control, level_anchor=model.level_anchor())
-        x0 = initial_noise(seeds, latent_len, net.latent_dim, device=device, window=window)
+        x0 = with_margin_noise(initial_noise(seeds, latent_len, net.latent_dim, device=device, window=window),
+                               seeds, pad, window)
         constrain = None
         if known is not None:
             wave = torch.from_numpy(np.ascontiguousarray(pad_after(known[0], length)[None], np.float32)).to(device)
             known_latent_ = net.normalize(_fit_latent(model.codec.encode(wave), latent_len))      # (1, N, C)
-            keep = torch.from_numpy(held_frames(pad_after(known[1], length), latent_len, self._samples(SEAM_S)))
-            constrain = known_latent(known_latent_, keep.to(device, torch.float32)[None, :, None], x0)
+            keep = held_frames(pad_after(known[1], length), latent_len, self._samples(SEAM_S))
+            keep = torch.from_numpy(np.pad(keep, pad)).to(device, torch.float32)[None, :, None]  # margins: free
+            constrain = known_latent(mirror_pad(known_latent_, pad), keep, x0)
         with autocast_context(device, model.precision):
-            return euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled, constrain=constrain)
+            latent = euler_sample(velocity, x0, grid, on_step=on_step, is_cancelled=is_cancelled, constrain=constrain)
+        return latent[:, pad:pad + latent_len]
 
     @torch.inference_mode()
     def _decode(self, latent: torch.Tensor) -> np.ndarray:

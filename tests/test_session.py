@@ -277,18 +277,20 @@ def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_tr
     assert window_condition(np.stack([silent + 0.01, silent]).astype(np.float32), 16000) is None  # an offset
 
 
-def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_path):
+def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_path, monkeypatch):
     """A 10 s region is made in two windows, 0-8 s and 2-10 s; the earlier layer plays only in
-    the first 1.5 s, so the second window hears no layer: it is what a first track makes there
-    (the same sound once it has eased back to its own after the crossfade at 4.5-5.5 s, up to
-    the stem's gain and its limiter, which act on each track as a whole: the trained model,
-    whose levels leave the limiter little to do)."""
+    the first 1.5 s, so the second window hears no layer: it is sampled exactly as a first track
+    samples it, and sounds the same once it has eased back to its own after the crossfade at
+    4.5-5.5 s, up to the stem's gain and its limiter, which act on each track as a whole."""
     from stepfoley.engine.embedded.model import build_embedded_model
     from stepfoley.lab.miniworld import make_scene, write_scene
     trained = build_embedded_model()
     video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
     layer = np.zeros(10 * 16000, np.float32)
     layer[:24000] = 0.3 * np.random.default_rng(1).standard_normal(24000)
+    decoded = []  # each window's latent, as sampled
+    decode = StepSession._decode
+    monkeypatch.setattr(StepSession, "_decode", lambda self, latent: decoded.append(latent) or decode(self, latent))
     session = StepSession(trained, Region(video, 0.0, 10.0))
     session.add_track(layer, 16000)
     track = session.next_track(TrackSettings("rain falling", method="nag", seed=5, steps=2))
@@ -297,9 +299,10 @@ def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_
     # window 2's own computation: method_used named only the region's
     assert track.metadata["method_without_audio"] == "conditional"
     assert first.metadata["windows_without_audio"] == [] and first.metadata["method_without_audio"] is None
+    assert torch.equal(decoded[1], decoded[3]) and not torch.equal(decoded[0], decoded[2])
     after = slice(int((5.5 + HANDOVER_EASE_S) * 16000), None)
-    assert np.corrcoef(track.samples[after], first.samples[after])[0, 1] > 0.995
-    assert np.corrcoef(track.samples[:64000], first.samples[:64000])[0, 1] < 0.99  # the first window heard it
+    assert np.corrcoef(track.samples[after], first.samples[after])[0, 1] > 0.98
+    assert np.corrcoef(track.samples[:64000], first.samples[:64000])[0, 1] < 0.9  # the first window heard it
 
 
 def test_a_reference_silent_over_a_window_makes_that_window_without_it(tiny, tmp_path):

@@ -110,6 +110,7 @@ def build_embedded_model(random_weights: bool = False, device: torch.device | st
     model = FoleyModel(model_id=model_id, net=net.eval().requires_grad_(False), codec=codec,
                        video_encoder=EmbeddedVideoEncoder(), text_encoder=text_encoder,
                        controlnet=controlnet.eval().requires_grad_(False), note=note, defaults=defaults,
+                       edge_context=True,
                        loudness_control=None if loudness is None else loudness.eval().requires_grad_(False))
     return model.to(torch.device(device))
 
