@@ -93,13 +93,15 @@ class FoleyService:
     def __call__(self, request: GenerationRequest, on_progress: ProgressFn | None = None,
                  is_cancelled: Callable[[], bool] | None = None,
                  existing_tracks: Sequence[tuple[np.ndarray, int, int]] = (),
-                 stem_file: str | os.PathLike | None = None, replace: bool = False) -> dict:
+                 stem_file: str | os.PathLike | None = None, replace: bool = False,
+                 take: TakeAudio | None = None) -> dict:
         """`existing_tracks`: (samples, sample_rate, how many stems they sum) of stems already in
         memory, heard like the request's existing_mix (stepfoley generate --existing: no bounce
-        file). `stem_file`: the name, in request.output_dir, of a job's one stem (stepfoley
-        generate --out FILE.wav), given to it straight from its temporary file
-        (audio_io.publish_stem, with `replace`); a file already there and not `replace`: the
-        usual numbered name."""
+        file). `take`: the request's take already read (TakeAudio.read; stepfoley generate reads
+        it before the model loads), else it is read here. `stem_file`: the name, in
+        request.output_dir, of a job's one stem (stepfoley generate --out FILE.wav), given to it
+        straight from its temporary file (audio_io.publish_stem, with `replace`); a file already
+        there and not `replace`: the usual numbered name."""
         def said(whose: str) -> str:  # said as what it is (it was an internal error, "please report it")
             asked = f"{request.region.duration:.1f} s" + (f", {request.variations} variations"
                                                          if request.variations > 1 else "")
@@ -109,13 +111,13 @@ class FoleyService:
         try:
             with out_of_memory_said(said):
                 return self._generate(request, on_progress, is_cancelled, existing_tracks,
-                                      _StemName(stem_file, replace))
+                                      _StemName(stem_file, replace), take)
         finally:
             release_freed_memory()  # an engine serves all day: each job's buffers go back to the system
 
     def _generate(self, request: GenerationRequest, on_progress: ProgressFn | None,
                   is_cancelled: Callable[[], bool] | None, existing_tracks: Sequence[tuple[np.ndarray, int, int]],
-                  name: _StemName) -> dict:
+                  name: _StemName, take_audio: TakeAudio | None) -> dict:
         region = request.region
         video = _existing_file(region.video, "The video")
         # the region as asked, from what the file says, before any work: a region made in several
@@ -154,7 +156,8 @@ class FoleyService:
             written = self._write(request, stem, name)
             stems_said(1, 1)
             return {"stem_path": os.fspath(written), "metadata": metadata, "stem_identity": _identity(written)}
-        return self._variations(request, session, settings, on_progress, stems_said, is_cancelled, reference, name)
+        return self._variations(request, session, settings, on_progress, stems_said, is_cancelled, reference, name,
+                                take_audio)
 
     def _finished_stem(self, request: GenerationRequest, track) -> tuple[np.ndarray, dict]:
         region = request.region
@@ -213,7 +216,8 @@ class FoleyService:
         return request.name_hint or request.caption
 
     def _variations(self, request: GenerationRequest, session: StepSession, settings: TrackSettings,
-                    on_progress, stems_said, is_cancelled, reference, name: _StemName) -> dict:
+                    on_progress, stems_said, is_cancelled, reference, name: _StemName,
+                    take_audio: TakeAudio | None) -> dict:
         """A protocol-2 job: request.variations takes in one batch, ranked, each its own stem.
         Stems are finished and staged one at a time (one stem's worth of memory) under hidden
         temporary names, and named only when all are on the disk: a job that fails, is stopped
@@ -222,7 +226,8 @@ class FoleyService:
         # with 'independent' is read, not heard)
         hears = GUIDANCE_METHODS[settings.resolved(self.model.defaults).method].audio == "existing"
         earlier = session.conditioning_mix() if hears else None
-        take = _Take.read(request, session) if request.take is not None else None
+        take = (None if request.take is None else
+                _Take(take_audio or TakeAudio.read(request, request.take), request, session))
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
                                         known=None if take is None else take.known)
         # ranked, then finished and written a stem at a time, each said: 8 stems of 600 s at 48 kHz
@@ -275,34 +280,44 @@ class FoleyService:
         return self._judge_cache
 
 
-class _Take:
-    """The take of an extend or repair request: as read (C, S) at its own rate, what the model
-    hears of it, and the span kept."""
+@dataclass(frozen=True)
+class TakeAudio:
+    """The take of an extend or repair request as its job uses it: from take_offset for the
+    stem's length, every channel."""
 
-    def __init__(self, samples: np.ndarray, rate: int, request: GenerationRequest, session: StepSession,
-                 read_exactly: bool):
-        self.samples, self.rate = samples, rate
-        self.read_exactly = read_exactly  # False: 32-bit integer or 64-bit float samples, read as float32
-        start, end = request.regenerate
-        model_rate = session.model.sample_rate
-        channels = mixing.fit_length(mixing.resample(samples, rate, model_rate), session.length)   # (C, S)
-        keep = _kept(session.length, model_rate, start, end)
-        self.known = KnownAudio(channels.mean(axis=0), keep, power=kept_power(channels, keep))
+    samples: np.ndarray  # (C, S) float32
+    rate: int
+    subtype: str  # the file's sample format ("PCM_24", "FLOAT", ...)
 
     @classmethod
-    def read(cls, request: GenerationRequest, session: StepSession) -> "_Take":
-        length = request.region.project_duration
+    def read(cls, request: GenerationRequest, path: str | os.PathLike) -> "TakeAudio":
+        """request.take, at `path` (the name its messages give it: stepfoley generate's as the
+        user typed it). Raises AudioError, InvalidInputError."""
         # only the stem's stretch is read, from take_offset (an item cut from an hour's recording
         # reads its seconds, not the hour before them), and a millisecond more, since
         # ceil(length * rate) in floats can fall one sample short of round(length * rate)
         samples, rate, subtype = audio_io.read_audio_and_subtype(
-            _existing_file(request.take, "The take"), max_seconds=length + 1e-3, max_bytes=MAX_INPUT_AUDIO_BYTES,
-            max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=request.take_offset)
+            _existing_file(path, "The take"), max_seconds=request.region.project_duration + 1e-3,
+            max_bytes=MAX_INPUT_AUDIO_BYTES, max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=request.take_offset)
         problem = take_length_problem(request, samples.shape[-1], rate)  # the file may have changed since
         if problem:
             raise InvalidInputError(problem)
+        return cls(samples, rate, subtype)
+
+
+class _Take:
+    """The take of an extend or repair request: as read (C, S) at its own rate, what the model
+    hears of it, and the span kept."""
+
+    def __init__(self, audio: TakeAudio, request: GenerationRequest, session: StepSession):
+        self.samples, self.rate = audio.samples, audio.rate
         # float32, as every input is read, holds integer samples of up to 24 bits and 32-bit floats
-        return cls(samples, rate, request, session, read_exactly=subtype not in ("PCM_32", "DOUBLE"))
+        self.read_exactly = audio.subtype not in ("PCM_32", "DOUBLE")
+        start, end = request.regenerate
+        model_rate = session.model.sample_rate
+        channels = mixing.fit_length(mixing.resample(audio.samples, audio.rate, model_rate), session.length)  # (C, S)
+        keep = _kept(session.length, model_rate, start, end)
+        self.known = KnownAudio(channels.mean(axis=0), keep, power=kept_power(channels, keep))
 
     def as_heard(self, track) -> np.ndarray:
         """The stem `track` makes, as the model hears the take: mono (S,) at the model's rate,

@@ -20,7 +20,7 @@ import re
 import reprlib
 import stat
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 from stepfoley.atomic import can_make_file_in, name_too_long
@@ -62,7 +62,7 @@ MAX_INPUT_AUDIO_BYTES = 2**30
 SHORT_INPUT_TOLERANCE_S = 0.01
 MAX_INPUT_SAMPLE_RATE = 192000
 # The take is read whole, every channel, as 32-bit floats, from take_offset for the stem's length
-# (MPEG audio from its start: it is decoded up to there; engine.service._Take.read); this bounds
+# (MPEG audio from its start: it is decoded up to there; engine.service.TakeAudio.read); this bounds
 # that array (the engine's memory).
 MAX_TAKE_DECODED_BYTES = 2**30
 DECODED_BYTES_PER_SAMPLE = 4  # float32
@@ -95,6 +95,7 @@ FORMATS = ("wav24", "wav32f")
 _METHOD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Parameters of the guided velocity a method may read (GuidanceMethod.params in the engine).
 GUIDANCE_PARAMS = ("alpha", "beta", "w1", "w2", "w3")
+_WEIGHTS = GUIDANCE_PARAMS[2:]  # w1-w3, the weights of Eq. A6 (method dual's own)
 
 
 def stem_bytes(seconds: float, sample_rate: int, format: str, channels: int = 1) -> int:
@@ -482,32 +483,10 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     method = _optional(data, "method", _method_name)
     info = _method_info(method, capabilities)
     weights = {name: _optional(data, name, lambda v, n: _number(v, n, -MAX_WEIGHT, MAX_WEIGHT))
-               for name in GUIDANCE_PARAMS if name not in ("alpha", "beta")}
-    given = [name for name, value in weights.items() if value is not None]
-    # which methods read a weight is the registry's (the capabilities); without them, the one
-    # method the protocol documents with these weights
-    readers = ([m for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
-               else [MethodInfo("dual", "", ("w1", "w2", "w3"))])
-    if given and (info.name if info is not None else method) not in [m.name for m in readers]:  # info: what runs
-        runnable = [m.name for m in readers if m.available]
-        choice = " or ".join(f"'{name}'" for name in runnable)
-        if runnable:
-            _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; leave them out "
-                     "or choose that method.")
-        why = "; ".join(f"'{m.name}' is not available ({m.unavailable_reason or 'not with this model'})"
-                        for m in readers)
-        _invalid(f"{', '.join(given)} are weights of Eq. A6, which no method this model runs reads"
-                 f"{': ' + why if why else ''}; leave them out.")
-
+               for name in _WEIGHTS}
+    _check_weights_read([name for name, value in weights.items() if value is not None], method, info, capabilities)
     reference = _optional(data, "reference_audio", _path)
-    wants_reference = info is not None and info.audio == "reference"
-    if info is not None and wants_reference != (reference is not None):
-        _invalid(f"method '{info.name}' needs reference_audio (the recording to sound like)." if wants_reference
-                 else f"reference_audio is only used by a method that sounds like a recording, not by '{info.name}'.")
-    if wants_reference and data.get("existing_mix") is not None:
-        # its audio branch hears the reference: the bounce was dropped without a word (and never checked)
-        _invalid(f"method '{info.name}' hears reference_audio, not the earlier layers: leave existing_mix out, or "
-                 "negate them with a method that hears them (such as 'nag').")
+    _check_audio_heard(info, reference, data.get("existing_mix"))
 
     previous = data.get("previous_captions", [])
     if not isinstance(previous, list) or len(previous) > MAX_PREVIOUS_CAPTIONS:
@@ -695,6 +674,55 @@ def _span(value: Any, name: str) -> tuple[float, float]:
     if end <= start:
         _invalid(f"{name} end ({_beside(end, start)} s) must be after its start ({_beside(start, end)} s).")
     return start, end
+
+
+def for_model(request: GenerationRequest, capabilities: Capabilities, sample_rate: int) -> GenerationRequest:
+    """`request`, parsed before the model loaded (stepfoley generate checks every argument
+    first, at a stand-in rate where the model's is meant), at `sample_rate` and checked for what
+    only the loaded model knows, as parse_request with `capabilities` checks it: its method and
+    the weights and audio that method reads, and the stem's size at that rate (a take's rate is
+    its own, known and checked with its channels before). Raises RequestError."""
+    info = _method_info(request.method, capabilities)
+    _check_weights_read([name for name in _WEIGHTS if getattr(request, name) is not None], request.method, info,
+                        capabilities)
+    _check_audio_heard(info, request.reference_audio, request.existing_mix)
+    if sample_rate == request.sample_rate:
+        return request
+    request = replace(request, sample_rate=_choice(sample_rate, "sample_rate", SAMPLE_RATES, "the project's rate"))
+    _check_stem_size(request)
+    return request
+
+
+def _check_weights_read(given: list[str], method: str | None, info: MethodInfo | None,
+                        capabilities: Capabilities | None) -> None:
+    """The weights `given` are read by the method that runs (`info`, or `method` where no
+    capabilities tell what runs)."""
+    # which methods read a weight is the registry's (the capabilities); without them, the one
+    # method the protocol documents with these weights
+    readers = ([m for m in capabilities.methods if set(given) <= set(m.params)] if capabilities is not None
+               else [MethodInfo("dual", "", ("w1", "w2", "w3"))])
+    if given and (info.name if info is not None else method) not in [m.name for m in readers]:  # info: what runs
+        runnable = [m.name for m in readers if m.available]
+        choice = " or ".join(f"'{name}'" for name in runnable)
+        if runnable:
+            _invalid(f"{', '.join(given)} are weights of Eq. A6 and only apply to method {choice}; leave them out "
+                     "or choose that method.")
+        why = "; ".join(f"'{m.name}' is not available ({m.unavailable_reason or 'not with this model'})"
+                        for m in readers)
+        _invalid(f"{', '.join(given)} are weights of Eq. A6, which no method this model runs reads"
+                 f"{': ' + why if why else ''}; leave them out.")
+
+
+def _check_audio_heard(info: MethodInfo | None, reference: str | None, existing_mix: Any) -> None:
+    """The method that runs (`info`; None: not known yet) gets the audio it hears, and no other."""
+    wants_reference = info is not None and info.audio == "reference"
+    if info is not None and wants_reference != (reference is not None):
+        _invalid(f"method '{info.name}' needs reference_audio (the recording to sound like)." if wants_reference
+                 else f"reference_audio is only used by a method that sounds like a recording, not by '{info.name}'.")
+    if wants_reference and existing_mix is not None:
+        # its audio branch hears the reference: the bounce was dropped without a word (and never checked)
+        _invalid(f"method '{info.name}' hears reference_audio, not the earlier layers: leave existing_mix out, or "
+                 "negate them with a method that hears them (such as 'nag').")
 
 
 def _method_info(method: str | None, capabilities: Capabilities | None) -> MethodInfo | None:
@@ -885,7 +913,7 @@ def _check_audio_header(path: str, name: str, max_bytes: int | None, request: Ge
     if name != "take" or rate <= 0 or channels <= 0:
         return
     _check_stem_size(request, channels, path)
-    # engine.service._Take.read: every channel, from take_offset for the stem's length (MPEG
+    # engine.service.TakeAudio.read: every channel, from take_offset for the stem's length (MPEG
     # audio decoded from its start)
     offset = round(request.take_offset * rate)
     length = math.ceil(request.region.project_duration * rate)

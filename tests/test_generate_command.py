@@ -514,6 +514,28 @@ def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, 
     assert np.array_equal(repaired[:8000], kept[:8000]) and np.array_equal(repaired[16000:], kept[16000:])
 
 
+def test_a_take_is_decoded_and_the_request_parsed_once(video, tmp_path, monkeypatch):
+    """Both were done twice: the take decoded as it was checked and again by the job (a 600 s
+    stereo take at 48 kHz: 219 MiB and a second each time), the request parsed before the model
+    loaded and again after."""
+    import stepfoley.request
+    from stepfoley.engine import audio_io
+
+    take = tmp_path / "take.wav"
+    sf.write(take, (0.1 * np.random.default_rng(4).standard_normal((2 * 48000, 2))).astype(np.float32), 48000)
+    decoded, parsed = [], []
+    read, parse = audio_io.read_audio_and_subtype, stepfoley.request.parse_request
+    monkeypatch.setattr(audio_io, "read_audio_and_subtype", lambda path, max_seconds=None, *a, **k: (
+        decoded.append((Path(path), max_seconds)) or read(path, max_seconds, *a, **k)))
+    monkeypatch.setattr(stepfoley.request, "parse_request", lambda *a, **k: parsed.append(a) or parse(*a, **k))
+    out = tmp_path / "out.wav"
+    assert generate(video, "--out", out, "--take", take, "--regenerate", "1.5,2") == 0
+    # its rate from its first 0.1 s (before the request, which it sets), then the stem's stretch, once
+    assert [seconds for path, seconds in decoded if path == take] == [0.1, 2.0 + 1e-3]
+    assert len(parsed) == 1
+    assert np.array_equal(sf.read(out, dtype="float32")[0][:72000], sf.read(take, dtype="float32")[0][:72000])
+
+
 def test_a_negative_caption_or_beta_that_has_no_weight_is_said_to_have_had_no_effect(video, tmp_path, capsys):
     # at alpha 1 (the embedded model's) the unconditional branch, which carries it, weighs 0:
     # the take is the same as without it, and only the metadata used to say so

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stepfoley.request import (FIELDS, Capabilities, GuidanceDefaults, MethodInfo, RequestError, markdown_table,
-                               parse_request, printable)
+from stepfoley.request import (FIELDS, Capabilities, GuidanceDefaults, MethodInfo, RequestError, for_model,
+                               markdown_table, parse_request, printable)
 from test_bridge_kit import make_request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,6 +348,37 @@ def test_a_method_the_model_cannot_run_is_refused_with_the_reason(tmp_path):
         parse_request(make_request(tmp_path, method="text_boost", w1=2.0), no_controlnet)
     assert e.value.message == ("w1 are weights of Eq. A6, which no method this model runs reads: 'dual' is not "
                                "available (no NAG ControlNet); leave them out.")
+
+
+def test_a_request_parsed_before_the_model_loaded_is_checked_for_it_as_parse_request_checks(tmp_path):
+    """stepfoley generate parses its request once, before the model loads, at a stand-in rate:
+    for_model then gives what parsing it again with the model's capabilities and rate gave."""
+    caps = capabilities()
+    no_controlnet = Capabilities(caps.model, caps.defaults, tuple(
+        MethodInfo(m.name, m.summary, m.params, m.audio, available=m.audio is None,
+                   unavailable_reason="" if m.audio is None else "no NAG ControlNet") for m in caps.methods))
+    reference = tmp_path / "like.wav"
+    cases = [(make_request(tmp_path), caps), (make_request(tmp_path, method="nag"), no_controlnet),
+             ({k: v for k, v in make_request(tmp_path).items() if k != "method"}, no_controlnet),
+             (make_request(tmp_path, method="dual", w1=2.0), no_controlnet),
+             (make_request(tmp_path, method="reference"), caps),
+             (make_request(tmp_path, method="nag", reference_audio=str(reference)), caps),
+             (make_request(tmp_path, method="reference", reference_audio=str(reference),
+                           existing_mix=str(reference)), caps)]
+    outcomes = []
+    for data, model in cases:
+        for rate in (48000, 16000):
+            try:
+                expected = parse_request({**data, "sample_rate": rate}, model)
+            except RequestError as e:
+                expected = e.message
+            try:
+                got = for_model(parse_request(data), model, rate)
+            except RequestError as e:
+                got = e.message
+            assert got == expected, (data, rate)
+            outcomes.append(isinstance(got, str))
+    assert outcomes == [False, False] + [True] * 12  # each refusal met, and the rate set where none is
 
 
 def test_messages_quoting_user_text_are_always_encodable(tmp_path):

@@ -3,7 +3,10 @@
 Every argument is checked before the model loads (a full MMAudio stack takes a while): the
 video and the region in it, the method and the reference, the stems, where the new stem goes,
 the threads, the feature cache. The --existing stems are read then (the region's length of each,
-mono, within the limits of an OSC request's input audio) and handed to the service in memory.
+mono, within the limits of an OSC request's input audio) and handed to the service in memory, as
+is the --take (its stretch, as the job uses it); the request is parsed then, once, and what only
+the loaded model knows (its rate, its methods) is set and checked once it has loaded
+(request.for_model).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from stepfoley.engine.features.cache import FeatureCache
+    from stepfoley.engine.service import TakeAudio
+    from stepfoley.request import GenerationRequest
 
 
 def seconds(text: str) -> float:
@@ -229,10 +234,12 @@ class Checked:
     """The arguments, checked: what the run needs once the model is loaded."""
 
     output: Output
+    # parsed at a stand-in rate where the model's is meant (request.for_model sets it once loaded)
+    request: GenerationRequest
     existing: list[tuple[np.ndarray, int, int]]  # the --existing stems summed: (samples (1, S), rate, stems) a rate
     feature_cache: FeatureCache
     sample_rate: int | None = None  # the stem's rate when --sample-rate is not given: the take's, or the model's (None)
-    take_subtype: str | None = None  # the --take file's sample format ("PCM_24", "FLOAT", ...)
+    take: TakeAudio | None = None  # --take as read, handed to the job: read once (600 s of stereo: 219 MiB, 1 s)
 
 
 def check_arguments(args: argparse.Namespace) -> Checked:
@@ -245,8 +252,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
     from stepfoley.engine.video import check_video_region
-    from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_VARIATIONS, SAMPLE_RATES,
-                                   SHORT_INPUT_TOLERANCE_S, is_blank, parse_request, take_length_problem)
+    from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, SHORT_INPUT_TOLERANCE_S, is_blank, parse_request
 
     _check_file_names(args)
     if args.method == "negative_prompt" and is_blank(args.negative_caption):
@@ -302,16 +308,13 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     rate = args.sample_rate if args.sample_rate is not None else sample_rate or 48000
     request = parse_request(request_from_arguments(args, output, rate), check_paths=True)
     region = request.region
-    if args.take:  # all of the stem's stretch, as the job reads it (bounded by the check just made): a
-        # NaN after the first 0.1 s, or an MP3 or Ogg take shorter than it keeps (their headers state
+    take = None
+    if args.take:  # all of the stem's stretch, for the job (bounded by the check just made): a NaN
+        # after the first 0.1 s, or an MP3 or Ogg take shorter than it keeps (their headers state
         # no length), failed only once the model had loaded
-        samples, take_rate, take_subtype = audio_io.read_audio_and_subtype(
-            args.take, max_seconds=region.project_duration + 1e-3, max_bytes=MAX_INPUT_AUDIO_BYTES,
-            max_rate=MAX_INPUT_SAMPLE_RATE, start_seconds=args.take_offset)
-        problem = take_length_problem(request, samples.shape[-1], take_rate)
-        if problem:
-            raise InvalidInputError(problem)
-        del samples
+        from stepfoley.engine.service import TakeAudio
+
+        take = TakeAudio.read(request, args.take)
     check_video_region(args.video, args.start, args.end)
 
     if args.reference:  # as an OSC request's input audio is read: looped or trimmed to the picture's region
@@ -340,8 +343,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         sums[rate] = samples if rate not in sums else _summed(sums[rate], samples)
         layers[rate] = layers.get(rate, 0) + 1
     existing = [(samples, rate, layers[rate]) for rate, samples in sums.items()]
-    return Checked(output, existing, feature_cache_from_arguments(args), sample_rate,
-                   take_subtype if args.take else None)
+    return Checked(output, request, existing, feature_cache_from_arguments(args), sample_rate, take)
 
 
 def _summed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -384,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
     from stepfoley.engine.devices import share_cpu
     from stepfoley.engine.errors import AudioError, StepFoleyError
     from stepfoley.engine.service import build_service
-    from stepfoley.request import RequestError, parse_request
+    from stepfoley.request import RequestError, for_model
 
     try:
         checked = check_arguments(args)
@@ -400,10 +402,10 @@ def run(args: argparse.Namespace) -> int:
                                 precision=args.precision, compile=args.compile, feature_cache=checked.feature_cache)
         if service.model.note:
             print(f"note: {service.model.note}", file=sys.stderr)
-        # Parsed again for what only the model knows: its rate and the methods it offers.
+        # what only the model knows: its rate and the methods it offers
         rate = args.sample_rate if args.sample_rate is not None else checked.sample_rate or service.model.sample_rate
         capabilities = service.capabilities()
-        request = parse_request(request_from_arguments(args, checked.output, rate), capabilities, check_paths=True)
+        request = for_model(checked.request, capabilities, rate)
         named = request.method or capabilities.defaults.method
         chosen = capabilities.method(named)
         # β counts where the method weighs it, or fills in a w2 or w3 it reads that was not given (dual)
@@ -426,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
             # --out FILE.wav: one stem (several need a folder, checked before the model loaded),
             # named so straight from its temporary file
             result = service(request, progress, lambda: False, existing_tracks=checked.existing,
-                             stem_file=checked.output.file, replace=args.force)
+                             stem_file=checked.output.file, replace=args.force, take=checked.take)
         finally:
             bar.close()
         stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
@@ -452,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
-            why = _why_kept_changed(meta, args, checked.take_subtype)
+            why = _why_kept_changed(meta, args, checked.take.subtype)
             say(f"note: the kept part of the take is not bit for bit the take's: {why}", sys.stderr)
         if meta.get("format_clipped_fraction"):
             say(f"note: the stem had samples over full scale (a take near it, where it was resampled or where "
