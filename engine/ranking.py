@@ -45,12 +45,17 @@ def seed_order(count: int, reason: str) -> Ranking:
     return Ranking(tuple(range(count)), RANKED_BY_SEED, reason, tuple({} for _ in range(count)))
 
 
+def one_take() -> Ranking:
+    """The ranking of a job that made one take: nothing to rank."""
+    return seed_order(1, "one take: nothing to rank")
+
+
 def rank_takes(takes: Sequence[np.ndarray], sample_rate: int, caption: str, earlier: np.ndarray | None,
                judge: Judge | None, no_judge_reason: str = "") -> Ranking:
     """takes: mono (S,) each, one caption; earlier: the earlier layers' mix (S',) or None on a
     first layer. Ties keep seed order."""
     if len(takes) == 1:
-        return seed_order(1, "one take: nothing to rank")
+        return one_take()
     if judge is None:
         return seed_order(len(takes), no_judge_reason or "no embedding to judge this model's sounds")
     audio = judge.embed_audio(list(takes), sample_rate)                     # (K, D)

@@ -536,6 +536,27 @@ def test_a_take_is_decoded_and_the_request_parsed_once(video, tmp_path, monkeypa
     assert np.array_equal(sf.read(out, dtype="float32")[0][:72000], sf.read(take, dtype="float32")[0][:72000])
 
 
+def test_the_metadata_file_has_one_shape_for_one_take_or_several(video, tmp_path, capsys):
+    """A plain track's file had no rank and a null ranking; with --region or --variations (a
+    protocol-2 job) each stem had its rank and the file its ranking."""
+    reports = {}
+    for name, extra in (("plain", ()), ("region", ("--region", "0,0,1,1")), ("two", ("--variations", 2))):
+        out = tmp_path / name
+        out.mkdir()
+        assert generate(video, "--out", out, "--metadata", out / "take.json", *extra) == 0
+        reports[name] = json.loads((out / "take.json").read_text())
+    said = capsys.readouterr().out
+    assert said.count(", rank ") == 2 and said.count("ranked by") == 1  # of the two takes only: as before
+    one_take = {"ranked_by": "seed", "reason": "one take: nothing to rank"}
+    assert reports["plain"]["ranking"] == reports["region"]["ranking"] == one_take
+    for report in reports.values():
+        assert list(report) == ["stems", "ranking"] and set(report["ranking"]) == {"ranked_by", "reason"}
+        assert [s["metadata"]["rank"] for s in report["stems"]] == list(range(1, len(report["stems"]) + 1))
+    assert reports["plain"]["stems"][0]["metadata"]["ranking"] == reports["region"]["stems"][0]["metadata"]["ranking"]
+    plain, region = (set(reports[name]["stems"][0]["metadata"]) for name in ("plain", "region"))
+    assert plain == region - {"picture_region", "picture_region_time"}, region ^ plain
+
+
 def test_a_negative_caption_or_beta_that_has_no_weight_is_said_to_have_had_no_effect(video, tmp_path, capsys):
     # at alpha 1 (the embedded model's) the unconditional branch, which carries it, weighs 0:
     # the take is the same as without it, and only the metadata used to say so

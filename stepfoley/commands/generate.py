@@ -431,8 +431,7 @@ def run(args: argparse.Namespace) -> int:
                              stem_file=checked.output.file, replace=args.force, take=checked.take)
         finally:
             bar.close()
-        stems = ([(result["stem_path"], result["metadata"])] if "stems" not in result else
-                 [(s["stem_path"], s["metadata"]) for s in result["stems"]])
+        stems, ranking = _ranked_stems(result)
         if checked.output.file and not same_file(stems[0][0], checked.output.file):
             raise AudioError(f"'{checked.output.file}' was left untouched (it exists, or it could not be replaced); "
                              f"the new file is '{stems[0][0]}'.")
@@ -448,9 +447,9 @@ def run(args: argparse.Namespace) -> int:
         described = stems if request.loudness_curve is None else [  # a reply's datagram holds only a count
             (path, {**meta, "loudness_curve": [list(point) for point in request.loudness_curve]})
             for path, meta in stems]
-        written = _write_metadata(args.metadata, described, result.get("ranking"), args.force)
+        written = _write_metadata(args.metadata, described, ranking, args.force)
     for path, meta in stems:
-        rank = f", rank {meta['rank']}" if "rank" in meta and len(stems) > 1 else ""  # one take: nothing ranked
+        rank = f", rank {meta['rank']}" if len(stems) > 1 else ""  # one take: nothing ranked
         say(f"wrote {path}  ({meta['duration']:.2f} s, {meta['sample_rate']} Hz, "
             f"method {meta['method_used']}, seed {meta['seed']}{rank})")
         if meta.get("kept_untouched") is False:
@@ -473,11 +472,26 @@ def run(args: argparse.Namespace) -> int:
         weight = "w1" if method is not None and "w1" in method.params else "alpha"
         say(f"note: --negative-caption had no effect: method {first['method_used']} at {weight} {first[weight]:g} "
             f"gives it no weight (it is heard with --method negative_prompt, or at --{weight} above 1)", sys.stderr)
-    if "ranking" in result and len(stems) > 1:
-        say(f"ranked by {result['ranking']['ranked_by']}: {result['ranking']['reason']}")
+    if len(stems) > 1:
+        say(f"ranked by {ranking['ranked_by']}: {ranking['reason']}")
     if args.metadata is not None and written == 0:
         say(f"wrote {args.metadata}")
     return written
+
+
+def _ranked_stems(result: dict) -> tuple[list[tuple[str, dict]], dict]:
+    """A job's stems, best first, as (path, metadata), and their ranking ({"ranked_by",
+    "reason"}): one shape whatever the request's protocol. A plain track's job (protocol 1,
+    whose reply the protocol keeps as it was) made one take, ranked here as a protocol-2 job
+    ranks its one take (rank 1, nothing to rank), so that a script reads every --metadata file
+    the same way."""
+    from stepfoley.engine.ranking import one_take
+
+    if "stems" in result:
+        return [(s["stem_path"], s["metadata"]) for s in result["stems"]], result["ranking"]
+    ranking = one_take()
+    return ([(result["stem_path"], {**result["metadata"], "rank": 1, "ranking": ranking.figures[0]})],
+            ranking.to_json())
 
 
 def _why_kept_changed(meta: dict, args: argparse.Namespace, take_subtype: str | None) -> str:
@@ -496,8 +510,9 @@ def _why_kept_changed(meta: dict, args: argparse.Namespace, take_subtype: str | 
     return "the take holds 32-bit integer or 64-bit float samples, which no format StepFoley writes holds exactly"
 
 
-def _write_metadata(path: str, stems: list, ranking: dict | None, force: bool) -> int:
-    """{"stems": [{"stem_path", "metadata"}, ...], "ranking"}: written whole or not at all."""
+def _write_metadata(path: str, stems: list, ranking: dict, force: bool) -> int:
+    """{"stems": [{"stem_path", "metadata"}, ...], "ranking"}, best first, each stem's metadata
+    with its rank and ranking figures: written whole or not at all."""
     import json
     import os
     import sys
