@@ -8,6 +8,8 @@ combination of the snapshots whose averaging profiles best match the target prof
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 
@@ -87,6 +89,17 @@ def posthoc_weights(snapshots: list[tuple[int, float]], sigma_rel: float, at_ste
 
 def posthoc_ema(snapshots: list[dict], sigma_rel: float = 0.05) -> dict[str, torch.Tensor]:
     """Reconstruct the sigma_rel EMA parameters from snapshot records (PowerEMA.snapshot)."""
-    weights = posthoc_weights([(s["step"], s["gamma"]) for s in snapshots], sigma_rel)
-    names = snapshots[0]["params"].keys()
-    return {n: sum(float(w) * s["params"][n] for w, s in zip(weights, snapshots)) for n in names}
+    return posthoc_average([(s["step"], s["gamma"]) for s in snapshots], snapshots, sigma_rel)
+
+
+def posthoc_average(profiles: list[tuple[int, float]], snapshots: Iterable[dict],
+                    sigma_rel: float = 0.05) -> dict[str, torch.Tensor]:
+    """posthoc_ema of the snapshot records `snapshots`, whose (step, gamma) are `profiles`, in
+    that order: read one at a time (from files, say), never all held at once."""
+    weights = posthoc_weights(profiles, sigma_rel)
+    total: dict[str, torch.Tensor] = {}
+    for weight, snapshot in zip(weights, snapshots, strict=True):
+        for name, tensor in snapshot["params"].items():
+            term = float(weight) * tensor
+            total[name] = total[name] + term if name in total else term
+    return total

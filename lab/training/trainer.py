@@ -2,16 +2,18 @@
 
 AdamW (lr 1e-4, betas 0.9/0.95, weight decay 1e-6, eps 1e-6 under bf16), linear warm-up then
 x0.1 at 80% and 90% of the steps, bf16 autocast on CUDA, power-function EMAs snapshotted for
-post-hoc EMA (sigma_rel 0.05), checkpoints with resume, and DistributedDataParallel when
-launched by torchrun (NCCL on GPUs, gloo on CPUs).
+post-hoc EMA (sigma_rel 0.05), each snapshot written once to a file of its own, checkpoints with
+resume, and DistributedDataParallel when launched by torchrun (NCCL on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import pickle
+import re
 import stat
 import struct
 import time
@@ -31,7 +33,7 @@ except ImportError:  # Windows
 from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context, resolve_precision
 from stepfoley.engine.errors import CheckpointError, InvalidInputError, is_out_of_memory
-from stepfoley.lab.training.ema import PowerEMA, posthoc_ema
+from stepfoley.lab.training.ema import PowerEMA, posthoc_average, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
 
@@ -96,24 +98,36 @@ def _settings(config: TrainConfig) -> dict:
 _CHECKPOINT_KEYS = ("step", "trainable", "optimizer", "scheduler", "ema", "snapshots", "generator")
 
 
-def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> dict:
-    """A run's last.pt; CheckpointError where it cannot be resumed from: a file cut short or
-    damaged (torch raises several kinds), a folder, or a file that is no checkpoint of `train`
-    (each was a traceback): not a dictionary, or one without the `needed` entries."""
+class _Unreadable(Exception):
+    """A file `train` wrote that cannot be read back; its words say why."""
+
+
+def _load_saved(path: Path) -> object:
+    """What `train` saved in `path`, read onto the CPU; _Unreadable where it cannot be: a file cut
+    short or damaged (torch raises several kinds), or a folder, a pipe or a device (a pipe held
+    the run waiting for ever)."""
     from stepfoley.engine.checkpoints import torch_load_reason
 
     try:
-        if not stat.S_ISREG(os.stat(last).st_mode):  # a pipe held the run waiting for ever
-            raise CheckpointError(f"{last} cannot be resumed from: it is not a file (a folder, a pipe or a device). "
-                                  "Delete it to start this training over, or choose another --work folder.")
-        # tensors, numbers and lists only: a checkpoint in a work folder is never code to run
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _Unreadable("it is not a file: a folder, a pipe or a device")
+        # tensors, numbers and lists only: a file in a work folder is never code to run
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             struct.error) as e:
         # a text file read as an old-style checkpoint says only "KeyError: 101"; torch's own
         # refusal advises loading it unsafely
-        reason = e if isinstance(e, (RuntimeError, OSError, ValueError)) else torch_load_reason(e)
-        raise CheckpointError(f"{last} cannot be resumed from ({reason}). Delete it to start this training "
+        raise _Unreadable(e if isinstance(e, (RuntimeError, OSError, ValueError)) else torch_load_reason(e)) from None
+
+
+def read_checkpoint(last: Path, needed: tuple[str, ...] = _CHECKPOINT_KEYS) -> dict:
+    """A run's last.pt; CheckpointError where it cannot be resumed from: one _load_saved cannot
+    read, or a file that is no checkpoint of `train` (each was a traceback): not a dictionary,
+    or one without the `needed` entries."""
+    try:
+        state = _load_saved(last)
+    except _Unreadable as e:
+        raise CheckpointError(f"{last} cannot be resumed from ({e}). Delete it to start this training "
                               "over, or choose another --work folder.") from None
     missing = ["anything"] if not isinstance(state, dict) else [k for k in needed if k not in state]
     if missing:
@@ -262,6 +276,91 @@ def _save_atomic(obj, path: Path) -> None:
     write_atomically(path, lambda temp: torch.save(obj, temp), replace=True)
 
 
+# where a run's post-hoc EMA snapshots lie, in its checkpoint folder, and their names
+SNAPSHOT_FOLDER = "ema-snapshots"
+_SNAPSHOT_NAME = re.compile(r"step-(\d{8,})\.pt")
+
+
+class _Snapshots:
+    """Rank 0's post-hoc EMA snapshots (PowerEMA.snapshot's records). In a run with a checkpoint
+    folder, each step's are written once, to a file of their own in its SNAPSHOT_FOLDER that the
+    checkpoints name, and read back only at the end: every checkpoint held them all (4.6 GB of
+    each of an MMAudio small_16k ControlNet's, rewritten every time), and the run held them in
+    memory throughout. In a run without one, they are held in memory."""
+
+    def __init__(self, folder: Path | None, run: dict | None):
+        self.folder = folder
+        self.run = run  # the settings its checkpoints record (_resumable): a file is this run's only with them
+        self.held: list[dict] = []
+        self.files: list[str] = []
+        self.profiles: list[tuple[int, float]] = []  # each record's (step, gamma), in order
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+    def add(self, records: list[dict]) -> None:
+        self.profiles += [(record["step"], record["gamma"]) for record in records]
+        if self.folder is None:
+            self.held += records
+            return
+        name = f"step-{records[0]['step']:08d}.pt"
+        # replaces one a killed run wrote after the checkpoint this one resumed from
+        _save_atomic({"config": self.run, "records": records}, self.folder / name)
+        self.files.append(name)
+
+    def resume(self, listed: list, last: Path) -> None:
+        """The snapshots the checkpoint `last` lists: file names, each read back to check it, or
+        (in one an older StepFoley wrote) the records themselves, written out now."""
+        if all(isinstance(entry, dict) for entry in listed):
+            for _, records in itertools.groupby(listed, key=lambda record: record["step"]):
+                self.add(list(records))
+            return
+        for name in listed:
+            records = self._read(name, f"{last} cannot be resumed from: its EMA snapshot", last)
+            self.profiles += [(record["step"], record["gamma"]) for record in records]
+            self.files.append(name)
+
+    def forget_others(self) -> None:
+        """Remove the snapshot files this run does not list: a run started over's (of other
+        settings, maybe), or those a killed run wrote after its last checkpoint."""
+        for entry in os.scandir(self.folder):
+            if _SNAPSHOT_NAME.fullmatch(entry.name) and entry.name not in self.files:
+                try:
+                    os.unlink(entry.path)
+                except OSError:  # never read (no checkpoint lists it); one this run writes again is replaced
+                    pass
+
+    def average(self, sigma_rel: float, last: Path | None) -> dict[str, torch.Tensor]:
+        """The post-hoc EMA of width sigma_rel, reading the files one at a time."""
+        if self.folder is None:
+            return posthoc_ema(self.held, sigma_rel)
+        records = (record for name in self.files
+                   for record in self._read(name, "This training's EMA snapshot", last))
+        return posthoc_average(self.profiles, records, sigma_rel)
+
+    def _read(self, name: str, whose: str, last: Path | None) -> list[dict]:
+        """The records of the file `name`; CheckpointError where it is missing, cannot be read, or
+        is not this run's snapshot of its step."""
+        step = _SNAPSHOT_NAME.fullmatch(name)  # a name from a checkpoint: never a path elsewhere
+        path = self.folder / name
+        advice = (f"Delete {last} to start this training over" if last is not None and last.exists()
+                  else "Run this training again") + ", or choose another --work folder."
+        if step is None:
+            raise CheckpointError(f"{whose} {name} is not a name this training gives its snapshots. {advice}")
+        if not os.path.lexists(path):
+            raise CheckpointError(f"{whose} {path} is missing. {advice}")
+        try:
+            saved = _load_saved(path)
+        except _Unreadable as e:
+            raise CheckpointError(f"{whose} {path} cannot be read ({e}). {advice}") from None
+        records = saved.get("records") if isinstance(saved, dict) and saved.get("config") == self.run else None
+        if not (isinstance(records, list) and records
+                and all(isinstance(r, dict) and r.get("step") == int(step[1]) for r in records)):
+            raise CheckpointError(f"{whose} {path} is not this run's snapshot of step {int(step[1])} (another "
+                                  f"run's, or damaged). {advice}")
+        return records
+
+
 def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator, config: TrainConfig,
           device: torch.device, checkpoint_dir: Path | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
@@ -280,16 +379,19 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, config.steps, config.warmup_steps))
     ema = PowerEMA(trainable, config.ema_sigma_rels)
-    snapshots: list[dict] = []
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     start_step = 0
 
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    identity = _resumable(config, loss_module, trainable) if last is not None else None
+    # rank 0's alone (the ranks' averages are equal): each rank held every snapshot, 32 copies of the network
+    snapshots = _Snapshots(checkpoint_dir / SNAPSHOT_FOLDER if last is not None and rank == 0 else None, identity)
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0:  # a checkpoint's temporary copy a killed run left (hundreds of MB)
+        if rank == 0:  # a checkpoint's or a snapshot's temporary copy a killed run left (hundreds of MB)
+            (checkpoint_dir / SNAPSHOT_FOLDER).mkdir(exist_ok=True)
             sweep_stale_parts(checkpoint_dir)
-    identity = _resumable(config, loss_module, trainable) if last is not None else None
+            sweep_stale_parts(checkpoint_dir / SNAPSHOT_FOLDER)
     # what the steps before a resume did, so the figures are the whole run's
     losses: list[float] = []
     seconds_before, samples = 0.0, 0
@@ -306,7 +408,8 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             ema.load_state_dict(state["ema"])
-            snapshots = list(state["snapshots"]) if rank == 0 else []
+            if rank == 0:
+                snapshots.resume(state["snapshots"], last)
             states = state["generator"]
             if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
                 if rank < len(states):
@@ -328,13 +431,15 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         # (ResumableBatches; a checkpoint of another world size has not every rank's place), else
         # made again up to there
         places = state.get("batches")
-        del state  # its snapshots, optimizer and EMA copies, held for the whole run on every rank
+        del state  # its optimizer and EMA copies (and an older StepFoley's snapshots), held for the whole run
         if isinstance(batches, ResumableBatches) and isinstance(places, list) and len(places) == world:
             batches.load_state_dict(places[rank])
         else:
             for _ in range(start_step):
                 next(batches)
         log(f"resumed from {last} at step {start_step}")
+    if snapshots.folder is not None:
+        snapshots.forget_others()
 
     model = loss_module
     if world > 1:
@@ -360,9 +465,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         samples += batch.latent.shape[0] * world
         done = step + 1
         if rank == 0 and (done % snapshot_every == 0 or done == config.steps):
-            # rank 0's alone (the ranks' averages are equal): each rank held every snapshot, 32
-            # copies of the network
-            snapshots.extend(ema.snapshot())
+            snapshots.add(ema.snapshot())
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             recent = losses[-config.log_every:]
             rate = samples / max(seconds_before + time.perf_counter() - t0, 1e-9)
@@ -376,12 +479,12 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
             if rank == 0:
                 _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "ema": ema.state_dict(), "snapshots": snapshots, "generator": states, "batches": places,
-                              "config": identity, "losses": losses, "samples": samples,
+                              "ema": ema.state_dict(), "snapshots": list(snapshots.files), "generator": states,
+                              "batches": places, "config": identity, "losses": losses, "samples": samples,
                               "seconds": seconds_before + time.perf_counter() - t0}, last)
     seconds = seconds_before + time.perf_counter() - t0
     # the ranks above 0 hold no snapshots: their own weights, replaced by rank 0's average below
-    final = posthoc_ema(snapshots, config.final_sigma_rel) if rank == 0 and snapshots else {
+    final = snapshots.average(config.final_sigma_rel, last) if rank == 0 and len(snapshots) else {
         n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
     if world > 1:  # rank 0's average, on every rank: the next phase trains on it everywhere
         for name in sorted(final):
