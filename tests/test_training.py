@@ -390,9 +390,11 @@ def test_every_phase_of_another_recipe_is_refused_before_the_data_is_made(tmp_pa
     with pytest.raises(CheckpointError) as refused:
         training.train_embedded(tmp_path / "work", tmp_path / "out.safetensors", now, torch.device("cpu"))
     message = str(refused.value)
-    assert all(f"{tmp_path / 'work' / name / 'last.pt'} (data, seed)" in message
+    assert all(f"{tmp_path / 'work' / name / 'last.pt'} is a run with other settings: data; seed." in message
                for name in ("base", "controlnet", "loudness")), message
-    with pytest.raises(CheckpointError, match=r"loudness/last.pt \(data, seed\)"):  # train loudness, phase 3 alone
+    assert "Resuming them would mix the two: delete them (or the whole work folder)" in message
+    # train loudness, phase 3 alone
+    with pytest.raises(CheckpointError, match=r"loudness/last.pt is a run with other settings: data; seed\. Resuming"):
         training.extend_with_loudness(tmp_path / "weights.safetensors", tmp_path / "work", tmp_path / "out.safetensors",
                                       now, torch.device("cpu"))
     # the same recipe goes on (to the data, here)
@@ -417,13 +419,14 @@ def test_a_checkpoint_trained_on_an_older_version_of_the_data_is_refused(tmp_pat
     (tmp_path / "work" / "base").mkdir(parents=True)
     torch.save({"config": {**trainer._settings(older), "network layout": "x", "frozen base": "y"}, "step": 1},
                tmp_path / "work" / "base" / "last.pt")
-    with pytest.raises(CheckpointError, match=r"base/last.pt \(data\)"):
+    with pytest.raises(CheckpointError, match=r"base/last.pt is a run with other settings: data\."):
         training.check_checkpoints(tmp_path / "work", training.phase_configs(recipe))
     # one of a StepFoley that did not record the version: the same recipe, but which data cannot be told
     unrecorded = {**trainer._settings(older), "data": json.dumps(asdict(recipe.data))}
     torch.save({"config": {**unrecorded, "network layout": "x", "frozen base": "y"}, "step": 1},
                tmp_path / "work" / "base" / "last.pt")
-    with pytest.raises(CheckpointError, match=r"base/last.pt \(data: it does not record the training data's version"):
+    with pytest.raises(CheckpointError, match=r"base/last.pt is a run with other settings: data \(it does not "
+                       r"record the training data's version"):
         training.check_checkpoints(tmp_path / "work", training.phase_configs(recipe))
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 
 from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig, save_controlnet
-from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 from stepfoley.engine.loading import load_mmaudio_model
 from stepfoley.engine.weights import controlnet_path
 from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, controlnet_batches, entries_digest,
                                              extract_features, features_match, features_metadata, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
-from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
-                                            recorded_settings, settings_changed, train, wait_for_rank_zero)
+from stepfoley.lab.training.trainer import (LossModule, TrainConfig, check_checkpoints, distributed_context,
+                                            load_trained, train, wait_for_rank_zero)
 
 
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
@@ -44,7 +44,8 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
                          checkpoint_every=checkpoint_every,
                          # the features' version too: a checkpoint trained on other targets is not resumed
                          data=f"{model.model_id}|{entries_digest(entries)}|features {FEATURES_VERSION}")
-    _check_checkpoint(work_dir, config)
+    # refused before the features are made (hours for a large list; it was refused only after them)
+    check_checkpoints({work_dir: config}, _said)
     posterior = hasattr(model.codec, "encode_posterior")
     if rank == 0 and not features_match(features, entries, model.model_id, posterior):  # another list, model, version
         if "data_version" in features_metadata(features):  # replaced unasked, it took hours to render again
@@ -75,28 +76,20 @@ def refuse_to_replace(out: Path, replace: bool) -> None:
                                 "(nothing was trained).")
 
 
-def _check_checkpoint(work_dir: Path, config: TrainConfig) -> None:
-    """A checkpoint in `work_dir` of a run with other settings, refused before the features are
-    made (hours for a large list; it was refused only after them). Raises CheckpointError."""
-    recorded = recorded_settings(work_dir)
-    changed = settings_changed(recorded, config)
-    if not changed:
-        return
+def _said(setting: str, recorded: dict, config: TrainConfig) -> str:
+    """A setting of a checkpoint (`recorded`) that `config` changes, in words (check_checkpoints):
+    its value then and now, and the dataset as which part of it changed."""
+    before, now = str(recorded[setting]), str(getattr(config, setting))
+    if setting != "data":
+        return f"{setting} {before}, now {now}"
+
     def clips_and_model(data: str) -> tuple[str, ...]:
         # "model|list digest|features N"; before the version was recorded, "model|list digest",
         # and the model's id named a ControlNet that lay in controlnets/ ("+nag")
         model, *rest = data.split("|")
         return (model.removesuffix("+nag"), *rest[:1])
 
-    said = []
-    for key in changed:
-        before, now = str(recorded[key]), str(getattr(config, key))
-        if key == "data" and clips_and_model(before) == clips_and_model(now):
-            version = before.split("|features ")[1] if "|features " in before else "an older one"
-            said.append(f"the training features' version ({version}, now {FEATURES_VERSION})")
-        elif key == "data":
-            said.append("the dataset list or the model")
-        else:
-            said.append(f"{key} {before}, now {now}")
-    raise CheckpointError(f"{work_dir / 'last.pt'} is a run with other settings: {'; '.join(said)}. Resuming it "
-                          "would mix the two: delete it to start this training over, or choose another --work folder.")
+    if clips_and_model(before) != clips_and_model(now):
+        return "the dataset list or the model"
+    version = before.split("|features ")[1] if "|features " in before else "an older one"
+    return f"the training features' version ({version}, now {FEATURES_VERSION})"

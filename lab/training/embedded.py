@@ -31,15 +31,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from stepfoley.atomic import sweep_stale_parts
-from stepfoley.engine.errors import CheckpointError, InvalidInputError
+from stepfoley.engine.errors import InvalidInputError
 from stepfoley.lab.training.miniworld_data import (DATA_VERSION, DOMINANCE_DB_MOST, WINDOW_S, DataRecipe,
                                                    EmbeddedData, StaleFeaturesError, base_batches, build_embedded_data,
                                                    controlnet_batches, held_out_controlnet_losses,
                                                    held_out_loudness_losses)
 from stepfoley.lab.training.features import features_metadata
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
-from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained,
-                                            recorded_settings, settings_changed, train, wait_for_rank_zero)
+from stepfoley.lab.training import trainer
+from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained, train,
+                                            wait_for_rank_zero)
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -103,15 +104,7 @@ def check_checkpoints(work_dir: Path, phases: dict[str, TrainConfig]) -> None:
     """Every phase's checkpoint in `work_dir` against its settings, before any work: one of
     another recipe was found only once the data was rendered again and the phases before it
     were trained. Raises CheckpointError naming every stale one."""
-    recorded = {name: recorded_settings(work_dir / name) for name in phases}
-    stale = [(name, [_said(change, recorded[name], config) for change in changed])
-             for name, config in phases.items() if (changed := settings_changed(recorded[name], config))]
-    if stale:
-        raise CheckpointError(
-            "The work folder holds checkpoints of a run with other settings: " + "; ".join(
-                f"{work_dir / name / 'last.pt'} ({', '.join(changed)})" for name, changed in stale)
-            + ". Resuming would mix the two: delete them (or the whole work folder) to start this training over, "
-            "or choose another --work folder.")
+    trainer.check_checkpoints({work_dir / name: config for name, config in phases.items()}, _said)
 
 
 def _said(change: str, recorded: dict, config: TrainConfig) -> str:
@@ -126,8 +119,8 @@ def _said(change: str, recorded: dict, config: TrainConfig) -> str:
                           and {**recorded, "data_version": DATA_VERSION} == json.loads(config.data))
     except (TypeError, ValueError):
         return change
-    return ("data: it does not record the training data's version, so whether it learned from this version's "
-            "features cannot be told" if same_otherwise else change)
+    return ("data (it does not record the training data's version, so whether it learned from this version's "
+            "features cannot be told)" if same_otherwise else change)
 
 
 def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, device: torch.device,

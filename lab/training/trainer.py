@@ -154,6 +154,24 @@ def settings_changed(recorded: dict, config: TrainConfig) -> list[str]:
     return sorted(k for k in wanted if k in recorded and recorded[k] != wanted[k])
 
 
+def check_checkpoints(checkpoints: dict[Path, TrainConfig], said: Callable[[str, dict, TrainConfig], str]) -> None:
+    """The checkpoint in each folder of `checkpoints` against the settings its run trains with,
+    before any work (making the data, training the phases before it: hours, and then refused);
+    CheckpointError naming every one of other settings and what changed, each change in the
+    recipe's words: `said(setting, recorded settings, config)`."""
+    stale = []
+    for folder, config in checkpoints.items():
+        recorded = recorded_settings(folder)
+        if changed := settings_changed(recorded, config):
+            stale.append(f"{folder / 'last.pt'} is a run with other settings: "
+                         + "; ".join(said(setting, recorded, config) for setting in changed) + ".")
+    if stale:
+        advice = ("Resuming it would mix the two: delete it" if len(stale) == 1 else
+                  "Resuming them would mix the two: delete them (or the whole work folder)")
+        raise CheckpointError(" ".join(stale) + f" {advice} to start this training over, or choose another "
+                              "--work folder.")
+
+
 class ResumableBatches:
     """Endless batches, each `make(generator)`, whose place in the sequence is the generator's
     state: `train` resumes them by setting it, instead of making every earlier batch again (at
