@@ -2,26 +2,29 @@
 frames of every sequence it samples (and a smaller one in the last), one its training targets
 do not hold (+12.3 dB in latent frame 0 over frames 1-3, against +1.1 dB for the targets), so
 every stem started with a click. A model that has this (`FoleyModel.edge_context`) samples each
-window with one Synchformer segment (1/3 s) more on each side, the picture features, the audio
-condition and the loudness condition mirrored into it, and the margins are cut off before
-decoding: the burst falls in them.
+window with one segment of its Synchformer grid more on each side (1/3 s from 1.3 s windows up;
+up to 0.64 s for the shortest, whose grid is spread wider), and the margins are cut off before
+decoding: the burst falls in them. The picture features and the audio condition are mirrored
+into the margins, the loudness curve goes on there as it is drawn (held at its first and last
+points), and the global picture condition stays the window's own (pooled_over_core).
 
 The margins are a whole Synchformer segment because the network adds an in-segment position to
 each sync frame, and the latent's margin covers the same time, so sync and latent stay aligned
-frame for frame; CLIP's 8 frames a second take the nearest whole count (within half a CLIP
-frame). The core's noise is the run's own (sampler.initial_noise); the margins draw theirs from
-generators of their own, so a seed still gives the same take wherever it is in a batch.
+to within a sync frame; CLIP's frames take the nearest whole count (the rope that places them
+drifts by under half a CLIP frame). The core's noise is the run's own (sampler.initial_noise);
+the margins draw theirs from generators of their own, so a seed still gives the same take
+wherever it is in a batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from stepfoley.engine.mmaudio import SYNC_FRAMES_PER_SEGMENT
+from stepfoley.engine.mmaudio import SYNC_FRAMES_PER_SEGMENT, PreprocessedConditions
 
 _MARGIN_NOISE_TAG = 0xED6E  # keeps the margins' draws apart from any other use of a seed
 
@@ -53,6 +56,14 @@ def mirror_pad(x: torch.Tensor, n: int) -> torch.Tensor:
     if n == 0:
         return x
     return torch.cat([x[:, 1:n + 1].flip(1), x, x[:, -n - 1:-1].flip(1)], dim=1)
+
+
+def pooled_over_core(padded: Mapping[str, PreprocessedConditions],
+                     core: Mapping[str, PreprocessedConditions]) -> dict[str, PreprocessedConditions]:
+    """Each branch's conditions over the padded sequences, with the global picture condition (the
+    network's mean over CLIP frames) of the window's own frames: the mirrored frames would count
+    twice in it, moving it 1-7 % at 8 s and 10-14 % at 1 s."""
+    return {branch: replace(conditions, clip_f_c=core[branch].clip_f_c) for branch, conditions in padded.items()}
 
 
 def margin_noise(seeds: Sequence[int], n: int, latent_dim: int, window: int, side: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 
 from stepfoley.engine import mixing
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.edge_context import EdgeMargins, mirror_pad, with_margin_noise
+from stepfoley.engine.edge_context import EdgeMargins, mirror_pad, pooled_over_core, with_margin_noise
 from stepfoley.engine.errors import InvalidInputError, not_finite, stop_if_cancelled
 from stepfoley.engine.guidance import GUIDANCE_METHODS, GuidanceMethod, GuidanceWeights, resolve_method
 from stepfoley.engine.loudness_curve import LEARNED_AND_APPLIED_AS, curve_condition, follow_curve
@@ -701,10 +701,11 @@ class StepSession:
         frame_s = span / latent_len
         margins = EdgeMargins.for_window(latent_len, clip_f.shape[1], sync_f.shape[1]) if model.edge_context else None
         pad = 0 if margins is None else margins.latent
+        conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len, negative_text)
         if margins is not None:
-            clip_f, sync_f = mirror_pad(clip_f, margins.clip), mirror_pad(sync_f, margins.sync)
-        conditions = branch_conditions(net, method.branches, clip_f, sync_f, text_f, latent_len + 2 * pad,
-                                       negative_text)
+            conditions = pooled_over_core(branch_conditions(
+                net, method.branches, mirror_pad(clip_f, margins.clip), mirror_pad(sync_f, margins.sync), text_f,
+                latent_len + 2 * pad, negative_text), conditions)
         audio_latent = None
         if cond_audio is not None:
             wave = torch.from_numpy(np.ascontiguousarray(pad_after(cond_audio, length), np.float32)).to(device)

@@ -49,7 +49,7 @@ class TrainConfig:
     ema_sigma_rels: tuple[float, ...] = (0.05, 0.10)
     final_sigma_rel: float = 0.05
     snapshot_every: int = 0  # 0: steps // 16
-    checkpoint_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: none (a run stopped part way starts over); else also at the last step
     log_every: int = 50
     seed: int = 0
     precision: str = "auto"
