@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     from stepfoley.engine.devices import resolve_precision, share_cpu
     from stepfoley.engine.features.cache import FeatureCache
     from stepfoley.lab.miniworld import make_scene, write_scene
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.engine.service import FoleyService, load_runtime_model
     from stepfoley.request import parse_request
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
             request = {"region": {"video": str(video), "file_in": 0.5, "file_out": 0.5 + args.seconds},
                        "caption": caption, "seed": seed, "steps": args.steps, "output_dir": str(out),
                        "sample_rate": model.sample_rate, "format": "wav32f", **extra}
-            return service(parse_request(request, service.capabilities(), check_paths=True))
+            return service(check_request_paths(parse_request(request, service.capabilities())))
 
         first = job("a bell rings", 1, folder)  # also fills the feature cache
         layer = {"existing_mix": first["stem_path"], "previous_captions": ["a bell rings"]}

@@ -27,8 +27,8 @@ from stepfoley.bridge import osc, protocol
 from stepfoley.bridge.auth import TokenError, check_token
 from stepfoley.bridge.jobs import Job, JobBook, Runner, engine_stopping
 from stepfoley.bridge.logs import bridge_logger
-from stepfoley.request import (SUPPORTED_PROTOCOLS, Capabilities, RequestError, check_request_paths, parse_request,
-                               printable, request_json)
+from stepfoley.engine.input_files import check_request_paths
+from stepfoley.request import SUPPORTED_PROTOCOLS, Capabilities, RequestError, parse_request, printable, request_json
 
 log = bridge_logger()
 

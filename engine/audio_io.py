@@ -30,8 +30,8 @@ from stepfoley import atomic
 from stepfoley.engine import mpeg_audio
 from stepfoley.engine.errors import AudioError, InvalidInputError, OutputError
 from stepfoley.engine.audio_formats import container_problem, is_ogg, ogg_pages_problem, open_sound
-from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, SHORT_INPUT_TOLERANCE_S, input_rate_message,
-                               open_regular_input)
+from stepfoley.engine.input_files import input_rate_message, open_regular_input
+from stepfoley.request import MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, SHORT_INPUT_TOLERANCE_S
 
 WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 MAX_STEM_NAME_CHARS = 48

@@ -24,6 +24,7 @@ from stepfoley.engine.devices import release_freed_memory
 from stepfoley.engine.errors import (AudioError, InvalidInputError, StepFoleyError, out_of_memory_said,
                                      stop_if_cancelled)
 from stepfoley.engine.guidance import GUIDANCE_METHODS
+from stepfoley.engine.input_files import take_length_problem
 from stepfoley.engine.loudness_curve import MAX_BOOST_DB, MAX_CUT_DB, distance_from_curve, follow_curve
 from stepfoley.engine.pipeline import FoleyModel, PictureFocus, Region
 from stepfoley.engine.ranking import judge_for, rank_takes
@@ -31,7 +32,7 @@ from stepfoley.engine.session import (SEAM_S, KnownAudio, ProgressFn, StepSessio
                                       kept_power, limit_new_part, splice)
 from stepfoley.engine.video import check_video_region
 from stepfoley.request import (MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE, MAX_STEM_BYTES, REGION_TOLERANCE_S,
-                               Capabilities, GenerationRequest, take_length_problem)
+                               Capabilities, GenerationRequest)
 
 FORMATS = {"wav24": "PCM_24", "wav32f": "FLOAT"}
 STEM_CEILING_DBTP = mixing.STEM_CEILING_DBTP  # the session finished the track; kept after resampling

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from stepfoley.engine.errors import VideoError, out_of_memory_said
+from stepfoley.engine.input_files import open_regular_input
 from stepfoley.engine.pipeline import PictureFocus
-from stepfoley.request import open_regular_input
 
 CLIP_FPS = 8
 CLIP_SIZE = 384

@@ -6,8 +6,8 @@ A guidance field the request leaves out (method, alpha, beta, steps, w1-w3) mean
 model's default": the engine publishes its defaults, methods and these bounds as `Capabilities`
 (in /status), so a DAW dialog shows them instead of keeping its own copies.
 
-Pure Python on purpose (no torch): the client imports this inside a DAW. Only the engine's
-`check_paths` reads audio headers, with soundfile, imported there and then.
+Pure Python on purpose (no torch): the client imports this inside a DAW. Nothing here looks at
+the files a request names: the engine does, before /accepted (engine.input_files).
 docs/osc-protocol.md's field table is `markdown_table()`; tests/test_request.py keeps them equal.
 """
 
@@ -18,12 +18,9 @@ import math
 import os
 import re
 import reprlib
-import stat
 import unicodedata
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
-
-from stepfoley.atomic import can_make_file_in, name_too_long
 
 # The newest protocol this engine speaks; it answers every version in SUPPORTED_PROTOCOLS in
 # that version's terms. A request that does not say is a version-1 request (clients older
@@ -294,7 +291,8 @@ def _range(low, high) -> str:
     return f"{low:g}-{high:g}"
 
 
-def _mib(size: int) -> str:
+def mib(size: int) -> str:
+    """A size in bytes as a message shows it."""
     return f"{size / 2**20:g} MiB"
 
 
@@ -308,7 +306,7 @@ def _stem_capacity() -> str:
     return f"{MAX_STEM_SECONDS:g} s fits at up to {fits} Hz; at {top} Hz, {longest}"
 
 
-_INPUT_AUDIO_RULE = (f"only read, and only the region's stretch; at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and "
+_INPUT_AUDIO_RULE = (f"only read, and only the region's stretch; at most {mib(MAX_INPUT_AUDIO_BYTES)} on disk and "
                      f"{MAX_INPUT_SAMPLE_RATE} Hz")
 
 
@@ -370,7 +368,7 @@ FIELDS: tuple[FieldSpec, ...] = (
               "the project's rate (the REAPER actions send the take's own for extend and repair, so that "
               "its kept part comes back sample for sample): one of " + ", ".join(str(r) for r in SAMPLE_RATES)),
     FieldSpec("format", "string", "`wav24`",
-              f"`wav24` (24-bit PCM) or `wav32f` (32-bit float); the stem file is at most {_mib(MAX_STEM_BYTES)} "
+              f"`wav24` (24-bit PCM) or `wav32f` (32-bit float); the stem file is at most {mib(MAX_STEM_BYTES)} "
               f"({_stem_capacity()})"),
     FieldSpec("name_hint", "string", '`""` (= caption)',
               f"≤ {MAX_NAME_HINT_CHARS} characters; basis of the stem's file name"),
@@ -380,9 +378,9 @@ FIELDS: tuple[FieldSpec, ...] = (
               since=2),
     FieldSpec("take", "string or null", "null",
               "extend or repair: absolute path of a WAV of the take, its first sample at `project_start` (any rate "
-              f"and channel count; only read, at most {_mib(MAX_INPUT_AUDIO_BYTES)} on disk and {MAX_INPUT_SAMPLE_RATE} Hz; "
+              f"and channel count; only read, at most {mib(MAX_INPUT_AUDIO_BYTES)} on disk and {MAX_INPUT_SAMPLE_RATE} Hz; "
               "read from `take_offset` for the stem's length (MP3 from its start), "
-              f"every channel, at most {_mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
+              f"every channel, at most {mib(MAX_TAKE_DECODED_BYTES)} as 32-bit floats); the stem is this take with "
               "`regenerate` made new, the rest sample for sample (at the take's rate and channels when "
               "`sample_rate` is the take's; its size counts the take's channels); needs `regenerate` and a stem as "
               "long as the picture (the picture at 1x on the timeline)", since=2),
@@ -457,14 +455,11 @@ def request_json(text: str | bytes) -> Any:
     return json.loads(text, object_pairs_hook=_unique_keys, parse_int=_bounded_int)
 
 
-def parse_request(data: Any, capabilities: Capabilities | None = None,
-                  check_paths: bool = False) -> GenerationRequest:
+def parse_request(data: Any, capabilities: Capabilities | None = None) -> GenerationRequest:
     """Check a decoded JSON request and return it typed. With `capabilities` (the engine side)
-    the method must be one the loaded model offers; with `check_paths` (the engine, before
-    /accepted) output_dir must be an existing writable folder, every input that exists a regular
-    file within its size, and the header of each audio input within the rate, and the take's
-    within the stem's size (its channels) and MAX_TAKE_DECODED_BYTES; a missing or unreadable file
-    is left to the job. Raises RequestError naming the field."""
+    the method must be one the loaded model offers. No file is looked at: the engine checks the
+    files it names next (engine.input_files.check_request_paths). Raises RequestError naming the
+    field."""
     if not isinstance(data, dict):
         _invalid("The request must be a JSON object ({...}).")
     _reject_unknown(data, _TOP_FIELDS, "request")
@@ -527,23 +522,13 @@ def parse_request(data: Any, capabilities: Capabilities | None = None,
     if request.seed + request.variations - 1 > MAX_SEED:
         _invalid(f"seed {request.seed} leaves no room for {request.variations} variations (their seeds count up "
                  f"from it to at most {MAX_SEED}); choose a smaller seed.")
-    _check_stem_size(request)
-    if check_paths:
-        check_request_paths(request)
+    check_stem_size(request)
     return request
 
 
-def check_request_paths(request: GenerationRequest) -> None:
-    """parse_request's `check_paths`, for a request parsed without them (the engine looks a
-    retransmission up first: its files were checked when it was accepted)."""
-    _check_output_dir(request.output_dir)
-    _check_input_file(request.region.video, "region.video")
-    for name in ("existing_mix", "reference_audio", "take"):
-        if getattr(request, name) is not None:
-            _check_input_file(getattr(request, name), name, MAX_INPUT_AUDIO_BYTES, request)
-
-
-def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | None = None) -> None:
+def check_stem_size(request: GenerationRequest, channels: int = 1, take: str | None = None) -> None:
+    """The stem `request` makes within MAX_STEM_BYTES: a new track mono, an extended or repaired take
+    with the `channels` of the `take` file (engine.input_files reads them from its header)."""
     size = stem_bytes(request.region.project_duration, request.sample_rate, request.format, channels)
     if size > MAX_STEM_BYTES:
         why = "" if take is None else f", {channels} channels like the take '{printable(take)}'"
@@ -557,7 +542,7 @@ def _check_stem_size(request: GenerationRequest, channels: int = 1, take: str | 
             choices.append("bounce the take with fewer channels")
         _invalid(f"The stem would be {_beside(size / 2**20, MAX_STEM_BYTES / 2**20, 0)} MiB "
                  f"({request.region.project_duration:.1f} s at "
-                 f"{request.sample_rate} Hz in {request.format}{why}); a job writes at most {_mib(MAX_STEM_BYTES)}. "
+                 f"{request.sample_rate} Hz in {request.format}{why}); a job writes at most {mib(MAX_STEM_BYTES)}. "
                  f"Choose {', '.join(choices[:-1])}, or {choices[-1]}.")
 
 
@@ -689,7 +674,7 @@ def for_model(request: GenerationRequest, capabilities: Capabilities, sample_rat
     if sample_rate == request.sample_rate:
         return request
     request = replace(request, sample_rate=_choice(sample_rate, "sample_rate", SAMPLE_RATES, "the project's rate"))
-    _check_stem_size(request)
+    check_stem_size(request)
     return request
 
 
@@ -788,146 +773,6 @@ def _region(region: Any) -> VideoRegion:
                  f"{MAX_STEM_SECONDS:g} s can be made at once. "
                  "Select a shorter range and make the rest in a second pass.")
     return VideoRegion(video, file_in, file_out, playrate, start, end)
-
-
-def _check_output_dir(folder: str) -> None:
-    if not os.path.isdir(folder):
-        _invalid(f"output_dir '{printable(folder)}' does not exist or is not a folder. "
-                 "Create it (or save the project) first.")
-    if not can_make_file_in(folder):
-        _invalid(f"output_dir '{printable(folder)}' is not writable by the engine. Pick a folder you can write to.")
-    too_deep = name_too_long(os.path.join(folder, "s" * MAX_STEM_FILE_NAME_BYTES))  # the stems' and temp files' paths
-    if too_deep:
-        _invalid(f"output_dir '{printable(folder)}': {too_deep}")
-    resolved = os.path.realpath(folder)
-    if os.path.realpath(os.path.abspath(folder)) != resolved and not is_utf8(resolved):
-        # the stems are named by the folder they are in where the text, read as text, does not lead
-        # there (a `..` after a link goes up from its target): a name the client could not be told
-        _invalid(f"output_dir '{printable(folder)}' leads to the folder '{printable(resolved)}', whose name is not "
-                 "UTF-8 text, so the stems made there could not be named to the client. Pick a folder whose path "
-                 "is plain text.")
-
-
-def _check_input_file(path: str, name: str, max_bytes: int | None = None,
-                      audio_of: GenerationRequest | None = None) -> None:
-    # A missing file is the job's error (invalid_input, docs/osc-protocol.md), as when it vanishes later; a
-    # pipe or a device would block or never end, and a giant file is refused before any work.
-    try:
-        info = os.stat(path)
-    except OSError:
-        return
-    _check_regular(info, path, name, max_bytes)
-    if audio_of is not None:
-        _check_audio_header(path, name, max_bytes, audio_of)
-
-
-def _check_regular(info: os.stat_result, path: str, name: str, max_bytes: int | None) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        _invalid(f"{name} '{printable(path)}' is not a regular file (a folder, a pipe or a device); "
-                 "point it to a file.")
-    if max_bytes is not None and info.st_size > max_bytes:
-        _invalid(f"{name} '{printable(path)}' is {info.st_size / 2**20:.0f} MiB; at most {_mib(max_bytes)} is read. "
-                 "Bounce only the region, or at a lower rate or with fewer channels.")
-
-
-def take_length_problem(request: "GenerationRequest", frames_after_offset: int, rate: int) -> str | None:
-    """Why the take cannot give the stem what it keeps, from its frames after take_offset at
-    `rate` Hz (said from its header here, and by the engine from what it reads), or None."""
-    if frames_after_offset <= 0:
-        return f"The take '{printable(request.take)}' ends before take_offset ({request.take_offset:g} s)."
-    length, (start, end) = request.region.project_duration, request.regenerate
-    seconds = frames_after_offset / rate
-    needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
-    if seconds < needed - 1e-3:
-        held = (f"is {seconds:.3f} s long" if request.take_offset == 0 else
-                f"holds {seconds:.3f} s after its take_offset of {request.take_offset:g} s")
-        return (f"The take '{printable(request.take)}' {held}, but the stem keeps it up to "
-                f"{needed:.3f} s from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a "
-                "longer take.")
-    return None
-
-
-def input_rate_message(what: str, rate: int, limit: int = MAX_INPUT_SAMPLE_RATE) -> str:
-    """Why an input recording at `rate` Hz is refused (over `limit`): said here from its header,
-    and by engine.audio_io when it reads the file (which may have changed since)."""
-    return f"{what} is at {rate} Hz; at most {limit} Hz is read. Export it at the project's rate."
-
-
-def open_input(path: str | os.PathLike) -> int:
-    """A read-only descriptor of an input file, opened without waiting (opening a pipe for
-    reading waits for a writer: say what it is from fstat before reading) and in binary mode
-    (Windows would translate a text-mode one). Raises OSError."""
-    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                   | getattr(os, "O_BINARY", 0))
-
-
-def open_regular_input(path: str | os.PathLike):
-    """The input file at `path` as a binary file object named by its path, opened without
-    waiting (open_input); None, having closed it, when fstat says it is not a regular file (a
-    folder, a pipe or a device: each caller says so in its own words). Raises OSError."""
-    import io
-
-    raw = io.FileIO(open_input(path), "rb")
-    if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
-        raw.close()
-        return None
-    raw.name = os.fspath(path)  # what a reader's messages name (the descriptor's number otherwise)
-    return io.BufferedReader(raw)
-
-
-def _check_audio_header(path: str, name: str, max_bytes: int | None, request: GenerationRequest) -> None:
-    """What the header of an audio input says, checked before /accepted: its rate, and for the
-    take the stem its channels make and the memory reading it takes. Only the header is read; a
-    file soundfile cannot read stays the job's error (bad_audio), as when it is read later."""
-    import soundfile  # here, not at the top: the client (inside a DAW) never checks paths
-
-    from stepfoley.engine import audio_formats, mpeg_audio
-
-    try:  # checked again once open: the path may have become a pipe since it was looked at
-        fd = open_input(path)
-    except OSError:
-        return
-    with os.fdopen(fd, "rb") as file:
-        _check_regular(os.fstat(fd), path, name, max_bytes)
-        try:
-            mpeg = mpeg_audio.is_mpeg_audio(file)
-            if mpeg:  # not libsndfile's mpg123, which writes to stderr
-                (rate, channels), frames = mpeg_audio.header(file), math.inf  # as far as the stem reads
-            elif audio_formats.container_problem(file):
-                # not to be opened by libsndfile, which could hold this thread for minutes or for
-                # ever (engine.audio_formats); the job says why
-                return
-            elif audio_formats.is_ogg(file):
-                # libsndfile finds an Ogg file's length by searching it from its end for the last
-                # page: a tail of false page headers kept this thread, which answers every client,
-                # 0.3 s a MiB (5 minutes for 1 GiB); its header pages are at its start
-                info = soundfile.info(mpeg_audio.Window(file, 0, mpeg_audio.HEADER_SEARCH_BYTES))
-                rate, channels, frames = int(info.samplerate), int(info.channels), math.inf
-            else:
-                with audio_formats.open_sound(file) as sound:
-                    rate, channels, frames = int(sound.samplerate), int(sound.channels), int(sound.frames)
-        except Exception:  # soundfile raises several kinds (LibsndfileError, RuntimeError, TypeError, ...)
-            return
-    if rate > MAX_INPUT_SAMPLE_RATE:
-        _invalid(input_rate_message(f"{name} '{printable(path)}'", rate))
-    if name != "take" or rate <= 0 or channels <= 0:
-        return
-    _check_stem_size(request, channels, path)
-    # engine.service.TakeAudio.read: every channel, from take_offset for the stem's length (MPEG
-    # audio decoded from its start)
-    offset = round(request.take_offset * rate)
-    length = math.ceil(request.region.project_duration * rate)
-    read = min(max(frames, 0), offset + length) if mpeg else min(max(frames - offset, 0), length)
-    decoded = read * channels * DECODED_BYTES_PER_SAMPLE
-    if decoded > MAX_TAKE_DECODED_BYTES:
-        how = "from its start to take_offset + the stem's length" if mpeg else "from take_offset for the stem's length"
-        _invalid(f"take '{printable(path)}' would fill {decoded / 2**20:.0f} MiB of memory ({read / rate:.1f} s of "
-                 f"{channels} channels at {rate} Hz as 32-bit floats: the engine reads it {how}); at most "
-                 f"{_mib(MAX_TAKE_DECODED_BYTES)} is read. Bounce the take with fewer channels or at a lower rate"
-                 + (", or as WAV, whose audio is read from take_offset on." if mpeg else "."))
-    problem = take_length_problem(request, frames - round(request.take_offset * rate), rate)
-    if problem:
-        _invalid(problem)
 
 
 # --- field checks --------------------------------------------------------------------------------

@@ -570,6 +570,7 @@ def test_an_ogg_file_behind_an_id3_tag_is_refused_without_libsndfiles_search(tmp
     """libsndfile cannot read one ("embedding not supported"), and said so only after searching
     the whole file for its last page: minutes for a crafted GiB, on the thread that answers
     every client (the request's check) and in the job."""
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.request import parse_request
     from test_bridge_kit import make_request
     from test_request import capabilities
@@ -581,7 +582,8 @@ def test_an_ogg_file_behind_an_id3_tag_is_refused_without_libsndfiles_search(tmp
     monkeypatch.setattr(soundfile, "info", lambda file, *a, **k: opened.append(file) or real_info(file, *a, **k))
     with pytest.raises(AudioError, match="'.*tagged.ogg' has an ID3 tag in front of its audio, which only MP3 and"):
         read_audio(tmp_path / "tagged.ogg")
-    parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "tagged.ogg")), capabilities(), check_paths=True)
+    check_request_paths(parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "tagged.ogg")),
+                                      capabilities()))
     assert opened == []
 
 
@@ -608,6 +610,7 @@ def test_a_format_libsndfile_guesses_but_no_daw_bounces_is_refused_unopened(tmp_
 def assert_refused_unopened(folder, monkeypatch, names, words):
     """Each file is refused with `words` by the job's read and left to the job by the request's
     check (which answers every client), neither opening it with libsndfile."""
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.request import parse_request
     from test_bridge_kit import make_request
     from test_request import capabilities
@@ -618,7 +621,7 @@ def assert_refused_unopened(folder, monkeypatch, names, words):
     for name in names:
         with pytest.raises(AudioError, match=f"'.*{name}' {words}"):
             read_audio(folder / name)
-        parse_request(make_request(folder, existing_mix=str(folder / name)), capabilities(), check_paths=True)
+        check_request_paths(parse_request(make_request(folder, existing_mix=str(folder / name)), capabilities()))
     assert opened == []
 
 
@@ -710,6 +713,7 @@ def test_libsndfile_reads_by_descriptor_so_a_crafted_seek_prints_no_traceback(tm
     """An RF64 file whose ds64 chunk gives a data size of 2^63 made libsndfile seek past any
     offset; through a file object the seek raised inside soundfile's callback and Python printed
     "Exception ignored from cffi callback" and a traceback at every open, on the engine's output."""
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.request import parse_request
     from test_bridge_kit import make_request
     from test_request import capabilities
@@ -722,7 +726,8 @@ def test_libsndfile_reads_by_descriptor_so_a_crafted_seek_prints_no_traceback(tm
     ignored = []
     monkeypatch.setattr(sys, "unraisablehook", ignored.append)
     samples, rate = read_audio(tmp_path / "crafted.wav")
-    parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "crafted.wav")), capabilities(), check_paths=True)
+    check_request_paths(parse_request(make_request(tmp_path, existing_mix=str(tmp_path / "crafted.wav")),
+                                      capabilities()))
     assert ignored == []
     assert rate == 16000 and np.array_equal(samples[0] * 32768, np.arange(50))
 

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from stepfoley.engine import mixing
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import (KnownAudio, channel_balance, finish_new_part, held_frames, kept_power,
@@ -210,7 +211,7 @@ def _request(video, out, take, regenerate, **extra):
 
 
 def _serve(service, request):
-    return service(parse_request(request, service.capabilities(), check_paths=True))
+    return service(check_request_paths(parse_request(request, service.capabilities())))
 
 
 @pytest.mark.parametrize("regenerate, take_seconds", [([0.8, 1.3], 2.0), ([1.2, 2.0], 1.2)], ids=["repair", "extend"])
@@ -380,20 +381,20 @@ def test_a_take_too_short_for_what_is_kept_is_refused_from_its_header(tmp_path):
     request = make_request(tmp_path, protocol=2, take=str(tmp_path / "take.wav"), regenerate=[0.2, 0.4])
     request["region"].update(file_out=14.0, project_end=32.0)             # a 2 s stem
     with pytest.raises(RequestError, match=r"is 0.500 s long, but the stem keeps it up to 2.000 s"):
-        parse_request(request, check_paths=True)
+        check_request_paths(parse_request(request))
     with pytest.raises(RequestError, match=r"ends before take_offset \(0.6 s\)"):
-        parse_request({**request, "take_offset": 0.6}, check_paths=True)
+        check_request_paths(parse_request({**request, "take_offset": 0.6}))
     # what is left after the offset, said as such: not the file's own length
     with pytest.raises(RequestError, match=r"holds 0.300 s after its take_offset of 0.2 s, but the stem keeps"):
-        parse_request({**request, "take_offset": 0.2}, check_paths=True)
-    ok = parse_request({**request, "regenerate": [0.5, 2.0]}, check_paths=True)       # extend from its end
+        check_request_paths(parse_request({**request, "take_offset": 0.2}))
+    ok = check_request_paths(parse_request({**request, "regenerate": [0.5, 2.0]}))       # extend from its end
     assert ok.regenerate == (0.5, 2.0)
 
 
 def test_the_engine_checks_the_takes_length_again_when_it_reads_it(tiny, scene_video, tmp_path):
     sf.write(tmp_path / "take.wav", np.zeros(96000, np.float32), 48000)
-    request = parse_request(_request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]), tiny.capabilities(),
-                            check_paths=True)
+    request = check_request_paths(parse_request(_request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]),
+                                                tiny.capabilities()))
     sf.write(tmp_path / "take.wav", np.zeros(24000, np.float32), 48000)  # cut short after it was checked
     with pytest.raises(Exception, match=r"is 0.500 s long, but the stem keeps it up to 2.000 s"):
         FoleyService(tiny)(request)
@@ -471,7 +472,7 @@ def test_an_item_an_hour_into_its_recording_is_kept_from_there(tiny, scene_video
         f.write((np.arange(3 * rate) % 2000 - 1000).astype(np.int16))
     request = _request(scene_video, tmp_path, tmp_path / "pass.wav", [1.5, 2.0], take_offset=3600.0,
                        sample_rate=rate)
-    assert parse_request(request, check_paths=True).take_offset == 3600.0
+    assert check_request_paths(parse_request(request)).take_offset == 3600.0
     [stem] = _serve(FoleyService(tiny), request)["stems"]
     out, _ = sf.read(stem["stem_path"], dtype="float32")
     assert np.array_equal(out[:int(1.5 * rate)] * 32768, np.arange(int(1.5 * rate)) % 2000 - 1000)

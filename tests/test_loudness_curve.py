@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stepfoley.engine import mixing
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.loudness_curve import APPLIED_AS, curve_at, follow_curve, loudness_over_time
 from stepfoley.request import parse_request
 from test_bridge_kit import make_request
@@ -64,7 +65,7 @@ def test_a_request_with_a_curve_makes_a_stem_on_the_curve_and_says_how(tmp_path)
     request = make_request(tmp_path, protocol=2, loudness_curve=curve, method="independent", steps=2,
                            sample_rate=16000, format="wav32f")
     request["region"] = {"video": str(video), "file_in": 0.0, "file_out": 2.0}
-    parsed = parse_request(request, service.capabilities(), check_paths=True)
+    parsed = check_request_paths(parse_request(request, service.capabilities()))
     (stem,) = service(parsed)["stems"]
     meta = stem["metadata"]
     assert meta["loudness_curve_applied_as"] == "gain automation" and meta["loudness_curve"] == "3 points"
@@ -106,7 +107,7 @@ def test_a_varispeeded_or_lower_rate_stem_is_on_the_curve_where_it_is_heard(tmp_
         request = make_request(tmp_path, protocol=2, loudness_curve=[[0, -30], [seconds, -30]],
                                method="independent", steps=2, sample_rate=rate, format="wav32f")
         request["region"] = region
-        (stem,) = service(parse_request(request, service.capabilities(), check_paths=True))["stems"]
+        (stem,) = service(check_request_paths(parse_request(request, service.capabilities())))["stems"]
         samples, got_rate = sf.read(stem["stem_path"], dtype="float32")
         times, loudness = loudness_over_time(samples, got_rate)
         heard = loudness > -70

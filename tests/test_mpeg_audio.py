@@ -144,15 +144,16 @@ def test_an_mp3_behind_a_malformed_tag_is_read_silently_too(tmp_path):
 
 @needs_mp3
 def test_the_header_check_before_accepting_a_job_is_silent_too(tmp_path):
-    """parse_request(check_paths=True) reads each audio input's header before /accepted; through
+    """check_request_paths reads each audio input's header before /accepted; through
     libsndfile that wrote mpg123's warning about the damaged length to stderr."""
     path = damaged_mp3(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     request = {"region": {"video": "/v.mp4", "file_in": 2, "file_out": 6}, "caption": "rain",
                "output_dir": str(out), "existing_mix": str(path)}
-    code = ("import json, sys; from stepfoley.request import parse_request; from test_request import capabilities; "
-            "r = parse_request(json.loads(sys.argv[1]), capabilities(), check_paths=True); print(r.existing_mix)")
+    code = ("import json, sys; from stepfoley.request import parse_request; "
+            "from stepfoley.engine.input_files import check_request_paths; from test_request import capabilities; "
+            "r = check_request_paths(parse_request(json.loads(sys.argv[1]), capabilities())); print(r.existing_mix)")
     done = run_python(code, json.dumps(request))
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"" and done.stdout.decode().strip() == str(path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from stepfoley.lab.miniworld.writer import encode_mp4
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.pipeline import PictureFocus, Region
 from stepfoley.engine.video import read_region
 from stepfoley.request import parse_request
@@ -85,7 +86,7 @@ def test_the_service_makes_a_track_for_a_picture_region(quadrants, tmp_path):
     request = make_request(tmp_path, protocol=2, picture_region=[0, 0, 0.5, 0.5], picture_region_time=[0.5, 1.5],
                            method="independent", steps=2, sample_rate=16000)
     request["region"] = {"video": str(quadrants), "file_in": 0.0, "file_out": 2.0}
-    result = service(parse_request(request, service.capabilities(), check_paths=True))
+    result = service(check_request_paths(parse_request(request, service.capabilities())))
     (stem,) = result["stems"]
     assert stem["metadata"]["picture_focus"] == {"rect": (0.0, 0.0, 0.5, 0.5), "start": 0.5, "end": 1.5}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.request import (FIELDS, Capabilities, GuidanceDefaults, MethodInfo, RequestError, for_model,
                                markdown_table, parse_request, printable)
 from test_bridge_kit import make_request
@@ -26,7 +27,7 @@ def test_minimal_request_leaves_guidance_to_the_model(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     minimal = {"region": {"video": "/v.mp4", "file_in": 2, "file_out": 6}, "caption": "rain", "output_dir": str(out)}
-    request = parse_request(minimal, capabilities(), check_paths=True)
+    request = check_request_paths(parse_request(minimal, capabilities()))
     region = request.region
     assert (region.video, region.file_in, region.file_out, region.playrate) == ("/v.mp4", 2.0, 6.0, 1.0)
     assert (region.project_start, region.project_end) == (0.0, 4.0)
@@ -76,7 +77,7 @@ def test_a_take_that_is_a_pipe_a_link_to_one_or_too_big_is_refused_before_work(t
         f.truncate(2**30 + 1)  # sparse: costs no disk
     for take, words in ((fifo, "not a regular file"), (link, "not a regular file"), (huge, "at most 1024 MiB")):
         with pytest.raises(RequestError, match=words):
-            parse_request(make_request(tmp_path, protocol=2, take=str(take), regenerate=[0.5, 1]), check_paths=True)
+            check_request_paths(parse_request(make_request(tmp_path, protocol=2, take=str(take), regenerate=[0.5, 1])))
 
 
 def test_a_project_end_at_the_playrate_bounds_is_taken_whatever_the_rounding(tmp_path):
@@ -285,11 +286,11 @@ def test_which_methods_read_a_weight_is_the_registrys(tmp_path):
 def test_output_dir_must_exist_on_the_engine_side(tmp_path):
     request = make_request(tmp_path, output_dir=str(tmp_path / "missing"))
     with pytest.raises(RequestError, match="does not exist"):
-        parse_request(request, check_paths=True)
+        check_request_paths(parse_request(request))
     file_not_dir = tmp_path / "a_file"
     file_not_dir.write_text("x")
     with pytest.raises(RequestError, match="is not a folder"):
-        parse_request(make_request(tmp_path, output_dir=str(file_not_dir)), check_paths=True)
+        check_request_paths(parse_request(make_request(tmp_path, output_dir=str(file_not_dir))))
     assert parse_request(request).output_dir == str(tmp_path / "missing")
 
 
@@ -299,16 +300,16 @@ def test_an_output_dir_no_file_can_be_made_in_is_refused_and_a_good_one_is_left_
     out = tmp_path / "out"
     out.mkdir()
     (out / "theirs.wav").write_bytes(b"x")
-    assert parse_request(make_request(tmp_path, output_dir=str(out)), check_paths=True)
+    assert check_request_paths(parse_request(make_request(tmp_path, output_dir=str(out))))
     assert [p.name for p in out.iterdir()] == ["theirs.wav"]  # the probe file is gone
     if os.path.isdir("/proc"):
         with pytest.raises(RequestError, match="'/proc' is not writable by the engine"):
-            parse_request(make_request(tmp_path, output_dir="/proc"), check_paths=True)
+            check_request_paths(parse_request(make_request(tmp_path, output_dir="/proc")))
     if os.name == "posix" and os.geteuid() != 0:  # as root a mode says nothing; /proc above tells
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         with pytest.raises(RequestError, match="is not writable by the engine"):
-            parse_request(make_request(tmp_path, output_dir=str(locked)), check_paths=True)
+            check_request_paths(parse_request(make_request(tmp_path, output_dir=str(locked))))
 
 
 def test_an_output_dir_too_deep_for_its_stems_paths_is_refused_before_work(tmp_path):
@@ -329,8 +330,8 @@ def test_an_output_dir_too_deep_for_its_stems_paths_is_refused_before_work(tmp_p
     fits.mkdir(parents=True)
     too_deep.mkdir()
     with pytest.raises(RequestError, match="with the file's name it would pass the 4096 bytes .* nearer the root"):
-        parse_request(make_request(tmp_path, output_dir=str(too_deep)), check_paths=True)
-    assert parse_request(make_request(tmp_path, output_dir=str(fits)), check_paths=True)
+        check_request_paths(parse_request(make_request(tmp_path, output_dir=str(too_deep))))
+    assert check_request_paths(parse_request(make_request(tmp_path, output_dir=str(fits))))
 
 
 def test_a_method_the_model_cannot_run_is_refused_with_the_reason(tmp_path):
@@ -511,10 +512,10 @@ def test_an_audio_input_above_the_highest_rate_is_refused_before_accepted(tmp_pa
     for name, extra in (("existing_mix", {}), ("reference_audio", {"method": "reference"}),
                         ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
         with pytest.raises(RequestError) as e:
-            parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities(), check_paths=True)
+            check_request_paths(parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities()))
         assert f"{name} '{fast}' is at 384000 Hz; at most 192000 Hz is read" in e.value.message
-        parse_request(make_request(tmp_path, **{name: ok, **extra}), capabilities(), check_paths=True)
-        # without check_paths (the client, which may not see the engine's files) nothing is opened
+        check_request_paths(parse_request(make_request(tmp_path, **{name: ok, **extra}), capabilities()))
+        # parse_request alone (the client, which may not see the engine's files) opens nothing
         parse_request(make_request(tmp_path, **{name: fast, **extra}), capabilities())
 
 
@@ -529,8 +530,7 @@ def test_an_ogg_input_s_header_is_read_from_its_start_only(tmp_path, monkeypatch
     import numpy as np
     import soundfile as sf
 
-    import stepfoley.request as request_module
-    from stepfoley.engine import mpeg_audio
+    from stepfoley.engine import input_files, mpeg_audio
 
     header = io.BytesIO()
     sf.write(header, np.zeros((4000, 2), np.float32), 44100, format="OGG", subtype="VORBIS")
@@ -548,11 +548,11 @@ def test_an_ogg_input_s_header_is_read_from_its_start_only(tmp_path, monkeypatch
 
     monkeypatch.setattr(sf, "info", info)
     for name, extra in (("existing_mix", {}), ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
-        parse_request(make_request(tmp_path, **{name: str(crafted), **extra}), capabilities(), check_paths=True)
+        check_request_paths(parse_request(make_request(tmp_path, **{name: str(crafted), **extra}), capabilities()))
     assert read and max(read) <= mpeg_audio.HEADER_SEARCH_BYTES
-    monkeypatch.setattr(request_module, "MAX_INPUT_SAMPLE_RATE", 32000)  # the rate is still read from its start
+    monkeypatch.setattr(input_files, "MAX_INPUT_SAMPLE_RATE", 32000)  # the rate is still read from its start
     with pytest.raises(RequestError, match="is at 44100 Hz; at most "):
-        parse_request(make_request(tmp_path, existing_mix=str(crafted)), capabilities(), check_paths=True)
+        check_request_paths(parse_request(make_request(tmp_path, existing_mix=str(crafted)), capabilities()))
 
 
 def test_an_output_dir_that_leads_to_a_folder_named_in_no_utf8_is_refused(tmp_path):
@@ -564,16 +564,17 @@ def test_an_output_dir_that_leads_to_a_folder_named_in_no_utf8_is_refused(tmp_pa
     os.makedirs(latin + b"/sub")
     os.symlink(latin + b"/sub", tmp_path / "lnk")
     with pytest.raises(RequestError, match=r"leads to the folder '.*caf\\udce9', whose name is not UTF-8 text"):
-        parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk" / "..")), capabilities(), check_paths=True)
+        check_request_paths(parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk" / "..")),
+                                          capabilities()))
     # the link itself is named in the client's words, which lead there: taken
-    assert parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk")), capabilities(), check_paths=True)
+    assert check_request_paths(parse_request(make_request(tmp_path, output_dir=str(tmp_path / "lnk")), capabilities()))
 
 
 def test_an_audio_input_soundfile_cannot_read_stays_the_jobs_error(tmp_path):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"RIFF not a wave at all" * 10)
     for name, extra in (("existing_mix", {}), ("take", {"protocol": 2, "regenerate": [0.5, 1]})):
-        request = parse_request(make_request(tmp_path, **{name: str(garbage), **extra}), check_paths=True)
+        request = check_request_paths(parse_request(make_request(tmp_path, **{name: str(garbage), **extra})))
         assert getattr(request, name) == str(garbage)
 
 
@@ -582,16 +583,16 @@ def test_a_take_whose_channels_make_the_stem_too_big_is_refused(tmp_path):
     channels fit in 128 MiB and three do not."""
     request = make_request(tmp_path, protocol=2, sample_rate=192000, format="wav32f", regenerate=[10, 20])
     request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 80}
-    two = parse_request({**request, "take": write_sound(tmp_path / "two.wav", 8000, 2, 80)}, check_paths=True)
+    two = check_request_paths(parse_request({**request, "take": write_sound(tmp_path / "two.wav", 8000, 2, 80)}))
     assert two.region.project_duration == 80
     three = write_sound(tmp_path / "three.wav", 8000, 3, 80)
     with pytest.raises(RequestError) as e:
-        parse_request({**request, "take": three}, check_paths=True)
+        check_request_paths(parse_request({**request, "take": three}))
     # at the lowest rate there is no lower one to offer
     seven = write_sound(tmp_path / "seven.wav", 8000, 7, 1)
     low = {**request, "sample_rate": 8000, "region": {"video": "/v.mp4", "file_in": 0, "file_out": 600}}
     with pytest.raises(RequestError, match="a job writes at most 128 MiB. Choose wav24, a region of at most"):
-        parse_request({**low, "take": seven}, check_paths=True)
+        check_request_paths(parse_request({**low, "take": seven}))
     assert ("The stem would be 176 MiB (80.0 s at 192000 Hz in wav32f, 3 channels like the take "
             f"'{three}'); a job writes at most 128 MiB. Choose a lower sample_rate, wav24, a region of at most 58.2 s on the "
             "timeline, or bounce the take with fewer channels.") in e.value.message
@@ -613,13 +614,13 @@ def test_a_take_too_big_to_hold_in_memory_is_refused_by_the_part_that_is_read(tm
     request = make_request(tmp_path, protocol=2, sample_rate=8000, take=str(take), regenerate=[100, 110])
     request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 300}
     with pytest.raises(RequestError) as e:
-        parse_request(request, check_paths=True)
+        check_request_paths(parse_request(request))
     assert (f"take '{take}' would fill 1221 MiB of memory (208.3 s of 8 channels at 192000 Hz as 32-bit floats: "
             "the engine reads it from take_offset for the stem's length); at most 1024 MiB is read") in e.value.message
     request["region"] = {"video": "/v.mp4", "file_in": 0, "file_out": 150}
-    assert parse_request(request, check_paths=True).take == str(take)
+    assert check_request_paths(parse_request(request)).take == str(take)
     request["take_offset"] = 58.0  # 150 s from there, not 208 s
-    assert parse_request(request, check_paths=True).take_offset == 58.0
+    assert check_request_paths(parse_request(request)).take_offset == 58.0
 
 
 @pytest.mark.parametrize("region, words", [

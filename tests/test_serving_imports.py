@@ -1,6 +1,7 @@
 """The serving path never imports the lab (stepfoley.lab: training, evaluation, mini-world,
 demo). The lab may import the engine, never the reverse: a server must not load training code
-or the mini-world to answer a request, and the lab can change without touching what is served."""
+or the mini-world to answer a request, and the lab can change without touching what is served.
+Below the engine, the request model imports nothing of it."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def _serving_files() -> dict[Path, str]:
     return files
 
 
-def lab_imports(source: str, module: str, is_package: bool) -> list[str]:
-    """'line: what' for every import of the lab in `source` (the code of `module`): import
-    statements at any depth, relative ones resolved, and importlib.import_module / __import__
-    of a literal name."""
+def imports_of(wanted: str, source: str, module: str, is_package: bool) -> list[str]:
+    """'line: what' for every import of the package `wanted` in `source` (the code of `module`):
+    import statements at any depth, relative ones resolved, and importlib.import_module /
+    __import__ of a literal name."""
     found = []
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
@@ -52,7 +53,7 @@ def lab_imports(source: str, module: str, is_package: bool) -> list[str]:
               and isinstance(node.args[0].value, str)
               and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
             names = [node.args[0].value]
-        if any(name == LAB or name.startswith(LAB + ".") for name in names):
+        if any(name == wanted or name.startswith(wanted + ".") for name in names):
             found.append(f"{node.lineno}: {names[0]}")
     return found
 
@@ -61,7 +62,7 @@ def test_no_serving_file_imports_the_lab():
     files = _serving_files()
     assert len(files) > 40 and all(path.is_file() for path in files)
     offenders = {str(path.relative_to(REPO)): hits for path, module in files.items()
-                 if (hits := lab_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py"))}
+                 if (hits := imports_of(LAB, path.read_text(encoding="utf-8"), module, path.name == "__init__.py"))}
     assert offenders == {}
 
 
@@ -74,13 +75,22 @@ def test_the_check_sees_every_form_of_import():
              (ranking, "def later():\n    from stepfoley.lab.evaluation.embedding import AudioEmbedding"),
              (ranking, "importlib.import_module('stepfoley.lab.demo')"), (ranking, "__import__('stepfoley.lab')")]
     for module, form in forms:
-        assert lab_imports(form, module, False), form
+        assert imports_of(LAB, form, module, False), form
     harmless = [(cache, "from stepfoley.engine import labels"), (cache, "import stepfoley.laboratory"),
                 (cache, "from ..lab import x"),  # stepfoley.engine.lab, not the lab
                 (ranking, "from .audio_embedding import load_audio_embedding"),
                 (ranking, "hint = 'see stepfoley.lab.evaluation'")]
     for module, form in harmless:
-        assert not lab_imports(form, module, False), form
+        assert not imports_of(LAB, form, module, False), form
+
+
+def test_the_request_imports_nothing_of_the_engine():
+    """The engine imports the request; the request, pure Python for the client, never the engine
+    back, not even inside a function: the files a request names are the engine's to look at
+    (engine.input_files)."""
+    source = (REPO / "stepfoley" / "request.py").read_text(encoding="utf-8")
+    assert imports_of("stepfoley.engine", source, "stepfoley.request", False) == []
+
 
 def test_serving_imports_and_a_ranking_load_nothing_of_the_lab():
     """In a fresh interpreter: every engine and bridge module, the command line with all its

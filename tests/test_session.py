@@ -11,6 +11,7 @@ import soundfile as sf
 
 from stepfoley.engine import mixing
 from stepfoley.engine.errors import AudioError, GenerationCancelled, InvalidInputError, VideoError
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import (HANDOVER_EASE_S, StepSession, TrackSettings, crossfade_join,
@@ -346,7 +347,7 @@ def _request(video, out, **extra):
 
 
 def _serve(service, request: dict) -> dict:
-    return service(parse_request(request, service.capabilities(), check_paths=True))
+    return service(check_request_paths(parse_request(request, service.capabilities())))
 
 
 def test_memory_running_out_in_a_job_is_said_so_not_called_a_bug(tiny, scene_video, tmp_path, monkeypatch):
@@ -398,9 +399,9 @@ def test_a_region_past_the_end_of_the_video_is_refused_in_its_own_times_before_a
     after the picture features of the others)."""
     from stepfoley.engine.video import VideoError
     progress = []
-    request = parse_request(_request(scene_video, tmp_path, region={"video": str(scene_video), "file_in": 0.5,
-                                                                    "file_out": 12.0, "playrate": 1.0}),
-                            FoleyService(tiny).capabilities(), check_paths=True)
+    region = {"video": str(scene_video), "file_in": 0.5, "file_out": 12.0, "playrate": 1.0}
+    request = check_request_paths(parse_request(_request(scene_video, tmp_path, region=region),
+                                                FoleyService(tiny).capabilities()))
     with pytest.raises(VideoError, match=r"^The region 0\.500-12\.000 s runs past the end of "):
         FoleyService(tiny)(request, on_progress=lambda *p: progress.append(p))
     assert progress == []

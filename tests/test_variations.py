@@ -11,6 +11,7 @@ import torch
 
 from stepfoley.engine import audio_io
 from stepfoley.engine.errors import GenerationCancelled, OutputError
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED, judge_for, rank_takes
 from stepfoley.engine.service import FoleyService
@@ -49,7 +50,7 @@ def _request(video, out, **extra) -> dict:
 
 
 def _serve(service, request: dict) -> dict:
-    return service(parse_request(request, service.capabilities(), check_paths=True))
+    return service(check_request_paths(parse_request(request, service.capabilities())))
 
 
 def test_variations_are_one_batch_equal_to_serial_tracks_and_leave_the_stack_alone(tiny, scene_video):
@@ -98,8 +99,9 @@ def test_ranking_and_each_stem_written_are_said_as_progress(tiny, scene_video, t
     # watchdog gave the job up, and the stems made were thrown away
     said = []
     service = FoleyService(tiny)
-    service(parse_request(_request(scene_video, tmp_path, protocol=2, variations=3), service.capabilities(),
-                          check_paths=True), on_progress=lambda *progress: said.append(progress))
+    service(check_request_paths(parse_request(_request(scene_video, tmp_path, protocol=2, variations=3),
+                                              service.capabilities())),
+            on_progress=lambda *progress: said.append(progress))
     # counted forward, 2 per take: each take joined and levelled, the ranking (said again), each stem written
     assert [p for p in said if p[0] == "finishing"] == [("finishing", i, 6) for i in (0, 1, 2, 3, 3, 4, 5, 6)]
     assert said[-1][0] == "finishing"
@@ -108,7 +110,7 @@ def test_ranking_and_each_stem_written_are_said_as_progress(tiny, scene_video, t
 def test_a_version_1_stem_is_finished_in_a_count_that_goes_forward(tiny, scene_video, tmp_path):
     said = []
     service = FoleyService(tiny)
-    service(parse_request(_request(scene_video, tmp_path), service.capabilities(), check_paths=True),
+    service(check_request_paths(parse_request(_request(scene_video, tmp_path), service.capabilities())),
             on_progress=lambda *progress: said.append(progress))
     assert [p for p in said if p[0] == "finishing"] == [("finishing", 0, 2), ("finishing", 1, 2), ("finishing", 2, 2)]
 
@@ -209,19 +211,20 @@ def test_a_stop_after_sampling_lands_between_stems_and_leaves_none(tiny, scene_v
 
     monkeypatch.setattr(audio_io, "stage_new_wav", counted)
     with pytest.raises(GenerationCancelled, match="before stem 3 of 4"):
-        service(parse_request(_request(scene_video, tmp_path, protocol=2, variations=4), service.capabilities(),
-                              check_paths=True), is_cancelled=lambda: len(calls) >= 2)
+        service(check_request_paths(parse_request(_request(scene_video, tmp_path, protocol=2, variations=4),
+                                                  service.capabilities())), is_cancelled=lambda: len(calls) >= 2)
     assert len(calls) == 2 and _files(tmp_path) == []
 
 
 _KILLED_PART_WAY = """
 import json, os, sys
 from stepfoley.engine.embedded.model import build_embedded_model
+from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.service import FoleyService
 from stepfoley.request import parse_request
 
 service = FoleyService(build_embedded_model(random_weights=True))
-request = parse_request(json.loads(sys.argv[1]), service.capabilities(), check_paths=True)
+request = check_request_paths(parse_request(json.loads(sys.argv[1]), service.capabilities()))
 # the process dies (the engine's stop timed out, or it was killed) when two stems are on the disk
 service(request, is_cancelled=lambda: len(os.listdir(request.output_dir)) == 2 and os._exit(0))
 """

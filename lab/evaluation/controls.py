@@ -153,6 +153,7 @@ def _with_and_without(a: list, b: list, names: tuple[str, str]) -> dict:
 def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder: Path, presence) -> dict:
     """One scene's extend figures: {"kept_max_abs_diff", "seam_flux_ratio" (None: undefined),
     "text_fidelity": (extended, full), "temporal_alignment": (extended, full)}, means over takes."""
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.request import PROTOCOL_VERSION, parse_request
 
     rate, length = run.sample_rate, run.session.length
@@ -162,13 +163,13 @@ def _extend_scene(run: SceneRun, service, settings: list[TrackSettings], folder:
     out = folder / "extended"
     out.mkdir()
     first = settings[0]
-    request = parse_request({
+    request = check_request_paths(parse_request({
         "protocol": PROTOCOL_VERSION, "caption": first.caption, "method": first.method, "alpha": first.alpha,
         "steps": first.steps, "seed": first.seed, "variations": len(settings),
         "region": {"video": str(run.session.region.video), "file_in": 0.0, "file_out": run.scene.duration},
         "output_dir": str(out), "sample_rate": rate, "format": "wav32f",
         "take": str(take_path), "regenerate": [EXTEND_FROM_S, run.scene.duration],
-    }, service.capabilities(), check_paths=True)
+    }, service.capabilities()))
     result = service(request)
     by_seed = {stem["metadata"]["seed"]: audio_io.read_audio(stem["stem_path"])[0][0] for stem in result["stems"]}
     extended = [by_seed[s.seed] for s in settings]                          # (S,) each, at the take's rate

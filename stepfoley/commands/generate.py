@@ -251,6 +251,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     from stepfoley.commands.runtime import check_runtime_arguments, feature_cache_from_arguments
     from stepfoley.engine import audio_io
     from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.input_files import check_request_paths
     from stepfoley.engine.video import check_video_region
     from stepfoley.request import MAX_VARIATIONS, SAMPLE_RATES, SHORT_INPUT_TOLERANCE_S, is_blank, parse_request
 
@@ -306,7 +307,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # The fields (times, guidance, rates) and the output folder; the sample rate is the
     # model's when not given: any supported rate stands in until the model is loaded.
     rate = args.sample_rate if args.sample_rate is not None else sample_rate or 48000
-    request = parse_request(request_from_arguments(args, output, rate), check_paths=True)
+    request = check_request_paths(parse_request(request_from_arguments(args, output, rate)))
     region = request.region
     take = None
     if args.take:  # all of the stem's stretch, for the job (bounded by the check just made): a NaN

@@ -120,7 +120,7 @@ def _earlier_status(path: str) -> dict | None:
     """The status at `path` when the file is empty or one this command wrote (a JSON object with
     `state` and `exit_code`; {"exit_code": None} read from an empty one), else None: what
     `send` may replace."""
-    from stepfoley.request import open_regular_input  # opened without waiting: a link may point at a pipe
+    from stepfoley.engine.input_files import open_regular_input  # opened without waiting: a link may point at a pipe
 
     try:
         file = open_regular_input(path)
@@ -149,7 +149,8 @@ def _read_request_file(path: str):
     """The request JSON in the file at `path`, read no further than a request can be (the path
     may name an endless device or pipe). Raises OSError, ValueError or RecursionError."""
     from stepfoley.bridge.protocol import MAX_REQUEST_BYTES
-    from stepfoley.request import open_input, request_json
+    from stepfoley.engine.input_files import open_input
+    from stepfoley.request import request_json
 
     most = REQUEST_FILE_BYTES_PER_REQUEST_BYTE * MAX_REQUEST_BYTES
     # opened without waiting: a named pipe nobody writes to held `send` for ever, with no status
@@ -242,7 +243,7 @@ CANCEL_FILE_MOST_BYTES = 64
 
 def _is_a_cancel_file(path: str) -> bool:
     """Whether `path` is a regular file that is empty or holds the word "cancel"."""
-    from stepfoley.request import open_regular_input
+    from stepfoley.engine.input_files import open_regular_input
 
     try:
         f = open_regular_input(path)
