@@ -105,7 +105,7 @@ def resumable_toy_batches(seed: int, crash_after: int | None = None, made: list 
 
 
 def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2, base_seed: int = 5,
-                 hidden: int = 0, steps: int = 12, batches=None):
+                 hidden: int = 0, steps: int = 12, batches=None, log=lambda line: None):
     """A linear net (with a hidden layer of `hidden` units, or none) trained beside a frozen
     "base" drawn from `base_seed`, as a ControlNet beside its base."""
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
@@ -123,7 +123,7 @@ def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float
     config = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
                          log_every=100)
     batches = toy_batches(0, crash_after) if batches is None else batches
-    result = train(loss, net, batches, config, torch.device("cpu"), work, log=lambda line: None)
+    result = train(loss, net, batches, config, torch.device("cpu"), work, log=log)
     return result, net
 
 
@@ -258,6 +258,22 @@ def snapshot_files(work) -> list[str]:
     return sorted(os.listdir(work / SNAPSHOT_FOLDER))
 
 
+def snapshot_steps(work) -> dict[str, list[int]]:
+    """The steps of the snapshot files in `work`, by the settings digest in their names."""
+    steps: dict[str, list[int]] = {}
+    for name in snapshot_files(work):
+        _, step, digest = name.removesuffix(".pt").split("-")
+        steps.setdefault(digest, []).append(int(step))
+    return steps
+
+
+def snapshot_file(work, step: int):
+    from stepfoley.lab.training.trainer import SNAPSHOT_FOLDER
+
+    [path] = (work / SNAPSHOT_FOLDER).glob(f"step-{step:08d}-*.pt")
+    return path
+
+
 def test_each_snapshot_is_written_once_to_a_file_of_its_own_that_the_checkpoints_name(tmp_path, monkeypatch):
     """Every checkpoint held every post-hoc EMA snapshot so far (4.6 GB each for an MMAudio
     ControlNet, rewritten at each one); each is now written once, and the average read from the
@@ -268,9 +284,9 @@ def test_each_snapshot_is_written_once_to_a_file_of_its_own_that_the_checkpoints
     save = trainer._save_atomic
     monkeypatch.setattr(trainer, "_save_atomic", lambda obj, path: written.append(path.name) or save(obj, path))
     result, _ = toy_training(tmp_path / "w", init_seed=0)
-    names = [f"step-{step:08d}.pt" for step in range(2, 13, 2)]
+    names = snapshot_files(tmp_path / "w")
+    assert list(snapshot_steps(tmp_path / "w").values()) == [list(range(2, 13, 2))]  # one run's settings
     assert sorted(written) == sorted(names + ["last.pt"] * 2)  # checkpoints at steps 6 and 12
-    assert snapshot_files(tmp_path / "w") == names
     assert torch.load(tmp_path / "w" / "last.pt", weights_only=True)["snapshots"] == names
     records = [record for name in names for record in torch.load(
         tmp_path / "w" / trainer.SNAPSHOT_FOLDER / name, weights_only=True)["records"]]
@@ -284,18 +300,17 @@ def test_each_snapshot_is_written_once_to_a_file_of_its_own_that_the_checkpoints
                                            ("another run's", "is not this run's snapshot of step 4")])
 def test_a_checkpoint_whose_snapshot_file_is_lost_is_refused_in_words(tmp_path, damage, words):
     from stepfoley.engine.errors import CheckpointError
-    from stepfoley.lab.training.trainer import SNAPSHOT_FOLDER
 
     with pytest.raises(RuntimeError, match="killed"):
         toy_training(tmp_path / "w", init_seed=0, crash_after=6)
-    lost = tmp_path / "w" / SNAPSHOT_FOLDER / "step-00000004.pt"
+    lost = snapshot_file(tmp_path / "w", 4)
     if damage == "missing":
         lost.unlink()
     elif damage == "damaged":
         lost.write_bytes(b"half a snapshot")
     else:  # a run of other settings once in this folder
         toy_training(tmp_path / "other", init_seed=0, lr=1e-1)
-        lost.write_bytes((tmp_path / "other" / SNAPSHOT_FOLDER / lost.name).read_bytes())
+        lost.write_bytes(snapshot_file(tmp_path / "other", 4).read_bytes())
     last = tmp_path / "w" / "last.pt"
     refused = re.escape(f"{last} cannot be resumed from: its EMA snapshot {lost}")
     with pytest.raises(CheckpointError, match=rf"^{refused} {words}.*Delete {re.escape(str(last))} to start"):
@@ -303,18 +318,34 @@ def test_a_checkpoint_whose_snapshot_file_is_lost_is_refused_in_words(tmp_path, 
 
 
 def test_snapshot_files_of_a_run_started_over_are_not_mixed_in(tmp_path):
-    """A run of other settings, its checkpoint deleted to start over (as its refusal advises):
-    its snapshot files are removed, not averaged in, nor those of steps its checkpoint had not
-    reached when it was killed."""
-    toy_training(tmp_path / "w", init_seed=0, lr=1e-1, steps=14)
+    """A run started over, its checkpoint deleted (as a refusal advises): its snapshot files are
+    removed, not averaged in, nor those of steps its checkpoint had not reached when it was
+    killed."""
+    toy_training(tmp_path / "w", init_seed=0, steps=12)
     (tmp_path / "w" / "last.pt").unlink()
     with pytest.raises(RuntimeError, match="killed"):
         toy_training(tmp_path / "w", init_seed=0, crash_after=8)  # its snapshot of step 8 is after its checkpoint
-    assert snapshot_files(tmp_path / "w") == [f"step-{step:08d}.pt" for step in range(2, 9, 2)]
+    assert list(snapshot_steps(tmp_path / "w").values()) == [[2, 4, 6, 8]]
     result, _ = toy_training(tmp_path / "w", init_seed=0)
     clean, _ = toy_training(tmp_path / "clean", init_seed=0)
     assert snapshot_files(tmp_path / "w") == snapshot_files(tmp_path / "clean")
     assert all(torch.equal(result.params[name], value) for name, value in clean.params.items())
+
+
+def test_a_checkpoint_of_other_settings_kept_under_another_name_keeps_its_snapshots(tmp_path):
+    """A checkpoint put aside (renamed) while a training of other settings runs in the same
+    folder: its snapshot files are left, said, and it resumes from them when put back (the
+    other run deleted or replaced them)."""
+    straight, _ = toy_training(tmp_path / "straight", init_seed=0, lr=1e-1)
+    with pytest.raises(RuntimeError, match="killed"):
+        toy_training(tmp_path / "w", init_seed=0, lr=1e-1, crash_after=6)
+    os.rename(tmp_path / "w" / "last.pt", tmp_path / "w" / "kept.pt")
+    said = []
+    toy_training(tmp_path / "w", init_seed=0, steps=4, log=said.append)
+    assert any("also holds 3 EMA snapshot file(s)" in line for line in said), said
+    os.replace(tmp_path / "w" / "kept.pt", tmp_path / "w" / "last.pt")
+    resumed, _ = toy_training(tmp_path / "w", init_seed=0, lr=1e-1)
+    assert all(torch.equal(resumed.params[name], value) for name, value in straight.params.items())
 
 
 def test_a_checkpoint_that_holds_its_snapshots_is_resumed_from_them(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import os
 import pickle
 import re
@@ -102,7 +103,7 @@ class _Unreadable(Exception):
     """A file `train` wrote that cannot be read back; its words say why."""
 
 
-def _load_saved(path: Path) -> object:
+def _load_saved(path: Path, mmap: bool = False) -> object:
     """What `train` saved in `path`, read onto the CPU; _Unreadable where it cannot be: a file cut
     short or damaged (torch raises several kinds), or a folder, a pipe or a device (a pipe held
     the run waiting for ever)."""
@@ -112,7 +113,7 @@ def _load_saved(path: Path) -> object:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise _Unreadable("it is not a file: a folder, a pipe or a device")
         # tensors, numbers and lists only: a file in a work folder is never code to run
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             struct.error) as e:
         # a text file read as an old-style checkpoint says only "KeyError: 101"; torch's own
@@ -296,7 +297,13 @@ def _save_atomic(obj, path: Path) -> None:
 
 # where a run's post-hoc EMA snapshots lie, in its checkpoint folder, and their names
 SNAPSHOT_FOLDER = "ema-snapshots"
-_SNAPSHOT_NAME = re.compile(r"step-(\d{8,})\.pt")
+# step-<step>-<the run's settings digest>.pt: a run removes only its own leftovers, never the
+# snapshots of a checkpoint of other settings kept under another name
+_SNAPSHOT_NAME = re.compile(r"step-(\d{8,})-([0-9a-f]{12})\.pt")
+
+
+def _settings_digest(run: dict) -> str:
+    return hashlib.sha256(json.dumps(run, sort_keys=True, default=repr).encode()).hexdigest()[:12]
 
 
 class _Snapshots:
@@ -309,6 +316,7 @@ class _Snapshots:
     def __init__(self, folder: Path | None, run: dict | None):
         self.folder = folder
         self.run = run  # the settings its checkpoints record (_resumable): a file is this run's only with them
+        self.digest = None if run is None else _settings_digest(run)
         self.held: list[dict] = []
         self.files: list[str] = []
         self.profiles: list[tuple[int, float]] = []  # each record's (step, gamma), in order
@@ -321,7 +329,7 @@ class _Snapshots:
         if self.folder is None:
             self.held += records
             return
-        name = f"step-{records[0]['step']:08d}.pt"
+        name = f"step-{records[0]['step']:08d}-{self.digest}.pt"
         # replaces one a killed run wrote after the checkpoint this one resumed from
         _save_atomic({"config": self.run, "records": records}, self.folder / name)
         self.files.append(name)
@@ -338,15 +346,25 @@ class _Snapshots:
             self.profiles += [(record["step"], record["gamma"]) for record in records]
             self.files.append(name)
 
-    def forget_others(self) -> None:
-        """Remove the snapshot files this run does not list: a run started over's (of other
-        settings, maybe), or those a killed run wrote after its last checkpoint."""
+    def forget_others(self, log: Callable[[str], None]) -> None:
+        """Remove the snapshot files of this run's settings that it does not list: a run started
+        over's, or those a killed run wrote after its last checkpoint. Those of other settings
+        are left (a checkpoint kept under another name reads them) and said."""
+        others, other_bytes = 0, 0
         for entry in os.scandir(self.folder):
-            if _SNAPSHOT_NAME.fullmatch(entry.name) and entry.name not in self.files:
-                try:
-                    os.unlink(entry.path)
-                except OSError:  # never read (no checkpoint lists it); one this run writes again is replaced
-                    pass
+            match = _SNAPSHOT_NAME.fullmatch(entry.name)
+            if match is None or entry.name in self.files:
+                continue
+            try:
+                if match[2] == self.digest:
+                    os.unlink(entry.path)  # never read (no checkpoint lists it); one this run writes again is replaced
+                else:
+                    others, other_bytes = others + 1, other_bytes + entry.stat().st_size
+            except OSError:
+                pass
+        if others:
+            log(f"{self.folder} also holds {others} EMA snapshot file(s) ({other_bytes / 2**20:.0f} MiB) of a "
+                "training with other settings: a checkpoint of that training needs them; delete them if none does")
 
     def average(self, sigma_rel: float, last: Path | None) -> dict[str, torch.Tensor]:
         """The post-hoc EMA of width sigma_rel, reading the files one at a time."""
@@ -368,7 +386,7 @@ class _Snapshots:
         if not os.path.lexists(path):
             raise CheckpointError(f"{whose} {path} is missing. {advice}")
         try:
-            saved = _load_saved(path)
+            saved = _load_saved(path, mmap=True)  # checked at a resume without reading every tensor
         except _Unreadable as e:
             raise CheckpointError(f"{whose} {path} cannot be read ({e}). {advice}") from None
         records = saved.get("records") if isinstance(saved, dict) and saved.get("config") == self.run else None
@@ -457,7 +475,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                 next(batches)
         log(f"resumed from {last} at step {start_step}")
     if snapshots.folder is not None:
-        snapshots.forget_others()
+        snapshots.forget_others(log)
 
     model = loss_module
     if world > 1:
