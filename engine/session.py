@@ -12,7 +12,9 @@ Regions longer than the network's 8 s window are generated window by window (sam
 offset per window) and joined with a 1 s equal-power crossfade in the middle of each overlap,
 each later window matched in tone and level to the one before it through the crossfade
 (ease_handovers); each window gets the matching slice of x̃, so NAG sees exactly the sounds
-under that stretch of picture.
+under that stretch of picture. A model whose network sounds a burst at the ends of what it
+samples (FoleyModel.edge_context: the embedded one) samples each window with context past its
+ends, cut off before decoding (engine.edge_context).
 
 Every generated track leaves through engine.mixing.finish_stem (measured as decoded, brought to
 STEM_LUFS, true-peak limited); its measurements are in the track's metadata. `generate_takes`
