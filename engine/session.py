@@ -891,11 +891,15 @@ def finish_new_part(audio: np.ndarray, known: KnownAudio, sample_rate: int) -> t
         # a take of digital silence: the new part at a stem's level, as a new track is made (the
         # model's own level, decoded hot, met the limiter 14 dB over full scale and was squashed)
         lufs, blocks = mixing.loudness_and_blocks(audio[new][None], sample_rate)
-        if math.isfinite(lufs):
+        if math.isfinite(lufs) and lufs >= mixing.SILENCE_GATE_LUFS:
             # solved on the gating blocks, as a stem's is (a decaying hit decoded hot and turned
-            # down by the plain difference lost its tail under the gate and left 0.8 LU over)
-            whole_db = float(np.clip(mixing.loudness_gain_db(blocks, mixing.STEM_LUFS, lufs), *LEVEL_MATCH_DB))
+            # down by the plain difference lost its tail under the gate and left 0.8 LU over), and
+            # as far up as a stem is brought: LEVEL_MATCH_DB's +24 dB left a quiet new part 7 dB
+            # under the stem's loudness its metadata said it was brought to
+            whole_db = float(mixing.loudness_gain_db(blocks, mixing.STEM_LUFS, lufs))
             matched_to = f"a stem's loudness ({mixing.STEM_LUFS:g} LUFS): the take is silent"
+        elif math.isfinite(lufs):
+            matched_to = "nothing (the take is silent, the new part nearly so): the model's own level"
         else:  # under a loudness block
             matched_to = "nothing (the take is silent, the new part too short to measure): the model's own level"
     matched = np.array(audio, np.float32)[None]                                  # (1, S)

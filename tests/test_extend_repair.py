@@ -570,6 +570,21 @@ def test_the_new_part_of_a_silent_take_reaches_a_stems_loudness_across_the_gate(
         assert mixing.integrated_loudness(matched[:, ~keep], rate) == pytest.approx(mixing.STEM_LUFS, abs=0.01), decay_s
 
 
+def test_the_quiet_new_part_of_a_silent_take_is_brought_up_as_far_as_a_stem():
+    """A new part the model made 32 dB under a stem's loudness: it was raised only the +24 dB a
+    take's level may raise it, and left 8 dB under the -23 LUFS its metadata said; a stem is
+    brought up whatever it needs, down to the -70 LUFS silence gate."""
+    rate = 16000
+    keep = np.arange(6 * rate) < 2 * rate
+    noise = np.random.default_rng(3).standard_normal(6 * rate).astype(np.float32) * ~keep
+    quiet = noise * 10 ** ((mixing.STEM_LUFS - 32 - mixing.integrated_loudness(noise[None], rate)) / 20)
+    matched, levels = finish_new_part(quiet.astype(np.float32), KnownAudio(np.zeros(6 * rate, np.float32), keep), rate)
+    assert levels["level_matched_to"].startswith("a stem's loudness")
+    assert levels["new_part_lufs"] == pytest.approx(mixing.STEM_LUFS, abs=0.1)
+    _, levels = finish_new_part(quiet * 1e-3, KnownAudio(np.zeros(6 * rate, np.float32), keep), rate)  # -92 LUFS
+    assert levels["level_match_gain_db"] == 0.0 and levels["level_matched_to"].startswith("nothing")
+
+
 def test_a_repair_between_a_loud_and_a_quiet_stretch_meets_each_at_its_level():
     """A footstep's ring dying away: the take is 30 dB quieter after the repaired 0.5 s than
     before it. Matched with one gain (the loud side's: the gate leaves the quiet one out), the
