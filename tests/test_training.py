@@ -897,16 +897,23 @@ def test_a_damaged_features_file_is_rebuilt_or_said(tmp_path, monkeypatch, damag
         assert "cannot be removed" in str(raised.value) and features.is_dir()
 
 
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(tmp_path):
-    out = tmp_path / "ddp.safetensors"
+def two_processes(*command: str, logs=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`command` (a script and its arguments, or -m and a module's) run by torchrun in 2 processes
+    on the CPU (gloo); with `logs`, a folder, each rank's output goes to files of its own there."""
     with socket.socket() as s:  # a free port for the rendezvous (torchrun does not take 0)
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
-           "-m", "stepfoley", "train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out), *TINY]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    own_files = ["--log-dir", str(logs), "--redirects", "3"] if logs is not None else []
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", port, *own_files, *command],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    done = two_processes("-m", "stepfoley", "train", "embedded", "--work", str(tmp_path / "work"), "--out", str(out),
+                         *TINY, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.exists()
     log = (tmp_path / "work" / "train.log").read_text()
@@ -918,7 +925,7 @@ import sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from test_training import toy_batches, toy_training
 import stepfoley.lab.training.trainer as trainer
-from stepfoley.lab.training.trainer import distributed_context, wait_for_rank_zero
+from stepfoley.lab.training.trainer import distributed_context, every_rank_ends_as_rank_zero
 
 import gc
 
@@ -944,12 +951,12 @@ resumed = len(alive)
 toy_training(work, init_seed=3)
 torch.save({"params": result.params, "snapshots": len(made), "alive": max(alive[resumed:])},
            sys.argv[2] + f"/rank{rank}.pt")
-# the ranks above 0 wait for rank 0's file on the file system, not in a collective
+# the ranks above 0 wait for rank 0's file, not in a collective, until they see it on the file system
 flag = sys.argv[2] + "/made"
-if rank == 0:
-    time.sleep(2)
-    open(flag, "w").close()
-wait_for_rank_zero(lambda: __import__("os").path.exists(flag), rank, world)
+with every_rank_ends_as_rank_zero(rank, world, ready=lambda: __import__("os").path.exists(flag)):
+    if rank == 0:
+        time.sleep(2)
+        open(flag, "w").close()
 assert __import__("os").path.exists(flag)
 """
 
@@ -961,12 +968,7 @@ def test_two_ranks_end_with_rank_zeros_average_and_only_it_keeps_snapshots(tmp_p
     files, and its average reaches every rank."""
     script = tmp_path / "two_ranks.py"
     script.write_text(TWO_RANKS)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", port, str(script), os.path.dirname(__file__), str(tmp_path)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    done = two_processes(str(script), os.path.dirname(__file__), str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert zero["snapshots"] >= 6 and one["snapshots"] == 0  # 12 steps, one every 2
@@ -974,6 +976,81 @@ def test_two_ranks_end_with_rank_zeros_average_and_only_it_keeps_snapshots(tmp_p
     assert zero["alive"] == one["alive"] == 0
     assert zero["params"].keys() == one["params"].keys()
     assert all(torch.equal(zero["params"][k], one["params"][k]) for k in zero["params"])
+
+
+RANK_ZERO_FINDS_WRONG = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from test_training import snapshot_file, toy_training
+import stepfoley.lab.training.trainer as trainer
+from stepfoley.lab.training import embedded
+
+rank, world = trainer.distributed_context()
+work, case = Path(sys.argv[2]), sys.argv[3]
+if case == "while rank 0 makes the data":  # refused on rank 0 after 4 s, while rank 1 sleeps between two looks
+    embedded.sweep_stale_parts = lambda folder: time.sleep(4)
+    embedded._training_data(None, embedded.EmbeddedRecipe(), work, rank, world, print)
+else:
+    if case == "while it trains":  # lost after rank 0 wrote it, found when rank 0 reads them all at the end
+        average = trainer._Snapshots.average
+        trainer._Snapshots.average = lambda self, *args: snapshot_file(work, 4).unlink() or average(self, *args)
+    toy_training(work, init_seed=3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["before the resume", "while it trains", "while rank 0 makes the data"])
+def test_what_rank_zero_alone_finds_wrong_is_said_by_every_rank(tmp_path, case):
+    """Rank 0 alone reads the EMA snapshot files, and checks and makes the training data; the
+    other ranks went on, and died in their next collective with gloo's "Connection closed by
+    peer" (under NCCL, hung until torchrun stopped them), or waited until torchrun stopped them
+    without a word. Every rank says what rank 0 found, in its words."""
+    from safetensors.torch import save_file
+
+    work = tmp_path / "work"
+    if case == "before the resume":
+        with pytest.raises(RuntimeError, match="killed"):  # the checkpoint at step 6, the snapshot of step 4 lost
+            toy_training(work, init_seed=3, crash_after=7)
+        snapshot_file(work, 4).unlink()
+    if case == "while rank 0 makes the data":
+        work.mkdir()
+        save_file({"x": torch.zeros(1)}, str(work / "features.safetensors"), metadata={"features_version": "2"})
+    lost = re.escape(str(work / "ema-snapshots")) + r"/step-00000004-[0-9a-f]{12}\.pt is missing\. "
+    said = {"before the resume": rf"CheckpointError: {re.escape(str(work / 'last.pt'))} cannot be resumed from: its "
+                                 rf"EMA snapshot {lost}",
+            "while it trains": rf"CheckpointError: This training's EMA snapshot {lost}",
+            "while rank 0 makes the data": rf"InvalidInputError: {re.escape(str(work / 'features.safetensors'))} "
+                                           r"holds the features of `stepfoley train controlnet`"}[case]
+    script = tmp_path / "rank_zero_finds_wrong.py"
+    script.write_text(RANK_ZERO_FINDS_WRONG)
+    done = two_processes(str(script), os.path.dirname(__file__), str(work), case, logs=tmp_path / "logs")
+    assert done.returncode == 1
+    for output in each_ranks_errors(tmp_path / "logs"):
+        assert re.search(said, output), output[-3000:]
+        assert "Connection closed" not in output
+
+
+@pytest.mark.slow
+def test_a_work_folder_in_use_is_said_by_every_rank(tmp_path):
+    """Rank 0 alone takes the work folder's lock: the other ranks were stopped by torchrun half a
+    minute later, without a word."""
+    from stepfoley.lab.training.trainer import training_alone_in
+
+    (tmp_path / "w").mkdir()
+    with training_alone_in(tmp_path / "w"):
+        done = two_processes("-m", "stepfoley", "train", "embedded", *TINY, "--work", str(tmp_path / "w"),
+                             "--out", str(tmp_path / "m.safetensors"), logs=tmp_path / "logs")
+    assert done.returncode == 1  # torchrun's, for any rank that failed
+    for output in each_ranks_errors(tmp_path / "logs"):
+        assert f"stepfoley train: Another training is running in the work folder {tmp_path / 'w'}" in output, output
+
+
+def each_ranks_errors(logs) -> list[str]:
+    """What each of the 2 ranks of a two_processes run with `logs` wrote to stderr, in rank order."""
+    outputs = sorted(logs.glob("*/attempt_0/*/stderr.log"))
+    assert [path.parent.name for path in outputs] == ["0", "1"]
+    return [path.read_text() for path in outputs]
 
 
 def test_the_controlnet_target_and_condition_are_each_their_half_encoded_apart(tmp_path):

@@ -18,7 +18,7 @@ from stepfoley.lab.training.features import (FEATURES_VERSION, FeatureSet, contr
                                              extract_features, features_match, features_metadata, read_dataset_list)
 from stepfoley.lab.training.objectives import controlnet_flow_loss
 from stepfoley.lab.training.trainer import (LossModule, TrainConfig, check_checkpoints, distributed_context,
-                                            load_trained, train, wait_for_rank_zero)
+                                            every_rank_ends_as_rank_zero, load_trained, train)
 
 
 def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_list: Path, work_dir: Path,
@@ -47,12 +47,13 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     # refused before the features are made (hours for a large list; it was refused only after them)
     check_checkpoints({work_dir: config}, _said)
     posterior = hasattr(model.codec, "encode_posterior")
-    if rank == 0 and not features_match(features, entries, model.model_id, posterior):  # another list, model, version
-        if "data_version" in features_metadata(features):  # replaced unasked, it took hours to render again
-            raise InvalidInputError(f"{features} holds the training data of `stepfoley train embedded`; it is left as "
-                                    "it is. Choose another --work folder for this ControlNet.")
-        extract_features(model, entries, features)
-    wait_for_rank_zero(lambda: features_match(features, entries, model.model_id, posterior), rank, world)
+    current = lambda: features_match(features, entries, model.model_id, posterior)  # noqa: E731
+    with every_rank_ends_as_rank_zero(rank, world, ready=current):  # rank 0's refusal is said on every rank
+        if rank == 0 and not current():  # another list, model, version
+            if "data_version" in features_metadata(features):  # replaced unasked, it took hours to render again
+                raise InvalidInputError(f"{features} holds the training data of `stepfoley train embedded`; it is left "
+                                        "as it is. Choose another --work folder for this ControlNet.")
+            extract_features(model, entries, features)
     data = FeatureSet.load(features)
     # each block starts as a copy of the base's (ControlNet's "trainable copy"), as the embedded
     # one does; the layers it adds are drawn from the run's seed (from the process's generator,

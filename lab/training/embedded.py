@@ -39,8 +39,8 @@ from stepfoley.lab.training.miniworld_data import (DATA_VERSION, DOMINANCE_DB_MO
 from stepfoley.lab.training.features import features_metadata
 from stepfoley.lab.training.objectives import base_flow_loss, controlnet_flow_loss, loudness_flow_loss
 from stepfoley.lab.training import trainer
-from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context, load_trained, train,
-                                            wait_for_rank_zero)
+from stepfoley.lab.training.trainer import (LossModule, TrainConfig, distributed_context,
+                                            every_rank_ends_as_rank_zero, load_trained, train)
 
 # Scene seeds used for training; evaluation and the demo draw theirs from outside this range.
 TRAINING_SEED_RANGE = (0, 100_000)
@@ -320,27 +320,6 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
     (again when the file is from an older recipe), and the seconds their rendering took (None
     for a file that does not record it)."""
     features_path = work_dir / "features.safetensors"
-    if rank == 0:
-        sweep_stale_parts(work_dir)  # the features' temporary copy a killed run left
-        if "features_version" in features_metadata(features_path):  # deleted as stale, it took hours
-            raise InvalidInputError(f"{features_path} holds the features of `stepfoley train controlnet`; they are "
-                                    "left as they are. Choose another --work folder for the embedded model.")
-        if features_path.exists():
-            try:
-                EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
-            except StaleFeaturesError as stale:
-                log(f"{stale} Rebuilding it.")
-                _remove_features(features_path)
-            except (SafetensorError, OSError, ValueError) as error:  # cut short, damaged, a folder
-                log(f"{features_path} cannot be read ({error}). Rebuilding it.")
-                _remove_features(features_path)
-        if not features_path.exists():
-            t0 = time.perf_counter()
-            data = build_embedded_data(model, recipe.data, first_training_seed(recipe.data.seed),
-                                       workers=recipe.data_workers, log=log)
-            data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
-                                      "codec_config": json.dumps(asdict(model.codec.config)),
-                                      "build_seconds": f"{time.perf_counter() - t0:.3f}"})
     def current() -> bool:
         try:
             EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
@@ -348,7 +327,30 @@ def _training_data(model, recipe: EmbeddedRecipe, work_dir: Path, rank: int, wor
         except (StaleFeaturesError, SafetensorError, OSError, ValueError):
             return False
 
-    wait_for_rank_zero(current, rank, world)
+    # rank 0's checks of the file and its making end every rank as they end rank 0: a rank waiting on
+    # the file system never learned why rank 0 stopped
+    with every_rank_ends_as_rank_zero(rank, world, ready=current):
+        if rank == 0:
+            sweep_stale_parts(work_dir)  # the features' temporary copy a killed run left
+            if "features_version" in features_metadata(features_path):  # deleted as stale, it took hours
+                raise InvalidInputError(f"{features_path} holds the features of `stepfoley train controlnet`; they "
+                                        "are left as they are. Choose another --work folder for the embedded model.")
+            if features_path.exists():
+                try:
+                    EmbeddedData.check_current(features_path, model.codec.config, recipe.data)
+                except StaleFeaturesError as stale:
+                    log(f"{stale} Rebuilding it.")
+                    _remove_features(features_path)
+                except (SafetensorError, OSError, ValueError) as error:  # cut short, damaged, a folder
+                    log(f"{features_path} cannot be read ({error}). Rebuilding it.")
+                    _remove_features(features_path)
+            if not features_path.exists():
+                t0 = time.perf_counter()
+                data = build_embedded_data(model, recipe.data, first_training_seed(recipe.data.seed),
+                                           workers=recipe.data_workers, log=log)
+                data.save(features_path, {"recipe": json.dumps(asdict(recipe.data)),
+                                          "codec_config": json.dumps(asdict(model.codec.config)),
+                                          "build_seconds": f"{time.perf_counter() - t0:.3f}"})
     with safe_open(str(features_path), "pt") as f:
         built_in = (f.metadata() or {}).get("build_seconds")
     return EmbeddedData.load(features_path, model.codec.config), float(built_in) if built_in else None

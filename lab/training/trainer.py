@@ -12,6 +12,7 @@ import errno
 import hashlib
 import itertools
 import json
+import math
 import os
 import pickle
 import re
@@ -33,7 +34,7 @@ except ImportError:  # Windows
 
 from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import CheckpointError, InvalidInputError, is_out_of_memory
+from stepfoley.engine.errors import CheckpointError, InvalidInputError, StepFoleyError, is_out_of_memory
 from stepfoley.lab.training.ema import PowerEMA, posthoc_average, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
@@ -244,20 +245,70 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
         os.close(handle)
 
 
-# How often a rank above 0 looks whether rank 0 has made what every rank reads.
+# How often, at most, a rank above 0 looks whether rank 0 has ended what it does alone.
 RANK_ZERO_POLL_S = 5.0
+# each block every_rank_ends_as_rank_zero guards, numbered in the order every rank enters them
+_RANK_ZERO_BLOCKS = itertools.count()
 
 
-def wait_for_rank_zero(ready: Callable[[], bool], rank: int, world: int) -> None:
-    """Every rank past the point where rank 0 makes what they all read (the training data:
-    hours for a large list). Ranks above 0 wait on the file system until `ready()`, then all
-    meet: waiting in a collective ended the run after NCCL's timeout (10 minutes) with a
-    traceback on every other rank. torchrun stops them all if rank 0 fails."""
+@contextmanager
+def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """A block in which rank 0 alone does what every rank depends on (takes the work folder's
+    lock; makes the training data, hours for a large list; checks a resumed checkpoint's EMA
+    snapshot files), which every rank leaves as rank 0 did: where rank 0 fails, every rank raises
+    its error, in its words. The others went on and met rank 0's end in their next collective
+    (gloo's "Connection closed by peer"; under NCCL a hang until torchrun stopped them), or were
+    stopped by torchrun as they waited, without a word. Every rank enters the same blocks in the
+    same order. The ranks above 0 wait for rank 0's outcome on the rendezvous's store, not in a
+    collective (which ended the run after NCCL's timeout, 10 minutes, with a traceback on every
+    other rank), then on the file system until `ready()`: what rank 0 made, as this rank sees it."""
     if world <= 1:
+        yield
         return
-    while rank > 0 and not ready():
-        time.sleep(RANK_ZERO_POLL_S)
-    dist.barrier()
+    store = dist.distributed_c10d._get_default_store()  # the rendezvous's: no collective, no timeout
+    key = f"stepfoley/rank-zero/{next(_RANK_ZERO_BLOCKS)}"
+    left = f"{key}/left"  # how many ranks above 0 have left the block failing
+    if rank == 0:
+        try:
+            yield
+        except Exception as error:
+            store.set(key, pickle.dumps(_as_shared(error)))
+            # until every rank has read it (a rank that fails alone says so): torchrun stops the
+            # others once rank 0 ends, one asleep between two looks before it had said anything
+            _wait_until(lambda: store.add(left, 0) >= world - 1, longest_pause=0.05,
+                        at_most_s=3 * RANK_ZERO_POLL_S)
+            raise
+        store.set(key, pickle.dumps(None))
+        return
+    try:
+        yield
+    except Exception:
+        store.add(left, 1)
+        raise
+    _wait_until(lambda: store.check([key]), longest_pause=RANK_ZERO_POLL_S)
+    failed = pickle.loads(store.get(key))
+    if failed is not None:
+        store.add(left, 1)
+        kind, words = failed
+        raise kind(words)
+    _wait_until(ready, longest_pause=RANK_ZERO_POLL_S)
+
+
+def _wait_until(done: Callable[[], bool], longest_pause: float, at_most_s: float = math.inf) -> None:
+    """Until `done()`, or `at_most_s` have passed, looking again after pauses that double from
+    a twentieth of a second (a check ends in moments, the training data in hours) up to
+    `longest_pause`."""
+    pause, deadline = min(0.05, longest_pause), time.monotonic() + at_most_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(2 * pause, longest_pause)
+
+
+def _as_shared(error: Exception) -> tuple[type, str]:
+    """What the ranks above 0 raise for rank 0's `error`: the same where it is said in words."""
+    if isinstance(error, StepFoleyError):
+        return type(error), str(error)
+    return RuntimeError, f"the training's rank 0 stopped ({type(error).__name__}: {error}); its output says where"
 
 
 def distributed_context() -> tuple[int, int]:
@@ -424,43 +475,49 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
     snapshots = _Snapshots(checkpoint_dir / SNAPSHOT_FOLDER if last is not None and rank == 0 else None, identity)
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0:  # a checkpoint's or a snapshot's temporary copy a killed run left (hundreds of MB)
-            (checkpoint_dir / SNAPSHOT_FOLDER).mkdir(exist_ok=True)
-            sweep_stale_parts(checkpoint_dir)
-            sweep_stale_parts(checkpoint_dir / SNAPSHOT_FOLDER)
     # what the steps before a resume did, so the figures are the whole run's
     losses: list[float] = []
     seconds_before, samples = 0.0, 0
-    if last is not None and last.exists():
-        state = read_checkpoint(last)
-        recorded, wanted = state.get("config"), identity
-        if recorded is not None and recorded != wanted:
-            # keys either side: a checkpoint of an older StepFoley lacks some (the frozen base's)
-            changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
-            raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it would "
-                                  "mix the two. Delete it to start this training over, or choose another --work folder.")
-        try:  # one without its settings is another network's, or garbled: said, not a traceback
-            trainable.load_state_dict(state["trainable"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            ema.load_state_dict(state["ema"])
-            if rank == 0:
-                snapshots.resume(state["snapshots"], last)
-            states = state["generator"]
-            if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
-                if rank < len(states):
-                    generator.set_state(states[rank])
-            else:  # written before every rank's state was kept: rank 0's
-                generator.set_state(states)
-            start_step = int(state["step"])
-            losses = list(state.get("losses", []))
-            seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
-        except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-            if is_out_of_memory(e):  # the optimizer's state moved onto a full GPU: not the checkpoint's fault
-                raise
-            raise CheckpointError(f"{last} cannot be resumed from: what it holds does not fit this training "
-                                  f"({type(e).__name__}: {str(e)[:200]}). Delete it to start this training over, or "
-                                  "choose another --work folder.") from None
+    # rank 0's checks of its snapshot files (and its sweeps) end every rank as they end rank 0: the
+    # others went on, and met rank 0's end in DDP's first collective
+    with every_rank_ends_as_rank_zero(rank, world):
+        if snapshots.folder is not None:
+            snapshots.folder.mkdir(exist_ok=True)
+            # a checkpoint's or a snapshot's temporary copy a killed run left (hundreds of MB)
+            sweep_stale_parts(checkpoint_dir)
+            sweep_stale_parts(snapshots.folder)
+        state = read_checkpoint(last) if last is not None and last.exists() else None
+        if state is not None:
+            recorded, wanted = state.get("config"), identity
+            if recorded is not None and recorded != wanted:
+                # keys either side: a checkpoint of an older StepFoley lacks some (the frozen base's)
+                changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
+                raise CheckpointError(f"{last} is a run with other settings ({', '.join(changed)}); resuming it "
+                                      "would mix the two. Delete it to start this training over, or choose another "
+                                      "--work folder.")
+            try:  # one without its settings is another network's, or garbled: said, not a traceback
+                trainable.load_state_dict(state["trainable"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                ema.load_state_dict(state["ema"])
+                if rank == 0:
+                    snapshots.resume(state["snapshots"], last)
+                states = state["generator"]
+                if isinstance(states, list):  # one per rank; a checkpoint of another world size reseeds the rest
+                    if rank < len(states):
+                        generator.set_state(states[rank])
+                else:  # written before every rank's state was kept: rank 0's
+                    generator.set_state(states)
+                start_step = int(state["step"])
+                losses = list(state.get("losses", []))
+                seconds_before, samples = float(state.get("seconds", 0.0)), int(state.get("samples", 0))
+            except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+                if is_out_of_memory(e):  # the optimizer's state moved onto a full GPU: not the checkpoint's fault
+                    raise
+                raise CheckpointError(f"{last} cannot be resumed from: what it holds does not fit this training "
+                                      f"({type(e).__name__}: {str(e)[:200]}). Delete it to start this training "
+                                      "over, or choose another --work folder.") from None
+    if state is not None:
         for group in optimizer.param_groups:  # the checkpoint's would stay: a run made before, or on another device
             group["eps"] = eps
         # the data goes on where the interrupted run stopped: set there where the batches can be
@@ -519,9 +576,11 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
                               "batches": places, "config": identity, "losses": losses, "samples": samples,
                               "seconds": seconds_before + time.perf_counter() - t0}, last)
     seconds = seconds_before + time.perf_counter() - t0
-    # the ranks above 0 hold no snapshots: their own weights, replaced by rank 0's average below
-    final = snapshots.average(config.final_sigma_rel, last) if rank == 0 and len(snapshots) else {
-        n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
+    # the ranks above 0 hold no snapshots: their own weights, replaced by rank 0's average below (a
+    # snapshot file lost since it was written is said on every rank)
+    with every_rank_ends_as_rank_zero(rank, world):
+        final = snapshots.average(config.final_sigma_rel, last) if rank == 0 and len(snapshots) else {
+            n: p.detach().clone() for n, p in trainable.named_parameters() if p.requires_grad}
     if world > 1:  # rank 0's average, on every rank: the next phase trains on it everywhere
         for name in sorted(final):
             final[name] = final[name].to(device).contiguous()

@@ -76,22 +76,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import sys
     from contextlib import ExitStack
     from pathlib import Path
 
     from stepfoley.engine.devices import choose_device
     from stepfoley.engine.errors import StepFoleyError
-    from stepfoley.lab.training.trainer import process_device, training_alone_in
+    from stepfoley.lab.training.trainer import (distributed_context, every_rank_ends_as_rank_zero, process_device,
+                                                training_alone_in)
 
     held = ExitStack()
     try:
         _check_numbers(args)
         device = process_device(choose_device(args.device))  # before _check_folders makes --work
         _check_folders(args)
-        if os.environ.get("RANK", "0") == "0":  # the processes of one torchrun share it
-            held.enter_context(training_alone_in(Path(args.work)))
+        rank, world = distributed_context()
+        # the processes of one torchrun share it; a refusal is said by every one (the others were
+        # stopped by torchrun half a minute later, without a word)
+        with every_rank_ends_as_rank_zero(rank, world):
+            if rank == 0:
+                held.enter_context(training_alone_in(Path(args.work)))
     except StepFoleyError as e:
         print(f"stepfoley train: {e}", file=sys.stderr)
         return 2
