@@ -252,12 +252,13 @@ def compare_keys(found: Mapping[str, ShapeLike], expected: Mapping[str, ShapeLik
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
                 advice: Union[str, Callable[[], str]],
                 labels: tuple[str, str, str] = ("missing", "unexpected", "wrong shape"), limit: int = 6,
-                assign: bool = False, source: str = "(in memory)") -> None:
+                assign: bool = False, source: str = "(in memory)", values_checked: bool = False) -> None:
     """`module.load_state_dict(state_dict, strict=True, assign=assign)`, after checking keys and
     shapes so that a foreign file raises CheckpointError "{what}: {n} missing: ...; {n} unexpected:
     ...; {n} wrong shape: k is [..] in the file but [..] in the network. {advice}". `labels` names
     the three kinds of mismatch; `advice` may be a callable, called only when the weights do not fit.
-    Weights that hold NaN or infinities are refused too (check_finite), naming `source`, the file."""
+    Weights that hold NaN or infinities are refused too (check_finite), naming `source`, the file,
+    unless `values_checked`: the caller ran check_finite over the whole file already."""
     own = module.state_dict()
     mismatch = compare_keys(state_dict, own)
     if not mismatch.ok:
@@ -269,7 +270,8 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
         found = ", ".join(f"{k} ({str(state_dict[k].dtype).removeprefix('torch.')})" for k in not_real[:limit])
         raise CheckpointError(f"{what}: {len(not_real)} weights hold whole numbers where the network's are real "
                               f"numbers: {found}. {advice() if callable(advice) else advice}".rstrip())
-    check_finite(state_dict, source)  # the fit's advice (the right file for the model) is not this one's
+    if not values_checked:
+        check_finite(state_dict, source)  # the fit's advice (the right file for the model) is not this one's
     try:
         module.load_state_dict(state_dict, strict=True, assign=assign)
     except RuntimeError as exc:  # whatever else torch refuses: said as the file's fault, not as a crash

@@ -431,6 +431,22 @@ def test_embedded_weights_holding_nan_are_refused(tmp_path):
         build_embedded_model(weights_path=diverged)
 
 
+def test_each_tensor_of_the_embedded_weights_is_checked_for_nan_once(monkeypatch):
+    """The file was checked whole (its advice: reinstall or retrain), then each network's part
+    again as it loaded, finding nothing more."""
+    import stepfoley.engine.checkpoints as checkpoints
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, build_embedded_model
+
+    looked_at, judge = [], checkpoints._all_finite
+    monkeypatch.setattr(checkpoints, "_all_finite", lambda value: looked_at.append(value) or judge(value))
+    build_embedded_model()
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        real = sum(1 for key in f.keys() if f.get_slice(key).get_dtype().startswith(("F", "BF")))
+    of_the_file = [v for v in looked_at if v.numel()]  # and the text encoder's, a file of its own
+    assert len(of_the_file) >= real > 0
+    assert len({(v.data_ptr(), v.shape) for v in of_the_file}) == len(of_the_file)
+
+
 def test_a_network_with_its_report_holding_nan_is_refused(tmp_path):
     from stepfoley.engine.checkpoints import load_with_report
     from stepfoley.lab.evaluation.store import save_with_report

@@ -172,15 +172,18 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
         if differ:
             raise CheckpointError(f"{path} was trained with another {key.replace('_', ' ')} than this version "
                                   f"builds ({', '.join(differ)}). {advice}")
-    # checked whole first: the three networks' keys without their prefixes would not say which holds it
+    # checked once, whole: the three networks' keys without their prefixes would not say which
+    # holds it, and the file's advice is the one to give (each network's load checks no more)
     check_finite(tensors, path, "The training that wrote them went wrong, or the file is damaged: reinstall "
                  "StepFoley, or train them again (`stepfoley train embedded`).")
-    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice, source=str(path))
+    net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice, source=str(path),
+                     values_checked=True)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
-                f"The ControlNet in {path} does not fit the embedded model's", advice, source=str(path))
+                f"The ControlNet in {path} does not fit the embedded model's", advice, source=str(path),
+                values_checked=True)
     if loudness_tensors:
         load_strict(loudness, loudness_tensors, f"The loudness ControlNet in {path} does not fit the embedded model's",
-                    advice, source=str(path))
+                    advice, source=str(path), values_checked=True)
     try:
         defaults = GuidanceDefaults(**json.loads(meta["guidance_defaults"])) if "guidance_defaults" in meta \
             else GuidanceDefaults()

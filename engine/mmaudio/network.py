@@ -100,16 +100,17 @@ class MMAudio(nn.Module):
     # -- checkpoints --
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], advice: Advice = "", assign: bool = False,
-                     source: str = "(in memory)") -> None:
+                     source: str = "(in memory)", values_checked: bool = False) -> None:
         """Strict load of an official-layout state dict (the caller's dict is not modified).
         Weights that do not fit raise CheckpointError naming this network and the keys, then
         `advice`: what to do, which only the loader of the file knows (engine/loading.py).
         `assign`: the network (built on the meta device) takes the file's tensors as they are.
-        `source`: the file, as a refusal of NaN or infinite weights names it."""
+        `source`: the file, as a refusal of NaN or infinite weights names it; `values_checked`:
+        the caller refused those already (load_strict)."""
         weights = {k: v for k, v in state_dict.items() if k not in KEYS_RECOMPUTED_ON_LOAD}
         load_strict(self, weights, f"These weights do not fit the MMAudio network {self.config.describe()}",
                     advice, labels=("missing key(s)", "unexpected key(s)", "shape mismatch(es)"), assign=assign,
-                    source=source)
+                    source=source, values_checked=values_checked)
 
     # -- latent statistics --
 
