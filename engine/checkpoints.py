@@ -59,12 +59,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         return load_file(str(path), device="cpu")
-    except PermissionError:
-        raise unreadable_error(path) from None
     except Exception as exc:  # safetensors raises its own error types for truncated or garbled files
         if is_out_of_memory(exc):
             raise memory_error(path, exc) from exc
-        raise git_lfs_pointer_error(path) or CheckpointError(  # the library's words are chained for a log
+        raise reading_error(path) or CheckpointError(  # the library's words are chained for a log
             f"Weights file {path} is damaged or not a safetensors file (it ends early or its header is garbled). "
             f"Download or export it again.") from exc
 
@@ -74,12 +72,16 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 GIT_LFS_POINTER = b"version https://git-lfs"
 
 
-def git_lfs_pointer_error(path: Union[str, os.PathLike]) -> CheckpointError | None:
-    """The error for a weights file that is a Git LFS pointer, not the weights; else None."""
+def reading_error(path: Union[str, os.PathLike]) -> CheckpointError | None:
+    """The error for a weights file a reader refused, where what stops it is not its contents:
+    one this user may not read (safetensors calls that "No such file or directory"), or a Git LFS
+    pointer, not the weights; else None. Found by opening the file: called once a reader failed."""
     try:
         with open(path, "rb") as f:
             if f.read(len(GIT_LFS_POINTER)) != GIT_LFS_POINTER:
                 return None
+    except PermissionError:
+        return unreadable_error(Path(path))
     except OSError:
         return None
     return CheckpointError(f"Weights file {path} is a Git LFS pointer, a small text file standing for the "
@@ -148,7 +150,7 @@ def _read_pth(path: Path):
     except Exception as exc:  # zip, pickle and EOF errors all mean the same thing to the user
         if is_out_of_memory(exc):
             raise memory_error(path, exc) from exc
-        raise git_lfs_pointer_error(path) or CheckpointError(
+        raise reading_error(path) or CheckpointError(
             f"Weights file {path} is damaged, incomplete, or not a PyTorch weights file "
             f"({torch_load_reason(exc)}). Download it again.") from exc
 

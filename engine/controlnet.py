@@ -278,9 +278,9 @@ def read_controlnet_config(path: str | os.PathLike, base_config: MMAudioConfig) 
 
 
 def _unreadable(path: Path, error: BaseException) -> CheckpointError:
-    from stepfoley.engine.checkpoints import git_lfs_pointer_error
+    from stepfoley.engine.checkpoints import reading_error
 
-    return git_lfs_pointer_error(path) or CheckpointError(
+    return reading_error(path) or CheckpointError(
         f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
         "ControlNet. Download or export it again.")
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,8 +223,8 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
     torch.load of a .pth, so checking a multi-GB file costs almost nothing."""
     import torch
 
-    from stepfoley.engine.checkpoints import (check_only_tensors, check_pth_container, git_lfs_pointer_error,
-                                              memory_error, unreadable_error)
+    from stepfoley.engine.checkpoints import (check_only_tensors, check_pth_container, memory_error, reading_error,
+                                              unreadable_error)
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -232,12 +233,10 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
         try:
             with safe_open(str(path), "pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except PermissionError:
-            raise unreadable_error(path) from None
         except Exception as e:  # safetensors raises its own error types
             if is_out_of_memory(e):
                 raise memory_error(path, e) from e
-            raise git_lfs_pointer_error(path) or CheckpointError(
+            raise reading_error(path) or CheckpointError(
                 f"{path} is not a readable safetensors file (it ends early or its header is garbled); "
                 "convert or download it again.") from e
     check_pth_container(path)
@@ -253,7 +252,7 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
 
         if is_out_of_memory(e):  # a legacy file, read whole
             raise memory_error(path, e) from e
-        raise git_lfs_pointer_error(path) or CheckpointError(
+        raise reading_error(path) or CheckpointError(
             f"{path} cannot be read as a PyTorch checkpoint ({torch_load_reason(e)}); download it again.") from e
     state = _take_entry(loaded, entry, path)
     check_only_tensors(state, path)  # as the loader will: a training checkpoint is refused now, not after the rest loaded
@@ -387,6 +386,11 @@ def not_there_because(path: Path, folder: bool) -> str | None:
         return "is a file, where a folder is expected (a download to unpack?)"
     if not folder and path.is_dir():
         return "is a folder, where a file is expected"
+    if not folder and path.exists() and not path.is_file():
+        return "is a pipe or a device, where a file is expected"
+    inside = next(p for p in path.parents if p.exists())
+    if not inside.is_dir():
+        return f"would be in {inside.name}/, which is a file, not a folder"
     return None
 
 
@@ -571,14 +575,23 @@ def weights_folder(root: str | Path) -> Path:
         raise CheckpointError("The weights folder is empty: give the folder that holds weights/ and ext_weights/.")
     try:
         path = Path(root).expanduser().resolve()
-        is_file, is_dir = path.is_file(), path.is_dir()
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None
+    except PermissionError:  # a folder above it this user may not enter
+        raise CheckpointError(f"{root} cannot be opened (permission denied): let your user read it and enter "
+                              "every folder above it.") from None
     except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError for a symlink loop
         raise CheckpointError(f"The weights folder {root} cannot be opened ({e}).") from None
-    if is_file:
-        raise CheckpointError(f"{path} is a file: give the folder that holds weights/ and ext_weights/.")
-    if not is_dir:
+    if mode is None:
         raise CheckpointError(f"The weights folder {path} does not exist. Create it and put the files of "
                               "docs/weights.md in it.")
+    if stat.S_ISREG(mode):
+        raise CheckpointError(f"{path} is a file: give the folder that holds weights/ and ext_weights/.")
+    if not stat.S_ISDIR(mode):
+        raise CheckpointError(f"{path} is not a folder but a pipe or a device: give the folder that holds weights/ "
+                              "and ext_weights/.")
     try:
         os.fsencode(path).decode("utf-8")
     except UnicodeDecodeError:
@@ -596,7 +609,11 @@ def readable_weights(root: Path):
     try:
         yield
     except PermissionError as e:
-        raise CheckpointError(f"{e.filename or root} cannot be read (permission denied); let your user read "
+        denied = Path(e.filename) if e.filename else root
+        # a folder on the way may be what is closed, and the file the error names not there at all
+        on_the_way = [folder for folder in reversed(denied.parents) if folder == root or root in folder.parents]
+        denied = next((folder for folder in on_the_way if not os.access(folder, os.R_OK | os.X_OK)), denied)
+        raise CheckpointError(f"{denied} cannot be read (permission denied); let your user read "
                               f"everything in {root}.") from None
 
 
@@ -634,10 +651,11 @@ def _check_weights_dir(root: Path, manifests_dir: Path | None, verify: bool, onl
     files["clip"] = _check_clip(root, verifies("clip"))
     controlnets = tuple(sorted((root / CONTROLNET_DIR).glob("*.safetensors"))) if (root / CONTROLNET_DIR).is_dir() else ()
     for variant in VARIANTS:
-        path = controlnet_path(root, variant)
+        path, name = controlnet_path(root, variant), controlnet_name(variant)
         if path.is_file():
-            name = controlnet_name(variant)
             files[name] = _check_controlnet(name, variant, path, verifies(name))
+        elif os.path.lexists(path) and (why := not_there_because(path, folder=False)):  # meant to be one
+            files[name] = FileReport(name, f"NAG ControlNet for {variant}", path, present=False, problems=(why,))
     return WeightsReport(root, files, controlnets, misplaced=misplaced_files(root))
 
 

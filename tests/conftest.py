@@ -52,3 +52,41 @@ class Kernel32Entry:
 
     def __call__(self, *args):
         return self.function(*args)
+
+
+def _drop_permission_overrides() -> None:
+    """Drops, for the program a root process is about to start, the capabilities by which root
+    reads and enters what its permission bits deny (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+    removed from the bounding set, they are not given to the next program (Linux)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
+    for capability in (cap_dac_override, cap_dac_read_search):
+        if prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+@pytest.fixture(scope="session")
+def permission_bits_apply(tmp_path_factory):
+    """A subprocess `preexec_fn` (None: none needed) under which a file's permission bits apply
+    as they do to a user: a file of mode 000 cannot be read. As root (the CI's user), whom they do
+    not stop, the program started drops the capabilities that pass over them; where that cannot be
+    had, the test is skipped. Tried first on a real file."""
+    import subprocess
+    import sys
+
+    if os.name != "posix":
+        pytest.skip("permission bits (chmod 000) deny nothing on this system")
+    preexec = _drop_permission_overrides if os.geteuid() == 0 else None
+    closed = tmp_path_factory.mktemp("closed") / "file"
+    closed.write_bytes(b"x")
+    closed.chmod(0)
+    try:
+        tried = subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1]).close()", str(closed)],
+                               preexec_fn=preexec, capture_output=True, text=True)
+    except subprocess.SubprocessError as e:  # the capabilities could not be dropped (no CAP_SETPCAP)
+        pytest.skip(f"running as root, and the capabilities that pass over permission bits cannot be dropped ({e})")
+    if "PermissionError" not in tried.stderr:
+        pytest.skip("running as root, and a file of mode 000 stays readable with the capabilities dropped")
+    return preexec

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import REPO
 from stepfoley.engine.codec.bigvgan import BigVGANConfig
@@ -257,6 +257,87 @@ def test_a_weights_folder_that_cannot_be_read_is_said_not_raised(tmp_path, capsy
     monkeypatch.setattr(weights, "check_file", denied)  # what a folder this user may not read gives (root reads all)
     assert cli_main(["weights", "check", str(tmp_path / "w")]) == 1
     assert "cannot be read (permission denied); let your user read everything in" in capsys.readouterr().err
+
+
+def test_weights_this_user_may_not_read_are_said_so_by_the_commands_that_load_them(weights_dir, tmp_path,
+                                                                                   permission_bits_apply):
+    """safetensors calls a file of mode 000 "No such file or directory": a .safetensors copy was
+    said to be damaged, to be downloaded again, and the embedded model's weights not to be its
+    weights; --weights in a folder this user may not enter was a PermissionError traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    def stepfoley(*args):
+        return subprocess.run([sys.executable, "-m", "stepfoley", *map(str, args)], capture_output=True, text=True,
+                              preexec_fn=permission_bits_apply, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    copy = weights_dir / "ext_weights" / "v1-16.safetensors"  # what `weights convert` writes, read first
+    save_file({"encoder.weight": torch.zeros(2)}, str(copy))
+    copy.chmod(0)
+    checked = stepfoley("weights", "check", weights_dir)
+    assert checked.returncode == 1, checked.stderr
+    assert (f"v1-16.pth  [16 kHz mel VAE (audio <-> latent)]: WRONG: Weights file {copy} cannot be read (permission "
+            f"denied); let your user read it (e.g. chmod a+r '{copy}')") in checked.stdout
+    assert "garbled" not in checked.stdout
+    unreadable = tmp_path / "mini.safetensors"
+    shutil.copy(WEIGHTS_PATH, unreadable)
+    unreadable.chmod(0)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(WEIGHTS_PATH, closed / "mini.safetensors")
+    closed.chmod(0)
+    for weights, words in ((unreadable, f"Weights file {unreadable} cannot be read (permission denied); let your "
+                                        "user read it"),
+                           (closed / "mini.safetensors", f"{closed / 'mini.safetensors'} cannot be opened (permission "
+                                                         "denied): let your user read it and enter every folder above "
+                                                         "it.")):
+        # the traceback was a failed load to `serve`, logged as an internal error
+        for command in [["generate", tmp_path / "clip.mp4", "0", "1", "rain", "--out", tmp_path],
+                        *([["serve", "--port", "0"]] if weights.parent == closed else [])]:
+            run = stepfoley(*command, "--weights", weights, "--device", "cpu")
+            assert run.returncode == 2 and words in run.stderr and "Traceback" not in run.stderr, run.stderr
+    # the embedded model's loader itself (its packaged file, read without the command line's check)
+    built = subprocess.run([sys.executable, "-c", "import sys; from stepfoley.engine.embedded.model import "
+                            "build_embedded_model; build_embedded_model(weights_path=sys.argv[1])", str(unreadable)],
+                           capture_output=True, text=True, preexec_fn=permission_bits_apply)
+    assert f"CheckpointError: Weights file {unreadable} cannot be read (permission denied)" in built.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_what_stands_where_a_weights_file_or_folder_goes_is_said(weights_dir, capsys):
+    """What a folder no one may read is to root, which reads any mode (the CI's user): a pipe
+    where a checkpoint goes was called missing, and a pipe given as the folder said not to exist;
+    weights/ saved as a file left its flow network "missing"; a NAG ControlNet at a link to
+    nothing, a folder or a pipe was passed over in silence, and the model ran without NAG."""
+    import shutil
+
+    vae = weights_dir / "ext_weights" / "v1-16.pth"
+    vae.unlink()
+    os.mkfifo(vae)
+    shutil.rmtree(weights_dir / "weights")
+    (weights_dir / "weights").write_bytes(b"")
+    controlnet = weights_dir / "controlnets" / "small_16k.safetensors"
+    controlnet.symlink_to(weights_dir / "controlnets" / "gone.safetensors")
+    (weights_dir / "controlnets" / "small_44k.safetensors").mkdir()
+    os.mkfifo(weights_dir / "controlnets" / "medium_44k.safetensors")
+    report = check_weights_dir(weights_dir, verify=False)
+    assert report.files["vae_16k"].missing == "missing: it is a pipe or a device, where a file is expected"
+    assert report.files["flow_small_16k"].missing == "missing: it would be in weights/, which is a file, not a folder"
+    assert report.files["controlnet_small_16k"].missing == (f"missing: it is a link to {weights_dir / 'controlnets'}"
+                                                            "/gone.safetensors, which does not exist")
+    assert report.files["controlnet_small_44k"].missing == "missing: it is a folder, where a file is expected"
+    assert report.files["controlnet_medium_44k"].missing == "missing: it is a pipe or a device, where a file is expected"
+    assert "controlnet_large_44k" not in report.files  # none there: the model runs without NAG, as always
+    assert "controlnet_small_16k" in report.unusable("small_16k")
+    (weights_dir / "ext_weights" / "bigvgan_v2_44khz_128band_512x" / "config.json").write_text(V2_CONFIG)
+    assert cli_main(["weights", "check", str(weights_dir), "--quick"]) == 0  # nothing there is wrong: some is missing
+    assert "small_44k: needs weights/mmaudio_small_44k.pth, ext_weights/v1-44.pth, controlnets/small_44k.safetensors " \
+           "to fit it, or gone" in capsys.readouterr().out
+    assert cli_main(["weights", "check", str(vae)]) == 2
+    assert f"{vae} is not a folder but a pipe or a device: give the folder" in capsys.readouterr().err
 
 
 def test_cli_convert_writes_the_copies_and_points_to_the_benchmark(tmp_path, capsys):

@@ -22,7 +22,7 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import check_finite, load_strict, save_safetensors_atomic
+from stepfoley.engine.checkpoints import check_finite, load_strict, reading_error, save_safetensors_atomic
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -203,7 +203,9 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"The embedded model's weights {path} cannot be read ({e}).") from None
+        raise reading_error(path) or CheckpointError(
+            f"The embedded model's weights {path} cannot be read ({e}). Reinstall StepFoley, or retrain them "
+            "with `stepfoley train embedded` (see README).") from None
     return tensors, meta
 
 
@@ -216,6 +218,8 @@ def check_weights_file(path: str | os.PathLike) -> None:
             if not any(key.startswith("net.") for key in f.keys()):
                 why = "it holds none of its network's weights"
     except Exception as e:  # safetensors raises several types for files that are not its own
+        if (error := reading_error(Path(path).expanduser())) is not None:  # it may be one, that cannot be read
+            raise error from None
         why = f"it cannot be read as one: {e}"
     if why:
         raise CheckpointError(f"{path} is not a file of the embedded model's weights ({why}). --weights takes a "

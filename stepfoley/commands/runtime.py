@@ -39,7 +39,11 @@ def check_runtime_arguments(args: argparse.Namespace) -> None:
 
         weights_file = is_weights_file(args.weights)
         missing = Path(str(args.weights)).expanduser()
-        if missing.suffix.lower() == ".safetensors" and not missing.exists():  # no folder to create (a broken link too)
+        try:
+            absent = missing.suffix.lower() == ".safetensors" and not missing.exists()
+        except OSError:  # in a folder this user may not enter: weights_folder says so
+            absent = False
+        if absent:  # no folder to create (a broken link too)
             raise InvalidInputError(f"The weights file {missing} does not exist. Give the file that `stepfoley "
                                     "train embedded` wrote, or the folder that holds MMAudio's weights/ and "
                                     "ext_weights/.")
