@@ -17,7 +17,7 @@ import stat
 from stepfoley.atomic import can_make_file_in, name_too_long
 from stepfoley.request import (DECODED_BYTES_PER_SAMPLE, MAX_INPUT_AUDIO_BYTES, MAX_INPUT_SAMPLE_RATE,
                                MAX_STEM_FILE_NAME_BYTES, MAX_TAKE_DECODED_BYTES, GenerationRequest, RequestError,
-                               check_stem_size, is_utf8, mib, printable)
+                               check_stem_size, is_utf8, mib, printable, time_text)
 
 
 def check_request_paths(request: GenerationRequest) -> GenerationRequest:
@@ -80,13 +80,13 @@ def take_length_problem(request: GenerationRequest, frames_after_offset: int, ra
     """Why the take cannot give the stem what it keeps, from its frames after take_offset at
     `rate` Hz (said from its header here, and by engine.service from what it reads), or None."""
     if frames_after_offset <= 0:
-        return f"The take '{printable(request.take)}' ends before take_offset ({request.take_offset:g} s)."
+        return f"The take '{printable(request.take)}' ends before take_offset ({time_text(request.take_offset)} s)."
     length, (start, end) = request.region.project_duration, request.regenerate
     seconds = frames_after_offset / rate
     needed = length if end < length - 1e-6 else start  # the take must hold every kept sample
     if seconds < needed - 1e-3:
         held = (f"is {seconds:.3f} s long" if request.take_offset == 0 else
-                f"holds {seconds:.3f} s after its take_offset of {request.take_offset:g} s")
+                f"holds {seconds:.3f} s after its take_offset of {time_text(request.take_offset)} s")
         return (f"The take '{printable(request.take)}' {held}, but the stem keeps it up to "
                 f"{needed:.3f} s from project_start. Regenerate from {seconds:.3f} s on (extend), or choose a "
                 "longer take.")

@@ -749,7 +749,7 @@ def _region(region: Any) -> VideoRegion:
         end = start + length / playrate
         if end > MAX_TIMELINE_SECONDS:
             _invalid(f"The stem would end at {_beside(end, MAX_TIMELINE_SECONDS)} s of the project "
-                     f"(region.project_start {start:g} + "
+                     f"(region.project_start {time_text(start)} + "
                      f"{length / playrate:g} s); project times go up to {MAX_TIMELINE_SECONDS:g} s (7 days).")
     else:
         end = _number(region["project_end"], "region.project_end", 0.0, MAX_TIMELINE_SECONDS)
@@ -760,15 +760,16 @@ def _region(region: Any) -> VideoRegion:
         speed = length / (end - start)
         # relative tolerance: a DAW's playrate of exactly 100 comes back as 100.00000000000001
         if not MIN_PLAYRATE * (1 - 1e-9) <= speed <= MAX_PLAYRATE * (1 + 1e-9):
-            _invalid(f"region.project_end ({end:g}) would play {length:.2f} s of picture in {end - start:g} s, "
+            _invalid(f"region.project_end ({time_text(end)}) would play {length:.2f} s of picture in "
+                     f"{end - start:g} s, "
                      f"{_beside(speed, MIN_PLAYRATE if speed < MIN_PLAYRATE else MAX_PLAYRATE)} times its speed; "
                      f"the picture may play at {MIN_PLAYRATE:g} to {MAX_PLAYRATE:g} "
                      "times its speed, as with region.playrate.")
         if abs(speed - playrate) > 1e-6 * playrate:  # the picture plays at the speed the stem's length gives
             playrate = speed
     if end - start > MAX_STEM_SECONDS + REGION_TOLERANCE_S:
-        given = (f"region.project_end {end:g} - region.project_start {start:g}" if region.get("project_end") is not None
-                 else f"{length:.2f} s of picture at playrate {playrate:g}")
+        given = (f"region.project_end {time_text(end)} - region.project_start {time_text(start)}"
+                 if region.get("project_end") is not None else f"{length:.2f} s of picture at playrate {playrate:g}")
         _invalid(f"The stem would last {_beside(end - start, MAX_STEM_SECONDS, 1)} s on the timeline ({given}); at most "
                  f"{MAX_STEM_SECONDS:g} s can be made at once. "
                  "Select a shorter range and make the rest in a second pass.")
@@ -780,6 +781,13 @@ def _region(region: Any) -> VideoRegion:
 
 def _invalid(message: str):
     raise RequestError(message)
+
+
+def time_text(seconds: float) -> str:
+    """A time on the project's timeline or in a file as a message shows it. `:g`'s 6 significant
+    digits turned a project_start of 604799.5 s into 604800 (and an hour's 3600.125 into 3600.12);
+    12 keep a DAW's milliseconds over a week and still drop float noise (30.000000000000004: 30)."""
+    return format(seconds, ".12g")
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -387,6 +387,9 @@ def test_a_take_too_short_for_what_is_kept_is_refused_from_its_header(tmp_path):
     # what is left after the offset, said as such: not the file's own length
     with pytest.raises(RequestError, match=r"holds 0.300 s after its take_offset of 0.2 s, but the stem keeps"):
         check_request_paths(parse_request({**request, "take_offset": 0.2}))
+    # an offset an hour into a recording is named as given (6 significant digits said 3600.12)
+    with pytest.raises(RequestError, match=r"ends before take_offset \(3600.125 s\)"):
+        check_request_paths(parse_request({**request, "take_offset": 3600.125}))
     ok = check_request_paths(parse_request({**request, "regenerate": [0.5, 2.0]}))       # extend from its end
     assert ok.regenerate == (0.5, 2.0)
 

@@ -188,8 +188,8 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 5, "project_end": 4}},
          "must be after region.project_start"),
         ({"region": {"video": "/v.mp4", "file_in": 2, "file_out": 10, "project_start": 10, "project_end": 10.00001}},
-         "region.project_end (10) would play 8.00 s of picture in 1e-05 s, 800000 times its speed; the picture "
-         "may play at 0.01 to 100 times its speed"),
+         "region.project_end (10.00001) would play 8.00 s of picture in 1e-05 s, 800000 times its speed; the "
+         "picture may play at 0.01 to 100 times its speed"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 2, "project_start": 0, "project_end": 201}},
          "0.00995025 times its speed"),
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 10, "playrate": 0.01}},
@@ -232,6 +232,15 @@ def test_a_region_of_exactly_one_second_in_daw_floats_is_accepted(tmp_path):
         ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 600, "playrate": 2, "project_start": 0,
                      "project_end": 601}},  # the 601 s comes from project_end: it is named
          "The stem would last 601.0 s on the timeline (region.project_end 601 - region.project_start 0)"),
+        # project times are named as given: 6 significant digits said 604800 + 1.5 s for these
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 1.5, "project_start": 604799.5}},
+         "The stem would end at 604801 s of the project (region.project_start 604799.5 + 1.5 s)"),
+        ({"region": {"video": "/v.mp4", "file_in": 0, "file_out": 300, "project_start": 36000.125,
+                     "project_end": 36601.375}},
+         "(region.project_end 36601.375 - region.project_start 36000.125)"),
+        ({"region": {"video": "/v.mp4", "file_in": 2, "file_out": 10, "project_start": 36000.125,
+                     "project_end": 36000.135}},
+         "region.project_end (36000.135) would play 8.00 s of picture"),
         ({"protocol": 2, "picture_region": [0, 0, 0.0499, 1]}, "is 0.0499 wide and 1.000 high"),
         ({"protocol": 2, "loudness_curve": [[0, -20], [1, -20], [0.9999999, -20]]},
          "loudness_curve[2] is at 0.9999999 s, not after the point before it (1 s)"),
