@@ -102,11 +102,30 @@ def sender_address(sockaddr: tuple) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
-    except socket.gaierror:
+    """Whether every address `host` names is this computer's loopback ("", every interface, is
+    not). Raises socket.gaierror for a name that names no address: said as that, not as an
+    address off loopback (which it was, and only without a token)."""
+    if host == "":  # bind() takes it for every interface; getaddrinfo knows no such name
         return False
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
     return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def listening_address(host: str, port: int | None = None) -> str:
+    """A --host (and port) as a message names it: "" is every interface, not an empty name."""
+    if host == "":
+        return "every interface" if port is None else f"every interface, port {port}"
+    return host if port is None else f"{host}:{port}"
+
+
+def _cannot_listen(host: str, port: int, error: OSError) -> ConfigError:
+    if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+        advice = ("This computer has no such address: give --host 127.0.0.1 (this computer only), or one "
+                  "of its own network addresses.")
+    else:
+        advice = "Is another engine already running? Pick another --port."
+    return ConfigError(f"Cannot listen on {listening_address(host, port)} ({error.strerror or error}). {advice}",
+                       port_in_use=error.errno == errno.EADDRINUSE)
 
 
 class Dispatcher:
@@ -259,11 +278,16 @@ class EngineServer:
                 check_token(config.token)
             except TokenError as e:
                 raise ConfigError(str(e)) from None
-        if not config.token and not is_loopback(config.host):
-            raise ConfigError(
-                f"Listening on '{config.host}' lets other machines reach the engine; "
-                "give a shared --token (every client must send it) or use 127.0.0.1."
-            )
+        if not config.token:
+            try:
+                loopback = is_loopback(config.host)
+            except socket.gaierror as e:  # never bound: the name may name an address by the time bind() asks
+                raise _cannot_listen(config.host, config.port, e) from None
+            if not loopback:
+                raise ConfigError(
+                    f"Listening on {listening_address(config.host)} lets other machines reach the engine; "
+                    "give a shared --token (every client must send it) or use 127.0.0.1."
+                )
         self.config = config
         self.jobs = JobBook(runner, self._notify, max_queue=config.max_queue)
         self.dispatcher = Dispatcher(config, self.jobs, capabilities)
@@ -276,13 +300,7 @@ class EngineServer:
             self._address = tuple(self._sock.getsockname()[:2])  # kept: asked for after a stop closed the socket too
         except OSError as e:
             self._sock.close()
-            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
-                advice = ("This computer has no such address: give --host 127.0.0.1 (this computer only), or one "
-                          "of its own network addresses.")
-            else:
-                advice = "Is another engine already running? Pick another --port."
-            raise ConfigError(f"Cannot listen on {config.host}:{config.port} ({e.strerror or e}). {advice}",
-                              port_in_use=e.errno == errno.EADDRINUSE) from None
+            raise _cannot_listen(config.host, config.port, e) from None
         self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()

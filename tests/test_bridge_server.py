@@ -321,6 +321,8 @@ def test_token_is_required_when_set(tmp_path):
 def test_listening_off_loopback_needs_a_token():
     with pytest.raises(ConfigError, match="token"):
         EngineServer(SineRunner(), ServerConfig(host="0.0.0.0", port=0))
+    with pytest.raises(ConfigError, match="Listening on every interface lets other machines"):  # bind's ""
+        EngineServer(SineRunner(), ServerConfig(host="", port=0))
     srv = EngineServer(SineRunner(), ServerConfig(host="0.0.0.0", port=0, token="t"))
     srv.stop()
 
@@ -336,6 +338,18 @@ def test_an_address_this_computer_does_not_have_is_said_as_such(host):
     with pytest.raises(ConfigError) as refused:
         EngineServer(SineRunner(), ServerConfig(host=host, port=0, token="t"))
     assert "This computer has no such address" in str(refused.value) and "--port" not in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+def test_a_name_of_no_address_is_said_as_such_with_or_without_a_token(host):
+    """Without a token it was refused as an address other machines could reach."""
+    said = []
+    for token in ("t", ""):
+        with pytest.raises(ConfigError) as refused:
+            EngineServer(SineRunner(), ServerConfig(host=host, port=0, token=token))
+        said.append(str(refused.value))
+    assert said[0] == said[1] and f"Cannot listen on {host}:0" in said[0]
+    assert "This computer has no such address" in said[0] and "token" not in said[0]
 
 
 def test_queue_limit(tmp_path):
@@ -455,6 +469,25 @@ def test_stepfoley_serve_refuses_unsafe_or_busy_addresses(server, capsys):
     # an unset shell variable: not the current folder's name
     assert main(["serve", "--port", "0", "--token-file", ""]) == 2
     assert "The token file name is empty" in capsys.readouterr().err
+
+
+def test_stepfoley_serve_says_an_address_that_does_not_exist_as_such_token_or_not(tmp_path, monkeypatch, capsys):
+    """Without a token, "--host 999.1.1.1" was refused as listening off loopback (exit 2); with one,
+    "no such address" (exit 3). "--host ''" was named as nothing: "Refusing to listen on  without"."""
+    from stepfoley.cli import main
+
+    monkeypatch.delenv("STEPFOLEY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no token file
+    for host in ("999.1.1.1", "no-such-host.invalid"):
+        said = []
+        for token in ("a-token", ""):  # "" in $STEPFOLEY_TOKEN: none
+            monkeypatch.setenv("STEPFOLEY_TOKEN", token)
+            assert main(["serve", "--host", host, "--port", "0"]) == 3
+            said.append(capsys.readouterr().err)
+        assert said[0] == said[1] and f"Cannot listen on {host}:0" in said[0], said
+        assert "This computer has no such address" in said[0] and "Refusing" not in said[0]
+    assert main(["serve", "--host", "", "--port", "0"]) == 2  # every interface: still refused without a token
+    assert "Refusing to listen on every interface without a token" in capsys.readouterr().err
 
 
 def test_a_request_the_model_cannot_run_is_refused_before_accepted(tmp_path):

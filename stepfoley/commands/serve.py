@@ -53,11 +53,25 @@ def _sweep_in_background() -> None:
     threading.Thread(target=sweep, name="stepfoley-sweep", daemon=True).start()
 
 
+def _reached_from_other_machines(host: str) -> bool:
+    """Whether listening on `host` lets other machines in. A name that names no address does
+    not: EngineServer says so (it checks again, and never binds one), the same with a token."""
+    import socket
+
+    from stepfoley.bridge.server import is_loopback
+
+    try:
+        return not is_loopback(host)
+    except socket.gaierror:
+        return False
+
+
 def _who_holds_the_port(host: str, port: int, token: str | None) -> str | None:
     """What to say of a port that could not be taken when a StepFoley engine answers on it: one
     still stopping lets go of it within seconds (a restart right after a stop met it, told to pick
     another port, which the DAW does not know); None when nothing answers as an engine."""
     from stepfoley.bridge import client
+    from stepfoley.bridge.server import listening_address
 
     asked = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # every address: this machine's
     try:
@@ -70,15 +84,15 @@ def _who_holds_the_port(host: str, port: int, token: str | None) -> str | None:
     except Exception:  # silent: another program, or an engine with another token (it drops such datagrams)
         return None
     if state == "stopping":
-        return (f"Cannot listen on {host}:{port}: the engine there is still stopping (it lets go of the port within "
-                "seconds, once its running job has stopped). Start this one again in a moment.")
-    return (f"Cannot listen on {host}:{port}: a StepFoley engine is already running there{known}. "
+        return (f"Cannot listen on {listening_address(host, port)}: the engine there is still stopping (it lets go "
+                "of the port within seconds, once its running job has stopped). Start this one again in a moment.")
+    return (f"Cannot listen on {listening_address(host, port)}: a StepFoley engine is already running there{known}. "
             "Stop it first (Ctrl-C in its window), or pick another --port and set the same port in your DAW.")
 
 
 def run(args: argparse.Namespace) -> int:
     from stepfoley.bridge.auth import TokenError, resolve_token
-    from stepfoley.bridge.server import (ConfigError, EngineServer, ServerConfig, is_loopback,
+    from stepfoley.bridge.server import (ConfigError, EngineServer, ServerConfig, listening_address,
                                          serve_until_signalled, stop_signals)
 
     if args.token is not None:
@@ -89,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     except TokenError as e:
         print(str(e), file=sys.stderr)
         return 2
-    if not args.token and not is_loopback(args.host):
-        print(f"Refusing to listen on {args.host} without a token: other machines could use the engine. "
-              "Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
+    if not args.token and _reached_from_other_machines(args.host):
+        print(f"Refusing to listen on {listening_address(args.host)} without a token: other machines could use "
+              "the engine. Put one in $STEPFOLEY_TOKEN or a token file (--token-file).", file=sys.stderr)
         return 2
     if not 0 <= args.port <= 65535:
         print(f"--port {args.port} is not a UDP port (0-65535).", file=sys.stderr)
