@@ -3,6 +3,7 @@ its own would make, ranked where the model has an embedding to judge with, every
 written. The random-weight embedded model (same code path as the trained one)."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import soundfile as sf
 import torch
 
 from stepfoley.engine import audio_io
-from stepfoley.engine.errors import GenerationCancelled, OutputError
+from stepfoley.engine.errors import GenerationCancelled, InvalidInputError, OutputError
 from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.pipeline import Region
 from stepfoley.engine.ranking import RANKED_BY_EMBEDDING, RANKED_BY_SEED, judge_for, rank_takes
@@ -197,6 +198,26 @@ def test_a_folder_swapped_while_the_stems_are_named_keeps_the_users_file_of_a_st
         _serve(FoleyService(tiny), _request(scene_video, out, protocol=2, variations=2))
     [name] = _files(out)
     assert (out / name).read_bytes() == b"the user's own"
+
+
+@pytest.mark.parametrize("version", [{}, {"protocol": 2, "variations": 2}])
+def test_a_folder_deleted_while_the_stems_are_written_is_said_missing_not_unwritable(tiny, scene_video, tmp_path,
+                                                                                     monkeypatch, version):
+    """docs/osc-protocol.md (`cannot_write`): a folder deleted while the job ran ends it in
+    invalid_input, as output_dir missing is; one replaced by another folder is cannot_write (above).
+    One stem: found as it is named; two: as the second is written."""
+    out, real = tmp_path / "project", audio_io.stage_new_wav
+    out.mkdir()
+
+    def stage_then_delete(*args, **kwargs):
+        staged = real(*args, **kwargs)
+        shutil.rmtree(out)
+        return staged
+
+    monkeypatch.setattr(audio_io, "stage_new_wav", stage_then_delete)
+    with pytest.raises(InvalidInputError, match=f"The output folder '{out}' does not exist") as ended:
+        _serve(FoleyService(tiny), _request(scene_video, out, **version))
+    assert ended.value.code == "invalid_input" and _files(tmp_path) == []
 
 
 def test_a_stop_after_sampling_lands_between_stems_and_leaves_none(tiny, scene_video, tmp_path, monkeypatch):
