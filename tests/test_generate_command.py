@@ -200,8 +200,15 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--take-offset", "1"], "(here: project_start is START; take_offset is --take-offset; "
                                                    "regenerate is --regenerate)"),
         ([video, "0", "2", "--region", "0,0,1,1", "--region-time=-1,2"], "--region-time"),
-        ([video, "0", "2", "--loudness-curve", "0-30"], "--loudness-curve takes seconds:LUFS points"),
+        ([video, "0", "2", "--loudness-curve", "0-30"], "--loudness-curve takes time:LUFS points"),
         ([video, "0", "2", "--loudness-curve", "0:-30,3:-20"], "a point at 3 s, after the stem's end"),
+        # a time option's time that is not one, in START's words
+        ([video, "0", "2", "--regenerate", "1:60,2"],
+         "--regenerate: '1:60' is not a time: give seconds (12.5) or minutes:seconds (1:02.5)"),
+        ([video, "0", "2", "--regenerate", "1:00,1:01,1:02"], "--regenerate takes 2 times separated by a comma"),
+        ([video, "0", "2", "--region", "0,0,1,1", "--region-time", "0,1.5:3"],
+         "--region-time: '1.5:3' is not a time"),
+        ([video, "0", "2", "--loudness-curve", "0:-40,1:60:-20"], "--loudness-curve: '1:60' is not a time"),
         ([video, "0", "2", "--take-offset", "1"], "it needs take and regenerate"),
         ([video, "0", "2", "--take", gone, "--regenerate", "1,2"], "gone.wav"),
         ([video, "0", "2", "--take", tmp_path / "tone.wav"], "take and regenerate go together"),
@@ -319,6 +326,14 @@ def test_a_time_that_is_not_one_is_refused_in_words(video, capsys, start, words)
     assert f"argument start: {words}" in capsys.readouterr().err
 
 
+def test_a_take_offset_that_is_not_a_time_is_refused_as_start_is(video, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", str(video), "0", "2", "rain", "--take-offset", "1:60"])
+    assert stopped.value.code == 2
+    assert ("argument --take-offset: '1:60' is not a time: give seconds (12.5) or minutes:seconds (1:02.5)"
+            in capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("text, value", [("12.5", 12.5), ("1:02.5", 62.5), ("0:01:02.5", 62.5), (" 2:00 ", 120.0),
                                          ("-0.5", -0.5)])
 def test_times_are_read_as_seconds_or_minutes_and_seconds(text, value):
@@ -412,8 +427,9 @@ def test_a_picture_region_and_a_loudness_curve_make_one_protocol_2_job(video, tm
     monkeypatch.setattr(stepfoley.engine.service.FoleyService, "__call__",
                         lambda self, request, *a, **k: jobs.append(request) or real(self, request, *a, **k))
     take = tmp_path / "shaped.wav"
-    assert generate(video, "--out", take, "--region", "0,0,0.5,0.5", "--region-time", "0.5,1.5",
-                    "--loudness-curve", "0:-40,1:-20,2:-30") == 0
+    # their times in minutes:seconds too, as START's (a curve's point: time:LUFS, the level last)
+    assert generate(video, "--out", take, "--region", "0,0,0.5,0.5", "--region-time", "0:00.5,1.5",
+                    "--loudness-curve", "0:-40,0:01:-20,2:-30") == 0
     (job,) = jobs
     assert (job.protocol, job.picture_region, job.picture_region_time) == (2, (0, 0, 0.5, 0.5), (0.5, 1.5))
     assert job.loudness_curve == ((0.0, -40.0), (1.0, -20.0), (2.0, -30.0))
@@ -507,7 +523,9 @@ def test_extend_and_repair_from_the_command_line_keep_the_take(video, tmp_path, 
     assert len(new) == len(kept) == 32000
     assert np.array_equal(new[:20000], kept[:20000]) and not np.array_equal(new[20800:], kept[20800:])
     offset = tmp_path / "offset.wav"
-    assert generate(video, "--out", offset, "--take", take, "--take-offset", "0.25", "--regenerate", "1.5,2") == 0
+    # in minutes:seconds as START takes them: "--regenerate 1:00,1:01" was refused
+    assert generate(video, "--out", offset, "--take", take, "--take-offset", "0:00.25", "--regenerate",
+                    "0:01.5,0:02") == 0
     assert np.array_equal(sf.read(offset, dtype="float32")[0][:24000], kept[4000:28000])   # start is 0.25 s into it
     assert generate(video, "--out", tmp_path, "--take", take, "--regenerate", "0.5,1") == 0         # repair
     repaired = sf.read(tmp_path / "rain_falling_001.wav", dtype="float32")[0]

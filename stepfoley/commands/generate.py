@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from stepfoley.request import GenerationRequest
 
 
+TIME_FORMS = "seconds (12.5) or minutes:seconds (1:02.5)"  # every time option takes them
+
+
 def seconds(text: str) -> float:
     """A time in the video file: seconds (12.5), or minutes:seconds (1:02.5) and
     hours:minutes:seconds (0:01:02.5) as a DAW or a player shows it."""
@@ -33,18 +36,18 @@ def seconds(text: str) -> float:
     words = text.strip().split(":")
     if "," in text:
         raise argparse.ArgumentTypeError(f"{text!r}: write seconds with a decimal point (1.5, not 1,5)")
+    not_a_time = argparse.ArgumentTypeError(f"{text!r} is not a time: give {TIME_FORMS}")
     if len(words) > 3 or any(not w.strip() for w in words):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)")
+        raise not_a_time
     try:
         parts = [float(w) for w in words]
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)") from None
+        raise not_a_time from None
     # only the seconds may have a fraction or reach 60; a minus sign only in front
     if any(not math.isfinite(v) for v in parts) or any(v < 0 for v in parts[1:]) or (
             len(parts) > 1 and (any(v != int(v) for v in parts[:-1]) or parts[-1] >= 60
                                 or any(v >= 60 for v in parts[1:-1]))):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give seconds (12.5) or minutes:seconds (1:02.5)")
+        raise not_a_time
     sign = -1.0 if words[0].strip().startswith("-") else 1.0
     total = 0.0
     for v in parts:
@@ -58,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     methods = public_methods()
     p.add_argument("video", help="the picture (mp4, mov, mkv, ...)")
-    p.add_argument("start", type=seconds, help="region start in the video file: seconds (12.5) or minutes:seconds (1:02.5)")
+    p.add_argument("start", type=seconds, help=f"region start in the video file: {TIME_FORMS}")
     p.add_argument("end", type=seconds, help="region end in the video file, as start")
     p.add_argument("caption", help='the sound to make, e.g. "footsteps on gravel"')
     p.add_argument("--existing", nargs="*", default=[], metavar="WAV",
@@ -82,16 +85,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--take", default=None, metavar="WAV",
                    help="extend or repair this take (its first sample at START, or at --take-offset into it): "
                         "the span --regenerate is made new, the rest kept sample for sample")
-    p.add_argument("--take-offset", type=float, default=0.0, metavar="S", help=field_rule("take_offset"))
+    p.add_argument("--take-offset", type=seconds, default=0.0, metavar="S",
+                   help=f"{field_rule('take_offset')}; given as {TIME_FORMS}")
     p.add_argument("--regenerate", default=None, metavar="A,B",
-                   help="seconds from START: the span of --take made new (past the take's end: extend; inside "
-                        "it: repair)")
+                   help=f"times from START, each {TIME_FORMS}: the span of --take made new (past the take's end: "
+                        "extend; inside it: repair)")
     p.add_argument("--region", default=None, metavar="X0,Y0,X1,Y1",
                    help="picture region: " + field_rule("picture_region"))
     p.add_argument("--region-time", default=None, metavar="A,B",
-                   help="seconds from START when --region applies (default: throughout)")
+                   help=f"times from START, each {TIME_FORMS}, when --region applies (default: throughout)")
     p.add_argument("--loudness-curve", default=None, metavar="T:DB,T:DB,...",
-                   help="seconds from START and LUFS, e.g. 0:-40,4:-18,8:-30: " + field_rule("loudness_curve"))
+                   help="times from START and LUFS, e.g. 0:-40,4:-18,8:-30 (a time in minutes:seconds too: "
+                        "1:02.5:-18): " + field_rule("loudness_curve"))
     p.add_argument("--negative-caption", default="", help=field_rule("negative_caption"))
     p.add_argument("--weights", default=None, metavar="DIR|FILE",
                    help="a directory of official MMAudio weights, or embedded weights retrained by "
@@ -170,10 +175,10 @@ def request_from_arguments(args: argparse.Namespace, output: Output, sample_rate
     controls = {
         "take": os.path.abspath(args.take) if args.take else None,
         "take_offset": args.take_offset if args.take_offset else None,
-        "regenerate": _numbers(args.regenerate, "--regenerate", 2, "the span's start and end, e.g. 4,8"),
+        "regenerate": _times(args.regenerate, "--regenerate", "the span's start and end, e.g. 4,8 or 1:04,1:08.5"),
         "picture_region": _numbers(args.region, "--region", 4, "x0,y0,x1,y1 as fractions of the picture, "
                                                                 "e.g. 0,0,0.5,0.5 for its top left quarter"),
-        "picture_region_time": _numbers(args.region_time, "--region-time", 2, "the start and end, e.g. 1,3"),
+        "picture_region_time": _times(args.region_time, "--region-time", "the start and end, e.g. 1,3 or 1:01,1:03"),
         "loudness_curve": _curve(args.loudness_curve),
     }
     if args.variations != 1 or any(v is not None for v in controls.values()):
@@ -217,16 +222,41 @@ def _numbers(text: str | None, option: str, count: int, example: str) -> list[fl
     return values
 
 
+def _times(text: str | None, option: str, example: str) -> list[float] | None:
+    """A start and an end separated by a comma, each a time as START is given."""
+    from stepfoley.request import RequestError
+
+    if text is None:
+        return None
+    words = text.split(",")
+    if len(words) != 2:
+        raise RequestError(f"{option} takes 2 times separated by a comma ({example}); got {text!r}.")
+    try:
+        return [seconds(word) for word in words]
+    except argparse.ArgumentTypeError as e:  # in START's words
+        raise RequestError(f"{option}: {e}") from None
+
+
 def _curve(text: str | None) -> list[list[float]] | None:
     from stepfoley.request import RequestError
 
     if text is None:
         return None
-    try:
-        return [[float(t), float(db)] for t, db in (point.split(":") for point in text.split(","))]
-    except ValueError:
-        raise RequestError(f"--loudness-curve takes seconds:LUFS points separated by commas (e.g. "
-                           f"0:-40,4:-18,8:-30); got {text!r}.") from None
+    points = []
+    for point in text.split(","):
+        time, colon, level = point.rpartition(":")  # the level last: a time may hold colons (1:02.5:-18)
+        try:
+            lufs = float(level) if colon else None
+        except ValueError:
+            lufs = None
+        if lufs is None:
+            raise RequestError(f"--loudness-curve takes time:LUFS points separated by commas (e.g. "
+                               f"0:-40,4:-18,8:-30); got {text!r}.")
+        try:
+            points.append([seconds(time), lufs])
+        except argparse.ArgumentTypeError as e:  # in START's words
+            raise RequestError(f"--loudness-curve: {e}") from None
+    return points
 
 
 @dataclass
