@@ -228,6 +228,9 @@ def bad_arguments(video, tmp_path):
         ([video, "0", "2", "--existing", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
         # each is read whole before the model loads: 500 took 609 MB
         ([video, "0", "2", "--existing", *[tmp_path / "tone.wav"] * 17], "--existing names 17 stems; at most 16"),
+        # no file after it, last or before another option: a first track was made without a word
+        ([video, "0", "2", "--out", tmp_path, "--existing"], "--existing names no stems: give the earlier layers'"),
+        ([video, "0", "2", "--existing", "--seed", "3"], "--existing names no stems"),
         ([video, "0", "2", "--reference", tmp_path / "fast.wav"], "at most 192000 Hz is read"),
         ([video, "0", "2", "--sample-rate", "0"], "sample_rate 0 is not supported"),
         ([video, "0", "2", "--method", "negative_prompt"], "give them with --negative-caption"),

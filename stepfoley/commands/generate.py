@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("start", type=seconds, help=f"region start in the video file: {TIME_FORMS}")
     p.add_argument("end", type=seconds, help="region end in the video file, as start")
     p.add_argument("caption", help='the sound to make, e.g. "footsteps on gravel"')
-    p.add_argument("--existing", nargs="*", default=[], metavar="WAV",
+    p.add_argument("--existing", nargs="*", default=None, metavar="WAV",  # [] when given with no file: refused
                    help="stems already made for this region (or one bounce of them), each heard from its first "
                         "sample at START; NAG steers away from them")
     p.add_argument("--reference", default=None, metavar="WAV",
@@ -290,11 +290,15 @@ def check_arguments(args: argparse.Namespace) -> Checked:
         raise InvalidInputError("--method negative_prompt steers away from the captions of the earlier layers, "
                                 "which the command line is not told: give them with --negative-caption "
                                 "(e.g. --negative-caption \"footsteps on gravel, rain\").")
-    if args.reference and args.existing:
+    if args.existing == []:  # "--existing" with no file after it: a first track would be made without a word
+        raise InvalidInputError("--existing names no stems: give the earlier layers' files after it (--existing "
+                                "layer_1.wav layer_2.wav), or leave it out for a first track.")
+    existing_stems = args.existing or []
+    if args.reference and existing_stems:
         raise InvalidInputError("--reference makes a track like a recording and ignores earlier stems; "
                                 "leave out --existing.")
-    if len(args.existing) > MAX_EXISTING:  # each is read whole, at its own rate, before the model loads
-        raise InvalidInputError(f"--existing names {len(args.existing)} stems; at most {MAX_EXISTING} are read. "
+    if len(existing_stems) > MAX_EXISTING:  # each is read whole, at its own rate, before the model loads
+        raise InvalidInputError(f"--existing names {len(existing_stems)} stems; at most {MAX_EXISTING} are read. "
                                 "Bounce them into fewer files (the new track hears their sum).")
     if args.method == "reference" and not args.reference:
         raise InvalidInputError("--method reference makes the track sound like a recording: give it with "
@@ -302,7 +306,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     check_runtime_arguments(args)
     output = resolve_output(args.out, args.force)
     inputs = [("the video", args.video), ("--reference", args.reference), ("--take", args.take),
-              *(("--existing", path) for path in args.existing)]
+              *(("--existing", path) for path in existing_stems)]
     for what, path in inputs:
         if output.file and path and same_file(output.file, path):
             raise InvalidInputError(f"--out {args.out} is {what}, which the run reads: with --force the new stem "
@@ -357,7 +361,7 @@ def check_arguments(args: argparse.Namespace) -> Checked:
     # 600 s stems at 192 kHz held apart until the model loaded took 7 GiB.
     sums: dict[int, np.ndarray] = {}
     layers: dict[int, int] = {}
-    for path in args.existing:
+    for path in existing_stems:
         # a little past the region: a file that goes on is said (a bounce of the whole film, read
         # from its first sample, was heard at START and negated the wrong stretch without a word)
         samples, rate = audio_io.read_input_audio(path, region.project_duration + EXISTING_LONGER_S)
