@@ -301,6 +301,12 @@ class EngineServer:
         except OSError as e:
             self._sock.close()
             raise _cannot_listen(config.host, config.port, e) from None
+        if not config.token and not ipaddress.ip_address(self._address[0].split("%")[0]).is_loopback:
+            # bind() looked the name up again: what it took is what other machines could reach
+            self._sock.close()
+            raise ConfigError(f"Listening on {listening_address(config.host)} took {self._address[0]}, which lets "
+                              "other machines reach the engine; give a shared --token (every client must send it) "
+                              "or use 127.0.0.1.")
         self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stop = threading.Event()

@@ -327,6 +327,18 @@ def test_listening_off_loopback_needs_a_token():
     srv.stop()
 
 
+def test_what_bind_took_is_held_to_loopback_without_a_token(monkeypatch):
+    """The name is looked up twice, once to check it and once by bind(): a name whose answer moved
+    off loopback in between (a DNS answer, a hosts file edited) was served without a token."""
+    import stepfoley.bridge.server as server_module
+
+    monkeypatch.setattr(server_module, "is_loopback", lambda host: True)  # the first look's answer
+    with pytest.raises(ConfigError, match="took 0.0.0.0, which lets other machines reach the engine"):
+        EngineServer(SineRunner(), ServerConfig(host="0.0.0.0", port=0))
+    srv = EngineServer(SineRunner(), ServerConfig(host="127.0.0.1", port=0))
+    srv.stop()
+
+
 def test_a_busy_port_is_a_clear_error(server):
     with pytest.raises(ConfigError, match="already running"):
         EngineServer(SineRunner(), ServerConfig(port=server.address[1]))
