@@ -234,7 +234,7 @@ def write_wav_atomic(
             "it was left untouched. Choose another name."
         ) from error
     except OSError as error:
-        raise OutputError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
+        raise _naming_failed(path, error) from error
     finally:
         staged.discard()
     return path
@@ -272,6 +272,16 @@ def _stage_wav(path: Path, frames: np.ndarray, sample_rate: int, subtype: str, w
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise OutputError(f"Could not write {what}: {_reason(error)}. Check free disk space and folder "
                           "permissions.") from error
+
+
+def _naming_failed(path: Path, error: OSError) -> OutputError:
+    """Why a written stem could not be given its name `path`. Said in the OS's words alone: the
+    error's own text named the hidden temporary file, which the user never sees."""
+    if isinstance(error, FileNotFoundError):  # the temporary file went with its folder
+        return OutputError(f"Could not write '{path}': the folder was moved, replaced or removed while the stem was "
+                           "being written, and nothing was left in it. Choose the output folder again and make the "
+                           "stem once more.")
+    return OutputError(f"Could not write '{path}': {error.strerror or _reason(error)}. Check the folder's permissions.")
 
 
 def _reason(error: Exception) -> str:
@@ -426,5 +436,5 @@ def publish_new_wav(staged: atomic.StagedFile, directory: str | os.PathLike, nam
         except FileExistsError:
             continue
         except OSError as error:
-            raise OutputError(f"Could not write '{path}': {_reason(error)}. Check the folder's permissions.") from error
+            raise _naming_failed(path, error) from error
     raise OutputError(f"Could not find a free name for '{name_hint}' in '{directory}': other writers took 100 in a row.")

@@ -194,8 +194,11 @@ def test_a_folder_swapped_while_the_stems_are_named_keeps_the_users_file_of_a_st
         return path
 
     monkeypatch.setattr(audio_io, "publish_stem", publish_then_swap)
-    with pytest.raises(OutputError):  # the second stem's temporary file is not in this folder
+    # the second stem's temporary file is not in this folder: said so, not as the folder's
+    # permissions, and without the hidden temporary file's name
+    with pytest.raises(OutputError, match="the folder was moved, replaced or removed while the stem") as ended:
         _serve(FoleyService(tiny), _request(scene_video, out, protocol=2, variations=2))
+    assert ".part" not in str(ended.value) and "permissions" not in str(ended.value)
     [name] = _files(out)
     assert (out / name).read_bytes() == b"the user's own"
 
