@@ -421,8 +421,7 @@ def _clip_problems(path: Path) -> tuple[str, ...]:
 
     try:
         found = {k: v for k, v in tensor_shapes(path).items() if k not in IGNORED_KEYS}
-        config_file = path.parent / "open_clip_config.json"
-        config = ClipConfig.from_open_clip_json(config_file) if config_file.is_file() else ClipConfig()
+        config = ClipConfig.in_folder(path.parent)
     except CheckpointError as error:
         return (str(error),)
     with torch.device("meta"):

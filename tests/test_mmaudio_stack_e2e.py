@@ -340,6 +340,30 @@ def test_a_damaged_clip_configuration_is_a_checkpoint_error(tmp_path):
             ClipConfig.from_open_clip_json(tmp_path / "open_clip_config.json")
 
 
+@pytest.mark.parametrize("stands", ["folder", "dangling link", "pipe"])
+def test_something_else_under_the_clip_configurations_name_is_refused(stack, tmp_path, stands):
+    """A folder or a link to nothing there was passed over for DFN5B's sizes without a word; a pipe
+    would be read forever. The check and the loader say so alike."""
+    import os
+    import shutil
+
+    from stepfoley.engine.features.clip import ClipConfig
+    from stepfoley.engine.weights import check_weights_dir
+
+    root = tmp_path / "weights-copy"
+    shutil.copytree(stack["root"], root)
+    config = root / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384" / "open_clip_config.json"
+    config.unlink()
+    {"folder": config.mkdir, "dangling link": lambda: config.symlink_to(tmp_path / "nowhere.json"),
+     "pipe": lambda: os.mkfifo(config)}[stands]()
+    with pytest.raises(CheckpointError, match="open_clip_config.json is not a file; put apple/DFN5B"):
+        ClipConfig.in_folder(config.parent)
+    report = check_weights_dir(root, verify=True)
+    assert not report.ready("small_16k") and "open_clip_config.json is not a file" in report.text()
+    with pytest.raises(CheckpointError, match="open_clip_config.json is not a file"):
+        load_foley_model(root, "small_16k", configs=CONFIGS["small_16k"])
+
+
 @pytest.mark.parametrize("seconds, span", [(8.0, 8.0), (0.64, 0.64), (2.24, 2.24), (2.0, 2.24), (1.0, 1.28),
                                            (4.76, 4.8), (7.99, 8.0), (2.2400001, 2.24), (2.2411, 2.56),
                                            (8.0000208, 8.0)])  # 8 s and one 48 kHz sample: the 8 s the network knows

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import os
 import re
 import sys
 import unicodedata
@@ -93,6 +94,19 @@ class ClipConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> "ClipConfig":
+        """The sizes in `folder`'s open_clip_config.json, or DFN5B's where it has none (the file is
+        optional). Something else under its name is refused: a folder or a link to nothing was
+        passed over for DFN5B's sizes without a word, and a pipe would be read forever."""
+        path = Path(folder) / "open_clip_config.json"
+        if not os.path.lexists(path):
+            return cls()
+        if not path.is_file():
+            raise CheckpointError(f"{path} is not a file; put apple/DFN5B-CLIP-ViT-H-14-384's open_clip_config.json "
+                                  "there, or remove what stands under its name (without it, DFN5B's sizes are used).")
+        return cls.from_open_clip_json(path)
 
     @classmethod
     def from_open_clip_json(cls, path: str | Path) -> "ClipConfig":
@@ -276,8 +290,7 @@ def load_clip(clip_dir: str | Path, cfg: ClipConfig | None = None) -> ClipModel:
     clip_dir = Path(clip_dir)
     path = find_weight_file(clip_dir)  # before building: a full-size model takes seconds
     if cfg is None:
-        config_file = clip_dir / "open_clip_config.json"
-        cfg = ClipConfig.from_open_clip_json(config_file) if config_file.is_file() else ClipConfig()
+        cfg = ClipConfig.in_folder(clip_dir)
     with torch.device("meta"):  # given the file's tensors: ~4 GB never held twice
         model = ClipModel(cfg)
     load_clip_weights(model, load_state_dict_file(path), source=str(path), assign=True)
