@@ -1046,6 +1046,77 @@ def test_a_work_folder_in_use_is_said_by_every_rank(tmp_path):
         assert f"stepfoley train: Another training is running in the work folder {tmp_path / 'w'}" in output, output
 
 
+ONE_RANK_OF_A_BLOCK = """
+import sys, time
+import torch.distributed as dist
+from torch.distributed import TCPStore
+from stepfoley.engine.errors import InvalidInputError
+from stepfoley.lab.training.trainer import every_rank_ends_as_rank_zero
+
+port, rank, world = (int(a) for a in sys.argv[1:4])
+arrives_after, refuses = float(sys.argv[4]), sys.argv[5]
+store = TCPStore("127.0.0.1", port, is_master=False)
+dist.distributed_c10d._get_default_store = lambda: store  # one store for every rank, as torchrun's rendezvous is
+time.sleep(arrives_after)
+print("arrived", time.time(), flush=True)
+try:
+    with every_rank_ends_as_rank_zero(rank, world):
+        if rank == 0:
+            time.sleep(0.5)
+            if refuses:
+                raise InvalidInputError(refuses)
+except InvalidInputError as error:
+    print("ended", time.time(), error, flush=True)
+    sys.exit(1)
+print("ended", time.time(), "passed", flush=True)
+"""
+
+
+def ranks_of_one_block(tmp_path, store, world: int, arrives_after=(), refuses: str = "",
+                       attempt: int = 0) -> list[dict]:
+    """Each of `world` processes (rank r arriving `arrives_after[r]` s late) through one
+    every_rank_ends_as_rank_zero block, sharing `store` as torchrun's share the rendezvous's, rank 0
+    raising `refuses` where given; under torchrun's restart `attempt`. For each rank: when it
+    arrived and ended, and what it said."""
+    script = tmp_path / "one_rank_of_a_block.py"
+    script.write_text(ONE_RANK_OF_A_BLOCK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHELASTIC_RESTART_COUNT": str(attempt)}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(store.port), str(rank), str(world),
+                               str(dict(enumerate(arrives_after)).get(rank, 0)), refuses],
+                              stdout=subprocess.PIPE, text=True, env=env) for rank in range(world)]
+    outcomes = []
+    for process in ranks:
+        arrived, ended = (line.split(" ", 2) for line in process.communicate(timeout=60)[0].splitlines())
+        outcomes.append({"arrived": float(arrived[1]), "ended": float(ended[1]), "said": ended[2]})
+    return outcomes
+
+
+@pytest.mark.slow
+def test_a_rank_says_rank_zeros_refusal_only_once_every_rank_has_it(tmp_path):
+    """torchrun stops every process once one ends: a rank above 0 that ended as it read rank 0's
+    refusal stopped rank 0 before its traceback, and a rank still on its way without a word."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    zero, one, late = ranks_of_one_block(tmp_path, store, 3, arrives_after=(0, 0, 3), refuses="the folder is in use")
+    assert zero["said"] == one["said"] == late["said"] == "the folder is in use"
+    assert min(zero["ended"], one["ended"]) >= late["arrived"]
+
+
+@pytest.mark.slow
+def test_a_rank_restarted_by_torchrun_waits_for_this_attempts_rank_zero(tmp_path):
+    """torchrun's rendezvous keeps its store across the restarts of --max-restarts, and a restarted
+    process numbers its blocks from 0 again: rank 1 said the refusal of the attempt before at once,
+    and the run failed again, whatever rank 0 found now."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    first = ranks_of_one_block(tmp_path, store, 2, refuses="another training was running")
+    assert [rank["said"] for rank in first] == ["another training was running"] * 2
+    again = ranks_of_one_block(tmp_path, store, 2, attempt=1)
+    assert [rank["said"] for rank in again] == ["passed"] * 2
+
+
 def each_ranks_errors(logs) -> list[str]:
     """What each of the 2 ranks of a two_processes run with `logs` wrote to stderr, in rank order."""
     outputs = sorted(logs.glob("*/attempt_0/*/stderr.log"))

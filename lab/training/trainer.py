@@ -266,29 +266,38 @@ def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool
         yield
         return
     store = dist.distributed_c10d._get_default_store()  # the rendezvous's: no collective, no timeout
-    key = f"stepfoley/rank-zero/{next(_RANK_ZERO_BLOCKS)}"
+    # torchrun keeps its rendezvous's store when it restarts the processes (--max-restarts), and
+    # each numbers its blocks from 0 again: a restarted rank read the attempt before's outcome
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    key = f"stepfoley/rank-zero/{attempt}/{next(_RANK_ZERO_BLOCKS)}"
     left = f"{key}/left"  # how many ranks above 0 have left the block failing
+
+    def every_rank_has_read() -> None:
+        # torchrun stops every process once one ends: each waits for the others to have rank 0's
+        # outcome, so that all end together, each saying it (rank 0 ended before a rank asleep
+        # between two looks had said anything; a rank above 0 that ended first stopped rank 0
+        # before its traceback, and a rank still on its way, without a word)
+        _wait_until(lambda: store.add(left, 0) >= world - 1, longest_pause=0.05, at_most_s=3 * RANK_ZERO_POLL_S)
+
     if rank == 0:
         try:
             yield
         except Exception as error:
             store.set(key, pickle.dumps(_as_shared(error)))
-            # until every rank has read it (a rank that fails alone says so): torchrun stops the
-            # others once rank 0 ends, one asleep between two looks before it had said anything
-            _wait_until(lambda: store.add(left, 0) >= world - 1, longest_pause=0.05,
-                        at_most_s=3 * RANK_ZERO_POLL_S)
+            every_rank_has_read()
             raise
         store.set(key, pickle.dumps(None))
         return
     try:
         yield
     except Exception:
-        store.add(left, 1)
+        store.add(left, 1)  # a rank that fails alone says so
         raise
     _wait_until(lambda: store.check([key]), longest_pause=RANK_ZERO_POLL_S)
     failed = pickle.loads(store.get(key))
     if failed is not None:
         store.add(left, 1)
+        every_rank_has_read()
         kind, words = failed
         raise kind(words)
     _wait_until(ready, longest_pause=RANK_ZERO_POLL_S)
