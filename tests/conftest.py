@@ -54,17 +54,23 @@ class Kernel32Entry:
         return self.function(*args)
 
 
-def _drop_permission_overrides() -> None:
-    """Drops, for the program a root process is about to start, the capabilities by which root
-    reads and enters what its permission bits deny (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-    removed from the bounding set, they are not given to the next program (Linux)."""
+def _permission_overrides_dropper():
+    """A function that drops, for the program a root process is about to start, the capabilities
+    by which root reads and enters what its permission bits deny (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH): removed from the bounding set, they are not given to the next program
+    (Linux). prctl is looked up here, in the parent: loading a library between fork and exec, with
+    torch's threads in the parent, may deadlock the child."""
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_capbset_drop, cap_dac_override, cap_dac_read_search = 24, 1, 2
-    for capability in (cap_dac_override, cap_dac_read_search):
-        if prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+    def drop() -> None:
+        for capability in (cap_dac_override, cap_dac_read_search):
+            if prctl(pr_capbset_drop, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+    return drop
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +84,7 @@ def permission_bits_apply(tmp_path_factory):
 
     if os.name != "posix":
         pytest.skip("permission bits (chmod 000) deny nothing on this system")
-    preexec = _drop_permission_overrides if os.geteuid() == 0 else None
+    preexec = _permission_overrides_dropper() if os.geteuid() == 0 else None
     closed = tmp_path_factory.mktemp("closed") / "file"
     closed.write_bytes(b"x")
     closed.chmod(0)
