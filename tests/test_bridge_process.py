@@ -23,7 +23,10 @@ REPO = TESTS.parent
 # The same start-up sweep and serve loop as `stepfoley serve` (output_folders.sweep,
 # serve_until_signalled), with the sine runner; write_s holds each write with its temp file open.
 ENGINE = """
-import sys, time
+import signal, sys, time
+# as from a terminal: a test run started under nohup passes SIGHUP on ignored, and the engine
+# rightly keeps it so (test_serve_under_nohup_outlives_its_terminal)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 from stepfoley.bridge.server import EngineServer, ServerConfig, serve_until_signalled
 from stepfoley.engine import audio_io, output_folders
 from test_bridge_kit import SineRunner
@@ -329,11 +332,19 @@ def wait_until_idle(proc: subprocess.Popen, peer: RawPeer, limit_s: float = 300)
             return
 
 
+def _hangup_as_from_a_terminal() -> None:
+    # a test run started under nohup passes SIGHUP on ignored, which `serve` rightly keeps
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def serving(tmp_path, launcher=("-m", "stepfoley"), **popen):
     """`stepfoley serve` with the test model, once it answers idle, and a peer to talk to it;
-    killed after, should it still run. `launcher`: what runs it, after the Python executable."""
+    killed after, should it still run. `launcher`: what runs it, after the Python executable.
+    Started as from a terminal (SIGHUP not ignored) unless `popen` says otherwise."""
     import socket
+
+    popen.setdefault("preexec_fn", _hangup_as_from_a_terminal)
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
