@@ -72,7 +72,7 @@ class RequestRejected(Exception):
 
 def not_running_message(host: str, port: int) -> str:
     return (
-        f"No StepFoley engine answered at {host}:{port}. Start it with `stepfoley serve` "
+        f"No StepFoley engine answered at {protocol.address_text(host, port)}. Start it with `stepfoley serve` "
         "(and check that host, port and token match)."
     )
 
@@ -548,7 +548,7 @@ def unwritable_status_file(path: str, error: OSError) -> dict:
 
 def unreachable_engine(host: str, port: int, error: BaseException) -> dict:
     """The final status when the engine's address cannot be reached at all."""
-    return failure_status("engine_not_running", f"Cannot reach {host}:{port}: {_describe(error)}.", EXIT_NOT_RUNNING)
+    return failure_status("engine_not_running", f"Cannot reach {protocol.address_text(host, port)}: {_describe(error)}.", EXIT_NOT_RUNNING)
 
 
 def write_status(path: str, status: dict) -> None:

@@ -270,3 +270,9 @@ def make_room_for_datagrams(sock) -> None:
     default is larger and stays)."""
     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < SEND_BUFFER_BYTES:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
+def address_text(host: str, port: int) -> str:
+    """A host and port as messages write them: an IPv6 address in brackets ("[::1]:9017"), as
+    in a URL, since "::1:9017" reads as one longer address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -115,7 +115,7 @@ def listening_address(host: str, port: int | None = None) -> str:
     """A --host (and port) as a message names it: "" is every interface, not an empty name."""
     if host == "":
         return "every interface" if port is None else f"every interface, port {port}"
-    return host if port is None else f"{host}:{port}"
+    return host if port is None else protocol.address_text(host, port)
 
 
 def _cannot_listen(host: str, port: int, error: OSError) -> ConfigError:

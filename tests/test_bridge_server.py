@@ -937,3 +937,22 @@ def test_an_engine_on_ipv6_loopback_answers():
     with EngineServer(SineRunner(), ServerConfig(host="::1", port=0)).start() as srv:
         with EngineClient(host="::1", port=srv.address[1]) as c:
             assert c.ping()["protocol"] == protocol.PROTOCOL_VERSION
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 on this machine")
+def test_an_ipv6_address_is_written_in_brackets_in_messages():
+    """"Cannot listen on ::1:40000" read as one longer address (and the client's "No StepFoley
+    engine answered at ::1:40000" too); they now write it as a URL does, "[::1]:40000"."""
+    import socket
+
+    from stepfoley.bridge.client import not_running_message, unreachable_engine
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as taken:
+        taken.bind(("::1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError) as refused:
+            EngineServer(SineRunner(), ServerConfig(host="::1", port=port))
+    assert f"Cannot listen on [::1]:{port} (" in str(refused.value)
+    assert f"answered at [::1]:{port}." in not_running_message("::1", port)
+    assert f"Cannot reach [fe80::1%lo]:{port}:" in unreachable_engine("fe80::1%lo", port, OSError("x"))["error"]["message"]
+    assert "answered at 127.0.0.1:9017." in not_running_message("127.0.0.1", 9017)

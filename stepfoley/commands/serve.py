@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         say("Engine stopped.", sys.stderr)
         return 0
     host, port = server.address
-    say(f"StepFoley engine ready on udp://{host}:{port} (protocol {protocol.PROTOCOL_VERSION}, "
+    say(f"StepFoley engine ready on udp://{protocol.address_text(host, port)} (protocol {protocol.PROTOCOL_VERSION}, "
         f"model {server.config.model}, device {server.config.device}, {cpu['threads']} of {cpu['cores']} "
         f"cores at {cpu['priority']}). Ctrl-C stops it.", sys.stderr)
     if not args.token:  # loopback keeps other machines out, not the other users of this one
