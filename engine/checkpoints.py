@@ -91,9 +91,29 @@ def reading_error(path: Union[str, os.PathLike]) -> CheckpointError | None:
 
 def unreadable_error(path: Path) -> CheckpointError:
     """A weights file the user may not read: said so, not called damaged (downloading it again
-    would not help)."""
+    would not help). Where a folder above it may not be entered, that folder is what to open:
+    chmod on the file could not even reach it."""
+    closed = closed_folder_words(path)
+    if closed is not None:
+        return CheckpointError(f"Weights file {path} cannot be read: {closed}")
     return CheckpointError(f"Weights file {path} cannot be read (permission denied); let your user read it "
                            f"(e.g. chmod a+r '{path}').")
+
+
+def closed_folder_words(path: Path) -> str | None:
+    """What to do about the highest folder above `path` this user may not enter, or None where
+    there is none. Found by looking each path up from the root down: a lookup refused names its
+    parent as the closed folder."""
+    path = Path(os.path.abspath(path))
+    for step in (*reversed(path.parents), path):
+        try:
+            os.stat(step)
+        except PermissionError:
+            return (f"your user may not enter the folder {step.parent} (permission denied); let your user "
+                    f"enter it (e.g. chmod a+rx '{step.parent}').")
+        except OSError:
+            return None
+    return None
 
 
 def memory_error(path: Path, error: BaseException) -> StepFoleyError:

@@ -579,8 +579,10 @@ def weights_folder(root: str | Path) -> Path:
         except (FileNotFoundError, NotADirectoryError):
             mode = None
     except PermissionError:  # a folder above it this user may not enter
-        raise CheckpointError(f"{root} cannot be opened (permission denied): let your user read it and enter "
-                              "every folder above it.") from None
+        from stepfoley.engine.checkpoints import closed_folder_words
+
+        raise CheckpointError(f"{root} cannot be opened: " + (closed_folder_words(Path(root).expanduser()) or
+                              "permission denied; let your user read it and enter every folder above it.")) from None
     except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError for a symlink loop
         raise CheckpointError(f"The weights folder {root} cannot be opened ({e}).") from None
     if mode is None:

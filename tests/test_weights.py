@@ -291,9 +291,9 @@ def test_weights_this_user_may_not_read_are_said_so_by_the_commands_that_load_th
     closed.chmod(0)
     for weights, words in ((unreadable, f"Weights file {unreadable} cannot be read (permission denied); let your "
                                         "user read it"),
-                           (closed / "mini.safetensors", f"{closed / 'mini.safetensors'} cannot be opened (permission "
-                                                         "denied): let your user read it and enter every folder above "
-                                                         "it.")):
+                           (closed / "mini.safetensors", f"{closed / 'mini.safetensors'} cannot be opened: your user "
+                                                         f"may not enter the folder {closed} (permission denied); let "
+                                                         f"your user enter it (e.g. chmod a+rx '{closed}').")):
         # the traceback was a failed load to `serve`, logged as an internal error
         for command in [["generate", tmp_path / "clip.mp4", "0", "1", "rain", "--out", tmp_path],
                         *([["serve", "--port", "0"]] if weights.parent == closed else [])]:
@@ -304,6 +304,13 @@ def test_weights_this_user_may_not_read_are_said_so_by_the_commands_that_load_th
                             "build_embedded_model; build_embedded_model(weights_path=sys.argv[1])", str(unreadable)],
                            capture_output=True, text=True, preexec_fn=permission_bits_apply)
     assert f"CheckpointError: Weights file {unreadable} cannot be read (permission denied)" in built.stderr
+    # in a folder this user may not enter, that folder is what to open: chmod on the file cannot reach it
+    inside = closed / "mini.safetensors"
+    built = subprocess.run([sys.executable, "-c", "import sys; from stepfoley.engine.embedded.model import "
+                            "build_embedded_model; build_embedded_model(weights_path=sys.argv[1])", str(inside)],
+                           capture_output=True, text=True, preexec_fn=permission_bits_apply)
+    assert (f"CheckpointError: Weights file {inside} cannot be read: your user may not enter the folder {closed} "
+            f"(permission denied); let your user enter it (e.g. chmod a+rx '{closed}').") in built.stderr, built.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")

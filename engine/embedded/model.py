@@ -22,7 +22,8 @@ from stepfoley.engine.controlnet import AudioControlNet, ControlNetConfig
 from stepfoley.engine.embedded.codec import DECODER_FIELDS, MelCodec, MelCodecConfig, synthesis_hop_for
 from stepfoley.engine.embedded.encoders import CLIP_DIM, SYNC_DIM, EmbeddedVideoEncoder
 from stepfoley.engine.embedded.text import EmbeddedTextEncoder
-from stepfoley.engine.checkpoints import check_finite, load_strict, reading_error, save_safetensors_atomic
+from stepfoley.engine.checkpoints import (check_finite, load_strict, reading_error, save_safetensors_atomic,
+                                          unreadable_error)
 from stepfoley.engine.errors import CheckpointError
 from stepfoley.engine.mmaudio import MMAudio, MMAudioConfig
 from stepfoley.engine.pipeline import FoleyModel
@@ -194,7 +195,11 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of an embedded weights file, with errors a user can act on."""
-    if not path.is_file():
+    try:
+        present = path.is_file()
+    except PermissionError:  # in a folder this user may not enter
+        raise unreadable_error(path) from None
+    if not present:
         raise CheckpointError(
             f"The embedded model's weights {path} are missing. Reinstall StepFoley, or retrain them with "
             "`stepfoley train embedded` (see README).")
