@@ -611,35 +611,10 @@ function M.variations_per_job(caps)
   return (most and most >= 1) and most or M.VARIATIONS_PER_JOB
 end
 
---[[
-Everything between the dialog and the engine: the job folder, the negatives and their bounce,
-the reference, and the requests: with an engine that speaks protocol 2, the variations go in
-batches of up to variations_per_job seeds per request (sampled together there); with an older
-one, one request per seed. Returns jobs, negatives or nil, message.
-]]
-local function prepare_jobs(job, settings, engine, params, region)
+-- The part of prepare_jobs (below) that fills its new job folder `folders`: the negatives'
+-- bounce, the reference, the requests. Returns jobs, negatives or nil, message.
+local function jobs_in(folders, job, settings, engine, params, region, extra)
   local proj = job.proj
-  -- where the item is as the job starts (run() checked the picture until now): moved during
-  -- the dialog is no move away from the picture
-  if job.item then
-    job.item_position = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
-    -- the take active now: a continuation keeps it, whatever the user activates while the engine works
-    job.item_take = reaper.GetActiveTake(job.item)
-    job.item_origin = job.item_take and audio_origin(job.item, job.item_take) -- slipped or switched, too
-  end
-  local extra
-  if job.extra_fields then -- checked before anything is bounced
-    local err
-    extra, err = job.extra_fields(region, engine.capabilities, job.words)
-    if not extra then return nil, err end
-    if extra.take and job.item then job.kept_take = job.item_take end
-    if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
-      return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
-        "and restart `stepfoley serve`."
-    end
-  end
-  local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
-  if not folders then return nil, folder_err end
   local sample_rate, substituted = M.stem_rate(engine.capabilities, M.project_sample_rate(proj))
   if substituted then
     M.log(string.format("the project runs at %d Hz, a rate StepFoley does not write: the new track comes at %d Hz, " ..
@@ -675,6 +650,43 @@ local function prepare_jobs(job, settings, engine, params, region)
     if not request then return nil, fit_err end
     jobs[i] = { request = request, folders = job_folders, label = params.caption }
   end
+  return jobs, negatives
+end
+
+--[[
+Everything between the dialog and the engine: the job folder, the negatives and their bounce,
+the reference, and the requests: with an engine that speaks protocol 2, the variations go in
+batches of up to variations_per_job seeds per request (sampled together there); with an older
+one, one request per seed. Returns jobs, negatives or nil, message.
+]]
+local function prepare_jobs(job, settings, engine, params, region)
+  local proj = job.proj
+  -- where the item is as the job starts (run() checked the picture until now): moved during
+  -- the dialog is no move away from the picture
+  if job.item then
+    job.item_position = reaper.GetMediaItemInfo_Value(job.item, "D_POSITION")
+    -- the take active now: a continuation keeps it, whatever the user activates while the engine works
+    job.item_take = reaper.GetActiveTake(job.item)
+    job.item_origin = job.item_take and audio_origin(job.item, job.item_take) -- slipped or switched, too
+  end
+  local extra
+  if job.extra_fields then -- checked before anything is bounced
+    local err
+    extra, err = job.extra_fields(region, engine.capabilities, job.words)
+    if not extra then return nil, err end
+    if extra.take and job.item then job.kept_take = job.item_take end
+    if extra.protocol == 2 and not M.engine_speaks(engine, 2) then
+      return nil, "The engine is older than protocol 2, so it cannot " .. job.feature .. ". Update StepFoley " ..
+        "and restart `stepfoley serve`."
+    end
+  end
+  local folders, folder_err = M.folders(proj, M.new_job_id(), settings)
+  if not folders then return nil, folder_err end
+  local jobs, negatives = jobs_in(folders, job, settings, engine, params, region, extra)
+  -- no job ran, so nothing in its folder is for support (run_jobs keeps a failed job's): a
+  -- bounce cut short on a full disk, or one made before the request was refused, was left there
+  -- for days, until a later generation pruned it
+  if not jobs and settings.keep_job_files == 0 then M.remove_tree(folders.job_dir) end
   return jobs, negatives
 end
 

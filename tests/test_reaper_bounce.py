@@ -248,6 +248,22 @@ def test_a_render_cut_short_is_said_as_the_renders_fault(world):
     h.assert_render_settings_restored(result)
 
 
+@pytest.mark.parametrize("how", [{"render_cut_short": 0.5}, {"render_cancelled": True}])
+def test_a_bounce_that_failed_leaves_no_job_folder_behind(world, how):
+    """No job ran, so its folder holds nothing for support: the half bounce of a full disk stayed
+    there (and the disk full) until a generation days later pruned it."""
+    sc = dict(h.scenario(world), **how)
+    sc["extstate"] = h.extstate(world, keep_job_files="0")
+    result = h.run_scenario(world["tmp"], sc)
+    [msg] = result["messages"]
+    assert msg["message"].startswith("Could not bounce the layers to negate: ")
+    assert list((world["proj"] / "StepFoley" / "jobs").iterdir()) == []
+    # kept when the settings say to keep job files
+    sc["extstate"] = h.extstate(world, keep_job_files="1")
+    result = h.run_scenario(world["tmp"], sc)
+    assert len(list((world["proj"] / "StepFoley" / "jobs").iterdir())) == 1
+
+
 def _assert_mutes_restored(result, track_name: str):
     # muted for the render (outside any undo block, as every bounce setting is), then put back
     h.assert_render_settings_restored(result)
