@@ -371,8 +371,14 @@ function M.write_file_atomic(path, data)
   local tmp = path .. ".part"
   local f, err = io.open(tmp, "wb")
   if not f then return false, err end
-  f:write(data)
-  f:close()
+  -- a full disk fails the write or the close (the last block is written there): the cut-off
+  -- file was renamed into place and read as a broken request, not as the disk being full
+  local wrote, write_err = f:write(data)
+  local closed, close_err = f:close()
+  if not (wrote and closed) then
+    os.remove(tmp)
+    return false, write_err or close_err
+  end
   os.remove(path) -- rename does not replace on Windows
   local ok, rename_err = os.rename(tmp, path)
   if not ok then return false, rename_err end

@@ -670,3 +670,17 @@ def test_the_picture_region_time_is_checked_in_seconds_of_picture_where_the_regi
     assert refused and why.startswith("The picture region applies for 0.300 s of the time selection, which is "
                                       "0.075 s of the picture at the speed it plays here; make it at least 0.640 s")
     assert slow_ok == [1, 2] and fast_ok == pytest.approx([0.1, 0.2])
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (a device whose every write finds the disk full)")
+@pytest.mark.parametrize("size", [10, 100_000])  # within the write buffer (the close fails) and past it (the write)
+def test_write_file_atomic_says_a_full_disk_and_leaves_no_file(tmp_path, size):
+    """The write's and the close's failures were ignored: a cut-off request was renamed into place
+    and read by the client as a broken request, not as the disk being full. Here the temporary
+    name leads to /dev/full, which answers every write as a full disk does."""
+    path = tmp_path / "request.json"
+    (tmp_path / "request.json.part").symlink_to("/dev/full")
+    out = lua(f"local ok, err = SF.write_file_atomic({json.dumps(str(path))}, string.rep('x', {size})); "
+              "io.write(tostring(ok), '|', tostring(err))")
+    assert out.startswith("false|") and "No space left on device" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
