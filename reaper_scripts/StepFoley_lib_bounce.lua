@@ -209,6 +209,12 @@ M.SHORT_BOUNCE_S = 0.01
 -- to dir/name.wav (24-bit stereo). Returns the WAV path, or nil and a message. Every setting
 -- touched is restored.
 function M.bounce(proj, tracks, t0, t1, dir, name, sample_rate, items)
+  -- the bounce is a render, and the render settings and solos it sets would be heard by (or
+  -- end) a recording under way: the dialog may have been answered a moment before one started
+  if reaper.GetPlayStateEx(proj) & 4 ~= 0 then
+    return nil, "REAPER is recording. Stop the recording, then run the action again: StepFoley bounces the " ..
+      "layers it needs with a render, which must not run during a recording."
+  end
   if dir:find(";", 1, true) then -- REAPER lists the files it will render separated by ";"
     return nil, "Could not bounce: REAPER cannot render into a folder whose path holds \";\" (it separates the " ..
       "files it renders with it):\n" .. dir

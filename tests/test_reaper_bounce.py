@@ -350,3 +350,17 @@ def test_a_looped_section_repeats_the_section_not_the_file_around_it(world):
     one_pass = world["foley_samples"][h.frames(2.0):h.frames(3.0)]
     expected = np.tile(one_pass, 3)[:h.frames(T1 - T0)]
     assert_mix(h.job_request(result)["existing_mix"], expected)
+
+
+def test_no_bounce_while_reaper_records(world):
+    """The bounce is a render, its solos and settings heard by (or ending) a recording that
+    started while the dialog was answered: refused in words, nothing set, no folder left."""
+    sc = dict(h.scenario(world), play_state=5, extstate=h.extstate(world, keep_job_files="0"))  # recording, playing
+    result = h.run_scenario(world["tmp"], sc)
+    [msg] = result["messages"]
+    assert msg["message"].startswith("REAPER is recording. Stop the recording, then run the action again")
+    assert h.generation_commands(result) == [] and h.new_tracks(result) == [] and result["modal_prompts"] == []
+    assert list((world["proj"] / "StepFoley" / "jobs").iterdir()) == []
+    h.assert_render_settings_restored(result)
+    # playing alone is no recording: the track is made
+    assert len(h.new_tracks(h.run_scenario(world["tmp"], dict(h.scenario(world), play_state=1)))) == 1

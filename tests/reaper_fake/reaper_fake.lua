@@ -516,6 +516,9 @@ end
 
 -- The ruler's start (Project settings > Project start time): what the ruler shows at project time 0.
 -- Every position the API takes or returns is project time; only what is shown is offset.
+-- &1 playing, &2 paused, &4 recording
+function reaper.GetPlayStateEx(p) return proj_of(p).play_state or 0 end
+
 function reaper.GetProjectTimeOffset(p, rndframe)
   assert(rndframe == false, "fake reaper: rounding to frames is not modelled")
   return proj_of(p).time_offset or 0

@@ -10,7 +10,8 @@ like afterwards (tracks, items, takes, messages, undo points, render settings ..
 Scenario fields: scripts_dir, project_path, project_file ("" = never saved; default
 PROJECT_PATH/fake.rpp), record_path (GetProjectPathEx; default the project path),
 resource_path, exec_log, os_name, app_version, time_selection [t0,t1], time_offset (the ruler's
-start, Project settings > Project start time, in s), render (initial
+start, Project settings > Project start time, in s), play_state (GetPlayStateEx: 1 playing, 2
+paused, 4 recording; 5 = recording while playing), render (initial
 numbers/strings), master {vol, fxen, fx_gain, mute} (or the older master_fx_gain), toggles
 {command id: state}, missing_api [names], render_cancelled, render_cut_short (the share of its
 frames a render writes before it returns, as REAPER may on a full disk), extstate {section: {key: value}},
@@ -124,6 +125,7 @@ local function setup_project(pr, spec)
   local ts = spec.time_selection or { 0, 0 }
   pr.ts0, pr.ts1 = ts[1], ts[2]
   pr.time_offset = spec.time_offset or 0
+  pr.play_state = spec.play_state or 0
   build_tracks(pr, spec.tracks)
 end
 
