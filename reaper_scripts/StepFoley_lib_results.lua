@@ -402,15 +402,20 @@ local function shown_as_utf8(text)
   return table.concat(out)
 end
 
+-- The refusal of a request (or any part of it) holding a name that is not UTF-8 text, or nil.
+local function not_utf8_problem(value)
+  local bad = first_not_utf8(value)
+  if not bad then return nil end
+  return "\"" .. shown_as_utf8(bad) .. "\" is not UTF-8 text (a file or folder named in another " ..
+    "encoding; \"?\" marks what is not), and the engine reads requests as UTF-8. Rename it, or copy the " ..
+    "media to a folder with a plain name."
+end
+
 function M.fit_request(request)
   -- the engine reads a request as UTF-8 JSON: a file or folder named in another encoding (a
   -- Latin-1 name on Linux) failed there as "can't decode byte 0xe9", naming no file
-  local bad = first_not_utf8(request)
-  if bad then
-    return nil, "\"" .. shown_as_utf8(bad) .. "\" is not UTF-8 text (a file or folder named in another " ..
-      "encoding; \"?\" marks what is not), and the engine reads requests as UTF-8. Rename it, or copy the " ..
-      "media to a folder with a plain name."
-  end
+  local bad = not_utf8_problem(request)
+  if bad then return nil, bad end
   local ok, text = pcall(M.json_encode, request)
   if not ok then return nil, "The request for the engine cannot be written: " .. tostring(text) end
   local previous = request.previous_captions or {}
@@ -909,6 +914,9 @@ function M.job_picture(job)
   local region, region_err, clipped, video_item = M.region_for(job.proj, job.t0, job.t1, job.picture_under,
     job.words)
   if not region then return nil, region_err end
+  -- known now, and refused by fit_request anyway: said before the dialog and the bounce, not after
+  local not_utf8 = not_utf8_problem({ region.video, M.project_folder(job.proj) })
+  if not_utf8 then return nil, not_utf8 end
   local other = job.words == M.ITEM_WORDS and clipped
     and M.other_picture_problem(job.item, region, "the new take would be silent", "the item")
   if other then return nil, other end

@@ -188,6 +188,20 @@ def test_no_video_under_time_selection(world):
     assert result["exec"] == [] and new_tracks(result) == [] and result["renders"] == []
 
 
+def test_a_picture_named_in_another_encoding_is_refused_before_the_dialog(world):
+    """A video file named in Latin-1 (on Linux) was refused only once the dialog was answered and
+    the layers bounced, though its name is known from the start."""
+    import os
+
+    video = world["tmp"] / os.fsdecode(b"caf\xe9.mp4")  # the byte 0xE9, as a Latin-1 system names "café"
+    video.write_bytes(b"not decoded")
+    item = {"position": 2.0, "length": 8.0, "takes": [{"file": str(video), "length": 10.0}]}
+    result = h.run_scenario(world["tmp"], scenario(world, video_item=item))
+    [msg] = result["messages"]
+    assert msg["message"].startswith(f'"{world["tmp"]}/caf?.mp4" is not UTF-8 text'), msg
+    assert result["dialogs"] == [] and result["renders"] == [] and result["exec"] == [] and new_tracks(result) == []
+
+
 def two_cuts(world, how: str) -> tuple[dict, Path]:
     """A scenario with two video items over all of the selection: the old cut first (the top
     track, which wins ties) but silenced `how`, the new cut after it. Returns it and the new cut."""

@@ -70,7 +70,8 @@ def run_scenario(tmp: Path, scenario: dict, env_extra: dict | None = None, timeo
     env = dict(os.environ, OMP_NUM_THREADS="1", STEPFOLEY_FAKE_CLOCK=str(tmp / "fake_clock"), **(env_extra or {}))
     done = run_lua_file(DRIVER, str(scenario_path), str(result_path), timeout=timeout, env=env)
     assert done.returncode == 0, f"driver failed:\n{done.stdout}\n{done.stderr}"
-    result = json.loads(result_path.read_text(encoding="utf-8"))
+    # a file name that is not UTF-8 comes back as its bytes: read as Python names such a file
+    result = json.loads(result_path.read_bytes().decode("utf-8", "surrogateescape"))
     assert result["script_errors"] == [], result["script_errors"]
     assert not result["timed_out"], "the defer loop never ended"
     return result
