@@ -105,7 +105,8 @@ def resumable_toy_batches(seed: int, crash_after: int | None = None, made: list 
 
 
 def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float = 3e-2, base_seed: int = 5,
-                 hidden: int = 0, steps: int = 12, batches=None, log=lambda line: None):
+                 hidden: int = 0, steps: int = 12, batches=None, log=lambda line: None, snapshot_every: int = 2,
+                 checkpoint_every: int = 6):
     """A linear net (with a hidden layer of `hidden` units, or none) trained beside a frozen
     "base" drawn from `base_seed`, as a ControlNet beside its base."""
     from stepfoley.lab.training.trainer import LossModule, TrainConfig, train
@@ -120,8 +121,8 @@ def toy_training(work, init_seed: int, crash_after: int | None = None, lr: float
         return (kept * (parts["net"](x) - b.target) ** 2).mean()
 
     loss = LossModule({"net": net, "base": base}, loss_fn)
-    config = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=2, checkpoint_every=6,
-                         log_every=100)
+    config = TrainConfig(steps=steps, batch_size=4, lr=lr, warmup_steps=2, snapshot_every=snapshot_every,
+                         checkpoint_every=checkpoint_every, log_every=100)
     batches = toy_batches(0, crash_after) if batches is None else batches
     result = train(loss, net, batches, config, torch.device("cpu"), work, log=log)
     return result, net
@@ -1029,6 +1030,72 @@ def test_what_rank_zero_alone_finds_wrong_is_said_by_every_rank(tmp_path, case):
     for output in each_ranks_errors(tmp_path / "logs"):
         assert re.search(said, output), output[-3000:]
         assert "Connection closed" not in output
+
+
+RANK_ZERO_CANNOT_WRITE = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from test_training import toy_batches, toy_training
+from stepfoley.lab.training.trainer import distributed_context
+
+rank, world = distributed_context()
+work, case = Path(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails as on a full disk, not kills
+
+
+def losing_its_disk_at(fetched_before: int):
+    # rank 0 loses its disk or a folder as it fetches that batch: between two of its writes
+    for fetched, batch in enumerate(toy_batches(0), 1):
+        if rank == 0 and fetched == fetched_before:
+            if case == "the disk full at a checkpoint":
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+            elif case == "its folder replaced by a file at a checkpoint":
+                work.rename(work.with_name("moved"))
+                work.write_text("a file now")
+            else:
+                (work / "ema-snapshots").rename(work / "moved")
+                (work / "ema-snapshots").write_text("a file now")
+        yield batch
+
+
+try:  # checkpoints at steps 3, 6, 9 and 12, snapshots at 4, 8 and 12
+    toy_training(work, init_seed=3, snapshot_every=4, checkpoint_every=3,
+                 batches=losing_its_disk_at(8 if case == "the snapshot folder replaced by a file" else 6))
+finally:  # what this process says goes to a file too
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["the disk full at a checkpoint", "its folder replaced by a file at a checkpoint",
+                                  "the snapshot folder replaced by a file"])
+def test_a_file_rank_zero_alone_cannot_write_is_said_by_every_rank(tmp_path, case):
+    """Rank 0 alone writes the checkpoints and the EMA snapshot files: where it could not, it
+    stopped with a traceback, and the other ranks died in their next collective with gloo's
+    "Connection closed by peer" (under NCCL, hung until torchrun stopped them). Every rank says
+    why rank 0 stopped, in its words, and the write leaves nothing half made."""
+    from stepfoley.lab.training.trainer import SNAPSHOT_FOLDER
+
+    work = tmp_path / "work"
+    script = tmp_path / "rank_zero_cannot_write.py"
+    script.write_text(RANK_ZERO_CANNOT_WRITE)
+    done = two_processes(str(script), os.path.dirname(__file__), str(work), case, logs=tmp_path / "logs")
+    assert done.returncode == 1
+    step, kept_from = (8, 6) if "snapshot" in case else (6, 3)
+    what = (rf"The EMA snapshot {re.escape(str(work / SNAPSHOT_FOLDER))}/step-00000008-[0-9a-f]{{12}}\.pt"
+            if "snapshot" in case else rf"The training checkpoint {re.escape(str(work / 'last.pt'))}")
+    why = r"it stopped part way: .+" if "disk" in case else "Not a directory"
+    said = (rf"OutputError: {what} cannot be written \({why}\) at step {step}; nothing of it was kept\. Free space on "
+            r"its disk or make its folder writable again, then run the same command again: it resumes from step "
+            rf"{kept_from}, its last checkpoint\.")
+    for output in each_ranks_errors(tmp_path / "logs"):
+        assert re.search(said, output), output[-3000:]
+        assert "Connection closed" not in output
+    # each file whole, or none: the temporary copy of the one not written is gone
+    kept = work if work.is_dir() else tmp_path / "moved"
+    assert not [path for path in kept.rglob("*") if path.name.endswith(".part")]
+    assert torch.load(kept / "last.pt", weights_only=True)["step"] == kept_from
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import re
 import stat
 import struct
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,7 +34,8 @@ except ImportError:  # Windows
 
 from stepfoley.atomic import sweep_stale_parts, write_atomically
 from stepfoley.engine.devices import autocast_context, resolve_precision
-from stepfoley.engine.errors import CheckpointError, InvalidInputError, StepFoleyError, is_out_of_memory
+from stepfoley.engine.errors import (CheckpointError, InvalidInputError, OutputError, StepFoleyError,
+                                     is_out_of_memory)
 from stepfoley.lab.training.ema import PowerEMA, posthoc_average, posthoc_ema
 from stepfoley.lab.training.schedule import lr_multiplier
 
@@ -247,12 +248,16 @@ def training_alone_in(work_dir: Path) -> Iterator[None]:
 
 # How often, at most, a rank above 0 looks whether rank 0 has ended what it does alone.
 RANK_ZERO_POLL_S = 5.0
+# the same while rank 0 writes a checkpoint or an EMA snapshot during the steps (seconds, not
+# hours): each look it waits past the write's end is time every rank's training stands still
+RANK_ZERO_WRITE_POLL_S = 0.2
 # each block every_rank_ends_as_rank_zero guards, numbered in the order every rank enters them
 _RANK_ZERO_BLOCKS = itertools.count()
 
 
 @contextmanager
-def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool] = lambda: True) -> Iterator[None]:
+def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool] = lambda: True,
+                                 poll_s: float = RANK_ZERO_POLL_S) -> Iterator[None]:
     """A block in which rank 0 alone does what every rank depends on (takes the work folder's
     lock; makes the training data, hours for a large list; checks a resumed checkpoint's EMA
     snapshot files), which every rank leaves as rank 0 did: where rank 0 fails, every rank raises
@@ -261,7 +266,9 @@ def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool
     stopped by torchrun as they waited, without a word. Every rank enters the same blocks in the
     same order. The ranks above 0 wait for rank 0's outcome on the rendezvous's store, not in a
     collective (which ended the run after NCCL's timeout, 10 minutes, with a traceback on every
-    other rank), then on the file system until `ready()`: what rank 0 made, as this rank sees it."""
+    other rank), then on the file system until `ready()`: what rank 0 made, as this rank sees it;
+    each looks at most `poll_s` apart. A block costs a few round trips to the store and whatever
+    of the last look passes rank 0's end: one per step would slow the training."""
     if world <= 1:
         yield
         return
@@ -293,14 +300,14 @@ def every_rank_ends_as_rank_zero(rank: int, world: int, ready: Callable[[], bool
     except Exception:
         store.add(left, 1)  # a rank that fails alone says so
         raise
-    _wait_until(lambda: store.check([key]), longest_pause=RANK_ZERO_POLL_S)
+    _wait_until(lambda: store.check([key]), longest_pause=poll_s)
     failed = pickle.loads(store.get(key))
     if failed is not None:
         store.add(left, 1)
         every_rank_has_read()
         kind, words = failed
         raise kind(words)
-    _wait_until(ready, longest_pause=RANK_ZERO_POLL_S)
+    _wait_until(ready, longest_pause=poll_s)
 
 
 def _wait_until(done: Callable[[], bool], longest_pause: float, at_most_s: float = math.inf) -> None:
@@ -355,6 +362,28 @@ def _save_atomic(obj, path: Path) -> None:
     write_atomically(path, lambda temp: torch.save(obj, temp), replace=True)
 
 
+@contextmanager
+def _written(what: str, path: Path, step: int, resumes_at: int | None) -> Iterator[None]:
+    """A file of the run (`what`, at `path`) that cannot be written at `step` raised as an
+    OutputError saying why and what running the command again does (`resumes_at`: the step of
+    the last checkpoint there, None: none). It was an OSError or a RuntimeError of torch's writer
+    ("unexpected pos 64 vs 0" for a full disk) with a traceback: under torchrun, rank 0's alone."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if is_out_of_memory(error):
+            raise
+        if isinstance(error, OSError):
+            why = error.strerror or str(error)
+        else:  # torch's own words, less the C++ source line it cites ("[enforce fail at x.cc:672] . ")
+            why = "it stopped part way: " + re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(error))[:200]
+        again = (f"it resumes from step {resumes_at}, its last checkpoint" if resumes_at is not None
+                 else "it starts this training over (no checkpoint was written)")
+        raise OutputError(f"{what} {path} cannot be written ({why}) at step {step}; nothing of it was kept. Free "
+                          f"space on its disk or make its folder writable again, then run the same command again: "
+                          f"{again}.") from None
+
+
 # where a run's post-hoc EMA snapshots lie, in its checkpoint folder, and their names
 SNAPSHOT_FOLDER = "ema-snapshots"
 # step-<step>-<the run's settings digest>.pt: a run removes only its own leftovers, never the
@@ -384,15 +413,19 @@ class _Snapshots:
     def __len__(self) -> int:
         return len(self.profiles)
 
+    def path(self, step: int) -> Path:
+        """Where the snapshots of `step` are written (in a run with a checkpoint folder)."""
+        return self.folder / f"step-{step:08d}-{self.digest}.pt"
+
     def add(self, records: list[dict]) -> None:
         self.profiles += [(record["step"], record["gamma"]) for record in records]
         if self.folder is None:
             self.held += records
             return
-        name = f"step-{records[0]['step']:08d}-{self.digest}.pt"
+        path = self.path(records[0]["step"])
         # replaces one a killed run wrote after the checkpoint this one resumed from
-        _save_atomic({"config": self.run, "records": records}, self.folder / name)
-        self.files.append(name)
+        _save_atomic({"config": self.run, "records": records}, path)
+        self.files.append(path.name)
 
     def resume(self, listed: list, last: Path) -> None:
         """The snapshots the checkpoint `last` lists: file names, each read back to check it, or
@@ -542,6 +575,7 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         log(f"resumed from {last} at step {start_step}")
     if snapshots.folder is not None:
         snapshots.forget_others(log)
+    resumes_at = start_step if start_step else None  # where a run stopped now would resume (None: start over)
 
     model = loss_module
     if world > 1:
@@ -566,24 +600,37 @@ def train(loss_module: LossModule, trainable: torch.nn.Module, batches: Iterator
         losses.append(float(loss.detach()))
         samples += batch.latent.shape[0] * world
         done = step + 1
-        if rank == 0 and (done % snapshot_every == 0 or done == config.steps):
-            snapshots.add(ema.snapshot())
+        snapshot_now = done % snapshot_every == 0 or done == config.steps
+        # and at the end: a later phase killed would otherwise redo the steps after the last one
+        checkpoint_now = last is not None and config.checkpoint_every and (done % config.checkpoint_every == 0
+                                                                           or done == config.steps)
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             recent = losses[-config.log_every:]
             rate = samples / max(seconds_before + time.perf_counter() - t0, 1e-9)
             log(f"step {done}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
                 f"lr {lr:.2e}  {rate:.1f} samples/s")
-        # and at the end: a later phase killed would otherwise redo the steps after the last one
-        if last is not None and config.checkpoint_every and (done % config.checkpoint_every == 0
-                                                             or done == config.steps):
+        if checkpoint_now:
             states = _generator_states(generator, world)  # every rank takes part
             places = _every_rank(batches.state_dict(), world) if isinstance(batches, ResumableBatches) else None
-            if rank == 0:
-                _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
-                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "ema": ema.state_dict(), "snapshots": list(snapshots.files), "generator": states,
-                              "batches": places, "config": identity, "losses": losses, "samples": samples,
-                              "seconds": seconds_before + time.perf_counter() - t0}, last)
+        # rank 0 alone writes files at this step: a write it cannot make (a full disk, its folder
+        # gone) ends every rank with its words, where the others died in their next collective
+        # ("Connection closed by peer"; under NCCL, hung). Only at those steps: a block costs every
+        # rank a few round trips to the store
+        writes = checkpoint_now or (snapshot_now and last is not None)
+        with every_rank_ends_as_rank_zero(rank, world, poll_s=RANK_ZERO_WRITE_POLL_S) if writes else nullcontext():
+            if rank == 0 and snapshot_now:
+                with (_written("The EMA snapshot", snapshots.path(ema.step), done, resumes_at)
+                      if snapshots.folder is not None else nullcontext()):  # else held in memory
+                    snapshots.add(ema.snapshot())  # held no longer: a copy of the network per sigma_rel
+            if rank == 0 and checkpoint_now:
+                with _written("The training checkpoint", last, done, resumes_at):
+                    _save_atomic({"step": done, "trainable": {k: v for k, v in trainable.state_dict().items()},
+                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                  "ema": ema.state_dict(), "snapshots": list(snapshots.files), "generator": states,
+                                  "batches": places, "config": identity, "losses": losses, "samples": samples,
+                                  "seconds": seconds_before + time.perf_counter() - t0}, last)
+        if checkpoint_now:
+            resumes_at = done
     seconds = seconds_before + time.perf_counter() - t0
     # the ranks above 0 hold no snapshots: their own weights, replaced by rank 0's average below (a
     # snapshot file lost since it was written is said on every rank)
