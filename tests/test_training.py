@@ -1098,6 +1098,70 @@ def test_a_file_rank_zero_alone_cannot_write_is_said_by_every_rank(tmp_path, cas
     assert torch.load(kept / "last.pt", weights_only=True)["step"] == kept_from
 
 
+CONTROLNET_NOT_WRITTEN = """
+import sys, torch
+from pathlib import Path
+from stepfoley.engine.embedded.model import build_embedded_model
+from stepfoley.lab.training import controlnet
+from stepfoley.lab.training.trainer import distributed_context
+
+rank, world = distributed_context()
+folder = Path(sys.argv[1])
+out = folder / "controlnets" / "rain.safetensors"
+save = controlnet.save_controlnet
+
+
+def its_folder_replaced_first(*args, **kwargs):  # while it trained, by a file
+    out.parent.rename(folder / "moved")
+    out.parent.write_text("a file now")
+    return save(*args, **kwargs)
+
+
+controlnet.save_controlnet = its_folder_replaced_first
+controlnet.train_controlnet_on_mmaudio(folder, None, folder / "list.jsonl", folder / "work", out, depth=1, steps=1,
+                                       batch_size=1, warmup_steps=0, checkpoint_every=0, device=torch.device("cpu"),
+                                       model=build_embedded_model(random_weights=True))
+"""
+
+
+@pytest.mark.slow
+def test_a_controlnet_rank_zero_cannot_write_is_said_by_every_rank(tmp_path):
+    """Rank 0 alone writes the trained ControlNet: where it could not, the other ranks had ended
+    as if it had, and torchrun said only that rank 0 failed."""
+    from stepfoley.lab.miniworld import make_scene, write_scene
+
+    paths = write_scene(make_scene(21, duration=9.0), tmp_path / "scene")
+    clip = {"video": str(paths["video"]), "audio": str(paths["mixture"])}
+    (tmp_path / "list.jsonl").write_text("".join(json.dumps({**clip, "caption": caption}) + "\n"
+                                                 for caption in ("rain", "rain on a roof")))  # one for each rank
+    (tmp_path / "controlnets").mkdir()
+    script = tmp_path / "controlnet_not_written.py"
+    script.write_text(CONTROLNET_NOT_WRITTEN)
+    done = two_processes(str(script), str(tmp_path), logs=tmp_path / "logs")
+    assert done.returncode == 1
+    said = f"CheckpointError: Cannot make the folder {tmp_path / 'controlnets'} for the weights file rain.safetensors"
+    for output in each_ranks_errors(tmp_path / "logs"):
+        assert said in output, output[-3000:]
+    assert os.listdir(tmp_path / "moved") == []
+
+
+def test_a_log_file_that_cannot_take_a_line_is_said_once_and_the_training_goes_on(tmp_path, capsys):
+    """Rank 0 alone writes train.log: a line it could not write stopped it alone, with a
+    traceback, and the other ranks in their next collective. The lines go on to the screen."""
+    from stepfoley.lab.training.embedded import _log_to
+
+    (tmp_path / "train.log").mkdir()  # a folder in its place: IsADirectoryError, as a full disk's ENOSPC
+    log = _log_to(tmp_path / "train.log")
+    log("step 1/2")
+    log("step 2/2")
+    said = capsys.readouterr()
+    assert said.out == "step 1/2\nstep 2/2\n"
+    assert said.err == (f"stepfoley train: the log {tmp_path / 'train.log'} cannot be written (Is a directory); the "
+                        "training goes on, its lines shown here only.\n")
+    _log_to(None)("not rank 0's")
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.slow
 def test_a_work_folder_in_use_is_said_by_every_rank(tmp_path):
     """Rank 0 alone takes the work folder's lock: the other ranks were stopped by torchrun half a

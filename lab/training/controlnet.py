@@ -65,8 +65,10 @@ def train_controlnet_on_mmaudio(weights_dir: Path, variant: str | None, data_lis
     batches = controlnet_batches(data, net.normalize, batch_size, config.seed, rank, world)
     result = train(loss, controlnet, batches, config, device, work_dir)
     load_trained(controlnet, result.params)
-    if rank == 0:
-        save_controlnet(out, controlnet, overwrite=replace)
+    # rank 0 alone writes it: the others ended as if it had (torchrun said only that rank 0 failed)
+    with every_rank_ends_as_rank_zero(rank, world):
+        if rank == 0:
+            save_controlnet(out, controlnet, overwrite=replace)
     return out
 
 

@@ -74,12 +74,26 @@ class EmbeddedRecipe:
 
 
 def _log_to(path: Path | None):
-    """Rank 0 logs to stdout and to `path`; other ranks (path None) stay quiet."""
+    """Rank 0 logs to stdout and to `path`; other ranks (path None) stay quiet. Where `path`
+    cannot take a line (a full disk, the work folder gone), that is said once on stderr and the
+    lines go on to stdout alone: the file is a copy of what is shown, not worth the training's
+    hours, and rank 0 stopping alone there ended the other ranks with a collective's error."""
+    failed = False
+
     def log(msg: str) -> None:
-        if path is not None:
-            print(msg, flush=True)
+        nonlocal failed
+        if path is None:
+            return
+        print(msg, flush=True)
+        if failed:
+            return
+        try:
             with open(path, "a") as f:
                 f.write(msg + "\n")
+        except OSError as error:
+            failed = True
+            print(f"stepfoley train: the log {path} cannot be written ({error.strerror or error}); the training goes "
+                  "on, its lines shown here only.", file=sys.stderr, flush=True)
     return log
 
 
@@ -189,11 +203,14 @@ def train_embedded(work_dir: Path, out_path: Path, recipe: EmbeddedRecipe, devic
     log(f"time: data {figures['data_seconds']:.0f} s, base {figures['base']['seconds']:.0f} s, "
         f"ControlNet {figures['controlnet']['seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({figures['processes']} process(es) x {figures['threads']} thread(s))")
-    if rank == 0:
-        save_embedded_weights(out_path, net, controlnet, model.codec, loudness=loudness, replace=replace, metadata={
-            "training_command": _command("embedded"), "data_seed": str(recipe.data.seed),
-            "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)})
-        log(f"wrote {out_path}")
+    # rank 0 alone writes them: the others ended as if it had (torchrun said only that rank 0 failed)
+    with every_rank_ends_as_rank_zero(rank, world):
+        if rank == 0:
+            record = {"training_command": _command("embedded"), "data_seed": str(recipe.data.seed),
+                      "recipe": json.dumps(asdict(recipe)), "figures": json.dumps(figures)}
+            save_embedded_weights(out_path, net, controlnet, model.codec, loudness=loudness, replace=replace,
+                                  metadata=record)
+            log(f"wrote {out_path}")
     return figures
 
 
@@ -224,18 +241,20 @@ def extend_with_loudness(weights_path: Path, work_dir: Path, out_path: Path, rec
     figures["total_seconds"] = figures["data_seconds"] + figures["loudness"]["seconds"]  # as train_embedded's
     log(f"time: data {figures['data_seconds']:.0f} s, loudness {figures['loudness']['seconds']:.0f} s, "
         f"total {figures['total_seconds']:.0f} s ({world} process(es) x {figures['threads']} thread(s))")
-    if rank == 0:
-        trained = json.loads(meta.get("figures", "{}"))
-        trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
-                               "total_seconds": round(figures["total_seconds"], 1)}
-        shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
-        shipped["data"] = {**_split_shaping(shipped["data"])[0], **_split_shaping(data_recipe)[1]}
-        record = {**{k: v for k, v in meta.items() if k not in ("net_config", "controlnet_config", "loudness_config")},
-                  "recipe": json.dumps(shipped), "figures": json.dumps(trained),
-                  "loudness_training_command": _command("loudness")}
-        save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata=record,
-                              replace=replace)
-        log(f"wrote {out_path}")
+    with every_rank_ends_as_rank_zero(rank, world):  # rank 0 alone writes them, as train_embedded
+        if rank == 0:
+            trained = json.loads(meta.get("figures", "{}"))
+            trained["loudness"] = {**figures["loudness"], "data_seconds": round(figures["data_seconds"], 1),
+                                   "total_seconds": round(figures["total_seconds"], 1)}
+            shipped.update({k: v for k, v in asdict(recipe).items() if k.startswith("loudness_")})
+            shipped["data"] = {**_split_shaping(shipped["data"])[0], **_split_shaping(data_recipe)[1]}
+            record = {**{k: v for k, v in meta.items()
+                         if k not in ("net_config", "controlnet_config", "loudness_config")},
+                      "recipe": json.dumps(shipped), "figures": json.dumps(trained),
+                      "loudness_training_command": _command("loudness")}
+            save_embedded_weights(out_path, net, model.controlnet, model.codec, loudness=loudness, metadata=record,
+                                  replace=replace)
+            log(f"wrote {out_path}")
     return figures
 
 
