@@ -1453,6 +1453,44 @@ def test_train_controlnet_says_a_list_or_model_given_wrong_before_anything_loads
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("line, words", [
+    ('{"caption": "x", "video": "v\\u0000.mp4"}', "line 1: the video file 'v\\x00.mp4' cannot be a file's name"),
+    ('{"caption": "x", "video": "\\ud800.mp4"}', "line 1: the video file '\\ud800.mp4' cannot be a file's name"),
+    ('{"caption": "x", "video": "' + "v" * 300 + '.mp4"}', "cannot be a file's name (File name too long)"),
+    ('{"caption": "x", "video": "v.mp4", "k": ' + "[" * 100_000 + "]" * 100_000 + "}", "line 1: not a clip"),
+    ('{"caption": "x", "video": "v.mp4", "start": ' + "9" * 5000 + "}", "line 1: not a clip"),
+    ('{"caption": "x", "video": "."}', "is a folder, not a file"),
+], ids=["nul", "surrogate", "long-name", "nested", "long-number", "folder"])
+def test_a_hostile_line_in_the_dataset_list_is_said_not_raised(tmp_path, capsys, line, words):
+    """A NUL or a lone surrogate in a file name, a name too long, brackets nested thousands
+    deep and a number of thousands of digits each ended `train controlnet` in a traceback."""
+    from stepfoley.cli import main
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "v.mp4").write_bytes(b"")
+    data = tmp_path / "list.jsonl"
+    data.write_text(line + "\n", encoding="utf-8", errors="surrogatepass")
+    assert main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data),
+                 "--work", str(tmp_path / "work"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_dataset_list_is_read_as_json_lines_are_written(tmp_path):
+    """A byte-order mark (Windows editors) was line 1's JSON error, and a caption holding U+2028
+    or U+0085, which JSON keeps unescaped, was cut in two lines by str.splitlines(); a list with
+    CR line ends (classic Mac) still reads."""
+    from stepfoley.lab.training.features import read_dataset_list
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    data = tmp_path / "list.jsonl"
+    captions = ["rain\u2028on a roof", "a door\x85slams", "steps"]
+    lines = [json.dumps({"caption": c, "video": "v.mp4"}, ensure_ascii=False) for c in captions]
+    data.write_text("\ufeff" + "\r".join(lines[:2]) + "\r\n" + lines[2] + "\n", encoding="utf-8")
+    assert [e["caption"] for e in read_dataset_list(data)] == captions
+
+
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_ctrl_c_while_the_data_renders_stops_at_once_without_tracebacks(tmp_path, stop):
     """Ctrl-C reaches the whole process group, the data workers too: the command ends 130 with

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,20 +39,26 @@ def read_dataset_list(path: str | Path) -> list[dict]:
     (before any model loads or feature is made)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # "-sig": a byte-order mark, which some Windows editors write, was line 1's JSON error
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInputError(f"The dataset list {path} is not UTF-8 text (JSON Lines, one clip a line).") from None
     except OSError as e:
         what = "is a folder" if path.is_dir() else f"cannot be read ({e.strerror or e})"
         raise InvalidInputError(f"The dataset list {path} {what}; give the JSON Lines file of the clips.") from None
     entries = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Lines end at CR, LF or CRLF alone: str.splitlines() also cut at U+2028, U+2029 and U+0085,
+    # which JSON keeps as they are inside a caption (the line ends cannot be in its strings).
+    for n, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
             raise InvalidInputError(f"{path}, line {n}: not valid JSON ({e.msg}).") from None
+        except (ValueError, RecursionError):  # a number of thousands of digits; brackets thousands deep
+            raise InvalidInputError(f"{path}, line {n}: not a clip (a number too long, or brackets nested too "
+                                    "deep, to read).") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("caption"), str) \
                 or not (entry.get("audio") or entry.get("video")):
             raise InvalidInputError(f"{path}, line {n}: each clip needs a caption and an audio or video file.")
@@ -62,13 +69,30 @@ def read_dataset_list(path: str | Path) -> list[dict]:
             if entry.get(key):
                 if not isinstance(entry[key], str):
                     raise InvalidInputError(f"{path}, line {n}: {key} must be a file name.")
-                entry[key] = str((path.parent / entry[key]).resolve())
-                if not Path(entry[key]).is_file():
-                    raise InvalidInputError(f"{path}, line {n}: the {key} file {entry[key]} is not there.")
+                entry[key] = _clip_file(path, n, key, entry[key])
         entries.append(entry)
     if not entries:
         raise InvalidInputError(f"The dataset list {path} holds no clips.")
     return entries
+
+
+def _clip_file(list_path: Path, n: int, key: str, name: str) -> str:
+    """Line `n`'s `key` file `name`, made absolute from the list's folder; InvalidInputError
+    unless it is a file (a name no file can have, a NUL or a lone surrogate, or one too long, was
+    a traceback)."""
+    try:
+        found = (list_path.parent / name).resolve()
+        is_file = found.is_file()
+    except (OSError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "a character no file name can have"
+        raise InvalidInputError(f"{list_path}, line {n}: the {key} file {shown!r} cannot be a file's name "
+                                f"({reason}).") from None
+    if not is_file:
+        what = ("is a folder, not a file" if found.is_dir() else
+                "is not a regular file (a device or a pipe)" if found.exists() else "is not there")
+        raise InvalidInputError(f"{list_path}, line {n}: the {key} file {found} {what}.")
+    return str(found)
 
 
 def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) -> np.ndarray:
