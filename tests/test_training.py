@@ -526,6 +526,29 @@ def test_train_checks_its_folders_before_it_starts(tmp_path, capsys, monkeypatch
     assert "is the --work folder; name the weights file to write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("out, words", [
+    ("", "--out is empty; give the weights file to write"),
+    ("results" + os.sep, "names a folder; give the weights file to write in it"),
+    ("m" * 300 + ".safetensors", "--out: the file name"),
+], ids=["empty", "trailing-separator", "name-too-long"])
+def test_train_refuses_an_out_it_would_find_wrong_only_after_the_training(tmp_path, capsys, monkeypatch, out, words):
+    """Each passed the checks: "" (an unset shell variable) trained into the default file and was
+    refused there, as it exists, after the whole run; "results/" wrote a file named results; a
+    name past the file system's 255 bytes failed when the weights were written."""
+    from stepfoley.cli import main
+    from stepfoley.commands import train as train_command
+
+    monkeypatch.chdir(tmp_path)
+    # taken, it would train for an hour here: said as the failure instead
+    monkeypatch.setattr(train_command, "_train",
+                        lambda args, device: pytest.fail(f"it trained with --out {args.out!r}"))
+    for what in (["embedded"], ["loudness"], ["controlnet", "--weights", "w", "--data", "d.jsonl"]):
+        assert main(["train", *what, "--work", str(tmp_path / "w"), "--out", out, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err
+        assert not (tmp_path / "w").exists()
+
+
 def test_train_embeddeds_help_gives_the_recipes_defaults():
     """Said by hand in the help (the command line imports no torch to show it): kept to the recipe."""
     import argparse

@@ -261,12 +261,20 @@ def _check_folders(args: argparse.Namespace) -> None:
     --force), before hours of training and not after."""
     import os
 
-    from stepfoley.atomic import can_make_file_in
+    from stepfoley.atomic import can_make_file_in, name_too_long
     from stepfoley.commands.runtime import check_input_file, is_special_file, same_file
     from stepfoley.engine.errors import InvalidInputError
 
     if args.what == "loudness":
         check_input_file(args.weights, "--weights", "the embedded model's .safetensors file")
+    # each passed the checks below and was found after the training: "" (an unset shell variable)
+    # wrote the default file, and failed there; "results/" named a file "results"
+    if args.out is not None and not args.out.strip():
+        raise InvalidInputError("--out is empty; give the weights file to write (or leave --out out for the "
+                                "default one).")
+    if args.out is not None and args.out.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise InvalidInputError(f"--out '{args.out}' names a folder; give the weights file to write in it (e.g. "
+                                f"{os.path.join(args.out, 'mine.safetensors')}).")
     above = os.path.dirname(os.path.abspath(args.out)) if args.out is not None else None
     if above is not None and not os.path.isdir(above):
         if os.path.lexists(above):  # a file named as if it were a folder
@@ -275,6 +283,9 @@ def _check_folders(args: argparse.Namespace) -> None:
         raise InvalidInputError(f"The folder of --out '{args.out}' does not exist; create it first.")
     if args.out is not None and os.path.isdir(args.out):
         raise InvalidInputError(f"--out '{args.out}' is a folder; name the weights file to write.")
+    too_long = name_too_long(args.out) if args.out is not None else None
+    if too_long:
+        raise InvalidInputError(f"--out: {too_long}")
     if args.out is not None and same_file(args.out, args.work):
         # not yet a folder now: --work is made below, and the weights found it there after hours of training
         raise InvalidInputError(f"--out '{args.out}' is the --work folder; name the weights file to write (for "
