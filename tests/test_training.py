@@ -1613,6 +1613,30 @@ def test_train_refuses_weights_it_could_not_write_before_any_work(tmp_path, caps
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("made", ["read-only", "a file"])
+def test_train_controlnet_refuses_a_weights_folder_it_could_not_write_into_before_any_work(tmp_path, capsys,
+                                                                                         monkeypatch, made):
+    """Without --out the ControlNet goes into WEIGHTS/controlnets/, made when it is written:
+    weights on a read-only share (or a file named controlnets) refused it after the training."""
+    from stepfoley import atomic
+    from stepfoley.cli import main
+    from stepfoley.commands import train as train_command
+
+    weights = tmp_path / "read-only" if made == "read-only" else tmp_path / "weights"
+    weights.mkdir()
+    if made == "a file":
+        (weights / "controlnets").write_text("mine")
+    monkeypatch.setattr(atomic, "can_make_file_in", lambda folder: "read-only" not in str(folder))
+    monkeypatch.setattr(train_command, "_train", lambda args, device: pytest.fail("it trained"))
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "d.jsonl").write_text('{"caption": "rain", "video": "v.mp4"}\n')
+    assert main(["train", "controlnet", "--weights", str(weights), "--data", str(tmp_path / "d.jsonl"),
+                 "--work", str(tmp_path / "w"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"would be written in {weights / 'controlnets'}, where no file can be made" in err, err
+    assert "give --out FILE" in err and not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("what, shorter", [(["embedded"], ["--base-steps", "2"]), (["embedded"], ["--scenes", "40"]),
                                            (["loudness"], ["--steps", "3"])])
 def test_a_trial_replaces_the_packaged_weights_only_with_force(tmp_path, capsys, monkeypatch, what, shorter):

@@ -261,7 +261,7 @@ def _check_folders(args: argparse.Namespace) -> None:
     --force), before hours of training and not after."""
     import os
 
-    from stepfoley.atomic import can_make_file_in, name_too_long
+    from stepfoley.atomic import can_make_file_in, name_too_long, nearest_existing
     from stepfoley.commands.runtime import check_input_file, is_special_file, same_file
     from stepfoley.engine.errors import InvalidInputError
 
@@ -305,12 +305,21 @@ def _check_folders(args: argparse.Namespace) -> None:
     _check_weights_kept(args)
     if args.what == "controlnet":
         from stepfoley.engine.loading import check_variant
-        from stepfoley.engine.weights import controlnet_path, weights_folder
+        from stepfoley.engine.weights import CONTROLNET_DIR, controlnet_path, weights_folder
         from stepfoley.lab.training.controlnet import refuse_to_replace
         from stepfoley.lab.training.features import read_dataset_list, require_video_clips
 
         # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
         root = weights_folder(args.weights)
+        if args.out is None:
+            # made in WEIGHTS/controlnets/ when written: weights on a read-only share, or another
+            # user's, refused it after the whole training (200,000 steps by default)
+            folder = root / CONTROLNET_DIR
+            there = nearest_existing(folder)
+            if not there.is_dir() or not can_make_file_in(there):
+                raise InvalidInputError(f"The ControlNet would be written in {folder}, where no file can be made "
+                                        "(read-only, another user's, or a file by that name); give --out FILE in a "
+                                        "folder you can write to.")
         variant = check_variant(args.model) if args.model is not None else _variant_found(root)
         if variant is not None and args.out is None:  # the variant's own file: refused once the model had loaded
             refuse_to_replace(controlnet_path(root, variant), args.force)
