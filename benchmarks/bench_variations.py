@@ -84,7 +84,10 @@ def _phases_text(seconds: dict) -> str:
 
 
 def _counts(text: str) -> list[int]:
-    counts = [int(c) for c in text.split(",") if c.strip()]
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:  # left to argparse, it said "invalid _counts value", this function's name
+        counts = []
     if not counts or any(not 1 <= c <= 8 for c in counts) or len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError("give counts from 1 to 8, each once, separated by commas (e.g. 1,4,8)")
     return counts

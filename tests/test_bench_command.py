@@ -122,6 +122,7 @@ def test_bench_variations_fails_when_the_stems_differ(capsys, monkeypatch):
     (["bridge", "--port", "70000"], "--port must be from 1 to 65535"),
     (["bridge", "--steps", "201"], "--steps must be at most 200"),  # the engine would refuse every request
     (["variations", "--counts", "1,1"], "each once"),
+    (["variations", "--counts", "1,two"], "give counts from 1 to 8"),  # "invalid _counts value": a function's name
     # memory filled until the kernel ended it; a traceback from the allocator; one from libx264
     (["weights-load", "--mb", "100000000"], "--mb 100000000: at most 8192"),
     (["sampler", "--batch", "100000000"], "--batch 100000000: at most 256"),
