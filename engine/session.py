@@ -214,9 +214,17 @@ def window_condition(slices: np.ndarray, sample_rate: int) -> np.ndarray | None:
     over the window alone, as the ControlNet was trained on one window's length at
     CONDITION_LUFS; None when every row is silent there (below the -70 LUFS gate), so the
     window is made as a first track is. A row silent where the others are not (takes with
-    different stacks, made together by the evaluation) hears its silence."""
-    rows = [conditioning_mix([row], sample_rate, len(row)) if mixing.is_heard(row[None], sample_rate) else None
-            for row in slices]
+    different stacks, made together by the evaluation) hears its silence. Rows the same to the
+    bit are fitted once: a job's variations all hear one x̃, and each window's part of it was
+    measured, normalized and limited once per take."""
+    fitted: dict[bytes, np.ndarray | None] = {}  # a row's bytes -> what it is heard as
+    rows = []
+    for row in slices:
+        key = row.tobytes()
+        if key not in fitted:
+            fitted[key] = (conditioning_mix([row], sample_rate, len(row)) if mixing.is_heard(row[None], sample_rate)
+                           else None)
+        rows.append(fitted[key])
     if all(row is None for row in rows):
         return None
     return np.stack([row if row is not None else quiet for row, quiet in zip(rows, slices)])

@@ -278,6 +278,23 @@ def test_each_window_of_a_long_region_hears_its_own_part_of_the_layers_at_the_tr
     assert window_condition(np.stack([silent + 0.01, silent]).astype(np.float32), 16000) is None  # an offset
 
 
+def test_a_window_fits_each_distinct_condition_once(monkeypatch):
+    """A job's takes all hear one x̃: each window's part of it was normalized and limited once per
+    take. Rows the same to the bit are fitted once and heard alike; other rows each their own."""
+    from stepfoley.engine import session as session_module
+    from stepfoley.engine.session import window_condition
+
+    rng = np.random.default_rng(3)
+    shared, other = (0.01 * rng.standard_normal(8 * 16000)).astype(np.float32), \
+        (0.2 * rng.standard_normal(8 * 16000)).astype(np.float32)
+    alone = window_condition(np.stack([shared, other]), 16000)
+    fits, real = [], session_module.conditioning_mix
+    monkeypatch.setattr(session_module, "conditioning_mix", lambda *a, **k: fits.append(1) or real(*a, **k))
+    heard = window_condition(np.stack([shared, shared, other, shared.copy()]), 16000)
+    assert len(fits) == 2
+    assert np.array_equal(heard, alone[[0, 0, 1, 0]])
+
+
 def test_a_window_over_which_the_layers_are_silent_is_made_as_a_first_track(tmp_path, monkeypatch):
     """A 10 s region is made in two windows, 0-8 s and 2-10 s; the earlier layer plays only in
     the first 1.5 s, so the second window hears no layer: it is sampled exactly as a first track

@@ -150,6 +150,22 @@ def test_a_job_mixes_the_earlier_layers_once(tiny, scene_video, tmp_path, monkey
     assert len(mixes) == 1
 
 
+def test_each_window_of_a_long_region_fits_the_earlier_layers_once_for_all_takes(tiny, tmp_path, monkeypatch):
+    """Over a region made in windows each window hears its own part of x̃, normalized again: that
+    part is the same for every take of the job, and was fitted once per take."""
+    from stepfoley.engine import session as session_module
+    from stepfoley.lab.miniworld import make_scene, write_scene
+
+    video = write_scene(make_scene(20_000_002, duration=10.0), tmp_path)["video"]
+    session = StepSession(tiny, Region(video, 0.0, 10.0))
+    session.add_track((0.1 * np.random.default_rng(4).standard_normal(10 * 16000)).astype(np.float32), 16000)
+    fits, real = [], session_module.conditioning_mix
+    monkeypatch.setattr(session_module, "conditioning_mix", lambda *a, **k: fits.append(1) or real(*a, **k))
+    takes = session.next_variations(TrackSettings("rain falling", method="nag", seed=3, steps=1), 3)
+    assert takes[0].metadata["windows"] == 2 and takes[0].metadata["windows_without_audio"] == []
+    assert len(fits) == 1 + 2  # x̃ of the region, then each window's part of it
+
+
 def _files(folder) -> list[str]:
     return sorted(os.listdir(folder))
 
