@@ -232,8 +232,9 @@ class FoleyService:
         takes = session.next_variations(settings, request.variations, on_progress, is_cancelled, reference,
                                         known=None if take is None else take.known)
         # ranked, then finished and written a stem at a time, each said: 8 stems of 600 s at 48 kHz
-        # took two minutes without a word, and a client's watchdog gave the job up
-        stems_said(0, len(takes))
+        # took two minutes without a word, and a client's watchdog gave the job up. Nothing is said
+        # before the ranking: the session's last word, its takes joined and levelled, was this very
+        # count a moment ago (said again, every client heard the same datagram twice)
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         # judged as the stems will sound: a continuation's kept part is the take's, not the model's
         heard = [t.samples if take is None else take.as_heard(t) for t in takes]
