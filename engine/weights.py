@@ -260,7 +260,9 @@ def tensor_shapes(path: Path, entry: str | None = None) -> dict[str, tuple[int, 
 
 
 def manifest_path(name: str, manifests_dir: Path | None = None) -> Path:
-    return Path(manifests_dir or MANIFESTS_DIR) / f"{name}.json"
+    # None alone means the packaged ones: "" (an unset shell variable) is refused by
+    # _require_manifests, not taken silently for them
+    return Path(MANIFESTS_DIR if manifests_dir is None else manifests_dir) / f"{name}.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,6 +621,9 @@ def readable_weights(root: Path):
 
 
 def _require_manifests(manifests_dir: Path | None) -> None:
+    if manifests_dir is not None and not str(manifests_dir).strip():
+        raise CheckpointError("The manifests folder is empty; give the folder of the weight manifests, or none for "
+                              "the packaged ones.")
     if manifest_path("vae_16k", manifests_dir).is_file():
         return
     if manifests_dir is not None:  # the user's choice, not the installation's

@@ -814,3 +814,14 @@ def test_something_there_under_an_official_name_but_not_that_file_is_said_to_be(
     (weights_dir / "DFN5B-CLIP-ViT-H-14-384").write_bytes(b"PK\x03\x04 a zip")
     assert ("\n  DFN5B-CLIP-ViT-H-14-384  [CLIP image/text encoder folder (apple/DFN5B-CLIP-ViT-H-14-384, open_clip "
             "format)]: missing: it is a file, where a folder") in check_weights_dir(weights_dir).text()
+
+
+@pytest.mark.parametrize("action", ["check", "convert"])
+def test_an_empty_manifests_folder_is_refused_not_read_as_the_packaged_ones(weights_dir, capsys, action):
+    """`--manifests "$UNSET"` checked against the packaged manifests without a word."""
+    assert cli_main(["weights", action, str(weights_dir), "--manifests", ""]) == 2
+    said = capsys.readouterr()
+    assert "--manifests is empty; give the folder of the weight manifests" in said.err and said.out == ""
+    assert not list((weights_dir / "ext_weights").glob("*.safetensors"))  # convert copied nothing
+    with pytest.raises(CheckpointError, match="The manifests folder is empty"):
+        check_weights_dir(weights_dir, manifests_dir="")

@@ -40,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.manifests is not None and not args.manifests.strip():
+        # an unset shell variable: `manifests_dir or MANIFESTS_DIR` checked against the packaged
+        # ones, and the user's own manifests were never read
+        print("--manifests is empty; give the folder of the weight manifests to check against, or leave --manifests "
+              "out for the packaged ones.", file=sys.stderr)
+        return 2
     if getattr(args, "hash", False) and args.quick:
         print("--hash reads every byte and --quick reads none: give one of them.", file=sys.stderr)
         return 2
