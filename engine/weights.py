@@ -470,11 +470,20 @@ def file_md5(path: Path) -> str:
 
 def file_digest(path: str | Path, algorithm: str) -> str:
     """The hex digest of a file's bytes by a hashlib algorithm ("md5", "sha256"), read in 8 MiB
-    pieces (a 4 GB checkpoint never in memory)."""
+    pieces (a 4 GB checkpoint never in memory). CheckpointError naming the file where it cannot be
+    read to its end (a disk or network share failing part way was a traceback); a PermissionError
+    is left to `readable_weights`, which names the folder closed on the way."""
     digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as f:
-        while piece := f.read(8 * 2**20):
-            digest.update(piece)
+    try:
+        with open(path, "rb") as f:
+            while piece := f.read(8 * 2**20):
+                digest.update(piece)
+    except PermissionError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"{path} could not be read to its end ({e.strerror or e}): the disk or the network "
+                              "share it is on failed while it was read; copy the file again, or check the "
+                              "disk.") from None
     return digest.hexdigest()
 
 
@@ -483,7 +492,10 @@ def _md5_check(spec: WeightFile, checkpoint: Path) -> tuple[bool, tuple[str, ...
     if not checkpoint.is_file():  # only a .safetensors copy: the published MD5 is the .pth's
         return False, (), (f"only its .safetensors copy is here, and MMAudio publishes the MD5 of "
                            f"{checkpoint.name}, so its bytes were not compared",)
-    found = file_md5(checkpoint)
+    try:
+        found = file_md5(checkpoint)
+    except CheckpointError as e:  # this file's problem: the others are still compared
+        return False, (str(e),), ()
     other = next((f for f in FILES.values() if f.md5 == found and f is not spec), None)
     if other is not None:  # large_44k's file saved as large_44k_v2's, say: whole, under another name
         own = Path(other.relpath).name

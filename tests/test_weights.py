@@ -825,3 +825,23 @@ def test_an_empty_manifests_folder_is_refused_not_read_as_the_packaged_ones(weig
     assert not list((weights_dir / "ext_weights").glob("*.safetensors"))  # convert copied nothing
     with pytest.raises(CheckpointError, match="The manifests folder is empty"):
         check_weights_dir(weights_dir, manifests_dir="")
+
+
+def test_a_file_that_fails_part_way_through_its_hash_is_named_not_raised(tmp_path, capsys):
+    """`weights check --hash` turned only a permission error into words: any other failure of the
+    read (EIO from a failing disk) was a traceback. /proc/self/mem is a regular file whose first
+    read fails with EIO; the loader reads the .safetensors copy beside it, so only the hash reads it."""
+    if not os.path.isfile("/proc/self/mem"):
+        pytest.skip("needs Linux's /proc")
+    root = tmp_path / "weights"
+    save(manifest_shaped("vae_16k"), root / "ext_weights" / "v1-16.pth")
+    convert_weights_dir(root, log=lambda line: None)
+    copy = root / "ext_weights" / "v1-16.safetensors"
+    save_file(load_file(copy), copy)  # a copy that records no source: trusted whatever the .pth is
+    pth = root / "ext_weights" / "v1-16.pth"
+    pth.unlink()
+    pth.symlink_to("/proc/self/mem")
+    assert cli_main(["weights", "check", "--hash", str(root)]) == 1
+    said = capsys.readouterr()
+    assert f"{pth} could not be read to its end (Input/output error)" in said.out, said
+    assert "Traceback" not in said.err
