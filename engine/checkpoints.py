@@ -331,6 +331,27 @@ def _shape(value: ShapeLike) -> tuple[int, ...]:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(int(d) for d in value)
 
 
+def read_manifest(path: Union[str, os.PathLike]) -> dict:
+    """The JSON object of a weights manifest (manifests/*.json, or a user's --manifests folder);
+    CheckpointError naming the file where it cannot be read or is not a JSON object. Its entries'
+    layout is for the reader to check (`manifest_layout_error`)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"Cannot read the weights manifest {path}: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise manifest_layout_error(path, TypeError(f"a JSON {type(manifest).__name__}, not an object"))
+    return manifest
+
+
+def manifest_layout_error(path: Union[str, os.PathLike], exc: Exception) -> CheckpointError:
+    """The error for a manifest that is JSON but not of the layout StepFoley writes (`exc`: the
+    KeyError, TypeError, ... that reading an entry of it raised)."""
+    return CheckpointError(f"The weights manifest {path} is not one StepFoley wrote ({type(exc).__name__}: {exc}); "
+                           "give the folder of its manifests.")
+
+
 def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
                            manifest_json_path: Union[str, os.PathLike]) -> ManifestReport:
     """Compare keys and shapes with a golden manifest (manifests/*.json).
@@ -339,10 +360,7 @@ def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
     as the same key. Keys the loader drops (`keys_dropped_or_ignored_on_load`) are reported as ignored.
     """
     manifest_path = Path(manifest_json_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot read the weights manifest {manifest_path}: {exc}") from exc
+    manifest = read_manifest(manifest_path)
     found = {k: _shape(v) for k, v in state_dict_or_shapes.items()}
     try:
         droppable = set(manifest.get("keys_dropped_or_ignored_on_load", ()))
@@ -351,8 +369,7 @@ def check_against_manifest(state_dict_or_shapes: Mapping[str, ShapeLike],
         legacy = {item["legacy_key"]: item["key"] for item in manifest["state_dict"]
                   if item.get("legacy_key") and item["key"] not in found and item["legacy_key"] in found}
     except (AttributeError, KeyError, TypeError) as exc:  # JSON, but not a manifest's layout
-        raise CheckpointError(f"The weights manifest {manifest_path} is not one StepFoley wrote "
-                              f"({type(exc).__name__}: {exc}); give the folder of its manifests.") from None
+        raise manifest_layout_error(manifest_path, exc) from None
     as_named = {legacy.get(k, k): shape for k, shape in found.items()}
     ignored = tuple(k for k in as_named if k not in expected and k in droppable)
     mismatch = compare_keys({k: v for k, v in as_named.items() if k not in ignored}, expected)

@@ -18,7 +18,6 @@ without the shared fixture folder; `manifests_dir` points elsewhere if needed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import stat
@@ -275,16 +274,19 @@ _WN_MAGNITUDE = ".parametrizations.weight.original0"
 def _compare_folded_weight_norm(shapes: dict[str, tuple], manifest_file: Path) -> list[str]:
     """A BigVGAN saved after weight norm was folded into plain `<m>.weight` (NVIDIA's loader
     accepts those): compare with the manifest read that way (direction shape, no magnitude)."""
-    from stepfoley.engine.checkpoints import compare_keys
+    from stepfoley.engine.checkpoints import compare_keys, manifest_layout_error, read_manifest
 
     expected = {}
-    for e in json.loads(manifest_file.read_text())["state_dict"]:
-        key = e["key"]
-        if key.endswith(_WN_MAGNITUDE):
-            continue
-        if key.endswith(_WN_DIRECTION):
-            key = key[: -len(_WN_DIRECTION)] + ".weight"
-        expected[key] = tuple(e["shape"])
+    try:
+        for e in read_manifest(manifest_file)["state_dict"]:
+            key = e["key"]
+            if key.endswith(_WN_MAGNITUDE):
+                continue
+            if key.endswith(_WN_DIRECTION):
+                key = key[: -len(_WN_DIRECTION)] + ".weight"
+            expected[key] = tuple(e["shape"])
+    except (AttributeError, KeyError, TypeError) as e:  # a user's --manifests file of another layout
+        raise manifest_layout_error(manifest_file, e) from None
     return compare_keys(shapes, expected).problems(limit=3, expected_in="the official layout")
 
 
@@ -755,9 +757,15 @@ class Conversion:
 
 
 def _dropped_on_load(manifest_file: Path) -> set[str]:
-    """The keys a manifest says the loader drops (buffers it computes again); it has been read as a
-    manifest already (compare_with_manifest)."""
-    return set(json.loads(manifest_file.read_text()).get("keys_dropped_or_ignored_on_load", ()))
+    """The keys a manifest says the loader drops (buffers it computes again). CheckpointError naming
+    it where it cannot say: compare_with_manifest read it already, but a weight-norm-folded
+    vocoder's comparison reads its entries alone, and a user's manifest may change in between."""
+    from stepfoley.engine.checkpoints import manifest_layout_error, read_manifest
+
+    dropped = read_manifest(manifest_file).get("keys_dropped_or_ignored_on_load", [])
+    if not isinstance(dropped, list) or not all(isinstance(key, str) for key in dropped):
+        raise manifest_layout_error(manifest_file, TypeError("keys_dropped_or_ignored_on_load is not a list of keys"))
+    return set(dropped)
 
 
 def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None = None,
@@ -778,17 +786,18 @@ def convert_file(source: Path, entry: str | None = None, spec: WeightFile | None
     if target.exists() and not stale:
         return Conversion(source, target, False, f"{target.name} already exists; left as it is")
     manifest_file = manifest_path(spec.name, manifests_dir) if spec is not None else None
+    dropped = set()
     try:
         if manifest_file is not None and manifest_file.is_file():
             problems = compare_with_manifest(spec, tensor_shapes(source, entry), manifest_file)
             if problems:
                 return Conversion(source, target, False, "not converted: " + "; ".join(problems), refused=True)
+            # only what the loader reads: a key it drops is checked for nothing, and a forged view
+            # there (one value repeated over terabytes) would be written out whole
+            dropped = _dropped_on_load(manifest_file)
         state_dict = load_state_dict_file(source, entry=entry)
-    except CheckpointError as error:  # damaged or unreadable: a folder's other files are still converted
+    except CheckpointError as error:  # damaged or unreadable (or its manifest): the others are still converted
         return Conversion(source, target, False, f"not converted: {error}", refused=True)
-    # only what the loader reads: a key it drops is checked for nothing, and a forged view there
-    # (one value repeated over terabytes) would be written out whole
-    dropped = _dropped_on_load(manifest_file) if manifest_file is not None and manifest_file.is_file() else set()
     tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and k not in dropped
                and (spec is None or spec.keep_prefix is None or k.startswith(spec.keep_prefix))}
     origin = f"{source.name}[{entry!r}]" if entry else source.name

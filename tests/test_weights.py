@@ -845,3 +845,43 @@ def test_a_file_that_fails_part_way_through_its_hash_is_named_not_raised(tmp_pat
     said = capsys.readouterr()
     assert f"{pth} could not be read to its end (Input/output error)" in said.out, said
     assert "Traceback" not in said.err
+
+
+def folded_bigvgan_16k():
+    """bigvgan_16k's tensors with weight norm folded into plain `.weight` (NVIDIA's loader takes them)."""
+    folded = {}
+    for e in json.loads(manifest_path("bigvgan_16k").read_text())["state_dict"]:
+        if e["key"].endswith(".parametrizations.weight.original0"):
+            continue
+        folded[e["key"].replace(".parametrizations.weight.original1", ".weight")] = torch.zeros(()).expand(e["shape"])
+    return folded
+
+
+@pytest.mark.parametrize("action, manifest, words", [
+    ("check", "{not json", "Cannot read the weights manifest {}"),
+    ("check", '{"state_dict": [{"key": 5, "shape": [1]}]}', "The weights manifest {} is not one StepFoley wrote"),
+    ("check", "[1, 2]", "The weights manifest {} is not one StepFoley wrote"),
+    ("convert", None, "not converted: The weights manifest {} is not one StepFoley wrote"),
+], ids=["check-not-json", "check-key-not-text", "check-a-list", "convert-dropped-keys-not-a-list"])
+def test_a_broken_manifest_of_a_folded_vocoder_is_named_not_raised(tmp_path, capsys, action, manifest, words):
+    """A vocoder with weight norm folded is compared with its manifest's entries read apart, and
+    convert reads the keys the loader drops apart too: a broken --manifests file there was a
+    traceback (JSONDecodeError, AttributeError, TypeError) where every other reading named it."""
+    root = tmp_path / "weights"
+    save(manifest_shaped("vae_16k"), root / "ext_weights" / "v1-16.pth")
+    save({"generator": folded_bigvgan_16k()}, root / "ext_weights" / "best_netG.pt")
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "vae_16k.json").write_text(manifest_path("vae_16k").read_text())
+    broken = folder / "bigvgan_16k.json"
+    if manifest is None:  # its entries fit; what it says the loader drops is not a list
+        manifest = json.dumps({**json.loads(manifest_path("bigvgan_16k").read_text()),
+                               "keys_dropped_or_ignored_on_load": 5})
+    broken.write_text(manifest)
+    assert cli_main(["weights", action, str(root), "--manifests", str(folder)]) == 1
+    said = capsys.readouterr()
+    assert words.format(broken) in said.out, said
+    assert "Traceback" not in said.err
+    if action == "convert":  # the other files are still converted
+        assert (root / "ext_weights" / "v1-16.safetensors").is_file()
+        assert not (root / "ext_weights" / "best_netG.safetensors").exists()
