@@ -427,7 +427,7 @@ def test_embedded_weights_holding_nan_are_refused(tmp_path):
     diverged = save_safetensors_atomic(tensors, tmp_path / "mini.safetensors", meta)
     with pytest.raises(CheckpointError, match=rf"Weights file {diverged}: 1 tensor holds values that are not numbers "
                                               rf".*\({key}\)\. The training that wrote them went wrong, or the file "
-                                              r"is damaged: reinstall StepFoley, or train them again"):
+                                              r"is damaged\. Give the file `stepfoley train embedded` wrote"):
         build_embedded_model(weights_path=diverged)
 
 

@@ -817,3 +817,27 @@ def test_the_network_seed_bound_keeps_the_embedding_s_clips_below_the_classifier
     assert len(SOURCE_KINDS) * store.CLIP_SEEDS_PER_KIND <= store.CLIP_SEEDS_PER_NETWORK_SEED
     assert last_clip(MAX_NETWORK_SEED) < presence.CLIP_SEED_BASE
     assert store.first_clip_seed(embedding.CLIP_SEED_BASE, MAX_NETWORK_SEED + 1, 0, 0) >= presence.CLIP_SEED_BASE
+
+
+def test_a_damaged_weights_file_of_the_users_is_not_to_be_fixed_by_a_reinstall(tmp_path, capsys):
+    """`eval --embedded-weights FILE` with a damaged FILE advised "Reinstall StepFoley", which puts
+    back the packaged weights and leaves the user's own file as it was; /dev/null given as
+    --embedding was "not there"."""
+    from stepfoley.cli import main
+
+    damaged = tmp_path / "mine.safetensors"
+    damaged.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    out = str(tmp_path / "eval.json")
+    assert main(["eval", "--embedded-weights", str(damaged), "--json", out, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"The embedded model's weights {damaged} cannot be read" in err
+    assert "Give the file `stepfoley train embedded` wrote (its --out), or train them again" in err, err
+    assert "einstall" not in err and "Traceback" not in err
+    if os.path.exists(os.devnull):
+        assert main(["eval", "--embedding", os.devnull, "--json", out, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"--embedding {os.devnull} is not a regular file (a device or a pipe); give the .safetensors" in err
+    assert not os.path.exists(out)
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH, remedy
+
+    assert remedy(WEIGHTS_PATH).startswith("Reinstall StepFoley")  # the packaged file: a reinstall puts it back

@@ -64,11 +64,25 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def codec_config_of(meta: dict[str, str]) -> MelCodecConfig:
-    """The codec a weights file was trained with (metadata "codec_config"), decoding as this
-    version decodes (its decoder settings, DECODER_FIELDS, are not the file's: they never shaped
-    the latent the network learned); weights written before the codec was recorded were all
-    trained with the first latent, ln(max(mel, 1e-5))."""
+def remedy(path: str | os.PathLike) -> str:
+    """What to do about the embedded weights at `path` when they cannot serve, as a sentence. The
+    packaged file comes back with a reinstall; a user's own (--embedded-weights, --weights FILE)
+    does not, and a reinstall left it as it was."""
+    try:
+        packaged = os.path.samefile(path, WEIGHTS_PATH)
+    except (OSError, ValueError):  # one of them not there
+        packaged = os.path.realpath(path) == os.path.realpath(WEIGHTS_PATH)
+    if packaged:
+        return "Reinstall StepFoley, or train them again (`stepfoley train embedded`)."
+    return ("Give the file `stepfoley train embedded` wrote (its --out), or train them again (`stepfoley train "
+            "embedded --out FILE`).")
+
+
+def codec_config_of(meta: dict[str, str], path: str | os.PathLike | None = None) -> MelCodecConfig:
+    """The codec a weights file (at `path`, for the advice) was trained with (metadata
+    "codec_config"), decoding as this version decodes (its decoder settings, DECODER_FIELDS, are
+    not the file's: they never shaped the latent the network learned); weights written before the
+    codec was recorded were all trained with the first latent, ln(max(mel, 1e-5))."""
     if "codec_config" not in meta:
         return MelCodecConfig(log_offset=0.0)
     try:
@@ -79,15 +93,17 @@ def codec_config_of(meta: dict[str, str]) -> MelCodecConfig:
         grid = latent.get("hop", MelCodecConfig.hop), latent.get("n_fft", MelCodecConfig.n_fft)
         return MelCodecConfig(**latent, synthesis_hop=synthesis_hop_for(*grid))
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"The embedded weights record a codec this version cannot build ({e}). "
-                              "Reinstall StepFoley or train the model again.") from None
+        where, advice = ("", "Reinstall StepFoley or train the model again.") if path is None \
+            else (f" {path}", remedy(path))
+        raise CheckpointError(f"The embedded weights{where} record a codec this version cannot build ({e}). "
+                              f"{advice}") from None
 
 
 def build_embedded_model(random_weights: bool = False, device: torch.device | str = "cpu",
                          weights_path: str | os.PathLike | None = None) -> FoleyModel:
     path = Path(weights_path or WEIGHTS_PATH)
     tensors, meta = ({}, {}) if random_weights else _read_weights(path)
-    codec = MelCodec() if random_weights else MelCodec(codec_config_of(meta))
+    codec = MelCodec() if random_weights else MelCodec(codec_config_of(meta, path))
     text_encoder = EmbeddedTextEncoder()
     net = MMAudio(embedded_net_config(codec))
     controlnet = AudioControlNet(controlnet_config(net))
@@ -156,7 +172,7 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
     the file has one (weights trained before it did not), the loudness ControlNet `loudness`;
     returns the model id, the guidance defaults recorded with them (metadata
     "guidance_defaults"; the paper's when absent) and whether a loudness ControlNet was loaded."""
-    advice = "The file is damaged or from another version; reinstall StepFoley or train the model again."
+    advice = f"The file is damaged or from another version. {remedy(path)}"
     loudness_tensors = {k[9:]: v for k, v in tensors.items() if k.startswith("loudness.")}
     # a change that keeps every tensor's shape (the number of heads) would load into the wrong network
     for key, module in (("net_config", net), ("controlnet_config", controlnet),
@@ -175,8 +191,7 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
                                   f"builds ({', '.join(differ)}). {advice}")
     # checked once, whole: the three networks' keys without their prefixes would not say which
     # holds it, and the file's advice is the one to give (each network's load checks no more)
-    check_finite(tensors, path, "The training that wrote them went wrong, or the file is damaged: reinstall "
-                 "StepFoley, or train them again (`stepfoley train embedded`).")
+    check_finite(tensors, path, f"The training that wrote them went wrong, or the file is damaged. {remedy(path)}")
     net.load_weights({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, advice, source=str(path),
                      values_checked=True)
     load_strict(controlnet, {k[11:]: v for k, v in tensors.items() if k.startswith("controlnet.")},
@@ -201,16 +216,14 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise unreadable_error(path) from None
     if not present:
         raise CheckpointError(
-            f"The embedded model's weights {path} are missing. Reinstall StepFoley, or retrain them with "
-            "`stepfoley train embedded` (see README).")
+            f"The embedded model's weights {path} are missing. {remedy(path)}")
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several types for damaged files
         raise reading_error(path) or CheckpointError(
-            f"The embedded model's weights {path} cannot be read ({e}). Reinstall StepFoley, or retrain them "
-            "with `stepfoley train embedded` (see README).") from None
+            f"The embedded model's weights {path} cannot be read ({e}). {remedy(path)}") from None
     return tensors, meta
 
 

@@ -105,7 +105,9 @@ def check_input_file(path, option: str, what: str) -> None:
     from stepfoley.engine.errors import InvalidInputError
 
     if path is not None and not os.path.isfile(path):
-        found = "a folder" if os.path.isdir(path) else "not there"
+        # /dev/null or a pipe is there: "not there" sent the user looking for a file they had named
+        found = ("a folder" if os.path.isdir(path) else
+                 "not a regular file (a device or a pipe)" if os.path.exists(path) else "not there")
         raise InvalidInputError(f"{option} {path} is {found}; give {what}.")
 
 
