@@ -1708,3 +1708,43 @@ def test_the_weights_of_an_installed_package_are_replaced_only_with_force(tmp_pa
     (tmp_path / "alpha.json").write_text("{}")  # a rerun: --force, which the JSON asks for, is not consent
     assert main(["eval", "--choose-alpha", "--write", "--force", "--json", str(tmp_path / "alpha.json")]) == 2
     assert "inside the installed stepfoley package" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a named pipe needs POSIX")
+def test_a_dataset_list_that_is_a_pipe_a_device_or_too_large_is_refused_without_reading_it(tmp_path, capsys):
+    """`train controlnet --data PIPE` waited for ever for a writer, `--data /dev/zero` read without
+    end, and a file of gigabytes (a video given as the list) was read whole into memory."""
+    import threading
+
+    from stepfoley.cli import main
+
+    (tmp_path / "weights").mkdir()
+    pipe = tmp_path / "list.jsonl"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(pipe)  # through a link too
+    huge = tmp_path / "huge.jsonl"
+    with open(huge, "wb") as f:  # sparse: no disk used, and never read
+        f.truncate(4 * 2**30)
+    cases = [(str(pipe), "is not a regular file (a device or a pipe); give the JSON Lines file of the clips."),
+             (str(link), "is not a regular file (a device or a pipe); give the JSON Lines file of the clips."),
+             (str(huge), "is larger than a list of clips can be (4,096 MiB, at most 1,024 MiB); give the JSON "
+                         "Lines file of the clips, not a video or an archive.")]
+    if os.path.exists("/dev/zero"):
+        cases.append(("/dev/zero", "is not a regular file (a device or a pipe); give the JSON Lines file"))
+    for data, words in cases:
+        codes = []
+        run = threading.Thread(target=lambda: codes.append(main([
+            "train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", data,
+            "--work", str(tmp_path / "work"), "--device", "cpu"])), daemon=True)
+        run.start()
+        run.join(30)
+        if run.is_alive():  # waiting on the pipe: a writer lets it go, and the test fails
+            with open(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+                pass
+            run.join(30)
+            pytest.fail(f"--data {data} was waited on")
+        assert codes == [2], data
+        err = capsys.readouterr().err
+        assert f"The dataset list {data} {words}" in err and "Traceback" not in err, err
+        assert not (tmp_path / "work").exists()

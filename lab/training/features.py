@@ -6,8 +6,9 @@ A dataset list is JSON Lines, one clip per line, VGGSound-style or audio-text:
     {"audio": "audiocaps/xyz.wav", "caption": "rain on a tin roof"}
 
 `audio` may be omitted when the video file carries the sound. Relative paths are relative to
-the list's folder. Every clip is cut to the model's window (8 s) from `start`; shorter clips
-are padded with silence. Features are extracted once with the model's own encoders and
+the list's folder. The list is a regular file (or a link to one) of at most 1 GiB
+(MAX_LIST_BYTES: some three million clips). Every clip is cut to the model's window (8 s)
+from `start`; shorter clips are padded with silence. Features are extracted once with the model's own encoders and
 codec and saved as safetensors; training then only reads tensors.
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +36,13 @@ from stepfoley.lab.training.objectives import Batch
 from stepfoley.lab.training.trainer import ResumableBatches
 
 
+# The largest dataset list read: 1 GiB. A clip's line (a caption, a file path, a start) is a few
+# hundred bytes, so this holds some three million clips, more than AudioSet's two million or so
+# segments; a file past it is no list (a video or an archive given as --data), and was read whole
+# into memory before its first line was refused.
+MAX_LIST_BYTES = 2**30
+
+
 def read_dataset_list(path: str | Path) -> list[dict]:
     """The clips of the JSON Lines list at `path`, their files made absolute; InvalidInputError
     for a list that cannot be read, a line that is not a clip, or a clip file that is not there
@@ -40,12 +50,9 @@ def read_dataset_list(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
         # "-sig": a byte-order mark, which some Windows editors write, was line 1's JSON error
-        text = path.read_text(encoding="utf-8-sig")
+        text = _list_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInputError(f"The dataset list {path} is not UTF-8 text (JSON Lines, one clip a line).") from None
-    except OSError as e:
-        what = "is a folder" if path.is_dir() else f"cannot be read ({e.strerror or e})"
-        raise InvalidInputError(f"The dataset list {path} {what}; give the JSON Lines file of the clips.") from None
     entries = []
     # Lines end at CR, LF or CRLF alone: str.splitlines() also cut at U+2028, U+2029 and U+0085,
     # which JSON keeps as they are inside a caption (the line ends cannot be in its strings).
@@ -74,6 +81,46 @@ def read_dataset_list(path: str | Path) -> list[dict]:
     if not entries:
         raise InvalidInputError(f"The dataset list {path} holds no clips.")
     return entries
+
+
+def _list_bytes(path: Path) -> bytes:
+    """The bytes of the dataset list at `path`, a regular file (through links) of at most
+    MAX_LIST_BYTES; InvalidInputError otherwise. A pipe held the command for ever, waiting for a
+    writer, and /dev/zero was read without end."""
+    def refused(what: str) -> InvalidInputError:
+        return InvalidInputError(f"The dataset list {path} {what}; give the JSON Lines file of the clips.")
+
+    try:
+        # O_NONBLOCK: a pipe opens at once (to be refused below) where open() waited for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError) as e:  # a NUL in the name is a ValueError
+        if isinstance(e, OSError) and os.path.isdir(path):  # Windows does not open a folder
+            raise refused("is a folder") from None
+        raise refused(f"cannot be read ({e.strerror or e})" if isinstance(e, OSError)
+                      else "cannot be a file's name (it holds a NUL)") from None
+    try:
+        found = os.fstat(fd)  # of what was opened: no other file can have taken its place since
+        if stat.S_ISDIR(found.st_mode):
+            raise refused("is a folder")
+        if not stat.S_ISREG(found.st_mode):
+            raise refused("is not a regular file (a device or a pipe)")
+        pieces, kept = [], 0
+        # at most one byte past the bound, whatever the size said: a file may grow while it is read
+        while found.st_size <= MAX_LIST_BYTES and kept <= MAX_LIST_BYTES:
+            piece = os.read(fd, min(8 * 2**20, MAX_LIST_BYTES + 1 - kept))
+            if not piece:
+                break
+            pieces.append(piece)
+            kept += len(piece)
+    except OSError as e:
+        raise refused(f"cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if max(found.st_size, kept) > MAX_LIST_BYTES:
+        raise InvalidInputError(f"The dataset list {path} is larger than a list of clips can be "
+                                f"({max(found.st_size, kept) / 2**20:,.0f} MiB, at most {MAX_LIST_BYTES // 2**20:,} "
+                                "MiB); give the JSON Lines file of the clips, not a video or an archive.")
+    return b"".join(pieces)
 
 
 def _clip_file(list_path: Path, n: int, key: str, name: str) -> str:
