@@ -1748,3 +1748,37 @@ def test_a_dataset_list_that_is_a_pipe_a_device_or_too_large_is_refused_without_
         err = capsys.readouterr().err
         assert f"The dataset list {data} {words}" in err and "Traceback" not in err, err
         assert not (tmp_path / "work").exists()
+
+
+def test_a_clip_start_past_its_files_end_is_refused_with_its_line_before_anything_loads(tmp_path, capsys):
+    """A `start` past the end of the clip's file (a huge number, or seconds of another clip) was
+    taken, and the clip was learned from as silence (an integer of hundreds of digits raised
+    OverflowError once the features were being made)."""
+    from stepfoley.cli import main
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.lab.miniworld import make_scene, write_scene
+    from stepfoley.lab.training.features import read_clip_audio, read_dataset_list
+
+    paths = write_scene(make_scene(21, duration=3.0), tmp_path / "scene")  # a real 3 s video and its sound
+    video, audio = paths["video"], paths["mixture"]
+    (tmp_path / "weights").mkdir()
+    data = tmp_path / "list.jsonl"
+    within = {"caption": "rain", "video": str(video), "start": 1.5}
+    cases = [({"caption": "rain", "video": str(video), "start": 3.5}, f"line 3: start 3.5 s is past the end of the "
+              f"video file {video}, which lasts 3.00 s; give a start within the clip."),
+             ({"caption": "rain", "audio": str(audio), "start": 10**30}, f"line 3: start 1e+30 s is past the end of "
+              f"the audio file {audio}, which lasts 3.00 s"),
+             ({"caption": "rain", "video": str(video), "start": 10**400}, "line 3: start must be the clip's first "
+              "second, a number from 0 to the clip's length.")]
+    for past, words in cases:
+        data.write_text(json.dumps(within) + "\n\n" + json.dumps(past) + "\n")
+        assert main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data),
+                     "--work", str(tmp_path / "work"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"{data}, {words}" in err and "Traceback" not in err, err
+        assert not (tmp_path / "work").exists()
+    data.write_text(json.dumps(within) + "\n")
+    assert read_dataset_list(data, check_starts=True)[0]["start"] == 1.5
+    # a file that changed after the list was checked: refused as its clip is read, not learned as silence
+    with pytest.raises(InvalidInputError, match=r"starts at 3.5 s, past the end of its sound \(3.00 s\)"):
+        read_clip_audio(str(audio), 16000, 3.5, 8.0)

@@ -8,8 +8,9 @@ A dataset list is JSON Lines, one clip per line, VGGSound-style or audio-text:
 `audio` may be omitted when the video file carries the sound. Relative paths are relative to
 the list's folder. The list is a regular file (or a link to one) of at most 1 GiB
 (MAX_LIST_BYTES: some three million clips). Every clip is cut to the model's window (8 s)
-from `start`; shorter clips are padded with silence. Features are extracted once with the model's own encoders and
-codec and saved as safetensors; training then only reads tensors.
+from `start`, which lies within the clip's file; shorter clips are padded with silence.
+Features are extracted once with the model's own encoders and codec and saved as
+safetensors; training then only reads tensors.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ from stepfoley.lab.training.trainer import ResumableBatches
 MAX_LIST_BYTES = 2**30
 
 
-def read_dataset_list(path: str | Path) -> list[dict]:
+def read_dataset_list(path: str | Path, check_starts: bool = False) -> list[dict]:
     """The clips of the JSON Lines list at `path`, their files made absolute; InvalidInputError
     for a list that cannot be read, a line that is not a clip, or a clip file that is not there
-    (before any model loads or feature is made)."""
+    (before any model loads or feature is made). With `check_starts`, also for a clip whose
+    `start` is at or past the end of its file, as far as the file's header says (each file's
+    header is read: seconds for a large list, so once per command)."""
     path = Path(path)
     try:
         # "-sig": a byte-order mark, which some Windows editors write, was line 1's JSON error
@@ -54,6 +57,7 @@ def read_dataset_list(path: str | Path) -> list[dict]:
     except UnicodeDecodeError:
         raise InvalidInputError(f"The dataset list {path} is not UTF-8 text (JSON Lines, one clip a line).") from None
     entries = []
+    lengths: dict[str, float | None] = {}  # clip file -> seconds: many clips may be cut from one file
     # Lines end at CR, LF or CRLF alone: str.splitlines() also cut at U+2028, U+2029 and U+0085,
     # which JSON keeps as they are inside a caption (the line ends cannot be in its strings).
     for n, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
@@ -70,17 +74,57 @@ def read_dataset_list(path: str | Path) -> list[dict]:
                 or not (entry.get("audio") or entry.get("video")):
             raise InvalidInputError(f"{path}, line {n}: each clip needs a caption and an audio or video file.")
         start = entry.get("start", 0.0)
-        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start < float("inf"):
-            raise InvalidInputError(f"{path}, line {n}: start must be the clip's first second, 0 or more.")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= _seconds(start) < float("inf"):
+            raise InvalidInputError(f"{path}, line {n}: start must be the clip's first second, a number from 0 to "
+                                    "the clip's length.")
         for key in ("video", "audio"):
             if entry.get(key):
                 if not isinstance(entry[key], str):
                     raise InvalidInputError(f"{path}, line {n}: {key} must be a file name.")
                 entry[key] = _clip_file(path, n, key, entry[key])
+                if check_starts and start > 0 and entry[key] not in lengths:
+                    lengths[entry[key]] = clip_seconds(entry[key])
+                lasts = lengths.get(entry[key]) if check_starts and start > 0 else None
+                if lasts is not None and start >= lasts:  # cut from past its end, the clip was silence
+                    raise InvalidInputError(f"{path}, line {n}: start {_seconds(start):g} s is past the end of the "
+                                            f"{key} file {entry[key]}, which lasts {lasts:.2f} s; give a start within "
+                                            "the clip.")
         entries.append(entry)
     if not entries:
         raise InvalidInputError(f"The dataset list {path} holds no clips.")
     return entries
+
+
+def _seconds(start: int | float) -> float:
+    """A start as seconds: an integer of hundreds of digits is past any clip (float() raised)."""
+    try:
+        return float(start)
+    except OverflowError:
+        return float("inf")
+
+
+def clip_seconds(path: str) -> float | None:
+    """How long the clip file at `path` lasts, in seconds, from its header (soundfile for a WAV or
+    FLAC, PyAV for a container), as read_clip_audio reads it; None where the header does not say,
+    or neither reads the file (the extraction says why, as it did)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        return info.frames / info.samplerate if info.samplerate > 0 else None
+    except Exception:  # soundfile raises several types for files that are not its own
+        pass
+    try:
+        import av
+
+        with av.open(path) as container:
+            if container.duration is not None:
+                return container.duration / av.time_base
+            lengths = [float(s.duration * s.time_base) for s in container.streams
+                       if s.duration is not None and s.time_base is not None]
+            return max(lengths) if lengths else None
+    except Exception:  # PyAV raises several types for files that are not its own
+        return None
 
 
 def _list_bytes(path: Path) -> bytes:
@@ -160,6 +204,10 @@ def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) 
                       for f in resampler.resample(frame)]
             chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
             mono = np.concatenate(chunks).astype(np.float32)
+    if start > 0 and start * sample_rate >= mono.shape[-1]:
+        # a file changed since the list was checked, or one whose header did not say: silence was learned from
+        raise InvalidInputError(f"{path}: the clip starts at {start:g} s, past the end of its sound "
+                                f"({mono.shape[-1] / sample_rate:.2f} s); give a start within the clip.")
     a = int(round(start * sample_rate))
     return mixing.fit_length(mono[None, a:], int(round(duration * sample_rate)))[0]
 

@@ -323,7 +323,8 @@ def _check_folders(args: argparse.Namespace) -> None:
         variant = check_variant(args.model) if args.model is not None else _variant_found(root)
         if variant is not None and args.out is None:  # the variant's own file: refused once the model had loaded
             refuse_to_replace(controlnet_path(root, variant), args.force)
-        require_video_clips(read_dataset_list(args.data), args.data)
+        # each clip's start within its file (its header read): one past the end was trained on as silence
+        require_video_clips(read_dataset_list(args.data, check_starts=True), args.data)
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
