@@ -1782,3 +1782,33 @@ def test_a_clip_start_past_its_files_end_is_refused_with_its_line_before_anythin
     # a file that changed after the list was checked: refused as its clip is read, not learned as silence
     with pytest.raises(InvalidInputError, match=r"starts at 3.5 s, past the end of its sound \(3.00 s\)"):
         read_clip_audio(str(audio), 16000, 3.5, 8.0)
+
+
+def test_train_controlnet_refuses_an_out_that_is_one_of_its_inputs_even_with_force(tmp_path, capsys):
+    """`--out FILE --force` naming the --data list, a clip of it or an official weights file would
+    have replaced it with the ControlNet once trained; `eval --json` refuses its equivalent."""
+    from stepfoley.cli import main
+
+    weights = tmp_path / "weights"
+    (weights / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384").mkdir(parents=True)
+    vae = weights / "ext_weights" / "v1-16.pth"
+    vae.write_bytes(b"the official VAE")
+    clip_config = weights / "ext_weights" / "DFN5B-CLIP-ViT-H-14-384" / "open_clip_config.json"
+    clip_config.write_text("{}")
+    (tmp_path / "v.mp4").write_bytes(b"a video")
+    data = tmp_path / "list.jsonl"
+    data.write_text('{"caption": "rain", "video": "v.mp4"}\n')
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    before = {p: p.read_bytes() for p in (vae, clip_config, tmp_path / "v.mp4", data)}
+    cases = [(data, "the --data list"), (link, "the --data list"),
+             (vae, f"the 16 kHz mel VAE (audio <-> latent) in the weights folder ({vae})"),
+             (clip_config, f"in {clip_config.parent}, an official folder of the weights"),
+             (tmp_path / "v.mp4", f"the video file of a clip in --data ({tmp_path / 'v.mp4'})")]
+    for out, words in cases:
+        assert main(["train", "controlnet", "--weights", str(weights), "--data", str(data), "--model", "small_16k",
+                     "--work", str(tmp_path / "work"), "--out", str(out), "--force", "--device", "cpu"]) == 2, out
+        err = capsys.readouterr().err
+        assert f"--out {out} is {words}, which this training reads; write the ControlNet to another file" in err, err
+        assert not (tmp_path / "work").exists()
+    assert {p: p.read_bytes() for p in before} == before

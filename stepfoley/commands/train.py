@@ -324,7 +324,9 @@ def _check_folders(args: argparse.Namespace) -> None:
         if variant is not None and args.out is None:  # the variant's own file: refused once the model had loaded
             refuse_to_replace(controlnet_path(root, variant), args.force)
         # each clip's start within its file (its header read): one past the end was trained on as silence
-        require_video_clips(read_dataset_list(args.data, check_starts=True), args.data)
+        entries = read_dataset_list(args.data, check_starts=True)
+        require_video_clips(entries, args.data)
+        _check_out_is_no_input(args, root, entries)
     try:
         os.makedirs(args.work, exist_ok=True)
     except OSError as e:
@@ -333,6 +335,48 @@ def _check_folders(args: argparse.Namespace) -> None:
     if not can_make_file_in(args.work):  # its log, checkpoints and data: a traceback at the first line of the log
         raise InvalidInputError(f"No file can be made in the work folder '{args.work}' (read-only, or another "
                                 "user's); choose a folder you can write to.")
+
+
+def _check_out_is_no_input(args: argparse.Namespace, root, entries: list[dict]) -> None:
+    """`train controlnet --out FILE --force` must not name a file the run reads: the ControlNet
+    replaced it once trained (hours later), be it the --data list, a clip of it, or an official
+    weights file (or a file in an official folder) of the weights folder `root`; `eval --json` is
+    refused likewise. Compared as files on disk, through links. Raises InvalidInputError."""
+    import os
+
+    from stepfoley.commands.runtime import same_file
+    from stepfoley.engine.errors import InvalidInputError
+    from stepfoley.engine.weights import FILES, clip_folder, safetensors_copy
+
+    if args.out is None or not os.path.exists(args.out):  # a file not there yet replaces nothing
+        return
+
+    def refuse(what: str) -> None:
+        raise InvalidInputError(f"--out {args.out} is {what}, which this training reads; write the ControlNet to "
+                                "another file (nothing was trained).")
+
+    if same_file(args.out, args.data):
+        refuse("the --data list")
+    for spec in FILES.values():
+        official = root / spec.checkpoint_relpath()
+        for path in (official, safetensors_copy(official)):
+            if os.path.exists(path) and same_file(args.out, path):
+                refuse(f"the {spec.what} in the weights folder ({path})")
+    real_out = os.path.realpath(args.out)
+    for folder in [root / spec.relpath for spec in FILES.values() if spec.directory_file] + [clip_folder(root)]:
+        if folder is not None and folder.is_dir():
+            real = os.path.realpath(folder)
+            if os.path.commonpath([real_out, real]) == real:
+                refuse(f"in {folder}, an official folder of the weights")
+    out = os.stat(args.out)  # the clips are files there (read_dataset_list): one stat each, for a list of thousands
+    for entry in entries:
+        for key in ("audio", "video"):
+            try:
+                clip = os.stat(entry[key]) if entry.get(key) else None
+            except OSError:  # gone since the list was read: the training says so
+                continue
+            if clip is not None and os.path.samestat(out, clip):
+                refuse(f"the {key} file of a clip in --data ({entry[key]})")
 
 
 def _variant_found(root) -> str | None:
