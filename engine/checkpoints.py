@@ -103,8 +103,9 @@ def unreadable_error(path: Path) -> CheckpointError:
 def closed_folder_words(path: Path) -> str | None:
     """What to do about the highest folder above `path` this user may not enter, or None where
     there is none. Found by looking each path up from the root down: a lookup refused names its
-    parent as the closed folder."""
-    path = Path(os.path.abspath(path))
+    parent as the closed folder. Links are followed first, as far as they can be: a path reached
+    through one (~/weights -> /data/closed/weights) named the link's folder, which is open."""
+    path = Path(os.path.realpath(path))  # stops, unresolved, at the folder it cannot enter
     for step in (*reversed(path.parents), path):
         try:
             os.stat(step)

@@ -313,6 +313,57 @@ def test_weights_this_user_may_not_read_are_said_so_by_the_commands_that_load_th
             f"(permission denied); let your user enter it (e.g. chmod a+rx '{closed}').") in built.stderr, built.stderr
 
 
+def test_a_closed_folder_reached_through_a_link_is_the_one_named(tmp_path, permission_bits_apply):
+    """A weights folder reached through a symbolic link (~/weights -> /data/closed/weights): the
+    folder named was the link's, which the user may enter, so its chmod advice changed nothing."""
+    import subprocess
+    import sys
+
+    closed = tmp_path / "closed"
+    (closed / "weights").mkdir(parents=True)
+    (closed / "weights" / "mini.safetensors").write_bytes(b"x")
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "link").symlink_to(closed / "weights")
+    closed.chmod(0)
+    try:
+        said = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from stepfoley.engine."
+                               "checkpoints import closed_folder_words; from stepfoley.engine.weights import "
+                               "weights_folder\nprint(closed_folder_words(Path(sys.argv[1], 'mini.safetensors')))\n"
+                               "weights_folder(sys.argv[1])", str(tmp_path / "open" / "link")],
+                              capture_output=True, text=True, preexec_fn=permission_bits_apply)
+    finally:
+        closed.chmod(0o755)
+    words = f"your user may not enter the folder {closed} (permission denied); let your user enter it"
+    assert said.stdout.startswith(words), said.stdout + said.stderr
+    assert f"CheckpointError: {tmp_path / 'open' / 'link'} cannot be opened: {words}" in said.stderr, said.stderr
+
+
+def test_embedded_weights_in_a_closed_folder_are_said_so_where_is_file_says_false(tmp_path, permission_bits_apply):
+    """Python 3.14's Path.is_file() is os.path.isfile(), False where the folder cannot be entered
+    (3.11's raised PermissionError): the loader called those weights missing, "Reinstall
+    StepFoley". Run here with is_file as 3.14 has it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from stepfoley.engine.embedded.model import WEIGHTS_PATH
+
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(WEIGHTS_PATH, closed / "mini.safetensors")
+    closed.chmod(0)
+    try:
+        built = subprocess.run([sys.executable, "-c", "import os, pathlib, sys\n"
+                                "pathlib.Path.is_file = lambda self, **_: os.path.isfile(self)  # Python 3.14's\n"
+                                "from stepfoley.engine.embedded.model import build_embedded_model\n"
+                                "build_embedded_model(weights_path=pathlib.Path(sys.argv[1]))",
+                                str(closed / "mini.safetensors")],
+                               capture_output=True, text=True, preexec_fn=permission_bits_apply)
+    finally:
+        closed.chmod(0o755)
+    assert (f"CheckpointError: Weights file {closed / 'mini.safetensors'} cannot be read: your user may not enter "
+            f"the folder {closed} (permission denied)") in built.stderr, built.stderr
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
 def test_what_stands_where_a_weights_file_or_folder_goes_is_said(weights_dir, capsys):
     """What a folder no one may read is to root, which reads any mode (the CI's user): a pipe

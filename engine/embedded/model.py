@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
@@ -211,9 +212,11 @@ def load_embedded_weights(path: Path, tensors: dict[str, torch.Tensor], meta: di
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of an embedded weights file, with errors a user can act on."""
     try:
-        present = path.is_file()
-    except PermissionError:  # in a folder this user may not enter
+        present = stat.S_ISREG(os.stat(path).st_mode)
+    except PermissionError:  # in a folder this user may not enter (Path.is_file() says False there from 3.14)
         raise unreadable_error(path) from None
+    except (OSError, ValueError):
+        present = False
     if not present:
         raise CheckpointError(
             f"The embedded model's weights {path} are missing. {remedy(path)}")
