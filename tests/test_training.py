@@ -1500,6 +1500,28 @@ def test_a_hostile_line_in_the_dataset_list_is_said_not_raised(tmp_path, capsys,
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("is_file", ["3.11", "3.14"])
+def test_a_clip_in_a_folder_this_user_may_not_enter_names_that_folder(tmp_path, permission_bits_apply, is_file):
+    """A clip whose folder the user may not enter was "cannot be a file's name (Permission
+    denied)" (the name is fine), or "is not there" where Path.is_file() says False (Python 3.14's
+    is os.path.isfile()): the folder is what to open."""
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    (closed / "v.mp4").write_bytes(b"")
+    data = tmp_path / "list.jsonl"
+    data.write_text('{"caption": "rain", "video": "closed/v.mp4"}\n')
+    closed.chmod(0)
+    as_314 = "pathlib.Path.is_file = lambda self, **_: os.path.isfile(self)\n" if is_file == "3.14" else ""
+    try:
+        read = subprocess.run([sys.executable, "-c", f"import os, pathlib, sys\n{as_314}from stepfoley.lab.training."
+                               "features import read_dataset_list\nread_dataset_list(sys.argv[1])", str(data)],
+                              capture_output=True, text=True, preexec_fn=permission_bits_apply)
+    finally:
+        closed.chmod(0o755)
+    assert (f"InvalidInputError: {data}, line 1: the video file {closed / 'v.mp4'} cannot be read: your user may "
+            f"not enter the folder {closed} (permission denied); let your user enter it") in read.stderr, read.stderr
+
+
 def test_a_dataset_list_is_read_as_json_lines_are_written(tmp_path):
     """A byte-order mark (Windows editors) was line 1's JSON error, and a caption holding U+2028
     or U+0085, which JSON keeps unescaped, was cut in two lines by str.splitlines(); a list with

@@ -15,6 +15,7 @@ safetensors; training then only reads tensors.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -170,20 +171,35 @@ def _list_bytes(path: Path) -> bytes:
 def _clip_file(list_path: Path, n: int, key: str, name: str) -> str:
     """Line `n`'s `key` file `name`, made absolute from the list's folder; InvalidInputError
     unless it is a file (a name no file can have, a NUL or a lone surrogate, or one too long, was
-    a traceback)."""
+    a traceback). Looked up with os.stat, not Path.is_file(): that says False for a folder this
+    user may not enter from Python 3.14, and raised PermissionError before it."""
     try:
         found = (list_path.parent / name).resolve()
-        is_file = found.is_file()
-    except (OSError, ValueError) as e:  # UnicodeEncodeError is a ValueError
-        shown = name if len(name) <= 60 else name[:60] + "..."
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else "a character no file name can have"
-        raise InvalidInputError(f"{list_path}, line {n}: the {key} file {shown!r} cannot be a file's name "
-                                f"({reason}).") from None
-    if not is_file:
-        what = ("is a folder, not a file" if found.is_dir() else
-                "is not a regular file (a device or a pipe)" if found.exists() else "is not there")
+        mode = os.stat(found).st_mode
+    except PermissionError:  # the file's name is fine: a folder on the way is closed
+        from stepfoley.engine.checkpoints import closed_folder_words
+
+        raise InvalidInputError(f"{list_path}, line {n}: the {key} file {found} cannot be read: "
+                                f"{closed_folder_words(found) or 'permission denied.'}") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise InvalidInputError(f"{list_path}, line {n}: the {key} file {_shown(name)} cannot be a file's name "
+                                    f"({e.strerror or e}).") from None
+        mode = None  # as Path.is_file() took these: not there
+    except ValueError:  # UnicodeEncodeError is a ValueError
+        raise InvalidInputError(f"{list_path}, line {n}: the {key} file {_shown(name)} cannot be a file's name "
+                                "(a character no file name can have).") from None
+    if mode is None or not stat.S_ISREG(mode):
+        what = ("is not there" if mode is None else "is a folder, not a file" if stat.S_ISDIR(mode)
+                else "is not a regular file (a device or a pipe)")
         raise InvalidInputError(f"{list_path}, line {n}: the {key} file {found} {what}.")
     return str(found)
+
+
+def _shown(name: str) -> str:
+    """A file name from a list, quoted as Python writes it (a NUL or a surrogate shown as an
+    escape), at most about 60 characters."""
+    return repr(name if len(name) <= 60 else name[:60] + "...")
 
 
 def read_clip_audio(path: str, sample_rate: int, start: float, duration: float) -> np.ndarray:
