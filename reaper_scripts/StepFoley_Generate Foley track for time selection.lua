@@ -1,10 +1,10 @@
 -- @description StepFoley: Foley from picture, layer by layer (MMAudio + Negative Audio Guidance)
 -- @author StepFoley
--- @version 0.5.38
+-- @version 0.5.39
 -- @changelog
---   A take that missed the drawn loudness curve names the bound that held it also where the engine brought it onto the curve a second time (varispeed, or a rate below the model's).
---   Regenerate time selection inside selected item: a take too long to make at its own rate says to trim the item (it said to select a shorter range, which changes nothing).
---   Extend and repair check the shortest part to make new against the engine's own bound (the library checked its copy, so the engine refused after the layers were bounced).
+--   No bounce while REAPER records: the action says so and sets nothing (the render's solos and settings would reach the recording).
+--   A picture or project folder named in another encoding is refused before the dialog, not after the bounce.
+--   A bounce that failed deletes its job folder (a half file on a full disk stayed for days); a request file cut short by a full disk is said so and removed.
 -- @provides
 --   [nomain] StepFoley_lib.lua
 --   [nomain] StepFoley_lib_engine.lua
@@ -43,8 +43,8 @@ exactly over the region. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.38", SF.mixed_versions and SF.mixed_versions("this action", "0.5.38")
-  or "StepFoley_lib.lua is older than this action (0.5.38). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.39", SF.mixed_versions and SF.mixed_versions("this action", "0.5.39")
+  or "StepFoley_lib.lua is older than this action (0.5.39). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

@@ -13,8 +13,8 @@ method and beta were about that recording). No dialog; the result is a new, acti
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.38", SF.mixed_versions and SF.mixed_versions("this action", "0.5.38")
-  or "StepFoley_lib.lua is older than this action (0.5.38). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.39", SF.mixed_versions and SF.mixed_versions("this action", "0.5.39")
+  or "StepFoley_lib.lua is older than this action (0.5.39). Install every StepFoley_*.lua file of one release into one folder.")
 
 -- The values of `meta` that carry over to a method that negates the layers. A take made by
 -- "Make selected item sound like this" stored the reference method and, as beta, the pull

@@ -11,8 +11,8 @@ project. The console lists the result. One undo point.
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or ""
 local SF = dofile(dir .. "StepFoley_lib.lua")
-assert(SF.VERSION == "0.5.38", SF.mixed_versions and SF.mixed_versions("this action", "0.5.38")
-  or "StepFoley_lib.lua is older than this action (0.5.38). Install every StepFoley_*.lua file of one release into one folder.")
+assert(SF.VERSION == "0.5.39", SF.mixed_versions and SF.mixed_versions("this action", "0.5.39")
+  or "StepFoley_lib.lua is older than this action (0.5.39). Install every StepFoley_*.lua file of one release into one folder.")
 
 local function main()
   local proj = reaper.EnumProjects(-1, "")

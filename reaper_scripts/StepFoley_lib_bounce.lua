@@ -5,7 +5,7 @@ one WAV for the engine. Loaded by StepFoley_lib.lua; adds to its table.
 ]]
 
 -- Returned by the function below, for StepFoley_lib.lua to check: the files of one release go together
-local VERSION = "0.5.38"
+local VERSION = "0.5.39"
 
 return function(M)
 
