@@ -1806,6 +1806,32 @@ def test_a_clip_start_past_its_files_end_is_refused_with_its_line_before_anythin
         read_clip_audio(str(audio), 16000, 3.5, 8.0)
 
 
+def test_clip_starts_are_not_checked_again_on_a_resume_whose_features_came_from_this_list(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Each clip file's header is read to check its start: minutes for a list of 100,000s of clips,
+    spent again at every resume although the features made from this very list are what is trained."""
+    import stepfoley.lab.training.features as features
+    from safetensors.torch import save_file
+    from stepfoley.cli import main
+    from stepfoley.lab.miniworld import make_scene, write_scene
+
+    video = write_scene(make_scene(21, duration=3.0), tmp_path / "scene")["video"]
+    data = tmp_path / "list.jsonl"
+    data.write_text(json.dumps({"caption": "rain", "video": str(video), "start": 1.5}) + "\n")
+    (tmp_path / "weights").mkdir()  # no model: the command stops when it loads, after the checks
+    (tmp_path / "work").mkdir()
+    read = []
+    monkeypatch.setattr(features, "clip_seconds", lambda path: read.append(path) or 3.0)
+    for made_from, headers_read in ((features.entries_digest(features.read_dataset_list(data)), 0), ("another", 1)):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "work" / "features.safetensors"),
+                  metadata={"entries_sha256": made_from})
+        read.clear()
+        main(["train", "controlnet", "--weights", str(tmp_path / "weights"), "--data", str(data),
+              "--work", str(tmp_path / "work"), "--device", "cpu"])
+        capsys.readouterr()
+        assert read == [str(video)] * headers_read
+
+
 def test_train_controlnet_refuses_an_out_that_is_one_of_its_inputs_even_with_force(tmp_path, capsys):
     """`--out FILE --force` naming the --data list, a clip of it or an official weights file would
     have replaced it with the ControlNet once trained; `eval --json` refuses its equivalent."""

@@ -304,10 +304,13 @@ def _check_folders(args: argparse.Namespace) -> None:
                                 "made (read-only, or another user's); give --out FILE in a folder you can write to.")
     _check_weights_kept(args)
     if args.what == "controlnet":
+        from pathlib import Path
+
         from stepfoley.engine.loading import check_variant
         from stepfoley.engine.weights import CONTROLNET_DIR, controlnet_path, weights_folder
         from stepfoley.lab.training.controlnet import refuse_to_replace
-        from stepfoley.lab.training.features import read_dataset_list, require_video_clips
+        from stepfoley.lab.training.features import (entries_digest, features_metadata, read_dataset_list,
+                                                     require_video_clips)
 
         # a folder, a model or a list given wrong is a usage error, and leaves no --work behind
         root = weights_folder(args.weights)
@@ -323,8 +326,13 @@ def _check_folders(args: argparse.Namespace) -> None:
         variant = check_variant(args.model) if args.model is not None else _variant_found(root)
         if variant is not None and args.out is None:  # the variant's own file: refused once the model had loaded
             refuse_to_replace(controlnet_path(root, variant), args.force)
-        # each clip's start within its file (its header read): one past the end was trained on as silence
-        entries = read_dataset_list(args.data, check_starts=True)
+        entries = read_dataset_list(args.data)
+        # each clip's start within its file (its header read: minutes for a list of 100,000s of
+        # clips): one past the end was trained on as silence. Not again on a resume whose
+        # features were made from this very list: they are what is trained on.
+        made_from = features_metadata(Path(args.work) / "features.safetensors").get("entries_sha256")
+        if made_from != entries_digest(entries):
+            entries = read_dataset_list(args.data, check_starts=True)
         require_video_clips(entries, args.data)
         _check_out_is_no_input(args, root, entries)
     try:
