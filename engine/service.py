@@ -382,14 +382,25 @@ class _Take:
         except (OSError, StepFoleyError):
             return False
         n = min(written.shape[-1], self.samples.shape[-1])  # extending past the take's end: nothing kept there
-        keep = _kept(written.shape[-1], self.rate, *request.regenerate)[:n]
-        return bool(np.array_equal(written[:, :n][:, keep], self.samples[:, :n][:, keep]))
+        a, b = _new_span(n, self.rate, *request.regenerate)
+        # the kept stretches on each side of the new span, compared where they lie: picked out by
+        # a mask, the whole take and stem were copied first, which took longer than the reading
+        return all(np.array_equal(written[:, lo:hi], self.samples[:, lo:hi]) for lo, hi in ((0, a), (b, n)))
+
+
+def _new_span(length: int, rate: int, start: float, end: float) -> tuple[int, int]:
+    # [a, b): the samples of [start, end) seconds within the first `length`
+    a, b = (min(max(round(t * rate), 0), length) for t in (start, end))
+    return a, b
 
 
 def _kept(length: int, rate: int, start: float, end: float) -> np.ndarray:
-    # (length,) bool: True outside [start, end) seconds
-    index = np.arange(length)
-    return (index < round(start * rate)) | (index >= round(end * rate))
+    # (length,) bool: True outside [start, end) seconds (set by a slice: a 600 s stem's
+    # samples compared index by index took a tenth of a second, three times a job)
+    keep = np.ones(length, bool)
+    a, b = _new_span(length, rate, start, end)
+    keep[a:b] = False
+    return keep
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from stepfoley.engine import mixing
+from stepfoley.engine import audio_io, mixing
 from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
@@ -698,3 +698,68 @@ def test_the_new_part_is_limited_as_it_would_be_with_the_whole_take_around_it(ra
     assert np.array_equal(limited, whole)
     assert not limited[:, ~new].any()
     assert not limit_new_part(audio, np.zeros_like(new), rate).any()
+
+
+def _peak_bytes(work):
+    """The most memory `work()` held at once, as tracemalloc counts it (numpy's arrays included)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _job_take(tiny, video, tmp_path, samples, regenerate):
+    """The take of a repair job (48 kHz, the stem's rate, written as float) as the service holds it."""
+    from stepfoley.engine.pipeline import PictureFocus, Region
+    from stepfoley.engine.service import TakeAudio, _Take
+    from stepfoley.engine.session import StepSession
+
+    sf.write(tmp_path / "take.wav", samples.T, 48000, subtype="FLOAT")
+    request = check_request_paths(parse_request(_request(video, tmp_path, tmp_path / "take.wav", regenerate),
+                                                tiny.capabilities()))
+    region = request.region
+    session = StepSession(tiny, Region(video, region.file_in, region.file_out, PictureFocus.from_request(request)))
+    return _Take(TakeAudio.read(request, tmp_path / "take.wav"), request, session), request
+
+
+def test_kept_untouched_is_read_from_the_file_to_the_last_kept_sample(tiny, scene_video, tmp_path):
+    """The written stem is read back and every kept sample compared, the ones next to the span
+    included; a change inside the span (the new part) does not count."""
+    samples = (0.1 * np.random.default_rng(12).standard_normal((2, 96000))).astype(np.float32)
+    take, request = _job_take(tiny, scene_video, tmp_path, samples, [0.8, 1.3])
+    a, b = round(0.8 * 48000), round(1.3 * 48000)
+    for where, untouched in ((None, True), (a, True), (b - 1, True), (0, False), (a - 1, False), (b, False),
+                             (95999, False)):
+        stem = samples.copy()
+        if where is not None:
+            stem[1, where] += np.float32(0.25)
+        sf.write(tmp_path / "stem.wav", stem.T, 48000, subtype="FLOAT")
+        assert take.came_back_untouched(tmp_path / "stem.wav", request) is untouched, where
+
+
+def test_the_kept_samples_are_compared_without_copies_of_them(tiny, scene_video, tmp_path):
+    """Checking the stem read back held the take and the stem picked out by a mask, and a sample
+    index of 8 bytes a sample: 1 GiB more for a 600 s 8-channel take than the reading itself."""
+    samples = (0.1 * np.random.default_rng(13).standard_normal((2, 96000))).astype(np.float32)
+    take, request = _job_take(tiny, scene_video, tmp_path, samples, [0.8, 1.3])
+    sf.write(tmp_path / "stem.wav", samples.T, 48000, subtype="FLOAT")
+    assert take.came_back_untouched(tmp_path / "stem.wav", request)  # once before: nothing loaded while measured
+    reading = _peak_bytes(lambda: audio_io.read_audio(tmp_path / "stem.wav"))
+    checking = _peak_bytes(lambda: take.came_back_untouched(tmp_path / "stem.wav", request))
+    assert checking <= reading + samples.size, (checking, reading)  # a comparison's byte a sample at most
+
+
+def test_the_kept_mask_is_a_byte_a_sample_and_ends_where_the_span_does():
+    from stepfoley.engine.service import _kept
+
+    length = 60 * 48000
+    keep = _kept(length, 48000, 30.0, 31.0)
+    assert keep.dtype == bool and not keep[30 * 48000:31 * 48000].any() and keep.sum() == 59 * 48000
+    assert keep[30 * 48000 - 1] and keep[31 * 48000]
+    assert _kept(10, 10, 0.55, 5.0).tolist() == [True] * 6 + [False] * 4  # past the end: to the end
+    assert _kept(10, 10, -1.0, 0.3).tolist() == [False] * 3 + [True] * 7  # before the start: from it
+    # made by a slice: compared with a sample index it was 10 bytes a sample, three times a job
+    assert _peak_bytes(lambda: _kept(length, 48000, 30.0, 31.0)) < 1.5 * length
