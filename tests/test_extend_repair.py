@@ -15,7 +15,7 @@ from stepfoley.engine.input_files import check_request_paths
 from stepfoley.engine.sampler import euler_sample, initial_noise, known_latent, time_grid
 from stepfoley.engine.service import FoleyService
 from stepfoley.engine.session import (KnownAudio, channel_balance, finish_new_part, held_frames, kept_power,
-                                      limit_new_part, splice)
+                                      limit_new_part, seam_sides, splice)
 from stepfoley.request import RequestError, parse_request
 from test_bridge_kit import make_request
 
@@ -763,3 +763,34 @@ def test_the_kept_mask_is_a_byte_a_sample_and_ends_where_the_span_does():
     assert _kept(10, 10, -1.0, 0.3).tolist() == [False] * 3 + [True] * 7  # before the start: from it
     # made by a slice: compared with a sample index it was 10 bytes a sample, three times a job
     assert _peak_bytes(lambda: _kept(length, 48000, 30.0, 31.0)) < 1.5 * length
+
+
+def test_the_channel_balance_squares_only_what_it_averages():
+    """Each channel's offset is the whole kept take's and its power is averaged next to the
+    seams: the squares of a whole 600 s take (8 bytes a sample a channel) were worked out for
+    4 s of them."""
+    rate = 48000
+    rng = np.random.default_rng(14)
+    take = (np.array([[0.1], [0.03]]) * rng.standard_normal((2, 60 * rate)) + [[0.01], [-0.02]]).astype(np.float32)
+    keep = np.ones(60 * rate, bool)
+    keep[30 * rate:31 * rate] = False
+    _, near = seam_sides(~keep, 2 * rate)
+    offset = take.sum(axis=-1, where=keep, dtype=np.float64) / keep.sum()
+    power = np.where(take == 0, 0.0, (take.astype(np.float64) - offset[:, None]) ** 2)[:, near].mean(axis=-1)
+    assert np.array_equal(channel_balance(take, keep, rate), np.sqrt(power / power.mean()).astype(np.float32)[:, None])
+    assert _peak_bytes(lambda: channel_balance(take, keep, rate)) < take.nbytes
+
+
+def test_a_mostly_new_stem_is_spliced_without_a_copy_of_its_new_part():
+    """The new audio goes into the take span by span: picked out by a mask, an extension of a
+    second of take to 600 s copied the whole new part, and a sample index of 8 bytes a sample."""
+    rate = 48000
+    rng = np.random.default_rng(15)
+    take = (0.1 * rng.standard_normal((2, 20 * rate))).astype(np.float32)
+    new = (0.1 * rng.standard_normal((1, 20 * rate))).astype(np.float32)
+    keep = np.arange(20 * rate) < rate
+    stem = splice(take, new, keep, 2400)
+    assert np.array_equal(stem[:, :rate], take[:, :rate])
+    assert np.array_equal(stem[:, rate + 2400:], np.broadcast_to(new[:, rate + 2400:], (2, 19 * rate - 2400)))
+    # the stem itself, and the mask's runs
+    assert _peak_bytes(lambda: splice(take, new, keep, 2400)) < 2 * take.nbytes
