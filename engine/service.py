@@ -237,7 +237,8 @@ class FoleyService:
         # count a moment ago (said again, every client heard the same datagram twice)
         judge, why_not = self._judge() if len(takes) > 1 else (None, "")
         # judged as the stems will sound: a continuation's kept part is the take's, not the model's
-        heard = [t.samples if take is None else take.as_heard(t) for t in takes]
+        # (one take is not judged, rank_takes says so unheard: a 600 s take is not spliced for nothing)
+        heard = [t.samples if take is None or len(takes) == 1 else take.as_heard(t) for t in takes]
         ranking = rank_takes(heard, self.model.sample_rate, request.caption, earlier, judge, why_not)
         staged, metadatas, published = [], [], []
         self._remember(request.output_dir)  # before any temp file: a killed job's are swept at start

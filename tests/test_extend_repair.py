@@ -725,6 +725,23 @@ def _job_take(tiny, video, tmp_path, samples, regenerate):
     return _Take(TakeAudio.read(request, tmp_path / "take.wav"), request, session), request
 
 
+def test_one_take_is_not_spliced_at_the_models_rate_to_be_ranked(tiny, scene_video, tmp_path, monkeypatch):
+    """A lone take is not ranked, so the take as the model hears it is not made for the ranking:
+    for a 600 s take that was a splice of the whole of it, thrown away unheard."""
+    import stepfoley.engine.service as service_module
+
+    heard = []
+    real = service_module._Take.as_heard
+    monkeypatch.setattr(service_module._Take, "as_heard", lambda self, track: heard.append(track) or real(self, track))
+    sf.write(tmp_path / "take.wav", (0.1 * np.random.default_rng(4).standard_normal(96000)).astype(np.float32),
+             48000, subtype="FLOAT")
+    result = _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3]))
+    assert heard == [] and len(result["stems"]) == 1 and result["stems"][0]["metadata"]["kept_untouched"]
+    assert result["ranking"]["reason"] == "one take: nothing to rank"
+    _serve(FoleyService(tiny), _request(scene_video, tmp_path, tmp_path / "take.wav", [0.8, 1.3], variations=2))
+    assert len(heard) == 2  # takes that are ranked are heard as their stems will sound
+
+
 def test_kept_untouched_is_read_from_the_file_to_the_last_kept_sample(tiny, scene_video, tmp_path):
     """The written stem is read back and every kept sample compared, the ones next to the span
     included; a change inside the span (the new part) does not count."""
