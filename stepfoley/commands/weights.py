@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.manifests is not None and not args.manifests.strip():
-        # an unset shell variable: `manifests_dir or MANIFESTS_DIR` checked against the packaged
-        # ones, and the user's own manifests were never read
+        # an unset shell variable: it was checked against the packaged manifests, the user's own
+        # never read; refused here as a usage error, with --quick too (which reads no manifest)
         print("--manifests is empty; give the folder of the weight manifests to check against, or leave --manifests "
               "out for the packaged ones.", file=sys.stderr)
         return 2
